@@ -1,0 +1,53 @@
+"""What to build: `backbone:norm:view`, and the input shape it is fed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exporter.errors import UsageError
+
+DEFAULT_SHAPE: tuple[int, ...] = (1, 3, 224, 224)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    backbone: str = "resnet50"
+    norm: str = "frozen"
+    view: str = "body"
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """Parse `backbone[:norm[:view]]`; names are checked against the registries."""
+        parts = text.split(":")
+        if len(parts) > 3 or not all(parts):
+            raise UsageError(
+                f"Bad model spec {text!r}; expected backbone:norm:view, e.g. resnet50:frozen:body")
+        spec = cls(*parts)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        from exporter.backbones import BACKBONES, VIEWS
+        from exporter.norms import NORMS
+
+        BACKBONES.get(self.backbone)
+        NORMS.get(self.norm)
+        VIEWS.get(self.view)
+
+    def __str__(self) -> str:
+        return f"{self.backbone}:{self.norm}:{self.view}"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.backbone}-{self.norm}-{self.view}"
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse `1x3x224x224` (or commas) into an NCHW shape."""
+    try:
+        shape = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise UsageError(f"Bad shape {text!r}; expected NxCxHxW, e.g. 1x3x224x224") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise UsageError(f"Bad shape {text!r}; expected four positive sizes NxCxHxW, e.g. 1x3x224x224")
+    return shape
