@@ -1,0 +1,203 @@
+"""Where weights come from: `synthetic` (seeded, calibrated), `imagenet` (torchvision's cache)
+or a file. Every source yields the classifier's state dict, so every norm variant and view of a
+backbone loads exactly the same numbers."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exporter.errors import SetupError, UsageError
+from exporter.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".safetensors")
+# Synthetic calibration: a fixed batch independent of the verification input, so weights
+# depend on (backbone, seed) alone.
+CALIBRATION_SHAPE = (8, 3, 128, 128)
+CALIBRATION_PASSES = 2
+
+
+@dataclass
+class Weights:
+    source: str
+    state_dict: dict[str, torch.Tensor]
+    """Classifier keys (`conv1.weight`, `layer1.0.bn1.running_var`, ...); `fc.*` may be absent."""
+    extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """Weights for parts outside the classifier, e.g. `fpn` from a detection checkpoint."""
+
+    @property
+    def sha256(self) -> str:
+        return state_dict_sha256({**self.state_dict, **{f"{k}.{n}": t for k, sd in self.extra.items()
+                                                        for n, t in sd.items()}})
+
+
+WEIGHT_SOURCES: Registry[Callable[[str, int], Weights]] = Registry("weights source")
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_weights(source: str, backbone: str, seed: int = 0) -> Weights:
+    """Resolve `synthetic`, `imagenet` or a path to a `.pt`/`.pth`/`.safetensors` file."""
+    if source in WEIGHT_SOURCES:
+        return WEIGHT_SOURCES.get(source)(backbone, seed)
+    if source.endswith(WEIGHT_FILE_SUFFIXES) or "/" in source:
+        return load_weights_file(Path(source))
+    raise UsageError(
+        f"Unknown weights {source!r}; use one of {', '.join(WEIGHT_SOURCES)} or a "
+        f"{'/'.join(WEIGHT_FILE_SUFFIXES)} file path"
+    )
+
+
+@WEIGHT_SOURCES.register("synthetic")
+def synthetic_weights(backbone: str, seed: int) -> Weights:
+    return Weights(f"synthetic:{seed}", _synthetic_state_dict(backbone, seed))
+
+
+@lru_cache(maxsize=4)
+def _synthetic_state_dict(backbone: str, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded init, then BatchNorm statistics calibrated by train-mode passes.
+
+    Conv output channels get log-uniform scales and BN affines are randomised, so running
+    variances span five orders of magnitude as in a trained network; that is what makes
+    FrozenBN's eps (0 vs 1e-5) matter as it does with real weights. The last norm of each
+    residual branch gets a small gamma, as training leaves it: without that a random ResNet-50
+    amplifies float32 rounding 25x more than a trained one (measured: layer4 error vs float64
+    7.6e-5 relative instead of 2.2e-6; trained ImageNet weights give ~3e-6).
+    """
+    import torch
+    from torch import nn
+
+    from exporter.backbones import get_backbone_builder
+
+    torch.manual_seed(seed)
+    model = get_backbone_builder(backbone)(norm_layer=nn.BatchNorm2d)
+    gen = torch.Generator().manual_seed(seed)
+    branch_ends = set()
+    for block in model.modules():
+        if hasattr(block, "downsample"):  # torchvision's BasicBlock / Bottleneck
+            norms = [child for name, child in block.named_children() if name.startswith("bn")]
+            branch_ends.add(id(norms[-1]))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                scale = 10 ** (torch.rand(module.out_channels, generator=gen) * 1.5 - 1.0)
+                module.weight.mul_(scale.view(-1, 1, 1, 1))
+            elif isinstance(module, nn.BatchNorm2d):
+                low, high = (0.05, 0.3) if id(module) in branch_ends else (0.5, 1.5)
+                module.weight.uniform_(low, high, generator=gen)
+                module.bias.normal_(0.0, 0.2, generator=gen)
+                module.reset_running_stats()
+                module.momentum = None  # cumulative average over the calibration passes
+        model.train()
+        for _ in range(CALIBRATION_PASSES):
+            model(torch.randn(CALIBRATION_SHAPE, generator=gen))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
+    model.eval()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@WEIGHT_SOURCES.register("imagenet")
+def imagenet_weights(backbone: str, seed: int) -> Weights:
+    """torchvision's IMAGENET1K_V1 weights (what detection models use as `weights_backbone`),
+    read from the local torch hub cache only: this tool never downloads."""
+    import torch
+    import torchvision
+
+    try:
+        entry = torchvision.models.get_model_weights(backbone)["IMAGENET1K_V1"]
+    except (KeyError, ValueError):
+        raise UsageError(f"torchvision has no IMAGENET1K_V1 weights for {backbone}") from None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
+    if not path.is_file():
+        raise SetupError(
+            f"ImageNet weights for {backbone} are not in the local cache ({path}); fetch them where "
+            f"there is internet with `python -c \"import torchvision; torchvision.models.{backbone}"
+            f"(weights='IMAGENET1K_V1')\"` and copy {path.name} there, or pass --weights FILE"
+        )
+    weights = load_weights_file(path)
+    weights.source = f"imagenet:{path.name}"
+    return weights
+
+
+def load_weights_file(path: Path) -> Weights:
+    """A classifier or detection checkpoint; never unpickled beyond tensors (`weights_only`)."""
+    import torch
+
+    if not path.is_file():
+        raise UsageError(f"Weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            raw = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UsageError(f"Cannot read weights file {path}: {exc}") from None
+    elif path.suffix in (".pt", ".pth"):
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad or unsafe file
+            raise UsageError(f"Cannot read weights file {path} as a state dict: {str(exc).splitlines()[0]}") \
+                from None
+    else:
+        raise UsageError(f"Weights file {path} must end in {', '.join(WEIGHT_FILE_SUFFIXES)}")
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        raw = raw["state_dict"]
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        raw = raw["model"]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise UsageError(f"Weights file {path} does not hold a state dict of tensors")
+    return Weights(f"file:{path.name}", *split_checkpoint(raw))
+
+
+def split_checkpoint(
+    raw: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """Map a classifier, detection (`backbone.body.*`, `backbone.fpn.*`) or backbone (`body.*`)
+    checkpoint onto classifier keys, plus the FPN's own weights when present."""
+    import torch
+
+    body: dict[str, torch.Tensor] = {}
+    fpn: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        name = key.removeprefix("module.").removeprefix("backbone.")
+        if name.startswith("fpn."):
+            fpn[name.removeprefix("fpn.")] = value
+        elif name.startswith(("rpn.", "roi_heads.")):
+            continue
+        else:
+            body[name.removeprefix("body.")] = value
+    # FrozenBatchNorm2d checkpoints carry no num_batches_tracked; BatchNorm2d needs one to load.
+    for key in [k for k in body if k.endswith(".running_mean")]:
+        body.setdefault(key.replace(".running_mean", ".num_batches_tracked"), torch.tensor(0))
+    return body, ({"fpn": fpn} if fpn else {})
+
+
+def save_weights(weights: Weights, path: Path) -> None:
+    """Write weights as safetensors (or a plain tensor dict for .pt/.pth)."""
+    import torch
+
+    tensors = {k: v.contiguous() for k, v in weights.state_dict.items()}
+    tensors.update({f"fpn.{k}": v.contiguous() for k, v in weights.extra.get("fpn", {}).items()})
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(path))
+    else:
+        torch.save(tensors, path)

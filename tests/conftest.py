@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+SMALL = "resnet18"
+SMALL_SHAPE = (1, 3, 64, 64)
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    if not cuda_available():
+        for item in items:
+            if "needs_cuda" in item.keywords:
+                item.add_marker(skip)
+
+
+def cpu_and_cuda():
+    """Parametrise a test over devices; the CUDA case skips cleanly without a GPU."""
+    return ("cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda))
+
+
+@pytest.fixture(autouse=True)
+def restore_rng_state():
+    """Tests may seed freely; the next test starts from the state it would have had."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    yield
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])
+
+
+@pytest.fixture(autouse=True)
+def empty_torch_home(tmp_path_factory, monkeypatch):
+    """No test may find (or download) real pretrained weights."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
