@@ -1,0 +1,191 @@
+"""What an exported artifact is, the metadata it carries inside itself, and safe folder writes."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporter.errors import ArtifactError, UsageError
+
+if TYPE_CHECKING:
+    from exporter.backbones import BuiltModel
+
+META_KEY = "backbone_verify"
+"""ONNX metadata_props key / TorchScript extra file holding the metadata JSON."""
+TORCHSCRIPT_META_FILE = f"{META_KEY}.json"
+FORMAT_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
+
+
+@dataclass
+class ArtifactMeta:
+    """Recorded at export, inside the artifact itself, so a file copied alone keeps it."""
+
+    input_name: str = "input"
+    input_shape: list[int] = field(default_factory=lambda: [1, 3, 224, 224])
+    output_names: list[str] = field(default_factory=list)
+    dynamic_axes: dict[str, str] = field(default_factory=dict)
+    """Axis index (as a string, JSON keys) -> symbolic name."""
+    spec: str | None = None
+    weights: str | None = None
+    weights_sha256: str | None = None
+    exporter: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ArtifactMeta:
+        data = json.loads(text)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class Artifact:
+    """Something a runtime can load: an in-memory model (`eager`) or a file."""
+
+    format: str  # "eager" | "torchscript" | "onnx"
+    meta: ArtifactMeta
+    path: Path | None = None
+    built: BuiltModel | None = None
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path else f"{self.meta.spec} (eager)"
+
+
+def eager_artifact(built: BuiltModel, shape: tuple[int, ...]) -> Artifact:
+    meta = ArtifactMeta(
+        input_shape=list(shape),
+        output_names=built.output_names,
+        spec=str(built.spec),
+        weights=built.weights.source,
+        weights_sha256=built.weights.sha256,
+    )
+    return Artifact("eager", meta, built=built)
+
+
+def detect_format(path: Path) -> str:
+    try:
+        return FORMAT_SUFFIXES[path.suffix.lower()]
+    except KeyError:
+        raise UsageError(
+            f"Cannot tell the format of {path}; expected one of {', '.join(FORMAT_SUFFIXES)}"
+        ) from None
+
+
+def open_artifact(path: Path) -> Artifact:
+    """Read a `.onnx` or TorchScript `.pt` file's metadata (and check the ONNX graph)."""
+    fmt = detect_format(path)
+    if not path.is_file():
+        raise UsageError(f"Artifact {path} does not exist")
+    if fmt == "onnx":
+        from exporter.onnx import read_onnx_meta
+
+        return Artifact("onnx", read_onnx_meta(path), path=path)
+    from exporter.torchscript import read_torchscript_meta
+
+    return Artifact("torchscript", read_torchscript_meta(path), path=path)
+
+
+# ---------------------------------------------------------------- safe folder writes
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_staging(parent: Path) -> None:
+    """Remove staging folders left by exports that were killed (their process is gone)."""
+    for entry in parent.glob(".*.staging-*"):
+        with contextlib.suppress(ValueError, IndexError):
+            if not _pid_alive(int(entry.name.rsplit("-", 2)[1])):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _folder_lock(parent: Path, name: str) -> Iterator[None]:
+    with open(parent / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside `final`; on success it replaces `final` by rename,
+    so `final` is always either the previous complete folder or the new complete one. On
+    error (or a kill) the staging folder never becomes `final`."""
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"Cannot create output folder {parent}: {exc.strerror}") from None
+    _remove_stale_staging(parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the folder is for sharing
+    try:
+        yield staging
+        _fsync_tree(staging)
+        with _folder_lock(parent, final.name):
+            if final.exists():
+                retired = parent / f".{final.name}.retired-{uuid.uuid4().hex[:8]}"
+                os.rename(final, retired)
+                os.rename(staging, final)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.rename(staging, final)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON via a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def require_inside(folder: Path, relative: str, what: str) -> Path:
+    """Resolve `relative` inside `folder`, refusing absolute paths and `..` escapes."""
+    candidate = Path(relative)
+    resolved = (folder / candidate).resolve()
+    if candidate.is_absolute() or not resolved.is_relative_to(folder.resolve()):
+        raise ArtifactError(f"{what} {relative!r} points outside the artifact folder {folder}; refusing it")
+    return resolved
