@@ -1,0 +1,117 @@
+"""Runtimes: each a small class that loads an artifact and runs it on numpy inputs.
+
+Adding one means one module with a `Runtime` subclass and one `RUNTIMES.add` line below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from exporter.errors import UsageError
+from exporter.registry import Registry
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from exporter.artifacts import Artifact
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    device: str = "cpu"
+    dtype: str = "float32"
+    """float64 turns a torch runtime into the oracle."""
+    ort_opt_level: str = "all"
+    tf32: bool | None = None
+    """None keeps the framework's own default (PyTorch: cuDNN TF32 on; ORT CUDA: use_tf32=1)."""
+
+
+class Runtime:
+    """Base: subclasses implement `_load` and `_run`; input checks happen here, once."""
+
+    name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]]
+
+    def __init__(self, options: RuntimeOptions | None = None) -> None:
+        self.options = options or RuntimeOptions()
+        if self.options.device not in DEVICES:
+            raise UsageError(f"Unknown device {self.options.device!r}; use one of {', '.join(DEVICES)}")
+        self.artifact: Artifact | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name + (f"({', '.join(self._label_details())})" if self._label_details() else "")
+
+    def _label_details(self) -> list[str]:
+        details = []
+        if self.options.device != "cpu":
+            details.append(self.options.device)
+            if self.options.tf32 is not None:
+                details.append("tf32" if self.options.tf32 else "no-tf32")
+        if self.options.dtype != "float32":
+            details.append(self.options.dtype)
+        return details
+
+    def load(self, artifact: Artifact) -> Runtime:
+        if artifact.format not in self.formats:
+            raise UsageError(f"Runtime {self.name} cannot run a {artifact.format} artifact")
+        self.artifact = artifact
+        self._load(artifact)
+        return self
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        if self.artifact is None:
+            raise RuntimeError(f"{self.label}: load() an artifact before run()")
+        expected = self.artifact.meta.input_name
+        if set(inputs) != {expected}:
+            raise UsageError(f"{self.label} expects one input named {expected!r}, got {sorted(inputs)}")
+        array = inputs[expected]
+        if array.ndim != 4 or array.dtype != np.float32:
+            raise UsageError(f"{self.label} expects a float32 NCHW array, got {array.dtype} {array.shape}")
+        outputs = self._run(np.ascontiguousarray(array))
+        return {name: np.asarray(value) for name, value in outputs.items()}
+
+    def _load(self, artifact: Artifact) -> None:
+        raise NotImplementedError
+
+    def _run(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+def _eager() -> type[Runtime]:
+    from verify.runtimes.eager import EagerRuntime
+
+    return EagerRuntime
+
+
+def _torchscript() -> type[Runtime]:
+    from verify.runtimes.torchscript import TorchScriptRuntime
+
+    return TorchScriptRuntime
+
+
+def _onnxruntime() -> type[Runtime]:
+    from verify.runtimes.onnxruntime import OnnxRuntime
+
+    return OnnxRuntime
+
+
+RUNTIMES: Registry = Registry("runtime")
+RUNTIMES.add("eager", _eager)
+RUNTIMES.add("torchscript", _torchscript)
+RUNTIMES.add("onnxruntime", _onnxruntime)
+FORMAT_RUNTIMES = {"eager": "eager", "torchscript": "torchscript", "onnx": "onnxruntime"}
+"""The runtime that runs each artifact format."""
+
+
+def make_runtime(name: str, options: RuntimeOptions | None = None) -> Runtime:
+    return RUNTIMES.get(name)()(options)
+
+
+def list_runtimes() -> list[str]:
+    return RUNTIMES.names()

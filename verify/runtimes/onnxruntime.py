@@ -1,0 +1,69 @@
+"""ONNX Runtime, CPU or CUDA execution provider, with a chosen graph optimisation level."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from exporter.errors import ArtifactError, SetupError, UsageError
+from verify.runtimes import Runtime
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from exporter.artifacts import Artifact
+
+OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+              "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+    formats = ("onnx",)
+
+    def _label_details(self) -> list[str]:
+        details = super()._label_details()
+        if self.options.ort_opt_level != "all":
+            details.append(f"opt={self.options.ort_opt_level}")
+        return details
+
+    def _load(self, artifact: Artifact) -> None:
+        import onnxruntime as ort
+
+        if self.options.dtype != "float32":
+            raise UsageError("ONNX Runtime runs the exported float32 graph only")
+        if self.options.ort_opt_level not in OPT_LEVELS:
+            raise UsageError(f"Unknown ORT optimisation level {self.options.ort_opt_level!r}; "
+                             f"use one of {', '.join(OPT_LEVELS)}")
+        wanted = PROVIDERS[self.options.device]
+        if wanted not in ort.get_available_providers():
+            raise SetupError(f"ONNX Runtime has no {wanted} here (available: "
+                             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
+                             "on a CUDA machine, or use --device cpu")
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                           OPT_LEVELS[self.options.ort_opt_level])
+        session_options.log_severity_level = 3
+        providers: list = [wanted]
+        if self.options.device == "cuda":
+            cuda_options = {} if self.options.tf32 is None else {"use_tf32": int(self.options.tf32)}
+            providers = [(wanted, cuda_options), "CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(artifact.path), session_options, providers=providers)
+        except Exception as exc:
+            raise ArtifactError(f"ONNX Runtime cannot load {artifact.path}: {str(exc).splitlines()[0]}") \
+                from None
+        active = self.session.get_providers()
+        if active[0] != wanted:  # ORT falls back to CPU with nothing but a log line
+            raise SetupError(f"ONNX Runtime was asked for {wanted} but runs on {active[0]}; "
+                             "check the CUDA and cuDNN libraries that onnxruntime-gpu needs")
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            results = self.session.run(None, {self.input_name: array})
+        except Exception as exc:
+            raise ArtifactError(f"ONNX Runtime failed to run {self.artifact.path} on input "
+                                f"{array.shape}: {str(exc).splitlines()[0]}") from None
+        return dict(zip(self.output_names, results))

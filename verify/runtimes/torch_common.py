@@ -1,0 +1,39 @@
+"""What the torch-based runtimes share: device checks, TF32 control, dict outputs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from exporter.errors import SetupError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+def torch_device(device: str) -> torch.device:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SetupError("CUDA was requested but torch sees no CUDA device; run on a GPU machine or use cpu")
+    return torch.device(device)
+
+
+def apply_tf32(tf32: bool | None) -> None:
+    """Set TF32 for matmul and cuDNN when asked; None leaves PyTorch's defaults."""
+    import torch
+
+    if tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def to_numpy_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """A dict of tensors as is; a tensor or tuple mapped onto the recorded output names."""
+    import torch
+
+    if isinstance(result, dict):
+        return {k: v.detach().cpu().numpy() for k, v in result.items()}
+    tensors = [result] if isinstance(result, torch.Tensor) else list(result)
+    keys = names if len(names) == len(tensors) else [f"output{i}" for i in range(len(tensors))]
+    return {k: t.detach().cpu().numpy() for k, t in zip(keys, tensors)}
