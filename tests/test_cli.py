@@ -1,0 +1,109 @@
+"""The CLI through typer's CliRunner: exit codes and messages, for good and bad arguments."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from verify.cli import app
+
+runner = CliRunner()
+SMALL_ARGS = ["--backbone", "resnet18", "--shape", "1x3x64x64"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    result = invoke("export", "--norm", "frozen", *SMALL_ARGS, "--out", out, "--json", out / "report.json")
+    assert result.exit_code == 0, result.output
+    return out / "resnet18-frozen-body", json.loads((out / "report.json").read_text()), result
+
+
+def test_export_passes_and_writes_json(exported):
+    folder, report, result = exported
+    assert "all 6 pairs agree" in result.stdout
+    assert "Exporting onnx" in result.stderr  # progress goes to stderr
+    assert report["passed"] is True and report["command"] == "export"
+    assert (folder / "model.onnx").is_file() and (folder / "model.pt").is_file()
+
+
+def test_compare_two_artifacts(exported):
+    folder, _, _ = exported
+    result = invoke("compare", folder / "model.onnx", folder / "model.pt")
+    assert result.exit_code == 0, result.output
+    assert "A vs B" in result.stdout
+
+
+def test_compare_onnx_copied_alone_uses_its_recorded_shape(exported, tmp_path):
+    folder, _, _ = exported
+    lone = tmp_path / "elsewhere" / "backbone.onnx"
+    lone.parent.mkdir()
+    shutil.copy(folder / "model.onnx", lone)
+    result = invoke("compare", lone, "resnet18:frozen:body", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["input"]["shape"] == [1, 3, 64, 64]
+
+
+def test_compare_specs_that_differ_exits_1():
+    result = invoke("compare", "resnet18:batch:body", "resnet18:frozen-eps0:body", "--shape", "1x3x64x64")
+    assert result.exit_code == 1, result.output
+    assert "beyond rounding" in result.stdout
+
+
+def test_seed_question_spec_pair_agrees_on_layer4():
+    result = invoke("compare", "resnet18:batch:trunk", "resnet18:frozen:body", "--shape", "1x3x64x64")
+    assert result.exit_code == 0, result.output
+    assert "layer4" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["export", "--backbone", "vgg16"], "Unknown backbone 'vgg16'; choose one of: resnet18"),
+    (["export", "--norm", "layernorm"], "Unknown norm 'layernorm'; choose one of: batch, frozen"),
+    (["export", "--view", "head"], "Unknown view 'head'"),
+    (["export", *SMALL_ARGS, "--weights", "imagenet"], "not in the local cache"),
+    (["export", *SMALL_ARGS, "--weights", "missing.safetensors"], "does not exist"),
+    (["export", *SMALL_ARGS, "--decimal", "5", "--atol", "1e-3"], "either --decimal or --rtol/--atol"),
+    (["export", *SMALL_ARGS, "--shape", "224x224"], "Bad shape"),
+    (["export", *SMALL_ARGS, "--onnx-exporter", "tf2onnx"], "Unknown ONNX exporter"),
+    (["export", *SMALL_ARGS, "--runtime", "tensorrt"], "Unknown runtime 'tensorrt'"),
+    (["export", *SMALL_ARGS, "--device", "tpu"], "Unknown device 'tpu'"),
+    (["compare", "missing.onnx", "resnet18"], "missing.onnx does not exist"),
+    (["compare", "model.tflite", "resnet18"], "Cannot tell the format"),
+    (["compare", "resnet18:frozen:body", "resnet18:frozen:fpn"], "share no output"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()[-1]) > 10
+
+
+def test_corrupt_onnx_exits_2(exported, tmp_path):
+    folder, _, _ = exported
+    data = bytearray((folder / "model.onnx").read_bytes())
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(bytes(data[: len(data) // 3]))
+    result = invoke("compare", bad, "resnet18:frozen:body")
+    assert result.exit_code == 2, result.output
+    assert "corrupt.onnx" in result.stderr and "onnx.checker" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_list_shows_registries():
+    result = invoke("list")
+    assert result.exit_code == 0
+    for name in ("resnet50", "wide_resnet50_2", "frozen-eps0", "fused", "trunk", "onnxruntime"):
+        assert name in result.stdout
+
+
+def test_help_lists_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "export" in result.stdout and "compare" in result.stdout

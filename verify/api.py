@@ -1,0 +1,235 @@
+"""The library under the CLI: export-and-verify, and compare any two models or artifacts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exporter.artifacts import Artifact, detect_format, eager_artifact, open_artifact, staged_folder
+from exporter.errors import UsageError
+from exporter.export import ExportOptions, export_model
+from exporter.spec import DEFAULT_SHAPE, ModelSpec
+from verify.compare import PairResult, Tolerance, compare_outputs
+from verify.oracle import Oracle, measure_oracle, spread_floor
+from verify.progress import NullProgress, Progress
+from verify.report import Report, RunRecord
+from verify.runtimes import FORMAT_RUNTIMES, RuntimeOptions, make_runtime
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_RUNTIMES = ("eager", "torchscript", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to feed and run: shared by every command."""
+
+    weights: str = "synthetic"
+    seed: int = 0
+    shape: tuple[int, ...] | None = None
+    input_file: Path | None = None
+    runtime: RuntimeOptions = RuntimeOptions()
+    tolerance: Tolerance = Tolerance()
+
+
+def make_input(shape: Sequence[int], seed: int) -> np.ndarray:
+    """A seeded standard-normal image batch, like normalised images."""
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
+
+
+def load_input(path: Path) -> np.ndarray:
+    import numpy as np
+
+    if not path.is_file():
+        raise UsageError(f"Input file {path} does not exist")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"Cannot read {path} as a .npy array: {exc}") from None
+    if not isinstance(array, np.ndarray) or array.ndim != 4:
+        raise UsageError(f"Input {path} must hold one NCHW array, got shape {getattr(array, 'shape', None)}")
+    return array.astype(np.float32)
+
+
+def build(spec: ModelSpec, settings: RunSettings):
+    from exporter.backbones import build_model
+    from exporter.weights import load_weights
+
+    return build_model(spec, load_weights(settings.weights, spec.backbone, settings.seed), settings.seed)
+
+
+def _run(runtime_name: str, artifact: Artifact, inputs: dict, options: RuntimeOptions,
+         progress: Progress, report: Report) -> dict[str, np.ndarray]:
+    runtime = make_runtime(runtime_name, options)
+    with progress.step(f"Running {runtime.label}"):
+        start = time.perf_counter()
+        outputs = runtime.load(artifact).run(inputs)
+        report.runs.append(RunRecord(runtime.label, artifact.label, time.perf_counter() - start))
+    return {"label": runtime.label, "outputs": outputs}  # type: ignore[return-value]
+
+
+def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, float],
+                tolerance: Tolerance) -> list[PairResult]:
+    pairs = []
+    for i, first in enumerate(runs):
+        for second in runs[i + 1:]:
+            pairs.append(compare_outputs(second["label"], second["outputs"], first["label"],
+                                         first["outputs"], tolerance, floors))
+    if oracle is not None:
+        for run in runs:
+            pairs.append(compare_outputs(run["label"], run["outputs"], "oracle", oracle.outputs,
+                                         tolerance, floors, kind="oracle"))
+    return pairs
+
+
+def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
+                  export: ExportOptions | None = None, runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+                  progress: Progress | None = None) -> Report:
+    """Build `spec`, export it, run every runtime on one input, judge every pair and each run
+    against the float64 oracle. The artifact folder appears complete or not at all."""
+    import torch
+
+    from verify.runtimes import RUNTIMES
+
+    settings, export = settings or RunSettings(), export or ExportOptions()
+    progress = progress or NullProgress()
+
+    spec.validate()
+    formats = {name: RUNTIMES.get(name)().formats[0] for name in runtimes}
+    missing = sorted(set(formats.values()) - {"eager"} - set(export.formats))
+    if missing:
+        raise UsageError(f"Runtimes {', '.join(runtimes)} need {', '.join(missing)} exports; add the format")
+    inputs_array = load_input(settings.input_file) if settings.input_file else \
+        make_input(settings.shape or DEFAULT_SHAPE, settings.seed)
+    report = Report("export", _settings_dict(settings, spec=str(spec), export=asdict(export),
+                                             runtimes=list(runtimes)), _input_dict(inputs_array, settings))
+    with progress.step(f"Building {spec} with {settings.weights} weights"):
+        built = build(spec, settings)
+    eager = eager_artifact(built, inputs_array.shape)
+    inputs = {eager.meta.input_name: inputs_array}
+    folder = Path(out) / spec.slug
+    with staged_folder(folder) as staging:
+        artifacts = {"eager": eager}
+        for fmt in export.formats:
+            with progress.step(f"Exporting {fmt}"):
+                artifacts[fmt] = export_model(built, eager.meta, torch.from_numpy(inputs_array), staging,
+                                              export, fmt)
+        runs = [_run(name, artifacts[formats[name]], inputs, settings.runtime, progress, report)
+                for name in runtimes]
+        with progress.step("Running the float64 oracle"):
+            fp32 = _eager_fp32(runs, eager, inputs)
+            oracle = measure_oracle(eager, inputs, fp32)
+        assert oracle is not None
+        report.floors, report.floor_source = oracle.floors, oracle.source
+        report.pairs = _judge_runs(runs, oracle, oracle.floors, settings.tolerance)
+        report.notes = explain_pairs(report)
+        from verify.manifest import write_artifact_folder
+
+        write_artifact_folder(staging, built, artifacts, inputs, runs, oracle, report)
+    report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in artifacts.items() if a.path}
+    report.artifacts["folder"] = str(folder)
+    return report
+
+
+def _eager_fp32(runs: list[dict], eager: Artifact, inputs: dict) -> dict[str, np.ndarray]:
+    for run in runs:
+        if run["label"] == "eager":
+            return run["outputs"]
+    return make_runtime("eager").load(eager).run(inputs)
+
+
+def resolve_source(text: str, settings: RunSettings) -> Artifact:
+    """A model spec (`resnet50:frozen:body`) or an artifact file (`.onnx`, TorchScript `.pt`)."""
+    path = Path(text)
+    if path.suffix:
+        detect_format(path)
+        return open_artifact(path)
+    return eager_artifact(build(ModelSpec.parse(text), settings), settings.shape or DEFAULT_SHAPE)
+
+
+def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tuple[int, ...]:
+    """--shape, else what either side records, else 1x3x224x224 (filling dynamic axes)."""
+    if settings.shape:
+        return tuple(settings.shape)
+    for artifact in artifacts:
+        shape = artifact.meta.input_shape
+        if artifact.format != "eager" and shape and len(shape) == 4:
+            return tuple(s if s > 0 else d for s, d in zip(shape, DEFAULT_SHAPE))
+    return DEFAULT_SHAPE
+
+
+def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progress | None = None) -> Report:
+    """Run two models or artifacts on the same input and judge them, each also against its own
+    float64 oracle where one can be made (torch models and TorchScript files)."""
+    settings, progress = settings or RunSettings(), progress or NullProgress()
+    with progress.step("Loading both sides"):
+        sides = [resolve_source(a, settings), resolve_source(b, settings)]
+    if settings.input_file:
+        array = load_input(settings.input_file)
+    else:
+        array = make_input(input_shape_for(sides, settings), settings.seed)
+    report = Report("compare", _settings_dict(settings, a=a, b=b), _input_dict(array, settings))
+    runs, oracles = [], []
+    for short, text, artifact in zip("AB", (a, b), sides):
+        inputs = {artifact.meta.input_name: array}
+        run = _run(FORMAT_RUNTIMES[artifact.format], artifact, inputs, settings.runtime, progress, report)
+        report.legend[short] = f"{text} on {run['label']}"
+        run["label"] = short
+        runs.append(run)
+        with progress.step(f"Measuring the float32 noise floor of {text}"):
+            oracles.append(_oracle_or_spread(artifact, inputs, run["outputs"]))
+    floors = {}
+    for oracle in oracles:
+        for name, value in oracle.floors.items():
+            floors[name] = max(floors.get(name, 0.0), value)
+    report.floors = floors
+    report.floor_source = "; ".join(o.source for o in oracles)
+    report.pairs = [compare_outputs(runs[0]["label"], runs[0]["outputs"], runs[1]["label"],
+                                    runs[1]["outputs"], settings.tolerance, floors)]
+    for run, oracle in zip(runs, oracles):
+        if oracle.outputs:
+            report.pairs.append(compare_outputs(run["label"], run["outputs"], f"oracle({run['label']})",
+                                                oracle.outputs, settings.tolerance, oracle.floors,
+                                                kind="oracle"))
+    report.notes = explain_pairs(report)
+    return report
+
+
+def _oracle_or_spread(artifact: Artifact, inputs: dict, fp32: dict) -> Oracle:
+    oracle = measure_oracle(artifact, inputs, fp32)
+    if oracle is not None:
+        return oracle
+    others = [make_runtime("onnxruntime", RuntimeOptions(ort_opt_level=level)).load(artifact).run(inputs)
+              for level in ("disable", "basic")]
+    name = artifact.path.name if artifact.path else artifact.label
+    return Oracle({}, spread_floor([fp32, *others]), f"{name}: spread of ORT optimisation levels")
+
+
+def _settings_dict(settings: RunSettings, **extra) -> dict:
+    return {
+        **extra,
+        "weights": settings.weights,
+        "seed": settings.seed,
+        "runtime": asdict(settings.runtime),
+        "tolerance": settings.tolerance.to_dict(),
+        "tolerance_text": settings.tolerance.describe(),
+    }
+
+
+def _input_dict(array: np.ndarray, settings: RunSettings) -> dict:
+    return {"shape": list(array.shape), "dtype": str(array.dtype),
+            "source": str(settings.input_file) if settings.input_file else
+            f"seeded normal, seed {settings.seed}"}
+
+
+def explain_pairs(report: Report) -> list[str]:
+    """One line per failing pair saying what the numbers mean."""
+    from verify.explain_notes import explain_pair
+
+    return [line for pair in report.pairs if (line := explain_pair(pair, report))]

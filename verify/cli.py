@@ -1,0 +1,205 @@
+"""`verify`: thin over the library. Parses, calls, renders; maps errors to exit codes
+(0 all agree, 1 a disagreement, 2 usage or environment error)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from exporter.backbones import list_backbones
+from exporter.errors import VerifyError
+from exporter.norms import list_norms
+
+app = typer.Typer(
+    help="Export torchvision backbones and verify that every runtime computes the same thing.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+class RichProgress:
+    """A spinner while a step runs, then one line per finished step (on stderr)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    @contextlib.contextmanager
+    def step(self, description: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            with self.console.status(escape(description)):
+                yield
+        except BaseException:
+            self.console.print(f"[red]✗[/] {escape(description)}")
+            raise
+        self.console.print(f"[green]✓[/] {escape(description)} [dim]({time.perf_counter() - start:.1f}s)[/]")
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Our errors become one line and an exit code; no traceback unless VERIFY_DEBUG is set."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except VerifyError as exc:
+            if os.environ.get("VERIFY_DEBUG"):
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+# Shared options --------------------------------------------------------------------------
+Weights = Annotated[str, typer.Option(help="synthetic (seeded, calibrated), imagenet (torchvision's "
+                                           "local cache) or a .pt/.pth/.safetensors file")]
+Seed = Annotated[int, typer.Option(help="Seed for synthetic weights and the input")]
+Shape = Annotated[str | None, typer.Option(help="Input shape NxCxHxW [default: recorded, else 1x3x224x224]")]
+InputFile = Annotated[Path | None, typer.Option("--input", help="Input array (.npy, NCHW float32)")]
+Device = Annotated[str, typer.Option(help="cpu or cuda, for every runtime (the oracle stays on CPU)")]
+OrtOpt = Annotated[str, typer.Option(help="ONNX Runtime graph optimisation: disable, basic, extended, all")]
+Tf32 = Annotated[bool | None, typer.Option("--tf32/--no-tf32", help="TF32 on CUDA [default: each "
+                                                                        "framework's own default]")]
+Decimal = Annotated[int | None, typer.Option(help="numpy assert_array_almost_equal(decimal=N) semantics")]
+Rtol = Annotated[float | None, typer.Option(help="numpy assert_allclose rtol (default 1e-7 with --atol)")]
+Atol = Annotated[float | None, typer.Option(help="numpy assert_allclose atol (default 0 with --rtol)")]
+Factor = Annotated[float | None, typer.Option(help="auto mode: allowed multiple of the float32 noise floor")]
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the whole result as JSON here")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="One table row per output, not per pair")]
+
+
+def _settings(weights: str, seed: int, shape: str | None, input_file: Path | None, device: str,
+              ort_opt_level: str, tf32: bool | None, decimal: int | None, rtol: float | None,
+              atol: float | None, factor: float | None):
+    from exporter.spec import parse_shape
+    from verify.api import RunSettings
+    from verify.compare import Tolerance
+    from verify.runtimes import RuntimeOptions
+
+    return RunSettings(
+        weights=weights, seed=seed, shape=parse_shape(shape) if shape else None, input_file=input_file,
+        runtime=RuntimeOptions(device=device, ort_opt_level=ort_opt_level, tf32=tf32),
+        tolerance=Tolerance.from_options(decimal, rtol, atol, factor),
+    )
+
+
+def _finish(report: Any, json_path: Path | None, verbose: bool) -> None:
+    from verify.report import render_pairs, write_json_report
+
+    render_pairs(report, out_console, verbose)
+    if json_path:
+        write_json_report(report.to_dict(), json_path)
+        err_console.print(f"[dim]wrote {json_path}[/]")
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+@handle_errors
+def export(
+    backbone: Annotated[str, typer.Option("--backbone", "-b",
+                                          help=f"One of: {', '.join(list_backbones())}")] = "resnet50",
+    norm: Annotated[str, typer.Option("--norm", "-n", help=f"One of: {', '.join(list_norms())}")] = "frozen",
+    view: Annotated[str, typer.Option(help="body (layer1..4), fpn (with FPN) or trunk (classifier "
+                                           "without avgpool/fc)")] = "body",
+    weights: Weights = "synthetic",
+    seed: Seed = 0,
+    shape: Shape = None,
+    input_file: InputFile = None,
+    out: Annotated[Path, typer.Option(help="Folder for the artifacts")] = Path("artifacts"),
+    onnx_exporter: Annotated[str, typer.Option(help="dynamo or torchscript (torch's legacy exporter)")]
+    = "dynamo",
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
+    trace: Annotated[bool, typer.Option("--trace", help="TorchScript by tracing instead of scripting")]
+    = False,
+    static: Annotated[bool, typer.Option("--static", help="No dynamic batch/height/width axes")] = False,
+    runtime: Annotated[list[str] | None, typer.Option(
+        help="Runtimes to run (repeat) [default: eager, torchscript, onnxruntime]")] = None,
+    device: Device = "cpu",
+    ort_opt_level: OrtOpt = "all",
+    tf32: Tf32 = None,
+    decimal: Decimal = None,
+    rtol: Rtol = None,
+    atol: Atol = None,
+    factor: Factor = None,
+    json_path: JsonOut = None,
+    verbose: Verbose = False,
+) -> None:
+    """Build a backbone, export it to TorchScript and ONNX, run every runtime, judge every pair."""
+    from exporter.export import ExportOptions
+    from exporter.spec import ModelSpec
+    from verify.api import DEFAULT_RUNTIMES, verify_export
+
+    spec = ModelSpec(backbone, norm, view)
+    spec.validate()
+    settings = _settings(weights, seed, shape, input_file, device, ort_opt_level, tf32, decimal, rtol,
+                         atol, factor)
+    options = ExportOptions(torchscript_method="trace" if trace else "script", onnx_exporter=onnx_exporter,
+                            opset=opset, dynamic=not static)
+    report = verify_export(spec, settings, out=out, export=options, runtimes=runtime or DEFAULT_RUNTIMES,
+                           progress=RichProgress(err_console))
+    err_console.print(f"[dim]artifacts in {report.artifacts['folder']}[/]")
+    _finish(report, json_path, verbose)
+
+
+@app.command()
+@handle_errors
+def compare(
+    a: Annotated[str, typer.Argument(help="Model spec backbone:norm:view, or a .onnx / TorchScript .pt")],
+    b: Annotated[str, typer.Argument(help="The reference side, same forms as A")],
+    weights: Weights = "synthetic",
+    seed: Seed = 0,
+    shape: Shape = None,
+    input_file: InputFile = None,
+    device: Device = "cpu",
+    ort_opt_level: OrtOpt = "all",
+    tf32: Tf32 = None,
+    decimal: Decimal = None,
+    rtol: Rtol = None,
+    atol: Atol = None,
+    factor: Factor = None,
+    json_path: JsonOut = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run any two models or artifacts on the same input and judge them on the outputs they share."""
+    from verify.api import compare as run_compare
+
+    settings = _settings(weights, seed, shape, input_file, device, ort_opt_level, tf32, decimal, rtol,
+                         atol, factor)
+    _finish(run_compare(a, b, settings, progress=RichProgress(err_console)), json_path, verbose)
+
+
+@app.command(name="list")
+def list_command() -> None:
+    """List the registered backbones, norms, views and runtimes."""
+    from exporter.backbones import VIEWS
+    from exporter.norms import NORMS
+    from verify.runtimes import list_runtimes
+
+    out_console.print(f"backbones: {', '.join(list_backbones())}")
+    out_console.print("norms:")
+    for name in NORMS:
+        out_console.print(f"  {name:12s} {NORMS.get(name).description}")
+    out_console.print(f"views: {', '.join(VIEWS.names())}")
+    out_console.print(f"runtimes: {', '.join(list_runtimes())}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Results as data (`Report`), and their renderings: terminal table and JSON."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from verify.compare import OutputComparison, PairResult
+
+SCHEMA_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that shapes the numbers."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for package in ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+@dataclass
+class RunRecord:
+    label: str
+    artifact: str
+    seconds: float
+
+
+@dataclass
+class Report:
+    command: str
+    settings: dict[str, Any]
+    input: dict[str, Any]
+    runs: list[RunRecord] = field(default_factory=list)
+    pairs: list[PairResult] = field(default_factory=list)
+    floors: dict[str, float] = field(default_factory=dict)
+    floor_source: str = ""
+    artifacts: dict[str, str] = field(default_factory=dict)
+    legend: dict[str, str] = field(default_factory=dict)
+    """Short run labels used in pairs -> what they stand for."""
+    notes: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=versions)
+
+    @property
+    def passed(self) -> bool:
+        return all(pair.passed for pair in self.pairs)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "command": self.command,
+            "passed": self.passed,
+            "settings": self.settings,
+            "input": self.input,
+            "versions": self.versions,
+            "noise_floor": {"source": self.floor_source, "per_output": self.floors},
+            "runs": [vars(r) for r in self.runs],
+            "pairs": [p.to_dict() for p in self.pairs],
+            "artifacts": self.artifacts,
+            "legend": self.legend,
+            "notes": self.notes,
+        }
+
+
+def write_json_report(data: dict[str, Any], path: Path) -> None:
+    from exporter.artifacts import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, data)
+
+
+def _num(value: float | None, fmt: str = ".2e") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def verdict_text(output: OutputComparison) -> str:
+    if output.passed:
+        return "[green]✓ agree[/]"
+    if output.reason.startswith("shape"):
+        return "[red]✗ shape[/]"
+    if "NaN" in output.reason:
+        return "[red]✗ NaN/Inf[/]"
+    return "[red]✗ differ[/]"
+
+
+def render_pairs(report: Report, console: Any, verbose: bool = False) -> None:
+    """One row per pair (its worst output), or per pair and output when `verbose`."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"{report.command}: {report.settings.get('tolerance_text', '')}"),
+                  title_justify="left")
+    table.add_column("pair", overflow="fold")
+    table.add_column("output", no_wrap=True)
+    for column in ("max abs", "max rel", "mismatched", "x floor"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("verdict")
+    for pair in report.pairs:
+        rows = pair.outputs if verbose else [pair.worst]
+        for i, out in enumerate(rows):
+            table.add_row(
+                escape(f"{pair.a} vs {pair.b}") if i == 0 else "", escape(out.name),
+                _num(out.max_abs), _num(out.max_rel),
+                f"{out.mismatch_fraction:.2%}", _num(out.ratio, ".1f"), verdict_text(out),
+                end_section=verbose and i == len(rows) - 1,
+            )
+    for short, meaning in report.legend.items():
+        console.print(f"{escape(short)} = {escape(meaning)}")
+    console.print(table)
+    if report.floors:
+        floors = ", ".join(f"{name} {value:.2e}" for name, value in report.floors.items())
+        console.print(f"[dim]float32 noise floor ({escape(report.floor_source)}): {floors}[/]")
+    for note in report.notes:
+        console.print(f"[yellow]•[/] {escape(note)}")
+    failed = [p for p in report.pairs if not p.passed]
+    if failed:
+        console.print(f"[bold red]✗ {len(failed)} of {len(report.pairs)} pairs disagree[/]")
+    else:
+        console.print(f"[bold green]✓ all {len(report.pairs)} pairs agree[/]")
