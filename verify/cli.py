@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from exporter.backbones import list_backbones
-from exporter.errors import VerifyError
+from exporter.errors import UsageError, VerifyError
 from exporter.norms import list_norms
 
 app = typer.Typer(
@@ -180,6 +180,37 @@ def compare(
     settings = _settings(weights, seed, shape, input_file, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor)
     _finish(run_compare(a, b, settings, progress=RichProgress(err_console)), json_path, verbose)
+
+
+@app.command()
+@handle_errors
+def explain(
+    a: Annotated[str | None, typer.Argument(
+        help="Model spec or artifact [default: resnet50:batch:trunk, the classifier's ResNet-50]")] = None,
+    b: Annotated[str | None, typer.Argument(
+        help="Model spec or artifact [default: resnet50:frozen:body, Faster R-CNN's backbone]")] = None,
+    weights: Weights = "synthetic",
+    seed: Seed = 0,
+    shape: Shape = None,
+    input_file: InputFile = None,
+    factor: Factor = None,
+    json_path: JsonOut = None,
+) -> None:
+    """Say whether two models compute the same function, and where and why they part if not."""
+    from verify.explain import SEED_QUESTION, render_explanation
+    from verify.explain import explain as run_explain
+    from verify.report import write_json_report
+
+    if (a is None) != (b is None):
+        raise UsageError("Give both A and B, or neither to replay the seed question")
+    settings = _settings(weights, seed, shape, input_file, "cpu", "all", None, None, None, None, factor)
+    result = run_explain(a or SEED_QUESTION[0], b or SEED_QUESTION[1], settings,
+                         progress=RichProgress(err_console))
+    render_explanation(result, out_console)
+    if json_path:
+        write_json_report(result.to_dict(), json_path)
+        err_console.print(f"[dim]wrote {json_path}[/]")
+    raise typer.Exit(result.exit_code)
 
 
 @app.command(name="list")

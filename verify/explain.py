@@ -1,0 +1,262 @@
+"""`verify explain`: are two models the same function, and if not, where and why do they part?"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from exporter.artifacts import Artifact
+from verify.api import RunSettings, input_shape_for, make_input, resolve_source
+from verify.localize import EQUIVALENCE_RTOL, first_divergence_onnx, first_divergence_torch
+from verify.progress import NullProgress, Progress
+from verify.structure import StructuralDifference, structural_diff, train_mode_modules
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+SEED_QUESTION = ("resnet50:batch:trunk", "resnet50:frozen:body")
+
+
+@dataclass
+class Explanation:
+    a: str
+    b: str
+    equivalent: bool
+    how: str
+    """`float64` (both run in float64) or `float32-floor` (an ONNX side cannot run in float64)."""
+    outputs: list[str]
+    float64_difference: dict[str, dict[str, float]] = field(default_factory=dict)
+    float32_difference: dict[str, float] = field(default_factory=dict)
+    noise_floor: dict[str, dict[str, float]] = field(default_factory=dict)
+    first_divergence: str | None = None
+    divergence: dict[str, Any] | None = None
+    structural_differences: list[StructuralDifference] = field(default_factory=list)
+    train_mode: dict[str, list[str]] = field(default_factory=dict)
+    input_shape: list[int] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.equivalent else 1
+
+    @property
+    def worst_output(self) -> str:
+        if self.float64_difference:
+            return max(self.float64_difference, key=lambda k: self.float64_difference[k]["max_rel"])
+        return max(self.float32_difference, key=lambda k: self.float32_difference[k])
+
+    def ratio(self, output: str) -> float:
+        """The float32 difference as a multiple of the larger of the two sides' floors."""
+        floor = max(self.noise_floor.get(side, {}).get(output, 0.0) for side in ("A", "B"))
+        return self.float32_difference[output] / floor if floor else float("inf")
+
+    def headline(self) -> str:
+        out = self.worst_output
+        if self.equivalent:
+            if self.how == "float64":
+                return (f"equivalent: A and B compute the same function (float64 outputs agree to "
+                        f"{self.float64_difference[out]['max_rel']:.0e} relative); their float32 difference "
+                        f"is rounding, {self.ratio(out):.1f}x the float32 noise floor")
+            return (f"equivalent within float32 rounding: {self.ratio(out):.1f}x the noise floor (an ONNX side "
+                    "cannot run in float64, so this is judged on the float32 floor)")
+        if self.how == "float64":
+            head = (f"not equivalent: A and B compute different functions; in float64 {out} differs by "
+                    f"{self.float64_difference[out]['max_rel']:.1e} relative, {self.ratio(out):.0f}x the "
+                    "float32 noise floor")
+        else:
+            head = f"not equivalent: {out} differs by {self.ratio(out):.0f}x the float32 noise floor"
+        if self.train_mode.get("A") or self.train_mode.get("B"):
+            sides = " and ".join(s for s in ("A", "B") if self.train_mode.get(s))
+            head += (f". {sides} is in train mode: BatchNorm then normalises with batch statistics, the "
+                     "most common false alarm; call model.eval() before comparing")
+        return head
+
+    def divergence_text(self) -> str:
+        if not self.first_divergence:
+            return ""
+        div = self.divergence or {}
+        here = [str(d) for d in self.structural_differences if _concerns(d, self.first_divergence)]
+        what = "; ".join(here) if here else "no structural difference recorded at this module"
+        return (f"first divergence: {self.first_divergence} (max abs {div.get('max_abs', 0):.2e}, "
+                f"rel {div.get('max_rel', 0):.1e}): {what}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": self.a, "b": self.b, "equivalent": self.equivalent, "how": self.how,
+            "verdict": self.headline(), "outputs": self.outputs, "input_shape": self.input_shape,
+            "float64_difference": self.float64_difference, "float32_difference": self.float32_difference,
+            "noise_floor": self.noise_floor, "first_divergence": self.first_divergence,
+            "divergence": self.divergence,
+            "structural_differences": [d.to_dict() for d in self.structural_differences],
+            "train_mode": self.train_mode, "equivalence_rtol": EQUIVALENCE_RTOL,
+        }
+
+
+def _concerns(diff: StructuralDifference, module: str) -> bool:
+    return diff.module == module or diff.module.startswith(module + ".") or \
+        (diff.kind == "folded" and module in (diff.a + diff.b))
+
+
+def _torch_side(artifact: Artifact) -> tuple[nn.Module, nn.Module, str] | None:
+    """(float32 model, float64 model, prefix) for torch-runnable artifacts, else None."""
+    import warnings
+
+    import torch
+
+    if artifact.format == "eager":
+        built = artifact.built
+        return copy.deepcopy(built.model), built.float64(), built.view.prefix
+    if artifact.format == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torch.jit.load(str(artifact.path), map_location="cpu")
+        return model, copy.deepcopy(model).double(), ""
+    return None
+
+
+def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4.0,
+                      labels: tuple[str, str] = ("A", "B"), progress: Progress | None = None) -> Explanation:
+    import numpy as np
+    import torch
+
+    from verify.oracle import noise_floors
+    from verify.runtimes import FORMAT_RUNTIMES, make_runtime
+
+    progress = progress or NullProgress()
+    sides = [_torch_side(a), _torch_side(b)]
+    fp32, fp64 = [], []
+    with progress.step("Running both in float32 and float64"):
+        for artifact, side in zip((a, b), sides):
+            if side is None:
+                fp32.append(make_runtime(FORMAT_RUNTIMES[artifact.format]).load(artifact)
+                            .run({artifact.meta.input_name: x}))
+                fp64.append(None)
+                continue
+            with torch.no_grad():
+                fp32.append(_as_numpy(side[0](torch.from_numpy(x)), artifact.meta.output_names))
+                fp64.append(_as_numpy(side[1](torch.from_numpy(x).double()), artifact.meta.output_names))
+    shared = [name for name in fp32[1] if name in fp32[0]]
+    if not shared:
+        from exporter.errors import UsageError
+
+        raise UsageError(f"{labels[0]} and {labels[1]} share no output ({', '.join(fp32[0])} vs "
+                         f"{', '.join(fp32[1])})")
+    result = Explanation(labels[0], labels[1], equivalent=False, how="float64", outputs=shared,
+                         input_shape=list(x.shape))
+    result.float32_difference = {
+        n: float(np.abs(fp32[0][n].astype(np.float64) - fp32[1][n]).max()) for n in shared}
+    references = [r if r is not None else fp64[1 - i] for i, r in enumerate(fp64)]
+    for side_label, out32, ref in zip("AB", fp32, references):
+        if ref is not None:
+            result.noise_floor[side_label] = {k: v for k, v in noise_floors(out32, ref).items() if k in shared}
+    if fp64[0] is not None and fp64[1] is not None:
+        for n in shared:
+            diff = float(np.abs(fp64[0][n] - fp64[1][n]).max())
+            scale = float(np.abs(fp64[1][n]).max()) or 1.0
+            result.float64_difference[n] = {"max_abs": diff, "max_rel": diff / scale}
+        result.equivalent = all(d["max_rel"] <= EQUIVALENCE_RTOL for d in result.float64_difference.values())
+    else:
+        result.how = "float32-floor"
+        result.equivalent = all(result.ratio(n) <= factor for n in shared)
+
+    if sides[0] is not None and sides[1] is not None:
+        with progress.step("Diffing the two models module by module"):
+            result.structural_differences = structural_diff(sides[0][0], sides[0][2], sides[1][0], sides[1][2])
+            result.train_mode = {s: train_mode_modules(side[0], side[2]) for s, side in zip("AB", sides)}
+    if not result.equivalent:
+        with progress.step("Locating the first divergence"):
+            divergence = _locate(a, b, sides, x, factor)
+        if divergence is not None:
+            result.first_divergence = divergence.module
+            result.divergence = {"module": divergence.module, "call": divergence.call,
+                                 "max_abs": divergence.max_abs, "max_rel": divergence.max_rel,
+                                 "ratio": divergence.ratio}
+    return result
+
+
+def _locate(a: Artifact, b: Artifact, sides: list, x: np.ndarray, factor: float):
+    import torch
+
+    eager = [s if art.format == "eager" else None for art, s in zip((a, b), sides)]
+    if eager[0] is not None and eager[1] is not None:
+        return first_divergence_torch(eager[0][1], eager[0][2], eager[1][1], eager[1][2],
+                                      torch.from_numpy(x).double())
+    for onnx_side, model_side in ((a, eager[1]), (b, eager[0])):
+        if onnx_side.format == "onnx" and model_side is not None:
+            return first_divergence_onnx(onnx_side.path, onnx_side.meta.input_name, x, model_side[0],
+                                         model_side[2], factor)
+    return None
+
+
+def _as_numpy(result: Any, names: list[str]) -> dict[str, np.ndarray]:
+    from verify.runtimes.torch_common import to_numpy_outputs
+
+    return to_numpy_outputs(result, names)
+
+
+def explain(a: str = SEED_QUESTION[0], b: str = SEED_QUESTION[1], settings: RunSettings | None = None,
+            progress: Progress | None = None) -> Explanation:
+    """Explain two model specs or artifacts (default: the seed question, classifier trunk with
+    BatchNorm2d vs detection body with FrozenBatchNorm2d, same weights)."""
+    from verify.api import load_input
+
+    settings, progress = settings or RunSettings(), progress or NullProgress()
+    with progress.step("Loading both sides"):
+        artifacts = [resolve_source(a, settings), resolve_source(b, settings)]
+    x = load_input(settings.input_file) if settings.input_file else \
+        make_input(input_shape_for(artifacts, settings), settings.seed)
+    result = explain_artifacts(*artifacts, x, factor=settings.tolerance.factor, progress=progress)
+    result.a, result.b = a, b
+    return result
+
+
+def render_explanation(result: Explanation, console: Any, limit: int = 15) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    mark = "[bold green]✓[/]" if result.equivalent else "[bold red]✗[/]"
+    console.print(f"{mark} {escape(result.headline())}")
+    console.print(f"A = {escape(result.a)}\nB = {escape(result.b)}")
+    if result.first_divergence:
+        console.print(f"[yellow]→[/] {escape(result.divergence_text())}")
+    table = Table(title=f"evidence (input {'x'.join(map(str, result.input_shape))})", title_justify="left")
+    for column in ("output", "float64 rel diff", "float32 max diff", "floor A", "floor B", "x floor"):
+        table.add_column(column, justify="left" if column == "output" else "right", no_wrap=True)
+    for name in result.outputs:
+        f64 = result.float64_difference.get(name)
+        floors = [result.noise_floor.get(s, {}).get(name) for s in ("A", "B")]
+        table.add_row(name, f"{f64['max_rel']:.1e}" if f64 else "n/a (ONNX)",
+                      f"{result.float32_difference[name]:.2e}",
+                      *[f"{f:.2e}" if f is not None else "-" for f in floors], f"{result.ratio(name):.1f}")
+    console.print(table)
+    diffs = result.structural_differences
+    if diffs:
+        console.print(f"structural differences ({len(diffs)}):")
+        lines = group_differences(diffs)
+        for line in lines[:limit]:
+            console.print(f"  • {escape(line)}")
+        if len(lines) > limit:
+            console.print(f"  … and {len(lines) - limit} more (see --json)")
+    elif result.train_mode or result.how == "float64":
+        console.print("structural differences: none")
+
+
+def group_differences(diffs: list[StructuralDifference]) -> list[str]:
+    """One line per kind of difference: `53 modules: BatchNorm2d vs FrozenBatchNorm2d (bn1, …)`."""
+    groups: dict[tuple[str, str, str], list[StructuralDifference]] = {}
+    for diff in diffs:
+        key = (diff.kind, diff.a, diff.b) if diff.kind in ("type", "folded", "eps", "mode", "affine",
+                                                            "track_running_stats") else (id(diff), "", "")
+        groups.setdefault(key, []).append(diff)  # type: ignore[arg-type]
+    lines = []
+    for members in groups.values():
+        if len(members) < 3:
+            lines.extend(str(d) for d in members)
+            continue
+        first = members[0]
+        text = str(first).split(": ", 1)[1]
+        names = [d.module for d in members]
+        shown = ", ".join(names[:3]) + (f", …, {names[-1]}" if len(names) > 3 else "")
+        lines.append(f"{len(members)} modules: {text} ({shown})")
+    return lines
