@@ -78,6 +78,8 @@ class Explanation:
         div = self.divergence or {}
         here = [str(d) for d in self.structural_differences if _concerns(d, self.first_divergence)]
         what = "; ".join(here) if here else "no structural difference recorded at this module"
+        if div.get("fused_with"):
+            what += f" (the ONNX graph computes it together with {', '.join(div['fused_with'])})"
         return (f"first divergence: {self.first_divergence} (max abs {div.get('max_abs', 0):.2e}, "
                 f"rel {div.get('max_rel', 0):.1e}): {what}")
 
@@ -146,10 +148,9 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
                          input_shape=list(x.shape))
     result.float32_difference = {
         n: float(np.abs(fp32[0][n].astype(np.float64) - fp32[1][n]).max()) for n in shared}
-    references = [r if r is not None else fp64[1 - i] for i, r in enumerate(fp64)]
-    for side_label, out32, ref in zip("AB", fp32, references):
-        if ref is not None:
-            result.noise_floor[side_label] = {k: v for k, v in noise_floors(out32, ref).items() if k in shared}
+    for side_label, artifact, out32, ref in zip("AB", (a, b), fp32, fp64):
+        floors = noise_floors(out32, ref) if ref is not None else _spread(artifact, x, out32)
+        result.noise_floor[side_label] = {k: v for k, v in floors.items() if k in shared}
     if fp64[0] is not None and fp64[1] is not None:
         for n in shared:
             diff = float(np.abs(fp64[0][n] - fp64[1][n]).max())
@@ -171,8 +172,18 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
             result.first_divergence = divergence.module
             result.divergence = {"module": divergence.module, "call": divergence.call,
                                  "max_abs": divergence.max_abs, "max_rel": divergence.max_rel,
-                                 "ratio": divergence.ratio}
+                                 "ratio": divergence.ratio, "fused_with": divergence.fused_with}
     return result
+
+
+def _spread(artifact: Artifact, x: np.ndarray, fp32: dict[str, np.ndarray]) -> dict[str, float]:
+    """An ONNX side's floor: the spread between ORT optimisation levels (no float64 run exists)."""
+    from verify.oracle import spread_floor
+    from verify.runtimes import RuntimeOptions, make_runtime
+
+    runs = [make_runtime("onnxruntime", RuntimeOptions(ort_opt_level=level)).load(artifact)
+            .run({artifact.meta.input_name: x}) for level in ("disable", "basic")]
+    return spread_floor([fp32, *runs])
 
 
 def _locate(a: Artifact, b: Artifact, sides: list, x: np.ndarray, factor: float):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,8 @@ class Divergence:
     max_rel: float
     ratio: float | None = None
     """For ONNX: error over that module's float32 noise floor."""
+    fused_with: list[str] = field(default_factory=list)
+    """Modules the ONNX graph computes in the same node (e.g. a norm folded into its conv)."""
 
 
 def record_outputs(model: nn.Module, x: torch.Tensor, prefix: str = "") -> list[tuple[str, int, Any]]:
@@ -138,29 +140,26 @@ def first_divergence_onnx(model_path: Path, input_name: str, x: np.ndarray, sour
     import copy
 
     import numpy as np
-    import onnx
-    import onnxruntime as ort
     import torch
 
     from verify.oracle import noise_floors
 
     fp64 = record_outputs(copy.deepcopy(source).double(), torch.from_numpy(x).double(), prefix)
     fp32 = {(n, c): t for n, c, t in record_outputs(source, torch.from_numpy(x), prefix)}
-    first_call = [(n, t) for n, c, t in fp64 if c == 0]
-    values = onnx_module_values(model_path, {n for n, _ in first_call})
-    wanted = [(n, t) for n, t in first_call if n in values]
-    if not wanted:
+    reused = {n for n, c, _ in fp64 if c > 0}  # e.g. a block's shared ReLU: no single ONNX value
+    order = [(n, t) for n, c, t in fp64 if n not in reused]
+    values = onnx_module_values(model_path, {n for n, _ in order})
+    if not any(n in values for n, _ in order):
         return None
-    model = onnx.load(str(model_path))
-    existing = {o.name for o in model.graph.output}
-    for name in dict.fromkeys(values[n] for n, _ in wanted):
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {input_name: x})))
-    for i, (name, ref64) in enumerate(wanted):
+    got = _run_with_intermediates(model_path, input_name, x, {values[n] for n, _ in order if n in values})
+    modules = canonical_modules(source, prefix)
+    for i, (name, ref64) in enumerate(order):
+        if name not in values:
+            continue
         value = got[values[name]]
-        candidates = [(name, ref64)] + ([wanted[i + 1]] if i + 1 < len(wanted) else [])
+        # the exporter may fold the next module (a norm) into this node, or this node may carry
+        # the modules just before it that have no node of their own (a conv folded into its norm)
+        candidates = [(name, ref64)] + ([order[i + 1]] if i + 1 < len(order) else [])
         best = None
         for cand_name, cand64 in candidates:
             if tuple(cand64.shape) != value.shape:
@@ -171,5 +170,24 @@ def first_divergence_onnx(model_path: Path, input_name: str, x: np.ndarray, sour
             if best is None or max_abs / floor < best.ratio:
                 best = Divergence(name, 0, max_abs, max_rel, max_abs / floor)
         if best is not None and best.ratio is not None and best.ratio > factor:
+            group = [name]
+            j = i - 1
+            while j >= 0 and order[j][0] not in values and not list(modules[order[j][0]].children()):
+                group.insert(0, order[j][0])
+                j -= 1
+            best.module, best.fused_with = group[0], group[1:]
             return best
     return None
+
+
+def _run_with_intermediates(model_path: Path, input_name: str, x: np.ndarray,
+                            names: set[str]) -> dict[str, np.ndarray]:
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    existing = {o.name for o in model.graph.output}
+    for name in sorted(names - existing):
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {input_name: x})))
