@@ -213,6 +213,59 @@ def explain(
     raise typer.Exit(result.exit_code)
 
 
+JunitOut = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one test case per check)")]
+MarkdownOut = Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown summary here")]
+
+
+def _finish_checks(report: Any, json_path: Path | None, junit: Path | None, markdown: Path | None) -> None:
+    from verify.checks import render_checks, write_outputs
+
+    render_checks(report, out_console)
+    for path in write_outputs(report, json_path, junit, markdown):
+        err_console.print(f"[dim]wrote {path}[/]")
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+@handle_errors
+def artifact(
+    paths: Annotated[list[Path], typer.Argument(help="Export folders, or their manifest.json")],
+    ort_opt_level: OrtOpt = "all",
+    json_path: JsonOut = None,
+    junit: JunitOut = None,
+    markdown: MarkdownOut = None,
+) -> None:
+    """Check export folders: integrity, then each artifact against its goldens (CI validation)."""
+    from verify.runtimes import RuntimeOptions
+    from verify.validate import validate
+
+    _finish_checks(validate(paths, RuntimeOptions(ort_opt_level=ort_opt_level)), json_path, junit, markdown)
+
+
+@app.command()
+@handle_errors
+def preflight(
+    path: Annotated[Path, typer.Argument(help="The export folder, or its manifest.json")],
+    provider: Annotated[str, typer.Option(help="cpu or cuda: where the artifact must run")] = "cpu",
+    runtime: Annotated[str, typer.Option(help="onnxruntime (model.onnx) or torchscript (model.pt)")]
+    = "onnxruntime",
+    runs: Annotated[int, typer.Option(help="Timed runs")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first")] = 5,
+    max_latency_ms: Annotated[float | None, typer.Option(help="Budget for the p90 latency")] = None,
+    tf32: Tf32 = None,
+    json_path: JsonOut = None,
+    junit: JunitOut = None,
+    markdown: MarkdownOut = None,
+) -> None:
+    """Deployment check: loads on the provider asked for, matches its goldens, latency; GO or NO-GO."""
+    from verify.preflight import PreflightOptions
+    from verify.preflight import preflight as run_preflight
+
+    options = PreflightOptions(provider=provider, runtime=runtime, runs=runs, warmup=warmup,
+                               max_latency_ms=max_latency_ms, tf32=tf32)
+    _finish_checks(run_preflight(path, options), json_path, junit, markdown)
+
+
 @app.command(name="list")
 def list_command() -> None:
     """List the registered backbones, norms, views and runtimes."""

@@ -28,14 +28,17 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
     write_goldens(folder, input_name, array, fp32, oracle.outputs)
     onnx = artifacts.get("onnx")
     opset = report.settings.get("export", {}).get("opset") if onnx else None
-    meta = next((a.meta for a in artifacts.values() if a.path), eager.meta)
+    from exporter.onnx import DYNAMIC_AXES
+
+    export = report.settings.get("export", {})
+    dynamic = onnx.meta.dynamic_axes if onnx else (dict(DYNAMIC_AXES) if export.get("dynamic") else {})
     manifest = build_manifest(
         folder,
         {fmt: a for fmt, a in artifacts.items() if a.path is not None},
         model={**asdict(built.spec), "spec": str(built.spec), "weights": built.weights.source,
                "weights_sha256": built.weights.sha256},
         input_spec={"name": input_name, "shape": list(array.shape), "dtype": str(array.dtype),
-                    "dynamic_axes": meta.dynamic_axes},
+                    "dynamic_axes": dynamic},
         outputs=built.output_names,
         tolerance=report.settings["tolerance"],
         floors=oracle.floors,

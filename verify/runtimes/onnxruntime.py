@@ -37,9 +37,9 @@ class OnnxRuntime(Runtime):
                              f"use one of {', '.join(OPT_LEVELS)}")
         wanted = PROVIDERS[self.options.device]
         if wanted not in ort.get_available_providers():
-            raise SetupError(f"ONNX Runtime has no {wanted} here (available: "
-                             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
-                             "on a CUDA machine, or use --device cpu")
+            what = "CUDA is not available to" if self.options.device == "cuda" else f"{wanted} is missing from"
+            raise SetupError(f"{what} ONNX Runtime here (providers: {', '.join(ort.get_available_providers())});"
+                             " install onnxruntime-gpu on a machine with CUDA, or run on cpu")
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
                                                            OPT_LEVELS[self.options.ort_opt_level])

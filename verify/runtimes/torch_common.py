@@ -15,7 +15,8 @@ def torch_device(device: str) -> torch.device:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
-        raise SetupError("CUDA was requested but torch sees no CUDA device; run on a GPU machine or use cpu")
+        raise SetupError("CUDA is not available to torch here (torch.cuda.is_available() is False); run on a "
+                         "machine with a CUDA GPU and a CUDA build of torch, or run on cpu")
     return torch.device(device)
 
 

@@ -1,0 +1,250 @@
+"""Export folders that prove themselves: `verify artifact`, `verify preflight`, CI formats,
+atomic writes and safe loading."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from exporter.manifest import file_sha256
+from verify.cli import app
+
+runner = CliRunner()
+EXPORT = ["export", "--backbone", "resnet18", "--shape", "1x3x64x64"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pristine")
+    result = invoke(*EXPORT, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out / "resnet18-frozen-body"
+
+
+@pytest.fixture
+def folder(pristine, tmp_path):
+    """A fresh copy of a good export folder, free to break."""
+    return shutil.copytree(pristine, tmp_path / pristine.name)
+
+
+def rewrite_manifest(folder, change):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def rehash(folder, name):
+    def change(manifest):
+        manifest["files"][name].update(sha256=file_sha256(folder / name), size=(folder / name).stat().st_size)
+    rewrite_manifest(folder, change)
+
+
+def test_manifest_records_what_was_made(pristine):
+    manifest = json.loads((pristine / "manifest.json").read_text())
+    assert manifest["schema"] == "backbone-verify/manifest" and manifest["schema_version"] == 1
+    assert set(manifest["files"]) == {"model.pt", "model.onnx", "goldens.npz"}
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == file_sha256(pristine / name)
+        assert entry["size"] == (pristine / name).stat().st_size
+    assert {"torch", "torchvision", "onnx", "onnxruntime", "python", "opset"} <= set(manifest["versions"])
+    assert manifest["model"]["spec"] == "resnet18:frozen:body"
+    assert manifest["model"]["weights"] == "synthetic:0" and len(manifest["model"]["weights_sha256"]) == 64
+    assert manifest["input"] == {"name": "input", "shape": [1, 3, 64, 64], "dtype": "float32",
+                                 "dynamic_axes": {"0": "batch", "2": "height", "3": "width"}}
+    assert manifest["tolerance"]["mode"] == "auto" and manifest["passed"] is True
+    assert len(manifest["verdicts"]) == 6
+    with np.load(pristine / "goldens.npz", allow_pickle=False) as goldens:
+        assert sorted(goldens.files) == sorted(["input.input"] + [f"float{b}.layer{i}" for b in (32, 64)
+                                                                  for i in range(1, 5)])
+
+
+def test_good_folder_passes_every_check(pristine, tmp_path):
+    result = invoke("artifact", pristine, "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    names = [(c["runtime"], c["name"]) for c in data["checks"]]
+    assert ("onnxruntime", "model.onnx: goldens float32") in names
+    assert ("torchscript", "model.pt: goldens float64") in names
+    assert ("onnxruntime", "model.onnx: shape 2x3x96x96") in names  # inside the dynamic axes
+    assert all(c["passed"] for c in data["checks"])
+
+
+def test_manifest_path_and_several_folders(pristine, folder):
+    result = invoke("artifact", pristine / "manifest.json", folder)
+    assert result.exit_code == 0, result.output
+    assert str(pristine) in result.stdout and str(folder) in result.stdout
+
+
+def flip_byte(folder):
+    path = folder / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def delete_file(folder):
+    (folder / "model.pt").unlink()
+
+
+def truncate(folder):
+    path = folder / "model.onnx"
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def point_outside(folder):
+    def change(manifest):
+        manifest["files"]["../model.onnx"] = manifest["files"].pop("model.onnx")
+    rewrite_manifest(folder, change)
+
+
+def external_data_outside(folder):
+    path = folder / "model.onnx"
+    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    (folder / "weights.bin").rename(folder.parent / "weights.bin")
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.bin"  # onnx refuses to write this itself; an attacker would not
+    path.write_bytes(model.SerializeToString())
+    rehash(folder, "model.onnx")  # only the external-data rule can catch it now
+
+
+@pytest.mark.parametrize(("damage", "file", "reason"), [
+    (flip_byte, "model.onnx", "sha256"),
+    (delete_file, "model.pt", "missing"),
+    (truncate, "model.onnx", "truncated"),
+    (point_outside, "../model.onnx", "outside the artifact folder"),
+    (external_data_outside, "model.onnx", "points outside the artifact folder"),
+])
+def test_damaged_folders_fail_naming_file_and_reason(folder, damage, file, reason):
+    damage(folder)
+    result = invoke("artifact", folder)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    failing = [line for line in result.stdout.splitlines() if "✗" in line]
+    assert any(file in line and reason in line for line in failing), result.stdout
+
+
+def test_reexport_with_other_weights_fails_on_goldens_not_hash(folder, tmp_path):
+    other = invoke(*EXPORT, "--seed", "1", "--out", tmp_path / "other")
+    assert other.exit_code == 0, other.output
+    shutil.copy(tmp_path / "other" / "resnet18-frozen-body" / "model.onnx", folder / "model.onnx")
+    rehash(folder, "model.onnx")
+    result = invoke("artifact", folder, "--json", tmp_path / "r.json")
+    assert result.exit_code == 1
+    checks = {(c["runtime"], c["name"]): c for c in json.loads((tmp_path / "r.json").read_text())["checks"]}
+    assert checks[("integrity", "model.onnx")]["passed"] is True
+    assert checks[("onnxruntime", "model.onnx: goldens float32")]["passed"] is False
+    assert checks[("torchscript", "model.pt: goldens float32")]["passed"] is True
+
+
+def test_junit_and_markdown(folder, tmp_path):
+    flip_byte(folder)
+    result = invoke("artifact", folder, "--junit", tmp_path / "j.xml", "--markdown", tmp_path / "s.md",
+                    "--json", tmp_path / "r.json")
+    assert result.exit_code == 1
+    checks = json.loads((tmp_path / "r.json").read_text())["checks"]
+    root = ET.parse(tmp_path / "j.xml").getroot()
+    assert root.tag == "testsuites"
+    cases = root.findall("./testsuite/testcase")
+    failures = root.findall("./testsuite/testcase/failure")
+    assert int(root.get("tests")) == len(cases) == len(checks)
+    assert int(root.get("failures")) == len(failures) == sum(not c["passed"] for c in checks) >= 1
+    suite = root.find("testsuite")
+    for attribute in ("name", "tests", "failures", "errors", "skipped", "time", "timestamp"):
+        assert suite.get(attribute) is not None
+    for case in cases:
+        assert case.get("classname") and case.get("name") and float(case.get("time")) >= 0
+    assert any("sha256" in f.get("message") for f in failures)
+    text = (tmp_path / "s.md").read_text()
+    assert text.startswith("## ❌ verify artifact") and "| artifact | runtime | check | result | detail |" in text
+    assert text.count("❌ fail") == len(failures)
+
+
+def test_preflight_cpu_go_and_latency_budget(pristine, tmp_path):
+    result = invoke("preflight", pristine, "--provider", "cpu", "--runs", "5", "--json", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    assert "GO: model.onnx on CPUExecutionProvider" in result.stdout
+    latency = [c for c in json.loads((tmp_path / "p.json").read_text())["checks"] if c["name"] == "latency"][0]
+    assert 0 < latency["details"]["p50_ms"] <= latency["details"]["p90_ms"]
+    assert len(latency["details"]["runs_ms"]) == 5
+    slow = invoke("preflight", pristine, "--runs", "3", "--max-latency-ms", "0.0001")
+    assert slow.exit_code == 1
+    assert "NO-GO" in slow.stdout
+
+
+def test_preflight_torchscript_runtime(pristine):
+    result = invoke("preflight", pristine, "--runtime", "torchscript", "--runs", "2")
+    assert result.exit_code == 0, result.output
+    assert "GO: model.pt on torch cpu" in result.stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without CUDA")
+def test_preflight_cuda_without_cuda_exits_2(pristine):
+    result = invoke("preflight", pristine, "--provider", "cuda")
+    assert result.exit_code == 2
+    assert "CUDA is not available" in result.stderr
+    assert "GO" not in result.stdout
+
+
+def test_preflight_refuses_a_tampered_folder(folder):
+    flip_byte(folder)
+    result = invoke("preflight", folder)
+    assert result.exit_code == 1
+    assert "NO-GO" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["artifact", "nowhere"], "nowhere does not exist"),
+    (["preflight", "nowhere"], "nowhere does not exist"),
+])
+def test_artifact_usage_errors(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*args)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def export_process(out):
+    return subprocess.Popen([sys.executable, "-m", "verify.cli", *EXPORT, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_killed_export_leaves_no_folder_that_validates(tmp_path):
+    process = export_process(tmp_path)
+    deadline = time.monotonic() + 120
+    staged = []
+    while time.monotonic() < deadline and not staged:
+        staged = [p for p in tmp_path.glob(".resnet18-frozen-body.staging-*") if (p / "model.pt").exists()]
+        time.sleep(0.05)
+    assert staged, "the export never started writing"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "resnet18-frozen-body").exists()
+    for path in [tmp_path / "resnet18-frozen-body", *staged]:
+        assert invoke("artifact", path).exit_code != 0
+    # the next export cleans up after the killed one and publishes a folder that validates
+    assert invoke(*EXPORT, "--out", tmp_path).exit_code == 0
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["resnet18-frozen-body"]
+    assert invoke("artifact", tmp_path / "resnet18-frozen-body").exit_code == 0
+
+
+def test_two_exports_into_the_same_out_at_once(tmp_path):
+    processes = [export_process(tmp_path) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["resnet18-frozen-body"]
+    assert invoke("artifact", tmp_path / "resnet18-frozen-body").exit_code == 0

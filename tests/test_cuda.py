@@ -1,0 +1,65 @@
+"""CUDA behaviour: runs on a GPU machine, skips cleanly elsewhere."""
+
+import pytest
+import torch
+
+from exporter.artifacts import eager_artifact
+from exporter.backbones import get_backbone
+from exporter.errors import SetupError
+from exporter.export import ExportOptions, export_model
+from tests.conftest import cpu_and_cuda
+from verify.api import make_input
+from verify.compare import Tolerance, compare_outputs
+from verify.oracle import measure_oracle
+from verify.runtimes import RUNTIMES, RuntimeOptions, make_runtime
+
+SHAPE = (1, 3, 128, 128)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    built = get_backbone("resnet50", "frozen", "body")
+    eager = eager_artifact(built, SHAPE)
+    x = make_input(SHAPE, 0)
+    artifacts = {"eager": eager}
+    for fmt in ("torchscript", "onnx"):
+        artifacts[fmt] = export_model(built, eager.meta, torch.from_numpy(x), tmp_path_factory.mktemp("cuda"),
+                                      ExportOptions(), fmt)
+    inputs = {"input": x}
+    oracle = measure_oracle(eager, inputs, make_runtime("eager").load(eager).run(inputs))
+    return artifacts, inputs, oracle
+
+
+def worst_ratio(name, device, tf32, exported):
+    artifacts, inputs, oracle = exported
+    runtime = make_runtime(name, RuntimeOptions(device=device, tf32=tf32))
+    artifact = next(a for a in artifacts.values() if a.format in runtime.formats)
+    outputs = runtime.load(artifact).run(inputs)
+    pair = compare_outputs(runtime.label, outputs, "oracle", oracle.outputs, Tolerance(), oracle.floors)
+    return pair.worst.ratio, pair.passed, runtime
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("name", RUNTIMES.names())
+def test_float32_runs_agree_with_the_oracle(name, device, exported):
+    ratio, passed, runtime = worst_ratio(name, device, False, exported)
+    assert passed, f"{runtime.label}: {ratio:.1f}x the floor"
+    if name == "onnxruntime" and device == "cuda":
+        assert runtime.session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("name", RUNTIMES.names())
+def test_tf32_is_caught_by_auto(name, exported):
+    """TF32 convolutions keep 10 mantissa bits: far beyond the float32 floor, and auto says so."""
+    ratio, passed, _ = worst_ratio(name, "cuda", True, exported)
+    assert not passed and ratio > 30
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("name", RUNTIMES.names())
+def test_cuda_requested_without_cuda_is_refused(name, exported):
+    artifacts, _, _ = exported
+    runtime = make_runtime(name, RuntimeOptions(device="cuda"))
+    with pytest.raises(SetupError, match="CUDA is not available"):
+        runtime.load(next(a for a in artifacts.values() if a.format in runtime.formats))
