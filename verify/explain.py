@@ -102,18 +102,14 @@ def _concerns(diff: StructuralDifference, module: str) -> bool:
 
 def _torch_side(artifact: Artifact) -> tuple[nn.Module, nn.Module, str] | None:
     """(float32 model, float64 model, prefix) for torch-runnable artifacts, else None."""
-    import warnings
-
-    import torch
+    from verify.runtimes import RuntimeOptions, make_runtime
 
     if artifact.format == "eager":
         built = artifact.built
         return copy.deepcopy(built.model), built.float64(), built.view.prefix
     if artifact.format == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model = torch.jit.load(str(artifact.path), map_location="cpu")
-        return model, copy.deepcopy(model).double(), ""
+        return (make_runtime("torchscript").load(artifact).module,
+                make_runtime("torchscript", RuntimeOptions(dtype="float64")).load(artifact).module, "")
     return None
 
 

@@ -1,10 +1,11 @@
-"""What the torch-based runtimes share: device checks, TF32 control, dict outputs."""
+"""What the torch-based runtimes share: device checks, TF32 control, running, dict outputs."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import SetupError
+from verify.runtimes import Runtime
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,3 +39,23 @@ def to_numpy_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
     tensors = [result] if isinstance(result, torch.Tensor) else list(result)
     keys = names if len(names) == len(tensors) else [f"output{i}" for i in range(len(tensors))]
     return {k: t.detach().cpu().numpy() for k, t in zip(keys, tensors)}
+
+
+class TorchRuntime(Runtime):
+    """Base of the runtimes that hold a torch module: subclasses set `self.module` in `_load`."""
+
+    def _target(self) -> tuple[torch.device, torch.dtype]:
+        import torch
+
+        self.device = torch_device(self.options.device)
+        self.dtype = getattr(torch, self.options.dtype)
+        return self.device, self.dtype
+
+    def _run(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        apply_tf32(self.options.tf32)
+        x = torch.from_numpy(array).to(device=self.device, dtype=self.dtype)
+        with torch.inference_mode():
+            result = self.module(x)
+        return to_numpy_outputs(result, self.artifact.meta.output_names)
