@@ -107,3 +107,21 @@ def test_help_lists_commands():
     result = invoke("--help")
     assert result.exit_code == 0
     assert "export" in result.stdout and "compare" in result.stdout
+
+
+def test_foreign_onnx_without_our_metadata_uses_its_graph_input(tmp_path):
+    """An ONNX file from elsewhere: input name and static shape read from the graph itself."""
+    import onnx
+
+    out = tmp_path / "static"
+    assert invoke("export", "--norm", "frozen", "--backbone", "resnet18", "--shape", "1x3x48x48", "--static",
+                  "--runtime", "onnxruntime", "--out", out).exit_code == 0
+    model = onnx.load(str(out / "resnet18-frozen-body" / "model.onnx"))
+    del model.metadata_props[:]
+    model.graph.input[0].name = "images"
+    for node in model.graph.node:
+        node.input[:] = ["images" if name == "input" else name for name in node.input]
+    onnx.save(model, str(tmp_path / "foreign.onnx"))
+    result = invoke("compare", tmp_path / "foreign.onnx", "resnet18:frozen:body", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["input"]["shape"] == [1, 3, 48, 48]
