@@ -30,7 +30,8 @@ class ArtifactMeta:
     """Recorded at export, inside the artifact itself, so a file copied alone keeps it."""
 
     input_name: str = "input"
-    input_shape: list[int] = field(default_factory=lambda: [1, 3, 224, 224])
+    input_shape: list[int] = field(default_factory=list)
+    """Empty when unknown (a file from elsewhere)."""
     output_names: list[str] = field(default_factory=list)
     dynamic_axes: dict[str, str] = field(default_factory=dict)
     """Axis index (as a string, JSON keys) -> symbolic name."""
@@ -43,10 +44,20 @@ class ArtifactMeta:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> ArtifactMeta:
-        data = json.loads(text)
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+    def from_json(cls, text: str, source: object = "artifact") -> ArtifactMeta:
+        """Parse recorded metadata; anything malformed is an ArtifactError naming `source`."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            meta = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+            if not (isinstance(meta.input_name, str) and isinstance(meta.input_shape, list)
+                    and all(isinstance(d, int) for d in meta.input_shape)
+                    and isinstance(meta.output_names, list) and isinstance(meta.dynamic_axes, dict)):
+                raise ValueError("fields of the wrong type")
+        except (ValueError, TypeError) as exc:
+            raise ArtifactError(f"{source} carries malformed {META_KEY} metadata: {exc}") from None
+        return meta
 
 
 @dataclass
@@ -135,10 +146,10 @@ def staged_folder(final: Path) -> Iterator[Path]:
     parent = final.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(parent)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=parent))
     except OSError as exc:
-        raise UsageError(f"Cannot create output folder {parent}: {exc.strerror}") from None
-    _remove_stale_staging(parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=parent))
+        raise UsageError(f"Cannot write into the output folder {parent}: {exc.strerror}") from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the folder is for sharing
@@ -175,11 +186,24 @@ def _fsync_tree(folder: Path) -> None:
     _fsync_dir(folder)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and rename, so a reader never sees half a file."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file; a path that
+    cannot be written is the user's to fix (UsageError)."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        raise UsageError(f"Cannot write {path}: it is a folder; give a file name")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"Cannot write {path}: {exc.strerror}") from None
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def require_inside(folder: Path, relative: str, what: str) -> Path:

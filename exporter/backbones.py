@@ -74,7 +74,13 @@ def _fpn(resnet: nn.Module, weights: Weights, seed: int) -> nn.Module:
         model = _resnet_fpn_extractor(resnet, trainable_layers=5)
     model.body.return_layers = {f"layer{i}": f"p{i + 1}" for i in range(1, 5)}
     if "fpn" in weights.extra:
-        model.fpn.load_state_dict(weights.extra["fpn"])
+        from exporter.errors import UsageError
+
+        try:
+            model.fpn.load_state_dict(weights.extra["fpn"])
+        except RuntimeError as exc:
+            raise UsageError(f"The FPN weights in {weights.source} do not fit this FPN: "
+                             f"{str(exc).splitlines()[-1].strip()}") from None
     return model
 
 

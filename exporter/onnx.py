@@ -79,7 +79,7 @@ def read_onnx_meta(path: Path) -> ArtifactMeta:
     model = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     if META_KEY in props:
-        return ArtifactMeta.from_json(props[META_KEY])
+        return ArtifactMeta.from_json(props[META_KEY], path)
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:

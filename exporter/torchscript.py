@@ -48,7 +48,8 @@ def read_torchscript_meta(path: Path) -> ArtifactMeta:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith(f"extra/{TORCHSCRIPT_META_FILE}")]
             if not names:
-                return ArtifactMeta()
-            return ArtifactMeta.from_json(archive.read(names[0]).decode())
+                return ArtifactMeta()  # a TorchScript file from elsewhere: nothing recorded
+            text = archive.read(names[0]).decode()
     except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{path} is not a readable TorchScript file: {exc}") from None
+    return ArtifactMeta.from_json(text, path)

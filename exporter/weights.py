@@ -169,7 +169,7 @@ def load_weights_file(path: Path) -> Weights:
 def split_checkpoint(
     raw: dict[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
-    """Map a classifier, detection (`backbone.body.*`, `backbone.fpn.*`) or backbone (`body.*`)
+    """Map a classifier, detection (`backbone.body.*`, `backbone.fpn.*`, heads dropped) or backbone (`body.*`)
     checkpoint onto classifier keys, plus the FPN's own weights when present."""
     import torch
 
@@ -179,8 +179,8 @@ def split_checkpoint(
         name = key.removeprefix("module.").removeprefix("backbone.")
         if name.startswith("fpn."):
             fpn[name.removeprefix("fpn.")] = value
-        elif name.startswith(("rpn.", "roi_heads.")):
-            continue
+        elif name.startswith(("rpn.", "roi_heads.", "head.", "anchor_generator.")):
+            continue  # Faster/Mask R-CNN, RetinaNet and FCOS heads
         else:
             body[name.removeprefix("body.")] = value
     # FrozenBatchNorm2d checkpoints carry no num_batches_tracked; BatchNorm2d needs one to load.

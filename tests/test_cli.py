@@ -75,6 +75,11 @@ def test_seed_question_spec_pair_agrees_on_layer4():
     (["compare", "missing.onnx", "resnet18"], "missing.onnx does not exist"),
     (["compare", "model.tflite", "resnet18"], "Cannot tell the format"),
     (["compare", "resnet18:frozen:body", "resnet18:frozen:fpn"], "share no output"),
+    (["compare", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"],
+     "failed on an input of shape (1, 1, 32, 32)"),
+    (["explain", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"], "failed on an input"),
+    (["compare", "resnet18", "resnet18", "--shape", "1x3x32x32", "--json", "."], "Cannot write"),
+    (["export", *SMALL_ARGS, "--factor", "3", "--decimal", "4"], "--factor sets the auto mode"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -125,3 +130,24 @@ def test_foreign_onnx_without_our_metadata_uses_its_graph_input(tmp_path):
     result = invoke("compare", tmp_path / "foreign.onnx", "resnet18:frozen:body", "--json", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r.json").read_text())["input"]["shape"] == [1, 3, 48, 48]
+
+
+def test_empty_input_file_is_refused(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3, 32, 32), np.float32))
+    result = invoke("compare", "resnet18", "resnet18", "--input", tmp_path / "empty.npy")
+    assert result.exit_code == 2 and "non-empty NCHW" in result.stderr
+
+
+def test_an_unexpected_failure_is_one_line_and_exit_2(monkeypatch):
+    import verify.api
+
+    def broken(*args, **kwargs):
+        raise ValueError("something nobody planned for\nsecond line")
+
+    monkeypatch.setattr(verify.api, "compare", broken)
+    result = invoke("compare", "resnet18", "resnet18")
+    assert result.exit_code == 2
+    assert "unexpected ValueError: second line" in result.stderr and "VERIFY_DEBUG" in result.stderr
+    assert "Traceback" not in result.output

@@ -572,3 +572,37 @@ def test_allclose_needed_atol_passes(seed):
         result = judge(actual, desired, Tolerance.from_options(rtol=rtol, atol=0.0))
         atol = float(re.match(r"atol>=(\S+) ", result.needed)[1])
         assert numpy_verdict(np.testing.assert_allclose, actual, desired, rtol=rtol, atol=atol)[0]
+
+
+def test_require_all_fails_an_output_missing_on_either_side():
+    a = {"x": np.zeros(2), "extra": np.zeros(1)}
+    b = {"x": np.zeros(2), "y": np.zeros(3)}
+    assert compare_outputs("a", a, "b", b, Tolerance(), floors={"x": 1.0}).passed  # shared only
+    pair = compare_outputs("a", a, "b", b, Tolerance(), floors={"x": 1.0}, require_all=True)
+    assert not pair.passed
+    reasons = {o.name: o.reason for o in pair.outputs if not o.passed}
+    assert reasons == {"extra": "output missing in b", "y": "output missing in a"}
+
+
+def test_factor_only_goes_with_auto():
+    with pytest.raises(UsageError, match="--factor"):
+        Tolerance.from_options(decimal=3, factor=2.0)
+    assert Tolerance.from_options(factor=2.0).factor == 2.0
+
+
+def test_nan_failure_is_not_explained_as_rounding():
+    from verify.explain_notes import explain_pair
+    from verify.report import Report
+
+    tolerance = Tolerance()
+    pair = compare_outputs("onnxruntime", {"x": np.array([np.nan, 1.0])}, "eager", {"x": np.array([0.5, 1.0])},
+                           tolerance, floors={"x": 1e-6})
+    report = Report("export", {"tolerance": tolerance.to_dict(), "tolerance_text": tolerance.describe()}, {})
+    note = explain_pair(pair, report)
+    assert "NaN" in note and "rounding" not in note
+
+
+def test_a_report_without_pairs_does_not_pass():
+    from verify.report import Report
+
+    assert Report("export", {}, {}).passed is False

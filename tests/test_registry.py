@@ -67,3 +67,12 @@ def test_parse_shape():
     for bad in ("1x3x224", "ax3x2x2", "0x3x8x8", ""):
         with pytest.raises(UsageError, match="Bad shape"):
             parse_shape(bad)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{\"input_shape\": 5}", "not json", "{\"output_names\": \"x\"}"])
+def test_malformed_artifact_metadata_is_an_artifact_error(text):
+    from exporter.artifacts import ArtifactMeta
+    from exporter.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="malformed"):
+        ArtifactMeta.from_json(text, "model.onnx")

@@ -79,6 +79,7 @@ def test_detection_checkpoint_loads_body_and_fpn(tmp_path):
     checkpoint = {f"backbone.{k}": v for k, v in source.state_dict().items()}
     assert not any(k.endswith("num_batches_tracked") for k in checkpoint)
     checkpoint["rpn.head.conv.0.0.weight"] = torch.zeros(1)
+    checkpoint["head.classification_head.conv.0.0.weight"] = torch.zeros(1)  # RetinaNet / FCOS
     torch.save(checkpoint, tmp_path / "detector.pth")
     loaded = load_weights(str(tmp_path / "detector.pth"), SMALL)
     assert "fpn" in loaded.extra
@@ -114,3 +115,13 @@ def test_weights_of_another_backbone_do_not_fit(tmp_path):
     save_weights(load_weights("synthetic", "resnet34"), path)
     with pytest.raises(UsageError, match="do not fit resnet18"):
         build_model(ModelSpec(SMALL, "frozen", "body"), load_weights(str(path), SMALL))
+
+
+def test_fpn_weights_that_do_not_fit_are_a_usage_error(tmp_path):
+    spec = ModelSpec(SMALL, "frozen", "fpn")
+    model = build_model(spec, load_weights("synthetic", SMALL)).model
+    state = {f"backbone.{k}": v for k, v in model.state_dict().items()}
+    state["backbone.fpn.layer_blocks.0.0.weight"] = torch.zeros(1, 1, 1, 1)
+    torch.save(state, tmp_path / "det.pth")
+    with pytest.raises(UsageError, match="FPN weights .* do not fit"):
+        build_model(spec, load_weights(str(tmp_path / "det.pth"), SMALL))

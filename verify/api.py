@@ -8,15 +8,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.artifacts import Artifact, detect_format, eager_artifact, open_artifact, staged_folder
+from exporter.artifacts import Artifact, eager_artifact, open_artifact, staged_folder
 from exporter.errors import UsageError
 from exporter.export import ExportOptions, export_model
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
-from verify.oracle import Oracle, measure_oracle, spread_floor
+from verify.oracle import Oracle, measure_oracle, oracle_or_spread
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
-from verify.runtimes import FORMAT_RUNTIMES, RuntimeOptions, make_runtime
+from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,8 +52,9 @@ def load_input(path: Path) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise UsageError(f"Cannot read {path} as a .npy array: {exc}") from None
-    if not isinstance(array, np.ndarray) or array.ndim != 4:
-        raise UsageError(f"Input {path} must hold one NCHW array, got shape {getattr(array, 'shape', None)}")
+    if not isinstance(array, np.ndarray) or array.ndim != 4 or min(array.shape) < 1:
+        raise UsageError(f"Input {path} must hold one non-empty NCHW array, got shape "
+                         f"{getattr(array, 'shape', None)}")
     return array.astype(np.float32)
 
 
@@ -80,11 +81,11 @@ def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, float
     for i, first in enumerate(runs):
         for second in runs[i + 1:]:
             pairs.append(compare_outputs(second["label"], second["outputs"], first["label"],
-                                         first["outputs"], tolerance, floors))
+                                         first["outputs"], tolerance, floors, require_all=True))
     if oracle is not None:
         for run in runs:
             pairs.append(compare_outputs(run["label"], run["outputs"], "oracle", oracle.outputs,
-                                         tolerance, floors, kind="oracle"))
+                                         tolerance, floors, kind="oracle", require_all=True))
     return pairs
 
 
@@ -131,7 +132,7 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
         report.notes = explain_pairs(report)
         from verify.manifest import write_artifact_folder
 
-        write_artifact_folder(staging, built, artifacts, inputs, runs, oracle, report)
+        write_artifact_folder(staging, built, artifacts, inputs, fp32, oracle, report)
     report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in artifacts.items() if a.path}
     report.artifacts["folder"] = str(folder)
     return report
@@ -148,7 +149,6 @@ def resolve_source(text: str, settings: RunSettings) -> Artifact:
     """A model spec (`resnet50:frozen:body`) or an artifact file (`.onnx`, TorchScript `.pt`)."""
     path = Path(text)
     if path.suffix:
-        detect_format(path)
         return open_artifact(path)
     return eager_artifact(build(ModelSpec.parse(text), settings), settings.shape or DEFAULT_SHAPE)
 
@@ -178,12 +178,12 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     runs, oracles = [], []
     for short, text, artifact in zip("AB", (a, b), sides):
         inputs = {artifact.meta.input_name: array}
-        run = _run(FORMAT_RUNTIMES[artifact.format], artifact, inputs, settings.runtime, progress, report)
+        run = _run(runtimes_for(artifact.format)[0], artifact, inputs, settings.runtime, progress, report)
         report.legend[short] = f"{text} on {run['label']}"
         run["label"] = short
         runs.append(run)
         with progress.step(f"Measuring the float32 noise floor of {text}"):
-            oracles.append(_oracle_or_spread(artifact, inputs, run["outputs"]))
+            oracles.append(oracle_or_spread(artifact, inputs, run["outputs"]))
     floors = {}
     for oracle in oracles:
         for name, value in oracle.floors.items():
@@ -199,16 +199,6 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
                                                 kind="oracle"))
     report.notes = explain_pairs(report)
     return report
-
-
-def _oracle_or_spread(artifact: Artifact, inputs: dict, fp32: dict) -> Oracle:
-    oracle = measure_oracle(artifact, inputs, fp32)
-    if oracle is not None:
-        return oracle
-    others = [make_runtime("onnxruntime", RuntimeOptions(ort_opt_level=level)).load(artifact).run(inputs)
-              for level in ("disable", "basic")]
-    name = artifact.path.name if artifact.path else artifact.label
-    return Oracle({}, spread_floor([fp32, *others]), f"{name}: spread of ORT optimisation levels")
 
 
 def _settings_dict(settings: RunSettings, **extra) -> dict:

@@ -127,9 +127,10 @@ def write_outputs(report: CheckReport, json_path: Path | None, junit_path: Path 
     if json_path:
         write_json_report(report.to_dict(), json_path)
         written.append(json_path)
+    from exporter.artifacts import write_text_atomic
+
     for path, text in ((junit_path, junit_xml), (markdown_path, markdown)):
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text(report))
+            write_text_atomic(path, text(report))
             written.append(path)
     return written

@@ -60,6 +60,16 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug or an unforeseen failure: still one line, and not "1"
+            if os.environ.get("VERIFY_DEBUG"):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[-1]
+            err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(first)} "
+                              "(rerun with VERIFY_DEBUG=1 for the traceback, and please report it)",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -144,7 +154,6 @@ def export(
     from verify.api import DEFAULT_RUNTIMES, verify_export
 
     spec = ModelSpec(backbone, norm, view)
-    spec.validate()
     settings = _settings(weights, seed, shape, input_file, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor)
     options = ExportOptions(torchscript_method="trace" if trace else "script", onnx_exporter=onnx_exporter,

@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     import numpy as np
 
 AUTO_FACTOR = 4.0
-"""Measured with bench/calibrate_auto.py on this project's synthetic weights, 1x3x224x224:
-correct float32 runs (eager, TorchScript, ORT with all or no graph optimisations, both ONNX
-exporters, every backbone x norm, every view of resnet50) stay within 2.0x the floor, pair
-against pair; a 0.1 % weight error in one output channel of one layer2/layer3 convolution of
-ResNet-50 gives 7.9x at the least and 39x at the median over 30 seeded picks. 4 leaves a 2x
-margin on each side; CUDA float32 without TF32 measured 1.5x on an H100 (DESIGN.md)."""
+"""Measured with bench/calibrate_auto.py on this project's synthetic weights, 1x3x224x224
+(bench/results/): correct float32 runs (eager, TorchScript, ORT with all or no graph
+optimisations, both ONNX exporters; every backbone x norm, every view of resnet50) stay within
+1.83x the floor on CPU and 2.2x on an H100 without TF32, pair against pair; a 0.1 % weight error
+in one output channel of one layer2/layer3 convolution of ResNet-50 gives 7.9x at the least and
+39x at the median over 30 seeded picks. 4 sits between, about 2x from each."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class Tolerance:
                      atol: float | None = None, factor: float | None = None) -> Tolerance:
         if decimal is not None and (rtol is not None or atol is not None):
             raise UsageError("Use either --decimal or --rtol/--atol, not both")
+        if factor is not None and (decimal is not None or rtol is not None or atol is not None):
+            raise UsageError("--factor sets the auto mode; it cannot go with --decimal or --rtol/--atol")
         if decimal is not None:
             return cls(mode="decimal", decimal=decimal)
         if rtol is not None or atol is not None:
@@ -75,6 +77,8 @@ class OutputComparison:
     """max |a-b| / max |b|: relative to the output's scale, finite near zero."""
     mean_abs: float | None = None
     mismatched: int = 0
+    nonfinite: int = 0
+    """NaN or Inf elements on either side (they never pass)."""
     total: int = 0
     worst_index: list[int] | None = None
     worst_a: float | None = None
@@ -152,10 +156,10 @@ def compare_arrays(name: str, actual: np.ndarray, desired: np.ndarray, tolerance
         result.ratio = _finite_or_none(result.max_abs / floor)
 
     mismatch, passed = _judge(actual, desired, diff, tolerance, floor, result)
-    nonfinite = int((~finite).sum())
+    result.nonfinite = int((~finite).sum())
     result.mismatched = int((mismatch | ~finite).sum())
-    result.passed = passed and nonfinite == 0
-    if nonfinite:
+    result.passed = passed and result.nonfinite == 0
+    if result.nonfinite:
         counts = [f"{int(np.isnan(x).sum())} NaN, {int(np.isinf(x).sum())} Inf in {side}"
                   for side, x in (("a", actual), ("b", desired)) if not np.isfinite(x).all()]
         result.reason = "; ".join(counts)
@@ -221,12 +225,19 @@ def _numpy_passes(check, actual: np.ndarray, desired: np.ndarray, **kwargs) -> b
 
 def compare_outputs(a_label: str, a: dict[str, np.ndarray], b_label: str, b: dict[str, np.ndarray],
                     tolerance: Tolerance, floors: dict[str, float] | None = None,
-                    kind: str = "runtime") -> PairResult:
-    """Compare the outputs both sides share, in `b`'s order; `b` is the reference side."""
+                    kind: str = "runtime", require_all: bool = False) -> PairResult:
+    """Compare the outputs both sides share, in `b`'s order; `b` is the reference side.
+    With `require_all` (two runs of one model, or a run against its goldens) an output missing
+    on either side is a failure, not something to skip."""
     shared = [name for name in b if name in a]
-    if not shared:
+    if not shared and not require_all:
         raise UsageError(f"{a_label} and {b_label} share no output ({', '.join(a)} vs {', '.join(b)})")
     floors = floors or {}
-    return PairResult(a_label, b_label, [
-        compare_arrays(name, a[name], b[name], tolerance, floors.get(name)) for name in shared
-    ], kind=kind)
+    outputs = [compare_arrays(name, a[name], b[name], tolerance, floors.get(name)) for name in shared]
+    if require_all:
+        for name in [n for n in a if n not in b] + [n for n in b if n not in a]:
+            shape_a = list(a[name].shape) if name in a else []
+            shape_b = list(b[name].shape) if name in b else []
+            outputs.append(OutputComparison(name, shape_a, shape_b, passed=False,
+                                            reason=f"output missing in {'b' if name in a else 'a'}"))
+    return PairResult(a_label, b_label, outputs, kind=kind)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import Artifact
+from exporter.errors import UsageError
 from verify.api import RunSettings, input_shape_for, make_input, resolve_source
 from verify.localize import EQUIVALENCE_RTOL, first_divergence_onnx, first_divergence_torch
 from verify.progress import NullProgress, Progress
@@ -118,8 +119,9 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     import numpy as np
     import torch
 
-    from verify.oracle import noise_floors
-    from verify.runtimes import FORMAT_RUNTIMES, make_runtime
+    from verify.oracle import noise_floors, oracle_or_spread
+    from verify.runtimes import make_runtime, runtimes_for
+    from verify.runtimes.torch_common import call_module, to_numpy_outputs
 
     progress = progress or NullProgress()
     sides = [_torch_side(a), _torch_side(b)]
@@ -127,25 +129,28 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     with progress.step("Running both in float32 and float64"):
         for artifact, side in zip((a, b), sides):
             if side is None:
-                fp32.append(make_runtime(FORMAT_RUNTIMES[artifact.format]).load(artifact)
+                fp32.append(make_runtime(runtimes_for(artifact.format)[0]).load(artifact)
                             .run({artifact.meta.input_name: x}))
                 fp64.append(None)
                 continue
-            with torch.no_grad():
-                fp32.append(_as_numpy(side[0](torch.from_numpy(x)), artifact.meta.output_names))
-                fp64.append(_as_numpy(side[1](torch.from_numpy(x).double()), artifact.meta.output_names))
+            names, label = artifact.meta.output_names, artifact.label
+            fp32.append(to_numpy_outputs(call_module(side[0], torch.from_numpy(x), label), names))
+            fp64.append(to_numpy_outputs(call_module(side[1], torch.from_numpy(x).double(), label), names))
     shared = [name for name in fp32[1] if name in fp32[0]]
     if not shared:
-        from exporter.errors import UsageError
-
         raise UsageError(f"{labels[0]} and {labels[1]} share no output ({', '.join(fp32[0])} vs "
                          f"{', '.join(fp32[1])})")
+    for name in shared:
+        if fp32[0][name].shape != fp32[1][name].shape:
+            raise UsageError(f"{name} has shape {fp32[0][name].shape} in {labels[0]} and "
+                             f"{fp32[1][name].shape} in {labels[1]}: not the same quantity")
     result = Explanation(labels[0], labels[1], equivalent=False, how="float64", outputs=shared,
                          input_shape=list(x.shape))
     result.float32_difference = {
         n: float(np.abs(fp32[0][n].astype(np.float64) - fp32[1][n]).max()) for n in shared}
     for side_label, artifact, out32, ref in zip("AB", (a, b), fp32, fp64):
-        floors = noise_floors(out32, ref) if ref is not None else _spread(artifact, x, out32)
+        floors = noise_floors(out32, ref) if ref is not None else \
+            oracle_or_spread(artifact, {artifact.meta.input_name: x}, out32).floors
         result.noise_floor[side_label] = {k: v for k, v in floors.items() if k in shared}
     if fp64[0] is not None and fp64[1] is not None:
         for n in shared:
@@ -172,16 +177,6 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     return result
 
 
-def _spread(artifact: Artifact, x: np.ndarray, fp32: dict[str, np.ndarray]) -> dict[str, float]:
-    """An ONNX side's floor: the spread between ORT optimisation levels (no float64 run exists)."""
-    from verify.oracle import spread_floor
-    from verify.runtimes import RuntimeOptions, make_runtime
-
-    runs = [make_runtime("onnxruntime", RuntimeOptions(ort_opt_level=level)).load(artifact)
-            .run({artifact.meta.input_name: x}) for level in ("disable", "basic")]
-    return spread_floor([fp32, *runs])
-
-
 def _locate(a: Artifact, b: Artifact, sides: list, x: np.ndarray, factor: float):
     import torch
 
@@ -194,12 +189,6 @@ def _locate(a: Artifact, b: Artifact, sides: list, x: np.ndarray, factor: float)
             return first_divergence_onnx(onnx_side.path, onnx_side.meta.input_name, x, model_side[0],
                                          model_side[2], factor)
     return None
-
-
-def _as_numpy(result: Any, names: list[str]) -> dict[str, np.ndarray]:
-    from verify.runtimes.torch_common import to_numpy_outputs
-
-    return to_numpy_outputs(result, names)
 
 
 def explain(a: str = SEED_QUESTION[0], b: str = SEED_QUESTION[1], settings: RunSettings | None = None,

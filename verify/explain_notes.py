@@ -19,13 +19,13 @@ def explain_pair(pair: PairResult, report: Report) -> str:
     ratio = worst.ratio
     if pair.passed:
         return ""
-    if ratio is None:
+    if ratio is None or worst.nonfinite or worst.reason.startswith(("shape", "output missing")):
         return f"{pair.a} vs {pair.b}: {worst.name}: {worst.reason}"
     if ratio <= factor:
         return (f"{pair.a} vs {pair.b}: {worst.name} fails {report.settings['tolerance_text']} but is "
                 f"{ratio:.1f}x the float32 noise floor: this is rounding, and the tolerance asks for more "
                 f"than float32 can give at this output scale (needs {worst.needed})")
-    cuda = "cuda" in f"{pair.a} {pair.b}"
+    cuda = report.settings.get("runtime", {}).get("device") == "cuda"
     tf32 = report.settings.get("runtime", {}).get("tf32")
     if cuda and tf32 is not False and TF32_RATIO_RANGE[0] <= ratio <= TF32_RATIO_RANGE[1]:
         return (f"{pair.a} vs {pair.b}: {worst.name} is {ratio:.0f}x the float32 noise floor, the size "

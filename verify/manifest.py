@@ -16,22 +16,13 @@ if TYPE_CHECKING:
 
 
 def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, Artifact], inputs: dict,
-                          runs: list[dict], oracle: Oracle, report: Report) -> None:
+                          fp32: dict, oracle: Oracle, report: Report) -> None:
     """Goldens first, manifest last: a folder without its manifest never validates."""
-    eager = artifacts["eager"]
     (input_name, array), = inputs.items()
-    fp32 = next((r["outputs"] for r in runs if r["label"] == "eager"), None)
-    if fp32 is None:
-        from verify.runtimes import make_runtime
-
-        fp32 = make_runtime("eager").load(eager).run(inputs)
     write_goldens(folder, input_name, array, fp32, oracle.outputs)
     onnx = artifacts.get("onnx")
     opset = report.settings.get("export", {}).get("opset") if onnx else None
-    from exporter.onnx import DYNAMIC_AXES
-
-    export = report.settings.get("export", {})
-    dynamic = onnx.meta.dynamic_axes if onnx else (dict(DYNAMIC_AXES) if export.get("dynamic") else {})
+    dynamic = onnx.meta.dynamic_axes if onnx else {}
     manifest = build_manifest(
         folder,
         {fmt: a for fmt, a in artifacts.items() if a.path is not None},

@@ -42,22 +42,17 @@ def noise_floors(fp32: dict[str, np.ndarray], fp64: dict[str, np.ndarray]) -> di
     return floors
 
 
-def float64_runtime_for(artifact: Artifact) -> str | None:
-    """The runtime that can run `artifact` in float64, if any (torch ones can; ORT cannot)."""
-    return {"eager": "eager", "torchscript": "torchscript"}.get(artifact.format)
-
-
 def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray],
                    fp32_outputs: dict[str, np.ndarray]) -> Oracle | None:
     """Run `artifact` in float64 on CPU and measure the floor against its float32 outputs."""
-    from verify.runtimes import RuntimeOptions, make_runtime
+    from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
-    name = float64_runtime_for(artifact)
-    if name is None:
+    names = runtimes_for(artifact.format, float64=True)
+    if not names:
         return None
-    runtime = make_runtime(name, RuntimeOptions(dtype="float64")).load(artifact)
+    runtime = make_runtime(names[0], RuntimeOptions(dtype="float64")).load(artifact)
     fp64 = runtime.run(inputs)
-    return Oracle(fp64, noise_floors(fp32_outputs, fp64), f"{runtime.label} vs {name}")
+    return Oracle(fp64, noise_floors(fp32_outputs, fp64), f"{runtime.label} vs {names[0]}")
 
 
 def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -71,3 +66,17 @@ def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, float]:
         for name, value in noise_floors(other, {k: v.astype(np.float64) for k, v in base.items()}).items():
             floors[name] = max(floors.get(name, 0.0), value)
     return floors
+
+
+def oracle_or_spread(artifact: Artifact, inputs: dict[str, np.ndarray], fp32: dict[str, np.ndarray]) -> Oracle:
+    """The float64 oracle where a runtime can run `artifact` in float64; otherwise (an ONNX file)
+    no reference outputs, and the floor from the spread of ONNX Runtime's optimisation levels."""
+    from verify.runtimes import RuntimeOptions, make_runtime
+
+    oracle = measure_oracle(artifact, inputs, fp32)
+    if oracle is not None:
+        return oracle
+    others = [make_runtime("onnxruntime", RuntimeOptions(ort_opt_level=level)).load(artifact).run(inputs)
+              for level in ("disable", "basic")]
+    name = artifact.path.name if artifact.path else artifact.label
+    return Oracle({}, spread_floor([fp32, *others]), f"{name}: spread of ORT optimisation levels")

@@ -11,8 +11,8 @@ from exporter.errors import UsageError
 from exporter.manifest import GOLDENS_NAME, read_goldens
 from verify.checks import Check, CheckReport
 from verify.compare import compare_outputs
-from verify.runtimes import RuntimeOptions, make_runtime
-from verify.validate import check_integrity, runtimes_for
+from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
+from verify.validate import check_integrity
 
 PROVIDERS = ("cpu", "cuda")
 
@@ -62,9 +62,13 @@ def preflight(path: Path, options: PreflightOptions | None = None) -> CheckRepor
 
     goldens = read_goldens(art.verified[GOLDENS_NAME])
     outputs = runtime.run(goldens["input"])
-    pair = compare_outputs(runtime.label, outputs, "golden float32", goldens["float32"], art.tolerance(), art.floors())
+    pair = compare_outputs(runtime.label, outputs, "golden float32", goldens["float32"], art.tolerance(),
+                           art.floors(), require_all=True)
     worst = pair.worst
-    ratio = f"{worst.ratio:.1f}x floor" if worst.ratio is not None else f"max abs {worst.max_abs:.2e}"
+    if worst.ratio is not None:
+        ratio = f"{worst.ratio:.1f}x floor"
+    else:
+        ratio = worst.reason or f"max abs {worst.max_abs or 0.0:.2e}"
     report.add(Check(label, runtime.label, f"{target}: goldens", pair.passed,
                      f"worst {worst.name}: {ratio} ({art.tolerance().describe()})", details=pair.to_dict()))
 

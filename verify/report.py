@@ -49,7 +49,7 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return all(pair.passed for pair in self.pairs)
+        return bool(self.pairs) and all(pair.passed for pair in self.pairs)
 
     @property
     def exit_code(self) -> int:
@@ -75,7 +75,6 @@ class Report:
 def write_json_report(data: dict[str, Any], path: Path) -> None:
     from exporter.artifacts import write_json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, data)
 
 

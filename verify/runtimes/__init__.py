@@ -34,6 +34,8 @@ class Runtime:
 
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]
+    supports_float64: ClassVar[bool] = False
+    """Can run the artifact in float64 (and so serve as the oracle)."""
 
     def __init__(self, options: RuntimeOptions | None = None) -> None:
         self.options = options or RuntimeOptions()
@@ -105,12 +107,20 @@ RUNTIMES: Registry = Registry("runtime")
 RUNTIMES.add("eager", _eager)
 RUNTIMES.add("torchscript", _torchscript)
 RUNTIMES.add("onnxruntime", _onnxruntime)
-FORMAT_RUNTIMES = {"eager": "eager", "torchscript": "torchscript", "onnx": "onnxruntime"}
-"""The runtime that runs each artifact format."""
+
+
+def runtime_class(name: str) -> type[Runtime]:
+    return RUNTIMES.get(name)()
+
+
+def runtimes_for(fmt: str, float64: bool = False) -> list[str]:
+    """The registered runtimes that run artifacts of format `fmt` (in float64 when asked)."""
+    return [name for name in RUNTIMES if fmt in runtime_class(name).formats
+            and (not float64 or runtime_class(name).supports_float64)]
 
 
 def make_runtime(name: str, options: RuntimeOptions | None = None) -> Runtime:
-    return RUNTIMES.get(name)()(options)
+    return runtime_class(name)(options)
 
 
 def list_runtimes() -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from exporter.errors import SetupError
+from exporter.errors import ArtifactError, SetupError
 from verify.runtimes import Runtime
 
 if TYPE_CHECKING:
@@ -41,8 +41,23 @@ def to_numpy_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
     return {k: t.detach().cpu().numpy() for k, t in zip(keys, tensors)}
 
 
+def call_module(module: Any, x: torch.Tensor, label: str) -> Any:
+    """Run a torch module without autograd; its failures (wrong channels, too small an input,
+    out of memory) become one-line ArtifactErrors."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            return module(x)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{label} failed on an input of shape {tuple(x.shape)}: "
+                            f"{str(exc).strip().splitlines()[-1]}") from None
+
+
 class TorchRuntime(Runtime):
     """Base of the runtimes that hold a torch module: subclasses set `self.module` in `_load`."""
+
+    supports_float64 = True
 
     def _target(self) -> tuple[torch.device, torch.dtype]:
         import torch
@@ -56,6 +71,4 @@ class TorchRuntime(Runtime):
 
         apply_tf32(self.options.tf32)
         x = torch.from_numpy(array).to(device=self.device, dtype=self.dtype)
-        with torch.inference_mode():
-            result = self.module(x)
-        return to_numpy_outputs(result, self.artifact.meta.output_names)
+        return to_numpy_outputs(call_module(self.module, x, self.label), self.artifact.meta.output_names)
