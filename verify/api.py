@@ -66,13 +66,14 @@ def build(spec: ModelSpec, settings: RunSettings):
 
 
 def _run(runtime_name: str, artifact: Artifact, inputs: dict, options: RuntimeOptions,
-         progress: Progress, report: Report) -> dict[str, np.ndarray]:
+         progress: Progress, report: Report) -> dict:
+    """Load and run once: {"label": the runtime's label, "outputs": its outputs}."""
     runtime = make_runtime(runtime_name, options)
     with progress.step(f"Running {runtime.label}"):
         start = time.perf_counter()
         outputs = runtime.load(artifact).run(inputs)
         report.runs.append(RunRecord(runtime.label, artifact.label, time.perf_counter() - start))
-    return {"label": runtime.label, "outputs": outputs}  # type: ignore[return-value]
+    return {"label": runtime.label, "outputs": outputs}
 
 
 def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, float],
@@ -96,13 +97,13 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
     against the float64 oracle. The artifact folder appears complete or not at all."""
     import torch
 
-    from verify.runtimes import RUNTIMES
+    from verify.runtimes import runtime_class
 
     settings, export = settings or RunSettings(), export or ExportOptions()
     progress = progress or NullProgress()
 
     spec.validate()
-    formats = {name: RUNTIMES.get(name)().formats[0] for name in runtimes}
+    formats = {name: runtime_class(name).formats[0] for name in runtimes}
     missing = sorted(set(formats.values()) - {"eager"} - set(export.formats))
     if missing:
         raise UsageError(f"Runtimes {', '.join(runtimes)} need {', '.join(missing)} exports; add the format")
@@ -139,6 +140,7 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
 
 
 def _eager_fp32(runs: list[dict], eager: Artifact, inputs: dict) -> dict[str, np.ndarray]:
+    """Eager float32 on the CPU: the floor is measured there, whatever device the runs used."""
     for run in runs:
         if run["label"] == "eager":
             return run["outputs"]
