@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from verify.report import Report
 
 TF32_RATIO_RANGE = (30.0, 1e5)
-"""TF32 keeps 10 mantissa bits to float32's 23: measured 500-2000x the floor on ResNet-50."""
+"""TF32 keeps 10 mantissa bits to float32's 23: measured 1068x (eager) and 1477x (ORT) on an H100 (bench/results)."""
 
 
 def explain_pair(pair: PairResult, report: Report) -> str:
