@@ -27,7 +27,7 @@ from exporter.export import ExportOptions, export_model
 from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
-from verify.api import make_input
+from verify.inputs import make_input
 from verify.oracle import measure_oracle
 from verify.runtimes import RuntimeOptions, make_runtime
 

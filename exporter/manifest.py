@@ -7,7 +7,8 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.artifacts import Artifact, write_json
+from exporter.artifacts import Artifact
+from exporter.fsio import write_json
 
 if TYPE_CHECKING:
     import numpy as np

@@ -8,8 +8,8 @@ from exporter.backbones import get_backbone
 from exporter.errors import SetupError
 from exporter.export import ExportOptions, export_model
 from tests.conftest import cpu_and_cuda
-from verify.api import make_input
 from verify.compare import Tolerance, compare_outputs
+from verify.inputs import make_input
 from verify.oracle import measure_oracle
 from verify.runtimes import RUNTIMES, RuntimeOptions, make_runtime
 

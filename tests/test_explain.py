@@ -11,9 +11,9 @@ from exporter.backbones import build_model
 from exporter.export import ExportOptions, export_model
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
-from verify.api import make_input
 from verify.cli import app
 from verify.explain import explain_artifacts
+from verify.inputs import make_input
 
 SHAPE = (1, 3, 64, 64)
 runner = CliRunner()

@@ -9,8 +9,8 @@ from exporter.backbones import get_backbone
 from exporter.errors import UsageError
 from exporter.export import ExportOptions, export_model
 from tests.conftest import SMALL, SMALL_SHAPE
-from verify.api import make_input
 from verify.compare import Tolerance, compare_outputs
+from verify.inputs import make_input
 from verify.oracle import measure_oracle
 from verify.runtimes import RUNTIMES, Runtime, RuntimeOptions, make_runtime
 

@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.artifacts import Artifact, eager_artifact, open_artifact, staged_folder
+from exporter.artifacts import Artifact, eager_artifact, open_artifact
 from exporter.errors import UsageError
 from exporter.export import ExportOptions, export_model
+from exporter.fsio import staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
+from verify.inputs import load_input, make_input
 from verify.oracle import Oracle, measure_oracle, oracle_or_spread
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
@@ -34,28 +36,6 @@ class RunSettings:
     input_file: Path | None = None
     runtime: RuntimeOptions = RuntimeOptions()
     tolerance: Tolerance = Tolerance()
-
-
-def make_input(shape: Sequence[int], seed: int) -> np.ndarray:
-    """A seeded standard-normal image batch, like normalised images."""
-    import numpy as np
-
-    return np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
-
-
-def load_input(path: Path) -> np.ndarray:
-    import numpy as np
-
-    if not path.is_file():
-        raise UsageError(f"Input file {path} does not exist")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"Cannot read {path} as a .npy array: {exc}") from None
-    if not isinstance(array, np.ndarray) or array.ndim != 4 or min(array.shape) < 1:
-        raise UsageError(f"Input {path} must hold one non-empty NCHW array, got shape "
-                         f"{getattr(array, 'shape', None)}")
-    return array.astype(np.float32)
 
 
 def build(spec: ModelSpec, settings: RunSettings):

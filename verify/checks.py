@@ -127,7 +127,7 @@ def write_outputs(report: CheckReport, json_path: Path | None, junit_path: Path 
     if json_path:
         write_json_report(report.to_dict(), json_path)
         written.append(json_path)
-    from exporter.artifacts import write_text_atomic
+    from exporter.fsio import write_text_atomic
 
     for path, text in ((junit_path, junit_xml), (markdown_path, markdown)):
         if path:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import Artifact
 from exporter.errors import UsageError
-from verify.api import RunSettings, input_shape_for, make_input, resolve_source
+from verify.api import RunSettings, input_shape_for, resolve_source
+from verify.inputs import make_input
 from verify.localize import EQUIVALENCE_RTOL, first_divergence_onnx, first_divergence_torch
 from verify.progress import NullProgress, Progress
 from verify.structure import StructuralDifference, structural_diff, train_mode_modules
@@ -195,7 +196,7 @@ def explain(a: str = SEED_QUESTION[0], b: str = SEED_QUESTION[1], settings: RunS
             progress: Progress | None = None) -> Explanation:
     """Explain two model specs or artifacts (default: the seed question, classifier trunk with
     BatchNorm2d vs detection body with FrozenBatchNorm2d, same weights)."""
-    from verify.api import load_input
+    from verify.inputs import load_input
 
     settings, progress = settings or RunSettings(), progress or NullProgress()
     with progress.step("Loading both sides"):

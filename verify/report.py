@@ -73,7 +73,7 @@ class Report:
 
 
 def write_json_report(data: dict[str, Any], path: Path) -> None:
-    from exporter.artifacts import write_json
+    from exporter.fsio import write_json
 
     write_json(path, data)
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.artifacts import Artifact, ArtifactMeta, require_inside
+from exporter.artifacts import Artifact, ArtifactMeta
 from exporter.errors import ArtifactError, UsageError, VerifyError
+from exporter.fsio import require_inside
 from exporter.manifest import (
     GOLDENS_NAME,
     MANIFEST_NAME,
@@ -198,7 +199,7 @@ def _second_shape_check(art: ArtifactFolder, name: str, runtime, shape: tuple[in
                         tolerance: Tolerance) -> Check:
     """At a shape with no goldens, judge against a float64 run of the TorchScript artifact when
     the folder has a verified one, else check the output shapes follow the input's."""
-    from verify.api import make_input
+    from verify.inputs import make_input
     from verify.oracle import noise_floors
 
     input_name = art.manifest.get("input", {}).get("name", "input")
