@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 META_KEY = "backbone_verify"
 """ONNX metadata_props key / TorchScript extra file holding the metadata JSON."""
 TORCHSCRIPT_META_FILE = f"{META_KEY}.json"
-FORMAT_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
 
 
 @dataclass
@@ -57,7 +56,8 @@ class ArtifactMeta:
 class Artifact:
     """Something a runtime can load: an in-memory model (`eager`) or a file."""
 
-    format: str  # "eager" | "torchscript" | "onnx"
+    format: str
+    """A name in exporter.formats.FORMATS."""
     meta: ArtifactMeta
     path: Path | None = None
     built: BuiltModel | None = None
@@ -68,34 +68,21 @@ class Artifact:
 
 
 def eager_artifact(built: BuiltModel, shape: tuple[int, ...]) -> Artifact:
-    meta = ArtifactMeta(
-        input_shape=list(shape),
-        output_names=built.output_names,
-        spec=str(built.spec),
-        weights=built.weights.source,
-        weights_sha256=built.weights.sha256,
-    )
-    return Artifact("eager", meta, built=built)
+    """The in-memory model as an artifact (kept here for callers; it lives with its format)."""
+    from exporter.formats.eager import eager_artifact as make
 
-
-def detect_format(path: Path) -> str:
-    try:
-        return FORMAT_SUFFIXES[path.suffix.lower()]
-    except KeyError:
-        raise UsageError(
-            f"Cannot tell the format of {path}; expected one of {', '.join(FORMAT_SUFFIXES)}"
-        ) from None
+    return make(built, shape)
 
 
 def open_artifact(path: Path) -> Artifact:
-    """Read a `.onnx` or TorchScript `.pt` file's metadata (and check the ONNX graph)."""
-    fmt = detect_format(path)
+    """Read an artifact file's recorded metadata through its format (nothing is loaded)."""
+    from exporter.formats import detect_format
+
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; pass a model file (e.g. {path}/model.onnx) or a model spec")
+    if not path.exists():
+        raise UsageError(f"Artifact {path} does not exist" + (" (a broken symbolic link)" if path.is_symlink() else ""))
     if not path.is_file():
-        raise UsageError(f"Artifact {path} does not exist")
-    if fmt == "onnx":
-        from exporter.onnx import read_onnx_meta
-
-        return Artifact("onnx", read_onnx_meta(path), path=path)
-    from exporter.torchscript import read_torchscript_meta
-
-    return Artifact("torchscript", read_torchscript_meta(path), path=path)
+        raise UsageError(f"{path} is not a regular file; pass a model file")
+    fmt = detect_format(path)
+    return Artifact(fmt.name, fmt.read_meta(path), path=path)

@@ -1,59 +1,57 @@
-"""Export a built model to every requested format, into one folder."""
+"""Export a built model to the requested formats, through the format registry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from exporter.artifacts import Artifact, ArtifactMeta
-from exporter.registry import Registry
+from exporter.errors import UsageError
+from exporter.formats import FORMATS, ExportContext, default_formats, get_format
 
 if TYPE_CHECKING:
     import torch
 
+    from exporter.artifacts import Artifact, ArtifactMeta
     from exporter.backbones import BuiltModel
-
-Exporter = Callable[["BuiltModel", "torch.Tensor", ArtifactMeta, "ExportOptions", Path], Artifact]
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    formats: tuple[str, ...] = ("torchscript", "onnx")
-    torchscript_method: str = "script"
-    onnx_exporter: str = "dynamo"
-    opset: int = 18
+    """Which formats, whether batch/height/width stay dynamic, and each format's own options
+    (a small dataclass per format, e.g. `OnnxOptions(exporter="torchscript", opset=17)`)."""
+
+    formats: tuple[str, ...] = field(default_factory=default_formats)
     dynamic: bool = True
+    format_options: tuple[Any, ...] = ()
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", tuple(dict.fromkeys(self.formats)))
+        for name in self.formats:
+            if not get_format(name).is_file:
+                raise UsageError(f"{name} is not a file format; choose among "
+                                 f"{', '.join(n for n in FORMATS if get_format(n).is_file)}")
 
-@dataclass(frozen=True)
-class ExporterEntry:
-    export: Exporter
-    filename: str
+    def options_for(self, fmt: str) -> Any:
+        """The options given for `fmt`, else that format's defaults."""
+        cls = get_format(fmt).Options
+        return next((o for o in self.format_options if isinstance(o, cls)), cls())
 
+    def validate(self) -> None:
+        """Every chosen format's options, checked before any work."""
+        for name in self.formats:
+            self.options_for(name).validate()
 
-def _torchscript(*args):  # thin thunks keep torch out of import time
-    from exporter.torchscript import export_torchscript
-
-    return export_torchscript(*args)
-
-
-def _onnx(*args):
-    from exporter.onnx import export_onnx
-
-    return export_onnx(*args)
-
-
-EXPORTERS: Registry[ExporterEntry] = Registry("export format")
-EXPORTERS.add("torchscript", ExporterEntry(_torchscript, "model.pt"))
-EXPORTERS.add("onnx", ExporterEntry(_onnx, "model.onnx"))
+    def to_dict(self) -> dict[str, Any]:
+        return {"formats": list(self.formats), "dynamic": self.dynamic,
+                **{name: asdict(self.options_for(name)) for name in self.formats}}
 
 
 def export_model(built: BuiltModel, base: ArtifactMeta, example: torch.Tensor, folder: Path,
-                 options: ExportOptions, fmt: str) -> Artifact:
-    """Write one format of `built` into `folder`; the artifact records `base` plus its exporter."""
-    from dataclasses import replace
-
-    entry = EXPORTERS.get(fmt)
-    return entry.export(built, example, replace(base), options, folder / entry.filename)
+                 options: ExportOptions, fmt: str, context: ExportContext | None = None) -> Artifact:
+    """Write one format of `built` into `folder`; the artifact records `base` plus its exporter.
+    Pass one `context` to several calls to share the `torch.export` trace between formats."""
+    entry = get_format(fmt)
+    ctx = context or ExportContext(built, example, base, dynamic=options.dynamic)
+    assert entry.filename is not None
+    return entry.export(ctx, options.options_for(fmt), folder / entry.filename)

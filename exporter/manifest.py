@@ -60,22 +60,25 @@ def read_goldens(path: Path) -> dict[str, dict[str, np.ndarray]]:
 def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str, Any],
                    input_spec: dict[str, Any], outputs: list[str], tolerance: dict[str, Any],
                    floors: dict[str, float], verdicts: list[dict[str, Any]], versions: dict[str, str],
-                   opset: int | None) -> dict[str, Any]:
+                   ) -> dict[str, Any]:
+    from exporter.formats import get_format
+
     files = {}
     for fmt, artifact in artifacts.items():
         if artifact.path is None:
             continue
-        extra: dict[str, Any] = {"format": fmt, "exporter": artifact.meta.exporter}
-        if fmt == "onnx":
-            extra["opset"] = opset
-        files[artifact.path.name] = file_entry(folder / artifact.path.name, **extra)
+        entry = get_format(fmt)
+        files[artifact.path.name] = file_entry(folder / artifact.path.name, format=fmt,
+                                               **entry.manifest_fields(artifact))
+        for companion in entry.companion_files(folder / artifact.path.name):
+            files[companion.name] = file_entry(companion, format="external-data", of=artifact.path.name)
     files[GOLDENS_NAME] = file_entry(folder / GOLDENS_NAME, format="goldens")
     return {
         "schema": MANIFEST_SCHEMA,
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "files": files,
-        "versions": {**versions, "opset": opset},
+        "versions": versions,
         "model": model,
         "input": input_spec,
         "outputs": outputs,

@@ -41,3 +41,29 @@ def restore_rng_state():
 def empty_torch_home(tmp_path_factory, monkeypatch):
     """No test may find (or download) real pretrained weights."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+
+
+@pytest.fixture(scope="session")
+def exported_small(tmp_path_factory):
+    """SMALL exported once through every registered file format (one shared torch.export trace):
+    (artifacts by format, inputs, eager float32 outputs, the float64 oracle)."""
+    from exporter.backbones import get_backbone
+    from exporter.export import ExportOptions, export_model
+    from exporter.formats import ExportContext, file_formats
+    from exporter.formats.eager import eager_artifact
+    from verify.inputs import make_input
+    from verify.oracle import measure_oracle
+    from verify.runtimes import make_runtime, runtimes_for
+
+    folder = tmp_path_factory.mktemp("every-format")
+    built = get_backbone(SMALL, "frozen", "body")
+    eager = eager_artifact(built, SMALL_SHAPE)
+    x = make_input(SMALL_SHAPE, 0)
+    options = ExportOptions(formats=tuple(file_formats()))
+    context = ExportContext(built, torch.from_numpy(x), eager.meta, dynamic=options.dynamic)
+    artifacts = {eager.format: eager}
+    for fmt in options.formats:
+        artifacts[fmt] = export_model(built, eager.meta, context.example, folder, options, fmt, context)
+    inputs = {eager.meta.input_name: x}
+    reference = make_runtime(runtimes_for(eager.format)[0]).load(eager).run(inputs)
+    return artifacts, inputs, reference, measure_oracle(eager, inputs, reference)

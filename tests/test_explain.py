@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from exporter.artifacts import eager_artifact
 from exporter.backbones import build_model
 from exporter.export import ExportOptions, export_model
+from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.cli import app
@@ -127,7 +128,7 @@ def test_legacy_exporter_names_map_back_too(tmp_path):
         broken.model.get_submodule("layer2.0.downsample.0").weight[5] *= 1.01
     x = make_input(SHAPE, 0)
     bad = export_model(broken, eager_artifact(clean, SHAPE).meta, torch.from_numpy(x), tmp_path,
-                       ExportOptions(onnx_exporter="torchscript"), "onnx")
+                       ExportOptions(format_options=(OnnxOptions(exporter="torchscript"),)), "onnx")
     result = explain_artifacts(bad, eager_artifact(clean, SHAPE), x)
     assert result.first_divergence == "layer2.0.downsample.0"
 

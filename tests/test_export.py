@@ -7,6 +7,9 @@ import pytest
 
 from exporter.backbones import list_backbones
 from exporter.export import ExportOptions
+from exporter.formats import default_formats
+from exporter.formats.onnx import OnnxOptions
+from exporter.formats.torchscript import TorchScriptOptions
 from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from tests.conftest import SMALL, SMALL_SHAPE
@@ -27,9 +30,10 @@ def assert_all_agree(report):
 def test_every_norm_and_view_passes(norm, view, tmp_path):
     report = verify_export(ModelSpec(SMALL, norm, view), RunSettings(shape=SMALL_SHAPE), out=tmp_path)
     assert_all_agree(report)
-    labels = {(p.a, p.b) for p in report.pairs}
-    assert labels == {("torchscript", "eager"), ("onnxruntime", "eager"), ("onnxruntime", "torchscript"),
-                      ("eager", "oracle"), ("torchscript", "oracle"), ("onnxruntime", "oracle")}
+    runs = [r.label for r in report.runs]
+    assert len(runs) == len(default_formats()) + 1  # eager plus one runtime per exported format
+    expected = {(b, a) for i, a in enumerate(runs) for b in runs[i + 1:]} | {(r, "oracle") for r in runs}
+    assert {(p.a, p.b) for p in report.pairs} == expected
     # each run against the oracle sits near the floor: rounding, not a loose bound
     assert all(p.worst.ratio < 4 for p in report.pairs if p.kind == "oracle")
 
@@ -37,13 +41,13 @@ def test_every_norm_and_view_passes(norm, view, tmp_path):
 @pytest.mark.parametrize("backbone", [b for b in list_backbones() if b != SMALL])
 def test_every_backbone_passes(backbone, tmp_path):
     report = verify_export(ModelSpec(backbone, "frozen", "body"), RunSettings(shape=TINY), out=tmp_path,
-                           export=ExportOptions(onnx_exporter="torchscript"))
+                           export=ExportOptions(format_options=(OnnxOptions(exporter="torchscript"),)))
     assert_all_agree(report)
 
 
 @pytest.mark.parametrize("options", [
-    ExportOptions(onnx_exporter="torchscript", opset=17),
-    ExportOptions(torchscript_method="trace", dynamic=False),
+    ExportOptions(format_options=(OnnxOptions(exporter="torchscript", opset=17),)),
+    ExportOptions(format_options=(TorchScriptOptions(method="trace"),), dynamic=False),
 ], ids=["legacy-onnx-opset17", "trace-static"])
 def test_export_options(options, tmp_path):
     import onnx
@@ -55,7 +59,9 @@ def test_export_options(options, tmp_path):
     dims = model.graph.input[0].type.tensor_type.shape.dim
     if options.dynamic:
         assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
-        assert model.opset_import[0].version == options.opset
+        assert model.opset_import[0].version == options.options_for("onnx").opset
+        assert json.loads((tmp_path / "resnet18-frozen-body" / "manifest.json").read_text())["files"]["model.onnx"][
+            "opset"] == options.options_for("onnx").opset
     else:
         assert [d.dim_value for d in dims] == list(SMALL_SHAPE)
 
@@ -64,11 +70,14 @@ def test_artifact_folder_and_report(tmp_path):
     report = verify_export(ModelSpec(SMALL, "frozen", "body"), RunSettings(shape=SMALL_SHAPE), out=tmp_path)
     folder = tmp_path / "resnet18-frozen-body"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["goldens.npz", "manifest.json", "model.onnx", "model.pt"]
+    from exporter.formats import get_format
+
+    assert names == sorted(["goldens.npz", "manifest.json", *(get_format(f).filename for f in default_formats())])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and "staging" in p.name]
     data = report.to_dict()
     json.dumps(data)  # machine-readable as is
-    assert data["passed"] is True and len(data["pairs"]) == 6
+    runs = len(default_formats()) + 1
+    assert data["passed"] is True and len(data["pairs"]) == runs * (runs - 1) // 2 + runs
     assert {"torch", "torchvision", "onnx", "onnxruntime", "python"} <= set(data["versions"])
     assert data["settings"]["spec"] == "resnet18:frozen:body"
     assert data["input"]["shape"] == list(SMALL_SHAPE)

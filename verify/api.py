@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from exporter.artifacts import Artifact, eager_artifact, open_artifact
 from exporter.errors import UsageError
 from exporter.export import ExportOptions, export_model
+from exporter.formats import ExportContext, get_format
 from exporter.fsio import staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
@@ -18,12 +19,11 @@ from verify.inputs import load_input, make_input
 from verify.oracle import Oracle, measure_oracle, oracle_or_spread
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
-from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
+from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for, runtimes_for_formats
 
 if TYPE_CHECKING:
     import numpy as np
 
-DEFAULT_RUNTIMES = ("eager", "torchscript", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, float
 
 
 def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
-                  export: ExportOptions | None = None, runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+                  export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
                   progress: Progress | None = None) -> Report:
     """Build `spec`, export it, run every runtime on one input, judge every pair and each run
     against the float64 oracle. The artifact folder appears complete or not at all."""
@@ -83,13 +83,19 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
     progress = progress or NullProgress()
 
     spec.validate()
-    formats = {name: runtime_class(name).formats[0] for name in runtimes}
-    missing = sorted(set(formats.values()) - {"eager"} - set(export.formats))
-    if missing:
-        raise UsageError(f"Runtimes {', '.join(runtimes)} need {', '.join(missing)} exports; add the format")
+    export.validate()
+    available = [eager_format_name(), *export.formats]
+    runtimes = list(runtimes or runtimes_for_formats(available))
+    formats = {}
+    for name in runtimes:
+        runnable = [fmt for fmt in available if fmt in runtime_class(name).formats]
+        if not runnable:
+            raise UsageError(f"Runtime {name} runs {', '.join(runtime_class(name).formats)} artifacts; add that "
+                             f"--format (exporting: {', '.join(export.formats) or 'nothing'})")
+        formats[name] = runnable[0]
     inputs_array = load_input(settings.input_file) if settings.input_file else \
         make_input(settings.shape or DEFAULT_SHAPE, settings.seed)
-    report = Report("export", _settings_dict(settings, spec=str(spec), export=asdict(export),
+    report = Report("export", _settings_dict(settings, spec=str(spec), export=export.to_dict(),
                                              runtimes=list(runtimes)), _input_dict(inputs_array, settings))
     with progress.step(f"Building {spec} with {settings.weights} weights"):
         built = build(spec, settings)
@@ -97,11 +103,12 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
     inputs = {eager.meta.input_name: inputs_array}
     folder = Path(out) / spec.slug
     with staged_folder(folder) as staging:
-        artifacts = {"eager": eager}
+        artifacts = {eager.format: eager}
+        context = ExportContext(built, torch.from_numpy(inputs_array), eager.meta, dynamic=export.dynamic)
         for fmt in export.formats:
-            with progress.step(f"Exporting {fmt}"):
-                artifacts[fmt] = export_model(built, eager.meta, torch.from_numpy(inputs_array), staging,
-                                              export, fmt)
+            takes = get_format(fmt).takes
+            with progress.step(f"Exporting {fmt}" + (f" ({takes})" if takes else "")):
+                artifacts[fmt] = export_model(built, eager.meta, context.example, staging, export, fmt, context)
         runs = [_run(name, artifacts[formats[name]], inputs, settings.runtime, progress, report)
                 for name in runtimes]
         with progress.step("Running the float64 oracle"):
@@ -121,16 +128,23 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
 
 def _eager_fp32(runs: list[dict], eager: Artifact, inputs: dict) -> dict[str, np.ndarray]:
     """Eager float32 on the CPU: the floor is measured there, whatever device the runs used."""
+    runner = runtimes_for(eager.format)[0]
     for run in runs:
-        if run["label"] == "eager":
+        if run["label"] == runner:
             return run["outputs"]
-    return make_runtime("eager").load(eager).run(inputs)
+    return make_runtime(runner).load(eager).run(inputs)
+
+
+def eager_format_name() -> str:
+    from exporter.formats.eager import EagerFormat
+
+    return EagerFormat.name
 
 
 def resolve_source(text: str, settings: RunSettings) -> Artifact:
-    """A model spec (`resnet50:frozen:body`) or an artifact file (`.onnx`, TorchScript `.pt`)."""
+    """A model spec (`resnet50:frozen:body`) or an artifact file (`.onnx`, `.pt2`, TorchScript `.pt`...)."""
     path = Path(text)
-    if path.suffix:
+    if path.suffix or path.exists():
         return open_artifact(path)
     return eager_artifact(build(ModelSpec.parse(text), settings), settings.shape or DEFAULT_SHAPE)
 
@@ -141,7 +155,7 @@ def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tup
         return tuple(settings.shape)
     for artifact in artifacts:
         shape = artifact.meta.input_shape
-        if artifact.format != "eager" and shape and len(shape) == 4:
+        if artifact.path is not None and shape and len(shape) == 4:
             return tuple(s if s > 0 else d for s, d in zip(shape, DEFAULT_SHAPE))
     return DEFAULT_SHAPE
 

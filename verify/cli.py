@@ -136,8 +136,11 @@ def export(
     trace: Annotated[bool, typer.Option("--trace", help="TorchScript by tracing instead of scripting")]
     = False,
     static: Annotated[bool, typer.Option("--static", help="No dynamic batch/height/width axes")] = False,
+    fmt: Annotated[list[str] | None, typer.Option(
+        "--format", help="Formats to export (repeat): torchscript, pt2, onnx, aoti "
+                         "[default: torchscript, pt2, onnx]")] = None,
     runtime: Annotated[list[str] | None, typer.Option(
-        help="Runtimes to run (repeat) [default: eager, torchscript, onnxruntime]")] = None,
+        help="Runtimes to run (repeat) [default: every runtime that runs an exported format]")] = None,
     device: Device = "cpu",
     ort_opt_level: OrtOpt = "all",
     tf32: Tf32 = None,
@@ -148,17 +151,21 @@ def export(
     json_path: JsonOut = None,
     verbose: Verbose = False,
 ) -> None:
-    """Build a backbone, export it to TorchScript and ONNX, run every runtime, judge every pair."""
+    """Build a backbone, export it (TorchScript, ExportedProgram, ONNX...), run every runtime, judge every pair."""
     from exporter.export import ExportOptions
+    from exporter.formats import default_formats
+    from exporter.formats.aoti import AotiOptions
+    from exporter.formats.onnx import OnnxOptions
+    from exporter.formats.torchscript import TorchScriptOptions
     from exporter.spec import ModelSpec
-    from verify.api import DEFAULT_RUNTIMES, verify_export
+    from verify.api import verify_export
 
     spec = ModelSpec(backbone, norm, view)
     settings = _settings(weights, seed, shape, input_file, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor)
-    options = ExportOptions(torchscript_method="trace" if trace else "script", onnx_exporter=onnx_exporter,
-                            opset=opset, dynamic=not static)
-    report = verify_export(spec, settings, out=out, export=options, runtimes=runtime or DEFAULT_RUNTIMES,
+    options = ExportOptions(formats=tuple(fmt or default_formats()), dynamic=not static, format_options=(
+        TorchScriptOptions("trace" if trace else "script"), OnnxOptions(onnx_exporter, opset), AotiOptions(device)))
+    report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
                            progress=RichProgress(err_console))
     err_console.print(f"[dim]artifacts in {report.artifacts['folder']}[/]")
     _finish(report, json_path, verbose)

@@ -104,14 +104,15 @@ def _concerns(diff: StructuralDifference, module: str) -> bool:
 
 def _torch_side(artifact: Artifact) -> tuple[nn.Module, nn.Module, str] | None:
     """(float32 model, float64 model, prefix) for torch-runnable artifacts, else None."""
-    from verify.runtimes import RuntimeOptions, make_runtime
+    from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
-    if artifact.format == "eager":
+    if artifact.built is not None:
         built = artifact.built
         return copy.deepcopy(built.model), built.float64(), built.view.prefix
-    if artifact.format == "torchscript":
-        return (make_runtime("torchscript").load(artifact).module,
-                make_runtime("torchscript", RuntimeOptions(dtype="float64")).load(artifact).module, "")
+    exact = runtimes_for(artifact.format, float64=True)
+    if exact:  # a saved torch program (TorchScript, ExportedProgram): both precisions from the file
+        return (make_runtime(exact[0]).load(artifact).module,
+                make_runtime(exact[0], RuntimeOptions(dtype="float64")).load(artifact).module, "")
     return None
 
 
@@ -181,12 +182,15 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
 def _locate(a: Artifact, b: Artifact, sides: list, x: np.ndarray, factor: float):
     import torch
 
-    eager = [s if art.format == "eager" else None for art, s in zip((a, b), sides)]
+    from exporter.formats import get_format
+    from exporter.formats.onnx import OnnxFormat
+
+    eager = [s if art.built is not None else None for art, s in zip((a, b), sides)]
     if eager[0] is not None and eager[1] is not None:
         return first_divergence_torch(eager[0][1], eager[0][2], eager[1][1], eager[1][2],
                                       torch.from_numpy(x).double())
     for onnx_side, model_side in ((a, eager[1]), (b, eager[0])):
-        if onnx_side.format == "onnx" and model_side is not None:
+        if isinstance(get_format(onnx_side.format), OnnxFormat) and model_side is not None:
             return first_divergence_onnx(onnx_side.path, onnx_side.meta.input_name, x, model_side[0],
                                          model_side[2], factor)
     return None

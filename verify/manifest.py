@@ -20,9 +20,8 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
     """Goldens first, manifest last: a folder without its manifest never validates."""
     (input_name, array), = inputs.items()
     write_goldens(folder, input_name, array, fp32, oracle.outputs)
-    onnx = artifacts.get("onnx")
-    opset = report.settings.get("export", {}).get("opset") if onnx else None
-    dynamic = onnx.meta.dynamic_axes if onnx else {}
+    dynamic = next((a.meta.dynamic_axes for a in artifacts.values() if a.path is not None and a.meta.dynamic_axes),
+                   {})
     manifest = build_manifest(
         folder,
         {fmt: a for fmt, a in artifacts.items() if a.path is not None},
@@ -37,6 +36,5 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
                    "worst_output": p.worst.name, "worst_max_abs": p.worst.max_abs,
                    "worst_ratio": p.worst.ratio} for p in report.pairs],
         versions=report.versions,
-        opset=opset,
     )
     write_manifest(folder, manifest)

@@ -70,13 +70,17 @@ def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, float]:
 
 def oracle_or_spread(artifact: Artifact, inputs: dict[str, np.ndarray], fp32: dict[str, np.ndarray]) -> Oracle:
     """The float64 oracle where a runtime can run `artifact` in float64; otherwise (an ONNX file)
-    no reference outputs, and the floor from the spread of ONNX Runtime's optimisation levels."""
-    from verify.runtimes import RuntimeOptions, make_runtime
+    no reference outputs, and the floor from the spread of the runtime's alternative settings
+    (e.g. ONNX Runtime's graph optimisation levels)."""
+    from verify.runtimes import make_runtime, runtimes_for
 
     oracle = measure_oracle(artifact, inputs, fp32)
     if oracle is not None:
         return oracle
-    others = [make_runtime("onnxruntime", RuntimeOptions(ort_opt_level=level)).load(artifact).run(inputs)
-              for level in ("disable", "basic")]
     name = artifact.path.name if artifact.path else artifact.label
-    return Oracle({}, spread_floor([fp32, *others]), f"{name}: spread of ORT optimisation levels")
+    runner = runtimes_for(artifact.format)[0]
+    alternatives = make_runtime(runner).alternatives()
+    others = [make_runtime(runner, options).load(artifact).run(inputs) for options in alternatives]
+    if not others:
+        return Oracle({}, {}, f"{name}: no float64 run and no alternative settings to measure a floor")
+    return Oracle({}, spread_floor([fp32, *others]), f"{name}: spread of {runner}'s alternative settings")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import Artifact, ArtifactMeta
 from exporter.errors import ArtifactError, UsageError, VerifyError
+from exporter.formats import FORMATS, get_format
 from exporter.fsio import require_inside
 from exporter.manifest import (
     GOLDENS_NAME,
@@ -86,18 +87,6 @@ def load_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def check_onnx_external_data(path: Path, folder: Path) -> None:
-    """Every external-data location must resolve inside the artifact folder."""
-    import onnx
-    from onnx.external_data_helper import _get_all_tensors
-
-    model = onnx.load(str(path), load_external_data=False)
-    for tensor in _get_all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-            require_inside(folder, location, f"{path.name}: external data of {tensor.name}")
-
-
 def check_integrity(path: Path, report: CheckReport) -> ArtifactFolder | None:
     folder, manifest_path = resolve_folder(path)
     label = str(folder)
@@ -124,8 +113,8 @@ def check_integrity(path: Path, report: CheckReport) -> ArtifactFolder | None:
             if digest != entry.get("sha256"):
                 raise ArtifactError(f"{name}: sha256 {digest[:12]}… does not match the manifest's "
                                     f"{str(entry.get('sha256'))[:12]}… (modified)")
-            if entry.get("format") == "onnx":
-                check_onnx_external_data(file, folder)
+            if entry.get("format") in FORMATS and get_format(entry["format"]).is_file:
+                get_format(entry["format"]).check_integrity(file, folder)
         except ArtifactError as exc:
             check.message = str(exc)
         else:
@@ -155,7 +144,7 @@ def golden_checks(art: ArtifactFolder, options: RuntimeOptions, report: CheckRep
     tolerance, floors = art.tolerance(), art.floors()
     for name, entry in art.manifest["files"].items():
         fmt = entry.get("format")
-        if fmt in (None, "goldens"):
+        if fmt not in FORMATS or not get_format(fmt).is_file:
             continue
         for runtime_name in runtimes or runtimes_for(fmt):
             if name not in art.verified:
@@ -197,8 +186,8 @@ def _run_goldens(art: ArtifactFolder, name: str, runtime_name: str, options: Run
 
 def _second_shape_check(art: ArtifactFolder, name: str, runtime, shape: tuple[int, ...],
                         tolerance: Tolerance) -> Check:
-    """At a shape with no goldens, judge against a float64 run of the TorchScript artifact when
-    the folder has a verified one, else check the output shapes follow the input's."""
+    """At a shape with no goldens, judge against a float64 run of a verified artifact that a
+    runtime can run in float64, when the folder has one; else check the output shapes follow."""
     from verify.inputs import make_input
     from verify.oracle import noise_floors
 
@@ -212,17 +201,18 @@ def _second_shape_check(art: ArtifactFolder, name: str, runtime, shape: tuple[in
     bad = [k for k, v in outputs.items() if v.ndim == 0 or v.shape[0] != shape[0] or not v.size]
     if bad:
         return Check(label, runtime.label, title, False, f"outputs {bad} do not follow the batch of {shape[0]}")
-    scripted = [n for n, e in art.manifest["files"].items() if e.get("format") == "torchscript" and n in art.verified]
-    if not scripted or tolerance.mode != "auto":
+    exact = [(n, names[0]) for n, e in art.manifest["files"].items()
+             if n in art.verified and (names := runtimes_for(e.get("format", ""), float64=True))]
+    if not exact or tolerance.mode != "auto":
         return Check(label, runtime.label, title, True, "runs; output shapes follow the input")
-    reference_rt = make_runtime("torchscript", RuntimeOptions(dtype="float64")).load(art.artifact(scripted[0]))
-    fp64 = reference_rt.run(x)
-    fp32 = make_runtime("torchscript").load(art.artifact(scripted[0])).run(x)
-    pair = compare_outputs(runtime.label, outputs, "torchscript float64", fp64, tolerance, noise_floors(fp32, fp64),
+    reference, runner = exact[0]
+    fp64 = make_runtime(runner, RuntimeOptions(dtype="float64")).load(art.artifact(reference)).run(x)
+    fp32 = make_runtime(runner).load(art.artifact(reference)).run(x)
+    pair = compare_outputs(runtime.label, outputs, f"{reference} float64", fp64, tolerance, noise_floors(fp32, fp64),
                            require_all=True)
     worst = pair.worst
     return Check(label, runtime.label, title, pair.passed,
-                 f"vs {scripted[0]} in float64: worst {worst.name} {worst.ratio or 0:.1f}x floor",
+                 f"vs {reference} in float64: worst {worst.name} {worst.ratio or 0:.1f}x floor",
                  details=pair.to_dict())
 
 

@@ -78,6 +78,11 @@ class Runtime:
         outputs = self._run(np.ascontiguousarray(array))
         return {name: np.asarray(value) for name, value in outputs.items()}
 
+    def alternatives(self) -> list[RuntimeOptions]:
+        """Other valid settings of this runtime (e.g. graph optimisation levels) whose spread
+        estimates the float32 floor where no float64 run is possible; none by default."""
+        return []
+
     def _load(self, artifact: Artifact) -> None:
         raise NotImplementedError
 
@@ -85,28 +90,21 @@ class Runtime:
         raise NotImplementedError
 
 
-def _eager() -> type[Runtime]:
-    from verify.runtimes.eager import EagerRuntime
+def _lazy(module: str, cls: str):
+    def load() -> type[Runtime]:
+        from importlib import import_module
 
-    return EagerRuntime
+        return getattr(import_module(f"verify.runtimes.{module}"), cls)
 
-
-def _torchscript() -> type[Runtime]:
-    from verify.runtimes.torchscript import TorchScriptRuntime
-
-    return TorchScriptRuntime
-
-
-def _onnxruntime() -> type[Runtime]:
-    from verify.runtimes.onnxruntime import OnnxRuntime
-
-    return OnnxRuntime
+    return load
 
 
 RUNTIMES: Registry = Registry("runtime")
-RUNTIMES.add("eager", _eager)
-RUNTIMES.add("torchscript", _torchscript)
-RUNTIMES.add("onnxruntime", _onnxruntime)
+RUNTIMES.add("eager", _lazy("eager", "EagerRuntime"))
+RUNTIMES.add("torchscript", _lazy("torchscript", "TorchScriptRuntime"))
+RUNTIMES.add("exported", _lazy("exported", "ExportedProgramRuntime"))
+RUNTIMES.add("aoti", _lazy("aoti", "AotiRuntime"))
+RUNTIMES.add("onnxruntime", _lazy("onnxruntime", "OnnxRuntime"))
 
 
 def runtime_class(name: str) -> type[Runtime]:
@@ -125,3 +123,8 @@ def make_runtime(name: str, options: RuntimeOptions | None = None) -> Runtime:
 
 def list_runtimes() -> list[str]:
     return RUNTIMES.names()
+
+
+def runtimes_for_formats(formats: list[str] | tuple[str, ...]) -> list[str]:
+    """Every registered runtime that runs one of `formats`, in registry order."""
+    return [name for name in RUNTIMES if set(runtime_class(name).formats) & set(formats)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from exporter.errors import ArtifactError, SetupError, UsageError
-from verify.runtimes import Runtime
+from verify.runtimes import Runtime, RuntimeOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,6 +26,12 @@ class OnnxRuntime(Runtime):
         if self.options.ort_opt_level != "all":
             details.append(f"opt={self.options.ort_opt_level}")
         return details
+
+    def alternatives(self) -> list[RuntimeOptions]:
+        from dataclasses import replace
+
+        return [replace(self.options, ort_opt_level=level) for level in ("disable", "basic")
+                if level != self.options.ort_opt_level]
 
     def _load(self, artifact: Artifact) -> None:
         import onnxruntime as ort

@@ -1,0 +1,132 @@
+"""Export formats as plug-ins. Each format is one module owning everything about it: its file
+name and suffix, its options (a small dataclass), how it is exported, how its recorded metadata
+is read back, its manifest fields, its companion files and what loading it can execute.
+Adding a format is one module and one `FORMATS.add` line below; runtimes declare the formats
+they run (verify/runtimes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from exporter.errors import UsageError
+from exporter.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from exporter.artifacts import Artifact, ArtifactMeta
+    from exporter.backbones import BuiltModel
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """For formats with nothing to choose."""
+
+    def validate(self) -> None:
+        return None
+
+
+@dataclass
+class ExportContext:
+    """What every exporter is given, and products they share: one `torch.export` trace serves
+    the ExportedProgram, AOTInductor and the dynamo ONNX export alike."""
+
+    built: BuiltModel
+    example: torch.Tensor
+    meta: ArtifactMeta
+    dynamic: bool = True
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def new_meta(self) -> ArtifactMeta:
+        """A copy of the model's metadata for one format to complete."""
+        from dataclasses import replace
+
+        return replace(self.meta, dynamic_axes=dict(self.meta.dynamic_axes))
+
+    def exported_program(self) -> Any:
+        """`torch.export.export` of the model, traced once per context."""
+        if "exported_program" not in self.shared:
+            from exporter.formats.pt2 import trace_exported_program
+
+            self.shared["exported_program"] = trace_exported_program(self)
+        return self.shared["exported_program"]
+
+
+class Format:
+    """Base of every format; subclasses set the class attributes and override what they do."""
+
+    name: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    filename: ClassVar[str | None] = None
+    """File name inside an export folder; None for an in-memory model."""
+    Options: ClassVar[type] = NoOptions
+    default: ClassVar[bool] = False
+    """Exported by `verify export` unless formats are chosen."""
+    executes: ClassVar[str] = ""
+    """What loading a file of this format can execute (README, `verify list`)."""
+    takes: ClassVar[str] = ""
+    """How long exporting takes when that is worth saying in the progress line."""
+
+    @property
+    def is_file(self) -> bool:
+        return self.filename is not None
+
+    def claims(self, path: Path) -> bool:
+        """Whether `path` is a file of this format (by suffix; formats sharing one sniff content)."""
+        return path.suffix.lower() in self.suffixes
+
+    def export(self, ctx: ExportContext, options: Any, path: Path) -> Artifact:
+        raise UsageError(f"{self.name} is not a format that can be exported")
+
+    def read_meta(self, path: Path) -> ArtifactMeta:
+        raise NotImplementedError
+
+    def manifest_fields(self, artifact: Artifact) -> dict[str, Any]:
+        """Extra manifest fields for this format's file (what the file really is, read back)."""
+        return {}
+
+    def companion_files(self, path: Path) -> list[Path]:
+        """Files the artifact needs beside it (e.g. ONNX external data), all listed and hashed."""
+        return []
+
+    def check_integrity(self, path: Path, folder: Path) -> None:
+        """Format-specific checks after the hash matched (e.g. references stay inside `folder`)."""
+        return None
+
+
+def _lazy(module: str, cls: str) -> Format:
+    from importlib import import_module
+
+    return getattr(import_module(f"exporter.formats.{module}"), cls)()
+
+
+FORMATS: Registry[Format] = Registry("format")
+FORMATS.add("eager", _lazy("eager", "EagerFormat"))
+FORMATS.add("torchscript", _lazy("torchscript", "TorchScriptFormat"))
+FORMATS.add("pt2", _lazy("pt2", "ExportedProgramFormat"))
+FORMATS.add("aoti", _lazy("aoti", "AotiFormat"))
+FORMATS.add("onnx", _lazy("onnx", "OnnxFormat"))
+
+
+def get_format(name: str) -> Format:
+    return FORMATS.get(name)
+
+
+def file_formats() -> list[str]:
+    """Formats written to files, the choices of `--format`."""
+    return [name for name in FORMATS if FORMATS.get(name).is_file]
+
+
+def default_formats() -> tuple[str, ...]:
+    return tuple(name for name in FORMATS if FORMATS.get(name).default)
+
+
+def detect_format(path: Path) -> Format:
+    """The format of a file, from its suffix (and its content where formats share a suffix)."""
+    candidates = [FORMATS.get(n) for n in file_formats() if FORMATS.get(n).claims(path)]
+    if not candidates:
+        suffixes = sorted({s for n in file_formats() for s in FORMATS.get(n).suffixes})
+        raise UsageError(f"Cannot tell the format of {path}; expected a file ending in {', '.join(suffixes)}")
+    return candidates[0]

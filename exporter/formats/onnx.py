@@ -1,0 +1,175 @@
+"""ONNX through either of torch's exporters, checked with onnx.checker; the opset and exporter
+recorded are read back from the file, never assumed. Loading runs no code (a protobuf graph)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from exporter.artifacts import META_KEY, Artifact, ArtifactMeta
+from exporter.errors import ArtifactError, ExportError, UsageError
+from exporter.formats import ExportContext, Format
+
+DYNAMIC_AXES = {"0": "batch", "2": "height", "3": "width"}
+OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
+"""Opsets each exporter really produces (torch 2.11..2.14): dynamo writes 18 whatever it is
+asked below that, so asking outside these ranges is refused before any work."""
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    exporter: str = "dynamo"
+    opset: int = 18
+
+    def validate(self) -> None:
+        if self.exporter not in OPSETS:
+            raise UsageError(f"Unknown ONNX exporter {self.exporter!r}; use one of {', '.join(OPSETS)}")
+        low, high = OPSETS[self.exporter]
+        if not isinstance(self.opset, int) or not low <= self.opset <= high:
+            raise UsageError(f"The {self.exporter} ONNX exporter writes opsets {low}..{high}, not {self.opset}; "
+                             f"choose one in that range" + (" or --onnx-exporter torchscript for older ones"
+                                                           if self.exporter == "dynamo" and self.opset < low else ""))
+
+
+def file_opset(path: Path) -> int | None:
+    """The default-domain opset the file really declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+class OnnxFormat(Format):
+    name: ClassVar[str] = "onnx"
+    suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
+    filename: ClassVar[str] = "model.onnx"
+    Options: ClassVar[type] = OnnxOptions
+    default: ClassVar[bool] = True
+    executes: ClassVar[str] = "nothing: a protobuf graph of standard operators, read by onnx and ONNX Runtime"
+
+    def export(self, ctx: ExportContext, options: OnnxOptions, path: Path) -> Artifact:
+        import torch
+
+        options.validate()
+        dynamo = options.exporter == "dynamo"
+        meta = ctx.new_meta()
+        meta.exporter = f"torch.onnx.export(dynamo={dynamo}, opset={options.opset})"
+        meta.dynamic_axes = dict(DYNAMIC_AXES) if ctx.dynamic else {}
+        kwargs: dict = {}
+        model = ctx.built.model
+        if dynamo and ctx.dynamic:
+            model = ctx.exported_program()  # the same trace as the .pt2 file: one trace, not two
+        elif ctx.dynamic:
+            kwargs["dynamic_axes"] = {meta.input_name: {int(a): n for a, n in DYNAMIC_AXES.items()}}
+        chatter = io.StringIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model, (ctx.example,), str(path), dynamo=dynamo, external_data=False,
+                    input_names=[meta.input_name], output_names=list(meta.output_names),
+                    opset_version=options.opset, **kwargs,
+                )
+        except Exception as exc:
+            raise ExportError(
+                f"ONNX export ({options.exporter}) failed for {ctx.built.spec}: {str(exc).strip().splitlines()[0]}"
+            ) from exc
+        import onnx
+
+        model_proto = onnx.load(str(path))
+        written = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if written != options.opset:
+            raise ExportError(f"The {options.exporter} ONNX exporter was asked for opset {options.opset} but wrote "
+                              f"opset {written}; choose an opset it supports ({OPSETS[options.exporter][0]}.."
+                              f"{OPSETS[options.exporter][1]})")
+        if ctx.dynamic:
+            _name_input_axes(model_proto, meta.input_name)
+        del model_proto.metadata_props[:]
+        model_proto.metadata_props.add(key=META_KEY, value=meta.to_json())
+        onnx.save(model_proto, str(path))
+        check_onnx(path)
+        return Artifact(self.name, meta, path=path)
+
+    def read_meta(self, path: Path) -> ArtifactMeta:
+        return read_onnx_meta(path)
+
+    def manifest_fields(self, artifact: Artifact) -> dict:
+        assert artifact.path is not None
+        return {"exporter": artifact.meta.exporter, "opset": file_opset(artifact.path)}
+
+    def companion_files(self, path: Path) -> list[Path]:
+        return [path.parent / location for location in external_data_locations(path)]
+
+    def check_integrity(self, path: Path, folder: Path) -> None:
+        from exporter.fsio import require_inside
+
+        for location in external_data_locations(path):
+            require_inside(folder, location, f"{path.name}: external data")
+
+
+def _name_input_axes(model, input_name: str) -> None:
+    """torch.export names dynamic dims s0, s53...; name the input's batch/height/width."""
+    for value in model.graph.input:
+        if value.name == input_name:
+            for axis, name in DYNAMIC_AXES.items():
+                dim = value.type.tensor_type.shape.dim[int(axis)]
+                if not dim.HasField("dim_value"):
+                    old = dim.dim_param
+                    for other in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+                        for d in other.type.tensor_type.shape.dim:
+                            if d.dim_param == old:
+                                d.dim_param = name
+
+
+def external_data_locations(path: Path) -> list[str]:
+    """Every external-data file the graph references, as written in the file."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    model = onnx.load(str(path), load_external_data=False)
+    locations = []
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            if location not in locations:
+                locations.append(location)
+    return locations
+
+
+def check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as exc:
+        raise ArtifactError(f"{path} fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # protobuf parse errors surface under several types
+        raise ArtifactError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from None
+
+
+def read_onnx_meta(path: Path) -> ArtifactMeta:
+    """Metadata recorded at export, else what the graph itself says (input name and shape)."""
+    import onnx
+
+    check_onnx(path)
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if META_KEY in props:
+        return ArtifactMeta.from_json(props[META_KEY], path)
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ArtifactError(f"{path} has {len(inputs)} inputs; only single-image backbones are supported")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+    dynamic = {str(i): (d.dim_param or f"dim{i}") for i, d in enumerate(dims) if not d.HasField("dim_value")}
+    return ArtifactMeta(
+        input_name=inputs[0].name,
+        input_shape=shape,
+        output_names=[o.name for o in model.graph.output],
+        dynamic_axes=dynamic,
+    )

@@ -1,0 +1,75 @@
+"""TorchScript (script or trace), with the metadata inside the file. Loading one runs its code."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from exporter.artifacts import TORCHSCRIPT_META_FILE, Artifact, ArtifactMeta
+from exporter.errors import ArtifactError, ExportError, UsageError
+from exporter.formats import ExportContext, Format
+
+METHODS = ("script", "trace")
+
+
+@dataclass(frozen=True)
+class TorchScriptOptions:
+    method: str = "script"
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"Unknown TorchScript method {self.method!r}; use one of {', '.join(METHODS)}")
+
+
+class TorchScriptFormat(Format):
+    name: ClassVar[str] = "torchscript"
+    suffixes: ClassVar[tuple[str, ...]] = (".pt", ".ts", ".torchscript")
+    filename: ClassVar[str] = "model.pt"
+    Options: ClassVar[type] = TorchScriptOptions
+    default: ClassVar[bool] = True
+    executes: ClassVar[str] = "TorchScript code: torch.jit.load runs the file's own program; trust the file"
+
+    def export(self, ctx: ExportContext, options: TorchScriptOptions, path: Path) -> Artifact:
+        import torch
+
+        options.validate()
+        meta = ctx.new_meta()
+        meta.exporter = f"torch.jit.{options.method}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notices are not the user's problem here
+            try:
+                if options.method == "script":
+                    module = torch.jit.script(ctx.built.model)
+                else:
+                    module = torch.jit.trace(ctx.built.model, ctx.example, strict=False, check_trace=False)
+            except Exception as exc:
+                raise ExportError(
+                    f"torch.jit.{options.method} failed for {ctx.built.spec}: {str(exc).splitlines()[0]}"
+                ) from exc
+            torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_META_FILE: meta.to_json()})
+        return Artifact(self.name, meta, path=path)
+
+    def read_meta(self, path: Path) -> ArtifactMeta:
+        """Read the metadata without loading the module (a TorchScript file is a zip archive)."""
+        return read_zip_meta(path, "TorchScript")
+
+    def manifest_fields(self, artifact: Artifact) -> dict:
+        return {"exporter": artifact.meta.exporter}
+
+
+def read_zip_meta(path: Path, what: str) -> ArtifactMeta:
+    """Our metadata from a zip archive's `extra/` entry (TorchScript and torch.export files),
+    without loading anything; a file from elsewhere has none."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"extra/{TORCHSCRIPT_META_FILE}")]
+            if not names:
+                return ArtifactMeta()
+            text = archive.read(names[0]).decode()
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not a readable {what} file: {exc}") from None
+    return ArtifactMeta.from_json(text, path)
