@@ -25,6 +25,9 @@ torchvision.__version__, torch.cuda.get_device_name(0), o.__version__, o.get_ava
   verify preflight "$work/fp32/resnet50-frozen-body" --provider cuda --no-tf32 --runs 50 \
     --junit "$OUT/preflight_fp32.xml"; echo "rc=$?"
   verify preflight "$work/fp32/resnet50-frozen-body" --provider cpu --runs 20; echo "rc=$?"
+  step "ExportedProgram and AOTInductor on CUDA (aoti compiled for cuda)"
+  timeout 150 python3 -m verify.cli export -b resnet18 --norm frozen --device cuda --no-tf32 --format pt2 \
+    --format aoti --out "$work/aoti" --json "$OUT/export_cuda_aoti.json"; echo "rc=$?"
   step "CUDA tests"
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs; echo "rc=$?"
   step "calibration on CUDA: every backbone, frozen body, 224"

@@ -80,9 +80,9 @@ def open_artifact(path: Path) -> Artifact:
 
     if path.is_dir():
         raise UsageError(f"{path} is a directory; pass a model file (e.g. {path}/model.onnx) or a model spec")
+    fmt = detect_format(path)
     if not path.exists():
         raise UsageError(f"Artifact {path} does not exist" + (" (a broken symbolic link)" if path.is_symlink() else ""))
     if not path.is_file():
         raise UsageError(f"{path} is not a regular file; pass a model file")
-    fmt = detect_format(path)
     return Artifact(fmt.name, fmt.read_meta(path), path=path)

@@ -55,17 +55,22 @@ def rehash(folder, name):
 def test_manifest_records_what_was_made(pristine):
     manifest = json.loads((pristine / "manifest.json").read_text())
     assert manifest["schema"] == "backbone-verify/manifest" and manifest["schema_version"] == 1
-    assert set(manifest["files"]) == {"model.pt", "model.onnx", "goldens.npz"}
+    from exporter.formats import default_formats, get_format
+    from exporter.formats.onnx import OnnxOptions
+
+    assert set(manifest["files"]) == {"goldens.npz", *(get_format(f).filename for f in default_formats())}
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == file_sha256(pristine / name)
         assert entry["size"] == (pristine / name).stat().st_size
-    assert {"torch", "torchvision", "onnx", "onnxruntime", "python", "opset"} <= set(manifest["versions"])
+    assert {"torch", "torchvision", "onnx", "onnxruntime", "python"} <= set(manifest["versions"])
+    assert manifest["files"]["model.onnx"]["opset"] == OnnxOptions().opset
     assert manifest["model"]["spec"] == "resnet18:frozen:body"
     assert manifest["model"]["weights"] == "synthetic:0" and len(manifest["model"]["weights_sha256"]) == 64
     assert manifest["input"] == {"name": "input", "shape": [1, 3, 64, 64], "dtype": "float32",
                                  "dynamic_axes": {"0": "batch", "2": "height", "3": "width"}}
     assert manifest["tolerance"]["mode"] == "auto" and manifest["passed"] is True
-    assert len(manifest["verdicts"]) == 6
+    runs = len(default_formats()) + 1
+    assert len(manifest["verdicts"]) == runs * (runs - 1) // 2 + runs
     with np.load(pristine / "goldens.npz", allow_pickle=False) as goldens:
         assert sorted(goldens.files) == sorted(["input.input"] + [f"float{b}.layer{i}" for b in (32, 64)
                                                                   for i in range(1, 5)])

@@ -284,7 +284,7 @@ def preflight(
 
 @app.command(name="list")
 def list_command() -> None:
-    """List the registered backbones, norms, views and runtimes."""
+    """List the registered backbones, norms, views, runtimes and formats."""
     from exporter.backbones import VIEWS
     from exporter.norms import NORMS
     from verify.runtimes import list_runtimes
@@ -295,6 +295,14 @@ def list_command() -> None:
         out_console.print(f"  {name:12s} {NORMS.get(name).description}")
     out_console.print(f"views: {', '.join(VIEWS.names())}")
     out_console.print(f"runtimes: {', '.join(list_runtimes())}")
+    from exporter.formats import FORMATS, get_format
+    from verify.runtimes import runtimes_for
+
+    out_console.print("formats (file, runtimes, what loading it can execute):")
+    for name in FORMATS:
+        entry = get_format(name)
+        out_console.print(f"  {name:12s} {entry.filename or '(in memory)'}; {', '.join(runtimes_for(name))}"
+                          + (f"; {entry.executes}" if entry.executes else ""), highlight=False, soft_wrap=True)
 
 
 def main() -> None:
