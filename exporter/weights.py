@@ -87,7 +87,10 @@ def _synthetic_state_dict(backbone: str, seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = build_classifier(backbone, None)
     gen = torch.Generator().manual_seed(seed)
-    branch_ends = {id(m) for m in family_of(backbone).branch_end_norms(model)}
+    family = family_of(backbone)
+    if family.prepare_synthetic is not None:
+        family.prepare_synthetic(model, gen)
+    branch_ends = {id(m) for m in family.branch_end_norms(model)}
     momenta = {}
     with torch.no_grad():
         for module in model.modules():

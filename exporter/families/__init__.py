@@ -18,6 +18,7 @@ from exporter.errors import UsageError
 from exporter.registry import Registry
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from exporter.norms import NormVariant
@@ -54,6 +55,9 @@ class Family:
     Folding finds its pairs on the traced graph; this names them in the structural diff."""
     branch_end_norms: Callable[[nn.Module], list[nn.Module]]
     """Synthetic-weight hint: the norms that end a residual branch (they get a small gamma)."""
+    prepare_synthetic: Callable[[nn.Module, torch.Generator], None] | None = None
+    """Synthetic-weight hint: re-initialise what torchvision's init leaves unlike a trained network,
+    before the common channel scales and BN calibration (exporter/weights.py)."""
     classifier_key: Callable[[str], str] = _same_key
     """A detection body's state-dict key (after `backbone.body.`) as the classifier's key."""
     norm_layers: Mapping[str, Callable[[], Callable[..., Any] | None]] = field(default_factory=dict)

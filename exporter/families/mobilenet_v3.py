@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from exporter.families import Family, View, load_fpn_weights, make_trunk
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from exporter.weights import Weights
@@ -74,6 +75,32 @@ def branch_end_norms(model: nn.Module) -> list[nn.Module]:
     return [block.block[-1][1] for block in model.modules() if getattr(block, "use_res_connect", False)]
 
 
+SE_GATE_BIAS_STD = 1.5
+"""SE gates (hardsigmoid(z) = clamp(z / 6 + 0.5, 0, 1)) spread over (0, 1), a few shut or fully open,
+as training leaves them; torchvision's init puts every gate at 0.5 +- 0.06."""
+
+
+def prepare_synthetic(model: nn.Module, gen: torch.Generator) -> None:
+    """Depthwise filters by fan-in, and SE gate biases spread.
+
+    torchvision inits every conv by fan-out; for a depthwise 3x3 conv of 960 channels that is std
+    sqrt(2 / (960 * 9)) = 0.015, so its outputs' variance falls to ~1e-4 of its input's, below BN's
+    eps 1e-3: eps, not the statistics, would then set those norms' scale (a trained network's
+    depthwise filters keep their inputs' scale)."""
+    import math
+
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0.0, math.sqrt(2.0 / fan_in), generator=gen)
+            elif type(module).__name__ == "SqueezeExcitation":
+                module.fc2.bias.normal_(0.0, SE_GATE_BIAS_STD, generator=gen)
+
+
 def classifier_key(key: str) -> str:
     """A detection body's `4.block.0.0.weight` is the classifier's `features.4.block.0.0.weight`."""
     return f"features.{key}" if key.split(".", 1)[0].isdigit() else key
@@ -93,6 +120,7 @@ FAMILY = Family(
     norms=("batch", "frozen", "fused"),
     fold_partner=fold_partner,
     branch_end_norms=branch_end_norms,
+    prepare_synthetic=prepare_synthetic,
     classifier_key=classifier_key,
     detection_builders={"mobilenet_v3_large": "fasterrcnn_mobilenet_v3_large_fpn"},
 )
