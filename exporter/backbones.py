@@ -88,6 +88,10 @@ def build_classifier(name: str, norm_layer: Callable[..., Any] | None) -> nn.Mod
     return get_backbone_builder(name)(**kwargs)
 
 
+MISFIT_EXAMPLES = 3
+"""Keys named per kind when a checkpoint does not fit: the message stays one bounded line."""
+
+
 @dataclass
 class BuiltModel:
     spec: ModelSpec
@@ -123,10 +127,14 @@ def _key_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
     shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
               if k in state and state[k].shape != v.shape]
     parts = []
-    for items, what in ((unexpected, "unexpected key"), (missing, "missing key"), (shaped, "key of another shape")):
+    kinds = ((unexpected, "unexpected key", "unexpected keys"), (missing, "missing key", "missing keys"),
+             (shaped, "key of another shape", "keys of another shape"))
+    for items, one, many in kinds:
+        items.sort(key=lambda k: k.endswith("num_batches_tracked"))  # stable: weights first, as named
         if items:
-            more = ", …" if len(items) > 3 else ""
-            parts.append(f"{len(items)} {what}{'s' if len(items) > 1 else ''}, e.g. {', '.join(items[:3])}{more}")
+            more = ", …" if len(items) > MISFIT_EXAMPLES else ""
+            parts.append(f"{len(items)} {one if len(items) == 1 else many}, e.g. "
+                         f"{', '.join(items[:MISFIT_EXAMPLES])}{more}")
     return "; ".join(parts)
 
 

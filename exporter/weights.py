@@ -22,6 +22,9 @@ WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".safetensors")
 # depend on (backbone, seed) alone.
 CALIBRATION_SHAPE = (8, 3, 128, 128)
 CALIBRATION_PASSES = 2
+GAMMA_RANGE = (0.5, 1.5)
+BRANCH_END_GAMMA_RANGE = (0.05, 0.3)
+"""The norm that ends a residual branch gets a small gamma, as training leaves it."""
 
 
 @dataclass
@@ -98,7 +101,7 @@ def _synthetic_state_dict(backbone: str, seed: int) -> dict[str, torch.Tensor]:
                 scale = 10 ** (torch.rand(module.out_channels, generator=gen) * 1.5 - 1.0)
                 module.weight.mul_(scale.view(-1, 1, 1, 1))
             elif isinstance(module, nn.BatchNorm2d):
-                low, high = (0.05, 0.3) if id(module) in branch_ends else (0.5, 1.5)
+                low, high = BRANCH_END_GAMMA_RANGE if id(module) in branch_ends else GAMMA_RANGE
                 module.weight.uniform_(low, high, generator=gen)
                 module.bias.normal_(0.0, 0.2, generator=gen)
                 module.reset_running_stats()
