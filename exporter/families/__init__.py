@@ -120,11 +120,9 @@ def _trunk_class() -> type:
         from torch import Tensor, nn
 
         class Trunk(nn.Sequential):
-            output_name: str
-
             def __init__(self, children: Any, output: str) -> None:
                 super().__init__(children)
-                self.output_name = output
+                self.output_name = output  # TorchScript infers str (a class annotation would be a string here)
 
             def forward(self, x: Tensor) -> dict[str, Tensor]:
                 for module in self:
