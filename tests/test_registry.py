@@ -93,6 +93,17 @@ def test_a_view_the_family_lacks_is_a_one_line_usage_error():
         bodiless.view("body")
 
 
+def test_a_family_may_supply_its_own_norm_layer():
+    """Variants are family-agnostic names; a family whose builders differ overrides one (None: builder default)."""
+    from dataclasses import replace
+
+    from exporter.norms import get_norm
+
+    family = FAMILIES.get("resnet")
+    assert family.norm_layer(get_norm("batch")) is None
+    assert replace(family, norm_layers={"batch": lambda: dict}).norm_layer(get_norm("batch")) is dict
+
+
 def test_parse_shape():
     assert parse_shape("1x3x224x224") == (1, 3, 224, 224)
     assert parse_shape("2,3,64,80") == (2, 3, 64, 80)
