@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from exporter.artifacts import eager_artifact
-from exporter.backbones import build_model, list_backbones
+from exporter.backbones import build_model, family_of, list_backbones
 from exporter.export import ExportOptions, export_model
 from exporter.norms import list_norms
 from exporter.spec import ModelSpec
@@ -122,7 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for backbone in backbones:
-            for norm in args.norms or list_norms():
+            for norm in [n for n in args.norms or list_norms() if n in family_of(backbone).norms]:
                 views = ("body", "fpn", "trunk") if backbone == "resnet50" else ("body",)
                 for view in views:
                     spec = ModelSpec(backbone, norm, view)

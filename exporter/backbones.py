@@ -1,11 +1,7 @@
-"""Backbones (the ResNet family, built by torchvision's own functions) and views of them.
+"""Backbones: torchvision builders, each of a family (exporter/families/) that owns its views.
 
-Views:
-- `body`:  layer1..layer4 feature maps, as `fasterrcnn_*.backbone.body` (IntermediateLayerGetter)
-- `fpn`:   the backbone with FPN, as `fasterrcnn_*.backbone` (outputs p2..p5 and pool)
-- `trunk`: the classifier without avgpool and fc, `nn.Sequential(*list(resnet.children())[:-2])`,
-           kept with its child names so its modules line up with the other views'
-Outputs are named after the layer or level they come from, so views compare on what they share.
+The public entry point: `get_backbone`, `build_model`, `BACKBONES`, `VIEWS` (every family's view
+names, for validating options), `list_backbones`, `register_backbone`, `BuiltModel`.
 """
 
 from __future__ import annotations
@@ -14,27 +10,67 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from exporter.families import FAMILIES, Family, View
 from exporter.registry import Registry
 from exporter.spec import ModelSpec
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from exporter.weights import Weights
 
-BACKBONES: Registry[str] = Registry("backbone")
-for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-              "wide_resnet50_2"):
-    BACKBONES.add(_name, _name)  # the torchvision.models builder of the same name
+__all__ = ["BACKBONES", "VIEWS", "Backbone", "BuiltModel", "View", "build_model", "family_of", "get_backbone",
+           "list_backbones", "register_backbone"]
 
 
-def register_backbone(name: str, torchvision_builder: str | None = None) -> None:
-    """Add a torchvision ResNet-family builder (anything accepting `norm_layer`)."""
-    BACKBONES.add(name, torchvision_builder or name)
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    family: str
+    builder: str
+    """The torchvision.models function that builds it (it must accept `norm_layer`)."""
+
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
+VIEWS: Registry[str] = Registry("view")
+"""Every family's view names (name -> the first family's description); which a backbone has is its family's."""
+
+
+def register_backbone(name: str, family: str, builder: str | None = None) -> Backbone:
+    """Add a torchvision builder (default: the function of the same name) of a known family."""
+    FAMILIES.get(family)
+    return BACKBONES.add(name, Backbone(name, family, builder or name))
+
+
+for _family in FAMILIES:
+    for _view in FAMILIES.get(_family).views:
+        if _view.name not in VIEWS:
+            VIEWS.add(_view.name, _view.description)
+
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2"):
+    register_backbone(_name, family="resnet")
+register_backbone("mobilenet_v3_large", family="mobilenet_v3")
+register_backbone("mobilenet_v3_small", family="mobilenet_v3")
 
 
 def list_backbones() -> list[str]:
     return BACKBONES.names()
+
+
+def family_of(backbone: str) -> Family:
+    return FAMILIES.get(BACKBONES.get(backbone).family)
+
+
+def validate_spec(spec: ModelSpec) -> None:
+    """Every name known, and the norm and view ones the backbone's family has (one-line errors)."""
+    from exporter.norms import NORMS
+
+    family = family_of(spec.backbone)
+    NORMS.get(spec.norm)
+    VIEWS.get(spec.view)
+    family.check_norm(spec.norm)
+    family.view(spec.view)
 
 
 def get_backbone_builder(name: str) -> Callable[..., nn.Module]:
@@ -43,70 +79,17 @@ def get_backbone_builder(name: str) -> Callable[..., nn.Module]:
 
     import torchvision
 
-    return partial(getattr(torchvision.models, BACKBONES.get(name)), weights=None)
+    return partial(getattr(torchvision.models, BACKBONES.get(name).builder), weights=None)
 
 
-@dataclass(frozen=True)
-class View:
-    name: str
-    outputs: tuple[str, ...]
-    prefix: str
-    """Where the ResNet's own modules sit in this view (`body.` in the FPN backbone)."""
-    wrap: Callable[[nn.Module, Weights, int], nn.Module]
+def build_classifier(name: str, norm_layer: Callable[..., Any] | None) -> nn.Module:
+    """The classifier as torchvision builds it, with `norm_layer` (None: the builder's own default)."""
+    kwargs = {} if norm_layer is None else {"norm_layer": norm_layer}
+    return get_backbone_builder(name)(**kwargs)
 
 
-VIEWS: Registry[View] = Registry("view")
-BODY_OUTPUTS = ("layer1", "layer2", "layer3", "layer4")
-
-
-def _body(resnet: nn.Module, weights: Weights, seed: int) -> nn.Module:
-    from torchvision.models._utils import IntermediateLayerGetter
-
-    return IntermediateLayerGetter(resnet, return_layers={name: name for name in BODY_OUTPUTS})
-
-
-def _fpn(resnet: nn.Module, weights: Weights, seed: int) -> nn.Module:
-    import torch
-    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # FPN convs not in the checkpoint get a reproducible init
-        model = _resnet_fpn_extractor(resnet, trainable_layers=5)
-    model.body.return_layers = {f"layer{i}": f"p{i + 1}" for i in range(1, 5)}
-    if "fpn" in weights.extra:
-        from exporter.errors import UsageError
-
-        try:
-            model.fpn.load_state_dict(weights.extra["fpn"])
-        except RuntimeError as exc:
-            raise UsageError(f"The FPN weights in {weights.source} do not fit this FPN: "
-                             f"{str(exc).splitlines()[-1].strip()}") from None
-    return model
-
-
-def _trunk(resnet: nn.Module, weights: Weights, seed: int) -> nn.Module:
-    return _make_trunk(list(resnet.named_children())[:-2])
-
-
-def _make_trunk(children: list[tuple[str, Any]]) -> nn.Module:
-    from collections import OrderedDict
-
-    from torch import Tensor, nn
-
-    class Trunk(nn.Sequential):
-        """`nn.Sequential(*list(resnet.children())[:-2])`, returning its output as `layer4`."""
-
-        def forward(self, x: Tensor) -> dict[str, Tensor]:
-            for module in self:
-                x = module(x)
-            return {"layer4": x}
-
-    return Trunk(OrderedDict(children))
-
-
-VIEWS.add("body", View("body", BODY_OUTPUTS, "", _body))
-VIEWS.add("fpn", View("fpn", ("p2", "p3", "p4", "p5", "pool"), "body.", _fpn))
-VIEWS.add("trunk", View("trunk", ("layer4",), "", _trunk))
+MISFIT_EXAMPLES = 3
+"""Keys named per kind when a checkpoint does not fit: the message stays one bounded line."""
 
 
 @dataclass
@@ -119,6 +102,10 @@ class BuiltModel:
     """float64 model when it is not simply `model.double()` (folds computed in float64)."""
 
     @property
+    def family(self) -> Family:
+        return family_of(self.spec.backbone)
+
+    @property
     def output_names(self) -> list[str]:
         return list(self.view.outputs)
 
@@ -129,34 +116,58 @@ class BuiltModel:
         return self.exact if self.exact is not None else copy.deepcopy(self.model).double()
 
 
+def _key_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """'43 unexpected keys, e.g. a, b, c; 2 missing keys, e.g. ...': bounded, whatever the checkpoint."""
+    expected = model.state_dict()
+    norms = {k.rsplit(".", 1)[0] for k in expected if k.endswith(".running_mean")}
+    # FrozenBatchNorm2d drops num_batches_tracked when loading: not a misfit
+    unexpected = [k for k in state if k not in expected
+                  and not (k.endswith(".num_batches_tracked") and k.rsplit(".", 1)[0] in norms)]
+    missing = [k for k in expected if k not in state]
+    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    parts = []
+    kinds = ((unexpected, "unexpected key", "unexpected keys"), (missing, "missing key", "missing keys"),
+             (shaped, "key of another shape", "keys of another shape"))
+    for items, one, many in kinds:
+        items.sort(key=lambda k: k.endswith("num_batches_tracked"))  # stable: weights first, as named
+        if items:
+            more = ", …" if len(items) > MISFIT_EXAMPLES else ""
+            parts.append(f"{len(items)} {one if len(items) == 1 else many}, e.g. "
+                         f"{', '.join(items[:MISFIT_EXAMPLES])}{more}")
+    return "; ".join(parts)
+
+
 def build_model(spec: ModelSpec, weights: Weights, seed: int = 0) -> BuiltModel:
-    """Build `spec` with torchvision's builder and the variant's `norm_layer`, load `weights`,
-    apply the variant's finishing step (e.g. folding), wrap in the view. Returned in eval mode."""
+    """Build `spec` with torchvision's builder and the variant's `norm_layer` (as the family builds it),
+    load `weights`, apply the variant's finishing step (e.g. folding), wrap in the view. Eval mode."""
     import copy
 
     from exporter.errors import UsageError
     from exporter.norms import get_norm
 
-    spec.validate()
+    validate_spec(spec)
+    family = family_of(spec.backbone)
     norm = get_norm(spec.norm)
-    view = VIEWS.get(spec.view)
-    resnet = get_backbone_builder(spec.backbone)(norm_layer=norm.norm_layer())
+    view = family.view(spec.view)
+    classifier = build_classifier(spec.backbone, family.norm_layer(norm))
     state = dict(weights.state_dict)
-    if not any(k.startswith("fc.") for k in state):  # backbone-only checkpoints have no classifier
-        state.update({k: v for k, v in resnet.state_dict().items() if k.startswith("fc.")})
-    try:
-        resnet.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise UsageError(f"Weights {weights.source} do not fit {spec.backbone}: {first}") from None
+    head = family.classifier_prefix
+    if not any(k.startswith(head) for k in state):  # backbone-only checkpoints have no classifier
+        state.update({k: v for k, v in classifier.state_dict().items() if k.startswith(head)})
+    mismatch = _key_mismatch(classifier, state)
+    if mismatch:
+        raise UsageError(f"Weights {weights.source} do not fit {spec.backbone}: {mismatch}; pass weights of "
+                         f"{spec.backbone}")
+    classifier.load_state_dict(state)
     exact = None
     if norm.fold:
         # fold in float64, then round once: the float32 model is the exact fold, rounded
-        exact_resnet = norm.finalize(resnet.double())
-        resnet = copy.deepcopy(exact_resnet).float()
-        exact = view.wrap(exact_resnet, weights, seed).double().eval()
-    norm.finalize(resnet)
-    model = view.wrap(resnet, weights, seed).eval()
+        exact_classifier = norm.finalize(classifier.double())
+        classifier = copy.deepcopy(exact_classifier).float()
+        exact = view.wrap(exact_classifier, weights, seed).double().eval()
+    norm.finalize(classifier)
+    model = view.wrap(classifier, weights, seed).eval()
     return BuiltModel(spec, model, weights, view, exact)
 
 
@@ -166,5 +177,5 @@ def get_backbone(name: str, norm: str = "frozen", view: str = "body", weights: s
     from exporter.weights import load_weights
 
     spec = ModelSpec(name, norm, view)
-    spec.validate()
+    validate_spec(spec)
     return build_model(spec, load_weights(weights, name, seed), seed)

@@ -1,5 +1,7 @@
 """Norm-layer variants. Each is passed to torchvision's builders as `norm_layer`, so every
-variant of a backbone is built the way torchvision builds it and loads the same state dict."""
+variant of a backbone is built the way torchvision builds it and loads the same state dict.
+The names are family-agnostic; a family lists the variants it has and may supply its own
+`norm_layer` for one (exporter/families/)."""
 
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ if TYPE_CHECKING:
 class NormVariant:
     name: str
     description: str
-    make_layer: Callable[[], Callable[..., Any]]
-    """Returns the `norm_layer` callable (a thunk, so torch is imported only when building)."""
+    make_layer: Callable[[], Callable[..., Any] | None]
+    """Returns the `norm_layer` callable (a thunk, so torch is imported only when building); None keeps
+    the builder's own default, the classifier's norm as torchvision builds it."""
     fold: bool = False
     """Fold each norm into the convolution before it once the weights are loaded."""
 
-    def norm_layer(self) -> Callable[..., nn.Module]:
+    def norm_layer(self) -> Callable[..., nn.Module] | None:
         return self.make_layer()
 
     def finalize(self, model: nn.Module) -> nn.Module:
@@ -40,10 +43,8 @@ def register_norm(variant: NormVariant) -> NormVariant:
     return NORMS.add(variant.name, variant)
 
 
-def _batch() -> Callable[..., Any]:
-    from torch import nn
-
-    return nn.BatchNorm2d
+def _batch() -> None:
+    return None  # the builder's default: BatchNorm2d, or MobileNetV3's partial(BatchNorm2d, eps=0.001, momentum=0.01)
 
 
 def _frozen() -> Callable[..., Any]:
@@ -61,14 +62,15 @@ def _frozen_eps0() -> Callable[..., Any]:
     return partial(FrozenBatchNorm2d, eps=0.0)
 
 
-register_norm(NormVariant("batch", "torch.nn.BatchNorm2d in eval mode (the classifier)", _batch))
-register_norm(NormVariant("frozen", "torchvision FrozenBatchNorm2d, eps 1e-5 (detection backbones)",
-                          _frozen))
+register_norm(NormVariant("batch", "the classifier's BatchNorm2d as torchvision builds it (eps 1e-5; MobileNetV3 "
+                                   "eps 1e-3, momentum 0.01), eval mode", _batch))
+register_norm(NormVariant("frozen", "torchvision FrozenBatchNorm2d, eps 1e-5, as the detection builders pass it "
+                                    "when they load backbone weights", _frozen))
 register_norm(
     NormVariant("frozen-eps0", "FrozenBatchNorm2d with eps 0 (torchvision's COCO_V1 detection weights)",
                 _frozen_eps0)
 )
-register_norm(NormVariant("fused", "each BatchNorm2d folded into the convolution before it", _batch,
+register_norm(NormVariant("fused", "the classifier's BatchNorm2d folded into the convolution before it", _batch,
                           fold=True))
 
 
@@ -80,12 +82,11 @@ def list_norms() -> list[str]:
     return NORMS.names()
 
 
-def fold_batchnorms(model: nn.Module) -> int:
-    """Fold every BatchNorm2d whose sole input is a Conv2d used nowhere else into that conv,
-    replacing the norm by Identity. Pairs are found on the traced graph, not guessed from names."""
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, norm) for every BatchNorm2d whose sole input is a Conv2d used nowhere else, found on
+    the traced graph, not guessed from names."""
     import torch.fx
     from torch import nn
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     modules = dict(model.named_modules())
     pairs = []
@@ -100,8 +101,17 @@ def fold_batchnorms(model: nn.Module) -> int:
             and len(src.users) == 1
         ):
             pairs.append((src.target, node.target))
+    return pairs
+
+
+def fold_batchnorms(model: nn.Module) -> int:
+    """Fold every pair of `conv_bn_pairs` into its conv, replacing the norm by Identity."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    modules = dict(model.named_modules())
+    pairs = conv_bn_pairs(model)
     for conv_name, bn_name in pairs:
-        fused = fuse_conv_bn_eval(modules[conv_name], modules[bn_name])
-        model.set_submodule(conv_name, fused)
+        model.set_submodule(conv_name, fuse_conv_bn_eval(modules[conv_name], modules[bn_name]))
         model.set_submodule(bn_name, nn.Identity())
     return len(pairs)

@@ -27,12 +27,10 @@ class ModelSpec:
         return spec
 
     def validate(self) -> None:
-        from exporter.backbones import BACKBONES, VIEWS
-        from exporter.norms import NORMS
+        """Every name registered, and the norm and view ones the backbone's family has."""
+        from exporter.backbones import validate_spec
 
-        BACKBONES.get(self.backbone)
-        NORMS.get(self.norm)
-        VIEWS.get(self.view)
+        validate_spec(self)
 
     def __str__(self) -> str:
         return f"{self.backbone}:{self.norm}:{self.view}"

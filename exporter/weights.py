@@ -22,6 +22,9 @@ WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".safetensors")
 # depend on (backbone, seed) alone.
 CALIBRATION_SHAPE = (8, 3, 128, 128)
 CALIBRATION_PASSES = 2
+GAMMA_RANGE = (0.5, 1.5)
+BRANCH_END_GAMMA_RANGE = (0.05, 0.3)
+"""The norm that ends a residual branch gets a small gamma, as training leaves it."""
 
 
 @dataclass
@@ -55,7 +58,7 @@ def load_weights(source: str, backbone: str, seed: int = 0) -> Weights:
     if source in WEIGHT_SOURCES:
         return WEIGHT_SOURCES.get(source)(backbone, seed)
     if source.endswith(WEIGHT_FILE_SUFFIXES) or "/" in source:
-        return load_weights_file(Path(source))
+        return classifier_keys(load_weights_file(Path(source)), backbone)
     raise UsageError(
         f"Unknown weights {source!r}; use one of {', '.join(WEIGHT_SOURCES)} or a "
         f"{'/'.join(WEIGHT_FILE_SUFFIXES)} file path"
@@ -69,45 +72,46 @@ def synthetic_weights(backbone: str, seed: int) -> Weights:
 
 @lru_cache(maxsize=4)
 def _synthetic_state_dict(backbone: str, seed: int) -> dict[str, torch.Tensor]:
-    """Seeded init, then BatchNorm statistics calibrated by train-mode passes.
+    """Seeded init of the classifier (torchvision's own norms), then BatchNorm statistics calibrated
+    by train-mode passes.
 
     Conv output channels get log-uniform scales and BN affines are randomised, so running
     variances span five orders of magnitude as in a trained network; that is what makes
-    FrozenBN's eps (0 vs 1e-5) matter as it does with real weights. The last norm of each
-    residual branch gets a small gamma, as training leaves it: without that a random ResNet-50
-    amplifies float32 rounding 25x more than a trained one (measured: layer4 error vs float64
-    7.6e-5 relative instead of 2.2e-6; trained ImageNet weights give ~3e-6).
+    FrozenBN's eps (0 vs 1e-5) matter as it does with real weights. The norm that ends each
+    residual branch (the family's hint) gets a small gamma, as training leaves it: without that a
+    random ResNet-50 amplifies float32 rounding 25x more than a trained one (measured: layer4 error
+    vs float64 7.6e-5 relative instead of 2.2e-6; trained ImageNet weights give ~3e-6).
     """
     import torch
     from torch import nn
 
-    from exporter.backbones import get_backbone_builder
+    from exporter.backbones import build_classifier, family_of
 
     torch.manual_seed(seed)
-    model = get_backbone_builder(backbone)(norm_layer=nn.BatchNorm2d)
+    model = build_classifier(backbone, None)
     gen = torch.Generator().manual_seed(seed)
-    branch_ends = set()
-    for block in model.modules():
-        if hasattr(block, "downsample"):  # torchvision's BasicBlock / Bottleneck
-            norms = [child for name, child in block.named_children() if name.startswith("bn")]
-            branch_ends.add(id(norms[-1]))
+    family = family_of(backbone)
+    if family.prepare_synthetic is not None:
+        family.prepare_synthetic(model, gen)
+    branch_ends = {id(m) for m in family.branch_end_norms(model)}
+    momenta = {}
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
                 scale = 10 ** (torch.rand(module.out_channels, generator=gen) * 1.5 - 1.0)
                 module.weight.mul_(scale.view(-1, 1, 1, 1))
             elif isinstance(module, nn.BatchNorm2d):
-                low, high = (0.05, 0.3) if id(module) in branch_ends else (0.5, 1.5)
+                low, high = BRANCH_END_GAMMA_RANGE if id(module) in branch_ends else GAMMA_RANGE
                 module.weight.uniform_(low, high, generator=gen)
                 module.bias.normal_(0.0, 0.2, generator=gen)
                 module.reset_running_stats()
+                momenta[module] = module.momentum
                 module.momentum = None  # cumulative average over the calibration passes
         model.train()
         for _ in range(CALIBRATION_PASSES):
             model(torch.randn(CALIBRATION_SHAPE, generator=gen))
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = 0.1
+    for module, momentum in momenta.items():
+        module.momentum = momentum
     model.eval()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -130,7 +134,7 @@ def imagenet_weights(backbone: str, seed: int) -> Weights:
             f"there is internet with `python -c \"import torchvision; torchvision.models.{backbone}"
             f"(weights='IMAGENET1K_V1')\"` and copy {path.name} there, or pass --weights FILE"
         )
-    weights = load_weights_file(path)
+    weights = classifier_keys(load_weights_file(path), backbone)
     weights.source = f"imagenet:{path.name}"
     return weights
 
@@ -166,11 +170,20 @@ def load_weights_file(path: Path) -> Weights:
     return Weights(f"file:{path.name}", *split_checkpoint(raw))
 
 
+def classifier_keys(weights: Weights, backbone: str) -> Weights:
+    """A detection body's keys (`4.block.0.0.weight`) as the classifier's (`features.4...`), by family."""
+    from exporter.backbones import family_of
+
+    weights.state_dict = family_of(backbone).classifier_state(weights.state_dict)
+    return weights
+
+
 def split_checkpoint(
     raw: dict[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
-    """Map a classifier, detection (`backbone.body.*`, `backbone.fpn.*`, heads dropped) or backbone (`body.*`)
-    checkpoint onto classifier keys, plus the FPN's own weights when present."""
+    """Split a classifier, detection (`backbone.body.*`, `backbone.fpn.*`, heads dropped) or backbone (`body.*`)
+    checkpoint into body keys and the FPN's own weights when present. Body keys are the classifier's for
+    ResNet; `classifier_keys` maps the others by family."""
     import torch
 
     body: dict[str, torch.Tensor] = {}

@@ -10,6 +10,13 @@ SMALL = "resnet18"
 SMALL_SHAPE = (1, 3, 64, 64)
 
 
+def family_backbone(family: str) -> str:
+    """The first registered backbone of `family` (resnet18 for resnet): what family-wide tests build."""
+    from exporter.backbones import BACKBONES
+
+    return next(name for name in BACKBONES if BACKBONES.get(name).family == family)
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 

@@ -1,3 +1,7 @@
+"""Views and norm variants, for every family: what torchvision builds, module for module."""
+
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -5,10 +9,15 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from exporter.backbones import build_model, get_backbone
-from exporter.norms import fold_batchnorms, list_norms
+from exporter.families import FAMILIES
+from exporter.norms import conv_bn_pairs, fold_batchnorms, get_norm
 from exporter.spec import ModelSpec
-from exporter.weights import load_weights
-from tests.conftest import SMALL, SMALL_SHAPE
+from exporter.weights import load_weights, save_weights
+from tests.conftest import SMALL_SHAPE, family_backbone
+from verify.localize import EQUIVALENCE_RTOL
+from verify.structure import canonical_modules
+
+FAMILY_NAMES = FAMILIES.names()
 
 
 def run(model, x):
@@ -16,92 +25,167 @@ def run(model, x):
         return {k: v.numpy() for k, v in model(x).items()}
 
 
+def norm_modules(model):
+    return [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+
+
+def norm_attributes(model):
+    """Class and every plain attribute of each norm (eps, momentum, affine, ...), in module order."""
+    return [(type(m).__name__, {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training"})
+            for m in norm_modules(model)]
+
+
 @pytest.fixture(scope="module")
 def x():
     return torch.randn(SMALL_SHAPE, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize(("view", "names", "spatial"), [
-    ("body", ["layer1", "layer2", "layer3", "layer4"], [16, 8, 4, 2]),
-    ("fpn", ["p2", "p3", "p4", "p5", "pool"], [16, 8, 4, 2, 1]),
-    ("trunk", ["layer4"], [2]),
-])
-def test_views_name_their_outputs(view, names, spatial, x):
-    built = get_backbone(SMALL, "frozen", view)
-    outputs = run(built.model, x)
-    assert list(outputs) == names == built.output_names
-    assert [o.shape[-1] for o in outputs.values()] == spatial
-    assert not built.model.training
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_views_name_their_outputs(family, x):
+    shapes = {}
+    for view in FAMILIES.get(family).views:
+        built = get_backbone(family_backbone(family), "frozen", view.name)
+        outputs = run(built.model, x)
+        assert list(outputs) == built.output_names == list(view.outputs)
+        assert not built.model.training
+        for name, value in outputs.items():  # one name, one quantity, whichever view computes it
+            assert shapes.setdefault(name, value.shape) == value.shape, (view.name, name)
 
 
-def test_trunk_and_body_compute_layer4_identically(x):
-    body = get_backbone(SMALL, "batch", "body")
-    trunk = get_backbone(SMALL, "batch", "trunk")
-    # same torchvision modules under the same names, as nn.Sequential(*children[:-2]) would be
-    assert [n for n, _ in trunk.model.named_children()] == ["conv1", "bn1", "relu", "maxpool", "layer1",
-                                                            "layer2", "layer3", "layer4"]
-    np.testing.assert_array_equal(run(body.model, x)["layer4"], run(trunk.model, x)["layer4"])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_views_share_the_classifiers_modules_and_values(family, x):
+    """Canonical module names line up across views (the fpn's `body.` stripped), and the trunk's
+    output is the body's output of the same name, bit for bit."""
+    backbone = family_backbone(family)
+    built = {v.name: get_backbone(backbone, "batch", v.name) for v in FAMILIES.get(family).views}
+    names = {v: {n for n in canonical_modules(b.model, b.view.prefix) if not n.startswith("fpn")}
+             for v, b in built.items()}
+    assert names["body"] == names["trunk"] == names["fpn"] - {"body"}
+    trunk_out, body_out = run(built["trunk"].model, x), run(built["body"].model, x)
+    for name in trunk_out:
+        np.testing.assert_array_equal(trunk_out[name], body_out[name])
 
 
-def test_fpn_view_is_torchvisions_detection_backbone(x):
-    """Our resnet50:batch:fpn is fasterrcnn_resnet50_fpn(weights=None).backbone, key for key."""
-    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+def cache_as_imagenet(backbone, torch_home: Path):
+    """Our synthetic weights where torchvision looks for IMAGENET1K_V1: its detection builder then loads
+    them itself and builds its backbone as it does for trained weights (norm_layer=FrozenBatchNorm2d)."""
+    import torchvision
 
-    ours = get_backbone("resnet50", "batch", "fpn").model
-    theirs = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).backbone.eval()
-    theirs.load_state_dict(ours.state_dict())  # strict: same modules, same names
-    mine, reference = run(ours, x), run(theirs, x)
-    for level, key in zip(["p2", "p3", "p4", "p5", "pool"], ["0", "1", "2", "3", "pool"]):
-        np.testing.assert_array_equal(mine[level], reference[key].numpy() if hasattr(reference[key], "numpy")
-                                      else reference[key])
+    entry = torchvision.models.get_model_weights(backbone)["IMAGENET1K_V1"]
+    path = torch_home / "hub" / "checkpoints" / Path(entry.url).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(load_weights("synthetic", backbone), path)
 
 
-def norm_modules(model):
-    return [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_fpn_and_body_are_torchvisions_detection_backbone(family, x, tmp_path, monkeypatch):
+    """Our backbone:frozen:fpn is `<detector>(weights_backbone=...).backbone` as torchvision builds it
+    when it loads backbone weights: same modules and names, same norm classes and attributes, same outputs."""
+    import torchvision.models.detection as detection
+
+    backbone, builder = next(iter(FAMILIES.get(family).detection_builders.items()))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache_as_imagenet(backbone, tmp_path)
+    theirs = getattr(detection, builder)(weights=None, weights_backbone="IMAGENET1K_V1").backbone.eval()
+    fpn = get_backbone(backbone, "frozen", "fpn").model
+    body = get_backbone(backbone, "frozen", "body").model
+    assert norm_attributes(fpn) == norm_attributes(theirs)
+    assert all(type(m) is FrozenBatchNorm2d for m in norm_modules(theirs))
+    theirs.load_state_dict(fpn.state_dict())  # strict: the FPN's own init differs, nothing else
+    with torch.no_grad():
+        reference = theirs(x)
+        reference_body = theirs.body(x)
+    for mine, ref in zip(run(fpn, x).values(), reference.values(), strict=True):
+        np.testing.assert_array_equal(mine, ref.numpy())
+    for mine, ref in zip(run(body, x).values(), reference_body.values(), strict=True):
+        np.testing.assert_array_equal(mine, ref.numpy())
+    # without backbone weights torchvision builds the same modules (with the builder's BatchNorm2d)
+    untrained = getattr(detection, builder)(weights=None, weights_backbone=None).backbone
+    untrained.load_state_dict(get_backbone(backbone, "batch", "fpn").model.state_dict())
 
 
-def test_norm_variants_layer_types():
-    batch = get_backbone(SMALL, "batch").model
-    frozen = get_backbone(SMALL, "frozen").model
-    eps0 = get_backbone(SMALL, "frozen-eps0").model
-    fused = get_backbone(SMALL, "fused").model
-    assert len(norm_modules(batch)) == 20 and all(type(m) is nn.BatchNorm2d for m in norm_modules(batch))
-    assert all(type(m) is FrozenBatchNorm2d and m.eps == 1e-5 for m in norm_modules(frozen))
-    assert all(type(m) is FrozenBatchNorm2d and m.eps == 0.0 for m in norm_modules(eps0))
-    assert norm_modules(fused) == []
-    assert all(m.bias is not None for m in fused.modules() if isinstance(m, nn.Conv2d))
+def torchvision_reference(backbone, norm):
+    """The classifier as torchvision's own code makes each variant: its default norm (`batch`), the
+    detection builders' `norm_layer=FrozenBatchNorm2d` (`frozen`), then `overwrite_eps(model, 0.0)` as
+    they do for the ResNet-50 COCO_V1 weights (`frozen-eps0`)."""
+    import torchvision
+    from torchvision.models.detection._utils import overwrite_eps
+
+    builder = getattr(torchvision.models, backbone)
+    if norm == "batch":
+        return builder(weights=None)
+    model = builder(weights=None, norm_layer=FrozenBatchNorm2d)
+    if norm == "frozen-eps0":
+        overwrite_eps(model, 0.0)
+    return model
 
 
-def test_norm_variants_carry_the_same_weights():
-    batch = get_backbone(SMALL, "batch").model
-    frozen = get_backbone(SMALL, "frozen-eps0").model
-    for (name, a), (_, b) in zip(batch.named_modules(), frozen.named_modules()):
-        if isinstance(a, nn.BatchNorm2d):
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                torch.testing.assert_close(getattr(a, attr).detach(), getattr(b, attr), rtol=0, atol=0,
-                                           msg=f"{name}.{attr}")
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_norm_variants_are_what_torchvision_builds(family):
+    """Every norm's class and attributes as torchvision builds them (frozen is also checked against the detection
+    builder itself above); fused leaves no norm and a bias in every conv that had one."""
+    backbone = family_backbone(family)
+    count = len(norm_modules(torchvision_reference(backbone, "batch")))
+    for norm in FAMILIES.get(family).norms:
+        model = get_backbone(backbone, norm, "body").model
+        if get_norm(norm).fold:
+            assert norm_modules(model) == []
+            assert sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.bias is not None) >= count
+        else:
+            assert norm_attributes(model) == norm_attributes(torchvision_reference(backbone, norm)), norm
+            assert len(norm_modules(model)) == count
 
 
-def test_float64_equivalence_of_variants(x):
-    """batch, frozen and fused compute one function; eps 0 computes another."""
-    outputs = {}
-    for norm in list_norms():
-        model = get_backbone(SMALL, norm).float64()
-        outputs[norm] = run(model, x.double())["layer4"]
-    scale = np.abs(outputs["batch"]).max()
-    for norm in ("frozen", "fused"):
-        assert np.abs(outputs[norm] - outputs["batch"]).max() / scale < 1e-10, norm
-    assert np.abs(outputs["frozen-eps0"] - outputs["batch"]).max() / scale > 1e-4
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_norm_variants_carry_the_same_weights(family):
+    backbone = family_backbone(family)
+    batch = get_backbone(backbone, "batch").model
+    for norm in FAMILIES.get(family).norms:
+        if get_norm(norm).fold or norm == "batch":
+            continue
+        other = get_backbone(backbone, norm).model
+        for (name, a), (_, b) in zip(batch.named_modules(), other.named_modules(), strict=True):
+            if isinstance(a, nn.BatchNorm2d):
+                for attr in ("weight", "bias", "running_mean", "running_var"):
+                    torch.testing.assert_close(getattr(a, attr).detach(), getattr(b, attr), rtol=0, atol=0,
+                                               msg=f"{norm}: {name}.{attr}")
 
 
-def test_fused_float32_weights_are_the_exact_fold_rounded_once():
-    built = get_backbone(SMALL, "fused")
-    for (name, p32), (_, p64) in zip(built.model.named_parameters(), built.float64().named_parameters()):
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_float64_equivalence_of_variants(family, x):
+    """Variants compute the classifier's function exactly when their norms' eps is the classifier's (fused is
+    the classifier folded); any other eps is another function, far beyond float64 rounding."""
+    backbone = family_backbone(family)
+    outputs, eps = {}, {}
+    for norm in FAMILIES.get(family).norms:
+        built = get_backbone(backbone, norm)
+        outputs[norm] = run(built.float64(), x.double())
+        eps[norm] = {m.eps for m in norm_modules(built.model)} or eps["batch"]
+    for norm, result in outputs.items():
+        for name, value in result.items():
+            rel = np.abs(value - outputs["batch"][name]).max() / np.abs(outputs["batch"][name]).max()
+            if eps[norm] == eps["batch"]:
+                assert rel < EQUIVALENCE_RTOL, (norm, name, rel)
+            else:
+                assert rel > 1e3 * EQUIVALENCE_RTOL, (norm, name, rel)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_fused_float32_weights_are_the_exact_fold_rounded_once(family):
+    built = get_backbone(family_backbone(family), "fused")
+    for (name, p32), (_, p64) in zip(built.model.named_parameters(), built.float64().named_parameters(),
+                                     strict=True):
         assert p64.dtype == torch.float64
         torch.testing.assert_close(p32, p64.float(), rtol=0, atol=0, msg=name)
 
 
-def test_fold_finds_every_conv_bn_pair():
-    model = build_model(ModelSpec(SMALL, "batch", "body"), load_weights("synthetic", SMALL)).model
-    assert fold_batchnorms(model) == 20
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_fold_finds_every_conv_bn_pair(family):
+    """The traced graph's pairs are every norm, each after the conv the family's mapping names."""
+    spec = ModelSpec(family_backbone(family), "batch", "body")
+    model = build_model(spec, load_weights("synthetic", spec.backbone)).model
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    fold_partner = FAMILIES.get(family).fold_partner
+    assert conv_bn_pairs(model) == [(fold_partner(n), n) for n in norms]
+    assert fold_batchnorms(model) == len(norms) > 0
     assert fold_batchnorms(model) == 0

@@ -4,11 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.backbones import build_model
+from exporter.backbones import MISFIT_EXAMPLES, build_classifier, build_model, family_of
 from exporter.errors import SetupError, UsageError
+from exporter.families import FAMILIES
 from exporter.spec import ModelSpec
-from exporter.weights import _synthetic_state_dict, load_weights, save_weights
-from tests.conftest import SMALL, SMALL_SHAPE
+from exporter.weights import (
+    BRANCH_END_GAMMA_RANGE,
+    GAMMA_RANGE,
+    _synthetic_state_dict,
+    load_weights,
+    save_weights,
+)
+from tests.conftest import SMALL, SMALL_SHAPE, family_backbone
+
+FAMILY_BACKBONES = [family_backbone(f) for f in FAMILIES]
 
 
 def outputs(spec, weights):
@@ -18,26 +27,47 @@ def outputs(spec, weights):
         return {k: v.numpy() for k, v in model(x).items()}
 
 
-def test_synthetic_weights_are_deterministic_per_seed():
+@pytest.mark.parametrize("backbone", FAMILY_BACKBONES)
+def test_synthetic_weights_are_deterministic_per_seed(backbone):
     fresh = _synthetic_state_dict.__wrapped__  # bypass the in-process cache
-    a, b, c = fresh(SMALL, 0), fresh(SMALL, 0), fresh(SMALL, 1)
+    a, b, c = fresh(backbone, 0), fresh(backbone, 0), fresh(backbone, 1)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_synthetic_statistics_are_calibrated():
-    state = load_weights("synthetic", SMALL).state_dict
+@pytest.mark.parametrize("backbone", FAMILY_BACKBONES)
+def test_synthetic_statistics_are_calibrated(backbone):
+    state = load_weights("synthetic", backbone).state_dict
     variances = torch.cat([v for k, v in state.items() if k.endswith("running_var")])
     means = torch.cat([v for k, v in state.items() if k.endswith("running_mean")])
     # spread over orders of magnitude like a trained network, not the init's ones and zeros
     assert variances.min() < 1e-2 < 1 < variances.max()
     assert means.abs().max() > 0.01
-    out = outputs(ModelSpec(SMALL, "batch", "body"), load_weights("synthetic", SMALL))
+    out = outputs(ModelSpec(backbone, "batch", "body"), load_weights("synthetic", backbone))
     for name, value in out.items():
         assert np.isfinite(value).all()
         assert 1 < np.abs(value).max() < 1e3, name
         assert (value > 0).mean() > 0.2, f"{name} is mostly dead"
+
+
+@pytest.mark.parametrize("backbone", FAMILY_BACKBONES)
+def test_synthetic_residual_branches_end_in_small_gammas(backbone):
+    """The family's hint: the norm that ends each residual branch has a small gamma, every other a normal one;
+    the classifier's own norm momentum is kept (MobileNetV3's 0.01, ResNet's 0.1)."""
+    from torch import nn
+
+    model = build_classifier(backbone, None)
+    default_momentum = {n: m.momentum for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    model.load_state_dict(load_weights("synthetic", backbone).state_dict)
+    ends = {id(m) for m in family_of(backbone).branch_end_norms(model)}
+    assert ends
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d):
+            low, high = BRANCH_END_GAMMA_RANGE if id(module) in ends else GAMMA_RANGE
+            gamma = module.weight.detach()
+            assert low <= float(gamma.min()) <= float(gamma.max()) <= high, name
+            assert module.momentum == default_momentum[name]
 
 
 def test_imagenet_weights_absent_is_a_clear_setup_error():
@@ -71,18 +101,21 @@ def test_weight_files_round_trip(tmp_path, suffix):
         np.testing.assert_array_equal(value, outputs(spec, synthetic)[name])
 
 
-def test_detection_checkpoint_loads_body_and_fpn(tmp_path):
-    """A Faster R-CNN style checkpoint: backbone.body.* (FrozenBN, no num_batches_tracked),
-    backbone.fpn.*, and heads that are ignored."""
-    spec = ModelSpec(SMALL, "frozen", "fpn")
-    source = build_model(spec, load_weights("synthetic", SMALL), seed=9).model
+@pytest.mark.parametrize("backbone", FAMILY_BACKBONES)
+def test_detection_checkpoint_loads_body_and_fpn(backbone, tmp_path):
+    """A Faster R-CNN style checkpoint: backbone.body.* (FrozenBN, no num_batches_tracked; MobileNetV3's
+    body keys are `features`' own), backbone.fpn.*, and heads that are ignored."""
+    spec = ModelSpec(backbone, "frozen", "fpn")
+    source = build_model(spec, load_weights("synthetic", backbone), seed=9).model
     checkpoint = {f"backbone.{k}": v for k, v in source.state_dict().items()}
     assert not any(k.endswith("num_batches_tracked") for k in checkpoint)
     checkpoint["rpn.head.conv.0.0.weight"] = torch.zeros(1)
     checkpoint["head.classification_head.conv.0.0.weight"] = torch.zeros(1)  # RetinaNet / FCOS
     torch.save(checkpoint, tmp_path / "detector.pth")
-    loaded = load_weights(str(tmp_path / "detector.pth"), SMALL)
+    loaded = load_weights(str(tmp_path / "detector.pth"), backbone)
     assert "fpn" in loaded.extra
+    classifier = load_weights("synthetic", backbone).state_dict
+    assert set(loaded.state_dict) == {k for k in classifier if not k.startswith(family_of(backbone).classifier_prefix)}
     rebuilt = build_model(spec, loaded, seed=0).model  # another seed: FPN must come from the file
     x = torch.randn(SMALL_SHAPE)
     with torch.no_grad():
@@ -115,6 +148,28 @@ def test_weights_of_another_backbone_do_not_fit(tmp_path):
     save_weights(load_weights("synthetic", "resnet34"), path)
     with pytest.raises(UsageError, match="do not fit resnet18"):
         build_model(ModelSpec(SMALL, "frozen", "body"), load_weights(str(path), SMALL))
+
+
+def test_a_misfit_checkpoint_is_one_bounded_line(tmp_path):
+    """Another family's checkpoint: every key misfits, and the message counts them and names a few."""
+    import re
+
+    other = load_weights("synthetic", "mobilenet_v3_small")
+    path = tmp_path / "mobilenet.safetensors"
+    save_weights(other, path)
+    with pytest.raises(UsageError) as info:
+        build_model(ModelSpec(SMALL, "frozen", "body"), load_weights(str(path), SMALL))
+    message = str(info.value)
+    expected = set(build_model(ModelSpec(SMALL, "frozen", "trunk"), load_weights("synthetic", SMALL)).model
+                   .state_dict())
+    found = re.fullmatch(r"Weights .* do not fit resnet18: (\d+) unexpected keys, e\.g\. (.*?); (\d+) missing keys, "
+                         r"e\.g\. (.*); pass weights of resnet18", message)
+    assert found, message
+    assert int(found[1]) == len(other.state_dict)
+    assert int(found[3]) == len(expected)  # all but fc, which a backbone-only checkpoint may leave out
+    for examples in (found[2], found[4]):
+        assert len(examples.removesuffix(", …").split(", ")) == MISFIT_EXAMPLES
+    assert "\n" not in message
 
 
 def test_fpn_weights_that_do_not_fit_are_a_usage_error(tmp_path):

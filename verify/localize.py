@@ -78,8 +78,8 @@ def first_divergence_torch(a: nn.Module, a_prefix: str, b: nn.Module, b_prefix: 
     records_a = record_outputs(a, x, a_prefix)
     records_b = {(n, c): t for n, c, t in record_outputs(b, x, b_prefix)}
     types_a, types_b = canonical_modules(a, a_prefix), canonical_modules(b, b_prefix)
-    folded = {fold_partner(n) for n in types_a if n in types_b
-              and "Identity" in (type_name(types_a[n]), type_name(types_b[n]))}
+    folded = {fold_partner(n, types_a if type_name(types_a[n]) == "Identity" else types_b) for n in types_a
+              if n in types_b and "Identity" in (type_name(types_a[n]), type_name(types_b[n]))}
     for name, call, out in records_a:
         other = records_b.get((name, call))
         if other is None or other.shape != out.shape or name in folded:

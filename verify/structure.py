@@ -52,16 +52,18 @@ def type_name(module: Any) -> str:
     return getattr(module, "original_name", None) or type(module).__name__
 
 
-def fold_partner(name: str) -> str:
-    """The convolution a norm follows in torchvision's ResNets: bnK -> convK, downsample.1 -> .0."""
-    head, _, last = name.rpartition(".")
-    if last.startswith("bn"):
-        partner = "conv" + last[2:]
-    elif last.isdigit() and int(last) > 0:
-        partner = str(int(last) - 1)
-    else:
-        return ""
-    return f"{head}.{partner}" if head else partner
+def fold_partner(name: str, modules: dict[str, Any] | None = None, family: str | None = None) -> str:
+    """The convolution a folded norm followed, by the family's mapping (`layer1.0.bn2` -> `layer1.0.conv2`,
+    MobileNetV3's `4.block.0.1` -> `4.block.0.0`). Without `family`: the first family whose mapping
+    names a convolution present in `modules` (any family's name if `modules` is not given)."""
+    from exporter.families import FAMILIES
+
+    names = [family] if family else FAMILIES.names()
+    candidates = [p for p in (FAMILIES.get(n).fold_partner(name) for n in names) if p]
+    for partner in candidates:
+        if modules is None or "Conv" in type_name(modules.get(partner)):
+            return partner
+    return candidates[0] if candidates else ""
 
 
 def _norm_text(module: Any) -> str:
@@ -76,7 +78,9 @@ def train_mode_modules(model: nn.Module, prefix: str = "") -> list[str]:
             if m.training and (type_name(m) in NORM_TYPES or "Dropout" in type_name(m))]
 
 
-def structural_diff(a: nn.Module, a_prefix: str, b: nn.Module, b_prefix: str) -> list[StructuralDifference]:
+def structural_diff(a: nn.Module, a_prefix: str, b: nn.Module, b_prefix: str,
+                    family: str | None = None) -> list[StructuralDifference]:
+    """Differences module by module; `family` (the backbones' family, when known) names fold partners."""
     diffs: list[StructuralDifference] = []
     mods_a, mods_b = canonical_modules(a, a_prefix), canonical_modules(b, b_prefix)
     folded_convs: set[str] = set()
@@ -93,7 +97,7 @@ def structural_diff(a: nn.Module, a_prefix: str, b: nn.Module, b_prefix: str) ->
         ta, tb = type_name(ma), type_name(mb)
         if ta != tb:
             if "Identity" in (ta, tb) and (ta in NORM_TYPES or tb in NORM_TYPES):
-                partner = fold_partner(name)
+                partner = fold_partner(name, mods_a if ta == "Identity" else mods_b, family)
                 folded_convs.add(partner)
                 text = f"folded into {partner}"
                 diffs.append(StructuralDifference(name, "folded", text if ta == "Identity" else _norm_text(ma),
