@@ -69,16 +69,16 @@ def test_seed_question_spec_pair_agrees_on_layer4():
     (["export", *SMALL_ARGS, "--weights", "missing.safetensors"], "does not exist"),
     (["export", *SMALL_ARGS, "--decimal", "5", "--atol", "1e-3"], "either --decimal or --rtol/--atol"),
     (["export", *SMALL_ARGS, "--shape", "224x224"], "Bad shape"),
-    (["export", *SMALL_ARGS, "--onnx-exporter", "tf2onnx"], "Unknown ONNX exporter"),
+    (["export", *SMALL_ARGS, "--onnx-exporter", "tf2onnx"], "'tf2onnx' is not one of 'dynamo', 'torchscript'"),
     (["export", *SMALL_ARGS, "--runtime", "tensorrt"], "Unknown runtime 'tensorrt'"),
-    (["export", *SMALL_ARGS, "--device", "tpu"], "Unknown device 'tpu'"),
+    (["export", *SMALL_ARGS, "--device", "tpu"], "'tpu' is not one of 'cpu', 'cuda'"),
     (["compare", "missing.onnx", "resnet18"], "missing.onnx does not exist"),
     (["compare", "model.tflite", "resnet18"], "Cannot tell the format"),
     (["compare", "resnet18:frozen:body", "resnet18:frozen:fpn"], "share no output"),
     (["compare", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"],
      "failed on an input of shape (1, 1, 32, 32)"),
     (["explain", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"], "failed on an input"),
-    (["compare", "resnet18", "resnet18", "--shape", "1x3x32x32", "--json", "."], "Cannot write"),
+    (["compare", "resnet18", "resnet18", "--shape", "1x3x32x32", "--json", "."], ". is a directory"),
     (["export", *SMALL_ARGS, "--factor", "3", "--decimal", "4"], "--factor sets the auto mode"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, monkeypatch):
@@ -137,7 +137,7 @@ def test_empty_input_file_is_refused(tmp_path):
 
     np.save(tmp_path / "empty.npy", np.zeros((0, 3, 32, 32), np.float32))
     result = invoke("compare", "resnet18", "resnet18", "--input", tmp_path / "empty.npy")
-    assert result.exit_code == 2 and "non-empty NCHW" in result.stderr
+    assert result.exit_code == 2 and "empty.npy holds an empty array (shape 0x3x32x32)" in result.stderr
 
 
 def test_an_unexpected_failure_is_one_line_and_exit_2(monkeypatch):
