@@ -164,7 +164,8 @@ def _load_npy(path: Path) -> np.ndarray:
         raise UsageError(f"Input {path} cannot be read as a .npy array ({_first_line(exc)})") from None
     if not np.isfinite(array).all():
         require_finite(str(path), array)  # name the NaN/Inf in the file itself, before any conversion
-    converted = array.astype(np.float32)
+    with np.errstate(over="ignore"):  # said below, in one line, rather than warned about on stderr
+        converted = array.astype(np.float32)
     if not np.isfinite(converted).all():
         raise UsageError(f"Input {path} holds values beyond float32's range "
                          f"(max |x| {float(np.abs(array).max()):.3g}); the models run in float32")
