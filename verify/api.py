@@ -202,6 +202,8 @@ def source_kind(text: str) -> Path | ModelSpec:
     does not exist is a missing file; anything else must parse as a model spec."""
     from exporter.artifacts import detect_format
 
+    if not text.strip():
+        return ModelSpec.parse(text)  # refused as a spec: Path("") would be the current folder
     path = Path(text)
     kind = path_kind(path)
     if kind == "a directory":

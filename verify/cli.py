@@ -93,9 +93,10 @@ class RichProgress:
             with self.console.status(escape(description)):
                 yield
         except BaseException:
-            self.console.print(f"[red]✗[/] {escape(description)}")
+            self.console.print(f"[red]✗[/] {escape(description)}", soft_wrap=True)
             raise
-        self.console.print(f"[green]✓[/] {escape(description)} [dim]({time.perf_counter() - start:.1f}s)[/]")
+        self.console.print(f"[green]✓[/] {escape(description)} [dim]({time.perf_counter() - start:.1f}s)[/]",
+                           soft_wrap=True)  # one line per step, whatever the terminal's width
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -208,9 +209,10 @@ def export(
 @app.command()
 @handle_errors
 def compare(
-    a: Annotated[str, typer.Argument(callback=opt.check_source,
+    a: Annotated[str, typer.Argument(callback=opt.check_source, metavar="A",
                                      help="Model spec backbone:norm:view, or a .onnx / TorchScript .pt")],
-    b: Annotated[str, typer.Argument(callback=opt.check_source, help="The reference side, same forms as A")],
+    b: Annotated[str, typer.Argument(callback=opt.check_source, metavar="B",
+                                     help="The reference side, same forms as A")],
     weights: opt.Weights = "synthetic",
     seed: opt.Seed = 0,
     shape: opt.Shape = None,
@@ -238,10 +240,10 @@ def compare(
 @handle_errors
 def explain(
     a: Annotated[str | None, typer.Argument(
-        callback=opt.check_source,
+        callback=opt.check_source, metavar="[A]",
         help="Model spec or artifact [default: resnet50:batch:trunk, the classifier's ResNet-50]")] = None,
     b: Annotated[str | None, typer.Argument(
-        callback=opt.check_source,
+        callback=opt.check_source, metavar="[B]",
         help="Model spec or artifact [default: resnet50:frozen:body, Faster R-CNN's backbone]")] = None,
     weights: opt.Weights = "synthetic",
     seed: opt.Seed = 0,
