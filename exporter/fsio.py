@@ -156,17 +156,16 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
     `may_replace(final)` decides under the lock (so two exports racing for one name cannot
     both win silently): it raises to keep the existing folder."""
     parent = final.parent
+    # named before it exists: a Ctrl-C or SIGTERM landing right after the mkdir still finds it to remove
+    staging = parent / f".{final.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(parent):
-            _remove_stale(parent, final)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=parent))
-    except OSError as exc:
-        raise UsageError(f"Cannot write into the output folder {parent}: {exc.strerror}") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the folder is for sharing
-    try:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            with _folder_lock(parent):
+                _remove_stale(parent, final)
+            os.mkdir(staging, 0o777)  # the umask decides, as for any folder meant for sharing
+        except OSError as exc:
+            raise UsageError(f"Cannot write into the output folder {parent}: {exc.strerror}") from None
         yield staging
         _fsync_tree(staging)
         with _folder_lock(parent):

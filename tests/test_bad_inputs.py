@@ -384,8 +384,13 @@ SIGNALS = {"sigint": (signal.SIGINT, 130, "interrupted"), "sigterm": (signal.SIG
 @pytest.fixture(scope="module")
 def signalled(tmp_path_factory):
     """Both exports run at once (each pays for its own imports), each signalled once it is exporting."""
+    from exporter.weights import load_weights, save_weights
+
+    weights = tmp_path_factory.mktemp("weights") / "resnet18.safetensors"
+    save_weights(load_weights("synthetic", "resnet18"), weights)  # the children skip the calibration passes
     outs = {name: tmp_path_factory.mktemp(name) for name in SIGNALS}
-    processes = {name: subprocess.Popen([sys.executable, "-m", "verify.cli", *EXPORT, "--out", str(out)],
+    processes = {name: subprocess.Popen([sys.executable, "-m", "verify.cli", *EXPORT, "--weights", str(weights),
+                                         "--out", str(out)],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for name, out in outs.items()}
     deadline = time.monotonic() + 120

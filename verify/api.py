@@ -69,7 +69,7 @@ def build(spec: ModelSpec, settings: RunSettings):
 
 
 def _run(runtime_name: str, artifact: Artifact, feeds: list[dict], options: RuntimeOptions,
-          progress: Progress, report: Report) -> list[dict]:
+         progress: Progress, report: Report) -> list[dict]:
     """Load once, run on every feed: per feed {"label": the runtime's label, "outputs": its outputs}."""
     runtime = make_runtime(runtime_name, options)
     with progress.step(f"Running {runtime.label}"):
