@@ -243,7 +243,9 @@ def render_explanation(result: Explanation, console: Any, limit: int = 15) -> No
     console.print(f"A = {escape(result.a)}\nB = {escape(result.b)}")
     if result.first_divergence:
         console.print(f"[yellow]→[/] {escape(result.divergence_text())}")
-    table = Table(title=f"evidence (input {'x'.join(map(str, result.input_shape))})", title_justify="left")
+    source = f" from {result.input}" if result.input and not result.input.startswith("seeded") else ""
+    table = Table(title=f"evidence (input {'x'.join(map(str, result.input_shape))}{escape(source)})",
+                  title_justify="left")
     for column in ("output", "float64 rel diff", "float32 max diff", "floor A", "floor B", "x floor"):
         table.add_column(column, justify="left" if column == "output" else "right", no_wrap=True)
     for name in result.outputs:
