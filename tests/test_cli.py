@@ -221,3 +221,18 @@ def test_same_export_again_replaces_silently_and_overwrite_replaces_another(tmp_
     assert other.exit_code == 0, other.output
     assert json.loads(manifest.read_text())["identity"]["seed"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["resnet18-frozen-body"]
+
+
+def test_cli_enums_match_the_library():
+    """The CLI's choices are the library's: a level or exporter added there must be added here."""
+    from exporter.onnx import ONNX_EXPORTERS
+    from exporter.torchscript import METHODS
+    from verify import options
+    from verify.preflight import PROVIDERS
+    from verify.runtimes import DEVICES
+    from verify.runtimes.onnxruntime import OPT_LEVELS
+
+    assert [e.value for e in options.OrtOptLevel] == list(OPT_LEVELS)
+    assert [e.value for e in options.OnnxExporter] == list(ONNX_EXPORTERS)
+    assert [e.value for e in options.TorchScriptMethod] == list(METHODS)
+    assert [e.value for e in options.Device] == list(DEVICES) == list(PROVIDERS)
