@@ -7,13 +7,94 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from exporter.errors import ArtifactError, UsageError
+
+
+def path_kind(path: Path) -> str | None:
+    """What is at `path`, in words, when it is not a regular file (or a symlink to one); None when it is."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if stat.S_ISLNK(mode):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return "a broken symbolic link (its target does not exist)"
+    for test, words in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                        (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def require_regular_file(path: Path, what: str, hint: str = "") -> None:
+    """UsageError naming what is at `path` unless it is a regular file (a FIFO or device would block or
+    stream forever, so nothing is opened before this)."""
+    kind = path_kind(path)
+    if kind == "missing":
+        raise UsageError(f"{what} {path} does not exist{hint}")
+    if kind is not None:
+        raise UsageError(f"{what} {path} is {kind}, not a file{hint}")
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _can_create_in(folder: Path) -> str | None:
+    """Why nothing can be created in `folder`, or None: probed with an unnamed temporary file, so read-only
+    file systems and permissions are both caught and nothing is left behind."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+def check_writable_file(path: Path, what: str) -> None:
+    """UsageError unless a file can be (atomically) written at `path`: not a directory, device or broken
+    link, and its folder exists or can be created, in a place we may write."""
+    path = Path(path)
+    if os.path.lexists(path):
+        kind = path_kind(path)
+        if kind is not None:
+            raise UsageError(f"{what} {path} is {kind}; give a file name")
+    _check_creatable(path.parent, what, path)
+
+
+def check_writable_folder(path: Path, what: str) -> None:
+    """UsageError unless `path` is a folder we can write into, or can be created as one."""
+    path = Path(path)
+    if os.path.lexists(path):
+        kind = path_kind(path)
+        if kind != "a directory":
+            raise UsageError(f"{what} {path} is {kind or 'a file'}; give a folder")
+    _check_creatable(path, what, path)
+
+
+def _check_creatable(folder: Path, what: str, target: Path) -> None:
+    base = _nearest_existing(folder)
+    kind = path_kind(base)
+    if kind != "a directory":
+        raise UsageError(f"Cannot write {what} {target}: {base} is {kind or 'a file'}, not a folder")
+    reason = _can_create_in(base)
+    if reason:
+        raise UsageError(f"Cannot write {what} {target}: nothing can be created in {base} ({reason})")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -26,54 +107,92 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_staging(parent: Path) -> None:
-    """Remove staging folders left by exports that were killed (their process is gone)."""
+def _owner_pid(entry: Path) -> int | None:
+    """The pid in `.NAME.staging-PID-XXXX` / `.NAME.retired-PID-XXXX`, or None."""
+    try:
+        return int(entry.name.rsplit("-", 2)[1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _remove_stale(parent: Path, final: Path) -> None:
+    """Remove what killed exports left (their process is gone): staging folders, and folders retired
+    during a replacement; a retired folder whose replacement never arrived is put back. Under the lock."""
     for entry in parent.glob(".*.staging-*"):
-        with contextlib.suppress(ValueError, IndexError):
-            if not _pid_alive(int(entry.name.rsplit("-", 2)[1])):
-                shutil.rmtree(entry, ignore_errors=True)
+        pid = _owner_pid(entry)
+        if pid is not None and not _pid_alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+    for entry in parent.glob(f".{final.name}.retired-*"):
+        pid = _owner_pid(entry)
+        if pid is None or _pid_alive(pid):
+            continue
+        if not os.path.lexists(final):
+            os.rename(entry, final)  # killed between the two renames: the previous export is still whole
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def _folder_lock(parent: Path, name: str) -> Iterator[None]:
-    with open(parent / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _folder_lock(parent: Path) -> Iterator[None]:
+    """An exclusive flock on the parent folder itself: no lock file to leave behind, and the kernel
+    drops the lock when its holder dies."""
+    fd = os.open(parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+ReplaceCheck = Callable[[Path], None]
+"""Called under the lock with the existing final folder; raises to refuse replacing it."""
 
 
 @contextlib.contextmanager
-def staged_folder(final: Path) -> Iterator[Path]:
+def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Iterator[Path]:
     """Yield an empty staging folder beside `final`; on success it replaces `final` by rename,
     so `final` is always either the previous complete folder or the new complete one. On
-    error (or a kill) the staging folder never becomes `final`."""
+    error (or a kill) the staging folder never becomes `final`. When `final` exists,
+    `may_replace(final)` decides under the lock (so two exports racing for one name cannot
+    both win silently): it raises to keep the existing folder."""
     parent = final.parent
+    # named before it exists: a Ctrl-C or SIGTERM landing right after the mkdir still finds it to remove
+    staging = parent / f".{final.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(parent)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=parent))
-    except OSError as exc:
-        raise UsageError(f"Cannot write into the output folder {parent}: {exc.strerror}") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the folder is for sharing
-    try:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            with _folder_lock(parent):
+                _remove_stale(parent, final)
+            os.mkdir(staging, 0o777)  # the umask decides, as for any folder meant for sharing
+        except OSError as exc:
+            raise UsageError(f"Cannot write into the output folder {parent}: {exc.strerror}") from None
         yield staging
         _fsync_tree(staging)
-        with _folder_lock(parent, final.name):
-            if final.exists():
-                retired = parent / f".{final.name}.retired-{uuid.uuid4().hex[:8]}"
+        with _folder_lock(parent):
+            if os.path.lexists(final):
+                if may_replace is not None:
+                    may_replace(final)
+                retired = parent / f".{final.name}.retired-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 os.rename(final, retired)
-                os.rename(staging, final)
-                shutil.rmtree(retired, ignore_errors=True)
+                try:
+                    os.rename(staging, final)
+                except BaseException:
+                    os.rename(retired, final)
+                    raise
+                _remove_tree(retired)
             else:
                 os.rename(staging, final)
-        _fsync_dir(parent)
+            _fsync_dir(parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -96,8 +215,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a reader never sees half a file; a path that
     cannot be written is the user's to fix (UsageError)."""
     path = Path(path).resolve()
-    if path.is_dir():
-        raise UsageError(f"Cannot write {path}: it is a folder; give a file name")
+    kind = path_kind(path)
+    if kind not in (None, "missing"):  # never os.replace over a folder, a device or a pipe
+        raise UsageError(f"Cannot write {path}: it is {kind}; give a file name")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

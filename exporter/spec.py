@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from exporter.errors import UsageError
 
 DEFAULT_SHAPE: tuple[int, ...] = (1, 3, 224, 224)
+MAX_INPUT_ELEMENTS = 1 << 26
+"""64 Mi values (256 MiB in float32, e.g. 16x3x1024x1024): a ResNet's activations and the float64
+oracle need tens of times the input's size, so anything larger is a typo, not a test."""
 
 
 @dataclass(frozen=True)
@@ -48,4 +51,14 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise UsageError(f"Bad shape {text!r}; expected NxCxHxW, e.g. 1x3x224x224") from None
     if len(shape) != 4 or min(shape) < 1:
         raise UsageError(f"Bad shape {text!r}; expected four positive sizes NxCxHxW, e.g. 1x3x224x224")
+    check_input_size(shape, f"Shape {text!r}")
     return shape
+
+
+def check_input_size(shape: tuple[int, ...], what: str) -> None:
+    """Refuse inputs too large to verify before anything is allocated."""
+    import math
+
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise UsageError(f"{what} holds {math.prod(shape):,} values, more than the {MAX_INPUT_ELEMENTS:,} "
+                         "this tool verifies at once; use a smaller batch or image size")

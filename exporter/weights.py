@@ -141,10 +141,18 @@ def imagenet_weights(backbone: str, seed: int) -> Weights:
 
 def load_weights_file(path: Path) -> Weights:
     """A classifier or detection checkpoint; never unpickled beyond tensors (`weights_only`)."""
+    import warnings
+
     import torch
 
-    if not path.is_file():
-        raise UsageError(f"Weights file {path} does not exist")
+    from exporter.fsio import require_regular_file
+    from exporter.messages import library_reason
+
+    require_regular_file(path, "Weights file")
+    if path.suffix not in WEIGHT_FILE_SUFFIXES:
+        raise UsageError(f"Weights file {path} must end in {', '.join(WEIGHT_FILE_SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise UsageError(f"Weights file {path} is an empty file (0 bytes)")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -152,21 +160,31 @@ def load_weights_file(path: Path) -> Weights:
         try:
             raw = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise UsageError(f"Cannot read weights file {path}: {exc}") from None
-    elif path.suffix in (".pt", ".pth"):
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a bad or unsafe file
-            raise UsageError(f"Cannot read weights file {path} as a state dict: {str(exc).splitlines()[0]}") \
-                from None
+            raise UsageError(f"Cannot read weights file {path}: it is not a valid .safetensors file "
+                             f"({library_reason(exc)})") from None
     else:
-        raise UsageError(f"Weights file {path} must end in {', '.join(WEIGHT_FILE_SUFFIXES)}")
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+        if not (start.startswith(b"PK\x03\x04") or start[:1] == b"\x80"):  # torch.save's zip, or its legacy pickle
+            raise UsageError(f"Cannot read weights file {path}: it is not a PyTorch checkpoint (torch.save writes "
+                             "a zip archive); pass a state dict saved with torch.save, or a .safetensors file")
+        try:
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error says enough
+                warnings.simplefilter("ignore")
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad or unsafe file
+            raise UsageError(f"Cannot read weights file {path}: it {_checkpoint_problem(exc)}") from None
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
         raw = raw["model"]
-    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise UsageError(f"Weights file {path} does not hold a state dict of tensors")
+    if not isinstance(raw, dict):
+        raise UsageError(f"Weights file {path} holds a {type(raw).__name__}, not a state dict of tensors")
+    others = [str(k) for k, v in raw.items() if not isinstance(v, torch.Tensor)]
+    if others or not raw:
+        detail = f"{len(others)} of its {len(raw)} entries are not tensors, e.g. {others[0][:60]!r}" if others \
+            else "it is empty"
+        raise UsageError(f"Weights file {path} does not hold a state dict of tensors ({detail})")
     return Weights(f"file:{path.name}", *split_checkpoint(raw))
 
 
@@ -176,6 +194,24 @@ def classifier_keys(weights: Weights, backbone: str) -> Weights:
 
     weights.state_dict = family_of(backbone).classifier_state(weights.state_dict)
     return weights
+
+
+def _checkpoint_problem(exc: Exception) -> str:
+    """What went wrong loading a checkpoint, in our words: torch's own text advises loading unsafely."""
+    import pickle
+    import re
+
+    from exporter.messages import library_reason
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        needed = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (it needs {needed.group(1)})" if needed else ""
+        return (f"holds Python objects beyond tensors{what} and is refused: loading it would run code from the "
+                "file; save model.state_dict() with torch.save, or use .safetensors")
+    if isinstance(exc, EOFError) or "zip archive" in text or "central directory" in text:
+        return "is truncated or corrupt (not a complete torch.save archive)"
+    return f"cannot be read as a state dict ({library_reason(exc)})"
 
 
 def split_checkpoint(

@@ -224,9 +224,12 @@ def test_artifact_usage_errors(args, message, tmp_path, monkeypatch):
     assert result.exit_code == 2 and message in result.stderr
 
 
-def export_process(out):
-    return subprocess.Popen([sys.executable, "-m", "verify.cli", *EXPORT, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+FAST = ("--onnx-exporter", "torchscript")  # the legacy exporter: seconds, not tens of seconds, on 2 cores
+
+
+def export_process(out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "verify.cli", *EXPORT, *FAST, "--out", str(out), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def test_killed_export_leaves_no_folder_that_validates(tmp_path):
@@ -238,18 +241,46 @@ def test_killed_export_leaves_no_folder_that_validates(tmp_path):
         time.sleep(0.05)
     assert staged, "the export never started writing"
     os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    process.communicate()
     assert not (tmp_path / "resnet18-frozen-body").exists()
+    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob(".*.lock"))  # the lock is no file
     for path in [tmp_path / "resnet18-frozen-body", *staged]:
         assert invoke("artifact", path).exit_code != 0
     # the next export cleans up after the killed one and publishes a folder that validates
-    assert invoke(*EXPORT, "--out", tmp_path).exit_code == 0
-    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["resnet18-frozen-body"]
+    assert invoke(*EXPORT, *FAST, "--out", tmp_path).exit_code == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["resnet18-frozen-body"]
     assert invoke("artifact", tmp_path / "resnet18-frozen-body").exit_code == 0
 
 
-def test_two_exports_into_the_same_out_at_once(tmp_path):
-    processes = [export_process(tmp_path) for _ in range(2)]
-    assert [p.wait(timeout=300) for p in processes] == [0, 0]
-    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["resnet18-frozen-body"]
+def test_kill_between_the_two_renames_keeps_the_previous_export(tmp_path):
+    """A replacement killed after retiring the old folder and before renaming the new one in: the next
+    export into that folder puts the old one back first, so nothing was lost at any moment but a rename."""
+    from exporter.fsio import staged_folder
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    retired = tmp_path / f".model.retired-{dead.pid}-0000abcd"
+    retired.mkdir()
+    (retired / "manifest.json").write_text("old")
+    seen = []
+    with staged_folder(tmp_path / "model", may_replace=lambda final: seen.append(final.joinpath("manifest.json")
+                                                                                 .read_text())) as staging:
+        (staging / "manifest.json").write_text("new")
+    assert seen == ["old"]  # restored, then judged by the caller before being replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert (tmp_path / "model" / "manifest.json").read_text() == "new"
+
+
+def test_two_exports_with_different_seeds_into_the_same_out_at_once(tmp_path):
+    """Both race for one folder name: one publishes, the other refuses with a clear line; never a silent loss."""
+    processes = {seed: export_process(tmp_path, "--seed", str(seed)) for seed in (0, 1)}
+    results = {seed: (p.wait(timeout=300), p.stderr.read()) for seed, p in processes.items()}
+    assert sorted(code for code, _ in results.values()) == [0, 2], results
+    winner = next(seed for seed, (code, _) in results.items() if code == 0)
+    _, refusal = results[1 - winner]
+    assert "already holds a different export (seed" in refusal and "--overwrite" in refusal, refusal
+    assert "Traceback" not in refusal
+    assert [p.name for p in tmp_path.iterdir()] == ["resnet18-frozen-body"]  # no lock, staging or retired left
+    manifest = json.loads((tmp_path / "resnet18-frozen-body" / "manifest.json").read_text())
+    assert manifest["identity"]["seed"] == winner and manifest["model"]["weights"] == f"synthetic:{winner}"
     assert invoke("artifact", tmp_path / "resnet18-frozen-body").exit_code == 0

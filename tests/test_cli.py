@@ -6,7 +6,10 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
+from verify.api import RunSettings
 from verify.cli import app
+from verify.preflight import PreflightOptions
+from verify.runtimes import RuntimeOptions
 
 runner = CliRunner()
 SMALL_ARGS = ["--backbone", "resnet18", "--shape", "1x3x64x64"]
@@ -70,16 +73,16 @@ def test_seed_question_spec_pair_agrees_on_layer4():
     (["export", *SMALL_ARGS, "--weights", "missing.safetensors"], "does not exist"),
     (["export", *SMALL_ARGS, "--decimal", "5", "--atol", "1e-3"], "either --decimal or --rtol/--atol"),
     (["export", *SMALL_ARGS, "--shape", "224x224"], "Bad shape"),
-    (["export", *SMALL_ARGS, "--onnx-exporter", "tf2onnx"], "Unknown ONNX exporter"),
+    (["export", *SMALL_ARGS, "--onnx-exporter", "tf2onnx"], "'tf2onnx' is not one of 'dynamo', 'torchscript'"),
     (["export", *SMALL_ARGS, "--runtime", "tensorrt"], "Unknown runtime 'tensorrt'"),
-    (["export", *SMALL_ARGS, "--device", "tpu"], "Unknown device 'tpu'"),
+    (["export", *SMALL_ARGS, "--device", "tpu"], "'tpu' is not one of 'cpu', 'cuda'"),
     (["compare", "missing.onnx", "resnet18"], "missing.onnx does not exist"),
     (["compare", "model.tflite", "resnet18"], "Cannot tell the format"),
     (["compare", "resnet18:frozen:body", "resnet18:frozen:fpn"], "share no output"),
     (["compare", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"],
      "failed on an input of shape (1, 1, 32, 32)"),
     (["explain", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"], "failed on an input"),
-    (["compare", "resnet18", "resnet18", "--shape", "1x3x32x32", "--json", "."], "Cannot write"),
+    (["compare", "resnet18", "resnet18", "--shape", "1x3x32x32", "--json", "."], ". is a directory"),
     (["export", *SMALL_ARGS, "--factor", "3", "--decimal", "4"], "--factor sets the auto mode"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, monkeypatch):
@@ -138,7 +141,7 @@ def test_empty_input_file_is_refused(tmp_path):
 
     np.save(tmp_path / "empty.npy", np.zeros((0, 3, 32, 32), np.float32))
     result = invoke("compare", "resnet18", "resnet18", "--input", tmp_path / "empty.npy")
-    assert result.exit_code == 2 and "non-empty NCHW" in result.stderr
+    assert result.exit_code == 2 and "empty.npy holds an empty array (shape 0x3x32x32)" in result.stderr
 
 
 def test_an_unexpected_failure_is_one_line_and_exit_2(monkeypatch):
@@ -152,3 +155,86 @@ def test_an_unexpected_failure_is_one_line_and_exit_2(monkeypatch):
     assert result.exit_code == 2
     assert "unexpected ValueError: second line" in result.stderr and "VERIFY_DEBUG" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_help_imports_nothing_heavy_and_keeps_bracketed_defaults():
+    """`verify --help` stays instant because no heavy library is imported to print it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from verify.cli import app; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(app, ['export', '--help']); print(r.stdout); "
+            "print(sorted(m for m in ('torch', 'numpy', 'onnx', 'onnxruntime', 'torchvision') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    text = " ".join(result.stdout.split())
+    assert "[default: the input's, else recorded, else 1x3x224x224]" in text  # not eaten as rich markup
+    assert "[default: each framework's own default]" in text
+
+
+def test_check_lines_read_cleanly():
+    import io
+
+    from rich.console import Console
+
+    from verify.checks import Check, CheckReport, render_checks
+
+    report = CheckReport("artifact", [Check("folder", "integrity", "model.onnx", True, "sha256 ok"),
+                                      Check("folder", "onnxruntime", "goldens", False, "3.0x\nfloor")])
+    buffer = io.StringIO()
+    render_checks(report, Console(file=buffer, width=40))
+    lines = buffer.getvalue().splitlines()
+    assert lines[1] == "  ✓ integrity · model.onnx: sha256 ok"
+    assert lines[2] == "  ✗ onnxruntime · goldens: 3.0x floor"
+    assert "-[" not in buffer.getvalue()
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: RunSettings(seed=-1), "seed must be between 0"),
+    (lambda: RunSettings(runtime=RuntimeOptions(ort_opt_level="max")), "Unknown ORT optimisation level"),
+    (lambda: RunSettings(runtime=RuntimeOptions(device="tpu")), "Unknown device"),
+    (lambda: PreflightOptions(runs=0), "--runs must be between 1"),
+    (lambda: PreflightOptions(warmup=10**9), "--warmup must be"),
+    (lambda: PreflightOptions(max_latency_ms=float("nan")), "must be a finite number"),
+    (lambda: PreflightOptions(provider="tpu"), "Unknown provider"),
+])
+def test_the_library_refuses_what_the_cli_refuses(build, message):
+    from exporter.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        build()
+
+
+def test_same_export_again_replaces_silently_and_overwrite_replaces_another(tmp_path):
+    args = ["export", "--backbone", "resnet18", "--shape", "1x3x32x32", "--onnx-exporter", "torchscript",
+            "--runtime", "eager", "--runtime", "onnxruntime", "--out", tmp_path]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    manifest = tmp_path / "resnet18-frozen-body" / "manifest.json"
+    identity = json.loads(manifest.read_text())["identity"]
+    assert identity["seed"] == 0 and identity["spec"] == "resnet18:frozen:body"
+    assert identity["export"]["onnx_exporter"] == "torchscript" and identity["input"]["shape"] == [1, 3, 32, 32]
+    again = invoke(*args)
+    assert again.exit_code == 0 and "error" not in again.stderr
+    assert json.loads(manifest.read_text())["identity"] == identity
+    other = invoke(*args, "--seed", "1", "--overwrite")
+    assert other.exit_code == 0, other.output
+    assert json.loads(manifest.read_text())["identity"]["seed"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["resnet18-frozen-body"]
+
+
+def test_cli_enums_match_the_library():
+    """The CLI's choices are the library's: a level or exporter added there must be added here."""
+    from exporter.onnx import ONNX_EXPORTERS
+    from exporter.torchscript import METHODS
+
+    from verify import options
+    from verify.preflight import PROVIDERS
+    from verify.runtimes import DEVICES
+    from verify.runtimes.onnxruntime import OPT_LEVELS
+
+    assert [e.value for e in options.OrtOptLevel] == list(OPT_LEVELS)
+    assert [e.value for e in options.OnnxExporter] == list(ONNX_EXPORTERS)
+    assert [e.value for e in options.TorchScriptMethod] == list(METHODS)
+    assert [e.value for e in options.Device] == list(DEVICES) == list(PROVIDERS)

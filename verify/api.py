@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -12,10 +13,10 @@ from exporter.artifacts import Artifact, eager_artifact, open_artifact
 from exporter.errors import UsageError
 from exporter.export import ExportOptions, export_model
 from exporter.formats import ExportContext, get_format
-from exporter.fsio import staged_folder
+from exporter.fsio import path_kind, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
-from verify.inputs import load_input, make_input
+from verify.inputs import NamedInput, load_inputs, seeded_input
 from verify.oracle import Oracle, measure_oracle, oracle_or_spread
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
@@ -36,6 +37,28 @@ class RunSettings:
     input_file: Path | None = None
     runtime: RuntimeOptions = RuntimeOptions()
     tolerance: Tolerance = Tolerance()
+    normalize: bool = True
+    """Images given as input: ImageNet mean/std after ToTensor's scaling (False: exactly ToTensor)."""
+
+    def __post_init__(self) -> None:
+        """The library refuses what the CLI refuses, before any work."""
+        from verify.bounds import SEED_RANGE, require_number
+        from verify.runtimes import DEVICES
+        from verify.runtimes.onnxruntime import OPT_LEVELS
+
+        require_number("seed", self.seed, *SEED_RANGE, integer=True)
+        if self.runtime.device not in DEVICES:
+            raise UsageError(f"Unknown device {self.runtime.device!r}; use one of {', '.join(DEVICES)}")
+        if self.runtime.ort_opt_level not in OPT_LEVELS:
+            raise UsageError(f"Unknown ORT optimisation level {self.runtime.ort_opt_level!r}; use one of "
+                             f"{', '.join(OPT_LEVELS)}")
+
+
+def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
+    """The inputs read from --input (every one checked: kind, dtype, NaN/Inf), or None for a seeded one."""
+    if settings.input_file is None:
+        return None
+    return load_inputs(settings.input_file, settings.shape, settings.normalize)
 
 
 def build(spec: ModelSpec, settings: RunSettings):
@@ -45,15 +68,16 @@ def build(spec: ModelSpec, settings: RunSettings):
     return build_model(spec, load_weights(settings.weights, spec.backbone, settings.seed), settings.seed)
 
 
-def _run(runtime_name: str, artifact: Artifact, inputs: dict, options: RuntimeOptions,
-         progress: Progress, report: Report) -> dict:
-    """Load and run once: {"label": the runtime's label, "outputs": its outputs}."""
+def _run(runtime_name: str, artifact: Artifact, feeds: list[dict], options: RuntimeOptions,
+         progress: Progress, report: Report) -> list[dict]:
+    """Load once, run on every feed: per feed {"label": the runtime's label, "outputs": its outputs}."""
     runtime = make_runtime(runtime_name, options)
     with progress.step(f"Running {runtime.label}"):
         start = time.perf_counter()
-        outputs = runtime.load(artifact).run(inputs)
+        loaded = runtime.load(artifact)
+        outputs = [loaded.run(feed) for feed in feeds]
         report.runs.append(RunRecord(runtime.label, artifact.label, time.perf_counter() - start))
-    return {"label": runtime.label, "outputs": outputs}
+    return [{"label": runtime.label, "outputs": out} for out in outputs]
 
 
 def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, float],
@@ -72,9 +96,11 @@ def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, float
 
 def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
                   export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
-                  progress: Progress | None = None) -> Report:
-    """Build `spec`, export it, run every runtime on one input, judge every pair and each run
-    against the float64 oracle. The artifact folder appears complete or not at all."""
+                  progress: Progress | None = None, overwrite: bool = False) -> Report:
+    """Build `spec`, export it, run every runtime on every input, judge every pair and each run
+    against the float64 oracle (the worst input per pair is reported; the goldens keep the first).
+    The artifact folder appears complete or not at all, and replaces a folder holding a different
+    export only with `overwrite`."""
     import torch
 
     from verify.runtimes import runtime_class
@@ -93,34 +119,46 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
             raise UsageError(f"Runtime {name} runs {', '.join(runtime_class(name).formats)} artifacts; add that "
                              f"--format (exporting: {', '.join(export.formats) or 'nothing'})")
         formats[name] = runnable[0]
-    inputs_array = load_input(settings.input_file) if settings.input_file else \
-        make_input(settings.shape or DEFAULT_SHAPE, settings.seed)
+    named = settings_inputs(settings) or [seeded_input(settings.shape or DEFAULT_SHAPE, settings.seed)]
+    inputs_array = named[0].array
     report = Report("export", _settings_dict(settings, spec=str(spec), export=export.to_dict(),
-                                             runtimes=list(runtimes)), _input_dict(inputs_array, settings))
+                                             runtimes=list(runtimes)), _input_dict(named, settings))
     with progress.step(f"Building {spec} with {settings.weights} weights"):
         built = build(spec, settings)
     eager = eager_artifact(built, inputs_array.shape)
-    inputs = {eager.meta.input_name: inputs_array}
+    feeds = [{eager.meta.input_name: item.array} for item in named]
     folder = Path(out) / spec.slug
-    with staged_folder(folder) as staging:
+    from verify.identity import export_identity, refuse_other_export
+
+    identity = export_identity(spec, built.weights.sha256, settings.seed, export, named)
+    may_replace = None if overwrite else functools.partial(refuse_other_export, identity=identity)
+    if may_replace is not None:
+        may_replace(folder)  # early, before the export's work; again under the lock at rename time
+    with staged_folder(folder, may_replace) as staging:
         artifacts = {eager.format: eager}
         context = ExportContext(built, torch.from_numpy(inputs_array), eager.meta, dynamic=export.dynamic)
         for fmt in export.formats:
             takes = get_format(fmt).takes
             with progress.step(f"Exporting {fmt}" + (f" ({takes})" if takes else "")):
                 artifacts[fmt] = export_model(built, eager.meta, context.example, staging, export, fmt, context)
-        runs = [_run(name, artifacts[formats[name]], inputs, settings.runtime, progress, report)
+        runs = [_run(name, artifacts[formats[name]], feeds, settings.runtime, progress, report)
                 for name in runtimes]
+        judged = []
         with progress.step("Running the float64 oracle"):
-            fp32 = _eager_fp32(runs, eager, inputs)
-            oracle = measure_oracle(eager, inputs, fp32)
-        assert oracle is not None
+            for i, (item, feed) in enumerate(zip(named, feeds)):
+                runs_i = [per_input[i] for per_input in runs]
+                require_some_finite_run(runs_i, item.label)
+                fp32 = _eager_fp32(runs_i, eager, feed)
+                oracle = measure_oracle(eager, feed, fp32)
+                assert oracle is not None
+                judged.append((fp32, oracle, _judge_runs(runs_i, oracle, oracle.floors, settings.tolerance)))
+        fp32, oracle, _ = judged[0]
         report.floors, report.floor_source = oracle.floors, oracle.source
-        report.pairs = _judge_runs(runs, oracle, oracle.floors, settings.tolerance)
+        report.pairs = worst_over_inputs([pairs for _, _, pairs in judged], named, report)
         report.notes = explain_pairs(report)
         from verify.manifest import write_artifact_folder
 
-        write_artifact_folder(staging, built, artifacts, inputs, fp32, oracle, report)
+        write_artifact_folder(staging, built, artifacts, feeds[0], fp32, oracle, report, identity=identity)
     report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in artifacts.items() if a.path}
     report.artifacts["folder"] = str(folder)
     return report
@@ -141,12 +179,66 @@ def eager_format_name() -> str:
     return EagerFormat.name
 
 
+def require_some_finite_run(runs: list[dict], label: str) -> None:
+    """When every run gives NaN/Inf on an input, the input is to blame (its scale overflows float32),
+    not the models: a usage error, not a disagreement. Some runs finite and others not is a finding."""
+    import numpy as np
+
+    if runs and all(any(not np.isfinite(v).all() for v in run["outputs"].values()) for run in runs):
+        run = runs[0]
+        name, values = next((n, v) for n, v in run["outputs"].items() if not np.isfinite(v).all())
+        raise UsageError(f"Input {label} drives every run to NaN/Inf ({int((~np.isfinite(values)).sum())} in "
+                         f"{name} on {run['label']}); pass an input of ordinary scale, e.g. normalised images")
+
+
+def worst_over_inputs(per_input: list[list[PairResult]], named: Sequence[NamedInput],
+                      report: Report) -> list[PairResult]:
+    """Each pair as judged on its worst input (a failure first, then the largest ratio); which input
+    that was goes into the report when there are several."""
+    worst = []
+    for results in zip(*per_input):
+        index = max(range(len(results)), key=lambda i: _badness(results[i]))
+        worst.append(results[index])
+        if len(named) > 1:
+            report.input.setdefault("worst_input", {})[f"{results[index].a} vs {results[index].b}"] = \
+                named[index].label
+    return worst
+
+
+def _badness(pair: PairResult) -> tuple[bool, float, float]:
+    worst = pair.worst if pair.outputs else None
+    return (not pair.passed, (worst.ratio or 0.0) if worst else 0.0, (worst.max_abs or 0.0) if worst else 0.0)
+
+
+def source_kind(text: str) -> Path | ModelSpec:
+    """What `text` names, checked without loading or building anything: a path that exists is an
+    artifact file (a folder, device or broken link is refused as what it is); a path-like text that
+    does not exist is a missing file; anything else must parse as a model spec."""
+    from exporter.formats import detect_format
+
+    if not text.strip():
+        return ModelSpec.parse(text)  # refused as a spec: Path("") would be the current folder
+    path = Path(text)
+    kind = path_kind(path)
+    if kind == "a directory":
+        raise UsageError(f"{text} is a directory; pass a model file (.onnx, .pt2, TorchScript .pt) or a spec "
+                         "backbone:norm:view")
+    if kind not in (None, "missing"):
+        raise UsageError(f"{text} is {kind}, not a model file; pass a .onnx, .pt2 or TorchScript .pt file, or a spec")
+    if kind is None or (":" not in text and (path.suffix or "/" in text)):
+        detect_format(path)  # an unknown suffix is named before anything else
+        if kind == "missing":
+            raise UsageError(f"Artifact {path} does not exist")
+        return path
+    return ModelSpec.parse(text)
+
+
 def resolve_source(text: str, settings: RunSettings) -> Artifact:
     """A model spec (`resnet50:frozen:body`) or an artifact file (`.onnx`, `.pt2`, TorchScript `.pt`...)."""
-    path = Path(text)
-    if path.suffix or path.exists():
-        return open_artifact(path)
-    return eager_artifact(build(ModelSpec.parse(text), settings), settings.shape or DEFAULT_SHAPE)
+    source = source_kind(text)
+    if isinstance(source, Path):
+        return open_artifact(source)
+    return eager_artifact(build(source, settings), settings.shape or DEFAULT_SHAPE)
 
 
 def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tuple[int, ...]:
@@ -164,37 +256,46 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     """Run two models or artifacts on the same input and judge them, each also against its own
     float64 oracle where one can be made (torch models and TorchScript files)."""
     settings, progress = settings or RunSettings(), progress or NullProgress()
+    source_kind(a), source_kind(b)  # both named right before either is loaded or built
+    named = settings_inputs(settings)
     with progress.step("Loading both sides"):
         sides = [resolve_source(a, settings), resolve_source(b, settings)]
-    if settings.input_file:
-        array = load_input(settings.input_file)
-    else:
-        array = make_input(input_shape_for(sides, settings), settings.seed)
-    report = Report("compare", _settings_dict(settings, a=a, b=b), _input_dict(array, settings))
+    named = named or [seeded_input(input_shape_for(sides, settings), settings.seed)]
+    report = Report("compare", _settings_dict(settings, a=a, b=b), _input_dict(named, settings))
     runs, oracles = [], []
     for short, text, artifact in zip("AB", (a, b), sides):
-        inputs = {artifact.meta.input_name: array}
-        run = _run(runtimes_for(artifact.format)[0], artifact, inputs, settings.runtime, progress, report)
-        report.legend[short] = f"{text} on {run['label']}"
-        run["label"] = short
-        runs.append(run)
+        feeds = [{artifact.meta.input_name: item.array} for item in named]
+        side_runs = _run(runtimes_for(artifact.format)[0], artifact, feeds, settings.runtime, progress, report)
+        report.legend[short] = f"{text} on {side_runs[0]['label']}"
+        for run in side_runs:
+            run["label"] = short
+        runs.append(side_runs)
         with progress.step(f"Measuring the float32 noise floor of {text}"):
-            oracles.append(oracle_or_spread(artifact, inputs, run["outputs"]))
-    floors = {}
+            oracles.append([oracle_or_spread(artifact, feed, run["outputs"]) for feed, run in zip(feeds, side_runs)])
+    judged = []
+    for i, item in enumerate(named):
+        require_some_finite_run([runs[0][i], runs[1][i]], item.label)
+        judged.append(_compare_pair([runs[0][i], runs[1][i]], [oracles[0][i], oracles[1][i]], settings.tolerance))
+    report.floors, report.floor_source, _ = judged[0]
+    report.pairs = worst_over_inputs([pairs for _, _, pairs in judged], named, report)
+    report.notes = explain_pairs(report)
+    return report
+
+
+def _compare_pair(runs: list[dict], oracles: list[Oracle], tolerance: Tolerance
+                  ) -> tuple[dict[str, float], str, list[PairResult]]:
+    """A against B on one input (on the larger of their floors), and each against its own oracle."""
+    floors: dict[str, float] = {}
     for oracle in oracles:
         for name, value in oracle.floors.items():
             floors[name] = max(floors.get(name, 0.0), value)
-    report.floors = floors
-    report.floor_source = "; ".join(o.source for o in oracles)
-    report.pairs = [compare_outputs(runs[0]["label"], runs[0]["outputs"], runs[1]["label"],
-                                    runs[1]["outputs"], settings.tolerance, floors)]
+    pairs = [compare_outputs(runs[0]["label"], runs[0]["outputs"], runs[1]["label"], runs[1]["outputs"],
+                             tolerance, floors)]
     for run, oracle in zip(runs, oracles):
         if oracle.outputs:
-            report.pairs.append(compare_outputs(run["label"], run["outputs"], f"oracle({run['label']})",
-                                                oracle.outputs, settings.tolerance, oracle.floors,
-                                                kind="oracle"))
-    report.notes = explain_pairs(report)
-    return report
+            pairs.append(compare_outputs(run["label"], run["outputs"], f"oracle({run['label']})", oracle.outputs,
+                                         tolerance, oracle.floors, kind="oracle"))
+    return floors, "; ".join(o.source for o in oracles), pairs
 
 
 def _settings_dict(settings: RunSettings, **extra) -> dict:
@@ -208,10 +309,14 @@ def _settings_dict(settings: RunSettings, **extra) -> dict:
     }
 
 
-def _input_dict(array: np.ndarray, settings: RunSettings) -> dict:
-    return {"shape": list(array.shape), "dtype": str(array.dtype),
-            "source": str(settings.input_file) if settings.input_file else
-            f"seeded normal, seed {settings.seed}"}
+def _input_dict(named: Sequence[NamedInput], settings: RunSettings) -> dict:
+    """The first input's shape and dtype (the goldens keep it), and every input's label."""
+    array = named[0].array
+    data = {"shape": list(array.shape), "dtype": str(array.dtype),
+            "source": str(settings.input_file) if settings.input_file else named[0].label}
+    if len(named) > 1 or settings.input_file:
+        data["inputs"] = [{"label": item.label, "shape": list(item.array.shape)} for item in named]
+    return data
 
 
 def explain_pairs(report: Report) -> list[str]:

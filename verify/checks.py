@@ -60,8 +60,8 @@ def render_checks(report: CheckReport, console: Any) -> None:
             current = check.artifact
             console.print(f"[bold]{escape(current)}[/]", soft_wrap=True)
         mark = "[yellow]-[/]" if check.skipped else ("[green]✓[/]" if check.passed else "[red]✗[/]")
-        message = f": {escape(check.message)}" if check.message else ""
-        console.print(f"  -[{mark}] {escape(check.runtime)} · {escape(check.name)}{message}", highlight=False,
+        message = f": {escape(' '.join(check.message.split()))}" if check.message else ""
+        console.print(f"  {mark} {escape(check.runtime)} · {escape(check.name)}{message}", highlight=False,
                       soft_wrap=True)  # one line per check, for logs and grep
     if report.summary:
         style = "bold green" if report.passed else "bold red"

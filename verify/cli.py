@@ -1,11 +1,14 @@
 """`verify`: thin over the library. Parses, calls, renders; maps errors to exit codes
-(0 all agree, 1 a disagreement, 2 usage or environment error)."""
+(0 all agree, 1 a disagreement, 2 usage or environment error). Every option is checked while
+typer parses (verify/options.py), so nothing is built before the arguments are known good."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,17 +17,67 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from exporter.backbones import list_backbones
 from exporter.errors import UsageError, VerifyError
-from exporter.norms import list_norms
+from exporter.messages import one_line, strip_unsafe_advice
+from verify import options as opt
 
-app = typer.Typer(
-    help="Export torchvision backbones and verify that every runtime computes the same thing.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-)
+# click's base exception, wherever this typer keeps it (its own vendored copy, or click itself)
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
 out_console = Console()
 err_console = Console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """The one line every failure prints: flattened, bounded, without unsafe advice."""
+    err_console.print(f"[bold red]error:[/] {escape(one_line(strip_unsafe_advice(message)))}", highlight=False,
+                      soft_wrap=True)
+
+
+class OneLineErrors(TyperGroup):
+    """typer/click parse errors (unknown option, missing argument, bad value) as one `error:` line and
+    exit 2, instead of click's usage box; also what `main()` and CliRunner both go through."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                  standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `verify`: the help, as click shows it
+                exc.show()
+                code = exc.exit_code
+            else:
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                print_error(exc.format_message() + hint)
+                code = 2
+        except typer.Abort:
+            print_error("aborted")
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    help="Export torchvision backbones and verify that every runtime computes the same thing.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: `[default: ...]` in help texts survives, and it stays fast
+)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python runs next, so staging folders are removed as on Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 class RichProgress:
@@ -40,9 +93,10 @@ class RichProgress:
             with self.console.status(escape(description)):
                 yield
         except BaseException:
-            self.console.print(f"[red]✗[/] {escape(description)}")
+            self.console.print(f"[red]✗[/] {escape(description)}", soft_wrap=True)
             raise
-        self.console.print(f"[green]✓[/] {escape(description)} [dim]({time.perf_counter() - start:.1f}s)[/]")
+        self.console.print(f"[green]✓[/] {escape(description)} [dim]({time.perf_counter() - start:.1f}s)[/]",
+                           soft_wrap=True)  # one line per step, whatever the terminal's width
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,54 +109,39 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except VerifyError as exc:
             if os.environ.get("VERIFY_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except Terminated:
+            print_error("terminated (SIGTERM)")
+            raise typer.Exit(128 + signal.SIGTERM) from None
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
+            print_error("interrupted")
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # a bug or an unforeseen failure: still one line, and not "1"
             if os.environ.get("VERIFY_DEBUG"):
                 raise
-            first = (str(exc).strip().splitlines() or [""])[-1]
-            err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(first)} "
-                              "(rerun with VERIFY_DEBUG=1 for the traceback, and please report it)",
-                              highlight=False, soft_wrap=True)
+            first = one_line((str(exc).strip().splitlines() or [""])[-1], 200)
+            print_error(f"unexpected {type(exc).__name__}: {first} (rerun with VERIFY_DEBUG=1 for the traceback, "
+                        "and please report it)")
             raise typer.Exit(2) from None
 
     return wrapper
 
 
-# Shared options --------------------------------------------------------------------------
-Weights = Annotated[str, typer.Option(help="synthetic (seeded, calibrated), imagenet (torchvision's "
-                                           "local cache) or a .pt/.pth/.safetensors file")]
-Seed = Annotated[int, typer.Option(help="Seed for synthetic weights and the input")]
-Shape = Annotated[str | None, typer.Option(help="Input shape NxCxHxW [default: recorded, else 1x3x224x224]")]
-InputFile = Annotated[Path | None, typer.Option("--input", help="Input array (.npy, NCHW float32)")]
-Device = Annotated[str, typer.Option(help="cpu or cuda, for every runtime (the oracle stays on CPU)")]
-OrtOpt = Annotated[str, typer.Option(help="ONNX Runtime graph optimisation: disable, basic, extended, all")]
-Tf32 = Annotated[bool | None, typer.Option("--tf32/--no-tf32", help="TF32 on CUDA [default: each "
-                                                                        "framework's own default]")]
-Decimal = Annotated[int | None, typer.Option(help="numpy assert_array_almost_equal(decimal=N) semantics")]
-Rtol = Annotated[float | None, typer.Option(help="numpy assert_allclose rtol (default 1e-7 with --atol)")]
-Atol = Annotated[float | None, typer.Option(help="numpy assert_allclose atol (default 0 with --rtol)")]
-Factor = Annotated[float | None, typer.Option(help="auto mode: allowed multiple of the float32 noise floor")]
-JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the whole result as JSON here")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="One table row per output, not per pair")]
-
-
-def _settings(weights: str, seed: int, shape: str | None, input_file: Path | None, device: str,
-              ort_opt_level: str, tf32: bool | None, decimal: int | None, rtol: float | None,
-              atol: float | None, factor: float | None):
+def _settings(weights: str, seed: int, shape: str | None, input_path: Path | None, normalize: bool,
+              device: opt.Device, ort_opt_level: opt.OrtOptLevel, tf32: bool | None, decimal: int | None,
+              rtol: float | None, atol: float | None, factor: float | None):
     from exporter.spec import parse_shape
     from verify.api import RunSettings
     from verify.compare import Tolerance
     from verify.runtimes import RuntimeOptions
 
     return RunSettings(
-        weights=weights, seed=seed, shape=parse_shape(shape) if shape else None, input_file=input_file,
-        runtime=RuntimeOptions(device=device, ort_opt_level=ort_opt_level, tf32=tf32),
+        weights=weights, seed=seed, shape=parse_shape(shape) if shape else None, input_file=input_path,
+        normalize=normalize,
+        runtime=RuntimeOptions(device=device.value, ort_opt_level=ort_opt_level.value, tf32=tf32),
         tolerance=Tolerance.from_options(decimal, rtol, atol, factor),
     )
 
@@ -113,43 +152,39 @@ def _finish(report: Any, json_path: Path | None, verbose: bool) -> None:
     render_pairs(report, out_console, verbose)
     if json_path:
         write_json_report(report.to_dict(), json_path)
-        err_console.print(f"[dim]wrote {json_path}[/]")
+        err_console.print(f"[dim]wrote {escape(str(json_path))}[/]")
     raise typer.Exit(report.exit_code)
 
 
 @app.command()
 @handle_errors
 def export(
-    backbone: Annotated[str, typer.Option("--backbone", "-b",
-                                          help=f"One of: {', '.join(list_backbones())}")] = "resnet50",
-    norm: Annotated[str, typer.Option("--norm", "-n", help=f"One of: {', '.join(list_norms())}")] = "frozen",
-    view: Annotated[str, typer.Option(help="body (layer1..4), fpn (with FPN) or trunk (classifier "
-                                           "without avgpool/fc)")] = "body",
-    weights: Weights = "synthetic",
-    seed: Seed = 0,
-    shape: Shape = None,
-    input_file: InputFile = None,
-    out: Annotated[Path, typer.Option(help="Folder for the artifacts")] = Path("artifacts"),
-    onnx_exporter: Annotated[str, typer.Option(help="dynamo or torchscript (torch's legacy exporter)")]
-    = "dynamo",
-    opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
+    backbone: opt.Backbone = "resnet50",
+    norm: opt.Norm = "frozen",
+    view: opt.View = "body",
+    weights: opt.Weights = "synthetic",
+    seed: opt.Seed = 0,
+    shape: opt.Shape = None,
+    input_path: opt.InputPath = None,
+    normalize: opt.Normalize = True,
+    out: opt.OutFolder = Path("artifacts"),
+    overwrite: opt.Overwrite = False,
+    onnx_exporter: opt.OnnxExporterOption = opt.OnnxExporter.dynamo,
+    opset: opt.Opset = 18,
     trace: Annotated[bool, typer.Option("--trace", help="TorchScript by tracing instead of scripting")]
     = False,
     static: Annotated[bool, typer.Option("--static", help="No dynamic batch/height/width axes")] = False,
-    fmt: Annotated[list[str] | None, typer.Option(
-        "--format", help="Formats to export (repeat): torchscript, pt2, onnx, aoti "
-                         "[default: torchscript, pt2, onnx]")] = None,
-    runtime: Annotated[list[str] | None, typer.Option(
-        help="Runtimes to run (repeat) [default: every runtime that runs an exported format]")] = None,
-    device: Device = "cpu",
-    ort_opt_level: OrtOpt = "all",
-    tf32: Tf32 = None,
-    decimal: Decimal = None,
-    rtol: Rtol = None,
-    atol: Atol = None,
-    factor: Factor = None,
-    json_path: JsonOut = None,
-    verbose: Verbose = False,
+    fmt: opt.Formats = None,
+    runtime: opt.Runtimes = None,
+    device: opt.DeviceOption = opt.Device.cpu,
+    ort_opt_level: opt.OrtOpt = opt.OrtOptLevel.all,
+    tf32: opt.Tf32 = None,
+    decimal: opt.Decimal = None,
+    rtol: opt.Rtol = None,
+    atol: opt.Atol = None,
+    factor: opt.Factor = None,
+    json_path: opt.JsonOut = None,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Build a backbone, export it (TorchScript, ExportedProgram, ONNX...), run every runtime, judge every pair."""
     from exporter.export import ExportOptions
@@ -161,39 +196,47 @@ def export(
     from verify.api import verify_export
 
     spec = ModelSpec(backbone, norm, view)
-    settings = _settings(weights, seed, shape, input_file, device, ort_opt_level, tf32, decimal, rtol,
+    folder = out / spec.slug
+    if json_path and json_path.resolve().is_relative_to(folder.resolve()):
+        raise UsageError(f"--json {json_path} is inside the export folder {folder}, which the export replaces; "
+                         "write it elsewhere")
+    settings = _settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor)
+    method = opt.TorchScriptMethod.trace if trace else opt.TorchScriptMethod.script
     options = ExportOptions(formats=tuple(fmt or default_formats()), dynamic=not static, format_options=(
-        TorchScriptOptions("trace" if trace else "script"), OnnxOptions(onnx_exporter, opset), AotiOptions(device)))
+        TorchScriptOptions(method.value), OnnxOptions(onnx_exporter.value, opset), AotiOptions(device.value)))
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
-                           progress=RichProgress(err_console))
-    err_console.print(f"[dim]artifacts in {report.artifacts['folder']}[/]")
+                           progress=RichProgress(err_console), overwrite=overwrite)
+    err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
     _finish(report, json_path, verbose)
 
 
 @app.command()
 @handle_errors
 def compare(
-    a: Annotated[str, typer.Argument(help="Model spec backbone:norm:view, or a .onnx / TorchScript .pt")],
-    b: Annotated[str, typer.Argument(help="The reference side, same forms as A")],
-    weights: Weights = "synthetic",
-    seed: Seed = 0,
-    shape: Shape = None,
-    input_file: InputFile = None,
-    device: Device = "cpu",
-    ort_opt_level: OrtOpt = "all",
-    tf32: Tf32 = None,
-    decimal: Decimal = None,
-    rtol: Rtol = None,
-    atol: Atol = None,
-    factor: Factor = None,
-    json_path: JsonOut = None,
-    verbose: Verbose = False,
+    a: Annotated[str, typer.Argument(callback=opt.check_source, metavar="A",
+                                     help="Model spec backbone:norm:view, or a .onnx / TorchScript .pt")],
+    b: Annotated[str, typer.Argument(callback=opt.check_source, metavar="B",
+                                     help="The reference side, same forms as A")],
+    weights: opt.Weights = "synthetic",
+    seed: opt.Seed = 0,
+    shape: opt.Shape = None,
+    input_path: opt.InputPath = None,
+    normalize: opt.Normalize = True,
+    device: opt.DeviceOption = opt.Device.cpu,
+    ort_opt_level: opt.OrtOpt = opt.OrtOptLevel.all,
+    tf32: opt.Tf32 = None,
+    decimal: opt.Decimal = None,
+    rtol: opt.Rtol = None,
+    atol: opt.Atol = None,
+    factor: opt.Factor = None,
+    json_path: opt.JsonOut = None,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Run any two models or artifacts on the same input and judge them on the outputs they share."""
     from verify.api import compare as run_compare
 
-    settings = _settings(weights, seed, shape, input_file, device, ort_opt_level, tf32, decimal, rtol,
+    settings = _settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor)
     _finish(run_compare(a, b, settings, progress=RichProgress(err_console)), json_path, verbose)
 
@@ -202,15 +245,18 @@ def compare(
 @handle_errors
 def explain(
     a: Annotated[str | None, typer.Argument(
+        callback=opt.check_source, metavar="[A]",
         help="Model spec or artifact [default: resnet50:batch:trunk, the classifier's ResNet-50]")] = None,
     b: Annotated[str | None, typer.Argument(
+        callback=opt.check_source, metavar="[B]",
         help="Model spec or artifact [default: resnet50:frozen:body, Faster R-CNN's backbone]")] = None,
-    weights: Weights = "synthetic",
-    seed: Seed = 0,
-    shape: Shape = None,
-    input_file: InputFile = None,
-    factor: Factor = None,
-    json_path: JsonOut = None,
+    weights: opt.Weights = "synthetic",
+    seed: opt.Seed = 0,
+    shape: opt.Shape = None,
+    input_path: opt.InputPath = None,
+    normalize: opt.Normalize = True,
+    factor: opt.Factor = None,
+    json_path: opt.JsonOut = None,
 ) -> None:
     """Say whether two models compute the same function, and where and why they part if not."""
     from verify.explain import SEED_QUESTION, render_explanation
@@ -219,18 +265,15 @@ def explain(
 
     if (a is None) != (b is None):
         raise UsageError("Give both A and B, or neither to replay the seed question")
-    settings = _settings(weights, seed, shape, input_file, "cpu", "all", None, None, None, None, factor)
+    settings = _settings(weights, seed, shape, input_path, normalize, opt.Device.cpu, opt.OrtOptLevel.all, None,
+                         None, None, None, factor)
     result = run_explain(a or SEED_QUESTION[0], b or SEED_QUESTION[1], settings,
                          progress=RichProgress(err_console))
     render_explanation(result, out_console)
     if json_path:
         write_json_report(result.to_dict(), json_path)
-        err_console.print(f"[dim]wrote {json_path}[/]")
+        err_console.print(f"[dim]wrote {escape(str(json_path))}[/]")
     raise typer.Exit(result.exit_code)
-
-
-JunitOut = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one test case per check)")]
-MarkdownOut = Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown summary here")]
 
 
 def _finish_checks(report: Any, json_path: Path | None, junit: Path | None, markdown: Path | None) -> None:
@@ -238,51 +281,55 @@ def _finish_checks(report: Any, json_path: Path | None, junit: Path | None, mark
 
     render_checks(report, out_console)
     for path in write_outputs(report, json_path, junit, markdown):
-        err_console.print(f"[dim]wrote {path}[/]")
+        err_console.print(f"[dim]wrote {escape(str(path))}[/]")
     raise typer.Exit(report.exit_code)
 
 
 @app.command()
 @handle_errors
 def artifact(
-    paths: Annotated[list[Path], typer.Argument(help="Export folders, or their manifest.json")],
-    ort_opt_level: OrtOpt = "all",
-    json_path: JsonOut = None,
-    junit: JunitOut = None,
-    markdown: MarkdownOut = None,
+    paths: Annotated[list[Path], typer.Argument(callback=opt.check_existing_paths,
+                                                help="Export folders, or their manifest.json")],
+    ort_opt_level: opt.OrtOpt = opt.OrtOptLevel.all,
+    json_path: opt.JsonOut = None,
+    junit: opt.JunitOut = None,
+    markdown: opt.MarkdownOut = None,
 ) -> None:
     """Check export folders: integrity, then each artifact against its goldens (CI validation)."""
     from verify.runtimes import RuntimeOptions
     from verify.validate import validate
 
-    _finish_checks(validate(paths, RuntimeOptions(ort_opt_level=ort_opt_level)), json_path, junit, markdown)
+    opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
+    _finish_checks(validate(paths, RuntimeOptions(ort_opt_level=ort_opt_level.value)), json_path, junit, markdown)
 
 
 @app.command()
 @handle_errors
 def preflight(
-    path: Annotated[Path, typer.Argument(help="The export folder, or its manifest.json")],
-    provider: Annotated[str, typer.Option(help="cpu or cuda: where the artifact must run")] = "cpu",
-    runtime: Annotated[str, typer.Option(help="onnxruntime (model.onnx) or torchscript (model.pt)")]
-    = "onnxruntime",
-    runs: Annotated[int, typer.Option(help="Timed runs")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed runs first")] = 5,
-    max_latency_ms: Annotated[float | None, typer.Option(help="Budget for the p90 latency")] = None,
-    tf32: Tf32 = None,
-    json_path: JsonOut = None,
-    junit: JunitOut = None,
-    markdown: MarkdownOut = None,
+    path: Annotated[Path, typer.Argument(callback=opt.check_existing_paths,
+                                         help="The export folder, or its manifest.json")],
+    provider: opt.Provider = opt.Device.cpu,
+    runtime: opt.FileRuntime = "onnxruntime",
+    runs: opt.Runs = 50,
+    warmup: opt.Warmup = 5,
+    max_latency_ms: opt.MaxLatency = None,
+    tf32: opt.Tf32 = None,
+    json_path: opt.JsonOut = None,
+    junit: opt.JunitOut = None,
+    markdown: opt.MarkdownOut = None,
 ) -> None:
     """Deployment check: loads on the provider asked for, matches its goldens, latency; GO or NO-GO."""
     from verify.preflight import PreflightOptions
     from verify.preflight import preflight as run_preflight
 
-    options = PreflightOptions(provider=provider, runtime=runtime, runs=runs, warmup=warmup,
+    opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
+    options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32)
     _finish_checks(run_preflight(path, options), json_path, junit, markdown)
 
 
 @app.command(name="list")
+@handle_errors
 def list_command() -> None:
     """List the registered backbones, norms, views, runtimes and formats."""
     from exporter.backbones import VIEWS
@@ -292,7 +339,7 @@ def list_command() -> None:
     out_console.print(f"backbones: {', '.join(list_backbones())}")
     out_console.print("norms:")
     for name in NORMS:
-        out_console.print(f"  {name:12s} {NORMS.get(name).description}")
+        out_console.print(f"  {name:12s} {escape(NORMS.get(name).description)}")
     out_console.print(f"views: {', '.join(VIEWS.names())}")
     out_console.print(f"runtimes: {', '.join(list_runtimes())}")
     from exporter.formats import FORMATS, get_format
@@ -306,6 +353,8 @@ def list_command() -> None:
 
 
 def main() -> None:
+    """The `verify` entry point: SIGTERM ends a run as cleanly as Ctrl-C (staging removed, one line)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()
 
 

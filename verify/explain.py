@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import Artifact
 from exporter.errors import UsageError
-from verify.api import RunSettings, input_shape_for, resolve_source
-from verify.inputs import make_input
+from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
+from verify.inputs import seeded_input
 from verify.localize import EQUIVALENCE_RTOL, first_divergence_onnx, first_divergence_torch
 from verify.progress import NullProgress, Progress
 from verify.structure import StructuralDifference, structural_diff, train_mode_modules
@@ -37,6 +37,8 @@ class Explanation:
     structural_differences: list[StructuralDifference] = field(default_factory=list)
     train_mode: dict[str, list[str]] = field(default_factory=dict)
     input_shape: list[int] = field(default_factory=list)
+    input: str = ""
+    """The input this explanation rests on (with several, the first that tells A and B apart)."""
 
     @property
     def exit_code(self) -> int:
@@ -93,7 +95,7 @@ class Explanation:
             "noise_floor": self.noise_floor, "first_divergence": self.first_divergence,
             "divergence": self.divergence,
             "structural_differences": [d.to_dict() for d in self.structural_differences],
-            "train_mode": self.train_mode, "equivalence_rtol": EQUIVALENCE_RTOL,
+            "train_mode": self.train_mode, "equivalence_rtol": EQUIVALENCE_RTOL, "input": self.input,
         }
 
 
@@ -142,6 +144,7 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     if not shared:
         raise UsageError(f"{labels[0]} and {labels[1]} share no output ({', '.join(fp32[0])} vs "
                          f"{', '.join(fp32[1])})")
+    _require_finite_outputs(labels, fp32, fp64, shared)
     for name in shared:
         if fp32[0][name].shape != fp32[1][name].shape:
             raise UsageError(f"{name} has shape {fp32[0][name].shape} in {labels[0]} and "
@@ -179,6 +182,24 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     return result
 
 
+def _require_finite_outputs(labels: tuple[str, str], fp32: list, fp64: list, shared: list[str]) -> None:
+    """NaN/Inf on both sides is the input's doing (its scale overflows), never a verdict on the models;
+    on one side only it is a real difference and is judged as one."""
+    import numpy as np
+
+    def bad(outputs: dict | None) -> str | None:
+        for name in shared:
+            if outputs is not None and not np.isfinite(outputs[name]).all():
+                return f"{int((~np.isfinite(outputs[name])).sum())} in {name}"
+        return None
+
+    found = [bad(fp32[i]) or bad(fp64[i]) for i in range(2)]
+    if found[0] and found[1]:
+        raise UsageError(f"The input drives both {labels[0]} and {labels[1]} to NaN/Inf ({labels[0]}: {found[0]}; "
+                         f"{labels[1]}: {found[1]}); explain needs an input of ordinary scale, e.g. normalised "
+                         "images")
+
+
 def _locate(a: Artifact, b: Artifact, sides: list, x: np.ndarray, factor: float):
     import torch
 
@@ -200,14 +221,19 @@ def explain(a: str = SEED_QUESTION[0], b: str = SEED_QUESTION[1], settings: RunS
             progress: Progress | None = None) -> Explanation:
     """Explain two model specs or artifacts (default: the seed question, classifier trunk with
     BatchNorm2d vs detection body with FrozenBatchNorm2d, same weights)."""
-    from verify.inputs import load_input
-
     settings, progress = settings or RunSettings(), progress or NullProgress()
+    source_kind(a), source_kind(b)  # both named right before either is loaded or built
+    named = settings_inputs(settings)
     with progress.step("Loading both sides"):
         artifacts = [resolve_source(a, settings), resolve_source(b, settings)]
-    x = load_input(settings.input_file) if settings.input_file else \
-        make_input(input_shape_for(artifacts, settings), settings.seed)
-    result = explain_artifacts(*artifacts, x, factor=settings.tolerance.factor, progress=progress)
+    named = named or [seeded_input(input_shape_for(artifacts, settings), settings.seed)]
+    result = None
+    for item in named:  # the first input that tells them apart decides; equivalent only if on every one
+        result = explain_artifacts(*artifacts, item.array, factor=settings.tolerance.factor, progress=progress)
+        result.input = item.label
+        if not result.equivalent:
+            break
+    assert result is not None
     result.a, result.b = a, b
     return result
 
@@ -221,7 +247,9 @@ def render_explanation(result: Explanation, console: Any, limit: int = 15) -> No
     console.print(f"A = {escape(result.a)}\nB = {escape(result.b)}")
     if result.first_divergence:
         console.print(f"[yellow]→[/] {escape(result.divergence_text())}")
-    table = Table(title=f"evidence (input {'x'.join(map(str, result.input_shape))})", title_justify="left")
+    source = f" from {result.input}" if result.input and not result.input.startswith("seeded") else ""
+    table = Table(title=f"evidence (input {'x'.join(map(str, result.input_shape))}{escape(source)})",
+                  title_justify="left")
     for column in ("output", "float64 rel diff", "float32 max diff", "floor A", "floor B", "x floor"):
         table.add_column(column, justify="left" if column == "output" else "right", no_wrap=True)
     for name in result.outputs:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, Artifact], inputs: dict,
-                          fp32: dict, oracle: Oracle, report: Report) -> None:
+                          fp32: dict, oracle: Oracle, report: Report, identity: dict | None = None) -> None:
     """Goldens first, manifest last: a folder without its manifest never validates."""
     (input_name, array), = inputs.items()
     write_goldens(folder, input_name, array, fp32, oracle.outputs)
@@ -37,4 +37,6 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
                    "worst_ratio": p.worst.ratio} for p in report.pairs],
         versions=report.versions,
     )
+    if identity is not None:
+        manifest["identity"] = identity  # what a later export into the same folder must match to replace it
     write_manifest(folder, manifest)

@@ -26,6 +26,19 @@ class PreflightOptions:
     max_latency_ms: float | None = None
     tf32: bool | None = None
 
+    def __post_init__(self) -> None:
+        """Refused as the CLI refuses them: unknown names, and numbers out of range or not finite."""
+        from verify.bounds import RUNS_RANGE, WARMUP_RANGE, require_number
+        from verify.runtimes import RUNTIMES
+
+        if self.provider not in PROVIDERS:
+            raise UsageError(f"Unknown provider {self.provider!r}; use one of {', '.join(PROVIDERS)}")
+        RUNTIMES.get(self.runtime)
+        require_number("--runs", self.runs, *RUNS_RANGE, integer=True)
+        require_number("--warmup", self.warmup, *WARMUP_RANGE, integer=True)
+        if self.max_latency_ms is not None:
+            require_number("--max-latency-ms", self.max_latency_ms, 0.0, low_open=True)
+
 
 def percentile(values: list[float], q: float) -> float:
     import numpy as np
@@ -34,11 +47,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def preflight(path: Path, options: PreflightOptions | None = None) -> CheckReport:
-    options = options or PreflightOptions()
-    if options.provider not in PROVIDERS:
-        raise UsageError(f"Unknown provider {options.provider!r}; use cpu or cuda")
-    if options.runs < 1 or options.warmup < 0:
-        raise UsageError("--runs must be >= 1 and --warmup >= 0")
+    options = options or PreflightOptions()  # checked in PreflightOptions.__post_init__, before any work
     report = CheckReport("preflight")
     art = check_integrity(path, report)
     target = None

@@ -1,0 +1,297 @@
+"""The CLI's options, defined once: choices as Enums or registry-checked callbacks, numbers finite and
+in range, paths of the right kind and outputs writable. Every check runs while typer parses, so a bad
+value is refused before any model is built. Heavy imports stay out (`verify --help` is instant)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from exporter.backbones import BACKBONES, VIEWS
+from exporter.errors import UsageError
+from exporter.norms import NORMS
+from verify import bounds
+
+
+class Device(str, Enum):
+    """Where every runtime runs (the oracle stays on the CPU); also preflight's --provider."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OrtOptLevel(str, Enum):
+    """ONNX Runtime's graph optimisation levels (verify.runtimes.onnxruntime.OPT_LEVELS)."""
+
+    disable = "disable"
+    basic = "basic"
+    extended = "extended"
+    all = "all"
+
+
+class OnnxExporter(str, Enum):
+    """torch's two ONNX exporters (exporter.onnx.ONNX_EXPORTERS)."""
+
+    dynamo = "dynamo"
+    torchscript = "torchscript"
+
+
+class TorchScriptMethod(str, Enum):
+    """How the TorchScript file is made (exporter.torchscript.METHODS); the CLI spells it --trace."""
+
+    script = "script"
+    trace = "trace"
+
+
+def _bad(exc: UsageError) -> typer.BadParameter:
+    return typer.BadParameter(str(exc))
+
+
+# Callbacks: each returns the value unchanged or raises typer.BadParameter (one line, exit 2) ----------
+
+def _registry_choice(registry: Any) -> Any:
+    def check(value: str | None) -> str | None:
+        if value is not None:
+            try:
+                registry.get(value)
+            except UsageError as exc:
+                raise _bad(exc) from None
+        return value
+
+    return check
+
+
+def _number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            integer: bool = False) -> Any:
+    def check(value: float | int | None) -> float | int | None:
+        if value is not None:
+            problem = bounds.number_problem(value, low, high, low_open=low_open, integer=integer)
+            if problem:
+                raise typer.BadParameter(problem)
+        return value
+
+    return check
+
+
+def check_opset(value: int) -> int:
+    problem = bounds.number_problem(value, bounds.OPSET_MIN, bounds.max_opset(), integer=True)
+    if problem:
+        raise typer.BadParameter(f"{problem} (the installed onnx knows opsets up to {bounds.max_opset()})")
+    return value
+
+
+def check_runtimes(value: list[str] | None) -> list[str] | None:
+    from verify.runtimes import RUNTIMES
+
+    for name in value or []:
+        try:
+            RUNTIMES.get(name)
+        except UsageError as exc:
+            raise _bad(exc) from None
+    if value and len(set(value)) != len(value):
+        raise typer.BadParameter(f"a runtime is given twice ({', '.join(value)}); name each once")
+    return value
+
+
+def check_file_runtime(value: str) -> str:
+    """preflight runs a file from the folder: a registered runtime that reads one."""
+    from verify.runtimes import RUNTIMES, runtime_class
+
+    try:
+        runtime_class(value)
+    except UsageError as exc:
+        raise _bad(exc) from None
+    from exporter.formats import get_format
+
+    def runs_files(name: str) -> bool:
+        return any(get_format(f).is_file for f in runtime_class(name).formats)
+
+    if not runs_files(value):
+        files = [n for n in RUNTIMES if runs_files(n)]
+        raise typer.BadParameter(f"{value} runs in-memory models, not files; use one of {', '.join(files)}")
+    return value
+
+
+def check_formats(value: list[str] | None) -> list[str] | None:
+    from exporter.formats import file_formats
+
+    for name in value or []:
+        if name not in file_formats():
+            raise typer.BadParameter(f"unknown format {name!r}; choose among {', '.join(file_formats())}")
+    if value and len(set(value)) != len(value):
+        raise typer.BadParameter(f"a format is given twice ({', '.join(value)}); name each once")
+    return value
+
+
+def check_source(value: str | None) -> str | None:
+    """A model spec or an artifact file, told apart and checked without loading or building anything."""
+    from verify.api import source_kind
+
+    if value is not None:
+        try:
+            source_kind(value)
+        except UsageError as exc:
+            raise _bad(exc) from None
+    return value
+
+
+def check_shape(value: str | None) -> str | None:
+    from exporter.spec import parse_shape
+
+    if value is not None:
+        try:
+            parse_shape(value)
+        except UsageError as exc:
+            raise _bad(exc) from None
+    return value
+
+
+def check_weights(value: str) -> str:
+    """A named source, else a file that must exist and be a regular file (its contents load later)."""
+    from exporter.fsio import path_kind, require_regular_file
+    from exporter.weights import WEIGHT_FILE_SUFFIXES, WEIGHT_SOURCES
+
+    if value in WEIGHT_SOURCES:
+        return value
+    if path_kind(Path(value)) != "missing" or value.endswith(WEIGHT_FILE_SUFFIXES) or "/" in value:
+        try:
+            require_regular_file(Path(value), "Weights file")
+        except UsageError as exc:
+            raise _bad(exc) from None
+        if not value.endswith(WEIGHT_FILE_SUFFIXES):
+            raise typer.BadParameter(f"weights file {value} must end in {', '.join(WEIGHT_FILE_SUFFIXES)}")
+        return value
+    raise typer.BadParameter(f"unknown weights {value!r}; use one of {', '.join(WEIGHT_SOURCES)} or a "
+                             f"{'/'.join(WEIGHT_FILE_SUFFIXES)} file path")
+
+
+def check_input_path(value: Path | None) -> Path | None:
+    """An input file or folder: what it holds is read (and checked) before any model is built."""
+    from exporter.fsio import path_kind
+
+    if value is not None:
+        kind = path_kind(value)
+        if kind == "missing":
+            raise typer.BadParameter(f"{value} does not exist")
+        if kind not in (None, "a directory"):
+            raise typer.BadParameter(f"{value} is {kind}; pass a .npy array, an image or a folder of them")
+    return value
+
+
+def check_output_file(value: Path | None) -> Path | None:
+    from exporter.fsio import check_writable_file
+
+    if value is not None:
+        try:
+            check_writable_file(value, "output")
+        except UsageError as exc:
+            raise _bad(exc) from None
+    return value
+
+
+def check_output_folder(value: Path) -> Path:
+    from exporter.fsio import check_writable_folder
+
+    try:
+        check_writable_folder(value, "output folder")
+    except UsageError as exc:
+        raise _bad(exc) from None
+    return value
+
+
+def check_existing_paths(value: list[Path] | Path | None) -> Any:
+    """Export folders (or their manifest.json) for artifact/preflight: there, and a folder or a file."""
+    from exporter.fsio import path_kind
+
+    for path in value if isinstance(value, list) else [value] if value is not None else []:
+        kind = path_kind(path)
+        if kind == "missing":
+            raise typer.BadParameter(f"{path} does not exist")
+        if kind not in (None, "a directory"):
+            raise typer.BadParameter(f"{path} is {kind}; pass an export folder or its manifest.json")
+    return value
+
+
+def distinct_outputs(**paths: Path | None) -> None:
+    """Two reports into one file would overwrite each other."""
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        if path is None:
+            continue
+        key = path.resolve()
+        if key in seen:
+            raise UsageError(f"--{seen[key]} and --{option} both write {path}; give each its own file")
+        seen[key] = option
+
+
+# Options shared by several commands ---------------------------------------------------------------
+Backbone = Annotated[str, typer.Option("--backbone", "-b", callback=_registry_choice(BACKBONES),
+                                       help=f"One of: {', '.join(BACKBONES.names())}")]
+Norm = Annotated[str, typer.Option("--norm", "-n", callback=_registry_choice(NORMS),
+                                   help=f"One of: {', '.join(NORMS.names())}")]
+View = Annotated[str, typer.Option(callback=_registry_choice(VIEWS),
+                                   help="body (layer1..4), fpn (with FPN) or trunk (classifier without avgpool/fc)")]
+Weights = Annotated[str, typer.Option(callback=check_weights,
+                                      help="synthetic (seeded, calibrated), imagenet (torchvision's local cache) "
+                                           "or a .pt/.pth/.safetensors file")]
+Seed = Annotated[int, typer.Option(callback=_number(*bounds.SEED_RANGE, integer=True),
+                                   help=f"Seed for synthetic weights and the input (0..{bounds.SEED_RANGE[1]})")]
+Shape = Annotated[str | None, typer.Option(callback=check_shape,
+                                           help="Input shape NxCxHxW [default: the input's, else recorded, "
+                                                "else 1x3x224x224]")]
+InputPath = Annotated[Path | None, typer.Option(
+    "--input", callback=check_input_path,
+    help="A .npy array (NCHW float), a PNG/JPEG image (resized to --shape's HxW, ToTensor scaling, ImageNet "
+         "mean/std unless --no-normalize), or a folder of them: each is an input, the worst verdict counts")]
+Normalize = Annotated[bool, typer.Option(
+    "--normalize/--no-normalize",
+    help="Images: ImageNet mean/std after ToTensor's [0, 1] scaling; --no-normalize gives ToTensor() exactly")]
+DeviceOption = Annotated[Device, typer.Option(help="For every runtime (the oracle stays on the CPU)")]
+OrtOpt = Annotated[OrtOptLevel, typer.Option(help="ONNX Runtime graph optimisation level")]
+Tf32 = Annotated[bool | None, typer.Option("--tf32/--no-tf32",
+                                           help="TF32 on CUDA [default: each framework's own default]")]
+Decimal = Annotated[int | None, typer.Option(
+    callback=_number(*bounds.DECIMAL_RANGE, integer=True),
+    help=f"numpy assert_array_almost_equal(decimal=N) semantics, N in {bounds.DECIMAL_RANGE[0]}.."
+         f"{bounds.DECIMAL_RANGE[1]}")]
+Rtol = Annotated[float | None, typer.Option(callback=_number(0.0),
+                                            help="numpy assert_allclose rtol, finite >= 0 (default 1e-7 with "
+                                                 "--atol)")]
+Atol = Annotated[float | None, typer.Option(callback=_number(0.0),
+                                            help="numpy assert_allclose atol, finite >= 0 (default 0 with --rtol)")]
+Factor = Annotated[float | None, typer.Option(callback=_number(0.0, low_open=True),
+                                              help="auto mode: allowed multiple of the float32 noise floor, "
+                                                   "finite > 0 [default: 4]")]
+JsonOut = Annotated[Path | None, typer.Option("--json", callback=check_output_file,
+                                              help="Write the whole result as JSON here")]
+JunitOut = Annotated[Path | None, typer.Option("--junit", callback=check_output_file,
+                                               help="Write JUnit XML here (one test case per check)")]
+MarkdownOut = Annotated[Path | None, typer.Option("--markdown", callback=check_output_file,
+                                                  help="Write a Markdown summary here")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="One table row per output, not per pair")]
+OutFolder = Annotated[Path, typer.Option(callback=check_output_folder,
+                                         help="Folder for the artifacts (one subfolder backbone-norm-view)")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace an existing export folder even when it holds a different export")]
+OnnxExporterOption = Annotated[OnnxExporter, typer.Option(help="dynamo, or torchscript (torch's legacy exporter)")]
+Opset = Annotated[int, typer.Option(callback=check_opset, help=f"ONNX opset (>= {bounds.OPSET_MIN})")]
+Runtimes = Annotated[list[str] | None, typer.Option(
+    "--runtime", callback=check_runtimes, metavar="NAME",
+    help="Runtimes to run (repeat) [default: every runtime that runs an exported format]")]
+Formats = Annotated[list[str] | None, typer.Option(
+    "--format", callback=check_formats, metavar="NAME",
+    help="Formats to export (repeat): torchscript, pt2, onnx, aoti (compiles C++) "
+         "[default: torchscript, pt2, onnx]")]
+Runs = Annotated[int, typer.Option(callback=_number(*bounds.RUNS_RANGE, integer=True),
+                                   help=f"Timed runs ({bounds.RUNS_RANGE[0]}..{bounds.RUNS_RANGE[1]})")]
+Warmup = Annotated[int, typer.Option(callback=_number(*bounds.WARMUP_RANGE, integer=True),
+                                     help=f"Untimed runs first ({bounds.WARMUP_RANGE[0]}..{bounds.WARMUP_RANGE[1]})")]
+MaxLatency = Annotated[float | None, typer.Option(callback=_number(0.0, low_open=True),
+                                                  help="Budget for the p90 latency in ms, finite > 0")]
+FileRuntime = Annotated[str, typer.Option("--runtime", callback=check_file_runtime,
+                                          help="a runtime that runs a file: onnxruntime (model.onnx), torchscript "
+                                               "(model.pt), exported (model.pt2), aoti (model_aoti.pt2)")]
+Provider = Annotated[Device, typer.Option(help="Where the artifact must run")]
