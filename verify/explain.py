@@ -37,6 +37,8 @@ class Explanation:
     divergence_note: str | None = None
     """Why no first divergence is named (no localiser for this pair, or no single module stands out)."""
     structural_differences: list[StructuralDifference] = field(default_factory=list)
+    structure_compared: bool = False
+    """Both sides are torch modules, so their modules and tensors were diffed."""
     train_mode: dict[str, list[str]] = field(default_factory=dict)
     input_shape: list[int] = field(default_factory=list)
 
@@ -81,11 +83,17 @@ class Explanation:
             return self.divergence_note or ""
         div = self.divergence or {}
         here = [str(d) for d in self.structural_differences if _concerns(d, self.first_divergence)]
-        what = "; ".join(here) if here else "no structural difference recorded at this module"
+        if here:
+            what = "; ".join(here)
+        elif self.structure_compared:
+            what = "no structural difference recorded at this module"
+        else:
+            what = "no structural diff (a graph side has no modules to compare)"
         if div.get("fused_with"):
             what += f" (the ONNX graph computes it together with {', '.join(div['fused_with'])})"
+        ratio = f", {div['ratio']:.0f}x its float32 floor" if div.get("ratio") is not None else ""
         return (f"first divergence: {self.first_divergence} (max abs {div.get('max_abs', 0):.2e}, "
-                f"rel {div.get('max_rel', 0):.1e}): {what}")
+                f"rel {div.get('max_rel', 0):.1e}{ratio}): {what}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +103,7 @@ class Explanation:
             "noise_floor": self.noise_floor, "first_divergence": self.first_divergence,
             "divergence": self.divergence, "divergence_note": self.divergence_note,
             "structural_differences": [d.to_dict() for d in self.structural_differences],
+            "structure_compared": self.structure_compared,
             "train_mode": self.train_mode, "equivalence_rtol": EQUIVALENCE_RTOL,
         }
 
@@ -176,6 +185,7 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
         with progress.step("Diffing the two models module by module"):
             diffs = structural_diff(sides[0].fp32, sides[0].prefix, sides[1].fp32, sides[1].prefix)
             classes = [(tracer := tracer_for(side)) is not None and tracer.module_types for side in sides]
+            result.structure_compared = True
             result.structural_differences = diffs if all(classes) else \
                 [d for d in diffs if d.kind in TENSOR_DIFFERENCES]
             result.train_mode = {s: train_mode_modules(side.fp32, side.prefix)

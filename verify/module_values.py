@@ -195,11 +195,12 @@ class HookTracer(Tracer):
 
 def fx_module_path(raw: str) -> str:
     """A module path as torch.export records it, in any of the spellings torch 2.11..2.14 use
-    (`layer1.0.conv1`, `L['self'].layer1[0].conv1`, `L['self']._modules['layer1']...`), dotted."""
-    path = re.sub(r"^(L\[['\"]self['\"]\]|self)", "", raw.strip())
+    (`layer1.0.conv1`, `L['self'].layer1[0].conv1`, `L['self']._modules['layer1']...`,
+    `_export_root.layer1`), dotted; a call suffix (`relu@1`, unflatten's spelling) dropped."""
+    path = re.sub(r"^(L\[['\"]self['\"]\]|self|_export_root)(?=$|[.\[])", "", raw.strip())
     path = re.sub(r"\._modules\[['\"]([^'\"]+)['\"]\]", r".\1", path)
     path = re.sub(r"\[['\"]?([^'\"\]]+)['\"]?\]", r".\1", path)
-    return path.strip(".")
+    return re.sub(r"@\d+(?=$|\.)", "", path).strip(".")
 
 
 def fx_scopes(node: Any) -> Scopes | None:
