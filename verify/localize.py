@@ -68,21 +68,23 @@ def localise(a: Side, b: Side, x: np.ndarray, factor: float) -> Localisation:
                                   f"from {readers}")
     ta, tb = tracers
     assert ta is not None and tb is not None
-    if ta.exact and tb.exact:
-        traces = _aligned(ta.trace(a, x), tb.trace(b, x))
-        divergence = first_exact_divergence(*traces)
-        rule = f"float64 relative difference {EQUIVALENCE_RTOL:.0e}"
-    elif ta.exact or tb.exact:  # the exact side is the reference and measures the floors
-        exact, graph = (a, b) if ta.exact else (b, a)
-        ref = (ta if ta.exact else tb).trace(exact, x, floors=True)
-        other = (tb if ta.exact else ta).trace(graph, x)
-        traces = _aligned(ref, other)
-        divergence = first_divergence_beyond_floor(*traces, factor, neighbours=True)
-        rule = f"{factor:g}x the module's float32 noise floor"
-    else:
-        traces = _aligned(ta.trace(a, x, floors=True), tb.trace(b, x, floors=True))
-        divergence = first_divergence_beyond_floor(*traces, factor, neighbours=False)
-        rule = f"{factor:g}x the module's float32 floor (spread of the runtime's alternative settings)"
+    try:
+        if ta.exact and tb.exact:
+            traces = _aligned(_read(ta, a, x), _read(tb, b, x))
+            divergence = first_exact_divergence(*traces)
+            rule = f"float64 relative difference {EQUIVALENCE_RTOL:.0e}"
+        elif ta.exact or tb.exact:  # the exact side is the reference and measures the floors
+            exact, graph = (a, b) if ta.exact else (b, a)
+            ref = _read(ta if ta.exact else tb, exact, x, floors=True)
+            traces = _aligned(ref, _read(tb if ta.exact else ta, graph, x))
+            divergence = first_divergence_beyond_floor(*traces, factor, neighbours=True)
+            rule = f"{factor:g}x the module's float32 noise floor"
+        else:
+            traces = _aligned(_read(ta, a, x, floors=True), _read(tb, b, x, floors=True))
+            divergence = first_divergence_beyond_floor(*traces, factor, neighbours=False)
+            rule = f"{factor:g}x the module's float32 floor (spread of the runtime's alternative settings)"
+    except _Unreadable as exc:
+        return Localisation(None, f"first divergence: not available for {a.kind} vs {b.kind} because {exc}")
     if divergence is not None:
         return Localisation(divergence)
     shared = _shared_count(*traces)
@@ -92,7 +94,20 @@ def localise(a: Side, b: Side, x: np.ndarray, factor: float) -> Localisation:
                                   f"sides share no module value ({counts}; a graph without module scopes "
                                   "records none)")
     return Localisation(None, f"first divergence: none of the {shared} module values both sides share differs "
-                              f"beyond {rule}: the difference builds up across modules")
+                              f"beyond {rule}: no single module accounts for it (it builds up gradually, or "
+                              "arises in code outside any module)")
+
+
+class _Unreadable(Exception):
+    """A tracer claimed a side but could not read it (the verdict stands; only the locating stops)."""
+
+
+def _read(tracer: Any, side: Side, x: np.ndarray, floors: bool = False) -> Trace:
+    try:
+        return tracer.trace(side, x, floors)
+    except Exception as exc:  # an unforeseen graph construct must not cost the user the verdict
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise _Unreadable(f"reading module values out of {side.artifact.label} failed: {first}") from exc
 
 
 # ---------------------------------------------------------------- matching the two sides

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -399,22 +399,25 @@ class OnnxTracer(Tracer):
     def trace(self, side: Side, x: np.ndarray, floors: bool = False) -> Trace:
         import onnx
 
+        from verify.oracle import spread_floor
+
         model = onnx.load(str(side.artifact.path))
         values, fused = onnx_module_values(model, side.prefix)
         if not values:
             return Trace([], exact=False)
         runs = run_exposing(side.artifact, model, {name for _, _, name in values}, x, alternatives=floors)
-        result = Trace([(n, c, runs[0][name]) for n, c, name in values], exact=False, fused=fused)
-        if floors and len(runs) > 1:
-            from verify.oracle import spread_floor
-
-            spread = spread_floor(runs)
-            result.spread = {(n, c): spread[name] for n, c, name in values if name in spread}
+        first = next(runs)
+        result = Trace([(n, c, first[name]) for n, c, name in values], exact=False, fused=fused)
+        for other in runs:  # one alternative run held at a time: a ResNet-50's values are ~200 MB a run
+            spread = spread_floor([first, other])
+            for n, c, name in values:
+                if name in spread:
+                    result.spread[(n, c)] = max(result.spread.get((n, c), 0.0), spread[name])
         return result
 
 
 def run_exposing(artifact: Artifact, model: Any, names: set[str], x: np.ndarray,
-                 alternatives: bool = False) -> list[dict[str, np.ndarray]]:
+                 alternatives: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Run an ONNX model with `names` exposed as outputs, through the registry's runtime for its
     format: its default settings first, then (when asked) each alternative setting."""
     import tempfile
@@ -434,8 +437,8 @@ def run_exposing(artifact: Artifact, model: Any, names: set[str], x: np.ndarray,
         exposed = Path(folder) / (artifact.path.name if artifact.path else "model")
         onnx.save(model, str(exposed))
         probe = replace(artifact, path=exposed)
-        return [make_runtime(runner, options).load(probe).run({artifact.meta.input_name: x})
-                for options in settings]
+        for options in settings:
+            yield make_runtime(runner, options).load(probe).run({artifact.meta.input_name: x})
 
 
 TRACERS: Registry[Tracer] = Registry("module tracer")
