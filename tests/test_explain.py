@@ -1,5 +1,6 @@
 """`verify explain`: equivalence, structural diff, first divergence, for torch models and ONNX."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -168,7 +169,8 @@ def files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("explain-pairs")
     x = make_input(SHAPE, 0)
-    clean, bad_conv, bad_bn = built(SMALL_SPEC), built(SMALL_SPEC), built(SMALL_SPEC)
+    clean = built(SMALL_SPEC)
+    bad_conv, bad_bn = copy.deepcopy(clean), copy.deepcopy(clean)
     with torch.no_grad():
         bad_conv.model.get_submodule(CONV_TARGET).weight[CONV_CHANNEL] *= 1.01
         bad_bn.model.get_submodule(BN_TARGET).running_var[BN_CHANNEL] *= 1.01
@@ -205,6 +207,23 @@ def test_torchscript_against_eager_is_read_through_its_graph(files):
     result = explain_artifacts(found["torchscript"], found["bad_bn"], x)
     assert result.first_divergence == BN_TARGET and result.divergence["judged"] == "float64"
 
+
+
+
+def test_a_file_side_takes_the_view_prefix_that_lines_it_up():
+    """A saved FPN backbone names its modules `body.layer1...`, the eager side's are canonical
+    (`layer1...`): the file side takes the prefix under which the two line up, and no other."""
+    from exporter.artifacts import Artifact, ArtifactMeta
+    from verify.explain import _line_up
+
+    model = built(SMALL_SPEC)
+    wrapper = torch.nn.Module()
+    wrapper.body = model.model  # what the FPN view's file holds
+    eager = Side(eager_artifact(model, SHAPE), model.model, model.model, model.view.prefix)
+    for module, expected in ((wrapper, "body."), (model.model, "")):
+        saved = Side(Artifact("torchscript", ArtifactMeta(), path=Path("model.pt")), module, module)
+        _line_up([saved, eager])
+        assert saved.prefix == expected and eager.prefix == model.view.prefix
 
 def test_two_onnx_files_one_with_a_perturbed_conv(files, tmp_path):
     found, _ = files

@@ -13,7 +13,7 @@ from verify.inputs import make_input
 from verify.localize import EQUIVALENCE_RTOL, localise
 from verify.module_values import Side, tracer_for
 from verify.progress import NullProgress, Progress
-from verify.structure import StructuralDifference, structural_diff, train_mode_modules
+from verify.structure import StructuralDifference, canonical_modules, structural_diff, train_mode_modules
 
 if TYPE_CHECKING:
     import numpy as np
@@ -128,6 +128,21 @@ def _side(artifact: Artifact) -> Side:
     return Side(artifact)
 
 
+def _line_up(sides: list[Side]) -> None:
+    """A saved file does not say where the backbone sits in its view (`body.` in the FPN backbone):
+    give a file side the prefix that lines its modules up with the other side's canonical names."""
+    from verify.module_values import canonical_name
+
+    for side, other in ((sides[0], sides[1]), (sides[1], sides[0])):
+        if side.fp32 is None or side.artifact.built is not None or other.fp32 is None:
+            continue
+        names = [name for name, _ in side.fp32.named_modules() if name]
+        theirs = set(canonical_modules(other.fp32, other.prefix))
+        candidates = sorted({""} | {name.split(".", 1)[0] + "." for name in names if "." in name})
+        side.prefix = max(candidates, key=lambda prefix: (
+            len({canonical_name(name, prefix) for name in names} & theirs), prefix == ""))
+
+
 TENSOR_DIFFERENCES = ("value", "shape")
 """What a structural diff still means where a side's modules lost their classes (an
 ExportedProgram's `.module()` keeps parameters and buffers by name in placeholder modules)."""
@@ -144,6 +159,7 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
 
     progress = progress or NullProgress()
     sides = [_side(a), _side(b)]
+    _line_up(sides)
     fp32, fp64 = [], []
     with progress.step("Running both in float32 and float64"):
         for artifact, side in zip((a, b), sides):
