@@ -1,6 +1,8 @@
 """`verify explain`: equivalence, structural diff, first divergence, for torch models and ONNX."""
 
+import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +15,11 @@ from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.cli import app
+from verify.compare import Tolerance
 from verify.explain import explain_artifacts
 from verify.inputs import make_input
+from verify.localize import EQUIVALENCE_RTOL, localise
+from verify.module_values import OnnxTracer, Side, fx_module_path, jit_scopes, module_calls
 
 SHAPE = (1, 3, 64, 64)
 runner = CliRunner()
@@ -146,3 +151,175 @@ def test_explain_needs_both_or_neither():
     result = runner.invoke(app, ["explain", "resnet18:frozen:body"])
     assert result.exit_code == 2
     assert "Give both A and B" in result.stderr
+
+
+# ---------------------------------------------------------------- first divergence for every pair of sides
+
+SMALL_SPEC = "resnet18:batch:body"
+BN_TARGET, BN_CHANNEL = "layer2.1.bn1", 7
+CONV_TARGET, CONV_CHANNEL = "layer3.1.conv2", 3
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The clean model as .pt2 and dynamo ONNX (one torch.export trace), as legacy ONNX and as
+    TorchScript; the same model with one conv channel 1 % off as dynamo ONNX; and the clean
+    model in memory with one BatchNorm running-variance entry 1 % off."""
+    from exporter.formats import ExportContext
+
+    folder = tmp_path_factory.mktemp("explain-pairs")
+    x = make_input(SHAPE, 0)
+    clean = built(SMALL_SPEC)
+    bad_conv, bad_bn = copy.deepcopy(clean), copy.deepcopy(clean)
+    with torch.no_grad():
+        bad_conv.model.get_submodule(CONV_TARGET).weight[CONV_CHANNEL] *= 1.01
+        bad_bn.model.get_submodule(BN_TARGET).running_var[BN_CHANNEL] *= 1.01
+    meta = eager_artifact(clean, SHAPE).meta
+    options = ExportOptions()
+    context = ExportContext(clean, torch.from_numpy(x), meta, dynamic=options.dynamic)
+    found = {fmt: export_model(clean, meta, context.example, folder, options, fmt, context)
+             for fmt in ("pt2", "onnx", "torchscript")}
+    (folder / "legacy").mkdir()
+    found["legacy"] = export_model(clean, meta, context.example, folder / "legacy",
+                                   ExportOptions(format_options=(OnnxOptions(exporter="torchscript"),)), "onnx")
+    (folder / "bad").mkdir()
+    found["bad_conv"] = export_model(bad_conv, meta, context.example, folder / "bad", options, "onnx")
+    found["bad_bn"] = eager_artifact(bad_bn, SHAPE)
+    return found, x
+
+
+def test_pt2_against_eager_names_the_perturbed_running_variance(files):
+    """The ExportedProgram's FX nodes, run in float64 and mapped to modules through their
+    nn_module_stack, against the eager model with one running-variance entry 1 % off."""
+    found, x = files
+    result = explain_artifacts(found["pt2"], found["bad_bn"], x)
+    assert not result.equivalent and result.how == "float64"
+    assert result.first_divergence == BN_TARGET
+    assert result.divergence["judged"] == "float64" and result.divergence["max_rel"] > EQUIVALENCE_RTOL
+    # parameters and buffers keep their names in the program, its placeholder modules lose their classes
+    assert [(d.module, d.kind) for d in result.structural_differences] == [(BN_TARGET, "value")]
+    assert "running_var: 1 of" in result.divergence_text()
+
+
+def test_torchscript_against_eager_is_read_through_its_graph(files):
+    """ScriptModules refuse forward hooks; the inlined graph's module hierarchy stands in."""
+    found, x = files
+    result = explain_artifacts(found["torchscript"], found["bad_bn"], x)
+    assert result.first_divergence == BN_TARGET and result.divergence["judged"] == "float64"
+
+
+
+
+def test_a_file_side_takes_the_view_prefix_that_lines_it_up():
+    """A saved FPN backbone names its modules `body.layer1...`, the eager side's are canonical
+    (`layer1...`): the file side takes the prefix under which the two line up, and no other."""
+    from exporter.artifacts import Artifact, ArtifactMeta
+    from verify.explain import _line_up
+
+    model = built(SMALL_SPEC)
+    wrapper = torch.nn.Module()
+    wrapper.body = model.model  # what the FPN view's file holds
+    eager = Side(eager_artifact(model, SHAPE), model.model, model.model, model.view.prefix)
+    for module, expected in ((wrapper, "body."), (model.model, "")):
+        saved = Side(Artifact("torchscript", ArtifactMeta(), path=Path("model.pt")), module, module)
+        _line_up([saved, eager])
+        assert saved.prefix == expected and eager.prefix == model.view.prefix
+
+def test_two_onnx_files_one_with_a_perturbed_conv(files, tmp_path):
+    found, _ = files
+    out = tmp_path / "e.json"
+    result = runner.invoke(app, ["explain", str(found["onnx"].path), str(found["bad_conv"].path),
+                                 "--shape", "1x3x64x64", "--json", str(out)])
+    assert result.exit_code == 1, result.output
+    assert f"first divergence: {CONV_TARGET}" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["how"] == "float32-floor" and data["first_divergence"] == CONV_TARGET
+    assert data["divergence"]["judged"] == "float32-floor"
+    assert data["divergence"]["ratio"] > Tolerance().factor
+    # the dynamo exporter computes a BatchNorm inside its conv's node, recorded under the norm
+    assert set(data["divergence"]["fused_with"]) <= {CONV_TARGET.replace("conv", "bn")}
+
+
+def test_onnx_files_of_both_exporters_line_up_module_by_module(files):
+    """The legacy exporter names the fused node after the conv, dynamo after the norm: matched,
+    and a clean pair stays within the floor at every module."""
+    found, x = files
+    result = explain_artifacts(found["legacy"], found["bad_conv"], x)
+    assert result.first_divergence == CONV_TARGET
+    sides = [Side(found["legacy"]), Side(found["onnx"])]
+    counts = [len(OnnxTracer().trace(side, x).values) for side in sides]
+    clean = localise(*sides, x, Tolerance().factor)
+    assert clean.divergence is None
+    assert counts[0] == counts[1] and f"none of the {counts[0]} module values" in clean.note
+
+
+def test_pt2_against_a_perturbed_onnx_file(files, tmp_path):
+    found, _ = files
+    result = runner.invoke(app, ["explain", str(found["pt2"].path), str(found["bad_conv"].path),
+                                 "--shape", "1x3x64x64"])
+    assert result.exit_code == 1, result.output
+    assert f"first divergence: {CONV_TARGET}" in result.stdout
+
+
+def test_a_graph_without_module_scopes_says_why(files, tmp_path):
+    import onnx
+
+    found, _ = files
+    model = onnx.load(str(found["onnx"].path))
+    for i, node in enumerate(model.graph.node):
+        del node.metadata_props[:]
+        node.name = f"node{i}"
+    onnx.save(model, str(tmp_path / "scopeless.onnx"))
+    out = tmp_path / "e.json"
+    result = runner.invoke(app, ["explain", str(tmp_path / "scopeless.onnx"), str(found["bad_conv"].path),
+                                 "--shape", "1x3x64x64", "--json", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "first divergence: not available" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["first_divergence"] is None
+    assert "share no module value" in data["divergence_note"]
+
+
+def test_a_format_no_tracer_reads_gets_a_reason():
+    """Formats that run neither in float64 under torch nor as a graph with scopes (AOTInductor's
+    compiled code) have no localiser: the note says so and lists what can be read."""
+    from exporter.artifacts import Artifact, ArtifactMeta
+    from exporter.formats import file_formats
+    from verify.module_values import TRACERS, tracer_for
+    from verify.runtimes import runtimes_for
+
+    unread = [fmt for fmt in file_formats() if not runtimes_for(fmt, float64=True)
+              and tracer_for(Side(Artifact(fmt, ArtifactMeta(), path=Path(f"model.{fmt}")))) is None]
+    if not unread:
+        pytest.skip("every registered format has a module tracer")
+    model = built(SMALL_SPEC)
+    eager = Side(eager_artifact(model, SHAPE), model.model, model.float64(), model.view.prefix)
+    for fmt in unread:
+        found = localise(Side(Artifact(fmt, ArtifactMeta(), path=Path(f"model.{fmt}"))), eager,
+                         make_input(SHAPE, 0), Tolerance().factor)
+        assert found.divergence is None
+        assert found.note.startswith(f"first divergence: not available for {fmt} vs eager because no tracer")
+        assert f"model.{fmt}" in found.note and all(TRACERS.get(n).reads in found.note for n in TRACERS)
+
+
+@pytest.mark.parametrize("raw", ["layer1.0.conv1", "L['self'].layer1[0].conv1", "layer1.0.conv1@1",
+                                 "L['self']._modules['layer1']._modules['0']._modules['conv1']",
+                                 "_export_root.layer1.0.conv1"])
+def test_fx_module_paths_of_every_spelling_are_dotted(raw):
+    assert fx_module_path(raw) == "layer1.0.conv1"
+
+
+def test_a_module_call_is_a_run_of_ops_inside_its_scope():
+    block = [("b", "b")]
+    ops = [("conv", block + [("b.conv", "b.conv")]), ("relu", block + [("b.relu", "b.relu")]),
+           ("conv2", block + [("b.conv2", "b.conv2")]), ("add", block), ("const", None),
+           ("relu2", block + [("b.relu", "b.relu")]), ("top", []),
+           ("again", [("k", "m")]), ("again2", [("k@1", "m")])]
+    assert module_calls(ops) == [("b.conv", 0, "conv"), ("b.relu", 0, "relu"), ("b.conv2", 0, "conv2"),
+                                 ("b.relu", 1, "relu2"), ("b", 0, "relu2"), ("m", 0, "again"), ("m", 1, "again2")]
+
+
+def test_torchscript_module_hierarchy_becomes_paths():
+    hierarchy = "layer4(Sequential).1(BasicBlock).relu(ReLU).UNKNOWN_INSTANCE(UNKNOWN_TYPE)"
+    assert [path for _, path in jit_scopes(hierarchy)] == ["layer4", "layer4.1", "layer4.1.relu"]
+    assert [path for _, path in jit_scopes("conv1(Conv2d).SELF(Conv2d)")] == ["conv1"]

@@ -10,13 +10,13 @@ from exporter.artifacts import Artifact
 from exporter.errors import UsageError
 from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
 from verify.inputs import seeded_input
-from verify.localize import EQUIVALENCE_RTOL, first_divergence_onnx, first_divergence_torch
+from verify.localize import EQUIVALENCE_RTOL, localise
+from verify.module_values import Side, tracer_for
 from verify.progress import NullProgress, Progress
-from verify.structure import StructuralDifference, structural_diff, train_mode_modules
+from verify.structure import StructuralDifference, canonical_modules, structural_diff, train_mode_modules
 
 if TYPE_CHECKING:
     import numpy as np
-    from torch import nn
 
 SEED_QUESTION = ("resnet50:batch:trunk", "resnet50:frozen:body")
 
@@ -34,7 +34,11 @@ class Explanation:
     noise_floor: dict[str, dict[str, float]] = field(default_factory=dict)
     first_divergence: str | None = None
     divergence: dict[str, Any] | None = None
+    divergence_note: str | None = None
+    """Why no first divergence is named (no localiser for this pair, or no single module stands out)."""
     structural_differences: list[StructuralDifference] = field(default_factory=list)
+    structure_compared: bool = False
+    """Both sides are torch modules, so their modules and tensors were diffed."""
     train_mode: dict[str, list[str]] = field(default_factory=dict)
     input_shape: list[int] = field(default_factory=list)
     input: str = ""
@@ -78,14 +82,20 @@ class Explanation:
 
     def divergence_text(self) -> str:
         if not self.first_divergence:
-            return ""
+            return self.divergence_note or ""
         div = self.divergence or {}
         here = [str(d) for d in self.structural_differences if _concerns(d, self.first_divergence)]
-        what = "; ".join(here) if here else "no structural difference recorded at this module"
+        if here:
+            what = "; ".join(here)
+        elif self.structure_compared:
+            what = "no structural difference recorded at this module"
+        else:
+            what = "no structural diff (a graph side has no modules to compare)"
         if div.get("fused_with"):
             what += f" (the ONNX graph computes it together with {', '.join(div['fused_with'])})"
+        ratio = f", {div['ratio']:.0f}x its float32 floor" if div.get("ratio") is not None else ""
         return (f"first divergence: {self.first_divergence} (max abs {div.get('max_abs', 0):.2e}, "
-                f"rel {div.get('max_rel', 0):.1e}): {what}")
+                f"rel {div.get('max_rel', 0):.1e}{ratio}): {what}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,9 +103,10 @@ class Explanation:
             "verdict": self.headline(), "outputs": self.outputs, "input_shape": self.input_shape,
             "float64_difference": self.float64_difference, "float32_difference": self.float32_difference,
             "noise_floor": self.noise_floor, "first_divergence": self.first_divergence,
-            "divergence": self.divergence,
+            "divergence": self.divergence, "divergence_note": self.divergence_note,
             "structural_differences": [d.to_dict() for d in self.structural_differences],
-            "train_mode": self.train_mode, "equivalence_rtol": EQUIVALENCE_RTOL, "input": self.input,
+            "structure_compared": self.structure_compared, "input": self.input,
+            "train_mode": self.train_mode, "equivalence_rtol": EQUIVALENCE_RTOL,
         }
 
 
@@ -104,18 +115,39 @@ def _concerns(diff: StructuralDifference, module: str) -> bool:
         (diff.kind == "folded" and module in (diff.a + diff.b))
 
 
-def _torch_side(artifact: Artifact) -> tuple[nn.Module, nn.Module, str] | None:
-    """(float32 model, float64 model, prefix) for torch-runnable artifacts, else None."""
+def _side(artifact: Artifact) -> Side:
+    """The side with its torch modules in float32 and float64 where a torch runtime can run it
+    in float64 (an eager model, a saved torch program); a graph runtime's side has none."""
     from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
     if artifact.built is not None:
         built = artifact.built
-        return copy.deepcopy(built.model), built.float64(), built.view.prefix
+        return Side(artifact, copy.deepcopy(built.model), built.float64(), built.view.prefix)
     exact = runtimes_for(artifact.format, float64=True)
     if exact:  # a saved torch program (TorchScript, ExportedProgram): both precisions from the file
-        return (make_runtime(exact[0]).load(artifact).module,
-                make_runtime(exact[0], RuntimeOptions(dtype="float64")).load(artifact).module, "")
-    return None
+        return Side(artifact, make_runtime(exact[0]).load(artifact).module,
+                    make_runtime(exact[0], RuntimeOptions(dtype="float64")).load(artifact).module)
+    return Side(artifact)
+
+
+def _line_up(sides: list[Side]) -> None:
+    """A saved file does not say where the backbone sits in its view (`body.` in the FPN backbone):
+    give a file side the prefix that lines its modules up with the other side's canonical names."""
+    from verify.module_values import canonical_name
+
+    for side, other in ((sides[0], sides[1]), (sides[1], sides[0])):
+        if side.fp32 is None or side.artifact.built is not None or other.fp32 is None:
+            continue
+        names = [name for name, _ in side.fp32.named_modules() if name]
+        theirs = set(canonical_modules(other.fp32, other.prefix))
+        candidates = sorted({""} | {name.split(".", 1)[0] + "." for name in names if "." in name})
+        side.prefix = max(candidates, key=lambda prefix: (
+            len({canonical_name(name, prefix) for name in names} & theirs), prefix == ""))
+
+
+TENSOR_DIFFERENCES = ("value", "shape")
+"""What a structural diff still means where a side's modules lost their classes (an
+ExportedProgram's `.module()` keeps parameters and buffers by name in placeholder modules)."""
 
 
 def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4.0,
@@ -128,18 +160,19 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     from verify.runtimes.torch_common import call_module, to_numpy_outputs
 
     progress = progress or NullProgress()
-    sides = [_torch_side(a), _torch_side(b)]
+    sides = [_side(a), _side(b)]
+    _line_up(sides)
     fp32, fp64 = [], []
     with progress.step("Running both in float32 and float64"):
         for artifact, side in zip((a, b), sides):
-            if side is None:
+            if side.fp32 is None:
                 fp32.append(make_runtime(runtimes_for(artifact.format)[0]).load(artifact)
                             .run({artifact.meta.input_name: x}))
                 fp64.append(None)
                 continue
             names, label = artifact.meta.output_names, artifact.label
-            fp32.append(to_numpy_outputs(call_module(side[0], torch.from_numpy(x), label), names))
-            fp64.append(to_numpy_outputs(call_module(side[1], torch.from_numpy(x).double(), label), names))
+            fp32.append(to_numpy_outputs(call_module(side.fp32, torch.from_numpy(x), label), names))
+            fp64.append(to_numpy_outputs(call_module(side.fp64, torch.from_numpy(x).double(), label), names))
     shared = [name for name in fp32[1] if name in fp32[0]]
     if not shared:
         raise UsageError(f"{labels[0]} and {labels[1]} share no output ({', '.join(fp32[0])} vs "
@@ -167,18 +200,27 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
         result.how = "float32-floor"
         result.equivalent = all(result.ratio(n) <= factor for n in shared)
 
-    if sides[0] is not None and sides[1] is not None:
+    if sides[0].fp32 is not None and sides[1].fp32 is not None:
         with progress.step("Diffing the two models module by module"):
-            result.structural_differences = structural_diff(sides[0][0], sides[0][2], sides[1][0], sides[1][2])
-            result.train_mode = {s: train_mode_modules(side[0], side[2]) for s, side in zip("AB", sides)}
+            diffs = structural_diff(sides[0].fp32, sides[0].prefix, sides[1].fp32, sides[1].prefix)
+            classes = [(tracer := tracer_for(side)) is not None and tracer.module_types for side in sides]
+            result.structure_compared = True
+            result.structural_differences = diffs if all(classes) else \
+                [d for d in diffs if d.kind in TENSOR_DIFFERENCES]
+            result.train_mode = {s: train_mode_modules(side.fp32, side.prefix)
+                                 for s, side, keeps in zip("AB", sides, classes) if keeps}
     if not result.equivalent:
         with progress.step("Locating the first divergence"):
-            divergence = _locate(a, b, sides, x, factor)
+            found = localise(sides[0], sides[1], x, factor)
+        divergence = found.divergence
         if divergence is not None:
             result.first_divergence = divergence.module
             result.divergence = {"module": divergence.module, "call": divergence.call,
                                  "max_abs": divergence.max_abs, "max_rel": divergence.max_rel,
-                                 "ratio": divergence.ratio, "fused_with": divergence.fused_with}
+                                 "ratio": divergence.ratio, "fused_with": divergence.fused_with,
+                                 "judged": divergence.judged}
+        else:
+            result.divergence_note = found.note
     return result
 
 
@@ -198,23 +240,6 @@ def _require_finite_outputs(labels: tuple[str, str], fp32: list, fp64: list, sha
         raise UsageError(f"The input drives both {labels[0]} and {labels[1]} to NaN/Inf ({labels[0]}: {found[0]}; "
                          f"{labels[1]}: {found[1]}); explain needs an input of ordinary scale, e.g. normalised "
                          "images")
-
-
-def _locate(a: Artifact, b: Artifact, sides: list, x: np.ndarray, factor: float):
-    import torch
-
-    from exporter.formats import get_format
-    from exporter.formats.onnx import OnnxFormat
-
-    eager = [s if art.built is not None else None for art, s in zip((a, b), sides)]
-    if eager[0] is not None and eager[1] is not None:
-        return first_divergence_torch(eager[0][1], eager[0][2], eager[1][1], eager[1][2],
-                                      torch.from_numpy(x).double())
-    for onnx_side, model_side in ((a, eager[1]), (b, eager[0])):
-        if isinstance(get_format(onnx_side.format), OnnxFormat) and model_side is not None:
-            return first_divergence_onnx(onnx_side.path, onnx_side.meta.input_name, x, model_side[0],
-                                         model_side[2], factor)
-    return None
 
 
 def explain(a: str = SEED_QUESTION[0], b: str = SEED_QUESTION[1], settings: RunSettings | None = None,
@@ -245,7 +270,7 @@ def render_explanation(result: Explanation, console: Any, limit: int = 15) -> No
     mark = "[bold green]✓[/]" if result.equivalent else "[bold red]✗[/]"
     console.print(f"{mark} {escape(result.headline())}")
     console.print(f"A = {escape(result.a)}\nB = {escape(result.b)}")
-    if result.first_divergence:
+    if result.divergence_text():
         console.print(f"[yellow]→[/] {escape(result.divergence_text())}")
     source = f" from {result.input}" if result.input and not result.input.startswith("seeded") else ""
     table = Table(title=f"evidence (input {'x'.join(map(str, result.input_shape))}{escape(source)})",

@@ -1,26 +1,31 @@
-"""Find the first module, in execution order, whose output differs beyond rounding.
+"""Find the first module, in execution order, whose output differs beyond rounding, for any pair.
 
-Torch models: forward hooks record every module's output (per call) in float64 on both sides.
-ONNX against its source model: each module's last ONNX node (mapped back through the dynamo
-exporter's `name_scopes` metadata or the legacy exporter's scoped node names) becomes a graph
-output; ORT's float32 values are judged against the model's float64 ones, module by module,
-with each module's own float32 noise floor.
+Each side is read by the tracer that can read it (verify/module_values.py). The judgement then
+follows from what the two traces are:
+- both exact (torch programs run in float64: eager, TorchScript, ExportedProgram): the first
+  module value whose float64 difference exceeds EQUIVALENCE_RTOL relative;
+- one exact, one float32 (an ONNX graph against a torch program): the graph's float32 value
+  against the program's float64 one, judged against `factor` x that module's own float32 noise
+  floor (float32 vs float64 of the same program at that module);
+- both float32 (ONNX against ONNX): the two values against `factor` x the larger per-module floor
+  of the two, each measured as the spread between the runtime's alternative settings (ONNX
+  Runtime's optimisation levels) at that module. That is the estimator the output-level verdict of
+  an ONNX file already uses (verify.oracle.oracle_or_spread), so a module and the outputs are
+  judged on one scale; a scaled output difference would not do, since rounding does not grow
+  linearly through the network.
+Without a tracer for a side, or without module values the two sides share, the result says why.
 """
 
 from __future__ import annotations
 
-import ast
-from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from verify.structure import canonical_modules, fold_partner, type_name
+from verify.module_values import Side, Trace, canonical_name, to_numpy, tracer_for
+from verify.structure import fold_partner
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
-    from torch import nn
 
 EQUIVALENCE_RTOL = 1e-10
 """float64 outputs closer than this (relative to the output's scale) are the same function.
@@ -35,54 +40,145 @@ class Divergence:
     max_abs: float
     max_rel: float
     ratio: float | None = None
-    """For ONNX: error over that module's float32 noise floor."""
+    """Float32 judgements: the difference over that module's float32 noise floor."""
     fused_with: list[str] = field(default_factory=list)
-    """Modules the ONNX graph computes in the same node (e.g. a norm folded into its conv)."""
+    """Modules an ONNX graph computes in the same node (e.g. a norm folded into its conv)."""
+    judged: str = "float64"
+    """`float64` (relative difference of two float64 runs) or `float32-floor`."""
 
 
-def record_outputs(model: nn.Module, x: torch.Tensor, prefix: str = "") -> list[tuple[str, int, Any]]:
-    """(canonical name, call index, output) for every module call, in execution order."""
-    import torch
+@dataclass
+class Localisation:
+    divergence: Divergence | None
+    note: str = ""
+    """Why there is no first divergence, when there is none."""
 
-    names = {id(m): n for n, m in canonical_modules(model, prefix).items()}
-    records: list[tuple[str, int, Any]] = []
-    calls: Counter = Counter()
 
-    def hook(module, _inputs, output):
-        name = names.get(id(module))
-        if name is not None and isinstance(output, torch.Tensor):
-            records.append((name, calls[name], output.detach().clone()))
-            calls[name] += 1
+def localise(a: Side, b: Side, x: np.ndarray, factor: float) -> Localisation:
+    """The first diverging module between two sides, or why none can be named."""
+    tracers = [tracer_for(a), tracer_for(b)]
+    missing = [side for side, tracer in zip((a, b), tracers) if tracer is None]
+    if missing:
+        from verify.module_values import TRACERS
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if id(m) in names]
+        readers = "; ".join(TRACERS.get(name).reads for name in TRACERS)
+        what = " and ".join(f"a {side.kind} artifact ({side.artifact.label})" for side in missing)
+        return Localisation(None, f"first divergence: not available for {a.kind} vs {b.kind} because no "
+                                  f"tracer reads per-module values out of {what}; module values are read "
+                                  f"from {readers}")
+    ta, tb = tracers
+    assert ta is not None and tb is not None
     try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return records
+        if ta.exact and tb.exact:
+            traces = _aligned(_read(ta, a, x), _read(tb, b, x))
+            divergence = first_exact_divergence(*traces)
+            rule = f"float64 relative difference {EQUIVALENCE_RTOL:.0e}"
+        elif ta.exact or tb.exact:  # the exact side is the reference and measures the floors
+            exact, graph = (a, b) if ta.exact else (b, a)
+            ref = _read(ta if ta.exact else tb, exact, x, floors=True)
+            traces = _aligned(ref, _read(tb if ta.exact else ta, graph, x))
+            divergence = first_divergence_beyond_floor(*traces, factor, neighbours=True)
+            rule = f"{factor:g}x the module's float32 noise floor"
+        else:
+            traces = _aligned(_read(ta, a, x, floors=True), _read(tb, b, x, floors=True))
+            divergence = first_divergence_beyond_floor(*traces, factor, neighbours=False)
+            rule = f"{factor:g}x the module's float32 floor (spread of the runtime's alternative settings)"
+    except _Unreadable as exc:
+        return Localisation(None, f"first divergence: not available for {a.kind} vs {b.kind} because {exc}")
+    if divergence is not None:
+        return Localisation(divergence)
+    shared = _shared_count(*traces)
+    if not shared:
+        counts = f"{len(traces[0].values)} and {len(traces[1].values)} module values"
+        return Localisation(None, f"first divergence: not available for {a.kind} vs {b.kind} because the two "
+                                  f"sides share no module value ({counts}; a graph without module scopes "
+                                  "records none)")
+    return Localisation(None, f"first divergence: none of the {shared} module values both sides share differs "
+                              f"beyond {rule}: no single module accounts for it (it builds up gradually, or "
+                              "arises in code outside any module)")
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    diff = float((a - b).abs().max()) if a.numel() else 0.0
-    scale = float(b.abs().max()) if b.numel() else 0.0
+class _Unreadable(Exception):
+    """A tracer claimed a side but could not read it (the verdict stands; only the locating stops)."""
+
+
+def _read(tracer: Any, side: Side, x: np.ndarray, floors: bool = False) -> Trace:
+    try:
+        return tracer.trace(side, x, floors)
+    except Exception as exc:  # an unforeseen graph construct must not cost the user the verdict
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise _Unreadable(f"reading module values out of {side.artifact.label} failed: {first}") from exc
+
+
+# ---------------------------------------------------------------- matching the two sides
+
+def _shared_count(ref: Trace, other: Trace) -> int:
+    return sum(1 for name, call, _ in ref.values if _counterpart(name, call, ref, other, True)[1] is not None)
+
+
+def _aligned(a: Trace, b: Trace) -> tuple[Trace, Trace]:
+    """Strip a view prefix (`body.`) that only one side's names carry, when that lines them up:
+    a saved file does not say where the backbone sits, an eager model's names are canonical."""
+    names_a, names_b = {n for n, _, _ in a.values}, {n for n, _, _ in b.values}
+
+    def prefixes(names: set[str]) -> set[str]:
+        return {""} | {n.split(".", 1)[0] + "." for n in names if "." in n}
+
+    def overlap(pa: str, pb: str) -> int:
+        return len({canonical_name(n, pa) for n in names_a} & {canonical_name(n, pb) for n in names_b})
+
+    best = max(((pa, pb) for pa in prefixes(names_a) for pb in prefixes(names_b) if not (pa and pb)),
+               key=lambda pair: (overlap(*pair), pair == ("", "")))
+    return _renamed(a, best[0]), _renamed(b, best[1])
+
+
+def _renamed(trace: Trace, prefix: str) -> Trace:
+    if not prefix:
+        return trace
+    return Trace([(canonical_name(n, prefix), c, v) for n, c, v in trace.values], trace.exact,
+                 {(canonical_name(n, prefix), c): v for (n, c), v in trace.float32.items()},
+                 {(canonical_name(n, prefix), c): v for (n, c), v in trace.spread.items()},
+                 {canonical_name(n, prefix) for n in trace.passthrough},
+                 {canonical_name(n, prefix): canonical_name(p, prefix) for n, p in trace.fused.items()})
+
+
+def _counterpart(name: str, call: int, ref: Trace, other: Trace,
+                 aliases: bool) -> tuple[tuple[str, int] | None, Any]:
+    """The other side's value for `name`; with `aliases`, also where one graph computes a conv and
+    its norm in one node recorded under the norm and the other under the conv."""
+    if (name, call) in other.by_key:
+        return (name, call), other.by_key[(name, call)]
+    if aliases:
+        for key in [(ref.fused.get(name), call), *[(n, call) for n, p in other.fused.items() if p == name]]:
+            if key[0] is not None and key in other.by_key:
+                return key, other.by_key[key]  # type: ignore[return-value]
+    return None, None
+
+
+def _rel(value: Any, reference: Any) -> tuple[float, float]:
+    import numpy as np
+
+    a, b = to_numpy(value).astype(np.float64), to_numpy(reference).astype(np.float64)
+    diff = float(np.abs(a - b).max()) if a.size else 0.0
+    scale = float(np.abs(b).max()) if b.size else 0.0
     return diff, (diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")))
 
 
-def first_divergence_torch(a: nn.Module, a_prefix: str, b: nn.Module, b_prefix: str,
-                           x: torch.Tensor) -> Divergence | None:
-    """Both models in float64 on `x` (float64): the first module call whose outputs differ by
-    more than EQUIVALENCE_RTOL. Convolutions whose norm is folded on one side are judged at
-    the norm instead, where both sides compute the same quantity."""
-    records_a = record_outputs(a, x, a_prefix)
-    records_b = {(n, c): t for n, c, t in record_outputs(b, x, b_prefix)}
-    types_a, types_b = canonical_modules(a, a_prefix), canonical_modules(b, b_prefix)
-    folded = {fold_partner(n, types_a if type_name(types_a[n]) == "Identity" else types_b) for n in types_a
-              if n in types_b and "Identity" in (type_name(types_a[n]), type_name(types_b[n]))}
-    for name, call, out in records_a:
-        other = records_b.get((name, call))
-        if other is None or other.shape != out.shape or name in folded:
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape)
+
+
+# ---------------------------------------------------------------- the judgements
+
+def first_exact_divergence(a: Trace, b: Trace) -> Divergence | None:
+    """Both in float64: the first module call (in A's order) whose values differ by more than
+    EQUIVALENCE_RTOL. A conv whose norm is folded on one side only is judged at the norm, where
+    both sides compute the same quantity."""
+    folded = {fold_partner(n) for mine, theirs in ((a, b), (b, a)) for n in mine.passthrough
+              if n not in theirs.passthrough and any(k[0] == n for k in theirs.by_key)}
+    for name, call, out in a.values:
+        other = b.by_key.get((name, call))
+        if other is None or _shape(other) != _shape(out) or name in folded:
             continue
         max_abs, max_rel = _rel(out, other)
         if max_rel > EQUIVALENCE_RTOL:
@@ -90,104 +186,57 @@ def first_divergence_torch(a: nn.Module, a_prefix: str, b: nn.Module, b_prefix: 
     return None
 
 
-# ---------------------------------------------------------------- ONNX against its source model
+def first_divergence_beyond_floor(ref: Trace, other: Trace, factor: float,
+                                  neighbours: bool) -> Divergence | None:
+    """The first module call (in `ref`'s order) where `other`'s value is off by more than `factor`
+    times the module's float32 floor (the larger of the two sides' where both measured one, at
+    least one float32 ulp of the value's scale).
 
-def onnx_node_module(node: Any, module_names: set[str]) -> str | None:
-    """The source module a node came from, from either exporter's scope records."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":  # dynamo: ['', 'layer1', 'layer1.0', ..., op]
-            scopes = [s for s in ast.literal_eval(prop.value)[:-1] if s]
-            for scope in reversed(scopes):
-                if scope in module_names:
-                    return scope
-            return None
-    if node.name.startswith("/"):  # legacy: /layer1/layer1.0/conv1/Conv, /layer1/layer1.0/relu_1/Relu
-        path: list[str] = []
-        for segment in node.name.strip("/").split("/")[:-1]:
-            if path and segment.startswith(path[-1] + "."):  # a Sequential's child: layer1 -> layer1.0
-                path[-1] = segment
-            else:
-                path.append(segment)
-        while path:
-            name = ".".join(path)
-            stem = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
-            for candidate in (name, stem):
-                if candidate in module_names:
-                    return candidate
-            path.pop()
-    return None
-
-
-def onnx_module_values(model_path: Path, module_names: set[str]) -> dict[str, str]:
-    """module -> the ONNX value its last node produces (modules that map to one node run)."""
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    last: dict[str, str] = {}
-    for node in graph.node:
-        module = onnx_node_module(node, module_names)
-        while module:
-            last[module] = node.output[0]
-            module = module.rsplit(".", 1)[0] if "." in module else ""
-    return last
-
-
-def first_divergence_onnx(model_path: Path, input_name: str, x: np.ndarray, source: nn.Module,
-                          prefix: str, factor: float) -> Divergence | None:
-    """Run the ONNX file with each mapped module value exposed; the first module (in the
-    source's execution order) whose value is off by more than `factor` times that module's
-    own float32 noise floor, trying the next module too where a norm was folded into a conv."""
-    import copy
-
+    `neighbours` (a graph against the torch program it came from): an exporter may compute the
+    next module (a norm) in the same node, so the next module's value is tried too, and a
+    divergence is named at the first of the value-less leaf modules just before it (a conv
+    folded into its norm). Between two graphs, a conv and a norm fused into one node match
+    each other through the graphs' own records of the fusion."""
     import numpy as np
-    import torch
 
-    from verify.oracle import noise_floors
+    order = ref.values
+    names = {n for n, _, _ in order}
 
-    fp64 = record_outputs(copy.deepcopy(source).double(), torch.from_numpy(x).double(), prefix)
-    fp32 = {(n, c): t for n, c, t in record_outputs(source, torch.from_numpy(x), prefix)}
-    reused = {n for n, c, _ in fp64 if c > 0}  # e.g. a block's shared ReLU: no single ONNX value
-    order = [(n, t) for n, c, t in fp64 if n not in reused]
-    values = onnx_module_values(model_path, {n for n, _ in order})
-    if not any(n in values for n, _ in order):
-        return None
-    got = _run_with_intermediates(model_path, input_name, x, {values[n] for n, _ in order if n in values})
-    modules = canonical_modules(source, prefix)
-    for i, (name, ref64) in enumerate(order):
-        if name not in values:
+    def leaf(name: str) -> bool:
+        return not any(n.startswith(name + ".") for n in names)
+
+    for i, (name, call, _) in enumerate(order):
+        key, value = _counterpart(name, call, ref, other, aliases=not neighbours)
+        if value is None:
             continue
-        value = got[values[name]]
-        # the exporter may fold the next module (a norm) into this node, or this node may carry
-        # the modules just before it that have no node of their own (a conv folded into its norm)
-        candidates = [(name, ref64)] + ([order[i + 1]] if i + 1 < len(order) else [])
-        best = None
-        for cand_name, cand64 in candidates:
-            if tuple(cand64.shape) != value.shape:
+        candidates = [order[i]] + ([order[i + 1]] if neighbours and i + 1 < len(order) else [])
+        best: Divergence | None = None
+        for cand_name, cand_call, reference in candidates:
+            if _shape(reference) != _shape(value):
                 continue
-            ref = cand64.numpy()
-            floor = noise_floors({"o": fp32[(cand_name, 0)].numpy()}, {"o": ref})["o"]
-            max_abs, max_rel = _rel(torch.from_numpy(value.astype(np.float64)), torch.from_numpy(ref))
-            if best is None or max_abs / floor < best.ratio:
-                best = Divergence(name, 0, max_abs, max_rel, max_abs / floor)
-        if best is not None and best.ratio is not None and best.ratio > factor:
+            floors = [ref.floor(cand_name, cand_call),
+                      other.floor(*key) if key is not None and cand_name == name else None]
+            scale = float(np.abs(to_numpy(reference)).max(initial=0.0))
+            floor = max([f for f in floors if f] + [float(np.finfo(np.float32).eps) * scale]) or \
+                float(np.finfo(np.float32).eps)
+            max_abs, max_rel = _rel(value, reference)
+            if best is None or best.ratio is None or max_abs / floor < best.ratio:
+                best = Divergence(name, call, max_abs, max_rel, max_abs / floor, judged="float32-floor")
+        if best is None or best.ratio is None or best.ratio <= factor:
+            continue
+        if neighbours:
             group = [name]
             j = i - 1
-            while j >= 0 and order[j][0] not in values and not list(modules[order[j][0]].children()):
+            while j >= 0 and _counterpart(order[j][0], order[j][1], ref, other, False)[1] is None \
+                    and leaf(order[j][0]):
                 group.insert(0, order[j][0])
                 j -= 1
             best.module, best.fused_with = group[0], group[1:]
-            return best
+        else:
+            conv = ref.fused.get(name) or (key is not None and other.fused.get(key[0])) or None
+            if conv and conv not in names:
+                best.module, best.fused_with = conv, [name]
+            elif key is not None and key[0] != name:
+                best.fused_with = [key[0]]
+        return best
     return None
-
-
-def _run_with_intermediates(model_path: Path, input_name: str, x: np.ndarray,
-                            names: set[str]) -> dict[str, np.ndarray]:
-    import onnx
-    import onnxruntime as ort
-
-    model = onnx.load(str(model_path))
-    existing = {o.name for o in model.graph.output}
-    for name in sorted(names - existing):
-        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {input_name: x})))
