@@ -226,8 +226,8 @@ def test_same_export_again_replaces_silently_and_overwrite_replaces_another(tmp_
 
 def test_cli_enums_match_the_library():
     """The CLI's choices are the library's: a level or exporter added there must be added here."""
-    from exporter.onnx import ONNX_EXPORTERS
-    from exporter.torchscript import METHODS
+    from exporter.formats.onnx import OPSETS as ONNX_EXPORTERS
+    from exporter.formats.torchscript import METHODS
 
     from verify import options
     from verify.preflight import PROVIDERS

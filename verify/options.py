@@ -33,14 +33,14 @@ class OrtOptLevel(str, Enum):
 
 
 class OnnxExporter(str, Enum):
-    """torch's two ONNX exporters (exporter.onnx.ONNX_EXPORTERS)."""
+    """torch's two ONNX exporters (exporter.formats.onnx.OPSETS)."""
 
     dynamo = "dynamo"
     torchscript = "torchscript"
 
 
 class TorchScriptMethod(str, Enum):
-    """How the TorchScript file is made (exporter.torchscript.METHODS); the CLI spells it --trace."""
+    """How the TorchScript file is made (exporter.formats.torchscript.METHODS); the CLI spells it --trace."""
 
     script = "script"
     trace = "trace"
