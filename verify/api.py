@@ -15,7 +15,7 @@ from exporter.fsio import staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
 from verify.inputs import load_input, make_input
-from verify.oracle import Oracle, measure_oracle, oracle_or_spread
+from verify.oracle import NoiseFloor, Oracle, measure_oracle, oracle_or_spread
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
@@ -56,7 +56,7 @@ def _run(runtime_name: str, artifact: Artifact, inputs: dict, options: RuntimeOp
     return {"label": runtime.label, "outputs": outputs}
 
 
-def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, float],
+def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, NoiseFloor],
                 tolerance: Tolerance) -> list[PairResult]:
     pairs = []
     for i, first in enumerate(runs):
@@ -106,10 +106,10 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
                 for name in runtimes]
         with progress.step("Running the float64 oracle"):
             fp32 = _eager_fp32(runs, eager, inputs)
-            oracle = measure_oracle(eager, inputs, fp32)
+            oracle = measure_oracle(eager, inputs, fp32, settings.runtime)  # floors at the runs' precision
         assert oracle is not None
-        report.floors, report.floor_source = oracle.floors, oracle.source
-        report.pairs = _judge_runs(runs, oracle, oracle.floors, settings.tolerance)
+        report.floors, report.floor_source = oracle.noise, oracle.source
+        report.pairs = _judge_runs(runs, oracle, oracle.noise, settings.tolerance)
         report.notes = explain_pairs(report)
         from verify.manifest import write_artifact_folder
 
@@ -164,12 +164,15 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
         report.legend[short] = f"{text} on {run['label']}"
         run["label"] = short
         runs.append(run)
-        with progress.step(f"Measuring the float32 noise floor of {text}"):
-            oracles.append(oracle_or_spread(artifact, inputs, run["outputs"]))
-    floors = {}
+        with progress.step(f"Measuring the noise floor of {text}"):
+            # the run's own outputs are the float32 reference only for a CPU float32 run
+            fp32 = run["outputs"] if (settings.runtime.device, settings.runtime.precision) == ("cpu", "fp32") \
+                else None
+            oracles.append(oracle_or_spread(artifact, inputs, fp32, settings.runtime))
+    floors: dict[str, NoiseFloor] = {}
     for oracle in oracles:
-        for name, value in oracle.floors.items():
-            floors[name] = max(floors.get(name, 0.0), value)
+        for name, value in oracle.noise.items():
+            floors[name] = value.combine(floors.get(name))
     report.floors = floors
     report.floor_source = "; ".join(o.source for o in oracles)
     report.pairs = [compare_outputs(runs[0]["label"], runs[0]["outputs"], runs[1]["label"],
@@ -177,7 +180,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     for run, oracle in zip(runs, oracles):
         if oracle.outputs:
             report.pairs.append(compare_outputs(run["label"], run["outputs"], f"oracle({run['label']})",
-                                                oracle.outputs, settings.tolerance, oracle.floors,
+                                                oracle.outputs, settings.tolerance, oracle.noise,
                                                 kind="oracle"))
     report.notes = explain_pairs(report)
     return report

@@ -1,50 +1,189 @@
-"""The float64 reference and the float32 noise floor it measures.
+"""The float64 reference and the noise floors it measures.
 
 Running the eager model in float64 gives outputs whose own rounding error is ~1e-9 of float32's,
 so |eager fp32 - eager fp64| is the float32 error of this model on this input: its noise floor.
+At a reduced precision (TF32, bf16, fp16) the floor is |eager at that precision - eager fp64|.
+
+Floors are per channel where an output has one (NCHW, axis 1): rounding is largest in the channels
+with the largest activations, so one floor per output hides an error confined to a quiet channel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import math
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from verify.precision import EPS, describe
 
 if TYPE_CHECKING:
     import numpy as np
 
     from exporter.artifacts import Artifact
+    from verify.runtimes import RuntimeOptions
 
-FLOAT32_EPS = 2.0 ** -23
+FLOAT32_EPS = EPS["fp32"]
+CHANNEL_AXIS = 1
+"""Outputs with 4 dimensions are NCHW; their floors are per channel."""
+MIN_CHANNEL_ELEMENTS = 16
+"""A channel gets its own floor only with at least this many non-zero reference elements: a channel a
+ReLU has (nearly) zeroed shows its rounding in a handful of elements, too few to measure it from, and
+keeps its output's floor."""
+CHANNEL_FLOOR_SHARE = 0.2
+"""A channel's floor is at least this share of its output's floor: where a channel's elements are few or
+correlated (deep layers, constant images) its own maximum underestimates its rounding. Calibrated with
+bench/calibrate_auto.py (bench/results/calibrate-cpu-perchannel.log)."""
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseFloor:
+    """The noise floor of one output at one precision."""
+
+    value: float
+    """Per output: max |run - fp64|, at least one ulp (at this precision) of the output's scale."""
+    channels: np.ndarray | None = None
+    """Per channel (axis 1 of an NCHW output): max over N, H, W of |run - fp64|, at least
+    max(CHANNEL_FLOOR_SHARE x `value`, one ulp of the output's scale); `value` where the channel has
+    fewer than MIN_CHANNEL_ELEMENTS non-zero elements. None for outputs without channels."""
+    precision: str = "fp32"
+    float32: float | None = None
+    """The float32 per-output floor, when `precision` is not fp32: verdicts quote both ratios."""
+    rms: np.ndarray | None = None
+    """Per channel: RMS of |run - fp64| (recorded for calibration and reports; verdicts use `channels`)."""
+    ignored: int = 0
+    """Non-finite elements left out of the measurement (a NaN in the reference itself)."""
+
+    def __post_init__(self) -> None:
+        """Fail closed: a floor of zero, NaN or Inf (a tampered manifest, a bad caller) judges nothing."""
+        import numpy as np
+
+        from exporter.errors import UsageError
+
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) \
+                or not (math.isfinite(self.value) and self.value > 0):
+            raise UsageError(f"A noise floor must be a finite number > 0, got {self.value!r}")
+        if self.channels is not None and not (np.isfinite(self.channels).all() and (self.channels > 0).all()):
+            raise UsageError("Per-channel noise floors must be finite numbers > 0")
+
+    @classmethod
+    def of(cls, value: NoiseFloor | float | None) -> NoiseFloor | None:
+        """Accept a plain per-output float (manifests record those) as a floor without channels."""
+        if value is None or isinstance(value, NoiseFloor):
+            return value
+        return cls(float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value)
+
+    def channel_floor(self, channel: int | None) -> float:
+        return self.value if channel is None or self.channels is None else float(self.channels[channel])
+
+    def combine(self, other: NoiseFloor | None) -> NoiseFloor:
+        """The larger floor of two measurements, channel by channel where both have channels."""
+        import numpy as np
+
+        if other is None:
+            return self
+        channels = None
+        if self.channels is not None and other.channels is not None and self.channels.shape == other.channels.shape:
+            channels = np.maximum(self.channels, other.channels)
+        float32 = max((f.value if f.precision == "fp32" else f.float32 for f in (self, other)
+                       if f.precision == "fp32" or f.float32 is not None), default=None)
+        precision = max(self.precision, other.precision, key=lambda p: EPS.get(p, 0.0))  # the coarser one
+        return replace(self, value=max(self.value, other.value), channels=channels, precision=precision,
+                       float32=float32 if precision != "fp32" else None, rms=None,
+                       ignored=self.ignored + other.ignored)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: every number finite, or null with the reason beside it."""
+        data: dict[str, Any] = {"value": _finite(self.value), "precision": self.precision}
+        if self.float32 is not None:
+            data["float32"] = _finite(self.float32)
+        if self.channels is not None:
+            data["channels"] = [_finite(v) for v in self.channels.tolist()]
+            worst = int(self.channels.argmin())
+            data["quietest_channel"] = {"channel": worst, "floor": _finite(float(self.channels[worst]))}
+        if self.ignored:
+            data["ignored_nonfinite"] = self.ignored
+        nulls = [k for k, v in data.items() if v is None] + \
+            (["channels"] if None in (data.get("channels") or []) else [])
+        if nulls:
+            data["null_reason"] = f"{', '.join(nulls)}: not finite (a NaN or Inf in the measurement)"
+        return data
+
+    def describe(self) -> str:
+        return f"{describe(self.precision)} noise floor"
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def measure_floor(run: np.ndarray, fp64: np.ndarray, precision: str = "fp32",
+                  float32: float | None = None) -> NoiseFloor | None:
+    """The floor of one output: `run` (at `precision`) against its float64 reference."""
+    import numpy as np
+
+    if run.shape != fp64.shape or fp64.size == 0:
+        return None
+    ref = fp64.astype(np.float64)
+    err = np.abs(run.astype(np.float64) - ref)
+    finite = np.isfinite(err)
+    ignored = int((~finite).sum())
+    err = np.where(finite, err, 0.0)
+    scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0))
+    ulp = EPS[precision] * scale
+    value = max(float(err.max(initial=0.0)), ulp) or EPS[precision]
+    channels = rms = None
+    if ref.ndim == 4 and ref.shape[CHANNEL_AXIS] > 1:
+        axes = tuple(a for a in range(ref.ndim) if a != CHANNEL_AXIS)
+        own = err.max(axis=axes)
+        active = (np.isfinite(ref) & (ref != 0)).sum(axis=axes)
+        least = max(CHANNEL_FLOOR_SHARE * value, ulp, np.finfo(np.float64).tiny)
+        channels = np.where(active >= MIN_CHANNEL_ELEMENTS, np.maximum(own, least), value)
+        rms = np.sqrt((err ** 2).mean(axis=axes))
+    return NoiseFloor(value, channels, precision, float32, rms, ignored)
+
+
+def measure_floors(run: dict[str, np.ndarray], fp64: dict[str, np.ndarray], precision: str = "fp32",
+                   float32: dict[str, NoiseFloor] | None = None) -> dict[str, NoiseFloor]:
+    """Every output's floor; `float32` (the float32 floors) is quoted beside a reduced precision's."""
+    floors = {}
+    for name, ref in fp64.items():
+        if name not in run:
+            continue
+        fp32 = (float32 or {}).get(name)
+        floor = measure_floor(run[name], ref, precision, fp32.value if fp32 is not None else None)
+        if floor is not None:
+            floors[name] = floor
+    return floors
+
+
+def noise_floors(fp32: dict[str, np.ndarray], fp64: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per-output float32 floors as plain floats (the figure manifests record)."""
+    return {name: floor.value for name, floor in measure_floors(fp32, fp64).items()}
 
 
 @dataclass
 class Oracle:
     outputs: dict[str, np.ndarray]
     """float64 outputs."""
-    floors: dict[str, float]
-    """max |fp32 - fp64| per output, at least one float32 ulp of the output's scale."""
+    noise: dict[str, NoiseFloor]
+    """The floor of each output (per channel where it has channels), at `precision`."""
     source: str
     """How the floor was measured."""
+    precision: str = "fp32"
+    float32: dict[str, NoiseFloor] = field(default_factory=dict)
+    """The float32 floors (the same as `noise` at fp32)."""
+
+    @property
+    def floors(self) -> dict[str, float]:
+        """Per-output floors as plain floats, at `precision`."""
+        return {name: floor.value for name, floor in self.noise.items()}
 
 
-def noise_floors(fp32: dict[str, np.ndarray], fp64: dict[str, np.ndarray]) -> dict[str, float]:
-    import numpy as np
-
-    floors = {}
-    for name, ref in fp64.items():
-        if name not in fp32 or fp32[name].shape != ref.shape or ref.size == 0:
-            continue
-        err = np.abs(fp32[name].astype(np.float64) - ref)
-        err = err[np.isfinite(err)]
-        measured = float(err.max()) if err.size else 0.0
-        ulp = FLOAT32_EPS * float(np.abs(ref[np.isfinite(ref)]).max(initial=0.0))
-        floors[name] = max(measured, ulp) or FLOAT32_EPS
-    return floors
-
-
-def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray],
-                   fp32_outputs: dict[str, np.ndarray]) -> Oracle | None:
-    """Run `artifact` in float64 on CPU and measure the floor against its float32 outputs."""
+def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray], fp32_outputs: dict[str, np.ndarray] | None,
+                   options: RuntimeOptions | None = None) -> Oracle | None:
+    """Run `artifact` in float64 on CPU and measure the float32 floor against `fp32_outputs` (float32
+    on the CPU; None: run them here); with `options` at a reduced precision, also run the reference at
+    that precision (on its device) and measure that precision's floor, which the verdicts then use."""
     from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
     names = runtimes_for(artifact.format, float64=True)
@@ -52,31 +191,44 @@ def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray],
         return None
     runtime = make_runtime(names[0], RuntimeOptions(dtype="float64")).load(artifact)
     fp64 = runtime.run(inputs)
-    return Oracle(fp64, noise_floors(fp32_outputs, fp64), f"{runtime.label} vs {names[0]}")
+    if fp32_outputs is None:
+        fp32_outputs = make_runtime(names[0]).load(artifact).run(inputs)
+    float32 = measure_floors(fp32_outputs, fp64)
+    source = f"{runtime.label} vs {names[0]}"
+    precision = options.precision if options is not None else "fp32"
+    if precision == "fp32":
+        return Oracle(fp64, float32, source, "fp32", float32)
+    reduced = make_runtime(names[0], replace(options, dtype="float32")).load(artifact)
+    noise = measure_floors(reduced.run(inputs), fp64, precision, float32)
+    return Oracle(fp64, noise, f"{runtime.label} vs {reduced.label}", precision, float32)
 
 
-def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, float]:
+def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, NoiseFloor]:
     """Without a float64 run (an ONNX file alone), estimate the floor as the largest spread
     between several valid float32 evaluations of the same graph (e.g. ORT optimisation levels)."""
     import numpy as np
 
-    floors: dict[str, float] = {}
-    base = outputs[0]
+    floors: dict[str, NoiseFloor] = {}
+    base = {k: v.astype(np.float64) for k, v in outputs[0].items()}
     for other in outputs[1:]:
-        for name, value in noise_floors(other, {k: v.astype(np.float64) for k, v in base.items()}).items():
-            floors[name] = max(floors.get(name, 0.0), value)
+        for name, floor in measure_floors(other, base).items():
+            floors[name] = floor.combine(floors.get(name))
     return floors
 
 
-def oracle_or_spread(artifact: Artifact, inputs: dict[str, np.ndarray], fp32: dict[str, np.ndarray]) -> Oracle:
+def oracle_or_spread(artifact: Artifact, inputs: dict[str, np.ndarray], fp32: dict[str, np.ndarray] | None,
+                     options: RuntimeOptions | None = None) -> Oracle:
     """The float64 oracle where a runtime can run `artifact` in float64; otherwise (an ONNX file)
-    no reference outputs, and the floor from the spread of ONNX Runtime's optimisation levels."""
+    no reference outputs, and the float32 floor from the spread of ONNX Runtime's optimisation levels."""
     from verify.runtimes import RuntimeOptions, make_runtime
 
-    oracle = measure_oracle(artifact, inputs, fp32)
+    oracle = measure_oracle(artifact, inputs, fp32, options)
     if oracle is not None:
         return oracle
+    if fp32 is None:
+        fp32 = make_runtime("onnxruntime").load(artifact).run(inputs)
     others = [make_runtime("onnxruntime", RuntimeOptions(ort_opt_level=level)).load(artifact).run(inputs)
               for level in ("disable", "basic")]
     name = artifact.path.name if artifact.path else artifact.label
-    return Oracle({}, spread_floor([fp32, *others]), f"{name}: spread of ORT optimisation levels")
+    floors = spread_floor([fp32, *others])
+    return Oracle({}, floors, f"{name}: spread of ORT optimisation levels", "fp32", floors)

@@ -27,6 +27,9 @@ class RuntimeOptions:
     ort_opt_level: str = "all"
     tf32: bool | None = None
     """None keeps the framework's own default (PyTorch: cuDNN TF32 on; ORT CUDA: use_tf32=1)."""
+    precision: str = "fp32"
+    """fp32 | tf32 (CUDA) | bf16 | fp16: what the run computes in (verify/precision.py); a runtime that
+    cannot honour it refuses, and the floor is measured at it."""
 
 
 class Runtime:
