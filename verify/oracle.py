@@ -11,6 +11,7 @@ with the largest activations, so one floor per output hides an error confined to
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from verify.precision import EPS, describe
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
     from exporter.artifacts import Artifact
     from verify.runtimes import RuntimeOptions
@@ -116,18 +118,18 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def measure_floor(run: np.ndarray, fp64: np.ndarray, precision: str = "fp32",
-                  float32: float | None = None) -> NoiseFloor | None:
-    """The floor of one output: `run` (at `precision`) against its float64 reference."""
+def measure_floor(run: np.ndarray, fp64: np.ndarray, precision: str = "fp32", float32: float | None = None,
+                  samples: Sequence[np.ndarray] = ()) -> NoiseFloor | None:
+    """The floor of one output: `run` (at `precision`) against its float64 reference. `samples` are
+    other valid evaluations at the same precision (e.g. with norms folded into convolutions): their
+    rounding joins the channel floors, which never exceed the per-output floor of `run`."""
     import numpy as np
 
     if run.shape != fp64.shape or fp64.size == 0:
         return None
     ref = fp64.astype(np.float64)
-    err = np.abs(run.astype(np.float64) - ref)
-    finite = np.isfinite(err)
-    ignored = int((~finite).sum())
-    err = np.where(finite, err, 0.0)
+    err = _error(run, ref)
+    ignored = int((~np.isfinite(run.astype(np.float64) - ref)).sum())
     scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0))
     ulp = EPS[precision] * scale
     value = max(float(err.max(initial=0.0)), ulp) or EPS[precision]
@@ -135,25 +137,90 @@ def measure_floor(run: np.ndarray, fp64: np.ndarray, precision: str = "fp32",
     if ref.ndim == 4 and ref.shape[CHANNEL_AXIS] > 1:
         axes = tuple(a for a in range(ref.ndim) if a != CHANNEL_AXIS)
         own = err.max(axis=axes)
+        for sample in samples:
+            if sample.shape == ref.shape:
+                own = np.maximum(own, _error(sample, ref).max(axis=axes))
         active = (np.isfinite(ref) & (ref != 0)).sum(axis=axes)
         least = max(CHANNEL_FLOOR_SHARE * value, ulp, np.finfo(np.float64).tiny)
-        channels = np.where(active >= MIN_CHANNEL_ELEMENTS, np.maximum(own, least), value)
+        channels = np.where(active >= MIN_CHANNEL_ELEMENTS, np.clip(own, least, value), value)
         rms = np.sqrt((err ** 2).mean(axis=axes))
     return NoiseFloor(value, channels, precision, float32, rms, ignored)
 
 
+def _error(run: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """|run - ref|, with non-finite elements (a NaN in the reference itself) counted as 0."""
+    import numpy as np
+
+    err = np.abs(run.astype(np.float64) - ref)
+    return np.where(np.isfinite(err), err, 0.0)
+
+
 def measure_floors(run: dict[str, np.ndarray], fp64: dict[str, np.ndarray], precision: str = "fp32",
-                   float32: dict[str, NoiseFloor] | None = None) -> dict[str, NoiseFloor]:
+                   float32: dict[str, NoiseFloor] | None = None,
+                   samples: Sequence[dict[str, np.ndarray]] = ()) -> dict[str, NoiseFloor]:
     """Every output's floor; `float32` (the float32 floors) is quoted beside a reduced precision's."""
     floors = {}
     for name, ref in fp64.items():
         if name not in run:
             continue
         fp32 = (float32 or {}).get(name)
-        floor = measure_floor(run[name], ref, precision, fp32.value if fp32 is not None else None)
+        floor = measure_floor(run[name], ref, precision, fp32.value if fp32 is not None else None,
+                              [s[name] for s in samples if name in s])
         if floor is not None:
             floors[name] = floor
     return floors
+
+
+def folded_float32(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module | None:
+    """A float32 copy of `model` with each norm that directly follows a convolution folded into it,
+    in float32, as graph optimisers do (ONNX Runtime's basic level, TensorRT, torch.compile's freezing).
+    Folding rounds differently, so a correct folded runtime must not read as a bug; None when the
+    model has nothing to fold. Pairs are found by running it: the norm's input is the conv's output."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model).float().eval()
+    names = {id(m): n for n, m in model.named_modules()}
+    produced: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}
+    pairs: list[tuple[torch.nn.Module, torch.nn.Module]] = []
+
+    def after_conv(module, args, output):
+        produced[id(output)] = (module, output)  # the tensor is kept alive, so its id stays unique
+
+    def before_norm(module, args):
+        found = produced.get(id(args[0])) if args else None
+        if found is not None and found[1] is args[0]:
+            pairs.append((found[0], module))
+
+    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks += [m.register_forward_pre_hook(before_norm) for m in model.modules() if _is_frozen_norm(m)]
+    try:
+        with torch.inference_mode():
+            model(example[:1].float())
+    finally:
+        for hook in hooks:
+            hook.remove()
+        produced.clear()
+    if not pairs:
+        return None
+    with torch.no_grad():
+        for conv, norm in pairs:
+            ones = torch.ones_like(norm.running_var)
+            weight = norm.weight if norm.weight is not None else ones
+            bias = norm.bias if norm.bias is not None else torch.zeros_like(ones)
+            scale = weight * (norm.running_var + norm.eps).rsqrt()
+            conv.weight.mul_(scale.reshape(-1, *[1] * (conv.weight.dim() - 1)))
+            shift = bias - norm.running_mean * scale
+            conv.bias = torch.nn.Parameter(shift if conv.bias is None else conv.bias * scale + shift)
+            model.set_submodule(names[id(norm)], torch.nn.Identity())
+    return model
+
+
+def _is_frozen_norm(module: torch.nn.Module) -> bool:
+    """A norm with fixed statistics: BatchNorm in eval mode, or torchvision's FrozenBatchNorm2d."""
+    return all(hasattr(module, a) for a in ("running_mean", "running_var", "eps", "weight", "bias")) \
+        and not module.training and getattr(module, "running_var", None) is not None
 
 
 def noise_floors(fp32: dict[str, np.ndarray], fp64: dict[str, np.ndarray]) -> dict[str, float]:
@@ -193,7 +260,7 @@ def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray], fp32_outpu
     fp64 = runtime.run(inputs)
     if fp32_outputs is None:
         fp32_outputs = make_runtime(names[0]).load(artifact).run(inputs)
-    float32 = measure_floors(fp32_outputs, fp64)
+    float32 = measure_floors(fp32_outputs, fp64, samples=_folded_samples(artifact, inputs))
     source = f"{runtime.label} vs {names[0]}"
     precision = options.precision if options is not None else "fp32"
     if precision == "fp32":
@@ -201,6 +268,23 @@ def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray], fp32_outpu
     reduced = make_runtime(names[0], replace(options, dtype="float32")).load(artifact)
     noise = measure_floors(reduced.run(inputs), fp64, precision, float32)
     return Oracle(fp64, noise, f"{runtime.label} vs {reduced.label}", precision, float32)
+
+
+def _folded_samples(artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The model with its norms folded into its convolutions, run in float32: a second rounding sample
+    for the channel floors (only for a model in memory; a file is run as it is)."""
+    import torch
+
+    from verify.runtimes.torch_common import to_numpy_outputs
+
+    if artifact.built is None:
+        return []
+    x = torch.from_numpy(next(iter(inputs.values())))
+    folded = folded_float32(artifact.built.model, x)
+    if folded is None:
+        return []
+    with torch.inference_mode():
+        return [to_numpy_outputs(folded(x), artifact.meta.output_names)]
 
 
 def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, NoiseFloor]:
