@@ -43,7 +43,7 @@ from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.compare import AUTO_FACTOR, Tolerance, compare_outputs
-from verify.oracle import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor, measure_floors
+from verify.oracle import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor, folded_samples, measure_floors
 from verify.runtimes import RuntimeOptions, make_runtime
 
 ORT_LEVELS = ("disable", "basic", "extended", "all")
@@ -107,7 +107,7 @@ def correct_runs(built: BuiltModel, shape, inputs_by_kind: dict[str, np.ndarray]
         inputs = {"input": x}
         runs = {name: rt.run(inputs) for name, rt in runtimes}
         fp64 = oracle_rt.run(inputs)
-        floors = measure_floors(runs["eager"], fp64)
+        floors = measure_floors(runs["eager"], fp64, samples=folded_samples(eager, inputs))  # as verify does
         table = {f"{name}~oracle": ratios(out, fp64, floors) for name, out in runs.items()}
         names = list(runs)
         for i, a in enumerate(names):
@@ -220,7 +220,7 @@ def bug_ratios(built: BuiltModel, shape, picks_per_stage: int, seed: int, other:
     eager = eager_artifact(built, shape)
     clean = make_runtime("eager").load(eager).run(x)
     fp64 = make_runtime("eager", RuntimeOptions(dtype="float64")).load(eager).run(x)
-    floors = measure_floors(clean, fp64)
+    floors = measure_floors(clean, fp64, samples=folded_samples(eager, x))
     rows = []
     for label, bug in pick_bugs(built.model, picks_per_stage, np.random.default_rng(seed), other):
         with broken(built.model, bug):

@@ -260,7 +260,7 @@ def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray], fp32_outpu
     fp64 = runtime.run(inputs)
     if fp32_outputs is None:
         fp32_outputs = make_runtime(names[0]).load(artifact).run(inputs)
-    float32 = measure_floors(fp32_outputs, fp64, samples=_folded_samples(artifact, inputs))
+    float32 = measure_floors(fp32_outputs, fp64, samples=folded_samples(artifact, inputs))
     source = f"{runtime.label} vs {names[0]}"
     precision = options.precision if options is not None else "fp32"
     if precision == "fp32":
@@ -270,7 +270,7 @@ def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray], fp32_outpu
     return Oracle(fp64, noise, f"{runtime.label} vs {reduced.label}", precision, float32)
 
 
-def _folded_samples(artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+def folded_samples(artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """The model with its norms folded into its convolutions, run in float32: a second rounding sample
     for the channel floors (only for a model in memory; a file is run as it is)."""
     import torch
