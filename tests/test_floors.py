@@ -136,6 +136,18 @@ def test_combine_takes_the_larger_floor_channel_by_channel():
     assert a.combine(None) is a
 
 
+def test_a_floor_survives_json_and_a_malformed_record_is_refused():
+    ref, run = loud_and_quiet()
+    floor = measure_floor(run, ref)
+    back = NoiseFloor.from_dict(json.loads(json.dumps(floor.to_dict())))
+    assert back.value == floor.value and back.channels.tolist() == floor.channels.tolist()
+    assert NoiseFloor.from_dict(2.5e-6).value == 2.5e-6 and NoiseFloor.from_dict(2.5e-6).channels is None
+    for bad in ({"value": None}, {"channels": [1.0]}, {"value": 1.0, "channels": [1.0, None]},
+                {"value": 1.0, "channels": [1.0, "x"]}, {"value": 1.0, "precision": "fp8"}, "1e-6"):
+        with pytest.raises(UsageError):
+            NoiseFloor.from_dict(bad)
+
+
 @pytest.mark.parametrize("value", [0.0, -1.0, math.nan, math.inf])
 def test_a_floor_that_judges_nothing_is_refused(value):
     with pytest.raises(UsageError, match="noise floor must be a finite number > 0"):

@@ -66,6 +66,8 @@ class NoiseFloor:
             raise UsageError(f"A noise floor must be a finite number > 0, got {self.value!r}")
         if self.channels is not None and not (np.isfinite(self.channels).all() and (self.channels > 0).all()):
             raise UsageError("Per-channel noise floors must be finite numbers > 0")
+        if self.precision not in EPS:
+            raise UsageError(f"Unknown precision {self.precision!r} for a noise floor; use one of {', '.join(EPS)}")
 
     @classmethod
     def of(cls, value: NoiseFloor | float | None) -> NoiseFloor | None:
@@ -73,6 +75,28 @@ class NoiseFloor:
         if value is None or isinstance(value, NoiseFloor):
             return value
         return cls(float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | float) -> NoiseFloor:
+        """Read back `to_dict()`, or a plain per-output float (what older manifests record); anything
+        malformed (a null, a NaN, a string) is refused rather than judged against."""
+        import numpy as np
+
+        from exporter.errors import UsageError
+
+        if not isinstance(data, dict):
+            return cls.of(data)
+        try:
+            channels = data.get("channels")
+            if channels is not None:
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in channels):
+                    raise TypeError("channels")
+                channels = np.asarray(channels, dtype=np.float64)
+            float32 = data.get("float32")
+            return cls(data["value"], channels, data.get("precision", "fp32"),
+                       None if float32 is None else float(float32))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"Malformed noise floor record ({exc}); re-export the artifact") from None
 
     def channel_floor(self, channel: int | None) -> float:
         return self.value if channel is None or self.channels is None else float(self.channels[channel])
