@@ -228,7 +228,6 @@ def test_cli_enums_match_the_library():
     """The CLI's choices are the library's: a level or exporter added there must be added here."""
     from exporter.formats.onnx import OPSETS as ONNX_EXPORTERS
     from exporter.formats.torchscript import METHODS
-
     from verify import options
     from verify.preflight import PROVIDERS
     from verify.runtimes import DEVICES

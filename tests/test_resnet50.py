@@ -1,4 +1,5 @@
-"""The few full-size checks: ResNet-50 at 1x3x224x224, as the product's main job runs it."""
+"""The few full-size checks: ResNet-50 at 1x3x224x224, as the product's main job runs it, and the
+measured case behind per-channel floors (resnet34 at 320x256)."""
 
 import numpy as np
 import pytest
@@ -37,4 +38,24 @@ def test_auto_fails_an_export_with_one_channel_off_by_a_thousandth(layer, channe
     pair = report.pairs[0]
     assert not pair.passed
     assert pair.worst.ratio > AUTO_FACTOR
+    assert any("beyond rounding" in note for note in report.notes)
+
+
+def test_auto_fails_a_thousandth_in_one_channel_of_resnet34s_last_block(tmp_path):
+    """Issue 8's measured case: 0.1 % weight error in one output channel of a convolution in the last
+    block of resnet34 (fused norm, 320x256 input). Under one floor per output it stays below the factor
+    (the per-output rule passed it); against each channel's own floor it is far beyond. Channel 416 of
+    layer4.2.conv1 is the least visible of 40 seeded picks in that block (bench/calibrate_auto.py)."""
+    spec, shape = ModelSpec("resnet34", "fused", "body"), (1, 3, 320, 256)
+    broken = build_model(spec, load_weights("synthetic", "resnet34"))
+    with torch.no_grad():
+        broken.model.get_submodule("layer4.2.conv1").weight[416] *= 1.001
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    onnx = export_model(broken, eager_artifact(broken, shape).meta, x, tmp_path,
+                        ExportOptions(onnx_exporter="torchscript"), "onnx")
+    report = compare(str(onnx.path), str(spec), RunSettings(shape=shape))
+    pair = report.pairs[0]
+    assert not pair.passed
+    assert pair.worst.output_ratio < AUTO_FACTOR < pair.worst.ratio
+    assert pair.worst.channel is not None
     assert any("beyond rounding" in note for note in report.notes)

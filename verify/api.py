@@ -17,7 +17,7 @@ from exporter.fsio import path_kind, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
 from verify.inputs import NamedInput, load_inputs, seeded_input
-from verify.oracle import Oracle, measure_oracle, oracle_or_spread
+from verify.oracle import NoiseFloor, Oracle, measure_oracle, oracle_or_spread
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for, runtimes_for_formats
@@ -80,7 +80,7 @@ def _run(runtime_name: str, artifact: Artifact, feeds: list[dict], options: Runt
     return [{"label": runtime.label, "outputs": out} for out in outputs]
 
 
-def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, float],
+def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, NoiseFloor],
                 tolerance: Tolerance) -> list[PairResult]:
     pairs = []
     for i, first in enumerate(runs):
@@ -111,7 +111,14 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
     spec.validate()
     export.validate()
     available = [eager_format_name(), *export.formats]
-    runtimes = list(runtimes or runtimes_for_formats(available))
+    precision = settings.runtime.precision
+    if runtimes:
+        unable = [name for name in runtimes if precision not in runtime_class(name).precisions]
+        if unable:
+            raise UsageError(f"{', '.join(unable)} cannot run at {precision}; drop --runtime {unable[0]} or verify "
+                             f"it at {' or '.join(runtime_class(unable[0]).precisions)}")
+    runtimes = list(runtimes or [name for name in runtimes_for_formats(available)
+                                 if precision in runtime_class(name).precisions])
     formats = {}
     for name in runtimes:
         runnable = [fmt for fmt in available if fmt in runtime_class(name).formats]
@@ -149,11 +156,11 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
                 runs_i = [per_input[i] for per_input in runs]
                 require_some_finite_run(runs_i, item.label)
                 fp32 = _eager_fp32(runs_i, eager, feed)
-                oracle = measure_oracle(eager, feed, fp32)
+                oracle = measure_oracle(eager, feed, fp32, settings.runtime)  # floors at the runs' precision
                 assert oracle is not None
-                judged.append((fp32, oracle, _judge_runs(runs_i, oracle, oracle.floors, settings.tolerance)))
+                judged.append((fp32, oracle, _judge_runs(runs_i, oracle, oracle.noise, settings.tolerance)))
         fp32, oracle, _ = judged[0]
-        report.floors, report.floor_source = oracle.floors, oracle.source
+        report.floors, report.floor_source = oracle.noise, oracle.source
         report.pairs = worst_over_inputs([pairs for _, _, pairs in judged], named, report)
         report.notes = explain_pairs(report)
         from verify.manifest import write_artifact_folder
@@ -270,8 +277,11 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
         for run in side_runs:
             run["label"] = short
         runs.append(side_runs)
-        with progress.step(f"Measuring the float32 noise floor of {text}"):
-            oracles.append([oracle_or_spread(artifact, feed, run["outputs"]) for feed, run in zip(feeds, side_runs)])
+        # the run's own outputs are the float32 reference only for a CPU float32 run
+        cpu_fp32 = (settings.runtime.device, settings.runtime.precision) == ("cpu", "fp32")
+        with progress.step(f"Measuring the noise floor of {text}"):
+            oracles.append([oracle_or_spread(artifact, feed, run["outputs"] if cpu_fp32 else None, settings.runtime)
+                            for feed, run in zip(feeds, side_runs)])
     judged = []
     for i, item in enumerate(named):
         require_some_finite_run([runs[0][i], runs[1][i]], item.label)
@@ -283,18 +293,18 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
 
 
 def _compare_pair(runs: list[dict], oracles: list[Oracle], tolerance: Tolerance
-                  ) -> tuple[dict[str, float], str, list[PairResult]]:
+                  ) -> tuple[dict[str, NoiseFloor], str, list[PairResult]]:
     """A against B on one input (on the larger of their floors), and each against its own oracle."""
-    floors: dict[str, float] = {}
+    floors: dict[str, NoiseFloor] = {}
     for oracle in oracles:
-        for name, value in oracle.floors.items():
-            floors[name] = max(floors.get(name, 0.0), value)
+        for name, value in oracle.noise.items():
+            floors[name] = value.combine(floors.get(name))
     pairs = [compare_outputs(runs[0]["label"], runs[0]["outputs"], runs[1]["label"], runs[1]["outputs"],
                              tolerance, floors)]
     for run, oracle in zip(runs, oracles):
         if oracle.outputs:
             pairs.append(compare_outputs(run["label"], run["outputs"], f"oracle({run['label']})", oracle.outputs,
-                                         tolerance, oracle.floors, kind="oracle"))
+                                         tolerance, oracle.noise, kind="oracle"))
     return floors, "; ".join(o.source for o in oracles), pairs
 
 

@@ -132,7 +132,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _settings(weights: str, seed: int, shape: str | None, input_path: Path | None, normalize: bool,
               device: opt.Device, ort_opt_level: opt.OrtOptLevel, tf32: bool | None, decimal: int | None,
-              rtol: float | None, atol: float | None, factor: float | None):
+              rtol: float | None, atol: float | None, factor: float | None,
+              precision: opt.Precision = opt.Precision.fp32):
     from exporter.spec import parse_shape
     from verify.api import RunSettings
     from verify.compare import Tolerance
@@ -141,7 +142,8 @@ def _settings(weights: str, seed: int, shape: str | None, input_path: Path | Non
     return RunSettings(
         weights=weights, seed=seed, shape=parse_shape(shape) if shape else None, input_file=input_path,
         normalize=normalize,
-        runtime=RuntimeOptions(device=device.value, ort_opt_level=ort_opt_level.value, tf32=tf32),
+        runtime=RuntimeOptions(device=device.value, ort_opt_level=ort_opt_level.value, tf32=tf32,
+                               precision=precision.value),
         tolerance=Tolerance.from_options(decimal, rtol, atol, factor),
     )
 
@@ -179,6 +181,7 @@ def export(
     device: opt.DeviceOption = opt.Device.cpu,
     ort_opt_level: opt.OrtOpt = opt.OrtOptLevel.all,
     tf32: opt.Tf32 = None,
+    precision: opt.PrecisionOption = opt.Precision.fp32,
     decimal: opt.Decimal = None,
     rtol: opt.Rtol = None,
     atol: opt.Atol = None,
@@ -201,7 +204,7 @@ def export(
         raise UsageError(f"--json {json_path} is inside the export folder {folder}, which the export replaces; "
                          "write it elsewhere")
     settings = _settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
-                         atol, factor)
+                         atol, factor, precision)
     method = opt.TorchScriptMethod.trace if trace else opt.TorchScriptMethod.script
     options = ExportOptions(formats=tuple(fmt or default_formats()), dynamic=not static, format_options=(
         TorchScriptOptions(method.value), OnnxOptions(onnx_exporter.value, opset), AotiOptions(device.value)))
@@ -226,6 +229,7 @@ def compare(
     device: opt.DeviceOption = opt.Device.cpu,
     ort_opt_level: opt.OrtOpt = opt.OrtOptLevel.all,
     tf32: opt.Tf32 = None,
+    precision: opt.PrecisionOption = opt.Precision.fp32,
     decimal: opt.Decimal = None,
     rtol: opt.Rtol = None,
     atol: opt.Atol = None,
@@ -237,7 +241,7 @@ def compare(
     from verify.api import compare as run_compare
 
     settings = _settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
-                         atol, factor)
+                         atol, factor, precision)
     _finish(run_compare(a, b, settings, progress=RichProgress(err_console)), json_path, verbose)
 
 

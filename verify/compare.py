@@ -1,8 +1,9 @@
 """Statistics and verdicts for one pair of outputs. Results are data; rendering is elsewhere.
 
 Three tolerance modes:
-- `auto` (default): pass when max |a - b| <= AUTO_FACTOR x the float32 noise floor, the
-  floor being max |eager fp32 - eager fp64| measured on this model and this input.
+- `auto` (default): pass when |a - b| <= AUTO_FACTOR x the noise floor everywhere, the floor being
+  |eager - eager fp64| measured on this model and this input, per channel where the output has
+  channels (verify/oracle.py), per output otherwise. The ratio is the worst channel's.
 - `decimal`: exactly `numpy.testing.assert_array_almost_equal(actual, desired, decimal)`.
 - `allclose`: exactly `numpy.testing.assert_allclose(actual, desired, rtol, atol)`.
 In every mode a NaN or Inf fails, even where numpy would accept matching NaNs.
@@ -11,21 +12,23 @@ In every mode a NaN or Inf fails, even where numpy would accept matching NaNs.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
+from verify.oracle import NoiseFloor
+from verify.precision import describe as describe_precision
 
 if TYPE_CHECKING:
     import numpy as np
 
 AUTO_FACTOR = 4.0
-"""Measured with bench/calibrate_auto.py on this project's synthetic weights, 1x3x224x224
-(bench/results/): correct float32 runs (eager, TorchScript, ORT with all or no graph
-optimisations, both ONNX exporters; every backbone x norm, every view of resnet50) stay within
-1.83x the floor on CPU and 2.2x on an H100 without TF32, pair against pair; a 0.1 % weight error
-in one output channel of one layer2/layer3 convolution of ResNet-50 gives 7.9x at the least and
-39x at the median over 30 seeded picks. 4 sits between, about 2x from each."""
+"""Placeholder until bench/calibrate_auto.py reruns (see below)."""
+MODES = ("auto", "decimal", "allclose")
+DECIMAL_RANGE = (-10, 20)
+"""numpy's bound is 1.5 x 10**-decimal: from 1.5e10 (no check at activation scale) down to 1.5e-20
+(exact equality for any value that matters); anything outside is a typo, refused."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,24 @@ class Tolerance:
     rtol: float = 1e-7
     atol: float = 0.0
     factor: float = AUTO_FACTOR
+
+    def __post_init__(self) -> None:
+        """Fail closed: a tolerance that could pass anything (NaN, Inf, negative) never exists."""
+        if self.mode not in MODES:
+            raise UsageError(f"Unknown tolerance mode {self.mode!r}; use one of {', '.join(MODES)}")
+        for name in ("rtol", "atol", "factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UsageError(f"--{name} must be a finite number, got {value!r}")
+        if self.rtol < 0 or self.atol < 0:
+            raise UsageError("--rtol and --atol must be >= 0")
+        if self.factor <= 0:
+            raise UsageError(f"--factor must be > 0, got {self.factor!r}")
+        if self.mode == "decimal" or self.decimal is not None:
+            low, high = DECIMAL_RANGE
+            if isinstance(self.decimal, bool) or not isinstance(self.decimal, int) \
+                    or not low <= self.decimal <= high:
+                raise UsageError(f"--decimal must be an integer from {low} to {high}, got {self.decimal!r}")
 
     @classmethod
     def from_options(cls, decimal: int | None = None, rtol: float | None = None,
@@ -46,20 +67,16 @@ class Tolerance:
         if decimal is not None:
             return cls(mode="decimal", decimal=decimal)
         if rtol is not None or atol is not None:
-            if (rtol or 0) < 0 or (atol or 0) < 0:
-                raise UsageError("--rtol and --atol must be >= 0")
             # numpy.testing.assert_allclose's own defaults: rtol=1e-7, atol=0
-            return cls(mode="allclose", rtol=1e-7 if rtol is None else rtol, atol=atol or 0.0)
-        if factor is not None and factor <= 0:
-            raise UsageError("--factor must be > 0")
-        return cls(factor=factor or AUTO_FACTOR)
+            return cls(mode="allclose", rtol=1e-7 if rtol is None else rtol, atol=0.0 if atol is None else atol)
+        return cls(factor=AUTO_FACTOR if factor is None else factor)
 
     def describe(self) -> str:
         if self.mode == "decimal":
             return f"decimal={self.decimal} (|a-b| < {1.5 * 10.0 ** -self.decimal:.1e})"
         if self.mode == "allclose":
             return f"rtol={self.rtol:g}, atol={self.atol:g}"
-        return f"auto: |a-b| <= {self.factor:g} x float32 noise floor"
+        return f"auto: |a-b| <= {self.factor:g} x noise floor, per channel"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,13 +98,25 @@ class OutputComparison:
     """NaN or Inf elements on either side (they never pass)."""
     total: int = 0
     worst_index: list[int] | None = None
+    """Where |a-b| is largest, with both values."""
     worst_a: float | None = None
     worst_b: float | None = None
     floor: float | None = None
+    """The output's floor (per output, at `precision`)."""
     ratio: float | None = None
-    """max_abs / floor: how many float32 noise floors apart."""
+    """How many noise floors apart: the worst channel's max |a-b| over its own floor where the floor
+    has channels, else max_abs / floor."""
+    channel: int | None = None
+    """The worst channel (the one `ratio` comes from), where judged per channel."""
+    channel_floor: float | None = None
+    output_ratio: float | None = None
+    """max_abs / the output's floor: the per-output figure, for comparison with `ratio`."""
+    precision: str = "fp32"
+    """The precision the floor was measured at."""
+    float32_ratio: float | None = None
+    """max_abs / the float32 floor, when `precision` is not fp32."""
     allowed: float | None = None
-    """The absolute bound applied (auto and decimal modes)."""
+    """The absolute bound applied (auto and decimal modes; in auto, at the worst channel)."""
     needed: str = ""
     """The least tolerance in this mode that would have passed."""
 
@@ -95,10 +124,38 @@ class OutputComparison:
     def mismatch_fraction(self) -> float:
         return self.mismatched / self.total if self.total else 0.0
 
+    @property
+    def where(self) -> str:
+        """The output, and its worst channel where judged per channel: `layer4[c=17]`."""
+        return self.name if self.channel is None else f"{self.name}[c={self.channel}]"
+
+    def verdict(self) -> str:
+        """One phrase: `agrees at BF16 precision (1.1x the BF16 floor; 900x the float32 floor)`."""
+        word = "agrees" if self.passed else "differs"
+        if self.ratio is None:
+            return f"{word}{': ' + self.reason if self.reason else ''}"
+        name = describe_precision(self.precision)
+        text = f"{word} at {name} precision ({self.ratio:.1f}x the {name} floor"
+        if self.float32_ratio is not None:
+            text += f"; {self.float32_ratio:.0f}x the float32 floor"
+        return text + ")"
+
     def to_dict(self) -> dict:
-        data = asdict(self)
+        data = _json_safe(asdict(self))
         data["mismatch_fraction"] = self.mismatch_fraction
+        data["where"] = self.where
+        data["verdict"] = self.verdict()
         return data
+
+
+def _json_safe(data: dict[str, Any]) -> dict[str, Any]:
+    """Non-finite numbers become null, with the reason in `null_reason` (JSON has no NaN)."""
+    nulls = {key: "NaN" if math.isnan(value) else "Inf" for key, value in data.items()
+             if isinstance(value, float) and not math.isfinite(value)}
+    if nulls:
+        data.update(dict.fromkeys(nulls))
+        data["null_reason"] = ", ".join(f"{key}: {why}" for key, why in nulls.items())
+    return data
 
 
 @dataclass
@@ -118,23 +175,29 @@ class PairResult:
         return max(self.outputs, key=lambda o: (not o.passed, o.ratio or 0.0, o.max_abs or 0.0))
 
     def to_dict(self) -> dict:
+        worst = self.worst if self.outputs else None
         return {"a": self.a, "b": self.b, "kind": self.kind, "passed": self.passed,
+                "worst": None if worst is None else {"output": worst.name, "channel": worst.channel,
+                                                      "ratio": _finite_or_none(worst.ratio)},
                 "outputs": [o.to_dict() for o in self.outputs]}
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
+def _finite_or_none(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def compare_arrays(name: str, actual: np.ndarray, desired: np.ndarray, tolerance: Tolerance,
-                   floor: float | None = None) -> OutputComparison:
-    """Judge `actual` against `desired` (the reference side) under `tolerance`."""
+                   floor: NoiseFloor | float | None = None) -> OutputComparison:
+    """Judge `actual` against `desired` (the reference side) under `tolerance`. `floor` is a
+    NoiseFloor (per channel where it has channels) or a plain per-output float."""
     import numpy as np
 
+    noise = NoiseFloor.of(floor)
     if not (np.issubdtype(actual.dtype, np.floating) and np.issubdtype(desired.dtype, np.floating)):
         actual, desired = actual.astype(np.float64), desired.astype(np.float64)  # no integer wrap-around
     result = OutputComparison(name, list(actual.shape), list(desired.shape), passed=False,
-                              total=int(desired.size), floor=floor)
+                              total=int(desired.size), floor=noise.value if noise else None,
+                              precision=noise.precision if noise else "fp32")
     if actual.shape != desired.shape:
         result.reason = f"shape {tuple(actual.shape)} vs {tuple(desired.shape)}"
         result.mismatched = result.total
@@ -152,10 +215,9 @@ def compare_arrays(name: str, actual: np.ndarray, desired: np.ndarray, tolerance
         result.max_rel = result.max_abs / scale if scale > 0 else (0.0 if result.max_abs == 0 else None)
     else:
         result.max_abs = result.mean_abs = result.max_rel = 0.0
-    if floor:
-        result.ratio = _finite_or_none(result.max_abs / floor)
+    bound = _floor_ratios(diff, noise, tolerance, result)
 
-    mismatch, passed = _judge(actual, desired, diff, tolerance, floor, result)
+    mismatch, passed = _judge(actual, desired, diff, tolerance, bound, result)
     result.nonfinite = int((~finite).sum())
     result.mismatched = int((mismatch | ~finite).sum())
     result.passed = passed and result.nonfinite == 0
@@ -168,8 +230,31 @@ def compare_arrays(name: str, actual: np.ndarray, desired: np.ndarray, tolerance
     return result
 
 
+def _floor_ratios(diff: np.ndarray, noise: NoiseFloor | None, tolerance: Tolerance,
+                  result: OutputComparison) -> np.ndarray | None:
+    """Fill the ratios to the floor; return auto mode's elementwise bound (per channel where the
+    floor has channels that fit this output), or None without a floor."""
+    import numpy as np
+
+    if not noise:
+        return None
+    result.output_ratio = _finite_or_none(result.max_abs / noise.value)
+    if noise.float32:
+        result.float32_ratio = _finite_or_none(result.max_abs / noise.float32)
+    channels = noise.channels
+    if channels is None or diff.ndim != 4 or diff.shape[1] != channels.shape[0] or not diff.size:
+        result.ratio = result.output_ratio
+        return np.asarray(tolerance.factor * noise.value)
+    per_channel = diff.max(axis=(0, 2, 3)) / channels
+    worst = int(np.argmax(per_channel))
+    result.ratio = _finite_or_none(float(per_channel[worst]))
+    if per_channel[worst] > 0:  # no channel to name where the two are identical
+        result.channel, result.channel_floor = worst, float(channels[worst])
+    return tolerance.factor * channels.reshape(1, -1, 1, 1)
+
+
 def _judge(actual: np.ndarray, desired: np.ndarray, diff: np.ndarray, tolerance: Tolerance,
-           floor: float | None, result: OutputComparison) -> tuple[np.ndarray, bool]:
+           bound: np.ndarray | None, result: OutputComparison) -> tuple[np.ndarray, bool]:
     """Elementwise mismatches and the verdict; numpy itself decides in its two modes."""
     import numpy as np
 
@@ -192,10 +277,9 @@ def _judge(actual: np.ndarray, desired: np.ndarray, diff: np.ndarray, tolerance:
         result.needed = f"atol>={_round_up(need_atol):.3g} at rtol={tolerance.rtol:g}"
         return mismatch, _numpy_passes(np.testing.assert_allclose, actual, desired,
                                        rtol=tolerance.rtol, atol=tolerance.atol)
-    if floor is None:
+    if bound is None:
         raise UsageError("auto tolerance needs a measured noise floor; pass --decimal or --rtol/--atol")
-    bound = tolerance.factor * floor
-    result.allowed = bound
+    result.allowed = tolerance.factor * (result.floor if result.channel_floor is None else result.channel_floor)
     if result.ratio is not None:
         result.needed = f"factor>={result.ratio:.3g}"
     mismatch = diff > bound
@@ -224,7 +308,7 @@ def _numpy_passes(check, actual: np.ndarray, desired: np.ndarray, **kwargs) -> b
 
 
 def compare_outputs(a_label: str, a: dict[str, np.ndarray], b_label: str, b: dict[str, np.ndarray],
-                    tolerance: Tolerance, floors: dict[str, float] | None = None,
+                    tolerance: Tolerance, floors: Mapping[str, NoiseFloor | float] | None = None,
                     kind: str = "runtime", require_all: bool = False) -> PairResult:
     """Compare the outputs both sides share, in `b`'s order; `b` is the reference side.
     With `require_all` (two runs of one model, or a run against its goldens) an output missing

@@ -1,15 +1,26 @@
-"""Say what a pair's numbers mean: rounding, TF32, or a real difference."""
+"""Say what a pair's numbers mean: rounding, reduced precision (TF32, bf16, fp16), or a real difference."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from verify.precision import describe
+
 if TYPE_CHECKING:
     from verify.compare import PairResult
     from verify.report import Report
 
-TF32_RATIO_RANGE = (30.0, 1e5)
-"""TF32 keeps 10 mantissa bits to float32's 23: measured 1068x (eager) and 1477x (ORT) on an H100 (bench/results)."""
+REDUCED_PRECISION_RATIOS = {"tf32": (300.0, 6000.0), "fp16": (300.0, 8000.0), "bf16": (3000.0, 80000.0)}
+"""Largest error of a run at each precision, as a multiple of the float32 per-output floor, measured with
+margin on either side: TF32 on an H100 1068x (eager) and 1477x (ORT); CPU autocast over resnet18/50 at
+64..224 px: fp16 907x..2486x, bf16 6797x..18811x (bench/results). TF32 and fp16 share 10 mantissa bits."""
+TF32_RATIO_RANGE = REDUCED_PRECISION_RATIOS["tf32"]
+
+
+def reduced_precisions(ratio: float, device: str | None) -> list[str]:
+    """The precisions whose error is the size of `ratio` (x the float32 floor); TF32 only on CUDA."""
+    return [p for p, (low, high) in REDUCED_PRECISION_RATIOS.items()
+            if low <= ratio <= high and (p != "tf32" or device == "cuda")]
 
 
 def explain_pair(pair: PairResult, report: Report) -> str:
@@ -19,16 +30,28 @@ def explain_pair(pair: PairResult, report: Report) -> str:
     ratio = worst.ratio
     if pair.passed:
         return ""
+    head = f"{pair.a} vs {pair.b}: {worst.where}"
     if ratio is None or worst.nonfinite or worst.reason.startswith(("shape", "output missing")):
         return f"{pair.a} vs {pair.b}: {worst.name}: {worst.reason}"
+    precision = describe(worst.precision)
     if ratio <= factor:
-        return (f"{pair.a} vs {pair.b}: {worst.name} fails {report.settings['tolerance_text']} but is "
-                f"{ratio:.1f}x the float32 noise floor: this is rounding, and the tolerance asks for more "
-                f"than float32 can give at this output scale (needs {worst.needed})")
-    cuda = report.settings.get("runtime", {}).get("device") == "cuda"
-    tf32 = report.settings.get("runtime", {}).get("tf32")
-    if cuda and tf32 is not False and TF32_RATIO_RANGE[0] <= ratio <= TF32_RATIO_RANGE[1]:
-        return (f"{pair.a} vs {pair.b}: {worst.name} is {ratio:.0f}x the float32 noise floor, the size "
-                "TF32 convolutions give on CUDA; rerun with --no-tf32 to verify at float32")
-    return (f"{pair.a} vs {pair.b}: {worst.name} is {ratio:.0f}x the float32 noise floor: beyond rounding, "
-            "the two compute different functions (weights, norm eps or an export changed the maths)")
+        return (f"{head} fails {report.settings['tolerance_text']} but is {ratio:.1f}x the {precision} noise "
+                f"floor: this is rounding, and the tolerance asks for more than {precision} can give at this "
+                f"output scale (needs {worst.needed})")
+    runtime = report.settings.get("runtime", {})
+    device, tf32 = runtime.get("device"), runtime.get("tf32")
+    output_ratio = worst.output_ratio if worst.output_ratio is not None else ratio
+    if worst.precision == "fp32":
+        sizes = reduced_precisions(output_ratio, device)
+        if device == "cuda" and tf32 is not False and "tf32" in sizes:
+            return (f"{head} is {output_ratio:.0f}x the float32 noise floor, the size TF32 convolutions give on "
+                    "CUDA: to verify what you deploy, rerun with --precision tf32; --no-tf32 verifies at float32")
+        if sizes:
+            names = " or ".join(describe(p) for p in sizes)
+            flags = " or ".join(f"--precision {p}" for p in sizes)
+            return (f"{head} is {output_ratio:.0f}x the float32 noise floor, the size {names} computation gives: "
+                    f"if that is the precision you deploy, verify it with {flags}")
+    where = f"{ratio:.0f}x its channel's {precision} noise floor" if worst.channel is not None \
+        else f"{ratio:.0f}x the {precision} noise floor"
+    return (f"{head} is {where}: beyond rounding, the two compute different functions (weights, norm eps "
+            "or an export changed the maths)")

@@ -16,6 +16,15 @@ from exporter.norms import NORMS
 from verify import bounds
 
 
+class Precision(str, Enum):
+    """What every run computes in and what the verdict is judged at (verify/precision.py PRECISIONS)."""
+
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class Device(str, Enum):
     """Where every runtime runs (the oracle stays on the CPU); also preflight's --provider."""
 
@@ -251,6 +260,9 @@ Normalize = Annotated[bool, typer.Option(
     help="Images: ImageNet mean/std after ToTensor's [0, 1] scaling; --no-normalize gives ToTensor() exactly")]
 DeviceOption = Annotated[Device, typer.Option(help="For every runtime (the oracle stays on the CPU)")]
 OrtOpt = Annotated[OrtOptLevel, typer.Option(help="ONNX Runtime graph optimisation level")]
+PrecisionOption = Annotated[Precision, typer.Option(
+    "--precision", help="fp32, tf32 (CUDA), bf16 or fp16: every run at this precision, judged on the floor "
+                        "measured at it (the deployment's precision)")]
 Tf32 = Annotated[bool | None, typer.Option("--tf32/--no-tf32",
                                            help="TF32 on CUDA [default: each framework's own default]")]
 Decimal = Annotated[int | None, typer.Option(

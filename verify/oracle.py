@@ -1,50 +1,280 @@
-"""The float64 reference and the float32 noise floor it measures.
+"""The float64 reference and the noise floors it measures.
 
 Running the eager model in float64 gives outputs whose own rounding error is ~1e-9 of float32's,
 so |eager fp32 - eager fp64| is the float32 error of this model on this input: its noise floor.
+At a reduced precision (TF32, bf16, fp16) the floor is |eager at that precision - eager fp64|.
+
+Floors are per channel where an output has one (NCHW, axis 1): rounding is largest in the channels
+with the largest activations, so one floor per output hides an error confined to a quiet channel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from verify.precision import EPS, describe
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
     from exporter.artifacts import Artifact
+    from verify.runtimes import RuntimeOptions
 
-FLOAT32_EPS = 2.0 ** -23
+FLOAT32_EPS = EPS["fp32"]
+CHANNEL_AXIS = 1
+"""Outputs with 4 dimensions are NCHW; their floors are per channel."""
+MIN_CHANNEL_ELEMENTS = 16
+"""A channel gets its own floor only with at least this many non-zero reference elements: a channel a
+ReLU has (nearly) zeroed shows its rounding in a handful of elements, too few to measure it from, and
+keeps its output's floor."""
+CHANNEL_FLOOR_SHARE = 0.2
+"""A channel's floor is at least this share of its output's floor: where a channel's elements are few or
+correlated (deep layers, constant images) its own maximum underestimates its rounding. Calibrated with
+bench/calibrate_auto.py (bench/results/calibrate-cpu-perchannel.log)."""
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseFloor:
+    """The noise floor of one output at one precision."""
+
+    value: float
+    """Per output: max |run - fp64|, at least one ulp (at this precision) of the output's scale."""
+    channels: np.ndarray | None = None
+    """Per channel (axis 1 of an NCHW output): max over N, H, W of |run - fp64|, at least
+    max(CHANNEL_FLOOR_SHARE x `value`, one ulp of the output's scale); `value` where the channel has
+    fewer than MIN_CHANNEL_ELEMENTS non-zero elements. None for outputs without channels."""
+    precision: str = "fp32"
+    float32: float | None = None
+    """The float32 per-output floor, when `precision` is not fp32: verdicts quote both ratios."""
+    rms: np.ndarray | None = None
+    """Per channel: RMS of |run - fp64| (recorded for calibration and reports; verdicts use `channels`)."""
+    ignored: int = 0
+    """Non-finite elements left out of the measurement (a NaN in the reference itself)."""
+
+    def __post_init__(self) -> None:
+        """Fail closed: a floor of zero, NaN or Inf (a tampered manifest, a bad caller) judges nothing."""
+        import numpy as np
+
+        from exporter.errors import UsageError
+
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) \
+                or not (math.isfinite(self.value) and self.value > 0):
+            raise UsageError(f"A noise floor must be a finite number > 0, got {self.value!r}")
+        if self.channels is not None and not (np.isfinite(self.channels).all() and (self.channels > 0).all()):
+            raise UsageError("Per-channel noise floors must be finite numbers > 0")
+        if self.precision not in EPS:
+            raise UsageError(f"Unknown precision {self.precision!r} for a noise floor; use one of {', '.join(EPS)}")
+
+    @classmethod
+    def of(cls, value: NoiseFloor | float | None) -> NoiseFloor | None:
+        """Accept a plain per-output float (manifests record those) as a floor without channels."""
+        if value is None or isinstance(value, NoiseFloor):
+            return value
+        return cls(float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | float) -> NoiseFloor:
+        """Read back `to_dict()`, or a plain per-output float (what older manifests record); anything
+        malformed (a null, a NaN, a string) is refused rather than judged against."""
+        import numpy as np
+
+        from exporter.errors import UsageError
+
+        if not isinstance(data, dict):
+            return cls.of(data)
+        try:
+            channels = data.get("channels")
+            if channels is not None:
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in channels):
+                    raise TypeError("channels")
+                channels = np.asarray(channels, dtype=np.float64)
+            float32 = data.get("float32")
+            return cls(data["value"], channels, data.get("precision", "fp32"),
+                       None if float32 is None else float(float32))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"Malformed noise floor record ({exc}); re-export the artifact") from None
+
+    def channel_floor(self, channel: int | None) -> float:
+        return self.value if channel is None or self.channels is None else float(self.channels[channel])
+
+    def combine(self, other: NoiseFloor | None) -> NoiseFloor:
+        """The larger floor of two measurements, channel by channel where both have channels."""
+        import numpy as np
+
+        if other is None:
+            return self
+        channels = None
+        if self.channels is not None and other.channels is not None and self.channels.shape == other.channels.shape:
+            channels = np.maximum(self.channels, other.channels)
+        float32 = max((f.value if f.precision == "fp32" else f.float32 for f in (self, other)
+                       if f.precision == "fp32" or f.float32 is not None), default=None)
+        precision = max(self.precision, other.precision, key=lambda p: EPS.get(p, 0.0))  # the coarser one
+        return replace(self, value=max(self.value, other.value), channels=channels, precision=precision,
+                       float32=float32 if precision != "fp32" else None, rms=None,
+                       ignored=self.ignored + other.ignored)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: every number finite, or null with the reason beside it."""
+        data: dict[str, Any] = {"value": _finite(self.value), "precision": self.precision}
+        if self.float32 is not None:
+            data["float32"] = _finite(self.float32)
+        if self.channels is not None:
+            data["channels"] = [_finite(v) for v in self.channels.tolist()]
+            worst = int(self.channels.argmin())
+            data["quietest_channel"] = {"channel": worst, "floor": _finite(float(self.channels[worst]))}
+        if self.ignored:
+            data["ignored_nonfinite"] = self.ignored
+        nulls = [k for k, v in data.items() if v is None] + \
+            (["channels"] if None in (data.get("channels") or []) else [])
+        if nulls:
+            data["null_reason"] = f"{', '.join(nulls)}: not finite (a NaN or Inf in the measurement)"
+        return data
+
+    def describe(self) -> str:
+        return f"{describe(self.precision)} noise floor"
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def measure_floor(run: np.ndarray, fp64: np.ndarray, precision: str = "fp32", float32: float | None = None,
+                  samples: Sequence[np.ndarray] = ()) -> NoiseFloor | None:
+    """The floor of one output: `run` (at `precision`) against its float64 reference. `samples` are
+    other valid evaluations at the same precision (e.g. with norms folded into convolutions): their
+    rounding joins the channel floors, which never exceed the per-output floor of `run`."""
+    import numpy as np
+
+    if run.shape != fp64.shape or fp64.size == 0:
+        return None
+    ref = fp64.astype(np.float64)
+    err = _error(run, ref)
+    ignored = int((~np.isfinite(run.astype(np.float64) - ref)).sum())
+    scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0))
+    ulp = EPS[precision] * scale
+    value = max(float(err.max(initial=0.0)), ulp) or EPS[precision]
+    channels = rms = None
+    if ref.ndim == 4 and ref.shape[CHANNEL_AXIS] > 1:
+        axes = tuple(a for a in range(ref.ndim) if a != CHANNEL_AXIS)
+        own = err.max(axis=axes)
+        for sample in samples:
+            if sample.shape == ref.shape:
+                own = np.maximum(own, _error(sample, ref).max(axis=axes))
+        active = (np.isfinite(ref) & (ref != 0)).sum(axis=axes)
+        least = max(CHANNEL_FLOOR_SHARE * value, ulp, np.finfo(np.float64).tiny)
+        channels = np.where(active >= MIN_CHANNEL_ELEMENTS, np.clip(own, least, value), value)
+        rms = np.sqrt((err ** 2).mean(axis=axes))
+    return NoiseFloor(value, channels, precision, float32, rms, ignored)
+
+
+def _error(run: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """|run - ref|, with non-finite elements (a NaN in the reference itself) counted as 0."""
+    import numpy as np
+
+    err = np.abs(run.astype(np.float64) - ref)
+    return np.where(np.isfinite(err), err, 0.0)
+
+
+def measure_floors(run: dict[str, np.ndarray], fp64: dict[str, np.ndarray], precision: str = "fp32",
+                   float32: dict[str, NoiseFloor] | None = None,
+                   samples: Sequence[dict[str, np.ndarray]] = ()) -> dict[str, NoiseFloor]:
+    """Every output's floor; `float32` (the float32 floors) is quoted beside a reduced precision's."""
+    floors = {}
+    for name, ref in fp64.items():
+        if name not in run:
+            continue
+        fp32 = (float32 or {}).get(name)
+        floor = measure_floor(run[name], ref, precision, fp32.value if fp32 is not None else None,
+                              [s[name] for s in samples if name in s])
+        if floor is not None:
+            floors[name] = floor
+    return floors
+
+
+def folded_float32(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module | None:
+    """A float32 copy of `model` with each norm that directly follows a convolution folded into it,
+    in float32, as graph optimisers do (ONNX Runtime's basic level, TensorRT, torch.compile's freezing).
+    Folding rounds differently, so a correct folded runtime must not read as a bug; None when the
+    model has nothing to fold. Pairs are found by running it: the norm's input is the conv's output."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model).float().eval()
+    names = {id(m): n for n, m in model.named_modules()}
+    produced: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}
+    pairs: list[tuple[torch.nn.Module, torch.nn.Module]] = []
+
+    def after_conv(module, args, output):
+        produced[id(output)] = (module, output)  # the tensor is kept alive, so its id stays unique
+
+    def before_norm(module, args):
+        found = produced.get(id(args[0])) if args else None
+        if found is not None and found[1] is args[0]:
+            pairs.append((found[0], module))
+
+    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks += [m.register_forward_pre_hook(before_norm) for m in model.modules() if _is_frozen_norm(m)]
+    try:
+        with torch.inference_mode():
+            model(example[:1].float())
+    finally:
+        for hook in hooks:
+            hook.remove()
+        produced.clear()
+    if not pairs:
+        return None
+    with torch.no_grad():
+        for conv, norm in pairs:
+            ones = torch.ones_like(norm.running_var)
+            weight = norm.weight if norm.weight is not None else ones
+            bias = norm.bias if norm.bias is not None else torch.zeros_like(ones)
+            scale = weight * (norm.running_var + norm.eps).rsqrt()
+            conv.weight.mul_(scale.reshape(-1, *[1] * (conv.weight.dim() - 1)))
+            shift = bias - norm.running_mean * scale
+            conv.bias = torch.nn.Parameter(shift if conv.bias is None else conv.bias * scale + shift)
+            model.set_submodule(names[id(norm)], torch.nn.Identity())
+    return model
+
+
+def _is_frozen_norm(module: torch.nn.Module) -> bool:
+    """A norm with fixed statistics: BatchNorm in eval mode, or torchvision's FrozenBatchNorm2d."""
+    return all(hasattr(module, a) for a in ("running_mean", "running_var", "eps", "weight", "bias")) \
+        and not module.training and getattr(module, "running_var", None) is not None
+
+
+def noise_floors(fp32: dict[str, np.ndarray], fp64: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per-output float32 floors as plain floats (the figure manifests record)."""
+    return {name: floor.value for name, floor in measure_floors(fp32, fp64).items()}
 
 
 @dataclass
 class Oracle:
     outputs: dict[str, np.ndarray]
     """float64 outputs."""
-    floors: dict[str, float]
-    """max |fp32 - fp64| per output, at least one float32 ulp of the output's scale."""
+    noise: dict[str, NoiseFloor]
+    """The floor of each output (per channel where it has channels), at `precision`."""
     source: str
     """How the floor was measured."""
+    precision: str = "fp32"
+    float32: dict[str, NoiseFloor] = field(default_factory=dict)
+    """The float32 floors (the same as `noise` at fp32)."""
+
+    @property
+    def floors(self) -> dict[str, float]:
+        """Per-output floors as plain floats, at `precision`."""
+        return {name: floor.value for name, floor in self.noise.items()}
 
 
-def noise_floors(fp32: dict[str, np.ndarray], fp64: dict[str, np.ndarray]) -> dict[str, float]:
-    import numpy as np
-
-    floors = {}
-    for name, ref in fp64.items():
-        if name not in fp32 or fp32[name].shape != ref.shape or ref.size == 0:
-            continue
-        err = np.abs(fp32[name].astype(np.float64) - ref)
-        err = err[np.isfinite(err)]
-        measured = float(err.max()) if err.size else 0.0
-        ulp = FLOAT32_EPS * float(np.abs(ref[np.isfinite(ref)]).max(initial=0.0))
-        floors[name] = max(measured, ulp) or FLOAT32_EPS
-    return floors
-
-
-def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray],
-                   fp32_outputs: dict[str, np.ndarray]) -> Oracle | None:
-    """Run `artifact` in float64 on CPU and measure the floor against its float32 outputs."""
+def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray], fp32_outputs: dict[str, np.ndarray] | None,
+                   options: RuntimeOptions | None = None) -> Oracle | None:
+    """Run `artifact` in float64 on CPU and measure the float32 floor against `fp32_outputs` (float32
+    on the CPU; None: run them here); with `options` at a reduced precision, also run the reference at
+    that precision (on its device) and measure that precision's floor, which the verdicts then use."""
     from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
     names = runtimes_for(artifact.format, float64=True)
@@ -52,35 +282,64 @@ def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray],
         return None
     runtime = make_runtime(names[0], RuntimeOptions(dtype="float64")).load(artifact)
     fp64 = runtime.run(inputs)
-    return Oracle(fp64, noise_floors(fp32_outputs, fp64), f"{runtime.label} vs {names[0]}")
+    if fp32_outputs is None:
+        fp32_outputs = make_runtime(names[0]).load(artifact).run(inputs)
+    float32 = measure_floors(fp32_outputs, fp64, samples=folded_samples(artifact, inputs))
+    source = f"{runtime.label} vs {names[0]}"
+    precision = options.precision if options is not None else "fp32"
+    if precision == "fp32":
+        return Oracle(fp64, float32, source, "fp32", float32)
+    reduced = make_runtime(names[0], replace(options, dtype="float32")).load(artifact)
+    noise = measure_floors(reduced.run(inputs), fp64, precision, float32)
+    return Oracle(fp64, noise, f"{runtime.label} vs {reduced.label}", precision, float32)
 
 
-def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, float]:
+def folded_samples(artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The model with its norms folded into its convolutions, run in float32: a second rounding sample
+    for the channel floors (only for a model in memory; a file is run as it is)."""
+    import torch
+
+    from verify.runtimes.torch_common import to_numpy_outputs
+
+    if artifact.built is None:
+        return []
+    x = torch.from_numpy(next(iter(inputs.values())))
+    folded = folded_float32(artifact.built.model, x)
+    if folded is None:
+        return []
+    with torch.inference_mode():
+        return [to_numpy_outputs(folded(x), artifact.meta.output_names)]
+
+
+def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, NoiseFloor]:
     """Without a float64 run (an ONNX file alone), estimate the floor as the largest spread
     between several valid float32 evaluations of the same graph (e.g. ORT optimisation levels)."""
     import numpy as np
 
-    floors: dict[str, float] = {}
-    base = outputs[0]
+    floors: dict[str, NoiseFloor] = {}
+    base = {k: v.astype(np.float64) for k, v in outputs[0].items()}
     for other in outputs[1:]:
-        for name, value in noise_floors(other, {k: v.astype(np.float64) for k, v in base.items()}).items():
-            floors[name] = max(floors.get(name, 0.0), value)
+        for name, floor in measure_floors(other, base).items():
+            floors[name] = floor.combine(floors.get(name))
     return floors
 
 
-def oracle_or_spread(artifact: Artifact, inputs: dict[str, np.ndarray], fp32: dict[str, np.ndarray]) -> Oracle:
+def oracle_or_spread(artifact: Artifact, inputs: dict[str, np.ndarray], fp32: dict[str, np.ndarray] | None,
+                     options: RuntimeOptions | None = None) -> Oracle:
     """The float64 oracle where a runtime can run `artifact` in float64; otherwise (an ONNX file)
-    no reference outputs, and the floor from the spread of the runtime's alternative settings
+    no reference outputs, and the float32 floor from the spread of the runtime's alternative settings
     (e.g. ONNX Runtime's graph optimisation levels)."""
     from verify.runtimes import make_runtime, runtimes_for
 
-    oracle = measure_oracle(artifact, inputs, fp32)
+    oracle = measure_oracle(artifact, inputs, fp32, options)
     if oracle is not None:
         return oracle
     name = artifact.path.name if artifact.path else artifact.label
     runner = runtimes_for(artifact.format)[0]
-    alternatives = make_runtime(runner).alternatives()
-    others = [make_runtime(runner, options).load(artifact).run(inputs) for options in alternatives]
+    if fp32 is None:
+        fp32 = make_runtime(runner).load(artifact).run(inputs)
+    others = [make_runtime(runner, alt).load(artifact).run(inputs) for alt in make_runtime(runner).alternatives()]
     if not others:
         return Oracle({}, {}, f"{name}: no float64 run and no alternative settings to measure a floor")
-    return Oracle({}, spread_floor([fp32, *others]), f"{name}: spread of {runner}'s alternative settings")
+    floors = spread_floor([fp32, *others])
+    return Oracle({}, floors, f"{name}: spread of {runner}'s alternative settings", "fp32", floors)

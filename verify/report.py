@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from verify.compare import OutputComparison, PairResult
+from verify.oracle import NoiseFloor
+from verify.precision import describe as describe_precision
 
 SCHEMA_VERSION = 1
 
@@ -39,7 +41,8 @@ class Report:
     input: dict[str, Any]
     runs: list[RunRecord] = field(default_factory=list)
     pairs: list[PairResult] = field(default_factory=list)
-    floors: dict[str, float] = field(default_factory=dict)
+    floors: dict[str, NoiseFloor | float] = field(default_factory=dict)
+    """Per output: a NoiseFloor (per channel where the output has channels) or a plain float."""
     floor_source: str = ""
     artifacts: dict[str, str] = field(default_factory=dict)
     legend: dict[str, str] = field(default_factory=dict)
@@ -63,13 +66,27 @@ class Report:
             "settings": self.settings,
             "input": self.input,
             "versions": self.versions,
-            "noise_floor": {"source": self.floor_source, "per_output": self.floors},
+            "noise_floor": self.floor_dict(),
             "runs": [vars(r) for r in self.runs],
             "pairs": [p.to_dict() for p in self.pairs],
             "artifacts": self.artifacts,
             "legend": self.legend,
             "notes": self.notes,
         }
+
+
+    @property
+    def precision(self) -> str:
+        """The precision the floors were measured at (fp32 unless a run asked for another)."""
+        floors = [NoiseFloor.of(f) for f in self.floors.values()]
+        return next((f.precision for f in floors if f is not None), "fp32")
+
+    def floor_dict(self) -> dict[str, Any]:
+        """`per_output` keeps the plain per-output floats readers expect; `detail` adds the channels."""
+        floors = {name: NoiseFloor.of(value) for name, value in self.floors.items()}
+        return {"source": self.floor_source, "precision": self.precision,
+                "per_output": {name: f.to_dict()["value"] for name, f in floors.items() if f is not None},
+                "detail": {name: f.to_dict() for name, f in floors.items() if f is not None}}
 
 
 def write_json_report(data: dict[str, Any], path: Path) -> None:
@@ -97,32 +114,43 @@ def render_pairs(report: Report, console: Any, verbose: bool = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(f"{report.command}: {report.settings.get('tolerance_text', '')}"),
-                  title_justify="left")
+    precision = describe_precision(report.precision)
+    title = f"{report.command}: {report.settings.get('tolerance_text', '')}"
+    if report.precision != "fp32":
+        title += f", at {precision} precision"
+    table = Table(title=escape(title), title_justify="left")
     table.add_column("pair", overflow="fold")
     table.add_column("output", no_wrap=True)
     for column in ("max abs", "max rel", "mismatched", "x floor"):
         table.add_column(column, justify="right", no_wrap=True)
+    if report.precision != "fp32":
+        table.add_column("x fp32 floor", justify="right", no_wrap=True)
     table.add_column("verdict")
     for pair in report.pairs:
         rows = pair.outputs if verbose else [pair.worst]
         for i, out in enumerate(rows):
-            table.add_row(
-                escape(f"{pair.a} vs {pair.b}") if i == 0 else "", escape(out.name),
-                _num(out.max_abs), _num(out.max_rel),
-                f"{out.mismatch_fraction:.2%}", _num(out.ratio, ".1f"), verdict_text(out),
-                end_section=verbose and i == len(rows) - 1,
-            )
+            cells = [escape(f"{pair.a} vs {pair.b}") if i == 0 else "", escape(out.where),
+                     _num(out.max_abs), _num(out.max_rel), f"{out.mismatch_fraction:.2%}", _num(out.ratio, ".1f")]
+            if report.precision != "fp32":
+                cells.append(_num(out.float32_ratio, ".0f"))
+            table.add_row(*cells, verdict_text(out), end_section=verbose and i == len(rows) - 1)
     for short, meaning in report.legend.items():
         console.print(f"{escape(short)} = {escape(meaning)}")
     console.print(table)
     if report.floors:
-        floors = ", ".join(f"{name} {value:.2e}" for name, value in report.floors.items())
-        console.print(f"[dim]float32 noise floor ({escape(report.floor_source)}): {floors}[/]")
+        floors = {name: NoiseFloor.of(value) for name, value in report.floors.items()}
+        text = ", ".join(f"{name} {f.value:.2e}" for name, f in floors.items() if f is not None)
+        per_channel = " (per output; each channel is judged on its own floor)" \
+            if any(f is not None and f.channels is not None for f in floors.values()) else ""
+        console.print(f"[dim]{precision} noise floor ({escape(report.floor_source)}): {text}{per_channel}[/]")
     for note in report.notes:
         console.print(f"[yellow]•[/] {escape(note)}")
     failed = [p for p in report.pairs if not p.passed]
     if failed:
         console.print(f"[bold red]✗ {len(failed)} of {len(report.pairs)} pairs disagree[/]")
+    elif report.pairs:
+        worst = max((p.worst for p in report.pairs), key=lambda o: o.ratio or 0.0)
+        console.print(f"[bold green]✓ all {len(report.pairs)} pairs agree[/] "
+                      f"[dim](worst: {escape(worst.where)} {escape(worst.verdict())})[/]")
     else:
-        console.print(f"[bold green]✓ all {len(report.pairs)} pairs agree[/]")
+        console.print("[bold red]✗ no pairs were judged[/]")

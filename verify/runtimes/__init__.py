@@ -27,6 +27,9 @@ class RuntimeOptions:
     ort_opt_level: str = "all"
     tf32: bool | None = None
     """None keeps the framework's own default (PyTorch: cuDNN TF32 on; ORT CUDA: use_tf32=1)."""
+    precision: str = "fp32"
+    """fp32 | tf32 (CUDA) | bf16 | fp16: what the run computes in (verify/precision.py); a runtime that
+    cannot honour it refuses, and the floor is measured at it."""
 
 
 class Runtime:
@@ -34,6 +37,8 @@ class Runtime:
 
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "tf32", "bf16", "fp16")
+    """The precisions this runtime can honour (verify/precision.py): asking another is refused."""
     supports_float64: ClassVar[bool] = False
     """Can run the artifact in float64 (and so serve as the oracle)."""
 

@@ -20,9 +20,24 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
     formats = ("onnx",)
+    precisions = ("fp32", "tf32")  # the exported float32 graph as it is; use_tf32 on CUDA
+
+    def __init__(self, options: RuntimeOptions | None = None) -> None:
+        from verify.precision import check_precision
+
+        super().__init__(options)
+        check_precision(self.options.precision, self.options.device, self.options.tf32)
+        if self.options.precision in ("bf16", "fp16"):
+            # ORT runs each node in its graph's dtypes: a float32 graph stays float32, and a run at a
+            # precision other than the one asked must never count as a pass
+            raise UsageError(f"ONNX Runtime runs the exported float32 graph as it is; it cannot run it at "
+                             f"{self.options.precision}. Verify ONNX Runtime at fp32 (or tf32 on CUDA), "
+                             f"and the torch runtimes at {self.options.precision}")
 
     def _label_details(self) -> list[str]:
         details = super()._label_details()
+        if self.options.precision != "fp32":
+            details.append(self.options.precision)
         if self.options.ort_opt_level != "all":
             details.append(f"opt={self.options.ort_opt_level}")
         return details
@@ -52,7 +67,8 @@ class OnnxRuntime(Runtime):
         session_options.log_severity_level = 3
         providers: list = [wanted]
         if self.options.device == "cuda":
-            cuda_options = {} if self.options.tf32 is None else {"use_tf32": int(self.options.tf32)}
+            tf32 = True if self.options.precision == "tf32" else self.options.tf32
+            cuda_options = {} if tf32 is None else {"use_tf32": int(tf32)}
             providers = [(wanted, cuda_options), "CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(artifact.path), session_options, providers=providers)

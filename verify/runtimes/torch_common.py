@@ -1,11 +1,12 @@
-"""What the torch-based runtimes share: device checks, TF32 control, running, dict outputs."""
+"""What the torch-based runtimes share: device checks, precision scoped to each run, running, dict outputs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from exporter.errors import ArtifactError, SetupError
-from verify.runtimes import Runtime
+from exporter.errors import ArtifactError, SetupError, UsageError
+from verify.runtimes import Runtime, RuntimeOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,24 +22,20 @@ def torch_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def apply_tf32(tf32: bool | None) -> None:
-    """Set TF32 for matmul and cuDNN when asked; None leaves PyTorch's defaults."""
-    import torch
-
-    if tf32 is not None:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-
-
 def to_numpy_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
     """A dict of tensors as is; a tensor or tuple mapped onto the recorded output names."""
     import torch
 
+    def array(t: torch.Tensor) -> np.ndarray:
+        t = t.detach().cpu()
+        # numpy has no bfloat16, and reduced-precision outputs are compared in float32 anyway
+        return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+
     if isinstance(result, dict):
-        return {k: v.detach().cpu().numpy() for k, v in result.items()}
+        return {k: array(v) for k, v in result.items()}
     tensors = [result] if isinstance(result, torch.Tensor) else list(result)
     keys = names if len(names) == len(tensors) else [f"output{i}" for i in range(len(tensors))]
-    return {k: t.detach().cpu().numpy() for k, t in zip(keys, tensors)}
+    return {k: array(t) for k, t in zip(keys, tensors)}
 
 
 def call_module(module: Any, x: torch.Tensor, label: str) -> Any:
@@ -55,9 +52,31 @@ def call_module(module: Any, x: torch.Tensor, label: str) -> Any:
 
 
 class TorchRuntime(Runtime):
-    """Base of the runtimes that hold a torch module: subclasses set `self.module` in `_load`."""
+    """Base of the runtimes that hold a torch module: subclasses set `self.module` in `_load`.
+
+    Each run sets its precision (TF32 flags, autocast) and restores every global torch setting after
+    it (`verify.precision.precision_scope`); at bf16/fp16 it also confirms, op by op, that the
+    convolutions and matmuls really ran in that dtype, and fails if not."""
 
     supports_float64 = True
+    precision_observable: ClassVar[bool] = True
+    """Ops run through the torch dispatcher, where `PrecisionProbe` sees them. A runtime of compiled
+    kernels (AOTInductor) sets False and must confirm its precision itself."""
+
+    def __init__(self, options: RuntimeOptions | None = None) -> None:
+        from verify.precision import check_precision
+
+        super().__init__(options)
+        check_precision(self.options.precision, self.options.device, self.options.tf32)
+        if self.options.dtype != "float32" and self.options.precision != "fp32":
+            raise UsageError(f"--precision {self.options.precision} applies to float32 runs, "
+                             f"not to a {self.options.dtype} one")
+
+    def _label_details(self) -> list[str]:
+        details = super()._label_details()
+        if self.options.precision != "fp32":
+            details.append(self.options.precision)
+        return details
 
     def _target(self) -> tuple[torch.device, torch.dtype]:
         import torch
@@ -69,6 +88,15 @@ class TorchRuntime(Runtime):
     def _run(self, array: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
-        apply_tf32(self.options.tf32)
+        from verify.precision import AUTOCAST_DTYPES, PrecisionProbe, precision_scope
+
+        precision = self.options.precision
         x = torch.from_numpy(array).to(device=self.device, dtype=self.dtype)
-        return to_numpy_outputs(call_module(self.module, x, self.label), self.artifact.meta.output_names)
+        probe = PrecisionProbe()
+        watch = probe.watch() if precision in AUTOCAST_DTYPES and self.precision_observable \
+            else contextlib.nullcontext()
+        with precision_scope(precision, self.options.device, self.options.tf32), watch:
+            result = call_module(self.module, x, self.label)
+        if precision in AUTOCAST_DTYPES and self.precision_observable:
+            probe.check(precision, self.label)
+        return to_numpy_outputs(result, self.artifact.meta.output_names)
