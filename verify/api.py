@@ -72,9 +72,10 @@ def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, float
 
 def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
                   export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
-                  progress: Progress | None = None) -> Report:
+                  progress: Progress | None = None, sign_key: Path | None = None) -> Report:
     """Build `spec`, export it, run every runtime on one input, judge every pair and each run
-    against the float64 oracle. The artifact folder appears complete or not at all."""
+    against the float64 oracle. The artifact folder appears complete or not at all; with `sign_key`
+    (an elliptic-curve private key, PEM) it is signed with model-signing before it appears."""
     import torch
 
     from verify.runtimes import runtime_class
@@ -84,6 +85,10 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
 
     spec.validate()
     export.validate()
+    if sign_key is not None:
+        from exporter.signing import check_private_key
+
+        check_private_key(Path(sign_key))  # before any work
     available = [eager_format_name(), *export.formats]
     runtimes = list(runtimes or runtimes_for_formats(available))
     formats = {}
@@ -120,7 +125,7 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
         report.notes = explain_pairs(report)
         from verify.manifest import write_artifact_folder
 
-        write_artifact_folder(staging, built, artifacts, inputs, fp32, oracle, report)
+        write_artifact_folder(staging, built, artifacts, inputs, fp32, oracle, report, sign_key=sign_key)
     report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in artifacts.items() if a.path}
     report.artifacts["folder"] = str(folder)
     return report

@@ -150,6 +150,9 @@ def export(
     factor: Factor = None,
     json_path: JsonOut = None,
     verbose: Verbose = False,
+    sign_key: Annotated[Path | None, typer.Option(
+        "--sign-key", help="Sign the folder with this elliptic-curve private key (PEM), OpenSSF model-signing")]
+    = None,
 ) -> None:
     """Build a backbone, export it (TorchScript, ExportedProgram, ONNX...), run every runtime, judge every pair."""
     from exporter.export import ExportOptions
@@ -166,7 +169,7 @@ def export(
     options = ExportOptions(formats=tuple(fmt or default_formats()), dynamic=not static, format_options=(
         TorchScriptOptions("trace" if trace else "script"), OnnxOptions(onnx_exporter, opset), AotiOptions(device)))
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
-                           progress=RichProgress(err_console))
+                           progress=RichProgress(err_console), sign_key=sign_key)
     err_console.print(f"[dim]artifacts in {report.artifacts['folder']}[/]")
     _finish(report, json_path, verbose)
 
@@ -231,6 +234,8 @@ def explain(
 
 JunitOut = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one test case per check)")]
 MarkdownOut = Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown summary here")]
+VerifyKey = Annotated[Path | None, typer.Option(
+    "--verify-key", help="Refuse the folder unless its model-signing signature verifies with this public key (PEM)")]
 
 
 def _finish_checks(report: Any, json_path: Path | None, junit: Path | None, markdown: Path | None) -> None:
@@ -250,12 +255,14 @@ def artifact(
     json_path: JsonOut = None,
     junit: JunitOut = None,
     markdown: MarkdownOut = None,
+    verify_key: VerifyKey = None,
 ) -> None:
     """Check export folders: integrity, then each artifact against its goldens (CI validation)."""
     from verify.runtimes import RuntimeOptions
     from verify.validate import validate
 
-    _finish_checks(validate(paths, RuntimeOptions(ort_opt_level=ort_opt_level)), json_path, junit, markdown)
+    _finish_checks(validate(paths, RuntimeOptions(ort_opt_level=ort_opt_level), verify_key=verify_key), json_path,
+                   junit, markdown)
 
 
 @app.command()
@@ -272,6 +279,7 @@ def preflight(
     json_path: JsonOut = None,
     junit: JunitOut = None,
     markdown: MarkdownOut = None,
+    verify_key: VerifyKey = None,
 ) -> None:
     """Deployment check: loads on the provider asked for, matches its goldens, latency; GO or NO-GO."""
     from verify.preflight import PreflightOptions
@@ -279,7 +287,7 @@ def preflight(
 
     options = PreflightOptions(provider=provider, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32)
-    _finish_checks(run_preflight(path, options), json_path, junit, markdown)
+    _finish_checks(run_preflight(path, options, verify_key=verify_key), json_path, junit, markdown)
 
 
 @app.command(name="list")
