@@ -304,6 +304,9 @@ class Manifest(Strict):
         """Strict JSON, the only way a manifest is written."""
         absent = {k for k in ("identity", "signature") if getattr(self, k) is None}
         data = self.model_dump(mode="json", by_alias=True, exclude=absent)
+        for verdict in data["verdicts"]:
+            if verdict["null_reason"] is None:
+                del verdict["null_reason"]  # present exactly when a figure is null
         return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 
@@ -346,19 +349,19 @@ DICT_FIELDS = ("files", "versions", "noise_floor", "dynamic_axes", "identity")
 
 def _where(loc: tuple[Any, ...], tags: set[str]) -> str:
     """`files['model.onnx'].opset`, `tolerance.factor`, `verdicts[2].worst_ratio` from pydantic's loc."""
-    text, previous = "", None
-    for part in loc:
+    union_at = {"files": 2, "tolerance": 1}.get(loc[0] if loc else None)  # where pydantic names the member tried
+    text = ""
+    for i, part in enumerate(loc):
         if part == "[key]":
             text += " (its name)"
         elif isinstance(part, int):
             text += f"[{part}]"
-        elif previous in DICT_FIELDS:
+        elif i == union_at and part in tags:
+            continue
+        elif i > 0 and loc[i - 1] in DICT_FIELDS:
             text += f"[{part!r}]"
-        elif part in tags and (previous == "tolerance" or previous is not None and text.endswith("]")):
-            continue  # the union member pydantic tried, not a field
         else:
             text += f".{part}" if text else str(part)
-        previous = part if not (isinstance(part, str) and part in tags) else previous
     return text
 
 
