@@ -53,10 +53,13 @@ MAX_MANIFEST_BYTES = 16 << 20
 """A manifest is a few kB; anything this large is not one (and is not read into memory)."""
 DECIMAL_RANGE = (-10, 20)
 """numpy's bound is 1.5 x 10**-decimal: outside this range it is no check at all or overflows."""
-HISTORY_FIELDS = ("created", "versions", "verdicts[].worst_max_abs", "verdicts[].worst_ratio",
+HISTORY_FIELDS = ("created", "versions", "identity", "verdicts[].worst_max_abs", "verdicts[].worst_ratio",
                   "verdicts[].null_reason")
-"""What the export measured or noted on its own runs: recorded for people, re-derivable by no artifact
+"""What the export measured or noted on its own runs, or was asked to do: recorded for people (and, for
+`identity`, for a later export deciding whether it may replace the folder), re-derivable by no artifact
 check (the eager model is not in the folder), and read by no verdict."""
+GOLDENS_LAYOUT = {"file": GOLDENS_NAME, "input": "input.<name>", "float32": "float32.<output>",
+                  "float64": "float64.<output>"}
 
 
 def _plain_name(value: Any) -> Any:
@@ -210,17 +213,17 @@ class Verdict(Strict):
 class GoldensLayout(Strict):
     """How `goldens.npz` names its arrays."""
 
-    file: Literal["goldens.npz"] = GOLDENS_NAME
-    input: Literal["input.<name>"] = "input.<name>"
-    float32: Literal["float32.<output>"] = "float32.<output>"
-    float64: Literal["float64.<output>"] = "float64.<output>"
+    file: Literal["goldens.npz"]
+    input: Literal["input.<name>"]
+    float32: Literal["float32.<output>"]
+    float64: Literal["float64.<output>"]
 
 
 class SignatureInfo(Strict):
     """The folder is signed (the signature covers this manifest, so it is declared here, not listed)."""
 
-    file: Literal["model.sig"] = SIGNATURE_NAME
-    method: Literal["model-signing/elliptic-curve-key"] = SIGNATURE_METHOD
+    file: Literal["model.sig"]
+    method: Literal["model-signing/elliptic-curve-key"]
 
 
 class Manifest(Strict):
@@ -516,14 +519,14 @@ def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str
         "outputs": outputs,
         "tolerance": tolerance_record(tolerance),
         "noise_floor": floors,
-        "goldens": GoldensLayout().model_dump(),
+        "goldens": GOLDENS_LAYOUT,
         "verdicts": verdicts,
         "passed": bool(verdicts) and all(v["passed"] for v in verdicts),
     }
     if identity is not None:
         data["identity"] = identity
     if signed:
-        data["signature"] = SignatureInfo().model_dump()
+        data["signature"] = {"file": SIGNATURE_NAME, "method": SIGNATURE_METHOD}
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:

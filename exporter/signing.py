@@ -107,6 +107,7 @@ def _mismatch(exc: Exception, public_key: Path) -> str:
     if text.startswith("Key mismatch"):
         return f"{SIGNATURE_NAME} was made with another key than {public_key}"
     parts = []
+    text = text.replace("\\'", "'")  # model-signing lists its findings as a Python list's repr
     changed = re.findall(r"Hash mismatch for '([^']+)'", text)
     if changed:
         parts.append(f"changed since signing: {', '.join(changed)}")
