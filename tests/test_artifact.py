@@ -138,7 +138,7 @@ def external_data_outside(folder):
     (delete_file, "model.pt", "missing"),
     (truncate, "model.onnx", "truncated"),
     (point_outside, "../model.onnx", "outside the artifact folder"),
-    (external_data_outside, "model.onnx", "points outside the artifact folder"),
+    (external_data_outside, "model.onnx", "points outside"),  # onnx.checker or our own rule, whichever first
 ])
 def test_damaged_folders_fail_naming_file_and_reason(folder, damage, file, reason):
     damage(folder)
