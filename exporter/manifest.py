@@ -53,8 +53,8 @@ MAX_MANIFEST_BYTES = 16 << 20
 """A manifest is a few kB; anything this large is not one (and is not read into memory)."""
 DECIMAL_RANGE = (-10, 20)
 """numpy's bound is 1.5 x 10**-decimal: outside this range it is no check at all or overflows."""
-HISTORY_FIELDS = ("created", "versions", "identity", "verdicts[].worst_max_abs", "verdicts[].worst_ratio",
-                  "verdicts[].null_reason")
+HISTORY_FIELDS = ("created", "versions", "identity", "verdicts[].worst_output", "verdicts[].worst_max_abs",
+                  "verdicts[].worst_ratio", "verdicts[].null_reason")
 """What the export measured or noted on its own runs, or was asked to do: recorded for people (and, for
 `identity`, for a later export deciding whether it may replace the folder), re-derivable by no artifact
 check (the eager model is not in the folder), and read by no verdict."""
