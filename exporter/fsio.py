@@ -229,7 +229,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    # strict JSON: a NaN or Infinity raises here instead of being written (callers write null and why)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def require_inside(folder: Path, relative: str, what: str) -> Path:

@@ -1,23 +1,431 @@
-"""`manifest.json` and `goldens.npz`: the proof an artifact folder carries. Schema in README."""
+"""`manifest.json` and `goldens.npz`: the proof an artifact folder carries.
+
+The manifest has one typed schema, `Manifest` (pydantic v2, strict: unknown fields, wrong types and
+non-finite numbers are refused), published as `exporter/manifest.schema.json` for tools in other
+languages. It is written and read only through that model, as strict JSON (no NaN or Infinity, no
+duplicate keys). Which numbers an artifact check re-derives instead of trusting: verify/validate.py.
+"""
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import json
+import math
+import os
+import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from exporter.artifacts import Artifact
-from exporter.fsio import write_json
+from exporter.errors import ArtifactError
+from exporter.fsio import write_text_atomic
 
 if TYPE_CHECKING:
     import numpy as np
 
 MANIFEST_NAME = "manifest.json"
 GOLDENS_NAME = "goldens.npz"
+SIGNATURE_NAME = "model.sig"
+"""OpenSSF model-signing's signature of the whole folder (exporter/signing.py); never listed in `files`,
+since it signs the manifest itself, but declared by the manifest's `signature` field."""
+SIGNATURE_METHOD = "model-signing/elliptic-curve-key"
 MANIFEST_SCHEMA = "backbone-verify/manifest"
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 2
+"""2: the typed, strict schema (exporter/manifest.schema.json); 1 was never validated."""
+SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
+GOLDENS_FORMAT = "goldens"
+EXTERNAL_DATA_FORMAT = "external-data"
+MAX_MANIFEST_BYTES = 16 << 20
+"""A manifest is a few kB; anything this large is not one (and is not read into memory)."""
+DECIMAL_RANGE = (-10, 20)
+"""numpy's bound is 1.5 x 10**-decimal: outside this range it is no check at all or overflows."""
+HISTORY_FIELDS = ("created", "versions", "identity", "verdicts[].worst_output", "verdicts[].worst_max_abs",
+                  "verdicts[].worst_ratio", "verdicts[].null_reason")
+"""What the export measured or noted on its own runs, or was asked to do: recorded for people (and, for
+`identity`, for a later export deciding whether it may replace the folder), re-derivable by no artifact
+check (the eager model is not in the folder), and read by no verdict."""
+GOLDENS_LAYOUT = {"file": GOLDENS_NAME, "input": "input.<name>", "float32": "float32.<output>",
+                  "float64": "float64.<output>"}
 
+
+def _plain_name(value: Any) -> Any:
+    """A file name directly inside the folder: refused before the pattern so the reason is said plainly."""
+    if isinstance(value, str):
+        if "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError(f"entry {value!r} points outside the artifact folder (only plain file names are listed)")
+        if value.startswith("."):
+            raise ValueError(f"entry {value!r} is a hidden file name (a complete export holds none)")
+    return value
+
+
+def _iso_timestamp(value: str) -> str:
+    try:
+        stamp = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from None
+    if stamp.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone")
+    return value
+
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+FileName = Annotated[str, BeforeValidator(_plain_name),
+                     StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")]
+Timestamp = Annotated[str, AfterValidator(_iso_timestamp)]
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+class Strict(BaseModel):
+    """Every model: unknown fields, coercions (\"1\" for 1, 1.0 for an int) and NaN/Infinity are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
+
+
+class FileEntry(Strict):
+    """One file of the folder: its sha256 and size, and what it is."""
+
+    sha256: Sha256
+    size: Annotated[int, Field(ge=0)]
+
+
+class GoldensFile(FileEntry):
+    """`goldens.npz`: the input and the float32 and float64 outputs (arrays only, no pickles)."""
+
+    format: Literal["goldens"]
+
+
+class ExternalDataFile(FileEntry):
+    """Tensor data a model file references by location (ONNX external data)."""
+
+    format: Literal["external-data"]
+    of: FileName
+    """The listed model file that references it."""
+
+
+def _format_entries() -> list[type[FileEntry]]:
+    """One entry model per registered file format, with exactly the fields the format declares."""
+    from exporter.formats import file_formats, get_format
+
+    entries = []
+    for name in file_formats():
+        fmt = get_format(name)
+        fields: dict[str, Any] = {key: (Text if kind is str else kind, ...)
+                                  for key, kind in fmt.manifest_field_types.items()}
+        model = create_model(f"{type(fmt).__name__.removesuffix('Format')}File", __base__=FileEntry,
+                             __doc__=f"A model file of format {name}.", format=(Literal[name], ...), **fields)
+        entries.append(model)
+    return entries
+
+
+MODEL_FILE_TYPES: tuple[type[FileEntry], ...] = tuple(_format_entries())
+AnyFileEntry = Annotated[Union[(*MODEL_FILE_TYPES, GoldensFile, ExternalDataFile)],  # noqa: UP007
+                         Field(discriminator="format")]
+
+
+class ModelInfo(Strict):
+    spec: Text
+    """`backbone:norm:view`."""
+    backbone: Text
+    norm: Text
+    view: Text
+    weights: Text
+    """`synthetic:SEED`, `imagenet` or the weights file."""
+    weights_sha256: Sha256 | None
+
+
+class InputSpec(Strict):
+    name: Text
+    shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=4, max_length=4)]
+    """NCHW, the shape of the goldens' input."""
+    dtype: Literal["float32"]
+    dynamic_axes: dict[Annotated[str, StringConstraints(pattern=r"^[0-3]$")], Text]
+    """Axis index -> name, for the axes the model files accept at any size."""
+
+
+class AutoTolerance(Strict):
+    """|a - b| <= factor x the float32 noise floor."""
+
+    mode: Literal["auto"]
+    factor: Positive
+
+
+class DecimalTolerance(Strict):
+    """numpy.testing.assert_array_almost_equal(decimal=...)."""
+
+    mode: Literal["decimal"]
+    decimal: Annotated[int, Field(ge=DECIMAL_RANGE[0], le=DECIMAL_RANGE[1])]
+
+
+class AllcloseTolerance(Strict):
+    """numpy.testing.assert_allclose(rtol=..., atol=...)."""
+
+    mode: Literal["allclose"]
+    rtol: NonNegative
+    atol: NonNegative
+
+
+ToleranceSpec = Annotated[Union[AutoTolerance, DecimalTolerance, AllcloseTolerance],  # noqa: UP007
+                          Field(discriminator="mode")]
+
+
+class Verdict(Strict):
+    """One pair the export judged: two runs, or a run against the float64 oracle."""
+
+    a: Text
+    b: Text
+    kind: Literal["runtime", "oracle"]
+    passed: bool
+    worst_output: Text | None
+    worst_max_abs: NonNegative | None
+    worst_ratio: NonNegative | None
+    """max |a - b| over the float32 noise floor, at the worst output."""
+    null_reason: Text | None = None
+    """Why a figure above is null (it could not be measured); present exactly when one is."""
+
+    @model_validator(mode="after")
+    def _nulls_explained(self) -> Verdict:
+        nulls = [k for k in ("worst_output", "worst_max_abs", "worst_ratio") if getattr(self, k) is None]
+        if nulls and self.null_reason is None:
+            raise ValueError(f"{', '.join(nulls)} null without a null_reason saying why")
+        if not nulls and self.null_reason is not None:
+            raise ValueError("null_reason given but no figure is null")
+        if (self.kind == "oracle") != (self.b == "oracle"):
+            raise ValueError(f"kind {self.kind!r} does not fit the pair {self.a} vs {self.b}")
+        return self
+
+
+class GoldensLayout(Strict):
+    """How `goldens.npz` names its arrays."""
+
+    file: Literal["goldens.npz"]
+    input: Literal["input.<name>"]
+    float32: Literal["float32.<output>"]
+    float64: Literal["float64.<output>"]
+
+
+class SignatureInfo(Strict):
+    """The folder is signed (the signature covers this manifest, so it is declared here, not listed)."""
+
+    file: Literal["model.sig"]
+    method: Literal["model-signing/elliptic-curve-key"]
+
+
+class Manifest(Strict):
+    """What an export folder holds and what its export found. Numbers that decide a verdict are
+    re-derived by `verify artifact` from the files, never taken from here on trust."""
+
+    schema_id: Literal["backbone-verify/manifest"] = Field(alias="schema")
+    schema_version: Literal[2]
+    created: Timestamp
+    files: Annotated[dict[FileName, AnyFileEntry], Field(min_length=1)]
+    """Every file in the folder but this manifest and the signature, by name."""
+    versions: dict[Text, Text]
+    model: ModelInfo
+    input: InputSpec
+    outputs: Annotated[list[Text], Field(min_length=1)]
+    tolerance: ToleranceSpec
+    """What the export judged with; an artifact check may only tighten with it, never loosen."""
+    noise_floor: dict[Text, Positive]
+    """Per output, max |float32 - float64| of the goldens (at least one float32 ulp of the scale)."""
+    goldens: GoldensLayout
+    verdicts: list[Verdict]
+    passed: bool
+    """Every verdict passed."""
+    identity: dict[str, JsonValue] | None = None
+    """What distinguishes this export from another into the same folder (model, weights, seed, export
+    options, input); absent from folders of older exports."""
+    signature: SignatureInfo | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        from exporter.spec import ModelSpec
+
+        if len(set(self.outputs)) != len(self.outputs):
+            raise ValueError(f"outputs lists a name twice: {self.outputs}")
+        if set(self.noise_floor) != set(self.outputs):
+            raise ValueError(f"noise_floor has floors for {sorted(self.noise_floor)}, but the outputs are "
+                             f"{sorted(self.outputs)}")
+        kinds = {name: entry.format for name, entry in self.files.items()}
+        for name in (MANIFEST_NAME, SIGNATURE_NAME):
+            if name in kinds:
+                raise ValueError(f"files lists {name}, which is never hashed into the manifest")
+        goldens = [n for n, k in kinds.items() if k == GOLDENS_FORMAT]
+        if goldens != [GOLDENS_NAME]:
+            raise ValueError(f"files must list exactly one goldens file, {GOLDENS_NAME}; it lists {goldens}")
+        models = [n for n, k in kinds.items() if k not in (GOLDENS_FORMAT, EXTERNAL_DATA_FORMAT)]
+        if not models:
+            raise ValueError("files lists no model artifact (only goldens or external data); a folder must "
+                             "hold at least one model to pass")
+        for name, entry in self.files.items():
+            if isinstance(entry, ExternalDataFile) and entry.of not in models:
+                raise ValueError(f"files[{name!r}] is external data of {entry.of!r}, which is not a listed model")
+        for axis in self.input.dynamic_axes:
+            if int(axis) >= len(self.input.shape):
+                raise ValueError(f"input.dynamic_axes names axis {axis} of a {len(self.input.shape)}-D input")
+        if self.model.spec != str(ModelSpec(self.model.backbone, self.model.norm, self.model.view)):
+            raise ValueError(f"model.spec {self.model.spec!r} is not its backbone, norm and view")
+        self._check_verdicts()
+        return self
+
+    def _check_verdicts(self) -> None:
+        """The verdicts are every pair of the export's runs and each run against the oracle, once each,
+        and `passed` is their conjunction: none can be dropped or flipped unnoticed."""
+        runs = list(dict.fromkeys(x for v in self.verdicts for x in (v.a, v.b) if x != "oracle"))
+        expected = {(b, a) for i, a in enumerate(runs) for b in runs[i + 1:]} | {(r, "oracle") for r in runs}
+        seen = [(v.a, v.b) for v in self.verdicts]
+        if len(set(seen)) != len(seen) or {tuple(sorted(p)) for p in seen} != {tuple(sorted(p)) for p in expected}:
+            raise ValueError(f"verdicts are not every pair of the runs {runs} and each run against the oracle, once")
+        for verdict in self.verdicts:
+            if verdict.worst_output is not None and verdict.worst_output not in self.outputs:
+                raise ValueError(f"verdict {verdict.a} vs {verdict.b} names output {verdict.worst_output!r}, "
+                                 "not one of the outputs")
+        if self.passed != (bool(self.verdicts) and all(v.passed for v in self.verdicts)):
+            raise ValueError(f"passed is {self.passed} but {sum(v.passed for v in self.verdicts)} of "
+                             f"{len(self.verdicts)} verdicts passed")
+
+    def model_files(self) -> dict[str, FileEntry]:
+        """The listed model artifacts (every entry of a registered format), by name."""
+        return {n: e for n, e in self.files.items() if e.format not in (GOLDENS_FORMAT, EXTERNAL_DATA_FORMAT)}
+
+    def to_json(self) -> str:
+        """Strict JSON, the only way a manifest is written."""
+        absent = {k for k in ("identity", "signature") if getattr(self, k) is None}
+        data = self.model_dump(mode="json", by_alias=True, exclude=absent)
+        for verdict in data["verdicts"]:
+            if verdict["null_reason"] is None:
+                del verdict["null_reason"]  # present exactly when a figure is null
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+
+def schema_json() -> str:
+    """The published JSON Schema (exporter/manifest.schema.json is this text; a test keeps it so)."""
+    schema = Manifest.model_json_schema(by_alias=True)
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": MANIFEST_SCHEMA, **schema}
+    return json.dumps(schema, indent=2) + "\n"
+
+
+# Reading -------------------------------------------------------------------------------------
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON (strict JSON has no NaN or Infinity; an unmeasurable value is null)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} overflows to infinity")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    duplicated = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicated:
+        raise ValueError(f"key {duplicated[0]!r} appears twice in one object (readers would disagree on it)")
+    return dict(pairs)
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads refusing NaN, Infinity, numbers that overflow and duplicate keys."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                      object_pairs_hook=_no_duplicates)
+
+
+DICT_FIELDS = ("files", "versions", "noise_floor", "dynamic_axes", "identity")
+
+
+def _where(loc: tuple[Any, ...], tags: set[str]) -> str:
+    """`files['model.onnx'].opset`, `tolerance.factor`, `verdicts[2].worst_ratio` from pydantic's loc."""
+    union_at = {"files": 2, "tolerance": 1}.get(loc[0] if loc else None)  # where pydantic names the member tried
+    text = ""
+    for i, part in enumerate(loc):
+        if part == "[key]":
+            text += " (its name)"
+        elif isinstance(part, int):
+            text += f"[{part}]"
+        elif i == union_at and part in tags:
+            continue
+        elif i > 0 and loc[i - 1] in DICT_FIELDS:
+            text += f"[{part!r}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    """One line: the first problem's field and reason, and how many more there are."""
+    from exporter.formats import file_formats
+
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    tags = {*file_formats(), GOLDENS_FORMAT, EXTERNAL_DATA_FORMAT, "auto", "decimal", "allclose"}
+    where = _where(tuple(first["loc"]), tags)
+    reason = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "missing":
+        reason = "missing (a required field)"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    text = f"{source}: {where + ': ' if where else ''}{reason}{more}"
+    return text if len(text) <= 400 else text[:399] + "…"
+
+
+def parse_manifest(text: str, source: str = MANIFEST_NAME) -> Manifest:
+    """Validate manifest text; any problem is one ArtifactError naming the field and the reason."""
+    try:
+        data = loads_strict(text)
+    except ValueError as exc:
+        raise ArtifactError(f"{source} is not strict JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
+        raise ArtifactError(f"{source} is not a {MANIFEST_SCHEMA} manifest")
+    if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
+        raise ArtifactError(f"{source} has schema version {data.get('schema_version')!r}; this verify reads "
+                            f"{MANIFEST_SCHEMA_VERSION}: re-export the folder with this version")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ArtifactError(describe_validation_error(exc, source)) from None
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate `path` (a regular file, not a link, of a manifest's size) as a Manifest."""
+    try:
+        mode = os.lstat(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"no {MANIFEST_NAME} in {path.parent}: an incomplete export or not an export folder") \
+            from None
+    except OSError as exc:
+        raise ArtifactError(f"{path} cannot be read: {exc.strerror}") from None
+    if stat.S_ISLNK(mode.st_mode):
+        raise ArtifactError(f"{MANIFEST_NAME} is a symbolic link; an export folder holds regular files only")
+    if not stat.S_ISREG(mode.st_mode):
+        raise ArtifactError(f"{MANIFEST_NAME} is not a regular file")
+    if mode.st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{MANIFEST_NAME} is {mode.st_size} bytes, far more than a manifest; not reading it")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{MANIFEST_NAME} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path} cannot be read: {exc.strerror}") from None
+    return parse_manifest(text)
+
+
+# Writing -------------------------------------------------------------------------------------
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -32,35 +440,66 @@ def file_entry(path: Path, **extra: Any) -> dict[str, Any]:
 
 
 def write_goldens(folder: Path, input_name: str, inputs: np.ndarray, fp32: dict[str, np.ndarray],
-                  fp64: dict[str, np.ndarray]) -> Path:
+                  fp64: dict[str, np.ndarray], folded: dict[str, np.ndarray] | None = None) -> Path:
+    """`folded` (optional): the model with its norms folded into its convolutions in float32, a second
+    rounding sample from which the per-channel floors are re-derived as the export measured them."""
     import numpy as np
 
     arrays = {f"input.{input_name}": inputs}
     arrays.update({f"float32.{k}": v for k, v in fp32.items()})
     arrays.update({f"float64.{k}": v for k, v in fp64.items()})
+    arrays.update({f"folded.{k}": v for k, v in (folded or {}).items()})
     path = folder / GOLDENS_NAME
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
     return path
 
 
+GOLDEN_GROUPS = ("input", "float32", "float64", "folded")
+"""`folded` is optional (absent where the model has no norm to fold)."""
+
+
 def read_goldens(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """{'input': {...}, 'float32': {...}, 'float64': {...}}, never unpickling."""
+    """{'input': {...}, 'float32': {...}, 'float64': {...}}, never unpickling. Anything but an npz archive
+    of plain arrays named `group.name` is an ArtifactError naming the file and the reason."""
+    import zipfile
+
     import numpy as np
 
-    groups: dict[str, dict[str, np.ndarray]] = {"input": {}, "float32": {}, "float64": {}}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            group, _, name = key.partition(".")
-            if group in groups:
-                groups[group][name] = data[key]
+    name = path.name
+    if not zipfile.is_zipfile(path):
+        raise ArtifactError(f"{name} is not an npz archive (not a zip file)")
+    groups: dict[str, dict[str, np.ndarray]] = {group: {} for group in GOLDEN_GROUPS}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for key in data.files:
+                group, dot, output = key.partition(".")
+                if group not in groups or not dot or not output:
+                    raise ArtifactError(f"{name} holds {key!r}, outside {', '.join(g + '.*' for g in GOLDEN_GROUPS)}")
+                try:
+                    array = data[key]
+                except ValueError as exc:
+                    if "pickle" in str(exc) or "Object arrays" in str(exc):
+                        raise ArtifactError(f"{name}: {key} is a pickled object array; refusing to unpickle it") \
+                            from None
+                    raise
+                if not isinstance(array, np.ndarray):
+                    raise ArtifactError(f"{name}: {key} is not a numpy array")
+                groups[group][output] = array
+    except ArtifactError:
+        raise
+    except Exception as exc:  # zip and npy parse errors come in many types
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ArtifactError(f"{name} is not a readable npz archive ({type(exc).__name__}: {first})") from None
     return groups
 
 
 def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str, Any],
                    input_spec: dict[str, Any], outputs: list[str], tolerance: dict[str, Any],
                    floors: dict[str, float], verdicts: list[dict[str, Any]], versions: dict[str, str],
-                   ) -> dict[str, Any]:
+                   identity: dict[str, Any] | None = None, signed: bool = False) -> Manifest:
+    """The manifest of a staged folder, validated: an export that would write a lie (a NaN, a format the
+    registry does not know) fails here instead."""
     from exporter.formats import get_format
 
     files = {}
@@ -71,9 +510,9 @@ def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str
         files[artifact.path.name] = file_entry(folder / artifact.path.name, format=fmt,
                                                **entry.manifest_fields(artifact))
         for companion in entry.companion_files(folder / artifact.path.name):
-            files[companion.name] = file_entry(companion, format="external-data", of=artifact.path.name)
-    files[GOLDENS_NAME] = file_entry(folder / GOLDENS_NAME, format="goldens")
-    return {
+            files[companion.name] = file_entry(companion, format=EXTERNAL_DATA_FORMAT, of=artifact.path.name)
+    files[GOLDENS_NAME] = file_entry(folder / GOLDENS_NAME, format=GOLDENS_FORMAT)
+    data = {
         "schema": MANIFEST_SCHEMA,
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -82,16 +521,30 @@ def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str
         "model": model,
         "input": input_spec,
         "outputs": outputs,
-        "tolerance": tolerance,
+        "tolerance": tolerance_record(tolerance),
         "noise_floor": floors,
-        "goldens": {"file": GOLDENS_NAME, "input": "input.<name>", "float32": "float32.<output>",
-                    "float64": "float64.<output>"},
+        "goldens": GOLDENS_LAYOUT,
         "verdicts": verdicts,
-        "passed": all(v["passed"] for v in verdicts),
+        "passed": bool(verdicts) and all(v["passed"] for v in verdicts),
     }
+    if identity is not None:
+        data["identity"] = identity
+    if signed:
+        data["signature"] = {"file": SIGNATURE_NAME, "method": SIGNATURE_METHOD}
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ArtifactError(describe_validation_error(exc, "the manifest to write")) from None
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+def tolerance_record(tolerance: dict[str, Any]) -> dict[str, Any]:
+    """Only the fields the tolerance's mode uses (the others would be numbers that mean nothing)."""
+    keep = {"auto": ("factor",), "decimal": ("decimal",), "allclose": ("rtol", "atol")}
+    mode = tolerance.get("mode")
+    return {"mode": mode, **{k: tolerance.get(k) for k in keep.get(mode, ())}}
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
     path = folder / MANIFEST_NAME
-    write_json(path, manifest)
+    write_text_atomic(path, manifest.to_json())
     return path

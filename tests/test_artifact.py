@@ -15,8 +15,12 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from exporter.manifest import file_sha256
+from exporter.formats import default_formats, get_format
+from exporter.formats.onnx import file_opset
+from exporter.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION, file_sha256
 from verify.cli import app
+from verify.compare import AUTO_FACTOR
+from verify.oracle import noise_floors
 
 runner = CliRunner()
 EXPORT = ["export", "--backbone", "resnet18", "--shape", "1x3x64x64"]
@@ -54,26 +58,26 @@ def rehash(folder, name):
 
 def test_manifest_records_what_was_made(pristine):
     manifest = json.loads((pristine / "manifest.json").read_text())
-    assert manifest["schema"] == "backbone-verify/manifest" and manifest["schema_version"] == 1
-    from exporter.formats import default_formats, get_format
-    from exporter.formats.onnx import OnnxOptions
-
-    assert set(manifest["files"]) == {"goldens.npz", *(get_format(f).filename for f in default_formats())}
+    assert manifest["schema"] == MANIFEST_SCHEMA and manifest["schema_version"] == MANIFEST_SCHEMA_VERSION
+    assert set(manifest["files"]) == {get_format(f).filename for f in default_formats()} | {"goldens.npz"}
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == file_sha256(pristine / name)
         assert entry["size"] == (pristine / name).stat().st_size
+    assert manifest["files"]["model.onnx"]["opset"] == file_opset(pristine / "model.onnx")
     assert {"torch", "torchvision", "onnx", "onnxruntime", "python"} <= set(manifest["versions"])
-    assert manifest["files"]["model.onnx"]["opset"] == OnnxOptions().opset
     assert manifest["model"]["spec"] == "resnet18:frozen:body"
     assert manifest["model"]["weights"] == "synthetic:0" and len(manifest["model"]["weights_sha256"]) == 64
     assert manifest["input"] == {"name": "input", "shape": [1, 3, 64, 64], "dtype": "float32",
                                  "dynamic_axes": {"0": "batch", "2": "height", "3": "width"}}
-    assert manifest["tolerance"]["mode"] == "auto" and manifest["passed"] is True
-    runs = len(default_formats()) + 1
-    assert len(manifest["verdicts"]) == runs * (runs - 1) // 2 + runs
+    assert manifest["tolerance"] == {"mode": "auto", "factor": AUTO_FACTOR} and manifest["passed"] is True
+    runs = {v["a"] for v in manifest["verdicts"]} | {v["b"] for v in manifest["verdicts"]} - {"oracle"}
+    assert len(manifest["verdicts"]) == len(runs) * (len(runs) - 1) // 2 + len(runs)  # every pair, each vs oracle
     with np.load(pristine / "goldens.npz", allow_pickle=False) as goldens:
         assert sorted(goldens.files) == sorted(["input.input"] + [f"float{b}.layer{i}" for b in (32, 64)
                                                                   for i in range(1, 5)])
+        floors = noise_floors({k: goldens[f"float32.{k}"] for k in manifest["outputs"]},
+                              {k: goldens[f"float64.{k}"] for k in manifest["outputs"]})
+    assert manifest["noise_floor"] == floors  # exactly what `verify artifact` re-derives
 
 
 def test_good_folder_passes_every_check(pristine, tmp_path):
@@ -134,7 +138,7 @@ def external_data_outside(folder):
     (delete_file, "model.pt", "missing"),
     (truncate, "model.onnx", "truncated"),
     (point_outside, "../model.onnx", "outside the artifact folder"),
-    (external_data_outside, "model.onnx", "points outside the artifact folder"),
+    (external_data_outside, "model.onnx", "points outside"),  # onnx.checker or our own rule, whichever first
 ])
 def test_damaged_folders_fail_naming_file_and_reason(folder, damage, file, reason):
     damage(folder)
@@ -145,10 +149,26 @@ def test_damaged_folders_fail_naming_file_and_reason(folder, damage, file, reaso
     assert any(file in line and reason in line for line in failing), result.stdout
 
 
-def test_reexport_with_other_weights_fails_on_goldens_not_hash(folder, tmp_path):
-    other = invoke(*EXPORT, "--seed", "1", "--out", tmp_path / "other")
+def test_another_model_fails_on_what_it_records_or_on_its_goldens(folder, tmp_path):
+    """model.onnx swapped for another export's (other weights), its hash updated: integrity names the weights
+    the file records; a forger who also rewrites that record is caught by the goldens."""
+    other = invoke(*EXPORT, "--seed", "1", "--format", "onnx", "--out", tmp_path / "other")
     assert other.exit_code == 0, other.output
     shutil.copy(tmp_path / "other" / "resnet18-frozen-body" / "model.onnx", folder / "model.onnx")
+    rehash(folder, "model.onnx")
+    result = invoke("artifact", folder, "--json", tmp_path / "r.json")
+    assert result.exit_code == 1
+    checks = {(c["runtime"], c["name"]): c for c in json.loads((tmp_path / "r.json").read_text())["checks"]}
+    assert "records weights 'synthetic:1', the manifest 'synthetic:0'" in checks[("integrity", "model.onnx")]["message"]
+    assert checks[("torchscript", "model.pt: goldens float32")]["passed"] is True  # the other files still run
+
+    model = onnx.load(str(folder / "model.onnx"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for prop in model.metadata_props:  # the forger's edit: the file now claims the manifest's model
+        meta = json.loads(prop.value)
+        meta.update(weights=manifest["model"]["weights"], weights_sha256=manifest["model"]["weights_sha256"])
+        prop.value = json.dumps(meta)
+    onnx.save(model, str(folder / "model.onnx"))
     rehash(folder, "model.onnx")
     result = invoke("artifact", folder, "--json", tmp_path / "r.json")
     assert result.exit_code == 1

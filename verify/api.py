@@ -96,11 +96,12 @@ def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, Noise
 
 def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
                   export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
-                  progress: Progress | None = None, overwrite: bool = False) -> Report:
+                  progress: Progress | None = None, overwrite: bool = False, sign_key: Path | None = None) -> Report:
     """Build `spec`, export it, run every runtime on every input, judge every pair and each run
     against the float64 oracle (the worst input per pair is reported; the goldens keep the first).
     The artifact folder appears complete or not at all, and replaces a folder holding a different
-    export only with `overwrite`."""
+    export only with `overwrite`; with `sign_key` (an elliptic-curve private key, PEM) it is signed
+    with model-signing before it appears."""
     import torch
 
     from verify.runtimes import runtime_class
@@ -110,6 +111,10 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
 
     spec.validate()
     export.validate()
+    if sign_key is not None:
+        from exporter.signing import check_private_key
+
+        check_private_key(Path(sign_key))  # before any work
     available = [eager_format_name(), *export.formats]
     precision = settings.runtime.precision
     if runtimes:
@@ -165,7 +170,8 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
         report.notes = explain_pairs(report)
         from verify.manifest import write_artifact_folder
 
-        write_artifact_folder(staging, built, artifacts, feeds[0], fp32, oracle, report, identity=identity)
+        write_artifact_folder(staging, built, artifacts, feeds[0], fp32, oracle, report, identity=identity,
+                              sign_key=sign_key)
     report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in artifacts.items() if a.path}
     report.artifacts["folder"] = str(folder)
     return report

@@ -42,6 +42,8 @@ class CheckReport:
         return 0 if self.passed else 1
 
     def add(self, check: Check) -> Check:
+        """Record `check`; its message is kept to one printable line (it may quote a tampered file)."""
+        check.message = "".join(ch if ch.isprintable() else " " for ch in " ".join(str(check.message).split()))
         self.checks.append(check)
         return check
 
@@ -121,16 +123,24 @@ def markdown(report: CheckReport) -> str:
 
 def write_outputs(report: CheckReport, json_path: Path | None, junit_path: Path | None,
                   markdown_path: Path | None) -> list[Path]:
+    """Write every output asked for, whatever the checks found; a path that cannot be written does not
+    keep the others from being written (its error is raised after them)."""
+    from exporter.errors import VerifyError
+    from exporter.fsio import write_text_atomic
     from verify.report import write_json_report
 
-    written = []
-    if json_path:
-        write_json_report(report.to_dict(), json_path)
-        written.append(json_path)
-    from exporter.fsio import write_text_atomic
-
-    for path, text in ((junit_path, junit_xml), (markdown_path, markdown)):
+    written, errors = [], []
+    writers = ((json_path, lambda p: write_json_report(report.to_dict(), p)),
+               (junit_path, lambda p: write_text_atomic(p, junit_xml(report))),
+               (markdown_path, lambda p: write_text_atomic(p, markdown(report))))
+    for path, write in writers:
         if path:
-            write_text_atomic(path, text(report))
+            try:
+                write(path)
+            except VerifyError as exc:
+                errors.append(exc)
+                continue
             written.append(path)
+    if errors:
+        raise errors[0]
     return written

@@ -188,6 +188,7 @@ def export(
     factor: opt.Factor = None,
     json_path: opt.JsonOut = None,
     verbose: opt.Verbose = False,
+    sign_key: opt.SignKey = None,
 ) -> None:
     """Build a backbone, export it (TorchScript, ExportedProgram, ONNX...), run every runtime, judge every pair."""
     from exporter.export import ExportOptions
@@ -209,7 +210,7 @@ def export(
     options = ExportOptions(formats=tuple(fmt or default_formats()), dynamic=not static, format_options=(
         TorchScriptOptions(method.value), OnnxOptions(onnx_exporter.value, opset), AotiOptions(device.value)))
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
-                           progress=RichProgress(err_console), overwrite=overwrite)
+                           progress=RichProgress(err_console), overwrite=overwrite, sign_key=sign_key)
     err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
     _finish(report, json_path, verbose)
 
@@ -298,13 +299,15 @@ def artifact(
     json_path: opt.JsonOut = None,
     junit: opt.JunitOut = None,
     markdown: opt.MarkdownOut = None,
+    verify_key: opt.VerifyKey = None,
 ) -> None:
     """Check export folders: integrity, then each artifact against its goldens (CI validation)."""
     from verify.runtimes import RuntimeOptions
     from verify.validate import validate
 
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
-    _finish_checks(validate(paths, RuntimeOptions(ort_opt_level=ort_opt_level.value)), json_path, junit, markdown)
+    _finish_checks(validate(paths, RuntimeOptions(ort_opt_level=ort_opt_level.value), verify_key=verify_key),
+                   json_path, junit, markdown)
 
 
 @app.command()
@@ -321,6 +324,7 @@ def preflight(
     json_path: opt.JsonOut = None,
     junit: opt.JunitOut = None,
     markdown: opt.MarkdownOut = None,
+    verify_key: opt.VerifyKey = None,
 ) -> None:
     """Deployment check: loads on the provider asked for, matches its goldens, latency; GO or NO-GO."""
     from verify.preflight import PreflightOptions
@@ -329,7 +333,7 @@ def preflight(
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32)
-    _finish_checks(run_preflight(path, options), json_path, junit, markdown)
+    _finish_checks(run_preflight(path, options, verify_key=verify_key), json_path, junit, markdown)
 
 
 @app.command(name="list")

@@ -1,25 +1,35 @@
-"""Fill an export's staging folder with goldens and manifest from the verification's results."""
+"""Fill an export's staging folder with goldens and manifest (and its signature) from the verification's
+results."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exporter.manifest import build_manifest, write_goldens, write_manifest
 
 if TYPE_CHECKING:
     from exporter.artifacts import Artifact
     from exporter.backbones import BuiltModel
+    from verify.compare import PairResult
     from verify.oracle import Oracle
     from verify.report import Report
 
 
 def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, Artifact], inputs: dict,
-                          fp32: dict, oracle: Oracle, report: Report, identity: dict | None = None) -> None:
-    """Goldens first, manifest last: a folder without its manifest never validates."""
+                          fp32: dict, oracle: Oracle, report: Report, identity: dict | None = None,
+                          sign_key: Path | None = None) -> None:
+    """Goldens first, manifest next, signature last: a folder without its manifest (or, when signed, its
+    signature) never validates."""
+    from verify.oracle import folded_samples, measure_floors
+
     (input_name, array), = inputs.items()
-    write_goldens(folder, input_name, array, fp32, oracle.outputs)
+    eager = next((a for a in artifacts.values() if a.built is not None), None)
+    samples = folded_samples(eager, inputs) if eager is not None else []
+    write_goldens(folder, input_name, array, fp32, oracle.outputs, samples[0] if samples else None)
+    floors = measure_floors(fp32, oracle.outputs, samples=samples)
     dynamic = next((a.meta.dynamic_axes for a in artifacts.values() if a.path is not None and a.meta.dynamic_axes),
                    {})
     manifest = build_manifest(
@@ -31,12 +41,42 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
                     "dynamic_axes": dynamic},
         outputs=built.output_names,
         tolerance=report.settings["tolerance"],
-        floors=oracle.floors,
-        verdicts=[{"a": p.a, "b": p.b, "kind": p.kind, "passed": p.passed,
-                   "worst_output": p.worst.name, "worst_max_abs": p.worst.max_abs,
-                   "worst_ratio": p.worst.ratio} for p in report.pairs],
+        # the float32 floor exactly as `verify artifact` re-derives it from these goldens
+        floors={name: floor.value for name, floor in floors.items()},
+        verdicts=[verdict_record(p) for p in report.pairs],
         versions=report.versions,
+        identity=identity,
+        signed=sign_key is not None,
     )
-    if identity is not None:
-        manifest["identity"] = identity  # what a later export into the same folder must match to replace it
     write_manifest(folder, manifest)
+    if sign_key is not None:
+        from exporter.signing import sign_folder
+
+        sign_folder(folder, sign_key)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def verdict_record(pair: PairResult) -> dict[str, Any]:
+    """A judged pair as the manifest records it: figures that could not be measured are null, with why."""
+    worst = pair.worst if pair.outputs else None
+    record: dict[str, Any] = {
+        "a": pair.a, "b": pair.b, "kind": pair.kind, "passed": pair.passed,
+        "worst_output": worst.name if worst else None,
+        "worst_max_abs": _finite(worst.max_abs) if worst else None,
+        "worst_ratio": _finite(worst.ratio) if worst else None,
+    }
+    nulls = [key for key, value in record.items() if value is None]
+    if nulls:
+        if worst is None:
+            why = "the pair shares no output"
+        elif worst.max_abs is None:
+            why = worst.reason or "no difference could be measured"
+        elif worst.ratio is None:
+            why = "no noise floor for this output" if not worst.floor else "the ratio to the floor is not finite"
+        else:
+            why = "not finite"
+        record["null_reason"] = f"{', '.join(nulls)}: {why}"
+    return record

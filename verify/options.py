@@ -224,6 +224,19 @@ def check_existing_paths(value: list[Path] | Path | None) -> Any:
     return value
 
 
+def check_key_file(value: Path | None) -> Path | None:
+    """A PEM key for signing or verifying: a regular file; its content is checked by exporter.signing."""
+    from exporter.fsio import path_kind
+
+    if value is not None:
+        kind = path_kind(value)
+        if kind == "missing":
+            raise typer.BadParameter(f"{value} does not exist")
+        if kind is not None:
+            raise typer.BadParameter(f"{value} is {kind}; pass a PEM key file")
+    return value
+
+
 def distinct_outputs(**paths: Path | None) -> None:
     """Two reports into one file would overwrite each other."""
     seen: dict[Path, str] = {}
@@ -260,6 +273,12 @@ Normalize = Annotated[bool, typer.Option(
     help="Images: ImageNet mean/std after ToTensor's [0, 1] scaling; --no-normalize gives ToTensor() exactly")]
 DeviceOption = Annotated[Device, typer.Option(help="For every runtime (the oracle stays on the CPU)")]
 OrtOpt = Annotated[OrtOptLevel, typer.Option(help="ONNX Runtime graph optimisation level")]
+SignKey = Annotated[Path | None, typer.Option(
+    "--sign-key", callback=check_key_file,
+    help="Sign the folder with this elliptic-curve private key (PEM), OpenSSF model-signing")]
+VerifyKey = Annotated[Path | None, typer.Option(
+    "--verify-key", callback=check_key_file,
+    help="Refuse the folder unless its model-signing signature verifies with this public key (PEM)")]
 PrecisionOption = Annotated[Precision, typer.Option(
     "--precision", help="fp32, tf32 (CUDA), bf16 or fp16: every run at this precision, judged on the floor "
                         "measured at it (the deployment's precision)")]

@@ -7,12 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.errors import UsageError
-from exporter.manifest import GOLDENS_NAME, read_goldens
+from exporter.errors import SetupError, UsageError
 from verify.checks import Check, CheckReport
-from verify.compare import compare_outputs
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
-from verify.validate import check_integrity
+from verify.validate import ArtifactFolder, check_integrity, failure_reason, judge
 
 PROVIDERS = ("cpu", "cuda")
 
@@ -46,20 +44,40 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def preflight(path: Path, options: PreflightOptions | None = None) -> CheckReport:
+def preflight(path: Path, options: PreflightOptions | None = None, verify_key: Path | None = None) -> CheckReport:
     options = options or PreflightOptions()  # checked in PreflightOptions.__post_init__, before any work
+    if verify_key is not None:
+        from exporter.signing import check_public_key
+
+        check_public_key(Path(verify_key))  # a usage error, before any work
     report = CheckReport("preflight")
-    art = check_integrity(path, report)
-    target = None
-    if art is not None:
-        target = next((n for n, e in art.manifest["files"].items()
-                       if options.runtime in runtimes_for(e.get("format", ""))), None)
-        if target is None:
-            raise UsageError(f"{art.folder} has no artifact that {options.runtime} runs")
-    if art is None or target not in art.verified or GOLDENS_NAME not in art.verified:
+    art = check_integrity(path, report, verify_key)
+    if art is None or not art.sound:
         report.summary = f"NO-GO: {path} fails its integrity checks"
         return report
+    label = art.label
+    models = art.manifest.model_files()
+    target = next((n for n, e in models.items() if options.runtime in runtimes_for(e.format)), None)
+    if target is None:
+        report.add(Check(label, options.runtime, "artifact", False, f"the folder holds no artifact that "
+                         f"{options.runtime} runs (it holds {', '.join(sorted({e.format for e in models.values()}))})"))
+        report.summary = f"NO-GO: nothing in {path} runs on {options.runtime}"
+        return report
+    if target not in art.verified:
+        report.summary = f"NO-GO: {target} fails its integrity checks"
+        return report
+    try:
+        return _preflight_run(art, target, options, report)
+    except SetupError:
+        raise  # the machine cannot do what was asked (no CUDA, a CPU fallback): exit 2
+    except Exception as exc:  # whatever the artifact does, it is a failed check and a NO-GO, not a crash
+        report.add(Check(label, options.runtime, f"{target}: load and run", False, failure_reason(exc)))
+        report.summary = f"NO-GO: {target} does not run on {options.runtime}: {failure_reason(exc)}"
+        return report
 
+
+def _preflight_run(art: ArtifactFolder, target: str, options: PreflightOptions, report: CheckReport) -> CheckReport:
+    assert art.goldens is not None
     label = art.label
     runtime_options = RuntimeOptions(device=options.provider, tf32=options.tf32)
     start = time.perf_counter()
@@ -69,24 +87,23 @@ def preflight(path: Path, options: PreflightOptions | None = None) -> CheckRepor
     report.add(Check(label, runtime.label, f"{target}: loads on {options.provider}", True, f"running on {where}",
                      seconds=time.perf_counter() - start))
 
-    goldens = read_goldens(art.verified[GOLDENS_NAME])
-    outputs = runtime.run(goldens["input"])
-    pair = compare_outputs(runtime.label, outputs, "golden float32", goldens["float32"], art.tolerance(),
-                           art.floors(), require_all=True)
+    inputs = art.goldens["input"]
+    outputs = runtime.run(inputs)
+    pair, tolerance = judge(art, runtime.label, outputs, "golden float32", art.goldens["float32"])
     worst = pair.worst
     if worst.ratio is not None:
         ratio = f"{worst.ratio:.1f}x floor"
     else:
         ratio = worst.reason or f"max abs {worst.max_abs or 0.0:.2e}"
     report.add(Check(label, runtime.label, f"{target}: goldens", pair.passed,
-                     f"worst {worst.name}: {ratio} ({art.tolerance().describe()})", details=pair.to_dict()))
+                     f"worst {worst.name}: {ratio} ({tolerance.describe()})", details=pair.to_dict()))
 
     for _ in range(options.warmup):
-        runtime.run(goldens["input"])
+        runtime.run(inputs)
     times = []
     for _ in range(options.runs):
         tick = time.perf_counter()
-        runtime.run(goldens["input"])  # returns host arrays: the device work is done
+        runtime.run(inputs)  # returns host arrays: the device work is done
         times.append((time.perf_counter() - tick) * 1e3)
     p50, p90 = percentile(times, 50), percentile(times, 90)
     within = options.max_latency_ms is None or p90 <= options.max_latency_ms
@@ -95,7 +112,7 @@ def preflight(path: Path, options: PreflightOptions | None = None) -> CheckRepor
                      f"p50 {p50:.2f} ms, p90 {p90:.2f} ms over {options.runs} runs after {options.warmup} "
                      f"warm-up{budget}", details={"p50_ms": p50, "p90_ms": p90, "runs_ms": times}))
     verdict = "GO" if report.passed else "NO-GO"
-    failed = [c.name for c in report.checks if not c.passed]
+    failed = [c.name for c in report.checks if not c.passed and not c.skipped]
     report.summary = (f"{verdict}: {target} on {where}, goldens {'match' if pair.passed else 'DIFFER'} "
                       f"({ratio}), p50 {p50:.2f} ms, p90 {p90:.2f} ms"
                       + (f"; failed: {', '.join(failed)}" if failed else ""))

@@ -90,9 +90,38 @@ class Report:
 
 
 def write_json_report(data: dict[str, Any], path: Path) -> None:
+    """Strict JSON: a number that is not finite is written as null, with why in `null_reason` beside it."""
     from exporter.fsio import write_json
 
-    write_json(path, data)
+    write_json(path, json_safe(data))
+
+
+def json_safe(data: Any) -> Any:
+    """A copy fit for strict JSON: NaN and Infinity become null and the nearest object gets (or extends)
+    `null_reason` naming the field and what it was; numpy scalars become numbers, tuples lists."""
+    import math
+
+    def value(item: Any, where: str, reasons: list[str]) -> Any:
+        if type(item).__module__ == "numpy" and hasattr(item, "item"):
+            item = item.item()
+        if isinstance(item, float) and not math.isfinite(item):
+            reasons.append(f"{where}: {'NaN' if math.isnan(item) else 'Inf' if item > 0 else '-Inf'}")
+            return None
+        if isinstance(item, dict):
+            return obj(item)
+        if isinstance(item, (list, tuple)):
+            return [value(x, f"{where}[{i}]", reasons) for i, x in enumerate(item)]
+        return item
+
+    def obj(mapping: dict) -> dict:
+        reasons: list[str] = []
+        out = {key: value(item, str(key), reasons) for key, item in mapping.items()}
+        if reasons:
+            why = f"not finite: {', '.join(reasons)}"
+            out["null_reason"] = f"{out['null_reason']}; {why}" if isinstance(out.get("null_reason"), str) else why
+        return out
+
+    return value(data, "value", [])
 
 
 def _num(value: float | None, fmt: str = ".2e") -> str:

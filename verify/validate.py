@@ -1,62 +1,84 @@
-"""`verify artifact`: an export folder proves itself. Integrity first (every file present, size
-and sha256 as recorded, nothing referenced outside the folder), then every artifact that passed
-it runs in each runtime that can run it, on the golden input and at a second input shape."""
+"""`verify artifact`: an export folder proves itself, and fails closed.
+
+Integrity first: the manifest against its schema (exporter/manifest.py); the signature, when a public
+key is given; every file in the folder listed (nothing extra, hidden or linked); each file's size and
+sha256, its format from the registry and what the file itself records (opset, exporter, input, outputs,
+model); the goldens' content; the noise floors re-derived from the goldens (never taken from the
+manifest); the tolerance (a recorded one may tighten the verdict, never loosen it); the export's own
+verdict. Only a folder that passed all of that has its artifacts run, each in every runtime that runs
+it, on the golden input and at a second input shape. Whatever a folder holds, it fails its own checks;
+the other folders are still checked."""
 
 from __future__ import annotations
 
-import json
+import math
+import os
+import stat
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import Artifact, ArtifactMeta
-from exporter.errors import ArtifactError, UsageError, VerifyError
-from exporter.formats import FORMATS, get_format
-from exporter.fsio import require_inside
+from exporter.errors import ArtifactError, SetupError, UsageError, VerifyError
+from exporter.formats import get_format
 from exporter.manifest import (
+    EXTERNAL_DATA_FORMAT,
     GOLDENS_NAME,
     MANIFEST_NAME,
-    MANIFEST_SCHEMA,
-    MANIFEST_SCHEMA_VERSION,
+    SIGNATURE_NAME,
+    AutoTolerance,
+    ExternalDataFile,
+    FileEntry,
+    Manifest,
     file_sha256,
+    load_manifest,
     read_goldens,
 )
 from verify.checks import Check, CheckReport
-from verify.compare import Tolerance, compare_outputs
+from verify.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
 if TYPE_CHECKING:
     import numpy as np
 
+FLOOR_RTOL = 1e-9
+"""A recorded floor must equal the one its goldens give: the export computes it with the same function
+from the same arrays, and JSON round-trips floats exactly; this only absorbs a last-bit difference."""
+INTEGRITY = "integrity"
+
+
+class Skipped(Exception):
+    """Raised by a check body to record the check as skipped (neither passed nor failed)."""
+
 
 @dataclass
 class ArtifactFolder:
     folder: Path
-    manifest: dict[str, Any]
-    verified: dict[str, Path]
-    """Files whose size and hash matched the manifest."""
+    manifest: Manifest
+    verified: dict[str, Path] = field(default_factory=dict)
+    """Files whose own checks passed (size, hash, format, what the file records)."""
+    goldens: dict[str, dict[str, np.ndarray]] | None = None
+    """Read and checked: {'input': ..., 'float32': ..., 'float64': ...}."""
+    floors: dict[str, Any] = field(default_factory=dict)
+    """Re-derived from the goldens: a NoiseFloor (per channel where the output has channels) per output."""
+    """Re-derived from the goldens (float32 vs float64), never the manifest's."""
+    tolerances: list[Tolerance] = field(default_factory=list)
+    """Every tolerance a verdict must pass: auto (at most the default factor) first."""
+    sound: bool = False
+    """Every folder-level check passed: only then is anything loaded."""
 
     @property
     def label(self) -> str:
         return str(self.folder)
 
-    def tolerance(self) -> Tolerance:
-        recorded = self.manifest.get("tolerance") or {}
-        return Tolerance(**{k: v for k, v in recorded.items() if k in Tolerance.__dataclass_fields__})
-
-    def floors(self) -> dict[str, float]:
-        return {k: float(v) for k, v in (self.manifest.get("noise_floor") or {}).items()}
-
     def artifact(self, name: str) -> Artifact:
-        entry = self.manifest["files"][name]
-        spec = self.manifest.get("input", {})
-        meta = ArtifactMeta(input_name=spec.get("name", "input"), input_shape=list(spec.get("shape", [])),
-                            output_names=list(self.manifest.get("outputs", [])),
-                            dynamic_axes=dict(spec.get("dynamic_axes") or {}),
-                            spec=self.manifest.get("model", {}).get("spec"), exporter=entry.get("exporter"))
-        return Artifact(entry["format"], meta, path=self.verified[name])
+        entry, spec = self.manifest.files[name], self.manifest.input
+        meta = ArtifactMeta(input_name=spec.name, input_shape=list(spec.shape),
+                            output_names=list(self.manifest.outputs), dynamic_axes=dict(spec.dynamic_axes),
+                            spec=self.manifest.model.spec, exporter=getattr(entry, "exporter", None))
+        return Artifact(entry.format, meta, path=self.verified[name])
 
 
 def resolve_folder(path: Path) -> tuple[Path, Path]:
@@ -70,58 +92,252 @@ def resolve_folder(path: Path) -> tuple[Path, Path]:
     raise UsageError(f"{path} is neither an export folder nor its {MANIFEST_NAME}")
 
 
-def load_manifest(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ArtifactError(f"no {MANIFEST_NAME} in {path.parent}: an incomplete export or not an export folder")
+def failure_reason(exc: BaseException) -> str:
+    """Our errors as they are; anything else as its type and first line, bounded."""
+    if isinstance(exc, VerifyError):
+        return str(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
+def run_check(label: str, runtime: str, name: str, body: Callable[[], str]) -> Check:
+    """`body` returns the passing message or raises: a failure of the folder's content becomes this
+    check's failure (only an environment problem, SetupError, stops the run)."""
+    start = time.perf_counter()
+    check = Check(label, runtime, name, False)
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} is not readable JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
-        raise ArtifactError(f"{path} is not a {MANIFEST_SCHEMA} manifest")
-    if manifest.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        raise ArtifactError(f"{path} has schema version {manifest.get('schema_version')}; this verify reads "
-                            f"{MANIFEST_SCHEMA_VERSION}")
-    if not isinstance(manifest.get("files"), dict) or GOLDENS_NAME not in manifest["files"]:
-        raise ArtifactError(f"{path} lists no files or no {GOLDENS_NAME}")
-    return manifest
+        check.message, check.passed = body(), True
+    except SetupError:
+        raise
+    except Skipped as skip:
+        check.message, check.skipped = str(skip), True
+    except Exception as exc:  # a folder's content must fail its check, never the run
+        check.message = failure_reason(exc)
+    check.seconds = time.perf_counter() - start
+    return check
 
 
-def check_integrity(path: Path, report: CheckReport) -> ArtifactFolder | None:
+def check_integrity(path: Path, report: CheckReport, verify_key: Path | None = None) -> ArtifactFolder | None:
+    """Every folder-level check, added to `report`; the folder (with `sound` set) unless its manifest
+    could not be read at all."""
     folder, manifest_path = resolve_folder(path)
     label = str(folder)
-    try:
-        manifest = load_manifest(manifest_path)
-    except ArtifactError as exc:
-        report.add(Check(label, "integrity", MANIFEST_NAME, False, str(exc)))
+    manifest: list[Manifest] = []
+
+    def read() -> str:
+        manifest.append(load_manifest(manifest_path))
+        return f"schema {manifest[0].schema_version}, {manifest[0].model.spec}"
+
+    first = report.add(run_check(label, INTEGRITY, MANIFEST_NAME, read))
+    if not first.passed:
+        if verify_key is not None:
+            report.add(run_check(label, INTEGRITY, "signature", lambda: _signature(folder, verify_key)))
         return None
-    report.add(Check(label, "integrity", MANIFEST_NAME, True,
-                     f"schema {manifest['schema_version']}, {manifest.get('model', {}).get('spec', '?')}"))
-    verified: dict[str, Path] = {}
-    for name, entry in manifest["files"].items():
-        start = time.perf_counter()
-        check = report.add(Check(label, "integrity", name, False))
-        try:
-            file = require_inside(folder, name, "manifest entry")
-            if not file.is_file():
-                raise ArtifactError(f"{name} is missing")
-            size = file.stat().st_size
-            if size != entry.get("size"):
-                raise ArtifactError(f"{name}: size {size} bytes, manifest says {entry.get('size')} "
-                                    "(truncated or replaced)")
-            digest = file_sha256(file)
-            if digest != entry.get("sha256"):
-                raise ArtifactError(f"{name}: sha256 {digest[:12]}… does not match the manifest's "
-                                    f"{str(entry.get('sha256'))[:12]}… (modified)")
-            if entry.get("format") in FORMATS and get_format(entry["format"]).is_file:
-                get_format(entry["format"]).check_integrity(file, folder)
-        except ArtifactError as exc:
-            check.message = str(exc)
-        else:
-            check.passed, check.message = True, f"{size} bytes, sha256 ok"
-            verified[name] = file
-        check.seconds = time.perf_counter() - start
-    return ArtifactFolder(folder, manifest, verified)
+    art = ArtifactFolder(folder, manifest[0])
+    gate = [first]
+    if verify_key is not None or art.manifest.signature is not None:
+        gate.append(report.add(run_check(label, INTEGRITY, "signature", lambda: _signature(folder, verify_key))))
+    gate.append(report.add(run_check(label, INTEGRITY, "folder contents", lambda: _contents(art))))
+    # external data first: a model file passes only when its external data did
+    for name, entry in sorted(art.manifest.files.items(), key=lambda item: item[1].format != EXTERNAL_DATA_FORMAT):
+        check = report.add(run_check(label, INTEGRITY, name, lambda n=name, e=entry: _file(art, n, e)))
+        if check.passed:
+            art.verified[name] = folder / name
+        if name not in art.manifest.model_files():
+            gate.append(check)
+    if not art.manifest.model_files().keys() & art.verified.keys():
+        gate.append(report.add(Check(label, INTEGRITY, "model artifacts", False,
+                                     "no model artifact passed its integrity check")))
+    for name, body in ((f"{GOLDENS_NAME}: content", _goldens), ("noise floors", _floors),
+                       ("tolerance", _tolerance), ("export verdict", _export_verdict)):
+        gate.append(report.add(run_check(label, INTEGRITY, name, lambda b=body: b(art))))
+    art.sound = all(check.passed or check.skipped for check in gate)
+    return art
+
+
+def _signature(folder: Path, verify_key: Path | None) -> str:
+    from exporter.signing import verify_folder
+
+    if verify_key is None:  # declared by the manifest, no key to verify it with
+        if not (folder / SIGNATURE_NAME).is_file():
+            raise ArtifactError(f"the manifest says the folder is signed, but {SIGNATURE_NAME} is missing")
+        raise Skipped("signed; not verified here (pass --verify-key PUB.pem to refuse a folder changed since)")
+    verify_folder(folder, verify_key)
+    return f"model-signing signature verifies with {verify_key.name}: every file as signed"
+
+
+def _describe_entry(folder: Path, name: str) -> str:
+    path = folder / name
+    if path.is_symlink():
+        return f"{name} (a symbolic link)"
+    if path.is_dir():
+        return f"{name}/ (a folder)"
+    if name.startswith("."):
+        return f"{name} (hidden: a temporary file of an interrupted write?)"
+    return name
+
+
+def _contents(art: ArtifactFolder) -> str:
+    """Every entry of the folder is listed (or is the manifest, or its declared signature)."""
+    expected = {*art.manifest.files, MANIFEST_NAME} | ({SIGNATURE_NAME} if art.manifest.signature else set())
+    found = sorted(os.listdir(art.folder))
+    unlisted = [name for name in found if name not in expected]
+    if unlisted:
+        shown = ", ".join(_describe_entry(art.folder, n) for n in unlisted[:4])
+        more = f" and {len(unlisted) - 4} more" if len(unlisted) > 4 else ""
+        raise ArtifactError(f"{len(unlisted)} unlisted in the manifest: {shown}{more}; a complete export holds only "
+                            "what its manifest lists")
+    return f"{len(found)} entries, every one listed"
+
+
+def _file(art: ArtifactFolder, name: str, entry: FileEntry) -> str:
+    """A listed file: a regular file of the recorded size and sha256, and what its format says it is."""
+    file = art.folder / name  # names are plain file names (the schema refuses paths)
+    try:
+        info = os.lstat(file)
+    except FileNotFoundError:
+        raise ArtifactError(f"{name} is missing") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ArtifactError(f"{name} is a symbolic link; an export folder holds regular files only")
+    if not stat.S_ISREG(info.st_mode):
+        raise ArtifactError(f"{name} is not a regular file")
+    if info.st_size != entry.size:
+        raise ArtifactError(f"{name}: size {info.st_size} bytes, manifest says {entry.size} (truncated or replaced)")
+    digest = file_sha256(file)
+    if digest != entry.sha256:
+        raise ArtifactError(f"{name}: sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}… "
+                            "(modified)")
+    if isinstance(entry, ExternalDataFile):
+        model = art.manifest.files[entry.of]
+        if name not in {c.name for c in get_format(model.format).companion_files(art.folder / entry.of)}:
+            raise ArtifactError(f"{name} is listed as external data of {entry.of}, which does not reference it")
+    elif name in art.manifest.model_files():
+        return f"{info.st_size} bytes, sha256 ok, " + _model_file(art, name, entry, file)
+    return f"{info.st_size} bytes, sha256 ok"
+
+
+def _model_file(art: ArtifactFolder, name: str, entry: FileEntry, file: Path) -> str:
+    """The file is of its recorded format and records what the manifest says (read back, nothing loaded)."""
+    fmt = get_format(entry.format)
+    if not fmt.claims(file):
+        raise ArtifactError(f"{name} is not a {entry.format} file (by its name and content), as the manifest says")
+    meta = fmt.read_meta(file)
+    actual = fmt.manifest_fields(Artifact(fmt.name, meta, path=file))
+    for key in fmt.manifest_field_types:
+        if getattr(entry, key) != actual.get(key):
+            raise ArtifactError(f"{name}: the manifest records {key} {getattr(entry, key)!r}, the file "
+                                f"{actual.get(key)!r}")
+    fmt.check_integrity(file, art.folder)
+    for companion in fmt.companion_files(file):
+        listed = art.manifest.files.get(companion.name)
+        if companion.parent.resolve() != art.folder.resolve() or not isinstance(listed, ExternalDataFile) \
+                or listed.of != name:
+            raise ArtifactError(f"{name} references external data {companion.name} that the manifest does not "
+                                "list as its external data")
+        if companion.name not in art.verified:
+            raise ArtifactError(f"{name}: its external data {companion.name} failed its own check")
+    _same_record(art.manifest, name, meta)
+    return f"{entry.format}, its recorded metadata matches"
+
+
+def _same_record(manifest: Manifest, name: str, meta: ArtifactMeta) -> None:
+    """What the model file records about itself at export equals what the manifest says."""
+    pairs = [("input name", meta.input_name, manifest.input.name),
+             ("input shape", list(meta.input_shape), list(manifest.input.shape)),
+             ("outputs", list(meta.output_names), list(manifest.outputs)),
+             ("model", meta.spec, manifest.model.spec),
+             ("weights", meta.weights, manifest.model.weights),
+             ("weights sha256", meta.weights_sha256, manifest.model.weights_sha256)]
+    if meta.dynamic_axes:  # formats that record no axes (TorchScript runs any shape) have none to compare
+        pairs.append(("dynamic axes", dict(meta.dynamic_axes), dict(manifest.input.dynamic_axes)))
+    for what, recorded, claimed in pairs:
+        if recorded != claimed:
+            raise ArtifactError(f"{name} records {what} {recorded!r}, the manifest {claimed!r}")
+
+
+def _goldens(art: ArtifactFolder) -> str:
+    """Exactly the arrays the manifest describes, of the right dtypes and shapes, all finite."""
+    import numpy as np
+
+    if GOLDENS_NAME not in art.verified:
+        raise ArtifactError(f"{GOLDENS_NAME} failed its integrity check; nothing to judge against")
+    goldens = read_goldens(art.verified[GOLDENS_NAME])
+    spec, outputs = art.manifest.input, art.manifest.outputs
+    if list(goldens["input"]) != [spec.name]:
+        raise ArtifactError(f"{GOLDENS_NAME} holds inputs {sorted(goldens['input'])}, the manifest one named "
+                            f"{spec.name!r}")
+    x = goldens["input"][spec.name]
+    if str(x.dtype) != spec.dtype or list(x.shape) != list(spec.shape):
+        raise ArtifactError(f"{GOLDENS_NAME}: input.{spec.name} is {x.dtype} {list(x.shape)}, the manifest records "
+                            f"{spec.dtype} {list(spec.shape)}")
+    for kind, dtype in (("float32", np.float32), ("float64", np.float64)):
+        if set(goldens[kind]) != set(outputs):
+            raise ArtifactError(f"{GOLDENS_NAME} holds {kind} outputs {sorted(goldens[kind])}, the manifest "
+                                f"{sorted(outputs)}")
+        for output, array in goldens[kind].items():
+            if array.dtype != dtype or array.size == 0 or array.ndim == 0 or array.shape[0] != x.shape[0]:
+                raise ArtifactError(f"{GOLDENS_NAME}: {kind}.{output} is {array.dtype} {list(array.shape)}; "
+                                    f"expected non-empty {np.dtype(dtype)} with the input's batch of {x.shape[0]}")
+    for output in outputs:
+        if goldens["float32"][output].shape != goldens["float64"][output].shape:
+            raise ArtifactError(f"{GOLDENS_NAME}: float32.{output} and float64.{output} differ in shape")
+    folded = goldens.get("folded") or {}
+    if folded and (set(folded) != set(outputs) or any(
+            folded[o].dtype != np.float32 or folded[o].shape != goldens["float32"][o].shape for o in outputs)):
+        raise ArtifactError(f"{GOLDENS_NAME}: the folded sample must hold every output as float32 of the goldens' "
+                            "shapes, or be absent")
+    for kind in ("input", "float32", "float64", "folded"):
+        for key, array in goldens.get(kind, {}).items():
+            bad = int((~np.isfinite(array)).sum())
+            if bad:
+                raise ArtifactError(f"{GOLDENS_NAME}: {kind}.{key} holds {bad} NaN/Inf; goldens must be finite")
+    art.goldens = goldens
+    return f"input {'x'.join(map(str, x.shape))} float32, {len(outputs)} outputs in float32 and float64, all finite"
+
+
+def _floors(art: ArtifactFolder) -> str:
+    """The floors the verdicts use, measured from the goldens; the manifest's must be the same numbers."""
+    from verify.oracle import measure_floors
+
+    if art.goldens is None:
+        raise ArtifactError(f"not derived: {GOLDENS_NAME} failed its checks")
+    folded = art.goldens.get("folded") or {}
+    derived = measure_floors(art.goldens["float32"], art.goldens["float64"], samples=[folded] if folded else [])
+    for output in art.manifest.outputs:
+        recorded = art.manifest.noise_floor[output]
+        measured = derived[output].value if output in derived else None
+        if measured is None or not math.isclose(recorded, measured, rel_tol=FLOOR_RTOL, abs_tol=0.0):
+            raise ArtifactError(f"noise_floor[{output!r}] is {recorded:.4g} in the manifest, but its goldens give "
+                                f"{measured if measured is None else format(measured, '.4g')} (float32 vs float64); "
+                                "a floor is re-derived, never taken on trust")
+    art.floors = derived
+    return "re-derived from the goldens (float32 vs float64); the manifest records the same"
+
+
+def _tolerance(art: ArtifactFolder) -> str:
+    """Auto at the default factor always applies; a recorded factor below it tightens; a recorded
+    decimal/allclose tolerance applies as well; a recorded factor above the default is refused."""
+    recorded = art.manifest.tolerance
+    if isinstance(recorded, AutoTolerance):
+        if recorded.factor > AUTO_FACTOR:
+            raise ArtifactError(f"tolerance.factor {recorded.factor:g} is above the default {AUTO_FACTOR:g}: a "
+                                "manifest may tighten a verdict, never loosen it (re-export without --factor)")
+        art.tolerances = [Tolerance(factor=recorded.factor)]
+        return art.tolerances[0].describe() + (" (the default)" if recorded.factor == AUTO_FACTOR else
+                                               f" (tighter than the default {AUTO_FACTOR:g})")
+    extra = Tolerance(**recorded.model_dump())
+    art.tolerances = [Tolerance(), extra]
+    return f"{extra.describe()}, and auto at the default factor {AUTO_FACTOR:g} as well"
+
+
+def _export_verdict(art: ArtifactFolder) -> str:
+    verdicts = art.manifest.verdicts
+    if not art.manifest.passed:
+        failed = [f"{v.a} vs {v.b}" for v in verdicts if not v.passed]
+        raise ArtifactError(f"the export itself recorded {len(failed)} of {len(verdicts)} pairs disagreeing "
+                            f"({', '.join(failed[:3])}{', …' if len(failed) > 3 else ''}); a folder whose export "
+                            "disagreed never passes")
+    return f"the export's {len(verdicts)} pairs agreed"
 
 
 def second_shape(shape: Sequence[int], dynamic_axes: dict[str, str]) -> tuple[int, ...] | None:
@@ -132,96 +348,109 @@ def second_shape(shape: Sequence[int], dynamic_axes: dict[str, str]) -> tuple[in
     return tuple(s + bump.get(i, 0) if str(i) in dynamic_axes else s for i, s in enumerate(shape))
 
 
+def judge(art: ArtifactFolder, a_label: str, outputs: dict, b_label: str, reference: dict,
+          floors: dict[str, Any] | None = None) -> tuple[PairResult, Tolerance]:
+    """The pair under every tolerance the folder applies: the first that fails decides, else the first."""
+    results = [(compare_outputs(a_label, outputs, b_label, reference, tolerance,
+                                art.floors if floors is None else floors, require_all=True), tolerance)
+               for tolerance in art.tolerances]
+    return next(((p, t) for p, t in results if not p.passed), results[0])
+
+
 def golden_checks(art: ArtifactFolder, options: RuntimeOptions, report: CheckReport,
                   runtimes: Sequence[str] | None = None) -> None:
-    """Each verified artifact in each runtime that runs it, against the goldens and at a second shape."""
-    label = art.label
-    if GOLDENS_NAME not in art.verified:
-        report.add(Check(label, "goldens", GOLDENS_NAME, False, "goldens failed integrity; nothing to judge"))
-        return
-    goldens = read_goldens(art.verified[GOLDENS_NAME])
-    inputs = goldens["input"]
-    tolerance, floors = art.tolerance(), art.floors()
-    for name, entry in art.manifest["files"].items():
-        fmt = entry.get("format")
-        if fmt not in FORMATS or not get_format(fmt).is_file:
-            continue
-        for runtime_name in runtimes or runtimes_for(fmt):
-            if name not in art.verified:
-                report.add(Check(label, runtime_name, f"{name}: load", False,
-                                 "not loaded: it failed the integrity check", skipped=False))
+    """Each verified artifact in each runtime that runs it, against the goldens and at a second shape;
+    nothing is loaded from a folder that failed a folder-level check."""
+    for name, entry in art.manifest.model_files().items():
+        names = list(runtimes or runtimes_for(entry.format))
+        if not names:
+            report.add(Check(art.label, INTEGRITY, f"{name}: runtimes", False,
+                             f"no registered runtime runs {entry.format}; nothing would check it"))
+        for runtime_name in names:
+            if not art.sound or name not in art.verified:
+                why = "the folder failed its integrity checks" if not art.sound else "it failed its integrity check"
+                report.add(Check(art.label, runtime_name, f"{name}: load", False, f"not loaded: {why}"))
                 continue
-            _run_goldens(art, name, runtime_name, options, inputs, goldens, tolerance, floors, report)
+            before = len(report.checks)
+            try:
+                _run_goldens(art, name, runtime_name, options, report)
+            except SetupError:
+                raise
+            except Exception as exc:  # whatever the file does in a runtime fails this check only
+                del report.checks[before:]
+                report.add(Check(art.label, runtime_name, f"{name}: load and run", False, failure_reason(exc)))
 
 
 def _run_goldens(art: ArtifactFolder, name: str, runtime_name: str, options: RuntimeOptions,
-                 inputs: dict[str, np.ndarray], goldens: dict, tolerance: Tolerance, floors: dict[str, float],
                  report: CheckReport) -> None:
+    assert art.goldens is not None
     label = art.label
     start = time.perf_counter()
-    try:
-        runtime = make_runtime(runtime_name, options).load(art.artifact(name))
-        outputs = runtime.run(inputs)
-    except VerifyError as exc:
-        if not isinstance(exc, ArtifactError):
-            raise  # usage or environment: exit 2, not a failed check
-        report.add(Check(label, runtime_name, f"{name}: load and run", False, str(exc)))
-        return
+    runtime = make_runtime(runtime_name, options).load(art.artifact(name))
+    outputs = runtime.run(art.goldens["input"])
     report.add(Check(label, runtime.label, f"{name}: load and run", True,
                      f"{time.perf_counter() - start:.2f}s", seconds=time.perf_counter() - start))
-    for kind, reference in (("float32", goldens["float32"]), ("float64", goldens["float64"])):
-        pair = compare_outputs(runtime.label, outputs, f"golden {kind}", reference, tolerance, floors,
-                               require_all=True)
-        worst = pair.worst
-        ratio = f", {worst.ratio:.1f}x floor" if worst.ratio is not None else ""
-        message = (f"worst {worst.name}: max abs {worst.max_abs:.2e}{ratio}" if pair.passed else
-                   f"{worst.name}: {worst.reason}, max abs {worst.max_abs if worst.max_abs is not None else 0:.2e}"
-                   f"{ratio} ({tolerance.describe()})")
-        report.add(Check(label, runtime.label, f"{name}: goldens {kind}", pair.passed, message,
+    for kind in ("float32", "float64"):
+        pair, tolerance = judge(art, runtime.label, outputs, f"golden {kind}", art.goldens[kind])
+        report.add(Check(label, runtime.label, f"{name}: goldens {kind}", pair.passed, _pair_message(pair, tolerance),
                          details=pair.to_dict()))
-    shape = second_shape(next(iter(inputs.values())).shape, art.manifest.get("input", {}).get("dynamic_axes") or {})
+    shape = second_shape(art.manifest.input.shape, art.manifest.input.dynamic_axes)
     if shape is not None:
-        report.add(_second_shape_check(art, name, runtime, shape, tolerance))
+        title = f"{name}: shape {'x'.join(map(str, shape))}"
+        report.add(run_check(label, runtime.label, title, lambda: _second_shape(art, runtime, shape)))
 
 
-def _second_shape_check(art: ArtifactFolder, name: str, runtime, shape: tuple[int, ...],
-                        tolerance: Tolerance) -> Check:
-    """At a shape with no goldens, judge against a float64 run of a verified artifact that a
-    runtime can run in float64, when the folder has one; else check the output shapes follow."""
+def _pair_message(pair: PairResult, tolerance: Tolerance) -> str:
+    worst = pair.worst
+    ratio = f", {worst.ratio:.1f}x floor" if worst.ratio is not None else ""
+    if pair.passed:
+        return f"worst {worst.name}: max abs {worst.max_abs:.2e}{ratio}"
+    return (f"{worst.name}: {worst.reason}, max abs {worst.max_abs if worst.max_abs is not None else 0:.2e}"
+            f"{ratio} ({tolerance.describe()})")
+
+
+def _second_shape(art: ArtifactFolder, runtime, shape: tuple[int, ...]) -> str:
+    """At a shape with no goldens, judge against a float64 run of a verified artifact that a runtime
+    can run in float64, when the folder has one (floors measured there, auto tolerance); else check
+    that the output shapes follow."""
     from verify.inputs import make_input
     from verify.oracle import noise_floors
 
-    input_name = art.manifest.get("input", {}).get("name", "input")
-    x = {input_name: make_input(shape, 1)}
-    label, title = art.label, f"{name}: shape {'x'.join(map(str, shape))}"
-    try:
-        outputs = runtime.run(x)
-    except VerifyError as exc:
-        return Check(label, runtime.label, title, False, str(exc))
+    x = {art.manifest.input.name: make_input(shape, 1)}
+    outputs = runtime.run(x)
     bad = [k for k, v in outputs.items() if v.ndim == 0 or v.shape[0] != shape[0] or not v.size]
     if bad:
-        return Check(label, runtime.label, title, False, f"outputs {bad} do not follow the batch of {shape[0]}")
-    exact = [(n, names[0]) for n, e in art.manifest["files"].items()
-             if n in art.verified and (names := runtimes_for(e.get("format", ""), float64=True))]
-    if not exact or tolerance.mode != "auto":
-        return Check(label, runtime.label, title, True, "runs; output shapes follow the input")
+        raise ArtifactError(f"outputs {bad} do not follow the batch of {shape[0]}")
+    exact = [(n, names[0]) for n, e in art.manifest.model_files().items()
+             if n in art.verified and (names := runtimes_for(e.format, float64=True))]
+    if not exact:
+        return "runs; output shapes follow the input"
     reference, runner = exact[0]
     fp64 = make_runtime(runner, RuntimeOptions(dtype="float64")).load(art.artifact(reference)).run(x)
     fp32 = make_runtime(runner).load(art.artifact(reference)).run(x)
-    pair = compare_outputs(runtime.label, outputs, f"{reference} float64", fp64, tolerance, noise_floors(fp32, fp64),
+    auto = art.tolerances[0]  # auto, at most the default factor: the floors here are measured, not recorded
+    pair = compare_outputs(runtime.label, outputs, f"{reference} float64", fp64, auto, noise_floors(fp32, fp64),
                            require_all=True)
     worst = pair.worst
-    return Check(label, runtime.label, title, pair.passed,
-                 f"vs {reference} in float64: worst {worst.name} {worst.ratio or 0:.1f}x floor",
-                 details=pair.to_dict())
+    message = f"vs {reference} in float64: worst {worst.name} {worst.ratio or 0:.1f}x floor"
+    if not pair.passed:
+        raise ArtifactError(f"{message} ({auto.describe()})")
+    return message
 
 
-def validate(paths: Sequence[Path], options: RuntimeOptions | None = None) -> CheckReport:
+def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
+             verify_key: Path | None = None) -> CheckReport:
+    """Check every folder; one folder's failures never stop the others (only an environment problem
+    does, as SetupError)."""
+    if verify_key is not None:
+        from exporter.signing import check_public_key
+
+        check_public_key(Path(verify_key))  # a usage error, before any work
     report = CheckReport("artifact")
     for path in paths:
         resolve_folder(path)  # usage errors (a path that does not exist) before any work
     for path in paths:
-        art = check_integrity(path, report)
+        art = check_integrity(path, report, verify_key)
         if art is not None:
             golden_checks(art, options or RuntimeOptions(), report)
     failed = sum(not c.passed and not c.skipped for c in report.checks)

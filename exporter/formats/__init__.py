@@ -83,9 +83,13 @@ class Format:
     def read_meta(self, path: Path) -> ArtifactMeta:
         raise NotImplementedError
 
+    manifest_field_types: ClassVar[dict[str, type]] = {"exporter": str}
+    """The types of what `manifest_fields` returns: the manifest schema (exporter/manifest.py) requires
+    exactly these fields in this format's file entries."""
+
     def manifest_fields(self, artifact: Artifact) -> dict[str, Any]:
         """Extra manifest fields for this format's file (what the file really is, read back)."""
-        return {}
+        return {"exporter": artifact.meta.exporter}
 
     def companion_files(self, path: Path) -> list[Path]:
         """Files the artifact needs beside it (e.g. ONNX external data), all listed and hashed."""
