@@ -20,7 +20,7 @@ from exporter.formats.onnx import file_opset
 from exporter.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION, file_sha256
 from verify.cli import app
 from verify.compare import AUTO_FACTOR
-from verify.oracle import noise_floors
+from verify.oracle import measure_floors
 
 runner = CliRunner()
 EXPORT = ["export", "--backbone", "resnet18", "--shape", "1x3x64x64"]
@@ -73,11 +73,13 @@ def test_manifest_records_what_was_made(pristine):
     runs = {v["a"] for v in manifest["verdicts"]} | {v["b"] for v in manifest["verdicts"]} - {"oracle"}
     assert len(manifest["verdicts"]) == len(runs) * (len(runs) - 1) // 2 + len(runs)  # every pair, each vs oracle
     with np.load(pristine / "goldens.npz", allow_pickle=False) as goldens:
-        assert sorted(goldens.files) == sorted(["input.input"] + [f"float{b}.layer{i}" for b in (32, 64)
-                                                                  for i in range(1, 5)])
-        floors = noise_floors({k: goldens[f"float32.{k}"] for k in manifest["outputs"]},
-                              {k: goldens[f"float64.{k}"] for k in manifest["outputs"]})
-    assert manifest["noise_floor"] == floors  # exactly what `verify artifact` re-derives
+        assert sorted(goldens.files) == sorted(["input.input"] + [f"{group}.{output}" for group in
+                                                                  ("float32", "float64", "folded")
+                                                                  for output in manifest["outputs"]])
+        group = {g: {k: goldens[f"{g}.{k}"] for k in manifest["outputs"]} for g in ("float32", "float64", "folded")}
+    floors = measure_floors(group["float32"], group["float64"], samples=[group["folded"]])
+    # exactly what `verify artifact` re-derives
+    assert manifest["noise_floor"] == {name: floor.value for name, floor in floors.items()}
 
 
 def test_good_folder_passes_every_check(pristine, tmp_path):
