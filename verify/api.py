@@ -14,6 +14,7 @@ from exporter.export import ExportOptions, export_model
 from exporter.formats import ExportContext, get_format
 from exporter.fsio import staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
+from exporter.user_model import UserModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
 from verify.inputs import load_input, make_input
 from verify.oracle import Oracle, measure_oracle, oracle_or_spread
@@ -38,10 +39,14 @@ class RunSettings:
     tolerance: Tolerance = Tolerance()
 
 
-def build(spec: ModelSpec, settings: RunSettings):
+def build(spec: ModelSpec | UserModelSpec, settings: RunSettings):
     from exporter.backbones import build_model
     from exporter.weights import load_weights
 
+    if isinstance(spec, UserModelSpec):  # your own model: file.py:factory or pkg.mod:factory
+        from exporter.user_model import build_user_model
+
+        return build_user_model(spec, settings.seed, settings.shape, settings.weights)
     return build_model(spec, load_weights(settings.weights, spec.backbone, settings.seed), settings.seed)
 
 
@@ -93,12 +98,14 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
             raise UsageError(f"Runtime {name} runs {', '.join(runtime_class(name).formats)} artifacts; add that "
                              f"--format (exporting: {', '.join(export.formats) or 'nothing'})")
         formats[name] = runnable[0]
-    inputs_array = load_input(settings.input_file) if settings.input_file else \
-        make_input(settings.shape or DEFAULT_SHAPE, settings.seed)
+    given = load_input(settings.input_file) if settings.input_file else None
+    with progress.step(f"Building {spec}" + ("" if isinstance(spec, UserModelSpec) else
+                                             f" with {settings.weights} weights")):
+        built = build(spec, settings)
+    no_float64 = _without_float64(built, settings)
+    inputs_array = given if given is not None else make_input(settings.shape or model_shape(built), settings.seed)
     report = Report("export", _settings_dict(settings, spec=str(spec), export=export.to_dict(),
                                              runtimes=list(runtimes)), _input_dict(inputs_array, settings))
-    with progress.step(f"Building {spec} with {settings.weights} weights"):
-        built = build(spec, settings)
     eager = eager_artifact(built, inputs_array.shape)
     inputs = {eager.meta.input_name: inputs_array}
     folder = Path(out) / spec.slug
@@ -113,11 +120,11 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
                 for name in runtimes]
         with progress.step("Running the float64 oracle"):
             fp32 = _eager_fp32(runs, eager, inputs)
-            oracle = measure_oracle(eager, inputs, fp32)
+            oracle = no_float64 or measure_oracle(eager, inputs, fp32)
         assert oracle is not None
         report.floors, report.floor_source = oracle.floors, oracle.source
-        report.pairs = _judge_runs(runs, oracle, oracle.floors, settings.tolerance)
-        report.notes = explain_pairs(report)
+        report.pairs = _judge_runs(runs, None if no_float64 else oracle, oracle.floors, settings.tolerance)
+        report.notes = explain_pairs(report) + ([no_float64.source] if no_float64 else [])
         from verify.manifest import write_artifact_folder
 
         write_artifact_folder(staging, built, artifacts, inputs, fp32, oracle, report)
@@ -142,11 +149,33 @@ def eager_format_name() -> str:
 
 
 def resolve_source(text: str, settings: RunSettings) -> Artifact:
-    """A model spec (`resnet50:frozen:body`) or an artifact file (`.onnx`, `.pt2`, TorchScript `.pt`...)."""
+    """A model spec (`resnet50:frozen:body`), your own model (`file.py:factory`, `pkg.mod:factory`: imports
+    and runs that code) or an artifact file (`.onnx`, `.pt2`, TorchScript `.pt`...)."""
+    from exporter.user_model import is_user_model_text, parse_model_text
+
     path = Path(text)
-    if path.suffix or path.exists():
+    if not is_user_model_text(text) and (path.suffix or path.exists()):
         return open_artifact(path)
-    return eager_artifact(build(ModelSpec.parse(text), settings), settings.shape or DEFAULT_SHAPE)
+    built = build(parse_model_text(text), settings)
+    return eager_artifact(built, settings.shape or model_shape(built))
+
+
+# Your own model (exporter/user_model.py): its example fixes the shape; it may have no float64 oracle.
+def model_shape(built) -> tuple[int, ...]:
+    """The shape a built model is fed by default: a user model's example input, else 1x3x224x224."""
+    return tuple(getattr(built, "input_shape", None) or DEFAULT_SHAPE)
+
+
+def _without_float64(built, settings: RunSettings) -> Oracle | None:
+    """For a model that cannot run in float64: no oracle, the note why, and an explicit tolerance required
+    (a floor estimated from the runs being judged would judge them against themselves)."""
+    note = getattr(built, "float64_note", None)
+    if not note:
+        return None
+    if settings.tolerance.mode == "auto":
+        raise UsageError(f"{note}; the auto tolerance needs it to measure the float32 noise floor: pass "
+                         "--rtol/--atol or --decimal")
+    return Oracle({}, {}, f"{note}: runs judged pair against pair only, with {settings.tolerance.describe()}")
 
 
 def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tuple[int, ...]:
@@ -155,7 +184,7 @@ def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tup
         return tuple(settings.shape)
     for artifact in artifacts:
         shape = artifact.meta.input_shape
-        if artifact.path is not None and shape and len(shape) == 4:
+        if (artifact.path is not None or getattr(artifact.built, "input_shape", None)) and shape and len(shape) == 4:
             return tuple(s if s > 0 else d for s, d in zip(shape, DEFAULT_SHAPE))
     return DEFAULT_SHAPE
 
@@ -179,7 +208,8 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
         run["label"] = short
         runs.append(run)
         with progress.step(f"Measuring the float32 noise floor of {text}"):
-            oracles.append(oracle_or_spread(artifact, inputs, run["outputs"]))
+            oracles.append(_without_float64(artifact.built, settings) or
+                           oracle_or_spread(artifact, inputs, run["outputs"]))
     floors = {}
     for oracle in oracles:
         for name, value in oracle.floors.items():
@@ -193,7 +223,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
             report.pairs.append(compare_outputs(run["label"], run["outputs"], f"oracle({run['label']})",
                                                 oracle.outputs, settings.tolerance, oracle.floors,
                                                 kind="oracle"))
-    report.notes = explain_pairs(report)
+    report.notes = explain_pairs(report) + [o.source for o in oracles if not (o.outputs or o.floors)]
     return report
 
 

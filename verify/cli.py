@@ -125,6 +125,10 @@ def export(
     norm: Annotated[str, typer.Option("--norm", "-n", help=f"One of: {', '.join(list_norms())}")] = "frozen",
     view: Annotated[str, typer.Option(help="body (layer1..4), fpn (with FPN) or trunk (classifier "
                                            "without avgpool/fc)")] = "body",
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Your own model instead of a backbone: path/to/file.py:factory or package.module:factory "
+                        "(the factory returns an nn.Module or (module, example_input)). This IMPORTS AND RUNS "
+                        "that code: name only code you trust")] = None,
     weights: Weights = "synthetic",
     seed: Seed = 0,
     shape: Shape = None,
@@ -158,9 +162,10 @@ def export(
     from exporter.formats.onnx import OnnxOptions
     from exporter.formats.torchscript import TorchScriptOptions
     from exporter.spec import ModelSpec
+    from exporter.user_model import UserModelSpec
     from verify.api import verify_export
 
-    spec = ModelSpec(backbone, norm, view)
+    spec = UserModelSpec.parse(model) if model else ModelSpec(backbone, norm, view)
     settings = _settings(weights, seed, shape, input_file, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor)
     options = ExportOptions(formats=tuple(fmt or default_formats()), dynamic=not static, format_options=(
@@ -174,7 +179,8 @@ def export(
 @app.command()
 @handle_errors
 def compare(
-    a: Annotated[str, typer.Argument(help="Model spec backbone:norm:view, or a .onnx / TorchScript .pt")],
+    a: Annotated[str, typer.Argument(help="Model spec backbone:norm:view, a .onnx / TorchScript .pt, or your "
+                                          "own model file.py:factory / pkg.mod:factory (imports and runs it)")],
     b: Annotated[str, typer.Argument(help="The reference side, same forms as A")],
     weights: Weights = "synthetic",
     seed: Seed = 0,
@@ -202,7 +208,8 @@ def compare(
 @handle_errors
 def explain(
     a: Annotated[str | None, typer.Argument(
-        help="Model spec or artifact [default: resnet50:batch:trunk, the classifier's ResNet-50]")] = None,
+        help="Model spec, artifact or your own file.py:factory (imports and runs it) [default: "
+             "resnet50:batch:trunk, the classifier's ResNet-50]")] = None,
     b: Annotated[str | None, typer.Argument(
         help="Model spec or artifact [default: resnet50:frozen:body, Faster R-CNN's backbone]")] = None,
     weights: Weights = "synthetic",
