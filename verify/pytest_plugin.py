@@ -38,6 +38,7 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     atol=1e-6)`; a model that cannot run in float64 needs an explicit one. `trace`: TorchScript by tracing.
     Artifacts go to `out/<name>/` (the manifest and goldens with them), the report to `out/<name>-report.json`.
     The module is copied first: the caller's object is left as it was."""
+    __tracebackhide__ = True  # a failure points at the user's test line, not here
     import numpy as np
     import torch
 
@@ -94,6 +95,7 @@ def _assert_exports_agree_fixture(tmp_path: Path, request: pytest.FixtureRequest
     test's name as the model's."""
 
     def check(module: Any, example: Any, **options: Any) -> Report:
+        __tracebackhide__ = True
         options.setdefault("out", tmp_path)
         options.setdefault("name", request.node.name)
         return assert_exports_agree(module, example, **options)

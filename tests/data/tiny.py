@@ -2,6 +2,8 @@
 a tensor, a dict or a tuple; one with its own example input; one weight perturbed; and factories that
 fail on purpose. The loader seeds torch's RNG, so every factory builds the same weights each time."""
 
+import functools
+
 import torch
 from torch import nn
 
@@ -98,3 +100,14 @@ def not_a_module() -> dict:
 
 
 NOT_CALLABLE = 42
+
+
+class Unscriptable(TinyNet):
+    """Runs its stages through functools.reduce and a lambda: TorchScript cannot script it, tracing can."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functools.reduce(lambda h, stage: stage(h), (self.stem, self.stage1, self.stage2), x)
+
+
+def make_unscriptable() -> nn.Module:
+    return Unscriptable()
