@@ -40,7 +40,7 @@ def error_line(result) -> str:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Each output kind (tensor, dict, tuple) exported to every default format and judged: factory -> (folder, report)."""
+    """Each output kind (tensor, dict, tuple) exported to every default format: factory -> (folder, report)."""
     out = tmp_path_factory.mktemp("user-models")
     results = {}
     for factory in OUTPUTS:

@@ -75,7 +75,7 @@ def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, float
     return pairs
 
 
-def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
+def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
                   export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
                   progress: Progress | None = None) -> Report:
     """Build `spec`, export it, run every runtime on one input, judge every pair and each run
