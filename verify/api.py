@@ -15,6 +15,7 @@ from exporter.export import ExportOptions, export_model
 from exporter.formats import ExportContext, get_format
 from exporter.fsio import path_kind, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
+from exporter.user_model import UserModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
 from verify.inputs import NamedInput, load_inputs, seeded_input
 from verify.oracle import NoiseFloor, Oracle, measure_oracle, oracle_or_spread
@@ -61,10 +62,14 @@ def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
     return load_inputs(settings.input_file, settings.shape, settings.normalize)
 
 
-def build(spec: ModelSpec, settings: RunSettings):
+def build(spec: ModelSpec | UserModelSpec, settings: RunSettings):
     from exporter.backbones import build_model
     from exporter.weights import load_weights
 
+    if isinstance(spec, UserModelSpec):  # your own model: file.py:factory or pkg.mod:factory
+        from exporter.user_model import build_user_model
+
+        return build_user_model(spec, settings.seed, settings.shape, settings.weights)
     return build_model(spec, load_weights(settings.weights, spec.backbone, settings.seed), settings.seed)
 
 
@@ -94,7 +99,7 @@ def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, Noise
     return pairs
 
 
-def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
+def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
                   export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
                   progress: Progress | None = None, overwrite: bool = False, sign_key: Path | None = None) -> Report:
     """Build `spec`, export it, run every runtime on every input, judge every pair and each run
@@ -131,12 +136,15 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
             raise UsageError(f"Runtime {name} runs {', '.join(runtime_class(name).formats)} artifacts; add that "
                              f"--format (exporting: {', '.join(export.formats) or 'nothing'})")
         formats[name] = runnable[0]
-    named = settings_inputs(settings) or [seeded_input(settings.shape or DEFAULT_SHAPE, settings.seed)]
+    given = settings_inputs(settings)  # read and checked before the model is built
+    with progress.step(f"Building {spec}" + ("" if isinstance(spec, UserModelSpec) else
+                                             f" with {settings.weights} weights")):
+        built = build(spec, settings)
+    no_float64 = _without_float64(built, settings)
+    named = given or [seeded_input(settings.shape or model_shape(built), settings.seed)]
     inputs_array = named[0].array
     report = Report("export", _settings_dict(settings, spec=str(spec), export=export.to_dict(),
                                              runtimes=list(runtimes)), _input_dict(named, settings))
-    with progress.step(f"Building {spec} with {settings.weights} weights"):
-        built = build(spec, settings)
     eager = eager_artifact(built, inputs_array.shape)
     feeds = [{eager.meta.input_name: item.array} for item in named]
     folder = Path(out) / spec.slug
@@ -161,13 +169,14 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
                 runs_i = [per_input[i] for per_input in runs]
                 require_some_finite_run(runs_i, item.label)
                 fp32 = _eager_fp32(runs_i, eager, feed)
-                oracle = measure_oracle(eager, feed, fp32, settings.runtime)  # floors at the runs' precision
+                oracle = no_float64 or measure_oracle(eager, feed, fp32, settings.runtime)  # at the runs' precision
                 assert oracle is not None
-                judged.append((fp32, oracle, _judge_runs(runs_i, oracle, oracle.noise, settings.tolerance)))
+                judged.append((fp32, oracle, _judge_runs(runs_i, None if no_float64 else oracle, oracle.noise,
+                                                         settings.tolerance)))
         fp32, oracle, _ = judged[0]
         report.floors, report.floor_source = oracle.noise, oracle.source
         report.pairs = worst_over_inputs([pairs for _, _, pairs in judged], named, report)
-        report.notes = explain_pairs(report)
+        report.notes = explain_pairs(report) + ([no_float64.source] if no_float64 else [])
         from verify.manifest import write_artifact_folder
 
         write_artifact_folder(staging, built, artifacts, feeds[0], fp32, oracle, report, identity=identity,
@@ -223,14 +232,17 @@ def _badness(pair: PairResult) -> tuple[bool, float, float]:
     return (not pair.passed, (worst.ratio or 0.0) if worst else 0.0, (worst.max_abs or 0.0) if worst else 0.0)
 
 
-def source_kind(text: str) -> Path | ModelSpec:
+def source_kind(text: str) -> Path | ModelSpec | UserModelSpec:
     """What `text` names, checked without loading or building anything: a path that exists is an
     artifact file (a folder, device or broken link is refused as what it is); a path-like text that
     does not exist is a missing file; anything else must parse as a model spec."""
     from exporter.formats import detect_format
+    from exporter.user_model import is_user_model_text, parse_model_text
 
     if not text.strip():
         return ModelSpec.parse(text)  # refused as a spec: Path("") would be the current folder
+    if is_user_model_text(text):
+        return parse_model_text(text)
     path = Path(text)
     kind = path_kind(path)
     if kind == "a directory":
@@ -247,11 +259,36 @@ def source_kind(text: str) -> Path | ModelSpec:
 
 
 def resolve_source(text: str, settings: RunSettings) -> Artifact:
-    """A model spec (`resnet50:frozen:body`) or an artifact file (`.onnx`, `.pt2`, TorchScript `.pt`...)."""
+    """A model spec (`resnet50:frozen:body`), your own model (`file.py:factory`, `pkg.mod:factory`: imports
+    and runs that code) or an artifact file (`.onnx`, `.pt2`, TorchScript `.pt`...)."""
+    from exporter.user_model import is_user_model_text, parse_model_text
+
+    if is_user_model_text(text):
+        built = build(parse_model_text(text), settings)
+        return eager_artifact(built, settings.shape or model_shape(built))
     source = source_kind(text)
     if isinstance(source, Path):
         return open_artifact(source)
-    return eager_artifact(build(source, settings), settings.shape or DEFAULT_SHAPE)
+    built = build(source, settings)
+    return eager_artifact(built, settings.shape or model_shape(built))
+
+
+# Your own model (exporter/user_model.py): its example fixes the shape; it may have no float64 oracle.
+def model_shape(built) -> tuple[int, ...]:
+    """The shape a built model is fed by default: a user model's example input, else 1x3x224x224."""
+    return tuple(getattr(built, "input_shape", None) or DEFAULT_SHAPE)
+
+
+def _without_float64(built, settings: RunSettings) -> Oracle | None:
+    """For a model that cannot run in float64: no oracle, the note why, and an explicit tolerance required
+    (a floor estimated from the runs being judged would judge them against themselves)."""
+    note = getattr(built, "float64_note", None)
+    if not note:
+        return None
+    if settings.tolerance.mode == "auto":
+        raise UsageError(f"{note}; the auto tolerance needs it to measure the float32 noise floor: pass "
+                         "--rtol/--atol or --decimal")
+    return Oracle({}, {}, f"{note}: runs judged pair against pair only, with {settings.tolerance.describe()}")
 
 
 def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tuple[int, ...]:
@@ -260,7 +297,7 @@ def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tup
         return tuple(settings.shape)
     for artifact in artifacts:
         shape = artifact.meta.input_shape
-        if artifact.path is not None and shape and len(shape) == 4:
+        if (artifact.path is not None or getattr(artifact.built, "input_shape", None)) and shape and len(shape) == 4:
             return tuple(s if s > 0 else d for s, d in zip(shape, DEFAULT_SHAPE))
     return DEFAULT_SHAPE
 
@@ -286,7 +323,8 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
         # the run's own outputs are the float32 reference only for a CPU float32 run
         cpu_fp32 = (settings.runtime.device, settings.runtime.precision) == ("cpu", "fp32")
         with progress.step(f"Measuring the noise floor of {text}"):
-            oracles.append([oracle_or_spread(artifact, feed, run["outputs"] if cpu_fp32 else None, settings.runtime)
+            oracles.append([_without_float64(artifact.built, settings)
+                            or oracle_or_spread(artifact, feed, run["outputs"] if cpu_fp32 else None, settings.runtime)
                             for feed, run in zip(feeds, side_runs)])
     judged = []
     for i, item in enumerate(named):
@@ -294,7 +332,8 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
         judged.append(_compare_pair([runs[0][i], runs[1][i]], [oracles[0][i], oracles[1][i]], settings.tolerance))
     report.floors, report.floor_source, _ = judged[0]
     report.pairs = worst_over_inputs([pairs for _, _, pairs in judged], named, report)
-    report.notes = explain_pairs(report)
+    report.notes = explain_pairs(report) + [o.source for o in oracles[0][:1] + oracles[1][:1]
+                                            if not (o.outputs or o.noise)]
     return report
 
 

@@ -164,6 +164,10 @@ def export(
     backbone: opt.Backbone = "resnet50",
     norm: opt.Norm = "frozen",
     view: opt.View = "body",
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Your own model instead of a backbone: path/to/file.py:factory or package.module:factory "
+                        "(the factory returns an nn.Module or (module, example_input)). This IMPORTS AND RUNS "
+                        "that code: name only code you trust")] = None,
     weights: opt.Weights = "synthetic",
     seed: opt.Seed = 0,
     shape: opt.Shape = None,
@@ -197,9 +201,10 @@ def export(
     from exporter.formats.onnx import OnnxOptions
     from exporter.formats.torchscript import TorchScriptOptions
     from exporter.spec import ModelSpec
+    from exporter.user_model import UserModelSpec
     from verify.api import verify_export
 
-    spec = ModelSpec(backbone, norm, view)
+    spec = UserModelSpec.parse(model) if model else ModelSpec(backbone, norm, view)
     folder = out / spec.slug
     if json_path and json_path.resolve().is_relative_to(folder.resolve()):
         raise UsageError(f"--json {json_path} is inside the export folder {folder}, which the export replaces; "
@@ -219,7 +224,9 @@ def export(
 @handle_errors
 def compare(
     a: Annotated[str, typer.Argument(callback=opt.check_source, metavar="A",
-                                     help="Model spec backbone:norm:view, or a .onnx / TorchScript .pt")],
+                                     help="Model spec backbone:norm:view, a model file (.onnx, .pt2, "
+                                          "TorchScript .pt), or your own model file.py:factory / pkg.mod:factory "
+                                          "(imports and runs it)")],
     b: Annotated[str, typer.Argument(callback=opt.check_source, metavar="B",
                                      help="The reference side, same forms as A")],
     weights: opt.Weights = "synthetic",
@@ -251,7 +258,8 @@ def compare(
 def explain(
     a: Annotated[str | None, typer.Argument(
         callback=opt.check_source, metavar="[A]",
-        help="Model spec or artifact [default: resnet50:batch:trunk, the classifier's ResNet-50]")] = None,
+        help="Model spec, artifact or your own file.py:factory (imports and runs it) [default: "
+             "resnet50:batch:trunk, the classifier's ResNet-50]")] = None,
     b: Annotated[str | None, typer.Argument(
         callback=opt.check_source, metavar="[B]",
         help="Model spec or artifact [default: resnet50:frozen:body, Faster R-CNN's backbone]")] = None,

@@ -46,7 +46,9 @@ class TorchScriptFormat(Format):
                     module = torch.jit.trace(ctx.built.model, ctx.example, strict=False, check_trace=False)
             except Exception as exc:
                 raise ExportError(
-                    f"torch.jit.{options.method} failed for {ctx.built.spec}: {str(exc).splitlines()[0]}"
+                    f"torch.jit.{options.method} failed for {ctx.built.spec}: "
+                    f"{next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)}"
+                    + ("; pass --trace to export it by tracing" if options.method == "script" else "")
                 ) from exc
             torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_META_FILE: meta.to_json()})
         return Artifact(self.name, meta, path=path)

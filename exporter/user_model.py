@@ -1,0 +1,400 @@
+"""Your own model: `path/to/file.py:factory` or `package.module:factory`, verified like a registered backbone.
+
+Loading one IMPORTS the file or module and CALLS the factory: that runs its code, so name only code you
+trust. The factory takes no arguments and returns an `nn.Module`, or a `(module, example_input)` tuple
+whose example (one float NCHW tensor) fixes the input shape unless one is given. The module may return a
+tensor, a tuple/list of tensors, or a dict of them: outputs are named from the dict's keys, else
+`output0`, `output1`, ... The module is used as it is (no wrapper), so every module keeps the name the
+user gave it: the structural diff and the first divergence speak the user's names, and every runtime maps
+a tensor or tuple onto the recorded names. Its float64 oracle is `copy.deepcopy(module).double()` when
+that runs on the input and returns float64 outputs; otherwise `float64_note` says why, and the verdicts
+need an explicit tolerance (verify/api.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporter.backbones import BuiltModel, View
+from exporter.errors import UsageError
+from exporter.spec import DEFAULT_SHAPE, ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+FACTORY_WEIGHTS = "synthetic"
+"""The only `--weights` a factory accepts (the default): the factory brings its own weights."""
+VIEW_NAME = "model"
+_LISTED_NAMES = 8
+"""Names listed when a factory is missing: the message stays one bounded line."""
+
+
+def _is_module_path(text: str) -> bool:
+    return bool(text) and all(part.isidentifier() for part in text.split("."))
+
+
+def is_user_model_text(text: str) -> bool:
+    """`file.py:factory` or `pkg.mod:factory` (the last ':' splits; the factory is an identifier).
+    A registered backbone wins (`resnet50:frozen` is a spec), and a bare name counts only when
+    a top-level module of that name is importable, so a mistyped backbone gets the backbone error."""
+    from exporter.backbones import BACKBONES
+
+    source, sep, factory = text.rpartition(":")
+    if not sep or not factory.isidentifier():
+        return False
+    if source.endswith(".py"):
+        return True
+    if not _is_module_path(source) or source in BACKBONES:
+        return False
+    return "." in source or _findable(source)
+
+
+def _findable(top: str) -> bool:
+    """Whether a top-level module is importable (from the working directory too), without importing it."""
+    with _on_path(os.getcwd()):
+        try:
+            return importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            return False
+
+
+def parse_model_text(text: str) -> ModelSpec | UserModelSpec:
+    """A registered spec (`resnet50:frozen:body`) or a user model (`file.py:make`, `pkg.mod:make`)."""
+    if is_user_model_text(text):
+        return UserModelSpec.parse(text)
+    try:
+        return ModelSpec.parse(text)
+    except UsageError as exc:
+        source, sep, factory = text.rpartition(":")
+        if sep and factory.isidentifier() and _is_module_path(source):
+            raise UsageError(f"{exc}; or, for your own model, no module {source!r} is importable from here: "
+                             f"give path/to/file.py:{factory} or add its folder to PYTHONPATH") from None
+        raise
+
+
+@dataclass(frozen=True)
+class UserModelSpec:
+    """`source:factory`, where source is a `.py` file or an importable dotted module path."""
+
+    source: str
+    factory: str
+
+    @classmethod
+    def parse(cls, text: str) -> UserModelSpec:
+        source, sep, factory = text.rpartition(":")
+        if not sep or not factory.isidentifier() or not (source.endswith(".py") or _is_module_path(source)):
+            raise UsageError(f"Bad model {text!r}; expected path/to/file.py:factory or package.module:factory")
+        spec = cls(source, factory)
+        spec.validate()
+        return spec
+
+    @property
+    def is_file(self) -> bool:
+        return self.source.endswith(".py")
+
+    def validate(self) -> None:
+        """The file exists or the top-level module is findable; nothing is imported yet."""
+        if not self.factory.isidentifier():
+            raise UsageError(f"Bad factory name {self.factory!r} in {self}; expected a Python identifier")
+        if self.is_file:
+            path = Path(self.source)
+            if not path.is_file():
+                raise UsageError(f"Model file {path} does not exist" if not path.exists() else
+                                 f"Model file {path} is not a file")
+        elif not _is_module_path(self.source):
+            raise UsageError(f"Bad module path {self.source!r}; expected package.module")
+        elif not _findable(self.source.split(".")[0]):
+            raise UsageError(f"No module {self.source.split('.')[0]!r} is importable from here; install it, add "
+                             f"its folder to PYTHONPATH, or give path/to/file.py:{self.factory}")
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.factory}"
+
+    @property
+    def slug(self) -> str:
+        """A folder name: `tiny-make` for tests/data/tiny.py:make, `pkg.models-make` for pkg.models:make."""
+        stem = Path(self.source).stem if self.is_file else self.source
+        return _slug(f"{stem}-{self.factory}")
+
+    def load(self, seed: int = 0) -> Any:
+        """Import the source and call the factory (THIS RUNS THE USER'S CODE), with torch's RNG seeded
+        from `seed` in a forked state, so randomly initialised models are reproducible."""
+        import torch
+
+        factory = self._factory()
+        with _on_path(self._search_folder()), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            try:
+                return factory()
+            except Exception as exc:
+                raise UsageError(f"{self}() raised {_one_line(exc)}") from None
+
+    def _search_folder(self) -> str:
+        """Where the user's own imports are found: the file's folder, or the working directory."""
+        return str(Path(self.source).resolve().parent) if self.is_file else os.getcwd()
+
+    def _factory(self) -> Any:
+        module = self._import()
+        if not hasattr(module, self.factory):
+            names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                           and getattr(v, "__module__", None) == module.__name__)
+            listed = ", ".join(names[:_LISTED_NAMES]) + (", …" if len(names) > _LISTED_NAMES else "")
+            raise UsageError(f"{self.source} has no {self.factory!r}" +
+                             (f"; it defines: {listed}" if names else "; it defines no functions or classes"))
+        factory = getattr(module, self.factory)
+        if not callable(factory):
+            raise UsageError(f"{self} is a {type(factory).__name__}, not a factory; name a function that "
+                             "returns an nn.Module")
+        return factory
+
+    def _import(self) -> Any:
+        self.validate()
+        with _on_path(self._search_folder()):
+            try:
+                if not self.is_file:
+                    return importlib.import_module(self.source)
+                return _import_file(Path(self.source))
+            except UsageError:
+                raise
+            except BaseException as exc:  # a user file may raise anything, SystemExit included
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                raise UsageError(f"Importing {self.source} failed: {_one_line(exc)}") from None
+
+
+class ModuleSpec(UserModelSpec):
+    """A module already in memory (the pytest helper): nothing is imported, the module is copied so
+    the caller's object is never changed (put in eval mode, converted to float64)."""
+
+    @classmethod
+    def of(cls, module: Any, example: Any = None, name: str | None = None) -> ModuleSpec:
+        kind = type(module)
+        spec = cls(f"{kind.__module__}.{kind.__qualname__}", name or kind.__name__)
+        object.__setattr__(spec, "_result", (module, example) if example is not None else module)
+        return spec
+
+    def validate(self) -> None:
+        return None
+
+    def __str__(self) -> str:
+        return self.factory
+
+    @property
+    def slug(self) -> str:
+        return _slug(self.factory)
+
+    def load(self, seed: int = 0) -> Any:
+        result = self._result  # type: ignore[attr-defined]
+        module = result[0] if isinstance(result, tuple) else result
+        try:
+            copied = copy.deepcopy(module)
+        except Exception:  # an uncopyable module is used as given (its float64 oracle will say why)
+            copied = module
+        return (copied, result[1]) if isinstance(result, tuple) else copied
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._-")[:100] or "model"
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1].strip()}" if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _on_path(folder: str) -> Iterator[None]:
+    """`folder` first on sys.path while the user's code imports (its sibling modules resolve)."""
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _import_file(path: Path) -> Any:
+    """Import a .py file as a module of its own, kept in sys.modules: TorchScript reads the source of
+    its classes through it."""
+    import hashlib
+
+    resolved = path.resolve()
+    name = f"_verify_user_model_{hashlib.sha1(str(resolved).encode()).hexdigest()[:10]}_{_slug(path.stem)}"
+    name = re.sub(r"\W", "_", name)
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"Cannot import {path}: not a Python source file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+@dataclass
+class UserBuiltModel(BuiltModel):
+    """A user's model as the rest of the code consumes a built backbone."""
+
+    input_shape: tuple[int, ...] | None = None
+    """The factory's example input shape; None when it gave no example."""
+    float64_note: str | None = None
+    """Why no float64 oracle can be made (None when it can)."""
+
+    @property
+    def family(self) -> None:
+        """No backbone family: module names are the user's own."""
+        return None
+
+    def float64(self) -> nn.Module:
+        if self.float64_note:
+            raise UsageError(f"{self.float64_note}; comparing needs a float64 run of the model")
+        return super().float64()
+
+
+def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] | None = None,
+                     weights: str = FACTORY_WEIGHTS) -> UserBuiltModel:
+    """Load `spec`, put it in eval mode (every export is for inference), run it once to name its
+    outputs, and try its float64 copy on the same input."""
+    import torch
+    from torch import nn
+
+    from exporter.weights import Weights
+
+    if weights != FACTORY_WEIGHTS:
+        raise UsageError(f"--weights {weights} applies to registered backbones; {spec} brings its own weights "
+                         "(load a checkpoint inside the factory)")
+    result = spec.load(seed)
+    module, example = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"{spec}() returned {_describe(result)}; expected an nn.Module or a "
+                         "(module, example_input) tuple")
+    if example is not None:
+        if isinstance(example, (tuple, list)) and len(example) == 1:
+            example = example[0]
+        if not (isinstance(example, torch.Tensor) and example.is_floating_point() and example.dim() == 4
+                and min(example.shape) > 0):
+            raise UsageError(f"{spec}() returned an example input that is {_describe(example)}; expected one "
+                             "float NCHW tensor, e.g. torch.randn(1, 3, 224, 224)")
+        example = example.detach().to("cpu", torch.float32)
+    module.eval()
+    own_shape = tuple(example.shape) if example is not None else None
+    run_shape = tuple(shape) if shape else own_shape or DEFAULT_SHAPE
+    if example is not None and run_shape == own_shape:
+        x = example
+    else:
+        x = torch.randn(run_shape, generator=torch.Generator().manual_seed(seed))
+    names = output_names(_call(module, x, spec), spec)
+    exact, note = _float64_model(module, x, names, spec)
+    view = _view(tuple(names))
+    state = {k: v.detach() for k, v in module.state_dict().items()}
+    return UserBuiltModel(spec, module, Weights(f"factory:{spec}", state), view, exact,  # type: ignore[arg-type]
+                          input_shape=own_shape, float64_note=note)
+
+
+def _view(outputs: tuple[str, ...]) -> View:
+    """The user's module as it is; View gains fields as backbone families grow, filled where present."""
+    values = {"name": VIEW_NAME, "outputs": outputs, "prefix": "", "wrap": _as_is,
+              "description": "your model, as the factory returns it"}
+    fields = {f.name for f in dataclasses.fields(View)}
+    return View(**{k: v for k, v in values.items() if k in fields})
+
+
+def _as_is(module: nn.Module, weights: Any, seed: int) -> nn.Module:
+    return module
+
+
+def _describe(value: Any) -> str:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)} ({', '.join(type(v).__name__ for v in value[:4])})"
+    return f"a {type(value).__name__}"
+
+
+def _call(module: nn.Module, x: torch.Tensor, spec: UserModelSpec) -> Any:
+    import torch
+
+    try:
+        with torch.no_grad():
+            return module(x)
+    except Exception as exc:
+        raise UsageError(f"{spec} failed on an input of shape {tuple(x.shape)}: {_one_line(exc)}; pass the "
+                         "input shape it takes with --shape, or return (module, example_input)") from None
+
+
+def output_names(result: Any, spec: UserModelSpec | str = "the model") -> list[str]:
+    """Names for what the module returns: a dict's keys, else output0, output1, ... Anything other than
+    tensors (nested containers, None) is refused: every runtime and format needs flat tensor outputs."""
+    import torch
+
+    if isinstance(result, torch.Tensor):
+        return ["output0"]
+    if isinstance(result, dict):
+        items = list(result.items())
+        names = [k for k, _ in items]
+        if not names or not all(isinstance(k, str) and k for k in names):
+            raise UsageError(f"{spec} returns a dict whose keys are not all non-empty strings ({names[:4]}); "
+                             "outputs are named by its keys")
+    elif isinstance(result, (tuple, list)) and result:
+        items = [(f"output{i}", v) for i, v in enumerate(result)]
+        names = [k for k, _ in items]
+    else:
+        raise UsageError(f"{spec} returns {_describe(result)}; return a tensor, a tuple/list of tensors or a "
+                         "dict of str to tensor")
+    for name, value in items:
+        if not isinstance(value, torch.Tensor):
+            raise UsageError(f"{spec} output {name!r} is {_describe(value)}; every output must be a tensor "
+                             "(nested outputs are not supported)")
+    return names
+
+
+def _flat(result: Any, names: list[str]) -> list[torch.Tensor]:
+    import torch
+
+    if isinstance(result, dict):
+        return [result[n] for n in names if n in result]
+    return [result] if isinstance(result, torch.Tensor) else list(result)
+
+
+def _float64_model(module: nn.Module, x: torch.Tensor, names: list[str],
+                   spec: UserModelSpec) -> tuple[nn.Module | None, str | None]:
+    """(float64 copy, None) when the copy runs in float64 and returns float64 outputs, else (None, why)."""
+    import torch
+
+    unavailable = f"the float64 oracle is unavailable for {spec}"
+    try:
+        exact = copy.deepcopy(module).double().eval()
+        with torch.no_grad():
+            result = exact(x.double())
+    except Exception as exc:
+        return None, f"{unavailable}: in float64 it raises {_one_line(exc)}"
+    try:
+        got = output_names(result, spec)
+    except UsageError as exc:
+        return None, f"{unavailable}: in float64 {exc}"
+    if got != names:
+        return None, f"{unavailable}: in float64 it returns outputs {got}, in float32 {names}"
+    lower = [n for n, t in zip(names, _flat(result, names)) if t.is_floating_point() and t.dtype != torch.float64]
+    if lower:
+        return None, (f"{unavailable}: in float64 it returns {', '.join(lower)} in a lower precision (it casts "
+                      "inside)")
+    return exact, None
