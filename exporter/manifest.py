@@ -140,10 +140,11 @@ AnyFileEntry = Annotated[Union[(*MODEL_FILE_TYPES, GoldensFile, ExternalDataFile
 
 class ModelInfo(Strict):
     spec: Text
-    """`backbone:norm:view`."""
-    backbone: Text
-    norm: Text
-    view: Text
+    """`backbone:norm:view`, or your own model's `file.py:factory` / `pkg.mod:factory`."""
+    backbone: Text | None = None
+    norm: Text | None = None
+    view: Text | None = None
+    """All three for a registered backbone; none for your own model."""
     weights: Text
     """`synthetic:SEED`, `imagenet` or the weights file."""
     weights_sha256: Sha256 | None
@@ -258,7 +259,7 @@ class Manifest(Strict):
 
         if len(set(self.outputs)) != len(self.outputs):
             raise ValueError(f"outputs lists a name twice: {self.outputs}")
-        if set(self.noise_floor) != set(self.outputs):
+        if set(self.noise_floor) != set(self.outputs) and (self.noise_floor or self.tolerance.mode == "auto"):
             raise ValueError(f"noise_floor has floors for {sorted(self.noise_floor)}, but the outputs are "
                              f"{sorted(self.outputs)}")
         kinds = {name: entry.format for name, entry in self.files.items()}
@@ -278,7 +279,8 @@ class Manifest(Strict):
         for axis in self.input.dynamic_axes:
             if int(axis) >= len(self.input.shape):
                 raise ValueError(f"input.dynamic_axes names axis {axis} of a {len(self.input.shape)}-D input")
-        if self.model.spec != str(ModelSpec(self.model.backbone, self.model.norm, self.model.view)):
+        parts = (self.model.backbone, self.model.norm, self.model.view)
+        if any(p is not None for p in parts) and self.model.spec != str(ModelSpec(*parts)):
             raise ValueError(f"model.spec {self.model.spec!r} is not its backbone, norm and view")
         self._check_verdicts()
         return self
