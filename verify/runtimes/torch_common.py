@@ -9,8 +9,12 @@ from exporter.errors import ArtifactError, SetupError, UsageError
 from verify.runtimes import Runtime, RuntimeOptions
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
     import torch
+
+    from exporter.artifacts import Artifact
 
 
 def torch_device(device: str) -> torch.device:
@@ -49,6 +53,20 @@ def call_module(module: Any, x: torch.Tensor, label: str) -> Any:
     except RuntimeError as exc:
         raise ArtifactError(f"{label} failed on an input of shape {tuple(x.shape)}: "
                             f"{str(exc).strip().splitlines()[-1]}") from None
+
+
+def load_file(load: Callable[[str], Any], artifact: Artifact, how: str) -> Any:
+    """Load a saved torch program with `load(path)`, its deprecation chatter silenced and any failure one
+    ArtifactError line naming the file and `how` it was loaded."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load(str(artifact.path))
+    except Exception as exc:
+        raise ArtifactError(f"{artifact.path} cannot be loaded by {how}: "
+                            f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
 
 
 class TorchRuntime(Runtime):

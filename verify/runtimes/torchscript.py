@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exporter.errors import ArtifactError
-from verify.runtimes.torch_common import TorchRuntime
+from verify.runtimes.torch_common import TorchRuntime, load_file
 
 if TYPE_CHECKING:
     from exporter.artifacts import Artifact
@@ -16,16 +15,8 @@ class TorchScriptRuntime(TorchRuntime):
     formats = ("torchscript",)
 
     def _load(self, artifact: Artifact) -> None:
-        import warnings
-
         import torch
 
         device, dtype = self._target()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-                module = torch.jit.load(str(artifact.path), map_location=device)
-        except Exception as exc:
-            raise ArtifactError(f"{artifact.path} cannot be loaded by torch.jit.load: "
-                                f"{str(exc).splitlines()[0]}") from None
+        module = load_file(lambda path: torch.jit.load(path, map_location=device), artifact, "torch.jit.load")
         self.module = module.to(dtype=dtype).eval()
