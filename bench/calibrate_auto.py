@@ -258,7 +258,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="resnet18, frozen+fused, normal input, 1 pick a stage")
     parser.add_argument("--log", type=Path, help="also write every printed line here")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--from-json", type=Path, help="summarise a saved --json run again (e.g. at a new factor)")
     args = parser.parse_args()
+    if args.from_json:
+        summarise(json.loads(args.from_json.read_text()), print)
+        return
     if args.quick:
         args.backbones, args.norms, args.inputs, args.picks_per_stage = ["resnet18"], ["frozen", "fused"], \
             ["normal"], 1

@@ -46,11 +46,12 @@ def explain_pair(pair: PairResult, report: Report) -> str:
         if device == "cuda" and tf32 is not False and "tf32" in sizes:
             return (f"{head} is {output_ratio:.0f}x the float32 noise floor, the size TF32 convolutions give on "
                     "CUDA: to verify what you deploy, rerun with --precision tf32; --no-tf32 verifies at float32")
-        if sizes:
+        if sizes:  # by size alone a reduced precision and a real difference look alike: say both
             names = " or ".join(describe(p) for p in sizes)
             flags = " or ".join(f"--precision {p}" for p in sizes)
-            return (f"{head} is {output_ratio:.0f}x the float32 noise floor, the size {names} computation gives: "
-                    f"if that is the precision you deploy, verify it with {flags}")
+            return (f"{head} is {output_ratio:.0f}x the float32 noise floor: beyond rounding, either the two "
+                    f"compute different functions or one computes at reduced precision ({names} gives this "
+                    f"size); if you deploy at that precision, verify it with {flags}")
     where = f"{ratio:.0f}x its channel's {precision} noise floor" if worst.channel is not None \
         else f"{ratio:.0f}x the {precision} noise floor"
     return (f"{head} is {where}: beyond rounding, the two compute different functions (weights, norm eps "
