@@ -18,6 +18,7 @@ from rich.markup import escape
 from exporter.backbones import list_backbones
 from exporter.errors import UsageError, VerifyError
 from exporter.norms import list_norms
+from verify.matrix_cli import cache_app, matrix_app
 
 app = typer.Typer(
     help="Export torchvision backbones and verify that every runtime computes the same thing.",
@@ -295,6 +296,10 @@ def list_command() -> None:
         out_console.print(f"  {name:12s} {NORMS.get(name).description}")
     out_console.print(f"views: {', '.join(VIEWS.names())}")
     out_console.print(f"runtimes: {', '.join(list_runtimes())}")
+
+
+app.add_typer(matrix_app)
+app.add_typer(cache_app)
 
 
 def main() -> None:
