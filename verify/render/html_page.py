@@ -49,8 +49,7 @@ def _num(value: Any, fmt: str = ".2e") -> str:
 
 
 def _heatmap(result: MatrixResult) -> str:
-    columns = result.pair_columns()
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{escape(a)}<br>vs {escape(b)}</th>" for _, a, b in result.pair_sides())
     rows = []
     for cell in result.cells:
         row = tiles(result, cell)
@@ -59,7 +58,8 @@ def _heatmap(result: MatrixResult) -> str:
             tip = f"{cell.spec} · {name}"
             if tile.present:
                 tip += f" · worst {tile.output}: {tile.ratio_text}x floor · {'agree' if tile.passed else 'differ'}"
-            entries.append(f'<td class="t" style="background:{tile_colour(tile, result.factor)}" '
+            ink = ";color:#fff" if tile.level == "fail" else ""
+            entries.append(f'<td class="t" style="background:{tile_colour(tile, result.factor)}{ink}" '
                            f'title="{escape(tip)}"><a href="#{escape(cell.id)}">{escape(tile.text)}</a></td>')
         verdict = {"agree": '<span class="pass">✓ agree</span>', "disagree": '<span class="fail">✗ differ</span>',
                    "error": '<span class="error">! error</span>'}[cell.verdict]
@@ -75,7 +75,8 @@ def _legend(factor: float) -> str:
                (f"{factor:g} (allowed)", Tile(True, True, factor, level="near")),
                (f"{factor * 10:g}", Tile(True, False, factor * 10, level="fail")),
                (f"{factor * 1000:g}", Tile(True, False, factor * 1000, level="fail"))]
-    spans = "".join(f'<span style="background:{tile_colour(t, factor)}">{escape(label)}</span>' for label, t in samples)
+    spans = "".join(f'<span style="background:{tile_colour(t, factor)}{";color:#fff" if not t.passed else ""}">'
+                    f"{escape(label)}</span>" for label, t in samples)
     return f'<p class="legend meta">x float32 noise floor: {spans}</p>'
 
 
