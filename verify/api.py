@@ -9,17 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.artifacts import Artifact, eager_artifact, open_artifact
-from exporter.errors import UsageError
-from exporter.export import ExportOptions, export_model
-from exporter.formats import ExportContext, get_format
+from exporter.export import ExportOptions
 from exporter.fsio import staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
 from verify.inputs import load_input, make_input
-from verify.oracle import Oracle, measure_oracle, oracle_or_spread
+from verify.oracle import Oracle, oracle_or_spread
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
-from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for, runtimes_for_formats
+from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,54 +72,22 @@ def verify_export(spec: ModelSpec, settings: RunSettings | None = None, out: Pat
                   export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
                   progress: Progress | None = None) -> Report:
     """Build `spec`, export it, run every runtime on one input, judge every pair and each run
-    against the float64 oracle. The artifact folder appears complete or not at all."""
-    import torch
-
-    from verify.runtimes import runtime_class
+    against the float64 oracle: one cell of verify/pipeline.py (weights and exports from the cache
+    when it holds them), written into `out/<slug>`, which appears complete or not at all."""
+    from verify.cache import default_cache
+    from verify.manifest import write_artifact_folder
+    from verify.pipeline import CellRequest, plan_cell, run_cell
 
     settings, export = settings or RunSettings(), export or ExportOptions()
-    progress = progress or NullProgress()
-
-    spec.validate()
-    export.validate()
-    available = [eager_format_name(), *export.formats]
-    runtimes = list(runtimes or runtimes_for_formats(available))
-    formats = {}
-    for name in runtimes:
-        runnable = [fmt for fmt in available if fmt in runtime_class(name).formats]
-        if not runnable:
-            raise UsageError(f"Runtime {name} runs {', '.join(runtime_class(name).formats)} artifacts; add that "
-                             f"--format (exporting: {', '.join(export.formats) or 'nothing'})")
-        formats[name] = runnable[0]
-    inputs_array = load_input(settings.input_file) if settings.input_file else \
-        make_input(settings.shape or DEFAULT_SHAPE, settings.seed)
-    report = Report("export", _settings_dict(settings, spec=str(spec), export=export.to_dict(),
-                                             runtimes=list(runtimes)), _input_dict(inputs_array, settings))
-    with progress.step(f"Building {spec} with {settings.weights} weights"):
-        built = build(spec, settings)
-    eager = eager_artifact(built, inputs_array.shape)
-    inputs = {eager.meta.input_name: inputs_array}
+    request = CellRequest(spec, settings, export, tuple(runtimes) if runtimes else None)
+    plan = plan_cell(request)
     folder = Path(out) / spec.slug
     with staged_folder(folder) as staging:
-        artifacts = {eager.format: eager}
-        context = ExportContext(built, torch.from_numpy(inputs_array), eager.meta, dynamic=export.dynamic)
-        for fmt in export.formats:
-            takes = get_format(fmt).takes
-            with progress.step(f"Exporting {fmt}" + (f" ({takes})" if takes else "")):
-                artifacts[fmt] = export_model(built, eager.meta, context.example, staging, export, fmt, context)
-        runs = [_run(name, artifacts[formats[name]], inputs, settings.runtime, progress, report)
-                for name in runtimes]
-        with progress.step("Running the float64 oracle"):
-            fp32 = _eager_fp32(runs, eager, inputs)
-            oracle = measure_oracle(eager, inputs, fp32)
-        assert oracle is not None
-        report.floors, report.floor_source = oracle.floors, oracle.source
-        report.pairs = _judge_runs(runs, oracle, oracle.floors, settings.tolerance)
-        report.notes = explain_pairs(report)
-        from verify.manifest import write_artifact_folder
-
-        write_artifact_folder(staging, built, artifacts, inputs, fp32, oracle, report)
-    report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in artifacts.items() if a.path}
+        cell = run_cell(request, staging, default_cache(), progress or NullProgress(), plan=plan)
+        report = cell.report
+        write_artifact_folder(staging, cell.build.built, cell.artifacts, cell.inputs, cell.oracle.fp32,
+                              cell.oracle.oracle, report)
+    report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in cell.artifacts.items() if a.path}
     report.artifacts["folder"] = str(folder)
     return report
 
