@@ -37,22 +37,26 @@ def verify_command() -> list[str]:
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run `cmd` once: wall seconds, the main process's peak RSS (MiB, GNU time when present), exit code."""
+    """Run `cmd` once: wall seconds, the main process's peak RSS (MiB) and the CPU seconds of the process and
+    every child it reaped (its workers), both from GNU time when present, and the exit code. On a shared
+    machine the CPU seconds are the steadier measure of work; wall time includes waiting for the cores."""
     time_file = None
     if os.path.exists(GNU_TIME):
         handle, time_file = tempfile.mkstemp(suffix=".time")
         os.close(handle)
-        cmd = [GNU_TIME, "-f", "%M", "-o", time_file, *cmd]
+        cmd = [GNU_TIME, "-f", "%M %U %S", "-o", time_file, *cmd]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
-    peak = None
+    peak = cpu = None
     if time_file:
         lines = Path(time_file).read_text().strip().splitlines()
         os.unlink(time_file)
-        peak = round(int(lines[-1]) / 1024, 1) if lines and lines[-1].isdigit() else None
-    return {"wall_s": round(wall, 2), "main_peak_rss_mib": peak, "exit": proc.returncode,
-            "stderr_tail": proc.stderr.strip().splitlines()[-3:]}
+        fields = lines[-1].split() if lines else []  # GNU time writes "Command exited with..." above
+        if len(fields) == 3:
+            peak, cpu = round(int(fields[0]) / 1024, 1), round(float(fields[1]) + float(fields[2]), 2)
+    return {"wall_s": round(wall, 2), "cpu_s": cpu, "main_peak_rss_mib": peak, "exit": proc.returncode,
+            "load_after": os.getloadavg(), "stderr_tail": proc.stderr.strip().splitlines()[-3:]}
 
 
 def run_matrix(args, cache: Path, jobs: int, json_path: Path, env: dict, html: Path | None = None) -> dict:
@@ -81,7 +85,8 @@ def run_matrix(args, cache: Path, jobs: int, json_path: Path, env: dict, html: P
 
 
 def ends_first(items: list[str], count: int) -> list[str]:
-    """The first, the last, the second, the second last...: the costliest and the cheapest cells first."""
+    """The first, the last, the second, the second last...: the costliest and the cheapest cells first
+    (the costliest also shows the peak memory a worker is compared with)."""
     picked, low, high = [], 0, len(items) - 1
     while len(picked) < count and low <= high:
         picked.append(items[low])
@@ -130,9 +135,12 @@ def main() -> None:
         print("cold, --jobs 2 ...", flush=True)
         results["cold_jobs2"] = run_matrix(args, scratch / "cache2", 2, scratch / "cold2.json", env)
         print(f"  {results['cold_jobs2']['wall_s']} s", flush=True)
-        costliest = sorted(results["cold_jobs1"].get("cell_compute_s", {}).items(), key=lambda kv: -kv[1])
+        from verify.matrix import backbone_params  # the cost model's size: the biggest backbone first
+
+        specs = list(results["cold_jobs1"].get("cell_compute_s", {}))
+        costliest = sorted(specs, key=lambda spec: (-backbone_params(spec.split(":")[0]), spec))
         results["lone_exports"] = []
-        for spec in ends_first([s for s, _ in costliest], args.lone):
+        for spec in ends_first(costliest, args.lone):
             print(f"lone verify export {spec} ...", flush=True)
             results["lone_exports"].append(lone_export(spec, args.shape, env, scratch))
             print(f"  {results['lone_exports'][-1]['wall_s']} s", flush=True)
@@ -150,6 +158,10 @@ def main() -> None:
         "warm_over_cold": round(warm["wall_s"] / cold["wall_s"], 3),
         "speedup_jobs2": round(cold["wall_s"] / cold2["wall_s"], 2),
         "cell_over_lone": round(cold["wall_s"] / cells / lone_mean, 2) if lone_mean else None,
+        "cpu_s": {"cold_jobs1": cold.get("cpu_s"), "warm_jobs1": warm.get("cpu_s"), "cold_jobs2": cold2.get("cpu_s"),
+                  "lone_exports": [r.get("cpu_s") for r in lone]},
+        "cell_over_lone_cpu": round(cold["cpu_s"] / cells / (sum(r["cpu_s"] for r in lone) / len(lone)), 2)
+        if lone and cold.get("cpu_s") and all(r.get("cpu_s") for r in lone) else None,
         "matrix_s_per_cell_jobs1": round(cold["wall_s"] / cells, 2),
         "lone_export_mean_s": round(lone_mean, 2) if lone_mean else None,
         "lone_cells_inside_matrix_s": lone_cells,

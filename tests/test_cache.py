@@ -131,3 +131,35 @@ def test_synthetic_weights_round_trip_through_the_cache_bit_exact(tmp_path):
     assert status == MISS and third.stats.corrupt == {"weights": 1}
     assert rebuilt.sha256 == fresh.sha256
     assert load_weights_cached("synthetic", "resnet18", 0, Cache(tmp_path / "c"))[1] == HIT
+
+
+def test_verify_export_takes_weights_and_exports_from_the_cache(tmp_path, monkeypatch):
+    """The second export of the same cell builds no weights and exports nothing, and reports the same."""
+    import exporter.export
+    import exporter.weights
+    from exporter.export import ExportOptions
+    from exporter.formats.onnx import OnnxOptions
+    from exporter.spec import ModelSpec
+    from verify.api import RunSettings, verify_export
+
+    options = ExportOptions(formats=("torchscript", "onnx"), format_options=(OnnxOptions("torchscript"),))
+    settings = RunSettings(shape=(1, 3, 32, 32))
+
+    def export(out):
+        report = verify_export(ModelSpec("resnet18", "frozen", "body"), settings, out=out, export=options)
+        figures = {(p.a, p.b, o.name): (o.max_abs, o.floor) for p in report.pairs for o in p.outputs}
+        return report, figures
+
+    first, first_figures = export(tmp_path / "a")
+    assert Cache(default_cache_dir()).info()["entries"] == {"weights": 1, "export": 2}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed again instead of read from the cache")
+
+    monkeypatch.setattr(exporter.weights, "load_weights", refuse)
+    monkeypatch.setattr(exporter.export, "export_model", refuse)
+    second, second_figures = export(tmp_path / "b")
+    assert second.passed and second_figures == first_figures
+    for name in ("model.pt", "model.onnx"):  # the folder holds copies: editing them leaves the cache intact
+        assert (tmp_path / "b" / "resnet18-frozen-body" / name).read_bytes() == \
+            (tmp_path / "a" / "resnet18-frozen-body" / name).read_bytes()
