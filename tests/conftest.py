@@ -50,6 +50,25 @@ def empty_torch_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """The suite never touches the user's cache folder: session and module fixtures share this one."""
+    from verify.cache import ENV_DIR
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENV_DIR, str(tmp_path_factory.mktemp("verify-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def test_cache(tmp_path_factory, monkeypatch):
+    """Each test its own empty cache: nothing it computes comes from another test (a test that patches an
+    exporter gets that exporter, not a cached file)."""
+    from verify.cache import ENV_DIR
+
+    monkeypatch.setenv(ENV_DIR, str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def exported_small(tmp_path_factory):
     """SMALL exported once through every registered file format (one shared torch.export trace):

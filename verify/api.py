@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from exporter.artifacts import Artifact, eager_artifact, open_artifact
 from exporter.errors import UsageError
-from exporter.export import ExportOptions, export_model
+from exporter.export import ExportOptions
 from exporter.formats import ExportContext, get_format
 from exporter.fsio import path_kind, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
@@ -63,14 +63,17 @@ def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
 
 
 def build(spec: ModelSpec | UserModelSpec, settings: RunSettings):
+    """The model for `spec`; synthetic weights come from the cache (verify/cache.py) when it is on."""
     from exporter.backbones import build_model
-    from exporter.weights import load_weights
+    from verify.cache import default_cache
+    from verify.pipeline import load_weights_cached
 
     if isinstance(spec, UserModelSpec):  # your own model: file.py:factory or pkg.mod:factory
         from exporter.user_model import build_user_model
 
         return build_user_model(spec, settings.seed, settings.shape, settings.weights)
-    return build_model(spec, load_weights(settings.weights, spec.backbone, settings.seed), settings.seed)
+    weights, _ = load_weights_cached(settings.weights, spec.backbone, settings.seed, default_cache())
+    return build_model(spec, weights, settings.seed)
 
 
 def _run(runtime_name: str, artifact: Artifact, feeds: list[dict], options: RuntimeOptions,
@@ -109,6 +112,8 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     with model-signing before it appears."""
     import torch
 
+    from verify.cache import default_cache
+    from verify.pipeline import export_stage
     from verify.runtimes import runtime_class
 
     settings, export = settings or RunSettings(), export or ExportOptions()
@@ -157,10 +162,11 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     with staged_folder(folder, may_replace) as staging:
         artifacts = {eager.format: eager}
         context = ExportContext(built, torch.from_numpy(inputs_array), eager.meta, dynamic=export.dynamic)
+        cache = None if isinstance(spec, UserModelSpec) else default_cache()  # user code may change under us
         for fmt in export.formats:
             takes = get_format(fmt).takes
             with progress.step(f"Exporting {fmt}" + (f" ({takes})" if takes else "")):
-                artifacts[fmt] = export_model(built, eager.meta, context.example, staging, export, fmt, context)
+                artifacts[fmt] = export_stage(context, fmt, export, staging, cache).artifact
         runs = [_run(name, artifacts[formats[name]], feeds, settings.runtime, progress, report)
                 for name in runtimes]
         judged = []

@@ -23,6 +23,7 @@ from exporter.backbones import list_backbones
 from exporter.errors import UsageError, VerifyError
 from exporter.messages import one_line, strip_unsafe_advice
 from verify import options as opt
+from verify.matrix_cli import cache_app, matrix_app
 
 # click's base exception, wherever this typer keeps it (its own vendored copy, or click itself)
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -366,6 +367,10 @@ def list_command() -> None:
         entry = get_format(name)
         out_console.print(f"  {name:12s} {entry.filename or '(in memory)'}; {', '.join(runtimes_for(name))}"
                           + (f"; {entry.executes}" if entry.executes else ""), highlight=False, soft_wrap=True)
+
+
+app.add_typer(matrix_app)
+app.add_typer(cache_app)
 
 
 def main() -> None:

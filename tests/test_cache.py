@@ -1,0 +1,165 @@
+"""The content-addressed cache: keys, atomic entries, corruption detected and rebuilt, never trusted."""
+
+import json
+import os
+
+import pytest
+
+from verify.cache import ENV_DIR, ENV_OFF, Cache, canonical, default_cache, default_cache_dir, environment
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path, monkeypatch):
+    """Nothing here may write to the user's real cache folder."""
+    monkeypatch.setenv(ENV_DIR, str(tmp_path / "cache"))
+    monkeypatch.delenv(ENV_OFF, raising=False)
+
+
+def flip_byte(path, offset=None):
+    data = bytearray(path.read_bytes())
+    index = len(data) // 2 if offset is None else offset
+    data[index] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_default_location_honours_env_and_xdg(tmp_path, monkeypatch):
+    assert default_cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv(ENV_DIR)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "backbone-verify"
+    monkeypatch.setenv(ENV_OFF, "1")
+    assert default_cache() is None
+
+
+def test_key_depends_on_every_part_and_on_the_environment():
+    cache = Cache(default_cache_dir())
+    base = {"spec": "resnet18:frozen:body", "seed": 0, "options": {"opset": 18}}
+    key = cache.key("export", base)
+    assert key == cache.key("export", dict(reversed(list(base.items()))))  # order does not matter
+    assert key != cache.key("result", base)
+    assert key != cache.key("export", {**base, "seed": 1})
+    assert key != cache.key("export", {**base, "options": {"opset": 17}})
+    env = environment()
+    for package in ("torch", "torchvision", "onnxruntime", "backbone-verify", "source"):
+        assert package in env
+
+
+def test_canonical_refuses_what_it_cannot_pin():
+    with pytest.raises(TypeError):
+        canonical(object())
+
+
+def test_store_then_load_round_trips_data_files_and_blobs(tmp_path):
+    cache = Cache(tmp_path / "c")
+    src = tmp_path / "model.bin"
+    src.write_bytes(os.urandom(10_000))
+    key = cache.key("export", {"x": 1})
+    cache.store("export", key, data={"meta": "m"}, files={"model.bin": src}, blobs={"extra.txt": b"hello"})
+    entry = cache.load("export", key)
+    assert entry is not None and entry.data == {"meta": "m"}
+    assert entry.read_bytes("extra.txt") == b"hello"
+    out = entry.copy_to("model.bin", tmp_path / "copy.bin")
+    assert out.read_bytes() == src.read_bytes()
+    assert cache.stats.hits == {"export": 1} and cache.stats.stores == {"export": 1}
+    assert not list((tmp_path / "c").rglob("*.tmp"))  # no temporary file left behind
+
+
+def test_identical_content_is_stored_once(tmp_path):
+    cache = Cache(tmp_path / "c")
+    for i in range(2):
+        cache.store("export", cache.key("export", {"i": i}), blobs={"f": b"same bytes"})
+    assert cache.info()["blobs"] == 1 and cache.info()["entries"] == {"export": 2}
+
+
+@pytest.mark.parametrize("target", ["blob", "entry"])
+def test_a_flipped_byte_is_detected_removed_and_rebuilt(tmp_path, target):
+    cache = Cache(tmp_path / "c")
+    key = cache.key("weights", {"b": "resnet18"})
+    payload = os.urandom(4096)
+    cache.store("weights", key, data={"source": "synthetic:0"}, blobs={"w": payload})
+    if target == "blob":
+        flip_byte(next(p for p in (tmp_path / "c").rglob("*") if p.is_file() and "blobs" in p.parts))
+    else:
+        flip_byte(cache.entry_path("weights", key), offset=40)
+    assert cache.load("weights", key) is None
+    assert cache.stats.corrupt == {"weights": 1} and cache.stats.misses == {"weights": 1}
+    assert not cache.entry_path("weights", key).exists()  # never trusted again
+    cache.store("weights", key, data={"source": "synthetic:0"}, blobs={"w": payload})
+    entry = cache.load("weights", key)
+    assert entry is not None and entry.read_bytes("w") == payload
+
+
+def test_entry_for_another_key_is_refused(tmp_path):
+    """An entry file copied under another key's name (a bad sync, a rename) does not answer for it."""
+    cache = Cache(tmp_path / "c")
+    first, second = cache.key("result", {"a": 1}), cache.key("result", {"a": 2})
+    cache.store("result", first, data={"verdict": "agree"})
+    path = cache.entry_path("result", second)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cache.entry_path("result", first).read_text())
+    assert cache.load("result", second) is None and cache.stats.corrupt == {"result": 1}
+
+
+def test_clear_removes_only_its_own_folder(tmp_path):
+    root = tmp_path / "shared"
+    (root).mkdir()
+    (root / "someone-elses.txt").write_text("keep")
+    cache = Cache(root)
+    cache.store("result", cache.key("result", {}), data={"ok": True})
+    assert cache.clear() > 0
+    assert (root / "someone-elses.txt").read_text() == "keep"
+    assert cache.info()["entries"] == {}
+
+
+def test_synthetic_weights_round_trip_through_the_cache_bit_exact(tmp_path):
+    import torch
+
+    from verify.pipeline import HIT, MISS, WEIGHTS_BLOB, load_weights_cached
+
+    cache = Cache(tmp_path / "c")
+    fresh, status = load_weights_cached("synthetic", "resnet18", 0, cache)
+    assert status == MISS
+    again, status = load_weights_cached("synthetic", "resnet18", 0, Cache(tmp_path / "c"))
+    assert status == HIT and again.source == fresh.source and again.sha256 == fresh.sha256
+    assert all(torch.equal(fresh.state_dict[k], again.state_dict[k]) for k in fresh.state_dict)
+    # a flipped byte in the stored safetensors: detected, rebuilt, and the rebuilt copy is used next time
+    key = cache.key("weights", {"source": "synthetic", "backbone": "resnet18", "seed": 0})
+    entry = json.loads(cache.entry_path("weights", key).read_text())
+    flip_byte(cache.blob_path(entry["files"][WEIGHTS_BLOB]["sha256"]))
+    third = Cache(tmp_path / "c")
+    rebuilt, status = load_weights_cached("synthetic", "resnet18", 0, third)
+    assert status == MISS and third.stats.corrupt == {"weights": 1}
+    assert rebuilt.sha256 == fresh.sha256
+    assert load_weights_cached("synthetic", "resnet18", 0, Cache(tmp_path / "c"))[1] == HIT
+
+
+def test_verify_export_takes_weights_and_exports_from_the_cache(tmp_path, monkeypatch):
+    """The second export of the same cell builds no weights and exports nothing, and reports the same."""
+    import exporter.export
+    import exporter.weights
+    from exporter.export import ExportOptions
+    from exporter.formats.onnx import OnnxOptions
+    from exporter.spec import ModelSpec
+    from verify.api import RunSettings, verify_export
+
+    options = ExportOptions(formats=("torchscript", "onnx"), format_options=(OnnxOptions("torchscript"),))
+    settings = RunSettings(shape=(1, 3, 32, 32))
+
+    def export(out):
+        report = verify_export(ModelSpec("resnet18", "frozen", "body"), settings, out=out, export=options)
+        figures = {(p.a, p.b, o.name): (o.max_abs, o.floor) for p in report.pairs for o in p.outputs}
+        return report, figures
+
+    first, first_figures = export(tmp_path / "a")
+    assert Cache(default_cache_dir()).info()["entries"] == {"weights": 1, "export": 2}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed again instead of read from the cache")
+
+    monkeypatch.setattr(exporter.weights, "load_weights", refuse)
+    monkeypatch.setattr(exporter.export, "export_model", refuse)
+    second, second_figures = export(tmp_path / "b")
+    assert second.passed and second_figures == first_figures
+    for name in ("model.pt", "model.onnx"):  # the folder holds copies: editing them leaves the cache intact
+        assert (tmp_path / "b" / "resnet18-frozen-body" / name).read_bytes() == \
+            (tmp_path / "a" / "resnet18-frozen-body" / name).read_bytes()
