@@ -38,7 +38,8 @@ import torch
 
 from exporter.artifacts import eager_artifact
 from exporter.backbones import BuiltModel, build_model, family_of, list_backbones
-from exporter.export import ExportOptions, export_model
+from exporter.export import ExportOptions
+from exporter.formats.onnx import OnnxOptions, export_model
 from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
@@ -97,7 +98,8 @@ def correct_runs(built: BuiltModel, shape, inputs_by_kind: dict[str, np.ndarray]
                 ("torchscript", make_runtime("torchscript").load(
                     export_model(built, eager.meta, example, folder, ExportOptions(), "torchscript")))]
     for exporter in exporters:
-        onnx = export_model(built, eager.meta, example, folder, ExportOptions(onnx_exporter=exporter), "onnx")
+        options = ExportOptions(format_options=(OnnxOptions(exporter=exporter),))
+        onnx = export_model(built, eager.meta, example, folder, options, "onnx")
         for level in levels:
             runtimes.append((f"ort-{exporter}-{level}",
                              make_runtime("onnxruntime", RuntimeOptions(ort_opt_level=level)).load(onnx)))

@@ -214,7 +214,7 @@ def test_same_export_again_replaces_silently_and_overwrite_replaces_another(tmp_
     manifest = tmp_path / "resnet18-frozen-body" / "manifest.json"
     identity = json.loads(manifest.read_text())["identity"]
     assert identity["seed"] == 0 and identity["spec"] == "resnet18:frozen:body"
-    assert identity["export"]["onnx_exporter"] == "torchscript" and identity["input"]["shape"] == [1, 3, 32, 32]
+    assert identity["export"]["onnx"]["exporter"] == "torchscript" and identity["input"]["shape"] == [1, 3, 32, 32]
     again = invoke(*args)
     assert again.exit_code == 0 and "error" not in again.stderr
     assert json.loads(manifest.read_text())["identity"] == identity

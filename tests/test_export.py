@@ -14,7 +14,7 @@ from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from tests.conftest import SMALL, SMALL_SHAPE
 from verify.api import RunSettings, verify_export
-from verify.compare import Tolerance
+from verify.compare import AUTO_FACTOR, Tolerance
 
 TINY = (1, 3, 32, 32)
 
@@ -35,7 +35,7 @@ def test_every_norm_and_view_passes(norm, view, tmp_path):
     expected = {(b, a) for i, a in enumerate(runs) for b in runs[i + 1:]} | {(r, "oracle") for r in runs}
     assert {(p.a, p.b) for p in report.pairs} == expected
     # each run against the oracle sits near the floor: rounding, not a loose bound
-    assert all(p.worst.ratio < 4 for p in report.pairs if p.kind == "oracle")
+    assert all(p.worst.ratio < AUTO_FACTOR for p in report.pairs if p.kind == "oracle")
 
 
 @pytest.mark.parametrize("backbone", [b for b in list_backbones() if b != SMALL])
@@ -92,7 +92,7 @@ def test_decimal_mode_fails_rounding_and_says_so(tmp_path):
                            out=tmp_path)
     assert report.exit_code == 1
     failing = [p for p in report.pairs if not p.passed]
-    assert failing and all(p.worst.ratio < 4 for p in failing)
+    assert failing and all(p.worst.ratio < AUTO_FACTOR for p in failing)
     assert any("this is rounding" in note and "decimal=" in note for note in report.notes)
 
 

@@ -12,7 +12,8 @@ import torch
 from exporter.artifacts import eager_artifact
 from exporter.backbones import get_backbone
 from exporter.errors import UsageError
-from exporter.export import ExportOptions, export_model
+from exporter.export import ExportOptions
+from exporter.formats.onnx import OnnxOptions, export_model
 from tests.conftest import SMALL
 from verify.api import RunSettings, compare
 from verify.compare import AUTO_FACTOR, DECIMAL_RANGE, Tolerance, compare_arrays, compare_outputs
@@ -267,7 +268,7 @@ def stage_exports(tmp_path_factory):
                 conv.weight[int(rng.integers(conv.out_channels))] *= 1.001
         folder = tmp_path_factory.mktemp(stage.split()[0])
         exports[stage] = export_model(built, eager_artifact(built, STAGE_SHAPE).meta, x, folder,
-                                      ExportOptions(onnx_exporter="torchscript"), "onnx")
+                                      ExportOptions(format_options=(OnnxOptions(exporter="torchscript"),)), "onnx")
     return exports
 
 

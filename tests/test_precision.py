@@ -9,7 +9,8 @@ import torch
 from exporter.artifacts import eager_artifact
 from exporter.backbones import get_backbone
 from exporter.errors import SetupError, UsageError
-from exporter.export import ExportOptions, export_model
+from exporter.export import ExportOptions
+from exporter.formats.onnx import OnnxOptions, export_model
 from tests.conftest import SMALL, SMALL_SHAPE, cpu_and_cuda
 from verify.api import RunSettings, explain_pairs, verify_export
 from verify.compare import AUTO_FACTOR, Tolerance, compare_outputs
@@ -30,7 +31,7 @@ def artifacts(tmp_path_factory):
     found = {"eager": eager}
     for fmt in ("torchscript", "onnx"):
         found[fmt] = export_model(built, eager.meta, torch.from_numpy(x), folder,
-                                  ExportOptions(onnx_exporter="torchscript"), fmt)
+                                  ExportOptions(format_options=(OnnxOptions(exporter="torchscript"),)), fmt)
     return found, {"input": x}
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,7 @@ def export_identity(spec: ModelSpec, weights_sha256: str, seed: int, options: Ex
         "spec": str(spec),
         "weights_sha256": weights_sha256,
         "seed": seed,
-        "export": asdict(options),
+        "export": options.to_dict(),
         "input": {"shape": list(inputs[0].array.shape), "count": len(inputs), "sha256": inputs_sha256(inputs)},
     }
     return json.loads(json.dumps(identity))  # as it reads back from the manifest (tuples become lists)
@@ -49,8 +48,12 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         found.append("other weights")
     old_export = old.get("export") if isinstance(old.get("export"), dict) else {}
     for key, value in new["export"].items():
-        if old_export.get(key) != value:
-            found.append(f"{key} {old_export.get(key)} vs {value}")
+        before = old_export.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):  # one format's options: name the field
+            found += [f"{key} {field} {before.get(field)} vs {v}" for field, v in value.items()
+                      if before.get(field) != v]
+        elif before != value:
+            found.append(f"{key} {before} vs {value}")
     if old.get("input") != new["input"]:
         found.append("another input")
     return found or ["fields this version does not know"]

@@ -34,7 +34,8 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
     manifest = build_manifest(
         folder,
         {fmt: a for fmt, a in artifacts.items() if a.path is not None},
-        model={**{k: getattr(built.spec, k) for k in ("backbone", "norm", "view") if hasattr(built.spec, k)},
+        model={**{k: getattr(built.spec, k) for k in ("backbone", "norm", "view", "source", "factory")
+                  if hasattr(built.spec, k)},
                "spec": str(built.spec), "weights": built.weights.source, "weights_sha256": built.weights.sha256},
         input_spec={"name": input_name, "shape": list(array.shape), "dtype": str(array.dtype),
                     "dynamic_axes": dynamic},

@@ -412,7 +412,7 @@ class OnnxTracer(Tracer):
             spread = spread_floor([first, other])
             for n, c, name in values:
                 if name in spread:
-                    result.spread[(n, c)] = max(result.spread.get((n, c), 0.0), spread[name])
+                    result.spread[(n, c)] = max(result.spread.get((n, c), 0.0), spread[name].value)
         return result
 
 
