@@ -38,8 +38,8 @@ import torch
 
 from exporter.artifacts import eager_artifact
 from exporter.backbones import BuiltModel, build_model, family_of, list_backbones
-from exporter.export import ExportOptions
-from exporter.formats.onnx import OnnxOptions, export_model
+from exporter.export import ExportOptions, export_model
+from exporter.formats.onnx import OnnxOptions
 from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights

@@ -12,8 +12,8 @@ import torch
 from exporter.artifacts import eager_artifact
 from exporter.backbones import get_backbone
 from exporter.errors import UsageError
-from exporter.export import ExportOptions
-from exporter.formats.onnx import OnnxOptions, export_model
+from exporter.export import ExportOptions, export_model
+from exporter.formats.onnx import OnnxOptions
 from tests.conftest import SMALL
 from verify.api import RunSettings, compare
 from verify.compare import AUTO_FACTOR, DECIMAL_RANGE, Tolerance, compare_arrays, compare_outputs

@@ -9,8 +9,8 @@ import torch
 from exporter.artifacts import eager_artifact
 from exporter.backbones import get_backbone
 from exporter.errors import SetupError, UsageError
-from exporter.export import ExportOptions
-from exporter.formats.onnx import OnnxOptions, export_model
+from exporter.export import ExportOptions, export_model
+from exporter.formats.onnx import OnnxOptions
 from tests.conftest import SMALL, SMALL_SHAPE, cpu_and_cuda
 from verify.api import RunSettings, explain_pairs, verify_export
 from verify.compare import AUTO_FACTOR, Tolerance, compare_outputs

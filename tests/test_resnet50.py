@@ -7,8 +7,8 @@ import torch
 
 from exporter.artifacts import eager_artifact
 from exporter.backbones import build_model
-from exporter.export import ExportOptions
-from exporter.formats.onnx import OnnxOptions, export_model
+from exporter.export import ExportOptions, export_model
+from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.api import RunSettings, compare, verify_export

@@ -270,7 +270,10 @@ def _goldens(art: ArtifactFolder) -> str:
     if str(x.dtype) != spec.dtype or list(x.shape) != list(spec.shape):
         raise ArtifactError(f"{GOLDENS_NAME}: input.{spec.name} is {x.dtype} {list(x.shape)}, the manifest records "
                             f"{spec.dtype} {list(spec.shape)}")
+    no_oracle = not art.manifest.noise_floor  # your own model that cannot run in float64 (explicit tolerance)
     for kind, dtype in (("float32", np.float32), ("float64", np.float64)):
+        if kind == "float64" and no_oracle and not goldens[kind]:
+            continue
         if set(goldens[kind]) != set(outputs):
             raise ArtifactError(f"{GOLDENS_NAME} holds {kind} outputs {sorted(goldens[kind])}, the manifest "
                                 f"{sorted(outputs)}")
@@ -278,7 +281,7 @@ def _goldens(art: ArtifactFolder) -> str:
             if array.dtype != dtype or array.size == 0 or array.ndim == 0 or array.shape[0] != x.shape[0]:
                 raise ArtifactError(f"{GOLDENS_NAME}: {kind}.{output} is {array.dtype} {list(array.shape)}; "
                                     f"expected non-empty {np.dtype(dtype)} with the input's batch of {x.shape[0]}")
-    for output in outputs:
+    for output in outputs if goldens["float64"] else []:
         if goldens["float32"][output].shape != goldens["float64"][output].shape:
             raise ArtifactError(f"{GOLDENS_NAME}: float32.{output} and float64.{output} differ in shape")
     folded = goldens.get("folded") or {}
@@ -301,6 +304,9 @@ def _floors(art: ArtifactFolder) -> str:
 
     if art.goldens is None:
         raise ArtifactError(f"not derived: {GOLDENS_NAME} failed its checks")
+    if not art.manifest.noise_floor and not art.goldens["float64"]:
+        art.floors = {}
+        return "none: the model has no float64 oracle, so its recorded explicit tolerance judges alone"
     folded = art.goldens.get("folded") or {}
     derived = measure_floors(art.goldens["float32"], art.goldens["float64"], samples=[folded] if folded else [])
     for output in art.manifest.outputs:
@@ -326,6 +332,10 @@ def _tolerance(art: ArtifactFolder) -> str:
         return art.tolerances[0].describe() + (" (the default)" if recorded.factor == AUTO_FACTOR else
                                                f" (tighter than the default {AUTO_FACTOR:g})")
     extra = Tolerance(**recorded.model_dump())
+    if not art.manifest.noise_floor and art.goldens is not None and not art.goldens["float64"]:
+        # no float64 oracle (your own model; the goldens hold no float64 group): no floor for auto
+        art.tolerances = [extra]
+        return f"{extra.describe()} (no float64 oracle, so no auto floor)"
     art.tolerances = [Tolerance(), extra]
     return f"{extra.describe()}, and auto at the default factor {AUTO_FACTOR:g} as well"
 
