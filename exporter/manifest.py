@@ -312,7 +312,10 @@ class Manifest(Strict):
 
     def to_json(self) -> str:
         """Strict JSON, the only way a manifest is written."""
-        absent = {k for k in ("identity", "signature") if getattr(self, k) is None}
+        absent: dict[str, Any] = {k: True for k in ("identity", "signature") if getattr(self, k) is None}
+        unset = {k for k in ("backbone", "norm", "view", "source", "factory") if getattr(self.model, k) is None}
+        if unset:
+            absent["model"] = unset  # a backbone has no source/factory, your own model no backbone/norm/view
         data = self.model_dump(mode="json", by_alias=True, exclude=absent)
         for verdict in data["verdicts"]:
             if verdict["null_reason"] is None:
