@@ -247,6 +247,10 @@ class Manifest(Strict):
     """What the export judged with; an artifact check may only tighten with it, never loosen."""
     noise_floor: dict[Text, Positive]
     """Per output, max |float32 - float64| of the goldens (at least one float32 ulp of the scale)."""
+    channel_floors_sha256: Sha256 | None = None
+    """sha256 of every per-channel floor re-derived from the goldens (float32, float64 and the folded
+    sample): an edit of the goldens that moves a channel floor is caught even where the per-output floors
+    stay the same. `verify artifact` requires it whenever `noise_floor` is present."""
     goldens: GoldensLayout
     verdicts: list[Verdict]
     passed: bool
@@ -312,7 +316,8 @@ class Manifest(Strict):
 
     def to_json(self) -> str:
         """Strict JSON, the only way a manifest is written."""
-        absent: dict[str, Any] = {k: True for k in ("identity", "signature") if getattr(self, k) is None}
+        absent: dict[str, Any] = {k: True for k in ("identity", "signature", "channel_floors_sha256")
+                                  if getattr(self, k) is None}
         unset = {k for k in ("backbone", "norm", "view", "source", "factory") if getattr(self.model, k) is None}
         if unset:
             absent["model"] = unset  # a backbone has no source/factory, your own model no backbone/norm/view
@@ -507,7 +512,8 @@ def read_goldens(path: Path) -> dict[str, dict[str, np.ndarray]]:
 def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str, Any],
                    input_spec: dict[str, Any], outputs: list[str], tolerance: dict[str, Any],
                    floors: dict[str, float], verdicts: list[dict[str, Any]], versions: dict[str, str],
-                   identity: dict[str, Any] | None = None, signed: bool = False) -> Manifest:
+                   identity: dict[str, Any] | None = None, signed: bool = False,
+                   channel_floors_sha256: str | None = None) -> Manifest:
     """The manifest of a staged folder, validated: an export that would write a lie (a NaN, a format the
     registry does not know) fails here instead."""
     from exporter.formats import get_format
@@ -533,6 +539,7 @@ def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str
         "outputs": outputs,
         "tolerance": tolerance_record(tolerance),
         "noise_floor": floors,
+        "channel_floors_sha256": channel_floors_sha256,
         "goldens": GOLDENS_LAYOUT,
         "verdicts": verdicts,
         "passed": bool(verdicts) and all(v["passed"] for v in verdicts),

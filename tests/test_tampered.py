@@ -35,7 +35,6 @@ from exporter.manifest import (
 )
 from verify.cli import app
 from verify.compare import AUTO_FACTOR
-from verify.oracle import noise_floors
 from verify.validate import validate
 
 SHAPE = "1x3x32x32"
@@ -221,8 +220,13 @@ def consistent_goldens_edit(folder: Path) -> None:
     arrays["float64.layer1"] = arrays["float64.layer1"] * (1 + 1e-12)
     write_goldens(folder, arrays, hashed=False)
     data = read_manifest(folder)
-    data["noise_floor"] = noise_floors({k[8:]: v for k, v in arrays.items() if k.startswith("float32.")},
-                                       {k[8:]: v for k, v in arrays.items() if k.startswith("float64.")})
+    from verify.oracle import channel_floors_sha256, measure_floors
+
+    group = {g: {k[len(g) + 1:]: v for k, v in arrays.items() if k.startswith(g + ".")}
+             for g in ("float32", "float64", "folded")}
+    floors = measure_floors(group["float32"], group["float64"], samples=[group["folded"]] if group["folded"] else [])
+    data["noise_floor"] = {name: floor.value for name, floor in floors.items()}
+    data["channel_floors_sha256"] = channel_floors_sha256(floors)
     data["files"][GOLDENS_NAME].update(sha256=file_sha256(folder / GOLDENS_NAME),
                                        size=(folder / GOLDENS_NAME).stat().st_size)
     write_manifest(folder, data)

@@ -22,7 +22,7 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
                           sign_key: Path | None = None) -> None:
     """Goldens first, manifest next, signature last: a folder without its manifest (or, when signed, its
     signature) never validates."""
-    from verify.oracle import folded_samples, measure_floors
+    from verify.oracle import channel_floors_sha256, folded_samples, measure_floors
 
     (input_name, array), = inputs.items()
     eager = next((a for a in artifacts.values() if a.built is not None), None)
@@ -43,6 +43,7 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
         tolerance=report.settings["tolerance"],
         # the float32 floor exactly as `verify artifact` re-derives it from these goldens
         floors={name: floor.value for name, floor in floors.items()},
+        channel_floors_sha256=channel_floors_sha256(floors) if floors else None,
         verdicts=[verdict_record(p) for p in report.pairs],
         versions=report.versions,
         identity=identity,

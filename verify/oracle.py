@@ -343,3 +343,19 @@ def oracle_or_spread(artifact: Artifact, inputs: dict[str, np.ndarray], fp32: di
         return Oracle({}, {}, f"{name}: no float64 run and no alternative settings to measure a floor")
     floors = spread_floor([fp32, *others])
     return Oracle({}, floors, f"{name}: spread of {runner}'s alternative settings", "fp32", floors)
+
+
+def channel_floors_sha256(floors: dict[str, NoiseFloor]) -> str:
+    """A digest of every per-channel floor (float64 bytes, outputs by name): the manifest records it, and
+    `verify artifact` re-derives the floors from the goldens and must find the same digest."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for name in sorted(floors):
+        channels = floors[name].channels
+        digest.update(name.encode() + b"\0")
+        if channels is not None:
+            digest.update(np.ascontiguousarray(channels, dtype=np.float64).tobytes())
+    return digest.hexdigest()

@@ -316,6 +316,13 @@ def _floors(art: ArtifactFolder) -> str:
             raise ArtifactError(f"noise_floor[{output!r}] is {recorded:.4g} in the manifest, but its goldens give "
                                 f"{measured if measured is None else format(measured, '.4g')} (float32 vs float64); "
                                 "a floor is re-derived, never taken on trust")
+    from verify.oracle import channel_floors_sha256
+
+    if art.manifest.channel_floors_sha256 is None:
+        raise ArtifactError("the manifest records no channel_floors_sha256; re-export the folder")
+    if art.manifest.channel_floors_sha256 != channel_floors_sha256(derived):
+        raise ArtifactError("the per-channel floors re-derived from the goldens are not the ones the export "
+                            "recorded (channel_floors_sha256); a floor is re-derived, never taken on trust")
     art.floors = derived
     return "re-derived from the goldens (float32 vs float64); the manifest records the same"
 
