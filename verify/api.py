@@ -21,7 +21,7 @@ from verify.inputs import NamedInput, load_inputs, seeded_input
 from verify.oracle import NoiseFloor, Oracle, measure_oracle, oracle_or_spread
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
-from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for, runtimes_for_formats
+from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -114,7 +114,6 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
 
     from verify.cache import default_cache
     from verify.pipeline import export_stage
-    from verify.runtimes import runtime_class
 
     settings, export = settings or RunSettings(), export or ExportOptions()
     progress = progress or NullProgress()
@@ -125,22 +124,9 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
         from exporter.signing import check_private_key
 
         check_private_key(Path(sign_key))  # before any work
-    available = [eager_format_name(), *export.formats]
-    precision = settings.runtime.precision
-    if runtimes:
-        unable = [name for name in runtimes if precision not in runtime_class(name).precisions]
-        if unable:
-            raise UsageError(f"{', '.join(unable)} cannot run at {precision}; drop --runtime {unable[0]} or verify "
-                             f"it at {' or '.join(runtime_class(unable[0]).precisions)}")
-    runtimes = list(runtimes or [name for name in runtimes_for_formats(available)
-                                 if precision in runtime_class(name).precisions])
-    formats = {}
-    for name in runtimes:
-        runnable = [fmt for fmt in available if fmt in runtime_class(name).formats]
-        if not runnable:
-            raise UsageError(f"Runtime {name} runs {', '.join(runtime_class(name).formats)} artifacts; add that "
-                             f"--format (exporting: {', '.join(export.formats) or 'nothing'})")
-        formats[name] = runnable[0]
+    from verify.pipeline import choose_runtimes
+
+    runtimes, formats = choose_runtimes(export.formats, runtimes, settings.runtime.precision)
     given = settings_inputs(settings)  # read and checked before the model is built
     with progress.step(f"Building {spec}" + ("" if isinstance(spec, UserModelSpec) else
                                              f" with {settings.weights} weights")):
@@ -199,12 +185,6 @@ def _eager_fp32(runs: list[dict], eager: Artifact, inputs: dict) -> dict[str, np
         if run["label"] == runner:
             return run["outputs"]
     return make_runtime(runner).load(eager).run(inputs)
-
-
-def eager_format_name() -> str:
-    from exporter.formats.eager import EagerFormat
-
-    return EagerFormat.name
 
 
 def require_some_finite_run(runs: list[dict], label: str) -> None:

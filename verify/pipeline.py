@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,30 +109,39 @@ def eager_format() -> str:
     return EagerFormat.name
 
 
+def choose_runtimes(exported: Sequence[str], runtimes: Sequence[str] | None, precision: str
+                    ) -> tuple[list[str], dict[str, str]]:
+    """The runtimes to run (asked, else every one that runs an exported format or the in-memory model at
+    `precision`) and the format each runs; anything impossible is refused here, before any work."""
+    from verify.runtimes import runtime_class, runtimes_for_formats
+
+    available = [eager_format(), *exported]
+    if runtimes:
+        unable = [name for name in runtimes if precision not in runtime_class(name).precisions]
+        if unable:
+            raise UsageError(f"{', '.join(unable)} cannot run at {precision}; drop --runtime {unable[0]} or verify "
+                             f"it at {' or '.join(runtime_class(unable[0]).precisions)}")
+    chosen = list(runtimes or [n for n in runtimes_for_formats(available) if precision in runtime_class(n).precisions])
+    formats = {}
+    for name in chosen:
+        runnable = [fmt for fmt in available if fmt in runtime_class(name).formats]
+        if not runnable:
+            raise UsageError(f"Runtime {name} runs {', '.join(runtime_class(name).formats)} artifacts; add that "
+                             f"--format (exporting: {', '.join(exported) or 'nothing'})")
+        formats[name] = runnable[0]
+    return chosen, formats
+
+
 def plan_cell(request: CellRequest) -> CellPlan:
     """Check names, options, precisions and that each runtime has a format to run; make the input (the
     first one where --input names several). No model work."""
     from verify.api import settings_inputs
     from verify.inputs import seeded_input
-    from verify.runtimes import runtime_class, runtimes_for_formats
 
     request.spec.validate()
     request.export.validate()
-    precision = request.settings.runtime.precision
-    available = [eager_format(), *request.export.formats]
-    if request.runtimes:
-        unable = [name for name in request.runtimes if precision not in runtime_class(name).precisions]
-        if unable:
-            raise UsageError(f"{', '.join(unable)} cannot run at {precision}")
-    runtimes = list(request.runtimes or [n for n in runtimes_for_formats(available)
-                                         if precision in runtime_class(n).precisions])
-    formats = {}
-    for name in runtimes:
-        runnable = [fmt for fmt in available if fmt in runtime_class(name).formats]
-        if not runnable:
-            raise UsageError(f"Runtime {name} runs {', '.join(runtime_class(name).formats)} artifacts; add that "
-                             f"--format (exporting: {', '.join(request.export.formats) or 'nothing'})")
-        formats[name] = runnable[0]
+    runtimes, formats = choose_runtimes(request.export.formats, request.runtimes,
+                                        request.settings.runtime.precision)
     settings = request.settings
     named = settings_inputs(settings) or [seeded_input(settings.shape or DEFAULT_SHAPE, settings.seed)]
     return CellPlan(request, runtimes, formats, named[0].array)
