@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -44,10 +46,24 @@ def restore_rng_state():
     torch.set_rng_state(states[2])
 
 
+@contextlib.contextmanager
+def scratch(tmp_path_factory, name: str):
+    """A temporary folder removed when the block ends, pass or fail. Module and session fixtures use it
+    so that exports (tens to hundreds of MB each) do not pile up on disk until the session ends: pytest
+    keeps `tmp_path_factory.mktemp` folders to the end and a full run would need tens of GB."""
+    path = tmp_path_factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def empty_torch_home(tmp_path_factory, monkeypatch):
     """No test may find (or download) real pretrained weights."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    with scratch(tmp_path_factory, "torch_home") as home:
+        monkeypatch.setenv("TORCH_HOME", str(home))
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -55,8 +71,8 @@ def session_cache(tmp_path_factory):
     """The suite never touches the user's cache folder: session and module fixtures share this one."""
     from verify.cache import ENV_DIR
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(ENV_DIR, str(tmp_path_factory.mktemp("verify-cache")))
+    with scratch(tmp_path_factory, "verify-cache") as cache, pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENV_DIR, str(cache))
         yield
 
 
@@ -66,7 +82,9 @@ def test_cache(tmp_path_factory, monkeypatch):
     exporter gets that exporter, not a cached file)."""
     from verify.cache import ENV_DIR
 
-    monkeypatch.setenv(ENV_DIR, str(tmp_path_factory.mktemp("cache")))
+    with scratch(tmp_path_factory, "cache") as cache:
+        monkeypatch.setenv(ENV_DIR, str(cache))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +111,17 @@ def exported_small(tmp_path_factory):
     inputs = {eager.meta.input_name: x}
     reference = make_runtime(runtimes_for(eager.format)[0]).load(eager).run(inputs)
     return artifacts, inputs, reference, measure_oracle(eager, inputs, reference)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """`tmp_path_factory.mktemp` for module fixtures: what it makes is removed when the module's tests end."""
+    made = []
+
+    def mktemp(name: str):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

@@ -48,9 +48,9 @@ def npy_bytes(array) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """One of every kind of thing a path can be, and every kind of broken file."""
-    d = tmp_path_factory.mktemp("bad")
+    d = module_tmp("bad")
     good = np.ones((1, 3, 32, 32), np.float32)
     nan, inf = good.copy(), good.copy()
     nan.flat[:5] = np.nan
@@ -348,8 +348,8 @@ IDENTITY_CASES = [
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, files):
-    out = tmp_path_factory.mktemp("exported")
+def exported(module_tmp, files):
+    out = module_tmp("exported")
     result = runner.invoke(app, [*EXPORT, "--onnx-exporter", "torchscript", "--out", str(out)])
     assert result.exit_code == 0, result.output
     d = files["d"]
@@ -382,13 +382,13 @@ SIGNALS = {"sigint": (signal.SIGINT, 130, "interrupted"), "sigterm": (signal.SIG
 
 
 @pytest.fixture(scope="module")
-def signalled(tmp_path_factory):
+def signalled(module_tmp):
     """Both exports run at once (each pays for its own imports), each signalled once it is exporting."""
     from exporter.weights import load_weights, save_weights
 
-    weights = tmp_path_factory.mktemp("weights") / "resnet18.safetensors"
+    weights = module_tmp("weights") / "resnet18.safetensors"
     save_weights(load_weights("synthetic", "resnet18"), weights)  # the children skip the calibration passes
-    outs = {name: tmp_path_factory.mktemp(name) for name in SIGNALS}
+    outs = {name: module_tmp(name) for name in SIGNALS}
     processes = {name: subprocess.Popen([sys.executable, "-m", "verify.cli", *EXPORT, "--weights", str(weights),
                                          "--out", str(out)],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

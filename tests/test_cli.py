@@ -20,8 +20,8 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli")
+def exported(module_tmp):
+    out = module_tmp("cli")
     result = invoke("export", "--norm", "frozen", *SMALL_ARGS, "--out", out, "--json", out / "report.json")
     assert result.exit_code == 0, result.output
     return out / "resnet18-frozen-body", json.loads((out / "report.json").read_text()), result

@@ -161,13 +161,13 @@ CONV_TARGET, CONV_CHANNEL = "layer3.1.conv2", 3
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """The clean model as .pt2 and dynamo ONNX (one torch.export trace), as legacy ONNX and as
     TorchScript; the same model with one conv channel 1 % off as dynamo ONNX; and the clean
     model in memory with one BatchNorm running-variance entry 1 % off."""
     from exporter.formats import ExportContext
 
-    folder = tmp_path_factory.mktemp("explain-pairs")
+    folder = module_tmp("explain-pairs")
     x = make_input(SHAPE, 0)
     clean = built(SMALL_SPEC)
     bad_conv, bad_bn = copy.deepcopy(clean), copy.deepcopy(clean)

@@ -254,7 +254,7 @@ STAGES = {"stem": "conv1", "layer1": "layer1.0.conv1", "layer2": "layer2.1.conv2
 
 
 @pytest.fixture(scope="module")
-def stage_exports(tmp_path_factory):
+def stage_exports(module_tmp):
     """One legacy ONNX export per stage, each with a 0.1 % error in a seeded output channel of
     one convolution of that stage; and a clean export as the control."""
     rng = np.random.default_rng(0)
@@ -266,7 +266,7 @@ def stage_exports(tmp_path_factory):
             conv = built.model.get_submodule(layer)
             with torch.no_grad():
                 conv.weight[int(rng.integers(conv.out_channels))] *= 1.001
-        folder = tmp_path_factory.mktemp(stage.split()[0])
+        folder = module_tmp(stage.split()[0])
         exports[stage] = export_model(built, eager_artifact(built, STAGE_SHAPE).meta, x, folder,
                                       ExportOptions(format_options=(OnnxOptions(exporter="torchscript"),)), "onnx")
     return exports

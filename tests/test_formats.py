@@ -17,8 +17,8 @@ SHAPE_TEXT = "x".join(map(str, SMALL_SHAPE))
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("formats")
+def folder(module_tmp):
+    out = module_tmp("formats")
     result = invoke("export", "-b", "resnet18", "--shape", SHAPE_TEXT, "--out", str(out))
     assert result.exit_code == 0, result.output
     return out / "resnet18-frozen-body"

@@ -35,9 +35,9 @@ def cache_in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory):
+def whole(module_tmp):
     """The cold run with two workers, every output written; then the same command again (warm)."""
-    out = tmp_path_factory.mktemp("matrix")
+    out = module_tmp("matrix")
     cache = out / "cache"
     files = {kind: out / f"whole.{kind}" for kind in ("json", "junit", "markdown", "html")}
     args = ["matrix", *CELL_ARGS, *NORMS, "--jobs", "2", "--cache-dir", cache]

@@ -23,11 +23,11 @@ from verify.runtimes import RuntimeOptions, make_runtime
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
+def artifacts(module_tmp):
     built = get_backbone(SMALL, "frozen", "body")
     eager = eager_artifact(built, SMALL_SHAPE)
     x = make_input(SMALL_SHAPE, 0)
-    folder = tmp_path_factory.mktemp("precision")
+    folder = module_tmp("precision")
     found = {"eager": eager}
     for fmt in ("torchscript", "onnx"):
         found[fmt] = export_model(built, eager.meta, torch.from_numpy(x), folder,
@@ -89,10 +89,10 @@ def test_two_configurations_in_either_order_give_identical_numbers(device, artif
 
 
 @pytest.fixture(scope="module")
-def bf16_report(tmp_path_factory):
+def bf16_report(module_tmp):
     return verify_export(get_backbone(SMALL, "frozen", "body").spec,
                          RunSettings(shape=SMALL_SHAPE, runtime=RuntimeOptions(precision="bf16")),
-                         out=tmp_path_factory.mktemp("bf16"), runtimes=("eager", "torchscript"),
+                         out=module_tmp("bf16"), runtimes=("eager", "torchscript"),
                          export=ExportOptions(formats=("torchscript",)))
 
 

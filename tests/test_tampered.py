@@ -65,15 +65,15 @@ def make_keys(folder: Path, name: str, curve=None) -> KeyPair:
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("keys")
+def keys(module_tmp):
+    folder = module_tmp("keys")
     return {"ci": make_keys(folder, "ci"), "other": make_keys(folder, "other")}
 
 
 @pytest.fixture(scope="module")
-def signed(tmp_path_factory, keys):
+def signed(module_tmp, keys):
     """The one export every case copies: resnet18 body, 1x3x32x32, ONNX only, signed with the `ci` key."""
-    out = tmp_path_factory.mktemp("signed")
+    out = module_tmp("signed")
     result = invoke("export", "-b", "resnet18", "--shape", SHAPE, "--format", "onnx", "--sign-key",
                     keys["ci"].private, "--out", out)
     assert result.exit_code == 0, result.output

@@ -39,9 +39,9 @@ def error_line(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(module_tmp):
     """Each output kind (tensor, dict, tuple) exported to every default format: factory -> (folder, report)."""
-    out = tmp_path_factory.mktemp("user-models")
+    out = module_tmp("user-models")
     results = {}
     for factory in OUTPUTS:
         result = invoke("export", "--model", model(factory), "--shape", SHAPE, "--out", out,
