@@ -419,6 +419,33 @@ def test_signal_mid_export(name, signalled):
     assert list(out.iterdir()) == []  # no staging folder, no lock file, no half an export
 
 
+@pytest.mark.parametrize(("interrupt", "code", "word"), [("Terminated", 128 + signal.SIGTERM, "terminated (SIGTERM)"),
+                                                       ("KeyboardInterrupt", 130, "interrupted")])
+def test_an_interrupt_a_library_wrapped_is_still_an_interrupt(interrupt, code, word, capsys):
+    """A signal landing inside a pybind11 call comes back as SystemError("... returned a result with an
+    exception set"), which an exporter then reports as its own failure: the run still ends as interrupted,
+    with the signal's exit code, not as an export error (exit 2) blaming the model."""
+    import typer
+
+    import verify.cli
+    from exporter.errors import ExportError
+
+    @verify.cli.handle_errors
+    def command():
+        try:
+            try:
+                raise getattr(verify.cli, interrupt, None) or KeyboardInterrupt()
+            except KeyboardInterrupt as inner:
+                raise SystemError("<built-in method> returned a result with an exception set") from inner
+        except SystemError:
+            raise ExportError("torch.jit.script failed for resnet18:frozen:body; pass --trace") from None
+
+    with pytest.raises(typer.Exit) as stopped:
+        command()
+    assert stopped.value.exit_code == code
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {word}"
+
+
 def test_parse_errors_are_one_line_through_main_too(tmp_path):
     """The installed entry point (not only CliRunner) turns click's usage box into one line."""
     result = subprocess.run([sys.executable, "-m", "verify.cli", "export", "--factor", "nan", "--bogus"],

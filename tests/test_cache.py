@@ -163,3 +163,27 @@ def test_verify_export_takes_weights_and_exports_from_the_cache(tmp_path, monkey
     for name in ("model.pt", "model.onnx"):  # the folder holds copies: editing them leaves the cache intact
         assert (tmp_path / "b" / "resnet18-frozen-body" / name).read_bytes() == \
             (tmp_path / "a" / "resnet18-frozen-body" / name).read_bytes()
+
+
+def test_export_cache_options_choose_the_folder_or_none(tmp_path):
+    """`verify export --cache-dir D` stores in D (not the default folder); `--no-cache` stores nowhere; a
+    --cache-dir that is a file is refused before any work."""
+    from typer.testing import CliRunner
+
+    from verify.cli import app
+
+    runner = CliRunner()
+    args = ["export", "-b", "resnet18", "--shape", "1x3x32x32", "--format", "torchscript"]
+    mine = tmp_path / "mine"
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "--cache-dir", str(mine)])
+    assert result.exit_code == 0, result.output
+    assert Cache(mine).info()["entries"] == {"weights": 1, "export": 1}
+    assert Cache(default_cache_dir()).info()["entries"] == {}
+
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    assert Cache(default_cache_dir()).info()["entries"] == {}
+
+    (tmp_path / "file").write_text("not a folder")
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "c"), "--cache-dir", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "file" in result.output and not (tmp_path / "c").exists()

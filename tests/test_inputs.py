@@ -15,10 +15,10 @@ from torchvision.transforms import functional as TF
 from typer.testing import CliRunner
 
 from exporter.errors import UsageError
-from verify.api import worst_over_inputs
 from verify.cli import app
 from verify.compare import OutputComparison, PairResult
 from verify.inputs import IMAGENET_MEAN, IMAGENET_STD, NamedInput, load_inputs
+from verify.pipeline import worst_over_inputs
 
 runner = CliRunner()
 

@@ -3,6 +3,7 @@
 import json
 import os
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +258,25 @@ def test_a_cell_that_fails_after_its_verdict_is_an_error_never_a_pass(tmp_path, 
     request = small_request().cells()[0]
     result = execute_cell(CellJob(request, cell_id(request), str(tmp_path / "cache")))
     assert result.verdict == ERROR and not result.passed and "disk full" in result.error
+
+
+def test_verify_export_is_the_one_cell_case_of_the_matrix(tmp_path):
+    """`verify export` and a matrix cell are one composition of the pipeline's stages: the same request gives
+    the same runs, pairs and numbers, and the export's folder holds what the cell exported."""
+    from verify.api import verify_export
+    from verify.pipeline import run_cell
+
+    cell = small_request().cells()[0]
+    (tmp_path / "cell").mkdir()
+    by_cell = run_cell(cell, tmp_path / "cell").report
+    by_export = verify_export(cell.spec, cell.settings, out=tmp_path / "export", export=cell.export,
+                              runtimes=cell.runtimes)
+
+    def figures(report):
+        return {(p.a, p.b, o.name): (o.max_abs, o.floor, o.channel, o.ratio, o.passed)
+                for p in report.pairs for o in p.outputs}
+
+    assert [r.label for r in by_export.runs] == [r.label for r in by_cell.runs]
+    assert figures(by_export) == figures(by_cell) and by_export.passed == by_cell.passed
+    exported = {p.name for p in (tmp_path / "cell").iterdir()}
+    assert exported and exported <= {p.name for p in Path(by_export.artifacts["folder"]).iterdir()}

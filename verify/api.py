@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from exporter.artifacts import Artifact, eager_artifact, open_artifact
 from exporter.errors import UsageError
 from exporter.export import ExportOptions
-from exporter.formats import ExportContext, get_format
 from exporter.fsio import path_kind, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from exporter.user_model import UserModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
 from verify.inputs import NamedInput, load_inputs, seeded_input
-from verify.oracle import NoiseFloor, Oracle, measure_oracle, oracle_or_spread
+from verify.oracle import NoiseFloor, Oracle, oracle_or_spread
+from verify.pipeline import model_shape, require_some_finite_run, without_float64, worst_over_inputs
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
-from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
+from verify.runtimes import RuntimeOptions, runtimes_for
 
 if TYPE_CHECKING:
-    import numpy as np
+    from verify.cache import Cache
 
 
 
@@ -79,143 +78,55 @@ def build(spec: ModelSpec | UserModelSpec, settings: RunSettings):
 def _run(runtime_name: str, artifact: Artifact, feeds: list[dict], options: RuntimeOptions,
          progress: Progress, report: Report) -> list[dict]:
     """Load once, run on every feed: per feed {"label": the runtime's label, "outputs": its outputs}."""
-    runtime = make_runtime(runtime_name, options)
-    with progress.step(f"Running {runtime.label}"):
-        start = time.perf_counter()
-        loaded = runtime.load(artifact)
-        outputs = [loaded.run(feed) for feed in feeds]
-        report.runs.append(RunRecord(runtime.label, artifact.label, time.perf_counter() - start))
-    return [{"label": runtime.label, "outputs": out} for out in outputs]
+    from verify.pipeline import run_stage, runtime_label
 
-
-def _judge_runs(runs: list[dict], oracle: Oracle | None, floors: dict[str, NoiseFloor],
-                tolerance: Tolerance) -> list[PairResult]:
-    pairs = []
-    for i, first in enumerate(runs):
-        for second in runs[i + 1:]:
-            pairs.append(compare_outputs(second["label"], second["outputs"], first["label"],
-                                         first["outputs"], tolerance, floors, require_all=True))
-    if oracle is not None:
-        for run in runs:
-            pairs.append(compare_outputs(run["label"], run["outputs"], "oracle", oracle.outputs,
-                                         tolerance, floors, kind="oracle", require_all=True))
-    return pairs
+    with progress.step(f"Running {runtime_label(runtime_name, options)}"):
+        run = run_stage(runtime_name, artifact, feeds, options)
+    report.runs.append(RunRecord(run.label, run.artifact, run.seconds))
+    return [run.on(index) for index in range(len(feeds))]
 
 
 def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
                   export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
-                  progress: Progress | None = None, overwrite: bool = False, sign_key: Path | None = None) -> Report:
+                  progress: Progress | None = None, overwrite: bool = False, sign_key: Path | None = None,
+                  cache: Cache | None | Literal["default"] = "default") -> Report:
     """Build `spec`, export it, run every runtime on every input, judge every pair and each run
     against the float64 oracle (the worst input per pair is reported; the goldens keep the first).
-    The artifact folder appears complete or not at all, and replaces a folder holding a different
-    export only with `overwrite`; with `sign_key` (an elliptic-curve private key, PEM) it is signed
-    with model-signing before it appears."""
-    import torch
-
+    This is one cell of `verify matrix` (verify/pipeline.py) whose exports go into an artifact folder:
+    the folder appears complete or not at all, and replaces a folder holding a different export only
+    with `overwrite`; with `sign_key` (an elliptic-curve private key, PEM) it is signed with
+    model-signing before it appears. Synthetic weights and exports come from `cache` when it holds them
+    ("default": the user's cache folder, verify/cache.py; None: no cache)."""
     from verify.cache import default_cache
-    from verify.pipeline import export_stage
+    from verify.identity import export_identity, refuse_other_export
+    from verify.manifest import write_artifact_folder
+    from verify.pipeline import CellRequest, build_stage, finish_cell, isolated_torch_state, plan_cell
 
     settings, export = settings or RunSettings(), export or ExportOptions()
-    progress = progress or NullProgress()
-
     spec.validate()
     export.validate()
     if sign_key is not None:
         from exporter.signing import check_private_key
 
         check_private_key(Path(sign_key))  # before any work
-    from verify.pipeline import choose_runtimes
-
-    runtimes, formats = choose_runtimes(export.formats, runtimes, settings.runtime.precision)
-    given = settings_inputs(settings)  # read and checked before the model is built
-    with progress.step(f"Building {spec}" + ("" if isinstance(spec, UserModelSpec) else
-                                             f" with {settings.weights} weights")):
-        built = build(spec, settings)
-    no_float64 = _without_float64(built, settings)
-    named = given or [seeded_input(settings.shape or model_shape(built), settings.seed)]
-    inputs_array = named[0].array
-    report = Report("export", _settings_dict(settings, spec=str(spec), export=export.to_dict(),
-                                             runtimes=list(runtimes)), _input_dict(named, settings))
-    eager = eager_artifact(built, inputs_array.shape)
-    feeds = [{eager.meta.input_name: item.array} for item in named]
+    request = CellRequest(spec, settings, export, tuple(runtimes) if runtimes else None)
+    plan = plan_cell(request)  # runtimes, precisions and --input checked before the model is built
+    cache = default_cache() if cache == "default" else cache
     folder = Path(out) / spec.slug
-    from verify.identity import export_identity, refuse_other_export
-
-    identity = export_identity(spec, built.weights.sha256, settings.seed, export, named)
-    may_replace = None if overwrite else functools.partial(refuse_other_export, identity=identity)
-    if may_replace is not None:
-        may_replace(folder)  # early, before the export's work; again under the lock at rename time
-    with staged_folder(folder, may_replace) as staging:
-        artifacts = {eager.format: eager}
-        context = ExportContext(built, torch.from_numpy(inputs_array), eager.meta, dynamic=export.dynamic)
-        cache = None if isinstance(spec, UserModelSpec) else default_cache()  # user code may change under us
-        for fmt in export.formats:
-            takes = get_format(fmt).takes
-            with progress.step(f"Exporting {fmt}" + (f" ({takes})" if takes else "")):
-                artifacts[fmt] = export_stage(context, fmt, export, staging, cache).artifact
-        runs = [_run(name, artifacts[formats[name]], feeds, settings.runtime, progress, report)
-                for name in runtimes]
-        judged = []
-        with progress.step("Running the float64 oracle"):
-            for i, (item, feed) in enumerate(zip(named, feeds)):
-                runs_i = [per_input[i] for per_input in runs]
-                require_some_finite_run(runs_i, item.label)
-                fp32 = _eager_fp32(runs_i, eager, feed)
-                oracle = no_float64 or measure_oracle(eager, feed, fp32, settings.runtime)  # at the runs' precision
-                assert oracle is not None
-                judged.append((fp32, oracle, _judge_runs(runs_i, None if no_float64 else oracle, oracle.noise,
-                                                         settings.tolerance)))
-        fp32, oracle, _ = judged[0]
-        report.floors, report.floor_source = oracle.noise, oracle.source
-        report.pairs = worst_over_inputs([pairs for _, _, pairs in judged], named, report)
-        report.notes = explain_pairs(report) + ([no_float64.source] if no_float64 else [])
-        from verify.manifest import write_artifact_folder
-
-        write_artifact_folder(staging, built, artifacts, feeds[0], fp32, oracle, report, identity=identity,
-                              sign_key=sign_key)
-    report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in artifacts.items() if a.path}
+    with isolated_torch_state():
+        build = build_stage(request, plan, cache, progress)
+        identity = export_identity(spec, build.built.weights.sha256, settings.seed, export, build.named)
+        may_replace = None if overwrite else functools.partial(refuse_other_export, identity=identity)
+        if may_replace is not None:
+            may_replace(folder)  # early, before the export's work; again under the lock at rename time
+        with staged_folder(folder, may_replace) as staging:
+            outcome = finish_cell(request, plan, build, staging, cache, progress)
+            write_artifact_folder(staging, build.built, outcome.artifacts, outcome.inputs, outcome.oracle.fp32,
+                                  outcome.oracle.oracle, outcome.report, identity=identity, sign_key=sign_key)
+    report = outcome.report
+    report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in outcome.artifacts.items() if a.path}
     report.artifacts["folder"] = str(folder)
     return report
-
-
-def _eager_fp32(runs: list[dict], eager: Artifact, inputs: dict) -> dict[str, np.ndarray]:
-    """Eager float32 on the CPU: the floor is measured there, whatever device the runs used."""
-    runner = runtimes_for(eager.format)[0]
-    for run in runs:
-        if run["label"] == runner:
-            return run["outputs"]
-    return make_runtime(runner).load(eager).run(inputs)
-
-
-def require_some_finite_run(runs: list[dict], label: str) -> None:
-    """When every run gives NaN/Inf on an input, the input is to blame (its scale overflows float32),
-    not the models: a usage error, not a disagreement. Some runs finite and others not is a finding."""
-    import numpy as np
-
-    if runs and all(any(not np.isfinite(v).all() for v in run["outputs"].values()) for run in runs):
-        run = runs[0]
-        name, values = next((n, v) for n, v in run["outputs"].items() if not np.isfinite(v).all())
-        raise UsageError(f"Input {label} drives every run to NaN/Inf ({int((~np.isfinite(values)).sum())} in "
-                         f"{name} on {run['label']}); pass an input of ordinary scale, e.g. normalised images")
-
-
-def worst_over_inputs(per_input: list[list[PairResult]], named: Sequence[NamedInput],
-                      report: Report) -> list[PairResult]:
-    """Each pair as judged on its worst input (a failure first, then the largest ratio); which input
-    that was goes into the report when there are several."""
-    worst = []
-    for results in zip(*per_input):
-        index = max(range(len(results)), key=lambda i: _badness(results[i]))
-        worst.append(results[index])
-        if len(named) > 1:
-            report.input.setdefault("worst_input", {})[f"{results[index].a} vs {results[index].b}"] = \
-                named[index].label
-    return worst
-
-
-def _badness(pair: PairResult) -> tuple[bool, float, float]:
-    worst = pair.worst if pair.outputs else None
-    return (not pair.passed, (worst.ratio or 0.0) if worst else 0.0, (worst.max_abs or 0.0) if worst else 0.0)
 
 
 def source_kind(text: str) -> Path | ModelSpec | UserModelSpec:
@@ -260,23 +171,6 @@ def resolve_source(text: str, settings: RunSettings) -> Artifact:
 
 
 # Your own model (exporter/user_model.py): its example fixes the shape; it may have no float64 oracle.
-def model_shape(built) -> tuple[int, ...]:
-    """The shape a built model is fed by default: a user model's example input, else 1x3x224x224."""
-    return tuple(getattr(built, "input_shape", None) or DEFAULT_SHAPE)
-
-
-def _without_float64(built, settings: RunSettings) -> Oracle | None:
-    """For a model that cannot run in float64: no oracle, the note why, and an explicit tolerance required
-    (a floor estimated from the runs being judged would judge them against themselves)."""
-    note = getattr(built, "float64_note", None)
-    if not note:
-        return None
-    if settings.tolerance.mode == "auto":
-        raise UsageError(f"{note}; the auto tolerance needs it to measure the float32 noise floor: pass "
-                         "--rtol/--atol or --decimal")
-    return Oracle({}, {}, f"{note}: runs judged pair against pair only, with {settings.tolerance.describe()}")
-
-
 def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tuple[int, ...]:
     """--shape, else what either side records, else 1x3x224x224 (filling dynamic axes)."""
     if settings.shape:
@@ -309,7 +203,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
         # the run's own outputs are the float32 reference only for a CPU float32 run
         cpu_fp32 = (settings.runtime.device, settings.runtime.precision) == ("cpu", "fp32")
         with progress.step(f"Measuring the noise floor of {text}"):
-            oracles.append([_without_float64(artifact.built, settings)
+            oracles.append([without_float64(artifact.built, settings)
                             or oracle_or_spread(artifact, feed, run["outputs"] if cpu_fp32 else None, settings.runtime)
                             for feed, run in zip(feeds, side_runs)])
     judged = []

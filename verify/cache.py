@@ -58,6 +58,14 @@ def default_cache() -> Cache | None:
     return None if cache_disabled_by_env() else Cache(default_cache_dir())
 
 
+def open_cache(cache_dir: Path | None = None, no_cache: bool = False) -> Cache | None:
+    """What a command's --cache-dir / --no-cache ask for: none, that folder, or the default (which
+    $BACKBONE_VERIFY_NO_CACHE turns off)."""
+    if no_cache:
+        return None
+    return Cache(cache_dir) if cache_dir is not None else default_cache()
+
+
 def canonical(value: Any) -> Any:
     """A JSON-able, order-independent form of settings: dataclasses by field, paths as text."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

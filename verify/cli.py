@@ -81,6 +81,22 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM behind `exc`, if any. One that lands inside a library call comes back wrapped
+    (pybind11's "returned a result with an exception set", then our own "export failed" around that): the
+    user stopped the run, and the exit code and message must say so, not blame the model."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        pending += [current.__cause__, current.__context__]
+    return None
+
+
 class RichProgress:
     """A spinner while a step runs, then one line per finished step (on stderr)."""
 
@@ -107,46 +123,28 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except VerifyError as exc:
-            if os.environ.get("VERIFY_DEBUG"):
-                raise
-            print_error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except Terminated:
-            print_error("terminated (SIGTERM)")
-            raise typer.Exit(128 + signal.SIGTERM) from None
-        except KeyboardInterrupt:
-            print_error("interrupted")
-            raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
-        except Exception as exc:  # a bug or an unforeseen failure: still one line, and not "1"
-            if os.environ.get("VERIFY_DEBUG"):
+        except BaseException as exc:
+            interrupt = _interrupt_in(exc)
+            if isinstance(interrupt, Terminated):
+                print_error("terminated (SIGTERM)")
+                raise typer.Exit(128 + signal.SIGTERM) from None
+            if interrupt is not None:
+                print_error("interrupted")
+                raise typer.Exit(130) from None
+            if not isinstance(exc, Exception) or os.environ.get("VERIFY_DEBUG"):
                 raise
+            if isinstance(exc, VerifyError):
+                print_error(str(exc))
+                raise typer.Exit(exc.exit_code) from None
+            # a bug or an unforeseen failure: still one line, and not "1"
             first = one_line((str(exc).strip().splitlines() or [""])[-1], 200)
             print_error(f"unexpected {type(exc).__name__}: {first} (rerun with VERIFY_DEBUG=1 for the traceback, "
                         "and please report it)")
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-def _settings(weights: str, seed: int, shape: str | None, input_path: Path | None, normalize: bool,
-              device: opt.Device, ort_opt_level: opt.OrtOptLevel, tf32: bool | None, decimal: int | None,
-              rtol: float | None, atol: float | None, factor: float | None,
-              precision: opt.Precision = opt.Precision.fp32):
-    from exporter.spec import parse_shape
-    from verify.api import RunSettings
-    from verify.compare import Tolerance
-    from verify.runtimes import RuntimeOptions
-
-    return RunSettings(
-        weights=weights, seed=seed, shape=parse_shape(shape) if shape else None, input_file=input_path,
-        normalize=normalize,
-        runtime=RuntimeOptions(device=device.value, ort_opt_level=ort_opt_level.value, tf32=tf32,
-                               precision=precision.value),
-        tolerance=Tolerance.from_options(decimal, rtol, atol, factor),
-    )
 
 
 def _finish(report: Any, json_path: Path | None, verbose: bool) -> None:
@@ -194,29 +192,26 @@ def export(
     json_path: opt.JsonOut = None,
     verbose: opt.Verbose = False,
     sign_key: opt.SignKey = None,
+    cache_dir: opt.CacheDir = None,
+    no_cache: opt.NoCache = False,
 ) -> None:
     """Build a backbone, export it (TorchScript, ExportedProgram, ONNX...), run every runtime, judge every pair."""
-    from exporter.export import ExportOptions
-    from exporter.formats import default_formats
-    from exporter.formats.aoti import AotiOptions
-    from exporter.formats.onnx import OnnxOptions
-    from exporter.formats.torchscript import TorchScriptOptions
     from exporter.spec import ModelSpec
     from exporter.user_model import UserModelSpec
     from verify.api import verify_export
+    from verify.cache import open_cache
 
     spec = UserModelSpec.parse(model) if model else ModelSpec(backbone, norm, view)
     folder = out / spec.slug
     if json_path and json_path.resolve().is_relative_to(folder.resolve()):
         raise UsageError(f"--json {json_path} is inside the export folder {folder}, which the export replaces; "
                          "write it elsewhere")
-    settings = _settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
+    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor, precision)
-    method = opt.TorchScriptMethod.trace if trace else opt.TorchScriptMethod.script
-    options = ExportOptions(formats=tuple(fmt or default_formats()), dynamic=not static, format_options=(
-        TorchScriptOptions(method.value), OnnxOptions(onnx_exporter.value, opset), AotiOptions(device.value)))
+    options = opt.export_options(fmt, static, trace, onnx_exporter, opset, device)
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
-                           progress=RichProgress(err_console), overwrite=overwrite, sign_key=sign_key)
+                           progress=RichProgress(err_console), overwrite=overwrite, sign_key=sign_key,
+                           cache=open_cache(cache_dir, no_cache))
     err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
     _finish(report, json_path, verbose)
 
@@ -249,7 +244,7 @@ def compare(
     """Run any two models or artifacts on the same input and judge them on the outputs they share."""
     from verify.api import compare as run_compare
 
-    settings = _settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
+    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor, precision)
     _finish(run_compare(a, b, settings, progress=RichProgress(err_console)), json_path, verbose)
 
@@ -279,7 +274,7 @@ def explain(
 
     if (a is None) != (b is None):
         raise UsageError("Give both A and B, or neither to replay the seed question")
-    settings = _settings(weights, seed, shape, input_path, normalize, opt.Device.cpu, opt.OrtOptLevel.all, None,
+    settings = opt.run_settings(weights, seed, shape, input_path, normalize, opt.Device.cpu, opt.OrtOptLevel.all, None,
                          None, None, None, factor)
     result = run_explain(a or SEED_QUESTION[0], b or SEED_QUESTION[1], settings,
                          progress=RichProgress(err_console))

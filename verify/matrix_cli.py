@@ -11,6 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from verify import options as opt
+
 out_console = Console()
 err_console = Console(stderr=True)
 
@@ -35,13 +37,14 @@ def _handled(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the whole result as JSON here (mergeable)")]
-JunitOut = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one test case per cell x pair)")]
-MarkdownOut = Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown summary here (CI job page)")]
-HtmlOut = Annotated[Path | None, typer.Option("--html", help="Write one self-contained HTML page here (a heatmap)")]
-CacheDir = Annotated[Path | None, typer.Option(help="Cache folder \\[default: $BACKBONE_VERIFY_CACHE_DIR, else the "
-                                                    "platform's user cache folder, e.g. ~/.cache/backbone-verify]")]
-
+JsonOut = Annotated[Path | None, typer.Option("--json", callback=opt.check_output_file,
+                                              help="Write the whole result as JSON here (mergeable)")]
+JunitOut = Annotated[Path | None, typer.Option("--junit", callback=opt.check_output_file,
+                                               help="Write JUnit XML here (one test case per cell x pair)")]
+MarkdownOut = Annotated[Path | None, typer.Option("--markdown", callback=opt.check_output_file,
+                                                  help="Write a Markdown summary here (CI job page)")]
+HtmlOut = Annotated[Path | None, typer.Option("--html", callback=opt.check_output_file,
+                                              help="Write one self-contained HTML page here (a heatmap)")]
 
 def _write(result: Any, json_path: Path | None, junit: Path | None, markdown: Path | None,
            html: Path | None) -> None:
@@ -92,38 +95,36 @@ class _CellProgress:
 def matrix(
     ctx: typer.Context,
     backbone: Annotated[list[str] | None, typer.Option(
-        "--backbone", "-b", help="Backbones (repeat) \\[default: every registered backbone]")] = None,
+        "--backbone", "-b", metavar="NAME", help="Backbones (repeat) [default: every registered backbone]")] = None,
     norm: Annotated[list[str] | None, typer.Option(
-        "--norm", "-n", help="Norm variants (repeat) \\[default: every registered norm]")] = None,
-    view: Annotated[list[str] | None, typer.Option(help="Views (repeat): body, fpn, trunk \\[default: body]")] = None,
-    fmt: Annotated[list[str] | None, typer.Option(
-        "--format", help="Formats to export (repeat) \\[default: the default formats, as verify export]")] = None,
-    runtime: Annotated[list[str] | None, typer.Option(
-        help="Runtimes (repeat) \\[default: every runtime that runs an exported format]")] = None,
-    weights: Annotated[str, typer.Option(help="synthetic, imagenet or a .pt/.pth/.safetensors file")] = "synthetic",
-    seed: Annotated[int, typer.Option(help="Seed for synthetic weights and the input")] = 0,
-    shape: Annotated[str | None, typer.Option(help="Input shape NxCxHxW \\[default: 1x3x224x224]")] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", help="Input array (.npy, NCHW float32)")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda, for every runtime (the oracle stays on CPU)")] = "cpu",
-    ort_opt_level: Annotated[str, typer.Option(help="ONNX Runtime graph optimisation: disable, basic, "
-                                                    "extended, all")] = "all",
-    tf32: Annotated[bool | None, typer.Option("--tf32/--no-tf32", help="TF32 on CUDA \\[default: each "
-                                                                       "framework's own]")] = None,
-    decimal: Annotated[int | None, typer.Option(help="numpy assert_array_almost_equal(decimal=N)")] = None,
-    rtol: Annotated[float | None, typer.Option(help="numpy assert_allclose rtol")] = None,
-    atol: Annotated[float | None, typer.Option(help="numpy assert_allclose atol")] = None,
-    factor: Annotated[float | None, typer.Option(help="auto mode: allowed multiple of the noise floor")] = None,
-    onnx_exporter: Annotated[str, typer.Option(help="dynamo or torchscript (torch's legacy exporter)")] = "dynamo",
-    opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
+        "--norm", "-n", metavar="NAME", help="Norm variants (repeat) [default: every registered norm]")] = None,
+    view: Annotated[list[str] | None, typer.Option(
+        metavar="NAME", help="Views (repeat): body, fpn, trunk [default: body]")] = None,
+    fmt: opt.Formats = None,
+    runtime: opt.Runtimes = None,
+    weights: opt.Weights = "synthetic",
+    seed: opt.Seed = 0,
+    shape: opt.Shape = None,
+    input_path: opt.InputPath = None,
+    normalize: opt.Normalize = True,
+    device: opt.DeviceOption = opt.Device.cpu,
+    ort_opt_level: opt.OrtOpt = opt.OrtOptLevel.all,
+    tf32: opt.Tf32 = None,
+    precision: opt.PrecisionOption = opt.Precision.fp32,
+    decimal: opt.Decimal = None,
+    rtol: opt.Rtol = None,
+    atol: opt.Atol = None,
+    factor: opt.Factor = None,
+    onnx_exporter: opt.OnnxExporterOption = opt.OnnxExporter.dynamo,
+    opset: opt.Opset = 18,
     trace: Annotated[bool, typer.Option("--trace", help="TorchScript by tracing instead of scripting")] = False,
     static: Annotated[bool, typer.Option("--static", help="No dynamic batch/height/width axes")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Cells run in parallel, each in its own "
                                                                   "worker process (cores are divided)")] = 1,
     shard: Annotated[str | None, typer.Option(help="Run only part I of N (I/N): a balanced, deterministic "
                                                    "split for CI jobs; join with `verify matrix merge`")] = None,
-    cache_dir: CacheDir = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute everything; read and write no cache")]
-    = False,
+    cache_dir: opt.CacheDir = None,
+    no_cache: opt.NoCache = False,
     json_path: JsonOut = None,
     junit: JunitOut = None,
     markdown: MarkdownOut = None,
@@ -132,25 +133,13 @@ def matrix(
     """Run the matrix: rows backbone x norm x view, columns runtime pairs, each the worst ratio to the floor."""
     if ctx.invoked_subcommand is not None:
         return
-    from exporter.export import ExportOptions
-    from exporter.formats import default_formats
-    from exporter.formats.aoti import AotiOptions
-    from exporter.formats.onnx import OnnxOptions
-    from exporter.formats.torchscript import TorchScriptOptions
-    from exporter.spec import parse_shape
-    from verify.api import RunSettings
     from verify.cache import default_cache_dir
-    from verify.compare import Tolerance
     from verify.matrix import MatrixRequest, parse_shard, run_matrix
     from verify.render.matrix_table import render_matrix
-    from verify.runtimes import RuntimeOptions
 
-    settings = RunSettings(weights=weights, seed=seed, shape=parse_shape(shape) if shape else None,
-                           input_file=input_file,
-                           runtime=RuntimeOptions(device=device, ort_opt_level=ort_opt_level, tf32=tf32),
-                           tolerance=Tolerance.from_options(decimal, rtol, atol, factor))
-    export = ExportOptions(formats=tuple(fmt or default_formats()), dynamic=not static, format_options=(
-        TorchScriptOptions("trace" if trace else "script"), OnnxOptions(onnx_exporter, opset), AotiOptions(device)))
+    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal,
+                                rtol, atol, factor, precision)
+    export = opt.export_options(fmt, static, trace, onnx_exporter, opset, device)
     request = MatrixRequest.create(backbone, norm, view, settings, export, runtime)
     split = parse_shard(shard) if shard else None
     folder = None if no_cache else (cache_dir or default_cache_dir())
@@ -184,7 +173,7 @@ def merge(
 
 @cache_app.command()
 @_handled
-def info(cache_dir: CacheDir = None) -> None:
+def info(cache_dir: opt.CacheDir = None) -> None:
     """Where the cache is, its entries per kind and its size."""
     from verify.cache import Cache, default_cache_dir
 
@@ -197,7 +186,7 @@ def info(cache_dir: CacheDir = None) -> None:
 
 @cache_app.command()
 @_handled
-def clear(cache_dir: CacheDir = None) -> None:
+def clear(cache_dir: opt.CacheDir = None) -> None:
     """Remove every cached entry and file (only this tool's own folder inside the cache folder)."""
     from verify.cache import Cache, default_cache_dir
 

@@ -211,6 +211,11 @@ def check_output_folder(value: Path) -> Path:
     return value
 
 
+def check_cache_folder(value: Path) -> Path:
+    """A cache folder: writable where it exists, creatable where it does not."""
+    return check_output_folder(value)
+
+
 def check_existing_paths(value: list[Path] | Path | None) -> Any:
     """Export folders (or their manifest.json) for artifact/preflight: there, and a folder or a file."""
     from exporter.fsio import path_kind
@@ -316,6 +321,11 @@ Formats = Annotated[list[str] | None, typer.Option(
     "--format", callback=check_formats, metavar="NAME",
     help="Formats to export (repeat): torchscript, pt2, onnx, aoti (compiles C++) "
          "[default: torchscript, pt2, onnx]")]
+CacheDir = Annotated[Path | None, typer.Option(
+    callback=lambda value: value if value is None else check_cache_folder(value),
+    help="Cache folder [default: $BACKBONE_VERIFY_CACHE_DIR, else the platform's user cache folder, e.g. "
+         "~/.cache/backbone-verify]")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Compute everything; read and write no cache")]
 Runs = Annotated[int, typer.Option(callback=_number(*bounds.RUNS_RANGE, integer=True),
                                    help=f"Timed runs ({bounds.RUNS_RANGE[0]}..{bounds.RUNS_RANGE[1]})")]
 Warmup = Annotated[int, typer.Option(callback=_number(*bounds.WARMUP_RANGE, integer=True),
@@ -326,3 +336,37 @@ FileRuntime = Annotated[str, typer.Option("--runtime", callback=check_file_runti
                                           help="a runtime that runs a file: onnxruntime (model.onnx), torchscript "
                                                "(model.pt), exported (model.pt2), aoti (model_aoti.pt2)")]
 Provider = Annotated[Device, typer.Option(help="Where the artifact must run")]
+
+
+def run_settings(weights: str, seed: int, shape: str | None, input_path: Path | None, normalize: bool,
+                 device: Device, ort_opt_level: OrtOptLevel, tf32: bool | None, decimal: int | None,
+                 rtol: float | None, atol: float | None, factor: float | None,
+                 precision: Precision = Precision.fp32) -> Any:
+    """The parsed options as the library's RunSettings (shared by export, compare, explain and matrix)."""
+    from exporter.spec import parse_shape
+    from verify.api import RunSettings
+    from verify.compare import Tolerance
+    from verify.runtimes import RuntimeOptions
+
+    return RunSettings(
+        weights=weights, seed=seed, shape=parse_shape(shape) if shape else None, input_file=input_path,
+        normalize=normalize,
+        runtime=RuntimeOptions(device=Device(device).value, ort_opt_level=OrtOptLevel(ort_opt_level).value,
+                               tf32=tf32, precision=Precision(precision).value),
+        tolerance=Tolerance.from_options(decimal, rtol, atol, factor),
+    )
+
+
+def export_options(formats: list[str] | None, static: bool, trace: bool, onnx_exporter: OnnxExporter, opset: int,
+                   device: Device) -> Any:
+    """The parsed export options as the library's ExportOptions (shared by export and matrix)."""
+    from exporter.export import ExportOptions
+    from exporter.formats import default_formats
+    from exporter.formats.aoti import AotiOptions
+    from exporter.formats.onnx import OnnxOptions
+    from exporter.formats.torchscript import TorchScriptOptions
+
+    method = TorchScriptMethod.trace if trace else TorchScriptMethod.script
+    return ExportOptions(formats=tuple(formats or default_formats()), dynamic=not static, format_options=(
+        TorchScriptOptions(method.value), OnnxOptions(OnnxExporter(onnx_exporter).value, opset),
+        AotiOptions(Device(device).value)))

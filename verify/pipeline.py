@@ -1,7 +1,8 @@
 """One verification cell as typed stages: build -> export (per format) -> run (per runtime) -> oracle
--> judge. A cell is their composition (`run_cell`): `verify export` is one cell written into an artifact
-folder, `verify matrix` many cells; the cache stands in for the build (weights), each export and, in the
-matrix, the whole cell."""
+-> judge. A cell is their composition (`run_cell` = `build_cell` then `finish_cell`): `verify export` is one
+cell whose exports go into a staged artifact folder (it checks the folder's identity between the two halves),
+`verify matrix` many cells; the cache stands in for the build (weights), each export and, in the matrix,
+the whole cell. Every stage runs on every input of the cell; each pair is reported on its worst input."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ if TYPE_CHECKING:
     from exporter.backbones import BuiltModel
     from exporter.export import ExportOptions
     from exporter.formats import ExportContext
+    from exporter.user_model import UserModelSpec
     from exporter.weights import Weights
     from verify.api import RunSettings
     from verify.cache import Cache
     from verify.compare import PairResult, Tolerance
+    from verify.inputs import NamedInput
     from verify.oracle import Oracle
     from verify.report import Report
     from verify.runtimes import RuntimeOptions
@@ -43,7 +46,8 @@ WEIGHTS_BLOB = "weights.safetensors"
 class CellRequest:
     """Everything one cell needs: what to build, how to feed and judge it, what to export and run."""
 
-    spec: ModelSpec
+    spec: ModelSpec | UserModelSpec
+    """A registered backbone, or (`verify export --model`) the user's own factory, never cached."""
     settings: RunSettings
     export: ExportOptions
     runtimes: tuple[str, ...] | None = None
@@ -52,12 +56,21 @@ class CellRequest:
 
 @dataclass
 class CellPlan:
-    """A request checked before any work: the runtimes to run, the format each runs, the input."""
+    """A request checked before any work: the runtimes to run, the format each runs, the inputs given."""
 
     request: CellRequest
     runtimes: list[str]
     formats: dict[str, str]
-    inputs: np.ndarray
+    given: list[NamedInput] | None = None
+    """What --input names, read and checked before any model work; None: one seeded normal input."""
+
+    def inputs_for(self, built: Any = None) -> list[NamedInput]:
+        """The cell's inputs: those given, else one seeded input of --shape, else of the model's own shape
+        (a user model's example input; a backbone's 1x3x224x224, known before it is built)."""
+        from verify.inputs import seeded_input
+
+        settings = self.request.settings
+        return self.given or [seeded_input(settings.shape or model_shape(built), settings.seed)]
 
 
 @dataclass
@@ -67,6 +80,14 @@ class BuildResult:
     """The in-memory model as an artifact (what the eager runtime and the oracle run)."""
     cache: str = OFF
     """Where the weights came from: hit, miss or off."""
+    named: list[NamedInput] = field(default_factory=list)
+    """The cell's inputs (a user model's default shape is known only once it is built)."""
+    no_float64: Oracle | None = None
+    """For a model that cannot run in float64: the empty oracle saying why (an explicit tolerance judges)."""
+
+    @property
+    def feeds(self) -> list[dict[str, np.ndarray]]:
+        return [{self.eager.meta.input_name: item.array} for item in self.named]
 
 
 @dataclass
@@ -80,8 +101,13 @@ class RunResult:
     runtime: str
     label: str
     artifact: str
-    outputs: dict[str, np.ndarray]
+    outputs: list[dict[str, np.ndarray]]
+    """One set of outputs per input, in the cell's input order."""
     seconds: float
+
+    def on(self, index: int) -> dict[str, Any]:
+        """This run on input `index`, as the judging functions take it: {"label", "outputs"}."""
+        return {"label": self.label, "outputs": self.outputs[index]}
 
 
 @dataclass
@@ -97,7 +123,9 @@ class CellOutcome:
     build: BuildResult
     artifacts: dict[str, Artifact]
     inputs: dict[str, np.ndarray]
+    """The first input's feed: what the goldens keep."""
     oracle: OracleResult
+    """On the first input (the goldens); every input had its own for the verdicts."""
     cache: dict[str, str] = field(default_factory=dict)
     """Stage -> hit/miss/off (`weights`, `export:<format>`)."""
 
@@ -133,30 +161,64 @@ def choose_runtimes(exported: Sequence[str], runtimes: Sequence[str] | None, pre
 
 
 def plan_cell(request: CellRequest) -> CellPlan:
-    """Check names, options, precisions and that each runtime has a format to run; make the input (the
-    first one where --input names several). No model work."""
+    """Check names, options, precisions and that each runtime has a format to run; read and check the
+    inputs --input names. No model work."""
     from verify.api import settings_inputs
-    from verify.inputs import seeded_input
 
     request.spec.validate()
     request.export.validate()
     runtimes, formats = choose_runtimes(request.export.formats, request.runtimes,
                                         request.settings.runtime.precision)
-    settings = request.settings
-    named = settings_inputs(settings) or [seeded_input(settings.shape or DEFAULT_SHAPE, settings.seed)]
-    return CellPlan(request, runtimes, formats, named[0].array)
+    return CellPlan(request, runtimes, formats, settings_inputs(request.settings))
+
+
+def model_shape(built: Any) -> tuple[int, ...]:
+    """The shape a built model is fed by default: a user model's example input, else 1x3x224x224."""
+    return tuple(getattr(built, "input_shape", None) or DEFAULT_SHAPE)
+
+
+def is_user_model(spec: Any) -> bool:
+    from exporter.user_model import UserModelSpec
+
+    return isinstance(spec, UserModelSpec)
 
 
 # Stages ---------------------------------------------------------------------------------------
-def build_stage(spec: ModelSpec, weights: str, seed: int, shape: tuple[int, ...],
-                cache: Cache | None = None) -> BuildResult:
-    """spec + weights + seed -> the built model (eval mode) and its in-memory artifact."""
+def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None,
+                progress: Progress | None = None) -> BuildResult:
+    """spec + weights + seed -> the built model (eval mode), its in-memory artifact and the cell's inputs.
+    A backbone's synthetic weights may come from the cache; a user's model is built by its own code."""
     from exporter.backbones import build_model
     from exporter.formats.eager import eager_artifact
 
-    loaded, status = load_weights_cached(weights, spec.backbone, seed, cache)
-    built = build_model(spec, loaded, seed)
-    return BuildResult(built, eager_artifact(built, tuple(shape)), status)
+    spec, settings = request.spec, request.settings
+    progress = progress or NullProgress()
+    if is_user_model(spec):
+        from exporter.user_model import build_user_model
+
+        with progress.step(f"Building {spec}"):
+            built, status = build_user_model(spec, settings.seed, settings.shape, settings.weights), OFF
+    else:
+        with progress.step(f"Building {spec} with {settings.weights} weights"):
+            loaded, status = load_weights_cached(settings.weights, spec.backbone, settings.seed, cache)
+            built = build_model(spec, loaded, settings.seed)
+    no_float64 = without_float64(built, settings)  # refused here, before any export, when auto needs it
+    named = plan.inputs_for(built)
+    return BuildResult(built, eager_artifact(built, tuple(named[0].array.shape)), status, named, no_float64)
+
+
+def without_float64(built: Any, settings: RunSettings) -> Oracle | None:
+    """For a model that cannot run in float64: no oracle, the note why, and an explicit tolerance required
+    (a floor estimated from the runs being judged would judge them against themselves)."""
+    from verify.oracle import Oracle
+
+    note = getattr(built, "float64_note", None)
+    if not note:
+        return None
+    if settings.tolerance.mode == "auto":
+        raise UsageError(f"{note}; the auto tolerance needs it to measure the float32 noise floor: pass "
+                         "--rtol/--atol or --decimal")
+    return Oracle({}, {}, f"{note}: runs judged pair against pair only, with {settings.tolerance.describe()}")
 
 
 def load_weights_cached(source: str, backbone: str, seed: int, cache: Cache | None) -> tuple[Weights, str]:
@@ -250,49 +312,87 @@ def runtime_label(name: str, options: RuntimeOptions) -> str:
     return make_runtime(name, options).label
 
 
-def run_stage(runtime: str, artifact: Artifact, inputs: dict[str, np.ndarray],
+def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
               options: RuntimeOptions) -> RunResult:
-    """Load `artifact` in `runtime` and run it once on `inputs`."""
+    """Load `artifact` in `runtime` once and run it on every feed."""
     from verify.runtimes import make_runtime
 
     instance = make_runtime(runtime, options)
     start = time.perf_counter()
-    outputs = instance.load(artifact).run(inputs)
+    loaded = instance.load(artifact)
+    outputs = [loaded.run(feed) for feed in feeds]
     return RunResult(runtime, instance.label, artifact.label, outputs, time.perf_counter() - start)
 
 
 def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunResult],
-                 options: RuntimeOptions | None = None) -> OracleResult:
-    """The float64 outputs and the float32 noise floor per output, measured on the CPU whatever device
-    the runs used (the floor is the CPU's float32 rounding of this model on this input)."""
+                 options: RuntimeOptions | None = None, index: int = 0,
+                 no_float64: Oracle | None = None) -> OracleResult:
+    """On input `index`: the float64 outputs and the float32 noise floor per output, measured on the CPU
+    whatever device the runs used (the floor is the CPU's float32 rounding of this model on this input);
+    `no_float64`, the model's note, stands in for a model that cannot run in float64."""
     from verify.oracle import measure_oracle
     from verify.runtimes import make_runtime, runtimes_for
 
     runner = runtimes_for(eager.format)[0]
-    fp32 = next((run.outputs for run in runs if run.label == runner), None)
+    fp32 = next((run.outputs[index] for run in runs if run.label == runner), None)
     if fp32 is None:
         fp32 = make_runtime(runner).load(eager).run(inputs)
+    if no_float64 is not None:
+        return OracleResult(fp32, no_float64)
     oracle = measure_oracle(eager, inputs, fp32, options)  # floors at the runs' precision
     if oracle is None:
         raise UsageError(f"No runtime can run {eager.label} in float64 to measure the noise floor")
     return OracleResult(fp32, oracle)
 
 
-def judge_stage(runs: list[RunResult], oracle: Oracle | None, tolerance: Tolerance) -> list[PairResult]:
-    """Every pair of runs, then each run against the float64 oracle."""
+def judge_stage(runs: list[RunResult], oracle: Oracle | None, tolerance: Tolerance,
+                index: int = 0) -> list[PairResult]:
+    """On input `index`: every pair of runs, then each run against the float64 oracle (None: none made,
+    the pairs are judged by the explicit tolerance alone)."""
     from verify.compare import compare_outputs
 
     floors = oracle.noise if oracle is not None else {}
     pairs = []
     for i, first in enumerate(runs):
         for second in runs[i + 1:]:
-            pairs.append(compare_outputs(second.label, second.outputs, first.label, first.outputs, tolerance,
-                                         floors, require_all=True))
+            pairs.append(compare_outputs(second.label, second.outputs[index], first.label, first.outputs[index],
+                                         tolerance, floors, require_all=True))
     if oracle is not None:
         for run in runs:
-            pairs.append(compare_outputs(run.label, run.outputs, "oracle", oracle.outputs, tolerance, floors,
-                                         kind="oracle", require_all=True))
+            pairs.append(compare_outputs(run.label, run.outputs[index], "oracle", oracle.outputs, tolerance,
+                                         floors, kind="oracle", require_all=True))
     return pairs
+
+
+def require_some_finite_run(runs: list[dict], label: str) -> None:
+    """When every run gives NaN/Inf on an input, the input is to blame (its scale overflows float32),
+    not the models: a usage error, not a disagreement. Some runs finite and others not is a finding."""
+    import numpy as np
+
+    if runs and all(any(not np.isfinite(v).all() for v in run["outputs"].values()) for run in runs):
+        run = runs[0]
+        name, values = next((n, v) for n, v in run["outputs"].items() if not np.isfinite(v).all())
+        raise UsageError(f"Input {label} drives every run to NaN/Inf ({int((~np.isfinite(values)).sum())} in "
+                         f"{name} on {run['label']}); pass an input of ordinary scale, e.g. normalised images")
+
+
+def worst_over_inputs(per_input: list[list[PairResult]], named: Sequence[NamedInput],
+                      report: Report) -> list[PairResult]:
+    """Each pair as judged on its worst input (a failure first, then the largest ratio); which input
+    that was goes into the report when there are several."""
+    worst = []
+    for results in zip(*per_input):
+        index = max(range(len(results)), key=lambda i: _badness(results[i]))
+        worst.append(results[index])
+        if len(named) > 1:
+            report.input.setdefault("worst_input", {})[f"{results[index].a} vs {results[index].b}"] = \
+                named[index].label
+    return worst
+
+
+def _badness(pair: PairResult) -> tuple[bool, float, float]:
+    worst = pair.worst if pair.outputs else None
+    return (not pair.passed, (worst.ratio or 0.0) if worst else 0.0, (worst.max_abs or 0.0) if worst else 0.0)
 
 
 # The cell -------------------------------------------------------------------------------------
@@ -321,8 +421,18 @@ def isolated_torch_state() -> Iterator[None]:
 
 def run_cell(request: CellRequest, folder: Path, cache: Cache | None = None, progress: Progress | None = None,
              plan: CellPlan | None = None) -> CellOutcome:
-    """Build, export into `folder`, run every runtime, measure the oracle, judge: the Report of
-    `verify export` (its `artifacts` left for the caller, who decides where the folder ends up)."""
+    """Build, export into `folder`, run every runtime on every input, measure the oracle, judge: the Report
+    of `verify export` (its `artifacts` left for the caller, who decides where the folder ends up)."""
+    plan = plan or plan_cell(request)
+    with isolated_torch_state():
+        build = build_stage(request, plan, cache, progress)
+        return finish_cell(request, plan, build, folder, cache, progress)
+
+
+def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder: Path, cache: Cache | None = None,
+                progress: Progress | None = None) -> CellOutcome:
+    """The stages after the build: export each format into `folder`, run each runtime on every input,
+    the oracle and the judging per input, each pair reported on its worst input."""
     import torch
 
     from exporter.formats import ExportContext, get_format
@@ -330,41 +440,38 @@ def run_cell(request: CellRequest, folder: Path, cache: Cache | None = None, pro
     from verify.report import Report, RunRecord
 
     progress = progress or NullProgress()
-    plan = plan or plan_cell(request)
     spec, settings, export = request.spec, request.settings, request.export
-    from verify.inputs import NamedInput
-
-    named = [NamedInput(str(settings.input_file) if settings.input_file else f"seeded normal, seed {settings.seed}",
-                        plan.inputs)]
     report = Report("export", _settings_dict(settings, spec=str(spec), export=export.to_dict(),
-                                             runtimes=list(plan.runtimes)), _input_dict(named, settings))
-    statuses: dict[str, str] = {}
-    with isolated_torch_state():
-        with progress.step(f"Building {spec} with {settings.weights} weights"):
-            build = build_stage(spec, settings.weights, settings.seed, plan.inputs.shape, cache)
-        statuses["weights"] = build.cache
-        eager = build.eager
-        inputs = {eager.meta.input_name: plan.inputs}
-        context = ExportContext(build.built, torch.from_numpy(plan.inputs), eager.meta, dynamic=export.dynamic)
-        artifacts = {eager.format: eager}
-        for fmt in export.formats:
-            takes = get_format(fmt).takes
-            with progress.step(f"Exporting {fmt}" + (f" ({takes})" if takes else "")):
-                exported = export_stage(context, fmt, export, folder, cache)
-            artifacts[fmt] = exported.artifact
-            statuses[f"export:{fmt}"] = exported.cache
-        runs = []
-        for name in plan.runtimes:
-            with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
-                run = run_stage(name, artifacts[plan.formats[name]], inputs, settings.runtime)
-            report.runs.append(RunRecord(run.label, run.artifact, run.seconds))
-            runs.append(run)
-        with progress.step("Running the float64 oracle"):
-            oracle = oracle_stage(eager, inputs, runs, settings.runtime)
-        report.floors, report.floor_source = oracle.oracle.noise, oracle.oracle.source
-        report.pairs = judge_stage(runs, oracle.oracle, settings.tolerance)
-        report.notes = explain_pairs(report)
-    return CellOutcome(report, build, artifacts, inputs, oracle, statuses)
+                                             runtimes=list(plan.runtimes)), _input_dict(build.named, settings))
+    statuses: dict[str, str] = {"weights": build.cache}
+    eager, feeds = build.eager, build.feeds
+    context = ExportContext(build.built, torch.from_numpy(build.named[0].array), eager.meta, dynamic=export.dynamic)
+    export_cache = None if is_user_model(spec) else cache  # the user's code may change under the same name
+    artifacts = {eager.format: eager}
+    for fmt in export.formats:
+        takes = get_format(fmt).takes
+        with progress.step(f"Exporting {fmt}" + (f" ({takes})" if takes else "")):
+            exported = export_stage(context, fmt, export, folder, export_cache)
+        artifacts[fmt] = exported.artifact
+        statuses[f"export:{fmt}"] = exported.cache
+    runs = []
+    for name in plan.runtimes:
+        with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
+            run = run_stage(name, artifacts[plan.formats[name]], feeds, settings.runtime)
+        report.runs.append(RunRecord(run.label, run.artifact, run.seconds))
+        runs.append(run)
+    judged: list[tuple[OracleResult, list[PairResult]]] = []
+    with progress.step("Running the float64 oracle"):
+        for index, (item, feed) in enumerate(zip(build.named, feeds)):
+            require_some_finite_run([run.on(index) for run in runs], item.label)
+            oracle = oracle_stage(eager, feed, runs, settings.runtime, index, build.no_float64)
+            judged.append((oracle, judge_stage(runs, None if build.no_float64 else oracle.oracle,
+                                               settings.tolerance, index)))
+    first = judged[0][0]
+    report.floors, report.floor_source = first.oracle.noise, first.oracle.source
+    report.pairs = worst_over_inputs([pairs for _, pairs in judged], build.named, report)
+    report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else [])
+    return CellOutcome(report, build, artifacts, feeds[0], first, statuses)
 
 
 def request_dict(request: CellRequest) -> dict[str, Any]:
@@ -385,7 +492,8 @@ def request_content(request: CellRequest, plan: CellPlan) -> dict[str, Any] | No
     data["runtimes"] = list(plan.runtimes)
     settings = dict(data["settings"])
     settings["input_file"] = None
-    data["input"] = {"shape": list(plan.inputs.shape), "sha256": _bytes_sha(plan.inputs)}
+    data["input"] = [{"label": item.label, "shape": list(item.array.shape), "sha256": _bytes_sha(item.array)}
+                     for item in plan.inputs_for()]
     weights = request.settings.weights
     if weights not in PURE_WEIGHT_SOURCES:
         from exporter.weights import WEIGHT_SOURCES
