@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from exporter.errors import UsageError
 from exporter.export import ExportOptions
 from exporter.formats import default_formats
 from exporter.spec import ModelSpec
@@ -183,3 +184,31 @@ def test_explicit_tolerance_object_is_used_without_float64(tmp_path):
                            RunSettings(shape=(1, 3, 32, 32), tolerance=Tolerance.from_options(rtol=1e-5, atol=1e-6)),
                            out=tmp_path, export=ExportOptions(formats=("torchscript",)))
     assert report.passed and report.floors == {}
+
+
+def test_matrix_takes_user_models_beside_backbones():
+    """`verify matrix --model` adds one row per model; with no --backbone, only the models run."""
+    from verify.matrix import MatrixRequest
+
+    both = MatrixRequest.create(["resnet18"], ["frozen"], models=[model("make")]).cells()
+    assert [str(c.spec) for c in both] == ["resnet18:frozen:body", model("make")]
+    assert [str(c.spec) for c in MatrixRequest.create(models=[model("make")]).cells()] == [model("make")]
+    with pytest.raises(UsageError, match="does not exist"):
+        MatrixRequest.create(models=[f"{TINY.parent / 'missing.py'}:make"])
+
+
+def test_matrix_runs_user_models_and_never_caches_their_results(tmp_path):
+    """Every cell of a user model agrees, named by its outputs; its result is computed every time (the
+    user's code may change under the same name), never read back from the cache."""
+    args = ["matrix", "--model", model("make"), "--model", model("make_dict"), "--shape", SHAPE,
+            "--format", "torchscript", "--format", "onnx", "--onnx-exporter", "torchscript",
+            "--cache-dir", tmp_path / "cache"]
+    for name, jobs in (("first", "2"), ("again", "1")):  # in worker processes too: they import the user's code
+        result = invoke(*args, "--jobs", jobs, "--json", tmp_path / f"{name}.json")
+        assert result.exit_code == 0, result.output
+        cells = json.loads((tmp_path / f"{name}.json").read_text())["cells"]
+        assert [c["spec"] for c in cells] == [model("make"), model("make_dict")]
+        assert [c["verdict"] for c in cells] == ["agree", "agree"]
+        assert [{o["name"] for p in c["pairs"] for o in p["outputs"]} for c in cells] == \
+            [set(OUTPUTS["make"]), set(OUTPUTS["make_dict"])]
+        assert {c["cache"]["result"] for c in cells} == {"off"}

@@ -1,4 +1,5 @@
-"""The matrix: backbone x norm x view cells from the registries, each a pipeline cell (verify/pipeline.py),
+"""The matrix: backbone x norm x view cells from the registries (and the user's own models, `--model`), each
+a pipeline cell (verify/pipeline.py),
 run in worker processes, cached, split into balanced shards for CI and merged back. Results are data
 (`MatrixResult`, `CellResult`); verify/render draws them as a table, JSON, JUnit, Markdown and HTML."""
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError, VerifyError
 from exporter.spec import ModelSpec
-from verify.pipeline import HIT, MISS, OFF, CellRequest
+from verify.pipeline import HIT, MISS, OFF, CellRequest, is_user_model
 
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
@@ -27,6 +28,8 @@ SCHEMA = "backbone-verify/matrix"
 SCHEMA_VERSION = 1
 DEFAULT_VIEW = "body"
 AGREE, DISAGREE, ERROR = "agree", "disagree", "error"
+USER_MODEL_PARAMS_M = 25.0
+"""A user model's size in the cost model: unknown without running the user's code, counted as a resnet50."""
 PARAMS_M = {"resnet18": 11.7, "resnet34": 21.8, "resnet50": 25.6, "resnet101": 44.5, "resnet152": 60.2,
             "resnext50_32x4d": 25.0, "wide_resnet50_2": 68.9}
 """Parameters (millions) of torchvision's builders, the size in the cost model; a backbone registered
@@ -42,19 +45,26 @@ class MatrixRequest:
     settings: RunSettings
     export: ExportOptions
     runtimes: tuple[str, ...] | None = None
+    models: tuple[str, ...] = ()
+    """The user's own models (`file.py:factory` or `package.module:factory`), one row each after the backbones."""
 
     @classmethod
     def create(cls, backbones: Sequence[str] | None = None, norms: Sequence[str] | None = None,
                views: Sequence[str] | None = None, settings: RunSettings | None = None,
-               export: ExportOptions | None = None, runtimes: Sequence[str] | None = None) -> MatrixRequest:
-        """Every registered backbone x norm and the body view unless chosen; names checked here."""
+               export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
+               models: Sequence[str] | None = None) -> MatrixRequest:
+        """Every registered backbone x norm and the body view unless chosen (none when only --model is given),
+        and each of `models`; names and model sources checked here, nothing imported."""
         from exporter.backbones import BACKBONES, VIEWS
         from exporter.export import ExportOptions
         from exporter.norms import NORMS
+        from exporter.user_model import UserModelSpec
         from verify.api import RunSettings
         from verify.runtimes import RUNTIMES
 
-        chosen = (tuple(dict.fromkeys(backbones or BACKBONES.names())), tuple(dict.fromkeys(norms or NORMS.names())),
+        users = tuple(str(UserModelSpec.parse(text)) for text in dict.fromkeys(models or ()))
+        every = () if users and not backbones else BACKBONES.names()
+        chosen = (tuple(dict.fromkeys(backbones or every)), tuple(dict.fromkeys(norms or NORMS.names())),
                   tuple(dict.fromkeys(views or (DEFAULT_VIEW,))))
         for registry, names in zip((BACKBONES, NORMS, VIEWS), chosen):
             for name in names:
@@ -62,18 +72,22 @@ class MatrixRequest:
         for name in runtimes or ():
             RUNTIMES.get(name)
         return cls(*chosen, settings or RunSettings(), export or ExportOptions(),
-                   tuple(dict.fromkeys(runtimes)) if runtimes else None)
+                   tuple(dict.fromkeys(runtimes)) if runtimes else None, users)
 
     def cells(self) -> list[CellRequest]:
-        """Backbone-major, then norm, then view: the order of the table's rows."""
+        """Backbone-major, then norm, then view: the order of the table's rows; then the user's models."""
+        from exporter.user_model import UserModelSpec
+
         return [CellRequest(ModelSpec(b, n, v), self.settings, self.export, self.runtimes)
-                for b in self.backbones for n in self.norms for v in self.views]
+                for b in self.backbones for n in self.norms for v in self.views] + \
+            [CellRequest(UserModelSpec.parse(m), self.settings, self.export, self.runtimes) for m in self.models]
 
     def settings_dict(self) -> dict[str, Any]:
         """What every cell shares, as plain data (recorded in each report; part of the fingerprint)."""
         from verify.cache import canonical
 
         return {"backbones": list(self.backbones), "norms": list(self.norms), "views": list(self.views),
+                "models": list(self.models),
                 "run": canonical(self.settings), "export": self.export.to_dict(),
                 "runtimes": list(self.runtimes) if self.runtimes else None,
                 "tolerance_text": self.settings.tolerance.describe()}
@@ -111,7 +125,8 @@ def backbone_params(name: str) -> float:
 def cell_cost(request: CellRequest) -> float:
     """Expected relative cost: building, exporting (each format) and running all grow with the
     backbone's size. Only the ordering matters (shards, ETA), not the unit."""
-    return backbone_params(request.spec.backbone) * (2 + len(request.export.formats))
+    size = USER_MODEL_PARAMS_M if is_user_model(request.spec) else backbone_params(request.spec.backbone)
+    return size * (2 + len(request.export.formats))
 
 
 def assign_shards(ids: Sequence[str], costs: Sequence[float], count: int) -> list[int]:
@@ -169,7 +184,8 @@ class CellResult:
 
     @property
     def spec(self) -> str:
-        return f"{self.backbone}:{self.norm}:{self.view}"
+        """backbone:norm:view, or a user model's source:factory (its row has no norm or view)."""
+        return f"{self.backbone}:{self.norm}:{self.view}" if self.norm else self.backbone
 
     @property
     def passed(self) -> bool:
@@ -376,9 +392,13 @@ def _result_key(job: CellJob, cache: Cache | None) -> tuple[CellPlan, str | None
     return plan, (cache.key("result", content) if cache is not None and content is not None else None)
 
 
+def row(spec: Any) -> tuple[str, str, str]:
+    """A cell's row: (backbone, norm, view); a user model is (source:factory, "", "")."""
+    return (str(spec), "", "") if is_user_model(spec) else (spec.backbone, spec.norm, spec.view)
+
+
 def _blank(job: CellJob) -> CellResult:
-    spec = job.request.spec
-    return CellResult(job.id, spec.backbone, spec.norm, spec.view, ERROR, shard=job.shard)
+    return CellResult(job.id, *row(job.request.spec), ERROR, shard=job.shard)
 
 
 def lookup_cell(job: CellJob, stats: CacheStats) -> CellResult | None:
@@ -413,7 +433,6 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
     from verify.pipeline import run_cell
 
     start = time.perf_counter()
-    spec = job.request.spec
     cache = Cache(Path(job.cache_dir)) if job.cache_dir else None
     result = _blank(job)
     try:
@@ -426,7 +445,7 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
                 outcome = run_cell(job.request, Path(folder), cache, plan=plan)
             report = outcome.report
             result = CellResult(
-                job.id, spec.backbone, spec.norm, spec.view, AGREE if report.passed else DISAGREE,
+                job.id, *row(job.request.spec), AGREE if report.passed else DISAGREE,
                 pairs=[p.to_dict() for p in report.pairs],
                 noise_floor=report.floor_dict(),
                 runs=[vars(r) for r in report.runs], notes=list(report.notes), input=report.input,

@@ -100,6 +100,10 @@ def matrix(
         "--norm", "-n", metavar="NAME", help="Norm variants (repeat) [default: every registered norm]")] = None,
     view: Annotated[list[str] | None, typer.Option(
         metavar="NAME", help="Views (repeat): body, fpn, trunk [default: body]")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", metavar="FILE.py:FACTORY",
+        help="Your own model (repeat): path/to/file.py:factory or package.module:factory, one row each; with no "
+             "--backbone only these run. This IMPORTS AND RUNS that code: name only code you trust")] = None,
     fmt: opt.Formats = None,
     runtime: opt.Runtimes = None,
     weights: opt.Weights = "synthetic",
@@ -140,7 +144,7 @@ def matrix(
     settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal,
                                 rtol, atol, factor, precision)
     export = opt.export_options(fmt, static, trace, onnx_exporter, opset, device)
-    request = MatrixRequest.create(backbone, norm, view, settings, export, runtime)
+    request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model)
     split = parse_shard(shard) if shard else None
     folder = None if no_cache else (cache_dir or default_cache_dir())
     display = _CellProgress(err_console)

@@ -485,9 +485,12 @@ def request_dict(request: CellRequest) -> dict[str, Any]:
 def request_content(request: CellRequest, plan: CellPlan) -> dict[str, Any] | None:
     """What determines a cell's result: the request with its input and weights file replaced by their
     content hashes, and the runtimes it resolved to. None when the weights cannot be pinned (a
-    registered source read from elsewhere, e.g. the torch hub cache): such a result is not cached."""
+    registered source read from elsewhere, e.g. the torch hub cache) or the model is the user's own code (it
+    may change under the same name): such a result is not cached."""
     from verify.cache import file_sha256
 
+    if is_user_model(request.spec):
+        return None
     data = request_dict(request)
     data["runtimes"] = list(plan.runtimes)
     settings = dict(data["settings"])
