@@ -27,10 +27,19 @@ class ArtifactMeta:
     output_names: list[str] = field(default_factory=list)
     dynamic_axes: dict[str, str] = field(default_factory=dict)
     """Axis index (as a string, JSON keys) -> symbolic name."""
+    dynamic_ranges: dict[str, list[int | None]] = field(default_factory=dict)
+    """Axis index -> [least, greatest] size the file accepts (greatest None: unbounded), where its format
+    bounds them: torch.export decides each dynamic axis's range from the traced example (a 32x32 ResNet
+    input leaves a 1x1 last stage and bounds height and width to 32)."""
     spec: str | None = None
     weights: str | None = None
     weights_sha256: str | None = None
     exporter: str | None = None
+
+    def bounded_axes(self) -> str:
+        """`height 2..32, width 2..32`: the dynamic axes this file accepts only up to a size ('' if none)."""
+        return ", ".join(f"{self.dynamic_axes.get(axis, 'axis ' + axis)} {least}..{greatest}"
+                         for axis, (least, greatest) in sorted(self.dynamic_ranges.items()) if greatest is not None)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -45,7 +54,10 @@ class ArtifactMeta:
             meta = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
             if not (isinstance(meta.input_name, str) and isinstance(meta.input_shape, list)
                     and all(isinstance(d, int) for d in meta.input_shape)
-                    and isinstance(meta.output_names, list) and isinstance(meta.dynamic_axes, dict)):
+                    and isinstance(meta.output_names, list) and isinstance(meta.dynamic_axes, dict)
+                    and isinstance(meta.dynamic_ranges, dict)
+                    and all(isinstance(r, list) and len(r) == 2 and all(v is None or isinstance(v, int) for v in r)
+                            for r in meta.dynamic_ranges.values())):
                 raise ValueError("fields of the wrong type")
         except (ValueError, TypeError) as exc:
             raise ArtifactError(f"{source} carries malformed {META_KEY} metadata: {exc}") from None

@@ -4,6 +4,7 @@ in the format's own module (no string switch on format names elsewhere)."""
 import ast
 import json
 import pathlib
+import re
 
 import pytest
 import torch
@@ -111,3 +112,27 @@ def test_format_names_appear_only_in_their_own_modules(name):
             continue
         offenders += [f"{relative}:{line}" for value, line in _string_constants(path) if value == name]
     assert not offenders, offenders
+
+
+def test_second_shape_stays_inside_the_range_a_file_accepts():
+    from verify.validate import second_shape
+
+    axes = {"0": "batch", "2": "height", "3": "width"}
+    assert second_shape((1, 3, 64, 64), axes) == (2, 3, 96, 96)
+    assert second_shape((1, 3, 64, 64), axes, {"0": [2, None], "2": [2, 80], "3": [2, None]}) == (2, 3, 80, 96)
+    # an axis already at its greatest keeps its size: smaller ones may still fail run-time guards
+    assert second_shape((1, 3, 32, 32), axes, {"0": [2, None], "2": [2, 32], "3": [2, 32]}) == (2, 3, 32, 32)
+    assert second_shape((4, 3, 32, 32), {"2": "height"}, {"2": [2, 32]}) is None
+    assert second_shape((1, 3, 32, 32), {}) is None
+
+
+def test_a_pt2_bounded_by_its_small_example_says_so_and_its_folder_validates(tmp_path):
+    """torch.export bounds height and width to 32 when tracing a 32x32 ResNet input (its last stage is
+    1x1): the file records the ranges, the export says so, and `verify artifact` checks a second shape
+    inside them instead of failing a correct file at one outside."""
+    result = invoke("export", "-b", "resnet18", "--shape", "1x3x32x32", "--format", "pt2", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"model\.pt2 accepts height \d+\.\.32, width \d+\.\.32 only", " ".join(result.stdout.split()))
+    checked = invoke("artifact", tmp_path / "resnet18-frozen-body")
+    assert checked.exit_code == 0, checked.output
+    assert "model.pt2: shape 2x3x32x32" in checked.stdout

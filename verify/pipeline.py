@@ -470,7 +470,10 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     first = judged[0][0]
     report.floors, report.floor_source = first.oracle.noise, first.oracle.source
     report.pairs = worst_over_inputs([pairs for _, pairs in judged], build.named, report)
-    report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else [])
+    report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) + [
+        f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
+        f"{'x'.join(map(str, a.meta.input_shape))} input; export at the largest size you deploy"
+        for a in artifacts.values() if a.path is not None and (bounds := a.meta.bounded_axes())]
     return CellOutcome(report, build, artifacts, feeds[0], first, statuses)
 
 

@@ -59,6 +59,8 @@ class ArtifactFolder:
     manifest: Manifest
     verified: dict[str, Path] = field(default_factory=dict)
     """Files whose own checks passed (size, hash, format, what the file records)."""
+    recorded: dict[str, ArtifactMeta] = field(default_factory=dict)
+    """What each verified model file records about itself (read back after its hash matched)."""
     goldens: dict[str, dict[str, np.ndarray]] | None = None
     """Read and checked: {'input': ..., 'float32': ..., 'float64': ...}."""
     floors: dict[str, Any] = field(default_factory=dict)
@@ -237,6 +239,7 @@ def _model_file(art: ArtifactFolder, name: str, entry: FileEntry, file: Path) ->
         if companion.name not in art.verified:
             raise ArtifactError(f"{name}: its external data {companion.name} failed its own check")
     _same_record(art.manifest, name, meta)
+    art.recorded[name] = meta
     return f"{entry.format}, its recorded metadata matches"
 
 
@@ -357,12 +360,24 @@ def _export_verdict(art: ArtifactFolder) -> str:
     return f"the export's {len(verdicts)} pairs agreed"
 
 
-def second_shape(shape: Sequence[int], dynamic_axes: dict[str, str]) -> tuple[int, ...] | None:
-    """Another shape inside the recorded dynamic axes: batch + 1, height and width + 32."""
+def second_shape(shape: Sequence[int], dynamic_axes: dict[str, str],
+                 ranges: dict[str, list[int | None]] | None = None) -> tuple[int, ...] | None:
+    """Another shape inside the recorded dynamic axes: batch + 1, height and width + 32, each at most the
+    greatest size the file accepts where its format bounds it (an axis already at its greatest keeps its
+    size: smaller sizes inside the range may still fail guards that torch.export checks at run time, e.g.
+    a stage that must not shrink to 1x1). None when no axis can take another size."""
     if not dynamic_axes:
         return None
     bump = {0: 1, 2: 32, 3: 32}
-    return tuple(s + bump.get(i, 0) if str(i) in dynamic_axes else s for i, s in enumerate(shape))
+    other = []
+    for axis, size in enumerate(shape):
+        if str(axis) not in dynamic_axes:
+            other.append(size)
+            continue
+        greatest = (ranges or {}).get(str(axis), [None, None])[1]
+        target = size + bump.get(axis, 0)
+        other.append(max(size, min(target, greatest)) if greatest is not None else target)
+    return tuple(other) if tuple(other) != tuple(shape) else None
 
 
 def judge(art: ArtifactFolder, a_label: str, outputs: dict, b_label: str, reference: dict,
@@ -415,10 +430,17 @@ def _run_goldens(art: ArtifactFolder, name: str, runtime_name: str, options: Run
         pair, tolerance = judge(art, runtime.label, outputs, f"golden {kind}", art.goldens[kind])
         report.add(Check(label, runtime.label, f"{name}: goldens {kind}", pair.passed, _pair_message(pair, tolerance),
                          details=pair.to_dict()))
-    shape = second_shape(art.manifest.input.shape, art.manifest.input.dynamic_axes)
-    if shape is not None:
-        title = f"{name}: shape {'x'.join(map(str, shape))}"
-        report.add(run_check(label, runtime.label, title, lambda: _second_shape(art, runtime, shape)))
+    if not art.manifest.input.dynamic_axes:
+        return
+    ranges = art.recorded[name].dynamic_ranges if name in art.recorded else {}
+    shape = second_shape(art.manifest.input.shape, art.manifest.input.dynamic_axes, ranges)
+    if shape is None:
+        report.add(Check(label, runtime.label, f"{name}: second shape", False,
+                         f"accepts only the golden shape ({art.recorded[name].bounded_axes()})", skipped=True))
+        return
+    title = f"{name}: shape {'x'.join(map(str, shape))}"
+    report.add(run_check(label, runtime.label, title, lambda: _second_shape(art, runtime, shape)))
+
 
 
 def _pair_message(pair: PairResult, tolerance: Tolerance) -> str:

@@ -13,7 +13,7 @@ from exporter.artifacts import TORCHSCRIPT_META_FILE, Artifact, ArtifactMeta
 from exporter.errors import ExportError, SetupError
 from exporter.formats import ExportContext, Format
 from exporter.formats.onnx import DYNAMIC_AXES
-from exporter.formats.pt2 import is_aoti_package
+from exporter.formats.pt2 import accepted_ranges, export_program, is_aoti_package
 from exporter.formats.torchscript import read_zip_meta
 
 COMPILERS = ("g++", "c++", "clang++")
@@ -63,10 +63,10 @@ class AotiFormat(Format):
         meta.exporter = f"torch._inductor.aoti_compile_and_package(device={options.device})"
         meta.dynamic_axes = dict(DYNAMIC_AXES) if ctx.dynamic else {}
         program = ctx.exported_program()
-        if options.device == "cuda":
-            program = program.module().to("cuda")
-            example = ctx.example.to("cuda")
-            program = torch.export.export(program, (example,), strict=False)
+        if options.device == "cuda":  # traced again on the GPU, with the same dynamic axes
+            program = export_program(program.module().to("cuda"), ctx.example.to("cuda"), ctx.dynamic,
+                                     f"{ctx.built.spec} on CUDA")
+        meta.dynamic_ranges = accepted_ranges(program) if ctx.dynamic else {}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
