@@ -11,6 +11,7 @@ from exporter.backbones import get_backbone
 from exporter.errors import SetupError, UsageError
 from exporter.export import ExportOptions, export_model
 from exporter.formats.onnx import OnnxOptions
+from exporter.spec import ModelSpec
 from tests.conftest import SMALL, SMALL_SHAPE, cpu_and_cuda
 from verify.api import RunSettings, explain_pairs, verify_export
 from verify.compare import AUTO_FACTOR, Tolerance, compare_outputs
@@ -210,3 +211,18 @@ def test_tf32_runs_agree_at_tf32_and_not_at_float32(name, artifacts):
     at_fp32 = compare_outputs(name, out, "oracle", oracle.outputs, Tolerance(), oracle.float32)
     assert at_tf32.passed, at_tf32.worst.verdict()
     assert not at_fp32.passed
+
+
+def test_a_format_no_runtime_runs_at_the_precision_is_refused_before_any_work(tmp_path, monkeypatch):
+    """The default runtimes at bf16 leave ONNX Runtime out: exporting model.onnx into a folder that then
+    passes, the file never run, would be a pass for a file nobody verified. Refused, naming what to do."""
+    import exporter.weights
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the refusal")
+
+    monkeypatch.setattr(exporter.weights, "load_weights", no_work)
+    settings = RunSettings(shape=SMALL_SHAPE, runtime=RuntimeOptions(precision="bf16"))
+    with pytest.raises(UsageError, match=r"No runtime runs onnx at bf16 .*--format torchscript --format pt2"):
+        verify_export(ModelSpec(SMALL, "frozen", "body"), settings, out=tmp_path)
+    assert not any(tmp_path.iterdir())

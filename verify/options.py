@@ -213,7 +213,13 @@ def check_output_folder(value: Path) -> Path:
 
 def check_cache_folder(value: Path) -> Path:
     """A cache folder: writable where it exists, creatable where it does not."""
-    return check_output_folder(value)
+    from exporter.fsio import check_writable_folder
+
+    try:
+        check_writable_folder(value, "cache folder")
+    except UsageError as exc:
+        raise _bad(exc) from None
+    return value
 
 
 def check_existing_paths(value: list[Path] | Path | None) -> Any:
