@@ -237,3 +237,18 @@ def test_cli_enums_match_the_library():
     assert [e.value for e in options.OnnxExporter] == list(ONNX_EXPORTERS)
     assert [e.value for e in options.TorchScriptMethod] == list(METHODS)
     assert [e.value for e in options.Device] == list(DEVICES) == list(PROVIDERS)
+
+
+def test_runtimes_without_formats_export_what_they_run_and_an_unrun_format_is_refused(tmp_path):
+    """--runtime onnxruntime alone exports the ONNX file only (not files that nobody would run); a --format
+    that no --runtime runs is refused before any work: it would sit unverified in a folder that passed."""
+    result = invoke("export", "-b", "resnet18", "--shape", "1x3x32x32", "--onnx-exporter", "torchscript",
+                    "--runtime", "onnxruntime", "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "a" / "resnet18-frozen-body" / "manifest.json").read_text())
+    assert {entry["format"] for entry in manifest["files"].values() if entry["format"] != "goldens"} == {"onnx"}
+
+    refused = invoke("export", "-b", "resnet18", "--shape", "1x3x32x32", "--runtime", "eager", "--format", "onnx",
+                     "--out", tmp_path / "b")
+    assert refused.exit_code == 2 and "No --runtime runs the exported onnx" in refused.stderr
+    assert not (tmp_path / "b").exists()

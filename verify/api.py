@@ -101,8 +101,10 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     from verify.identity import export_identity, refuse_other_export
     from verify.manifest import write_artifact_folder
     from verify.pipeline import CellRequest, build_stage, finish_cell, isolated_torch_state, plan_cell
+    from verify.runtimes import formats_run_by
 
-    settings, export = settings or RunSettings(), export or ExportOptions()
+    settings = settings or RunSettings()
+    export = export or (ExportOptions(formats=formats_run_by(runtimes)) if runtimes else ExportOptions())
     spec.validate()
     export.validate()
     if sign_key is not None:

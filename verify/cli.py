@@ -208,7 +208,7 @@ def export(
                          "write it elsewhere")
     settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor, precision)
-    options = opt.export_options(fmt, static, trace, onnx_exporter, opset, device)
+    options = opt.export_options(fmt, static, trace, onnx_exporter, opset, device, runtime)
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
                            progress=RichProgress(err_console), overwrite=overwrite, sign_key=sign_key,
                            cache=open_cache(cache_dir, no_cache))

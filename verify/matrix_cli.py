@@ -143,7 +143,7 @@ def matrix(
 
     settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal,
                                 rtol, atol, factor, precision)
-    export = opt.export_options(fmt, static, trace, onnx_exporter, opset, device)
+    export = opt.export_options(fmt, static, trace, onnx_exporter, opset, device, runtime)
     request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model)
     split = parse_shard(shard) if shard else None
     folder = None if no_cache else (cache_dir or default_cache_dir())

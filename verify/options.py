@@ -364,15 +364,18 @@ def run_settings(weights: str, seed: int, shape: str | None, input_path: Path | 
 
 
 def export_options(formats: list[str] | None, static: bool, trace: bool, onnx_exporter: OnnxExporter, opset: int,
-                   device: Device) -> Any:
-    """The parsed export options as the library's ExportOptions (shared by export and matrix)."""
+                   device: Device, runtimes: list[str] | None = None) -> Any:
+    """The parsed export options as the library's ExportOptions (shared by export and matrix). With no
+    --format, the default formats; with --runtime and no --format, the formats those runtimes run."""
     from exporter.export import ExportOptions
     from exporter.formats import default_formats
     from exporter.formats.aoti import AotiOptions
     from exporter.formats.onnx import OnnxOptions
     from exporter.formats.torchscript import TorchScriptOptions
+    from verify.runtimes import formats_run_by
 
     method = TorchScriptMethod.trace if trace else TorchScriptMethod.script
-    return ExportOptions(formats=tuple(formats or default_formats()), dynamic=not static, format_options=(
+    chosen = formats or (formats_run_by(runtimes) if runtimes else default_formats())
+    return ExportOptions(formats=tuple(chosen), dynamic=not static, format_options=(
         TorchScriptOptions(method.value), OnnxOptions(OnnxExporter(onnx_exporter).value, opset),
         AotiOptions(Device(device).value)))

@@ -150,16 +150,6 @@ def choose_runtimes(exported: Sequence[str], runtimes: Sequence[str] | None, pre
             raise UsageError(f"{', '.join(unable)} cannot run at {precision}; drop --runtime {unable[0]} or verify "
                              f"it at {' or '.join(runtime_class(unable[0]).precisions)}")
     chosen = list(runtimes or [n for n in runtimes_for_formats(available) if precision in runtime_class(n).precisions])
-    if not runtimes:  # a file exported but never run would be listed in a folder that passed: refuse instead
-        unrun = [fmt for fmt in exported if not any(fmt in runtime_class(n).formats for n in chosen)]
-        if unrun:
-            able = runtimes_for_formats(unrun)
-            runs = "; ".join(f"{n} runs {', '.join(runtime_class(n).precisions)}" for n in able)
-            keep = [fmt for fmt in exported if fmt not in unrun]
-            fix = (f"export only what can be verified at {precision} ({' '.join('--format ' + f for f in keep)})"
-                   if keep else f"export a format a runtime runs at {precision}")
-            raise UsageError(f"No runtime runs {', '.join(unrun)} at {precision} ({runs}), and a file exported "
-                             f"but not verified must not pass: {fix}, or verify at fp32")
     formats = {}
     for name in chosen:
         runnable = [fmt for fmt in available if fmt in runtime_class(name).formats]
@@ -167,6 +157,20 @@ def choose_runtimes(exported: Sequence[str], runtimes: Sequence[str] | None, pre
             raise UsageError(f"Runtime {name} runs {', '.join(runtime_class(name).formats)} artifacts; add that "
                              f"--format (exporting: {', '.join(exported) or 'nothing'})")
         formats[name] = runnable[0]
+    # a file exported but never run would be listed in a folder that passed: refuse instead
+    unrun = [fmt for fmt in exported if not any(fmt in runtime_class(n).formats for n in chosen)]
+    if unrun and runtimes:
+        raise UsageError(f"No --runtime runs the exported {', '.join(unrun)}, and a file exported but not verified "
+                         f"must not pass: add --runtime {runtimes_for_formats(unrun)[0]}, or leave out "
+                         f"--format {unrun[0]} (with --runtime and no --format, what the runtimes run is exported)")
+    if unrun:
+        able = runtimes_for_formats(unrun)
+        runs = "; ".join(f"{n} runs {', '.join(runtime_class(n).precisions)}" for n in able)
+        keep = [fmt for fmt in exported if fmt not in unrun]
+        fix = (f"export only what can be verified at {precision} ({' '.join('--format ' + f for f in keep)})"
+               if keep else f"export a format a runtime runs at {precision}")
+        raise UsageError(f"No runtime runs {', '.join(unrun)} at {precision} ({runs}), and a file exported "
+                         f"but not verified must not pass: {fix}, or verify at fp32")
     return chosen, formats
 
 

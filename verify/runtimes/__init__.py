@@ -5,6 +5,7 @@ Adding one means one module with a `Runtime` subclass and one `RUNTIMES.add` lin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -128,6 +129,16 @@ def make_runtime(name: str, options: RuntimeOptions | None = None) -> Runtime:
 
 def list_runtimes() -> list[str]:
     return RUNTIMES.names()
+
+
+def formats_run_by(runtimes: Sequence[str]) -> tuple[str, ...]:
+    """The file formats to export for `runtimes` when no format is named: each runtime's first file
+    format, in registry order (the in-memory eager runtime needs none)."""
+    from exporter.formats import file_formats
+
+    files = file_formats()
+    wanted = {next((f for f in runtime_class(name).formats if f in files), None) for name in runtimes}
+    return tuple(f for f in files if f in wanted)
 
 
 def runtimes_for_formats(formats: list[str] | tuple[str, ...]) -> list[str]:
