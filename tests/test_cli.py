@@ -252,3 +252,6 @@ def test_runtimes_without_formats_export_what_they_run_and_an_unrun_format_is_re
                      "--out", tmp_path / "b")
     assert refused.exit_code == 2 and "No --runtime runs the exported onnx" in refused.stderr
     assert not (tmp_path / "b").exists()
+
+    nothing = invoke("export", "-b", "resnet18", "--shape", "1x3x32x32", "--runtime", "eager", "--out", tmp_path / "c")
+    assert nothing.exit_code == 2 and "Nothing to export" in nothing.stderr and "Building" not in nothing.stderr

@@ -286,3 +286,25 @@ def test_verify_export_is_the_one_cell_case_of_the_matrix(tmp_path):
     assert figures(by_export) == figures(by_cell) and by_export.passed == by_cell.passed
     exported = {p.name for p in (tmp_path / "cell").iterdir()}
     assert exported and exported <= {p.name for p in Path(by_export.artifacts["folder"]).iterdir()}
+
+
+def test_an_interrupt_inside_a_cell_stops_the_matrix_not_only_the_cell(monkeypatch):
+    """A Ctrl-C landing inside torch comes back wrapped (pybind11's SystemError, then an ExportError): a cell
+    that caught it as its own failure would let the matrix run on; it is raised again instead."""
+    import verify.pipeline
+    from exporter.errors import ExportError
+    from verify.matrix import CellJob, execute_cell
+
+    def interrupted(*args, **kwargs):
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as inner:
+                raise SystemError("<built-in method> returned a result with an exception set") from inner
+        except SystemError:
+            raise ExportError("torch.jit.script failed; pass --trace") from None
+
+    monkeypatch.setattr(verify.pipeline, "run_cell", interrupted)
+    cell = small_request().cells()[0]
+    with pytest.raises(KeyboardInterrupt):
+        execute_cell(CellJob(cell, cell_id(cell), None))

@@ -100,13 +100,17 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     from verify.cache import default_cache
     from verify.identity import export_identity, refuse_other_export
     from verify.manifest import write_artifact_folder
-    from verify.pipeline import CellRequest, build_stage, finish_cell, isolated_torch_state, plan_cell
-    from verify.runtimes import formats_run_by
+    from verify.pipeline import CellRequest, build_stage, export_for, finish_cell, isolated_torch_state, plan_cell
 
     settings = settings or RunSettings()
-    export = export or (ExportOptions(formats=formats_run_by(runtimes)) if runtimes else ExportOptions())
+    export = export or export_for(runtimes, settings.runtime.device)
     spec.validate()
     export.validate()
+    if not export.formats:
+        raise UsageError(f"Nothing to export: {', '.join(runtimes or ['eager'])} run"
+                         f"{'s' if len(runtimes or []) < 2 else ''} the in-memory model, and an artifact folder "
+                         "holds files; add a --runtime that runs a file (torchscript, exported, onnxruntime) or "
+                         "name a --format")
     if sign_key is not None:
         from exporter.signing import check_private_key
 

@@ -34,7 +34,7 @@ APP_NAME = "backbone-verify"
 ENV_DIR = "BACKBONE_VERIFY_CACHE_DIR"
 """Overrides the platform's cache folder (tests point it at a temporary folder)."""
 ENV_OFF = "BACKBONE_VERIFY_NO_CACHE"
-"""Any non-empty value but 0 turns the cache off for commands without a --no-cache option."""
+"""Any non-empty value but 0 turns the cache off, as --no-cache does (export and matrix)."""
 LAYOUT = "v1"
 ENTRY_SCHEMA = "backbone-verify/cache-entry"
 CHUNK = 1 << 20

@@ -20,7 +20,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from exporter.backbones import list_backbones
-from exporter.errors import UsageError, VerifyError
+from exporter.errors import UsageError, VerifyError, interrupt_in
 from exporter.messages import one_line, strip_unsafe_advice
 from verify import options as opt
 from verify.matrix_cli import cache_app, matrix_app
@@ -81,22 +81,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated
 
 
-def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM behind `exc`, if any. One that lands inside a library call comes back wrapped
-    (pybind11's "returned a result with an exception set", then our own "export failed" around that): the
-    user stopped the run, and the exit code and message must say so, not blame the model."""
-    pending, seen = [exc], set()
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, KeyboardInterrupt):
-            return current
-        pending += [current.__cause__, current.__context__]
-    return None
-
-
 class RichProgress:
     """A spinner while a step runs, then one line per finished step (on stderr)."""
 
@@ -126,7 +110,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except (typer.Exit, typer.Abort):
             raise
         except BaseException as exc:
-            interrupt = _interrupt_in(exc)
+            interrupt = interrupt_in(exc)
             if isinstance(interrupt, Terminated):
                 print_error("terminated (SIGTERM)")
                 raise typer.Exit(128 + signal.SIGTERM) from None

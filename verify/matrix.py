@@ -56,7 +56,6 @@ class MatrixRequest:
         """Every registered backbone x norm and the body view unless chosen (none when only --model is given),
         and each of `models`; names and model sources checked here, nothing imported."""
         from exporter.backbones import BACKBONES, VIEWS
-        from exporter.export import ExportOptions
         from exporter.norms import NORMS
         from exporter.user_model import UserModelSpec
         from verify.api import RunSettings
@@ -71,7 +70,10 @@ class MatrixRequest:
                 registry.get(name)
         for name in runtimes or ():
             RUNTIMES.get(name)
-        return cls(*chosen, settings or RunSettings(), export or ExportOptions(),
+        from verify.pipeline import export_for
+
+        settings = settings or RunSettings()
+        return cls(*chosen, settings, export or export_for(runtimes, settings.runtime.device),
                    tuple(dict.fromkeys(runtimes)) if runtimes else None, users)
 
     def cells(self) -> list[CellRequest]:
@@ -455,8 +457,10 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
                 cache.store("result", key, data=result.cached_copy())
             del outcome
     except VerifyError as exc:
+        _reraise_interrupt(exc)
         result.error, result.verdict = str(exc), ERROR  # even after a verdict was reached: never a pass
     except Exception as exc:  # a bug or an unforeseen failure: this cell fails, the others still run
+        _reraise_interrupt(exc)
         lines = str(exc).strip().splitlines() or [""]
         result.error, result.verdict = f"unexpected {type(exc).__name__}: {lines[-1]}", ERROR
     _release_memory(cache is not None)
@@ -466,6 +470,15 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
     result.worker = {"pid": os.getpid(), "threads": _torch_threads(), "peak_rss_mib": _peak_rss_mib()}
     result.shard = job.shard
     return result
+
+
+def _reraise_interrupt(exc: BaseException) -> None:
+    """A Ctrl-C or SIGTERM that a library wrapped in its own error stops the matrix, not only this cell."""
+    from exporter.errors import interrupt_in
+
+    stop = interrupt_in(exc)
+    if stop is not None:
+        raise stop
 
 
 def _torch_threads() -> int | None:
@@ -557,8 +570,7 @@ def _run_parallel(work: list[CellJob], jobs: int, finish: Callable[[CellResult],
                 try:
                     finish(future.result())
                 except BrokenProcessPool:
-                    spec = job.request.spec
-                    finish(CellResult(job.id, spec.backbone, spec.norm, spec.view, ERROR, shard=job.shard,
+                    finish(CellResult(job.id, *row(job.request.spec), ERROR, shard=job.shard,
                                       error="the worker process died (killed, or out of memory); "
                                             "rerun with fewer --jobs"))
         except BaseException:

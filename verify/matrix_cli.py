@@ -137,7 +137,7 @@ def matrix(
     """Run the matrix: rows backbone x norm x view, columns runtime pairs, each the worst ratio to the floor."""
     if ctx.invoked_subcommand is not None:
         return
-    from verify.cache import default_cache_dir
+    from verify.cache import cache_disabled_by_env, default_cache_dir
     from verify.matrix import MatrixRequest, parse_shard, run_matrix
     from verify.render.matrix_table import render_matrix
 
@@ -146,7 +146,7 @@ def matrix(
     export = opt.export_options(fmt, static, trace, onnx_exporter, opset, device, runtime)
     request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model)
     split = parse_shard(shard) if shard else None
-    folder = None if no_cache else (cache_dir or default_cache_dir())
+    folder = None if no_cache or cache_disabled_by_env() else (cache_dir or default_cache_dir())
     display = _CellProgress(err_console)
     with display.progress:
         result = run_matrix(request, jobs=jobs, shard=split, cache_dir=folder, on_start=display.start,

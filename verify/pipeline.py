@@ -174,6 +174,18 @@ def choose_runtimes(exported: Sequence[str], runtimes: Sequence[str] | None, pre
     return chosen, formats
 
 
+def export_for(runtimes: Sequence[str] | None, device: str = "cpu") -> ExportOptions:
+    """The export options when none are given: the default formats, or with `runtimes` the formats those
+    runtimes run; compiled formats for `device`."""
+    from exporter.export import ExportOptions
+    from exporter.formats.aoti import AotiOptions
+    from verify.runtimes import formats_run_by
+
+    options = (AotiOptions(device),)
+    return ExportOptions(formats=formats_run_by(runtimes), format_options=options) if runtimes else \
+        ExportOptions(format_options=options)
+
+
 def plan_cell(request: CellRequest) -> CellPlan:
     """Check names, options, precisions and that each runtime has a format to run; read and check the
     inputs --input names. No model work."""
@@ -512,8 +524,8 @@ def request_content(request: CellRequest, plan: CellPlan) -> dict[str, Any] | No
     data["runtimes"] = list(plan.runtimes)
     settings = dict(data["settings"])
     settings["input_file"] = None
-    data["input"] = [{"label": item.label, "shape": list(item.array.shape), "sha256": _bytes_sha(item.array)}
-                     for item in plan.inputs_for()]
+    data["input"] = [{"shape": list(item.array.shape), "sha256": _bytes_sha(item.array)}
+                     for item in plan.inputs_for()]  # content, not where the files are
     weights = request.settings.weights
     if weights not in PURE_WEIGHT_SOURCES:
         from exporter.weights import WEIGHT_SOURCES
