@@ -107,10 +107,9 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     spec.validate()
     export.validate()
     if not export.formats:
-        raise UsageError(f"Nothing to export: {', '.join(runtimes or ['eager'])} run"
-                         f"{'s' if len(runtimes or []) < 2 else ''} the in-memory model, and an artifact folder "
-                         "holds files; add a --runtime that runs a file (torchscript, exported, onnxruntime) or "
-                         "name a --format")
+        asked = f"--runtime {' --runtime '.join(runtimes)} runs no file format" if runtimes else "no format asked"
+        raise UsageError(f"Nothing to export: {asked}, and an artifact folder holds model files; add a --runtime "
+                         "that runs a file or name a --format")
     if sign_key is not None:
         from exporter.signing import check_private_key
 
