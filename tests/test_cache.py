@@ -187,3 +187,46 @@ def test_export_cache_options_choose_the_folder_or_none(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "c"), "--cache-dir", str(tmp_path / "file")])
     assert result.exit_code == 2 and "file" in result.output and not (tmp_path / "c").exists()
+
+
+def test_prune_removes_the_least_recently_used_entries_and_only_their_files(tmp_path):
+    """Three entries of 100 kB each, the oldest store first; the oldest is then read again (a hit marks it
+    used); a prune to a bit over two entries removes the one least recently used and its file, keeps a file
+    that a kept entry shares, and every kept entry still loads."""
+    import time
+
+    cache = Cache(tmp_path / "c")
+    keys = [cache.key("export", {"i": i}) for i in range(3)]
+    shared = b"shared by all three"
+    for i, key in enumerate(keys):
+        cache.store("export", key, blobs={"own": os.urandom(100_000), "shared": shared})
+        os.utime(cache.entry_path("export", key), (time.time() - 100 + i, time.time() - 100 + i))
+    own = {key: cache.load("export", key).blob("own") for key in keys}  # (these loads touch every entry)
+    for i, key in enumerate(keys):
+        os.utime(cache.entry_path("export", key), (time.time() - 100 + i, time.time() - 100 + i))
+    assert cache.load("export", keys[0]) is not None  # the oldest store, used now: no longer the least recent
+    before = cache.info()["bytes"]
+    removed, freed = cache.prune(before - 50_000)
+    assert removed == 1 and freed >= 100_000 and cache.info()["bytes"] <= before - 50_000
+    assert cache.load("export", keys[1]) is None and not own[keys[1]].exists()  # least recently used: gone
+    for key in (keys[0], keys[2]):
+        entry = cache.load("export", key)
+        assert entry is not None and entry.read_bytes("shared") == shared
+    removed, _ = cache.prune(0)
+    assert removed == 2 and cache.info()["entries"] == {} and cache.info()["blobs"] == 0
+
+
+def test_prune_command_takes_sizes_and_refuses_what_is_not_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from verify.cli import app
+
+    cache = Cache(tmp_path / "c")
+    cache.store("export", cache.key("export", {"i": 1}), blobs={"f": os.urandom(2048)})
+    runner = CliRunner()
+    kept = runner.invoke(app, ["cache", "prune", "--cache-dir", str(tmp_path / "c"), "--max-size", "1M"])
+    assert kept.exit_code == 0 and "0 entries removed" in kept.stdout
+    emptied = runner.invoke(app, ["cache", "prune", "--cache-dir", str(tmp_path / "c"), "--max-size", "0"])
+    assert emptied.exit_code == 0 and "1 entries removed" in emptied.stdout and cache.info()["entries"] == {}
+    bad = runner.invoke(app, ["cache", "prune", "--max-size", "lots"])
+    assert bad.exit_code == 2 and "is not a size" in bad.stderr

@@ -232,6 +232,8 @@ class Cache:
                 path.unlink()
             return None
         self.stats.count("hits", kind)
+        with contextlib.suppress(OSError):
+            os.utime(path)  # its last use: `prune` removes the least recently used entries first
         return entry
 
     def _parse(self, kind: str, key: str, text: str) -> Entry:
@@ -332,6 +334,50 @@ class Cache:
         blobs = [p for p in (self.base / "blobs").glob("*/*") if p.is_file() and not p.name.startswith(".")]
         size = sum(p.stat().st_size for p in self.base.rglob("*") if p.is_file()) if self.base.exists() else 0
         return {"root": str(self.root), "layout": LAYOUT, "entries": entries, "blobs": len(blobs), "bytes": size}
+
+    def prune(self, max_bytes: int, grace_seconds: float = 600.0) -> tuple[int, int]:
+        """Remove the least recently used entries (by their last hit or store) until the cache holds at most
+        `max_bytes`, each with the files no remaining entry names; files no entry names at all go first
+        (but not those younger than `grace_seconds`: a store in progress writes its files before its entry).
+        Returns (entries removed, bytes freed)."""
+        import time
+
+        entries, refs = [], {}
+        for path in (self.base / "entries").glob("*/*/*.json"):
+            try:
+                files = json.loads(path.read_text()).get("files") or {}
+                shas = {ref["sha256"] for ref in files.values()}
+                stat = path.stat()
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                shas, stat = set(), None  # unreadable: removed first, it could never be used
+            entries.append((stat.st_mtime if stat else float("-inf"), path, shas, stat.st_size if stat else 0))
+            for sha in shas:
+                refs[sha] = refs.get(sha, 0) + 1
+        total, freed, removed = self.info()["bytes"], 0, 0
+
+        def drop(path: Path) -> int:
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except OSError:
+                return 0
+            return size
+
+        now = time.time()
+        for blob in (self.base / "blobs").glob("*/*"):
+            with contextlib.suppress(OSError):
+                if blob.is_file() and blob.name not in refs and now - blob.stat().st_mtime > grace_seconds:
+                    freed += drop(blob)
+        for _, path, shas, _size in sorted(entries, key=lambda item: item[0]):
+            if total - freed <= max_bytes:
+                break
+            freed += drop(path)
+            removed += 1
+            for sha in shas:
+                refs[sha] -= 1
+                if refs[sha] == 0:
+                    freed += drop(self.blob_path(sha))
+        return removed, freed
 
     def clear(self) -> int:
         """Remove this cache's own folder (never anything else under the root); returns bytes freed."""

@@ -190,6 +190,23 @@ def info(cache_dir: opt.CacheDir = None) -> None:
 
 @cache_app.command()
 @_handled
+def prune(
+    cache_dir: opt.CacheDir = None,
+    max_size: Annotated[int, typer.Option("--max-size", metavar="SIZE", parser=opt.parse_size, show_default="5G",
+                                          help="Keep at most this much, e.g. 5G, 500M or bytes; the least "
+                                               "recently used entries go first")] = 5 * 2**30,
+) -> None:
+    """Shrink the cache to --max-size by removing its least recently used entries and their files."""
+    from verify.cache import Cache, default_cache_dir
+
+    cache = Cache(cache_dir or default_cache_dir())
+    removed, freed = cache.prune(max_size)
+    out_console.print(f"pruned {cache.root}: {removed} entries removed, {freed / 2**20:.1f} MiB freed, "
+                      f"{cache.info()['bytes'] / 2**20:.1f} MiB kept", highlight=False, soft_wrap=True)
+
+
+@cache_app.command()
+@_handled
 def clear(cache_dir: opt.CacheDir = None) -> None:
     """Remove every cached entry and file (only this tool's own folder inside the cache folder)."""
     from verify.cache import Cache, default_cache_dir

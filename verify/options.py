@@ -211,6 +211,21 @@ def check_output_folder(value: Path) -> Path:
     return value
 
 
+SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
+              "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """`5G`, `500M`, `1.5GB`, `123` (bytes) -> bytes (binary units); anything else is a usage error."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in SIZE_UNITS:
+        raise typer.BadParameter(f"{text!r} is not a size; give e.g. 5G, 500M or a number of bytes")
+    return int(float(match.group(1)) * SIZE_UNITS[unit])
+
+
 def check_cache_folder(value: Path) -> Path:
     """A cache folder: writable where it exists, creatable where it does not."""
     from exporter.fsio import check_writable_folder
