@@ -160,9 +160,8 @@ def export(
     overwrite: opt.Overwrite = False,
     onnx_exporter: opt.OnnxExporterOption = opt.OnnxExporter.dynamo,
     opset: opt.Opset = 18,
-    trace: Annotated[bool, typer.Option("--trace", help="TorchScript by tracing instead of scripting")]
-    = False,
-    static: Annotated[bool, typer.Option("--static", help="No dynamic batch/height/width axes")] = False,
+    trace: opt.Trace = False,
+    static: opt.Static = False,
     fmt: opt.Formats = None,
     runtime: opt.Runtimes = None,
     device: opt.DeviceOption = opt.Device.cpu,

@@ -121,8 +121,8 @@ def matrix(
     factor: opt.Factor = None,
     onnx_exporter: opt.OnnxExporterOption = opt.OnnxExporter.dynamo,
     opset: opt.Opset = 18,
-    trace: Annotated[bool, typer.Option("--trace", help="TorchScript by tracing instead of scripting")] = False,
-    static: Annotated[bool, typer.Option("--static", help="No dynamic batch/height/width axes")] = False,
+    trace: opt.Trace = False,
+    static: opt.Static = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Cells run in parallel, each in its own "
                                                                   "worker process (cores are divided)")] = 1,
     shard: Annotated[str | None, typer.Option(help="Run only part I of N (I/N): a balanced, deterministic "

@@ -334,6 +334,8 @@ OutFolder = Annotated[Path, typer.Option(callback=check_output_folder,
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Replace an existing export folder even when it holds a different export")]
 OnnxExporterOption = Annotated[OnnxExporter, typer.Option(help="dynamo, or torchscript (torch's legacy exporter)")]
+Trace = Annotated[bool, typer.Option("--trace", help="TorchScript by tracing instead of scripting")]
+Static = Annotated[bool, typer.Option("--static", help="No dynamic batch/height/width axes")]
 Opset = Annotated[int, typer.Option(callback=check_opset, help=f"ONNX opset (>= {bounds.OPSET_MIN})")]
 Runtimes = Annotated[list[str] | None, typer.Option(
     "--runtime", callback=check_runtimes, metavar="NAME",
