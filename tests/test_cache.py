@@ -1,11 +1,10 @@
 """The content-addressed cache: keys, atomic entries, corruption detected and rebuilt, never trusted."""
 
-import json
 import os
 
 import pytest
 
-from verify.cache import ENV_DIR, ENV_OFF, Cache, canonical, default_cache, default_cache_dir, environment
+from verify.cache import ENV_DIR, ENV_OFF, Cache, CacheStats, canonical, default_cache, default_cache_dir, environment
 
 
 @pytest.fixture(autouse=True)
@@ -111,32 +110,22 @@ def test_clear_removes_only_its_own_folder(tmp_path):
     assert cache.info()["entries"] == {}
 
 
-def test_synthetic_weights_round_trip_through_the_cache_bit_exact(tmp_path):
-    import torch
-
-    from verify.pipeline import HIT, MISS, WEIGHTS_BLOB, load_weights_cached
+def test_weights_are_computed_never_taken_from_the_cache(tmp_path):
+    """Nothing binds a stored tensor file to `synthetic:<seed>` short of recomputing it (README, the cache's
+    threat model): weights are computed every time, stored nowhere, whatever the cache holds."""
+    from verify.pipeline import OFF, load_weights_cached
 
     cache = Cache(tmp_path / "c")
     fresh, status = load_weights_cached("synthetic", "resnet18", 0, cache)
-    assert status == MISS
-    again, status = load_weights_cached("synthetic", "resnet18", 0, Cache(tmp_path / "c"))
-    assert status == HIT and again.source == fresh.source and again.sha256 == fresh.sha256
-    assert all(torch.equal(fresh.state_dict[k], again.state_dict[k]) for k in fresh.state_dict)
-    # a flipped byte in the stored safetensors: detected, rebuilt, and the rebuilt copy is used next time
-    key = cache.key("weights", {"source": "synthetic", "backbone": "resnet18", "seed": 0})
-    entry = json.loads(cache.entry_path("weights", key).read_text())
-    flip_byte(cache.blob_path(entry["files"][WEIGHTS_BLOB]["sha256"]))
-    third = Cache(tmp_path / "c")
-    rebuilt, status = load_weights_cached("synthetic", "resnet18", 0, third)
-    assert status == MISS and third.stats.corrupt == {"weights": 1}
-    assert rebuilt.sha256 == fresh.sha256
-    assert load_weights_cached("synthetic", "resnet18", 0, Cache(tmp_path / "c"))[1] == HIT
+    again, second = load_weights_cached("synthetic", "resnet18", 0, cache)
+    assert status == second == OFF and again.sha256 == fresh.sha256
+    assert cache.info()["entries"] == {} and cache.stats.to_dict() == CacheStats().to_dict()
 
 
-def test_verify_export_takes_weights_and_exports_from_the_cache(tmp_path, monkeypatch):
-    """The second export of the same cell builds no weights and exports nothing, and reports the same."""
+def test_verify_export_takes_only_onnx_from_the_cache(tmp_path, monkeypatch):
+    """The second export of the same cell copies the ONNX file (data, run and judged again) from the cache;
+    TorchScript, whose loading runs code, is exported again; the reports' figures are the same."""
     import exporter.export
-    import exporter.weights
     from exporter.export import ExportOptions
     from exporter.formats.onnx import OnnxOptions
     from exporter.spec import ModelSpec
@@ -151,18 +140,22 @@ def test_verify_export_takes_weights_and_exports_from_the_cache(tmp_path, monkey
         return report, figures
 
     first, first_figures = export(tmp_path / "a")
-    assert Cache(default_cache_dir()).info()["entries"] == {"weights": 1, "export": 2}
+    assert Cache(default_cache_dir()).info()["entries"] == {"export": 1}
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("computed again instead of read from the cache")
+    real, exported = exporter.export.export_model, []
 
-    monkeypatch.setattr(exporter.weights, "load_weights", refuse)
-    monkeypatch.setattr(exporter.export, "export_model", refuse)
+    def only_torchscript(built, base, example, folder, options, fmt, context=None):
+        assert fmt != "onnx", "ONNX exported again instead of read from the cache"
+        exported.append(fmt)
+        return real(built, base, example, folder, options, fmt, context)
+
+    monkeypatch.setattr(exporter.export, "export_model", only_torchscript)
     second, second_figures = export(tmp_path / "b")
-    assert second.passed and second_figures == first_figures
-    for name in ("model.pt", "model.onnx"):  # the folder holds copies: editing them leaves the cache intact
-        assert (tmp_path / "b" / "resnet18-frozen-body" / name).read_bytes() == \
-            (tmp_path / "a" / "resnet18-frozen-body" / name).read_bytes()
+    assert exported == ["torchscript"] and second.passed
+    assert second_figures == first_figures
+    # the folder holds a copy: editing it leaves the cache intact
+    assert (tmp_path / "b" / "resnet18-frozen-body" / "model.onnx").read_bytes() == \
+        (tmp_path / "a" / "resnet18-frozen-body" / "model.onnx").read_bytes()
 
 
 def test_export_cache_options_choose_the_folder_or_none(tmp_path):
@@ -173,11 +166,11 @@ def test_export_cache_options_choose_the_folder_or_none(tmp_path):
     from verify.cli import app
 
     runner = CliRunner()
-    args = ["export", "-b", "resnet18", "--shape", "1x3x32x32", "--format", "torchscript"]
+    args = ["export", "-b", "resnet18", "--shape", "1x3x32x32", "--format", "onnx", "--onnx-exporter", "torchscript"]
     mine = tmp_path / "mine"
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "--cache-dir", str(mine)])
     assert result.exit_code == 0, result.output
-    assert Cache(mine).info()["entries"] == {"weights": 1, "export": 1}
+    assert Cache(mine).info()["entries"] == {"export": 1}
     assert Cache(default_cache_dir()).info()["entries"] == {}
 
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--no-cache"])

@@ -1,13 +1,22 @@
-"""A content-addressed cache for built weights, exported files and cell results.
+"""A content-addressed cache for exported data files and cell results.
 
 Layout under the root (`user_cache_dir("backbone-verify")`, `$BACKBONE_VERIFY_CACHE_DIR` or `--cache-dir`):
     v1/blobs/ab/<sha256>              file contents, named by their own hash
-    v1/entries/<kind>/ab/<key>.json   what a key maps to: data and {file name: blob hash}; self-checksummed
+    v1/entries/<kind>/ab/<key>.json   what a key maps to: data and {file name: blob hash}
     v1/locks/<key>.lock               so two workers compute one key once
 A key is the sha256 of everything that determines the result plus the environment (versions of python,
 torch, torchvision, numpy, onnx, onnxruntime, onnxscript, this project's version and a hash of its source).
-Every write is a temporary file in the target's own folder, fsynced, then `os.replace`d; every read
-re-hashes what it returns, and an entry or blob that fails is deleted and reported as a miss, never used.
+
+The cache is an input, not a trusted store: whoever can write the folder (a CI cache restored from another
+branch or a fork's run) can write any entry. So every name read from it is checked before it becomes a path
+(hex digests of the exact length, plain file names, kinds from a fixed alphabet), every path is opened one
+folder at a time without following a symbolic link (O_NOFOLLOW from the root down, so nothing resolves
+outside the root), only regular files are opened (a FIFO or device is never opened for reading: it would
+block), every blob is hashed again as it is read and compared with its name, and anything that fails is a
+miss (recomputed), never an error. An entry's own checksum only detects accidents: it proves nothing about
+who wrote it. What callers take from an entry must be re-checked by them (verify/pipeline.py: only data
+files, which are run and judged again; nothing whose loading executes code).
+Every write is a temporary file in the target's own folder, fsynced, then renamed over the target.
 """
 
 from __future__ import annotations
@@ -20,13 +29,16 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from exporter.errors import UsageError
 
@@ -38,6 +50,18 @@ ENV_OFF = "BACKBONE_VERIFY_NO_CACHE"
 LAYOUT = "v1"
 ENTRY_SCHEMA = "backbone-verify/cache-entry"
 CHUNK = 1 << 20
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+"""A blob's name and an entry's key: a sha256 in lower-case hex, nothing else (no path can pass)."""
+KIND_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A file name an entry may give its files: one plain name (no separator, no leading dot)."""
+TMP_NAME = re.compile(r"\.[A-Za-z0-9._-]+\.\d+\.[0-9a-f]{8}\.tmp")
+"""The temporary files this module writes (`.<target>.<pid>.<8 hex>.tmp`), which prune may sweep."""
+MAX_ENTRY_BYTES = 16 << 20
+"""An entry larger than this is not one this tool wrote (a cell result is a few kB): refused unread."""
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""O_NONBLOCK: even a FIFO that slipped past the lstat check cannot block the open."""
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def default_cache_dir() -> Path:
@@ -100,6 +124,10 @@ def file_sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
+def is_digest(text: Any) -> bool:
+    return isinstance(text, str) and HEX_DIGEST.fullmatch(text) is not None
+
+
 @lru_cache(maxsize=1)
 def environment() -> dict[str, str]:
     """What else shapes a result: library versions and this project's exact code."""
@@ -128,16 +156,18 @@ def source_hash() -> str:
 
 @dataclass
 class CacheStats:
-    """Per kind (`weights`, `export`, `result`): how many lookups hit, missed, found a corrupt entry, stored."""
+    """Per kind (`export`, `result`): how many lookups hit, missed, found a corrupt entry, stored."""
 
     hits: dict[str, int] = field(default_factory=dict)
     misses: dict[str, int] = field(default_factory=dict)
     corrupt: dict[str, int] = field(default_factory=dict)
     stores: dict[str, int] = field(default_factory=dict)
 
-    def count(self, what: str, kind: str) -> None:
+    def count(self, what: str, kind: str, n: int = 1) -> None:
         bucket = getattr(self, what)
-        bucket[kind] = bucket.get(kind, 0) + 1
+        bucket[kind] = bucket.get(kind, 0) + n
+        if not bucket[kind]:
+            del bucket[kind]
 
     def add(self, other: CacheStats | Mapping[str, Mapping[str, int]]) -> None:
         data = other.to_dict() if isinstance(other, CacheStats) else other
@@ -153,7 +183,8 @@ class CacheStats:
 
 @dataclass
 class Entry:
-    """A verified cache entry: its data, and its files (blobs whose hashes were just checked)."""
+    """A cache entry whose names were validated and whose blobs' hashes were just checked. Its data is
+    still whatever the writer put there: a caller re-checks what it takes."""
 
     kind: str
     key: str
@@ -166,26 +197,28 @@ class Entry:
 
     def read_bytes(self, name: str) -> bytes:
         """The file's bytes, hashed again as they are read."""
-        data = self.blob(name).read_bytes()
-        if hashlib.sha256(data).hexdigest() != self.files[name]["sha256"]:
+        sha = self.files[name]["sha256"]
+        with self.cache.open_blob(sha) as handle:
+            data = handle.read()
+        if hashlib.sha256(data).hexdigest() != sha:
             raise CorruptEntry(f"{name} changed after it was verified")
         return data
 
     def copy_to(self, name: str, dest: Path) -> Path:
-        """Copy the file out (never a link: the copy may be edited, the blob must not be)."""
-        sha = hashlib.sha256()
-        with open(self.blob(name), "rb") as src, open(dest, "wb") as out:
+        """Copy the file to `dest`, a new file (never a link: the copy may be edited, the blob must not be)."""
+        sha, digest_ = self.files[name]["sha256"], hashlib.sha256()
+        with self.cache.open_blob(sha) as src, open(dest, "wb") as out:
             for chunk in iter(lambda: src.read(CHUNK), b""):
-                sha.update(chunk)
+                digest_.update(chunk)
                 out.write(chunk)
-        if sha.hexdigest() != self.files[name]["sha256"]:
+        if digest_.hexdigest() != sha:
             dest.unlink(missing_ok=True)
             raise CorruptEntry(f"{name} changed after it was verified")
         return dest
 
 
 class CorruptEntry(Exception):
-    """A blob or entry whose bytes are not what was stored (internal: it becomes a miss)."""
+    """A blob or entry that is not what this tool stores (internal: it becomes a miss)."""
 
 
 class Cache:
@@ -194,213 +227,373 @@ class Cache:
         self.base = self.root / LAYOUT
         self.stats = CacheStats()
 
-    # paths -----------------------------------------------------------------------------------
+    # names and paths -------------------------------------------------------------------------
+    @staticmethod
+    def _blob_parts(sha: str) -> tuple[tuple[str, ...], str]:
+        if not is_digest(sha):
+            raise CorruptEntry(f"{str(sha)[:80]!r} is not a sha256 digest")
+        return ("blobs", sha[:2]), sha
+
+    @staticmethod
+    def _entry_parts(kind: str, key: str) -> tuple[tuple[str, ...], str]:
+        if not (isinstance(kind, str) and KIND_NAME.fullmatch(kind)) or not is_digest(key):
+            raise ValueError(f"cache kind {kind!r} / key {key!r}: a short lower-case word and a sha256 digest")
+        return ("entries", kind, key[:2]), f"{key}.json"
+
     def blob_path(self, sha: str) -> Path:
-        return self.base / "blobs" / sha[:2] / sha
+        parts, name = self._blob_parts(sha)
+        return self.base.joinpath(*parts, name)
 
     def entry_path(self, kind: str, key: str) -> Path:
-        return self.base / "entries" / kind / key[:2] / f"{key}.json"
+        parts, name = self._entry_parts(kind, key)
+        return self.base.joinpath(*parts, name)
 
     def key(self, kind: str, parts: Any) -> str:
         """The key of a `kind` result determined by `parts` in this environment."""
         return digest({"kind": kind, "parts": parts, "environment": environment()})
 
+    # the file system, from the root down without following links ---------------------------------
+    @contextlib.contextmanager
+    def _folder(self, parts: Iterable[str], create: bool = False) -> Iterator[int]:
+        """A descriptor of base/parts..., each folder below the root opened with O_NOFOLLOW (a symbolic link
+        or a file where a folder belongs raises OSError: nothing resolves outside the root)."""
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the root is the user's choice
+        try:
+            for part in (LAYOUT, *parts):
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                inner = os.open(part, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+            yield fd
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _open_regular(folder: int, name: str) -> IO[bytes]:
+        """`name` in `folder` for reading, if it is a regular file (checked before opening, so a FIFO or
+        device is never opened, and again on the open descriptor); CorruptEntry otherwise."""
+        info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        if not stat.S_ISREG(info.st_mode):
+            raise CorruptEntry(f"{name} is not a regular file")
+        fd = os.open(name, READ_FLAGS, dir_fd=folder)
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+            os.close(fd)
+            raise CorruptEntry(f"{name} changed while it was opened")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+
+    @contextlib.contextmanager
+    def open_blob(self, sha: str) -> Iterator[IO[bytes]]:
+        """The blob named `sha` for reading (CorruptEntry: a bad name, a link or not a regular file)."""
+        parts, name = self._blob_parts(sha)
+        try:
+            with self._folder(parts) as folder:
+                handle = self._open_regular(folder, name)
+        except FileNotFoundError:
+            raise CorruptEntry(f"blob {sha} is missing") from None
+        except OSError as exc:
+            raise CorruptEntry(f"blob {sha} cannot be read: {exc.strerror}") from None
+        with handle:
+            yield handle
+
+    def _unlink(self, parts: Iterable[str], name: str) -> int:
+        """Remove `name` (a link itself, never its target) from a folder inside the root; bytes freed."""
+        try:
+            with self._folder(parts) as folder:
+                size = os.stat(name, dir_fd=folder, follow_symlinks=False).st_size
+                os.unlink(name, dir_fd=folder)
+        except OSError:
+            return 0
+        return size
+
+    def _write(self, parts: Iterable[str], name: str, chunks: Iterable[bytes]) -> str:
+        """Write `chunks` to base/parts/name atomically (a new temporary file, fsynced, renamed over the
+        target, which a link there cannot redirect); returns the sha256 of what was written."""
+        tmp, sha = f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp", hashlib.sha256()
+        with self._folder(parts, create=True) as folder:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=folder)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    for chunk in chunks:
+                        sha.update(chunk)
+                        handle.write(chunk)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=folder)
+            os.fsync(folder)
+        return sha.hexdigest()
+
     # reading ---------------------------------------------------------------------------------
     def load(self, kind: str, key: str) -> Entry | None:
-        """The entry, with every file's hash checked; None on a miss or a corrupt entry (then removed)."""
-        path = self.entry_path(kind, key)
+        """The entry, with every name validated and every file's hash recomputed from its content; None on
+        a miss or an entry that fails (which is then removed: only inside the root, only by checked names)."""
+        parts, name = self._entry_parts(kind, key)
         try:
-            text = path.read_text()
+            entry = self._parse(kind, key, self._read_entry(kind, key, touch=True))
+            for ref in entry.files.values():
+                self._check_blob(ref)
         except FileNotFoundError:
             self.stats.count("misses", kind)
             return None
-        except OSError:
-            self.stats.count("misses", kind)
-            return None
-        try:
-            entry = self._parse(kind, key, text)
-            for name, ref in entry.files.items():
-                blob = self.blob_path(ref["sha256"])
-                if not blob.is_file() or blob.stat().st_size != ref["size"] or file_sha256(blob) != ref["sha256"]:
-                    with contextlib.suppress(OSError):
-                        blob.unlink()
-                    raise CorruptEntry(f"file {name} does not match its hash")
         except CorruptEntry:
             self.stats.count("corrupt", kind)
             self.stats.count("misses", kind)
-            with contextlib.suppress(OSError):
-                path.unlink()
+            self._unlink(parts, name)
+            return None
+        except OSError:  # a folder that is a link or a file, an unreadable one: a miss, nothing removed
+            self.stats.count("misses", kind)
             return None
         self.stats.count("hits", kind)
-        with contextlib.suppress(OSError):
-            os.utime(path)  # its last use: `prune` removes the least recently used entries first
         return entry
 
-    def _parse(self, kind: str, key: str, text: str) -> Entry:
+    def _read_entry(self, kind: str, key: str, touch: bool = False) -> bytes:
+        """The entry file's bytes, if it is a regular file of at most MAX_ENTRY_BYTES (CorruptEntry if not);
+        `touch` marks it used now (`prune` removes the least recently used first)."""
+        parts, name = self._entry_parts(kind, key)
+        with self._folder(parts) as folder, self._open_regular(folder, name) as handle:
+            text = handle.read(MAX_ENTRY_BYTES + 1)
+            if touch:
+                with contextlib.suppress(OSError):
+                    os.utime(handle.fileno())
+        if len(text) > MAX_ENTRY_BYTES:
+            raise CorruptEntry(f"entry larger than {MAX_ENTRY_BYTES} bytes")
+        return text
+
+    def reject(self, entry: Entry) -> None:
+        """A caller found what `entry` holds unfit: counted corrupt and a miss (not a hit), and removed."""
+        self.stats.count("hits", entry.kind, -1)
+        self.stats.count("corrupt", entry.kind)
+        self.stats.count("misses", entry.kind)
+        self._unlink(*self._entry_parts(entry.kind, entry.key))
+
+    def _check_blob(self, ref: Mapping[str, Any]) -> None:
+        """The blob's size and the sha256 of its content against the name it is stored under; a blob that
+        fails is removed (its name was checked: it is a file of this cache)."""
+        sha, size, actual = ref["sha256"], ref["size"], hashlib.sha256()
+        try:
+            with self.open_blob(sha) as handle:
+                if os.fstat(handle.fileno()).st_size != size:
+                    raise CorruptEntry(f"blob {sha} has another size")
+                for chunk in iter(lambda: handle.read(CHUNK), b""):
+                    actual.update(chunk)
+            if actual.hexdigest() != sha:
+                raise CorruptEntry(f"blob {sha} does not match its hash")
+        except CorruptEntry:
+            self._unlink(*self._blob_parts(sha))  # a link or FIFO is removed itself, never what it names
+            raise
+
+    def _parse(self, kind: str, key: str, text: bytes | str) -> Entry:
+        """The entry's record, every name in it checked; its checksum catches accidents, not attackers."""
         try:
             record = json.loads(text)
             checksum = record.pop("checksum")
             body_ok = hashlib.sha256(canonical_json(record).encode()).hexdigest() == checksum
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CorruptEntry(f"unreadable entry: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise CorruptEntry(f"unreadable entry: {type(exc).__name__}") from None
         if not body_ok or record.get("schema") != ENTRY_SCHEMA or record.get("key") != key \
-                or record.get("kind") != kind or not isinstance(record.get("files"), dict):
+                or record.get("kind") != kind or not isinstance(record.get("data", {}), dict):
             raise CorruptEntry("entry checksum or identity mismatch")
-        return Entry(kind, key, record.get("data") or {}, record["files"], self)
+        files = record.get("files")
+        if not isinstance(files, dict) or not all(_valid_file_ref(name, ref) for name, ref in files.items()):
+            raise CorruptEntry("entry names a file or blob that is not a plain name and a sha256 digest")
+        return Entry(kind, key, record.get("data") or {}, files, self)
 
     # writing ---------------------------------------------------------------------------------
     def store(self, kind: str, key: str, data: Mapping[str, Any] | None = None,
               files: Mapping[str, Path] | None = None, blobs: Mapping[str, bytes] | None = None) -> None:
         """Store `data` (JSON), files (copied) and in-memory blobs under `key`; the entry appears
         complete or not at all. A cache that cannot be written is skipped, never fatal."""
+        parts, name = self._entry_parts(kind, key)
         try:
             refs = {}
-            for name, path in (files or {}).items():
-                refs[name] = self._put_file(Path(path))
-            for name, content in (blobs or {}).items():
-                refs[name] = self._put_bytes(content)
+            for file_name, path in (files or {}).items():
+                refs[_plain(file_name)] = self._put_file(Path(path))
+            for file_name, content in (blobs or {}).items():
+                refs[_plain(file_name)] = self._put_bytes(content)
             record = {"schema": ENTRY_SCHEMA, "kind": kind, "key": key,
                       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                       "data": canonical(dict(data or {})), "files": refs}
             record["checksum"] = hashlib.sha256(canonical_json(record).encode()).hexdigest()
-            self._write_atomic(self.entry_path(kind, key), json.dumps(record, sort_keys=True).encode())
-        except OSError:
+            self._write(parts, name, [json.dumps(record, sort_keys=True).encode()])
+        except (OSError, CorruptEntry):
             return
         self.stats.count("stores", kind)
 
+    def _has_blob(self, sha: str, size: int) -> bool:
+        """Whether the blob `sha` is already stored intact (a planted file of that name is rewritten)."""
+        try:
+            self._check_blob({"sha256": sha, "size": size})
+        except CorruptEntry:
+            return False
+        return True
+
     def _put_bytes(self, content: bytes) -> dict[str, Any]:
         sha = hashlib.sha256(content).hexdigest()
-        target = self.blob_path(sha)
-        if not (target.is_file() and target.stat().st_size == len(content)):
-            self._write_atomic(target, content)
+        if not self._has_blob(sha, len(content)):
+            self._write(*self._blob_parts(sha), [content])
         return {"sha256": sha, "size": len(content)}
 
     def _put_file(self, path: Path) -> dict[str, Any]:
-        sha = file_sha256(path)
-        size = path.stat().st_size
-        target = self.blob_path(sha)
-        if target.is_file() and target.stat().st_size == size:
-            return {"sha256": sha, "size": size}
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            shutil.copyfile(path, tmp)
-            _fsync_file(tmp)
-            if file_sha256(tmp) != sha:  # the source changed while we copied it
+        sha, size = file_sha256(path), path.stat().st_size
+        if not self._has_blob(sha, size):
+            with open(path, "rb") as source:
+                written = self._write(*self._blob_parts(sha), iter(lambda: source.read(CHUNK), b""))
+            if written != sha:  # the source changed while we copied it
+                self._unlink(*self._blob_parts(sha))
                 raise OSError("source changed while copying")
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
         return {"sha256": sha, "size": size}
-
-    @staticmethod
-    def _write_atomic(target: Path, content: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Held while one process computes `key`, so a parallel worker waits and then reads it."""
+        """Held while one process computes `key`, so a parallel worker waits and then reads it. The lock file
+        is opened without following a link and without blocking (a FIFO there is refused, not waited on)."""
+        if not is_digest(key):
+            raise ValueError(f"cache key {key!r} is not a sha256 digest")
         try:
-            folder = self.base / "locks"
-            folder.mkdir(parents=True, exist_ok=True)
-            handle = open(folder / f"{key}.lock", "w")
+            with self._folder(("locks",), create=True) as folder:
+                fd = os.open(f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             0o644, dir_fd=folder)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError("the lock is not a regular file")
         except OSError:
-            yield  # a read-only cache still runs, just without the lock
+            yield  # a read-only or tampered cache still runs, just without the lock
             return
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     # maintenance -----------------------------------------------------------------------------
+    def _is_own_folder(self) -> bool:
+        """Whether base is a real folder (not a link, not a file); UsageError when it is something else."""
+        try:
+            mode = os.lstat(self.base).st_mode
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(mode):
+            raise UsageError(f"{self.base} is not a cache folder made by this tool; remove it by hand")
+        return True
+
+    def _scan(self, *parts: str) -> list[tuple[str, os.stat_result]]:
+        """(name, lstat) of what base/parts holds (a folder reached without following links); [] if none."""
+        found = []
+        try:
+            with self._folder(parts) as folder:
+                for name in os.listdir(folder):
+                    with contextlib.suppress(OSError):
+                        found.append((name, os.stat(name, dir_fd=folder, follow_symlinks=False)))
+        except OSError:
+            return []
+        return found
+
+    def _own_entries(self) -> Iterator[tuple[str, str, os.stat_result]]:
+        """(kind, key, lstat) of every file named as an entry in its right folder; nothing else."""
+        for kind, info in self._scan("entries"):
+            if not (KIND_NAME.fullmatch(kind) and stat.S_ISDIR(info.st_mode)):
+                continue
+            for prefix, info in self._scan("entries", kind):
+                if not stat.S_ISDIR(info.st_mode):
+                    continue
+                for name, info in self._scan("entries", kind, prefix):
+                    key = name.removesuffix(".json")
+                    if name.endswith(".json") and is_digest(key) and key[:2] == prefix:
+                        yield kind, key, info
+
+    def _own_blobs(self) -> Iterator[tuple[str, str, os.stat_result]]:
+        """(folder, name, lstat) of every file in the blobs folder named by a digest in its right folder, and
+        of this module's temporary files there; nothing else."""
+        for prefix, info in self._scan("blobs"):
+            if not stat.S_ISDIR(info.st_mode):
+                continue
+            for name, info in self._scan("blobs", prefix):
+                if (is_digest(name) and name[:2] == prefix) or TMP_NAME.fullmatch(name):
+                    yield prefix, name, info
+
     def info(self) -> dict[str, Any]:
         entries: dict[str, int] = {}
-        for path in (self.base / "entries").glob("*/*/*.json"):
-            kind = path.parent.parent.name
-            entries[kind] = entries.get(kind, 0) + 1
-        blobs = [p for p in (self.base / "blobs").glob("*/*") if p.is_file() and not p.name.startswith(".")]
-        size = sum(p.stat().st_size for p in self.base.rglob("*") if p.is_file()) if self.base.exists() else 0
-        return {"root": str(self.root), "layout": LAYOUT, "entries": entries, "blobs": len(blobs), "bytes": size}
+        for kind, _, info in self._own_entries():
+            if stat.S_ISREG(info.st_mode):
+                entries[kind] = entries.get(kind, 0) + 1
+        blobs = sum(1 for _, name, info in self._own_blobs() if is_digest(name) and stat.S_ISREG(info.st_mode))
+        return {"root": str(self.root), "layout": LAYOUT, "entries": entries, "blobs": blobs, "bytes": self._size()}
+
+    def _size(self) -> int:
+        """Bytes in regular files under base (links are not followed, not counted)."""
+        total = 0
+        if not (self.base.is_dir() and not self.base.is_symlink()):
+            return 0
+        for folder, _, names in os.walk(self.base, followlinks=False):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    info = os.lstat(os.path.join(folder, name))
+                    total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+        return total
 
     def prune(self, max_bytes: int, grace_seconds: float = 600.0) -> tuple[int, int]:
         """Remove the least recently used entries (by their last hit or store) until the cache holds at most
         `max_bytes`, each with the files no remaining entry names; files no entry names at all go first
         (but not those younger than `grace_seconds`: a store in progress writes its files before its entry).
-        Returns (entries removed, bytes freed)."""
-        import time
-
+        Only files inside the root named as this cache names them are removed: an entry's file list is
+        validated before any name in it is used. Returns (entries removed, bytes freed)."""
+        if not self._is_own_folder():
+            return 0, 0
         entries, refs = [], {}
-        for path in (self.base / "entries").glob("*/*/*.json"):
+        for kind, key, info in self._own_entries():
+            shas: set[str] = set()
             try:
-                files = json.loads(path.read_text()).get("files") or {}
-                shas = {ref["sha256"] for ref in files.values()}
-                stat = path.stat()
-            except (OSError, ValueError, TypeError, KeyError, AttributeError):
-                shas, stat = set(), None  # unreadable: removed first, it could never be used
-            entries.append((stat.st_mtime if stat else float("-inf"), path, shas, stat.st_size if stat else 0))
+                shas = {ref["sha256"] for ref in self._parse(kind, key, self._read_entry(kind, key)).files.values()}
+                used = info.st_mtime
+            except (OSError, CorruptEntry):
+                used = float("-inf")  # unusable: removed first, it could never be used
+            entries.append((used, kind, key, shas))
             for sha in shas:
                 refs[sha] = refs.get(sha, 0) + 1
-        total, freed, removed = self.info()["bytes"], 0, 0
-
-        def drop(path: Path) -> int:
-            try:
-                size = path.stat().st_size
-                path.unlink()
-            except OSError:
-                return 0
-            return size
-
-        now = time.time()
-        for blob in (self.base / "blobs").glob("*/*"):
-            with contextlib.suppress(OSError):
-                if blob.is_file() and blob.name not in refs and now - blob.stat().st_mtime > grace_seconds:
-                    freed += drop(blob)
-        for _, path, shas, _size in sorted(entries, key=lambda item: item[0]):
+        total, freed, removed, now = self._size(), 0, 0, time.time()
+        for prefix, name, info in self._own_blobs():  # unnamed by any entry, or a killed writer's leftover
+            if (name not in refs or not is_digest(name)) and now - info.st_mtime > grace_seconds:
+                freed += self._unlink(("blobs", prefix), name)
+        for _, kind, key, shas in sorted(entries, key=lambda item: item[0]):
             if total - freed <= max_bytes:
                 break
-            freed += drop(path)
+            freed += self._unlink(*self._entry_parts(kind, key))
             removed += 1
             for sha in shas:
                 refs[sha] -= 1
                 if refs[sha] == 0:
-                    freed += drop(self.blob_path(sha))
+                    freed += self._unlink(*self._blob_parts(sha))
         return removed, freed
 
     def clear(self) -> int:
         """Remove this cache's own folder (never anything else under the root); returns bytes freed."""
-        if not self.base.exists():
+        if not self._is_own_folder():
             return 0
-        if self.base.is_symlink() or not self.base.is_dir():
-            raise UsageError(f"{self.base} is not a cache folder made by this tool; remove it by hand")
-        size = self.info()["bytes"]
+        size = self._size()
         retired = self.root / f".{LAYOUT}.retired-{uuid.uuid4().hex[:8]}"
         os.rename(self.base, retired)  # readers see the whole cache or none of it
-        shutil.rmtree(retired, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)  # removes links as links, never what they point to
         return size
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+def _valid_file_ref(name: Any, ref: Any) -> bool:
+    return (isinstance(name, str) and FILE_NAME.fullmatch(name) is not None and isinstance(ref, dict)
+            and is_digest(ref.get("sha256")) and type(ref.get("size")) is int and ref["size"] >= 0)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _plain(name: str) -> str:
+    if not FILE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a plain file name for the cache")
+    return name
