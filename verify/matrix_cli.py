@@ -4,6 +4,7 @@ verify/cache.py. Registered on the main app in verify/cli.py."""
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -126,7 +127,18 @@ def matrix(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Cells run in parallel, each in its own "
                                                                   "worker process (cores are divided)")] = 1,
     shard: Annotated[str | None, typer.Option(help="Run only part I of N (I/N): a balanced, deterministic "
-                                                   "split for CI jobs; join with `verify matrix merge`")] = None,
+                                                   "split for CI jobs; join with `verify matrix merge`. Not "
+                                                   "given: GitLab's $CI_NODE_INDEX/$CI_NODE_TOTAL, or a "
+                                                   "Kubernetes indexed job's $JOB_COMPLETION_INDEX with "
+                                                   "--shard-count")] = None,
+    shard_count: Annotated[int | None, typer.Option(
+        "--shard-count", metavar="N", help="The number of shards when the index comes from "
+                                           "$JOB_COMPLETION_INDEX (0-based: a Kubernetes indexed job's "
+                                           "completions)")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", metavar="SECONDS", min=1, show_default="600 for --model cells, none otherwise",
+        help="Stop a cell that runs longer than this (in its worker process) and fail it; a --model cell "
+             "always runs in a worker of its own")] = None,
     cache_dir: opt.CacheDir = None,
     no_cache: opt.NoCache = False,
     json_path: JsonOut = None,
@@ -138,19 +150,19 @@ def matrix(
     if ctx.invoked_subcommand is not None:
         return
     from verify.cache import cache_disabled_by_env, default_cache_dir
-    from verify.matrix import MatrixRequest, parse_shard, run_matrix
+    from verify.matrix import MatrixRequest, resolve_shard, run_matrix
     from verify.render.matrix_table import render_matrix
 
     settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal,
                                 rtol, atol, factor, precision)
     export = opt.export_options(fmt, static, trace, onnx_exporter, opset, device, runtime)
     request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model)
-    split = parse_shard(shard) if shard else None
+    split = resolve_shard(shard, shard_count, os.environ)
     folder = None if no_cache or cache_disabled_by_env() else (cache_dir or default_cache_dir())
     display = _CellProgress(err_console)
     with display.progress:
         result = run_matrix(request, jobs=jobs, shard=split, cache_dir=folder, on_start=display.start,
-                            on_done=display.finished)
+                            on_done=display.finished, timeout=timeout)
     render_matrix(result, out_console)
     _write(result, json_path, junit, markdown, html)
     raise typer.Exit(result.exit_code)
@@ -165,7 +177,8 @@ def merge(
     markdown: MarkdownOut = None,
     html: HtmlOut = None,
 ) -> None:
-    """Join shard reports into the matrix's whole report; refuses shards of other matrices or settings."""
+    """Join shard reports into the matrix's whole report, every cell judged again from its numbers; a cell
+    missing, doubled or foreign, or a report whose cells do not follow from its settings, fails (exit 1)."""
     from verify.matrix import load_result, merge_results
     from verify.render.matrix_table import render_matrix
 
