@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,73 +50,77 @@ class CheckReport:
                 "versions": self.versions, "checks": [asdict(c) for c in self.checks]}
 
 
-def render_checks(report: CheckReport, console: Any) -> None:
-    """One line per check, grouped by artifact, then the go/no-go line."""
-    from rich.markup import escape
+def render_checks(report: CheckReport, console: Any, annotate: bool | None = None) -> None:
+    """One line per check, grouped by artifact, then the go/no-go line (every line whole at any width, for logs
+    and grep); `annotate` (default: under GitHub Actions) adds a workflow annotation per failed check."""
+    from verify.render.console import annotate as write_annotations
+    from verify.render.console import github_actions, print_line
+    from verify.render.text import markup
 
     current = None
     for check in report.checks:
         if check.artifact != current:
             current = check.artifact
-            console.print(f"[bold]{escape(current)}[/]", soft_wrap=True)
+            print_line(console, f"[bold]{markup(current)}[/]")
         mark = "[yellow]-[/]" if check.skipped else ("[green]✓[/]" if check.passed else "[red]✗[/]")
-        message = f": {escape(' '.join(check.message.split()))}" if check.message else ""
-        console.print(f"  {mark} {escape(check.runtime)} · {escape(check.name)}{message}", highlight=False,
-                      soft_wrap=True)  # one line per check, for logs and grep
+        message = f": {markup(check.message)}" if check.message else ""
+        print_line(console, f"  {mark} {markup(check.runtime)} · {markup(check.name)}{message}")
     if report.summary:
         style = "bold green" if report.passed else "bold red"
-        console.print(f"[{style}]{escape(report.summary)}[/]", soft_wrap=True)
+        print_line(console, f"[{style}]{markup(report.summary)}[/]")
+    if github_actions() if annotate is None else annotate:
+        write_annotations(console, check_annotations(report))
+
+
+def check_annotations(report: CheckReport) -> list[str]:
+    """GitHub workflow annotations: one per failed check, titled by the artifact, runtime and check."""
+    from verify.render.console import error_annotation
+
+    found = [error_annotation(f"verify {report.command}: {c.runtime} {c.name}", f"{c.artifact}: {c.message}")
+             for c in report.checks if not c.passed and not c.skipped]
+    if not report.checks:
+        found.append(error_annotation(f"verify {report.command}: nothing checked", report.summary or "no checks ran"))
+    return found
+
+
+def check_suites(report: CheckReport) -> list[Any]:
+    """The checks as JUnit suites (verify/render/junit.py): one testsuite per artifact, one testcase per
+    artifact x runtime x check, named `runtime: check` (the check names the file and what it compared)."""
+    from verify.render.junit import Case, Suite
+
+    suites: dict[str, Any] = {}
+    for check in report.checks:
+        suite = suites.setdefault(check.artifact, Suite(check.artifact))
+        outcome = "skipped" if check.skipped else "passed" if check.passed else "failure"
+        suite.cases.append(Case(f"{check.artifact}.{check.runtime}", f"{check.runtime}: {check.name}", outcome,
+                                check.message, check.seconds))
+        suite.seconds += check.seconds
+    return list(suites.values())
 
 
 def junit_xml(report: CheckReport) -> str:
-    """JUnit XML in the common (Jenkins/GitLab) schema: one testsuite per artifact, one
-    testcase per artifact x runtime x check."""
-    import xml.etree.ElementTree as ET
+    """JUnit XML in the common (Jenkins/GitLab) schema, by the one JUnit writer."""
+    from verify.render.junit import junit_document
 
-    suites: dict[str, list[Check]] = {}
-    for check in report.checks:
-        suites.setdefault(check.artifact, []).append(check)
-    root = ET.Element("testsuites", name=f"verify {report.command}", tests=str(len(report.checks)),
-                      failures=str(sum(not c.passed and not c.skipped for c in report.checks)),
-                      errors="0", skipped=str(sum(c.skipped for c in report.checks)),
-                      time=f"{sum(c.seconds for c in report.checks):.3f}")
-    stamp = datetime.datetime.now().replace(microsecond=0).isoformat()
-    for artifact, checks in suites.items():
-        suite = ET.SubElement(root, "testsuite", name=artifact, tests=str(len(checks)),
-                              failures=str(sum(not c.passed and not c.skipped for c in checks)), errors="0",
-                              skipped=str(sum(c.skipped for c in checks)),
-                              time=f"{sum(c.seconds for c in checks):.3f}", timestamp=stamp,
-                              hostname=platform.node() or "localhost")
-        for check in checks:
-            case = ET.SubElement(suite, "testcase", classname=f"{artifact}.{check.runtime}", name=check.name,
-                                 time=f"{check.seconds:.3f}")
-            if check.skipped:
-                ET.SubElement(case, "skipped", message=check.message)
-            elif not check.passed:
-                failure = ET.SubElement(case, "failure", message=check.message, type="verify")
-                failure.text = check.message
-            elif check.message:
-                ET.SubElement(case, "system-out").text = check.message
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    return junit_document(f"verify {report.command}", check_suites(report))
+
+
+def markdown_page(report: CheckReport) -> Any:
+    """The checks as a Markdown page (verify/render/markdown.py): a summary for a CI job page."""
+    from verify.render.markdown import Code, MarkdownPage
+
+    failed = sum(not c.passed and not c.skipped for c in report.checks)
+    rows = [[Code(c.artifact), c.runtime, c.name, "skipped" if c.skipped else ("✅ pass" if c.passed else "❌ fail"),
+             c.message] for c in report.checks]
+    return MarkdownPage(f"verify {report.command}", report.passed, report.summary,
+                        intro=f"{len(report.checks) - failed} of {len(report.checks)} checks passed.",
+                        header=["artifact", "runtime", "check", "result", "detail"], rows=rows)
 
 
 def markdown(report: CheckReport) -> str:
-    """A summary for a CI job page."""
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
+    from verify.render.markdown import markdown_page as write_page
 
-    failed = sum(not c.passed and not c.skipped for c in report.checks)
-    head = "✅" if report.passed else "❌"
-    lines = [f"## {head} verify {report.command}", "",
-             f"{len(report.checks) - failed} of {len(report.checks)} checks passed.", ""]
-    if report.summary:
-        lines += [f"**{cell(report.summary)}**", ""]
-    lines += ["| artifact | runtime | check | result | detail |", "| --- | --- | --- | --- | --- |"]
-    for c in report.checks:
-        result = "skipped" if c.skipped else ("✅ pass" if c.passed else "❌ fail")
-        lines.append(f"| {cell(c.artifact)} | {cell(c.runtime)} | {cell(c.name)} | {result} | {cell(c.message)} |")
-    return "\n".join(lines) + "\n"
+    return write_page(markdown_page(report))
 
 
 def write_outputs(report: CheckReport, json_path: Path | None, junit_path: Path | None,
@@ -127,12 +129,13 @@ def write_outputs(report: CheckReport, json_path: Path | None, junit_path: Path 
     keep the others from being written (its error is raised after them)."""
     from exporter.errors import VerifyError
     from exporter.fsio import write_text_atomic
+    from verify.render.markdown import write_markdown
     from verify.report import write_json_report
 
     written, errors = [], []
     writers = ((json_path, lambda p: write_json_report(report.to_dict(), p)),
                (junit_path, lambda p: write_text_atomic(p, junit_xml(report))),
-               (markdown_path, lambda p: write_text_atomic(p, markdown(report))))
+               (markdown_path, lambda p: write_markdown(p, markdown(report))))
     for path, write in writers:
         if path:
             try:

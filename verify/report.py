@@ -49,10 +49,13 @@ class Report:
     """Short run labels used in pairs -> what they stand for."""
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=versions)
+    problems: list[str] = field(default_factory=list)
+    """Why the runs could not be judged at all (not deterministic, a floor rounding cannot explain): any
+    problem fails the report whatever its pairs say (verify/trust.py)."""
 
     @property
     def passed(self) -> bool:
-        return bool(self.pairs) and all(pair.passed for pair in self.pairs)
+        return bool(self.pairs) and all(pair.passed for pair in self.pairs) and not self.problems
 
     @property
     def exit_code(self) -> int:
@@ -72,6 +75,7 @@ class Report:
             "artifacts": self.artifacts,
             "legend": self.legend,
             "notes": self.notes,
+            "problems": self.problems,
         }
 
 
@@ -138,48 +142,134 @@ def verdict_text(output: OutputComparison) -> str:
     return "[red]✗ differ[/]"
 
 
-def render_pairs(report: Report, console: Any, verbose: bool = False) -> None:
-    """One row per pair (its worst output), or per pair and output when `verbose`."""
-    from rich.markup import escape
+LAYOUTS = ("auto", "table", "lines")
+"""auto: the table on an interactive terminal where it fits unwrapped, else one line per pair."""
+
+
+def pair_line(pair: PairResult, out: OutputComparison, precision: str = "fp32") -> str:
+    """`FAIL onnxruntime vs eager  layer4[c=39]  7.8x floor  max abs 2.2e-05`: one greppable line, plain text
+    (the caller escapes it for rich)."""
+    from verify.render.text import terminal_text
+
+    mark = "ok" if out.passed else "FAIL"
+    parts = [f"{mark:<4} {terminal_text(f'{pair.a} vs {pair.b}')}", terminal_text(out.where)]
+    if out.ratio is not None:
+        parts.append(f"{out.ratio:.1f}x floor")
+        if precision != "fp32" and out.float32_ratio is not None:
+            parts[-1] += f" ({out.float32_ratio:.0f}x fp32 floor)"
+    if out.max_abs is not None:
+        parts.append(f"max abs {out.max_abs:.1e}")
+    if not out.passed and (out.ratio is None or not out.reason.endswith("out of tolerance")) and out.reason:
+        parts.append(terminal_text(out.reason))
+    return "  ".join(parts)
+
+
+def pair_annotations(report: Report) -> list[str]:
+    """GitHub workflow annotations: one per disagreeing pair (its worst output and ratio), one per problem."""
+    from verify.render.console import error_annotation
+
+    found = []
+    for pair in report.pairs:
+        if pair.outputs and not pair.passed:
+            worst = pair.worst
+            ratio = f" is {worst.ratio:.1f}x the noise floor" if worst.ratio is not None else ""
+            legend = "".join(f" ({label} = {report.legend[label]})" for label in (pair.a, pair.b)
+                             if label in report.legend)  # an annotation is read without the log's legend
+            found.append(error_annotation(f"verify {report.command}: {pair.a} vs {pair.b} differ",
+                                          f"{pair.a} vs {pair.b}{legend}: {worst.where}{ratio}"
+                                          f"{'; ' + worst.reason if worst.reason else ''} "
+                                          f"({report.settings.get('tolerance_text', '')})"))
+    found += [error_annotation(f"verify {report.command}: not judged", problem) for problem in report.problems]
+    if not report.pairs:
+        found.append(error_annotation(f"verify {report.command}: no pairs", "no pairs were judged"))
+    return found
+
+
+def _pairs_table(report: Report, verbose: bool) -> Any:
     from rich.table import Table
 
-    precision = describe_precision(report.precision)
-    title = f"{report.command}: {report.settings.get('tolerance_text', '')}"
-    if report.precision != "fp32":
-        title += f", at {precision} precision"
-    table = Table(title=escape(title), title_justify="left")
-    table.add_column("pair", overflow="fold")
+    from verify.render.text import markup
+
+    table = Table(title=markup(_title(report)), title_justify="left")
+    table.add_column("pair", no_wrap=True)
     table.add_column("output", no_wrap=True)
     for column in ("max abs", "max rel", "mismatched", "x floor"):
         table.add_column(column, justify="right", no_wrap=True)
     if report.precision != "fp32":
         table.add_column("x fp32 floor", justify="right", no_wrap=True)
-    table.add_column("verdict")
+    table.add_column("verdict", no_wrap=True)
     for pair in report.pairs:
         rows = pair.outputs if verbose else [pair.worst]
         for i, out in enumerate(rows):
-            cells = [escape(f"{pair.a} vs {pair.b}") if i == 0 else "", escape(out.where),
+            cells = [markup(f"{pair.a} vs {pair.b}") if i == 0 else "", markup(out.where),
                      _num(out.max_abs), _num(out.max_rel), f"{out.mismatch_fraction:.2%}", _num(out.ratio, ".1f")]
             if report.precision != "fp32":
                 cells.append(_num(out.float32_ratio, ".0f"))
             table.add_row(*cells, verdict_text(out), end_section=verbose and i == len(rows) - 1)
+    return table
+
+
+def _title(report: Report) -> str:
+    title = f"{report.command}: {report.settings.get('tolerance_text', '')}"
+    if report.precision != "fp32":
+        title += f", at {describe_precision(report.precision)} precision"
+    return title
+
+
+def render_pairs(report: Report, console: Any, verbose: bool = False, layout: str = "auto",
+                 annotate: bool | None = None) -> None:
+    """One row per pair (its worst output), or per pair and output when `verbose`: a table on an interactive
+    terminal where it fits, else one line each (`pair_line`); then floors, notes, problems and the verdict.
+    `annotate` (default: under GitHub Actions) adds a workflow annotation per disagreement."""
+    from rich.markup import escape
+
+    from verify.render.console import annotate as write_annotations
+    from verify.render.console import fits, github_actions, line_layout, print_line
+    from verify.render.text import markup
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     for short, meaning in report.legend.items():
-        console.print(f"{escape(short)} = {escape(meaning)}")
-    console.print(table)
+        print_line(console, f"{markup(short)} = {markup(meaning)}")
+    table = _pairs_table(report, verbose)
+    lines = layout == "lines" or layout == "auto" and (line_layout(console) or not fits(console, table))
+    if lines:
+        print_line(console, markup(_title(report)))
+        for pair in report.pairs:
+            for out in pair.outputs if verbose else [pair.worst]:
+                style = "green" if out.passed else "bold red"
+                print_line(console, f"[{style}]{escape(pair_line(pair, out, report.precision))}[/]")
+    else:
+        console.print(table)
+    _render_footer(report, console)
+    if github_actions() if annotate is None else annotate:
+        write_annotations(console, pair_annotations(report))
+
+
+def _render_footer(report: Report, console: Any) -> None:
+    from verify.render.console import print_line
+    from verify.render.text import markup
+
+    precision = describe_precision(report.precision)
     if report.floors:
         floors = {name: NoiseFloor.of(value) for name, value in report.floors.items()}
-        text = ", ".join(f"{name} {f.value:.2e}" for name, f in floors.items() if f is not None)
+        text = ", ".join(f"{markup(name)} {f.value:.2e}" for name, f in floors.items() if f is not None)
         per_channel = " (per output; each channel is judged on its own floor)" \
             if any(f is not None and f.channels is not None for f in floors.values()) else ""
-        console.print(f"[dim]{precision} noise floor ({escape(report.floor_source)}): {text}{per_channel}[/]")
+        print_line(console, f"[dim]{precision} noise floor ({markup(report.floor_source)}): {text}{per_channel}[/]")
     for note in report.notes:
-        console.print(f"[yellow]•[/] {escape(note)}")
+        print_line(console, f"[yellow]•[/] {markup(note)}")
+    for problem in report.problems:
+        print_line(console, f"[bold red]✗[/] {markup(problem)}")
     failed = [p for p in report.pairs if not p.passed]
-    if failed:
-        console.print(f"[bold red]✗ {len(failed)} of {len(report.pairs)} pairs disagree[/]")
+    if report.problems:
+        print_line(console, f"[bold red]✗ not judged: {len(report.problems)} problem(s) above; the pairs' figures "
+                            "are shown but no verdict stands on them[/]")
+    elif failed:
+        print_line(console, f"[bold red]✗ {len(failed)} of {len(report.pairs)} pairs disagree[/]")
     elif report.pairs:
         worst = max((p.worst for p in report.pairs), key=lambda o: o.ratio or 0.0)
-        console.print(f"[bold green]✓ all {len(report.pairs)} pairs agree[/] "
-                      f"[dim](worst: {escape(worst.where)} {escape(worst.verdict())})[/]")
+        print_line(console, f"[bold green]✓ all {len(report.pairs)} pairs agree[/] "
+                            f"[dim](worst: {markup(worst.where)} {markup(worst.verdict())})[/]")
     else:
-        console.print("[bold red]✗ no pairs were judged[/]")
+        print_line(console, "[bold red]✗ no pairs were judged[/]")

@@ -3,85 +3,26 @@ HTML page. Each module turns the same result model into text; nothing here runs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from verify.matrix import CellResult, MatrixResult
-
-PASS_MARK, FAIL_MARK, ERROR_MARK, NONE_MARK = "✓", "✗", "!", "·"
-
-
-@dataclass(frozen=True)
-class Tile:
-    """One cell x pair of the matrix: what every rendering shows there."""
-
-    present: bool
-    passed: bool = False
-    ratio: float | None = None
-    """The worst output's ratio to the float32 noise floor."""
-    output: str = ""
-    """The pair's worst output."""
-    level: str = "none"
-    """ok (within half the allowance), near (within it), fail, error or none (no such pair)."""
-
-    @property
-    def mark(self) -> str:
-        if self.level == "error":
-            return ERROR_MARK
-        if not self.present:
-            return NONE_MARK
-        return PASS_MARK if self.passed else FAIL_MARK
-
-    @property
-    def ratio_text(self) -> str:
-        return format_ratio(self.ratio) if self.present and self.ratio is not None else ""
-
-    @property
-    def text(self) -> str:
-        """Verdict symbol and the ratio, e.g. `✓ 1.5`."""
-        return f"{self.mark} {self.ratio_text}".strip()
-
-
-def format_ratio(ratio: float) -> str:
-    return f"{ratio:.1f}" if ratio < 1000 else f"{ratio:.0f}"
-
-
-def tiles(result: MatrixResult, cell: CellResult) -> dict[str, Tile]:
-    """Pair name -> tile, for every column of the matrix."""
-    from verify.matrix import pair_name
-
-    factor = result.factor
-    found = {}
-    for pair in cell.pair_results():
-        worst = pair.worst if pair.outputs else None
-        ratio = worst.ratio if worst is not None else None
-        if not pair.passed:
-            level = "fail"
-        elif ratio is not None and ratio > factor / 2:
-            level = "near"
-        else:
-            level = "ok"
-        found[pair_name(pair)] = Tile(True, pair.passed, ratio, worst.name if worst else "", level)
-    if cell.error:
-        return {name: Tile(False, level="error") for name in result.pair_columns()}
-    return {name: found.get(name, Tile(False)) for name in result.pair_columns()}
-
+    from verify.matrix import MatrixResult
 
 def write_outputs(result: MatrixResult, json_path: Path | None = None, junit_path: Path | None = None,
                   markdown_path: Path | None = None, html_path: Path | None = None) -> list[Path]:
-    """Write the requested files (each atomically); returns the paths written."""
+    """Write the requested files (each atomically; Markdown appended when it is $GITHUB_STEP_SUMMARY);
+    returns the paths written."""
     from exporter.fsio import write_text_atomic
     from verify.render.html_page import html_page
     from verify.render.json_report import json_text
     from verify.render.junit import junit_xml
-    from verify.render.markdown import markdown
+    from verify.render.markdown import markdown, write_markdown
 
     written = []
     for path, render in ((json_path, json_text), (junit_path, junit_xml), (markdown_path, markdown),
                          (html_path, html_page)):
         if path:
-            write_text_atomic(path, render(result))
+            (write_markdown if render is markdown else write_text_atomic)(path, render(result))
             written.append(path)
     return written

@@ -4,10 +4,10 @@ to the float32 noise floor per cell x pair, then per cell the table `verify expo
 from __future__ import annotations
 
 import math
-from html import escape
 from typing import TYPE_CHECKING, Any
 
-from verify.render import Tile, tiles
+from verify.render.text import html_text as escape
+from verify.render.tiles import Tile, tiles
 
 if TYPE_CHECKING:
     from verify.matrix import CellResult, MatrixResult

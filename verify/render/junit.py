@@ -1,50 +1,120 @@
-"""JUnit XML (the Jenkins/GitLab schema): one testsuite per cell, one testcase per cell x pair."""
+"""JUnit XML (the Jenkins/GitLab schema), one writer for every report: a report becomes suites of cases
+(`Suite`, `Case`), and `junit_document` writes them, every attribute and text made legal XML
+(verify/render/text.py). The matrix: one testsuite per cell, one testcase per cell x pair, named by the
+pair and the outputs it compared; `verify artifact`/`preflight`: verify/checks.py `check_suites`."""
 
 from __future__ import annotations
 
 import datetime
 import platform
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from verify.render import format_ratio
+from verify.render.text import xml_text
+from verify.render.tiles import format_ratio
 
 if TYPE_CHECKING:
     from verify.matrix import MatrixResult
 
+OUTCOMES = ("passed", "failure", "error", "skipped")
 
-def junit_xml(result: MatrixResult) -> str:
+
+@dataclass
+class Case:
+    classname: str
+    name: str
+    outcome: str = "passed"
+    """passed, failure, error or skipped."""
+    message: str = ""
+    """The one-line reason (failure, error, skipped) or what passed (written to system-out)."""
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"JUnit case outcome {self.outcome!r} is not one of {', '.join(OUTCOMES)}")
+
+
+@dataclass
+class Suite:
+    name: str
+    cases: list[Case] = field(default_factory=list)
+    seconds: float = 0.0
+    id: str | None = None
+
+    def count(self, outcome: str) -> int:
+        return sum(case.outcome == outcome for case in self.cases)
+
+
+def junit_document(title: str, suites: list[Suite], seconds: float | None = None) -> str:
+    """The XML text: a testsuites root, one testsuite per suite, one testcase per case."""
     import xml.etree.ElementTree as ET
 
-    from verify.matrix import pair_name
-
-    cases = sum(max(1, len(c.pairs)) if not c.error else 1 for c in result.cells)
-    failures = sum(sum(not p["passed"] for p in c.pairs) for c in result.cells if not c.error)
-    errors = sum(bool(c.error) for c in result.cells)
-    root = ET.Element("testsuites", name="verify matrix", tests=str(cases), failures=str(failures),
-                      errors=str(errors), time=f"{result.seconds:.3f}")
+    total = sum(s.seconds for s in suites) if seconds is None else seconds
+    root = ET.Element("testsuites", name=xml_text(title), tests=str(sum(len(s.cases) for s in suites)),
+                      failures=str(sum(s.count("failure") for s in suites)),
+                      errors=str(sum(s.count("error") for s in suites)),
+                      skipped=str(sum(s.count("skipped") for s in suites)), time=f"{total:.3f}")
     stamp = datetime.datetime.now().replace(microsecond=0).isoformat()
-    for cell in result.cells:
-        pairs = cell.pair_results()
-        suite = ET.SubElement(root, "testsuite", name=cell.spec, id=cell.id,
-                              tests=str(1 if cell.error else len(pairs)),
-                              failures=str(0 if cell.error else sum(not p.passed for p in pairs)),
-                              errors=str(int(bool(cell.error))), skipped="0", time=f"{cell.seconds:.3f}",
-                              timestamp=stamp, hostname=platform.node() or "localhost")
-        if cell.error:
-            case = ET.SubElement(suite, "testcase", classname=f"matrix.{cell.id}", name="run cell", time="0")
-            ET.SubElement(case, "error", message=cell.error, type="verify").text = cell.error
-            continue
-        for pair in pairs:
-            name = pair_name(pair)
-            case = ET.SubElement(suite, "testcase", classname=f"matrix.{cell.id}", name=name, time="0")
-            worst = pair.worst
-            ratio = f"{format_ratio(worst.ratio)}x the float32 noise floor" if worst.ratio is not None else ""
-            detail = f"{worst.name}: max abs {worst.max_abs if worst.max_abs is not None else '-'}"
-            detail += f", {ratio}" if ratio else ""
-            if not pair.passed:
-                message = f"{cell.spec} {name}: {worst.reason or 'outside the tolerance'} ({detail})"
-                ET.SubElement(case, "failure", message=message, type="verify").text = message
-            else:
-                ET.SubElement(case, "system-out").text = detail
+    host = xml_text(platform.node() or "localhost")
+    for suite in suites:
+        extra = {"id": xml_text(suite.id)} if suite.id else {}
+        element = ET.SubElement(root, "testsuite", name=xml_text(suite.name), **extra, tests=str(len(suite.cases)),
+                                failures=str(suite.count("failure")), errors=str(suite.count("error")),
+                                skipped=str(suite.count("skipped")), time=f"{suite.seconds:.3f}", timestamp=stamp,
+                                hostname=host)
+        for case in suite.cases:
+            _case(ET.SubElement(element, "testcase", classname=xml_text(case.classname), name=xml_text(case.name),
+                                time=f"{case.seconds:.3f}"), case)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _case(element: object, case: Case) -> None:
+    import xml.etree.ElementTree as ET
+
+    message = xml_text(case.message)
+    if case.outcome == "skipped":
+        ET.SubElement(element, "skipped", message=message)
+    elif case.outcome in ("failure", "error"):
+        ET.SubElement(element, case.outcome, message=message, type="verify").text = message
+    elif message:
+        ET.SubElement(element, "system-out").text = message
+
+
+def pair_case_name(a: str, b: str, outputs: list[str]) -> str:
+    """`onnxruntime vs eager: layer1, layer2`: the pair and every output it compared (the same name in every
+    run of the same model, so CI history follows it)."""
+    return f"{a} vs {b}: {', '.join(outputs)}" if outputs else f"{a} vs {b}"
+
+
+def matrix_suites(result: MatrixResult) -> list[Suite]:
+    suites = []
+    for cell in result.cells:
+        suite = Suite(cell.spec, seconds=cell.seconds, id=cell.id)
+        classname = f"matrix.{cell.spec}"
+        if cell.error:
+            suite.cases.append(Case(classname, "run cell", "error", cell.error))
+        for pair in [] if cell.error else cell.pair_results():
+            name = pair_case_name(pair.a, pair.b, [o.name for o in pair.outputs])
+            if not pair.outputs:
+                suite.cases.append(Case(classname, name, "failure", f"{cell.spec} {pair.a} vs {pair.b}: no outputs "
+                                                                      "were compared"))
+                continue
+            worst = pair.worst
+            ratio = f", {format_ratio(worst.ratio)}x the float32 noise floor" if worst.ratio is not None else ""
+            detail = f"{worst.where}: max abs {'-' if worst.max_abs is None else format(worst.max_abs, '.2e')}{ratio}"
+            if pair.passed:
+                suite.cases.append(Case(classname, name, "passed", detail))
+            else:
+                suite.cases.append(Case(classname, name, "failure", f"{cell.spec} {pair.a} vs {pair.b}: "
+                                        f"{worst.reason or 'outside the tolerance'} ({detail})"))
+        if not cell.error and not any(c.outcome == "failure" for c in suite.cases) and not cell.passed \
+                or not cell.error and not suite.cases:
+            why = "; ".join(cell.notes) or ("no pairs were judged" if not suite.cases else f"verdict {cell.verdict}")
+            suite.cases.append(Case(classname, "verdict", "failure", f"{cell.spec}: {why}"))
+        suites.append(suite)
+    return suites
+
+
+def junit_xml(result: MatrixResult) -> str:
+    return junit_document("verify matrix", matrix_suites(result), result.seconds)

@@ -1,44 +1,119 @@
-"""A CI job summary (GitHub's $GITHUB_STEP_SUMMARY): the verdict, the matrix, what failed."""
+"""Markdown for a CI job page (GitHub's $GITHUB_STEP_SUMMARY, a GitLab/Jenkins artifact), one writer for
+every report: a report becomes a `MarkdownPage` and `markdown_page` writes it, every string that is not
+the writer's own escaped (verify/render/text.py): no raw HTML, no formatting, one table row per row.
+
+`--markdown "$GITHUB_STEP_SUMMARY"` appends to that file (other steps and commands write there too);
+any other path is replaced atomically."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from verify.render import tiles
+from verify.render.text import md_code, md_text
+from verify.render.tiles import tiles
 
 if TYPE_CHECKING:
     from verify.matrix import MatrixResult
 
 EMOJI = {"ok": "✅", "near": "✅", "fail": "❌", "error": "⚠️", "none": "·"}
+STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
+"""GitHub's per-step summary file: appended to, never replaced."""
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+class Code(str):
+    """A table cell or list item shown as a code span (a model spec, a path), still escaped."""
+
+
+@dataclass
+class MarkdownPage:
+    title: str
+    passed: bool
+    summary: str = ""
+    """Shown in bold under the title."""
+    facts: list[str] = field(default_factory=list)
+    """Shown on one line after the summary, separated by ` · `."""
+    intro: str = ""
+    header: list[str] = field(default_factory=list)
+    align: list[str] = field(default_factory=list)
+    """Per column: `---`, `---:`; left when missing."""
+    rows: list[list[str]] = field(default_factory=list)
+    sections: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
+    """(heading, [(subject, text)]): a bullet list per heading, the subject as code."""
+    footnote: str = ""
+
+
+def _inline(text: str) -> str:
+    return md_code(text) if isinstance(text, Code) else md_text(text)
+
+
+def markdown_page(page: MarkdownPage) -> str:
+    lines = [f"## {'✅' if page.passed else '❌'} {md_text(page.title)}", ""]
+    lead = " · ".join([f"**{md_text(page.summary)}**"] * bool(page.summary) + [md_text(f) for f in page.facts])
+    if lead:
+        lines += [lead, ""]
+    if page.intro:
+        lines += [md_text(page.intro), ""]
+    if page.header:
+        align = [page.align[i] if i < len(page.align) else "---" for i in range(len(page.header))]
+        lines += ["| " + " | ".join(_inline(h) for h in page.header) + " |", "| " + " | ".join(align) + " |"]
+        for row in page.rows:
+            cells = [_inline(c) for c in row] + [""] * (len(page.header) - len(row))
+            lines.append("| " + " | ".join(cells[:len(page.header)]) + " |")
+    for heading, items in page.sections:
+        if items:
+            lines += ["", f"### {md_text(heading)}", ""]
+            lines += [f"- {md_code(subject)}: {md_text(text)}" for subject, text in items]
+    if page.footnote:
+        lines += ["", f"_{md_text(page.footnote)}_"]
+    return "\n".join(lines) + "\n"
+
+
+def matrix_page(result: MatrixResult) -> MarkdownPage:
+    columns = result.pair_columns()
+    rows = []
+    for cell in result.cells:
+        entries = [f"{EMOJI[t.level]} {t.ratio_text}".strip() for t in tiles(result, cell).values()]
+        verdict = {"agree": "✅ agree", "disagree": "❌ disagree", "error": "⚠️ error"}[cell.verdict]
+        rows.append([Code(cell.spec), *entries, verdict])
+    failed = [c for c in result.cells if not c.passed]
+    items = [(c.spec, c.error) for c in failed if c.error] + [(c.spec, n) for c in failed for n in c.notes]
+    cache, footnote = result.cache, ""
+    if cache.get("hits") or cache.get("misses"):
+        hits, misses = sum(cache.get("hits", {}).values()), sum(cache.get("misses", {}).values())
+        footnote = f"cache: {hits} hits, {misses} misses · cells {result.fingerprint}"
+    return MarkdownPage(
+        "verify matrix", result.exit_code == 0, result.summary(),
+        [result.settings.get("tolerance_text", ""), f"{result.seconds:.0f} s"],
+        "Each entry: the worst output's distance as a multiple of the float32 noise floor.",
+        ["cell", *columns, "verdict"], ["---", *("---:" for _ in columns), "---"], rows,
+        [("What failed", items)], footnote)
 
 
 def markdown(result: MatrixResult) -> str:
-    columns = result.pair_columns()
-    head = "✅" if result.exit_code == 0 else "❌"
-    lines = [f"## {head} verify matrix", "", f"**{_cell(result.summary())}** · "
-             f"{_cell(result.settings.get('tolerance_text', ''))} · {result.seconds:.0f} s", "",
-             "Each entry: the worst output's distance as a multiple of the float32 noise floor.", "",
-             "| cell | " + " | ".join(_cell(c) for c in columns) + " | verdict |",
-             "| --- | " + " | ".join("---:" for _ in columns) + " | --- |"]
-    for cell in result.cells:
-        row = tiles(result, cell)
-        entries = [f"{EMOJI[t.level]} {t.ratio_text}".strip() for t in row.values()]
-        verdict = {"agree": "✅ agree", "disagree": "❌ disagree", "error": "⚠️ error"}[cell.verdict]
-        lines.append(f"| `{_cell(cell.spec)}` | " + " | ".join(entries) + f" | {verdict} |")
-    problems = [c for c in result.cells if not c.passed]
-    if problems:
-        lines += ["", "### What failed", ""]
-        for cell in problems:
-            if cell.error:
-                lines.append(f"- `{_cell(cell.spec)}`: {_cell(cell.error)}")
-            for note in cell.notes:
-                lines.append(f"- `{_cell(cell.spec)}`: {_cell(note)}")
-    cache = result.cache
-    if cache.get("hits") or cache.get("misses"):
-        hits, misses = sum(cache.get("hits", {}).values()), sum(cache.get("misses", {}).values())
-        lines += ["", f"<sub>cache: {hits} hits, {misses} misses · cells {result.fingerprint}</sub>"]
-    return "\n".join(lines) + "\n"
+    return markdown_page(matrix_page(result))
+
+
+def is_step_summary(path: Path) -> bool:
+    """Whether `path` is the file GitHub Actions set as this step's summary."""
+    summary = os.environ.get(STEP_SUMMARY)
+    return bool(summary) and Path(path).resolve() == Path(summary).resolve()
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Append to $GITHUB_STEP_SUMMARY (a blank line first when it already holds something); replace any
+    other file atomically."""
+    from exporter.errors import UsageError
+    from exporter.fsio import write_text_atomic
+
+    if not is_step_summary(path):
+        write_text_atomic(path, text)
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(("\n" if handle.tell() else "") + text)
+    except OSError as exc:
+        raise UsageError(f"Cannot append to {STEP_SUMMARY} {path}: {exc.strerror or exc}; check the "
+                         "runner's environment") from None
