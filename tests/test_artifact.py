@@ -21,6 +21,7 @@ from exporter.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION, file_sha
 from verify.cli import app
 from verify.compare import AUTO_FACTOR
 from verify.oracle import measure_floors
+from verify.validate import UNSIGNED_CODE_OPTION as TRUST
 
 runner = CliRunner()
 EXPORT = ["export", "--backbone", "resnet18", "--shape", "1x3x64x64"]
@@ -83,7 +84,7 @@ def test_manifest_records_what_was_made(pristine):
 
 
 def test_good_folder_passes_every_check(pristine, tmp_path):
-    result = invoke("artifact", pristine, "--json", tmp_path / "r.json")
+    result = invoke("artifact", pristine, "--json", tmp_path / "r.json", TRUST)  # unsigned: TorchScript is code
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "r.json").read_text())
     names = [(c["runtime"], c["name"]) for c in data["checks"]]
@@ -94,7 +95,7 @@ def test_good_folder_passes_every_check(pristine, tmp_path):
 
 
 def test_manifest_path_and_several_folders(pristine, folder):
-    result = invoke("artifact", pristine / "manifest.json", folder)
+    result = invoke("artifact", pristine / "manifest.json", folder, TRUST)
     assert result.exit_code == 0, result.output
     assert str(pristine) in result.stdout and str(folder) in result.stdout
 
@@ -158,7 +159,7 @@ def test_another_model_fails_on_what_it_records_or_on_its_goldens(folder, tmp_pa
     assert other.exit_code == 0, other.output
     shutil.copy(tmp_path / "other" / "resnet18-frozen-body" / "model.onnx", folder / "model.onnx")
     rehash(folder, "model.onnx")
-    result = invoke("artifact", folder, "--json", tmp_path / "r.json")
+    result = invoke("artifact", folder, "--json", tmp_path / "r.json", TRUST)
     assert result.exit_code == 1
     checks = {(c["runtime"], c["name"]): c for c in json.loads((tmp_path / "r.json").read_text())["checks"]}
     assert "records weights 'synthetic:1', the manifest 'synthetic:0'" in checks[("integrity", "model.onnx")]["message"]
@@ -172,7 +173,7 @@ def test_another_model_fails_on_what_it_records_or_on_its_goldens(folder, tmp_pa
         prop.value = json.dumps(meta)
     onnx.save(model, str(folder / "model.onnx"))
     rehash(folder, "model.onnx")
-    result = invoke("artifact", folder, "--json", tmp_path / "r.json")
+    result = invoke("artifact", folder, "--json", tmp_path / "r.json", TRUST)
     assert result.exit_code == 1
     checks = {(c["runtime"], c["name"]): c for c in json.loads((tmp_path / "r.json").read_text())["checks"]}
     assert checks[("integrity", "model.onnx")]["passed"] is True
@@ -216,7 +217,7 @@ def test_preflight_cpu_go_and_latency_budget(pristine, tmp_path):
 
 
 def test_preflight_torchscript_runtime(pristine):
-    result = invoke("preflight", pristine, "--runtime", "torchscript", "--runs", "2")
+    result = invoke("preflight", pristine, "--runtime", "torchscript", "--runs", "2", TRUST)
     assert result.exit_code == 0, result.output
     assert "GO: model.pt on torch cpu" in result.stdout
 
@@ -273,7 +274,7 @@ def test_killed_export_leaves_no_folder_that_validates(tmp_path):
     # the next export cleans up after the killed one and publishes a folder that validates
     assert invoke(*EXPORT, *FAST, "--out", tmp_path).exit_code == 0
     assert [p.name for p in tmp_path.iterdir()] == ["resnet18-frozen-body"]
-    assert invoke("artifact", tmp_path / "resnet18-frozen-body").exit_code == 0
+    assert invoke("artifact", tmp_path / "resnet18-frozen-body", TRUST).exit_code == 0
 
 
 def test_kill_between_the_two_renames_keeps_the_previous_export(tmp_path):
@@ -307,4 +308,4 @@ def test_two_exports_with_different_seeds_into_the_same_out_at_once(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["resnet18-frozen-body"]  # no lock, staging or retired left
     manifest = json.loads((tmp_path / "resnet18-frozen-body" / "manifest.json").read_text())
     assert manifest["identity"]["seed"] == winner and manifest["model"]["weights"] == f"synthetic:{winner}"
-    assert invoke("artifact", tmp_path / "resnet18-frozen-body").exit_code == 0
+    assert invoke("artifact", tmp_path / "resnet18-frozen-body", TRUST).exit_code == 0

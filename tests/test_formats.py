@@ -58,7 +58,7 @@ def test_one_channel_scaled_in_a_pt2_fails_compare(folder, tmp_path):
 
 
 def test_artifact_checks_the_pt2_like_the_others(folder):
-    result = invoke("artifact", str(folder))
+    result = invoke("artifact", str(folder), "--trust-unsigned-code")  # unsigned: .pt2 and TorchScript are code
     assert result.exit_code == 0, result.output
     assert "model.pt2: goldens float64" in result.output
 
@@ -133,6 +133,6 @@ def test_a_pt2_bounded_by_its_small_example_says_so_and_its_folder_validates(tmp
     result = invoke("export", "-b", "resnet18", "--shape", "1x3x32x32", "--format", "pt2", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert re.search(r"model\.pt2 accepts height \d+\.\.32, width \d+\.\.32 only", " ".join(result.stdout.split()))
-    checked = invoke("artifact", tmp_path / "resnet18-frozen-body")
+    checked = invoke("artifact", tmp_path / "resnet18-frozen-body", "--trust-unsigned-code")
     assert checked.exit_code == 0, checked.output
     assert "model.pt2: shape 2x3x32x32" in checked.stdout

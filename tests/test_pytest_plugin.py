@@ -80,7 +80,8 @@ def test_plugin_passes_a_correct_model_and_fails_a_tampered_export_with_the_tabl
     result.assert_outcomes(passed=2, failed=1)
     text = result.stdout.str()
     failure = text[text.index("test_tampered_export"):]
-    assert "AssertionError: exports of test_tampered_export disagree" in failure
+    assert "AssertionError: exports of test_tampered_export disagree: " in failure
+    assert "on output 'embedding'" in failure and "report " in failure
     for expected in ("x floor", "torchscript vs eager", "onnxruntime vs eager", "✗ differ", "embedding",
                      "beyond rounding", "pairs disagree"):
         assert expected in failure, expected
@@ -99,3 +100,56 @@ def test_entry_point_is_declared():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["entry-points"]["pytest11"] == {"backbone_verify": "verify.pytest_plugin"}
+
+
+FAILING_USER_TESTS = '''
+import torch
+from torch import nn
+
+from verify.pytest_plugin import assert_exports_agree as check_exports
+
+
+class Unscriptable(nn.Module):
+    def forward(self, x):
+        double = lambda t: t * 2  # noqa: E731 (TorchScript compiles no lambda)
+        return {"out": double(x)}
+
+
+def small(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+
+
+def test_export_fails(assert_exports_agree):
+    assert_exports_agree(Unscriptable(), torch.randn(1, 3, 8, 8), formats=["torchscript"])
+
+
+def test_folder_holds_another_export(tmp_path):
+    options = dict(out=tmp_path, name="net", formats=["onnx"], onnx_exporter="torchscript")
+    check_exports(small(0), torch.randn(1, 3, 8, 8), **options)
+    check_exports(small(1), torch.randn(1, 3, 8, 8), **options)
+
+
+def test_bad_example(assert_exports_agree):
+    assert_exports_agree(small(0), torch.randn(3, 8, 8))
+'''
+
+
+def test_plugin_failures_before_a_verdict_are_one_line_with_what_to_do(pytester):
+    """An export that cannot be made, an out folder holding another export, a bad example: each test fails
+    with one line naming what failed and what to do, and no traceback into the plugin's own code."""
+    pytester.makepyfile(test_failing_user_exports=FAILING_USER_TESTS)
+    # a subprocess: a second in-process run after the one above aborted torch (SIGABRT) on this machine
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "-q", "-p", "no:randomly", "-n", "0")
+    result.assert_outcomes(failed=3)
+    text = result.stdout.str()
+    expected = {"test_export_fails": ("exporting test_export_fails failed, so nothing was compared",
+                                      "torch.jit.script", "trace=True"),
+                "test_folder_holds_another_export": ("called wrongly", "already holds a different export",
+                                                     "another out= or name="),
+                "test_bad_example": ("called wrongly", "one float NCHW tensor")}
+    for test, words in expected.items():
+        section = text[text.index(f"_ {test} _"):].splitlines()[1]  # the line under the test's header
+        assert all(word in section for word in words), (test, section)
+    for noise in ("Traceback", "During handling", "direct cause", "verify/api.py", "verify/pipeline.py"):
+        assert noise not in text, noise

@@ -44,14 +44,18 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def preflight(path: Path, options: PreflightOptions | None = None, verify_key: Path | None = None) -> CheckReport:
+def preflight(path: Path, options: PreflightOptions | None = None, verify_key: Path | None = None,
+              trust_unsigned_code: bool = False) -> CheckReport:
+    """GO only when the folder is sound and its target file loads, runs, matches its goldens and meets the
+    budget. A target whose loading can run code (TorchScript, .pt2, AOTInductor) is loaded only from a folder
+    whose signature verified with `verify_key`, or with `trust_unsigned_code`; else NO-GO (exit 1)."""
     options = options or PreflightOptions()  # checked in PreflightOptions.__post_init__, before any work
     if verify_key is not None:
         from exporter.signing import check_public_key
 
         check_public_key(Path(verify_key))  # a usage error, before any work
     report = CheckReport("preflight")
-    art = check_integrity(path, report, verify_key)
+    art = check_integrity(path, report, verify_key, trust_unsigned_code)
     if art is None or not art.sound:
         report.summary = f"NO-GO: {path} fails its integrity checks"
         return report
@@ -65,6 +69,10 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
         return report
     if target not in art.verified:
         report.summary = f"NO-GO: {target} fails its integrity checks"
+        return report
+    if not art.may_load(target):
+        report.add(Check(label, options.runtime, f"{target}: load", False, art.refusal(target)))
+        report.summary = f"NO-GO: {target} {art.refusal(target)}"
         return report
     try:
         return _preflight_run(art, target, options, report)

@@ -5,7 +5,10 @@
 
 The fixture `assert_exports_agree` writes the artifacts under the test's `tmp_path`; the function of the
 same name (`from verify.pytest_plugin import assert_exports_agree`) takes `out=` instead. A disagreement
-fails the test with the verdict table and the notes as plain text. Installed, the plugin loads through its
+fails the test with one headline (which pair, which output, how far, where the artifacts are), then the
+verdict table and the notes as plain text; an export that cannot be made or judged (the model does not
+script, an `out` folder holding another export, a bad option) fails it with one line saying what failed
+and what to do, not a traceback into this package. Installed, the plugin loads through its
 `pytest11` entry point (`backbone_verify`); from a checkout, `pytest -p verify.pytest_plugin`.
 Nothing heavy is imported until a test calls it.
 """
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
     from verify.compare import Tolerance
     from verify.report import Report
 
+PLUGIN_HOW = "pass another out= or name= to keep both, or delete that folder"
+"""The plugin's words for the CLI's `--out elsewhere ... --overwrite` advice (verify.identity.HOW)."""
 TABLE_WIDTH = 120
 """Columns of the table in the assertion message (wide enough that pair labels do not wrap)."""
 
@@ -42,7 +47,7 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     import numpy as np
     import torch
 
-    from exporter.errors import UsageError
+    from exporter.errors import UsageError, VerifyError
     from exporter.export import ExportOptions
     from exporter.formats import default_formats
     from exporter.formats.aoti import AotiOptions
@@ -55,8 +60,9 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     from verify.runtimes import RuntimeOptions
 
     if not (isinstance(example, torch.Tensor) and example.is_floating_point() and example.dim() == 4):
-        raise UsageError(f"example must be one float NCHW tensor, e.g. torch.randn(1, 3, 224, 224); got "
-                         f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}")
+        pytest.fail(failure_line("your model", UsageError(
+            f"example must be one float NCHW tensor, e.g. torch.randn(1, 3, 224, 224); got "
+            f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}")), pytrace=False)
     spec = ModuleSpec.of(module, example, name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,12 +72,53 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
                            runtime=RuntimeOptions(device=device))
     options = ExportOptions(formats=tuple(formats or default_formats()), dynamic=dynamic, format_options=(
         TorchScriptOptions("trace" if trace else "script"), OnnxOptions(onnx_exporter, opset), AotiOptions(device)))
-    report = verify_export(spec, settings, out=out, export=options, runtimes=runtimes)
-    write_json_report(report.to_dict(), out / f"{spec.slug}-report.json")
+    failure = None
+    try:
+        report = verify_export(spec, settings, out=out, export=options, runtimes=runtimes)
+    except VerifyError as exc:
+        failure = failure_line(spec, exc)
+    if failure is not None:  # outside the except: no chained traceback into this package
+        pytest.fail(failure, pytrace=False)
+    report_path = out / f"{spec.slug}-report.json"
+    write_json_report(report.to_dict(), report_path)
     if not report.passed:
-        raise AssertionError(f"exports of {spec} disagree (artifacts in {report.artifacts.get('folder')}):\n"
-                             + render_text(report))
+        raise AssertionError(f"{headline(spec, report, report_path)}\n" + render_text(report))
     return report
+
+
+def failure_line(spec: Any, exc: BaseException) -> str:
+    """What failed before any verdict, in one line, with what to do."""
+    from exporter.errors import ExportError, SetupError, UsageError
+    from verify.identity import HOW
+
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    for cli, plugin in {HOW: PLUGIN_HOW, "pass --trace": "pass trace=True"}.items():
+        message = message.replace(cli, plugin)
+    if isinstance(exc, ExportError):
+        return f"exporting {spec} failed, so nothing was compared: {message} (try formats=[...] without that format)"
+    if isinstance(exc, UsageError):
+        return f"assert_exports_agree({spec}) was called wrongly: {message}"
+    if isinstance(exc, SetupError):
+        return f"this machine cannot verify {spec}: {message}"
+    return f"verifying {spec} failed before a verdict: {message}"
+
+
+def headline(spec: Any, report: Report, report_path: Path) -> str:
+    """`exports of X disagree: a vs b on output (12.3x the floor, ...); N of M pairs differ; artifacts in ...`."""
+    where = f"; artifacts in {report.artifacts.get('folder')}, report {report_path}"
+    failed = [pair for pair in report.pairs if not pair.passed]
+    if not failed:
+        why = "; ".join(report.problems) or "no pair was judged"
+        return f"exports of {spec} could not be judged: {why}{where}"
+    pair = failed[0]
+    worst = pair.worst
+    if worst.ratio is not None:
+        size = f"{worst.ratio:.1f}x the noise floor" + (f" in channel {worst.channel}" if worst.channel is not None
+                                                        else "")
+    else:
+        size = worst.reason or f"max abs {worst.max_abs or 0.0:.3g}"
+    return (f"exports of {spec} disagree: {pair.a} vs {pair.b} on output {worst.name!r} ({size}); "
+            f"{len(failed)} of {len(report.pairs)} pairs differ{where}")
 
 
 def render_text(report: Report, width: int = TABLE_WIDTH) -> str:
@@ -85,7 +132,7 @@ def render_text(report: Report, width: int = TABLE_WIDTH) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False, highlight=False,
                       emoji=False)
-    render_pairs(report, console, verbose=True)
+    render_pairs(report, console, verbose=True, layout="table", annotate=False)  # the table at TABLE_WIDTH
     return buffer.getvalue().rstrip()
 
 

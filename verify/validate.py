@@ -7,7 +7,13 @@ model); the goldens' content; the noise floors re-derived from the goldens (neve
 manifest); the tolerance (a recorded one may tighten the verdict, never loosen it); the export's own
 verdict. Only a folder that passed all of that has its artifacts run, each in every runtime that runs
 it, on the golden input and at a second input shape. Whatever a folder holds, it fails its own checks;
-the other folders are still checked."""
+the other folders are still checked.
+
+The sha256 checks prove a folder consistent, not who made it: anyone who can write the folder can rewrite
+the manifest to match. So a file whose loading can run code (a format with `executes_code_on_load`:
+TorchScript, .pt2, AOTInductor) is loaded only from a folder whose signature verified with the key given,
+or when the caller says so explicitly (`trust_unsigned_code`, `--trust-unsigned-code`); otherwise its load
+check fails, naming both ways. ONNX files are data and are checked either way."""
 
 from __future__ import annotations
 
@@ -43,6 +49,9 @@ from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 if TYPE_CHECKING:
     import numpy as np
 
+UNSIGNED_CODE_OPTION = "--trust-unsigned-code"
+"""The option that loads code-executing files from a folder whose signature was not verified."""
+SIGN_HOW = "sign it in CI (verify export --sign-key KEY.pem) and pass --verify-key PUB.pem"
 FLOOR_RTOL = 1e-9
 """A recorded floor must equal the one its goldens give: the export computes it with the same function
 from the same arrays, and JSON round-trips floats exactly; this only absorbs a last-bit difference."""
@@ -70,6 +79,23 @@ class ArtifactFolder:
     """Every tolerance a verdict must pass: auto (at most the default factor) first."""
     sound: bool = False
     """Every folder-level check passed: only then is anything loaded."""
+    signature_verified: bool = False
+    """Its model-signing signature verified with the caller's public key (this run)."""
+    trust_unsigned_code: bool = False
+    """The caller explicitly allowed code-executing files from a folder whose signature was not verified."""
+
+    def may_load(self, name: str) -> bool:
+        """Whether the listed file may be loaded: data always; code only from a verified or trusted folder."""
+        entry = self.manifest.files[name]
+        return not get_format(entry.format).executes_code_on_load or self.signature_verified \
+            or self.trust_unsigned_code
+
+    def refusal(self, name: str) -> str:
+        """Why `name` is not loaded, and the two ways to load it (one line)."""
+        fmt = self.manifest.files[name].format
+        return (f"not loaded: loading a {fmt} file can run code, and no signature of this folder was verified "
+                f"(sha256s in a manifest prove nothing: whoever edits a file can rewrite them); {SIGN_HOW}, or "
+                f"pass {UNSIGNED_CODE_OPTION} if you trust whoever wrote the folder")
 
     @property
     def label(self) -> str:
@@ -119,9 +145,10 @@ def run_check(label: str, runtime: str, name: str, body: Callable[[], str]) -> C
     return check
 
 
-def check_integrity(path: Path, report: CheckReport, verify_key: Path | None = None) -> ArtifactFolder | None:
-    """Every folder-level check, added to `report`; the folder (with `sound` set) unless its manifest
-    could not be read at all."""
+def check_integrity(path: Path, report: CheckReport, verify_key: Path | None = None,
+                    trust_unsigned_code: bool = False) -> ArtifactFolder | None:
+    """Every folder-level check, added to `report`; the folder (with `sound` set, and whether its signature
+    verified) unless its manifest could not be read at all."""
     folder, manifest_path = resolve_folder(path)
     label = str(folder)
     manifest: list[Manifest] = []
@@ -135,10 +162,11 @@ def check_integrity(path: Path, report: CheckReport, verify_key: Path | None = N
         if verify_key is not None:
             report.add(run_check(label, INTEGRITY, "signature", lambda: _signature(folder, verify_key)))
         return None
-    art = ArtifactFolder(folder, manifest[0])
+    art = ArtifactFolder(folder, manifest[0], trust_unsigned_code=trust_unsigned_code)
     gate = [first]
     if verify_key is not None or art.manifest.signature is not None:
         gate.append(report.add(run_check(label, INTEGRITY, "signature", lambda: _signature(folder, verify_key))))
+        art.signature_verified = verify_key is not None and gate[-1].passed
     gate.append(report.add(run_check(label, INTEGRITY, "folder contents", lambda: _contents(art))))
     # external data first: a model file passes only when its external data did
     for name, entry in sorted(art.manifest.files.items(), key=lambda item: item[1].format != EXTERNAL_DATA_FORMAT):
@@ -403,6 +431,9 @@ def golden_checks(art: ArtifactFolder, options: RuntimeOptions, report: CheckRep
                 why = "the folder failed its integrity checks" if not art.sound else "it failed its integrity check"
                 report.add(Check(art.label, runtime_name, f"{name}: load", False, f"not loaded: {why}"))
                 continue
+            if not art.may_load(name):
+                report.add(Check(art.label, runtime_name, f"{name}: load", False, art.refusal(name)))
+                continue
             before = len(report.checks)
             try:
                 _run_goldens(art, name, runtime_name, options, report)
@@ -465,7 +496,7 @@ def _second_shape(art: ArtifactFolder, runtime, shape: tuple[int, ...]) -> str:
     if bad:
         raise ArtifactError(f"outputs {bad} do not follow the batch of {shape[0]}")
     exact = [(n, names[0]) for n, e in art.manifest.model_files().items()
-             if n in art.verified and (names := runtimes_for(e.format, float64=True))]
+             if n in art.verified and art.may_load(n) and (names := runtimes_for(e.format, float64=True))]
     if not exact:
         return "runs; output shapes follow the input"
     reference, runner = exact[0]
@@ -482,9 +513,10 @@ def _second_shape(art: ArtifactFolder, runtime, shape: tuple[int, ...]) -> str:
 
 
 def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
-             verify_key: Path | None = None) -> CheckReport:
+             verify_key: Path | None = None, trust_unsigned_code: bool = False) -> CheckReport:
     """Check every folder; one folder's failures never stop the others (only an environment problem
-    does, as SetupError)."""
+    does, as SetupError). A code-executing file is loaded only from a folder whose signature verified with
+    `verify_key`, or with `trust_unsigned_code` (module doc)."""
     if verify_key is not None:
         from exporter.signing import check_public_key
 
@@ -493,7 +525,7 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
     for path in paths:
         resolve_folder(path)  # usage errors (a path that does not exist) before any work
     for path in paths:
-        art = check_integrity(path, report, verify_key)
+        art = check_integrity(path, report, verify_key, trust_unsigned_code)
         if art is not None:
             golden_checks(art, options or RuntimeOptions(), report)
     failed = sum(not c.passed and not c.skipped for c in report.checks)

@@ -66,6 +66,10 @@ class Format:
     """Exported by `verify export` unless formats are chosen."""
     executes: ClassVar[str] = ""
     """What loading a file of this format can execute (README, `verify list`)."""
+    executes_code_on_load: ClassVar[bool] = True
+    """Loading a file of this format can run code (unpickling, a program, a shared library): never loaded
+    from an unsigned folder or the cache without the user's explicit consent. True unless a format declares
+    itself data: one that forgets to say fails safe."""
     takes: ClassVar[str] = ""
     """How long exporting takes when that is worth saying in the progress line."""
 

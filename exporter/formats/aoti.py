@@ -49,6 +49,7 @@ class AotiFormat(Format):
     Options: ClassVar[type] = AotiOptions
     default: ClassVar[bool] = False  # compiles C++: a minute or more, so only on request
     takes: ClassVar[str] = "compiles C++: about a minute for resnet18 on 2 cores, 30 s with a warm compile cache"
+    executes_code_on_load: ClassVar[bool] = True
     executes: ClassVar[str] = "compiled native code (a shared library inside the package); trust the file"
 
     def claims(self, path: Path) -> bool:

@@ -1,6 +1,16 @@
 """The ExportedProgram (`torch.export`), saved with `torch.export.save` as a `.pt2` archive.
-Loading one unpickles (torch.export.load falls back to torch.load(weights_only=False) and
-pickle.loads for weights and constants), so it can execute code: trust the file."""
+
+Loading one can execute code four ways (torch 2.11..2.14, torch/export/pt2_archive/_package.py and
+torch/_export/serde/serialize.py): a payload marked `use_pickle` (weights, constants) goes through
+torch.load(weights_only=False), an opaque constant through pickle.loads, the sample inputs through
+torch.load with a weights_only=False fallback; every symbolic expression in the graph is parsed by
+sympy.sympify (an eval); `.module()` exec()s the archive's `guards_code` strings; and a node's target
+resolves by attribute lookup from `torch`, `operator` or `math`, so `torch.os.system` is a callable.
+`scan_archive` reads the archive as data (zip entries and JSON, nothing unpickled or evaluated) and
+refuses each of those routes; `load_program` loads only a scanned archive, with every torch.load forced
+to weights_only. The weights themselves are raw bytes described by JSON and need no unpickling. Torch
+still documents torch.export.load as unsafe on untrusted files, so the format stays code
+(`executes_code_on_load`): the scan narrows what a signed or explicitly trusted file can do."""
 
 from __future__ import annotations
 
@@ -9,13 +19,27 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from exporter.artifacts import TORCHSCRIPT_META_FILE, Artifact, ArtifactMeta
-from exporter.errors import ExportError
+from exporter.errors import ArtifactError, ExportError
 from exporter.formats import ExportContext, Format, NoOptions
 from exporter.formats.onnx import DYNAMIC_AXES
 from exporter.formats.torchscript import read_zip_meta
 
 AOTI_MARKER = "/data/aotinductor/"
 """Archive entries that only an AOTInductor package holds (both are `.pt2` zip archives)."""
+SAFE_TARGET_PREFIXES = ("torch.ops.aten.", "torch.ops.prims.")
+"""Graph node targets a scanned archive may call: ATen and prims operator overloads."""
+SAFE_SYMBOLIC_TARGETS = frozenset({
+    *(f"_operator.{op}" for op in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow",
+                                   "lt", "le", "gt", "ge", "eq", "ne", "and_", "or_", "not_")),
+    *(f"math.{fn}" for fn in ("sqrt", "floor", "ceil", "trunc")),
+    *(f"torch.{fn}" for fn in ("sym_max", "sym_min", "sym_not", "sym_float", "sym_int", "sym_ite", "sym_sqrt",
+                               "sym_sum", "_sym_sqrt")),
+})
+"""Shape arithmetic on symbolic sizes that torch.export writes as plain Python callables."""
+GUARD_ATTRIBUTES = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
+"""The only attributes a guard expression may read (of an input, or of `math`)."""
+TORCH_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+"""torch.serialization reads it on every torch.load: set, weights_only=False is overridden."""
 
 
 def is_aoti_package(path: Path) -> bool:
@@ -82,6 +106,7 @@ class ExportedProgramFormat(Format):
     filename: ClassVar[str] = "model.pt2"
     Options: ClassVar[type] = NoOptions
     default: ClassVar[bool] = True
+    executes_code_on_load: ClassVar[bool] = True
     executes: ClassVar[str] = ("pickled objects: torch.export.load unpickles weights and constants "
                                "(weights_only=False), so a crafted file can run code; trust the file")
 
@@ -107,3 +132,161 @@ class ExportedProgramFormat(Format):
 
     def manifest_fields(self, artifact: Artifact) -> dict:
         return {"exporter": artifact.meta.exporter}
+
+    def check_integrity(self, path: Path, folder: Path) -> None:
+        """Read as data: no pickled payload, no Python callable, no expression that is not arithmetic."""
+        scan_archive(path)
+
+
+def load_program(path: Path) -> Any:
+    """`torch.export.load(path).module()` of an archive that `scan_archive` passed, every torch.load inside
+    forced to weights_only (the environment variable torch reads on each call, restored after)."""
+    import os
+
+    import torch
+
+    scan_archive(path)
+    before = os.environ.get(TORCH_FORCE_WEIGHTS_ONLY)
+    os.environ[TORCH_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        return torch.export.load(str(path)).module()
+    finally:
+        if before is None:
+            os.environ.pop(TORCH_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[TORCH_FORCE_WEIGHTS_ONLY] = before
+
+
+def scan_archive(path: Path) -> str:
+    """Read the archive as data and refuse every route by which loading it could run code (module doc):
+    an ArtifactError naming the first found; else a short description of what was checked."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            roots = {name.split("/", 1)[0] for name in names}
+            if len(roots) != 1:
+                raise ArtifactError(f"{path.name} is not one torch.export archive (entries under {len(roots)} roots)")
+            root = roots.pop()
+            models = [n for n in names if n.startswith(f"{root}/models/") and n.endswith(".json")]
+            if not models:
+                raise ArtifactError(f"{path.name} holds no torch.export program (no {root}/models/*.json)")
+            _refuse_pickled_entries(path, root, names)
+            for model in models:
+                stem = model[len(f"{root}/models/"):-len(".json")]
+                for kind in ("weights", "constants"):
+                    config = f"{root}/data/{kind}/{stem}_{kind}_config.json"
+                    if config not in names:
+                        raise ArtifactError(f"{path.name}: {config} is missing; a torch.export.save archive has it")
+                    _check_payloads(path, kind, json.loads(archive.read(config)))
+                _check_program(path, json.loads(archive.read(model)))
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path.name} is not a readable torch.export archive: {exc}") from None
+    return f"{len(models)} program(s): raw weights, ATen operators, plain guards (nothing pickled)"
+
+
+def _refuse_pickled_entries(path: Path, root: str, names: list[str]) -> None:
+    """Legacy and AOTInductor entries: a pickled state dict, or compiled code, is never data."""
+    for name in names:
+        inner = name[len(root) + 1:]
+        legacy = inner.startswith(("data/weights/", "data/constants/")) and inner.endswith(".pt")
+        if legacy or inner.startswith("serialized_") or AOTI_MARKER.strip("/") in inner:
+            raise ArtifactError(f"{path.name} holds {inner}: a pickled or compiled entry that loading would "
+                                "execute; refused")
+
+
+def _check_payloads(path: Path, kind: str, config: Any) -> None:
+    """Every weight and constant is raw tensor bytes (never a pickle, a custom or an opaque object)."""
+    entries = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(entries, dict):
+        raise ArtifactError(f"{path.name}: the {kind} config is not a torch.export payload config")
+    for fqn, meta in entries.items():
+        if not isinstance(meta, dict) or meta.get("use_pickle") is not False or meta.get("tensor_meta") is None \
+                or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
+            raise ArtifactError(f"{path.name}: {kind} {str(fqn)[:80]!r} is stored as a pickled or opaque object, "
+                                "which loading would unpickle; refused (a torch.export of plain tensors has none)")
+
+
+def _check_program(path: Path, program: Any) -> None:
+    """Node targets are ATen/prims operators (or shape arithmetic); expressions and guards are arithmetic."""
+    for node in _find(program, "target"):
+        target = node["target"]
+        if not isinstance(target, str) or not (target.startswith(SAFE_TARGET_PREFIXES)
+                                               or target in SAFE_SYMBOLIC_TARGETS):
+            raise ArtifactError(f"{path.name}: the graph calls {str(target)[:80]!r}, not an ATen operator; "
+                                "loading would resolve it to a Python callable; refused")
+    allowed = _symbolic_names()
+    expressions = [node["expr_str"] for node in _find(program, "expr_str")]
+    expressions += list((program.get("range_constraints") or {}) if isinstance(program, dict) else {})
+    for text in expressions:
+        _check_expression(path, text, allowed, "symbolic expression")
+    for guard in (program.get("guards_code") or []) if isinstance(program, dict) else []:
+        _check_expression(path, guard, allowed | {"L", "math", "torch", "inf"}, "guard")
+
+
+def _find(tree: Any, key: str) -> list[dict]:
+    """Every dict in a JSON tree that has `key`."""
+    found, pending = [], [tree]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            if key in item:
+                found.append(item)
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
+    return found
+
+
+def _symbolic_names() -> set[str]:
+    """Expression classes: torch's own sympy functions (torch.utils._sympy.functions, which the deserializer
+    hands to sympify) and sympy's (srepr writes `Add(Symbol('s0', integer=True), Integer(1))`); building
+    them from numbers and symbols evaluates nothing (a string reaches only Symbol, see _check_expression)."""
+    import sympy
+    import torch.utils._sympy.functions as functions
+
+    def classes(module: Any) -> set[str]:
+        return {name for name in dir(module) if name[:1].isupper() and isinstance(getattr(module, name), type)
+                and issubclass(getattr(module, name), sympy.Basic)}
+
+    return classes(functions) | classes(sympy) | {"oo", "zoo", "nan", "true", "false", "floor", "ceiling", "sqrt",
+                                                   "sym_max", "sym_min", "sym_float", "sym_int", "sym_sqrt"}
+
+
+def _check_expression(path: Path, text: Any, allowed: set[str], what: str) -> None:
+    """A `what` (a sympy expression or a guard) is arithmetic: numbers, symbols (s0, u3...), known function
+    names (constant keyword arguments: `Symbol('s0', positive=True)`), comparisons, `L['x'].size()[i]`;
+    no other name, attribute, lambda or comprehension."""
+    import ast
+    import re
+
+    def refuse(why: str) -> ArtifactError:
+        return ArtifactError(f"{path.name}: a {what} ({str(text)[:60]!r}) {why}; loading would evaluate it; refused")
+
+    if not isinstance(text, str) or len(text) > 10_000:
+        raise refuse("is not a short string")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        raise refuse("is not an expression") from None
+    names = {id(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+             and n.func.id in ("Symbol", "Dummy") and n.args}
+    names |= {id(n.slice) for n in ast.walk(tree) if isinstance(n, ast.Subscript)}
+    plain = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Constant, ast.Load, ast.operator,
+             ast.unaryop, ast.boolop, ast.cmpop, ast.Subscript, ast.Call, ast.Attribute, ast.Name, ast.Tuple,
+             ast.keyword)
+    for node in ast.walk(tree):
+        if not isinstance(node, plain):
+            raise refuse(f"holds {type(node).__name__}")
+        if isinstance(node, ast.Name) and node.id not in allowed and not re.fullmatch(r"[a-z]{1,8}\d+", node.id):
+            raise refuse(f"names {node.id!r}")
+        if isinstance(node, ast.Attribute) and node.attr not in GUARD_ATTRIBUTES and not (
+                isinstance(node.value, ast.Name) and node.value.id == "math" and not node.attr.startswith("_")):
+            raise refuse(f"reads the attribute {node.attr!r}")
+        if isinstance(node, ast.Call) and any(k.arg is None or not isinstance(k.value, ast.Constant)
+                                              for k in node.keywords):
+            raise refuse("passes computed keyword arguments")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in names:
+            raise refuse("holds a string outside Symbol('name') or L['name']")

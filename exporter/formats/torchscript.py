@@ -29,6 +29,7 @@ class TorchScriptFormat(Format):
     filename: ClassVar[str] = "model.pt"
     Options: ClassVar[type] = TorchScriptOptions
     default: ClassVar[bool] = True
+    executes_code_on_load: ClassVar[bool] = True
     executes: ClassVar[str] = "TorchScript code: torch.jit.load runs the file's own program; trust the file"
 
     def export(self, ctx: ExportContext, options: TorchScriptOptions, path: Path) -> Artifact:

@@ -15,8 +15,11 @@ class ExportedProgramRuntime(TorchRuntime):
     formats = ("pt2",)
 
     def _load(self, artifact: Artifact) -> None:
-        import torch
+        from pathlib import Path
+
+        from exporter.formats.pt2 import load_program
 
         device, dtype = self._target()
-        module = load_file(lambda path: torch.export.load(path).module(), artifact, "torch.export.load")
+        # scanned as data first, every torch.load inside forced to weights_only (exporter/formats/pt2.py)
+        module = load_file(lambda path: load_program(Path(path)), artifact, "torch.export.load")
         self.module = module.to(device=device, dtype=dtype)  # exported modules have no train/eval switch
