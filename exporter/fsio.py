@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -28,7 +29,9 @@ def path_kind(path: Path) -> str | None:
     if stat.S_ISLNK(mode):
         try:
             mode = os.stat(path).st_mode
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "a symbolic link loop (it never reaches a file)"
             return "a broken symbolic link (its target does not exist)"
     for test, words in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
                         (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -130,6 +133,13 @@ def _remove_stale(parent: Path, final: Path) -> None:
             os.rename(entry, final)  # killed between the two renames: the previous export is still whole
         else:
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def remove_dead_staging(final: Path) -> None:
+    """After a worker writing `final` died: remove its staging folder (its process is gone)."""
+    if final.parent.is_dir():
+        with _folder_lock(final.parent):
+            _remove_stale(final.parent, final)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,9 @@ class ModelSpec:
     norm: str = "frozen"
     view: str = "body"
 
+    runs_user_code = False
+    """A registered backbone: the project's own code builds it (user models run in a worker process)."""
+
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
         """Parse `backbone[:norm[:view]]`; names are checked against the registries."""

@@ -91,6 +91,9 @@ class UserModelSpec:
     source: str
     factory: str
 
+    runs_user_code = True
+    """Building it imports and runs the user's code: commands run it in a worker process (verify/isolation.py)."""
+
     @classmethod
     def parse(cls, text: str) -> UserModelSpec:
         source, sep, factory = text.rpartition(":")
@@ -177,6 +180,8 @@ class UserModelSpec:
 class ModuleSpec(UserModelSpec):
     """A module already in memory (the pytest helper): nothing is imported, the module is copied so
     the caller's object is never changed (put in eval mode, converted to float64)."""
+
+    runs_user_code = False  # already in the caller's process (a pytest test): nothing new is imported
 
     @classmethod
     def of(cls, module: Any, example: Any = None, name: str | None = None) -> ModuleSpec:

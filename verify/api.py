@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -15,50 +14,19 @@ from exporter.fsio import path_kind, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from exporter.user_model import UserModelSpec
 from verify.compare import PairResult, Tolerance, compare_outputs
-from verify.inputs import NamedInput, load_inputs, seeded_input
+from verify.explain_notes import explain_pairs
+from verify.inputs import NamedInput, seeded_input
+from verify.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.oracle import NoiseFloor, Oracle, oracle_or_spread
 from verify.pipeline import model_shape, require_some_finite_run, without_float64, worst_over_inputs
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
 from verify.runtimes import RuntimeOptions, runtimes_for
+from verify.settings import RunSettings, input_dict, settings_dict, settings_inputs
 
 if TYPE_CHECKING:
     from verify.cache import Cache
 
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """How to feed and run: shared by every command."""
-
-    weights: str = "synthetic"
-    seed: int = 0
-    shape: tuple[int, ...] | None = None
-    input_file: Path | None = None
-    runtime: RuntimeOptions = RuntimeOptions()
-    tolerance: Tolerance = Tolerance()
-    normalize: bool = True
-    """Images given as input: ImageNet mean/std after ToTensor's scaling (False: exactly ToTensor)."""
-
-    def __post_init__(self) -> None:
-        """The library refuses what the CLI refuses, before any work."""
-        from verify.bounds import SEED_RANGE, require_number
-        from verify.runtimes import DEVICES
-        from verify.runtimes.onnxruntime import OPT_LEVELS
-
-        require_number("seed", self.seed, *SEED_RANGE, integer=True)
-        if self.runtime.device not in DEVICES:
-            raise UsageError(f"Unknown device {self.runtime.device!r}; use one of {', '.join(DEVICES)}")
-        if self.runtime.ort_opt_level not in OPT_LEVELS:
-            raise UsageError(f"Unknown ORT optimisation level {self.runtime.ort_opt_level!r}; use one of "
-                             f"{', '.join(OPT_LEVELS)}")
-
-
-def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
-    """The inputs read from --input (every one checked: kind, dtype, NaN/Inf), or None for a seeded one."""
-    if settings.input_file is None:
-        return None
-    return load_inputs(settings.input_file, settings.shape, settings.normalize)
 
 
 def build(spec: ModelSpec | UserModelSpec, settings: RunSettings):
@@ -76,27 +44,33 @@ def build(spec: ModelSpec | UserModelSpec, settings: RunSettings):
 
 
 def _run(runtime_name: str, artifact: Artifact, feeds: list[dict], options: RuntimeOptions,
-         progress: Progress, report: Report) -> list[dict]:
-    """Load once, run on every feed: per feed {"label": the runtime's label, "outputs": its outputs}."""
+         progress: Progress, report: Report, repeats: list) -> list[dict]:
+    """Load once, run on every feed: per feed {"label": the runtime's label, "outputs": its outputs}; the
+    determinism check of the run is appended to `repeats`."""
     from verify.pipeline import run_stage, runtime_label
 
     with progress.step(f"Running {runtime_label(runtime_name, options)}"):
         run = run_stage(runtime_name, artifact, feeds, options)
     report.runs.append(RunRecord(run.label, run.artifact, run.seconds))
+    repeats.append(run.repeat)
     return [run.on(index) for index in range(len(feeds))]
 
 
 def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
                   export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
                   progress: Progress | None = None, overwrite: bool = False, sign_key: Path | None = None,
-                  cache: Cache | None | Literal["default"] = "default") -> Report:
+                  cache: Cache | None | Literal["default"] = "default", timeout: float | None = USER_CODE_TIMEOUT,
+                  isolate: bool = True) -> Report:
     """Build `spec`, export it, run every runtime on every input, judge every pair and each run
     against the float64 oracle (the worst input per pair is reported; the goldens keep the first).
     This is one cell of `verify matrix` (verify/pipeline.py) whose exports go into an artifact folder:
     the folder appears complete or not at all, and replaces a folder holding a different export only
     with `overwrite`; with `sign_key` (an elliptic-curve private key, PEM) it is signed with
     model-signing before it appears. Synthetic weights and exports come from `cache` when it holds them
-    ("default": the user's cache folder, verify/cache.py; None: no cache)."""
+    ("default": the user's cache folder, verify/cache.py; None: no cache). A user's model (`--model`) is
+    built, exported and run in a worker process (verify/isolation.py) stopped after `timeout` seconds."""
+    if isolate and spec.runs_user_code:
+        return _isolated_export(spec, settings, out, export, runtimes, progress, overwrite, sign_key, cache, timeout)
     from verify.cache import default_cache
     from verify.identity import export_identity, refuse_other_export
     from verify.manifest import write_artifact_folder
@@ -124,14 +98,42 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
         may_replace = None if overwrite else functools.partial(refuse_other_export, identity=identity)
         if may_replace is not None:
             may_replace(folder)  # early, before the export's work; again under the lock at rename time
-        with staged_folder(folder, may_replace) as staging:
-            outcome = finish_cell(request, plan, build, staging, cache, progress)
-            write_artifact_folder(staging, build.built, outcome.artifacts, outcome.inputs, outcome.oracle.fp32,
-                                  outcome.oracle.oracle, outcome.report, identity=identity, sign_key=sign_key)
+        try:
+            with staged_folder(folder, may_replace) as staging:
+                # a signed folder holds only files this run exported: nothing copied from the cache
+                outcome = finish_cell(request, plan, build, staging, None if sign_key is not None else cache,
+                                      progress)
+                if outcome.report.problems:
+                    raise _NotJudged  # no folder claims a verdict that was never reached
+                write_artifact_folder(staging, build.built, outcome.artifacts, outcome.inputs, outcome.oracle.fp32,
+                                      outcome.oracle.oracle, outcome.report, identity=identity, sign_key=sign_key)
+        except _NotJudged:
+            outcome.report.notes.append(f"No artifact folder written ({folder} left as it was): the runs could not be "
+                                        "judged")
+            return outcome.report
     report = outcome.report
     report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in outcome.artifacts.items() if a.path}
     report.artifacts["folder"] = str(folder)
     return report
+
+
+class _NotJudged(Exception):
+    """Leaves the staged folder unpublished: the runs could not be judged (report.problems)."""
+
+
+def _isolated_export(spec: UserModelSpec, settings: RunSettings | None, out: Path, export: ExportOptions | None,
+                     runtimes: Sequence[str] | None, progress: Progress | None, overwrite: bool,
+                     sign_key: Path | None, cache: Cache | None | Literal["default"], timeout: float | None) -> Report:
+    """verify_export in a worker; a worker that dies leaves no staging folder behind."""
+    from exporter.fsio import remove_dead_staging
+
+    spec.validate()
+    try:
+        return run_isolated(verify_export, spec, settings, out, export, runtimes, what=f"Your model {spec}",
+                            timeout=timeout, progress=progress, overwrite=overwrite, sign_key=sign_key,
+                            cache=None if cache == "default" else cache, isolate=False)
+    finally:
+        remove_dead_staging(Path(out) / spec.slug)
 
 
 def source_kind(text: str) -> Path | ModelSpec | UserModelSpec:
@@ -187,20 +189,28 @@ def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tup
     return DEFAULT_SHAPE
 
 
-def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progress | None = None) -> Report:
+def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progress | None = None,
+            timeout: float | None = USER_CODE_TIMEOUT, isolate: bool = True) -> Report:
     """Run two models or artifacts on the same input and judge them, each also against its own
-    float64 oracle where one can be made (torch models and TorchScript files)."""
+    float64 oracle where one can be made (torch models and TorchScript files). When either side is the
+    user's own code (`file.py:factory`), the comparison runs in a worker process stopped after `timeout` s."""
     settings, progress = settings or RunSettings(), progress or NullProgress()
-    source_kind(a), source_kind(b)  # both named right before either is loaded or built
+    kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built
+    user = [str(kind) for kind in kinds if getattr(kind, "runs_user_code", False)]
+    if isolate and user:
+        return run_isolated(compare, a, b, settings, what=f"Your model {' and '.join(user)}", timeout=timeout,
+                            progress=progress, isolate=False)
     named = settings_inputs(settings)
     with progress.step("Loading both sides"):
         sides = [resolve_source(a, settings), resolve_source(b, settings)]
     named = named or [seeded_input(input_shape_for(sides, settings), settings.seed)]
-    report = Report("compare", _settings_dict(settings, a=a, b=b), _input_dict(named, settings))
-    runs, oracles = [], []
+    report = Report("compare", settings_dict(settings, a=a, b=b), input_dict(named, settings))
+    runs, oracles, repeats = [], [], []
     for short, text, artifact in zip("AB", (a, b), sides):
         feeds = [{artifact.meta.input_name: item.array} for item in named]
-        side_runs = _run(runtimes_for(artifact.format)[0], artifact, feeds, settings.runtime, progress, report)
+        side_runs = _run(runtimes_for(artifact.format)[0], artifact, feeds, settings.runtime, progress, report,
+                         repeats)
+        repeats[-1].label = f"{short} ({text} on {side_runs[0]['label']})"
         report.legend[short] = f"{text} on {side_runs[0]['label']}"
         for run in side_runs:
             run["label"] = short
@@ -219,7 +229,29 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report.pairs = worst_over_inputs([pairs for _, _, pairs in judged], named, report)
     report.notes = explain_pairs(report) + [o.source for o in oracles[0][:1] + oracles[1][:1]
                                             if not (o.outputs or o.noise)]
+    report.problems = _compare_problems(sides, repeats, oracles, runs, named, settings)
     return report
+
+
+def _compare_problems(sides: list[Artifact], repeats: list, oracles: list[list[Oracle]], runs: list[list[dict]],
+                      named: Sequence[NamedInput], settings: RunSettings) -> list[str]:
+    """Each side deterministic and unchanged its input, and each side's floor one rounding can produce
+    (verify/trust.py); a side whose accumulation length is unknown (a file) borrows the other side's."""
+    from verify.trust import accumulation_length, floor_problems, likely_cause, repeat_problems
+
+    models = [getattr(side.built, "model", None) for side in sides]
+    cause = next((likely_cause(m) for m in models if m is not None), "")
+    floors = {name: floor for side in oracles for name, floor in side[0].noise.items()}
+    problems = repeat_problems(repeats, settings.runtime.device, floors, cause)
+    lengths = [accumulation_length(m, input_shape=named[0].array.shape) for m in models if m is not None]
+    if problems or not lengths or settings.tolerance.mode != "auto":
+        return problems
+    for side, side_runs in zip(oracles, runs):
+        for oracle, run in zip(side, side_runs):
+            found = floor_problems(oracle.noise, oracle.outputs or run["outputs"], max(lengths))
+            if found:
+                return found
+    return []
 
 
 def _compare_pair(runs: list[dict], oracles: list[Oracle], tolerance: Tolerance
@@ -236,31 +268,3 @@ def _compare_pair(runs: list[dict], oracles: list[Oracle], tolerance: Tolerance
             pairs.append(compare_outputs(run["label"], run["outputs"], f"oracle({run['label']})", oracle.outputs,
                                          tolerance, oracle.noise, kind="oracle"))
     return floors, "; ".join(o.source for o in oracles), pairs
-
-
-def _settings_dict(settings: RunSettings, **extra) -> dict:
-    return {
-        **extra,
-        "weights": settings.weights,
-        "seed": settings.seed,
-        "runtime": asdict(settings.runtime),
-        "tolerance": settings.tolerance.to_dict(),
-        "tolerance_text": settings.tolerance.describe(),
-    }
-
-
-def _input_dict(named: Sequence[NamedInput], settings: RunSettings) -> dict:
-    """The first input's shape and dtype (the goldens keep it), and every input's label."""
-    array = named[0].array
-    data = {"shape": list(array.shape), "dtype": str(array.dtype),
-            "source": str(settings.input_file) if settings.input_file else named[0].label}
-    if len(named) > 1 or settings.input_file:
-        data["inputs"] = [{"label": item.label, "shape": list(item.array.shape)} for item in named]
-    return data
-
-
-def explain_pairs(report: Report) -> list[str]:
-    """One line per failing pair saying what the numbers mean."""
-    from verify.explain_notes import explain_pair
-
-    return [line for pair in report.pairs if (line := explain_pair(pair, report))]

@@ -4,18 +4,15 @@ typer parses (verify/options.py), so nothing is built before the arguments are k
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
@@ -24,12 +21,13 @@ from exporter.errors import UsageError, VerifyError, interrupt_in
 from exporter.messages import one_line, strip_unsafe_advice
 from verify import options as opt
 from verify.matrix_cli import cache_app, matrix_app
+from verify.render.console import make_console, progress_for
 
 # click's base exception, wherever this typer keeps it (its own vendored copy, or click itself)
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
-out_console = Console()
-err_console = Console(stderr=True)
+out_console = make_console()
+err_console = make_console(stderr=True)
 
 
 def print_error(message: str) -> None:
@@ -48,6 +46,8 @@ class OneLineErrors(TyperGroup):
             result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                                   standalone_mode=False, **extra)
             code = result if isinstance(result, int) else 0
+            if code == 128 + signal.SIGINT and not _received["reported"]:  # typer's bare Exit(130), outside commands
+                code = interrupt_exit(Terminated() if _received["SIGTERM"] else KeyboardInterrupt())
         except ClickException as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":  # bare `verify`: the help, as click shows it
                 exc.show()
@@ -57,9 +57,13 @@ class OneLineErrors(TyperGroup):
                 hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
                 print_error(exc.format_message() + hint)
                 code = 2
-        except typer.Abort:
-            print_error("aborted")
-            code = 1
+        except BaseException as exc:  # noqa: B036 - an interrupt anywhere (parsing included) gets its own code
+            interrupt = interrupt_in(exc)
+            if interrupt is None and not isinstance(exc, typer.Abort):
+                raise
+            code = interrupt_exit(interrupt) if interrupt is not None else 1
+            if interrupt is None:
+                print_error("aborted")
         if not standalone_mode:
             return code
         sys.exit(code)
@@ -77,27 +81,28 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Python runs next, so staging folders are removed as on Ctrl-C."""
 
 
+_received = {"SIGTERM": False, "reported": False}
+"""Set by the handler: typer reports an interrupt during parsing as a bare exit code 130, whichever it was."""
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    _received["SIGTERM"] = True
     raise Terminated
 
 
-class RichProgress:
-    """A spinner while a step runs, then one line per finished step (on stderr)."""
+def interrupt_exit(interrupt: KeyboardInterrupt) -> int:
+    """One line and the conventional code: 143 after SIGTERM, 130 after Ctrl-C, wherever it landed."""
+    _received["reported"] = True
+    if isinstance(interrupt, Terminated):
+        print_error("terminated (SIGTERM)")
+        return 128 + signal.SIGTERM
+    print_error("interrupted")
+    return 128 + signal.SIGINT
 
-    def __init__(self, console: Console) -> None:
-        self.console = console
 
-    @contextlib.contextmanager
-    def step(self, description: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            with self.console.status(escape(description)):
-                yield
-        except BaseException:
-            self.console.print(f"[red]✗[/] {escape(description)}", soft_wrap=True)
-            raise
-        self.console.print(f"[green]✓[/] {escape(description)} [dim]({time.perf_counter() - start:.1f}s)[/]",
-                           soft_wrap=True)  # one line per step, whatever the terminal's width
+def debug_enabled() -> bool:
+    """VERIFY_DEBUG=1 (or true/yes/on) shows tracebacks; 0, false, no, off or empty do not."""
+    return os.environ.get("VERIFY_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,14 +116,14 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except BaseException as exc:
             interrupt = interrupt_in(exc)
-            if isinstance(interrupt, Terminated):
-                print_error("terminated (SIGTERM)")
-                raise typer.Exit(128 + signal.SIGTERM) from None
             if interrupt is not None:
-                print_error("interrupted")
-                raise typer.Exit(130) from None
-            if not isinstance(exc, Exception) or os.environ.get("VERIFY_DEBUG"):
+                raise typer.Exit(interrupt_exit(interrupt)) from None
+            if not isinstance(exc, Exception):
                 raise
+            if debug_enabled():  # the traceback as well; never another exit code
+                import traceback
+
+                traceback.print_exception(exc, file=sys.stderr)
             if isinstance(exc, VerifyError):
                 print_error(str(exc))
                 raise typer.Exit(exc.exit_code) from None
@@ -129,6 +134,12 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def user_timeout(timeout: float | None) -> float:
+    from verify.isolation import USER_CODE_TIMEOUT
+
+    return USER_CODE_TIMEOUT if timeout is None else timeout
 
 
 def _finish(report: Any, json_path: Path | None, verbose: bool) -> None:
@@ -177,6 +188,7 @@ def export(
     sign_key: opt.SignKey = None,
     cache_dir: opt.CacheDir = None,
     no_cache: opt.NoCache = False,
+    timeout: opt.Timeout = None,
 ) -> None:
     """Build a backbone, export it (TorchScript, ExportedProgram, ONNX...), run every runtime, judge every pair."""
     from exporter.spec import ModelSpec
@@ -193,9 +205,10 @@ def export(
                          atol, factor, precision)
     options = opt.export_options(fmt, static, trace, onnx_exporter, opset, device, runtime)
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
-                           progress=RichProgress(err_console), overwrite=overwrite, sign_key=sign_key,
-                           cache=open_cache(cache_dir, no_cache))
-    err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
+                           progress=progress_for(err_console), overwrite=overwrite, sign_key=sign_key,
+                           cache=open_cache(cache_dir, no_cache), timeout=user_timeout(timeout))
+    if "folder" in report.artifacts:
+        err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
     _finish(report, json_path, verbose)
 
 
@@ -223,13 +236,15 @@ def compare(
     factor: opt.Factor = None,
     json_path: opt.JsonOut = None,
     verbose: opt.Verbose = False,
+    timeout: opt.Timeout = None,
 ) -> None:
     """Run any two models or artifacts on the same input and judge them on the outputs they share."""
     from verify.api import compare as run_compare
 
     settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor, precision)
-    _finish(run_compare(a, b, settings, progress=RichProgress(err_console)), json_path, verbose)
+    _finish(run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout)),
+            json_path, verbose)
 
 
 @app.command()
@@ -249,6 +264,7 @@ def explain(
     normalize: opt.Normalize = True,
     factor: opt.Factor = None,
     json_path: opt.JsonOut = None,
+    timeout: opt.Timeout = None,
 ) -> None:
     """Say whether two models compute the same function, and where and why they part if not."""
     from verify.explain import SEED_QUESTION, render_explanation
@@ -260,7 +276,7 @@ def explain(
     settings = opt.run_settings(weights, seed, shape, input_path, normalize, opt.Device.cpu, opt.OrtOptLevel.all, None,
                          None, None, None, factor)
     result = run_explain(a or SEED_QUESTION[0], b or SEED_QUESTION[1], settings,
-                         progress=RichProgress(err_console))
+                         progress=progress_for(err_console), timeout=user_timeout(timeout))
     render_explanation(result, out_console)
     if json_path:
         write_json_report(result.to_dict(), json_path)
@@ -287,14 +303,15 @@ def artifact(
     junit: opt.JunitOut = None,
     markdown: opt.MarkdownOut = None,
     verify_key: opt.VerifyKey = None,
+    trust_unsigned_code: opt.TrustUnsignedCode = False,
 ) -> None:
     """Check export folders: integrity, then each artifact against its goldens (CI validation)."""
     from verify.runtimes import RuntimeOptions
     from verify.validate import validate
 
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
-    _finish_checks(validate(paths, RuntimeOptions(ort_opt_level=ort_opt_level.value), verify_key=verify_key),
-                   json_path, junit, markdown)
+    _finish_checks(validate(paths, RuntimeOptions(ort_opt_level=ort_opt_level.value), verify_key=verify_key,
+                            trust_unsigned_code=trust_unsigned_code), json_path, junit, markdown)
 
 
 @app.command()
@@ -312,6 +329,7 @@ def preflight(
     junit: opt.JunitOut = None,
     markdown: opt.MarkdownOut = None,
     verify_key: opt.VerifyKey = None,
+    trust_unsigned_code: opt.TrustUnsignedCode = False,
 ) -> None:
     """Deployment check: loads on the provider asked for, matches its goldens, latency; GO or NO-GO."""
     from verify.preflight import PreflightOptions
@@ -320,7 +338,8 @@ def preflight(
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32)
-    _finish_checks(run_preflight(path, options, verify_key=verify_key), json_path, junit, markdown)
+    _finish_checks(run_preflight(path, options, verify_key=verify_key, trust_unsigned_code=trust_unsigned_code),
+                   json_path, junit, markdown)
 
 
 @app.command(name="list")
@@ -354,7 +373,15 @@ app.add_typer(cache_app)
 def main() -> None:
     """The `verify` entry point: SIGTERM ends a run as cleanly as Ctrl-C (staging removed, one line)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
-    app()
+    try:
+        app()
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: B036 - an interrupt while typer builds the command, before parsing
+        interrupt = interrupt_in(exc)
+        if interrupt is None:
+            raise
+        sys.exit(interrupt_exit(interrupt))
 
 
 if __name__ == "__main__":

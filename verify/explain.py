@@ -10,6 +10,7 @@ from exporter.artifacts import Artifact
 from exporter.errors import UsageError
 from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
 from verify.inputs import seeded_input
+from verify.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.localize import EQUIVALENCE_RTOL, localise
 from verify.module_values import Side, tracer_for
 from verify.progress import NullProgress, Progress
@@ -243,11 +244,17 @@ def _require_finite_outputs(labels: tuple[str, str], fp32: list, fp64: list, sha
 
 
 def explain(a: str = SEED_QUESTION[0], b: str = SEED_QUESTION[1], settings: RunSettings | None = None,
-            progress: Progress | None = None) -> Explanation:
+            progress: Progress | None = None, timeout: float | None = USER_CODE_TIMEOUT,
+            isolate: bool = True) -> Explanation:
     """Explain two model specs or artifacts (default: the seed question, classifier trunk with
-    BatchNorm2d vs detection body with FrozenBatchNorm2d, same weights)."""
+    BatchNorm2d vs detection body with FrozenBatchNorm2d, same weights). A side that is the user's own code
+    (`file.py:factory`) makes the whole explanation run in a worker process stopped after `timeout` s."""
     settings, progress = settings or RunSettings(), progress or NullProgress()
-    source_kind(a), source_kind(b)  # both named right before either is loaded or built
+    kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built
+    user = [str(kind) for kind in kinds if getattr(kind, "runs_user_code", False)]
+    if isolate and user:
+        return run_isolated(explain, a, b, settings, what=f"Your model {' and '.join(user)}", timeout=timeout,
+                            progress=progress, isolate=False)
     named = settings_inputs(settings)
     with progress.step("Loading both sides"):
         artifacts = [resolve_source(a, settings), resolve_source(b, settings)]

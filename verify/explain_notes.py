@@ -56,3 +56,8 @@ def explain_pair(pair: PairResult, report: Report) -> str:
         else f"{ratio:.0f}x the {precision} noise floor"
     return (f"{head} is {where}: beyond rounding, the two compute different functions (weights, norm eps "
             "or an export changed the maths)")
+
+
+def explain_pairs(report: Report) -> list[str]:
+    """One line per failing pair saying what the numbers mean."""
+    return [line for pair in report.pairs if (line := explain_pair(pair, report))]

@@ -14,6 +14,7 @@ from exporter.backbones import BACKBONES, VIEWS
 from exporter.errors import UsageError
 from exporter.norms import NORMS
 from verify import bounds
+from verify.compare import AUTO_FACTOR
 
 
 class Precision(str, Enum):
@@ -321,7 +322,7 @@ Atol = Annotated[float | None, typer.Option(callback=_number(0.0),
                                             help="numpy assert_allclose atol, finite >= 0 (default 0 with --rtol)")]
 Factor = Annotated[float | None, typer.Option(callback=_number(0.0, low_open=True),
                                               help="auto mode: allowed multiple of the float32 noise floor, "
-                                                   "finite > 0 [default: 4]")]
+                                                   f"finite > 0 [default: {AUTO_FACTOR:g}]")]
 JsonOut = Annotated[Path | None, typer.Option("--json", callback=check_output_file,
                                               help="Write the whole result as JSON here")]
 JunitOut = Annotated[Path | None, typer.Option("--junit", callback=check_output_file,
@@ -396,3 +397,18 @@ def export_options(formats: list[str] | None, static: bool, trace: bool, onnx_ex
     return ExportOptions(formats=tuple(chosen), dynamic=not static, format_options=(
         TorchScriptOptions(method.value), OnnxOptions(OnnxExporter(onnx_exporter).value, opset),
         AotiOptions(Device(device).value)))
+
+
+def _timeout_help() -> str:
+    from verify.isolation import USER_CODE_TIMEOUT
+
+    return (f"Seconds your own model's code (--model, file.py:factory) may run before its worker process is stopped "
+            f"(no verdict, exit 2); finite > 0 [default: {USER_CODE_TIMEOUT:g}]")
+
+
+Timeout = Annotated[float | None, typer.Option("--timeout", callback=_number(0.0, low_open=True), help=_timeout_help())]
+TrustUnsignedCode = Annotated[bool, typer.Option(
+    "--trust-unsigned-code",
+    help="Load TorchScript, .pt2 and AOTInductor files even when no signature of the folder was verified "
+         "(--verify-key): loading them can run code, so pass this only for a folder you trust. Without it, "
+         "those files' checks fail (ONNX files are data and are checked either way)")]

@@ -26,20 +26,20 @@ if TYPE_CHECKING:
     from exporter.formats import ExportContext
     from exporter.user_model import UserModelSpec
     from exporter.weights import Weights
-    from verify.api import RunSettings
     from verify.cache import Cache
     from verify.compare import PairResult, Tolerance
     from verify.inputs import NamedInput
     from verify.oracle import Oracle
     from verify.report import Report
     from verify.runtimes import RuntimeOptions
+    from verify.settings import RunSettings
+    from verify.trust import RepeatCheck
 
 HIT, MISS, OFF = "hit", "miss", "off"
 """How a stage's result was obtained: from the cache, computed and stored, or computed with no cache."""
 PURE_WEIGHT_SOURCES = frozenset({"synthetic"})
-"""Weight sources that are a function of (backbone, seed) alone, so caching them is safe and pays
-(~1.8 s for resnet50); files and the torch hub cache are read directly, they may change under us."""
-WEIGHTS_BLOB = "weights.safetensors"
+"""Weight sources that are a function of (backbone, seed) alone (a cell's result key may name them); files
+and the torch hub cache may change under us. Weights themselves are never read from the cache."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,8 @@ class RunResult:
     outputs: list[dict[str, np.ndarray]]
     """One set of outputs per input, in the cell's input order."""
     seconds: float
+    repeat: RepeatCheck | None = None
+    """The first input run a second time, and any input the runs changed in place (verify/trust.py)."""
 
     def on(self, index: int) -> dict[str, Any]:
         """This run on input `index`, as the judging functions take it: {"label", "outputs"}."""
@@ -189,7 +191,7 @@ def export_for(runtimes: Sequence[str] | None, device: str = "cpu") -> ExportOpt
 def plan_cell(request: CellRequest) -> CellPlan:
     """Check names, options, precisions and that each runtime has a format to run; read and check the
     inputs --input names. No model work."""
-    from verify.api import settings_inputs
+    from verify.settings import settings_inputs
 
     request.spec.validate()
     request.export.validate()
@@ -248,82 +250,92 @@ def without_float64(built: Any, settings: RunSettings) -> Oracle | None:
 
 
 def load_weights_cached(source: str, backbone: str, seed: int, cache: Cache | None) -> tuple[Weights, str]:
-    """Weights from the cache (safetensors, hash-checked) when their source is pure; else computed."""
+    """The weights, always computed here (status OFF, whatever `cache` is): a cache entry can be written by
+    whoever shares the cache, and nothing a reader can check short of recomputing them binds stored tensors
+    to `synthetic:<seed>`; cached weights would let other weights be exported and signed under that name.
+    Recomputing costs ~0.9 s (resnet18) to ~2.1 s (resnet50) per build on one core."""
     from exporter.weights import load_weights
 
-    if cache is None or source not in PURE_WEIGHT_SOURCES:
-        return load_weights(source, backbone, seed), OFF
-    from verify.cache import CorruptEntry
-
-    key = cache.key("weights", {"source": source, "backbone": backbone, "seed": seed})
-    with cache.lock(key):
-        entry = cache.load("weights", key)
-        if entry is not None:
-            with contextlib.suppress(CorruptEntry):
-                return _weights_from_blob(entry.data["source"], entry.read_bytes(WEIGHTS_BLOB)), HIT
-        weights = load_weights(source, backbone, seed)
-        cache.store("weights", key, data={"source": weights.source}, blobs={WEIGHTS_BLOB: _weights_blob(weights)})
-        return weights, MISS
-
-
-def _weights_blob(weights: Weights) -> bytes:
-    from safetensors.torch import save
-
-    tensors = {f"sd.{k}": v.detach().contiguous() for k, v in weights.state_dict.items()}
-    for group, state in weights.extra.items():
-        tensors.update({f"extra.{group}.{k}": v.detach().contiguous() for k, v in state.items()})
-    return save(tensors)
-
-
-def _weights_from_blob(source: str, blob: bytes) -> Weights:
-    from safetensors.torch import load
-
-    from exporter.weights import Weights
-
-    state, extra = {}, {}
-    for key, tensor in load(blob).items():
-        kind, _, name = key.partition(".")
-        if kind == "sd":
-            state[name] = tensor
-        else:
-            group, _, name = name.partition(".")
-            extra.setdefault(group, {})[name] = tensor
-    return Weights(source, state, extra)
+    return load_weights(source, backbone, seed), OFF
 
 
 def export_stage(context: ExportContext, fmt: str, options: ExportOptions, folder: Path,
                  cache: Cache | None = None) -> ExportResult:
-    """The built model -> one format's artifact in `folder` (copied from the cache when it holds it)."""
+    """The built model -> one format's artifact in `folder`. A data format (whose loading executes no code:
+    ONNX) may be copied from the cache, and is then checked like any file from elsewhere and run and judged
+    like a fresh one; a format whose loading can execute code is always exported here, never read from or
+    written to the cache (a planted file would run in this process and again wherever it is deployed)."""
     from exporter.export import export_model
     from exporter.formats import get_format
 
     entry_format = get_format(fmt)
-    if cache is None:
+    if cache is None or entry_format.executes_code_on_load or entry_format.filename is None:
         return ExportResult(export_model(context.built, context.meta, context.example, folder, options, fmt,
                                          context), OFF)
-    from exporter.artifacts import Artifact, ArtifactMeta
-    from verify.cache import CorruptEntry
+    key = export_key(cache, context, fmt, options)
+    with cache.lock(key):
+        cached = _cached_export(cache, key, context, fmt, options, folder)
+        if cached is not None:
+            return ExportResult(cached, HIT)
+        artifact = export_model(context.built, context.meta, context.example, folder, options, fmt, context)
+        assert artifact.path is not None
+        if not entry_format.companion_files(artifact.path):  # one self-contained file, or not cached
+            cache.store("export", key, data={"format": fmt}, files={artifact.path.name: artifact.path})
+        return ExportResult(artifact, MISS)
 
+
+def export_key(cache: Cache, context: ExportContext, fmt: str, options: ExportOptions) -> str:
+    """The cache key of `fmt` exported from this context: model, weights digest, options and example."""
     example = context.example.detach().cpu().contiguous().numpy()
-    key = cache.key("export", {
+    return cache.key("export", {
         "spec": context.built.spec, "weights_sha256": context.meta.weights_sha256, "format": fmt,
         "options": options.options_for(fmt), "dynamic": options.dynamic, "meta": context.meta,
         "example": {"shape": list(example.shape), "dtype": str(example.dtype), "sha256": _bytes_sha(example)},
     })
-    with cache.lock(key):
-        entry = cache.load("export", key)
-        if entry is not None:
-            with contextlib.suppress(CorruptEntry):
-                for name in entry.files:
-                    entry.copy_to(name, folder / name)
-                meta = ArtifactMeta.from_json(entry.data["meta"], f"cached {fmt} export")
-                return ExportResult(Artifact(fmt, meta, path=folder / entry.data["file"]), HIT)
-        artifact = export_model(context.built, context.meta, context.example, folder, options, fmt, context)
-        assert artifact.path is not None
-        files = {artifact.path.name: artifact.path}
-        files.update({p.name: p for p in entry_format.companion_files(artifact.path)})
-        cache.store("export", key, data={"meta": artifact.meta.to_json(), "file": artifact.path.name}, files=files)
-        return ExportResult(artifact, MISS)
+
+
+CACHED_META_FIELDS = ("input_name", "input_shape", "output_names", "spec", "weights", "weights_sha256")
+"""What a cached file's own metadata must say exactly as this run's model does."""
+
+
+def _cached_export(cache: Cache, key: str, context: ExportContext, fmt: str, options: ExportOptions,
+                   folder: Path) -> Artifact | None:
+    """The cached file for `key`, copied into `folder` (its hash recomputed as it is copied), if it is one
+    self-contained file of `fmt` that the format reads back (ONNX: onnx.checker, no external data) and
+    whose recorded metadata is this model's; else None, the entry removed and nothing left in `folder`."""
+    from exporter.artifacts import Artifact
+    from exporter.formats import get_format
+
+    entry = cache.load("export", key)
+    if entry is None:
+        return None
+    entry_format = get_format(fmt)
+    path = folder / str(entry_format.filename)
+    try:
+        if set(entry.files) != {path.name}:
+            raise ValueError(f"the entry holds {sorted(entry.files)}, not {path.name} alone")
+        entry.copy_to(path.name, path)
+        if entry_format.companion_files(path):
+            raise ValueError("the file refers to other files")
+        artifact = Artifact(fmt, entry_format.read_meta(path), path=path)
+        _require_meta_of(artifact, context, options.options_for(fmt), entry_format)
+    except Exception:  # anything a planted file makes a reader raise: not this export, computed instead
+        path.unlink(missing_ok=True)
+        cache.reject(entry)
+        return None
+    return artifact
+
+
+def _require_meta_of(artifact: Artifact, context: ExportContext, format_options: Any, entry_format: Any) -> None:
+    """ValueError unless the file's metadata is this run's model (input, outputs, spec, weights digest), as
+    dynamic as asked, and of the opset asked where the format has one."""
+    wanted, found = context.meta, artifact.meta
+    differ = [name for name in CACHED_META_FIELDS if getattr(found, name) != getattr(wanted, name)]
+    if differ or bool(found.dynamic_axes) != context.dynamic:
+        raise ValueError(f"the cached file's metadata differs from this model's: {differ or ['dynamic_axes']}")
+    opset = getattr(format_options, "opset", None)
+    if opset is not None and entry_format.manifest_fields(artifact).get("opset") != opset:
+        raise ValueError(f"the cached file is not opset {opset}")
 
 
 def _bytes_sha(array: Any) -> str:
@@ -340,14 +352,23 @@ def runtime_label(name: str, options: RuntimeOptions) -> str:
 
 def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
               options: RuntimeOptions) -> RunResult:
-    """Load `artifact` in `runtime` once and run it on every feed."""
+    """Load `artifact` in `runtime` once and run it on every feed, each on a private copy of its input; the
+    first feed runs twice (the determinism guard, verify/trust.py), and every input is checked unchanged."""
     from verify.runtimes import make_runtime
+    from verify.trust import RepeatCheck, output_differences, run_guarded
 
     instance = make_runtime(runtime, options)
     start = time.perf_counter()
     loaded = instance.load(artifact)
-    outputs = [loaded.run(feed) for feed in feeds]
-    return RunResult(runtime, instance.label, artifact.label, outputs, time.perf_counter() - start)
+    outputs, mutated = [], set()
+    for feed in feeds:
+        result, changed = run_guarded(loaded, feed)
+        outputs.append(result)
+        mutated.update(changed)
+    seconds = time.perf_counter() - start
+    again, changed = run_guarded(loaded, feeds[0])
+    repeat = RepeatCheck(instance.label, output_differences(outputs[0], again), sorted(mutated | set(changed)))
+    return RunResult(runtime, instance.label, artifact.label, outputs, seconds, repeat)
 
 
 def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunResult],
@@ -358,7 +379,9 @@ def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunR
     `no_float64`, the model's note, stands in for a model that cannot run in float64."""
     from verify.oracle import measure_oracle
     from verify.runtimes import make_runtime, runtimes_for
+    from verify.trust import copy_feed
 
+    inputs = copy_feed(inputs)  # a model that writes into its input spoils only this copy
     runner = runtimes_for(eager.format)[0]
     fp32 = next((run.outputs[index] for run in runs if run.label == runner), None)
     if fp32 is None:
@@ -462,13 +485,14 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     import torch
 
     from exporter.formats import ExportContext, get_format
-    from verify.api import _input_dict, _settings_dict, explain_pairs
+    from verify.explain_notes import explain_pairs
     from verify.report import Report, RunRecord
+    from verify.settings import input_dict, settings_dict
 
     progress = progress or NullProgress()
     spec, settings, export = request.spec, request.settings, request.export
-    report = Report("export", _settings_dict(settings, spec=str(spec), export=export.to_dict(),
-                                             runtimes=list(plan.runtimes)), _input_dict(build.named, settings))
+    report = Report("export", settings_dict(settings, spec=str(spec), export=export.to_dict(),
+                                             runtimes=list(plan.runtimes)), input_dict(build.named, settings))
     statuses: dict[str, str] = {"weights": build.cache}
     eager, feeds = build.eager, build.feeds
     context = ExportContext(build.built, torch.from_numpy(build.named[0].array), eager.meta, dynamic=export.dynamic)
@@ -495,12 +519,34 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
                                                settings.tolerance, index)))
     first = judged[0][0]
     report.floors, report.floor_source = first.oracle.noise, first.oracle.source
+    report.problems = trust_problems(runs, [oracle for oracle, _ in judged], build, settings)
     report.pairs = worst_over_inputs([pairs for _, pairs in judged], build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) + [
         f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
         f"{'x'.join(map(str, a.meta.input_shape))} input; export at the largest size you deploy"
         for a in artifacts.values() if a.path is not None and (bounds := a.meta.bounded_axes())]
     return CellOutcome(report, build, artifacts, feeds[0], first, statuses)
+
+
+def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: BuildResult,
+                   settings: RunSettings) -> list[str]:
+    """Why nothing can be judged (verify/trust.py): a runtime that is not deterministic or changes its input,
+    or (when the auto tolerance judges on it) a noise floor larger than rounding can produce for this model,
+    checked on every input."""
+    from verify.trust import accumulation_length, floor_problems, likely_cause, repeat_problems
+
+    model = getattr(build.built, "model", None)
+    floors = oracles[0].oracle.noise
+    problems = repeat_problems([run.repeat for run in runs if run.repeat is not None], settings.runtime.device,
+                               floors, likely_cause(model) if model is not None else "")
+    if problems or build.no_float64 is not None or model is None or settings.tolerance.mode != "auto":
+        return problems
+    k = accumulation_length(model, input_shape=build.named[0].array.shape)
+    for result in oracles:
+        found = floor_problems(result.oracle.noise, result.oracle.outputs, k)
+        if found:
+            return found
+    return []
 
 
 def request_dict(request: CellRequest) -> dict[str, Any]:

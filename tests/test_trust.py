@@ -1,0 +1,269 @@
+"""A pass is earned (issue 14, items 1 and 5): a model that is random, stuck in train mode, writes into its input
+or computes another function in float64 never sets its own "noise floor"; a model whose code exits, crashes or
+hangs ends in a one-line error, never in exit 0. Models from tests/data/untrusted.py at 1x3x32x32."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from exporter.backbones import build_model, family_of, list_backbones
+from exporter.formats.eager import eager_artifact
+from exporter.spec import ModelSpec
+from exporter.weights import load_weights
+from tests.data import untrusted
+from verify import trust
+from verify.cli import app
+from verify.inputs import make_input
+from verify.isolation import IsolatedRunError, run_isolated, safe_loads
+from verify.oracle import NoiseFloor, measure_oracle
+from verify.precision import EPS
+
+MODELS = Path(untrusted.__file__)
+SHAPE = "1x3x32x32"
+runner = CliRunner()
+
+
+def invoke(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def model(factory: str) -> str:
+    return f"{MODELS}:{factory}"
+
+
+def error_line(result) -> str:
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def problem_lines(result) -> list[str]:
+    return [line for line in result.stdout.splitlines() if "Not judged" in line]
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A file outside every folder the tool writes: it must be the same after each case."""
+    sentinel = tmp_path / "outside" / "sentinel.txt"
+    sentinel.parent.mkdir()
+    sentinel.write_text("keep me")
+    yield sentinel
+    assert sentinel.read_text() == "keep me" and sorted(sentinel.parent.iterdir()) == [sentinel]
+
+
+def assert_no_folder_left(out: Path) -> None:
+    """Neither a published folder nor a staging one: nothing half-written."""
+    assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
+
+
+# 1. The noise floor is earned ----------------------------------------------------------------------------
+@pytest.mark.parametrize("factory, expected", [
+    ("jitter", "is not deterministic"),
+    ("stuck_in_training", "still in train mode"),
+    ("scales_input", "changed its input"),
+])
+def test_export_of_a_model_that_sets_its_own_floor_is_not_judged(tmp_path, outside, factory, expected):
+    out = tmp_path / "out"
+    result = invoke("export", "--model", model(factory), "--shape", SHAPE, "--format", "onnx", "--out", out,
+                    "--json", tmp_path / "r.json", "--no-cache")
+    assert result.exit_code == 1, result.output
+    problems = problem_lines(result)
+    assert problems and any(expected in line for line in problems), result.stdout
+    assert "not judged" in result.stdout and "pairs agree" not in result.stdout
+    assert_no_folder_left(out)  # no folder claims a verdict that was never reached
+    report = __import__("json").loads((tmp_path / "r.json").read_text())
+    assert report["passed"] is False and report["problems"]
+
+
+def test_a_floor_rounding_cannot_produce_is_refused(tmp_path, outside):
+    """Deterministic, yet float64 computes another function: its 'floor' would pass a 1 % difference."""
+    result = invoke("export", "--model", model("other_in_float64"), "--shape", SHAPE, "--format", "onnx",
+                    "--out", tmp_path / "out", "--no-cache")
+    assert result.exit_code == 1, result.output
+    assert any("most that rounding can produce" in line for line in problem_lines(result)), result.stdout
+
+
+def test_an_explicit_tolerance_judges_without_the_floor(tmp_path):
+    """--atol/--rtol do not rest on the floor: the same model is judged (its float32 runs agree)."""
+    result = invoke("export", "--model", model("other_in_float64"), "--shape", SHAPE, "--format", "onnx",
+                    "--out", tmp_path / "out", "--no-cache", "--rtol", "0.02", "--atol", "1e-4")
+    assert result.exit_code == 0, result.output
+    assert not problem_lines(result)
+
+
+@pytest.mark.parametrize("factory", ["jitter", "scales_input", "other_in_float64"])
+def test_compare_refuses_a_floor_nobody_earned(factory):
+    result = invoke("compare", model(factory), "tests/data/tiny.py:make", "--shape", SHAPE)
+    assert result.exit_code == 1, result.output
+    assert problem_lines(result)
+
+
+def test_the_pytest_helper_refuses_a_random_module(tmp_path):
+    from verify.pytest_plugin import assert_exports_agree
+
+    with pytest.raises(AssertionError, match="not deterministic"):
+        assert_exports_agree(untrusted.jitter(), torch.randn(1, 3, 32, 32), out=tmp_path, formats=["onnx"])
+
+
+def test_input_mutation_does_not_reach_other_runs():
+    """Each run gets a private copy: the caller's array is never changed, and the change is reported."""
+    feed = {"input": np.ones((1, 3, 4, 4), np.float32)}
+
+    class Doubler:
+        def run(self, given):
+            given["input"] *= 2
+            return {"y": given["input"].copy()}
+
+    outputs, changed = trust.run_guarded(Doubler(), feed)
+    assert changed == ["input"] and (feed["input"] == 1).all() and (outputs["y"] == 2).all()
+
+
+def test_repeat_allowance_is_bitwise_on_cpu_and_the_floor_elsewhere():
+    floor = NoiseFloor(1e-5)
+    check = trust.RepeatCheck("ort", {"y": floor.value / 2})
+    assert trust.repeat_problems([check], "cpu", {"y": floor})
+    assert not trust.repeat_problems([check], "cuda", {"y": floor})
+    assert trust.repeat_problems([trust.RepeatCheck("ort", {"y": floor.value * 2})], "cuda", {"y": floor})
+    assert not trust.repeat_problems([trust.RepeatCheck("ort", {"y": 0.0})], "cpu", {"y": floor})
+
+
+def test_nan_positions_that_repeat_are_deterministic():
+    a = {"y": np.array([np.nan, 1.0], np.float32)}
+    assert trust.output_differences(a, {"y": a["y"].copy()}) == {"y": 0.0}
+    assert trust.output_differences(a, {"y": np.array([0.0, 1.0], np.float32)})["y"] == math.inf
+
+
+def test_accumulation_length_counts_fan_in_and_one_input_sample():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1, groups=2), torch.nn.Linear(5, 2))
+    expected = 3 * 3 * 3 + (8 // 2) * 1 * 1 + 5 + 3 * 32 * 32
+    assert trust.accumulation_length(net, input_shape=(1, 3, 32, 32)) == expected
+
+
+def test_floor_above_the_bound_is_a_problem_and_below_is_not():
+    k, scale = 1000, 2.0
+    bound = trust.rounding_bound(k) * scale
+    reference = {"y": np.full((1, 2, 4, 4), scale)}
+    assert trust.floor_problems({"y": NoiseFloor(bound * 1.01)}, reference, k)
+    assert not trust.floor_problems({"y": NoiseFloor(bound * 0.99)}, reference, k)
+    assert trust.rounding_bound(k, "bf16") / trust.rounding_bound(k) == EPS["bf16"] / EPS["fp32"]
+
+
+def test_every_registered_backbone_and_norm_is_deterministic_and_under_the_bound():
+    """No false failure added: each backbone x norm (body view, 32x32) repeats bit for bit, and its float32
+    floor is a small share of the rounding bound (README: the measured shares at 128x128)."""
+    x = make_input((1, 3, 32, 32), 0)
+    for backbone in list_backbones():
+        weights = load_weights("synthetic", backbone, 0)
+        for norm in family_of(backbone).norms:
+            built = build_model(ModelSpec(backbone, norm, "body"), weights, 0)
+            with torch.inference_mode():
+                first, second = built.model(torch.from_numpy(x)), built.model(torch.from_numpy(x))
+            assert all(torch.equal(first[k], second[k]) for k in first), (backbone, norm)
+            artifact = eager_artifact(built, x.shape)
+            oracle = measure_oracle(artifact, {artifact.meta.input_name: x}, None)
+            k = trust.accumulation_length(built.model, input_shape=x.shape)
+            ratios = trust.floor_bound_ratios(oracle.noise, oracle.outputs, k)
+            assert ratios and max(ratios.values()) < 1.0, (backbone, norm, ratios)
+            assert not trust.floor_problems(oracle.noise, oracle.outputs, k)
+
+
+# 5. The judge outlives what it judges ----------------------------------------------------------------------
+@pytest.mark.parametrize("factory, expected", [
+    ("exits_while_building", "exit code 0"),
+    ("exits_in_forward", "exit code 0"),
+    ("exits_with_error_code", "exit code 3"),
+    ("kills_itself", "signal 9"),
+    ("raises_system_exit", "SystemExit"),
+])
+def test_user_code_that_ends_the_process_is_no_verdict(tmp_path, outside, factory, expected):
+    out = tmp_path / "out"
+    result = invoke("export", "--model", model(factory), "--shape", SHAPE, "--out", out, "--no-cache",
+                    "--json", tmp_path / "r.json")
+    assert result.exit_code == 2, result.output
+    line = error_line(result)
+    assert expected in line and "no verdict" in line.lower()
+    assert_no_folder_left(out)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_user_code_that_hangs_is_stopped_by_the_timeout(tmp_path, outside):
+    start = time.monotonic()
+    result = invoke("export", "--model", model("sleeps"), "--shape", SHAPE, "--out", tmp_path / "out",
+                    "--no-cache", "--timeout", "2")
+    assert result.exit_code == 2, result.output
+    assert "--timeout 2 s" in error_line(result)
+    assert time.monotonic() - start < 60
+    assert_no_folder_left(tmp_path / "out")
+
+
+@pytest.mark.parametrize("command", ["compare", "explain"])
+def test_compare_and_explain_outlive_an_exiting_model(command):
+    result = invoke(command, model("exits_in_forward"), "tests/data/tiny.py:make", "--shape", SHAPE)
+    assert result.exit_code == 2, result.output
+    assert "exit code 0" in error_line(result)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_timeout_must_be_finite_and_positive(value):
+    result = invoke("export", "--model", model("jitter"), "--timeout", value)
+    assert result.exit_code == 2 and "--timeout" in error_line(result)
+
+
+def test_a_worker_sends_back_data_not_code():
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with pytest.raises(IsolatedRunError, match="not a result of this tool"):
+        safe_loads(pickle.dumps(("result", Evil())))
+    assert safe_loads(pickle.dumps(("result", {"a": np.arange(3)})))[1]["a"].tolist() == [0, 1, 2]
+
+
+def test_a_library_error_in_the_worker_keeps_its_class_and_code():
+    from exporter.errors import UsageError
+
+    with pytest.raises(UsageError, match="Bad model"):
+        run_isolated(_raise_usage, what="test")
+
+
+def _raise_usage(progress=None):
+    from exporter.user_model import UserModelSpec
+
+    UserModelSpec.parse("not a model")
+
+
+# 6. Exit codes never depend on a debug switch; SIGTERM is 143 wherever it lands ---------------------------
+@pytest.mark.parametrize("debug", ["0", "", "false", "1"])
+def test_debug_switch_never_changes_the_exit_code(debug):
+    result = invoke("export", "--shape", "1x3", env={"VERIFY_DEBUG": debug})
+    assert result.exit_code == 2, result.output
+    result = invoke("export", "--model", model("exits_while_building"), "--shape", SHAPE, "--no-cache",
+                    env={"VERIFY_DEBUG": debug})
+    assert result.exit_code == 2, result.output
+    assert ("Traceback" in result.output) == (debug == "1")
+
+
+@pytest.mark.parametrize("delay", [0.4, 1.0, 4.0])
+def test_sigterm_exits_143_wherever_it_lands(tmp_path, delay):
+    verify = Path(sys.executable).parent / "verify"
+    process = subprocess.Popen([str(verify), "export", "-b", "resnet18", "--shape", SHAPE, "--out",
+                                str(tmp_path / "out"), "--no-cache"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode in (143, -signal.SIGTERM), err.decode()
+    if process.returncode == 143:
+        assert "terminated (SIGTERM)" in err.decode()
+    assert_no_folder_left(tmp_path / "out")

@@ -1,0 +1,214 @@
+"""User code runs in a worker process, so its exit, crash or hang cannot become the tool's exit (issue 14, item 5).
+
+`run_isolated(fn, ...)` calls `fn` in a fresh process (forked from a fork server that imported torch once) and
+returns its result to this one. The worker sends its progress steps and then one message: the result, or the error
+it raised. A worker that dies without that message (`os._exit(0)` in the user's factory or forward, a segfault, the
+OOM killer) or that outlives the timeout is an `IsolatedRunError` here: exit 2 with one line, never 0, since no
+verdict was computed.
+
+What comes back is unpickled with an allow-list of this project's own classes, numpy and plain builtins: the worker
+ran the user's code, so its message is data to read, not code to run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import pickle
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from exporter.errors import VerifyError
+from verify.progress import NullProgress, Progress
+
+USER_CODE_TIMEOUT = 1800.0
+"""Seconds a run of the user's own code (--model) may take before its worker is stopped (--timeout)."""
+PRELOAD = ("torch", "torchvision", "onnx", "onnxruntime", "verify.api", "verify.explain")
+"""Imported once by the fork server that workers are forked from (none of them runs a thread before a fork):
+a worker starts in ~0.1 s instead of the ~3 s of importing torch afresh."""
+POLL_SECONDS = 0.1
+STOP_GRACE_SECONDS = 2.0
+"""After SIGTERM to a worker, how long before SIGKILL."""
+SAFE_MODULE_PREFIXES = ("verify.", "exporter.", "numpy", "pathlib", "collections", "datetime")
+SAFE_BUILTINS = frozenset({"set", "frozenset", "list", "dict", "tuple", "str", "bytes", "bytearray", "int",
+                           "float", "complex", "bool", "slice", "range", "object", "NoneType"})
+
+
+class IsolatedRunError(VerifyError):
+    """The worker running user code ended without a result: no verdict (exit 2)."""
+
+
+class _Unsafe(Exception):
+    pass
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Only this project's classes, numpy arrays and plain builtins come back from a worker."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module == "builtins" and name in SAFE_BUILTINS) \
+            or (module == "copyreg" and name == "_reconstructor") \
+            or module.startswith(SAFE_MODULE_PREFIXES)
+        if not allowed:
+            raise _Unsafe(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def safe_loads(data: bytes) -> Any:
+    """Unpickle a worker's message, refusing any class outside the allow-list."""
+    try:
+        return _SafeUnpickler(io.BytesIO(data)).load()
+    except _Unsafe as exc:
+        raise IsolatedRunError(f"The worker running your model sent back an object of type {exc}, which is not "
+                               "a result of this tool; no verdict") from None
+
+
+class _RelayProgress:
+    """The worker's progress: each step's start and end sent to the parent, which shows them."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @contextlib.contextmanager
+    def step(self, description: str) -> Iterator[None]:
+        self.conn.send_bytes(pickle.dumps(("start", description)))
+        try:
+            yield
+        except BaseException:
+            self.conn.send_bytes(pickle.dumps(("end", False)))
+            raise
+        self.conn.send_bytes(pickle.dumps(("end", True)))
+
+
+def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, threads: int | None,
+            where: tuple[dict[str, str], str, list[str]]) -> None:
+    """The worker's body: take the caller's environment, folder and import path (a fork server started earlier
+    has its own), run `fn` with a relaying progress, send its result or its error, then exit."""
+    import os
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop; it sends SIGTERM
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    environ, cwd, path = where
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
+    sys.path[:] = path
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        result = fn(*args, progress=_RelayProgress(conn), **kwargs)
+        message = ("result", result)
+    except VerifyError as exc:
+        message = ("error", (type(exc).__name__, exc.exit_code, str(exc)))
+    except BaseException as exc:  # noqa: B036 - anything the user's code raised is reported, then we exit
+        said = (str(exc).strip().splitlines() or [""])[-1]
+        message = ("error", ("IsolatedRunError", 2, f"{type(exc).__name__} ({said}) raised by your model's code "
+                             "before any verdict: no verdict, not a pass"))
+    conn.send_bytes(pickle.dumps(message))
+    conn.close()
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float | None = USER_CODE_TIMEOUT,
+                 progress: Progress | None = None, **kwargs: Any) -> Any:
+    """`fn(*args, progress=..., **kwargs)` in a spawned worker; its result, or its error raised again here.
+    `what` names the user code in messages (e.g. the --model text)."""
+    import multiprocessing
+    import os
+    import sys
+
+    progress = progress or NullProgress()
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    receive, send = context.Pipe(duplex=False)
+    where = (dict(os.environ), os.getcwd(), list(sys.path))
+    worker = context.Process(target=_worker, args=(send, fn, args, kwargs, _threads(), where), daemon=True)
+    worker.start()
+    send.close()
+    deadline = math.inf if not timeout else time.monotonic() + timeout
+    steps: list[contextlib.AbstractContextManager[None]] = []
+    try:
+        while True:
+            if receive.poll(POLL_SECONDS):
+                try:
+                    kind, payload = safe_loads(receive.recv_bytes())
+                except EOFError:
+                    break  # the worker is gone; its exit code says how
+                if kind == "start":
+                    step = progress.step(payload)
+                    step.__enter__()
+                    steps.append(step)
+                elif kind == "end":
+                    _close_step(steps, payload)
+                else:
+                    _close_all(steps)
+                    return _result(kind, payload)
+            elif not worker.is_alive() and not receive.poll(0):
+                break
+            if time.monotonic() > deadline:
+                _close_all(steps)
+                raise IsolatedRunError(f"{what} did not finish within --timeout {timeout:g} s (a model that hangs "
+                                       "or is slower than that); its worker was stopped: raise --timeout if it "
+                                       "is only slow")
+        worker.join(STOP_GRACE_SECONDS)
+        _close_all(steps)
+        code = worker.exitcode
+        how = f"exit code {code}" if code is not None and code >= 0 else f"signal {-code}" if code else "no exit code"
+        raise IsolatedRunError(f"{what} ended the worker process running it ({how}) before any verdict: does the "
+                               "model call sys.exit/os._exit, or crash the interpreter? No verdict, not a pass")
+    finally:
+        _stop(worker)
+        receive.close()
+
+
+def _result(kind: str, payload: Any) -> Any:
+    if kind == "result":
+        return payload
+    name, exit_code, message = payload
+    from exporter import errors
+
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, VerifyError):
+        raise cls(message)
+    error = IsolatedRunError(message)
+    error.exit_code = exit_code if exit_code in (1, 2) else 2
+    raise error
+
+
+def _close_step(steps: list, ok: bool) -> None:
+    if not steps:
+        return
+    step = steps.pop()
+    if ok:
+        step.__exit__(None, None, None)
+    else:
+        with contextlib.suppress(IsolatedRunError):
+            failure = IsolatedRunError("step failed")
+            step.__exit__(IsolatedRunError, failure, None)
+
+
+def _close_all(steps: list) -> None:
+    while steps:
+        _close_step(steps, False)
+
+
+def _stop(worker: Any) -> None:
+    """SIGTERM, then SIGKILL after a grace period: a worker never outlives its parent's call."""
+    if worker.is_alive():
+        worker.terminate()
+        worker.join(STOP_GRACE_SECONDS)
+    if worker.is_alive():
+        worker.kill()
+        worker.join()
+
+
+def _threads() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None

@@ -1,0 +1,68 @@
+"""What every command shares: how to feed and run (`RunSettings`), the inputs it names, and those settings as
+the plain data a report records. The bottom of verify/: it imports no other part of the pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from exporter.errors import UsageError
+from verify.compare import Tolerance
+from verify.inputs import NamedInput, load_inputs
+from verify.runtimes import RuntimeOptions
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to feed and run: shared by every command."""
+
+    weights: str = "synthetic"
+    seed: int = 0
+    shape: tuple[int, ...] | None = None
+    input_file: Path | None = None
+    runtime: RuntimeOptions = RuntimeOptions()
+    tolerance: Tolerance = Tolerance()
+    normalize: bool = True
+    """Images given as input: ImageNet mean/std after ToTensor's scaling (False: exactly ToTensor)."""
+
+    def __post_init__(self) -> None:
+        """The library refuses what the CLI refuses, before any work."""
+        from verify.bounds import SEED_RANGE, require_number
+        from verify.runtimes import DEVICES
+        from verify.runtimes.onnxruntime import OPT_LEVELS
+
+        require_number("seed", self.seed, *SEED_RANGE, integer=True)
+        if self.runtime.device not in DEVICES:
+            raise UsageError(f"Unknown device {self.runtime.device!r}; use one of {', '.join(DEVICES)}")
+        if self.runtime.ort_opt_level not in OPT_LEVELS:
+            raise UsageError(f"Unknown ORT optimisation level {self.runtime.ort_opt_level!r}; use one of "
+                             f"{', '.join(OPT_LEVELS)}")
+
+
+def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
+    """The inputs read from --input (every one checked: kind, dtype, NaN/Inf), or None for a seeded one."""
+    if settings.input_file is None:
+        return None
+    return load_inputs(settings.input_file, settings.shape, settings.normalize)
+
+
+def settings_dict(settings: RunSettings, **extra) -> dict:
+    return {
+        **extra,
+        "weights": settings.weights,
+        "seed": settings.seed,
+        "runtime": asdict(settings.runtime),
+        "tolerance": settings.tolerance.to_dict(),
+        "tolerance_text": settings.tolerance.describe(),
+    }
+
+
+def input_dict(named: Sequence[NamedInput], settings: RunSettings) -> dict:
+    """The first input's shape and dtype (the goldens keep it), and every input's label."""
+    array = named[0].array
+    data = {"shape": list(array.shape), "dtype": str(array.dtype),
+            "source": str(settings.input_file) if settings.input_file else named[0].label}
+    if len(named) > 1 or settings.input_file:
+        data["inputs"] = [{"label": item.label, "shape": list(item.array.shape)} for item in named]
+    return data

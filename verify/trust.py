@@ -1,0 +1,178 @@
+"""Is there anything to judge? Two guards before any verdict counts (issue 14, item 1).
+
+A noise floor is the float32 rounding of a deterministic function. A model whose output changes from one
+call to the next (dropout left on, `torch.rand_like`, a forward that writes into its own input) measures
+its own randomness as a "floor", and every pair then "agrees at float32 precision". So:
+
+1. **Determinism.** Each runtime runs its first input twice, on private copies of the input: the two
+   outputs must be equal bit for bit on the CPU (the same kernels on the same data in the same order give
+   the same bits), within the output's own float32 floor on an accelerator (atomics may reorder a sum: a
+   reordering of the same terms, whose error is bounded like any other rounding). The copies must be
+   unchanged after each run: a model that mutates its input is named as such.
+2. **A floor rounding can produce.** For a float32 (unit roundoff u) accumulation of K terms the rounding
+   error is at most about K·u times the magnitude of the terms (Higham, *Accuracy and Stability of
+   Numerical Algorithms*, §3.1: |fl(x·y) - x·y| <= γ_K |x|·|y|, γ_K = K·u / (1 - K·u)). A network chains
+   such accumulations; K for the whole model is bounded by the sum of the lengths of its accumulations: the
+   fan-in of every weight (a conv's C_in/groups·kh·kw, a linear's in_features) plus the elements of one
+   input sample (pools, means and norms reduce over at most those). A measured floor above
+   ROUNDING_BOUND_MARGIN·K·u·max|output| is not rounding: the verdict refuses to judge on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from verify.precision import EPS
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from verify.oracle import NoiseFloor
+
+ROUNDING_BOUND_MARGIN = 2.0
+"""Slack over the worst-case K·u bound (correct float32 runs measure 1e-4..1e-3 of it: README, Floor bound)."""
+BITWISE_DEVICES = ("cpu",)
+"""Where the same input twice must give the same bits; elsewhere a repeat may differ by the floor."""
+
+
+@dataclass
+class RepeatCheck:
+    """One runtime run twice on the same input."""
+
+    label: str
+    differences: dict[str, float] = field(default_factory=dict)
+    """Per output: max |first run - second run| (0.0 when bit-identical; NaN positions compared as equal)."""
+    mutated: list[str] = field(default_factory=list)
+    """Input names the runtime changed in place."""
+
+
+def copy_feed(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A private copy of every input array, so a run that writes into its input spoils nothing else."""
+    return {name: array.copy() for name, array in feed.items()}
+
+
+def changed_inputs(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray]) -> list[str]:
+    """The inputs whose values differ between `before` and the arrays a run was given (`after`)."""
+    import numpy as np
+
+    return [name for name, array in before.items()
+            if not np.array_equal(array, after[name], equal_nan=True)]
+
+
+def run_guarded(loaded: Any, feed: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Run `loaded` on a private copy of `feed`; its outputs, and the inputs it changed in place."""
+    given = copy_feed(feed)
+    outputs = loaded.run(given)
+    return outputs, changed_inputs(feed, given)
+
+
+def output_differences(first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Max |a - b| per output shared by both (inf when shapes differ; equal NaNs count as equal)."""
+    import numpy as np
+
+    found = {}
+    for name, a in first.items():
+        b = second.get(name)
+        if b is None:
+            continue
+        if a.shape != b.shape:
+            found[name] = math.inf
+            continue
+        same = np.isnan(a) & np.isnan(b) if np.issubdtype(a.dtype, np.floating) else np.zeros(a.shape, bool)
+        diff = np.where(same, 0.0, np.abs(a.astype(np.float64) - b.astype(np.float64)))
+        found[name] = float(np.nan_to_num(diff, nan=math.inf).max(initial=0.0))
+    return found
+
+
+def repeat_problems(checks: Sequence[RepeatCheck], device: str, floors: Mapping[str, NoiseFloor],
+                    cause: str = "") -> list[str]:
+    """One line per runtime that changed its input or gave other outputs the second time."""
+    problems = []
+    for check in checks:
+        if check.mutated:
+            problems.append(f"{check.label} changed its input ({', '.join(check.mutated)}) in place while running: a "
+                            "model must not write into its argument (x.add_(), x[...] = ..., x.relu_()); "
+                            "clone the input first. Not judged")
+            continue
+        allowed = {name: 0.0 if device in BITWISE_DEVICES else (floors[name].value if name in floors else 0.0)
+                   for name in check.differences}
+        worse = [(name, diff) for name, diff in check.differences.items() if diff > allowed[name]]
+        if worse:
+            name, diff = max(worse, key=lambda item: item[1])
+            problems.append(f"{check.label} is not deterministic: the same input twice gave {name} {diff:.3g} apart "
+                            f"(allowed on {device}: {allowed[name]:.3g}); {cause or _CAUSES}. Not judged")
+    return problems
+
+
+_CAUSES = ("likely a module left in train mode (dropout, batch statistics), a random op (torch.rand*, "
+           "dropout with training=True) or state kept between calls")
+
+
+def likely_cause(model: Any) -> str:
+    """What in a torch module makes it random: modules still in train mode, named; else the usual suspects."""
+    training = [name or type(model).__name__ for name, module in getattr(model, "named_modules", lambda: [])()
+                if getattr(module, "training", False)]
+    if training:
+        shown = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if len(training) > 3 else "")
+        return (f"{len(training)} module(s) still in train mode after eval() ({shown}; does the model override "
+                f"train() or eval()?), e.g. dropout active")
+    return _CAUSES
+
+
+def accumulation_length(model: Any = None, parameters: Sequence[Sequence[int]] = (),
+                        input_shape: Sequence[int] = ()) -> int:
+    """K: the fan-in of every weight of `model` (or of the weight shapes given), plus the elements of one
+    input sample. A weight is a parameter of two or more dimensions; its fan-in is the product of all but
+    its first dimension (output features or channels)."""
+    shapes = list(parameters)
+    if model is not None:
+        shapes += [tuple(p.shape) for p in model.parameters()] + [tuple(b.shape) for b in model.buffers()
+                                                                  if b.dim() >= 2]
+    fan_in = sum(math.prod(shape[1:]) for shape in shapes if len(shape) >= 2)
+    return int(fan_in + math.prod(input_shape[1:]) if len(input_shape) > 1 else fan_in + 1)
+
+
+def rounding_bound(k: int, precision: str = "fp32") -> float:
+    """The largest error rounding can produce, relative to the output's magnitude: margin·K·u."""
+    return ROUNDING_BOUND_MARGIN * k * EPS[precision]
+
+
+def floor_problems(floors: Mapping[str, NoiseFloor], reference: Mapping[str, np.ndarray], k: int | None,
+                   what: str = "the model") -> list[str]:
+    """A floor above what rounding can produce (margin·K·u·max|reference|) is refused: one line per output."""
+    import numpy as np
+
+    if not k:
+        return []
+    problems = []
+    for name, floor in floors.items():
+        ref = reference.get(name)
+        if ref is None or ref.size == 0:
+            continue
+        scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0))
+        bound = rounding_bound(k, floor.precision) * scale
+        if scale > 0 and floor.value > bound:
+            problems.append(f"The {floor.describe()} of {name} ({floor.value:.3g}) is {floor.value / bound:.3g}x the "
+                            f"most that rounding can produce in {what} ({ROUNDING_BOUND_MARGIN:g} x K={k} "
+                            f"accumulations x u={EPS[floor.precision]:.3g} x max|{name}|={scale:.3g}): not a noise "
+                            "floor; is the model random or in train mode? Not judged (an explicit --rtol/--atol "
+                            "or --decimal judges without a floor)")
+    return problems
+
+
+def floor_bound_ratios(floors: Mapping[str, NoiseFloor], reference: Mapping[str, np.ndarray], k: int
+                       ) -> dict[str, float]:
+    """Each output's floor as a share of its rounding bound (calibration and the README's table)."""
+    import numpy as np
+
+    ratios = {}
+    for name, floor in floors.items():
+        ref = reference.get(name)
+        if ref is not None and ref.size:
+            scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0))
+            if scale > 0:
+                ratios[name] = floor.value / (rounding_bound(k, floor.precision) * scale)
+    return ratios
