@@ -14,7 +14,7 @@ from pathlib import Path
 def export_default(backbone: str, shared: bool) -> dict[str, float]:
     import torch
 
-    from exporter.backbones import get_backbone
+    from exporter.api import get_backbone
     from exporter.export import ExportOptions, export_model
     from exporter.formats import ExportContext
     from exporter.formats.eager import eager_artifact

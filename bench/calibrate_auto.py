@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporter.artifacts import eager_artifact
 from exporter.backbones import BuiltModel, build_model, family_of, list_backbones
 from exporter.export import ExportOptions, export_model
+from exporter.formats.eager import eager_artifact
 from exporter.formats.onnx import OnnxOptions
 from exporter.norms import list_norms
 from exporter.spec import ModelSpec

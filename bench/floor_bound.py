@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from exporter.artifacts import eager_artifact
 from exporter.backbones import build_model, family_of, list_backbones
+from exporter.formats.eager import eager_artifact
 from exporter.spec import ModelSpec, parse_shape
 from exporter.weights import load_weights
 from verify.inputs import make_input

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.errors import ArtifactError, UsageError
+from exporter.errors import ArtifactError
 
 if TYPE_CHECKING:
     from exporter.backbones import BuiltModel
@@ -77,24 +77,3 @@ class Artifact:
     @property
     def label(self) -> str:
         return str(self.path) if self.path else f"{self.meta.spec} (eager)"
-
-
-def eager_artifact(built: BuiltModel, shape: tuple[int, ...]) -> Artifact:
-    """The in-memory model as an artifact (kept here for callers; it lives with its format)."""
-    from exporter.formats.eager import eager_artifact as make
-
-    return make(built, shape)
-
-
-def open_artifact(path: Path) -> Artifact:
-    """Read an artifact file's recorded metadata through its format (nothing is loaded)."""
-    from exporter.formats import detect_format
-
-    if path.is_dir():
-        raise UsageError(f"{path} is a directory; pass a model file (e.g. {path}/model.onnx) or a model spec")
-    fmt = detect_format(path)
-    if not path.exists():
-        raise UsageError(f"Artifact {path} does not exist" + (" (a broken symbolic link)" if path.is_symlink() else ""))
-    if not path.is_file():
-        raise UsageError(f"{path} is not a regular file; pass a model file")
-    return Artifact(fmt.name, fmt.read_meta(path), path=path)

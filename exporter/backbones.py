@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.families import FAMILIES, Family, View
 from exporter.registry import Registry
-from exporter.spec import ModelSpec
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from exporter.spec import ModelSpec
     from exporter.weights import Weights
 
-__all__ = ["BACKBONES", "VIEWS", "Backbone", "BuiltModel", "View", "build_model", "family_of", "get_backbone",
+__all__ = ["BACKBONES", "VIEWS", "Backbone", "BuiltModel", "View", "build_model", "family_of",
            "list_backbones", "register_backbone"]
 
 
@@ -169,13 +169,3 @@ def build_model(spec: ModelSpec, weights: Weights, seed: int = 0) -> BuiltModel:
     norm.finalize(classifier)
     model = view.wrap(classifier, weights, seed).eval()
     return BuiltModel(spec, model, weights, view, exact)
-
-
-def get_backbone(name: str, norm: str = "frozen", view: str = "body", weights: str = "synthetic",
-                 seed: int = 0) -> BuiltModel:
-    """Build a backbone by names, e.g. `get_backbone("resnet50", norm="frozen")`."""
-    from exporter.weights import load_weights
-
-    spec = ModelSpec(name, norm, view)
-    validate_spec(spec)
-    return build_model(spec, load_weights(weights, name, seed), seed)

@@ -133,7 +133,7 @@ def test_cache(tmp_path_factory, monkeypatch):
 def exported_small(tmp_path_factory):
     """SMALL exported once through every registered file format (one shared torch.export trace):
     (artifacts by format, inputs, eager float32 outputs, the float64 oracle)."""
-    from exporter.backbones import get_backbone
+    from exporter.api import get_backbone
     from exporter.export import ExportOptions, export_model
     from exporter.formats import ExportContext, file_formats
     from exporter.formats.eager import eager_artifact

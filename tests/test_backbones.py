@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from exporter.backbones import build_model, get_backbone
+from exporter.api import get_backbone
+from exporter.backbones import build_model
 from exporter.families import FAMILIES
 from exporter.norms import conv_bn_pairs, fold_batchnorms, get_norm
 from exporter.spec import ModelSpec

@@ -8,9 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporter.artifacts import eager_artifact
 from exporter.backbones import build_model
 from exporter.export import ExportOptions, export_model
+from exporter.formats.eager import eager_artifact
 from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from exporter.backbones import get_backbone, list_backbones
+from exporter.api import get_backbone
+from exporter.backbones import list_backbones
 from exporter.export import ExportOptions
 from exporter.families import FAMILIES
 from exporter.families.mobilenet_v3 import SE_GATE_BIAS_STD

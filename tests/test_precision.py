@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.artifacts import eager_artifact
-from exporter.backbones import get_backbone
+from exporter.api import get_backbone
 from exporter.errors import SetupError, UsageError
 from exporter.export import ExportOptions, export_model
+from exporter.formats.eager import eager_artifact
 from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from tests.conftest import SMALL, SMALL_SHAPE, cpu_and_cuda

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.artifacts import eager_artifact
 from exporter.backbones import build_model
 from exporter.export import ExportOptions, export_model
+from exporter.formats.eager import eager_artifact
 from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights

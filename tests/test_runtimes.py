@@ -81,8 +81,7 @@ def test_every_format_has_a_runtime_and_every_runtime_format_is_registered():
 
 @pytest.mark.parametrize("fmt", FORMATS.names())
 def test_every_file_format_claims_its_own_files(fmt, exported_small):
-    from exporter.artifacts import open_artifact
-    from exporter.formats import detect_format
+    from exporter.formats import detect_format, open_artifact
 
     entry = get_format(fmt)
     if not entry.is_file:

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from exporter.artifacts import Artifact, eager_artifact, open_artifact
+from exporter.artifacts import Artifact
 from exporter.errors import UsageError
 from exporter.export import ExportOptions
+from exporter.formats import open_artifact
+from exporter.formats.eager import eager_artifact
 from exporter.fsio import path_kind, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from exporter.user_model import UserModelSpec

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError, VerifyError
 from exporter.spec import ModelSpec
+from verify.isolation import USER_CODE_TIMEOUT
 from verify.pipeline import HIT, MISS, OFF, CellRequest, is_user_model
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ RERUN = "rerun"
 """A cell's cache status when its stored result would pass: a pass is earned in this run, so it ran again."""
 RELATIVE_SLACK = 1e-6
 """How far two stored figures that one computation links (ratio and max_abs / floor) may drift in JSON."""
-USER_MODEL_TIMEOUT_S = 600.0
+USER_MODEL_TIMEOUT_S = USER_CODE_TIMEOUT
 """A user model's cell is stopped after this long unless --timeout says otherwise (its code may hang)."""
 REPORT_KEY_ENV = "BACKBONE_VERIFY_REPORT_KEY"
 """A secret the shard jobs and the merge job share (a CI secret variable): with it set, every matrix report
@@ -757,7 +758,6 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
         _reraise_interrupt(exc)
         lines = str(exc).strip().splitlines() or [""]
         result.error, result.verdict = f"unexpected {type(exc).__name__}: {lines[-1]}", ERROR
-    _release_memory(cache is not None)
     gc.collect()
     result.seconds = round(time.perf_counter() - start, 3)
     result.cache_stats = cache.stats.to_dict() if cache is not None else {}
@@ -805,17 +805,6 @@ def _torch_threads() -> int | None:
 
     torch = sys.modules.get("torch")
     return torch.get_num_threads() if torch is not None else None
-
-
-def _release_memory(cached: bool) -> None:
-    """With the disk cache on, the next cell reads weights from it: drop the in-memory copies so a
-    worker holds one cell's model at a time."""
-    if cached:
-        from exporter import weights
-
-        clear = getattr(getattr(weights, "_synthetic_state_dict", None), "cache_clear", None)
-        if clear is not None:
-            clear()
 
 
 CellDone = Callable[[CellResult, float], None]

@@ -48,7 +48,7 @@ class ExportContext:
     def exported_program(self) -> Any:
         """`torch.export.export` of the model, traced once per context."""
         if "exported_program" not in self.shared:
-            from exporter.formats.pt2 import trace_exported_program
+            from exporter.formats.program import trace_exported_program
 
             self.shared["exported_program"] = trace_exported_program(self)
         return self.shared["exported_program"]
@@ -138,3 +138,16 @@ def detect_format(path: Path) -> Format:
         suffixes = sorted({s for n in file_formats() for s in FORMATS.get(n).suffixes})
         raise UsageError(f"Cannot tell the format of {path}; expected a file ending in {', '.join(suffixes)}")
     return candidates[0]
+
+
+def open_artifact(path: Path) -> Artifact:
+    """Read an artifact file's recorded metadata through its format (nothing is loaded)."""
+    from exporter.artifacts import Artifact
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; pass a model file (e.g. {path}/model.onnx) or a model spec")
+    fmt = detect_format(path)
+    if not path.exists():
+        raise UsageError(f"Artifact {path} does not exist" + (" (a broken symbolic link)" if path.is_symlink() else ""))
+    if not path.is_file():
+        raise UsageError(f"{path} is not a regular file; pass a model file")
+    return Artifact(fmt.name, fmt.read_meta(path), path=path)

@@ -12,8 +12,8 @@ from typing import ClassVar
 from exporter.artifacts import TORCHSCRIPT_META_FILE, Artifact, ArtifactMeta
 from exporter.errors import ExportError, SetupError
 from exporter.formats import ExportContext, Format
-from exporter.formats.onnx import DYNAMIC_AXES
-from exporter.formats.pt2 import accepted_ranges, export_program, is_aoti_package
+from exporter.formats.program import DYNAMIC_AXES, accepted_ranges, export_program
+from exporter.formats.pt2 import is_aoti_package
 from exporter.formats.torchscript import read_zip_meta
 
 COMPILERS = ("g++", "c++", "clang++")

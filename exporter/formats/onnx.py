@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 from exporter.artifacts import META_KEY, Artifact, ArtifactMeta
 from exporter.errors import ArtifactError, ExportError, UsageError
 from exporter.formats import ExportContext, Format
+from exporter.formats.program import DYNAMIC_AXES
 
-DYNAMIC_AXES = {"0": "batch", "2": "height", "3": "width"}
 OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
 """Opsets each exporter really produces (torch 2.11..2.14): dynamo writes 18 whatever it is
 asked below that, so asking outside these ranges is refused before any work."""

@@ -14,14 +14,13 @@ still documents torch.export.load as unsafe on untrusted files, so the format st
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
 from exporter.artifacts import TORCHSCRIPT_META_FILE, Artifact, ArtifactMeta
 from exporter.errors import ArtifactError, ExportError
 from exporter.formats import ExportContext, Format, NoOptions
-from exporter.formats.onnx import DYNAMIC_AXES
+from exporter.formats.program import DYNAMIC_AXES, accepted_ranges
 from exporter.formats.torchscript import read_zip_meta
 
 AOTI_MARKER = "/data/aotinductor/"
@@ -50,54 +49,6 @@ def is_aoti_package(path: Path) -> bool:
             return any(AOTI_MARKER in name for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
-
-
-def trace_exported_program(ctx: ExportContext) -> Any:
-    """The context's model through `export_program`: what .pt2, AOTInductor and dynamo ONNX share."""
-    return export_program(ctx.built.model, ctx.example, ctx.dynamic, str(ctx.built.spec))
-
-
-def export_program(model: Any, example: Any, dynamic: bool, what: str) -> Any:
-    """`torch.export.export` with dynamic batch, height and width (torch picks their ranges);
-    a batch of one would be specialised to a constant, so the trace sees a batch of two."""
-    import torch
-
-    kwargs: dict[str, Any] = {}
-    if dynamic:
-        auto = torch.export.Dim.AUTO
-        kwargs["dynamic_shapes"] = ({int(axis): auto for axis in DYNAMIC_AXES},)
-        if example.shape[0] == 1:
-            example = example.expand(2, *example.shape[1:]).contiguous()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.export.export(model, (example,), strict=False, **kwargs)
-    except Exception as exc:
-        raise ExportError(f"torch.export failed for {what}: {str(exc).strip().splitlines()[0]}") from exc
-
-
-def accepted_ranges(program: Any) -> dict[str, list[int | None]]:
-    """Per dynamic input axis, the [least, greatest] size the ExportedProgram accepts (None: unbounded)."""
-    import torch
-
-    name = program.graph_signature.user_inputs[0]
-    shape = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name).meta["val"].shape
-    ranges: dict[str, list[int | None]] = {}
-    for axis in DYNAMIC_AXES:
-        size = shape[int(axis)]
-        if not isinstance(size, torch.SymInt):
-            ranges[axis] = [int(size), int(size)]  # specialised to the example's size
-            continue
-        bounds = program.range_constraints.get(size.node.expr)
-        ranges[axis] = [_finite(bounds.lower) if bounds else None, _finite(bounds.upper) if bounds else None]
-    return ranges
-
-
-def _finite(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError, AttributeError, OverflowError):  # sympy's and torch's infinities
-        return None
 
 
 class ExportedProgramFormat(Format):

@@ -1,139 +1,20 @@
-"""`verify`: thin over the library. Parses, calls, renders; maps errors to exit codes
-(0 all agree, 1 a disagreement, 2 usage or environment error). Every option is checked while
-typer parses (verify/options.py), so nothing is built before the arguments are known good."""
+"""The top-level commands (export, compare, explain, artifact, preflight, list): each parses, calls the library,
+renders. Registered on the app in verify/cli/app.py. Every option is checked while typer parses
+(verify/options.py), so nothing is built before the arguments are known good."""
 
 from __future__ import annotations
 
-import functools
-import os
-import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from typer.core import TyperGroup
 
 from exporter.backbones import list_backbones
-from exporter.errors import UsageError, VerifyError, interrupt_in
-from exporter.messages import one_line, strip_unsafe_advice
+from exporter.errors import UsageError
 from verify import options as opt
-from verify.matrix_cli import cache_app, matrix_app
-from verify.render.console import make_console, progress_for
-
-# click's base exception, wherever this typer keeps it (its own vendored copy, or click itself)
-ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-out_console = make_console()
-err_console = make_console(stderr=True)
-
-
-def print_error(message: str) -> None:
-    """The one line every failure prints: flattened, bounded, without unsafe advice."""
-    err_console.print(f"[bold red]error:[/] {escape(one_line(strip_unsafe_advice(message)))}", highlight=False,
-                      soft_wrap=True)
-
-
-class OneLineErrors(TyperGroup):
-    """typer/click parse errors (unknown option, missing argument, bad value) as one `error:` line and
-    exit 2, instead of click's usage box; also what `main()` and CliRunner both go through."""
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
-        try:
-            result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
-                                  standalone_mode=False, **extra)
-            code = result if isinstance(result, int) else 0
-            if code == 128 + signal.SIGINT and not _received["reported"]:  # typer's bare Exit(130), outside commands
-                code = interrupt_exit(Terminated() if _received["SIGTERM"] else KeyboardInterrupt())
-        except ClickException as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `verify`: the help, as click shows it
-                exc.show()
-                code = exc.exit_code
-            else:
-                ctx = getattr(exc, "ctx", None)
-                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-                print_error(exc.format_message() + hint)
-                code = 2
-        except BaseException as exc:  # noqa: B036 - an interrupt anywhere (parsing included) gets its own code
-            interrupt = interrupt_in(exc)
-            if interrupt is None and not isinstance(exc, typer.Abort):
-                raise
-            code = interrupt_exit(interrupt) if interrupt is not None else 1
-            if interrupt is None:
-                print_error("aborted")
-        if not standalone_mode:
-            return code
-        sys.exit(code)
-
-
-app = typer.Typer(
-    cls=OneLineErrors,
-    help="Export torchvision backbones and verify that every runtime computes the same thing.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain help: `[default: ...]` in help texts survives, and it stays fast
-)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Python runs next, so staging folders are removed as on Ctrl-C."""
-
-
-_received = {"SIGTERM": False, "reported": False}
-"""Set by the handler: typer reports an interrupt during parsing as a bare exit code 130, whichever it was."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    _received["SIGTERM"] = True
-    raise Terminated
-
-
-def interrupt_exit(interrupt: KeyboardInterrupt) -> int:
-    """One line and the conventional code: 143 after SIGTERM, 130 after Ctrl-C, wherever it landed."""
-    _received["reported"] = True
-    if isinstance(interrupt, Terminated):
-        print_error("terminated (SIGTERM)")
-        return 128 + signal.SIGTERM
-    print_error("interrupted")
-    return 128 + signal.SIGINT
-
-
-def debug_enabled() -> bool:
-    """VERIFY_DEBUG=1 (or true/yes/on) shows tracebacks; 0, false, no, off or empty do not."""
-    return os.environ.get("VERIFY_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Our errors become one line and an exit code; no traceback unless VERIFY_DEBUG is set."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except BaseException as exc:
-            interrupt = interrupt_in(exc)
-            if interrupt is not None:
-                raise typer.Exit(interrupt_exit(interrupt)) from None
-            if not isinstance(exc, Exception):
-                raise
-            if debug_enabled():  # the traceback as well; never another exit code
-                import traceback
-
-                traceback.print_exception(exc, file=sys.stderr)
-            if isinstance(exc, VerifyError):
-                print_error(str(exc))
-                raise typer.Exit(exc.exit_code) from None
-            # a bug or an unforeseen failure: still one line, and not "1"
-            first = one_line((str(exc).strip().splitlines() or [""])[-1], 200)
-            print_error(f"unexpected {type(exc).__name__}: {first} (rerun with VERIFY_DEBUG=1 for the traceback, "
-                        "and please report it)")
-            raise typer.Exit(2) from None
-
-    return wrapper
+from verify.cli.base import err_console, handle_errors, out_console
+from verify.render.console import progress_for
 
 
 def user_timeout(timeout: float | None) -> float:
@@ -152,7 +33,6 @@ def _finish(report: Any, json_path: Path | None, verbose: bool) -> None:
     raise typer.Exit(report.exit_code)
 
 
-@app.command()
 @handle_errors
 def export(
     backbone: opt.Backbone = "resnet50",
@@ -196,6 +76,8 @@ def export(
     from verify.api import verify_export
     from verify.cache import open_cache
 
+    if model is None and backbone in detector_names():
+        _export_detector(backbone, norm, weights, seed, shape, input_path, fmt, out, factor, json_path)
     spec = UserModelSpec.parse(model) if model else ModelSpec(backbone, norm, view)
     folder = out / spec.slug
     if json_path and json_path.resolve().is_relative_to(folder.resolve()):
@@ -212,7 +94,56 @@ def export(
     _finish(report, json_path, verbose)
 
 
-@app.command()
+def detector_names() -> list[str]:
+    from exporter.families.detectors import list_detectors
+
+    return list_detectors()
+
+
+def _export_detector(name: str, norm: str, weights: str, seed: int, shape: str | None, input_path: Path | None,
+                     formats: list[str] | None, out: Path, factor: float | None, json_path: Path | None) -> None:
+    """`verify export -b <detector>`: the whole detector exported to TorchScript and ONNX, judged before NMS
+    (dense head tensors) and after NMS (detections matched by IoU); verify/detector_check.py."""
+    import warnings
+
+    import numpy as np
+
+    from exporter.families.detectors import DETECTORS
+    from exporter.fsio import staged_folder
+    from exporter.spec import parse_shape
+    from verify.detector_check import verify_detector
+    from verify.inputs import load_inputs
+    from verify.render.console import print_line
+    from verify.render.text import markup
+    from verify.report import write_json_report
+
+    detector = DETECTORS.get(name)
+    if norm not in detector.norms:
+        if norm != "frozen":  # an explicit norm the detector does not have; the default falls back
+            raise UsageError(f"{name} has no norm {norm!r}; choose one of: {', '.join(detector.norms)}")
+        norm = detector.default_norm
+    size = parse_shape(shape) if shape else (1, 3, 320, 320)
+    images = None
+    if input_path is not None:
+        images = np.concatenate([item.array for item in load_inputs(input_path, size, normalize=False)])
+    chosen = tuple(formats) if formats else ("torchscript", "onnx")
+    unknown = [f for f in chosen if f not in ("torchscript", "onnx")]
+    if unknown:
+        raise UsageError(f"Detectors export to torchscript and onnx (legacy exporter) only; drop --format {unknown[0]}")
+    with staged_folder(out / f"{name}-{norm}") as staging, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation, once per call
+        report = verify_detector(name, norm, size, weights, seed, chosen, out=staging, factor=factor, images=images,
+                                 progress=lambda what: print_line(err_console, f"[dim]{markup(what)}[/]"))
+    for row in report.rows():
+        mark = "ok  " if row["passed"] else "FAIL"
+        pair = f"{row['a']} vs {row['b']}" if row["b"] else row["a"]
+        print_line(out_console, f"{mark} {markup(row['level'])}  {markup(pair)}  {markup(row['text'])}")
+    print_line(out_console, ("[bold green]✓ " if report.passed else "[bold red]✗ ") + markup(report.summary()) + "[/]")
+    if json_path:
+        write_json_report(report.to_dict(), json_path)
+    raise typer.Exit(report.exit_code)
+
+
 @handle_errors
 def compare(
     a: Annotated[str, typer.Argument(callback=opt.check_source, metavar="A",
@@ -247,7 +178,6 @@ def compare(
             json_path, verbose)
 
 
-@app.command()
 @handle_errors
 def explain(
     a: Annotated[str | None, typer.Argument(
@@ -293,7 +223,6 @@ def _finish_checks(report: Any, json_path: Path | None, junit: Path | None, mark
     raise typer.Exit(report.exit_code)
 
 
-@app.command()
 @handle_errors
 def artifact(
     paths: Annotated[list[Path], typer.Argument(callback=opt.check_existing_paths,
@@ -314,7 +243,6 @@ def artifact(
                             trust_unsigned_code=trust_unsigned_code), json_path, junit, markdown)
 
 
-@app.command()
 @handle_errors
 def preflight(
     path: Annotated[Path, typer.Argument(callback=opt.check_existing_paths,
@@ -342,7 +270,6 @@ def preflight(
                    json_path, junit, markdown)
 
 
-@app.command(name="list")
 @handle_errors
 def list_command() -> None:
     """List the registered backbones, norms, views, runtimes and formats."""
@@ -364,25 +291,3 @@ def list_command() -> None:
         entry = get_format(name)
         out_console.print(f"  {name:12s} {entry.filename or '(in memory)'}; {', '.join(runtimes_for(name))}"
                           + (f"; {entry.executes}" if entry.executes else ""), highlight=False, soft_wrap=True)
-
-
-app.add_typer(matrix_app)
-app.add_typer(cache_app)
-
-
-def main() -> None:
-    """The `verify` entry point: SIGTERM ends a run as cleanly as Ctrl-C (staging removed, one line)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        app()
-    except SystemExit:
-        raise
-    except BaseException as exc:  # noqa: B036 - an interrupt while typer builds the command, before parsing
-        interrupt = interrupt_in(exc)
-        if interrupt is None:
-            raise
-        sys.exit(interrupt_exit(interrupt))
-
-
-if __name__ == "__main__":
-    main()

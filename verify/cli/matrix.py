@@ -1,11 +1,9 @@
 """`verify matrix` (run, shard, merge) and `verify cache` (info, clear): thin over verify/matrix.py and
-verify/cache.py. Registered on the main app in verify/cli.py."""
+verify/cache.py. Registered on the main app in verify/cli/app.py."""
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,9 +11,8 @@ import typer
 from rich.console import Console
 
 from verify import options as opt
-
-out_console = Console()
-err_console = Console(stderr=True)
+from verify.cli.base import err_console, handle_errors, out_console
+from verify.isolation import USER_CODE_TIMEOUT
 
 matrix_app = typer.Typer(
     name="matrix", add_completion=False, pretty_exceptions_enable=False,
@@ -23,19 +20,7 @@ matrix_app = typer.Typer(
          "(--jobs), split for CI (--shard I/N, then `verify matrix merge`).",
 )
 cache_app = typer.Typer(name="cache", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                        help="The cache of built weights, exported files and matrix results.")
-
-
-def _handled(command: Callable[..., Any]) -> Callable[..., Any]:
-    """verify.cli's error handling (one line, exit 2), looked up at call time: cli imports this module."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from verify.cli import handle_errors
-
-        return handle_errors(command)(*args, **kwargs)
-
-    return wrapper
+                        help="The cache of ONNX exports and matrix results (an input, re-checked on every read).")
 
 
 JsonOut = Annotated[Path | None, typer.Option("--json", callback=opt.check_output_file,
@@ -92,7 +77,7 @@ class _CellProgress:
 
 
 @matrix_app.callback(invoke_without_command=True)
-@_handled
+@handle_errors
 def matrix(
     ctx: typer.Context,
     backbone: Annotated[list[str] | None, typer.Option(
@@ -136,7 +121,7 @@ def matrix(
                                            "$JOB_COMPLETION_INDEX (0-based: a Kubernetes indexed job's "
                                            "completions)")] = None,
     timeout: Annotated[float | None, typer.Option(
-        "--timeout", metavar="SECONDS", min=1, show_default="600 for --model cells, none otherwise",
+        "--timeout", metavar="SECONDS", min=1, show_default=f"{USER_CODE_TIMEOUT:g} for --model cells, none otherwise",
         help="Stop a cell that runs longer than this (in its worker process) and fail it; a --model cell "
              "always runs in a worker of its own")] = None,
     cache_dir: opt.CacheDir = None,
@@ -169,7 +154,7 @@ def matrix(
 
 
 @matrix_app.command()
-@_handled
+@handle_errors
 def merge(
     reports: Annotated[list[Path], typer.Argument(help="Shard reports (verify matrix --shard I/N --json ...)")],
     json_path: JsonOut = None,
@@ -189,7 +174,7 @@ def merge(
 
 
 @cache_app.command()
-@_handled
+@handle_errors
 def info(cache_dir: opt.CacheDir = None) -> None:
     """Where the cache is, its entries per kind and its size."""
     from verify.cache import Cache, default_cache_dir
@@ -202,7 +187,7 @@ def info(cache_dir: opt.CacheDir = None) -> None:
 
 
 @cache_app.command()
-@_handled
+@handle_errors
 def prune(
     cache_dir: opt.CacheDir = None,
     max_size: Annotated[int, typer.Option("--max-size", metavar="SIZE", parser=opt.parse_size, show_default="5G",
@@ -219,7 +204,7 @@ def prune(
 
 
 @cache_app.command()
-@_handled
+@handle_errors
 def clear(cache_dir: opt.CacheDir = None) -> None:
     """Remove every cached entry and file (only this tool's own folder inside the cache folder)."""
     from verify.cache import Cache, default_cache_dir

@@ -1,0 +1,3 @@
+from verify.cli.app import main
+
+main()

@@ -1,0 +1,123 @@
+"""What every command of the CLI shares: the consoles, the one-line error, the exit codes for errors and
+interrupts (0 all agree, 1 a disagreement, 2 usage or environment error, 130/143 Ctrl-C/SIGTERM)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from exporter.errors import VerifyError, interrupt_in
+from exporter.messages import one_line, strip_unsafe_advice
+from verify.render.console import make_console
+
+# click's base exception, wherever this typer keeps it (its own vendored copy, or click itself)
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+out_console = make_console()
+err_console = make_console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """The one line every failure prints: flattened, bounded, without unsafe advice."""
+    err_console.print(f"[bold red]error:[/] {escape(one_line(strip_unsafe_advice(message)))}", highlight=False,
+                      soft_wrap=True)
+
+
+class OneLineErrors(TyperGroup):
+    """typer/click parse errors (unknown option, missing argument, bad value) as one `error:` line and
+    exit 2, instead of click's usage box; also what `main()` and CliRunner both go through."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                  standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+            if code == 128 + signal.SIGINT and not _received["reported"]:  # typer's bare Exit(130), outside commands
+                code = interrupt_exit(Terminated() if _received["SIGTERM"] else KeyboardInterrupt())
+        except ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `verify`: the help, as click shows it
+                exc.show()
+                code = exc.exit_code
+            else:
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                print_error(exc.format_message() + hint)
+                code = 2
+        except BaseException as exc:  # noqa: B036 - an interrupt anywhere (parsing included) gets its own code
+            interrupt = interrupt_in(exc)
+            if interrupt is None and not isinstance(exc, typer.Abort):
+                raise
+            code = interrupt_exit(interrupt) if interrupt is not None else 1
+            if interrupt is None:
+                print_error("aborted")
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python runs next, so staging folders are removed as on Ctrl-C."""
+
+
+_received = {"SIGTERM": False, "reported": False}
+"""Set by the handler: typer reports an interrupt during parsing as a bare exit code 130, whichever it was."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _received["SIGTERM"] = True
+    raise Terminated
+
+
+def interrupt_exit(interrupt: KeyboardInterrupt) -> int:
+    """One line and the conventional code: 143 after SIGTERM, 130 after Ctrl-C, wherever it landed."""
+    _received["reported"] = True
+    if isinstance(interrupt, Terminated):
+        print_error("terminated (SIGTERM)")
+        return 128 + signal.SIGTERM
+    print_error("interrupted")
+    return 128 + signal.SIGINT
+
+
+def debug_enabled() -> bool:
+    """VERIFY_DEBUG=1 (or true/yes/on) shows tracebacks; 0, false, no, off or empty do not."""
+    return os.environ.get("VERIFY_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Our errors become one line and an exit code; no traceback unless VERIFY_DEBUG is set."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except BaseException as exc:
+            interrupt = interrupt_in(exc)
+            if interrupt is not None:
+                raise typer.Exit(interrupt_exit(interrupt)) from None
+            if not isinstance(exc, Exception):
+                raise
+            if debug_enabled():  # the traceback as well; never another exit code
+                import traceback
+
+                traceback.print_exception(exc, file=sys.stderr)
+            if isinstance(exc, VerifyError):
+                print_error(str(exc))
+                raise typer.Exit(exc.exit_code) from None
+            # a bug or an unforeseen failure: still one line, and not "1"
+            first = one_line((str(exc).strip().splitlines() or [""])[-1], 200)
+            print_error(f"unexpected {type(exc).__name__}: {first} (rerun with VERIFY_DEBUG=1 for the traceback, "
+                        "and please report it)")
+            raise typer.Exit(2) from None
+
+    return wrapper
