@@ -277,8 +277,21 @@ def distinct_outputs(**paths: Path | None) -> None:
 
 
 # Options shared by several commands ---------------------------------------------------------------
-Backbone = Annotated[str, typer.Option("--backbone", "-b", callback=_registry_choice(BACKBONES),
-                                       help=f"One of: {', '.join(BACKBONES.names())}")]
+def _backbone_or_detector(value: str | None) -> str | None:
+    from exporter.families.detectors import DETECTORS
+
+    if value is not None and value in DETECTORS.names():
+        return value
+    return _registry_choice(BACKBONES)(value)
+
+
+def _backbone_help() -> str:
+    from exporter.families.detectors import DETECTORS
+
+    return f"One of: {', '.join(BACKBONES.names())}; or a whole detector: {', '.join(DETECTORS.names())}"
+
+
+Backbone = Annotated[str, typer.Option("--backbone", "-b", callback=_backbone_or_detector, help=_backbone_help())]
 Norm = Annotated[str, typer.Option("--norm", "-n", callback=_registry_choice(NORMS),
                                    help=f"One of: {', '.join(NORMS.names())}")]
 View = Annotated[str, typer.Option(callback=_registry_choice(VIEWS),

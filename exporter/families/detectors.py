@@ -1,0 +1,393 @@
+"""Whole detectors: Faster R-CNN, RetinaNet and SSDlite, built by torchvision's own builders.
+
+Standalone for now (`build_detector(name, norm, weights, seed)`); not yet in `exporter.backbones`.
+Every detector is built small: 320 px (the transform's min/max size), few proposals and detections,
+so a CPU run takes seconds. Norm variants, as torchvision builds them:
+- `batch`: what the builder makes with weights=None (BatchNorm2d everywhere);
+- `frozen`: FrozenBatchNorm2d (eps 1e-5) in the backbone body, what the builder passes as `norm_layer`
+  once backbone weights load (`is_trained`); the v2 and SSDlite builders never do, so they have none;
+- `frozen-eps0`: the same with eps 0, what `overwrite_eps(model, 0.0)` sets for the ResNet COCO_V1 weights.
+
+Synthetic weights detect: the body takes the project's synthetic classifier weights (exporter/weights.py),
+then the heads are calibrated on a fixed seeded image (bright rectangles on texture) so that it gives
+tens of detections above the score threshold, spread over classes and anchor sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporter.errors import UsageError
+from exporter.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+IMAGE_SIZE = 320
+"""The transform's min and max size: every detector runs at 320 px (SSDlite is 320 by design)."""
+PROPOSALS = 100
+"""Faster R-CNN's RPN proposals after NMS at test time (torchvision: 1000; the 320 models: 150)."""
+DETECTIONS_PER_IMAGE = 50
+"""The cap on detections per image (torchvision: 100 or 300)."""
+TOPK_CANDIDATES = 100
+"""RetinaNet / SSDlite candidates per level (or class) before NMS (torchvision: 1000 / 300)."""
+CALIBRATION_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
+CALIBRATION_RECTANGLES = 12
+RPN_LOGIT_STD = 3.0
+"""Objectness logits spread this wide: top-k cut-offs then fall between well separated scores."""
+CLASS_LOGIT_STD = 2.5
+"""Box-head class logits (softmax over 91 classes): several classes above the 0.05 threshold per proposal."""
+BOX_DELTA_STD = 1.0
+"""Box-regression outputs (before the box coder's weights, 10/10/5/5 for Faster R-CNN): boxes move and
+resize by about 10-20 % of a proposal, so detections differ from their anchors."""
+DENSE_DELTA_STD = 0.1
+"""RetinaNet / SSDlite regression outputs (box coder weights 1)."""
+DENSE_CANDIDATES = 600
+"""RetinaNet / SSDlite: anchor x class scores above the threshold on the calibration image."""
+MIN_DETECTIONS = 20
+"""What calibration must reach on the calibration image, or the build fails (never a silent dud)."""
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    kind: str
+    """`fasterrcnn`, `retinanet` or `ssd`: how its heads are calibrated and which tensors are dense."""
+    body_backbone: str | None
+    """The project backbone whose synthetic classifier weights the body takes (None: BN calibration only)."""
+    norms: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def default_norm(self) -> str:
+        return "frozen" if "frozen" in self.norms else self.norms[0]
+
+
+DETECTORS: Registry[Detector] = Registry("detector")
+_SIZE = {"min_size": IMAGE_SIZE, "max_size": IMAGE_SIZE}
+_RCNN = {**_SIZE, "rpn_pre_nms_top_n_test": 2 * PROPOSALS, "rpn_post_nms_top_n_test": PROPOSALS,
+         "box_detections_per_img": DETECTIONS_PER_IMAGE}
+_DENSE = {"detections_per_img": DETECTIONS_PER_IMAGE, "topk_candidates": TOPK_CANDIDATES}
+_RESNET_NORMS = ("batch", "frozen", "frozen-eps0")
+
+for _detector in (
+    Detector("fasterrcnn_resnet50_fpn", "fasterrcnn", "resnet50", _RESNET_NORMS, _RCNN),
+    Detector("fasterrcnn_resnet50_fpn_v2", "fasterrcnn", "resnet50", ("batch",), _RCNN),
+    Detector("fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn", "mobilenet_v3_large", ("batch", "frozen"), _RCNN),
+    Detector("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn", "mobilenet_v3_large", ("batch", "frozen"),
+             _RCNN),
+    Detector("retinanet_resnet50_fpn", "retinanet", "resnet50", _RESNET_NORMS, {**_SIZE, **_DENSE}),
+    Detector("ssdlite320_mobilenet_v3_large", "ssd", None, ("batch",), _DENSE),
+):
+    DETECTORS.add(_detector.name, _detector)
+
+
+def list_detectors() -> list[str]:
+    return DETECTORS.names()
+
+
+@dataclass
+class BuiltDetector:
+    model: nn.Module
+    detector: Detector
+    norm: str
+    weights: str
+    """`synthetic:<seed>` or `file:<name>`."""
+
+    @property
+    def name(self) -> str:
+        return self.detector.name
+
+    @property
+    def score_thresh(self) -> float:
+        return float(_postprocess_attr(self.model, "score_thresh"))
+
+    @property
+    def nms_thresh(self) -> float:
+        return float(_postprocess_attr(self.model, "nms_thresh"))
+
+    @property
+    def detections_per_img(self) -> int:
+        return int(_postprocess_attr(self.model, "detections_per_img"))
+
+    @property
+    def dense_modules(self) -> list[str]:
+        """The leaf modules whose outputs are judged before NMS (one tensor per call, e.g. per level)."""
+        return dense_modules(self.model, self.detector.kind)
+
+
+def _postprocess_attr(model: nn.Module, name: str) -> Any:
+    holder = model.roi_heads if hasattr(model, "roi_heads") else model
+    return getattr(holder, name)
+
+
+def dense_modules(model: nn.Module, kind: str) -> list[str]:
+    if kind == "fasterrcnn":
+        return ["rpn.head.cls_logits", "rpn.head.bbox_pred", "roi_heads.box_predictor.cls_score",
+                "roi_heads.box_predictor.bbox_pred"]
+    if kind == "retinanet":
+        return ["head.classification_head.cls_logits", "head.regression_head.bbox_reg"]
+    names = []
+    for head in ("classification_head", "regression_head"):
+        count = len(model.head.get_submodule(f"{head}.module_list"))
+        names += [f"head.{head}.module_list.{i}.1" for i in range(count)]
+    return names
+
+
+def build_detector(name: str, norm: str | None = None, weights: str = "synthetic", seed: int = 0) -> BuiltDetector:
+    """The detector in eval mode with `norm` (None: `frozen` where torchvision builds it) and `weights`
+    (`synthetic`, seeded and calibrated; or a local COCO checkpoint file of this detector)."""
+    import torch
+    import torchvision.models.detection as detection
+
+    detector = DETECTORS.get(name)
+    norm = detector.default_norm if norm is None else norm
+    if norm not in detector.norms:
+        raise UsageError(f"{name} has no norm variant {norm!r} (torchvision never builds it); "
+                         f"choose one of: {', '.join(detector.norms)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(detection, name)(weights=None, weights_backbone=None, **detector.options).eval()
+        if weights == "synthetic":
+            _synthetic(model, detector, seed)
+            source = f"synthetic:{seed}"
+        else:
+            source = _load_checkpoint(model, Path(weights), name)
+    if norm != "batch":
+        freeze_body_norms(model, eps=0.0 if norm == "frozen-eps0" else 1e-5)
+    return BuiltDetector(model.eval(), detector, norm, source)
+
+
+def freeze_body_norms(model: nn.Module, eps: float) -> int:
+    """Every BatchNorm2d of the backbone body as FrozenBatchNorm2d with `eps`, statistics copied."""
+    import torch
+    from torch import nn
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    body = model.backbone.body
+    swapped = 0
+    for name, module in list(body.named_modules()):
+        if isinstance(module, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(module.num_features, eps=eps)
+            with torch.no_grad():
+                for attr in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, attr).copy_(getattr(module, attr))
+            body.set_submodule(name, frozen)
+            swapped += 1
+    return swapped
+
+
+def _load_checkpoint(model: nn.Module, path: Path, name: str) -> str:
+    """A COCO checkpoint of this detector (`torch.save(model.state_dict())`, or .safetensors)."""
+    from exporter.weights import WEIGHT_FILE_SUFFIXES
+
+    if not path.is_file():
+        raise UsageError(f"Weights file {path} does not exist; pass --weights synthetic or a {name} "
+                         f"checkpoint ({'/'.join(WEIGHT_FILE_SUFFIXES)})")
+    state = _read_state_dict(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    misfit = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or misfit:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", misfit)) if v]
+        raise UsageError(f"Weights file {path} is not a {name} checkpoint: {'; '.join(parts)} keys")
+    model.load_state_dict(state, strict=False)
+    return f"file:{path.name}"
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors only, never unpickled beyond them (the project's reader, before its backbone key split)."""
+    import warnings
+
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises several types for a bad file
+            raise UsageError(f"Cannot read weights file {path}: not a valid .safetensors file ({exc})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad or unsafe file
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"Cannot read weights file {path} as a state dict of tensors ({first})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+            raw = raw[key]
+    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise UsageError(f"Weights file {path} does not hold a state dict of tensors")
+    return raw
+
+
+def calibration_image(seed: int, shape: tuple[int, int, int] = CALIBRATION_SHAPE) -> torch.Tensor:
+    """A fixed image in [0, 1]: seeded texture with bright rectangles of several sizes."""
+    import torch
+
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    channels, height, width = shape
+    image = 0.35 + 0.15 * torch.rand(shape, generator=gen)
+    for _ in range(CALIBRATION_RECTANGLES):
+        side = int(min(height, width) * float(torch.empty(1).uniform_(0.08, 0.6, generator=gen)))
+        aspect = float(torch.empty(1).uniform_(0.5, 2.0, generator=gen))
+        h, w = max(4, min(height - 1, int(side * aspect))), max(4, min(width - 1, int(side / aspect)))
+        top = int(torch.randint(0, height - h, (1,), generator=gen))
+        left = int(torch.randint(0, width - w, (1,), generator=gen))
+        colour = 0.6 + 0.4 * torch.rand(channels, 1, 1, generator=gen)
+        image[:, top:top + h, left:left + w] = colour
+    return image.clamp(0.0, 1.0)
+
+
+def _synthetic(model: nn.Module, detector: Detector, seed: int) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    image = calibration_image(seed)
+    if detector.body_backbone is not None:
+        _load_synthetic_body(model, detector.body_backbone, seed)
+    _calibrate_norms(model, image)
+    if detector.kind == "fasterrcnn":
+        _calibrate_rcnn(model, image, gen)
+    else:
+        _calibrate_dense(model, image, gen, detector.kind)
+    count = len(detect(model, image)["scores"])
+    if count < MIN_DETECTIONS:
+        raise UsageError(f"Synthetic weights for {detector.name} (seed {seed}) give {count} detections on the "
+                         f"calibration image, fewer than {MIN_DETECTIONS}; try another --seed")
+
+
+def detect(model: nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    import torch
+
+    with torch.inference_mode():
+        return model([image])[0]
+
+
+def _load_synthetic_body(model: nn.Module, backbone: str, seed: int) -> None:
+    """The project's synthetic classifier weights (calibrated BN statistics) in the detector's body."""
+    from exporter.backbones import family_of
+    from exporter.weights import load_weights
+
+    classifier = load_weights("synthetic", backbone, seed).state_dict
+    key = family_of(backbone).classifier_key
+    body = model.backbone.body
+    state = {k: classifier[key(k)] for k in body.state_dict() if key(k) in classifier}
+    body.load_state_dict(state, strict=True)
+
+
+def _calibrate_norms(model: nn.Module, image: torch.Tensor) -> None:
+    """BatchNorm2d outside the loaded body (v2's FPN and heads, SSDlite everywhere) get their running
+    statistics from train-mode passes over the backbone on the calibration image (and its flips)."""
+    import torch
+    from torch import nn
+
+    body = getattr(model.backbone, "body", None)
+    loaded = {id(m) for m in body.modules()} if body is not None else set()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and id(m) not in loaded]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    batch = torch.stack([image, image.flip(-1), image.flip(-2), image.flip(-1, -2)])
+    with torch.no_grad():
+        images, _ = model.transform(list(batch))
+        features = model.backbone(images.tensors)
+        if hasattr(model, "rpn"):
+            feature_list = list(features.values())
+            model.rpn.head(feature_list)
+            model.train()
+            for module in model.modules():  # only the norms train: RoI heads need eval-mode proposals
+                if not isinstance(module, nn.BatchNorm2d) or id(module) in loaded:
+                    module.eval()
+            _roi_features(model, images, features)
+        else:
+            model.head(list(features.values()) if isinstance(features, dict) else features)
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
+
+
+def _roi_features(model: nn.Module, images: Any, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    proposals, _ = model.rpn(images, features)
+    pooled = model.roi_heads.box_roi_pool(features, proposals, images.image_sizes)
+    return model.roi_heads.box_head(pooled)
+
+
+def _capture(module: nn.Module, model: nn.Module, image: torch.Tensor, want_input: bool) -> list[torch.Tensor]:
+    import torch
+
+    seen: list[torch.Tensor] = []
+    hook = module.register_forward_hook(
+        lambda m, args, out: seen.append((args[0] if want_input else out).detach().clone()))
+    try:
+        with torch.no_grad():
+            model([image])
+    finally:
+        hook.remove()
+    return seen
+
+
+def _rescale(layer: nn.Module, inputs: list[torch.Tensor], gen: torch.Generator, std: float) -> None:
+    """Random weights for `layer` (Linear or Conv2d) giving outputs of standard deviation `std` on
+    `inputs` (its inputs of each call), centred per output unit (bias)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen))
+        layer.bias.zero_()
+        outs = [F.linear(x, layer.weight) if x.dim() == 2 else layer._conv_forward(x, layer.weight, None)
+                for x in inputs]
+        flat = torch.cat([o.transpose(0, 1).reshape(o.shape[1], -1) for o in outs], dim=1)  # (units, samples)
+        scale = std / flat.std().clamp_min(1e-12)
+        layer.weight.mul_(scale)
+        layer.bias.copy_(-flat.mean(dim=1) * scale)
+
+
+def _calibrate_rcnn(model: nn.Module, image: torch.Tensor, gen: torch.Generator) -> None:
+
+    head = model.rpn.head
+    features = _capture(head.cls_logits, model, image, True)
+    _rescale(head.cls_logits, features, gen, RPN_LOGIT_STD)
+    _rescale(head.bbox_pred, features, gen, BOX_DELTA_STD * 0.1)
+    predictor = model.roi_heads.box_predictor
+    boxes = _capture(predictor.cls_score, model, image, True)
+    _rescale(predictor.cls_score, boxes, gen, CLASS_LOGIT_STD)
+    _rescale(predictor.bbox_pred, boxes, gen, BOX_DELTA_STD)
+
+
+def _calibrate_dense(model: nn.Module, image: torch.Tensor, gen: torch.Generator, kind: str) -> None:
+    """RetinaNet / SSDlite: logits spread, and the classification bias set so that DENSE_CANDIDATES
+    anchor x class scores clear the threshold on the calibration image."""
+    import math
+
+    import torch
+
+    if kind == "retinanet":
+        pairs = [(model.head.classification_head.cls_logits, model.head.regression_head.bbox_reg)]
+    else:
+        pairs = list(zip([m[1] for m in model.head.classification_head.module_list],
+                         [m[1] for m in model.head.regression_head.module_list], strict=True))
+    logits = []
+    for cls_layer, reg_layer in pairs:
+        _rescale(cls_layer, _capture(cls_layer, model, image, True), gen, RPN_LOGIT_STD)
+        _rescale(reg_layer, _capture(reg_layer, model, image, True), gen, DENSE_DELTA_STD)
+        logits += [x.flatten() for x in _capture(cls_layer, model, image, False)]
+    if kind != "retinanet":
+        return  # softmax over classes: the spread alone puts many scores above SSDlite's 0.001 threshold
+    values = torch.cat(logits).sort(descending=True).values
+    threshold = math.log(model.score_thresh / (1 - model.score_thresh))  # sigmoid's inverse
+    shift = threshold - float(values[min(DENSE_CANDIDATES, len(values) - 1)])
+    with torch.no_grad():
+        pairs[0][0].bias.add_(shift)

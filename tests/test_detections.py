@@ -1,0 +1,158 @@
+"""Detections matched by IoU (verify/detections.py): permutations match, drops fail, rounding borderlines pass named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verify.compare import AUTO_FACTOR
+from verify.detections import (
+    MATCH_IOU,
+    DetectionFloor,
+    Detections,
+    Rules,
+    compare_detections,
+    iou_band,
+    iou_matrix,
+    measure_detection_floor,
+)
+
+RULES = Rules(score_thresh=0.05, nms_thresh=0.5, detections_per_img=50)
+FLOOR = DetectionFloor(boxes=1e-4, scores=1e-7, matched=10)
+
+
+def grid(count: int, seed: int = 0) -> Detections:
+    """`count` well separated boxes (no two of a class overlap), scores well above the threshold."""
+    rng = np.random.default_rng(seed)
+    boxes = np.array([[40.0 * (i % 8), 40.0 * (i // 8), 40.0 * (i % 8) + 30, 40.0 * (i // 8) + 25]
+                      for i in range(count)])
+    scores = rng.uniform(RULES.score_thresh + 0.05, 0.9, count)
+    labels = rng.integers(1, 6, count)
+    return Detections(boxes, scores, labels)
+
+
+def judge(run: Detections, ref: Detections, candidates: Detections | None = None):
+    return compare_detections("run", [run], "ref", [ref], FLOOR, RULES,
+                              None if candidates is None else [candidates], AUTO_FACTOR)
+
+
+@settings(max_examples=40, deadline=None)
+@given(count=st.integers(1, 40), seed=st.integers(0, 2**16), data=st.data())
+def test_a_permutation_with_rounding_noise_always_matches(count, seed, data):
+    ref = grid(count, seed)
+    order = data.draw(st.permutations(range(count)))
+    noise = np.random.default_rng(seed).uniform(-1, 1, (count, 4)) * FLOOR.boxes
+    run = Detections(ref.boxes[order] + noise[order], ref.scores[order], ref.labels[order])
+    pair = judge(run, ref)
+    assert pair.passed, pair.verdict()
+    assert pair.matched == count and not pair.borderline and not pair.unexplained
+    assert pair.worst_box_ratio <= 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(count=st.integers(1, 40), seed=st.integers(0, 2**16), data=st.data())
+def test_a_dropped_confident_detection_always_fails(count, seed, data):
+    ref = grid(count, seed)
+    drop = data.draw(st.integers(0, count - 1))
+    run = ref.take([i for i in range(count) if i != drop])
+    pair = judge(run, ref)
+    assert not pair.passed
+    assert len(pair.unexplained) == 1 and pair.unexplained[0].side == "reference"
+    assert "unmatched" in pair.verdict() and "\n" not in pair.verdict()
+
+
+def test_a_score_rounding_at_the_threshold_passes_named():
+    ref = grid(5)
+    extra = Detections(np.array([[300.0, 300, 330, 330]]), np.array([RULES.score_thresh + 2 * FLOOR.scores]),
+                       np.array([3]))
+    run = Detections(*(np.concatenate([getattr(ref, k), getattr(extra, k)]) for k in ("boxes", "scores", "labels")))
+    pair = judge(run, ref)
+    assert pair.passed, pair.verdict()
+    assert [b.reason for b in pair.borderline] == ["score threshold"]
+    assert "borderline (score threshold)" in pair.verdict()
+
+
+def test_a_score_far_from_the_threshold_is_not_borderline():
+    ref = grid(5)
+    extra = Detections(np.array([[300.0, 300, 330, 330]]),
+                       np.array([RULES.score_thresh + 10 * AUTO_FACTOR * FLOOR.scores]), np.array([3]))
+    run = Detections(*(np.concatenate([getattr(ref, k), getattr(extra, k)]) for k in ("boxes", "scores", "labels")))
+    assert not judge(run, ref).passed
+
+
+def box_at_iou(anchor: np.ndarray, target: float) -> np.ndarray:
+    """A box of the anchor's height, shifted in x so its float64 IoU with the anchor is `target`."""
+    width = anchor[2] - anchor[0]
+    shift = width * (1 - target) / (1 + target)  # IoU of two equal boxes offset by s: (w - s) / (w + s)
+    return anchor + np.array([shift, 0, shift, 0])
+
+
+def test_an_nms_decision_within_rounding_passes_named_and_a_clear_one_fails():
+    kept = np.array([10.0, 10, 110, 60])
+    for offset, should_pass in ((1e-9, True), (0.05, False)):
+        twin = box_at_iou(kept, RULES.nms_thresh + offset)
+        ref = Detections(kept[None], np.array([0.8]), np.array([2]))
+        run = Detections(np.stack([kept, twin]), np.array([0.8, 0.6]), np.array([2, 2]))
+        candidates = Detections(np.stack([kept, twin]), np.array([0.8, 0.6]), np.array([2, 2]))
+        pair = judge(run, ref, candidates)
+        assert pair.passed is should_pass, pair.verdict()
+        if should_pass:
+            assert [b.reason for b in pair.borderline] == ["NMS"]
+            assert "NMS threshold" in pair.borderline[0].detail
+
+
+def test_the_detections_cap_explains_a_swap_at_the_last_place():
+    rules = Rules(0.05, 0.5, 3)
+    ref = grid(4).take([0, 1, 2])
+    ref.scores[:] = [0.9, 0.8, 0.3]
+    run = grid(4).take([0, 1, 3])
+    run.scores[:] = [0.9, 0.8, 0.3 + FLOOR.scores]
+    pair = compare_detections("run", [run], "ref", [ref], FLOOR, rules)
+    assert pair.passed, pair.verdict()
+    assert {b.reason for b in pair.borderline} == {"detections cap"}
+
+
+def test_a_shifted_label_is_a_label_mismatch():
+    ref = grid(6)
+    run = Detections(ref.boxes.copy(), ref.scores.copy(), ref.labels + 1)
+    pair = judge(run, ref)
+    assert not pair.passed and pair.label_mismatches == 6
+
+
+def test_box_and_score_errors_over_the_factor_fail():
+    ref = grid(6)
+    moved = Detections(ref.boxes + np.array([0, 0, 2 * AUTO_FACTOR * FLOOR.boxes, 0]), ref.scores, ref.labels)
+    pair = judge(moved, ref)
+    assert not pair.passed and pair.worst_box_ratio > AUTO_FACTOR and pair.matched == 6
+    rescored = Detections(ref.boxes, ref.scores + 2 * AUTO_FACTOR * FLOOR.scores, ref.labels)
+    assert not judge(rescored, ref).passed
+
+
+def test_an_empty_reference_judges_nothing_and_fails():
+    empty = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
+    pair = judge(empty, empty)
+    assert not pair.passed and "nothing to judge" in pair.verdict()
+
+
+def test_floor_is_measured_on_matched_detections_and_never_below_one_ulp():
+    ref = grid(10)
+    floor = measure_detection_floor([ref], [ref])
+    assert floor.matched == 10 and floor.boxes > 0 and floor.scores > 0
+    empty = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
+    assert measure_detection_floor([empty], [ref]) is None
+
+
+@pytest.mark.parametrize("shift", [0.1, 1.0, 5.0])
+def test_iou_band_bounds_the_change_of_iou_under_coordinate_error(shift):
+    a = np.array([10.0, 10, 60, 50])
+    b = a + np.array([shift, shift, shift, shift])
+    error = 1e-3
+    band = iou_band(a, b, error)
+    base = iou_matrix(a[None], b[None])[0, 0]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        moved = iou_matrix((a + rng.uniform(-error, error, 4))[None], (b + rng.uniform(-error, error, 4))[None])
+        assert abs(moved[0, 0] - base) <= band * 1.01
+    assert base >= MATCH_IOU

@@ -1,0 +1,397 @@
+"""A verdict for variable-length outputs: detections of a run matched to the reference's by IoU.
+
+Per image and per class, the two sides' boxes are paired by optimal assignment on 1 - IoU
+(scipy's linear_sum_assignment), a pair only where IoU >= MATCH_IOU. Each pair is judged on box
+coordinates and score against the float32 noise floor of detections (eager float32 vs eager float64,
+matched the same way). A detection left without a partner passes only when float32 rounding explains it,
+each case named as a borderline:
+- `score threshold`: its score is within the rounding band of the score threshold;
+- `detections cap`: the side without it is full (detections per image) and its score is within the band of
+  that side's lowest kept score;
+- `NMS`: a same-class detection kept on the side without it overlaps it, recomputed on the oracle's
+  float64 candidate boxes, by an IoU within rounding of the NMS threshold.
+Anything else unmatched fails, and so does a box whose partner sits in another class (a label mismatch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from verify.compare import AUTO_FACTOR
+from verify.oracle import FLOAT32_EPS
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MATCH_IOU = 0.5
+"""Below this IoU two boxes are not the same detection (the COCO matching threshold)."""
+SCORE_SCALE = 1.0
+"""Scores are probabilities: one ulp of this is the least score floor."""
+
+
+@dataclass
+class Detections:
+    """One image's detections, float64 boxes (x1, y1, x2, y2), scores and integer labels."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, outputs: Mapping[str, Any]) -> Detections:
+        import numpy as np
+
+        boxes = np.asarray(outputs["boxes"], dtype=np.float64).reshape(-1, 4)
+        return cls(boxes, np.asarray(outputs["scores"], dtype=np.float64).reshape(-1),
+                   np.asarray(outputs["labels"]).astype(np.int64).reshape(-1))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, index: Any) -> Detections:
+        return Detections(self.boxes[index], self.scores[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The model's own post-processing constants: the decisions rounding can flip."""
+
+    score_thresh: float
+    nms_thresh: float
+    detections_per_img: int
+
+
+@dataclass(frozen=True)
+class DetectionFloor:
+    boxes: float
+    """max |float32 - float64| over matched box coordinates, at least one ulp of the largest coordinate."""
+    scores: float
+    """max |float32 - float64| over matched scores, at least one ulp of 1."""
+    matched: int = 0
+    """How many detections the floor was measured on."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (N, 4) and (M, 4) boxes, in float64; 0 where the union is empty."""
+    import numpy as np
+
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    low = np.maximum(a[:, None, :2], b[None, :, :2])
+    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(high - low, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def iou_band(a: np.ndarray, b: np.ndarray, error: float) -> float:
+    """How far rounding can move IoU(a, b) when every coordinate may be off by `error` (first order:
+    |dI| <= e P_I and |dU| <= e (P_a + P_b + P_I), P a perimeter, so |dIoU| <= e (P_I + IoU (P_a + P_b + P_I)) / U)."""
+    import numpy as np
+
+    def perimeter(box: np.ndarray) -> float:
+        return 2.0 * (max(box[2] - box[0], 0.0) + max(box[3] - box[1], 0.0))
+
+    low, high = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter_box = np.concatenate([low, np.maximum(high, low)])
+    inter = float(np.prod(np.clip(high - low, 0, None)))
+    union = perimeter_area(a) + perimeter_area(b) - inter
+    if union <= 0:
+        return math.inf
+    iou = inter / union
+    p_i = perimeter(inter_box)
+    return error * (p_i + iou * (perimeter(a) + perimeter(b) + p_i)) / union
+
+
+def perimeter_area(box: np.ndarray) -> float:
+    return float(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0))
+
+
+def assign(a: Detections, b: Detections) -> list[tuple[int, int, float]]:
+    """Optimal one-to-one pairs (index in a, index in b, IoU) per class with IoU >= MATCH_IOU."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    pairs = []
+    for label in np.intersect1d(a.labels, b.labels):
+        ia, ib = np.flatnonzero(a.labels == label), np.flatnonzero(b.labels == label)
+        iou = iou_matrix(a.boxes[ia], b.boxes[ib])
+        rows, cols = linear_sum_assignment(1.0 - iou)
+        pairs += [(int(ia[r]), int(ib[c]), float(iou[r, c])) for r, c in zip(rows, cols, strict=True)
+                  if iou[r, c] >= MATCH_IOU]
+    return pairs
+
+
+def measure_detection_floor(fp32: Sequence[Detections], fp64: Sequence[Detections]) -> DetectionFloor | None:
+    """The float32 floor of detections: eager float32 against eager float64, matched by IoU. None
+    when nothing matched (no floor can be measured from nothing)."""
+    import numpy as np
+
+    box_err, score_err, scale, matched = 0.0, 0.0, 0.0, 0
+    for run, ref in zip(fp32, fp64, strict=True):
+        for i, j, _ in assign(run, ref):
+            box_err = max(box_err, float(np.abs(run.boxes[i] - ref.boxes[j]).max()))
+            score_err = max(score_err, abs(float(run.scores[i] - ref.scores[j])))
+            matched += 1
+        if len(ref):
+            scale = max(scale, float(np.abs(ref.boxes).max()))
+    if not matched:
+        return None
+    return DetectionFloor(max(box_err, FLOAT32_EPS * max(scale, 1.0)), max(score_err, FLOAT32_EPS * SCORE_SCALE),
+                          matched)
+
+
+@dataclass
+class Borderline:
+    """An unmatched detection that float32 rounding explains."""
+
+    image: int
+    side: str
+    """Where the detection is: `run` (an extra one) or `reference` (one the run lacks)."""
+    label: int
+    score: float
+    box: list[float]
+    reason: str
+    """`score threshold`, `detections cap` or `NMS`."""
+    detail: str
+
+    def describe(self) -> str:
+        return f"image {self.image}: {self.side} detection of class {self.label} (score {self.score:.6g}): " \
+               f"{self.reason}, {self.detail}"
+
+
+@dataclass
+class Unexplained:
+    image: int
+    side: str
+    label: int
+    score: float
+    box: list[float]
+    reason: str
+
+    def describe(self) -> str:
+        return f"image {self.image}: {self.side} detection of class {self.label} (score {self.score:.6g}) " \
+               f"unmatched: {self.reason}"
+
+
+@dataclass
+class DetectionPair:
+    """The after-NMS verdict of run `a` against reference `b`."""
+
+    a: str
+    b: str
+    factor: float
+    floor: DetectionFloor
+    matched_per_image: list[int] = field(default_factory=list)
+    reference_per_image: list[int] = field(default_factory=list)
+    borderline: list[Borderline] = field(default_factory=list)
+    unexplained: list[Unexplained] = field(default_factory=list)
+    label_mismatches: int = 0
+    worst_box_ratio: float = 0.0
+    worst_score_ratio: float = 0.0
+    worst_image: int | None = None
+    """The image with the largest ratio (or the first with an unexplained detection)."""
+
+    @property
+    def matched(self) -> int:
+        return sum(self.matched_per_image)
+
+    @property
+    def passed(self) -> bool:
+        return (sum(self.reference_per_image) > 0 and not self.unexplained and self.label_mismatches == 0
+                and self.worst_box_ratio <= self.factor and self.worst_score_ratio <= self.factor)
+
+    @property
+    def status(self) -> str:
+        if self.passed:
+            return "matched with borderline" if self.borderline else "matched"
+        return "unmatched" if self.unexplained or not self.matched else "differs"
+
+    def reasons(self) -> list[str]:
+        out = []
+        if not sum(self.reference_per_image):
+            out.append("the reference has no detections: nothing to judge")
+        if self.worst_box_ratio > self.factor:
+            out.append(f"boxes {self.worst_box_ratio:.1f}x the floor ({self.floor.boxes:.3g}), over {self.factor:g}x")
+        if self.worst_score_ratio > self.factor:
+            out.append(f"scores {self.worst_score_ratio:.1f}x the floor ({self.floor.scores:.3g}), "
+                       f"over {self.factor:g}x")
+        if self.label_mismatches:
+            out.append(f"{self.label_mismatches} boxes with another label")
+        if self.unexplained:
+            out.append(f"{len(self.unexplained)} unmatched detections rounding does not explain "
+                       f"(first: {self.unexplained[0].describe()})")
+        return out
+
+    def verdict(self) -> str:
+        head = f"{self.a} vs {self.b}: {self.matched} of {sum(self.reference_per_image)} detections matched"
+        if self.passed:
+            tail = f", worst box {self.worst_box_ratio:.1f}x, score {self.worst_score_ratio:.1f}x the floor"
+            if self.borderline:
+                tail += f"; {len(self.borderline)} borderline ({self.borderline[0].reason})"
+            return head + tail
+        return head + "; " + "; ".join(self.reasons())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "passed": self.passed, "status": self.status, "factor": self.factor,
+                "floor": self.floor.to_dict(), "matched": self.matched,
+                "matched_per_image": self.matched_per_image, "reference_per_image": self.reference_per_image,
+                "worst_box_ratio": _finite(self.worst_box_ratio), "worst_score_ratio": _finite(self.worst_score_ratio),
+                "worst_image": self.worst_image, "label_mismatches": self.label_mismatches,
+                "borderline": [{**asdict(b), "text": b.describe()} for b in self.borderline],
+                "unexplained": [{**asdict(u), "text": u.describe()} for u in self.unexplained],
+                "verdict": self.verdict()}
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def compare_detections(a_label: str, a: Sequence[Detections], b_label: str, b: Sequence[Detections],
+                       floor: DetectionFloor, rules: Rules, candidates: Sequence[Detections] | None = None,
+                       factor: float = AUTO_FACTOR) -> DetectionPair:
+    """Judge run `a` against reference `b` (one Detections per image). `candidates` are the oracle's
+    float64 inputs to the final NMS per image (to recompute NMS decisions); without them an NMS decision
+    is recomputed on the detections' own boxes."""
+    pair = DetectionPair(a_label, b_label, factor, floor)
+    if len(a) != len(b):
+        pair.reference_per_image = [len(d) for d in b]
+        pair.unexplained.append(Unexplained(0, "run", -1, math.nan, [], f"{len(a)} images against {len(b)}"))
+        return pair
+    worst = -1.0
+    for image, (run, ref) in enumerate(zip(a, b, strict=True)):
+        cands = candidates[image] if candidates is not None else None
+        ratio = _judge_image(pair, image, run, ref, floor, rules, cands, factor)
+        if ratio > worst or (pair.worst_image is None and pair.unexplained):
+            worst, pair.worst_image = ratio, image
+    return pair
+
+
+def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detections, floor: DetectionFloor,
+                 rules: Rules, candidates: Detections | None, factor: float) -> float:
+    import numpy as np
+
+    pairs = assign(run, ref)
+    pair.matched_per_image.append(len(pairs))
+    pair.reference_per_image.append(len(ref))
+    worst = 0.0
+    for i, j, _ in pairs:
+        box = float(np.abs(run.boxes[i] - ref.boxes[j]).max()) / floor.boxes
+        score = abs(float(run.scores[i] - ref.scores[j])) / floor.scores
+        pair.worst_box_ratio = max(pair.worst_box_ratio, box)
+        pair.worst_score_ratio = max(pair.worst_score_ratio, score)
+        worst = max(worst, box, score)
+    lone_run = sorted(set(range(len(run))) - {i for i, _, _ in pairs})
+    lone_ref = sorted(set(range(len(ref))) - {j for _, j, _ in pairs})
+    pair.label_mismatches += _label_mismatches(run.take(lone_run), ref.take(lone_ref))
+    context = _Context(image, floor, rules, candidates, factor)
+    before = len(pair.unexplained)
+    for side, mine, other, lone in (("run", run, ref, lone_run), ("reference", ref, run, lone_ref)):
+        for k in lone:
+            found = context.explain(side, mine, k, other)
+            if isinstance(found, Borderline):
+                pair.borderline.append(found)
+            else:
+                pair.unexplained.append(found)
+    return math.inf if len(pair.unexplained) > before else worst
+
+
+def _label_mismatches(run: Detections, ref: Detections) -> int:
+    """Unmatched boxes that pair up across classes: the same object with another label."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    if not len(run) or not len(ref):
+        return 0
+    iou = iou_matrix(run.boxes, ref.boxes)
+    rows, cols = linear_sum_assignment(1.0 - iou)
+    return int(sum(1 for r, c in zip(rows, cols, strict=True)
+                   if iou[r, c] >= MATCH_IOU and run.labels[r] != ref.labels[c] and np.isfinite(iou[r, c])))
+
+
+@dataclass
+class _Context:
+    image: int
+    floor: DetectionFloor
+    rules: Rules
+    candidates: Detections | None
+    factor: float
+
+    @property
+    def score_band(self) -> float:
+        return self.factor * self.floor.scores
+
+    def explain(self, side: str, mine: Detections, k: int, other: Detections) -> Borderline | Unexplained:
+        label, score, box = int(mine.labels[k]), float(mine.scores[k]), mine.boxes[k]
+        found = self._threshold(score) or self._cap(score, other) or self._nms(label, score, box, other)
+        if found:
+            return Borderline(self.image, side, label, score, [float(v) for v in box], *found)
+        why = f"score {score:.6g} is {(score - self.rules.score_thresh) / self.floor.scores:.3g} floors above the " \
+              f"threshold {self.rules.score_thresh:g}, and no NMS decision or cap within rounding explains it"
+        return Unexplained(self.image, side, label, score, [float(v) for v in box], why)
+
+    def _threshold(self, score: float) -> tuple[str, str] | None:
+        gap = abs(score - self.rules.score_thresh)
+        if gap <= self.score_band:
+            return "score threshold", f"{gap / self.floor.scores:.2g} floors from the threshold " \
+                                      f"{self.rules.score_thresh:g}"
+        return None
+
+    def _cap(self, score: float, other: Detections) -> tuple[str, str] | None:
+        if len(other) < self.rules.detections_per_img or not len(other):
+            return None
+        lowest = float(other.scores.min())
+        gap = abs(score - lowest)
+        if gap <= self.score_band:
+            return "detections cap", f"the other side is full ({self.rules.detections_per_img}) and its lowest " \
+                                     f"kept score {lowest:.6g} is {gap / self.floor.scores:.2g} floors away"
+        return None
+
+    def _nms(self, label: int, score: float, box: np.ndarray, other: Detections) -> tuple[str, str] | None:
+        """Recompute, in float64, the NMS decision between this detection and each same-class detection
+        the other side kept with a score as high (within rounding)."""
+        import numpy as np
+
+        mine64 = self._float64(label, box)
+        keepers = np.flatnonzero((other.labels == label) & (other.scores >= score - self.score_band))
+        error = self.factor * self.floor.boxes + FLOAT32_EPS * self._offset_scale()
+        for k in keepers:
+            theirs64 = self._float64(label, other.boxes[k])
+            iou = float(iou_matrix(mine64[None], theirs64[None])[0, 0])
+            band = iou_band(mine64, theirs64, error)
+            if abs(iou - self.rules.nms_thresh) <= band:
+                return "NMS", f"float64 IoU {iou:.9f} with a kept class-{label} box is within {band:.2g} of " \
+                              f"the NMS threshold {self.rules.nms_thresh:g}"
+        return None
+
+    def _float64(self, label: int, box: np.ndarray) -> np.ndarray:
+        """The oracle's float64 candidate for `box` (same class, largest IoU), or `box` itself."""
+        import numpy as np
+
+        cands = self.candidates
+        if cands is None or not len(cands):
+            return box
+        same = np.flatnonzero(cands.labels == label)
+        if not len(same):
+            return box
+        iou = iou_matrix(box[None], cands.boxes[same])[0]
+        best = int(np.argmax(iou))
+        return cands.boxes[same[best]] if iou[best] >= MATCH_IOU else box
+
+    def _offset_scale(self) -> float:
+        """torchvision's batched NMS offsets each class's boxes by label x (max coordinate + 1), and
+        rounds the offset boxes: that magnitude sets float32's rounding of the IoU."""
+        cands = self.candidates
+        if cands is None or not len(cands):
+            return 0.0
+        top = float(abs(cands.boxes).max()) + 1.0
+        return top * (int(cands.labels.max()) + 1)

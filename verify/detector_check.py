@@ -1,0 +1,495 @@
+"""Verify a whole detector's exports: TorchScript (script) and legacy ONNX against eager and its float64 oracle.
+
+Two levels, both reported:
+- before NMS: the dense head tensors (RPN objectness and deltas, box-head logits and regression, RetinaNet /
+  SSDlite per-level heads), captured with forward hooks in eager float32 / float64 and, for ONNX, added as extra
+  graph outputs; judged by verify.compare on the oracle's floors (per channel for NCHW tensors). TorchScript is
+  judged after NMS only (a scripted module runs no Python hooks);
+- after NMS: detections matched by IoU (verify/detections.py) on the float32 floor of detections.
+A format that does not export, or a file its runtime cannot run, is a one-line refusal and a failed check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporter.errors import ExportError, UsageError
+from verify.compare import PairResult, Tolerance, compare_outputs
+from verify.detections import (
+    DetectionFloor,
+    DetectionPair,
+    Detections,
+    Rules,
+    compare_detections,
+    measure_detection_floor,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from exporter.families.detectors import BuiltDetector
+
+FORMATS = ("torchscript", "onnx", "onnx-dynamo")
+ONNX_OPSET = 17
+OUTPUT_NAMES = ("boxes", "labels", "scores")
+DYNAMO_BLOCKER = ("torch.export cannot trace torchvision's detectors: NMS and RoIAlign have data-dependent output "
+                  "shapes (upstream fixes open: pytorch/vision#9226, pytorch/vision#9395); use the legacy ONNX "
+                  "exporter (format onnx)")
+RESHAPE_BLOCKER = "pytorch/vision#4623 (a Reshape to {-1, 4} that fails at run time on some image sizes)"
+FILE_NAMES = {"torchscript": "detector.torchscript.pt", "onnx": "detector.onnx", "onnx-dynamo": "detector.dynamo.onnx"}
+RUNTIMES = {"torchscript": "torchscript", "onnx": "onnxruntime", "onnx-dynamo": "onnxruntime (dynamo)"}
+EAGER, ORACLE = "eager", "eager fp64"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class DetectorReport:
+    name: str
+    norm: str
+    weights: str
+    shape: tuple[int, ...]
+    formats: tuple[str, ...]
+    factor: float
+    refusals: dict[str, str] = field(default_factory=dict)
+    """Format -> why it was not exported or could not run (one line)."""
+    dense: list[PairResult] = field(default_factory=list)
+    detections: list[DetectionPair] = field(default_factory=list)
+    floor: DetectionFloor | None = None
+    dense_outputs: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    """Checks that could not be made (no floor measurable, no detections): each a failure."""
+
+    @property
+    def passed(self) -> bool:
+        return (not self.refusals and not self.problems and bool(self.detections)
+                and all(p.passed for p in self.dense) and all(p.passed for p in self.detections))
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per pair and level: what a table renders."""
+        rows = []
+        for pair in self.dense:
+            worst = pair.worst if pair.outputs else None
+            rows.append({"level": "before NMS", "a": pair.a, "b": pair.b, "passed": pair.passed,
+                         "status": "agrees" if pair.passed else "differs",
+                         "worst": worst.where if worst else "", "ratio": worst.ratio if worst else None,
+                         "text": worst.verdict() if worst else "no shared tensors"})
+        for det in self.detections:
+            rows.append({"level": "after NMS", "a": det.a, "b": det.b, "passed": det.passed, "status": det.status,
+                         "matched": det.matched, "borderline": len(det.borderline),
+                         "unexplained": len(det.unexplained), "worst_box_ratio": det.worst_box_ratio,
+                         "worst_score_ratio": det.worst_score_ratio, "worst_image": det.worst_image,
+                         "text": det.verdict()})
+        for fmt, why in self.refusals.items():
+            rows.append({"level": "export", "a": fmt, "b": "", "passed": False, "status": "refused", "text": why})
+        rows += [{"level": "check", "a": "", "b": "", "passed": False, "status": "failed", "text": p}
+                 for p in self.problems]
+        return rows
+
+    def summary(self) -> str:
+        if self.passed:
+            least = min(min(d.matched_per_image) for d in self.detections)
+            return (f"{self.name}:{self.norm} agrees: {len(self.dense)} before-NMS and {len(self.detections)} "
+                    f"after-NMS pairs, at least {least} detections matched per image")
+        failed = [r["text"] for r in self.rows() if not r["passed"]]
+        return f"{self.name}:{self.norm} fails: {failed[0]}" + (f" (+{len(failed) - 1} more)" if len(failed) > 1
+                                                                 else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"detector": self.name, "norm": self.norm, "weights": self.weights, "shape": list(self.shape),
+                "formats": list(self.formats), "factor": self.factor, "passed": self.passed,
+                "exit_code": self.exit_code, "summary": self.summary(), "refusals": self.refusals,
+                "problems": self.problems, "dense_outputs": self.dense_outputs,
+                "floor": self.floor.to_dict() if self.floor else None,
+                "before_nms": [p.to_dict() for p in self.dense], "after_nms": [d.to_dict() for d in self.detections],
+                "rows": self.rows(), "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "files": self.files}
+
+
+@dataclass
+class Run:
+    detections: list[Detections]
+    dense: dict[str, np.ndarray] = field(default_factory=dict)
+    candidates: list[Detections] = field(default_factory=list)
+
+
+def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] = (1, 3, 320, 320),
+                    weights: str = "synthetic", seed: int = 0, formats: Sequence[str] = ("torchscript", "onnx"),
+                    out: Path | None = None, progress: Callable[[str], None] | None = None,
+                    factor: float | None = None, images: np.ndarray | None = None) -> DetectorReport:
+    """Build, export, run and judge `name`; `images` (N, 3, H, W in [0, 1]) replaces the synthetic ones."""
+    from exporter.families.detectors import build_detector
+
+    say = progress or (lambda _: None)
+    formats = _check_formats(formats)
+    tolerance = Tolerance.from_options(factor=factor)
+    clock = _Clock()
+    with clock("build"):
+        say(f"building {name}")
+        built = build_detector(name, norm, weights, seed)
+    inputs = _inputs(shape, seed, images)
+    with _folder(out) as folder:
+        files, refusals = export_detector(built, inputs[0], formats, folder, say, clock)
+        report = judge_detector(built, inputs, files, tolerance, say, clock)
+    report.refusals = {**refusals, **report.refusals}
+    report.formats = tuple(formats)
+    report.seconds.update(clock.seconds)
+    return report
+
+
+def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UsageError(f"Unknown detector format {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}")
+    return tuple(dict.fromkeys(formats))
+
+
+def _inputs(shape: tuple[int, ...], seed: int, images: np.ndarray | None) -> list[torch.Tensor]:
+    import torch
+
+    from exporter.families.detectors import calibration_image
+
+    if images is not None:
+        return [torch.as_tensor(image, dtype=torch.float32) for image in images]
+    if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
+        raise UsageError(f"A detector input shape is N x 3 x H x W, got {'x'.join(map(str, shape))}")
+    return [calibration_image(seed + i, tuple(shape[1:])) for i in range(shape[0])]
+
+
+@contextlib.contextmanager
+def _folder(out: Path | None) -> Iterator[Path]:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="verify-detector-") as tmp:
+        yield Path(tmp)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - start
+
+
+def export_detector(built: BuiltDetector, example: torch.Tensor, formats: Sequence[str], folder: Path,
+                    say: Callable[[str], None] = lambda _: None,
+                    clock: _Clock | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    """Write each format to `folder`; return the files and, per format that did not export, a one-line why."""
+    clock = clock or _Clock()
+    files, refusals = {}, {}
+    for fmt in formats:
+        path = folder / FILE_NAMES[fmt]
+        say(f"exporting {fmt}")
+        with clock(f"export {fmt}"):
+            try:
+                _EXPORTERS[fmt](built.model, example, path)
+                files[fmt] = path
+            except ExportError as exc:
+                refusals[fmt] = str(exc)
+    return files, refusals
+
+
+def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import torch
+
+    try:
+        torch.jit.save(torch.jit.script(model), str(path))
+    except Exception as exc:  # TorchScript raises many types for what it cannot compile
+        raise ExportError(f"torch.jit.script cannot compile this detector ({_first_line(exc)})") from None
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the tracer warns on every Python scalar in torchvision's code
+            torch.onnx.export(model, ([example],), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["image"], output_names=output_names(model, example))
+    except Exception as exc:  # the exporter raises many types
+        raise ExportError(f"the legacy ONNX exporter fails on this detector ({_first_line(exc)})") from None
+
+
+def output_names(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
+    """The detection dict's keys in the model's own order (Faster R-CNN: boxes, labels, scores; RetinaNet
+    and SSDlite: boxes, scores, labels): the legacy exporter names outputs by position."""
+    from exporter.families.detectors import detect
+
+    names = list(detect(model, example))
+    if sorted(names) != sorted(OUTPUT_NAMES):
+        raise ExportError(f"the detector returns {', '.join(names)}, not {', '.join(OUTPUT_NAMES)}")
+    return names
+
+
+def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # and torch.onnx prints its progress on stdout
+            program = torch.onnx.export(model, ([example],), dynamo=True, opset_version=18)
+            program.save(str(path))
+    except Exception as exc:  # torch.export raises many types on data-dependent shapes
+        raise ExportError(f"{DYNAMO_BLOCKER} [{_root_cause(exc)[:160]}]") from None
+    raise ExportError(f"the dynamo ONNX export of a detector is not judged yet ({path.name} written, not run)")
+
+
+_EXPORTERS = {"torchscript": _export_torchscript, "onnx": _export_onnx, "onnx-dynamo": _export_dynamo}
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's first line, without terminal colours (torch.onnx wraps the real reason)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line for line in ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0].strip() if lines else ''}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
+
+
+def judge_detector(built: BuiltDetector, inputs: Sequence[torch.Tensor], files: dict[str, Path],
+                   tolerance: Tolerance | None = None, say: Callable[[str], None] = lambda _: None,
+                   clock: _Clock | None = None) -> DetectorReport:
+    """Run eager float32 and float64 and each exported file on `inputs`, and judge both levels."""
+    tolerance = tolerance or Tolerance()
+    clock = clock or _Clock()
+    report = DetectorReport(built.name, built.norm, built.weights, (len(inputs), *inputs[0].shape),
+                            tuple(files), tolerance.factor, files={k: str(v) for k, v in files.items()})
+    with clock("run eager"):
+        say("running eager float32 and float64")
+        eager = run_eager(built, inputs, float64=False)
+        oracle = run_eager(built, inputs, float64=True)
+    runs: dict[str, Run] = {}
+    for fmt, path in files.items():
+        with clock(f"run {fmt}"):
+            say(f"running {RUNTIMES[fmt]}")
+            try:
+                runs[RUNTIMES[fmt]] = _RUNNERS[fmt](path, inputs, list(eager.dense))
+            except ExportError as exc:
+                report.refusals[fmt] = str(exc)
+    with clock("judge"):
+        _judge(report, built, eager, oracle, runs, tolerance)
+    return report
+
+
+def _judge(report: DetectorReport, built: BuiltDetector, eager: Run, oracle: Run, runs: dict[str, Run],
+           tolerance: Tolerance) -> None:
+    from verify.oracle import measure_floors
+
+    floors = measure_floors(eager.dense, oracle.dense)
+    report.dense_outputs = list(eager.dense)
+    report.floor = measure_detection_floor(eager.detections, oracle.detections)
+    if report.floor is None:
+        report.problems.append(f"eager float32 and float64 share no detection on these inputs: no floor to judge "
+                               f"on (the reference has {sum(len(d) for d in oracle.detections)} detections)")
+        return
+    rules = Rules(built.score_thresh, built.nms_thresh, built.detections_per_img)
+    for label, run in runs.items():
+        if label != RUNTIMES["torchscript"]:  # every ONNX run must show every dense tensor
+            report.dense.append(compare_outputs(label, run.dense, ORACLE, oracle.dense, tolerance, floors,
+                                                kind="oracle", require_all=True))
+            report.dense.append(compare_outputs(label, run.dense, EAGER, eager.dense, tolerance, floors,
+                                                require_all=True))
+    for label, run in [(EAGER, eager), *runs.items()]:
+        report.detections.append(compare_detections(label, run.detections, ORACLE, oracle.detections,
+                                                     report.floor, rules, oracle.candidates, tolerance.factor))
+        if label != EAGER:
+            report.detections.append(compare_detections(label, run.detections, EAGER, eager.detections,
+                                                        report.floor, rules, oracle.candidates, tolerance.factor))
+
+
+@contextlib.contextmanager
+def _record_nms(calls: list[Detections]) -> Iterator[None]:
+    """Record every batched NMS's inputs (boxes, scores, class or level) while the model runs."""
+    import torchvision.ops.boxes as box_ops
+
+    original = box_ops.batched_nms
+
+    def recording(boxes, scores, idxs, iou_threshold):
+        calls.append(Detections.of({"boxes": boxes.detach().numpy(), "scores": scores.detach().numpy(),
+                                    "labels": idxs.detach().numpy()}))
+        return original(boxes, scores, idxs, iou_threshold)
+
+    box_ops.batched_nms = recording
+    try:
+        yield
+    finally:
+        box_ops.batched_nms = original
+
+
+def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: bool) -> Run:
+    """Detections and dense tensors of each image (dense ones named `module#call`, images concatenated);
+    in float64 also the final NMS's candidates of each image."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(built.model).double() if float64 else built.model
+    dtype = torch.float64 if float64 else torch.float32
+    modules = built.dense_modules
+    result = Run([])
+    per_image: list[dict[str, np.ndarray]] = []
+    for image in inputs:
+        seen: dict[str, list[torch.Tensor]] = {m: [] for m in modules}
+        hooks = [model.get_submodule(m).register_forward_hook(
+            lambda mod, args, out, store=seen[m]: store.append(out.detach().clone())) for m in modules]
+        calls: list[Detections] = []
+        try:
+            with torch.inference_mode(), (_record_nms(calls) if float64 else contextlib.nullcontext()):
+                out = model([image.to(dtype)])[0]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        result.detections.append(Detections.of({k: v.numpy() for k, v in out.items()}))
+        if calls:
+            result.candidates.append(calls[-1])
+        per_image.append({f"{m}#{i}": t.numpy() for m in modules for i, t in enumerate(seen[m])})
+    result.dense = _concat(per_image)
+    return result
+
+
+def _concat(per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One array per dense tensor over all images (axis 0); a tensor whose rows differ between runs
+    (the box head's, one row per proposal) still lines up image by image."""
+    import numpy as np
+
+    names = per_image[0].keys() if per_image else []
+    return {n: np.concatenate([d[n] for d in per_image if n in d], axis=0) for n in names}
+
+
+def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> Run:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that TorchScript is deprecated on every load
+        model = torch.jit.load(str(path))
+        result = Run([])
+        with torch.inference_mode():
+            for image in inputs:
+                try:
+                    _, out = model([image])
+                except Exception as exc:  # a scripted module raises torch.jit.Error and others
+                    raise ExportError(f"the TorchScript file fails at run time ({_first_line(exc)})") from None
+                result.detections.append(Detections.of({k: v.numpy() for k, v in out[0].items()}))
+    return result
+
+
+def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> Run:
+    """The file as written for detections; a copy with the dense tensors as extra outputs for those."""
+    import onnx
+
+    model = onnx.load(str(path))
+    found = onnx_dense_outputs(model, dense)
+    result = Run([])
+    session = _session(model.SerializeToString())
+    extended = _with_outputs(model, list(found.values()))
+    dense_session = _session(extended.SerializeToString()) if found else None
+    per_image = []
+    for image in inputs:
+        out = _ort_run(session, image, list(OUTPUT_NAMES))
+        result.detections.append(Detections.of(out))
+        if dense_session is not None:
+            values = _ort_run(dense_session, image, list(found.values()))
+            per_image.append({name: values[onnx_name] for name, onnx_name in found.items()})
+    result.dense = _concat(per_image) if per_image else {}
+    return result
+
+
+def _session(model_bytes: bytes) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own types for a graph it cannot load
+        raise ExportError(f"ONNX Runtime cannot load the detector ({_first_line(exc)})") from None
+
+
+def _ort_run(session: Any, image: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:
+    feed = {session.get_inputs()[0].name: image.numpy()}
+    try:
+        return dict(zip(names, session.run(names, feed), strict=True))
+    except Exception as exc:  # ORT raises its own types at run time
+        text = _first_line(exc)
+        known = f"; the known upstream failure {RESHAPE_BLOCKER}" if "Reshape" in text else ""
+        raise ExportError(f"ONNX Runtime fails on this detector at {'x'.join(map(str, image.shape))}"
+                          f"{known} ({text[:160]})") from None
+
+
+_RUNNERS = {"torchscript": _run_torchscript, "onnx": _run_onnx, "onnx-dynamo": _run_onnx}
+
+
+def onnx_scopes(module: str, call: int) -> list[str]:
+    """The legacy exporter's scope of a module's `call`-th call: `rpn.head.conv.0.0` is
+    `/rpn/head/conv/conv.0/conv.0.0`, a later call gets `_<call>` on its last part, and a ModuleList
+    (never called itself) has no part of its own: `head.x.module_list.0.1` is `/head/x/module_list.0/...`.
+    Both readings of a container followed by an index are returned."""
+    parts, scope, chain = module.split("."), [], ""
+    for part in parts:
+        chain = f"{chain}.{part}" if part.isdigit() and chain else part
+        scope.append(chain)
+    if call:
+        scope[-1] += f"_{call}"
+    called = "/" + "/".join(scope) + "/"
+    listed = [s for i, s in enumerate(scope) if not (i + 1 < len(parts) and parts[i + 1].isdigit()
+                                                       and not parts[i].isdigit())]
+    return list(dict.fromkeys([called, "/" + "/".join(listed) + "/"]))
+
+
+def onnx_dense_outputs(model: Any, dense: list[str]) -> dict[str, str]:
+    """Each dense tensor (`module#call`) -> the name of the ONNX value the module's Conv/Gemm produced;
+    a tensor not found exactly once is left out (and then fails as missing)."""
+    outputs = {}
+    for name in dense:
+        module, _, call = name.partition("#")
+        hits = {n.output[0] for scope in onnx_scopes(module, int(call)) for n in model.graph.node
+                if n.op_type in ("Conv", "Gemm", "MatMul") and n.output and n.output[0].startswith(scope)
+                and re.fullmatch(r"[A-Za-z]+_output_0", n.output[0][len(scope):])}
+        if len(hits) == 1:
+            outputs[name] = hits.pop()
+    return outputs
+
+
+def _with_outputs(model: Any, names: list[str]) -> Any:
+    import copy
+
+    import onnx
+
+    extended = copy.deepcopy(model)
+    present = {o.name for o in extended.graph.output}
+    for name in names:
+        if name not in present:
+            extended.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return extended
