@@ -92,3 +92,21 @@ def test_every_file_format_claims_its_own_files(fmt, exported_small):
     reopened = open_artifact(artifact.path)
     assert reopened.format == fmt and reopened.meta.output_names == artifact.meta.output_names
     assert entry.executes and entry.Options().validate() is None
+
+
+@pytest.mark.parametrize("fmt", FORMATS.names())
+def test_every_format_names_a_registered_runtime_that_runs_it(fmt):
+    """`Format.default_runtime` replaces 'the first registered runtime of the format' (registry order)."""
+    from verify.runtimes import default_runtime, runtime_class
+
+    name = default_runtime(fmt)
+    assert name in RUNTIMES.names() and fmt in runtime_class(name).formats
+
+
+def test_a_format_naming_an_unknown_runtime_is_refused(monkeypatch):
+    from exporter.formats.onnx import OnnxFormat
+    from verify.runtimes import default_runtime
+
+    monkeypatch.setattr(OnnxFormat, "default_runtime", "no-such-runtime")
+    with pytest.raises(UsageError, match="not a registered runtime of onnx"):
+        default_runtime("onnx")

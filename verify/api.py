@@ -23,7 +23,7 @@ from verify.oracle import NoiseFloor, Oracle, oracle_or_spread
 from verify.pipeline import model_shape, require_some_finite_run, without_float64, worst_over_inputs
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
-from verify.runtimes import RuntimeOptions, runtimes_for
+from verify.runtimes import RuntimeOptions, default_runtime
 from verify.settings import RunSettings, input_dict, settings_dict, settings_inputs
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     runs, oracles, repeats = [], [], []
     for short, text, artifact in zip("AB", (a, b), sides):
         feeds = [{artifact.meta.input_name: item.array} for item in named]
-        side_runs = _run(runtimes_for(artifact.format)[0], artifact, feeds, settings.runtime, progress, report,
+        side_runs = _run(default_runtime(artifact.format), artifact, feeds, settings.runtime, progress, report,
                          repeats)
         repeats[-1].label = f"{short} ({text} on {side_runs[0]['label']})"
         report.legend[short] = f"{text} on {side_runs[0]['label']}"

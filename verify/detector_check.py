@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from exporter.families.detectors import BuiltDetector
 
 FORMATS = ("torchscript", "onnx", "onnx-dynamo")
+DEFAULT_FORMATS = FORMATS[:2]
+"""What `verify export -b <detector>` exports unless --format says otherwise (dynamo is refused upstream)."""
 ONNX_OPSET = 17
 OUTPUT_NAMES = ("boxes", "labels", "scores")
 DYNAMO_BLOCKER = ("torch.export cannot trace torchvision's detectors: NMS and RoIAlign have data-dependent output "

@@ -157,7 +157,7 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     import torch
 
     from verify.oracle import noise_floors, oracle_or_spread
-    from verify.runtimes import make_runtime, runtimes_for
+    from verify.runtimes import default_runtime, make_runtime
     from verify.runtimes.torch_common import call_module, to_numpy_outputs
 
     progress = progress or NullProgress()
@@ -167,7 +167,7 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     with progress.step("Running both in float32 and float64"):
         for artifact, side in zip((a, b), sides):
             if side.fp32 is None:
-                fp32.append(make_runtime(runtimes_for(artifact.format)[0]).load(artifact)
+                fp32.append(make_runtime(default_runtime(artifact.format)).load(artifact)
                             .run({artifact.meta.input_name: x}))
                 fp64.append(None)
                 continue

@@ -426,12 +426,12 @@ def run_exposing(artifact: Artifact, model: Any, names: set[str], x: np.ndarray,
 
     import onnx
 
-    from verify.runtimes import make_runtime, runtimes_for
+    from verify.runtimes import default_runtime, make_runtime
 
     existing = {o.name for o in model.graph.output}
     for name in sorted(names - existing):
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    runner = runtimes_for(artifact.format)[0]
+    runner = default_runtime(artifact.format)
     settings = [None, *(make_runtime(runner).alternatives() if alternatives else [])]
     with tempfile.TemporaryDirectory(prefix="module-values-") as folder:
         exposed = Path(folder) / (artifact.path.name if artifact.path else "model")

@@ -329,13 +329,13 @@ def oracle_or_spread(artifact: Artifact, inputs: dict[str, np.ndarray], fp32: di
     """The float64 oracle where a runtime can run `artifact` in float64; otherwise (an ONNX file)
     no reference outputs, and the float32 floor from the spread of the runtime's alternative settings
     (e.g. ONNX Runtime's graph optimisation levels)."""
-    from verify.runtimes import make_runtime, runtimes_for
+    from verify.runtimes import default_runtime, make_runtime
 
     oracle = measure_oracle(artifact, inputs, fp32, options)
     if oracle is not None:
         return oracle
     name = artifact.path.name if artifact.path else artifact.label
-    runner = runtimes_for(artifact.format)[0]
+    runner = default_runtime(artifact.format)
     if fp32 is None:
         fp32 = make_runtime(runner).load(artifact).run(inputs)
     others = [make_runtime(runner, alt).load(artifact).run(inputs) for alt in make_runtime(runner).alternatives()]

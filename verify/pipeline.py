@@ -378,11 +378,11 @@ def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunR
     whatever device the runs used (the floor is the CPU's float32 rounding of this model on this input);
     `no_float64`, the model's note, stands in for a model that cannot run in float64."""
     from verify.oracle import measure_oracle
-    from verify.runtimes import make_runtime, runtimes_for
+    from verify.runtimes import default_runtime, make_runtime
     from verify.trust import copy_feed
 
     inputs = copy_feed(inputs)  # a model that writes into its input spoils only this copy
-    runner = runtimes_for(eager.format)[0]
+    runner = default_runtime(eager.format)
     fp32 = next((run.outputs[index] for run in runs if run.label == runner), None)
     if fp32 is None:
         fp32 = make_runtime(runner).load(eager).run(inputs)

@@ -66,6 +66,10 @@ class Format:
     """Exported by `verify export` unless formats are chosen."""
     executes: ClassVar[str] = ""
     """What loading a file of this format can execute (README, `verify list`)."""
+    default_runtime: ClassVar[str]
+    """The runtime (a name in verify's runtime registry) that runs this format when none is chosen: the
+    float32 reference of a compared file, the runner of an oracle. A name, not an import: exporter never
+    imports verify."""
     executes_code_on_load: ClassVar[bool] = True
     """Loading a file of this format can run code (unpickling, a program, a shared library): never loaded
     from an unsigned folder or the cache without the user's explicit consent. True unless a format declares

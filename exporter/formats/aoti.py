@@ -44,6 +44,7 @@ def require_compiler() -> str:
 
 class AotiFormat(Format):
     name: ClassVar[str] = "aoti"
+    default_runtime: ClassVar[str] = "aoti"
     suffixes: ClassVar[tuple[str, ...]] = (".pt2",)
     filename: ClassVar[str] = "model_aoti.pt2"
     Options: ClassVar[type] = AotiOptions

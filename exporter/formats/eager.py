@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 class EagerFormat(Format):
     name: ClassVar[str] = "eager"
+    default_runtime: ClassVar[str] = "eager"
 
 
 def eager_artifact(built: BuiltModel, shape: tuple[int, ...]) -> Artifact:

@@ -60,6 +60,7 @@ def file_opset(path: Path) -> int | None:
 
 class OnnxFormat(Format):
     name: ClassVar[str] = "onnx"
+    default_runtime: ClassVar[str] = "onnxruntime"
     suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
     filename: ClassVar[str] = "model.onnx"
     Options: ClassVar[type] = OnnxOptions

@@ -53,6 +53,7 @@ def is_aoti_package(path: Path) -> bool:
 
 class ExportedProgramFormat(Format):
     name: ClassVar[str] = "pt2"
+    default_runtime: ClassVar[str] = "exported"
     suffixes: ClassVar[tuple[str, ...]] = (".pt2",)
     filename: ClassVar[str] = "model.pt2"
     Options: ClassVar[type] = NoOptions

@@ -25,6 +25,7 @@ class TorchScriptOptions:
 
 class TorchScriptFormat(Format):
     name: ClassVar[str] = "torchscript"
+    default_runtime: ClassVar[str] = "torchscript"
     suffixes: ClassVar[tuple[str, ...]] = (".pt", ".ts", ".torchscript")
     filename: ClassVar[str] = "model.pt"
     Options: ClassVar[type] = TorchScriptOptions

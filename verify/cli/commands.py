@@ -111,7 +111,7 @@ def _export_detector(name: str, norm: str, weights: str, seed: int, shape: str |
     from exporter.families.detectors import DETECTORS
     from exporter.fsio import staged_folder
     from exporter.spec import parse_shape
-    from verify.detector_check import verify_detector
+    from verify.detector_check import DEFAULT_FORMATS, verify_detector
     from verify.inputs import load_inputs
     from verify.render.console import print_line
     from verify.render.text import markup
@@ -126,10 +126,11 @@ def _export_detector(name: str, norm: str, weights: str, seed: int, shape: str |
     images = None
     if input_path is not None:
         images = np.concatenate([item.array for item in load_inputs(input_path, size, normalize=False)])
-    chosen = tuple(formats) if formats else ("torchscript", "onnx")
-    unknown = [f for f in chosen if f not in ("torchscript", "onnx")]
+    chosen = tuple(formats) if formats else DEFAULT_FORMATS
+    unknown = [f for f in chosen if f not in DEFAULT_FORMATS]
     if unknown:
-        raise UsageError(f"Detectors export to torchscript and onnx (legacy exporter) only; drop --format {unknown[0]}")
+        raise UsageError(f"Detectors export to {' and '.join(DEFAULT_FORMATS)} (legacy exporter) only; drop "
+                         f"--format {unknown[0]}")
     with staged_folder(out / f"{name}-{norm}") as staging, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation, once per call
         report = verify_detector(name, norm, size, weights, seed, chosen, out=staging, factor=factor, images=images,

@@ -123,6 +123,17 @@ def runtimes_for(fmt: str, float64: bool = False) -> list[str]:
             and (not float64 or runtime_class(name).supports_float64)]
 
 
+def default_runtime(fmt: str) -> str:
+    """The runtime a format names as its own (`Format.default_runtime`), checked to be registered and to run it."""
+    from exporter.formats import get_format
+
+    name = get_format(fmt).default_runtime
+    if name not in RUNTIMES.names() or fmt not in runtime_class(name).formats:
+        raise UsageError(f"Format {fmt} names {name!r} as its runtime, which is not a registered runtime of {fmt}; "
+                         f"register it, or name one of: {', '.join(runtimes_for(fmt)) or 'none'}")
+    return name
+
+
 def make_runtime(name: str, options: RuntimeOptions | None = None) -> Runtime:
     return runtime_class(name)(options)
 
