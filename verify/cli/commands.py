@@ -23,13 +23,17 @@ def user_timeout(timeout: float | None) -> float:
     return USER_CODE_TIMEOUT if timeout is None else timeout
 
 
-def _finish(report: Any, json_path: Path | None, verbose: bool) -> None:
+def _finish(report: Any, json_path: Path | None, verbose: bool, junit: Path | None = None,
+            markdown: Path | None = None) -> None:
+    from verify.render.pairs import write_report_outputs
     from verify.report import render_pairs, write_json_report
 
     render_pairs(report, out_console, verbose)
     if json_path:
         write_json_report(report.to_dict(), json_path)
         err_console.print(f"[dim]wrote {escape(str(json_path))}[/]")
+    for path in write_report_outputs(report, junit, markdown):
+        err_console.print(f"[dim]wrote {escape(str(path))}[/]")
     raise typer.Exit(report.exit_code)
 
 
@@ -64,6 +68,8 @@ def export(
     atol: opt.Atol = None,
     factor: opt.Factor = None,
     json_path: opt.JsonOut = None,
+    junit: opt.JunitOut = None,
+    markdown: opt.MarkdownOut = None,
     verbose: opt.Verbose = False,
     sign_key: opt.SignKey = None,
     cache_dir: opt.CacheDir = None,
@@ -80,9 +86,11 @@ def export(
         _export_detector(backbone, norm, weights, seed, shape, input_path, fmt, out, factor, json_path)
     spec = UserModelSpec.parse(model) if model else ModelSpec(backbone, norm, view)
     folder = out / spec.slug
-    if json_path and json_path.resolve().is_relative_to(folder.resolve()):
-        raise UsageError(f"--json {json_path} is inside the export folder {folder}, which the export replaces; "
-                         "write it elsewhere")
+    opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
+    for flag, path in (("--json", json_path), ("--junit", junit), ("--markdown", markdown)):
+        if path and path.resolve().is_relative_to(folder.resolve()):
+            raise UsageError(f"{flag} {path} is inside the export folder {folder}, which the export replaces; "
+                             "write it elsewhere")
     settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor, precision)
     options = opt.export_options(fmt, static, trace, onnx_exporter, opset, device, runtime)
@@ -91,7 +99,7 @@ def export(
                            cache=open_cache(cache_dir, no_cache), timeout=user_timeout(timeout))
     if "folder" in report.artifacts:
         err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
-    _finish(report, json_path, verbose)
+    _finish(report, json_path, verbose, junit, markdown)
 
 
 def detector_names() -> list[str]:
@@ -167,16 +175,19 @@ def compare(
     atol: opt.Atol = None,
     factor: opt.Factor = None,
     json_path: opt.JsonOut = None,
+    junit: opt.JunitOut = None,
+    markdown: opt.MarkdownOut = None,
     verbose: opt.Verbose = False,
     timeout: opt.Timeout = None,
 ) -> None:
     """Run any two models or artifacts on the same input and judge them on the outputs they share."""
     from verify.api import compare as run_compare
 
+    opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
     settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
                          atol, factor, precision)
     _finish(run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout)),
-            json_path, verbose)
+            json_path, verbose, junit, markdown)
 
 
 @handle_errors

@@ -1,0 +1,54 @@
+"""`verify export` and `verify compare` write JUnit and Markdown through the same writers as the matrix and the
+folder checks (verify/render/pairs.py): one testcase per pair, named by the pair and its outputs; a problem that
+kept the runs from being judged is a failing case, never a pass."""
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tests.data import untrusted
+from verify.cli import app
+
+TINY = "tests/data/tiny.py:make"
+SHAPE = "1x3x32x32"
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def cases(path: Path) -> list[ET.Element]:
+    return list(ET.parse(path).getroot().iter("testcase"))
+
+
+def test_export_writes_junit_and_markdown_one_case_per_pair(tmp_path):
+    result = invoke("export", "--model", TINY, "--shape", SHAPE, "--format", "onnx", "--out", tmp_path / "out",
+                    "--json", tmp_path / "r.json", "--junit", tmp_path / "j.xml", "--markdown", tmp_path / "s.md")
+    assert result.exit_code == 0, result.output
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    found = cases(tmp_path / "j.xml")
+    assert len(found) == len(report["pairs"])
+    assert {c.get("name").split(":")[0] for c in found} == {f"{p['a']} vs {p['b']}" for p in report["pairs"]}
+    assert not any(c.find("failure") is not None for c in found)
+    page = (tmp_path / "s.md").read_text()
+    assert page.startswith("## ✅ verify export") and page.count("✅ agree") == len(report["pairs"])
+
+
+def test_a_run_that_could_not_be_judged_is_a_failing_case(tmp_path):
+    model = f"{untrusted.__file__}:jitter"
+    result = invoke("compare", model, TINY, "--shape", SHAPE, "--junit", tmp_path / "j.xml", "--markdown",
+                    tmp_path / "s.md")
+    assert result.exit_code == 1, result.output
+    failing = [c for c in cases(tmp_path / "j.xml") if c.find("failure") is not None]
+    assert any(c.get("name") == "judgeable" and "not deterministic" in c.find("failure").get("message")
+               for c in failing)
+    assert (tmp_path / "s.md").read_text().startswith("## ❌ verify compare")
+
+
+def test_the_same_path_twice_is_refused(tmp_path):
+    result = invoke("export", "--model", TINY, "--json", tmp_path / "x", "--junit", tmp_path / "x")
+    assert result.exit_code == 2 and "--json" in result.stderr and "--junit" in result.stderr
