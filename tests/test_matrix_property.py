@@ -30,7 +30,8 @@ from verify.matrix import (
     run_matrix,
 )
 
-EXAMPLES = 40
+EXAMPLES = int(os.environ.get("MATRIX_EXAMPLES", "20"))
+"""Examples per property (the nightly-style run: MATRIX_EXAMPLES=200)."""
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 KEY = "shared CI secret"

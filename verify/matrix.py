@@ -10,6 +10,7 @@ import datetime
 import hmac
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError, VerifyError
 from exporter.spec import ModelSpec
-from verify.isolation import USER_CODE_TIMEOUT
+from verify.isolation import USER_CODE_TIMEOUT, IsolatedRunError, safe_loads
 from verify.pipeline import HIT, MISS, OFF, CellRequest, is_user_model
 
 if TYPE_CHECKING:
@@ -897,7 +898,7 @@ def _worker_main(conn: Any, threads: int) -> None:
             return
         if job is None:
             return
-        conn.send(execute_cell(job, lookup=False))
+        conn.send_bytes(pickle.dumps(execute_cell(job, lookup=False)))
 
 
 @dataclass
@@ -946,9 +947,11 @@ def _collect(worker: _Worker) -> CellResult | None:
     assert job is not None
     if worker.conn.poll():
         try:
-            result = worker.conn.recv()
+            result = safe_loads(worker.conn.recv_bytes())  # the worker ran user code: data back, never code
         except (EOFError, OSError):
             result = None
+        except IsolatedRunError as exc:
+            return _failed(job, str(exc))
         if isinstance(result, CellResult) and result.id == job.id:
             return result
     if not worker.process.is_alive() or worker.conn.closed:
