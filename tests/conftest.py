@@ -36,6 +36,12 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
+FAST_MODULES = {"test_architecture", "test_bad_inputs", "test_ci_output", "test_detections", "test_inputs",
+                "test_inputs_trust", "test_manifest", "test_registry", "test_render_safety", "test_weights"}
+"""Modules whose tests build and export no model (bar those marked slow one by one): the fast tier,
+`pytest -m "not slow"`. Every other module builds, exports and runs models, and is marked slow as a whole."""
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -45,6 +51,8 @@ def pytest_collection_modifyitems(config, items):
         group = shared_export_group(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+        if group or item.module.__name__.rpartition(".")[2] not in FAST_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 NOT_SHARED_WORK = {"session_cache", "module_tmp"}
