@@ -70,7 +70,7 @@ def synthetic_weights(backbone: str, seed: int) -> Weights:
     return Weights(f"synthetic:{seed}", _synthetic_state_dict(backbone, seed))
 
 
-@lru_cache(maxsize=2)  # a matrix worker keeps the last two backbones' weights, not more
+@lru_cache(maxsize=4)  # a matrix worker keeps the last four backbones' weights, not more
 def _synthetic_state_dict(backbone: str, seed: int) -> dict[str, torch.Tensor]:
     """Seeded init of the classifier (torchvision's own norms), then BatchNorm statistics calibrated
     by train-mode passes.

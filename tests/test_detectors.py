@@ -213,3 +213,14 @@ def test_verify_export_refuses_a_norm_the_detector_lacks(tmp_path):
     result = CliRunner().invoke(app, ["export", "-b", "ssdlite320_mobilenet_v3_large", "--norm", "frozen-eps0",
                                       "--out", str(tmp_path)])
     assert result.exit_code == 2 and "has no norm 'frozen-eps0'" in result.stderr
+
+
+@pytest.mark.parametrize("extra", [["--rtol", "1e-5"], ["--junit", "j.xml"], ["--device", "cuda"], ["--trace"]])
+def test_verify_export_refuses_what_a_detector_does_not_apply(tmp_path, extra):
+    """An option asked for and silently ignored would mislead (a tolerance, a signature, a report): refused."""
+    from typer.testing import CliRunner
+
+    from verify.cli import app
+
+    result = CliRunner().invoke(app, ["export", "-b", NAME, "--out", str(tmp_path), *extra])
+    assert result.exit_code == 2 and f"{extra[0]} is not supported for a whole detector" in result.stderr

@@ -231,6 +231,30 @@ def test_a_worker_sends_back_data_not_code():
     assert safe_loads(pickle.dumps(("result", {"a": np.arange(3)})))[1]["a"].tolist() == [0, 1, 2]
 
 
+def test_a_dotted_name_or_a_project_function_never_comes_back():
+    """Protocol 4 resolves `verify.cache` + `os.system` to os.system; a project function is a callable too."""
+    import pickle
+
+    class Shell:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    data = pickle.dumps(Shell(), protocol=4)
+    forged = data.replace(b"\x8c\x05posix\x94\x8c\x06system", b"\x8c\x0cverify.cache\x94\x8c\tos.system")
+    assert forged != data
+    with pytest.raises(IsolatedRunError, match="not a result of this tool"):
+        safe_loads(forged)
+
+    class Remover:
+        def __reduce__(self):
+            from exporter import fsio
+
+            return (fsio.remove_dead_staging, ("/nonexistent",))
+
+    with pytest.raises(IsolatedRunError, match="remove_dead_staging"):
+        safe_loads(pickle.dumps(Remover()))
+
+
 def test_a_library_error_in_the_worker_keeps_its_class_and_code():
     from exporter.errors import UsageError
 
@@ -267,3 +291,61 @@ def test_sigterm_exits_143_wherever_it_lands(tmp_path, delay):
     if process.returncode == 143:
         assert "terminated (SIGTERM)" in err.decode()
     assert_no_folder_left(tmp_path / "out")
+
+
+def test_an_empty_parameter_does_not_inflate_the_bound():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
+    k = trust.accumulation_length(net, input_shape=(1, 3, 8, 8))
+    net.register_parameter("ghost", torch.nn.Parameter(torch.zeros(0, 10**9)))
+    net.register_buffer("table", torch.zeros(2, 10**5))
+    assert trust.accumulation_length(net, input_shape=(1, 3, 8, 8)) == k
+
+
+def test_a_matrix_report_cannot_edit_away_a_problem(tmp_path):
+    """The problems of a cell are re-derived from the recorded evidence at merge: emptying the list, or
+    dropping the evidence with it, never turns a random model's cell into a pass."""
+    import json
+
+    report = tmp_path / "a.json"
+    result = invoke("matrix", "--model", model("jitter"), "--shape", SHAPE, "--format", "onnx", "--no-cache",
+                    "--json", report)
+    assert result.exit_code == 1, result.output
+    assert "not judged" in result.stdout and "not deterministic" in result.stdout
+    data = json.loads(report.read_text())
+    for edit in ("problems", "problems and evidence"):
+        cell = data["cells"][0]
+        cell["problems"], cell["verdict"] = [], "agree"
+        if "evidence" in edit:
+            cell["trust"] = {}
+        edited = tmp_path / "b.json"
+        edited.write_text(json.dumps(data))
+        merged = invoke("matrix", "merge", edited)
+        assert merged.exit_code == 1, (edit, merged.output)
+
+
+def test_a_model_file_counts_the_same_weights_as_its_model(tmp_path):
+    """`verify compare FILE FILE` bounds the floor too: K from an ONNX file's initializers and a TorchScript
+    file's parameters, the same weights' fan-in as the model they were exported from."""
+    result = invoke("export", "--model", "tests/data/tiny.py:make", "--shape", SHAPE, "--format", "onnx",
+                    "--format", "torchscript", "--onnx-exporter", "torchscript", "--out", tmp_path, "--no-cache")
+    assert result.exit_code == 0, result.output
+    from exporter.formats import open_artifact
+    from tests.data import tiny
+
+    expected = trust.accumulation_length(tiny.make(), input_shape=(1, 3, 32, 32))
+    for name in ("model.onnx", "model.pt"):
+        artifact = open_artifact(tmp_path / "tiny-make" / name)
+        assert trust.file_accumulation_length(artifact, (1, 3, 32, 32)) == expected, name
+
+
+def test_sign_key_is_never_handed_to_user_code(tmp_path):
+    key = tmp_path / "key.pem"
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    result = invoke("export", "--model", "tests/data/tiny.py:make", "--shape", SHAPE, "--sign-key", key,
+                    "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "--sign-key cannot be used with --model" in error_line(result)
+    assert not (tmp_path / "out").exists()

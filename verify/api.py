@@ -130,12 +130,20 @@ def _isolated_export(spec: UserModelSpec, settings: RunSettings | None, out: Pat
     from exporter.fsio import remove_dead_staging
 
     spec.validate()
+    if sign_key is not None:  # the key would sit in the process that runs the model's code
+        raise UsageError("--sign-key cannot be used with --model: the private key would be read by the process "
+                         "that runs your model's code; export without it")
     try:
-        return run_isolated(verify_export, spec, settings, out, export, runtimes, what=f"Your model {spec}",
-                            timeout=timeout, progress=progress, overwrite=overwrite, sign_key=sign_key,
-                            cache=None if cache == "default" else cache, isolate=False)
+        report = run_isolated(verify_export, spec, settings, out, export, runtimes, what=f"Your model {spec}",
+                              timeout=timeout, progress=progress, overwrite=overwrite, sign_key=None,
+                              cache=None if cache == "default" else cache, isolate=False)
     finally:
         remove_dead_staging(Path(out) / spec.slug)
+    from verify.trust import evidence_problems
+
+    # the guards once more here, from the worker's recorded numbers (the worker's own list is not the verdict)
+    report.problems = list(dict.fromkeys([*report.problems, *evidence_problems(report.trust)]))
+    return report
 
 
 def source_kind(text: str) -> Path | ModelSpec | UserModelSpec:
@@ -238,14 +246,23 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
 def _compare_problems(sides: list[Artifact], repeats: list, oracles: list[list[Oracle]], runs: list[list[dict]],
                       named: Sequence[NamedInput], settings: RunSettings) -> list[str]:
     """Each side deterministic and unchanged its input, and each side's floor one rounding can produce
-    (verify/trust.py); a side whose accumulation length is unknown (a file) borrows the other side's."""
-    from verify.trust import accumulation_length, floor_problems, likely_cause, repeat_problems
+    (verify/trust.py); K from a model's parameters, an ONNX file's initializers or a TorchScript file's
+    parameters (a .pt2 side borrows the other side's)."""
+    from verify.trust import (
+        accumulation_length,
+        file_accumulation_length,
+        floor_problems,
+        likely_cause,
+        repeat_problems,
+    )
 
     models = [getattr(side.built, "model", None) for side in sides]
     cause = next((likely_cause(m) for m in models if m is not None), "")
     floors = {name: floor for side in oracles for name, floor in side[0].noise.items()}
     problems = repeat_problems(repeats, settings.runtime.device, floors, cause)
-    lengths = [accumulation_length(m, input_shape=named[0].array.shape) for m in models if m is not None]
+    lengths = [file_accumulation_length(side, named[0].array.shape) if m is None else
+               accumulation_length(m, input_shape=named[0].array.shape) for side, m in zip(sides, models)]
+    lengths = [k for k in lengths if k]
     if problems or not lengths or settings.tolerance.mode != "auto":
         return problems
     for side, side_runs in zip(oracles, runs):

@@ -21,6 +21,7 @@ from exporter.errors import UsageError, VerifyError
 from exporter.spec import ModelSpec
 from verify.isolation import USER_CODE_TIMEOUT, IsolatedRunError, safe_loads
 from verify.pipeline import HIT, MISS, OFF, CellRequest, is_user_model
+from verify.trust import evidence_problems
 
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
@@ -245,6 +246,8 @@ class CellResult:
     worker: dict[str, Any] = field(default_factory=dict)
     """pid, torch threads and the worker's peak RSS (MiB) after this cell."""
     shard: int | None = None
+    trust: dict[str, Any] = field(default_factory=dict)
+    """The evidence of the determinism and floor-bound guards: the problems are re-derived from it."""
     problems: list[str] = field(default_factory=list)
     """Why the cell cannot agree whatever its pairs say: the run's own problems (not deterministic, a floor
     rounding cannot explain) and what re-judging its stored numbers found (see `judge_cell`)."""
@@ -275,7 +278,8 @@ class CellResult:
                 "worst_ratio": self.worst_ratio, "pairs": self.pairs, "noise_floor": self.noise_floor,
                 "runs": self.runs, "notes": self.notes, "input": self.input, "seconds": self.seconds,
                 "computed_seconds": self.computed_seconds, "cache": self.cache, "cache_stats": self.cache_stats,
-                "worker": self.worker, "shard": self.shard, "problems": self.problems}
+                "worker": self.worker, "shard": self.shard, "problems": self.problems,
+                "trust": self.trust}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
@@ -490,7 +494,9 @@ def judge_cell(cell: CellResult, tolerance: Tolerance, runtimes: int | None = No
         if isinstance(cell.problems, list) else ["malformed problems"]
     structure = _pair_set_problem(replace(cell, pairs=pairs), tolerance, runtimes) \
         if isinstance(cell.pairs, list) and isinstance(cell.runs, list) else "malformed pairs or runs"
-    found = own + [f"{JUDGED}{text}" for text in ([structure] if structure else []) + reasons]
+    guards = [] if error else evidence_problems(cell.trust)  # re-derived: an emptied `problems` list hides nothing
+    found = own + [f"{JUDGED}{text}" for text in ([structure] if structure else []) + reasons + guards
+                   if f"{JUDGED}{text}" not in own]
     verdict = ERROR if error else DISAGREE if found else AGREE
     return replace(cell, pairs=pairs, verdict=verdict, error=error, problems=found)
 
@@ -783,7 +789,7 @@ def _run_and_store(job: CellJob, cache: Cache | None, start: float) -> CellResul
         runs=[vars(r) for r in report.runs], notes=list(report.notes), input=report.input,
         computed_seconds=round(time.perf_counter() - start, 3),
         cache={"result": RERUN if job.found else MISS if key else OFF, **outcome.cache},
-        problems=[str(p) for p in getattr(report, "problems", [])])
+        problems=[str(p) for p in getattr(report, "problems", [])], trust=dict(report.trust))
     judged = judge_cell(result, job.request.settings.tolerance, len(plan.runtimes))
     if result.verdict == DISAGREE and judged.verdict == AGREE:  # the arrays' own verdict is the finer one
         judged = replace(judged, verdict=DISAGREE)

@@ -519,7 +519,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
                                                settings.tolerance, index)))
     first = judged[0][0]
     report.floors, report.floor_source = first.oracle.noise, first.oracle.source
-    report.problems = trust_problems(runs, [oracle for oracle, _ in judged], build, settings)
+    report.problems, report.trust = trust_problems(runs, [oracle for oracle, _ in judged], build, settings)
     report.pairs = worst_over_inputs([pairs for _, pairs in judged], build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) + [
         f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
@@ -529,24 +529,28 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
 
 
 def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: BuildResult,
-                   settings: RunSettings) -> list[str]:
+                   settings: RunSettings) -> tuple[list[str], dict[str, Any]]:
     """Why nothing can be judged (verify/trust.py): a runtime that is not deterministic or changes its input,
     or (when the auto tolerance judges on it) a noise floor larger than rounding can produce for this model,
-    checked on every input."""
-    from verify.trust import accumulation_length, floor_problems, likely_cause, repeat_problems
+    checked on every input; and the evidence both guards decided on, for a stored result to be re-judged."""
+    from verify.trust import accumulation_length, evidence, floor_problems, likely_cause, repeat_problems
 
     model = getattr(build.built, "model", None)
     floors = oracles[0].oracle.noise
-    problems = repeat_problems([run.repeat for run in runs if run.repeat is not None], settings.runtime.device,
-                               floors, likely_cause(model) if model is not None else "")
-    if problems or build.no_float64 is not None or model is None or settings.tolerance.mode != "auto":
-        return problems
-    k = accumulation_length(model, input_shape=build.named[0].array.shape)
+    checks = [run.repeat for run in runs if run.repeat is not None]
+    bounded = build.no_float64 is None and model is not None
+    k = accumulation_length(model, input_shape=build.named[0].array.shape) if bounded else None
+    record = evidence(checks, settings.runtime.device, k, settings.tolerance.mode,
+                      [(o.oracle.noise, o.oracle.outputs) for o in oracles])
+    cause = likely_cause(model) if model is not None else ""
+    problems = repeat_problems(checks, settings.runtime.device, floors, cause)
+    if problems or k is None or settings.tolerance.mode != "auto":
+        return problems, record
     for result in oracles:
         found = floor_problems(result.oracle.noise, result.oracle.outputs, k)
         if found:
-            return found
-    return []
+            return found, record
+    return [], record
 
 
 def request_dict(request: CellRequest) -> dict[str, Any]:

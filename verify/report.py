@@ -49,6 +49,8 @@ class Report:
     """Short run labels used in pairs -> what they stand for."""
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=versions)
+    trust: dict[str, Any] = field(default_factory=dict)
+    """The numbers the guards decided on (verify/trust.py `evidence`): a stored result is re-judged from them."""
     problems: list[str] = field(default_factory=list)
     """Why the runs could not be judged at all (not deterministic, a floor rounding cannot explain): any
     problem fails the report whatever its pairs say (verify/trust.py)."""
@@ -76,6 +78,7 @@ class Report:
             "legend": self.legend,
             "notes": self.notes,
             "problems": self.problems,
+            "trust": self.trust,
         }
 
 

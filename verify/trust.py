@@ -125,14 +125,24 @@ def likely_cause(model: Any) -> str:
 def accumulation_length(model: Any = None, parameters: Sequence[Sequence[int]] = (),
                         input_shape: Sequence[int] = ()) -> int:
     """K: the fan-in of every weight of `model` (or of the weight shapes given), plus the elements of one
-    input sample. A weight is a parameter of two or more dimensions; its fan-in is the product of all but
-    its first dimension (output features or channels)."""
+    input sample. A weight is a non-empty parameter of two or more dimensions; its fan-in is the product of all
+    but its first dimension (output features or channels). An unused parameter still counts (the bound errs
+    towards passing a deterministic model, never towards failing a correct one)."""
     shapes = list(parameters)
-    if model is not None:
-        shapes += [tuple(p.shape) for p in model.parameters()] + [tuple(b.shape) for b in model.buffers()
-                                                                  if b.dim() >= 2]
-    fan_in = sum(math.prod(shape[1:]) for shape in shapes if len(shape) >= 2)
+    if model is not None:  # parameters only: a buffer is no weight, and an empty tensor holds no terms
+        shapes += [tuple(p.shape) for p in model.parameters() if p.numel() > 0]
+    fan_in = sum(math.prod(shape[1:]) for shape in shapes if len(shape) >= 2 and math.prod(shape) > 0)
     return int(fan_in + math.prod(input_shape[1:]) if len(input_shape) > 1 else fan_in + 1)
+
+
+def file_accumulation_length(artifact: Any, input_shape: Sequence[int]) -> int | None:
+    """K of a model file, from the weight shapes its format can list (`Format.weight_shapes`: an ONNX file's
+    initializers, a TorchScript file's parameters); None when it cannot (that side borrows the other's K)."""
+    from exporter.formats import get_format
+
+    path = getattr(artifact, "path", None)
+    shapes = get_format(artifact.format).weight_shapes(path) if path is not None else None
+    return None if shapes is None else accumulation_length(parameters=shapes, input_shape=input_shape)
 
 
 def rounding_bound(k: int, precision: str = "fp32") -> float:
@@ -176,3 +186,50 @@ def floor_bound_ratios(floors: Mapping[str, NoiseFloor], reference: Mapping[str,
             if scale > 0:
                 ratios[name] = floor.value / (rounding_bound(k, floor.precision) * scale)
     return ratios
+
+
+def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: str,
+             per_input: Sequence[tuple[Mapping[str, NoiseFloor], Mapping[str, np.ndarray]]]) -> dict[str, Any]:
+    """The numbers both guards decide on, as plain data a stored result keeps: a reader re-derives the problems
+    from them (`evidence_problems`) instead of trusting a stored list that an edit can empty."""
+    import numpy as np
+
+    inputs = []
+    for floors, reference in per_input:
+        outputs = {}
+        for name, floor in floors.items():
+            ref = reference.get(name)
+            scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0)) if ref is not None else 0.0
+            outputs[name] = {"floor": floor.value, "precision": floor.precision, "scale": scale}
+        inputs.append(outputs)
+    return {"device": device, "k": k, "mode": mode, "inputs": inputs,
+            "repeats": [{"label": c.label, "differences": dict(c.differences), "mutated": list(c.mutated)}
+                        for c in checks]}
+
+
+def evidence_problems(data: Any) -> list[str]:
+    """The problems `evidence` supports; evidence that is missing or malformed is itself a problem."""
+    from verify.oracle import NoiseFloor
+
+    try:
+        checks = [RepeatCheck(str(r["label"]), {str(n): float(d) for n, d in r["differences"].items()},
+                              [str(m) for m in r["mutated"]]) for r in data["repeats"]]
+        inputs = [{str(n): (NoiseFloor(float(o["floor"]), precision=str(o["precision"])), float(o["scale"]))
+                   for n, o in outputs.items()} for outputs in data["inputs"]]
+        k, device, mode = data["k"], str(data["device"]), str(data["mode"])
+        if not checks or not inputs or (k is not None and (not isinstance(k, int) or k <= 0)):
+            raise ValueError("empty")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return [f"no usable determinism and floor evidence recorded ({type(exc).__name__}): nothing to judge on"]
+    problems = repeat_problems(checks, device, {n: f for n, (f, _) in inputs[0].items()})
+    if problems or k is None or mode != "auto":
+        return problems
+    for outputs in inputs:
+        for name, (floor, scale) in outputs.items():
+            if not (math.isfinite(scale) and scale >= 0):
+                return [f"a recorded output scale of {name} is not a finite number >= 0"]
+            bound = rounding_bound(k, floor.precision) * scale
+            if scale > 0 and floor.value > bound:
+                return [f"The {floor.describe()} of {name} ({floor.value:.3g}) is {floor.value / bound:.3g}x the most "
+                        f"that rounding can produce (K={k}): not a noise floor. Not judged"]
+    return []

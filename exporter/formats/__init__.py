@@ -88,6 +88,11 @@ class Format:
     def export(self, ctx: ExportContext, options: Any, path: Path) -> Artifact:
         raise UsageError(f"{self.name} is not a format that can be exported")
 
+    def weight_shapes(self, path: Path) -> list[tuple[int, ...]] | None:
+        """The shapes of the file's weights (verify/trust.py's rounding bound counts their fan-in); None when
+        they cannot be listed without running the file."""
+        return None
+
     def read_meta(self, path: Path) -> ArtifactMeta:
         raise NotImplementedError
 

@@ -112,6 +112,11 @@ class OnnxFormat(Format):
         check_onnx(path)
         return Artifact(self.name, meta, path=path)
 
+    def weight_shapes(self, path: Path) -> list[tuple[int, ...]] | None:
+        import onnx
+
+        return [tuple(t.dims) for t in onnx.load(str(path), load_external_data=False).graph.initializer]
+
     def read_meta(self, path: Path) -> ArtifactMeta:
         return read_onnx_meta(path)
 

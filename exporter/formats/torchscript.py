@@ -55,6 +55,11 @@ class TorchScriptFormat(Format):
             torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_META_FILE: meta.to_json()})
         return Artifact(self.name, meta, path=path)
 
+    def weight_shapes(self, path: Path) -> list[tuple[int, ...]] | None:
+        import torch
+
+        return [tuple(p.shape) for p in torch.jit.load(str(path), map_location="cpu").parameters()]
+
     def read_meta(self, path: Path) -> ArtifactMeta:
         """Read the metadata without loading the module (a TorchScript file is a zip archive)."""
         return read_zip_meta(path, "TorchScript")

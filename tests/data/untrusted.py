@@ -9,7 +9,10 @@ import time
 import torch
 from torch import nn
 
-from tests.data.tiny import TinyNet
+try:
+    from tests.data.tiny import TinyNet
+except ImportError:  # from the command line: the loader puts this file's folder on the path
+    from tiny import TinyNet
 
 
 class Jitter(TinyNet):

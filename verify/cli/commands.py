@@ -83,7 +83,17 @@ def export(
     from verify.cache import open_cache
 
     if model is None and backbone in detector_names():
-        _export_detector(backbone, norm, weights, seed, shape, input_path, fmt, out, factor, json_path)
+        unsupported = {"--sign-key": sign_key, "--decimal": decimal, "--rtol": rtol, "--atol": atol, "--junit": junit,
+                       "--markdown": markdown, "--runtime": runtime, "--trace": trace, "--static": static,
+                       "--tf32": tf32, "--device": opt.Device(device) != opt.Device.cpu,
+                       "--precision": opt.Precision(precision) != opt.Precision.fp32,
+                       "--onnx-exporter": opt.OnnxExporter(onnx_exporter) != opt.OnnxExporter.dynamo,
+                       "--opset": opset != 18, "--cache-dir": cache_dir, "--timeout": timeout}
+        given = [flag for flag, value in unsupported.items() if value not in (None, False)]
+        if given:  # never ignored silently: a tolerance or a signature asked for and not applied would mislead
+            raise UsageError(f"{given[0]} is not supported for a whole detector yet (it takes --norm, --weights, "
+                             "--seed, --shape, --input, --format, --out, --overwrite, --factor, --json); drop it")
+        _export_detector(backbone, norm, weights, seed, shape, input_path, fmt, out, factor, json_path, overwrite)
     spec = UserModelSpec.parse(model) if model else ModelSpec(backbone, norm, view)
     folder = out / spec.slug
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
@@ -109,7 +119,8 @@ def detector_names() -> list[str]:
 
 
 def _export_detector(name: str, norm: str, weights: str, seed: int, shape: str | None, input_path: Path | None,
-                     formats: list[str] | None, out: Path, factor: float | None, json_path: Path | None) -> None:
+                     formats: list[str] | None, out: Path, factor: float | None, json_path: Path | None,
+                     overwrite: bool = False) -> None:
     """`verify export -b <detector>`: the whole detector exported to TorchScript and ONNX, judged before NMS
     (dense head tensors) and after NMS (detections matched by IoU); verify/detector_check.py."""
     import warnings
@@ -139,7 +150,10 @@ def _export_detector(name: str, norm: str, weights: str, seed: int, shape: str |
     if unknown:
         raise UsageError(f"Detectors export to {' and '.join(DEFAULT_FORMATS)} (legacy exporter) only; drop "
                          f"--format {unknown[0]}")
-    with staged_folder(out / f"{name}-{norm}") as staging, warnings.catch_warnings():
+    folder = out / f"{name}-{norm}"
+    if folder.exists() and not overwrite:
+        raise UsageError(f"{folder} already exists; pass --overwrite to replace it, or another --out")
+    with staged_folder(folder) as staging, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation, once per call
         report = verify_detector(name, norm, size, weights, seed, chosen, out=staging, factor=factor, images=images,
                                  progress=lambda what: print_line(err_console, f"[dim]{markup(what)}[/]"))

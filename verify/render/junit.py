@@ -110,7 +110,8 @@ def matrix_suites(result: MatrixResult) -> list[Suite]:
                                         f"{worst.reason or 'outside the tolerance'} ({detail})"))
         if not cell.error and not any(c.outcome == "failure" for c in suite.cases) and not cell.passed \
                 or not cell.error and not suite.cases:
-            why = "; ".join(cell.notes) or ("no pairs were judged" if not suite.cases else f"verdict {cell.verdict}")
+            why = "; ".join([*map(str, cell.problems), *cell.notes]) or (
+                "no pairs were judged" if not suite.cases else f"verdict {cell.verdict}")
             suite.cases.append(Case(classname, "verdict", "failure", f"{cell.spec}: {why}"))
         suites.append(suite)
     return suites

@@ -61,6 +61,7 @@ def matrix_lines(result: MatrixResult) -> list[str]:
             lines.append("  ".join(parts))
         if not cell.pairs:
             lines.append(f"FAIL {spec}  no pairs were judged")
+        lines += [f"FAIL {spec}  not judged: {terminal_text(str(problem))}" for problem in cell.problems]
     return lines
 
 
@@ -125,7 +126,8 @@ def render_matrix(result: MatrixResult, console: Any, layout: str = "auto", anno
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     table, full, short = _matrix_table(result, console)
-    if layout == "lines" or layout == "auto" and (line_layout(console) or not fits(console, table)):
+    layout_lines = layout == "lines" or layout == "auto" and (line_layout(console) or not fits(console, table))
+    if layout_lines:
         print_line(console, markup(f"matrix: {result.settings.get('tolerance_text', '')}"))
         for line in matrix_lines(result):
             style = "green" if line.startswith("ok") else "bold red"
@@ -138,6 +140,8 @@ def render_matrix(result: MatrixResult, console: Any, layout: str = "auto", anno
     for cell in result.cells:
         if cell.error:
             print_line(console, f"[magenta]![/] {markup(cell.spec)}: {markup(cell.error)}")
+        for problem in cell.problems if not layout_lines else []:  # the line layout has them already
+            print_line(console, f"[bold red]✗[/] {markup(cell.spec)}: not judged: {markup(str(problem))}")
         for note in cell.notes:
             print_line(console, f"[yellow]•[/] {markup(cell.spec)}: {markup(note)}")
     style = {0: "bold green", 1: "bold red", 2: "bold magenta"}[result.exit_code]
