@@ -150,58 +150,49 @@ def rounding_bound(k: int, precision: str = "fp32") -> float:
     return ROUNDING_BOUND_MARGIN * k * EPS[precision]
 
 
-def floor_problems(floors: Mapping[str, NoiseFloor], reference: Mapping[str, np.ndarray], k: int | None,
-                   what: str = "the model") -> list[str]:
-    """A floor above what rounding can produce (margin·K·u·max|reference|) is refused: one line per output."""
+def output_scale(reference: np.ndarray | None) -> float:
+    """max|reference| over its finite elements (0 for a missing or empty output): the terms' magnitude."""
     import numpy as np
 
+    if reference is None or reference.size == 0:
+        return 0.0
+    return float(np.abs(np.where(np.isfinite(reference), reference, 0.0)).max(initial=0.0))
+
+
+def floor_problem(name: str, floor: NoiseFloor, scale: float, k: int, what: str = "the model") -> str | None:
+    """The line refusing a floor above what rounding can produce (margin·K·u·scale), or None."""
+    bound = rounding_bound(k, floor.precision) * scale
+    if not (scale > 0 and floor.value > bound):
+        return None
+    return (f"The {floor.describe()} of {name} ({floor.value:.3g}) is {floor.value / bound:.3g}x the most that "
+            f"rounding can produce in {what} ({ROUNDING_BOUND_MARGIN:g} x K={k} accumulations x "
+            f"u={EPS[floor.precision]:.3g} x max|{name}|={scale:.3g}): not a noise floor; is the model random or in "
+            "train mode? Not judged (an explicit --rtol/--atol or --decimal judges without a floor)")
+
+
+def floor_problems(floors: Mapping[str, NoiseFloor], reference: Mapping[str, np.ndarray], k: int | None,
+                   what: str = "the model") -> list[str]:
+    """Every floor above what rounding can produce (`floor_problem`), one line per output."""
     if not k:
         return []
-    problems = []
-    for name, floor in floors.items():
-        ref = reference.get(name)
-        if ref is None or ref.size == 0:
-            continue
-        scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0))
-        bound = rounding_bound(k, floor.precision) * scale
-        if scale > 0 and floor.value > bound:
-            problems.append(f"The {floor.describe()} of {name} ({floor.value:.3g}) is {floor.value / bound:.3g}x the "
-                            f"most that rounding can produce in {what} ({ROUNDING_BOUND_MARGIN:g} x K={k} "
-                            f"accumulations x u={EPS[floor.precision]:.3g} x max|{name}|={scale:.3g}): not a noise "
-                            "floor; is the model random or in train mode? Not judged (an explicit --rtol/--atol "
-                            "or --decimal judges without a floor)")
-    return problems
+    found = (floor_problem(name, floor, output_scale(reference.get(name)), k, what) for name, floor in floors.items())
+    return [line for line in found if line]
 
 
 def floor_bound_ratios(floors: Mapping[str, NoiseFloor], reference: Mapping[str, np.ndarray], k: int
                        ) -> dict[str, float]:
     """Each output's floor as a share of its rounding bound (calibration and the README's table)."""
-    import numpy as np
-
-    ratios = {}
-    for name, floor in floors.items():
-        ref = reference.get(name)
-        if ref is not None and ref.size:
-            scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0))
-            if scale > 0:
-                ratios[name] = floor.value / (rounding_bound(k, floor.precision) * scale)
-    return ratios
+    scales = {name: output_scale(reference.get(name)) for name in floors}
+    return {name: floor.value / (rounding_bound(k, floor.precision) * scales[name])
+            for name, floor in floors.items() if scales[name] > 0}
 
 
 def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: str,
              per_input: Sequence[tuple[Mapping[str, NoiseFloor], Mapping[str, np.ndarray]]]) -> dict[str, Any]:
     """The numbers both guards decide on, as plain data a stored result keeps: a reader re-derives the problems
     from them (`evidence_problems`) instead of trusting a stored list that an edit can empty."""
-    import numpy as np
-
-    inputs = []
-    for floors, reference in per_input:
-        outputs = {}
-        for name, floor in floors.items():
-            ref = reference.get(name)
-            scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0)) if ref is not None else 0.0
-            outputs[name] = {"floor": floor.value, "precision": floor.precision, "scale": scale}
-        inputs.append(outputs)
+    inputs = [{name: {"floor": floor.value, "precision": floor.precision, "scale": output_scale(reference.get(name))}
+               for name, floor in floors.items()} for floors, reference in per_input]
     return {"device": device, "k": k, "mode": mode, "inputs": inputs,
             "repeats": [{"label": c.label, "differences": dict(c.differences), "mutated": list(c.mutated)}
                         for c in checks]}
@@ -228,8 +219,7 @@ def evidence_problems(data: Any) -> list[str]:
         for name, (floor, scale) in outputs.items():
             if not (math.isfinite(scale) and scale >= 0):
                 return [f"a recorded output scale of {name} is not a finite number >= 0"]
-            bound = rounding_bound(k, floor.precision) * scale
-            if scale > 0 and floor.value > bound:
-                return [f"The {floor.describe()} of {name} ({floor.value:.3g}) is {floor.value / bound:.3g}x the most "
-                        f"that rounding can produce (K={k}): not a noise floor. Not judged"]
+            line = floor_problem(name, floor, scale, k)
+            if line:
+                return [line]
     return []
