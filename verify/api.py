@@ -32,17 +32,15 @@ if TYPE_CHECKING:
 
 
 def build(spec: ModelSpec | UserModelSpec, settings: RunSettings):
-    """The model for `spec`; synthetic weights come from the cache (verify/cache.py) when it is on."""
+    """The model for `spec`, its weights computed (never read from the cache)."""
     from exporter.backbones import build_model
-    from verify.cache import default_cache
-    from verify.pipeline import load_weights_cached
+    from exporter.weights import load_weights
 
     if isinstance(spec, UserModelSpec):  # your own model: file.py:factory or pkg.mod:factory
         from exporter.user_model import build_user_model
 
         return build_user_model(spec, settings.seed, settings.shape, settings.weights)
-    weights, _ = load_weights_cached(settings.weights, spec.backbone, settings.seed, default_cache())
-    return build_model(spec, weights, settings.seed)
+    return build_model(spec, load_weights(settings.weights, spec.backbone, settings.seed), settings.seed)
 
 
 def _run(runtime_name: str, artifact: Artifact, feeds: list[dict], options: RuntimeOptions,

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from exporter.export import ExportOptions
     from exporter.formats import ExportContext
     from exporter.user_model import UserModelSpec
-    from exporter.weights import Weights
     from verify.cache import Cache
     from verify.compare import PairResult, Tolerance
     from verify.inputs import NamedInput
@@ -218,6 +217,7 @@ def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None
     A backbone's synthetic weights may come from the cache; a user's model is built by its own code."""
     from exporter.backbones import build_model
     from exporter.formats.eager import eager_artifact
+    from exporter.weights import load_weights
 
     spec, settings = request.spec, request.settings
     progress = progress or NullProgress()
@@ -228,8 +228,10 @@ def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None
             built, status = build_user_model(spec, settings.seed, settings.shape, settings.weights), OFF
     else:
         with progress.step(f"Building {spec} with {settings.weights} weights"):
-            loaded, status = load_weights_cached(settings.weights, spec.backbone, settings.seed, cache)
-            built = build_model(spec, loaded, settings.seed)
+            # always computed: nothing short of recomputing binds stored tensors to `synthetic:<seed>` (README,
+            # the cache's threat model); ~0.9 s (resnet18) to ~2.1 s (resnet50) on one core
+            built, status = build_model(spec, load_weights(settings.weights, spec.backbone, settings.seed),
+                                        settings.seed), OFF
     no_float64 = without_float64(built, settings)  # refused here, before any export, when auto needs it
     named = plan.inputs_for(built)
     return BuildResult(built, eager_artifact(built, tuple(named[0].array.shape)), status, named, no_float64)
@@ -247,16 +249,6 @@ def without_float64(built: Any, settings: RunSettings) -> Oracle | None:
         raise UsageError(f"{note}; the auto tolerance needs it to measure the float32 noise floor: pass "
                          "--rtol/--atol or --decimal")
     return Oracle({}, {}, f"{note}: runs judged pair against pair only, with {settings.tolerance.describe()}")
-
-
-def load_weights_cached(source: str, backbone: str, seed: int, cache: Cache | None) -> tuple[Weights, str]:
-    """The weights, always computed here (status OFF, whatever `cache` is): a cache entry can be written by
-    whoever shares the cache, and nothing a reader can check short of recomputing them binds stored tensors
-    to `synthetic:<seed>`; cached weights would let other weights be exported and signed under that name.
-    Recomputing costs ~0.9 s (resnet18) to ~2.1 s (resnet50) per build on one core."""
-    from exporter.weights import load_weights
-
-    return load_weights(source, backbone, seed), OFF
 
 
 def export_stage(context: ExportContext, fmt: str, options: ExportOptions, folder: Path,
