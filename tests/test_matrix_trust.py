@@ -409,6 +409,23 @@ def test_a_user_model_that_exits_crashes_or_hangs_is_a_failed_cell_with_json(fac
     (cell,) = report.cells
     assert cell.verdict == "error" and words in cell.error and "\n" not in cell.error
     assert "0 of 1 cells agree" in result.stdout and time.monotonic() - start < 120
+    assert not dead_workers_folders(), "a killed worker's cell folder was left behind"
+
+
+def dead_workers_folders() -> list[str]:
+    """Cell folders (`verify-matrix-<pid>-*`) whose worker process is gone."""
+    import glob
+    import os
+    import tempfile
+
+    from verify.matrix import CELL_FOLDER_PREFIX
+
+    left = []
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"{CELL_FOLDER_PREFIX}*-*")):
+        pid = os.path.basename(folder)[len(CELL_FOLDER_PREFIX):].split("-")[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            left.append(folder)
+    return left
 
 
 def test_sigterm_stops_parallel_workers_at_once(tmp_path, sentinel):

@@ -11,6 +11,7 @@ import hmac
 import math
 import os
 import pickle
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -775,12 +776,11 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
 
 def _run_and_store(job: CellJob, cache: Cache | None, start: float) -> CellResult:
     """Run the cell's stages, judge the pairs again from the numbers they wrote, and store the result."""
-    import tempfile
 
     from verify.pipeline import run_cell
 
     plan, key = _result_key(job, cache)
-    with tempfile.TemporaryDirectory(prefix="verify-matrix-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"{CELL_FOLDER_PREFIX}{os.getpid()}-") as folder:
         outcome = run_cell(job.request, Path(folder), cache, plan=plan)
     report = outcome.report
     result = CellResult(
@@ -933,6 +933,7 @@ class _Worker:
             self.process.kill()
         self.process.join(WORKER_STOP_S)
         self.conn.close()
+        remove_cell_folders(self.process.pid)
 
     def stop(self) -> None:
         """Ask an idle worker to exit; kill it if it does not."""
@@ -941,6 +942,22 @@ class _Worker:
                 self.conn.send(None)
             self.process.join(WORKER_STOP_S)
         self.kill()
+
+
+CELL_FOLDER_PREFIX = "verify-matrix-"
+"""A cell's temporary folder: `verify-matrix-<worker pid>-...` in the system's temporary folder."""
+
+
+def remove_cell_folders(pid: int | None) -> None:
+    """The temporary folders a killed worker left (its own prefix and pid only; nothing else is touched)."""
+    import glob
+    import shutil
+
+    if pid is None:
+        return
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"{CELL_FOLDER_PREFIX}{pid}-*")):
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _failed(job: CellJob, reason: str) -> CellResult:
