@@ -81,6 +81,16 @@ def safe_loads(data: bytes) -> Any:
                                "a result of this tool; no verdict") from None
 
 
+def _send(conn: Any, message: Any) -> None:
+    """Send to the parent; a parent that is gone (stopped by SIGTERM or Ctrl-C) ends this worker quietly."""
+    import os
+
+    try:
+        conn.send_bytes(pickle.dumps(message))
+    except (BrokenPipeError, EOFError, OSError):
+        os._exit(1)
+
+
 class _RelayProgress:
     """The worker's progress: each step's start and end sent to the parent, which shows them."""
 
@@ -89,13 +99,13 @@ class _RelayProgress:
 
     @contextlib.contextmanager
     def step(self, description: str) -> Iterator[None]:
-        self.conn.send_bytes(pickle.dumps(("start", description)))
+        _send(self.conn, ("start", description))
         try:
             yield
         except BaseException:
-            self.conn.send_bytes(pickle.dumps(("end", False)))
+            _send(self.conn, ("end", False))
             raise
-        self.conn.send_bytes(pickle.dumps(("end", True)))
+        _send(self.conn, ("end", True))
 
 
 def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, threads: int | None,
@@ -126,7 +136,7 @@ def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, thread
         said = (str(exc).strip().splitlines() or [""])[-1]
         message = ("error", ("IsolatedRunError", 2, f"{type(exc).__name__} ({said}) raised by your model's code "
                              "before any verdict: no verdict, not a pass"))
-    conn.send_bytes(pickle.dumps(message))
+    _send(conn, message)
     conn.close()
 
 
