@@ -46,6 +46,7 @@ from exporter.weights import load_weights
 from verify.compare import AUTO_FACTOR, Tolerance, compare_outputs
 from verify.oracle import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor, folded_samples, measure_floors
 from verify.runtimes import RuntimeOptions, make_runtime
+from verify.runtimes.onnxruntime import OnnxRuntime
 
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 INPUT_KINDS = ("normal", "uniform", "constant")
@@ -101,8 +102,8 @@ def correct_runs(built: BuiltModel, shape, inputs_by_kind: dict[str, np.ndarray]
         options = ExportOptions(format_options=(OnnxOptions(exporter=exporter),))
         onnx = export_model(built, eager.meta, example, folder, options, "onnx")
         for level in levels:
-            runtimes.append((f"ort-{exporter}-{level}",
-                             make_runtime("onnxruntime", RuntimeOptions(ort_opt_level=level)).load(onnx)))
+            at_level = RuntimeOptions().replacing(OnnxRuntime, opt_level=level)
+            runtimes.append((f"ort-{exporter}-{level}", make_runtime("onnxruntime", at_level).load(onnx)))
     oracle_rt = make_runtime("eager", RuntimeOptions(dtype="float64")).load(eager)
     results = {}
     for kind, x in inputs_by_kind.items():

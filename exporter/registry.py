@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from exporter.errors import UsageError
@@ -26,6 +27,21 @@ class Registry(Generic[T]):
             return self.add(name, item)
 
         return decorator
+
+    def remove(self, name: str) -> T:
+        """Unregister `name` (a plug-in added for a while, e.g. by a test); its item is returned."""
+        if name not in self._items:
+            raise ValueError(f"No {self.kind} named {name!r} is registered")
+        return self._items.pop(name)
+
+    @contextmanager
+    def adding(self, name: str, item: T) -> Iterator[T]:
+        """`name` registered inside the block only (a plug-in a test adds), removed on the way out."""
+        self.add(name, item)
+        try:
+            yield item
+        finally:
+            self.remove(name)
 
     def get(self, name: str) -> T:
         try:

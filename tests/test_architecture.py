@@ -126,3 +126,38 @@ def test_no_import_cycle_among_project_modules():
     modules = project_modules()
     found = cycles(import_graph(modules), sorted(modules))
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+ONNXRUNTIME_MODULE = "verify.runtimes.onnxruntime"
+ONNXRUNTIME_ONLY = {"ort_opt_level", "opt_level", "session"}
+"""ONNX Runtime's own option and session: read only in its module (the others get options through the registry)."""
+
+
+def runtime_specific_names(tree: ast.AST) -> set[str]:
+    """The ONNX-Runtime-only names a module uses: as attributes, keywords, variables or getattr's strings."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.keyword) and node.arg:
+            found.add(node.arg)
+        elif isinstance(node, ast.Name) and node.id == "ort_opt_level":
+            found.add(node.id)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "hasattr", "setattr") \
+                and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+            found.add(str(node.args[1].value))
+    return found & ONNXRUNTIME_ONLY
+
+
+def test_the_checker_sees_onnxruntime_only_names():
+    assert runtime_specific_names(ast.parse('getattr(runtime, "session", None)')) == {"session"}
+    assert runtime_specific_names(ast.parse("RuntimeOptions(ort_opt_level=x).opt_level")) == {"ort_opt_level",
+                                                                                             "opt_level"}
+    assert not runtime_specific_names(ast.parse("session = make(); session.run()"))  # a local ORT session is fine
+
+
+def test_no_module_but_onnxruntimes_names_its_option_or_session():
+    offenders = {name: sorted(runtime_specific_names(ast.parse(path.read_text())))
+                 for name, path in project_modules().items() if name != ONNXRUNTIME_MODULE}
+    offenders = {name: names for name, names in offenders.items() if names}
+    assert not offenders, f"ONNX Runtime's own attributes named outside {ONNXRUNTIME_MODULE}: {offenders}"

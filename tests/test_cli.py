@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from verify.api import RunSettings
 from verify.cli import app
 from verify.preflight import PreflightOptions
-from verify.runtimes import RuntimeOptions
+from verify.runtimes import RuntimeOptions, runtime_class
 
 runner = CliRunner()
 SMALL_ARGS = ["--backbone", "resnet18", "--shape", "1x3x64x64"]
@@ -192,7 +192,8 @@ def test_check_lines_read_cleanly():
 
 @pytest.mark.parametrize(("build", "message"), [
     (lambda: RunSettings(seed=-1), "seed must be between 0"),
-    (lambda: RunSettings(runtime=RuntimeOptions(ort_opt_level="max")), "Unknown ORT optimisation level"),
+    (lambda: RunSettings(runtime=RuntimeOptions().replacing(runtime_class("onnxruntime"), opt_level="max")),
+     "--ort-opt-level 'max' is not one of"),
     (lambda: RunSettings(runtime=RuntimeOptions(device="tpu")), "Unknown device"),
     (lambda: PreflightOptions(runs=0), "--runs must be between 1"),
     (lambda: PreflightOptions(warmup=10**9), "--warmup must be"),
@@ -231,9 +232,7 @@ def test_cli_enums_match_the_library():
     from verify import options
     from verify.preflight import PROVIDERS
     from verify.runtimes import DEVICES
-    from verify.runtimes.onnxruntime import OPT_LEVELS
 
-    assert [e.value for e in options.OrtOptLevel] == list(OPT_LEVELS)
     assert [e.value for e in options.OnnxExporter] == list(ONNX_EXPORTERS)
     assert [e.value for e in options.TorchScriptMethod] == list(METHODS)
     assert [e.value for e in options.Device] == list(DEVICES) == list(PROVIDERS)

@@ -233,11 +233,12 @@ def test_two_configurations_in_either_order_give_identical_numbers(tmp_path):
     import torch
 
     from verify.pipeline import run_cell
-    from verify.runtimes import RuntimeOptions
+    from verify.runtimes import RuntimeOptions, runtime_class
 
     first = small_request().cells()[0]
     # another seed (reseeds torch while building weights), TF32 asked for (sets torch's global flags)
-    second = small_request("frozen", seed=3, runtime=RuntimeOptions(tf32=True, ort_opt_level="basic")).cells()[0]
+    basic = RuntimeOptions(tf32=True).replacing(runtime_class("onnxruntime"), opt_level="basic")
+    second = small_request("frozen", seed=3, runtime=basic).cells()[0]
     before = (torch.get_rng_state(), torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32,
               torch.backends.cudnn.allow_tf32)
     cache = Cache(tmp_path / "c")  # weights and exports come from the cache; runs and oracle are computed

@@ -64,12 +64,13 @@ def test_float64_runtimes_are_exact_references(fmt, name, exported_small):
         np.testing.assert_allclose(value, oracle.outputs[key], rtol=1e-12, atol=1e-12)
 
 
-def test_unknown_device_and_opt_level(exported_small):
-    artifacts = exported_small[0]
+def test_unknown_device_and_opt_level():
     with pytest.raises(UsageError, match="Unknown device"):
         make_runtime("eager", RuntimeOptions(device="tpu"))
-    with pytest.raises(UsageError, match="optimisation level"):
-        make_runtime("onnxruntime", RuntimeOptions(ort_opt_level="max")).load(artifacts["onnx"])
+    with pytest.raises(UsageError, match="--ort-opt-level 'max' is not one of: disable, basic"):
+        make_runtime("onnxruntime", RuntimeOptions().replacing(runtime_class("onnxruntime"), opt_level="max"))
+    with pytest.raises(UsageError, match="options of runtime onnxruntime are a"):  # another runtime's options
+        RuntimeOptions(plugins={"onnxruntime": runtime_class("eager").option_class()()})
 
 
 # ------------------------------------------------------------------ registry properties

@@ -23,7 +23,7 @@ from verify.oracle import NoiseFloor, Oracle, oracle_or_spread
 from verify.pipeline import model_shape, require_some_finite_run, without_float64, worst_over_inputs
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
-from verify.runtimes import RuntimeOptions, default_runtime
+from verify.runtimes import RuntimeOptions, default_runtime, side_runtimes
 from verify.settings import RunSettings, input_dict, settings_dict, settings_inputs
 
 if TYPE_CHECKING:
@@ -198,33 +198,34 @@ def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tup
 
 
 def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progress | None = None,
-            timeout: float | None = USER_CODE_TIMEOUT, isolate: bool = True) -> Report:
+            timeout: float | None = USER_CODE_TIMEOUT, isolate: bool = True, runtime: str | None = None) -> Report:
     """Run two models or artifacts on the same input and judge them, each also against its own
     float64 oracle where one can be made (torch models and TorchScript files). When either side is the
-    user's own code (`file.py:factory`), the comparison runs in a worker process stopped after `timeout` s."""
+    user's own code (`file.py:factory`), the comparison runs in a worker process stopped after `timeout` s.
+    `runtime` runs each side whose format it runs (else each side runs on its format's own runtime)."""
     settings, progress = settings or RunSettings(), progress or NullProgress()
     kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built
     user = [str(kind) for kind in kinds if getattr(kind, "runs_user_code", False)]
     if isolate and user:
         return run_isolated(compare, a, b, settings, what=f"Your model {' and '.join(user)}", timeout=timeout,
-                            progress=progress, isolate=False)
+                            progress=progress, isolate=False, runtime=runtime)
     named = settings_inputs(settings)
     with progress.step("Loading both sides"):
         sides = [resolve_source(a, settings), resolve_source(b, settings)]
     named = named or [seeded_input(input_shape_for(sides, settings), settings.seed)]
     report = Report("compare", settings_dict(settings, a=a, b=b), input_dict(named, settings))
     runs, oracles, repeats = [], [], []
-    for short, text, artifact in zip("AB", (a, b), sides):
+    for short, text, artifact, name in zip("AB", (a, b), sides, side_runtimes([s.format for s in sides], runtime)):
         feeds = [{artifact.meta.input_name: item.array} for item in named]
-        side_runs = _run(default_runtime(artifact.format), artifact, feeds, settings.runtime, progress, report,
-                         repeats)
+        side_runs = _run(name, artifact, feeds, settings.runtime, progress, report, repeats)
         repeats[-1].label = f"{short} ({text} on {side_runs[0]['label']})"
         report.legend[short] = f"{text} on {side_runs[0]['label']}"
         for run in side_runs:
             run["label"] = short
         runs.append(side_runs)
-        # the run's own outputs are the float32 reference only for a CPU float32 run
-        cpu_fp32 = (settings.runtime.device, settings.runtime.precision) == ("cpu", "fp32")
+        # the run's own outputs are the float32 reference only for a CPU float32 run of the format's own runtime
+        cpu_fp32 = (settings.runtime.device, settings.runtime.precision) == ("cpu", "fp32") \
+            and name == default_runtime(artifact.format)
         with progress.step(f"Measuring the noise floor of {text}"):
             oracles.append([without_float64(artifact.built, settings)
                             or oracle_or_spread(artifact, feed, run["outputs"] if cpu_fp32 else None, settings.runtime)

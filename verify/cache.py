@@ -91,10 +91,12 @@ def open_cache(cache_dir: Path | None = None, no_cache: bool = False) -> Cache |
 
 
 def canonical(value: Any) -> Any:
-    """A JSON-able, order-independent form of settings: dataclasses by field, paths as text."""
+    """A JSON-able, order-independent form of settings: dataclasses by field (or as they `record()` themselves),
+    paths as text."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"__type__": type(value).__name__,
-                **{f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        recorded = value.record() if callable(getattr(value, "record", None)) else {
+            f.name: getattr(value, f.name) for f in dataclasses.fields(value)}  # RuntimeOptions: plug-ins' options
+        return {"__type__": type(value).__name__, **{k: canonical(v) for k, v in recorded.items()}}
     if isinstance(value, Mapping):
         return {str(k): canonical(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -4,17 +4,21 @@ value is refused before any model is built. Heavy imports stay out (`verify --he
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from exporter.backbones import BACKBONES, VIEWS
 from exporter.errors import UsageError
 from exporter.norms import NORMS
+from exporter.plugin_options import OptionSpec, PluginOptions, option_fields, option_kind
 from verify import bounds
 from verify.compare import AUTO_FACTOR
+from verify.runtimes import RUNTIMES, RuntimeOptions, runtime_class
 
 
 class Precision(str, Enum):
@@ -31,15 +35,6 @@ class Device(str, Enum):
 
     cpu = "cpu"
     cuda = "cuda"
-
-
-class OrtOptLevel(str, Enum):
-    """ONNX Runtime's graph optimisation levels (verify.runtimes.onnxruntime.OPT_LEVELS)."""
-
-    disable = "disable"
-    basic = "basic"
-    extended = "extended"
-    all = "all"
 
 
 class OnnxExporter(str, Enum):
@@ -312,7 +307,6 @@ Normalize = Annotated[bool, typer.Option(
     "--normalize/--no-normalize",
     help="Images: ImageNet mean/std after ToTensor's [0, 1] scaling; --no-normalize gives ToTensor() exactly")]
 DeviceOption = Annotated[Device, typer.Option(help="For every runtime (the oracle stays on the CPU)")]
-OrtOpt = Annotated[OrtOptLevel, typer.Option(help="ONNX Runtime graph optimisation level")]
 SignKey = Annotated[Path | None, typer.Option(
     "--sign-key", callback=check_key_file,
     help="Sign the folder with this elliptic-curve private key (PEM), OpenSSF model-signing")]
@@ -373,25 +367,75 @@ FileRuntime = Annotated[str, typer.Option("--runtime", callback=check_file_runti
                                           help="a runtime that runs a file: onnxruntime (model.onnx), torchscript "
                                                "(model.pt), exported (model.pt2), aoti (model_aoti.pt2)")]
 Provider = Annotated[Device, typer.Option(help="Where the artifact must run")]
+SideRuntime = Annotated[str | None, typer.Option(
+    "--runtime", callback=_registry_choice(RUNTIMES), metavar="NAME",
+    help="Run each side whose format this runtime runs with it [default: each format's own runtime]")]
 
 
 def run_settings(weights: str, seed: int, shape: str | None, input_path: Path | None, normalize: bool,
-                 device: Device, ort_opt_level: OrtOptLevel, tf32: bool | None, decimal: int | None,
-                 rtol: float | None, atol: float | None, factor: float | None,
-                 precision: Precision = Precision.fp32) -> Any:
-    """The parsed options as the library's RunSettings (shared by export, compare, explain and matrix)."""
+                 device: Device, tf32: bool | None, decimal: int | None, rtol: float | None, atol: float | None,
+                 factor: float | None, precision: Precision = Precision.fp32,
+                 plugins: Mapping[str, PluginOptions] | None = None) -> Any:
+    """The parsed options as the library's RunSettings (shared by export, compare, explain and matrix);
+    `plugins`: each runtime's own options (`runtime_plugins`)."""
     from exporter.spec import parse_shape
     from verify.api import RunSettings
     from verify.compare import Tolerance
-    from verify.runtimes import RuntimeOptions
 
     return RunSettings(
         weights=weights, seed=seed, shape=parse_shape(shape) if shape else None, input_file=input_path,
         normalize=normalize,
-        runtime=RuntimeOptions(device=Device(device).value, ort_opt_level=OrtOptLevel(ort_opt_level).value,
-                               tf32=tf32, precision=Precision(precision).value),
+        runtime=RuntimeOptions(device=Device(device).value, tf32=tf32, precision=Precision(precision).value,
+                               plugins=plugins or {}),
         tolerance=Tolerance.from_options(decimal, rtol, atol, factor),
     )
+
+
+# Each runtime's own options (its `Options`), one CLI option per field -------------------------------
+def runtime_option_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per option field of every registered runtime, for typer to make a CLI option of;
+    read from the registry each time the app is built, so a runtime registered after import shows up."""
+    found = []
+    for name in RUNTIMES:
+        for item, spec in option_fields(runtime_class(name).option_class()):
+            found.append(inspect.Parameter(spec.key, inspect.Parameter.KEYWORD_ONLY, default=item.default,
+                                           annotation=_plugin_annotation(name, spec, option_kind(item))))
+    return found
+
+
+def _plugin_annotation(runtime: str, spec: OptionSpec, kind: type) -> Any:
+    bounds = f", {spec.bounds_text()}" if spec.bounds_text() else ""
+    help_text = f"{spec.help} (runtime {runtime}{bounds})"
+    if kind is bool:
+        return Annotated[bool, typer.Option(f"{spec.flag}/--no-{spec.flag[2:]}", help=help_text)]
+    if spec.choices is not None:
+        return Annotated[Literal[spec.choices], typer.Option(spec.flag, help=help_text)]  # type: ignore[valid-type]
+
+    def check(value: Any) -> Any:
+        problem = spec.problem(value, kind)
+        if problem:
+            raise typer.BadParameter(problem)
+        return value
+
+    return Annotated[kind, typer.Option(spec.flag, callback=check, help=help_text)]
+
+
+def runtime_plugins(values: Mapping[str, Any]) -> dict[str, PluginOptions]:
+    """Each registered runtime's own options from the parsed values by key; runtimes left at their defaults
+    are left out."""
+    found = {}
+    for name in RUNTIMES:
+        options = runtime_class(name).option_class()
+        chosen = options.from_keys(values)
+        if chosen != options():
+            found[name] = chosen
+    return found
+
+
+def plugin_flags(plugins: Mapping[str, PluginOptions]) -> list[str]:
+    """The flags of the runtime options set to other than their defaults."""
+    return [spec.flag for options in plugins.values() for item, spec in option_fields(type(options))
+            if getattr(options, item.name) != item.default]
 
 
 def export_options(formats: list[str] | None, static: bool, trace: bool, onnx_exporter: OnnxExporter, opset: int,

@@ -4,8 +4,10 @@ on the provider asked for (not a silent CPU fallback), compute its goldens, with
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from exporter.errors import SetupError, UsageError
 from verify.checks import Check, CheckReport
@@ -23,6 +25,8 @@ class PreflightOptions:
     warmup: int = 5
     max_latency_ms: float | None = None
     tf32: bool | None = None
+    plugins: Mapping[str, Any] | None = None
+    """The runtimes' own options by runtime name (RuntimeOptions.plugins), checked there."""
 
     def __post_init__(self) -> None:
         """Refused as the CLI refuses them: unknown names, and numbers out of range or not finite."""
@@ -87,11 +91,10 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
 def _preflight_run(art: ArtifactFolder, target: str, options: PreflightOptions, report: CheckReport) -> CheckReport:
     assert art.goldens is not None
     label = art.label
-    runtime_options = RuntimeOptions(device=options.provider, tf32=options.tf32)
+    runtime_options = RuntimeOptions(device=options.provider, tf32=options.tf32, plugins=options.plugins or {})
     start = time.perf_counter()
     runtime = make_runtime(options.runtime, runtime_options).load(art.artifact(target))  # SetupError: exit 2
-    provider = getattr(runtime, "session", None)
-    where = provider.get_providers()[0] if provider is not None else f"torch {options.provider}"
+    where = runtime.running_on()
     report.add(Check(label, runtime.label, f"{target}: loads on {options.provider}", True, f"running on {where}",
                      seconds=time.perf_counter() - start))
 

@@ -4,7 +4,7 @@ the plain data a report records. The bottom of verify/: it imports no other part
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.errors import UsageError
@@ -30,14 +30,10 @@ class RunSettings:
         """The library refuses what the CLI refuses, before any work."""
         from verify.bounds import SEED_RANGE, require_number
         from verify.runtimes import DEVICES
-        from verify.runtimes.onnxruntime import OPT_LEVELS
 
         require_number("seed", self.seed, *SEED_RANGE, integer=True)
         if self.runtime.device not in DEVICES:
             raise UsageError(f"Unknown device {self.runtime.device!r}; use one of {', '.join(DEVICES)}")
-        if self.runtime.ort_opt_level not in OPT_LEVELS:
-            raise UsageError(f"Unknown ORT optimisation level {self.runtime.ort_opt_level!r}; use one of "
-                             f"{', '.join(OPT_LEVELS)}")
 
 
 def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
@@ -52,7 +48,7 @@ def settings_dict(settings: RunSettings, **extra) -> dict:
         **extra,
         "weights": settings.weights,
         "seed": settings.seed,
-        "runtime": asdict(settings.runtime),
+        "runtime": settings.runtime.record(),
         "tolerance": settings.tolerance.to_dict(),
         "tolerance_text": settings.tolerance.describe(),
     }

@@ -13,7 +13,7 @@ from rich.markup import escape
 from exporter.backbones import list_backbones
 from exporter.errors import UsageError
 from verify import options as opt
-from verify.cli.base import err_console, handle_errors, out_console
+from verify.cli.base import err_console, handle_errors, out_console, with_runtime_options
 from verify.render.console import progress_for
 
 
@@ -38,6 +38,7 @@ def _finish(report: Any, json_path: Path | None, verbose: bool, junit: Path | No
 
 
 @handle_errors
+@with_runtime_options
 def export(
     backbone: opt.Backbone = "resnet50",
     norm: opt.Norm = "frozen",
@@ -60,7 +61,6 @@ def export(
     fmt: opt.Formats = None,
     runtime: opt.Runtimes = None,
     device: opt.DeviceOption = opt.Device.cpu,
-    ort_opt_level: opt.OrtOpt = opt.OrtOptLevel.all,
     tf32: opt.Tf32 = None,
     precision: opt.PrecisionOption = opt.Precision.fp32,
     decimal: opt.Decimal = None,
@@ -75,6 +75,7 @@ def export(
     cache_dir: opt.CacheDir = None,
     no_cache: opt.NoCache = False,
     timeout: opt.Timeout = None,
+    runtime_plugins: Any = None,
 ) -> None:
     """Build a backbone, export it (TorchScript, ExportedProgram, ONNX...), run every runtime, judge every pair."""
     from exporter.spec import ModelSpec
@@ -88,7 +89,8 @@ def export(
                        "--tf32": tf32, "--device": opt.Device(device) != opt.Device.cpu,
                        "--precision": opt.Precision(precision) != opt.Precision.fp32,
                        "--onnx-exporter": opt.OnnxExporter(onnx_exporter) != opt.OnnxExporter.dynamo,
-                       "--opset": opset != 18, "--cache-dir": cache_dir, "--timeout": timeout}
+                       "--opset": opset != 18, "--cache-dir": cache_dir, "--timeout": timeout,
+                       **dict.fromkeys(opt.plugin_flags(runtime_plugins), True)}
         given = [flag for flag, value in unsupported.items() if value not in (None, False)]
         if given:  # never ignored silently: a tolerance or a signature asked for and not applied would mislead
             raise UsageError(f"{given[0]} is not supported for a whole detector yet (it takes --norm, --weights, "
@@ -101,8 +103,8 @@ def export(
         if path and path.resolve().is_relative_to(folder.resolve()):
             raise UsageError(f"{flag} {path} is inside the export folder {folder}, which the export replaces; "
                              "write it elsewhere")
-    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
-                         atol, factor, precision)
+    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, tf32, decimal, rtol, atol, factor,
+                                precision, runtime_plugins)
     options = opt.export_options(fmt, static, trace, onnx_exporter, opset, device, runtime)
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
                            progress=progress_for(err_console), overwrite=overwrite, sign_key=sign_key,
@@ -168,6 +170,7 @@ def _export_detector(name: str, norm: str, weights: str, seed: int, shape: str |
 
 
 @handle_errors
+@with_runtime_options
 def compare(
     a: Annotated[str, typer.Argument(callback=opt.check_source, metavar="A",
                                      help="Model spec backbone:norm:view, a model file (.onnx, .pt2, "
@@ -180,8 +183,8 @@ def compare(
     shape: opt.Shape = None,
     input_path: opt.InputPath = None,
     normalize: opt.Normalize = True,
+    runtime: opt.SideRuntime = None,
     device: opt.DeviceOption = opt.Device.cpu,
-    ort_opt_level: opt.OrtOpt = opt.OrtOptLevel.all,
     tf32: opt.Tf32 = None,
     precision: opt.PrecisionOption = opt.Precision.fp32,
     decimal: opt.Decimal = None,
@@ -193,15 +196,16 @@ def compare(
     markdown: opt.MarkdownOut = None,
     verbose: opt.Verbose = False,
     timeout: opt.Timeout = None,
+    runtime_plugins: Any = None,
 ) -> None:
     """Run any two models or artifacts on the same input and judge them on the outputs they share."""
     from verify.api import compare as run_compare
 
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
-    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal, rtol,
-                         atol, factor, precision)
-    _finish(run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout)),
-            json_path, verbose, junit, markdown)
+    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, tf32, decimal, rtol, atol, factor,
+                                precision, runtime_plugins)
+    _finish(run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout),
+                        runtime=runtime), json_path, verbose, junit, markdown)
 
 
 @handle_errors
@@ -229,8 +233,8 @@ def explain(
 
     if (a is None) != (b is None):
         raise UsageError("Give both A and B, or neither to replay the seed question")
-    settings = opt.run_settings(weights, seed, shape, input_path, normalize, opt.Device.cpu, opt.OrtOptLevel.all, None,
-                         None, None, None, factor)
+    settings = opt.run_settings(weights, seed, shape, input_path, normalize, opt.Device.cpu, None, None, None, None,
+                                factor)
     result = run_explain(a or SEED_QUESTION[0], b or SEED_QUESTION[1], settings,
                          progress=progress_for(err_console), timeout=user_timeout(timeout))
     render_explanation(result, out_console)
@@ -250,26 +254,28 @@ def _finish_checks(report: Any, json_path: Path | None, junit: Path | None, mark
 
 
 @handle_errors
+@with_runtime_options
 def artifact(
     paths: Annotated[list[Path], typer.Argument(callback=opt.check_existing_paths,
                                                 help="Export folders, or their manifest.json")],
-    ort_opt_level: opt.OrtOpt = opt.OrtOptLevel.all,
     json_path: opt.JsonOut = None,
     junit: opt.JunitOut = None,
     markdown: opt.MarkdownOut = None,
     verify_key: opt.VerifyKey = None,
     trust_unsigned_code: opt.TrustUnsignedCode = False,
+    runtime_plugins: Any = None,
 ) -> None:
     """Check export folders: integrity, then each artifact against its goldens (CI validation)."""
     from verify.runtimes import RuntimeOptions
     from verify.validate import validate
 
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
-    _finish_checks(validate(paths, RuntimeOptions(ort_opt_level=ort_opt_level.value), verify_key=verify_key,
+    _finish_checks(validate(paths, RuntimeOptions(plugins=runtime_plugins), verify_key=verify_key,
                             trust_unsigned_code=trust_unsigned_code), json_path, junit, markdown)
 
 
 @handle_errors
+@with_runtime_options
 def preflight(
     path: Annotated[Path, typer.Argument(callback=opt.check_existing_paths,
                                          help="The export folder, or its manifest.json")],
@@ -284,6 +290,7 @@ def preflight(
     markdown: opt.MarkdownOut = None,
     verify_key: opt.VerifyKey = None,
     trust_unsigned_code: opt.TrustUnsignedCode = False,
+    runtime_plugins: Any = None,
 ) -> None:
     """Deployment check: loads on the provider asked for, matches its goldens, latency; GO or NO-GO."""
     from verify.preflight import PreflightOptions
@@ -291,7 +298,7 @@ def preflight(
 
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
-                               max_latency_ms=max_latency_ms, tf32=tf32)
+                               max_latency_ms=max_latency_ms, tf32=tf32, plugins=runtime_plugins)
     _finish_checks(run_preflight(path, options, verify_key=verify_key, trust_unsigned_code=trust_unsigned_code),
                    json_path, junit, markdown)
 

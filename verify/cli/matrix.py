@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from verify import options as opt
-from verify.cli.base import err_console, handle_errors, out_console
+from verify.cli.base import err_console, handle_errors, out_console, with_runtime_options
 from verify.isolation import USER_CODE_TIMEOUT
 
 matrix_app = typer.Typer(
@@ -78,6 +78,7 @@ class _CellProgress:
 
 @matrix_app.callback(invoke_without_command=True)
 @handle_errors
+@with_runtime_options
 def matrix(
     ctx: typer.Context,
     backbone: Annotated[list[str] | None, typer.Option(
@@ -98,7 +99,6 @@ def matrix(
     input_path: opt.InputPath = None,
     normalize: opt.Normalize = True,
     device: opt.DeviceOption = opt.Device.cpu,
-    ort_opt_level: opt.OrtOpt = opt.OrtOptLevel.all,
     tf32: opt.Tf32 = None,
     precision: opt.PrecisionOption = opt.Precision.fp32,
     decimal: opt.Decimal = None,
@@ -130,6 +130,7 @@ def matrix(
     junit: JunitOut = None,
     markdown: MarkdownOut = None,
     html: HtmlOut = None,
+    runtime_plugins: Any = None,
 ) -> None:
     """Run the matrix: rows backbone x norm x view, columns runtime pairs, each the worst ratio to the floor."""
     if ctx.invoked_subcommand is not None:
@@ -138,8 +139,8 @@ def matrix(
     from verify.matrix import MatrixRequest, resolve_shard, run_matrix
     from verify.render.matrix_table import render_matrix
 
-    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, ort_opt_level, tf32, decimal,
-                                rtol, atol, factor, precision)
+    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, tf32, decimal, rtol, atol, factor,
+                                precision, runtime_plugins)
     export = opt.export_options(fmt, static, trace, onnx_exporter, opset, device, runtime)
     request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model)
     split = resolve_shard(shard, shard_count, os.environ)

@@ -1,15 +1,17 @@
 """Runtimes: each a small class that loads an artifact and runs it on numpy inputs.
 
-Adding one means one module with a `Runtime` subclass and one `RUNTIMES.add` line below.
+Adding one means one module with a `Runtime` subclass (its own options, if any, a nested `Options` dataclass of
+`exporter.plugin_options.option` fields) and one `RUNTIMES.add` line below; the CLI finds its options here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from exporter.errors import UsageError
+from exporter.plugin_options import PluginOptions
 from exporter.registry import Registry
 
 if TYPE_CHECKING:
@@ -22,15 +24,52 @@ DEVICES = ("cpu", "cuda")
 
 @dataclass(frozen=True)
 class RuntimeOptions:
+    """What every runtime shares, and each runtime's own options (its `Options`) by runtime name."""
+
     device: str = "cpu"
     dtype: str = "float32"
     """float64 turns a torch runtime into the oracle."""
-    ort_opt_level: str = "all"
     tf32: bool | None = None
     """None keeps the framework's own default (PyTorch: cuDNN TF32 on; ORT CUDA: use_tf32=1)."""
     precision: str = "fp32"
     """fp32 | tf32 (CUDA) | bf16 | fp16: what the run computes in (verify/precision.py); a runtime that
     cannot honour it refuses, and the floor is measured at it."""
+    plugins: Mapping[str, PluginOptions] | tuple[tuple[str, PluginOptions], ...] = ()
+    """Runtime name -> that runtime's Options; a runtime not named runs with its defaults. Kept as sorted
+    pairs without the defaults, so equal settings compare and hash equal however they were spelled."""
+
+    def __post_init__(self) -> None:
+        given = dict(self.plugins)
+        for name, value in given.items():
+            expected = runtime_class(name).option_class()  # an unknown runtime: UsageError listing the known ones
+            if type(value) is not expected:
+                raise UsageError(f"The options of runtime {name} are a {expected.__qualname__}, not a "
+                                 f"{type(value).__qualname__}; build them with runtime_class({name!r}).Options(...)")
+        kept = tuple(sorted((n, v) for n, v in given.items() if v != runtime_class(n).option_class()()))
+        object.__setattr__(self, "plugins", kept)
+
+    def of(self, runtime: type[Runtime] | Runtime) -> Any:
+        """The options of `runtime`'s class, or of the nearest parent that declares some (a base class reads its
+        own by naming itself: `of(OnnxRuntime)` stays ONNX Runtime's options in a subclass that has others)."""
+        owner = runtime.options_owner()
+        given = dict(self.plugins).get(getattr(owner, "name", ""))
+        return owner.Options() if given is None else given
+
+    def replacing(self, runtime: type[Runtime] | Runtime, **changes: Any) -> RuntimeOptions:
+        """These settings with some of `runtime`'s options (see `of`) changed."""
+        owner = runtime.options_owner()
+        return replace(self, plugins={**dict(self.plugins), owner.name: replace(self.of(owner), **changes)})
+
+    def record(self) -> dict[str, Any]:
+        """As reports and cache keys record them: device, dtype, every registered runtime's options by key (its
+        flag's name, in registry order), tf32, precision."""
+        own: dict[str, Any] = {}
+        for name in RUNTIMES:
+            for key, value in self.of(runtime_class(name)).to_dict().items():
+                if key in own:
+                    raise TypeError(f"Runtime {name} declares an option {key!r} that another runtime declares too")
+                own[key] = value
+        return {"device": self.device, "dtype": self.dtype, **own, "tf32": self.tf32, "precision": self.precision}
 
 
 class Runtime:
@@ -38,10 +77,23 @@ class Runtime:
 
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+    """Its own options (a frozen dataclass of `exporter.plugin_options.option` fields): the CLI gives each a
+    flag on every command that runs runtimes; the runtime reads them with `self.options.of(self)`."""
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "tf32", "bf16", "fp16")
     """The precisions this runtime can honour (verify/precision.py): asking another is refused."""
     supports_float64: ClassVar[bool] = False
     """Can run the artifact in float64 (and so serve as the oracle)."""
+
+    @classmethod
+    def option_class(cls) -> type[PluginOptions]:
+        """The Options this class declares itself; an inherited one stays its parent's (one flag, one key)."""
+        return cls.__dict__.get("Options", PluginOptions)
+
+    @classmethod
+    def options_owner(cls) -> type[Runtime]:
+        """The nearest class, itself or a parent, that declares Options: whose options it reads."""
+        return next(c for c in cls.__mro__ if "Options" in c.__dict__)
 
     def __init__(self, options: RuntimeOptions | None = None) -> None:
         self.options = options or RuntimeOptions()
@@ -83,6 +135,10 @@ class Runtime:
             raise UsageError(f"{self.label} expects a float32 NCHW array, got {array.dtype} {array.shape}")
         outputs = self._run(np.ascontiguousarray(array))
         return {name: np.asarray(value) for name, value in outputs.items()}
+
+    def running_on(self) -> str:
+        """Where the loaded artifact really runs (a runtime that can fall back elsewhere asks its library)."""
+        return self.options.device
 
     def alternatives(self) -> list[RuntimeOptions]:
         """Other valid settings of this runtime (e.g. graph optimisation levels) whose spread
@@ -134,8 +190,24 @@ def default_runtime(fmt: str) -> str:
     return name
 
 
+def side_runtimes(formats: Sequence[str], chosen: str | None = None) -> list[str]:
+    """The runtime for each side of a comparison: `chosen` where it runs that side's format, else the format's
+    own; a `chosen` that runs no side is refused (it would be ignored)."""
+    if chosen is not None and not set(runtime_class(chosen).formats) & set(formats):
+        raise UsageError(f"Runtime {chosen} runs {', '.join(runtime_class(chosen).formats)}, and neither side is "
+                         f"one (they are {' and '.join(formats)}); drop --runtime or name a runtime of "
+                         f"{' or '.join(dict.fromkeys(formats))}")
+    return [chosen if chosen is not None and fmt in runtime_class(chosen).formats else default_runtime(fmt)
+            for fmt in formats]
+
+
 def make_runtime(name: str, options: RuntimeOptions | None = None) -> Runtime:
     return runtime_class(name)(options)
+
+
+def registered_runtimes() -> tuple[tuple[str, Any], ...]:
+    """What is registered now, name and loader: equal while no runtime was added, removed or replaced."""
+    return tuple((name, RUNTIMES.get(name)) for name in RUNTIMES)
 
 
 def list_runtimes() -> list[str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exporter.errors import ArtifactError, SetupError, UsageError
+from exporter.plugin_options import PluginOptions, option
 from verify.runtimes import Runtime, RuntimeOptions
 
 if TYPE_CHECKING:
@@ -15,12 +17,20 @@ if TYPE_CHECKING:
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+DEFAULT_OPT_LEVEL = "all"
+SPREAD_LEVELS = ("disable", "basic")
+"""The other levels whose spread estimates the float32 floor of an ONNX file alone."""
 
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
     formats = ("onnx",)
     precisions = ("fp32", "tf32")  # the exported float32 graph as it is; use_tf32 on CUDA
+
+    @dataclass(frozen=True)
+    class Options(PluginOptions):
+        opt_level: str = option(DEFAULT_OPT_LEVEL, flag="--ort-opt-level", choices=tuple(OPT_LEVELS),
+                                help="ONNX Runtime graph optimisation level")
 
     def __init__(self, options: RuntimeOptions | None = None) -> None:
         from verify.precision import check_precision
@@ -38,24 +48,23 @@ class OnnxRuntime(Runtime):
         details = super()._label_details()
         if self.options.precision != "fp32":
             details.append(self.options.precision)
-        if self.options.ort_opt_level != "all":
-            details.append(f"opt={self.options.ort_opt_level}")
+        level = self.options.of(OnnxRuntime).opt_level
+        if level != DEFAULT_OPT_LEVEL:
+            details.append(f"opt={level}")
         return details
 
-    def alternatives(self) -> list[RuntimeOptions]:
-        from dataclasses import replace
+    def running_on(self) -> str:
+        return self.session.get_providers()[0]
 
-        return [replace(self.options, ort_opt_level=level) for level in ("disable", "basic")
-                if level != self.options.ort_opt_level]
+    def alternatives(self) -> list[RuntimeOptions]:
+        level = self.options.of(OnnxRuntime).opt_level
+        return [self.options.replacing(OnnxRuntime, opt_level=other) for other in SPREAD_LEVELS if other != level]
 
     def _load(self, artifact: Artifact) -> None:
         import onnxruntime as ort
 
         if self.options.dtype != "float32":
             raise UsageError("ONNX Runtime runs the exported float32 graph only")
-        if self.options.ort_opt_level not in OPT_LEVELS:
-            raise UsageError(f"Unknown ORT optimisation level {self.options.ort_opt_level!r}; "
-                             f"use one of {', '.join(OPT_LEVELS)}")
         wanted = PROVIDERS[self.options.device]
         if wanted not in ort.get_available_providers():
             what = "CUDA is not available to" if self.options.device == "cuda" else f"{wanted} is missing from"
@@ -63,7 +72,7 @@ class OnnxRuntime(Runtime):
                              " install onnxruntime-gpu on a machine with CUDA, or run on cpu")
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                           OPT_LEVELS[self.options.ort_opt_level])
+                                                           OPT_LEVELS[self.options.of(OnnxRuntime).opt_level])
         session_options.log_severity_level = 3
         providers: list = [wanted]
         if self.options.device == "cuda":

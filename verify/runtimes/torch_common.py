@@ -96,6 +96,9 @@ class TorchRuntime(Runtime):
             details.append(self.options.precision)
         return details
 
+    def running_on(self) -> str:
+        return f"torch {self.options.device}"
+
     def _target(self) -> tuple[torch.device, torch.dtype]:
         import torch
 
