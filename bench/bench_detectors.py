@@ -1,9 +1,13 @@
 """Export and verify time of each detector on CPU (synthetic weights, 1x3x320x320, its default norm).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_detectors.py [name ...] [--dynamo] > bench/results/detectors-cpu.log
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_detectors.py --reshape >> bench/results/detectors-cpu.log
 
 One line per detector: verdict, matched detections, worst ratios, and seconds per stage
 (build, export per format, runs, judge). `--dynamo` also tries the dynamo ONNX exporter (its refusal).
+`--reshape`: where pytorch/vision#4623 shows: fasterrcnn_mobilenet_v3_large_fpn exported to ONNX with dynamic
+sizes at 320 x 320, run at each size in SWEEP, as built and with its RPN logits lowered by each of SHIFTS
+(fewer proposals, as real weights give on a sparse image): one line per shift and size.
 """
 
 from __future__ import annotations
@@ -11,6 +15,43 @@ from __future__ import annotations
 import json
 import sys
 import time
+
+RESHAPE_DETECTOR = "fasterrcnn_mobilenet_v3_large_fpn"
+SWEEP = ((320, 320), (240, 320), (160, 320), (128, 320), (96, 320), (64, 320), (32, 320), (320, 64), (32, 32),
+         (480, 640), (800, 800))
+SHIFTS = (0.0, 4.0, 6.0, 8.0)
+EXPORT_AT = (320, 320)
+
+
+def reshape_sweep() -> None:
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from exporter.families.detectors import build_detector, calibration_image
+    from verify.detector_check import export_detector, judge_detector
+
+    print(f"# {RESHAPE_DETECTOR}: legacy ONNX, dynamic sizes, exported at {EXPORT_AT[0]}x{EXPORT_AT[1]}; "
+          "proposals = what the RPN keeps in eager float32")
+    built = build_detector(RESHAPE_DETECTOR)
+    for shift in SHIFTS:
+        model = copy.deepcopy(built)
+        with torch.no_grad():
+            model.model.rpn.head.cls_logits.bias -= shift
+        kept: list[int] = []
+        model.model.rpn.register_forward_hook(lambda mod, args, out, store=kept: store.append(len(out[0][0])))
+        with tempfile.TemporaryDirectory() as tmp:
+            files, _ = export_detector(model, calibration_image(0, (3, *EXPORT_AT)), ("onnx",), Path(tmp),
+                                       dynamic=True)
+            for size in SWEEP:
+                kept.clear()
+                report = judge_detector(model, [calibration_image(0, (3, *size))], files)
+                print(json.dumps({"rpn_shift": shift, "size": f"{size[0]}x{size[1]}", "proposals": kept[0],
+                                  "eager_detections": len(report.boxes.get("eager", [[]])[0]),
+                                  "onnx_runs": "onnx" not in report.refusals,
+                                  "verdict": report.refusals.get("onnx") or report.summary()}), flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -20,6 +61,9 @@ def main(argv: list[str]) -> int:
     from verify.detector_check import verify_detector
 
     torch.set_num_threads(1)
+    if "--reshape" in argv:
+        reshape_sweep()
+        return 0
     names = [a for a in argv if not a.startswith("--")] or list_detectors()
     formats = ("torchscript", "onnx", "onnx-dynamo") if "--dynamo" in argv else ("torchscript", "onnx")
     print(f"# torch {torch.__version__}, 1 thread, formats {', '.join(formats)}")

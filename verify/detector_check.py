@@ -46,7 +46,14 @@ OUTPUT_NAMES = ("boxes", "labels", "scores")
 DYNAMO_BLOCKER = ("torch.export cannot trace torchvision's detectors: NMS and RoIAlign have data-dependent output "
                   "shapes (upstream fixes open: pytorch/vision#9226, pytorch/vision#9395); use the legacy ONNX "
                   "exporter (format onnx)")
-RESHAPE_BLOCKER = "pytorch/vision#4623 (a Reshape to {-1, 4} that fails at run time on some image sizes)"
+RESHAPE_BLOCKER = "pytorch/vision#4623"
+"""The upstream issue: a Reshape in the box head of torchvision's Faster R-CNN, exported by the legacy ONNX
+exporter, fails in ONNX Runtime on some images (measured here: every image the RPN keeps no proposal for,
+{0,364} to {0,-1}; bench/results/detectors-cpu.log)."""
+RESHAPE_FAILURE = re.compile(r"running Reshape node\. Name:'(?P<node>[^']*)'.*?Input shape:\s*(?P<given>\{[^}]*\}),"
+                             r"\s*requested shape:\s*(?P<wanted>\{[^}]*\})")
+DYNAMIC_AXES = {"image": {1: "height", 2: "width"}}
+"""The ONNX input's dynamic axes when a detector is exported for any image size (it takes one C x H x W image)."""
 FILE_NAMES = {"torchscript": "detector.torchscript.pt", "onnx": "detector.onnx", "onnx-dynamo": "detector.dynamo.onnx"}
 RUNTIMES = {"torchscript": "torchscript", "onnx": "onnxruntime", "onnx-dynamo": "onnxruntime (dynamo)"}
 EAGER, ORACLE = "eager", "eager fp64"
@@ -67,6 +74,12 @@ class DetectorReport:
     detections: list[DetectionPair] = field(default_factory=list)
     floor: DetectionFloor | None = None
     dense_outputs: list[str] = field(default_factory=list)
+    dynamic: bool = False
+    """Exported for any image size (ONNX dynamic height and width)."""
+    images: list[np.ndarray] = field(default_factory=list, repr=False)
+    """The images judged (C x H x W in [0, 1]), for the HTML page."""
+    boxes: dict[str, list[Detections]] = field(default_factory=dict, repr=False)
+    """Each run's detections per image (eager, eager fp64, each runtime), for the HTML page."""
     seconds: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -102,6 +115,9 @@ class DetectorReport:
                  for p in self.problems]
         return rows
 
+    def image_sizes(self) -> list[str]:
+        return ["x".join(map(str, image.shape[-2:])) for image in self.images]
+
     def summary(self) -> str:
         if self.passed:
             least = min(min(d.matched_per_image) for d in self.detections)
@@ -113,7 +129,8 @@ class DetectorReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"detector": self.name, "norm": self.norm, "weights": self.weights, "shape": list(self.shape),
-                "formats": list(self.formats), "factor": self.factor, "passed": self.passed,
+                "formats": list(self.formats), "dynamic": self.dynamic, "image_sizes": self.image_sizes(),
+                "factor": self.factor, "passed": self.passed,
                 "exit_code": self.exit_code, "summary": self.summary(), "refusals": self.refusals,
                 "problems": self.problems, "dense_outputs": self.dense_outputs,
                 "floor": self.floor.to_dict() if self.floor else None,
@@ -132,8 +149,10 @@ class Run:
 def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] = (1, 3, 320, 320),
                     weights: str = "synthetic", seed: int = 0, formats: Sequence[str] = ("torchscript", "onnx"),
                     out: Path | None = None, progress: Callable[[str], None] | None = None,
-                    factor: float | None = None, images: np.ndarray | None = None) -> DetectorReport:
-    """Build, export, run and judge `name`; `images` (N, 3, H, W in [0, 1]) replaces the synthetic ones."""
+                    factor: float | None = None, images: Sequence[np.ndarray] | None = None,
+                    dynamic: bool = False) -> DetectorReport:
+    """Build, export, run and judge `name`; `images` (each 3 x H x W in [0, 1], sizes may differ when
+    `dynamic`) replace the synthetic ones; `dynamic` exports ONNX for any image size, from the first image."""
     from exporter.families.detectors import build_detector
 
     say = progress or (lambda _: None)
@@ -144,10 +163,14 @@ def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] =
         say(f"building {name}")
         built = build_detector(name, norm, weights, seed)
     inputs = _inputs(shape, seed, images)
+    if not dynamic and len({tuple(i.shape) for i in inputs}) > 1:
+        raise UsageError("Images of several sizes need a detector exported for any size (dynamic); resize them "
+                         "to one size or export dynamic")
     with _folder(out) as folder:
-        files, refusals = export_detector(built, inputs[0], formats, folder, say, clock)
+        files, refusals = export_detector(built, inputs[0], formats, folder, say, clock, dynamic=dynamic)
         report = judge_detector(built, inputs, files, tolerance, say, clock)
     report.refusals = {**refusals, **report.refusals}
+    report.dynamic = dynamic
     report.formats = tuple(formats)
     report.seconds.update(clock.seconds)
     return report
@@ -160,7 +183,7 @@ def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(formats))
 
 
-def _inputs(shape: tuple[int, ...], seed: int, images: np.ndarray | None) -> list[torch.Tensor]:
+def _inputs(shape: tuple[int, ...], seed: int, images: Sequence[np.ndarray] | None) -> list[torch.Tensor]:
     import torch
 
     from exporter.families.detectors import calibration_image
@@ -197,8 +220,9 @@ class _Clock:
 
 def export_detector(built: BuiltDetector, example: torch.Tensor, formats: Sequence[str], folder: Path,
                     say: Callable[[str], None] = lambda _: None,
-                    clock: _Clock | None = None) -> tuple[dict[str, Path], dict[str, str]]:
-    """Write each format to `folder`; return the files and, per format that did not export, a one-line why."""
+                    clock: _Clock | None = None, dynamic: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
+    """Write each format to `folder`; return the files and, per format that did not export, a one-line why.
+    `dynamic`: the ONNX file takes any image size (TorchScript always does)."""
     clock = clock or _Clock()
     files, refusals = {}, {}
     for fmt in formats:
@@ -206,14 +230,14 @@ def export_detector(built: BuiltDetector, example: torch.Tensor, formats: Sequen
         say(f"exporting {fmt}")
         with clock(f"export {fmt}"):
             try:
-                _EXPORTERS[fmt](built.model, example, path)
+                _EXPORTERS[fmt](built.model, example, path, dynamic)
                 files[fmt] = path
             except ExportError as exc:
                 refusals[fmt] = str(exc)
     return files, refusals
 
 
-def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, dynamic: bool) -> None:
     import torch
 
     try:
@@ -222,7 +246,7 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Pat
         raise ExportError(f"torch.jit.script cannot compile this detector ({_first_line(exc)})") from None
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, dynamic: bool) -> None:
     import warnings
 
     import torch
@@ -231,7 +255,8 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the tracer warns on every Python scalar in torchvision's code
             torch.onnx.export(model, ([example],), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["image"], output_names=output_names(model, example))
+                              input_names=["image"], output_names=output_names(model, example),
+                              dynamic_axes=DYNAMIC_AXES if dynamic else None)
     except Exception as exc:  # the exporter raises many types
         raise ExportError(f"the legacy ONNX exporter fails on this detector ({_first_line(exc)})") from None
 
@@ -247,7 +272,7 @@ def output_names(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
     return names
 
 
-def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path, dynamic: bool) -> None:
     import warnings
 
     import torch
@@ -285,7 +310,8 @@ def judge_detector(built: BuiltDetector, inputs: Sequence[torch.Tensor], files: 
     tolerance = tolerance or Tolerance()
     clock = clock or _Clock()
     report = DetectorReport(built.name, built.norm, built.weights, (len(inputs), *inputs[0].shape),
-                            tuple(files), tolerance.factor, files={k: str(v) for k, v in files.items()})
+                            tuple(files), tolerance.factor, files={k: str(v) for k, v in files.items()},
+                            images=[image.numpy() for image in inputs])
     with clock("run eager"):
         say("running eager float32 and float64")
         eager = run_eager(built, inputs, float64=False)
@@ -308,6 +334,8 @@ def _judge(report: DetectorReport, built: BuiltDetector, eager: Run, oracle: Run
     from verify.oracle import measure_floors
 
     floors = measure_floors(eager.dense, oracle.dense)
+    report.boxes = {EAGER: eager.detections, ORACLE: oracle.detections,
+                    **{label: run.detections for label, run in runs.items()}}
     report.dense_outputs = list(eager.dense)
     report.floor = measure_detection_floor(eager.detections, oracle.detections)
     if report.floor is None:
@@ -375,17 +403,23 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
         if calls:
             result.candidates.append(calls[-1])
         per_image.append({f"{m}#{i}": t.numpy() for m in modules for i, t in enumerate(seen[m])})
-    result.dense = _concat(per_image)
+    result.dense = _concat(per_image, inputs)
     return result
 
 
-def _concat(per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _concat(per_image: list[dict[str, np.ndarray]], inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
     """One array per dense tensor over all images (axis 0); a tensor whose rows differ between runs
-    (the box head's, one row per proposal) still lines up image by image."""
+    (the box head's, one row per proposal) still lines up image by image. Images of several sizes: one
+    array per tensor and size, named `module#call@HxW` (feature maps of two sizes do not stack)."""
     import numpy as np
 
-    names = per_image[0].keys() if per_image else []
-    return {n: np.concatenate([d[n] for d in per_image if n in d], axis=0) for n in names}
+    sizes = ["x".join(map(str, image.shape[-2:])) for image in inputs]
+    several = len(set(sizes)) > 1
+    groups: dict[str, list[np.ndarray]] = {}
+    for size, tensors in zip(sizes, per_image, strict=True):
+        for name, value in tensors.items():
+            groups.setdefault(f"{name}@{size}" if several else name, []).append(value)
+    return {name: np.concatenate(values, axis=0) for name, values in groups.items()}
 
 
 def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> Run:
@@ -412,7 +446,7 @@ def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> R
     import onnx
 
     model = onnx.load(str(path))
-    found = onnx_dense_outputs(model, dense)
+    found = onnx_dense_outputs(model, list(dict.fromkeys(name.partition("@")[0] for name in dense)))
     result = Run([])
     session = _session(model.SerializeToString())
     extended = _with_outputs(model, list(found.values()))
@@ -424,7 +458,7 @@ def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> R
         if dense_session is not None:
             values = _ort_run(dense_session, image, list(found.values()))
             per_image.append({name: values[onnx_name] for name, onnx_name in found.items()})
-    result.dense = _concat(per_image) if per_image else {}
+    result.dense = _concat(per_image, inputs) if per_image else {}
     return result
 
 
@@ -444,10 +478,21 @@ def _ort_run(session: Any, image: torch.Tensor, names: list[str]) -> dict[str, n
     try:
         return dict(zip(names, session.run(names, feed), strict=True))
     except Exception as exc:  # ORT raises its own types at run time
-        text = _first_line(exc)
-        known = f"; the known upstream failure {RESHAPE_BLOCKER}" if "Reshape" in text else ""
-        raise ExportError(f"ONNX Runtime fails on this detector at {'x'.join(map(str, image.shape))}"
-                          f"{known} ({text[:160]})") from None
+        raise ExportError(runtime_failure(str(exc), tuple(image.shape))) from None
+
+
+def runtime_failure(message: str, shape: tuple[int, ...]) -> str:
+    """One line for ONNX Runtime failing on an image: a Reshape failure is named as the known upstream
+    issue, with the node and shapes it failed on; anything else is quoted."""
+    text = " ".join(message.split())
+    where = f"ONNX Runtime fails on this detector's {'x'.join(map(str, shape))} image"
+    found = RESHAPE_FAILURE.search(text)
+    if found is None:
+        return f"{where} ({text[:200]})"
+    given, wanted = found["given"].replace(" ", ""), found["wanted"].replace(" ", "")
+    empty = " (no proposal reached the box head)" if given.startswith("{0,") else ""
+    return (f"{where}: the known upstream failure {RESHAPE_BLOCKER}: Reshape {found['node']} cannot reshape "
+            f"{given} to {wanted}{empty}; the legacy ONNX file cannot run on this image")
 
 
 _RUNNERS = {"torchscript": _run_torchscript, "onnx": _run_onnx, "onnx-dynamo": _run_onnx}

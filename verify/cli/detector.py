@@ -1,0 +1,147 @@
+"""`verify export -b <detector>`: the whole detector exported to TorchScript and ONNX, judged before NMS
+(dense head tensors) and after NMS (detections matched by IoU) by verify/detector_check.py, rendered to the
+terminal, --json, --junit, --markdown and --html (verify/render/detections.py). The export command parses;
+`export_detector` takes the parsed values; any option outside SUPPORTED_OPTIONS is refused by the command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.markup import escape
+
+from exporter.errors import UsageError
+from verify.cli.base import err_console, out_console
+
+if TYPE_CHECKING:
+    from verify.detector_check import DetectorReport
+
+SUPPORTED_OPTIONS = ("--norm", "--weights", "--seed", "--shape", "--input", "--format", "--out", "--overwrite",
+                     "--factor", "--json", "--junit", "--markdown", "--html")
+"""What a whole detector applies; the export command refuses every other option given (never ignored silently)."""
+DEFAULT_SHAPE = (1, 3, 320, 320)
+
+
+def refuse_unsupported(given: list[str]) -> None:
+    """`given`: the export options the user set; the first one a detector does not apply is a usage error."""
+    refused = [flag for flag in given if flag not in SUPPORTED_OPTIONS]
+    if refused:  # a tolerance or a signature asked for and not applied would mislead
+        raise UsageError(f"{refused[0]} is not supported for a whole detector yet (it takes "
+                         f"{', '.join(SUPPORTED_OPTIONS)}); drop it")
+
+
+def resolve_norm(name: str, norm: str) -> str:
+    from exporter.families.detectors import DETECTORS
+
+    detector = DETECTORS.get(name)
+    if norm in detector.norms:
+        return norm
+    if norm != "frozen":  # an explicit norm the detector does not have; the default falls back
+        raise UsageError(f"{name} has no norm {norm!r}; choose one of: {', '.join(detector.norms)}")
+    return detector.default_norm
+
+
+def _formats(formats: list[str] | None) -> tuple[str, ...]:
+    from verify.detector_check import DEFAULT_FORMATS
+
+    chosen = tuple(formats) if formats else DEFAULT_FORMATS
+    unknown = [f for f in chosen if f not in DEFAULT_FORMATS]
+    if unknown:
+        raise UsageError(f"Detectors export to {' and '.join(DEFAULT_FORMATS)} (legacy exporter) only; drop "
+                         f"--format {unknown[0]}")
+    return chosen
+
+
+def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None]) -> None:
+    from verify import options as opt
+
+    if folder.exists() and not overwrite:
+        raise UsageError(f"{folder} already exists; pass --overwrite to replace it, or another --out")
+    opt.distinct_outputs(**reports)
+    for flag, path in reports.items():
+        if path and path.resolve().is_relative_to(folder.resolve()):
+            raise UsageError(f"--{flag} {path} is inside the export folder {folder}, which the export replaces; "
+                             "write it elsewhere")
+
+
+def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | None, input_path: Path | None,
+                    formats: list[str] | None, out: Path, factor: float | None, json_path: Path | None = None,
+                    overwrite: bool = False, junit: Path | None = None, markdown: Path | None = None,
+                    html: Path | None = None) -> None:
+    """Export, run and judge the detector `name`; print one line per pair, write the reports asked for, and
+    exit with the verdict's code (0 all agree, 1 a failure)."""
+    import warnings
+
+    import numpy as np
+
+    from exporter.fsio import staged_folder
+    from exporter.spec import parse_shape
+    from verify.detector_check import verify_detector
+    from verify.inputs import load_inputs
+    from verify.render.console import print_line
+    from verify.render.text import markup
+
+    norm = resolve_norm(name, norm)
+    size = parse_shape(shape) if shape else DEFAULT_SHAPE
+    chosen = _formats(formats)
+    folder = out / f"{name}-{norm}"
+    _check_paths(folder, overwrite, {"json": json_path, "junit": junit, "markdown": markdown, "html": html})
+    images = None
+    if input_path is not None:
+        images = np.concatenate([item.array for item in load_inputs(input_path, size, normalize=False)])
+    with staged_folder(folder) as staging, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation, once per call
+        report = verify_detector(name, norm, size, weights, seed, chosen, out=staging, factor=factor, images=images,
+                                 progress=lambda what: print_line(err_console, f"[dim]{markup(what)}[/]"))
+    for row in report.rows():
+        mark = "ok  " if row["passed"] else "FAIL"
+        pair = f"{row['a']} vs {row['b']}" if row["b"] else row["a"]
+        print_line(out_console, f"{mark} {markup(row['level'])}  {markup(pair)}  {markup(row['text'])}")
+    print_line(out_console, ("[bold green]✓ " if report.passed else "[bold red]✗ ") + markup(report.summary()) + "[/]")
+    for path in write_outputs(report, json_path, junit, markdown, html):
+        err_console.print(f"[dim]wrote {escape(str(path))}[/]")
+    raise typer.Exit(report.exit_code)
+
+
+def write_outputs(report: DetectorReport, json_path: Path | None, junit: Path | None, markdown: Path | None,
+                  html: Path | None) -> list[Path]:
+    """Each report file asked for, through the writers every command shares; the paths written."""
+    from exporter.fsio import write_text_atomic
+    from verify.render.detections import detector_html, detector_junit, detector_markdown
+    from verify.render.markdown import write_markdown
+    from verify.report import write_json_report
+
+    written = []
+    if json_path:
+        write_json_report(report.to_dict(), json_path)
+        written.append(json_path)
+    if junit:
+        write_text_atomic(junit, detector_junit(report))
+        written.append(junit)
+    if markdown:
+        write_markdown(markdown, detector_markdown(report))
+        written.append(markdown)
+    if html:
+        write_text_atomic(html, detector_html(report))
+        written.append(html)
+    return written
+
+
+def explain_detector(a: str, b: str, weights: str, seed: int, shape: str | None, factor: float | None,
+                     json_path: Path | None = None) -> None:
+    """`verify explain A B` where A or B names a detector: both must be detectors (name:norm)."""
+    from exporter.spec import parse_shape
+    from verify.detector_explain import explain_detectors, is_detector_spec
+    from verify.explain import render_explanation
+    from verify.report import write_json_report
+
+    other = next((spec for spec in (a, b) if not is_detector_spec(spec)), None)
+    if other is not None:
+        raise UsageError(f"explain compares a detector with another detector (name:norm); {other} is not one")
+    result = explain_detectors(a, b, weights, seed, parse_shape(shape) if shape else DEFAULT_SHAPE, factor)
+    render_explanation(result, out_console)
+    if json_path:
+        write_json_report(result.to_dict(), json_path)
+        err_console.print(f"[dim]wrote {escape(str(json_path))}[/]")
+    raise typer.Exit(result.exit_code)
