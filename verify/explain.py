@@ -116,7 +116,7 @@ def _concerns(diff: StructuralDifference, module: str) -> bool:
         (diff.kind == "folded" and module in (diff.a + diff.b))
 
 
-def _side(artifact: Artifact) -> Side:
+def load_side(artifact: Artifact) -> Side:
     """The side with its torch modules in float32 and float64 where a torch runtime can run it
     in float64 (an eager model, a saved torch program); a graph runtime's side has none."""
     from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
@@ -146,6 +146,13 @@ def _line_up(sides: list[Side]) -> None:
             len({canonical_name(name, prefix) for name in names} & theirs), prefix == ""))
 
 
+def load_sides(a: Artifact, b: Artifact) -> list[Side]:
+    """Both sides loaded and their module names lined up."""
+    sides = [load_side(a), load_side(b)]
+    _line_up(sides)
+    return sides
+
+
 TENSOR_DIFFERENCES = ("value", "shape")
 """What a structural diff still means where a side's modules lost their classes (an
 ExportedProgram's `.module()` keeps parameters and buffers by name in placeholder modules)."""
@@ -161,8 +168,7 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     from verify.runtimes.torch_common import call_module, to_numpy_outputs
 
     progress = progress or NullProgress()
-    sides = [_side(a), _side(b)]
-    _line_up(sides)
+    sides = load_sides(a, b)
     fp32, fp64 = [], []
     with progress.step("Running both in float32 and float64"):
         for artifact, side in zip((a, b), sides):

@@ -351,7 +351,7 @@ def onnx_scopes(node: Any) -> list[str] | None:
     return None
 
 
-def _legacy_calls(scopes: list[list[str] | None]) -> list[list[str] | None]:
+def legacy_calls(scopes: list[list[str] | None]) -> list[list[str] | None]:
     """The legacy exporter names a module's second call `relu_1`: the module is `relu` where the
     graph also has `relu` at that place."""
     known = {s for group in scopes if group for s in group}
@@ -371,7 +371,7 @@ def _legacy_calls(scopes: list[list[str] | None]) -> list[list[str] | None]:
 def onnx_module_values(model: Any, prefix: str = "") -> tuple[list[tuple[str, int, str]], dict[str, str]]:
     """((module, call, ONNX value name) for every module call, norm -> conv fused in one node)."""
     nodes = list(model.graph.node)
-    scopes = _legacy_calls([onnx_scopes(node) for node in nodes])
+    scopes = legacy_calls([onnx_scopes(node) for node in nodes])
     calls = module_calls((i, [(s, s) for s in group] if group is not None else None)
                          for i, group in enumerate(scopes))
     values = [(canonical_name(path, prefix), call, nodes[i].output[0]) for path, call, i in calls]

@@ -1,0 +1,196 @@
+"""Isolated per-layer error and `verify reduce`: seeded one-layer bugs at every stage are named first."""
+
+import copy
+import random
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import typer
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from exporter.backbones import build_model
+from exporter.export import ExportOptions, export_model
+from exporter.formats import ExportContext
+from exporter.formats.eager import eager_artifact
+from exporter.spec import ModelSpec
+from exporter.weights import load_weights
+from verify.cli.reduce import reduce as reduce_command
+from verify.compare import AUTO_FACTOR
+from verify.explain import load_side
+from verify.inputs import make_input
+from verify.isolate import isolate_report, isolate_sides
+from verify.reduce import check_piece, reduce_sides
+
+SHAPE = (1, 3, 32, 32)
+SEEDED_ERROR = 1e-3
+"""The seeded bug: one output channel of one conv's weight scaled by 1 + this (0.1 %)."""
+MIN_SHARE = 0.95
+"""Share of seeded bugs whose layer the isolated error must name first."""
+MODELS = ("resnet18:batch:body", "mobilenet_v3_small:batch:body")
+runner = CliRunner()
+
+
+def stage(weight: str) -> str:
+    """`layer2.0.conv1.weight` -> layer2, `conv1.weight` -> conv1 (the stem), `4.block.0.0.weight` -> 4."""
+    return weight.split(".", 1)[0]
+
+
+def picks(weights: dict[str, np.ndarray], seed: int, per_stage: int = 1) -> list[tuple[str, int]]:
+    """(conv weight, output channel) for `per_stage` random convs of every stage."""
+    rng = random.Random(seed)
+    stages: dict[str, list[str]] = {}
+    for name, value in weights.items():
+        if value.ndim == 4:
+            stages.setdefault(stage(name), []).append(name)
+    found = []
+    for names in stages.values():
+        for name in rng.sample(names, min(per_stage, len(names))):
+            found.append((name, rng.randrange(weights[name].shape[0])))
+    return found
+
+
+def mutated_onnx(model: onnx.ModelProto, weight: str, channel: int, path):
+    bad = copy.deepcopy(model)
+    for tensor in bad.graph.initializer:
+        if tensor.name == weight:
+            value = numpy_helper.to_array(tensor).copy()
+            value[channel] *= 1 + SEEDED_ERROR
+            tensor.CopyFrom(numpy_helper.from_array(value, weight))
+    onnx.save(bad, str(path))
+    return path
+
+
+class mutated_parameter:
+    """The loaded ExportedProgram's parameter `weight`, one channel off, for the block's duration."""
+
+    def __init__(self, module: torch.nn.Module, weight: str, channel: int):
+        self.tensor, self.channel = dict(module.named_parameters())[weight], channel
+
+    def __enter__(self):
+        self.saved = self.tensor.detach().clone()
+        with torch.no_grad():
+            self.tensor[self.channel] *= 1 + SEEDED_ERROR
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            self.tensor.copy_(self.saved)
+
+
+@pytest.fixture(scope="module")
+def exported(module_tmp):
+    """Each model as .pt2 and dynamo ONNX (one torch.export trace), with its eager float64 reference side."""
+    found = {}
+    for text in MODELS:
+        spec = ModelSpec.parse(text)
+        built = build_model(spec, load_weights("synthetic", spec.backbone))
+        x = make_input(SHAPE, 0)
+        meta = eager_artifact(built, SHAPE).meta
+        folder = module_tmp(f"isolate-{spec.backbone}")
+        options = ExportOptions()
+        context = ExportContext(built, torch.from_numpy(x), meta, dynamic=options.dynamic)
+        files = {fmt: export_model(built, meta, context.example, folder, options, fmt, context)
+                 for fmt in ("pt2", "onnx")}
+        found[text] = {"ref": load_side(eager_artifact(built, SHAPE)), "pt2": load_side(files["pt2"]), "x": x,
+                       "built": built,
+                       "onnx": files["onnx"], "proto": onnx.load(str(files["onnx"].path)), "folder": folder}
+    return found
+
+
+@pytest.mark.parametrize("text", MODELS)
+def test_correct_exports_name_no_layer(exported, text):
+    """Every layer of a faithful export, re-run on the reference's inputs, stays within its own floor."""
+    case = exported[text]
+    for candidate in (load_side(case["onnx"]), case["pt2"]):
+        result, _, _ = isolate_sides(case["ref"], candidate, case["x"])
+        assert result.layers and result.named == [], [(x.module, x.ratio) for x in result.layers[:3]]
+        assert result.exit_code == 0
+
+
+@pytest.mark.parametrize("text", MODELS)
+def test_seeded_bug_at_every_stage_is_named_first(exported, text, tmp_path):
+    """0.1 % in one conv output channel, one conv per stage, in the ONNX file and in the .pt2's
+    parameters: the isolated error names that conv first, apart from every layer downstream of it."""
+    case = exported[text]
+    weights = {t.name: numpy_helper.to_array(t) for t in case["proto"].graph.initializer}
+    targets = picks(weights, seed=0)
+    assert len({stage(w) for w, _ in targets}) >= (5 if text.startswith("resnet") else 13)
+    hits, misses = 0, []
+    for i, (weight, channel) in enumerate(targets):
+        conv = weight.removesuffix(".weight")
+        bad = mutated_onnx(case["proto"], weight, channel, tmp_path / f"bad{i}.onnx")
+        onnx_result, _, _ = isolate_sides(case["ref"], load_side(replace(case["onnx"], path=bad)), case["x"])
+        with mutated_parameter(case["pt2"].fp32, weight, channel):
+            pt2_result, _, _ = isolate_sides(case["ref"], case["pt2"], case["x"])
+        for fmt, result in (("onnx", onnx_result), ("pt2", pt2_result)):
+            first = result.named[0].module if result.named else None
+            hits += first == conv
+            if first != conv:
+                misses.append((fmt, conv, channel, first))
+    share = hits / (2 * len(targets))
+    assert share >= MIN_SHARE, misses
+
+
+def test_eager_candidate_leaf_modules(exported):
+    """An eager candidate's leaf modules on the reference's inputs: the edited conv only, then nothing."""
+    case = exported[MODELS[1]]
+    broken = copy.deepcopy(case["built"])
+    with torch.no_grad():
+        broken.model.get_submodule("4.block.3.0").weight[1] *= 1 + SEEDED_ERROR
+    result, _, _ = isolate_sides(case["ref"], load_side(eager_artifact(broken, SHAPE)), case["x"])
+    assert [layer.module for layer in result.named] == ["4.block.3.0"] and result.named[0].channel == 1
+    same, _, _ = isolate_sides(case["ref"], load_side(eager_artifact(case["built"], SHAPE)), case["x"])
+    assert same.layers and same.named == []
+
+
+def test_reduce_writes_a_piece_that_fails_alone(exported, tmp_path):
+    """The diverging layer alone, with its recorded inputs, fails under ONNX Runtime; restoring its one
+    clean initializer makes the same piece pass: the check measures the bug, not the cut."""
+    case = exported[MODELS[0]]
+    weight, channel = "layer2.0.conv2.weight", 5
+    bad = mutated_onnx(case["proto"], weight, channel, tmp_path / "bad.onnx")
+    reduction = reduce_sides(case["ref"], load_side(replace(case["onnx"], path=bad)), case["x"], tmp_path / "piece")
+    assert reduction.layer.module == "layer2.0.conv2"
+    assert reduction.check.reproduces and reduction.check.ratio > AUTO_FACTOR
+    assert reduction.check.channel == channel
+    piece = onnx.load(str(reduction.piece))
+    assert len(piece.graph.node) < len(case["proto"].graph.node) // 10
+    clean = {t.name: t for t in case["proto"].graph.initializer}
+    for tensor in piece.graph.initializer:
+        tensor.CopyFrom(clean[tensor.name])
+    onnx.save(piece, str(reduction.piece))
+    fixed = check_piece(reduction.piece)
+    assert not fixed.reproduces and fixed.ratio <= AUTO_FACTOR
+
+
+def test_reduce_command_writes_and_checks(exported, tmp_path):
+    case = exported[MODELS[0]]
+    bad = mutated_onnx(case["proto"], "layer3.1.conv1.weight", 7, tmp_path / "bad.onnx")
+    app = typer.Typer()
+    app.command("reduce")(reduce_command)
+    app.callback()(lambda: None)
+    out = tmp_path / "piece"
+    result = runner.invoke(app, ["reduce", str(bad), MODELS[0], "--shape", "x".join(map(str, SHAPE)),
+                                 "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "layer3.1.conv1" in result.stdout and "reproduces" in result.stdout
+    again = runner.invoke(app, ["reduce", "--check", str(out / "piece.onnx")])
+    assert again.exit_code == 1 and "reproduces" in again.stdout
+    clean = runner.invoke(app, ["reduce", str(case["onnx"].path), MODELS[0], "--shape", "x".join(map(str, SHAPE)),
+                                "--out", str(tmp_path / "none")])
+    assert clean.exit_code == 0 and "nothing to reduce" in clean.stdout
+    assert runner.invoke(app, ["reduce", str(bad)]).exit_code == 2
+
+
+def test_isolate_report_from_specs(exported, tmp_path):
+    """The library entry `verify explain A B --isolate` calls, on a mutated ONNX file against its model spec."""
+    from verify.api import RunSettings
+
+    case = exported[MODELS[0]]
+    bad = mutated_onnx(case["proto"], "conv1.weight", 2, tmp_path / "bad.onnx")
+    result = isolate_report(str(bad), MODELS[0], RunSettings(shape=SHAPE))
+    assert result.named[0].module == "conv1" and result.exit_code == 1
+    assert result.reference == MODELS[0] or MODELS[0] in result.reference

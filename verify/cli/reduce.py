@@ -1,0 +1,64 @@
+"""`verify reduce`: write the smallest failing piece of an ONNX file, or check a written piece alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from exporter.errors import UsageError
+from verify import options as opt
+from verify.cli.base import err_console, handle_errors, out_console
+from verify.isolation import USER_CODE_TIMEOUT
+from verify.render.console import progress_for
+
+PieceOut = Annotated[Path | None, typer.Option(
+    "--out", "-o", callback=lambda v: opt.check_output_folder(v) if v is not None else v,
+    help="Folder for piece.onnx and piece.npz (its inputs, the reference output, its floor)")]
+CheckPiece = Annotated[Path | None, typer.Option(
+    "--check", callback=opt.check_existing_paths,
+    help="Rerun a written piece.onnx alone under ONNX Runtime against its stored reference (piece.npz beside it)")]
+
+
+@handle_errors
+def reduce(
+    a: Annotated[str | None, typer.Argument(callback=opt.check_source, metavar="[A]",
+                                            help="The ONNX file, or the model it was exported from")] = None,
+    b: Annotated[str | None, typer.Argument(callback=opt.check_source, metavar="[B]",
+                                            help="The other side")] = None,
+    out: PieceOut = None,
+    check: CheckPiece = None,
+    weights: opt.Weights = "synthetic",
+    seed: opt.Seed = 0,
+    shape: opt.Shape = None,
+    input_path: opt.InputPath = None,
+    normalize: opt.Normalize = True,
+    factor: opt.Factor = None,
+    timeout: opt.Timeout = None,
+) -> None:
+    """Write the layer whose own computation differs most as a standalone .onnx + .npz, and check it alone."""
+    from verify.isolate import render_isolation
+    from verify.reduce import check_piece, reduce_pair
+
+    if check is not None:
+        if a is not None or b is not None or out is not None:
+            raise UsageError("--check takes a written piece alone; give A B --out FOLDER or --check PIECE.onnx")
+        result = check_piece(check)
+        out_console.print(("[bold red]✗[/] " if result.reproduces else "[bold green]✓[/] ") + escape(result.text()))
+        raise typer.Exit(result.exit_code)
+    if a is None or b is None or out is None:
+        raise UsageError("Give A, B and --out FOLDER (or --check PIECE.onnx)")
+    settings = opt.run_settings(weights, seed, shape, input_path, normalize, opt.Device.cpu, None, None, None, None,
+                                factor)
+    reduction = reduce_pair(a, b, out, settings, progress=progress_for(err_console),
+                            timeout=timeout or USER_CODE_TIMEOUT)
+    render_isolation(reduction.isolation, out_console, limit=3)
+    if reduction.check is None:
+        out_console.print("nothing to reduce: no layer differs on its own")
+        raise typer.Exit(0)
+    out_console.print(f"wrote {escape(str(reduction.piece))} and {escape(str(reduction.data))}")
+    mark = "[bold red]✗[/] " if reduction.check.reproduces else "[yellow]![/] "
+    out_console.print(mark + escape(reduction.check.text()))
+    raise typer.Exit(reduction.exit_code)

@@ -1,0 +1,510 @@
+"""Isolated per-layer error: which layers' own computation differs, apart from error they inherited.
+
+Every layer of the candidate (each module of an eager model or ExportedProgram, each ONNX node run
+mapped to its module through the exporter's scope records) is re-run on the REFERENCE's own float64
+values for its inputs, cast to float32. Its output is judged against the reference's float64 output
+of that module, on that layer's own floor: the reference layer run in float32 on the same inputs
+(per channel, verify.oracle.measure_floor). A layer whose error stays within `factor` x its floor
+is not named; the others are ranked by that ratio.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from exporter.errors import UsageError
+from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
+from verify.compare import AUTO_FACTOR
+from verify.explain import load_sides
+from verify.inputs import seeded_input
+from verify.isolation import USER_CODE_TIMEOUT, run_isolated
+from verify.module_values import (
+    FxTracer,
+    HookTracer,
+    OnnxTracer,
+    Side,
+    canonical_name,
+    fx_scopes,
+    legacy_calls,
+    module_calls,
+    onnx_scopes,
+    tracer_for,
+)
+from verify.oracle import folded_float32, measure_floor
+from verify.progress import NullProgress, Progress
+from verify.structure import canonical_modules, fold_partner
+
+if TYPE_CHECKING:
+    import numpy as np
+
+LIMIT = 10
+"""Layers shown in the report (all are in its JSON)."""
+
+
+@dataclass
+class Unit:
+    """One candidate layer: ops computing module `path`'s call `call` from `inputs`."""
+
+    path: str
+    call: int
+    ops: list[Any]
+    inputs: dict[Any, tuple[str, int] | None]
+    """External activation input -> the reference module call whose output it is (None: the model input)."""
+    output: Any
+    fused_with: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LayerError:
+    module: str
+    call: int
+    ratio: float
+    """Worst channel's error over that channel's own float32 floor."""
+    max_abs: float
+    floor: float
+    fused_with: list[str] = field(default_factory=list)
+    channel: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Isolation:
+    reference: str
+    candidate: str
+    factor: float
+    layers: list[LayerError] = field(default_factory=list)
+    """Every layer checked, worst ratio first."""
+    skipped: list[str] = field(default_factory=list)
+    """Layers whose inputs do not map back to reference values."""
+    note: str = ""
+
+    @property
+    def named(self) -> list[LayerError]:
+        return [layer for layer in self.layers if layer.ratio > self.factor]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.named else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "candidate": self.candidate, "factor": self.factor,
+                "named": [layer.module for layer in self.named], "layers": [x.to_dict() for x in self.layers],
+                "skipped": self.skipped, "note": self.note}
+
+
+# ---------------------------------------------------------------- the reference's own values
+
+@dataclass
+class Reference:
+    side: Side
+    inputs: dict[tuple[str, int], Any]
+    outputs: dict[tuple[str, int], Any]
+    x: Any
+    modules: dict[str, Any] = field(default_factory=dict)
+    """The reference's float32 modules by canonical name."""
+
+
+def record_reference(side: Side, x: np.ndarray) -> Reference:
+    """Each module call's first tensor input and its output, in float64 (forward hooks)."""
+    import torch
+
+    names = {id(m): n for n, m in canonical_modules(side.fp64, side.prefix).items()}
+    inputs, outputs, calls = {}, {}, Counter()
+
+    def hook(module, args, output):
+        name = names.get(id(module))
+        if name is None or not isinstance(output, torch.Tensor):
+            return
+        key = (name, calls[name])
+        calls[name] += 1
+        outputs[key] = output.detach().clone()
+        if args and isinstance(args[0], torch.Tensor):
+            inputs[key] = args[0].detach().clone()
+
+    handles = [m.register_forward_hook(hook) for m in side.fp64.modules() if id(m) in names]
+    try:
+        with torch.no_grad():
+            side.fp64(torch.from_numpy(x).double())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Reference(side, inputs, outputs, torch.from_numpy(x).double(),
+                     canonical_modules(side.fp32, side.prefix))
+
+
+def own_floor(ref: Reference, unit: Unit) -> Any:
+    """The reference layer (with a folded conv, conv then norm) in float32 on its own float64 inputs: the
+    worst, per channel, of the valid float32 evaluations (see float32_evaluations)."""
+    import dataclasses
+
+    import numpy as np
+
+    chain = [*unit.fused_with[:1], unit.path] if unit.fused_with else [unit.path]
+    value = ref.inputs.get((chain[0], unit.call))
+    if value is None or any(name not in ref.modules for name in chain):
+        return None
+    want = ref.outputs[(unit.path, unit.call)].numpy()
+    floors = [f for run in float32_evaluations([ref.modules[n] for n in chain], value.float())
+              if (f := measure_floor(run, want)) is not None]
+    if not floors:
+        return None
+    worst = max(floors, key=lambda f: f.value)
+    channels = [f.channels for f in floors if f.channels is not None]
+    return dataclasses.replace(worst, channels=np.maximum.reduce(channels) if channels else None)
+
+
+def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
+    """The chain in float32 as torch runs it; with a conv's input channels summed in reverse order (another
+    runtime's kernels sum in another order); with a conv's norm folded into it (as exporters and runtimes
+    fold them, verify.oracle.folded_float32). A faithful layer computed in any of these ways is no bug."""
+    import copy
+
+    import torch
+
+    module = torch.nn.Sequential(*chain)
+    with torch.no_grad():
+        runs = [module(start).numpy()]
+        head = chain[0]
+        if isinstance(head, torch.nn.Conv2d) and head.groups == 1:
+            flipped = copy.deepcopy(head)
+            flipped.weight.copy_(head.weight.flip(1))
+            runs.append(torch.nn.Sequential(flipped, *chain[1:])(start.flip(1)).numpy())
+        fold = folded_float32(module, start) if len(chain) > 1 else None
+        if fold is not None:
+            runs.append(fold(start).numpy())
+    return runs
+
+
+def judge(ref: Reference, unit: Unit, got: np.ndarray) -> LayerError | None:
+    """The unit's float32 output on the reference's inputs against the reference's float64 output."""
+    import numpy as np
+
+    floor = own_floor(ref, unit)
+    want = ref.outputs[(unit.path, unit.call)].numpy()
+    if floor is None or got.shape != want.shape:
+        return None
+    err = np.abs(got.astype(np.float64) - want)
+    err = np.where(np.isfinite(err), err, np.inf)
+    module = unit.fused_with[0] if unit.fused_with else unit.path
+    fused = [unit.path] if unit.fused_with else []
+    if floor.channels is not None:
+        per_channel = err.max(axis=(0, 2, 3)) / floor.channels
+        worst = int(per_channel.argmax())
+        return LayerError(module, unit.call, float(per_channel[worst]), float(err.max()),
+                          float(floor.channels[worst]), fused, worst)
+    return LayerError(module, unit.call, float(err.max()) / floor.value, float(err.max()), floor.value, fused)
+
+
+def reference_value(ref: Reference, key: tuple[str, int] | None) -> Any:
+    return ref.x if key is None else ref.outputs.get(key)
+
+
+# ---------------------------------------------------------------- ONNX candidates: node runs
+
+def _runs(scoped: list[tuple[Any, list[str] | None]]) -> list[tuple[str, list[Any]]]:
+    """Contiguous runs of ops under the same innermost module scope: (path, ops)."""
+    runs: list[tuple[str, list[Any]]] = []
+    for handle, scopes in scoped:
+        if not scopes:
+            continue
+        if runs and runs[-1][0] == scopes[-1]:
+            runs[-1][1].append(handle)
+        else:
+            runs.append((scopes[-1], [handle]))
+    return runs
+
+
+def _best_prefix(names: set[str], known: set[str]) -> str:
+    """The view prefix (`body.`) that lines a file's module paths up with the reference's names."""
+    prefixes = sorted({""} | {n.split(".", 1)[0] + "." for n in names if "." in n})
+    return max(prefixes, key=lambda p: (len({canonical_name(n, p) for n in names} & known), p == ""))
+
+
+def onnx_units(model: Any, known: set[str]) -> tuple[list[Unit], list[str]]:
+    """The ONNX graph's layers: runs of nodes under one module scope whose last node stands for that
+    module call, each with the reference values its activation inputs are."""
+    nodes = list(model.graph.node)
+    scopes = legacy_calls([onnx_scopes(node) for node in nodes])
+    prefix = _best_prefix({s for group in scopes if group for s in group}, known)
+    scopes = [[canonical_name(s, prefix) for s in g] if g is not None else None for g in scopes]
+    ends: dict[int, list[tuple[str, int]]] = {}
+    for path, call, i in module_calls((i, [(s, s) for s in g] if g is not None else None)
+                                      for i, g in enumerate(scopes)):
+        ends.setdefault(i, []).append((path, call))
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    constants = {i for i, node in enumerate(nodes) if node.op_type == "Constant"}
+    graph_inputs = {i.name for i in model.graph.input}
+    initializers = {t.name for t in model.graph.initializer}
+    recorded = {path for group in scopes if group for path in group}
+    units, skipped = [], []
+    for path, run in _runs(list(enumerate(scopes))):
+        mine = [(p, c) for p, c in ends.get(run[-1], []) if p == path]
+        if not mine:
+            continue
+        inside = {out for i in run for out in nodes[i].output}
+        inputs: dict[Any, tuple[str, int] | None] = {}
+        ops = list(run)
+        readable = True
+        for i in run:
+            for name in nodes[i].input:
+                if not name or name in inside or name in initializers or name in inputs:
+                    continue
+                if name in graph_inputs:
+                    inputs[name] = None
+                elif producer.get(name) in constants:
+                    if producer[name] not in ops:
+                        ops.insert(0, producer[name])
+                elif ends.get(producer.get(name, -1)):
+                    inputs[name] = ends[producer[name]][0]
+                else:
+                    readable = False
+        if not readable:
+            skipped.append(path)
+            continue
+        partner = fold_partner(path)
+        fused = [partner] if nodes[run[-1]].op_type == "Conv" and partner and partner not in recorded else []
+        units.append(Unit(path, mine[0][1], ops, inputs, nodes[run[-1]].output[0], fused))
+    return units, skipped
+
+
+def onnx_piece(model: Any, unit: Unit, shapes: dict[Any, tuple[int, ...]], out_shape: tuple[int, ...]) -> Any:
+    """The unit as a standalone ONNX model: its nodes, the initializers they read, its inputs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [model.graph.node[i] for i in unit.ops]
+    used = {name for node in nodes for name in node.input}
+    initializers = [t for t in model.graph.initializer if t.name in used]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shapes[name])) for name in unit.inputs]
+    output = helper.make_tensor_value_info(unit.output, TensorProto.FLOAT, list(out_shape))
+    graph = helper.make_graph(nodes, f"{unit.path}-piece", inputs, [output], initializers)
+    piece = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    onnx.checker.check_model(piece)
+    return piece
+
+
+def run_onnx_piece(piece: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(piece.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def unit_feeds(ref: Reference, unit: Unit) -> dict[Any, Any] | None:
+    """The unit's inputs as the reference computed them, in float32 (None where one is missing)."""
+    feeds = {name: reference_value(ref, key) for name, key in unit.inputs.items()}
+    if any(value is None for value in feeds.values()):
+        return None
+    return {name: value.float() for name, value in feeds.items()}
+
+
+def isolate_onnx(ref: Reference, path: Any, factor: float) -> tuple[Isolation, list[tuple[Unit, Any]]]:
+    import onnx
+
+    model = onnx.load(str(path))
+    units, skipped = onnx_units(model, {n for n, _ in ref.outputs})
+    result = Isolation("", "", factor, skipped=skipped)
+    pieces = []
+    for unit in units:
+        if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:
+            result.skipped.append(unit.path)
+            continue
+        arrays = {name: value.numpy() for name, value in feeds.items()}
+        piece = onnx_piece(model, unit, {name: a.shape for name, a in arrays.items()},
+                           tuple(ref.outputs[(unit.path, unit.call)].shape))
+        layer = judge(ref, unit, run_onnx_piece(piece, arrays))
+        if layer is None:
+            result.skipped.append(unit.path)
+            continue
+        result.layers.append(layer)
+        pieces.append((unit, piece))
+    return result, pieces
+
+
+# ---------------------------------------------------------------- ExportedProgram candidates: FX node runs
+
+def fx_units(module: Any, known: set[str]) -> tuple[list[Unit], list[str]]:
+    """As onnx_units, over the FX nodes of an ExportedProgram's `.module()` (parameters are get_attr)."""
+    import torch
+
+    nodes = [n for n in module.graph.nodes if n.op == "call_function"]
+    paths = [[p for _, p in s] if (s := fx_scopes(n)) else None for n in nodes]
+    prefix = _best_prefix({p for group in paths if group for p in group}, known)
+    scoped = [[(k, canonical_name(p, prefix)) for k, p in s] if (s := fx_scopes(n)) else None for n in nodes]
+
+    def tensor_valued(node: Any) -> bool:
+        return isinstance(node.meta.get("val"), torch.Tensor)
+
+    ends: dict[Any, list[tuple[str, int]]] = {}
+    for path, call, node in module_calls((n, s if tensor_valued(n) else None) for n, s in zip(nodes, scoped)):
+        ends.setdefault(node, []).append((path, call))
+    units, skipped = [], []
+    for path, run in _runs([(n, [p for _, p in s] if s else None) for n, s in zip(nodes, scoped)]):
+        last = next((n for n in reversed(run) if any(p == path for p, _ in ends.get(n, []))), None)
+        if last is None:
+            continue
+        inside = set(run[:run.index(last) + 1])
+        inputs: dict[Any, tuple[str, int] | None] = {}
+        readable = True
+        for node in inside:
+            for arg in node.all_input_nodes:
+                if arg in inside or arg.op == "get_attr" or arg in inputs:
+                    continue
+                if arg.op == "placeholder":
+                    inputs[arg] = None
+                elif ends.get(arg):
+                    inputs[arg] = ends[arg][0]
+                else:
+                    readable = False
+        if not readable:
+            skipped.append(path)
+            continue
+        call = next(c for p, c in ends[last] if p == path)
+        units.append(Unit(path, call, [n for n in run if n in inside], inputs, last))
+    return units, skipped
+
+
+def run_fx_unit(module: Any, unit: Unit, feeds: dict[Any, Any]) -> Any:
+    """Evaluate the unit's FX nodes on `feeds`, parameters read from `module` (float32)."""
+    import operator
+
+    import torch
+    from torch.fx.node import map_arg
+
+    env = dict(feeds)
+
+    def value(node: Any) -> Any:
+        return operator.attrgetter(node.target)(module) if node.op == "get_attr" else env[node]
+
+    with torch.no_grad():
+        for node in unit.ops:
+            env[node] = node.target(*map_arg(node.args, value), **map_arg(node.kwargs, value))
+    return env[unit.output]
+
+
+def isolate_fx(ref: Reference, module: Any, factor: float) -> Isolation:
+    units, skipped = fx_units(module, {n for n, _ in ref.outputs})
+    result = Isolation("", "", factor, skipped=skipped)
+    for unit in units:
+        if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:
+            result.skipped.append(unit.path)
+            continue
+        got = run_fx_unit(module, unit, feeds)
+        layer = judge(ref, unit, got.detach().numpy()) if hasattr(got, "detach") else None
+        if layer is None:
+            result.skipped.append(unit.path)
+        else:
+            result.layers.append(layer)
+    return result
+
+
+# ---------------------------------------------------------------- eager candidates: leaf modules
+
+def isolate_eager(ref: Reference, side: Side, factor: float) -> Isolation:
+    """Each leaf module of an eager candidate on the reference's input to the module of that name."""
+    import torch
+
+    result = Isolation("", "", factor)
+    leaves = {n: m for n, m in canonical_modules(side.fp32, side.prefix).items() if not list(m.children())}
+    for (name, call), value in ref.inputs.items():
+        if name not in leaves:
+            continue
+        with torch.no_grad():
+            got = leaves[name](value.float())
+        layer = judge(ref, Unit(name, call, [], {}, None), got.numpy()) if isinstance(got, torch.Tensor) else None
+        if layer is None:
+            result.skipped.append(name)
+        else:
+            result.layers.append(layer)
+    return result
+
+
+# ---------------------------------------------------------------- the pair
+
+def roles(a: Side, b: Side) -> tuple[Side, Side]:
+    """(reference, candidate): the side that is an eager torch model is the reference (A when both are)."""
+    eager = [isinstance(tracer_for(s), HookTracer) for s in (a, b)]
+    if eager[0]:
+        return a, b
+    if eager[1]:
+        return b, a
+    raise UsageError("--isolate needs one side to be a torch model (a model spec or file.py:factory) to serve as "
+                     "the float64 reference; give the model the file was exported from as A or B")
+
+
+def isolate_sides(a: Side, b: Side, x: np.ndarray, factor: float = AUTO_FACTOR,
+                  keep_pieces: bool = False) -> tuple[Isolation, list[tuple[Unit, Any]], Reference]:
+    """Every candidate layer's own error on the reference's inputs, worst first."""
+    reference, candidate = roles(a, b)
+    ref = record_reference(reference, x)
+    tracer = tracer_for(candidate)
+    pieces: list[tuple[Unit, Any]] = []
+    if isinstance(tracer, OnnxTracer):
+        result, pieces = isolate_onnx(ref, candidate.artifact.path, factor)
+    elif isinstance(tracer, FxTracer):
+        result = isolate_fx(ref, candidate.fp32, factor)
+    elif isinstance(tracer, HookTracer):
+        result = isolate_eager(ref, candidate, factor)
+    else:
+        raise UsageError(f"--isolate reads eager models, ExportedPrograms (.pt2) and ONNX files, not "
+                         f"{candidate.kind} ({candidate.artifact.label}); export B as .pt2 or .onnx")
+    result.reference, result.candidate = reference.artifact.label, candidate.artifact.label
+    result.layers.sort(key=lambda layer: -layer.ratio)
+    if not result.layers:
+        result.note = "no candidate layer maps back to a reference module (a graph without module scopes)"
+    return result, (pieces if keep_pieces else []), ref
+
+
+def user_code(a: str, b: str) -> list[str]:
+    """The sides that are the user's own code (they run in a worker)."""
+    return [str(k) for k in (source_kind(a), source_kind(b)) if getattr(k, "runs_user_code", False)]
+
+
+def load_pair(a: str, b: str, settings: RunSettings, progress: Progress) -> tuple[list[Side], np.ndarray]:
+    """Both sides loaded and lined up, and the input (--input's first, else the seeded one)."""
+    with progress.step("Loading both sides"):
+        artifacts = [resolve_source(a, settings), resolve_source(b, settings)]
+        sides = load_sides(*artifacts)
+    named = settings_inputs(settings) or [seeded_input(input_shape_for(artifacts, settings), settings.seed)]
+    return sides, named[0].array
+
+
+def isolate_report(a: str, b: str, settings: RunSettings | None = None, progress: Progress | None = None,
+                   timeout: float | None = USER_CODE_TIMEOUT, isolate: bool = True) -> Isolation:
+    """`verify explain A B --isolate`: the layers whose own computation differs, ranked by their own ratio.
+    A side that is the user's own code runs the whole report in a worker (verify.isolation)."""
+    settings, progress = settings or RunSettings(), progress or NullProgress()
+    user = user_code(a, b)
+    if isolate and user:
+        return run_isolated(isolate_report, a, b, settings, what=f"Your model {' and '.join(user)}",
+                            timeout=timeout, progress=progress, isolate=False)
+    sides, x = load_pair(a, b, settings, progress)
+    with progress.step("Re-running every layer on the reference's own inputs"):
+        result, _, _ = isolate_sides(*sides, x, settings.tolerance.factor or AUTO_FACTOR)
+    return result
+
+
+def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> None:
+    from rich.markup import escape
+
+    named = result.named
+    if not named:
+        console.print(f"[bold green]✓[/] isolated: every one of {len(result.layers)} layers of "
+                      f"{escape(result.candidate)} is within {result.factor:g}x its own float32 floor on "
+                      f"{escape(result.reference)}'s inputs")
+    else:
+        console.print(f"[bold red]✗[/] isolated: {len(named)} of {len(result.layers)} layers differ on their own "
+                      f"(each re-run on {escape(result.reference)}'s float64 inputs, judged on its own floor):")
+        for layer in named[:limit]:
+            fused = f" (computed with {', '.join(layer.fused_with)})" if layer.fused_with else ""
+            channel = f", channel {layer.channel}" if layer.channel is not None else ""
+            console.print(f"  • {escape(layer.module)}{escape(fused)}: {layer.ratio:.0f}x its own floor "
+                          f"(max abs {layer.max_abs:.2e}{channel})")
+        if len(named) > limit:
+            console.print(f"  … and {len(named) - limit} more (see --json)")
+    if result.note:
+        console.print(f"[yellow]{escape(result.note)}[/]")
