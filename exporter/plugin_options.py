@@ -5,7 +5,7 @@ and the library refuses a value as the CLI does. Light on purpose: `verify --hel
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
@@ -15,6 +15,9 @@ METADATA_KEY = "plugin_option"
 KINDS = (bool, int, float, str)
 """The value types an option may have (its default's type); bool before int, as bool is an int."""
 
+Bound = float | Callable[[], float] | None
+"""A number, or a function asked when a value is checked (e.g. the newest opset the installed onnx knows)."""
+
 
 @dataclass(frozen=True)
 class OptionSpec:
@@ -23,8 +26,15 @@ class OptionSpec:
     flag: str
     help: str
     choices: tuple[str, ...] | None = None
-    low: float | None = None
-    high: float | None = None
+    low: Bound = None
+    high: Bound = None
+    flag_value: Any = None
+    """A bare flag (`--trace`): given, the option takes this value; absent, its default."""
+    check: Callable[[Any], str | None] | None = None
+    """A plug-in's own check of a value of the right type, before the bounds: why it is refused, without the
+    flag (one line), or None."""
+    shared: bool = False
+    """No flag of its own: the value of the shared run option of this name (e.g. --device)."""
 
     @property
     def key(self) -> str:
@@ -32,34 +42,57 @@ class OptionSpec:
         return self.flag.lstrip("-").replace("-", "_")
 
     def problem(self, value: Any, kind: type) -> str | None:
-        """Why `value` is refused (one line), or None."""
-        if kind is bool or self.choices is not None:
-            valid = (True, False) if kind is bool else self.choices
-            if not isinstance(value, kind) or value not in valid:
-                return f"{self.flag} {value!r} is not one of: {', '.join(map(str, valid))}"
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            return f"{self.flag} must be {'a whole' if kind is int else 'a'} number, got {value!r}"
-        if not math.isfinite(value):
-            return f"{self.flag} must be a finite number, got {value!r}"
-        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            return f"{self.flag} must be {self.bounds_text()}, got {value!r}"
+        """Why `value` is refused (one line, starting with the flag), or None."""
+        reason = self.reason(value, kind)
+        return f"{self.flag} {reason}" if reason else None
+
+    def reason(self, value: Any, kind: type) -> str | None:
+        """Why `value` is refused, without the flag (the CLI names it), or None."""
+        choices = (True, False) if kind is bool else self.choices
+        if choices is not None:
+            if not isinstance(value, kind) or value not in choices:
+                return f"{value!r} is not one of: {', '.join(map(str, choices))}"
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            return f"must be {'a whole' if kind is int else 'a'} number, got {value!r}"
+        elif not math.isfinite(value):
+            return f"must be a finite number, got {value!r}"
+        own = self.check(value) if self.check else None  # the plug-in's own words first (e.g. why that bound)
+        if own or choices is not None:
+            return own
+        low, high = self.limits()
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"must be {bounds_text(low, high)}, got {value!r}"
         return None
 
+    def limits(self) -> tuple[float | None, float | None]:
+        """The bounds, functions asked now."""
+        return tuple(bound() if callable(bound) else bound for bound in (self.low, self.high))  # type: ignore[return-value]
+
     def bounds_text(self) -> str:
-        """`between 0 and 10`, `>= 0` or `<= 10` (empty when unbounded)."""
-        if self.low is not None and self.high is not None:
-            return f"between {self.low:g} and {self.high:g}"
-        return f">= {self.low:g}" if self.low is not None else f"<= {self.high:g}" if self.high is not None else ""
+        """The fixed bounds in words (a bound asked at check time is left out: help stays light)."""
+        return bounds_text(*(None if callable(bound) else bound for bound in (self.low, self.high)))
 
 
-def option(default: Any, *, flag: str, help: str, choices: tuple[str, ...] | None = None,
-           low: float | None = None, high: float | None = None) -> Any:
-    """A field of a plug-in's Options: its default (whose type is the option's), CLI flag, help and bounds."""
+def bounds_text(low: float | None, high: float | None) -> str:
+    """`between 0 and 10`, `>= 0` or `<= 10` (empty when unbounded)."""
+    if low is not None and high is not None:
+        return f"between {low:g} and {high:g}"
+    return f">= {low:g}" if low is not None else f"<= {high:g}" if high is not None else ""
+
+
+def option(default: Any, *, flag: str, help: str, choices: tuple[str, ...] | None = None, low: Bound = None,
+           high: Bound = None, flag_value: Any = None, check: Callable[[Any], str | None] | None = None,
+           shared: bool = False) -> Any:
+    """A field of a plug-in's Options: its default (whose type is the option's), CLI flag, help and bounds;
+    `flag_value`: a bare flag that sets this value; `check`: the plug-in's own check; `shared`: the value of
+    the shared run option `flag` (no flag of its own)."""
     if not flag.startswith("--") or not isinstance(default, KINDS):
         raise TypeError(f"option {flag!r}: the flag starts with -- and the default is one of "
                         f"{', '.join(k.__name__ for k in KINDS)}")
-    return field(default=default, metadata={METADATA_KEY: OptionSpec(flag, help, choices, low, high)})
+    if flag_value is not None and (type(flag_value) is not type(default) or flag_value == default):
+        raise TypeError(f"option {flag!r}: its flag_value is another value of the default's type")
+    spec = OptionSpec(flag, help, choices, low, high, flag_value, check, shared)
+    return field(default=default, metadata={METADATA_KEY: spec})
 
 
 @dataclass(frozen=True)
@@ -72,6 +105,10 @@ class PluginOptions:
             problem = spec.problem(getattr(self, item.name), option_kind(item))
             if problem:
                 raise UsageError(problem)
+
+    def validate(self) -> None:
+        """Checks across fields, before any work (each field was checked on creation)."""
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """{key: value}, as reports record these options."""

@@ -16,19 +16,6 @@ RUNS_RANGE = (1, 100_000)
 WARMUP_RANGE = (0, 10_000)
 SEED_RANGE = (0, 2**32 - 1)
 """What numpy's and torch's seeding both take unchanged."""
-OPSET_MIN = 7
-"""The oldest opset torch's exporters have ever emitted; the exporter-specific floor is checked there."""
-
-
-def max_opset() -> int:
-    """The newest opset the installed onnx package knows (an export asking more cannot be checked)."""
-    try:
-        import onnx.defs
-    except ImportError:  # the export itself will say onnx is missing
-        return 10**6
-    return int(onnx.defs.onnx_opset_version())
-
-
 def number_problem(value: Any, low: float | None = None, high: float | None = None, *,
                    low_open: bool = False, integer: bool = False) -> str | None:
     """Why `value` is not a finite number in [low, high] (or (low, high] with low_open), or None."""

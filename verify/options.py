@@ -5,7 +5,8 @@ value is refused before any model is built. Heavy imports stay out (`verify --he
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,8 +15,11 @@ import typer
 
 from exporter.backbones import BACKBONES, VIEWS
 from exporter.errors import UsageError
+from exporter.formats import FORMATS, get_format
+from exporter.fsio import check_writable_file, check_writable_folder, path_kind
 from exporter.norms import NORMS
 from exporter.plugin_options import OptionSpec, PluginOptions, option_fields, option_kind
+from exporter.spec import parse_shape
 from verify import bounds
 from verify.compare import AUTO_FACTOR
 from verify.runtimes import RUNTIMES, RuntimeOptions, runtime_class
@@ -37,36 +41,27 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class OnnxExporter(str, Enum):
-    """torch's two ONNX exporters (exporter.formats.onnx.OPSETS)."""
-
-    dynamo = "dynamo"
-    torchscript = "torchscript"
-
-
-class TorchScriptMethod(str, Enum):
-    """How the TorchScript file is made (exporter.formats.torchscript.METHODS); the CLI spells it --trace."""
-
-    script = "script"
-    trace = "trace"
-
-
 def _bad(exc: UsageError) -> typer.BadParameter:
     return typer.BadParameter(str(exc))
 
 
 # Callbacks: each returns the value unchanged or raises typer.BadParameter (one line, exit 2) ----------
 
-def _registry_choice(registry: Any) -> Any:
-    def check(value: str | None) -> str | None:
+def _refusing(check: Callable[[Any], object]) -> Callable[[Any], Any]:
+    """A callback from a library check: None passes; the check's UsageError is the option's one-line error."""
+    def callback(value: Any) -> Any:
         if value is not None:
             try:
-                registry.get(value)
+                check(value)
             except UsageError as exc:
                 raise _bad(exc) from None
         return value
 
-    return check
+    return callback
+
+
+def _registry_choice(registry: Any) -> Any:
+    return _refusing(registry.get)
 
 
 def _number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -79,13 +74,6 @@ def _number(low: float | None = None, high: float | None = None, *, low_open: bo
         return value
 
     return check
-
-
-def check_opset(value: int) -> int:
-    problem = bounds.number_problem(value, bounds.OPSET_MIN, bounds.max_opset(), integer=True)
-    if problem:
-        raise typer.BadParameter(f"{problem} (the installed onnx knows opsets up to {bounds.max_opset()})")
-    return value
 
 
 def check_runtimes(value: list[str] | None) -> list[str] | None:
@@ -131,32 +119,20 @@ def check_formats(value: list[str] | None) -> list[str] | None:
     return value
 
 
-def check_source(value: str | None) -> str | None:
+def _source_kind(value: str) -> Any:
     """A model spec or an artifact file, told apart and checked without loading or building anything."""
     from verify.api import source_kind
 
-    if value is not None:
-        try:
-            source_kind(value)
-        except UsageError as exc:
-            raise _bad(exc) from None
-    return value
+    return source_kind(value)
 
 
-def check_shape(value: str | None) -> str | None:
-    from exporter.spec import parse_shape
-
-    if value is not None:
-        try:
-            parse_shape(value)
-        except UsageError as exc:
-            raise _bad(exc) from None
-    return value
+check_source = _refusing(_source_kind)
+check_shape = _refusing(parse_shape)
 
 
 def check_weights(value: str) -> str:
     """A named source, else a file that must exist and be a regular file (its contents load later)."""
-    from exporter.fsio import path_kind, require_regular_file
+    from exporter.fsio import require_regular_file
     from exporter.weights import WEIGHT_FILE_SUFFIXES, WEIGHT_SOURCES
 
     if value in WEIGHT_SOURCES:
@@ -173,38 +149,24 @@ def check_weights(value: str) -> str:
                              f"{'/'.join(WEIGHT_FILE_SUFFIXES)} file path")
 
 
+def _require_existing(path: Path, wanted: str, folders: bool = True) -> None:
+    """There, and a regular file (or, with `folders`, a folder); else the option's one-line error."""
+    kind = path_kind(path)
+    if kind == "missing":
+        raise typer.BadParameter(f"{path} does not exist")
+    if kind is not None and not (folders and kind == "a directory"):
+        raise typer.BadParameter(f"{path} is {kind}; pass {wanted}")
+
+
 def check_input_path(value: Path | None) -> Path | None:
     """An input file or folder: what it holds is read (and checked) before any model is built."""
-    from exporter.fsio import path_kind
-
     if value is not None:
-        kind = path_kind(value)
-        if kind == "missing":
-            raise typer.BadParameter(f"{value} does not exist")
-        if kind not in (None, "a directory"):
-            raise typer.BadParameter(f"{value} is {kind}; pass a .npy array, an image or a folder of them")
+        _require_existing(value, "a .npy array, an image or a folder of them")
     return value
 
 
-def check_output_file(value: Path | None) -> Path | None:
-    from exporter.fsio import check_writable_file
-
-    if value is not None:
-        try:
-            check_writable_file(value, "output")
-        except UsageError as exc:
-            raise _bad(exc) from None
-    return value
-
-
-def check_output_folder(value: Path) -> Path:
-    from exporter.fsio import check_writable_folder
-
-    try:
-        check_writable_folder(value, "output folder")
-    except UsageError as exc:
-        raise _bad(exc) from None
-    return value
+check_output_file = _refusing(lambda path: check_writable_file(path, "output"))
+check_output_folder = _refusing(lambda path: check_writable_folder(path, "output folder"))
 
 
 SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
@@ -222,40 +184,21 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * SIZE_UNITS[unit])
 
 
-def check_cache_folder(value: Path) -> Path:
-    """A cache folder: writable where it exists, creatable where it does not."""
-    from exporter.fsio import check_writable_folder
-
-    try:
-        check_writable_folder(value, "cache folder")
-    except UsageError as exc:
-        raise _bad(exc) from None
-    return value
+check_cache_folder = _refusing(lambda path: check_writable_folder(path, "cache folder"))
+"""A cache folder: writable where it exists, creatable where it does not."""
 
 
 def check_existing_paths(value: list[Path] | Path | None) -> Any:
     """Export folders (or their manifest.json) for artifact/preflight: there, and a folder or a file."""
-    from exporter.fsio import path_kind
-
     for path in value if isinstance(value, list) else [value] if value is not None else []:
-        kind = path_kind(path)
-        if kind == "missing":
-            raise typer.BadParameter(f"{path} does not exist")
-        if kind not in (None, "a directory"):
-            raise typer.BadParameter(f"{path} is {kind}; pass an export folder or its manifest.json")
+        _require_existing(path, "an export folder or its manifest.json")
     return value
 
 
 def check_key_file(value: Path | None) -> Path | None:
     """A PEM key for signing or verifying: a regular file; its content is checked by exporter.signing."""
-    from exporter.fsio import path_kind
-
     if value is not None:
-        kind = path_kind(value)
-        if kind == "missing":
-            raise typer.BadParameter(f"{value} does not exist")
-        if kind is not None:
-            raise typer.BadParameter(f"{value} is {kind}; pass a PEM key file")
+        _require_existing(value, "a PEM key file", folders=False)
     return value
 
 
@@ -341,10 +284,7 @@ OutFolder = Annotated[Path, typer.Option(callback=check_output_folder,
                                          help="Folder for the artifacts (one subfolder backbone-norm-view)")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Replace an existing export folder even when it holds a different export")]
-OnnxExporterOption = Annotated[OnnxExporter, typer.Option(help="dynamo, or torchscript (torch's legacy exporter)")]
-Trace = Annotated[bool, typer.Option("--trace", help="TorchScript by tracing instead of scripting")]
 Static = Annotated[bool, typer.Option("--static", help="No dynamic batch/height/width axes")]
-Opset = Annotated[int, typer.Option(callback=check_opset, help=f"ONNX opset (>= {bounds.OPSET_MIN})")]
 Runtimes = Annotated[list[str] | None, typer.Option(
     "--runtime", callback=check_runtimes, metavar="NAME",
     help="Runtimes to run (repeat) [default: every runtime that runs an exported format]")]
@@ -353,7 +293,7 @@ Formats = Annotated[list[str] | None, typer.Option(
     help="Formats to export (repeat): torchscript, pt2, onnx, aoti (compiles C++) "
          "[default: torchscript, pt2, onnx]")]
 CacheDir = Annotated[Path | None, typer.Option(
-    callback=lambda value: value if value is None else check_cache_folder(value),
+    callback=check_cache_folder,
     help="Cache folder [default: $BACKBONE_VERIFY_CACHE_DIR, else the platform's user cache folder, e.g. "
          "~/.cache/backbone-verify]")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Compute everything; read and write no cache")]
@@ -372,52 +312,103 @@ SideRuntime = Annotated[str | None, typer.Option(
     help="Run each side whose format this runtime runs with it [default: each format's own runtime]")]
 
 
+# The parts of the library's settings, each the one definition of a group of shared options (verify/cli/groups.py
+# makes CLI options of their parameters); each returns keyword arguments of RunSettings.
+def input_part(weights: Weights = "synthetic", seed: Seed = 0, shape: Shape = None, input_path: InputPath = None,
+               normalize: Normalize = True) -> dict[str, Any]:
+    """What feeds the model: its weights, the seeded or given input."""
+    return {"weights": weights, "seed": seed, "shape": parse_shape(shape) if shape else None,
+            "input_file": input_path, "normalize": normalize}
+
+
+def runtime_part(device: DeviceOption = Device.cpu, tf32: Tf32 = None, precision: PrecisionOption = Precision.fp32,
+                 **plugins: Any) -> dict[str, Any]:
+    """What every runtime shares, and each runtime's own options (`plugins`: their parsed values by key)."""
+    return {"runtime": RuntimeOptions(device=Device(device).value, tf32=tf32, precision=Precision(precision).value,
+                                      plugins=runtime_plugins(plugins))}
+
+
+def tolerance_part(decimal: Decimal = None, rtol: Rtol = None, atol: Atol = None,
+                   factor: Factor = None) -> dict[str, Any]:
+    """How the verdict is judged."""
+    from verify.compare import Tolerance
+
+    return {"tolerance": Tolerance.from_options(decimal, rtol, atol, factor)}
+
+
 def run_settings(weights: str, seed: int, shape: str | None, input_path: Path | None, normalize: bool,
                  device: Device, tf32: bool | None, decimal: int | None, rtol: float | None, atol: float | None,
                  factor: float | None, precision: Precision = Precision.fp32,
                  plugins: Mapping[str, PluginOptions] | None = None) -> Any:
-    """The parsed options as the library's RunSettings (shared by export, compare, explain and matrix);
-    `plugins`: each runtime's own options (`runtime_plugins`)."""
-    from exporter.spec import parse_shape
+    """The parsed options as the library's RunSettings (for a command that spells them one by one);
+    `plugins`: each runtime's own options, already made."""
+    from dataclasses import replace
+
     from verify.api import RunSettings
-    from verify.compare import Tolerance
 
-    return RunSettings(
-        weights=weights, seed=seed, shape=parse_shape(shape) if shape else None, input_file=input_path,
-        normalize=normalize,
-        runtime=RuntimeOptions(device=Device(device).value, tf32=tf32, precision=Precision(precision).value,
-                               plugins=plugins or {}),
-        tolerance=Tolerance.from_options(decimal, rtol, atol, factor),
-    )
+    runtime = runtime_part(device, tf32, precision)["runtime"]
+    return RunSettings(**input_part(weights, seed, shape, input_path, normalize),
+                       runtime=replace(runtime, plugins=plugins or {}),
+                       **tolerance_part(decimal, rtol, atol, factor))
 
 
-# Each runtime's own options (its `Options`), one CLI option per field -------------------------------
-def runtime_option_parameters() -> list[inspect.Parameter]:
-    """One keyword parameter per option field of every registered runtime, for typer to make a CLI option of;
-    read from the registry each time the app is built, so a runtime registered after import shows up."""
+# Each plug-in's own options (its `Options`), one CLI option per field ----------------------------------------
+def plugin_option_parameters(options: type[PluginOptions], owner: str | None = None) -> list[inspect.Parameter]:
+    """One keyword parameter per option field of a plug-in (a field `shared` with a run option has none), for
+    typer to make a CLI option of; `owner` ("runtime onnxruntime") is named in the help with the bounds."""
     found = []
-    for name in RUNTIMES:
-        for item, spec in option_fields(runtime_class(name).option_class()):
-            found.append(inspect.Parameter(spec.key, inspect.Parameter.KEYWORD_ONLY, default=item.default,
-                                           annotation=_plugin_annotation(name, spec, option_kind(item))))
+    for item, spec in option_fields(options):
+        if not spec.shared:
+            default = False if spec.flag_value is not None else item.default
+            found.append(inspect.Parameter(spec.key, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                           annotation=_plugin_annotation(owner, spec, option_kind(item))))
     return found
 
 
-def _plugin_annotation(runtime: str, spec: OptionSpec, kind: type) -> Any:
+def runtime_option_parameters() -> list[inspect.Parameter]:
+    """The options of every registered runtime; read from the registry each time the app is built, so a runtime
+    registered after import shows up."""
+    return [p for name in RUNTIMES for p in plugin_option_parameters(runtime_class(name).option_class(),
+                                                                     f"runtime {name}")]
+
+
+def format_option_parameters() -> list[inspect.Parameter]:
+    """The options of every registered format (export and matrix), as runtime_option_parameters."""
+    return [p for name in FORMATS for p in plugin_option_parameters(get_format(name).Options)]
+
+
+def _plugin_annotation(owner: str | None, spec: OptionSpec, kind: type) -> Any:
     bounds = f", {spec.bounds_text()}" if spec.bounds_text() else ""
-    help_text = f"{spec.help} (runtime {runtime}{bounds})"
+    help_text = f"{spec.help} ({owner}{bounds})" if owner else spec.help
+    if spec.flag_value is not None:
+        return Annotated[bool, typer.Option(spec.flag, help=help_text)]
     if kind is bool:
         return Annotated[bool, typer.Option(f"{spec.flag}/--no-{spec.flag[2:]}", help=help_text)]
     if spec.choices is not None:
         return Annotated[Literal[spec.choices], typer.Option(spec.flag, help=help_text)]  # type: ignore[valid-type]
 
     def check(value: Any) -> Any:
-        problem = spec.problem(value, kind)
+        problem = spec.reason(value, kind)
         if problem:
             raise typer.BadParameter(problem)
         return value
 
     return Annotated[kind, typer.Option(spec.flag, callback=check, help=help_text)]
+
+
+def plugin_values(options: type[PluginOptions], values: Mapping[str, Any],
+                  shared: Mapping[str, Any] | None = None) -> PluginOptions:
+    """A plug-in's Options from parsed CLI values by key: a bare flag given takes its flag_value, a shared
+    field the shared run option's value; options not given keep their defaults."""
+    chosen = {}
+    for item, spec in option_fields(options):
+        if spec.shared and shared is not None and spec.key in shared:
+            chosen[spec.key] = shared[spec.key]
+        elif spec.flag_value is not None and spec.key in values:
+            chosen[spec.key] = spec.flag_value if values[spec.key] else item.default
+        elif spec.key in values:
+            chosen[spec.key] = values[spec.key]
+    return options.from_keys(chosen)
 
 
 def runtime_plugins(values: Mapping[str, Any]) -> dict[str, PluginOptions]:
@@ -426,34 +417,38 @@ def runtime_plugins(values: Mapping[str, Any]) -> dict[str, PluginOptions]:
     found = {}
     for name in RUNTIMES:
         options = runtime_class(name).option_class()
-        chosen = options.from_keys(values)
+        chosen = plugin_values(options, values)
         if chosen != options():
             found[name] = chosen
     return found
 
 
-def plugin_flags(plugins: Mapping[str, PluginOptions]) -> list[str]:
-    """The flags of the runtime options set to other than their defaults."""
-    return [spec.flag for options in plugins.values() for item, spec in option_fields(type(options))
-            if getattr(options, item.name) != item.default]
+@dataclass(frozen=True)
+class FormatChoice:
+    """The export options as parsed: --format, --static, and every format's own option values by key."""
+
+    formats: tuple[str, ...] = ()
+    static: bool = False
+    values: tuple[tuple[str, Any], ...] = ()
+
+    def export_options(self, device: str, runtimes: list[str] | None = None) -> Any:
+        """The library's ExportOptions (a format's option shared with a run option, as AOTInductor's device,
+        takes that option's value). With no --format, the default formats; with --runtime and no --format,
+        the formats those runtimes run."""
+        from exporter.export import ExportOptions
+        from exporter.formats import default_formats
+        from verify.runtimes import formats_run_by
+
+        chosen = self.formats or (formats_run_by(runtimes) if runtimes else default_formats())
+        shared = {"device": Device(device).value}
+        made = [plugin_values(get_format(name).Options, dict(self.values), shared) for name in FORMATS]
+        return ExportOptions(formats=tuple(chosen), dynamic=not self.static,
+                             format_options=tuple(o for o in made if option_fields(type(o))))
 
 
-def export_options(formats: list[str] | None, static: bool, trace: bool, onnx_exporter: OnnxExporter, opset: int,
-                   device: Device, runtimes: list[str] | None = None) -> Any:
-    """The parsed export options as the library's ExportOptions (shared by export and matrix). With no
-    --format, the default formats; with --runtime and no --format, the formats those runtimes run."""
-    from exporter.export import ExportOptions
-    from exporter.formats import default_formats
-    from exporter.formats.aoti import AotiOptions
-    from exporter.formats.onnx import OnnxOptions
-    from exporter.formats.torchscript import TorchScriptOptions
-    from verify.runtimes import formats_run_by
-
-    method = TorchScriptMethod.trace if trace else TorchScriptMethod.script
-    chosen = formats or (formats_run_by(runtimes) if runtimes else default_formats())
-    return ExportOptions(formats=tuple(chosen), dynamic=not static, format_options=(
-        TorchScriptOptions(method.value), OnnxOptions(OnnxExporter(onnx_exporter).value, opset),
-        AotiOptions(Device(device).value)))
+def format_part(fmt: Formats = None, static: Static = False, **values: Any) -> dict[str, Any]:
+    """Which formats, their axes and each format's own options (`values`: their parsed values by key)."""
+    return {"formats": tuple(fmt or ()), "static": static, "values": tuple(sorted(values.items()))}
 
 
 def _timeout_help() -> str:

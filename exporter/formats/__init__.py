@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from exporter.errors import UsageError
+from exporter.plugin_options import PluginOptions
 from exporter.registry import Registry
 
 if TYPE_CHECKING:
@@ -21,11 +22,8 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class NoOptions:
+class NoOptions(PluginOptions):
     """For formats with nothing to choose."""
-
-    def validate(self) -> None:
-        return None
 
 
 @dataclass
@@ -61,7 +59,8 @@ class Format:
     suffixes: ClassVar[tuple[str, ...]] = ()
     filename: ClassVar[str | None] = None
     """File name inside an export folder; None for an in-memory model."""
-    Options: ClassVar[type] = NoOptions
+    Options: ClassVar[type[PluginOptions]] = NoOptions
+    """Its own options: fields made with exporter.plugin_options.option, each a flag of export and matrix."""
     default: ClassVar[bool] = False
     """Exported by `verify export` unless formats are chosen."""
     executes: ClassVar[str] = ""
@@ -129,6 +128,11 @@ FORMATS.add("onnx", _lazy("onnx", "OnnxFormat"))
 
 def get_format(name: str) -> Format:
     return FORMATS.get(name)
+
+
+def registered_formats() -> tuple[tuple[str, Format, type], ...]:
+    """What is registered now, name, format and its Options: equal while no format or its options changed."""
+    return tuple((name, FORMATS.get(name), FORMATS.get(name).Options) for name in FORMATS)
 
 
 def file_formats() -> list[str]:

@@ -15,20 +15,15 @@ from exporter.formats import ExportContext, Format
 from exporter.formats.program import DYNAMIC_AXES, accepted_ranges, export_program
 from exporter.formats.pt2 import is_aoti_package
 from exporter.formats.torchscript import read_zip_meta
+from exporter.plugin_options import PluginOptions, option
 
 COMPILERS = ("g++", "c++", "clang++")
 
 
 @dataclass(frozen=True)
-class AotiOptions:
-    device: str = "cpu"
-    """Compile for cpu or cuda (a package runs on the device it was compiled for)."""
-
-    def validate(self) -> None:
-        from exporter.errors import UsageError
-
-        if self.device not in ("cpu", "cuda"):
-            raise UsageError(f"AOTInductor compiles for cpu or cuda, not {self.device!r}")
+class AotiOptions(PluginOptions):
+    device: str = option("cpu", flag="--device", shared=True, choices=("cpu", "cuda"),
+                         help="Compile for cpu or cuda (a package runs on the device it was compiled for)")
 
 
 def require_compiler() -> str:
@@ -47,7 +42,7 @@ class AotiFormat(Format):
     default_runtime: ClassVar[str] = "aoti"
     suffixes: ClassVar[tuple[str, ...]] = (".pt2",)
     filename: ClassVar[str] = "model_aoti.pt2"
-    Options: ClassVar[type] = AotiOptions
+    Options: ClassVar[type[PluginOptions]] = AotiOptions
     default: ClassVar[bool] = False  # compiles C++: a minute or more, so only on request
     takes: ClassVar[str] = "compiles C++: about a minute for resnet18 on 2 cores, 30 s with a warm compile cache"
     executes_code_on_load: ClassVar[bool] = True

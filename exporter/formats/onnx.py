@@ -16,20 +16,39 @@ from exporter.artifacts import META_KEY, Artifact, ArtifactMeta
 from exporter.errors import ArtifactError, ExportError, UsageError
 from exporter.formats import ExportContext, Format
 from exporter.formats.program import DYNAMIC_AXES
+from exporter.plugin_options import PluginOptions, option
 
 OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
 """Opsets each exporter really produces (torch 2.11..2.14): dynamo writes 18 whatever it is
 asked below that, so asking outside these ranges is refused before any work."""
+OPSET_MIN = 7
+"""The oldest opset torch's exporters have ever emitted; the exporter-specific floor is checked by validate()."""
+
+
+def installed_max_opset() -> int:
+    """The newest opset the installed onnx package knows (an export asking more cannot be checked)."""
+    try:
+        import onnx.defs
+    except ImportError:  # the export itself will say onnx is missing
+        return 10**6
+    return int(onnx.defs.onnx_opset_version())
+
+
+def _beyond_installed_onnx(opset: int) -> str | None:
+    newest = installed_max_opset()
+    if opset <= newest:
+        return None
+    return f"must be between {OPSET_MIN} and {newest}, got {opset} (the installed onnx knows opsets up to {newest})"
 
 
 @dataclass(frozen=True)
-class OnnxOptions:
-    exporter: str = "dynamo"
-    opset: int = 18
+class OnnxOptions(PluginOptions):
+    exporter: str = option("dynamo", flag="--onnx-exporter", choices=tuple(OPSETS),
+                           help="dynamo, or torchscript (torch's legacy exporter)")
+    opset: int = option(18, flag="--opset", low=OPSET_MIN, high=installed_max_opset, check=_beyond_installed_onnx,
+                        help=f"ONNX opset (>= {OPSET_MIN})")
 
     def validate(self) -> None:
-        if self.exporter not in OPSETS:
-            raise UsageError(f"Unknown ONNX exporter {self.exporter!r}; use one of {', '.join(OPSETS)}")
         low, high = OPSETS[self.exporter]
         if not isinstance(self.opset, int) or not low <= self.opset <= high:
             raise UsageError(f"The {self.exporter} ONNX exporter writes opsets {low}..{high}, not {self.opset}; "
@@ -63,7 +82,7 @@ class OnnxFormat(Format):
     default_runtime: ClassVar[str] = "onnxruntime"
     suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
     filename: ClassVar[str] = "model.onnx"
-    Options: ClassVar[type] = OnnxOptions
+    Options: ClassVar[type[PluginOptions]] = OnnxOptions
     default: ClassVar[bool] = True
     executes: ClassVar[str] = "nothing: a protobuf graph of standard operators, read by onnx and ONNX Runtime"
     executes_code_on_load: ClassVar[bool] = False  # data: a file from the cache or an unsigned folder is re-judged

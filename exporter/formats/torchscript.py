@@ -8,19 +8,17 @@ from pathlib import Path
 from typing import ClassVar
 
 from exporter.artifacts import TORCHSCRIPT_META_FILE, Artifact, ArtifactMeta
-from exporter.errors import ArtifactError, ExportError, UsageError
+from exporter.errors import ArtifactError, ExportError
 from exporter.formats import ExportContext, Format
+from exporter.plugin_options import PluginOptions, option
 
 METHODS = ("script", "trace")
 
 
 @dataclass(frozen=True)
-class TorchScriptOptions:
-    method: str = "script"
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"Unknown TorchScript method {self.method!r}; use one of {', '.join(METHODS)}")
+class TorchScriptOptions(PluginOptions):
+    method: str = option("script", flag="--trace", flag_value="trace", choices=METHODS,
+                         help="TorchScript by tracing instead of scripting")
 
 
 class TorchScriptFormat(Format):
@@ -28,7 +26,7 @@ class TorchScriptFormat(Format):
     default_runtime: ClassVar[str] = "torchscript"
     suffixes: ClassVar[tuple[str, ...]] = (".pt", ".ts", ".torchscript")
     filename: ClassVar[str] = "model.pt"
-    Options: ClassVar[type] = TorchScriptOptions
+    Options: ClassVar[type[PluginOptions]] = TorchScriptOptions
     default: ClassVar[bool] = True
     executes_code_on_load: ClassVar[bool] = True
     executes: ClassVar[str] = "TorchScript code: torch.jit.load runs the file's own program; trust the file"

@@ -4,7 +4,6 @@ interrupts (0 all agree, 1 a disagreement, 2 usage or environment error, 130/143
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import signal
 import sys
@@ -17,9 +16,7 @@ from typer.core import TyperGroup
 
 from exporter.errors import VerifyError, interrupt_in
 from exporter.messages import one_line, strip_unsafe_advice
-from verify.options import runtime_option_parameters, runtime_plugins
 from verify.render.console import make_console
-from verify.runtimes import registered_runtimes
 
 # click's base exception, wherever this typer keeps it (its own vendored copy, or click itself)
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -124,41 +121,3 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-PLUGINS_PARAMETER = "runtime_plugins"
-
-
-class WithRuntimeOptions:
-    """A command that runs runtimes: typer sees its signature with `runtime_plugins` replaced by one option per
-    field of every registered runtime's Options (computed each time the app is built: a runtime registered
-    later shows up); the command gets those values back as `runtime_plugins`, {runtime name: its Options}."""
-
-    def __init__(self, command: Callable[..., Any]) -> None:
-        functools.update_wrapper(self, command)
-        self._signatures: dict[tuple, inspect.Signature] = {}
-
-    @property
-    def __signature__(self) -> inspect.Signature:
-        key = registered_runtimes()  # inspect asks many times per build: computed once per set of runtimes
-        if key not in self._signatures:
-            self._signatures = {key: self._signature()}
-        return self._signatures[key]
-
-    def _signature(self) -> inspect.Signature:
-        own = inspect.signature(self.__wrapped__, eval_str=True)
-        kept = [p for p in own.parameters.values() if p.name != PLUGINS_PARAMETER]
-        extra = runtime_option_parameters()
-        clash = {p.name for p in kept} & {p.name for p in extra}
-        if clash:  # a plug-in's bug: its option would silently replace one of the command's own
-            raise TypeError(f"A runtime option is named like an option of {self.__name__}: {', '.join(sorted(clash))}")
-        return own.replace(parameters=kept + extra)
-
-    def __call__(self, **kwargs: Any) -> Any:
-        keys = {p.name for p in runtime_option_parameters()}
-        values = {key: kwargs.pop(key) for key in list(kwargs) if key in keys}
-        return self.__wrapped__(**kwargs, **{PLUGINS_PARAMETER: runtime_plugins(values)})
-
-
-def with_runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    return WithRuntimeOptions(command)

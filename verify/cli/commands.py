@@ -13,8 +13,12 @@ from rich.markup import escape
 from exporter.backbones import list_backbones
 from exporter.errors import UsageError
 from verify import options as opt
-from verify.cli.base import err_console, handle_errors, out_console, with_runtime_options
+from verify.cli.base import err_console, handle_errors, out_console
+from verify.cli.groups import EXPORT, FEED, REPORTS, RUN, RUNTIME_PLUGINS, ReportPaths, with_option_groups
 from verify.render.console import progress_for
+
+DETECTOR_TAKES = ("--weights", "--seed", "--shape", "--input", "--normalize", "--format", "--factor", "--json")
+"""The shared options a whole detector applies (beside --norm, --out, --overwrite); any other given is refused."""
 
 
 def user_timeout(timeout: float | None) -> float:
@@ -23,22 +27,21 @@ def user_timeout(timeout: float | None) -> float:
     return USER_CODE_TIMEOUT if timeout is None else timeout
 
 
-def _finish(report: Any, json_path: Path | None, verbose: bool, junit: Path | None = None,
-            markdown: Path | None = None) -> None:
+def _finish(report: Any, reports: ReportPaths, verbose: bool) -> None:
     from verify.render.pairs import write_report_outputs
     from verify.report import render_pairs, write_json_report
 
     render_pairs(report, out_console, verbose)
-    if json_path:
-        write_json_report(report.to_dict(), json_path)
-        err_console.print(f"[dim]wrote {escape(str(json_path))}[/]")
-    for path in write_report_outputs(report, junit, markdown):
+    if reports.json:
+        write_json_report(report.to_dict(), reports.json)
+        err_console.print(f"[dim]wrote {escape(str(reports.json))}[/]")
+    for path in write_report_outputs(report, reports.junit, reports.markdown):
         err_console.print(f"[dim]wrote {escape(str(path))}[/]")
     raise typer.Exit(report.exit_code)
 
 
 @handle_errors
-@with_runtime_options
+@with_option_groups
 def export(
     backbone: opt.Backbone = "resnet50",
     norm: opt.Norm = "frozen",
@@ -47,35 +50,18 @@ def export(
         "--model", help="Your own model instead of a backbone: path/to/file.py:factory or package.module:factory "
                         "(the factory returns an nn.Module or (module, example_input)). This IMPORTS AND RUNS "
                         "that code: name only code you trust")] = None,
-    weights: opt.Weights = "synthetic",
-    seed: opt.Seed = 0,
-    shape: opt.Shape = None,
-    input_path: opt.InputPath = None,
-    normalize: opt.Normalize = True,
     out: opt.OutFolder = Path("artifacts"),
     overwrite: opt.Overwrite = False,
-    onnx_exporter: opt.OnnxExporterOption = opt.OnnxExporter.dynamo,
-    opset: opt.Opset = 18,
-    trace: opt.Trace = False,
-    static: opt.Static = False,
-    fmt: opt.Formats = None,
     runtime: opt.Runtimes = None,
-    device: opt.DeviceOption = opt.Device.cpu,
-    tf32: opt.Tf32 = None,
-    precision: opt.PrecisionOption = opt.Precision.fp32,
-    decimal: opt.Decimal = None,
-    rtol: opt.Rtol = None,
-    atol: opt.Atol = None,
-    factor: opt.Factor = None,
-    json_path: opt.JsonOut = None,
-    junit: opt.JunitOut = None,
-    markdown: opt.MarkdownOut = None,
     verbose: opt.Verbose = False,
     sign_key: opt.SignKey = None,
     cache_dir: opt.CacheDir = None,
     no_cache: opt.NoCache = False,
     timeout: opt.Timeout = None,
-    runtime_plugins: Any = None,
+    settings: Any = RUN,
+    formats: Any = EXPORT,
+    reports: Any = REPORTS,
+    given_options: Any = None,
 ) -> None:
     """Build a backbone, export it (TorchScript, ExportedProgram, ONNX...), run every runtime, judge every pair."""
     from exporter.spec import ModelSpec
@@ -84,34 +70,29 @@ def export(
     from verify.cache import open_cache
 
     if model is None and backbone in detector_names():
-        unsupported = {"--sign-key": sign_key, "--decimal": decimal, "--rtol": rtol, "--atol": atol, "--junit": junit,
-                       "--markdown": markdown, "--runtime": runtime, "--trace": trace, "--static": static,
-                       "--tf32": tf32, "--device": opt.Device(device) != opt.Device.cpu,
-                       "--precision": opt.Precision(precision) != opt.Precision.fp32,
-                       "--onnx-exporter": opt.OnnxExporter(onnx_exporter) != opt.OnnxExporter.dynamo,
-                       "--opset": opset != 18, "--cache-dir": cache_dir, "--timeout": timeout,
-                       **dict.fromkeys(opt.plugin_flags(runtime_plugins), True)}
-        given = [flag for flag, value in unsupported.items() if value not in (None, False)]
-        if given:  # never ignored silently: a tolerance or a signature asked for and not applied would mislead
-            raise UsageError(f"{given[0]} is not supported for a whole detector yet (it takes --norm, --weights, "
+        own = {"--sign-key": sign_key, "--runtime": runtime, "--cache-dir": cache_dir, "--timeout": timeout}
+        given = [flag for flag, value in own.items() if value is not None] + given_options
+        refused = [flag for flag in given if flag not in DETECTOR_TAKES]
+        if refused:  # never ignored silently: a tolerance or a signature asked for and not applied would mislead
+            raise UsageError(f"{refused[0]} is not supported for a whole detector yet (it takes --norm, --weights, "
                              "--seed, --shape, --input, --format, --out, --overwrite, --factor, --json); drop it")
-        _export_detector(backbone, norm, weights, seed, shape, input_path, fmt, out, factor, json_path, overwrite)
+        shape = "x".join(map(str, settings.shape)) if settings.shape else None
+        factor = settings.tolerance.factor if "--factor" in given_options else None
+        _export_detector(backbone, norm, settings.weights, settings.seed, shape, settings.input_file,
+                         list(formats.formats) or None, out, factor, reports.json, overwrite)
     spec = UserModelSpec.parse(model) if model else ModelSpec(backbone, norm, view)
     folder = out / spec.slug
-    opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
-    for flag, path in (("--json", json_path), ("--junit", junit), ("--markdown", markdown)):
+    for flag, path in (("--json", reports.json), ("--junit", reports.junit), ("--markdown", reports.markdown)):
         if path and path.resolve().is_relative_to(folder.resolve()):
             raise UsageError(f"{flag} {path} is inside the export folder {folder}, which the export replaces; "
                              "write it elsewhere")
-    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, tf32, decimal, rtol, atol, factor,
-                                precision, runtime_plugins)
-    options = opt.export_options(fmt, static, trace, onnx_exporter, opset, device, runtime)
+    options = formats.export_options(settings.runtime.device, runtime)
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
                            progress=progress_for(err_console), overwrite=overwrite, sign_key=sign_key,
                            cache=open_cache(cache_dir, no_cache), timeout=user_timeout(timeout))
     if "folder" in report.artifacts:
         err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
-    _finish(report, json_path, verbose, junit, markdown)
+    _finish(report, reports, verbose)
 
 
 def detector_names() -> list[str]:
@@ -170,7 +151,7 @@ def _export_detector(name: str, norm: str, weights: str, seed: int, shape: str |
 
 
 @handle_errors
-@with_runtime_options
+@with_option_groups
 def compare(
     a: Annotated[str, typer.Argument(callback=opt.check_source, metavar="A",
                                      help="Model spec backbone:norm:view, a model file (.onnx, .pt2, "
@@ -178,37 +159,21 @@ def compare(
                                           "(imports and runs it)")],
     b: Annotated[str, typer.Argument(callback=opt.check_source, metavar="B",
                                      help="The reference side, same forms as A")],
-    weights: opt.Weights = "synthetic",
-    seed: opt.Seed = 0,
-    shape: opt.Shape = None,
-    input_path: opt.InputPath = None,
-    normalize: opt.Normalize = True,
     runtime: opt.SideRuntime = None,
-    device: opt.DeviceOption = opt.Device.cpu,
-    tf32: opt.Tf32 = None,
-    precision: opt.PrecisionOption = opt.Precision.fp32,
-    decimal: opt.Decimal = None,
-    rtol: opt.Rtol = None,
-    atol: opt.Atol = None,
-    factor: opt.Factor = None,
-    json_path: opt.JsonOut = None,
-    junit: opt.JunitOut = None,
-    markdown: opt.MarkdownOut = None,
     verbose: opt.Verbose = False,
     timeout: opt.Timeout = None,
-    runtime_plugins: Any = None,
+    settings: Any = RUN,
+    reports: Any = REPORTS,
 ) -> None:
     """Run any two models or artifacts on the same input and judge them on the outputs they share."""
     from verify.api import compare as run_compare
 
-    opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
-    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, tf32, decimal, rtol, atol, factor,
-                                precision, runtime_plugins)
     _finish(run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout),
-                        runtime=runtime), json_path, verbose, junit, markdown)
+                        runtime=runtime), reports, verbose)
 
 
 @handle_errors
+@with_option_groups
 def explain(
     a: Annotated[str | None, typer.Argument(
         callback=opt.check_source, metavar="[A]",
@@ -217,24 +182,21 @@ def explain(
     b: Annotated[str | None, typer.Argument(
         callback=opt.check_source, metavar="[B]",
         help="Model spec or artifact [default: resnet50:frozen:body, Faster R-CNN's backbone]")] = None,
-    weights: opt.Weights = "synthetic",
-    seed: opt.Seed = 0,
-    shape: opt.Shape = None,
-    input_path: opt.InputPath = None,
-    normalize: opt.Normalize = True,
     factor: opt.Factor = None,
     json_path: opt.JsonOut = None,
     timeout: opt.Timeout = None,
+    settings: Any = FEED,
 ) -> None:
     """Say whether two models compute the same function, and where and why they part if not."""
+    from dataclasses import replace
+
     from verify.explain import SEED_QUESTION, render_explanation
     from verify.explain import explain as run_explain
     from verify.report import write_json_report
 
     if (a is None) != (b is None):
         raise UsageError("Give both A and B, or neither to replay the seed question")
-    settings = opt.run_settings(weights, seed, shape, input_path, normalize, opt.Device.cpu, None, None, None, None,
-                                factor)
+    settings = replace(settings, **opt.tolerance_part(factor=factor))
     result = run_explain(a or SEED_QUESTION[0], b or SEED_QUESTION[1], settings,
                          progress=progress_for(err_console), timeout=user_timeout(timeout))
     render_explanation(result, out_console)
@@ -244,38 +206,35 @@ def explain(
     raise typer.Exit(result.exit_code)
 
 
-def _finish_checks(report: Any, json_path: Path | None, junit: Path | None, markdown: Path | None) -> None:
+def _finish_checks(report: Any, reports: ReportPaths) -> None:
     from verify.checks import render_checks, write_outputs
 
     render_checks(report, out_console)
-    for path in write_outputs(report, json_path, junit, markdown):
+    for path in write_outputs(report, reports.json, reports.junit, reports.markdown):
         err_console.print(f"[dim]wrote {escape(str(path))}[/]")
     raise typer.Exit(report.exit_code)
 
 
 @handle_errors
-@with_runtime_options
+@with_option_groups
 def artifact(
     paths: Annotated[list[Path], typer.Argument(callback=opt.check_existing_paths,
                                                 help="Export folders, or their manifest.json")],
-    json_path: opt.JsonOut = None,
-    junit: opt.JunitOut = None,
-    markdown: opt.MarkdownOut = None,
     verify_key: opt.VerifyKey = None,
     trust_unsigned_code: opt.TrustUnsignedCode = False,
-    runtime_plugins: Any = None,
+    reports: Any = REPORTS,
+    plugins: Any = RUNTIME_PLUGINS,
 ) -> None:
     """Check export folders: integrity, then each artifact against its goldens (CI validation)."""
     from verify.runtimes import RuntimeOptions
     from verify.validate import validate
 
-    opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
-    _finish_checks(validate(paths, RuntimeOptions(plugins=runtime_plugins), verify_key=verify_key,
-                            trust_unsigned_code=trust_unsigned_code), json_path, junit, markdown)
+    _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=verify_key,
+                            trust_unsigned_code=trust_unsigned_code), reports)
 
 
 @handle_errors
-@with_runtime_options
+@with_option_groups
 def preflight(
     path: Annotated[Path, typer.Argument(callback=opt.check_existing_paths,
                                          help="The export folder, or its manifest.json")],
@@ -285,22 +244,19 @@ def preflight(
     warmup: opt.Warmup = 5,
     max_latency_ms: opt.MaxLatency = None,
     tf32: opt.Tf32 = None,
-    json_path: opt.JsonOut = None,
-    junit: opt.JunitOut = None,
-    markdown: opt.MarkdownOut = None,
     verify_key: opt.VerifyKey = None,
     trust_unsigned_code: opt.TrustUnsignedCode = False,
-    runtime_plugins: Any = None,
+    reports: Any = REPORTS,
+    plugins: Any = RUNTIME_PLUGINS,
 ) -> None:
     """Deployment check: loads on the provider asked for, matches its goldens, latency; GO or NO-GO."""
     from verify.preflight import PreflightOptions
     from verify.preflight import preflight as run_preflight
 
-    opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown)
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
-                               max_latency_ms=max_latency_ms, tf32=tf32, plugins=runtime_plugins)
+                               max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins)
     _finish_checks(run_preflight(path, options, verify_key=verify_key, trust_unsigned_code=trust_unsigned_code),
-                   json_path, junit, markdown)
+                   reports)
 
 
 @handle_errors

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 
 from verify import options as opt
-from verify.cli.base import err_console, handle_errors, out_console, with_runtime_options
+from verify.cli.base import err_console, handle_errors, out_console
+from verify.cli.groups import EXPORT, RUN, with_option_groups
 from verify.isolation import USER_CODE_TIMEOUT
 
 matrix_app = typer.Typer(
@@ -78,7 +79,7 @@ class _CellProgress:
 
 @matrix_app.callback(invoke_without_command=True)
 @handle_errors
-@with_runtime_options
+@with_option_groups
 def matrix(
     ctx: typer.Context,
     backbone: Annotated[list[str] | None, typer.Option(
@@ -91,24 +92,7 @@ def matrix(
         "--model", metavar="FILE.py:FACTORY",
         help="Your own model (repeat): path/to/file.py:factory or package.module:factory, one row each; with no "
              "--backbone only these run. This IMPORTS AND RUNS that code: name only code you trust")] = None,
-    fmt: opt.Formats = None,
     runtime: opt.Runtimes = None,
-    weights: opt.Weights = "synthetic",
-    seed: opt.Seed = 0,
-    shape: opt.Shape = None,
-    input_path: opt.InputPath = None,
-    normalize: opt.Normalize = True,
-    device: opt.DeviceOption = opt.Device.cpu,
-    tf32: opt.Tf32 = None,
-    precision: opt.PrecisionOption = opt.Precision.fp32,
-    decimal: opt.Decimal = None,
-    rtol: opt.Rtol = None,
-    atol: opt.Atol = None,
-    factor: opt.Factor = None,
-    onnx_exporter: opt.OnnxExporterOption = opt.OnnxExporter.dynamo,
-    opset: opt.Opset = 18,
-    trace: opt.Trace = False,
-    static: opt.Static = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Cells run in parallel, each in its own "
                                                                   "worker process (cores are divided)")] = 1,
     shard: Annotated[str | None, typer.Option(help="Run only part I of N (I/N): a balanced, deterministic "
@@ -130,7 +114,8 @@ def matrix(
     junit: JunitOut = None,
     markdown: MarkdownOut = None,
     html: HtmlOut = None,
-    runtime_plugins: Any = None,
+    settings: Any = RUN,
+    formats: Any = EXPORT,
 ) -> None:
     """Run the matrix: rows backbone x norm x view, columns runtime pairs, each the worst ratio to the floor."""
     if ctx.invoked_subcommand is not None:
@@ -139,9 +124,8 @@ def matrix(
     from verify.matrix import MatrixRequest, resolve_shard, run_matrix
     from verify.render.matrix_table import render_matrix
 
-    settings = opt.run_settings(weights, seed, shape, input_path, normalize, device, tf32, decimal, rtol, atol, factor,
-                                precision, runtime_plugins)
-    export = opt.export_options(fmt, static, trace, onnx_exporter, opset, device, runtime)
+    opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown, html=html)
+    export = formats.export_options(settings.runtime.device, runtime)
     request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model)
     split = resolve_shard(shard, shard_count, os.environ)
     folder = None if no_cache or cache_disabled_by_env() else (cache_dir or default_cache_dir())
