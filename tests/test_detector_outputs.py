@@ -16,9 +16,8 @@ import typer
 
 from exporter.errors import UsageError
 from verify.cli.detector import SUPPORTED_OPTIONS, export_detector, refuse_unsupported
-from verify.detector_check import verify_detector
+from verify.detector_check import EAGER, verify_detector
 from verify.render.detections import (
-    NOT_DRAWN,
     TABLE_HEADER,
     detector_html,
     detector_junit,
@@ -86,7 +85,7 @@ def test_html_draws_each_image_with_every_runs_boxes(report):
     page = _Collect()
     page.feed(detector_html(report))
     assert sum(tag == "svg" for tag, _ in page.tags) == len(report.images)
-    drawn = [label for label in report.boxes if label not in NOT_DRAWN]
+    drawn = [label for label in report.boxes if label != EAGER]
     assert {"eager fp64", "torchscript", "onnxruntime"} <= set(drawn)
     assert sum(tag == "rect" for tag, _ in page.tags) == sum(len(d) for label in drawn for d in report.boxes[label])
     pictures = [attrs["href"] for tag, attrs in page.tags if tag == "image"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from verify.detector_check import EAGER
 from verify.render.junit import Case, Suite, junit_document
 from verify.render.markdown import Code, MarkdownPage, markdown_page
 from verify.render.text import html_text as escape
@@ -24,7 +25,6 @@ TABLE_HEADER = ["pair", "status", "matched", "borderline", "unexplained", "worst
                 "label mismatches", "worst image"]
 BOX_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 """One colour per run drawn, the reference first."""
-NOT_DRAWN = ("eager",)
 """Eager float32 sits on the float64 reference at this scale: drawn, it would hide it."""
 CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
        "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}.pass{color:#17692b}.fail{color:#b3261e}"
@@ -100,8 +100,9 @@ def png_data_uri(image: np.ndarray) -> str:
 
 
 def _drawn(report: DetectorReport) -> list[str]:
-    """The runs drawn: the float64 reference first, then every runtime."""
-    return [label for label in report.boxes if label not in NOT_DRAWN]
+    """The runs drawn: the float64 reference first, then every runtime (eager float32 sits on the reference at
+    this scale: drawn, it would hide it)."""
+    return [label for label in report.boxes if label != EAGER]
 
 
 def _rects(detections: Detections, colour: str, label: str) -> str:
