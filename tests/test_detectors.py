@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from xml.etree import ElementTree
 
 import numpy as np
 import onnx
@@ -196,9 +197,13 @@ def test_verify_export_takes_a_detector_name(tmp_path, sentinel):
     from verify.cli import app
 
     result = CliRunner().invoke(app, ["export", "-b", NAME, "--out", str(tmp_path / "out"), "--json",
-                                      str(tmp_path / "r.json")])
+                                      str(tmp_path / "r.json"), "--junit", str(tmp_path / "r.xml"), "--markdown",
+                                      str(tmp_path / "r.md"), "--html", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
+    cases = ElementTree.parse(tmp_path / "r.xml").getroot().iter("testcase")
+    assert sum(1 for _ in cases) >= len(report["rows"])
+    assert "matched" in (tmp_path / "r.md").read_text() and "<svg" in (tmp_path / "r.html").read_text()
     assert report["passed"] and report["before_nms"]
     assert all(min(pair["matched_per_image"]) >= MIN_DETECTIONS for pair in report["after_nms"])
     assert (tmp_path / "out" / f"{NAME}-frozen").is_dir()

@@ -1,6 +1,7 @@
 """Isolated per-layer error and `verify reduce`: seeded one-layer bugs at every stage are named first."""
 
 import copy
+import json
 import random
 from dataclasses import replace
 
@@ -8,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import typer
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
@@ -18,7 +18,7 @@ from exporter.formats import ExportContext
 from exporter.formats.eager import eager_artifact
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
-from verify.cli.reduce import reduce as reduce_command
+from verify.cli.app import app
 from verify.compare import AUTO_FACTOR
 from verify.explain import load_side
 from verify.inputs import make_input
@@ -169,9 +169,6 @@ def test_reduce_writes_a_piece_that_fails_alone(exported, tmp_path):
 def test_reduce_command_writes_and_checks(exported, tmp_path):
     case = exported[MODELS[0]]
     bad = mutated_onnx(case["proto"], "layer3.1.conv1.weight", 7, tmp_path / "bad.onnx")
-    app = typer.Typer()
-    app.command("reduce")(reduce_command)
-    app.callback()(lambda: None)
     out = tmp_path / "piece"
     result = runner.invoke(app, ["reduce", str(bad), MODELS[0], "--shape", "x".join(map(str, SHAPE)),
                                  "--out", str(out)])
@@ -183,6 +180,22 @@ def test_reduce_command_writes_and_checks(exported, tmp_path):
                                 "--out", str(tmp_path / "none")])
     assert clean.exit_code == 0 and "nothing to reduce" in clean.stdout
     assert runner.invoke(app, ["reduce", str(bad)]).exit_code == 2
+
+
+def test_explain_isolate_names_the_layer_in_the_report(exported, tmp_path):
+    """`verify explain A B --isolate`: the first divergence, then the layer that differs on its own; the JSON
+    holds both and the exit code is the worse of the two."""
+    case = exported[MODELS[0]]
+    bad = mutated_onnx(case["proto"], "layer2.0.conv2.weight", 3, tmp_path / "bad.onnx")
+    report = tmp_path / "explain.json"
+    result = runner.invoke(app, ["explain", str(bad), MODELS[0], "--shape", "x".join(map(str, SHAPE)), "--isolate",
+                                 "--json", str(report)])
+    assert result.exit_code == 1, result.output
+    isolation = json.loads(report.read_text())["isolation"]
+    assert "layer2.0.conv2" in result.stdout and "layer2.0.conv2" in json.dumps(isolation)
+    clean = runner.invoke(app, ["explain", str(case["onnx"].path), MODELS[0], "--shape", "x".join(map(str, SHAPE)),
+                                "--isolate"])
+    assert clean.exit_code == 0, clean.output
 
 
 def test_isolate_report_from_specs(exported, tmp_path):

@@ -120,10 +120,12 @@ def check_formats(value: list[str] | None) -> list[str] | None:
 
 
 def _source_kind(value: str) -> Any:
-    """A model spec or an artifact file, told apart and checked without loading or building anything."""
+    """A model spec, a whole detector (name:norm, for explain) or an artifact file, told apart and checked
+    without loading or building anything."""
     from verify.api import source_kind
+    from verify.detector_explain import is_detector_spec
 
-    return source_kind(value)
+    return None if is_detector_spec(value) else source_kind(value)
 
 
 check_source = _refusing(_source_kind)

@@ -11,6 +11,7 @@ from exporter.errors import interrupt_in
 from verify.cli import commands
 from verify.cli.base import OneLineErrors, _on_sigterm, interrupt_exit
 from verify.cli.matrix import cache_app, matrix_app
+from verify.cli.reduce import reduce as reduce_command
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -21,7 +22,7 @@ app = typer.Typer(
 
 for _name, _command in (("export", commands.export), ("compare", commands.compare), ("explain", commands.explain),
                         ("artifact", commands.artifact), ("preflight", commands.preflight),
-                        ("list", commands.list_command)):
+                        ("reduce", reduce_command), ("list", commands.list_command)):
     app.command(name=_name)(_command)
 app.add_typer(matrix_app)
 app.add_typer(cache_app)

@@ -17,9 +17,6 @@ from verify.cli.base import err_console, handle_errors, out_console
 from verify.cli.groups import EXPORT, FEED, REPORTS, RUN, RUNTIME_PLUGINS, ReportPaths, with_option_groups
 from verify.render.console import progress_for
 
-DETECTOR_TAKES = ("--weights", "--seed", "--shape", "--input", "--normalize", "--format", "--factor", "--json")
-"""The shared options a whole detector applies (beside --norm, --out, --overwrite); any other given is refused."""
-
 
 def user_timeout(timeout: float | None) -> float:
     from verify.isolation import USER_CODE_TIMEOUT
@@ -58,6 +55,10 @@ def export(
     cache_dir: opt.CacheDir = None,
     no_cache: opt.NoCache = False,
     timeout: opt.Timeout = None,
+    html: Annotated[Path | None, typer.Option(
+        "--html", callback=opt.check_output_file,
+        help="A whole detector (-b <detector>): one HTML page with the detection tables and each image with "
+             "every runtime's boxes drawn")] = None,
     settings: Any = RUN,
     formats: Any = EXPORT,
     reports: Any = REPORTS,
@@ -70,16 +71,19 @@ def export(
     from verify.cache import open_cache
 
     if model is None and backbone in detector_names():
-        own = {"--sign-key": sign_key, "--runtime": runtime, "--cache-dir": cache_dir, "--timeout": timeout}
-        given = [flag for flag, value in own.items() if value is not None] + given_options
-        refused = [flag for flag in given if flag not in DETECTOR_TAKES]
-        if refused:  # never ignored silently: a tolerance or a signature asked for and not applied would mislead
-            raise UsageError(f"{refused[0]} is not supported for a whole detector yet (it takes --norm, --weights, "
-                             "--seed, --shape, --input, --format, --out, --overwrite, --factor, --json); drop it")
+        from verify.cli.detector import export_detector, refuse_unsupported
+
+        own = {"--sign-key": sign_key, "--runtime": runtime, "--cache-dir": cache_dir, "--timeout": timeout,
+               "--html": html}
+        refuse_unsupported([flag for flag, value in own.items() if value is not None] + given_options)
         shape = "x".join(map(str, settings.shape)) if settings.shape else None
         factor = settings.tolerance.factor if "--factor" in given_options else None
-        _export_detector(backbone, norm, settings.weights, settings.seed, shape, settings.input_file,
-                         list(formats.formats) or None, out, factor, reports.json, overwrite)
+        export_detector(backbone, norm, settings.weights, settings.seed, shape, settings.input_file,
+                        list(formats.formats) or None, out, factor, reports.json, overwrite, junit=reports.junit,
+                        markdown=reports.markdown, html=html)
+    if html is not None:
+        raise UsageError("--html is written for a whole detector (-b <detector>); a backbone export writes --json, "
+                         "--junit or --markdown")
     spec = UserModelSpec.parse(model) if model else ModelSpec(backbone, norm, view)
     folder = out / spec.slug
     for flag, path in (("--json", reports.json), ("--junit", reports.junit), ("--markdown", reports.markdown)):
@@ -99,55 +103,6 @@ def detector_names() -> list[str]:
     from exporter.families.detectors import list_detectors
 
     return list_detectors()
-
-
-def _export_detector(name: str, norm: str, weights: str, seed: int, shape: str | None, input_path: Path | None,
-                     formats: list[str] | None, out: Path, factor: float | None, json_path: Path | None,
-                     overwrite: bool = False) -> None:
-    """`verify export -b <detector>`: the whole detector exported to TorchScript and ONNX, judged before NMS
-    (dense head tensors) and after NMS (detections matched by IoU); verify/detector_check.py."""
-    import warnings
-
-    import numpy as np
-
-    from exporter.families.detectors import DETECTORS
-    from exporter.fsio import staged_folder
-    from exporter.spec import parse_shape
-    from verify.detector_check import DEFAULT_FORMATS, verify_detector
-    from verify.inputs import load_inputs
-    from verify.render.console import print_line
-    from verify.render.text import markup
-    from verify.report import write_json_report
-
-    detector = DETECTORS.get(name)
-    if norm not in detector.norms:
-        if norm != "frozen":  # an explicit norm the detector does not have; the default falls back
-            raise UsageError(f"{name} has no norm {norm!r}; choose one of: {', '.join(detector.norms)}")
-        norm = detector.default_norm
-    size = parse_shape(shape) if shape else (1, 3, 320, 320)
-    images = None
-    if input_path is not None:
-        images = np.concatenate([item.array for item in load_inputs(input_path, size, normalize=False)])
-    chosen = tuple(formats) if formats else DEFAULT_FORMATS
-    unknown = [f for f in chosen if f not in DEFAULT_FORMATS]
-    if unknown:
-        raise UsageError(f"Detectors export to {' and '.join(DEFAULT_FORMATS)} (legacy exporter) only; drop "
-                         f"--format {unknown[0]}")
-    folder = out / f"{name}-{norm}"
-    if folder.exists() and not overwrite:
-        raise UsageError(f"{folder} already exists; pass --overwrite to replace it, or another --out")
-    with staged_folder(folder) as staging, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation, once per call
-        report = verify_detector(name, norm, size, weights, seed, chosen, out=staging, factor=factor, images=images,
-                                 progress=lambda what: print_line(err_console, f"[dim]{markup(what)}[/]"))
-    for row in report.rows():
-        mark = "ok  " if row["passed"] else "FAIL"
-        pair = f"{row['a']} vs {row['b']}" if row["b"] else row["a"]
-        print_line(out_console, f"{mark} {markup(row['level'])}  {markup(pair)}  {markup(row['text'])}")
-    print_line(out_console, ("[bold green]✓ " if report.passed else "[bold red]✗ ") + markup(report.summary()) + "[/]")
-    if json_path:
-        write_json_report(report.to_dict(), json_path)
-    raise typer.Exit(report.exit_code)
 
 
 @handle_errors
@@ -185,25 +140,45 @@ def explain(
     factor: opt.Factor = None,
     json_path: opt.JsonOut = None,
     timeout: opt.Timeout = None,
+    isolate: Annotated[bool, typer.Option(
+        "--isolate", help="Also re-run every layer of the non-torch side alone on the torch side's float64 inputs "
+                          "and name the layers whose own computation differs, ranked by their own error over "
+                          "their own float32 floor")] = False,
     settings: Any = FEED,
 ) -> None:
     """Say whether two models compute the same function, and where and why they part if not."""
     from dataclasses import replace
 
+    from verify.detector_explain import is_detector_spec
     from verify.explain import SEED_QUESTION, render_explanation
     from verify.explain import explain as run_explain
     from verify.report import write_json_report
 
     if (a is None) != (b is None):
         raise UsageError("Give both A and B, or neither to replay the seed question")
+    if is_detector_spec(a) or is_detector_spec(b):
+        if isolate:
+            raise UsageError("--isolate runs on a backbone or your own model against its export; drop it for "
+                             "detectors")
+        from verify.cli.detector import explain_detector
+
+        shape = "x".join(map(str, settings.shape)) if settings.shape else None
+        explain_detector(a, b, settings.weights, settings.seed, shape, factor, json_path)
     settings = replace(settings, **opt.tolerance_part(factor=factor))
-    result = run_explain(a or SEED_QUESTION[0], b or SEED_QUESTION[1], settings,
-                         progress=progress_for(err_console), timeout=user_timeout(timeout))
+    a, b = a or SEED_QUESTION[0], b or SEED_QUESTION[1]
+    result = run_explain(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout))
     render_explanation(result, out_console)
+    data, code = result.to_dict(), result.exit_code
+    if isolate:
+        from verify.isolate import isolate_report, render_isolation
+
+        isolation = isolate_report(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout))
+        render_isolation(isolation, out_console)
+        data, code = {**data, "isolation": isolation.to_dict()}, max(code, isolation.exit_code)
     if json_path:
-        write_json_report(result.to_dict(), json_path)
+        write_json_report(data, json_path)
         err_console.print(f"[dim]wrote {escape(str(json_path))}[/]")
-    raise typer.Exit(result.exit_code)
+    raise typer.Exit(code)
 
 
 def _finish_checks(report: Any, reports: ReportPaths) -> None:
