@@ -31,7 +31,7 @@ def reshape_sweep() -> None:
     import torch
 
     from exporter.families.detectors import build_detector, calibration_image
-    from verify.detector_check import export_detector, judge_detector
+    from verify.detect.check import export_detector, judge_detector
 
     print(f"# {RESHAPE_DETECTOR}: legacy ONNX, dynamic sizes, exported at {EXPORT_AT[0]}x{EXPORT_AT[1]}; "
           "proposals = what the RPN keeps in eager float32")
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from exporter.families.detectors import list_detectors
-    from verify.detector_check import verify_detector
+    from verify.detect.check import verify_detector
 
     torch.set_num_threads(1)
     if "--reshape" in argv:

@@ -12,7 +12,7 @@
    A bug that leaves the float32 output bit for bit unchanged on this input is listed as invisible
    (no verifier can see it there), not as a miss.
 
-Separation = least bug ratio / largest correct ratio. AUTO_FACTOR (verify/compare.py) sits between,
+Separation = least bug ratio / largest correct ratio. AUTO_FACTOR (verify/judge/compare.py) sits between,
 at their geometric mean. Per-output and per-channel-RMS statistics are logged beside the judged one
 (per-channel max) so the choice of statistic stays checkable.
 
@@ -43,8 +43,8 @@ from exporter.formats.onnx import OnnxOptions
 from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
-from verify.compare import AUTO_FACTOR, Tolerance, compare_outputs
-from verify.oracle import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor, folded_samples, measure_floors
+from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_outputs
+from verify.judge.oracle import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor, folded_samples, measure_floors
 from verify.runtimes import RuntimeOptions, make_runtime
 from verify.runtimes.onnxruntime import OnnxRuntime
 

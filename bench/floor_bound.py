@@ -1,4 +1,4 @@
-"""Measured float32 noise floors against the rounding bound that caps them (verify/trust.py), for every
+"""Measured float32 noise floors against the rounding bound that caps them (verify/judge/trust.py), for every
 registered backbone x norm x view: the largest floor / bound share must stay well below 1 for correct models
 (a random or train-mode model measures ~1e3-1e4x more). Run by hand; the README's table comes from its log.
 
@@ -18,8 +18,8 @@ from exporter.formats.eager import eager_artifact
 from exporter.spec import ModelSpec, parse_shape
 from exporter.weights import load_weights
 from verify.inputs import make_input
-from verify.oracle import measure_oracle
-from verify.trust import ROUNDING_BOUND_MARGIN, accumulation_length, floor_bound_ratios
+from verify.judge.oracle import measure_oracle
+from verify.judge.trust import ROUNDING_BOUND_MARGIN, accumulation_length, floor_bound_ratios
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 The manifest has one typed schema, `Manifest` (pydantic v2, strict: unknown fields, wrong types and
 non-finite numbers are refused), published as `exporter/manifest.schema.json` for tools in other
 languages. It is written and read only through that model, as strict JSON (no NaN or Infinity, no
-duplicate keys). Which numbers an artifact check re-derives instead of trusting: verify/validate.py.
+duplicate keys). Which numbers an artifact check re-derives instead of trusting: verify/folder/validate.py.
 """
 
 from __future__ import annotations

@@ -92,7 +92,8 @@ class UserModelSpec:
     factory: str
 
     runs_user_code = True
-    """Building it imports and runs the user's code: commands run it in a worker process (verify/isolation.py)."""
+    """Building it imports and runs the user's code: commands run it in a worker process
+    (verify/pipeline/isolation.py)."""
 
     @classmethod
     def parse(cls, text: str) -> UserModelSpec:

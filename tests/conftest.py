@@ -172,7 +172,7 @@ def exported_small(tmp_path_factory):
     from exporter.formats import ExportContext, file_formats
     from exporter.formats.eager import eager_artifact
     from verify.inputs import make_input
-    from verify.oracle import measure_oracle
+    from verify.judge.oracle import measure_oracle
     from verify.runtimes import make_runtime, runtimes_for
 
     folder = tmp_path_factory.mktemp("every-format")

@@ -19,9 +19,9 @@ from exporter.formats import default_formats, get_format
 from exporter.formats.onnx import file_opset
 from exporter.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION, file_sha256
 from verify.cli import app
-from verify.compare import AUTO_FACTOR
-from verify.oracle import measure_floors
-from verify.validate import UNSIGNED_CODE_OPTION as TRUST
+from verify.folder.validate import UNSIGNED_CODE_OPTION as TRUST
+from verify.judge.compare import AUTO_FACTOR
+from verify.judge.oracle import measure_floors
 
 runner = CliRunner()
 EXPORT = ["export", "--backbone", "resnet18", "--shape", "1x3x64x64"]

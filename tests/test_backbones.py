@@ -15,8 +15,8 @@ from exporter.norms import conv_bn_pairs, fold_batchnorms, get_norm
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights, save_weights
 from tests.conftest import SMALL_SHAPE, family_backbone
-from verify.localize import EQUIVALENCE_RTOL
-from verify.structure import canonical_modules
+from verify.explain.localize import EQUIVALENCE_RTOL
+from verify.explain.structure import canonical_modules
 
 FAMILY_NAMES = FAMILIES.names()
 

@@ -301,7 +301,7 @@ def export_context(seed: int = 0, formats: tuple[str, ...] = ("onnx",)):
     from exporter.formats.onnx import OnnxOptions
     from exporter.spec import ModelSpec
     from verify.api import RunSettings
-    from verify.pipeline import CellRequest, build_stage, plan_cell
+    from verify.pipeline.stages import CellRequest, build_stage, plan_cell
 
     options = ExportOptions(formats=formats, format_options=(OnnxOptions("torchscript"),))
     request = CellRequest(ModelSpec("resnet18", "frozen", "body"), RunSettings(shape=SHAPE, seed=seed), options)
@@ -341,7 +341,7 @@ def onnx_exports(module_tmp):
 
 
 def forge_export(cache: Cache, seed: int, fmt: str, name: str, content: bytes, formats=("onnx",)) -> str:
-    from verify.pipeline import export_key
+    from verify.pipeline.stages import export_key
 
     options, context = export_context(seed, formats)
     key = export_key(cache, context, fmt, options)
@@ -451,7 +451,7 @@ def test_another_models_onnx_relabelled_as_this_one_is_judged_and_fails(tmp_path
 def test_an_onnx_entry_with_extra_files_is_rejected(tmp_path, outside, onnx_exports):
     """The right ONNX file plus a second file the format never writes (e.g. a shared library to drop beside
     it): the entry is not this format's export, nothing of it reaches the folder."""
-    from verify.pipeline import export_key
+    from verify.pipeline.stages import export_key
 
     cache = Cache(tmp_path / "c")
     options, context = export_context(0)

@@ -13,9 +13,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from verify.checks import Check, CheckReport, render_checks
 from verify.cli import app
-from verify.compare import AUTO_FACTOR, OutputComparison, PairResult, Tolerance
+from verify.folder.checks import Check, CheckReport, render_checks
+from verify.judge.compare import AUTO_FACTOR, OutputComparison, PairResult, Tolerance
 from verify.matrix import CellResult, MatrixResult
 from verify.render import console as consoles
 from verify.render.html_page import html_page

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from verify.api import RunSettings
 from verify.cli import app
-from verify.preflight import PreflightOptions
+from verify.folder.preflight import PreflightOptions
 from verify.runtimes import RuntimeOptions, runtime_class
 
 runner = CliRunner()
@@ -178,7 +178,7 @@ def test_check_lines_read_cleanly():
 
     from rich.console import Console
 
-    from verify.checks import Check, CheckReport, render_checks
+    from verify.folder.checks import Check, CheckReport, render_checks
 
     report = CheckReport("artifact", [Check("folder", "integrity", "model.onnx", True, "sha256 ok"),
                                       Check("folder", "onnxruntime", "goldens", False, "3.0x\nfloor")])
@@ -227,8 +227,8 @@ def test_same_export_again_replaces_silently_and_overwrite_replaces_another(tmp_
 
 def test_cli_enums_match_the_library():
     """The CLI's device choices are the library's: a device added there must be added here."""
-    from verify import options
-    from verify.preflight import PROVIDERS
+    from verify.cli import options
+    from verify.folder.preflight import PROVIDERS
     from verify.runtimes import DEVICES
 
     assert [e.value for e in options.Device] == list(DEVICES) == list(PROVIDERS)

@@ -1,4 +1,4 @@
-"""verify.compare: verdicts and statistics for one pair of arrays.
+"""verify.judge.compare: verdicts and statistics for one pair of arrays.
 
 `decimal` and `allclose` must agree with numpy.testing exactly (verdict and the mismatch count numpy
 prints), except that NaN/Inf never pass, and a shape mismatch never passes, in any mode.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from exporter.errors import UsageError
-from verify.compare import (
+from verify.judge.compare import (
     AUTO_FACTOR,
     OutputComparison,
     PairResult,
@@ -591,7 +591,7 @@ def test_factor_only_goes_with_auto():
 
 
 def test_nan_failure_is_not_explained_as_rounding():
-    from verify.explain_notes import explain_pair
+    from verify.judge.notes import explain_pair
     from verify.report import Report
 
     tolerance = Tolerance()

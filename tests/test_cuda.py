@@ -5,7 +5,7 @@ import torch
 
 from exporter.errors import SetupError
 from tests.conftest import cpu_and_cuda
-from verify.compare import Tolerance, compare_outputs
+from verify.judge.compare import Tolerance, compare_outputs
 from verify.runtimes import RUNTIMES, RuntimeOptions, make_runtime
 
 

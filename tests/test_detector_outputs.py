@@ -16,7 +16,7 @@ import typer
 
 from exporter.errors import UsageError
 from verify.cli.detector import SUPPORTED_OPTIONS, export_detector, refuse_unsupported
-from verify.detector_check import EAGER, verify_detector
+from verify.detect.check import EAGER, verify_detector
 from verify.render.detections import (
     TABLE_HEADER,
     detector_html,
@@ -105,9 +105,9 @@ def test_html_escapes_every_string(failing):
 
 def test_the_detector_command_writes_every_report_and_exits_with_the_verdict(report, tmp_path, monkeypatch):
     """The command's own function, its judging replaced by the module's report (judged above)."""
-    import verify.detector_check
+    import verify.detect.check
 
-    monkeypatch.setattr(verify.detector_check, "verify_detector", lambda *args, **kwargs: report)
+    monkeypatch.setattr(verify.detect.check, "verify_detector", lambda *args, **kwargs: report)
     paths = {name: tmp_path / f"r.{name}" for name in ("json", "junit", "markdown", "html")}
     with pytest.raises(typer.Exit) as done:
         export_detector(NAME, "frozen", "synthetic", 0, None, None, None, tmp_path / "out", None, paths["json"],
@@ -134,8 +134,8 @@ def test_two_reports_into_one_file_are_refused_before_building(tmp_path):
 
 def test_explain_names_eps_at_the_first_norm_of_a_detector():
     """The issue's example: Faster R-CNN's FrozenBN with eps 1e-5 against the COCO weights' eps 0."""
-    from verify.detector_explain import explain_detectors
-    from verify.localize import EQUIVALENCE_RTOL
+    from verify.detect.explain import explain_detectors
+    from verify.explain.localize import EQUIVALENCE_RTOL
 
     result = explain_detectors("fasterrcnn_resnet50_fpn:frozen", "fasterrcnn_resnet50_fpn:frozen-eps0")
     assert result.exit_code == 1 and not result.equivalent

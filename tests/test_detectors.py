@@ -1,4 +1,4 @@
-"""Whole detectors (exporter/families/detectors.py, verify/detector_check.py): a correct export agrees at both
+"""Whole detectors (exporter/families/detectors.py, verify/detect/check.py): a correct export agrees at both
 levels; seeded bugs in the ONNX file are caught (exit 1); a rounding-only borderline passes, named."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from onnx import helper, numpy_helper
 
 from exporter.errors import UsageError
 from exporter.families.detectors import MIN_DETECTIONS, build_detector, calibration_image
-from verify.compare import AUTO_FACTOR
-from verify.detector_check import RESHAPE_BLOCKER, export_detector, judge_detector, run_eager, verify_detector
+from verify.detect.check import RESHAPE_BLOCKER, export_detector, judge_detector, run_eager, verify_detector
+from verify.judge.compare import AUTO_FACTOR
 
 NAME = "fasterrcnn_mobilenet_v3_large_320_fpn"
 ONE_CHANNEL_ERROR = 1e-3

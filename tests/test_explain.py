@@ -15,11 +15,11 @@ from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.cli import app
-from verify.compare import Tolerance
-from verify.explain import explain_artifacts
+from verify.explain.equivalence import explain_artifacts
+from verify.explain.localize import EQUIVALENCE_RTOL, localise
+from verify.explain.tracers import OnnxTracer, Side, fx_module_path, jit_scopes, module_calls
 from verify.inputs import make_input
-from verify.localize import EQUIVALENCE_RTOL, localise
-from verify.module_values import OnnxTracer, Side, fx_module_path, jit_scopes, module_calls
+from verify.judge.compare import Tolerance
 
 SHAPE = (1, 3, 64, 64)
 runner = CliRunner()
@@ -214,7 +214,7 @@ def test_a_file_side_takes_the_view_prefix_that_lines_it_up():
     """A saved FPN backbone names its modules `body.layer1...`, the eager side's are canonical
     (`layer1...`): the file side takes the prefix under which the two line up, and no other."""
     from exporter.artifacts import Artifact, ArtifactMeta
-    from verify.explain import _line_up
+    from verify.explain.equivalence import _line_up
 
     model = built(SMALL_SPEC)
     wrapper = torch.nn.Module()
@@ -285,7 +285,7 @@ def test_a_format_no_tracer_reads_gets_a_reason():
     compiled code) have no localiser: the note says so and lists what can be read."""
     from exporter.artifacts import Artifact, ArtifactMeta
     from exporter.formats import file_formats
-    from verify.module_values import TRACERS, tracer_for
+    from verify.explain.tracers import TRACERS, tracer_for
     from verify.runtimes import runtimes_for
 
     unread = [fmt for fmt in file_formats() if not runtimes_for(fmt, float64=True)

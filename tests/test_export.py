@@ -13,7 +13,7 @@ from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from tests.conftest import SMALL, SMALL_SHAPE
 from verify.api import RunSettings, verify_export
-from verify.compare import AUTO_FACTOR, Tolerance
+from verify.judge.compare import AUTO_FACTOR, Tolerance
 
 TINY = (1, 3, 32, 32)
 

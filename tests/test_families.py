@@ -14,8 +14,8 @@ from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from tests.conftest import SMALL_SHAPE
 from verify.api import RunSettings, verify_export
-from verify.explain import explain
-from verify.localize import EQUIVALENCE_RTOL
+from verify.explain.equivalence import explain
+from verify.explain.localize import EQUIVALENCE_RTOL
 
 MOBILENETS = [b for b in list_backbones() if b.startswith("mobilenet_v3")]
 SETTINGS = RunSettings(shape=SMALL_SHAPE)

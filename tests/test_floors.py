@@ -16,8 +16,8 @@ from exporter.formats.eager import eager_artifact
 from exporter.formats.onnx import OnnxOptions
 from tests.conftest import SMALL
 from verify.api import RunSettings, compare
-from verify.compare import AUTO_FACTOR, DECIMAL_RANGE, Tolerance, compare_arrays, compare_outputs
-from verify.oracle import (
+from verify.judge.compare import AUTO_FACTOR, DECIMAL_RANGE, Tolerance, compare_arrays, compare_outputs
+from verify.judge.oracle import (
     CHANNEL_FLOOR_SHARE,
     FLOAT32_EPS,
     MIN_CHANNEL_ELEMENTS,

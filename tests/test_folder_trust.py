@@ -27,7 +27,7 @@ from exporter.formats import get_format
 from exporter.formats.pt2 import TORCH_FORCE_WEIGHTS_ONLY, scan_archive
 from exporter.manifest import MANIFEST_NAME, SIGNATURE_NAME, file_sha256
 from verify.cli import app
-from verify.validate import SIGN_HOW, UNSIGNED_CODE_OPTION, validate
+from verify.folder.validate import SIGN_HOW, UNSIGNED_CODE_OPTION, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = "1x3x32x32"

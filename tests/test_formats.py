@@ -89,10 +89,10 @@ def _string_constants(path):
 
 ALLOWED = {
     # the registry lines, and the CLI's help and choices
-    "exporter/formats/__init__.py", "verify/options.py",
+    "exporter/formats/__init__.py", "verify/cli/options.py",
     # the whole-detector check exports through its own two paths (scripted TorchScript, the legacy ONNX
     # exporter: torch.export cannot trace torchvision's detectors), not through the FORMATS plug-ins
-    "verify/detector_check.py",
+    "verify/detect/check.py",
     # runtimes declare the formats they run
     *(str(p.relative_to(ROOT)) for p in (ROOT / "verify" / "runtimes").glob("*.py")),
 }
@@ -100,7 +100,7 @@ ALLOWED = {
 SAME_SPELLING = {
     ("exporter/formats/onnx.py", "torchscript"),  # torch's legacy ONNX exporter, not the format
     ("verify/report.py", "onnx"),  # the onnx package's version, not the format
-    ("verify/isolation.py", "onnx"),  # the onnx package the fork server imports once, not the format
+    ("verify/pipeline/isolation.py", "onnx"),  # the onnx package the fork server imports once, not the format
 }
 
 
@@ -119,7 +119,7 @@ def test_format_names_appear_only_in_their_own_modules(name):
 
 
 def test_second_shape_stays_inside_the_range_a_file_accepts():
-    from verify.validate import second_shape
+    from verify.folder.validate import second_shape
 
     axes = {"0": "batch", "2": "height", "3": "width"}
     assert second_shape((1, 3, 64, 64), axes) == (2, 3, 96, 96)

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from exporter.errors import UsageError
 from verify.cli import app
-from verify.compare import OutputComparison, PairResult
 from verify.inputs import IMAGENET_MEAN, IMAGENET_STD, NamedInput, load_inputs
-from verify.pipeline import worst_over_inputs
+from verify.judge.compare import OutputComparison, PairResult
+from verify.pipeline.stages import worst_over_inputs
 
 runner = CliRunner()
 

@@ -19,11 +19,11 @@ from exporter.formats.eager import eager_artifact
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.cli.app import app
-from verify.compare import AUTO_FACTOR
-from verify.explain import load_side
+from verify.explain.equivalence import load_side
+from verify.explain.isolate import isolate_report, isolate_sides
+from verify.explain.reduce import check_piece, reduce_sides
 from verify.inputs import make_input
-from verify.isolate import isolate_report, isolate_sides
-from verify.reduce import check_piece, reduce_sides
+from verify.judge.compare import AUTO_FACTOR
 
 SHAPE = (1, 3, 32, 32)
 SEEDED_ERROR = 1e-3

@@ -22,7 +22,7 @@ from exporter.manifest import (
     schema_json,
     tolerance_record,
 )
-from verify.compare import AUTO_FACTOR, OutputComparison, PairResult, Tolerance
+from verify.judge.compare import AUTO_FACTOR, OutputComparison, PairResult, Tolerance
 
 HASH = "ab" * 32
 OUTPUTS = ["layer1", "layer2"]
@@ -248,7 +248,7 @@ def test_tolerance_record_keeps_only_what_its_mode_uses():
 
 def test_unmeasurable_verdict_figures_are_null_with_a_reason():
     from exporter.manifest import Verdict
-    from verify.manifest import verdict_record
+    from verify.folder.write import verdict_record
 
     shapes = OutputComparison("layer1", [1, 2], [1, 3], passed=False, reason="shape (1, 2) vs (1, 3)")
     record = verdict_record(PairResult("onnxruntime", "eager", [shapes]))

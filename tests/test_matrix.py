@@ -232,7 +232,7 @@ def test_two_configurations_in_either_order_give_identical_numbers(tmp_path):
     cell's numbers do not depend on what ran before it in the same process."""
     import torch
 
-    from verify.pipeline import run_cell
+    from verify.pipeline.stages import run_cell
     from verify.runtimes import RuntimeOptions, runtime_class
 
     first = small_request().cells()[0]
@@ -278,7 +278,7 @@ def test_verify_export_is_the_one_cell_case_of_the_matrix(tmp_path):
     """`verify export` and a matrix cell are one composition of the pipeline's stages: the same request gives
     the same runs, pairs and numbers, and the export's folder holds what the cell exported."""
     from verify.api import verify_export
-    from verify.pipeline import run_cell
+    from verify.pipeline.stages import run_cell
 
     cell = small_request().cells()[0]
     (tmp_path / "cell").mkdir()
@@ -299,7 +299,7 @@ def test_verify_export_is_the_one_cell_case_of_the_matrix(tmp_path):
 def test_an_interrupt_inside_a_cell_stops_the_matrix_not_only_the_cell(monkeypatch):
     """A Ctrl-C landing inside torch comes back wrapped (pybind11's SystemError, then an ExportError): a cell
     that caught it as its own failure would let the matrix run on; it is raised again instead."""
-    import verify.pipeline
+    import verify.pipeline.stages
     from exporter.errors import ExportError
     from verify.matrix import CellJob, execute_cell
 
@@ -312,7 +312,7 @@ def test_an_interrupt_inside_a_cell_stops_the_matrix_not_only_the_cell(monkeypat
         except SystemError:
             raise ExportError("torch.jit.script failed; pass --trace") from None
 
-    monkeypatch.setattr(verify.pipeline, "run_cell", interrupted)
+    monkeypatch.setattr(verify.pipeline.stages, "run_cell", interrupted)
     cell = small_request().cells()[0]
     with pytest.raises(KeyboardInterrupt):
         execute_cell(CellJob(cell, cell_id(cell), None))

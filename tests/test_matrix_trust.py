@@ -50,7 +50,7 @@ def request(factor=None):
     from exporter.export import ExportOptions
     from exporter.formats.onnx import OnnxOptions
     from verify.api import RunSettings
-    from verify.compare import Tolerance
+    from verify.judge.compare import Tolerance
 
     settings = RunSettings(shape=SHAPE, tolerance=Tolerance.from_options(factor=factor))
     return MatrixRequest.create(["resnet18"], list(NORMS), ["body"], settings, ExportOptions(

@@ -1,5 +1,5 @@
 """Option groups (issue 15): the options several commands share are defined once (verify/cli/groups.py, the parts
-in verify/options.py) and every command that takes a group offers all of its flags; each format's own options come
+in verify/cli/options.py) and every command that takes a group offers all of its flags; each format's own options come
 from its Options (exporter/plugin_options.py), so a format added in one module and one registry line shows in
 export and matrix --help and its value reaches the export; a bad value is one `error:` line and exit 2."""
 

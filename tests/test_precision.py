@@ -14,11 +14,11 @@ from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from tests.conftest import SMALL, SMALL_SHAPE, cpu_and_cuda
 from verify.api import RunSettings, explain_pairs, verify_export
-from verify.compare import AUTO_FACTOR, Tolerance, compare_outputs
-from verify.explain_notes import REDUCED_PRECISION_RATIOS
 from verify.inputs import make_input
-from verify.oracle import measure_oracle
-from verify.precision import PrecisionProbe, precision_scope
+from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_outputs
+from verify.judge.notes import REDUCED_PRECISION_RATIOS
+from verify.judge.oracle import measure_oracle
+from verify.judge.precision import PrecisionProbe, precision_scope
 from verify.report import Report
 from verify.runtimes import RuntimeOptions, make_runtime
 

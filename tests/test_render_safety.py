@@ -18,11 +18,11 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from verify.checks import Check, CheckReport, check_annotations, render_checks
-from verify.checks import junit_xml as checks_junit
-from verify.checks import markdown as checks_markdown
 from verify.cli import app
-from verify.compare import AUTO_FACTOR, OutputComparison, PairResult, Tolerance
+from verify.folder.checks import Check, CheckReport, check_annotations, render_checks
+from verify.folder.checks import junit_xml as checks_junit
+from verify.folder.checks import markdown as checks_markdown
+from verify.judge.compare import AUTO_FACTOR, OutputComparison, PairResult, Tolerance
 from verify.matrix import CellResult, MatrixResult
 from verify.render import write_outputs
 from verify.render.html_page import html_page

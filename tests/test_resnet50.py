@@ -12,7 +12,7 @@ from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.api import RunSettings, compare, verify_export
-from verify.compare import AUTO_FACTOR
+from verify.judge.compare import AUTO_FACTOR
 
 SPEC = ModelSpec("resnet50", "frozen", "body")
 SHAPE = (1, 3, 224, 224)

@@ -8,8 +8,8 @@ import pytest
 from exporter.errors import UsageError
 from exporter.formats import FORMATS, get_format
 from tests.conftest import SMALL_SHAPE
-from verify.compare import Tolerance, compare_outputs
 from verify.inputs import make_input
+from verify.judge.compare import Tolerance, compare_outputs
 from verify.runtimes import RUNTIMES, Runtime, RuntimeOptions, make_runtime, runtime_class
 
 PAIRS = [(fmt, name) for name in RUNTIMES for fmt in runtime_class(name).formats]

@@ -34,8 +34,8 @@ from exporter.manifest import (
     loads_strict,
 )
 from verify.cli import app
-from verify.compare import AUTO_FACTOR
-from verify.validate import validate
+from verify.folder.validate import validate
+from verify.judge.compare import AUTO_FACTOR
 
 SHAPE = "1x3x32x32"
 runner = CliRunner()
@@ -220,7 +220,7 @@ def consistent_goldens_edit(folder: Path) -> None:
     arrays["float64.layer1"] = arrays["float64.layer1"] * (1 + 1e-12)
     write_goldens(folder, arrays, hashed=False)
     data = read_manifest(folder)
-    from verify.oracle import channel_floors_sha256, measure_floors
+    from verify.judge.oracle import channel_floors_sha256, measure_floors
 
     group = {g: {k[len(g) + 1:]: v for k, v in arrays.items() if k.startswith(g + ".")}
              for g in ("float32", "float64", "folded")}

@@ -20,12 +20,12 @@ from exporter.formats.eager import eager_artifact
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from tests.data import untrusted
-from verify import trust
 from verify.cli import app
 from verify.inputs import make_input
-from verify.isolation import IsolatedRunError, run_isolated, safe_loads
-from verify.oracle import NoiseFloor, measure_oracle
-from verify.precision import EPS
+from verify.judge import trust
+from verify.judge.oracle import NoiseFloor, measure_oracle
+from verify.judge.precision import EPS
+from verify.pipeline.isolation import IsolatedRunError, run_isolated, safe_loads
 
 MODELS = Path(untrusted.__file__)
 SHAPE = "1x3x32x32"

@@ -15,7 +15,7 @@ from exporter.user_model import ModuleSpec, UserModelSpec, is_user_model_text, p
 from tests.data import tiny
 from verify.api import RunSettings, resolve_source
 from verify.cli import app
-from verify.compare import Tolerance
+from verify.judge.compare import Tolerance
 
 TINY = Path(tiny.__file__)
 SHAPE = "1x3x32x32"

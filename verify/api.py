@@ -15,12 +15,12 @@ from exporter.formats.eager import eager_artifact
 from exporter.fsio import path_kind, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from exporter.user_model import UserModelSpec
-from verify.compare import PairResult, Tolerance, compare_outputs
-from verify.explain_notes import explain_pairs
 from verify.inputs import NamedInput, seeded_input
-from verify.isolation import USER_CODE_TIMEOUT, run_isolated
-from verify.oracle import NoiseFloor, Oracle, oracle_or_spread
-from verify.pipeline import model_shape, require_some_finite_run, without_float64, worst_over_inputs
+from verify.judge.compare import PairResult, Tolerance, compare_outputs
+from verify.judge.notes import explain_pairs
+from verify.judge.oracle import NoiseFloor, Oracle, oracle_or_spread
+from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
+from verify.pipeline.stages import model_shape, require_some_finite_run, without_float64, worst_over_inputs
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
 from verify.runtimes import RuntimeOptions, default_runtime, side_runtimes
@@ -47,7 +47,7 @@ def _run(runtime_name: str, artifact: Artifact, feeds: list[dict], options: Runt
          progress: Progress, report: Report, repeats: list) -> list[dict]:
     """Load once, run on every feed: per feed {"label": the runtime's label, "outputs": its outputs}; the
     determinism check of the run is appended to `repeats`."""
-    from verify.pipeline import run_stage, runtime_label
+    from verify.pipeline.stages import run_stage, runtime_label
 
     with progress.step(f"Running {runtime_label(runtime_name, options)}"):
         run = run_stage(runtime_name, artifact, feeds, options)
@@ -63,18 +63,25 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
                   isolate: bool = True) -> Report:
     """Build `spec`, export it, run every runtime on every input, judge every pair and each run
     against the float64 oracle (the worst input per pair is reported; the goldens keep the first).
-    This is one cell of `verify matrix` (verify/pipeline.py) whose exports go into an artifact folder:
+    This is one cell of `verify matrix` (verify/pipeline/stages.py) whose exports go into an artifact folder:
     the folder appears complete or not at all, and replaces a folder holding a different export only
     with `overwrite`; with `sign_key` (an elliptic-curve private key, PEM) it is signed with
     model-signing before it appears. Synthetic weights and exports come from `cache` when it holds them
     ("default": the user's cache folder, verify/cache.py; None: no cache). A user's model (`--model`) is
-    built, exported and run in a worker process (verify/isolation.py) stopped after `timeout` seconds."""
+    built, exported and run in a worker process (verify/pipeline/isolation.py) stopped after `timeout` seconds."""
     if isolate and spec.runs_user_code:
         return _isolated_export(spec, settings, out, export, runtimes, progress, overwrite, sign_key, cache, timeout)
     from verify.cache import default_cache
-    from verify.identity import export_identity, refuse_other_export
-    from verify.manifest import write_artifact_folder
-    from verify.pipeline import CellRequest, build_stage, export_for, finish_cell, isolated_torch_state, plan_cell
+    from verify.folder.identity import export_identity, refuse_other_export
+    from verify.folder.write import write_artifact_folder
+    from verify.pipeline.stages import (
+        CellRequest,
+        build_stage,
+        export_for,
+        finish_cell,
+        isolated_torch_state,
+        plan_cell,
+    )
 
     settings = settings or RunSettings()
     export = export or export_for(runtimes, settings.runtime.device)
@@ -137,7 +144,7 @@ def _isolated_export(spec: UserModelSpec, settings: RunSettings | None, out: Pat
                               cache=None if cache == "default" else cache, isolate=False)
     finally:
         remove_dead_staging(Path(out) / spec.slug)
-    from verify.trust import evidence_problems
+    from verify.judge.trust import evidence_problems
 
     # the guards once more here, from the worker's recorded numbers (the worker's own list is not the verdict)
     report.problems = list(dict.fromkeys([*report.problems, *evidence_problems(report.trust)]))
@@ -245,9 +252,9 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
 def _compare_problems(sides: list[Artifact], repeats: list, oracles: list[list[Oracle]], runs: list[list[dict]],
                       named: Sequence[NamedInput], settings: RunSettings) -> list[str]:
     """Each side deterministic and unchanged its input, and each side's floor one rounding can produce
-    (verify/trust.py); K from a model's parameters, an ONNX file's initializers or a TorchScript file's
+    (verify/judge/trust.py); K from a model's parameters, an ONNX file's initializers or a TorchScript file's
     parameters (a .pt2 side borrows the other side's)."""
-    from verify.trust import (
+    from verify.judge.trust import (
         accumulation_length,
         file_accumulation_length,
         floor_problems,

@@ -14,7 +14,7 @@ folder at a time without following a symbolic link (O_NOFOLLOW from the root dow
 outside the root), only regular files are opened (a FIFO or device is never opened for reading: it would
 block), every blob is hashed again as it is read and compared with its name, and anything that fails is a
 miss (recomputed), never an error. An entry's own checksum only detects accidents: it proves nothing about
-who wrote it. What callers take from an entry must be re-checked by them (verify/pipeline.py: only data
+who wrote it. What callers take from an entry must be re-checked by them (verify/pipeline/stages.py: only data
 files, which are run and judged again; nothing whose loading executes code).
 Every write is a temporary file in the target's own folder, fsynced, then renamed over the target.
 """

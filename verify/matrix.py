@@ -1,5 +1,5 @@
 """The matrix: backbone x norm x view cells from the registries (and the user's own models, `--model`), each
-a pipeline cell (verify/pipeline.py),
+a pipeline cell (verify/pipeline/stages.py),
 run in worker processes, cached, split into balanced shards for CI and merged back. Results are data
 (`MatrixResult`, `CellResult`); verify/render draws them as a table, JSON, JUnit, Markdown and HTML."""
 
@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError, VerifyError
 from exporter.spec import ModelSpec
-from verify.isolation import USER_CODE_TIMEOUT, IsolatedRunError, safe_loads
-from verify.pipeline import HIT, MISS, OFF, CellRequest, is_user_model
-from verify.trust import evidence_problems
+from verify.judge.trust import evidence_problems
+from verify.pipeline.isolation import USER_CODE_TIMEOUT, IsolatedRunError, safe_loads
+from verify.pipeline.stages import HIT, MISS, OFF, CellRequest, is_user_model
 
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
     from verify.api import RunSettings
     from verify.cache import Cache, CacheStats
-    from verify.compare import OutputComparison, PairResult, Tolerance
-    from verify.pipeline import CellPlan
+    from verify.judge.compare import OutputComparison, PairResult, Tolerance
+    from verify.pipeline.stages import CellPlan
 
 SCHEMA = "backbone-verify/matrix"
 SCHEMA_VERSION = 1
@@ -96,7 +96,7 @@ class MatrixRequest:
                 registry.get(name)
         for name in runtimes or ():
             RUNTIMES.get(name)
-        from verify.pipeline import export_for
+        from verify.pipeline.stages import export_for
 
         settings = settings or RunSettings()
         return cls(*chosen, settings, export or export_for(runtimes, settings.runtime.device),
@@ -124,7 +124,7 @@ class MatrixRequest:
 def cell_id(request: CellRequest) -> str:
     """Stable across runs and machines: the spec's slug and a hash of everything the cell is asked to do."""
     from verify.cache import digest
-    from verify.pipeline import request_dict
+    from verify.pipeline.stages import request_dict
 
     return f"{request.spec.slug}-{digest(request_dict(request))[:10]}"
 
@@ -293,7 +293,7 @@ class CellResult:
 
 def pair_from_dict(data: dict[str, Any]) -> PairResult:
     """A pair as written to JSON, back to the comparator's result (so `worst` is decided one way)."""
-    from verify.compare import OutputComparison, PairResult
+    from verify.judge.compare import OutputComparison, PairResult
 
     fields = set(OutputComparison.__dataclass_fields__)
     outputs = [OutputComparison(**{k: v for k, v in o.items() if k in fields}) for o in data.get("outputs", [])]
@@ -311,7 +311,7 @@ def pair_name(pair: PairResult | Mapping[str, Any]) -> str:
 # `passed` fields are overwritten, so the table, JSON, JUnit, Markdown and HTML all show what was derived.
 def tolerance_from(data: Any) -> Tolerance:
     """The tolerance recorded in a report's settings (`run.tolerance`)."""
-    from verify.compare import Tolerance
+    from verify.judge.compare import Tolerance
 
     if not isinstance(data, Mapping):
         raise MatrixFailure("The report records no tolerance (settings.run.tolerance); rerun the matrix")
@@ -434,8 +434,8 @@ INT_FIELDS = ("mismatched", "nonfinite", "total")
 def _comparison(output: Mapping[str, Any], passed: bool) -> OutputComparison:
     """A stored output as the comparator's result, every field of its type (anything else dropped), with
     `passed` as judged here: what every renderer reads, so none of them sees a stored verdict."""
-    from verify.compare import OutputComparison
-    from verify.precision import EPS
+    from verify.judge.compare import OutputComparison
+    from verify.judge.precision import EPS
 
     def number(key: str) -> float | None:
         value = output.get(key)
@@ -461,7 +461,7 @@ def _comparison(output: Mapping[str, Any], passed: bool) -> OutputComparison:
 def judge_pair(pair: Mapping[str, Any], tolerance: Tolerance) -> tuple[dict[str, Any], list[str]]:
     """The pair rebuilt from its numbers with `passed` (its own and each output's) derived under
     `tolerance`, and why it fails."""
-    from verify.compare import PairResult
+    from verify.judge.compare import PairResult
 
     stored = pair.get("outputs")
     outputs, reasons = [], []
@@ -528,7 +528,7 @@ class MatrixResult:
 
     @property
     def factor(self) -> float:
-        from verify.compare import AUTO_FACTOR
+        from verify.judge.compare import AUTO_FACTOR
 
         return float(self.settings.get("run", {}).get("tolerance", {}).get("factor") or AUTO_FACTOR)
 
@@ -650,7 +650,7 @@ class MatrixPlan:
 
 def plan_matrix(request: MatrixRequest, shard: tuple[int, int] | None = None) -> MatrixPlan:
     """Every cell checked (names, options, runtimes against formats, the input) before any work."""
-    from verify.pipeline import plan_cell
+    from verify.pipeline.stages import plan_cell
 
     cells = request.cells()
     if cells:
@@ -686,7 +686,7 @@ def _peak_rss_mib() -> float:
 
 
 def _result_key(job: CellJob, cache: Cache | None) -> tuple[CellPlan, str | None]:
-    from verify.pipeline import plan_cell, request_content
+    from verify.pipeline.stages import plan_cell, request_content
 
     plan = plan_cell(job.request)
     content = request_content(job.request, plan) if cache is not None else None
@@ -777,7 +777,7 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
 def _run_and_store(job: CellJob, cache: Cache | None, start: float) -> CellResult:
     """Run the cell's stages, judge the pairs again from the numbers they wrote, and store the result."""
 
-    from verify.pipeline import run_cell
+    from verify.pipeline.stages import run_cell
 
     plan, key = _result_key(job, cache)
     with tempfile.TemporaryDirectory(prefix=f"{CELL_FOLDER_PREFIX}{os.getpid()}-") as folder:

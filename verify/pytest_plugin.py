@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from verify.compare import Tolerance
+    from verify.judge.compare import Tolerance
     from verify.report import Report
 
 PLUGIN_HOW = "pass another out= or name= to keep both, or delete that folder"
-"""The plugin's words for the CLI's `--out elsewhere ... --overwrite` advice (verify.identity.HOW)."""
+"""The plugin's words for the CLI's `--out elsewhere ... --overwrite` advice (verify.folder.identity.HOW)."""
 TABLE_WIDTH = 120
 """Columns of the table in the assertion message (wide enough that pair labels do not wrap)."""
 
@@ -39,7 +39,7 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     float NCHW tensor, used as the input), judge every pair and each run against the float64 oracle, and
     raise AssertionError with the table and notes if any pair disagrees. Returns the Report.
 
-    `tolerance`: `verify.compare.Tolerance()` (auto, the default) or e.g. `Tolerance.from_options(rtol=1e-5,
+    `tolerance`: `verify.judge.compare.Tolerance()` (auto, the default) or e.g. `Tolerance.from_options(rtol=1e-5,
     atol=1e-6)`; a model that cannot run in float64 needs an explicit one. `trace`: TorchScript by tracing.
     Artifacts go to `out/<name>/` (the manifest and goldens with them), the report to `out/<name>-report.json`.
     The module is copied first: the caller's object is left as it was."""
@@ -55,7 +55,7 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     from exporter.formats.torchscript import TorchScriptOptions
     from exporter.user_model import ModuleSpec
     from verify.api import RunSettings, verify_export
-    from verify.compare import Tolerance
+    from verify.judge.compare import Tolerance
     from verify.report import write_json_report
     from verify.runtimes import RuntimeOptions
 
@@ -89,7 +89,7 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
 def failure_line(spec: Any, exc: BaseException) -> str:
     """What failed before any verdict, in one line, with what to do."""
     from exporter.errors import ExportError, SetupError, UsageError
-    from verify.identity import HOW
+    from verify.folder.identity import HOW
 
     message = " ".join(str(exc).split()) or type(exc).__name__
     for cli, plugin in {HOW: PLUGIN_HOW, "pass --trace": "pass trace=True"}.items():

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verify.compare import OutputComparison, PairResult
-from verify.oracle import NoiseFloor
-from verify.precision import describe as describe_precision
+from verify.judge.compare import OutputComparison, PairResult
+from verify.judge.oracle import NoiseFloor
+from verify.judge.precision import describe as describe_precision
 
 SCHEMA_VERSION = 1
 
@@ -50,10 +50,10 @@ class Report:
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=versions)
     trust: dict[str, Any] = field(default_factory=dict)
-    """The numbers the guards decided on (verify/trust.py `evidence`): a stored result is re-judged from them."""
+    """The numbers the guards decided on (verify/judge/trust.py `evidence`): a stored result is re-judged from them."""
     problems: list[str] = field(default_factory=list)
     """Why the runs could not be judged at all (not deterministic, a floor rounding cannot explain): any
-    problem fails the report whatever its pairs say (verify/trust.py)."""
+    problem fails the report whatever its pairs say (verify/judge/trust.py)."""
 
     @property
     def passed(self) -> bool:

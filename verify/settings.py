@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.errors import UsageError
-from verify.compare import Tolerance
 from verify.inputs import NamedInput, load_inputs
+from verify.judge.compare import Tolerance
 from verify.runtimes import RuntimeOptions
 
 

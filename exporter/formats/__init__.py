@@ -88,7 +88,7 @@ class Format:
         raise UsageError(f"{self.name} is not a format that can be exported")
 
     def weight_shapes(self, path: Path) -> list[tuple[int, ...]] | None:
-        """The shapes of the file's weights (verify/trust.py's rounding bound counts their fan-in); None when
+        """The shapes of the file's weights (verify/judge/trust.py's rounding bound counts their fan-in); None when
         they cannot be listed without running the file."""
         return None
 

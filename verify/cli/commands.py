@@ -1,6 +1,6 @@
 """The top-level commands (export, compare, explain, artifact, preflight, list): each parses, calls the library,
 renders. Registered on the app in verify/cli/app.py. Every option is checked while typer parses
-(verify/options.py), so nothing is built before the arguments are known good."""
+(verify/cli/options.py), so nothing is built before the arguments are known good."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from rich.markup import escape
 
 from exporter.backbones import list_backbones
 from exporter.errors import UsageError
-from verify import options as opt
+from verify.cli import options as opt
 from verify.cli.base import err_console, handle_errors, out_console
 from verify.cli.groups import EXPORT, FEED, REPORTS, RUN, RUNTIME_PLUGINS, ReportPaths, with_option_groups
 from verify.render.console import progress_for
 
 
 def user_timeout(timeout: float | None) -> float:
-    from verify.isolation import USER_CODE_TIMEOUT
+    from verify.pipeline.isolation import USER_CODE_TIMEOUT
 
     return USER_CODE_TIMEOUT if timeout is None else timeout
 
@@ -149,9 +149,9 @@ def explain(
     """Say whether two models compute the same function, and where and why they part if not."""
     from dataclasses import replace
 
-    from verify.detector_explain import is_detector_spec
-    from verify.explain import SEED_QUESTION, render_explanation
-    from verify.explain import explain as run_explain
+    from verify.detect.explain import is_detector_spec
+    from verify.explain.equivalence import SEED_QUESTION, render_explanation
+    from verify.explain.equivalence import explain as run_explain
     from verify.report import write_json_report
 
     if (a is None) != (b is None):
@@ -170,7 +170,7 @@ def explain(
     render_explanation(result, out_console)
     data, code = result.to_dict(), result.exit_code
     if isolate:
-        from verify.isolate import isolate_report, render_isolation
+        from verify.explain.isolate import isolate_report, render_isolation
 
         isolation = isolate_report(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout))
         render_isolation(isolation, out_console)
@@ -182,7 +182,7 @@ def explain(
 
 
 def _finish_checks(report: Any, reports: ReportPaths) -> None:
-    from verify.checks import render_checks, write_outputs
+    from verify.folder.checks import render_checks, write_outputs
 
     render_checks(report, out_console)
     for path in write_outputs(report, reports.json, reports.junit, reports.markdown):
@@ -201,8 +201,8 @@ def artifact(
     plugins: Any = RUNTIME_PLUGINS,
 ) -> None:
     """Check export folders: integrity, then each artifact against its goldens (CI validation)."""
+    from verify.folder.validate import validate
     from verify.runtimes import RuntimeOptions
-    from verify.validate import validate
 
     _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=verify_key,
                             trust_unsigned_code=trust_unsigned_code), reports)
@@ -225,8 +225,8 @@ def preflight(
     plugins: Any = RUNTIME_PLUGINS,
 ) -> None:
     """Deployment check: loads on the provider asked for, matches its goldens, latency; GO or NO-GO."""
-    from verify.preflight import PreflightOptions
-    from verify.preflight import preflight as run_preflight
+    from verify.folder.preflight import PreflightOptions
+    from verify.folder.preflight import preflight as run_preflight
 
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins)

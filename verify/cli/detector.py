@@ -1,5 +1,5 @@
 """`verify export -b <detector>`: the whole detector exported to TorchScript and ONNX, judged before NMS
-(dense head tensors) and after NMS (detections matched by IoU) by verify/detector_check.py, rendered to the
+(dense head tensors) and after NMS (detections matched by IoU) by verify/detect/check.py, rendered to the
 terminal, --json, --junit, --markdown and --html (verify/render/detections.py). The export command parses;
 `export_detector` takes the parsed values; any option outside SUPPORTED_OPTIONS is refused by the command."""
 
@@ -15,7 +15,7 @@ from exporter.errors import UsageError
 from verify.cli.base import err_console, out_console
 
 if TYPE_CHECKING:
-    from verify.detector_check import DetectorReport
+    from verify.detect.check import DetectorReport
 
 SUPPORTED_OPTIONS = ("--norm", "--weights", "--seed", "--shape", "--input", "--format", "--out", "--overwrite",
                      "--factor", "--json", "--junit", "--markdown", "--html")
@@ -43,7 +43,7 @@ def resolve_norm(name: str, norm: str) -> str:
 
 
 def _formats(formats: list[str] | None) -> tuple[str, ...]:
-    from verify.detector_check import DEFAULT_FORMATS
+    from verify.detect.check import DEFAULT_FORMATS
 
     chosen = tuple(formats) if formats else DEFAULT_FORMATS
     unknown = [f for f in chosen if f not in DEFAULT_FORMATS]
@@ -54,7 +54,7 @@ def _formats(formats: list[str] | None) -> tuple[str, ...]:
 
 
 def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None]) -> None:
-    from verify import options as opt
+    from verify.cli import options as opt
 
     if folder.exists() and not overwrite:
         raise UsageError(f"{folder} already exists; pass --overwrite to replace it, or another --out")
@@ -77,7 +77,7 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
 
     from exporter.fsio import staged_folder
     from exporter.spec import parse_shape
-    from verify.detector_check import verify_detector
+    from verify.detect.check import verify_detector
     from verify.inputs import load_inputs
     from verify.render.console import print_line
     from verify.render.text import markup
@@ -132,8 +132,8 @@ def explain_detector(a: str, b: str, weights: str, seed: int, shape: str | None,
                      json_path: Path | None = None) -> None:
     """`verify explain A B` where A or B names a detector: both must be detectors (name:norm)."""
     from exporter.spec import parse_shape
-    from verify.detector_explain import explain_detectors, is_detector_spec
-    from verify.explain import render_explanation
+    from verify.detect.explain import explain_detectors, is_detector_spec
+    from verify.explain.equivalence import render_explanation
     from verify.report import write_json_report
 
     other = next((spec for spec in (a, b) if not is_detector_spec(spec)), None)

@@ -1,6 +1,6 @@
 """Option groups: options several commands share, each defined once. A command names a group as a parameter's
 default (`settings: Any = RUN`); typer sees that parameter replaced by the group's options (the parameters of its
-parts in verify/options.py, plus the options every registered runtime or format declares, read when the app is
+parts in verify/cli/options.py, plus the options every registered runtime or format declares, read when the app is
 built), and the command gets them back packed into the library's object (RunSettings, FormatChoice, ReportPaths)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.formats import registered_formats
-from verify import options as opt
+from verify.cli import options as opt
 from verify.runtimes import registered_runtimes
 
 GIVEN_PARAMETER = "given_options"

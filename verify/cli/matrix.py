@@ -10,10 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from verify import options as opt
+from verify.cli import options as opt
 from verify.cli.base import err_console, handle_errors, out_console
 from verify.cli.groups import EXPORT, RUN, with_option_groups
-from verify.isolation import USER_CODE_TIMEOUT
+from verify.pipeline.isolation import USER_CODE_TIMEOUT
 
 matrix_app = typer.Typer(
     name="matrix", add_completion=False, pretty_exceptions_enable=False,

@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 
 from exporter.errors import UsageError
-from verify import options as opt
+from verify.cli import options as opt
 from verify.cli.base import err_console, handle_errors, out_console
-from verify.isolation import USER_CODE_TIMEOUT
+from verify.pipeline.isolation import USER_CODE_TIMEOUT
 from verify.render.console import progress_for
 
 PieceOut = Annotated[Path | None, typer.Option(
@@ -39,8 +39,8 @@ def reduce(
     timeout: opt.Timeout = None,
 ) -> None:
     """Write the layer whose own computation differs most as a standalone .onnx + .npz, and check it alone."""
-    from verify.isolate import render_isolation
-    from verify.reduce import check_piece, reduce_pair
+    from verify.explain.isolate import render_isolation
+    from verify.explain.reduce import check_piece, reduce_pair
 
     if check is not None:
         if a is not None or b is not None or out is not None:

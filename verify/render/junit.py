@@ -1,7 +1,7 @@
 """JUnit XML (the Jenkins/GitLab schema), one writer for every report: a report becomes suites of cases
 (`Suite`, `Case`), and `junit_document` writes them, every attribute and text made legal XML
 (verify/render/text.py). The matrix: one testsuite per cell, one testcase per cell x pair, named by the
-pair and the outputs it compared; `verify artifact`/`preflight`: verify/checks.py `check_suites`."""
+pair and the outputs it compared; `verify artifact`/`preflight`: verify/folder/checks.py `check_suites`."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from verify.render.markdown import Code, MarkdownPage, markdown_page, write_mark
 from verify.render.tiles import format_ratio
 
 if TYPE_CHECKING:
-    from verify.compare import PairResult
+    from verify.judge.compare import PairResult
     from verify.report import Report
 
 

@@ -32,7 +32,7 @@ class RuntimeOptions:
     tf32: bool | None = None
     """None keeps the framework's own default (PyTorch: cuDNN TF32 on; ORT CUDA: use_tf32=1)."""
     precision: str = "fp32"
-    """fp32 | tf32 (CUDA) | bf16 | fp16: what the run computes in (verify/precision.py); a runtime that
+    """fp32 | tf32 (CUDA) | bf16 | fp16: what the run computes in (verify/judge/precision.py); a runtime that
     cannot honour it refuses, and the floor is measured at it."""
     plugins: Mapping[str, PluginOptions] | tuple[tuple[str, PluginOptions], ...] = ()
     """Runtime name -> that runtime's Options; a runtime not named runs with its defaults. Kept as sorted
@@ -81,7 +81,7 @@ class Runtime:
     """Its own options (a frozen dataclass of `exporter.plugin_options.option` fields): the CLI gives each a
     flag on every command that runs runtimes; the runtime reads them with `self.options.of(self)`."""
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "tf32", "bf16", "fp16")
-    """The precisions this runtime can honour (verify/precision.py): asking another is refused."""
+    """The precisions this runtime can honour (verify/judge/precision.py): asking another is refused."""
     supports_float64: ClassVar[bool] = False
     """Can run the artifact in float64 (and so serve as the oracle)."""
 

@@ -33,7 +33,7 @@ class OnnxRuntime(Runtime):
                                 help="ONNX Runtime graph optimisation level")
 
     def __init__(self, options: RuntimeOptions | None = None) -> None:
-        from verify.precision import check_precision
+        from verify.judge.precision import check_precision
 
         super().__init__(options)
         check_precision(self.options.precision, self.options.device, self.options.tf32)

@@ -73,7 +73,7 @@ class TorchRuntime(Runtime):
     """Base of the runtimes that hold a torch module: subclasses set `self.module` in `_load`.
 
     Each run sets its precision (TF32 flags, autocast) and restores every global torch setting after
-    it (`verify.precision.precision_scope`); at bf16/fp16 it also confirms, op by op, that the
+    it (`verify.judge.precision.precision_scope`); at bf16/fp16 it also confirms, op by op, that the
     convolutions and matmuls really ran in that dtype, and fails if not."""
 
     supports_float64 = True
@@ -82,7 +82,7 @@ class TorchRuntime(Runtime):
     kernels (AOTInductor) sets False and must confirm its precision itself."""
 
     def __init__(self, options: RuntimeOptions | None = None) -> None:
-        from verify.precision import check_precision
+        from verify.judge.precision import check_precision
 
         super().__init__(options)
         check_precision(self.options.precision, self.options.device, self.options.tf32)
@@ -109,7 +109,7 @@ class TorchRuntime(Runtime):
     def _run(self, array: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
-        from verify.precision import AUTOCAST_DTYPES, PrecisionProbe, precision_scope
+        from verify.judge.precision import AUTOCAST_DTYPES, PrecisionProbe, precision_scope
 
         precision = self.options.precision
         x = torch.from_numpy(array).to(device=self.device, dtype=self.dtype)

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from verify.compare import AUTO_FACTOR
-from verify.oracle import FLOAT32_EPS
+from verify.judge.compare import AUTO_FACTOR
+from verify.judge.oracle import FLOAT32_EPS
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,6 +1,6 @@
 """Find the first module, in execution order, whose output differs beyond rounding, for any pair.
 
-Each side is read by the tracer that can read it (verify/module_values.py). The judgement then
+Each side is read by the tracer that can read it (verify/explain/tracers.py). The judgement then
 follows from what the two traces are:
 - both exact (torch programs run in float64: eager, TorchScript, ExportedProgram): the first
   module value whose float64 difference exceeds EQUIVALENCE_RTOL relative;
@@ -10,7 +10,7 @@ follows from what the two traces are:
 - both float32 (ONNX against ONNX): the two values against `factor` x the larger per-module floor
   of the two, each measured as the spread between the runtime's alternative settings (ONNX
   Runtime's optimisation levels) at that module. That is the estimator the output-level verdict of
-  an ONNX file already uses (verify.oracle.oracle_or_spread), so a module and the outputs are
+  an ONNX file already uses (verify.judge.oracle.oracle_or_spread), so a module and the outputs are
   judged on one scale; a scaled output difference would not do, since rounding does not grow
   linearly through the network.
 Without a tracer for a side, or without module values the two sides share, the result says why.
@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from verify.module_values import Side, Trace, canonical_name, to_numpy, tracer_for
-from verify.structure import fold_partner
+from verify.explain.structure import fold_partner
+from verify.explain.tracers import Side, Trace, canonical_name, to_numpy, tracer_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,7 +59,7 @@ def localise(a: Side, b: Side, x: np.ndarray, factor: float) -> Localisation:
     tracers = [tracer_for(a), tracer_for(b)]
     missing = [side for side, tracer in zip((a, b), tracers) if tracer is None]
     if missing:
-        from verify.module_values import TRACERS
+        from verify.explain.tracers import TRACERS
 
         readers = "; ".join(TRACERS.get(name).reads for name in TRACERS)
         what = " and ".join(f"a {side.kind} artifact ({side.artifact.label})" for side in missing)

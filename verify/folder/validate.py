@@ -42,8 +42,8 @@ from exporter.manifest import (
     load_manifest,
     read_goldens,
 )
-from verify.checks import Check, CheckReport
-from verify.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
+from verify.folder.checks import Check, CheckReport
+from verify.judge.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
 if TYPE_CHECKING:
@@ -331,7 +331,7 @@ def _goldens(art: ArtifactFolder) -> str:
 
 def _floors(art: ArtifactFolder) -> str:
     """The floors the verdicts use, measured from the goldens; the manifest's must be the same numbers."""
-    from verify.oracle import measure_floors
+    from verify.judge.oracle import measure_floors
 
     if art.goldens is None:
         raise ArtifactError(f"not derived: {GOLDENS_NAME} failed its checks")
@@ -347,7 +347,7 @@ def _floors(art: ArtifactFolder) -> str:
             raise ArtifactError(f"noise_floor[{output!r}] is {recorded:.4g} in the manifest, but its goldens give "
                                 f"{measured if measured is None else format(measured, '.4g')} (float32 vs float64); "
                                 "a floor is re-derived, never taken on trust")
-    from verify.oracle import channel_floors_sha256
+    from verify.judge.oracle import channel_floors_sha256
 
     if art.manifest.channel_floors_sha256 is None:
         raise ArtifactError("the manifest records no channel_floors_sha256; re-export the folder")
@@ -488,7 +488,7 @@ def _second_shape(art: ArtifactFolder, runtime, shape: tuple[int, ...]) -> str:
     can run in float64, when the folder has one (floors measured there, auto tolerance); else check
     that the output shapes follow."""
     from verify.inputs import make_input
-    from verify.oracle import noise_floors
+    from verify.judge.oracle import noise_floors
 
     x = {art.manifest.input.name: make_input(shape, 1)}
     outputs = runtime.run(x)

@@ -4,7 +4,7 @@ Every layer of the candidate (each module of an eager model or ExportedProgram, 
 mapped to its module through the exporter's scope records) is re-run on the REFERENCE's own float64
 values for its inputs, cast to float32. Its output is judged against the reference's float64 output
 of that module, on that layer's own floor: the reference layer run in float32 on the same inputs
-(per channel, verify.oracle.measure_floor). A layer whose error stays within `factor` x its floor
+(per channel, verify.judge.oracle.measure_floor). A layer whose error stays within `factor` x its floor
 is not named; the others are ranked by that ratio.
 """
 
@@ -16,11 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
 from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
-from verify.compare import AUTO_FACTOR
-from verify.explain import load_sides
-from verify.inputs import seeded_input
-from verify.isolation import USER_CODE_TIMEOUT, run_isolated
-from verify.module_values import (
+from verify.explain.equivalence import load_sides
+from verify.explain.structure import canonical_modules, fold_partner
+from verify.explain.tracers import (
     FxTracer,
     HookTracer,
     OnnxTracer,
@@ -32,9 +30,11 @@ from verify.module_values import (
     onnx_scopes,
     tracer_for,
 )
-from verify.oracle import folded_float32, measure_floor
+from verify.inputs import seeded_input
+from verify.judge.compare import AUTO_FACTOR
+from verify.judge.oracle import folded_float32, measure_floor
+from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
-from verify.structure import canonical_modules, fold_partner
 
 if TYPE_CHECKING:
     import numpy as np
@@ -160,7 +160,7 @@ def own_floor(ref: Reference, unit: Unit) -> Any:
 def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
     """The chain in float32 as torch runs it; with a conv's input channels summed in reverse order (another
     runtime's kernels sum in another order); with a conv's norm folded into it (as exporters and runtimes
-    fold them, verify.oracle.folded_float32). A faithful layer computed in any of these ways is no bug."""
+    fold them, verify.judge.oracle.folded_float32). A faithful layer computed in any of these ways is no bug."""
     import copy
 
     import torch
@@ -476,7 +476,7 @@ def load_pair(a: str, b: str, settings: RunSettings, progress: Progress) -> tupl
 def isolate_report(a: str, b: str, settings: RunSettings | None = None, progress: Progress | None = None,
                    timeout: float | None = USER_CODE_TIMEOUT, isolate: bool = True) -> Isolation:
     """`verify explain A B --isolate`: the layers whose own computation differs, ranked by their own ratio.
-    A side that is the user's own code runs the whole report in a worker (verify.isolation)."""
+    A side that is the user's own code runs the whole report in a worker (verify.pipeline.isolation)."""
     settings, progress = settings or RunSettings(), progress or NullProgress()
     user = user_code(a, b)
     if isolate and user:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from verify.precision import EPS, describe
+from verify.judge.precision import EPS, describe
 
 if TYPE_CHECKING:
     import numpy as np

@@ -25,12 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from verify.precision import EPS
+from verify.judge.precision import EPS
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from verify.oracle import NoiseFloor
+    from verify.judge.oracle import NoiseFloor
 
 ROUNDING_BOUND_MARGIN = 2.0
 """Slack over the worst-case K·u bound (correct float32 runs measure 1e-4..1e-3 of it: README, Floor bound)."""
@@ -200,7 +200,7 @@ def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: st
 
 def evidence_problems(data: Any) -> list[str]:
     """The problems `evidence` supports; evidence that is missing or malformed is itself a problem."""
-    from verify.oracle import NoiseFloor
+    from verify.judge.oracle import NoiseFloor
 
     try:
         checks = [RepeatCheck(str(r["label"]), {str(n): float(d) for n, d in r["differences"].items()},

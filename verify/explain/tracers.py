@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from exporter.registry import Registry
-from verify.structure import canonical_modules, fold_partner, type_name
+from verify.explain.structure import canonical_modules, fold_partner, type_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,7 +72,7 @@ class Trace:
 
     def floor(self, name: str, call: int) -> float | None:
         """This side's float32 noise floor for one module value, where it measured one."""
-        from verify.oracle import noise_floors
+        from verify.judge.oracle import noise_floors
 
         if (name, call) in self.float32:
             return noise_floors({"v": to_numpy(self.float32[(name, call)])},
@@ -126,7 +126,7 @@ def module_calls(ops: Iterable[tuple[Any, Scopes | None]]) -> list[tuple[str, in
 
 
 def canonical_name(path: str, prefix: str) -> str:
-    """As verify.structure.canonical_modules names modules: the view's prefix stripped."""
+    """As verify.explain.structure.canonical_modules names modules: the view's prefix stripped."""
     return path.removeprefix(prefix) if prefix and path.startswith(prefix) else path
 
 
@@ -399,7 +399,7 @@ class OnnxTracer(Tracer):
     def trace(self, side: Side, x: np.ndarray, floors: bool = False) -> Trace:
         import onnx
 
-        from verify.oracle import spread_floor
+        from verify.judge.oracle import spread_floor
 
         model = onnx.load(str(side.artifact.path))
         values, fused = onnx_module_values(model, side.prefix)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from verify.precision import describe
+from verify.judge.precision import describe
 
 if TYPE_CHECKING:
-    from verify.compare import PairResult
+    from verify.judge.compare import PairResult
     from verify.report import Report
 
 REDUCED_PRECISION_RATIOS = {"tf32": (300.0, 6000.0), "fp16": (300.0, 8000.0), "bf16": (3000.0, 80000.0)}

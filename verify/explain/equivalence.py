@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 from exporter.artifacts import Artifact
 from exporter.errors import UsageError
 from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
+from verify.explain.localize import EQUIVALENCE_RTOL, localise
+from verify.explain.structure import StructuralDifference, canonical_modules, structural_diff, train_mode_modules
+from verify.explain.tracers import Side, tracer_for
 from verify.inputs import seeded_input
-from verify.isolation import USER_CODE_TIMEOUT, run_isolated
-from verify.localize import EQUIVALENCE_RTOL, localise
-from verify.module_values import Side, tracer_for
+from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
-from verify.structure import StructuralDifference, canonical_modules, structural_diff, train_mode_modules
 
 if TYPE_CHECKING:
     import numpy as np
@@ -134,7 +134,7 @@ def load_side(artifact: Artifact) -> Side:
 def _line_up(sides: list[Side]) -> None:
     """A saved file does not say where the backbone sits in its view (`body.` in the FPN backbone):
     give a file side the prefix that lines its modules up with the other side's canonical names."""
-    from verify.module_values import canonical_name
+    from verify.explain.tracers import canonical_name
 
     for side, other in ((sides[0], sides[1]), (sides[1], sides[0])):
         if side.fp32 is None or side.artifact.built is not None or other.fp32 is None:
@@ -163,7 +163,7 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     import numpy as np
     import torch
 
-    from verify.oracle import noise_floors, oracle_or_spread
+    from verify.judge.oracle import noise_floors, oracle_or_spread
     from verify.runtimes import default_runtime, make_runtime
     from verify.runtimes.torch_common import call_module, to_numpy_outputs
 

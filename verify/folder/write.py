@@ -12,8 +12,8 @@ from exporter.manifest import build_manifest, write_goldens, write_manifest
 if TYPE_CHECKING:
     from exporter.artifacts import Artifact
     from exporter.backbones import BuiltModel
-    from verify.compare import PairResult
-    from verify.oracle import Oracle
+    from verify.judge.compare import PairResult
+    from verify.judge.oracle import Oracle
     from verify.report import Report
 
 
@@ -22,7 +22,7 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
                           sign_key: Path | None = None) -> None:
     """Goldens first, manifest next, signature last: a folder without its manifest (or, when signed, its
     signature) never validates."""
-    from verify.oracle import channel_floors_sha256, folded_samples, measure_floors
+    from verify.judge.oracle import channel_floors_sha256, folded_samples, measure_floors
 
     (input_name, array), = inputs.items()
     eager = next((a for a in artifacts.values() if a.built is not None), None)

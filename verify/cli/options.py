@@ -21,12 +21,12 @@ from exporter.norms import NORMS
 from exporter.plugin_options import OptionSpec, PluginOptions, option_fields, option_kind
 from exporter.spec import parse_shape
 from verify import bounds
-from verify.compare import AUTO_FACTOR
+from verify.judge.compare import AUTO_FACTOR
 from verify.runtimes import RUNTIMES, RuntimeOptions, runtime_class
 
 
 class Precision(str, Enum):
-    """What every run computes in and what the verdict is judged at (verify/precision.py PRECISIONS)."""
+    """What every run computes in and what the verdict is judged at (verify/judge/precision.py PRECISIONS)."""
 
     fp32 = "fp32"
     tf32 = "tf32"
@@ -123,7 +123,7 @@ def _source_kind(value: str) -> Any:
     """A model spec, a whole detector (name:norm, for explain) or an artifact file, told apart and checked
     without loading or building anything."""
     from verify.api import source_kind
-    from verify.detector_explain import is_detector_spec
+    from verify.detect.explain import is_detector_spec
 
     return None if is_detector_spec(value) else source_kind(value)
 
@@ -333,7 +333,7 @@ def runtime_part(device: DeviceOption = Device.cpu, tf32: Tf32 = None, precision
 def tolerance_part(decimal: Decimal = None, rtol: Rtol = None, atol: Atol = None,
                    factor: Factor = None) -> dict[str, Any]:
     """How the verdict is judged."""
-    from verify.compare import Tolerance
+    from verify.judge.compare import Tolerance
 
     return {"tolerance": Tolerance.from_options(decimal, rtol, atol, factor)}
 
@@ -454,7 +454,7 @@ def format_part(fmt: Formats = None, static: Static = False, **values: Any) -> d
 
 
 def _timeout_help() -> str:
-    from verify.isolation import USER_CODE_TIMEOUT
+    from verify.pipeline.isolation import USER_CODE_TIMEOUT
 
     return (f"Seconds your own model's code (--model, file.py:factory) may run before its worker process is stopped "
             f"(no verdict, exit 2); finite > 0 [default: {USER_CODE_TIMEOUT:g}]")

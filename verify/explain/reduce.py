@@ -1,6 +1,6 @@
 """`verify reduce`: the smallest failing piece of an ONNX file, to file upstream.
 
-The layer the isolated error ranks first (verify/isolate.py) is written as a standalone .onnx file
+The layer the isolated error ranks first (verify/explain/isolate.py) is written as a standalone .onnx file
 (its nodes and the initializers they read) with an .npz beside it: its inputs as the reference
 computed them (float32), the reference's float64 output, that layer's own float32 floor (per
 channel where the output has channels) and the factor. `check_piece` reruns the piece alone
@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
 from verify.api import RunSettings
-from verify.compare import AUTO_FACTOR
-from verify.isolate import (
+from verify.explain.isolate import (
     Isolation,
     LayerError,
     isolate_sides,
@@ -26,7 +25,8 @@ from verify.isolate import (
     unit_feeds,
     user_code,
 )
-from verify.isolation import USER_CODE_TIMEOUT, run_isolated
+from verify.judge.compare import AUTO_FACTOR
+from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
 
 if TYPE_CHECKING:

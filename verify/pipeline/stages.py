@@ -26,13 +26,13 @@ if TYPE_CHECKING:
     from exporter.formats import ExportContext
     from exporter.user_model import UserModelSpec
     from verify.cache import Cache
-    from verify.compare import PairResult, Tolerance
     from verify.inputs import NamedInput
-    from verify.oracle import Oracle
+    from verify.judge.compare import PairResult, Tolerance
+    from verify.judge.oracle import Oracle
+    from verify.judge.trust import RepeatCheck
     from verify.report import Report
     from verify.runtimes import RuntimeOptions
     from verify.settings import RunSettings
-    from verify.trust import RepeatCheck
 
 HIT, MISS, OFF = "hit", "miss", "off"
 """How a stage's result was obtained: from the cache, computed and stored, or computed with no cache."""
@@ -104,7 +104,7 @@ class RunResult:
     """One set of outputs per input, in the cell's input order."""
     seconds: float
     repeat: RepeatCheck | None = None
-    """The first input run a second time, and any input the runs changed in place (verify/trust.py)."""
+    """The first input run a second time, and any input the runs changed in place (verify/judge/trust.py)."""
 
     def on(self, index: int) -> dict[str, Any]:
         """This run on input `index`, as the judging functions take it: {"label", "outputs"}."""
@@ -240,7 +240,7 @@ def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None
 def without_float64(built: Any, settings: RunSettings) -> Oracle | None:
     """For a model that cannot run in float64: no oracle, the note why, and an explicit tolerance required
     (a floor estimated from the runs being judged would judge them against themselves)."""
-    from verify.oracle import Oracle
+    from verify.judge.oracle import Oracle
 
     note = getattr(built, "float64_note", None)
     if not note:
@@ -345,9 +345,9 @@ def runtime_label(name: str, options: RuntimeOptions) -> str:
 def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
               options: RuntimeOptions) -> RunResult:
     """Load `artifact` in `runtime` once and run it on every feed, each on a private copy of its input; the
-    first feed runs twice (the determinism guard, verify/trust.py), and every input is checked unchanged."""
+    first feed runs twice (the determinism guard, verify/judge/trust.py), and every input is checked unchanged."""
+    from verify.judge.trust import RepeatCheck, output_differences, run_guarded
     from verify.runtimes import make_runtime
-    from verify.trust import RepeatCheck, output_differences, run_guarded
 
     instance = make_runtime(runtime, options)
     start = time.perf_counter()
@@ -369,9 +369,9 @@ def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunR
     """On input `index`: the float64 outputs and the float32 noise floor per output, measured on the CPU
     whatever device the runs used (the floor is the CPU's float32 rounding of this model on this input);
     `no_float64`, the model's note, stands in for a model that cannot run in float64."""
-    from verify.oracle import measure_oracle
+    from verify.judge.oracle import measure_oracle
+    from verify.judge.trust import copy_feed
     from verify.runtimes import default_runtime, make_runtime
-    from verify.trust import copy_feed
 
     inputs = copy_feed(inputs)  # a model that writes into its input spoils only this copy
     runner = default_runtime(eager.format)
@@ -390,7 +390,7 @@ def judge_stage(runs: list[RunResult], oracle: Oracle | None, tolerance: Toleran
                 index: int = 0) -> list[PairResult]:
     """On input `index`: every pair of runs, then each run against the float64 oracle (None: none made,
     the pairs are judged by the explicit tolerance alone)."""
-    from verify.compare import compare_outputs
+    from verify.judge.compare import compare_outputs
 
     floors = oracle.noise if oracle is not None else {}
     pairs = []
@@ -477,7 +477,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     import torch
 
     from exporter.formats import ExportContext, get_format
-    from verify.explain_notes import explain_pairs
+    from verify.judge.notes import explain_pairs
     from verify.report import Report, RunRecord
     from verify.settings import input_dict, settings_dict
 
@@ -522,10 +522,10 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
 
 def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: BuildResult,
                    settings: RunSettings) -> tuple[list[str], dict[str, Any]]:
-    """Why nothing can be judged (verify/trust.py): a runtime that is not deterministic or changes its input,
+    """Why nothing can be judged (verify/judge/trust.py): a runtime that is not deterministic or changes its input,
     or (when the auto tolerance judges on it) a noise floor larger than rounding can produce for this model,
     checked on every input; and the evidence both guards decided on, for a stored result to be re-judged."""
-    from verify.trust import accumulation_length, evidence, floor_problems, likely_cause, repeat_problems
+    from verify.judge.trust import accumulation_length, evidence, floor_problems, likely_cause, repeat_problems
 
     model = getattr(build.built, "model", None)
     floors = oracles[0].oracle.noise

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import SetupError, UsageError
-from verify.checks import Check, CheckReport
+from verify.folder.checks import Check, CheckReport
+from verify.folder.validate import ArtifactFolder, check_integrity, failure_reason, judge
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
-from verify.validate import ArtifactFolder, check_integrity, failure_reason, judge
 
 PROVIDERS = ("cpu", "cuda")
 

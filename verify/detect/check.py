@@ -3,9 +3,9 @@
 Two levels, both reported:
 - before NMS: the dense head tensors (RPN objectness and deltas, box-head logits and regression, RetinaNet /
   SSDlite per-level heads), captured with forward hooks in eager float32 / float64 and, for ONNX, added as extra
-  graph outputs; judged by verify.compare on the oracle's floors (per channel for NCHW tensors). TorchScript is
+  graph outputs; judged by verify.judge.compare on the oracle's floors (per channel for NCHW tensors). TorchScript is
   judged after NMS only (a scripted module runs no Python hooks);
-- after NMS: detections matched by IoU (verify/detections.py) on the float32 floor of detections.
+- after NMS: detections matched by IoU (verify/detect/match.py) on the float32 floor of detections.
 A format that does not export, or a file its runtime cannot run, is a one-line refusal and a failed check.
 """
 
@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import ExportError, UsageError
-from verify.compare import PairResult, Tolerance, compare_outputs
-from verify.detections import (
+from verify.detect.match import (
     DetectionFloor,
     DetectionPair,
     Detections,
@@ -31,6 +30,7 @@ from verify.detections import (
     compare_detections,
     measure_detection_floor,
 )
+from verify.judge.compare import PairResult, Tolerance, compare_outputs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -331,7 +331,7 @@ def judge_detector(built: BuiltDetector, inputs: Sequence[torch.Tensor], files: 
 
 def _judge(report: DetectorReport, built: BuiltDetector, eager: Run, oracle: Run, runs: dict[str, Run],
            tolerance: Tolerance) -> None:
-    from verify.oracle import measure_floors
+    from verify.judge.oracle import measure_floors
 
     floors = measure_floors(eager.dense, oracle.dense)
     report.boxes = {EAGER: eager.detections, ORACLE: oracle.detections,

@@ -26,7 +26,7 @@ from verify.progress import NullProgress, Progress
 
 USER_CODE_TIMEOUT = 1800.0
 """Seconds a run of the user's own code (--model) may take before its worker is stopped (--timeout)."""
-PRELOAD = ("torch", "torchvision", "onnx", "onnxruntime", "verify.api", "verify.explain")
+PRELOAD = ("torch", "torchvision", "onnx", "onnxruntime", "verify.api", "verify.explain.equivalence")
 """Imported once by the fork server that workers are forked from (none of them runs a thread before a fork):
 a worker starts in ~0.1 s instead of the ~3 s of importing torch afresh."""
 POLL_SECONDS = 0.1

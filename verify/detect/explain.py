@@ -1,8 +1,8 @@
 """`verify explain` for whole detectors (`fasterrcnn_resnet50_fpn:frozen` vs `:frozen-eps0`): the same
-Explanation as for backbones (verify/explain.py), built from the detector's dense pre-NMS tensors (the heads'
-outputs, which every detector computes densely; detections after NMS have no fixed shape to diff), the
+Explanation as for backbones (verify/explain/equivalence.py), built from the detector's dense pre-NMS tensors
+(the heads' outputs, which every detector computes densely; detections after NMS have no fixed shape to diff), the
 modules diffed structurally, and the first diverging module located over backbone and heads by forward hooks
-in float64 (verify/localize.py)."""
+in float64 (verify/explain/localize.py)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from exporter.errors import UsageError
-from verify.detector_check import run_eager
-from verify.explain import Explanation
-from verify.localize import EQUIVALENCE_RTOL, localise
-from verify.module_values import Side
-from verify.oracle import noise_floors
-from verify.structure import structural_diff, train_mode_modules
+from verify.detect.check import run_eager
+from verify.explain.equivalence import Explanation
+from verify.explain.localize import EQUIVALENCE_RTOL, localise
+from verify.explain.structure import structural_diff, train_mode_modules
+from verify.explain.tracers import Side
+from verify.judge.oracle import noise_floors
 
 if TYPE_CHECKING:
     from exporter.families.detectors import BuiltDetector
 
 DEFAULT_SHAPE = (1, 3, 320, 320)
 DEFAULT_FACTOR = 4.0
-"""explain's own default (verify/explain.py explain_artifacts)."""
+"""explain's own default (verify/explain/equivalence.py explain_artifacts)."""
 
 
 def is_detector_spec(spec: str | None) -> bool:

@@ -1,0 +1,1 @@
+"""Artifact folders: write (goldens, manifest), validate (verify artifact), preflight, checks, identity."""
