@@ -55,6 +55,19 @@ STATS = ("channel_max", "output_max", "channel_rms")
 JUDGE = Tolerance(factor=1e30)  # ratios only: no verdict here
 
 
+def printer(path: Path | None) -> Callable[[str], None]:
+    """print, and append each line to the log file at `path` as well (flushed: a long run's log is readable)."""
+    log = path.open("w") if path else None
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        if log:
+            log.write(line + "\n")
+            log.flush()
+
+    return say
+
+
 def make_input(kind: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if kind == "normal":
@@ -271,13 +284,7 @@ def main() -> None:
             ["normal"], 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    log = args.log.open("w") if args.log else None
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-        if log:
-            log.write(line + "\n")
-            log.flush()
+    say = printer(args.log)
 
     shape = (1, 3, *args.shape)
     backbones = args.backbones or list_backbones()

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from calibrate_auto import ORT_LEVELS, broken, pick_bugs, stage_groups
+from calibrate_auto import ORT_LEVELS, broken, pick_bugs, printer, stage_groups
 
 from exporter.backbones import BuiltModel, build_model
 from exporter.export import ExportOptions, export_model
@@ -449,13 +449,7 @@ def main() -> None:
     if args.quick:
         args.backbones, args.norms, args.shape, args.ort_levels, args.picks_per_stage, args.dynamo = \
             ["resnet18"], ["frozen"], [112, 112], ["disable", "all"], 1, []
-    log = args.log.open("w") if args.log else None
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-        if log:
-            log.write(line + "\n")
-            log.flush()
+    say = printer(args.log)
 
     shape = (1, 3, *args.shape)
     say(f"# {' '.join(sys.argv)}")
