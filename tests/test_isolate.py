@@ -166,6 +166,33 @@ def test_reduce_writes_a_piece_that_fails_alone(exported, tmp_path):
     assert not fixed.reproduces and fixed.ratio <= AUTO_FACTOR
 
 
+@pytest.mark.parametrize("edit", ["floor_huge", "factor_huge", "floor_negative", "floor_nan", "no_floor", "garbage"])
+def test_an_edited_piece_npz_never_passes(exported, tmp_path, edit):
+    """`verify reduce --check` reads its .npz as evidence: the factor is this run's, and a floor that rounding
+    cannot produce, or an unreadable file, is refused (exit 2), never a pass."""
+    case = exported[MODELS[0]]
+    bad = mutated_onnx(case["proto"], "layer2.0.conv2.weight", 5, tmp_path / "bad.onnx")
+    reduction = reduce_sides(case["ref"], load_side(replace(case["onnx"], path=bad)), case["x"], tmp_path / "piece")
+    data = reduction.data
+    arrays = dict(np.load(data))
+    if edit == "garbage":
+        data.write_bytes(b"not an npz")
+    else:
+        if edit == "no_floor":
+            del arrays["floor"]
+        elif edit == "factor_huge":
+            arrays["factor"] = np.float64(1e30)
+        else:
+            arrays["floor"] = {"floor_huge": arrays["floor"] * 1e9, "floor_negative": -arrays["floor"],
+                               "floor_nan": arrays["floor"] * np.nan}[edit]
+        np.savez(data, **arrays)
+    result = runner.invoke(app, ["reduce", "--check", str(reduction.piece)])
+    if edit == "factor_huge":  # the stored factor is ignored: the piece still reproduces at this run's
+        assert result.exit_code == 1 and f"beyond {AUTO_FACTOR:g}x" in " ".join(result.output.split())
+    else:
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_reduce_command_writes_and_checks(exported, tmp_path):
     case = exported[MODELS[0]]
     bad = mutated_onnx(case["proto"], "layer3.1.conv1.weight", 7, tmp_path / "bad.onnx")

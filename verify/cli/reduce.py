@@ -11,6 +11,7 @@ from rich.markup import escape
 from exporter.errors import UsageError
 from verify.cli import options as opt
 from verify.cli.base import err_console, handle_errors, out_console
+from verify.judge.compare import AUTO_FACTOR
 from verify.pipeline.isolation import USER_CODE_TIMEOUT
 from verify.render.console import progress_for
 
@@ -45,7 +46,7 @@ def reduce(
     if check is not None:
         if a is not None or b is not None or out is not None:
             raise UsageError("--check takes a written piece alone; give A B --out FOLDER or --check PIECE.onnx")
-        result = check_piece(check)
+        result = check_piece(check, factor or AUTO_FACTOR)
         out_console.print(("[bold red]✗[/] " if result.reproduces else "[bold green]✓[/] ") + escape(result.text()))
         raise typer.Exit(result.exit_code)
     if a is None or b is None or out is None:

@@ -26,6 +26,7 @@ from verify.explain.isolate import (
     user_code,
 )
 from verify.judge.compare import AUTO_FACTOR
+from verify.judge.trust import accumulation_length, output_scale, rounding_bound
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
 
@@ -92,19 +93,48 @@ def piece_ratio(got: np.ndarray, reference: np.ndarray, floor: np.ndarray) -> tu
     return float(err.max()) / float(floor.max()), None
 
 
-def check_piece(piece: Path) -> PieceCheck:
-    """Run a written piece alone under ONNX Runtime on its stored inputs, judged on its stored floor."""
+def check_piece(piece: Path, factor: float = AUTO_FACTOR) -> PieceCheck:
+    """Run a written piece alone under ONNX Runtime on its stored inputs, judged at `factor` (this run's, never the
+    file's) on its stored floor, which is first checked against what float32 rounding can produce in that piece:
+    an edited .npz cannot make a failing piece pass."""
     import numpy as np
     import onnx
 
     data = data_path(piece)
     if not piece.is_file() or not data.is_file():
         raise UsageError(f"{piece} needs {data.name} beside it; write both with `verify reduce A B --out FOLDER`")
-    stored = np.load(data)
-    feeds = {key.removeprefix(INPUT_KEY): stored[key] for key in stored.files if key.startswith(INPUT_KEY)}
-    got = run_onnx_piece(onnx.load(str(piece)), feeds)
-    ratio, channel = piece_ratio(got, stored[REFERENCE_KEY], stored[FLOOR_KEY])
-    return PieceCheck(piece, ratio, float(stored[FACTOR_KEY]), channel)
+    try:
+        with np.load(data, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{data} is not a piece's .npz ({exc}); write it again with `verify reduce`") from None
+    feeds = {key.removeprefix(INPUT_KEY): value for key, value in arrays.items() if key.startswith(INPUT_KEY)}
+    model = onnx.load(str(piece))
+    floor = stored_floor(arrays, model, feeds, data)
+    got = run_onnx_piece(model, feeds)
+    ratio, channel = piece_ratio(got, arrays[REFERENCE_KEY], floor)
+    return PieceCheck(piece, ratio, factor, channel)
+
+
+def stored_floor(arrays: dict[str, np.ndarray], model: Any, feeds: dict[str, np.ndarray], data: Path) -> np.ndarray:
+    """The stored floor, refused unless finite, positive and within margin·K·u·max|reference| (K from the piece's
+    own weights and input: verify/judge/trust.py's bound)."""
+    import numpy as np
+
+    missing = [key for key in (REFERENCE_KEY, FLOOR_KEY) if key not in arrays] + ([] if feeds else ["input:*"])
+    if missing:
+        raise UsageError(f"{data} lacks {', '.join(missing)}; write it again with `verify reduce`")
+    reference, floor = arrays[REFERENCE_KEY], arrays[FLOOR_KEY]
+    if not (np.issubdtype(reference.dtype, np.floating) and np.issubdtype(floor.dtype, np.floating)) \
+            or floor.size == 0 or not np.all(np.isfinite(floor)) or not np.all(floor > 0):
+        raise UsageError(f"{data}: its floor must be finite positive numbers; write it again with `verify reduce`")
+    shapes = [tuple(init.dims) for init in model.graph.initializer]
+    k = accumulation_length(parameters=shapes, input_shape=next(iter(feeds.values())).shape)
+    bound = rounding_bound(k) * output_scale(reference)
+    if float(floor.max()) > bound:
+        raise UsageError(f"{data}: its floor {float(floor.max()):.3g} is above what float32 rounding can produce in "
+                         f"this piece ({bound:.3g}, K={k}): not a noise floor; write it again with `verify reduce`")
+    return floor
 
 
 def write_piece(folder: Path, piece: Any, feeds: dict[str, np.ndarray], reference: np.ndarray,
@@ -137,7 +167,7 @@ def reduce_sides(a: Any, b: Any, x: np.ndarray, folder: Path, factor: float = AU
     floor = own_floor(ref, unit)
     channels = floor.channels if floor.channels is not None else np.asarray([floor.value])
     path = write_piece(folder, piece, feeds, ref.outputs[(unit.path, unit.call)].numpy(), channels, factor)
-    return Reduction(isolation, worst, path, data_path(path), check_piece(path))
+    return Reduction(isolation, worst, path, data_path(path), check_piece(path, factor))
 
 
 def reduce_pair(a: str, b: str, folder: Path, settings: RunSettings | None = None, progress: Progress | None = None,
