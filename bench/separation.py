@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from calibrate_auto import ORT_LEVELS, broken, pick_bugs, printer, stage_groups
+from calibrate_auto import make_input as calibrate_input
 
 from exporter.backbones import BuiltModel, build_model
 from exporter.export import ExportOptions, export_model
@@ -72,21 +73,16 @@ MOBILENET_STAGES = {"stem": (0, 0), "early": (1, 3), "middle": (4, 8), "late": (
 
 
 def make_input(kind: str, shape: tuple[int, ...]) -> np.ndarray:
+    """`<kind><seed>`: calibrate_auto's kinds, plus `image` (smooth, ImageNet-normalised)."""
     name, seed = kind[:-1], int(kind[-1])
+    if name != "image":
+        return calibrate_input(name, shape, seed)
     rng = np.random.default_rng(seed)
-    if name == "normal":
-        return rng.standard_normal(shape).astype(np.float32)
-    if name == "uniform":
-        return rng.random(shape).astype(np.float32)
-    if name == "constant":
-        return np.full(shape, 0.5, np.float32)
-    if name == "image":
-        n, c, h, w = shape
-        coarse = torch.from_numpy(rng.random((n, c, max(h // IMAGE_BLOCK, 2), max(w // IMAGE_BLOCK, 2))))
-        smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-        mean, std = (torch.tensor(v, dtype=torch.float64).reshape(1, -1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-        return ((smooth - mean) / std).numpy().astype(np.float32)
-    raise SystemExit(f"unknown input kind {kind}")
+    n, c, h, w = shape
+    coarse = torch.from_numpy(rng.random((n, c, max(h // IMAGE_BLOCK, 2), max(w // IMAGE_BLOCK, 2))))
+    smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    mean, std = (torch.tensor(v, dtype=torch.float64).reshape(1, -1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return ((smooth - mean) / std).numpy().astype(np.float32)
 
 
 # ---------------------------------------------------------------- statistics gathered once
