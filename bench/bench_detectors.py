@@ -2,9 +2,13 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_detectors.py [name ...] [--dynamo] > bench/results/detectors-cpu.log
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_detectors.py --reshape >> bench/results/detectors-cpu.log
+    .venv/bin/python bench/bench_detectors.py fasterrcnn_mobilenet_v3_large_320_fpn --threads=2 >> ...
 
 One line per detector: verdict, matched detections, worst ratios, and seconds per stage
-(build, export per format, runs, judge). `--dynamo` also tries the dynamo ONNX exporter (its refusal).
+(build, export per format, runs, judge), and for Faster R-CNN how many proposals each pair had in another
+order or in one run only. `--dynamo` also tries the dynamo ONNX exporter (its refusal); `--threads=N` runs
+torch with N threads (default 1; with 2 the RPN of the 320 model orders two proposals differently in ONNX
+Runtime, which the proposal pairing must absorb).
 `--reshape`: where pytorch/vision#4623 shows: fasterrcnn_mobilenet_v3_large_fpn exported to ONNX with dynamic
 sizes at 320 x 320, run at each size in SWEEP, as built and with its RPN logits lowered by each of SHIFTS
 (fewer proposals, as real weights give on a sparse image): one line per shift and size.
@@ -60,13 +64,14 @@ def main(argv: list[str]) -> int:
     from exporter.families.detectors import list_detectors
     from verify.detect.check import verify_detector
 
-    torch.set_num_threads(1)
+    threads = next((int(a.partition("=")[2]) for a in argv if a.startswith("--threads=")), 1)
+    torch.set_num_threads(threads)
     if "--reshape" in argv:
         reshape_sweep()
         return 0
     names = [a for a in argv if not a.startswith("--")] or list_detectors()
     formats = ("torchscript", "onnx", "onnx-dynamo") if "--dynamo" in argv else ("torchscript", "onnx")
-    print(f"# torch {torch.__version__}, 1 thread, formats {', '.join(formats)}")
+    print(f"# torch {torch.__version__}, {threads} thread(s), formats {', '.join(formats)}")
     for name in names:
         start = time.perf_counter()
         report = verify_detector(name, formats=formats)
@@ -80,6 +85,10 @@ def main(argv: list[str]) -> int:
             "worst_score_ratio": round(max((p.worst_score_ratio for p in pairs), default=0), 2),
             "worst_dense_ratio": round(max((p.worst.ratio or 0 for p in report.dense if p.outputs), default=0), 2),
             "borderline": sum(len(p.borderline) for p in pairs), "refusals": report.refusals,
+            "proposals": {f"{p.a} vs {p.b}": {"paired": p.paired_per_image, "reordered": p.reordered,
+                                              "borderline": len(p.borderline), "unexplained": len(p.unexplained)}
+                          for p in report.proposals},
+            "problems": report.problems,
             "summary": report.summary()}), flush=True)
     return 0
 

@@ -14,7 +14,18 @@ from onnx import helper, numpy_helper
 
 from exporter.errors import UsageError
 from exporter.families.detectors import MIN_DETECTIONS, build_detector, calibration_image
-from verify.detect.check import RESHAPE_BLOCKER, export_detector, judge_detector, run_eager, verify_detector
+from verify.detect import check
+from verify.detect.check import (
+    EAGER,
+    OUTPUT_NAMES,
+    RESHAPE_BLOCKER,
+    RUNTIMES,
+    export_detector,
+    judge_detector,
+    run_eager,
+    verify_detector,
+)
+from verify.detect.proposals import PROPOSALS
 from verify.judge.compare import AUTO_FACTOR
 
 NAME = "fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -56,7 +67,11 @@ def test_a_correct_export_agrees_with_tens_of_detections_matched(verified):
     before = [p for p in report.dense if p.a == "onnxruntime"]
     assert before and all(p.passed for p in before)
     judged = {o.name.split("#")[0] for o in before[0].outputs}
-    assert {"rpn.head.cls_logits", "roi_heads.box_predictor.cls_score"} <= judged
+    assert {"rpn.head.cls_logits", "roi_heads.box_predictor.cls_score", PROPOSALS} <= judged
+    assert {(p.a, p.b) for p in report.proposals} == {("eager", "eager fp64"), ("onnxruntime", "eager fp64"),
+                                                      ("onnxruntime", "eager")}
+    assert all(p.passed and min(p.paired_per_image) > 0 for p in report.proposals)
+    assert report.problems == []
     json.dumps(report.to_dict(), allow_nan=False)
 
 
@@ -305,3 +320,48 @@ def test_an_image_onnx_runtime_resizes_to_another_size_is_caught(built, tmp_path
     assert not next(p for p in report.detections if (p.a, p.b) == ("onnxruntime", "eager fp64")).passed
     assert not all(p.passed for p in report.dense if p.a == "onnxruntime")
     assert all(p.passed for p in report.detections if p.a == "eager")
+
+
+@pytest.mark.slow
+def test_a_runtime_that_gives_other_values_the_second_time_fails(verified, built, monkeypatch):
+    """Trust guard (verify/judge/trust.py): each runtime runs its first image twice, bit for bit on CPU."""
+    _, out = verified
+    inputs, files = [calibration_image(0)], {"onnx": out / "detector.onnx"}
+    calls = []
+    original = check._ort_run
+
+    def drifting(session, image, names):
+        result = original(session, image, names)
+        if names == list(OUTPUT_NAMES):
+            calls.append(1)
+            if len(calls) == 2:  # the second run of the first image: one ulp off in one score
+                result["scores"] = result["scores"].copy()
+                result["scores"][0] = np.nextafter(result["scores"][0], np.float32(2))
+        return result
+
+    monkeypatch.setattr(check, "_ort_run", drifting)
+    report = judge_detector(built, inputs, files)
+    assert report.exit_code == 1
+    problems = report.to_dict()["problems"]
+    assert len(problems) == 1 and problems[0].startswith(f"{RUNTIMES['onnx']} is not deterministic")
+    assert "scores" in problems[0] and "\n" not in problems[0]
+
+
+@pytest.mark.slow
+def test_a_model_that_writes_into_its_input_fails_and_spoils_no_other_run(built):
+    """Trust guard: every run gets a private copy of its input, which must come back unchanged."""
+    inputs = [calibration_image(0)]
+    before = inputs[0].clone()
+
+    def halve(module, args):  # returns None: the model still gets its own (now changed) argument
+        args[0][0].mul_(0.5)
+
+    hook = built.model.register_forward_pre_hook(halve)
+    try:
+        report = judge_detector(built, inputs, {})  # eager and its oracle only: the guard needs no export
+    finally:
+        hook.remove()
+    assert report.exit_code == 1
+    assert any(p.startswith(f"{EAGER} changed its input") for p in report.problems), report.problems
+    assert inputs[0].equal(before)
+

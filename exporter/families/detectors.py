@@ -47,6 +47,8 @@ DENSE_DELTA_STD = 0.1
 """RetinaNet / SSDlite regression outputs (box coder weights 1)."""
 DENSE_CANDIDATES = 600
 """RetinaNet / SSDlite: anchor x class scores above the threshold on the calibration image."""
+PER_PROPOSAL_MODULES = ["roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"]
+"""Faster R-CNN's box-head outputs: one row per RPN proposal, in the RPN's order."""
 MIN_DETECTIONS = 20
 """What calibration must reach on the calibration image, or the build fails (never a silent dud)."""
 
@@ -119,6 +121,16 @@ class BuiltDetector:
         return dense_modules(self.model, self.detector.kind)
 
 
+    @property
+    def per_proposal_modules(self) -> list[str]:
+        """The dense modules whose rows are indexed by RPN proposal (judged paired by proposal)."""
+        return per_proposal_modules(self.detector.kind)
+
+
+def per_proposal_modules(kind: str) -> list[str]:
+    return PER_PROPOSAL_MODULES if kind == "fasterrcnn" else []
+
+
 def _postprocess_attr(model: nn.Module, name: str) -> Any:
     holder = model.roi_heads if hasattr(model, "roi_heads") else model
     return getattr(holder, name)
@@ -126,8 +138,7 @@ def _postprocess_attr(model: nn.Module, name: str) -> Any:
 
 def dense_modules(model: nn.Module, kind: str) -> list[str]:
     if kind == "fasterrcnn":
-        return ["rpn.head.cls_logits", "rpn.head.bbox_pred", "roi_heads.box_predictor.cls_score",
-                "roi_heads.box_predictor.bbox_pred"]
+        return ["rpn.head.cls_logits", "rpn.head.bbox_pred", *PER_PROPOSAL_MODULES]
     if kind == "retinanet":
         return ["head.classification_head.cls_logits", "head.regression_head.bbox_reg"]
     names = []

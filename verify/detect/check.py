@@ -5,7 +5,11 @@ Two levels, both reported:
   SSDlite per-level heads), captured with forward hooks in eager float32 / float64 and, for ONNX, added as extra
   graph outputs; judged by verify.judge.compare on the oracle's floors (per channel for NCHW tensors). TorchScript is
   judged after NMS only (a scripted module runs no Python hooks);
+  Faster R-CNN's box-head tensors (one row per RPN proposal) are judged with their rows paired by proposal
+  (verify/detect/proposals.py): runtimes may order tied proposals differently;
 - after NMS: detections matched by IoU (verify/detect/match.py) on the float32 floor of detections.
+Every run is guarded (verify/judge/trust.py): its first image twice, bit for bit, on private input copies
+that must come back unchanged; a breach is a problem (exit 1).
 A format that does not export, or a file its runtime cannot run, is a one-line refusal and a failed check.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import tempfile
 import time
@@ -30,7 +35,17 @@ from verify.detect.match import (
     compare_detections,
     measure_detection_floor,
 )
+from verify.detect.proposals import (
+    PROPOSALS,
+    Bands,
+    ProposalCheck,
+    RpnRules,
+    align_rows,
+    explain_lone,
+    score_band,
+)
 from verify.judge.compare import PairResult, Tolerance, compare_outputs
+from verify.judge.trust import RepeatCheck, likely_cause, output_differences, repeat_problems
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,6 +72,10 @@ DYNAMIC_AXES = {"image": {1: "height", 2: "width"}}
 FILE_NAMES = {"torchscript": "detector.torchscript.pt", "onnx": "detector.onnx", "onnx-dynamo": "detector.dynamo.onnx"}
 RUNTIMES = {"torchscript": "torchscript", "onnx": "onnxruntime", "onnx-dynamo": "onnxruntime (dynamo)"}
 EAGER, ORACLE = "eager", "eager fp64"
+GUARD_DEVICE = "cpu"
+"""Every detector runtime here runs on the CPU: a repeat must give the same bits."""
+PROPOSAL_PRODUCER, PROPOSAL_CONSUMER = "/rpn/", "/roi_heads/box_roi_pool/"
+"""Scopes of the legacy exporter between which the proposals flow (see onnx_proposals)."""
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -71,6 +90,8 @@ class DetectorReport:
     refusals: dict[str, str] = field(default_factory=dict)
     """Format -> why it was not exported or could not run (one line)."""
     dense: list[PairResult] = field(default_factory=list)
+    proposals: list[ProposalCheck] = field(default_factory=list)
+    """Per-proposal rows paired by proposal (Faster R-CNN): each pair's proposals in one run only."""
     detections: list[DetectionPair] = field(default_factory=list)
     floor: DetectionFloor | None = None
     dense_outputs: list[str] = field(default_factory=list)
@@ -88,7 +109,8 @@ class DetectorReport:
     @property
     def passed(self) -> bool:
         return (not self.refusals and not self.problems and bool(self.detections)
-                and all(p.passed for p in self.dense) and all(p.passed for p in self.detections))
+                and all(p.passed for p in self.dense) and all(p.passed for p in self.proposals)
+                and all(p.passed for p in self.detections))
 
     @property
     def exit_code(self) -> int:
@@ -103,6 +125,9 @@ class DetectorReport:
                          "status": "agrees" if pair.passed else "differs",
                          "worst": worst.where if worst else "", "ratio": worst.ratio if worst else None,
                          "text": worst.verdict() if worst else "no shared tensors"})
+        rows += [{"level": "proposals", "a": check.a, "b": check.b, "passed": check.passed,
+                  "status": "paired" if check.passed else "unpaired", "text": check.verdict()}
+                 for check in self.proposals]
         for det in self.detections:
             rows.append({"level": "after NMS", "a": det.a, "b": det.b, "passed": det.passed, "status": det.status,
                          "matched": det.matched, "borderline": len(det.borderline),
@@ -134,7 +159,8 @@ class DetectorReport:
                 "exit_code": self.exit_code, "summary": self.summary(), "refusals": self.refusals,
                 "problems": self.problems, "dense_outputs": self.dense_outputs,
                 "floor": self.floor.to_dict() if self.floor else None,
-                "before_nms": [p.to_dict() for p in self.dense], "after_nms": [d.to_dict() for d in self.detections],
+                "before_nms": [p.to_dict() for p in self.dense],
+                "proposals": [p.to_dict() for p in self.proposals], "after_nms": [d.to_dict() for d in self.detections],
                 "rows": self.rows(), "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                 "files": self.files}
 
@@ -144,6 +170,12 @@ class Run:
     detections: list[Detections]
     dense: dict[str, np.ndarray] = field(default_factory=dict)
     candidates: list[Detections] = field(default_factory=list)
+    per_image: list[dict[str, np.ndarray]] = field(default_factory=list)
+    """The dense tensors of each image, before `dense` concatenates them."""
+    proposals: list[np.ndarray] = field(default_factory=list)
+    """Faster R-CNN: each image's RPN proposals (the box head's rows, in order); empty when not captured."""
+    rpn_candidates: list[Detections] = field(default_factory=list)
+    """In float64: the inputs of each image's RPN NMS (boxes, scores, level as label)."""
 
 
 def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] = (1, 3, 320, 320),
@@ -312,18 +344,23 @@ def judge_detector(built: BuiltDetector, inputs: Sequence[torch.Tensor], files: 
     report = DetectorReport(built.name, built.norm, built.weights, (len(inputs), *inputs[0].shape),
                             tuple(files), tolerance.factor, files={k: str(v) for k, v in files.items()},
                             images=[image.numpy() for image in inputs])
+    repeats: list[RepeatCheck] = []
     with clock("run eager"):
         say("running eager float32 and float64")
-        eager = run_eager(built, inputs, float64=False)
-        oracle = run_eager(built, inputs, float64=True)
+        eager = _guarded(EAGER, lambda images: run_eager(built, images, float64=False), inputs, repeats)
+        oracle = _guarded(ORACLE, lambda images: run_eager(built, images, float64=True), inputs, repeats)
+    report.problems += repeat_problems(repeats, GUARD_DEVICE, {}, likely_cause(built.model))
     runs: dict[str, Run] = {}
     for fmt, path in files.items():
         with clock(f"run {fmt}"):
             say(f"running {RUNTIMES[fmt]}")
+            checks: list[RepeatCheck] = []
             try:
-                runs[RUNTIMES[fmt]] = _RUNNERS[fmt](path, inputs, list(eager.dense))
+                runs[RUNTIMES[fmt]] = _guarded(RUNTIMES[fmt], lambda images, fmt=fmt, path=path: _RUNNERS[fmt](
+                    path, images, list(eager.dense)), inputs, checks)
             except ExportError as exc:
                 report.refusals[fmt] = str(exc)
+            report.problems += repeat_problems(checks, GUARD_DEVICE, {})
     with clock("judge"):
         _judge(report, built, eager, oracle, runs, tolerance)
     return report
@@ -331,12 +368,11 @@ def judge_detector(built: BuiltDetector, inputs: Sequence[torch.Tensor], files: 
 
 def _judge(report: DetectorReport, built: BuiltDetector, eager: Run, oracle: Run, runs: dict[str, Run],
            tolerance: Tolerance) -> None:
-    from verify.judge.oracle import measure_floors
-
-    floors = measure_floors(eager.dense, oracle.dense)
     report.boxes = {EAGER: eager.detections, ORACLE: oracle.detections,
                     **{label: run.detections for label, run in runs.items()}}
-    report.dense_outputs = list(eager.dense)
+    rows = _Rows(report, built, oracle, tolerance)
+    floors = rows.floors(eager)
+    report.dense_outputs = list(eager.dense) + ([PROPOSALS] if PROPOSALS in floors else [])
     report.floor = measure_detection_floor(eager.detections, oracle.detections)
     if report.floor is None:
         report.problems.append(f"eager float32 and float64 share no detection on these inputs: no floor to judge "
@@ -345,9 +381,9 @@ def _judge(report: DetectorReport, built: BuiltDetector, eager: Run, oracle: Run
     rules = Rules(built.score_thresh, built.nms_thresh, built.detections_per_img)
     for label, run in runs.items():
         if label != RUNTIMES["torchscript"]:  # every ONNX run must show every dense tensor
-            report.dense.append(compare_outputs(label, run.dense, ORACLE, oracle.dense, tolerance, floors,
-                                                kind="oracle", require_all=True))
-            report.dense.append(compare_outputs(label, run.dense, EAGER, eager.dense, tolerance, floors,
+            report.dense.append(compare_outputs(*rows.paired(label, run, ORACLE, oracle), tolerance,
+                                                floors, kind="oracle", require_all=True))
+            report.dense.append(compare_outputs(*rows.paired(label, run, EAGER, eager), tolerance, floors,
                                                 require_all=True))
     for label, run in [(EAGER, eager), *runs.items()]:
         report.detections.append(compare_detections(label, run.detections, ORACLE, oracle.detections,
@@ -355,6 +391,98 @@ def _judge(report: DetectorReport, built: BuiltDetector, eager: Run, oracle: Run
         if label != EAGER:
             report.detections.append(compare_detections(label, run.detections, EAGER, eager.detections,
                                                         report.floor, rules, oracle.candidates, tolerance.factor))
+
+
+class _Rows:
+    """The dense tensors of two runs as compared: for Faster R-CNN, the box head's rows paired by proposal
+    (verify/detect/proposals.py), each pairing recorded in the report; otherwise as captured."""
+
+    def __init__(self, report: DetectorReport, built: BuiltDetector, oracle: Run, tolerance: Tolerance) -> None:
+        rpn = getattr(built.model, "rpn", None)
+        self.report, self.oracle, self.factor = report, oracle, tolerance.factor
+        self.per_proposal = built.per_proposal_modules
+        self.rules = (RpnRules(float(rpn.nms_thresh), int(rpn.post_nms_top_n()), float(rpn.score_thresh))
+                      if rpn is not None else None)
+        self.bands = Bands(0.0, 0.0)
+
+    def floors(self, eager: Run) -> dict[str, Any]:
+        """The oracle's floors, measured on eager float32 paired with float64 proposal by proposal; they
+        set the rounding bands that explain a proposal in one run only (eager's own ones included)."""
+        from verify.judge.oracle import measure_floors
+
+        aligned = self._align(EAGER, eager, ORACLE, self.oracle)
+        if aligned is None:
+            return measure_floors(eager.dense, self.oracle.dense)
+        floors = measure_floors(aligned.run, aligned.ref)
+        logits = [f.value for name, f in floors.items() if name.startswith("rpn.head.cls_logits#")]
+        self.bands = Bands(self.factor * floors[PROPOSALS].value if PROPOSALS in floors else 0.0,
+                           score_band(max(logits, default=math.inf), self.factor))
+        self._explain(aligned)
+        return floors
+
+    def paired(self, label: str, run: Run, ref_label: str,
+               ref: Run) -> tuple[str, dict[str, np.ndarray], str, dict[str, np.ndarray]]:
+        """(label, run's tensors, ref_label, ref's tensors) ready for compare_outputs."""
+        aligned = self._align(label, run, ref_label, ref)
+        if aligned is None:
+            return label, run.dense, ref_label, ref.dense  # rows by index: only ever stricter
+        self._explain(aligned)
+        return label, aligned.run, ref_label, aligned.ref
+
+    def _align(self, label: str, run: Run, ref_label: str, ref: Run) -> _Aligned | None:
+        if not (self.per_proposal and run.proposals and ref.proposals and self.rules):
+            return None
+        check = ProposalCheck(label, ref_label)
+        mine, theirs, lone = align_rows(run.per_image, ref.per_image, run.proposals, ref.proposals,
+                                        self.per_proposal, check)
+        self.report.proposals.append(check)
+        return _Aligned(check, _concat(mine, self.report.images), _concat(theirs, self.report.images), lone,
+                        run.proposals, ref.proposals)
+
+    def _explain(self, aligned: _Aligned) -> None:
+        cands = self.oracle.rpn_candidates
+        for image, (run_only, ref_only) in enumerate(aligned.lone):
+            found = cands[image] if image < len(cands) else None
+            for side, boxes, indices in (("run", aligned.run_boxes[image], run_only),
+                                         ("reference", aligned.ref_boxes[image], ref_only)):
+                for k in indices:
+                    explain_lone(aligned.check, image, side, boxes[k], found, self.rules, self.bands)
+
+
+@dataclass
+class _Aligned:
+    check: ProposalCheck
+    run: dict[str, np.ndarray]
+    ref: dict[str, np.ndarray]
+    lone: list[tuple[list[int], list[int]]]
+    run_boxes: list[np.ndarray]
+    ref_boxes: list[np.ndarray]
+
+
+def _guarded(label: str, run: Callable[[Sequence[torch.Tensor]], Run], inputs: Sequence[torch.Tensor],
+             checks: list[RepeatCheck]) -> Run:
+    """`run` on private copies of the inputs with the first image run twice (verify/judge/trust.py): the
+    repeat must give the same bits and every copy must come back unchanged; one RepeatCheck in `checks`."""
+    import torch
+
+    given = [inputs[0], *inputs]
+    private = [image.clone() for image in given]
+    both = run(private)
+    mutated = ["image"] if any(not torch.equal(a, b) for a, b in zip(private, given, strict=True)) else []
+    checks.append(RepeatCheck(label, output_differences(_image_outputs(both, 0), _image_outputs(both, 1)), mutated))
+    return Run(both.detections[1:], _concat(both.per_image[1:], inputs) if both.per_image else {},
+               both.candidates[1:], both.per_image[1:], both.proposals[1:], both.rpn_candidates[1:])
+
+
+def _image_outputs(run: Run, image: int) -> dict[str, np.ndarray]:
+    """Everything a run gave for one image, by name: detections, dense tensors, proposals."""
+    found = run.detections[image]
+    outputs = {"boxes": found.boxes, "scores": found.scores, "labels": found.labels}
+    if run.per_image:
+        outputs.update(run.per_image[image])
+    if run.proposals:
+        outputs[PROPOSALS] = run.proposals[image]
+    return outputs
 
 
 @contextlib.contextmanager
@@ -378,7 +506,7 @@ def _record_nms(calls: list[Detections]) -> Iterator[None]:
 
 def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: bool) -> Run:
     """Detections and dense tensors of each image (dense ones named `module#call`, images concatenated);
-    in float64 also the final NMS's candidates of each image."""
+    for Faster R-CNN the RPN's proposals; in float64 also the final NMS's (and the RPN NMS's) candidates."""
     import copy
 
     import torch
@@ -392,6 +520,10 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
         seen: dict[str, list[torch.Tensor]] = {m: [] for m in modules}
         hooks = [model.get_submodule(m).register_forward_hook(
             lambda mod, args, out, store=seen[m]: store.append(out.detach().clone())) for m in modules]
+        proposals: list[torch.Tensor] = []
+        if built.per_proposal_modules:  # the box head's rows are these proposals, in this order
+            hooks.append(model.roi_heads.register_forward_pre_hook(
+                lambda mod, args, store=proposals: store.append(args[1][0].detach().clone())))
         calls: list[Detections] = []
         try:
             with torch.inference_mode(), (_record_nms(calls) if float64 else contextlib.nullcontext()):
@@ -402,7 +534,11 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
         result.detections.append(Detections.of({k: v.numpy() for k, v in out.items()}))
         if calls:
             result.candidates.append(calls[-1])
+        if calls and proposals:  # Faster R-CNN calls batched NMS twice: the RPN's first, the final one last
+            result.rpn_candidates.append(calls[0])
+        result.proposals += [p.double().numpy() for p in proposals]
         per_image.append({f"{m}#{i}": t.numpy() for m in modules for i, t in enumerate(seen[m])})
+    result.per_image = per_image
     result.dense = _concat(per_image, inputs)
     return result
 
@@ -447,6 +583,9 @@ def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> R
 
     model = onnx.load(str(path))
     found = onnx_dense_outputs(model, list(dict.fromkeys(name.partition("@")[0] for name in dense)))
+    proposals = onnx_proposals(model) if found else None
+    if proposals is not None:
+        found[PROPOSALS] = proposals
     result = Run([])
     session = _session(model.SerializeToString())
     extended = _with_outputs(model, list(found.values()))
@@ -457,7 +596,11 @@ def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> R
         result.detections.append(Detections.of(out))
         if dense_session is not None:
             values = _ort_run(dense_session, image, list(found.values()))
-            per_image.append({name: values[onnx_name] for name, onnx_name in found.items()})
+            tensors = {name: values[onnx_name] for name, onnx_name in found.items()}
+            if PROPOSALS in tensors:
+                result.proposals.append(tensors.pop(PROPOSALS).astype("float64").reshape(-1, 4))
+            per_image.append(tensors)
+    result.per_image = per_image
     result.dense = _concat(per_image, inputs) if per_image else {}
     return result
 
@@ -527,6 +670,15 @@ def onnx_dense_outputs(model: Any, dense: list[str]) -> dict[str, str]:
         if len(hits) == 1:
             outputs[name] = hits.pop()
     return outputs
+
+
+def onnx_proposals(model: Any) -> str | None:
+    """The value carrying the RPN's proposals into the box head: the one tensor a node of the legacy
+    exporter's `/roi_heads/box_roi_pool/` scope takes from a node of the `/rpn/` scope (None if not one)."""
+    made_by = {out: node.name for node in model.graph.node for out in node.output}
+    found = {name for node in model.graph.node if node.name.startswith(PROPOSAL_CONSUMER) for name in node.input
+             if made_by.get(name, "").startswith(PROPOSAL_PRODUCER)}
+    return found.pop() if len(found) == 1 else None
 
 
 def _with_outputs(model: Any, names: list[str]) -> Any:
