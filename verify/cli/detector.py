@@ -1,7 +1,9 @@
 """`verify export -b <detector>`: the whole detector exported to TorchScript and ONNX, judged before NMS
 (dense head tensors) and after NMS (detections matched by IoU) by verify/detect/check.py, rendered to the
 terminal, --json, --junit, --markdown and --html (verify/render/detections.py). The export command parses;
-`export_detector` takes the parsed values; any option outside SUPPORTED_OPTIONS is refused by the command."""
+`export_detector` takes the parsed values; any option outside SUPPORTED_OPTIONS is refused by the command.
+As for a backbone, the ONNX file takes any image size unless --static; then --input images keep their own sizes
+(the detector's transform resizes them, as deployed) unless --shape is given."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from exporter.errors import UsageError
 from verify.cli.base import err_console, out_console
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from verify.detect.check import DetectorReport
 
 SUPPORTED_OPTIONS = ("--norm", "--weights", "--seed", "--shape", "--input", "--format", "--out", "--overwrite",
-                     "--factor", "--json", "--junit", "--markdown", "--html")
+                     "--factor", "--json", "--junit", "--markdown", "--html", "--static")
 """What a whole detector applies; the export command refuses every other option given (never ignored silently)."""
 DEFAULT_SHAPE = (1, 3, 320, 320)
 
@@ -68,17 +72,14 @@ def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None])
 def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | None, input_path: Path | None,
                     formats: list[str] | None, out: Path, factor: float | None, json_path: Path | None = None,
                     overwrite: bool = False, junit: Path | None = None, markdown: Path | None = None,
-                    html: Path | None = None) -> None:
+                    html: Path | None = None, dynamic: bool = True) -> None:
     """Export, run and judge the detector `name`; print one line per pair, write the reports asked for, and
-    exit with the verdict's code (0 all agree, 1 a failure)."""
+    exit with the verdict's code (0 all agree, 1 a failure). `dynamic`: ONNX for any image size."""
     import warnings
-
-    import numpy as np
 
     from exporter.fsio import staged_folder
     from exporter.spec import parse_shape
     from verify.detect.check import verify_detector
-    from verify.inputs import load_inputs
     from verify.render.console import print_line
     from verify.render.text import markup
 
@@ -89,10 +90,11 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
     _check_paths(folder, overwrite, {"json": json_path, "junit": junit, "markdown": markdown, "html": html})
     images = None
     if input_path is not None:
-        images = np.concatenate([item.array for item in load_inputs(input_path, size, normalize=False)])
+        images = load_images(input_path, size if shape or not dynamic else None)  # static: one size
     with staged_folder(folder) as staging, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation, once per call
         report = verify_detector(name, norm, size, weights, seed, chosen, out=staging, factor=factor, images=images,
+                                 dynamic=dynamic,
                                  progress=lambda what: print_line(err_console, f"[dim]{markup(what)}[/]"))
     for row in report.rows():
         mark = "ok  " if row["passed"] else "FAIL"
@@ -102,6 +104,13 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
     for path in write_outputs(report, json_path, junit, markdown, html):
         err_console.print(f"[dim]wrote {escape(str(path))}[/]")
     raise typer.Exit(report.exit_code)
+
+
+def load_images(path: Path, size: tuple[int, ...] | None) -> list[np.ndarray]:
+    """Each image (3 x H x W in [0, 1]) in `path`, resized to `size`'s H x W when given."""
+    from verify.inputs import load_inputs
+
+    return [image for item in load_inputs(path, size, normalize=False) for image in item.array]
 
 
 def write_outputs(report: DetectorReport, json_path: Path | None, junit: Path | None, markdown: Path | None,
