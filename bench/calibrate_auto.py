@@ -1,23 +1,25 @@
-"""Measure what `auto`'s factor must separate (run by hand; its scope is chosen by flags).
+"""Measure what `auto`'s factor must separate, under the rule `verify` applies (run by hand; scope by flags).
 
-1. Correct runs: backbone x norm x view, each under eager, TorchScript and ONNX Runtime at every
-   graph optimisation level, with both ONNX exporters (dynamo for the `frozen` norm unless
-   --dynamo-everywhere: it takes ~8 s an export), on several input kinds (standard normal, uniform
-   [0, 1] like ToTensor, a constant image). Every run against the float64 oracle and every pair of
-   runs, judged by the library's own `compare_outputs` against the per-channel floors.
-2. Bugs, on the standard normal input: a 0.1 % weight error in one output channel of a convolution,
-   seeded picks from every stage (stem, layer1..layer4, the last block, the downsample convs), and
-   ReLU / residual / norm-eps / channel-order bugs. Each broken model (eager, float32) is judged against
-   the clean model's oracle and against the clean float32 run; its ratio is the smaller of the two.
-   A bug that leaves the float32 output bit for bit unchanged on this input is listed as invisible
-   (no verifier can see it there), not as a miss.
+The rule (README, "Evidence per verdict"): the seeded input set of verify/inputs.py (`--samples`, default 8: 4
+normal, 2 uniform, 2 image-like), each output channel's floor measured on every input and pooled (the largest,
+verify/judge/oracle.py pooled_floors), every comparison judged on every input against the pooled floor by the
+library's own `compare_outputs`, its ratio the worst input's.
+
+1. Correct runs: backbone x norm x view, each under eager, TorchScript, torch.export (.pt2) and ONNX Runtime
+   at every graph optimisation level, with both ONNX exporters (dynamo for the `frozen` norm unless
+   --dynamo-everywhere: it takes ~8 s an export). Every run against the float64 oracle and every pair of runs.
+2. Bugs: a 0.1 % weight error in one output channel of a convolution, seeded picks from every stage (ResNet:
+   stem, layer1..layer4, the last block, the downsample convs; MobileNetV3: stem, early, middle, late, last),
+   and on ResNets ReLU / residual / norm-eps / channel-order bugs. Each broken model (eager, float32) is
+   judged against the clean model's oracle and against the clean float32 run; its ratio is the smaller of the
+   two. A bug that leaves the float32 output bit for bit unchanged on every input is listed as invisible (no
+   verifier can see it there), not as a miss.
 
 Separation = least bug ratio / largest correct ratio. AUTO_FACTOR (verify/judge/compare.py) sits between,
-at their geometric mean. Per-output and per-channel-RMS statistics are logged beside the judged one
-(per-channel max) so the choice of statistic stays checkable.
+at their geometric mean. The per-output statistic is logged beside the judged one (per-channel max).
 
     python bench/calibrate_auto.py --backbones resnet18 resnet34 resnet50 --log bench/results/x.log
-    python bench/calibrate_auto.py --quick     # resnet18 only, one input kind, a few picks
+    python bench/calibrate_auto.py --quick     # resnet18 only, a few picks
 """
 
 from __future__ import annotations
@@ -43,15 +45,23 @@ from exporter.formats.onnx import OnnxOptions
 from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
+from verify.inputs import DEFAULT_SAMPLES, seeded_inputs
 from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_outputs
-from verify.judge.oracle import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor, folded_samples, measure_floors
+from verify.judge.oracle import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor, measure_oracles, pooled_floors
 from verify.runtimes import RuntimeOptions, make_runtime
 from verify.runtimes.onnxruntime import OnnxRuntime
 
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 INPUT_KINDS = ("normal", "uniform", "constant")
-STATS = ("channel_max", "output_max", "channel_rms")
-"""channel_max is what the verdict judges; the other two are logged for comparison."""
+"""bench/separation.py's kinds (it adds `image`); this script judges verify's own seeded set."""
+STATS = ("channel_max", "output_max")
+"""channel_max is what the verdict judges; the per-output one is logged for comparison."""
+MOBILENET_STAGES = {"stem": (0, 0), "early": (1, 3), "middle": (4, 8), "late": (9, 11), "last": (12, 12)}
+"""torchvision's mobilenet_v3_small features index ranges (body view) standing in for ResNet stages; the large
+model's 17 blocks are spread over the same five by their share of the depth."""
+KNOWN_WEAK = {"resnet50": (("layer4.2.conv1", 391), ("layer4.2.conv1", 486))}
+"""The least visible picks found before (bench/results/calibrate-cpu-perchannel.log, separation-cpu.log): always in."""
+PERCENTILES = (50, 90, 99)
 JUDGE = Tolerance(factor=1e30)  # ratios only: no verdict here
 
 
@@ -83,54 +93,54 @@ def ratios(a: dict[str, np.ndarray], b: dict[str, np.ndarray], floors: dict[str,
     """The worst ratio of each statistic over the outputs, with where the judged one sits."""
     pair = compare_outputs("a", a, "b", b, JUDGE, floors, require_all=True)
     worst = max(pair.outputs, key=lambda o: o.ratio or 0.0)
-    result = {"channel_max": worst.ratio or 0.0, "where": worst.where,
-              "output_max": max(o.output_ratio or 0.0 for o in pair.outputs),
-              "channel_rms": max(_rms_ratio(a[n], b[n], floors[n]) for n in floors)}
-    return result
+    return {"channel_max": worst.ratio or 0.0, "where": worst.where,
+            "output_max": max(o.output_ratio or 0.0 for o in pair.outputs)}
 
 
-def _rms_ratio(a: np.ndarray, b: np.ndarray, floor: NoiseFloor) -> float:
-    """Per-channel RMS of |a-b| over the channel's RMS error, floored like the judged statistic: at
-    least CHANNEL_FLOOR_SHARE of the output's RMS error, and the output's where the channel keeps the
-    output's floor (too few non-zero elements)."""
-    if floor.rms is None:
-        return 0.0
-    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    rms = np.sqrt((d ** 2).mean(axis=(0, 2, 3)))
-    output_rms = max(float(np.sqrt((floor.rms ** 2).mean())), 1e-300)
-    own = np.maximum(floor.rms, CHANNEL_FLOOR_SHARE * output_rms)
-    own = np.where(floor.channels == floor.value, output_rms, own)
-    return float((rms / own).max())
+def worst_input(per_input: list[dict], labels: list[str]) -> dict:
+    """Each statistic's largest over the inputs, with the input where the judged one was largest."""
+    index = max(range(len(per_input)), key=lambda i: per_input[i]["channel_max"])
+    return {**{stat: max(r[stat] for r in per_input) for stat in STATS},
+            "where": f"{per_input[index]['where']} on {labels[index]}"}
 
 
-def correct_runs(built: BuiltModel, shape, inputs_by_kind: dict[str, np.ndarray], exporters, levels,
-                 folder: Path) -> dict[str, dict]:
-    """Per input kind: every run and pair of runs, as ratios to the floor measured on that input."""
+def references(built: BuiltModel, shape, inputs: dict[str, np.ndarray]) -> tuple[list[dict], list[dict], dict]:
+    """Per input the clean float32 and float64 outputs, and the floors pooled over the inputs, as verify does."""
     eager = eager_artifact(built, shape)
-    example = torch.from_numpy(inputs_by_kind[next(iter(inputs_by_kind))])
-    runtimes = [("eager", make_runtime("eager").load(eager)),
-                ("torchscript", make_runtime("torchscript").load(
-                    export_model(built, eager.meta, example, folder, ExportOptions(), "torchscript")))]
+    feeds = [{eager.meta.input_name: x} for x in inputs.values()]
+    runtime = make_runtime("eager").load(eager)
+    clean = [runtime.run(feed) for feed in feeds]
+    oracles = measure_oracles(eager, feeds, clean, batch=True)
+    return clean, [o.outputs for o in oracles], pooled_floors([o.noise for o in oracles])
+
+
+def correct_runs(built: BuiltModel, shape, inputs: dict[str, np.ndarray], exporters, levels,
+                 folder: Path) -> dict[str, dict]:
+    """Every run against the oracle and every pair of runs: the worst input's ratio to the pooled floor."""
+    eager = eager_artifact(built, shape)
+    example = torch.from_numpy(next(iter(inputs.values())))
+    _, fp64, floors = references(built, shape, inputs)
+    runtimes = [("eager", make_runtime("eager").load(eager))]
+    for fmt, runtime in (("torchscript", "torchscript"), ("pt2", "exported")):
+        runtimes.append((runtime, make_runtime(runtime).load(
+            export_model(built, eager.meta, example, folder, ExportOptions(), fmt))))
     for exporter in exporters:
         options = ExportOptions(format_options=(OnnxOptions(exporter=exporter),))
         onnx = export_model(built, eager.meta, example, folder, options, "onnx")
         for level in levels:
             at_level = RuntimeOptions().replacing(OnnxRuntime, opt_level=level)
             runtimes.append((f"ort-{exporter}-{level}", make_runtime("onnxruntime", at_level).load(onnx)))
-    oracle_rt = make_runtime("eager", RuntimeOptions(dtype="float64")).load(eager)
-    results = {}
-    for kind, x in inputs_by_kind.items():
-        inputs = {"input": x}
-        runs = {name: rt.run(inputs) for name, rt in runtimes}
-        fp64 = oracle_rt.run(inputs)
-        floors = measure_floors(runs["eager"], fp64, samples=folded_samples(eager, inputs))  # as verify does
-        table = {f"{name}~oracle": ratios(out, fp64, floors) for name, out in runs.items()}
+    labels = list(inputs)
+    per_input: dict[str, list[dict]] = {}
+    for index, x in enumerate(inputs.values()):
+        runs = {name: rt.run({eager.meta.input_name: x}) for name, rt in runtimes}
+        for name, out in runs.items():
+            per_input.setdefault(f"{name}~oracle", []).append(ratios(out, fp64[index], floors))
         names = list(runs)
         for i, a in enumerate(names):
             for b in names[i + 1:]:
-                table[f"{a}~{b}"] = ratios(runs[a], runs[b], floors)
-        results[kind] = table
-    return results
+                per_input.setdefault(f"{a}~{b}", []).append(ratios(runs[a], runs[b], floors))
+    return {label: worst_input(rows, labels) for label, rows in per_input.items()}
 
 
 # ---------------------------------------------------------------- bugs
@@ -205,7 +215,23 @@ def broken(model: torch.nn.Module, bug: tuple):
                 step()
 
 
+def mobilenet_bugs(model: torch.nn.Module, picks: int, rng: np.random.Generator) -> list[tuple]:
+    """0.1 % picks from each MOBILENET_STAGES range (scaled to the model's depth: mobilenet_v3_large has more)."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    depth = max(int(n.split(".")[0]) for n in convs)
+    scale = depth / max(high for _, high in MOBILENET_STAGES.values())
+    bugs = []
+    for stage, (low, high) in MOBILENET_STAGES.items():
+        group = [n for n in convs if round(low * scale) <= int(n.split(".")[0]) <= round(high * scale)]
+        for _ in range(picks):
+            name = group[rng.integers(len(group))]
+            bugs.append((f"0.1% {stage}", ("weight", name, int(rng.integers(model.get_submodule(name).out_channels)))))
+    return bugs
+
+
 def pick_bugs(model: torch.nn.Module, picks_per_stage: int, rng: np.random.Generator, other: bool) -> list[tuple]:
+    if not any(name.startswith("layer4.") for name, _ in model.named_modules()):
+        return mobilenet_bugs(model, picks_per_stage, rng)
     bugs = []
     for stage, convs in stage_groups(model).items():
         for _ in range(picks_per_stage):
@@ -231,20 +257,22 @@ def pick_bugs(model: torch.nn.Module, picks_per_stage: int, rng: np.random.Gener
     return bugs
 
 
-def bug_ratios(built: BuiltModel, shape, picks_per_stage: int, seed: int, other: bool) -> list[dict]:
-    x = {"input": make_input("normal", shape)}
-    eager = eager_artifact(built, shape)
-    clean = make_runtime("eager").load(eager).run(x)
-    fp64 = make_runtime("eager", RuntimeOptions(dtype="float64")).load(eager).run(x)
-    floors = measure_floors(clean, fp64, samples=folded_samples(eager, x))
-    rows = []
-    for label, bug in pick_bugs(built.model, picks_per_stage, np.random.default_rng(seed), other):
+def bug_ratios(built: BuiltModel, shape, inputs: dict[str, np.ndarray], picks_per_stage: int, seed: int,
+               other: bool) -> list[dict]:
+    """Each bug's worst input against the oracle and against the clean run (pooled floors); the smaller."""
+    clean, fp64, floors = references(built, shape, inputs)
+    labels, rows = list(inputs), []
+    known = [("0.1% known weak", ("weight", name, channel))
+             for name, channel in KNOWN_WEAK.get(built.spec.backbone, ())]
+    for label, bug in [*pick_bugs(built.model, picks_per_stage, np.random.default_rng(seed), other), *known]:
         with broken(built.model, bug):
-            out = make_runtime("eager").load(eager_artifact(built, shape)).run(x)
-        invisible = all(np.array_equal(out[k], clean[k]) for k in clean)
-        vs_oracle, vs_clean = ratios(out, fp64, floors), ratios(out, clean, floors)
+            runtime = make_runtime("eager").load(eager_artifact(built, shape))
+            outs = [runtime.run({"input": x}) for x in inputs.values()]
+        invisible = all(np.array_equal(out[k], ref[k]) for out, ref in zip(outs, clean) for k in ref)
+        vs_oracle = worst_input([ratios(out, ref, floors) for out, ref in zip(outs, fp64)], labels)
+        vs_clean = worst_input([ratios(out, ref, floors) for out, ref in zip(outs, clean)], labels)
         row = {"bug": label, "where": f"{bug[1]}[{bug[2]}]" if bug[2] is not None else str(bug[1]),
-               "invisible": invisible}
+               "invisible": invisible, "seen": min(vs_oracle, vs_clean, key=lambda r: r["channel_max"])["where"]}
         for stat in STATS:
             row[stat] = min(vs_oracle[stat], vs_clean[stat])
         rows.append(row)
@@ -260,7 +288,7 @@ def main() -> None:
     parser.add_argument("--norms", nargs="+", default=None, help="default: every norm variant")
     parser.add_argument("--views", nargs="+", default=["body", "fpn", "trunk"],
                         help="views besides body are run for resnet50 only")
-    parser.add_argument("--inputs", nargs="+", default=list(INPUT_KINDS), choices=INPUT_KINDS)
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="seeded inputs (verify's --samples)")
     parser.add_argument("--shape", nargs=2, type=int, default=[224, 224], metavar=("H", "W"))
     parser.add_argument("--exporters", nargs="+", default=["torchscript", "dynamo"])
     parser.add_argument("--dynamo-everywhere", action="store_true", help="dynamo for every norm, not just frozen")
@@ -269,19 +297,25 @@ def main() -> None:
     parser.add_argument("--bug-norm", default="frozen", help="norm of the models the bugs go into")
     parser.add_argument("--no-other-bugs", action="store_true", help="only the 0.1 %% weight picks")
     parser.add_argument("--no-correct", action="store_true", help="skip the correct runs")
+    parser.add_argument("--no-bugs", action="store_true", help="skip the bugs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="resnet18, frozen+fused, normal input, 1 pick a stage")
+    parser.add_argument("--quick", action="store_true", help="resnet18, frozen+fused, 112 px, 1 pick a stage")
     parser.add_argument("--log", type=Path, help="also write every printed line here")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--from-json", type=Path, help="summarise a saved --json run again (e.g. at a new factor)")
+    parser.add_argument("--json", type=Path, help="the results so far, rewritten after every model")
+    parser.add_argument("--from-json", type=Path, nargs="+",
+                        help="summarise saved --json runs again, merged (e.g. a correct-only and a bugs-only run)")
     args = parser.parse_args()
     if args.from_json:
-        summarise(json.loads(args.from_json.read_text()), print)
+        say = printer(args.log)
+        say(f"# {' '.join(sys.argv)}")
+        runs = [json.loads(path.read_text()) for path in args.from_json]
+        summarise({"correct": {k: v for r in runs for k, v in r["correct"].items()},
+                   "bugs": [b for r in runs for b in r["bugs"]]}, say)
         return
     if args.quick:
-        args.backbones, args.norms, args.inputs, args.picks_per_stage = ["resnet18"], ["frozen", "fused"], \
-            ["normal"], 1
+        args.backbones, args.norms, args.shape, args.picks_per_stage = ["resnet18"], ["frozen", "fused"], \
+            [112, 112], 1
     if args.threads:
         torch.set_num_threads(args.threads)
     say = printer(args.log)
@@ -289,8 +323,10 @@ def main() -> None:
     shape = (1, 3, *args.shape)
     backbones = args.backbones or list_backbones()
     say(f"# {' '.join(sys.argv)}")
+    inputs = {item.label.split(",")[0]: item.array for item in seeded_inputs(shape, args.seed, args.samples)}
     say(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; input {'x'.join(map(str, shape))}; "
-        f"channel floor share {CHANNEL_FLOOR_SHARE}, min channel elements {MIN_CHANNEL_ELEMENTS}")
+        f"channel floor share {CHANNEL_FLOOR_SHARE}, min channel elements {MIN_CHANNEL_ELEMENTS}; "
+        f"{len(inputs)} inputs ({', '.join(inputs)}), floors pooled, worst input judged")
     results: dict = {"correct": {}, "bugs": []}
     start_all = time.perf_counter()
     if not args.no_correct:
@@ -304,35 +340,48 @@ def main() -> None:
                         start = time.perf_counter()
                         exporters = [e for e in args.exporters
                                      if e != "dynamo" or norm == "frozen" or args.dynamo_everywhere]
-                        inputs = {k: make_input(k, shape, args.seed) for k in args.inputs}
-                        by_kind = correct_runs(build_model(spec, weights), shape, inputs, exporters,
-                                               args.ort_levels, Path(tmp))
-                        for kind, table in by_kind.items():
-                            results["correct"][f"{spec} {kind}"] = table
-                            worst = max(table, key=lambda k: table[k]["channel_max"])
-                            stat = "  ".join(f"{s} {max(r[s] for r in table.values()):5.2f}" for s in STATS)
-                            say(f"{str(spec):30s} {kind:8s} {stat}   worst {worst} at "
-                                f"{table[worst]['where']}  ({len(table)} runs and pairs)")
+                        table = correct_runs(build_model(spec, weights), shape, inputs, exporters,
+                                             args.ort_levels, Path(tmp))
+                        results["correct"][str(spec)] = table
+                        worst = max(table, key=lambda k: table[k]["channel_max"])
+                        stat = "  ".join(f"{s} {max(r[s] for r in table.values()):5.2f}" for s in STATS)
+                        say(f"{str(spec):30s} {stat}   worst {worst} at {table[worst]['where']}  "
+                            f"({len(table)} runs and pairs)")
                         say(f"#   {spec}: {time.perf_counter() - start:.0f}s, exporters {', '.join(exporters)}")
-    for backbone in backbones:
+                        save(args.json, results)
+    for backbone in [] if args.no_bugs else backbones:
         spec = ModelSpec(backbone, args.bug_norm, "body")
-        rows = bug_ratios(build_model(spec, load_weights("synthetic", backbone)), shape, args.picks_per_stage,
-                          args.seed, not args.no_other_bugs)
+        rows = bug_ratios(build_model(spec, load_weights("synthetic", backbone)), shape, inputs,
+                          args.picks_per_stage, args.seed, not args.no_other_bugs)
         for row in rows:
             row["spec"] = str(spec)
             results["bugs"].append(row)
             stat = "  ".join(f"{s} {row[s]:8.1f}" for s in STATS)
-            say(f"bug {str(spec):24s} {row['bug']:28s} {row['where']:30s} {stat}"
+            say(f"bug {str(spec):24s} {row['bug']:28s} {row['where']:30s} {stat}  at {row['seen']}"
                 f"{'  INVISIBLE (output unchanged)' if row['invisible'] else ''}")
+        save(args.json, results)
     summarise(results, say)
     say(f"# total {time.perf_counter() - start_all:.0f}s")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+
+
+def save(path: Path | None, results: dict) -> None:
+    """The results so far (a long run stopped early still leaves what it measured)."""
+    if path:
+        path.write_text(json.dumps(results, indent=1))
 
 
 def summarise(results: dict, say: Callable[[str], None]) -> None:
     visible = [r for r in results["bugs"] if not r["invisible"]]
-    say(f"== {len(results['bugs'])} bug picks, {len(results['bugs']) - len(visible)} invisible on this input")
+    correct = sorted(r["channel_max"] for table in results["correct"].values() for r in table.values())
+    say(f"== {len(results['correct'])} correct models, {len(correct)} runs and pairs; {len(results['bugs'])} bug "
+        f"picks, {len(results['bugs']) - len(visible)} invisible on every input")
+    if correct:
+        say("correct channel_max: " + "  ".join(f"p{q:g} {np.percentile(correct, q):.2f}" for q in PERCENTILES)
+            + f"  max {correct[-1]:.2f}")
+    if visible:
+        bugs = sorted(r["channel_max"] for r in visible)
+        say("bug channel_max:     " + "  ".join(f"p{q:g} {np.percentile(bugs, q):.2f}" for q in PERCENTILES)
+            + f"  min {bugs[0]:.2f}; least five " + ", ".join(f"{v:.2f}" for v in bugs[:5]))
     for stat in STATS:
         correct = max((r[stat] for table in results["correct"].values() for r in table.values()), default=0.0)
         least = min((r[stat] for r in visible), default=math.inf)

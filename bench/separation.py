@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from calibrate_auto import ORT_LEVELS, broken, pick_bugs, printer, stage_groups
+from calibrate_auto import ORT_LEVELS, broken, mobilenet_bugs, pick_bugs, printer, stage_groups
 from calibrate_auto import make_input as calibrate_input
 
 from exporter.backbones import BuiltModel, build_model
@@ -68,8 +68,6 @@ WEAK_LAYER4 = ("layer4.2.conv1", 391)
 """Today's least visible bug (bench/results/calibrate-cpu-perchannel.log), always included for resnet50."""
 EXTRA_LAYER4_PICKS = 8
 """More layer4 / last-block picks for resnet50, where the weakest bugs live."""
-MOBILENET_STAGES = {"stem": (0, 0), "early": (1, 3), "middle": (4, 8), "late": (9, 11), "last": (12, 12)}
-"""torchvision's mobilenet_v3_small features index ranges (body view) standing in for ResNet stages."""
 
 
 def make_input(kind: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -307,17 +305,6 @@ def correct_runs(built: BuiltModel, shape, inputs: dict, fp64: dict, floors: dic
         for a, b in itertools.combinations(runs, 2):
             measured.comparisons.setdefault(f"{a}~{b}", {})[kind] = stats_of(runs[a], runs[b])
     return measured
-
-
-def mobilenet_bugs(model: torch.nn.Module, picks: int, rng: np.random.Generator) -> list[tuple]:
-    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    bugs = []
-    for stage, (low, high) in MOBILENET_STAGES.items():
-        group = [n for n in convs if low <= int(n.split(".")[0]) <= high]
-        for _ in range(picks):
-            name = group[rng.integers(len(group))]
-            bugs.append((f"0.1% {stage}", ("weight", name, int(rng.integers(model.get_submodule(name).out_channels)))))
-    return bugs
 
 
 def resnet50_extra(model: torch.nn.Module, rng: np.random.Generator) -> list[tuple]:

@@ -40,6 +40,18 @@ ARRAY_SUFFIX = ".npy"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 """The normalisation of every torchvision ImageNet weight a ResNet here loads (`weights.transforms()`)."""
+SAMPLE_KINDS = ("normal", "uniform", "image")
+"""Seeded input kinds: standard normal (like normalised images), uniform [0, 1] (like ToTensor without mean/std),
+image-like (smooth, ImageNet-normalised); bench/separation.py measured what each adds to a verdict."""
+SAMPLE_PATTERN = ("normal", "uniform", "image", "normal", "uniform", "image", "normal", "normal")
+"""The kinds of the seeded inputs in order, repeated past 8: the set bench/separation.py measured."""
+DEFAULT_SAMPLES = len(SAMPLE_PATTERN)
+"""Seeded inputs per verdict when no --input is given: 8 took the separation from 1.34 to 2.28 with no false
+failure (README, "Evidence per verdict"); 1 is the single seeded normal input of before."""
+MAX_SAMPLES = 64
+"""Every runtime and the oracle run on each: 64 ResNet-50 inputs already take minutes on a CPU."""
+IMAGE_BLOCK = 16
+"""The image-like input is noise at 1/IMAGE_BLOCK of the resolution, upsampled: smooth, like a photo."""
 NPY_MAGIC = b"\x93NUMPY"
 MAX_IMAGE_PIXELS = 1 << 26
 """Decoded size refused beyond this (read from the header first): a decompression bomb is not an input."""
@@ -119,6 +131,54 @@ def make_input(shape: Sequence[int], seed: int) -> np.ndarray:
 
 def seeded_input(shape: Sequence[int], seed: int) -> NamedInput:
     return NamedInput(f"seeded normal, seed {seed}", make_input(shape, seed))
+
+
+def sample_kinds(count: int) -> list[str]:
+    """The kind of each of `count` seeded inputs: SAMPLE_PATTERN repeated (8: 4 normal, 2 uniform, 2 image)."""
+    return [SAMPLE_PATTERN[i % len(SAMPLE_PATTERN)] for i in range(count)]
+
+
+def seeded_inputs(shape: Sequence[int], seed: int, count: int = DEFAULT_SAMPLES) -> list[NamedInput]:
+    """The default evidence: `count` seeded inputs of SAMPLE_PATTERN's kinds, labelled normal0, uniform0, image0,
+    normal1...; the first, normal0, is `make_input(shape, seed)`, so `count` 1 is the single seeded input of before."""
+    check_input_size(tuple(shape), "The input shape")
+    named: list[NamedInput] = []
+    seen: dict[str, int] = {}
+    for kind in sample_kinds(count):
+        index = seen[kind] = seen.get(kind, -1) + 1
+        named.append(NamedInput(f"{kind}{index}, seed {seed}", sample_array(kind, shape, seed, index)))
+    return named
+
+
+def sample_array(kind: str, shape: Sequence[int], seed: int, index: int) -> np.ndarray:
+    """One seeded input of `kind` (normal, uniform, image); normal 0 is `make_input(shape, seed)`, every other one is
+    drawn from a generator seeded with (seed, kind, index), so no two inputs of one run share their numbers."""
+    import numpy as np
+
+    if kind == "normal" and index == 0:
+        return make_input(shape, seed)
+    rng = np.random.default_rng([seed, SAMPLE_KINDS.index(kind), index])
+    if kind == "normal":
+        return rng.standard_normal(tuple(shape)).astype(np.float32)
+    if kind == "uniform":
+        return rng.random(tuple(shape)).astype(np.float32)
+    return _image_like(rng, tuple(shape))
+
+
+def _image_like(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform noise at 1/IMAGE_BLOCK of the resolution, upsampled bilinearly (smooth, like a photo) and normalised
+    with ImageNet's mean/std (their channel averages beyond 3 channels); not NCHW: a uniform input instead."""
+    import numpy as np
+    import torch
+
+    if len(shape) != 4:
+        return rng.random(shape).astype(np.float32)
+    n, c, h, w = shape
+    coarse = torch.from_numpy(rng.random((n, c, max(h // IMAGE_BLOCK, 2), max(w // IMAGE_BLOCK, 2))))
+    smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    mean, std = ((v if c == len(v) else (sum(v) / len(v),) * c) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = (torch.tensor(v, dtype=torch.float64).reshape(1, -1, 1, 1) for v in (mean, std))
+    return ((smooth - mean) / std).numpy().astype(np.float32)
 
 
 def load_inputs(path: Path, shape: Sequence[int] | None = None, normalize: bool = True) -> list[NamedInput]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.errors import UsageError
-from verify.inputs import NamedInput, load_inputs
+from verify.inputs import DEFAULT_SAMPLES, MAX_SAMPLES, NamedInput, load_inputs, seeded_inputs
 from verify.judge.compare import Tolerance
 from verify.runtimes import RuntimeOptions
 
@@ -25,6 +25,9 @@ class RunSettings:
     tolerance: Tolerance = Tolerance()
     normalize: bool = True
     """Images given as input: ImageNet mean/std after ToTensor's scaling (False: exactly ToTensor)."""
+    samples: int | None = None
+    """Seeded inputs per verdict without --input (None: DEFAULT_SAMPLES); refused beside --input, whose files are
+    the inputs as given."""
 
     def __post_init__(self) -> None:
         """The library refuses what the CLI refuses, before any work."""
@@ -32,6 +35,11 @@ class RunSettings:
         from verify.runtimes import DEVICES
 
         require_number("seed", self.seed, *SEED_RANGE, integer=True)
+        if self.samples is not None:
+            require_number("samples", self.samples, 1, MAX_SAMPLES, integer=True)
+            if self.input_file is not None:
+                raise UsageError("--samples sets how many seeded inputs are drawn, and --input gives the inputs "
+                                 "instead: drop --samples (or pass a folder holding every input you want judged)")
         if self.runtime.device not in DEVICES:
             raise UsageError(f"Unknown device {self.runtime.device!r}; use one of {', '.join(DEVICES)}")
 
@@ -41,6 +49,16 @@ def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
     if settings.input_file is None:
         return None
     return load_inputs(settings.input_file, settings.shape, settings.normalize)
+
+
+def sample_count(settings: RunSettings) -> int:
+    """How many seeded inputs a verdict without --input is judged on."""
+    return DEFAULT_SAMPLES if settings.samples is None else settings.samples
+
+
+def default_inputs(settings: RunSettings, shape: Sequence[int]) -> list[NamedInput]:
+    """The seeded inputs of `shape` a run judges on when --input names none (verify/inputs.py seeded_inputs)."""
+    return seeded_inputs(shape, settings.seed, sample_count(settings))
 
 
 def settings_dict(settings: RunSettings, **extra) -> dict:

@@ -80,10 +80,11 @@ def _runtime_plugins_only(**values: Any) -> dict[str, Any]:
 
 
 INPUTS = Part(opt.input_part)
+SAMPLES = Part(opt.samples_part)
 RUNTIME = Part(opt.runtime_part, opt.runtime_option_parameters)
 TOLERANCE = Part(opt.tolerance_part)
 
-RUN = OptionGroup("run", (INPUTS, RUNTIME, TOLERANCE), _run_settings)
+RUN = OptionGroup("run", (INPUTS, SAMPLES, RUNTIME, TOLERANCE), _run_settings)
 """Everything a run takes (export, compare, matrix): inputs, runtime options (shared and each runtime's), tolerance."""
 FEED = OptionGroup("feed", (INPUTS,), _run_settings)
 """What feeds the model alone (explain): no runtime, no tolerance of its own."""

@@ -21,6 +21,7 @@ from exporter.norms import NORMS
 from exporter.plugin_options import OptionSpec, PluginOptions, option_fields, option_kind
 from exporter.spec import parse_shape
 from verify import bounds
+from verify.inputs import DEFAULT_SAMPLES, MAX_SAMPLES
 from verify.judge.compare import AUTO_FACTOR
 from verify.runtimes import RUNTIMES, RuntimeOptions, runtime_class
 
@@ -251,6 +252,10 @@ InputPath = Annotated[Path | None, typer.Option(
 Normalize = Annotated[bool, typer.Option(
     "--normalize/--no-normalize",
     help="Images: ImageNet mean/std after ToTensor's [0, 1] scaling; --no-normalize gives ToTensor() exactly")]
+Samples = Annotated[int | None, typer.Option(
+    callback=_number(1, MAX_SAMPLES, integer=True), show_default=False,
+    help=f"Seeded inputs per verdict without --input: normal, uniform and image-like, each channel's floor the "
+         f"largest over them, every pair judged on each [default: {DEFAULT_SAMPLES}; 1: one normal input]")]
 DeviceOption = Annotated[Device, typer.Option(help="For every runtime (the oracle stays on the CPU)")]
 SignKey = Annotated[Path | None, typer.Option(
     "--sign-key", callback=check_key_file,
@@ -321,6 +326,11 @@ def input_part(weights: Weights = "synthetic", seed: Seed = 0, shape: Shape = No
     """What feeds the model: its weights, the seeded or given input."""
     return {"weights": weights, "seed": seed, "shape": parse_shape(shape) if shape else None,
             "input_file": input_path, "normalize": normalize}
+
+
+def samples_part(samples: Samples = None) -> dict[str, Any]:
+    """How many seeded inputs a verdict is judged on (commands that judge; explain takes one input)."""
+    return {"samples": samples}
 
 
 def runtime_part(device: DeviceOption = Device.cpu, tf32: Tf32 = None, precision: PrecisionOption = Precision.fp32,

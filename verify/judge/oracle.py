@@ -275,40 +275,105 @@ def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray], fp32_outpu
     """Run `artifact` in float64 on CPU and measure the float32 floor against `fp32_outputs` (float32
     on the CPU; None: run them here); with `options` at a reduced precision, also run the reference at
     that precision (on its device) and measure that precision's floor, which the verdicts then use."""
+    found = measure_oracles(artifact, [inputs], [fp32_outputs], options)
+    return None if found is None else found[0]
+
+
+def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
+                    fp32_outputs: Sequence[dict[str, np.ndarray] | None], options: RuntimeOptions | None = None,
+                    batch: bool = False) -> list[Oracle] | None:
+    """`measure_oracle` on every feed, each floor measured on its own input. With `batch` (a model whose samples
+    do not depend on each other: a registered backbone) the float64 reference runs once over all feeds as one
+    batch (its rounding is ~1e-9 of float32's: no floor can tell); every float32 evaluation runs feed by feed,
+    as the runtimes being judged do, since a batch may take other kernels that round otherwise."""
     from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
     names = runtimes_for(artifact.format, float64=True)
     if not names:
         return None
     runtime = make_runtime(names[0], RuntimeOptions(dtype="float64")).load(artifact)
-    fp64 = runtime.run(inputs)
-    if fp32_outputs is None:
-        fp32_outputs = make_runtime(names[0]).load(artifact).run(inputs)
-    float32 = measure_floors(fp32_outputs, fp64, samples=folded_samples(artifact, inputs))
-    source = f"{runtime.label} vs {names[0]}"
+    fp64 = (_batched_run(runtime, feeds) if batch and len(feeds) > 1 and _eval_mode(artifact) else None) \
+        or [runtime.run(feed) for feed in feeds]
     precision = options.precision if options is not None else "fp32"
-    if precision == "fp32":
-        return Oracle(fp64, float32, source, "fp32", float32)
-    reduced = make_runtime(names[0], replace(options, dtype="float32")).load(artifact)
-    noise = measure_floors(reduced.run(inputs), fp64, precision, float32)
-    return Oracle(fp64, noise, f"{runtime.label} vs {reduced.label}", precision, float32)
+    reduced = make_runtime(names[0], replace(options, dtype="float32")).load(artifact) \
+        if options is not None and precision != "fp32" else None
+    runner, folded = None, folded_model(artifact, feeds[0])
+    oracles = []
+    for feed, reference, fp32 in zip(feeds, fp64, fp32_outputs):
+        if fp32 is None:
+            runner = make_runtime(names[0]).load(artifact) if runner is None else runner
+            fp32 = runner.run(feed)
+        float32 = measure_floors(fp32, reference, samples=_folded_run(folded, artifact, feed))
+        if reduced is None:
+            oracles.append(Oracle(reference, float32, f"{runtime.label} vs {names[0]}", "fp32", float32))
+            continue
+        noise = measure_floors(reduced.run(feed), reference, precision, float32)
+        oracles.append(Oracle(reference, noise, f"{runtime.label} vs {reduced.label}", precision, float32))
+    return oracles
+
+
+def _eval_mode(artifact: Artifact) -> bool:
+    """A model in memory with no module in train mode (batch statistics would mix the samples of a batch)."""
+    model = getattr(artifact.built, "model", None)
+    return model is not None and not any(module.training for module in model.modules())
+
+
+def _batched_run(runtime: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]] | None:
+    """`runtime` run once on the feeds concatenated along axis 0, split back per feed; None when the feeds are
+    not one array each of one shape and name, or an output is not split by sample along axis 0."""
+    import numpy as np
+
+    arrays = [next(iter(feed.values())) for feed in feeds]
+    if any(len(feed) != 1 for feed in feeds) or len({tuple(feed) for feed in feeds}) != 1 \
+            or len({a.shape for a in arrays}) != 1 or arrays[0].ndim < 1:
+        return None
+    size = arrays[0].shape[0]
+    outputs = runtime.run({next(iter(feeds[0])): np.concatenate(arrays, axis=0)})
+    if any(v.ndim < 1 or v.shape[0] != size * len(feeds) for v in outputs.values()):
+        return None
+    return [{name: value[i * size:(i + 1) * size] for name, value in outputs.items()} for i in range(len(feeds))]
+
+
+def pooled_floors(per_input: Sequence[dict[str, NoiseFloor]]) -> dict[str, NoiseFloor]:
+    """Each output's floor over several inputs: per channel, and per output, the largest measured on any of them
+    (`NoiseFloor.combine`); the verdict on every input is judged on it (README, "Evidence per verdict")."""
+    pooled: dict[str, NoiseFloor] = {}
+    for floors in per_input:
+        for name, floor in floors.items():
+            pooled[name] = floor.combine(pooled.get(name))
+    return pooled
+
+
+def pooled_source(source: str, count: int) -> str:
+    """How pooled floors were measured: `source`, and over how many inputs."""
+    return source if count == 1 else f"{source}, each channel's largest over {count} inputs"
 
 
 def folded_samples(artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """The model with its norms folded into its convolutions, run in float32: a second rounding sample
     for the channel floors (only for a model in memory; a file is run as it is)."""
+    return _folded_run(folded_model(artifact, inputs), artifact, inputs)
+
+
+def folded_model(artifact: Artifact, inputs: dict[str, np.ndarray]) -> torch.nn.Module | None:
+    """`folded_float32` of the model in memory (None for a file, or with nothing to fold)."""
+    import torch
+
+    if artifact.built is None:
+        return None
+    return folded_float32(artifact.built.model, torch.from_numpy(next(iter(inputs.values()))))
+
+
+def _folded_run(folded: torch.nn.Module | None, artifact: Artifact,
+                inputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     import torch
 
     from verify.runtimes.torch_common import to_numpy_outputs
 
-    if artifact.built is None:
-        return []
-    x = torch.from_numpy(next(iter(inputs.values())))
-    folded = folded_float32(artifact.built.model, x)
     if folded is None:
         return []
     with torch.inference_mode():
-        return [to_numpy_outputs(folded(x), artifact.meta.output_names)]
+        return [to_numpy_outputs(folded(torch.from_numpy(next(iter(inputs.values())))), artifact.meta.output_names)]
 
 
 def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, NoiseFloor]:
