@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter.errors import UsageError
+
+if TYPE_CHECKING:
+    from exporter.backbones import BuiltModel
 
 DEFAULT_SHAPE: tuple[int, ...] = (1, 3, 224, 224)
 MAX_INPUT_ELEMENTS = 1 << 26
@@ -20,6 +24,10 @@ class ModelSpec:
 
     runs_user_code = False
     """A registered backbone: the project's own code builds it (user models run in a worker process)."""
+    registered = True
+    """A backbone of the registry: its name says what is built (its size, its matrix row, a batch of independent
+    samples) and pins it, so its exports and results may be cached. The model kinds' protocol is these two flags,
+    `row` and `build`: no caller tells the kinds apart by their class."""
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
@@ -37,6 +45,18 @@ class ModelSpec:
         from exporter.backbones import validate_spec
 
         validate_spec(self)
+
+    def build(self, seed: int, shape: tuple[int, ...] | None, weights: str) -> BuiltModel:
+        """The backbone with `weights` (synthetic ones from `seed`), in eval mode; `shape` plays no part."""
+        from exporter.backbones import build_model
+        from exporter.weights import load_weights
+
+        return build_model(self, load_weights(weights, self.backbone, seed), seed)
+
+    @property
+    def row(self) -> tuple[str, str, str]:
+        """The matrix's row: backbone, norm, view."""
+        return self.backbone, self.norm, self.view
 
     def __str__(self) -> str:
         return f"{self.backbone}:{self.norm}:{self.view}"

@@ -94,6 +94,9 @@ class UserModelSpec:
     runs_user_code = True
     """Building it imports and runs the user's code: commands run it in a worker process
     (verify/pipeline/isolation.py)."""
+    registered = False
+    """Not a registered backbone (exporter/spec.py): its size and batch behaviour are unknown until it runs, and
+    its code may change under the same name, so nothing built from it is cached."""
 
     @classmethod
     def parse(cls, text: str) -> UserModelSpec:
@@ -122,6 +125,15 @@ class UserModelSpec:
         elif not _findable(self.source.split(".")[0]):
             raise UsageError(f"No module {self.source.split('.')[0]!r} is importable from here; install it, add "
                              f"its folder to PYTHONPATH, or give path/to/file.py:{self.factory}")
+
+    def build(self, seed: int, shape: tuple[int, ...] | None, weights: str) -> UserBuiltModel:
+        """The factory's model (THIS RUNS THE USER'S CODE), as `build_user_model` makes it."""
+        return build_user_model(self, seed, shape, weights)
+
+    @property
+    def row(self) -> tuple[str, str, str]:
+        """The matrix's row: the model in the backbone column, no norm or view."""
+        return str(self), "", ""
 
     def __str__(self) -> str:
         return f"{self.source}:{self.factory}"

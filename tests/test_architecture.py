@@ -161,3 +161,61 @@ def test_no_module_but_onnxruntimes_names_its_option_or_session():
                  for name, path in project_modules().items() if name != ONNXRUNTIME_MODULE}
     offenders = {name: names for name, names in offenders.items() if names}
     assert not offenders, f"ONNX Runtime's own attributes named outside {ONNXRUNTIME_MODULE}: {offenders}"
+
+
+MODEL_KINDS = {"ModelSpec": "exporter.spec", "UserModelSpec": "exporter.user_model",
+               "ModuleSpec": "exporter.user_model"}
+"""The model kinds and their modules: only there is a kind told apart by its class; elsewhere the kinds' protocol
+(`runs_user_code`, `registered`, `row`, `build`) says what differs."""
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {getattr(n, "id", None) or getattr(n, "attr", None) for n in ast.walk(node)} - {None}
+
+
+def kind_checks(tree: ast.AST) -> set[str]:
+    """The model kinds a module tests by class: isinstance/issubclass, type(x) compared, or a class pattern."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("isinstance", "issubclass") \
+                and len(node.args) == 2:
+            found |= _names(node.args[1])
+        elif isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+            if any(isinstance(p, ast.Call) and getattr(p.func, "id", None) == "type" for p in parts):
+                found |= set().union(*(_names(p) for p in parts))
+        elif isinstance(node, ast.MatchClass):
+            found |= _names(node.cls)
+    return found & set(MODEL_KINDS)
+
+
+def test_the_checker_sees_every_way_of_testing_a_kind_by_class():
+    assert kind_checks(ast.parse("isinstance(spec, UserModelSpec)")) == {"UserModelSpec"}
+    assert kind_checks(ast.parse("isinstance(s, (spec.ModelSpec, Path))")) == {"ModelSpec"}
+    assert kind_checks(ast.parse("type(s) is ModuleSpec")) == {"ModuleSpec"}
+    assert kind_checks(ast.parse("match s:\n    case UserModelSpec():\n        pass")) == {"UserModelSpec"}
+    assert not kind_checks(ast.parse("UserModelSpec.parse(text) if s.runs_user_code else ModelSpec(b, n, v)"))
+
+
+def test_no_module_tells_the_model_kinds_apart_by_class():
+    offenders = {name: sorted(kinds) for name, path in project_modules().items()
+                 if (kinds := {k for k in kind_checks(ast.parse(path.read_text())) if MODEL_KINDS[k] != name})}
+    assert not offenders, f"model kinds told apart by class outside their modules (use their protocol): {offenders}"
+
+
+def test_every_model_kind_has_the_protocol():
+    import importlib
+
+    from exporter.spec import ModelSpec
+    from exporter.user_model import ModuleSpec, UserModelSpec
+
+    for kind, module in MODEL_KINDS.items():
+        cls = getattr(importlib.import_module(module), kind)
+        assert isinstance(cls.runs_user_code, bool) and isinstance(cls.registered, bool), kind
+        assert callable(cls.build) and isinstance(cls.row, property), kind
+    backbone, user = ModelSpec("resnet18", "frozen", "body"), UserModelSpec.parse("tests/data/tiny.py:make")
+    assert backbone.row == ("resnet18", "frozen", "body") and user.row == ("tests/data/tiny.py:make", "", "")
+    assert (backbone.registered, backbone.runs_user_code) == (True, False)
+    assert (user.registered, user.runs_user_code) == (False, True)
+    # a module handed over in memory (the pytest plugin) runs no new code, but is no registered backbone either
+    assert (ModuleSpec.registered, ModuleSpec.runs_user_code) == (False, False)

@@ -22,6 +22,7 @@ from verify.judge.compare import (
     compare_arrays,
     compare_outputs,
 )
+from verify.judge.oracle import NoiseFloor
 
 F32, F64 = np.float32, np.float64
 MISMATCH = re.compile(r"Mismatched elements: (\d+) / (\d+)")
@@ -606,3 +607,80 @@ def test_a_report_without_pairs_does_not_pass():
     from verify.report import Report
 
     assert Report("export", {}, {}).passed is False
+
+
+# The pipeline's judge (verify/pipeline/stages.py judge_stage): what `verify export` and `verify compare` share.
+def _run(label: str, **outputs: np.ndarray):
+    from verify.pipeline.stages import RunResult
+
+    return RunResult(label, label, "", [outputs], 0.0)
+
+
+def test_judge_stage_reference_is_the_earlier_run_or_the_later():
+    from verify.pipeline.stages import PAIR_REFERENCES, judge_stage
+
+    first, second = _run("first", x=np.array([1.0, 0.0])), _run("second", x=np.array([2.0, 0.0]))
+    floors = {"x": NoiseFloor(1e-6)}
+    pairs = {ref: judge_stage([first, second], floors, Tolerance(), reference=ref)[0] for ref in PAIR_REFERENCES}
+    assert (pairs["earlier"].a, pairs["earlier"].b) == ("second", "first")
+    assert (pairs["later"].a, pairs["later"].b) == ("first", "second")
+    # the reference is compare_outputs' `b`: relative errors divide by its scale
+    assert pairs["earlier"].outputs[0].worst_b == 1.0 and pairs["earlier"].outputs[0].max_rel == 1.0
+    assert pairs["later"].outputs[0].worst_b == 2.0 and pairs["later"].outputs[0].max_rel == 0.5
+    with pytest.raises(ValueError, match="reference"):
+        judge_stage([first, second], floors, Tolerance(), reference="first")
+
+
+def test_judge_stage_fails_an_output_one_side_lacks():
+    from verify.pipeline.stages import judge_stage
+
+    a, b = _run("A", x=np.zeros(3), y=np.zeros(2)), _run("B", x=np.zeros(3))
+    [pair] = judge_stage([a, b], {"x": NoiseFloor(1e-6), "y": NoiseFloor(1e-6)}, Tolerance(), reference="later")
+    assert not pair.passed
+    assert {o.name: o.reason for o in pair.outputs if not o.passed} == {"y": "output missing in b"}
+
+
+def test_judge_stage_judges_each_run_on_its_own_oracles_floors():
+    """compare: A against B on the larger floor, each side against its own oracle on that oracle's floor."""
+    from verify.pipeline.stages import OracleCheck, judge_stage
+
+    floor = 1e-3
+    fp64 = np.zeros(4)
+    drift = floor * (AUTO_FACTOR + 1)  # beyond the allowed multiple of the tight floor, within the loose one's
+    a, b = _run("A", x=fp64 + drift), _run("B", x=fp64)
+    tight, loose = {"x": NoiseFloor(floor)}, {"x": NoiseFloor(floor * (AUTO_FACTOR + 2))}
+    checks = [OracleCheck("oracle(A)", {"x": fp64}, tight), OracleCheck("oracle(B)", {"x": fp64}, loose)]
+    pair, a_oracle, b_oracle = judge_stage([a, b], loose, Tolerance(), oracles=checks, reference="later")
+    assert pair.passed and b_oracle.passed and not a_oracle.passed
+    assert [(p.a, p.b, p.kind) for p in (a_oracle, b_oracle)] == [("A", "oracle(A)", "oracle"),
+                                                                   ("B", "oracle(B)", "oracle")]
+    assert a_oracle.outputs[0].floor == floor and pair.outputs[0].floor == floor * (AUTO_FACTOR + 2)
+    # no oracle made (None, or one without outputs): no pair against it
+    assert len(judge_stage([a, b], loose, Tolerance(), oracles=[None, OracleCheck("o", {}, loose)])) == 1
+
+
+def test_compare_judges_every_input_on_floors_pooled_over_inputs_and_sides():
+    """`verify compare` through the pipeline's stages: A against B on the floors of both sides pooled over every
+    input (B the reference), each side against its own oracle on its own pooled floors, each pair on its worst
+    input."""
+    from verify.api import compare
+    from verify.settings import RunSettings
+
+    samples = 3
+    report = compare("tests/data/tiny.py:make", "tests/data/tiny.py:make_perturbed", RunSettings(samples=samples),
+                     isolate=False)
+    assert len(report.input["inputs"]) == samples and report.floor_source.count(f"over {samples} inputs") == 2
+    pair, a_oracle, b_oracle = report.pairs
+    assert (pair.a, pair.b) == ("A", "B") and [(p.a, p.b) for p in (a_oracle, b_oracle)] == [
+        ("A", "oracle(A)"), ("B", "oracle(B)")]
+    assert set(report.input["worst_input"]) == {"A vs B", "A vs oracle(A)", "B vs oracle(B)"}
+    for name, floor in report.floors.items():
+        [output] = [o for o in pair.outputs if o.name == name]
+        assert output.floor == floor.value  # the pair is judged on the pooled floor of both sides
+        for own in (a_oracle, b_oracle):  # each side's own floor: at most the pair's
+            assert next(o.floor for o in own.outputs if o.name == name) <= floor.value
+    # pooled: the first input's floors alone (--samples 1) are never larger, and here smaller somewhere
+    single = compare("tests/data/tiny.py:make", "tests/data/tiny.py:make_perturbed", RunSettings(samples=1),
+                     isolate=False)
+    assert all(single.floors[name].value <= floor.value for name, floor in report.floors.items())
+    assert any(single.floors[name].value < floor.value for name, floor in report.floors.items())

@@ -15,12 +15,12 @@ from verify.matrix import (
     RERUN,
     SHARD_ENV,
     MatrixRequest,
-    assign_shards,
-    cell_id,
     load_result,
     merge_results,
-    worker_threads,
 )
+from verify.matrix.request import cell_id
+from verify.matrix.shards import assign_shards
+from verify.matrix.workers import worker_threads
 
 TINY = "1x3x32x32"
 # ONNX through torch's legacy exporter and TorchScript: the cheapest formats that still give three
@@ -259,7 +259,8 @@ def test_two_configurations_in_either_order_give_identical_numbers(tmp_path):
 
 def test_a_cell_that_fails_after_its_verdict_is_an_error_never_a_pass(tmp_path, monkeypatch):
     """A failure once the verdict is reached (here: storing the result) still makes the cell an error."""
-    from verify.matrix import ERROR, CellJob, execute_cell
+    from verify.matrix import ERROR
+    from verify.matrix.cell import CellJob, execute_cell
 
     store = Cache.store
 
@@ -301,7 +302,7 @@ def test_an_interrupt_inside_a_cell_stops_the_matrix_not_only_the_cell(monkeypat
     that caught it as its own failure would let the matrix run on; it is raised again instead."""
     import verify.pipeline.stages
     from exporter.errors import ExportError
-    from verify.matrix import CellJob, execute_cell
+    from verify.matrix.cell import CellJob, execute_cell
 
     def interrupted(*args, **kwargs):
         try:

@@ -18,17 +18,15 @@ from exporter.errors import VerifyError
 from tests.test_matrix_trust import FAILING_SHARE, request
 from verify.matrix import (
     AGREE,
-    FLOAT_FIELDS,
     REPORT_KEY_ENV,
     SHARD_ENV,
-    CellJob,
     MatrixResult,
-    cell_id,
-    fingerprint,
-    lookup_cell,
     merge_results,
     run_matrix,
 )
+from verify.matrix.cell import CellJob, lookup_cell
+from verify.matrix.judging import FLOAT_FIELDS
+from verify.matrix.request import cell_id, fingerprint
 
 EXAMPLES = int(os.environ.get("MATRIX_EXAMPLES", "20"))
 """Examples per property (the nightly-style run: MATRIX_EXAMPLES=200)."""
@@ -172,7 +170,7 @@ def test_no_edit_of_a_cached_result_is_served_as_a_pass(failing, changes):
     """Whatever a cached entry says (its checksum redone by `store`), the lookup serves a disagreement or
     nothing (the cell then runs): never a pass."""
     from verify.cache import Cache, CacheStats
-    from verify.matrix import _result_key
+    from verify.matrix.cell import _result_key
 
     cells = request(failing["factor"]).cells()
     cache = Cache(failing["cache"])

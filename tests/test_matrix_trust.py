@@ -26,10 +26,10 @@ from verify.matrix import (
     RERUN,
     SHARD_ENV,
     MatrixRequest,
-    fingerprint,
     load_result,
     run_matrix,
 )
+from verify.matrix.request import fingerprint
 
 SHAPE = (1, 3, 32, 32)
 NORMS = ("batch", "frozen")
@@ -315,7 +315,8 @@ def test_a_forged_cached_pass_is_run_again_and_disagrees(runs, tmp_path, sentine
 def test_a_cached_failure_is_judged_again_under_this_runs_factor(runs, tmp_path):
     """A stored disagreement stands only while its numbers fail under this run's tolerance."""
     from verify.cache import CacheStats
-    from verify.matrix import CellJob, cell_id, lookup_cell
+    from verify.matrix.cell import CellJob, lookup_cell
+    from verify.matrix.request import cell_id
 
     cache = tmp_path / "cache"
     run_matrix(request(runs["factor"]), cache_dir=cache)
@@ -418,7 +419,7 @@ def dead_workers_folders() -> list[str]:
     import os
     import tempfile
 
-    from verify.matrix import CELL_FOLDER_PREFIX
+    from verify.matrix.cell import CELL_FOLDER_PREFIX
 
     left = []
     for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"{CELL_FOLDER_PREFIX}*-*")):

@@ -1,9 +1,10 @@
-"""The re-founding of verify/ (issue 15) moves code, never numbers: a `verify export --norm frozen` report and a
-6-cell matrix report, made by the code before the move (tests/data/before_refactor/, written by this file run as a
-script on that commit), must come out of today's code with every number identical.
+"""The re-founding of verify/ (issue 15) moves code, never numbers: a `verify export --norm frozen` report, a
+6-cell matrix report and a `verify compare` report, made by the code before the move (tests/data/before_refactor/,
+written by this file run as a script on that commit), must come out of today's code with every number identical.
 
 Record again (only for a deliberate change of numerics, said in the commit):
     git worktree add /tmp/before <commit> && PYTHONPATH=/tmp/before python tests/test_numbers_unchanged.py --write
+(on a commit before `--samples` existed, with SAMPLES_BEFORE emptied: one seeded input was all there was).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REFERENCES = Path(__file__).parent / "data" / "before_refactor"
+SAMPLES_BEFORE = ["--samples", "1"]
+"""The references were recorded when a verdict judged one seeded input; `--samples 1` is that behaviour, so these
+reports prove the refactors since (the pooled-floor pipeline included) changed no number of it."""
 COMMANDS = {
-    "export": ["export", "-b", "resnet18", "--norm", "frozen", "--shape", "1x3x32x32", "--no-cache"],
+    "export": ["export", "-b", "resnet18", "--norm", "frozen", "--shape", "1x3x32x32", "--no-cache", *SAMPLES_BEFORE],
     "matrix": ["matrix", "-b", "resnet18", "-b", "mobilenet_v3_small", "-n", "frozen", "-n", "batch", "-n", "fused",
-               "--format", "onnx", "--onnx-exporter", "torchscript", "--shape", "1x3x32x32", "--no-cache"],
+               "--format", "onnx", "--onnx-exporter", "torchscript", "--shape", "1x3x32x32", "--no-cache",
+               *SAMPLES_BEFORE],
+    "compare": ["compare", "resnet18:frozen:body", "resnet18:batch:body", "--shape", "1x3x32x32", *SAMPLES_BEFORE],
 }
 """Small and cheap (resnet18 and mobilenet_v3_small at 32 px; the matrix with the legacy ONNX exporter), but every
 stage of a run: build, every format, every runtime, the oracle, the floors, the guards and the verdicts."""

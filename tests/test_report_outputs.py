@@ -52,3 +52,38 @@ def test_a_run_that_could_not_be_judged_is_a_failing_case(tmp_path):
 def test_the_same_path_twice_is_refused(tmp_path):
     result = invoke("export", "--model", TINY, "--json", tmp_path / "x", "--junit", tmp_path / "x")
     assert result.exit_code == 2 and "--json" in result.stderr and "--junit" in result.stderr
+
+
+def test_a_pair_is_the_same_testcase_in_a_report_and_in_the_matrix():
+    """One pair -> testcase function (verify/render/junit.py pair_case) for export, compare and the matrix: the
+    matrix's message only adds the cell's spec (its suite holds several models)."""
+    import numpy as np
+
+    from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_outputs
+    from verify.judge.oracle import NoiseFloor
+    from verify.matrix import CellResult, MatrixResult
+    from verify.render.junit import matrix_suites
+    from verify.render.pairs import report_suites
+    from verify.report import Report
+
+    spec, floor = "resnet18:frozen:body", 1e-3
+    base = np.zeros((1, 2, 2, 2))
+    near, far = {"x": base + floor}, {"x": base + floor * (AUTO_FACTOR + 1)}
+    pairs = [compare_outputs(label, outputs, "eager", {"x": base}, Tolerance(), {"x": NoiseFloor(floor)})
+             for label, outputs in (("onnxruntime", near), ("torchscript", far))]
+    assert [p.passed for p in pairs] == [True, False]
+    report = Report("export", {"spec": spec}, {})
+    report.pairs = pairs
+    cell = CellResult("id", *spec.split(":"), "disagree", pairs=[p.to_dict() for p in pairs])
+    matrix = MatrixResult({}, "fingerprint", [{"id": "id", "spec": spec}], [cell])
+    ours = report_suites(report)[0].cases[:2]
+    theirs = matrix_suites(matrix)[0].cases[:2]
+    assert [(c.name, c.outcome) for c in ours] == [(c.name, c.outcome) for c in theirs]
+    assert ours[0].message == theirs[0].message and "x the float32 noise floor" in ours[0].message
+    assert theirs[1].message == f"{spec} {ours[1].message}" and ours[1].outcome == "failure"
+    # the floor named is the one of the runs' precision (a bf16 run is judged on its BF16 floor)
+    from verify.render.junit import pair_case
+
+    bf16 = compare_outputs("eager", near, "eager", {"x": base}, Tolerance(),
+                           {"x": NoiseFloor(floor, precision="bf16", float32=floor / 100)})
+    assert "x the BF16 noise floor" in pair_case("export.m", bf16).message

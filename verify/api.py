@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -15,45 +16,36 @@ from exporter.formats.eager import eager_artifact
 from exporter.fsio import path_kind, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from exporter.user_model import UserModelSpec
-from verify.inputs import NamedInput, seeded_input
-from verify.judge.compare import PairResult, Tolerance, compare_outputs
+from verify.inputs import NamedInput
 from verify.judge.notes import explain_pairs
-from verify.judge.oracle import NoiseFloor, Oracle, oracle_or_spread
+from verify.judge.oracle import Oracle, pooled_floors, pooled_source
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
-from verify.pipeline.stages import model_shape, require_some_finite_run, without_float64, worst_over_inputs
+from verify.pipeline.stages import (
+    OracleCheck,
+    RunResult,
+    judge_stage,
+    model_shape,
+    require_some_finite_run,
+    run_stage,
+    runtime_label,
+    side_oracles,
+    worst_over_inputs,
+)
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
-from verify.runtimes import RuntimeOptions, default_runtime, side_runtimes
-from verify.settings import RunSettings, input_dict, settings_dict, settings_inputs
+from verify.runtimes import side_runtimes
+from verify.settings import RunSettings, default_inputs, input_dict, settings_dict, settings_inputs
 
 if TYPE_CHECKING:
     from verify.cache import Cache
 
+SIDES = ("A", "B")
+"""How a comparison's report names its two sides (B the reference)."""
 
 
 def build(spec: ModelSpec | UserModelSpec, settings: RunSettings):
     """The model for `spec`, its weights computed (never read from the cache)."""
-    from exporter.backbones import build_model
-    from exporter.weights import load_weights
-
-    if isinstance(spec, UserModelSpec):  # your own model: file.py:factory or pkg.mod:factory
-        from exporter.user_model import build_user_model
-
-        return build_user_model(spec, settings.seed, settings.shape, settings.weights)
-    return build_model(spec, load_weights(settings.weights, spec.backbone, settings.seed), settings.seed)
-
-
-def _run(runtime_name: str, artifact: Artifact, feeds: list[dict], options: RuntimeOptions,
-         progress: Progress, report: Report, repeats: list) -> list[dict]:
-    """Load once, run on every feed: per feed {"label": the runtime's label, "outputs": its outputs}; the
-    determinism check of the run is appended to `repeats`."""
-    from verify.pipeline.stages import run_stage, runtime_label
-
-    with progress.step(f"Running {runtime_label(runtime_name, options)}"):
-        run = run_stage(runtime_name, artifact, feeds, options)
-    report.runs.append(RunRecord(run.label, run.artifact, run.seconds))
-    repeats.append(run.repeat)
-    return [run.on(index) for index in range(len(feeds))]
+    return spec.build(settings.seed, settings.shape, settings.weights)
 
 
 def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
@@ -209,7 +201,10 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     """Run two models or artifacts on the same input and judge them, each also against its own
     float64 oracle where one can be made (torch models and TorchScript files). When either side is the
     user's own code (`file.py:factory`), the comparison runs in a worker process stopped after `timeout` s.
-    `runtime` runs each side whose format it runs (else each side runs on its format's own runtime)."""
+    `runtime` runs each side whose format it runs (else each side runs on its format's own runtime).
+    The pipeline's stages run and judge it (verify/pipeline/stages.py): on every input, A against B (B the
+    reference) on both sides' floors pooled over the inputs, then each side against its own oracle on its own
+    pooled floors; each pair reported on its worst input."""
     settings, progress = settings or RunSettings(), progress or NullProgress()
     kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built
     user = [str(kind) for kind in kinds if getattr(kind, "runs_user_code", False)]
@@ -219,37 +214,49 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     named = settings_inputs(settings)
     with progress.step("Loading both sides"):
         sides = [resolve_source(a, settings), resolve_source(b, settings)]
-    named = named or [seeded_input(input_shape_for(sides, settings), settings.seed)]
+    named = named or default_inputs(settings, input_shape_for(sides, settings))
     report = Report("compare", settings_dict(settings, a=a, b=b), input_dict(named, settings))
-    runs, oracles, repeats = [], [], []
-    for short, text, artifact, name in zip("AB", (a, b), sides, side_runtimes([s.format for s in sides], runtime)):
+    runs: list[RunResult] = []
+    oracles: list[list[Oracle]] = []
+    for short, text, artifact, name in zip(SIDES, (a, b), sides, side_runtimes([s.format for s in sides], runtime)):
         feeds = [{artifact.meta.input_name: item.array} for item in named]
-        side_runs = _run(name, artifact, feeds, settings.runtime, progress, report, repeats)
-        repeats[-1].label = f"{short} ({text} on {side_runs[0]['label']})"
-        report.legend[short] = f"{text} on {side_runs[0]['label']}"
-        for run in side_runs:
-            run["label"] = short
-        runs.append(side_runs)
-        # the run's own outputs are the float32 reference only for a CPU float32 run of the format's own runtime
-        cpu_fp32 = (settings.runtime.device, settings.runtime.precision) == ("cpu", "fp32") \
-            and name == default_runtime(artifact.format)
+        with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
+            run = run_stage(name, artifact, feeds, settings.runtime)
+        report.runs.append(RunRecord(run.label, run.artifact, run.seconds))
+        report.legend[short] = f"{text} on {run.label}"
+        if run.repeat is not None:
+            run.repeat.label = f"{short} ({report.legend[short]})"
+        runs.append(replace(run, label=short))
         with progress.step(f"Measuring the noise floor of {text}"):
-            oracles.append([without_float64(artifact.built, settings)
-                            or oracle_or_spread(artifact, feed, run["outputs"] if cpu_fp32 else None, settings.runtime)
-                            for feed, run in zip(feeds, side_runs)])
-    judged = []
-    for i, item in enumerate(named):
-        require_some_finite_run([runs[0][i], runs[1][i]], item.label)
-        judged.append(_compare_pair([runs[0][i], runs[1][i]], [oracles[0][i], oracles[1][i]], settings.tolerance))
-    report.floors, report.floor_source, _ = judged[0]
-    report.pairs = worst_over_inputs([pairs for _, _, pairs in judged], named, report)
-    report.notes = explain_pairs(report) + [o.source for o in oracles[0][:1] + oracles[1][:1]
-                                            if not (o.outputs or o.noise)]
-    report.problems = _compare_problems(sides, repeats, oracles, runs, named, settings)
+            oracles.append(side_oracles(artifact, feeds, run, settings))
+    require_shared_output(runs)
+    for index, item in enumerate(named):
+        require_some_finite_run([run.on(index) for run in runs], item.label)
+    # each side's floors pooled over the inputs, A against B on the larger of the two (as verify export pools)
+    own = [pooled_floors([oracle.noise for oracle in side]) for side in oracles]
+    report.floors = pooled_floors(own)
+    report.floor_source = "; ".join(pooled_source(side[0].source, len(side)) for side in oracles)
+    judged = [judge_stage(runs, report.floors, settings.tolerance, index,
+                          [OracleCheck(f"oracle({run.label})", side[index].outputs, floors)
+                           for run, side, floors in zip(runs, oracles, own)], reference="later")
+              for index in range(len(named))]
+    report.pairs = worst_over_inputs(judged, named, report)
+    report.notes = explain_pairs(report) + [side[0].source for side in oracles
+                                            if not (side[0].outputs or side[0].noise)]
+    report.problems = _compare_problems(sides, runs, oracles, named, settings)
     return report
 
 
-def _compare_problems(sides: list[Artifact], repeats: list, oracles: list[list[Oracle]], runs: list[list[dict]],
+def require_shared_output(runs: Sequence[RunResult]) -> None:
+    """Two sides with no output name in common were not meant to be compared: a usage error (an output on one
+    side only, beside shared ones, is judged and fails)."""
+    first, second = (run.outputs[0] for run in runs)
+    if not set(first) & set(second):
+        raise UsageError(f"{runs[0].label} and {runs[1].label} share no output ({', '.join(first)} vs "
+                         f"{', '.join(second)})")
+
+
+def _compare_problems(sides: list[Artifact], runs: list[RunResult], oracles: list[list[Oracle]],
                       named: Sequence[NamedInput], settings: RunSettings) -> list[str]:
     """Each side deterministic and unchanged its input, and each side's floor one rounding can produce
     (verify/judge/trust.py); K from a model's parameters, an ONNX file's initializers or a TorchScript file's
@@ -265,31 +272,16 @@ def _compare_problems(sides: list[Artifact], repeats: list, oracles: list[list[O
     models = [getattr(side.built, "model", None) for side in sides]
     cause = next((likely_cause(m) for m in models if m is not None), "")
     floors = {name: floor for side in oracles for name, floor in side[0].noise.items()}
-    problems = repeat_problems(repeats, settings.runtime.device, floors, cause)
+    problems = repeat_problems([run.repeat for run in runs if run.repeat is not None], settings.runtime.device,
+                               floors, cause)
     lengths = [file_accumulation_length(side, named[0].array.shape) if m is None else
                accumulation_length(m, input_shape=named[0].array.shape) for side, m in zip(sides, models)]
     lengths = [k for k in lengths if k]
     if problems or not lengths or settings.tolerance.mode != "auto":
         return problems
-    for side, side_runs in zip(oracles, runs):
-        for oracle, run in zip(side, side_runs):
-            found = floor_problems(oracle.noise, oracle.outputs or run["outputs"], max(lengths))
+    for side, run in zip(oracles, runs):
+        for index, oracle in enumerate(side):
+            found = floor_problems(oracle.noise, oracle.outputs or run.outputs[index], max(lengths))
             if found:
                 return found
     return []
-
-
-def _compare_pair(runs: list[dict], oracles: list[Oracle], tolerance: Tolerance
-                  ) -> tuple[dict[str, NoiseFloor], str, list[PairResult]]:
-    """A against B on one input (on the larger of their floors), and each against its own oracle."""
-    floors: dict[str, NoiseFloor] = {}
-    for oracle in oracles:
-        for name, value in oracle.noise.items():
-            floors[name] = value.combine(floors.get(name))
-    pairs = [compare_outputs(runs[0]["label"], runs[0]["outputs"], runs[1]["label"], runs[1]["outputs"],
-                             tolerance, floors)]
-    for run, oracle in zip(runs, oracles):
-        if oracle.outputs:
-            pairs.append(compare_outputs(run["label"], run["outputs"], f"oracle({run['label']})", oracle.outputs,
-                                         tolerance, oracle.noise, kind="oracle"))
-    return floors, "; ".join(o.source for o in oracles), pairs

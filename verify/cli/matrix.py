@@ -1,4 +1,4 @@
-"""`verify matrix` (run, shard, merge) and `verify cache` (info, clear): thin over verify/matrix.py and
+"""`verify matrix` (run, shard, merge) and `verify cache` (info, clear): thin over verify/matrix/ and
 verify/cache.py. Registered on the main app in verify/cli/app.py."""
 
 from __future__ import annotations

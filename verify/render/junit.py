@@ -10,10 +10,12 @@ import platform
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from verify.judge.precision import DISPLAY
 from verify.render.text import xml_text
 from verify.render.tiles import format_ratio
 
 if TYPE_CHECKING:
+    from verify.judge.compare import PairResult
     from verify.matrix import MatrixResult
 
 OUTCOMES = ("passed", "failure", "error", "skipped")
@@ -87,6 +89,23 @@ def pair_case_name(a: str, b: str, outputs: list[str]) -> str:
     return f"{a} vs {b}: {', '.join(outputs)}" if outputs else f"{a} vs {b}"
 
 
+def pair_case(classname: str, pair: PairResult, subject: str = "") -> Case:
+    """One judged pair as a testcase, the same for every command: passed with its worst output, or failed with
+    why (`subject` leads the message where the suite holds several models: the matrix's cell)."""
+    name = pair_case_name(pair.a, pair.b, [o.name for o in pair.outputs])
+    lead = f"{subject} " if subject else ""
+    if not pair.outputs:
+        return Case(classname, name, "failure", f"{lead}{pair.a} vs {pair.b}: no outputs were compared")
+    worst = pair.worst
+    floor = f"{DISPLAY.get(worst.precision, worst.precision)} noise floor"  # the floor of the runs' precision
+    ratio = f", {format_ratio(worst.ratio)}x the {floor}" if worst.ratio is not None else ""
+    detail = f"{worst.where}: max abs {'-' if worst.max_abs is None else format(worst.max_abs, '.2e')}{ratio}"
+    if pair.passed:
+        return Case(classname, name, "passed", detail)
+    return Case(classname, name, "failure",
+                f"{lead}{pair.a} vs {pair.b}: {worst.reason or 'outside the tolerance'} ({detail})")
+
+
 def matrix_suites(result: MatrixResult) -> list[Suite]:
     suites = []
     for cell in result.cells:
@@ -94,20 +113,7 @@ def matrix_suites(result: MatrixResult) -> list[Suite]:
         classname = f"matrix.{cell.spec}"
         if cell.error:
             suite.cases.append(Case(classname, "run cell", "error", cell.error))
-        for pair in [] if cell.error else cell.pair_results():
-            name = pair_case_name(pair.a, pair.b, [o.name for o in pair.outputs])
-            if not pair.outputs:
-                suite.cases.append(Case(classname, name, "failure", f"{cell.spec} {pair.a} vs {pair.b}: no outputs "
-                                                                      "were compared"))
-                continue
-            worst = pair.worst
-            ratio = f", {format_ratio(worst.ratio)}x the float32 noise floor" if worst.ratio is not None else ""
-            detail = f"{worst.where}: max abs {'-' if worst.max_abs is None else format(worst.max_abs, '.2e')}{ratio}"
-            if pair.passed:
-                suite.cases.append(Case(classname, name, "passed", detail))
-            else:
-                suite.cases.append(Case(classname, name, "failure", f"{cell.spec} {pair.a} vs {pair.b}: "
-                                        f"{worst.reason or 'outside the tolerance'} ({detail})"))
+        suite.cases += [pair_case(classname, pair, cell.spec) for pair in ([] if cell.error else cell.pair_results())]
         if not cell.error and not any(c.outcome == "failure" for c in suite.cases) and not cell.passed \
                 or not cell.error and not suite.cases:
             why = "; ".join([*map(str, cell.problems), *cell.notes]) or (

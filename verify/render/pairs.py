@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from verify.render.junit import Case, Suite, junit_document, pair_case_name
+from verify.render.junit import Case, Suite, junit_document, pair_case
 from verify.render.markdown import Code, MarkdownPage, markdown_page, write_markdown
 from verify.render.tiles import format_ratio
 
@@ -17,26 +17,12 @@ if TYPE_CHECKING:
     from verify.report import Report
 
 
-def _detail(pair: PairResult) -> str:
-    worst = pair.worst
-    ratio = f", {format_ratio(worst.ratio)}x the noise floor" if worst.ratio is not None else ""
-    return f"{worst.where}: max abs {'-' if worst.max_abs is None else format(worst.max_abs, '.2e')}{ratio}"
-
-
 def report_suites(report: Report) -> list[Suite]:
     subject = report.settings.get("spec") or " vs ".join(filter(None, (report.settings.get("a"),
                                                                       report.settings.get("b"))))
     classname = f"{report.command}.{subject}"
     suite = Suite(subject or report.command, seconds=sum(run.seconds for run in report.runs))
-    for pair in report.pairs:
-        name = pair_case_name(pair.a, pair.b, [o.name for o in pair.outputs])
-        if not pair.outputs:
-            suite.cases.append(Case(classname, name, "failure", f"{pair.a} vs {pair.b}: no outputs were compared"))
-        elif pair.passed:
-            suite.cases.append(Case(classname, name, "passed", _detail(pair)))
-        else:
-            reason = pair.worst.reason or "outside the tolerance"
-            suite.cases.append(Case(classname, name, "failure", f"{pair.a} vs {pair.b}: {reason} ({_detail(pair)})"))
+    suite.cases += [pair_case(classname, pair) for pair in report.pairs]
     suite.cases += [Case(classname, "judgeable", "failure", problem) for problem in report.problems]
     if not report.pairs and not report.problems:
         suite.cases.append(Case(classname, "verdict", "failure", "no pairs were judged"))

@@ -1,0 +1,230 @@
+"""A matrix run's results as data: `CellResult` per cell, `MatrixResult` for the run (its JSON schema and
+HMAC); verify/render draws them."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporter.errors import UsageError, VerifyError
+
+if TYPE_CHECKING:
+    from verify.judge.compare import PairResult
+
+
+SCHEMA = "backbone-verify/matrix"
+SCHEMA_VERSION = 1
+AGREE, DISAGREE, ERROR = "agree", "disagree", "error"
+REPORT_KEY_ENV = "BACKBONE_VERIFY_REPORT_KEY"
+"""A secret the shard jobs and the merge job share (a CI secret variable): with it set, every matrix report
+carries an HMAC-SHA256 of its content, and `verify matrix merge` fails any report without a valid one.
+Without it a merge checks that each report is consistent, not who wrote it."""
+
+
+class MatrixFailure(VerifyError):
+    """A check the matrix failed (a merge that cannot show every cell, judged): exit 1, not a usage error."""
+
+    exit_code = 1
+
+
+@dataclass
+class CellResult:
+    id: str
+    backbone: str
+    norm: str
+    view: str
+    verdict: str
+    """agree, disagree or error."""
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    """Each pair as `verify export --json` writes it (a, b, kind, passed, outputs)."""
+    noise_floor: dict[str, Any] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    input: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+    """Wall time in this run (a cached cell: the lookup)."""
+    computed_seconds: float = 0.0
+    """Wall time when the result was computed."""
+    cache: dict[str, str] = field(default_factory=dict)
+    """Stage -> hit / miss / off (`result`, `weights`, `export:<format>`)."""
+    cache_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    worker: dict[str, Any] = field(default_factory=dict)
+    """pid, torch threads and the worker's peak RSS (MiB) after this cell."""
+    shard: int | None = None
+    trust: dict[str, Any] = field(default_factory=dict)
+    """The evidence of the determinism and floor-bound guards: the problems are re-derived from it."""
+    problems: list[str] = field(default_factory=list)
+    """Why the cell cannot agree whatever its pairs say: the run's own problems (not deterministic, a floor
+    rounding cannot explain) and what re-judging its stored numbers found (see `judge_cell`)."""
+
+    VOLATILE = ("seconds", "cache", "cache_stats", "worker", "shard")
+    """Fields that describe this run, not the result (left out of the cached copy)."""
+
+    @property
+    def spec(self) -> str:
+        """backbone:norm:view, or a user model's source:factory (its row has no norm or view)."""
+        return f"{self.backbone}:{self.norm}:{self.view}" if self.norm else self.backbone
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == AGREE
+
+    def pair_results(self) -> list[PairResult]:
+        return [pair_from_dict(p) for p in self.pairs]
+
+    @property
+    def worst_ratio(self) -> float | None:
+        ratios = [p.worst.ratio for p in self.pair_results() if p.outputs and p.worst.ratio is not None]
+        return max(ratios) if ratios else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "backbone": self.backbone, "norm": self.norm, "view": self.view,
+                "spec": self.spec, "verdict": self.verdict, "passed": self.passed, "error": self.error,
+                "worst_ratio": self.worst_ratio, "pairs": self.pairs, "noise_floor": self.noise_floor,
+                "runs": self.runs, "notes": self.notes, "input": self.input, "seconds": self.seconds,
+                "computed_seconds": self.computed_seconds, "cache": self.cache, "cache_stats": self.cache_stats,
+                "worker": self.worker, "shard": self.shard, "problems": self.problems,
+                "trust": self.trust}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellResult:
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def cached_copy(self) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if k not in self.VOLATILE}
+
+
+def pair_from_dict(data: dict[str, Any]) -> PairResult:
+    """A pair as written to JSON, back to the comparator's result (so `worst` is decided one way)."""
+    from verify.judge.compare import OutputComparison, PairResult
+
+    fields = set(OutputComparison.__dataclass_fields__)
+    outputs = [OutputComparison(**{k: v for k, v in o.items() if k in fields}) for o in data.get("outputs", [])]
+    return PairResult(data["a"], data["b"], outputs, data.get("kind", "runtime"))
+
+
+def pair_name(pair: PairResult | Mapping[str, Any]) -> str:
+    a, b = (pair.get("a"), pair.get("b")) if isinstance(pair, Mapping) else (pair.a, pair.b)
+    return f"{a} vs {b}"
+
+
+@dataclass
+class MatrixResult:
+    settings: dict[str, Any]
+    fingerprint: str
+    matrix: list[dict[str, str]]
+    """Every cell of the matrix ({id, spec}) in row order, including those other shards run."""
+    cells: list[CellResult] = field(default_factory=list)
+    shard: dict[str, int] | None = None
+    """{index, count} for a shard report; None for a whole or merged one."""
+    merged: list[dict[str, Any]] = field(default_factory=list)
+    """For a merged report: each shard's index, count, seconds and jobs."""
+    versions: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    jobs: int = 1
+    cache: dict[str, Any] = field(default_factory=dict)
+    """dir, and hits / misses / corrupt / stores per kind."""
+    created: str = ""
+    authentic: bool | None = None
+    """Read back with $BACKBONE_VERIFY_REPORT_KEY set: whether its HMAC holds (None: no key to check with)."""
+
+    @property
+    def factor(self) -> float:
+        from verify.judge.compare import AUTO_FACTOR
+
+        return float(self.settings.get("run", {}).get("tolerance", {}).get("factor") or AUTO_FACTOR)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {v: sum(c.verdict == v for c in self.cells) for v in (AGREE, DISAGREE, ERROR)}
+
+    @property
+    def passed(self) -> bool:
+        """Only a run that judged at least one cell, and every cell agreeing, passes."""
+        return bool(self.cells) and all(c.passed for c in self.cells)
+
+    @property
+    def exit_code(self) -> int:
+        counts = self.counts
+        return 2 if counts[ERROR] else 1 if counts[DISAGREE] or not self.cells else 0
+
+    def pair_columns(self) -> list[str]:
+        """Every pair name in order of first appearance, runtime pairs before each run vs the oracle."""
+        return [name for name, _, _ in self.pair_sides()]
+
+    def pair_sides(self) -> list[tuple[str, str, str]]:
+        """(name, a, b) for every column of the matrix."""
+        seen: dict[str, tuple[int, str, str]] = {}
+        for cell in self.cells:
+            for pair in cell.pairs:
+                seen.setdefault(pair_name(pair), (int(pair.get("kind") == "oracle"), pair["a"], pair["b"]))
+        ordered = sorted(seen, key=lambda name: seen[name][0])  # stable: first-seen order within a kind
+        return [(name, seen[name][1], seen[name][2]) for name in ordered]
+
+    def summary(self) -> str:
+        counts = self.counts
+        head = f"{counts[AGREE]} of {len(self.cells)} cells agree"
+        extra = [f"{counts[DISAGREE]} disagree"] if counts[DISAGREE] else []
+        extra += [f"{counts[ERROR]} failed to run"] if counts[ERROR] else []
+        extra += ["no cell judged: nothing to pass"] if not self.cells else []
+        where = f" (shard {self.shard['index']}/{self.shard['count']} of {len(self.matrix)})" if self.shard else ""
+        return head + (", " + ", ".join(extra) if extra else "") + where
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "command": "matrix",
+                "passed": self.passed, "exit_code": self.exit_code, "summary": self.summary(),
+                "counts": self.counts, "fingerprint": self.fingerprint, "shard": self.shard, "merged": self.merged,
+                "settings": self.settings, "matrix": self.matrix, "pair_columns": self.pair_columns(),
+                "cells": [c.to_dict() for c in self.cells], "versions": self.versions, "seconds": self.seconds,
+                "jobs": self.jobs, "cache": self.cache, "created": self.created}
+        key = os.environ.get(REPORT_KEY_ENV, "")
+        return {**data, "hmac": report_mac(data, key)} if key else data
+
+    @classmethod
+    def from_dict(cls, data: Any, source: object = "report") -> MatrixResult:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise UsageError(f"{source} is not a `verify matrix --json` report (no schema {SCHEMA!r})")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise UsageError(f"{source} has matrix schema version {data.get('schema_version')}; this verify "
+                             f"reads version {SCHEMA_VERSION}: rerun the shards with the same verify")
+        key = os.environ.get(REPORT_KEY_ENV, "")
+        authentic = None if not key else isinstance(data.get("hmac"), str) and hmac.compare_digest(
+            data["hmac"], report_mac({k: v for k, v in data.items() if k != "hmac"}, key))
+        try:
+            return cls(settings=data["settings"], fingerprint=data["fingerprint"], matrix=list(data["matrix"]),
+                       cells=[CellResult.from_dict(c) for c in data["cells"]], shard=data.get("shard"),
+                       merged=list(data.get("merged") or []), versions=dict(data.get("versions") or {}),
+                       seconds=float(data.get("seconds") or 0.0), jobs=int(data.get("jobs") or 1),
+                       cache=dict(data.get("cache") or {}), created=str(data.get("created") or ""),
+                       authentic=authentic)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UsageError(f"{source} is a malformed matrix report ({type(exc).__name__}: {exc})") from None
+
+
+def report_mac(data: dict[str, Any], key: str) -> str:
+    """HMAC-SHA256 of a report's content as JSON writes and reads it back (so the reader computes the same)."""
+    import hashlib
+    import json
+
+    from verify.cache import canonical_json
+
+    body = canonical_json(json.loads(json.dumps(data, default=str)))
+    return hmac.new(key.encode(), body.encode(), hashlib.sha256).hexdigest()
+
+
+def load_result(path: Path) -> MatrixResult:
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"Report {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"Cannot read {path} as JSON: {exc}") from None
+    return MatrixResult.from_dict(data, path)
