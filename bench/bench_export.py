@@ -1,19 +1,23 @@
-"""How much `verify export` costs over the bare job (run by hand; minutes on 2 cores).
+"""`verify export --norm frozen`, cold and warm, against PyTorch's own check, and where its time goes.
 
-Times, in the same run and alternating, `verify export --norm frozen --out <tmpdir>` and
-`python bench/bare_export.py` (each a fresh subprocess, N repeats each), and `verify --help`
-(median of 5). Reports median wall time and peak RSS per side, and verify/bare ratios against
-the targets: wall <= 1.3x, memory <= 1.3x, `verify --help` < 0.5 s.
+Run by hand (tens of minutes on 2 cores); one command prints the table and writes the log:
 
-Peak RSS is the child's own high-water mark as the kernel reports it when the child is reaped
-(ru_maxrss from wait4), read through `/usr/bin/time -f %M` where present, else from os.wait4
-directly (the same number). Not RUSAGE_CHILDREN deltas: those keep the maximum over all children
-ever reaped, so a smaller run after a larger one would report the larger. Not polling
-/proc/<pid>/status VmHWM either: the last poll before exit can miss growth after it.
+    python bench/bench_export.py [--repeats 3] [--log bench/results/export-cpu.log] [--json out.json]
 
-A benchmark, not a test: it always exits 0.
+Each round runs, alternating which side goes first so drift hits both alike: a cold `verify export` (a new empty
+cache folder), a warm one (the same cache folder again, so what the cache's rules allow is served from it), and
+the peer (`torch.onnx.export(dynamo=True, verify=True)` + `verify_onnx_program` on the same ResNet-50 FrozenBN
+body). Each is a fresh subprocess; medians of `--repeats` give the ratios against the targets (cold <= 1.0x,
+warm <= 0.35x). A warm run that stored a new export entry missed the cache (another process edited the
+project's sources, which are part of every key): it is flagged.
 
-    python bench/bench_export.py [--repeats N] [--json out.json]
+Each `verify export` runs in a child that wraps the pipeline's stage functions with timers (a clock read around
+each call) and runs the CLI in-process: the median cold and warm runs' per-stage breakdown (imports, weights, each
+format's export, each runtime's load, runs and determinism rerun, oracle, judging, trust checks, folder write), the
+rest being process start, CLI and rendering. The load average is printed beside the figures: on a shared machine
+they are loaded, the ratios less so. `--backbone resnet18 --shape 1 3 32 32` checks the script in a minute.
+
+A benchmark, not a test: it always exits 0. Peak RSS is the child's own high-water mark (ru_maxrss from wait4).
 """
 
 from __future__ import annotations
@@ -30,143 +34,279 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GNU_TIME = "/usr/bin/time"
-TARGETS = {"wall": 1.3, "memory": 1.3, "help_s": 0.5}
+TARGETS = {"cold": 1.0, "warm": 0.35}
+"""verify / peer wall-time ratios (issue 17, part 3)."""
+DEFAULT_LOG = ROOT / "bench" / "results" / "export-cpu.log"
+SIDES = ("cold", "warm", "peer")
+CACHE_ENV = "BACKBONE_VERIFY_CACHE_DIR"
+BREAKDOWN_FLAG = "--breakdown-child"
+IMPORTED = ("torch", "torchvision", "numpy", "onnx", "onnxruntime")
+"""What every `verify export` imports (timed first in the instrumented child; the dynamo exporter's onnxscript
+is imported only where the ONNX export runs)."""
+OVERLAP_ENV = "BACKBONE_VERIFY_EXPORT_OVERLAP"
+"""auto, on or off (verify/pipeline/overlap.py): set it to bench a mode; auto goes serial on a busy machine."""
 
 
-def verify_executable() -> str:
-    candidate = Path(sys.executable).parent / "verify"
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which("verify")
-    if not found:
-        raise SystemExit("no `verify` console script next to this Python or on PATH; pip install -e .")
-    return found
+MODEL: dict = {"backbone": "resnet50", "shape": [1, 3, 224, 224], "samples": None}
+"""What both sides export (--backbone, --shape) and verify's inputs per verdict (--samples; None: its default)."""
 
 
-def measure(cmd: list[str]) -> dict:
-    """Run `cmd` once; wall seconds, peak RSS in MiB, exit code, stderr tail."""
-    if os.path.exists(GNU_TIME):
-        with tempfile.NamedTemporaryFile("r", suffix=".time", delete=False) as handle:
-            time_file = handle.name
+def verify_args(out: str) -> list[str]:
+    samples = ["--samples", str(MODEL["samples"])] if MODEL["samples"] else []
+    return ["export", "--norm", "frozen", "-b", MODEL["backbone"], "--shape", "x".join(map(str, MODEL["shape"])),
+            *samples, "--out", out]
+
+
+def measure(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run `cmd` once: wall seconds, peak RSS in MiB, exit code, stderr tail."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "peak_mib": usage.ru_maxrss / 1024, "rc": os.waitstatus_to_exitcode(status),
+            "cpu_s": usage.ru_utime + usage.ru_stime, "stderr_tail": err[-600:]}
+
+
+def export_entries(cache: Path) -> int:
+    return sum(1 for _ in (cache / "v1" / "entries" / "export").rglob("*.json")) if cache.exists() else 0
+
+
+def run_side(side: str, cache: Path) -> dict:
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{side}-") as out:
+        if side == "peer":
+            return measure([sys.executable, str(ROOT / "bench" / "peer_export.py"), "--out", out, "--backbone",
+                            MODEL["backbone"], "--shape", *map(str, MODEL["shape"])], env)
+        env[CACHE_ENV] = str(cache)
+        before = export_entries(cache)
+        timings = Path(out) / "timings.json"
+        result = measure([sys.executable, str(Path(__file__).resolve()), BREAKDOWN_FLAG, str(timings),
+                          *verify_args(str(Path(out) / "artifacts"))], env)
+        result["cache_stored"] = export_entries(cache) - before
+        result["stages"] = json.loads(timings.read_text())["stages"] if timings.exists() else {}
+        return result
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def rounds(repeats: int) -> dict[str, list[dict]]:
+    sides: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for i in range(repeats):
+        cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
         try:
-            start = time.perf_counter()
-            proc = subprocess.run([GNU_TIME, "-f", "%M", "-o", time_file, *cmd], cwd=ROOT,
-                                  capture_output=True, text=True)
-            wall = time.perf_counter() - start
-            lines = Path(time_file).read_text().strip().splitlines()
+            order = ("cold", "warm", "peer") if i % 2 == 0 else ("peer", "cold", "warm")  # warm needs cold's cache
+            for side in order:
+                result = run_side(side, cache)
+                result["load"] = load_average()
+                sides[side].append(result)
+                miss = " (warm MISSED the cache: sources edited meanwhile?)" if side == "warm" and \
+                    result.get("cache_stored") else ""
+                print(f"  [{i + 1}/{repeats}] {side:5s} {result['wall_s']:6.1f} s  cpu {result['cpu_s']:6.1f} s  "
+                      f"{result['peak_mib']:6.0f} MiB  rc={result['rc']}  load {result['load']}{miss}",
+                      file=sys.stderr, flush=True)
+                if result["rc"] not in (0, 1) or (side == "peer" and result["rc"]):
+                    print(f"    {side} failed:\n{result['stderr_tail']}", file=sys.stderr)
         finally:
-            os.unlink(time_file)
-        peak_kib = int(lines[-1])  # GNU time writes "Command exited with non-zero status" above
-        rc, err = proc.returncode, proc.stderr
-        method = f"{GNU_TIME} -f %M"
-    else:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        err = proc.stderr.read()  # type: ignore[union-attr]
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        peak_kib, rc = usage.ru_maxrss, proc.returncode  # KiB on Linux
-        method = "os.wait4 ru_maxrss"
-    return {"wall_s": wall, "peak_mib": peak_kib / 1024, "rc": rc, "stderr_tail": err[-600:],
-            "rss_method": method}
+            shutil.rmtree(cache, ignore_errors=True)
+    return sides
 
 
-def run_verify(verify: str) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-verify-") as out:
-        return measure([verify, "export", "--norm", "frozen", "--out", out])
+def breakdown_child(report: Path, args: list[str]) -> None:
+    """Time imports, then run the CLI in this process with the pipeline's stages wrapped by timers."""
+    import importlib
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    begin = time.perf_counter()
+    for name in IMPORTED:
+        importlib.import_module(name)
+    timings[f"imports: {', '.join(IMPORTED)}"] = time.perf_counter() - begin
+    _wrap_stages(timings)
+    sys.argv = ["verify", *args]
+    from verify.cli import main
+
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    timings["(total in this process)"] = time.perf_counter() - started
+    timings["(onnxscript imported here)"] = float("onnxscript" in sys.modules)
+    report.write_text(json.dumps({"stages": timings, "rc": code}))
 
 
-def run_bare() -> dict:
-    return measure([sys.executable, str(ROOT / "bench" / "bare_export.py")])
+def _timed(timings: dict[str, float], label, fn):
+    """`fn` with its wall time added to timings[label(*args)] on each call."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        key = label(*args, **kwargs)
+        timings.setdefault(key, 0.0)  # listed where it starts: a stage before the stages nested in it
+        begin = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            timings[key] += time.perf_counter() - begin
+    return wrapper
 
 
-def time_help(verify: str, n: int = 5) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        subprocess.run([verify, "--help"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return times
+def _patch(timings: dict[str, float], module: str, name: str, label) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    setattr(mod, name, _timed(timings, label if callable(label) else (lambda *a, **k: label), getattr(mod, name)))
+
+
+def _wrap_stages(timings: dict[str, float]) -> None:
+    """Every stage the export goes through, by the module attribute its caller looks up at call time."""
+    import verify.pipeline.overlap as overlap
+    import verify.runtimes as runtimes
+
+    _patch(timings, "exporter.weights", "load_weights", "build: synthetic weights")
+    _patch(timings, "exporter.backbones", "build_model", "build: model (torchvision builder, weights loaded)")
+    _patch(timings, "verify.pipeline.stages", "export_stage", lambda context, fmt, *a, **k: f"export {fmt}")
+    _patch(timings, "verify.pipeline.stages", "_cached_export", lambda c, k, ctx, fmt, *a, **kw:
+           f"  of which cache read + checks {fmt}")
+    _patch(timings, "verify.pipeline.stages", "start_export_stage", lambda context, fmt, *a, **k:
+           f"export {fmt}: cache look-up + start of the child")
+    _patch(timings, "verify.pipeline.stages", "run_stage", lambda name, *a, **k: f"run {name} (load + runs)")
+    _patch(timings, "verify.pipeline.stages", "oracles_stage", "oracle: float64 runs + floors")
+    _patch(timings, "verify.pipeline.stages", "judge_stage", "judging (pairs and oracle)")
+    _patch(timings, "verify.pipeline.stages", "trust_problems", "trust checks (determinism, floor bound)")
+    _patch(timings, "verify.folder.write", "write_artifact_folder", "folder write (goldens, manifest, hashes)")
+    original_wait = overlap.BackgroundExport.wait
+    overlap.BackgroundExport.wait = _timed(timings, lambda self, *a: f"wait for the background {self.fmt} export",
+                                           original_wait)
+    original_make = runtimes.make_runtime
+
+    def make_runtime(name, *args, **kwargs):
+        instance = original_make(name, *args, **kwargs)
+        instance.load = _timed(timings, lambda *a, **k: f"  of which load {name}", instance.load)
+        return instance
+
+    runtimes.make_runtime = make_runtime
+    calls: dict[str, int] = {}
+    import verify.judge.trust as trust
+
+    original_guarded = trust.run_guarded
+
+    def run_guarded(loaded, feed):
+        key = f"  of which runs {type(loaded).__name__}"
+        calls[key] = calls.get(key, 0) + 1
+        begin = time.perf_counter()
+        try:
+            return original_guarded(loaded, feed)
+        finally:
+            timings[key] = timings.get(key, 0.0) + time.perf_counter() - begin
+            timings[f"{key} (last = determinism rerun)"] = time.perf_counter() - begin
+
+    trust.run_guarded = run_guarded
 
 
 def summarise(runs: list[dict]) -> dict:
     return {"wall_s": statistics.median(r["wall_s"] for r in runs),
+            "cpu_s": statistics.median(r["cpu_s"] for r in runs),
             "peak_mib": statistics.median(r["peak_mib"] for r in runs),
-            "walls": [round(r["wall_s"], 2) for r in runs],
-            "peaks_mib": [round(r["peak_mib"]) for r in runs],
-            "exit_codes": [r["rc"] for r in runs]}
+            "walls": [round(r["wall_s"], 1) for r in runs], "exit_codes": [r["rc"] for r in runs],
+            "loads": [r["load"] for r in runs]}
+
+
+def median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
 
 
 def bench(repeats: int) -> dict:
-    verify = verify_executable()
-    sides: dict[str, list[dict]] = {"verify": [], "bare": []}
-    for i in range(repeats):
-        # Alternate, and swap which side goes first each round, so drift hits both alike.
-        order = ("verify", "bare") if i % 2 == 0 else ("bare", "verify")
-        for side in order:
-            result = run_verify(verify) if side == "verify" else run_bare()
-            sides[side].append(result)
-            print(f"  [{i + 1}/{repeats}] {side:6s} {result['wall_s']:6.1f} s  {result['peak_mib']:7.0f} MiB"
-                  f"  rc={result['rc']}", file=sys.stderr, flush=True)
-            if (side == "bare" and result["rc"] != 0) or (side == "verify" and result["rc"] not in (0, 1)):
-                print(f"    {side} failed:\n{result['stderr_tail']}", file=sys.stderr)
-    help_times = time_help(verify)
-    v, b = summarise(sides["verify"]), summarise(sides["bare"])
+    sides = rounds(repeats)
+    summary = {side: summarise(runs) for side, runs in sides.items()}
+    peer = summary["peer"]["wall_s"]
+    stages = [{"kind": kind, **{k: median_run(sides[kind])[k] for k in ("wall_s", "stages", "load")}}
+              for kind in ("cold", "warm")]
     return {
-        "repeats": repeats,
-        "rss_method": sides["verify"][0]["rss_method"],
-        "verify": v,
-        "bare": b,
-        "help": {"median_s": statistics.median(help_times), "times": [round(t, 3) for t in help_times]},
-        "ratios": {"wall": v["wall_s"] / b["wall_s"], "memory": v["peak_mib"] / b["peak_mib"]},
-        "targets": TARGETS,
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
+        "repeats": repeats, "summary": summary, "stages": stages,
+        "ratios": {"cold": summary["cold"]["wall_s"] / peer, "warm": summary["warm"]["wall_s"] / peer},
+        "warm_misses": sum(1 for r in sides["warm"] if r.get("cache_stored")),
+        "targets": TARGETS, "python": sys.version.split()[0], "cpus": len(os.sched_getaffinity(0)),
+        "overlap": os.environ.get(OVERLAP_ENV, "") or "auto", "model": dict(MODEL),
     }
 
 
-def render(result: dict) -> None:
-    v, b, r, t = result["verify"], result["bare"], result["ratios"], result["targets"]
-    print(f"\nverify export --norm frozen vs bench/bare_export.py, median of {result['repeats']} "
-          f"(peak RSS via {result['rss_method']}, {result['cpus']} CPUs)")
-    print(f"{'':8s} {'wall s':>8s} {'peak MiB':>9s}   runs (s / MiB)")
-    for name, side in (("verify", v), ("bare", b)):
-        print(f"{name:8s} {side['wall_s']:8.2f} {side['peak_mib']:9.0f}   "
-              f"{side['walls']} / {side['peaks_mib']}")
-    ok = {"wall": r["wall"] <= t["wall"], "memory": r["memory"] <= t["memory"],
-          "help": result["help"]["median_s"] < t["help_s"]}
-    mark = {True: "ok", False: "OVER"}
-    print(f"\nwall ratio   verify/bare {r['wall']:.2f}x  (target <= {t['wall']}x)  {mark[ok['wall']]}")
-    print(f"memory ratio verify/bare {r['memory']:.2f}x  (target <= {t['memory']}x)  {mark[ok['memory']]}")
-    print(f"verify --help  {result['help']['median_s']:.3f} s median of 5  (target < {t['help_s']} s)  "
-          f"{mark[ok['help']]}")
-    codes = v["exit_codes"] + b["exit_codes"]
-    if any(c not in (0, 1) for c in v["exit_codes"]) or any(c != 0 for c in b["exit_codes"]):
-        print(f"warning: some runs failed (exit codes verify {v['exit_codes']}, bare {b['exit_codes']}); "
-              "the figures above are not comparable")
-    elif any(codes):
-        print(f"note: verify exited 1 (a disagreement) in some runs: {v['exit_codes']}")
-    result["within_targets"] = ok
+def render(result: dict) -> str:
+    import torch
+
+    lines = [f"verify export --norm frozen vs torch.onnx.export(dynamo=True, verify=True) + verify_onnx_program, "
+             f"{result['model']['backbone']} FrozenBN body {'x'.join(map(str, result['model']['shape']))}, median of "
+             f"{result['repeats']}, alternated, verify on {result['model']['samples'] or 'its default number of'} "
+             f"inputs per verdict; torch "
+             f"{torch.__version__}, {result['cpus']} CPUs, python {result['python']}"
+             + f", {OVERLAP_ENV}={result['overlap']}",
+             f"{'':6s} {'wall s':>7s} {'cpu s':>7s} {'peak MiB':>9s}   runs (s)   load average (1/5/15 min) per run"]
+    for side in SIDES:
+        s = result["summary"][side]
+        lines.append(f"{side:6s} {s['wall_s']:7.1f} {s['cpu_s']:7.1f} {s['peak_mib']:9.0f}   {s['walls']}   "
+                     f"{' | '.join(s['loads'])}")
+    for kind in ("cold", "warm"):
+        ratio, target = result["ratios"][kind], result["targets"][kind]
+        lines.append(f"{kind} ratio verify/peer {ratio:.2f}x (target <= {target}x) "
+                     f"{'ok' if ratio <= target else 'OVER'}")
+    if result["warm_misses"]:
+        lines.append(f"warning: {result['warm_misses']} warm run(s) missed the cache (the project's sources changed "
+                     "between runs); the warm figure is not a warm one")
+    codes = [c for side in SIDES for c in result["summary"][side]["exit_codes"]]
+    if any(c not in (0, 1) for c in codes) or any(result["summary"]["peer"]["exit_codes"]):
+        lines.append(f"warning: some runs failed (exit codes {codes}); the figures are not comparable")
+    for stages in result["stages"]:
+        lines.append(f"\nwhere the median {stages['kind']} export's time goes (wall "
+                     f"{stages['wall_s']:.1f} s, load {stages.get('load', '?')}; nested lines are part of the line "
+                     f"above; a background export overlaps the lines after its start):")
+        timed = dict(stages["stages"])
+        if not timed:
+            lines.append("  no timings: the run failed")
+            continue
+        total = timed.pop("(total in this process)", 0.0)
+        onnxscript = timed.pop("(onnxscript imported here)", 0.0)
+        counted = 0.0
+        for name, seconds in timed.items():
+            lines.append(f"  {name:66s} {seconds:6.2f} s")
+            counted += seconds if not name.startswith(" ") and not name.startswith("wait") else 0.0
+        waits = sum(s for n, s in timed.items() if n.startswith("wait"))
+        lines.append(f"  {'process start, interpreter exit (wall - in-process)':66s} {stages['wall_s'] - total:6.2f} s")
+        lines.append(f"  {'CLI, planning, report, rendering, staging (the rest)':66s} "
+                     f"{max(0.0, total - counted - waits):6.2f} s")
+        lines.append(f"  (onnxscript {'was' if onnxscript else 'was not'} imported by the verify process)")
+    return "\n".join(lines)
 
 
 def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == BREAKDOWN_FLAG:
+        breakdown_child(Path(sys.argv[2]), sys.argv[3:])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="Runs of each side [default: 3]")
+    parser.add_argument("--repeats", type=int, default=3, help="Rounds of cold, warm and peer [default: 3]")
+    parser.add_argument("--log", type=Path, default=DEFAULT_LOG, help=f"Write the table here [default: {DEFAULT_LOG}]")
     parser.add_argument("--json", type=Path, help="Also write the figures as JSON here")
+    parser.add_argument("--backbone", default=MODEL["backbone"], help="[default: resnet50]")
+    parser.add_argument("--shape", type=int, nargs=4, default=MODEL["shape"], help="[default: 1 3 224 224]")
+    parser.add_argument("--samples", type=int, help="verify's seeded inputs per verdict [default: its own]")
     args = parser.parse_args()
+    MODEL.update(backbone=args.backbone, shape=list(args.shape), samples=args.samples)
     try:
         result = bench(max(1, args.repeats))
-        render(result)
+        text = render(result)
+        print(text)
+        args.log.write_text(text + "\n")
+        print(f"wrote {args.log}")
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
-            print(f"wrote {args.json}")
     except BaseException as exc:  # a benchmark reports, it never fails the caller
-        if isinstance(exc, KeyboardInterrupt):
-            print("interrupted", file=sys.stderr)
-        else:
-            print(f"benchmark did not complete: {exc!r}", file=sys.stderr)
+        print("interrupted" if isinstance(exc, KeyboardInterrupt) else f"benchmark did not complete: {exc!r}",
+              file=sys.stderr)
     return 0
 
 

@@ -75,6 +75,9 @@ class Format:
     itself data: one that forgets to say fails safe."""
     takes: ClassVar[str] = ""
     """How long exporting takes when that is worth saying in the progress line."""
+    overlaps: ClassVar[bool] = False
+    """Exported in a child process while the other formats are exported and run, where two cores allow it
+    (verify/pipeline/overlap.py): worth it for an export that is long and mostly single-threaded Python."""
 
     @property
     def is_file(self) -> bool:

@@ -86,6 +86,7 @@ class OnnxFormat(Format):
     default: ClassVar[bool] = True
     executes: ClassVar[str] = "nothing: a protobuf graph of standard operators, read by onnx and ONNX Runtime"
     executes_code_on_load: ClassVar[bool] = False  # data: a file from the cache or an unsigned folder is re-judged
+    overlaps: ClassVar[bool] = True  # the dynamo translation: ~70 % of a cold export, single-threaded Python
     manifest_field_types: ClassVar[dict[str, type]] = {"exporter": str, "opset": int}
 
     def export(self, ctx: ExportContext, options: OnnxOptions, path: Path) -> Artifact:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,8 +28,9 @@ if TYPE_CHECKING:
     from verify.cache import Cache
     from verify.inputs import NamedInput
     from verify.judge.compare import PairResult, Tolerance
-    from verify.judge.oracle import Oracle
+    from verify.judge.oracle import NoiseFloor, Oracle
     from verify.judge.trust import RepeatCheck
+    from verify.pipeline.overlap import ArtifactsInFlight
     from verify.report import Report
     from verify.runtimes import RuntimeOptions
     from verify.settings import RunSettings
@@ -64,12 +65,13 @@ class CellPlan:
     """What --input names, read and checked before any model work; None: one seeded normal input."""
 
     def inputs_for(self, built: Any = None) -> list[NamedInput]:
-        """The cell's inputs: those given, else one seeded input of --shape, else of the model's own shape
-        (a user model's example input; a backbone's 1x3x224x224, known before it is built)."""
-        from verify.inputs import seeded_input
+        """The cell's inputs: those given (as given: see verify/settings.py), else the seeded set (--samples of
+        them) of --shape, else of the model's own shape (a user model's example input; a backbone's 1x3x224x224,
+        known before it is built)."""
+        from verify.settings import default_inputs
 
         settings = self.request.settings
-        return self.given or [seeded_input(settings.shape or model_shape(built), settings.seed)]
+        return self.given or default_inputs(settings, settings.shape or model_shape(built))
 
 
 @dataclass
@@ -204,34 +206,19 @@ def model_shape(built: Any) -> tuple[int, ...]:
     return tuple(getattr(built, "input_shape", None) or DEFAULT_SHAPE)
 
 
-def is_user_model(spec: Any) -> bool:
-    from exporter.user_model import UserModelSpec
-
-    return isinstance(spec, UserModelSpec)
-
-
 # Stages ---------------------------------------------------------------------------------------
 def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None,
                 progress: Progress | None = None) -> BuildResult:
     """spec + weights + seed -> the built model (eval mode), its in-memory artifact and the cell's inputs.
-    A backbone's synthetic weights may come from the cache; a user's model is built by its own code."""
-    from exporter.backbones import build_model
+    Weights are always computed: nothing short of recomputing binds stored tensors to `synthetic:<seed>` (README,
+    the cache's threat model); ~0.9 s (resnet18) to ~2.1 s (resnet50) on one core. A user's model is built by its
+    own code."""
     from exporter.formats.eager import eager_artifact
-    from exporter.weights import load_weights
 
     spec, settings = request.spec, request.settings
     progress = progress or NullProgress()
-    if is_user_model(spec):
-        from exporter.user_model import build_user_model
-
-        with progress.step(f"Building {spec}"):
-            built, status = build_user_model(spec, settings.seed, settings.shape, settings.weights), OFF
-    else:
-        with progress.step(f"Building {spec} with {settings.weights} weights"):
-            # always computed: nothing short of recomputing binds stored tensors to `synthetic:<seed>` (README,
-            # the cache's threat model); ~0.9 s (resnet18) to ~2.1 s (resnet50) on one core
-            built, status = build_model(spec, load_weights(settings.weights, spec.backbone, settings.seed),
-                                        settings.seed), OFF
+    with progress.step(f"Building {spec}" + (f" with {settings.weights} weights" if spec.registered else "")):
+        built, status = spec.build(settings.seed, settings.shape, settings.weights), OFF
     no_float64 = without_float64(built, settings)  # refused here, before any export, when auto needs it
     named = plan.inputs_for(built)
     return BuildResult(built, eager_artifact(built, tuple(named[0].array.shape)), status, named, no_float64)
@@ -284,6 +271,40 @@ def export_key(cache: Cache, context: ExportContext, fmt: str, options: ExportOp
         "options": options.options_for(fmt), "dynamic": options.dynamic, "meta": context.meta,
         "example": {"shape": list(example.shape), "dtype": str(example.dtype), "sha256": _bytes_sha(example)},
     })
+
+
+def start_export_stage(context: ExportContext, fmt: str, options: ExportOptions, folder: Path, cache: Cache | None,
+                       artifacts: ArtifactsInFlight, statuses: dict[str, str]) -> None:
+    """`export_stage` with the export in a child process (verify/pipeline/overlap.py): a cached file that passes
+    `_cached_export` goes into `artifacts` at once; else the child starts, and `artifacts[fmt]` waits for its file,
+    which is then stored in the cache like an export made here (the same rules: data formats only)."""
+    from exporter.formats import get_format
+    from verify.pipeline.overlap import BackgroundExport, NotPicklable
+
+    entry_format = get_format(fmt)
+    key = None
+    if cache is not None and not entry_format.executes_code_on_load and entry_format.filename is not None:
+        key = export_key(cache, context, fmt, options)
+        with cache.lock(key):
+            cached = _cached_export(cache, key, context, fmt, options, folder)
+        if cached is not None:
+            artifacts[fmt], statuses[f"export:{fmt}"] = cached, HIT
+            return
+
+    def done(artifact: Artifact) -> None:
+        assert artifact.path is not None
+        if cache is not None and key is not None and not entry_format.companion_files(artifact.path):
+            with cache.lock(key):
+                cache.store("export", key, data={"format": fmt}, files={artifact.path.name: artifact.path})
+        statuses[f"export:{fmt}"] = MISS if key is not None else OFF
+
+    try:
+        background = BackgroundExport(context, fmt, options)
+    except NotPicklable:  # a model only this process can hold: exported here, as without a second core
+        exported = export_stage(context, fmt, options, folder, cache)
+        artifacts[fmt], statuses[f"export:{fmt}"] = exported.artifact, exported.cache
+        return
+    artifacts.expect(fmt, background, folder, done)
 
 
 CACHED_META_FIELDS = ("input_name", "input_shape", "output_names", "spec", "weights", "weights_sha256")
@@ -386,23 +407,91 @@ def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunR
     return OracleResult(fp32, oracle)
 
 
-def judge_stage(runs: list[RunResult], oracle: Oracle | None, tolerance: Tolerance,
-                index: int = 0) -> list[PairResult]:
-    """On input `index`: every pair of runs, then each run against the float64 oracle (None: none made,
-    the pairs are judged by the explicit tolerance alone)."""
+def oracles_stage(eager: Artifact, feeds: Sequence[dict[str, np.ndarray]], runs: list[RunResult],
+                  options: RuntimeOptions | None = None, no_float64: Oracle | None = None,
+                  batch: bool = False) -> list[OracleResult]:
+    """`oracle_stage` on every input, each floor measured on its own input; with `batch` (a model whose samples
+    are independent: a registered backbone, never the user's code) the float64 runs go once as one batch."""
+    from verify.judge.oracle import measure_oracles
+    from verify.judge.trust import copy_feed
+    from verify.runtimes import default_runtime, make_runtime
+
+    feeds = [copy_feed(feed) for feed in feeds]  # a model that writes into its input spoils only these copies
+    runner = default_runtime(eager.format)
+    fp32 = [next((run.outputs[index] for run in runs if run.label == runner), None) for index in range(len(feeds))]
+    if any(outputs is None for outputs in fp32):
+        loaded = make_runtime(runner).load(eager)
+        fp32 = [loaded.run(feed) if outputs is None else outputs for feed, outputs in zip(feeds, fp32)]
+    if no_float64 is not None:
+        return [OracleResult(outputs, no_float64) for outputs in fp32]
+    oracles = measure_oracles(eager, feeds, fp32, options, batch)  # floors at the runs' precision
+    if oracles is None:
+        raise UsageError(f"No runtime can run {eager.label} in float64 to measure the noise floor")
+    return [OracleResult(outputs, oracle) for outputs, oracle in zip(fp32, oracles)]
+
+
+def pooled_judge_stage(runs: Sequence[RunResult], oracles: Sequence[OracleResult], tolerance: Tolerance
+                       ) -> tuple[dict[str, NoiseFloor], list[list[PairResult]]]:
+    """Each output's floor pooled over the inputs (per channel, the largest measured on any), then every input
+    judged on it: the pairs, and each run against that input's oracle (README, "Evidence per verdict")."""
+    from verify.judge.oracle import pooled_floors
+
+    floors = pooled_floors([result.oracle.noise for result in oracles])
+    judged = [judge_stage(runs, floors, tolerance, index, [OracleCheck("oracle", result.oracle.outputs, floors)]
+                          * len(runs)) for index, result in enumerate(oracles)]
+    return floors, judged
+
+
+PAIR_REFERENCES = ("earlier", "later")
+"""Which run of a pair is its reference (`b`: its output order, the denominator of relative errors): the
+earlier (export: the in-memory model, run first) or the later (`compare A B`: B, as numpy's
+assert_allclose(actual, desired))."""
+
+
+@dataclass(frozen=True)
+class OracleCheck:
+    """A run's float64 oracle on one input: the name the report gives it, its outputs, the floors it judges on."""
+
+    label: str
+    outputs: dict[str, np.ndarray]
+    floors: Mapping[str, NoiseFloor]
+
+
+def judge_stage(runs: Sequence[RunResult], floors: Mapping[str, NoiseFloor], tolerance: Tolerance, index: int = 0,
+                oracles: Sequence[OracleCheck | None] = (), reference: str = "earlier") -> list[PairResult]:
+    """On input `index`: every pair of runs on `floors` (the model's own, pooled over inputs, or in a comparison
+    both sides' larger), then each run against its oracle (`oracles`, one per run; None or no outputs: none made)
+    on that oracle's floors. Every output of either side is judged: one missing on the other side fails."""
     from verify.judge.compare import compare_outputs
 
-    floors = oracle.noise if oracle is not None else {}
+    if reference not in PAIR_REFERENCES:
+        raise ValueError(f"reference must be one of {PAIR_REFERENCES}, not {reference!r}")
     pairs = []
     for i, first in enumerate(runs):
         for second in runs[i + 1:]:
-            pairs.append(compare_outputs(second.label, second.outputs[index], first.label, first.outputs[index],
+            actual, desired = (second, first) if reference == "earlier" else (first, second)
+            pairs.append(compare_outputs(actual.label, actual.outputs[index], desired.label, desired.outputs[index],
                                          tolerance, floors, require_all=True))
-    if oracle is not None:
-        for run in runs:
-            pairs.append(compare_outputs(run.label, run.outputs[index], "oracle", oracle.outputs, tolerance,
-                                         floors, kind="oracle", require_all=True))
+    for run, check in zip(runs, oracles):
+        if check is not None and check.outputs:
+            pairs.append(compare_outputs(run.label, run.outputs[index], check.label, check.outputs, tolerance,
+                                         check.floors, kind="oracle", require_all=True))
     return pairs
+
+
+def side_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]], run: RunResult,
+                 settings: RunSettings) -> list[Oracle]:
+    """One side of a comparison, on every feed: its float64 oracle where a runtime runs its format in float64, else
+    (an ONNX file) the spread of its runtime's alternative settings; the side's own run is its float32 reference
+    only when it is a CPU float32 run of the format's own runtime."""
+    from verify.judge.oracle import oracle_or_spread
+    from verify.runtimes import default_runtime
+
+    own = (settings.runtime.device, settings.runtime.precision) == ("cpu", "fp32") \
+        and run.runtime == default_runtime(artifact.format)
+    return [without_float64(artifact.built, settings)
+            or oracle_or_spread(artifact, feed, run.outputs[index] if own else None, settings.runtime)
+            for index, feed in enumerate(feeds)]
 
 
 def require_some_finite_run(runs: list[dict], label: str) -> None:
@@ -478,6 +567,8 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
 
     from exporter.formats import ExportContext, get_format
     from verify.judge.notes import explain_pairs
+    from verify.judge.oracle import pooled_source
+    from verify.pipeline.overlap import ArtifactsInFlight, can_overlap
     from verify.report import Report, RunRecord
     from verify.settings import input_dict, settings_dict
 
@@ -488,10 +579,15 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     statuses: dict[str, str] = {"weights": build.cache}
     eager, feeds = build.eager, build.feeds
     context = ExportContext(build.built, torch.from_numpy(build.named[0].array), eager.meta, dynamic=export.dynamic)
-    export_cache = None if is_user_model(spec) else cache  # the user's code may change under the same name
-    artifacts = {eager.format: eager}
-    for fmt in export.formats:
+    export_cache = cache if spec.registered else None  # the user's code may change under the same name
+    artifacts = ArtifactsInFlight({eager.format: eager})  # a background export is waited for when first run
+    background = can_overlap(not spec.registered)
+    for fmt in sorted(export.formats, key=lambda name: not (background and get_format(name).overlaps)):
         takes = get_format(fmt).takes
+        if background and get_format(fmt).overlaps:  # started first, so the other formats' work overlaps it
+            with progress.step(f"Exporting {fmt} in the background"):
+                start_export_stage(context, fmt, export, folder, export_cache, artifacts, statuses)
+            continue
         with progress.step(f"Exporting {fmt}" + (f" ({takes})" if takes else "")):
             exported = export_stage(context, fmt, export, folder, export_cache)
         artifacts[fmt] = exported.artifact
@@ -502,17 +598,15 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
             run = run_stage(name, artifacts[plan.formats[name]], feeds, settings.runtime)
         report.runs.append(RunRecord(run.label, run.artifact, run.seconds))
         runs.append(run)
-    judged: list[tuple[OracleResult, list[PairResult]]] = []
     with progress.step("Running the float64 oracle"):
-        for index, (item, feed) in enumerate(zip(build.named, feeds)):
+        for index, item in enumerate(build.named):
             require_some_finite_run([run.on(index) for run in runs], item.label)
-            oracle = oracle_stage(eager, feed, runs, settings.runtime, index, build.no_float64)
-            judged.append((oracle, judge_stage(runs, None if build.no_float64 else oracle.oracle,
-                                               settings.tolerance, index)))
-    first = judged[0][0]
-    report.floors, report.floor_source = first.oracle.noise, first.oracle.source
-    report.problems, report.trust = trust_problems(runs, [oracle for oracle, _ in judged], build, settings)
-    report.pairs = worst_over_inputs([pairs for _, pairs in judged], build.named, report)
+        oracles = oracles_stage(eager, feeds, runs, settings.runtime, build.no_float64, spec.registered)
+    floors, judged = pooled_judge_stage(runs, oracles, settings.tolerance)
+    first = oracles[0]
+    report.floors, report.floor_source = floors, pooled_source(first.oracle.source, len(oracles))
+    report.problems, report.trust = trust_problems(runs, oracles, build, settings)
+    report.pairs = worst_over_inputs(judged, build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) + [
         f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
         f"{'x'.join(map(str, a.meta.input_shape))} input; export at the largest size you deploy"
@@ -560,7 +654,7 @@ def request_content(request: CellRequest, plan: CellPlan) -> dict[str, Any] | No
     may change under the same name): such a result is not cached."""
     from verify.cache import file_sha256
 
-    if is_user_model(request.spec):
+    if not request.spec.registered:
         return None
     data = request_dict(request)
     data["runtimes"] = list(plan.runtimes)

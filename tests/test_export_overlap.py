@@ -1,0 +1,231 @@
+"""The ONNX export in a background process (verify/pipeline/overlap.py): the same files and verdicts as the serial
+export, a child's failure is one line with the exit code of any export failure and leaves nothing behind, and an
+interrupted or killed parent takes its child with it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from exporter.errors import ExportError
+from exporter.export import ExportOptions
+from exporter.spec import ModelSpec
+from verify.pipeline import overlap
+from verify.settings import RunSettings
+
+SPEC = ModelSpec("resnet18", "frozen", "body")
+SHAPE = (1, 3, 32, 32)
+SETTINGS = RunSettings(shape=SHAPE, samples=1)
+"""One input per verdict: what runs in the child does not depend on how many inputs the verdicts take."""
+FORMATS = ("torchscript", "onnx")
+RUNTIMES = ("eager", "torchscript", "onnxruntime")
+COMPARED_FILES = ("model.onnx", "goldens.npz")
+"""Files whose bytes are a function of the model and input (a TorchScript archive's are not, run to run)."""
+CHILD_APPEARS_S = 120.0
+CHILD_GONE_S = overlap.STOP_GRACE_SECONDS + 10.0
+
+
+def use_mode(patch: pytest.MonkeyPatch, mode: str) -> None:
+    """`mode`, whatever the suite's workers set (tests/conftest.py makes one-core xdist workers serial)."""
+    patch.delenv(overlap.SERIAL_ENV, raising=False)
+    patch.setenv(overlap.MODE_ENV, mode)
+
+
+def export_with(mode: str, out: Path):
+    from verify.api import verify_export
+
+    with pytest.MonkeyPatch.context() as patch:
+        use_mode(patch, mode)
+        return verify_export(SPEC, SETTINGS, out=out, export=ExportOptions(formats=FORMATS),
+                             runtimes=RUNTIMES, cache=None)
+
+
+@pytest.fixture(scope="module")
+def serial_and_overlapped(module_tmp):
+    """mode -> (report, folder): the same export made serially and with ONNX in the background."""
+    folders = {mode: module_tmp(mode) for mode in ("off", "on")}
+    return {mode: (export_with(mode, out), out / SPEC.slug) for mode, out in folders.items()}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_overlapped_export_writes_the_serial_files(serial_and_overlapped):
+    (_, serial), (_, overlapped) = serial_and_overlapped["off"], serial_and_overlapped["on"]
+    assert sorted(p.name for p in serial.iterdir()) == sorted(p.name for p in overlapped.iterdir())
+    for name in COMPARED_FILES:
+        assert digest(serial / name) == digest(overlapped / name), name
+
+
+def test_overlapped_export_reaches_the_serial_verdicts(serial_and_overlapped):
+    (serial, _), (overlapped, _) = serial_and_overlapped["off"], serial_and_overlapped["on"]
+
+    def verdicts(report):
+        return [(p.a, p.b, p.passed, p.worst.name, p.worst.max_abs) for p in report.pairs]
+
+    assert verdicts(serial) == verdicts(overlapped)
+    assert all(p.passed for p in overlapped.pairs) and not overlapped.problems
+
+
+def test_the_mode_decides_and_an_unknown_one_is_refused(monkeypatch):
+    from exporter.errors import UsageError
+
+    use_mode(monkeypatch, "off")
+    assert not overlap.can_overlap(user_model=False)
+    use_mode(monkeypatch, "on")
+    assert overlap.can_overlap(user_model=False) == (overlap.usable_cpus() >= overlap.MIN_CPUS)
+    assert not overlap.can_overlap(user_model=True)  # a user's model is never pickled into another process
+    monkeypatch.setenv(overlap.SERIAL_ENV, "1")  # what one-core xdist workers get: serial whatever the mode
+    assert not overlap.can_overlap(user_model=False)
+    monkeypatch.delenv(overlap.SERIAL_ENV)
+    monkeypatch.setenv(overlap.MODE_ENV, "sometimes")
+    with pytest.raises(UsageError, match=overlap.MODE_ENV):
+        overlap.can_overlap(user_model=False)
+
+
+def _garbage_job(self, job: bytes) -> None:
+    self._send.send_bytes(b"not a pickle")
+
+
+def _unloadable_model(context) -> bytes:
+    return b"not a torch.save archive"
+
+
+@pytest.mark.parametrize("patched, said", [
+    ("_model_bytes", "The background onnx export failed"),  # the child raises: its own one-line error
+    ("_write", "without a result"),  # the child dies before its export: exit code and its last stderr line
+])
+def test_a_failed_background_export_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, patched, said):
+    from typer.testing import CliRunner
+
+    from verify.cli import app
+
+    if overlap.usable_cpus() < overlap.MIN_CPUS:
+        pytest.skip("one usable core: the export stays in this process")
+    replacement = _unloadable_model if patched == "_model_bytes" else _garbage_job
+    if patched == "_model_bytes":
+        monkeypatch.setattr(overlap, patched, replacement)
+    else:
+        monkeypatch.setattr(overlap.BackgroundExport, patched, replacement)
+    use_mode(monkeypatch, "on")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["export", "-b", SPEC.backbone, "--shape", "x".join(map(str, SHAPE)),
+                                      "--format", "onnx", "--out", str(out), "--no-cache"])
+    assert result.exit_code == ExportError.exit_code, result.output
+    errors = [line for line in result.output.splitlines() if said in line]
+    assert len(errors) == 1 and overlap.MODE_ENV in errors[0], result.output
+    assert not out.exists() or not any(out.iterdir())  # no folder, no staging left
+    assert not any(temp.glob("verify-onnx-export-*")), list(temp.iterdir())
+
+
+def _children_running_overlap(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and overlap.__name__.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited; only its parent's wait remains
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the child through /proc")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_an_interrupted_export_takes_its_child_with_it(tmp_path, how):
+    if overlap.usable_cpus() < overlap.MIN_CPUS:
+        pytest.skip("one usable core: no child")
+    out = tmp_path / "out"
+    env = {**os.environ, overlap.MODE_ENV: "on", "BACKBONE_VERIFY_NO_CACHE": "1"}
+    env.pop(overlap.SERIAL_ENV, None)
+    parent = subprocess.Popen([sys.executable, "-c", "from verify.cli import main; main()", "export", "-b",
+                               SPEC.backbone, "--shape", "x".join(map(str, SHAPE)), "--out", str(out)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + CHILD_APPEARS_S
+        children: list[int] = []
+        while not children and parent.poll() is None and time.monotonic() < deadline:
+            children = _children_running_overlap(parent.pid)
+            time.sleep(0.05)
+        assert children, "the background export never started"
+        parent.send_signal(how)
+        code = parent.wait(CHILD_GONE_S)
+        deadline = time.monotonic() + CHILD_GONE_S
+        while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(pid) for pid in children)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert code == (143 if how == signal.SIGTERM else -signal.SIGKILL)
+    if how == signal.SIGTERM:  # a killed parent cannot tidy; its staging folder is removed by the next export
+        assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_background_export_is_stored_in_the_cache_and_a_hit_starts_no_child(tmp_path, monkeypatch):
+    """Mode on: the first export's ONNX file, made by the child, goes into the cache; the second takes it from there
+    (checked and judged like any cached file) without starting a child, and reaches the same figures."""
+    from exporter.formats.onnx import OnnxOptions
+    from verify.api import verify_export
+    from verify.cache import Cache, default_cache_dir
+
+    if overlap.usable_cpus() < overlap.MIN_CPUS:
+        pytest.skip("one usable core: no child")
+    use_mode(monkeypatch, "on")
+    options = ExportOptions(formats=("onnx",), format_options=(OnnxOptions("torchscript"),))  # the quick exporter
+
+    def export(out: Path):
+        report = verify_export(SPEC, SETTINGS, out=out, export=options,
+                               runtimes=("eager", "onnxruntime"))
+        return report, {(p.a, p.b, o.name): o.max_abs for p in report.pairs for o in p.outputs}
+
+    first, first_figures = export(tmp_path / "a")
+    assert Cache(default_cache_dir()).info()["entries"] == {"export": 1}
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("a child started although the cache holds the file")
+
+    monkeypatch.setattr(overlap, "BackgroundExport", no_child)
+    second, second_figures = export(tmp_path / "b")
+    assert second.passed and second_figures == first_figures
+    assert digest(tmp_path / "a" / SPEC.slug / "model.onnx") == digest(tmp_path / "b" / SPEC.slug / "model.onnx")
+
+
+def test_a_model_that_cannot_go_to_a_child_is_exported_here(tmp_path, monkeypatch):
+    from exporter.formats.onnx import OnnxOptions
+    from verify.api import verify_export
+
+    def not_picklable(context):
+        raise overlap.NotPicklable("Can't pickle local object")
+
+    use_mode(monkeypatch, "on")
+    monkeypatch.setattr(overlap, "_model_bytes", not_picklable)
+    options = ExportOptions(formats=("onnx",), format_options=(OnnxOptions("torchscript"),))
+    report = verify_export(SPEC, SETTINGS, out=tmp_path, export=options,
+                           runtimes=("eager", "onnxruntime"), cache=None)
+    assert report.passed and (tmp_path / SPEC.slug / "model.onnx").is_file()
