@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from verify.pipeline.overlap import MIN_CPUS, MODE_ENV
+
 SMALL = "resnet18"
 SMALL_SHAPE = (1, 3, 64, 64)
 
@@ -48,21 +50,34 @@ def check_loadgroup(config) -> None:
                                 "(pip install -e '.[dev]')")
 
 
+def worker_environment(workers: int, cores: int) -> dict[str, str]:
+    """What each of `workers` pytest-xdist workers sets on `cores` cores: its share of the cores for torch's
+    threads and the processes it starts (OMP_NUM_THREADS): two workers of two threads each on two cores spin
+    against each other (measured: the full suite 11.5 min and 20 min of CPU, against 8 min and 15 min). With
+    fewer cores than a background export needs (verify/pipeline/overlap.py), every format is exported in the
+    worker unless a test asks for the overlap (MODE_ENV "on"): the child would only add its start-up (measured:
+    two resnet18 exports 57 s of CPU with it, 43 s without)."""
+    if workers <= 1:
+        return {}
+    threads = max(1, cores // workers)
+    env = {"OMP_NUM_THREADS": str(threads)}
+    if threads < MIN_CPUS:
+        env[MODE_ENV] = "off"
+    return env
+
+
 def pytest_configure(config):
     check_loadgroup(config)
-    """Under pytest-xdist each worker gets its share of the cores for torch's threads (and the processes it
-    starts, through OMP_NUM_THREADS): two workers of two threads each on two cores spin against each other
-    (measured: the full suite 11.5 min and 20 min of CPU, against 8 min and 15 min)."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
-    if workers > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // workers)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = worker_environment(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0), cores)
+    os.environ.update(env)
+    if env:
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
 
 
 FAST_MODULES = {"test_architecture", "test_bad_inputs", "test_ci_output", "test_detections", "test_inputs",
-                "test_inputs_trust", "test_manifest", "test_registry", "test_render_safety", "test_weights"}
+                "test_inputs_trust", "test_manifest", "test_registry", "test_render_safety", "test_suite_groups",
+                "test_weights"}
 """Modules whose tests build and export no model (bar those marked slow one by one): the fast tier,
 `pytest -m "not slow"`. Every other module builds, exports and runs models, and is marked slow as a whole."""
 
@@ -70,10 +85,11 @@ FAST_MODULES = {"test_architecture", "test_bad_inputs", "test_ci_output", "test_
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA device")
+    groups = shared_export_groups(items)
     for item in items:
         if "needs_cuda" in item.keywords and not cuda_available():
             item.add_marker(skip)
-        group = shared_export_group(item)
+        group = groups.get(item.nodeid)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
         if group or item.module.__name__.rpartition(".")[2] not in FAST_MODULES:
@@ -85,14 +101,11 @@ NOT_SHARED_WORK = {"session_cache", "module_tmp"}
 """Module/session fixtures that build nothing (folders and environment only)."""
 
 
-def shared_export_group(item) -> str | None:
-    """The xdist group of a test that uses a module or session fixture of this suite (they build exports,
-    tens of seconds each): every test sharing it runs on one worker (`--dist loadgroup`), so it is built once;
-    the other tests go one by one to whichever worker is free, which keeps the two workers busy to the end.
-    A session fixture (the every-format export) groups across modules, a module fixture within its module."""
+def shared_fixtures(item) -> dict[str, str]:
+    """The module and session fixtures of this suite that `item` uses, directly or not: name -> scope."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
-        return None
+        return {}
     shared = {}
     for name in info.names_closure:
         definitions = info.name2fixturedefs.get(name)
@@ -101,10 +114,39 @@ def shared_export_group(item) -> str | None:
         definition = definitions[-1]
         if definition.scope in ("module", "session") and definition.baseid.startswith("tests"):
             shared[name] = definition.scope
-    sessions = sorted(name for name, scope in shared.items() if scope == "session")
-    if sessions:
-        return "+".join(sessions)
-    return item.nodeid.split("::")[0] if shared else None
+    return shared
+
+
+def shared_export_groups(items) -> dict[str, str]:
+    """The xdist group of each test that uses a module or session fixture of this suite (they build exports,
+    tens of seconds each): every test sharing it runs on one worker (`--dist loadgroup`), so it is built once;
+    the other tests go one by one to whichever worker is free, which keeps the two workers busy to the end.
+    A module fixture groups within its module; session fixtures group across modules, and session fixtures
+    that any test uses together form one group (exported_small takes aoti_export's package: a test of either
+    must run where the one AOTInductor compile is)."""
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    used = {item.nodeid: shared_fixtures(item) for item in items}
+    for shared in used.values():
+        sessions = sorted(name for name, scope in shared.items() if scope == "session")
+        for name in sessions:
+            parent[root(name)] = root(sessions[0])
+    components: dict[str, set[str]] = {}
+    for name in list(parent):
+        components.setdefault(root(name), set()).add(name)
+    groups = {}
+    for nodeid, shared in used.items():
+        session = next((name for name, scope in shared.items() if scope == "session"), None)
+        if session is not None:
+            groups[nodeid] = "+".join(sorted(components[root(session)]))
+        elif shared:
+            groups[nodeid] = nodeid.split("::")[0]
+    return groups
 
 
 def cpu_and_cuda():
@@ -164,12 +206,55 @@ def test_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def exported_small(tmp_path_factory):
-    """SMALL exported once through every registered file format (one shared torch.export trace):
+def default_export_run(tmp_path_factory):
+    """`verify export -b SMALL --shape SMALL_SHAPE --json ...` (every default format, unsigned), once per suite:
+    (its folder, its JSON report, the CLI result)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from verify.cli import app
+
+    out = tmp_path_factory.mktemp("default-export")
+    result = CliRunner().invoke(app, ["export", "-b", SMALL, "--shape", "x".join(map(str, SMALL_SHAPE)),
+                                      "--out", str(out), "--json", str(out / "report.json")])
+    assert result.exit_code == 0, result.output
+    return out / f"{SMALL}-frozen-body", json.loads((out / "report.json").read_text()), result
+
+
+@pytest.fixture(scope="session")
+def default_export(default_export_run):
+    """default_export_run's folder, which tests/test_artifact.py and tests/test_formats.py read (and copy before
+    they change anything)."""
+    return default_export_run[0]
+
+
+SHARED_AOTI = "aoti"
+"""The format whose compile (40 to 100 s on two cores, the suite's costliest step) runs once: aoti_export."""
+
+
+@pytest.fixture(scope="session")
+def aoti_export(tmp_path_factory):
+    """`verify export -b SMALL --shape SMALL_SHAPE --format aoti`, once per suite: the suite's only AOTInductor
+    compile. (CLI result, its folder): tests/test_formats.py judges the command, exported_small takes the package."""
+    from typer.testing import CliRunner
+
+    from verify.cli import app
+
+    out = tmp_path_factory.mktemp("aoti-export")
+    result = CliRunner().invoke(app, ["export", "-b", SMALL, "--shape", "x".join(map(str, SMALL_SHAPE)),
+                                      "--format", SHARED_AOTI, "--out", str(out)])
+    return result, out / f"{SMALL}-frozen-body"
+
+
+@pytest.fixture(scope="session")
+def exported_small(tmp_path_factory, aoti_export):
+    """SMALL exported once through every registered file format (one shared torch.export trace; the AOTInductor
+    package is aoti_export's, the same model and input compiled by `verify export`):
     (artifacts by format, inputs, eager float32 outputs, the float64 oracle)."""
     from exporter.api import get_backbone
     from exporter.export import ExportOptions, export_model
-    from exporter.formats import ExportContext, file_formats
+    from exporter.formats import ExportContext, file_formats, get_format, open_artifact
     from exporter.formats.eager import eager_artifact
     from verify.inputs import make_input
     from verify.judge.oracle import measure_oracle
@@ -182,8 +267,11 @@ def exported_small(tmp_path_factory):
     options = ExportOptions(formats=tuple(file_formats()))
     context = ExportContext(built, torch.from_numpy(x), eager.meta, dynamic=options.dynamic)
     artifacts = {eager.format: eager}
+    result, aoti_folder = aoti_export
+    assert result.exit_code == 0, result.output
     for fmt in options.formats:
-        artifacts[fmt] = export_model(built, eager.meta, context.example, folder, options, fmt, context)
+        artifacts[fmt] = (open_artifact(aoti_folder / get_format(fmt).filename) if fmt == SHARED_AOTI else
+                          export_model(built, eager.meta, context.example, folder, options, fmt, context))
     inputs = {eager.meta.input_name: x}
     reference = make_runtime(runtimes_for(eager.format)[0]).load(eager).run(inputs)
     return artifacts, inputs, reference, measure_oracle(eager, inputs, reference)

@@ -18,25 +18,25 @@ from typer.testing import CliRunner
 from exporter.formats import default_formats, get_format
 from exporter.formats.onnx import file_opset
 from exporter.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION, file_sha256
+from tests.conftest import SMALL, SMALL_SHAPE
 from verify.cli import app
 from verify.folder.validate import UNSIGNED_CODE_OPTION as TRUST
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.oracle import measure_floors
 
 runner = CliRunner()
-EXPORT = ["export", "--backbone", "resnet18", "--shape", "1x3x64x64"]
+EXPORT = ["export", "--backbone", SMALL, "--shape", "x".join(map(str, SMALL_SHAPE))]
+"""What tests/conftest.py default_export runs (the `pristine` folder) and what tests here run again."""
 
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def pristine(module_tmp):
-    out = module_tmp("pristine")
-    result = invoke(*EXPORT, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out / "resnet18-frozen-body"
+@pytest.fixture
+def pristine(default_export):
+    """`verify export` of EXPORT, made once for the suite (tests/conftest.py); read only: `folder` copies it."""
+    return default_export
 
 
 @pytest.fixture

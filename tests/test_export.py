@@ -24,10 +24,23 @@ def assert_all_agree(report):
     assert report.exit_code == 0
 
 
+FROZEN_BODY = ModelSpec(SMALL, "frozen", "body")
+"""The export two tests here judge: made once (`frozen_body`)."""
+
+
+@pytest.fixture(scope="module")
+def frozen_body(module_tmp):
+    """(report, out folder) of `verify_export` of FROZEN_BODY at SMALL_SHAPE with the default formats."""
+    out = module_tmp("frozen-body")
+    return verify_export(FROZEN_BODY, RunSettings(shape=SMALL_SHAPE), out=out), out
+
+
 @pytest.mark.parametrize("view", ["body", "fpn", "trunk"])
 @pytest.mark.parametrize("norm", list_norms())
-def test_every_norm_and_view_passes(norm, view, tmp_path):
-    report = verify_export(ModelSpec(SMALL, norm, view), RunSettings(shape=SMALL_SHAPE), out=tmp_path)
+def test_every_norm_and_view_passes(norm, view, tmp_path, frozen_body):
+    spec = ModelSpec(SMALL, norm, view)
+    report = (frozen_body[0] if spec == FROZEN_BODY else
+              verify_export(spec, RunSettings(shape=SMALL_SHAPE), out=tmp_path))
     assert_all_agree(report)
     runs = [r.label for r in report.runs]
     assert len(runs) == len(default_formats()) + 1  # eager plus one runtime per exported format
@@ -58,14 +71,14 @@ def test_export_options(options, tmp_path):
         assert [d.dim_value for d in dims] == list(SMALL_SHAPE)
 
 
-def test_artifact_folder_and_report(tmp_path):
-    report = verify_export(ModelSpec(SMALL, "frozen", "body"), RunSettings(shape=SMALL_SHAPE), out=tmp_path)
-    folder = tmp_path / "resnet18-frozen-body"
+def test_artifact_folder_and_report(frozen_body):
+    report, out = frozen_body
+    folder = out / "resnet18-frozen-body"
     names = sorted(p.name for p in folder.iterdir())
     from exporter.formats import get_format
 
     assert names == sorted(["goldens.npz", "manifest.json", *(get_format(f).filename for f in default_formats())])
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and "staging" in p.name]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and "staging" in p.name]
     data = report.to_dict()
     json.dumps(data)  # machine-readable as is
     runs = len(default_formats()) + 1

@@ -10,19 +10,15 @@ import pytest
 import torch
 
 from exporter.formats import FORMATS, get_format
-from tests.conftest import SMALL_SHAPE
 from tests.test_cli import invoke
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHAPE_TEXT = "x".join(map(str, SMALL_SHAPE))
 
 
-@pytest.fixture(scope="module")
-def folder(module_tmp):
-    out = module_tmp("formats")
-    result = invoke("export", "-b", "resnet18", "--shape", SHAPE_TEXT, "--out", str(out))
-    assert result.exit_code == 0, result.output
-    return out / "resnet18-frozen-body"
+@pytest.fixture
+def folder(default_export):
+    """`verify export -b resnet18 --shape SMALL_SHAPE`, made once for the suite (tests/conftest.py); read only."""
+    return default_export
 
 
 def test_default_export_writes_every_default_format_and_judges_every_pair(folder):
@@ -63,10 +59,11 @@ def test_artifact_checks_the_pt2_like_the_others(folder):
     assert "model.pt2: goldens float64" in result.output
 
 
-def test_aoti_compiles_runs_and_agrees(tmp_path):
-    result = invoke("export", "-b", "resnet18", "--shape", SHAPE_TEXT, "--format", "aoti", "--out", str(tmp_path))
+def test_aoti_compiles_runs_and_agrees(aoti_export):
+    """`verify export -b resnet18 --shape SMALL_SHAPE --format aoti`: the suite's one compile (tests/conftest.py)."""
+    result, folder = aoti_export
     assert result.exit_code == 0, result.output
-    manifest = json.loads((tmp_path / "resnet18-frozen-body" / "manifest.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["files"][get_format("aoti").filename]["format"] == "aoti"
     assert {v["a"] for v in manifest["verdicts"]} == {"aoti", "eager"}
 
