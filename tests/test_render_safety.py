@@ -26,11 +26,12 @@ from verify.judge.compare import AUTO_FACTOR, OutputComparison, PairResult, Tole
 from verify.matrix import CellResult, MatrixResult
 from verify.render import write_outputs
 from verify.render.html_page import html_page
-from verify.render.json_report import json_text
 from verify.render.junit import junit_xml as matrix_junit
-from verify.render.markdown import STEP_SUMMARY
+from verify.render.junit import rows_junit
+from verify.render.markdown import ROWS_HEADER, STEP_SUMMARY
 from verify.render.markdown import markdown as matrix_markdown
 from verify.render.matrix_table import matrix_annotations, render_matrix
+from verify.render.pairs import report_markdown
 from verify.render.text import gh_data, gh_property, md_text, one_line, xml_text
 from verify.report import Report, pair_annotations, render_pairs
 
@@ -104,7 +105,9 @@ def matrix_with(evil: str) -> MatrixResult:
 
 @pytest.mark.parametrize("evil", MALICIOUS.values(), ids=IDS)
 def test_junit_is_well_formed_and_forges_no_testcase(evil):
-    for text, expected_cases in ((checks_junit(checks_with(evil)), 4), (matrix_junit(matrix_with(evil)), 3 + 1 + 1)):
+    report = report_with(evil)
+    for text, expected_cases in ((checks_junit(checks_with(evil)), 4), (matrix_junit(matrix_with(evil)), 3 + 1 + 1),
+                                 (rows_junit("verify export", report.rows()), len(report.pairs))):
         root = ET.fromstring(text.encode("utf-8"))
         cases = root.findall("./testsuite/testcase")
         assert len(cases) == expected_cases == int(root.get("tests"))
@@ -158,7 +161,8 @@ def rendered_markdown(text: str) -> str:
 
 @pytest.mark.parametrize("evil", MALICIOUS.values(), ids=IDS)
 def test_markdown_has_no_raw_html_and_one_row_per_row(evil):
-    for text, rows, columns in ((checks_markdown(checks_with(evil)), 4, 5),
+    for text, rows, columns in ((checks_markdown(checks_with(evil)), 4, len(ROWS_HEADER)),
+                                (report_markdown(report_with(evil)), len(report_with(evil).pairs), len(ROWS_HEADER)),
                                 (matrix_markdown(matrix_with(evil)), 3, 2 + len(matrix_with(evil).pair_columns()))):
         assert "<" not in text and ">" not in text.replace("&gt;", "")
         html = rendered_markdown(text)
@@ -239,8 +243,9 @@ def test_github_escaping_follows_the_runner_rules():
 
 
 @pytest.mark.parametrize("evil", MALICIOUS.values(), ids=IDS)
-def test_json_keeps_the_exact_strings(evil):
-    data = json.loads(json_text(matrix_with(evil)))
+def test_json_keeps_the_exact_strings(evil, tmp_path):
+    write_outputs(matrix_with(evil), json_path=tmp_path / "m.json")
+    data = json.loads((tmp_path / "m.json").read_text())
     assert data["cells"][0]["notes"] == [evil] and data["cells"][2]["error"] == evil
 
 

@@ -35,7 +35,9 @@ def test_export_writes_junit_and_markdown_one_case_per_pair(tmp_path):
     assert {c.get("name").split(":")[0] for c in found} == {f"{p['a']} vs {p['b']}" for p in report["pairs"]}
     assert not any(c.find("failure") is not None for c in found)
     page = (tmp_path / "s.md").read_text()
-    assert page.startswith("## ✅ verify export") and page.count("✅ agree") == len(report["pairs"])
+    from verify.render.markdown import RESULT_TEXT
+
+    assert page.startswith("## ✅ verify export") and page.count(RESULT_TEXT["passed"]) == len(report["pairs"])
 
 
 def test_a_run_that_could_not_be_judged_is_a_failing_case(tmp_path):
@@ -55,15 +57,14 @@ def test_the_same_path_twice_is_refused(tmp_path):
 
 
 def test_a_pair_is_the_same_testcase_in_a_report_and_in_the_matrix():
-    """One pair -> testcase function (verify/render/junit.py pair_case) for export, compare and the matrix: the
-    matrix's message only adds the cell's spec (its suite holds several models)."""
+    """One pair -> row function (verify/render/rows.py pair_row) for export, compare and the matrix, one rows ->
+    testcases writer: the matrix's message only adds the cell's spec (its suite holds several models)."""
     import numpy as np
 
     from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_outputs
     from verify.judge.oracle import NoiseFloor
     from verify.matrix import CellResult, MatrixResult
-    from verify.render.junit import matrix_suites
-    from verify.render.pairs import report_suites
+    from verify.render.junit import row_suites
     from verify.report import Report
 
     spec, floor = "resnet18:frozen:body", 1e-3
@@ -76,8 +77,8 @@ def test_a_pair_is_the_same_testcase_in_a_report_and_in_the_matrix():
     report.pairs = pairs
     cell = CellResult("id", *spec.split(":"), "disagree", pairs=[p.to_dict() for p in pairs])
     matrix = MatrixResult({}, "fingerprint", [{"id": "id", "spec": spec}], [cell])
-    ours = report_suites(report)[0].cases[:2]
-    theirs = matrix_suites(matrix)[0].cases[:2]
+    ours = row_suites(report.rows())[0].cases[:2]
+    theirs = row_suites(matrix.rows())[0].cases[:2]
     assert [(c.name, c.outcome) for c in ours] == [(c.name, c.outcome) for c in theirs]
     assert ours[0].message == theirs[0].message and "x the float32 noise floor" in ours[0].message
     assert theirs[1].message == f"{spec} {ours[1].message}" and ours[1].outcome == "failure"

@@ -10,6 +10,7 @@ from typing import Any
 from verify.judge.compare import OutputComparison, PairResult
 from verify.judge.oracle import NoiseFloor
 from verify.judge.precision import describe as describe_precision
+from verify.render.rows import CheckRow, Group, pair_row
 
 SCHEMA_VERSION = 1
 
@@ -62,6 +63,23 @@ class Report:
     @property
     def exit_code(self) -> int:
         return 0 if self.passed else 1
+
+    @property
+    def subject(self) -> str:
+        """The model judged (its spec), or `a vs b` for compare."""
+        return self.settings.get("spec") or " vs ".join(filter(None, (self.settings.get("a"), self.settings.get("b"))))
+
+    def rows(self) -> list[CheckRow]:
+        """One row per pair, one failing row per problem that kept the runs from being judged, and a failing
+        row when nothing was judged at all."""
+        group = Group(self.subject or self.command, seconds=sum(run.seconds for run in self.runs))
+        classname = f"{self.command}.{self.subject}"
+        rows = [pair_row(group, classname, pair) for pair in self.pairs]
+        rows += [CheckRow(group, "problem", "judgeable", "failure", problem, classname=classname)
+                 for problem in self.problems]
+        if not self.pairs and not self.problems:
+            rows.append(CheckRow(group, "verdict", "verdict", "failure", "no pairs were judged", classname=classname))
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,5 @@
-"""Go/no-go checks as data, and their renderings: terminal lines, JSON, JUnit XML, Markdown."""
+"""Go/no-go checks as data (`CheckReport`, its `rows()`), and their renderings: terminal lines, JSON, JUnit XML,
+Markdown (the last two by the one writer of rows)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verify.render.rows import CheckRow, Group
 from verify.report import versions
 
 
@@ -45,6 +47,13 @@ class CheckReport:
         self.checks.append(check)
         return check
 
+    def rows(self) -> list[CheckRow]:
+        """One row per artifact x runtime x check, named `runtime: check` (the check names the file and what
+        it compared), grouped by artifact."""
+        return [CheckRow(Group(c.artifact), "check", f"{c.runtime}: {c.name}",
+                         "skipped" if c.skipped else "passed" if c.passed else "failure", c.message,
+                         seconds=c.seconds, classname=f"{c.artifact}.{c.runtime}") for c in self.checks]
+
     def to_dict(self) -> dict[str, Any]:
         return {"command": self.command, "passed": self.passed, "summary": self.summary,
                 "versions": self.versions, "checks": [asdict(c) for c in self.checks]}
@@ -83,44 +92,18 @@ def check_annotations(report: CheckReport) -> list[str]:
     return found
 
 
-def check_suites(report: CheckReport) -> list[Any]:
-    """The checks as JUnit suites (verify/render/junit.py): one testsuite per artifact, one testcase per
-    artifact x runtime x check, named `runtime: check` (the check names the file and what it compared)."""
-    from verify.render.junit import Case, Suite
-
-    suites: dict[str, Any] = {}
-    for check in report.checks:
-        suite = suites.setdefault(check.artifact, Suite(check.artifact))
-        outcome = "skipped" if check.skipped else "passed" if check.passed else "failure"
-        suite.cases.append(Case(f"{check.artifact}.{check.runtime}", f"{check.runtime}: {check.name}", outcome,
-                                check.message, check.seconds))
-        suite.seconds += check.seconds
-    return list(suites.values())
-
-
 def junit_xml(report: CheckReport) -> str:
-    """JUnit XML in the common (Jenkins/GitLab) schema, by the one JUnit writer."""
-    from verify.render.junit import junit_document
+    """JUnit XML in the common (Jenkins/GitLab) schema: the report's rows by the one JUnit writer."""
+    from verify.render.junit import rows_junit
 
-    return junit_document(f"verify {report.command}", check_suites(report))
-
-
-def markdown_page(report: CheckReport) -> Any:
-    """The checks as a Markdown page (verify/render/markdown.py): a summary for a CI job page."""
-    from verify.render.markdown import Code, MarkdownPage
-
-    failed = sum(not c.passed and not c.skipped for c in report.checks)
-    rows = [[Code(c.artifact), c.runtime, c.name, "skipped" if c.skipped else ("✅ pass" if c.passed else "❌ fail"),
-             c.message] for c in report.checks]
-    return MarkdownPage(f"verify {report.command}", report.passed, report.summary,
-                        intro=f"{len(report.checks) - failed} of {len(report.checks)} checks passed.",
-                        header=["artifact", "runtime", "check", "result", "detail"], rows=rows)
+    return rows_junit(f"verify {report.command}", report.rows())
 
 
 def markdown(report: CheckReport) -> str:
-    from verify.render.markdown import markdown_page as write_page
+    """The checks as a Markdown page for a CI job page: the report's rows by the one Markdown writer."""
+    from verify.render.markdown import rows_markdown
 
-    return write_page(markdown_page(report))
+    return rows_markdown(f"verify {report.command}", report.passed, report.summary, report.rows())
 
 
 def write_outputs(report: CheckReport, json_path: Path | None, junit_path: Path | None,

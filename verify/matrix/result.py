@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError, VerifyError
+from verify.render.rows import CheckRow, Group, pair_row
 
 if TYPE_CHECKING:
     from verify.judge.compare import PairResult
@@ -62,6 +63,9 @@ class CellResult:
     """Why the cell cannot agree whatever its pairs say: the run's own problems (not deterministic, a floor
     rounding cannot explain) and what re-judging its stored numbers found (see `judge_cell`)."""
 
+    _parsed: list[PairResult] | None = field(default=None, init=False, repr=False, compare=False)
+    """`pairs` as the comparator's results, parsed once (`dataclasses.replace` starts a copy without it)."""
+
     VOLATILE = ("seconds", "cache", "cache_stats", "worker", "shard")
     """Fields that describe this run, not the result (left out of the cached copy)."""
 
@@ -75,12 +79,28 @@ class CellResult:
         return self.verdict == AGREE
 
     def pair_results(self) -> list[PairResult]:
-        return [pair_from_dict(p) for p in self.pairs]
+        """The pairs as typed results, parsed once for every renderer and row."""
+        if self._parsed is None:
+            self._parsed = [pair_from_dict(p) for p in self.pairs]
+        return self._parsed
 
     @property
     def worst_ratio(self) -> float | None:
         ratios = [p.worst.ratio for p in self.pair_results() if p.outputs and p.worst.ratio is not None]
         return max(ratios) if ratios else None
+
+    def rows(self) -> list[CheckRow]:
+        """One row per pair (the message led by the cell's spec), an error row for a cell that did not run,
+        and a failing `verdict` row when the cell fails and no pair row says why."""
+        group, classname = Group(self.spec, self.id, self.seconds), f"matrix.{self.spec}"
+        if self.error:
+            return [CheckRow(group, "error", "run cell", "error", self.error, classname=classname)]
+        rows = [pair_row(group, classname, pair, self.spec) for pair in self.pair_results()]
+        if not rows or not self.passed and all(row.passed for row in rows):
+            why = "; ".join([*map(str, self.problems), *self.notes]) or (
+                "no pairs were judged" if not rows else f"verdict {self.verdict}")
+            rows.append(CheckRow(group, "verdict", "verdict", "failure", f"{self.spec}: {why}", classname=classname))
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "backbone": self.backbone, "norm": self.norm, "view": self.view,
@@ -93,7 +113,7 @@ class CellResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
-        known = {name for name in cls.__dataclass_fields__}
+        known = {name for name, f in cls.__dataclass_fields__.items() if f.init}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def cached_copy(self) -> dict[str, Any]:
@@ -167,6 +187,10 @@ class MatrixResult:
         ordered = sorted(seen, key=lambda name: seen[name][0])  # stable: first-seen order within a kind
         return [(name, seen[name][1], seen[name][2]) for name in ordered]
 
+    def rows(self) -> list[CheckRow]:
+        """Every cell's rows, in row order."""
+        return [row for cell in self.cells for row in cell.rows()]
+
     def summary(self) -> str:
         counts = self.counts
         head = f"{counts[AGREE]} of {len(self.cells)} cells agree"
@@ -208,21 +232,29 @@ class MatrixResult:
 
 
 def report_mac(data: dict[str, Any], key: str) -> str:
-    """HMAC-SHA256 of a report's content as JSON writes and reads it back (so the reader computes the same)."""
+    """HMAC-SHA256 of a report's content as the strict JSON writer writes it and a reader reads it back (so the
+    reader computes the same: a NaN is null with its `null_reason` on both sides)."""
     import hashlib
     import json
 
     from verify.cache import canonical_json
+    from verify.report import json_safe
 
-    body = canonical_json(json.loads(json.dumps(data, default=str)))
+    body = canonical_json(json_safe(json.loads(json.dumps(data, default=str))))
     return hmac.new(key.encode(), body.encode(), hashlib.sha256).hexdigest()
 
 
+def _not_strict(token: str) -> None:
+    raise ValueError(f"{token} is not strict JSON (the writer stores a number that is not finite as null)")
+
+
 def load_result(path: Path) -> MatrixResult:
+    """A `verify matrix --json` report back as a typed `MatrixResult`: strict JSON (a bare NaN or Infinity
+    token is refused, as the writer never writes one), schema and HMAC checked by `MatrixResult.from_dict`."""
     import json
 
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(), parse_constant=_not_strict)
     except FileNotFoundError:
         raise UsageError(f"Report {path} does not exist") from None
     except (OSError, ValueError) as exc:

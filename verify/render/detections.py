@@ -9,10 +9,10 @@ import math
 from typing import TYPE_CHECKING
 
 from verify.detect.check import EAGER
-from verify.render.junit import Case, Suite, junit_document
+from verify.render.junit import rows_junit
 from verify.render.markdown import Code, MarkdownPage, markdown_page
+from verify.render.rows import CheckRow, Group, format_ratio
 from verify.render.text import html_text as escape
-from verify.render.tiles import format_ratio
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,19 +32,22 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{bord
        ".key span{display:inline-block;margin-right:1em}")
 
 
-def detector_suites(report: DetectorReport) -> list[Suite]:
-    """One suite for the detector, one case per row of the report (pair and level, refusal, failed check)."""
-    classname = f"detector.{report.name}"
-    cases = []
+def detector_rows(report: DetectorReport) -> list[CheckRow]:
+    """The report's rows (pair and level, refusal, failed check) as the rows every command renders."""
+    group, classname = Group(f"{report.name}:{report.norm}", seconds=sum(report.seconds.values())), \
+        f"detector.{report.name}"
+    rows = []
     for row in report.rows():
         pair = f"{row['a']} vs {row['b']}" if row["b"] else row["a"]
-        name = f"{row['level']}: {pair}" if pair else row["level"]
-        cases.append(Case(classname, name, "passed" if row["passed"] else "failure", row["text"]))
-    return [Suite(f"{report.name}:{report.norm}", cases, sum(report.seconds.values()))]
+        rows.append(CheckRow(group, row["level"], f"{row['level']}: {pair}" if pair else row["level"],
+                             "passed" if row["passed"] else "failure", row["text"], row.get("worst", ""),
+                             row.get("ratio"), classname=classname))
+    return rows
 
 
 def detector_junit(report: DetectorReport) -> str:
-    return junit_document(TITLE, detector_suites(report), sum(report.seconds.values()))
+    """One suite for the detector, one case per row, by the one JUnit writer."""
+    return rows_junit(TITLE, detector_rows(report), sum(report.seconds.values()))
 
 
 def _ratio(value: float | None) -> str:

@@ -1,7 +1,7 @@
 """JUnit XML (the Jenkins/GitLab schema), one writer for every report: a report becomes suites of cases
 (`Suite`, `Case`), and `junit_document` writes them, every attribute and text made legal XML
-(verify/render/text.py). The matrix: one testsuite per cell, one testcase per cell x pair, named by the
-pair and the outputs it compared; `verify artifact`/`preflight`: verify/folder/checks.py `check_suites`."""
+(verify/render/text.py). Every command's report gives rows (verify/render/rows.py) and `rows_junit` writes
+them: one testsuite per group (a model, a matrix cell, an artifact folder), one testcase per row."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ import platform
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from verify.judge.precision import DISPLAY
+from verify.render.rows import OUTCOMES, CheckRow, Group, pair_row
 from verify.render.text import xml_text
-from verify.render.tiles import format_ratio
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from verify.judge.compare import PairResult
     from verify.matrix import MatrixResult
-
-OUTCOMES = ("passed", "failure", "error", "skipped")
 
 
 @dataclass
@@ -83,45 +82,31 @@ def _case(element: object, case: Case) -> None:
         ET.SubElement(element, "system-out").text = message
 
 
-def pair_case_name(a: str, b: str, outputs: list[str]) -> str:
-    """`onnxruntime vs eager: layer1, layer2`: the pair and every output it compared (the same name in every
-    run of the same model, so CI history follows it)."""
-    return f"{a} vs {b}: {', '.join(outputs)}" if outputs else f"{a} vs {b}"
+def case(row: CheckRow) -> Case:
+    return Case(row.classname or row.group.name, row.name, row.outcome, row.detail, row.seconds)
 
 
 def pair_case(classname: str, pair: PairResult, subject: str = "") -> Case:
-    """One judged pair as a testcase, the same for every command: passed with its worst output, or failed with
-    why (`subject` leads the message where the suite holds several models: the matrix's cell)."""
-    name = pair_case_name(pair.a, pair.b, [o.name for o in pair.outputs])
-    lead = f"{subject} " if subject else ""
-    if not pair.outputs:
-        return Case(classname, name, "failure", f"{lead}{pair.a} vs {pair.b}: no outputs were compared")
-    worst = pair.worst
-    floor = f"{DISPLAY.get(worst.precision, worst.precision)} noise floor"  # the floor of the runs' precision
-    ratio = f", {format_ratio(worst.ratio)}x the {floor}" if worst.ratio is not None else ""
-    detail = f"{worst.where}: max abs {'-' if worst.max_abs is None else format(worst.max_abs, '.2e')}{ratio}"
-    if pair.passed:
-        return Case(classname, name, "passed", detail)
-    return Case(classname, name, "failure",
-                f"{lead}{pair.a} vs {pair.b}: {worst.reason or 'outside the tolerance'} ({detail})")
+    """One judged pair as a testcase (verify/render/rows.py `pair_row`), the same for every command."""
+    return case(pair_row(Group(classname), classname, pair, subject))
 
 
-def matrix_suites(result: MatrixResult) -> list[Suite]:
-    suites = []
-    for cell in result.cells:
-        suite = Suite(cell.spec, seconds=cell.seconds, id=cell.id)
-        classname = f"matrix.{cell.spec}"
-        if cell.error:
-            suite.cases.append(Case(classname, "run cell", "error", cell.error))
-        suite.cases += [pair_case(classname, pair, cell.spec) for pair in ([] if cell.error else cell.pair_results())]
-        if not cell.error and not any(c.outcome == "failure" for c in suite.cases) and not cell.passed \
-                or not cell.error and not suite.cases:
-            why = "; ".join([*map(str, cell.problems), *cell.notes]) or (
-                "no pairs were judged" if not suite.cases else f"verdict {cell.verdict}")
-            suite.cases.append(Case(classname, "verdict", "failure", f"{cell.spec}: {why}"))
-        suites.append(suite)
-    return suites
+def row_suites(rows: Sequence[CheckRow]) -> list[Suite]:
+    """One testsuite per group of rows, in order of first appearance, one testcase per row."""
+    found: dict[Group, Suite] = {}
+    for row in rows:
+        suite = found.setdefault(row.group, Suite(row.group.name, seconds=row.group.seconds or 0.0, id=row.group.id))
+        suite.cases.append(case(row))
+        if row.group.seconds is None:
+            suite.seconds += row.seconds
+    return list(found.values())
+
+
+def rows_junit(title: str, rows: Sequence[CheckRow], seconds: float | None = None) -> str:
+    """The one JUnit rendering of every command's rows (a report, folder checks, the matrix, a detector)."""
+    return junit_document(title, row_suites(rows), seconds)
 
 
 def junit_xml(result: MatrixResult) -> str:
-    return junit_document("verify matrix", matrix_suites(result), result.seconds)
+    """The matrix's rows (one testsuite per cell, one testcase per cell x pair) by the one JUnit writer."""
+    return rows_junit("verify matrix", result.rows(), result.seconds)

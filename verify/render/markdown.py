@@ -1,5 +1,6 @@
 """Markdown for a CI job page (GitHub's $GITHUB_STEP_SUMMARY, a GitLab/Jenkins artifact), one writer for
-every report: a report becomes a `MarkdownPage` and `markdown_page` writes it, every string that is not
+every report: a report's rows (verify/render/rows.py) become a `MarkdownPage` (`rows_page`; the matrix adds
+its grid of cells x pairs) and `markdown_page` writes it, every string that is not
 the writer's own escaped (verify/render/text.py): no raw HTML, no formatting, one table row per row.
 
 `--markdown "$GITHUB_STEP_SUMMARY"` appends to that file (other steps and commands write there too);
@@ -12,12 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from verify.render.rows import format_ratio
 from verify.render.text import md_code, md_text
 from verify.render.tiles import tiles
 
 if TYPE_CHECKING:
-    from verify.matrix import MatrixResult
+    from collections.abc import Sequence
 
+    from verify.matrix import MatrixResult
+    from verify.render.rows import CheckRow
+
+RESULT_TEXT = {"passed": "✅ pass", "failure": "❌ fail", "error": "⚠️ error", "skipped": "skipped"}
+"""The result column of the rows table, per outcome."""
+ROWS_HEADER = ["subject", "check", "worst output", "x floor", "result", "detail"]
+ROWS_ALIGN = ["---", "---", "---", "---:", "---", "---"]
 EMOJI = {"ok": "✅", "near": "✅", "fail": "❌", "error": "⚠️", "none": "·"}
 STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 """GitHub's per-step summary file: appended to, never replaced."""
@@ -71,7 +80,28 @@ def markdown_page(page: MarkdownPage) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table_row(row: CheckRow) -> list[str]:
+    return [Code(row.group.name), row.name, Code(row.where) if row.where else "-",
+            "-" if row.ratio is None else format_ratio(row.ratio), RESULT_TEXT[row.outcome], row.detail]
+
+
+def rows_page(title: str, passed: bool, summary: str, rows: Sequence[CheckRow], facts: Sequence[str] = (),
+              notes: Sequence[tuple[str, str]] = ()) -> MarkdownPage:
+    """The one table of every command's rows (verify/render/rows.py): one table row per row, then the notes."""
+    failed = sum(not row.passed for row in rows)
+    return MarkdownPage(title, passed, summary, [f for f in facts if f],
+                        f"{len(rows) - failed} of {len(rows)} checks passed.", ROWS_HEADER, ROWS_ALIGN,
+                        [table_row(row) for row in rows], [("Notes", list(notes))])
+
+
+def rows_markdown(title: str, passed: bool, summary: str, rows: Sequence[CheckRow], facts: Sequence[str] = (),
+                  notes: Sequence[tuple[str, str]] = ()) -> str:
+    """The one Markdown rendering of a report's rows (export, compare, artifact, preflight)."""
+    return markdown_page(rows_page(title, passed, summary, rows, facts, notes))
+
+
 def matrix_page(result: MatrixResult) -> MarkdownPage:
+    """The matrix's grid (cells x pairs, the tiles every rendering of it shows), then its failed rows."""
     columns = result.pair_columns()
     rows = []
     for cell in result.cells:
@@ -79,7 +109,8 @@ def matrix_page(result: MatrixResult) -> MarkdownPage:
         verdict = {"agree": "✅ agree", "disagree": "❌ disagree", "error": "⚠️ error"}[cell.verdict]
         rows.append([Code(cell.spec), *entries, verdict])
     failed = [c for c in result.cells if not c.passed]
-    items = [(c.spec, c.error) for c in failed if c.error] + [(c.spec, n) for c in failed for n in c.notes]
+    items = [(row.group.name, row.detail) for row in result.rows() if not row.passed]
+    items += [(c.spec, n) for c in failed for n in c.notes]
     cache, footnote = result.cache, ""
     if cache.get("hits") or cache.get("misses"):
         hits, misses = sum(cache.get("hits", {}).values()), sum(cache.get("misses", {}).values())

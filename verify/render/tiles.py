@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from verify.render.rows import format_ratio
+
 if TYPE_CHECKING:
     from verify.matrix import CellResult, MatrixResult
 
@@ -40,10 +42,6 @@ class Tile:
     def text(self) -> str:
         """Verdict symbol and the ratio, e.g. `✓ 1.5`."""
         return f"{self.mark} {self.ratio_text}".strip()
-
-
-def format_ratio(ratio: float) -> str:
-    return f"{ratio:.1f}" if ratio < 1000 else f"{ratio:.0f}"
 
 
 def tiles(result: MatrixResult, cell: CellResult) -> dict[str, Tile]:
