@@ -63,6 +63,9 @@ MAX_FOLDER_INPUTS = 256
 minutes on a CPU; a folder of thousands is a dataset, not a check (judge a sample, or split it)."""
 MAX_FOLDER_VALUES = 1 << 28
 """All of a folder's inputs are held in memory at once: 256 Mi values (1 GiB in float32) in all."""
+MAX_SAMPLE_VALUES = MAX_FOLDER_VALUES
+"""--samples seeded inputs are held at once like a folder's, so they share its budget (64 of the largest input
+would be 16 GiB before the first run)."""
 BITS_PER_SAMPLE = 8
 """torchvision decodes an 8-bit image to uint8; ToTensor's /255 scaling is defined for those only."""
 IMAGE_KINDS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -142,6 +145,10 @@ def seeded_inputs(shape: Sequence[int], seed: int, count: int = DEFAULT_SAMPLES)
     """The default evidence: `count` seeded inputs of SAMPLE_PATTERN's kinds, labelled normal0, uniform0, image0,
     normal1...; the first, normal0, is `make_input(shape, seed)`, so `count` 1 is the single seeded input of before."""
     check_input_size(tuple(shape), "The input shape")
+    total = count * math.prod(shape)
+    if total > MAX_SAMPLE_VALUES:  # the inputs, their outputs and the batched float64 oracle are all held at once
+        raise UsageError(f"{count} seeded inputs of shape {_shape(shape)} hold {total:,} values in all, more than the "
+                         f"{MAX_SAMPLE_VALUES:,} this tool holds at once; pass a smaller --samples or --shape")
     named: list[NamedInput] = []
     seen: dict[str, int] = {}
     for kind in sample_kinds(count):

@@ -191,10 +191,10 @@ def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] =
     formats = _check_formats(formats)
     tolerance = Tolerance.from_options(factor=factor)
     clock = _Clock()
+    inputs = _inputs(shape, seed, images)  # a bad input is refused before the detector is built
     with clock("build"):
         say(f"building {name}")
         built = build_detector(name, norm, weights, seed)
-    inputs = _inputs(shape, seed, images)
     if not dynamic and len({tuple(i.shape) for i in inputs}) > 1:
         raise UsageError("Images of several sizes need a detector exported for any size (dynamic); resize them "
                          "to one size or export dynamic")
@@ -221,6 +221,10 @@ def _inputs(shape: tuple[int, ...], seed: int, images: Sequence[np.ndarray] | No
     from exporter.families.detectors import calibration_image
 
     if images is not None:
+        for image in images:  # a 1-channel image would broadcast against the RGB mean into a grey one, judged as RGB
+            if image.ndim != 3 or image.shape[0] != 3 or min(image.shape) < 1:
+                raise UsageError(f"A detector takes RGB images (3 x H x W), got one of "
+                                 f"{'x'.join(map(str, image.shape))}; pass images, or arrays with 3 channels")
         return [torch.as_tensor(image, dtype=torch.float32) for image in images]
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
         raise UsageError(f"A detector input shape is N x 3 x H x W, got {'x'.join(map(str, shape))}")

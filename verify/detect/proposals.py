@@ -31,6 +31,9 @@ PAIR_IOU = MATCH_IOU
 """Below this IoU two proposal boxes are not the same proposal (their rows are never compared)."""
 PROPOSALS = "proposals"
 """The name under which the paired proposal boxes are judged like any dense tensor."""
+UNPAIRABLE_COST = 1e300
+"""The assignment cost of a box with a NaN or infinite coordinate: finite, so every box is assigned (then refused by
+its IoU); a thousand of them still sum below float64's largest."""
 SIGMOID_SLOPE = 0.25
 """The largest derivative of the sigmoid: an objectness logit off by e gives a score off by at most e/4."""
 
@@ -93,7 +96,8 @@ def pair_proposals(run: np.ndarray, ref: np.ndarray) -> list[tuple[int, int]]:
     if not len(run) or not len(ref):
         return []
     cost = np.abs(run[:, None, :].astype(np.float64) - ref[None, :, :]).max(axis=2)
-    rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=np.inf, posinf=1e300))
+    # a NaN box costs as much as any: an infinite row would make the assignment infeasible (ValueError), not a verdict
+    rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=UNPAIRABLE_COST, posinf=UNPAIRABLE_COST))
     iou = iou_matrix(run, ref)
     return sorted(((int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= PAIR_IOU),
                   key=lambda p: p[1])

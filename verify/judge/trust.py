@@ -4,7 +4,7 @@ A noise floor is the float32 rounding of a deterministic function. A model whose
 call to the next (dropout left on, `torch.rand_like`, a forward that writes into its own input) measures
 its own randomness as a "floor", and every pair then "agrees at float32 precision". So:
 
-1. **Determinism.** Each runtime runs its first input twice, on private copies of the input: the two
+1. **Determinism.** Each runtime runs every input twice, on private copies of the input: the two
    outputs must be equal bit for bit on the CPU (the same kernels on the same data in the same order give
    the same bits), within the output's own float32 floor on an accelerator (atomics may reorder a sum: a
    reordering of the same terms, whose error is bounded like any other rounding). The copies must be
@@ -200,7 +200,7 @@ def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: st
 
 def evidence_problems(data: Any) -> list[str]:
     """The problems `evidence` supports; evidence that is missing or malformed is itself a problem."""
-    from verify.judge.oracle import NoiseFloor
+    from verify.judge.oracle import NoiseFloor, pooled_floors
 
     try:
         checks = [RepeatCheck(str(r["label"]), {str(n): float(d) for n, d in r["differences"].items()},
@@ -212,7 +212,7 @@ def evidence_problems(data: Any) -> list[str]:
             raise ValueError("empty")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return [f"no usable determinism and floor evidence recorded ({type(exc).__name__}): nothing to judge on"]
-    problems = repeat_problems(checks, device, {n: f for n, (f, _) in inputs[0].items()})
+    problems = repeat_problems(checks, device, pooled_floors([{n: f for n, (f, _) in o.items()} for o in inputs]))
     if problems or k is None or mode != "auto":
         return problems
     for outputs in inputs:

@@ -7,7 +7,8 @@ and torch threads have run, and it never re-imports the caller's main script (mu
 server do). It reads the built model as bytes this process wrote (torch.save) from a pipe, traces and exports it
 into a private temporary folder and sends back the artifact's metadata; `wait` moves the file into the export
 folder only once it is complete, so a failure or an interrupt leaves nothing half-written there. The child exits
-when this process goes (its stdin, a lifeline, closes), and `cancel` (or this process's exit) stops it. Only this
+when this process goes (its stdin, a lifeline, closes), removing its temporary folder (a SIGKILLed parent cannot),
+and `cancel` (or this process's exit) stops it. Only this
 project's registered backbones go to a child: a user's model (--model) is exported in its own worker, serially.
 """
 
@@ -99,14 +100,14 @@ class BackgroundExport:
         model = _model_bytes(context)  # here, before this process touches the model again
         self.tmp = Path(tempfile.mkdtemp(prefix=f"verify-{fmt}-export-"))
         example = context.example.detach().cpu().contiguous().numpy()
-        job = pickle.dumps((model, example, context.meta, context.dynamic, fmt, options, str(self.tmp)))
+        job = pickle.dumps((model, example, context.meta, context.dynamic, fmt, options))
         child_reads, parent_writes = os.pipe()
         parent_reads, child_writes = os.pipe()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if isinstance(p, str) and p)}
         try:
             with open(self.tmp / STDERR_FILE, "wb") as stderr:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", __name__, str(child_reads), str(child_writes)], stdin=subprocess.PIPE,
+                    child_command(child_reads, child_writes, self.tmp), stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=(child_reads, child_writes), env=env)
         except BaseException:
             for fd in (parent_reads, parent_writes):
@@ -236,25 +237,32 @@ class ArtifactsInFlight(dict):
 
 
 # The child ------------------------------------------------------------------------------------
-def _die_with_parent() -> None:
-    """Block until stdin closes (the parent exited, or was killed), then exit at once."""
+def child_command(read_fd: int, write_fd: int, tmp: Path) -> list[str]:
+    """The child's command line: its two pipe ends and the temporary folder it exports into."""
+    return [sys.executable, "-m", __name__, str(read_fd), str(write_fd), str(tmp)]
+
+
+def _die_with_parent(tmp: Path) -> None:
+    """Block until stdin closes (the parent exited, or was killed), then remove `tmp` (a parent killed by SIGKILL
+    cannot) and exit at once."""
     with contextlib.suppress(OSError):
         while os.read(0, 4096):  # the raw descriptor: a buffered reader's lock would stall the exit
             pass
+    shutil.rmtree(tmp, ignore_errors=True)
     os._exit(1)
 
 
-def child_main(read_fd: int, write_fd: int) -> None:
+def child_main(read_fd: int, write_fd: int, tmp: Path) -> None:
     """Read the job, export it, send ("result", artifact) or ("error", (class name, one line))."""
     import signal
     from multiprocessing.connection import Connection
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop: it sends SIGTERM
-    threading.Thread(target=_die_with_parent, daemon=True).start()
+    threading.Thread(target=_die_with_parent, args=(tmp,), daemon=True).start()
     receive, send = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    model, example, meta, dynamic, fmt, options, tmp = pickle.loads(receive.recv_bytes())  # the parent's own bytes
+    model, example, meta, dynamic, fmt, options = pickle.loads(receive.recv_bytes())  # the parent's own bytes
     try:
-        message: tuple[str, Any] = ("result", _export_here(model, example, meta, dynamic, fmt, options, Path(tmp)))
+        message: tuple[str, Any] = ("result", _export_here(model, example, meta, dynamic, fmt, options, tmp))
     except VerifyError as exc:
         message = ("error", (type(exc).__name__, str(exc)))
     except Exception as exc:
@@ -282,4 +290,4 @@ def _export_here(model: bytes, example: Any, meta: Any, dynamic: bool, fmt: str,
 
 
 if __name__ == "__main__":
-    child_main(int(sys.argv[1]), int(sys.argv[2]))
+    child_main(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))

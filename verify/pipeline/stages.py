@@ -106,7 +106,7 @@ class RunResult:
     """One set of outputs per input, in the cell's input order."""
     seconds: float
     repeat: RepeatCheck | None = None
-    """The first input run a second time, and any input the runs changed in place (verify/judge/trust.py)."""
+    """Every input run a second time, and any input the runs changed in place (verify/judge/trust.py)."""
 
     def on(self, index: int) -> dict[str, Any]:
         """This run on input `index`, as the judging functions take it: {"label", "outputs"}."""
@@ -365,8 +365,8 @@ def runtime_label(name: str, options: RuntimeOptions) -> str:
 
 def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
               options: RuntimeOptions) -> RunResult:
-    """Load `artifact` in `runtime` once and run it on every feed, each on a private copy of its input; the
-    first feed runs twice (the determinism guard, verify/judge/trust.py), and every input is checked unchanged."""
+    """Load `artifact` in `runtime` once and run it on every feed, each on a private copy of its input; every
+    feed runs twice (the determinism guard, verify/judge/trust.py), and every input is checked unchanged."""
     from verify.judge.trust import RepeatCheck, output_differences, run_guarded
     from verify.runtimes import make_runtime
 
@@ -379,8 +379,13 @@ def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.nda
         outputs.append(result)
         mutated.update(changed)
     seconds = time.perf_counter() - start
-    again, changed = run_guarded(loaded, feeds[0])
-    repeat = RepeatCheck(instance.label, output_differences(outputs[0], again), sorted(mutated | set(changed)))
+    differences: dict[str, float] = {}
+    for feed, first in zip(feeds, outputs, strict=True):  # every input: one random on some inputs pools its noise
+        again, changed = run_guarded(loaded, feed)
+        mutated.update(changed)
+        for name, value in output_differences(first, again).items():
+            differences[name] = max(value, differences.get(name, 0.0))
+    repeat = RepeatCheck(instance.label, differences, sorted(mutated))
     return RunResult(runtime, instance.label, artifact.label, outputs, seconds, repeat)
 
 
@@ -482,13 +487,13 @@ def judge_stage(runs: Sequence[RunResult], floors: Mapping[str, NoiseFloor], tol
 def side_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]], run: RunResult,
                  settings: RunSettings) -> list[Oracle]:
     """One side of a comparison, on every feed: its float64 oracle where a runtime runs its format in float64, else
-    (an ONNX file) the spread of its runtime's alternative settings; the side's own run is its float32 reference
-    only when it is a CPU float32 run of the format's own runtime."""
+    (an ONNX file) the spread of its runtime's settings; the side's own run is its float32 reference only when it
+    is the format's own runtime at its default settings (oracle_stage's rule: the label names any other device,
+    precision or option), so a spread counts every level once, the default among them."""
     from verify.judge.oracle import oracle_or_spread
     from verify.runtimes import default_runtime
 
-    own = (settings.runtime.device, settings.runtime.precision) == ("cpu", "fp32") \
-        and run.runtime == default_runtime(artifact.format)
+    own = run.label == default_runtime(artifact.format)
     return [without_float64(artifact.built, settings)
             or oracle_or_spread(artifact, feed, run.outputs[index] if own else None, settings.runtime)
             for index, feed in enumerate(feeds)]
@@ -619,10 +624,11 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     """Why nothing can be judged (verify/judge/trust.py): a runtime that is not deterministic or changes its input,
     or (when the auto tolerance judges on it) a noise floor larger than rounding can produce for this model,
     checked on every input; and the evidence both guards decided on, for a stored result to be re-judged."""
+    from verify.judge.oracle import pooled_floors
     from verify.judge.trust import accumulation_length, evidence, floor_problems, likely_cause, repeat_problems
 
     model = getattr(build.built, "model", None)
-    floors = oracles[0].oracle.noise
+    floors = pooled_floors([result.oracle.noise for result in oracles])  # every input is repeated: its allowance too
     checks = [run.repeat for run in runs if run.repeat is not None]
     bounded = build.no_float64 is None and model is not None
     k = accumulation_length(model, input_shape=build.named[0].array.shape) if bounded else None
