@@ -23,6 +23,7 @@ from verify.cli import app
 from verify.folder.validate import UNSIGNED_CODE_OPTION as TRUST
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.oracle import measure_floors
+from verify.render.markdown import ROWS_HEADER
 
 runner = CliRunner()
 EXPORT = ["export", "--backbone", SMALL, "--shape", "x".join(map(str, SMALL_SHAPE))]
@@ -200,7 +201,7 @@ def test_junit_and_markdown(folder, tmp_path):
         assert case.get("classname") and case.get("name") and float(case.get("time")) >= 0
     assert any("sha256" in f.get("message") for f in failures)
     text = (tmp_path / "s.md").read_text()
-    assert text.startswith("## ❌ verify artifact") and "| artifact | runtime | check | result | detail |" in text
+    assert text.startswith("## ❌ verify artifact") and "| " + " | ".join(ROWS_HEADER) + " |" in text
     assert text.count("❌ fail") == len(failures)
 
 

@@ -59,10 +59,15 @@ def test_compare_specs_that_differ_exits_1():
     assert "beyond rounding" in result.stdout
 
 
-def test_seed_question_spec_pair_agrees_on_layer4():
-    result = invoke("compare", "resnet18:batch:trunk", "resnet18:frozen:body", "--shape", "1x3x64x64")
+def test_seed_question_spec_pair_agrees_on_layer4(tmp_path):
+    result = invoke("compare", "resnet18:batch:trunk", "resnet18:frozen:body", "--shape", "1x3x64x64",
+                    "--json", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
     assert "layer4" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    [pair] = [p for p in report["pairs"] if p["kind"] == "runtime"]
+    assert [o["name"] for o in pair["outputs"]] == ["layer4"]  # judged on what both sides have
+    assert any(n.startswith("B alone has layer1, layer2, layer3") for n in report["notes"]), report["notes"]
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -132,8 +132,9 @@ def apply(reports, changes, agreeing_cell=None):
                 outputs[where % len(outputs)][field] = value
         elif what == "copy_pass" and cell and agreeing_cell is not None:
             keep = {"id": cell["id"], "backbone": cell["backbone"], "norm": cell["norm"], "view": cell["view"]}
+            source = copy.deepcopy(agreeing_cell)  # copied first: the cell edited may be the agreeing one itself
             cell.clear()
-            cell.update(copy.deepcopy(agreeing_cell), **keep)
+            cell.update(source, **keep)
 
 
 def never_exit_0(reports, key=None):

@@ -238,18 +238,27 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report.floor_source = "; ".join(pooled_source(side[0].source, len(side)) for side in oracles)
     judged = [judge_stage(runs, report.floors, settings.tolerance, index,
                           [OracleCheck(f"oracle({run.label})", side[index].outputs, floors)
-                           for run, side, floors in zip(runs, oracles, own)], reference="later")
+                           for run, side, floors in zip(runs, oracles, own)], reference="later", shared_only=True)
               for index in range(len(named))]
     report.pairs = worst_over_inputs(judged, named, report)
     report.notes = explain_pairs(report) + [side[0].source for side in oracles
-                                            if not (side[0].outputs or side[0].noise)]
+                                            if not (side[0].outputs or side[0].noise)] + unshared_outputs(runs)
     report.problems = _compare_problems(sides, runs, oracles, named, settings)
     return report
 
 
+def unshared_outputs(runs: Sequence[RunResult]) -> list[str]:
+    """A note per side naming the outputs the other side lacks: A against B is judged on the outputs both have
+    (each side against its own oracle on all of its own), and the report says what was left out."""
+    first, second = (set(run.outputs[0]) for run in runs)
+    return [f"{run.label} alone has {', '.join(sorted(own - other))}: not compared with {other_run.label}"
+            for run, other_run, own, other in ((runs[0], runs[1], first, second), (runs[1], runs[0], second, first))
+            if own - other]
+
+
 def require_shared_output(runs: Sequence[RunResult]) -> None:
-    """Two sides with no output name in common were not meant to be compared: a usage error (an output on one
-    side only, beside shared ones, is judged and fails)."""
+    """Two sides with no output name in common were not meant to be compared: a usage error (A against B is
+    judged on the outputs both have; those one side alone has are named in the report's notes)."""
     first, second = (run.outputs[0] for run in runs)
     if not set(first) & set(second):
         raise UsageError(f"{runs[0].label} and {runs[1].label} share no output ({', '.join(first)} vs "

@@ -463,10 +463,13 @@ class OracleCheck:
 
 
 def judge_stage(runs: Sequence[RunResult], floors: Mapping[str, NoiseFloor], tolerance: Tolerance, index: int = 0,
-                oracles: Sequence[OracleCheck | None] = (), reference: str = "earlier") -> list[PairResult]:
+                oracles: Sequence[OracleCheck | None] = (), reference: str = "earlier",
+                shared_only: bool = False) -> list[PairResult]:
     """On input `index`: every pair of runs on `floors` (the model's own, pooled over inputs, or in a comparison
     both sides' larger), then each run against its oracle (`oracles`, one per run; None or no outputs: none made)
-    on that oracle's floors. Every output of either side is judged: one missing on the other side fails."""
+    on that oracle's floors. Every output of either side is judged: one missing on the other side fails, unless
+    `shared_only` (two different models, `compare A B`: judged on the outputs both have, the seed question's
+    trunk vs body); a run against its own oracle is always judged on every output."""
     from verify.judge.compare import compare_outputs
 
     if reference not in PAIR_REFERENCES:
@@ -476,7 +479,7 @@ def judge_stage(runs: Sequence[RunResult], floors: Mapping[str, NoiseFloor], tol
         for second in runs[i + 1:]:
             actual, desired = (second, first) if reference == "earlier" else (first, second)
             pairs.append(compare_outputs(actual.label, actual.outputs[index], desired.label, desired.outputs[index],
-                                         tolerance, floors, require_all=True))
+                                         tolerance, floors, require_all=not shared_only))
     for run, check in zip(runs, oracles):
         if check is not None and check.outputs:
             pairs.append(compare_outputs(run.label, run.outputs[index], check.label, check.outputs, tolerance,
