@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from verify.inputs import SAMPLE_KINDS, SAMPLES_ENV
 from verify.pipeline.overlap import MIN_CPUS, MODE_ENV
 
 SMALL = "resnet18"
@@ -66,8 +67,14 @@ def worker_environment(workers: int, cores: int) -> dict[str, str]:
     return env
 
 
+SUITE_SAMPLES = len(SAMPLE_KINDS)
+"""Seeded inputs per verdict in the suite: one of each kind, so pooling and the worst input are exercised
+everywhere at 3/8 of the default's runs (tests/test_evidence.py judges on the default set itself)."""
+
+
 def pytest_configure(config):
     check_loadgroup(config)
+    os.environ[SAMPLES_ENV] = str(SUITE_SAMPLES)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = worker_environment(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0), cores)
     os.environ.update(env)

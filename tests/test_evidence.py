@@ -26,6 +26,7 @@ from verify.inputs import (
     MAX_SAMPLES,
     SAMPLE_KINDS,
     SAMPLE_PATTERN,
+    SAMPLES_ENV,
     make_input,
     sample_kinds,
     seeded_inputs,
@@ -42,7 +43,7 @@ from verify.pipeline.stages import (
 )
 from verify.report import Report
 from verify.runtimes import RuntimeOptions
-from verify.settings import RunSettings
+from verify.settings import RunSettings, default_inputs, sample_count
 
 SHAPE = (1, 3, 32, 32)
 BUG_SHAPE = (1, 3, 64, 64)
@@ -163,10 +164,12 @@ def reports(module_tmp):
     request = CellRequest(ModelSpec("resnet18", "frozen", "body"), RunSettings(shape=SHAPE, seed=0),
                           ExportOptions(formats=("torchscript",)))
     found = {}
-    for samples in (1, None):
-        (folder / f"s{samples}").mkdir()
-        found[samples] = run_cell(replace(request, settings=replace(request.settings, samples=samples)),
-                                  folder / f"s{samples}").report
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(SAMPLES_ENV, raising=False)  # the product's default, not the suite's (tests/conftest.py)
+        for samples in (1, None):
+            (folder / f"s{samples}").mkdir()
+            found[samples] = run_cell(replace(request, settings=replace(request.settings, samples=samples)),
+                                      folder / f"s{samples}").report
     return found
 
 
@@ -212,3 +215,17 @@ def test_samples_beside_input_is_refused(tmp_path):
     result = CliRunner().invoke(app, ["export", "--input", str(path), "--samples", "2", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "--samples" in result.output and "Traceback" not in result.output
+
+
+def test_the_environment_sets_the_default_count_and_is_checked(monkeypatch):
+    monkeypatch.delenv(SAMPLES_ENV, raising=False)
+    assert sample_count(RunSettings()) == DEFAULT_SAMPLES
+    monkeypatch.setenv(SAMPLES_ENV, "2")
+    assert sample_count(RunSettings()) == 2 and len(default_inputs(RunSettings(), SHAPE)) == 2
+    assert sample_count(RunSettings(samples=5)) == 5  # --samples wins
+    for bad in ("0", str(MAX_SAMPLES + 1), "two", "nan", "-1", "1.5"):
+        monkeypatch.setenv(SAMPLES_ENV, bad)
+        with pytest.raises(UsageError, match=SAMPLES_ENV) as refused:
+            sample_count(RunSettings())
+        assert "\n" not in str(refused.value)
+

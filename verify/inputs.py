@@ -50,6 +50,9 @@ DEFAULT_SAMPLES = len(SAMPLE_PATTERN)
 failure (README, "Evidence per verdict"); 1 is the single seeded normal input of before."""
 MAX_SAMPLES = 64
 """Every runtime and the oracle run on each: 64 ResNet-50 inputs already take minutes on a CPU."""
+SAMPLES_ENV = "BACKBONE_VERIFY_SAMPLES"
+"""The default of --samples for every command of this process and its children (a CI job short on time, or
+this project's own suite, which runs one input of each kind); --samples itself still wins."""
 IMAGE_BLOCK = 16
 """The image-like input is noise at 1/IMAGE_BLOCK of the resolution, upsampled: smooth, like a photo."""
 NPY_MAGIC = b"\x93NUMPY"
@@ -139,6 +142,17 @@ def seeded_input(shape: Sequence[int], seed: int) -> NamedInput:
 def sample_kinds(count: int) -> list[str]:
     """The kind of each of `count` seeded inputs: SAMPLE_PATTERN repeated (8: 4 normal, 2 uniform, 2 image)."""
     return [SAMPLE_PATTERN[i % len(SAMPLE_PATTERN)] for i in range(count)]
+
+
+def default_sample_count() -> int:
+    """--samples when none is given: $BACKBONE_VERIFY_SAMPLES if set (checked like --samples), else DEFAULT_SAMPLES."""
+    text = os.environ.get(SAMPLES_ENV, "").strip()
+    if not text:
+        return DEFAULT_SAMPLES
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SAMPLES:
+        raise UsageError(f"{SAMPLES_ENV}={text[:40]!r} is not a whole number from 1 to {MAX_SAMPLES}: set it to "
+                         f"how many seeded inputs a verdict takes by default, or unset it ({DEFAULT_SAMPLES})")
+    return int(text)
 
 
 def seeded_inputs(shape: Sequence[int], seed: int, count: int = DEFAULT_SAMPLES) -> list[NamedInput]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.errors import UsageError
-from verify.inputs import DEFAULT_SAMPLES, MAX_SAMPLES, NamedInput, load_inputs, seeded_inputs
+from verify.inputs import MAX_SAMPLES, NamedInput, default_sample_count, load_inputs, seeded_inputs
 from verify.judge.compare import Tolerance
 from verify.runtimes import RuntimeOptions
 
@@ -26,8 +26,8 @@ class RunSettings:
     normalize: bool = True
     """Images given as input: ImageNet mean/std after ToTensor's scaling (False: exactly ToTensor)."""
     samples: int | None = None
-    """Seeded inputs per verdict without --input (None: DEFAULT_SAMPLES); refused beside --input, whose files are
-    the inputs as given."""
+    """Seeded inputs per verdict without --input (None: $BACKBONE_VERIFY_SAMPLES, else DEFAULT_SAMPLES); refused
+    beside --input, whose files are the inputs as given."""
 
     def __post_init__(self) -> None:
         """The library refuses what the CLI refuses, before any work."""
@@ -53,7 +53,7 @@ def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
 
 def sample_count(settings: RunSettings) -> int:
     """How many seeded inputs a verdict without --input is judged on."""
-    return DEFAULT_SAMPLES if settings.samples is None else settings.samples
+    return default_sample_count() if settings.samples is None else settings.samples
 
 
 def default_inputs(settings: RunSettings, shape: Sequence[int]) -> list[NamedInput]:

@@ -21,7 +21,7 @@ from exporter.norms import NORMS
 from exporter.plugin_options import OptionSpec, PluginOptions, option_fields, option_kind
 from exporter.spec import parse_shape
 from verify import bounds
-from verify.inputs import DEFAULT_SAMPLES, MAX_SAMPLES
+from verify.inputs import DEFAULT_SAMPLES, MAX_SAMPLES, SAMPLES_ENV
 from verify.judge.compare import AUTO_FACTOR
 from verify.runtimes import RUNTIMES, RuntimeOptions, runtime_class
 
@@ -255,7 +255,8 @@ Normalize = Annotated[bool, typer.Option(
 Samples = Annotated[int | None, typer.Option(
     callback=_number(1, MAX_SAMPLES, integer=True), show_default=False,
     help=f"Seeded inputs per verdict without --input: normal, uniform and image-like, each channel's floor the "
-         f"largest over them, every pair judged on each [default: {DEFAULT_SAMPLES}; 1: one normal input]")]
+         f"largest over them, every pair judged on each [default: ${SAMPLES_ENV} or {DEFAULT_SAMPLES}; 1: one "
+         f"normal input]")]
 DeviceOption = Annotated[Device, typer.Option(help="For every runtime (the oracle stays on the CPU)")]
 SignKey = Annotated[Path | None, typer.Option(
     "--sign-key", callback=check_key_file,
