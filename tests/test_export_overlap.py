@@ -33,8 +33,7 @@ CHILD_GONE_S = overlap.STOP_GRACE_SECONDS + 10.0
 
 
 def use_mode(patch: pytest.MonkeyPatch, mode: str) -> None:
-    """`mode`, whatever the suite's workers set (tests/conftest.py makes one-core xdist workers serial)."""
-    patch.delenv(overlap.SERIAL_ENV, raising=False)
+    """`mode`, whatever the suite's workers set (tests/conftest.py sets `off` in one-core xdist workers)."""
     patch.setenv(overlap.MODE_ENV, mode)
 
 
@@ -83,9 +82,6 @@ def test_the_mode_decides_and_an_unknown_one_is_refused(monkeypatch):
     use_mode(monkeypatch, "on")
     assert overlap.can_overlap(user_model=False) == (overlap.usable_cpus() >= overlap.MIN_CPUS)
     assert not overlap.can_overlap(user_model=True)  # a user's model is never pickled into another process
-    monkeypatch.setenv(overlap.SERIAL_ENV, "1")  # what one-core xdist workers get: serial whatever the mode
-    assert not overlap.can_overlap(user_model=False)
-    monkeypatch.delenv(overlap.SERIAL_ENV)
     monkeypatch.setenv(overlap.MODE_ENV, "sometimes")
     with pytest.raises(UsageError, match=overlap.MODE_ENV):
         overlap.can_overlap(user_model=False)
@@ -161,7 +157,6 @@ def test_an_interrupted_export_takes_its_child_with_it(tmp_path, how):
         pytest.skip("one usable core: no child")
     out = tmp_path / "out"
     env = {**os.environ, overlap.MODE_ENV: "on", "BACKBONE_VERIFY_NO_CACHE": "1"}
-    env.pop(overlap.SERIAL_ENV, None)
     parent = subprocess.Popen([sys.executable, "-c", "from verify.cli import main; main()", "export", "-b",
                                SPEC.backbone, "--shape", "x".join(map(str, SHAPE)), "--out", str(out)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

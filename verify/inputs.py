@@ -105,7 +105,7 @@ OTHER_MAGICS = (
 @dataclass(frozen=True)
 class NamedInput:
     label: str
-    """Where it came from: the file, or `seeded normal, seed N`."""
+    """Where it came from: the file, or the seeded kind and seed (`normal0, seed N`)."""
     array: np.ndarray
     """float32 NCHW."""
 

@@ -42,8 +42,6 @@ MODE_ENV = "BACKBONE_VERIFY_EXPORT_OVERLAP"
 """`auto` (default): a background export where a core is free; `on`: wherever two cores are usable; `off`: every
 format exported in this process, one after the other."""
 MODES = ("auto", "on", "off")
-SERIAL_ENV = "BACKBONE_VERIFY_SERIAL_EXPORT"
-"""Set (1/true/yes/on): mode off whatever MODE_ENV says (tests/conftest.py sets it in one-core xdist workers)."""
 MIN_CPUS = 2
 """Below this many usable cores a child only competes with this process for the one there is."""
 MIN_IDLE_CPUS = 0.75
@@ -56,8 +54,6 @@ STDERR_FILE = "child.stderr"
 
 
 def overlap_mode() -> str:
-    if os.environ.get(SERIAL_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
-        return "off"
     mode = os.environ.get(MODE_ENV, "").strip().lower() or "auto"
     if mode not in MODES:
         raise UsageError(f"{MODE_ENV}={mode!r} is not one of {', '.join(MODES)}; unset it or choose one")
