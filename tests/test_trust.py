@@ -22,7 +22,7 @@ from exporter.weights import load_weights
 from tests.data import untrusted
 from verify.cli import app
 from verify.inputs import make_input
-from verify.judge import trust
+from verify.judge import precision, trust
 from verify.judge.oracle import NoiseFloor, measure_oracle
 from verify.judge.precision import EPS
 from verify.pipeline.isolation import IsolatedRunError, run_isolated, safe_loads
@@ -135,6 +135,37 @@ def test_repeat_allowance_is_bitwise_on_cpu_and_the_floor_elsewhere():
     assert not trust.repeat_problems([check], "cuda", {"y": floor})
     assert trust.repeat_problems([trust.RepeatCheck("ort", {"y": floor.value * 2})], "cuda", {"y": floor})
     assert not trust.repeat_problems([trust.RepeatCheck("ort", {"y": 0.0})], "cpu", {"y": floor})
+
+
+def test_a_tf32_run_may_repeat_within_tf32_rounding_and_says_so_when_it_does_not():
+    """Measured on an H200: TorchScript at CUDA's default TF32 gave layer4 422x the float32 floor apart on a
+    repeat (another kernel on its second call); that is TF32 rounding, not randomness."""
+    floor = NoiseFloor(1e-5)
+    tf32_scale = EPS["tf32"] / EPS["fp32"]
+    rounding = trust.RepeatCheck("torchscript", {"y": floor.value * tf32_scale / 2})
+    assert precision.computes_in("fp32", "cuda", None) == precision.computes_in("tf32", "cuda") == "tf32"
+    assert precision.computes_in("fp32", "cuda", False) == "fp32" == precision.computes_in("fp32", "cpu", None)
+    assert not trust.repeat_problems([rounding], "cuda", {"y": floor}, computes_in="tf32")
+    assert trust.repeat_problems([rounding], "cuda", {"y": floor}, computes_in="fp32")
+    assert trust.repeat_problems([rounding], "cpu", {"y": floor}, computes_in="tf32")
+    random = trust.RepeatCheck("torchscript", {"y": floor.value * tf32_scale * 2})
+    (line,) = trust.repeat_problems([random], "cuda", {"y": floor}, computes_in="tf32")
+    assert "not deterministic" in line and "at TF32" in line
+    # a floor measured at TF32 already holds TF32 rounding: it is not scaled again
+    at_tf32 = NoiseFloor(floor.value * tf32_scale, precision="tf32")
+    assert trust.repeat_allowance(at_tf32, "cuda", "tf32") == at_tf32.value
+
+
+def test_stored_evidence_is_rejudged_at_the_precision_it_recorded():
+    floor = NoiseFloor(1e-5)
+    check = trust.RepeatCheck("torchscript", {"y": floor.value * 10})
+    inputs = [({"y": floor}, {"y": np.ones(4, np.float32)})]
+    at_tf32 = trust.evidence([check], "cuda", None, "auto", inputs, computes_in="tf32")
+    assert not trust.evidence_problems(at_tf32)
+    assert trust.evidence_problems({**at_tf32, "computes_in": "fp32"})
+    older = {key: value for key, value in at_tf32.items() if key != "computes_in"}
+    assert trust.evidence_problems(older)  # recorded before the field: judged at float32, the strictest
+    assert "no usable" in trust.evidence_problems({**at_tf32, "computes_in": "fp128"})[0]
 
 
 def test_nan_positions_that_repeat_are_deterministic():

@@ -19,6 +19,7 @@ from exporter.user_model import UserModelSpec
 from verify.inputs import NamedInput
 from verify.judge.notes import explain_pairs
 from verify.judge.oracle import Oracle, pooled_floors, pooled_source
+from verify.judge.precision import computes_in
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.pipeline.stages import (
     OracleCheck,
@@ -281,8 +282,9 @@ def _compare_problems(sides: list[Artifact], runs: list[RunResult], oracles: lis
     models = [getattr(side.built, "model", None) for side in sides]
     cause = next((likely_cause(m) for m in models if m is not None), "")
     floors = {name: floor for side in oracles for name, floor in side[0].noise.items()}
-    problems = repeat_problems([run.repeat for run in runs if run.repeat is not None], settings.runtime.device,
-                               floors, cause)
+    runtime = settings.runtime
+    problems = repeat_problems([run.repeat for run in runs if run.repeat is not None], runtime.device,
+                               floors, cause, computes_in(runtime.precision, runtime.device, runtime.tf32))
     lengths = [file_accumulation_length(side, named[0].array.shape) if m is None else
                accumulation_length(m, input_shape=named[0].array.shape) for side, m in zip(sides, models)]
     lengths = [k for k in lengths if k]

@@ -38,6 +38,14 @@ def check_precision(precision: str, device: str, tf32: bool | None = None) -> No
         raise UsageError("--precision tf32 with --no-tf32 contradict each other; drop one")
 
 
+def computes_in(precision: str = "fp32", device: str = "cpu", tf32: bool | None = None) -> str:
+    """The precision a run's convolutions and matmuls really round at: TF32 on CUDA unless --no-tf32 (both
+    PyTorch's cuDNN and ORT's CUDA provider default to it), else the precision asked for."""
+    if device == "cuda" and precision == "fp32" and tf32 is not False:
+        return "tf32"
+    return precision
+
+
 @contextlib.contextmanager
 def precision_scope(precision: str = "fp32", device: str = "cpu", tf32: bool | None = None) -> Iterator[None]:
     """Set TF32 and autocast for one run; restore every global torch setting it touched afterwards,

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from verify.judge.precision import EPS
+from verify.judge.precision import DISPLAY, EPS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,9 +87,20 @@ def output_differences(first: Mapping[str, np.ndarray], second: Mapping[str, np.
     return found
 
 
+def repeat_allowance(floor: NoiseFloor | None, device: str, computes_in: str = "fp32") -> float:
+    """How far two calls on the same input may differ: nothing on the CPU; elsewhere the output's floor, scaled
+    to the rounding the run computes in when that is coarser than the floor's (a CUDA run at the framework's
+    default TF32 may pick another kernel on its second call, and TF32 kernels round differently)."""
+    if device in BITWISE_DEVICES or floor is None:
+        return 0.0
+    coarser = EPS.get(computes_in, EPS["fp32"]) / EPS.get(floor.precision, EPS["fp32"])
+    return floor.value * max(coarser, 1.0)
+
+
 def repeat_problems(checks: Sequence[RepeatCheck], device: str, floors: Mapping[str, NoiseFloor],
-                    cause: str = "") -> list[str]:
-    """One line per runtime that changed its input or gave other outputs the second time."""
+                    cause: str = "", computes_in: str = "fp32") -> list[str]:
+    """One line per runtime that changed its input or gave other outputs the second time. `computes_in`: the
+    precision the runs round at (verify/judge/precision.py `computes_in`)."""
     problems = []
     for check in checks:
         if check.mutated:
@@ -97,13 +108,13 @@ def repeat_problems(checks: Sequence[RepeatCheck], device: str, floors: Mapping[
                             "model must not write into its argument (x.add_(), x[...] = ..., x.relu_()); "
                             "clone the input first. Not judged")
             continue
-        allowed = {name: 0.0 if device in BITWISE_DEVICES else (floors[name].value if name in floors else 0.0)
-                   for name in check.differences}
+        allowed = {name: repeat_allowance(floors.get(name), device, computes_in) for name in check.differences}
         worse = [(name, diff) for name, diff in check.differences.items() if diff > allowed[name]]
         if worse:
             name, diff = max(worse, key=lambda item: item[1])
+            at = "" if computes_in == "fp32" or device in BITWISE_DEVICES else f" at {DISPLAY[computes_in]}"
             problems.append(f"{check.label} is not deterministic: the same input twice gave {name} {diff:.3g} apart "
-                            f"(allowed on {device}: {allowed[name]:.3g}); {cause or _CAUSES}. Not judged")
+                            f"(allowed on {device}{at}: {allowed[name]:.3g}); {cause or _CAUSES}. Not judged")
     return problems
 
 
@@ -188,12 +199,13 @@ def floor_bound_ratios(floors: Mapping[str, NoiseFloor], reference: Mapping[str,
 
 
 def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: str,
-             per_input: Sequence[tuple[Mapping[str, NoiseFloor], Mapping[str, np.ndarray]]]) -> dict[str, Any]:
+             per_input: Sequence[tuple[Mapping[str, NoiseFloor], Mapping[str, np.ndarray]]],
+             computes_in: str = "fp32") -> dict[str, Any]:
     """The numbers both guards decide on, as plain data a stored result keeps: a reader re-derives the problems
     from them (`evidence_problems`) instead of trusting a stored list that an edit can empty."""
     inputs = [{name: {"floor": floor.value, "precision": floor.precision, "scale": output_scale(reference.get(name))}
                for name, floor in floors.items()} for floors, reference in per_input]
-    return {"device": device, "k": k, "mode": mode, "inputs": inputs,
+    return {"device": device, "computes_in": computes_in, "k": k, "mode": mode, "inputs": inputs,
             "repeats": [{"label": c.label, "differences": dict(c.differences), "mutated": list(c.mutated)}
                         for c in checks]}
 
@@ -208,11 +220,15 @@ def evidence_problems(data: Any) -> list[str]:
         inputs = [{str(n): (NoiseFloor(float(o["floor"]), precision=str(o["precision"])), float(o["scale"]))
                    for n, o in outputs.items()} for outputs in data["inputs"]]
         k, device, mode = data["k"], str(data["device"]), str(data["mode"])
+        computes_in = str(data.get("computes_in", "fp32"))  # absent: recorded before it was; the strictest
+        if computes_in not in EPS:
+            raise ValueError(computes_in)
         if not checks or not inputs or (k is not None and (not isinstance(k, int) or k <= 0)):
             raise ValueError("empty")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return [f"no usable determinism and floor evidence recorded ({type(exc).__name__}): nothing to judge on"]
-    problems = repeat_problems(checks, device, pooled_floors([{n: f for n, (f, _) in o.items()} for o in inputs]))
+    problems = repeat_problems(checks, device, pooled_floors([{n: f for n, (f, _) in o.items()} for o in inputs]),
+                               computes_in=computes_in)
     if problems or k is None or mode != "auto":
         return problems
     for outputs in inputs:

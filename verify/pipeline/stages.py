@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
+from verify.judge.precision import computes_in
 from verify.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
@@ -635,10 +636,12 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     checks = [run.repeat for run in runs if run.repeat is not None]
     bounded = build.no_float64 is None and model is not None
     k = accumulation_length(model, input_shape=build.named[0].array.shape) if bounded else None
-    record = evidence(checks, settings.runtime.device, k, settings.tolerance.mode,
-                      [(o.oracle.noise, o.oracle.outputs) for o in oracles])
+    runtime = settings.runtime
+    rounds_at = computes_in(runtime.precision, runtime.device, runtime.tf32)
+    record = evidence(checks, runtime.device, k, settings.tolerance.mode,
+                      [(o.oracle.noise, o.oracle.outputs) for o in oracles], rounds_at)
     cause = likely_cause(model) if model is not None else ""
-    problems = repeat_problems(checks, settings.runtime.device, floors, cause)
+    problems = repeat_problems(checks, runtime.device, floors, cause, rounds_at)
     if problems or k is None or settings.tolerance.mode != "auto":
         return problems, record
     for result in oracles:
