@@ -6,6 +6,9 @@ it raised. A worker that dies without that message (`os._exit(0)` in the user's 
 OOM killer) or that outlives the timeout is an `IsolatedRunError` here: exit 2 with one line, never 0, since no
 verdict was computed.
 
+`IsolatedSession(factory, ...)` keeps one object in a worker and relays calls to it: a runtime whose native code
+can crash the interpreter (an AOTInductor package: verify/runtimes/aoti.py) runs there.
+
 What comes back is unpickled with an allow-list: this project's data classes (dataclasses, enums; no
 function), numpy arrays and plain builtins, never a dotted name: the worker
 ran the user's code, so its message is data to read, not code to run.
@@ -18,6 +21,7 @@ import io
 import math
 import pickle
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -112,11 +116,23 @@ def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, thread
             where: tuple[dict[str, str], str, list[str]]) -> None:
     """The worker's body: take the caller's environment, folder and import path (a fork server started earlier
     has its own), run `fn` with a relaying progress, send its result or its error, then exit."""
+    _adopt(where, threads)
+    try:
+        message = ("result", fn(*args, progress=_RelayProgress(conn), **kwargs))
+    except BaseException as exc:  # noqa: B036 - anything the user's code raised is reported, then we exit
+        message = _error_message(exc, "your model's code")
+    _send(conn, message)
+    conn.close()
+
+
+def _adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None) -> None:
+    """In a worker: the caller's environment, folder, import path and torch threads (a fork server started
+    earlier has its own); SIGINT left to the parent, which stops a worker with SIGTERM."""
     import os
     import signal
     import sys
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop; it sends SIGTERM
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     environ, cwd, path = where
     os.environ.clear()
@@ -127,17 +143,16 @@ def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, thread
         import torch
 
         torch.set_num_threads(threads)
-    try:
-        result = fn(*args, progress=_RelayProgress(conn), **kwargs)
-        message = ("result", result)
-    except VerifyError as exc:
-        message = ("error", (type(exc).__name__, exc.exit_code, str(exc)))
-    except BaseException as exc:  # noqa: B036 - anything the user's code raised is reported, then we exit
-        said = (str(exc).strip().splitlines() or [""])[-1]
-        message = ("error", ("IsolatedRunError", 2, f"{type(exc).__name__} ({said}) raised by your model's code "
-                             "before any verdict: no verdict, not a pass"))
-    _send(conn, message)
-    conn.close()
+
+
+def _error_message(exc: BaseException, whose: str) -> tuple[str, tuple[str, int, str]]:
+    """An error raised in a worker, as the message the parent raises again: this tool's errors as they are,
+    anything else one line naming `whose` code raised it."""
+    if isinstance(exc, VerifyError):
+        return "error", (type(exc).__name__, exc.exit_code, str(exc))
+    said = (str(exc).strip().splitlines() or [""])[-1]
+    return "error", ("IsolatedRunError", 2, f"{type(exc).__name__} ({said}) raised by {whose} before any "
+                                             "verdict: no verdict, not a pass")
 
 
 def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float | None = USER_CODE_TIMEOUT,
@@ -190,6 +205,85 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float |
     finally:
         _stop(worker)
         receive.close()
+
+
+def _serve(conn: Any, factory: Callable[..., Any], args: tuple, threads: int | None,
+           where: tuple[dict[str, str], str, list[str]]) -> None:
+    """A session worker's body: build one object with `factory(*args)`, then answer (method, args) calls on it
+    until the parent closes the pipe."""
+    _adopt(where, threads)
+    try:
+        target = factory(*args)
+        _send(conn, ("result", None))
+    except BaseException as exc:  # noqa: B036 - reported to the parent, which raises it
+        _send(conn, _error_message(exc, "the isolated code"))
+        return
+    while True:
+        try:
+            method, call_args = pickle.loads(conn.recv_bytes())  # from the parent, which started this worker
+        except (EOFError, OSError):
+            return
+        try:
+            message = ("result", getattr(target, method)(*call_args))
+        except BaseException as exc:  # noqa: B036
+            message = _error_message(exc, "the isolated code")
+        _send(conn, message)
+
+
+class IsolatedSession:
+    """One object built and used in a worker process (`factory(*args)` there; `call(method, *args)` here): code
+    that can crash the interpreter (a native library, a compiled package) ends the worker, and this process
+    raises `IsolatedRunError` naming `what` and the signal, instead of dying with it. Replies are unpickled
+    with the same allow-list as `run_isolated`'s."""
+
+    def __init__(self, factory: Callable[..., Any], *args: Any, what: str) -> None:
+        import multiprocessing
+        import os
+        import sys
+
+        self.what = what
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(PRELOAD))
+        self.conn, child = context.Pipe(duplex=True)
+        where = (dict(os.environ), os.getcwd(), list(sys.path))
+        self.worker = context.Process(target=_serve, args=(child, factory, args, _threads(), where), daemon=True)
+        self.worker.start()
+        child.close()
+        weakref.finalize(self, _stop, self.worker)  # a session dropped without close() stops its worker too
+        try:
+            self._reply()
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, method: str, *args: Any) -> Any:
+        try:
+            self.conn.send_bytes(pickle.dumps((method, args)))
+        except (BrokenPipeError, OSError):
+            return self._died()
+        return self._reply()
+
+    def _reply(self) -> Any:
+        while True:
+            if self.conn.poll(POLL_SECONDS):
+                try:
+                    kind, payload = safe_loads(self.conn.recv_bytes())
+                except EOFError:
+                    return self._died()
+                return _result(kind, payload)
+            if not self.worker.is_alive() and not self.conn.poll(0):
+                return self._died()
+
+    def _died(self) -> Any:
+        self.worker.join(STOP_GRACE_SECONDS)
+        code = self.worker.exitcode
+        self.close()
+        how = f"exit code {code}" if code is not None and code >= 0 else f"signal {-code}" if code else "no exit code"
+        raise IsolatedRunError(f"{self.what} ended the worker process running it ({how}): no verdict, not a pass")
+
+    def close(self) -> None:
+        _stop(self.worker)
+        self.conn.close()
 
 
 def _result(kind: str, payload: Any) -> Any:
