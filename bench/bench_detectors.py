@@ -2,11 +2,11 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_detectors.py [name ...] [--dynamo] > bench/results/detectors-cpu.log
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_detectors.py --reshape >> bench/results/detectors-cpu.log
-    .venv/bin/python bench/bench_detectors.py fasterrcnn_mobilenet_v3_large_320_fpn --threads=2 >> ...
+    .venv/bin/python bench/bench_detectors.py fasterrcnn_mobilenet_v3_large_320_fpn --threads 2 >> ...
 
 One line per detector: verdict, matched detections, worst ratios, and seconds per stage
 (build, export per format, runs, judge), and for Faster R-CNN how many proposals each pair had in another
-order or in one run only. `--dynamo` also tries the dynamo ONNX exporter (its refusal); `--threads=N` runs
+order or in one run only. `--dynamo` also tries the dynamo ONNX exporter (its refusal); `--threads N` runs
 torch with N threads (default 1; with 2 the RPN of the 320 model orders two proposals differently in ONNX
 Runtime, which the proposal pairing must absorb).
 `--reshape`: where pytorch/vision#4623 shows: fasterrcnn_mobilenet_v3_large_fpn exported to ONNX with dynamic
@@ -16,6 +16,7 @@ sizes at 320 x 320, run at each size in SWEEP, as built and with its RPN logits 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -58,19 +59,29 @@ def reshape_sweep() -> None:
                                   "verdict": report.refusals.get("onnx") or report.summary()}), flush=True)
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="detectors (default: every registered one)")
+    parser.add_argument("--dynamo", action="store_true", help="also try the dynamo ONNX exporter (its refusal)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--reshape", action="store_true", help="the pytorch/vision#4623 size sweep instead")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
+    args = parse(argv)  # before the heavy imports: --help and a bad flag answer at once
     import torch
 
     from exporter.families.detectors import list_detectors
     from verify.detect.check import verify_detector
 
-    threads = next((int(a.partition("=")[2]) for a in argv if a.startswith("--threads=")), 1)
+    threads = args.threads
     torch.set_num_threads(threads)
-    if "--reshape" in argv:
+    if args.reshape:
         reshape_sweep()
         return 0
-    names = [a for a in argv if not a.startswith("--")] or list_detectors()
-    formats = ("torchscript", "onnx", "onnx-dynamo") if "--dynamo" in argv else ("torchscript", "onnx")
+    names = args.names or list_detectors()
+    formats = ("torchscript", "onnx", "onnx-dynamo") if args.dynamo else ("torchscript", "onnx")
     print(f"# torch {torch.__version__}, {threads} thread(s), formats {', '.join(formats)}")
     for name in names:
         start = time.perf_counter()
