@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from exporter.errors import UsageError
-from verify.pipeline.isolation import IsolatedRunError, IsolatedSession
+from verify.pipeline.isolation import IsolatedRunError, IsolatedSession, session
 
 
 class Native:
@@ -63,3 +63,14 @@ def test_a_crash_is_one_line_naming_the_signal_not_this_process_dying(when):
     message = str(caught.value)
     assert f"signal {int(signal.SIGSEGV)}" in message and "the test library" in message
     assert "\n" not in message and "not a pass" in message
+
+
+def test_a_process_that_is_already_a_watched_worker_keeps_the_object_itself(monkeypatch):
+    """A daemonic worker (a matrix cell's) may not start children; its own death is already its cell's error."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
+    here = session(native, 3.0, what="the test library")
+    assert here.call("where") == os.getpid()
+    np.testing.assert_array_equal(here.call("run", np.ones((1, 1, 1, 1), np.float32))["y"], [[[[3.0]]]])

@@ -286,6 +286,31 @@ class IsolatedSession:
         self.conn.close()
 
 
+class LocalSession:
+    """`IsolatedSession`'s interface over an object in this process: for a process that is already a watched
+    worker (a matrix cell's, a user model's), which multiprocessing forbids to start children of its own and
+    whose parent already turns its crash into one line."""
+
+    def __init__(self, factory: Callable[..., Any], *args: Any, what: str) -> None:
+        self.what = what
+        self.target = factory(*args)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.target, method)(*args)
+
+    def close(self) -> None:
+        self.target = None
+
+
+def session(factory: Callable[..., Any], *args: Any, what: str) -> IsolatedSession | LocalSession:
+    """`factory(*args)` in a worker of its own, or here when this process is itself a daemonic worker."""
+    import multiprocessing
+
+    if multiprocessing.current_process().daemon:
+        return LocalSession(factory, *args, what=what)
+    return IsolatedSession(factory, *args, what=what)
+
+
 def _result(kind: str, payload: Any) -> Any:
     if kind == "result":
         return payload

@@ -3,14 +3,15 @@
 The package is native code (a shared library and its kernels): loading or running it can crash the interpreter
 (measured: a segfault in `_load_aoti` under torch 2.11 on an H200; upstream, pytorch#172739). So it is loaded
 and run in a worker process (verify/pipeline/isolation.py `IsolatedSession`): a crash there is one line here,
-"cannot be loaded ... (signal 11)", and no verdict, never this process's own death."""
+naming the package and the signal, and no verdict, never this process's own death. In a process that is
+already a watched worker (a matrix cell's), the package loads there: that worker's death is its cell's error."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from exporter.errors import ArtifactError, UsageError
-from verify.pipeline.isolation import IsolatedRunError, IsolatedSession
+from verify.pipeline.isolation import IsolatedRunError, session
 from verify.runtimes.torch_common import TorchRuntime, load_file
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class AotiRuntime(TorchRuntime):
         _, dtype = self._target()
         if dtype != torch.float32:
             raise UsageError("An AOTInductor package runs in the float32 it was compiled for")
-        self.worker = self._isolated(IsolatedSession, _loaded_here, self.options, artifact,
+        self.worker = self._isolated(session, _loaded_here, self.options, artifact,
                                       what=f"The AOTInductor package {artifact.path}")
 
     def _run(self, array: np.ndarray) -> dict[str, np.ndarray]:
