@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from exporter.errors import UsageError
+from exporter.families.detectors import DETECTORS
 from exporter.spec import ModelSpec
 from verify.pipeline.stages import CellRequest
 
@@ -46,6 +48,10 @@ class MatrixRequest:
         every = () if users and not backbones else BACKBONES.names()
         chosen = (tuple(dict.fromkeys(backbones or every)), tuple(dict.fromkeys(norms or NORMS.names())),
                   tuple(dict.fromkeys(views or (DEFAULT_VIEW,))))
+        detectors = [name for name in chosen[0] if name in DETECTORS.names()]
+        if detectors:  # the matrix's cells are backbones; a whole detector is judged by its own path
+            raise UsageError(f"{detectors[0]} is a whole detector, which the matrix does not run yet; verify it "
+                             f"with `verify export -b {detectors[0]}` (and `verify artifact` on its folder)")
         for registry, names in zip((BACKBONES, NORMS, VIEWS), chosen):
             for name in names:
                 registry.get(name)
