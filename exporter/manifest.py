@@ -58,6 +58,8 @@ HISTORY_FIELDS = ("created", "versions", "identity", "verdicts[].worst_output", 
 """What the export measured or noted on its own runs, or was asked to do: recorded for people (and, for
 `identity`, for a later export deciding whether it may replace the folder), re-derivable by no artifact
 check (the eager model is not in the folder), and read by no verdict."""
+DETECTOR_KIND = "detector"
+"""The manifest `kind` of a whole detector's folder (exporter/detector_manifest.py); a backbone's has no `kind`."""
 GOLDENS_LAYOUT = {"file": GOLDENS_NAME, "input": "input.<name>", "float32": "float32.<output>",
                   "float64": "float64.<output>"}
 
@@ -230,6 +232,25 @@ class SignatureInfo(Strict):
     method: Literal["model-signing/elliptic-curve-key"]
 
 
+def check_file_list(files: dict[str, Any]) -> None:
+    """A folder's `files`: never the manifest or the signature, exactly one goldens file, at least one model,
+    external data only of a listed model (every manifest kind)."""
+    kinds = {name: entry.format for name, entry in files.items()}
+    for name in (MANIFEST_NAME, SIGNATURE_NAME):
+        if name in kinds:
+            raise ValueError(f"files lists {name}, which is never hashed into the manifest")
+    goldens = [n for n, k in kinds.items() if k == GOLDENS_FORMAT]
+    if goldens != [GOLDENS_NAME]:
+        raise ValueError(f"files must list exactly one goldens file, {GOLDENS_NAME}; it lists {goldens}")
+    models = [n for n, k in kinds.items() if k not in (GOLDENS_FORMAT, EXTERNAL_DATA_FORMAT)]
+    if not models:
+        raise ValueError("files lists no model artifact (only goldens or external data); a folder must "
+                         "hold at least one model to pass")
+    for name, entry in files.items():
+        if isinstance(entry, ExternalDataFile) and entry.of not in models:
+            raise ValueError(f"files[{name!r}] is external data of {entry.of!r}, which is not a listed model")
+
+
 class Manifest(Strict):
     """What an export folder holds and what its export found. Numbers that decide a verdict are
     re-derived by `verify artifact` from the files, never taken from here on trust."""
@@ -269,20 +290,7 @@ class Manifest(Strict):
         if set(self.noise_floor) != set(self.outputs) and (self.noise_floor or self.tolerance.mode == "auto"):
             raise ValueError(f"noise_floor has floors for {sorted(self.noise_floor)}, but the outputs are "
                              f"{sorted(self.outputs)}")
-        kinds = {name: entry.format for name, entry in self.files.items()}
-        for name in (MANIFEST_NAME, SIGNATURE_NAME):
-            if name in kinds:
-                raise ValueError(f"files lists {name}, which is never hashed into the manifest")
-        goldens = [n for n, k in kinds.items() if k == GOLDENS_FORMAT]
-        if goldens != [GOLDENS_NAME]:
-            raise ValueError(f"files must list exactly one goldens file, {GOLDENS_NAME}; it lists {goldens}")
-        models = [n for n, k in kinds.items() if k not in (GOLDENS_FORMAT, EXTERNAL_DATA_FORMAT)]
-        if not models:
-            raise ValueError("files lists no model artifact (only goldens or external data); a folder must "
-                             "hold at least one model to pass")
-        for name, entry in self.files.items():
-            if isinstance(entry, ExternalDataFile) and entry.of not in models:
-                raise ValueError(f"files[{name!r}] is external data of {entry.of!r}, which is not a listed model")
+        check_file_list(self.files)
         for axis in self.input.dynamic_axes:
             if int(axis) >= len(self.input.shape):
                 raise ValueError(f"input.dynamic_axes names axis {axis} of a {len(self.input.shape)}-D input")
@@ -418,6 +426,21 @@ def parse_manifest(text: str, source: str = MANIFEST_NAME) -> Manifest:
 
 def load_manifest(path: Path) -> Manifest:
     """Read and validate `path` (a regular file, not a link, of a manifest's size) as a Manifest."""
+    return parse_manifest(read_manifest_text(path))
+
+
+def manifest_kind(path: Path) -> str:
+    """`detector` when `path` is a readable manifest of that kind, else `backbone` (whose reader then says
+    what is wrong with it)."""
+    try:
+        data = loads_strict(read_manifest_text(path))
+    except (ArtifactError, ValueError):
+        return "backbone"
+    return DETECTOR_KIND if isinstance(data, dict) and data.get("kind") == DETECTOR_KIND else "backbone"
+
+
+def read_manifest_text(path: Path) -> str:
+    """The text of `path`: a regular file, not a link, of a manifest's size, in UTF-8."""
     try:
         mode = os.lstat(path)
     except FileNotFoundError:
@@ -437,7 +460,7 @@ def load_manifest(path: Path) -> Manifest:
         raise ArtifactError(f"{MANIFEST_NAME} is not UTF-8 text") from None
     except OSError as exc:
         raise ArtifactError(f"{path} cannot be read: {exc.strerror}") from None
-    return parse_manifest(text)
+    return text
 
 
 # Writing -------------------------------------------------------------------------------------
@@ -474,9 +497,9 @@ GOLDEN_GROUPS = ("input", "float32", "float64", "folded")
 """`folded` is optional (absent where the model has no norm to fold)."""
 
 
-def read_goldens(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """{'input': {...}, 'float32': {...}, 'float64': {...}}, never unpickling. Anything but an npz archive
-    of plain arrays named `group.name` is an ArtifactError naming the file and the reason."""
+def read_goldens(path: Path, groups: tuple[str, ...] = GOLDEN_GROUPS) -> dict[str, dict[str, np.ndarray]]:
+    """{'input': {...}, 'float32': {...}, 'float64': {...}} (or the `groups` given), never unpickling. Anything
+    but an npz archive of plain arrays named `group.name` is an ArtifactError naming the file and the reason."""
     import zipfile
 
     import numpy as np
@@ -484,13 +507,13 @@ def read_goldens(path: Path) -> dict[str, dict[str, np.ndarray]]:
     name = path.name
     if not zipfile.is_zipfile(path):
         raise ArtifactError(f"{name} is not an npz archive (not a zip file)")
-    groups: dict[str, dict[str, np.ndarray]] = {group: {} for group in GOLDEN_GROUPS}
+    found: dict[str, dict[str, np.ndarray]] = {group: {} for group in groups}
     try:
         with np.load(path, allow_pickle=False) as data:
             for key in data.files:
                 group, dot, output = key.partition(".")
-                if group not in groups or not dot or not output:
-                    raise ArtifactError(f"{name} holds {key!r}, outside {', '.join(g + '.*' for g in GOLDEN_GROUPS)}")
+                if group not in found or not dot or not output:
+                    raise ArtifactError(f"{name} holds {key!r}, outside {', '.join(g + '.*' for g in groups)}")
                 try:
                     array = data[key]
                 except ValueError as exc:
@@ -500,13 +523,13 @@ def read_goldens(path: Path) -> dict[str, dict[str, np.ndarray]]:
                     raise
                 if not isinstance(array, np.ndarray):
                     raise ArtifactError(f"{name}: {key} is not a numpy array")
-                groups[group][output] = array
+                found[group][output] = array
     except ArtifactError:
         raise
     except Exception as exc:  # zip and npy parse errors come in many types
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ArtifactError(f"{name} is not a readable npz archive ({type(exc).__name__}: {first})") from None
-    return groups
+    return found
 
 
 def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str, Any],
@@ -562,6 +585,10 @@ def tolerance_record(tolerance: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    return write_manifest_text(folder, manifest.to_json())
+
+
+def write_manifest_text(folder: Path, text: str) -> Path:
     path = folder / MANIFEST_NAME
-    write_text_atomic(path, manifest.to_json())
+    write_text_atomic(path, text)
     return path

@@ -80,7 +80,7 @@ def export(
         factor = settings.tolerance.factor if "--factor" in given_options else None
         export_detector(backbone, norm, settings.weights, settings.seed, shape, settings.input_file,
                         list(formats.formats) or None, out, factor, reports.json, overwrite, junit=reports.junit,
-                        markdown=reports.markdown, html=html, dynamic=not formats.static)
+                        markdown=reports.markdown, html=html, dynamic=not formats.static, sign_key=sign_key)
     if html is not None:
         raise UsageError("--html is written for a whole detector (-b <detector>); a backbone export writes --json, "
                          "--junit or --markdown")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from verify.detect.check import DetectorReport
 
 SUPPORTED_OPTIONS = ("--norm", "--weights", "--seed", "--shape", "--input", "--format", "--out", "--overwrite",
-                     "--factor", "--json", "--junit", "--markdown", "--html", "--static")
+                     "--factor", "--json", "--junit", "--markdown", "--html", "--static", "--sign-key")
 """What a whole detector applies; the export command refuses every other option given (never ignored silently)."""
 DEFAULT_SHAPE = (1, 3, 320, 320)
 
@@ -72,14 +72,16 @@ def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None])
 def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | None, input_path: Path | None,
                     formats: list[str] | None, out: Path, factor: float | None, json_path: Path | None = None,
                     overwrite: bool = False, junit: Path | None = None, markdown: Path | None = None,
-                    html: Path | None = None, dynamic: bool = True) -> None:
+                    html: Path | None = None, dynamic: bool = True, sign_key: Path | None = None) -> None:
     """Export, run and judge the detector `name`; print one line per pair, write the reports asked for, and
-    exit with the verdict's code (0 all agree, 1 a failure). `dynamic`: ONNX for any image size."""
+    exit with the verdict's code (0 all agree, 1 a failure). `dynamic`: ONNX for any image size. The folder
+    proves itself (verify/detect/folder.py: goldens, manifest, and a signature with `sign_key`)."""
     import warnings
 
     from exporter.fsio import staged_folder
     from exporter.spec import parse_shape
     from verify.detect.check import verify_detector
+    from verify.detect.folder import write_detector_folder
     from verify.render.console import print_line
     from verify.render.text import markup
 
@@ -88,6 +90,10 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
     chosen = _formats(formats)
     folder = out / f"{name}-{norm}"
     _check_paths(folder, overwrite, {"json": json_path, "junit": junit, "markdown": markdown, "html": html})
+    if sign_key is not None:
+        from exporter.signing import check_private_key
+
+        check_private_key(sign_key)  # a usage error, before the detector is built
     images = None
     if input_path is not None:
         images = load_images(input_path, size if shape or not dynamic else None)  # static: one size
@@ -96,6 +102,10 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
         report = verify_detector(name, norm, size, weights, seed, chosen, out=staging, factor=factor, images=images,
                                  dynamic=dynamic,
                                  progress=lambda what: print_line(err_console, f"[dim]{markup(what)}[/]"))
+        identity = {"detector": name, "norm": norm, "weights": weights, "seed": seed, "formats": list(chosen),
+                    "dynamic": dynamic, "shape": list(size), "images_sha256": images_sha256(report.images)}
+        if not write_detector_folder(staging, report, identity, sign_key):
+            err_console.print("[dim]no manifest written: the export has no file or no floor to prove[/]")
     for row in report.rows():
         mark = "ok  " if row["passed"] else "FAIL"
         pair = f"{row['a']} vs {row['b']}" if row["b"] else row["a"]
@@ -104,6 +114,16 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
     for path in write_outputs(report, json_path, junit, markdown, html):
         err_console.print(f"[dim]wrote {escape(str(path))}[/]")
     raise typer.Exit(report.exit_code)
+
+
+def images_sha256(images: list[np.ndarray]) -> str:
+    """One digest over the judged images' shapes and bytes (what the folder's goldens were made from)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(repr(image.shape).encode() + image.tobytes())
+    return digest.hexdigest()
 
 
 def load_images(path: Path, size: tuple[int, ...] | None) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ Two levels, both reported:
   Faster R-CNN's box-head tensors (one row per RPN proposal) are judged with their rows paired by proposal
   (verify/detect/proposals.py): runtimes may order tied proposals differently;
 - after NMS: detections matched by IoU (verify/detect/match.py) on the float32 floor of detections.
-Every run is guarded (verify/judge/trust.py): its first image twice, bit for bit, on private input copies
+Every run is guarded (verify/judge/trust.py): every image twice, bit for bit, on private input copies
 that must come back unchanged; a breach is a problem (exit 1).
 A format that does not export, or a file its runtime cannot run, is a one-line refusal and a failed check.
 """
@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.errors import ExportError, UsageError
+from exporter.errors import ExportError, SetupError, UsageError
+from exporter.weights import state_dict_sha256
 from verify.detect.match import (
     DetectionFloor,
     DetectionPair,
@@ -46,6 +47,7 @@ from verify.detect.proposals import (
 )
 from verify.judge.compare import PairResult, Tolerance, compare_outputs
 from verify.judge.trust import RepeatCheck, likely_cause, output_differences, repeat_problems
+from verify.runtimes.onnxruntime import PROVIDERS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -105,6 +107,14 @@ class DetectorReport:
     files: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     """Checks that could not be made (no floor measurable, no detections): each a failure."""
+    floors: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The oracle's float32 floor of each dense tensor (a NoiseFloor), measured on eager float32 vs float64."""
+    judging: Judging | None = None
+    """The model's post-processing constants the detections were judged with."""
+    weights_sha256: str | None = None
+    """sha256 over the detector's state dict (exporter/weights.py), set by verify_detector."""
+    references: dict[str, Run] = field(default_factory=dict, repr=False)
+    """The eager float32 and float64 runs judged against (EAGER, ORACLE): what an export folder's goldens hold."""
 
     @property
     def passed(self) -> bool:
@@ -178,6 +188,24 @@ class Run:
     """In float64: the inputs of each image's RPN NMS (boxes, scores, level as label)."""
 
 
+@dataclass(frozen=True)
+class Judging:
+    """What judging needs from the model besides its runs: its post-processing constants (the decisions rounding
+    can flip) and the dense tensors with one row per RPN proposal; read from the model at export, from an export
+    folder's manifest after."""
+
+    rules: Rules
+    rpn: RpnRules | None = None
+    per_proposal: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, built: BuiltDetector) -> Judging:
+        rpn = getattr(built.model, "rpn", None)
+        return cls(Rules(built.score_thresh, built.nms_thresh, built.detections_per_img),
+                   RpnRules(float(rpn.nms_thresh), int(rpn.post_nms_top_n()), float(rpn.score_thresh))
+                   if rpn is not None else None, tuple(built.per_proposal_modules))
+
+
 def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] = (1, 3, 320, 320),
                     weights: str = "synthetic", seed: int = 0, formats: Sequence[str] = ("torchscript", "onnx"),
                     out: Path | None = None, progress: Callable[[str], None] | None = None,
@@ -202,6 +230,7 @@ def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] =
         files, refusals = export_detector(built, inputs[0], formats, folder, say, clock, dynamic=dynamic)
         report = judge_detector(built, inputs, files, tolerance, say, clock)
     report.refusals = {**refusals, **report.refusals}
+    report.weights_sha256 = state_dict_sha256(built.model.state_dict())
     report.dynamic = dynamic
     report.formats = tuple(formats)
     report.seconds.update(clock.seconds)
@@ -354,6 +383,17 @@ def judge_detector(built: BuiltDetector, inputs: Sequence[torch.Tensor], files: 
         eager = _guarded(EAGER, lambda images: run_eager(built, images, float64=False), inputs, repeats)
         oracle = _guarded(ORACLE, lambda images: run_eager(built, images, float64=True), inputs, repeats)
     report.problems += repeat_problems(repeats, GUARD_DEVICE, {}, likely_cause(built.model))
+    judge_runs(report, Judging.of(built), inputs, eager, oracle, files, tolerance, say, clock)
+    return report
+
+
+def judge_runs(report: DetectorReport, judging: Judging, inputs: Sequence[torch.Tensor], eager: Run, oracle: Run,
+               files: dict[str, Path], tolerance: Tolerance, say: Callable[[str], None] = lambda _: None,
+               clock: _Clock | None = None, device: str = GUARD_DEVICE) -> None:
+    """Run each file on `inputs` (guarded) on `device` and judge both levels against `eager` and `oracle`:
+    the export's own runs, or an export folder's goldens (verify/detect/folder.py)."""
+    clock = clock or _Clock()
+    report.judging = judging
     runs: dict[str, Run] = {}
     for fmt, path in files.items():
         with clock(f"run {fmt}"):
@@ -361,28 +401,38 @@ def judge_detector(built: BuiltDetector, inputs: Sequence[torch.Tensor], files: 
             checks: list[RepeatCheck] = []
             try:
                 runs[RUNTIMES[fmt]] = _guarded(RUNTIMES[fmt], lambda images, fmt=fmt, path=path: _RUNNERS[fmt](
-                    path, images, list(eager.dense)), inputs, checks)
+                    path, images, list(eager.dense), device), inputs, checks)
             except ExportError as exc:
                 report.refusals[fmt] = str(exc)
-            report.problems += repeat_problems(checks, GUARD_DEVICE, {})
+            report.problems += repeat_problems(checks, device, {})
     with clock("judge"):
-        _judge(report, built, eager, oracle, runs, tolerance)
-    return report
+        _judge(report, judging, eager, oracle, runs, tolerance)
 
 
-def _judge(report: DetectorReport, built: BuiltDetector, eager: Run, oracle: Run, runs: dict[str, Run],
+def derive_floors(judging: Judging, inputs: Sequence[torch.Tensor], eager: Run, oracle: Run,
+                  factor: float) -> tuple[dict[str, Any], DetectionFloor | None]:
+    """The floors a judgement of these runs uses (dense tensors, then detections), measured as _judge does."""
+    scratch = DetectorReport("", "", "", (len(inputs), *inputs[0].shape), (), factor,
+                             images=[image.numpy() for image in inputs])
+    floors = _Rows(scratch, judging, oracle, Tolerance(factor=factor)).floors(eager)
+    return floors, measure_detection_floor(eager.detections, oracle.detections)
+
+
+def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, runs: dict[str, Run],
            tolerance: Tolerance) -> None:
     report.boxes = {EAGER: eager.detections, ORACLE: oracle.detections,
                     **{label: run.detections for label, run in runs.items()}}
-    rows = _Rows(report, built, oracle, tolerance)
+    report.references = {EAGER: eager, ORACLE: oracle}
+    rows = _Rows(report, judging, oracle, tolerance)
     floors = rows.floors(eager)
+    report.floors = floors
     report.dense_outputs = list(eager.dense) + ([PROPOSALS] if PROPOSALS in floors else [])
     report.floor = measure_detection_floor(eager.detections, oracle.detections)
     if report.floor is None:
         report.problems.append(f"eager float32 and float64 share no detection on these inputs: no floor to judge "
                                f"on (the reference has {sum(len(d) for d in oracle.detections)} detections)")
         return
-    rules = Rules(built.score_thresh, built.nms_thresh, built.detections_per_img)
+    rules = judging.rules
     for label, run in runs.items():
         if label != RUNTIMES["torchscript"]:  # every ONNX run must show every dense tensor
             report.dense.append(compare_outputs(*rows.paired(label, run, ORACLE, oracle), tolerance,
@@ -401,12 +451,10 @@ class _Rows:
     """The dense tensors of two runs as compared: for Faster R-CNN, the box head's rows paired by proposal
     (verify/detect/proposals.py), each pairing recorded in the report; otherwise as captured."""
 
-    def __init__(self, report: DetectorReport, built: BuiltDetector, oracle: Run, tolerance: Tolerance) -> None:
-        rpn = getattr(built.model, "rpn", None)
+    def __init__(self, report: DetectorReport, judging: Judging, oracle: Run, tolerance: Tolerance) -> None:
         self.report, self.oracle, self.factor = report, oracle, tolerance.factor
-        self.per_proposal = built.per_proposal_modules
-        self.rules = (RpnRules(float(rpn.nms_thresh), int(rpn.post_nms_top_n()), float(rpn.score_thresh))
-                      if rpn is not None else None)
+        self.per_proposal = list(judging.per_proposal)
+        self.rules = judging.rpn
         self.bands = Bands(0.0, 0.0)
 
     def floors(self, eager: Run) -> dict[str, Any]:
@@ -440,7 +488,7 @@ class _Rows:
         mine, theirs, lone = align_rows(run.per_image, ref.per_image, run.proposals, ref.proposals,
                                         self.per_proposal, check)
         self.report.proposals.append(check)
-        return _Aligned(check, _concat(mine, self.report.images), _concat(theirs, self.report.images), lone,
+        return _Aligned(check, concat_dense(mine, self.report.images), concat_dense(theirs, self.report.images), lone,
                         run.proposals, ref.proposals)
 
     def _explain(self, aligned: _Aligned) -> None:
@@ -465,17 +513,24 @@ class _Aligned:
 
 def _guarded(label: str, run: Callable[[Sequence[torch.Tensor]], Run], inputs: Sequence[torch.Tensor],
              checks: list[RepeatCheck]) -> Run:
-    """`run` on private copies of the inputs with the first image run twice (verify/judge/trust.py): the
-    repeat must give the same bits and every copy must come back unchanged; one RepeatCheck in `checks`."""
+    """`run` on private copies of the inputs, every image twice (verify/judge/trust.py): each repeat must give
+    the same bits and every copy must come back unchanged; one RepeatCheck in `checks`, with each output's
+    largest difference over the images."""
     import torch
 
-    given = [inputs[0], *inputs]
+    count = len(inputs)
+    given = [*inputs, *inputs]
     private = [image.clone() for image in given]
     both = run(private)
     mutated = ["image"] if any(not torch.equal(a, b) for a, b in zip(private, given, strict=True)) else []
-    checks.append(RepeatCheck(label, output_differences(_image_outputs(both, 0), _image_outputs(both, 1)), mutated))
-    return Run(both.detections[1:], _concat(both.per_image[1:], inputs) if both.per_image else {},
-               both.candidates[1:], both.per_image[1:], both.proposals[1:], both.rpn_candidates[1:])
+    differences: dict[str, float] = {}
+    for image in range(count):
+        again = output_differences(_image_outputs(both, image), _image_outputs(both, count + image))
+        differences.update({name: max(diff, differences.get(name, 0.0)) for name, diff in again.items()})
+    checks.append(RepeatCheck(label, differences, mutated))
+    first = slice(0, count)
+    return Run(both.detections[first], concat_dense(both.per_image[first], inputs) if both.per_image else {},
+               both.candidates[first], both.per_image[first], both.proposals[first], both.rpn_candidates[first])
 
 
 def _image_outputs(run: Run, image: int) -> dict[str, np.ndarray]:
@@ -543,11 +598,11 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
         result.proposals += [p.double().numpy() for p in proposals]
         per_image.append({f"{m}#{i}": t.numpy() for m in modules for i, t in enumerate(seen[m])})
     result.per_image = per_image
-    result.dense = _concat(per_image, inputs)
+    result.dense = concat_dense(per_image, inputs)
     return result
 
 
-def _concat(per_image: list[dict[str, np.ndarray]], inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+def concat_dense(per_image: list[dict[str, np.ndarray]], inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
     """One array per dense tensor over all images (axis 0); a tensor whose rows differ between runs
     (the box head's, one row per proposal) still lines up image by image. Images of several sizes: one
     array per tensor and size, named `module#call@HxW` (feature maps of two sizes do not stack)."""
@@ -562,26 +617,37 @@ def _concat(per_image: list[dict[str, np.ndarray]], inputs: Sequence[torch.Tenso
     return {name: np.concatenate(values, axis=0) for name, values in groups.items()}
 
 
-def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> Run:
+def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str], device: str = GUARD_DEVICE) -> Run:
     import warnings
 
     import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns that TorchScript is deprecated on every load
-        model = torch.jit.load(str(path))
+        model = load_scripted(path, device)
         result = Run([])
         with torch.inference_mode():
             for image in inputs:
                 try:
-                    _, out = model([image])
+                    _, out = model([image.to(device)])
                 except Exception as exc:  # a scripted module raises torch.jit.Error and others
                     raise ExportError(f"the TorchScript file fails at run time ({_first_line(exc)})") from None
-                result.detections.append(Detections.of({k: v.numpy() for k, v in out[0].items()}))
+                result.detections.append(Detections.of({k: v.cpu().numpy() for k, v in out[0].items()}))
     return result
 
 
-def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> Run:
+def load_scripted(path: Path, device: str = GUARD_DEVICE) -> Any:
+    """The scripted detector on `device`; a file that will not load is a one-line ExportError."""
+    import torch
+    import torchvision  # noqa: F401 (registers torchvision::nms and roi_align, which the scripted code calls)
+
+    try:
+        return torch.jit.load(str(path), map_location=device)
+    except Exception as exc:  # torch.jit raises RuntimeError and others for a file it cannot load
+        raise ExportError(f"the TorchScript file cannot be loaded ({_first_line(exc)})") from None
+
+
+def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str], device: str = GUARD_DEVICE) -> Run:
     """The file as written for detections; a copy with the dense tensors as extra outputs for those."""
     import onnx
 
@@ -591,9 +657,9 @@ def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> R
     if proposals is not None:
         found[PROPOSALS] = proposals
     result = Run([])
-    session = _session(model.SerializeToString())
+    session = _session(model.SerializeToString(), device)
     extended = _with_outputs(model, list(found.values()))
-    dense_session = _session(extended.SerializeToString()) if found else None
+    dense_session = _session(extended.SerializeToString(), device) if found else None
     per_image = []
     for image in inputs:
         out = _ort_run(session, image, list(OUTPUT_NAMES))
@@ -605,19 +671,32 @@ def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str]) -> R
                 result.proposals.append(tensors.pop(PROPOSALS).astype("float64").reshape(-1, 4))
             per_image.append(tensors)
     result.per_image = per_image
-    result.dense = _concat(per_image, inputs) if per_image else {}
+    result.dense = concat_dense(per_image, inputs) if per_image else {}
     return result
 
 
-def _session(model_bytes: bytes) -> Any:
+def _session(model_bytes: bytes, device: str = GUARD_DEVICE) -> Any:
+    """A session on `device`; CUDA asked for and not given (ONNX Runtime falls back to the CPU with a log line
+    only) is the machine's problem, a SetupError."""
     import onnxruntime as ort
 
+    wanted = PROVIDERS[device]
+    if wanted not in ort.get_available_providers():
+        raise SetupError(f"{wanted} is not available to ONNX Runtime here (providers: "
+                         f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a machine with "
+                         "CUDA, or run on cpu")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        # CUDA at float32 (no TF32): the floors it is judged on are float32's
+        providers: list = [wanted] if device == "cpu" else [(wanted, {"use_tf32": 0}), "CPUExecutionProvider"]
+        session = ort.InferenceSession(model_bytes, options, providers=providers)
     except Exception as exc:  # ORT raises its own types for a graph it cannot load
         raise ExportError(f"ONNX Runtime cannot load the detector ({_first_line(exc)})") from None
+    if session.get_providers()[0] != wanted:
+        raise SetupError(f"ONNX Runtime was asked for {wanted} but runs on {session.get_providers()[0]}; check the "
+                         "CUDA and cuDNN libraries that onnxruntime-gpu needs")
+    return session
 
 
 def _ort_run(session: Any, image: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:
@@ -643,6 +722,26 @@ def runtime_failure(message: str, shape: tuple[int, ...]) -> str:
 
 
 _RUNNERS = {"torchscript": _run_torchscript, "onnx": _run_onnx, "onnx-dynamo": _run_onnx}
+
+
+def one_image_runner(fmt: str, path: Path, device: str = GUARD_DEVICE) -> Callable[[torch.Tensor], Any]:
+    """The file loaded once on `device`, as a function of one image giving its detections (what a deployed
+    detector does per call: preflight times it)."""
+    if fmt == "torchscript":
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns that TorchScript is deprecated on every load
+            model = load_scripted(path, device)
+
+        def run_scripted(image: torch.Tensor) -> Any:
+            with torch.inference_mode():
+                return {k: v.cpu() for k, v in model([image.to(device)])[1][0].items()}
+        return run_scripted
+    session = _session(Path(path).read_bytes(), device)
+    return lambda image: _ort_run(session, image, list(OUTPUT_NAMES))
 
 
 def onnx_scopes(module: str, call: int) -> list[str]:

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import SetupError, UsageError
+from verify.detect.preflight import detector_preflight
 from verify.folder.checks import Check, CheckReport
+from verify.folder.integrity import is_detector_folder
 from verify.folder.validate import ArtifactFolder, check_integrity, failure_reason, judge
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
@@ -58,6 +60,9 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
         from exporter.signing import check_public_key
 
         check_public_key(Path(verify_key))  # a usage error, before any work
+    if is_detector_folder(path):
+        return detector_preflight(path, options.provider, options.runtime, options.runs, options.warmup,
+                                  options.max_latency_ms, verify_key, trust_unsigned_code)
     report = CheckReport("preflight")
     art = check_integrity(path, report, verify_key, trust_unsigned_code)
     if art is None or not art.sound:

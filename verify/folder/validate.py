@@ -18,88 +18,58 @@ check fails, naming both ways. ONNX files are data and are checked either way.""
 from __future__ import annotations
 
 import math
-import os
-import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import Artifact, ArtifactMeta
-from exporter.errors import ArtifactError, SetupError, UsageError, VerifyError
+from exporter.errors import ArtifactError, SetupError
 from exporter.formats import get_format
 from exporter.manifest import (
-    EXTERNAL_DATA_FORMAT,
     GOLDENS_NAME,
-    MANIFEST_NAME,
-    SIGNATURE_NAME,
     AutoTolerance,
     ExternalDataFile,
     FileEntry,
     Manifest,
-    file_sha256,
     load_manifest,
     read_goldens,
 )
+from verify.detect.folder import check_detector_folder
 from verify.folder.checks import Check, CheckReport
+from verify.folder.integrity import (
+    FLOOR_RTOL,
+    INTEGRITY,
+    SIGN_HOW,  # noqa: F401 (part of this module's interface)
+    UNSIGNED_CODE_OPTION,  # noqa: F401 (part of this module's interface)
+    CheckedFolder,
+    Skipped,  # noqa: F401 (part of this module's interface)
+    check_bytes,
+    check_folder,
+    failure_reason,
+    is_detector_folder,
+    resolve_folder,
+    run_check,
+)
 from verify.judge.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
 if TYPE_CHECKING:
     import numpy as np
 
-UNSIGNED_CODE_OPTION = "--trust-unsigned-code"
-"""The option that loads code-executing files from a folder whose signature was not verified."""
-SIGN_HOW = "sign it in CI (verify export --sign-key KEY.pem) and pass --verify-key PUB.pem"
-FLOOR_RTOL = 1e-9
-"""A recorded floor must equal the one its goldens give: the export computes it with the same function
-from the same arrays, and JSON round-trips floats exactly; this only absorbs a last-bit difference."""
-INTEGRITY = "integrity"
-
-
-class Skipped(Exception):
-    """Raised by a check body to record the check as skipped (neither passed nor failed)."""
-
-
 @dataclass
-class ArtifactFolder:
-    folder: Path
+class ArtifactFolder(CheckedFolder):
     manifest: Manifest
-    verified: dict[str, Path] = field(default_factory=dict)
-    """Files whose own checks passed (size, hash, format, what the file records)."""
     recorded: dict[str, ArtifactMeta] = field(default_factory=dict)
     """What each verified model file records about itself (read back after its hash matched)."""
     goldens: dict[str, dict[str, np.ndarray]] | None = None
     """Read and checked: {'input': ..., 'float32': ..., 'float64': ...}."""
     floors: dict[str, Any] = field(default_factory=dict)
-    """Re-derived from the goldens: a NoiseFloor (per channel where the output has channels) per output."""
-    """Re-derived from the goldens (float32 vs float64), never the manifest's."""
+    """Re-derived from the goldens (float32 vs float64), never the manifest's: a NoiseFloor (per channel where
+    the output has channels) per output."""
     tolerances: list[Tolerance] = field(default_factory=list)
     """Every tolerance a verdict must pass: auto (at most the default factor) first."""
-    sound: bool = False
-    """Every folder-level check passed: only then is anything loaded."""
-    signature_verified: bool = False
-    """Its model-signing signature verified with the caller's public key (this run)."""
-    trust_unsigned_code: bool = False
-    """The caller explicitly allowed code-executing files from a folder whose signature was not verified."""
-
-    def may_load(self, name: str) -> bool:
-        """Whether the listed file may be loaded: data always; code only from a verified or trusted folder."""
-        entry = self.manifest.files[name]
-        return not get_format(entry.format).executes_code_on_load or self.signature_verified \
-            or self.trust_unsigned_code
-
-    def refusal(self, name: str) -> str:
-        """Why `name` is not loaded, and the two ways to load it (one line)."""
-        fmt = self.manifest.files[name].format
-        return (f"not loaded: loading a {fmt} file can run code, and no signature of this folder was verified "
-                f"(sha256s in a manifest prove nothing: whoever edits a file can rewrite them); {SIGN_HOW}, or "
-                f"pass {UNSIGNED_CODE_OPTION} if you trust whoever wrote the folder")
-
-    @property
-    def label(self) -> str:
-        return str(self.folder)
 
     def artifact(self, name: str) -> Artifact:
         entry, spec = self.manifest.files[name], self.manifest.input
@@ -109,141 +79,27 @@ class ArtifactFolder:
         return Artifact(entry.format, meta, path=self.verified[name])
 
 
-def resolve_folder(path: Path) -> tuple[Path, Path]:
-    """A folder or its manifest.json -> (folder, manifest path)."""
-    if not path.exists():
-        raise UsageError(f"{path} does not exist")
-    if path.is_dir():
-        return path, path / MANIFEST_NAME
-    if path.name == MANIFEST_NAME:
-        return path.parent, path
-    raise UsageError(f"{path} is neither an export folder nor its {MANIFEST_NAME}")
-
-
-def failure_reason(exc: BaseException) -> str:
-    """Our errors as they are; anything else as its type and first line, bounded."""
-    if isinstance(exc, VerifyError):
-        return str(exc)
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first[:200]}"
-
-
-def run_check(label: str, runtime: str, name: str, body: Callable[[], str]) -> Check:
-    """`body` returns the passing message or raises: a failure of the folder's content becomes this
-    check's failure (only an environment problem, SetupError, stops the run)."""
-    start = time.perf_counter()
-    check = Check(label, runtime, name, False)
-    try:
-        check.message, check.passed = body(), True
-    except SetupError:
-        raise
-    except Skipped as skip:
-        check.message, check.skipped = str(skip), True
-    except Exception as exc:  # a folder's content must fail its check, never the run
-        check.message = failure_reason(exc)
-    check.seconds = time.perf_counter() - start
-    return check
-
-
 def check_integrity(path: Path, report: CheckReport, verify_key: Path | None = None,
                     trust_unsigned_code: bool = False) -> ArtifactFolder | None:
     """Every folder-level check, added to `report`; the folder (with `sound` set, and whether its signature
     verified) unless its manifest could not be read at all."""
-    folder, manifest_path = resolve_folder(path)
-    label = str(folder)
-    manifest: list[Manifest] = []
-
-    def read() -> str:
-        manifest.append(load_manifest(manifest_path))
-        return f"schema {manifest[0].schema_version}, {manifest[0].model.spec}"
-
-    first = report.add(run_check(label, INTEGRITY, MANIFEST_NAME, read))
-    if not first.passed:
-        if verify_key is not None:
-            report.add(run_check(label, INTEGRITY, "signature", lambda: _signature(folder, verify_key)))
-        return None
-    art = ArtifactFolder(folder, manifest[0], trust_unsigned_code=trust_unsigned_code)
-    gate = [first]
-    if verify_key is not None or art.manifest.signature is not None:
-        gate.append(report.add(run_check(label, INTEGRITY, "signature", lambda: _signature(folder, verify_key))))
-        art.signature_verified = verify_key is not None and gate[-1].passed
-    gate.append(report.add(run_check(label, INTEGRITY, "folder contents", lambda: _contents(art))))
-    # external data first: a model file passes only when its external data did
-    for name, entry in sorted(art.manifest.files.items(), key=lambda item: item[1].format != EXTERNAL_DATA_FORMAT):
-        check = report.add(run_check(label, INTEGRITY, name, lambda n=name, e=entry: _file(art, n, e)))
-        if check.passed:
-            art.verified[name] = folder / name
-        if name not in art.manifest.model_files():
-            gate.append(check)
-    if not art.manifest.model_files().keys() & art.verified.keys():
-        gate.append(report.add(Check(label, INTEGRITY, "model artifacts", False,
-                                     "no model artifact passed its integrity check")))
-    for name, body in ((f"{GOLDENS_NAME}: content", _goldens), ("noise floors", _floors),
-                       ("tolerance", _tolerance), ("export verdict", _export_verdict)):
-        gate.append(report.add(run_check(label, INTEGRITY, name, lambda b=body: b(art))))
-    art.sound = all(check.passed or check.skipped for check in gate)
-    return art
-
-
-def _signature(folder: Path, verify_key: Path | None) -> str:
-    from exporter.signing import verify_folder
-
-    if verify_key is None:  # declared by the manifest, no key to verify it with
-        if not (folder / SIGNATURE_NAME).is_file():
-            raise ArtifactError(f"the manifest says the folder is signed, but {SIGNATURE_NAME} is missing")
-        raise Skipped("signed; not verified here (pass --verify-key PUB.pem to refuse a folder changed since)")
-    verify_folder(folder, verify_key)
-    return f"model-signing signature verifies with {verify_key.name}: every file as signed"
-
-
-def _describe_entry(folder: Path, name: str) -> str:
-    path = folder / name
-    if path.is_symlink():
-        return f"{name} (a symbolic link)"
-    if path.is_dir():
-        return f"{name}/ (a folder)"
-    if name.startswith("."):
-        return f"{name} (hidden: a temporary file of an interrupted write?)"
-    return name
-
-
-def _contents(art: ArtifactFolder) -> str:
-    """Every entry of the folder is listed (or is the manifest, or its declared signature)."""
-    expected = {*art.manifest.files, MANIFEST_NAME} | ({SIGNATURE_NAME} if art.manifest.signature else set())
-    found = sorted(os.listdir(art.folder))
-    unlisted = [name for name in found if name not in expected]
-    if unlisted:
-        shown = ", ".join(_describe_entry(art.folder, n) for n in unlisted[:4])
-        more = f" and {len(unlisted) - 4} more" if len(unlisted) > 4 else ""
-        raise ArtifactError(f"{len(unlisted)} unlisted in the manifest: {shown}{more}; a complete export holds only "
-                            "what its manifest lists")
-    return f"{len(found)} entries, every one listed"
+    content = [(f"{GOLDENS_NAME}: content", _goldens), ("noise floors", _floors), ("tolerance", _tolerance),
+               ("export verdict", _export_verdict)]
+    return check_folder(path, report, verify_key, trust_unsigned_code, load_manifest,
+                        lambda m: f"schema {m.schema_version}, {m.model.spec}", ArtifactFolder, _file, content)
 
 
 def _file(art: ArtifactFolder, name: str, entry: FileEntry) -> str:
     """A listed file: a regular file of the recorded size and sha256, and what its format says it is."""
-    file = art.folder / name  # names are plain file names (the schema refuses paths)
-    try:
-        info = os.lstat(file)
-    except FileNotFoundError:
-        raise ArtifactError(f"{name} is missing") from None
-    if stat.S_ISLNK(info.st_mode):
-        raise ArtifactError(f"{name} is a symbolic link; an export folder holds regular files only")
-    if not stat.S_ISREG(info.st_mode):
-        raise ArtifactError(f"{name} is not a regular file")
-    if info.st_size != entry.size:
-        raise ArtifactError(f"{name}: size {info.st_size} bytes, manifest says {entry.size} (truncated or replaced)")
-    digest = file_sha256(file)
-    if digest != entry.sha256:
-        raise ArtifactError(f"{name}: sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}… "
-                            "(modified)")
+    file = art.folder / name
+    size = check_bytes(art.folder, name, entry)
     if isinstance(entry, ExternalDataFile):
         model = art.manifest.files[entry.of]
         if name not in {c.name for c in get_format(model.format).companion_files(art.folder / entry.of)}:
             raise ArtifactError(f"{name} is listed as external data of {entry.of}, which does not reference it")
     elif name in art.manifest.model_files():
-        return f"{info.st_size} bytes, sha256 ok, " + _model_file(art, name, entry, file)
-    return f"{info.st_size} bytes, sha256 ok"
+        return f"{size} bytes, sha256 ok, " + _model_file(art, name, entry, file)
+    return f"{size} bytes, sha256 ok"
 
 
 def _model_file(art: ArtifactFolder, name: str, entry: FileEntry, file: Path) -> str:
@@ -525,6 +381,9 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
     for path in paths:
         resolve_folder(path)  # usage errors (a path that does not exist) before any work
     for path in paths:
+        if is_detector_folder(path):
+            check_detector_folder(path, report, verify_key, trust_unsigned_code)
+            continue
         art = check_integrity(path, report, verify_key, trust_unsigned_code)
         if art is not None:
             golden_checks(art, options or RuntimeOptions(), report)

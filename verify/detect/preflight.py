@@ -1,0 +1,88 @@
+"""`verify preflight` on a whole detector's folder: integrity (verify/detect/folder.py), then the file the target
+runtime runs, loaded on the provider asked for (CUDA asked for and not given is an environment error, exit 2),
+judged against the goldens at both levels, and timed: p50 / p90 of one run over every golden image, after
+warm-up; GO only when all of it holds and p90 is within the budget."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from exporter.errors import SetupError
+from verify.detect.check import RUNTIMES, one_image_runner
+from verify.detect.folder import DetectorFolder, detector_integrity, golden_judgement
+from verify.folder.checks import Check, CheckReport
+from verify.folder.integrity import failure_reason
+from verify.runtimes.onnxruntime import PROVIDERS
+
+FORMAT_OF_RUNTIME = {runtime: fmt for fmt, runtime in RUNTIMES.items() if fmt != "onnx-dynamo"}
+"""onnxruntime runs the ONNX file, torchscript the TorchScript file."""
+
+
+def detector_preflight(path: Path, provider: str = "cpu", runtime: str = "onnxruntime", runs: int = 50,
+                       warmup: int = 5, max_latency_ms: float | None = None, verify_key: Path | None = None,
+                       trust_unsigned_code: bool = False) -> CheckReport:
+    report = CheckReport("preflight")
+    art = detector_integrity(path, report, verify_key, trust_unsigned_code)
+    if art is None or not art.sound:
+        report.summary = f"NO-GO: {path} fails its integrity checks"
+        return report
+    fmt = FORMAT_OF_RUNTIME.get(runtime)
+    target = next((n for n, e in art.manifest.model_files().items() if e.format == fmt), None)
+    if target is None:
+        held = ", ".join(sorted({e.format for e in art.manifest.model_files().values()}))
+        report.add(Check(art.label, runtime, "artifact", False, f"the folder holds no detector file that {runtime} "
+                         f"runs (it holds {held}; a detector runs in {', '.join(FORMAT_OF_RUNTIME)})"))
+        report.summary = f"NO-GO: nothing in {path} runs on {runtime}"
+        return report
+    if target not in art.verified:
+        report.summary = f"NO-GO: {target} fails its integrity checks"
+        return report
+    if not art.may_load(target):
+        report.add(Check(art.label, runtime, f"{target}: load", False, art.refusal(target)))
+        report.summary = f"NO-GO: {target} {art.refusal(target)}"
+        return report
+    try:
+        return _run(art, target, provider, runs, warmup, max_latency_ms, report)
+    except SetupError:
+        raise  # the machine cannot do what was asked (no CUDA, a CPU fallback): exit 2
+    except Exception as exc:  # whatever the file does, it is a failed check and a NO-GO, not a crash
+        report.add(Check(art.label, runtime, f"{target}: load and run", False, failure_reason(exc)))
+        report.summary = f"NO-GO: {target} does not run on {runtime}: {failure_reason(exc)}"
+        return report
+
+
+def _run(art: DetectorFolder, target: str, provider: str, runs: int, warmup: int, max_latency_ms: float | None,
+         report: CheckReport) -> CheckReport:
+    import numpy as np
+
+    fmt = art.manifest.files[target].format
+    start = time.perf_counter()
+    run_one = one_image_runner(fmt, art.verified[target], provider)  # SetupError: exit 2
+    where = PROVIDERS[provider] if fmt == "onnx" else f"torch {provider}"
+    report.add(Check(art.label, RUNTIMES[fmt], f"{target}: loads on {provider}", True, f"running on {where}",
+                     seconds=time.perf_counter() - start))
+    before = len(report.checks)
+    golden_judgement(art, report, [fmt], device=provider)
+    agrees = all(c.passed for c in report.checks[before:])
+    for _ in range(warmup):
+        for image in art.images:
+            run_one(image)
+    times = []
+    for _ in range(runs):
+        tick = time.perf_counter()
+        for image in art.images:
+            run_one(image)  # returns host arrays: the device work is done
+        times.append((time.perf_counter() - tick) * 1e3)
+    p50, p90 = float(np.percentile(times, 50)), float(np.percentile(times, 90))
+    within = max_latency_ms is None or p90 <= max_latency_ms
+    budget = "" if max_latency_ms is None else f", budget {max_latency_ms:g} ms on p90"
+    per = f"one run of {len(art.images)} image{'s' if len(art.images) > 1 else ''}"
+    report.add(Check(art.label, RUNTIMES[fmt], "latency", within,
+                     f"p50 {p50:.2f} ms, p90 {p90:.2f} ms per {per}, over {runs} runs after {warmup} warm-up{budget}",
+                     details={"p50_ms": p50, "p90_ms": p90, "runs_ms": times}))
+    failed = [c.name for c in report.checks if not c.passed and not c.skipped]
+    report.summary = (f"{'GO' if report.passed else 'NO-GO'}: {target} on {where}, goldens "
+                      f"{'match at both levels' if agrees else 'DIFFER'}, p50 {p50:.2f} ms, p90 {p90:.2f} ms per {per}"
+                      + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return report

@@ -1,0 +1,212 @@
+"""What every export folder's check shares, backbone or whole detector: which kind of folder it is (decided here,
+from the manifest's `kind`, and nowhere else), checks as bodies that pass or raise, the signature, the folder's
+entries, each listed file's size and sha256, and the rule that a code-executing file is loaded only from a
+folder whose signature verified, or when the caller trusts it explicitly."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import ArtifactError, SetupError, UsageError, VerifyError
+from exporter.formats import get_format
+from exporter.manifest import (
+    DETECTOR_KIND,
+    EXTERNAL_DATA_FORMAT,
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    file_sha256,
+    manifest_kind,
+)
+from verify.folder.checks import Check, CheckReport
+
+UNSIGNED_CODE_OPTION = "--trust-unsigned-code"
+"""The option that loads code-executing files from a folder whose signature was not verified."""
+SIGN_HOW = "sign it in CI (verify export --sign-key KEY.pem) and pass --verify-key PUB.pem"
+INTEGRITY = "integrity"
+FLOOR_RTOL = 1e-9
+"""A recorded floor must equal the one its goldens give: the export computes it with the same function
+from the same arrays, and JSON round-trips floats exactly; this only absorbs a last-bit difference."""
+
+
+class Skipped(Exception):
+    """Raised by a check body to record the check as skipped (neither passed nor failed)."""
+
+
+@dataclass
+class CheckedFolder:
+    """An export folder of either kind as its checks find it. A listed file may be loaded when it is data, or
+    when it is code and the folder's signature verified or the caller trusts the folder explicitly."""
+
+    folder: Path
+    manifest: Any
+    verified: dict[str, Path] = field(default_factory=dict)
+    """Files whose own checks passed (size, hash, format, what the file records)."""
+    sound: bool = False
+    """Every folder-level check passed: only then is anything loaded."""
+    signature_verified: bool = False
+    """Its model-signing signature verified with the caller's public key (this run)."""
+    trust_unsigned_code: bool = False
+    """The caller explicitly allowed code-executing files from a folder whose signature was not verified."""
+
+    @property
+    def label(self) -> str:
+        return str(self.folder)
+
+    def may_load(self, name: str) -> bool:
+        entry = self.manifest.files[name]
+        return not get_format(entry.format).executes_code_on_load or self.signature_verified \
+            or self.trust_unsigned_code
+
+    def refusal(self, name: str) -> str:
+        """Why `name` is not loaded, and the two ways to load it (one line)."""
+        fmt = self.manifest.files[name].format
+        return (f"not loaded: loading a {fmt} file can run code, and no signature of this folder was verified "
+                f"(sha256s in a manifest prove nothing: whoever edits a file can rewrite them); {SIGN_HOW}, or "
+                f"pass {UNSIGNED_CODE_OPTION} if you trust whoever wrote the folder")
+
+
+def resolve_folder(path: Path) -> tuple[Path, Path]:
+    """A folder or its manifest.json -> (folder, manifest path)."""
+    if not path.exists():
+        raise UsageError(f"{path} does not exist")
+    if path.is_dir():
+        return path, path / MANIFEST_NAME
+    if path.name == MANIFEST_NAME:
+        return path.parent, path
+    raise UsageError(f"{path} is neither an export folder nor its {MANIFEST_NAME}")
+
+
+def is_detector_folder(path: Path) -> bool:
+    """The one place that tells a whole detector's folder from a backbone's: its manifest's `kind`. A folder
+    whose manifest cannot be read goes the backbone way, whose first check says why."""
+    return manifest_kind(resolve_folder(path)[1]) == DETECTOR_KIND
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Our errors as they are; anything else as its type and first line, bounded."""
+    if isinstance(exc, VerifyError):
+        return str(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
+def run_check(label: str, runtime: str, name: str, body: Callable[[], str]) -> Check:
+    """`body` returns the passing message or raises: a failure of the folder's content becomes this
+    check's failure (only an environment problem, SetupError, stops the run)."""
+    start = time.perf_counter()
+    check = Check(label, runtime, name, False)
+    try:
+        check.message, check.passed = body(), True
+    except SetupError:
+        raise
+    except Skipped as skip:
+        check.message, check.skipped = str(skip), True
+    except Exception as exc:  # a folder's content must fail its check, never the run
+        check.message = failure_reason(exc)
+    check.seconds = time.perf_counter() - start
+    return check
+
+
+def check_signature(folder: Path, verify_key: Path | None) -> str:
+    from exporter.signing import verify_folder
+
+    if verify_key is None:  # declared by the manifest, no key to verify it with
+        if not (folder / SIGNATURE_NAME).is_file():
+            raise ArtifactError(f"the manifest says the folder is signed, but {SIGNATURE_NAME} is missing")
+        raise Skipped("signed; not verified here (pass --verify-key PUB.pem to refuse a folder changed since)")
+    verify_folder(folder, verify_key)
+    return f"model-signing signature verifies with {verify_key.name}: every file as signed"
+
+
+def _describe_entry(folder: Path, name: str) -> str:
+    path = folder / name
+    if path.is_symlink():
+        return f"{name} (a symbolic link)"
+    if path.is_dir():
+        return f"{name}/ (a folder)"
+    if name.startswith("."):
+        return f"{name} (hidden: a temporary file of an interrupted write?)"
+    return name
+
+
+def check_contents(folder: Path, manifest: Any) -> str:
+    """Every entry of the folder is listed (or is the manifest, or its declared signature)."""
+    expected = {*manifest.files, MANIFEST_NAME} | ({SIGNATURE_NAME} if manifest.signature else set())
+    found = sorted(os.listdir(folder))
+    unlisted = [name for name in found if name not in expected]
+    if unlisted:
+        shown = ", ".join(_describe_entry(folder, n) for n in unlisted[:4])
+        more = f" and {len(unlisted) - 4} more" if len(unlisted) > 4 else ""
+        raise ArtifactError(f"{len(unlisted)} unlisted in the manifest: {shown}{more}; a complete export holds only "
+                            "what its manifest lists")
+    return f"{len(found)} entries, every one listed"
+
+
+def check_bytes(folder: Path, name: str, entry: Any) -> int:
+    """A listed file is a regular file of the recorded size and sha256; its size."""
+    file = folder / name  # names are plain file names (the schema refuses paths)
+    try:
+        info = os.lstat(file)
+    except FileNotFoundError:
+        raise ArtifactError(f"{name} is missing") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ArtifactError(f"{name} is a symbolic link; an export folder holds regular files only")
+    if not stat.S_ISREG(info.st_mode):
+        raise ArtifactError(f"{name} is not a regular file")
+    if info.st_size != entry.size:
+        raise ArtifactError(f"{name}: size {info.st_size} bytes, manifest says {entry.size} (truncated or replaced)")
+    digest = file_sha256(file)
+    if digest != entry.sha256:
+        raise ArtifactError(f"{name}: sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}… "
+                            "(modified)")
+    return info.st_size
+
+
+def check_folder(path: Path, report: CheckReport, verify_key: Path | None, trust_unsigned_code: bool,
+                 read: Callable[[Path], Any], describe: Callable[[Any], str], make: Callable[..., Any],
+                 file_check: Callable[[Any, str, Any], str],
+                 content_checks: Sequence[tuple[str, Callable[[Any], str]]]) -> Any:
+    """Every folder-level check of a folder of either kind, added to `report`: its manifest (`read`, then
+    `describe`d), the signature, the folder's entries, each listed file (`file_check`; external data first, so a
+    model file passes only when its external data did), at least one model file, then `content_checks`. The
+    folder (`make(folder, manifest, trust_unsigned_code=...)`) with `signature_verified`, `verified` and `sound`
+    set (every gating check passed: only then is anything loaded; a model file failing its own check only keeps
+    that file from being loaded), or None when the manifest could not be read at all."""
+    folder, manifest_path = resolve_folder(path)
+    label, manifest = str(folder), []
+
+    def read_manifest() -> str:
+        manifest.append(read(manifest_path))
+        return describe(manifest[0])
+
+    first = report.add(run_check(label, INTEGRITY, MANIFEST_NAME, read_manifest))
+    if not first.passed:
+        if verify_key is not None:
+            report.add(run_check(label, INTEGRITY, "signature", lambda: check_signature(folder, verify_key)))
+        return None
+    art = make(folder, manifest[0], trust_unsigned_code=trust_unsigned_code)
+    gate = [first]
+    if verify_key is not None or art.manifest.signature is not None:
+        gate.append(report.add(run_check(label, INTEGRITY, "signature", lambda: check_signature(folder, verify_key))))
+        art.signature_verified = verify_key is not None and gate[-1].passed
+    gate.append(report.add(run_check(label, INTEGRITY, "folder contents",
+                                     lambda: check_contents(folder, art.manifest))))
+    for name, entry in sorted(art.manifest.files.items(), key=lambda item: item[1].format != EXTERNAL_DATA_FORMAT):
+        check = report.add(run_check(label, INTEGRITY, name, lambda n=name, e=entry: file_check(art, n, e)))
+        if check.passed:
+            art.verified[name] = folder / name
+        if name not in art.manifest.model_files():
+            gate.append(check)
+    if not art.manifest.model_files().keys() & art.verified.keys():
+        gate.append(report.add(Check(label, INTEGRITY, "model artifacts", False,
+                                     "no model artifact passed its integrity check")))
+    for name, body in content_checks:
+        gate.append(report.add(run_check(label, INTEGRITY, name, lambda b=body: b(art))))
+    art.sound = all(check.passed or check.skipped for check in gate)
+    return art
