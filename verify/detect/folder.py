@@ -23,10 +23,10 @@ from exporter.detector_manifest import (
     load_detector_manifest,
     write_detector_manifest,
 )
-from exporter.errors import ArtifactError
+from exporter.errors import ArtifactError, SetupError
 from exporter.families.detectors import DETECTORS, dense_modules, per_proposal_modules
 from exporter.formats import get_format
-from exporter.manifest import GOLDENS_NAME, read_goldens
+from exporter.manifest import EXTERNAL_DATA_FORMAT, GOLDENS_NAME, read_goldens
 from verify.detect.check import (
     EAGER,
     FILE_NAMES,
@@ -39,7 +39,7 @@ from verify.detect.check import (
     derive_floors,
     judge_runs,
 )
-from verify.detect.goldens import GROUPS, check_goldens, golden_arrays, golden_images, golden_run
+from verify.detect.goldens import GROUPS, check_archive, check_goldens, golden_arrays, golden_images, golden_run
 from verify.detect.match import Rules
 from verify.detect.proposals import RpnRules, kept_order
 from verify.folder.checks import Check, CheckReport
@@ -48,6 +48,7 @@ from verify.folder.integrity import (
     CheckedFolder,
     check_bytes,
     check_folder,
+    failure_reason,
 )
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 
@@ -162,6 +163,9 @@ def detector_integrity(path: Path, report: CheckReport, verify_key: Path | None 
 def _file(art: DetectorFolder, name: str, entry: Any) -> str:
     """Size and sha256; a model file is of its format by name and content, and what it says of itself holds."""
     size = check_bytes(art.folder, name, entry)
+    if entry.format == EXTERNAL_DATA_FORMAT:  # else any file could sit in the folder, listed, never checked or run
+        raise ArtifactError(f"{name} is listed as external data of {entry.of}, but a detector's ONNX file holds "
+                            "its weights: a detector folder lists model files and goldens only, each checked")
     if name not in art.manifest.model_files():
         return f"{size} bytes, sha256 ok"
     if FORMAT_OF_FILE.get(name) != entry.format:
@@ -184,6 +188,7 @@ def _file(art: DetectorFolder, name: str, entry: Any) -> str:
 def _goldens(art: DetectorFolder) -> str:
     if GOLDENS_NAME not in art.verified:
         raise ArtifactError(f"{GOLDENS_NAME} failed its integrity check; nothing to judge against")
+    check_archive(art.verified[GOLDENS_NAME])
     goldens = read_goldens(art.verified[GOLDENS_NAME], GROUPS)
     manifest = art.manifest
     message = check_goldens(goldens, [image.shape for image in manifest.images], manifest.dense_outputs,
@@ -302,7 +307,7 @@ def golden_judgement(art: DetectorFolder, report: CheckReport, formats: list[str
                      device: str = "cpu") -> DetectorReport | None:
     """Each model file (of `formats`, default all) that may be loaded, run on the golden images on `device`
     and judged against the goldens by the export's own functions; one check per judged pair and level, per
-    refusal and per problem. None when nothing was run."""
+    refusal and per problem. None when nothing was run, or a file's run failed (one failed check per file)."""
     files: dict[str, Path] = {}
     for name, entry in art.manifest.model_files().items():
         if formats is not None and entry.format not in formats:
@@ -322,8 +327,16 @@ def golden_judgement(art: DetectorFolder, report: CheckReport, formats: list[str
                             (len(art.images), *art.images[0].shape), tuple(files), art.tolerance.factor,
                             files={k: str(v) for k, v in files.items()}, images=[i.numpy() for i in art.images],
                             dynamic=manifest.dynamic)
-    judge_runs(judged, art.judging, art.images, art.references[EAGER], art.references[ORACLE], files,
-               art.tolerance, device=device)
+    try:
+        judge_runs(judged, art.judging, art.images, art.references[EAGER], art.references[ORACLE], files,
+                   art.tolerance, device=device)
+    except SetupError:
+        raise  # the machine cannot do what was asked: exit 2
+    except Exception as exc:  # whatever a loaded file outputs fails its checks, never the run or other folders
+        for fmt in files:
+            report.add(Check(art.label, RUNTIMES[fmt], f"{FILE_NAMES[fmt]}: load and run", False,
+                             f"{failure_reason(exc)} (running {', '.join(FILE_NAMES[f] for f in files)})"))
+        return None
     for row in judged.rows():
         report.add(_row_check(art.label, row))
     return judged

@@ -8,11 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import ArtifactError
+from exporter.families.detectors import IMAGE_SIZE
 from exporter.manifest import GOLDENS_NAME
 from verify.detect.check import Run, concat_dense
 from verify.detect.match import Detections
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
     import torch
 
@@ -22,6 +25,15 @@ DETECTION_KEYS = ("boxes", "scores", "labels")
 DENSE, PROPOSALS_KEY = "dense", "proposals"
 CANDIDATES = ("candidates", "rpn_candidates")
 """float64 only: the recorded inputs of the final batched NMS, and of the RPN's (Faster R-CNN)."""
+CLASSES = 91
+"""torchvision's detection builders' num_classes (COCO with background), which every registered detector and
+every --weights checkpoint that fits it keeps: a label is below it."""
+RPN_LEVEL_HEAD = "rpn.head.cls_logits#"
+"""The RPN head is called once per feature level: its dense tensors count the levels an RPN label indexes."""
+BOX_SLACK = 1.0
+"""Pixels a box may reach past the image: boxes rescaled to the image's size round (far below any band)."""
+SCORE_RANGE = (0.0, 1.0)
+"""Scores, and the candidates' and RPN's, are probabilities (softmax or sigmoid)."""
 
 
 def golden_arrays(images: list[np.ndarray], eager: Run, oracle: Run) -> dict[str, np.ndarray]:
@@ -63,6 +75,27 @@ def expected_keys(images: int, dense: list[str], proposals: bool, group: str) ->
     return keys
 
 
+def check_archive(path: Path) -> None:
+    """Every member of the archive is stored, as np.savez writes it, and named once: a compressed member could
+    expand a small file to gigabytes (a zip bomb) before a single key is checked; a stored one is no larger than
+    the file."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # exporter.manifest.read_goldens says what it is instead
+    with zipfile.ZipFile(path) as archive:
+        names = [info.filename for info in archive.infolist()]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ArtifactError(f"{GOLDENS_NAME} holds {twice[0]} more than once; readers would disagree on which "
+                                "copy is the golden, so none is read")
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+                raise ArtifactError(f"{GOLDENS_NAME}: {info.filename} is compressed ({info.compress_size} bytes "
+                                    f"expanding to {info.file_size}); an export stores its goldens uncompressed "
+                                    "(np.savez), so a compressed member is refused unread")
+
+
 def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[int]], dense: list[str],
                   proposals: bool) -> str:
     """Exactly the arrays a complete export writes: the images of the recorded shapes in float32, each group's
@@ -92,8 +125,10 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
             bad = int((~np.isfinite(array)).sum()) if array.dtype.kind == "f" else 0
             if bad:
                 raise ArtifactError(f"{GOLDENS_NAME}: {kind}.{key} holds {bad} NaN/Inf; goldens must be finite")
+    for i, shape in enumerate(shapes):
+        _check_image_runs(goldens, i, shape, dense, proposals)
     return (f"{len(shapes)} image(s) {', '.join('x'.join(map(str, s)) for s in shapes)}, {len(dense)} dense tensors "
-            "per image, detections in float32 and float64, all finite")
+            "per image, detections in float32 and float64, all finite, each within what a detector outputs")
 
 
 def _check_array(key: str, array: np.ndarray, dense_dtype: Any) -> None:
@@ -110,6 +145,58 @@ def _check_array(key: str, array: np.ndarray, dense_dtype: Any) -> None:
             or (ndim == 2 and array.shape[1] != 4):
         raise ArtifactError(f"{GOLDENS_NAME}: {key} is {array.dtype} {list(array.shape)}; expected "
                             f"{np.dtype(dtype)}{' boxes (N x 4)' if ndim == 2 else ''}")
+
+
+def _check_image_runs(goldens: dict[str, dict[str, np.ndarray]], i: int, shape: list[int], dense: list[str],
+                      proposals: bool) -> None:
+    """What a detector can output on image `i`, and nothing else: a dense tensor of one shape in both
+    precisions, and detections (final and NMS inputs) of consistent counts, boxes of non-negative size within
+    the image (or the transform's size), scores in [0, 1], labels among the classes (the RPN's: its levels).
+    The rounding bands scale with the largest coordinate and label, so an implausible one would widen them."""
+    for name in dense:
+        key = f"{i}.{DENSE}.{name}"
+        low, high = goldens["float32"][key].shape, goldens["float64"][key].shape
+        if low != high:
+            raise ArtifactError(f"{GOLDENS_NAME}: float32.{key} is {list(low)}, float64.{key} {list(high)}; one "
+                                "tensor has one shape in both precisions")
+    levels = sum(name.startswith(RPN_LEVEL_HEAD) for name in dense)
+    bound = max(shape[1], shape[2], IMAGE_SIZE) + BOX_SLACK
+    groups = [(f"float32.{i}", CLASSES), (f"float64.{i}", CLASSES), (f"float64.{i}.{CANDIDATES[0]}", CLASSES)]
+    if proposals:
+        groups.append((f"float64.{i}.{CANDIDATES[1]}", levels))
+    for prefix, labels in groups:
+        group, _, key = prefix.partition(".")
+        arrays = {what: goldens[group][f"{key}.{what}"] for what in DETECTION_KEYS}
+        _check_detections(prefix, arrays, bound, labels)
+    for group in ("float32", "float64") if proposals else ():
+        _check_boxes(f"{group}.{i}.{PROPOSALS_KEY}", goldens[group][f"{i}.{PROPOSALS_KEY}"], bound)
+
+
+def _check_detections(prefix: str, arrays: dict[str, np.ndarray], bound: float, labels: int) -> None:
+    counts = {what: len(array) for what, array in arrays.items()}
+    if len(set(counts.values())) != 1:
+        raise ArtifactError(f"{GOLDENS_NAME}: {prefix} holds {counts['boxes']} boxes, {counts['scores']} scores and "
+                            f"{counts['labels']} labels; one of each per detection")
+    _check_boxes(f"{prefix}.boxes", arrays["boxes"], bound)
+    low, high = SCORE_RANGE
+    scores, found = arrays["scores"], arrays["labels"]
+    if len(scores) and (scores.min() < low or scores.max() > high):
+        raise ArtifactError(f"{GOLDENS_NAME}: {prefix}.scores reach {scores.min():.6g} to {scores.max():.6g}; a "
+                            f"detector's scores are probabilities in [{low:g}, {high:g}]")
+    if len(found) and (found.min() < 0 or found.max() >= labels):
+        raise ArtifactError(f"{GOLDENS_NAME}: {prefix}.labels reach {found.min()} to {found.max()}; this detector's "
+                            f"labels are 0 to {labels - 1}")
+
+
+def _check_boxes(key: str, boxes: np.ndarray, bound: float) -> None:
+    if not len(boxes):
+        return
+    if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+        raise ArtifactError(f"{GOLDENS_NAME}: {key} holds a box of negative size; a detector's boxes are "
+                            "(x1, y1, x2, y2) with x1 <= x2 and y1 <= y2")
+    if boxes.min() < -BOX_SLACK or boxes.max() > bound:
+        raise ArtifactError(f"{GOLDENS_NAME}: {key} reaches {boxes.min():.6g} to {boxes.max():.6g}; a detector's "
+                            f"boxes lie within the image (0 to {bound:g} px here)")
 
 
 def golden_images(goldens: dict[str, dict[str, np.ndarray]]) -> list[torch.Tensor]:

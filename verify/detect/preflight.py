@@ -14,6 +14,7 @@ from verify.detect.folder import DetectorFolder, detector_integrity, golden_judg
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import failure_reason
 from verify.runtimes.onnxruntime import PROVIDERS
+from verify.runtimes.torch_common import torch_device
 
 FORMAT_OF_RUNTIME = {runtime: fmt for fmt, runtime in RUNTIMES.items() if fmt != "onnx-dynamo"}
 """onnxruntime runs the ONNX file, torchscript the TorchScript file."""
@@ -57,6 +58,8 @@ def _run(art: DetectorFolder, target: str, provider: str, runs: int, warmup: int
     import numpy as np
 
     fmt = art.manifest.files[target].format
+    if fmt == "torchscript":
+        torch_device(provider)  # CUDA asked for and not given: SetupError (exit 2), never a NO-GO of the file
     start = time.perf_counter()
     run_one = one_image_runner(fmt, art.verified[target], provider)  # SetupError: exit 2
     where = PROVIDERS[provider] if fmt == "onnx" else f"torch {provider}"
