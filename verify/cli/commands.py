@@ -204,6 +204,7 @@ def artifact(
     from verify.folder.validate import validate
     from verify.runtimes import RuntimeOptions
 
+    opt.outside_folders(paths, json=reports.json, junit=reports.junit, markdown=reports.markdown)
     _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=verify_key,
                             trust_unsigned_code=trust_unsigned_code), reports)
 
@@ -227,6 +228,8 @@ def preflight(
     """Deployment check: loads on the provider asked for, matches its goldens, latency; GO or NO-GO."""
     from verify.folder.preflight import PreflightOptions
     from verify.folder.preflight import preflight as run_preflight
+
+    opt.outside_folders([path], json=reports.json, junit=reports.junit, markdown=reports.markdown)
 
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins)

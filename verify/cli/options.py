@@ -217,6 +217,17 @@ def distinct_outputs(**paths: Path | None) -> None:
         seen[key] = option
 
 
+def outside_folders(folders: list[Path], **paths: Path | None) -> None:
+    """A report written into a folder being checked would overwrite its files or add one its manifest does not
+    list (a `--json F/manifest.json` replaced the manifest it checked); refused before any check."""
+    for given in folders:
+        folder = (given.parent if given.is_file() else given).resolve()
+        for option, path in paths.items():
+            if path is not None and path.resolve().is_relative_to(folder):
+                raise UsageError(f"--{option} {path} is inside the folder being checked ({given}); write it "
+                                 "elsewhere")
+
+
 # Options shared by several commands ---------------------------------------------------------------
 def _backbone_or_detector(value: str | None) -> str | None:
     from exporter.families.detectors import DETECTORS
