@@ -236,6 +236,19 @@ def default_export(default_export_run):
     return default_export_run[0]
 
 
+@pytest.fixture(scope="session")
+def batch_body_export(tmp_path_factory):
+    """`verify_export` of SMALL:batch:body at SMALL_SHAPE (every default format), once per suite: (its report, its
+    folder). tests/test_export.py judges the report (its norm x view case), tests/test_explain.py explains its
+    files (the clean side of every pair there)."""
+    from exporter.spec import ModelSpec
+    from verify.api import RunSettings, verify_export
+
+    out = tmp_path_factory.mktemp("batch-body-export")
+    report = verify_export(ModelSpec(SMALL, "batch", "body"), RunSettings(shape=SMALL_SHAPE), out=out)
+    return report, out / f"{SMALL}-batch-body"
+
+
 SHARED_AOTI = "aoti"
 """The format whose compile (40 to 100 s on two cores, the suite's costliest step) runs once: aoti_export."""
 
@@ -255,10 +268,10 @@ def aoti_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def exported_small(tmp_path_factory, aoti_export):
-    """SMALL exported once through every registered file format (one shared torch.export trace; the AOTInductor
-    package is aoti_export's, the same model and input compiled by `verify export`):
-    (artifacts by format, inputs, eager float32 outputs, the float64 oracle)."""
+def exported_small(tmp_path_factory, default_export, aoti_export):
+    """SMALL in every registered file format, exported by `verify export` once for the suite: the default formats
+    are default_export's files, the AOTInductor package aoti_export's (the same model and input); a file format
+    in neither is exported here: (artifacts by format, inputs, eager float32 outputs, the float64 oracle)."""
     from exporter.api import get_backbone
     from exporter.export import ExportOptions, export_model
     from exporter.formats import ExportContext, file_formats, get_format, open_artifact
@@ -267,18 +280,21 @@ def exported_small(tmp_path_factory, aoti_export):
     from verify.judge.oracle import measure_oracle
     from verify.runtimes import make_runtime, runtimes_for
 
-    folder = tmp_path_factory.mktemp("every-format")
     built = get_backbone(SMALL, "frozen", "body")
     eager = eager_artifact(built, SMALL_SHAPE)
     x = make_input(SMALL_SHAPE, 0)
-    options = ExportOptions(formats=tuple(file_formats()))
-    context = ExportContext(built, torch.from_numpy(x), eager.meta, dynamic=options.dynamic)
-    artifacts = {eager.format: eager}
     result, aoti_folder = aoti_export
     assert result.exit_code == 0, result.output
-    for fmt in options.formats:
-        artifacts[fmt] = (open_artifact(aoti_folder / get_format(fmt).filename) if fmt == SHARED_AOTI else
-                          export_model(built, eager.meta, context.example, folder, options, fmt, context))
+    made = {fmt: folder / get_format(fmt).filename for folder in (default_export, aoti_folder)
+            for fmt in file_formats() if (folder / get_format(fmt).filename).is_file()}
+    artifacts = {eager.format: eager, **{fmt: open_artifact(path) for fmt, path in made.items()}}
+    others = tuple(fmt for fmt in file_formats() if fmt not in made)
+    if others:
+        options = ExportOptions(formats=others)
+        context = ExportContext(built, torch.from_numpy(x), eager.meta, dynamic=options.dynamic)
+        folder = tmp_path_factory.mktemp("every-format")
+        for fmt in others:
+            artifacts[fmt] = export_model(built, eager.meta, context.example, folder, options, fmt, context)
     inputs = {eager.meta.input_name: x}
     reference = make_runtime(runtimes_for(eager.format)[0]).load(eager).run(inputs)
     return artifacts, inputs, reference, measure_oracle(eager, inputs, reference)

@@ -91,6 +91,7 @@ def test_good_folder_passes_every_check(pristine, tmp_path):
     names = [(c["runtime"], c["name"]) for c in data["checks"]]
     assert ("onnxruntime", "model.onnx: goldens float32") in names
     assert ("torchscript", "model.pt: goldens float64") in names
+    assert "model.pt2: goldens float64" in {name for _, name in names}  # the .pt2 checked like the others
     assert ("onnxruntime", "model.onnx: shape 2x3x96x96") in names  # inside the dynamic axes
     assert all(c["passed"] for c in data["checks"])
 

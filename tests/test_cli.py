@@ -6,25 +6,26 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import SMALL, SMALL_SHAPE
 from verify.api import RunSettings
 from verify.cli import app
 from verify.folder.preflight import PreflightOptions
 from verify.runtimes import RuntimeOptions, runtime_class
 
 runner = CliRunner()
-SMALL_ARGS = ["--backbone", "resnet18", "--shape", "1x3x64x64"]
+SMALL_ARGS = ["--backbone", SMALL, "--shape", "x".join(map(str, SMALL_SHAPE))]
+"""What tests/conftest.py default_export_run exports (`exported`)."""
 
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def exported(module_tmp):
-    out = module_tmp("cli")
-    result = invoke("export", "--norm", "frozen", *SMALL_ARGS, "--out", out, "--json", out / "report.json")
-    assert result.exit_code == 0, result.output
-    return out / "resnet18-frozen-body", json.loads((out / "report.json").read_text()), result
+@pytest.fixture
+def exported(default_export_run):
+    """`verify export` of SMALL_ARGS (the default norm, frozen; every default format) with --json: the suite's one
+    (tests/conftest.py default_export_run); (folder, JSON report, CLI result), read only."""
+    return default_export_run
 
 
 def test_export_passes_and_writes_json(exported):

@@ -35,9 +35,31 @@ ONE_CHANNEL_ERROR = 1e-3
 
 @pytest.fixture(scope="module")
 def verified(tmp_path_factory):
-    out = tmp_path_factory.mktemp("detector")
-    report = verify_detector(NAME, out=out)
-    return report, out
+    """`verify export -b NAME` with every report file, once for the module: (the DetectorReport that
+    verify_detector returned to the command, the published folder, the CLI result, the reports' folder). A file
+    outside the tool's folders stays as it was."""
+    from typer.testing import CliRunner
+
+    from verify.cli import app
+    from verify.detect import check
+
+    where = tmp_path_factory.mktemp("detector")
+    outside = where / "sentinel.txt"
+    outside.write_text("keep")
+    made = []
+
+    def spy(*args, _real=check.verify_detector, **kwargs):
+        made.append(_real(*args, **kwargs))
+        return made[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(check, "verify_detector", spy)
+        result = CliRunner().invoke(app, ["export", "-b", NAME, "--out", str(where / "out"), "--json",
+                                          str(where / "r.json"), "--junit", str(where / "r.xml"), "--markdown",
+                                          str(where / "r.md"), "--html", str(where / "r.html")])
+    assert outside.read_text() == "keep"
+    report, = made
+    return report, where / "out" / f"{NAME}-frozen", result, where
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +78,7 @@ def sentinel(tmp_path):
 
 @pytest.mark.slow
 def test_a_correct_export_agrees_with_tens_of_detections_matched(verified):
-    report, out = verified
+    report, out, _, _ = verified
     assert report.exit_code == 0, report.summary()
     assert {"torchscript", "onnx"} <= set(report.files)
     after = {(p.a, p.b): p for p in report.detections}
@@ -146,7 +168,7 @@ def nms_threshold(model: onnx.ModelProto) -> None:
     (nms_threshold, "unmatched"),
 ])
 def test_a_seeded_bug_in_the_onnx_file_is_caught(verified, built, tmp_path, sentinel, tamper, named):
-    _, out = verified
+    _, out, _, _ = verified
     model = onnx.load(str(out / "detector.onnx"))
     tamper(model)
     path = tmp_path / "tampered.onnx"
@@ -205,23 +227,17 @@ def test_a_format_that_does_not_exist_is_refused_before_building():
 
 
 @pytest.mark.slow
-def test_verify_export_takes_a_detector_name(tmp_path, sentinel):
+def test_verify_export_takes_a_detector_name(verified):
     """`verify export -b <detector>`: the whole detector, both levels judged, exit 0, one line per pair."""
-    from typer.testing import CliRunner
-
-    from verify.cli import app
-
-    result = CliRunner().invoke(app, ["export", "-b", NAME, "--out", str(tmp_path / "out"), "--json",
-                                      str(tmp_path / "r.json"), "--junit", str(tmp_path / "r.xml"), "--markdown",
-                                      str(tmp_path / "r.md"), "--html", str(tmp_path / "r.html")])
+    _, folder, result, where = verified
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "r.json").read_text())
-    cases = ElementTree.parse(tmp_path / "r.xml").getroot().iter("testcase")
+    report = json.loads((where / "r.json").read_text())
+    cases = ElementTree.parse(where / "r.xml").getroot().iter("testcase")
     assert sum(1 for _ in cases) >= len(report["rows"])
-    assert "matched" in (tmp_path / "r.md").read_text() and "<svg" in (tmp_path / "r.html").read_text()
+    assert "matched" in (where / "r.md").read_text() and "<svg" in (where / "r.html").read_text()
     assert report["passed"] and report["before_nms"]
     assert all(min(pair["matched_per_image"]) >= MIN_DETECTIONS for pair in report["after_nms"])
-    assert (tmp_path / "out" / f"{NAME}-frozen").is_dir()
+    assert folder.is_dir()
     assert sum(line.startswith("ok ") for line in result.stdout.splitlines()) == len(report["rows"])
 
 
@@ -325,7 +341,7 @@ def test_an_image_onnx_runtime_resizes_to_another_size_is_caught(built, tmp_path
 @pytest.mark.slow
 def test_a_runtime_that_gives_other_values_the_second_time_fails(verified, built, monkeypatch):
     """Trust guard (verify/judge/trust.py): each runtime runs its first image twice, bit for bit on CPU."""
-    _, out = verified
+    _, out, _, _ = verified
     inputs, files = [calibration_image(0)], {"onnx": out / "detector.onnx"}
     calls = []
     original = check._ort_run

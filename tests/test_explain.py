@@ -105,29 +105,38 @@ def test_different_weights_are_values_not_structure():
     assert {d.kind for d in result.structural_differences} == {"value"}
 
 
-@pytest.mark.parametrize("norm", ["frozen", "batch"])
-def test_onnx_against_its_source_model(norm, tmp_path, files):
-    """An ONNX export of a model with one conv channel 1 % off is localised to that conv,
-    through the ONNX graph's intermediate values (BN folded by the exporter or not)."""
-    spec = f"resnet18:{norm}:body"
-    clean = built(spec)
-    x = make_input(SHAPE, 0)
-    if spec == SMALL_SPEC:  # `files` holds this very pair: the dynamo ONNX of clean and of CONV_TARGET off
-        good, bad = files[0]["onnx"], files[0]["bad_conv"]
-    else:
-        broken = built(spec)
-        with torch.no_grad():
-            broken.model.get_submodule(CONV_TARGET).weight[CONV_CHANNEL] *= CONV_FACTOR
-        meta = eager_artifact(clean, SHAPE).meta
-        good = export_model(clean, meta, torch.from_numpy(x), tmp_path, ExportOptions(), "onnx")
-        (tmp_path / "bad").mkdir()
-        bad = export_model(broken, meta, torch.from_numpy(x), tmp_path / "bad", ExportOptions(), "onnx")
+def assert_the_bad_conv_is_localised(spec: str, good, bad):
+    """`good` (the dynamo ONNX of `spec`) explains as equivalent to its source model, `bad` (CONV_TARGET's
+    channel CONV_CHANNEL off by CONV_FACTOR) diverges first at that conv."""
+    clean, x = built(spec), make_input(SHAPE, 0)
     result = explain_artifacts(good, eager_artifact(clean, SHAPE), x)
     assert result.equivalent and result.how == "float32-floor"
 
     result = explain_artifacts(bad, eager_artifact(clean, SHAPE), x)
     assert not result.equivalent
     assert result.first_divergence == CONV_TARGET
+
+
+def test_onnx_against_its_source_model(files):
+    """An ONNX export of a model with one conv channel 1 % off is localised to that conv, through the ONNX
+    graph's intermediate values; BatchNorm kept by the exporter here (`files` holds this very pair: the dynamo
+    ONNX of SMALL_SPEC and of CONV_TARGET off), folded by it in the frozen case below."""
+    assert_the_bad_conv_is_localised(SMALL_SPEC, files[0]["onnx"], files[0]["bad_conv"])
+
+
+def test_onnx_of_a_frozen_norm_against_its_source_model(default_export, tmp_path):
+    """The frozen norm's clean dynamo ONNX is the suite's `verify export` of it (tests/conftest.py default_export:
+    resnet18:frozen:body at SHAPE, the same synthetic weights); only the one with a conv off is exported here."""
+    from exporter.formats import open_artifact
+
+    spec = "resnet18:frozen:body"
+    assert default_export.name == spec.replace(":", "-")
+    clean, broken = built(spec), built(spec)
+    with torch.no_grad():
+        broken.model.get_submodule(CONV_TARGET).weight[CONV_CHANNEL] *= CONV_FACTOR
+    bad = export_model(broken, eager_artifact(clean, SHAPE).meta, torch.from_numpy(make_input(SHAPE, 0)), tmp_path,
+                       ExportOptions(), "onnx")
+    assert_the_bad_conv_is_localised(spec, open_artifact(default_export / "model.onnx"), bad)
 
 
 def test_legacy_exporter_names_map_back_too(tmp_path):
@@ -141,12 +150,14 @@ def test_legacy_exporter_names_map_back_too(tmp_path):
     assert result.first_divergence == "layer2.0.downsample.0"
 
 
-def test_torchscript_artifact_is_equivalent_in_float64(tmp_path):
+def test_torchscript_artifact_is_equivalent_in_float64(default_export):
+    """The TorchScript file of the suite's `verify export` of resnet18:frozen:body at SHAPE (default_export)."""
+    from exporter.formats import open_artifact
+
     model = built("resnet18:frozen:body")
-    x = make_input(SHAPE, 0)
-    ts = export_model(model, eager_artifact(model, SHAPE).meta, torch.from_numpy(x), tmp_path,
-                      ExportOptions(), "torchscript")
-    result = explain_artifacts(ts, eager_artifact(model, SHAPE), x)
+    assert default_export.name == "resnet18-frozen-body"
+    result = explain_artifacts(open_artifact(default_export / "model.pt"), eager_artifact(model, SHAPE),
+                               make_input(SHAPE, 0))
     assert result.equivalent and result.how == "float64"
 
 
@@ -165,12 +176,15 @@ CONV_FACTOR = 1.01
 
 
 @pytest.fixture(scope="module")
-def files(module_tmp):
-    """The clean model as .pt2 and dynamo ONNX (one torch.export trace), as legacy ONNX and as
-    TorchScript; the same model with one conv channel 1 % off as dynamo ONNX; and the clean
-    model in memory with one BatchNorm running-variance entry 1 % off."""
-    from exporter.formats import ExportContext
+def files(module_tmp, batch_body_export):
+    """The clean model as .pt2 and dynamo ONNX (one torch.export trace) and as TorchScript: the suite's
+    `verify_export` of SMALL_SPEC (tests/conftest.py batch_body_export, the same weights and SHAPE); as legacy
+    ONNX; the same model with one conv channel 1 % off as dynamo ONNX; and the clean model in memory with one
+    BatchNorm running-variance entry 1 % off."""
+    from exporter.formats import get_format, open_artifact
 
+    report, made = batch_body_export
+    assert report.settings["spec"] == SMALL_SPEC and report.input["shape"] == list(SHAPE)
     folder = module_tmp("explain-pairs")
     x = make_input(SHAPE, 0)
     clean = built(SMALL_SPEC)
@@ -179,15 +193,13 @@ def files(module_tmp):
         bad_conv.model.get_submodule(CONV_TARGET).weight[CONV_CHANNEL] *= CONV_FACTOR
         bad_bn.model.get_submodule(BN_TARGET).running_var[BN_CHANNEL] *= 1.01
     meta = eager_artifact(clean, SHAPE).meta
-    options = ExportOptions()
-    context = ExportContext(clean, torch.from_numpy(x), meta, dynamic=options.dynamic)
-    found = {fmt: export_model(clean, meta, context.example, folder, options, fmt, context)
-             for fmt in ("pt2", "onnx", "torchscript")}
+    example = torch.from_numpy(x)
+    found = {fmt: open_artifact(made / get_format(fmt).filename) for fmt in ("pt2", "onnx", "torchscript")}
     (folder / "legacy").mkdir()
-    found["legacy"] = export_model(clean, meta, context.example, folder / "legacy",
+    found["legacy"] = export_model(clean, meta, example, folder / "legacy",
                                    ExportOptions(format_options=(OnnxOptions(exporter="torchscript"),)), "onnx")
     (folder / "bad").mkdir()
-    found["bad_conv"] = export_model(bad_conv, meta, context.example, folder / "bad", options, "onnx")
+    found["bad_conv"] = export_model(bad_conv, meta, example, folder / "bad", ExportOptions(), "onnx")
     found["bad_bn"] = eager_artifact(bad_bn, SHAPE)
     return found, x
 

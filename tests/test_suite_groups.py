@@ -15,16 +15,19 @@ def fake_item(nodeid: str, **scopes: str):
 
 
 def test_session_fixtures_used_together_are_one_group():
-    """The AOTInductor test uses aoti_export alone, test_cuda's use exported_small, built from aoti_export: a
-    group per fixture set would put them on two workers and compile twice."""
+    """The AOTInductor test uses aoti_export alone, test_artifact's default_export, test_cuda's exported_small,
+    built from both: a group per fixture set would put them on two or three workers and compile twice; a
+    session fixture used with none of them stays a group of its own."""
     items = [fake_item("tests/test_formats.py::aoti", aoti_export="session", tmp_path="function"),
-             fake_item("tests/test_cuda.py::a", exported_small="session", aoti_export="session", exported="module"),
+             fake_item("tests/test_cuda.py::a", exported_small="session", aoti_export="session",
+                       default_export="session", default_export_run="session", exported="module"),
              fake_item("tests/test_runtimes.py::b", exported_small="session"),
-             fake_item("tests/test_artifact.py::c", default_export="session")]
+             fake_item("tests/test_artifact.py::c", default_export="session", default_export_run="session"),
+             fake_item("tests/test_other.py::d", other_export="session")]
     groups = shared_export_groups(items)
-    assert len({groups[item.nodeid] for item in items[:3]}) == 1
-    assert groups[items[0].nodeid] == "aoti_export+exported_small"
-    assert groups[items[3].nodeid] == "default_export"
+    assert {groups[item.nodeid] for item in items[:4]} == {
+        "aoti_export+default_export+default_export_run+exported_small"}
+    assert groups[items[4].nodeid] == "other_export"
 
 
 def test_module_fixtures_group_by_module_and_plain_tests_stay_free():
