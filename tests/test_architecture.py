@@ -219,3 +219,46 @@ def test_every_model_kind_has_the_protocol():
     assert (user.registered, user.runs_user_code) == (False, True)
     # a module handed over in memory (the pytest plugin) runs no new code, but is no registered backbone either
     assert (ModuleSpec.registered, ModuleSpec.runs_user_code) == (False, False)
+
+
+TESTS = ROOT / "tests"
+
+
+def imported_test_modules(tree: ast.AST, package: str = "tests") -> set[str]:
+    """The test modules (tests.test_*) a file imports: `import tests.test_x`, `from tests.test_x import ...`,
+    `from tests import test_x` or the relative `from .test_x import ...` (`package`: the file's own)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        found |= {name for name in names
+                  if name.startswith("tests.") and name.rpartition(".")[2].startswith("test_")}
+    return found
+
+
+def test_the_checker_sees_both_spellings_of_importing_a_test_module():
+    assert imported_test_modules(ast.parse("from tests.test_cli import invoke")) == {"tests.test_cli"}
+    assert imported_test_modules(ast.parse("import tests.test_cli")) == {"tests.test_cli"}
+    assert imported_test_modules(ast.parse("import tests.test_cli as cli")) == {"tests.test_cli"}
+    assert imported_test_modules(ast.parse("from tests import test_cli")) == {"tests.test_cli"}
+    assert imported_test_modules(ast.parse("from .test_cli import invoke")) == {"tests.test_cli"}
+    assert not imported_test_modules(ast.parse("from tests.conftest import SMALL\nfrom tests.helpers import invoke\n"
+                                               "from tests.data import tiny"))
+
+
+def test_no_test_module_imports_another():
+    """Issue 15: shared helpers live in tests/helpers.py (fixtures in tests/conftest.py), never in a test module."""
+    offenders = {}
+    for path in sorted(TESTS.rglob("*.py")):
+        package = ".".join(path.parent.relative_to(ROOT).parts)
+        if found := imported_test_modules(ast.parse(path.read_text()), package):
+            offenders[str(path.relative_to(ROOT))] = sorted(found)
+    assert not offenders, f"test modules imported by other files (move the helper to tests/helpers.py): {offenders}"

@@ -4,21 +4,15 @@ import json
 import shutil
 
 import pytest
-from typer.testing import CliRunner
 
 from tests.conftest import SMALL, SMALL_SHAPE
+from tests.helpers import invoke
 from verify.api import RunSettings
-from verify.cli import app
 from verify.folder.preflight import PreflightOptions
 from verify.runtimes import RuntimeOptions, runtime_class
 
-runner = CliRunner()
 SMALL_ARGS = ["--backbone", SMALL, "--shape", "x".join(map(str, SMALL_SHAPE))]
 """What tests/conftest.py default_export_run exports (`exported`)."""
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture

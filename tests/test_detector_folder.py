@@ -7,7 +7,6 @@ in place)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -17,9 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.detector_manifest import load_detector_manifest
-from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME, SIGNATURE_NAME, file_sha256
-from tests.test_detectors import NAME, one_channel_error
-from tests.test_folder_trust import make_keys
+from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME, SIGNATURE_NAME
+from tests.helpers import NAME, checks, edit_manifest, invoke, make_keys, one_channel_error, rehash, rewrite
 from verify.cli import app
 from verify.detect.check import FILE_NAMES
 from verify.folder.integrity import INTEGRITY, UNSIGNED_CODE_OPTION
@@ -56,33 +54,6 @@ def folder(signed):
     (signed / SIGNATURE_NAME).unlink()
     edit_manifest(signed, lambda d: d.pop("signature"))
     return signed
-
-
-def rewrite(path, data: bytes) -> None:
-    """Replace `path` by a new file (never through the hard link to the module's export)."""
-    path.unlink()
-    path.write_bytes(data)
-
-
-def edit_manifest(folder, change) -> None:
-    data = json.loads((folder / MANIFEST_NAME).read_text())
-    change(data)
-    rewrite(folder / MANIFEST_NAME, json.dumps(data, indent=2).encode())
-
-
-def rehash(folder, name: str) -> None:
-    """Record `name`'s new sha256 and size in the manifest: the folder is consistent again."""
-    def change(data):
-        data["files"][name].update(sha256=file_sha256(folder / name), size=(folder / name).stat().st_size)
-    edit_manifest(folder, change)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def checks(report_path) -> list[dict]:
-    return json.loads(report_path.read_text())["checks"]
 
 
 def test_a_fresh_detector_folder_passes_artifact_and_preflight_says_go(signed, keys, tmp_path):

@@ -23,8 +23,7 @@ from typer.testing import CliRunner
 from exporter.families.detectors import IMAGE_SIZE
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
 from tests.conftest import cuda_available
-from tests.test_detector_folder import checks, edit_manifest, invoke, rehash, rewrite
-from tests.test_detectors import NAME
+from tests.helpers import NAME, checks, edit_manifest, invoke, rehash, rewrite
 from verify.cli import app
 from verify.detect.check import FILE_NAMES
 from verify.detect.folder import detector_integrity

@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 
 from exporter.errors import UsageError
 from exporter.families.detectors import MIN_DETECTIONS, build_detector, calibration_image
+from tests.helpers import NAME, one_channel_error
 from verify.detect import check
 from verify.detect.check import (
     EAGER,
@@ -27,10 +28,6 @@ from verify.detect.check import (
 )
 from verify.detect.proposals import PROPOSALS
 from verify.judge.compare import AUTO_FACTOR
-
-NAME = "fasterrcnn_mobilenet_v3_large_320_fpn"
-ONE_CHANNEL_ERROR = 1e-3
-"""A 0.1 % error in one output channel (row) of a box-head layer."""
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +111,6 @@ def constant_node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
 def set_constant(node: onnx.NodeProto, value: float) -> None:
     old = numpy_helper.to_array(node.attribute[0].t)
     node.attribute[0].t.CopyFrom(numpy_helper.from_array(np.full_like(old, value), node.attribute[0].t.name))
-
-
-def one_channel_error(model: onnx.ModelProto) -> None:
-    init = next(i for i in model.graph.initializer if i.name == "roi_heads.box_head.fc7.weight")
-    weight = numpy_helper.to_array(init).copy()
-    weight[int(np.abs(weight).sum(axis=1).argmax())] *= 1 + ONE_CHANNEL_ERROR
-    init.CopyFrom(numpy_helper.from_array(weight, init.name))
 
 
 def rename_output(model: onnx.ModelProto, output: str, make) -> None:

@@ -10,8 +10,7 @@ from exporter.formats import default_formats
 from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from tests.conftest import SMALL, family_backbone
-from tests.test_export import TINY, assert_all_agree
-from tests.test_trust import assert_deterministic_and_under_the_bound
+from tests.helpers import TINY, assert_all_agree, assert_deterministic_and_under_the_bound
 from verify.api import RunSettings, verify_export
 from verify.judge.trust import rounding_bound
 

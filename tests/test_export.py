@@ -12,17 +12,9 @@ from exporter.formats.torchscript import TorchScriptOptions
 from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from tests.conftest import SMALL, SMALL_SHAPE
+from tests.helpers import assert_all_agree
 from verify.api import RunSettings, verify_export
 from verify.judge.compare import AUTO_FACTOR, Tolerance
-
-TINY = (1, 3, 32, 32)
-
-
-def assert_all_agree(report):
-    failing = [(p.a, p.b, p.worst.name, p.worst.ratio) for p in report.pairs if not p.passed]
-    assert report.passed, failing
-    assert report.exit_code == 0
-
 
 FROZEN_BODY = ModelSpec(SMALL, "frozen", "body")
 """The norm x view case `verify export -b SMALL --shape SMALL_SHAPE` makes: tests/conftest.py default_export_run,

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from exporter.formats import get_format
 from exporter.formats.pt2 import TORCH_FORCE_WEIGHTS_ONLY, scan_archive
 from exporter.manifest import MANIFEST_NAME, SIGNATURE_NAME, file_sha256
+from tests.helpers import make_keys
 from verify.cli import app
 from verify.folder.validate import SIGN_HOW, UNSIGNED_CODE_OPTION, validate
 
@@ -42,19 +43,6 @@ def invoke(*args):
 
 
 # Keys, folders and the outside world --------------------------------------------------------------
-
-def make_keys(folder: Path) -> tuple[Path, Path]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = folder / "ci.pem", folder / "ci.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
-
 
 @pytest.fixture(scope="module")
 def keys(module_tmp):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from exporter.formats import FORMATS, get_format
-from tests.test_cli import invoke
+from tests.helpers import invoke
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

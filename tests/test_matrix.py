@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import invoke
+from tests.helpers import invoke
 from verify.cache import ENV_DIR, ENV_OFF, Cache
 from verify.matrix import (
     AGREE,

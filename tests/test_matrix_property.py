@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.errors import VerifyError
-from tests.test_matrix_trust import FAILING_SHARE, request
+from tests.helpers import FAILING_SHARE, request
 from verify.matrix import (
     AGREE,
     REPORT_KEY_ENV,

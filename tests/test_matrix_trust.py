@@ -18,23 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import invoke
+from tests.helpers import FAILING_SHARE, invoke, request
 from verify.cache import ENV_DIR, ENV_OFF, Cache, canonical_json
 from verify.matrix import (
     JUDGED,
     REPORT_KEY_ENV,
     RERUN,
     SHARD_ENV,
-    MatrixRequest,
     load_result,
     run_matrix,
 )
 from verify.matrix.request import fingerprint
 
-SHAPE = (1, 3, 32, 32)
-NORMS = ("batch", "frozen")
-FAILING_SHARE = 0.9
-"""The disagreeing matrix runs at this share of the passing run's worst ratio: at least that pair fails."""
 SIGTERM_EXIT_S = 5.0
 """How soon `verify matrix --jobs 2` must be gone after SIGTERM (it used to take 9-14 s)."""
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,17 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def clean_env(monkeypatch):
     for name in (*SHARD_ENV, REPORT_KEY_ENV, ENV_OFF):
         monkeypatch.delenv(name, raising=False)
-
-
-def request(factor=None):
-    from exporter.export import ExportOptions
-    from exporter.formats.onnx import OnnxOptions
-    from verify.api import RunSettings
-    from verify.judge.compare import Tolerance
-
-    settings = RunSettings(shape=SHAPE, tolerance=Tolerance.from_options(factor=factor))
-    return MatrixRequest.create(["resnet18"], list(NORMS), ["body"], settings, ExportOptions(
-        formats=("torchscript", "onnx"), format_options=(OnnxOptions("torchscript"),)))
 
 
 def write(result, path: Path) -> Path:

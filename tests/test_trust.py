@@ -15,16 +15,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporter.backbones import build_model, family_of
-from exporter.formats.eager import eager_artifact
-from exporter.spec import ModelSpec
-from exporter.weights import load_weights
+from exporter.backbones import family_of
 from tests.conftest import SMALL
 from tests.data import untrusted
+from tests.helpers import assert_deterministic_and_under_the_bound
 from verify.cli import app
-from verify.inputs import make_input
 from verify.judge import precision, trust
-from verify.judge.oracle import NoiseFloor, measure_oracle
+from verify.judge.oracle import NoiseFloor
 from verify.judge.precision import EPS
 from verify.pipeline.isolation import IsolatedRunError, run_isolated, safe_loads
 
@@ -188,22 +185,6 @@ def test_floor_above_the_bound_is_a_problem_and_below_is_not():
     assert trust.floor_problems({"y": NoiseFloor(bound * 1.01)}, reference, k)
     assert not trust.floor_problems({"y": NoiseFloor(bound * 0.99)}, reference, k)
     assert trust.rounding_bound(k, "bf16") / trust.rounding_bound(k) == EPS["bf16"] / EPS["fp32"]
-
-
-def assert_deterministic_and_under_the_bound(backbone: str, norm: str) -> None:
-    """`backbone` x `norm` (body view, 32x32) repeats bit for bit, and its float32 floor is a small share of the
-    rounding bound (README: the measured shares of all 102 models at 128x128)."""
-    x = make_input((1, 3, 32, 32), 0)
-    built = build_model(ModelSpec(backbone, norm, "body"), load_weights("synthetic", backbone, 0), 0)
-    with torch.inference_mode():
-        first, second = built.model(torch.from_numpy(x)), built.model(torch.from_numpy(x))
-    assert all(torch.equal(first[k], second[k]) for k in first), (backbone, norm)
-    artifact = eager_artifact(built, x.shape)
-    oracle = measure_oracle(artifact, {artifact.meta.input_name: x}, None)
-    k = trust.accumulation_length(built.model, input_shape=x.shape)
-    ratios = trust.floor_bound_ratios(oracle.noise, oracle.outputs, k)
-    assert ratios and max(ratios.values()) < 1.0, (backbone, norm, ratios)
-    assert not trust.floor_problems(oracle.noise, oracle.outputs, k)
 
 
 def test_every_norm_of_the_small_backbone_is_deterministic_and_under_the_bound():

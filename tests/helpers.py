@@ -1,0 +1,131 @@
+"""Helpers shared by several test modules (issue 15): test modules import these from here, never from one another
+(tests/test_architecture.py checks it); fixtures stay in tests/conftest.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from typer.testing import CliRunner
+
+from exporter.backbones import build_model
+from exporter.export import ExportOptions
+from exporter.formats.eager import eager_artifact
+from exporter.formats.onnx import OnnxOptions
+from exporter.manifest import MANIFEST_NAME, file_sha256
+from exporter.spec import ModelSpec
+from exporter.weights import load_weights
+from verify.api import RunSettings
+from verify.cli import app
+from verify.inputs import make_input
+from verify.judge import trust
+from verify.judge.compare import Tolerance
+from verify.judge.oracle import measure_oracle
+from verify.matrix import MatrixRequest
+
+if TYPE_CHECKING:
+    import onnx
+
+# The CLI ---------------------------------------------------------------------------------------------------------
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# Export folders: edited on a copy whose unchanged files are hard links to a shared export -------------------------
+def rewrite(path, data: bytes) -> None:
+    """Replace `path` by a new file (never through the hard link to the module's export)."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+def edit_manifest(folder, change) -> None:
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    change(data)
+    rewrite(folder / MANIFEST_NAME, json.dumps(data, indent=2).encode())
+
+
+def rehash(folder, name: str) -> None:
+    """Record `name`'s new sha256 and size in the manifest: the folder is consistent again."""
+    def change(data):
+        data["files"][name].update(sha256=file_sha256(folder / name), size=(folder / name).stat().st_size)
+    edit_manifest(folder, change)
+
+
+def checks(report_path) -> list[dict]:
+    return json.loads(report_path.read_text())["checks"]
+
+
+# Signing keys ----------------------------------------------------------------------------------------------------
+def make_keys(folder: Path) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / "ci.pem", folder / "ci.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+# Whole detectors -------------------------------------------------------------------------------------------------
+NAME = "fasterrcnn_mobilenet_v3_large_320_fpn"
+ONE_CHANNEL_ERROR = 1e-3
+"""A 0.1 % error in one output channel (row) of a box-head layer."""
+
+
+def one_channel_error(model: onnx.ModelProto) -> None:
+    from onnx import numpy_helper
+
+    init = next(i for i in model.graph.initializer if i.name == "roi_heads.box_head.fc7.weight")
+    weight = numpy_helper.to_array(init).copy()
+    weight[int(np.abs(weight).sum(axis=1).argmax())] *= 1 + ONE_CHANNEL_ERROR
+    init.CopyFrom(numpy_helper.from_array(weight, init.name))
+
+
+# Backbone exports and their trust guards -------------------------------------------------------------------------
+TINY = (1, 3, 32, 32)
+
+
+def assert_all_agree(report):
+    failing = [(p.a, p.b, p.worst.name, p.worst.ratio) for p in report.pairs if not p.passed]
+    assert report.passed, failing
+    assert report.exit_code == 0
+
+
+def assert_deterministic_and_under_the_bound(backbone: str, norm: str) -> None:
+    """`backbone` x `norm` (body view, 32x32) repeats bit for bit, and its float32 floor is a small share of the
+    rounding bound (README: the measured shares of all 102 models at 128x128)."""
+    import torch
+
+    x = make_input((1, 3, 32, 32), 0)
+    built = build_model(ModelSpec(backbone, norm, "body"), load_weights("synthetic", backbone, 0), 0)
+    with torch.inference_mode():
+        first, second = built.model(torch.from_numpy(x)), built.model(torch.from_numpy(x))
+    assert all(torch.equal(first[k], second[k]) for k in first), (backbone, norm)
+    artifact = eager_artifact(built, x.shape)
+    oracle = measure_oracle(artifact, {artifact.meta.input_name: x}, None)
+    k = trust.accumulation_length(built.model, input_shape=x.shape)
+    ratios = trust.floor_bound_ratios(oracle.noise, oracle.outputs, k)
+    assert ratios and max(ratios.values()) < 1.0, (backbone, norm, ratios)
+    assert not trust.floor_problems(oracle.noise, oracle.outputs, k)
+
+
+# The matrix ------------------------------------------------------------------------------------------------------
+MATRIX_SHAPE = (1, 3, 32, 32)
+MATRIX_NORMS = ("batch", "frozen")
+"""The two-cell matrix `request` builds: resnet18's body in these norms, at this shape."""
+FAILING_SHARE = 0.9
+"""The disagreeing matrix runs at this share of the passing run's worst ratio: at least that pair fails."""
+
+
+def request(factor=None):
+    settings = RunSettings(shape=MATRIX_SHAPE, tolerance=Tolerance.from_options(factor=factor))
+    return MatrixRequest.create(["resnet18"], list(MATRIX_NORMS), ["body"], settings, ExportOptions(
+        formats=("torchscript", "onnx"), format_options=(OnnxOptions("torchscript"),)))
