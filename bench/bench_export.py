@@ -2,7 +2,7 @@
 
 Run by hand (tens of minutes on 2 cores); one command prints the table and writes the log:
 
-    python bench/bench_export.py [--repeats 3] [--log bench/results/export-cpu.log] [--json out.json]
+    python bench/bench_export.py [--repeats 3] [--log bench/results/export-cpu.log (appended)] [--json out.json]
 
 Each round runs, alternating which side goes first so drift hits both alike: a cold `verify export` (a new empty
 cache folder), a warm one (the same cache folder again, so what the cache's rules allow is served from it), and
@@ -41,8 +41,9 @@ SIDES = ("cold", "warm", "peer")
 CACHE_ENV = "BACKBONE_VERIFY_CACHE_DIR"
 BREAKDOWN_FLAG = "--breakdown-child"
 IMPORTED = ("torch", "torchvision", "numpy", "onnx", "onnxruntime")
-"""What every `verify export` imports (timed first in the instrumented child; the dynamo exporter's onnxscript
-is imported only where the ONNX export runs)."""
+"""What every `verify export` imports (timed where each is first imported in the instrumented child, inside the
+stages that import them; the dynamo exporter's onnxscript is imported only where the ONNX export runs)."""
+IMPORTS_LABEL = f"  of all the lines below: first imports of {', '.join(IMPORTED)}"
 OVERLAP_ENV = "BACKBONE_VERIFY_EXPORT_OVERLAP"
 """auto, on or off (verify/pipeline/overlap.py): set it to bench a mode; auto goes serial on a busy machine."""
 
@@ -118,15 +119,11 @@ def rounds(repeats: int) -> dict[str, list[dict]]:
 
 
 def breakdown_child(report: Path, args: list[str]) -> None:
-    """Time imports, then run the CLI in this process with the pipeline's stages wrapped by timers."""
-    import importlib
-
+    """Run the CLI in this process with the pipeline's stages wrapped by timers, and the first imports of the heavy
+    packages timed where they happen (as in `verify` itself, whose background child starts before them)."""
     started = time.perf_counter()
-    timings: dict[str, float] = {}
-    begin = time.perf_counter()
-    for name in IMPORTED:
-        importlib.import_module(name)
-    timings[f"imports: {', '.join(IMPORTED)}"] = time.perf_counter() - begin
+    timings: dict[str, float] = {IMPORTS_LABEL: 0.0}
+    _time_imports(timings)
     _wrap_stages(timings)
     sys.argv = ["verify", *args]
     from verify.cli import main
@@ -139,6 +136,25 @@ def breakdown_child(report: Path, args: list[str]) -> None:
     timings["(total in this process)"] = time.perf_counter() - started
     timings["(onnxscript imported here)"] = float("onnxscript" in sys.modules)
     report.write_text(json.dumps({"stages": timings, "rc": code}))
+
+
+def _time_imports(timings: dict[str, float]) -> None:
+    """Add the wall time of each first import of an IMPORTED package (outermost only) to timings[IMPORTS_LABEL]."""
+    import builtins
+
+    original, depth = builtins.__import__, [0]
+
+    def timed_import(name, *args, **kwargs):
+        if depth[0] or name.split(".")[0] not in IMPORTED or name.split(".")[0] in sys.modules:
+            return original(name, *args, **kwargs)
+        depth[0], begin = 1, time.perf_counter()
+        try:
+            return original(name, *args, **kwargs)
+        finally:
+            depth[0] = 0
+            timings[IMPORTS_LABEL] += time.perf_counter() - begin
+
+    builtins.__import__ = timed_import
 
 
 def _timed(timings: dict[str, float], label, fn):
@@ -174,15 +190,15 @@ def _wrap_stages(timings: dict[str, float]) -> None:
     _patch(timings, "verify.pipeline.stages", "export_stage", lambda context, fmt, *a, **k: f"export {fmt}")
     _patch(timings, "verify.pipeline.stages", "_cached_export", lambda c, k, ctx, fmt, *a, **kw:
            f"  of which cache read + checks {fmt}")
-    _patch(timings, "verify.pipeline.stages", "start_export_stage", lambda context, fmt, *a, **k:
-           f"export {fmt}: cache look-up + start of the child")
+    _patch(timings, "verify.pipeline.stages", "background_child", "start of the background export's child")
+    _patch(timings, "verify.pipeline.stages", "start_export_stage", "background export: cache look-up, job sent")
     _patch(timings, "verify.pipeline.stages", "run_stage", lambda name, *a, **k: f"run {name} (load + runs)")
     _patch(timings, "verify.pipeline.stages", "oracles_stage", "oracle: float64 runs + floors")
     _patch(timings, "verify.pipeline.stages", "judge_stage", "judging (pairs and oracle)")
     _patch(timings, "verify.pipeline.stages", "trust_problems", "trust checks (determinism, floor bound)")
     _patch(timings, "verify.folder.write", "write_artifact_folder", "folder write (goldens, manifest, hashes)")
     original_wait = overlap.BackgroundExport.wait
-    overlap.BackgroundExport.wait = _timed(timings, lambda self, *a: f"wait for the background {self.fmt} export",
+    overlap.BackgroundExport.wait = _timed(timings, lambda self, fmt, *a: f"wait for the background {fmt} export",
                                            original_wait)
     original_make = runtimes.make_runtime
 
@@ -289,7 +305,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="Rounds of cold, warm and peer [default: 3]")
-    parser.add_argument("--log", type=Path, default=DEFAULT_LOG, help=f"Write the table here [default: {DEFAULT_LOG}]")
+    parser.add_argument("--log", type=Path, default=DEFAULT_LOG, help=f"Append the table here [default: {DEFAULT_LOG}]")
     parser.add_argument("--json", type=Path, help="Also write the figures as JSON here")
     parser.add_argument("--backbone", default=MODEL["backbone"], help="[default: resnet50]")
     parser.add_argument("--shape", type=int, nargs=4, default=MODEL["shape"], help="[default: 1 3 224 224]")
@@ -300,8 +316,9 @@ def main() -> int:
         result = bench(max(1, args.repeats))
         text = render(result)
         print(text)
-        args.log.write_text(text + "\n")
-        print(f"wrote {args.log}")
+        with args.log.open("a") as log:  # appended: the earlier measurements stay beside the new one
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n{text}\n")
+        print(f"appended to {args.log}")
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
     except BaseException as exc:  # a benchmark reports, it never fails the caller

@@ -1,6 +1,6 @@
-"""The ONNX export in a background process (verify/pipeline/overlap.py): the same files and verdicts as the serial
-export, a child's failure is one line with the exit code of any export failure and leaves nothing behind, and an
-interrupted or killed parent takes its child with it."""
+"""The ONNX export in a background process (verify/pipeline/overlap.py), the `.pt2` with it from the same trace: the
+same files and verdicts as the serial export, the model traced once, a child's failure is one line with the exit
+code of any export failure and leaves nothing behind, and an interrupted or killed parent takes its child with it."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ SPEC = ModelSpec("resnet18", "frozen", "body")
 SHAPE = (1, 3, 32, 32)
 SETTINGS = RunSettings(shape=SHAPE, samples=1)
 """One input per verdict: what runs in the child does not depend on how many inputs the verdicts take."""
-FORMATS = ("torchscript", "onnx")
-RUNTIMES = ("eager", "torchscript", "onnxruntime")
-COMPARED_FILES = ("model.onnx", "goldens.npz")
+FORMATS = ("torchscript", "pt2", "onnx")
+RUNTIMES = ("eager", "torchscript", "exported", "onnxruntime")
+COMPARED_FILES = ("model.onnx", "model.pt2", "goldens.npz")
 """Files whose bytes are a function of the model and input (a TorchScript archive's are not, run to run)."""
 CHILD_APPEARS_S = 120.0
 CHILD_GONE_S = overlap.STOP_GRACE_SECONDS + 10.0
@@ -37,20 +37,32 @@ def use_mode(patch: pytest.MonkeyPatch, mode: str) -> None:
     patch.setenv(overlap.MODE_ENV, mode)
 
 
-def export_with(mode: str, out: Path):
+def export_with(mode: str, out: Path, traces: list[str]):
+    """`verify_export` in `mode`; `traces` gets one entry per `torch.export` trace made in this process."""
+    from exporter.formats import program
     from verify.api import verify_export
 
+    def counted(context):
+        traces.append(str(context.built.spec))
+        return trace(context)
+
+    trace = program.trace_exported_program
     with pytest.MonkeyPatch.context() as patch:
         use_mode(patch, mode)
+        patch.setattr(program, "trace_exported_program", counted)
         return verify_export(SPEC, SETTINGS, out=out, export=ExportOptions(formats=FORMATS),
                              runtimes=RUNTIMES, cache=None)
 
 
 @pytest.fixture(scope="module")
 def serial_and_overlapped(module_tmp):
-    """mode -> (report, folder): the same export made serially and with ONNX in the background."""
-    folders = {mode: module_tmp(mode) for mode in ("off", "on")}
-    return {mode: (export_with(mode, out), out / SPEC.slug) for mode, out in folders.items()}
+    """mode -> (report, folder, traces made in this process): the same export made serially and with ONNX and the
+    `.pt2` in the background."""
+    found = {}
+    for mode in ("off", "on"):
+        out, traces = module_tmp(mode), []
+        found[mode] = (export_with(mode, out, traces), out / SPEC.slug, traces)
+    return found
 
 
 def digest(path: Path) -> str:
@@ -58,20 +70,31 @@ def digest(path: Path) -> str:
 
 
 def test_overlapped_export_writes_the_serial_files(serial_and_overlapped):
-    (_, serial), (_, overlapped) = serial_and_overlapped["off"], serial_and_overlapped["on"]
+    (_, serial, _), (_, overlapped, _) = serial_and_overlapped["off"], serial_and_overlapped["on"]
     assert sorted(p.name for p in serial.iterdir()) == sorted(p.name for p in overlapped.iterdir())
     for name in COMPARED_FILES:
         assert digest(serial / name) == digest(overlapped / name), name
 
 
 def test_overlapped_export_reaches_the_serial_verdicts(serial_and_overlapped):
-    (serial, _), (overlapped, _) = serial_and_overlapped["off"], serial_and_overlapped["on"]
+    """Every pair and oracle check, in the same order, with the same figures: the runs whose files were still in the
+    child ran after the oracle, and the report lists them in the runtimes' order all the same."""
+    (serial, _, _), (overlapped, _, _) = serial_and_overlapped["off"], serial_and_overlapped["on"]
 
     def verdicts(report):
-        return [(p.a, p.b, p.passed, p.worst.name, p.worst.max_abs) for p in report.pairs]
+        return [(p.a, p.b, p.kind, p.passed, p.worst.name, p.worst.max_abs) for p in report.pairs]
 
     assert verdicts(serial) == verdicts(overlapped)
+    assert [r.label for r in serial.runs] == [r.label for r in overlapped.runs]
+    assert {r.label for r in overlapped.runs} == set(RUNTIMES)
     assert all(p.passed for p in overlapped.pairs) and not overlapped.problems
+
+
+def test_the_model_is_traced_once_and_in_the_child_when_it_exports(serial_and_overlapped):
+    """Serially one trace serves the `.pt2` and ONNX; with the background export this process traces nothing (the
+    child's one trace made both files, which are the serial ones: the test above)."""
+    assert len(serial_and_overlapped["off"][2]) == 1
+    assert serial_and_overlapped["on"][2] == []
 
 
 def test_the_mode_decides_and_an_unknown_one_is_refused(monkeypatch):
@@ -150,6 +173,19 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited; only its parent's wait remains
 
 
+def _reaches_niceness(pid: int, wanted: int) -> bool:
+    """Whether the child lowers its own priority to `wanted` (it does so first thing) before the deadline."""
+    deadline = time.monotonic() + CHILD_APPEARS_S
+    while time.monotonic() < deadline:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, pid) == wanted:
+                return True
+        except OSError:  # gone already
+            return False
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the child through /proc")
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_an_interrupted_export_takes_its_child_with_it(tmp_path, how):
@@ -167,6 +203,7 @@ def test_an_interrupted_export_takes_its_child_with_it(tmp_path, how):
             children = _children_running_overlap(parent.pid)
             time.sleep(0.05)
         assert children, "the background export never started"
+        assert _reaches_niceness(children[0], min(os.getpriority(os.PRIO_PROCESS, 0) + overlap.CHILD_NICE, 19))
         parent.send_signal(how)
         code = parent.wait(CHILD_GONE_S)
         deadline = time.monotonic() + CHILD_GONE_S
@@ -182,9 +219,10 @@ def test_an_interrupted_export_takes_its_child_with_it(tmp_path, how):
         assert not out.exists() or not any(out.iterdir())
 
 
-def test_a_background_export_is_stored_in_the_cache_and_a_hit_starts_no_child(tmp_path, monkeypatch):
-    """Mode on: the first export's ONNX file, made by the child, goes into the cache; the second takes it from there
-    (checked and judged like any cached file) without starting a child, and reaches the same figures."""
+def test_a_background_export_is_stored_in_the_cache_and_a_hit_leaves_the_child_the_pt2_alone(tmp_path, monkeypatch):
+    """Mode on: the first export's ONNX file, made by the child, goes into the cache (the `.pt2`, code, never does);
+    the second takes it from there (checked and judged like any cached file), sends the child started before the
+    build the `.pt2` alone, stops it once that is there, and reaches the same figures."""
     from exporter.formats.onnx import OnnxOptions
     from verify.api import verify_export
     from verify.cache import Cache, default_cache_dir
@@ -192,22 +230,34 @@ def test_a_background_export_is_stored_in_the_cache_and_a_hit_starts_no_child(tm
     if overlap.usable_cpus() < overlap.MIN_CPUS:
         pytest.skip("one usable core: no child")
     use_mode(monkeypatch, "on")
-    options = ExportOptions(formats=("onnx",), format_options=(OnnxOptions("torchscript"),))  # the quick exporter
+    options = ExportOptions(formats=("pt2", "onnx"), format_options=(OnnxOptions("torchscript"),))  # quick ONNX
 
     def export(out: Path):
         report = verify_export(SPEC, SETTINGS, out=out, export=options,
-                               runtimes=("eager", "onnxruntime"))
+                               runtimes=("eager", "exported", "onnxruntime"))
         return report, {(p.a, p.b, o.name): o.max_abs for p in report.pairs for o in p.outputs}
 
     first, first_figures = export(tmp_path / "a")
     assert Cache(default_cache_dir()).info()["entries"] == {"export": 1}
 
-    def no_child(*args, **kwargs):
-        raise AssertionError("a child started although the cache holds the file")
+    jobs, stopped = [], []
+    send = overlap.BackgroundExport.send
 
-    monkeypatch.setattr(overlap, "BackgroundExport", no_child)
+    def recorded_send(self, context, options, formats):
+        jobs.append(formats)
+        send(self, context, options, formats)
+
+    cancel = overlap.BackgroundExport.cancel
+
+    def recorded_cancel(self):
+        cancel(self)
+        stopped.append(self.process.poll())
+
+    monkeypatch.setattr(overlap.BackgroundExport, "send", recorded_send)
+    monkeypatch.setattr(overlap.BackgroundExport, "cancel", recorded_cancel)
     second, second_figures = export(tmp_path / "b")
-    assert second.passed and second_figures == first_figures
+    assert second.passed and second_figures == first_figures and jobs == [("pt2",)]
+    assert stopped and stopped[0] is not None  # the child was stopped once done, not left to the end of the process
     assert digest(tmp_path / "a" / SPEC.slug / "model.onnx") == digest(tmp_path / "b" / SPEC.slug / "model.onnx")
 
 
@@ -224,3 +274,73 @@ def test_a_model_that_cannot_go_to_a_child_is_exported_here(tmp_path, monkeypatc
     report = verify_export(SPEC, SETTINGS, out=tmp_path, export=options,
                            runtimes=("eager", "onnxruntime"), cache=None)
     assert report.passed and (tmp_path / SPEC.slug / "model.onnx").is_file()
+
+
+def test_the_child_starts_before_the_build_and_a_failed_build_stops_it(monkeypatch):
+    """Its imports overlap the build (the parent's torch import and weights); a build that fails leaves no child."""
+    from exporter import backbones
+    from verify.pipeline.stages import CellRequest, build_stage, plan_cell
+
+    if overlap.usable_cpus() < overlap.MIN_CPUS:
+        pytest.skip("one usable core: no child")
+    use_mode(monkeypatch, "on")
+    seen = []
+
+    def failing_build(*args, **kwargs):
+        seen.extend(_children_running_overlap(os.getpid()))
+        raise RuntimeError("a build that fails")
+
+    monkeypatch.setattr(backbones, "build_model", failing_build)
+    request = CellRequest(SPEC, SETTINGS, ExportOptions(formats=FORMATS))
+    with pytest.raises(RuntimeError, match="a build that fails"):
+        build_stage(request, plan_cell(request))
+    assert len(seen) == 1, "no background child was running while the model was built"
+    deadline = time.monotonic() + CHILD_GONE_S
+    while not _gone(seen[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(seen[0])
+
+
+class _Finished:
+    """A background export that is over: its one artifact is there, or its failure is."""
+
+    def __init__(self, artifact: str | None) -> None:
+        self.artifact, self.cancelled = artifact, False
+
+    def ready(self, fmt: str) -> bool:
+        return True
+
+    def wait(self, fmt: str, folder: Path) -> str:
+        if self.artifact is None:
+            raise ExportError("the background export failed")
+        return self.artifact
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_a_failed_format_stops_the_other_formats_of_its_child():
+    artifacts, collected, background = overlap.ArtifactsInFlight(), [], _Finished(None)
+    for fmt in ("pt2", "onnx"):
+        artifacts.expect(fmt, background, Path("."), collected.append)
+    with pytest.raises(ExportError):
+        artifacts.collect_ready()
+    assert background.cancelled and not artifacts.pending and not collected
+
+
+def test_this_process_yields_a_core_to_the_child_while_it_lives():
+    """Two busy processes on two cores left this process's OpenMP threads waiting for each other (the build's
+    calibration passes and every run); once the child is done or stopped the runs have every thread again."""
+    import torch
+
+    if overlap.usable_cpus() < overlap.MIN_CPUS:
+        pytest.skip("one usable core: no child")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(overlap.CHILD_THREADS + 1)
+    try:
+        child = overlap.BackgroundExport("onnx")
+        assert torch.get_num_threads() == 1
+        child.cancel()
+        assert torch.get_num_threads() == overlap.CHILD_THREADS + 1 and child.process.poll() is not None
+    finally:
+        torch.set_num_threads(threads)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from verify.judge.compare import PairResult, Tolerance
     from verify.judge.oracle import NoiseFloor, Oracle
     from verify.judge.trust import RepeatCheck
-    from verify.pipeline.overlap import ArtifactsInFlight
+    from verify.pipeline.overlap import ArtifactsInFlight, BackgroundExport
     from verify.report import Report
     from verify.runtimes import RuntimeOptions
     from verify.settings import RunSettings
@@ -86,6 +86,9 @@ class BuildResult:
     """The cell's inputs (a user model's default shape is known only once it is built)."""
     no_float64: Oracle | None = None
     """For a model that cannot run in float64: the empty oracle saying why (an explicit tolerance judges)."""
+    child: BackgroundExport | None = None
+    """The background export's child (verify/pipeline/overlap.py), started before the build: its imports overlap
+    it; `finish_cell` hands it its job."""
 
     @property
     def feeds(self) -> list[dict[str, np.ndarray]]:
@@ -213,16 +216,34 @@ def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None
     """spec + weights + seed -> the built model (eval mode), its in-memory artifact and the cell's inputs.
     Weights are always computed: nothing short of recomputing binds stored tensors to `synthetic:<seed>` (README,
     the cache's threat model); ~0.9 s (resnet18) to ~2.1 s (resnet50) on one core. A user's model is built by its
-    own code."""
+    own code. Where the export will run in the background, its child is started first (`BuildResult.child`)."""
     from exporter.formats.eager import eager_artifact
 
     spec, settings = request.spec, request.settings
     progress = progress or NullProgress()
-    with progress.step(f"Building {spec}" + (f" with {settings.weights} weights" if spec.registered else "")):
-        built, status = spec.build(settings.seed, settings.shape, settings.weights), OFF
-    no_float64 = without_float64(built, settings)  # refused here, before any export, when auto needs it
-    named = plan.inputs_for(built)
-    return BuildResult(built, eager_artifact(built, tuple(named[0].array.shape)), status, named, no_float64)
+    child = background_child(request)  # first: its imports overlap the build
+    try:
+        with progress.step(f"Building {spec}" + (f" with {settings.weights} weights" if spec.registered else "")):
+            built, status = spec.build(settings.seed, settings.shape, settings.weights), OFF
+        no_float64 = without_float64(built, settings)  # refused here, before any export, when auto needs it
+        named = plan.inputs_for(built)
+    except BaseException:
+        if child is not None:
+            child.cancel()
+        raise
+    return BuildResult(built, eager_artifact(built, tuple(named[0].array.shape)), status, named, no_float64, child)
+
+
+def background_child(request: CellRequest) -> BackgroundExport | None:
+    """A child for the background export (verify/pipeline/overlap.py) where one will run: a format that overlaps is
+    asked, the model is a registered backbone and the machine has a core for it (`can_overlap`); else None."""
+    from exporter.formats import get_format
+    from verify.pipeline.overlap import BackgroundExport, can_overlap
+
+    overlapping = [name for name in request.export.formats if get_format(name).overlaps]
+    if not overlapping or not can_overlap(not request.spec.registered):
+        return None
+    return BackgroundExport(overlapping[0])
 
 
 def without_float64(built: Any, settings: RunSettings) -> Oracle | None:
@@ -274,38 +295,50 @@ def export_key(cache: Cache, context: ExportContext, fmt: str, options: ExportOp
     })
 
 
-def start_export_stage(context: ExportContext, fmt: str, options: ExportOptions, folder: Path, cache: Cache | None,
-                       artifacts: ArtifactsInFlight, statuses: dict[str, str]) -> None:
-    """`export_stage` with the export in a child process (verify/pipeline/overlap.py): a cached file that passes
-    `_cached_export` goes into `artifacts` at once; else the child starts, and `artifacts[fmt]` waits for its file,
-    which is then stored in the cache like an export made here (the same rules: data formats only)."""
+def start_export_stage(context: ExportContext, options: ExportOptions, folder: Path, cache: Cache | None,
+                       artifacts: ArtifactsInFlight, statuses: dict[str, str], child: BackgroundExport
+                       ) -> tuple[str, ...]:
+    """`export_stage` of the formats that overlap (ONNX) in `child` (verify/pipeline/overlap.py): a cached file that
+    passes `_cached_export` goes into `artifacts` at once; the others go to the child, and `artifacts[fmt]` waits for
+    each file, which is then stored in the cache like an export made here (the same rules: data formats only). The
+    formats that ride along (the `.pt2`, never cached) go to the child first, from the same trace, even when the
+    ONNX file came from the cache (the child has imported already: their export leaves this process). A child given
+    nothing to do, or a model it cannot be handed (the formats are then exported here), is stopped. Returns the
+    formats now in `artifacts` or on their way there."""
     from exporter.formats import get_format
-    from verify.pipeline.overlap import BackgroundExport, NotPicklable
+    from verify.pipeline.overlap import NotPicklable
 
-    entry_format = get_format(fmt)
-    key = None
-    if cache is not None and not entry_format.executes_code_on_load and entry_format.filename is not None:
-        key = export_key(cache, context, fmt, options)
-        with cache.lock(key):
-            cached = _cached_export(cache, key, context, fmt, options, folder)
-        if cached is not None:
-            artifacts[fmt], statuses[f"export:{fmt}"] = cached, HIT
-            return
+    taken, keys = [], {}
+    for fmt in [name for name in options.formats if get_format(name).overlaps]:
+        entry_format = get_format(fmt)
+        if cache is not None and not entry_format.executes_code_on_load and entry_format.filename is not None:
+            keys[fmt] = key = export_key(cache, context, fmt, options)
+            with cache.lock(key):
+                cached = _cached_export(cache, key, context, fmt, options, folder)
+            if cached is not None:
+                artifacts[fmt], statuses[f"export:{fmt}"] = cached, HIT
+                taken.append(fmt)
+    formats = [name for name in options.formats if get_format(name).rides_along] + \
+        [name for name in options.formats if get_format(name).overlaps and name not in taken]
 
     def done(artifact: Artifact) -> None:
         assert artifact.path is not None
-        if cache is not None and key is not None and not entry_format.companion_files(artifact.path):
+        key = keys.get(artifact.format)
+        if cache is not None and key is not None and not get_format(artifact.format).companion_files(artifact.path):
             with cache.lock(key):
-                cache.store("export", key, data={"format": fmt}, files={artifact.path.name: artifact.path})
-        statuses[f"export:{fmt}"] = MISS if key is not None else OFF
+                cache.store("export", key, data={"format": artifact.format}, files={artifact.path.name: artifact.path})
+        statuses[f"export:{artifact.format}"] = MISS if key is not None else OFF
 
     try:
-        background = BackgroundExport(context, fmt, options)
+        if formats:
+            child.send(context, options, tuple(formats))
     except NotPicklable:  # a model only this process can hold: exported here, as without a second core
-        exported = export_stage(context, fmt, options, folder, cache)
-        artifacts[fmt], statuses[f"export:{fmt}"] = exported.artifact, exported.cache
-        return
-    artifacts.expect(fmt, background, folder, done)
+        formats = []
+    if not formats:
+        child.cancel()
+    for name in formats:
+        artifacts.expect(name, child, folder, done)
+    return (*taken, *formats)
 
 
 CACHED_META_FIELDS = ("input_name", "input_shape", "output_names", "spec", "weights", "weights_sha256")
@@ -503,6 +536,15 @@ def side_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]], run
             for index, feed in enumerate(feeds)]
 
 
+def every_input_finite(runs: Mapping[str, RunResult], build: BuildResult) -> bool:
+    """Whether some run is finite on every input: `require_some_finite_run` cannot then refuse any, so the oracle
+    may be measured before the other runs."""
+    import numpy as np
+
+    return bool(runs) and all(any(all(np.isfinite(v).all() for v in run.outputs[index].values())
+                                 for run in runs.values()) for index in range(len(build.named)))
+
+
 def require_some_finite_run(runs: list[dict], label: str) -> None:
     """When every run gives NaN/Inf on an input, the input is to blame (its scale overflows float32),
     not the models: a usage error, not a disagreement. Some runs finite and others not is a finding."""
@@ -571,13 +613,14 @@ def run_cell(request: CellRequest, folder: Path, cache: Cache | None = None, pro
 def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder: Path, cache: Cache | None = None,
                 progress: Progress | None = None) -> CellOutcome:
     """The stages after the build: export each format into `folder`, run each runtime on every input,
-    the oracle and the judging per input, each pair reported on its worst input."""
+    the oracle and the judging per input, each pair reported on its worst input. Runtimes whose file is still
+    exporting in the background run last, after the oracle (the report lists the runs in the plan's order)."""
     import torch
 
     from exporter.formats import ExportContext, get_format
     from verify.judge.notes import explain_pairs
     from verify.judge.oracle import pooled_source
-    from verify.pipeline.overlap import ArtifactsInFlight, can_overlap
+    from verify.pipeline.overlap import ArtifactsInFlight
     from verify.report import Report, RunRecord
     from verify.settings import input_dict, settings_dict
 
@@ -590,27 +633,38 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     context = ExportContext(build.built, torch.from_numpy(build.named[0].array), eager.meta, dynamic=export.dynamic)
     export_cache = cache if spec.registered else None  # the user's code may change under the same name
     artifacts = ArtifactsInFlight({eager.format: eager})  # a background export is waited for when first run
-    background = can_overlap(not spec.registered)
-    for fmt in sorted(export.formats, key=lambda name: not (background and get_format(name).overlaps)):
+    child = build.child or background_child(request)
+    taken: tuple[str, ...] = ()
+    if child is not None:  # started first, so the other formats' work overlaps it
+        with progress.step("Exporting " + ", ".join(n for n in export.formats if get_format(n).overlaps
+                                                    or get_format(n).rides_along) + " in the background"):
+            taken = start_export_stage(context, export, folder, export_cache, artifacts, statuses, child)
+    for fmt in [name for name in export.formats if name not in taken]:
         takes = get_format(fmt).takes
-        if background and get_format(fmt).overlaps:  # started first, so the other formats' work overlaps it
-            with progress.step(f"Exporting {fmt} in the background"):
-                start_export_stage(context, fmt, export, folder, export_cache, artifacts, statuses)
-            continue
         with progress.step(f"Exporting {fmt}" + (f" ({takes})" if takes else "")):
             exported = export_stage(context, fmt, export, folder, export_cache)
         artifacts[fmt] = exported.artifact
         statuses[f"export:{fmt}"] = exported.cache
-    runs = []
-    for name in plan.runtimes:
+    by_name: dict[str, RunResult] = {}
+    oracles: list[OracleResult] | None = None
+    while len(by_name) < len(plan.runtimes):  # a runtime whose file is there first, in the plan's order
+        artifacts.collect_ready()
+        left = [name for name in plan.runtimes if name not in by_name]
+        name = next((n for n in left if not artifacts.in_flight(plan.formats[n])), left[0])
+        if oracles is None and artifacts.in_flight(plan.formats[name]) and every_input_finite(by_name, build):
+            with progress.step("Running the float64 oracle"):  # while the background export finishes
+                oracles = oracles_stage(eager, feeds, list(by_name.values()), settings.runtime, build.no_float64,
+                                        spec.registered)
+            continue
         with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
-            run = run_stage(name, artifacts[plan.formats[name]], feeds, settings.runtime)
-        report.runs.append(RunRecord(run.label, run.artifact, run.seconds))
-        runs.append(run)
-    with progress.step("Running the float64 oracle"):
-        for index, item in enumerate(build.named):
-            require_some_finite_run([run.on(index) for run in runs], item.label)
-        oracles = oracles_stage(eager, feeds, runs, settings.runtime, build.no_float64, spec.registered)
+            by_name[name] = run_stage(name, artifacts[plan.formats[name]], feeds, settings.runtime)
+    runs = [by_name[name] for name in plan.runtimes]
+    report.runs = [RunRecord(run.label, run.artifact, run.seconds) for run in runs]
+    if oracles is None:
+        with progress.step("Running the float64 oracle"):
+            for index, item in enumerate(build.named):
+                require_some_finite_run([run.on(index) for run in runs], item.label)
+            oracles = oracles_stage(eager, feeds, runs, settings.runtime, build.no_float64, spec.registered)
     floors, judged = pooled_judge_stage(runs, oracles, settings.tolerance)
     first = oracles[0]
     report.floors, report.floor_source = floors, pooled_source(first.oracle.source, len(oracles))

@@ -22,6 +22,17 @@ SPREAD_LEVELS = ("disable", "basic")
 """The other levels whose spread estimates the float32 floor of an ONNX file alone."""
 
 
+def torch_threads() -> int | None:
+    """Torch's thread count where this process has imported torch, else None (ONNX Runtime's default). ONNX Runtime
+    follows it so that this process's runs share one budget: while the background export's child holds a core
+    (verify/pipeline/overlap.py) torch runs on one thread fewer, and two spinning ORT threads beside the child
+    stalled each other as torch's did."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
     formats = ("onnx",)
@@ -74,6 +85,9 @@ class OnnxRuntime(Runtime):
         session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
                                                            OPT_LEVELS[self.options.of(OnnxRuntime).opt_level])
         session_options.log_severity_level = 3
+        threads = torch_threads()
+        if threads and self.options.device == "cpu":
+            session_options.intra_op_num_threads = threads
         providers: list = [wanted]
         if self.options.device == "cuda":
             tf32 = True if self.options.precision == "tf32" else self.options.tf32
