@@ -8,8 +8,10 @@ import base64
 import copy
 import io
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import typer
@@ -30,8 +32,9 @@ HOSTILE = "<script>alert(1)</script> | `x` & *y*"
 
 
 @pytest.fixture(scope="module")
-def report():
-    return verify_detector(NAME, shape=(2, 3, 320, 320))
+def report(module_tmp):
+    """Its files stay for the module: the command test below writes its folder from them."""
+    return verify_detector(NAME, shape=(2, 3, 320, 320), out=module_tmp("detector-outputs"))
 
 
 @pytest.fixture
@@ -107,7 +110,12 @@ def test_the_detector_command_writes_every_report_and_exits_with_the_verdict(rep
     """The command's own function, its judging replaced by the module's report (judged above)."""
     import verify.detect.check
 
-    monkeypatch.setattr(verify.detect.check, "verify_detector", lambda *args, **kwargs: report)
+    def judged(*args, out, **kwargs):  # as verify_detector does: its files in `out`, the command's staging folder
+        copied = copy.copy(report)
+        copied.files = {fmt: str(shutil.copy(path, out)) for fmt, path in report.files.items()}
+        return copied
+
+    monkeypatch.setattr(verify.detect.check, "verify_detector", judged)
     paths = {name: tmp_path / f"r.{name}" for name in ("json", "junit", "markdown", "html")}
     with pytest.raises(typer.Exit) as done:
         export_detector(NAME, "frozen", "synthetic", 0, None, None, None, tmp_path / "out", None, paths["json"],
@@ -116,6 +124,9 @@ def test_the_detector_command_writes_every_report_and_exits_with_the_verdict(rep
     assert ET.fromstring(paths["junit"].read_text()).get("failures") == "0"
     assert paths["markdown"].read_text() == detector_markdown(report)
     assert paths["html"].read_text().startswith("<!DOCTYPE html>") and paths["json"].stat().st_size
+    folder = tmp_path / "out" / f"{NAME}-frozen"  # the folder proves itself: goldens and manifest beside the files
+    assert {"manifest.json", "goldens.npz", *(Path(f).name for f in report.files.values())} <= {
+        p.name for p in folder.iterdir()}
 
 
 @pytest.mark.parametrize("flags, refused", [(["--junit", "--rtol"], "--rtol"), (["--trace"], "--trace")])
