@@ -14,6 +14,7 @@ from exporter.weights import (
     _synthetic_state_dict,
     load_weights,
     save_weights,
+    state_dict_sha256,
 )
 from tests.conftest import SMALL, SMALL_SHAPE, family_backbone
 
@@ -34,6 +35,23 @@ def test_synthetic_weights_are_deterministic_per_seed(backbone):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("backbone", FAMILY_BACKBONES)
+def test_synthetic_weights_are_the_same_bits_on_any_thread_count(backbone):
+    """Measured before the fix: resnet50's weights digest differed between 1 and 2 torch threads (the
+    calibration passes' sums split by thread), so a warm run on another thread count missed the cache."""
+    fresh = _synthetic_state_dict.__wrapped__
+    threads = torch.get_num_threads()
+    try:
+        digests = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            digests.append(state_dict_sha256(fresh(backbone, 0)))
+            assert torch.get_num_threads() == count  # the caller's thread count is restored
+    finally:
+        torch.set_num_threads(threads)
+    assert digests[0] == digests[1]
 
 
 @pytest.mark.parametrize("backbone", FAMILY_BACKBONES)
