@@ -31,6 +31,15 @@ class Native:
     def crash(self) -> None:
         os.kill(os.getpid(), signal.SIGSEGV)
 
+    def leave_a_file(self) -> str:
+        """What a native loader does: extract into the temporary folder, cleaned only by a destructor."""
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="extracted_")
+        with open(os.path.join(folder, "model.so"), "wb") as f:
+            f.write(b"\0")
+        return folder
+
 
 def native(scale: float) -> Native:
     return Native(scale)
@@ -74,3 +83,22 @@ def test_a_process_that_is_already_a_watched_worker_keeps_the_object_itself(monk
     here = session(native, 3.0, what="the test library")
     assert here.call("where") == os.getpid()
     np.testing.assert_array_equal(here.call("run", np.ones((1, 1, 1, 1), np.float32))["y"], [[[[3.0]]]])
+
+
+@pytest.mark.parametrize("end", ["close", "crash", "dropped"])
+def test_what_the_worker_extracts_is_removed_when_it_ends(end):
+    """A stopped worker runs no destructor: its private temporary folder goes with it, however it ends."""
+    import gc
+
+    session = IsolatedSession(native, 1.0, what="the test library")
+    folder = session.call("leave_a_file")
+    assert os.path.isdir(folder) and os.path.commonpath([folder, session.tmp]) == session.tmp
+    if end == "close":
+        session.close()
+    elif end == "crash":
+        with pytest.raises(IsolatedRunError):
+            session.call("crash")
+    else:
+        del session
+        gc.collect()
+    assert not os.path.exists(folder)

@@ -131,12 +131,14 @@ def _adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None) ->
     import os
     import signal
     import sys
+    import tempfile
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     environ, cwd, path = where
     os.environ.clear()
     os.environ.update(environ)
+    tempfile.tempdir = None  # the fork server's cached temporary folder: TMPDIR may name another one now
     os.chdir(cwd)
     sys.path[:] = path
     if threads:
@@ -240,16 +242,21 @@ class IsolatedSession:
         import multiprocessing
         import os
         import sys
+        import tempfile
 
         self.what = what
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(list(PRELOAD))
         self.conn, child = context.Pipe(duplex=True)
-        where = (dict(os.environ), os.getcwd(), list(sys.path))
+        # The worker's own temporary folder, removed with it: a stopped worker runs no destructor, and native
+        # loaders leave their extracted files behind (measured: one /tmp/aotinductor_* per AOTInductor load).
+        self.tmp = tempfile.mkdtemp(prefix="verify-session-")
+        where = (dict(os.environ, TMPDIR=self.tmp), os.getcwd(), list(sys.path))
         self.worker = context.Process(target=_serve, args=(child, factory, args, _threads(), where), daemon=True)
         self.worker.start()
         child.close()
-        weakref.finalize(self, _stop, self.worker)  # a session dropped without close() stops its worker too
+        # a session dropped without close() stops its worker and removes its folder too
+        self._finalizer = weakref.finalize(self, _stop_and_clean, self.worker, self.tmp)
         try:
             self._reply()
         except BaseException:
@@ -282,7 +289,7 @@ class IsolatedSession:
         raise IsolatedRunError(f"{self.what} ended the worker process running it ({how}): no verdict, not a pass")
 
     def close(self) -> None:
-        _stop(self.worker)
+        self._finalizer()
         self.conn.close()
 
 
@@ -350,6 +357,13 @@ def _stop(worker: Any) -> None:
     if worker.is_alive():
         worker.kill()
         worker.join()
+
+
+def _stop_and_clean(worker: Any, folder: str) -> None:
+    import shutil
+
+    _stop(worker)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _threads() -> int | None:
