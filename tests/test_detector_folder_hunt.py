@@ -236,3 +236,44 @@ def test_preflight_of_torchscript_on_cuda_without_cuda_is_an_environment_error(f
                     "--runs", 1, "--warmup", 0)
     assert result.exit_code == 2, result.output
     assert "CUDA is not available" in result.output and "Traceback" not in result.output
+
+
+def consistent_floors(folder) -> None:
+    """Every floor the manifest records re-derived from the (edited) goldens, as `verify artifact` derives them:
+    the folder is consistent again, and only a signature or `--rebuild` can tell."""
+    from verify.detect.check import EAGER, ORACLE, derive_floors
+    from verify.judge.oracle import channel_floors_sha256
+
+    art = detector_integrity(folder, CheckReport("artifact"))
+    floors, detection = derive_floors(art.judging, art.images, art.references[EAGER], art.references[ORACLE],
+                                      art.manifest.tolerance.factor)
+    edit_manifest(folder, lambda m: m.update(
+        noise_floor={k: f.value for k, f in floors.items()}, channel_floors_sha256=channel_floors_sha256(floors),
+        detection_floor={"boxes": detection.boxes, "scores": detection.scores}))
+
+
+def test_rebuild_names_a_consistently_edited_float64_golden(folder, tmp_path):
+    """A dense float64 golden moved (10 x REFERENCE_RTOL of its scale), goldens rehashed and floors re-derived:
+    integrity passes, `--rebuild` (verify/detect/rebuild.py) names the array and loads nothing."""
+    from verify.folder.rebuild import REBUILD_CHECK, REFERENCE_RTOL
+
+    fresh = {c["name"]: c for c in checks_of(folder, tmp_path, "--rebuild")}
+    assert fresh[REBUILD_CHECK]["passed"] and fresh["after NMS: onnxruntime vs eager fp64"]["passed"], fresh
+
+    def shift(arrays):
+        key = sorted(k for k in arrays if k.startswith("float64.0.dense."))[0]
+        arrays[key].flat[0] += 10 * REFERENCE_RTOL * np.abs(arrays[key]).max()
+        shift.key = key
+    edit_goldens(folder, shift)
+    consistent_floors(folder)
+    plain = {c["name"]: c for c in checks_of(folder, tmp_path)}
+    assert plain["noise floors"]["passed"] and plain["postprocess"]["passed"], plain
+    rebuilt = {c["name"]: c for c in checks_of(folder, tmp_path, "--rebuild")}
+    assert not rebuilt[REBUILD_CHECK]["passed"] and shift.key in rebuilt[REBUILD_CHECK]["message"]
+    assert not any(c["passed"] for c in rebuilt.values() if c["runtime"] not in (INTEGRITY, "rebuild"))
+
+
+def checks_of(folder, tmp_path, *extra) -> list[dict]:
+    report = tmp_path / f"r{len(list(tmp_path.glob('r*.json')))}.json"
+    invoke("artifact", folder, "--json", report, *extra)
+    return checks(report)

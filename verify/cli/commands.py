@@ -197,6 +197,8 @@ def artifact(
                                                 help="Export folders, or their manifest.json")],
     verify_key: opt.VerifyKey = None,
     trust_unsigned_code: opt.TrustUnsignedCode = False,
+    rebuild: opt.Rebuild = False,
+    weights: opt.RebuildWeights = None,
     reports: Any = REPORTS,
     plugins: Any = RUNTIME_PLUGINS,
 ) -> None:
@@ -204,9 +206,12 @@ def artifact(
     from verify.folder.validate import validate
     from verify.runtimes import RuntimeOptions
 
+    if weights is not None and not rebuild:
+        raise UsageError("--weights names the checkpoint to rebuild the model with: add --rebuild")
     opt.outside_folders(paths, json=reports.json, junit=reports.junit, markdown=reports.markdown)
     _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=verify_key,
-                            trust_unsigned_code=trust_unsigned_code), reports)
+                            trust_unsigned_code=trust_unsigned_code, rebuild=rebuild, weights_file=weights),
+                   reports)
 
 
 @handle_errors

@@ -483,6 +483,20 @@ def _timeout_help() -> str:
 
 
 Timeout = Annotated[float | None, typer.Option("--timeout", callback=_number(0.0, low_open=True), help=_timeout_help())]
+def check_rebuild_weights(value: Path | None) -> Path | None:
+    """A checkpoint for `--rebuild`: a weights file (a named source is what the manifest already records)."""
+    if value is not None:
+        check_weights(str(value) if "/" in str(value) else f"./{value}")
+    return value
+
+
+Rebuild = Annotated[bool, typer.Option(
+    "--rebuild",
+    help="Rebuild the model each folder names (its weights' sha256 checked) and judge against its own float32 and "
+         "float64 runs: the goldens must be its own, so an unsigned folder whose goldens were rewritten fails")]
+RebuildWeights = Annotated[Path | None, typer.Option(
+    "--weights", callback=check_rebuild_weights,
+    help="With --rebuild: the checkpoint the folders were exported with, when it is a file (.pt/.pth/.safetensors)")]
 TrustUnsignedCode = Annotated[bool, typer.Option(
     "--trust-unsigned-code",
     help="Load TorchScript, .pt2 and AOTInductor files even when no signature of the folder was verified "

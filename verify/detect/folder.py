@@ -42,6 +42,7 @@ from verify.detect.check import (
 from verify.detect.goldens import GROUPS, check_archive, check_goldens, golden_arrays, golden_images, golden_run
 from verify.detect.match import Rules
 from verify.detect.proposals import RpnRules, kept_order
+from verify.detect.rebuild import rebuild_detector
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import (
     FLOOR_RTOL,
@@ -50,6 +51,7 @@ from verify.folder.integrity import (
     check_folder,
     failure_reason,
 )
+from verify.folder.rebuild import rebuilt_reference
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 
 if TYPE_CHECKING:
@@ -355,8 +357,12 @@ def _row_check(label: str, row: dict[str, Any]) -> Check:
 
 
 def check_detector_folder(path: Path, report: CheckReport, verify_key: Path | None = None,
-                          trust_unsigned_code: bool = False) -> None:
-    """`verify artifact` on a detector folder: integrity, then every loadable file against the goldens."""
+                          trust_unsigned_code: bool = False, rebuild: bool = False,
+                          weights_file: Path | None = None) -> None:
+    """`verify artifact` on a detector folder: integrity, then (with `rebuild`) the reference re-derived from the
+    detector the manifest names (verify/detect/rebuild.py), then every loadable file against the reference."""
     art = detector_integrity(path, report, verify_key, trust_unsigned_code)
+    if art is not None and rebuild:
+        rebuilt_reference(art, report, lambda: rebuild_detector(art, weights_file))
     if art is not None:
         golden_judgement(art, report)

@@ -52,6 +52,7 @@ from verify.folder.integrity import (
     resolve_folder,
     run_check,
 )
+from verify.folder.rebuild import rebuild_backbone, rebuilt_reference
 from verify.judge.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
@@ -369,10 +370,12 @@ def _second_shape(art: ArtifactFolder, runtime, shape: tuple[int, ...]) -> str:
 
 
 def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
-             verify_key: Path | None = None, trust_unsigned_code: bool = False) -> CheckReport:
+             verify_key: Path | None = None, trust_unsigned_code: bool = False, rebuild: bool = False,
+             weights_file: Path | None = None) -> CheckReport:
     """Check every folder; one folder's failures never stop the others (only an environment problem
     does, as SetupError). A code-executing file is loaded only from a folder whose signature verified with
-    `verify_key`, or with `trust_unsigned_code` (module doc)."""
+    `verify_key`, or with `trust_unsigned_code` (module doc). With `rebuild`, each folder's reference is
+    re-derived from the model it names (verify/folder/rebuild.py; `weights_file` for a checkpoint)."""
     if verify_key is not None:
         from exporter.signing import check_public_key
 
@@ -382,9 +385,12 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
         resolve_folder(path)  # usage errors (a path that does not exist) before any work
     for path in paths:
         if is_detector_folder(path):
-            check_detector_folder(path, report, verify_key, trust_unsigned_code)
+            check_detector_folder(path, report, verify_key, trust_unsigned_code,
+                                  rebuild=rebuild, weights_file=weights_file)
             continue
         art = check_integrity(path, report, verify_key, trust_unsigned_code)
+        if art is not None and rebuild:
+            rebuilt_reference(art, report, lambda art=art: rebuild_backbone(art, weights_file))
         if art is not None:
             golden_checks(art, options or RuntimeOptions(), report)
     failed = sum(not c.passed and not c.skipped for c in report.checks)

@@ -1,0 +1,46 @@
+"""`verify artifact --rebuild` on a whole detector's folder: the detector rebuilt from its manifest (registry
+name, norm, weights checked by sha256), its post-processing constants the manifest's, and run in float32 and
+float64 on the golden images. The recorded float64 goldens must be its own (verify/folder/rebuild.py
+same_reference), and the folder's files are then judged against the rebuilt runs, not the recorded ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exporter.errors import ArtifactError
+from verify.detect.check import EAGER, ORACLE, Judging, run_eager
+from verify.detect.goldens import golden_arrays
+from verify.folder.rebuild import check_weights, same_reference, weights_source
+
+if TYPE_CHECKING:
+    from verify.detect.folder import DetectorFolder
+
+FLOAT64 = "float64."
+
+
+def rebuild_detector(art: DetectorFolder, weights_file: Path | None) -> str:
+    from exporter.families.detectors import build_detector
+    from exporter.weights import state_dict_sha256
+
+    info = art.manifest.detector
+    source, seed = weights_source(info.weights, weights_file)
+    if source == "imagenet":
+        raise ArtifactError("not rebuilt: a detector's weights are synthetic or a COCO checkpoint, not "
+                            f"{info.weights!r}")
+    built = build_detector(info.name, info.norm, source, seed)
+    check_weights(state_dict_sha256(built.model.state_dict()), info.weights_sha256)
+    if Judging.of(built) != art.judging:
+        raise ArtifactError(f"the manifest's post-processing ({art.judging}) is not the rebuilt {info.name}'s "
+                            f"({Judging.of(built)}): the folder's thresholds were edited")
+    eager = run_eager(built, art.images, float64=False)
+    oracle = run_eager(built, art.images, float64=True)
+    images = [image.numpy() for image in art.images]
+    recorded = golden_arrays(images, art.references[EAGER], art.references[ORACLE])
+    rebuilt = golden_arrays(images, eager, oracle)
+    same_reference({k: v for k, v in recorded.items() if k.startswith(FLOAT64)},
+                   {k: v for k, v in rebuilt.items() if k.startswith(FLOAT64)}, "float64")
+    art.references = {EAGER: eager, ORACLE: oracle}
+    return (f"{info.name}:{info.norm} with {info.weights} weights (sha256 as recorded), its post-processing the "
+            f"manifest's: the float64 goldens of {len(images)} image(s) are its own; judged against its float32 and "
+            "float64 runs from here on")
