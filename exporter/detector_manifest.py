@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, JsonValue, ValidationError, model_validator
+from pydantic import Field, JsonValue, model_validator
 
 from exporter.errors import ArtifactError
 from exporter.manifest import (
@@ -20,8 +20,6 @@ from exporter.manifest import (
     GOLDENS_NAME,
     MANIFEST_SCHEMA,
     MANIFEST_SCHEMA_VERSION,
-    SIGNATURE_METHOD,
-    SIGNATURE_NAME,
     AnyFileEntry,
     AutoTolerance,
     FileEntry,
@@ -34,10 +32,11 @@ from exporter.manifest import (
     Text,
     Timestamp,
     check_file_list,
-    describe_validation_error,
     file_entry,
     loads_strict,
     read_manifest_text,
+    signature_record,
+    validate_as,
     write_manifest_text,
 )
 
@@ -145,11 +144,8 @@ def build_detector_manifest(folder: Path, files: dict[str, dict[str, Any]], fiel
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "files": listed, **fields}
     if signed:
-        data["signature"] = {"file": SIGNATURE_NAME, "method": SIGNATURE_METHOD}
-    try:
-        return DetectorManifest.model_validate(data)
-    except ValidationError as exc:
-        raise ArtifactError(describe_validation_error(exc, "the detector manifest to write")) from None
+        data["signature"] = signature_record()
+    return validate_as(DetectorManifest, data, "the detector manifest to write")
 
 
 def load_detector_manifest(path: Path) -> DetectorManifest:
@@ -159,10 +155,7 @@ def load_detector_manifest(path: Path) -> DetectorManifest:
         data = loads_strict(text)
     except ValueError as exc:
         raise ArtifactError(f"{path.name} is not strict JSON: {exc}") from None
-    try:
-        return DetectorManifest.model_validate(data)
-    except ValidationError as exc:
-        raise ArtifactError(describe_validation_error(exc, path.name)) from None
+    return validate_as(DetectorManifest, data, path.name)
 
 
 def write_detector_manifest(folder: Path, manifest: DetectorManifest) -> Path:

@@ -15,7 +15,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import (
     AfterValidator,
@@ -62,6 +62,7 @@ DETECTOR_KIND = "detector"
 """The manifest `kind` of a whole detector's folder (exporter/detector_manifest.py); a backbone's has no `kind`."""
 GOLDENS_LAYOUT = {"file": GOLDENS_NAME, "input": "input.<name>", "float32": "float32.<output>",
                   "float64": "float64.<output>"}
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _plain_name(value: Any) -> Any:
@@ -418,10 +419,20 @@ def parse_manifest(text: str, source: str = MANIFEST_NAME) -> Manifest:
     if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
         raise ArtifactError(f"{source} has schema version {data.get('schema_version')!r}; this verify reads "
                             f"{MANIFEST_SCHEMA_VERSION}: re-export the folder with this version")
+    return validate_as(Manifest, data, source)
+
+
+def validate_as(model: type[ModelT], data: Any, source: str) -> ModelT:
+    """`data` validated as `model`; any problem is one ArtifactError naming `source`, the field and the reason."""
     try:
-        return Manifest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ArtifactError(describe_validation_error(exc, source)) from None
+
+
+def signature_record() -> dict[str, str]:
+    """The manifest's `signature` block of a folder signed as it is written."""
+    return {"file": SIGNATURE_NAME, "method": SIGNATURE_METHOD}
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -570,11 +581,8 @@ def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str
     if identity is not None:
         data["identity"] = identity
     if signed:
-        data["signature"] = {"file": SIGNATURE_NAME, "method": SIGNATURE_METHOD}
-    try:
-        return Manifest.model_validate(data)
-    except ValidationError as exc:
-        raise ArtifactError(describe_validation_error(exc, "the manifest to write")) from None
+        data["signature"] = signature_record()
+    return validate_as(Manifest, data, "the manifest to write")
 
 
 def tolerance_record(tolerance: dict[str, Any]) -> dict[str, Any]:

@@ -151,8 +151,8 @@ def measure_detection_floor(fp32: Sequence[Detections], fp64: Sequence[Detection
 
 
 @dataclass
-class Borderline:
-    """An unmatched detection that float32 rounding explains."""
+class _Unmatched:
+    """A detection of one side without a partner on the other."""
 
     image: int
     side: str
@@ -161,7 +161,13 @@ class Borderline:
     score: float
     box: list[float]
     reason: str
-    """`score threshold`, `detections cap` or `NMS`."""
+
+
+@dataclass
+class Borderline(_Unmatched):
+    """An unmatched detection that float32 rounding explains; `reason` is `score threshold`, `detections cap`
+    or `NMS`."""
+
     detail: str
 
     def describe(self) -> str:
@@ -170,13 +176,8 @@ class Borderline:
 
 
 @dataclass
-class Unexplained:
-    image: int
-    side: str
-    label: int
-    score: float
-    box: list[float]
-    reason: str
+class Unexplained(_Unmatched):
+    """An unmatched detection that rounding does not explain; `reason` says why."""
 
     def describe(self) -> str:
         return f"image {self.image}: {self.side} detection of class {self.label} (score {self.score:.6g}) " \

@@ -8,11 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from exporter.errors import SetupError
 from verify.detect.check import RUNTIMES, one_image_runner
 from verify.detect.folder import DetectorFolder, detector_integrity, golden_judgement
 from verify.folder.checks import Check, CheckReport
-from verify.folder.integrity import failure_reason
+from verify.folder.integrity import preflight_target, run_target
 from verify.runtimes.onnxruntime import PROVIDERS
 from verify.runtimes.torch_common import torch_device
 
@@ -25,32 +24,13 @@ def detector_preflight(path: Path, provider: str = "cpu", runtime: str = "onnxru
                        trust_unsigned_code: bool = False) -> CheckReport:
     report = CheckReport("preflight")
     art = detector_integrity(path, report, verify_key, trust_unsigned_code)
-    if art is None or not art.sound:
-        report.summary = f"NO-GO: {path} fails its integrity checks"
-        return report
     fmt = FORMAT_OF_RUNTIME.get(runtime)
-    target = next((n for n, e in art.manifest.model_files().items() if e.format == fmt), None)
+    target = preflight_target(path, art, report, runtime, lambda f: f == fmt, "detector file",
+                              f"; a detector runs in {', '.join(FORMAT_OF_RUNTIME)}")
     if target is None:
-        held = ", ".join(sorted({e.format for e in art.manifest.model_files().values()}))
-        report.add(Check(art.label, runtime, "artifact", False, f"the folder holds no detector file that {runtime} "
-                         f"runs (it holds {held}; a detector runs in {', '.join(FORMAT_OF_RUNTIME)})"))
-        report.summary = f"NO-GO: nothing in {path} runs on {runtime}"
         return report
-    if target not in art.verified:
-        report.summary = f"NO-GO: {target} fails its integrity checks"
-        return report
-    if not art.may_load(target):
-        report.add(Check(art.label, runtime, f"{target}: load", False, art.refusal(target)))
-        report.summary = f"NO-GO: {target} {art.refusal(target)}"
-        return report
-    try:
-        return _run(art, target, provider, runs, warmup, max_latency_ms, report)
-    except SetupError:
-        raise  # the machine cannot do what was asked (no CUDA, a CPU fallback): exit 2
-    except Exception as exc:  # whatever the file does, it is a failed check and a NO-GO, not a crash
-        report.add(Check(art.label, runtime, f"{target}: load and run", False, failure_reason(exc)))
-        report.summary = f"NO-GO: {target} does not run on {runtime}: {failure_reason(exc)}"
-        return report
+    return run_target(art, report, runtime, target,
+                      lambda: _run(art, target, provider, runs, warmup, max_latency_ms, report))
 
 
 def _run(art: DetectorFolder, target: str, provider: str, runs: int, warmup: int, max_latency_ms: float | None,

@@ -1,7 +1,8 @@
 """What every export folder's check shares, backbone or whole detector: which kind of folder it is (decided here,
 from the manifest's `kind`, and nowhere else), checks as bodies that pass or raise, the signature, the folder's
 entries, each listed file's size and sha256, and the rule that a code-executing file is loaded only from a
-folder whose signature verified, or when the caller trusts it explicitly."""
+folder whose signature verified, or when the caller trusts it explicitly (also where a preflight picks the file
+it runs)."""
 
 from __future__ import annotations
 
@@ -111,6 +112,46 @@ def run_check(label: str, runtime: str, name: str, body: Callable[[], str]) -> C
         check.message = failure_reason(exc)
     check.seconds = time.perf_counter() - start
     return check
+
+
+def preflight_target(path: Path, art: CheckedFolder | None, report: CheckReport, runtime: str,
+                     runs_format: Callable[[str], bool], missing: str, hint: str = "") -> str | None:
+    """The model file a preflight on `runtime` runs: the first listed one whose format `runs_format` accepts.
+    None, with the report's NO-GO summary, when the folder fails its integrity checks, holds no such file (a
+    failed check: no `missing` that runs, `hint` added), the file failed its own checks, or it is code that
+    may not be loaded (a failed check naming both ways to load it)."""
+    if art is None or not art.sound:
+        report.summary = f"NO-GO: {path} fails its integrity checks"
+        return None
+    models = art.manifest.model_files()
+    target = next((n for n, e in models.items() if runs_format(e.format)), None)
+    if target is None:
+        held = ", ".join(sorted({e.format for e in models.values()}))
+        report.add(Check(art.label, runtime, "artifact", False,
+                         f"the folder holds no {missing} that {runtime} runs (it holds {held}{hint})"))
+        report.summary = f"NO-GO: nothing in {path} runs on {runtime}"
+        return None
+    if target not in art.verified:
+        report.summary = f"NO-GO: {target} fails its integrity checks"
+        return None
+    if not art.may_load(target):
+        report.add(Check(art.label, runtime, f"{target}: load", False, art.refusal(target)))
+        report.summary = f"NO-GO: {target} {art.refusal(target)}"
+        return None
+    return target
+
+
+def run_target(art: CheckedFolder, report: CheckReport, runtime: str, target: str,
+               run: Callable[[], CheckReport]) -> CheckReport:
+    """`run()`'s report, or `report` with a failed check and a NO-GO when the file fails to load or run."""
+    try:
+        return run()
+    except SetupError:
+        raise  # the machine cannot do what was asked (no CUDA, a CPU fallback): exit 2
+    except Exception as exc:  # whatever the file does, it is a failed check and a NO-GO, not a crash
+        report.add(Check(art.label, runtime, f"{target}: load and run", False, failure_reason(exc)))
+        report.summary = f"NO-GO: {target} does not run on {runtime}: {failure_reason(exc)}"
+        return report
 
 
 def check_signature(folder: Path, verify_key: Path | None) -> str:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.errors import SetupError, UsageError
+from exporter.errors import UsageError
 from verify.detect.preflight import detector_preflight
 from verify.folder.checks import Check, CheckReport
-from verify.folder.integrity import is_detector_folder
-from verify.folder.validate import ArtifactFolder, check_integrity, failure_reason, judge
+from verify.folder.integrity import is_detector_folder, preflight_target, run_target
+from verify.folder.validate import ArtifactFolder, check_integrity, judge
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
 PROVIDERS = ("cpu", "cuda")
@@ -65,32 +65,11 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
                                   options.max_latency_ms, verify_key, trust_unsigned_code)
     report = CheckReport("preflight")
     art = check_integrity(path, report, verify_key, trust_unsigned_code)
-    if art is None or not art.sound:
-        report.summary = f"NO-GO: {path} fails its integrity checks"
-        return report
-    label = art.label
-    models = art.manifest.model_files()
-    target = next((n for n, e in models.items() if options.runtime in runtimes_for(e.format)), None)
+    target = preflight_target(path, art, report, options.runtime, lambda f: options.runtime in runtimes_for(f),
+                              "artifact")
     if target is None:
-        report.add(Check(label, options.runtime, "artifact", False, f"the folder holds no artifact that "
-                         f"{options.runtime} runs (it holds {', '.join(sorted({e.format for e in models.values()}))})"))
-        report.summary = f"NO-GO: nothing in {path} runs on {options.runtime}"
         return report
-    if target not in art.verified:
-        report.summary = f"NO-GO: {target} fails its integrity checks"
-        return report
-    if not art.may_load(target):
-        report.add(Check(label, options.runtime, f"{target}: load", False, art.refusal(target)))
-        report.summary = f"NO-GO: {target} {art.refusal(target)}"
-        return report
-    try:
-        return _preflight_run(art, target, options, report)
-    except SetupError:
-        raise  # the machine cannot do what was asked (no CUDA, a CPU fallback): exit 2
-    except Exception as exc:  # whatever the artifact does, it is a failed check and a NO-GO, not a crash
-        report.add(Check(label, options.runtime, f"{target}: load and run", False, failure_reason(exc)))
-        report.summary = f"NO-GO: {target} does not run on {options.runtime}: {failure_reason(exc)}"
-        return report
+    return run_target(art, report, options.runtime, target, lambda: _preflight_run(art, target, options, report))
 
 
 def _preflight_run(art: ArtifactFolder, target: str, options: PreflightOptions, report: CheckReport) -> CheckReport:
