@@ -104,7 +104,7 @@ def rebuild_backbone(art: CheckedFolder, weights_file: Path | None) -> str:
     from exporter.spec import ModelSpec
     from exporter.weights import load_weights
     from verify.judge.oracle import folded_samples, measure_floors, measure_oracle
-    from verify.runtimes import RuntimeOptions, make_runtime
+    from verify.runtimes import RuntimeOptions, default_runtime, make_runtime
 
     assert art.goldens is not None
     model = art.manifest.model
@@ -118,7 +118,7 @@ def rebuild_backbone(art: CheckedFolder, weights_file: Path | None) -> str:
     inputs = art.goldens["input"]
     built = build_model(spec, weights, seed)
     eager = eager_artifact(built, tuple(next(iter(inputs.values())).shape))
-    fp32 = make_runtime("eager", RuntimeOptions()).load(eager).run(inputs)
+    fp32 = make_runtime(default_runtime(eager.format), RuntimeOptions()).load(eager).run(inputs)
     oracle = measure_oracle(eager, inputs, fp32)
     if oracle is None:
         raise UsageError("not rebuilt: the model has no float64 oracle")
