@@ -127,3 +127,12 @@ def test_weights_without_rebuild_is_a_usage_error(folder, tmp_path):
     weights.write_bytes(b"")
     result = invoke("artifact", folder, "--weights", weights)
     assert result.exit_code == 2 and "add --rebuild" in result.output
+
+
+def test_preflight_says_no_go_to_the_broken_file_only_when_rebuilt(folder):
+    broken_onnx(folder)
+    rewrite_goldens(folder, widen)
+    preflight = ("preflight", folder, "--runs", 1, "--warmup", 0)
+    assert invoke(*preflight).exit_code == 0  # GO: the widened floors pass the broken file
+    rebuilt = invoke(*preflight, "--rebuild")
+    assert rebuilt.exit_code == 1 and "NO-GO" in rebuilt.output, rebuilt.output

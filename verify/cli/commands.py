@@ -206,12 +206,16 @@ def artifact(
     from verify.folder.validate import validate
     from verify.runtimes import RuntimeOptions
 
-    if weights is not None and not rebuild:
-        raise UsageError("--weights names the checkpoint to rebuild the model with: add --rebuild")
+    _rebuild_weights(rebuild, weights)
     opt.outside_folders(paths, json=reports.json, junit=reports.junit, markdown=reports.markdown)
     _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=verify_key,
                             trust_unsigned_code=trust_unsigned_code, rebuild=rebuild, weights_file=weights),
                    reports)
+
+
+def _rebuild_weights(rebuild: bool, weights: Path | None) -> None:
+    if weights is not None and not rebuild:
+        raise UsageError("--weights names the checkpoint to rebuild the model with: add --rebuild")
 
 
 @handle_errors
@@ -227,6 +231,8 @@ def preflight(
     tf32: opt.Tf32 = None,
     verify_key: opt.VerifyKey = None,
     trust_unsigned_code: opt.TrustUnsignedCode = False,
+    rebuild: opt.Rebuild = False,
+    weights: opt.RebuildWeights = None,
     reports: Any = REPORTS,
     plugins: Any = RUNTIME_PLUGINS,
 ) -> None:
@@ -234,10 +240,12 @@ def preflight(
     from verify.folder.preflight import PreflightOptions
     from verify.folder.preflight import preflight as run_preflight
 
+    _rebuild_weights(rebuild, weights)
     opt.outside_folders([path], json=reports.json, junit=reports.junit, markdown=reports.markdown)
 
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
-                               max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins)
+                               max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins, rebuild=rebuild,
+                               weights_file=weights)
     _finish_checks(run_preflight(path, options, verify_key=verify_key, trust_unsigned_code=trust_unsigned_code),
                    reports)
 

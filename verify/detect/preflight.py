@@ -10,8 +10,10 @@ from pathlib import Path
 
 from verify.detect.check import RUNTIMES, one_image_runner
 from verify.detect.folder import DetectorFolder, detector_integrity, golden_judgement
+from verify.detect.rebuild import rebuild_detector
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import preflight_target, run_target
+from verify.folder.rebuild import rebuilt_reference
 from verify.runtimes.onnxruntime import PROVIDERS
 from verify.runtimes.torch_common import torch_device
 
@@ -21,9 +23,12 @@ FORMAT_OF_RUNTIME = {runtime: fmt for fmt, runtime in RUNTIMES.items() if fmt !=
 
 def detector_preflight(path: Path, provider: str = "cpu", runtime: str = "onnxruntime", runs: int = 50,
                        warmup: int = 5, max_latency_ms: float | None = None, verify_key: Path | None = None,
-                       trust_unsigned_code: bool = False) -> CheckReport:
+                       trust_unsigned_code: bool = False, rebuild: bool = False,
+                       weights_file: Path | None = None) -> CheckReport:
     report = CheckReport("preflight")
     art = detector_integrity(path, report, verify_key, trust_unsigned_code)
+    if art is not None and rebuild:
+        rebuilt_reference(art, report, lambda: rebuild_detector(art, weights_file))
     fmt = FORMAT_OF_RUNTIME.get(runtime)
     target = preflight_target(path, art, report, runtime, lambda f: f == fmt, "detector file",
                               f"; a detector runs in {', '.join(FORMAT_OF_RUNTIME)}")

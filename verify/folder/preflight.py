@@ -13,6 +13,7 @@ from exporter.errors import UsageError
 from verify.detect.preflight import detector_preflight
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import is_detector_folder, preflight_target, run_target
+from verify.folder.rebuild import rebuild_backbone, rebuilt_reference
 from verify.folder.validate import ArtifactFolder, check_integrity, judge
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
@@ -29,6 +30,10 @@ class PreflightOptions:
     tf32: bool | None = None
     plugins: Mapping[str, Any] | None = None
     """The runtimes' own options by runtime name (RuntimeOptions.plugins), checked there."""
+    rebuild: bool = False
+    """Judge against the model the folder names, rebuilt here (verify/folder/rebuild.py), not its goldens."""
+    weights_file: Path | None = None
+    """With `rebuild`: the checkpoint the folder was exported with, when it is a file."""
 
     def __post_init__(self) -> None:
         """Refused as the CLI refuses them: unknown names, and numbers out of range or not finite."""
@@ -62,9 +67,12 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
         check_public_key(Path(verify_key))  # a usage error, before any work
     if is_detector_folder(path):
         return detector_preflight(path, options.provider, options.runtime, options.runs, options.warmup,
-                                  options.max_latency_ms, verify_key, trust_unsigned_code)
+                                  options.max_latency_ms, verify_key, trust_unsigned_code, options.rebuild,
+                                  options.weights_file)
     report = CheckReport("preflight")
     art = check_integrity(path, report, verify_key, trust_unsigned_code)
+    if art is not None and options.rebuild:
+        rebuilt_reference(art, report, lambda: rebuild_backbone(art, options.weights_file))
     target = preflight_target(path, art, report, options.runtime, lambda f: options.runtime in runtimes_for(f),
                               "artifact")
     if target is None:
