@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
@@ -78,12 +79,39 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+IDLE_SAMPLE_SECONDS = 0.2
+"""How long idle capacity is sampled (/proc/stat) before choosing: the last minute's load average, used before,
+still counted a verify run that had just ended, so back-to-back exports on an idle machine ran serially."""
+PROC_STAT = Path("/proc/stat")
+
+
 def idle_cpus() -> float:
-    """Usable cores minus last minute's load average: about how many a child would have to itself."""
+    """About how many usable cores a child would have to itself: the machine's idle share over the last
+    IDLE_SAMPLE_SECONDS (this process's own work counts as busy); where /proc/stat cannot be read, usable cores
+    minus the last minute's load average."""
+    before = _cpu_ticks()
+    if before is not None:
+        time.sleep(IDLE_SAMPLE_SECONDS)
+        after = _cpu_ticks()
+        if after is not None and after[1] > before[1]:
+            idle_share = (after[0] - before[0]) / (after[1] - before[1])
+            return min(usable_cpus(), idle_share * (os.cpu_count() or 1))
     try:
         return usable_cpus() - os.getloadavg()[0]
     except OSError:
         return 0.0
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(idle, total) clock ticks of all cores since boot: /proc/stat's `cpu` line (idle and iowait are idle)."""
+    try:
+        fields = PROC_STAT.read_text().splitlines()[0].split()
+        ticks = [int(value) for value in fields[1:]]
+    except (OSError, IndexError, ValueError):
+        return None
+    if fields[0] != "cpu" or len(ticks) < 5:
+        return None
+    return ticks[3] + ticks[4], sum(ticks[:8])
 
 
 def can_overlap(user_model: bool) -> bool:
