@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from exporter.errors import UsageError
 from verify.cli import options as opt
 from verify.cli.base import err_console, handle_errors, out_console
 from verify.cli.groups import EXPORT, RUN, with_option_groups
@@ -17,8 +18,8 @@ from verify.pipeline.isolation import USER_CODE_TIMEOUT
 
 matrix_app = typer.Typer(
     name="matrix", add_completion=False, pretty_exceptions_enable=False,
-    help="Every backbone x norm x view, exported and judged under every runtime: one table, cached, parallel "
-         "(--jobs), split for CI (--shard I/N, then `verify matrix merge`).",
+    help="Every backbone x norm x view (and each whole detector named with -b), exported and judged under every "
+         "runtime: one table, cached, parallel (--jobs), split for CI (--shard I/N, then `verify matrix merge`).",
 )
 cache_app = typer.Typer(name="cache", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                         help="The cache of ONNX exports and matrix results (an input, re-checked on every read).")
@@ -83,7 +84,8 @@ class _CellProgress:
 def matrix(
     ctx: typer.Context,
     backbone: Annotated[list[str] | None, typer.Option(
-        "--backbone", "-b", metavar="NAME", help="Backbones (repeat) [default: every registered backbone]")] = None,
+        "--backbone", "-b", metavar="NAME", help="Backbones, or whole detectors (repeat) [default: every registered "
+                                                 "backbone]")] = None,
     norm: Annotated[list[str] | None, typer.Option(
         "--norm", "-n", metavar="NAME", help="Norm variants (repeat) [default: every registered norm]")] = None,
     view: Annotated[list[str] | None, typer.Option(
@@ -110,23 +112,32 @@ def matrix(
              "always runs in a worker of its own")] = None,
     cache_dir: opt.CacheDir = None,
     no_cache: opt.NoCache = False,
+    detector_shape: Annotated[str | None, typer.Option(
+        "--detector-shape", metavar="NxCxHxW", callback=opt.check_shape, show_default="1x3x320x320",
+        help="A whole detector's cells (-b <detector>): the synthetic images it is judged on, as `verify export "
+             "-b <detector> --shape` (--shape is the backbone cells')")] = None,
     json_path: JsonOut = None,
     junit: JunitOut = None,
     markdown: MarkdownOut = None,
     html: HtmlOut = None,
     settings: Any = RUN,
     formats: Any = EXPORT,
+    given_options: Any = None,
 ) -> None:
-    """Run the matrix: rows backbone x norm x view, columns runtime pairs, each the worst ratio to the floor."""
+    """Run the matrix: rows backbone x norm x view (and whole detectors, -b <detector>), columns runtime pairs,
+    each the worst ratio to the floor."""
     if ctx.invoked_subcommand is not None:
         return
+    from exporter.spec import parse_shape
     from verify.cache import cache_disabled_by_env, default_cache_dir
     from verify.matrix import MatrixRequest, resolve_shard, run_matrix
     from verify.render.matrix_table import render_matrix
 
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown, html=html)
+    _refuse_for_detectors(backbone or [], given_options or [], runtime, view, detector_shape, bool(model))
     export = formats.export_options(settings.runtime.device, runtime)
-    request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model)
+    request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model,
+                                   parse_shape(detector_shape) if detector_shape else None)
     split = resolve_shard(shard, shard_count, os.environ)
     folder = None if no_cache or cache_disabled_by_env() else (cache_dir or default_cache_dir())
     display = _CellProgress(err_console)
@@ -136,6 +147,22 @@ def matrix(
     render_matrix(result, out_console)
     _write(result, json_path, junit, markdown, html)
     raise typer.Exit(result.exit_code)
+
+
+def _refuse_for_detectors(names: list[str], given: list[str], runtime: list[str] | None, view: list[str] | None,
+                          detector_shape: str | None, models: bool) -> None:
+    """The options a whole detector's cell does not apply, refused by flag before any work (never ignored); --shape
+    and --view shape the other cells, so they stand only beside a backbone's or a user model's cells."""
+    from verify.matrix.detectors import refuse_options, split_detectors
+
+    backbones, detectors = split_detectors(names)
+    others = bool(backbones) or models
+    if not detectors:
+        if detector_shape:
+            raise UsageError("--detector-shape sets a whole detector's images, and no -b names a detector; drop it")
+        return
+    own = [flag for flag, value in (("--runtime", runtime), ("--view", view and not others)) if value]
+    refuse_options(detectors[0], own + given, others)
 
 
 @matrix_app.command()

@@ -73,6 +73,8 @@ DYNAMIC_AXES = {"image": {1: "height", 2: "width"}}
 """The ONNX input's dynamic axes when a detector is exported for any image size (it takes one C x H x W image)."""
 FILE_NAMES = {"torchscript": "detector.torchscript.pt", "onnx": "detector.onnx", "onnx-dynamo": "detector.dynamo.onnx"}
 RUNTIMES = {"torchscript": "torchscript", "onnx": "onnxruntime", "onnx-dynamo": "onnxruntime (dynamo)"}
+AFTER_NMS_ONLY = (RUNTIMES["torchscript"],)
+"""Runtimes judged after NMS only: a scripted module runs no Python hooks, so it shows no dense tensor."""
 EAGER, ORACLE = "eager", "eager fp64"
 GUARD_DEVICE = "cpu"
 """Every detector runtime here runs on the CPU: a repeat must give the same bits."""

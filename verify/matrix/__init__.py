@@ -5,7 +5,10 @@ Markdown and HTML.
 
 request.py (what to run, cell ids) -> shards.py (cost model, splits) -> cell.py (one cell: cache, pipeline, store)
 -> workers.py (worker processes) -> run.py (run_matrix); result.py (the result models), judging.py (stored numbers
-judged again), merge.py (shard reports joined). Here: the names the CLI, the renderers and users import."""
+judged again), merge.py (shard reports joined). Whole detectors (-b <detector>): detectors.py (their cells and
+options), detector_cell.py (run through `verify export -b`'s path, never cached), detector_judging.py (judged again
+from their stored detections), detector_rows.py (their rows). Here: the names the CLI, the renderers and users
+import."""
 
 from verify.matrix.cell import RERUN
 from verify.matrix.judging import JUDGED

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import VerifyError
+from verify.matrix.detector_cell import run_detector_cell
+from verify.matrix.detectors import is_detector_cell
 from verify.matrix.judging import judge_cell
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult
 from verify.pipeline.stages import HIT, MISS, OFF, CellRequest
@@ -62,7 +64,7 @@ def lookup_cell(job: CellJob, stats: CacheStats) -> tuple[CellResult | None, boo
     its numbers may have been edited. Runs nothing (and imports no torch)."""
     from verify.cache import Cache
 
-    if not job.cache_dir:
+    if not job.cache_dir or is_detector_cell(job.request):  # a detector cell is never taken from the cache
         return None, False
     start = time.perf_counter()
     cache = Cache(Path(job.cache_dir))
@@ -112,7 +114,7 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
         job = replace(job, found=found)
     result = _blank(job)
     try:
-        result = _run_and_store(job, cache, start)
+        result = run_detector_cell(job) if is_detector_cell(job.request) else _run_and_store(job, cache, start)
     except VerifyError as exc:
         _reraise_interrupt(exc)
         result.error, result.verdict = str(exc), ERROR  # even after a verdict was reached: never a pass

@@ -14,10 +14,12 @@ from typing import Any
 
 from exporter.errors import UsageError, VerifyError
 from exporter.spec import ModelSpec
-from verify.matrix.judging import judge_cell, tolerance_from
+from verify.matrix.detector_judging import judge_result
+from verify.matrix.detectors import DETECTOR_VIEW, DetectorSpec, detector_formats
+from verify.matrix.judging import tolerance_from
 from verify.matrix.request import fingerprint
 from verify.matrix.result import REPORT_KEY_ENV, CellResult, MatrixFailure, MatrixResult
-from verify.matrix.shards import USER_MODEL_PARAMS_M, assign_shards, backbone_params
+from verify.matrix.shards import assign_shards, spec_cost
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class ExpectedCell:
     spec: str
     row: tuple[str, str, str]
     cost: float
+    detector: tuple[tuple[str, ...], int] | None = None
+    """A detector cell's formats and image count (what it is judged against); None for other cells."""
 
 
 def expected_cells(settings: Any) -> list[ExpectedCell]:
@@ -37,21 +41,25 @@ def expected_cells(settings: Any) -> list[ExpectedCell]:
         backbones, norms, views, models = ([str(x) for x in settings[k]] for k in ("backbones", "norms", "views",
                                                                                    "models"))
         shared = {"settings": settings["run"], "export": settings["export"], "runtimes": settings["runtimes"]}
-        formats = len(settings["export"]["formats"])
-    except (KeyError, TypeError, AttributeError) as exc:
+        formats = [str(f) for f in settings["export"]["formats"]]
+        shape = tuple(int(n) for n in settings.get("detector_shape") or ())
+        detectors = [DetectorSpec(str(name), str(norm), shape) for name, norm in settings.get("detectors") or []]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MatrixFailure(f"The report's settings do not define a matrix ({type(exc).__name__}: {exc}); rerun "
                             "the matrix") from None
-    specs: list[Any] = [ModelSpec(b, n, v) for b in backbones for n in norms for v in views]
+    specs: list[Any] = [ModelSpec(b, n, v) for b in backbones for n in norms for v in views] + detectors
     specs += [UserModelSpec(*text.rpartition(":")[::2]) for text in models]
     cells = []
     for spec in specs:
-        user = not spec.registered
         try:
-            size = USER_MODEL_PARAMS_M if user else backbone_params(spec.backbone)
+            size, judged = spec_cost(spec, len(formats)), None
+            if spec.row[2] == DETECTOR_VIEW:  # judged against what the matrix asked of it, not what it claims
+                spec.validate()
+                judged = (detector_formats(formats), shape[0])
         except VerifyError as exc:
             raise MatrixFailure(f"The report's matrix names {spec}, which this verify cannot build ({exc})") from None
         ident = f"{spec.slug}-{digest({'spec': canonical(spec), **shared})[:10]}"
-        cells.append(ExpectedCell(ident, str(spec), spec.row, size * (2 + formats)))
+        cells.append(ExpectedCell(ident, str(spec), spec.row, size, judged))
     return cells
 
 
@@ -174,7 +182,7 @@ def merge_results(reports: Sequence[MatrixResult], sources: Sequence[object] | N
     ordered = sorted(reports, key=lambda r: r.shard["index"] if r.shard else 1)
     return MatrixResult(
         settings=first.settings, fingerprint=first.fingerprint, matrix=first.matrix,
-        cells=[judge_cell(cells[c.id], tolerance, runs) for c in expected], shard=None,
+        cells=[judge_result(cells[c.id], tolerance, c.detector, runs) for c in expected], shard=None,
         merged=[{"index": r.shard["index"] if r.shard else 1, "count": count, "seconds": r.seconds, "jobs": r.jobs,
                  "cells": len(r.cells)} for r in ordered],
         versions=first.versions, seconds=max(r.seconds for r in reports), jobs=max(r.jobs for r in reports),

@@ -1,5 +1,6 @@
-"""What a matrix is asked to run: the backbone x norm x view cells from the registries and the user's own
-models (`--model`), each a pipeline cell (verify/pipeline/stages.py), and the ids that name them."""
+"""What a matrix is asked to run: the backbone x norm x view cells from the registries, the whole detectors' cells
+(detector x norm, verify/matrix/detectors.py) and the user's own models (`--model`), each a cell request, and
+the ids that name them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from exporter.errors import UsageError
-from exporter.families.detectors import DETECTORS
 from exporter.spec import ModelSpec
+from verify.matrix.detectors import (
+    DEFAULT_DETECTOR_SHAPE,
+    DetectorSpec,
+    detector_cells,
+    detector_formats,
+    refuse_settings,
+    split_detectors,
+)
 from verify.pipeline.stages import CellRequest
 
 if TYPE_CHECKING:
@@ -30,14 +37,20 @@ class MatrixRequest:
     runtimes: tuple[str, ...] | None = None
     models: tuple[str, ...] = ()
     """The user's own models (`file.py:factory` or `package.module:factory`), one row each after the backbones."""
+    detectors: tuple[tuple[str, str], ...] = ()
+    """Whole detectors' cells (detector, norm), after the backbones' rows."""
+    detector_shape: tuple[int, ...] = DEFAULT_DETECTOR_SHAPE
+    """A detector cell's input: N x 3 x H x W synthetic images (--shape is the backbone cells')."""
 
     @classmethod
     def create(cls, backbones: Sequence[str] | None = None, norms: Sequence[str] | None = None,
                views: Sequence[str] | None = None, settings: RunSettings | None = None,
                export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
-               models: Sequence[str] | None = None) -> MatrixRequest:
+               models: Sequence[str] | None = None,
+               detector_shape: Sequence[int] | None = None) -> MatrixRequest:
         """Every registered backbone x norm and the body view unless chosen (none when only --model is given),
-        and each of `models`; names and model sources checked here, nothing imported."""
+        each whole detector named in `backbones` x each of the norms it has, and each of `models`; names and model
+        sources checked here, nothing imported."""
         from exporter.backbones import BACKBONES, VIEWS
         from exporter.norms import NORMS
         from exporter.user_model import UserModelSpec
@@ -46,12 +59,9 @@ class MatrixRequest:
 
         users = tuple(str(UserModelSpec.parse(text)) for text in dict.fromkeys(models or ()))
         every = () if users and not backbones else BACKBONES.names()
-        chosen = (tuple(dict.fromkeys(backbones or every)), tuple(dict.fromkeys(norms or NORMS.names())),
+        named, detectors = split_detectors(list(dict.fromkeys(backbones or every)))
+        chosen = (tuple(named), tuple(dict.fromkeys(norms or NORMS.names())),
                   tuple(dict.fromkeys(views or (DEFAULT_VIEW,))))
-        detectors = [name for name in chosen[0] if name in DETECTORS.names()]
-        if detectors:  # the matrix's cells are backbones; a whole detector is judged by its own path
-            raise UsageError(f"{detectors[0]} is a whole detector, which the matrix does not run yet; verify it "
-                             f"with `verify export -b {detectors[0]}` (and `verify artifact` on its folder)")
         for registry, names in zip((BACKBONES, NORMS, VIEWS), chosen):
             for name in names:
                 registry.get(name)
@@ -60,8 +70,15 @@ class MatrixRequest:
         from verify.pipeline.stages import export_for
 
         settings = settings or RunSettings()
-        return cls(*chosen, settings, export or export_for(runtimes, settings.runtime.device),
-                   tuple(dict.fromkeys(runtimes)) if runtimes else None, users)
+        export = export or export_for(runtimes, settings.runtime.device)
+        shape = tuple(detector_shape or DEFAULT_DETECTOR_SHAPE)
+        cells = tuple(detector_cells(detectors, chosen[1], explicit=bool(norms)))
+        for name, norm in cells:
+            refuse_settings(name, settings, runtimes)
+            detector_formats(export.formats)
+            DetectorSpec(name, norm, shape).validate()
+        return cls(*chosen, settings, export, tuple(dict.fromkeys(runtimes)) if runtimes else None, users, cells,
+                   shape)
 
     def cells(self) -> list[CellRequest]:
         """Backbone-major, then norm, then view: the order of the table's rows; then the user's models."""
@@ -69,6 +86,8 @@ class MatrixRequest:
 
         return [CellRequest(ModelSpec(b, n, v), self.settings, self.export, self.runtimes)
                 for b in self.backbones for n in self.norms for v in self.views] + \
+            [CellRequest(DetectorSpec(d, n, self.detector_shape), self.settings, self.export, self.runtimes)
+             for d, n in self.detectors] + \
             [CellRequest(UserModelSpec.parse(m), self.settings, self.export, self.runtimes) for m in self.models]
 
     def settings_dict(self) -> dict[str, Any]:
@@ -79,7 +98,9 @@ class MatrixRequest:
                 "models": list(self.models),
                 "run": canonical(self.settings), "export": self.export.to_dict(),
                 "runtimes": list(self.runtimes) if self.runtimes else None,
-                "tolerance_text": self.settings.tolerance.describe()}
+                "tolerance_text": self.settings.tolerance.describe(),
+                **({"detectors": [list(cell) for cell in self.detectors], "detector_shape": list(self.detector_shape)}
+                   if self.detectors else {})}
 
 
 def cell_id(request: CellRequest) -> str:

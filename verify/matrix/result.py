@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError, VerifyError
+from verify.matrix.detector_rows import detector_rows, detector_worst
 from verify.render.rows import CheckRow, Group, pair_row
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class CellResult:
     problems: list[str] = field(default_factory=list)
     """Why the cell cannot agree whatever its pairs say: the run's own problems (not deterministic, a floor
     rounding cannot explain) and what re-judging its stored numbers found (see `judge_cell`)."""
+    detector: dict[str, Any] | None = None
+    """A whole detector's cell (verify/matrix/detector_cell.py): the numbers its verdict is judged again from, and
+    both levels' pairs as judged; None for a backbone's or a user model's cell."""
 
     _parsed: list[PairResult] | None = field(default=None, init=False, repr=False, compare=False)
     """`pairs` as the comparator's results, parsed once (`dataclasses.replace` starts a copy without it)."""
@@ -84,8 +88,15 @@ class CellResult:
             self._parsed = [pair_from_dict(p) for p in self.pairs]
         return self._parsed
 
+    def dense_results(self) -> list[PairResult]:
+        """A detector cell's before-NMS pairs as typed results (none for other cells)."""
+        stored = self.detector.get("before_nms") if isinstance(self.detector, Mapping) else None
+        return [pair_from_dict(p) for p in stored] if isinstance(stored, list) else []
+
     @property
     def worst_ratio(self) -> float | None:
+        if isinstance(self.detector, Mapping):
+            return detector_worst(self.detector, self.dense_results())
         ratios = [p.worst.ratio for p in self.pair_results() if p.outputs and p.worst.ratio is not None]
         return max(ratios) if ratios else None
 
@@ -95,7 +106,9 @@ class CellResult:
         group, classname = Group(self.spec, self.id, self.seconds), f"matrix.{self.spec}"
         if self.error:
             return [CheckRow(group, "error", "run cell", "error", self.error, classname=classname)]
-        rows = [pair_row(group, classname, pair, self.spec) for pair in self.pair_results()]
+        rows = detector_rows(group, classname, self.spec, self.detector, self.dense_results()) \
+            if isinstance(self.detector, Mapping) else \
+            [pair_row(group, classname, pair, self.spec) for pair in self.pair_results()]
         if not rows or not self.passed and all(row.passed for row in rows):
             why = "; ".join([*map(str, self.problems), *self.notes]) or (
                 "no pairs were judged" if not rows else f"verdict {self.verdict}")
@@ -109,7 +122,7 @@ class CellResult:
                 "runs": self.runs, "notes": self.notes, "input": self.input, "seconds": self.seconds,
                 "computed_seconds": self.computed_seconds, "cache": self.cache, "cache_stats": self.cache_stats,
                 "worker": self.worker, "shard": self.shard, "problems": self.problems,
-                "trust": self.trust}
+                "trust": self.trust, **({"detector": self.detector} if self.detector is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from verify.matrix.cell import CellJob, execute_cell, lookup_cell
-from verify.matrix.judging import judge_cell
+from verify.matrix.detector_judging import judge_result
+from verify.matrix.detectors import detector_formats, is_detector_cell
 from verify.matrix.request import MatrixRequest, cell_id, fingerprint
 from verify.matrix.result import AGREE, DISAGREE, CellResult, MatrixResult
 from verify.matrix.shards import assign_shards, cell_cost
@@ -45,8 +46,9 @@ def plan_matrix(request: MatrixRequest, shard: tuple[int, int] | None = None) ->
     from verify.pipeline.stages import plan_cell
 
     cells = request.cells()
-    if cells:
-        plan_cell(cells[0])  # the options all cells share; specs were checked by MatrixRequest.create
+    shared = [cell for cell in cells if not is_detector_cell(cell)]
+    if shared:
+        plan_cell(shared[0])  # the options all cells share; specs were checked by MatrixRequest.create
     ids = [cell_id(c) for c in cells]
     costs = [cell_cost(c) for c in cells]
     selected = list(range(len(cells)))
@@ -105,10 +107,11 @@ def run_matrix(request: MatrixRequest, jobs: int = 1, shard: tuple[int, int] | N
         if cell.cache.get("result") != HIT:  # a hit's lookup is already in `lookups`
             stats.add(cell.cache_stats)
     tolerance = request.settings.tolerance
+    kinds = {job.id: _judged_as(job.request) for job in work}
     return MatrixResult(
         settings=plan.settings, fingerprint=plan.fingerprint,
         matrix=[{"id": i, "spec": str(c.spec)} for i, c in zip(plan.ids, plan.cells)],
-        cells=[_final(results[job.id], tolerance) for job in work],
+        cells=[_final(results[job.id], tolerance, kinds[job.id]) for job in work],
         shard={"index": shard[0], "count": shard[1]} if shard else None,
         versions=versions(), seconds=round(time.perf_counter() - start, 3), jobs=jobs,
         cache={"dir": str(cache_dir) if cache_dir else None, **stats.to_dict()},
@@ -121,8 +124,13 @@ def _timeout_for(request: CellRequest, timeout: float | None) -> float | None:
     return USER_MODEL_TIMEOUT_S if request.spec.runs_user_code else None
 
 
-def _final(cell: CellResult, tolerance: Tolerance) -> CellResult:
+def _judged_as(request: CellRequest) -> tuple[tuple[str, ...], int] | None:
+    """A detector cell's formats and image count (what judging it again holds it to); None for other cells."""
+    return (detector_formats(request.export.formats), request.spec.shape[0]) if is_detector_cell(request) else None
+
+
+def _final(cell: CellResult, tolerance: Tolerance, detector: tuple[tuple[str, ...], int] | None) -> CellResult:
     """What the run reports: every cell judged again here, whichever process computed it (a worker's
     result is data that came over a pipe); a disagreement already found is never undone."""
-    judged = judge_cell(cell, tolerance)
+    judged = judge_result(cell, tolerance, detector)
     return replace(judged, verdict=DISAGREE) if cell.verdict == DISAGREE and judged.verdict == AGREE else judged

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from exporter.errors import UsageError
+from verify.matrix.detectors import DETECTOR_VIEW, detector_params
 from verify.pipeline.stages import CellRequest
 
 SHARD_ENV = ("CI_NODE_INDEX", "CI_NODE_TOTAL", "JOB_COMPLETION_INDEX")
@@ -34,8 +36,18 @@ def backbone_params(name: str) -> float:
 def cell_cost(request: CellRequest) -> float:
     """Expected relative cost: building, exporting (each format) and running all grow with the
     backbone's size. Only the ordering matters (shards, ETA), not the unit."""
-    size = backbone_params(request.spec.backbone) if request.spec.registered else USER_MODEL_PARAMS_M
-    return size * (2 + len(request.export.formats))
+    return spec_cost(request.spec, len(request.export.formats))
+
+
+def spec_cost(spec: Any, formats: int) -> float:
+    """A cell's cost from its spec and the matrix's number of formats (a run and a merge compute the same)."""
+    if not spec.registered:
+        size = USER_MODEL_PARAMS_M
+    elif spec.row[2] == DETECTOR_VIEW:
+        size = detector_params(spec.backbone)
+    else:
+        size = backbone_params(spec.backbone)
+    return size * (2 + formats)
 
 
 def assign_shards(ids: Sequence[str], costs: Sequence[float], count: int) -> list[int]:

@@ -80,6 +80,15 @@ def _legend(factor: float) -> str:
     return f'<p class="legend meta">x float32 noise floor: {spans}</p>'
 
 
+def _detector_table(cell: CellResult) -> str:
+    """A whole detector's rows: each level's pairs (matched counts, unmatched explained and not, worst ratio)."""
+    rows = "".join(f'<tr><td class="l">{escape(row.name)}</td><td>{_num(row.ratio, ".1f")}</td>'
+                   f'<td class="l"><span class="{"pass" if row.passed else "fail"}">'
+                   f'{"✓" if row.passed else "✗"}</span> {escape(row.detail)}</td></tr>' for row in cell.rows())
+    return ('<table><thead><tr><th class="l">check</th><th>x floor</th><th class="l">detail</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
 def _cell_details(result: MatrixResult, cell: CellResult) -> str:
     status = {"agree": "pass", "disagree": "fail", "error": "error"}[cell.verdict]
     title = (f'<span class="{status}">{"✓" if cell.passed else "✗" if cell.verdict == "disagree" else "!"}</span> '
@@ -96,6 +105,8 @@ def _cell_details(result: MatrixResult, cell: CellResult) -> str:
                         f'<td class="l">{escape(out.name)}</td><td>{_num(out.max_abs)}</td><td>{_num(out.max_rel)}</td>'
                         f"<td>{out.mismatch_fraction:.2%}</td><td>{_num(out.ratio, '.1f')}</td>"
                         f'<td class="l">{verdict}</td></tr>')
+    if cell.detector is not None and not cell.error:
+        parts.append(_detector_table(cell))
     if rows:
         parts.append('<table><thead><tr><th class="l">pair</th><th class="l">output</th><th>max abs</th>'
                      '<th>max rel</th><th>mismatched</th><th>x floor</th><th class="l">verdict</th></tr></thead>'

@@ -111,6 +111,8 @@ def matrix_page(result: MatrixResult) -> MarkdownPage:
     failed = [c for c in result.cells if not c.passed]
     items = [(row.group.name, row.detail) for row in result.rows() if not row.passed]
     items += [(c.spec, n) for c in failed for n in c.notes]
+    detectors = [(row.group.name, f"{row.name}: {row.detail}") for c in result.cells if c.detector is not None
+                 for row in c.rows() if row.passed]  # a whole detector's levels (its failures are above)
     cache, footnote = result.cache, ""
     if cache.get("hits") or cache.get("misses"):
         hits, misses = sum(cache.get("hits", {}).values()), sum(cache.get("misses", {}).values())
@@ -120,7 +122,7 @@ def matrix_page(result: MatrixResult) -> MarkdownPage:
         [result.settings.get("tolerance_text", ""), f"{result.seconds:.0f} s"],
         "Each entry: the worst output's distance as a multiple of the float32 noise floor.",
         ["cell", *columns, "verdict"], ["---", *("---:" for _ in columns), "---"], rows,
-        [("What failed", items)], footnote)
+        [("What failed", items), ("Whole detectors", detectors)], footnote)
 
 
 def markdown(result: MatrixResult) -> str:

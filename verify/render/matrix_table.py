@@ -34,6 +34,17 @@ def short_names(labels: list[str], least: int = 3) -> dict[str, str]:
     return {label: label for label in labels}
 
 
+def detector_lines(cell: CellResult) -> list[str]:
+    """A whole detector's cell, one plain line per row (`ok   fasterrcnn_...:frozen:detector  after NMS onnxruntime vs
+    eager  50 of 50 detections matched, ...`): its table row has no runtime-pair columns."""
+    from verify.render.text import terminal_text
+
+    if cell.detector is None:
+        return []
+    return [f"{'ok' if row.passed else 'FAIL':<4} {terminal_text(cell.spec)}  {terminal_text(row.name)}  "
+            f"{terminal_text(row.detail)}" for row in cell.rows() if row.kind != "verdict"]
+
+
 def matrix_lines(result: MatrixResult) -> list[str]:
     """One plain line per cell x pair, `FAIL resnet18:frozen:body  onnxruntime vs eager  layer4[c=39]  7.8x
     floor  max abs 2.2e-05` (`ok` when it agrees), and `ERROR spec  message` for a cell that did not run."""
@@ -45,6 +56,7 @@ def matrix_lines(result: MatrixResult) -> list[str]:
         if cell.error:
             lines.append(f"ERROR {spec}  {terminal_text(cell.error)}")
             continue
+        lines += detector_lines(cell)
         for pair in cell.pair_results():
             if not pair.outputs:
                 lines.append(f"FAIL {spec}  {terminal_text(f'{pair.a} vs {pair.b}')}  no outputs compared")
@@ -59,7 +71,7 @@ def matrix_lines(result: MatrixResult) -> list[str]:
             if not pair.passed and worst.ratio is None and worst.reason:
                 parts.append(terminal_text(worst.reason))
             lines.append("  ".join(parts))
-        if not cell.pairs:
+        if not cell.pairs and cell.detector is None:
             lines.append(f"FAIL {spec}  no pairs were judged")
         lines += [f"FAIL {spec}  not judged: {terminal_text(str(problem))}" for problem in cell.problems]
     return lines
@@ -73,6 +85,8 @@ def matrix_annotations(result: MatrixResult) -> list[str]:
     for cell in result.cells:
         if cell.error:
             found.append(error_annotation(f"verify matrix: {cell.spec} did not run", cell.error))
+        found += [error_annotation(f"verify matrix: {cell.spec} {row.name} fails", row.detail)
+                  for row in ([] if cell.error or cell.detector is None else cell.rows()) if not row.passed]
         for pair in [] if cell.error else cell.pair_results():
             if pair.outputs and not pair.passed:
                 worst = pair.worst
@@ -137,6 +151,8 @@ def render_matrix(result: MatrixResult, console: Any, layout: str = "auto", anno
         if not full:
             legend = ", ".join(f"{short[label]} = {label}" for label in short)
             print_line(console, f"[dim]columns: the first run vs the second; {markup(legend)}[/]")
+        for line in [line for cell in result.cells if not cell.error for line in detector_lines(cell)]:
+            print_line(console, f"[{'green' if line.startswith('ok') else 'bold red'}]{escape(line)}[/]")
     for cell in result.cells:
         if cell.error:
             print_line(console, f"[magenta]![/] {markup(cell.spec)}: {markup(cell.error)}")

@@ -1,0 +1,62 @@
+"""One detector cell run: `verify_detector`, the path `verify export -b <detector>` takes (same exports, runs and
+judging), its report kept as the numbers its verdict needs (each run's detections, the oracle's NMS candidates,
+the model's post-processing constants, the judged before-NMS pairs), then judged again from them
+(verify/matrix/detector_judging.py). Never cached: run every time, as a user model's cell is."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any
+
+from verify.detect.check import ORACLE
+from verify.matrix.detector_judging import judge_detector_cell
+from verify.matrix.detectors import detector_formats
+from verify.matrix.result import AGREE, DISAGREE, CellResult
+from verify.pipeline.stages import OFF
+
+if TYPE_CHECKING:
+    from verify.detect.check import DetectorReport
+    from verify.detect.match import Detections
+    from verify.matrix.cell import CellJob
+
+
+def run_detector_cell(job: CellJob) -> CellResult:
+    """Verify the job's detector as `verify export -b` does (dynamic ONNX, the matrix's seed, weights and factor)
+    and judge the cell again from the numbers it keeps; a disagreement the report found is never undone."""
+    import warnings
+
+    from verify.detect.check import verify_detector
+
+    start = time.perf_counter()
+    spec, settings = job.request.spec, job.request.settings
+    formats = detector_formats(job.request.export.formats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation, once per call
+        report = verify_detector(spec.name, spec.norm, spec.shape, settings.weights, settings.seed, formats,
+                                 factor=settings.tolerance.factor, dynamic=True)
+    result = CellResult(job.id, *spec.row, AGREE if report.passed else DISAGREE,
+                        input={"shape": list(spec.shape), "image_sizes": report.image_sizes()},
+                        computed_seconds=round(time.perf_counter() - start, 3), cache={"result": OFF},
+                        problems=list(report.problems), detector=detector_numbers(report))
+    judged = judge_detector_cell(result, settings.tolerance, formats, spec.shape[0])
+    return replace(judged, verdict=DISAGREE) if result.verdict == DISAGREE and judged.verdict == AGREE else judged
+
+
+def detector_numbers(report: DetectorReport) -> dict[str, Any]:
+    """What judging the cell again needs, as plain data: float64 values written as JSON numbers read back exactly."""
+    oracle = report.references.get(ORACLE)
+    return {"detector": report.name, "norm": report.norm, "weights": report.weights,
+            "weights_sha256": report.weights_sha256, "shape": list(report.shape), "formats": list(report.formats),
+            "dynamic": report.dynamic, "rules": asdict(report.judging.rules) if report.judging else None,
+            "runs": {label: [_plain(found) for found in per_image] for label, per_image in report.boxes.items()},
+            "candidates": [_plain(found) for found in oracle.candidates] if oracle is not None else [],
+            "before_nms": [pair.to_dict() for pair in report.dense],
+            "proposals": [check.to_dict() for check in report.proposals],
+            "after_nms": [pair.to_dict() for pair in report.detections],
+            "floor": report.floor.to_dict() if report.floor else None, "refusals": dict(report.refusals),
+            "seconds": {k: round(v, 3) for k, v in report.seconds.items()}}
+
+
+def _plain(found: Detections) -> dict[str, list[Any]]:
+    return {"boxes": found.boxes.tolist(), "scores": found.scores.tolist(), "labels": found.labels.tolist()}
