@@ -31,35 +31,6 @@ from verify.judge.compare import AUTO_FACTOR
 
 
 @pytest.fixture(scope="module")
-def verified(tmp_path_factory):
-    """`verify export -b NAME` with every report file, once for the module: (the DetectorReport that
-    verify_detector returned to the command, the published folder, the CLI result, the reports' folder). A file
-    outside the tool's folders stays as it was."""
-    from typer.testing import CliRunner
-
-    from verify.cli import app
-    from verify.detect import check
-
-    where = tmp_path_factory.mktemp("detector")
-    outside = where / "sentinel.txt"
-    outside.write_text("keep")
-    made = []
-
-    def spy(*args, _real=check.verify_detector, **kwargs):
-        made.append(_real(*args, **kwargs))
-        return made[-1]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(check, "verify_detector", spy)
-        result = CliRunner().invoke(app, ["export", "-b", NAME, "--out", str(where / "out"), "--json",
-                                          str(where / "r.json"), "--junit", str(where / "r.xml"), "--markdown",
-                                          str(where / "r.md"), "--html", str(where / "r.html")])
-    assert outside.read_text() == "keep"
-    report, = made
-    return report, where / "out" / f"{NAME}-frozen", result, where
-
-
-@pytest.fixture(scope="module")
 def built():
     return build_detector(NAME)
 
@@ -74,8 +45,8 @@ def sentinel(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_correct_export_agrees_with_tens_of_detections_matched(verified):
-    report, out, _, _ = verified
+def test_a_correct_export_agrees_with_tens_of_detections_matched(detector_export):
+    report, out, _, _ = detector_export
     assert report.exit_code == 0, report.summary()
     assert {"torchscript", "onnx"} <= set(report.files)
     after = {(p.a, p.b): p for p in report.detections}
@@ -157,8 +128,8 @@ def nms_threshold(model: onnx.ModelProto) -> None:
     (score_threshold, "unmatched"),
     (nms_threshold, "unmatched"),
 ])
-def test_a_seeded_bug_in_the_onnx_file_is_caught(verified, built, tmp_path, sentinel, tamper, named):
-    _, out, _, _ = verified
+def test_a_seeded_bug_in_the_onnx_file_is_caught(detector_export, built, tmp_path, sentinel, tamper, named):
+    _, out, _, _ = detector_export
     model = onnx.load(str(out / "detector.onnx"))
     tamper(model)
     path = tmp_path / "tampered.onnx"
@@ -167,7 +138,7 @@ def test_a_seeded_bug_in_the_onnx_file_is_caught(verified, built, tmp_path, sent
     assert report.exit_code == 1
     summary = report.summary()
     assert "\n" not in summary and "fails" in summary
-    failed = [r["text"] for r in report.rows() if not r["passed"]]
+    failed = [r.text for r in report.rows() if not r.passed]
     assert any(named in text for text in failed), failed
     assert all(p.passed for p in report.detections if p.a == "eager"), "the eager reference itself must pass"
 
@@ -217,9 +188,9 @@ def test_a_format_that_does_not_exist_is_refused_before_building():
 
 
 @pytest.mark.slow
-def test_verify_export_takes_a_detector_name(verified):
+def test_verify_export_takes_a_detector_name(detector_export):
     """`verify export -b <detector>`: the whole detector, both levels judged, exit 0, one line per pair."""
-    _, folder, result, where = verified
+    _, folder, result, where = detector_export
     assert result.exit_code == 0, result.output
     report = json.loads((where / "r.json").read_text())
     cases = ElementTree.parse(where / "r.xml").getroot().iter("testcase")
@@ -329,9 +300,9 @@ def test_an_image_onnx_runtime_resizes_to_another_size_is_caught(built, tmp_path
 
 
 @pytest.mark.slow
-def test_a_runtime_that_gives_other_values_the_second_time_fails(verified, built, monkeypatch):
+def test_a_runtime_that_gives_other_values_the_second_time_fails(detector_export, built, monkeypatch):
     """Trust guard (verify/judge/trust.py): each runtime runs its first image twice, bit for bit on CPU."""
-    _, out, _, _ = verified
+    _, out, _, _ = detector_export
     inputs, files = [calibration_image(0)], {"onnx": out / "detector.onnx"}
     calls = []
     original = check._ort_run

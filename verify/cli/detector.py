@@ -107,9 +107,8 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
         if not write_detector_folder(staging, report, identity, sign_key):
             err_console.print("[dim]no manifest written: the export has no file or no floor to prove[/]")
     for row in report.rows():
-        mark = "ok  " if row["passed"] else "FAIL"
-        pair = f"{row['a']} vs {row['b']}" if row["b"] else row["a"]
-        print_line(out_console, f"{mark} {markup(row['level'])}  {markup(pair)}  {markup(row['text'])}")
+        mark = "ok  " if row.passed else "FAIL"
+        print_line(out_console, f"{mark} {markup(row.level)}  {markup(row.pair)}  {markup(row.text)}")
     print_line(out_console, ("[bold green]✓ " if report.passed else "[bold red]✗ ") + markup(report.summary()) + "[/]")
     for path in write_outputs(report, json_path, junit, markdown, html):
         err_console.print(f"[dim]wrote {escape(str(path))}[/]")

@@ -128,28 +128,22 @@ class DetectorReport:
     def exit_code(self) -> int:
         return 0 if self.passed else 1
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[DetectorRow]:
         """One row per pair and level: what a table renders."""
         rows = []
         for pair in self.dense:
             worst = pair.worst if pair.outputs else None
-            rows.append({"level": "before NMS", "a": pair.a, "b": pair.b, "passed": pair.passed,
-                         "status": "agrees" if pair.passed else "differs",
-                         "worst": worst.where if worst else "", "ratio": worst.ratio if worst else None,
-                         "text": worst.verdict() if worst else "no shared tensors"})
-        rows += [{"level": "proposals", "a": check.a, "b": check.b, "passed": check.passed,
-                  "status": "paired" if check.passed else "unpaired", "text": check.verdict()}
-                 for check in self.proposals]
-        for det in self.detections:
-            rows.append({"level": "after NMS", "a": det.a, "b": det.b, "passed": det.passed, "status": det.status,
-                         "matched": det.matched, "borderline": len(det.borderline),
-                         "unexplained": len(det.unexplained), "worst_box_ratio": det.worst_box_ratio,
-                         "worst_score_ratio": det.worst_score_ratio, "worst_image": det.worst_image,
-                         "text": det.verdict()})
-        for fmt, why in self.refusals.items():
-            rows.append({"level": "export", "a": fmt, "b": "", "passed": False, "status": "refused", "text": why})
-        rows += [{"level": "check", "a": "", "b": "", "passed": False, "status": "failed", "text": p}
-                 for p in self.problems]
+            rows.append(DetectorRow("before NMS", pair.a, pair.b, pair.passed, "agrees" if pair.passed else "differs",
+                                    worst.verdict() if worst else "no shared tensors",
+                                    worst=worst.where if worst else "", ratio=worst.ratio if worst else None))
+        rows += [DetectorRow("proposals", check.a, check.b, check.passed, "paired" if check.passed else "unpaired",
+                             check.verdict()) for check in self.proposals]
+        rows += [DetectorRow("after NMS", det.a, det.b, det.passed, det.status, det.verdict(), matched=det.matched,
+                             borderline=len(det.borderline), unexplained=len(det.unexplained),
+                             worst_box_ratio=det.worst_box_ratio, worst_score_ratio=det.worst_score_ratio,
+                             worst_image=det.worst_image) for det in self.detections]
+        rows += [DetectorRow("export", fmt, "", False, "refused", why) for fmt, why in self.refusals.items()]
+        rows += [DetectorRow("check", "", "", False, "failed", p) for p in self.problems]
         return rows
 
     def image_sizes(self) -> list[str]:
@@ -160,7 +154,7 @@ class DetectorReport:
             least = min(min(d.matched_per_image) for d in self.detections)
             return (f"{self.name}:{self.norm} agrees: {len(self.dense)} before-NMS and {len(self.detections)} "
                     f"after-NMS pairs, at least {least} detections matched per image")
-        failed = [r["text"] for r in self.rows() if not r["passed"]]
+        failed = [r.text for r in self.rows() if not r.passed]
         return f"{self.name}:{self.norm} fails: {failed[0]}" + (f" (+{len(failed) - 1} more)" if len(failed) > 1
                                                                  else "")
 
@@ -173,8 +167,44 @@ class DetectorReport:
                 "floor": self.floor.to_dict() if self.floor else None,
                 "before_nms": [p.to_dict() for p in self.dense],
                 "proposals": [p.to_dict() for p in self.proposals], "after_nms": [d.to_dict() for d in self.detections],
-                "rows": self.rows(), "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-                "files": self.files}
+                "rows": [row.to_dict() for row in self.rows()],
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "files": self.files}
+
+
+LEVEL_FIELDS = {"before NMS": ("worst", "ratio"),
+                "after NMS": ("matched", "borderline", "unexplained", "worst_box_ratio", "worst_score_ratio",
+                              "worst_image")}
+"""The fields a row of each level carries besides level, pair, outcome and text (its JSON keys, in order)."""
+
+
+@dataclass(frozen=True)
+class DetectorRow:
+    """One judged pair at one level (before NMS, proposals, after NMS), a refused export or a failed check: the
+    typed row every renderer of a whole detector reads."""
+
+    level: str
+    a: str
+    b: str
+    passed: bool
+    status: str
+    text: str
+    worst: str = ""
+    ratio: float | None = None
+    matched: int | None = None
+    borderline: int | None = None
+    unexplained: int | None = None
+    worst_box_ratio: float | None = None
+    worst_score_ratio: float | None = None
+    worst_image: int | None = None
+
+    @property
+    def pair(self) -> str:
+        return f"{self.a} vs {self.b}" if self.b else self.a
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON row: the fields its level carries, nothing else."""
+        return {"level": self.level, "a": self.a, "b": self.b, "passed": self.passed, "status": self.status,
+                **{name: getattr(self, name) for name in LEVEL_FIELDS.get(self.level, ())}, "text": self.text}
 
 
 @dataclass

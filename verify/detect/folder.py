@@ -34,6 +34,7 @@ from verify.detect.check import (
     ORACLE,
     RUNTIMES,
     DetectorReport,
+    DetectorRow,
     Judging,
     Run,
     derive_floors,
@@ -122,8 +123,7 @@ def _manifest_fields(report: DetectorReport, eager: Run, identity: dict[str, Any
         "noise_floor": {name: floor.value for name, floor in report.floors.items()},
         "channel_floors_sha256": channel_floors_sha256(report.floors),
         "detection_floor": {"boxes": report.floor.boxes, "scores": report.floor.scores},
-        "verdicts": [{"level": row["level"], "a": row["a"], "b": row["b"], "passed": row["passed"]}
-                     for row in report.rows()],
+        "verdicts": [{"level": row.level, "a": row.a, "b": row.b, "passed": row.passed} for row in report.rows()],
         "passed": report.passed,
     }
     if identity is not None:
@@ -344,16 +344,16 @@ def golden_judgement(art: DetectorFolder, report: CheckReport, formats: list[str
     return judged
 
 
-def _row_check(label: str, row: dict[str, Any]) -> Check:
+def _row_check(label: str, row: DetectorRow) -> Check:
     """A judged report row as a check: the runtime (the goldens for eager vs its oracle), the level and pair."""
-    pair = f"{row['a']} vs {row['b']}"
-    text = str(row["text"]).removeprefix(f"{pair}: ")
-    if row["level"] == "export":  # a file that would not load or run
-        return Check(label, RUNTIMES[row["a"]], f"{FILE_NAMES[row['a']]}: load and run", False, text)
-    if row["level"] == "check":
+    pair = f"{row.a} vs {row.b}"
+    text = row.text.removeprefix(f"{pair}: ")
+    if row.level == "export":  # a file that would not load or run
+        return Check(label, RUNTIMES[row.a], f"{FILE_NAMES[row.a]}: load and run", False, text)
+    if row.level == "check":
         return Check(label, "check", "trust guards", False, text)
-    runtime = GOLDENS_RUNTIME if row["a"] == EAGER else row["a"]
-    return Check(label, runtime, f"{row['level']}: {pair}", row["passed"], text)
+    runtime = GOLDENS_RUNTIME if row.a == EAGER else row.a
+    return Check(label, runtime, f"{row.level}: {pair}", row.passed, text)
 
 
 def check_detector_folder(path: Path, report: CheckReport, verify_key: Path | None = None,

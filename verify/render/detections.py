@@ -38,10 +38,10 @@ def detector_rows(report: DetectorReport) -> list[CheckRow]:
         f"detector.{report.name}"
     rows = []
     for row in report.rows():
-        pair = f"{row['a']} vs {row['b']}" if row["b"] else row["a"]
-        rows.append(CheckRow(group, row["level"], f"{row['level']}: {pair}" if pair else row["level"],
-                             "passed" if row["passed"] else "failure", row["text"], row.get("worst", ""),
-                             row.get("ratio"), classname=classname))
+        pair = row.pair
+        rows.append(CheckRow(group, row.level, f"{row.level}: {pair}" if pair else row.level,
+                             "passed" if row.passed else "failure", row.text, row.worst, row.ratio,
+                             classname=classname))
     return rows
 
 
@@ -71,10 +71,10 @@ def _facts(report: DetectorReport) -> list[str]:
 
 
 def detector_page(report: DetectorReport) -> MarkdownPage:
-    failed = [r for r in report.rows() if not r["passed"]]
-    items = [(f"{r['a']} vs {r['b']}" if r["b"] else r["a"] or r["level"], r["text"]) for r in failed]
+    failed = [r for r in report.rows() if not r.passed]
+    items = [(r.pair or r.level, r.text) for r in failed]
     borderline = [(f"{p.a} vs {p.b}", b.describe()) for p in report.detections for b in p.borderline]
-    before = [(f"{r['a']} vs {r['b']}", r["text"]) for r in report.rows() if r["level"] == "before NMS"]
+    before = [(r.pair, r.text) for r in report.rows() if r.level == "before NMS"]
     return MarkdownPage(
         f"{TITLE}: {report.name}:{report.norm}", report.passed, report.summary(), _facts(report),
         "After NMS: detections matched by IoU per image and class; worst box and score as multiples of the "
@@ -153,8 +153,7 @@ def detector_html(report: DetectorReport) -> str:
     status, mark = ("pass", "✓") if report.passed else ("fail", "✗")
     page = detector_page(report)
     worst = {p.worst_image for p in report.detections if p.worst_image is not None}
-    before = [[r["a"] + " vs " + r["b"], r["status"], _ratio(r["ratio"]), r["worst"]]
-              for r in report.rows() if r["level"] == "before NMS"]
+    before = [[r.pair, r.status, _ratio(r.ratio), r.worst] for r in report.rows() if r.level == "before NMS"]
     body = [f"<h1>{escape(page.title)}</h1><p class=\"summary {status}\">{mark} {escape(report.summary())}</p>",
             "".join(f'<p class="meta">{escape(f)}</p>' for f in page.facts),
             "<h2>After NMS: detections matched by IoU</h2>", _table(TABLE_HEADER, table_rows(report)),
