@@ -26,8 +26,8 @@ COMMAND_GROUPS = {
     "compare": (groups.RUN, groups.REPORTS),
     "matrix": (groups.RUN, groups.EXPORT),
     "explain": (groups.FEED,),
-    "artifact": (groups.REPORTS, groups.RUNTIME_PLUGINS),
-    "preflight": (groups.REPORTS, groups.RUNTIME_PLUGINS),
+    "artifact": (groups.FOLDER_TRUST, groups.REPORTS, groups.RUNTIME_PLUGINS),
+    "preflight": (groups.FOLDER_TRUST, groups.REPORTS, groups.RUNTIME_PLUGINS),
 }
 """Which shared groups each command takes."""
 COMMANDS = {"export": command_module.export, "compare": command_module.compare, "explain": command_module.explain,

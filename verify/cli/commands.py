@@ -14,7 +14,16 @@ from exporter.backbones import list_backbones
 from exporter.errors import UsageError
 from verify.cli import options as opt
 from verify.cli.base import err_console, handle_errors, out_console
-from verify.cli.groups import EXPORT, FEED, REPORTS, RUN, RUNTIME_PLUGINS, ReportPaths, with_option_groups
+from verify.cli.groups import (
+    EXPORT,
+    FEED,
+    FOLDER_TRUST,
+    REPORTS,
+    RUN,
+    RUNTIME_PLUGINS,
+    ReportPaths,
+    with_option_groups,
+)
 from verify.render.console import progress_for
 
 
@@ -195,10 +204,7 @@ def _finish_checks(report: Any, reports: ReportPaths) -> None:
 def artifact(
     paths: Annotated[list[Path], typer.Argument(callback=opt.check_existing_paths,
                                                 help="Export folders, or their manifest.json")],
-    verify_key: opt.VerifyKey = None,
-    trust_unsigned_code: opt.TrustUnsignedCode = False,
-    rebuild: opt.Rebuild = False,
-    weights: opt.RebuildWeights = None,
+    trust: Any = FOLDER_TRUST,
     reports: Any = REPORTS,
     plugins: Any = RUNTIME_PLUGINS,
 ) -> None:
@@ -206,16 +212,10 @@ def artifact(
     from verify.folder.validate import validate
     from verify.runtimes import RuntimeOptions
 
-    _rebuild_weights(rebuild, weights)
     opt.outside_folders(paths, json=reports.json, junit=reports.junit, markdown=reports.markdown)
-    _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=verify_key,
-                            trust_unsigned_code=trust_unsigned_code, rebuild=rebuild, weights_file=weights),
-                   reports)
-
-
-def _rebuild_weights(rebuild: bool, weights: Path | None) -> None:
-    if weights is not None and not rebuild:
-        raise UsageError("--weights names the checkpoint to rebuild the model with: add --rebuild")
+    _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=trust.verify_key,
+                            trust_unsigned_code=trust.trust_unsigned_code, rebuild=trust.rebuild,
+                            weights_file=trust.weights), reports)
 
 
 @handle_errors
@@ -229,10 +229,7 @@ def preflight(
     warmup: opt.Warmup = 5,
     max_latency_ms: opt.MaxLatency = None,
     tf32: opt.Tf32 = None,
-    verify_key: opt.VerifyKey = None,
-    trust_unsigned_code: opt.TrustUnsignedCode = False,
-    rebuild: opt.Rebuild = False,
-    weights: opt.RebuildWeights = None,
+    trust: Any = FOLDER_TRUST,
     reports: Any = REPORTS,
     plugins: Any = RUNTIME_PLUGINS,
 ) -> None:
@@ -240,14 +237,13 @@ def preflight(
     from verify.folder.preflight import PreflightOptions
     from verify.folder.preflight import preflight as run_preflight
 
-    _rebuild_weights(rebuild, weights)
     opt.outside_folders([path], json=reports.json, junit=reports.junit, markdown=reports.markdown)
 
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
-                               max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins, rebuild=rebuild,
-                               weights_file=weights)
-    _finish_checks(run_preflight(path, options, verify_key=verify_key, trust_unsigned_code=trust_unsigned_code),
-                   reports)
+                               max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins, rebuild=trust.rebuild,
+                               weights_file=trust.weights)
+    _finish_checks(run_preflight(path, options, verify_key=trust.verify_key,
+                                 trust_unsigned_code=trust.trust_unsigned_code), reports)
 
 
 @handle_errors

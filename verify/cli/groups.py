@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.errors import UsageError
 from exporter.formats import registered_formats
 from verify.cli import options as opt
 from verify.runtimes import registered_runtimes
@@ -64,6 +65,27 @@ class ReportPaths:
         opt.distinct_outputs(json=self.json, junit=self.junit, markdown=self.markdown)
 
 
+@dataclass(frozen=True)
+class FolderTrust:
+    """What a folder check may trust and what it re-derives (artifact, preflight): the key its signature must
+    verify with, unsigned code-executing files, and the reference rebuilt from the model it names."""
+
+    verify_key: Path | None = None
+    trust_unsigned_code: bool = False
+    rebuild: bool = False
+    weights: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and not self.rebuild:
+            raise UsageError("--weights names the checkpoint to rebuild the model with: add --rebuild")
+
+
+def trust_part(verify_key: opt.VerifyKey = None, trust_unsigned_code: opt.TrustUnsignedCode = False,
+               rebuild: opt.Rebuild = False, weights: opt.RebuildWeights = None) -> dict[str, Any]:
+    return {"verify_key": verify_key, "trust_unsigned_code": trust_unsigned_code, "rebuild": rebuild,
+            "weights": weights}
+
+
 def report_part(json_path: opt.JsonOut = None, junit: opt.JunitOut = None,
                 markdown: opt.MarkdownOut = None) -> dict[str, Any]:
     return {"json": json_path, "junit": junit, "markdown": markdown}
@@ -93,6 +115,8 @@ RUNTIME_PLUGINS = OptionGroup("runtime plug-ins", (Part(_runtime_plugins_only, o
 """Each runtime's own options, {runtime name: its Options} (artifact, preflight)."""
 EXPORT = OptionGroup("export", (Part(opt.format_part, opt.format_option_parameters),), opt.FormatChoice)
 """Which formats, their axes, and each format's own options (export, matrix)."""
+FOLDER_TRUST = OptionGroup("folder trust", (Part(trust_part),), FolderTrust)
+"""--verify-key, --trust-unsigned-code, --rebuild and --weights (artifact, preflight)."""
 REPORTS = OptionGroup("reports", (Part(report_part),), ReportPaths)
 """--json, --junit and --markdown as every command but the matrix words them."""
 
