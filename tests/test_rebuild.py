@@ -110,22 +110,22 @@ def test_an_edited_float64_golden_is_named_and_nothing_is_loaded(folder, tmp_pat
 def test_another_checkpoint_fails_the_rebuild_on_its_sha256(folder, tmp_path):
     other = tmp_path / "other.safetensors"
     save_weights(synthetic_weights(SMALL, seed=1), other)
-    found = results(folder, tmp_path, "--rebuild", "--weights", other)
+    found = results(folder, tmp_path, "--rebuild", "--checkpoint", other)
     check = found[REBUILD_CHECK]
     assert not check["passed"] and "not an export of the model it names" in check["message"]
     assert "\n" not in check["message"]
 
 
 def test_weights_this_machine_cannot_reproduce_are_asked_for():
-    with pytest.raises(ArtifactError, match="pass that checkpoint with --weights FILE"):
+    with pytest.raises(ArtifactError, match="pass that file with --checkpoint FILE"):
         weights_source("file:resnet18.pth", None)
     assert weights_source("synthetic:7", None) == ("synthetic", 7)
 
 
-def test_weights_without_rebuild_is_a_usage_error(folder, tmp_path):
+def test_a_checkpoint_without_rebuild_is_a_usage_error(folder, tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
-    result = invoke("artifact", folder, "--weights", weights)
+    result = invoke("artifact", folder, "--checkpoint", weights)
     assert result.exit_code == 2 and "add --rebuild" in result.output
 
 

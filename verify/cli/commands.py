@@ -215,7 +215,7 @@ def artifact(
     opt.outside_folders(paths, json=reports.json, junit=reports.junit, markdown=reports.markdown)
     _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=trust.verify_key,
                             trust_unsigned_code=trust.trust_unsigned_code, rebuild=trust.rebuild,
-                            weights_file=trust.weights), reports)
+                            weights_file=trust.checkpoint), reports)
 
 
 @handle_errors
@@ -241,7 +241,7 @@ def preflight(
 
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins, rebuild=trust.rebuild,
-                               weights_file=trust.weights)
+                               weights_file=trust.checkpoint)
     _finish_checks(run_preflight(path, options, verify_key=trust.verify_key,
                                  trust_unsigned_code=trust.trust_unsigned_code), reports)
 

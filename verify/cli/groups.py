@@ -73,17 +73,17 @@ class FolderTrust:
     verify_key: Path | None = None
     trust_unsigned_code: bool = False
     rebuild: bool = False
-    weights: Path | None = None
+    checkpoint: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.weights is not None and not self.rebuild:
-            raise UsageError("--weights names the checkpoint to rebuild the model with: add --rebuild")
+        if self.checkpoint is not None and not self.rebuild:
+            raise UsageError("--checkpoint names the weights to rebuild the model with: add --rebuild")
 
 
 def trust_part(verify_key: opt.VerifyKey = None, trust_unsigned_code: opt.TrustUnsignedCode = False,
-               rebuild: opt.Rebuild = False, weights: opt.RebuildWeights = None) -> dict[str, Any]:
+               rebuild: opt.Rebuild = False, checkpoint: opt.Checkpoint = None) -> dict[str, Any]:
     return {"verify_key": verify_key, "trust_unsigned_code": trust_unsigned_code, "rebuild": rebuild,
-            "weights": weights}
+            "checkpoint": checkpoint}
 
 
 def report_part(json_path: opt.JsonOut = None, junit: opt.JunitOut = None,
@@ -116,7 +116,7 @@ RUNTIME_PLUGINS = OptionGroup("runtime plug-ins", (Part(_runtime_plugins_only, o
 EXPORT = OptionGroup("export", (Part(opt.format_part, opt.format_option_parameters),), opt.FormatChoice)
 """Which formats, their axes, and each format's own options (export, matrix)."""
 FOLDER_TRUST = OptionGroup("folder trust", (Part(trust_part),), FolderTrust)
-"""--verify-key, --trust-unsigned-code, --rebuild and --weights (artifact, preflight)."""
+"""--verify-key, --trust-unsigned-code, --rebuild and --checkpoint (artifact, preflight)."""
 REPORTS = OptionGroup("reports", (Part(report_part),), ReportPaths)
 """--json, --junit and --markdown as every command but the matrix words them."""
 

@@ -494,9 +494,10 @@ Rebuild = Annotated[bool, typer.Option(
     "--rebuild",
     help="Rebuild the model each folder names (its weights' sha256 checked) and judge against its own float32 and "
          "float64 runs: the goldens must be its own, so an unsigned folder whose goldens were rewritten fails")]
-RebuildWeights = Annotated[Path | None, typer.Option(
-    "--weights", callback=check_rebuild_weights,
-    help="With --rebuild: the checkpoint the folders were exported with, when it is a file (.pt/.pth/.safetensors)")]
+Checkpoint = Annotated[Path | None, typer.Option(
+    "--checkpoint", callback=check_rebuild_weights,
+    help="With --rebuild: the weights file the folders were exported with (.pt/.pth/.safetensors), when their "
+         "weights were a file")]
 TrustUnsignedCode = Annotated[bool, typer.Option(
     "--trust-unsigned-code",
     help="Load TorchScript, .pt2 and AOTInductor files even when no signature of the folder was verified "

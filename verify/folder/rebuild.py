@@ -55,7 +55,7 @@ def weights_source(recorded: str, weights_file: Path | None) -> tuple[str, int]:
     if kind == "imagenet":
         return "imagenet", 0
     raise ArtifactError(f"not rebuilt: the folder's weights came from {recorded!r}, which this machine cannot "
-                        "reproduce by itself; pass that checkpoint with --weights FILE")
+                        "reproduce by itself; pass that file with --checkpoint FILE")
 
 
 def check_weights(digest: str, recorded: str | None) -> None:
@@ -63,8 +63,8 @@ def check_weights(digest: str, recorded: str | None) -> None:
         raise ArtifactError("not rebuilt: the manifest records no weights_sha256 to check the rebuilt model by")
     if digest != recorded:
         raise ArtifactError(f"the rebuilt model's weights have sha256 {digest[:12]}…, the manifest "
-                            f"{recorded[:12]}…: the folder is not an export of the model it names (or --weights "
-                            "is another checkpoint)")
+                            f"{recorded[:12]}…: the folder is not an export of the model it names (or --checkpoint is "
+                            "another file)")
 
 
 def same_reference(recorded: dict[str, np.ndarray], rebuilt: dict[str, np.ndarray], what: str) -> None:
