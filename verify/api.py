@@ -114,6 +114,9 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     report = outcome.report
     report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in outcome.artifacts.items() if a.path}
     report.artifacts["folder"] = str(folder)
+    moved = {str(a.path): report.artifacts[fmt] for fmt, a in outcome.artifacts.items() if a.path}
+    for run in report.runs:  # each file run from the staging folder, named where it now is
+        run.artifact = moved.get(run.artifact, run.artifact)
     return report
 
 

@@ -55,6 +55,9 @@ class Report:
     problems: list[str] = field(default_factory=list)
     """Why the runs could not be judged at all (not deterministic, a floor rounding cannot explain): any
     problem fails the report whatever its pairs say (verify/judge/trust.py)."""
+    isolated: list[dict[str, Any]] = field(default_factory=list)
+    """A failed report's files, each layer re-run alone on the torch model's float64 inputs (verify/explain/
+    isolate.py name_culprits): which layers compute something different on their own. Explains; never passes."""
 
     @property
     def passed(self) -> bool:
@@ -97,6 +100,7 @@ class Report:
             "notes": self.notes,
             "problems": self.problems,
             "trust": self.trust,
+            **({"isolated": self.isolated} if self.isolated else {}),
         }
 
 

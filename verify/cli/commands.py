@@ -105,6 +105,11 @@ def export(
                            cache=open_cache(cache_dir, no_cache), timeout=user_timeout(timeout))
     if "folder" in report.artifacts:
         err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
+    if not report.passed and not report.problems:  # a file differs: name the layers that differ on their own
+        from verify.explain.isolate import failing_files, name_culprits
+
+        name_culprits(report, [(file, model or str(spec)) for file in failing_files(report)], settings,
+                      progress_for(err_console), user_timeout(timeout))
     _finish(report, reports, verbose)
 
 
@@ -130,10 +135,16 @@ def compare(
     reports: Any = REPORTS,
 ) -> None:
     """Run any two models or artifacts on the same input and judge them on the outputs they share."""
+    from verify.api import SIDES
     from verify.api import compare as run_compare
 
-    _finish(run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout),
-                        runtime=runtime), reports, verbose)
+    report = run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout),
+                         runtime=runtime)
+    if any(not pair.passed and {pair.a, pair.b} == set(SIDES) for pair in report.pairs) and not report.problems:
+        from verify.explain.isolate import name_culprits  # A and B differ: name the layers that differ on their own
+
+        name_culprits(report, [(a, b)], settings, progress_for(err_console), user_timeout(timeout))
+    _finish(report, reports, verbose)
 
 
 @handle_errors

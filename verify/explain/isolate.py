@@ -39,6 +39,8 @@ from verify.progress import NullProgress, Progress
 if TYPE_CHECKING:
     import numpy as np
 
+    from verify.report import Report
+
 LIMIT = 10
 """Layers shown in the report (all are in its JSON)."""
 
@@ -486,6 +488,49 @@ def isolate_report(a: str, b: str, settings: RunSettings | None = None, progress
     with progress.step("Re-running every layer on the reference's own inputs"):
         result, _, _ = isolate_sides(*sides, x, settings.tolerance.factor or AUTO_FACTOR)
     return result
+
+
+CULPRITS_NOTED = 3
+"""Layers a failed report's note names per file (all are in its JSON `isolated`)."""
+
+
+def failing_files(report: Report) -> list[str]:
+    """The exported files of `report` that a failed pair ran (each once, in run order): the candidates whose
+    layers `name_culprits` re-runs."""
+    failed = {label for pair in report.pairs if not pair.passed for label in (pair.a, pair.b)}
+    files = set(report.artifacts.values())
+    return list(dict.fromkeys(run.artifact for run in report.runs if run.label in failed and run.artifact in files))
+
+
+def name_culprits(report: Report, candidates: list[tuple[str, str]], settings: RunSettings | None = None,
+                  progress: Progress | None = None, timeout: float | None = USER_CODE_TIMEOUT) -> None:
+    """For each (file, torch model) of a failed report: every layer of the file re-run alone on the model's
+    float64 inputs (`isolate_report`); the layers that differ on their own become one note and the report's
+    `isolated` record. A file the isolation cannot read (TorchScript, a graph without module scopes) gets a note
+    saying so; nothing here changes a verdict."""
+    for candidate, reference in candidates:
+        try:
+            result = isolate_report(candidate, reference, settings, progress, timeout)
+        except Exception as exc:  # noqa: BLE001 - an explanation that fails never hides the verdict it explains
+            said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            report.notes.append(f"{candidate}: its layers were not isolated ({said})")
+            continue
+        report.isolated.append(result.to_dict())
+        report.notes.append(culprit_note(result))
+
+
+def culprit_note(result: Isolation) -> str:
+    """One line: the layers of `result` that differ on their own, worst first, or that none does."""
+    named = result.named
+    if not named:
+        return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} is within "
+                f"{result.factor:g}x its own float32 floor; the difference builds up across layers")
+    shown = "; ".join(f"{layer.module} {layer.ratio:.0f}x its own floor"
+                      + (f" (channel {layer.channel})" if layer.channel is not None else "")
+                      for layer in named[:CULPRITS_NOTED])
+    more = f" (+{len(named) - CULPRITS_NOTED} more)" if len(named) > CULPRITS_NOTED else ""
+    return f"isolated: {len(named)} of {len(result.layers)} layers of {result.candidate} differ on their own: " \
+           f"{shown}{more}"
 
 
 def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> None:

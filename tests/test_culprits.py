@@ -1,0 +1,84 @@
+"""A failed verdict names the layer (verify/explain/isolate.py name_culprits): when `verify compare` finds A and B
+apart, or `verify export` finds one of its own files apart from the model, every layer of the file is re-run
+alone on the torch model's float64 inputs, and the layers that differ on their own are named in the report's
+notes and its JSON `isolated`. A passing report carries no `isolated` key; a pair isolation cannot read is said
+in a note, and the verdict stays what it was."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+import exporter.export
+from tests.conftest import SMALL, SMALL_SHAPE
+from tests.helpers import ONE_CHANNEL_ERROR, invoke
+from verify.pipeline.overlap import MODE_ENV
+
+SPEC = f"{SMALL}:frozen:body"
+SHAPE = "x".join(map(str, SMALL_SHAPE))
+LAYER, CHANNEL = "layer2.0.conv2", 5
+
+
+def seed_bug(path, out) -> None:
+    """`path` with one output channel of LAYER's weight off by ONE_CHANNEL_ERROR, saved to `out`."""
+    model = onnx.load(str(path))
+    init = next(i for i in model.graph.initializer if i.name.endswith(f"{LAYER}.weight"))
+    weight = numpy_helper.to_array(init).copy()
+    weight[CHANNEL] *= 1 + ONE_CHANNEL_ERROR
+    init.CopyFrom(numpy_helper.from_array(weight, init.name))
+    onnx.save(model, str(out))
+
+
+def report_of(tmp_path, *args) -> tuple[int, dict]:
+    path = tmp_path / "report.json"
+    result = invoke(*args, "--json", path)
+    return result.exit_code, json.loads(path.read_text())
+
+
+def test_a_failed_compare_names_the_edited_layer(default_export, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    seed_bug(default_export / "model.onnx", bad)
+    code, report = report_of(tmp_path, "compare", bad, SPEC, "--shape", SHAPE)
+    assert code == 1
+    (isolated,) = report["isolated"]
+    assert isolated["named"] == [LAYER] and isolated["layers"][0]["channel"] == CHANNEL
+    assert any(note.startswith("isolated: 1 of") and LAYER in note for note in report["notes"])
+
+
+def test_a_passing_compare_isolates_nothing(default_export, tmp_path):
+    code, report = report_of(tmp_path, "compare", default_export / "model.onnx", SPEC, "--shape", SHAPE)
+    assert code == 0 and "isolated" not in report
+    assert not any(note.startswith("isolated") for note in report["notes"])
+
+
+def test_two_files_apart_keep_their_verdict_and_say_why_nothing_was_isolated(default_export, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    seed_bug(default_export / "model.onnx", bad)
+    code, report = report_of(tmp_path, "compare", bad, default_export / "model.onnx", "--shape", SHAPE)
+    assert code == 1 and "isolated" not in report
+    assert any("its layers were not isolated" in note and "torch model" in note for note in report["notes"])
+
+
+def test_an_export_whose_file_is_off_names_the_layer(tmp_path, monkeypatch):
+    """The ONNX exporter stands in for an exporter bug: its file is written with one channel off."""
+    original = exporter.export.export_model
+
+    def buggy(built, base, example, folder, options, fmt, context=None):
+        artifact = original(built, base, example, folder, options, fmt, context)
+        if fmt == "onnx":
+            seed_bug(artifact.path, artifact.path)
+        return artifact
+
+    monkeypatch.setattr(exporter.export, "export_model", buggy)
+    monkeypatch.setenv(MODE_ENV, "off")  # exported in this process, where the stand-in runs
+    code, report = report_of(tmp_path, "export", "-b", SMALL, "--shape", SHAPE, "--format", "onnx",
+                             "--out", tmp_path / "out")
+    assert code == 1
+    (isolated,) = report["isolated"]
+    assert isolated["candidate"].endswith("model.onnx") and isolated["named"][0] == LAYER
+    assert np.isfinite(isolated["layers"][0]["ratio"])
+    assert all(run["artifact"].startswith(str(tmp_path / "out" / f"{SMALL}-frozen-body")) for run in report["runs"]
+               if run["label"] != "eager"), "runs name their files where they are, not the staging folder"
