@@ -5,6 +5,8 @@ import os
 import random
 import re
 import shutil
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,55 +251,131 @@ def batch_body_export(tmp_path_factory):
     return report, out / f"{SMALL}-batch-body"
 
 
+@pytest.fixture(scope="session")
+def detector_keys(tmp_path_factory):
+    """(private, public) key files that detector_export signs with."""
+    from tests.helpers import make_keys
+
+    return make_keys(tmp_path_factory.mktemp("detector-keys"))
+
+
+@pytest.fixture(scope="session")
+def detector_export(tmp_path_factory, detector_keys):
+    """`verify export -b NAME --sign-key` (tests/helpers.py: the whole detector) with every report file, once per
+    suite: (the DetectorReport that verify_detector returned to the command, the published folder, the CLI
+    result, the reports' folder). tests/test_detectors.py judges the command and its reports;
+    tests/test_detector_folder.py checks hard-linked copies of the signed folder, and of it unsigned
+    (tests/helpers.py strip_signature) as tests/test_detector_folder_hunt.py does. A file outside the tool's
+    folders stays as it was."""
+    from typer.testing import CliRunner
+
+    from tests.helpers import NAME
+    from verify.cli import app
+    from verify.detect import check
+
+    where = tmp_path_factory.mktemp("detector")
+    outside = where / "sentinel.txt"
+    outside.write_text("keep")
+    made = []
+
+    def spy(*args, _real=check.verify_detector, **kwargs):
+        made.append(_real(*args, **kwargs))
+        return made[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(check, "verify_detector", spy)
+        result = CliRunner().invoke(app, ["export", "-b", NAME, "--out", str(where / "out"), "--sign-key",
+                                          str(detector_keys[0]), "--json", str(where / "r.json"), "--junit",
+                                          str(where / "r.xml"), "--markdown", str(where / "r.md"), "--html",
+                                          str(where / "r.html")])
+    assert outside.read_text() == "keep"
+    report, = made
+    return report, where / "out" / f"{NAME}-frozen", result, where
+
+
 SHARED_AOTI = "aoti"
-"""The format whose compile (40 to 100 s on two cores, the suite's costliest step) runs once: aoti_export."""
+"""The format whose compile (the suite's costliest step) runs once: aoti_export."""
+AOTI_MODEL = "tests/data/tiny.py:make"
+AOTI_SHAPE = (1, 3, 32, 32)
+"""What aoti_export compiles: three convolutions; the command costs 25.8 s of CPU where resnet18 at SMALL_SHAPE cost
+61.9 s (measured, empty compile cache). What the tests of a package show (it compiles, loads, runs, agrees with its
+oracle, refuses bad inputs) does not depend on the model."""
 
 
 @pytest.fixture(scope="session")
 def aoti_export(tmp_path_factory):
-    """`verify export -b SMALL --shape SMALL_SHAPE --format aoti`, once per suite: the suite's only AOTInductor
-    compile. (CLI result, its folder): tests/test_formats.py judges the command, exported_small takes the package."""
+    """`verify export --model AOTI_MODEL --shape AOTI_SHAPE --format aoti`, once per suite: the suite's only
+    AOTInductor compile. (CLI result, its folder): tests/test_formats.py judges the command, exported_small takes the
+    package."""
     from typer.testing import CliRunner
 
+    from exporter.user_model import UserModelSpec
     from verify.cli import app
 
     out = tmp_path_factory.mktemp("aoti-export")
-    result = CliRunner().invoke(app, ["export", "-b", SMALL, "--shape", "x".join(map(str, SMALL_SHAPE)),
+    result = CliRunner().invoke(app, ["export", "--model", AOTI_MODEL, "--shape", "x".join(map(str, AOTI_SHAPE)),
                                       "--format", SHARED_AOTI, "--out", str(out)])
-    return result, out / f"{SMALL}-frozen-body"
+    return result, out / UserModelSpec.parse(AOTI_MODEL).slug
 
 
-@pytest.fixture(scope="session")
-def exported_small(tmp_path_factory, default_export, aoti_export):
-    """SMALL in every registered file format, exported by `verify export` once for the suite: the default formats
-    are default_export's files, the AOTInductor package aoti_export's (the same model and input); a file format
-    in neither is exported here: (artifacts by format, inputs, eager float32 outputs, the float64 oracle)."""
-    from exporter.api import get_backbone
-    from exporter.export import ExportOptions, export_model
-    from exporter.formats import ExportContext, file_formats, get_format, open_artifact
+@dataclass(frozen=True)
+class Exported:
+    """One exported file (or the eager model) with what judges it: its model's input, eager float32 outputs and
+    float64 oracle, and the input's shape."""
+
+    artifact: Any
+    inputs: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+    oracle: Any
+    shape: tuple[int, ...]
+
+
+def judged_eager(built, shape: tuple[int, ...]) -> Exported:
+    """`built`'s eager artifact with its seeded input, float32 outputs and float64 oracle."""
     from exporter.formats.eager import eager_artifact
     from verify.inputs import make_input
     from verify.judge.oracle import measure_oracle
     from verify.runtimes import make_runtime, runtimes_for
 
-    built = get_backbone(SMALL, "frozen", "body")
-    eager = eager_artifact(built, SMALL_SHAPE)
-    x = make_input(SMALL_SHAPE, 0)
+    eager = eager_artifact(built, shape)
+    inputs = {eager.meta.input_name: make_input(shape, 0)}
+    reference = make_runtime(runtimes_for(eager.format)[0]).load(eager).run(inputs)
+    return Exported(eager, inputs, reference, measure_oracle(eager, inputs, reference), shape)
+
+
+@pytest.fixture(scope="session")
+def exported_small(tmp_path_factory, default_export, aoti_export):
+    """Every registered file format, exported by `verify export` once for the suite: format -> Exported. SMALL at
+    SMALL_SHAPE in the default formats (default_export's files) and the eager one; the AOTInductor package is
+    aoti_export's AOTI_MODEL, judged against that model's own eager outputs and oracle; a file format in neither
+    is exported here, of SMALL."""
+    from dataclasses import replace
+
+    from exporter.api import get_backbone
+    from exporter.export import ExportOptions, export_model
+    from exporter.formats import ExportContext, file_formats, get_format, open_artifact
+    from exporter.user_model import FACTORY_WEIGHTS, UserModelSpec
+
     result, aoti_folder = aoti_export
     assert result.exit_code == 0, result.output
-    made = {fmt: folder / get_format(fmt).filename for folder in (default_export, aoti_folder)
-            for fmt in file_formats() if (folder / get_format(fmt).filename).is_file()}
-    artifacts = {eager.format: eager, **{fmt: open_artifact(path) for fmt, path in made.items()}}
-    others = tuple(fmt for fmt in file_formats() if fmt not in made)
+    built = get_backbone(SMALL, "frozen", "body")
+    small = judged_eager(built, SMALL_SHAPE)
+    tiny = judged_eager(UserModelSpec.parse(AOTI_MODEL).build(0, AOTI_SHAPE, FACTORY_WEIGHTS), AOTI_SHAPE)
+    found = {small.artifact.format: small}
+    for folder, case in ((default_export, small), (aoti_folder, tiny)):
+        for fmt in file_formats():
+            if (folder / get_format(fmt).filename).is_file():
+                found[fmt] = replace(case, artifact=open_artifact(folder / get_format(fmt).filename))
+    others = tuple(fmt for fmt in file_formats() if fmt not in found)
     if others:
         options = ExportOptions(formats=others)
-        context = ExportContext(built, torch.from_numpy(x), eager.meta, dynamic=options.dynamic)
+        x = small.inputs[small.artifact.meta.input_name]
+        context = ExportContext(built, torch.from_numpy(x), small.artifact.meta, dynamic=options.dynamic)
         folder = tmp_path_factory.mktemp("every-format")
         for fmt in others:
-            artifacts[fmt] = export_model(built, eager.meta, context.example, folder, options, fmt, context)
-    inputs = {eager.meta.input_name: x}
-    reference = make_runtime(runtimes_for(eager.format)[0]).load(eager).run(inputs)
-    return artifacts, inputs, reference, measure_oracle(eager, inputs, reference)
+            found[fmt] = replace(small, artifact=export_model(built, small.artifact.meta, context.example, folder,
+                                                              options, fmt, context))
+    return found
 
 
 @pytest.fixture(scope="module")

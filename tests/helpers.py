@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +16,7 @@ from exporter.backbones import build_model
 from exporter.export import ExportOptions
 from exporter.formats.eager import eager_artifact
 from exporter.formats.onnx import OnnxOptions
-from exporter.manifest import MANIFEST_NAME, file_sha256
+from exporter.manifest import MANIFEST_NAME, SIGNATURE_NAME, file_sha256
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.api import RunSettings
@@ -54,6 +56,18 @@ def rehash(folder, name: str) -> None:
     def change(data):
         data["files"][name].update(sha256=file_sha256(folder / name), size=(folder / name).stat().st_size)
     edit_manifest(folder, change)
+
+
+def linked_copy(folder: Path, where: Path) -> Path:
+    """A copy of `folder` in `where` whose files are hard links: replace a file to change it (see `rewrite`)."""
+    return Path(shutil.copytree(folder, where / folder.name, copy_function=os.link))
+
+
+def strip_signature(folder: Path) -> Path:
+    """`folder`, a signed export, made what its export publishes unsigned: no signature file, none declared."""
+    (folder / SIGNATURE_NAME).unlink()
+    edit_manifest(folder, lambda data: data.pop("signature"))
+    return folder
 
 
 def checks(report_path) -> list[dict]:

@@ -84,22 +84,21 @@ def test_manifest_records_what_was_made(pristine):
     assert manifest["noise_floor"] == {name: floor.value for name, floor in floors.items()}
 
 
-def test_good_folder_passes_every_check(pristine, tmp_path):
-    result = invoke("artifact", pristine, "--json", tmp_path / "r.json", TRUST)  # unsigned: TorchScript is code
-    assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "r.json").read_text())
-    names = [(c["runtime"], c["name"]) for c in data["checks"]]
-    assert ("onnxruntime", "model.onnx: goldens float32") in names
-    assert ("torchscript", "model.pt: goldens float64") in names
-    assert "model.pt2: goldens float64" in {name for _, name in names}  # the .pt2 checked like the others
-    assert ("onnxruntime", "model.onnx: shape 2x3x96x96") in names  # inside the dynamic axes
-    assert all(c["passed"] for c in data["checks"])
-
-
-def test_manifest_path_and_several_folders(pristine, folder):
-    result = invoke("artifact", pristine / "manifest.json", folder, TRUST)
+def test_good_folders_pass_every_check_named_by_manifest_or_folder(pristine, folder, tmp_path):
+    """One `verify artifact` of the good folder, named by its manifest.json, and of a copy, named by its folder:
+    every check of both passes, each format's goldens run in each folder."""
+    result = invoke("artifact", pristine / "manifest.json", folder, "--json", tmp_path / "r.json",
+                    TRUST)  # unsigned: TorchScript is code
     assert result.exit_code == 0, result.output
     assert str(pristine) in result.stdout and str(folder) in result.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert all(c["passed"] for c in data["checks"])
+    for where in (pristine, folder):
+        names = [(c["runtime"], c["name"]) for c in data["checks"] if c["artifact"].startswith(str(where))]
+        assert ("onnxruntime", "model.onnx: goldens float32") in names
+        assert ("torchscript", "model.pt: goldens float64") in names
+        assert "model.pt2: goldens float64" in {name for _, name in names}  # the .pt2 checked like the others
+        assert ("onnxruntime", "model.onnx: shape 2x3x96x96") in names  # inside the dynamic axes
 
 
 def flip_byte(folder):

@@ -7,18 +7,22 @@ in place)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import numpy as np
 import onnx
 import pytest
-from typer.testing import CliRunner
 
 from exporter.detector_manifest import load_detector_manifest
-from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME, SIGNATURE_NAME
-from tests.helpers import NAME, checks, edit_manifest, invoke, make_keys, one_channel_error, rehash, rewrite
-from verify.cli import app
+from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
+from tests.helpers import (
+    checks,
+    edit_manifest,
+    invoke,
+    linked_copy,
+    one_channel_error,
+    rehash,
+    rewrite,
+    strip_signature,
+)
 from verify.detect.check import FILE_NAMES
 from verify.folder.integrity import INTEGRITY, UNSIGNED_CODE_OPTION
 from verify.judge.compare import AUTO_FACTOR
@@ -26,34 +30,25 @@ from verify.judge.compare import AUTO_FACTOR
 ONNX, SCRIPTED = FILE_NAMES["onnx"], FILE_NAMES["torchscript"]
 
 
-@pytest.fixture(scope="module")
-def keys(module_tmp):
-    return make_keys(module_tmp("detector-keys"))
-
-
-@pytest.fixture(scope="module")
-def exported(module_tmp, keys):
-    """Signed by the export (--sign-key): checked without --verify-key, a signed folder counts as unverified."""
-    out = module_tmp("detector-folder")
-    result = CliRunner().invoke(app, ["export", "-b", NAME, "--out", str(out), "--sign-key", str(keys[0])])
-    assert result.exit_code == 0, result.output
-    return out / f"{NAME}-frozen"
+@pytest.fixture
+def keys(detector_keys):
+    """The keys the suite's detector export is signed with (tests/conftest.py detector_keys)."""
+    return detector_keys
 
 
 @pytest.fixture
-def signed(exported, tmp_path):
-    """A copy of the export whose files are hard links: replace a file to change it (see `rewrite`)."""
-    copy = tmp_path / exported.name
-    shutil.copytree(exported, copy, copy_function=os.link)
-    return copy
+def signed(detector_export, tmp_path):
+    """A hard-linked copy of the suite's `verify export -b NAME --sign-key` (tests/conftest.py detector_export), signed
+    by the export: checked without --verify-key, a signed folder counts as unverified."""
+    _, exported, result, _ = detector_export
+    assert result.exit_code == 0, result.output
+    return linked_copy(exported, tmp_path)
 
 
 @pytest.fixture
 def folder(signed):
     """The same export as published unsigned: no signature file, none declared."""
-    (signed / SIGNATURE_NAME).unlink()
-    edit_manifest(signed, lambda d: d.pop("signature"))
-    return signed
+    return strip_signature(signed)
 
 
 def test_a_fresh_detector_folder_passes_artifact_and_preflight_says_go(signed, keys, tmp_path):

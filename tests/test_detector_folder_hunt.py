@@ -18,13 +18,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from typer.testing import CliRunner
 
 from exporter.families.detectors import IMAGE_SIZE
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
 from tests.conftest import cuda_available
-from tests.helpers import NAME, checks, edit_manifest, invoke, rehash, rewrite
-from verify.cli import app
+from tests.helpers import checks, edit_manifest, invoke, linked_copy, rehash, rewrite, strip_signature
 from verify.detect.check import FILE_NAMES
 from verify.detect.folder import detector_integrity
 from verify.detect.goldens import BOX_SLACK, CLASSES, RPN_LEVEL_HEAD, SCORE_RANGE
@@ -35,20 +33,19 @@ ONNX = FILE_NAMES["onnx"]
 CONTENT = f"{GOLDENS_NAME}: content"
 
 
-@pytest.fixture(scope="module")
-def exported(module_tmp):
-    out = module_tmp("detector-hunt")
-    result = CliRunner().invoke(app, ["export", "-b", NAME, "--out", str(out)])
+@pytest.fixture
+def exported(detector_export, tmp_path_factory):
+    """The suite's `verify export -b NAME` (tests/conftest.py detector_export; its reports are written outside the
+    folder) as published unsigned, in a folder of its own: read only."""
+    _, signed, result, _ = detector_export
     assert result.exit_code == 0, result.output
-    return out / f"{NAME}-frozen"
+    return strip_signature(linked_copy(signed, tmp_path_factory.mktemp("unsigned")))
 
 
 @pytest.fixture
 def folder(exported, tmp_path):
-    """A copy whose files are hard links to the module's export: an edited file is replaced, never written."""
-    copy = tmp_path / exported.name
-    shutil.copytree(exported, copy, copy_function=os.link)
-    return copy
+    """A copy whose files are hard links to the unsigned export: an edited file is replaced, never written."""
+    return linked_copy(exported, tmp_path)
 
 
 def arrays_of(folder) -> dict[str, np.ndarray]:

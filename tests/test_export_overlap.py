@@ -37,8 +37,9 @@ def use_mode(patch: pytest.MonkeyPatch, mode: str) -> None:
     patch.setenv(overlap.MODE_ENV, mode)
 
 
-def export_with(mode: str, out: Path, traces: list[str]):
-    """`verify_export` in `mode`; `traces` gets one entry per `torch.export` trace made in this process."""
+def export_with(mode: str, out: Path, traces: list[str], cache=None):
+    """`verify_export` in `mode` with `cache` (a verify.cache.Cache, or None); `traces` gets one entry per
+    `torch.export` trace made in this process."""
     from exporter.formats import program
     from verify.api import verify_export
 
@@ -51,17 +52,21 @@ def export_with(mode: str, out: Path, traces: list[str]):
         use_mode(patch, mode)
         patch.setattr(program, "trace_exported_program", counted)
         return verify_export(SPEC, SETTINGS, out=out, export=ExportOptions(formats=FORMATS),
-                             runtimes=RUNTIMES, cache=None)
+                             runtimes=RUNTIMES, cache=cache)
 
 
 @pytest.fixture(scope="module")
 def serial_and_overlapped(module_tmp):
-    """mode -> (report, folder, traces made in this process): the same export made serially and with ONNX and the
-    `.pt2` in the background."""
-    found = {}
+    """mode -> (report, folder, traces made in this process): the same export made serially (no cache) and with
+    ONNX and the `.pt2` in the background, into an empty cache of its own ("cache": that Cache, which
+    test_a_background_export_is_stored_in_the_cache_and_a_hit_leaves_the_child_the_pt2_alone exports from again)."""
+    from verify.cache import Cache
+
+    found = {"cache": Cache(module_tmp("cache"))}
     for mode in ("off", "on"):
         out, traces = module_tmp(mode), []
-        found[mode] = (export_with(mode, out, traces), out / SPEC.slug, traces)
+        found[mode] = (export_with(mode, out, traces, found["cache"] if mode == "on" else None), out / SPEC.slug,
+                       traces)
     return found
 
 
@@ -219,26 +224,20 @@ def test_an_interrupted_export_takes_its_child_with_it(tmp_path, how):
         assert not out.exists() or not any(out.iterdir())
 
 
-def test_a_background_export_is_stored_in_the_cache_and_a_hit_leaves_the_child_the_pt2_alone(tmp_path, monkeypatch):
+def test_a_background_export_is_stored_in_the_cache_and_a_hit_leaves_the_child_the_pt2_alone(
+        serial_and_overlapped, tmp_path, monkeypatch):
     """Mode on: the first export's ONNX file, made by the child, goes into the cache (the `.pt2`, code, never does);
     the second takes it from there (checked and judged like any cached file), sends the child started before the
-    build the `.pt2` alone, stops it once that is there, and reaches the same figures."""
-    from exporter.formats.onnx import OnnxOptions
-    from verify.api import verify_export
-    from verify.cache import Cache, default_cache_dir
-
+    build the `.pt2` alone, stops it once that is there, and reaches the same figures. The first is the module's
+    overlapped export, made into an empty cache."""
     if overlap.usable_cpus() < overlap.MIN_CPUS:
         pytest.skip("one usable core: no child")
-    use_mode(monkeypatch, "on")
-    options = ExportOptions(formats=("pt2", "onnx"), format_options=(OnnxOptions("torchscript"),))  # quick ONNX
+    cache = serial_and_overlapped["cache"]
+    first, first_folder, _ = serial_and_overlapped["on"]
+    assert cache.info()["entries"] == {"export": 1}
 
-    def export(out: Path):
-        report = verify_export(SPEC, SETTINGS, out=out, export=options,
-                               runtimes=("eager", "exported", "onnxruntime"))
-        return report, {(p.a, p.b, o.name): o.max_abs for p in report.pairs for o in p.outputs}
-
-    first, first_figures = export(tmp_path / "a")
-    assert Cache(default_cache_dir()).info()["entries"] == {"export": 1}
+    def figures(report):
+        return {(p.a, p.b, o.name): o.max_abs for p in report.pairs for o in p.outputs}
 
     jobs, stopped = [], []
     send = overlap.BackgroundExport.send
@@ -255,10 +254,10 @@ def test_a_background_export_is_stored_in_the_cache_and_a_hit_leaves_the_child_t
 
     monkeypatch.setattr(overlap.BackgroundExport, "send", recorded_send)
     monkeypatch.setattr(overlap.BackgroundExport, "cancel", recorded_cancel)
-    second, second_figures = export(tmp_path / "b")
-    assert second.passed and second_figures == first_figures and jobs == [("pt2",)]
+    second = export_with("on", tmp_path / "b", [], cache)
+    assert second.passed and figures(second) == figures(first) and jobs == [("pt2",)]
     assert stopped and stopped[0] is not None  # the child was stopped once done, not left to the end of the process
-    assert digest(tmp_path / "a" / SPEC.slug / "model.onnx") == digest(tmp_path / "b" / SPEC.slug / "model.onnx")
+    assert digest(first_folder / "model.onnx") == digest(tmp_path / "b" / SPEC.slug / "model.onnx")
 
 
 def test_a_model_that_cannot_go_to_a_child_is_exported_here(tmp_path, monkeypatch):

@@ -54,7 +54,8 @@ def test_one_channel_scaled_in_a_pt2_fails_compare(folder, tmp_path):
 
 
 def test_aoti_compiles_runs_and_agrees(aoti_export):
-    """`verify export -b resnet18 --shape SMALL_SHAPE --format aoti`: the suite's one compile (tests/conftest.py)."""
+    """`verify export --model AOTI_MODEL --shape AOTI_SHAPE --format aoti`: the suite's one compile
+    (tests/conftest.py)."""
     result, folder = aoti_export
     assert result.exit_code == 0, result.output
     manifest = json.loads((folder / "manifest.json").read_text())

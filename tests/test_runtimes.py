@@ -7,7 +7,6 @@ import pytest
 
 from exporter.errors import UsageError
 from exporter.formats import FORMATS, get_format
-from tests.conftest import SMALL_SHAPE
 from verify.inputs import make_input
 from verify.judge.compare import Tolerance, compare_outputs
 from verify.runtimes import RUNTIMES, Runtime, RuntimeOptions, make_runtime, runtime_class
@@ -17,28 +16,29 @@ PAIRS = [(fmt, name) for name in RUNTIMES for fmt in runtime_class(name).formats
 
 @pytest.mark.parametrize(("fmt", "name"), PAIRS, ids=[f"{f}-{n}" for f, n in PAIRS])
 def test_runtime_contract(fmt, name, exported_small):
-    artifacts, inputs, reference, oracle = exported_small
+    case = exported_small[fmt]
     runtime = make_runtime(name)
     assert isinstance(runtime, Runtime) and runtime.name == name
-    assert runtime.load(artifacts[fmt]) is runtime
-    outputs = runtime.run(inputs)
-    assert list(outputs) == list(reference)
+    assert runtime.load(case.artifact) is runtime
+    outputs = runtime.run(case.inputs)
+    assert list(outputs) == list(case.reference)
     for key, value in outputs.items():
         assert isinstance(value, np.ndarray) and value.dtype == np.float32
-        assert value.shape == reference[key].shape
+        assert value.shape == case.reference[key].shape
     # agrees with the float64 oracle within the auto tolerance
-    assert compare_outputs(name, outputs, "oracle", oracle.outputs, Tolerance(), oracle.floors).passed
+    assert compare_outputs(name, outputs, "oracle", case.oracle.outputs, Tolerance(), case.oracle.floors).passed
     # a second shape inside the dynamic axes runs too, and follows it
-    n, c, h, w = SMALL_SHAPE
+    n, c, h, w = case.shape
     other = runtime.run({"input": make_input((n + 1, c, h + 32, w), 1)})
     first = next(iter(other.values()))
-    assert first.shape[0] == n + 1 and first.shape[2] > next(iter(reference.values())).shape[2]
+    assert first.shape[0] == n + 1 and first.shape[2] > next(iter(case.reference.values())).shape[2]
 
 
 @pytest.mark.parametrize(("fmt", "name"), PAIRS, ids=[f"{f}-{n}" for f, n in PAIRS])
 def test_runtime_rejects_bad_inputs(fmt, name, exported_small):
-    artifacts, inputs, _, _ = exported_small
-    runtime = make_runtime(name).load(artifacts[fmt])
+    case = exported_small[fmt]
+    inputs = case.inputs
+    runtime = make_runtime(name).load(case.artifact)
     with pytest.raises(UsageError, match="one input named 'input'"):
         runtime.run({"x": inputs["input"]})
     with pytest.raises(UsageError, match="float32 NCHW"):
@@ -47,8 +47,7 @@ def test_runtime_rejects_bad_inputs(fmt, name, exported_small):
 
 @pytest.mark.parametrize("name", RUNTIMES.names())
 def test_runtime_refuses_other_formats(name, exported_small):
-    artifacts = exported_small[0]
-    others = [a for fmt, a in artifacts.items() if fmt not in runtime_class(name).formats]
+    others = [case.artifact for fmt, case in exported_small.items() if fmt not in runtime_class(name).formats]
     assert others
     for other in others:
         with pytest.raises(UsageError, match="cannot run"):
@@ -57,11 +56,11 @@ def test_runtime_refuses_other_formats(name, exported_small):
 
 @pytest.mark.parametrize(("fmt", "name"), [(f, n) for f, n in PAIRS if runtime_class(n).supports_float64])
 def test_float64_runtimes_are_exact_references(fmt, name, exported_small):
-    artifacts, inputs, _, oracle = exported_small
-    exact = make_runtime(name, RuntimeOptions(dtype="float64")).load(artifacts[fmt])
-    for key, value in exact.run(inputs).items():
+    case = exported_small[fmt]
+    exact = make_runtime(name, RuntimeOptions(dtype="float64")).load(case.artifact)
+    for key, value in exact.run(case.inputs).items():
         assert value.dtype == np.float64
-        np.testing.assert_allclose(value, oracle.outputs[key], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(value, case.oracle.outputs[key], rtol=1e-12, atol=1e-12)
 
 
 def test_unknown_device_and_opt_level():
@@ -86,12 +85,12 @@ def test_every_file_format_claims_its_own_files(fmt, exported_small):
 
     entry = get_format(fmt)
     if not entry.is_file:
-        assert fmt in exported_small[0] and exported_small[0][fmt].path is None
+        assert fmt in exported_small and exported_small[fmt].artifact.path is None
         return
-    artifact = exported_small[0][fmt]
+    artifact = exported_small[fmt].artifact
     assert artifact.path.name == entry.filename and detect_format(artifact.path) is entry
     reopened = open_artifact(artifact.path)
-    assert reopened.format == fmt and reopened.meta.output_names == list(exported_small[2])  # the eager outputs
+    assert reopened.format == fmt and reopened.meta.output_names == list(exported_small[fmt].reference)  # eager's
     assert entry.executes and entry.Options().validate() is None
 
 
