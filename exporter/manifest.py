@@ -367,8 +367,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def loads_strict(text: str) -> Any:
     """json.loads refusing NaN, Infinity, numbers that overflow and duplicate keys."""
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
-                      object_pairs_hook=_no_duplicates)
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                          object_pairs_hook=_no_duplicates)
+    except RecursionError:  # a manifest is a few levels deep; Python's reader recurses per level
+        raise ValueError("it nests arrays or objects deeper than a JSON reader goes") from None
 
 
 DICT_FIELDS = ("files", "versions", "noise_floor", "dynamic_axes", "identity")

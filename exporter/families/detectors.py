@@ -36,6 +36,9 @@ TOPK_CANDIDATES = 100
 """RetinaNet / SSDlite candidates per level (or class) before NMS (torchvision: 1000 / 300)."""
 CALIBRATION_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
 CALIBRATION_RECTANGLES = 12
+MIN_IMAGE_SIDE = 5
+"""The smallest height and width of a synthetic image: its rectangles are at least 4 px and lie strictly inside the
+image (calibration_image), so a smaller one cannot be drawn."""
 RPN_LOGIT_STD = 3.0
 """Objectness logits spread this wide: top-k cut-offs then fall between well separated scores."""
 CLASS_LOGIT_STD = 2.5
@@ -259,6 +262,21 @@ def calibration_image(seed: int, shape: tuple[int, int, int] = CALIBRATION_SHAPE
 
 
 def _synthetic(model: nn.Module, detector: Detector, seed: int) -> None:
+    """Calibrated on CALIBRATION_THREADS torch threads: the statistics depend on how each convolution splits its sums,
+    so the same seed gives the same weights (and sha256) on any machine, as the backbones' synthetic weights do."""
+    import torch
+
+    from exporter.weights import CALIBRATION_THREADS
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CALIBRATION_THREADS)
+    try:
+        _calibrate(model, detector, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _calibrate(model: nn.Module, detector: Detector, seed: int) -> None:
     import torch
 
     gen = torch.Generator().manual_seed(seed)

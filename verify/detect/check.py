@@ -279,7 +279,7 @@ def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
 def _inputs(shape: tuple[int, ...], seed: int, images: Sequence[np.ndarray] | None) -> list[torch.Tensor]:
     import torch
 
-    from exporter.families.detectors import calibration_image
+    from exporter.families.detectors import IMAGE_SIZE, MIN_IMAGE_SIDE, calibration_image
 
     if images is not None:
         for image in images:  # a 1-channel image would broadcast against the RGB mean into a grey one, judged as RGB
@@ -289,6 +289,9 @@ def _inputs(shape: tuple[int, ...], seed: int, images: Sequence[np.ndarray] | No
         return [torch.as_tensor(image, dtype=torch.float32) for image in images]
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
         raise UsageError(f"A detector input shape is N x 3 x H x W, got {'x'.join(map(str, shape))}")
+    if min(shape[2:]) < MIN_IMAGE_SIDE:
+        raise UsageError(f"A detector's synthetic images are at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels, got "
+                         f"{'x'.join(map(str, shape[2:]))}; pass --shape 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}")
     return [calibration_image(seed + i, tuple(shape[1:])) for i in range(shape[0])]
 
 

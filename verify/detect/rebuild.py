@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from exporter.errors import ArtifactError
 from verify.detect.check import EAGER, ORACLE, Judging, run_eager
 from verify.detect.goldens import golden_arrays
-from verify.folder.rebuild import check_weights, same_reference, weights_source
+from verify.folder.rebuild import check_weights, recorded_seed, same_reference, weights_source
 
 if TYPE_CHECKING:
     from verify.detect.folder import DetectorFolder
@@ -24,7 +24,7 @@ def rebuild_detector(art: DetectorFolder, weights_file: Path | None) -> str:
     from exporter.weights import state_dict_sha256
 
     info = art.manifest.detector
-    source, seed = weights_source(info.weights, weights_file)
+    source, seed = weights_source(info.weights, weights_file, recorded_seed(art.manifest.identity))
     if source == "imagenet":
         raise ArtifactError("not rebuilt: a detector's weights are synthetic or a COCO checkpoint, not "
                             f"{info.weights!r}")

@@ -121,7 +121,9 @@ def preflight_target(path: Path, art: CheckedFolder | None, report: CheckReport,
     failed check: no `missing` that runs, `hint` added), the file failed its own checks, or it is code that
     may not be loaded (a failed check naming both ways to load it)."""
     if art is None or not art.sound:
-        report.summary = f"NO-GO: {path} fails its integrity checks"
+        failed = next((c for c in report.checks if not c.passed and not c.skipped), None)
+        what = "its integrity checks" if failed is None or failed.runtime == INTEGRITY else f"its check {failed.name!r}"
+        report.summary = f"NO-GO: {path} fails {what}"
         return None
     models = art.manifest.model_files()
     target = next((n for n, e in models.items() if runs_format(e.format)), None)

@@ -13,9 +13,10 @@ Shared by both folder kinds: a backbone's (here) and a whole detector's (verify/
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exporter.errors import ArtifactError, UsageError
+from verify.bounds import SEED_RANGE
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import CheckedFolder, run_check
 
@@ -44,18 +45,28 @@ def rebuilt_reference(art: CheckedFolder, report: CheckReport, body: Callable[[]
     art.sound = check.passed
 
 
-def weights_source(recorded: str, weights_file: Path | None) -> tuple[str, int]:
+def weights_source(recorded: str, weights_file: Path | None, seed: int = 0) -> tuple[str, int]:
     """What `exporter.weights.load_weights` (or a detector builder) takes to reproduce `recorded`
-    (`synthetic:<seed>`, `imagenet:<file>`, `file:<name>`), and the seed."""
-    if weights_file is not None:
-        return str(weights_file), 0
+    (`synthetic:<seed>`, `imagenet:<file>`, `file:<name>`), and the seed: synthetic weights' own, else `seed`,
+    the export's (it also seeds what no weights file holds, e.g. an FPN's convolutions)."""
     kind, _, rest = recorded.partition(":")
     if kind == "synthetic" and rest.isdigit():
-        return "synthetic", int(rest)
+        return (str(weights_file), int(rest)) if weights_file is not None else ("synthetic", int(rest))
+    if weights_file is not None:
+        return str(weights_file), seed
     if kind == "imagenet":
-        return "imagenet", 0
+        return "imagenet", seed
     raise ArtifactError(f"not rebuilt: the folder's weights came from {recorded!r}, which this machine cannot "
                         "reproduce by itself; pass that file with --checkpoint FILE")
+
+
+def recorded_seed(identity: Any) -> int:
+    """The seed the export ran with (its manifest's `identity`; 0 in folders of exports that predate it)."""
+    seed = identity.get("seed", 0) if isinstance(identity, dict) else 0
+    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ArtifactError(f"not rebuilt: the manifest's identity records seed {seed!r}, which is no seed "
+                            f"({SEED_RANGE[0]}..{SEED_RANGE[1]})")
+    return seed
 
 
 def check_weights(digest: str, recorded: str | None) -> None:
@@ -112,7 +123,7 @@ def rebuild_backbone(art: CheckedFolder, weights_file: Path | None) -> str:
         raise ArtifactError("not rebuilt: the folder is an export of your own model (--model), whose code this "
                             "check never runs; sign the folder instead (--sign-key at export, --verify-key here)")
     spec = ModelSpec.parse(model.spec)
-    source, seed = weights_source(model.weights, weights_file)
+    source, seed = weights_source(model.weights, weights_file, recorded_seed(art.manifest.identity))
     weights = load_weights(source, spec.backbone, seed)
     check_weights(weights.sha256, model.weights_sha256)
     inputs = art.goldens["input"]

@@ -114,7 +114,7 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
         job = replace(job, found=found)
     result = _blank(job)
     try:
-        result = run_detector_cell(job) if is_detector_cell(job.request) else _run_and_store(job, cache, start)
+        result = _run_detector(job) if is_detector_cell(job.request) else _run_and_store(job, cache, start)
     except VerifyError as exc:
         _reraise_interrupt(exc)
         result.error, result.verdict = str(exc), ERROR  # even after a verdict was reached: never a pass
@@ -128,6 +128,12 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
     result.worker = {"pid": os.getpid(), "threads": _torch_threads(), "peak_rss_mib": _peak_rss_mib()}
     result.shard = job.shard
     return result
+
+
+def _run_detector(job: CellJob) -> CellResult:
+    """A detector cell's files in the cell's folder, which a killed worker's cleanup removes (workers.py)."""
+    with tempfile.TemporaryDirectory(prefix=f"{CELL_FOLDER_PREFIX}{os.getpid()}-") as folder:
+        return run_detector_cell(job, Path(folder))
 
 
 def _run_and_store(job: CellJob, cache: Cache | None, start: float) -> CellResult:

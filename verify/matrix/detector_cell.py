@@ -16,14 +16,17 @@ from verify.matrix.result import AGREE, DISAGREE, CellResult
 from verify.pipeline.stages import OFF
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from verify.detect.check import DetectorReport
     from verify.detect.match import Detections
     from verify.matrix.cell import CellJob
 
 
-def run_detector_cell(job: CellJob) -> CellResult:
+def run_detector_cell(job: CellJob, folder: Path | None = None) -> CellResult:
     """Verify the job's detector as `verify export -b` does (dynamic ONNX, the matrix's seed, weights and factor)
-    and judge the cell again from the numbers it keeps; a disagreement the report found is never undone."""
+    and judge the cell again from the numbers it keeps; a disagreement the report found is never undone. Its files
+    are written into `folder` (the cell's, which a killed worker's cleanup removes), else a temporary folder."""
     import warnings
 
     from verify.detect.check import verify_detector
@@ -34,7 +37,7 @@ def run_detector_cell(job: CellJob) -> CellResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation, once per call
         report = verify_detector(spec.name, spec.norm, spec.shape, settings.weights, settings.seed, formats,
-                                 factor=settings.tolerance.factor, dynamic=True)
+                                 factor=settings.tolerance.factor, dynamic=True, out=folder)
     result = CellResult(job.id, *spec.row, AGREE if report.passed else DISAGREE,
                         input={"shape": list(spec.shape), "image_sizes": report.image_sizes()},
                         computed_seconds=round(time.perf_counter() - start, 3), cache={"result": OFF},

@@ -6,9 +6,10 @@ backbone's (verify/matrix/judging.py `judge_pair`); every run the matrix asked f
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from verify.detect.check import AFTER_NMS_ONLY, EAGER, ORACLE, RUNTIMES
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 
 
 
+LEVELS = ("before_nms", "proposals", "after_nms")
+"""A detector cell's judged levels, as its numbers store them."""
+
+
 class Malformed(ValueError):
     """Stored numbers that cannot be judged."""
 
@@ -32,15 +37,22 @@ def judge_detector_cell(cell: CellResult, tolerance: Tolerance, formats: Sequenc
     error = None if cell.error is None else (str(cell.error) or "the cell failed to run")
     own = [str(p) for p in cell.problems if not str(p).startswith(JUDGED)] \
         if isinstance(cell.problems, list) else ["malformed problems"]
-    if error:
-        return replace(cell, pairs=[], verdict=ERROR, error=error, problems=own)
     data = cell.detector if isinstance(cell.detector, Mapping) else {}
+    if error:
+        kept = _unjudged(data) if isinstance(cell.detector, Mapping) else None
+        return replace(cell, pairs=[], detector=kept, verdict=ERROR, error=error, problems=own)
     try:
-        judged, reasons = _judge(data, tolerance, [RUNTIMES[f] for f in formats], images)
-    except (Malformed, KeyError, TypeError, ValueError) as exc:
-        judged, reasons = dict(data), [f"the detector cell's numbers cannot be judged ({exc}); rerun the cell"]
+        judged, reasons = _judge(data, tolerance, [RUNTIMES[f] for f in formats], images, cell.backbone)
+    except (Malformed, KeyError, TypeError, ValueError, OverflowError) as exc:  # overflow: a label past int64
+        judged, reasons = _unjudged(data), [f"the detector cell's numbers cannot be judged ({exc}); rerun the cell"]
     found = own + [f"{JUDGED}{text}" for text in reasons if f"{JUDGED}{text}" not in own]
     return replace(cell, pairs=[], detector=judged, verdict=DISAGREE if found else AGREE, problems=found)
+
+
+def _unjudged(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell's numbers that were not judged, without the levels every renderer reads as judged pairs: what a shard
+    stored there may have any shape (a forged `proposals: [1]` ended the merge with an AttributeError)."""
+    return {**data, **{key: [] for key in LEVELS}, "refusals": {}}
 
 
 def judge_result(cell: CellResult, tolerance: Tolerance, detector: tuple[tuple[str, ...], int] | None,
@@ -53,13 +65,13 @@ def judge_result(cell: CellResult, tolerance: Tolerance, detector: tuple[tuple[s
 
 
 def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
-           images: int) -> tuple[dict[str, Any], list[str]]:
+           images: int, detector: str) -> tuple[dict[str, Any], list[str]]:
     reasons = [] if tolerance.mode == "auto" else ["a detector is judged on the oracle's floor (auto mode) only"]
     refusals = data.get("refusals") or {}
     if not isinstance(refusals, Mapping):
         raise Malformed("refusals")
     reasons += [f"export {fmt}: {why}" for fmt, why in refusals.items()]
-    after, floor, why = _after_nms(data, tolerance.factor, labels, images)
+    after, floor, why = _after_nms(data, tolerance.factor, labels, images, registered_rules(detector))
     reasons += why
     dense, why = _before_nms(data.get("before_nms"), tolerance, [lb for lb in labels if lb not in AFTER_NMS_ONLY])
     reasons += why
@@ -76,10 +88,11 @@ def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
             "floor": floor.to_dict() if floor else None}, reasons
 
 
-def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str],
-               images: int) -> tuple[list[DetectionPair], Any, list[str]]:
+def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images: int,
+               rules: Rules) -> tuple[list[DetectionPair], Any, list[str]]:
     """The after-NMS pairs `verify export` judges (eager vs the oracle, each runtime vs the oracle and vs eager),
-    recomputed from the stored detections."""
+    recomputed from the stored detections under the detector's own post-processing constants (`rules`): the
+    stored ones must be those, since they decide which unmatched detection rounding explains."""
     runs = data.get("runs")
     if not isinstance(runs, Mapping):
         raise Malformed("no detections recorded")
@@ -95,7 +108,9 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str],
     floor = measure_detection_floor(eager, oracle)
     if floor is None:
         return [], None, reasons + ["eager float32 and float64 share no detection: no floor to judge on"]
-    rules = _rules(data.get("rules"))
+    if _rules(data.get("rules")) != rules:
+        reasons.append("the stored post-processing constants are not the detector's ("
+                       f"{', '.join(f'{k} {v:g}' for k, v in asdict(rules).items())})")
     candidates = _detections(data.get("candidates"))
     if len(candidates) != images:
         raise Malformed(f"{len(candidates)} images of NMS candidates, {images} judged")
@@ -144,6 +159,22 @@ def _detections(stored: Any) -> list[Detections]:
             raise Malformed("detections with unequal lengths, non-finite values or fractional labels")
         found.append(one)
     return found
+
+
+@functools.cache
+def registered_rules(name: str) -> Rules:
+    """The post-processing constants `verify_detector` builds `name` with, read from torchvision's builder on the
+    meta device (no weights allocated: 0.06-0.26 s a detector, against seconds for a real build)."""
+    import torch
+    import torchvision.models.detection as detection
+
+    from exporter.families.detectors import DETECTORS, BuiltDetector
+
+    detector = DETECTORS.get(name)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = getattr(detection, name)(weights=None, weights_backbone=None, **detector.options)
+    built = BuiltDetector(model, detector, detector.default_norm, "")
+    return Rules(built.score_thresh, built.nms_thresh, built.detections_per_img)
 
 
 def _rules(stored: Any) -> Rules:

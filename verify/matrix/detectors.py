@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
-from exporter.families.detectors import DETECTORS
+from exporter.families.detectors import DETECTORS, IMAGE_SIZE, MIN_IMAGE_SIDE
 from verify.detect.check import DEFAULT_FORMATS
 
 if TYPE_CHECKING:
@@ -70,6 +70,10 @@ class DetectorSpec:
         if len(self.shape) != 4 or self.shape[1] != 3 or min(self.shape) < 1:
             raise UsageError(f"A detector cell's shape is N x 3 x H x W (--detector-shape), got "
                              f"{'x'.join(map(str, self.shape))}")
+        if min(self.shape[2:]) < MIN_IMAGE_SIDE:
+            raise UsageError(f"A detector cell's images are at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels "
+                             f"(--detector-shape), got {'x'.join(map(str, self.shape[2:]))}: the detector resizes "
+                             f"every image to {IMAGE_SIZE} px anyway, so pass 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}")
 
     def build(self, seed: int, shape: tuple[int, ...] | None, weights: str) -> Any:
         from exporter.families.detectors import build_detector

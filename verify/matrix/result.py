@@ -272,4 +272,6 @@ def load_result(path: Path) -> MatrixResult:
         raise UsageError(f"Report {path} does not exist") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"Cannot read {path} as JSON: {exc}") from None
+    except RecursionError:  # a report is a few levels deep; Python's reader recurses per level
+        raise UsageError(f"Cannot read {path} as JSON: it nests deeper than a JSON reader goes") from None
     return MatrixResult.from_dict(data, path)

@@ -86,32 +86,46 @@ PROC_STAT = Path("/proc/stat")
 
 
 def idle_cpus() -> float:
-    """About how many usable cores a child would have to itself: the machine's idle share over the last
-    IDLE_SAMPLE_SECONDS (this process's own work counts as busy); where /proc/stat cannot be read, usable cores
-    minus the last minute's load average."""
+    """About how many usable cores a child would have to itself: the idle share of the cores this process may run
+    on over the last IDLE_SAMPLE_SECONDS (this process's own work counts as busy); where /proc/stat cannot be read,
+    usable cores minus the last minute's load average."""
     before = _cpu_ticks()
     if before is not None:
         time.sleep(IDLE_SAMPLE_SECONDS)
         after = _cpu_ticks()
-        if after is not None and after[1] > before[1]:
+        if after is not None and after[1] > before[1] and after[2] == before[2]:
             idle_share = (after[0] - before[0]) / (after[1] - before[1])
-            return min(usable_cpus(), idle_share * (os.cpu_count() or 1))
+            return min(usable_cpus(), idle_share * after[2])
     try:
         return usable_cpus() - os.getloadavg()[0]
     except OSError:
         return 0.0
 
 
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(idle, total) clock ticks of all cores since boot: /proc/stat's `cpu` line (idle and iowait are idle)."""
+def _cpu_ticks() -> tuple[int, int, int] | None:
+    """(idle, total) clock ticks since boot (idle and iowait are idle) and how many cores they count: the `cpuN`
+    lines of the cores this process may run on when it may not run on all of them (a cpuset: idle cores it cannot
+    use are no help), else the `cpu` line of them all."""
     try:
-        fields = PROC_STAT.read_text().splitlines()[0].split()
-        ticks = [int(value) for value in fields[1:]]
-    except (OSError, IndexError, ValueError):
+        rows = {fields[0]: [int(value) for value in fields[1:]]
+                for fields in (line.split() for line in PROC_STAT.read_text().splitlines())
+                if fields and fields[0].startswith("cpu")}
+    except (OSError, ValueError):
         return None
-    if fields[0] != "cpu" or len(ticks) < 5:
+    allowed = [f"cpu{core}" for core in _affinity()]
+    per_core = len(rows) - 1
+    names = allowed if allowed and len(allowed) < per_core and all(n in rows for n in allowed) else ["cpu"]
+    if any(len(rows.get(name, ())) < 5 for name in names):
         return None
-    return ticks[3] + ticks[4], sum(ticks[:8])
+    cores = len(names) if names != ["cpu"] else (os.cpu_count() or 1)
+    return (sum(rows[n][3] + rows[n][4] for n in names), sum(sum(rows[n][:8]) for n in names), cores)
+
+
+def _affinity() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return []
 
 
 def can_overlap(user_model: bool) -> bool:
