@@ -143,6 +143,10 @@ def _proposal(data: dict) -> None:
     _detector_cell(data)["detector"]["proposals"][0]["unexplained"] = ["a proposal in one run only"]
 
 
+def _drop_proposal_check(data: dict) -> None:
+    _detector_cell(data)["detector"]["proposals"].pop()
+
+
 def _no_numbers(data: dict) -> None:
     _detector_cell(data)["detector"] = None
 
@@ -158,8 +162,8 @@ def _no_images(data: dict) -> None:
         runs.clear()
 
 
-@pytest.mark.parametrize("forge", [_score, _box, _drop_runtime, _dense, _proposal, _no_numbers, _backbone_pairs,
-                                   _no_images])
+@pytest.mark.parametrize("forge", [_score, _box, _drop_runtime, _dense, _proposal, _drop_proposal_check, _no_numbers,
+                                   _backbone_pairs, _no_images])
 def test_a_forged_shard_pass_never_merges_into_exit_0(matrix_run, forge, tmp_path):
     """The shard still says `agree` and `passed`; the merge judges its numbers again and fails it (exit 1)."""
     data = json.loads(matrix_run.paths["json"].read_text())

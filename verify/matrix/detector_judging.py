@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 
 LEVELS = ("before_nms", "proposals", "after_nms")
+RPN_KIND = "fasterrcnn"
+"""The detector kind (exporter/families/detectors.py) whose RPN proposals the export pairs run by run."""
 """A detector cell's judged levels, as its numbers store them."""
 
 
@@ -78,6 +80,11 @@ def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
     proposals = data.get("proposals") or []
     if not isinstance(proposals, list) or not all(isinstance(p, Mapping) for p in proposals):
         raise Malformed("proposals")
+    stored = {(check.get("a"), check.get("b")) for check in proposals}
+    absent = [f"{a} vs {b}" for a, b in proposal_pairs(detector, labels) if (a, b) not in stored]
+    if absent:
+        reasons.append(f"proposals: no pairing stored for {', '.join(absent)}; the export pairs them, so a cell "
+                       "without them was not judged as it was run (rerun the cell)")
     for check in proposals:
         lone = check.get("unexplained")
         if not isinstance(lone, list) or lone:
@@ -159,6 +166,18 @@ def _detections(stored: Any) -> list[Detections]:
             raise Malformed("detections with unequal lengths, non-finite values or fractional labels")
         found.append(one)
     return found
+
+
+def proposal_pairs(name: str, labels: list[str]) -> list[tuple[str, str]]:
+    """The proposal pairings `verify export -b name` records (verify/detect/check.py `_Rows`): for a detector with
+    an RPN, eager against the oracle and each run that shows its proposals against both; none otherwise. What a
+    stored cell must hold comes from here, never from the cell."""
+    from exporter.families.detectors import DETECTORS
+
+    if DETECTORS.get(name).kind != RPN_KIND:
+        return []
+    shown = [label for label in labels if label not in AFTER_NMS_ONLY]
+    return [(EAGER, ORACLE), *[(label, ref) for label in shown for ref in (ORACLE, EAGER)]]
 
 
 @functools.cache
