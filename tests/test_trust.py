@@ -296,6 +296,32 @@ def test_debug_switch_never_changes_the_exit_code(debug):
     assert ("Traceback" in result.output) == (debug == "1")
 
 
+def test_a_sigterm_swallowed_where_it_landed_still_exits_143(monkeypatch):
+    """Measured in the suite: SIGTERM landed in importlib's module-lock callback, whose exception Python only
+    prints ("Exception ignored in ..."), and `verify export` went on to exit 0. The handler's flag decides."""
+    import typer
+
+    from verify.cli import base
+
+    monkeypatch.setitem(base._received, "SIGTERM", False)
+    monkeypatch.setitem(base._received, "reported", False)
+    swallowing = typer.Typer(cls=base.OneLineErrors)
+
+    @swallowing.command()
+    def work() -> None:
+        try:
+            base._on_sigterm(signal.SIGTERM, None)
+        except base.Terminated:
+            pass  # what a weakref callback, a finalizer or a library's broad except does with it
+
+    @swallowing.command()
+    def idle() -> None:  # a group of two commands, as the app is
+        pass
+
+    result = CliRunner().invoke(swallowing, ["work"])
+    assert result.exit_code == 128 + signal.SIGTERM and "terminated (SIGTERM)" in result.output
+
+
 @pytest.mark.parametrize("delay", [0.5, 3.0])
 def test_sigterm_exits_143_wherever_it_lands(tmp_path, delay):
     verify = Path(sys.executable).parent / "verify"

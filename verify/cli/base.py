@@ -41,7 +41,9 @@ class OneLineErrors(TyperGroup):
             result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                                   standalone_mode=False, **extra)
             code = result if isinstance(result, int) else 0
-            if code == 128 + signal.SIGINT and not _received["reported"]:  # typer's bare Exit(130), outside commands
+            # typer's bare Exit(130), outside commands; or a SIGTERM whose exception was swallowed where it landed
+            # (measured: inside importlib's module-lock callback, "Exception ignored", and the run exited 0)
+            if not _received["reported"] and (_received["SIGTERM"] or code == 128 + signal.SIGINT):
                 code = interrupt_exit(Terminated() if _received["SIGTERM"] else KeyboardInterrupt())
         except ClickException as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":  # bare `verify`: the help, as click shows it
