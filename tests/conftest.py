@@ -85,8 +85,8 @@ def pytest_configure(config):
 
 
 FAST_MODULES = {"test_architecture", "test_bad_inputs", "test_ci_output", "test_detections", "test_inputs",
-                "test_inputs_trust", "test_manifest", "test_registry", "test_render_safety", "test_suite_groups",
-                "test_weights"}
+                "test_inputs_trust", "test_manifest", "test_overlap_idle", "test_registry", "test_render_safety",
+                "test_suite_groups", "test_weights"}
 """Modules whose tests build and export no model (bar those marked slow one by one): the fast tier,
 `pytest -m "not slow"`. Every other module builds, exports and runs models, and is marked slow as a whole."""
 
