@@ -104,7 +104,7 @@ def test_an_edited_float64_golden_is_named_and_nothing_is_loaded(folder, tmp_pat
     check = found[REBUILD_CHECK]
     assert not check["passed"] and "golden" in check["message"] and "edited or come from another model" in \
         check["message"]
-    assert "not loaded" in found["model.onnx: load"]["message"]
+    assert "not loaded: the folder's reference could not be rebuilt" in found["model.onnx: load"]["message"]
 
 
 def test_another_checkpoint_fails_the_rebuild_on_its_sha256(folder, tmp_path):

@@ -316,7 +316,7 @@ def golden_judgement(art: DetectorFolder, report: CheckReport, formats: list[str
             continue
         runtime = RUNTIMES[entry.format]
         if not art.sound or name not in art.verified:
-            why = "the folder failed its integrity checks" if not art.sound else "it failed its integrity check"
+            why = art.unsound_because if not art.sound else "it failed its integrity check"
             report.add(Check(art.label, runtime, f"{name}: load", False, f"not loaded: {why}"))
         elif not art.may_load(name):
             report.add(Check(art.label, runtime, f"{name}: load", False, art.refusal(name)))

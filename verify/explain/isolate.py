@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 LIMIT = 10
 """Layers shown in the report (all are in its JSON)."""
+NO_LAYERS = "no candidate layer maps back to a reference module (a graph without module scopes)"
 
 
 @dataclass
@@ -82,6 +84,9 @@ class Isolation:
     """Every layer checked, worst ratio first."""
     skipped: list[str] = field(default_factory=list)
     """Layers whose inputs do not map back to reference values."""
+    unrunnable: list[str] = field(default_factory=list)
+    """Layers that could not run on the reference's values for their inputs (another model's shapes, or a piece
+    its runtime refused)."""
     note: str = ""
 
     @property
@@ -90,12 +95,12 @@ class Isolation:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.named else 0
+        return 1 if self.named or self.unrunnable else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "candidate": self.candidate, "factor": self.factor,
                 "named": [layer.module for layer in self.named], "layers": [x.to_dict() for x in self.layers],
-                "skipped": self.skipped, "note": self.note}
+                "skipped": self.skipped, "unrunnable": self.unrunnable, "note": self.note}
 
 
 # ---------------------------------------------------------------- the reference's own values
@@ -203,6 +208,16 @@ def judge(ref: Reference, unit: Unit, got: np.ndarray) -> LayerError | None:
 
 def reference_value(ref: Reference, key: tuple[str, int] | None) -> Any:
     return ref.x if key is None else ref.outputs.get(key)
+
+
+def rerun(result: Isolation, path: str, layer: Any, *args: Any) -> Any:
+    """`layer(*args)`, or None (and `path` in result.unrunnable) where the layer cannot take the reference's values:
+    another model's shapes make that layer incomparable, not the whole isolation fail with a runtime's error."""
+    try:
+        return layer(*args)
+    except Exception:  # noqa: BLE001 - each runtime raises its own type for inputs of the wrong shape
+        result.unrunnable.append(path)
+        return None
 
 
 # ---------------------------------------------------------------- ONNX candidates: node runs
@@ -318,7 +333,9 @@ def isolate_onnx(ref: Reference, path: Any, factor: float) -> tuple[Isolation, l
         arrays = {name: value.numpy() for name, value in feeds.items()}
         piece = onnx_piece(model, unit, {name: a.shape for name, a in arrays.items()},
                            tuple(ref.outputs[(unit.path, unit.call)].shape))
-        layer = judge(ref, unit, run_onnx_piece(piece, arrays))
+        if (got := rerun(result, unit.path, run_onnx_piece, piece, arrays)) is None:
+            continue
+        layer = judge(ref, unit, got)
         if layer is None:
             result.skipped.append(unit.path)
             continue
@@ -395,7 +412,8 @@ def isolate_fx(ref: Reference, module: Any, factor: float) -> Isolation:
         if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:
             result.skipped.append(unit.path)
             continue
-        got = run_fx_unit(module, unit, feeds)
+        if (got := rerun(result, unit.path, run_fx_unit, module, unit, feeds)) is None:
+            continue
         layer = judge(ref, unit, got.detach().numpy()) if hasattr(got, "detach") else None
         if layer is None:
             result.skipped.append(unit.path)
@@ -416,7 +434,8 @@ def isolate_eager(ref: Reference, side: Side, factor: float) -> Isolation:
         if name not in leaves:
             continue
         with torch.no_grad():
-            got = leaves[name](value.float())
+            if (got := rerun(result, name, leaves[name], value.float())) is None:
+                continue
         layer = judge(ref, Unit(name, call, [], {}, None), got.numpy()) if isinstance(got, torch.Tensor) else None
         if layer is None:
             result.skipped.append(name)
@@ -434,8 +453,8 @@ def roles(a: Side, b: Side) -> tuple[Side, Side]:
         return a, b
     if eager[1]:
         return b, a
-    raise UsageError("--isolate needs one side to be a torch model (a model spec or file.py:factory) to serve as "
-                     "the float64 reference; give the model the file was exported from as A or B")
+    raise UsageError("layer isolation needs one side to be a torch model (a model spec or file.py:factory) to "
+                     "serve as the float64 reference; give the model the file was exported from as A or B")
 
 
 def isolate_sides(a: Side, b: Side, x: np.ndarray, factor: float = AUTO_FACTOR,
@@ -452,12 +471,13 @@ def isolate_sides(a: Side, b: Side, x: np.ndarray, factor: float = AUTO_FACTOR,
     elif isinstance(tracer, HookTracer):
         result = isolate_eager(ref, candidate, factor)
     else:
-        raise UsageError(f"--isolate reads eager models, ExportedPrograms (.pt2) and ONNX files, not "
-                         f"{candidate.kind} ({candidate.artifact.label}); export B as .pt2 or .onnx")
+        raise UsageError(f"layer isolation reads eager models, ExportedPrograms (.pt2) and ONNX files, not "
+                         f"{candidate.kind} ({candidate.artifact.label}); export the model as .pt2 or .onnx to "
+                         "isolate its layers")
     result.reference, result.candidate = reference.artifact.label, candidate.artifact.label
     result.layers.sort(key=lambda layer: -layer.ratio)
     if not result.layers:
-        result.note = "no candidate layer maps back to a reference module (a graph without module scopes)"
+        result.note = NO_LAYERS
     return result, (pieces if keep_pieces else []), ref
 
 
@@ -494,10 +514,17 @@ CULPRITS_NOTED = 3
 """Layers a failed report's note names per file (all are in its JSON `isolated`)."""
 
 
+ORACLE_PAIR = "oracle"
+"""PairResult.kind of a run judged against the float64 oracle."""
+
+
 def failing_files(report: Report) -> list[str]:
-    """The exported files of `report` that a failed pair ran (each once, in run order): the candidates whose
-    layers `name_culprits` re-runs."""
-    failed = {label for pair in report.pairs if not pair.passed for label in (pair.a, pair.b)}
+    """The exported files of `report` whose run failed against the float64 oracle (each once, in run order): the
+    candidates whose layers `name_culprits` re-runs. A file that agrees with the oracle is not one, though it
+    fails against the file that does not; when no oracle pair failed, every file a failed pair ran."""
+    failed_pairs = [pair for pair in report.pairs if not pair.passed]
+    failed = ({pair.a for pair in failed_pairs if pair.kind == ORACLE_PAIR}
+              or {label for pair in failed_pairs for label in (pair.a, pair.b)})
     files = set(report.artifacts.values())
     return list(dict.fromkeys(run.artifact for run in report.runs if run.label in failed and run.artifact in files))
 
@@ -513,24 +540,50 @@ def name_culprits(report: Report, candidates: list[tuple[str, str]], settings: R
             result = isolate_report(candidate, reference, settings, progress, timeout)
         except Exception as exc:  # noqa: BLE001 - an explanation that fails never hides the verdict it explains
             said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            report.notes.append(f"{candidate}: its layers were not isolated ({said})")
+            report.notes.append(f"{file_side(candidate, reference)}: its layers were not isolated ({said})")
             continue
         report.isolated.append(result.to_dict())
         report.notes.append(culprit_note(result))
 
 
+def file_side(candidate: str, reference: str) -> str:
+    """The side of a pair that is a file (the one isolation re-runs), whichever order the pair was given in."""
+    try:
+        return next((side for side in (candidate, reference) if isinstance(source_kind(side), Path)), candidate)
+    except UsageError:  # a side that no longer resolves: the candidate, as given
+        return candidate
+
+
 def culprit_note(result: Isolation) -> str:
     """One line: the layers of `result` that differ on their own, worst first, or that none does."""
     named = result.named
+    if not result.layers:  # nothing was re-run: no word on where the difference comes from
+        return f"{result.candidate}: its layers were not isolated ({result.note or 'no layer was re-run'})"
+    unrun = unrunnable_text(result)
+    if not named and unrun:  # the layers that may differ were not judged: no claim on where it comes from
+        return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} re-run is within "
+                f"{result.factor:g}x its own float32 floor{unrun}")
     if not named:
         return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} is within "
                 f"{result.factor:g}x its own float32 floor; the difference builds up across layers")
-    shown = "; ".join(f"{layer.module} {layer.ratio:.0f}x its own floor"
+    shown = "; ".join(f"{layer.module}"  # a folded norm is part of the culprit: its error shows at the conv
+                      + (f" (computed with {', '.join(layer.fused_with)})" if layer.fused_with else "")
+                      + f" {layer.ratio:.0f}x its own floor"
                       + (f" (channel {layer.channel})" if layer.channel is not None else "")
                       for layer in named[:CULPRITS_NOTED])
     more = f" (+{len(named) - CULPRITS_NOTED} more)" if len(named) > CULPRITS_NOTED else ""
     return f"isolated: {len(named)} of {len(result.layers)} layers of {result.candidate} differ on their own: " \
-           f"{shown}{more}"
+           f"{shown}{more}{unrun}"
+
+
+def unrunnable_text(result: Isolation) -> str:
+    """The note's clause on layers that could not take the reference's inputs ('' when every layer could)."""
+    if not result.unrunnable:
+        return ""
+    more = " ..." if len(result.unrunnable) > CULPRITS_NOTED else ""
+    return (f"; {len(result.unrunnable)} could not run on {result.reference}'s inputs "
+            f"({', '.join(result.unrunnable[:CULPRITS_NOTED])}{more}): layers of another shape, or refused by "
+            "their runtime")
 
 
 def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> None:
@@ -551,5 +604,9 @@ def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> Non
                           f"(max abs {layer.max_abs:.2e}{channel})")
         if len(named) > limit:
             console.print(f"  … and {len(named) - limit} more (see --json)")
+    if result.unrunnable:
+        shown = escape(", ".join(result.unrunnable[:limit]))
+        console.print(f"[yellow]{len(result.unrunnable)} layers could not run on {escape(result.reference)}'s inputs "
+                      f"(of another shape, or refused by their runtime): {shown}[/]")
     if result.note:
         console.print(f"[yellow]{escape(result.note)}[/]")

@@ -54,6 +54,8 @@ class CheckedFolder:
     """Its model-signing signature verified with the caller's public key (this run)."""
     trust_unsigned_code: bool = False
     """The caller explicitly allowed code-executing files from a folder whose signature was not verified."""
+    unsound_because: str = "the folder failed its integrity checks"
+    """Why nothing is loaded when `sound` is False (a failed rebuild says so: verify/folder/rebuild.py)."""
 
     @property
     def label(self) -> str:

@@ -43,6 +43,8 @@ def rebuilt_reference(art: CheckedFolder, report: CheckReport, body: Callable[[]
     check = run_check(art.label, REBUILD_RUNTIME, REBUILD_CHECK, body)
     report.add(check)
     art.sound = check.passed
+    if not check.passed:
+        art.unsound_because = "the folder's reference could not be rebuilt as its manifest says"
 
 
 def weights_source(recorded: str, weights_file: Path | None, seed: int = 0) -> tuple[str, int]:

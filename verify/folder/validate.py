@@ -285,7 +285,7 @@ def golden_checks(art: ArtifactFolder, options: RuntimeOptions, report: CheckRep
                              f"no registered runtime runs {entry.format}; nothing would check it"))
         for runtime_name in names:
             if not art.sound or name not in art.verified:
-                why = "the folder failed its integrity checks" if not art.sound else "it failed its integrity check"
+                why = art.unsound_because if not art.sound else "it failed its integrity check"
                 report.add(Check(art.label, runtime_name, f"{name}: load", False, f"not loaded: {why}"))
                 continue
             if not art.may_load(name):

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 
 
 LEVELS = ("before_nms", "proposals", "after_nms")
+"""A detector cell's judged levels, as its numbers store them."""
 RPN_KIND = "fasterrcnn"
 """The detector kind (exporter/families/detectors.py) whose RPN proposals the export pairs run by run."""
-"""A detector cell's judged levels, as its numbers store them."""
 
 
 class Malformed(ValueError):
