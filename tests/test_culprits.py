@@ -82,3 +82,31 @@ def test_an_export_whose_file_is_off_names_the_layer(tmp_path, monkeypatch):
     assert np.isfinite(isolated["layers"][0]["ratio"])
     assert all(run["artifact"].startswith(str(tmp_path / "out" / f"{SMALL}-frozen-body")) for run in report["runs"]
                if run["label"] != "eager"), "runs name their files where they are, not the staging folder"
+
+
+def test_the_pytest_plugin_names_the_layer_of_a_file_that_differs(tmp_path, monkeypatch):
+    """`assert_exports_agree` fails with the same culprit note, isolated against the caller's own module (which no
+    name resolves: it is built again from the plugin's spec)."""
+    import pytest
+    import torch
+
+    from exporter.backbones import build_model
+    from exporter.spec import ModelSpec
+    from exporter.weights import load_weights
+    from verify.pytest_plugin import assert_exports_agree
+
+    original = exporter.export.export_model
+
+    def buggy(built, base, example, folder, options, fmt, context=None):
+        artifact = original(built, base, example, folder, options, fmt, context)
+        if fmt == "onnx":
+            seed_bug(artifact.path, artifact.path)
+        return artifact
+
+    monkeypatch.setattr(exporter.export, "export_model", buggy)
+    monkeypatch.setenv(MODE_ENV, "off")
+    module = build_model(ModelSpec(SMALL, "frozen", "body"), load_weights("synthetic", SMALL)).model
+    with pytest.raises(AssertionError) as failed:
+        assert_exports_agree(module, torch.randn(SMALL_SHAPE), out=tmp_path, formats=["onnx"])
+    message = str(failed.value)
+    assert "isolated: 1 of" in message and LAYER in message, message

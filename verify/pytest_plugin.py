@@ -79,11 +79,27 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
         failure = failure_line(spec, exc)
     if failure is not None:  # outside the except: no chained traceback into this package
         pytest.fail(failure, pytrace=False)
+    if not report.passed and not report.problems:  # a file differs: name the layers that differ on their own
+        _name_culprits(report, spec, settings, example)
     report_path = out / f"{spec.slug}-report.json"
     write_json_report(report.to_dict(), report_path)
     if not report.passed:
         raise AssertionError(f"{headline(spec, report, report_path)}\n" + render_text(report))
     return report
+
+
+def _name_culprits(report: Report, spec: Any, settings: Any, example: Any) -> None:
+    """As `verify export` does on a failure (verify/explain/isolate.py name_culprits), against the caller's module,
+    built again from the spec (the module no name resolves)."""
+    import torch
+
+    from exporter.formats.eager import eager_artifact
+    from verify.explain.isolate import failing_files, isolate_against, name_culprits
+
+    x = example.detach().to("cpu", torch.float32).numpy()
+    reference = eager_artifact(spec.build(settings.seed, tuple(x.shape), settings.weights), tuple(x.shape))
+    name_culprits(report, [(file, str(spec)) for file in failing_files(report)],
+                  isolate=isolate_against(reference, x, settings))
 
 
 def failure_line(spec: Any, exc: BaseException) -> str:

@@ -38,8 +38,11 @@ from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
 
+    from exporter.artifacts import Artifact
     from verify.report import Report
 
 LIMIT = 10
@@ -530,20 +533,33 @@ def failing_files(report: Report) -> list[str]:
 
 
 def name_culprits(report: Report, candidates: list[tuple[str, str]], settings: RunSettings | None = None,
-                  progress: Progress | None = None, timeout: float | None = USER_CODE_TIMEOUT) -> None:
+                  progress: Progress | None = None, timeout: float | None = USER_CODE_TIMEOUT,
+                  isolate: Callable[[str, str], Isolation] | None = None) -> None:
     """For each (file, torch model) of a failed report: every layer of the file re-run alone on the model's
-    float64 inputs (`isolate_report`); the layers that differ on their own become one note and the report's
-    `isolated` record. A file the isolation cannot read (TorchScript, a graph without module scopes) gets a note
-    saying so; nothing here changes a verdict."""
+    float64 inputs (`isolate`, default `isolate_report`); the layers that differ on their own become one note and
+    the report's `isolated` record. A file the isolation cannot read (TorchScript, a graph without module scopes)
+    gets a note saying so; nothing here changes a verdict."""
+    isolate = isolate or (lambda candidate, reference: isolate_report(candidate, reference, settings, progress,
+                                                                       timeout))
     for candidate, reference in candidates:
         try:
-            result = isolate_report(candidate, reference, settings, progress, timeout)
+            result = isolate(candidate, reference)
         except Exception as exc:  # noqa: BLE001 - an explanation that fails never hides the verdict it explains
             said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             report.notes.append(f"{file_side(candidate, reference)}: its layers were not isolated ({said})")
             continue
         report.isolated.append(result.to_dict())
         report.notes.append(culprit_note(result))
+
+
+def isolate_against(reference: Artifact, x: np.ndarray, settings: RunSettings) -> Callable[[str, str], Isolation]:
+    """`name_culprits`' isolation against a reference that is already built (the pytest plugin's in-memory
+    module, which no name resolves): each file opened and its layers re-run on `reference`'s float64 values."""
+    def isolate(candidate: str, _label: str) -> Isolation:
+        sides = load_sides(reference, resolve_source(candidate, settings))
+        result, _, _ = isolate_sides(*sides, x, settings.tolerance.factor or AUTO_FACTOR)
+        return result
+    return isolate
 
 
 def file_side(candidate: str, reference: str) -> str:
