@@ -136,3 +136,40 @@ def test_preflight_says_no_go_to_the_broken_file_only_when_rebuilt(folder):
     assert invoke(*preflight).exit_code == 0  # GO: the widened floors pass the broken file
     rebuilt = invoke(*preflight, "--rebuild")
     assert rebuilt.exit_code == 1 and "NO-GO" in rebuilt.output, rebuilt.output
+
+
+def test_an_input_chosen_to_hide_a_bug_hides_nothing_from_a_rebuild(folder, tmp_path):
+    """The stem convolution scaled by 1 % is invisible on an all-zero input (no bias: it outputs 0 either way).
+    Goldens made honestly by the model on zeros, floors re-derived: plain `verify artifact` passes the broken file,
+    and a rebuild that judged on the folder's own input would too; a rebuild judges on this run's seeded input."""
+    from exporter.backbones import build_model
+    from exporter.formats.eager import eager_artifact
+    from exporter.spec import ModelSpec
+    from exporter.weights import load_weights
+    from verify.judge.oracle import folded_samples, measure_oracle
+    from verify.runtimes import make_runtime
+
+    path = folder / "model.onnx"
+    model = onnx.load(path)
+    stem = next(i for i in model.graph.initializer if i.name.split(".")[-2:] == ["conv1", "weight"]
+                and "layer" not in i.name)
+    stem.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(stem) * np.float32(1 + VISIBLE_ERROR), stem.name))
+    path.unlink()
+    onnx.save(model, path)
+    rehash(folder, "model.onnx")
+
+    def zeros(goldens):
+        (name, x), = goldens["input"].items()
+        goldens["input"] = {name: np.zeros_like(x)}
+        built = build_model(ModelSpec(SMALL, "frozen", "body"), load_weights("synthetic", SMALL))
+        eager = eager_artifact(built, x.shape)
+        goldens["float32"] = make_runtime("eager").load(eager).run(goldens["input"])
+        goldens["float64"] = measure_oracle(eager, goldens["input"], goldens["float32"]).outputs
+        goldens["folded"] = (folded_samples(eager, goldens["input"]) or [{}])[0]
+
+    rewrite_goldens(folder, zeros)
+    assert results(folder, tmp_path)["model.onnx: goldens float64"]["passed"]  # the hiding input works on its own
+    rebuilt = results(folder, tmp_path, "--rebuild")
+    assert rebuilt[REBUILD_CHECK]["passed"], rebuilt[REBUILD_CHECK]  # the zero-input goldens are the model's
+    assert "seeded input" in rebuilt[REBUILD_CHECK]["message"]
+    assert not rebuilt["model.onnx: goldens float64"]["passed"]

@@ -1,7 +1,8 @@
 """`verify artifact --rebuild` on a whole detector's folder: the detector rebuilt from its manifest (registry
 name, norm, weights checked by sha256), its post-processing constants the manifest's, and run in float32 and
 float64 on the golden images. The recorded float64 goldens must be its own (verify/folder/rebuild.py
-same_reference), and the folder's files are then judged against the rebuilt runs, not the recorded ones."""
+same_reference); the folder's files are then run on those images and on as many seeded ones this run draws, of
+the same sizes, and judged against the rebuilt detector's runs on them, not the recorded ones."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ FLOAT64 = "float64."
 
 
 def rebuild_detector(art: DetectorFolder, weights_file: Path | None) -> str:
-    from exporter.families.detectors import build_detector
+    from exporter.families.detectors import build_detector, calibration_image
     from exporter.weights import state_dict_sha256
 
     info = art.manifest.detector
@@ -33,14 +34,18 @@ def rebuild_detector(art: DetectorFolder, weights_file: Path | None) -> str:
     if Judging.of(built) != art.judging:
         raise ArtifactError(f"the manifest's post-processing ({art.judging}) is not the rebuilt {info.name}'s "
                             f"({Judging.of(built)}): the folder's thresholds were edited")
-    eager = run_eager(built, art.images, float64=False)
     oracle = run_eager(built, art.images, float64=True)
     images = [image.numpy() for image in art.images]
     recorded = golden_arrays(images, art.references[EAGER], art.references[ORACLE])
-    rebuilt = golden_arrays(images, eager, oracle)
+    rebuilt = golden_arrays(images, run_eager(built, art.images, float64=False), oracle)
     same_reference({k: v for k, v in recorded.items() if k.startswith(FLOAT64)},
                    {k: v for k, v in rebuilt.items() if k.startswith(FLOAT64)}, "float64")
-    art.references = {EAGER: eager, ORACLE: oracle}
+    # the files are also judged on images this run draws, of the golden sizes: the folder's are theirs to choose
+    # (kept too: real images may be the only ones a checkpoint detects anything on)
+    art.images = [*art.images, *[calibration_image(seed + len(art.images) + i, tuple(image.shape))
+                                    for i, image in enumerate(art.images)]]
+    art.references = {EAGER: run_eager(built, art.images, float64=False),
+                      ORACLE: run_eager(built, art.images, float64=True)}
     return (f"{info.name}:{info.norm} with {info.weights} weights (sha256 as recorded), its post-processing the "
-            f"manifest's: the float64 goldens of {len(images)} image(s) are its own; judged against its float32 and "
-            "float64 runs from here on")
+            f"manifest's: the float64 goldens of {len(images)} image(s) are its own; each file judged against its "
+            f"float32 and float64 runs on them and on as many seeded images this run draws (seed {seed})")

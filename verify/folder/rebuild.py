@@ -5,8 +5,10 @@ edited to match) proves itself, and whoever wrote the goldens decides what agree
 registered model whose weights this machine can reproduce (synthetic weights from their seed, torchvision's
 from the local cache, or a checkpoint the caller passes), the model is rebuilt here, its weights must have the
 manifest's sha256, and it is run in float32 and float64 on the golden input(s). The recorded float64 goldens
-must be the rebuilt ones within float64 rounding (REFERENCE_RTOL), and every later check judges against the
-rebuilt runs and floors, never the recorded ones: a goldens edit then fails, however consistent.
+must be the rebuilt ones within float64 rounding (REFERENCE_RTOL). Every later check then runs the files on an
+input this run makes (the seeded one, or the detector's seeded images, of the golden shapes) and judges them
+against the rebuilt model's runs and floors there, never the recorded ones: a goldens edit fails however
+consistent, and an input chosen to hide a difference (all zeros hides a scaled stem convolution) hides nothing.
 
 Shared by both folder kinds: a backbone's (here) and a whole detector's (verify/detect/rebuild.py)."""
 
@@ -116,6 +118,7 @@ def rebuild_backbone(art: CheckedFolder, weights_file: Path | None) -> str:
     from exporter.formats.eager import eager_artifact
     from exporter.spec import ModelSpec
     from exporter.weights import load_weights
+    from verify.inputs import make_input
     from verify.judge.oracle import folded_samples, measure_floors, measure_oracle
     from verify.runtimes import RuntimeOptions, default_runtime, make_runtime
 
@@ -131,14 +134,16 @@ def rebuild_backbone(art: CheckedFolder, weights_file: Path | None) -> str:
     inputs = art.goldens["input"]
     built = build_model(spec, weights, seed)
     eager = eager_artifact(built, tuple(next(iter(inputs.values())).shape))
-    fp32 = make_runtime(default_runtime(eager.format), RuntimeOptions()).load(eager).run(inputs)
-    oracle = measure_oracle(eager, inputs, fp32)
-    if oracle is None:
+    recorded = measure_oracle(eager, inputs, None)
+    if recorded is None:
         raise UsageError("not rebuilt: the model has no float64 oracle")
-    same_reference(art.goldens["float64"], oracle.outputs, "float64")
-    samples = folded_samples(eager, inputs)
-    art.goldens = {**art.goldens, "float32": fp32, "float64": oracle.outputs,
+    same_reference(art.goldens["float64"], recorded.outputs, "float64")
+    own = {name: make_input(x.shape, seed) for name, x in inputs.items()}  # the folder's input is theirs to choose
+    fp32 = make_runtime(default_runtime(eager.format), RuntimeOptions()).load(eager).run(own)
+    oracle = measure_oracle(eager, own, fp32)
+    samples = folded_samples(eager, own)
+    art.goldens = {**art.goldens, "input": own, "float32": fp32, "float64": oracle.outputs,
                    "folded": samples[0] if samples else {}}
     art.floors = measure_floors(fp32, oracle.outputs, samples=samples)
     return (f"{spec} with {model.weights} weights (sha256 as recorded): the float64 goldens are its own; "
-            "judged against its float32 and float64 runs and floors from here on")
+            f"each file judged against its float32 and float64 runs on this run's seeded input (seed {seed})")
