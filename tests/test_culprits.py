@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
 import exporter.export
@@ -62,39 +63,10 @@ def test_two_files_apart_keep_their_verdict_and_say_why_nothing_was_isolated(def
     assert any("its layers were not isolated" in note and "torch model" in note for note in report["notes"])
 
 
-def test_an_export_whose_file_is_off_names_the_layer(tmp_path, monkeypatch):
-    """The ONNX exporter stands in for an exporter bug: its file is written with one channel off."""
-    original = exporter.export.export_model
-
-    def buggy(built, base, example, folder, options, fmt, context=None):
-        artifact = original(built, base, example, folder, options, fmt, context)
-        if fmt == "onnx":
-            seed_bug(artifact.path, artifact.path)
-        return artifact
-
-    monkeypatch.setattr(exporter.export, "export_model", buggy)
-    monkeypatch.setenv(MODE_ENV, "off")  # exported in this process, where the stand-in runs
-    code, report = report_of(tmp_path, "export", "-b", SMALL, "--shape", SHAPE, "--format", "onnx",
-                             "--out", tmp_path / "out")
-    assert code == 1
-    (isolated,) = report["isolated"]
-    assert isolated["candidate"].endswith("model.onnx") and isolated["named"][0] == LAYER
-    assert np.isfinite(isolated["layers"][0]["ratio"])
-    assert all(run["artifact"].startswith(str(tmp_path / "out" / f"{SMALL}-frozen-body")) for run in report["runs"]
-               if run["label"] != "eager"), "runs name their files where they are, not the staging folder"
-
-
-def test_the_pytest_plugin_names_the_layer_of_a_file_that_differs(tmp_path, monkeypatch):
-    """`assert_exports_agree` fails with the same culprit note, isolated against the caller's own module (which no
-    name resolves: it is built again from the plugin's spec)."""
-    import pytest
-    import torch
-
-    from exporter.backbones import build_model
-    from exporter.spec import ModelSpec
-    from exporter.weights import load_weights
-    from verify.pytest_plugin import assert_exports_agree
-
+@pytest.fixture
+def buggy_onnx_exporter(monkeypatch):
+    """The ONNX exporter stands in for an exporter bug: its file is written with one channel off (exported in this
+    process, where the stand-in runs)."""
     original = exporter.export.export_model
 
     def buggy(built, base, example, folder, options, fmt, context=None):
@@ -105,6 +77,29 @@ def test_the_pytest_plugin_names_the_layer_of_a_file_that_differs(tmp_path, monk
 
     monkeypatch.setattr(exporter.export, "export_model", buggy)
     monkeypatch.setenv(MODE_ENV, "off")
+
+
+def test_an_export_whose_file_is_off_names_the_layer(tmp_path, buggy_onnx_exporter):
+    code, report = report_of(tmp_path, "export", "-b", SMALL, "--shape", SHAPE, "--format", "onnx",
+                             "--out", tmp_path / "out")
+    assert code == 1
+    (isolated,) = report["isolated"]
+    assert isolated["candidate"].endswith("model.onnx") and isolated["named"][0] == LAYER
+    assert np.isfinite(isolated["layers"][0]["ratio"])
+    assert all(run["artifact"].startswith(str(tmp_path / "out" / f"{SMALL}-frozen-body")) for run in report["runs"]
+               if run["label"] != "eager"), "runs name their files where they are, not the staging folder"
+
+
+def test_the_pytest_plugin_names_the_layer_of_a_file_that_differs(tmp_path, buggy_onnx_exporter):
+    """`assert_exports_agree` fails with the same culprit note, isolated against the caller's own module (which no
+    name resolves: it is built again from the plugin's spec)."""
+    import torch
+
+    from exporter.backbones import build_model
+    from exporter.spec import ModelSpec
+    from exporter.weights import load_weights
+    from verify.pytest_plugin import assert_exports_agree
+
     module = build_model(ModelSpec(SMALL, "frozen", "body"), load_weights("synthetic", SMALL)).model
     with pytest.raises(AssertionError) as failed:
         assert_exports_agree(module, torch.randn(SMALL_SHAPE), out=tmp_path, formats=["onnx"])
