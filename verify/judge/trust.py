@@ -81,6 +81,9 @@ def output_differences(first: Mapping[str, np.ndarray], second: Mapping[str, np.
         if a.shape != b.shape:
             found[name] = math.inf
             continue
+        if np.array_equal(a, b):  # the common case on the CPU, in one pass
+            found[name] = 0.0
+            continue
         same = np.isnan(a) & np.isnan(b) if np.issubdtype(a.dtype, np.floating) else np.zeros(a.shape, bool)
         diff = np.where(same, 0.0, np.abs(a.astype(np.float64) - b.astype(np.float64)))
         found[name] = float(np.nan_to_num(diff, nan=math.inf).max(initial=0.0))
