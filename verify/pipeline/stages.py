@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from verify.judge.trust import RepeatCheck
     from verify.pipeline.overlap import ArtifactsInFlight, BackgroundExport
     from verify.report import Report
-    from verify.runtimes import RuntimeOptions
+    from verify.runtimes import Runtime, RuntimeOptions
     from verify.settings import RunSettings
 
 HIT, MISS, OFF = "hit", "miss", "off"
@@ -398,15 +398,21 @@ def runtime_label(name: str, options: RuntimeOptions) -> str:
 
 
 def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
-              options: RuntimeOptions) -> RunResult:
-    """Load `artifact` in `runtime` once and run it on every feed, each on a private copy of its input; every
-    feed runs twice (the determinism guard, verify/judge/trust.py), and every input is checked unchanged."""
+              options: RuntimeOptions, preloaded: tuple[Runtime, float] | None = None) -> RunResult:
+    """Load `artifact` in `runtime` once (or take it `preloaded` in the background with its load's seconds,
+    verify/pipeline/preload.py) and run it on every feed, each on a private copy of its input; every feed runs
+    twice (the determinism guard, verify/judge/trust.py), and every input is checked unchanged."""
     from verify.judge.trust import RepeatCheck, output_differences, run_guarded
     from verify.runtimes import make_runtime
 
-    instance = make_runtime(runtime, options)
     start = time.perf_counter()
-    loaded = instance.load(artifact)
+    if preloaded is None:
+        loaded = make_runtime(runtime, options).load(artifact)
+    else:
+        loaded, load_seconds = preloaded
+        start -= load_seconds  # its seconds count its load, as a load here would
+        if loaded.artifact is not artifact:
+            raise RuntimeError(f"{runtime} was loaded in the background with another file than {artifact.label}")
     outputs, mutated = [], set()
     for feed in feeds:
         result, changed = run_guarded(loaded, feed)
@@ -419,8 +425,8 @@ def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.nda
         mutated.update(changed)
         for name, value in output_differences(first, again).items():
             differences[name] = max(value, differences.get(name, 0.0))
-    repeat = RepeatCheck(instance.label, differences, sorted(mutated))
-    return RunResult(runtime, instance.label, artifact.label, outputs, seconds, repeat)
+    repeat = RepeatCheck(loaded.label, differences, sorted(mutated))
+    return RunResult(runtime, loaded.label, artifact.label, outputs, seconds, repeat)
 
 
 def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunResult],
@@ -621,6 +627,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     from verify.judge.notes import explain_pairs
     from verify.judge.oracle import pooled_source
     from verify.pipeline.overlap import ArtifactsInFlight
+    from verify.pipeline.preload import Preloads
     from verify.report import Report, RunRecord
     from verify.settings import input_dict, settings_dict
 
@@ -647,17 +654,25 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
         statuses[f"export:{fmt}"] = exported.cache
     by_name: dict[str, RunResult] = {}
     oracles: list[OracleResult] | None = None
-    while len(by_name) < len(plan.runtimes):  # a runtime whose file is there first, in the plan's order
+    preloads = Preloads(settings.runtime)
+    while len(by_name) < len(plan.runtimes):  # a runtime whose file is there (and loaded) first, in the plan's order
         artifacts.collect_ready()
         left = [name for name in plan.runtimes if name not in by_name]
-        name = next((n for n in left if not artifacts.in_flight(plan.formats[n])), left[0])
-        if oracles is None and artifacts.in_flight(plan.formats[name]) and every_input_finite(by_name, build):
-            with progress.step("Running the float64 oracle"):  # while the background export finishes
+        for ready in [n for n in left if preloads.wants(n) and not artifacts.in_flight(plan.formats[n])]:
+            preloads.start(ready, artifacts[plan.formats[ready]])
+
+        def busy(runtime: str) -> bool:
+            return artifacts.in_flight(plan.formats[runtime]) or preloads.loading(runtime)
+
+        name = next((n for n in left if not busy(n)), left[0])
+        if oracles is None and busy(name) and every_input_finite(by_name, build):
+            with progress.step("Running the float64 oracle"):  # while a background export or load finishes
                 oracles = oracles_stage(eager, feeds, list(by_name.values()), settings.runtime, build.no_float64,
                                         spec.registered)
             continue
         with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
-            by_name[name] = run_stage(name, artifacts[plan.formats[name]], feeds, settings.runtime)
+            by_name[name] = run_stage(name, artifacts[plan.formats[name]], feeds, settings.runtime,
+                                      preloads.take(name))
     runs = [by_name[name] for name in plan.runtimes]
     report.runs = [RunRecord(run.label, run.artifact, run.seconds) for run in runs]
     if oracles is None:

@@ -84,6 +84,9 @@ class Runtime:
     """The precisions this runtime can honour (verify/judge/precision.py): asking another is refused."""
     supports_float64: ClassVar[bool] = False
     """Can run the artifact in float64 (and so serve as the oracle)."""
+    loads_in_background: ClassVar[bool] = False
+    """Its load is long Python work (a .pt2's deserialisation) that a thread may do while this process runs other
+    runtimes or the oracle (verify/pipeline/preload.py): `_load` then touches no process-wide torch setting."""
 
     @classmethod
     def option_class(cls) -> type[PluginOptions]:

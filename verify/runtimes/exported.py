@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 class ExportedProgramRuntime(TorchRuntime):
     name = "exported"
     formats = ("pt2",)
+    loads_in_background = True  # seconds of sympy and dataclass decoding, beside other runtimes' kernels
 
     def _load(self, artifact: Artifact) -> None:
         from pathlib import Path

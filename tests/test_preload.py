@@ -1,0 +1,119 @@
+"""A runtime that `loads_in_background` (the .pt2's) is loaded in a thread while the export runs the other runtimes and
+the oracle (verify/pipeline/preload.py): its runs and every verdict stay in the caller's thread, its failure is the
+same one line as a load in the caller's, and a load never taken leaves no result behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from exporter.errors import ArtifactError
+from exporter.export import ExportOptions
+from exporter.spec import ModelSpec
+from verify.pipeline import overlap
+from verify.pipeline.preload import Preloads
+from verify.runtimes import RuntimeOptions, runtime_class
+from verify.settings import RunSettings
+
+SPEC = ModelSpec("resnet18", "frozen", "body")
+SETTINGS = RunSettings(shape=(1, 3, 32, 32), samples=2)
+SLOW_LOAD_S = 1.0
+"""Long enough that the export has other work to do while the .pt2 loads."""
+
+
+class _FakeArtifact:
+    label = "fake.pt2"
+
+
+def _patched_make_runtime(monkeypatch, load):
+    import verify.runtimes as runtimes
+
+    class Loaded:
+        artifact = None
+
+        def load(self, artifact):
+            load(artifact)
+            self.artifact = artifact
+            return self
+
+    monkeypatch.setattr(runtimes, "make_runtime", lambda name, options=None: Loaded())
+
+
+def test_only_a_runtime_that_declares_it_loads_in_the_background():
+    preloads = Preloads(RuntimeOptions())
+    assert preloads.wants("exported")
+    assert runtime_class("exported").loads_in_background
+    assert not any(preloads.wants(name) for name in ("eager", "torchscript", "onnxruntime"))
+    assert preloads.take("exported") is None  # never started: the caller loads it itself
+
+
+def test_a_failed_background_load_raises_its_own_error_when_taken(monkeypatch):
+    threads = []
+
+    def failing(artifact):
+        threads.append(threading.current_thread())
+        raise ArtifactError(f"{artifact.label} cannot be loaded by torch.export.load: truncated")
+
+    _patched_make_runtime(monkeypatch, failing)
+    preloads = Preloads(RuntimeOptions())
+    preloads.start("exported", _FakeArtifact())
+    assert not preloads.wants("exported")  # one load per runtime
+    with pytest.raises(ArtifactError, match="fake.pt2 cannot be loaded by torch.export.load: truncated"):
+        preloads.take("exported")
+    assert threads and threads[0] is not threading.main_thread()
+    assert preloads.take("exported") is None  # taken once: nothing kept
+
+
+def test_a_background_load_is_waited_for_and_counts_its_seconds(monkeypatch):
+    _patched_make_runtime(monkeypatch, lambda artifact: time.sleep(SLOW_LOAD_S))
+    preloads = Preloads(RuntimeOptions())
+    artifact = _FakeArtifact()
+    preloads.start("exported", artifact)
+    assert preloads.loading("exported")
+    loaded, seconds = preloads.take("exported")
+    assert loaded.artifact is artifact and seconds >= SLOW_LOAD_S
+    assert not preloads.loading("exported")
+
+
+def test_the_export_runs_the_oracle_while_the_pt2_loads_and_reaches_the_same_verdicts(tmp_path, monkeypatch):
+    """The .pt2 is loaded off the main thread, slowed so that the oracle has to run meanwhile; its runs are made on
+    the main thread; the report is that of a load in the main thread (same runs, same verdicts)."""
+    import exporter.formats.pt2 as pt2
+    import verify.pipeline.stages as stages
+    from verify.api import verify_export
+
+    monkeypatch.setenv(overlap.MODE_ENV, "off")  # the formats are there at once: only the load overlaps
+    events: list[tuple[str, str]] = []
+    real_load, real_oracles = pt2.load_program, stages.oracles_stage
+
+    def slow_load(path):
+        events.append(("load starts", threading.current_thread().name))
+        time.sleep(SLOW_LOAD_S)
+        loaded = real_load(path)
+        events.append(("load ends", threading.current_thread().name))
+        return loaded
+
+    def oracles(*args, **kwargs):
+        events.append(("oracle", threading.current_thread().name))
+        return real_oracles(*args, **kwargs)
+
+    monkeypatch.setattr(pt2, "load_program", slow_load)
+    monkeypatch.setattr(stages, "oracles_stage", oracles)
+    runtimes = ("eager", "exported")
+    report = verify_export(SPEC, SETTINGS, out=tmp_path / "pre", export=ExportOptions(formats=("pt2",)),
+                           runtimes=runtimes, cache=None)
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["load starts", "oracle", "load ends"]
+    assert dict(events)["load starts"] == "load exported" and dict(events)["oracle"] == threading.main_thread().name
+
+    monkeypatch.setattr(runtime_class("exported"), "loads_in_background", False)
+    events.clear()
+    serial = verify_export(SPEC, SETTINGS, out=tmp_path / "serial", export=ExportOptions(formats=("pt2",)),
+                           runtimes=runtimes, cache=None)
+    assert [kind for kind, _ in events] == ["load starts", "load ends", "oracle"]
+    assert {e[1] for e in events} == {threading.main_thread().name}
+    assert report.passed and serial.passed
+    assert [run.label for run in report.runs] == [run.label for run in serial.runs]
+    assert [(p.a, p.b, p.passed) for p in report.pairs] == [(p.a, p.b, p.passed) for p in serial.pairs]
