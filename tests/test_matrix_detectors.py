@@ -109,10 +109,16 @@ def test_the_terminal_table_lists_the_detector_rows_once_under_it(matrix_run):
 
 
 def test_merge_judges_the_stored_numbers_again_and_agrees(matrix_run):
+    """Both levels after NMS and the proposal pairings are recomputed at merge: the export report's own, number for
+    number (the pairings from the stored proposals and RPN candidates, not read from the shard)."""
     merged = merge_results([load_result(matrix_run.paths["json"])], ["shard"])
     assert merged.exit_code == 0, merged.summary()
     cell = next(c for c in merged.cells if c.view == DETECTOR_VIEW)
     assert cell.detector["after_nms"] == matrix_run.detector.detector["after_nms"]
+    (_, _, report), = matrix_run.calls
+    assert cell.detector["proposals"] == json.loads(json.dumps([p.to_dict() for p in report.proposals]))
+    assert [(p["a"], p["b"]) for p in cell.detector["proposals"]] == [(EAGER, ORACLE), (ORT, ORACLE), (ORT, EAGER)]
+    assert set(cell.detector["proposal_boxes"]) == {EAGER, ORACLE, ORT} and cell.detector["rpn_candidates"]
 
 
 def _detector_cell(data: dict) -> dict:
@@ -147,6 +153,32 @@ def _drop_proposal_check(data: dict) -> None:
     _detector_cell(data)["detector"]["proposals"].pop()
 
 
+def _lone_proposal(data: dict) -> None:
+    """An ONNX Runtime proposal moved where no RPN candidate is: unpaired and unexplained, while the shard's pairings
+    still list nothing unexplained."""
+    numbers = _detector_cell(data)["detector"]
+    numbers["proposal_boxes"][ORT][0][0] = [0.0, 0.0, 1.0, 1.0]
+    assert all(p["unexplained"] == [] for p in numbers["proposals"])
+
+
+def _moved_proposal(data: dict) -> None:
+    """An ONNX Runtime proposal moved by twice the factor times the floor of proposal boxes (still paired)."""
+    import numpy as np
+
+    from verify.detect.proposals import ProposalCheck, pair_boxes
+    from verify.judge.oracle import measure_floor
+
+    boxes = _detector_cell(data)["detector"]["proposal_boxes"]
+    eager, oracle = ([np.asarray(image) for image in boxes[label]] for label in (EAGER, ORACLE))
+    floor = measure_floor(*(np.concatenate(side) for side in pair_boxes(ProposalCheck(EAGER, ORACLE), eager,
+                                                                         oracle)[:2])).value
+    boxes[ORT][0][0] = [v + 2 * AUTO_FACTOR * floor for v in boxes[ORT][0][0]]
+
+
+def _paired_count(data: dict) -> None:
+    _detector_cell(data)["detector"]["proposals"][1]["paired_per_image"][0] -= 1
+
+
 def _no_numbers(data: dict) -> None:
     _detector_cell(data)["detector"] = None
 
@@ -163,7 +195,7 @@ def _no_images(data: dict) -> None:
 
 
 @pytest.mark.parametrize("forge", [_score, _box, _drop_runtime, _dense, _proposal, _drop_proposal_check, _no_numbers,
-                                   _backbone_pairs, _no_images])
+                                   _backbone_pairs, _no_images, _lone_proposal, _moved_proposal, _paired_count])
 def test_a_forged_shard_pass_never_merges_into_exit_0(matrix_run, forge, tmp_path):
     """The shard still says `agree` and `passed`; the merge judges its numbers again and fails it (exit 1)."""
     data = json.loads(matrix_run.paths["json"].read_text())
@@ -178,6 +210,44 @@ def test_a_forged_shard_pass_never_merges_into_exit_0(matrix_run, forge, tmp_pat
     assert any(f"{NAME}:frozen:{DETECTOR_VIEW}" in note for note in matrix_annotations(merged))  # CI annotates it
     result = CliRunner().invoke(app, ["matrix", "merge", str(forged)])
     assert result.exit_code == 1 and "1 of 2 cells agree, 1 disagree" in result.output
+
+
+def _ort_boxes(data: dict) -> list:
+    return _detector_cell(data)["detector"]["proposal_boxes"][ORT][0]
+
+
+MALFORMED = {
+    "a NaN coordinate": lambda data: _ort_boxes(data)[0].__setitem__(0, float("nan")),
+    "a box of 3 coordinates": lambda data: _ort_boxes(data).__setitem__(0, [1.0, 2.0, 3.0]),
+    "a string coordinate": lambda data: _ort_boxes(data)[0].__setitem__(0, "1.5"),
+    "boxes far outside the image": lambda data: _ort_boxes(data)[0].__setitem__(2, 1e308),
+    "no proposal boxes": lambda data: _detector_cell(data)["detector"].pop("proposal_boxes"),
+    "no RPN candidates": lambda data: _detector_cell(data)["detector"].pop("rpn_candidates"),
+    "no RPN constants": lambda data: _detector_cell(data)["detector"].pop("rpn_rules"),
+    "a candidate score of NaN": lambda data: _detector_cell(data)["detector"]["rpn_candidates"][0]["scores"]
+    .__setitem__(0, float("nan")),
+    "candidate boxes as a string": lambda data: _detector_cell(data)["detector"]["rpn_candidates"][0]
+    .__setitem__("boxes", "0 0 1 1"),
+}
+
+
+@pytest.mark.parametrize("forge", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_proposal_numbers_fail_the_cell_in_one_line(matrix_run, forge, tmp_path):
+    """Read from a file, a NaN token is refused (exit 2, one line); anything else fails the cell (exit 1) with one
+    problem line that says its numbers cannot be judged."""
+    data = json.loads(matrix_run.paths["json"].read_text())
+    forge(data)
+    merged = merge_results([MatrixResult.from_dict(copy.deepcopy(data))], ["forged"])
+    cell = next(c for c in merged.cells if c.view == DETECTOR_VIEW)
+    assert (merged.exit_code, cell.verdict) == (1, DISAGREE)
+    problem, = cell.problems
+    assert "numbers cannot be judged" in problem and "\n" not in problem
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(data))
+    result = CliRunner().invoke(app, ["matrix", "merge", str(forged)])
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
+    if result.exit_code == 2:
+        assert len(result.output.strip().splitlines()) == 1 and "NaN" in result.output
 
 
 @pytest.mark.parametrize("options", [["--decimal", "3"], ["--runtime", "onnxruntime"], ["--static"],

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import re
 import tempfile
 import time
@@ -42,8 +41,8 @@ from verify.detect.proposals import (
     ProposalCheck,
     RpnRules,
     align_rows,
-    explain_lone,
-    score_band,
+    derive_bands,
+    explain_unpaired,
 )
 from verify.judge.compare import PairResult, Tolerance, compare_outputs
 from verify.judge.trust import RepeatCheck, likely_cause, output_differences, repeat_problems
@@ -117,6 +116,8 @@ class DetectorReport:
     """sha256 over the detector's state dict (exporter/weights.py), set by verify_detector."""
     references: dict[str, Run] = field(default_factory=dict, repr=False)
     """The eager float32 and float64 runs judged against (EAGER, ORACLE): what an export folder's goldens hold."""
+    proposal_boxes: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
+    """Faster R-CNN: each run's RPN proposals per image (eager, eager fp64, each ONNX run), as paired."""
 
     @property
     def passed(self) -> bool:
@@ -458,6 +459,8 @@ def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, ru
     report.boxes = {EAGER: eager.detections, ORACLE: oracle.detections,
                     **{label: run.detections for label, run in runs.items()}}
     report.references = {EAGER: eager, ORACLE: oracle}
+    report.proposal_boxes = {label: run.proposals for label, run in [(EAGER, eager), (ORACLE, oracle), *runs.items()]
+                             if run.proposals}
     rows = _Rows(report, judging, oracle, tolerance)
     floors = rows.floors(eager)
     report.floors = floors
@@ -501,9 +504,7 @@ class _Rows:
         if aligned is None:
             return measure_floors(eager.dense, self.oracle.dense)
         floors = measure_floors(aligned.run, aligned.ref)
-        logits = [f.value for name, f in floors.items() if name.startswith("rpn.head.cls_logits#")]
-        self.bands = Bands(self.factor * floors[PROPOSALS].value if PROPOSALS in floors else 0.0,
-                           score_band(max(logits, default=math.inf), self.factor))
+        self.bands = derive_bands({name: floor.value for name, floor in floors.items()}, self.factor)
         self._explain(aligned)
         return floors
 
@@ -527,13 +528,8 @@ class _Rows:
                         run.proposals, ref.proposals)
 
     def _explain(self, aligned: _Aligned) -> None:
-        cands = self.oracle.rpn_candidates
-        for image, (run_only, ref_only) in enumerate(aligned.lone):
-            found = cands[image] if image < len(cands) else None
-            for side, boxes, indices in (("run", aligned.run_boxes[image], run_only),
-                                         ("reference", aligned.ref_boxes[image], ref_only)):
-                for k in indices:
-                    explain_lone(aligned.check, image, side, boxes[k], found, self.rules, self.bands)
+        explain_unpaired(aligned.check, aligned.lone, aligned.run_boxes, aligned.ref_boxes, self.oracle.rpn_candidates,
+                         self.rules, self.bands)
 
 
 @dataclass

@@ -36,6 +36,8 @@ UNPAIRABLE_COST = 1e300
 its IoU); a thousand of them still sum below float64's largest."""
 SIGMOID_SLOPE = 0.25
 """The largest derivative of the sigmoid: an objectness logit off by e gives a score off by at most e/4."""
+LOGITS = "rpn.head.cls_logits#"
+"""The dense tensors of the RPN's objectness logits (one per level): their floors set the score band."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,46 @@ def explain_lone(check: ProposalCheck, image: int, side: str, box: np.ndarray, c
     check.unexplained.append(f"{where}: its float64 score {candidates.scores[k]:.9g} is not within "
                              f"{bands.scores:.2g} of the proposal cap, and no RPN NMS decision within rounding "
                              "explains it")
+
+
+def explain_unpaired(check: ProposalCheck, lone: Sequence[tuple[list[int], list[int]]],
+                     run_boxes: Sequence[np.ndarray], ref_boxes: Sequence[np.ndarray],
+                     candidates: Sequence[Detections], rules: RpnRules, bands: Bands) -> None:
+    """Every proposal in one run only (`lone`: per image, unpaired indices in the run and in the reference) recorded
+    by explain_lone on that image's float64 RPN candidates."""
+    for image, (run_only, ref_only) in enumerate(lone):
+        found = candidates[image] if image < len(candidates) else None
+        for side, boxes, indices in (("run", run_boxes[image], run_only), ("reference", ref_boxes[image], ref_only)):
+            for k in indices:
+                explain_lone(check, image, side, boxes[k], found, rules, bands)
+
+
+def pair_boxes(check: ProposalCheck, run_boxes: Sequence[np.ndarray], ref_boxes: Sequence[np.ndarray]
+               ) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[list[int], list[int]]]]:
+    """align_rows on the proposal boxes alone (per image): both sides' paired boxes in the reference's order, and
+    the unpaired indices; the counts go into `check`."""
+    mine, theirs, lone = align_rows([{}] * len(run_boxes), [{}] * len(ref_boxes), run_boxes, ref_boxes, (), check)
+    return [m[PROPOSALS] for m in mine], [t[PROPOSALS] for t in theirs], lone
+
+
+def check_proposals(a: str, b: str, run_boxes: Sequence[np.ndarray], ref_boxes: Sequence[np.ndarray],
+                    candidates: Sequence[Detections], rules: RpnRules,
+                    bands: Bands) -> tuple[ProposalCheck, list[np.ndarray], list[np.ndarray]]:
+    """The pairing of run `a`'s proposals (per image) with reference `b`'s from the boxes alone, as the export
+    records it (align_rows, then explain_unpaired), and both sides' paired boxes per image: what a stored detector
+    cell is judged again from."""
+    check = ProposalCheck(a, b)
+    mine, theirs, lone = pair_boxes(check, run_boxes, ref_boxes)
+    explain_unpaired(check, lone, run_boxes, ref_boxes, candidates, rules, bands)
+    return check, mine, theirs
+
+
+def derive_bands(floors: Mapping[str, float], factor: float) -> Bands:
+    """The rounding bands from the oracle's floor values: `factor` floors of the paired proposal boxes (`PROPOSALS`;
+    0 without one), and score_band of the largest RPN objectness-logit floor (0 without one)."""
+    logits = [value for name, value in floors.items() if name.startswith(LOGITS)]
+    return Bands(factor * floors[PROPOSALS] if PROPOSALS in floors else 0.0,
+                 score_band(max(logits, default=math.inf), factor))
 
 
 def kept_order(candidates: Detections, nms_thresh: float) -> np.ndarray:

@@ -1,6 +1,7 @@
 """One detector cell run: `verify_detector`, the path `verify export -b <detector>` takes (same exports, runs and
 judging), its report kept as the numbers its verdict needs (each run's detections, the oracle's NMS candidates,
-the model's post-processing constants, the judged before-NMS pairs), then judged again from them
+the model's post-processing constants, the judged before-NMS pairs; for Faster R-CNN each run's RPN proposals, the
+oracle's RPN NMS inputs and the RPN's constants), then judged again from them
 (verify/matrix/detector_judging.py). Never cached: run every time, as a user model's cell is."""
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def detector_numbers(report: DetectorReport) -> dict[str, Any]:
             "dynamic": report.dynamic, "rules": asdict(report.judging.rules) if report.judging else None,
             "runs": {label: [_plain(found) for found in per_image] for label, per_image in report.boxes.items()},
             "candidates": [_plain(found) for found in oracle.candidates] if oracle is not None else [],
+            "rpn_rules": asdict(report.judging.rpn) if report.judging and report.judging.rpn else None,
+            "proposal_boxes": {label: [boxes.tolist() for boxes in per_image]
+                               for label, per_image in report.proposal_boxes.items()},
+            "rpn_candidates": [_plain(found) for found in oracle.rpn_candidates] if oracle is not None else [],
             "before_nms": [pair.to_dict() for pair in report.dense],
             "proposals": [check.to_dict() for check in report.proposals],
             "after_nms": [pair.to_dict() for pair in report.detections],

@@ -2,19 +2,20 @@
 recomputed from each run's stored detections with the functions `verify export -b <detector>` judges by
 (verify/detect/match.py: the floor from eager float32 vs float64, `compare_detections` with the model's
 post-processing constants and the oracle's NMS candidates); before NMS, each stored pair is judged again like a
-backbone's (verify/matrix/judging.py `judge_pair`); every run the matrix asked for must be there."""
+backbone's (verify/matrix/judging.py `judge_pair`); the proposal pairings are recomputed from the stored proposals
+(verify/matrix/proposal_judging.py); every run the matrix asked for must be there."""
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from verify.detect.check import AFTER_NMS_ONLY, EAGER, ORACLE, RUNTIMES
-from verify.detect.match import Detections, Rules, compare_detections, measure_detection_floor
+from verify.detect.match import Rules, compare_detections, measure_detection_floor
 from verify.matrix.judging import JUDGED, judge_cell, judge_pair
+from verify.matrix.proposal_judging import Malformed, detections_of, judge_proposals, registered_detector
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult
 
 if TYPE_CHECKING:
@@ -25,12 +26,6 @@ if TYPE_CHECKING:
 
 LEVELS = ("before_nms", "proposals", "after_nms")
 """A detector cell's judged levels, as its numbers store them."""
-RPN_KIND = "fasterrcnn"
-"""The detector kind (exporter/families/detectors.py) whose RPN proposals the export pairs run by run."""
-
-
-class Malformed(ValueError):
-    """Stored numbers that cannot be judged."""
 
 
 def judge_detector_cell(cell: CellResult, tolerance: Tolerance, formats: Sequence[str], images: int) -> CellResult:
@@ -77,21 +72,9 @@ def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
     reasons += why
     dense, why = _before_nms(data.get("before_nms"), tolerance, [lb for lb in labels if lb not in AFTER_NMS_ONLY])
     reasons += why
-    proposals = data.get("proposals") or []
-    if not isinstance(proposals, list) or not all(isinstance(p, Mapping) for p in proposals):
-        raise Malformed("proposals")
-    stored = {(check.get("a"), check.get("b")) for check in proposals}
-    absent = [f"{a} vs {b}" for a, b in proposal_pairs(detector, labels) if (a, b) not in stored]
-    if absent:
-        reasons.append(f"proposals: no pairing stored for {', '.join(absent)}; the export pairs them, so a cell "
-                       "without them was not judged as it was run (rerun the cell)")
-    for check in proposals:
-        lone = check.get("unexplained")
-        if not isinstance(lone, list) or lone:
-            reasons.append(f"proposals {check.get('a')} vs {check.get('b')}: "
-                           f"{len(lone) if isinstance(lone, list) else 'no count of'} proposals in one run only that "
-                           "rounding does not explain")
-    return {**data, "before_nms": dense, "after_nms": [p.to_dict() for p in after],
+    proposals, why = judge_proposals(data, tolerance, labels, images, detector, dense)
+    reasons += why
+    return {**data, "before_nms": dense, "proposals": proposals, "after_nms": [p.to_dict() for p in after],
             "floor": floor.to_dict() if floor else None}, reasons
 
 
@@ -103,7 +86,7 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     runs = data.get("runs")
     if not isinstance(runs, Mapping):
         raise Malformed("no detections recorded")
-    found = {label: _detections(runs[label]) for label in (EAGER, ORACLE, *labels) if label in runs}
+    found = {label: detections_of(runs[label]) for label in (EAGER, ORACLE, *labels) if label in runs}
     missing = [label for label in (EAGER, ORACLE, *labels) if label not in found]
     reasons = [f"no {label} detections recorded" for label in missing]
     if EAGER in missing or ORACLE in missing:
@@ -118,7 +101,7 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     if _rules(data.get("rules")) != rules:
         reasons.append("the stored post-processing constants are not the detector's ("
                        f"{', '.join(f'{k} {v:g}' for k, v in asdict(rules).items())})")
-    candidates = _detections(data.get("candidates"))
+    candidates = detections_of(data.get("candidates"))
     if len(candidates) != images:
         raise Malformed(f"{len(candidates)} images of NMS candidates, {images} judged")
     pairs = [compare_detections(EAGER, eager, ORACLE, oracle, floor, rules, candidates, factor)]
@@ -149,50 +132,10 @@ def _before_nms(stored: Any, tolerance: Tolerance, labels: list[str]) -> tuple[l
     return judged, reasons
 
 
-def _detections(stored: Any) -> list[Detections]:
-    """One Detections per image from their JSON form; anything but finite boxes and scores and whole labels fails."""
-    import numpy as np
-
-    if not isinstance(stored, list):
-        raise Malformed("detections are not a list of images")
-    found = []
-    for image in stored:
-        if not isinstance(image, Mapping):
-            raise Malformed("an image's detections")
-        labels = np.asarray(image["labels"], dtype=np.float64).reshape(-1)
-        one = Detections.of(image)
-        if not (len(one.boxes) == len(one.scores) == len(labels)) or not np.isfinite(one.boxes).all() \
-                or not np.isfinite(one.scores).all() or not np.array_equal(labels, one.labels):
-            raise Malformed("detections with unequal lengths, non-finite values or fractional labels")
-        found.append(one)
-    return found
-
-
-def proposal_pairs(name: str, labels: list[str]) -> list[tuple[str, str]]:
-    """The proposal pairings `verify export -b name` records (verify/detect/check.py `_Rows`): for a detector with
-    an RPN, eager against the oracle and each run that shows its proposals against both; none otherwise. What a
-    stored cell must hold comes from here, never from the cell."""
-    from exporter.families.detectors import DETECTORS
-
-    if DETECTORS.get(name).kind != RPN_KIND:
-        return []
-    shown = [label for label in labels if label not in AFTER_NMS_ONLY]
-    return [(EAGER, ORACLE), *[(label, ref) for label in shown for ref in (ORACLE, EAGER)]]
-
-
-@functools.cache
 def registered_rules(name: str) -> Rules:
     """The post-processing constants `verify_detector` builds `name` with, read from torchvision's builder on the
-    meta device (no weights allocated: 0.06-0.26 s a detector, against seconds for a real build)."""
-    import torch
-    import torchvision.models.detection as detection
-
-    from exporter.families.detectors import DETECTORS, BuiltDetector
-
-    detector = DETECTORS.get(name)
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = getattr(detection, name)(weights=None, weights_backbone=None, **detector.options)
-    built = BuiltDetector(model, detector, detector.default_norm, "")
+    meta device (proposal_judging.py `registered_detector`)."""
+    built = registered_detector(name)
     return Rules(built.score_thresh, built.nms_thresh, built.detections_per_img)
 
 
