@@ -200,11 +200,24 @@ def _wrap_stages(timings: dict[str, float]) -> None:
     original_wait = overlap.BackgroundExport.wait
     overlap.BackgroundExport.wait = _timed(timings, lambda self, fmt, *a: f"wait for the background {fmt} export",
                                            original_wait)
+    import verify.pipeline.preload as preload
+
+    original_take = preload.Preloads.take
+
+    def take(self, runtime):  # timed only where a load was started
+        if runtime not in self.loads:
+            return original_take(self, runtime)
+        return _timed(timings, lambda *a: f"wait for the background load of {runtime}", original_take)(self, runtime)
+
+    preload.Preloads.take = take
     original_make = runtimes.make_runtime
 
     def make_runtime(name, *args, **kwargs):
+        import threading
+
         instance = original_make(name, *args, **kwargs)
-        instance.load = _timed(timings, lambda *a, **k: f"  of which load {name}", instance.load)
+        where = "" if threading.current_thread() is threading.main_thread() else " (a thread's, beside the lines above)"
+        instance.load = _timed(timings, lambda *a, **k: f"  of which load {name}{where}", instance.load)
         return instance
 
     runtimes.make_runtime = make_runtime

@@ -12,7 +12,7 @@ import pytest
 from exporter.errors import ArtifactError
 from exporter.export import ExportOptions
 from exporter.spec import ModelSpec
-from verify.pipeline import overlap
+from verify.pipeline import overlap, preload
 from verify.pipeline.preload import Preloads
 from verify.runtimes import RuntimeOptions, runtime_class
 from verify.settings import RunSettings
@@ -56,7 +56,10 @@ def test_a_failed_background_load_raises_its_own_error_when_taken(monkeypatch):
         threads.append(threading.current_thread())
         raise ArtifactError(f"{artifact.label} cannot be loaded by torch.export.load: truncated")
 
+    import sys
+
     _patched_make_runtime(monkeypatch, failing)
+    before = sys.getswitchinterval()
     preloads = Preloads(RuntimeOptions())
     preloads.start("exported", _FakeArtifact())
     assert not preloads.wants("exported")  # one load per runtime
@@ -64,10 +67,21 @@ def test_a_failed_background_load_raises_its_own_error_when_taken(monkeypatch):
         preloads.take("exported")
     assert threads and threads[0] is not threading.main_thread()
     assert preloads.take("exported") is None  # taken once: nothing kept
+    assert sys.getswitchinterval() == before  # restored however the load ended
 
 
-def test_a_background_load_is_waited_for_and_counts_its_seconds(monkeypatch):
-    _patched_make_runtime(monkeypatch, lambda artifact: time.sleep(SLOW_LOAD_S))
+def test_a_background_load_is_waited_for_counts_its_seconds_and_cuts_the_switch_interval_meanwhile(monkeypatch):
+    import sys
+
+    seen = []
+
+    def slow(artifact):
+        seen.append(sys.getswitchinterval())
+        time.sleep(SLOW_LOAD_S)
+
+    _patched_make_runtime(monkeypatch, slow)
+    before = sys.getswitchinterval()
+    assert before > preload.SWITCH_INTERVAL_S  # the interpreter's default: what there is to cut
     preloads = Preloads(RuntimeOptions())
     artifact = _FakeArtifact()
     preloads.start("exported", artifact)
@@ -75,18 +89,20 @@ def test_a_background_load_is_waited_for_and_counts_its_seconds(monkeypatch):
     loaded, seconds = preloads.take("exported")
     assert loaded.artifact is artifact and seconds >= SLOW_LOAD_S
     assert not preloads.loading("exported")
+    assert seen == [preload.SWITCH_INTERVAL_S] and sys.getswitchinterval() == before
 
 
-def test_the_export_runs_the_oracle_while_the_pt2_loads_and_reaches_the_same_verdicts(tmp_path, monkeypatch):
-    """The .pt2 is loaded off the main thread, slowed so that the oracle has to run meanwhile; its runs are made on
-    the main thread; the report is that of a load in the main thread (same runs, same verdicts)."""
+def test_the_pt2_loads_after_the_torch_runs_and_beside_the_oracle_with_the_same_verdicts(tmp_path, monkeypatch):
+    """The .pt2 is loaded off the main thread once no torch module runs beside it (a torch run takes the GIL back
+    after every operator), slowed so that the oracle has to run meanwhile; its runs are made on the main thread; the
+    report is that of a load in the main thread (same runs, same verdicts)."""
     import exporter.formats.pt2 as pt2
     import verify.pipeline.stages as stages
     from verify.api import verify_export
 
     monkeypatch.setenv(overlap.MODE_ENV, "off")  # the formats are there at once: only the load overlaps
     events: list[tuple[str, str]] = []
-    real_load, real_oracles = pt2.load_program, stages.oracles_stage
+    real_load, real_oracles, real_run = pt2.load_program, stages.oracles_stage, stages.run_stage
 
     def slow_load(path):
         events.append(("load starts", threading.current_thread().name))
@@ -99,21 +115,30 @@ def test_the_export_runs_the_oracle_while_the_pt2_loads_and_reaches_the_same_ver
         events.append(("oracle", threading.current_thread().name))
         return real_oracles(*args, **kwargs)
 
+    def run_stage(name, *args, **kwargs):
+        result = real_run(name, *args, **kwargs)
+        events.append((f"{name} runs end", threading.current_thread().name))
+        return result
+
     monkeypatch.setattr(pt2, "load_program", slow_load)
     monkeypatch.setattr(stages, "oracles_stage", oracles)
+    monkeypatch.setattr(stages, "run_stage", run_stage)
     runtimes = ("eager", "exported")
     report = verify_export(SPEC, SETTINGS, out=tmp_path / "pre", export=ExportOptions(formats=("pt2",)),
                            runtimes=runtimes, cache=None)
     kinds = [kind for kind, _ in events]
-    assert kinds == ["load starts", "oracle", "load ends"]
-    assert dict(events)["load starts"] == "load exported" and dict(events)["oracle"] == threading.main_thread().name
+    assert kinds.index("eager runs end") < kinds.index("load starts")  # held back while eager ran
+    assert kinds.index("oracle") < kinds.index("load ends")  # the oracle ran beside it
+    threads = dict(events)
+    assert threads["load starts"] == "load exported" and threads["oracle"] == threading.main_thread().name
 
     monkeypatch.setattr(runtime_class("exported"), "loads_in_background", False)
     events.clear()
     serial = verify_export(SPEC, SETTINGS, out=tmp_path / "serial", export=ExportOptions(formats=("pt2",)),
                            runtimes=runtimes, cache=None)
-    assert [kind for kind, _ in events] == ["load starts", "load ends", "oracle"]
-    assert {e[1] for e in events} == {threading.main_thread().name}
+    kinds = [kind for kind, _ in events]
+    assert kinds.index("load ends") < kinds.index("oracle")
+    assert {thread for _, thread in events} == {threading.main_thread().name}
     assert report.passed and serial.passed
     assert [run.label for run in report.runs] == [run.label for run in serial.runs]
     assert [(p.a, p.b, p.passed) for p in report.pairs] == [(p.a, p.b, p.passed) for p in serial.pairs]

@@ -5,6 +5,10 @@ runtimes and the float64 oracle spend theirs in torch and ONNX Runtime kernels, 
 runtime that declares `loads_in_background` is loaded in a thread as soon as its file is there, and its runs
 wait for that load only when its turn comes. Only the load moves: its runs, and every verdict, stay in the
 caller's thread. A failed load raises, when taken, what the same load raises in the caller.
+
+A thread that waits for the GIL gets it after the holder's switch interval (5 ms by default): beside a busy load,
+every torch operator of the caller's would wait that long to resume. The interval is cut to
+`SWITCH_INTERVAL_S` while a load runs, and the caller holds such loads back while its own torch runs are ahead.
 """
 
 from __future__ import annotations
@@ -16,6 +20,30 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from exporter.artifacts import Artifact
     from verify.runtimes import Runtime, RuntimeOptions
+
+SWITCH_INTERVAL_S = 0.0005
+"""The interpreter's switch interval while a load runs: the longest the caller's thread waits to resume."""
+_interval_lock = threading.Lock()
+_interval_users: list[float] = []
+"""The interval each running load found (the first one's is restored when the last ends)."""
+
+
+def _cut_interval() -> None:
+    import sys
+
+    with _interval_lock:
+        _interval_users.append(sys.getswitchinterval())
+        sys.setswitchinterval(min(SWITCH_INTERVAL_S, _interval_users[0]))
+
+
+def _restore_interval() -> None:
+    import sys
+
+    with _interval_lock:
+        first = _interval_users[0]
+        _interval_users.pop()
+        if not _interval_users:
+            sys.setswitchinterval(first)
 
 
 @dataclass
@@ -43,7 +71,12 @@ class Preloads:
         thread = threading.Thread(target=self._load, args=(runtime, artifact, result), name=f"load {runtime}",
                                   daemon=True)  # a stopped run does not wait for a load nobody will take
         self.loads[runtime] = _Load(thread, result)
-        thread.start()
+        _cut_interval()  # restored by the thread when it ends, however it ends
+        try:
+            thread.start()
+        except BaseException:
+            _restore_interval()
+            raise
 
     def loading(self, runtime: str) -> bool:
         load = self.loads.get(runtime)
@@ -69,3 +102,5 @@ class Preloads:
             result[:] = [make_runtime(runtime, self.options).load(artifact), time.perf_counter() - start]
         except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread by `take`
             result[:] = [exc]
+        finally:
+            _restore_interval()

@@ -629,6 +629,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     from verify.pipeline.overlap import ArtifactsInFlight
     from verify.pipeline.preload import Preloads
     from verify.report import Report, RunRecord
+    from verify.runtimes import runtime_class
     from verify.settings import input_dict, settings_dict
 
     progress = progress or NullProgress()
@@ -658,14 +659,15 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     while len(by_name) < len(plan.runtimes):  # a runtime whose file is there (and loaded) first, in the plan's order
         artifacts.collect_ready()
         left = [name for name in plan.runtimes if name not in by_name]
-        for ready in [n for n in left if preloads.wants(n) and not artifacts.in_flight(plan.formats[n])]:
-            preloads.start(ready, artifacts[plan.formats[ready]])
-
-        def busy(runtime: str) -> bool:
-            return artifacts.in_flight(plan.formats[runtime]) or preloads.loading(runtime)
-
-        name = next((n for n in left if not busy(n)), left[0])
-        if oracles is None and busy(name) and every_input_finite(by_name, build):
+        ready = [n for n in left if not artifacts.in_flight(plan.formats[n])]
+        held = [n for n in ready if preloads.wants(n)]  # loaded in a thread once no torch module runs beside it
+        if all(n in held or runtime_class(n).runs_natively for n in ready):
+            for name in held:
+                preloads.start(name, artifacts[plan.formats[name]])
+            held = []
+        busy = {n for n in left if artifacts.in_flight(plan.formats[n]) or preloads.loading(n) or n in held}
+        name = next((n for n in left if n not in busy), left[0])
+        if oracles is None and name in busy and every_input_finite(by_name, build):
             with progress.step("Running the float64 oracle"):  # while a background export or load finishes
                 oracles = oracles_stage(eager, feeds, list(by_name.values()), settings.runtime, build.no_float64,
                                         spec.registered)

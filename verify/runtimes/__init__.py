@@ -87,6 +87,10 @@ class Runtime:
     loads_in_background: ClassVar[bool] = False
     """Its load is long Python work (a .pt2's deserialisation) that a thread may do while this process runs other
     runtimes or the oracle (verify/pipeline/preload.py): `_load` then touches no process-wide torch setting."""
+    runs_natively: ClassVar[bool] = False
+    """A run is one native call that leaves the GIL free (ONNX Runtime's session.run): a background load beside it
+    costs it nothing. A torch module's run takes the GIL back after each operator, so a load beside it waits it
+    out operator by operator (the switch interval), and is held back until such runs are over."""
 
     @classmethod
     def option_class(cls) -> type[PluginOptions]:

@@ -37,6 +37,7 @@ class OnnxRuntime(Runtime):
     name = "onnxruntime"
     formats = ("onnx",)
     precisions = ("fp32", "tf32")  # the exported float32 graph as it is; use_tf32 on CUDA
+    runs_natively = True
 
     @dataclass(frozen=True)
     class Options(PluginOptions):
