@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporter.artifacts import ArtifactMeta
 from exporter.backbones import BuiltModel, View
 from exporter.errors import UsageError
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
@@ -150,7 +151,7 @@ class UserModelSpec:
         import torch
 
         factory = self._factory()
-        with _on_path(self._search_folder()), torch.random.fork_rng(devices=[]):
+        with _on_path(self._search_folder()), torch.random.fork_rng(devices=[]), _torch_globals_kept():
             torch.manual_seed(seed)
             try:
                 return factory()
@@ -230,6 +231,20 @@ def _slug(text: str) -> str:
 def _one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[-1].strip()}" if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _torch_globals_kept() -> Iterator[None]:
+    """torch's default dtype and thread count as they were before the factory ran: a factory that sets float64 as
+    the default made this tool's own float32 input float64 ('Input type (double) and bias type (float)')."""
+    import torch
+
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -318,7 +333,9 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
         x = example
     else:
         x = torch.randn(run_shape, generator=torch.Generator().manual_seed(seed))
-    names = output_names(_call(module, x, spec), spec)
+    result = _call(module, x, spec)
+    names = output_names(result, spec)
+    _refuse_empty(result, names, spec)
     exact, note = _float64_model(module, x, names, spec)
     view = _view(tuple(names))
     state = {k: v.detach() for k, v in module.state_dict().items()}
@@ -355,8 +372,24 @@ def _call(module: nn.Module, x: torch.Tensor, spec: UserModelSpec) -> Any:
         with torch.no_grad():
             return module(x)
     except Exception as exc:
+        lower = _not_float32(module)
+        if lower:  # the shape is not what failed: say what did
+            raise UsageError(f"{spec} failed on a float32 input: {_one_line(exc)}; its parameters are "
+                             f"{lower}: return the model in float32 (model.float()), as every export and the "
+                             "float64 oracle start from float32") from None
         raise UsageError(f"{spec} failed on an input of shape {tuple(x.shape)}: {_one_line(exc)}; pass the "
                          "input shape it takes with --shape, or return (module, example_input)") from None
+
+
+def _not_float32(module: nn.Module) -> str | None:
+    """`float16 (conv.weight, …)` when some floating parameter is not float32, else None."""
+    import torch
+
+    found = [(name, p.dtype) for name, p in module.named_parameters() if p.is_floating_point()
+             and p.dtype != torch.float32]
+    if not found:
+        return None
+    return f"{str(found[0][1]).removeprefix('torch.')} ({found[0][0]}" + (", …)" if len(found) > 1 else ")")
 
 
 def output_names(result: Any, spec: UserModelSpec | str = "the model") -> list[str]:
@@ -372,6 +405,9 @@ def output_names(result: Any, spec: UserModelSpec | str = "the model") -> list[s
         if not names or not all(isinstance(k, str) and k for k in names):
             raise UsageError(f"{spec} returns a dict whose keys are not all non-empty strings ({names[:4]}); "
                              "outputs are named by its keys")
+        if ArtifactMeta.input_name in names:  # every exported graph names its input so: ONNX refuses the reuse
+            raise UsageError(f"{spec} returns a dict with the key {ArtifactMeta.input_name!r}, the name every export "
+                             "gives the model's input; rename that output")
     elif isinstance(result, (tuple, list)) and result:
         items = [(f"output{i}", v) for i, v in enumerate(result)]
         names = [k for k, _ in items]
@@ -383,6 +419,15 @@ def output_names(result: Any, spec: UserModelSpec | str = "the model") -> list[s
             raise UsageError(f"{spec} output {name!r} is {_describe(value)}; every output must be a tensor "
                              "(nested outputs are not supported)")
     return names
+
+
+def _refuse_empty(result: Any, names: list[str], spec: UserModelSpec) -> None:
+    """An output without a single value has nothing to judge: no floor, no verdict (it failed later, as a missing
+    noise floor and then a manifest error)."""
+    for name, value in zip(names, _flat(result, names)):
+        if value.numel() == 0:
+            raise UsageError(f"{spec} output {name!r} has no values (shape {tuple(value.shape)}): there is nothing "
+                             "to compare; return outputs that hold at least one value")
 
 
 def _flat(result: Any, names: list[str]) -> list[torch.Tensor]:

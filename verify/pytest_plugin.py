@@ -44,36 +44,15 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     Artifacts go to `out/<name>/` (the manifest and goldens with them), the report to `out/<name>-report.json`.
     The module is copied first: the caller's object is left as it was."""
     __tracebackhide__ = True  # a failure points at the user's test line, not here
-    import numpy as np
-    import torch
-
-    from exporter.errors import UsageError, VerifyError
-    from exporter.export import ExportOptions
-    from exporter.formats import default_formats
-    from exporter.formats.aoti import AotiOptions
-    from exporter.formats.onnx import OnnxOptions
-    from exporter.formats.torchscript import TorchScriptOptions
+    from exporter.errors import VerifyError
     from exporter.user_model import ModuleSpec
-    from verify.api import RunSettings, verify_export
-    from verify.judge.compare import Tolerance
+    from verify.api import verify_export
     from verify.report import write_json_report
-    from verify.runtimes import RuntimeOptions
 
-    if not (isinstance(example, torch.Tensor) and example.is_floating_point() and example.dim() == 4):
-        pytest.fail(failure_line("your model", UsageError(
-            f"example must be one float NCHW tensor, e.g. torch.randn(1, 3, 224, 224); got "
-            f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}")), pytrace=False)
-    spec = ModuleSpec.of(module, example, name)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    input_file = out / f"{spec.slug}-input.npy"
-    np.save(input_file, example.detach().to("cpu", torch.float32).numpy())
-    settings = RunSettings(input_file=input_file, tolerance=tolerance or Tolerance(),
-                           runtime=RuntimeOptions(device=device))
-    options = ExportOptions(formats=tuple(formats or default_formats()), dynamic=dynamic, format_options=(
-        TorchScriptOptions("trace" if trace else "script"), OnnxOptions(onnx_exporter, opset), AotiOptions(device)))
-    failure = None
-    try:
+    out, spec, failure = Path(out), ModuleSpec.of(module, example, name), None
+    try:  # a bad option is one line too, never a traceback into this package
+        settings, options = _prepare(spec, example, out, formats, runtimes, tolerance, trace, onnx_exporter, opset,
+                                     dynamic, device)
         report = verify_export(spec, settings, out=out, export=options, runtimes=runtimes)
     except VerifyError as exc:
         failure = failure_line(spec, exc)
@@ -86,6 +65,45 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     if not report.passed:
         raise AssertionError(f"{headline(spec, report, report_path)}\n" + render_text(report))
     return report
+
+
+def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, runtimes: Sequence[str] | None,
+             tolerance: Any, trace: bool, onnx_exporter: str, opset: int, dynamic: bool,
+             device: str) -> tuple[Any, Any]:
+    """The run settings and export options of one call, every argument checked (UsageError) before any work; the
+    example is saved under `out` as the run's input."""
+    import numpy as np
+    import torch
+
+    from exporter.errors import UsageError
+    from exporter.export import ExportOptions
+    from exporter.formats import default_formats
+    from exporter.formats.aoti import AotiOptions
+    from exporter.formats.onnx import OnnxOptions
+    from exporter.formats.torchscript import TorchScriptOptions
+    from exporter.fsio import check_writable_folder
+    from verify.api import RunSettings
+    from verify.judge.compare import Tolerance
+    from verify.runtimes import RuntimeOptions
+
+    if not (isinstance(example, torch.Tensor) and example.is_floating_point() and example.dim() == 4):
+        raise UsageError(f"example must be one float NCHW tensor, e.g. torch.randn(1, 3, 224, 224); got "
+                         f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}")
+    if tolerance is not None and not isinstance(tolerance, Tolerance):
+        raise UsageError(f"tolerance must be a verify.judge.compare.Tolerance, e.g. Tolerance.from_options(rtol=1e-5, "
+                         f"atol=1e-6); got {type(tolerance).__name__} {tolerance!r}")
+    for option, names in (("formats", formats), ("runtimes", runtimes)):
+        if isinstance(names, str):
+            raise UsageError(f"{option} takes a list of names, e.g. {option}=[{names!r}]; got the string {names!r}")
+    input_file = out / f"{spec.slug}-input.npy"
+    settings = RunSettings(input_file=input_file, tolerance=tolerance or Tolerance(),
+                           runtime=RuntimeOptions(device=device))
+    options = ExportOptions(formats=tuple(formats or default_formats()), dynamic=dynamic, format_options=(
+        TorchScriptOptions("trace" if trace else "script"), OnnxOptions(onnx_exporter, opset), AotiOptions(device)))
+    check_writable_folder(out, "out")
+    out.mkdir(parents=True, exist_ok=True)  # written only once every option is known good
+    np.save(input_file, example.detach().to("cpu", torch.float32).numpy())
+    return settings, options
 
 
 def _name_culprits(report: Report, spec: Any, settings: Any, example: Any) -> None:

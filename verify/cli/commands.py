@@ -78,6 +78,7 @@ def export(
     from exporter.user_model import UserModelSpec
     from verify.api import verify_export
     from verify.cache import open_cache
+    from verify.explain.outputs import refuse_overwriting_sources
 
     if model is None and backbone in detector_names():
         from verify.cli.detector import export_detector, refuse_unsupported
@@ -95,6 +96,10 @@ def export(
                          "--junit or --markdown")
     spec = UserModelSpec.parse(model) if model else ModelSpec(backbone, norm, view)
     folder = out / spec.slug
+    refuse_overwriting_sources([model], json=reports.json, junit=reports.junit, markdown=reports.markdown)
+    if model and spec.is_file and Path(spec.source).resolve().is_relative_to(folder.resolve()):
+        raise UsageError(f"The export folder {folder} would hold your model's own file {spec.source}, and an export "
+                         "replaces its whole folder (with --overwrite, deleting that file): pass --out elsewhere")
     for flag, path in (("--json", reports.json), ("--junit", reports.junit), ("--markdown", reports.markdown)):
         if path and path.resolve().is_relative_to(folder.resolve()):
             raise UsageError(f"{flag} {path} is inside the export folder {folder}, which the export replaces; "
@@ -137,6 +142,11 @@ def compare(
     """Run any two models or artifacts on the same input and judge them on the outputs they share."""
     from verify.api import SIDES
     from verify.api import compare as run_compare
+    from verify.explain.outputs import refuse_inside_export, refuse_overwriting_sources
+
+    for flag, path in (("--json", reports.json), ("--junit", reports.junit), ("--markdown", reports.markdown)):
+        refuse_inside_export(path, flag)
+    refuse_overwriting_sources([a, b], json=reports.json, junit=reports.junit, markdown=reports.markdown)
 
     report = run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout),
                          runtime=runtime)
@@ -172,10 +182,13 @@ def explain(
     from verify.detect.explain import is_detector_spec
     from verify.explain.equivalence import SEED_QUESTION, render_explanation
     from verify.explain.equivalence import explain as run_explain
+    from verify.explain.outputs import refuse_inside_export, refuse_overwriting_sources
     from verify.report import write_json_report
 
     if (a is None) != (b is None):
         raise UsageError("Give both A and B, or neither to replay the seed question")
+    refuse_inside_export(json_path, "--json")
+    refuse_overwriting_sources([a, b], json=json_path)
     if is_detector_spec(a) or is_detector_spec(b):
         if isolate:
             raise UsageError("--isolate runs on a backbone or your own model against its export; drop it for "

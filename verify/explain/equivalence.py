@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import Artifact
-from exporter.errors import UsageError
+from exporter.errors import UsageError, VerifyError
 from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
 from verify.explain.localize import EQUIVALENCE_RTOL, localise
 from verify.explain.structure import StructuralDifference, canonical_modules, structural_diff, train_mode_modules
 from verify.explain.tracers import Side, tracer_for
 from verify.inputs import seeded_input
+from verify.judge.trust import RANDOM_CAUSES, output_differences
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
 
@@ -20,6 +21,14 @@ if TYPE_CHECKING:
     import numpy as np
 
 SEED_QUESTION = ("resnet50:batch:trunk", "resnet50:frozen:body")
+REPEATS = 2
+"""float32 runs of each side on the input: bit-identical on the CPU, or the side is random and not judged."""
+
+
+class NotJudged(VerifyError):
+    """A side gives other outputs for the same input: no verdict can stand on its floor (exit 1, as `compare`)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -171,14 +180,17 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     sides = load_sides(a, b)
     fp32, fp64 = [], []
     with progress.step("Running both in float32 and float64"):
-        for artifact, side in zip((a, b), sides):
+        for artifact, side, side_label in zip((a, b), sides, labels):
             if side.fp32 is None:
-                fp32.append(make_runtime(default_runtime(artifact.format)).load(artifact)
-                            .run({artifact.meta.input_name: x}))
+                loaded = make_runtime(default_runtime(artifact.format)).load(artifact)
+                outputs = [loaded.run({artifact.meta.input_name: x.copy()}) for _ in range(REPEATS)]
+                fp32.append(_deterministic(outputs, f"{side_label} ({artifact.label})"))
                 fp64.append(None)
                 continue
             names, label = artifact.meta.output_names, artifact.label
-            fp32.append(to_numpy_outputs(call_module(side.fp32, torch.from_numpy(x), label), names))
+            outputs = [to_numpy_outputs(call_module(side.fp32, torch.from_numpy(x.copy()), label), names)
+                       for _ in range(REPEATS)]
+            fp32.append(_deterministic(outputs, f"{side_label} ({artifact.label})"))
             fp64.append(to_numpy_outputs(call_module(side.fp64, torch.from_numpy(x).double(), label), names))
     shared = [name for name in fp32[1] if name in fp32[0]]
     if not shared:
@@ -229,6 +241,20 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
         else:
             result.divergence_note = found.note
     return result
+
+
+def _deterministic(runs: list[dict[str, np.ndarray]], label: str) -> dict[str, np.ndarray]:
+    """The first run's outputs, refused unless the repeat gave the same bits: a random side's float32-vs-float64
+    difference is its randomness, so its floor would be too (an ONNX file judged against a random model's
+    noise was 'equivalent within float32 rounding', exit 0)."""
+    for again in runs[1:]:
+        differences = output_differences(runs[0], again)
+        worst = max(differences, key=lambda name: differences[name], default=None)
+        if worst is not None and differences[worst] > 0:
+            raise NotJudged(f"{label} is not deterministic: the same input twice gave {worst} "
+                            f"{differences[worst]:.3g} apart; {RANDOM_CAUSES}. Not judged: explain needs a model that "
+                            "computes one function")
+    return runs[0]
 
 
 def _require_finite_outputs(labels: tuple[str, str], fp32: list, fp64: list, shared: list[str]) -> None:

@@ -9,11 +9,14 @@ under ONNX Runtime and judges it against the stored reference by the same rule.
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from exporter.errors import UsageError
+from exporter.errors import UsageError, VerifyError
 from verify.api import RunSettings
 from verify.explain.isolate import (
     Isolation,
@@ -25,6 +28,7 @@ from verify.explain.isolate import (
     unit_feeds,
     user_code,
 )
+from verify.explain.outputs import refuse_inside_export
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.trust import accumulation_length, output_scale, rounding_bound
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
@@ -98,7 +102,6 @@ def check_piece(piece: Path, factor: float = AUTO_FACTOR) -> PieceCheck:
     file's) on its stored floor, which is first checked against what float32 rounding can produce in that piece:
     an edited .npz cannot make a failing piece pass."""
     import numpy as np
-    import onnx
 
     data = data_path(piece)
     if not piece.is_file() or not data.is_file():
@@ -108,12 +111,56 @@ def check_piece(piece: Path, factor: float = AUTO_FACTOR) -> PieceCheck:
             arrays = {key: stored[key] for key in stored.files}
     except (OSError, ValueError) as exc:
         raise UsageError(f"{data} is not a piece's .npz ({exc}); write it again with `verify reduce`") from None
-    feeds = {key.removeprefix(INPUT_KEY): value for key, value in arrays.items() if key.startswith(INPUT_KEY)}
-    model = onnx.load(str(piece))
+    model = read_piece(piece)
+    feeds = stored_feeds(arrays, model, data)
     floor = stored_floor(arrays, model, feeds, data)
-    got = run_onnx_piece(model, feeds)
-    ratio, channel = piece_ratio(got, arrays[REFERENCE_KEY], floor)
+    reference = arrays[REFERENCE_KEY]
+    try:
+        got = run_onnx_piece(model, feeds)
+    except Exception as exc:  # onnxruntime raises several types for a graph and feeds that do not fit
+        raise UsageError(f"{piece} does not run under ONNX Runtime on the inputs in {data.name} "
+                         f"({_first_line(exc)}); write both again with `verify reduce`") from None
+    if got.shape != reference.shape:
+        raise UsageError(f"{piece} computes shape {got.shape} but {data.name} holds a reference of shape "
+                         f"{reference.shape}; write both again with `verify reduce`")
+    ratio, channel = piece_ratio(got, reference, floor)
     return PieceCheck(piece, ratio, factor, channel)
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
+def read_piece(piece: Path) -> Any:
+    """The piece's graph, refused in one line unless onnx's checker accepts it (a truncated or foreign file, or
+    external data outside its folder)."""
+    import onnx
+
+    from exporter.formats.onnx import check_onnx
+
+    try:
+        check_onnx(piece)
+    except VerifyError as exc:
+        raise UsageError(f"{str(exc).rstrip()}; write it again with `verify reduce`") from None
+    return onnx.load(str(piece))
+
+
+def stored_feeds(arrays: dict[str, np.ndarray], model: Any, data: Path) -> dict[str, np.ndarray]:
+    """The stored inputs, refused unless they are exactly the piece's graph inputs, as finite float32 values (what
+    `write_piece` stores): anything else is not the piece's own data."""
+    import numpy as np
+
+    feeds = {key.removeprefix(INPUT_KEY): value for key, value in arrays.items() if key.startswith(INPUT_KEY)}
+    initializers = {init.name for init in model.graph.initializer}
+    wanted = sorted(item.name for item in model.graph.input if item.name not in initializers)
+    if sorted(feeds) != wanted:
+        raise UsageError(f"{data} holds inputs {sorted(feeds)} but the piece takes {wanted}; write both again "
+                         "with `verify reduce`")
+    for name, value in feeds.items():
+        if value.dtype != np.float32 or not np.all(np.isfinite(value)):
+            raise UsageError(f"{data}: input {name!r} is not finite float32 values ({value.dtype}); write it again "
+                             "with `verify reduce`")
+    return feeds
 
 
 def stored_floor(arrays: dict[str, np.ndarray], model: Any, feeds: dict[str, np.ndarray], data: Path) -> np.ndarray:
@@ -128,6 +175,10 @@ def stored_floor(arrays: dict[str, np.ndarray], model: Any, feeds: dict[str, np.
     if not (np.issubdtype(reference.dtype, np.floating) and np.issubdtype(floor.dtype, np.floating)) \
             or floor.size == 0 or not np.all(np.isfinite(floor)) or not np.all(floor > 0):
         raise UsageError(f"{data}: its floor must be finite positive numbers; write it again with `verify reduce`")
+    channels = {1, reference.shape[1]} if reference.ndim > 1 else {1}
+    if floor.ndim != 1 or floor.size not in channels or reference.size == 0 or not np.all(np.isfinite(reference)):
+        raise UsageError(f"{data}: its reference (shape {reference.shape}) must be finite values and its floor "
+                         f"(shape {floor.shape}) one value or one per channel; write it again with `verify reduce`")
     shapes = [tuple(init.dims) for init in model.graph.initializer]
     k = accumulation_length(parameters=shapes, input_shape=next(iter(feeds.values())).shape)
     bound = rounding_bound(k) * output_scale(reference)
@@ -139,15 +190,39 @@ def stored_floor(arrays: dict[str, np.ndarray], model: Any, feeds: dict[str, np.
 
 def write_piece(folder: Path, piece: Any, feeds: dict[str, np.ndarray], reference: np.ndarray,
                 floor: np.ndarray, factor: float) -> Path:
+    """piece.onnx and its .npz, each written to a new temporary file and renamed over the name: a link planted in
+    the folder is replaced, never written through, and a failed write leaves neither half-written."""
     import numpy as np
-    import onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / PIECE_NAME
-    onnx.save(piece, str(path))
-    np.savez(data_path(path), **{INPUT_KEY + name: value for name, value in feeds.items()},
-             **{REFERENCE_KEY: reference, FLOOR_KEY: floor, FACTOR_KEY: np.float64(factor)})
+    arrays = {**{INPUT_KEY + name: value for name, value in feeds.items()},
+              REFERENCE_KEY: reference, FLOOR_KEY: floor, FACTOR_KEY: np.float64(factor)}
+    written: list[tuple[Path, Path]] = []
+    try:
+        written.append((_new_file(path, lambda handle: handle.write(piece.SerializeToString())), path))
+        written.append((_new_file(data_path(path), lambda handle: np.savez(handle, **arrays)), data_path(path)))
+        for tmp, final in written:
+            os.replace(tmp, final)
+    except OSError as exc:
+        raise UsageError(f"Cannot write the piece into {folder}: {exc.strerror or exc}") from None
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
     return path
+
+
+def _new_file(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """A new temporary file beside `path` (O_EXCL, O_NOFOLLOW: never one planted there) holding what `write` wrote."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def reduce_sides(a: Any, b: Any, x: np.ndarray, folder: Path, factor: float = AUTO_FACTOR) -> Reduction:
@@ -155,6 +230,10 @@ def reduce_sides(a: Any, b: Any, x: np.ndarray, folder: Path, factor: float = AU
     import numpy as np
 
     isolation, pieces, ref = isolate_sides(a, b, x, factor, keep_pieces=True)
+    if not isolation.layers and not isolation.unrunnable:  # 'nothing to reduce' (exit 0) would rest on no layer
+        raise UsageError(f"No layer could be re-run alone, so nothing was checked: {isolation.note or 'none maps back'}"
+                         "; reduce needs an ONNX file whose nodes name the modules they come from (as this tool's "
+                         "exports do) beside the torch model it was exported from")
     if not isolation.named:
         return Reduction(isolation)
     if not pieces:
@@ -174,6 +253,7 @@ def reduce_pair(a: str, b: str, folder: Path, settings: RunSettings | None = Non
                 timeout: float | None = USER_CODE_TIMEOUT, isolate: bool = True) -> Reduction:
     """`verify reduce A B --out FOLDER`; a side that is the user's own code runs it in a worker."""
     settings, progress = settings or RunSettings(), progress or NullProgress()
+    refuse_inside_export(folder, "--out")
     user = user_code(a, b)
     if isolate and user:
         return run_isolated(reduce_pair, a, b, folder, settings, what=f"Your model {' and '.join(user)}",

@@ -117,12 +117,12 @@ def repeat_problems(checks: Sequence[RepeatCheck], device: str, floors: Mapping[
             name, diff = max(worse, key=lambda item: item[1])
             at = "" if computes_in == "fp32" or device in BITWISE_DEVICES else f" at {DISPLAY[computes_in]}"
             problems.append(f"{check.label} is not deterministic: the same input twice gave {name} {diff:.3g} apart "
-                            f"(allowed on {device}{at}: {allowed[name]:.3g}); {cause or _CAUSES}. Not judged")
+                            f"(allowed on {device}{at}: {allowed[name]:.3g}); {cause or RANDOM_CAUSES}. Not judged")
     return problems
 
 
-_CAUSES = ("likely a module left in train mode (dropout, batch statistics), a random op (torch.rand*, "
-           "dropout with training=True) or state kept between calls")
+RANDOM_CAUSES = ("likely a module left in train mode (dropout, batch statistics), a random op (torch.rand*, "
+                 "dropout with training=True) or state kept between calls")
 
 
 def likely_cause(model: Any) -> str:
@@ -133,7 +133,7 @@ def likely_cause(model: Any) -> str:
         shown = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if len(training) > 3 else "")
         return (f"{len(training)} module(s) still in train mode after eval() ({shown}; does the model override "
                 f"train() or eval()?), e.g. dropout active")
-    return _CAUSES
+    return RANDOM_CAUSES
 
 
 def accumulation_length(model: Any = None, parameters: Sequence[Sequence[int]] = (),

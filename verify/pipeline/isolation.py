@@ -135,6 +135,8 @@ def _adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None) ->
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(OSError):  # a group of its own: what the user's code forks is stopped with it (`_stop`)
+        os.setpgid(0, 0)
     environ, cwd, path = where
     os.environ.clear()
     os.environ.update(environ)
@@ -350,13 +352,20 @@ def _close_all(steps: list) -> None:
 
 
 def _stop(worker: Any) -> None:
-    """SIGTERM, then SIGKILL after a grace period: a worker never outlives its parent's call."""
+    """SIGTERM, then SIGKILL after a grace period: a worker never outlives its parent's call; then every process
+    left in its group (what the user's code forked, holding this tool's stdout open and the pipe behind it)."""
+    import os
+    import signal
+
     if worker.is_alive():
         worker.terminate()
         worker.join(STOP_GRACE_SECONDS)
     if worker.is_alive():
         worker.kill()
         worker.join()
+    if worker.pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # no group: the worker forked nothing
+            os.killpg(worker.pid, signal.SIGKILL)
 
 
 def _stop_and_clean(worker: Any, folder: str) -> None:
