@@ -94,6 +94,25 @@ def list_detectors() -> list[str]:
     return DETECTORS.names()
 
 
+def resized_size(detector: Detector, height: int, width: int) -> tuple[int, int]:
+    """H x W of an image after the detector's own transform: GeneralizedRCNNTransform scales the short side to
+    min_size unless the long side would pass max_size, and interpolate floors the result; SSDlite resizes to its
+    fixed size."""
+    if "min_size" not in detector.options:
+        return IMAGE_SIZE, IMAGE_SIZE
+    scale = min(detector.options["min_size"] / min(height, width), detector.options["max_size"] / max(height, width))
+    return int(height * scale), int(width * scale)
+
+
+def check_image_size(name: str, height: int, width: int) -> None:
+    """Refuse an image the detector's transform would resize to nothing (torch then raises deep in the model)."""
+    resized = resized_size(DETECTORS.get(name), height, width)
+    if min(resized) < 1:
+        raise UsageError(f"{name} resizes each image to fit {IMAGE_SIZE} pixels: a {height}x{width} image becomes "
+                         f"{resized[0]}x{resized[1]}, with nothing to detect in; give images at most "
+                         f"{IMAGE_SIZE} times longer than they are wide")
+
+
 @dataclass
 class BuiltDetector:
     model: nn.Module
@@ -211,6 +230,10 @@ def _load_checkpoint(model: nn.Module, path: Path, name: str) -> str:
         parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
                  (("missing", missing), ("unexpected", unexpected), ("of another shape", misfit)) if v]
         raise UsageError(f"Weights file {path} is not a {name} checkpoint: {'; '.join(parts)} keys")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if broken:  # NaN weights give NaN scores, which the score threshold drops: a detector that silently sees nothing
+        raise UsageError(f"Weights file {path} holds NaN or infinite values in {len(broken)} tensors (e.g. "
+                         f"{broken[0]}); pass a checkpoint of a trained {name}, or --weights synthetic")
     model.load_state_dict(state, strict=False)
     return f"file:{path.name}"
 

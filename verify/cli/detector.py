@@ -80,7 +80,7 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
 
     from exporter.fsio import staged_folder
     from exporter.spec import parse_shape
-    from verify.detect.check import verify_detector
+    from verify.detect.check import check_inputs, verify_detector
     from verify.detect.folder import write_detector_folder
     from verify.render.console import print_line
     from verify.render.text import markup
@@ -97,6 +97,7 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
     images = None
     if input_path is not None:
         images = load_images(input_path, size if shape or not dynamic else None)  # static: one size
+    check_inputs(name, size, images)  # before any folder is made
     with staged_folder(folder) as staging, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation, once per call
         report = verify_detector(name, norm, size, weights, seed, chosen, out=staging, factor=factor, images=images,

@@ -80,6 +80,10 @@ GUARD_DEVICE = "cpu"
 PROPOSAL_PRODUCER, PROPOSAL_CONSUMER = "/rpn/", "/roi_heads/box_roi_pool/"
 """Scopes of the legacy exporter between which the proposals flow (see onnx_proposals)."""
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+REPORT_SCHEMA_VERSION = 1
+"""The version of the detector report's JSON (`--json`); it changes when a field changes meaning or goes."""
+REPORT_KIND = "detector"
+"""What tells a detector report from a backbone report (which has no `kind`) to a program reading it."""
 
 
 @dataclass
@@ -160,7 +164,8 @@ class DetectorReport:
                                                                  else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"detector": self.name, "norm": self.norm, "weights": self.weights, "shape": list(self.shape),
+        return {"schema_version": REPORT_SCHEMA_VERSION, "kind": REPORT_KIND,
+                "detector": self.name, "norm": self.norm, "weights": self.weights, "shape": list(self.shape),
                 "formats": list(self.formats), "dynamic": self.dynamic, "image_sizes": self.image_sizes(),
                 "factor": self.factor, "passed": self.passed,
                 "exit_code": self.exit_code, "summary": self.summary(), "refusals": self.refusals,
@@ -252,7 +257,7 @@ def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] =
     formats = _check_formats(formats)
     tolerance = Tolerance.from_options(factor=factor)
     clock = _Clock()
-    inputs = _inputs(shape, seed, images)  # a bad input is refused before the detector is built
+    inputs = _inputs(name, shape, seed, images)  # a bad input is refused before the detector is built
     with clock("build"):
         say(f"building {name}")
         built = build_detector(name, norm, weights, seed)
@@ -277,22 +282,34 @@ def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(formats))
 
 
-def _inputs(shape: tuple[int, ...], seed: int, images: Sequence[np.ndarray] | None) -> list[torch.Tensor]:
-    import torch
-
-    from exporter.families.detectors import IMAGE_SIZE, MIN_IMAGE_SIDE, calibration_image
+def check_inputs(name: str, shape: tuple[int, ...], images: Sequence[np.ndarray] | None) -> None:
+    """Refuse what detector `name` cannot take (one-line UsageError): `images` (each 3 x H x W) when given, else
+    synthetic images of `shape`; the CLI asks before it creates any folder."""
+    from exporter.families.detectors import IMAGE_SIZE, MIN_IMAGE_SIDE, check_image_size
 
     if images is not None:
         for image in images:  # a 1-channel image would broadcast against the RGB mean into a grey one, judged as RGB
             if image.ndim != 3 or image.shape[0] != 3 or min(image.shape) < 1:
                 raise UsageError(f"A detector takes RGB images (3 x H x W), got one of "
                                  f"{'x'.join(map(str, image.shape))}; pass images, or arrays with 3 channels")
-        return [torch.as_tensor(image, dtype=torch.float32) for image in images]
+            check_image_size(name, *image.shape[1:])
+        return
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
         raise UsageError(f"A detector input shape is N x 3 x H x W, got {'x'.join(map(str, shape))}")
     if min(shape[2:]) < MIN_IMAGE_SIDE:
         raise UsageError(f"A detector's synthetic images are at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels, got "
                          f"{'x'.join(map(str, shape[2:]))}; pass --shape 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}")
+    check_image_size(name, *shape[2:])
+
+
+def _inputs(name: str, shape: tuple[int, ...], seed: int, images: Sequence[np.ndarray] | None) -> list[torch.Tensor]:
+    import torch
+
+    from exporter.families.detectors import calibration_image
+
+    check_inputs(name, shape, images)
+    if images is not None:
+        return [torch.as_tensor(image, dtype=torch.float32) for image in images]
     return [calibration_image(seed + i, tuple(shape[1:])) for i in range(shape[0])]
 
 
@@ -415,7 +432,7 @@ def judge_detector(built: BuiltDetector, inputs: Sequence[torch.Tensor], files: 
                             images=[image.numpy() for image in inputs])
     repeats: list[RepeatCheck] = []
     with clock("run eager"):
-        say("running eager float32 and float64")
+        say(f"running eager float32 and float64{_on_images(len(inputs))}")
         eager = _guarded(EAGER, lambda images: run_eager(built, images, float64=False), inputs, repeats)
         oracle = _guarded(ORACLE, lambda images: run_eager(built, images, float64=True), inputs, repeats)
     report.problems += repeat_problems(repeats, GUARD_DEVICE, {}, likely_cause(built.model))
@@ -433,7 +450,7 @@ def judge_runs(report: DetectorReport, judging: Judging, inputs: Sequence[torch.
     runs: dict[str, Run] = {}
     for fmt, path in files.items():
         with clock(f"run {fmt}"):
-            say(f"running {RUNTIMES[fmt]}")
+            say(f"running {RUNTIMES[fmt]}{_on_images(len(inputs))}")
             checks: list[RepeatCheck] = []
             try:
                 runs[RUNTIMES[fmt]] = _guarded(RUNTIMES[fmt], lambda images, fmt=fmt, path=path: _RUNNERS[fmt](
@@ -443,6 +460,11 @@ def judge_runs(report: DetectorReport, judging: Judging, inputs: Sequence[torch.
             report.problems += repeat_problems(checks, device, {})
     with clock("judge"):
         _judge(report, judging, eager, oracle, runs, tolerance)
+
+
+def _on_images(count: int) -> str:
+    """How much work a progress line stands for: every image runs twice (the repeat guard)."""
+    return f" on {count} images, each twice" if count > 1 else ""
 
 
 def derive_floors(judging: Judging, inputs: Sequence[torch.Tensor], eager: Run, oracle: Run,

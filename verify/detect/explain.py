@@ -56,10 +56,15 @@ def explain_detectors(a: str, b: str, weights: str = "synthetic", seed: int = 0,
                       shape: tuple[int, ...] = DEFAULT_SHAPE, factor: float | None = None) -> Explanation:
     """Whether detectors `a` and `b` compute the same dense head tensors in float64 on the calibration
     image, and if not, the first module where they part and the structural differences behind it."""
-    from exporter.families.detectors import calibration_image
+    from exporter.families.detectors import IMAGE_SIZE, MIN_IMAGE_SIDE, calibration_image, check_image_size
 
     if len(shape) != 4 or shape[0] != 1 or shape[1] != 3:
         raise UsageError(f"explain judges one detector image, 1 x 3 x H x W; got {'x'.join(map(str, shape))}")
+    if min(shape[2:]) < MIN_IMAGE_SIDE:  # the calibration image cannot draw its rectangles any smaller
+        raise UsageError(f"explain's detector image is at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels, got "
+                         f"{'x'.join(map(str, shape[2:]))}; pass --shape 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}")
+    for spec in (a, b):
+        check_image_size(spec.partition(":")[0], *shape[2:])
     sides = [_build(a, weights, seed), _build(b, weights, seed)]
     return explain_built(sides, (a, b), calibration_image(seed, tuple(shape[1:])),
                          f"seeded calibration image {seed}", factor)

@@ -10,7 +10,10 @@ each case named as a borderline:
   that side's lowest kept score;
 - `NMS`: a same-class detection kept on the side without it overlaps it, recomputed on the oracle's
   float64 candidate boxes, by an IoU within rounding of the NMS threshold.
-Anything else unmatched fails, and so does a box whose partner sits in another class (a label mismatch).
+Anything else unmatched fails, and so does a box whose partner sits in another class (a label mismatch), a
+detection with a NaN or infinite box or score, one of a side holding more than the cap, one that overlaps a
+same-class detection of its own side past the NMS threshold (a duplicate NMS would have removed), and a pair in
+which nothing matched at all.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ if TYPE_CHECKING:
 
 MATCH_IOU = 0.5
 """Below this IoU two boxes are not the same detection (the COCO matching threshold)."""
+FLOOR_IOU = 0.99
+"""The floor is measured only on pairs this close: the same detection up to rounding (floors measured here are near
+1e-4 px). A looser pair is two detections that NMS or the cap kept differently, whose distance is no rounding error
+and would let every runtime pass on it."""
 SCORE_SCALE = 1.0
+EXPLAIN_FACTOR = AUTO_FACTOR
+"""The most floors a rounding explanation (a borderline) spans, whatever the factor: a looser --factor loosens how far
+matched values may differ, never which detections may go missing (at 1e6 every lost detection was `score threshold`)."""
 """Scores are probabilities: one ulp of this is the least score floor."""
 
 
@@ -105,8 +115,8 @@ def iou_band(a: np.ndarray, b: np.ndarray, error: float) -> float:
     inter_box = np.concatenate([low, np.maximum(high, low)])
     inter = float(np.prod(np.clip(high - low, 0, None)))
     union = perimeter_area(a) + perimeter_area(b) - inter
-    if union <= 0:
-        return math.inf
+    if not union > 0:  # two empty (or NaN) boxes: the NMS never compares them, rounding explains no decision
+        return 0.0
     iou = inter / union
     p_i = perimeter(inter_box)
     return error * (p_i + iou * (perimeter(a) + perimeter(b) + p_i)) / union
@@ -132,13 +142,13 @@ def assign(a: Detections, b: Detections) -> list[tuple[int, int, float]]:
 
 
 def measure_detection_floor(fp32: Sequence[Detections], fp64: Sequence[Detections]) -> DetectionFloor | None:
-    """The float32 floor of detections: eager float32 against eager float64, matched by IoU. None
-    when nothing matched (no floor can be measured from nothing)."""
+    """The float32 floor of detections: eager float32 against eager float64, matched by IoU, over the pairs at
+    FLOOR_IOU or closer. None when nothing matched (no floor can be measured from nothing)."""
     import numpy as np
 
     box_err, score_err, scale, matched = 0.0, 0.0, 0.0, 0
     for run, ref in zip(fp32, fp64, strict=True):
-        for i, j, _ in assign(run, ref):
+        for i, j, _ in (pair for pair in assign(run, ref) if pair[2] >= FLOOR_IOU):
             box_err = max(box_err, float(np.abs(run.boxes[i] - ref.boxes[j]).max()))
             score_err = max(score_err, abs(float(run.scores[i] - ref.scores[j])))
             matched += 1
@@ -208,7 +218,7 @@ class DetectionPair:
 
     @property
     def passed(self) -> bool:
-        return (sum(self.reference_per_image) > 0 and not self.unexplained and self.label_mismatches == 0
+        return (self.matched > 0 and not self.unexplained and self.label_mismatches == 0
                 and self.worst_box_ratio <= self.factor and self.worst_score_ratio <= self.factor)
 
     @property
@@ -221,11 +231,12 @@ class DetectionPair:
         out = []
         if not sum(self.reference_per_image):
             out.append("the reference has no detections: nothing to judge")
+        elif not self.matched:
+            out.append("no detection matched one of the reference's: nothing to judge")
         if self.worst_box_ratio > self.factor:
-            out.append(f"boxes {self.worst_box_ratio:.1f}x the floor ({self.floor.boxes:.3g}), over {self.factor:g}x")
+            out.append(_over("boxes", self.worst_box_ratio, self.floor.boxes, self.factor))
         if self.worst_score_ratio > self.factor:
-            out.append(f"scores {self.worst_score_ratio:.1f}x the floor ({self.floor.scores:.3g}), "
-                       f"over {self.factor:g}x")
+            out.append(_over("scores", self.worst_score_ratio, self.floor.scores, self.factor))
         if self.label_mismatches:
             out.append(f"{self.label_mismatches} boxes with another label")
         if self.unexplained:
@@ -251,6 +262,12 @@ class DetectionPair:
                 "borderline": [{**asdict(b), "text": b.describe()} for b in self.borderline],
                 "unexplained": [{**asdict(u), "text": u.describe()} for u in self.unexplained],
                 "verdict": self.verdict()}
+
+
+def _over(what: str, ratio: float, floor: float, factor: float) -> str:
+    if not math.isfinite(ratio):
+        return f"{what} of matched detections are not finite numbers (NaN or infinite)"
+    return f"{what} {ratio:.1f}x the floor ({floor:.3g}), over {factor:g}x"
 
 
 def _finite(value: float) -> float | None:
@@ -286,8 +303,8 @@ def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detectio
     pair.reference_per_image.append(len(ref))
     worst = 0.0
     for i, j, _ in pairs:
-        box = float(np.abs(run.boxes[i] - ref.boxes[j]).max()) / floor.boxes
-        score = abs(float(run.scores[i] - ref.scores[j])) / floor.scores
+        box = _ratio(float(np.abs(run.boxes[i] - ref.boxes[j]).max()), floor.boxes)
+        score = _ratio(abs(float(run.scores[i] - ref.scores[j])), floor.scores)
         pair.worst_box_ratio = max(pair.worst_box_ratio, box)
         pair.worst_score_ratio = max(pair.worst_score_ratio, score)
         worst = max(worst, box, score)
@@ -304,6 +321,11 @@ def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detectio
             else:
                 pair.unexplained.append(found)
     return math.inf if len(pair.unexplained) > before else worst
+
+
+def _ratio(error: float, floor: float) -> float:
+    """`error` in floors; a NaN error (a NaN score or coordinate) is infinitely far, never max()'s ignored operand."""
+    return error / floor if not math.isnan(error) else math.inf
 
 
 def _label_mismatches(run: Detections, ref: Detections) -> int:
@@ -328,17 +350,60 @@ class _Context:
     factor: float
 
     @property
+    def band_factor(self) -> float:
+        return min(self.factor, EXPLAIN_FACTOR)
+
+    @property
     def score_band(self) -> float:
-        return self.factor * self.floor.scores
+        return self.band_factor * self.floor.scores
 
     def explain(self, side: str, mine: Detections, k: int, other: Detections) -> Borderline | Unexplained:
         label, score, box = int(mine.labels[k]), float(mine.scores[k]), mine.boxes[k]
+        refused = self._invalid(score, box) or self._over_cap(mine) or self._duplicate(mine, k)
+        if refused:
+            return Unexplained(self.image, side, label, score, [float(v) for v in box], refused)
         found = self._threshold(score) or self._cap(score, other) or self._nms(label, score, box, other)
         if found:
             return Borderline(self.image, side, label, score, [float(v) for v in box], *found)
         why = f"score {score:.6g} is {(score - self.rules.score_thresh) / self.floor.scores:.3g} floors above the " \
               f"threshold {self.rules.score_thresh:g}, and no NMS decision or cap within rounding explains it"
         return Unexplained(self.image, side, label, score, [float(v) for v in box], why)
+
+    @staticmethod
+    def _invalid(score: float, box: np.ndarray) -> str | None:
+        import numpy as np
+
+        if not (math.isfinite(score) and np.isfinite(box).all()):
+            return "its box or score is not a finite number"
+        return None
+
+    def _over_cap(self, mine: Detections) -> str | None:
+        if len(mine) > self.rules.detections_per_img:
+            return f"its side kept {len(mine)} detections, more than the model keeps per image " \
+                   f"({self.rules.detections_per_img})"
+        return None
+
+    def _duplicate(self, mine: Detections, k: int) -> str | None:
+        """A same-class detection of the same side overlapping this one past the NMS threshold (beyond rounding):
+        the model's NMS keeps no such two, so one is a duplicate, whatever its score."""
+        import numpy as np
+
+        same = np.flatnonzero(mine.labels == mine.labels[k])
+        same = same[same != k]
+        if not len(same):
+            return None
+        error = self._box_error()
+        iou = iou_matrix(mine.boxes[k][None], mine.boxes[same])[0]
+        for index, value in zip(same, iou, strict=True):
+            if value > self.rules.nms_thresh + iou_band(mine.boxes[k], mine.boxes[index], error):
+                return (f"it overlaps another class-{int(mine.labels[k])} detection of the same run at IoU "
+                        f"{value:.6f}, past the NMS threshold {self.rules.nms_thresh:g}: NMS keeps no such two "
+                        "(a duplicate)")
+        return None
+
+    def _box_error(self) -> float:
+        """How far rounding can move a coordinate the NMS compares (the offset boxes of batched NMS)."""
+        return self.band_factor * self.floor.boxes + FLOAT32_EPS * self._offset_scale()
 
     def _threshold(self, score: float) -> tuple[str, str] | None:
         gap = abs(score - self.rules.score_thresh)
@@ -364,7 +429,7 @@ class _Context:
 
         mine64 = self._float64(label, box)
         keepers = np.flatnonzero((other.labels == label) & (other.scores >= score - self.score_band))
-        error = self.factor * self.floor.boxes + FLOAT32_EPS * self._offset_scale()
+        error = self._box_error()
         for k in keepers:
             theirs64 = self._float64(label, other.boxes[k])
             iou = float(iou_matrix(mine64[None], theirs64[None])[0, 0])

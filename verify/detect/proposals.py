@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from verify.detect.match import MATCH_IOU, Detections, iou_band, iou_matrix
+from verify.detect.match import EXPLAIN_FACTOR, MATCH_IOU, Detections, iou_band, iou_matrix
 from verify.judge.oracle import FLOAT32_EPS
 
 if TYPE_CHECKING:
@@ -193,7 +193,9 @@ def check_proposals(a: str, b: str, run_boxes: Sequence[np.ndarray], ref_boxes: 
 
 def derive_bands(floors: Mapping[str, float], factor: float) -> Bands:
     """The rounding bands from the oracle's floor values: `factor` floors of the paired proposal boxes (`PROPOSALS`;
-    0 without one), and score_band of the largest RPN objectness-logit floor (0 without one)."""
+    0 without one), and score_band of the largest RPN objectness-logit floor (0 without one); `factor` at most
+    EXPLAIN_FACTOR (a looser tolerance never widens what rounding explains)."""
+    factor = min(factor, EXPLAIN_FACTOR)
     logits = [value for name, value in floors.items() if name.startswith(LOGITS)]
     return Bands(factor * floors[PROPOSALS] if PROPOSALS in floors else 0.0,
                  score_band(max(logits, default=math.inf), factor))
