@@ -80,11 +80,15 @@ def export(
     from verify.cache import open_cache
     from verify.explain.outputs import refuse_overwriting_sources
 
+    moved = changed_from_defaults(export, backbone=backbone, norm=norm, view=view)
+    if model is not None and moved:
+        raise UsageError(f"--{moved[0]} applies to a registered backbone, and --model builds your own as its "
+                         f"factory defines it, so it would be ignored: drop --{moved[0]} (or --model)")
     if model is None and backbone in detector_names():
         from verify.cli.detector import export_detector, refuse_unsupported
 
         own = {"--sign-key": sign_key, "--runtime": runtime, "--cache-dir": cache_dir, "--timeout": timeout,
-               "--html": html}
+               "--html": html, "--view": view if "view" in moved else None}
         refuse_unsupported([flag for flag, value in own.items() if value is not None] + given_options)
         shape = "x".join(map(str, settings.shape)) if settings.shape else None
         factor = settings.tolerance.factor if "--factor" in given_options else None
@@ -116,6 +120,14 @@ def export(
         name_culprits(report, [(file, model or str(spec)) for file in failing_files(report)], settings,
                       progress_for(err_console), user_timeout(timeout))
     _finish(report, reports, verbose)
+
+
+def changed_from_defaults(command: Any, **values: Any) -> list[str]:
+    """The names among `values` set to other than `command`'s defaults (options the user gave)."""
+    import inspect
+
+    defaults = inspect.signature(getattr(command, "__wrapped__", command)).parameters
+    return [name for name, value in values.items() if value != defaults[name].default]
 
 
 def detector_names() -> list[str]:
@@ -196,7 +208,7 @@ def explain(
         from verify.cli.detector import explain_detector
 
         shape = "x".join(map(str, settings.shape)) if settings.shape else None
-        explain_detector(a, b, settings.weights, settings.seed, shape, factor, json_path)
+        explain_detector(a, b, settings.weights, settings.seed, shape, factor, json_path, settings.input_file)
     settings = replace(settings, **opt.tolerance_part(factor=factor))
     a, b = a or SEED_QUESTION[0], b or SEED_QUESTION[1]
     result = run_explain(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout))

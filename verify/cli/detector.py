@@ -158,8 +158,9 @@ def write_outputs(report: DetectorReport, json_path: Path | None, junit: Path | 
 
 
 def explain_detector(a: str, b: str, weights: str, seed: int, shape: str | None, factor: float | None,
-                     json_path: Path | None = None) -> None:
-    """`verify explain A B` where A or B names a detector: both must be detectors (name:norm)."""
+                     json_path: Path | None = None, input_path: Path | None = None) -> None:
+    """`verify explain A B` where A or B names a detector: both must be detectors (name:norm); on `input_path`'s
+    one image when given (resized to `shape`'s H x W when that is given too), else on the seeded one."""
     from exporter.spec import parse_shape
     from verify.detect.explain import explain_detectors, is_detector_spec
     from verify.explain.equivalence import render_explanation
@@ -168,7 +169,14 @@ def explain_detector(a: str, b: str, weights: str, seed: int, shape: str | None,
     other = next((spec for spec in (a, b) if not is_detector_spec(spec)), None)
     if other is not None:
         raise UsageError(f"explain compares a detector with another detector (name:norm); {other} is not one")
-    result = explain_detectors(a, b, weights, seed, parse_shape(shape) if shape else DEFAULT_SHAPE, factor)
+    size = parse_shape(shape) if shape else None
+    image = None
+    if input_path is not None:
+        images = load_images(input_path, size)
+        if len(images) != 1:
+            raise UsageError(f"explain judges one detector image; {input_path} holds {len(images)}: pass one")
+        image = (images[0], input_path.name)
+    result = explain_detectors(a, b, weights, seed, size or DEFAULT_SHAPE, factor, image)
     render_explanation(result, out_console)
     if json_path:
         write_json_report(result.to_dict(), json_path)

@@ -53,11 +53,21 @@ def _build(spec: str, weights: str, seed: int) -> BuiltDetector:
 
 
 def explain_detectors(a: str, b: str, weights: str = "synthetic", seed: int = 0,
-                      shape: tuple[int, ...] = DEFAULT_SHAPE, factor: float | None = None) -> Explanation:
+                      shape: tuple[int, ...] = DEFAULT_SHAPE, factor: float | None = None,
+                      image: tuple[np.ndarray, str] | None = None) -> Explanation:
     """Whether detectors `a` and `b` compute the same dense head tensors in float64 on the calibration
-    image, and if not, the first module where they part and the structural differences behind it."""
+    image (or `image`: a 3 x H x W array in [0, 1] and what to call it), and if not, the first module where they
+    part and the structural differences behind it."""
+    import torch
+
     from exporter.families.detectors import IMAGE_SIZE, MIN_IMAGE_SIDE, calibration_image, check_image_size
 
+    if image is not None:
+        array, label = image
+        for spec in (a, b):
+            check_image_size(spec.partition(":")[0], *array.shape[1:])
+        sides = [_build(a, weights, seed), _build(b, weights, seed)]
+        return explain_built(sides, (a, b), torch.from_numpy(array.astype("float32")), label, factor)
     if len(shape) != 4 or shape[0] != 1 or shape[1] != 3:
         raise UsageError(f"explain judges one detector image, 1 x 3 x H x W; got {'x'.join(map(str, shape))}")
     if min(shape[2:]) < MIN_IMAGE_SIDE:  # the calibration image cannot draw its rectangles any smaller
