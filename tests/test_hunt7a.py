@@ -348,6 +348,11 @@ def test_an_export_never_replaces_the_folder_holding_the_models_own_file(tmp_pat
                                  "--shape", "1x3x8x8"])
     assert result.exit_code == 2 and "your model's own file" in result.output, result.output
     assert source.read_text() == CONV_FACTORY
+    from verify.api import verify_export  # the library refuses it too, not only the CLI
+
+    with pytest.raises(UsageError, match="your model's own file"):
+        verify_export(UserModelSpec.parse(f"{source}:make"), out=tmp_path, overwrite=True, cache=None)
+    assert source.read_text() == CONV_FACTORY
 
 
 INPUT_KEY_FACTORY = """

@@ -49,6 +49,16 @@ def build(spec: ModelSpec | UserModelSpec, settings: RunSettings):
     return spec.build(settings.seed, settings.shape, settings.weights)
 
 
+def refuse_replacing_source(spec: ModelSpec | UserModelSpec, out: Path) -> None:
+    """An export replaces its whole folder: one that holds the user's model file is refused before any work (with
+    overwrite it would delete that file)."""
+    folder = out / spec.slug
+    if isinstance(spec, UserModelSpec) and spec.is_file and Path(spec.source).resolve().is_relative_to(
+            folder.resolve()):
+        raise UsageError(f"The export folder {folder} would hold your model's own file {spec.source}, and an export "
+                         "replaces its whole folder (with --overwrite, deleting that file): pass --out elsewhere")
+
+
 def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None = None, out: Path = Path("artifacts"),
                   export: ExportOptions | None = None, runtimes: Sequence[str] | None = None,
                   progress: Progress | None = None, overwrite: bool = False, sign_key: Path | None = None,
@@ -62,6 +72,7 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     model-signing before it appears. Synthetic weights and exports come from `cache` when it holds them
     ("default": the user's cache folder, verify/cache.py; None: no cache). A user's model (`--model`) is
     built, exported and run in a worker process (verify/pipeline/isolation.py) stopped after `timeout` seconds."""
+    refuse_replacing_source(spec, Path(out))
     if isolate and spec.runs_user_code:
         return _isolated_export(spec, settings, out, export, runtimes, progress, overwrite, sign_key, cache, timeout)
     from verify.cache import default_cache

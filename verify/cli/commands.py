@@ -101,9 +101,6 @@ def export(
     spec = UserModelSpec.parse(model) if model else ModelSpec(backbone, norm, view)
     folder = out / spec.slug
     refuse_overwriting_sources([model], json=reports.json, junit=reports.junit, markdown=reports.markdown)
-    if model and spec.is_file and Path(spec.source).resolve().is_relative_to(folder.resolve()):
-        raise UsageError(f"The export folder {folder} would hold your model's own file {spec.source}, and an export "
-                         "replaces its whole folder (with --overwrite, deleting that file): pass --out elsewhere")
     for flag, path in (("--json", reports.json), ("--junit", reports.junit), ("--markdown", reports.markdown)):
         if path and path.resolve().is_relative_to(folder.resolve()):
             raise UsageError(f"{flag} {path} is inside the export folder {folder}, which the export replaces; "
