@@ -28,6 +28,8 @@ class ModelSpec:
     """A backbone of the registry: its name says what is built (its size, its matrix row, a batch of independent
     samples) and pins it, so its exports and results may be cached. The model kinds' protocol is these two flags,
     `row` and `build`: no caller tells the kinds apart by their class."""
+    source_file = None
+    """The file whose code builds it, where that is the user's (exporter/user_model.py): none for a backbone."""
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:

@@ -112,6 +112,11 @@ class UserModelSpec:
     def is_file(self) -> bool:
         return self.source.endswith(".py")
 
+    @property
+    def source_file(self) -> Path | None:
+        """The user's .py file that builds it (None for package.module:factory)."""
+        return Path(self.source) if self.is_file else None
+
     def validate(self) -> None:
         """The file exists or the top-level module is findable; nothing is imported yet."""
         if not self.factory.isidentifier():

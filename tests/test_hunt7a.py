@@ -435,3 +435,37 @@ def test_reduce_with_no_layer_to_re_run_is_no_verdict_not_nothing_to_reduce(tmp_
     with pytest.raises(UsageError, match="nothing was checked"):
         reduce_pair(f"{source}:make", str(graph), tmp_path / "pieces", RunSettings(shape=PIECE_SHAPE), isolate=False)
     assert not (tmp_path / "pieces").exists()
+
+
+FIXED_BATCH_FACTORY = """
+from torch import nn
+
+
+class Flat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).view(1, -1)
+
+
+def make():
+    return Flat()
+"""
+
+
+def test_a_model_whose_outputs_do_not_follow_the_batch_is_not_exported_with_a_dynamic_batch(tmp_path):
+    """`.view(1, -1)` exported with the default dynamic axes passed `verify export` (exit 0), and its folder then
+    failed `verify artifact` at a second batch. Refused before any file is written; `--static` exports it."""
+    source = tmp_path / "flat.py"
+    source.write_text(FIXED_BATCH_FACTORY)
+    out = tmp_path / "out"
+    args = ["export", "--model", f"{source}:make", "--shape", "1x3x8x8", "--out", str(out), "--format", "onnx"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    flat = 2 * 4 * 6 * 6  # batch 2 of 4 channels of 6x6, in one row
+    assert f"do not follow its input's batch (at batch 2: output0 (1, {flat}))" in result.output
+    assert "--static" in result.output and not out.exists()
+    result = runner.invoke(app, [*args, "--static"])
+    assert result.exit_code == 0, result.output

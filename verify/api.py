@@ -52,10 +52,9 @@ def build(spec: ModelSpec | UserModelSpec, settings: RunSettings):
 def refuse_replacing_source(spec: ModelSpec | UserModelSpec, out: Path) -> None:
     """An export replaces its whole folder: one that holds the user's model file is refused before any work (with
     overwrite it would delete that file)."""
-    folder = out / spec.slug
-    if isinstance(spec, UserModelSpec) and spec.is_file and Path(spec.source).resolve().is_relative_to(
-            folder.resolve()):
-        raise UsageError(f"The export folder {folder} would hold your model's own file {spec.source}, and an export "
+    folder, source = out / spec.slug, spec.source_file
+    if source is not None and source.resolve().is_relative_to(folder.resolve()):
+        raise UsageError(f"The export folder {folder} would hold your model's own file {source}, and an export "
                          "replaces its whole folder (with --overwrite, deleting that file): pass --out elsewhere")
 
 

@@ -227,11 +227,36 @@ def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None
             built, status = spec.build(settings.seed, settings.shape, settings.weights), OFF
         no_float64 = without_float64(built, settings)  # refused here, before any export, when auto needs it
         named = plan.inputs_for(built)
+        if request.export.dynamic and not spec.registered:  # a registered backbone follows its batch by design
+            require_batch_following(built, named[0].array)
     except BaseException:
         if child is not None:
             child.cancel()
         raise
     return BuildResult(built, eager_artifact(built, tuple(named[0].array.shape)), status, named, no_float64, child)
+
+
+def require_batch_following(built: Any, example: np.ndarray) -> None:
+    """Every output of the in-memory model follows its input's batch (run once at twice the example's), or a UsageError:
+    its dynamic-batch files would be judged at one batch and fail at any other (`verify artifact` runs a second
+    one), so the export is refused before any file is written, with --static as the way out."""
+    import numpy as np
+
+    from exporter.formats.eager import eager_artifact
+    from verify.runtimes import make_runtime
+
+    batch = np.concatenate([example, example])
+    artifact = eager_artifact(built, tuple(batch.shape))
+    try:
+        outputs = make_runtime("eager").load(artifact).run({artifact.meta.input_name: batch})
+    except Exception as exc:  # noqa: BLE001 - the user's model failed at another batch: that is the finding
+        raise UsageError(f"{built.spec} fails at batch {len(batch)} ({str(exc).strip().splitlines()[-1]}), so a "
+                         "dynamic-batch export of it cannot be judged: pass --static") from None
+    fixed = [name for name, value in outputs.items() if value.ndim == 0 or value.shape[0] != len(batch)]
+    if fixed:
+        shapes = ", ".join(f"{name} {tuple(outputs[name].shape)}" for name in fixed[:3])
+        raise UsageError(f"{built.spec}'s outputs do not follow its input's batch (at batch {len(batch)}: {shapes}), "
+                         "so its dynamic-batch files would fail at any batch but the one judged: pass --static")
 
 
 def background_child(request: CellRequest) -> BackgroundExport | None:
