@@ -228,19 +228,39 @@ def write_text_atomic(path: Path, text: str) -> None:
     kind = path_kind(path)
     if kind not in (None, "missing"):  # never os.replace over a folder, a device or a pipe
         raise UsageError(f"Cannot write {path}: it is {kind}; give a file name")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
+        # a new file, never one planted there: a link in a shared folder cannot redirect the write
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if not isinstance(exc, FileExistsError):
+            tmp.unlink(missing_ok=True)
         raise UsageError(f"Cannot write {path}: {exc.strerror}") from None
 
 
-def write_json(path: Path, data: Any) -> None:
+def json_text(data: Any) -> str:
     # strict JSON: a NaN or Infinity raises here instead of being written (callers write null and why)
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
+    return json.dumps(data, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json_text(data))
+
+
+def read_archive_member(archive: Any, name: str, path: Path) -> bytes:
+    """The bytes of zip member `name` of `archive` (the file `path`), unless it claims more than the whole file:
+    torch stores its archives' members uncompressed, so one larger than the file is compressed and could expand
+    a few MB to gigabytes before a byte of it is checked (a zip bomb); it is refused unread."""
+    info = archive.getinfo(name)
+    size = os.path.getsize(path)
+    if info.file_size > size:
+        raise ArtifactError(f"{path.name}: {name} would expand to {info.file_size} bytes, more than the whole "
+                            f"{size}-byte file; refused unread (torch stores its archives uncompressed)")
+    return archive.read(info)
 
 
 def require_inside(folder: Path, relative: str, what: str) -> Path:

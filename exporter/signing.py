@@ -22,6 +22,8 @@ CURVES = ("secp256r1", "secp384r1", "secp521r1")
 MAKE_KEYS = ("openssl ecparam -name prime256v1 -genkey -noout -out key.pem && "
              "openssl ec -in key.pem -pubout -out pub.pem")
 MAX_KEY_BYTES = 64 << 10
+MAX_SIGNATURE_BYTES = 1 << 20
+"""A key-signed bundle is a few kB (one signature over the folder's file hashes); a larger model.sig is not one."""
 
 
 def _read_key(path: Path, option: str) -> bytes:
@@ -132,11 +134,14 @@ def verify_folder(folder: Path, public_key: Path) -> None:
 
     signature = folder / SIGNATURE_NAME
     try:
-        mode = os.lstat(signature).st_mode
+        info = os.lstat(signature)
     except FileNotFoundError:
         raise ArtifactError(f"not signed: no {SIGNATURE_NAME} in the folder (export it with --sign-key)") from None
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(info.st_mode):
         raise ArtifactError(f"{SIGNATURE_NAME} is not a regular file")
+    if info.st_size > MAX_SIGNATURE_BYTES:  # model-signing reads the whole bundle into memory
+        raise ArtifactError(f"{SIGNATURE_NAME} is {info.st_size} bytes, far more than a signature bundle; not "
+                            "reading it (sign the folder again with --sign-key)")
     try:
         config = verifying.Config().use_elliptic_key_verifier(public_key=public_key)
         config.set_hashing_config(_hashing_config()).verify(folder, signature)

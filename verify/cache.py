@@ -57,6 +57,8 @@ FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A file name an entry may give its files: one plain name (no separator, no leading dot)."""
 TMP_NAME = re.compile(r"\.[A-Za-z0-9._-]+\.\d+\.[0-9a-f]{8}\.tmp")
 """The temporary files this module writes (`.<target>.<pid>.<8 hex>.tmp`), which prune may sweep."""
+OWN_FOLDERS = frozenset({"blobs", "entries", "locks"})
+"""What this cache writes directly inside its layout folder: anything else there is not ours to remove."""
 MAX_ENTRY_BYTES = 16 << 20
 """An entry larger than this is not one this tool wrote (a cell result is a few kB): refused unread."""
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -481,13 +483,19 @@ class Cache:
 
     # maintenance -----------------------------------------------------------------------------
     def _is_own_folder(self) -> bool:
-        """Whether base is a real folder (not a link, not a file); UsageError when it is something else."""
+        """Whether base is a real folder (not a link, not a file) holding only this cache's own folders;
+        UsageError when it is something else (a `v1` of the user's own under a mistaken --cache-dir)."""
         try:
             mode = os.lstat(self.base).st_mode
         except FileNotFoundError:
             return False
-        if not stat.S_ISDIR(mode):
-            raise UsageError(f"{self.base} is not a cache folder made by this tool; remove it by hand")
+        # a link is removed as a link (never its target): only a file or folder of someone else's is refused
+        foreign = [] if not stat.S_ISDIR(mode) else [
+            name for name, info in self._scan() if name not in OWN_FOLDERS and not stat.S_ISLNK(info.st_mode)]
+        if not stat.S_ISDIR(mode) or foreign:
+            held = f" (it holds {foreign[0]!r}, which this cache never writes)" if foreign else ""
+            raise UsageError(f"{self.base} is not a cache folder made by this tool{held}; check --cache-dir or "
+                             f"${ENV_DIR}, or remove it by hand")
         return True
 
     def _scan(self, *parts: str) -> list[tuple[str, os.stat_result]]:

@@ -116,6 +116,8 @@ def scan_archive(path: Path) -> str:
     import json
     import zipfile
 
+    from exporter.fsio import read_archive_member
+
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -133,8 +135,8 @@ def scan_archive(path: Path) -> str:
                     config = f"{root}/data/{kind}/{stem}_{kind}_config.json"
                     if config not in names:
                         raise ArtifactError(f"{path.name}: {config} is missing; a torch.export.save archive has it")
-                    _check_payloads(path, kind, json.loads(archive.read(config)))
-                _check_program(path, json.loads(archive.read(model)))
+                    _check_payloads(path, kind, json.loads(read_archive_member(archive, config, path)))
+                _check_program(path, json.loads(read_archive_member(archive, model, path)))
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path.name} is not a readable torch.export archive: {exc}") from None
     return f"{len(models)} program(s): raw weights, ATen operators, plain guards (nothing pickled)"

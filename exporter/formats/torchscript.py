@@ -71,12 +71,14 @@ def read_zip_meta(path: Path, what: str) -> ArtifactMeta:
     without loading anything; a file from elsewhere has none."""
     import zipfile
 
+    from exporter.fsio import read_archive_member
+
     try:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith(f"extra/{TORCHSCRIPT_META_FILE}")]
             if not names:
                 return ArtifactMeta()
-            text = archive.read(names[0]).decode()
+            text = read_archive_member(archive, names[0], path).decode()
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not a readable {what} file: {exc}") from None
     return ArtifactMeta.from_json(text, path)

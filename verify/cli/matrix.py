@@ -179,10 +179,21 @@ def merge(
     from verify.matrix import load_result, merge_results
     from verify.render.matrix_table import render_matrix
 
+    opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown, html=html)
+    _not_a_report(reports, json=json_path, junit=junit, markdown=markdown, html=html)
     result = merge_results([load_result(path) for path in reports], reports)
     render_matrix(result, out_console)
     _write(result, json_path, junit, markdown, html)
     raise typer.Exit(result.exit_code)
+
+
+def _not_a_report(reports: list[Path], **outputs: Path | None) -> None:
+    """An output written over a report being merged would destroy the shard's own evidence."""
+    given = {report.resolve(): report for report in reports}
+    for option, path in outputs.items():
+        if path is not None and path.resolve() in given:
+            raise UsageError(f"--{option} {path} is one of the reports being merged; write the merged report "
+                             "elsewhere")
 
 
 @cache_app.command()

@@ -40,7 +40,7 @@ from verify.detect.check import (
     derive_floors,
     judge_runs,
 )
-from verify.detect.goldens import GROUPS, check_archive, check_goldens, golden_arrays, golden_images, golden_run
+from verify.detect.goldens import GROUPS, check_goldens, golden_arrays, golden_images, golden_run
 from verify.detect.match import Rules
 from verify.detect.proposals import RpnRules, kept_order
 from verify.detect.rebuild import rebuild_detector
@@ -190,7 +190,6 @@ def _file(art: DetectorFolder, name: str, entry: Any) -> str:
 def _goldens(art: DetectorFolder) -> str:
     if GOLDENS_NAME not in art.verified:
         raise ArtifactError(f"{GOLDENS_NAME} failed its integrity check; nothing to judge against")
-    check_archive(art.verified[GOLDENS_NAME])
     goldens = read_goldens(art.verified[GOLDENS_NAME], GROUPS)
     manifest = art.manifest
     message = check_goldens(goldens, [image.shape for image in manifest.images], manifest.dense_outputs,

@@ -14,7 +14,6 @@ from verify.detect.check import Run, concat_dense
 from verify.detect.match import Detections
 
 if TYPE_CHECKING:
-    from pathlib import Path
 
     import numpy as np
     import torch
@@ -73,27 +72,6 @@ def expected_keys(images: int, dense: list[str], proposals: bool, group: str) ->
             kinds = CANDIDATES if proposals else CANDIDATES[:1]
             keys |= {f"{i}.{kind}.{key}" for kind in kinds for key in DETECTION_KEYS}
     return keys
-
-
-def check_archive(path: Path) -> None:
-    """Every member of the archive is stored, as np.savez writes it, and named once: a compressed member could
-    expand a small file to gigabytes (a zip bomb) before a single key is checked; a stored one is no larger than
-    the file."""
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return  # exporter.manifest.read_goldens says what it is instead
-    with zipfile.ZipFile(path) as archive:
-        names = [info.filename for info in archive.infolist()]
-        twice = sorted({name for name in names if names.count(name) > 1})
-        if twice:
-            raise ArtifactError(f"{GOLDENS_NAME} holds {twice[0]} more than once; readers would disagree on which "
-                                "copy is the golden, so none is read")
-        for info in archive.infolist():
-            if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
-                raise ArtifactError(f"{GOLDENS_NAME}: {info.filename} is compressed ({info.compress_size} bytes "
-                                    f"expanding to {info.file_size}); an export stores its goldens uncompressed "
-                                    "(np.savez), so a compressed member is refused unread")
 
 
 def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[int]], dense: list[str],

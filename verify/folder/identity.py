@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.errors import UsageError
+from exporter.errors import ArtifactError, UsageError
 from exporter.fsio import path_kind
-from exporter.manifest import MANIFEST_NAME
+from exporter.manifest import MANIFEST_NAME, loads_strict, read_manifest_text
 
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
@@ -67,9 +67,9 @@ def refuse_other_export(folder: Path, identity: dict[str, Any]) -> None:
         return
     if kind != "a directory":
         raise UsageError(f"{folder} exists and is {kind or 'a file'}, not an export folder; {HOW}")
-    try:
-        manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+    try:  # the reader of `verify artifact`: a FIFO, device, link or huge file there is not read
+        manifest = loads_strict(read_manifest_text(folder / MANIFEST_NAME))
+    except (ArtifactError, ValueError):
         raise UsageError(f"{folder} exists but holds no readable {MANIFEST_NAME} (not an export of this tool, "
                          f"or damaged); {HOW}") from None
     old = manifest.get("identity") if isinstance(manifest, dict) else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.spec import ModelSpec
@@ -100,7 +101,38 @@ class MatrixRequest:
                 "runtimes": list(self.runtimes) if self.runtimes else None,
                 "tolerance_text": self.settings.tolerance.describe(),
                 **({"detectors": [list(cell) for cell in self.detectors], "detector_shape": list(self.detector_shape)}
-                   if self.detectors else {})}
+                   if self.detectors else {}),
+                **({"content_sha256": content} if (content := self.content()) else {})}
+
+    def content(self) -> dict[str, Any]:
+        """The sha256 of each file the settings name by path (--input, a --weights file, a --model file): shard jobs
+        given other files under the same names ran other matrices, so their fingerprints differ and no merge
+        joins them."""
+        from exporter.user_model import UserModelSpec
+        from exporter.weights import WEIGHT_SOURCES
+
+        found: dict[str, Any] = {}
+        if self.settings.input_file is not None:
+            found["input"] = _path_sha256(Path(self.settings.input_file))
+        weights = str(self.settings.weights)
+        if weights not in WEIGHT_SOURCES and Path(weights).is_file():
+            found["weights"] = _path_sha256(Path(weights))
+        sources = {text: Path(UserModelSpec.parse(text).source) for text in self.models}
+        models = {text: _path_sha256(path) for text, path in sources.items() if path.is_file()}
+        return {**found, **({"models": models} if models else {})}
+
+
+def _path_sha256(path: Path) -> str | None:
+    """A file's sha256, or a folder's over the names and sha256s of the files directly in it; None when unreadable
+    (the run itself says why)."""
+    from verify.cache import digest, file_sha256
+
+    try:
+        if path.is_dir():
+            return digest(sorted((p.name, file_sha256(p)) for p in path.iterdir() if p.is_file()))
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def cell_id(request: CellRequest) -> str:

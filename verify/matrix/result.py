@@ -4,8 +4,9 @@ HMAC); verify/render draws them."""
 from __future__ import annotations
 
 import hmac
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +22,49 @@ if TYPE_CHECKING:
 SCHEMA = "backbone-verify/matrix"
 SCHEMA_VERSION = 1
 AGREE, DISAGREE, ERROR = "agree", "disagree", "error"
+MAX_REPORT_BYTES = 1 << 30
+"""A report is a few kB per cell; a file larger than this is not one (refused unread)."""
 REPORT_KEY_ENV = "BACKBONE_VERIFY_REPORT_KEY"
 """A secret the shard jobs and the merge job share (a CI secret variable): with it set, every matrix report
 carries an HMAC-SHA256 of its content, and `verify matrix merge` fails any report without a valid one.
 Without it a merge checks that each report is consistent, not who wrote it."""
+
+
+NULL_REASON = "null_reason"
+"""Where verify/report.py json_safe says why a number beside it was written as null."""
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _floor_record(value: Any) -> bool:
+    """{per_output: {name: float or null}, ...}: the floors every renderer prints (a floor that was not finite is
+    written as null, with why in `null_reason` beside it: verify/report.py json_safe)."""
+    per_output = value.get("per_output", {}) if isinstance(value, dict) else None
+    return isinstance(per_output, dict) and all(
+        isinstance(v, str) if k == NULL_REASON else v is None or _finite(v) for k, v in per_output.items())
+
+
+SHOWN_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "notes": (_texts, "a list of text"),
+    "noise_floor": (_floor_record, "an object whose per_output floors are numbers"),
+    "input": (lambda v: isinstance(v, dict), "an object"),
+    "seconds": (_finite, "a finite number"),
+    "computed_seconds": (_finite, "a finite number"),
+    "cache": (lambda v: isinstance(v, dict) and all(isinstance(s, str) for s in v.values()),
+              "an object of stage statuses"),
+    "cache_stats": (lambda v: isinstance(v, dict), "an object"),
+    "worker": (lambda v: isinstance(v, dict), "an object"),
+    "error": (lambda v: v is None or isinstance(v, str), "text or null"),
+    "detector": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+}
+"""The cell fields that are shown but never judged (judge_cell re-derives the rest from what it finds): each
+must be of the type its renderers read."""
 
 
 class MatrixFailure(VerifyError):
@@ -126,7 +166,12 @@ class CellResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
+        """TypeError naming the field when one that is shown but never judged (notes, floors, times...) is not
+        of its type: every renderer reads them, and a report's or cache entry's content is whatever was written."""
         known = {name for name, f in cls.__dataclass_fields__.items() if f.init}
+        for name, (fits, what) in SHOWN_FIELDS.items():
+            if name in data and not fits(data[name]):
+                raise TypeError(f"cell field {name!r} is not {what}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def cached_copy(self) -> dict[str, Any]:
@@ -232,16 +277,24 @@ class MatrixResult:
                              f"reads version {SCHEMA_VERSION}: rerun the shards with the same verify")
         key = os.environ.get(REPORT_KEY_ENV, "")
         authentic = None if not key else isinstance(data.get("hmac"), str) and hmac.compare_digest(
-            data["hmac"], report_mac({k: v for k, v in data.items() if k != "hmac"}, key))
+            data["hmac"].encode("utf-8", "replace"),  # bytes: compare_digest refuses non-ASCII text
+            report_mac({k: v for k, v in data.items() if k != "hmac"}, key).encode())
         try:
             return cls(settings=data["settings"], fingerprint=data["fingerprint"], matrix=list(data["matrix"]),
                        cells=[CellResult.from_dict(c) for c in data["cells"]], shard=data.get("shard"),
                        merged=list(data.get("merged") or []), versions=dict(data.get("versions") or {}),
-                       seconds=float(data.get("seconds") or 0.0), jobs=int(data.get("jobs") or 1),
+                       seconds=_report_seconds(data.get("seconds")), jobs=int(data.get("jobs") or 1),
                        cache=dict(data.get("cache") or {}), created=str(data.get("created") or ""),
                        authentic=authentic)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise UsageError(f"{source} is a malformed matrix report ({type(exc).__name__}: {exc})") from None
+
+
+def _report_seconds(value: Any) -> float:
+    seconds = float(value or 0.0)
+    if not math.isfinite(seconds):
+        raise ValueError(f"seconds {value!r} is not a finite number")
+    return seconds
 
 
 def report_mac(data: dict[str, Any], key: str) -> str:
@@ -261,13 +314,30 @@ def _not_strict(token: str) -> None:
     raise ValueError(f"{token} is not strict JSON (the writer stores a number that is not finite as null)")
 
 
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) < len(pairs):  # the HMAC covers the copy kept here; a reader keeping the other sees another report
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"key {twice!r} appears twice in one object (readers would disagree on it)")
+    return found
+
+
 def load_result(path: Path) -> MatrixResult:
     """A `verify matrix --json` report back as a typed `MatrixResult`: strict JSON (a bare NaN or Infinity
-    token is refused, as the writer never writes one), schema and HMAC checked by `MatrixResult.from_dict`."""
+    token is refused, as the writer never writes one; so is a key twice in one object), schema and HMAC checked
+    by `MatrixResult.from_dict`."""
     import json
 
+    from exporter.fsio import require_regular_file
+
+    # a FIFO would block, a device stream forever
+    require_regular_file(Path(path), "Report", hint="; give the file `verify matrix --json` wrote")
     try:
-        data = json.loads(Path(path).read_text(), parse_constant=_not_strict)
+        if Path(path).stat().st_size > MAX_REPORT_BYTES:
+            raise UsageError(f"Report {path} is {Path(path).stat().st_size} bytes, far more than a matrix report; "
+                             "give the file `verify matrix --json` wrote")
+        data = json.loads(Path(path).read_text(), parse_constant=_not_strict, object_pairs_hook=_once)
     except FileNotFoundError:
         raise UsageError(f"Report {path} does not exist") from None
     except (OSError, ValueError) as exc:

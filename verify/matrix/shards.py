@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,6 +13,9 @@ from verify.pipeline.stages import CellRequest
 SHARD_ENV = ("CI_NODE_INDEX", "CI_NODE_TOTAL", "JOB_COMPLETION_INDEX")
 """The CI variables `--shard` falls back on: GitLab's parallel jobs (1-based index and total) and Kubernetes
 indexed jobs (0-based index; the total from --shard-count)."""
+WHOLE_NUMBER = re.compile(r"[0-9]+")
+"""ASCII digits only: str.isdigit() also takes `²`, which int() then refuses."""
+SHARD_TEXT = re.compile(r"([0-9]+)/([0-9]+)")
 USER_MODEL_PARAMS_M = 25.0
 """A user model's size in the cost model: unknown without running the user's code, counted as a resnet50."""
 PARAMS_M = {"resnet18": 11.7, "resnet34": 21.8, "resnet50": 25.6, "resnet101": 44.5, "resnet152": 60.2,
@@ -53,21 +57,22 @@ def spec_cost(spec: Any, formats: int) -> float:
 def assign_shards(ids: Sequence[str], costs: Sequence[float], count: int) -> list[int]:
     """Greedy longest-processing-time: the costliest cell first, each to the least-loaded shard; ties
     broken by cell id and shard number, so every shard job computes the same split. 1-based."""
-    loads = [0.0] * count
+    # past one shard per cell the rest stay empty: the split is the same, and a count of 10**13 allocates nothing
+    loads = [0.0] * min(count, len(ids))
     shard = [0] * len(ids)
     for index in sorted(range(len(ids)), key=lambda i: (-costs[i], ids[i])):
-        target = min(range(count), key=lambda s: (loads[s], s))
+        target = min(range(len(loads)), key=lambda s: (loads[s], s))
         loads[target] += costs[index]
         shard[index] = target + 1
     return shard
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """`I/N` with 1 <= I <= N."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise UsageError(f"Bad --shard {text!r}; expected I/N, e.g. 1/4") from None
+    """`I/N` with 1 <= I <= N, in ASCII digits (int() would also take `1_0`, `+1` or other scripts' digits)."""
+    found = SHARD_TEXT.fullmatch(text.strip())
+    if found is None:
+        raise UsageError(f"Bad --shard {text!r}; expected I/N, e.g. 1/4")
+    index, count = int(found[1]), int(found[2])
     if count < 1 or not 1 <= index <= count:
         raise UsageError(f"Bad --shard {text!r}; I must be between 1 and N, e.g. 1/4")
     return index, count
@@ -75,7 +80,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def _env_int(environ: Mapping[str, str], name: str, low: int) -> int:
     text = environ[name].strip()
-    if not text.isdigit() or int(text) < low:
+    if not WHOLE_NUMBER.fullmatch(text) or int(text) < low:
         raise UsageError(f"Bad ${name} {environ[name]!r}; expected a whole number >= {low} (set by the CI, "
                          "or unset it and pass --shard I/N)")
     return int(text)

@@ -15,19 +15,18 @@ def write_outputs(result: MatrixResult, json_path: Path | None = None, junit_pat
                   markdown_path: Path | None = None, html_path: Path | None = None) -> list[Path]:
     """Write the requested files (each atomically; Markdown appended when it is $GITHUB_STEP_SUMMARY; JSON
     by the strict writer every command uses); returns the paths written."""
-    from exporter.fsio import write_text_atomic
+    from exporter.fsio import json_text, write_text_atomic
     from verify.render.html_page import html_page
     from verify.render.junit import junit_xml
     from verify.render.markdown import markdown, write_markdown
-    from verify.report import write_json_report
+    from verify.report import json_safe
 
-    writers = ((json_path, lambda path: write_json_report(result.to_dict(), path)),
-               (junit_path, lambda path: write_text_atomic(path, junit_xml(result))),
-               (markdown_path, lambda path: write_markdown(path, markdown(result))),
-               (html_path, lambda path: write_text_atomic(path, html_page(result))))
-    written = []
-    for path, write in writers:
-        if path:
-            write(path)
-            written.append(path)
-    return written
+    rendered = [(path, write, render()) for path, write, render in (
+        (json_path, write_text_atomic, lambda: json_text(json_safe(result.to_dict()))),
+        (junit_path, write_text_atomic, lambda: junit_xml(result)),
+        (markdown_path, write_markdown, lambda: markdown(result)),
+        (html_path, write_text_atomic, lambda: html_page(result))) if path]
+    # every text is rendered before any is written: a rendering that fails leaves none of the set written
+    for path, write, text in rendered:
+        write(path, text)
+    return [path for path, _, _ in rendered]

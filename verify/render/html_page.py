@@ -113,7 +113,7 @@ def _cell_details(result: MatrixResult, cell: CellResult) -> str:
                      f'<tbody>{"".join(rows)}</tbody></table>')
     floors = cell.noise_floor.get("per_output") or {}
     if floors:
-        text = ", ".join(f"{name} {value:.2e}" for name, value in floors.items())
+        text = ", ".join(f"{name} {_num(value)}" for name, value in floors.items() if name != "null_reason")
         parts.append(f'<p class="meta">float32 noise floor ({escape(str(cell.noise_floor.get("source", "")))}): '
                      f"{escape(text)}</p>")
     if cell.notes:
