@@ -399,3 +399,21 @@ def test_a_manifest_object_with_many_keys_is_read_in_linear_time():
     assert time.perf_counter() - start < PARSE_BUDGET_S
     with pytest.raises(ValueError, match="'k0' appears twice"):
         loads_strict(text[:-1] + ', "k0": 2}')
+
+
+def test_an_artifact_report_that_fails_to_render_leaves_none_of_the_others_written(tmp_path, monkeypatch):
+    """`verify artifact`/`preflight` outputs (verify/folder/checks.py) too: every text is rendered before any is
+    written, so a renderer's failure leaves no JSON beside a missing Markdown."""
+    import verify.folder.checks as checks
+
+    def broken(report):
+        raise RuntimeError("rendering failed")
+
+    monkeypatch.setattr(checks, "markdown", broken)
+    report = checks.CheckReport("artifact", [checks.Check("folder", "integrity", "manifest.json", True, "ok")])
+    paths = [tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.md"]
+    with pytest.raises(RuntimeError):
+        checks.write_outputs(report, *paths)
+    assert not any(path.exists() for path in paths)
+    monkeypatch.undo()
+    assert checks.write_outputs(report, *paths) == paths and all(path.is_file() for path in paths)

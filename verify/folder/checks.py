@@ -108,25 +108,26 @@ def markdown(report: CheckReport) -> str:
 
 def write_outputs(report: CheckReport, json_path: Path | None, junit_path: Path | None,
                   markdown_path: Path | None) -> list[Path]:
-    """Write every output asked for, whatever the checks found; a path that cannot be written does not
-    keep the others from being written (its error is raised after them)."""
+    """Write every output asked for, whatever the checks found. Every text is rendered before any is written (a
+    rendering that fails leaves none of the set); a path that cannot be written does not keep the others from being
+    written (its error is raised after them), and each file is written whole or not at all."""
     from exporter.errors import VerifyError
-    from exporter.fsio import write_text_atomic
+    from exporter.fsio import json_text, write_text_atomic
     from verify.render.markdown import write_markdown
-    from verify.report import write_json_report
+    from verify.report import json_safe
 
+    rendered = [(path, write, render()) for path, write, render in (
+        (json_path, write_text_atomic, lambda: json_text(json_safe(report.to_dict()))),
+        (junit_path, write_text_atomic, lambda: junit_xml(report)),
+        (markdown_path, write_markdown, lambda: markdown(report))) if path]
     written, errors = [], []
-    writers = ((json_path, lambda p: write_json_report(report.to_dict(), p)),
-               (junit_path, lambda p: write_text_atomic(p, junit_xml(report))),
-               (markdown_path, lambda p: write_markdown(p, markdown(report))))
-    for path, write in writers:
-        if path:
-            try:
-                write(path)
-            except VerifyError as exc:
-                errors.append(exc)
-                continue
-            written.append(path)
+    for path, write, text in rendered:
+        try:
+            write(path, text)
+        except VerifyError as exc:
+            errors.append(exc)
+            continue
+        written.append(path)
     if errors:
         raise errors[0]
     return written
