@@ -196,12 +196,14 @@ def export_for(runtimes: Sequence[str] | None, device: str = "cpu") -> ExportOpt
 def plan_cell(request: CellRequest) -> CellPlan:
     """Check names, options, precisions and that each runtime has a format to run; read and check the
     inputs --input names. No model work."""
+    from verify.runtimes import check_runtimes
     from verify.settings import settings_inputs
 
     request.spec.validate()
     request.export.validate()
     runtimes, formats = choose_runtimes(request.export.formats, request.runtimes,
                                         request.settings.runtime.precision)
+    check_runtimes(runtimes, request.settings.runtime)  # --device cuda without a GPU, --precision tf32 on the CPU
     return CellPlan(request, runtimes, formats, settings_inputs(request.settings))
 
 
@@ -243,12 +245,12 @@ def require_batch_following(built: Any, example: np.ndarray) -> None:
     import numpy as np
 
     from exporter.formats.eager import eager_artifact
-    from verify.runtimes import make_runtime
+    from verify.runtimes import default_runtime, make_runtime
 
     batch = np.concatenate([example, example])
     artifact = eager_artifact(built, tuple(batch.shape))
     try:
-        outputs = make_runtime("eager").load(artifact).run({artifact.meta.input_name: batch})
+        outputs = make_runtime(default_runtime(artifact.format)).load(artifact).run({artifact.meta.input_name: batch})
     except Exception as exc:  # noqa: BLE001 - the user's model failed at another batch: that is the finding
         raise UsageError(f"{built.spec} fails at batch {len(batch)} ({str(exc).strip().splitlines()[-1]}), so a "
                          "dynamic-batch export of it cannot be judged: pass --static") from None
