@@ -62,3 +62,10 @@ def test_explain_of_two_detectors_judges_the_input_image(tmp_path, monkeypatch):
     result = invoke("explain", f"{DETECTOR}:frozen", f"{DETECTOR}:batch", "--input", folder)
     assert result.exit_code == 2 and "holds 2: pass one" in result.output, result.output
     assert len(seen) == 1
+
+
+def test_a_matrix_detector_shape_resized_to_nothing_is_refused_before_any_cell(tmp_path):
+    result = invoke("matrix", "-b", DETECTOR, "--detector-shape", "1x3x5x4000", "--no-cache",
+                    "--json", tmp_path / "m.json")
+    assert result.exit_code == 2, result.output
+    assert "becomes 0x" in result.output and not (tmp_path / "m.json").exists()

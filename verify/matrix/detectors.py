@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
-from exporter.families.detectors import DETECTORS, IMAGE_SIZE, MIN_IMAGE_SIDE
+from exporter.families.detectors import DETECTORS, IMAGE_SIZE, MIN_IMAGE_SIDE, check_image_size
 from verify.detect.check import DEFAULT_FORMATS
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ class DetectorSpec:
             raise UsageError(f"A detector cell's images are at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels "
                              f"(--detector-shape), got {'x'.join(map(str, self.shape[2:]))}: the detector resizes "
                              f"every image to {IMAGE_SIZE} px anyway, so pass 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}")
+        check_image_size(self.name, *self.shape[2:])  # one the transform resizes to nothing, before any cell runs
 
     def build(self, seed: int, shape: tuple[int, ...] | None, weights: str) -> Any:
         from exporter.families.detectors import build_detector
