@@ -6,22 +6,22 @@ names, for validating options), `list_backbones`, `register_backbone`, `BuiltMod
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from exporter.families import FAMILIES, Family, View
+from exporter.errors import UsageError
+from exporter.families import FAMILIES, MISFIT_EXAMPLES, Family, View, key_mismatch
 from exporter.registry import Registry
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from exporter.spec import ModelSpec
     from exporter.weights import Weights
 
-__all__ = ["BACKBONES", "VIEWS", "Backbone", "BuiltModel", "View", "build_model", "family_of",
-           "list_backbones", "register_backbone"]
+__all__ = ["BACKBONES", "MISFIT_EXAMPLES", "VIEWS", "Backbone", "BuiltModel", "View", "backbone_rows", "build_model",
+           "family_of", "list_backbones", "register_backbone"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,23 @@ def family_of(backbone: str) -> Family:
     return FAMILIES.get(BACKBONES.get(backbone).family)
 
 
+def backbone_rows(backbones: Sequence[str], norms: Sequence[str], views: Sequence[str]) -> list[tuple[str, str, str]]:
+    """Each backbone x each of `norms` x each of `views` its family has (backbone-major: the matrix's rows); what a
+    family never builds is left out, as a whole detector's other norms are (before, every default `verify matrix`
+    held mobilenet_v3_*:frozen-eps0 cells that could only fail to run). A backbone left with nothing is refused."""
+    rows = []
+    for backbone in backbones:
+        family = family_of(backbone)
+        own_views = {view.name for view in family.views}
+        kept = [(backbone, n, v) for n in norms if n in family.norms for v in views if v in own_views]
+        if not kept:
+            raise UsageError(f"{backbone} has none of the norms {', '.join(norms)} with the views {', '.join(views)}; "
+                             f"its {family.name} family has the norms {', '.join(family.norms)} and the views "
+                             f"{', '.join(sorted(own_views))}")
+        rows += kept
+    return rows
+
+
 def validate_spec(spec: ModelSpec) -> None:
     """Every name known, and the norm and view ones the backbone's family has (one-line errors)."""
     from exporter.norms import NORMS
@@ -88,10 +105,6 @@ def build_classifier(name: str, norm_layer: Callable[..., Any] | None) -> nn.Mod
     return get_backbone_builder(name)(**kwargs)
 
 
-MISFIT_EXAMPLES = 3
-"""Keys named per kind when a checkpoint does not fit: the message stays one bounded line."""
-
-
 @dataclass
 class BuiltModel:
     spec: ModelSpec
@@ -116,26 +129,20 @@ class BuiltModel:
         return self.exact if self.exact is not None else copy.deepcopy(self.model).double()
 
 
-def _key_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
-    """'43 unexpected keys, e.g. a, b, c; 2 missing keys, e.g. ...': bounded, whatever the checkpoint."""
-    expected = model.state_dict()
-    norms = {k.rsplit(".", 1)[0] for k in expected if k.endswith(".running_mean")}
-    # FrozenBatchNorm2d drops num_batches_tracked when loading: not a misfit
-    unexpected = [k for k in state if k not in expected
-                  and not (k.endswith(".num_batches_tracked") and k.rsplit(".", 1)[0] in norms)]
-    missing = [k for k in expected if k not in state]
-    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
-    parts = []
-    kinds = ((unexpected, "unexpected key", "unexpected keys"), (missing, "missing key", "missing keys"),
-             (shaped, "key of another shape", "keys of another shape"))
-    for items, one, many in kinds:
-        items.sort(key=lambda k: k.endswith("num_batches_tracked"))  # stable: weights first, as named
-        if items:
-            more = ", …" if len(items) > MISFIT_EXAMPLES else ""
-            parts.append(f"{len(items)} {one if len(items) == 1 else many}, e.g. "
-                         f"{', '.join(items[:MISFIT_EXAMPLES])}{more}")
-    return "; ".join(parts)
+def require_defined_norms(model: nn.Module, source: str, norm: str) -> None:
+    """Every norm's running_var + eps above 0, else a one-line UsageError: the norm divides by its square root,
+    so a zero variance under eps 0 (frozen-eps0) or a negative one makes every output Inf or NaN, which the
+    oracle would blame on the input."""
+    for name, module in model.named_modules():
+        var = getattr(module, "running_var", None)
+        if var is None or not hasattr(module, "eps"):
+            continue
+        bad = int((var.double() + module.eps <= 0).sum())
+        if bad:
+            raise UsageError(
+                f"Weights {source} give {name} a running_var of {float(var.min()):g} in {bad} of its {var.numel()} "
+                f"channels, with eps {module.eps:g} (--norm {norm}): the norm divides by zero or a negative "
+                f"variance's root; pass weights whose running_var is positive, or a norm with eps > 0")
 
 
 def build_model(spec: ModelSpec, weights: Weights, seed: int = 0) -> BuiltModel:
@@ -143,7 +150,6 @@ def build_model(spec: ModelSpec, weights: Weights, seed: int = 0) -> BuiltModel:
     load `weights`, apply the variant's finishing step (e.g. folding), wrap in the view. Eval mode."""
     import copy
 
-    from exporter.errors import UsageError
     from exporter.norms import get_norm
 
     validate_spec(spec)
@@ -151,15 +157,17 @@ def build_model(spec: ModelSpec, weights: Weights, seed: int = 0) -> BuiltModel:
     norm = get_norm(spec.norm)
     view = family.view(spec.view)
     classifier = build_classifier(spec.backbone, family.norm_layer(norm))
-    state = dict(weights.state_dict)
     head = family.classifier_prefix
-    if not any(k.startswith(head) for k in state):  # backbone-only checkpoints have no classifier
-        state.update({k: v for k, v in classifier.state_dict().items() if k.startswith(head)})
-    mismatch = _key_mismatch(classifier, state)
+    # no view computes the classification head: a checkpoint without one, or fine-tuned to another class
+    # count, fits as well as ImageNet's; the builder's own head is loaded in its place
+    state = {k: v for k, v in weights.state_dict.items() if not k.startswith(head)}
+    state.update({k: v for k, v in classifier.state_dict().items() if k.startswith(head)})
+    mismatch = key_mismatch(classifier.state_dict(), state)
     if mismatch:
         raise UsageError(f"Weights {weights.source} do not fit {spec.backbone}: {mismatch}; pass weights of "
                          f"{spec.backbone}")
     classifier.load_state_dict(state)
+    require_defined_norms(classifier, weights.source, spec.norm)
     exact = None
     if norm.fold:
         # fold in float64, then round once: the float32 model is the exact fold, rounded

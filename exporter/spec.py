@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from exporter.backbones import BuiltModel
 
 DEFAULT_SHAPE: tuple[int, ...] = (1, 3, 224, 224)
+INPUT_CHANNELS = DEFAULT_SHAPE[1]
+"""Every registered backbone's first convolution takes RGB (torchvision's ImageNet classifiers)."""
 MAX_INPUT_ELEMENTS = 1 << 26
 """64 Mi values (256 MiB in float32, e.g. 16x3x1024x1024): a ResNet's activations and the float64
 oracle need tens of times the input's size, so anything larger is a typo, not a test."""
@@ -49,10 +51,14 @@ class ModelSpec:
         validate_spec(self)
 
     def build(self, seed: int, shape: tuple[int, ...] | None, weights: str) -> BuiltModel:
-        """The backbone with `weights` (synthetic ones from `seed`), in eval mode; `shape` plays no part."""
+        """The backbone with `weights` (synthetic ones from `seed`), in eval mode; `shape` is only checked: every
+        registered backbone is an RGB classifier's."""
         from exporter.backbones import build_model
         from exporter.weights import load_weights
 
+        if shape is not None and len(shape) == len(DEFAULT_SHAPE) and shape[1] != INPUT_CHANNELS:
+            raise UsageError(f"{self.backbone} takes {INPUT_CHANNELS} input channels (RGB), the shape "
+                             f"{'x'.join(map(str, shape))} gives it {shape[1]}; use Nx{INPUT_CHANNELS}xHxW")
         return build_model(self, load_weights(weights, self.backbone, seed), seed)
 
     @property

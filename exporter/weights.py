@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.errors import SetupError, UsageError
+from exporter.fsio import path_kind
 from exporter.registry import Registry
 
 if TYPE_CHECKING:
@@ -45,11 +46,14 @@ WEIGHT_SOURCES: Registry[Callable[[str, int], Weights]] = Registry("weights sour
 
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    import torch
+
     digest = hashlib.sha256()
     for key in sorted(state_dict):
         tensor = state_dict[key].detach().cpu().contiguous()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.numpy().tobytes())
+        # the raw bytes: numpy has no bfloat16 or float8 (a bf16 checkpoint ended the export with a TypeError)
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -140,9 +144,11 @@ def imagenet_weights(backbone: str, seed: int) -> Weights:
     except (KeyError, ValueError):
         raise UsageError(f"torchvision has no IMAGENET1K_V1 weights for {backbone}") from None
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
-    if not path.is_file():
+    kind = path_kind(path)
+    if kind is not None:
+        where = "not in the local cache" if kind == "missing" else f"not a file in the local cache ({kind} there)"
         raise SetupError(
-            f"ImageNet weights for {backbone} are not in the local cache ({path}); fetch them where "
+            f"ImageNet weights for {backbone} are {where} ({path}); fetch them where "
             f"there is internet with `python -c \"import torchvision; torchvision.models.{backbone}"
             f"(weights='IMAGENET1K_V1')\"` and copy {path.name} there, or pass --weights FILE"
         )
@@ -180,6 +186,8 @@ def load_weights_file(path: Path) -> Weights:
         if not (start.startswith(b"PK\x03\x04") or start[:1] == b"\x80"):  # torch.save's zip, or its legacy pickle
             raise UsageError(f"Cannot read weights file {path}: it is not a PyTorch checkpoint (torch.save writes "
                              "a zip archive); pass a state dict saved with torch.save, or a .safetensors file")
+        if start.startswith(b"PK"):
+            require_unexpanded_archive(path)
         try:
             with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error says enough
                 warnings.simplefilter("ignore")
@@ -193,18 +201,80 @@ def load_weights_file(path: Path) -> Weights:
     if not isinstance(raw, dict):
         raise UsageError(f"Weights file {path} holds a {type(raw).__name__}, not a state dict of tensors")
     others = [str(k) for k, v in raw.items() if not isinstance(v, torch.Tensor)]
-    if others or not raw:
-        detail = f"{len(others)} of its {len(raw)} entries are not tensors, e.g. {others[0][:60]!r}" if others \
-            else "it is empty"
+    unnamed = [repr(k) for k in raw if not isinstance(k, str)]
+    if others or unnamed or not raw:
+        detail = (f"{len(others)} of its {len(raw)} entries are not tensors, e.g. {others[0][:60]!r}" if others
+                  else f"{len(unnamed)} of its keys are not names, e.g. {unnamed[0][:60]}" if unnamed
+                  else "it is empty")
         raise UsageError(f"Weights file {path} does not hold a state dict of tensors ({detail})")
-    return Weights(f"file:{path.name}", *split_checkpoint(raw))
+    require_plain_numbers(raw, f"Weights file {path}")
+    return Weights(f"file:{path.name}", *split_checkpoint(raw, f"Weights file {path}"))
+
+
+def require_unexpanded_archive(path: Path) -> None:
+    """torch.save stores its zip members uncompressed, so together they fit in the file; members that would expand
+    past it are deflated (measured: a 4.9 kB file held 4 MB of tensor, so 50 MB would allocate 40 GB) and are
+    refused before torch.load allocates a byte of them."""
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise UsageError(f"Cannot read weights file {path}: it is truncated or corrupt (not a complete torch.save "
+                         "archive)") from None
+    if expanded > size:
+        raise UsageError(f"Cannot read weights file {path}: its members would expand to {expanded:,} bytes, more "
+                         f"than the whole {size:,}-byte file (torch.save stores them uncompressed); refused unread")
+
+
+def tensor_problem(tensor: torch.Tensor) -> str | None:
+    """Why `tensor` cannot be a weight loaded into a float32 model as it is, in words; None when it can.
+    load_state_dict would copy a complex tensor's real part or a bool's 0/1, and fail with a multi-line
+    error on a sparse, quantized or meta one."""
+    import torch
+
+    if tensor.device.type == "meta":
+        return "a meta tensor (a shape without data)"
+    if tensor.layout != torch.strided:
+        return f"a {str(tensor.layout).removeprefix('torch.')} tensor, not a dense one"
+    if tensor.is_quantized:
+        return f"a quantized tensor ({str(tensor.dtype).removeprefix('torch.')})"
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        return f"of dtype {str(tensor.dtype).removeprefix('torch.')}"
+    if tensor.is_floating_point() and not bool(_finite(tensor)):
+        return "holding NaN or infinite values"
+    return None
+
+
+def _finite(tensor: torch.Tensor) -> torch.Tensor:
+    """Whether every value is finite; float8 kinds have no isfinite of their own, float32 holds them exactly."""
+    try:
+        return tensor.isfinite().all()
+    except (NotImplementedError, RuntimeError):
+        return tensor.float().isfinite().all()
+
+
+def require_plain_numbers(state: dict[str, torch.Tensor], what: str) -> None:
+    """Every tensor dense, real and finite (`tensor_problem`), else a one-line UsageError naming the first;
+    NaN weights would otherwise reach the oracle, which blames the input for the NaN outputs."""
+    problems = {k: why for k, v in state.items() if (why := tensor_problem(v)) is not None}
+    if problems:
+        key, why = next(iter(problems.items()))
+        raise UsageError(f"{what} holds {len(problems)} tensor{'s' if len(problems) > 1 else ''} that cannot be "
+                         f"weights (e.g. {key[:80]}: {why}); pass a state dict of finite float tensors")
 
 
 def classifier_keys(weights: Weights, backbone: str) -> Weights:
     """A detection body's keys (`4.block.0.0.weight`) as the classifier's (`features.4...`), by family."""
     from exporter.backbones import family_of
 
-    weights.state_dict = family_of(backbone).classifier_state(weights.state_dict)
+    family = family_of(backbone)
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in weights.state_dict.items():
+        _put(mapped, family.classifier_key(key), key, value, f"Weights {weights.source}")
+    weights.state_dict = mapped
     return weights
 
 
@@ -227,7 +297,7 @@ def _checkpoint_problem(exc: Exception) -> str:
 
 
 def split_checkpoint(
-    raw: dict[str, torch.Tensor],
+    raw: dict[str, torch.Tensor], what: str = "The checkpoint",
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """Split a classifier, detection (`backbone.body.*`, `backbone.fpn.*`, heads dropped) or backbone (`body.*`)
     checkpoint into body keys and the FPN's own weights when present. Body keys are the classifier's for
@@ -239,15 +309,24 @@ def split_checkpoint(
     for key, value in raw.items():
         name = key.removeprefix("module.").removeprefix("backbone.")
         if name.startswith("fpn."):
-            fpn[name.removeprefix("fpn.")] = value
+            _put(fpn, name.removeprefix("fpn."), key, value, what)
         elif name.startswith(("rpn.", "roi_heads.", "head.", "anchor_generator.")):
             continue  # Faster/Mask R-CNN, RetinaNet and FCOS heads
         else:
-            body[name.removeprefix("body.")] = value
+            _put(body, name.removeprefix("body."), key, value, what)
     # FrozenBatchNorm2d checkpoints carry no num_batches_tracked; BatchNorm2d needs one to load.
     for key in [k for k in body if k.endswith(".running_mean")]:
         body.setdefault(key.replace(".running_mean", ".num_batches_tracked"), torch.tensor(0))
     return body, ({"fpn": fpn} if fpn else {})
+
+
+def _put(state: dict[str, torch.Tensor], name: str, key: str, value: torch.Tensor, what: str) -> None:
+    """state[name] = value, refusing a second key that names the same weight: which of two tensors a checkpoint
+    means (`conv1.weight` beside `module.conv1.weight`) is not for this tool to pick."""
+    if name in state:
+        raise UsageError(f"{what} holds two tensors for {name[:80]} (one of them {key[:80]}): a classifier's and "
+                         "a detector's or a wrapped model's keys mixed; save one model's state_dict()")
+    state[name] = value
 
 
 def save_weights(weights: Weights, path: Path) -> None:

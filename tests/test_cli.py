@@ -81,8 +81,8 @@ def test_seed_question_spec_pair_agrees_on_layer4(tmp_path):
     (["compare", "model.tflite", "resnet18"], "Cannot tell the format"),
     (["compare", "resnet18:frozen:body", "resnet18:frozen:fpn"], "share no output"),
     (["compare", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"],
-     "failed on an input of shape (1, 1, 32, 32)"),
-    (["explain", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"], "failed on an input"),
+     "input channels (RGB), the shape 1x1x32x32 gives it 1"),
+    (["explain", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"], "input channels (RGB)"),
     (["compare", "resnet18", "resnet18", "--shape", "1x3x32x32", "--json", "."], ". is a directory"),
     (["export", *SMALL_ARGS, "--factor", "3", "--decimal", "4"], "--factor sets the auto mode"),
 ])

@@ -81,9 +81,6 @@ class Family:
         """What to pass to the builder as `norm_layer`; None keeps the builder's own default."""
         return self.norm_layers.get(variant.name, variant.make_layer)()
 
-    def classifier_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        return {self.classifier_key(k): v for k, v in state.items()}
-
 
 FAMILIES: Registry[Family] = Registry("backbone family")
 FAMILY_MODULES = ("resnet", "mobilenet_v3")  # one name per module of this package
@@ -93,15 +90,44 @@ def register_family(family: Family) -> Family:
     return FAMILIES.add(family.name, family)
 
 
+MISFIT_EXAMPLES = 3
+"""Keys named per kind when a checkpoint does not fit: the message stays one bounded line."""
+
+
+def key_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    """'43 unexpected keys, e.g. a, b, c; 2 missing keys, e.g. ...': bounded, whatever the checkpoint; '' if it fits."""
+    norms = {k.rsplit(".", 1)[0] for k in expected if k.endswith(".running_mean")}
+    # FrozenBatchNorm2d drops num_batches_tracked when loading: not a misfit
+    unexpected = [k for k in state if k not in expected
+                  and not (k.endswith(".num_batches_tracked") and k.rsplit(".", 1)[0] in norms)]
+    missing = [k for k in expected if k not in state]
+    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    # load_state_dict would cast integers into a float weight: a checkpoint of counts, not of weights
+    typed = [f"{k} {str(state[k].dtype).removeprefix('torch.')}" for k, v in expected.items()
+             if k in state and v.is_floating_point() and not state[k].is_floating_point()]
+    parts = []
+    kinds = ((unexpected, "unexpected key", "unexpected keys"), (missing, "missing key", "missing keys"),
+             (shaped, "key of another shape", "keys of another shape"),
+             (typed, "integer key for a float weight", "integer keys for float weights"))
+    for items, one, many in kinds:
+        items.sort(key=lambda k: k.endswith("num_batches_tracked"))  # stable: weights first, as named
+        if items:
+            more = ", …" if len(items) > MISFIT_EXAMPLES else ""
+            parts.append(f"{len(items)} {one if len(items) == 1 else many}, e.g. "
+                         f"{', '.join(items[:MISFIT_EXAMPLES])}{more}")
+    return "; ".join(parts)
+
+
 def load_fpn_weights(model: nn.Module, weights: Weights) -> None:
     """Load a detection checkpoint's FPN weights into `model.fpn`, if the checkpoint had any."""
     if "fpn" not in weights.extra:
         return
-    try:
-        model.fpn.load_state_dict(weights.extra["fpn"])
-    except RuntimeError as exc:
-        raise UsageError(f"The FPN weights in {weights.source} do not fit this FPN: "
-                         f"{str(exc).splitlines()[-1].strip()}") from None
+    mismatch = key_mismatch(model.fpn.state_dict(), weights.extra["fpn"])
+    if mismatch:
+        raise UsageError(f"The FPN weights in {weights.source} do not fit this FPN: {mismatch}; pass a checkpoint "
+                         "of the detector this view reproduces, or a backbone-only one")
+    model.fpn.load_state_dict(weights.extra["fpn"])
 
 
 def make_trunk(children: list[tuple[str, nn.Module]], output: str) -> nn.Module:

@@ -244,6 +244,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
     import torch
 
+    from exporter.weights import require_unexpanded_archive
+
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -251,6 +253,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises several types for a bad file
             raise UsageError(f"Cannot read weights file {path}: not a valid .safetensors file ({exc})") from None
+    with open(path, "rb") as handle:
+        if handle.read(2) == b"PK":
+            require_unexpanded_archive(path)  # a deflated member would expand before anything is checked
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -261,7 +266,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     for key in ("model", "state_dict"):
         if isinstance(raw, dict) and isinstance(raw.get(key), dict):
             raw = raw[key]
-    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+    if not isinstance(raw, dict) or not raw or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                        for k, v in raw.items()):
         raise UsageError(f"Weights file {path} does not hold a state dict of tensors")
     return raw
 

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 from exporter.errors import VerifyError, interrupt_in
 from exporter.messages import one_line, strip_unsafe_advice
 from verify.render.console import make_console
+from verify.render.text import terminal_text
 
 # click's base exception, wherever this typer keeps it (its own vendored copy, or click itself)
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -27,8 +28,9 @@ err_console = make_console(stderr=True)
 
 def print_error(message: str) -> None:
     """The one line every failure prints: flattened, bounded, without unsafe advice."""
-    err_console.print(f"[bold red]error:[/] {escape(one_line(strip_unsafe_advice(message)))}", highlight=False,
-                      soft_wrap=True)
+    # a message may quote a file's own text (a checkpoint's key): its control characters are shown, never sent
+    err_console.print(f"[bold red]error:[/] {escape(terminal_text(one_line(strip_unsafe_advice(message))))}",
+                      highlight=False, soft_wrap=True)
 
 
 class OneLineErrors(TyperGroup):

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from exporter.backbones import backbone_rows
 from exporter.errors import UsageError, VerifyError
 from exporter.spec import ModelSpec
 from verify.matrix.detector_judging import judge_result
@@ -47,7 +48,11 @@ def expected_cells(settings: Any) -> list[ExpectedCell]:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MatrixFailure(f"The report's settings do not define a matrix ({type(exc).__name__}: {exc}); rerun "
                             "the matrix") from None
-    specs: list[Any] = [ModelSpec(b, n, v) for b in backbones for n in norms for v in views] + detectors
+    try:
+        rows = backbone_rows(backbones, norms, views)  # the rows `verify matrix` runs, by the same rule
+    except VerifyError as exc:
+        raise MatrixFailure(f"The report's matrix is not one this verify can build ({exc})") from None
+    specs: list[Any] = [ModelSpec(*row) for row in rows] + detectors
     specs += [UserModelSpec(*text.rpartition(":")[::2]) for text in models]
     cells = []
     for spec in specs:

@@ -52,7 +52,7 @@ class MatrixRequest:
         """Every registered backbone x norm and the body view unless chosen (none when only --model is given),
         each whole detector named in `backbones` x each of the norms it has, and each of `models`; names and model
         sources checked here, nothing imported."""
-        from exporter.backbones import BACKBONES, VIEWS
+        from exporter.backbones import BACKBONES, VIEWS, backbone_rows
         from exporter.norms import NORMS
         from exporter.user_model import UserModelSpec
         from verify.api import RunSettings
@@ -66,6 +66,7 @@ class MatrixRequest:
         for registry, names in zip((BACKBONES, NORMS, VIEWS), chosen):
             for name in names:
                 registry.get(name)
+        backbone_rows(*chosen)  # a backbone with none of the chosen norms and views, refused before any work
         for name in runtimes or ():
             RUNTIMES.get(name)
         from verify.pipeline.stages import export_for
@@ -83,10 +84,11 @@ class MatrixRequest:
 
     def cells(self) -> list[CellRequest]:
         """Backbone-major, then norm, then view: the order of the table's rows; then the user's models."""
+        from exporter.backbones import backbone_rows
         from exporter.user_model import UserModelSpec
 
-        return [CellRequest(ModelSpec(b, n, v), self.settings, self.export, self.runtimes)
-                for b in self.backbones for n in self.norms for v in self.views] + \
+        return [CellRequest(ModelSpec(*row), self.settings, self.export, self.runtimes)
+                for row in backbone_rows(self.backbones, self.norms, self.views)] + \
             [CellRequest(DetectorSpec(d, n, self.detector_shape), self.settings, self.export, self.runtimes)
              for d, n in self.detectors] + \
             [CellRequest(UserModelSpec.parse(m), self.settings, self.export, self.runtimes) for m in self.models]
