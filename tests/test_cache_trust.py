@@ -303,7 +303,7 @@ def export_context(seed: int = 0, formats: tuple[str, ...] = ("onnx",)):
     from verify.api import RunSettings
     from verify.pipeline.stages import CellRequest, build_stage, plan_cell
 
-    options = ExportOptions(formats=formats, format_options=(OnnxOptions("torchscript"),))
+    options = ExportOptions(formats=formats, format_options=(OnnxOptions("torchscript"),) if "onnx" in formats else ())
     request = CellRequest(ModelSpec("resnet18", "frozen", "body"), RunSettings(shape=SHAPE, seed=seed), options)
     build = build_stage(request, plan_cell(request))
     context = ExportContext(build.built, torch.from_numpy(build.named[0].array), build.eager.meta,
@@ -318,7 +318,7 @@ def run_export(out: Path, cache: Cache | None, seed: int = 0, formats: tuple[str
     from exporter.spec import ModelSpec
     from verify.api import RunSettings, verify_export
 
-    options = ExportOptions(formats=formats, format_options=(OnnxOptions("torchscript"),))
+    options = ExportOptions(formats=formats, format_options=(OnnxOptions("torchscript"),) if "onnx" in formats else ())
     return verify_export(ModelSpec("resnet18", "frozen", "body"), RunSettings(shape=SHAPE, seed=seed), out=out,
                          export=options, cache=cache, sign_key=sign_key)
 

@@ -34,7 +34,7 @@ from verify.pipeline.stages import (
 )
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
-from verify.runtimes import side_runtimes
+from verify.runtimes import check_runtimes, require_device, side_runtimes
 from verify.settings import RunSettings, default_inputs, input_dict, settings_dict, settings_inputs
 
 if TYPE_CHECKING:
@@ -200,13 +200,21 @@ def resolve_source(text: str, settings: RunSettings) -> Artifact:
 
 # Your own model (exporter/user_model.py): its example fixes the shape; it may have no float64 oracle.
 def input_shape_for(artifacts: Sequence[Artifact], settings: RunSettings) -> tuple[int, ...]:
-    """--shape, else what either side records, else 1x3x224x224 (filling dynamic axes)."""
+    """--shape, else the shape a file without dynamic axes takes, else what either side records, else 1x3x224x224
+    (filling dynamic axes); two files that each take one shape, not the same, are refused."""
     if settings.shape:
         return tuple(settings.shape)
-    for artifact in artifacts:
-        shape = artifact.meta.input_shape
-        if (artifact.path is not None or getattr(artifact.built, "input_shape", None)) and shape and len(shape) == 4:
-            return tuple(s if s > 0 else d for s, d in zip(shape, DEFAULT_SHAPE))
+    sides = [(tuple(artifact.meta.input_shape), artifact) for artifact in artifacts
+             if (artifact.path is not None or getattr(artifact.built, "input_shape", None))
+             and artifact.meta.input_shape and len(artifact.meta.input_shape) == 4]
+    recorded = [shape for shape, _ in sides]
+    fixed = list(dict.fromkeys(shape for shape, artifact in sides if artifact.path is not None and min(shape) > 0
+                               and not artifact.meta.dynamic_axes))
+    if len(fixed) > 1:  # each file runs at its own shape only: no input fits both
+        raise UsageError(f"The two files take only {' and only '.join('x'.join(map(str, s)) for s in fixed)}: "
+                         "no input fits both; export them at one shape")
+    for shape in fixed + recorded:  # a side that takes one shape only decides it; a dynamic side fills 0s
+        return tuple(s if s > 0 else d for s, d in zip(shape, DEFAULT_SHAPE))
     return DEFAULT_SHAPE
 
 
@@ -220,6 +228,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     reference) on both sides' floors pooled over the inputs, then each side against its own oracle on its own
     pooled floors; each pair reported on its worst input."""
     settings, progress = settings or RunSettings(), progress or NullProgress()
+    require_device(settings.runtime.device)  # before any model is built or loaded
     kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built
     user = [str(kind) for kind in kinds if getattr(kind, "runs_user_code", False)]
     if isolate and user:
@@ -228,6 +237,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     named = settings_inputs(settings)
     with progress.step("Loading both sides"):
         sides = [resolve_source(a, settings), resolve_source(b, settings)]
+    check_runtimes(side_runtimes([s.format for s in sides], runtime), settings.runtime)  # before either side runs
     named = named or default_inputs(settings, input_shape_for(sides, settings))
     report = Report("compare", settings_dict(settings, a=a, b=b), input_dict(named, settings))
     runs: list[RunResult] = []
@@ -276,7 +286,9 @@ def require_shared_output(runs: Sequence[RunResult]) -> None:
     first, second = (run.outputs[0] for run in runs)
     if not set(first) & set(second):
         raise UsageError(f"{runs[0].label} and {runs[1].label} share no output ({', '.join(first)} vs "
-                         f"{', '.join(second)})")
+                         f"{', '.join(second)}), and outputs are compared by name; name them alike when "
+                         "exporting (a file without recorded names has output0, output1...), or export both with "
+                         "verify export")
 
 
 def _compare_problems(sides: list[Artifact], runs: list[RunResult], oracles: list[list[Oracle]],

@@ -150,6 +150,23 @@ def default_formats() -> tuple[str, ...]:
     return tuple(name for name in FORMATS if FORMATS.get(name).default)
 
 
+def refuse_unused_options(formats: tuple[str, ...], format_options: tuple[Any, ...]) -> None:
+    """A format's own option set (not its default) while that format is not exported would be silently ignored:
+    refused in one line, before any work. Options shared with a run option (AOTInductor's --device) are not its own."""
+    from exporter.plugin_options import option_fields
+
+    for given in format_options:
+        owners = [name for name in FORMATS if type(given) is FORMATS.get(name).Options]
+        if not owners or set(owners) & set(formats):
+            continue
+        default = type(given)()
+        for item, spec in option_fields(type(given)):
+            if not spec.shared and getattr(given, item.name) != getattr(default, item.name):
+                raise UsageError(f"{spec.flag} applies to --format {owners[0]}, which this export does not write "
+                                 f"(it writes {', '.join(formats) or 'no file'}); drop {spec.flag} or add "
+                                 f"--format {owners[0]}")
+
+
 def detect_format(path: Path) -> Format:
     """The format of a file, from its suffix (and its content where formats share a suffix)."""
     candidates = [FORMATS.get(n) for n in file_formats() if FORMATS.get(n).claims(path)]

@@ -23,6 +23,7 @@ from exporter.spec import parse_shape
 from verify import bounds
 from verify.inputs import DEFAULT_SAMPLES, MAX_SAMPLES, SAMPLES_ENV
 from verify.judge.compare import AUTO_FACTOR
+from verify.judge.precision import check_precision, check_tf32_flag
 from verify.runtimes import RUNTIMES, RuntimeOptions, runtime_class
 
 
@@ -348,6 +349,8 @@ def samples_part(samples: Samples = None) -> dict[str, Any]:
 def runtime_part(device: DeviceOption = Device.cpu, tf32: Tf32 = None, precision: PrecisionOption = Precision.fp32,
                  **plugins: Any) -> dict[str, Any]:
     """What every runtime shares, and each runtime's own options (`plugins`: their parsed values by key)."""
+    check_tf32_flag(Device(device).value, tf32)
+    check_precision(Precision(precision).value, Device(device).value, tf32)
     return {"runtime": RuntimeOptions(device=Device(device).value, tf32=tf32, precision=Precision(precision).value,
                                       plugins=runtime_plugins(plugins))}
 

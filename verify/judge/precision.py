@@ -38,6 +38,14 @@ def check_precision(precision: str, device: str, tf32: bool | None = None) -> No
         raise UsageError("--precision tf32 with --no-tf32 contradict each other; drop one")
 
 
+def check_tf32_flag(device: str, tf32: bool | None) -> None:
+    """--tf32/--no-tf32 switches TF32 on CUDA only: on the CPU it would be silently ignored, so it is refused."""
+    if tf32 is not None and device != "cuda":
+        flag = "--tf32" if tf32 else "--no-tf32"
+        raise UsageError(f"{flag} sets TF32 on CUDA, and this run is on {device}, where there is no TF32; "
+                         f"drop {flag}, or add --device cuda")
+
+
 def computes_in(precision: str = "fp32", device: str = "cpu", tf32: bool | None = None) -> str:
     """The precision a run's convolutions and matmuls really round at: TF32 on CUDA unless --no-tf32 (both
     PyTorch's cuDNN and ORT's CUDA provider default to it), else the precision asked for."""

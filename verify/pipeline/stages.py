@@ -196,11 +196,13 @@ def export_for(runtimes: Sequence[str] | None, device: str = "cpu") -> ExportOpt
 def plan_cell(request: CellRequest) -> CellPlan:
     """Check names, options, precisions and that each runtime has a format to run; read and check the
     inputs --input names. No model work."""
+    from exporter.formats import refuse_unused_options as refuse_unused_format_options
     from verify.runtimes import check_runtimes
     from verify.settings import settings_inputs
 
     request.spec.validate()
     request.export.validate()
+    refuse_unused_format_options(request.export.formats, request.export.format_options)
     runtimes, formats = choose_runtimes(request.export.formats, request.runtimes,
                                         request.settings.runtime.precision)
     check_runtimes(runtimes, request.settings.runtime)  # --device cuda without a GPU, --precision tf32 on the CPU

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from exporter.errors import UsageError
+from exporter.errors import ArtifactError, SetupError, UsageError
 from exporter.plugin_options import PluginOptions
 from exporter.registry import Registry
 
@@ -140,8 +140,12 @@ class Runtime:
         array = inputs[expected]
         if array.ndim != 4 or array.dtype != np.float32:
             raise UsageError(f"{self.label} expects a float32 NCHW array, got {array.dtype} {array.shape}")
-        outputs = self._run(np.ascontiguousarray(array))
-        return {name: np.asarray(value) for name, value in outputs.items()}
+        outputs = {name: np.asarray(value) for name, value in self._run(np.ascontiguousarray(array)).items()}
+        empty = next((name for name, value in outputs.items() if value.size == 0), None)
+        if empty is not None:  # no element to compare: any tolerance would pass it, so no verdict can rest on it
+            raise ArtifactError(f"{self.label} returned an empty {empty!r} (shape {outputs[empty].shape}) on "
+                                f"input {array.shape}: there is nothing to compare; check the model's outputs")
+        return outputs
 
     def running_on(self) -> str:
         """Where the loaded artifact really runs (a runtime that can fall back elsewhere asks its library)."""
@@ -206,6 +210,52 @@ def side_runtimes(formats: Sequence[str], chosen: str | None = None) -> list[str
                          f"{' or '.join(dict.fromkeys(formats))}")
     return [chosen if chosen is not None and fmt in runtime_class(chosen).formats else default_runtime(fmt)
             for fmt in formats]
+
+
+def require_device(device: str) -> None:
+    """Refuse --device cuda where neither torch nor ONNX Runtime sees a GPU: one line before any model work, not
+    after the build and the exports (each runtime still checks its own library when it loads)."""
+    if device != "cuda":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    try:
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
+    if onnxruntime is not None and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return
+    raise SetupError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False and ONNX "
+                     "Runtime has no CUDA provider); run on a machine with a GPU, or drop --device cuda")
+
+
+def check_runtimes(names: Sequence[str], options: RuntimeOptions) -> None:
+    """Refuse settings `names` cannot honour (device, precision: each runtime's constructor checks them), and
+    options of runtimes not among them, before any model is built, loaded or run."""
+    require_device(options.device)
+    for name in dict.fromkeys(names):
+        make_runtime(name, options)
+    refuse_unused_options(names, options)
+
+
+def refuse_unused_options(names: Sequence[str], options: RuntimeOptions) -> None:
+    """A runtime's own option set (not its default) while no runtime that reads it runs would be silently ignored:
+    refused in one line, before any work. A runtime reads its own options and those of the parents it inherits
+    from (the dummy runtime of the tests reads --ort-opt-level)."""
+    from exporter.plugin_options import option_fields
+
+    readers = {c.name for name in names for c in runtime_class(name).__mro__
+               if "Options" in c.__dict__ and isinstance(c.__dict__.get("name"), str)}
+    for owner, given in dict(options.plugins).items():
+        if owner in readers:
+            continue
+        default = type(given)()
+        flag = next(spec.flag for item, spec in option_fields(type(given))
+                    if getattr(given, item.name) != getattr(default, item.name))
+        raise UsageError(f"{flag} applies to runtime {owner}, which this run does not use (it runs "
+                         f"{', '.join(dict.fromkeys(names))}); drop {flag}")
 
 
 def make_runtime(name: str, options: RuntimeOptions | None = None) -> Runtime:

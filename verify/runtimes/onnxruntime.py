@@ -18,6 +18,10 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 DEFAULT_OPT_LEVEL = "all"
+FATAL_ONLY = 4
+"""ONNX Runtime's log severity FATAL: at ERROR (3) a failed load also prints a coloured log line of its own."""
+ORT_PREFIX = r"^.*\[ONNXRuntimeError\] : \d+ : \w+ : |^\S+\.(?:cc|cpp|h):\d+ (?:\S+ )?"
+"""What precedes ONNX Runtime's reason: its error code and the source file, line and function it was raised in."""
 SPREAD_LEVELS = ("disable", "basic")
 """The other levels whose spread estimates the float32 floor of an ONNX file alone."""
 
@@ -31,6 +35,17 @@ def torch_threads() -> int | None:
 
     torch = sys.modules.get("torch")
     return torch.get_num_threads() if torch is not None else None
+
+
+def ort_reason(exc: Exception) -> str:
+    """ONNX Runtime's reason for a failure, without the error codes and source locations it nests in front."""
+    import re
+
+    line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+    previous = None
+    while previous != line:
+        previous, line = line, re.sub(ORT_PREFIX, "", line, count=1)
+    return line or previous
 
 
 class OnnxRuntime(Runtime):
@@ -85,7 +100,7 @@ class OnnxRuntime(Runtime):
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
                                                            OPT_LEVELS[self.options.of(OnnxRuntime).opt_level])
-        session_options.log_severity_level = 3
+        session_options.log_severity_level = FATAL_ONLY  # a failure is the exception's one line, never a log too
         threads = torch_threads()
         if threads and self.options.device == "cpu":
             session_options.intra_op_num_threads = threads
@@ -97,8 +112,7 @@ class OnnxRuntime(Runtime):
         try:
             self.session = ort.InferenceSession(str(artifact.path), session_options, providers=providers)
         except Exception as exc:
-            raise ArtifactError(f"ONNX Runtime cannot load {artifact.path}: {str(exc).splitlines()[0]}") \
-                from None
+            raise ArtifactError(f"ONNX Runtime cannot load {artifact.path}: {ort_reason(exc)}") from None
         active = self.session.get_providers()
         if active[0] != wanted:  # ORT falls back to CPU with nothing but a log line
             raise SetupError(f"ONNX Runtime was asked for {wanted} but runs on {active[0]}; "
@@ -111,5 +125,5 @@ class OnnxRuntime(Runtime):
             results = self.session.run(None, {self.input_name: array})
         except Exception as exc:
             raise ArtifactError(f"ONNX Runtime failed to run {self.artifact.path} on input "
-                                f"{array.shape}: {str(exc).splitlines()[0]}") from None
+                                f"{array.shape}: {ort_reason(exc)}") from None
         return dict(zip(self.output_names, results))

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from exporter.artifacts import Artifact
 
 
+TORCH_LOGGER = "torch"
+"""The logger every torch module logs under (torch._inductor.package...): quietened while a file loads."""
+
+
 def torch_device(device: str) -> torch.device:
     import torch
 
@@ -36,10 +40,24 @@ def to_numpy_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
         return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
 
     if isinstance(result, dict):
-        return {k: array(v) for k, v in result.items()}
-    tensors = [result] if isinstance(result, torch.Tensor) else list(result)
+        return {k: array(v) for k, v in _tensors(result.values(), list(result))}
+    tensors = list(result) if isinstance(result, (tuple, list)) else [result]
+    _tensors(tensors, [f"output{i}" for i in range(len(tensors))])
     keys = names if len(names) == len(tensors) else [f"output{i}" for i in range(len(tensors))]
     return {k: array(t) for k, t in zip(keys, tensors)}
+
+
+def _tensors(values: Any, names: list[str]) -> list[tuple[str, Any]]:
+    """(name, value) pairs, each value a tensor; anything else (a nested tuple, a number, None) is refused in one
+    line: outputs are compared tensor by tensor."""
+    import torch
+
+    pairs = list(zip(names, values))
+    for name, value in pairs:
+        if not isinstance(value, torch.Tensor):
+            raise ArtifactError(f"Output {name!r} is a {type(value).__name__}, not a tensor; the model must return a "
+                                "tensor, a tuple or list of tensors, or a dict of them")
+    return pairs
 
 
 def call_module(module: Any, x: torch.Tensor, label: str) -> Any:
@@ -58,15 +76,21 @@ def call_module(module: Any, x: torch.Tensor, label: str) -> Any:
 def load_file(load: Callable[[str], Any], artifact: Artifact, how: str) -> Any:
     """Load a saved torch program with `load(path)`, its deprecation chatter silenced and any failure one
     ArtifactError line naming the file and `how` it was loaded."""
+    import logging
     import warnings
 
+    logger = logging.getLogger(TORCH_LOGGER)
+    level = logger.level
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            logger.setLevel(logging.ERROR)  # torch logs its loaders' warnings too (an AOTI package "outdated")
             return load(str(artifact.path))
     except Exception as exc:
         raise ArtifactError(f"{artifact.path} cannot be loaded by {how}: "
                             f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
+    finally:
+        logger.setLevel(level)
 
 
 class TorchRuntime(Runtime):
