@@ -80,9 +80,9 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     from verify.pipeline.stages import (
         CellRequest,
         build_stage,
+        cell_context,
         export_for,
         finish_cell,
-        isolated_torch_state,
         plan_cell,
     )
 
@@ -102,8 +102,8 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     plan = plan_cell(request)  # runtimes, precisions and --input checked before the model is built
     cache = default_cache() if cache == "default" else cache
     folder = Path(out) / spec.slug
-    with isolated_torch_state():
-        build = build_stage(request, plan, cache, progress)
+    with cell_context(request) as child:
+        build = build_stage(request, plan, cache, progress, child)
         identity = export_identity(spec, build.built.weights.sha256, settings.seed, export, build.named)
         may_replace = None if overwrite else functools.partial(refuse_other_export, identity=identity)
         if may_replace is not None:

@@ -145,8 +145,9 @@ class BackgroundExport:
     CHILD_THREADS torch threads fewer: the child has that core to itself (two busy processes on two cores left this
     process's OpenMP threads waiting for each other: eager's runs took 6.0 s beside the child, 1.9 s without it)."""
 
-    def __init__(self, fmt: str) -> None:
-        """Start the child; it waits for its job after its imports."""
+    def __init__(self, fmt: str, take_core: bool = True) -> None:
+        """Start the child; it waits for its job after its imports. `take_core=False` leaves this process its
+        threads until `take_core()` (a child started before torch's state is saved for the cell)."""
         from multiprocessing.connection import Connection
 
         self.fmt = fmt
@@ -176,8 +177,16 @@ class BackgroundExport:
         self._send = Connection(parent_writes, readable=False)
         self._finalizer = weakref.finalize(self, _discard, self.process, self.tmp, self._send, self._receive)
         self._write_error: BaseException | None = None
-        self._threads: int | None = _yield_core()
-        """This process's torch threads before the child took a core; None once it is given back."""
+        self._threads: int | None = None
+        """This process's torch threads before the child took a core; None before it takes one or once given back."""
+        if take_core:
+            self.take_core()
+
+    def take_core(self) -> None:
+        """Run this process's torch on CHILD_THREADS threads fewer while the child lives (once; never after
+        `cancel`)."""
+        if self._threads is None and self._finalizer.alive:
+            self._threads = _yield_core()
 
     def send(self, context: ExportContext, options: ExportOptions, formats: tuple[str, ...]) -> None:
         """Hand the child the context's model and `formats` to export in that order; NotPicklable (nothing sent)

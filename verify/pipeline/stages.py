@@ -215,17 +215,23 @@ def model_shape(built: Any) -> tuple[int, ...]:
 
 
 # Stages ---------------------------------------------------------------------------------------
+START_CHILD: Any = object()
+"""build_stage's default `child`: start the background export's child there (None: no child)."""
+
+
 def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None,
-                progress: Progress | None = None) -> BuildResult:
+                progress: Progress | None = None, child: Any = START_CHILD) -> BuildResult:
     """spec + weights + seed -> the built model (eval mode), its in-memory artifact and the cell's inputs.
     Weights are always computed: nothing short of recomputing binds stored tensors to `synthetic:<seed>` (README,
     the cache's threat model); ~0.9 s (resnet18) to ~2.1 s (resnet50) on one core. A user's model is built by its
-    own code. Where the export will run in the background, its child is started first (`BuildResult.child`)."""
+    own code. Where the export will run in the background, its child is started first (`BuildResult.child`), unless
+    the caller started it earlier (`cell_context`) and passes it as `child`."""
     from exporter.formats.eager import eager_artifact
 
     spec, settings = request.spec, request.settings
     progress = progress or NullProgress()
-    child = background_child(request)  # first: its imports overlap the build
+    if child is START_CHILD:
+        child = background_child(request)  # first: its imports overlap the build
     try:
         with progress.step(f"Building {spec}" + (f" with {settings.weights} weights" if spec.registered else "")):
             built, status = spec.build(settings.seed, settings.shape, settings.weights), OFF
@@ -263,7 +269,7 @@ def require_batch_following(built: Any, example: np.ndarray) -> None:
                          "so its dynamic-batch files would fail at any batch but the one judged: pass --static")
 
 
-def background_child(request: CellRequest) -> BackgroundExport | None:
+def background_child(request: CellRequest, take_core: bool = True) -> BackgroundExport | None:
     """A child for the background export (verify/pipeline/overlap.py) where one will run: a format that overlaps is
     asked, the model is a registered backbone and the machine has a core for it (`can_overlap`); else None."""
     from exporter.formats import get_format
@@ -272,7 +278,7 @@ def background_child(request: CellRequest) -> BackgroundExport | None:
     overlapping = [name for name in request.export.formats if get_format(name).overlaps]
     if not overlapping or not can_overlap(not request.spec.registered):
         return None
-    return BackgroundExport(overlapping[0])
+    return BackgroundExport(overlapping[0], take_core)
 
 
 def without_float64(built: Any, settings: RunSettings) -> Oracle | None:
@@ -635,13 +641,31 @@ def isolated_torch_state() -> Iterator[None]:
         torch.set_default_dtype(saved[7])
 
 
+@contextlib.contextmanager
+def cell_context(request: CellRequest) -> Iterator[BackgroundExport | None]:
+    """The background export's child (where one will run; pass it to build_stage) started before this process
+    first imports torch, so that the child's imports (~3 s) overlap this process's as well as its build: the
+    model reaches the child sooner. Then torch's state is isolated for the cell (`isolated_torch_state`) and the
+    child given its core. The child is stopped if the cell fails."""
+    child = background_child(request, take_core=False)
+    try:
+        with isolated_torch_state():
+            if child is not None:
+                child.take_core()
+            yield child
+    except BaseException:
+        if child is not None:
+            child.cancel()
+        raise
+
+
 def run_cell(request: CellRequest, folder: Path, cache: Cache | None = None, progress: Progress | None = None,
              plan: CellPlan | None = None) -> CellOutcome:
     """Build, export into `folder`, run every runtime on every input, measure the oracle, judge: the Report
     of `verify export` (its `artifacts` left for the caller, who decides where the folder ends up)."""
     plan = plan or plan_cell(request)
-    with isolated_torch_state():
-        build = build_stage(request, plan, cache, progress)
+    with cell_context(request) as child:
+        build = build_stage(request, plan, cache, progress, child)
         return finish_cell(request, plan, build, folder, cache, progress)
 
 
