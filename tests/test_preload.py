@@ -142,3 +142,49 @@ def test_the_pt2_loads_after_the_torch_runs_and_beside_the_oracle_with_the_same_
     assert report.passed and serial.passed
     assert [run.label for run in report.runs] == [run.label for run in serial.runs]
     assert [(p.a, p.b, p.passed) for p in report.pairs] == [(p.a, p.b, p.passed) for p in serial.pairs]
+
+
+def test_a_pt2_that_arrives_during_the_oracle_starts_loading_before_the_oracle_ends(tmp_path, monkeypatch):
+    """Before: the loop looked for finished files only between stages, so a .pt2 the child sent a moment after the
+    oracle began waited for the whole oracle before its load started (cold resnet50: 3.9 s of load after a 3.3 s
+    oracle, none beside it). Here the child's files are hidden until the oracle has begun, and the oracle waits
+    until the .pt2 is really there: its load must start on its thread before the oracle ends."""
+    import exporter.formats.pt2 as pt2
+    import verify.pipeline.stages as stages
+    from verify.api import verify_export
+
+    if overlap.usable_cpus() < overlap.MIN_CPUS:
+        pytest.skip("one usable core: no background export")
+    monkeypatch.setenv(overlap.MODE_ENV, "on")
+    events: list[tuple[str, str]] = []
+    oracle_began = threading.Event()
+    children: list[overlap.BackgroundExport] = []
+    real_ready, real_oracles, real_load = overlap.BackgroundExport.ready, stages.oracles_stage, pt2.load_program
+
+    def gated_ready(self, fmt):
+        children.append(self)
+        return oracle_began.is_set() and real_ready(self, fmt)
+
+    def oracles(*args, **kwargs):
+        deadline = time.monotonic() + 300
+        while not real_ready(children[-1], "pt2") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        events.append(("oracle starts", threading.current_thread().name))
+        oracle_began.set()
+        result = real_oracles(*args, **kwargs)
+        events.append(("oracle ends", threading.current_thread().name))
+        return result
+
+    def load(path):
+        events.append(("load starts", threading.current_thread().name))
+        return real_load(path)
+
+    monkeypatch.setattr(overlap.BackgroundExport, "ready", gated_ready)
+    monkeypatch.setattr(stages, "oracles_stage", oracles)
+    monkeypatch.setattr(pt2, "load_program", load)
+    report = verify_export(SPEC, SETTINGS, out=tmp_path, export=ExportOptions(formats=("torchscript", "pt2", "onnx")),
+                           runtimes=("eager", "torchscript", "exported", "onnxruntime"), cache=None)
+    kinds = [kind for kind, _ in events]
+    assert kinds.index("oracle starts") < kinds.index("load starts") < kinds.index("oracle ends"), events
+    assert dict(events)["load starts"] == "load exported"
+    assert report.passed

@@ -11,7 +11,7 @@ with the largest activations, so one floor per output hides an error confined to
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -281,12 +281,15 @@ def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray], fp32_outpu
 
 def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
                     fp32_outputs: Sequence[dict[str, np.ndarray] | None], options: RuntimeOptions | None = None,
-                    batch: bool = False) -> list[Oracle] | None:
+                    batch: bool = False, between: Callable[[], None] | None = None) -> list[Oracle] | None:
     """`measure_oracle` on every feed, each floor measured on its own input. With `batch` (a model whose samples
     do not depend on each other: a registered backbone) the float64 reference runs once over all feeds as one
     batch (its rounding is ~1e-9 of float32's: no floor can tell); every float32 evaluation runs feed by feed,
-    as the runtimes being judged do, since a batch may take other kernels that round otherwise."""
+    as the runtimes being judged do, since a batch may take other kernels that round otherwise. `between` is called
+    after the float64 runs and after each input's floors (the caller starts work that became possible meanwhile)."""
     from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
+
+    between = between or (lambda: None)
 
     names = runtimes_for(artifact.format, float64=True)
     if not names:
@@ -294,6 +297,7 @@ def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
     runtime = make_runtime(names[0], RuntimeOptions(dtype="float64")).load(artifact)
     fp64 = (_batched_run(runtime, feeds) if batch and len(feeds) > 1 and _eval_mode(artifact) else None) \
         or [runtime.run(feed) for feed in feeds]
+    between()
     precision = options.precision if options is not None else "fp32"
     reduced = make_runtime(names[0], replace(options, dtype="float32")).load(artifact) \
         if options is not None and precision != "fp32" else None
@@ -306,9 +310,10 @@ def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
         float32 = measure_floors(fp32, reference, samples=_folded_run(folded, artifact, feed))
         if reduced is None:
             oracles.append(Oracle(reference, float32, f"{runtime.label} vs {names[0]}", "fp32", float32))
-            continue
-        noise = measure_floors(reduced.run(feed), reference, precision, float32)
-        oracles.append(Oracle(reference, noise, f"{runtime.label} vs {reduced.label}", precision, float32))
+        else:
+            noise = measure_floors(reduced.run(feed), reference, precision, float32)
+            oracles.append(Oracle(reference, noise, f"{runtime.label} vs {reduced.label}", precision, float32))
+        between()
     return oracles
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -489,7 +489,7 @@ def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunR
 
 def oracles_stage(eager: Artifact, feeds: Sequence[dict[str, np.ndarray]], runs: list[RunResult],
                   options: RuntimeOptions | None = None, no_float64: Oracle | None = None,
-                  batch: bool = False) -> list[OracleResult]:
+                  batch: bool = False, between: Callable[[], None] | None = None) -> list[OracleResult]:
     """`oracle_stage` on every input, each floor measured on its own input; with `batch` (a model whose samples
     are independent: a registered backbone, never the user's code) the float64 runs go once as one batch."""
     from verify.judge.oracle import measure_oracles
@@ -504,7 +504,7 @@ def oracles_stage(eager: Artifact, feeds: Sequence[dict[str, np.ndarray]], runs:
         fp32 = [loaded.run(feed) if outputs is None else outputs for feed, outputs in zip(feeds, fp32)]
     if no_float64 is not None:
         return [OracleResult(outputs, no_float64) for outputs in fp32]
-    oracles = measure_oracles(eager, feeds, fp32, options, batch)  # floors at the runs' precision
+    oracles = measure_oracles(eager, feeds, fp32, options, batch, between)  # floors at the runs' precision
     if oracles is None:
         raise UsageError(f"No runtime can run {eager.label} in float64 to measure the noise floor")
     return [OracleResult(outputs, oracle) for outputs, oracle in zip(fp32, oracles)]
@@ -709,21 +709,28 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     by_name: dict[str, RunResult] = {}
     oracles: list[OracleResult] | None = None
     preloads = Preloads(settings.runtime)
-    while len(by_name) < len(plan.runtimes):  # a runtime whose file is there (and loaded) first, in the plan's order
+
+    def start_loads() -> list[str]:
+        """Collect the files the child has finished and start the loads that may run now; the runtimes held."""
         artifacts.collect_ready()
-        left = [name for name in plan.runtimes if name not in by_name]
-        ready = [n for n in left if not artifacts.in_flight(plan.formats[n])]
+        ready = [n for n in plan.runtimes if n not in by_name and not artifacts.in_flight(plan.formats[n])]
         held = [n for n in ready if preloads.wants(n)]  # loaded in a thread once no torch module runs beside it
-        if all(n in held or runtime_class(n).runs_natively for n in ready):
-            for name in held:
-                preloads.start(name, artifacts[plan.formats[name]])
-            held = []
+        if not all(n in held or runtime_class(n).runs_natively for n in ready):
+            return held
+        for name in held:
+            preloads.start(name, artifacts[plan.formats[name]])
+        return []
+
+    while len(by_name) < len(plan.runtimes):  # a runtime whose file is there (and loaded) first, in the plan's order
+        held = start_loads()
+        left = [name for name in plan.runtimes if name not in by_name]
         busy = {n for n in left if artifacts.in_flight(plan.formats[n]) or preloads.loading(n) or n in held}
         name = next((n for n in left if n not in busy), left[0])
         if oracles is None and name in busy and every_input_finite(by_name, build):
-            with progress.step("Running the float64 oracle"):  # while a background export or load finishes
+            # while a background export or load finishes; a file that arrives meanwhile starts loading at once
+            with progress.step("Running the float64 oracle"):
                 oracles = oracles_stage(eager, feeds, list(by_name.values()), settings.runtime, build.no_float64,
-                                        spec.registered)
+                                        spec.registered, between=start_loads)
             continue
         with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
             by_name[name] = run_stage(name, artifacts[plan.formats[name]], feeds, settings.runtime,
