@@ -510,15 +510,17 @@ def oracles_stage(eager: Artifact, feeds: Sequence[dict[str, np.ndarray]], runs:
     return [OracleResult(outputs, oracle) for outputs, oracle in zip(fp32, oracles)]
 
 
-def pooled_judge_stage(runs: Sequence[RunResult], oracles: Sequence[OracleResult], tolerance: Tolerance
+def pooled_judge_stage(runs: Sequence[RunResult], oracles: Sequence[OracleResult], tolerance: Tolerance,
+                       memo: dict[tuple, PairResult] | None = None,
                        ) -> tuple[dict[str, NoiseFloor], list[list[PairResult]]]:
     """Each output's floor pooled over the inputs (per channel, the largest measured on any), then every input
-    judged on it: the pairs, and each run against that input's oracle (README, "Evidence per verdict")."""
+    judged on it: the pairs, and each run against that input's oracle (README, "Evidence per verdict"). With
+    `memo`, comparisons already made with these oracles and this tolerance (`judge_stage`) are taken from it."""
     from verify.judge.oracle import pooled_floors
 
     floors = pooled_floors([result.oracle.noise for result in oracles])
     judged = [judge_stage(runs, floors, tolerance, index, [OracleCheck("oracle", result.oracle.outputs, floors)]
-                          * len(runs)) for index, result in enumerate(oracles)]
+                          * len(runs), memo=memo) for index, result in enumerate(oracles)]
     return floors, judged
 
 
@@ -539,26 +541,36 @@ class OracleCheck:
 
 def judge_stage(runs: Sequence[RunResult], floors: Mapping[str, NoiseFloor], tolerance: Tolerance, index: int = 0,
                 oracles: Sequence[OracleCheck | None] = (), reference: str = "earlier",
-                shared_only: bool = False) -> list[PairResult]:
+                shared_only: bool = False, memo: dict[tuple, PairResult] | None = None) -> list[PairResult]:
     """On input `index`: every pair of runs on `floors` (the model's own, pooled over inputs, or in a comparison
     both sides' larger), then each run against its oracle (`oracles`, one per run; None or no outputs: none made)
     on that oracle's floors. Every output of either side is judged: one missing on the other side fails, unless
     `shared_only` (two different models, `compare A B`: judged on the outputs both have, the seed question's
-    trunk vs body); a run against its own oracle is always judged on every output."""
+    trunk vs body); a run against its own oracle is always judged on every output. `memo` (one per cell: the
+    same floors and tolerance) keeps each comparison by input, labels and the very outputs compared (alive as long
+    as the cell), and gives back any made before: the export judges the finished runs while it waits for a
+    background file."""
     from verify.judge.compare import compare_outputs
 
     if reference not in PAIR_REFERENCES:
         raise ValueError(f"reference must be one of {PAIR_REFERENCES}, not {reference!r}")
+    memo = {} if memo is None else memo
     pairs = []
     for i, first in enumerate(runs):
         for second in runs[i + 1:]:
             actual, desired = (second, first) if reference == "earlier" else (first, second)
-            pairs.append(compare_outputs(actual.label, actual.outputs[index], desired.label, desired.outputs[index],
-                                         tolerance, floors, require_all=not shared_only))
+            key = (index, "pair", actual.label, desired.label, id(actual.outputs[index]), id(desired.outputs[index]))
+            if key not in memo:
+                memo[key] = compare_outputs(actual.label, actual.outputs[index], desired.label,
+                                            desired.outputs[index], tolerance, floors, require_all=not shared_only)
+            pairs.append(memo[key])
     for run, check in zip(runs, oracles):
         if check is not None and check.outputs:
-            pairs.append(compare_outputs(run.label, run.outputs[index], check.label, check.outputs, tolerance,
-                                         check.floors, kind="oracle", require_all=True))
+            key = (index, "oracle", run.label, check.label, id(run.outputs[index]), id(check.outputs))
+            if key not in memo:
+                memo[key] = compare_outputs(run.label, run.outputs[index], check.label, check.outputs, tolerance,
+                                            check.floors, kind="oracle", require_all=True)
+            pairs.append(memo[key])
     return pairs
 
 
@@ -721,11 +733,17 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
             preloads.start(name, artifacts[plan.formats[name]])
         return []
 
+    memo: dict[tuple, PairResult] = {}  # comparisons made while waiting, taken by the judging below
+    judged_runs: set[str] = set()
     while len(by_name) < len(plan.runtimes):  # a runtime whose file is there (and loaded) first, in the plan's order
         held = start_loads()
         left = [name for name in plan.runtimes if name not in by_name]
         busy = {n for n in left if artifacts.in_flight(plan.formats[n]) or preloads.loading(n) or n in held}
         name = next((n for n in left if n not in busy), left[0])
+        if oracles is not None and artifacts.in_flight(plan.formats[name]) and not set(by_name) <= judged_runs:
+            # this process would only wait for the background file: judge the finished runs meanwhile
+            judged_runs = set(by_name)
+            pooled_judge_stage([by_name[n] for n in plan.runtimes if n in by_name], oracles, settings.tolerance, memo)
         if oracles is None and name in busy and every_input_finite(by_name, build):
             # while a background export or load finishes; a file that arrives meanwhile starts loading at once
             with progress.step("Running the float64 oracle"):
@@ -742,7 +760,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
             for index, item in enumerate(build.named):
                 require_some_finite_run([run.on(index) for run in runs], item.label)
             oracles = oracles_stage(eager, feeds, runs, settings.runtime, build.no_float64, spec.registered)
-    floors, judged = pooled_judge_stage(runs, oracles, settings.tolerance)
+    floors, judged = pooled_judge_stage(runs, oracles, settings.tolerance, memo)
     first = oracles[0]
     report.floors, report.floor_source = floors, pooled_source(first.oracle.source, len(oracles))
     report.problems, report.trust = trust_problems(runs, oracles, build, settings)
