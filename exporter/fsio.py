@@ -95,6 +95,14 @@ def _check_creatable(folder: Path, what: str, target: Path) -> None:
     kind = path_kind(base)
     if kind != "a directory":
         raise UsageError(f"Cannot write {what} {target}: {base} is {kind or 'a file'}, not a folder")
+    try:
+        name_max = os.pathconf(base, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for part in Path(os.path.abspath(folder)).relative_to(base).parts:  # the folders still to create
+        if len(os.fsencode(part)) > name_max:  # found here, not after the model is built
+            raise UsageError(f"Cannot write {what} {target}: the folder name {part[:24]}… is "
+                             f"{len(os.fsencode(part))} bytes, more than the {name_max} its file system allows")
     reason = _can_create_in(base)
     if reason:
         raise UsageError(f"Cannot write {what} {target}: nothing can be created in {base} ({reason})")
@@ -118,12 +126,29 @@ def _owner_pid(entry: Path) -> int | None:
         return None
 
 
+def _held(folder: Path) -> bool:
+    """Whether a live export holds `folder`'s flock (taken on its staging folder for as long as it writes): the
+    kernel drops it when the holder dies, so unlike its pid this holds across PID namespaces (two containers
+    sharing one --out see each other's pids as dead)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # else no flock here: the pid decides
+    finally:
+        os.close(fd)
+    return False
+
+
 def _remove_stale(parent: Path, final: Path) -> None:
     """Remove what killed exports left (their process is gone): staging folders, and folders retired
     during a replacement; a retired folder whose replacement never arrived is put back. Under the lock."""
     for entry in parent.glob(".*.staging-*"):
         pid = _owner_pid(entry)
-        if pid is not None and not _pid_alive(pid):
+        if pid is not None and not _pid_alive(pid) and not _held(entry):
             shutil.rmtree(entry, ignore_errors=True)
     for entry in parent.glob(f".{final.name}.retired-*"):
         pid = _owner_pid(entry)
@@ -154,6 +179,9 @@ def _folder_lock(parent: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""A disk or quota that is full: an export that hits it fails with one line saying so."""
+
 ReplaceCheck = Callable[[Path], None]
 """Called under the lock with the existing final folder; raises to refuse replacing it."""
 
@@ -168,12 +196,20 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
     parent = final.parent
     # named before it exists: a Ctrl-C or SIGTERM landing right after the mkdir still finds it to remove
     staging = parent / f".{final.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    held = -1
     try:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             with _folder_lock(parent):
                 _remove_stale(parent, final)
-            os.mkdir(staging, 0o777)  # the umask decides, as for any folder meant for sharing
+                os.mkdir(staging, 0o777)  # the umask decides, as for any folder meant for sharing
+                # held until the end: what tells another export (maybe in another PID namespace) it is alive
+                held = os.open(staging, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # a file system without flock: the pid alone tells others it is alive
+                    os.close(held)
+                    held = -1
         except OSError as exc:
             raise UsageError(f"Cannot write into the output folder {parent}: {exc.strerror}") from None
         yield staging
@@ -193,9 +229,15 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
             else:
                 os.rename(staging, final)
             _fsync_dir(parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:  # a full disk is the user's to fix, not a bug
+            raise UsageError(f"{exc.strerror} writing {exc.filename or staging}: free space there (or pass --out "
+                             f"elsewhere) and rerun; {final} was left as it was") from None
         raise
+    finally:
+        if held >= 0:
+            os.close(held)  # releases the flock
 
 
 def _remove_tree(path: Path) -> None:

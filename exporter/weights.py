@@ -5,6 +5,7 @@ backbone loads exactly the same numbers."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -76,9 +77,15 @@ sums across threads, so one fixed count makes the same seed give the same weight
 missed whenever a run's thread count differed from the one before)."""
 
 
+_SYNTHETIC_LOCK = threading.Lock()
+"""A seeded init and its calibration use torch's global RNG and thread count: two at once (library calls from
+threads) interleave and give neither seed's weights (found by hunt 8c)."""
+
+
 @WEIGHT_SOURCES.register("synthetic")
 def synthetic_weights(backbone: str, seed: int) -> Weights:
-    return Weights(f"synthetic:{seed}", _synthetic_state_dict(backbone, seed))
+    with _SYNTHETIC_LOCK:
+        return Weights(f"synthetic:{seed}", _synthetic_state_dict(backbone, seed))
 
 
 @lru_cache(maxsize=4)  # a matrix worker keeps the last four backbones' weights, not more

@@ -71,6 +71,7 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     model-signing before it appears. Synthetic weights and exports come from `cache` when it holds them
     ("default": the user's cache folder, verify/cache.py; None: no cache). A user's model (`--model`) is
     built, exported and run in a worker process (verify/pipeline/isolation.py) stopped after `timeout` seconds."""
+    _check_argument_types(spec, settings, runtimes, cache)
     refuse_replacing_source(spec, Path(out))
     if isolate and spec.runs_user_code:
         return _isolated_export(spec, settings, out, export, runtimes, progress, overwrite, sign_key, cache, timeout)
@@ -128,6 +129,23 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     for run in report.runs:  # each file run from the staging folder, named where it now is
         run.artifact = moved.get(run.artifact, run.artifact)
     return report
+
+
+def _check_argument_types(spec: object, settings: object, runtimes: object, cache: object) -> None:
+    """A TypeError naming the argument, before any work, for what a library caller may pass by mistake (a spec as
+    text failed on a missing attribute; one runtime name as a string was read letter by letter; found by hunt 8c)."""
+    from verify.cache import Cache
+
+    if not isinstance(spec, (ModelSpec, UserModelSpec)):
+        raise TypeError(f"spec must be a ModelSpec or UserModelSpec, e.g. ModelSpec('resnet18', 'frozen', 'body'), "
+                        f"not {type(spec).__name__}")
+    if settings is not None and not isinstance(settings, RunSettings):
+        raise TypeError(f"settings must be a RunSettings, not {type(settings).__name__}")
+    if isinstance(runtimes, str):
+        raise TypeError(f"runtimes must be a sequence of runtime names, e.g. [{runtimes!r}], not one string")
+    if not (cache is None or cache == "default" or isinstance(cache, Cache)):
+        raise TypeError(f"cache must be a verify.cache.Cache (e.g. Cache(Path(folder))), None or 'default', "
+                        f"not {type(cache).__name__}")
 
 
 class _NotJudged(Exception):

@@ -57,10 +57,16 @@ FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A file name an entry may give its files: one plain name (no separator, no leading dot)."""
 TMP_NAME = re.compile(r"\.[A-Za-z0-9._-]+\.\d+\.[0-9a-f]{8}\.tmp")
 """The temporary files this module writes (`.<target>.<pid>.<8 hex>.tmp`), which prune may sweep."""
+RETIRED_NAME = re.compile(rf"\.{LAYOUT}\.retired-[0-9a-f]{{8}}")
+"""What `clear` renames the layout folder to before removing it: one left by a killed clear is removed by the next."""
 OWN_FOLDERS = frozenset({"blobs", "entries", "locks"})
 """What this cache writes directly inside its layout folder: anything else there is not ours to remove."""
 MAX_ENTRY_BYTES = 16 << 20
 """An entry larger than this is not one this tool wrote (a cell result is a few kB): refused unread."""
+LOCK_WAIT_SECONDS = 900.0
+"""How long a worker waits for another's lock on a key before computing it itself: a holder that hangs (stopped,
+stuck on a network mount) must not hang every run sharing the cache; writes are atomic, so both results are whole."""
+LOCK_POLL_SECONDS = 0.05
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 """O_NONBLOCK: even a FIFO that slipped past the lstat check cannot block the open."""
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -458,8 +464,9 @@ class Cache:
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Held while one process computes `key`, so a parallel worker waits and then reads it. The lock file
-        is opened without following a link and without blocking (a FIFO there is refused, not waited on)."""
+        """Held while one process computes `key`, so a parallel worker waits (at most LOCK_WAIT_SECONDS) and then
+        reads it. The lock file is opened without following a link and without blocking (a FIFO there is refused,
+        not waited on)."""
         if not is_digest(key):
             raise ValueError(f"cache key {key!r} is not a sha256 digest")
         try:
@@ -473,11 +480,20 @@ class Cache:
             yield  # a read-only or tampered cache still runs, just without the lock
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline, locked = time.monotonic() + LOCK_WAIT_SECONDS, False
+            while not locked:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    locked = True
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        break  # computed here as well, without the lock
+                    time.sleep(LOCK_POLL_SECONDS)
             try:
                 yield
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                if locked:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 
@@ -522,6 +538,17 @@ class Cache:
                     key = name.removesuffix(".json")
                     if name.endswith(".json") and is_digest(key) and key[:2] == prefix:
                         yield kind, key, info
+
+    def _own_entry_temps(self) -> Iterator[tuple[tuple[str, ...], str, os.stat_result]]:
+        """(folder parts, name, lstat) of this module's temporary files in the entry folders (a killed writer's)."""
+        for kind, info in self._scan("entries"):
+            if not (KIND_NAME.fullmatch(kind) and stat.S_ISDIR(info.st_mode)):
+                continue
+            for prefix, info in self._scan("entries", kind):
+                if stat.S_ISDIR(info.st_mode):
+                    for name, info in self._scan("entries", kind, prefix):
+                        if TMP_NAME.fullmatch(name):
+                            yield ("entries", kind, prefix), name, info
 
     def _own_blobs(self) -> Iterator[tuple[str, str, os.stat_result]]:
         """(folder, name, lstat) of every file in the blobs folder named by a digest in its right folder, and
@@ -576,6 +603,9 @@ class Cache:
         for prefix, name, info in self._own_blobs():  # unnamed by any entry, or a killed writer's leftover
             if (name not in refs or not is_digest(name)) and now - info.st_mtime > grace_seconds:
                 freed += self._unlink(("blobs", prefix), name)
+        for parts, name, info in self._own_entry_temps():
+            if now - info.st_mtime > grace_seconds:
+                freed += self._unlink(parts, name)
         for _, kind, key, shas in sorted(entries, key=lambda item: item[0]):
             if total - freed <= max_bytes:
                 break
@@ -588,14 +618,41 @@ class Cache:
         return removed, freed
 
     def clear(self) -> int:
-        """Remove this cache's own folder (never anything else under the root); returns bytes freed."""
+        """Remove this cache's own folder (never anything else under the root), and what an interrupted clear
+        left of it; returns bytes freed."""
+        freed = self._remove_retired()
         if not self._is_own_folder():
-            return 0
+            return freed
         size = self._size()
         retired = self.root / f".{LAYOUT}.retired-{uuid.uuid4().hex[:8]}"
-        os.rename(self.base, retired)  # readers see the whole cache or none of it
+        try:
+            os.rename(self.base, retired)  # readers see the whole cache or none of it
+        except OSError as exc:
+            raise UsageError(f"Cannot clear the cache {self.root}: {exc.strerror}; check that it is writable") \
+                from None
         shutil.rmtree(retired, ignore_errors=True)  # removes links as links, never what they point to
-        return size
+        return freed + size
+
+    def _remove_retired(self) -> int:
+        """Remove the layout folders earlier clears renamed aside and were stopped (Ctrl-C, a kill) before removing:
+        only real folders (never a link's target) named exactly as `clear` names them; bytes freed."""
+        freed = 0
+        try:
+            names = [name for name in os.listdir(self.root) if RETIRED_NAME.fullmatch(name)]
+        except OSError:
+            return 0
+        for name in names:
+            path = self.root / name
+            with contextlib.suppress(OSError):
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue
+                for folder, _, files in os.walk(path, followlinks=False):
+                    for file in files:
+                        with contextlib.suppress(OSError):
+                            info = os.lstat(os.path.join(folder, file))
+                            freed += info.st_size if stat.S_ISREG(info.st_mode) else 0
+                shutil.rmtree(path, ignore_errors=True)
+        return freed
 
 
 def _valid_file_ref(name: Any, ref: Any) -> bool:

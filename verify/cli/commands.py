@@ -105,10 +105,12 @@ def export(
         if path and path.resolve().is_relative_to(folder.resolve()):
             raise UsageError(f"{flag} {path} is inside the export folder {folder}, which the export replaces; "
                              "write it elsewhere")
+    cache = open_cache(cache_dir, no_cache)
+    refuse_inside_export(folder, settings, sign_key, cache)
     options = formats.export_options(settings.runtime.device, runtime)
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
                            progress=progress_for(err_console), overwrite=overwrite, sign_key=sign_key,
-                           cache=open_cache(cache_dir, no_cache), timeout=user_timeout(timeout))
+                           cache=cache, timeout=user_timeout(timeout))
     if "folder" in report.artifacts:
         err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
     if not report.passed and not report.problems:  # a file differs: name the layers that differ on their own
@@ -117,6 +119,25 @@ def export(
         name_culprits(report, [(file, model or str(spec)) for file in failing_files(report)], settings,
                       progress_for(err_console), user_timeout(timeout))
     _finish(report, reports, verbose)
+
+
+def refuse_inside_export(folder: Path, settings: Any, sign_key: Path | None, cache: Any) -> None:
+    """UsageError, before any work, when a file or folder the export reads or writes lies inside the folder it
+    replaces (the cache there was taken for a foreign folder at rename time, after the whole export; with
+    --overwrite an input, checkpoint or key there is deleted), or the export would go into the cache's own folder
+    (which `verify cache clear` removes)."""
+    from verify.cache import LAYOUT
+
+    weights = Path(settings.weights) if settings.weights and Path(settings.weights).exists() else None
+    target = folder.resolve()
+    for flag, path in (("--input", settings.input_file), ("--weights", weights), ("--sign-key", sign_key),
+                       ("--cache-dir", cache.root if cache is not None else None)):
+        if path is not None and Path(path).resolve().is_relative_to(target):
+            raise UsageError(f"{flag} {path} is inside the export folder {folder}, which the export replaces as a "
+                             "whole: put it elsewhere (or pass --out elsewhere)")
+    if cache is not None and target.is_relative_to((cache.root / LAYOUT).resolve()):
+        raise UsageError(f"The export folder {folder} is inside the cache's own folder {cache.root / LAYOUT}, which "
+                         "`verify cache clear` removes: pass --out elsewhere")
 
 
 def changed_from_defaults(command: Any, **values: Any) -> list[str]:

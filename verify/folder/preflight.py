@@ -47,6 +47,8 @@ class PreflightOptions:
         require_number("--warmup", self.warmup, *WARMUP_RANGE, integer=True)
         if self.max_latency_ms is not None:
             require_number("--max-latency-ms", self.max_latency_ms, 0.0, low_open=True)
+        if self.weights_file is not None:  # text is fine too
+            object.__setattr__(self, "weights_file", Path(self.weights_file))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -61,10 +63,11 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
     budget. A target whose loading can run code (TorchScript, .pt2, AOTInductor) is loaded only from a folder
     whose signature verified with `verify_key`, or with `trust_unsigned_code`; else NO-GO (exit 1)."""
     options = options or PreflightOptions()  # checked in PreflightOptions.__post_init__, before any work
+    path, verify_key = Path(path), Path(verify_key) if verify_key is not None else None  # text is fine too
     if verify_key is not None:
         from exporter.signing import check_public_key
 
-        check_public_key(Path(verify_key))  # a usage error, before any work
+        check_public_key(verify_key)  # a usage error, before any work
     if is_detector_folder(path):
         return detector_preflight(path, options.provider, options.runtime, options.runs, options.warmup,
                                   options.max_latency_ms, verify_key, trust_unsigned_code, options.rebuild,

@@ -18,6 +18,7 @@ check fails, naming both ways. ONNX files are data and are checked either way.""
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -375,11 +376,15 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
     """Check every folder; one folder's failures never stop the others (only an environment problem
     does, as SetupError). A code-executing file is loaded only from a folder whose signature verified with
     `verify_key`, or with `trust_unsigned_code` (module doc). With `rebuild`, each folder's reference is
-    re-derived from the model it names (verify/folder/rebuild.py; `weights_file` for a checkpoint)."""
+    re-derived from the model it names (verify/folder/rebuild.py; `weights_file` for a checkpoint). Paths may be
+    given as text; one folder alone may be given without a list."""
+    paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(path) for path in paths]
+    verify_key = Path(verify_key) if verify_key is not None else None
+    weights_file = Path(weights_file) if weights_file is not None else None
     if verify_key is not None:
         from exporter.signing import check_public_key
 
-        check_public_key(Path(verify_key))  # a usage error, before any work
+        check_public_key(verify_key)  # a usage error, before any work
     report = CheckReport("artifact")
     for path in paths:
         resolve_folder(path)  # usage errors (a path that does not exist) before any work

@@ -7,6 +7,7 @@ the whole cell. Every stage runs on every input of the cell; each pair is report
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -653,22 +654,28 @@ def isolated_torch_state() -> Iterator[None]:
         torch.set_default_dtype(saved[7])
 
 
+_CELL_LOCK = threading.RLock()
+"""One cell at a time per process: a cell sets and restores torch's process-wide state (threads, RNG), so cells
+started from several threads of a library caller run one after the other, not interleaved."""
+
+
 @contextlib.contextmanager
 def cell_context(request: CellRequest) -> Iterator[BackgroundExport | None]:
     """The background export's child (where one will run; pass it to build_stage) started before this process
     first imports torch, so that the child's imports (~3 s) overlap this process's as well as its build: the
     model reaches the child sooner. Then torch's state is isolated for the cell (`isolated_torch_state`) and the
-    child given its core. The child is stopped if the cell fails."""
-    child = background_child(request, take_core=False)
-    try:
-        with isolated_torch_state():
+    child given its core. The child is stopped if the cell fails. Cells in other threads wait (`_CELL_LOCK`)."""
+    with _CELL_LOCK:
+        child = background_child(request, take_core=False)
+        try:
+            with isolated_torch_state():
+                if child is not None:
+                    child.take_core()
+                yield child
+        except BaseException:
             if child is not None:
-                child.take_core()
-            yield child
-    except BaseException:
-        if child is not None:
-            child.cancel()
-        raise
+                child.cancel()
+            raise
 
 
 def run_cell(request: CellRequest, folder: Path, cache: Cache | None = None, progress: Progress | None = None,
