@@ -62,21 +62,31 @@ def changed_inputs(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndar
             if not np.array_equal(array, after[name], equal_nan=True)]
 
 
+def owned(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output as an array of its own: a model that returns a buffer it keeps (`torch.add(a, b,
+    out=self.out)`) hands back a view the next call overwrites, so two runs compared the same memory (a random
+    model passed the determinism guard) and every input's outputs read the last call's values."""
+    return {name: array if array.flags.owndata else array.copy() for name, array in outputs.items()}
+
+
 def run_guarded(loaded: Any, feed: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Run `loaded` on a private copy of `feed`; its outputs, and the inputs it changed in place."""
+    """Run `loaded` on a private copy of `feed`; its outputs (arrays of their own), and the inputs it changed in
+    place."""
     given = copy_feed(feed)
-    outputs = loaded.run(given)
+    outputs = owned(loaded.run(given))
     return outputs, changed_inputs(feed, given)
 
 
 def output_differences(first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Max |a - b| per output shared by both (inf when shapes differ; equal NaNs count as equal)."""
+    """Max |a - b| per output (inf when shapes differ, or when one run returned an output the other did not; equal
+    NaNs count as equal)."""
     import numpy as np
 
-    found = {}
+    found = {name: math.inf for name in second if name not in first}
     for name, a in first.items():
         b = second.get(name)
-        if b is None:
+        if b is None:  # a forward that returns other outputs on its second call is not one function
+            found[name] = math.inf
             continue
         if a.shape != b.shape:
             found[name] = math.inf
@@ -140,13 +150,50 @@ def accumulation_length(model: Any = None, parameters: Sequence[Sequence[int]] =
                         input_shape: Sequence[int] = ()) -> int:
     """K: the fan-in of every weight of `model` (or of the weight shapes given), plus the elements of one
     input sample. A weight is a non-empty parameter of two or more dimensions; its fan-in is the product of all
-    but its first dimension (output features or channels). An unused parameter still counts (the bound errs
-    towards passing a deterministic model, never towards failing a correct one)."""
+    but its first dimension (output features or channels). Of a model, only the parameters its forward reads
+    (`read_parameters`) count."""
     shapes = list(parameters)
     if model is not None:  # parameters only: a buffer is no weight, and an empty tensor holds no terms
-        shapes += [tuple(p.shape) for p in model.parameters() if p.numel() > 0]
+        shapes += [tuple(p.shape) for p in read_parameters(model, input_shape) if p.numel() > 0]
     fan_in = sum(math.prod(shape[1:]) for shape in shapes if len(shape) >= 2 and math.prod(shape) > 0)
     return int(fan_in + math.prod(input_shape[1:]) if len(input_shape) > 1 else fan_in + 1)
+
+
+def read_parameters(model: Any, input_shape: Sequence[int]) -> list[Any]:
+    """The parameters an op reads while `model` runs once on an input of `input_shape`, on the meta device (shapes
+    only, no arithmetic; the model itself is left as it was). A parameter no op reads (a head the forward never
+    calls, a spare nn.Parameter) holds no terms of any accumulation: counted, it raised the bound, and a model whose
+    float64 computes another function by 1 % passed it with a 100,000-wide spare parameter (README, Floor bound).
+    Every parameter when the model does not run so, and every parameter of TorchScript code, whose ops no Python mode
+    sees (the bound then errs towards passing, never towards failing)."""
+    import warnings
+
+    import torch
+    from torch.func import functional_call
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_leaves
+
+    named = dict(model.named_parameters())
+    if len(input_shape) < 2 or not named or isinstance(model, torch.jit.ScriptModule):
+        return list(named.values())
+    opaque = {id(p) for module in model.modules() if isinstance(module, torch.jit.ScriptModule)
+              for p in module.parameters()}
+    read: set[int] = set()
+
+    class Reads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            read.update(id(leaf) for leaf in tree_leaves((args, kwargs or {})) if isinstance(leaf, torch.Tensor))
+            return func(*args, **(kwargs or {}))
+
+    try:
+        meta = {name: torch.empty_like(p, device="meta") for name, p in named.items()}
+        state = {**meta, **{name: torch.empty_like(b, device="meta") for name, b in model.named_buffers()}}
+        with warnings.catch_warnings(), torch.no_grad(), Reads():
+            warnings.simplefilter("ignore")
+            functional_call(model, state, (torch.empty(tuple(input_shape), device="meta"),))
+    except Exception:  # data-dependent control flow, a NumPy step, an op without a meta kernel: count them all
+        return list(named.values())
+    return [named[name] for name, p in meta.items() if id(p) in read or id(named[name]) in opaque]
 
 
 def file_accumulation_length(artifact: Any, input_shape: Sequence[int]) -> int | None:

@@ -127,7 +127,7 @@ def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, thread
 
 def _adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None) -> None:
     """In a worker: the caller's environment, folder, import path and torch threads (a fork server started
-    earlier has its own); SIGINT left to the parent, which stops a worker with SIGTERM."""
+    earlier has its own); SIGINT left to the parent, which stops a worker with SIGTERM; stdout onto stderr."""
     import os
     import signal
     import sys
@@ -135,6 +135,12 @@ def _adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None) ->
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # what the user's code prints goes to stderr: stdout carries only this tool's lines (verdicts, CI annotations)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stdout.flush()
+        os.dup2(2, 1)
+        sys.stdout = open(1, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace",
+                          closefd=False)
     with contextlib.suppress(OSError):  # a group of its own: what the user's code forks is stopped with it (`_stop`)
         os.setpgid(0, 0)
     environ, cwd, path = where

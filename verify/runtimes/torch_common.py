@@ -37,7 +37,8 @@ def to_numpy_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
     def array(t: torch.Tensor) -> np.ndarray:
         t = t.detach().cpu()
         # numpy has no bfloat16, and reduced-precision outputs are compared in float32 anyway
-        return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+        # a copy: a model may return a tensor it keeps and overwrites on its next call (hunt 8b)
+        return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy().copy()
 
     if isinstance(result, dict):
         return {k: array(v) for k, v in _tensors(result.values(), list(result))}
