@@ -3,9 +3,12 @@ states, the Python API as a library). Each test names what happened before its f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from exporter import fsio
+from exporter.spec import ModelSpec
 
 
 def test_live_staging_folder_survives_an_export_in_another_pid_namespace(tmp_path, monkeypatch):
@@ -332,3 +335,31 @@ def test_synthetic_weights_built_in_two_threads_are_the_seeds_weights():
     finally:
         weights._synthetic_state_dict.cache_clear()  # never leave wrong weights for the next test
     assert together == alone
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_a_full_disk_while_torch_writes_an_archive_is_an_oserror_not_the_end_of_the_process(fmt, tmp_path):
+    """Before (measured on a 3 MB tmpfs): torch.jit.save and torch.export.save ended the whole process on a full
+    disk (std::terminate from inline_container.cc, exit 134): no line, no cleanup. The archive is now written to
+    memory first and its bytes by Python, whose ENOSPC is an OSError the staged folder reports (/dev/full: every
+    write fails with ENOSPC)."""
+    import errno
+
+    import torch
+
+    from exporter.export import ExportOptions, export_model
+    from exporter.formats import ExportContext, get_format
+    from verify.pipeline.stages import CellRequest, build_stage, plan_cell
+    from verify.settings import RunSettings
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    request = CellRequest(ModelSpec("resnet18", "frozen", "body"), RunSettings(shape=(1, 3, 32, 32), samples=1),
+                          ExportOptions(formats=(fmt,)))
+    build = build_stage(request, plan_cell(request), child=None)
+    context = ExportContext(build.built, torch.from_numpy(build.named[0].array), build.eager.meta, dynamic=True)
+    with pytest.raises(OSError) as caught:
+        get_format(fmt).export(context, request.export.options_for(fmt), Path("/dev/full"))
+    assert caught.value.errno == errno.ENOSPC
+    export_model(build.built, build.eager.meta, context.example, tmp_path, request.export, fmt, context)
+    assert (tmp_path / get_format(fmt).filename).stat().st_size > 0  # the same export, on a disk with room

@@ -22,6 +22,7 @@ from exporter.errors import ArtifactError, ExportError
 from exporter.formats import ExportContext, Format, NoOptions
 from exporter.formats.program import DYNAMIC_AXES, accepted_ranges
 from exporter.formats.torchscript import read_zip_meta
+from exporter.fsio import save_through_memory
 
 AOTI_MARKER = "/data/aotinductor/"
 """Archive entries that only an AOTInductor package holds (both are `.pt2` zip archives)."""
@@ -75,7 +76,10 @@ class ExportedProgramFormat(Format):
         program = ctx.exported_program()
         meta.dynamic_ranges = accepted_ranges(program) if ctx.dynamic else {}
         try:
-            torch.export.save(program, str(path), extra_files={TORCHSCRIPT_META_FILE: meta.to_json()})
+            save_through_memory(lambda buffer: torch.export.save(program, buffer, extra_files={
+                TORCHSCRIPT_META_FILE: meta.to_json()}), path)
+        except OSError:
+            raise  # the disk's, not the exporter's (a full disk): the staged folder says so in one line
         except Exception as exc:
             raise ExportError(f"torch.export.save failed for {ctx.built.spec}: {str(exc).splitlines()[0]}") from exc
         return Artifact(self.name, meta, path=path)

@@ -10,6 +10,7 @@ from typing import ClassVar
 from exporter.artifacts import TORCHSCRIPT_META_FILE, Artifact, ArtifactMeta
 from exporter.errors import ArtifactError, ExportError
 from exporter.formats import ExportContext, Format
+from exporter.fsio import save_through_memory
 from exporter.plugin_options import PluginOptions, option
 
 METHODS = ("script", "trace")
@@ -37,8 +38,8 @@ class TorchScriptFormat(Format):
         options.validate()
         meta = ctx.new_meta()
         meta.exporter = f"torch.jit.{options.method}"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notices are not the user's problem here
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # recorded, never printed: torch.jit's deprecation notices are not news
             try:
                 if options.method == "script":
                     module = torch.jit.script(ctx.built.model)
@@ -50,7 +51,9 @@ class TorchScriptFormat(Format):
                     f"{next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)}"
                     + ("; pass --trace to export it by tracing" if options.method == "script" else "")
                 ) from exc
-            torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_META_FILE: meta.to_json()})
+            refuse_traced_branch(caught, ctx)
+            save_through_memory(lambda buffer: torch.jit.save(module, buffer, _extra_files={
+                TORCHSCRIPT_META_FILE: meta.to_json()}), path)
         return Artifact(self.name, meta, path=path)
 
     def weight_shapes(self, path: Path) -> list[tuple[int, ...]] | None:
@@ -64,6 +67,24 @@ class TorchScriptFormat(Format):
 
     def manifest_fields(self, artifact: Artifact) -> dict:
         return {"exporter": artifact.meta.exporter}
+
+
+TRACED_BRANCH = "Converting a tensor to a Python boolean"
+"""torch.jit.trace's TracerWarning for a condition on a tensor's values: the trace keeps the branch the example took."""
+
+
+def refuse_traced_branch(caught: list[warnings.WarningMessage], ctx: ExportContext) -> None:
+    """An ExportError when the trace passed a condition on the input's values: the file computes the example's
+    branch for every input, and inputs that take the same branch cannot show it (found by hunt 8b: such a file
+    passed `verify export --trace`, computing y where the model computes -y above a threshold)."""
+    import torch
+
+    said = next((str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+                 and TRACED_BRANCH in str(w.message)), None)
+    if said is not None:
+        raise ExportError(f"torch.jit.trace of {ctx.built.spec} went through a condition on the input's values "
+                          f"({said.strip().split('. ')[0][:120]}): the file would take the example's branch for "
+                          "every input; drop --trace (torch.jit.script keeps the condition)")
 
 
 def read_zip_meta(path: Path, what: str) -> ArtifactMeta:
