@@ -149,20 +149,25 @@ def default_sample_count() -> int:
     text = os.environ.get(SAMPLES_ENV, "").strip()
     if not text:
         return DEFAULT_SAMPLES
-    if not text.isdigit() or not 1 <= int(text) <= MAX_SAMPLES:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_SAMPLES:  # int() refuses "²"
         raise UsageError(f"{SAMPLES_ENV}={text[:40]!r} is not a whole number from 1 to {MAX_SAMPLES}: set it to "
                          f"how many seeded inputs a verdict takes by default, or unset it ({DEFAULT_SAMPLES})")
     return int(text)
 
 
-def seeded_inputs(shape: Sequence[int], seed: int, count: int = DEFAULT_SAMPLES) -> list[NamedInput]:
-    """The default evidence: `count` seeded inputs of SAMPLE_PATTERN's kinds, labelled normal0, uniform0, image0,
-    normal1...; the first, normal0, is `make_input(shape, seed)`, so `count` 1 is the single seeded input of before."""
+def check_sample_budget(shape: Sequence[int], count: int) -> None:
+    """`count` seeded inputs of `shape` fit what this tool holds at once (MAX_SAMPLE_VALUES), else a UsageError."""
     check_input_size(tuple(shape), "The input shape")
     total = count * math.prod(shape)
     if total > MAX_SAMPLE_VALUES:  # the inputs, their outputs and the batched float64 oracle are all held at once
         raise UsageError(f"{count} seeded inputs of shape {_shape(shape)} hold {total:,} values in all, more than the "
                          f"{MAX_SAMPLE_VALUES:,} this tool holds at once; pass a smaller --samples or --shape")
+
+
+def seeded_inputs(shape: Sequence[int], seed: int, count: int = DEFAULT_SAMPLES) -> list[NamedInput]:
+    """The default evidence: `count` seeded inputs of SAMPLE_PATTERN's kinds, labelled normal0, uniform0, image0,
+    normal1...; the first, normal0, is `make_input(shape, seed)`, so `count` 1 is the single seeded input of before."""
+    check_sample_budget(shape, count)
     named: list[NamedInput] = []
     seen: dict[str, int] = {}
     for kind in sample_kinds(count):

@@ -197,7 +197,8 @@ def pair_annotations(report: Report) -> list[str]:
     for pair in report.pairs:
         if pair.outputs and not pair.passed:
             worst = pair.worst
-            ratio = f" is {worst.ratio:.1f}x the noise floor" if worst.ratio is not None else ""
+            # over the finite elements only: beside a NaN or Inf it would read as a near miss
+            ratio = f" is {worst.ratio:.1f}x the noise floor" if worst.ratio is not None and not worst.nonfinite else ""
             legend = "".join(f" ({label} = {report.legend[label]})" for label in (pair.a, pair.b)
                              if label in report.legend)  # an annotation is read without the log's legend
             found.append(error_annotation(f"verify {report.command}: {pair.a} vs {pair.b} differ",

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.errors import UsageError
-from verify.inputs import MAX_SAMPLES, NamedInput, default_sample_count, load_inputs, seeded_inputs
+from verify.inputs import (
+    ARRAY_SUFFIX,
+    IMAGE_SUFFIXES,
+    MAX_SAMPLES,
+    NamedInput,
+    check_sample_budget,
+    default_sample_count,
+    load_inputs,
+    seeded_inputs,
+)
 from verify.judge.compare import Tolerance
 from verify.runtimes import RuntimeOptions
 
@@ -40,6 +49,14 @@ class RunSettings:
             if self.input_file is not None:
                 raise UsageError("--samples sets how many seeded inputs are drawn, and --input gives the inputs "
                                  "instead: drop --samples (or pass a folder holding every input you want judged)")
+        if self.input_file is None and self.samples is None:
+            default_sample_count()  # a bad $BACKBONE_VERIFY_SAMPLES is refused before any model is built
+        if self.samples is not None and self.shape is not None:  # (explain takes one input: no count of its own)
+            check_sample_budget(self.shape, self.samples)
+        if not self.normalize and (self.input_file is None or Path(self.input_file).suffix.lower() == ARRAY_SUFFIX):
+            raise UsageError(f"--no-normalize changes how images given with --input are scaled, and "
+                             f"{'no --input is given' if self.input_file is None else f'{self.input_file} is an array'}"
+                             ": drop --no-normalize (arrays and seeded inputs are used as they are)")
         if self.runtime.device not in DEVICES:
             raise UsageError(f"Unknown device {self.runtime.device!r}; use one of {', '.join(DEVICES)}")
 
@@ -48,7 +65,11 @@ def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
     """The inputs read from --input (every one checked: kind, dtype, NaN/Inf), or None for a seeded one."""
     if settings.input_file is None:
         return None
-    return load_inputs(settings.input_file, settings.shape, settings.normalize)
+    named = load_inputs(settings.input_file, settings.shape, settings.normalize)
+    if not settings.normalize and not any(Path(item.label).suffix.lower() in IMAGE_SUFFIXES for item in named):
+        raise UsageError(f"--no-normalize changes how images are scaled, and {settings.input_file} holds none (only "
+                         ".npy arrays, used as they are): drop --no-normalize")
+    return named
 
 
 def sample_count(settings: RunSettings) -> int:

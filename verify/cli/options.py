@@ -162,15 +162,68 @@ def _require_existing(path: Path, wanted: str, folders: bool = True) -> None:
         raise typer.BadParameter(f"{path} is {kind}; pass {wanted}")
 
 
-def check_input_path(value: Path | None) -> Path | None:
+INPUT_PARAMETER = "input_path"
+"""The parameter name of --input in every command that takes it."""
+REPORT_FLAGS = {"json_path": "--json", "junit": "--junit", "markdown": "--markdown", "html": "--html"}
+"""The parameter names of the report options, and their flags."""
+
+
+def apart_from_input(input_path: Path | None, flag: str, output: Path | None) -> None:
+    """A report written over the --input file would destroy it, and one written into an input folder is a file
+    the next run refuses as an input; either is refused before any work."""
+    if input_path is None or output is None:
+        return
+    given, written = Path(input_path).resolve(), Path(output).resolve()
+    if written == given or written.is_relative_to(given) and path_kind(Path(input_path)) == "a directory":
+        harm = "overwrite the --input file" if written == given else \
+            "add a file (which the next run refuses as an input) to the --input folder"
+        raise typer.BadParameter(f"{flag} {output} would {harm} {input_path}; write the report elsewhere")
+
+
+def check_input_path(ctx: typer.Context, value: Path | None) -> Path | None:
     """An input file or folder: what it holds is read (and checked) before any model is built."""
     if value is not None:
         _require_existing(value, "a .npy array, an image or a folder of them")
+        for name, flag in REPORT_FLAGS.items():  # the reports parsed before --input
+            apart_from_input(value, flag, ctx.params.get(name))
     return value
 
 
-check_output_file = _refusing(lambda path: check_writable_file(path, "output"))
-check_output_folder = _refusing(lambda path: check_writable_folder(path, "output folder"))
+def plain_output_name(path: Path) -> None:
+    """An output's path is printed (`wrote PATH`) and can become a CI log line: a control character (a newline
+    starts a forged line, `::error::...` on GitHub; ESC moves the cursor), a bidirectional override or a line
+    separator in it is refused, never written."""
+    import unicodedata
+
+    bad = sorted({f"U+{ord(c):04X}" for c in str(path) if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")})
+    if bad:
+        raise typer.BadParameter(f"the path holds control or format characters ({', '.join(bad[:4])}); give a "
+                                 "plain file name")
+
+
+def check_output_file(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """A report file: a plain name, writable, and not the --input (parsed before it; check_input_path checks
+    those after)."""
+    if value is not None:
+        plain_output_name(value)
+        try:
+            check_writable_file(value, "output")
+        except UsageError as exc:
+            raise _bad(exc) from None
+        flag = next((o for o in param.opts if o.startswith("--")), f"--{param.name}")
+        apart_from_input(ctx.params.get(INPUT_PARAMETER), flag, value)
+    return value
+
+
+def check_output_folder(value: Path | None) -> Path | None:
+    """An artifact folder: a plain name (it is printed, `artifacts in PATH`), writable where it exists."""
+    if value is not None:
+        plain_output_name(value)
+        try:
+            check_writable_folder(value, "output folder")
+        except UsageError as exc:
+            raise _bad(exc) from None
+    return value
 
 
 SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,

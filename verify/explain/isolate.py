@@ -498,6 +498,13 @@ def load_pair(a: str, b: str, settings: RunSettings, progress: Progress) -> tupl
     return sides, named[0].array
 
 
+def isolation_factor(settings: RunSettings) -> float:
+    """The factor a layer's own error must exceed to be named: the user's --factor, never below AUTO_FACTOR (a layer at
+    1x its own floor is rounding, whatever the verdict's factor; with --factor 1.1 rounding layers were named as
+    culprits: found by hunt 8a)."""
+    return max(settings.tolerance.factor or AUTO_FACTOR, AUTO_FACTOR)
+
+
 def isolate_report(a: str, b: str, settings: RunSettings | None = None, progress: Progress | None = None,
                    timeout: float | None = USER_CODE_TIMEOUT, isolate: bool = True) -> Isolation:
     """`verify explain A B --isolate`: the layers whose own computation differs, ranked by their own ratio.
@@ -509,7 +516,7 @@ def isolate_report(a: str, b: str, settings: RunSettings | None = None, progress
                             timeout=timeout, progress=progress, isolate=False)
     sides, x = load_pair(a, b, settings, progress)
     with progress.step("Re-running every layer on the reference's own inputs"):
-        result, _, _ = isolate_sides(*sides, x, settings.tolerance.factor or AUTO_FACTOR)
+        result, _, _ = isolate_sides(*sides, x, isolation_factor(settings))
     return result
 
 
@@ -557,7 +564,7 @@ def isolate_against(reference: Artifact, x: np.ndarray, settings: RunSettings) -
     module, which no name resolves): each file opened and its layers re-run on `reference`'s float64 values."""
     def isolate(candidate: str, _label: str) -> Isolation:
         sides = load_sides(reference, resolve_source(candidate, settings))
-        result, _, _ = isolate_sides(*sides, x, settings.tolerance.factor or AUTO_FACTOR)
+        result, _, _ = isolate_sides(*sides, x, isolation_factor(settings))
         return result
     return isolate
 

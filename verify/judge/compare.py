@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
+from verify.bounds import DECIMAL_RANGE
 from verify.judge.oracle import NoiseFloor
 from verify.judge.precision import describe as describe_precision
 
@@ -34,9 +35,11 @@ one-channel weight errors from every stage, and ReLU / residual / eps / channel-
 it, but the separation is only 1.23 (the least visible bug, in resnet50's last-block conv1, is 1.8x the
 per-output floor: at the limit of what one input can show)."""
 MODES = ("auto", "decimal", "allclose")
-DECIMAL_RANGE = (-10, 20)
-"""numpy's bound is 1.5 x 10**-decimal: from 1.5e10 (no check at activation scale) down to 1.5e-20
-(exact equality for any value that matters); anything outside is a typo, refused."""
+
+
+MODE_FIELDS = {"auto": ("factor",), "decimal": ("decimal",), "allclose": ("rtol", "atol")}
+"""The fields each mode reads; every other field must keep its default (FIELD_DEFAULTS)."""
+FIELD_DEFAULTS = {"decimal": None, "rtol": 1e-7, "atol": 0.0, "factor": AUTO_FACTOR}
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ class Tolerance:
             if isinstance(self.decimal, bool) or not isinstance(self.decimal, int) \
                     or not low <= self.decimal <= high:
                 raise UsageError(f"--decimal must be an integer from {low} to {high}, got {self.decimal!r}")
+        ignored = [name for name, default in FIELD_DEFAULTS.items()
+                   if name not in MODE_FIELDS[self.mode] and getattr(self, name) != default]
+        if ignored:  # Tolerance(rtol=1e-3) would judge in auto mode, its rtol unread
+            raise UsageError(f"The {self.mode} tolerance mode does not read {', '.join(ignored)}; use "
+                             "Tolerance.from_options(...), which picks the mode from what is given")
 
     @classmethod
     def from_options(cls, decimal: int | None = None, rtol: float | None = None,
@@ -201,6 +209,9 @@ def compare_arrays(name: str, actual: np.ndarray, desired: np.ndarray, tolerance
     import numpy as np
 
     noise = NoiseFloor.of(floor)
+    if np.iscomplexobj(actual) or np.iscomplexobj(desired):  # widening to float64 would judge the real parts only
+        raise UsageError(f"Output {name} is complex ({actual.dtype} vs {desired.dtype}); verdicts judge real "
+                         "outputs, so return torch.view_as_real(output) from the model to judge both parts")
     if not (np.issubdtype(actual.dtype, np.floating) and np.issubdtype(desired.dtype, np.floating)):
         actual, desired = actual.astype(np.float64), desired.astype(np.float64)  # no integer wrap-around
     result = OutputComparison(name, list(actual.shape), list(desired.shape), passed=False,

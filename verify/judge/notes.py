@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from verify.judge.compare import AUTO_FACTOR
 from verify.judge.precision import describe
 
 if TYPE_CHECKING:
@@ -34,22 +35,24 @@ def explain_pair(pair: PairResult, report: Report) -> str:
     if ratio is None or worst.nonfinite or worst.reason.startswith(("shape", "output missing")):
         return f"{pair.a} vs {pair.b}: {worst.name}: {worst.reason}"
     precision = describe(worst.precision)
-    if ratio <= factor:
+    if ratio <= max(factor, AUTO_FACTOR):  # a tighter --factor than the calibrated one fails rounding too
         return (f"{head} fails {report.settings['tolerance_text']} but is {ratio:.1f}x the {precision} noise "
                 f"floor: this is rounding, and the tolerance asks for more than {precision} can give at this "
                 f"output scale (needs {worst.needed})")
     runtime = report.settings.get("runtime", {})
     device, tf32 = runtime.get("device"), runtime.get("tf32")
     output_ratio = worst.output_ratio if worst.output_ratio is not None else ratio
+    # the sizes below are per-output figures: quoted for the output, never for its worst channel
+    whole = f"{pair.a} vs {pair.b}: {worst.name}"
     if worst.precision == "fp32":
         sizes = reduced_precisions(output_ratio, device)
         if device == "cuda" and tf32 is not False and "tf32" in sizes:
-            return (f"{head} is {output_ratio:.0f}x the float32 noise floor, the size TF32 convolutions give on "
+            return (f"{whole} is {output_ratio:.0f}x its float32 noise floor, the size TF32 convolutions give on "
                     "CUDA: to verify what you deploy, rerun with --precision tf32; --no-tf32 verifies at float32")
         if sizes:  # by size alone a reduced precision and a real difference look alike: say both
             names = " or ".join(describe(p) for p in sizes)
             flags = " or ".join(f"--precision {p}" for p in sizes)
-            return (f"{head} is {output_ratio:.0f}x the float32 noise floor: beyond rounding, either the two "
+            return (f"{whole} is {output_ratio:.0f}x its float32 noise floor: beyond rounding, either the two "
                     f"compute different functions or one computes at reduced precision ({names} gives this "
                     f"size); if you deploy at that precision, verify it with {flags}")
     where = f"{ratio:.0f}x its channel's {precision} noise floor" if worst.channel is not None \

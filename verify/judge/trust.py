@@ -79,7 +79,7 @@ def run_guarded(loaded: Any, feed: Mapping[str, np.ndarray]) -> tuple[dict[str, 
 
 def output_differences(first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Max |a - b| per output (inf when shapes differ, or when one run returned an output the other did not; equal
-    NaNs count as equal)."""
+    NaNs and equal infinities in the same places count as equal)."""
     import numpy as np
 
     found = {name: math.inf for name in second if name not in first}
@@ -94,8 +94,11 @@ def output_differences(first: Mapping[str, np.ndarray], second: Mapping[str, np.
         if np.array_equal(a, b):  # the common case on the CPU, in one pass
             found[name] = 0.0
             continue
-        same = np.isnan(a) & np.isnan(b) if np.issubdtype(a.dtype, np.floating) else np.zeros(a.shape, bool)
-        diff = np.where(same, 0.0, np.abs(a.astype(np.float64) - b.astype(np.float64)))
+        same = a == b  # equal infinities too: inf - inf is NaN, which would read as a difference
+        if np.issubdtype(a.dtype, np.floating):
+            same |= np.isnan(a) & np.isnan(b)
+        with np.errstate(invalid="ignore"):
+            diff = np.where(same, 0.0, np.abs(a.astype(np.float64) - b.astype(np.float64)))
         found[name] = float(np.nan_to_num(diff, nan=math.inf).max(initial=0.0))
     return found
 

@@ -18,6 +18,8 @@ CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "BUILDKITE",
 COLOUR_LOGS = ("GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "TF_BUILD")
 """CI runners whose log viewers render ANSI colour."""
 FALSE_WORDS = ("", "0", "false", "no", "off")
+FILE_WIDTH = 80
+"""rich's width without a terminal; also where COLUMNS=0 (which rich would take as zero columns) is ignored."""
 UNBOUNDED = 10_000
 """Columns to measure a table's natural width in (rich clamps a measurement to the width it is given)."""
 
@@ -50,6 +52,17 @@ def make_console(stderr: bool = False, **options: Any) -> Any:
     FORCE_COLOR says), and it has colour where the log shows colour."""
     from rich.console import Console
 
+    class PipeSafeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            """A reader that stopped reading (`verify ... | head`) ends what is shown, never the run: the verdict
+            is still judged, its reports written and its exit code returned (rich's own exits 1, a
+            disagreement's code, before any report is written)."""
+            self.quiet = True
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.file.fileno())
+                os.close(devnull)
+
     colour = wants_colour()
     if colour is False:
         options.setdefault("color_system", None)
@@ -58,7 +71,18 @@ def make_console(stderr: bool = False, **options: Any) -> Any:
         options.setdefault("color_system", "standard")
     if in_ci():
         options.setdefault("force_terminal", False)
-    return Console(stderr=stderr, **options)
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns and set(columns) == {"0"}:  # rich takes COLUMNS=0 as zero columns and prints nothing, errors included
+        options.setdefault("width", _real_width(stderr))
+    return PipeSafeConsole(stderr=stderr, **options)
+
+
+def _real_width(stderr: bool) -> int:
+    """The terminal's own width, else rich's default for a file (80)."""
+    try:
+        return os.get_terminal_size(2 if stderr else 1).columns or FILE_WIDTH
+    except OSError:
+        return FILE_WIDTH
 
 
 def writes_to_terminal(console: Any) -> bool:

@@ -50,12 +50,13 @@ def matrix_lines(result: MatrixResult) -> list[str]:
     floor  max abs 2.2e-05` (`ok` when it agrees), and `ERROR spec  message` for a cell that did not run."""
     from verify.render.text import terminal_text
 
-    lines = []
+    lines: list[str] = []
     for cell in result.cells:
         spec = terminal_text(cell.spec)
         if cell.error:
             lines.append(f"ERROR {spec}  {terminal_text(cell.error)}")
             continue
+        start = len(lines)
         lines += detector_lines(cell)
         for pair in cell.pair_results():
             if not pair.outputs:
@@ -74,7 +75,15 @@ def matrix_lines(result: MatrixResult) -> list[str]:
         if not cell.pairs and cell.detector is None:
             lines.append(f"FAIL {spec}  no pairs were judged")
         lines += [f"FAIL {spec}  not judged: {terminal_text(str(problem))}" for problem in cell.problems]
+        if not cell.passed and not any(line.startswith("FAIL") for line in lines[start:]):
+            lines.append(f"FAIL {spec}  {terminal_text(_verdict_reason(cell))}")  # every pair passed, yet it fails
     return lines
+
+
+def _verdict_reason(cell: CellResult) -> str:
+    """Why a cell fails when no pair row says why (its `verdict` row in the JUnit and Markdown)."""
+    detail = next((row.detail for row in cell.rows() if row.kind == "verdict"), f"verdict {cell.verdict}")
+    return detail.removeprefix(f"{cell.spec}: ")
 
 
 def matrix_annotations(result: MatrixResult) -> list[str]:
@@ -87,10 +96,16 @@ def matrix_annotations(result: MatrixResult) -> list[str]:
             found.append(error_annotation(f"verify matrix: {cell.spec} did not run", cell.error))
         found += [error_annotation(f"verify matrix: {cell.spec} {row.name} fails", row.detail)
                   for row in ([] if cell.error or cell.detector is None else cell.rows()) if not row.passed]
+        if not cell.error and cell.detector is None:  # what keeps a cell from agreeing besides its pairs
+            found += [error_annotation(f"verify matrix: {cell.spec} not judged", str(problem))
+                      for problem in cell.problems]
+            found += [error_annotation(f"verify matrix: {cell.spec} {row.name} fails", row.detail)
+                      for row in cell.rows() if row.kind == "verdict" and not cell.problems]
         for pair in [] if cell.error else cell.pair_results():
             if pair.outputs and not pair.passed:
                 worst = pair.worst
-                ratio = f" is {worst.ratio:.1f}x the noise floor" if worst.ratio is not None else ""
+                ratio = f" is {worst.ratio:.1f}x the noise floor" if worst.ratio is not None and not worst.nonfinite \
+                    else ""
                 found.append(error_annotation(
                     f"verify matrix: {cell.spec} {pair.a} vs {pair.b} differ",
                     f"{cell.spec} {pair.a} vs {pair.b}: {worst.where}{ratio}"

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 def summary(report: Report) -> str:
     failed = sum(not p.passed for p in report.pairs)
     return (f"not judged: {len(report.problems)} problem(s)" if report.problems else
-            f"{failed} of {len(report.pairs)} pairs disagree" if failed else f"all {len(report.pairs)} pairs agree")
+            f"{failed} of {len(report.pairs)} pairs disagree" if failed else
+            f"all {len(report.pairs)} pairs agree" if report.pairs else "no pairs were judged")
 
 
 def report_markdown(report: Report) -> str:
