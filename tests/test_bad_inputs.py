@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from verify.bounds import DECIMAL_RANGE
 from verify.cli import app
 
 runner = CliRunner()
@@ -147,9 +148,12 @@ OPTION_CASES = [
     Case("atol-nan", (*EXPORT, "--atol", "NaN"), 2, "must be a finite number"),
     Case("atol-negative", (*COMPARE, "--atol", "-1"), 2, "must be >= 0"),
     Case("atol-overflow", (*COMPARE, "--atol", "1e400"), 2, "must be a finite number"),
-    Case("decimal-negative", (*EXPORT, "--decimal", "-1"), 2, "must be between 0 and 20, got -1"),
-    Case("decimal-huge-negative", (*COMPARE, "--decimal", "-400"), 2, "must be between 0 and 20"),
-    Case("decimal-too-big", (*EXPORT, "--decimal", "21"), 2, "must be between 0 and 20"),
+    Case("decimal-negative", (*EXPORT, "--decimal", str(DECIMAL_RANGE[0] - 1)), 2,
+         f"must be between {DECIMAL_RANGE[0]} and {DECIMAL_RANGE[1]}, got {DECIMAL_RANGE[0] - 1}"),
+    Case("decimal-huge-negative", (*COMPARE, "--decimal", "-400"), 2,
+         f"must be between {DECIMAL_RANGE[0]} and {DECIMAL_RANGE[1]}"),
+    Case("decimal-too-big", (*EXPORT, "--decimal", str(DECIMAL_RANGE[1] + 1)), 2,
+         f"must be between {DECIMAL_RANGE[0]} and {DECIMAL_RANGE[1]}"),
     Case("decimal-float", (*EXPORT, "--decimal", "3.5"), 2, "Invalid value for '--decimal'"),
     Case("decimal-and-atol", (*EXPORT, "--decimal", "5", "--atol", "1e-3"), 2, "either --decimal or --rtol"),
     Case("factor-and-decimal", (*COMPARE, "--factor", "3", "--decimal", "4"), 2, "--factor sets the auto mode"),

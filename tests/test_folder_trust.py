@@ -187,7 +187,8 @@ def opaque_constant(path: Path, sentinel: Path) -> None:
         return data
     rewrite_zip(path, change)
     with zipfile.ZipFile(path, "a") as archive:
-        archive.writestr("model/data/constants/opaque_obj_0", pickle.dumps(Payload(sentinel)))
+        root = archive.namelist()[0].split("/")[0]  # the archive's own root ("archive" when saved through memory)
+        archive.writestr(f"{root}/data/constants/opaque_obj_0", pickle.dumps(Payload(sentinel)))
 
 
 def edit_program(path: Path, edit: Callable[[dict], None]) -> None:

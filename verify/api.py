@@ -131,12 +131,16 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     return report
 
 
+SPEC_PROTOCOL = ("slug", "build", "registered", "runs_user_code", "source_file")
+"""What verify_export reads of a spec (exporter/spec.py ModelSpec, exporter/user_model.py UserModelSpec)."""
+
+
 def _check_argument_types(spec: object, settings: object, runtimes: object, cache: object) -> None:
     """A TypeError naming the argument, before any work, for what a library caller may pass by mistake (a spec as
     text failed on a missing attribute; one runtime name as a string was read letter by letter; found by hunt 8c)."""
     from verify.cache import Cache
 
-    if not isinstance(spec, (ModelSpec, UserModelSpec)):
+    if not all(hasattr(spec, name) for name in SPEC_PROTOCOL):  # the model kinds' protocol, not their classes
         raise TypeError(f"spec must be a ModelSpec or UserModelSpec, e.g. ModelSpec('resnet18', 'frozen', 'body'), "
                         f"not {type(spec).__name__}")
     if settings is not None and not isinstance(settings, RunSettings):
