@@ -56,10 +56,13 @@ CHILD_THREADS = 1
 """The child's torch threads: translation is Python, so the other core stays with this process's runs."""
 CHILD_IMPORTS = ("torch", "torchvision", "onnx", "onnxscript", "torch.onnx", "exporter.export")
 """What the child imports before it waits for its job, while this process imports and builds the model."""
-CHILD_NICE = 5
-"""Added to the child's niceness: where other jobs share the cores, this process's runs come before the child's
-export. Against 0 under load, alternated: cold runs of 63.7 and 70.1 s against 65.1 and 73.7 s (within the noise);
-idle, with a core to itself, the child competes with nobody."""
+CHILD_NICE = 0
+"""Added to the child's niceness. It was 5, so that this process's runs came before the child's export where other
+jobs share the cores (under load, 5 against 0 was within the noise: cold 63.7 and 70.1 s against 65.1 and 73.7 s).
+Since the `.pt2` loads in a thread beside the oracle, this process itself uses both cores at times, and the child
+(the critical path of a cold export) lost to it: idle, its ONNX file came 0.8 s later at 5 than at 0 (cold resnet50,
+two runs each: 18.42 and 18.30 s against 17.47 and 17.68 s into the run). In mode auto the child starts only where
+a core is idle anyway."""
 POLL_SECONDS = 0.05
 STDERR_FILE = "child.stderr"
 """The child's stderr, inside its temporary folder: its last line explains a child that died without a word."""
