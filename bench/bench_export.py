@@ -126,16 +126,26 @@ def breakdown_child(report: Path, args: list[str]) -> None:
     _time_imports(timings)
     _wrap_stages(timings)
     sys.argv = ["verify", *args]
-    from verify.cli import main
+    import importlib
 
-    code = 0
+    cli_app = importlib.import_module("verify.cli.app")  # the module: `verify.cli.app` as an attribute is the Typer
+
+    def finish(code: int) -> None:
+        timings["(total in this process)"] = time.perf_counter() - started
+        timings["(onnxscript imported here)"] = float("onnxscript" in sys.modules)
+        report.write_text(json.dumps({"stages": timings, "rc": code}))
+
+    exit_now = cli_app.exit_now
+
+    def timed_exit(code: int) -> None:  # the CLI's own exit (it skips the interpreter's teardown), timings first
+        finish(code)
+        exit_now(code)
+
+    cli_app.exit_now = timed_exit
     try:
-        main()
+        cli_app.main()
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    timings["(total in this process)"] = time.perf_counter() - started
-    timings["(onnxscript imported here)"] = float("onnxscript" in sys.modules)
-    report.write_text(json.dumps({"stages": timings, "rc": code}))
+        finish(exc.code if isinstance(exc.code, int) else 1)
 
 
 def _time_imports(timings: dict[str, float]) -> None:
