@@ -51,7 +51,11 @@ def export_model(built: BuiltModel, base: ArtifactMeta, example: torch.Tensor, f
                  options: ExportOptions, fmt: str, context: ExportContext | None = None) -> Artifact:
     """Write one format of `built` into `folder`; the artifact records `base` plus its exporter.
     Pass one `context` to several calls to share the `torch.export` trace between formats."""
+    from exporter.errors import ExportError
+    from exporter.torch_state import precision_kept
+
     entry = get_format(fmt)
     ctx = context or ExportContext(built, example, base, dynamic=options.dynamic)
     assert entry.filename is not None
-    return entry.export(ctx, options.options_for(fmt), folder / entry.filename)
+    with precision_kept(f"{built.spec} (exported to {fmt})", ExportError):  # a trace runs the model's forward
+        return entry.export(ctx, options.options_for(fmt), folder / entry.filename)

@@ -238,12 +238,6 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1].strip()}" if lines else type(exc).__name__
 
 
-FP32_PRECISION_FLAGS = ("backends", "backends.mkldnn", "backends.mkldnn.matmul", "backends.mkldnn.conv",
-                        "backends.mkldnn.rnn", "backends.cuda.matmul", "backends.cudnn", "backends.cudnn.conv",
-                        "backends.cudnn.rnn")
-"""Where torch (2.9 and later) keeps each `fp32_precision` (ieee, tf32, bf16): what a float32 op really rounds at."""
-
-
 @contextlib.contextmanager
 def _torch_globals_kept() -> Iterator[None]:
     """torch's default dtype, thread count and float32 precision as they were before the user's file was imported
@@ -253,27 +247,15 @@ def _torch_globals_kept() -> Iterator[None]:
     'float32 floor' was 1.3e-2, 3,400x ONNX Runtime's real float32 difference (3.9e-6), and every pair agreed on it."""
     import torch
 
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    matmul, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    flags = {path: getattr(_attribute(torch, path), "fp32_precision", None) for path in FP32_PRECISION_FLAGS}
+    from exporter.torch_state import precision_state, restore_precision
+
+    dtype, threads, precision = torch.get_default_dtype(), torch.get_num_threads(), precision_state()
     try:
         yield
     finally:
         torch.set_default_dtype(dtype)
         torch.set_num_threads(threads)
-        torch.set_float32_matmul_precision(matmul)
-        torch.backends.cudnn.allow_tf32 = cudnn_tf32
-        for path, value in flags.items():  # after the legacy setters, which write some of these
-            if value is not None:
-                with contextlib.suppress(AttributeError, RuntimeError, ValueError):
-                    _attribute(torch, path).fp32_precision = value
-
-
-def _attribute(root: Any, path: str) -> Any:
-    """`root.a.b` for `a.b`; None where torch has no such attribute (an older torch)."""
-    for name in path.split("."):
-        root = getattr(root, name, None)
-    return root
+        restore_precision(precision)
 
 
 @contextlib.contextmanager
@@ -337,6 +319,7 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
     import torch
     from torch import nn
 
+    from exporter.torch_state import precision_kept
     from exporter.weights import Weights
 
     if weights != FACTORY_WEIGHTS:
@@ -362,10 +345,11 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
         x = example
     else:
         x = torch.randn(run_shape, generator=torch.Generator().manual_seed(seed))
-    result = _call(module, x, spec)
-    names = output_names(result, spec)
-    _refuse_empty(result, names, spec)
-    exact, note = _float64_model(module, x, names, spec)
+    with precision_kept(f"{spec}'s forward", UsageError):
+        result = _call(module, x, spec)
+        names = output_names(result, spec)
+        _refuse_empty(result, names, spec)
+        exact, note = _float64_model(module, x, names, spec)
     view = _view(tuple(names))
     state = {k: v.detach() for k, v in module.state_dict().items()}
     return UserBuiltModel(spec, module, Weights(f"factory:{spec}", state), view, exact,  # type: ignore[arg-type]

@@ -300,3 +300,57 @@ def test_torchs_float32_precision_set_by_the_users_file_is_undone(tmp_path):
         torch.set_float32_matmul_precision(before[1])
         if before[2] is not None:
             conv.fp32_precision = before[2]
+
+
+PRECISION_IN_FORWARD = """
+import torch
+from torch import nn
+
+
+class Sneaky(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        torch.set_float32_matmul_precision("medium")  # once running: the import and the factory were clean
+        return self.conv(x)
+
+
+def make():
+    return Sneaky()
+"""
+
+
+def test_a_forward_that_changes_torchs_float32_precision_is_refused_and_the_setting_put_back(tmp_path):
+    """Before: settings made while the model ran were kept (only those made on import and in the factory were
+    undone), so every later float32 run rounded at the precision the model chose, the floor measured from them
+    too. Now the run is refused in one line naming the setting, and the setting is what it was."""
+    import torch
+
+    source = tmp_path / "sneaky.py"
+    source.write_text(PRECISION_IN_FORWARD)
+    before = torch.get_float32_matmul_precision()
+    result = runner.invoke(app, ["export", "--model", f"{source}:make", "--shape", "1x3x8x8", "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0, result.output
+    assert "changed torch's float32 precision" in result.output and "float32_matmul_precision" in result.output
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_the_precision_guard_puts_the_setting_back_in_this_process():
+    import torch
+    from torch import nn
+
+    from exporter.errors import ArtifactError
+    from verify.runtimes.torch_common import call_module
+
+    class Sneaky(nn.Module):
+        def forward(self, x):
+            torch.set_float32_matmul_precision("medium")
+            return x * 2
+
+    before = torch.get_float32_matmul_precision()
+    with pytest.raises(ArtifactError, match="changed torch's float32 precision"):
+        call_module(Sneaky(), torch.ones(1, 3, 4, 4), "sneaky")
+    assert torch.get_float32_matmul_precision() == before
+    assert call_module(nn.Identity(), torch.ones(1), "identity").item() == 1.0  # an honest module runs as before

@@ -63,11 +63,15 @@ def _tensors(values: Any, names: list[str]) -> list[tuple[str, Any]]:
 
 def call_module(module: Any, x: torch.Tensor, label: str) -> Any:
     """Run a torch module without autograd; its failures (wrong channels, too small an input,
-    out of memory) become one-line ArtifactErrors."""
+    out of memory) become one-line ArtifactErrors. A module that changes torch's float32 precision settings while
+    it runs (`torch.set_float32_matmul_precision("medium")` in its forward) is refused, the settings put back: its
+    float32 runs, and the floor measured from them, would round at TF32 or BF16 (found by hunt 8b)."""
     import torch
 
+    from exporter.torch_state import precision_kept
+
     try:
-        with torch.inference_mode():
+        with precision_kept(label, ArtifactError), torch.inference_mode():
             return module(x)
     except RuntimeError as exc:
         raise ArtifactError(f"{label} failed on an input of shape {tuple(x.shape)}: "
