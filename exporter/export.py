@@ -57,5 +57,5 @@ def export_model(built: BuiltModel, base: ArtifactMeta, example: torch.Tensor, f
     entry = get_format(fmt)
     ctx = context or ExportContext(built, example, base, dynamic=options.dynamic)
     assert entry.filename is not None
-    with precision_kept(f"{built.spec} (exported to {fmt})", ExportError):  # a trace runs the model's forward
+    with precision_kept(f"{getattr(built, 'spec', 'the model')} (exported to {fmt})", ExportError):  # a trace runs it
         return entry.export(ctx, options.options_for(fmt), folder / entry.filename)
