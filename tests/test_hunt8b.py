@@ -331,7 +331,8 @@ def test_a_forward_that_changes_torchs_float32_precision_is_refused_and_the_sett
     source = tmp_path / "sneaky.py"
     source.write_text(PRECISION_IN_FORWARD)
     before = torch.get_float32_matmul_precision()
-    result = runner.invoke(app, ["export", "--model", f"{source}:make", "--shape", "1x3x8x8", "--out", str(tmp_path / "o")])
+    result = runner.invoke(app, ["export", "--model", f"{source}:make", "--shape", "1x3x8x8",
+                                 "--out", str(tmp_path / "o")])
     assert result.exit_code != 0, result.output
     assert "changed torch's float32 precision" in result.output and "float32_matmul_precision" in result.output
     assert torch.get_float32_matmul_precision() == before
