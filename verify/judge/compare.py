@@ -125,6 +125,7 @@ class OutputComparison:
     channel: int | None = None
     """The worst channel (the one `ratio` comes from), where judged per channel."""
     channel_floor: float | None = None
+    """The floor `ratio` divides by: the worst channel's, or, at an element in its group's bulk, the bulk floor."""
     output_ratio: float | None = None
     """max_abs / the output's floor: the per-output figure, for comparison with `ratio`."""
     precision: str = "fp32"
@@ -237,7 +238,7 @@ def compare_arrays(name: str, actual: np.ndarray, desired: np.ndarray, tolerance
         result.max_rel = result.max_abs / scale if scale > 0 else (0.0 if result.max_abs == 0 else None)
     else:
         result.max_abs = result.mean_abs = result.max_rel = 0.0
-    bound = _floor_ratios(diff, noise, tolerance, result)
+    bound = _floor_ratios(diff, noise, tolerance, result, actual, desired)
 
     mismatch, passed = _judge(actual, desired, diff, tolerance, bound, result)
     result.nonfinite = 0 if finite is None else int((~finite).sum())
@@ -261,10 +262,10 @@ def _finite_mask(actual: np.ndarray, desired: np.ndarray) -> np.ndarray | None:
     return np.isfinite(actual) & np.isfinite(desired)
 
 
-def _floor_ratios(diff: np.ndarray, noise: NoiseFloor | None, tolerance: Tolerance,
-                  result: OutputComparison) -> np.ndarray | None:
+def _floor_ratios(diff: np.ndarray, noise: NoiseFloor | None, tolerance: Tolerance, result: OutputComparison,
+                  actual: np.ndarray, desired: np.ndarray) -> np.ndarray | None:
     """Fill the ratios to the floor; return auto mode's elementwise bound (per channel where the
-    floor has channels that fit this output), or None without a floor."""
+    floor has channels that fit this output, per element where it has a bulk floor), or None without a floor."""
     import numpy as np
 
     if not noise:
@@ -272,6 +273,17 @@ def _floor_ratios(diff: np.ndarray, noise: NoiseFloor | None, tolerance: Toleran
     result.output_ratio = _finite_or_none(result.max_abs / noise.value)
     if noise.float32:
         result.float32_ratio = _finite_or_none(result.max_abs / noise.float32)
+    elements = noise.element_floors(actual, desired)
+    if elements is not None:  # peaks measured: the bulk is judged on its own floor (oracle.PEAK_FACTOR)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios = diff / elements
+        worst = int(np.argmax(ratios))
+        result.ratio = _finite_or_none(float(ratios.flat[worst]))
+        if ratios.flat[worst] > 0:
+            index = np.unravel_index(worst, diff.shape)
+            result.channel = int(index[1]) if noise.channels is not None else None
+            result.channel_floor = float(elements[index] if elements.ndim else elements)
+        return tolerance.factor * elements
     channels = noise.channels
     if channels is None or diff.ndim != 4 or diff.shape[1] != channels.shape[0] or not diff.size:
         result.ratio = result.output_ratio

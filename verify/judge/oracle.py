@@ -35,6 +35,15 @@ CHANNEL_FLOOR_SHARE = 0.2
 """A channel's floor is at least this share of its output's floor: where a channel's elements are few or
 correlated (deep layers, constant images) its own maximum underestimates its rounding. Calibrated with
 bench/calibrate_auto.py (bench/results/calibrate-cpu-perchannel.log)."""
+PEAK_FACTOR = 16.0
+"""An element more than this many times its group's typical magnitude (a channel's, or a channel-less output's
+BULK_QUANTILE of its non-zero |fp64|) is a peak: a mask value, a sentinel, a border. Its rounding (u x its
+magnitude) says nothing of the other elements', so the rest of its group, the bulk, keeps a floor of its own
+(`NoiseFloor.bulk`); peaks are judged on the group's floor over every element, as before. 16 is above the
+spread of a normal activation (its maximum is ~3-4.5 sigma, its 90th percentile 1.6 sigma): a model without
+outliers has no peak and is judged as before."""
+BULK_QUANTILE = 0.9
+"""The typical magnitude of a group: this quantile of its non-zero finite |fp64| (a ReLU's zeros left out)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +63,12 @@ class NoiseFloor:
     """Per channel: RMS of |run - fp64| (recorded for calibration and reports; verdicts use `channels`)."""
     ignored: int = 0
     """Non-finite elements left out of the measurement (a NaN in the reference itself)."""
+    bulk: np.ndarray | None = None
+    """Per group (each channel; one group for an output without channels): the floor of the elements at most
+    `bulk_limits` in magnitude, measured on those elements alone (never above the group's floor). None where no
+    element is a peak (PEAK_FACTOR): then every element is judged on the group's floor."""
+    bulk_limits: np.ndarray | None = None
+    """Per group: the magnitude up to which an element is judged on `bulk` (PEAK_FACTOR x its typical magnitude)."""
 
     def __post_init__(self) -> None:
         """Fail closed: a floor of zero, NaN or Inf (a tampered manifest, a bad caller) judges nothing."""
@@ -68,6 +83,53 @@ class NoiseFloor:
             raise UsageError("Per-channel noise floors must be finite numbers > 0")
         if self.precision not in EPS:
             raise UsageError(f"Unknown precision {self.precision!r} for a noise floor; use one of {', '.join(EPS)}")
+        if (self.bulk is None) != (self.bulk_limits is None) or self.bulk is not None and not (
+                self.bulk.shape == self.bulk_limits.shape == (self.groups,)
+                and np.isfinite(self.bulk).all() and (self.bulk > 0).all()
+                and (self.bulk <= self.group_floors * (1 + 1e-12)).all()
+                and np.isfinite(self.bulk_limits).all() and (self.bulk_limits >= 0).all()):
+            raise UsageError("Bulk noise floors must come with their limits, one per channel (or one per output), "
+                             "finite, > 0 and at most the channel's floor")
+
+    @property
+    def groups(self) -> int:
+        """How many groups the floor has: its channels, or 1 (the whole output)."""
+        return 1 if self.channels is None else int(self.channels.shape[0])
+
+    @property
+    def group_floors(self) -> np.ndarray:
+        """Each group's floor over all its elements: `channels`, or `value` as one group."""
+        import numpy as np
+
+        return np.asarray([self.value]) if self.channels is None else self.channels
+
+    def in_bulk(self, magnitude: np.ndarray) -> np.ndarray | None:
+        """Where `magnitude` (an output's shape) is within its group's bulk limit; None without a bulk floor or where
+        the shape does not fit the groups. NaN is not in the bulk."""
+        if self.bulk is None or not magnitude.size:
+            return None
+        if self.channels is not None:
+            if magnitude.ndim != 4 or magnitude.shape[CHANNEL_AXIS] != self.groups:
+                return None
+            return magnitude <= self.bulk_limits.reshape(1, -1, 1, 1)
+        return magnitude <= self.bulk_limits.reshape((1,) * magnitude.ndim)
+
+    def element_floors(self, actual: np.ndarray, desired: np.ndarray) -> np.ndarray | None:
+        """Each element's floor where the bulk rule applies (`bulk`), in the outputs' shape; None where it does not
+        (no peak was measured, or the shape does not fit: the caller uses the group floors). An element is judged
+        on its group's bulk floor when the smaller of its two magnitudes is within the group's limit: a side that
+        drops a peak is judged on the tighter floor, never a side that invents one."""
+        import numpy as np
+
+        if actual.shape != desired.shape:
+            return None
+        with np.errstate(invalid="ignore"):
+            magnitude = np.minimum(np.abs(actual.astype(np.float64)), np.abs(desired.astype(np.float64)))
+            mask = self.in_bulk(magnitude)
+        if mask is None:
+            return None
+        shape = (1, -1, 1, 1) if self.channels is not None else (1,) * magnitude.ndim
+        return np.where(mask, self.bulk.reshape(shape), self.group_floors.reshape(shape))
 
     @classmethod
     def of(cls, value: NoiseFloor | float | None) -> NoiseFloor | None:
@@ -93,8 +155,9 @@ class NoiseFloor:
                     raise TypeError("channels")
                 channels = np.asarray(channels, dtype=np.float64)
             float32 = data.get("float32")
+            bulk, limits = (_numbers(data.get(key)) for key in ("bulk", "bulk_limits"))
             return cls(data["value"], channels, data.get("precision", "fp32"),
-                       None if float32 is None else float(float32))
+                       None if float32 is None else float(float32), bulk=bulk, bulk_limits=limits)
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"Malformed noise floor record ({exc}); re-export the artifact") from None
 
@@ -110,12 +173,21 @@ class NoiseFloor:
         channels = None
         if self.channels is not None and other.channels is not None and self.channels.shape == other.channels.shape:
             channels = np.maximum(self.channels, other.channels)
+        bulk = limits = None
+        if (channels is not None or self.channels is None and other.channels is None) \
+                and (self.bulk is not None or other.bulk is not None):
+            # the larger bulk floor, up to the smaller limit: an element either measurement called a peak is judged
+            # on the larger group floor (a floor without peaks is a bulk floor reaching every magnitude)
+            sides = [(f.bulk, f.bulk_limits) if f.bulk is not None else (f.group_floors, None) for f in (self, other)]
+            bulk = np.maximum(sides[0][0], sides[1][0])
+            limits = np.minimum(*[lim for _, lim in sides if lim is not None]) if all(
+                lim is not None for _, lim in sides) else next(lim for _, lim in sides if lim is not None)
         float32 = max((f.value if f.precision == "fp32" else f.float32 for f in (self, other)
                        if f.precision == "fp32" or f.float32 is not None), default=None)
         precision = max(self.precision, other.precision, key=lambda p: EPS.get(p, 0.0))  # the coarser one
         return replace(self, value=max(self.value, other.value), channels=channels, precision=precision,
                        float32=float32 if precision != "fp32" else None, rms=None,
-                       ignored=self.ignored + other.ignored)
+                       ignored=self.ignored + other.ignored, bulk=bulk, bulk_limits=limits)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: every number finite, or null with the reason beside it."""
@@ -126,10 +198,13 @@ class NoiseFloor:
             data["channels"] = [_finite(v) for v in self.channels.tolist()]
             worst = int(self.channels.argmin())
             data["quietest_channel"] = {"channel": worst, "floor": _finite(float(self.channels[worst]))}
+        if self.bulk is not None:
+            data["bulk"] = [_finite(v) for v in self.bulk.tolist()]
+            data["bulk_limits"] = [_finite(v) for v in self.bulk_limits.tolist()]
         if self.ignored:
             data["ignored_nonfinite"] = self.ignored
         nulls = [k for k, v in data.items() if v is None] + \
-            (["channels"] if None in (data.get("channels") or []) else [])
+            [k for k in ("channels", "bulk", "bulk_limits") if None in (data.get(k) or [])]
         if nulls:
             data["null_reason"] = f"{', '.join(nulls)}: not finite (a NaN or Inf in the measurement)"
         return data
@@ -140,6 +215,17 @@ class NoiseFloor:
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def _numbers(values: Any) -> np.ndarray | None:
+    """A list of plain numbers as a float64 array (None for None); anything else is refused (TypeError)."""
+    import numpy as np
+
+    if values is None:
+        return None
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise TypeError("bulk")
+    return np.asarray(values, dtype=np.float64)
 
 
 def measure_floor(run: np.ndarray, fp64: np.ndarray, precision: str = "fp32", float32: float | None = None,
@@ -154,21 +240,91 @@ def measure_floor(run: np.ndarray, fp64: np.ndarray, precision: str = "fp32", fl
     ref = fp64.astype(np.float64)
     err = _error(run, ref)
     ignored = int((~np.isfinite(run.astype(np.float64) - ref)).sum())
-    scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0))
+    magnitude = np.abs(np.where(np.isfinite(ref), ref, 0.0))
+    scale = float(magnitude.max(initial=0.0))
     ulp = EPS[precision] * scale
     value = max(float(err.max(initial=0.0)), ulp) or EPS[precision]
     channels = rms = None
     if ref.ndim == 4 and ref.shape[CHANNEL_AXIS] > 1:
         axes = tuple(a for a in range(ref.ndim) if a != CHANNEL_AXIS)
-        own = err.max(axis=axes)
-        for sample in samples:
-            if sample.shape == ref.shape:
-                own = np.maximum(own, _error(sample, ref).max(axis=axes))
-        active = (np.isfinite(ref) & (ref != 0)).sum(axis=axes)
+        errors = [err] + [_error(sample, ref) for sample in samples if sample.shape == ref.shape]
+        own = np.max([e.max(axis=axes) for e in errors], axis=0)
+        active = (magnitude != 0).sum(axis=axes)
         least = max(CHANNEL_FLOOR_SHARE * value, ulp, np.finfo(np.float64).tiny)
         channels = np.where(active >= MIN_CHANNEL_ELEMENTS, np.clip(own, least, value), value)
         rms = np.sqrt((err ** 2).mean(axis=axes))
-    return NoiseFloor(value, channels, precision, float32, rms, ignored)
+        floor = NoiseFloor(value, channels, precision, float32, rms, ignored)
+        return _with_bulk(floor, magnitude, errors, axes, active) or floor
+    floor = NoiseFloor(value, None, precision, float32, None, ignored)
+    return _with_bulk(floor, magnitude, [err], tuple(range(ref.ndim)), None) or floor
+
+
+def _typical(rows: np.ndarray) -> np.ndarray:
+    """Each row's typical magnitude: the BULK_QUANTILE of its non-zero elements (numpy's linear quantile), NaN
+    with fewer than MIN_CHANNEL_ELEMENTS of them. One sort of all rows (a loop of np.quantile is 10-100x slower)."""
+    import numpy as np
+
+    ordered = np.sort(rows, axis=1)  # magnitudes: the zeros come first
+    count = (rows != 0).sum(axis=1)
+    position = rows.shape[1] - count + BULK_QUANTILE * np.maximum(count - 1, 0)
+    low = np.minimum(np.floor(position).astype(np.intp), rows.shape[1] - 1)  # a row of zeros: NaN below
+    high = np.minimum(low + 1, rows.shape[1] - 1)
+    share = position - low
+    index = np.arange(rows.shape[0])
+    typical = ordered[index, low] * (1 - share) + ordered[index, high] * share
+    return np.where(count >= MIN_CHANNEL_ELEMENTS, typical, np.nan)
+
+
+def _no_peak(rows: np.ndarray) -> np.ndarray:
+    """Per row, True where no element can exceed PEAK_FACTOR x the row's typical magnitude (`_typical`): at least as
+    many elements are within 1/PEAK_FACTOR of the row's maximum as lie at or above its quantile's lower index, so
+    the quantile itself is. A sufficient test (False may still have no peak), one pass instead of a sort."""
+    import numpy as np
+
+    top = rows.max(axis=1, initial=0.0)
+    count = (rows != 0).sum(axis=1)
+    loud = (rows >= (top / PEAK_FACTOR)[:, None]).sum(axis=1)
+    need = count - np.floor(BULK_QUANTILE * np.maximum(count - 1, 0))
+    return (loud >= need) | (top == 0)
+
+
+def _with_bulk(floor: NoiseFloor, magnitude: np.ndarray, errors: Sequence[np.ndarray], axes: tuple[int, ...],
+               active: np.ndarray | None) -> NoiseFloor | None:
+    """`floor` with the floors of its groups' bulk (PEAK_FACTOR), or None where no element is a peak. Each group's
+    bulk floor is the largest error on its bulk elements, at least CHANNEL_FLOOR_SHARE of the output's bulk floor
+    and one ulp of the bulk's magnitude (the group floor's own lower bounds, taken over the bulk), at most the group
+    floor; a channel with too few elements to measure keeps the output's bulk floor."""
+    import numpy as np
+
+    flat = magnitude.reshape(1, -1)
+    rows = flat if floor.channels is None else \
+        np.moveaxis(magnitude, CHANNEL_AXIS, 0).reshape(magnitude.shape[CHANNEL_AXIS], -1)
+    if _no_peak(flat).all() and _no_peak(rows).all():  # the common case, without sorting (~2x faster)
+        return None
+    whole = float(_typical(flat)[0])
+    if math.isnan(whole):
+        return None
+    if floor.channels is None:
+        limits = np.asarray([PEAK_FACTOR * whole])
+        shape: tuple[int, ...] = (1,) * magnitude.ndim
+    else:
+        typical = _typical(rows)
+        limits = PEAK_FACTOR * np.where(np.isnan(typical), whole, typical)
+        shape = (1, -1, 1, 1)
+    in_bulk = magnitude <= limits.reshape(shape)
+    if in_bulk.all():
+        return None
+    own = np.max([np.where(in_bulk, e, 0.0).max(axis=axes) for e in errors], axis=0).reshape(-1)
+    bulk_scale = float(np.where(in_bulk, magnitude, 0.0).max())
+    ulp = EPS[floor.precision] * bulk_scale
+    output_bulk = max(float(np.where(in_bulk, errors[0], 0.0).max()), ulp) or EPS[floor.precision]
+    least = max(CHANNEL_FLOOR_SHARE * output_bulk, ulp, np.finfo(np.float64).tiny)
+    groups = floor.group_floors
+    if floor.channels is None:
+        bulk = np.asarray([output_bulk])
+    else:
+        bulk = np.where(active >= MIN_CHANNEL_ELEMENTS, np.clip(own, least, output_bulk), output_bulk)
+    return replace(floor, bulk=np.minimum(bulk, groups), bulk_limits=limits)
 
 
 def _error(run: np.ndarray, ref: np.ndarray) -> np.ndarray:

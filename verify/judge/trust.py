@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from verify.judge.oracle import PEAK_FACTOR
 from verify.judge.precision import DISPLAY, EPS
 
 if TYPE_CHECKING:
@@ -223,15 +224,38 @@ def output_scale(reference: np.ndarray | None) -> float:
     return float(np.abs(np.where(np.isfinite(reference), reference, 0.0)).max(initial=0.0))
 
 
-def floor_problem(name: str, floor: NoiseFloor, scale: float, k: int, what: str = "the model") -> str | None:
-    """The line refusing a floor above what rounding can produce (margin·K·u·scale), or None."""
+def floor_problem(name: str, floor: NoiseFloor, scale: float, k: int, what: str = "the model",
+                  bulk_scale: float | None = None) -> str | None:
+    """The line refusing a floor above what rounding can produce (margin·K·u·scale), or None. With `bulk_scale`
+    (max|output| over its bulk, `bulk_scale`), the bulk floors are held to the bulk's own magnitude too: one peak
+    (a mask value) must not lift the bound of every other element."""
     bound = rounding_bound(k, floor.precision) * scale
-    if not (scale > 0 and floor.value > bound):
+    if scale > 0 and floor.value > bound:
+        return (f"The {floor.describe()} of {name} ({floor.value:.3g}) is {floor.value / bound:.3g}x the most that "
+                f"rounding can produce in {what} ({ROUNDING_BOUND_MARGIN:g} x K={k} accumulations x "
+                f"u={EPS[floor.precision]:.3g} x max|{name}|={scale:.3g}): not a noise floor; is the model random or "
+                "in train mode? Not judged (an explicit --rtol/--atol or --decimal judges without a floor)")
+    if floor.bulk is None or not bulk_scale or not bulk_scale > 0:
         return None
-    return (f"The {floor.describe()} of {name} ({floor.value:.3g}) is {floor.value / bound:.3g}x the most that "
+    bulk, bound = float(floor.bulk.max()), rounding_bound(k, floor.precision) * bulk_scale
+    if bulk <= bound:
+        return None
+    return (f"The {floor.describe()} of {name} away from its peaks ({bulk:.3g}) is {bulk / bound:.3g}x the most that "
             f"rounding can produce in {what} ({ROUNDING_BOUND_MARGIN:g} x K={k} accumulations x "
-            f"u={EPS[floor.precision]:.3g} x max|{name}|={scale:.3g}): not a noise floor; is the model random or in "
-            "train mode? Not judged (an explicit --rtol/--atol or --decimal judges without a floor)")
+            f"u={EPS[floor.precision]:.3g} x max|{name}|={bulk_scale:.3g} there, elements over {PEAK_FACTOR:g}x their "
+            "channel's typical magnitude left out): not a noise floor; is the model random or in train mode? Not "
+            "judged (an explicit --rtol/--atol or --decimal judges without a floor)")
+
+
+def bulk_scale(floor: NoiseFloor, reference: np.ndarray | None) -> float | None:
+    """max|reference| over the elements judged on bulk floors (`NoiseFloor.in_bulk`), None without them."""
+    import numpy as np
+
+    if reference is None:
+        return None
+    magnitude = np.abs(np.where(np.isfinite(reference), reference, 0.0)).astype(np.float64)
+    mask = floor.in_bulk(magnitude)
+    return None if mask is None else float(np.where(mask, magnitude, 0.0).max(initial=0.0))
 
 
 def floor_problems(floors: Mapping[str, NoiseFloor], reference: Mapping[str, np.ndarray], k: int | None,
@@ -239,7 +263,8 @@ def floor_problems(floors: Mapping[str, NoiseFloor], reference: Mapping[str, np.
     """Every floor above what rounding can produce (`floor_problem`), one line per output."""
     if not k:
         return []
-    found = (floor_problem(name, floor, output_scale(reference.get(name)), k, what) for name, floor in floors.items())
+    found = (floor_problem(name, floor, output_scale(reference.get(name)), k, what,
+                           bulk_scale(floor, reference.get(name))) for name, floor in floors.items())
     return [line for line in found if line]
 
 
@@ -256,22 +281,46 @@ def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: st
              computes_in: str = "fp32") -> dict[str, Any]:
     """The numbers both guards decide on, as plain data a stored result keeps: a reader re-derives the problems
     from them (`evidence_problems`) instead of trusting a stored list that an edit can empty."""
-    inputs = [{name: {"floor": floor.value, "precision": floor.precision, "scale": output_scale(reference.get(name))}
-               for name, floor in floors.items()} for floors, reference in per_input]
+    inputs = [{name: _evidence_of(floor, reference.get(name)) for name, floor in floors.items()}
+              for floors, reference in per_input]
     return {"device": device, "computes_in": computes_in, "k": k, "mode": mode, "inputs": inputs,
             "repeats": [{"label": c.label, "differences": dict(c.differences), "mutated": list(c.mutated)}
                         for c in checks]}
 
 
+def _evidence_of(floor: NoiseFloor, reference: np.ndarray | None) -> dict[str, Any]:
+    """One output's floor evidence: its floor and scale, and its bulk's (where it has peaks)."""
+    data = {"floor": floor.value, "precision": floor.precision, "scale": output_scale(reference)}
+    scale = bulk_scale(floor, reference)
+    if floor.bulk is not None and scale is not None:
+        data.update(bulk_floor=float(floor.bulk.max()), bulk_scale=scale)
+    return data
+
+
+def _recorded_floor(output: Mapping[str, Any]) -> tuple[NoiseFloor, float, float | None]:
+    """A recorded output's floor, scale and bulk scale (the bulk floor as a one-group floor beside the value)."""
+    import numpy as np
+
+    from verify.judge.oracle import NoiseFloor
+
+    value, precision = float(output["floor"]), str(output["precision"])
+    if "bulk_floor" not in output:
+        return NoiseFloor(value, precision=precision), float(output["scale"]), None
+    bulk = float(output["bulk_floor"])
+    if not 0 < bulk <= value:
+        raise ValueError("bulk_floor")
+    floor = NoiseFloor(value, precision=precision, bulk=np.asarray([bulk]), bulk_limits=np.asarray([0.0]))
+    return floor, float(output["scale"]), float(output["bulk_scale"])
+
+
 def evidence_problems(data: Any) -> list[str]:
     """The problems `evidence` supports; evidence that is missing or malformed is itself a problem."""
-    from verify.judge.oracle import NoiseFloor, pooled_floors
+    from verify.judge.oracle import pooled_floors
 
     try:
         checks = [RepeatCheck(str(r["label"]), {str(n): float(d) for n, d in r["differences"].items()},
                               [str(m) for m in r["mutated"]]) for r in data["repeats"]]
-        inputs = [{str(n): (NoiseFloor(float(o["floor"]), precision=str(o["precision"])), float(o["scale"]))
-                   for n, o in outputs.items()} for outputs in data["inputs"]]
+        inputs = [{str(n): _recorded_floor(o) for n, o in outputs.items()} for outputs in data["inputs"]]
         k, device, mode = data["k"], str(data["device"]), str(data["mode"])
         computes_in = str(data.get("computes_in", "fp32"))  # absent: recorded before it was; the strictest
         if computes_in not in EPS:
@@ -280,15 +329,15 @@ def evidence_problems(data: Any) -> list[str]:
             raise ValueError("empty")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return [f"no usable determinism and floor evidence recorded ({type(exc).__name__}): nothing to judge on"]
-    problems = repeat_problems(checks, device, pooled_floors([{n: f for n, (f, _) in o.items()} for o in inputs]),
+    problems = repeat_problems(checks, device, pooled_floors([{n: f for n, (f, _, _) in o.items()} for o in inputs]),
                                computes_in=computes_in)
     if problems or k is None or mode != "auto":
         return problems
     for outputs in inputs:
-        for name, (floor, scale) in outputs.items():
-            if not (math.isfinite(scale) and scale >= 0):
+        for name, (floor, scale, bulk) in outputs.items():
+            if not all(math.isfinite(s) and s >= 0 for s in (scale, 0.0 if bulk is None else bulk)):
                 return [f"a recorded output scale of {name} is not a finite number >= 0"]
-            line = floor_problem(name, floor, scale, k)
+            line = floor_problem(name, floor, scale, k, bulk_scale=bulk)
             if line:
                 return [line]
     return []
