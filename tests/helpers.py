@@ -21,6 +21,7 @@ from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.api import RunSettings
 from verify.cli import app
+from verify.detect.match import DetectionFloor, Detections, Rules
 from verify.inputs import make_input
 from verify.judge import trust
 from verify.judge.compare import Tolerance
@@ -143,3 +144,17 @@ def request(factor=None):
     settings = RunSettings(shape=MATRIX_SHAPE, tolerance=Tolerance.from_options(factor=factor))
     return MatrixRequest.create(["resnet18"], list(MATRIX_NORMS), ["body"], settings, ExportOptions(
         formats=("torchscript", "onnx"), format_options=(OnnxOptions("torchscript"),)))
+
+
+DETECTION_RULES = Rules(score_thresh=0.05, nms_thresh=0.5, detections_per_img=50)
+"""Post-processing constants for detection tests built by hand (torchvision's defaults, 50 detections an image)."""
+DETECTION_FLOOR = DetectionFloor(boxes=1e-4, scores=1e-7, matched=10)
+
+
+def detection_grid(count: int, seed: int = 0) -> Detections:
+    """`count` well separated boxes (no two of a class overlap), scores well above DETECTION_RULES' threshold."""
+    rng = np.random.default_rng(seed)
+    boxes = np.array([[40.0 * (i % 8), 40.0 * (i // 8), 40.0 * (i % 8) + 30, 40.0 * (i // 8) + 25]
+                      for i in range(count)])
+    scores = rng.uniform(DETECTION_RULES.score_thresh + 0.05, 0.9, count)
+    return Detections(boxes, scores, rng.integers(1, 6, count))

@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import DETECTION_FLOOR as FLOOR
+from tests.helpers import DETECTION_RULES as RULES
+from tests.helpers import detection_grid as grid
 from verify.detect.match import (
     MATCH_IOU,
-    DetectionFloor,
     Detections,
     Rules,
     compare_detections,
@@ -19,19 +21,6 @@ from verify.detect.match import (
     measure_detection_floor,
 )
 from verify.judge.compare import AUTO_FACTOR
-
-RULES = Rules(score_thresh=0.05, nms_thresh=0.5, detections_per_img=50)
-FLOOR = DetectionFloor(boxes=1e-4, scores=1e-7, matched=10)
-
-
-def grid(count: int, seed: int = 0) -> Detections:
-    """`count` well separated boxes (no two of a class overlap), scores well above the threshold."""
-    rng = np.random.default_rng(seed)
-    boxes = np.array([[40.0 * (i % 8), 40.0 * (i // 8), 40.0 * (i % 8) + 30, 40.0 * (i // 8) + 25]
-                      for i in range(count)])
-    scores = rng.uniform(RULES.score_thresh + 0.05, 0.9, count)
-    labels = rng.integers(1, 6, count)
-    return Detections(boxes, scores, labels)
 
 
 def judge(run: Detections, ref: Detections, candidates: Detections | None = None):

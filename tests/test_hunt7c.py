@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from exporter.families.detectors import MIN_IMAGE_SIDE
+from tests.helpers import DETECTION_FLOOR as FLOOR
+from tests.helpers import DETECTION_RULES as RULES
+from tests.helpers import detection_grid as grid
 from verify.cli.detector import write_outputs
 from verify.detect import check
 from verify.detect.check import EAGER, ORACLE, REPORT_KIND, REPORT_SCHEMA_VERSION, RUNTIMES, DetectorReport, judge_runs
 from verify.detect.match import (
     EXPLAIN_FACTOR,
-    DetectionFloor,
     Detections,
-    Rules,
     compare_detections,
     iou_band,
     measure_detection_floor,
@@ -29,16 +30,6 @@ from verify.detect.proposals import LOGITS, PROPOSALS, derive_bands
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 
 TORCHSCRIPT = RUNTIMES["torchscript"]
-RULES = Rules(score_thresh=0.05, nms_thresh=0.5, detections_per_img=50)
-FLOOR = DetectionFloor(boxes=1e-4, scores=1e-7, matched=10)
-
-
-def grid(count: int, seed: int = 0) -> Detections:
-    """`count` well separated boxes (no two of a class overlap), scores well above the threshold."""
-    rng = np.random.default_rng(seed)
-    boxes = np.array([[40.0 * (i % 8), 40.0 * (i // 8), 40.0 * (i % 8) + 30, 40.0 * (i // 8) + 25]
-                      for i in range(count)])
-    return Detections(boxes, rng.uniform(RULES.score_thresh + 0.05, 0.9, count), rng.integers(1, 6, count))
 
 
 def judge(run: Detections, ref: Detections):
