@@ -1,0 +1,72 @@
+"""exporter/serde_speed.py: torch.export.load with type hints looked up once per class loads the very same program."""
+
+import typing
+
+import pytest
+import torch
+from torch import nn
+
+from exporter.serde_speed import remember_type_hints
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4).eval()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = torch.relu(self.norm(self.conv(x)))
+        return {"a": y, "b": y.mean(dim=(2, 3))}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pt2") / "small.pt2"
+    torch.manual_seed(0)
+    batch = torch.export.Dim("batch", min=1, max=8)
+    program = torch.export.export(Small().eval(), (torch.randn(2, 3, 8, 8),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def _load(path):
+    program = torch.export.load(str(path))
+    return program, program.module()
+
+
+def test_a_program_loads_the_same_with_remembered_type_hints(archive, monkeypatch):
+    from torch._export.serde import serialize
+
+    monkeypatch.setattr(serialize, "typing", typing)  # torch as it comes, whatever ran in this worker before
+    plain, plain_module = _load(archive)
+    assert remember_type_hints() and remember_type_hints()  # installed once, then left as it is
+    assert serialize.typing is not typing and serialize.typing.get_origin is typing.get_origin
+    remembered, module = _load(archive)
+    assert str(remembered.graph) == str(plain.graph)
+    assert str(remembered.range_constraints) == str(plain.range_constraints)
+    assert remembered.graph_signature == plain.graph_signature
+    for name, value in plain.state_dict.items():
+        assert torch.equal(remembered.state_dict[name], value)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        expected, got = plain_module(x), module(x)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_other_callers_get_typings_own_answers():
+    from torch._export.serde import serialize
+
+    remember_type_hints()
+
+    class Other:
+        value: "int"
+
+    hints = serialize.typing.get_type_hints(Other)
+    assert hints == typing.get_type_hints(Other) == {"value": int}
+    hints["changed"] = str  # a caller's copy, not the remembered answer
+    from torch._export.serde import schema
+
+    first = serialize.typing.get_type_hints(schema.Graph, globalns=vars(schema))
+    first["changed"] = str
+    assert "changed" not in serialize.typing.get_type_hints(schema.Graph, globalns=vars(schema))
