@@ -188,5 +188,5 @@ def test_an_export_that_shifts_everything_but_the_peaks_fails(tmp_path, peak):
     source.write_text(BORDERED.replace("PEAK", peak))
     for factory, code in (("correct", 0), ("shifted", 1)):
         result = runner.invoke(app, ["export", "--model", f"{source}:{factory}", "--shape", "1x3x16x16",
-                                     "--format", "onnx", "--samples", "2", "--out", str(tmp_path / factory)])
+                                     "--format", "pt2", "--samples", "2", "--out", str(tmp_path / factory)])
         assert result.exit_code == code, result.output
