@@ -43,7 +43,8 @@ magnitude) says nothing of the other elements', so the rest of its group, the bu
 spread of a normal activation (its maximum is ~3-4.5 sigma, its 90th percentile 1.6 sigma): a model without
 outliers has no peak and is judged as before."""
 BULK_QUANTILE = 0.9
-"""The typical magnitude of a group: this quantile of its non-zero finite |fp64| (a ReLU's zeros left out)."""
+"""The typical magnitude of a group: this quantile of its non-zero finite |fp64| (a ReLU's zeros left out); where it
+falls among exact copies of the group's maximum (a mask value over a tenth or more of it), of its other elements."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -266,12 +267,15 @@ def _typical(rows: np.ndarray) -> np.ndarray:
 
     ordered = np.sort(rows, axis=1)  # magnitudes: the zeros come first
     count = (rows != 0).sum(axis=1)
-    position = rows.shape[1] - count + BULK_QUANTILE * np.maximum(count - 1, 0)
-    low = np.minimum(np.floor(position).astype(np.intp), rows.shape[1] - 1)  # a row of zeros: NaN below
+    position = BULK_QUANTILE * np.maximum(count - 1, 0)  # among the non-zero elements, as `_no_peak` counts them
+    below = np.floor(position)
+    low = np.minimum(rows.shape[1] - count + below.astype(np.intp), rows.shape[1] - 1)  # a row of zeros: NaN below
     high = np.minimum(low + 1, rows.shape[1] - 1)
-    share = position - low
+    share = position - below
     index = np.arange(rows.shape[0])
-    typical = ordered[index, low] * (1 - share) + ordered[index, high] * share
+    a, b = ordered[index, low], ordered[index, high]
+    # numpy's own interpolation (`_lerp`): never below `a`, so a row whose quantile is a tie of x stays <= 16x
+    typical = np.where(share >= 0.5, b - (b - a) * (1 - share), a + (b - a) * share)
     return np.where(count >= MIN_CHANNEL_ELEMENTS, typical, np.nan)
 
 
@@ -282,10 +286,67 @@ def _no_peak(rows: np.ndarray) -> np.ndarray:
     import numpy as np
 
     top = rows.max(axis=1, initial=0.0)
-    count = (rows != 0).sum(axis=1)
-    loud = (rows >= (top / PEAK_FACTOR)[:, None]).sum(axis=1)
-    need = count - np.floor(BULK_QUANTILE * np.maximum(count - 1, 0))
-    return (loud >= need) | (top == 0)
+    return _loud_enough(rows, top, _need(np.count_nonzero(rows, axis=1)))
+
+
+def _need(count: np.ndarray) -> np.ndarray:
+    """How many of a row's `count` non-zero elements lie at or above its quantile's lower index."""
+    import numpy as np
+
+    return count - np.floor(BULK_QUANTILE * np.maximum(count - 1, 0))
+
+
+def _loud_enough(rows: np.ndarray, top: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """`_no_peak` with each row's maximum and `_need` given."""
+    import numpy as np
+
+    least = top / PEAK_FACTOR  # rounds below float64's normal range: then the next float up, so 16 x least >= top
+    least = np.where(least * PEAK_FACTOR < top, np.nextafter(least, np.inf), least)
+    return (np.count_nonzero(rows >= least[:, None], axis=1) >= need) | (top == 0)
+
+
+def _no_peak_nor_mask(flat: np.ndarray, rows: np.ndarray) -> bool:
+    """Every row of `rows` (and `flat`, the same elements as one row) passes `_no_peak` and has no `_mask_value`:
+    then `_typical_below_mask` is `_typical` and no element is a peak. One pass fewer than both tests on both."""
+    import numpy as np
+
+    top = rows.max(axis=1, initial=0.0)
+    count = np.count_nonzero(rows, axis=1)
+    need = _need(count)
+    ties = np.count_nonzero(rows == top[:, None], axis=1)
+    if ((top > 0) & (ties >= need)).any() or not _loud_enough(rows, top, need).all():
+        return False
+    if flat is rows:
+        return True
+    whole = top.max(initial=0.0)
+    flat_need = _need(np.asarray([count.sum()]))
+    return not (whole > 0 and ties[top == whole].sum() >= flat_need[0]) \
+        and bool(_loud_enough(flat, np.asarray([whole]), flat_need)[0])
+
+
+def _mask_value(rows: np.ndarray) -> np.ndarray:
+    """Per row, True where BULK_QUANTILE falls among copies of the row's maximum (exactly equal magnitudes, as
+    `masked_fill` or a constant border writes them): a mask over a tenth or more of the row would be its own typical
+    magnitude, and no element of it a peak."""
+    import numpy as np
+
+    top = rows.max(axis=1, initial=0.0)
+    return (top > 0) & (np.count_nonzero(rows == top[:, None], axis=1) >= _need(np.count_nonzero(rows, axis=1)))
+
+
+def _typical_below_mask(rows: np.ndarray) -> np.ndarray:
+    """`_typical`, except that a row whose quantile falls on copies of its maximum (`_mask_value`) gets the typical
+    magnitude of its other elements, where MIN_CHANNEL_ELEMENTS of them are non-zero: a mask value is a peak however
+    much of the row it covers (a constant row, or one mostly masked, keeps `_typical`)."""
+    import numpy as np
+
+    typical = _typical(rows)
+    masked = _mask_value(rows)
+    if masked.any():
+        chosen = rows[masked]
+        below = _typical(np.where(chosen == chosen.max(axis=1, keepdims=True), 0.0, chosen))
+        typical[masked] = np.where(np.isnan(below), typical[masked], below)
+    return typical
 
 
 def _with_bulk(floor: NoiseFloor, magnitude: np.ndarray, errors: Sequence[np.ndarray], axes: tuple[int, ...],
@@ -299,16 +360,16 @@ def _with_bulk(floor: NoiseFloor, magnitude: np.ndarray, errors: Sequence[np.nda
     flat = magnitude.reshape(1, -1)
     rows = flat if floor.channels is None else \
         np.moveaxis(magnitude, CHANNEL_AXIS, 0).reshape(magnitude.shape[CHANNEL_AXIS], -1)
-    if _no_peak(flat).all() and _no_peak(rows).all():  # the common case, without sorting (~2x faster)
+    if _no_peak_nor_mask(flat, rows):  # the common case, without sorting (~2x faster)
         return None
-    whole = float(_typical(flat)[0])
+    whole = float(_typical_below_mask(flat)[0])
     if math.isnan(whole):
         return None
     if floor.channels is None:
         limits = np.asarray([PEAK_FACTOR * whole])
         shape: tuple[int, ...] = (1,) * magnitude.ndim
     else:
-        typical = _typical(rows)
+        typical = _typical_below_mask(rows)
         limits = PEAK_FACTOR * np.where(np.isnan(typical), whole, typical)
         shape = (1, -1, 1, 1)
     in_bulk = magnitude <= limits.reshape(shape)

@@ -304,13 +304,17 @@ def _recorded_floor(output: Mapping[str, Any]) -> tuple[NoiseFloor, float, float
     from verify.judge.oracle import NoiseFloor
 
     value, precision = float(output["floor"]), str(output["precision"])
+    if ("bulk_floor" in output) != ("bulk_scale" in output):
+        raise ValueError("bulk_floor without bulk_scale, or the other way round")
     if "bulk_floor" not in output:
         return NoiseFloor(value, precision=precision), float(output["scale"]), None
-    bulk = float(output["bulk_floor"])
+    bulk, scale, bulk_scale = float(output["bulk_floor"]), float(output["scale"]), float(output["bulk_scale"])
     if not 0 < bulk <= value:
         raise ValueError("bulk_floor")
+    if not bulk_scale <= scale:  # the bulk is part of the output: a larger bulk scale only lifts the bulk's bound
+        raise ValueError("bulk_scale")
     floor = NoiseFloor(value, precision=precision, bulk=np.asarray([bulk]), bulk_limits=np.asarray([0.0]))
-    return floor, float(output["scale"]), float(output["bulk_scale"])
+    return floor, scale, bulk_scale
 
 
 def evidence_problems(data: Any) -> list[str]:
