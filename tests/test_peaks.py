@@ -59,7 +59,7 @@ def test_a_shift_of_the_bulk_fails_and_rounding_passes_whatever_the_peaks(seed, 
     shifted = _rounded(np.where(bulk, reference + shift, reference))
     result = compare_arrays("y", shifted, reference, Tolerance(), floor)
     assert not result.passed and result.ratio > AUTO_FACTOR
-    assert result.channel_floor == pytest.approx(float(floor.bulk[result.channel or 0]))
+    assert result.channel_floor == pytest.approx(float(floor.bulk[result.channel or 0])) and result.away_from_peaks
     # the old rule (every element on its group's floor) let it through
     old = NoiseFloor(floor.value, floor.channels)
     assert compare_arrays("y", shifted, reference, Tolerance(), old).passed
@@ -190,3 +190,5 @@ def test_an_export_that_shifts_everything_but_the_peaks_fails(tmp_path, peak):
         result = runner.invoke(app, ["export", "--model", f"{source}:{factory}", "--shape", "1x3x16x16",
                                      "--format", "pt2", "--samples", "2", "--out", str(tmp_path / factory)])
         assert result.exit_code == code, result.output
+        assert ("noise floor away from its peaks:" in result.output) == bool(code), result.output
+    assert "away from its peaks) (per output" in result.output, "the footer quotes the bulk floor beside the output's"

@@ -279,7 +279,9 @@ def _render_footer(report: Report, console: Any) -> None:
     precision = describe_precision(report.precision)
     if report.floors:
         floors = {name: NoiseFloor.of(value) for name, value in report.floors.items()}
-        text = ", ".join(f"{markup(name)} {f.value:.2e}" for name, f in floors.items() if f is not None)
+        text = ", ".join(f"{markup(name)} {f.value:.2e}" + (f" ({float(f.bulk.max()):.2e} away from its peaks)"
+                                                            if f.bulk is not None else "")
+                         for name, f in floors.items() if f is not None)
         per_channel = " (per output; each channel is judged on its own floor)" \
             if any(f is not None and f.channels is not None for f in floors.values()) else ""
         print_line(console, f"[dim]{precision} noise floor ({markup(report.floor_source)}): {text}{per_channel}[/]")

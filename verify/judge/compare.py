@@ -126,6 +126,8 @@ class OutputComparison:
     """The worst channel (the one `ratio` comes from), where judged per channel."""
     channel_floor: float | None = None
     """The floor `ratio` divides by: the worst channel's, or, at an element in its group's bulk, the bulk floor."""
+    away_from_peaks: bool = False
+    """`channel_floor` is a bulk floor (oracle.PEAK_FACTOR): the worst element lies away from its group's peaks."""
     output_ratio: float | None = None
     """max_abs / the output's floor: the per-output figure, for comparison with `ratio`."""
     precision: str = "fp32"
@@ -283,6 +285,8 @@ def _floor_ratios(diff: np.ndarray, noise: NoiseFloor | None, tolerance: Toleran
             index = np.unravel_index(worst, diff.shape)
             result.channel = int(index[1]) if noise.channels is not None else None
             result.channel_floor = float(elements[index] if elements.ndim else elements)
+            group = noise.group_floors[result.channel or 0]
+            result.away_from_peaks = result.channel_floor < group
         return tolerance.factor * elements
     channels = noise.channels
     if channels is None or diff.ndim != 4 or diff.shape[1] != channels.shape[0] or not diff.size:

@@ -57,6 +57,8 @@ def explain_pair(pair: PairResult, report: Report) -> str:
                     f"size); if you deploy at that precision, verify it with {flags}")
     where = f"{ratio:.0f}x its channel's {precision} noise floor" if worst.channel is not None \
         else f"{ratio:.0f}x the {precision} noise floor"
+    if worst.away_from_peaks:  # judged on the bulk's own floor: the error is not at the peaks
+        where += " away from its peaks"
     return (f"{head} is {where}: beyond rounding, the two compute different functions (weights, norm eps "
             "or an export changed the maths)")
 
