@@ -316,8 +316,8 @@ def require_shared_output(runs: Sequence[RunResult]) -> None:
 def _compare_problems(sides: list[Artifact], runs: list[RunResult], oracles: list[list[Oracle]],
                       named: Sequence[NamedInput], settings: RunSettings) -> list[str]:
     """Each side deterministic and unchanged its input, and each side's floor one rounding can produce
-    (verify/judge/trust.py); K from a model's parameters, an ONNX file's initializers or a TorchScript file's
-    parameters (a .pt2 side borrows the other side's)."""
+    (verify/judge/trust.py); K from a model's parameters, or from the weights a model file's graph reads (ONNX
+    initializers, TorchScript and .pt2 parameters); an AOTInductor side borrows the other side's."""
     from verify.judge.trust import (
         accumulation_length,
         file_accumulation_length,

@@ -149,7 +149,7 @@ class OnnxFormat(Format):
         import onnx
 
         graph = onnx.load(str(path), load_external_data=False).graph
-        read = _names_read(graph)
+        read = names_read(graph)
         return [tuple(t.dims) for t in graph.initializer if t.name in read]
 
     def read_meta(self, path: Path) -> ArtifactMeta:
@@ -169,7 +169,7 @@ class OnnxFormat(Format):
             require_inside(folder, location, f"{path.name}: external data")
 
 
-def _names_read(graph) -> set[str]:
+def names_read(graph) -> set[str]:
     """Every value name a node of `graph` or of its subgraphs (If, Loop, Scan bodies) takes as an input."""
     import onnx
 
@@ -178,10 +178,10 @@ def _names_read(graph) -> set[str]:
         read.update(node.input)
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                read |= _names_read(attribute.g)
+                read |= names_read(attribute.g)
             elif attribute.type == onnx.AttributeProto.GRAPHS:
                 for sub in attribute.graphs:
-                    read |= _names_read(sub)
+                    read |= names_read(sub)
     return read
 
 

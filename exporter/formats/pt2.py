@@ -84,6 +84,13 @@ class ExportedProgramFormat(Format):
             raise ExportError(f"torch.export.save failed for {ctx.built.spec}: {str(exc).splitlines()[0]}") from exc
         return Artifact(self.name, meta, path=path)
 
+    def weight_shapes(self, path: Path) -> list[tuple[int, ...]] | None:
+        """The shapes of the parameters a node of the saved graph reads (or the graph returns), read from the
+        archive's JSON as data: without them, two .pt2 sides of `verify compare` had no floor bound at all, and a
+        spare parameter no node reads would lift it as in the other formats (hunt 9b). None when the archive does
+        not say (that side then borrows the other's K, as before)."""
+        return program_weight_shapes(path)
+
     def read_meta(self, path: Path) -> ArtifactMeta:
         return read_zip_meta(path, "torch.export (.pt2)")
 
@@ -96,22 +103,61 @@ class ExportedProgramFormat(Format):
 
 
 def load_program(path: Path) -> Any:
-    """`torch.export.load(path).module()` of an archive that `scan_archive` passed, every torch.load inside
-    forced to weights_only (the environment variable torch reads on each call, restored after)."""
+    """`torch.export.load(...).module()` of an archive that `scan_archive` passed, every torch.load inside
+    forced to weights_only (the environment variable torch reads on each call, restored after). The file is read
+    once, into a private copy of the same name: the bytes scanned are the bytes loaded (opened twice by path, a
+    file renamed over it between the scan and the load was loaded unscanned; hunt 9b)."""
     import os
+    import shutil
+    import tempfile
 
     import torch
 
-    scan_archive(path)
-    before = os.environ.get(TORCH_FORCE_WEIGHTS_ONLY)
-    os.environ[TORCH_FORCE_WEIGHTS_ONLY] = "1"
+    with tempfile.TemporaryDirectory(prefix="backbone-verify-pt2-") as private:
+        copy = Path(private) / path.name
+        with open(path, "rb") as source, open(copy, "xb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        scan_archive(copy)
+        before = os.environ.get(TORCH_FORCE_WEIGHTS_ONLY)
+        os.environ[TORCH_FORCE_WEIGHTS_ONLY] = "1"
+        try:
+            return torch.export.load(str(copy)).module()
+        finally:
+            if before is None:
+                os.environ.pop(TORCH_FORCE_WEIGHTS_ONLY, None)
+            else:
+                os.environ[TORCH_FORCE_WEIGHTS_ONLY] = before
+
+
+def program_weight_shapes(path: Path) -> list[tuple[int, ...]] | None:
+    """Each program's parameters (`input_specs`) that a node takes as an input or the graph returns, as shapes
+    (their `tensor_values` sizes); a name anywhere in a node's inputs counts, so anything unclear counts. None when
+    an archive, a program or a parameter's size cannot be read as plain numbers."""
+    import json
+    import zipfile
+
+    from exporter.fsio import read_archive_member
+
+    shapes: list[tuple[int, ...]] = []
     try:
-        return torch.export.load(str(path)).module()
-    finally:
-        if before is None:
-            os.environ.pop(TORCH_FORCE_WEIGHTS_ONLY, None)
-        else:
-            os.environ[TORCH_FORCE_WEIGHTS_ONLY] = before
+        with zipfile.ZipFile(path) as archive:
+            models = sorted({n for n in archive.namelist() if n.split("/", 1)[-1].startswith("models/")
+                             and n.endswith(".json")})
+            if not models:
+                return None
+            for model in models:
+                graph_module = json.loads(read_archive_member(archive, model, path))["graph_module"]
+                graph = graph_module["graph"]
+                read = {leaf["name"] for leaf in _find([graph["nodes"], graph["outputs"]], "name")
+                        if isinstance(leaf["name"], str)}
+                for spec in graph_module["signature"]["input_specs"]:
+                    name = spec["parameter"]["arg"]["name"] if "parameter" in spec else None
+                    if name is not None and name in read:
+                        sizes = graph["tensor_values"][name]["sizes"]
+                        shapes.append(tuple(int(size["as_int"]) for size in sizes))
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, ArtifactError):
+        return None
+    return shapes
 
 
 def scan_archive(path: Path) -> str:

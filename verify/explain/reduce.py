@@ -168,6 +168,8 @@ def stored_floor(arrays: dict[str, np.ndarray], model: Any, feeds: dict[str, np.
     own weights and input: verify/judge/trust.py's bound)."""
     import numpy as np
 
+    from exporter.formats.onnx import names_read
+
     missing = [key for key in (REFERENCE_KEY, FLOOR_KEY) if key not in arrays] + ([] if feeds else ["input:*"])
     if missing:
         raise UsageError(f"{data} lacks {', '.join(missing)}; write it again with `verify reduce`")
@@ -179,7 +181,8 @@ def stored_floor(arrays: dict[str, np.ndarray], model: Any, feeds: dict[str, np.
     if floor.ndim != 1 or floor.size not in channels or reference.size == 0 or not np.all(np.isfinite(reference)):
         raise UsageError(f"{data}: its reference (shape {reference.shape}) must be finite values and its floor "
                          f"(shape {floor.shape}) one value or one per channel; write it again with `verify reduce`")
-    shapes = [tuple(init.dims) for init in model.graph.initializer]
+    read = names_read(model.graph)  # an initializer no node reads holds no terms (hunt 9b)
+    shapes = [tuple(init.dims) for init in model.graph.initializer if init.name in read]
     k = accumulation_length(parameters=shapes, input_shape=next(iter(feeds.values())).shape)
     bound = rounding_bound(k) * output_scale(reference)
     if float(floor.max()) > bound:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,10 +57,20 @@ class CheckedFolder:
     """The caller explicitly allowed code-executing files from a folder whose signature was not verified."""
     unsound_because: str = "the folder failed its integrity checks"
     """Why nothing is loaded when `sound` is False (a failed rebuild says so: verify/folder/rebuild.py)."""
+    origin: Path | None = None
+    """The folder as given, when `folder` is its private snapshot (`snapshot_folder`): the one its reports name."""
+    snapshot: Any = None
+    """The snapshot's TemporaryDirectory: removed by `close()`, or when this object is collected."""
 
     @property
     def label(self) -> str:
-        return str(self.folder)
+        return str(self.origin or self.folder)
+
+    def close(self) -> None:
+        """Remove the private snapshot the checks and loads read (nothing of the folder is read after this)."""
+        if self.snapshot is not None:
+            self.snapshot.cleanup()
+            self.snapshot = None
 
     def may_load(self, name: str) -> bool:
         entry = self.manifest.files[name]
@@ -92,10 +103,14 @@ def is_detector_folder(path: Path) -> bool:
 
 
 def failure_reason(exc: BaseException) -> str:
-    """Our errors as they are; anything else as its type and first line, bounded."""
+    """Our errors as they are; anything else as its type and first line, bounded. A path into a folder's private
+    snapshot is shown as the folder's own."""
+    text = str(exc)
+    for copy, origin in list(SNAPSHOT_ORIGINS.items()):
+        text = text.replace(copy, origin)
     if isinstance(exc, VerifyError):
-        return str(exc)
-    first = (str(exc).strip().splitlines() or [""])[0]
+        return text
+    first = (text.strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first[:200]}"
 
 
@@ -180,6 +195,52 @@ def _describe_entry(folder: Path, name: str) -> str:
     return name
 
 
+SNAPSHOT_PREFIX = "backbone-verify-folder-"
+"""The private temporary folder each checked folder is copied into before anything is read from it."""
+SNAPSHOT_ORIGINS: dict[str, str] = {}
+"""Each live snapshot's path -> the folder it copies, for messages (`failure_reason`)."""
+
+
+def snapshot_folder(folder: Path) -> Any:
+    """A private copy of `folder` (a TemporaryDirectory, mode 0700), made before any check reads it: every check,
+    hash, signature and load then reads these bytes, which no one else can change. Checked on the folder itself,
+    a file swapped (renamed or written over) after its sha256 or signature matched was the file loaded (hunt 9b).
+    Each regular file is read once through a descriptor opened without following links; a link is copied as a
+    link (its target text), anything else (a folder, a FIFO) as an empty folder, so the checks still name each
+    entry as what it is and fail it, and nothing is followed or opened that could block."""
+    import shutil
+    import tempfile
+
+    holder = tempfile.TemporaryDirectory(prefix=SNAPSHOT_PREFIX)
+    copy = Path(holder.name)
+    SNAPSHOT_ORIGINS[holder.name] = str(folder)
+    weakref.finalize(holder, SNAPSHOT_ORIGINS.pop, holder.name, None)
+    try:
+        for name in os.listdir(folder):
+            source, target = folder / name, copy / name
+            try:
+                info = os.lstat(source)
+                if stat.S_ISLNK(info.st_mode):
+                    os.symlink(os.readlink(source), target)
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    os.mkdir(target)
+                    continue
+                handle = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except FileNotFoundError:  # gone since it was listed: absent from the copy, and so "missing"
+                continue
+            with open(handle, "rb") as reader:
+                if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+                    os.mkdir(target)
+                    continue
+                with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as out:
+                    shutil.copyfileobj(reader, out, 1 << 20)
+    except BaseException:
+        holder.cleanup()
+        raise
+    return holder
+
+
 def check_contents(folder: Path, manifest: Any) -> str:
     """Every entry of the folder is listed (or is the manifest, or its declared signature)."""
     expected = {*manifest.files, MANIFEST_NAME} | ({SIGNATURE_NAME} if manifest.signature else set())
@@ -223,8 +284,15 @@ def check_folder(path: Path, report: CheckReport, verify_key: Path | None, trust
     folder (`make(folder, manifest, trust_unsigned_code=...)`) with `signature_verified`, `verified` and `sound`
     set (every gating check passed: only then is anything loaded; a model file failing its own check only keeps
     that file from being loaded), or None when the manifest could not be read at all."""
-    folder, manifest_path = resolve_folder(path)
-    label, manifest = str(folder), []
+    origin, manifest_path = resolve_folder(path)
+    label, manifest = str(origin), []
+    try:
+        snapshot = snapshot_folder(origin)
+    except OSError as exc:
+        report.add(Check(label, INTEGRITY, "folder contents", False, f"the folder cannot be read: {exc}"))
+        return None
+    folder = Path(snapshot.name)
+    manifest_path = folder / manifest_path.name
 
     def read_manifest() -> str:
         manifest.append(read(manifest_path))
@@ -234,8 +302,10 @@ def check_folder(path: Path, report: CheckReport, verify_key: Path | None, trust
     if not first.passed:
         if verify_key is not None:
             report.add(run_check(label, INTEGRITY, "signature", lambda: check_signature(folder, verify_key)))
+        snapshot.cleanup()
         return None
     art = make(folder, manifest[0], trust_unsigned_code=trust_unsigned_code)
+    art.origin, art.snapshot = origin, snapshot
     gate = [first]
     if verify_key is not None or art.manifest.signature is not None:
         gate.append(report.add(run_check(label, INTEGRITY, "signature", lambda: check_signature(folder, verify_key))))

@@ -398,6 +398,7 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
             rebuilt_reference(art, report, lambda art=art: rebuild_backbone(art, weights_file))
         if art is not None:
             golden_checks(art, options or RuntimeOptions(), report)
+            art.close()
     failed = sum(not c.passed and not c.skipped for c in report.checks)
     report.summary = (f"all {len(report.checks)} checks passed" if report.passed else
                       f"{failed} of {len(report.checks)} checks failed")

@@ -201,8 +201,8 @@ def read_parameters(model: Any, input_shape: Sequence[int]) -> list[Any]:
 
 
 def file_accumulation_length(artifact: Any, input_shape: Sequence[int]) -> int | None:
-    """K of a model file, from the weight shapes its format can list (`Format.weight_shapes`: an ONNX file's
-    initializers, a TorchScript file's parameters); None when it cannot (that side borrows the other's K)."""
+    """K of a model file, from the weight shapes its format can list (`Format.weight_shapes`: the ONNX initializers,
+    TorchScript and .pt2 parameters its graph reads); None when it cannot (that side borrows the other's K)."""
     from exporter.formats import get_format
 
     path = getattr(artifact, "path", None)
