@@ -323,3 +323,48 @@ def test_the_snapshot_is_removed_and_messages_name_the_folder(tiny_folder, tmp_p
     assert not report.passed and str(folder) in report.checks[0].message, report.checks[0].message
     gc.collect()
     assert not [name for name in os.listdir(private) if name.startswith(SNAPSHOT_PREFIX)]
+
+
+MASKED_BORDER = """
+import torch
+from torch import nn
+
+
+class Bordered(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        mask = torch.ones_like(y, dtype=torch.bool)
+        mask[:, :, 1:-1, 1:-1] = False
+        return y.masked_fill(mask, -1e9)
+
+
+def make():
+    return Bordered()
+"""
+
+
+def test_a_guard_of_torchs_symbolic_arithmetic_loads(tmp_path):
+    """A slice of a dynamic-shape tensor makes torch.export write `torch.sym_max(...)` into the program's guards: the
+    archive scan refused it ("reads the attribute 'sym_max'"), so `verify export --format pt2` of such a model exited
+    2. torch's symbolic arithmetic is allowed; any other attribute of torch still is not."""
+    from typer.testing import CliRunner
+
+    from exporter.errors import ArtifactError
+    from exporter.formats.pt2 import TORCH_SYMBOLIC, _check_expression
+    from verify.cli.app import app
+
+    source = tmp_path / "bordered.py"
+    source.write_text(MASKED_BORDER)
+    result = CliRunner().invoke(app, ["export", "--model", f"{source}:make", "--shape", "1x3x16x16", "--format",
+                                      "pt2", "--samples", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    allowed = {"L", "torch"}
+    for name in TORCH_SYMBOLIC:
+        _check_expression(tmp_path / "a.pt2", f"torch.{name}(1, 2) == 2", allowed, "guard")
+    for guard in ("torch.load(1) == 2", "torch.sym_max.__globals__ == 2", "torch.ops.aten.add(1, 2) == 3"):
+        with pytest.raises(ArtifactError, match="reads the attribute"):
+            _check_expression(tmp_path / "a.pt2", guard, allowed, "guard")

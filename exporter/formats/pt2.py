@@ -38,6 +38,10 @@ SAFE_SYMBOLIC_TARGETS = frozenset({
 """Shape arithmetic on symbolic sizes that torch.export writes as plain Python callables."""
 GUARD_ATTRIBUTES = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
 """The only attributes a guard expression may read (of an input, or of `math`)."""
+TORCH_SYMBOLIC = frozenset({"sym_max", "sym_min", "sym_float", "sym_int", "sym_sqrt", "sym_not", "sym_ite",
+                            "sym_sum"})
+"""`torch.<name>` a guard may call: torch's symbolic arithmetic, which torch.export writes into guards of dynamic
+shapes (a mask over `y[:, :, 1:-1, 1:-1]` gives `torch.sym_max(...)`); each computes on its numbers only."""
 TORCH_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 """torch.serialization reads it on every torch.load: set, weights_only=False is overridden."""
 
@@ -291,7 +295,8 @@ def _check_expression(path: Path, text: Any, allowed: set[str], what: str) -> No
         if isinstance(node, ast.Name) and node.id not in allowed and not re.fullmatch(r"[a-z]{1,8}\d+", node.id):
             raise refuse(f"names {node.id!r}")
         if isinstance(node, ast.Attribute) and node.attr not in GUARD_ATTRIBUTES and not (
-                isinstance(node.value, ast.Name) and node.value.id == "math" and not node.attr.startswith("_")):
+                isinstance(node.value, ast.Name) and node.value.id == "math" and not node.attr.startswith("_")) \
+                and not (isinstance(node.value, ast.Name) and node.value.id == "torch" and node.attr in TORCH_SYMBOLIC):
             raise refuse(f"reads the attribute {node.attr!r}")
         if isinstance(node, ast.Call) and any(k.arg is None or not isinstance(k.value, ast.Constant)
                                               for k in node.keywords):
