@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.errors import VerifyError
 from verify.matrix.detector_cell import run_detector_cell
 from verify.matrix.detectors import is_detector_cell
+from verify.matrix.floor_binding import floor_binding_problems
 from verify.matrix.judging import judge_cell
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult
 from verify.pipeline.stages import HIT, MISS, OFF, CellRequest
@@ -94,6 +95,8 @@ def _stored_failure(data: Any, job: CellJob, runtimes: int) -> CellResult | None
         return None
     backbone, norm, view = job.request.spec.row
     stored = replace(stored, id=job.id, backbone=backbone, norm=norm, view=view, error=None, shard=job.shard)
+    if floor_binding_problems(stored, job.request.settings.tolerance):
+        return None  # figures that are not its own floors: no result this tool stored, so computed again
     judged = judge_cell(stored, job.request.settings.tolerance, runtimes)
     return judged if judged.verdict == DISAGREE else None
 

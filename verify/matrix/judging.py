@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import VerifyError
 from verify.judge.trust import evidence_problems
+from verify.matrix.floor_binding import floor_binding_problems, output_set_problems
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult, MatrixFailure, pair_name
 
 if TYPE_CHECKING:
@@ -56,6 +57,15 @@ def _shape_problem(output: Mapping[str, Any]) -> str | None:
     if output.get("nonfinite") != 0:
         return "NaN or Inf elements (or no count of them)"
     return None
+
+
+def _mismatch_problem(output: Mapping[str, Any]) -> str | None:
+    """The stored count of elements out of tolerance, counted under the tolerance judged by here (a cache key and a
+    report's settings hold it): any at all is a failure, whatever the other figures say."""
+    mismatched, total = output.get("mismatched"), output.get("total")
+    if not isinstance(mismatched, int) or isinstance(mismatched, bool) or not 0 <= mismatched <= total:
+        return f"no count of the elements out of tolerance (got {mismatched!r})"
+    return f"{mismatched} of {total} elements out of tolerance (edited numbers)" if mismatched else None
 
 
 def _auto_problem(output: Mapping[str, Any], factor: float) -> str | None:
@@ -108,7 +118,7 @@ def judge_output(output: Any, tolerance: Tolerance) -> str | None:
     if problem is None:
         problem = _auto_problem(output, tolerance.factor) if tolerance.mode == "auto" \
             else _explicit_problem(output, tolerance)
-    return problem
+    return problem or _mismatch_problem(output)
 
 
 def _pair_key(pair: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
@@ -208,6 +218,7 @@ def judge_cell(cell: CellResult, tolerance: Tolerance, runtimes: int | None = No
     structure = _pair_set_problem(replace(cell, pairs=pairs), tolerance, runtimes) \
         if isinstance(cell.pairs, list) and isinstance(cell.runs, list) else "malformed pairs or runs"
     guards = [] if error else evidence_problems(cell.trust)  # re-derived: an emptied `problems` list hides nothing
+    guards += [] if error else floor_binding_problems(cell, tolerance) + output_set_problems(cell, tolerance)
     found = own + [f"{JUDGED}{text}" for text in ([structure] if structure else []) + reasons + guards
                    if f"{JUDGED}{text}" not in own]
     verdict = ERROR if error else DISAGREE if found else AGREE

@@ -19,7 +19,7 @@ from verify.matrix.detector_judging import judge_result
 from verify.matrix.detectors import DETECTOR_VIEW, DetectorSpec, detector_formats
 from verify.matrix.judging import tolerance_from
 from verify.matrix.request import fingerprint
-from verify.matrix.result import REPORT_KEY_ENV, CellResult, MatrixFailure, MatrixResult
+from verify.matrix.result import REPORT_KEY_ENV, CellResult, MatrixFailure, MatrixResult, verify_identity
 from verify.matrix.shards import assign_shards, spec_cost
 
 
@@ -66,6 +66,25 @@ def expected_cells(settings: Any) -> list[ExpectedCell]:
         ident = f"{spec.slug}-{digest({'spec': canonical(spec), **shared})[:10]}"
         cells.append(ExpectedCell(ident, str(spec), spec.row, size, judged))
     return cells
+
+
+def runtime_count(settings: Any) -> int:
+    """How many runs each backbone or user-model cell of the recorded settings makes: the runtimes `verify matrix`
+    chooses for its formats (`choose_runtimes`), not a count the cells claim; without it a cell whose failing run
+    was deleted with its pairs (3 runs recorded as 2) merged to exit 0."""
+    from verify.pipeline.stages import choose_runtimes
+
+    try:
+        formats = [str(f) for f in settings["export"]["formats"]]
+        asked = settings.get("runtimes")
+        runtimes = None if asked is None else [str(r) for r in asked]
+        chosen, _ = choose_runtimes(formats, runtimes, str(settings["run"]["runtime"]["precision"]))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise MatrixFailure(f"The report's settings name no runtimes or formats ({type(exc).__name__}: {exc}); "
+                            "rerun the matrix") from None
+    except VerifyError as exc:
+        raise MatrixFailure(f"The report's runtimes are not ones this verify runs ({exc})") from None
+    return len(chosen)
 
 
 def check_report(report: MatrixResult, name: str) -> list[ExpectedCell]:
@@ -162,6 +181,13 @@ def merge_results(reports: Sequence[MatrixResult], sources: Sequence[object] | N
                 raise MatrixFailure(f"{name} carries no valid HMAC for ${REPORT_KEY_ENV}: it was edited after it "
                                     f"was written, or its job ran without the key; set the same ${REPORT_KEY_ENV} "
                                     "in every shard job and rerun them")
+    own = verify_identity()
+    for name, report in zip(names, reports):
+        theirs = {key: report.versions.get(key) for key in own}
+        if theirs != own:  # its numbers were measured, and its floors kept, by other rules (e.g. before bulk floors)
+            raise UsageError(f"{name} was written by another verify ({', '.join(f'{k} {v}' for k, v in theirs.items())}"
+                             f"; this is {', '.join(f'{k} {v}' for k, v in own.items())}): its numbers are judged "
+                             "by this verify's rules; rerun the shards with the verify that merges them")
     first = reports[0]
     expected = check_report(first, names[0])
     for name, report in zip(names[1:], reports[1:]):
@@ -176,8 +202,7 @@ def merge_results(reports: Sequence[MatrixResult], sources: Sequence[object] | N
     count = _split(reports, names)
     cells = _gather(reports, names, expected, count)
     tolerance = tolerance_from((first.settings.get("run") or {}).get("tolerance"))
-    runtimes = first.settings.get("runtimes")
-    runs = len(runtimes) if isinstance(runtimes, list) else None
+    runs = runtime_count(first.settings)
     from verify.cache import CacheStats
 
     stats = CacheStats()

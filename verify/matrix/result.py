@@ -290,6 +290,15 @@ class MatrixResult:
             raise UsageError(f"{source} is a malformed matrix report ({type(exc).__name__}: {exc})") from None
 
 
+def verify_identity() -> dict[str, str]:
+    """This verify's version and a digest of its source (verify/cache.py `environment`), recorded in a report's
+    `versions`: a merge judges a shard's numbers by its own rules, so they must be numbers this verify measured."""
+    from verify.cache import environment
+
+    env = environment()
+    return {"backbone-verify": env["backbone-verify"], "verify-source": env["source"][:16]}
+
+
 def _report_seconds(value: Any) -> float:
     seconds = float(value or 0.0)
     if not math.isfinite(seconds):

@@ -14,7 +14,7 @@ from verify.matrix.cell import CellJob, execute_cell, lookup_cell
 from verify.matrix.detector_judging import judge_result
 from verify.matrix.detectors import detector_formats, is_detector_cell
 from verify.matrix.request import MatrixRequest, cell_id, fingerprint
-from verify.matrix.result import AGREE, DISAGREE, CellResult, MatrixResult
+from verify.matrix.result import AGREE, DISAGREE, CellResult, MatrixResult, verify_identity
 from verify.matrix.shards import assign_shards, cell_cost
 from verify.matrix.workers import run_in_workers
 from verify.pipeline.isolation import USER_CODE_TIMEOUT
@@ -113,7 +113,7 @@ def run_matrix(request: MatrixRequest, jobs: int = 1, shard: tuple[int, int] | N
         matrix=[{"id": i, "spec": str(c.spec)} for i, c in zip(plan.ids, plan.cells)],
         cells=[_final(results[job.id], tolerance, kinds[job.id]) for job in work],
         shard={"index": shard[0], "count": shard[1]} if shard else None,
-        versions=versions(), seconds=round(time.perf_counter() - start, 3), jobs=jobs,
+        versions={**versions(), **verify_identity()}, seconds=round(time.perf_counter() - start, 3), jobs=jobs,
         cache={"dir": str(cache_dir) if cache_dir else None, **stats.to_dict()},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
