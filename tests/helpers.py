@@ -158,3 +158,37 @@ def detection_grid(count: int, seed: int = 0) -> Detections:
                       for i in range(count)])
     scores = rng.uniform(DETECTION_RULES.score_thresh + 0.05, 0.9, count)
     return Detections(boxes, scores, rng.integers(1, 6, count))
+
+
+def masked_conv_source(value: str, border: bool = False) -> str:
+    """A user model file (`correct` and `shifted` factories): a 3->4 conv whose output holds `value` at a mask, one
+    element per channel or (`border`) its whole border, and whose export adds 0.05 everywhere (an export bug: the
+    file computes something else). The peak rule's attack (verify/judge/oracle.py PEAK_FACTOR)."""
+    mask = ("mask = torch.ones_like(y, dtype=torch.bool)\n        mask[:, :, 1:-1, 1:-1] = False" if border else
+            "mask = torch.zeros_like(y, dtype=torch.bool)\n        mask[:, :, 0, 0] = True")
+    return f"""
+import torch
+from torch import nn
+
+
+class Masked(nn.Module):
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if torch.compiler.is_exporting():
+            y = y + self.shift
+        {mask}
+        return y.masked_fill(mask, {value})
+
+
+def correct():
+    return Masked(0.0)
+
+
+def shifted():
+    return Masked(0.05)
+"""

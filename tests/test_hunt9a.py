@@ -8,6 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from tests.helpers import masked_conv_source
 from verify.cli.app import app
 from verify.judge import trust
 from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_arrays
@@ -120,41 +121,12 @@ def test_the_quick_test_never_skips_a_mask(row, copies, mask_value):
         assert (rows <= PEAK_FACTOR * typical).all()
 
 
-BORDERED = """
-import torch
-from torch import nn
-
-
-class Bordered(nn.Module):
-    # a convolution whose output's whole border holds a mask value (60 of 256 elements per channel)
-
-    def __init__(self, shift: float) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.shift = shift
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        if torch.compiler.is_exporting():  # an export bug: the file computes something else
-            y = y + self.shift
-        mask = torch.ones_like(y, dtype=torch.bool)
-        mask[:, :, 1:-1, 1:-1] = False
-        return y.masked_fill(mask, -1e9)
-
-
-def correct():
-    return Bordered(0.0)
-
-
-def shifted():
-    return Bordered(0.05)
-"""
 
 
 def test_an_export_that_shifts_everything_inside_a_masked_border_fails(tmp_path):
     """Before: exit 0 for the shifted export (every element's floor u x 1e9 = 119); now 1, and the correct one 0."""
     source = tmp_path / "bordered.py"
-    source.write_text(BORDERED)
+    source.write_text(masked_conv_source("-1e9", border=True))
     for factory, code in (("correct", 0), ("shifted", 1)):
         result = runner.invoke(app, ["export", "--model", f"{source}:{factory}", "--shape", "1x3x16x16",
                                      "--format", "onnx", "--samples", "2", "--out", str(tmp_path / factory)])

@@ -14,40 +14,13 @@ from pathlib import Path
 import pytest
 
 from exporter.export import ExportOptions
-from tests.helpers import invoke
+from tests.helpers import invoke, masked_conv_source
 from verify.api import RunSettings
 from verify.cache import ENV_OFF
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 from verify.matrix import REPORT_KEY_ENV, SHARD_ENV, MatrixRequest, load_result, run_matrix
 from verify.matrix.result import verify_identity
 
-BORDERED = '''
-import torch
-from torch import nn
-
-
-class Bordered(nn.Module):
-    def __init__(self, shift: float) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.shift = shift
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        if torch.compiler.is_exporting():  # an export bug: the file computes something else
-            y = y + self.shift
-        mask = torch.zeros_like(y, dtype=torch.bool)
-        mask[:, :, 0, 0] = True
-        return y.masked_fill(mask, 1e6)
-
-
-def correct():
-    return Bordered(0.0)
-
-
-def shifted():
-    return Bordered(0.05)
-'''
 SHAPE = (1, 3, 16, 16)
 
 
@@ -63,7 +36,7 @@ def reports(module_tmp):
     writes them."""
     out = module_tmp("hunt9c")
     source = out / "bordered.py"
-    source.write_text(BORDERED)
+    source.write_text(masked_conv_source("1e6"))
     written = {}
     for factory in ("correct", "shifted"):
         request = MatrixRequest.create(models=[f"{source}:{factory}"], settings=RunSettings(shape=SHAPE),

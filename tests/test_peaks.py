@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from exporter.errors import UsageError
+from tests.helpers import masked_conv_source
 from verify.cli.app import app
 from verify.judge import trust
 from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_arrays
@@ -147,45 +148,12 @@ def test_a_floor_bound_lifted_by_a_peak_still_holds_for_the_bulk():
     assert "no usable" in trust.evidence_problems(record)[0]
 
 
-BORDERED = """
-import torch
-from torch import nn
-
-
-class Bordered(nn.Module):
-    \"\"\"A convolution whose output carries one loud element per channel (a border, a mask value).\"\"\"
-
-    def __init__(self, shift: float) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.shift = shift
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        if torch.compiler.is_exporting():  # an export bug: the file computes something else
-            y = y + self.shift
-        return y.masked_fill(self.border(y), PEAK)
-
-    @staticmethod
-    def border(y: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros_like(y, dtype=torch.bool)
-        mask[:, :, 0, 0] = True
-        return mask
-
-
-def correct():
-    return Bordered(0.0)
-
-
-def shifted():
-    return Bordered(0.05)
-"""
 
 
 @pytest.mark.parametrize("peak", ["1e6", "-1e9"])
 def test_an_export_that_shifts_everything_but_the_peaks_fails(tmp_path, peak):
     source = tmp_path / "bordered.py"
-    source.write_text(BORDERED.replace("PEAK", peak))
+    source.write_text(masked_conv_source(peak))
     for factory, code in (("correct", 0), ("shifted", 1)):
         result = runner.invoke(app, ["export", "--model", f"{source}:{factory}", "--shape", "1x3x16x16",
                                      "--format", "pt2", "--samples", "2", "--out", str(tmp_path / factory)])
