@@ -105,6 +105,29 @@ def test_export_options(options, tmp_path):
         assert [d.dim_value for d in dims] == list(SMALL_SHAPE)
 
 
+def test_dynamo_onnx_finished_in_memory_names_every_dynamic_axis_and_holds_only_its_metadata(default_export_run):
+    """The default (dynamic, dynamo) ONNX file is finished on the exporter's in-memory model, never read back and
+    rewritten: its input's batch, height and width are named wherever torch's symbols stood (each output's batch
+    too), and its only metadata is this tool's, as the file-rewriting path wrote them."""
+    import onnx
+
+    from exporter.artifacts import META_KEY
+    from exporter.formats.onnx import read_onnx_meta
+    from exporter.formats.program import DYNAMIC_AXES
+
+    folder, data, _ = default_export_run
+    model = onnx.load(folder / "model.onnx", load_external_data=False)
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*model.graph.input, *model.graph.output]}
+    (name, input_dims), = [(v.name, dims[v.name]) for v in model.graph.input]
+    assert {input_dims[int(axis)] for axis in DYNAMIC_AXES} == set(DYNAMIC_AXES.values())
+    assert all(dims[o.name][0] == input_dims[0] for o in model.graph.output)
+    assert [p.key for p in model.metadata_props] == [META_KEY]
+    meta = read_onnx_meta(folder / "model.onnx")
+    assert meta.input_name == name and meta.dynamic_axes == dict(DYNAMIC_AXES)
+    assert model.opset_import[0].version == OnnxOptions().opset
+
+
 def test_artifact_folder_and_report(default_export_run):
     folder, data, _ = default_export_run
     out = folder.parent
