@@ -37,10 +37,18 @@ class Weights:
     extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     """Weights for parts outside the classifier, e.g. `fpn` from a detection checkpoint."""
 
+    _digest: tuple[tuple, str] | None = field(default=None, init=False, repr=False, compare=False)
+    """The last digest and the tensors' identities and versions it was made of (an export reads it three times)."""
+
     @property
     def sha256(self) -> str:
-        return state_dict_sha256({**self.state_dict, **{f"{k}.{n}": t for k, sd in self.extra.items()
-                                                        for n, t in sd.items()}})
+        """Of every tensor, made again whenever a tensor was replaced or changed in place (torch counts each
+        in-place change in `_version`)."""
+        tensors = {**self.state_dict, **{f"{k}.{n}": t for k, sd in self.extra.items() for n, t in sd.items()}}
+        stamp = tuple((key, id(t), t._version, t.data_ptr()) for key, t in sorted(tensors.items()))
+        if self._digest is None or self._digest[0] != stamp:
+            self._digest = (stamp, state_dict_sha256(tensors))
+        return self._digest[1]
 
 
 WEIGHT_SOURCES: Registry[Callable[[str, int], Weights]] = Registry("weights source")
@@ -54,7 +62,7 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
         tensor = state_dict[key].detach().cpu().contiguous()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         # the raw bytes: numpy has no bfloat16 or float8 (a bf16 checkpoint ended the export with a TypeError)
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # hashed in place, not copied first
     return digest.hexdigest()
 
 

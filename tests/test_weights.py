@@ -11,10 +11,12 @@ from exporter.spec import ModelSpec
 from exporter.weights import (
     BRANCH_END_GAMMA_RANGE,
     GAMMA_RANGE,
+    Weights,
     _synthetic_state_dict,
     load_weights,
     save_weights,
     state_dict_sha256,
+    synthetic_weights,
 )
 from tests.conftest import SMALL, SMALL_SHAPE, family_backbone
 
@@ -198,3 +200,20 @@ def test_fpn_weights_that_do_not_fit_are_a_usage_error(tmp_path):
     torch.save(state, tmp_path / "det.pth")
     with pytest.raises(UsageError, match="FPN weights .* do not fit"):
         build_model(spec, load_weights(str(tmp_path / "det.pth"), SMALL))
+
+
+def test_weights_digest_follows_every_change_to_a_tensor():
+    """The digest is remembered (an export reads it three times) but never outlives a change: an in-place edit,
+    a replaced tensor or an added part each give the digest of what the weights now hold."""
+    weights = synthetic_weights(SMALL, 0)
+    weights = Weights(weights.source, {k: v.clone() for k, v in weights.state_dict.items()})
+    first = weights.sha256
+    assert weights.sha256 == first == state_dict_sha256(weights.state_dict)
+    with torch.no_grad():
+        weights.state_dict["conv1.weight"][0, 0, 0, 0] += 1
+    edited = weights.sha256
+    assert edited != first and edited == state_dict_sha256(weights.state_dict)
+    weights.state_dict["conv1.weight"] = weights.state_dict["conv1.weight"].clone().fill_(0)
+    assert weights.sha256 not in (first, edited)
+    weights.extra["fpn"] = {"w": torch.ones(2)}
+    assert weights.sha256 == state_dict_sha256({**weights.state_dict, "fpn.w": torch.ones(2)})

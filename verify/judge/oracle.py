@@ -480,6 +480,10 @@ class Oracle:
     precision: str = "fp32"
     float32: dict[str, NoiseFloor] = field(default_factory=dict)
     """The float32 floors (the same as `noise` at fp32)."""
+    samples: list[dict[str, np.ndarray]] | None = None
+    """The float32 rounding samples (`folded_samples`) `float32` was measured with, where this oracle measured it:
+    the goldens keep them, so the artifact folder neither folds the model again nor runs it (None: not measured
+    here)."""
 
     @property
     def floors(self) -> dict[str, float]:
@@ -524,12 +528,14 @@ def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
         if fp32 is None:
             runner = make_runtime(names[0]).load(artifact) if runner is None else runner
             fp32 = runner.run(feed)
-        float32 = measure_floors(fp32, reference, samples=_folded_run(folded, artifact, feed))
+        samples = _folded_run(folded, artifact, feed)
+        float32 = measure_floors(fp32, reference, samples=samples)
         if reduced is None:
-            oracles.append(Oracle(reference, float32, f"{runtime.label} vs {names[0]}", "fp32", float32))
+            oracles.append(Oracle(reference, float32, f"{runtime.label} vs {names[0]}", "fp32", float32, samples))
         else:
             noise = measure_floors(reduced.run(feed), reference, precision, float32)
-            oracles.append(Oracle(reference, noise, f"{runtime.label} vs {reduced.label}", precision, float32))
+            oracles.append(Oracle(reference, noise, f"{runtime.label} vs {reduced.label}", precision, float32,
+                                  samples))
         between()
     return oracles
 
