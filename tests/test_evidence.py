@@ -127,6 +127,36 @@ def test_batched_oracle_is_the_per_input_oracle(resnet18_64):
             np.testing.assert_allclose(oracle.noise[name].channels, floor.channels, rtol=FLOAT32_EPS, atol=0)
 
 
+class CountingRuntime:
+    """Doubles its input: each call's batch size recorded."""
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, feed):
+        (array,) = feed.values()
+        self.calls.append(array.shape[0])
+        return {"out": array * 2}
+
+
+@pytest.mark.parametrize("side", [8, 256])
+def test_float64_feeds_run_as_one_batch_only_while_small(side):
+    """Below BATCH_MAX_ELEMENTS together the feeds run as one batch (per-call overhead dominates there); above it,
+    one by one (the batch's float64 activations outgrow the caches), each with its own outputs either way."""
+    from verify.judge.oracle import BATCH_MAX_ELEMENTS, _batched_run
+
+    feeds = [{"x": np.full((1, 3, side, side), i, np.float64)} for i in range(8)]
+    small = sum(f["x"].size for f in feeds) <= BATCH_MAX_ELEMENTS
+    runtime = CountingRuntime()
+    outputs = _batched_run(runtime, feeds)
+    if small:
+        assert runtime.calls == [len(feeds)]
+        for i, out in enumerate(outputs):
+            np.testing.assert_array_equal(out["out"], feeds[i]["x"] * 2)
+    else:
+        assert outputs is None and runtime.calls == []
+
+
 def verdict(built, named, bug=None):
     """An eager run with `bug` judged against the clean eager run and the oracle, as `verify export` judges."""
     import torch

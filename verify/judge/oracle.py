@@ -46,6 +46,13 @@ BULK_QUANTILE = 0.9
 """The typical magnitude of a group: this quantile of its non-zero finite |fp64| (a ReLU's zeros left out); where it
 falls among exact copies of the group's maximum (a mask value over a tenth or more of it), of its other elements."""
 
+BATCH_MAX_ELEMENTS = 8 * 3 * 128 * 128
+"""The float64 oracle runs the feeds as one batch only while their inputs hold at most this many values together;
+larger feeds run one by one. Measured on one core (bench/oracle_batch.py, bench/results/oracle-batch-cpu.log): the
+batch of 8 is 1.3-3.5x faster than 8 single runs at 32-64 px, where a run is mostly per-call overhead, and
+even at 112 px; at 160-224 px its float64 activations outgrow the caches and 8 single runs take 0.63-0.88x
+the batch's time on ResNets (ResNet-50 at 224 px: 1.50 s against 2.03 s), 1.17x on MobileNetV3-Large."""
+
 
 @dataclass(frozen=True, eq=False)
 class NoiseFloor:
@@ -548,12 +555,14 @@ def _eval_mode(artifact: Artifact) -> bool:
 
 def _batched_run(runtime: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]] | None:
     """`runtime` run once on the feeds concatenated along axis 0, split back per feed; None when the feeds are
-    not one array each of one shape and name, or an output is not split by sample along axis 0."""
+    not one array each of one shape and name, hold more than BATCH_MAX_ELEMENTS values together (one by one is
+    faster there), or an output is not split by sample along axis 0."""
     import numpy as np
 
     arrays = [next(iter(feed.values())) for feed in feeds]
     if any(len(feed) != 1 for feed in feeds) or len({tuple(feed) for feed in feeds}) != 1 \
-            or len({a.shape for a in arrays}) != 1 or arrays[0].ndim < 1:
+            or len({a.shape for a in arrays}) != 1 or arrays[0].ndim < 1 \
+            or sum(a.size for a in arrays) > BATCH_MAX_ELEMENTS:
         return None
     size = arrays[0].shape[0]
     outputs = runtime.run({next(iter(feeds[0])): np.concatenate(arrays, axis=0)})
