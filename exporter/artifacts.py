@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exporter.errors import ArtifactError
 
@@ -73,6 +73,9 @@ class Artifact:
     meta: ArtifactMeta
     path: Path | None = None
     built: BuiltModel | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    """What the export read back from the file right after writing it (ONNX: `opset`, `companions`), so the process
+    it is handed to need not parse the file again; empty for a file found on disk, which its format reads."""
 
     @property
     def label(self) -> str:

@@ -588,7 +588,7 @@ def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str
         entry = get_format(fmt)
         files[artifact.path.name] = file_entry(folder / artifact.path.name, format=fmt,
                                                **entry.manifest_fields(artifact))
-        for companion in entry.companion_files(folder / artifact.path.name):
+        for companion in entry.companions_of(artifact, folder):
             files[companion.name] = file_entry(companion, format=EXTERNAL_DATA_FORMAT, of=artifact.path.name)
     files[GOLDENS_NAME] = file_entry(folder / GOLDENS_NAME, format=GOLDENS_FORMAT)
     data = {

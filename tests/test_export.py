@@ -128,6 +128,43 @@ def test_dynamo_onnx_finished_in_memory_names_every_dynamic_axis_and_holds_only_
     assert model.opset_import[0].version == OnnxOptions().opset
 
 
+def test_onnx_facts_read_back_at_export_spare_the_receiver_a_parse(default_export_run, monkeypatch, tmp_path):
+    """The ONNX export reads its file back once, where onnx is imported already, and hands the facts on with the
+    artifact: the process that receives it (the verifying one, beside a background export) writes the manifest and
+    the cache entry without importing onnx or parsing the file. A file found on disk has no facts and is read."""
+    import shutil
+
+    import torch
+
+    from exporter.artifacts import Artifact
+    from exporter.formats import ExportContext, get_format
+    from exporter.formats import onnx as onnx_format
+    from exporter.formats.eager import eager_artifact
+
+    folder, _, _ = default_export_run
+    fmt = get_format("onnx")
+    built = ModelSpec(SMALL, "frozen", "body").build(0, SMALL_SHAPE, "synthetic")
+    context = ExportContext(built, torch.zeros(SMALL_SHAPE), eager_artifact(built, SMALL_SHAPE).meta, dynamic=False)
+    exported = fmt.export(context, OnnxOptions(), tmp_path / "model.onnx")
+    assert exported.facts == {"opset": onnx_format.file_opset(exported.path),
+                              "companions": onnx_format.external_data_locations(exported.path)}
+
+    def no_parse(*_):
+        raise AssertionError("parsed again")
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(exported.path, moved / "model.onnx")
+    monkeypatch.setattr(onnx_format, "read_graph", no_parse)
+    assert fmt.manifest_fields(exported)["opset"] == OnnxOptions().opset
+    assert fmt.companions_of(exported, moved) == []
+    found = Artifact("onnx", exported.meta, path=folder / "model.onnx")
+    with pytest.raises(AssertionError, match="parsed again"):
+        fmt.manifest_fields(found)
+    with pytest.raises(AssertionError, match="parsed again"):
+        fmt.companions_of(found)
+
+
 def test_artifact_folder_and_report(default_export_run):
     folder, data, _ = default_export_run
     out = folder.parent

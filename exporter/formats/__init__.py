@@ -113,6 +113,15 @@ class Format:
         """Files the artifact needs beside it (e.g. ONNX external data), all listed and hashed."""
         return []
 
+    def companions_of(self, artifact: Artifact, folder: Path | None = None) -> list[Path]:
+        """`companion_files` of the artifact's file (in `folder`, else where it is), as its export read them back
+        where it did (`Artifact.facts`), else read from the file now."""
+        assert artifact.path is not None
+        folder = artifact.path.parent if folder is None else folder
+        if "companions" in artifact.facts:
+            return [folder / name for name in artifact.facts["companions"]]
+        return self.companion_files(folder / artifact.path.name)
+
     def check_integrity(self, path: Path, folder: Path) -> None:
         """Format-specific checks after the hash matched (e.g. references stay inside `folder`)."""
         return None

@@ -151,7 +151,9 @@ class OnnxFormat(Format):
             model_proto.metadata_props.add(key=META_KEY, value=meta.to_json())
             onnx.save(model_proto, str(path))
         check_onnx(path)
-        return Artifact(self.name, meta, path=path)
+        # read back here, where onnx is imported already: a background export's receiver then never imports it
+        return Artifact(self.name, meta, path=path,
+                        facts={"opset": file_opset(path), "companions": external_data_locations(path)})
 
     def weight_shapes(self, path: Path) -> list[tuple[int, ...]] | None:
         """The shapes of the initializers a node reads (in the graph or a subgraph): an initializer no node reads
@@ -167,7 +169,8 @@ class OnnxFormat(Format):
 
     def manifest_fields(self, artifact: Artifact) -> dict:
         assert artifact.path is not None
-        return {"exporter": artifact.meta.exporter, "opset": file_opset(artifact.path)}
+        opset = artifact.facts["opset"] if "opset" in artifact.facts else file_opset(artifact.path)
+        return {"exporter": artifact.meta.exporter, "opset": opset}
 
     def companion_files(self, path: Path) -> list[Path]:
         return [path.parent / location for location in external_data_locations(path)]

@@ -51,7 +51,9 @@ BATCH_MAX_ELEMENTS = 8 * 3 * 128 * 128
 larger feeds run one by one. Measured on one core (bench/oracle_batch.py, bench/results/oracle-batch-cpu.log): the
 batch of 8 is 1.3-3.5x faster than 8 single runs at 32-64 px, where a run is mostly per-call overhead, and
 even at 112 px; at 160-224 px its float64 activations outgrow the caches and 8 single runs take 0.63-0.88x
-the batch's time on ResNets (ResNet-50 at 224 px: 1.50 s against 2.03 s), 1.17x on MobileNetV3-Large."""
+the batch's time on ResNets (ResNet-50 at 224 px: 1.57 s against 1.99 s), 1.17x on MobileNetV3-Large. Inside a cold
+`verify export` of ResNet-50, beside its background export, the oracle stage took 5.7 s batched and 5.9 s one by
+one (two rounds each): no gain measurable there, where the other core's work sets the pace."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -360,7 +360,7 @@ def start_export_stage(context: ExportContext, options: ExportOptions, folder: P
     def done(artifact: Artifact) -> None:
         assert artifact.path is not None
         key = keys.get(artifact.format)
-        if cache is not None and key is not None and not get_format(artifact.format).companion_files(artifact.path):
+        if cache is not None and key is not None and not get_format(artifact.format).companions_of(artifact):
             with cache.lock(key):
                 cache.store("export", key, data={"format": artifact.format}, files={artifact.path.name: artifact.path})
         statuses[f"export:{artifact.format}"] = MISS if key is not None else OFF
