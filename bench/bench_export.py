@@ -48,17 +48,14 @@ OVERLAP_ENV = "BACKBONE_VERIFY_EXPORT_OVERLAP"
 """auto, on or off (verify/pipeline/overlap.py): set it to bench a mode; auto goes serial on a busy machine."""
 
 
-MODEL: dict = {"backbone": "resnet50", "shape": [1, 3, 224, 224], "samples": None, "static": False}
-"""What both sides export (--backbone, --shape), verify's inputs per verdict (--samples; None: its default) and
-whether verify exports static axes as the peer does (--static; by default its batch, height and width stay dynamic,
-which costs torch's exporters symbolic shape reasoning the peer's static export does not do)."""
+MODEL: dict = {"backbone": "resnet50", "shape": [1, 3, 224, 224], "samples": None}
+"""What both sides export (--backbone, --shape) and verify's inputs per verdict (--samples; None: its default)."""
 
 
 def verify_args(out: str) -> list[str]:
     samples = ["--samples", str(MODEL["samples"])] if MODEL["samples"] else []
-    static = ["--static"] if MODEL["static"] else []
     return ["export", "--norm", "frozen", "-b", MODEL["backbone"], "--shape", "x".join(map(str, MODEL["shape"])),
-            *samples, *static, "--out", out]
+            *samples, "--out", out]
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> dict:
@@ -282,9 +279,7 @@ def bench(repeats: int) -> dict:
 def render(result: dict) -> str:
     import torch
 
-    static = " --static" if result["model"].get("static") else ""
-    lines = [f"verify export --norm frozen{static} vs torch.onnx.export(dynamo=True, verify=True) + "
-             f"verify_onnx_program, "
+    lines = [f"verify export --norm frozen vs torch.onnx.export(dynamo=True, verify=True) + verify_onnx_program, "
              f"{result['model']['backbone']} FrozenBN body {'x'.join(map(str, result['model']['shape']))}, median of "
              f"{result['repeats']}, alternated, verify on {result['model']['samples'] or 'its default number of'} "
              f"inputs per verdict; torch "
@@ -338,9 +333,8 @@ def main() -> int:
     parser.add_argument("--backbone", default=MODEL["backbone"], help="[default: resnet50]")
     parser.add_argument("--shape", type=int, nargs=4, default=MODEL["shape"], help="[default: 1 3 224 224]")
     parser.add_argument("--samples", type=int, help="verify's seeded inputs per verdict [default: its own]")
-    parser.add_argument("--static", action="store_true", help="verify exports static axes, as the peer does")
     args = parser.parse_args()
-    MODEL.update(backbone=args.backbone, shape=list(args.shape), samples=args.samples, static=args.static)
+    MODEL.update(backbone=args.backbone, shape=list(args.shape), samples=args.samples)
     try:
         result = bench(max(1, args.repeats))
         text = render(result)
