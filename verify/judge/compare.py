@@ -248,7 +248,7 @@ def compare_arrays(name: str, actual: np.ndarray, desired: np.ndarray, tolerance
 
     mismatch, passed = _judge(actual, desired, diff, tolerance, bound, result)
     result.nonfinite = 0 if finite is None else int((~finite).sum())
-    result.mismatched = np.count_nonzero(mismatch if finite is None else mismatch | ~finite)
+    result.mismatched = int(np.count_nonzero(mismatch if finite is None else mismatch | ~finite))
     result.passed = passed and result.nonfinite == 0
     if result.nonfinite:
         counts = [f"{int(np.isnan(x).sum())} NaN, {int(np.isinf(x).sum())} Inf in {side}"
