@@ -343,3 +343,13 @@ def test_this_process_yields_a_core_to_the_child_while_it_lives():
         assert torch.get_num_threads() == overlap.CHILD_THREADS + 1 and child.process.poll() is not None
     finally:
         torch.set_num_threads(threads)
+
+
+def test_every_module_the_child_imports_ahead_exists_here():
+    """The child's pre-imports are skipped quietly where a torch lacks one (a slower export, never a failure), so
+    a module renamed in the installed torch or onnxscript shows here."""
+    import importlib.util
+
+    from verify.pipeline.overlap import CHILD_IMPORTS
+
+    assert [name for name in CHILD_IMPORTS if importlib.util.find_spec(name) is None] == []
