@@ -70,3 +70,57 @@ def test_other_callers_get_typings_own_answers():
     first = serialize.typing.get_type_hints(schema.Graph, globalns=vars(schema))
     first["changed"] = str
     assert "changed" not in serialize.typing.get_type_hints(schema.Graph, globalns=vars(schema))
+
+
+class Strided(nn.Module):
+    """Sizes that become shape expressions under dynamic height and width ((s1 - 1)//2 + 1, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, stride=2)
+        self.b = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = torch.relu(self.a(x))
+        return {"y": y, "z": self.b(y) + self.b(y).mean(dim=(2, 3), keepdim=True)}
+
+
+@pytest.fixture(scope="module")
+def dynamic_archive(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pt2") / "strided.pt2"
+    torch.manual_seed(0)
+    dim = torch.export.Dim
+    program = torch.export.export(Strided().eval(), (torch.randn(2, 3, 33, 41),), dynamic_shapes=(
+        {0: dim("batch", min=1, max=8), 2: dim("height", min=16, max=256), 3: dim("width", min=16, max=256)},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def test_a_dynamic_program_loads_the_same_with_each_shape_expression_parsed_once(dynamic_archive, monkeypatch):
+    from torch._export.serde import serialize
+
+    from exporter.serde_speed import remember_sym_exprs
+
+    plain_parse = getattr(serialize.GraphModuleDeserializer._parse_sym_expr, "__wrapped__",
+                          serialize.GraphModuleDeserializer._parse_sym_expr)
+    calls = []
+
+    def counted(self, expr_str, hint=None):
+        calls.append(expr_str)
+        return plain_parse(self, expr_str, hint)
+
+    monkeypatch.setattr(serialize.GraphModuleDeserializer, "_parse_sym_expr", counted)  # torch as it comes
+    plain, plain_module = _load(dynamic_archive)
+    asked = len(calls)
+    assert remember_sym_exprs() and remember_sym_exprs()  # installed once over what it found, then left as it is
+    calls.clear()
+    remembered, module = _load(dynamic_archive)
+    assert 0 < len(calls) < asked and len(calls) == len(set(calls))  # each string parsed once, not every time
+    assert str(remembered.graph) == str(plain.graph)
+    assert str(remembered.range_constraints) == str(plain.range_constraints)
+    for a, b in zip(plain.graph.nodes, remembered.graph.nodes):
+        assert str(a.meta.get("val")) == str(b.meta.get("val"))  # the symbolic sizes each node carries
+    x = torch.randn(3, 3, 50, 37)
+    with torch.no_grad():
+        expected, got = plain_module(x), module(x)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
