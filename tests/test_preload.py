@@ -1,6 +1,6 @@
-"""A runtime that `loads_in_background` (the .pt2's) is loaded in a thread while the export runs the other runtimes and
-the oracle (verify/pipeline/preload.py): its runs and every verdict stay in the caller's thread, its failure is the
-same one line as a load in the caller's, and a load never taken leaves no result behind."""
+"""A runtime that `loads_in_background` (here the .pt2's) is loaded in a thread while the export runs the other
+runtimes and the oracle (verify/pipeline/preload.py): its runs and every verdict stay in the caller's thread, its
+failure is the same one line as a load in the caller's, and a load never taken leaves no result behind."""
 
 from __future__ import annotations
 
@@ -39,6 +39,13 @@ def _patched_make_runtime(monkeypatch, load):
             return self
 
     monkeypatch.setattr(runtimes, "make_runtime", lambda name, options=None: Loaded())
+
+
+@pytest.fixture(autouse=True)
+def pt2_loads_in_the_background(monkeypatch):
+    """The .pt2's runtime is this module's example of a slow load: it declares a background load here (by default it
+    loads in the caller, verify/runtimes/exported.py says why)."""
+    monkeypatch.setattr(runtime_class("exported"), "loads_in_background", True)
 
 
 def test_only_a_runtime_that_declares_it_loads_in_the_background():

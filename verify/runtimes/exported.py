@@ -15,7 +15,12 @@ if TYPE_CHECKING:
 class ExportedProgramRuntime(TorchRuntime):
     name = "exported"
     formats = ("pt2",)
-    loads_in_background = True  # seconds of sympy and dataclass decoding, beside other runtimes' kernels
+    loads_in_background = False
+    """Loaded in the caller when its turn comes. A thread beside the oracle paid while the load took 2.8 s of sympy
+    and dataclass decoding; since each shape expression is parsed once (1.1 s), the GIL handoffs it costs the oracle's
+    operators outweigh it: a cold ResNet-50 `verify export` measured 17.1 s against 17.4 s with the thread (five
+    alternated pairs; warm, two pairs, a wash). verify/pipeline/preload.py keeps the thread for a runtime whose
+    load is long and pure Python."""
 
     def _load(self, artifact: Artifact) -> None:
         from pathlib import Path
