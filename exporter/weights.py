@@ -37,18 +37,12 @@ class Weights:
     extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     """Weights for parts outside the classifier, e.g. `fpn` from a detection checkpoint."""
 
-    _digest: tuple[tuple, str] | None = field(default=None, init=False, repr=False, compare=False)
-    """The last digest and the tensors' identities and versions it was made of (an export reads it three times)."""
-
     @property
     def sha256(self) -> str:
-        """Of every tensor, made again whenever a tensor was replaced or changed in place (torch counts each
-        in-place change in `_version`)."""
-        tensors = {**self.state_dict, **{f"{k}.{n}": t for k, sd in self.extra.items() for n, t in sd.items()}}
-        stamp = tuple((key, id(t), t._version, t.data_ptr()) for key, t in sorted(tensors.items()))
-        if self._digest is None or self._digest[0] != stamp:
-            self._digest = (stamp, state_dict_sha256(tensors))
-        return self._digest[1]
+        """Of every tensor as it is now. Not remembered: a user's module may write its buffers through `.data` or a
+        numpy view, which torch does not count as a change (review of session 27)."""
+        return state_dict_sha256({**self.state_dict, **{f"{k}.{n}": t for k, sd in self.extra.items()
+                                                        for n, t in sd.items()}})
 
 
 WEIGHT_SOURCES: Registry[Callable[[str, int], Weights]] = Registry("weights source")

@@ -203,8 +203,8 @@ def test_fpn_weights_that_do_not_fit_are_a_usage_error(tmp_path):
 
 
 def test_weights_digest_follows_every_change_to_a_tensor():
-    """The digest is remembered (an export reads it three times) but never outlives a change: an in-place edit,
-    a replaced tensor or an added part each give the digest of what the weights now hold."""
+    """The digest is that of what the weights hold when it is asked for: an in-place edit, a write through `.data`
+    or a numpy view (which torch does not count as a change), a replaced tensor or an added part."""
     weights = synthetic_weights(SMALL, 0)
     weights = Weights(weights.source, {k: v.clone() for k, v in weights.state_dict.items()})
     first = weights.sha256
@@ -213,6 +213,11 @@ def test_weights_digest_follows_every_change_to_a_tensor():
         weights.state_dict["conv1.weight"][0, 0, 0, 0] += 1
     edited = weights.sha256
     assert edited != first and edited == state_dict_sha256(weights.state_dict)
+    weights.state_dict["bn1.running_mean"].data.add_(1.0)
+    weights.state_dict["bn1.weight"].numpy()[0] = 5.0
+    quiet = weights.sha256
+    assert quiet != edited and quiet == state_dict_sha256(weights.state_dict)
+    edited = quiet
     weights.state_dict["conv1.weight"] = weights.state_dict["conv1.weight"].clone().fill_(0)
     assert weights.sha256 not in (first, edited)
     weights.extra["fpn"] = {"w": torch.ones(2)}
