@@ -117,13 +117,12 @@ class OnnxFormat(Format):
         # dynamo's program is finished in memory (axes named, metadata set, one save): reading back and rewriting
         # the file it had saved cost 0.55 s of the background export's critical path for a ResNet-50; the legacy
         # exporter only writes files, so its output still goes through the file
-        in_memory = dynamo
         chatter = io.StringIO()
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
-                    model, (ctx.example,), None if in_memory else str(path), dynamo=dynamo, external_data=False,
+                    model, (ctx.example,), None if dynamo else str(path), dynamo=dynamo, external_data=False,
                     input_names=[meta.input_name], output_names=list(meta.output_names),
                     opset_version=options.opset, **kwargs,
                 )
@@ -131,7 +130,7 @@ class OnnxFormat(Format):
             raise ExportError(
                 f"ONNX export ({options.exporter}) failed for {ctx.built.spec}: {str(exc).strip().splitlines()[0]}"
             ) from exc
-        if in_memory:
+        if dynamo:
             opsets = program.model.opset_imports
             _require_opset(options, opsets.get("", opsets.get("ai.onnx")))
             if ctx.dynamic:
@@ -145,8 +144,6 @@ class OnnxFormat(Format):
             model_proto = onnx.load(str(path))
             _require_opset(options, next((o.version for o in model_proto.opset_import
                                           if o.domain in ("", "ai.onnx")), None))
-            if ctx.dynamic:
-                _name_input_axes(model_proto, meta.input_name)
             del model_proto.metadata_props[:]
             model_proto.metadata_props.add(key=META_KEY, value=meta.to_json())
             onnx.save(model_proto, str(path))
@@ -205,22 +202,9 @@ def _require_opset(options: OnnxOptions, written: int | None) -> None:
                           f"{OPSETS[options.exporter][1]})")
 
 
-def _name_input_axes(model, input_name: str) -> None:
-    """torch.export names dynamic dims s0, s53...; name the input's batch/height/width."""
-    for value in model.graph.input:
-        if value.name == input_name:
-            for axis, name in DYNAMIC_AXES.items():
-                dim = value.type.tensor_type.shape.dim[int(axis)]
-                if not dim.HasField("dim_value"):
-                    old = dim.dim_param
-                    for other in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-                        for d in other.type.tensor_type.shape.dim:
-                            if d.dim_param == old:
-                                d.dim_param = name
-
-
 def _name_program_axes(model, input_name: str) -> None:
-    """`_name_input_axes` on dynamo's in-memory model (onnx_ir): the same renaming wherever a shape names them."""
+    """torch.export names dynamic dims s0, s53...: the input's batch/height/width get DYNAMIC_AXES' names wherever a
+    shape of dynamo's in-memory model (onnx_ir) holds them (the legacy exporter names them from `dynamic_axes`)."""
     import onnx_ir as ir
 
     value = next((v for v in model.graph.inputs if v.name == input_name), None)
