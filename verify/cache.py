@@ -312,13 +312,18 @@ class Cache:
             yield handle
 
     def _unlink(self, parts: Iterable[str], name: str) -> int:
-        """Remove `name` (a link itself, never its target) from a folder inside the root; bytes freed."""
+        """Remove `name` (a link itself, never its target) from a folder inside the root; bytes freed (0 when it
+        could not be removed)."""
         try:
-            with self._folder(parts) as folder:
-                size = os.stat(name, dir_fd=folder, follow_symlinks=False).st_size
-                os.unlink(name, dir_fd=folder)
+            return self._remove(parts, name)
         except OSError:
             return 0
+
+    def _remove(self, parts: Iterable[str], name: str) -> int:
+        """`_unlink`, its failure an OSError (FileNotFoundError: gone already)."""
+        with self._folder(parts) as folder:
+            size = os.stat(name, dir_fd=folder, follow_symlinks=False).st_size
+            os.unlink(name, dir_fd=folder)
         return size
 
     def _write(self, parts: Iterable[str], name: str, chunks: Iterable[bytes]) -> str:
@@ -501,9 +506,8 @@ class Cache:
     def _is_own_folder(self) -> bool:
         """Whether base is a real folder (not a link, not a file) holding only this cache's own folders;
         UsageError when it is something else (a `v1` of the user's own under a mistaken --cache-dir)."""
-        try:
-            mode = os.lstat(self.base).st_mode
-        except FileNotFoundError:
+        mode = self._base_mode()
+        if mode is None:
             return False
         # a link is removed as a link (never its target): only a file or folder of someone else's is refused
         foreign = [] if not stat.S_ISDIR(mode) else [
@@ -513,6 +517,17 @@ class Cache:
             raise UsageError(f"{self.base} is not a cache folder made by this tool{held}; check --cache-dir or "
                              f"${ENV_DIR}, or remove it by hand")
         return True
+
+    def _base_mode(self) -> int | None:
+        """The layout folder's lstat mode; None when there is none. A cache folder this user may not look into is a
+        one-line UsageError (info, prune and clear ended in an "unexpected PermissionError"), not an empty cache."""
+        try:
+            return os.lstat(self.base).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise UsageError(f"Cannot read the cache {self.root}: {exc.strerror}; check its permissions, or point "
+                             f"--cache-dir or ${ENV_DIR} at another folder") from None
 
     def _scan(self, *parts: str) -> list[tuple[str, os.stat_result]]:
         """(name, lstat) of what base/parts holds (a folder reached without following links); [] if none."""
@@ -570,8 +585,8 @@ class Cache:
 
     def _size(self) -> int:
         """Bytes in regular files under base (links are not followed, not counted)."""
-        total = 0
-        if not (self.base.is_dir() and not self.base.is_symlink()):
+        total, mode = 0, self._base_mode()
+        if mode is None or not stat.S_ISDIR(mode):
             return 0
         for folder, _, names in os.walk(self.base, followlinks=False):
             for name in names:
@@ -585,7 +600,8 @@ class Cache:
         `max_bytes`, each with the files no remaining entry names; files no entry names at all go first
         (but not those younger than `grace_seconds`: a store in progress writes its files before its entry).
         Only files inside the root named as this cache names them are removed: an entry's file list is
-        validated before any name in it is used. Returns (entries removed, bytes freed)."""
+        validated before any name in it is used. Returns (entries removed, bytes freed); an entry that cannot be
+        removed (a read-only cache) is a UsageError (it was counted as removed while the cache kept its size)."""
         if not self._is_own_folder():
             return 0, 0
         entries, refs = [], {}
@@ -609,8 +625,14 @@ class Cache:
         for _, kind, key, shas in sorted(entries, key=lambda item: item[0]):
             if total - freed <= max_bytes:
                 break
-            freed += self._unlink(*self._entry_parts(kind, key))
-            removed += 1
+            try:
+                freed += self._remove(*self._entry_parts(kind, key))
+                removed += 1
+            except FileNotFoundError:
+                pass  # removed by another prune since it was listed: its files are released below all the same
+            except OSError as exc:
+                raise UsageError(f"Cannot prune the cache {self.root}: an entry cannot be removed ({exc.strerror}) "
+                                 f"after {removed} were; check that it is writable") from None
             for sha in shas:
                 refs[sha] -= 1
                 if refs[sha] == 0:

@@ -7,8 +7,9 @@ torch.load with a weights_only=False fallback; every symbolic expression in the 
 sympy.sympify (an eval); `.module()` exec()s the archive's `guards_code` strings; and a node's target
 resolves by attribute lookup from `torch`, `operator` or `math`, so `torch.os.system` is a callable.
 `scan_archive` reads the archive as data (zip entries and JSON, nothing unpickled or evaluated) and
-refuses each of those routes; `load_program` loads only a scanned archive, with every torch.load forced
-to weights_only. The weights themselves are raw bytes described by JSON and need no unpickling. Torch
+refuses each of those routes; `load_program` loads only a scanned archive that torch's own zip reader reads as
+Python's did (two zip parsers read one crafted file apart: hunt 10c), with every torch.load forced to
+weights_only. The weights themselves are raw bytes described by JSON and need no unpickling. Torch
 still documents torch.export.load as unsafe on untrusted files, so the format stays code
 (`executes_code_on_load`): the scan narrows what a signed or explicitly trusted file can do."""
 
@@ -107,10 +108,11 @@ class ExportedProgramFormat(Format):
 
 
 def load_program(path: Path) -> Any:
-    """`torch.export.load(...).module()` of an archive that `scan_archive` passed, every torch.load inside
-    forced to weights_only (the environment variable torch reads on each call, restored after). The file is read
-    once, into a private copy of the same name: the bytes scanned are the bytes loaded (opened twice by path, a
-    file renamed over it between the scan and the load was loaded unscanned; hunt 9b)."""
+    """`torch.export.load(...).module()` of an archive that `scan_archive` passed and that torch's own zip reader
+    reads as the scan did (`require_torch_reads_the_same`), every torch.load inside forced to weights_only (the
+    environment variable torch reads on each call, restored after). The file is read once, into a private copy of
+    the same name: the bytes scanned are the bytes loaded (opened twice by path, a file renamed over it between the
+    scan and the load was loaded unscanned; hunt 9b)."""
     import os
     import shutil
     import tempfile
@@ -122,6 +124,7 @@ def load_program(path: Path) -> Any:
         with open(path, "rb") as source, open(copy, "xb") as target:
             shutil.copyfileobj(source, target, 1 << 20)
         scan_archive(copy)
+        require_torch_reads_the_same(copy)
         before = os.environ.get(TORCH_FORCE_WEIGHTS_ONLY)
         os.environ[TORCH_FORCE_WEIGHTS_ONLY] = "1"
         try:
@@ -134,9 +137,12 @@ def load_program(path: Path) -> Any:
 
 
 def program_weight_shapes(path: Path) -> list[tuple[int, ...]] | None:
-    """Each program's parameters (`input_specs`) that a node takes as an input or the graph returns, as shapes
-    (their `tensor_values` sizes); a name anywhere in a node's inputs counts, so anything unclear counts. None when
-    an archive, a program or a parameter's size cannot be read as plain numbers."""
+    """Each program's parameters (`input_specs`) that a node takes as an input or the graph returns, as shapes:
+    the sizes its weights config gives the tensor torch builds from the archive's bytes, not the graph's own
+    `tensor_values`, which torch never checks against the weights (one number edited there loaded and ran as before
+    and lifted K 900-fold: a graph refused as 'not a noise floor' passed; hunt 10c). A name anywhere in a node's
+    inputs counts, so anything unclear counts. None when an archive, a program or a parameter's size cannot be read
+    as plain numbers."""
     import json
     import zipfile
 
@@ -145,19 +151,22 @@ def program_weight_shapes(path: Path) -> list[tuple[int, ...]] | None:
     shapes: list[tuple[int, ...]] = []
     try:
         with zipfile.ZipFile(path) as archive:
-            models = sorted({n for n in archive.namelist() if n.split("/", 1)[-1].startswith("models/")
-                             and n.endswith(".json")})
+            names = archive.namelist()
+            models = sorted({n for n in names if n.split("/", 1)[-1].startswith("models/") and n.endswith(".json")})
             if not models:
                 return None
             for model in models:
+                root, stem = model.split("/", 1)[0], model.rsplit("/", 1)[-1][:-len(".json")]
+                config = json.loads(read_archive_member(
+                    archive, f"{root}/data/weights/{stem}_weights_config.json", path))["config"]
                 graph_module = json.loads(read_archive_member(archive, model, path))["graph_module"]
                 graph = graph_module["graph"]
                 read = {leaf["name"] for leaf in _find([graph["nodes"], graph["outputs"]], "name")
                         if isinstance(leaf["name"], str)}
                 for spec in graph_module["signature"]["input_specs"]:
-                    name = spec["parameter"]["arg"]["name"] if "parameter" in spec else None
-                    if name is not None and name in read:
-                        sizes = graph["tensor_values"][name]["sizes"]
+                    parameter = spec["parameter"] if "parameter" in spec else None
+                    if parameter is not None and parameter["arg"]["name"] in read:
+                        sizes = config[parameter["parameter_name"]]["tensor_meta"]["sizes"]
                         shapes.append(tuple(int(size["as_int"]) for size in sizes))
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, ArtifactError):
         return None
@@ -179,11 +188,17 @@ def scan_archive(path: Path) -> str:
             if len(roots) != 1:
                 raise ArtifactError(f"{path.name} is not one torch.export archive (entries under {len(roots)} roots)")
             root = roots.pop()
-            models = [n for n in names if n.startswith(f"{root}/models/") and n.endswith(".json")]
+            _refuse_ambiguous_names(path, names)
+            # torch.export.load loads every entry under models/ as a program, whatever its name ends with
+            models = [n for n in names if n.startswith(f"{root}/models/")]
             if not models:
                 raise ArtifactError(f"{path.name} holds no torch.export program (no {root}/models/*.json)")
             _refuse_pickled_entries(path, root, names)
             for model in models:
+                if not model.endswith(".json"):
+                    raise ArtifactError(f"{path.name} holds {model[len(root) + 1:][:80]!r}, which torch.export.load "
+                                        "would load as a program (it loads everything under models/), and it is not "
+                                        "a program's .json; refused")
                 stem = model[len(f"{root}/models/"):-len(".json")]
                 for kind in ("weights", "constants"):
                     config = f"{root}/data/{kind}/{stem}_{kind}_config.json"
@@ -194,6 +209,55 @@ def scan_archive(path: Path) -> str:
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path.name} is not a readable torch.export archive: {exc}") from None
     return f"{len(models)} program(s): raw weights, ATen operators, plain guards (nothing pickled)"
+
+
+def _refuse_ambiguous_names(path: Path, names: list[str]) -> None:
+    """Two entries whose names differ at most in letter case: torch's zip reader (miniz) looks names up ignoring
+    case and, among equal ones, finds either, while Python's zipfile reads the last of exactly that name; so the
+    scan could read one program and torch load the other (measured: a payload ran). torch.export.save writes
+    each name once."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.get(name.lower())
+        if other is not None:
+            twice = "twice" if other == name else f"and {other[:80]!r}, the same name in another case"
+            raise ArtifactError(f"{path.name} holds {name[:80]!r} {twice}: torch's archive reader would pick "
+                                "either, and not necessarily the one this scan reads; refused")
+        seen[name.lower()] = name
+
+
+def require_torch_reads_the_same(path: Path) -> None:
+    """torch's own zip reader (miniz) lists the entries Python's zipfile lists and returns the same bytes for each
+    entry that is not a raw tensor payload (programs, configs, sample inputs, extra files): two zip parsers that
+    disagree (on names, on which central directory counts: measured, a zip64 record read by one and not the other)
+    would otherwise load what the scan never read. Only before a load: miniz then parses the file anyway, and an
+    untrusted folder's integrity check keeps to Python's reader."""
+    import re
+    import zipfile
+
+    import torch
+
+    from exporter.fsio import read_archive_member
+
+    payload = re.compile(r"data/(weights|constants)/(?!.*_config\.json$)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            root = names[0].split("/", 1)[0] if names else ""
+            inner = {name: name[len(root) + 1:] for name in names}
+            python = {name: read_archive_member(archive, name, path) for name in names
+                      if not payload.match(inner[name])}
+        reader = torch._C.PyTorchFileReader(str(path))
+        same = sorted(reader.get_all_records()) == sorted(inner.values()) and all(
+            reader.get_record(inner[name]) == data for name, data in python.items())
+    except (zipfile.BadZipFile, ArtifactError) as exc:
+        raise ArtifactError(f"{path.name} is not a readable torch.export archive: {exc}") from None
+    except Exception as exc:  # c10::Error and others: a file torch cannot read is refused as unreadable
+        raise ArtifactError(f"{path.name} is not a readable torch.export archive: torch's reader says "
+                            f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}") from None
+    if not same:
+        raise ArtifactError(f"{path.name}: torch's archive reader sees other entries or other bytes than this scan "
+                            "read (a crafted zip); refused")
 
 
 def _refuse_pickled_entries(path: Path, root: str, names: list[str]) -> None:
