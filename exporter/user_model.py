@@ -351,7 +351,9 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
         _refuse_empty(result, names, spec)
         exact, note = _float64_model(module, x, names, spec)
     view = _view(tuple(names))
-    state = {k: v.detach() for k, v in module.state_dict().items()}
+    # tensors only: a module's `get_extra_state` may put any object in its state dict (a config dict ended the
+    # export with "AttributeError ... raised by your model's code"; hunt 10c); the module itself is what runs
+    state = {k: v.detach() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
     return UserBuiltModel(spec, module, Weights(f"factory:{spec}", state), view, exact,  # type: ignore[arg-type]
                           input_shape=own_shape, float64_note=note)
 

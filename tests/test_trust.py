@@ -392,3 +392,63 @@ def test_sign_key_is_never_handed_to_user_code(tmp_path):
                     "--out", tmp_path / "out")
     assert result.exit_code == 2 and "--sign-key cannot be used with --model" in error_line(result)
     assert not (tmp_path / "out").exists()
+
+
+PART_MODEL = """
+import torch
+from torch import nn
+
+
+class Part(nn.Module):
+    def __init__(self, wide: int, factor: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
+        self.wide = nn.Parameter(torch.zeros(1, 1).expand(1, wide))  # 10^5 wide, one float of memory
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) + self.wide[:, :1].sum()
+        if y.dtype == torch.float64:
+            return y * self.factor
+        return y
+
+
+def sliced():
+    return Part({wide}, {factor})
+"""
+
+
+def test_a_parameter_read_only_through_a_slice_counts_the_slice():
+    """A parameter the forward slices before any op reads it holds only the slice's terms: K counts its fan-in,
+    not the parameter's; a parameter some op reads whole counts whole."""
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    base = trust.accumulation_length(conv, input_shape=(1, 2, 8, 8))
+
+    class Sliced(torch.nn.Module):
+        def __init__(self, whole: bool) -> None:
+            super().__init__()
+            self.conv, self.whole = conv, whole
+            self.weight = torch.nn.Parameter(torch.zeros(3, 1000, 7))
+
+        def forward(self, x):
+            part = self.weight[:1, :4].narrow(2, 0, 2)  # (1, 4, 2): fan-in 8
+            y = self.conv(x) + part.sum()
+            return y + self.weight.sum() if self.whole else y
+
+    assert trust.accumulation_length(Sliced(False), input_shape=(1, 2, 8, 8)) == base + 4 * 2
+    assert trust.accumulation_length(Sliced(True), input_shape=(1, 2, 8, 8)) == base + 1000 * 7
+
+
+def test_a_wide_parameter_sliced_before_use_does_not_lift_the_floor_bound(tmp_path):
+    """Before: K counted a parameter any op touched at its full size, slicing included, so a zero-stride parameter
+    100x the conv's K wide (one float of memory), sliced to one element before use, lifted the bound 100-fold, and a
+    model whose float64 is 10x the bound off its float32 passed as 'agree' (found by hunt 10c)."""
+    from tests.test_hunt8b import CHANNELS, CONV_K, OTHER_IN_FLOAT64, SHAPE
+
+    factor = 1 + OTHER_IN_FLOAT64 * trust.rounding_bound(CONV_K)
+    source = tmp_path / "part.py"
+    source.write_text(PART_MODEL.format(channels=CHANNELS, factor=repr(factor), wide=100 * CONV_K))
+    result = CliRunner().invoke(app, ["export", "--model", f"{source}:sliced", "--shape", SHAPE, "--format",
+                                      "torchscript", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "not a noise floor" in result.output

@@ -214,3 +214,40 @@ def test_matrix_runs_user_models_and_never_caches_their_results(tmp_path):
         assert [{o["name"] for p in c["pairs"] for o in p["outputs"]} for c in cells] == \
             [set(OUTPUTS["make"]), set(OUTPUTS["make_dict"])]
         assert {c["cache"]["result"] for c in cells} == {"off"}
+
+
+EXTRA_STATE_MODEL = """
+import torch
+from torch import nn
+
+
+class WithConfig(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.config = {"mode": "fast", "steps": 3}
+
+    def get_extra_state(self):
+        return self.config
+
+    def set_extra_state(self, state):
+        self.config = dict(state)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def make():
+    return WithConfig()
+"""
+
+
+def test_a_model_with_extra_state_that_is_not_a_tensor_is_verified(tmp_path):
+    """Before: `get_extra_state` returning a dict put a non-tensor in the state dict, and the export ended in
+    "AttributeError ... raised by your model's code" (found by hunt 10c)."""
+    source = tmp_path / "config_model.py"
+    source.write_text(EXTRA_STATE_MODEL)
+    result = CliRunner().invoke(app, ["export", "--model", f"{source}:make", "--shape", "1x3x8x8", "--format",
+                                      "torchscript", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "agree" in result.output

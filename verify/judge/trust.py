@@ -156,20 +156,47 @@ def accumulation_length(model: Any = None, parameters: Sequence[Sequence[int]] =
     input sample. A weight is a non-empty parameter of two or more dimensions; its fan-in is the product of all
     but its first dimension (output features or channels). Of a model, only the parameters its forward reads
     (`read_parameters`) count."""
-    shapes = list(parameters)
+    fan_in = sum(_fan_in(shape) for shape in parameters)
     if model is not None:  # parameters only: a buffer is no weight, and an empty tensor holds no terms
-        shapes += [tuple(p.shape) for p in read_parameters(model, input_shape) if p.numel() > 0]
-    fan_in = sum(math.prod(shape[1:]) for shape in shapes if len(shape) >= 2 and math.prod(shape) > 0)
+        fan_in += sum(read_fan_ins(model, input_shape).values())
     return int(fan_in + math.prod(input_shape[1:]) if len(input_shape) > 1 else fan_in + 1)
 
 
-def read_parameters(model: Any, input_shape: Sequence[int]) -> list[Any]:
+def _fan_in(shape: Sequence[int]) -> int:
+    """A weight's fan-in: the product of all but its first dimension; 0 for fewer than two dimensions or no
+    elements."""
+    return math.prod(shape[1:]) if len(shape) >= 2 and math.prod(shape) > 0 else 0
+
+
+SELECTING_OPS = frozenset({"__getitem__", "narrow", "select", "index_select", "split", "split_with_sizes", "chunk",
+                           "unbind", "tensor_split", "diagonal"})
+"""Ops whose result is a part of their first input (a slice, a row, a chunk): an op that reads the part reads no
+more of the parameter than the part's own shape. Any other op reading a parameter reads all of it."""
+
+
+def read_fan_ins(model: Any, input_shape: Sequence[int]) -> dict[str, int]:
+    """Per parameter the forward reads (`read_parameters`), the fan-in of what it reads: the parameter's own, or
+    less where every op reads only a part of it (`SELECTING_OPS`: a zero-stride parameter 100x a conv's K wide,
+    sliced to one element before use, lifted the bound 100-fold, and a float64 path 10x the bound off passed;
+    hunt 10c). Never more than the parameter's own fan-in. Every parameter at its own fan-in when the forward cannot
+    be followed."""
+    import torch
+
+    named = dict(model.named_parameters())
+    parts: dict[str, int] = {}
+    read = {id(p) for p in read_parameters(model, input_shape, parts)}
+    return {name: min(_fan_in(p.shape), parts.get(name, _fan_in(p.shape)))
+            for name, p in named.items() if id(p) in read and isinstance(p, torch.Tensor)}
+
+
+def read_parameters(model: Any, input_shape: Sequence[int], parts: dict[str, int] | None = None) -> list[Any]:
     """The parameters an op reads while `model` runs once on an input of `input_shape`, on the meta device (shapes
     only, no arithmetic; the model itself is left as it was). A parameter no op reads (a head the forward never
     calls, a spare nn.Parameter) holds no terms of any accumulation: counted, it raised the bound, and a model whose
     float64 computes another function by 1 % passed it with a 100,000-wide spare parameter (README, Floor bound).
     Every parameter when the model does not run so, and every parameter of TorchScript code, whose ops no Python mode
-    sees (the bound then errs towards passing, never towards failing)."""
+    sees (the bound then errs towards passing, never towards failing). `parts`, when given, is filled with the
+    largest fan-in of what ops read of each parameter that ops read only through `SELECTING_OPS` (read_fan_ins)."""
     import warnings
 
     import torch
@@ -182,12 +209,27 @@ def read_parameters(model: Any, input_shape: Sequence[int]) -> list[Any]:
         return list(named.values())
     opaque = {id(p) for module in model.modules() if isinstance(module, torch.jit.ScriptModule)
               for p in module.parameters()}
-    read: set[int] = set()
+    read: set[int] = set()  # parameters some op reads whole
+    origin: dict[int, tuple[int, Any]] = {}  # id of a parameter's part -> (the parameter's id, the part, kept alive)
+    part_fan_ins: dict[int, int] = {}  # parameter id -> largest fan-in of a part an op reads
 
     class Reads(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            read.update(id(leaf) for leaf in tree_leaves((args, kwargs or {})) if isinstance(leaf, torch.Tensor))
-            return func(*args, **(kwargs or {}))
+            leaves = [leaf for leaf in tree_leaves((args, kwargs or {})) if isinstance(leaf, torch.Tensor)]
+            out = func(*args, **(kwargs or {}))
+            if leaves and getattr(func, "__name__", "") in SELECTING_OPS:
+                source = origin[id(leaves[0])][0] if id(leaves[0]) in origin else id(leaves[0])
+                for part in tree_leaves(out):
+                    if isinstance(part, torch.Tensor):
+                        origin[id(part)] = (source, part)
+                leaves = leaves[1:]  # the parameter is not read here: what reads the part reads that much of it
+            for leaf in leaves:
+                if id(leaf) in origin:
+                    source, part = origin[id(leaf)]
+                    part_fan_ins[source] = max(part_fan_ins.get(source, 0), _fan_in(part.shape))
+                else:
+                    read.add(id(leaf))
+            return out
 
     try:
         meta = {name: torch.empty_like(p, device="meta") for name, p in named.items()}
@@ -197,7 +239,11 @@ def read_parameters(model: Any, input_shape: Sequence[int]) -> list[Any]:
             functional_call(model, state, (torch.empty(tuple(input_shape), device="meta"),))
     except Exception:  # data-dependent control flow, a NumPy step, an op without a meta kernel: count them all
         return list(named.values())
-    return [named[name] for name, p in meta.items() if id(p) in read or id(named[name]) in opaque]
+    if parts is not None:
+        parts.update({name: part_fan_ins[id(p)] for name, p in meta.items()
+                      if id(p) in part_fan_ins and id(p) not in read and id(named[name]) not in opaque})
+    return [named[name] for name, p in meta.items()
+            if id(p) in read or id(p) in part_fan_ins or id(named[name]) in opaque]
 
 
 def file_accumulation_length(artifact: Any, input_shape: Sequence[int]) -> int | None:
