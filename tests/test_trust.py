@@ -452,3 +452,48 @@ def test_a_wide_parameter_sliced_before_use_does_not_lift_the_floor_bound(tmp_pa
                                       "torchscript", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1, result.output
     assert "not a noise floor" in result.output
+
+
+WIDE_READ_MODEL = """
+import torch
+from torch import nn
+
+
+class Wide(nn.Module):
+    def __init__(self, wide: int, factor: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
+        self.wide = nn.Parameter(torch.zeros(1, wide))
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) + self.wide.sum()  # read whole: its fan-in is this file's own
+        if y.dtype == torch.float64:
+            return y * self.factor
+        return y
+
+
+def other():
+    return Wide(1, {factor})
+
+
+def wide_file():
+    return Wide({wide}, 1.0)
+"""
+
+
+def test_each_side_of_a_compare_is_held_to_its_own_floor_bound(tmp_path):
+    """Before: both sides' floors were held to the larger side's K, so a TorchScript file that honestly reads a
+    parameter 100x the conv's K wide lifted the bound of the other side too, and a model whose float64 is 10x its
+    own bound off its float32 passed `verify compare` against it (found by hunt 10c)."""
+    from tests.test_hunt9b import CHANNELS, CONV_K, OTHER_IN_FLOAT64, SHAPE, _load
+
+    factor = 1 + OTHER_IN_FLOAT64 * trust.rounding_bound(CONV_K)
+    source = tmp_path / "wide.py"
+    source.write_text(WIDE_READ_MODEL.format(channels=CHANNELS, factor=repr(factor), wide=100 * CONV_K))
+    torch.manual_seed(0)  # as the loader seeds a factory (--seed 0): the file's conv is the model's
+    torch.jit.save(torch.jit.script(_load(source, "wide_10c").wide_file().eval()), str(tmp_path / "wide.pt"))
+    result = CliRunner().invoke(app, ["compare", f"{source}:other", str(tmp_path / "wide.pt"), "--shape", SHAPE,
+                                      "--samples", "1"])
+    assert result.exit_code == 1, result.output
+    assert "not a noise floor" in result.output
