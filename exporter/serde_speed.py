@@ -10,7 +10,13 @@ sizes ("((s53 - 1)//4) + 1", ...) are parsed and their sub-expressions printed a
 strings thousands of times (6,472 parses for a dynamic ResNet-50). `remember_sym_exprs` gives each deserializer a
 memo of what it parsed: a string parsed again returns the expression the first parse returned, which is the one
 torch's own symbol cache would have handed back (its other effects, a hint or a value range registered for the
-symbol, are already in place after the first). A dynamic ResNet-50 `.pt2` loads in 1.1 s instead of 2.8 s."""
+symbol, are already in place after the first). A dynamic ResNet-50 `.pt2` loads in 1.1 s instead of 2.8 s.
+
+Saving, the serializer prints every symbolic size, stride and offset of every node with sympy's `srepr`: 1,356
+prints of 32 distinct expression objects for a dynamic ResNet-50. `remember_sym_prints` keeps each object's printed
+form (keyed by the object itself, held alive, so the same object is the same text): the archive is byte for byte
+the same, and its save takes about 30 % less time (measured in one process, alternated, on a loaded machine:
+6.6 s to 4.6 s)."""
 
 from __future__ import annotations
 
@@ -85,4 +91,48 @@ def remember_sym_exprs() -> bool:
 
         remembering._remembers = True
         GraphModuleDeserializer._parse_sym_expr = remembering
+        return True
+
+
+PRINT_MEMO_SIZE = 4096
+"""Expressions whose printed form is kept (a dynamic ResNet-50 has 32 distinct ones); the memo starts over past it."""
+
+
+def remember_sym_prints() -> bool:
+    """Install the memo of printed shape expressions into torch's export serializer (once; idempotent,
+    thread-safe). False where this torch's serializer has no `_print_sympy(s)` (another torch: nothing changed)."""
+    import inspect
+
+    try:
+        import torch
+        from torch._export.serde import serialize
+    except ImportError:
+        return False
+    with _LOCK:
+        print_sympy = getattr(serialize, "_print_sympy", None)
+        if getattr(print_sympy, "_remembers", False):
+            return True
+        try:
+            names = list(inspect.signature(print_sympy).parameters) if print_sympy is not None else []
+        except (TypeError, ValueError):
+            return False
+        if names != ["s"]:
+            return False
+        symbolic = (torch.SymInt, torch.SymBool, torch.SymFloat)
+        printed: dict[int, tuple[Any, str]] = {}
+
+        @functools.wraps(print_sympy)
+        def remembering(s: Any) -> str:
+            expr = s.node.expr if isinstance(s, symbolic) else s
+            entry = printed.get(id(expr))
+            if entry is not None and entry[0] is expr:  # the entry holds the object: its id is not reused
+                return entry[1]
+            text = print_sympy(expr)
+            if len(printed) >= PRINT_MEMO_SIZE:
+                printed.clear()
+            printed[id(expr)] = (expr, text)
+            return text
+
+        remembering._remembers = True
+        serialize._print_sympy = remembering
         return True

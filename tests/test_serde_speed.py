@@ -124,3 +124,45 @@ def test_a_dynamic_program_loads_the_same_with_each_shape_expression_parsed_once
     with torch.no_grad():
         expected, got = plain_module(x), module(x)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def _members(path):
+    """Each entry's bytes by its name under the archive's root (the root is named after the file), but for the
+    random id torch gives every save."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()
+                if not name.endswith("/serialization_id")}
+
+
+def test_a_dynamic_program_saves_the_same_archive_with_each_shape_expression_printed_once(tmp_path, monkeypatch):
+    from torch._export.serde import serialize
+
+    from exporter import serde_speed
+
+    torch.manual_seed(0)
+    dim = torch.export.Dim
+    program = torch.export.export(Strided().eval(), (torch.randn(2, 3, 33, 41),), dynamic_shapes=(
+        {0: dim("batch", min=1, max=8), 2: dim("height", min=16, max=256), 3: dim("width", min=16, max=256)},))
+    plain_print = getattr(serialize._print_sympy, "__wrapped__", serialize._print_sympy)
+    printed = []
+
+    def counted(s):
+        printed.append(s)
+        return plain_print(s)
+
+    monkeypatch.setattr(serialize, "_print_sympy", counted)  # torch as it comes, counted
+    torch.export.save(program, str(tmp_path / "plain.pt2"))
+    asked = len(printed)
+    assert serde_speed.remember_sym_prints() and serde_speed.remember_sym_prints()  # once, then left as it is
+    printed.clear()
+    torch.export.save(program, str(tmp_path / "remembered.pt2"))
+    assert 0 < len(printed) < asked  # each expression object printed once, not every time it is met
+    assert _members(tmp_path / "remembered.pt2") == _members(tmp_path / "plain.pt2")
+
+    monkeypatch.setattr(serde_speed, "PRINT_MEMO_SIZE", 1)  # the memo starting over after every entry
+    monkeypatch.setattr(serialize, "_print_sympy", counted)
+    serde_speed.remember_sym_prints()
+    torch.export.save(program, str(tmp_path / "evicted.pt2"))
+    assert _members(tmp_path / "evicted.pt2") == _members(tmp_path / "plain.pt2")

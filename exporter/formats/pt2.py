@@ -80,6 +80,9 @@ class ExportedProgramFormat(Format):
         meta.dynamic_axes = dict(DYNAMIC_AXES) if ctx.dynamic else {}
         program = ctx.exported_program()
         meta.dynamic_ranges = accepted_ranges(program) if ctx.dynamic else {}
+        from exporter.serde_speed import remember_sym_prints
+
+        remember_sym_prints()  # each shape expression printed once per object, not once per size it appears in
         try:
             save_through_memory(lambda buffer: torch.export.save(program, buffer, extra_files={
                 TORCHSCRIPT_META_FILE: meta.to_json()}), path)
