@@ -211,3 +211,24 @@ def test_prune_command_takes_sizes_and_refuses_what_is_not_one(tmp_path):
     assert emptied.exit_code == 0 and "1 entries removed" in emptied.stdout and cache.info()["entries"] == {}
     bad = runner.invoke(app, ["cache", "prune", "--max-size", "lots"])
     assert bad.exit_code == 2 and "is not a size" in bad.stderr
+
+
+def test_cache_info_reads_a_cache_it_may_not_write(tmp_path, monkeypatch):
+    """`verify cache info` only reads: a cache folder on a read-only file system is shown, not refused as "Cannot
+    write cache folder" (found by hunt 10c); the commands that write still refuse it, and a file is no folder."""
+    from typer.testing import CliRunner
+
+    from exporter import fsio
+    from verify.cli import app
+
+    Cache(tmp_path / "cache").clear()
+    monkeypatch.setattr(fsio, "_can_create_in", lambda base: "Read-only file system")  # root writes anywhere here
+    runner = CliRunner()
+    shown = runner.invoke(app, ["cache", "info", "--cache-dir", str(tmp_path / "cache")])
+    assert shown.exit_code == 0, shown.output
+    assert "entries: none" in shown.output
+    cleared = runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path / "cache")])
+    assert cleared.exit_code == 2 and "Read-only file system" in cleared.output
+    (tmp_path / "file").write_text("")
+    refused = runner.invoke(app, ["cache", "info", "--cache-dir", str(tmp_path / "file")])
+    assert refused.exit_code == 2 and "give a folder" in refused.output

@@ -198,7 +198,7 @@ def _not_a_report(reports: list[Path], **outputs: Path | None) -> None:
 
 @cache_app.command()
 @handle_errors
-def info(cache_dir: opt.CacheDir = None) -> None:
+def info(cache_dir: opt.CacheDirToRead = None) -> None:
     """Where the cache is, its entries per kind and its size."""
     from verify.cache import Cache, default_cache_dir
 

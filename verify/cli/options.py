@@ -5,6 +5,7 @@ value is refused before any model is built. Heavy imports stay out (`verify --he
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -245,6 +246,19 @@ check_cache_folder = _refusing(lambda path: check_writable_folder(path, "cache f
 """A cache folder: writable where it exists, creatable where it does not."""
 
 
+def _readable_folder(path: Path) -> None:
+    from exporter.fsio import path_kind
+
+    kind = path_kind(path) if os.path.lexists(path) else "a directory"
+    if kind != "a directory":
+        raise UsageError(f"cache folder {path} is {kind or 'a file'}; give a folder")
+
+
+check_cache_folder_to_read = _refusing(_readable_folder)
+"""A cache folder only read (`verify cache info`): a folder or nothing; a read-only one is fine (it was refused as
+not writable)."""
+
+
 def check_existing_paths(value: list[Path] | Path | None) -> Any:
     """Export folders (or their manifest.json) for artifact/preflight: there, and a folder or a file."""
     for path in value if isinstance(value, list) else [value] if value is not None else []:
@@ -367,6 +381,10 @@ Formats = Annotated[list[str] | None, typer.Option(
          "[default: torchscript, pt2, onnx]")]
 CacheDir = Annotated[Path | None, typer.Option(
     callback=check_cache_folder,
+    help="Cache folder [default: $BACKBONE_VERIFY_CACHE_DIR, else the platform's user cache folder, e.g. "
+         "~/.cache/backbone-verify]")]
+CacheDirToRead = Annotated[Path | None, typer.Option(
+    "--cache-dir", callback=check_cache_folder_to_read,
     help="Cache folder [default: $BACKBONE_VERIFY_CACHE_DIR, else the platform's user cache folder, e.g. "
          "~/.cache/backbone-verify]")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Compute everything; read and write no cache")]
