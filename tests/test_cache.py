@@ -118,7 +118,6 @@ def test_verify_export_takes_only_onnx_from_the_cache(tmp_path, monkeypatch):
     from exporter.formats.onnx import OnnxOptions
     from exporter.spec import ModelSpec
     from verify.api import RunSettings, verify_export
-
     from verify.pipeline.overlap import MODE_ENV
 
     options = ExportOptions(formats=("torchscript", "onnx"), format_options=(OnnxOptions("torchscript"),))
