@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,12 +14,15 @@ from verify.explain.localize import EQUIVALENCE_RTOL, localise
 from verify.explain.structure import StructuralDifference, canonical_modules, structural_diff, train_mode_modules
 from verify.explain.tracers import Side, tracer_for
 from verify.inputs import seeded_input
+from verify.judge.compare import Tolerance, compare_arrays
 from verify.judge.trust import RANDOM_CAUSES, output_differences
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from verify.judge.oracle import NoiseFloor
 
 SEED_QUESTION = ("resnet50:batch:trunk", "resnet50:frozen:body")
 REPEATS = 2
@@ -42,6 +46,10 @@ class Explanation:
     float64_difference: dict[str, dict[str, float]] = field(default_factory=dict)
     float32_difference: dict[str, float] = field(default_factory=dict)
     noise_floor: dict[str, dict[str, float]] = field(default_factory=dict)
+    float32_ratio: dict[str, float] = field(default_factory=dict)
+    """The float32 difference over the larger of the two sides' floors, judged per channel and away from peaks as
+    `verify compare` judges (verify.judge.compare.compare_arrays): a quiet channel's error does not hide under the
+    loudest channel's floor."""
     first_divergence: str | None = None
     divergence: dict[str, Any] | None = None
     divergence_note: str | None = None
@@ -50,6 +58,9 @@ class Explanation:
     structure_compared: bool = False
     """Both sides are torch modules, so their modules and tensors were diffed."""
     train_mode: dict[str, list[str]] = field(default_factory=dict)
+    unshared: dict[str, list[str]] = field(default_factory=dict)
+    """Outputs one side alone has (A and B are judged on the outputs both have, e.g. a trunk's layer4 against a
+    body's four stages): named in the report, never silently left out."""
     input_shape: list[int] = field(default_factory=list)
     input: str = ""
     """The input this explanation rests on (with several, the first that tells A and B apart)."""
@@ -65,7 +76,9 @@ class Explanation:
         return max(self.float32_difference, key=lambda k: self.float32_difference[k])
 
     def ratio(self, output: str) -> float:
-        """The float32 difference as a multiple of the larger of the two sides' floors."""
+        """The float32 difference as a multiple of the larger of the two sides' floors (per channel where measured)."""
+        if output in self.float32_ratio:
+            return self.float32_ratio[output]
         floor = max(self.noise_floor.get(side, {}).get(output, 0.0) for side in ("A", "B"))
         return self.float32_difference[output] / floor if floor else float("inf")
 
@@ -78,7 +91,12 @@ class Explanation:
                         f"is rounding, {self.ratio(out):.1f}x the float32 noise floor")
             return (f"equivalent within float32 rounding: {self.ratio(out):.1f}x the noise floor (an ONNX side "
                     "cannot run in float64, so this is judged on the float32 floor)")
-        if self.how == "float64":
+        overflow = [n for n in self.outputs if not math.isfinite(self.ratio(n))]
+        if self.how == "float64" and overflow and \
+                all(d["max_rel"] <= EQUIVALENCE_RTOL for d in self.float64_difference.values()):
+            head = (f"not equivalent in float32: A and B compute the same function in float64, but {overflow[0]} is "
+                    "NaN or Inf in one side's float32 run only (an overflow or a division by zero, not rounding)")
+        elif self.how == "float64":
             head = (f"not equivalent: A and B compute different functions; in float64 {out} differs by "
                     f"{self.float64_difference[out]['max_rel']:.1e} relative, {self.ratio(out):.0f}x the "
                     "float32 noise floor")
@@ -112,11 +130,12 @@ class Explanation:
             "a": self.a, "b": self.b, "equivalent": self.equivalent, "how": self.how,
             "verdict": self.headline(), "outputs": self.outputs, "input_shape": self.input_shape,
             "float64_difference": self.float64_difference, "float32_difference": self.float32_difference,
-            "noise_floor": self.noise_floor, "first_divergence": self.first_divergence,
+            "noise_floor": self.noise_floor, "float32_ratio": {k: _finite(v) for k, v in self.float32_ratio.items()},
+            "first_divergence": self.first_divergence,
             "divergence": self.divergence, "divergence_note": self.divergence_note,
             "structural_differences": [d.to_dict() for d in self.structural_differences],
             "structure_compared": self.structure_compared, "input": self.input,
-            "train_mode": self.train_mode, "equivalence_rtol": EQUIVALENCE_RTOL,
+            "train_mode": self.train_mode, "unshared": self.unshared, "equivalence_rtol": EQUIVALENCE_RTOL,
         }
 
 
@@ -172,7 +191,7 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
     import numpy as np
     import torch
 
-    from verify.judge.oracle import noise_floors, oracle_or_spread
+    from verify.judge.oracle import measure_floors, oracle_or_spread
     from verify.runtimes import default_runtime, make_runtime
     from verify.runtimes.torch_common import call_module, to_numpy_outputs
 
@@ -203,18 +222,28 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
                              f"{fp32[1][name].shape} in {labels[1]}: not the same quantity")
     result = Explanation(labels[0], labels[1], equivalent=False, how="float64", outputs=shared,
                          input_shape=list(x.shape))
+    result.unshared = {label: [n for n in mine if n not in theirs] for label, mine, theirs
+                       in zip("AB", fp32, fp32[::-1]) if any(n not in theirs for n in mine)}
     result.float32_difference = {
         n: float(np.abs(fp32[0][n].astype(np.float64) - fp32[1][n]).max()) for n in shared}
+    own = []
     for side_label, artifact, out32, ref in zip("AB", (a, b), fp32, fp64):
-        floors = noise_floors(out32, ref) if ref is not None else \
-            oracle_or_spread(artifact, {artifact.meta.input_name: x}, out32).floors
-        result.noise_floor[side_label] = {k: v for k, v in floors.items() if k in shared}
+        floors = measure_floors(out32, ref) if ref is not None else \
+            oracle_or_spread(artifact, {artifact.meta.input_name: x}, out32).noise
+        own.append(floors)
+        result.noise_floor[side_label] = {k: f.value for k, f in floors.items() if k in shared}
+    _require_rounding_floors((a, b), labels, own, [ref if ref is not None else out for ref, out in zip(fp64, fp32)],
+                             x.shape)
+    combined = {n: own[0][n].combine(own[1].get(n)) if n in own[0] else own[1].get(n) for n in shared}
+    result.float32_ratio = {n: _float32_ratio(n, fp32[0][n], fp32[1][n], floor)
+                            for n, floor in combined.items() if floor is not None}
     if fp64[0] is not None and fp64[1] is not None:
         for n in shared:
-            diff = float(np.abs(fp64[0][n] - fp64[1][n]).max())
-            scale = float(np.abs(fp64[1][n]).max()) or 1.0
-            result.float64_difference[n] = {"max_abs": diff, "max_rel": diff / scale}
-        result.equivalent = all(d["max_rel"] <= EQUIVALENCE_RTOL for d in result.float64_difference.values())
+            diff, rel = float64_difference(fp64[0][n], fp64[1][n], combined[n])
+            result.float64_difference[n] = {"max_abs": diff, "max_rel": rel}
+        # the same function in float64, and no NaN/Inf in one side's float32 run only (an overflow is no rounding)
+        result.equivalent = all(d["max_rel"] <= EQUIVALENCE_RTOL for d in result.float64_difference.values()) \
+            and all(math.isfinite(result.ratio(n)) for n in shared)
     else:
         result.how = "float32-floor"
         result.equivalent = all(result.ratio(n) <= factor for n in shared)
@@ -241,6 +270,64 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
         else:
             result.divergence_note = found.note
     return result
+
+
+def _require_rounding_floors(artifacts: tuple[Artifact, Artifact], labels: tuple[str, str], floors: list[dict],
+                             references: list[dict[str, np.ndarray]], shape: tuple[int, ...]) -> None:
+    """Each side's floor one rounding can produce (verify/judge/trust.py, as `compare` checks it): a model whose float32
+    run is another function than its float64 one (`y * 1.01` in float32 only) measured that difference as its "floor",
+    and explain called A and B `equivalent ... their float32 difference is rounding, 1.0x`, exit 0."""
+    from verify.judge.trust import accumulation_length, file_accumulation_length, floor_problems
+
+    lengths = [accumulation_length(artifact.built.model, input_shape=shape)
+               if getattr(artifact.built, "model", None) is not None else file_accumulation_length(artifact, shape)
+               for artifact in artifacts]
+    known = [length for length in lengths if length]
+    for label, artifact, own, reference, length in zip(labels, artifacts, floors, references, lengths):
+        # each side to its own K (as `compare`); a side without one borrows the largest known
+        k = length or max(known, default=None)
+        found = floor_problems(own, reference, k, what=f"{label} ({artifact.label})")
+        if found:
+            raise NotJudged(found[0].split(" Not judged")[0] + " Not judged: explain needs each side's float32 run to "
+                            "differ from its float64 one by rounding only")
+
+
+def _float32_ratio(name: str, a: np.ndarray, b: np.ndarray, floor: NoiseFloor) -> float:
+    """|a - b| over `floor` as `verify compare` takes it: the worst channel's over its own floor, an element away from
+    its channel's peaks over the bulk floor; infinite where NaN or Inf is on one side only."""
+    result = compare_arrays(name, a, b, Tolerance(), floor)
+    if result.nonfinite or (result.ratio is None and result.max_abs):
+        return math.inf
+    return result.ratio or 0.0
+
+
+def float64_difference(a: np.ndarray, b: np.ndarray, floor: NoiseFloor | None) -> tuple[float, float]:
+    """max |a - b| and its size relative to B's scale (EQUIVALENCE_RTOL's rule). Where `floor` measured peaks
+    (verify.judge.oracle.PEAK_FACTOR: a mask value, a sentinel), an element of the bulk is relative to the bulk's
+    scale: one -1e9 in B no longer makes a difference of 1e-2 everywhere else 1e-11 relative."""
+    import numpy as np
+
+    if a.shape != b.shape:  # a model whose float64 run has another shape than its float32 one: no broadcasting
+        return math.inf, math.inf
+    if not b.size:
+        return 0.0, 0.0
+    a, b = a.astype(np.float64), b.astype(np.float64)  # an integer or bool output: no wrap-around, no bool minus
+    diff = np.abs(a - b)
+    max_abs = float(diff.max())
+    magnitude = np.abs(b)
+    scale = float(magnitude.max()) or 1.0
+    rel = max_abs / scale
+    bulk = floor.in_bulk(np.minimum(np.abs(a), magnitude)) if floor is not None else None
+    if bulk is not None and bulk.any():  # an element either side holds below its group's peak limit
+        own = floor.in_bulk(magnitude)
+        bulk_scale = float(np.where(own, magnitude, 0.0).max()) if own is not None else 0.0
+        bulk_scale = bulk_scale or float(floor.bulk_limits.max()) or 1.0
+        rel = max(rel, float(np.where(bulk, diff, 0.0).max()) / bulk_scale)
+    return max_abs, rel
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _deterministic(runs: list[dict[str, np.ndarray]], label: str) -> dict[str, np.ndarray]:
@@ -323,6 +410,8 @@ def render_explanation(result: Explanation, console: Any, limit: int = 15) -> No
                       f"{result.float32_difference[name]:.2e}",
                       *[f"{f:.2e}" if f is not None else "-" for f in floors], f"{result.ratio(name):.1f}")
     console.print(table)
+    for side, names in result.unshared.items():
+        console.print(f"[yellow]{side} alone has {escape(', '.join(names))}: not compared[/]")
     diffs = result.structural_differences
     if diffs:
         console.print(f"structural differences ({len(diffs)}):")

@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 LIMIT = 10
 """Layers shown in the report (all are in its JSON)."""
 NO_LAYERS = "no candidate layer maps back to a reference module (a graph without module scopes)"
+OWN_INPUT = ("", -1)
+"""Unit.inputs' key for an input computed outside any module (a functional `torch.relu` before a module called
+twice): the reference's own recorded input to that module call, where the call took one tensor."""
 
 
 @dataclass
@@ -58,7 +61,8 @@ class Unit:
     call: int
     ops: list[Any]
     inputs: dict[Any, tuple[str, int] | None]
-    """External activation input -> the reference module call whose output it is (None: the model input)."""
+    """External activation input -> the reference module call whose output it is (None: the model input; OWN_INPUT:
+    the reference's recorded input to this very call)."""
     output: Any
     fused_with: list[str] = field(default_factory=list)
 
@@ -116,26 +120,39 @@ class Reference:
     x: Any
     modules: dict[str, Any] = field(default_factory=dict)
     """The reference's float32 modules by canonical name."""
+    sole_inputs: set[tuple[str, int]] = field(default_factory=set)
+    """The module calls that took exactly one tensor: their recorded input is the whole of what they read."""
 
 
 def record_reference(side: Side, x: np.ndarray) -> Reference:
-    """Each module call's first tensor input and its output, in float64 (forward hooks)."""
+    """Each module call's first tensor input and its output, in float64. The input is taken before the call runs (a
+    pre-hook): an in-place module (`nn.Hardswish(inplace=True)`, `x.add_(b)`) has overwritten it by the time its
+    forward hook runs, and its floor, measured on that, was its own output's distance from itself applied twice."""
     import torch
 
     names = {id(m): n for n, m in canonical_modules(side.fp64, side.prefix).items()}
-    inputs, outputs, calls = {}, {}, Counter()
+    inputs, outputs, calls, sole = {}, {}, Counter(), set()
+    taken: dict[int, list[tuple[Any, bool]]] = {}  # module -> its open calls' inputs (a module may call itself)
+
+    def before(module, args):
+        first = args[0].detach().clone() if args and isinstance(args[0], torch.Tensor) else None
+        taken.setdefault(id(module), []).append((first, sum(isinstance(arg, torch.Tensor) for arg in args) == 1))
 
     def hook(module, args, output):
+        first, alone = taken[id(module)].pop()
         name = names.get(id(module))
         if name is None or not isinstance(output, torch.Tensor):
             return
         key = (name, calls[name])
         calls[name] += 1
         outputs[key] = output.detach().clone()
-        if args and isinstance(args[0], torch.Tensor):
-            inputs[key] = args[0].detach().clone()
+        if first is not None:
+            inputs[key] = first
+            if alone:
+                sole.add(key)
 
-    handles = [m.register_forward_hook(hook) for m in side.fp64.modules() if id(m) in names]
+    modules = [m for m in side.fp64.modules() if id(m) in names]
+    handles = [m.register_forward_pre_hook(before) for m in modules] + [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad():
             side.fp64(torch.from_numpy(x).double())
@@ -143,7 +160,7 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
         for handle in handles:
             handle.remove()
     return Reference(side, inputs, outputs, torch.from_numpy(x).double(),
-                     canonical_modules(side.fp32, side.prefix))
+                     canonical_modules(side.fp32, side.prefix), sole)
 
 
 def own_floor(ref: Reference, unit: Unit) -> Any:
@@ -176,8 +193,8 @@ def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
     import torch
 
     module = torch.nn.Sequential(*chain)
-    with torch.no_grad():
-        runs = [module(start).numpy()]
+    with torch.no_grad():  # each evaluation on a copy: an in-place module writes into what it is given
+        runs = [module(start.clone()).numpy()]
         head = chain[0]
         if isinstance(head, torch.nn.Conv2d) and head.groups == 1:
             flipped = copy.deepcopy(head)
@@ -185,7 +202,7 @@ def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
             runs.append(torch.nn.Sequential(flipped, *chain[1:])(start.flip(1)).numpy())
         fold = folded_float32(module, start) if len(chain) > 1 else None
         if fold is not None:
-            runs.append(fold(start).numpy())
+            runs.append(fold(start.clone()).numpy())
     return runs
 
 
@@ -209,7 +226,26 @@ def judge(ref: Reference, unit: Unit, got: np.ndarray) -> LayerError | None:
     return LayerError(module, unit.call, float(err.max()) / floor.value, float(err.max()), floor.value, fused)
 
 
-def reference_value(ref: Reference, key: tuple[str, int] | None) -> Any:
+def keep(result: Isolation, ref: Reference, unit: Unit, got: np.ndarray | None) -> LayerError | None:
+    """Judge a re-run layer into `result`: a layer whose output has another shape than the reference's could not be
+    compared with it (unrunnable: another model's layer, never 'not re-run'); one with no floor or no tensor is
+    skipped."""
+    want = ref.outputs[(unit.path, unit.call)]
+    if got is not None and tuple(got.shape) != tuple(want.shape):
+        result.unrunnable.append(unit.path)
+        return None
+    layer = judge(ref, unit, got) if got is not None else None
+    if layer is None:
+        result.skipped.append(unit.path)
+    else:
+        result.layers.append(layer)
+    return layer
+
+
+def reference_value(ref: Reference, key: tuple[str, int] | None, unit: Unit | None = None) -> Any:
+    if key == OWN_INPUT:  # what this call read, where it read one tensor (its first module, for a folded conv)
+        own = (unit.fused_with[0] if unit.fused_with else unit.path, unit.call) if unit is not None else None
+        return ref.inputs.get(own) if own in ref.sole_inputs else None
     return ref.x if key is None else ref.outputs.get(key)
 
 
@@ -226,15 +262,20 @@ def rerun(result: Isolation, path: str, layer: Any, *args: Any) -> Any:
 # ---------------------------------------------------------------- ONNX candidates: node runs
 
 def _runs(scoped: list[tuple[Any, list[str] | None]]) -> list[tuple[str, list[Any]]]:
-    """Contiguous runs of ops under the same innermost module scope: (path, ops)."""
+    """Contiguous runs of ops under the same innermost module scope: (path, ops). An op outside every module (an
+    empty scope list, e.g. a functional `torch.relu` between two calls of one module) ends the run: the calls on
+    either side of it are two layers, not one (None: no scope record, neither inside nor outside)."""
     runs: list[tuple[str, list[Any]]] = []
+    ended = False
     for handle, scopes in scoped:
         if not scopes:
+            ended = ended or scopes is not None
             continue
-        if runs and runs[-1][0] == scopes[-1]:
+        if runs and runs[-1][0] == scopes[-1] and not ended:
             runs[-1][1].append(handle)
         else:
             runs.append((scopes[-1], [handle]))
+        ended = False
     return runs
 
 
@@ -242,6 +283,18 @@ def _best_prefix(names: set[str], known: set[str]) -> str:
     """The view prefix (`body.`) that lines a file's module paths up with the reference's names."""
     prefixes = sorted({""} | {n.split(".", 1)[0] + "." for n in names if "." in n})
     return max(prefixes, key=lambda p: (len({canonical_name(n, p) for n in names} & known), p == ""))
+
+
+def _own_input(inputs: dict[Any, tuple[str, int] | None], outside: set[Any]) -> bool:
+    """Map a unit's one activation input computed outside any module (`torch.relu(y)` before `self.block`) to the
+    reference's recorded input of that call (OWN_INPUT); False where it has several inputs, so which is which is
+    unknown (the unit is skipped)."""
+    if not outside:
+        return True
+    if len(outside) > 1 or inputs:
+        return False
+    inputs[next(iter(outside))] = OWN_INPUT
+    return True
 
 
 def onnx_units(model: Any, known: set[str]) -> tuple[list[Unit], list[str]]:
@@ -268,7 +321,7 @@ def onnx_units(model: Any, known: set[str]) -> tuple[list[Unit], list[str]]:
         inside = {out for i in run for out in nodes[i].output}
         inputs: dict[Any, tuple[str, int] | None] = {}
         ops = list(run)
-        readable = True
+        outside: set[str] = set()
         for i in run:
             for name in nodes[i].input:
                 if not name or name in inside or name in initializers or name in inputs:
@@ -281,8 +334,8 @@ def onnx_units(model: Any, known: set[str]) -> tuple[list[Unit], list[str]]:
                 elif ends.get(producer.get(name, -1)):
                     inputs[name] = ends[producer[name]][0]
                 else:
-                    readable = False
-        if not readable:
+                    outside.add(name)
+        if not _own_input(inputs, outside):
             skipped.append(path)
             continue
         partner = fold_partner(path)
@@ -310,13 +363,15 @@ def onnx_piece(model: Any, unit: Unit, shapes: dict[Any, tuple[int, ...]], out_s
 def run_onnx_piece(piece: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(piece.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a piece that cannot take the values raises; its error log is not the report's
+    session = ort.InferenceSession(piece.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)[0]
 
 
 def unit_feeds(ref: Reference, unit: Unit) -> dict[Any, Any] | None:
     """The unit's inputs as the reference computed them, in float32 (None where one is missing)."""
-    feeds = {name: reference_value(ref, key) for name, key in unit.inputs.items()}
+    feeds = {name: reference_value(ref, key, unit) for name, key in unit.inputs.items()}
     if any(value is None for value in feeds.values()):
         return None
     return {name: value.float() for name, value in feeds.items()}
@@ -338,12 +393,8 @@ def isolate_onnx(ref: Reference, path: Any, factor: float) -> tuple[Isolation, l
                            tuple(ref.outputs[(unit.path, unit.call)].shape))
         if (got := rerun(result, unit.path, run_onnx_piece, piece, arrays)) is None:
             continue
-        layer = judge(ref, unit, got)
-        if layer is None:
-            result.skipped.append(unit.path)
-            continue
-        result.layers.append(layer)
-        pieces.append((unit, piece))
+        if keep(result, ref, unit, got) is not None:
+            pieces.append((unit, piece))
     return result, pieces
 
 
@@ -365,13 +416,15 @@ def fx_units(module: Any, known: set[str]) -> tuple[list[Unit], list[str]]:
     for path, call, node in module_calls((n, s if tensor_valued(n) else None) for n, s in zip(nodes, scoped)):
         ends.setdefault(node, []).append((path, call))
     units, skipped = [], []
-    for path, run in _runs([(n, [p for _, p in s] if s else None) for n, s in zip(nodes, scoped)]):
+    stacks = [fx_scopes(n) is not None for n in nodes]  # an empty stack is the root's: an op outside every module
+    for path, run in _runs([(n, [p for _, p in s] if s else [] if stack else None)
+                            for n, s, stack in zip(nodes, scoped, stacks)]):
         last = next((n for n in reversed(run) if any(p == path for p, _ in ends.get(n, []))), None)
         if last is None:
             continue
         inside = set(run[:run.index(last) + 1])
         inputs: dict[Any, tuple[str, int] | None] = {}
-        readable = True
+        outside: set[Any] = set()
         for node in inside:
             for arg in node.all_input_nodes:
                 if arg in inside or arg.op == "get_attr" or arg in inputs:
@@ -381,8 +434,8 @@ def fx_units(module: Any, known: set[str]) -> tuple[list[Unit], list[str]]:
                 elif ends.get(arg):
                     inputs[arg] = ends[arg][0]
                 else:
-                    readable = False
-        if not readable:
+                    outside.add(arg)
+        if not _own_input(inputs, outside):
             skipped.append(path)
             continue
         call = next(c for p, c in ends[last] if p == path)
@@ -417,11 +470,7 @@ def isolate_fx(ref: Reference, module: Any, factor: float) -> Isolation:
             continue
         if (got := rerun(result, unit.path, run_fx_unit, module, unit, feeds)) is None:
             continue
-        layer = judge(ref, unit, got.detach().numpy()) if hasattr(got, "detach") else None
-        if layer is None:
-            result.skipped.append(unit.path)
-        else:
-            result.layers.append(layer)
+        keep(result, ref, unit, got.detach().numpy() if hasattr(got, "detach") else None)
     return result
 
 
@@ -436,14 +485,13 @@ def isolate_eager(ref: Reference, side: Side, factor: float) -> Isolation:
     for (name, call), value in ref.inputs.items():
         if name not in leaves:
             continue
+        if (name, call) not in ref.sole_inputs:  # a call that took several tensors: only its first was recorded
+            result.skipped.append(name)
+            continue
         with torch.no_grad():
             if (got := rerun(result, name, leaves[name], value.float())) is None:
                 continue
-        layer = judge(ref, Unit(name, call, [], {}, None), got.numpy()) if isinstance(got, torch.Tensor) else None
-        if layer is None:
-            result.skipped.append(name)
-        else:
-            result.layers.append(layer)
+        keep(result, ref, Unit(name, call, [], {}, None), got.numpy() if isinstance(got, torch.Tensor) else None)
     return result
 
 
@@ -586,6 +634,9 @@ def culprit_note(result: Isolation) -> str:
     if not named and unrun:  # the layers that may differ were not judged: no claim on where it comes from
         return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} re-run is within "
                 f"{result.factor:g}x its own float32 floor{unrun}")
+    if not named and result.skipped:  # the layers left out may be where it comes from: no claim that it builds up
+        return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} re-run is within "
+                f"{result.factor:g}x its own float32 floor{skipped_text(result)}")
     if not named:
         return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} is within "
                 f"{result.factor:g}x its own float32 floor; the difference builds up across layers")
@@ -597,6 +648,16 @@ def culprit_note(result: Isolation) -> str:
     more = f" (+{len(named) - CULPRITS_NOTED} more)" if len(named) > CULPRITS_NOTED else ""
     return f"isolated: {len(named)} of {len(result.layers)} layers of {result.candidate} differ on their own: " \
            f"{shown}{more}{unrun}"
+
+
+def skipped_text(result: Isolation) -> str:
+    """The note's clause on layers that were not re-run ('' when none was skipped)."""
+    if not result.skipped:
+        return ""
+    names = list(dict.fromkeys(result.skipped))
+    more = " ..." if len(names) > CULPRITS_NOTED else ""
+    return (f"; {len(names)} not re-run ({', '.join(names[:CULPRITS_NOTED])}{more}): their inputs do not map back to "
+            f"{result.reference}'s values, so the difference may come from them")
 
 
 def unrunnable_text(result: Isolation) -> str:
@@ -613,7 +674,9 @@ def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> Non
     from rich.markup import escape
 
     named = result.named
-    if not named:
+    if not result.layers:  # nothing was re-run: no check to mark as passed
+        console.print(f"[yellow]![/] isolated: no layer of {escape(result.candidate)} was re-run")
+    elif not named:
         console.print(f"[bold green]✓[/] isolated: every one of {len(result.layers)} layers of "
                       f"{escape(result.candidate)} is within {result.factor:g}x its own float32 floor on "
                       f"{escape(result.reference)}'s inputs")
@@ -631,5 +694,9 @@ def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> Non
         shown = escape(", ".join(result.unrunnable[:limit]))
         console.print(f"[yellow]{len(result.unrunnable)} layers could not run on {escape(result.reference)}'s inputs "
                       f"(of another shape, or refused by their runtime): {shown}[/]")
+    if result.skipped:
+        names = list(dict.fromkeys(result.skipped))
+        console.print(f"[yellow]{len(names)} layers were not re-run (their inputs do not map back to "
+                      f"{escape(result.reference)}'s values): {escape(', '.join(names[:limit]))}[/]")
     if result.note:
         console.print(f"[yellow]{escape(result.note)}[/]")

@@ -37,12 +37,13 @@ def _holds_export(place: Path) -> bool:
     return isinstance(data, dict) and "files" in data
 
 
-def refuse_overwriting_sources(sources: list[str | None], **paths: Path | None) -> None:
+def refuse_overwriting_sources(sources: list[str | None], what: str = "the report", **paths: Path | None) -> None:
     """UsageError when a report would be written over a file a source names (a model file, or the `.py` of
-    `file.py:factory`): `--json model.onnx` replaced the model it judged, `--json my_models.py` the user's code."""
+    `file.py:factory`): `--json model.onnx` replaced the model it judged, `--json my_models.py` the user's code,
+    `reduce m/piece.onnx ... --out m` the file it reduced (`what` is what would be written)."""
     named = {Path(text).resolve() for source in sources if source for text in (source, source.rpartition(":")[0])
              if text and Path(text).is_file()}
     for option, path in paths.items():
         if path is not None and Path(path).resolve() in named:
-            raise UsageError(f"--{option} {path} is a file this command reads (a model or its source); write the "
-                             "report elsewhere")
+            raise UsageError(f"--{option} {path} is a file this command reads (a model, its source or its input); "
+                             f"write {what} elsewhere")

@@ -22,13 +22,14 @@ from verify.explain.isolate import (
     Isolation,
     LayerError,
     isolate_sides,
+    isolation_factor,
     load_pair,
     own_floor,
     run_onnx_piece,
     unit_feeds,
     user_code,
 )
-from verify.explain.outputs import refuse_inside_export
+from verify.explain.outputs import refuse_inside_export, refuse_overwriting_sources
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.trust import accumulation_length, output_scale, rounding_bound
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
@@ -100,9 +101,11 @@ def piece_ratio(got: np.ndarray, reference: np.ndarray, floor: np.ndarray) -> tu
 def check_piece(piece: Path, factor: float = AUTO_FACTOR) -> PieceCheck:
     """Run a written piece alone under ONNX Runtime on its stored inputs, judged at `factor` (this run's, never the
     file's) on its stored floor, which is first checked against what float32 rounding can produce in that piece:
-    an edited .npz cannot make a failing piece pass."""
+    an edited .npz cannot make a failing piece pass. A factor below AUTO_FACTOR is raised to it: a piece at 1x its own
+    floor is rounding, whatever factor is asked (as isolate.isolation_factor)."""
     import numpy as np
 
+    factor = max(factor, AUTO_FACTOR)
     data = data_path(piece)
     if not piece.is_file() or not data.is_file():
         raise UsageError(f"{piece} needs {data.name} beside it; write both with `verify reduce A B --out FOLDER`")
@@ -237,6 +240,11 @@ def reduce_sides(a: Any, b: Any, x: np.ndarray, folder: Path, factor: float = AU
         raise UsageError(f"No layer could be re-run alone, so nothing was checked: {isolation.note or 'none maps back'}"
                          "; reduce needs an ONNX file whose nodes name the modules they come from (as this tool's "
                          "exports do) beside the torch model it was exported from")
+    if not isolation.named and isolation.unrunnable:  # 'no layer differs' would pass over layers never compared
+        shown = ", ".join(isolation.unrunnable[:3]) + (" ..." if len(isolation.unrunnable) > 3 else "")
+        raise UsageError(f"{len(isolation.unrunnable)} layers of {isolation.candidate} could not run on "
+                         f"{isolation.reference}'s values ({shown}): layers of another shape, so whether they differ "
+                         "is unknown; give the torch model the file was exported from")
     if not isolation.named:
         return Reduction(isolation)
     if not pieces:
@@ -257,10 +265,17 @@ def reduce_pair(a: str, b: str, folder: Path, settings: RunSettings | None = Non
     """`verify reduce A B --out FOLDER`; a side that is the user's own code runs it in a worker."""
     settings, progress = settings or RunSettings(), progress or NullProgress()
     refuse_inside_export(folder, "--out")
+    piece = Path(folder) / PIECE_NAME  # never over the file it reduces, the model's source or the --input
+    given = settings.input_file
+    for path in (piece, data_path(piece)):
+        refuse_overwriting_sources([a, b, str(given) if given is not None else None], "the piece", out=path)
+    if given is not None and Path(given).is_dir() and Path(given).resolve() in piece.resolve().parents:
+        raise UsageError(f"--out {folder} is inside the --input folder {given}, whose files are read as inputs; "
+                         "write the piece elsewhere")
     user = user_code(a, b)
     if isolate and user:
         return run_isolated(reduce_pair, a, b, folder, settings, what=f"Your model {' and '.join(user)}",
                             timeout=timeout, progress=progress, isolate=False)
     sides, x = load_pair(a, b, settings, progress)
     with progress.step("Isolating the diverging layer and writing it alone"):
-        return reduce_sides(*sides, x, folder, settings.tolerance.factor or AUTO_FACTOR)
+        return reduce_sides(*sides, x, folder, isolation_factor(settings))

@@ -60,8 +60,10 @@ def precision_scope(precision: str = "fp32", device: str = "cpu", tf32: bool | N
     so a run never depends on what ran before it."""
     import torch
 
+    from exporter.torch_state import precision_state, restore_precision
+
     check_precision(precision, device, tf32)
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    saved = precision_state()  # every fp32_precision too: the legacy setters write them ('none' came back 'ieee')
     want_tf32 = True if precision == "tf32" else tf32
     try:
         if want_tf32 is not None:
@@ -70,8 +72,7 @@ def precision_scope(precision: str = "fp32", device: str = "cpu", tf32: bool | N
         with _autocast(precision, device):
             yield
     finally:
-        torch.set_float32_matmul_precision(saved[0])
-        torch.backends.cudnn.allow_tf32 = saved[1]
+        restore_precision(saved)
 
 
 def _autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
