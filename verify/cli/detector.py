@@ -57,7 +57,10 @@ def _formats(formats: list[str] | None) -> tuple[str, ...]:
     return chosen
 
 
-def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None]) -> None:
+def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None],
+                 reads: dict[str, Path | None]) -> None:
+    """Usage errors before any work: `folder` there without --overwrite, reports that clash or lie inside the folder
+    the export replaces, and files it reads (`reads`: flag -> path) inside it, which --overwrite would delete."""
     from verify.cli import options as opt
 
     if folder.exists() and not overwrite:
@@ -67,6 +70,14 @@ def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None])
         if path and path.resolve().is_relative_to(folder.resolve()):
             raise UsageError(f"--{flag} {path} is inside the export folder {folder}, which the export replaces; "
                              "write it elsewhere")
+    for flag, path in reads.items():  # before: --overwrite deleted the --input images it had just judged (exit 0)
+        if path is not None and path.exists() and path.resolve().is_relative_to(folder.resolve()):
+            raise UsageError(f"{flag} {path} is inside the export folder {folder}, which the export replaces as a "
+                             "whole: put it elsewhere (or pass --out elsewhere)")
+        clash = next((f"--{name} {report}" for name, report in reports.items() if report and path is not None
+                      and path.is_file() and report.resolve() == path.resolve()), None)
+        if clash:  # before: `--sign-key ci.pem --junit ci.pem` signed, agreed, then wrote the XML over the key
+            raise UsageError(f"{clash} is the file {flag} reads; write the report elsewhere")
 
 
 def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | None, input_path: Path | None,
@@ -89,7 +100,9 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
     size = parse_shape(shape) if shape else DEFAULT_SHAPE
     chosen = _formats(formats)
     folder = out / f"{name}-{norm}"
-    _check_paths(folder, overwrite, {"json": json_path, "junit": junit, "markdown": markdown, "html": html})
+    _check_paths(folder, overwrite, {"json": json_path, "junit": junit, "markdown": markdown, "html": html},
+                 {"--input": input_path, "--weights": None if weights == "synthetic" else Path(weights),
+                  "--sign-key": sign_key})
     if sign_key is not None:
         from exporter.signing import check_private_key
 

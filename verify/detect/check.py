@@ -258,12 +258,12 @@ def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] =
     tolerance = Tolerance.from_options(factor=factor)
     clock = _Clock()
     inputs = _inputs(name, shape, seed, images)  # a bad input is refused before the detector is built
-    with clock("build"):
-        say(f"building {name}")
-        built = build_detector(name, norm, weights, seed)
     if not dynamic and len({tuple(i.shape) for i in inputs}) > 1:
         raise UsageError("Images of several sizes need a detector exported for any size (dynamic); resize them "
                          "to one size or export dynamic")
+    with clock("build"):
+        say(f"building {name}")
+        built = build_detector(name, norm, weights, seed)
     with _folder(out) as folder:
         files, refusals = export_detector(built, inputs[0], formats, folder, say, clock, dynamic=dynamic)
         report = judge_detector(built, inputs, files, tolerance, say, clock)
@@ -285,14 +285,22 @@ def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
 def check_inputs(name: str, shape: tuple[int, ...], images: Sequence[np.ndarray] | None) -> None:
     """Refuse what detector `name` cannot take (one-line UsageError): `images` (each 3 x H x W) when given, else
     synthetic images of `shape`; the CLI asks before it creates any folder."""
+    import numpy as np
+
     from exporter.families.detectors import IMAGE_SIZE, MIN_IMAGE_SIDE, check_image_size
 
     if images is not None:
+        if not len(images):  # else the detector was built, then the export took images[0]: an IndexError
+            raise UsageError("No detector images given: pass at least one image (3 x H x W), or none for the seeded "
+                             "ones")
         for image in images:  # a 1-channel image would broadcast against the RGB mean into a grey one, judged as RGB
             if image.ndim != 3 or image.shape[0] != 3 or min(image.shape) < 1:
                 raise UsageError(f"A detector takes RGB images (3 x H x W), got one of "
                                  f"{'x'.join(map(str, image.shape))}; pass images, or arrays with 3 channels")
             check_image_size(name, *image.shape[1:])
+            if not np.isfinite(np.asarray(image)).all():  # the repeat guard then read NaN != NaN as a changed input
+                raise UsageError(f"A detector image of {'x'.join(map(str, image.shape))} holds NaN or infinite "
+                                 "values; pass finite pixels (images in [0, 1])")
         return
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
         raise UsageError(f"A detector input shape is N x 3 x H x W, got {'x'.join(map(str, shape))}")

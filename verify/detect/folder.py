@@ -24,7 +24,7 @@ from exporter.detector_manifest import (
     write_detector_manifest,
 )
 from exporter.errors import ArtifactError, SetupError
-from exporter.families.detectors import DETECTORS, dense_modules, per_proposal_modules
+from exporter.families.detectors import DETECTORS, dense_modules, per_proposal_modules, resized_size
 from exporter.formats import get_format
 from exporter.manifest import EXTERNAL_DATA_FORMAT, GOLDENS_NAME, read_goldens
 from verify.detect.check import (
@@ -42,7 +42,7 @@ from verify.detect.check import (
 )
 from verify.detect.goldens import GROUPS, check_goldens, golden_arrays, golden_images, golden_run
 from verify.detect.match import Rules
-from verify.detect.proposals import RpnRules, kept_order
+from verify.detect.proposals import RpnRules, kept_order, moved_boxes
 from verify.detect.rebuild import rebuild_detector
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import (
@@ -270,6 +270,12 @@ def _postprocess(art: DetectorFolder) -> str:
             raise ArtifactError(f"postprocess.nms_thresh {rules.nms_thresh:g} with detections_per_img "
                                 f"{rules.detections_per_img} does not give the float64 golden detections of image "
                                 f"{image} from their recorded NMS inputs: not this model's post-processing")
+        size = tuple(art.images[image].shape[-2:])
+        moved = moved_boxes(found, kept, rules, size, resized_size(DETECTORS.get(art.manifest.detector.name), *size))
+        if moved:  # scores and labels held, and a moved box set the float64 IoU of an `NMS` borderline
+            raise ArtifactError(f"the float64 golden NMS inputs of image {image}, replayed and scaled back to the "
+                                f"image, give {moved} box(es) other than its golden detections: a recorded box was "
+                                "moved")
     for image, (found, proposals) in enumerate(zip(oracle.rpn_candidates if rpn else [], oracle.proposals,
                                                    strict=False)):
         if len(found) and float(found.scores.min()) < rpn.score_thresh:

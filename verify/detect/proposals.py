@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from verify.detect.match import EXPLAIN_FACTOR, MATCH_IOU, Detections, iou_band, iou_matrix
+from verify.detect.match import EXPLAIN_FACTOR, MATCH_IOU, Detections, Rules, iou_band, iou_matrix
 from verify.judge.oracle import FLOAT32_EPS
 
 if TYPE_CHECKING:
@@ -136,8 +136,9 @@ def _cut(tensors: Mapping[str, np.ndarray], rows: np.ndarray, per_proposal: Sequ
 
 
 def explain_lone(check: ProposalCheck, image: int, side: str, box: np.ndarray, candidates: Detections | None,
-                 rules: RpnRules, bands: Bands) -> None:
-    """Record a proposal present on one `side` only as borderline (named) or unexplained."""
+                 rules: RpnRules, bands: Bands, other_count: int | None = None) -> None:
+    """Record a proposal present on one `side` only as borderline (named) or unexplained. `other_count`: how many
+    proposals the other side kept on this image (a swap across the cap leaves it full; None: not known)."""
     where = f"image {image}: {side} proposal [{', '.join(f'{v:.6g}' for v in box)}]"
     if candidates is None or not len(candidates):
         check.unexplained.append(f"{where}: no float64 RPN candidates to recompute its decision from")
@@ -149,7 +150,8 @@ def explain_lone(check: ProposalCheck, image: int, side: str, box: np.ndarray, c
     if iou[k] < PAIR_IOU:
         check.unexplained.append(f"{where}: not among the oracle's RPN candidates (best IoU {iou[k]:.3g})")
         return
-    found = _threshold(candidates, k, rules, bands) or _cap(candidates, k, rules, bands) or _nms(
+    full = other_count is None or other_count >= rules.post_nms_top_n
+    found = _threshold(candidates, k, rules, bands) or (full and _cap(candidates, k, rules, bands)) or _nms(
         candidates, k, rules, bands)
     if found:
         check.borderline.append(f"{where}: {found}")
@@ -166,9 +168,10 @@ def explain_unpaired(check: ProposalCheck, lone: Sequence[tuple[list[int], list[
     by explain_lone on that image's float64 RPN candidates."""
     for image, (run_only, ref_only) in enumerate(lone):
         found = candidates[image] if image < len(candidates) else None
-        for side, boxes, indices in (("run", run_boxes[image], run_only), ("reference", ref_boxes[image], ref_only)):
+        for side, boxes, other, indices in (("run", run_boxes[image], ref_boxes[image], run_only),
+                                            ("reference", ref_boxes[image], run_boxes[image], ref_only)):
             for k in indices:
-                explain_lone(check, image, side, boxes[k], found, rules, bands)
+                explain_lone(check, image, side, boxes[k], found, rules, bands, len(other))
 
 
 def pair_boxes(check: ProposalCheck, run_boxes: Sequence[np.ndarray], ref_boxes: Sequence[np.ndarray]
@@ -211,6 +214,24 @@ def kept_order(candidates: Detections, nms_thresh: float) -> np.ndarray:
     return keep.numpy()
 
 
+def moved_boxes(found: Detections, kept: Detections, rules: Rules, image: tuple[int, int],
+                resized: tuple[int, int]) -> int:
+    """How many of `kept` (a float64 run's final detections on an `image` of H x W) are not the boxes its recorded
+    final-NMS inputs `found` (in the transform's `resized` H x W) give once the NMS and cap are replayed and the boxes
+    scaled back as torchvision's resize_boxes does (float32 ratios): 0 when they are. The scores and labels are
+    compared first (exactly, by the caller): a moved candidate box kept them and changed every float64 IoU an `NMS`
+    borderline is judged on."""
+    import numpy as np
+
+    keep = kept_order(found, rules.nms_thresh)[:rules.detections_per_img] if len(found) else np.zeros(0, np.int64)
+    if len(keep) != len(kept):
+        return max(len(keep), len(kept))
+    ratio_h, ratio_w = (float(np.float32(a) / np.float32(b)) for a, b in zip(image, resized, strict=True))
+    boxes = found.boxes[keep] * np.array([ratio_w, ratio_h, ratio_w, ratio_h])
+    slack = FLOAT32_EPS * max(float(np.abs(kept.boxes).max(initial=0.0)), 1.0)
+    return int((np.abs(boxes - kept.boxes).max(axis=1, initial=0.0) > slack).sum())
+
+
 def _threshold(candidates: Detections, k: int, rules: RpnRules, bands: Bands) -> str | None:
     gap = abs(float(candidates.scores[k]) - rules.score_thresh)
     if gap <= bands.scores:
@@ -220,7 +241,8 @@ def _threshold(candidates: Detections, k: int, rules: RpnRules, bands: Bands) ->
 
 def _cap(candidates: Detections, k: int, rules: RpnRules, bands: Bands) -> str | None:
     """A kept candidate within rounding of the first one the cap drops, or a dropped one within rounding of
-    the last one it keeps: rounding can swap the two across the cutoff."""
+    the last one it keeps: rounding can swap the two across the cutoff (so the side without it is full, which
+    explain_lone asks first: a run that merely lost its last proposal is no swap)."""
     keep = kept_order(candidates, rules.nms_thresh).tolist()
     cap = rules.post_nms_top_n
     if len(keep) <= cap or k not in keep:
@@ -236,11 +258,15 @@ def _cap(candidates: Detections, k: int, rules: RpnRules, bands: Bands) -> str |
 
 def _nms(candidates: Detections, k: int, rules: RpnRules, bands: Bands) -> str | None:
     """The float64 NMS decision between candidate `k` and each same-level candidate scored as high
-    (within rounding): an IoU within rounding of the RPN's NMS threshold explains either outcome."""
+    (within rounding) that the NMS keeps: an IoU within rounding of the RPN's NMS threshold explains either outcome.
+    A candidate the NMS removes suppresses nothing (counted, one at the threshold explained the loss of a proposal
+    no kept neighbour came near)."""
     import numpy as np
 
     score, level = float(candidates.scores[k]), int(candidates.labels[k])
-    rivals = np.flatnonzero((candidates.labels == level) & (candidates.scores >= score - bands.scores))
+    kept = np.zeros(len(candidates), dtype=bool)
+    kept[kept_order(candidates, rules.nms_thresh)] = True
+    rivals = np.flatnonzero((candidates.labels == level) & (candidates.scores >= score - bands.scores) & kept)
     offset = FLOAT32_EPS * (float(np.abs(candidates.boxes).max()) + 1.0) * (int(candidates.labels.max()) + 1)
     error = bands.boxes + offset  # batched_nms offsets each level's boxes; float32 rounds the offset boxes
     for r in rivals[rivals != k]:

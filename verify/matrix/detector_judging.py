@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from verify.detect.check import AFTER_NMS_ONLY, EAGER, ORACLE, RUNTIMES
-from verify.detect.match import Rules, compare_detections, measure_detection_floor
+from verify.detect.match import Detections, Rules, compare_detections, measure_detection_floor
 from verify.matrix.judging import JUDGED, judge_cell, judge_pair
 from verify.matrix.proposal_judging import Malformed, detections_of, judge_proposals, registered_detector
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult
@@ -68,7 +68,7 @@ def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
     if not isinstance(refusals, Mapping):
         raise Malformed("refusals")
     reasons += [f"export {fmt}: {why}" for fmt, why in refusals.items()]
-    after, floor, why = _after_nms(data, tolerance.factor, labels, images, registered_rules(detector))
+    after, floor, why = _after_nms(data, tolerance.factor, labels, images, detector)
     reasons += why
     dense, why = _before_nms(data.get("before_nms"), tolerance, [lb for lb in labels if lb not in AFTER_NMS_ONLY])
     reasons += why
@@ -79,10 +79,12 @@ def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
 
 
 def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images: int,
-               rules: Rules) -> tuple[list[DetectionPair], Any, list[str]]:
+               detector: str) -> tuple[list[DetectionPair], Any, list[str]]:
     """The after-NMS pairs `verify export` judges (eager vs the oracle, each runtime vs the oracle and vs eager),
-    recomputed from the stored detections under the detector's own post-processing constants (`rules`): the
-    stored ones must be those, since they decide which unmatched detection rounding explains."""
+    recomputed from the stored detections under the detector's own post-processing constants: the stored ones
+    must be those, since they decide which unmatched detection rounding explains; so must the stored NMS inputs
+    (`_replayed`), whose largest coordinate and label widen every NMS band."""
+    rules = registered_rules(detector)
     runs = data.get("runs")
     if not isinstance(runs, Mapping):
         raise Malformed("no detections recorded")
@@ -104,6 +106,7 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     candidates = detections_of(data.get("candidates"))
     if len(candidates) != images:
         raise Malformed(f"{len(candidates)} images of NMS candidates, {images} judged")
+    reasons += _replayed(candidates, oracle, rules, detector, _image_size(data.get("shape"), images))
     pairs = [compare_detections(EAGER, eager, ORACLE, oracle, floor, rules, candidates, factor)]
     for label in labels:
         if label in found:
@@ -130,6 +133,47 @@ def _before_nms(stored: Any, tolerance: Tolerance, labels: list[str]) -> tuple[l
     if len(names) > 1 or (judged and not next(iter(names))):
         reasons.append("the before-NMS pairs do not all compare the same tensors")
     return judged, reasons
+
+
+def _image_size(shape: Any, images: int) -> tuple[int, int]:
+    """H x W of the cell's synthetic images, from its stored N x 3 x H x W (what the candidates are scaled back to)."""
+    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 and v >= 1 for v in shape) and shape[0] == images):
+        raise Malformed(f"the image shape {shape!r}, for {images} images")
+    return shape[2], shape[3]
+
+
+def _replayed(candidates: Sequence[Detections], oracle: Sequence[Detections], rules: Rules, detector: str,
+              size: tuple[int, int]) -> list[str]:
+    """The oracle's stored final-NMS inputs as a detector gives them (boxes inside the transform's image, scores 0 to
+    1, labels among the classes; else Malformed), and the model's NMS and cap replayed on them in float64 giving
+    exactly its stored detections (boxes scaled back to the `size` image), as a detector folder's `postprocess`
+    check does. One candidate of label 10**12, or one box at 1e9 px, made every NMS band so wide that a run which
+    lost 22 of 50 detections agreed; one candidate box moved to IoU 0.4999 from a kept one made its loss `NMS`."""
+    import numpy as np
+
+    from exporter.families.detectors import DETECTORS, resized_size
+    from verify.detect.goldens import BOX_SLACK, CLASSES
+    from verify.detect.proposals import kept_order, moved_boxes
+
+    resized = resized_size(DETECTORS.get(detector), *size)
+    side = float(max(resized))
+    for image, (found, kept) in enumerate(zip(candidates, oracle, strict=True)):
+        boxes = found.boxes
+        if len(found) and not (boxes.min() >= -BOX_SLACK and boxes.max() <= side + BOX_SLACK
+                               and found.scores.min() >= 0.0 and found.scores.max() <= 1.0
+                               and found.labels.min() >= 0 and found.labels.max() < CLASSES):
+            raise Malformed(f"NMS candidates of image {image} outside the {side:g}-pixel image, with scores outside 0 "
+                            f"to 1, or of labels outside 0 to {CLASSES - 1}")
+        keep = kept_order(found, rules.nms_thresh)[:rules.detections_per_img] if len(found) else np.zeros(0, int)
+        if (len(found) and float(found.scores.min()) <= rules.score_thresh) or not (
+                np.array_equal(found.scores[keep], kept.scores) and np.array_equal(found.labels[keep], kept.labels)):
+            return [f"the stored NMS candidates of image {image} do not give eager fp64's stored detections under the "
+                    "detector's own score threshold, NMS threshold and cap (edited numbers); rerun the cell"]
+        if moved_boxes(found, kept, rules, size, resized):
+            return [f"the stored NMS candidates of image {image}, scaled back to the image, are not eager fp64's "
+                    "stored detection boxes (edited numbers); rerun the cell"]
+    return []
 
 
 def registered_rules(name: str) -> Rules:

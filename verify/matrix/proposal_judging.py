@@ -95,6 +95,7 @@ def judge_proposals(data: Mapping[str, Any], tolerance: Tolerance, labels: list[
     missing = sorted({label for pair in required for label in pair if label not in boxes})
     if missing:
         return [], reasons + [f"proposals: no proposals recorded for {', '.join(missing)}"]
+    reasons += _rpn_replayed(candidates, boxes[ORACLE], rules)
     first, bands, floor = _reference_pairing(boxes, candidates, rules, dense, tolerance.factor)
     checks = [first]
     for a, b in required[1:]:
@@ -104,6 +105,23 @@ def judge_proposals(data: Mapping[str, Any], tolerance: Tolerance, labels: list[
     reasons += [f"proposals {check.verdict()}" for check in checks if not check.passed]
     reasons += _stored_problems(stored, checks)
     return [check.to_dict() for check in checks], reasons
+
+
+def _rpn_replayed(candidates: Sequence[Detections], proposals: Sequence[np.ndarray], rules: RpnRules) -> list[str]:
+    """The RPN's NMS and cap replayed in float64 on the oracle's stored RPN candidates must give exactly its stored
+    proposals, as a detector folder's `postprocess` check does: a candidate added at the NMS threshold of a proposal
+    an ONNX run lost made that loss an `RPN NMS` borderline, and the cell agreed."""
+    import numpy as np
+
+    from verify.detect.proposals import kept_order
+
+    for image, (found, kept) in enumerate(zip(candidates, proposals, strict=True)):
+        keep = kept_order(found, rules.nms_thresh)[:rules.post_nms_top_n] if len(found) else np.zeros(0, int)
+        if (len(found) and float(found.scores.min()) < rules.score_thresh) or not np.array_equal(found.boxes[keep],
+                                                                                                 kept):
+            return [f"proposals: the stored RPN candidates of image {image} do not give eager fp64's stored proposals "
+                    "under the detector's own RPN threshold, NMS threshold and cap (edited numbers); rerun the cell"]
+    return []
 
 
 def _reference_pairing(boxes: Mapping[str, list[np.ndarray]], candidates: list[Detections], rules: RpnRules,
