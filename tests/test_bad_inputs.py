@@ -130,6 +130,12 @@ def files(module_tmp):
 EXPORT = ("export", *TINY)
 COMPARE = ("compare", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x3x32x32")
 EXPLAIN = ("explain", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x3x32x32")
+
+
+def with_shape(base: tuple[str, ...], shape: str) -> tuple[str, ...]:
+    """`base` with its --shape value replaced (an option given twice is refused as such)."""
+    at = base.index("--shape") + 1
+    return (*base[:at], shape, *base[at + 1:])
 ARTIFACT = ("artifact", "{dir}")
 PREFLIGHT = ("preflight", "{dir}")
 
@@ -188,12 +194,13 @@ OPTION_CASES = [
     Case("weights-unknown", (*EXPORT, "--weights", "imagenet21k"), 2, "unknown weights 'imagenet21k'"),
     Case("weights-imagenet-absent", (*EXPORT, "--weights", "imagenet"), 2, "not in the local cache", work=True),
     # shapes
-    Case("shape-3d", (*EXPORT, "--shape", "3x224x224"), 2, "Bad shape '3x224x224'"),
-    Case("shape-zero", (*COMPARE, "--shape", "0x3x32x32"), 2, "four positive sizes"),
-    Case("shape-negative", (*EXPORT, "--shape", "1x3x-4x4"), 2, "four positive sizes"),
-    Case("shape-letters", (*EXPLAIN, "--shape", "axbxcxd"), 2, "Bad shape"),
-    Case("shape-5d", (*EXPORT, "--shape", "1x3x32x32x1"), 2, "four positive sizes"),
-    Case("shape-huge", (*EXPORT, "--shape", "100000x3x1000x1000"), 2, "more than the 67,108,864"),
+    Case("option-twice", (*EXPORT, "--norm", "frozen", "--norm", "batch"), 2, "was given 2 times"),
+    Case("shape-3d", with_shape(EXPORT, "3x224x224"), 2, "Bad shape '3x224x224'"),
+    Case("shape-zero", with_shape(COMPARE, "0x3x32x32"), 2, "four positive sizes"),
+    Case("shape-negative", with_shape(EXPORT, "1x3x-4x4"), 2, "four positive sizes"),
+    Case("shape-letters", with_shape(EXPLAIN, "axbxcxd"), 2, "Bad shape"),
+    Case("shape-5d", with_shape(EXPORT, "1x3x32x32x1"), 2, "four positive sizes"),
+    Case("shape-huge", with_shape(EXPORT, "100000x3x1000x1000"), 2, "more than the 67,108,864"),
     # parse errors: one line, exit 2
     Case("unknown-option", (*EXPORT, "--bogus"), 2, "No such option: --bogus"),
     Case("unknown-command", ("frobnicate",), 2, "No such command 'frobnicate'"),
@@ -248,9 +255,9 @@ INPUT_CASES = [
     Case("input-missing", (*EXPORT, "--input", "nowhere.npy"), 2, "nowhere.npy does not exist"),
     Case("input-unknown-suffix", (*EXPORT, "--input", "{notes_txt}"), 2, "is neither a .npy array nor an image"),
     Case("input-fake-png", (*COMPARE, "--input", "{text_png}"), 2, "is not a readable image"),
-    Case("input-shape-mismatch", (*EXPORT, "--shape", "1x3x64x64", "--input", "{good_npy}"), 2,
+    Case("input-shape-mismatch", (*with_shape(EXPORT, "1x3x64x64"), "--input", "{good_npy}"), 2,
          "holds shape 1x3x32x32 but --shape asks 1x3x64x64"),
-    Case("input-image-channels", (*EXPORT, "--shape", "1x1x32x32", "--input", "{good_png}"), 2,
+    Case("input-image-channels", (*with_shape(EXPORT, "1x1x32x32"), "--input", "{good_png}"), 2,
          "Images decode to 3 channels (RGB) but --shape asks 1"),
 ]
 

@@ -376,8 +376,6 @@ def test_a_moved_golden_nms_input_box_fails_the_folders_postprocess_check(unsign
     assert "a recorded box was moved" in failed["postprocess"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs verify/cli/commands.py (export's -b takes one value; the last one "
-                                       "given wins silently): not a file hunt 10a owns; see its report")
 @pytest.mark.parametrize("order", [(NAME, "resnet18"), ("resnet18", NAME)])
 def test_export_refuses_a_second_backbone_instead_of_dropping_one(tmp_path, monkeypatch, order):
     """Before: `verify export -b NAME -b resnet18` exported and judged resnet18 only (exit 0), the detector silently

@@ -33,7 +33,41 @@ def print_error(message: str) -> None:
                       highlight=False, soft_wrap=True)
 
 
-class OneLineErrors(TyperGroup):
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class OneValueOptions(TyperGroup):
+    """A group whose commands refuse a single-value option given more than once: click keeps the last one, so
+    `verify export -b fasterrcnn_resnet50_fpn -b resnet18` judged resnet18 alone and exited 0, the detector dropped
+    without a word (found by hunt 10a)."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            _refuse_repeated_options(command, ctx, rest, f"{ctx.command_path} {name}")
+        return name, command, rest
+
+
+def _refuse_repeated_options(command: Any, ctx: Any, args: list[str], path: str) -> None:
+    from collections import Counter
+
+    try:
+        _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+    except ClickException:
+        return  # the command's own parse says what is wrong
+    options = [p for p in order if getattr(p, "param_type_name", "") == "option"
+               and not getattr(p, "multiple", False) and not getattr(p, "count", False)]
+    counts = Counter(id(p) for p in options)
+    for option in options:
+        if counts[id(option)] > 1:
+            names = "/".join(option.opts)
+            raise UsageError(f"{names} was given {counts[id(option)]} times; it takes one value and only the last "
+                             "would count: give it once" + ("; several backbones: verify matrix -b A -b B"
+                                                            if option.name == "backbone" else "")
+                             + f" (see '{path} --help')")
+
+
+class OneLineErrors(OneValueOptions):
     """typer/click parse errors (unknown option, missing argument, bad value) as one `error:` line and
     exit 2, instead of click's usage box; also what `main()` and CliRunner both go through."""
 

@@ -12,16 +12,17 @@ from rich.console import Console
 
 from exporter.errors import UsageError
 from verify.cli import options as opt
-from verify.cli.base import err_console, handle_errors, out_console
+from verify.cli.base import OneValueOptions, err_console, handle_errors, out_console
 from verify.cli.groups import EXPORT, RUN, with_option_groups
 from verify.pipeline.isolation import USER_CODE_TIMEOUT
 
 matrix_app = typer.Typer(
-    name="matrix", add_completion=False, pretty_exceptions_enable=False,
+    name="matrix", cls=OneValueOptions, add_completion=False, pretty_exceptions_enable=False,
     help="Every backbone x norm x view (and each whole detector named with -b), exported and judged under every "
          "runtime: one table, cached, parallel (--jobs), split for CI (--shard I/N, then `verify matrix merge`).",
 )
-cache_app = typer.Typer(name="cache", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+cache_app = typer.Typer(name="cache", cls=OneValueOptions, no_args_is_help=True, add_completion=False,
+                        pretty_exceptions_enable=False,
                         help="The cache of ONNX exports and matrix results (an input, re-checked on every read).")
 
 
