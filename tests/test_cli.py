@@ -73,7 +73,7 @@ def test_seed_question_spec_pair_agrees_on_layer4(tmp_path):
     (["export", *SMALL_ARGS, "--weights", "imagenet"], "not in the local cache"),
     (["export", *SMALL_ARGS, "--weights", "missing.safetensors"], "does not exist"),
     (["export", *SMALL_ARGS, "--decimal", "5", "--atol", "1e-3"], "either --decimal or --rtol/--atol"),
-    (["export", *SMALL_ARGS, "--shape", "224x224"], "Bad shape"),
+    (["export", "--backbone", "resnet18", "--shape", "224x224"], "Bad shape"),
     (["export", *SMALL_ARGS, "--onnx-exporter", "tf2onnx"], "'tf2onnx' is not one of 'dynamo', 'torchscript'"),
     (["export", *SMALL_ARGS, "--runtime", "tensorrt"], "Unknown runtime 'tensorrt'"),
     (["export", *SMALL_ARGS, "--device", "tpu"], "'tpu' is not one of 'cpu', 'cuda'"),

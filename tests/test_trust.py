@@ -394,6 +394,12 @@ def test_sign_key_is_never_handed_to_user_code(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+BOUND_SHAPE = "1x2x8x8"
+BOUND_CHANNELS = 2
+BOUND_CONV_K = trust.accumulation_length(parameters=[(BOUND_CHANNELS, BOUND_CHANNELS, 3, 3)],
+                                        input_shape=(1, BOUND_CHANNELS, 8, 8))
+BOUND_OTHER_IN_FLOAT64 = 10.0
+"""How far a model's float64 is from its float32, in units of its floor bound: refused on its own."""
 PART_MODEL = """
 import torch
 from torch import nn
@@ -443,12 +449,10 @@ def test_a_wide_parameter_sliced_before_use_does_not_lift_the_floor_bound(tmp_pa
     """Before: K counted a parameter any op touched at its full size, slicing included, so a zero-stride parameter
     100x the conv's K wide (one float of memory), sliced to one element before use, lifted the bound 100-fold, and a
     model whose float64 is 10x the bound off its float32 passed as 'agree' (found by hunt 10c)."""
-    from tests.test_hunt8b import CHANNELS, CONV_K, OTHER_IN_FLOAT64, SHAPE
-
-    factor = 1 + OTHER_IN_FLOAT64 * trust.rounding_bound(CONV_K)
+    factor = 1 + BOUND_OTHER_IN_FLOAT64 * trust.rounding_bound(BOUND_CONV_K)
     source = tmp_path / "part.py"
-    source.write_text(PART_MODEL.format(channels=CHANNELS, factor=repr(factor), wide=100 * CONV_K))
-    result = CliRunner().invoke(app, ["export", "--model", f"{source}:sliced", "--shape", SHAPE, "--format",
+    source.write_text(PART_MODEL.format(channels=BOUND_CHANNELS, factor=repr(factor), wide=100 * BOUND_CONV_K))
+    result = CliRunner().invoke(app, ["export", "--model", f"{source}:sliced", "--shape", BOUND_SHAPE, "--format",
                                       "torchscript", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1, result.output
     assert "not a noise floor" in result.output
@@ -486,14 +490,17 @@ def test_each_side_of_a_compare_is_held_to_its_own_floor_bound(tmp_path):
     """Before: both sides' floors were held to the larger side's K, so a TorchScript file that honestly reads a
     parameter 100x the conv's K wide lifted the bound of the other side too, and a model whose float64 is 10x its
     own bound off its float32 passed `verify compare` against it (found by hunt 10c)."""
-    from tests.test_hunt9b import CHANNELS, CONV_K, OTHER_IN_FLOAT64, SHAPE, _load
+    import importlib.util
 
-    factor = 1 + OTHER_IN_FLOAT64 * trust.rounding_bound(CONV_K)
+    factor = 1 + BOUND_OTHER_IN_FLOAT64 * trust.rounding_bound(BOUND_CONV_K)
     source = tmp_path / "wide.py"
-    source.write_text(WIDE_READ_MODEL.format(channels=CHANNELS, factor=repr(factor), wide=100 * CONV_K))
+    source.write_text(WIDE_READ_MODEL.format(channels=BOUND_CHANNELS, factor=repr(factor), wide=100 * BOUND_CONV_K))
     torch.manual_seed(0)  # as the loader seeds a factory (--seed 0): the file's conv is the model's
-    torch.jit.save(torch.jit.script(_load(source, "wide_10c").wide_file().eval()), str(tmp_path / "wide.pt"))
-    result = CliRunner().invoke(app, ["compare", f"{source}:other", str(tmp_path / "wide.pt"), "--shape", SHAPE,
+    spec = importlib.util.spec_from_file_location("wide_10c", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.jit.save(torch.jit.script(module.wide_file().eval()), str(tmp_path / "wide.pt"))
+    result = CliRunner().invoke(app, ["compare", f"{source}:other", str(tmp_path / "wide.pt"), "--shape", BOUND_SHAPE,
                                       "--samples", "1"])
     assert result.exit_code == 1, result.output
     assert "not a noise floor" in result.output
