@@ -391,3 +391,12 @@ def test_export_refuses_a_second_backbone_instead_of_dropping_one(tmp_path, monk
     monkeypatch.setattr(verify.api, "verify_export", lambda *a, **k: pytest.fail("exported"))
     result = CliRunner().invoke(app, ["export", "-b", order[0], "-b", order[1], "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
+
+
+def test_the_detector_api_takes_its_folder_as_text(tmp_path):
+    """`verify_detector(..., out="folder")`: a path given as text, as every folder API takes it (before:
+    AttributeError: 'str' object has no attribute 'mkdir', after the detector was built)."""
+    from verify.detect.check import _folder
+
+    with _folder(str(tmp_path / "made")) as folder:
+        assert folder == tmp_path / "made" and folder.is_dir()

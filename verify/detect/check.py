@@ -246,7 +246,7 @@ class Judging:
 
 def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] = (1, 3, 320, 320),
                     weights: str = "synthetic", seed: int = 0, formats: Sequence[str] = ("torchscript", "onnx"),
-                    out: Path | None = None, progress: Callable[[str], None] | None = None,
+                    out: Path | str | None = None, progress: Callable[[str], None] | None = None,
                     factor: float | None = None, images: Sequence[np.ndarray] | None = None,
                     dynamic: bool = False) -> DetectorReport:
     """Build, export, run and judge `name`; `images` (each 3 x H x W in [0, 1], sizes may differ when
@@ -322,8 +322,9 @@ def _inputs(name: str, shape: tuple[int, ...], seed: int, images: Sequence[np.nd
 
 
 @contextlib.contextmanager
-def _folder(out: Path | None) -> Iterator[Path]:
+def _folder(out: Path | str | None) -> Iterator[Path]:
     if out is not None:
+        out = Path(out)  # a path given as text, as every folder API takes it (it was an AttributeError)
         out.mkdir(parents=True, exist_ok=True)
         yield out
         return
