@@ -339,6 +339,9 @@ def _npy_header(path: Path, handle: IO[bytes]) -> tuple[tuple[int, ...], np.dtyp
         shape, fortran, dtype = reader(handle)
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise UsageError(f"Input {path} has a damaged .npy header ({_first_line(exc)})") from None
+    if not all(type(n) is int and n >= 0 for n in shape):  # numpy's header reader takes -1 or True as a size
+        raise UsageError(f"Input {path} has a damaged .npy header (shape {tuple(shape)!r} holds a size that is not a "
+                         "whole number >= 0); write it with numpy.save")
     return tuple(shape), dtype, bool(fortran), handle.tell()
 
 

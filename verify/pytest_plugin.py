@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 PLUGIN_HOW = "pass another out= or name= to keep both, or delete that folder"
 """The plugin's words for the CLI's `--out elsewhere ... --overwrite` advice (verify.folder.identity.HOW)."""
+SHAPE_HOW = "pass the input shape it takes with --shape, or return (module, example_input)"
+PLUGIN_SHAPE_HOW = "pass an example of the shape it takes"
+"""exporter/user_model.py's advice for a model that fails on the input, in the plugin's words (it has no --shape)."""
 TABLE_WIDTH = 120
 """Columns of the table in the assertion message (wide enough that pair labels do not wrap)."""
 
@@ -49,13 +52,15 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     from verify.api import verify_export
     from verify.report import write_json_report
 
-    out, spec, failure = Path(out), ModuleSpec.of(module, example, name), None
+    spec, failure = None, None
     try:  # a bad option is one line too, never a traceback into this package
+        _check_arguments(out=out, formats=formats, runtimes=runtimes, trace=trace, dynamic=dynamic, name=name)
+        out, spec = Path(out), ModuleSpec.of(_copy(module), example, name)
         settings, options = _prepare(spec, example, out, formats, runtimes, tolerance, trace, onnx_exporter, opset,
                                      dynamic, device)
         report = verify_export(spec, settings, out=out, export=options, runtimes=runtimes)
     except VerifyError as exc:
-        failure = failure_line(spec, exc)
+        failure = failure_line(spec if spec is not None else ModuleSpec.of(module, example), exc)
     if failure is not None:  # outside the except: no chained traceback into this package
         pytest.fail(failure, pytrace=False)
     if not report.passed and not report.problems:  # a file differs: name the layers that differ on their own
@@ -84,26 +89,71 @@ def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, 
     from exporter.fsio import check_writable_folder
     from verify.api import RunSettings
     from verify.judge.compare import Tolerance
-    from verify.runtimes import RuntimeOptions
+    from verify.runtimes import RuntimeOptions, formats_run_by
 
     if not (isinstance(example, torch.Tensor) and example.is_floating_point() and example.dim() == 4):
         raise UsageError(f"example must be one float NCHW tensor, e.g. torch.randn(1, 3, 224, 224); got "
                          f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}")
+    if example.layout != torch.strided or example.device.type == "meta":  # no values to save as the input
+        raise UsageError(f"example must be a dense tensor holding its values; got a {example.layout} tensor on "
+                         f"{example.device.type}: pass example.to_dense(), or a tensor made on the cpu")
     if tolerance is not None and not isinstance(tolerance, Tolerance):
         raise UsageError(f"tolerance must be a verify.judge.compare.Tolerance, e.g. Tolerance.from_options(rtol=1e-5, "
                          f"atol=1e-6); got {type(tolerance).__name__} {tolerance!r}")
-    for option, names in (("formats", formats), ("runtimes", runtimes)):
-        if isinstance(names, str):
-            raise UsageError(f"{option} takes a list of names, e.g. {option}=[{names!r}]; got the string {names!r}")
     input_file = out / f"{spec.slug}-input.npy"
     settings = RunSettings(input_file=input_file, tolerance=tolerance or Tolerance(),
                            runtime=RuntimeOptions(device=device))
-    options = ExportOptions(formats=tuple(formats or default_formats()), dynamic=dynamic, format_options=(
+    # no formats: what `verify export` exports, or with runtimes what they run (as `verify export --runtime` does)
+    chosen = tuple(formats) if formats else tuple(formats_run_by(runtimes)) if runtimes else default_formats()
+    options = ExportOptions(formats=chosen, dynamic=dynamic, format_options=(
         TorchScriptOptions("trace" if trace else "script"), OnnxOptions(onnx_exporter, opset), AotiOptions(device)))
     check_writable_folder(out, "out")
     out.mkdir(parents=True, exist_ok=True)  # written only once every option is known good
     np.save(input_file, example.detach().to("cpu", torch.float32).numpy())
     return settings, options
+
+
+def _copy(module: Any) -> Any:
+    """A deep copy of the caller's module, which is then put in eval mode and float64 (the caller's object is left as it
+    was); one that cannot be copied is refused, where it was used as given: changed, then a traceback."""
+    import copy
+
+    from exporter.errors import UsageError
+
+    try:
+        return copy.deepcopy(module)
+    except Exception as exc:
+        from exporter.messages import library_reason
+
+        raise UsageError(f"the module cannot be copied ({library_reason(exc)}), and the check changes what it runs "
+                         "(eval mode, float64); make it deep-copyable (keep locks, files or generators outside it)"
+                         ) from None
+
+
+def _check_arguments(out: Any, formats: Any, runtimes: Any, trace: Any, dynamic: Any, name: Any) -> None:
+    """The arguments whose type no later check reads (UsageError): `trace="no"` is truthy, so it traced, and
+    `formats=[]` exported every default format; each is refused instead of taken for something else."""
+    import os
+
+    from exporter.errors import UsageError
+
+    if not isinstance(out, (str, os.PathLike)) or not str(out):
+        raise UsageError(f"out must be a folder path (str or pathlib.Path); got {type(out).__name__} {out!r}")
+    for option, value in (("trace", trace), ("dynamic", dynamic)):
+        if not isinstance(value, bool):
+            raise UsageError(f"{option} must be True or False; got {type(value).__name__} {value!r}")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise UsageError(f"name must be a non-empty string (the artifact folder's name) or None; got "
+                         f"{type(name).__name__} {name!r}")
+    for option, names in (("formats", formats), ("runtimes", runtimes)):
+        if names is None:
+            continue
+        if isinstance(names, str):
+            raise UsageError(f"{option} takes a list of names, e.g. {option}=[{names!r}]; got the string {names!r}")
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise UsageError(f"{option} takes a list of names (strings); got {type(names).__name__} {names!r}")
+        if not names:
+            raise UsageError(f"{option}=[] names none; leave {option} out for the default ones, or name some")
 
 
 def _name_culprits(report: Report, spec: Any, settings: Any, example: Any) -> None:
@@ -126,7 +176,7 @@ def failure_line(spec: Any, exc: BaseException) -> str:
     from verify.folder.identity import HOW
 
     message = " ".join(str(exc).split()) or type(exc).__name__
-    for cli, plugin in {HOW: PLUGIN_HOW, "pass --trace": "pass trace=True"}.items():
+    for cli, plugin in {HOW: PLUGIN_HOW, "pass --trace": "pass trace=True", SHAPE_HOW: PLUGIN_SHAPE_HOW}.items():
         message = message.replace(cli, plugin)
     if isinstance(exc, ExportError):
         return f"exporting {spec} failed, so nothing was compared: {message} (try formats=[...] without that format)"
@@ -139,7 +189,8 @@ def failure_line(spec: Any, exc: BaseException) -> str:
 
 def headline(spec: Any, report: Report, report_path: Path) -> str:
     """`exports of X disagree: a vs b on output (12.3x the floor, ...); N of M pairs differ; artifacts in ...`."""
-    where = f"; artifacts in {report.artifacts.get('folder')}, report {report_path}"
+    folder = report.artifacts.get("folder")  # none when nothing was judged: no folder is written
+    where = (f"; artifacts in {folder}," if folder else ";") + f" report {report_path}"
     failed = [pair for pair in report.pairs if not pair.passed]
     if not failed:
         why = "; ".join(report.problems) or "no pair was judged"

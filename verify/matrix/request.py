@@ -94,8 +94,11 @@ class MatrixRequest:
             [CellRequest(UserModelSpec.parse(m), self.settings, self.export, self.runtimes) for m in self.models]
 
     def settings_dict(self) -> dict[str, Any]:
-        """What every cell shares, as plain data (recorded in each report; part of the fingerprint)."""
+        """What every cell shares, as plain data (recorded in each report; part of the fingerprint). The seeded
+        inputs' count is the one this process resolved (--samples, else $BACKBONE_VERIFY_SAMPLES, else the default):
+        a shard job whose environment set another count judged its cells on other evidence, so it merges with none."""
         from verify.cache import canonical
+        from verify.settings import sample_count
 
         return {"backbones": list(self.backbones), "norms": list(self.norms), "views": list(self.views),
                 "models": list(self.models),
@@ -104,7 +107,8 @@ class MatrixRequest:
                 "tolerance_text": self.settings.tolerance.describe(),
                 **({"detectors": [list(cell) for cell in self.detectors], "detector_shape": list(self.detector_shape)}
                    if self.detectors else {}),
-                **({"content_sha256": content} if (content := self.content()) else {})}
+                **({"content_sha256": content} if (content := self.content()) else {}),
+                **({"samples": sample_count(self.settings)} if self.settings.input_file is None else {})}
 
     def content(self) -> dict[str, Any]:
         """The sha256 of each file the settings name by path (--input, a --weights file, a --model file): shard jobs

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from verify.matrix.cell import CellJob, execute_cell, lookup_cell
 from verify.matrix.detector_judging import judge_result
 from verify.matrix.detectors import detector_formats, is_detector_cell
+from verify.matrix.merge import runtime_count
 from verify.matrix.request import MatrixRequest, cell_id, fingerprint
 from verify.matrix.result import AGREE, DISAGREE, CellResult, MatrixResult, verify_identity
 from verify.matrix.shards import assign_shards, cell_cost
@@ -108,10 +109,12 @@ def run_matrix(request: MatrixRequest, jobs: int = 1, shard: tuple[int, int] | N
             stats.add(cell.cache_stats)
     tolerance = request.settings.tolerance
     kinds = {job.id: _judged_as(job.request) for job in work}
+    # what the merge holds each backbone or user-model cell to: a result missing a run never agrees
+    runs = runtime_count(plan.settings) if any(kind is None for kind in kinds.values()) else None
     return MatrixResult(
         settings=plan.settings, fingerprint=plan.fingerprint,
         matrix=[{"id": i, "spec": str(c.spec)} for i, c in zip(plan.ids, plan.cells)],
-        cells=[_final(results[job.id], tolerance, kinds[job.id]) for job in work],
+        cells=[_final(results[job.id], tolerance, kinds[job.id], runs) for job in work],
         shard={"index": shard[0], "count": shard[1]} if shard else None,
         versions={**versions(), **verify_identity()}, seconds=round(time.perf_counter() - start, 3), jobs=jobs,
         cache={"dir": str(cache_dir) if cache_dir else None, **stats.to_dict()},
@@ -129,8 +132,10 @@ def _judged_as(request: CellRequest) -> tuple[tuple[str, ...], int] | None:
     return (detector_formats(request.export.formats), request.spec.shape[0]) if is_detector_cell(request) else None
 
 
-def _final(cell: CellResult, tolerance: Tolerance, detector: tuple[tuple[str, ...], int] | None) -> CellResult:
+def _final(cell: CellResult, tolerance: Tolerance, detector: tuple[tuple[str, ...], int] | None,
+           runs: int | None = None) -> CellResult:
     """What the run reports: every cell judged again here, whichever process computed it (a worker's
-    result is data that came over a pipe); a disagreement already found is never undone."""
-    judged = judge_result(cell, tolerance, detector)
+    result is data that came over a pipe), held to the `runs` its settings choose (as `verify matrix merge` holds
+    it); a disagreement already found is never undone."""
+    judged = judge_result(cell, tolerance, detector, runs)
     return replace(judged, verdict=DISAGREE) if cell.verdict == DISAGREE and judged.verdict == AGREE else judged

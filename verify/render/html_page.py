@@ -123,12 +123,19 @@ def _cell_details(result: MatrixResult, cell: CellResult) -> str:
     return "".join(parts)
 
 
+def _shape_text(shape: Any) -> str:
+    """A recorded input shape as `1x3x32x32`; anything else (a merged report's `input` is shown, never judged) `-`."""
+    if not isinstance(shape, list) or not shape or not all(isinstance(n, int) for n in shape):
+        return "-"
+    return "x".join(str(n) for n in shape)
+
+
 def html_page(result: MatrixResult) -> str:
     status = {0: "pass", 1: "fail", 2: "error"}[result.exit_code]
     mark = "✓" if result.exit_code == 0 else "✗"
     settings = result.settings
     run = settings.get("run", {})
-    shape = "x".join(str(s) for s in (result.cells[0].input.get("shape", []) if result.cells else [])) or "-"
+    shape = _shape_text(result.cells[0].input.get("shape") if result.cells else None)
     facts = [
         f"tolerance: {settings.get('tolerance_text', '')}",
         f"input {shape}, weights {run.get('weights')}, seed {run.get('seed')}",
