@@ -224,8 +224,10 @@ class ModuleSpec(UserModelSpec):
         module = result[0] if isinstance(result, tuple) else result
         try:
             copied = copy.deepcopy(module)
-        except Exception:  # an uncopyable module is used as given (its float64 oracle will say why)
-            copied = module
+        except Exception as exc:  # used as given, it was put in eval mode and converted to float64: the caller's own
+            raise UsageError(f"{self.factory} cannot be copied ({type(exc).__name__}: {str(exc)[:120]}), and it is "
+                             "verified on a copy so that your object is left as it was; keep locks, open files and "
+                             "the like out of the module (or give a factory that builds it)") from None
         return (copied, result[1]) if isinstance(result, tuple) else copied
 
 

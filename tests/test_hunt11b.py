@@ -226,3 +226,57 @@ def test_plugin_headline_of_a_run_not_judged_names_no_folder_it_did_not_write(tm
     headline = str(failed.value).splitlines()[0]
     assert "could not be judged" in headline and "None" not in headline
     assert headline.endswith(f"report {tmp_path / 'inplace-report.json'}")
+
+
+def test_a_worker_sending_another_cells_result_fails_that_cell_at_once():
+    """Before: a live worker's result for another cell was never collected, so the matrix waited until the cell's
+    timeout, or for ever without one (hunt 11b's proposal). Now the cell fails with a line saying why."""
+    import multiprocessing
+    import pickle
+
+    from verify.matrix.cell import CellJob
+    from verify.matrix.result import ERROR, CellResult
+    from verify.matrix.workers import _collect, _Worker
+
+    class Alive:  # a live worker process's stand-in, without a deadline: before, _collect waited on it for ever
+        pid, exitcode, alive = None, None, True
+
+        def is_alive(self):
+            return self.alive
+
+        def kill(self):
+            self.alive = False
+
+        def join(self, timeout=None):
+            pass
+
+    request = MatrixRequest(("resnet18",), ("frozen",), ("body",), RunSettings(), ExportOptions()).cells()[0]
+    job = CellJob(request, "c1", None)
+    parent, child = multiprocessing.Pipe()
+    worker = _Worker(Alive(), parent, job)
+    child.send_bytes(pickle.dumps(CellResult("c2", "resnet18", "frozen", "body", "agree")))
+    result = _collect(worker)
+    assert result is not None and result.id == "c1" and result.verdict == ERROR
+    assert "other than this cell's result" in result.error
+
+
+def test_a_module_that_cannot_be_copied_is_refused_and_left_as_it_was():
+    """Before: `ModuleSpec.load` used an uncopyable module as given, so the caller's object was put in eval mode
+    (and converted to float64) against the documented "left as it was" (hunt 11b's proposal)."""
+    import threading
+
+    from exporter.user_model import ModuleSpec
+
+    class Locked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.lock = threading.Lock()
+
+        def forward(self, x):
+            return self.conv(x)
+
+    module = Locked().train()
+    with pytest.raises(UsageError, match="cannot be copied"):
+        ModuleSpec.of(module).load()
+    assert module.training and module.conv.weight.dtype == torch.float32

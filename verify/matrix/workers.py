@@ -116,6 +116,9 @@ def _collect(worker: _Worker) -> CellResult | None:
             return _failed(job, str(exc))
         if isinstance(result, CellResult) and result.id == job.id:
             return result
+        if result is not None:  # another cell's result, or no result at all: the matrix waited for it until the
+            worker.kill()        # cell's timeout, or for ever without one
+            return _failed(job, "the worker sent back something other than this cell's result; rerun the cell alone")
     if not worker.process.is_alive() or worker.conn.closed:
         worker.process.join(WORKER_STOP_S)
         code = worker.process.exitcode
