@@ -9,6 +9,18 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _native_modules_imported_before_pytester():
+    """pytester's in-process runs remove every module first imported during them from sys.modules; onnx's nanobind
+    extension cannot be imported twice in one process (a later `import onnx` aborted the whole test process with
+    SIGABRT: 'refusing to add duplicate key'), so what the exports load natively is imported before any run."""
+    import onnx  # noqa: F401
+    import onnx_ir  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import onnxscript  # noqa: F401
+    import torch.onnx  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_ARGS = ("-p", "verify.pytest_plugin", "-p", "no:backbone_verify")
 
