@@ -95,12 +95,25 @@ def test_cells_share_onnx_exports_through_the_cache(whole):
 
 def shard_reports(whole) -> list:
     """The whole run's two shards, each run once per module (their cells come from the whole run's cache)."""
+    import torch
+
+    from verify.pipeline.overlap import MODE_ENV
+
     out = whole["out"]
-    for index in (1, 2):
-        if not (out / f"shard{index}.json").is_file():
-            result = invoke("matrix", *CELL_ARGS, *NORMS, "--shard", f"{index}/2", "--cache-dir", whole["cache"],
-                            "--json", out / f"shard{index}.json")
-            assert result.exit_code == 0, result.output
+    # run in this process on the threads a worker of the whole run had (float32 rounds by thread count), without a
+    # background export (mode auto follows the machine's load): the numbers are then comparable outside xdist too
+    threads = torch.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(MODE_ENV, "off")
+            torch.set_num_threads(worker_threads(2))
+            for index in (1, 2):
+                if not (out / f"shard{index}.json").is_file():
+                    result = invoke("matrix", *CELL_ARGS, *NORMS, "--shard", f"{index}/2", "--cache-dir",
+                                    whole["cache"], "--json", out / f"shard{index}.json")
+                    assert result.exit_code == 0, result.output
+    finally:
+        torch.set_num_threads(threads)
     return [out / f"shard{index}.json" for index in (1, 2)]
 
 
@@ -227,10 +240,14 @@ def test_shards_are_balanced_by_cost_deterministic_and_cover_every_cell():
     assert assign_shards(ids, costs, 2) != by_index  # not a round-robin over the list
 
 
-def test_two_configurations_in_either_order_give_identical_numbers(tmp_path):
+def test_two_configurations_in_either_order_give_identical_numbers(tmp_path, monkeypatch):
     """No leaked global state: torch's RNG, threads and flags are restored after every cell, so a
     cell's numbers do not depend on what ran before it in the same process."""
     import torch
+
+    from verify.pipeline.overlap import MODE_ENV
+
+    monkeypatch.setenv(MODE_ENV, "off")  # a background export's fewer threads round otherwise (mode auto: the load)
 
     from verify.pipeline.stages import run_cell
     from verify.runtimes import RuntimeOptions, runtime_class
