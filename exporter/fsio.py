@@ -272,17 +272,23 @@ def write_text_atomic(path: Path, text: str) -> None:
     if kind not in (None, "missing"):  # never os.replace over a folder, a device or a pipe
         raise UsageError(f"Cannot write {path}: it is {kind}; give a file name")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    created = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # a new file, never one planted there: a link in a shared folder cannot redirect the write
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        created = True
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # whole on disk before it takes the name: a crash leaves the old file or this
         os.replace(tmp, path)
-    except OSError as exc:
-        if not isinstance(exc, FileExistsError):
+    except BaseException as exc:
+        if created:  # a Ctrl-C or SIGTERM mid-write left `.NAME.PID.XXXX.tmp` beside the report (hunt 11a)
             tmp.unlink(missing_ok=True)
-        raise UsageError(f"Cannot write {path}: {exc.strerror}") from None
+        if isinstance(exc, OSError):
+            raise UsageError(f"Cannot write {path}: {exc.strerror}") from None
+        raise
 
 
 def json_text(data: Any) -> str:

@@ -32,6 +32,9 @@ class CheckReport:
     summary: str = ""
     """The go/no-go line."""
     versions: dict[str, str] = field(default_factory=versions)
+    inputs: dict[str, Path] = field(default_factory=dict)
+    """Files the run read besides the folders, by what they are (`--verify-key`, `--checkpoint`): never written
+    over by a report."""
 
     @property
     def passed(self) -> bool:
@@ -106,6 +109,21 @@ def markdown(report: CheckReport) -> str:
     return rows_markdown(f"verify {report.command}", report.passed, report.summary, report.rows())
 
 
+def _refuse_over_inputs(report: CheckReport, *paths: Path | None) -> None:
+    """A report written over a file the run read (a `--json pub.pem` replaced the public key it had just verified
+    with, so the next check refused the key; a checkpoint likewise) is refused before anything is written."""
+    import os
+
+    from exporter.errors import UsageError
+
+    for path in paths:
+        for what, source in report.inputs.items():
+            if path is not None and os.path.lexists(path) and os.path.exists(source) \
+                    and os.path.samefile(path, source):
+                raise UsageError(f"the report {path} is the {what} file this run read; write the report elsewhere "
+                                 f"(nothing was written)")
+
+
 def write_outputs(report: CheckReport, json_path: Path | None, junit_path: Path | None,
                   markdown_path: Path | None) -> list[Path]:
     """Write every output asked for, whatever the checks found. Every text is rendered before any is written (a
@@ -116,6 +134,7 @@ def write_outputs(report: CheckReport, json_path: Path | None, junit_path: Path 
     from verify.render.markdown import write_markdown
     from verify.report import json_safe
 
+    _refuse_over_inputs(report, json_path, junit_path, markdown_path)
     rendered = [(path, write, render()) for path, write, render in (
         (json_path, write_text_atomic, lambda: json_text(json_safe(report.to_dict()))),
         (junit_path, write_text_atomic, lambda: junit_xml(report)),

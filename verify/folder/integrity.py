@@ -21,10 +21,13 @@ from exporter.manifest import (
     DETECTOR_KIND,
     EXTERNAL_DATA_FORMAT,
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     SIGNATURE_NAME,
     file_sha256,
+    loads_strict,
     manifest_kind,
 )
+from exporter.signing import MAX_SIGNATURE_BYTES
 from verify.folder.checks import Check, CheckReport
 
 UNSIGNED_CODE_OPTION = "--trust-unsigned-code"
@@ -180,6 +183,10 @@ def check_signature(folder: Path, verify_key: Path | None) -> str:
         if not (folder / SIGNATURE_NAME).is_file():
             raise ArtifactError(f"the manifest says the folder is signed, but {SIGNATURE_NAME} is missing")
         raise Skipped("signed; not verified here (pass --verify-key PUB.pem to refuse a folder changed since)")
+    unread = {n: why for n, why in SNAPSHOT_UNREAD.get(str(folder), {}).items() if n != SIGNATURE_NAME}
+    if unread:  # model-signing would hash every byte of it; the folder fails its checks whatever it holds
+        raise ArtifactError(f"not verified: {unread[min(unread)]}, so it was not read (the folder fails its checks "
+                            "whatever it holds)")
     verify_folder(folder, verify_key)
     return f"model-signing signature verifies with {verify_key.name}: every file as signed"
 
@@ -199,6 +206,61 @@ SNAPSHOT_PREFIX = "backbone-verify-folder-"
 """The private temporary folder each checked folder is copied into before anything is read from it."""
 SNAPSHOT_ORIGINS: dict[str, str] = {}
 """Each live snapshot's path -> the folder it copies, for messages (`failure_reason`)."""
+SNAPSHOT_UNREAD: dict[str, dict[str, str]] = {}
+"""Each live snapshot's path -> the entries it holds as holes of their size, unread, and why (`snapshot_folder`)."""
+UNLISTED_COPY_BYTES = 1 << 20
+"""An entry its manifest does not list fails whatever it holds; up to this size it is copied (so a signature check
+can still name it as added), beyond it only its size is kept."""
+
+
+def _listed_sizes(manifest: Path) -> dict[str, int] | None:
+    """name -> size as the (copied) manifest lists them, read loosely; None when it cannot be read (its own check
+    then says why)."""
+    try:
+        files = loads_strict(manifest.read_text(encoding="utf-8")).get("files")
+        return {name: entry["size"] for name, entry in files.items()
+                if isinstance(entry, dict) and type(entry.get("size")) is int and entry["size"] >= 0}
+    except Exception:  # any shape of text: the manifest check reports it
+        return None
+
+
+def _copy_limit(name: str, listed: dict[str, int] | None) -> tuple[int, str]:
+    """How large `name` may be and still be copied (what its reader takes, or what the manifest lists), and what
+    a larger one is larger than."""
+    if name == MANIFEST_NAME:
+        return MAX_MANIFEST_BYTES, "a manifest is"
+    if name == SIGNATURE_NAME:
+        return MAX_SIGNATURE_BYTES, "a signature bundle is"
+    if listed is not None and name in listed:
+        return listed[name], "the manifest lists"
+    return UNLISTED_COPY_BYTES, "a file its manifest does not list is read"
+
+
+def _copy_sparse(source: int, target: int, size: int) -> None:
+    """The first `size` bytes of `source` into `target`, holes left as holes (SEEK_DATA/SEEK_HOLE where the
+    system has them): a sparse file costs its copy no more disk than it costs the folder."""
+    import errno
+
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(source, offset, os.SEEK_DATA) if hasattr(os, "SEEK_DATA") else offset
+            stop = min(os.lseek(source, start, os.SEEK_HOLE) if hasattr(os, "SEEK_HOLE") else size, size)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole from `offset` on
+                break
+            start, stop = offset, size  # a file system without SEEK_DATA/SEEK_HOLE: the rest copied as data
+        if start >= size:
+            break
+        while start < stop:
+            chunk = os.pread(source, min(1 << 20, stop - start), start)
+            if not chunk:  # shrunk while copied: the rest stays a hole, and the sha256 check fails it
+                stop = size
+                break
+            os.pwrite(target, chunk, start)
+            start += len(chunk)
+        offset = stop
+    os.ftruncate(target, size)
 
 
 def snapshot_folder(folder: Path) -> Any:
@@ -207,16 +269,22 @@ def snapshot_folder(folder: Path) -> Any:
     a file swapped (renamed or written over) after its sha256 or signature matched was the file loaded (hunt 9b).
     Each regular file is read once through a descriptor opened without following links; a link is copied as a
     link (its target text), anything else (a folder, a FIFO) as an empty folder, so the checks still name each
-    entry as what it is and fail it, and nothing is followed or opened that could block."""
-    import shutil
+    entry as what it is and fail it, and nothing is followed or opened that could block. The manifest is copied
+    first: a file larger than it lists (an unlisted one, or any while the manifest cannot be read: larger than
+    UNLISTED_COPY_BYTES; the manifest and the signature: larger than their readers take) fails by its size alone
+    and is kept as a hole of that size, unread (SNAPSHOT_UNREAD), and holes are copied as holes: a sparse 4 GiB
+    file dropped into a folder wrote 4 GiB here and took `verify artifact` 92 s to fail it as unlisted (hunt 11a)."""
     import tempfile
 
     holder = tempfile.TemporaryDirectory(prefix=SNAPSHOT_PREFIX)
     copy = Path(holder.name)
     SNAPSHOT_ORIGINS[holder.name] = str(folder)
+    unread = SNAPSHOT_UNREAD[holder.name] = {}
     weakref.finalize(holder, SNAPSHOT_ORIGINS.pop, holder.name, None)
+    weakref.finalize(holder, SNAPSHOT_UNREAD.pop, holder.name, None)
+    listed: dict[str, int] | None = None
     try:
-        for name in os.listdir(folder):
+        for name in sorted(os.listdir(folder), key=lambda entry: entry != MANIFEST_NAME):
             source, target = folder / name, copy / name
             try:
                 info = os.lstat(source)
@@ -230,11 +298,19 @@ def snapshot_folder(folder: Path) -> Any:
             except FileNotFoundError:  # gone since it was listed: absent from the copy, and so "missing"
                 continue
             with open(handle, "rb") as reader:
-                if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+                info = os.fstat(reader.fileno())
+                if not stat.S_ISREG(info.st_mode):
                     os.mkdir(target)
                     continue
                 with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as out:
-                    shutil.copyfileobj(reader, out, 1 << 20)
+                    limit, than = _copy_limit(name, listed)
+                    if info.st_size > limit:
+                        os.ftruncate(out.fileno(), info.st_size)  # its size, for the checks' messages
+                        unread[name] = f"{name} is {info.st_size} bytes, more than {than}"
+                    else:
+                        _copy_sparse(reader.fileno(), out.fileno(), info.st_size)
+            if name == MANIFEST_NAME and name not in unread:
+                listed = _listed_sizes(target)
     except BaseException:
         holder.cleanup()
         raise
@@ -312,13 +388,14 @@ def check_folder(path: Path, report: CheckReport, verify_key: Path | None, trust
         art.signature_verified = verify_key is not None and gate[-1].passed
     gate.append(report.add(run_check(label, INTEGRITY, "folder contents",
                                      lambda: check_contents(folder, art.manifest))))
+    models = art.manifest.model_files()  # once: made per entry, 20,000 listed entries took 48 s (hunt 11a)
     for name, entry in sorted(art.manifest.files.items(), key=lambda item: item[1].format != EXTERNAL_DATA_FORMAT):
         check = report.add(run_check(label, INTEGRITY, name, lambda n=name, e=entry: file_check(art, n, e)))
         if check.passed:
             art.verified[name] = folder / name
-        if name not in art.manifest.model_files():
+        if name not in models:
             gate.append(check)
-    if not art.manifest.model_files().keys() & art.verified.keys():
+    if not models.keys() & art.verified.keys():
         gate.append(report.add(Check(label, INTEGRITY, "model artifacts", False,
                                      "no model artifact passed its integrity check")))
     for name, body in content_checks:

@@ -13,8 +13,8 @@ from exporter.errors import UsageError
 from verify.detect.preflight import detector_preflight
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import is_detector_folder, preflight_target, run_target
-from verify.folder.rebuild import rebuild_backbone, rebuilt_reference
-from verify.folder.validate import ArtifactFolder, check_integrity, judge
+from verify.folder.rebuild import REBUILD_ONLY, rebuild_backbone, rebuilt_reference
+from verify.folder.validate import ArtifactFolder, check_integrity, judge, option_flags, read_inputs
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
 PROVIDERS = ("cpu", "cuda")
@@ -38,16 +38,24 @@ class PreflightOptions:
     def __post_init__(self) -> None:
         """Refused as the CLI refuses them: unknown names, and numbers out of range or not finite."""
         from verify.bounds import RUNS_RANGE, WARMUP_RANGE, require_number
-        from verify.runtimes import RUNTIMES
+        from verify.runtimes import RUNTIMES, refuse_unused_options
 
         if self.provider not in PROVIDERS:
             raise UsageError(f"Unknown provider {self.provider!r}; use one of {', '.join(PROVIDERS)}")
         RUNTIMES.get(self.runtime)
         require_number("--runs", self.runs, *RUNS_RANGE, integer=True)
         require_number("--warmup", self.warmup, *WARMUP_RANGE, integer=True)
+        if self.tf32 is not None and self.provider != "cuda":  # no TF32 off CUDA: it would be silently ignored
+            flag = "--tf32" if self.tf32 else "--no-tf32"
+            raise UsageError(f"{flag} sets TF32 on CUDA, and this preflight is on {self.provider}, where there is no "
+                             f"TF32; drop {flag}, or add --provider cuda")
+        given = {name: opts for name, opts in dict(self.plugins or {}).items() if opts != type(opts)()}
+        refuse_unused_options([self.runtime], RuntimeOptions(plugins=given))  # a default set is not a choice
         if self.max_latency_ms is not None:
             require_number("--max-latency-ms", self.max_latency_ms, 0.0, low_open=True)
         if self.weights_file is not None:  # text is fine too
+            if not self.rebuild:  # as the CLI refuses --checkpoint without --rebuild
+                raise UsageError(REBUILD_ONLY.format(option="weights_file"))
             object.__setattr__(self, "weights_file", Path(self.weights_file))
 
 
@@ -69,10 +77,16 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
 
         check_public_key(verify_key)  # a usage error, before any work
     if is_detector_folder(path):
-        return detector_preflight(path, options.provider, options.runtime, options.runs, options.warmup,
-                                  options.max_latency_ms, verify_key, trust_unsigned_code, options.rebuild,
-                                  options.weights_file)
-    report = CheckReport("preflight")
+        ignored = _given_flags(options)
+        if ignored:  # a whole detector runs each framework's defaults: they would be silently dropped
+            raise UsageError(f"{path} is a whole detector's folder, whose preflight runs each framework's defaults "
+                             f"and takes no {ignored[0]}; drop {', '.join(ignored)}")
+        report = detector_preflight(path, options.provider, options.runtime, options.runs, options.warmup,
+                                    options.max_latency_ms, verify_key, trust_unsigned_code, options.rebuild,
+                                    options.weights_file)
+        report.inputs = read_inputs(verify_key, options.weights_file)
+        return report
+    report = CheckReport("preflight", inputs=read_inputs(verify_key, options.weights_file))
     art = check_integrity(path, report, verify_key, trust_unsigned_code)
     if art is not None and options.rebuild:
         rebuilt_reference(art, report, lambda: rebuild_backbone(art, options.weights_file))
@@ -81,6 +95,11 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
     if target is None:
         return report
     return run_target(art, report, options.runtime, target, lambda: _preflight_run(art, target, options, report))
+
+
+def _given_flags(options: PreflightOptions) -> list[str]:
+    """The TF32 flag and each runtime's own options that were given (not left at their defaults), as flags."""
+    return ([] if options.tf32 is None else ["--tf32" if options.tf32 else "--no-tf32"]) + option_flags(options.plugins)
 
 
 def _preflight_run(art: ArtifactFolder, target: str, options: PreflightOptions, report: CheckReport) -> CheckReport:

@@ -31,6 +31,9 @@ REFERENCE_RTOL = 1e-9
 """How far a recorded float64 golden may sit from the rebuilt one, relative to the output's largest magnitude:
 float64 rounding across thread counts and libraries is ~1e-15 of it, float32's own rounding 6e-8, so this
 leaves six orders for the first and catches any edit that could move a float32 verdict."""
+REBUILD_ONLY = ("{option} names the weights to rebuild the model with, and is read only with rebuild=True: pass "
+                "both, or neither")
+"""Given without the rebuild, a checkpoint was silently never read, and the check passed as if it had been."""
 REBUILD_CHECK = "reference: rebuilt"
 REBUILD_RUNTIME = "rebuild"
 

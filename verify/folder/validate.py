@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import Artifact, ArtifactMeta
-from exporter.errors import ArtifactError, SetupError
+from exporter.errors import ArtifactError, SetupError, UsageError
 from exporter.formats import get_format
 from exporter.manifest import (
+    EXTERNAL_DATA_FORMAT,
+    GOLDENS_FORMAT,
     GOLDENS_NAME,
     AutoTolerance,
     ExternalDataFile,
@@ -53,7 +55,7 @@ from verify.folder.integrity import (
     resolve_folder,
     run_check,
 )
-from verify.folder.rebuild import rebuild_backbone, rebuilt_reference
+from verify.folder.rebuild import REBUILD_ONLY, rebuild_backbone, rebuilt_reference
 from verify.judge.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
@@ -99,7 +101,7 @@ def _file(art: ArtifactFolder, name: str, entry: FileEntry) -> str:
         model = art.manifest.files[entry.of]
         if name not in {c.name for c in get_format(model.format).companion_files(art.folder / entry.of)}:
             raise ArtifactError(f"{name} is listed as external data of {entry.of}, which does not reference it")
-    elif name in art.manifest.model_files():
+    elif entry.format not in (GOLDENS_FORMAT, EXTERNAL_DATA_FORMAT):  # a model file (Manifest.model_files)
         return f"{size} bytes, sha256 ok, " + _model_file(art, name, entry, file)
     return f"{size} bytes, sha256 ok"
 
@@ -370,6 +372,23 @@ def _second_shape(art: ArtifactFolder, runtime, shape: tuple[int, ...]) -> str:
     return message
 
 
+def option_flags(plugins: Any) -> list[str]:
+    """The runtimes' own options given (not left at their defaults), as their flags."""
+    from exporter.plugin_options import option_fields
+
+    flags = []
+    for given in dict(plugins or {}).values():
+        default = type(given)()
+        flags += [spec.flag for item, spec in option_fields(type(given))
+                  if getattr(given, item.name) != getattr(default, item.name)]
+    return flags
+
+
+def read_inputs(verify_key: Path | None, weights_file: Path | None) -> dict[str, Path]:
+    """The files a check reads besides the folders, by their option (no report may be written over them)."""
+    return {what: path for what, path in (("--verify-key", verify_key), ("--checkpoint", weights_file)) if path}
+
+
 def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
              verify_key: Path | None = None, trust_unsigned_code: bool = False, rebuild: bool = False,
              weights_file: Path | None = None) -> CheckReport:
@@ -381,13 +400,20 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
     paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(path) for path in paths]
     verify_key = Path(verify_key) if verify_key is not None else None
     weights_file = Path(weights_file) if weights_file is not None else None
+    if weights_file is not None and not rebuild:  # as the CLI refuses --checkpoint without --rebuild
+        raise UsageError(REBUILD_ONLY.format(option="weights_file"))
     if verify_key is not None:
         from exporter.signing import check_public_key
 
         check_public_key(verify_key)  # a usage error, before any work
-    report = CheckReport("artifact")
+    report = CheckReport("artifact", inputs=read_inputs(verify_key, weights_file))
     for path in paths:
         resolve_folder(path)  # usage errors (a path that does not exist) before any work
+    flags = option_flags(options.plugins if options else {})
+    detector = next((path for path in paths if is_detector_folder(path)), None) if flags else None
+    if detector is not None:  # a whole detector's check runs each framework's defaults: they would be dropped
+        raise UsageError(f"{detector} is a whole detector's folder, whose check runs each framework's defaults and "
+                         f"takes no {flags[0]}; drop {', '.join(flags)}, or check the other folders on their own")
     for path in paths:
         if is_detector_folder(path):
             check_detector_folder(path, report, verify_key, trust_unsigned_code,

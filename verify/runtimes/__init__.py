@@ -252,8 +252,10 @@ def refuse_unused_options(names: Sequence[str], options: RuntimeOptions) -> None
         if owner in readers:
             continue
         default = type(given)()
-        flag = next(spec.flag for item, spec in option_fields(type(given))
-                    if getattr(given, item.name) != getattr(default, item.name))
+        flag = next((spec.flag for item, spec in option_fields(type(given))
+                     if getattr(given, item.name) != getattr(default, item.name)), None)
+        if flag is None:  # an options object left at its defaults chooses nothing (a bare StopIteration before)
+            continue
         raise UsageError(f"{flag} applies to runtime {owner}, which this run does not use (it runs "
                          f"{', '.join(dict.fromkeys(names))}); drop {flag}")
 
