@@ -190,16 +190,21 @@ def read_fan_ins(model: Any, input_shape: Sequence[int]) -> dict[str, int]:
 
 
 def read_parameters(model: Any, input_shape: Sequence[int], parts: dict[str, int] | None = None) -> list[Any]:
-    """The parameters an op reads while `model` runs once on an input of `input_shape`, on the meta device (shapes
-    only, no arithmetic; the model itself is left as it was). A parameter no op reads (a head the forward never
-    calls, a spare nn.Parameter) holds no terms of any accumulation: counted, it raised the bound, and a model whose
-    float64 computes another function by 1 % passed it with a 100,000-wide spare parameter (README, Floor bound).
+    """The parameters an op reads while `model` runs once on an input of `input_shape`, on fake tensors (shapes
+    only, no arithmetic; the model itself is left as it was). Not on the meta device: a forward can tell that one
+    (`x.is_meta`), and one that read a 100x wider spare parameter there only lifted the bound 100-fold (hunt 12b).
+    A parameter no op reads (a head the forward never calls, a spare nn.Parameter) holds no terms of any
+    accumulation: counted, it raised the bound, and a model whose float64 computes another function by 1 % passed
+    it with a 100,000-wide spare parameter (README, Floor bound). A parameter the forward reads other than through
+    its module (a list of weights it keeps) counts too.
     Every parameter when the model does not run so, and every parameter of TorchScript code, whose ops no Python mode
     sees (the bound then errs towards passing, never towards failing). `parts`, when given, is filled with the
     largest fan-in of what ops read of each parameter that ops read only through `SELECTING_OPS` (read_fan_ins)."""
+    import logging
     import warnings
 
     import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.func import functional_call
     from torch.overrides import TorchFunctionMode
     from torch.utils._pytree import tree_leaves
@@ -231,19 +236,29 @@ def read_parameters(model: Any, input_shape: Sequence[int], parts: dict[str, int
                     read.add(id(leaf))
             return out
 
-    try:
-        meta = {name: torch.empty_like(p, device="meta") for name, p in named.items()}
-        state = {**meta, **{name: torch.empty_like(b, device="meta") for name, b in model.named_buffers()}}
-        with warnings.catch_warnings(), torch.no_grad(), Reads():
+    logger = logging.getLogger("torch._subclasses.fake_tensor")  # it logs a traceback for every op that fails
+    level = logger.level
+    kept = [(module, dict(vars(module))) for module in model.modules()]  # what a forward assigns (self.last = y)
+    try:  # fake tensors say they are on the CPU; a plain tensor attribute of the model may join them
+        logger.setLevel(logging.CRITICAL)
+        fake = FakeTensorMode(allow_non_fake_inputs=True)
+        meta = {name: fake.from_tensor(p) for name, p in named.items()}
+        state = {**meta, **{name: fake.from_tensor(b) for name, b in model.named_buffers()}}
+        with warnings.catch_warnings(), torch.no_grad(), fake, Reads():
             warnings.simplefilter("ignore")
-            functional_call(model, state, (torch.empty(tuple(input_shape), device="meta"),))
+            functional_call(model, state, (torch.empty(tuple(input_shape)),))
     except Exception:  # data-dependent control flow, a NumPy step, an op without a meta kernel: count them all
         return list(named.values())
+    finally:
+        logger.setLevel(level)
+        for module, attributes in kept:  # a fake tensor kept by the model would stand in for its data later
+            vars(module).clear()
+            vars(module).update(attributes)
     if parts is not None:
         parts.update({name: part_fan_ins[id(p)] for name, p in meta.items()
                       if id(p) in part_fan_ins and id(p) not in read and id(named[name]) not in opaque})
     return [named[name] for name, p in meta.items()
-            if id(p) in read or id(p) in part_fan_ins or id(named[name]) in opaque]
+            if id(p) in read or id(p) in part_fan_ins or id(named[name]) in opaque or id(named[name]) in read]
 
 
 def file_accumulation_length(artifact: Any, input_shape: Sequence[int]) -> int | None:
