@@ -11,15 +11,27 @@ pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _native_modules_imported_before_pytester():
-    """pytester's in-process runs remove every module first imported during them from sys.modules; onnx's nanobind
-    extension cannot be imported twice in one process (a later `import onnx` aborted the whole test process with
-    SIGABRT: 'refusing to add duplicate key'), so what the exports load natively is imported before any run."""
+def _native_modules_kept_by_pytester():
+    """pytester's in-process runs remove every module first imported during them from sys.modules, and an extension
+    module imported a second time in one process aborts it: onnx's nanobind (SIGABRT, 'refusing to add duplicate
+    key') when test_render_safety ran after this module, torch's `_inductor_test` library (RuntimeError 'Only a single
+    TORCH_LIBRARY') when test_export did. pytester keeps here every module but the user test files it runs, and what
+    the exports load natively is imported before any run."""
     import onnx  # noqa: F401
     import onnx_ir  # noqa: F401
     import onnxruntime  # noqa: F401
     import onnxscript  # noqa: F401
     import torch.onnx  # noqa: F401
+    from _pytest import pytester
+
+    def snapshot(self):
+        return pytester.SysModulesSnapshot(preserve=lambda name: not name.split(".")[0].startswith(("test_",
+                                                                                                     "conftest")))
+
+    with pytest.MonkeyPatch.context() as patch:
+        if hasattr(pytester.Pytester, "_Pytester__take_sys_modules_snapshot"):
+            patch.setattr(pytester.Pytester, "_Pytester__take_sys_modules_snapshot", snapshot)
+        yield
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_ARGS = ("-p", "verify.pytest_plugin", "-p", "no:backbone_verify")
