@@ -26,7 +26,25 @@ class ExportOptions:
     format_options: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
+        # one format name as text was read letter by letter, dynamic="no" exported dynamic axes, and an option given
+        # twice or of no format was silently dropped (found by hunt 12a)
+        if isinstance(self.formats, str):
+            raise TypeError(f"formats must be a sequence of format names, e.g. ({self.formats!r},), not one string")
+        if not isinstance(self.dynamic, bool):
+            raise TypeError(f"dynamic must be True or False, not {type(self.dynamic).__name__}")
+        if not isinstance(self.format_options, tuple | list):
+            raise TypeError(f"format_options must be a tuple of format options, e.g. (OnnxOptions(opset=18),), not "
+                            f"{type(self.format_options).__name__}")
         object.__setattr__(self, "formats", tuple(dict.fromkeys(self.formats)))
+        object.__setattr__(self, "format_options", tuple(self.format_options))
+        classes = {get_format(name).Options: name for name in FORMATS}
+        for given in self.format_options:
+            if type(given) not in classes:
+                raise TypeError(f"format_options holds {type(given).__name__}, which is no format's options; use "
+                                f"{', '.join(sorted({c.__name__ for c in classes} - {'NoOptions'}))}")
+            if sum(type(other) is type(given) for other in self.format_options) > 1:
+                raise UsageError(f"format_options holds {type(given).__name__} twice and only one is used; pass one "
+                                 f"for {classes[type(given)]}")
         for name in self.formats:
             if not get_format(name).is_file:
                 raise UsageError(f"{name} is not a file format; choose among "

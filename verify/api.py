@@ -72,6 +72,7 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     ("default": the user's cache folder, verify/cache.py; None: no cache). A user's model (`--model`) is
     built, exported and run in a worker process (verify/pipeline/isolation.py) stopped after `timeout` seconds."""
     _check_argument_types(spec, settings, runtimes, cache)
+    _check_export_arguments(out, export, overwrite)
     refuse_replacing_source(spec, Path(out))
     if isolate and spec.runs_user_code:
         return _isolated_export(spec, settings, out, export, runtimes, progress, overwrite, sign_key, cache, timeout)
@@ -106,7 +107,7 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     with cell_context(request) as child:
         build = build_stage(request, plan, cache, progress, child)
         identity = export_identity(spec, build.built.weights.sha256, settings.seed, export, build.named)
-        may_replace = None if overwrite else functools.partial(refuse_other_export, identity=identity)
+        may_replace = require_export_folder if overwrite else functools.partial(refuse_other_export, identity=identity)
         if may_replace is not None:
             may_replace(folder)  # early, before the export's work; again under the lock at rename time
         try:
@@ -150,6 +151,58 @@ def _check_argument_types(spec: object, settings: object, runtimes: object, cach
     if not (cache is None or cache == "default" or isinstance(cache, Cache)):
         raise TypeError(f"cache must be a verify.cache.Cache (e.g. Cache(Path(folder))), None or 'default', "
                         f"not {type(cache).__name__}")
+
+
+def _check_export_arguments(out: object, export: object, overwrite: object) -> None:
+    """A TypeError naming the argument (found by hunt 12a: export=('onnx',) failed on a missing attribute, out=3
+    inside pathlib, and overwrite='no' was read as True: a folder holding another export was replaced)."""
+    import os
+
+    if not isinstance(out, str | os.PathLike):
+        raise TypeError(f"out must be a folder path, e.g. Path('artifacts'), not {type(out).__name__}")
+    if export is not None and not isinstance(export, ExportOptions):
+        raise TypeError(f"export must be an ExportOptions, e.g. ExportOptions(formats=('onnx',)), not "
+                        f"{type(export).__name__}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, not {type(overwrite).__name__}")
+
+
+def _compare_arguments(a: object, b: object, settings: object, runtime: object) -> tuple[str, str]:
+    """Both sides as text (a path may be given as a Path); a TypeError naming the argument otherwise (found by
+    hunt 12a: a Path, a settings of another type or a list of runtimes failed on a missing attribute)."""
+    import os
+
+    sides = []
+    for name, side in (("a", a), ("b", b)):
+        if not isinstance(side, str | os.PathLike):
+            raise TypeError(f"{name} must be a model spec, your model (file.py:factory) or an artifact path, e.g. "
+                            f"'resnet18:frozen:body', not {type(side).__name__}")
+        sides.append(os.fspath(side))
+    if settings is not None and not isinstance(settings, RunSettings):
+        raise TypeError(f"settings must be a RunSettings, not {type(settings).__name__}")
+    if runtime is not None and not isinstance(runtime, str):
+        raise TypeError(f"runtime must be one runtime name, e.g. 'onnxruntime', or None, not {type(runtime).__name__}")
+    return sides[0], sides[1]
+
+
+def require_export_folder(folder: Path) -> None:
+    """--overwrite replaces an export folder (another export of this tool), never a folder of anything else: found by
+    hunt 12a, `--out arts --overwrite` deleted arts/resnet18-frozen-body/thesis.txt, a folder no export had made."""
+    from exporter.errors import ArtifactError
+    from exporter.manifest import MANIFEST_NAME, loads_strict, read_manifest_text
+
+    kind = path_kind(folder)
+    if kind == "missing":
+        return
+    how = "--overwrite replaces only a folder holding an export: move it away, or pass --out elsewhere"
+    if kind != "a directory":
+        raise UsageError(f"{folder} exists and is {kind or 'a file'}, not an export folder; {how}")
+    try:
+        manifest = loads_strict(read_manifest_text(folder / MANIFEST_NAME))
+    except (ArtifactError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{folder} holds no readable {MANIFEST_NAME} (not an export of this tool, or damaged); {how}")
 
 
 class _NotJudged(Exception):
@@ -249,6 +302,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     The pipeline's stages run and judge it (verify/pipeline/stages.py): on every input, A against B (B the
     reference) on both sides' floors pooled over the inputs, then each side against its own oracle on its own
     pooled floors; each pair reported on its worst input."""
+    a, b = _compare_arguments(a, b, settings, runtime)
     settings, progress = settings or RunSettings(), progress or NullProgress()
     require_device(settings.runtime.device)  # before any model is built or loaded
     kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built

@@ -43,6 +43,7 @@ class RunSettings:
         from verify.bounds import SEED_RANGE, require_number
         from verify.runtimes import DEVICES
 
+        self._check_types()
         require_number("seed", self.seed, *SEED_RANGE, integer=True)
         if self.samples is not None:
             require_number("samples", self.samples, 1, MAX_SAMPLES, integer=True)
@@ -59,6 +60,37 @@ class RunSettings:
                              ": drop --no-normalize (arrays and seeded inputs are used as they are)")
         if self.runtime.device not in DEVICES:
             raise UsageError(f"Unknown device {self.runtime.device!r}; use one of {', '.join(DEVICES)}")
+
+    def _check_types(self) -> None:
+        """Paths given as text or os.PathLike, and the shape as the CLI parses it; anything else of the wrong type is
+        refused by name (found by hunt 12a: a Path as weights, a runtime or tolerance of another type crashed on a
+        missing attribute, and shape (1, 3, 0, 32) was built and run before failing inside a convolution)."""
+        import os
+
+        from exporter.spec import parse_shape
+
+        if isinstance(self.weights, os.PathLike):
+            object.__setattr__(self, "weights", os.fspath(self.weights))
+        if not isinstance(self.weights, str):
+            raise TypeError(f"weights must be 'synthetic', 'imagenet' or a .pt/.pth/.safetensors path, not "
+                            f"{type(self.weights).__name__}")
+        if isinstance(self.input_file, str):
+            object.__setattr__(self, "input_file", Path(self.input_file))
+        if self.input_file is not None and not isinstance(self.input_file, os.PathLike):
+            raise TypeError(f"input_file must be a path (.npy, image or folder) or None, not "
+                            f"{type(self.input_file).__name__}")
+        if self.shape is not None:
+            if not isinstance(self.shape, str | Sequence):
+                raise TypeError(f"shape must be a tuple like (1, 3, 224, 224) or None, not {type(self.shape).__name__}")
+            text = self.shape if isinstance(self.shape, str) else "x".join(map(str, self.shape))
+            object.__setattr__(self, "shape", parse_shape(text))  # four positive whole sizes, as --shape takes
+        for name, kind, example in (("runtime", RuntimeOptions, "RuntimeOptions(device='cpu')"),
+                                    ("tolerance", Tolerance, "Tolerance.from_options(rtol=1e-5, atol=1e-6)")):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__}, e.g. {example}, not "
+                                f"{type(getattr(self, name)).__name__}")
+        if not isinstance(self.normalize, bool):
+            raise TypeError(f"normalize must be True or False, not {type(self.normalize).__name__}")
 
 
 def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:

@@ -78,6 +78,10 @@ def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None],
                       and path.is_file() and report.resolve() == path.resolve()), None)
         if clash:  # before: `--sign-key ci.pem --junit ci.pem` signed, agreed, then wrote the XML over the key
             raise UsageError(f"{clash} is the file {flag} reads; write the report elsewhere")
+    if overwrite:  # an export folder only, never a folder of anything else (as backbone exports; hunt 12a)
+        from verify.api import require_export_folder
+
+        require_export_folder(folder)
 
 
 def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | None, input_path: Path | None,
