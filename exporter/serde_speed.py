@@ -61,27 +61,36 @@ def remember_type_hints() -> bool:
         return True
 
 
+def _wrap(owner: Any, name: str, parameters: list[str], make: Any) -> bool:
+    """Replace `owner.name` by `make(original)` once (idempotent, thread-safe), only where the original takes exactly
+    `parameters`: another torch's function is left as it is (False)."""
+    import inspect
+
+    with _LOCK:
+        original = getattr(owner, name, None)
+        if getattr(original, "_remembers", False):
+            return True
+        try:
+            names = list(inspect.signature(original).parameters) if original is not None else []
+        except (TypeError, ValueError):
+            return False
+        if names != parameters:
+            return False
+        remembering = functools.wraps(original)(make(original))
+        remembering._remembers = True
+        setattr(owner, name, remembering)
+        return True
+
+
 def remember_sym_exprs() -> bool:
     """Install the per-deserializer memo of parsed shape expressions (once; idempotent, thread-safe). False where
     this torch's deserializer has no `_parse_sym_expr(expr_str, hint)` (another torch: nothing changed)."""
-    import inspect
-
     try:
         from torch._export.serde.serialize import GraphModuleDeserializer
     except ImportError:
         return False
-    with _LOCK:
-        parse = getattr(GraphModuleDeserializer, "_parse_sym_expr", None)
-        if getattr(parse, "_remembers", False):
-            return True
-        try:
-            names = list(inspect.signature(parse).parameters) if parse is not None else []
-        except (TypeError, ValueError):
-            return False
-        if names != ["self", "expr_str", "hint"]:
-            return False
 
-        @functools.wraps(parse)
+    def make(parse: Any) -> Any:
         def remembering(self: Any, expr_str: str, hint: Any = None) -> Any:
             memo = self.__dict__.setdefault("_parsed_sym_exprs", {})
             key = (expr_str, type(hint), hint)  # 1, 1.0 and True are equal keys but not equal hints
@@ -89,9 +98,9 @@ def remember_sym_exprs() -> bool:
                 memo[key] = parse(self, expr_str, hint)
             return memo[key]
 
-        remembering._remembers = True
-        GraphModuleDeserializer._parse_sym_expr = remembering
-        return True
+        return remembering
+
+    return _wrap(GraphModuleDeserializer, "_parse_sym_expr", ["self", "expr_str", "hint"], make)
 
 
 PRINT_MEMO_SIZE = 4096
@@ -101,27 +110,16 @@ PRINT_MEMO_SIZE = 4096
 def remember_sym_prints() -> bool:
     """Install the memo of printed shape expressions into torch's export serializer (once; idempotent,
     thread-safe). False where this torch's serializer has no `_print_sympy(s)` (another torch: nothing changed)."""
-    import inspect
-
     try:
         import torch
         from torch._export.serde import serialize
     except ImportError:
         return False
-    with _LOCK:
-        print_sympy = getattr(serialize, "_print_sympy", None)
-        if getattr(print_sympy, "_remembers", False):
-            return True
-        try:
-            names = list(inspect.signature(print_sympy).parameters) if print_sympy is not None else []
-        except (TypeError, ValueError):
-            return False
-        if names != ["s"]:
-            return False
-        symbolic = (torch.SymInt, torch.SymBool, torch.SymFloat)
+    symbolic = (torch.SymInt, torch.SymBool, torch.SymFloat)
+
+    def make(print_sympy: Any) -> Any:
         printed: dict[int, tuple[Any, str]] = {}
 
-        @functools.wraps(print_sympy)
         def remembering(s: Any) -> str:
             expr = s.node.expr if isinstance(s, symbolic) else s
             entry = printed.get(id(expr))
@@ -133,6 +131,6 @@ def remember_sym_prints() -> bool:
             printed[id(expr)] = (expr, text)
             return text
 
-        remembering._remembers = True
-        serialize._print_sympy = remembering
-        return True
+        return remembering
+
+    return _wrap(serialize, "_print_sympy", ["s"], make)
