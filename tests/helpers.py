@@ -192,3 +192,22 @@ def correct():
 def shifted():
     return Masked(0.05)
 """
+
+
+BOUND_SHAPE = "1x2x8x8"
+"""The floor-bound probes' input: a 2-channel 3x3 conv at 8x8 (tests/test_trust.py, tests/test_hunt12b.py)."""
+BOUND_CHANNELS = 2
+BOUND_CONV_K = trust.accumulation_length(parameters=[(BOUND_CHANNELS, BOUND_CHANNELS, 3, 3)],
+                                        input_shape=(1, BOUND_CHANNELS, 8, 8))
+BOUND_OTHER_IN_FLOAT64 = 10.0
+"""How far a probe model's float64 is from its float32, in units of its floor bound: refused on its own."""
+
+
+def load_source(path: Path, name: str):
+    """The Python file `path` imported as module `name` (a model file a test wrote)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,15 +4,12 @@ import pytest
 from torch import nn
 from typer.testing import CliRunner
 
+from tests.helpers import BOUND_CHANNELS, BOUND_CONV_K, BOUND_OTHER_IN_FLOAT64, BOUND_SHAPE
 from verify.cli.app import app
 from verify.judge.trust import accumulation_length, read_parameters, rounding_bound
 
 runner = CliRunner()
-SHAPE = "1x2x8x8"
-CHANNELS = 2
-CONV_K = accumulation_length(parameters=[(CHANNELS, CHANNELS, 3, 3)], input_shape=(1, CHANNELS, 8, 8))
-OTHER_IN_FLOAT64 = 10.0
-"""How far the model's float64 is from its float32, in units of its floor bound: refused on its own."""
+SHAPE, CHANNELS, CONV_K, OTHER_IN_FLOAT64 = BOUND_SHAPE, BOUND_CHANNELS, BOUND_CONV_K, BOUND_OTHER_IN_FLOAT64
 SPARE_FAN_IN = 100 * CONV_K
 """A parameter only the meta run reads, wide enough to lift the bound 100-fold had it counted."""
 META_AWARE = """

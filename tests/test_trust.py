@@ -18,7 +18,14 @@ from typer.testing import CliRunner
 from exporter.backbones import family_of
 from tests.conftest import SMALL
 from tests.data import untrusted
-from tests.helpers import assert_deterministic_and_under_the_bound
+from tests.helpers import (
+    BOUND_CHANNELS,
+    BOUND_CONV_K,
+    BOUND_OTHER_IN_FLOAT64,
+    BOUND_SHAPE,
+    assert_deterministic_and_under_the_bound,
+    load_source,
+)
 from verify.cli import app
 from verify.judge import precision, trust
 from verify.judge.oracle import NoiseFloor
@@ -394,12 +401,6 @@ def test_sign_key_is_never_handed_to_user_code(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-BOUND_SHAPE = "1x2x8x8"
-BOUND_CHANNELS = 2
-BOUND_CONV_K = trust.accumulation_length(parameters=[(BOUND_CHANNELS, BOUND_CHANNELS, 3, 3)],
-                                        input_shape=(1, BOUND_CHANNELS, 8, 8))
-BOUND_OTHER_IN_FLOAT64 = 10.0
-"""How far a model's float64 is from its float32, in units of its floor bound: refused on its own."""
 PART_MODEL = """
 import torch
 from torch import nn
@@ -490,16 +491,11 @@ def test_each_side_of_a_compare_is_held_to_its_own_floor_bound(tmp_path):
     """Before: both sides' floors were held to the larger side's K, so a TorchScript file that honestly reads a
     parameter 100x the conv's K wide lifted the bound of the other side too, and a model whose float64 is 10x its
     own bound off its float32 passed `verify compare` against it (found by hunt 10c)."""
-    import importlib.util
-
     factor = 1 + BOUND_OTHER_IN_FLOAT64 * trust.rounding_bound(BOUND_CONV_K)
     source = tmp_path / "wide.py"
     source.write_text(WIDE_READ_MODEL.format(channels=BOUND_CHANNELS, factor=repr(factor), wide=100 * BOUND_CONV_K))
     torch.manual_seed(0)  # as the loader seeds a factory (--seed 0): the file's conv is the model's
-    spec = importlib.util.spec_from_file_location("wide_10c", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    torch.jit.save(torch.jit.script(module.wide_file().eval()), str(tmp_path / "wide.pt"))
+    torch.jit.save(torch.jit.script(load_source(source, "wide_10c").wide_file().eval()), str(tmp_path / "wide.pt"))
     result = CliRunner().invoke(app, ["compare", f"{source}:other", str(tmp_path / "wide.pt"), "--shape", BOUND_SHAPE,
                                       "--samples", "1"])
     assert result.exit_code == 1, result.output
