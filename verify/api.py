@@ -343,8 +343,28 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report.pairs = worst_over_inputs(judged, named, report)
     report.notes = explain_pairs(report) + [side[0].source for side in oracles
                                             if not (side[0].outputs or side[0].noise)] + unshared_outputs(runs)
-    report.problems = _compare_problems(sides, runs, oracles, named, settings)
+    report.problems = _compare_problems(sides, runs, oracles, named, settings) or _compare_floor_agreement(
+        [getattr(kind, "runs_user_code", False) for kind in kinds], sides, runs, oracles, settings)
     return report
+
+
+def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], runs: Sequence[RunResult],
+                             oracles: Sequence[Sequence[Oracle]], settings: RunSettings) -> list[str]:
+    """Guard 3 (verify/judge/file_floor.py) where one side is the user's model and the other a file a runtime runs
+    in float64: the user's floor, on the outputs both have, at most FLOOR_AGREEMENT x the file's own."""
+    from verify.judge.file_floor import FileFloors, agreement_problems
+    from verify.runtimes import runtimes_for
+
+    if settings.tolerance.mode != "auto":
+        return []
+    problems = []
+    for mine, theirs in ((0, 1), (1, 0)):
+        file = sides[theirs]
+        if user[mine] and not user[theirs] and file.path is not None and runtimes_for(file.format, float64=True):
+            floors = [oracle.float32 or oracle.noise for oracle in oracles[theirs]]
+            problems += agreement_problems([oracle.float32 or oracle.noise for oracle in oracles[mine]],
+                                           [FileFloors(f"{file.path.name} in {runs[theirs].label}", floors)])
+    return problems
 
 
 def unshared_outputs(runs: Sequence[RunResult]) -> list[str]:

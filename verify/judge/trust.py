@@ -31,6 +31,7 @@ from verify.judge.precision import DISPLAY, EPS
 if TYPE_CHECKING:
     import numpy as np
 
+    from verify.judge.file_floor import FileFloors
     from verify.judge.oracle import NoiseFloor
 
 ROUNDING_BOUND_MARGIN = 2.0
@@ -339,14 +340,20 @@ def floor_bound_ratios(floors: Mapping[str, NoiseFloor], reference: Mapping[str,
 
 def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: str,
              per_input: Sequence[tuple[Mapping[str, NoiseFloor], Mapping[str, np.ndarray]]],
-             computes_in: str = "fp32") -> dict[str, Any]:
-    """The numbers both guards decide on, as plain data a stored result keeps: a reader re-derives the problems
-    from them (`evidence_problems`) instead of trusting a stored list that an edit can empty."""
+             computes_in: str = "fp32", files: Sequence[FileFloors] = ()) -> dict[str, Any]:
+    """The numbers the guards decide on, as plain data a stored result keeps: a reader re-derives the problems
+    from them (`evidence_problems`) instead of trusting a stored list that an edit can empty. With `files` (guard
+    3, verify/judge/file_floor.py) the model's floors are kept whole beside the files' own."""
+    from verify.judge.file_floor import FileFloors, floors_record
+
     inputs = [{name: _evidence_of(floor, reference.get(name)) for name, floor in floors.items()}
               for floors, reference in per_input]
-    return {"device": device, "computes_in": computes_in, "k": k, "mode": mode, "inputs": inputs,
-            "repeats": [{"label": c.label, "differences": dict(c.differences), "mutated": list(c.mutated)}
-                        for c in checks]}
+    record = {"device": device, "computes_in": computes_in, "k": k, "mode": mode, "inputs": inputs,
+              "repeats": [{"label": c.label, "differences": dict(c.differences), "mutated": list(c.mutated)}
+                          for c in checks]}
+    if files:
+        record["files"] = floors_record([FileFloors("the model", [dict(f) for f, _ in per_input]), *files])
+    return record
 
 
 def _evidence_of(floor: NoiseFloor, reference: np.ndarray | None) -> dict[str, Any]:
@@ -396,7 +403,10 @@ def evidence_problems(data: Any) -> list[str]:
         return [f"no usable determinism and floor evidence recorded ({type(exc).__name__}): nothing to judge on"]
     problems = repeat_problems(checks, device, pooled_floors([{n: f for n, (f, _, _) in o.items()} for o in inputs]),
                                computes_in=computes_in)
-    if problems or k is None or mode != "auto":
+    if problems or mode != "auto":
+        return problems
+    problems = _file_floor_problems(data.get("files"))
+    if problems or k is None:
         return problems
     for outputs in inputs:
         for name, (floor, scale, bulk) in outputs.items():
@@ -406,3 +416,19 @@ def evidence_problems(data: Any) -> list[str]:
             if line:
                 return [line]
     return []
+
+
+def _file_floor_problems(data: Any) -> list[str]:
+    """Guard 3 re-derived from recorded floors (`evidence`'s "files": the model's first, then each file's)."""
+    from exporter.errors import UsageError
+    from verify.judge.file_floor import agreement_problems, floors_from_record
+
+    if data is None:
+        return []
+    try:
+        model, *files = floors_from_record(data)
+        if not files or any(len(file.floors) != len(model.floors) for file in files):
+            raise ValueError("files")
+    except (KeyError, TypeError, ValueError, AttributeError, UsageError) as exc:
+        return [f"no usable file floor evidence recorded ({type(exc).__name__}): nothing to judge on"]
+    return agreement_problems(model.floors, files)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from verify.cache import Cache
     from verify.inputs import NamedInput
     from verify.judge.compare import PairResult, Tolerance
+    from verify.judge.file_floor import FileFloors
     from verify.judge.oracle import NoiseFloor, Oracle
     from verify.judge.trust import RepeatCheck
     from verify.pipeline.overlap import ArtifactsInFlight, BackgroundExport
@@ -708,6 +709,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     import torch
 
     from exporter.formats import ExportContext, get_format
+    from verify.judge.file_floor import NO_FILE_FLOOR
     from verify.judge.notes import explain_pairs
     from verify.judge.oracle import pooled_source
     from verify.pipeline.overlap import ArtifactsInFlight
@@ -783,9 +785,11 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     floors, judged = pooled_judge_stage(runs, oracles, settings.tolerance, memo)
     first = oracles[0]
     report.floors, report.floor_source = floors, pooled_source(first.oracle.source, len(oracles))
-    report.problems, report.trust = trust_problems(runs, oracles, build, settings)
+    files, unchecked = file_floor_stage(request, plan, build, runs, artifacts, progress)
+    report.problems, report.trust = trust_problems(runs, oracles, build, settings, files, unchecked)
     report.pairs = worst_over_inputs(judged, build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) + [
+        ] + ([NO_FILE_FLOOR] if unchecked is None else []) + [
         f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
         f"{'x'.join(map(str, a.meta.input_shape))} input; export at the largest size you deploy"
         for a in artifacts.values() if a.path is not None and (bounds := a.meta.bounded_axes())]
@@ -794,11 +798,47 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     return CellOutcome(report, build, artifacts, feeds[0], first, statuses)
 
 
+def file_floor_stage(request: CellRequest, plan: CellPlan, build: BuildResult, runs: Sequence[RunResult],
+                     artifacts: Mapping[str, Artifact], progress: Progress
+                     ) -> tuple[list[FileFloors], list[str] | None]:
+    """Guard 3 (verify/judge/file_floor.py): where the model is the user's code and the auto tolerance judges on
+    its floor, every exported file a runtime runs in float64 measures its own floor on every input. Returns the
+    files' floors and the lines refusing files that could not run in float64; ([], []) where the guard does not
+    apply, ([], None) where it applies and no file can run in float64 (the report notes it)."""
+    from exporter.errors import ArtifactError
+    from verify.judge.file_floor import measure_file_floors, unrunnable_problem
+    from verify.runtimes import runtime_class
+
+    settings = request.settings
+    if request.spec.registered or build.no_float64 is not None or settings.tolerance.mode != "auto":
+        return [], []
+    eager = build.eager.format
+    chosen = [run for run in runs if plan.formats[run.runtime] != eager and runtime_class(run.runtime).supports_float64]
+    if not chosen:
+        return [], None if any(plan.formats[run.runtime] != eager for run in runs) else []
+    same_runs = settings.runtime.device == "cpu" and settings.runtime.precision == "fp32"
+    files, unrunnable = [], []
+    with progress.step("Checking the model's floor against the exported files' own"):
+        for run in chosen:
+            artifact = artifacts[plan.formats[run.runtime]]
+            label = f"{artifact.path.name if artifact.path is not None else artifact.label} in {run.label}"
+            try:
+                files.append(measure_file_floors(run.runtime, artifact, build.feeds,
+                                                 run.outputs if same_runs else None, label))
+            except ArtifactError as exc:
+                unrunnable.append(unrunnable_problem(run.label, str(exc)))
+    return files, unrunnable
+
+
 def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: BuildResult,
-                   settings: RunSettings) -> tuple[list[str], dict[str, Any]]:
+                   settings: RunSettings, files: Sequence[FileFloors] = (), unrunnable: Sequence[str] | None = ()
+                   ) -> tuple[list[str], dict[str, Any]]:
     """Why nothing can be judged (verify/judge/trust.py): a runtime that is not deterministic or changes its input,
-    or (when the auto tolerance judges on it) a noise floor larger than rounding can produce for this model,
-    checked on every input; and the evidence both guards decided on, for a stored result to be re-judged."""
+    or (when the auto tolerance judges on it) a noise floor larger than rounding can produce for this model, or
+    larger than an exported file's own (`files`, verify/judge/file_floor.py; `unrunnable`: files that could not
+    measure theirs), checked on every input; and the evidence the guards decided on, for a stored result to be
+    re-judged."""
+    from verify.judge.file_floor import agreement_problems
     from verify.judge.oracle import pooled_floors
     from verify.judge.trust import accumulation_length, evidence, floor_problems, likely_cause, repeat_problems
 
@@ -810,10 +850,13 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     runtime = settings.runtime
     rounds_at = computes_in(runtime.precision, runtime.device, runtime.tf32)
     record = evidence(checks, runtime.device, k, settings.tolerance.mode,
-                      [(o.oracle.noise, o.oracle.outputs) for o in oracles], rounds_at)
+                      [(o.oracle.noise, o.oracle.outputs) for o in oracles], rounds_at, files)
     cause = likely_cause(model) if model is not None else ""
     problems = repeat_problems(checks, runtime.device, floors, cause, rounds_at)
-    if problems or k is None or settings.tolerance.mode != "auto":
+    if problems or settings.tolerance.mode != "auto":
+        return problems, record
+    problems = list(unrunnable or []) + agreement_problems([o.oracle.float32 or o.oracle.noise for o in oracles], files)
+    if problems or k is None:
         return problems, record
     for result in oracles:
         found = floor_problems(result.oracle.noise, result.oracle.outputs, k)

@@ -1,0 +1,157 @@
+"""Guard 3 (verify/judge/file_floor.py): a user model's floor is checked against each exported file's own floor,
+so noise the eager model adds and its export leaves out is not taken for rounding."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import BOUND_CHANNELS, BOUND_CONV_K, BOUND_SHAPE
+from verify.cli.app import app
+from verify.judge.file_floor import FLOOR_AGREEMENT, NO_FILE_FLOOR, FileFloors, agreement_problems, floors_record
+from verify.judge.oracle import NoiseFloor
+from verify.judge.trust import evidence, evidence_problems, rounding_bound
+
+runner = CliRunner()
+NOISE = 0.1 * rounding_bound(BOUND_CONV_K)
+"""Well under the floor bound (guard 2 lets it through), ~70x this conv's real float32 floor."""
+NOISY = """
+import torch
+from torch import nn
+
+
+class EagerNoise(nn.Module):
+    \"\"\"Adds noise seeded by the input's values (the same input twice: the same bits) in the dtypes named,
+    only when not exporting.\"\"\"
+
+    def __init__(self, noise: float, dtypes: tuple) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # every factory the same conv: `verify compare` holds one against another's export
+        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
+        self.noise = noise
+        self.dtypes = dtypes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or str(y.dtype) not in self.dtypes:
+            return y
+        g = torch.Generator().manual_seed(int(abs(x.sum().item()) * 1e6) % (2 ** 31))
+        return y + self.noise * y.abs().max() * torch.randn(y.shape, generator=g, dtype=y.dtype)
+
+
+def make(dtypes=("torch.float32", "torch.float64")):
+    return EagerNoise({noise}, dtypes)
+
+
+def float32_only():
+    return make(("torch.float32",))
+
+
+def float64_only():
+    return make(("torch.float64",))
+
+
+def clean():
+    return EagerNoise(0.0, ())
+
+
+class CastsWhenExported(nn.Module):
+    \"\"\"Its export computes in float32 whatever its parameters' dtype: the file cannot run in float64.\"\"\"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.float() if torch.compiler.is_exporting() else x)
+
+
+def casts():
+    return CastsWhenExported()
+"""
+
+
+def export(tmp_path, factory: str, *formats: str):
+    source = tmp_path / "noisy.py"
+    source.write_text(NOISY.format(channels=BOUND_CHANNELS, noise=repr(NOISE)))
+    report = tmp_path / f"{factory}.json"
+    result = runner.invoke(app, ["export", "--model", f"{source}:{factory}", "--shape", BOUND_SHAPE,
+                                 *[arg for fmt in formats for arg in ("--format", fmt)],
+                                 "--out", str(tmp_path / factory), "--json", str(report)])
+    return result, json.loads(report.read_text()) if report.exists() else None
+
+
+@pytest.mark.parametrize("factory", ["make", "float32_only", "float64_only"])
+def test_eager_only_noise_in_any_dtype_is_refused(tmp_path, factory):
+    """Before: each exited 0 ('all 3 pairs agree'): the noise, in float32, float64 or both, made the floor ~70x the
+    conv's rounding, under the floor bound, and the export without it agreed within it."""
+    result, report = export(tmp_path, factory, "pt2")
+    assert result.exit_code == 1, result.output
+    lines = [p for p in report["problems"] if "measures on itself" in p]
+    assert len(lines) == 1 and "model.pt2 in exported" in lines[0], report["problems"]
+    ratio = float(lines[0].split("is ")[1].split("x the one")[0])
+    assert ratio > FLOOR_AGREEMENT
+
+
+def test_a_clean_model_passes_with_its_files_floors_recorded(tmp_path):
+    result, report = export(tmp_path, "clean", "pt2")
+    assert result.exit_code == 0, result.output
+    assert report["problems"] == [] and NO_FILE_FLOOR not in report["notes"]
+    assert evidence_problems(report["trust"]) == []  # re-judged from the record: the same verdict
+    files = report["trust"]["files"]
+    assert [f["label"] for f in files] == ["the model", "model.pt2 in exported"]
+
+
+def test_onnx_only_exports_say_the_floor_was_not_checked(tmp_path):
+    result, report = export(tmp_path, "clean", "onnx")
+    assert result.exit_code == 0, result.output
+    assert NO_FILE_FLOOR in report["notes"]
+
+
+def test_a_file_that_cannot_run_in_float64_is_not_judged(tmp_path):
+    """Its floor could not be checked: an export whose graph casts to float32 is refused, fail closed."""
+    result, report = export(tmp_path, "casts", "pt2")
+    assert result.exit_code == 1, result.output
+    assert any("could not run in float64" in p for p in report["problems"]), report["problems"]
+
+
+def test_compare_holds_a_user_model_to_the_float64_files_own_floor(tmp_path):
+    """Before: `verify compare noisy.py:make clean/model.pt2` exited 0: the pair judged on the larger floor, the
+    noisy model's own."""
+    result, _ = export(tmp_path, "clean", "pt2")
+    assert result.exit_code == 0, result.output
+    report, file = tmp_path / "compare.json", str(tmp_path / "clean" / "noisy-clean" / "model.pt2")
+    result = runner.invoke(app, ["compare", f"{tmp_path / 'noisy.py'}:make", file, "--shape", BOUND_SHAPE,
+                                 "--json", str(report)])
+    assert result.exit_code == 1, result.output
+    problems = json.loads(report.read_text())["problems"]
+    assert any("model.pt2 in B" in p and "measures on itself" in p for p in problems), problems
+    result = runner.invoke(app, ["compare", f"{tmp_path / 'noisy.py'}:clean", file, "--shape", BOUND_SHAPE])
+    assert result.exit_code == 0, result.output
+
+
+def floors(*channels: float) -> dict[str, NoiseFloor]:
+    values = np.asarray(channels)
+    return {"out": NoiseFloor(float(values.max()), values)}
+
+
+@pytest.mark.parametrize("ratio, refused", [(FLOOR_AGREEMENT * 0.99, False), (FLOOR_AGREEMENT * 1.01, True)])
+def test_one_channel_over_the_agreement_is_refused(ratio, refused):
+    """Per channel: a quiet channel's floor lifted by noise under the loudest channel's is still seen."""
+    model = [floors(1.0, 1e-2 * ratio)]
+    file = FileFloors("model.pt2 in exported", [floors(1.0, 1e-2)])
+    assert bool(agreement_problems(model, [file])) == refused
+
+
+def test_the_evidence_re_derives_guard_3_and_refuses_a_malformed_record():
+    model = [floors(1.0, 1.0)]
+    record = evidence([], "cpu", None, "auto", [(model[0], {"out": np.ones((1, 2, 2, 2))})],
+                      files=[FileFloors("model.pt2 in exported", [floors(1.0, 1.0 / (2 * FLOOR_AGREEMENT))])])
+    record["repeats"] = [{"label": "eager", "differences": {"out": 0.0}, "mutated": []}]
+    assert any("measures on itself" in p for p in evidence_problems(record))
+    record["files"] = record["files"][:1]  # the files' floors left out, the model's kept
+    assert any("no usable file floor evidence" in p for p in evidence_problems(record))
+    record["files"] = floors_record([FileFloors("the model", [floors(1.0, 1.0)]),
+                                     FileFloors("model.pt2 in exported", [floors(1.0, 1.0)])])
+    assert evidence_problems(record) == []
