@@ -35,7 +35,14 @@ from verify.pipeline.stages import (
 from verify.progress import NullProgress, Progress
 from verify.report import Report, RunRecord
 from verify.runtimes import check_runtimes, require_device, side_runtimes
-from verify.settings import RunSettings, default_inputs, input_dict, settings_dict, settings_inputs
+from verify.settings import (
+    RunSettings,
+    default_inputs,
+    input_dict,
+    refuse_unused_seed,
+    settings_dict,
+    settings_inputs,
+)
 
 if TYPE_CHECKING:
     from verify.cache import Cache
@@ -73,6 +80,8 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     built, exported and run in a worker process (verify/pipeline/isolation.py) stopped after `timeout` seconds."""
     _check_argument_types(spec, settings, runtimes, cache)
     _check_export_arguments(out, export, overwrite)
+    if settings is not None:
+        refuse_unused_seed(settings.seed, settings.weights, settings.input_file, spec.registered)
     refuse_replacing_source(spec, Path(out))
     if isolate and spec.runs_user_code:
         return _isolated_export(spec, settings, out, export, runtimes, progress, overwrite, sign_key, cache, timeout)

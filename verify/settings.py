@@ -104,6 +104,14 @@ def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
     return named
 
 
+def refuse_unused_seed(seed: int, weights: str, input_file: Path | str | None, registered: bool = True) -> None:
+    """--seed draws a registered model's synthetic weights and the seeded inputs (a user's model: torch's seed before
+    its factory too); with other weights and --input it draws nothing, so it is refused, not ignored (hunt 12a)."""
+    if registered and seed != 0 and weights != "synthetic" and input_file is not None:
+        raise UsageError(f"--seed {seed} draws synthetic weights and seeded inputs, and --weights {weights} with "
+                         f"--input {input_file} uses neither: drop --seed")
+
+
 def sample_count(settings: RunSettings) -> int:
     """How many seeded inputs a verdict without --input is judged on."""
     return default_sample_count() if settings.samples is None else settings.samples

@@ -99,8 +99,10 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
     from verify.detect.folder import write_detector_folder
     from verify.render.console import print_line
     from verify.render.text import markup
+    from verify.settings import refuse_unused_seed
 
     norm = resolve_norm(name, norm)
+    refuse_unused_seed(seed, weights, input_path)
     size = parse_shape(shape) if shape else DEFAULT_SHAPE
     chosen = _formats(formats)
     folder = out / f"{name}-{norm}"
