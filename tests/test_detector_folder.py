@@ -104,6 +104,37 @@ def golden_edited_and_rehashed(folder):
     rehash(folder, GOLDENS_NAME)
 
 
+def replace_goldens(folder, change) -> None:
+    """change(arrays) in place, written back and rehashed: the goldens consistent with the manifest's hashes."""
+    with np.load(folder / GOLDENS_NAME) as data:
+        arrays = {k: data[k] for k in data.files}
+    change(arrays)
+    (folder / GOLDENS_NAME).unlink()
+    with open(folder / GOLDENS_NAME, "wb") as handle:
+        np.savez(handle, **arrays)
+    rehash(folder, GOLDENS_NAME)
+
+
+def folded_dropped(folder):
+    """Eager's second float32 rounding taken out: the channel floors re-derived without it are not the recorded."""
+    replace_goldens(folder, lambda arrays: [arrays.pop(k) for k in [k for k in arrays if k.startswith("folded.")]])
+
+
+def folded_scaled(folder):
+    """A folded tensor off by 10 %: its rounding would lift its channels' floors far past the recorded."""
+    def change(arrays):
+        key = next(k for k in arrays if k.startswith("folded.") and "bbox_pred" in k)
+        arrays[key] = arrays[key] * np.float32(1.1)
+    replace_goldens(folder, change)
+
+
+def folded_cropped(folder):
+    def change(arrays):
+        key = next(k for k in arrays if k.startswith("folded."))
+        arrays[key] = arrays[key][:, :1]
+    replace_goldens(folder, change)
+
+
 def weight_edited(folder):
     data = bytearray((folder / ONNX).read_bytes())
     data[len(data) // 2] ^= 1
@@ -147,6 +178,9 @@ def unknown_field(folder):
 @pytest.mark.parametrize("tamper, check, named", [
     (golden_edited, GOLDENS_NAME, "modified"),
     (golden_edited_and_rehashed, "noise floors", "never taken on trust"),
+    (folded_dropped, "noise floors", "never taken on trust"),
+    (folded_scaled, "noise floors", "never taken on trust"),
+    (folded_cropped, f"{GOLDENS_NAME}: content", "as float32."),
     (extra_file, "folder contents", "notes.txt"),
     (floor_raised, "noise floors", "noise_floor['proposals']"),
     (detection_floor_raised, "noise floors", "detection_floor.boxes"),

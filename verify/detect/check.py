@@ -224,6 +224,10 @@ class Run:
     """Faster R-CNN: each image's RPN proposals (the box head's rows, in order); empty when not captured."""
     rpn_candidates: list[Detections] = field(default_factory=list)
     """In float64: the inputs of each image's RPN NMS (boxes, scores, level as label)."""
+    samples: list[dict[str, np.ndarray]] = field(default_factory=list)
+    """Eager float32: each image's dense tensors (but the per-proposal ones) from the detector with its norms folded
+    into its convolutions (`folded_samples`), a second float32 rounding for the channel floors; empty where nothing
+    folds."""
 
 
 @dataclass(frozen=True)
@@ -444,6 +448,7 @@ def judge_detector(built: BuiltDetector, inputs: Sequence[torch.Tensor], files: 
         say(f"running eager float32 and float64{_on_images(len(inputs))}")
         eager = _guarded(EAGER, lambda images: run_eager(built, images, float64=False), inputs, repeats)
         oracle = _guarded(ORACLE, lambda images: run_eager(built, images, float64=True), inputs, repeats)
+        eager.samples = folded_samples(built, inputs)
     report.problems += repeat_problems(repeats, GUARD_DEVICE, {}, likely_cause(built.model))
     judge_runs(report, Judging.of(built), inputs, eager, oracle, files, tolerance, say, clock)
     return report
@@ -532,9 +537,10 @@ class _Rows:
         from verify.judge.oracle import measure_floors
 
         aligned = self._align(EAGER, eager, ORACLE, self.oracle)
+        samples = [concat_dense(eager.samples, self.report.images)] if eager.samples else []
         if aligned is None:
-            return measure_floors(eager.dense, self.oracle.dense)
-        floors = measure_floors(aligned.run, aligned.ref)
+            return measure_floors(eager.dense, self.oracle.dense, samples=samples)
+        floors = measure_floors(aligned.run, aligned.ref, samples=samples)
         self.bands = derive_bands({name: floor.value for name, floor in floors.items()}, self.factor)
         self._explain(aligned)
         return floors
@@ -662,6 +668,24 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
     result.per_image = per_image
     result.dense = concat_dense(per_image, inputs)
     return result
+
+
+def folded_samples(built: BuiltDetector, inputs: Sequence[torch.Tensor]) -> list[dict[str, np.ndarray]]:
+    """Each image's dense tensors from `built` with every norm that follows a convolution folded into it, in float32
+    (verify/judge/oracle.py `folded_float32`): ONNX Runtime folds them so, and rounds otherwise than eager. The
+    per-proposal tensors are left out (the folded RPN may keep other proposals); [] where nothing folds."""
+    from dataclasses import replace
+
+    from verify.judge.oracle import folded_float32
+
+    inputs = [image.clone() for image in inputs]  # private copies: a model that writes into its input spoils these
+    folded = folded_float32(built.model, None, call=lambda model: model([inputs[0].clone()]))
+    if folded is None:
+        return []
+    rows = set(Judging.of(built).per_proposal)
+    run = run_eager(replace(built, model=folded), inputs, float64=False)
+    return [{name: value for name, value in image.items() if name.rpartition("#")[0] not in rows}
+            for image in run.per_image]
 
 
 def concat_dense(per_image: list[dict[str, np.ndarray]], inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:

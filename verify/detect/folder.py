@@ -40,7 +40,14 @@ from verify.detect.check import (
     derive_floors,
     judge_runs,
 )
-from verify.detect.goldens import GROUPS, check_goldens, golden_arrays, golden_images, golden_run
+from verify.detect.goldens import (
+    GROUPS,
+    check_goldens,
+    golden_arrays,
+    golden_images,
+    golden_run,
+    golden_samples,
+)
 from verify.detect.match import Rules
 from verify.detect.proposals import RpnRules, kept_order, moved_boxes
 from verify.detect.rebuild import rebuild_detector
@@ -193,10 +200,11 @@ def _goldens(art: DetectorFolder) -> str:
     goldens = read_goldens(art.verified[GOLDENS_NAME], GROUPS)
     manifest = art.manifest
     message = check_goldens(goldens, [image.shape for image in manifest.images], manifest.dense_outputs,
-                            bool(manifest.postprocess.per_proposal))
+                            bool(manifest.postprocess.per_proposal), manifest.postprocess.per_proposal)
     art.images = golden_images(goldens)
     art.references = {EAGER: golden_run(goldens["float32"], art.images),
                       ORACLE: golden_run(goldens["float64"], art.images)}
+    art.references[EAGER].samples = golden_samples(goldens, len(art.images))
     return message
 
 

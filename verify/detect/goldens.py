@@ -14,12 +14,14 @@ from verify.detect.check import Run, concat_dense
 from verify.detect.match import Detections
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
 
     import numpy as np
     import torch
 
-GROUPS = ("image", "float32", "float64")
-"""`image.<i>`, then `float32.<i>.<what>` (eager) and `float64.<i>.<what>` (the oracle)."""
+GROUPS = ("image", "float32", "float64", "folded")
+"""`image.<i>`, then `float32.<i>.<what>` (eager) and `float64.<i>.<what>` (the oracle), and `folded.<i>.dense.<name>`:
+eager's second float32 rounding (verify/detect/check.py `folded_samples`; none where nothing folds)."""
 DETECTION_KEYS = ("boxes", "scores", "labels")
 DENSE, PROPOSALS_KEY = "dense", "proposals"
 CANDIDATES = ("candidates", "rpn_candidates")
@@ -40,6 +42,8 @@ def golden_arrays(images: list[np.ndarray], eager: Run, oracle: Run) -> dict[str
     arrays = {f"image.{i}": image for i, image in enumerate(images)}
     for group, run in (("float32", eager), ("float64", oracle)):
         arrays.update({f"{group}.{key}": value for key, value in _run_arrays(run).items()})
+    arrays.update({f"folded.{i}.{DENSE}.{name}": value for i, image in enumerate(eager.samples)
+                   for name, value in image.items()})
     return arrays
 
 
@@ -75,9 +79,11 @@ def expected_keys(images: int, dense: list[str], proposals: bool, group: str) ->
 
 
 def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[int]], dense: list[str],
-                  proposals: bool) -> str:
+                  proposals: bool, rows: Sequence[str] = ()) -> str:
     """Exactly the arrays a complete export writes: the images of the recorded shapes in float32, each group's
-    keys, dtypes (dense tensors in their group's precision) and shapes, all finite; else an ArtifactError."""
+    keys, dtypes (dense tensors in their group's precision) and shapes, all finite; else an ArtifactError. The
+    folded group, where there is one, holds every dense tensor but those of the per-proposal modules `rows`, each
+    of its float32 twin's shape (a folder written before it had none: its floors were measured without)."""
     import numpy as np
 
     wanted = {str(i) for i in range(len(shapes))}
@@ -105,8 +111,32 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
                 raise ArtifactError(f"{GOLDENS_NAME}: {kind}.{key} holds {bad} NaN/Inf; goldens must be finite")
     for i, shape in enumerate(shapes):
         _check_image_runs(goldens, i, shape, dense, proposals)
+    _check_folded(goldens, len(shapes), [name for name in dense if name.rpartition("#")[0] not in rows])
     return (f"{len(shapes)} image(s) {', '.join('x'.join(map(str, s)) for s in shapes)}, {len(dense)} dense tensors "
             "per image, detections in float32 and float64, all finite, each within what a detector outputs")
+
+
+def _check_folded(goldens: dict[str, dict[str, np.ndarray]], images: int, dense: list[str]) -> None:
+    import numpy as np
+
+    found = set(goldens.get("folded", {}))
+    keys = {f"{i}.{DENSE}.{name}" for i in range(images) for name in dense}
+    if found and found != keys:
+        odd = sorted(found - keys) or sorted(keys - found)
+        raise ArtifactError(f"{GOLDENS_NAME}: folded.{odd[0]} is {'not' if found - keys else 'missing'} one of the "
+                            "folded detector's dense tensors (every one but the per-proposal rows, or none)")
+    for key in sorted(found):
+        array, twin = goldens["folded"][key], goldens["float32"][key]
+        if array.dtype != np.float32 or array.shape != twin.shape:
+            raise ArtifactError(f"{GOLDENS_NAME}: folded.{key} is {array.dtype} {list(array.shape)}; expected "
+                                f"float32 {list(twin.shape)}, as float32.{key}")
+
+
+def golden_samples(goldens: dict[str, dict[str, np.ndarray]], images: int) -> list[dict[str, np.ndarray]]:
+    """The checked folded group as eager's rounding samples (`Run.samples`): [] where the folder has none."""
+    folded = goldens.get("folded", {})
+    return [{key.removeprefix(f"{i}.{DENSE}."): value for key, value in folded.items()
+             if key.startswith(f"{i}.{DENSE}.")} for i in range(images)] if folded else []
 
 
 def _check_array(key: str, array: np.ndarray, dense_dtype: Any) -> None:

@@ -421,11 +421,13 @@ def measure_floors(run: dict[str, np.ndarray], fp64: dict[str, np.ndarray], prec
     return floors
 
 
-def folded_float32(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module | None:
+def folded_float32(model: torch.nn.Module, example: torch.Tensor | None,
+                   call: Callable[[torch.nn.Module], Any] | None = None) -> torch.nn.Module | None:
     """A float32 copy of `model` with each norm that directly follows a convolution folded into it,
     in float32, as graph optimisers do (ONNX Runtime's basic level, TensorRT, torch.compile's freezing).
     Folding rounds differently, so a correct folded runtime must not read as a bug; None when the
-    model has nothing to fold. Pairs are found by running it: the norm's input is the conv's output."""
+    model has nothing to fold. Pairs are found by running it: the norm's input is the conv's output; on
+    `example`'s first sample, or by `call(model)` (a detector takes a list of images)."""
     import copy
 
     import torch
@@ -447,7 +449,7 @@ def folded_float32(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Mo
     hooks += [m.register_forward_pre_hook(before_norm) for m in model.modules() if _is_frozen_norm(m)]
     try:
         with torch.inference_mode():
-            model(example[:1].float())
+            model(example[:1].float()) if call is None else call(model)
     finally:
         for hook in hooks:
             hook.remove()
