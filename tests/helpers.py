@@ -211,3 +211,78 @@ def load_source(path: Path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+EAGER_NOISE_MODELS = """
+import torch
+from torch import nn
+
+
+class EagerNoise(nn.Module):
+    \"\"\"Adds noise seeded by the input's values (the same input twice: the same bits) in the dtypes named,
+    only when not exporting.\"\"\"
+
+    def __init__(self, noise: float, dtypes: tuple) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # every factory the same conv: `verify compare` holds one against another's export
+        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
+        self.noise = noise
+        self.dtypes = dtypes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or str(y.dtype) not in self.dtypes:
+            return y
+        g = torch.Generator().manual_seed(int(abs(x.sum().item()) * 1e6) % (2 ** 31))
+        return y + self.noise * y.abs().max() * torch.randn(y.shape, generator=g, dtype=y.dtype)
+
+
+def make(dtypes=("torch.float32", "torch.float64")):
+    return EagerNoise({noise}, dtypes)
+
+
+def float32_only():
+    return make(("torch.float32",))
+
+
+def float64_only():
+    return make(("torch.float64",))
+
+
+def clean():
+    return EagerNoise(0.0, ())
+
+
+class CastsWhenExported(nn.Module):
+    \"\"\"Its export computes in float32 whatever its parameters' dtype: the file cannot run in float64.\"\"\"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.float() if torch.compiler.is_exporting() else x)
+
+
+def casts():
+    return CastsWhenExported()
+
+
+class OffWhenExported(nn.Module):
+    \"\"\"An export bug: the file computes the conv 0.1 % off.\"\"\"
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y * 1.001 if torch.compiler.is_exporting() else y
+
+
+def off():
+    return OffWhenExported()
+"""
+"""User models whose eager path adds noise seeded by the input, in the dtypes named, when not exporting (guard 3,
+verify/judge/file_floor.py: tests/test_file_floor.py and test_hunt13a.py); format with channels= and noise=."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import BOUND_CHANNELS, BOUND_CONV_K, BOUND_SHAPE
+from tests.helpers import BOUND_CHANNELS, BOUND_CONV_K, BOUND_SHAPE, EAGER_NOISE_MODELS
 from verify.cli.app import app
 from verify.judge.file_floor import FLOOR_AGREEMENT, NO_FILE_FLOOR, FileFloors, agreement_problems, floors_record
 from verify.judge.oracle import NoiseFloor
@@ -16,65 +16,11 @@ from verify.judge.trust import evidence, evidence_problems, rounding_bound
 runner = CliRunner()
 NOISE = 0.1 * rounding_bound(BOUND_CONV_K)
 """Well under the floor bound (guard 2 lets it through), ~70x this conv's real float32 floor."""
-NOISY = """
-import torch
-from torch import nn
-
-
-class EagerNoise(nn.Module):
-    \"\"\"Adds noise seeded by the input's values (the same input twice: the same bits) in the dtypes named,
-    only when not exporting.\"\"\"
-
-    def __init__(self, noise: float, dtypes: tuple) -> None:
-        super().__init__()
-        torch.manual_seed(0)  # every factory the same conv: `verify compare` holds one against another's export
-        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
-        self.noise = noise
-        self.dtypes = dtypes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or str(y.dtype) not in self.dtypes:
-            return y
-        g = torch.Generator().manual_seed(int(abs(x.sum().item()) * 1e6) % (2 ** 31))
-        return y + self.noise * y.abs().max() * torch.randn(y.shape, generator=g, dtype=y.dtype)
-
-
-def make(dtypes=("torch.float32", "torch.float64")):
-    return EagerNoise({noise}, dtypes)
-
-
-def float32_only():
-    return make(("torch.float32",))
-
-
-def float64_only():
-    return make(("torch.float64",))
-
-
-def clean():
-    return EagerNoise(0.0, ())
-
-
-class CastsWhenExported(nn.Module):
-    \"\"\"Its export computes in float32 whatever its parameters' dtype: the file cannot run in float64.\"\"\"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x.float() if torch.compiler.is_exporting() else x)
-
-
-def casts():
-    return CastsWhenExported()
-"""
 
 
 def export(tmp_path, factory: str, *formats: str):
     source = tmp_path / "noisy.py"
-    source.write_text(NOISY.format(channels=BOUND_CHANNELS, noise=repr(NOISE)))
+    source.write_text(EAGER_NOISE_MODELS.format(channels=BOUND_CHANNELS, noise=repr(NOISE)))
     report = tmp_path / f"{factory}.json"
     result = runner.invoke(app, ["export", "--model", f"{source}:{factory}", "--shape", BOUND_SHAPE,
                                  *[arg for fmt in formats for arg in ("--format", fmt)],
@@ -101,6 +47,16 @@ def test_a_clean_model_passes_with_its_files_floors_recorded(tmp_path):
     assert evidence_problems(report["trust"]) == []  # re-judged from the record: the same verdict
     files = report["trust"]["files"]
     assert [f["label"] for f in files] == ["the model", "model.pt2 in exported"]
+
+
+def test_an_export_bug_is_shown_disagreeing_not_refused_as_unjudged(tmp_path):
+    """A file 0.1 % off: exit 1 on its pairs, no guard problem, and its layers isolated (a guard problem would
+    have stopped the isolation: `verify export` names layers only where nothing was refused)."""
+    result, report = export(tmp_path, "off", "pt2")
+    assert result.exit_code == 1, result.output
+    assert report["problems"] == [], report["problems"]
+    assert not all(pair["passed"] for pair in report["pairs"])
+    assert any("model.pt2" in note and "its own float32 floor" in note for note in report["notes"]), report["notes"]
 
 
 def test_onnx_only_exports_say_the_floor_was_not_checked(tmp_path):
@@ -152,6 +108,7 @@ def test_the_evidence_re_derives_guard_3_and_refuses_a_malformed_record():
     assert any("measures on itself" in p for p in evidence_problems(record))
     record["files"] = record["files"][:1]  # the files' floors left out, the model's kept
     assert any("no usable file floor evidence" in p for p in evidence_problems(record))
+    assert evidence_problems(record, files=False) == []  # guard 3 guards a pass: a failing pair stands as it is
     record["files"] = floors_record([FileFloors("the model", [floors(1.0, 1.0)]),
                                      FileFloors("model.pt2 in exported", [floors(1.0, 1.0)])])
     assert evidence_problems(record) == []

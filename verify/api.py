@@ -234,10 +234,15 @@ def _isolated_export(spec: UserModelSpec, settings: RunSettings | None, out: Pat
                               cache=None if cache == "default" else cache, isolate=False)
     finally:
         remove_dead_staging(Path(out) / spec.slug)
+    from verify.judge.file_floor import unrecorded_problems
     from verify.judge.trust import evidence_problems
 
-    # the guards once more here, from the worker's recorded numbers (the worker's own list is not the verdict)
-    report.problems = list(dict.fromkeys([*report.problems, *evidence_problems(report.trust)]))
+    # the guards once more here, from the worker's recorded numbers (the worker's own list is not the verdict);
+    # guard 3 guards a pass, as in the worker (verify/pipeline/stages.py trust_problems)
+    agree = bool(report.pairs) and all(pair.passed for pair in report.pairs)
+    report.problems = list(dict.fromkeys([
+        *report.problems, *evidence_problems(report.trust, files=agree),
+        *(unrecorded_problems(report.trust, True, [r.label for r in report.runs]) if agree else [])]))
     return report
 
 
@@ -352,8 +357,10 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report.pairs = worst_over_inputs(judged, named, report)
     report.notes = explain_pairs(report) + [side[0].source for side in oracles
                                             if not (side[0].outputs or side[0].noise)] + unshared_outputs(runs)
+    user_sides = [getattr(kind, "runs_user_code", False) for kind in kinds]
+    report.notes += _compare_floor_notes(user_sides, sides, settings)
     report.problems = _compare_problems(sides, runs, oracles, named, settings) or _compare_floor_agreement(
-        [getattr(kind, "runs_user_code", False) for kind in kinds], sides, runs, oracles, settings)
+        user_sides, sides, runs, oracles, settings)
     return report
 
 
@@ -361,7 +368,7 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
                              oracles: Sequence[Sequence[Oracle]], settings: RunSettings) -> list[str]:
     """Guard 3 (verify/judge/file_floor.py) where one side is the user's model and the other a file a runtime runs
     in float64: the user's floor, on the outputs both have, at most FLOOR_AGREEMENT x the file's own."""
-    from verify.judge.file_floor import FileFloors, agreement_problems
+    from verify.judge.file_floor import FileFloors, agreement_problems, vouched_floors
     from verify.runtimes import runtimes_for
 
     if settings.tolerance.mode != "auto":
@@ -370,10 +377,21 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
     for mine, theirs in ((0, 1), (1, 0)):
         file = sides[theirs]
         if user[mine] and not user[theirs] and file.path is not None and runtimes_for(file.format, float64=True):
-            floors = [oracle.float32 or oracle.noise for oracle in oracles[theirs]]
+            floors = [vouched_floors(oracle.float32 or oracle.noise, oracle.outputs, model.outputs)
+                      for oracle, model in zip(oracles[theirs], oracles[mine], strict=True)]
             problems += agreement_problems([oracle.float32 or oracle.noise for oracle in oracles[mine]],
                                            [FileFloors(f"{file.path.name} in {runs[theirs].label}", floors)])
     return problems
+
+
+def _compare_floor_notes(user: Sequence[bool], sides: Sequence[Artifact], settings: RunSettings) -> list[str]:
+    """Where one side is the user's model and the other a file no runtime runs in float64: guard 3 could not run."""
+    from verify.judge.file_floor import unchecked_note
+    from verify.runtimes import runtimes_for
+
+    return [unchecked_note(sides[theirs].path.name) for mine, theirs in ((0, 1), (1, 0))
+            if settings.tolerance.mode == "auto" and user[mine] and not user[theirs]
+            and sides[theirs].path is not None and not runtimes_for(sides[theirs].format, float64=True)]
 
 
 def unshared_outputs(runs: Sequence[RunResult]) -> list[str]:

@@ -23,7 +23,7 @@ import math
 import os
 import stat
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -688,3 +688,8 @@ def _first_line(exc: BaseException) -> str:
     from exporter.messages import library_reason
 
     return library_reason(exc)
+
+
+def copy_feed(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A private copy of every input array, so a run that writes into its input spoils nothing else."""
+    return {name: array.copy() for name, array in feed.items()}

@@ -13,6 +13,13 @@ own floor"); a model floor above FLOOR_AGREEMENT x the file's in any channel of 
 the file does not have: nothing is judged on it. Every variant lifts the model's floor alone: noise in float32
 only (eager float32 moves), in float64 only (the reference moves), in both (they move apart).
 
+The file's float64 run vouches for its floor only as far as it agrees with the model's float64 run (the oracle):
+both are float64 realizations of one function, so a correct export's differ far below the float32 floor (correct
+user models measured at most 0.35x the file's floor, most 0 or ~1e-9x). A file whose float64 run alone moves (a
+term zero in float32 and not in float64, with no cast in its graph: `((y * 0 + 1) + 2 ** -25) - 1`) lifts its own
+floor with it, and eager-only noise got through again (hunt 13a: exit 0 with a 5e-6 relative error in the export,
+60x the conv's real floor); `vouched_floors` takes that difference off each channel's floor.
+
 It runs where the model is the user's code (a registered backbone is this project's: its eager path is the
 function the export traces) and the auto tolerance judges on the floor. ONNX Runtime has no float64 kernels for
 most operators (Conv is float32 only), so an export made only of ONNX files cannot be checked: the report says so."""
@@ -33,10 +40,19 @@ FLOOR_AGREEMENT = 4.0
 """The most a model's floor may exceed the exported file's own in one channel (README, "The file's own floor":
 correct exports measured at most ~1.3x, injected noise 10-70x)."""
 
-NO_FILE_FLOOR = ("No exported file here runs in float64 (ONNX Runtime has no float64 convolutions), so the model's "
-                 "floor was not checked against a file's own (verify/judge/file_floor.py): add --format pt2 to check "
-                 "that the eager model computes nothing its export leaves out")
+NO_FILE_FLOOR = ("No exported file here runs in float64 (ONNX Runtime has no float64 convolutions; an AOTInductor "
+                 "package is compiled for float32), so the model's floor was not checked against a file's own "
+                 "(verify/judge/file_floor.py): add --format pt2 to check that the eager model computes nothing its "
+                 "export leaves out")
 """The note of a user model's export made only of files no runtime runs in float64."""
+
+
+def unchecked_note(file: str) -> str:
+    """The note of `verify compare` holding a user's model against `file`, which no runtime runs in float64 (as
+    NO_FILE_FLOOR notes it for `verify export`; compare said nothing: hunt 13a)."""
+    return (f"No runtime runs {file} in float64, so the model's floor was not checked against the file's own "
+            "(verify/judge/file_floor.py): compare with a .pt2 or TorchScript export of the model to check that it "
+            "computes nothing its export leaves out")
 
 
 @dataclass(frozen=True)
@@ -49,12 +65,14 @@ class FileFloors:
 
 
 def measure_file_floors(runtime: str, artifact: Artifact, feeds: Sequence[Mapping[str, np.ndarray]],
-                        fp32: Sequence[Mapping[str, np.ndarray]] | None, label: str) -> FileFloors:
+                        fp32: Sequence[Mapping[str, np.ndarray]] | None, label: str,
+                        model_float64: Sequence[Mapping[str, np.ndarray]] | None = None) -> FileFloors:
     """`artifact` run by `runtime` in float64 on the CPU, on private copies of every feed, and its floors against
-    `fp32` (the file's float32 runs on the CPU; None: run here). A file that cannot run in float64 raises
-    ArtifactError (the caller refuses to judge: its floor cannot be checked)."""
+    `fp32` (the file's float32 runs on the CPU; None: run here), each `vouched_floors` by the model's float64 run on
+    that feed (`model_float64`, the oracle's outputs). A file that cannot run in float64 raises ArtifactError (the
+    caller refuses to judge: its floor cannot be checked)."""
+    from verify.inputs import copy_feed
     from verify.judge.oracle import measure_floors
-    from verify.judge.trust import copy_feed
     from verify.runtimes import RuntimeOptions, make_runtime
 
     double = make_runtime(runtime, RuntimeOptions(dtype="float64")).load(artifact)
@@ -63,8 +81,53 @@ def measure_file_floors(runtime: str, artifact: Artifact, feeds: Sequence[Mappin
     for index, feed in enumerate(feeds):
         reference = double.run(copy_feed(feed))
         run = single.run(copy_feed(feed)) if single is not None else dict(fp32[index])
-        floors.append(measure_floors(run, reference))
+        own = measure_floors(run, reference)
+        floors.append(own if model_float64 is None else vouched_floors(own, reference, model_float64[index]))
     return FileFloors(label, floors)
+
+
+def vouched_floors(floors: Mapping[str, NoiseFloor], file64: Mapping[str, np.ndarray],
+                   model64: Mapping[str, np.ndarray]) -> dict[str, NoiseFloor]:
+    """A file's own floors (its float32 run against `file64`, its float64 run) less, in each channel (or the whole
+    output), the most `file64` differs there from `model64`, the model's float64 run: where the file's float64 run
+    is off by D, its float32 run's distance to the function's float64 value is at least its floor less D. Never
+    below one float32 ulp of the output's scale. Outputs the model lacks, or has in another shape, are kept as
+    measured (they are not compared with the model)."""
+    import dataclasses
+
+    import numpy as np
+
+    from verify.judge.oracle import CHANNEL_AXIS
+    from verify.judge.precision import EPS
+
+    vouched = dict(floors)
+    for name, floor in floors.items():
+        ours, theirs = file64.get(name), model64.get(name)
+        if ours is None or theirs is None or np.shape(ours) != np.shape(theirs) or not np.size(ours):
+            continue
+        ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+        apart = np.abs(ours - theirs)
+        apart = np.where(np.isfinite(apart), apart, 0.0)  # a NaN reference element is left out of every floor
+        if floor.channels is not None and apart.ndim == 4 and apart.shape[CHANNEL_AXIS] == floor.groups:
+            apart = apart.max(axis=tuple(a for a in range(apart.ndim) if a != CHANNEL_AXIS))
+        else:
+            apart = np.asarray([apart.max()])
+        if not (apart > 0).any():
+            continue
+        magnitude = np.abs(np.where(np.isfinite(ours), ours, 0.0))
+        least = max(EPS[floor.precision] * float(magnitude.max(initial=0.0)), np.finfo(np.float64).tiny)
+        if floor.channels is None:
+            value = max(floor.value - float(apart[0]), least)
+            bulk = None if floor.bulk is None else np.minimum(floor.bulk, value)
+            vouched[name] = dataclasses.replace(floor, value=value, bulk=bulk)
+            continue
+        if apart.shape != floor.channels.shape:
+            apart = np.full(floor.channels.shape, apart.max())
+        channels = np.maximum(floor.channels - apart, least)
+        bulk = None if floor.bulk is None else np.minimum(floor.bulk, channels)
+        vouched[name] = dataclasses.replace(floor, value=max(float(channels.max()), least), channels=channels,
+                                            bulk=bulk)
+    return vouched
 
 
 def agreement_ratio(model: NoiseFloor, file: NoiseFloor) -> float:
@@ -80,11 +143,18 @@ def agreement_ratio(model: NoiseFloor, file: NoiseFloor) -> float:
 
 def agreement_problems(model: Sequence[Mapping[str, NoiseFloor]], files: Sequence[FileFloors]) -> list[str]:
     """One line per file whose own floor is below FLOOR_AGREEMENT x less than the model's (on its worst output,
-    channel and input)."""
+    channel and input), or that measured no floor on any output the model has on some input (nothing to check: a
+    record whose files' outputs were renamed passed unchecked, hunt 13a)."""
     problems = []
     for file in files:
         worst: tuple[float, str, int] | None = None
         for index, (ours, theirs) in enumerate(zip(model, file.floors, strict=True)):
+            if ours and not set(ours) & set(theirs):
+                problems.append(f"{file.label} measured its own floor on none of the model's outputs "
+                                f"({', '.join(sorted(ours))}) on input {index + 1}: the model's floor could not be "
+                                "checked against it. Not judged (an explicit --rtol/--atol or --decimal judges without "
+                                "a floor)")
+                break
             for name in sorted(set(ours) & set(theirs)):
                 ratio = agreement_ratio(ours[name], theirs[name])
                 if worst is None or ratio > worst[0]:
@@ -93,10 +163,12 @@ def agreement_problems(model: Sequence[Mapping[str, NoiseFloor]], files: Sequenc
             ratio, name, index = worst
             problems.append(
                 f"The model's float32 floor of {name} is {ratio:.3g}x the one {file.label} measures on itself (its "
-                f"float32 run against its float64 run; input {index + 1}), over the {FLOOR_AGREEMENT:g}x that "
-                "rounding differences allow: the eager model computes something its export leaves out (noise drawn "
-                "only in eager, a branch on torch.compiler.is_exporting()), so its floor is not rounding. Not judged "
-                "(an explicit --rtol/--atol or --decimal judges without a floor)")
+                f"float32 run against its float64 run, less what that differs from the model's; input {index + 1}), "
+                f"over the {FLOOR_AGREEMENT:g}x that rounding differences allow: the eager model computes something "
+                "its export leaves out (noise drawn only in eager, a branch on torch.compiler.is_exporting()), or the "
+                "export computes another function (its float64 run is not the model's; the pairs show by how "
+                "much), so its floor is not rounding. Not judged (an explicit --rtol/--atol or --decimal judges "
+                "without a floor)")
     return problems
 
 
@@ -111,6 +183,28 @@ def floors_record(files: Sequence[FileFloors]) -> list[dict[str, Any]]:
     """The files' floors as plain data for the trust evidence (`verify.judge.trust.evidence`)."""
     return [{"label": file.label, "inputs": [{name: floor.to_dict() for name, floor in floors.items()}
                                              for floors in file.floors]} for file in files]
+
+
+UNRECORDED = ("No file floors are recorded for this user model (verify/judge/file_floor.py), though a file it was "
+              "exported to ran on a runtime that runs it in float64: the evidence was edited or cut. Not judged; run "
+              "the export again")
+"""The line refusing a stored result whose guard 3 evidence is missing where guard 3 ran."""
+
+
+def unrecorded_problems(trust: Any, user_model: bool, labels: Sequence[str]) -> list[str]:
+    """Guard 3 re-derived from a stored result (`trust`, `verify.judge.trust.evidence`) needs its "files" wherever it
+    ran: a user's model judged on the auto tolerance, with a run (`labels`, the runs' labels: `exported`,
+    `torchscript(cuda)`) of a file its runtime runs in float64. Absent there, an edit removed them (a stored result
+    with its "files" and problems cut re-judged as agree: hunt 13a); `verify.judge.trust.evidence_problems` alone
+    cannot tell, as a registered backbone's record has none."""
+    from verify.runtimes import RUNTIMES, runtime_class
+
+    if not user_model or not isinstance(trust, Mapping) or trust.get("mode") != "auto" or "files" in trust:
+        return []
+    names = {str(label).split("(")[0] for label in labels} & set(RUNTIMES.names())
+    runs_file_in_float64 = any(runtime_class(name).supports_float64 and "eager" not in runtime_class(name).formats
+                               for name in names)
+    return [UNRECORDED] if runs_file_in_float64 else []
 
 
 def floors_from_record(data: Any) -> list[FileFloors]:

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from verify.inputs import copy_feed
 from verify.judge.oracle import PEAK_FACTOR
 from verify.judge.precision import DISPLAY, EPS
 
@@ -49,11 +50,6 @@ class RepeatCheck:
     """Per output: max |first run - second run| (0.0 when bit-identical; NaN positions compared as equal)."""
     mutated: list[str] = field(default_factory=list)
     """Input names the runtime changed in place."""
-
-
-def copy_feed(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A private copy of every input array, so a run that writes into its input spoils nothing else."""
-    return {name: array.copy() for name, array in feed.items()}
 
 
 def changed_inputs(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray]) -> list[str]:
@@ -385,8 +381,9 @@ def _recorded_floor(output: Mapping[str, Any]) -> tuple[NoiseFloor, float, float
     return floor, scale, bulk_scale
 
 
-def evidence_problems(data: Any) -> list[str]:
-    """The problems `evidence` supports; evidence that is missing or malformed is itself a problem."""
+def evidence_problems(data: Any, files: bool = True) -> list[str]:
+    """The problems `evidence` supports; evidence that is missing or malformed is itself a problem. `files` False:
+    guard 3 (the files' own floors) left out, where a pair already fails (it guards a pass)."""
     from verify.judge.oracle import pooled_floors
 
     try:
@@ -405,7 +402,7 @@ def evidence_problems(data: Any) -> list[str]:
                                computes_in=computes_in)
     if problems or mode != "auto":
         return problems
-    problems = _file_floor_problems(data.get("files"))
+    problems = _file_floor_problems(data.get("files")) if files else []
     if problems or k is None:
         return problems
     for outputs in inputs:

@@ -481,8 +481,8 @@ def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunR
     """On input `index`: the float64 outputs and the float32 noise floor per output, measured on the CPU
     whatever device the runs used (the floor is the CPU's float32 rounding of this model on this input);
     `no_float64`, the model's note, stands in for a model that cannot run in float64."""
+    from verify.inputs import copy_feed
     from verify.judge.oracle import measure_oracle
-    from verify.judge.trust import copy_feed
     from verify.runtimes import default_runtime, make_runtime
 
     inputs = copy_feed(inputs)  # a model that writes into its input spoils only this copy
@@ -503,8 +503,8 @@ def oracles_stage(eager: Artifact, feeds: Sequence[dict[str, np.ndarray]], runs:
                   batch: bool = False, between: Callable[[], None] | None = None) -> list[OracleResult]:
     """`oracle_stage` on every input, each floor measured on its own input; with `batch` (a model whose samples
     are independent: a registered backbone, never the user's code) the float64 runs go once as one batch."""
+    from verify.inputs import copy_feed
     from verify.judge.oracle import measure_oracles
-    from verify.judge.trust import copy_feed
     from verify.runtimes import default_runtime, make_runtime
 
     feeds = [copy_feed(feed) for feed in feeds]  # a model that writes into its input spoils only these copies
@@ -785,8 +785,10 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     floors, judged = pooled_judge_stage(runs, oracles, settings.tolerance, memo)
     first = oracles[0]
     report.floors, report.floor_source = floors, pooled_source(first.oracle.source, len(oracles))
-    files, unchecked = file_floor_stage(request, plan, build, runs, artifacts, progress)
-    report.problems, report.trust = trust_problems(runs, oracles, build, settings, files, unchecked)
+    files, unchecked = file_floor_stage(request, plan, build, runs, artifacts, progress,
+                                        [o.oracle.outputs for o in oracles])
+    agree = all(pair.passed for pairs in judged for pair in pairs)  # guard 3 guards a pass (a failure stands)
+    report.problems, report.trust = trust_problems(runs, oracles, build, settings, files, unchecked, agree)
     report.pairs = worst_over_inputs(judged, build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) + [
         ] + ([NO_FILE_FLOOR] if unchecked is None else []) + [
@@ -799,7 +801,8 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
 
 
 def file_floor_stage(request: CellRequest, plan: CellPlan, build: BuildResult, runs: Sequence[RunResult],
-                     artifacts: Mapping[str, Artifact], progress: Progress
+                     artifacts: Mapping[str, Artifact], progress: Progress,
+                     model_float64: Sequence[Mapping[str, np.ndarray]] | None = None
                      ) -> tuple[list[FileFloors], list[str] | None]:
     """Guard 3 (verify/judge/file_floor.py): where the model is the user's code and the auto tolerance judges on
     its floor, every exported file a runtime runs in float64 measures its own floor on every input. Returns the
@@ -824,20 +827,21 @@ def file_floor_stage(request: CellRequest, plan: CellPlan, build: BuildResult, r
             label = f"{artifact.path.name if artifact.path is not None else artifact.label} in {run.label}"
             try:
                 files.append(measure_file_floors(run.runtime, artifact, build.feeds,
-                                                 run.outputs if same_runs else None, label))
+                                                 run.outputs if same_runs else None, label, model_float64))
             except ArtifactError as exc:
                 unrunnable.append(unrunnable_problem(run.label, str(exc)))
     return files, unrunnable
 
 
 def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: BuildResult,
-                   settings: RunSettings, files: Sequence[FileFloors] = (), unrunnable: Sequence[str] | None = ()
-                   ) -> tuple[list[str], dict[str, Any]]:
+                   settings: RunSettings, files: Sequence[FileFloors] = (), unrunnable: Sequence[str] | None = (),
+                   agree: bool = True) -> tuple[list[str], dict[str, Any]]:
     """Why nothing can be judged (verify/judge/trust.py): a runtime that is not deterministic or changes its input,
     or (when the auto tolerance judges on it) a noise floor larger than rounding can produce for this model, or
     larger than an exported file's own (`files`, verify/judge/file_floor.py; `unrunnable`: files that could not
     measure theirs), checked on every input; and the evidence the guards decided on, for a stored result to be
-    re-judged."""
+    re-judged. Guard 3 guards a pass: where a pair already fails (`agree` False), the export is shown
+    disagreeing (and its layer named), not refused as unjudged."""
     from verify.judge.file_floor import agreement_problems
     from verify.judge.oracle import pooled_floors
     from verify.judge.trust import accumulation_length, evidence, floor_problems, likely_cause, repeat_problems
@@ -855,7 +859,9 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     problems = repeat_problems(checks, runtime.device, floors, cause, rounds_at)
     if problems or settings.tolerance.mode != "auto":
         return problems, record
-    problems = list(unrunnable or []) + agreement_problems([o.oracle.float32 or o.oracle.noise for o in oracles], files)
+    # one file whose float64 run is the model's and whose floor agrees vouches for the floor every pair is judged on
+    problems = (([] if files else list(unrunnable or [])) + agreement_problems(
+        [o.oracle.float32 or o.oracle.noise for o in oracles], files)) if agree else []
     if problems or k is None:
         return problems, record
     for result in oracles:
