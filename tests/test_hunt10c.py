@@ -415,3 +415,4 @@ def test_a_pt2_run_outside_its_shapes_is_one_line(saved):
     assert result.exit_code == 2, result.output
     assert "failed on an input of shape (16, 3, 8, 8): Guard failed" in result.output
     assert "unexpected" not in result.output
+    assert "export with --static" in " ".join(result.output.split())  # what to do, on the same line

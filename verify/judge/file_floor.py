@@ -197,12 +197,14 @@ def unrecorded_problems(trust: Any, user_model: bool, labels: Sequence[str]) -> 
     `torchscript(cuda)`) of a file its runtime runs in float64. Absent there, an edit removed them (a stored result
     with its "files" and problems cut re-judged as agree: hunt 13a); `verify.judge.trust.evidence_problems` alone
     cannot tell, as a registered backbone's record has none."""
+    from exporter.formats import get_format
     from verify.runtimes import RUNTIMES, runtime_class
 
     if not user_model or not isinstance(trust, Mapping) or trust.get("mode") != "auto" or "files" in trust:
         return []
     names = {str(label).split("(")[0] for label in labels} & set(RUNTIMES.names())
-    runs_file_in_float64 = any(runtime_class(name).supports_float64 and "eager" not in runtime_class(name).formats
+    runs_file_in_float64 = any(runtime_class(name).supports_float64
+                               and any(get_format(fmt).is_file for fmt in runtime_class(name).formats)
                                for name in names)
     return [UNRECORDED] if runs_file_in_float64 else []
 

@@ -21,6 +21,13 @@ TORCH_LOGGER = "torch"
 """The logger every torch module logs under (torch._inductor.package...): quietened while a file loads."""
 
 
+GUARD_HINT = ("; the exported program's dynamic axes do not take this shape (torch.export traces a batch of one as "
+              "two, and a model may then only take batches its reshapes divide): export with --static, or run it at "
+              "the sizes it was exported for")
+"""Added to a run's failure when an ExportedProgram's shape guard refused the input (a TransformerEncoder exported
+with dynamic axes refused its own 1x3x96x96 example: hunt 13a)."""
+
+
 def torch_device(device: str) -> torch.device:
     import torch
 
@@ -76,8 +83,9 @@ def call_module(module: Any, x: torch.Tensor, label: str) -> Any:
         with precision_kept(label, ArtifactError), torch.inference_mode():
             return module(x)
     except (RuntimeError, AssertionError) as exc:
-        raise ArtifactError(f"{label} failed on an input of shape {tuple(x.shape)}: "
-                            f"{(str(exc).strip().splitlines() or [type(exc).__name__])[-1]}") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        hint = GUARD_HINT if reason.startswith("Guard failed") else ""
+        raise ArtifactError(f"{label} failed on an input of shape {tuple(x.shape)}: {reason}{hint}") from None
 
 
 def load_file(load: Callable[[str], Any], artifact: Artifact, how: str) -> Any:
