@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 FACTORY_WEIGHTS = "synthetic"
 """The only `--weights` a factory accepts (the default): the factory brings its own weights."""
 VIEW_NAME = "model"
+SEVERAL_INPUTS = ("only a model of one NCHW image tensor is verified: wrap it in a module whose forward(x) takes the "
+                  "image and makes the other inputs, and return that")
 _LISTED_NAMES = 8
 """Names listed when a factory is missing: the message stays one bounded line."""
 
@@ -157,6 +159,11 @@ class UserModelSpec:
 
         with _on_path(self._search_folder()), torch.random.fork_rng(devices=[]), _torch_globals_kept():
             factory = self._factory()  # importing runs the file's top level: what it sets is undone too
+            required = _required_parameters(factory)
+            if required:  # called with none, it failed as "raised TypeError: ... missing 1 required ..."
+                raise UsageError(f"{self} takes arguments ({', '.join(required)}), and a factory is called with none: "
+                                 f"give them defaults, or name a factory without arguments that calls it "
+                                 f"(def make(): return {self.factory}(...))")
             torch.manual_seed(seed)
             try:
                 return factory()
@@ -229,6 +236,17 @@ class ModuleSpec(UserModelSpec):
                              "verified on a copy so that your object is left as it was; keep locks, open files and "
                              "the like out of the module (or give a factory that builds it)") from None
         return (copied, result[1]) if isinstance(result, tuple) else copied
+
+
+def _required_parameters(function: Any) -> list[str]:
+    """The names of `function`'s parameters that have no default (none when its signature cannot be read)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin or an object whose signature Python cannot tell
+        return []
+    return [p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def _slug(text: str) -> str:
@@ -335,6 +353,8 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
     if example is not None:
         if isinstance(example, (tuple, list)) and len(example) == 1:
             example = example[0]
+        if isinstance(example, (tuple, list)) and len(example) > 1:
+            raise UsageError(f"{spec}() returned {len(example)} example inputs; {SEVERAL_INPUTS}")
         if not (isinstance(example, torch.Tensor) and example.is_floating_point() and example.dim() == 4
                 and min(example.shape) > 0):
             raise UsageError(f"{spec}() returned an example input that is {_describe(example)}; expected one "
@@ -389,6 +409,10 @@ def _call(module: nn.Module, x: torch.Tensor, spec: UserModelSpec) -> Any:
         with torch.no_grad():
             return module(x)
     except Exception as exc:
+        inputs = _required_parameters(module.forward)
+        if len(inputs) > 1:  # the shape is not what failed: --shape cannot give a second input
+            raise UsageError(f"{spec}'s forward takes {len(inputs)} inputs ({', '.join(inputs)}); "
+                             f"{SEVERAL_INPUTS}") from None
         lower = _not_float32(module)
         if lower:  # the shape is not what failed: say what did
             raise UsageError(f"{spec} failed on a float32 input: {_one_line(exc)}; its parameters are "

@@ -19,7 +19,10 @@ from exporter.registry import Registry
 if TYPE_CHECKING:
     import torch
 
-WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".safetensors")
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt")
+"""`.ckpt`: what PyTorch Lightning's ModelCheckpoint writes (a torch.save archive, read the same way)."""
+WRAPPER_PREFIXES = ("module", "backbone", "body", "fpn")
+"""First key components the checkpoint split reads itself; any other one that every key shares is a wrapper's."""
 # Synthetic calibration: a fixed batch independent of the verification input, so weights
 # depend on (backbone, seed) alone.
 CALIBRATION_SHAPE = (8, 3, 128, 128)
@@ -226,7 +229,23 @@ def load_weights_file(path: Path) -> Weights:
                   else "it is empty")
         raise UsageError(f"Weights file {path} does not hold a state dict of tensors ({detail})")
     require_plain_numbers(raw, f"Weights file {path}")
-    return Weights(f"file:{path.name}", *split_checkpoint(raw, f"Weights file {path}"))
+    return Weights(f"file:{path.name}", *split_checkpoint(without_wrapper_prefix(raw), f"Weights file {path}"))
+
+
+def without_wrapper_prefix(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys without the attribute name of a module that wrapped the model when it was saved: a Lightning
+    module's `self.model` saves `model.conv1.weight` (measured: a resnet18 checkpoint was "122 unexpected keys, e.g.
+    model.conv1.weight; 100 missing keys, e.g. conv1.weight"). Only a prefix that every key shares is dropped: a
+    torchvision model's own keys start with several names (conv1, bn1, layer1...; features, classifier)."""
+    names = [key.removeprefix("module.") for key in raw]
+    first = {name.partition(".")[0] if "." in name else "" for name in names}
+    shared = next(iter(first))
+    if len(first) != 1 or not shared.isidentifier() or shared in WRAPPER_PREFIXES:
+        return raw
+    stripped = [name.removeprefix(f"{shared}.") for name in names]
+    if len(set(stripped)) != len(stripped):  # `module.model.x` beside `model.x`: the split names the clash
+        return raw
+    return dict(zip(stripped, raw.values()))
 
 
 def require_unexpanded_archive(path: Path) -> None:

@@ -148,6 +148,24 @@ def changed_from_defaults(command: Any, **values: Any) -> list[str]:
     return [name for name, value in values.items() if value != defaults[name].default]
 
 
+def refuse_unused_weights(weights: str, sources: list[str]) -> None:
+    """UsageError when --weights is given and no side is a registered spec that loads it: model files carry their own
+    weights (and a factory loads its own), so `compare a.onnx b.pt --weights w.pth` ignored w.pth, passed, and its
+    report recorded w.pth as the weights."""
+    from exporter.spec import ModelSpec
+    from exporter.user_model import FACTORY_WEIGHTS
+    from verify.api import source_kind
+    from verify.detect.explain import is_detector_spec
+
+    if weights == FACTORY_WEIGHTS or not sources:
+        return
+    if any(is_detector_spec(s) or isinstance(source_kind(s), ModelSpec) for s in sources):
+        return
+    raise UsageError(f"--weights {weights} loads into a registered backbone (backbone:norm:view), and {sources[0]} and "
+                     f"{sources[1]} carry their own weights, so it would be ignored: drop --weights, or compare "
+                     "a spec built with it")
+
+
 def detector_names() -> list[str]:
     from exporter.families.detectors import list_detectors
 
@@ -177,6 +195,7 @@ def compare(
     for flag, path in (("--json", reports.json), ("--junit", reports.junit), ("--markdown", reports.markdown)):
         refuse_inside_export(path, flag)
     refuse_overwriting_sources([a, b], json=reports.json, junit=reports.junit, markdown=reports.markdown)
+    refuse_unused_weights(settings.weights, [a, b])
 
     report = run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout),
                          runtime=runtime)
@@ -217,6 +236,7 @@ def explain(
 
     if (a is None) != (b is None):
         raise UsageError("Give both A and B, or neither to replay the seed question")
+    refuse_unused_weights(settings.weights, [a, b] if a is not None else [])
     refuse_inside_export(json_path, "--json")
     refuse_overwriting_sources([a, b], json=json_path)
     if is_detector_spec(a) or is_detector_spec(b):

@@ -318,7 +318,7 @@ View = Annotated[str, typer.Option(callback=_registry_choice(VIEWS),
                                    help="body (layer1..4), fpn (with FPN) or trunk (classifier without avgpool/fc)")]
 Weights = Annotated[str, typer.Option(callback=check_weights,
                                       help="synthetic (seeded, calibrated), imagenet (torchvision's local cache) "
-                                           "or a .pt/.pth/.safetensors file")]
+                                           "or a .pt/.pth/.safetensors/.ckpt file")]
 Seed = Annotated[int, typer.Option(callback=_number(*bounds.SEED_RANGE, integer=True),
                                    help=f"Seed for synthetic weights and the input (0..{bounds.SEED_RANGE[1]})")]
 Shape = Annotated[str | None, typer.Option(callback=check_shape,
@@ -570,7 +570,7 @@ Rebuild = Annotated[bool, typer.Option(
          "float64 runs: the goldens must be its own, so an unsigned folder whose goldens were rewritten fails")]
 Checkpoint = Annotated[Path | None, typer.Option(
     "--checkpoint", callback=check_rebuild_weights,
-    help="With --rebuild: the weights file the folders were exported with (.pt/.pth/.safetensors), when their "
+    help="With --rebuild: the weights file the folders were exported with (.pt/.pth/.safetensors/.ckpt), when their "
          "weights were a file")]
 TrustUnsignedCode = Annotated[bool, typer.Option(
     "--trust-unsigned-code",
