@@ -122,9 +122,10 @@ def _check_folded(goldens: dict[str, dict[str, np.ndarray]], images: int, dense:
     found = set(goldens.get("folded", {}))
     keys = {f"{i}.{DENSE}.{name}" for i in range(images) for name in dense}
     if found and found != keys:
-        odd = sorted(found - keys) or sorted(keys - found)
-        raise ArtifactError(f"{GOLDENS_NAME}: folded.{odd[0]} is {'not' if found - keys else 'missing'} one of the "
-                            "folded detector's dense tensors (every one but the per-proposal rows, or none)")
+        odd = sorted(found - keys)
+        what = f"holds folded.{odd[0]}, not" if odd else f"lacks folded.{sorted(keys - found)[0]},"
+        raise ArtifactError(f"{GOLDENS_NAME} {what} one of the folded detector's dense tensors (the folded group "
+                            "holds every one but the per-proposal rows, or none); re-export the folder")
     for key in sorted(found):
         array, twin = goldens["folded"][key], goldens["float32"][key]
         if array.dtype != np.float32 or array.shape != twin.shape:
