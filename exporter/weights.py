@@ -23,6 +23,8 @@ WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt")
 """`.ckpt`: what PyTorch Lightning's ModelCheckpoint writes (a torch.save archive, read the same way)."""
 WRAPPER_PREFIXES = ("module", "backbone", "body", "fpn")
 """First key components the checkpoint split reads itself; any other one that every key shares is a wrapper's."""
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
+"""Where training scripts keep the weights' exponential moving average: timm, torchvision's references, others."""
 # Synthetic calibration: a fixed batch independent of the verification input, so weights
 # depend on (backbone, seed) alone.
 CALIBRATION_SHAPE = (8, 3, 128, 128)
@@ -76,7 +78,7 @@ def load_weights(source: str, backbone: str, seed: int = 0) -> Weights:
     """Resolve `synthetic`, `imagenet` or a path to a `.pt`/`.pth`/`.safetensors` file."""
     if source in WEIGHT_SOURCES:
         return WEIGHT_SOURCES.get(source)(backbone, seed)
-    if source.endswith(WEIGHT_FILE_SUFFIXES) or "/" in source:
+    if source.endswith(WEIGHT_FILE_SUFFIXES) or "/" in source or path_kind(Path(source)) != "missing":
         return classifier_keys(load_weights_file(Path(source)), backbone)
     raise UsageError(
         f"Unknown weights {source!r}; use one of {', '.join(WEIGHT_SOURCES)} or a "
@@ -187,9 +189,9 @@ def load_weights_file(path: Path) -> Weights:
     from exporter.fsio import require_regular_file
     from exporter.messages import library_reason
 
-    require_regular_file(path, "Weights file")
+    require_regular_file(path, "Weights file", weights_in_folder(path))
     if path.suffix not in WEIGHT_FILE_SUFFIXES:
-        raise UsageError(f"Weights file {path} must end in {', '.join(WEIGHT_FILE_SUFFIXES)}")
+        raise UsageError(f"Weights file {path} must end in {', '.join(WEIGHT_FILE_SUFFIXES)}{suffix_hint(path)}")
     if path.stat().st_size == 0:
         raise UsageError(f"Weights file {path} is an empty file (0 bytes)")
     if path.suffix == ".safetensors":
@@ -215,10 +217,7 @@ def load_weights_file(path: Path) -> Weights:
                 raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad or unsafe file
             raise UsageError(f"Cannot read weights file {path}: it {_checkpoint_problem(exc)}") from None
-    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
-        raw = raw["state_dict"]
-    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-        raw = raw["model"]
+    raw = model_state(raw, path)
     if not isinstance(raw, dict):
         raise UsageError(f"Weights file {path} holds a {type(raw).__name__}, not a state dict of tensors")
     others = [str(k) for k, v in raw.items() if not isinstance(v, torch.Tensor)]
@@ -230,6 +229,62 @@ def load_weights_file(path: Path) -> Weights:
         raise UsageError(f"Weights file {path} does not hold a state dict of tensors ({detail})")
     require_plain_numbers(raw, f"Weights file {path}")
     return Weights(f"file:{path.name}", *split_checkpoint(without_wrapper_prefix(raw), f"Weights file {path}"))
+
+
+def weights_in_folder(path: Path) -> str:
+    """For a folder given as weights (a Hugging Face hub snapshot holds model.safetensors beside config.json): the
+    hint naming the weights file in it to pass instead; empty for anything else."""
+    import itertools
+
+    if path_kind(path) != "a directory":
+        return ""
+    try:
+        names = sorted(entry.name for entry in itertools.islice(path.iterdir(), 1000)
+                       if entry.name.endswith(WEIGHT_FILE_SUFFIXES) and path_kind(entry) is None)
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    best = next((name for name in ("model.safetensors", "pytorch_model.bin") if name in names), names[0])
+    return f"; pass the weights file in it, e.g. --weights {path / best}"
+
+
+def suffix_hint(path: Path) -> str:
+    """What to pass instead of a file this tool does not read by its suffix; empty when nothing better is known."""
+    if path.suffix != ".bin":
+        return ""
+    beside = path.with_name("model.safetensors")
+    instead = f"pass {beside} beside it" if path_kind(beside) is None else "save its state dict as .safetensors"
+    return f" (for a Hugging Face pytorch_model.bin: {instead}, or copy it to a .pt name)"
+
+
+def model_state(raw: object, path: Path) -> object:
+    """The model's state dict inside a training checkpoint (`state_dict`, `model`), or its EMA copy when that is the
+    only one it holds. One holding both (timm's `state_dict_ema`, torchvision's references' `model_ema`) is refused:
+    conventions differ on which one loads (timm's load_checkpoint takes the EMA), and the main one used to be taken
+    silently while the EMA was the one deployed."""
+    if not isinstance(raw, dict):
+        return raw
+    emas = [key for key in EMA_KEYS if isinstance(raw.get(key), dict)]
+    mains = [key for key in ("state_dict", "model") if isinstance(raw.get(key), dict)]
+    if emas and mains:
+        raise UsageError(f"Weights file {path} holds two sets of weights, {mains[0]!r} and its EMA {emas[0]!r}: "
+                         f"save the one you deploy alone, e.g. torch.save(checkpoint[{emas[0]!r}], 'ema.pt'), and "
+                         "pass that file")
+    if emas:
+        if len(emas) > 1:
+            raise UsageError(f"Weights file {path} holds {len(emas)} EMA copies ({', '.join(map(repr, emas))}): "
+                             "save the one you deploy alone with torch.save and pass that file")
+        raw = raw[emas[0]]
+    elif mains:
+        raw = raw[mains[0]]
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        raw = raw["model"]
+    if isinstance(raw, dict) and "n_averaged" in raw and all(str(k).startswith("module.") for k in raw if
+                                                             k != "n_averaged"):
+        # torch.optim.swa_utils.AveragedModel (the references' EMA) saves its update count beside `module.*`
+        raw = {k: v for k, v in raw.items() if k != "n_averaged"}
+    return raw
 
 
 def without_wrapper_prefix(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

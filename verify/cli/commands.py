@@ -24,6 +24,7 @@ from verify.cli.groups import (
     ReportPaths,
     with_option_groups,
 )
+from verify.render import clear_stale_reports
 from verify.render.console import progress_for
 
 
@@ -81,6 +82,8 @@ def export(
     from verify.explain.outputs import refuse_overwriting_sources
 
     moved = changed_from_defaults(export, backbone=backbone, norm=norm, view=view)
+    refuse_overwriting_sources([opt.weights_file(settings.weights), sign_key and str(sign_key)], json=reports.json,
+                               junit=reports.junit, markdown=reports.markdown, html=html)
     if model is not None and moved:
         raise UsageError(f"--{moved[0]} applies to a registered backbone, and --model builds your own as its "
                          f"factory defines it, so it would be ignored: drop --{moved[0]} (or --model)")
@@ -108,6 +111,7 @@ def export(
     cache = open_cache(cache_dir, no_cache)
     refuse_inside_export(folder, settings, sign_key, cache)
     options = formats.export_options(settings.runtime.device, runtime)
+    clear_stale_reports(reports.json, reports.junit, reports.markdown)
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
                            progress=progress_for(err_console), overwrite=overwrite, sign_key=sign_key,
                            cache=cache, timeout=user_timeout(timeout))
@@ -194,9 +198,11 @@ def compare(
 
     for flag, path in (("--json", reports.json), ("--junit", reports.junit), ("--markdown", reports.markdown)):
         refuse_inside_export(path, flag)
-    refuse_overwriting_sources([a, b], json=reports.json, junit=reports.junit, markdown=reports.markdown)
     refuse_unused_weights(settings.weights, [a, b])
+    refuse_overwriting_sources([a, b, opt.weights_file(settings.weights)], json=reports.json, junit=reports.junit,
+                               markdown=reports.markdown)
 
+    clear_stale_reports(reports.json, reports.junit, reports.markdown)
     report = run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout),
                          runtime=runtime)
     if any(not pair.passed and {pair.a, pair.b} == set(SIDES) for pair in report.pairs) and not report.problems:
@@ -238,7 +244,7 @@ def explain(
         raise UsageError("Give both A and B, or neither to replay the seed question")
     refuse_unused_weights(settings.weights, [a, b] if a is not None else [])
     refuse_inside_export(json_path, "--json")
-    refuse_overwriting_sources([a, b], json=json_path)
+    refuse_overwriting_sources([a, b, opt.weights_file(settings.weights)], json=json_path)
     if is_detector_spec(a) or is_detector_spec(b):
         if isolate:
             raise UsageError("--isolate runs on a backbone or your own model against its export; drop it for "
@@ -249,6 +255,7 @@ def explain(
         explain_detector(a, b, settings.weights, settings.seed, shape, factor, json_path, settings.input_file)
     settings = replace(settings, **opt.tolerance_part(factor=factor))
     a, b = a or SEED_QUESTION[0], b or SEED_QUESTION[1]
+    clear_stale_reports(json_path)
     result = run_explain(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout))
     render_explanation(result, out_console)
     data, code = result.to_dict(), result.exit_code
@@ -262,6 +269,20 @@ def explain(
         write_json_report(data, json_path)
         err_console.print(f"[dim]wrote {escape(str(json_path))}[/]")
     raise typer.Exit(code)
+
+
+def refuse_reports_over_reads(trust: Any, reports: ReportPaths) -> None:
+    """A report over the --verify-key or --checkpoint file is refused before any check, as the writer refuses it
+    after them (verify/folder/checks.py): the reports asked for are cleared when the checks start."""
+    import os
+
+    from verify.folder.validate import read_inputs
+
+    for path in (reports.json, reports.junit, reports.markdown):
+        for what, source in read_inputs(trust.verify_key, trust.checkpoint).items():
+            if path is not None and os.path.lexists(path) and os.path.exists(source) and os.path.samefile(path, source):
+                raise UsageError(f"the report {path} is the {what} file this run read; write the report elsewhere "
+                                 "(nothing was written)")
 
 
 def _finish_checks(report: Any, reports: ReportPaths) -> None:
@@ -287,6 +308,8 @@ def artifact(
     from verify.runtimes import RuntimeOptions
 
     opt.outside_folders(paths, json=reports.json, junit=reports.junit, markdown=reports.markdown)
+    refuse_reports_over_reads(trust, reports)
+    clear_stale_reports(reports.json, reports.junit, reports.markdown)
     _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=trust.verify_key,
                             trust_unsigned_code=trust.trust_unsigned_code, rebuild=trust.rebuild,
                             weights_file=trust.checkpoint), reports)
@@ -312,10 +335,12 @@ def preflight(
     from verify.folder.preflight import preflight as run_preflight
 
     opt.outside_folders([path], json=reports.json, junit=reports.junit, markdown=reports.markdown)
+    refuse_reports_over_reads(trust, reports)
 
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins, rebuild=trust.rebuild,
                                weights_file=trust.checkpoint)
+    clear_stale_reports(reports.json, reports.junit, reports.markdown)
     _finish_checks(run_preflight(path, options, verify_key=trust.verify_key,
                                  trust_unsigned_code=trust.trust_unsigned_code), reports)
 

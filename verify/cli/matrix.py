@@ -135,6 +135,11 @@ def matrix(
     from verify.render.matrix_table import render_matrix
 
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown, html=html)
+    from verify.explain.outputs import refuse_overwriting_sources
+
+    # a report over the user's model code or checkpoint replaced it (`--model m.py:make --json m.py`, exit 0: hunt 13d)
+    refuse_overwriting_sources([*(model or []), opt.weights_file(settings.weights)], json=json_path, junit=junit,
+                               markdown=markdown, html=html)
     _refuse_for_detectors(backbone or [], given_options or [], runtime, view, detector_shape, bool(model))
     export = formats.export_options(settings.runtime.device, runtime)
     request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model,

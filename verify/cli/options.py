@@ -138,17 +138,18 @@ check_shape = _refusing(parse_shape)
 def check_weights(value: str) -> str:
     """A named source, else a file that must exist and be a regular file (its contents load later)."""
     from exporter.fsio import require_regular_file
-    from exporter.weights import WEIGHT_FILE_SUFFIXES, WEIGHT_SOURCES
+    from exporter.weights import WEIGHT_FILE_SUFFIXES, WEIGHT_SOURCES, suffix_hint, weights_in_folder
 
     if value in WEIGHT_SOURCES:
         return value
     if path_kind(Path(value)) != "missing" or value.endswith(WEIGHT_FILE_SUFFIXES) or "/" in value:
         try:
-            require_regular_file(Path(value), "Weights file")
+            require_regular_file(Path(value), "Weights file", weights_in_folder(Path(value)))
         except UsageError as exc:
             raise _bad(exc) from None
         if not value.endswith(WEIGHT_FILE_SUFFIXES):
-            raise typer.BadParameter(f"weights file {value} must end in {', '.join(WEIGHT_FILE_SUFFIXES)}")
+            raise typer.BadParameter(f"weights file {value} must end in {', '.join(WEIGHT_FILE_SUFFIXES)}"
+                                     f"{suffix_hint(Path(value))}")
         return value
     raise typer.BadParameter(f"unknown weights {value!r}; use one of {', '.join(WEIGHT_SOURCES)} or a "
                              f"{'/'.join(WEIGHT_FILE_SUFFIXES)} file path")
@@ -271,6 +272,14 @@ def check_key_file(value: Path | None) -> Path | None:
     if value is not None:
         _require_existing(value, "a PEM key file", folders=False)
     return value
+
+
+def weights_file(weights: str | Path | None) -> str | None:
+    """The checkpoint a run reads, as a source that no report may be written over (`--weights w.pt --json w.pt`
+    replaced the checkpoint with the report, exit 0); None for a named source."""
+    from exporter.weights import WEIGHT_SOURCES
+
+    return None if weights is None or str(weights) in WEIGHT_SOURCES else str(weights)
 
 
 def distinct_outputs(**paths: Path | None) -> None:

@@ -30,3 +30,18 @@ def write_outputs(result: MatrixResult, json_path: Path | None = None, junit_pat
     for path, write, text in rendered:
         write(path, text)
     return [path for path, _, _ in rendered]
+
+
+def clear_stale_reports(*paths: Path | None) -> None:
+    """Remove the report files a run was asked to write, once the run starts: a run that ends in an error writes
+    none, and the files of an earlier run must not stand in for it (a passing --json, --junit or --markdown stayed
+    beside the exit 2 of a checkpoint that could not be read). $GITHUB_STEP_SUMMARY is appended to, never removed."""
+    import contextlib
+
+    from exporter.fsio import path_kind
+    from verify.render.markdown import is_step_summary
+
+    for path in paths:
+        if path is not None and path_kind(Path(path)) is None and not is_step_summary(Path(path)):
+            with contextlib.suppress(FileNotFoundError):
+                Path(path).unlink()
