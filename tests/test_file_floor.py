@@ -18,13 +18,13 @@ NOISE = 0.1 * rounding_bound(BOUND_CONV_K)
 """Well under the floor bound (guard 2 lets it through), ~70x this conv's real float32 floor."""
 
 
-def export(tmp_path, factory: str, *formats: str):
+def export(tmp_path, factory: str, *formats: str, extra: tuple[str, ...] = ()):
     source = tmp_path / "noisy.py"
     source.write_text(EAGER_NOISE_MODELS.format(channels=BOUND_CHANNELS, noise=repr(NOISE)))
     report = tmp_path / f"{factory}.json"
     result = runner.invoke(app, ["export", "--model", f"{source}:{factory}", "--shape", BOUND_SHAPE,
                                  *[arg for fmt in formats for arg in ("--format", fmt)],
-                                 "--out", str(tmp_path / factory), "--json", str(report)])
+                                 "--out", str(tmp_path / factory), "--json", str(report), *extra])
     return result, json.loads(report.read_text()) if report.exists() else None
 
 
@@ -69,7 +69,18 @@ def test_a_file_that_cannot_run_in_float64_is_not_judged(tmp_path):
     """Its floor could not be checked: an export whose graph casts to float32 is refused, fail closed."""
     result, report = export(tmp_path, "casts", "pt2")
     assert result.exit_code == 1, result.output
-    assert any("could not run in float64" in p for p in report["problems"]), report["problems"]
+    lines = [p for p in report["problems"] if "could not run in float64" in p]
+    assert lines and "add --format torchscript" in lines[0], report["problems"]
+    assert not any("No file floors are recorded" in p for p in report["problems"])  # recorded: what could not run
+    assert report["trust"]["unrunnable"] == lines
+
+
+def test_a_user_model_at_bf16_is_held_to_its_float32_floors(tmp_path):
+    """Before (review of hunt 13a): every user model at --precision bf16 was refused: the record kept the model's
+    bf16 floor beside the file's float32 one ('6.55e+04x'), and the parent re-derived guard 3 from it."""
+    result, report = export(tmp_path, "clean", "pt2", extra=("--precision", "bf16"))
+    assert not any("measures on itself" in p for p in report["problems"]), report["problems"]
+    assert result.exit_code == 0, result.output
 
 
 def test_compare_holds_a_user_model_to_the_float64_files_own_floor(tmp_path):

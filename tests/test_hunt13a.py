@@ -196,6 +196,20 @@ def test_a_stored_matrix_result_with_its_file_floors_cut_is_not_agree(tmp_path, 
     assert "No file floors are recorded" in result.output
 
 
+def test_a_stored_result_whose_evidence_names_another_tolerance_is_not_agree(tmp_path, matrix_result):
+    """Before (review of hunt 13a): the problems emptied and the evidence's "mode" set to "rtol" merged as '1 of 1
+    cells agree', exit 0: guards 2 and 3 read the mode from the record and skipped, while the matrix judged the
+    pairs under its own auto tolerance."""
+    data = json.loads(json.dumps(matrix_result))
+    for cell in data["cells"]:
+        cell["problems"], cell["verdict"], cell["trust"]["mode"] = [], "agree", "rtol"
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(data))
+    result = runner.invoke(app, ["matrix", "merge", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "recorded under the 'rtol' tolerance" in " ".join(result.output.split())
+
+
 def test_a_record_whose_file_floors_share_no_output_with_the_model_is_refused(matrix_result):
     """Before: the noisy model's stored record, its file's output renamed ("output0" -> "renamed"), re-derived no
     problem: guard 3 compared only the outputs both name, none here (evidence_problems == [])."""

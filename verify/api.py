@@ -361,8 +361,9 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
                                             if not (side[0].outputs or side[0].noise)] + unshared_outputs(runs)
     user_sides = [getattr(kind, "runs_user_code", False) for kind in kinds]
     report.notes += _compare_floor_notes(user_sides, sides, settings)
-    report.problems = _compare_problems(sides, runs, oracles, named, settings) or _compare_floor_agreement(
-        user_sides, sides, runs, oracles, settings)
+    agree = bool(report.pairs) and all(pair.passed for pair in report.pairs)  # guard 3 guards a pass, as in export
+    report.problems = _compare_problems(sides, runs, oracles, named, settings) or (_compare_floor_agreement(
+        user_sides, sides, runs, oracles, settings) if agree else [])
     return report
 
 

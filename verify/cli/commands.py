@@ -156,14 +156,13 @@ def refuse_unused_weights(weights: str, sources: list[str]) -> None:
     """UsageError when --weights is given and no side is a registered spec that loads it: model files carry their own
     weights (and a factory loads its own), so `compare a.onnx b.pt --weights w.pth` ignored w.pth, passed, and its
     report recorded w.pth as the weights."""
-    from exporter.spec import ModelSpec
     from exporter.user_model import FACTORY_WEIGHTS
     from verify.api import source_kind
     from verify.detect.explain import is_detector_spec
 
     if weights == FACTORY_WEIGHTS or not sources:
         return
-    if any(is_detector_spec(s) or isinstance(source_kind(s), ModelSpec) for s in sources):
+    if any(is_detector_spec(s) or getattr(source_kind(s), "registered", False) for s in sources):
         return
     raise UsageError(f"--weights {weights} loads into a registered backbone (backbone:norm:view), and {sources[0]} and "
                      f"{sources[1]} carry their own weights, so it would be ignored: drop --weights, or compare "

@@ -142,7 +142,7 @@ def agreement_ratio(model: NoiseFloor, file: NoiseFloor) -> float:
 
 
 def agreement_problems(model: Sequence[Mapping[str, NoiseFloor]], files: Sequence[FileFloors]) -> list[str]:
-    """One line per file whose own floor is below FLOOR_AGREEMENT x less than the model's (on its worst output,
+    """One line per file whose own floor the model's exceeds by more than FLOOR_AGREEMENT x (on its worst output,
     channel and input), or that measured no floor on any output the model has on some input (nothing to check: a
     record whose files' outputs were renamed passed unchecked, hunt 13a)."""
     problems = []
@@ -175,8 +175,9 @@ def agreement_problems(model: Sequence[Mapping[str, NoiseFloor]], files: Sequenc
 def unrunnable_problem(label: str, reason: str) -> str:
     """The line refusing a judgement whose floor could not be checked on a file that should run in float64."""
     return (f"{label} could not run in float64 to check the model's floor against its own ({reason}); a file "
-            "exported from a float32 model runs in float64 when its graph casts nothing to float32. Not judged (an "
-            "explicit --rtol/--atol or --decimal judges without a floor)")
+            "exported from a float32 model runs in float64 when its graph casts nothing to float32. Not judged: add "
+            "--format torchscript (its file may run in float64 where this one cannot), or judge without a floor "
+            "(--rtol/--atol or --decimal)")
 
 
 def floors_record(files: Sequence[FileFloors]) -> list[dict[str, Any]]:

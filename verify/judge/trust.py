@@ -336,10 +336,13 @@ def floor_bound_ratios(floors: Mapping[str, NoiseFloor], reference: Mapping[str,
 
 def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: str,
              per_input: Sequence[tuple[Mapping[str, NoiseFloor], Mapping[str, np.ndarray]]],
-             computes_in: str = "fp32", files: Sequence[FileFloors] = ()) -> dict[str, Any]:
+             computes_in: str = "fp32", files: Sequence[FileFloors] = (),
+             model_float32: Sequence[Mapping[str, NoiseFloor]] | None = None,
+             unrunnable: Sequence[str] = ()) -> dict[str, Any]:
     """The numbers the guards decide on, as plain data a stored result keeps: a reader re-derives the problems
-    from them (`evidence_problems`) instead of trusting a stored list that an edit can empty. With `files` (guard
-    3, verify/judge/file_floor.py) the model's floors are kept whole beside the files' own."""
+    from them (`evidence_problems`) instead of trusting a stored list that an edit can empty. Where guard 3 ran
+    (`files` measured, or `unrunnable`: the files that could not run in float64), the model's float32 floors
+    (`model_float32`; else those of `per_input`) are kept whole beside the files' own (verify/judge/file_floor.py)."""
     from verify.judge.file_floor import FileFloors, floors_record
 
     inputs = [{name: _evidence_of(floor, reference.get(name)) for name, floor in floors.items()}
@@ -347,8 +350,10 @@ def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: st
     record = {"device": device, "computes_in": computes_in, "k": k, "mode": mode, "inputs": inputs,
               "repeats": [{"label": c.label, "differences": dict(c.differences), "mutated": list(c.mutated)}
                           for c in checks]}
-    if files:
-        record["files"] = floors_record([FileFloors("the model", [dict(f) for f, _ in per_input]), *files])
+    if files or unrunnable:
+        model = [dict(f) for f in model_float32] if model_float32 is not None else [dict(f) for f, _ in per_input]
+        record["files"] = floors_record([FileFloors("the model", model), *files])
+        record["unrunnable"] = [str(line) for line in unrunnable]
     return record
 
 
@@ -402,7 +407,7 @@ def evidence_problems(data: Any, files: bool = True) -> list[str]:
                                computes_in=computes_in)
     if problems or mode != "auto":
         return problems
-    problems = _file_floor_problems(data.get("files")) if files else []
+    problems = _file_floor_problems(data.get("files"), data.get("unrunnable", [])) if files else []
     if problems or k is None:
         return problems
     for outputs in inputs:
@@ -415,8 +420,9 @@ def evidence_problems(data: Any, files: bool = True) -> list[str]:
     return []
 
 
-def _file_floor_problems(data: Any) -> list[str]:
-    """Guard 3 re-derived from recorded floors (`evidence`'s "files": the model's first, then each file's)."""
+def _file_floor_problems(data: Any, unrunnable: Any = ()) -> list[str]:
+    """Guard 3 re-derived from recorded floors (`evidence`'s "files": the model's first, then each file's; and
+    "unrunnable", the lines of files that could not run in float64, which refuse only where no file measured)."""
     from exporter.errors import UsageError
     from verify.judge.file_floor import agreement_problems, floors_from_record
 
@@ -424,8 +430,9 @@ def _file_floor_problems(data: Any) -> list[str]:
         return []
     try:
         model, *files = floors_from_record(data)
-        if not files or any(len(file.floors) != len(model.floors) for file in files):
+        lines = [str(line) for line in unrunnable] if isinstance(unrunnable, list) else None
+        if lines is None or not (files or lines) or any(len(file.floors) != len(model.floors) for file in files):
             raise ValueError("files")
     except (KeyError, TypeError, ValueError, AttributeError, UsageError) as exc:
         return [f"no usable file floor evidence recorded ({type(exc).__name__}): nothing to judge on"]
-    return agreement_problems(model.floors, files)
+    return agreement_problems(model.floors, files) if files else lines

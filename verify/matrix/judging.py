@@ -220,6 +220,10 @@ def judge_cell(cell: CellResult, tolerance: Tolerance, runtimes: int | None = No
     structure = _pair_set_problem(replace(cell, pairs=pairs), tolerance, runtimes) \
         if isinstance(cell.pairs, list) and isinstance(cell.runs, list) else "malformed pairs or runs"
     guards = [] if error else evidence_problems(cell.trust)  # re-derived: an emptied `problems` list hides nothing
+    recorded = cell.trust.get("mode") if isinstance(cell.trust, Mapping) else None
+    if not error and recorded is not None and recorded != tolerance.mode:  # the guards it skips are the matrix's
+        guards.append(f"its guard evidence was recorded under the {recorded!r} tolerance, and the matrix judges it "
+                      f"under {tolerance.mode!r}: edited evidence, not judged")
     guards += [] if error else unrecorded_problems(  # and guard 3's evidence cut out is itself a problem
         cell.trust, is_user_model_text(str(cell.spec)),
         [run.get("label", "") for run in cell.runs if isinstance(run, Mapping)] if isinstance(cell.runs, list) else [])

@@ -790,8 +790,8 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     agree = all(pair.passed for pairs in judged for pair in pairs)  # guard 3 guards a pass (a failure stands)
     report.problems, report.trust = trust_problems(runs, oracles, build, settings, files, unchecked, agree)
     report.pairs = worst_over_inputs(judged, build.named, report)
-    report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) + [
-        ] + ([NO_FILE_FLOOR] if unchecked is None else []) + [
+    report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) \
+        + ([NO_FILE_FLOOR] if unchecked is None else []) + [
         f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
         f"{'x'.join(map(str, a.meta.input_shape))} input; export at the largest size you deploy"
         for a in artifacts.values() if a.path is not None and (bounds := a.meta.bounded_axes())]
@@ -853,15 +853,16 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     k = accumulation_length(model, input_shape=build.named[0].array.shape) if bounded else None
     runtime = settings.runtime
     rounds_at = computes_in(runtime.precision, runtime.device, runtime.tf32)
+    model_float32 = [o.oracle.float32 or o.oracle.noise for o in oracles]  # guard 3 compares float32 floors
     record = evidence(checks, runtime.device, k, settings.tolerance.mode,
-                      [(o.oracle.noise, o.oracle.outputs) for o in oracles], rounds_at, files)
+                      [(o.oracle.noise, o.oracle.outputs) for o in oracles], rounds_at, files, model_float32,
+                      list(unrunnable or []))
     cause = likely_cause(model) if model is not None else ""
     problems = repeat_problems(checks, runtime.device, floors, cause, rounds_at)
     if problems or settings.tolerance.mode != "auto":
         return problems, record
     # one file whose float64 run is the model's and whose floor agrees vouches for the floor every pair is judged on
-    problems = (([] if files else list(unrunnable or [])) + agreement_problems(
-        [o.oracle.float32 or o.oracle.noise for o in oracles], files)) if agree else []
+    problems = (([] if files else list(unrunnable or [])) + agreement_problems(model_float32, files)) if agree else []
     if problems or k is None:
         return problems, record
     for result in oracles:
