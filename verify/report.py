@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,19 +273,27 @@ def render_pairs(report: Report, console: Any, verbose: bool = False, layout: st
         write_annotations(console, pair_annotations(report))
 
 
+def floor_line(report: Report, escape: Callable[[str], str] = str) -> str:
+    """The floors every "x floor" figure divides by, as one line (empty without floors); `escape` each name and the
+    source (the terminal's markup, or nothing for Markdown, which escapes the whole line)."""
+    if not report.floors:
+        return ""
+    floors = {name: NoiseFloor.of(value) for name, value in report.floors.items()}
+    text = ", ".join(f"{escape(name)} {f.value:.2e}" + (f" ({float(f.bulk.max()):.2e} away from its peaks)"
+                                                        if f.bulk is not None else "")
+                     for name, f in floors.items() if f is not None)
+    per_channel = " (per output; each channel is judged on its own floor)" \
+        if any(f is not None and f.channels is not None for f in floors.values()) else ""
+    return f"{describe_precision(report.precision)} noise floor ({escape(report.floor_source)}): {text}{per_channel}"
+
+
 def _render_footer(report: Report, console: Any) -> None:
     from verify.render.console import print_line
     from verify.render.text import markup
 
-    precision = describe_precision(report.precision)
-    if report.floors:
-        floors = {name: NoiseFloor.of(value) for name, value in report.floors.items()}
-        text = ", ".join(f"{markup(name)} {f.value:.2e}" + (f" ({float(f.bulk.max()):.2e} away from its peaks)"
-                                                            if f.bulk is not None else "")
-                         for name, f in floors.items() if f is not None)
-        per_channel = " (per output; each channel is judged on its own floor)" \
-            if any(f is not None and f.channels is not None for f in floors.values()) else ""
-        print_line(console, f"[dim]{precision} noise floor ({markup(report.floor_source)}): {text}{per_channel}[/]")
+    line = floor_line(report, markup)
+    if line:
+        print_line(console, f"[dim]{line}[/]")
     for note in report.notes:
         print_line(console, f"[yellow]•[/] {markup(note)}")
     for problem in report.problems:

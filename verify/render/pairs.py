@@ -20,19 +20,10 @@ def summary(report: Report) -> str:
             f"all {len(report.pairs)} pairs agree" if report.pairs else "no pairs were judged")
 
 
-def floor_text(report: Report) -> str:
-    """The noise floors every `x floor` figure is a multiple of, as the terminal's footer states them (empty when none
-    was measured): a Markdown page without them showed ratios of numbers it never gave."""
-    from verify.judge.oracle import NoiseFloor
-    from verify.judge.precision import describe
-
-    floors = {name: NoiseFloor.of(value) for name, value in report.floors.items()}
-    values = ", ".join(f"{name} {f.value:.2e}" for name, f in floors.items() if f is not None)
-    return f"{describe(report.precision)} noise floor ({report.floor_source}): {values}" if values else ""
-
-
 def report_markdown(report: Report) -> str:
-    floor = floor_text(report)
+    from verify.report import floor_line
+
+    floor = floor_line(report)
     return rows_markdown(f"verify {report.command}", report.passed, summary(report), report.rows(),
                          [report.settings.get("tolerance_text", "")],
                          [("noise floor", floor)] * bool(floor) + [("note", n) for n in report.notes])
