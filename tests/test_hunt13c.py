@@ -113,3 +113,17 @@ def test_the_markdown_report_quotes_the_floors_its_ratios_divide_by(tmp_path):
     assert result.exit_code == 0, result.output
     line = next(line for line in page.read_text().splitlines() if line.startswith("- `noise floor`"))
     assert np.isfinite(float(line.rsplit("output0 ", 1)[1].split()[0].strip(",")))
+
+
+def test_a_lightning_checkpoint_of_a_whole_detector_loads(tmp_path):
+    """Before (review of hunt 13c): the detector's own checkpoint reader unwrapped only `module.`: a Lightning
+    checkpoint ({'state_dict': {'model.backbone...': ...}}) was 'not a ... checkpoint: N missing ... keys'."""
+    from exporter.families.detectors import build_detector
+    from tests.helpers import NAME
+
+    built = build_detector(NAME)
+    wrapped = tmp_path / "detector.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in built.model.state_dict().items()}, "epoch": 1}, wrapped)
+    loaded = build_detector(NAME, weights=str(wrapped))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
+                                                 built.model.state_dict().values(), strict=True))

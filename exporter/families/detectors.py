@@ -215,13 +215,13 @@ def freeze_body_norms(model: nn.Module, eps: float) -> int:
 
 def _load_checkpoint(model: nn.Module, path: Path, name: str) -> str:
     """A COCO checkpoint of this detector (`torch.save(model.state_dict())`, or .safetensors)."""
-    from exporter.weights import WEIGHT_FILE_SUFFIXES
+    from exporter.weights import WEIGHT_FILE_SUFFIXES, without_wrapper_prefix
 
     if not path.is_file():
         raise UsageError(f"Weights file {path} does not exist; pass --weights synthetic or a {name} "
                          f"checkpoint ({'/'.join(WEIGHT_FILE_SUFFIXES)})")
     state = _read_state_dict(path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = without_wrapper_prefix({k.removeprefix("module."): v for k, v in state.items()})  # Lightning's `model.`
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
@@ -244,7 +244,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
     import torch
 
-    from exporter.weights import require_unexpanded_archive
+    from exporter.weights import model_state, require_unexpanded_archive
 
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -263,9 +263,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch raises many types for a bad or unsafe file
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"Cannot read weights file {path} as a state dict of tensors ({first})") from None
-    for key in ("model", "state_dict"):
-        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
-            raw = raw[key]
+    raw = model_state(raw, path)  # a training checkpoint's weights (or its EMA alone), as a backbone's are read
     if not isinstance(raw, dict) or not raw or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                         for k, v in raw.items()):
         raise UsageError(f"Weights file {path} does not hold a state dict of tensors")
