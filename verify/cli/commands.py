@@ -82,8 +82,6 @@ def export(
     from verify.explain.outputs import refuse_overwriting_sources
 
     moved = changed_from_defaults(export, backbone=backbone, norm=norm, view=view)
-    refuse_overwriting_sources([opt.weights_file(settings.weights), sign_key and str(sign_key)], json=reports.json,
-                               junit=reports.junit, markdown=reports.markdown, html=html)
     if model is not None and moved:
         raise UsageError(f"--{moved[0]} applies to a registered backbone, and --model builds your own as its "
                          f"factory defines it, so it would be ignored: drop --{moved[0]} (or --model)")
@@ -98,6 +96,9 @@ def export(
         export_detector(backbone, norm, settings.weights, settings.seed, shape, settings.input_file,
                         list(formats.formats) or None, out, factor, reports.json, overwrite, junit=reports.junit,
                         markdown=reports.markdown, html=html, dynamic=not formats.static, sign_key=sign_key)
+    # a whole detector refuses these itself, naming the option (verify/cli/detector.py)
+    refuse_overwriting_sources([opt.weights_file(settings.weights), sign_key and str(sign_key)], json=reports.json,
+                               junit=reports.junit, markdown=reports.markdown, html=html)
     if html is not None:
         raise UsageError("--html is written for a whole detector (-b <detector>); a backbone export writes --json, "
                          "--junit or --markdown")
@@ -164,9 +165,9 @@ def refuse_unused_weights(weights: str, sources: list[str]) -> None:
         return
     if any(is_detector_spec(s) or getattr(source_kind(s), "registered", False) for s in sources):
         return
-    raise UsageError(f"--weights {weights} loads into a registered backbone (backbone:norm:view), and {sources[0]} and "
-                     f"{sources[1]} carry their own weights, so it would be ignored: drop --weights, or compare "
-                     "a spec built with it")
+    raise UsageError(f"drop --weights {Path(weights).name}: it loads into a registered backbone (backbone:norm:view), "
+                     f"and {Path(sources[0]).name} and {Path(sources[1]).name} carry their own weights, so it would be "
+                     "ignored (or compare a spec built with it)")
 
 
 def detector_names() -> list[str]:
