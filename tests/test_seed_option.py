@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from exporter.errors import UsageError
 from verify.cli.app import app
 
 runner = CliRunner()
@@ -31,3 +32,33 @@ def test_seed_is_kept_where_it_draws_something(tmp_path):
     refuse_unused_seed(3, "imagenet", None)
     refuse_unused_seed(3, "imagenet", tmp_path / "x.npy", registered=False)  # a user's factory runs after it
     refuse_unused_seed(0, "imagenet", tmp_path / "x.npy")
+
+
+def test_compare_refuses_a_seed_that_draws_nothing(tmp_path):
+    """Before (review of hunt 13a): `compare a.pt2 b.pt2 --input x.npy --seed 4` agreed, exit 0, the seed recorded:
+    two files carry their own weights and --input gives the inputs."""
+    given = tmp_path / "x.npy"
+    np.save(given, np.zeros((1, 3, 32, 32), np.float32))
+    files = []
+    for name in ("a", "b"):
+        files.append(tmp_path / f"{name}.pt2")
+        files[-1].write_bytes(b"not read: refused first")
+    for command in ("compare", "explain"):
+        result = runner.invoke(app, [command, *map(str, files), "--input", str(given), "--seed", "4"])
+        assert result.exit_code == 2, result.output
+        assert "drop --seed 4" in result.output
+
+
+def test_compare_keeps_a_seed_that_draws_a_side(tmp_path):
+    from verify.cli.commands import refuse_unused_seed_for
+    from verify.settings import RunSettings
+
+    given = tmp_path / "x.npy"
+    np.save(given, np.zeros((1, 3, 32, 32), np.float32))
+    file = tmp_path / "a.pt2"
+    file.write_bytes(b"not read")
+    seeded = RunSettings(seed=4, input_file=given)
+    refuse_unused_seed_for(seeded, ["resnet18:frozen:body", str(file)])  # synthetic weights drawn from it
+    refuse_unused_seed_for(RunSettings(seed=4), [str(file), str(file)])  # no --input: the inputs are drawn
+    with pytest.raises(UsageError, match="drop --seed"):
+        refuse_unused_seed_for(seeded, [str(file), str(file)])

@@ -170,6 +170,31 @@ def refuse_unused_weights(weights: str, sources: list[str]) -> None:
                      "ignored (or compare a spec built with it)")
 
 
+def refuse_unused_seed_for(settings: Any, sources: list[str]) -> None:
+    """--seed draws a registered model's synthetic weights (and a backbone's FPN, which no classifier checkpoint
+    holds), torch's seed before a user's factory, and the seeded inputs: with --input and no side it draws for, it
+    draws nothing, so `compare`/`explain` refuse it as `export` does (`compare a.pt2 b.pt2 --input x.npy --seed 4`
+    agreed, exit 0, the seed recorded)."""
+    from exporter.user_model import FACTORY_WEIGHTS
+    from verify.api import source_kind
+    from verify.detect.explain import is_detector_spec
+
+    if settings.seed == 0 or settings.input_file is None or not sources:
+        return
+    synthetic = settings.weights == FACTORY_WEIGHTS
+    for text in sources:
+        if is_detector_spec(text):
+            if synthetic:
+                return
+            continue
+        kind = source_kind(text)
+        if getattr(kind, "runs_user_code", False) or getattr(kind, "registered", False) and (
+                synthetic or getattr(kind, "view", None) == "fpn"):
+            return
+    raise UsageError(f"drop --seed {settings.seed}: it draws synthetic weights, a factory's initial weights and seeded "
+                     f"inputs, and here --input gives the inputs and no side draws weights from it")
+
+
 def detector_names() -> list[str]:
     from exporter.families.detectors import list_detectors
 
@@ -199,6 +224,7 @@ def compare(
     for flag, path in (("--json", reports.json), ("--junit", reports.junit), ("--markdown", reports.markdown)):
         refuse_inside_export(path, flag)
     refuse_unused_weights(settings.weights, [a, b])
+    refuse_unused_seed_for(settings, [a, b])
     refuse_overwriting_sources([a, b, opt.weights_file(settings.weights)], json=reports.json, junit=reports.junit,
                                markdown=reports.markdown)
 
@@ -243,6 +269,7 @@ def explain(
     if (a is None) != (b is None):
         raise UsageError("Give both A and B, or neither to replay the seed question")
     refuse_unused_weights(settings.weights, [a, b] if a is not None else [])
+    refuse_unused_seed_for(settings, [a, b] if a is not None else [])
     refuse_inside_export(json_path, "--json")
     refuse_overwriting_sources([a, b, opt.weights_file(settings.weights)], json=json_path)
     if is_detector_spec(a) or is_detector_spec(b):
