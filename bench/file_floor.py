@@ -31,44 +31,41 @@ def _eval(model):
     return model.eval()
 
 
-def resnet18():
+def _seeded(build, **kwargs):
     torch.manual_seed(0)
-    return _eval(torchvision.models.resnet18())
+    return _eval(build(**kwargs))
+
+
+def resnet18():
+    return _seeded(torchvision.models.resnet18)
 
 
 def resnet18_frozen():
-    torch.manual_seed(0)
-    return _eval(torchvision.models.resnet18(norm_layer=torchvision.ops.FrozenBatchNorm2d))
+    return _seeded(torchvision.models.resnet18, norm_layer=torchvision.ops.FrozenBatchNorm2d)
 
 
 def mobilenet_v3_small():
-    torch.manual_seed(0)
-    return _eval(torchvision.models.mobilenet_v3_small())
+    return _seeded(torchvision.models.mobilenet_v3_small)
 
 
 def efficientnet_b0():
-    torch.manual_seed(0)
-    return _eval(torchvision.models.efficientnet_b0())
+    return _seeded(torchvision.models.efficientnet_b0)
 
 
 def regnet_x_400mf():
-    torch.manual_seed(0)
-    return _eval(torchvision.models.regnet_x_400mf())
+    return _seeded(torchvision.models.regnet_x_400mf)
 
 
 def shufflenet():
-    torch.manual_seed(0)
-    return _eval(torchvision.models.shufflenet_v2_x0_5())
+    return _seeded(torchvision.models.shufflenet_v2_x0_5)
 
 
 def squeezenet():
-    torch.manual_seed(0)
-    return _eval(torchvision.models.squeezenet1_1())
+    return _seeded(torchvision.models.squeezenet1_1)
 
 
 def convnext_tiny():
-    torch.manual_seed(0)
-    return _eval(torchvision.models.convnext_tiny())
+    return _seeded(torchvision.models.convnext_tiny)
 
 
 class Encoder(nn.Module):

@@ -283,6 +283,24 @@ class OffWhenExported(nn.Module):
 
 def off():
     return OffWhenExported()
+
+
+class SoftmaxInFloat32(nn.Module):
+    \"\"\"A softmax in float32 on purpose, back in the input's dtype (as mixed-precision code writes it): correct, and
+    its .pt2 cannot run in float64 (torch.export bakes the cast).\"\"\"
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.softmax(y.float(), 1).to(y.dtype)
+
+
+def softmax_in_float32():
+    return SoftmaxInFloat32()
 """
 """User models whose eager path adds noise seeded by the input, in the dtypes named, when not exporting (guard 3,
 verify/judge/file_floor.py: tests/test_file_floor.py and test_hunt13a.py); format with channels= and noise=."""

@@ -234,37 +234,15 @@ def test_compare_of_a_user_model_with_an_onnx_file_says_its_floor_was_not_checke
     assert unchecked_note(path.name) in json.loads(report.read_text())["notes"]
 
 
-INTERNAL = """
-import torch
-from torch import nn
-
-
-class Internal(nn.Module):
-    \"\"\"A softmax in float32 on purpose, back in the input's dtype (as mixed-precision code writes it).\"\"\"
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d({channels}, {channels}, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        return torch.softmax(y.float(), 1).to(y.dtype)
-
-
-def make():
-    return Internal()
-"""
-
-
 def test_a_correct_model_computing_in_float32_inside_passes_where_its_torchscript_file_vouches(tmp_path):
     """Before: exit 1, 'exported could not run in float64' (torch.export bakes `.to(y.dtype)` as float32 and asserts
     it), though model.pt ran in float64 and its floor agreed with the model's: a correct export refused."""
     source = tmp_path / "internal.py"
-    source.write_text(INTERNAL.format(channels=BOUND_CHANNELS))
+    source.write_text(NOISY.format(channels=BOUND_CHANNELS, noise=repr(NOISE)))
     report = tmp_path / "report.json"
-    result = runner.invoke(app, ["export", "--model", f"{source}:make", "--shape", BOUND_SHAPE, "--format", "pt2",
-                                 "--format", "torchscript", "--out", str(tmp_path / "out"), "--json", str(report)])
+    result = runner.invoke(app, ["export", "--model", f"{source}:softmax_in_float32", "--shape", BOUND_SHAPE,
+                                 "--format", "pt2", "--format", "torchscript", "--out", str(tmp_path / "out"),
+                                 "--json", str(report)])
     assert result.exit_code == 0, result.output
     assert [f["label"] for f in json.loads(report.read_text())["trust"]["files"]] == ["the model", "model.pt in "
                                                                                       "torchscript"]
