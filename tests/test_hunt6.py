@@ -62,15 +62,18 @@ def test_without_a_failed_oracle_pair_every_file_of_a_failed_pair_is_isolated():
     assert failing_files(report) == [FILES[label] for label in FILES if label in failed]
 
 
-def test_a_torchscript_side_is_the_one_said_not_isolated(default_export):
+def test_a_torchscript_side_is_the_one_isolated_and_named(default_export):
     """Before: with the model as A, the note named the model ('resnet18:frozen:body: its layers were not
-    isolated') and spoke of an --isolate flag the user never gave."""
+    isolated') and spoke of an --isolate flag the user never gave. A TorchScript file's modules are now re-run too
+    (each leaf keeps its compiled forward): the file is the candidate, whichever side it was given as."""
     torchscript = str(default_export / "model.pt")
     report = Report("compare", {"a": SPEC, "b": torchscript}, {})
     name_culprits(report, [(SPEC, torchscript)], RunSettings(shape=SMALL_SHAPE))
     (note,) = report.notes
-    assert note.startswith(f"{torchscript}: its layers were not isolated"), note
-    assert "--isolate" not in note and not report.isolated
+    assert note.startswith("isolated: every one of") and torchscript in note, note
+    assert "--isolate" not in note
+    (isolated,) = report.isolated
+    assert isolated["candidate"] == torchscript and isolated["reference"].startswith(SPEC) and isolated["layers"]
 
 
 def test_a_culprit_note_names_the_norm_folded_into_the_conv():

@@ -22,6 +22,7 @@ from verify.explain.structure import canonical_modules, fold_partner
 from verify.explain.tracers import (
     FxTracer,
     HookTracer,
+    JitTracer,
     OnnxTracer,
     Side,
     canonical_name,
@@ -33,20 +34,28 @@ from verify.explain.tracers import (
 )
 from verify.inputs import seeded_input
 from verify.judge.compare import AUTO_FACTOR
+from verify.judge.layers import (  # noqa: F401 - the layer records and their texts, imported from here before
+    CULPRITS_NOTED,
+    LIMIT,
+    Isolation,
+    LayerError,
+    culprit_note,
+    render_isolation,
+    skipped_text,
+    unrunnable_text,
+)
 from verify.judge.oracle import folded_float32, measure_floor
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     import numpy as np
 
     from exporter.artifacts import Artifact
     from verify.report import Report
 
-LIMIT = 10
-"""Layers shown in the report (all are in its JSON)."""
 NO_LAYERS = "no candidate layer maps back to a reference module (a graph without module scopes)"
 OWN_INPUT = ("", -1)
 """Unit.inputs' key for an input computed outside any module (a functional `torch.relu` before a module called
@@ -65,49 +74,6 @@ class Unit:
     the reference's recorded input to this very call)."""
     output: Any
     fused_with: list[str] = field(default_factory=list)
-
-
-@dataclass
-class LayerError:
-    module: str
-    call: int
-    ratio: float
-    """Worst channel's error over that channel's own float32 floor."""
-    max_abs: float
-    floor: float
-    fused_with: list[str] = field(default_factory=list)
-    channel: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class Isolation:
-    reference: str
-    candidate: str
-    factor: float
-    layers: list[LayerError] = field(default_factory=list)
-    """Every layer checked, worst ratio first."""
-    skipped: list[str] = field(default_factory=list)
-    """Layers whose inputs do not map back to reference values."""
-    unrunnable: list[str] = field(default_factory=list)
-    """Layers that could not run on the reference's values for their inputs (another model's shapes, or a piece
-    its runtime refused)."""
-    note: str = ""
-
-    @property
-    def named(self) -> list[LayerError]:
-        return [layer for layer in self.layers if layer.ratio > self.factor]
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.named or self.unrunnable else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "candidate": self.candidate, "factor": self.factor,
-                "named": [layer.module for layer in self.named], "layers": [x.to_dict() for x in self.layers],
-                "skipped": self.skipped, "unrunnable": self.unrunnable, "note": self.note}
 
 
 # ---------------------------------------------------------------- the reference's own values
@@ -477,7 +443,9 @@ def isolate_fx(ref: Reference, module: Any, factor: float) -> Isolation:
 # ---------------------------------------------------------------- eager candidates: leaf modules
 
 def isolate_eager(ref: Reference, side: Side, factor: float) -> Isolation:
-    """Each leaf module of an eager candidate on the reference's input to the module of that name."""
+    """Each leaf module of an eager candidate (or of a TorchScript file, whose modules keep their own compiled
+    forward) on the reference's input to the module of that name. A frozen TorchScript file has no modules left:
+    nothing is re-run, and the result says so."""
     import torch
 
     result = Isolation("", "", factor)
@@ -519,17 +487,39 @@ def isolate_sides(a: Side, b: Side, x: np.ndarray, factor: float = AUTO_FACTOR,
         result, pieces = isolate_onnx(ref, candidate.artifact.path, factor)
     elif isinstance(tracer, FxTracer):
         result = isolate_fx(ref, candidate.fp32, factor)
-    elif isinstance(tracer, HookTracer):
+    elif isinstance(tracer, HookTracer | JitTracer):  # a TorchScript file keeps its modules: each leaf is called
         result = isolate_eager(ref, candidate, factor)
     else:
-        raise UsageError(f"layer isolation reads eager models, ExportedPrograms (.pt2) and ONNX files, not "
-                         f"{candidate.kind} ({candidate.artifact.label}); export the model as .pt2 or .onnx to "
+        raise UsageError(f"layer isolation reads eager models, ExportedPrograms (.pt2), TorchScript and ONNX files, "
+                         f"not {candidate.kind} ({candidate.artifact.label}); export the model as .pt2 or .onnx to "
                          "isolate its layers")
     result.reference, result.candidate = reference.artifact.label, candidate.artifact.label
     result.layers.sort(key=lambda layer: -layer.ratio)
     if not result.layers:
         result.note = NO_LAYERS
     return result, (pieces if keep_pieces else []), ref
+
+
+def layer_checks(reference: Artifact, candidates: Sequence[tuple[Artifact, str]], x: np.ndarray,
+                 factor: float = AUTO_FACTOR) -> tuple[list[Isolation], list[str]]:
+    """The layer verdict (`--layers`): each candidate's layers re-run alone on `reference`'s float64 values for
+    their inputs (the first input, `x`), each judged on its own float32 floor (verify.judge.layers.Isolation.passed).
+    Each candidate comes with the name the report gives it. One whose format isolation does not read (AOTInductor)
+    is a note, not a check; one that fails to load or re-run is a check with no layer, which fails (a layer verdict
+    asked for and not reached)."""
+    checks, notes = [], []
+    for candidate, label in candidates:
+        try:
+            result, _, _ = isolate_sides(*load_sides(reference, candidate), x, factor)
+        except UsageError as exc:
+            notes.append(f"{label}: its layers were not checked ({exc})")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run is a failed check, never a pass
+            said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            result = Isolation(reference.label, label, factor, note=f"it could not be isolated: {said}")
+        result.candidate = label
+        checks.append(result)
+    return checks, notes
 
 
 def user_code(a: str, b: str) -> list[str]:
@@ -568,8 +558,6 @@ def isolate_report(a: str, b: str, settings: RunSettings | None = None, progress
     return result
 
 
-CULPRITS_NOTED = 3
-"""Layers a failed report's note names per file (all are in its JSON `isolated`)."""
 
 
 ORACLE_PAIR = "oracle"
@@ -623,80 +611,3 @@ def file_side(candidate: str, reference: str) -> str:
         return next((side for side in (candidate, reference) if isinstance(source_kind(side), Path)), candidate)
     except UsageError:  # a side that no longer resolves: the candidate, as given
         return candidate
-
-
-def culprit_note(result: Isolation) -> str:
-    """One line: the layers of `result` that differ on their own, worst first, or that none does."""
-    named = result.named
-    if not result.layers:  # nothing was re-run: no word on where the difference comes from
-        return f"{result.candidate}: its layers were not isolated ({result.note or 'no layer was re-run'})"
-    unrun = unrunnable_text(result)
-    if not named and unrun:  # the layers that may differ were not judged: no claim on where it comes from
-        return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} re-run is within "
-                f"{result.factor:g}x its own float32 floor{unrun}")
-    if not named and result.skipped:  # the layers left out may be where it comes from: no claim that it builds up
-        return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} re-run is within "
-                f"{result.factor:g}x its own float32 floor{skipped_text(result)}")
-    if not named:
-        return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} is within "
-                f"{result.factor:g}x its own float32 floor; the difference builds up across layers")
-    shown = "; ".join(f"{layer.module}"  # a folded norm is part of the culprit: its error shows at the conv
-                      + (f" (computed with {', '.join(layer.fused_with)})" if layer.fused_with else "")
-                      + f" {layer.ratio:.0f}x its own floor"
-                      + (f" (channel {layer.channel})" if layer.channel is not None else "")
-                      for layer in named[:CULPRITS_NOTED])
-    more = f" (+{len(named) - CULPRITS_NOTED} more)" if len(named) > CULPRITS_NOTED else ""
-    return f"isolated: {len(named)} of {len(result.layers)} layers of {result.candidate} differ on their own: " \
-           f"{shown}{more}{unrun}"
-
-
-def skipped_text(result: Isolation) -> str:
-    """The note's clause on layers that were not re-run ('' when none was skipped)."""
-    if not result.skipped:
-        return ""
-    names = list(dict.fromkeys(result.skipped))
-    more = " ..." if len(names) > CULPRITS_NOTED else ""
-    return (f"; {len(names)} not re-run ({', '.join(names[:CULPRITS_NOTED])}{more}): their inputs do not map back to "
-            f"{result.reference}'s values, so the difference may come from them")
-
-
-def unrunnable_text(result: Isolation) -> str:
-    """The note's clause on layers that could not take the reference's inputs ('' when every layer could)."""
-    if not result.unrunnable:
-        return ""
-    more = " ..." if len(result.unrunnable) > CULPRITS_NOTED else ""
-    return (f"; {len(result.unrunnable)} could not run on {result.reference}'s inputs "
-            f"({', '.join(result.unrunnable[:CULPRITS_NOTED])}{more}): layers of another shape, or refused by "
-            "their runtime")
-
-
-def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> None:
-    from rich.markup import escape
-
-    named = result.named
-    if not result.layers:  # nothing was re-run: no check to mark as passed
-        console.print(f"[yellow]![/] isolated: no layer of {escape(result.candidate)} was re-run")
-    elif not named:
-        console.print(f"[bold green]✓[/] isolated: every one of {len(result.layers)} layers of "
-                      f"{escape(result.candidate)} is within {result.factor:g}x its own float32 floor on "
-                      f"{escape(result.reference)}'s inputs")
-    else:
-        console.print(f"[bold red]✗[/] isolated: {len(named)} of {len(result.layers)} layers differ on their own "
-                      f"(each re-run on {escape(result.reference)}'s float64 inputs, judged on its own floor):")
-        for layer in named[:limit]:
-            fused = f" (computed with {', '.join(layer.fused_with)})" if layer.fused_with else ""
-            channel = f", channel {layer.channel}" if layer.channel is not None else ""
-            console.print(f"  • {escape(layer.module)}{escape(fused)}: {layer.ratio:.0f}x its own floor "
-                          f"(max abs {layer.max_abs:.2e}{channel})")
-        if len(named) > limit:
-            console.print(f"  … and {len(named) - limit} more (see --json)")
-    if result.unrunnable:
-        shown = escape(", ".join(result.unrunnable[:limit]))
-        console.print(f"[yellow]{len(result.unrunnable)} layers could not run on {escape(result.reference)}'s inputs "
-                      f"(of another shape, or refused by their runtime): {shown}[/]")
-    if result.skipped:
-        names = list(dict.fromkeys(result.skipped))
-        console.print(f"[yellow]{len(names)} layers were not re-run (their inputs do not map back to "
-                      f"{escape(result.reference)}'s values): {escape(', '.join(names[:limit]))}[/]")
-    if result.note:
-        console.print(f"[yellow]{escape(result.note)}[/]")

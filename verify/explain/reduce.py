@@ -249,7 +249,7 @@ def reduce_sides(a: Any, b: Any, x: np.ndarray, folder: Path, factor: float = AU
         return Reduction(isolation)
     if not pieces:
         raise UsageError("reduce writes ONNX pieces: give an .onnx file as one side and the torch model it was "
-                         "exported from as the other (for a .pt2, export it to ONNX first)")
+                         "exported from as the other (for a .pt2 or TorchScript file, export it to ONNX first)")
     worst = isolation.named[0]
     unit, piece = next((u, p) for u, p in pieces
                        if (u.fused_with[0] if u.fused_with else u.path) == worst.module and u.call == worst.call)

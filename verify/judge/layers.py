@@ -1,0 +1,161 @@
+"""The layer records (verify/explain/isolate.py re-runs each layer; this module holds what it found, the verdict
+it makes with `--layers`, and its texts): plain data and words, no torch, so a Report can hold them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+LIMIT = 10
+"""Layers shown in the report (all are in its JSON)."""
+
+
+NO_LAYER_VERDICT = ("--layers was asked for and no file's layers could be checked (see the notes): no layer "
+                    "verdict was reached; export a format whose layers can be re-run (.onnx, .pt2, TorchScript) or "
+                    "drop --layers")
+"""The problem of a run that asked for the layer verdict and checked no file."""
+
+CULPRITS_NOTED = 3
+"""Layers a failed report's note names per file (all are in its JSON `isolated`)."""
+
+
+@dataclass
+class LayerError:
+    module: str
+    call: int
+    ratio: float
+    """Worst channel's error over that channel's own float32 floor."""
+    max_abs: float
+    floor: float
+    fused_with: list[str] = field(default_factory=list)
+    channel: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Isolation:
+    reference: str
+    candidate: str
+    factor: float
+    layers: list[LayerError] = field(default_factory=list)
+    """Every layer checked, worst ratio first."""
+    skipped: list[str] = field(default_factory=list)
+    """Layers whose inputs do not map back to reference values."""
+    unrunnable: list[str] = field(default_factory=list)
+    """Layers that could not run on the reference's values for their inputs (another model's shapes, or a piece
+    its runtime refused)."""
+    note: str = ""
+
+    @property
+    def named(self) -> list[LayerError]:
+        return [layer for layer in self.layers if layer.ratio > self.factor]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.named or self.unrunnable else 0
+
+    @property
+    def passed(self) -> bool:
+        """The layer verdict (`--layers`): some layer was re-run, none differs on its own and none could not run."""
+        return bool(self.layers) and self.exit_code == 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Isolation:
+        return cls(data["reference"], data["candidate"], data["factor"],
+                   [LayerError(**layer) for layer in data.get("layers", [])], list(data.get("skipped", [])),
+                   list(data.get("unrunnable", [])), data.get("note", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "candidate": self.candidate, "factor": self.factor,
+                "named": [layer.module for layer in self.named], "layers": [x.to_dict() for x in self.layers],
+                "skipped": self.skipped, "unrunnable": self.unrunnable, "note": self.note}
+
+
+def verdict_line(result: Isolation) -> str:
+    """The layer verdict's one line (`--layers`): what was re-run and how it went, the layers that differ named."""
+    if not result.layers:
+        return (f"{result.candidate}: no layer was re-run on {result.reference}'s inputs "
+                f"({result.note or 'no layer maps back to a module'}), so its layers were not judged")
+    if result.passed:
+        return (f"every one of {len(result.layers)} layers of {result.candidate} is within {result.factor:g}x its own "
+                f"float32 floor on {result.reference}'s inputs{skipped_text(result)}")
+    return culprit_note(result)
+
+
+def culprit_note(result: Isolation) -> str:
+    """One line: the layers of `result` that differ on their own, worst first, or that none does."""
+    named = result.named
+    if not result.layers:  # nothing was re-run: no word on where the difference comes from
+        return f"{result.candidate}: its layers were not isolated ({result.note or 'no layer was re-run'})"
+    unrun = unrunnable_text(result)
+    if not named and unrun:  # the layers that may differ were not judged: no claim on where it comes from
+        return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} re-run is within "
+                f"{result.factor:g}x its own float32 floor{unrun}")
+    if not named and result.skipped:  # the layers left out may be where it comes from: no claim that it builds up
+        return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} re-run is within "
+                f"{result.factor:g}x its own float32 floor{skipped_text(result)}")
+    if not named:
+        return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} is within "
+                f"{result.factor:g}x its own float32 floor; the difference builds up across layers")
+    shown = "; ".join(f"{layer.module}"  # a folded norm is part of the culprit: its error shows at the conv
+                      + (f" (computed with {', '.join(layer.fused_with)})" if layer.fused_with else "")
+                      + f" {layer.ratio:.0f}x its own floor"
+                      + (f" (channel {layer.channel})" if layer.channel is not None else "")
+                      for layer in named[:CULPRITS_NOTED])
+    more = f" (+{len(named) - CULPRITS_NOTED} more)" if len(named) > CULPRITS_NOTED else ""
+    return f"isolated: {len(named)} of {len(result.layers)} layers of {result.candidate} differ on their own: " \
+           f"{shown}{more}{unrun}"
+
+
+def skipped_text(result: Isolation) -> str:
+    """The note's clause on layers that were not re-run ('' when none was skipped)."""
+    if not result.skipped:
+        return ""
+    names = list(dict.fromkeys(result.skipped))
+    more = " ..." if len(names) > CULPRITS_NOTED else ""
+    return (f"; {len(names)} not re-run ({', '.join(names[:CULPRITS_NOTED])}{more}): their inputs do not map back to "
+            f"{result.reference}'s values, so the difference may come from them")
+
+
+def unrunnable_text(result: Isolation) -> str:
+    """The note's clause on layers that could not take the reference's inputs ('' when every layer could)."""
+    if not result.unrunnable:
+        return ""
+    more = " ..." if len(result.unrunnable) > CULPRITS_NOTED else ""
+    return (f"; {len(result.unrunnable)} could not run on {result.reference}'s inputs "
+            f"({', '.join(result.unrunnable[:CULPRITS_NOTED])}{more}): layers of another shape, or refused by "
+            "their runtime")
+
+
+def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> None:
+    from rich.markup import escape
+
+    named = result.named
+    if not result.layers:  # nothing was re-run: no check to mark as passed
+        console.print(f"[yellow]![/] isolated: no layer of {escape(result.candidate)} was re-run")
+    elif not named:
+        console.print(f"[bold green]✓[/] isolated: every one of {len(result.layers)} layers of "
+                      f"{escape(result.candidate)} is within {result.factor:g}x its own float32 floor on "
+                      f"{escape(result.reference)}'s inputs")
+    else:
+        console.print(f"[bold red]✗[/] isolated: {len(named)} of {len(result.layers)} layers differ on their own "
+                      f"(each re-run on {escape(result.reference)}'s float64 inputs, judged on its own floor):")
+        for layer in named[:limit]:
+            fused = f" (computed with {', '.join(layer.fused_with)})" if layer.fused_with else ""
+            channel = f", channel {layer.channel}" if layer.channel is not None else ""
+            console.print(f"  • {escape(layer.module)}{escape(fused)}: {layer.ratio:.0f}x its own floor "
+                          f"(max abs {layer.max_abs:.2e}{channel})")
+        if len(named) > limit:
+            console.print(f"  … and {len(named) - limit} more (see --json)")
+    if result.unrunnable:
+        shown = escape(", ".join(result.unrunnable[:limit]))
+        console.print(f"[yellow]{len(result.unrunnable)} layers could not run on {escape(result.reference)}'s inputs "
+                      f"(of another shape, or refused by their runtime): {shown}[/]")
+    if result.skipped:
+        names = list(dict.fromkeys(result.skipped))
+        console.print(f"[yellow]{len(names)} layers were not re-run (their inputs do not map back to "
+                      f"{escape(result.reference)}'s values): {escape(', '.join(names[:limit]))}[/]")
+    if result.note:
+        console.print(f"[yellow]{escape(result.note)}[/]")
