@@ -6,7 +6,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from exporter.artifacts import Artifact
 from exporter.errors import UsageError
@@ -45,6 +45,8 @@ from verify.settings import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from verify.cache import Cache
 
 SIDES = ("A", "B")
@@ -245,6 +247,19 @@ def _isolated_export(spec: UserModelSpec, settings: RunSettings | None, out: Pat
     report.problems = list(dict.fromkeys([
         *report.problems, *evidence_problems(report.trust, files=agree),
         *(unrecorded_problems(report.trust, True, [r.label for r in report.runs]) if agree else [])]))
+    return rejudged_layers(report, settings or RunSettings())
+
+
+def rejudged_layers(report: Report, settings: RunSettings) -> Report:
+    """A worker's layer checks judged here again: each layer's ratio against this process's factor (the worker's
+    recorded one is not the verdict), and every check asked for present."""
+    from verify.explain.isolate import isolation_factor
+    from verify.judge.layers import NO_LAYER_VERDICT
+
+    for check in report.layers:
+        check.factor = isolation_factor(settings)
+    if settings.layers and not report.layers and NO_LAYER_VERDICT not in report.problems:
+        report.problems.append(NO_LAYER_VERDICT)
     return report
 
 
@@ -322,10 +337,15 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     settings, progress = settings or RunSettings(), progress or NullProgress()
     require_device(settings.runtime.device)  # before any model is built or loaded
     kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built
+    if settings.layers and all(isinstance(kind, Path) for kind in kinds):
+        raise UsageError(f"--layers re-runs each layer of a file on the torch model's own values, and {a} and {b} are "
+                         "both files: give the model the file was exported from as A or B (a model spec or "
+                         "file.py:factory), or drop --layers")
     user = [str(kind) for kind in kinds if getattr(kind, "runs_user_code", False)]
     if isolate and user:
-        return run_isolated(compare, a, b, settings, what=f"Your model {' and '.join(user)}", timeout=timeout,
-                            progress=progress, isolate=False, runtime=runtime)
+        return rejudged_layers(run_isolated(compare, a, b, settings, what=f"Your model {' and '.join(user)}",
+                                            timeout=timeout, progress=progress, isolate=False, runtime=runtime),
+                               settings)
     named = settings_inputs(settings)
     with progress.step("Loading both sides"):
         sides = [resolve_source(a, settings), resolve_source(b, settings)]
@@ -364,7 +384,26 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     agree = bool(report.pairs) and all(pair.passed for pair in report.pairs)  # guard 3 guards a pass, as in export
     report.problems = _compare_problems(sides, runs, oracles, named, settings) or (_compare_floor_agreement(
         user_sides, sides, runs, oracles, settings) if agree else [])
+    if settings.layers:
+        with progress.step("Re-running every layer on the model's float64 inputs"):
+            report.layers, notes = _compare_layers(sides, (a, b), named[0].array, settings)
+        report.notes += notes
+        if not report.layers:
+            from verify.judge.layers import NO_LAYER_VERDICT
+
+            report.problems.append(NO_LAYER_VERDICT)
     return report
+
+
+def _compare_layers(sides: Sequence[Artifact], texts: Sequence[str], x: np.ndarray, settings: RunSettings
+                    ) -> tuple[list[Any], list[str]]:
+    """The layer verdict of compare (`--layers`): the other side's layers on the torch model's float64 values (B is
+    the reference where both are models, as it is for the outputs)."""
+    from verify.explain.isolate import isolation_factor, layer_checks
+
+    reference = 1 if sides[1].built is not None else 0
+    candidate = 1 - reference
+    return layer_checks(sides[reference], [(sides[candidate], texts[candidate])], x, isolation_factor(settings))
 
 
 def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], runs: Sequence[RunResult],

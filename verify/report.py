@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from verify.judge.compare import OutputComparison, PairResult
+from verify.judge.layers import Isolation, verdict_line
 from verify.judge.oracle import NoiseFloor
 from verify.judge.precision import describe as describe_precision
 from verify.render.rows import CheckRow, Group, pair_row
@@ -59,10 +60,14 @@ class Report:
     isolated: list[dict[str, Any]] = field(default_factory=list)
     """A failed report's files, each layer re-run alone on the torch model's float64 inputs (verify/explain/
     isolate.py name_culprits): which layers compute something different on their own. Explains; never passes."""
+    layers: list[Isolation] = field(default_factory=list)
+    """The layer verdict (`--layers`, verify/judge/layers.py): each file's layers re-run alone on the torch model's
+    float64 inputs, judged on their own floors. A file with a layer that differs on its own fails the report."""
 
     @property
     def passed(self) -> bool:
-        return bool(self.pairs) and all(pair.passed for pair in self.pairs) and not self.problems
+        return (bool(self.pairs) and all(pair.passed for pair in self.pairs) and not self.problems
+                and all(check.passed for check in self.layers))
 
     @property
     def exit_code(self) -> int:
@@ -79,6 +84,9 @@ class Report:
         group = Group(self.subject or self.command, seconds=sum(run.seconds for run in self.runs))
         classname = f"{self.command}.{self.subject}"
         rows = [pair_row(group, classname, pair) for pair in self.pairs]
+        rows += [CheckRow(group, "layers", f"layers {check.candidate}", "passed" if check.passed else "failure",
+                          verdict_line(check), ratio=check.layers[0].ratio if check.layers else None,
+                          classname=classname) for check in self.layers]
         rows += [CheckRow(group, "problem", "judgeable", "failure", problem, classname=classname)
                  for problem in self.problems]
         if not self.pairs and not self.problems:
@@ -102,6 +110,8 @@ class Report:
             "problems": self.problems,
             "trust": self.trust,
             **({"isolated": self.isolated} if self.isolated else {}),
+            **({"layers": [{**check.to_dict(), "passed": check.passed} for check in self.layers]}
+               if self.layers else {}),
         }
 
 
@@ -298,15 +308,23 @@ def _render_footer(report: Report, console: Any) -> None:
         print_line(console, f"[yellow]•[/] {markup(note)}")
     for problem in report.problems:
         print_line(console, f"[bold red]✗[/] {markup(problem)}")
+    for check in report.layers:
+        mark = "[bold green]✓[/]" if check.passed else "[bold red]✗[/]"
+        print_line(console, f"{mark} layers: {markup(verdict_line(check))}")
     failed = [p for p in report.pairs if not p.passed]
+    unequal = [check for check in report.layers if not check.passed]
     if report.problems:
         print_line(console, f"[bold red]✗ not judged: {len(report.problems)} problem(s) above; the pairs' figures "
                             "are shown but no verdict stands on them[/]")
     elif failed:
         print_line(console, f"[bold red]✗ {len(failed)} of {len(report.pairs)} pairs disagree[/]")
+    elif unequal:
+        print_line(console, f"[bold red]✗ the outputs agree, and {len(unequal)} of {len(report.layers)} files have "
+                            "layers that differ on their own (above)[/]")
     elif report.pairs:
         worst = max((p.worst for p in report.pairs), key=lambda o: o.ratio or 0.0)
-        print_line(console, f"[bold green]✓ all {len(report.pairs)} pairs agree[/] "
+        layers = f" and every layer of {len(report.layers)} files is within its own floor" if report.layers else ""
+        print_line(console, f"[bold green]✓ all {len(report.pairs)} pairs agree{layers}[/] "
                             f"[dim](worst: {markup(worst.where)} {markup(worst.verdict())})[/]")
     else:
         print_line(console, "[bold red]✗ no pairs were judged[/]")

@@ -37,6 +37,10 @@ class RunSettings:
     samples: int | None = None
     """Seeded inputs per verdict without --input (None: $BACKBONE_VERIFY_SAMPLES, else DEFAULT_SAMPLES); refused
     beside --input, whose files are the inputs as given."""
+    layers: bool = False
+    """The layer verdict (`--layers`, verify/judge/layers.py): every layer of each exported file (ONNX, .pt2,
+    TorchScript) re-run alone on the torch model's float64 values for its inputs, each judged on its own floor; a
+    layer that differs on its own fails the report, though its effect on the outputs is within rounding."""
 
     def __post_init__(self) -> None:
         """The library refuses what the CLI refuses, before any work."""
@@ -89,8 +93,9 @@ class RunSettings:
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__}, e.g. {example}, not "
                                 f"{type(getattr(self, name)).__name__}")
-        if not isinstance(self.normalize, bool):
-            raise TypeError(f"normalize must be True or False, not {type(self.normalize).__name__}")
+        for name in ("normalize", "layers"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, not {type(getattr(self, name)).__name__}")
 
 
 def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
@@ -130,6 +135,7 @@ def settings_dict(settings: RunSettings, **extra) -> dict:
         "runtime": settings.runtime.record(),
         "tolerance": settings.tolerance.to_dict(),
         "tolerance_text": settings.tolerance.describe(),
+        **({"layers": True} if settings.layers else {}),
     }
 
 

@@ -18,8 +18,8 @@ from verify.cli.groups import (
     EXPORT,
     FEED,
     FOLDER_TRUST,
+    JUDGED_RUN,
     REPORTS,
-    RUN,
     RUNTIME_PLUGINS,
     ReportPaths,
     with_option_groups,
@@ -69,7 +69,7 @@ def export(
         "--html", callback=opt.check_output_file,
         help="A whole detector (-b <detector>): one HTML page with the detection tables and each image with "
              "every runtime's boxes drawn")] = None,
-    settings: Any = RUN,
+    settings: Any = JUDGED_RUN,
     formats: Any = EXPORT,
     reports: Any = REPORTS,
     given_options: Any = None,
@@ -118,8 +118,8 @@ def export(
                            cache=cache, timeout=user_timeout(timeout))
     if "folder" in report.artifacts:
         err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
-    if not report.passed and not report.problems:  # a file differs: name the layers that differ on their own
-        from verify.explain.isolate import failing_files, name_culprits
+    if not report.passed and not report.problems and not settings.layers:  # a file differs: name its culprits
+        from verify.explain.isolate import failing_files, name_culprits  # (--layers has re-run every layer already)
 
         name_culprits(report, [(file, model or str(spec)) for file in failing_files(report)], settings,
                       progress_for(err_console), user_timeout(timeout))
@@ -213,7 +213,7 @@ def compare(
     runtime: opt.SideRuntime = None,
     verbose: opt.Verbose = False,
     timeout: opt.Timeout = None,
-    settings: Any = RUN,
+    settings: Any = JUDGED_RUN,
     reports: Any = REPORTS,
 ) -> None:
     """Run any two models or artifacts on the same input and judge them on the outputs they share."""
@@ -231,7 +231,8 @@ def compare(
     clear_stale_reports(reports.json, reports.junit, reports.markdown)
     report = run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout),
                          runtime=runtime)
-    if any(not pair.passed and {pair.a, pair.b} == set(SIDES) for pair in report.pairs) and not report.problems:
+    if any(not pair.passed and {pair.a, pair.b} == set(SIDES) for pair in report.pairs) and not report.problems \
+            and not settings.layers:
         from verify.explain.isolate import name_culprits  # A and B differ: name the layers that differ on their own
 
         name_culprits(report, [(a, b)], settings, progress_for(err_console), user_timeout(timeout))

@@ -105,9 +105,12 @@ INPUTS = Part(opt.input_part)
 SAMPLES = Part(opt.samples_part)
 RUNTIME = Part(opt.runtime_part, opt.runtime_option_parameters)
 TOLERANCE = Part(opt.tolerance_part)
+LAYERS = Part(opt.layers_part)
 
 RUN = OptionGroup("run", (INPUTS, SAMPLES, RUNTIME, TOLERANCE), _run_settings)
-"""Everything a run takes (export, compare, matrix): inputs, runtime options (shared and each runtime's), tolerance."""
+"""Everything a run takes (matrix): inputs, runtime options (shared and each runtime's), tolerance."""
+JUDGED_RUN = OptionGroup("run", (INPUTS, SAMPLES, RUNTIME, TOLERANCE, LAYERS), _run_settings)
+"""A run whose files may also be judged layer by layer (export, compare): RUN and --layers."""
 FEED = OptionGroup("feed", (INPUTS,), _run_settings)
 """What feeds the model alone (explain): no runtime, no tolerance of its own."""
 RUNTIME_PLUGINS = OptionGroup("runtime plug-ins", (Part(_runtime_plugins_only, opt.runtime_option_parameters),),

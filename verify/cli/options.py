@@ -376,6 +376,10 @@ JunitOut = Annotated[Path | None, typer.Option("--junit", callback=check_output_
 MarkdownOut = Annotated[Path | None, typer.Option("--markdown", callback=check_output_file,
                                                   help="Write a Markdown summary here")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="One table row per output, not per pair")]
+Layers = Annotated[bool, typer.Option(
+    "--layers", help="Also judge every layer of each file (ONNX, .pt2, TorchScript) on its own: each re-run alone on "
+                     "the torch model's float64 inputs, judged on its own float32 floor; a layer that differs on its "
+                     "own fails, however small its effect on the outputs (costs about one more run per file)")]
 OutFolder = Annotated[Path, typer.Option(callback=check_output_folder,
                                          help="Folder for the artifacts (one subfolder backbone-norm-view)")]
 Overwrite = Annotated[bool, typer.Option(
@@ -424,6 +428,11 @@ def input_part(weights: Weights = "synthetic", seed: Seed = 0, shape: Shape = No
 def samples_part(samples: Samples = None) -> dict[str, Any]:
     """How many seeded inputs a verdict is judged on (commands that judge; explain takes one input)."""
     return {"samples": samples}
+
+
+def layers_part(layers: Layers = False) -> dict[str, Any]:
+    """The layer verdict (export, compare: a torch model and its files)."""
+    return {"layers": layers}
 
 
 def runtime_part(device: DeviceOption = Device.cpu, tf32: Tf32 = None, precision: PrecisionOption = Precision.fp32,

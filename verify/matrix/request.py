@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporter.errors import UsageError
 from exporter.spec import ModelSpec
 from verify.matrix.detectors import (
     DEFAULT_DETECTOR_SHAPE,
@@ -72,6 +73,9 @@ class MatrixRequest:
         from verify.pipeline.stages import export_for
 
         settings = settings or RunSettings()
+        if settings.layers:  # a stored cell's layers would be read back, not re-judged: each export judges its own
+            raise UsageError("The matrix does not run the layer verdict (--layers): run verify export --layers (or "
+                             "verify compare MODEL FILE --layers) on the cells you want judged layer by layer")
         export = export or export_for(runtimes, settings.runtime.device)
         shape = tuple(detector_shape or DEFAULT_DETECTOR_SHAPE)
         cells = tuple(detector_cells(detectors, chosen[1], explicit=bool(norms)))

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from verify.inputs import NamedInput
     from verify.judge.compare import PairResult, Tolerance
     from verify.judge.file_floor import FileFloors
+    from verify.judge.layers import Isolation
     from verify.judge.oracle import NoiseFloor, Oracle
     from verify.judge.trust import RepeatCheck
     from verify.pipeline.overlap import ArtifactsInFlight, BackgroundExport
@@ -785,19 +786,39 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     floors, judged = pooled_judge_stage(runs, oracles, settings.tolerance, memo)
     first = oracles[0]
     report.floors, report.floor_source = floors, pooled_source(first.oracle.source, len(oracles))
+    layer_notes: list[str] = []
+    if settings.layers:
+        report.layers, layer_notes = layers_stage(build, [artifacts[fmt] for fmt in export.formats
+                                                          if fmt != eager.format], settings, progress)
     files, unchecked = file_floor_stage(request, plan, build, runs, artifacts, progress,
                                         [o.oracle.outputs for o in oracles])
     agree = all(pair.passed for pairs in judged for pair in pairs)  # guard 3 guards a pass (a failure stands)
     report.problems, report.trust = trust_problems(runs, oracles, build, settings, files, unchecked, agree)
+    if settings.layers and not report.layers:
+        from verify.judge.layers import NO_LAYER_VERDICT
+
+        report.problems.append(NO_LAYER_VERDICT)
     report.pairs = worst_over_inputs(judged, build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) \
-        + ([NO_FILE_FLOOR] if unchecked is None else []) + [
+        + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + [
         f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
         f"{'x'.join(map(str, a.meta.input_shape))} input; export at the largest size you deploy"
         for a in artifacts.values() if a.path is not None and (bounds := a.meta.bounded_axes())]
     for thread in stores:  # the files stay where the stores read them until the outcome is returned
         thread.join()
     return CellOutcome(report, build, artifacts, feeds[0], first, statuses)
+
+
+def layers_stage(build: BuildResult, files: Sequence[Artifact], settings: RunSettings, progress: Progress
+                 ) -> tuple[list[Isolation], list[str]]:
+    """The layer verdict (`--layers`, verify/explain/isolate.py layer_checks): every layer of each exported file
+    re-run alone on the model's float64 values for its inputs (the first input), judged on its own floor. Each file
+    is named as in the folder (not by the staging folder it was run from)."""
+    from verify.explain.isolate import isolation_factor, layer_checks
+
+    with progress.step("Re-running every layer of the exported files on the model's float64 inputs"):
+        return layer_checks(build.eager, [(f, f.path.name if f.path is not None else f.label) for f in files],
+                            build.named[0].array, isolation_factor(settings))
 
 
 def file_floor_stage(request: CellRequest, plan: CellPlan, build: BuildResult, runs: Sequence[RunResult],
