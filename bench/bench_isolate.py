@@ -1,8 +1,8 @@
 """How often the isolated per-layer error names a seeded one-layer bug first.
 
-    python bench/bench_isolate.py [--per-stage 3] [--seeds 0 1] [--shape 1x3x64x64] [--error 1e-3]
+    python bench/bench_isolate.py [--per-stage 3] [--seeds 0 1] [--shape 1x3x64x64] [--error 1e-3] [--models ...]
 
-For resnet18 and mobilenet_v3_small: exports .pt2 and dynamo ONNX once, then for `per-stage` random convs
+For resnet18 and mobilenet_v3_small (or --models): exports .pt2 and dynamo ONNX once, then for `per-stage` random convs
 of every stage and each seed scales one random output channel of the conv's weight by 1 + error (in the
 ONNX file's initializer, and in the loaded ExportedProgram's parameter) and checks that `isolate_sides`
 names that conv first. Prints the share, every miss, the clean exports' worst own ratio and the seeded
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--shape", default="1x3x64x64")
     parser.add_argument("--error", type=float, default=1e-3)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help="model specs (backbone:norm:view)")
     args = parser.parse_args()
     import tests.test_isolate as seeded
 
@@ -67,7 +68,7 @@ def main() -> None:
     shape = tuple(parse_shape(args.shape))
     total_hits = total = 0
     with tempfile.TemporaryDirectory(prefix="bench-isolate-") as root:
-        for text in MODELS:
+        for text in args.models:
             folder = Path(root) / text.split(":")[0]
             folder.mkdir()
             case = export(text, shape, folder)

@@ -34,6 +34,7 @@ import time
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,19 +115,39 @@ def references(built: BuiltModel, shape, inputs: dict[str, np.ndarray]) -> tuple
     return clean, [o.outputs for o in oracles], pooled_floors([o.noise for o in oracles])
 
 
+def layer_ratio(reference: Any, candidate: Any, x: np.ndarray) -> float:
+    """The layer verdict's figure (`--layers`, verify/explain/isolate.py): the worst layer's own ratio, each layer of
+    `candidate` re-run alone on the reference's float64 inputs for it (inf where no layer was re-run: a verdict not
+    reached fails)."""
+    from verify.explain.isolate import isolate_sides
+
+    result, _, _ = isolate_sides(reference, candidate, x, AUTO_FACTOR)
+    return result.layers[0].ratio if result.layers and not result.unrunnable else math.inf
+
+
 def correct_runs(built: BuiltModel, shape, inputs: dict[str, np.ndarray], exporters, levels,
-                 folder: Path) -> dict[str, dict]:
-    """Every run against the oracle and every pair of runs: the worst input's ratio to the pooled floor."""
+                 folder: Path, layers: dict[str, float] | None = None) -> dict[str, dict]:
+    """Every run against the oracle and every pair of runs: the worst input's ratio to the pooled floor. With
+    `layers`, each exported file's layer verdict figure (on the first input, as verify judges it) goes there."""
+    from verify.explain.equivalence import load_sides
+
     eager = eager_artifact(built, shape)
     example = torch.from_numpy(next(iter(inputs.values())))
     _, fp64, floors = references(built, shape, inputs)
     runtimes = [("eager", make_runtime("eager").load(eager))]
+
+    def judge_layers(label: str, artifact: Any) -> None:
+        if layers is not None:
+            layers[label] = layer_ratio(*load_sides(eager, artifact), example.numpy())
+
     for fmt, runtime in (("torchscript", "torchscript"), ("pt2", "exported")):
-        runtimes.append((runtime, make_runtime(runtime).load(
-            export_model(built, eager.meta, example, folder, ExportOptions(), fmt))))
+        artifact = export_model(built, eager.meta, example, folder, ExportOptions(), fmt)
+        runtimes.append((runtime, make_runtime(runtime).load(artifact)))
+        judge_layers(fmt, artifact)
     for exporter in exporters:
         options = ExportOptions(format_options=(OnnxOptions(exporter=exporter),))
         onnx = export_model(built, eager.meta, example, folder, options, "onnx")
+        judge_layers(f"onnx-{exporter}", onnx)
         for level in levels:
             at_level = RuntimeOptions().replacing(OnnxRuntime, opt_level=level)
             runtimes.append((f"ort-{exporter}-{level}", make_runtime("onnxruntime", at_level).load(onnx)))
@@ -258,9 +279,13 @@ def pick_bugs(model: torch.nn.Module, picks_per_stage: int, rng: np.random.Gener
 
 
 def bug_ratios(built: BuiltModel, shape, inputs: dict[str, np.ndarray], picks_per_stage: int, seed: int,
-               other: bool) -> list[dict]:
-    """Each bug's worst input against the oracle and against the clean run (pooled floors); the smaller."""
+               other: bool, layers: bool = False) -> list[dict]:
+    """Each bug's worst input against the oracle and against the clean run (pooled floors); the smaller. With
+    `layers`, also the layer verdict's figure: the broken model's layers re-run on the clean one's float64 inputs."""
+    from verify.explain.equivalence import load_side
+
     clean, fp64, floors = references(built, shape, inputs)
+    reference = load_side(eager_artifact(built, shape)) if layers else None  # a clean copy, taken before any bug
     labels, rows = list(inputs), []
     known = [("0.1% known weak", ("weight", name, channel))
              for name, channel in KNOWN_WEAK.get(built.spec.backbone, ())]
@@ -270,6 +295,7 @@ def bug_ratios(built: BuiltModel, shape, inputs: dict[str, np.ndarray], picks_pe
             runtime = make_runtime("eager").load(eager)
             outs = [runtime.run({"input": x}) for x in inputs.values()]
             exact = _float64_runs(eager, inputs)
+            own = layer_ratio(reference, load_side(eager), next(iter(inputs.values()))) if layers else None
         invisible = all(np.array_equal(out[k], ref[k]) for out, ref in zip(outs, clean) for k in ref)
         vs_oracle = worst_input([ratios(out, ref, floors) for out, ref in zip(outs, fp64)], labels)
         vs_clean = worst_input([ratios(out, ref, floors) for out, ref in zip(outs, clean)], labels)
@@ -278,6 +304,8 @@ def bug_ratios(built: BuiltModel, shape, inputs: dict[str, np.ndarray], picks_pe
         for stat in STATS:
             row[stat] = min(vs_oracle[stat], vs_clean[stat])
         row["vs_oracle"], row["vs_clean"] = vs_oracle["channel_max"], vs_clean["channel_max"]
+        if own is not None:
+            row["layers"] = own
         if exact is not None:  # the bug's own size: the broken model against the clean one, both in float64
             row["exact"] = worst_input([ratios(out, ref, floors) for out, ref in zip(exact, fp64)], labels)[
                 "channel_max"]
@@ -313,6 +341,8 @@ def main() -> None:
     parser.add_argument("--no-correct", action="store_true", help="skip the correct runs")
     parser.add_argument("--no-bugs", action="store_true", help="skip the bugs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", action="store_true",
+                        help="also the layer verdict (verify --layers): each file's, and each bug's, worst layer")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="resnet18, frozen+fused, 112 px, 1 pick a stage")
     parser.add_argument("--log", type=Path, help="also write every printed line here")
@@ -325,7 +355,8 @@ def main() -> None:
         say(f"# {' '.join(sys.argv)}")
         runs = [json.loads(path.read_text()) for path in args.from_json]
         summarise({"correct": {k: v for r in runs for k, v in r["correct"].items()},
-                   "bugs": [b for r in runs for b in r["bugs"]]}, say)
+                   "bugs": [b for r in runs for b in r["bugs"]],
+                   "layers": {k: v for r in runs for k, v in r.get("layers", {}).items()}}, say)
         return
     if args.quick:
         args.backbones, args.norms, args.shape, args.picks_per_stage = ["resnet18"], ["frozen", "fused"], \
@@ -341,7 +372,7 @@ def main() -> None:
     say(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; input {'x'.join(map(str, shape))}; "
         f"channel floor share {CHANNEL_FLOOR_SHARE}, min channel elements {MIN_CHANNEL_ELEMENTS}; "
         f"{len(inputs)} inputs ({', '.join(inputs)}), floors pooled, worst input judged")
-    results: dict = {"correct": {}, "bugs": []}
+    results: dict = {"correct": {}, "bugs": [], "layers": {}}
     start_all = time.perf_counter()
     if not args.no_correct:
         with tempfile.TemporaryDirectory() as tmp:
@@ -354,9 +385,13 @@ def main() -> None:
                         start = time.perf_counter()
                         exporters = [e for e in args.exporters
                                      if e != "dynamo" or norm == "frozen" or args.dynamo_everywhere]
+                        files = {} if args.layers else None
                         table = correct_runs(build_model(spec, weights), shape, inputs, exporters,
-                                             args.ort_levels, Path(tmp))
+                                             args.ort_levels, Path(tmp), files)
                         results["correct"][str(spec)] = table
+                        if files is not None:
+                            results["layers"][str(spec)] = files
+                            say("#   layers: " + ", ".join(f"{k} {v:.2f}" for k, v in files.items()))
                         worst = max(table, key=lambda k: table[k]["channel_max"])
                         stat = "  ".join(f"{s} {max(r[s] for r in table.values()):5.2f}" for s in STATS)
                         say(f"{str(spec):30s} {stat}   worst {worst} at {table[worst]['where']}  "
@@ -366,13 +401,14 @@ def main() -> None:
     for backbone in [] if args.no_bugs else backbones:
         spec = ModelSpec(backbone, args.bug_norm, "body")
         rows = bug_ratios(build_model(spec, load_weights("synthetic", backbone)), shape, inputs,
-                          args.picks_per_stage, args.seed, not args.no_other_bugs)
+                          args.picks_per_stage, args.seed, not args.no_other_bugs, args.layers)
         for row in rows:
             row["spec"] = str(spec)
             results["bugs"].append(row)
             stat = "  ".join(f"{s} {row[s]:8.1f}" for s in STATS)
             say(f"bug {str(spec):24s} {row['bug']:28s} {row['where']:30s} {stat}  at {row['seen']}"
-                f"{'  INVISIBLE (output unchanged)' if row['invisible'] else ''}")
+                + (f"  layers {row['layers']:8.1f}" if "layers" in row else "")
+                + f"{'  INVISIBLE (output unchanged)' if row['invisible'] else ''}")
         save(args.json, results)
     summarise(results, say)
     say(f"# total {time.perf_counter() - start_all:.0f}s")
@@ -406,11 +442,34 @@ def summarise(results: dict, say: Callable[[str], None]) -> None:
             f"{' (' + weakest['spec'] + ' ' + weakest['where'] + ')' if weakest else ''}  separation {separation:.2f}"
             f"  geometric mean {factor:.2f}")
     _summed(results, visible, say)
+    _with_layers(results, say)
     stat = "channel_max"
     missed = [r for r in visible if r[stat] <= AUTO_FACTOR]
     false_fails = sum(r[stat] > AUTO_FACTOR for table in results["correct"].values() for r in table.values())
     say(f"at AUTO_FACTOR {AUTO_FACTOR:g}: {len(missed)} of {len(visible)} visible bugs missed, "
         f"{false_fails} correct runs or pairs over it")
+
+
+def _with_layers(results: dict, say: Callable[[str], None]) -> None:
+    """The verdict with --layers: a file fails when a pair's output or one of its layers is beyond AUTO_FACTOR x its
+    floor, so a correct export's figure is the larger of its worst output ratio and its files' worst layer ratio,
+    and a bug's is the larger of its output ratio and its worst layer ratio. Bugs include the invisible ones (an
+    output unchanged bit for bit hides nothing from its layer)."""
+    files = [v for table in results.get("layers", {}).values() for v in table.values()]
+    armed = [r for r in results["bugs"] if "layers" in r]
+    if not files or not armed:
+        return
+    outputs = [r["channel_max"] for spec in results.get("layers", {}) for r in results["correct"][spec].values()]
+    say(f"layers: {len(files)} correct files, worst own ratio " + "  ".join(
+        f"p{q:g} {np.percentile(files, q):.2f}" for q in PERCENTILES) + f"  max {max(files):.2f}; "
+        f"{len(armed)} bugs, least worst-layer ratio {min(r['layers'] for r in armed):.2f}x")
+    correct = max([*files, *outputs])
+    seen = sorted((max(r["channel_max"], r["layers"]), r["spec"], r["where"], r["bug"]) for r in armed)
+    say(f"with --layers (output or layer): largest correct {correct:.2f}x, least bug {seen[0][0]:.2f}x "
+        f"({seen[0][1]} {seen[0][2]}, {seen[0][3]}), separation {seen[0][0] / correct:.2f}; least five "
+        + ", ".join(f"{v:.2f}" for v, *_ in seen[:5]))
+    say(f"with --layers at AUTO_FACTOR {AUTO_FACTOR:g}: {sum(v <= AUTO_FACTOR for v, *_ in seen)} of {len(seen)} "
+        f"bugs missed, {sum(v > AUTO_FACTOR for v in [*files, *outputs])} correct files, runs or pairs over it")
 
 
 PAIR_FLOORS = 2.0
