@@ -154,3 +154,19 @@ def test_a_workers_layer_checks_are_judged_again_on_this_processs_factor():
     empty = rejudged_layers(Report("export", {}, {}), RunSettings(layers=True))
     assert empty.problems == [NO_LAYER_VERDICT]
     assert rejudged_layers(Report("export", {}, {}), RunSettings()).problems == []
+
+
+def test_the_pytest_plugin_judges_layers_when_asked(tmp_path, quietly_buggy_onnx_exporter):
+    """`assert_exports_agree(..., layers=True)` fails on the quiet error the outputs pass, naming the layer."""
+    from exporter.backbones import build_model
+    from exporter.spec import ModelSpec
+    from exporter.weights import load_weights
+    from verify.pytest_plugin import assert_exports_agree
+
+    module = build_model(ModelSpec(SMALL, "frozen", "body"), load_weights("synthetic", SMALL)).model
+    example = torch.randn(SMALL_SHAPE, generator=torch.Generator().manual_seed(0))
+    report = assert_exports_agree(module, example, out=tmp_path / "plain", formats=["onnx"])
+    assert report.passed and not report.layers
+    with pytest.raises(AssertionError) as failed:
+        assert_exports_agree(module, example, out=tmp_path / "layers", formats=["onnx"], layers=True)
+    assert LAYER in str(failed.value) and "differ on their own" in str(failed.value)

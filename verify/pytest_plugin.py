@@ -37,11 +37,13 @@ TABLE_WIDTH = 120
 def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats: Sequence[str] | None = None,
                          runtimes: Sequence[str] | None = None, tolerance: Tolerance | None = None,
                          trace: bool = False, onnx_exporter: str = "dynamo", opset: int = 18, dynamic: bool = True,
-                         device: str = "cpu", name: str | None = None) -> Report:
+                         device: str = "cpu", name: str | None = None, layers: bool = False) -> Report:
     """Export `module` (default formats: those `verify export` writes), run every runtime on `example` (one
     float NCHW tensor, used as the input), judge every pair and each run against the float64 oracle, and
     raise AssertionError with the table and notes if any pair disagrees. Returns the Report.
 
+    `layers`: also the layer verdict (`verify export --layers`): every layer of each file re-run alone on the module's
+    float64 values and judged on its own floor.
     `tolerance`: `verify.judge.compare.Tolerance()` (auto, the default) or e.g. `Tolerance.from_options(rtol=1e-5,
     atol=1e-6)`; a model that cannot run in float64 needs an explicit one. `trace`: TorchScript by tracing.
     Artifacts go to `out/<name>/` (the manifest and goldens with them), the report to `out/<name>-report.json`.
@@ -54,16 +56,17 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
 
     spec, failure = None, None
     try:  # a bad option is one line too, never a traceback into this package
-        _check_arguments(out=out, formats=formats, runtimes=runtimes, trace=trace, dynamic=dynamic, name=name)
+        _check_arguments(out=out, formats=formats, runtimes=runtimes, trace=trace, dynamic=dynamic, name=name,
+                         layers=layers)
         out, spec = Path(out), ModuleSpec.of(_copy(module), example, name)
         settings, options = _prepare(spec, example, out, formats, runtimes, tolerance, trace, onnx_exporter, opset,
-                                     dynamic, device)
+                                     dynamic, device, layers)
         report = verify_export(spec, settings, out=out, export=options, runtimes=runtimes)
     except VerifyError as exc:
         failure = failure_line(spec if spec is not None else ModuleSpec.of(module, example), exc)
     if failure is not None:  # outside the except: no chained traceback into this package
         pytest.fail(failure, pytrace=False)
-    if not report.passed and not report.problems:  # a file differs: name the layers that differ on their own
+    if not report.passed and not report.problems and not layers:  # a file differs: name its culprits
         _name_culprits(report, spec, settings, example)
     report_path = out / f"{spec.slug}-report.json"
     write_json_report(report.to_dict(), report_path)
@@ -74,7 +77,7 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
 
 def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, runtimes: Sequence[str] | None,
              tolerance: Any, trace: bool, onnx_exporter: str, opset: int, dynamic: bool,
-             device: str) -> tuple[Any, Any]:
+             device: str, layers: bool = False) -> tuple[Any, Any]:
     """The run settings and export options of one call, every argument checked (UsageError) before any work; the
     example is saved under `out` as the run's input."""
     import numpy as np
@@ -102,7 +105,7 @@ def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, 
                          f"atol=1e-6); got {type(tolerance).__name__} {tolerance!r}")
     input_file = out / f"{spec.slug}-input.npy"
     settings = RunSettings(input_file=input_file, tolerance=tolerance or Tolerance(),
-                           runtime=RuntimeOptions(device=device))
+                           runtime=RuntimeOptions(device=device), layers=layers)
     # no formats: what `verify export` exports, or with runtimes what they run (as `verify export --runtime` does)
     chosen = tuple(formats) if formats else tuple(formats_run_by(runtimes)) if runtimes else default_formats()
     options = ExportOptions(formats=chosen, dynamic=dynamic, format_options=(
@@ -130,7 +133,8 @@ def _copy(module: Any) -> Any:
                          ) from None
 
 
-def _check_arguments(out: Any, formats: Any, runtimes: Any, trace: Any, dynamic: Any, name: Any) -> None:
+def _check_arguments(out: Any, formats: Any, runtimes: Any, trace: Any, dynamic: Any, name: Any,
+                     layers: Any = False) -> None:
     """The arguments whose type no later check reads (UsageError): `trace="no"` is truthy, so it traced, and
     `formats=[]` exported every default format; each is refused instead of taken for something else."""
     import os
@@ -139,7 +143,7 @@ def _check_arguments(out: Any, formats: Any, runtimes: Any, trace: Any, dynamic:
 
     if not isinstance(out, (str, os.PathLike)) or not str(out):
         raise UsageError(f"out must be a folder path (str or pathlib.Path); got {type(out).__name__} {out!r}")
-    for option, value in (("trace", trace), ("dynamic", dynamic)):
+    for option, value in (("trace", trace), ("dynamic", dynamic), ("layers", layers)):
         if not isinstance(value, bool):
             raise UsageError(f"{option} must be True or False; got {type(value).__name__} {value!r}")
     if name is not None and (not isinstance(name, str) or not name.strip()):

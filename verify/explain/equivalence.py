@@ -174,9 +174,9 @@ def _line_up(sides: list[Side]) -> None:
             len({canonical_name(name, prefix) for name in names} & theirs), prefix == ""))
 
 
-def load_sides(a: Artifact, b: Artifact) -> list[Side]:
-    """Both sides loaded and their module names lined up."""
-    sides = [load_side(a), load_side(b)]
+def load_sides(a: Artifact, b: Artifact, loaded_a: Side | None = None) -> list[Side]:
+    """Both sides loaded and their module names lined up (`loaded_a`: A's side, already loaded for another pair)."""
+    sides = [loaded_a or load_side(a), load_side(b)]
     _line_up(sides)
     return sides
 
