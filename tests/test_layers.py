@@ -170,3 +170,18 @@ def test_the_pytest_plugin_judges_layers_when_asked(tmp_path, quietly_buggy_onnx
     with pytest.raises(AssertionError) as failed:
         assert_exports_agree(module, example, out=tmp_path / "layers", formats=["onnx"], layers=True)
     assert LAYER in str(failed.value) and "differ on their own" in str(failed.value)
+
+
+def test_a_norm_the_legacy_exporter_folds_into_its_conv_is_judged_with_it(tmp_path):
+    """The legacy ONNX exporter folds an eval-mode BatchNorm into the Conv before it and names the node after the
+    conv, leaving no node under the norm. Before: the folded conv was judged against the conv's unfolded output (and
+    the ReLU after it on the conv's value): a correct file at 1e7x its floor. Now the node stands for the norm's
+    output, computed with the conv."""
+    code, report, _ = report_of(tmp_path, "export", "-b", SMALL, "--norm", "batch", "--shape", SHAPE, "--samples", "1",
+                                "--format", "onnx", "--onnx-exporter", "torchscript", "--layers", "--no-cache",
+                                "--out", tmp_path / "out")
+    assert code == 0 and report["passed"]
+    (check,) = report["layers"]
+    assert check["passed"] and max(layer["ratio"] for layer in check["layers"]) <= AUTO_FACTOR
+    folded = {layer["module"]: layer["fused_with"] for layer in check["layers"]}
+    assert folded["conv1"] == ["bn1"] and folded[LAYER] == [LAYER.replace("conv", "bn")]

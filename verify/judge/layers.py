@@ -46,6 +46,9 @@ class Isolation:
     unrunnable: list[str] = field(default_factory=list)
     """Layers that could not run on the reference's values for their inputs (another model's shapes, or a piece
     its runtime refused)."""
+    outside: list[str] = field(default_factory=list)
+    """The op types of the file's ops in no layer (functional ops between modules, nodes with no module scope): not
+    re-run, so only the outputs' verdict judges them (ONNX and .pt2; a TorchScript file's are not counted)."""
     note: str = ""
 
     @property
@@ -65,12 +68,12 @@ class Isolation:
     def from_dict(cls, data: dict[str, Any]) -> Isolation:
         return cls(data["reference"], data["candidate"], data["factor"],
                    [LayerError(**layer) for layer in data.get("layers", [])], list(data.get("skipped", [])),
-                   list(data.get("unrunnable", [])), data.get("note", ""))
+                   list(data.get("unrunnable", [])), list(data.get("outside", [])), data.get("note", ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "candidate": self.candidate, "factor": self.factor,
                 "named": [layer.module for layer in self.named], "layers": [x.to_dict() for x in self.layers],
-                "skipped": self.skipped, "unrunnable": self.unrunnable, "note": self.note}
+                "skipped": self.skipped, "unrunnable": self.unrunnable, "outside": self.outside, "note": self.note}
 
 
 def verdict_line(result: Isolation) -> str:
@@ -80,7 +83,8 @@ def verdict_line(result: Isolation) -> str:
                 f"({result.note or 'no layer maps back to a module'}), so its layers were not judged")
     if result.passed:
         return (f"every one of {len(result.layers)} layers of {result.candidate} is within {result.factor:g}x its own "
-                f"float32 floor on {result.reference}'s inputs{skipped_text(result)}")
+                f"float32 floor on {result.reference}'s values for the first input (the other inputs' verdict is the "
+                f"outputs'){skipped_text(result)}{outside_text(result)}")
     return culprit_note(result)
 
 
@@ -96,6 +100,9 @@ def culprit_note(result: Isolation) -> str:
     if not named and result.skipped:  # the layers left out may be where it comes from: no claim that it builds up
         return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} re-run is within "
                 f"{result.factor:g}x its own float32 floor{skipped_text(result)}")
+    if not named and result.outside:  # the ops in no layer may be where it comes from: no claim that it builds up
+        return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} re-run is within "
+                f"{result.factor:g}x its own float32 floor{outside_text(result)}")
     if not named:
         return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} is within "
                 f"{result.factor:g}x its own float32 floor; the difference builds up across layers")
@@ -116,7 +123,18 @@ def skipped_text(result: Isolation) -> str:
     names = list(dict.fromkeys(result.skipped))
     more = " ..." if len(names) > CULPRITS_NOTED else ""
     return (f"; {len(names)} not re-run ({', '.join(names[:CULPRITS_NOTED])}{more}): their inputs do not map back to "
-            f"{result.reference}'s values, so the difference may come from them")
+            f"{result.reference}'s values (or, in TorchScript, their own ops are in no leaf module), so the difference "
+            "may come from them")
+
+
+def outside_text(result: Isolation) -> str:
+    """The verdict's clause on the ops in no layer ('' when every op is in one): the layer verdict did not see them."""
+    if not result.outside:
+        return ""
+    kinds = sorted(set(result.outside))
+    more = " ..." if len(kinds) > CULPRITS_NOTED else ""
+    return (f"; {len(result.outside)} ops outside every layer ({', '.join(kinds[:CULPRITS_NOTED])}{more}) were not "
+            "re-run: only the outputs' verdict judges them")
 
 
 def unrunnable_text(result: Isolation) -> str:
@@ -156,6 +174,9 @@ def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> Non
     if result.skipped:
         names = list(dict.fromkeys(result.skipped))
         console.print(f"[yellow]{len(names)} layers were not re-run (their inputs do not map back to "
-                      f"{escape(result.reference)}'s values): {escape(', '.join(names[:limit]))}[/]")
+                      f"{escape(result.reference)}'s values, or their own ops are in no leaf module): "
+                      f"{escape(', '.join(names[:limit]))}[/]")
+    if result.outside:
+        console.print(f"[yellow]{escape(outside_text(result).removeprefix('; '))}[/]")
     if result.note:
         console.print(f"[yellow]{escape(result.note)}[/]")
