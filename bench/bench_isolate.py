@@ -33,7 +33,7 @@ def export(text: str, shape: tuple[int, ...], folder: Path) -> dict:
     from exporter.formats.eager import eager_artifact
     from exporter.spec import ModelSpec
     from exporter.weights import load_weights
-    from verify.explain.equivalence import load_side
+    from verify.explain.sides import load_side
     from verify.inputs import make_input
 
     spec = ModelSpec.parse(text)
@@ -52,8 +52,8 @@ def main() -> None:
 
     from exporter.spec import parse_shape
     from tests.test_isolate import mutated_onnx, mutated_parameter, picks
-    from verify.explain.equivalence import load_side
-    from verify.explain.isolate import isolate_sides
+    from verify.explain.rerun import isolate_sides
+    from verify.explain.sides import load_side
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-stage", type=int, default=3)

@@ -116,10 +116,10 @@ def references(built: BuiltModel, shape, inputs: dict[str, np.ndarray]) -> tuple
 
 
 def layer_ratio(reference: Any, candidate: Any, x: np.ndarray) -> float:
-    """The layer verdict's figure (`--layers`, verify/explain/isolate.py): the worst layer's own ratio, each layer of
+    """The layer verdict's figure (`--layers`, verify/explain/rerun.py): the worst layer's own ratio, each layer of
     `candidate` re-run alone on the reference's float64 inputs for it (inf where no layer was re-run: a verdict not
     reached fails)."""
-    from verify.explain.isolate import isolate_sides
+    from verify.explain.rerun import isolate_sides
 
     result, _, _ = isolate_sides(reference, candidate, x, AUTO_FACTOR)
     return result.layers[0].ratio if result.layers and not result.unrunnable else math.inf
@@ -129,7 +129,7 @@ def correct_runs(built: BuiltModel, shape, inputs: dict[str, np.ndarray], export
                  folder: Path, layers: dict[str, float] | None = None) -> dict[str, dict]:
     """Every run against the oracle and every pair of runs: the worst input's ratio to the pooled floor. With
     `layers`, each exported file's layer verdict figure (on the first input, as verify judges it) goes there."""
-    from verify.explain.equivalence import load_sides
+    from verify.explain.sides import load_sides
 
     eager = eager_artifact(built, shape)
     example = torch.from_numpy(next(iter(inputs.values())))
@@ -282,7 +282,7 @@ def bug_ratios(built: BuiltModel, shape, inputs: dict[str, np.ndarray], picks_pe
                other: bool, layers: bool = False) -> list[dict]:
     """Each bug's worst input against the oracle and against the clean run (pooled floors); the smaller. With
     `layers`, also the layer verdict's figure: the broken model's layers re-run on the clean one's float64 inputs."""
-    from verify.explain.equivalence import load_side
+    from verify.explain.sides import load_side
 
     clean, fp64, floors = references(built, shape, inputs)
     reference = load_side(eager_artifact(built, shape)) if layers else None  # a clean copy, taken before any bug

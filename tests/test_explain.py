@@ -230,7 +230,7 @@ def test_a_file_side_takes_the_view_prefix_that_lines_it_up():
     """A saved FPN backbone names its modules `body.layer1...`, the eager side's are canonical
     (`layer1...`): the file side takes the prefix under which the two line up, and no other."""
     from exporter.artifacts import Artifact, ArtifactMeta
-    from verify.explain.equivalence import _line_up
+    from verify.explain.sides import line_up
 
     model = built(SMALL_SPEC)
     wrapper = torch.nn.Module()
@@ -238,7 +238,7 @@ def test_a_file_side_takes_the_view_prefix_that_lines_it_up():
     eager = Side(eager_artifact(model, SHAPE), model.model, model.model, model.view.prefix)
     for module, expected in ((wrapper, "body."), (model.model, "")):
         saved = Side(Artifact("torchscript", ArtifactMeta(), path=Path("model.pt")), module, module)
-        _line_up([saved, eager])
+        line_up([saved, eager])
         assert saved.prefix == expected and eager.prefix == model.view.prefix
 
 def test_two_onnx_files_one_with_a_perturbed_conv(files, tmp_path):

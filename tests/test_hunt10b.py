@@ -14,9 +14,10 @@ from onnx import numpy_helper
 from rich.console import Console
 
 from tests.helpers import invoke
-from verify.explain.isolate import Isolation, LayerError, culprit_note, render_isolation
 from verify.explain.localize import EQUIVALENCE_RTOL
 from verify.judge.compare import AUTO_FACTOR
+from verify.judge.layers import Isolation, LayerError, culprit_note
+from verify.render.layers import render_isolation
 
 SHAPE = "1x3x16x16"
 
@@ -422,8 +423,8 @@ def test_reduce_with_a_low_factor_writes_no_rounding_piece(models, tmp_path):
 def test_reduce_check_never_judges_below_the_auto_factor(models, tmp_path):
     """Before: `check_piece(piece, factor=1)` of a piece 2x its floor from its reference said `reproduces`. Now a
     factor below AUTO_FACTOR is raised to it."""
-    from verify.explain.isolate import run_onnx_piece
     from verify.explain.reduce import FLOOR_KEY, REFERENCE_KEY, check_piece, data_path
+    from verify.explain.rerun import run_onnx_piece
 
     folder = export_onnx(models, tmp_path, "shared")
     bad = tmp_path / "bad.onnx"

@@ -1,4 +1,4 @@
-"""Hunt 14a: the layer verdict (`--layers`, verify/explain/isolate.py, verify/judge/layers.py) on correct files and
+"""Hunt 14a: the layer verdict (`--layers`, verify/explain/rerun.py, verify/judge/layers.py) on correct files and
 on files that differ."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from verify.explain.isolate import Reference, Unit, judge
+from verify.explain.rerun import Reference, Unit, judge
 from verify.judge.compare import AUTO_FACTOR
 
 SEEDS = range(40)
@@ -109,7 +109,7 @@ def test_a_scope_that_is_no_module_of_the_model_is_not_a_layer_not_rerun():
     re-run: their inputs do not map back`, a layer the model does not have. After: its ops are outside every layer."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from verify.explain.isolate import onnx_units
+    from verify.explain.rerun import onnx_units
 
     hook = "_empty_nn_module_stack_from_metadata_hook"
     nodes = [scoped(helper.make_node("Conv", ["x", "w"], ["y"]), "conv"),
@@ -150,8 +150,8 @@ def test_a_torchscript_leaf_whose_output_is_no_tensor_is_named_not_rerun(tmp_pat
     re-run nor listed as skipped: the layer verdict passed saying `every one of 1 layers of model.pt is within 5x
     its own float32 floor`, while the ONNX and .pt2 files of the same model listed it `not re-run`. After: listed."""
     from verify.api import RunSettings, resolve_source
-    from verify.explain.equivalence import load_sides
-    from verify.explain.isolate import isolate_sides
+    from verify.explain.rerun import isolate_sides
+    from verify.explain.sides import load_sides
     from verify.inputs import seeded_input
 
     source = tmp_path / "attend.py"

@@ -10,16 +10,10 @@ from pathlib import Path
 
 from tests.conftest import SMALL, SMALL_SHAPE
 from tests.helpers import invoke
-from verify.explain.isolate import (
-    NO_LAYERS,
-    ORACLE_PAIR,
-    Isolation,
-    LayerError,
-    culprit_note,
-    failing_files,
-    name_culprits,
-)
+from verify.explain.isolate import ORACLE_PAIR, failing_files, name_culprits
+from verify.explain.rerun import NO_LAYERS
 from verify.judge.compare import AUTO_FACTOR, OutputComparison, PairResult
+from verify.judge.layers import Isolation, LayerError, culprit_note
 from verify.report import Report, RunRecord
 from verify.settings import RunSettings
 

@@ -19,9 +19,10 @@ from exporter.formats.eager import eager_artifact
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.cli.app import app
-from verify.explain.equivalence import load_side
-from verify.explain.isolate import isolate_report, isolate_sides
+from verify.explain.isolate import isolate_report
 from verify.explain.reduce import check_piece, reduce_sides
+from verify.explain.rerun import isolate_sides
+from verify.explain.sides import load_side
 from verify.inputs import make_input
 from verify.judge.compare import AUTO_FACTOR
 

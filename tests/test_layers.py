@@ -113,12 +113,8 @@ def test_layers_need_a_torch_model_on_one_side(default_export, tmp_path):
 def test_a_file_whose_layers_cannot_be_rerun_fails_the_layer_verdict(default_export, tmp_path):
     """An ONNX file whose nodes carry no module scope (renamed, their metadata dropped) has no layer that maps back
     to the model: the verdict asked for was not reached, never a pass."""
-    model = onnx.load(str(default_export / "model.onnx"))
-    for index, node in enumerate(model.graph.node):
-        node.name = f"n{index}"
-        del node.metadata_props[:]
     anonymous = tmp_path / "anonymous.onnx"
-    onnx.save(model, str(anonymous))
+    anonymous_onnx(default_export / "model.onnx", anonymous)
     code, report, output = report_of(tmp_path, "compare", anonymous, SPEC, "--shape", SHAPE, "--samples", "1",
                                      "--layers")
     assert code == 1 and all(pair["passed"] for pair in report["pairs"])
@@ -185,3 +181,143 @@ def test_a_norm_the_legacy_exporter_folds_into_its_conv_is_judged_with_it(tmp_pa
     assert check["passed"] and max(layer["ratio"] for layer in check["layers"]) <= AUTO_FACTOR
     folded = {layer["module"]: layer["fused_with"] for layer in check["layers"]}
     assert folded["conv1"] == ["bn1"] and folded[LAYER] == [LAYER.replace("conv", "bn")]
+
+
+# Review 14 (each defect confirmed by running it): what a user reads, and what a later check reads back, says what the
+# layer verdict found.
+
+DIFFER = "differ on their own"
+"""What the summary and the footer say of a file whose re-run layers were found to differ (verify/render/pairs.py,
+verify/report.py)."""
+
+
+def anonymous_onnx(source, out) -> None:
+    """The ONNX file with every node's module scope dropped: no layer maps back to the model."""
+    model = onnx.load(str(source))
+    for index, node in enumerate(model.graph.node):
+        node.name = f"n{index}"
+        del node.metadata_props[:]
+    onnx.save(model, str(out))
+
+
+def test_a_file_whose_layers_were_not_rerun_is_not_said_to_have_layers_that_differ(default_export, tmp_path):
+    """Before (measured): compare of resnet18's ONNX file with its module scopes dropped, `--layers`: exit 1 (right:
+    no layer verdict was reached), but the footer read "✗ the outputs agree, and 1 of 1 files have layers that differ
+    on their own (above)" and the Markdown summary "1 of 1 files have layers that differ on their own", while the
+    check's own line said "no layer was re-run ... so its layers were not judged". No layer was found to differ."""
+    anonymous = tmp_path / "anonymous.onnx"
+    anonymous_onnx(default_export / "model.onnx", anonymous)
+    markdown, report_path = tmp_path / "report.md", tmp_path / "report.json"
+    result = invoke("compare", anonymous, SPEC, "--shape", SHAPE, "--samples", "1", "--layers",
+                    "--markdown", markdown, "--json", report_path)
+    report = json.loads(report_path.read_text())
+    (check,) = report["layers"]
+    assert result.exit_code == 1 and not report["passed"], "a layer verdict not reached never passes"
+    assert not check["layers"] and not check["named"], "no layer was re-run, none was named"
+    assert DIFFER not in result.output, "the footer says layers differ where none was re-run"
+    assert DIFFER not in markdown.read_text(), "the summary says layers differ where none was re-run"
+
+
+@pytest.mark.usefixtures("quietly_buggy_onnx_exporter")
+def test_a_folder_whose_export_failed_its_layers_never_passes_verify_artifact(tmp_path):
+    """Before (measured): `verify export --layers` with the ONNX exporter writing LAYER's channel off by less than the
+    outputs' rounding exited 1 ("the outputs agree, and 1 of 3 files have layers that differ on their own"), yet the
+    folder was published with a manifest whose verdicts all passed (`passed: true`), and `verify artifact
+    --trust-unsigned-code` on it passed every check ("the export's 10 pairs agreed", all 22 checks passed).
+    DESIGN: a folder whose export disagreed never passes."""
+    out, report_path = tmp_path / "out", tmp_path / "report.json"
+    result = invoke("export", "-b", SMALL, "--shape", SHAPE, "--samples", "1", "--layers", "--out", out,
+                    "--json", report_path, "--no-cache")
+    report = json.loads(report_path.read_text())
+    assert result.exit_code == 1 and all(pair["passed"] for pair in report["pairs"]), "only the layers fail it"
+    assert any(check["named"] == [LAYER] for check in report["layers"])
+    folder = out / f"{SMALL}-frozen-body"
+    if folder.exists():  # a folder published from a failed export must say so, and verify artifact must fail it
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert not manifest["passed"], "the manifest of an export that failed --layers says it passed"
+        checked = invoke("artifact", folder, "--trust-unsigned-code")  # the files load: only the verdicts decide
+        assert checked.exit_code != 0, f"verify artifact passed a folder whose export failed:\n{checked.output}"
+
+
+CUSTOM_NAMES = '''
+import torch
+from torch import nn
+
+
+class Custom(nn.Module):
+    """A conv then a BatchNorm under names no registered family maps to each other."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.norm_a = nn.BatchNorm2d(8)
+        self.act = nn.ReLU()
+        self.conv_b = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.norm_a.weight.uniform_(0.5, 1.5)
+            self.norm_a.bias.uniform_(-0.2, 0.2)
+            self.norm_a.running_mean.uniform_(-0.5, 0.5)
+            self.norm_a.running_var.uniform_(0.5, 1.5)
+        self.eval()
+
+    def forward(self, x):
+        return self.conv_b(self.act(self.norm_a(self.conv_a(x))))
+
+
+def make():
+    return Custom()
+'''
+
+
+def test_a_norm_the_legacy_exporter_folds_is_judged_with_its_conv_whatever_their_names(tmp_path):
+    """Before (measured): a user's model (conv_a, norm_a, act, conv_b) exported by the legacy ONNX exporter, which
+    folds norm_a into conv_a: its outputs agree, and `--layers` failed the correct file, "2 of 3 layers of model.onnx
+    differ on their own: conv_a 4826600x its own floor (channel 4); act 3679882x" (exit 1). 0d06d61 fixed this for
+    the registered backbones' names (layer1.0.bn2 -> layer1.0.conv2) only."""
+    source = tmp_path / "custom.py"
+    source.write_text(CUSTOM_NAMES)
+    report_path = tmp_path / "report.json"
+    result = invoke("export", "--model", f"{source}:make", "--shape", "1x3x32x32", "--samples", "1", "--layers",
+                    "--format", "onnx", "--onnx-exporter", "torchscript", "--out", tmp_path / "out",
+                    "--json", report_path)
+    report = json.loads(report_path.read_text())
+    assert all(pair["passed"] for pair in report["pairs"]), "the outputs agree: the file is correct"
+    (check,) = report["layers"]
+    assert check["layers"] and not check["named"], f"a correct file's layers named: {check['named']}"
+    assert result.exit_code == 0 and check["passed"]
+
+
+@pytest.mark.usefixtures("quietly_buggy_onnx_exporter")
+def test_the_plugins_headline_names_the_layer_verdict_that_failed(tmp_path):
+    """Before (measured): `assert_exports_agree(..., formats=["onnx"], layers=True)` with LAYER's channel off below
+    the outputs' rounding failed (right) with the headline "exports of IntermediateLayerGetter could not be judged:
+    no pair was judged; artifacts in ...": its 3 pairs were judged and agree; what failed is the layer verdict."""
+    import torch
+
+    from exporter.backbones import build_model
+    from exporter.spec import ModelSpec
+    from exporter.weights import load_weights
+    from tests.conftest import SMALL_SHAPE
+    from verify.pytest_plugin import assert_exports_agree
+
+    module = build_model(ModelSpec(SMALL, "frozen", "body"), load_weights("synthetic", SMALL)).model
+    example = torch.randn(SMALL_SHAPE, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(AssertionError) as failed:
+        assert_exports_agree(module, example, out=tmp_path, formats=["onnx"], layers=True)
+    headline = str(failed.value).splitlines()[0]
+    assert "could not be judged" not in headline and "no pair was judged" not in headline, headline
+    assert LAYER in headline and DIFFER in headline, headline
+
+
+def test_a_torchscript_files_layer_verdict_says_which_ops_it_did_not_rerun(default_export, tmp_path):
+    """Before (measured): compare of the suite's resnet18 export with `--layers` said of model.onnx "8 ops outside
+    every layer (Add) were not re-run: only the outputs' verdict judges them" and of model.pt2 the same (add_.Tensor),
+    but of model.pt only "every one of 58 layers of model.pt is within 5x its own float32 floor": the same 8 residual
+    `add_` ops run in the blocks' own TorchScript forward, which no leaf re-run covers (`outside` was [])."""
+    report_path = tmp_path / "report.json"
+    result = invoke("compare", default_export / "model.pt", SPEC, "--shape", SHAPE, "--samples", "1", "--layers",
+                    "--json", report_path)
+    (check,) = json.loads(report_path.read_text())["layers"]
+    assert result.exit_code == 0 and check["passed"], "a correct file passes"
+    assert "add_" in check["outside"], f"the blocks' residual adds are not listed: {check['outside']}"
+    assert "outside every layer" in result.output

@@ -129,12 +129,14 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
                 outcome = finish_cell(request, plan, build, staging, None if sign_key is not None else cache,
                                       progress)
                 if outcome.report.problems:
-                    raise _NotJudged  # no folder claims a verdict that was never reached
+                    raise _NotJudged("the runs could not be judged")  # no folder claims a verdict never reached
+                if not all(check.passed for check in outcome.report.layers):
+                    raise _NotJudged("a file's layers failed the layer verdict (--layers), which its manifest "
+                                     "would not record")
                 write_artifact_folder(staging, build.built, outcome.artifacts, outcome.inputs, outcome.oracle.fp32,
                                       outcome.oracle.oracle, outcome.report, identity=identity, sign_key=sign_key)
-        except _NotJudged:
-            outcome.report.notes.append(f"No artifact folder written ({folder} left as it was): the runs could not be "
-                                        "judged")
+        except _NotJudged as why:
+            outcome.report.notes.append(f"No artifact folder written ({folder} left as it was): {why}")
             return outcome.report
     report = outcome.report
     report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in outcome.artifacts.items() if a.path}
@@ -219,7 +221,8 @@ def require_export_folder(folder: Path) -> None:
 
 
 class _NotJudged(Exception):
-    """Leaves the staged folder unpublished: the runs could not be judged (report.problems)."""
+    """Leaves the staged folder unpublished: the runs could not be judged (report.problems), or a file's layers
+    failed `--layers`, which the manifest's verdicts (the pairs) do not record."""
 
 
 def _isolated_export(spec: UserModelSpec, settings: RunSettings | None, out: Path, export: ExportOptions | None,
@@ -253,13 +256,12 @@ def _isolated_export(spec: UserModelSpec, settings: RunSettings | None, out: Pat
 def rejudged_layers(report: Report, settings: RunSettings) -> Report:
     """A worker's layer checks judged here again: each layer's ratio against this process's factor (the worker's
     recorded one is not the verdict), and every check asked for present."""
-    from verify.explain.isolate import isolation_factor
-    from verify.judge.layers import NO_LAYER_VERDICT
+    from verify.explain.rerun import isolation_factor
+    from verify.judge.layers import unreached
 
     for check in report.layers:
         check.factor = isolation_factor(settings)
-    if settings.layers and not report.layers and NO_LAYER_VERDICT not in report.problems:
-        report.problems.append(NO_LAYER_VERDICT)
+    report.problems = unreached(settings.layers, report.layers, report.problems)
     return report
 
 
@@ -388,10 +390,9 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
         with progress.step("Re-running every layer on the model's float64 inputs"):
             report.layers, notes = _compare_layers(sides, (a, b), named[0].array, settings)
         report.notes += notes
-        if not report.layers:
-            from verify.judge.layers import NO_LAYER_VERDICT
+        from verify.judge.layers import unreached
 
-            report.problems.append(NO_LAYER_VERDICT)
+        report.problems = unreached(True, report.layers, report.problems)
     return report
 
 
@@ -399,7 +400,7 @@ def _compare_layers(sides: Sequence[Artifact], texts: Sequence[str], x: np.ndarr
                     ) -> tuple[list[Any], list[str]]:
     """The layer verdict of compare (`--layers`): the other side's layers on the torch model's float64 values (B is
     the reference where both are models, as it is for the outputs)."""
-    from verify.explain.isolate import isolation_factor, layer_checks
+    from verify.explain.rerun import isolation_factor, layer_checks
 
     reference = 1 if sides[1].built is not None else 0
     candidate = 1 - reference

@@ -196,6 +196,12 @@ def headline(spec: Any, report: Report, report_path: Path) -> str:
     folder = report.artifacts.get("folder")  # none when nothing was judged: no folder is written
     where = (f"; artifacts in {folder}," if folder else ";") + f" report {report_path}"
     failed = [pair for pair in report.pairs if not pair.passed]
+    unequal = [check for check in report.layers if not check.passed]
+    if report.pairs and not failed and not report.problems and unequal:  # the outputs agree; a file's layers do not
+        from verify.judge.layers import verdict_line
+
+        return (f"exports of {spec} agree on their outputs, and {len(unequal)} of {len(report.layers)} files fail the "
+                f"layer verdict: {verdict_line(unequal[0])}{where}")
     if not failed:
         why = "; ".join(report.problems) or "no pair was judged"
         return f"exports of {spec} could not be judged: {why}{where}"

@@ -312,7 +312,8 @@ def _render_footer(report: Report, console: Any) -> None:
         mark = "[bold green]✓[/]" if check.passed else "[bold red]✗[/]"
         print_line(console, f"{mark} layers: {markup(verdict_line(check))}")
     failed = [p for p in report.pairs if not p.passed]
-    unequal = [check for check in report.layers if not check.passed]
+    unequal = [check for check in report.layers if check.named]
+    unjudged = [check for check in report.layers if not check.passed and not check.named]
     if report.problems:
         print_line(console, f"[bold red]✗ not judged: {len(report.problems)} problem(s) above; the pairs' figures "
                             "are shown but no verdict stands on them[/]")
@@ -321,6 +322,9 @@ def _render_footer(report: Report, console: Any) -> None:
     elif unequal:
         print_line(console, f"[bold red]✗ the outputs agree, and {len(unequal)} of {len(report.layers)} files have "
                             "layers that differ on their own (above)[/]")
+    elif unjudged:
+        print_line(console, f"[bold red]✗ the outputs agree, and the layers of {len(unjudged)} of {len(report.layers)} "
+                            "files could not all be re-run (above): no layer verdict was reached[/]")
     elif report.pairs:
         worst = max((p.worst for p in report.pairs), key=lambda o: o.ratio or 0.0)
         layers = f" and every layer of {len(report.layers)} files is within its own floor" if report.layers else ""

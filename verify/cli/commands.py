@@ -288,7 +288,8 @@ def explain(
     render_explanation(result, out_console)
     data, code = result.to_dict(), result.exit_code
     if isolate:
-        from verify.explain.isolate import isolate_report, render_isolation
+        from verify.explain.isolate import isolate_report
+        from verify.render.layers import render_isolation
 
         isolation = isolate_report(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout))
         render_isolation(isolation, out_console)

@@ -379,7 +379,8 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="One table row pe
 Layers = Annotated[bool, typer.Option(
     "--layers", help="Also judge every layer of each file (ONNX, .pt2, TorchScript) on its own: each re-run alone on "
                      "the torch model's float64 inputs, judged on its own float32 floor; a layer that differs on its "
-                     "own fails, however small its effect on the outputs (costs about one more run per file)")]
+                     "own fails, however small its effect on the outputs (costs about as much as the float64 "
+                     "oracle: 6 s on ResNet-50 at 224x224)")]
 OutFolder = Annotated[Path, typer.Option(callback=check_output_folder,
                                          help="Folder for the artifacts (one subfolder backbone-norm-view)")]
 Overwrite = Annotated[bool, typer.Option(

@@ -40,8 +40,8 @@ def reduce(
     timeout: opt.Timeout = None,
 ) -> None:
     """Write the layer whose own computation differs most as a standalone .onnx + .npz, and check it alone."""
-    from verify.explain.isolate import render_isolation
     from verify.explain.reduce import check_piece, reduce_pair
+    from verify.render.layers import render_isolation
 
     if check is not None:
         if a is not None or b is not None or out is not None:

@@ -18,19 +18,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 from exporter.errors import UsageError, VerifyError
 from verify.api import RunSettings
-from verify.explain.isolate import (
-    Isolation,
-    LayerError,
-    isolate_sides,
-    isolation_factor,
-    load_pair,
-    own_floor,
-    run_onnx_piece,
-    unit_feeds,
-    user_code,
-)
+from verify.explain.isolate import load_pair, user_code
 from verify.explain.outputs import refuse_inside_export, refuse_overwriting_sources
+from verify.explain.rerun import isolate_sides, isolation_factor, own_floor, run_onnx_piece, unit_feeds
 from verify.judge.compare import AUTO_FACTOR
+from verify.judge.layers import Isolation, LayerError
 from verify.judge.trust import accumulation_length, output_scale, rounding_bound
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress

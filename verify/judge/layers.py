@@ -1,4 +1,4 @@
-"""The layer records (verify/explain/isolate.py re-runs each layer; this module holds what it found, the verdict
+"""The layer records (verify/explain/rerun.py re-runs each layer; this module holds what it found, the verdict
 it makes with `--layers`, and its texts): plain data and words, no torch, so a Report can hold them."""
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ NO_LAYER_VERDICT = ("--layers was asked for and no file's layers could be checke
                     "verdict was reached; export a format whose layers can be re-run (.onnx, .pt2, TorchScript) or "
                     "drop --layers")
 """The problem of a run that asked for the layer verdict and checked no file."""
+
+
+def unreached(asked: bool, checks: list[Any], problems: list[str]) -> list[str]:
+    """`problems` with NO_LAYER_VERDICT added where the layer verdict was asked for and no file was checked (once)."""
+    return [*problems, NO_LAYER_VERDICT] if asked and not checks and NO_LAYER_VERDICT not in problems else problems
 
 CULPRITS_NOTED = 3
 """Layers a failed report's note names per file (all are in its JSON `isolated`)."""
@@ -48,8 +53,11 @@ class Isolation:
     its runtime refused)."""
     outside: list[str] = field(default_factory=list)
     """The op types of the file's ops in no layer (functional ops between modules, nodes with no module scope): not
-    re-run, so only the outputs' verdict judges them (ONNX and .pt2; a TorchScript file's are not counted)."""
+    re-run, so only the outputs' verdict judges them (ONNX, .pt2, and a TorchScript file's modules' own forward)."""
     note: str = ""
+    rerun_on: str = ""
+    """What re-ran the candidate's layers (on the CPU whatever the runs' device: ONNX pieces on ONNX Runtime, torch
+    files and models on torch), for the report to say: it is not the runtime a run judged (`--runtime`, `--device`)."""
 
     @property
     def named(self) -> list[LayerError]:
@@ -64,16 +72,12 @@ class Isolation:
         """The layer verdict (`--layers`): some layer was re-run, none differs on its own and none could not run."""
         return bool(self.layers) and self.exit_code == 0
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Isolation:
-        return cls(data["reference"], data["candidate"], data["factor"],
-                   [LayerError(**layer) for layer in data.get("layers", [])], list(data.get("skipped", [])),
-                   list(data.get("unrunnable", [])), list(data.get("outside", [])), data.get("note", ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "candidate": self.candidate, "factor": self.factor,
                 "named": [layer.module for layer in self.named], "layers": [x.to_dict() for x in self.layers],
-                "skipped": self.skipped, "unrunnable": self.unrunnable, "outside": self.outside, "note": self.note}
+                "skipped": self.skipped, "unrunnable": self.unrunnable, "outside": self.outside, "note": self.note,
+                "rerun_on": self.rerun_on}
 
 
 def verdict_line(result: Isolation) -> str:
@@ -82,9 +86,10 @@ def verdict_line(result: Isolation) -> str:
         return (f"{result.candidate}: no layer was re-run on {result.reference}'s inputs "
                 f"({result.note or 'no layer maps back to a module'}), so its layers were not judged")
     if result.passed:
+        where = f", re-run on {result.rerun_on}," if result.rerun_on else ""
         return (f"every one of {len(result.layers)} layers of {result.candidate} is within {result.factor:g}x its own "
-                f"float32 floor on {result.reference}'s values for the first input (the other inputs' verdict is the "
-                f"outputs'){skipped_text(result)}{outside_text(result)}")
+                f"float32 floor{where} on {result.reference}'s values for the first input (the other inputs' verdict "
+                f"is the outputs'){skipped_text(result)}{outside_text(result)}")
     return culprit_note(result)
 
 
@@ -145,38 +150,3 @@ def unrunnable_text(result: Isolation) -> str:
     return (f"; {len(result.unrunnable)} could not run on {result.reference}'s inputs "
             f"({', '.join(result.unrunnable[:CULPRITS_NOTED])}{more}): layers of another shape, or refused by "
             "their runtime")
-
-
-def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> None:
-    from rich.markup import escape
-
-    named = result.named
-    if not result.layers:  # nothing was re-run: no check to mark as passed
-        console.print(f"[yellow]![/] isolated: no layer of {escape(result.candidate)} was re-run")
-    elif not named:
-        console.print(f"[bold green]✓[/] isolated: every one of {len(result.layers)} layers of "
-                      f"{escape(result.candidate)} is within {result.factor:g}x its own float32 floor on "
-                      f"{escape(result.reference)}'s inputs")
-    else:
-        console.print(f"[bold red]✗[/] isolated: {len(named)} of {len(result.layers)} layers differ on their own "
-                      f"(each re-run on {escape(result.reference)}'s float64 inputs, judged on its own floor):")
-        for layer in named[:limit]:
-            fused = f" (computed with {', '.join(layer.fused_with)})" if layer.fused_with else ""
-            channel = f", channel {layer.channel}" if layer.channel is not None else ""
-            console.print(f"  • {escape(layer.module)}{escape(fused)}: {layer.ratio:.0f}x its own floor "
-                          f"(max abs {layer.max_abs:.2e}{channel})")
-        if len(named) > limit:
-            console.print(f"  … and {len(named) - limit} more (see --json)")
-    if result.unrunnable:
-        shown = escape(", ".join(result.unrunnable[:limit]))
-        console.print(f"[yellow]{len(result.unrunnable)} layers could not run on {escape(result.reference)}'s inputs "
-                      f"(of another shape, or refused by their runtime): {shown}[/]")
-    if result.skipped:
-        names = list(dict.fromkeys(result.skipped))
-        console.print(f"[yellow]{len(names)} layers were not re-run (their inputs do not map back to "
-                      f"{escape(result.reference)}'s values, or their own ops are in no leaf module): "
-                      f"{escape(', '.join(names[:limit]))}[/]")
-    if result.outside:
-        console.print(f"[yellow]{escape(outside_text(result).removeprefix('; '))}[/]")
-    if result.note:
-        console.print(f"[yellow]{escape(result.note)}[/]")

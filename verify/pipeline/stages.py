@@ -794,10 +794,9 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
                                         [o.oracle.outputs for o in oracles])
     agree = all(pair.passed for pairs in judged for pair in pairs)  # guard 3 guards a pass (a failure stands)
     report.problems, report.trust = trust_problems(runs, oracles, build, settings, files, unchecked, agree)
-    if settings.layers and not report.layers:
-        from verify.judge.layers import NO_LAYER_VERDICT
+    from verify.judge.layers import unreached
 
-        report.problems.append(NO_LAYER_VERDICT)
+    report.problems = unreached(settings.layers, report.layers, report.problems)
     report.pairs = worst_over_inputs(judged, build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) \
         + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + [
@@ -811,10 +810,10 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
 
 def layers_stage(build: BuildResult, files: Sequence[Artifact], settings: RunSettings, progress: Progress
                  ) -> tuple[list[Isolation], list[str]]:
-    """The layer verdict (`--layers`, verify/explain/isolate.py layer_checks): every layer of each exported file
+    """The layer verdict (`--layers`, verify/explain/rerun.py layer_checks): every layer of each exported file
     re-run alone on the model's float64 values for its inputs (the first input), judged on its own floor. Each file
     is named as in the folder (not by the staging folder it was run from)."""
-    from verify.explain.isolate import isolation_factor, layer_checks
+    from verify.explain.rerun import isolation_factor, layer_checks
 
     with progress.step("Re-running every layer of the exported files on the model's float64 inputs"):
         return layer_checks(build.eager, [(f, f.path.name if f.path is not None else f.label) for f in files],

@@ -15,10 +15,12 @@ if TYPE_CHECKING:
 
 def summary(report: Report) -> str:
     failed = sum(not p.passed for p in report.pairs)
-    unequal = sum(not check.passed for check in report.layers)
+    unequal = sum(bool(check.named) for check in report.layers)
+    unjudged = sum(not check.passed and not check.named for check in report.layers)
     return (f"not judged: {len(report.problems)} problem(s)" if report.problems else
             f"{failed} of {len(report.pairs)} pairs disagree" if failed else
             f"{unequal} of {len(report.layers)} files have layers that differ on their own" if unequal else
+            f"{unjudged} of {len(report.layers)} files' layers were not all re-run" if unjudged else
             f"all {len(report.pairs)} pairs agree" if report.pairs else "no pairs were judged")
 
 

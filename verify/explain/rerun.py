@@ -1,0 +1,646 @@
+"""Each layer re-run alone on the reference's own values (the machinery under `explain --isolate`, the culprit note
+of a failed report and the layer verdict `--layers`): the reference model's float64 values for every module call,
+each candidate layer (a leaf module of an eager model or TorchScript file, a run of FX nodes of an ExportedProgram,
+a run of ONNX nodes under one module scope) re-run in float32 on them, judged against the reference's float64
+output on that layer's own floor (verify.judge.oracle.measure_floor over the valid float32 evaluations, and what
+the layer sums). Imports no command layer: the pipeline's layer stage calls `layer_checks` here."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from exporter.errors import UsageError
+from verify.explain.sides import load_sides
+from verify.explain.structure import canonical_modules, fold_partner
+from verify.explain.tracers import (
+    FxTracer,
+    HookTracer,
+    JitTracer,
+    OnnxTracer,
+    Side,
+    canonical_name,
+    fx_scopes,
+    legacy_calls,
+    module_calls,
+    onnx_scopes,
+    tracer_for,
+)
+from verify.judge.compare import AUTO_FACTOR
+from verify.judge.layers import Isolation, LayerError
+from verify.judge.oracle import folded_float32, measure_floor
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy as np
+
+    from exporter.artifacts import Artifact
+    from verify.settings import RunSettings
+
+RERUN_ON = {"OnnxTracer": "ONNX Runtime (CPU)", "FxTracer": "torch (CPU)", "JitTracer": "TorchScript (CPU)",
+             "HookTracer": "torch (CPU)"}
+"""What re-runs a candidate's layers, by the tracer that reads it (Isolation.rerun_on)."""
+NO_LAYERS = "no candidate layer maps back to a reference module (a graph without module scopes)"
+OWN_INPUT = ("", -1)
+"""Unit.inputs' key for an input computed outside any module (a functional `torch.relu` before a module called
+twice): the reference's own recorded input to that module call, where the call took one tensor."""
+
+
+@dataclass
+class Unit:
+    """One candidate layer: ops computing module `path`'s call `call` from `inputs`."""
+
+    path: str
+    call: int
+    ops: list[Any]
+    inputs: dict[Any, tuple[str, int] | None]
+    """External activation input -> the reference module call whose output it is (None: the model input; OWN_INPUT:
+    the reference's recorded input to this very call)."""
+    output: Any
+    fused_with: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- the reference's own values
+
+@dataclass
+class Reference:
+    side: Side
+    inputs: dict[tuple[str, int], Any]
+    outputs: dict[tuple[str, int], Any]
+    x: Any
+    modules: dict[str, Any] = field(default_factory=dict)
+    """The reference's float32 modules by canonical name."""
+    sole_inputs: set[tuple[str, int]] = field(default_factory=set)
+    """The module calls that took exactly one tensor: their recorded input is the whole of what they read."""
+    floors: dict[tuple[tuple[str, ...], int], Any] = field(default_factory=dict)
+    """own_floor's results by (module chain, call): several files of one model re-run the same layers."""
+    called: set[str] = field(default_factory=set)
+    """Every module the model called, also those whose output is no tensor (`nn.MultiheadAttention`'s tuple)."""
+
+
+def record_reference(side: Side, x: np.ndarray) -> Reference:
+    """Each module call's first tensor input and its output, in float64. The input is taken before the call runs (a
+    pre-hook): an in-place module (`nn.Hardswish(inplace=True)`, `x.add_(b)`) has overwritten it by the time its
+    forward hook runs, and its floor, measured on that, was its own output's distance from itself applied twice."""
+    import torch
+
+    names = {id(m): n for n, m in canonical_modules(side.fp64, side.prefix).items()}
+    inputs, outputs, calls, sole, called = {}, {}, Counter(), set(), set()
+    taken: dict[int, list[tuple[Any, bool]]] = {}  # module -> its open calls' inputs (a module may call itself)
+
+    def before(module, args):
+        first = args[0].detach().clone() if args and isinstance(args[0], torch.Tensor) else None
+        taken.setdefault(id(module), []).append((first, sum(isinstance(arg, torch.Tensor) for arg in args) == 1))
+
+    def hook(module, args, output):
+        first, alone = taken[id(module)].pop()
+        name = names.get(id(module))
+        if name is not None:
+            called.add(name)
+        if name is None or not isinstance(output, torch.Tensor):
+            return
+        key = (name, calls[name])
+        calls[name] += 1
+        outputs[key] = output.detach().clone()
+        if first is not None:
+            inputs[key] = first
+            if alone:
+                sole.add(key)
+
+    modules = [m for m in side.fp64.modules() if id(m) in names]
+    handles = [m.register_forward_pre_hook(before) for m in modules] + [m.register_forward_hook(hook) for m in modules]
+    try:
+        with torch.no_grad():
+            side.fp64(torch.from_numpy(x).double())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Reference(side, inputs, outputs, torch.from_numpy(x).double(),
+                     canonical_modules(side.fp32, side.prefix), sole, called=called)
+
+
+def own_floor(ref: Reference, unit: Unit) -> Any:
+    """The reference layer (with a folded conv, conv then norm) in float32 on its own float64 inputs: the
+    worst, per channel, of the valid float32 evaluations (see float32_evaluations)."""
+    chain = [*unit.fused_with[:1], unit.path] if unit.fused_with else [unit.path]
+    key = (tuple(chain), unit.call)
+    if key not in ref.floors:
+        ref.floors[key] = _own_floor(ref, chain, unit.call)
+    return ref.floors[key]
+
+
+def _own_floor(ref: Reference, chain: list[str], call: int) -> Any:
+    import dataclasses
+
+    import numpy as np
+
+    value = ref.inputs.get((chain[0], call))
+    if value is None or any(name not in ref.modules for name in chain):
+        return None
+    want = ref.outputs[(chain[-1], call)].numpy()
+    floors = [f for run in float32_evaluations([ref.modules[n] for n in chain], value.float())
+              if (f := measure_floor(run, want)) is not None]
+    if not floors:
+        return None
+    worst = max(floors, key=lambda f: f.value)
+    channels = [f.channels for f in floors if f.channels is not None]
+    worst = dataclasses.replace(worst, channels=np.maximum.reduce(channels) if channels else None)
+    bound = summation_floor(ref.modules[chain[0]], value) if len(chain) == 1 else None
+    if bound is None:
+        return worst
+    return dataclasses.replace(worst, value=max(worst.value, bound),
+                               channels=None if worst.channels is None else np.maximum(worst.channels, bound))
+
+
+def summation_floor(module: Any, value: Any) -> float | None:
+    """A floor from what a layer sums, where its own float32 run is one summation order of few values, or of many
+    values that another runtime sums in another order (None for other layers):
+
+    - a Linear, or a conv with fewer than MIN_CHANNEL_ELEMENTS outputs a channel (a squeeze-excitation `fc1` on a
+      1x1 map): half a float32 ulp (rounding to nearest) of its largest sum of |x w| + |b|. ONNX Runtime's Gemm
+      rounded a correct Linear(512, 2)'s cancelling sums to 9.3x that run's error (150 seeds; at most 2.3x this
+      floor; hunt 14a);
+    - an average pool of n values a window: a float32 ulp of the window's mean |x| times sqrt(n), the spread of a
+      sum rounded once per term. ONNX Runtime's GlobalAveragePool on mobilenet_v3_small's first squeeze-excitation
+      (56x56 values a channel) was 73x torch's own error in a channel and 11 ulp of its mean |x|: a correct ONNX
+      file's layer at 8.4x its floor."""
+    import math
+
+    import torch
+
+    from verify.judge.oracle import FLOAT32_EPS, MIN_CHANNEL_ELEMENTS
+
+    pools = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AvgPool1d, torch.nn.AvgPool2d)
+    with torch.no_grad():
+        if isinstance(module, pools):
+            means = module(value.double().abs())
+            window = value[0, 0].numel() / max(means[0, 0].numel(), 1)
+            return FLOAT32_EPS * math.sqrt(window) * float(means.max()) if means.numel() else None
+        if isinstance(module, torch.nn.Linear):
+            bias = module.bias.double().abs() if module.bias is not None else None
+            terms = torch.nn.functional.linear(value.double().abs(), module.weight.double().abs(), bias)
+        elif isinstance(module, torch.nn.Conv2d) and module.padding_mode == "zeros":
+            terms = torch.nn.functional.conv2d(value.double().abs(), module.weight.double().abs(),
+                                               module.bias.double().abs() if module.bias is not None else None,
+                                               module.stride, module.padding, module.dilation, module.groups)
+            if terms[0, 0].numel() >= MIN_CHANNEL_ELEMENTS:  # many outputs a channel: their own spread is the floor
+                return None
+        else:
+            return None
+    return FLOAT32_EPS / 2 * float(terms.max()) if terms.numel() else None
+
+
+def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
+    """The chain in float32 as torch runs it; with a conv's input channels summed in reverse order (another
+    runtime's kernels sum in another order); with a conv's norm folded into it (as exporters and runtimes
+    fold them, verify.judge.oracle.folded_float32). A faithful layer computed in any of these ways is no bug."""
+    import copy
+
+    import torch
+
+    module = torch.nn.Sequential(*chain)
+    with torch.no_grad():  # each evaluation on a copy: an in-place module writes into what it is given
+        runs = [module(start.clone()).numpy()]
+        head = chain[0]
+        if isinstance(head, torch.nn.Conv2d) and head.groups == 1:
+            flipped = copy.deepcopy(head)
+            flipped.weight.copy_(head.weight.flip(1))
+            runs.append(torch.nn.Sequential(flipped, *chain[1:])(start.flip(1)).numpy())
+        fold = folded_float32(module, start) if len(chain) > 1 else None
+        if fold is not None:
+            runs.append(fold(start.clone()).numpy())
+    return runs
+
+
+def judge(ref: Reference, unit: Unit, got: np.ndarray) -> LayerError | None:
+    """The unit's float32 output on the reference's inputs against the reference's float64 output."""
+    import numpy as np
+
+    floor = own_floor(ref, unit)
+    want = ref.outputs[(unit.path, unit.call)].numpy()
+    if floor is None or got.shape != want.shape:
+        return None
+    err = np.abs(got.astype(np.float64) - want)
+    err = np.where(np.isfinite(err), err, np.inf)
+    module = unit.fused_with[0] if unit.fused_with else unit.path
+    fused = [unit.path] if unit.fused_with else []
+    if floor.channels is not None:
+        per_channel = err.max(axis=(0, 2, 3)) / floor.channels
+        worst = int(per_channel.argmax())
+        return LayerError(module, unit.call, float(per_channel[worst]), float(err.max()),
+                          float(floor.channels[worst]), fused, worst)
+    return LayerError(module, unit.call, float(err.max()) / floor.value, float(err.max()), floor.value, fused)
+
+
+def keep(result: Isolation, ref: Reference, unit: Unit, got: np.ndarray | None) -> LayerError | None:
+    """Judge a re-run layer into `result`: a layer whose output has another shape than the reference's could not be
+    compared with it (unrunnable: another model's layer, never 'not re-run'); one with no floor or no tensor is
+    skipped."""
+    want = ref.outputs[(unit.path, unit.call)]
+    if got is not None and tuple(got.shape) != tuple(want.shape):
+        result.unrunnable.append(unit.path)
+        return None
+    layer = judge(ref, unit, got) if got is not None else None
+    if layer is None:
+        result.skipped.append(unit.path)
+    else:
+        result.layers.append(layer)
+    return layer
+
+
+def reference_value(ref: Reference, key: tuple[str, int] | None, unit: Unit | None = None) -> Any:
+    if key == OWN_INPUT:  # what this call read, where it read one tensor (its first module, for a folded conv)
+        own = (unit.fused_with[0] if unit.fused_with else unit.path, unit.call) if unit is not None else None
+        return ref.inputs.get(own) if own in ref.sole_inputs else None
+    return ref.x if key is None else ref.outputs.get(key)
+
+
+def rerun(result: Isolation, path: str, layer: Any, *args: Any) -> Any:
+    """`layer(*args)`, or None (and `path` in result.unrunnable) where the layer cannot take the reference's values:
+    another model's shapes make that layer incomparable, not the whole isolation fail with a runtime's error."""
+    try:
+        return layer(*args)
+    except Exception:  # noqa: BLE001 - each runtime raises its own type for inputs of the wrong shape
+        result.unrunnable.append(path)
+        return None
+
+
+# ---------------------------------------------------------------- ONNX candidates: node runs
+
+def _runs(scoped: list[tuple[Any, list[str] | None]]) -> list[tuple[str, list[Any]]]:
+    """Contiguous runs of ops under the same innermost module scope: (path, ops). An op outside every module (an
+    empty scope list, e.g. a functional `torch.relu` between two calls of one module) ends the run: the calls on
+    either side of it are two layers, not one (None: no scope record, neither inside nor outside)."""
+    runs: list[tuple[str, list[Any]]] = []
+    ended = False
+    for handle, scopes in scoped:
+        if not scopes:
+            ended = ended or scopes is not None
+            continue
+        if runs and runs[-1][0] == scopes[-1] and not ended:
+            runs[-1][1].append(handle)
+        else:
+            runs.append((scopes[-1], [handle]))
+        ended = False
+    return runs
+
+
+def _best_prefix(names: set[str], known: set[str]) -> str:
+    """The view prefix (`body.`) that lines a file's module paths up with the reference's names."""
+    prefixes = sorted({""} | {n.split(".", 1)[0] + "." for n in names if "." in n})
+    return max(prefixes, key=lambda p: (len({canonical_name(n, p) for n in names} & known), p == ""))
+
+
+def _own_input(inputs: dict[Any, tuple[str, int] | None], outside: set[Any]) -> bool:
+    """Map a unit's one activation input computed outside any module (`torch.relu(y)` before `self.block`) to the
+    reference's recorded input of that call (OWN_INPUT); False where it has several inputs, so which is which is
+    unknown (the unit is skipped)."""
+    if not outside:
+        return True
+    if len(outside) > 1 or inputs:
+        return False
+    inputs[next(iter(outside))] = OWN_INPUT
+    return True
+
+
+def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, norms: dict[str, str] | None = None
+               ) -> tuple[list[Unit], list[str], list[str]]:
+    """The ONNX graph's layers: runs of nodes under one module scope whose last node stands for that
+    module call, each with the reference values its activation inputs are; the layers skipped; and the op types of
+    the nodes in no layer (verify.judge.layers.Isolation.outside). A scope that is none of the reference's `modules`
+    (torch's `_empty_nn_module_stack_from_metadata_hook` on the shape ops of its runtime asserts) is no layer: its
+    ops are outside every layer, never a layer 'not re-run'. `norms`: each conv the model's own values show a norm
+    read (norms_after), which the legacy exporter folds into it whatever the two are named."""
+    nodes = list(model.graph.node)
+    scopes = legacy_calls([onnx_scopes(node) for node in nodes])
+    prefix = _best_prefix({s for group in scopes if group for s in group}, known)
+    scopes = [[canonical_name(s, prefix) for s in g] if g is not None else None for g in scopes]
+    ends: dict[int, list[tuple[str, int]]] = {}
+    for path, call, i in module_calls((i, [(s, s) for s in g] if g is not None else None)
+                                      for i, g in enumerate(scopes)):
+        ends.setdefault(i, []).append((path, call))
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    constants = {i for i, node in enumerate(nodes) if node.op_type == "Constant"}
+    graph_inputs = {i.name for i in model.graph.input}
+    initializers = {t.name for t in model.graph.initializer}
+    recorded = {path for group in scopes if group for path in group}
+    units, skipped, placed = [], [], set(constants)
+    for path, run in _runs(list(enumerate(scopes))):
+        mine = [(p, c) for p, c in ends.get(run[-1], []) if p == path]
+        if not mine or (modules is not None and path not in modules):
+            continue
+        placed.update(run)
+        inside = {out for i in run for out in nodes[i].output}
+        inputs: dict[Any, tuple[str, int] | None] = {}
+        ops = list(run)
+        outside: set[str] = set()
+        for i in run:
+            for name in nodes[i].input:
+                if not name or name in inside or name in initializers or name in inputs:
+                    continue
+                if name in graph_inputs:
+                    inputs[name] = None
+                elif producer.get(name) in constants:
+                    if producer[name] not in ops:
+                        ops.insert(0, producer[name])
+                elif ends.get(producer.get(name, -1)):
+                    inputs[name] = ends[producer[name]][0]
+                else:
+                    outside.add(name)
+        if not _own_input(inputs, outside):
+            skipped.append(path)
+            continue
+        partner = fold_partner(path)
+        fused = [partner] if nodes[run[-1]].op_type == "Conv" and partner and partner not in recorded else []
+        norm = folded_norm(path, known, recorded, norms) if nodes[run[-1]].op_type == "Conv" and not fused else ""
+        if norm:  # the legacy exporter folds a norm into the conv before it: the node is the norm's output
+            ends[run[-1]] = [(norm, mine[0][1])]  # the layers after it read the norm's value, not the conv's
+            units.append(Unit(norm, mine[0][1], ops, inputs, nodes[run[-1]].output[0], [path]))
+            continue
+        units.append(Unit(path, mine[0][1], ops, inputs, nodes[run[-1]].output[0], fused))
+    return units, skipped, [node.op_type for i, node in enumerate(nodes) if i not in placed]
+
+
+def folded_norm(conv: str, known: set[str], recorded: set[str], norms: dict[str, str] | None = None) -> str:
+    """The reference's norm folded into `conv` with no node of its own in the graph (the legacy exporter folds an
+    eval-mode BatchNorm into the Conv before it and names the node after the conv), or ''. The norm that read the
+    conv's output in the model's own run (`norms`), else the registered families' name mapping."""
+    if norms and conv in norms and norms[conv] not in recorded:
+        return norms[conv]
+    return next((name for name in sorted(known) if name not in recorded and fold_partner(name) == conv), "")
+
+
+def norms_after(ref: Reference) -> dict[str, str]:
+    """Each conv whose output a norm read as its only input in the model's own run, by conv: the norm the legacy
+    exporter folds into it, whatever the two are named (a user's `conv_a` then `norm_a`)."""
+    import torch
+
+    from verify.explain.structure import NORM_TYPES, type_name
+
+    convs = [(key, value) for key, value in ref.outputs.items() if "Conv" in type_name(ref.modules.get(key[0]))]
+    found = {}
+    for key, value in ref.inputs.items():
+        if key in ref.sole_inputs and type_name(ref.modules.get(key[0])) in NORM_TYPES:
+            conv = next((c for (c, _), out in convs if out.shape == value.shape and torch.equal(out, value)), None)
+            if conv is not None:
+                found.setdefault(conv, key[0])
+    return found
+
+
+def onnx_piece(model: Any, unit: Unit, shapes: dict[Any, tuple[int, ...]], out_shape: tuple[int, ...]) -> Any:
+    """The unit as a standalone ONNX model: its nodes, the initializers they read, its inputs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [model.graph.node[i] for i in unit.ops]
+    used = {name for node in nodes for name in node.input}
+    initializers = [t for t in model.graph.initializer if t.name in used]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shapes[name])) for name in unit.inputs]
+    output = helper.make_tensor_value_info(unit.output, TensorProto.FLOAT, list(out_shape))
+    graph = helper.make_graph(nodes, f"{unit.path}-piece", inputs, [output], initializers)
+    piece = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    onnx.checker.check_model(piece)
+    return piece
+
+
+def run_onnx_piece(piece: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a piece that cannot take the values raises; its error log is not the report's
+    session = ort.InferenceSession(piece.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def unit_feeds(ref: Reference, unit: Unit) -> dict[Any, Any] | None:
+    """The unit's inputs as the reference computed them, in float32 (None where one is missing)."""
+    feeds = {name: reference_value(ref, key, unit) for name, key in unit.inputs.items()}
+    if any(value is None for value in feeds.values()):
+        return None
+    return {name: value.float() for name, value in feeds.items()}
+
+
+def isolate_onnx(ref: Reference, path: Any, factor: float) -> tuple[Isolation, list[tuple[Unit, Any]]]:
+    import onnx
+
+    model = onnx.load(str(path))
+    units, skipped, outside = onnx_units(model, {n for n, _ in ref.outputs}, set(ref.modules), norms_after(ref))
+    result = Isolation("", "", factor, skipped=skipped, outside=outside)
+    pieces = []
+    for unit in units:
+        if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:
+            result.skipped.append(unit.path)
+            continue
+        arrays = {name: value.numpy() for name, value in feeds.items()}
+        piece = onnx_piece(model, unit, {name: a.shape for name, a in arrays.items()},
+                           tuple(ref.outputs[(unit.path, unit.call)].shape))
+        if (got := rerun(result, unit.path, run_onnx_piece, piece, arrays)) is None:
+            continue
+        if keep(result, ref, unit, got) is not None:
+            pieces.append((unit, piece))
+    return result, pieces
+
+
+# ---------------------------------------------------------------- ExportedProgram candidates: FX node runs
+
+def fx_units(module: Any, known: set[str], modules: set[str] | None = None
+             ) -> tuple[list[Unit], list[str], list[str]]:
+    """As onnx_units, over the FX nodes of an ExportedProgram's `.module()` (parameters are get_attr)."""
+    import operator
+
+    import torch
+
+    nodes = [n for n in module.graph.nodes if n.op == "call_function"]
+    paths = [[p for _, p in s] if (s := fx_scopes(n)) else None for n in nodes]
+    prefix = _best_prefix({p for group in paths if group for p in group}, known)
+    scoped = [[(k, canonical_name(p, prefix)) for k, p in s] if (s := fx_scopes(n)) else None for n in nodes]
+
+    def tensor_valued(node: Any) -> bool:
+        return isinstance(node.meta.get("val"), torch.Tensor)
+
+    ends: dict[Any, list[tuple[str, int]]] = {}
+    for path, call, node in module_calls((n, s if tensor_valued(n) else None) for n, s in zip(nodes, scoped)):
+        ends.setdefault(node, []).append((path, call))
+    units, skipped, placed = [], [], set()
+    stacks = [fx_scopes(n) is not None for n in nodes]  # an empty stack is the root's: an op outside every module
+    for path, run in _runs([(n, [p for _, p in s] if s else [] if stack else None)
+                            for n, s, stack in zip(nodes, scoped, stacks)]):
+        last = next((n for n in reversed(run) if any(p == path for p, _ in ends.get(n, []))), None)
+        if last is None or (modules is not None and path not in modules):
+            continue
+        placed.update(run)
+        inside = set(run[:run.index(last) + 1])
+        inputs: dict[Any, tuple[str, int] | None] = {}
+        outside: set[Any] = set()
+        for node in inside:
+            for arg in node.all_input_nodes:
+                if arg in inside or arg.op == "get_attr" or arg in inputs:
+                    continue
+                if arg.op == "placeholder":
+                    inputs[arg] = None
+                elif ends.get(arg):
+                    inputs[arg] = ends[arg][0]
+                else:
+                    outside.add(arg)
+        if not _own_input(inputs, outside):
+            skipped.append(path)
+            continue
+        call = next(c for p, c in ends[last] if p == path)
+        units.append(Unit(path, call, [n for n in run if n in inside], inputs, last))
+    return units, skipped, [getattr(n.target, "__name__", str(n.target)) for n in nodes
+                            if n not in placed and n.target is not operator.getitem]
+
+
+def run_fx_unit(module: Any, unit: Unit, feeds: dict[Any, Any]) -> Any:
+    """Evaluate the unit's FX nodes on `feeds`, parameters read from `module` (float32)."""
+    import operator
+
+    import torch
+    from torch.fx.node import map_arg
+
+    env = dict(feeds)
+
+    def value(node: Any) -> Any:
+        return operator.attrgetter(node.target)(module) if node.op == "get_attr" else env[node]
+
+    with torch.no_grad():
+        for node in unit.ops:
+            env[node] = node.target(*map_arg(node.args, value), **map_arg(node.kwargs, value))
+    return env[unit.output]
+
+
+def isolate_fx(ref: Reference, module: Any, factor: float) -> Isolation:
+    units, skipped, outside = fx_units(module, {n for n, _ in ref.outputs}, set(ref.modules))
+    result = Isolation("", "", factor, skipped=skipped, outside=outside)
+    for unit in units:
+        if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:
+            result.skipped.append(unit.path)
+            continue
+        if (got := rerun(result, unit.path, run_fx_unit, module, unit, feeds)) is None:
+            continue
+        keep(result, ref, unit, got.detach().numpy() if hasattr(got, "detach") else None)
+    return result
+
+
+# ---------------------------------------------------------------- eager candidates: leaf modules
+
+def isolate_eager(ref: Reference, side: Side, factor: float) -> Isolation:
+    """Each leaf module of an eager candidate (or of a TorchScript file, whose modules keep their own compiled
+    forward) on the reference's input to the module of that name. A frozen TorchScript file has no modules left:
+    nothing is re-run, and the result says so."""
+    import torch
+
+    result = Isolation("", "", factor)
+    leaves = {n: m for n, m in canonical_modules(side.fp32, side.prefix).items() if not list(m.children())}
+    for (name, call), value in ref.inputs.items():
+        if name not in leaves:
+            continue
+        if (name, call) not in ref.sole_inputs:  # a call that took several tensors: only its first was recorded
+            result.skipped.append(name)
+            continue
+        with torch.no_grad():
+            if (got := rerun(result, name, leaves[name], value.float())) is None:
+                continue
+        keep(result, ref, Unit(name, call, [], {}, None), got.numpy() if isinstance(got, torch.Tensor) else None)
+    result.skipped += unrun_weights(ref, leaves)
+    if side.artifact.path is not None:  # a TorchScript file: its modules' own ops (a residual add) are in no leaf
+        result.outside = jit_outside(side.fp32)
+    return result
+
+
+def jit_outside(module: Any) -> list[str]:
+    """The tensor ops of a TorchScript file's modules that have children, in their own forward (a block's residual
+    `add_`): no leaf re-run covers them (verify.judge.layers.Isolation.outside)."""
+    import torch
+
+    ops = []
+    for _, child in module.named_modules():
+        graph = getattr(child, "graph", None) if any(True for _ in child.children()) else None
+        ops += [node.kind().removeprefix("aten::") for node in (graph.nodes() if graph is not None else [])
+                if node.kind().startswith("aten::") and any(isinstance(out.type(), torch._C.TensorType)
+                                                            for out in node.outputs())]
+    return ops
+
+
+def unrun_weights(ref: Reference, leaves: dict[str, Any]) -> list[str]:
+    """The modules the model called that compute with weights of their own and were not re-run: a leaf whose output is
+    no tensor, a module with parameters or buffers of its own and children (`nn.MultiheadAttention`'s projections,
+    a block's layer scale), whose own computation no leaf re-run covers."""
+    rerun = {name for name, _ in ref.inputs if name in leaves}
+    return [name for name, module in ref.modules.items() if name in ref.called and name not in rerun
+            and (name in leaves or any(True for _ in module.parameters(recurse=False))
+                 or any(True for _ in module.buffers(recurse=False)))]
+
+
+# ---------------------------------------------------------------- the pair
+
+def roles(a: Side, b: Side) -> tuple[Side, Side]:
+    """(reference, candidate): the side that is an eager torch model is the reference (A when both are)."""
+    eager = [isinstance(tracer_for(s), HookTracer) for s in (a, b)]
+    if eager[0]:
+        return a, b
+    if eager[1]:
+        return b, a
+    raise UsageError("layer isolation needs one side to be a torch model (a model spec or file.py:factory) to "
+                     "serve as the float64 reference; give the model the file was exported from as A or B")
+
+
+def isolate_sides(a: Side, b: Side, x: np.ndarray, factor: float = AUTO_FACTOR,
+                  keep_pieces: bool = False, ref: Reference | None = None
+                  ) -> tuple[Isolation, list[tuple[Unit, Any]], Reference]:
+    """Every candidate layer's own error on the reference's inputs, worst first (`ref`: the reference's values on
+    `x`, already recorded for another candidate)."""
+    reference, candidate = roles(a, b)
+    ref = ref if ref is not None and ref.side is reference else record_reference(reference, x)
+    tracer = tracer_for(candidate)
+    pieces: list[tuple[Unit, Any]] = []
+    if isinstance(tracer, OnnxTracer):
+        result, pieces = isolate_onnx(ref, candidate.artifact.path, factor)
+    elif isinstance(tracer, FxTracer):
+        result = isolate_fx(ref, candidate.fp32, factor)
+    elif isinstance(tracer, HookTracer | JitTracer):  # a TorchScript file keeps its modules: each leaf is called
+        result = isolate_eager(ref, candidate, factor)
+    else:
+        raise UsageError(f"layer isolation reads eager models, ExportedPrograms (.pt2), TorchScript and ONNX files, "
+                         f"not {candidate.kind} ({candidate.artifact.label}); export the model as .pt2 or .onnx to "
+                         "isolate its layers")
+    result.reference, result.candidate = reference.artifact.label, candidate.artifact.label
+    result.rerun_on = RERUN_ON.get(type(tracer).__name__, "")
+    result.layers.sort(key=lambda layer: -layer.ratio)
+    if not result.layers:
+        result.note = NO_LAYERS
+    return result, (pieces if keep_pieces else []), ref
+
+
+def layer_checks(reference: Artifact, candidates: Sequence[tuple[Artifact, str]], x: np.ndarray,
+                 factor: float = AUTO_FACTOR) -> tuple[list[Isolation], list[str]]:
+    """The layer verdict (`--layers`): each candidate's layers re-run alone on `reference`'s float64 values for
+    their inputs (the first input, `x`), each judged on its own float32 floor (verify.judge.layers.Isolation.passed).
+    Each candidate comes with the name the report gives it. One whose format isolation does not read (AOTInductor)
+    is a note, not a check; one that fails to load or re-run is a check with no layer, which fails (a layer verdict
+    asked for and not reached)."""
+    checks, notes = [], []
+    side, ref = None, None  # the reference loaded and recorded once, its layers' floors shared by every file
+    for candidate, label in candidates:
+        try:
+            sides = load_sides(reference, candidate, side)
+            side = sides[0]
+            result, _, ref = isolate_sides(*sides, x, factor, ref=ref)
+        except UsageError as exc:
+            notes.append(f"{label}: its layers were not checked ({exc})")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run is a failed check, never a pass
+            said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            result = Isolation(reference.label, label, factor, note=f"it could not be isolated: {said}")
+        result.candidate = label
+        checks.append(result)
+    return checks, notes
+
+
+def isolation_factor(settings: RunSettings) -> float:
+    """The factor a layer's own error must exceed to be named: the user's --factor, never below AUTO_FACTOR (a layer at
+    1x its own floor is rounding, whatever the verdict's factor; with --factor 1.1 rounding layers were named as
+    culprits: found by hunt 8a)."""
+    return max(settings.tolerance.factor or AUTO_FACTOR, AUTO_FACTOR)
