@@ -102,25 +102,16 @@ def test_export_judges_every_files_layers_and_names_the_one_off(tmp_path, quietl
     assert "isolated" not in report, "the layers are already named: no second isolation"
     text = junit.read_text()
     assert 'name="layers model.onnx"' in text and text.count("<failure") == 1
+    # before (review 14, measured): the folder was published with a manifest whose verdicts all passed, and `verify
+    # artifact --trust-unsigned-code` passed all 22 of its checks; a folder whose export disagreed is never written
+    assert not (tmp_path / "out" / f"{SMALL}-frozen-body").exists()
+    assert any(note.startswith("No artifact folder written") and "--layers" in note for note in report["notes"])
 
 
 def test_layers_need_a_torch_model_on_one_side(default_export, tmp_path):
     result = invoke("compare", default_export / "model.onnx", default_export / "model.pt", "--layers")
     assert result.exit_code == 2
     assert "--layers" in result.output and "both files" in result.output
-
-
-def test_a_file_whose_layers_cannot_be_rerun_fails_the_layer_verdict(default_export, tmp_path):
-    """An ONNX file whose nodes carry no module scope (renamed, their metadata dropped) has no layer that maps back
-    to the model: the verdict asked for was not reached, never a pass."""
-    anonymous = tmp_path / "anonymous.onnx"
-    anonymous_onnx(default_export / "model.onnx", anonymous)
-    code, report, output = report_of(tmp_path, "compare", anonymous, SPEC, "--shape", SHAPE, "--samples", "1",
-                                     "--layers")
-    assert code == 1 and all(pair["passed"] for pair in report["pairs"])
-    (check,) = report["layers"]
-    assert not check["passed"] and not check["layers"]
-    assert "no layer was re-run" in output
 
 
 def test_the_matrix_and_whole_detectors_refuse_layers(tmp_path):
@@ -150,22 +141,6 @@ def test_a_workers_layer_checks_are_judged_again_on_this_processs_factor():
     empty = rejudged_layers(Report("export", {}, {}), RunSettings(layers=True))
     assert empty.problems == [NO_LAYER_VERDICT]
     assert rejudged_layers(Report("export", {}, {}), RunSettings()).problems == []
-
-
-def test_the_pytest_plugin_judges_layers_when_asked(tmp_path, quietly_buggy_onnx_exporter):
-    """`assert_exports_agree(..., layers=True)` fails on the quiet error the outputs pass, naming the layer."""
-    from exporter.backbones import build_model
-    from exporter.spec import ModelSpec
-    from exporter.weights import load_weights
-    from verify.pytest_plugin import assert_exports_agree
-
-    module = build_model(ModelSpec(SMALL, "frozen", "body"), load_weights("synthetic", SMALL)).model
-    example = torch.randn(SMALL_SHAPE, generator=torch.Generator().manual_seed(0))
-    report = assert_exports_agree(module, example, out=tmp_path / "plain", formats=["onnx"])
-    assert report.passed and not report.layers
-    with pytest.raises(AssertionError) as failed:
-        assert_exports_agree(module, example, out=tmp_path / "layers", formats=["onnx"], layers=True)
-    assert LAYER in str(failed.value) and "differ on their own" in str(failed.value)
 
 
 def test_a_norm_the_legacy_exporter_folds_into_its_conv_is_judged_with_it(tmp_path):
@@ -216,27 +191,7 @@ def test_a_file_whose_layers_were_not_rerun_is_not_said_to_have_layers_that_diff
     assert not check["layers"] and not check["named"], "no layer was re-run, none was named"
     assert DIFFER not in result.output, "the footer says layers differ where none was re-run"
     assert DIFFER not in markdown.read_text(), "the summary says layers differ where none was re-run"
-
-
-@pytest.mark.usefixtures("quietly_buggy_onnx_exporter")
-def test_a_folder_whose_export_failed_its_layers_never_passes_verify_artifact(tmp_path):
-    """Before (measured): `verify export --layers` with the ONNX exporter writing LAYER's channel off by less than the
-    outputs' rounding exited 1 ("the outputs agree, and 1 of 3 files have layers that differ on their own"), yet the
-    folder was published with a manifest whose verdicts all passed (`passed: true`), and `verify artifact
-    --trust-unsigned-code` on it passed every check ("the export's 10 pairs agreed", all 22 checks passed).
-    DESIGN: a folder whose export disagreed never passes."""
-    out, report_path = tmp_path / "out", tmp_path / "report.json"
-    result = invoke("export", "-b", SMALL, "--shape", SHAPE, "--samples", "1", "--layers", "--out", out,
-                    "--json", report_path, "--no-cache")
-    report = json.loads(report_path.read_text())
-    assert result.exit_code == 1 and all(pair["passed"] for pair in report["pairs"]), "only the layers fail it"
-    assert any(check["named"] == [LAYER] for check in report["layers"])
-    folder = out / f"{SMALL}-frozen-body"
-    if folder.exists():  # a folder published from a failed export must say so, and verify artifact must fail it
-        manifest = json.loads((folder / "manifest.json").read_text())
-        assert not manifest["passed"], "the manifest of an export that failed --layers says it passed"
-        checked = invoke("artifact", folder, "--trust-unsigned-code")  # the files load: only the verdicts decide
-        assert checked.exit_code != 0, f"verify artifact passed a folder whose export failed:\n{checked.output}"
+    assert "no layer was re-run" in result.output
 
 
 CUSTOM_NAMES = '''

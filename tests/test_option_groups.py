@@ -22,8 +22,8 @@ from verify.cli import commands as command_module
 from verify.cli.matrix import matrix
 
 COMMAND_GROUPS = {
-    "export": (groups.RUN, groups.EXPORT, groups.REPORTS),
-    "compare": (groups.RUN, groups.REPORTS),
+    "export": (groups.JUDGED_RUN, groups.EXPORT, groups.REPORTS),
+    "compare": (groups.JUDGED_RUN, groups.REPORTS),
     "matrix": (groups.RUN, groups.EXPORT),
     "explain": (groups.FEED,),
     "artifact": (groups.FOLDER_TRUST, groups.REPORTS, groups.RUNTIME_PLUGINS),
