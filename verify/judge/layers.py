@@ -8,8 +8,6 @@ from typing import Any
 
 LIMIT = 10
 """Layers shown in the report (all are in its JSON)."""
-
-
 NO_LAYER_VERDICT = ("--layers was asked for and no file's layers could be checked (see the notes): no layer "
                     "verdict was reached; export a format whose layers can be re-run (.onnx, .pt2, TorchScript) or "
                     "drop --layers")
@@ -19,6 +17,7 @@ NO_LAYER_VERDICT = ("--layers was asked for and no file's layers could be checke
 def unreached(asked: bool, checks: list[Any], problems: list[str]) -> list[str]:
     """`problems` with NO_LAYER_VERDICT added where the layer verdict was asked for and no file was checked (once)."""
     return [*problems, NO_LAYER_VERDICT] if asked and not checks and NO_LAYER_VERDICT not in problems else problems
+
 
 CULPRITS_NOTED = 3
 """Layers a failed report's note names per file (all are in its JSON `isolated`)."""
@@ -71,7 +70,6 @@ class Isolation:
     def passed(self) -> bool:
         """The layer verdict (`--layers`): some layer was re-run, none differs on its own and none could not run."""
         return bool(self.layers) and self.exit_code == 0
-
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "candidate": self.candidate, "factor": self.factor,
