@@ -65,12 +65,14 @@ def test_an_error_within_the_outputs_rounding_passes_them_and_fails_its_layer(de
     assert "layers that differ on their own" in output and LAYER in output
 
 
-def test_the_same_file_unchanged_passes_its_layers(default_export, tmp_path):
-    code, report, output = report_of(tmp_path, "compare", default_export / "model.onnx", SPEC, "--shape", SHAPE,
+@pytest.mark.parametrize("name, rerun_on", [("model.onnx", "ONNX Runtime (CPU)"), ("model.pt2", "torch (CPU)")])
+def test_the_same_file_unchanged_passes_its_layers(default_export, tmp_path, name, rerun_on):
+    code, report, output = report_of(tmp_path, "compare", default_export / name, SPEC, "--shape", SHAPE,
                                      "--samples", "1", "--layers")
     assert code == 0 and report["passed"]
     (check,) = report["layers"]
     assert check["passed"] and check["layers"] and max(layer["ratio"] for layer in check["layers"]) <= AUTO_FACTOR
+    assert check["rerun_on"] == rerun_on and f"re-run on {rerun_on}" in " ".join(output.split())
     assert "every layer of 1 files" in output
 
 
@@ -92,12 +94,13 @@ def quietly_buggy_onnx_exporter(monkeypatch):
 def test_export_judges_every_files_layers_and_names_the_one_off(tmp_path, quietly_buggy_onnx_exporter):
     junit = tmp_path / "junit.xml"
     code, report, _ = report_of(tmp_path, "export", "-b", SMALL, "--shape", SHAPE, "--samples", "1", "--layers",
-                                "--out", tmp_path / "out", "--junit", junit, "--no-cache")
+                                "--format", "onnx", "--format", "torchscript", "--out", tmp_path / "out",
+                                "--junit", junit, "--no-cache")  # a .pt2's layers: the compare test above
     assert code == 1 and all(pair["passed"] for pair in report["pairs"])
     checks = {check["candidate"]: check for check in report["layers"]}
-    assert set(checks) == {"model.onnx", "model.pt2", "model.pt"}, "every file by its name in the folder"
+    assert set(checks) == {"model.onnx", "model.pt"}, "every file by its name in the folder"
     assert checks["model.onnx"]["named"] == [LAYER] and not checks["model.onnx"]["passed"]
-    assert checks["model.pt2"]["passed"] and checks["model.pt"]["passed"]
+    assert checks["model.pt"]["passed"]
     assert report["settings"]["layers"] is True
     assert "isolated" not in report, "the layers are already named: no second isolation"
     text = junit.read_text()
