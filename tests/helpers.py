@@ -94,6 +94,41 @@ NAME = "fasterrcnn_mobilenet_v3_large_320_fpn"
 ONE_CHANNEL_ERROR = 1e-3
 """A 0.1 % error in one output channel (row) of a box-head layer."""
 
+CULPRIT_LAYER, CULPRIT_CHANNEL = "layer2.0.conv2", 5
+"""The conv and output channel the culprit and layer-verdict tests put an error in (SMALL's ONNX files)."""
+
+
+def scaled_onnx_channel(path, out, error: float = ONE_CHANNEL_ERROR) -> None:
+    """The ONNX file at `path` with CULPRIT_CHANNEL of CULPRIT_LAYER's weight scaled by 1 + `error`, saved to `out`."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    init = next(i for i in model.graph.initializer if i.name.endswith(f"{CULPRIT_LAYER}.weight"))
+    weight = numpy_helper.to_array(init).copy()
+    weight[CULPRIT_CHANNEL] *= 1 + error
+    init.CopyFrom(numpy_helper.from_array(weight, init.name))
+    onnx.save(model, str(out))
+
+
+def edit_onnx_exports(monkeypatch, edit) -> None:
+    """An exporter bug stand-in: every ONNX file exported in this process is rewritten by `edit(path)` (the overlap's
+    background child is off, so the stand-in runs where the export does)."""
+    import exporter.export
+    from verify.pipeline.overlap import MODE_ENV
+
+    original = exporter.export.export_model
+
+    def buggy(built, base, example, folder, options, fmt, context=None):
+        artifact = original(built, base, example, folder, options, fmt, context)
+        if fmt == "onnx":
+            edit(artifact.path)
+        return artifact
+
+    monkeypatch.setattr(exporter.export, "export_model", buggy)
+    monkeypatch.setenv(MODE_ENV, "off")
+
+
 
 def one_channel_error(model: onnx.ModelProto) -> None:
     from onnx import numpy_helper

@@ -9,28 +9,19 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
-import exporter.export
 from tests.conftest import SMALL, SMALL_SHAPE
-from tests.helpers import ONE_CHANNEL_ERROR, invoke
-from verify.pipeline.overlap import MODE_ENV
+from tests.helpers import CULPRIT_CHANNEL, CULPRIT_LAYER, edit_onnx_exports, invoke, scaled_onnx_channel
 
 SPEC = f"{SMALL}:frozen:body"
 SHAPE = "x".join(map(str, SMALL_SHAPE))
-LAYER, CHANNEL = "layer2.0.conv2", 5
+LAYER, CHANNEL = CULPRIT_LAYER, CULPRIT_CHANNEL
 
 
 def seed_bug(path, out) -> None:
     """`path` with one output channel of LAYER's weight off by ONE_CHANNEL_ERROR, saved to `out`."""
-    model = onnx.load(str(path))
-    init = next(i for i in model.graph.initializer if i.name.endswith(f"{LAYER}.weight"))
-    weight = numpy_helper.to_array(init).copy()
-    weight[CHANNEL] *= 1 + ONE_CHANNEL_ERROR
-    init.CopyFrom(numpy_helper.from_array(weight, init.name))
-    onnx.save(model, str(out))
+    scaled_onnx_channel(path, out)
 
 
 def report_of(tmp_path, *args) -> tuple[int, dict]:
@@ -65,18 +56,8 @@ def test_two_files_apart_keep_their_verdict_and_say_why_nothing_was_isolated(def
 
 @pytest.fixture
 def buggy_onnx_exporter(monkeypatch):
-    """The ONNX exporter stands in for an exporter bug: its file is written with one channel off (exported in this
-    process, where the stand-in runs)."""
-    original = exporter.export.export_model
-
-    def buggy(built, base, example, folder, options, fmt, context=None):
-        artifact = original(built, base, example, folder, options, fmt, context)
-        if fmt == "onnx":
-            seed_bug(artifact.path, artifact.path)
-        return artifact
-
-    monkeypatch.setattr(exporter.export, "export_model", buggy)
-    monkeypatch.setenv(MODE_ENV, "off")
+    """The ONNX exporter stands in for an exporter bug: its file is written with one channel off."""
+    edit_onnx_exports(monkeypatch, lambda path: seed_bug(path, path))
 
 
 def test_an_export_whose_file_is_off_names_the_layer(tmp_path, buggy_onnx_exporter):

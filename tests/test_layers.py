@@ -10,29 +10,28 @@ import json
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 
-import exporter.export
 from tests.conftest import SMALL, SMALL_SHAPE
-from tests.helpers import ONE_CHANNEL_ERROR, invoke
+from tests.helpers import (
+    CULPRIT_CHANNEL,
+    CULPRIT_LAYER,
+    ONE_CHANNEL_ERROR,
+    edit_onnx_exports,
+    invoke,
+    scaled_onnx_channel,
+)
 from verify.judge.compare import AUTO_FACTOR
-from verify.pipeline.overlap import MODE_ENV
 
 SPEC = f"{SMALL}:frozen:body"
 SHAPE = "x".join(map(str, SMALL_SHAPE))
-LAYER, CHANNEL = "layer2.0.conv2", 5
+LAYER, CHANNEL = CULPRIT_LAYER, CULPRIT_CHANNEL
 BELOW_ROUNDING = ONE_CHANNEL_ERROR / 100
 """A one-channel weight error whose effect on the outputs is within their float32 rounding (asserted below: the
 output verdict passes it), while the layer's own output moves far beyond its own floor."""
 
 
 def scaled_onnx(path, out, error: float = BELOW_ROUNDING) -> None:
-    model = onnx.load(str(path))
-    init = next(i for i in model.graph.initializer if i.name.endswith(f"{LAYER}.weight"))
-    weight = numpy_helper.to_array(init).copy()
-    weight[CHANNEL] *= 1 + error
-    init.CopyFrom(numpy_helper.from_array(weight, init.name))
-    onnx.save(model, str(out))
+    scaled_onnx_channel(path, out, error)
 
 
 def scaled_torchscript(path, out, error: float = BELOW_ROUNDING) -> None:
@@ -78,17 +77,8 @@ def test_the_same_file_unchanged_passes_its_layers(default_export, tmp_path, nam
 
 @pytest.fixture
 def quietly_buggy_onnx_exporter(monkeypatch):
-    """The ONNX exporter writes LAYER's channel off by BELOW_ROUNDING (exported in this process, where it runs)."""
-    original = exporter.export.export_model
-
-    def buggy(built, base, example, folder, options, fmt, context=None):
-        artifact = original(built, base, example, folder, options, fmt, context)
-        if fmt == "onnx":
-            scaled_onnx(artifact.path, artifact.path)
-        return artifact
-
-    monkeypatch.setattr(exporter.export, "export_model", buggy)
-    monkeypatch.setenv(MODE_ENV, "off")
+    """The ONNX exporter writes LAYER's channel off by BELOW_ROUNDING."""
+    edit_onnx_exports(monkeypatch, lambda path: scaled_onnx(path, path))
 
 
 def test_export_judges_every_files_layers_and_names_the_one_off(tmp_path, quietly_buggy_onnx_exporter):
