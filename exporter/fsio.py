@@ -161,13 +161,6 @@ def _remove_stale(parent: Path, final: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def remove_dead_staging(final: Path) -> None:
-    """After a worker writing `final` died: remove its staging folder (its process is gone)."""
-    if final.parent.is_dir():
-        with _folder_lock(final.parent):
-            _remove_stale(final.parent, final)
-
-
 @contextlib.contextmanager
 def _folder_lock(parent: Path) -> Iterator[None]:
     """An exclusive flock on the parent folder itself: no lock file to leave behind, and the kernel
@@ -197,6 +190,7 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
     parent = final.parent
     # named before it exists: a Ctrl-C or SIGTERM landing right after the mkdir still finds it to remove
     staging = parent / f".{final.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    created = _missing_ancestors(parent)  # removed again, if still empty, when the folder never appears
     held = -1
     try:
         try:
@@ -232,6 +226,9 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
             _fsync_dir(parent)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):  # not empty: another export's, or the user's, since
+                folder.rmdir()
         if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:  # a full disk is the user's to fix, not a bug
             raise UsageError(f"{exc.strerror} writing {exc.filename or staging}: free space there (or pass --out "
                              f"elsewhere) and rerun; {final} was left as it was") from None
@@ -239,6 +236,15 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
     finally:
         if held >= 0:
             os.close(held)  # releases the flock
+
+
+def _missing_ancestors(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(folder) and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _remove_tree(path: Path) -> None:

@@ -271,11 +271,11 @@ def test_a_dotted_name_or_a_project_function_never_comes_back():
 
     class Remover:
         def __reduce__(self):
-            from exporter import fsio
+            import shutil
 
-            return (fsio.remove_dead_staging, ("/nonexistent",))
+            return (shutil.rmtree, ("/nonexistent",))
 
-    with pytest.raises(IsolatedRunError, match="remove_dead_staging"):
+    with pytest.raises(IsolatedRunError, match="rmtree"):
         safe_loads(pickle.dumps(Remover()))
 
 
@@ -500,3 +500,32 @@ def test_each_side_of_a_compare_is_held_to_its_own_floor_bound(tmp_path):
                                       "--samples", "1"])
     assert result.exit_code == 1, result.output
     assert "not a noise floor" in result.output
+
+
+SILENCING_MODEL = """
+import verify.judge.trust
+
+from tests.data import untrusted
+
+verify.judge.trust.repeat_problems = lambda *args, **kwargs: []  # the model's own code, run in the worker
+
+
+def make():
+    return untrusted.jitter()
+"""
+
+
+def test_a_folder_appears_only_if_this_process_would_publish_it(tmp_path):
+    """A user's model runs in a worker, whose own list of problems its code can edit: this random model silences the
+    worker's determinism guard, so the worker judged and wrote a folder. This process re-derives the guard from the
+    recorded repeats (exit 1, not judged); the folder the worker wrote was left published beside that verdict (the
+    limit stops 29 and 30 noted). Now the worker writes inside this process's staging folder, and nothing appears."""
+    source = tmp_path / "silencing.py"
+    source.write_text(SILENCING_MODEL)
+    out = tmp_path / "out"
+    result = invoke("export", "--model", f"{source}:make", "--shape", SHAPE, "--format", "onnx", "--out", out,
+                    "--no-cache")
+    assert result.exit_code == 1, result.output
+    assert any("not deterministic" in line for line in problem_lines(result)), result.output
+    assert "No artifact folder written" in result.output
+    assert not out.exists(), "the worker's folder (or its staging, or the --out folder made for it) was left"

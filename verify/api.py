@@ -89,6 +89,16 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     refuse_replacing_source(spec, Path(out))
     if isolate and spec.runs_user_code:
         return _isolated_export(spec, settings, out, export, runtimes, progress, overwrite, sign_key, cache, timeout)
+    return _export_cell(spec, settings, Path(out) / spec.slug, Path(out) / spec.slug, export, runtimes, progress,
+                        overwrite, sign_key, cache)
+
+
+def _export_cell(spec: ModelSpec | UserModelSpec, settings: RunSettings | None, folder: Path, named: Path,
+                 export: ExportOptions | None, runtimes: Sequence[str] | None, progress: Progress | None,
+                 overwrite: bool, sign_key: Path | None, cache: Cache | None | Literal["default"]) -> Report:
+    """verify_export's work in this process, publishing the folder at `folder`. `named` is where the folder is
+    meant to end up, checked before the work and named in the report: `folder` itself, or, in a user model's
+    worker, the folder the parent publishes only once it has judged the worker's report (_isolated_export)."""
     from verify.cache import default_cache
     from verify.folder.identity import export_identity, refuse_other_export
     from verify.folder.write import write_artifact_folder
@@ -116,31 +126,28 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     request = CellRequest(spec, settings, export, tuple(runtimes) if runtimes else None)
     plan = plan_cell(request)  # runtimes, precisions and --input checked before the model is built
     cache = default_cache() if cache == "default" else cache
-    folder = Path(out) / spec.slug
     with cell_context(request) as child:
         build = build_stage(request, plan, cache, progress, child)
         identity = export_identity(spec, build.built.weights.sha256, settings.seed, export, build.named)
         may_replace = require_export_folder if overwrite else functools.partial(refuse_other_export, identity=identity)
         if may_replace is not None:
-            may_replace(folder)  # early, before the export's work; again under the lock at rename time
+            may_replace(named)  # early, before the export's work; again under the lock at rename time
         try:
             with staged_folder(folder, may_replace) as staging:
                 # a signed folder holds only files this run exported: nothing copied from the cache
                 outcome = finish_cell(request, plan, build, staging, None if sign_key is not None else cache,
                                       progress)
-                if outcome.report.problems:
-                    raise _NotJudged("the runs could not be judged")  # no folder claims a verdict never reached
-                if not all(check.passed for check in outcome.report.layers):
-                    raise _NotJudged("a file's layers failed the layer verdict (--layers), which its manifest "
-                                     "would not record")
+                why = unpublishable(outcome.report)
+                if why is not None:
+                    raise _NotJudged(why)
                 write_artifact_folder(staging, build.built, outcome.artifacts, outcome.inputs, outcome.oracle.fp32,
                                       outcome.oracle.oracle, outcome.report, identity=identity, sign_key=sign_key)
         except _NotJudged as why:
-            outcome.report.notes.append(f"No artifact folder written ({folder} left as it was): {why}")
+            outcome.report.notes.append(not_written(named, str(why)))
             return outcome.report
     report = outcome.report
-    report.artifacts = {fmt: str(folder / a.path.name) for fmt, a in outcome.artifacts.items() if a.path}
-    report.artifacts["folder"] = str(folder)
+    report.artifacts = {fmt: str(named / a.path.name) for fmt, a in outcome.artifacts.items() if a.path}
+    report.artifacts["folder"] = str(named)
     moved = {str(a.path): report.artifacts[fmt] for fmt, a in outcome.artifacts.items() if a.path}
     for run in report.runs:  # each file run from the staging folder, named where it now is
         run.artifact = moved.get(run.artifact, run.artifact)
@@ -225,32 +232,101 @@ class _NotJudged(Exception):
     failed `--layers`, which the manifest's verdicts (the pairs) do not record."""
 
 
+def not_written(folder: Path, why: str) -> str:
+    return f"No artifact folder written ({folder} left as it was): {why}"
+
+
+def unpublishable(report: Report) -> str | None:
+    """Why a report's folder must not appear (None: it may): a folder claims the verdict its manifest records."""
+    if report.problems:
+        return "the runs could not be judged"  # no folder claims a verdict never reached
+    if not all(check.passed for check in report.layers):
+        return "a file's layers failed the layer verdict (--layers), which its manifest would not record"
+    return None
+
+
+WORKER_FOLDER = ".worker"
+"""Inside the parent's staging folder, where a user model's worker publishes its export folder: the parent moves
+it to its place only once this process has judged the worker's report again (_isolated_export)."""
+
+
 def _isolated_export(spec: UserModelSpec, settings: RunSettings | None, out: Path, export: ExportOptions | None,
                      runtimes: Sequence[str] | None, progress: Progress | None, overwrite: bool,
                      sign_key: Path | None, cache: Cache | None | Literal["default"], timeout: float | None) -> Report:
-    """verify_export in a worker; a worker that dies leaves no staging folder behind."""
-    from exporter.fsio import remove_dead_staging
+    """verify_export in a worker, which runs the user's code and so is not the verdict: it writes its folder inside
+    this process's staging folder, and the folder appears only if this process, judging the worker's recorded
+    numbers again, would publish it too (the worker's own list of problems, or a layer factor it recorded, could
+    have been edited by the code it ran). Whatever the worker leaves, or a worker that dies, goes with the staging
+    folder."""
+    import shutil
+
+    from verify.folder.identity import refuse_other_export
 
     spec.validate()
     if sign_key is not None:  # the key would sit in the process that runs the model's code
         raise UsageError("--sign-key cannot be used with --model: the private key would be read by the process "
                          "that runs your model's code; export without it")
+    settings = settings or RunSettings()
+    folder = Path(out) / spec.slug
+    identity: dict[str, Any] = {}
+
+    def may_replace(final: Path) -> None:  # at rename time, the worker having checked before its work
+        require_export_folder(final) if overwrite else refuse_other_export(final, identity=identity)
+
     try:
-        report = run_isolated(verify_export, spec, settings, out, export, runtimes, what=f"Your model {spec}",
-                              timeout=timeout, progress=progress, overwrite=overwrite, sign_key=None,
-                              cache=None if cache == "default" else cache, isolate=False)
-    finally:
-        remove_dead_staging(Path(out) / spec.slug)
+        with staged_folder(folder, may_replace) as staging:
+            report = run_isolated(_export_cell, spec, settings, staging / WORKER_FOLDER / spec.slug, folder, export,
+                                  runtimes, what=f"Your model {spec}", timeout=timeout, progress=progress,
+                                  overwrite=overwrite, sign_key=None, cache=None if cache == "default" else cache)
+            report = rejudged(report, settings)
+            written = staging / WORKER_FOLDER / spec.slug
+            why = unpublishable(report)
+            if why is None and path_kind(written) != "a directory":
+                why = WROTE_NONE
+            if why is not None:
+                raise _NotJudged(why)
+            identity.update(_written_identity(written))
+            for entry in written.iterdir():
+                entry.rename(staging / entry.name)
+            shutil.rmtree(staging / WORKER_FOLDER)  # with anything else the worker left beside its folder
+    except _NotJudged as why:
+        said = any(n.startswith(not_written(folder, "")) for n in report.notes)  # the worker's own reason
+        if not (said and str(why) == WROTE_NONE) and not_written(folder, str(why)) not in report.notes:
+            report.notes.append(not_written(folder, str(why)))
+        report.artifacts = {}
+    return report
+
+
+WROTE_NONE = "your model's worker wrote none"
+
+
+def _written_identity(written: Path) -> dict[str, Any]:
+    """The identity the worker's manifest records (what the parent checks a folder already there against)."""
+    from exporter.errors import ArtifactError
+    from exporter.manifest import MANIFEST_NAME, loads_strict, read_manifest_text
+
+    try:
+        manifest = loads_strict(read_manifest_text(written / MANIFEST_NAME))
+    except (ArtifactError, ValueError):
+        manifest = None
+    identity = manifest.get("identity") if isinstance(manifest, dict) else None
+    if not isinstance(identity, dict) or not {"spec", "seed", "weights_sha256", "export", "input"} <= identity.keys():
+        raise _NotJudged(f"the {MANIFEST_NAME} your model's worker wrote records no identity")
+    return identity
+
+
+def rejudged(report: Report, settings: RunSettings) -> Report:
+    """A worker's report judged here again: the trust guards from its recorded numbers (the worker's own list is not
+    the verdict; guard 3 guards a pass, as in the worker: verify/pipeline/stages.py trust_problems), and its layer
+    checks."""
     from verify.judge.file_floor import unrecorded_problems
     from verify.judge.trust import evidence_problems
 
-    # the guards once more here, from the worker's recorded numbers (the worker's own list is not the verdict);
-    # guard 3 guards a pass, as in the worker (verify/pipeline/stages.py trust_problems)
     agree = bool(report.pairs) and all(pair.passed for pair in report.pairs)
     report.problems = list(dict.fromkeys([
         *report.problems, *evidence_problems(report.trust, files=agree),
         *(unrecorded_problems(report.trust, True, [r.label for r in report.runs]) if agree else [])]))
-    return rejudged_layers(report, settings or RunSettings())
+    return rejudged_layers(report, settings)
 
 
 def rejudged_layers(report: Report, settings: RunSettings) -> Report:
