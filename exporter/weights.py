@@ -41,11 +41,16 @@ class Weights:
     """Classifier keys (`conv1.weight`, `layer1.0.bn1.running_var`, ...); `fc.*` may be absent."""
     extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     """Weights for parts outside the classifier, e.g. `fpn` from a detection checkpoint."""
+    digest: str | None = field(default=None, repr=False, compare=False)
+    """The sha256 of a private state dict no module's code can reach (synthetic weights: a clone the build only
+    copies from), taken once when it was made; None: taken again at each use."""
 
     @property
     def sha256(self) -> str:
-        """Of every tensor as it is now. Not remembered: a user's module may write its buffers through `.data` or a
-        numpy view, which torch does not count as a change (review of session 27)."""
+        """Of every tensor as it is now. Not remembered for a user's model, whose module may write its buffers
+        through `.data` or a numpy view, which torch does not count as a change (review of session 27)."""
+        if self.digest is not None:
+            return self.digest
         return state_dict_sha256({**self.state_dict, **{f"{k}.{n}": t for k, sd in self.extra.items()
                                                         for n, t in sd.items()}})
 
@@ -101,11 +106,12 @@ threads) interleave and give neither seed's weights (found by hunt 8c)."""
 @WEIGHT_SOURCES.register("synthetic")
 def synthetic_weights(backbone: str, seed: int) -> Weights:
     with _SYNTHETIC_LOCK:
-        return Weights(f"synthetic:{seed}", _synthetic_state_dict(backbone, seed))
+        state_dict, digest = _synthetic_state_dict(backbone, seed)
+        return Weights(f"synthetic:{seed}", state_dict, digest=digest)
 
 
 @lru_cache(maxsize=4)  # a matrix worker keeps the last four backbones' weights, not more
-def _synthetic_state_dict(backbone: str, seed: int) -> dict[str, torch.Tensor]:
+def _synthetic_state_dict(backbone: str, seed: int) -> tuple[dict[str, torch.Tensor], str]:
     """Seeded init of the classifier (torchvision's own norms), then BatchNorm statistics calibrated
     by train-mode passes.
 
@@ -152,7 +158,8 @@ def _synthetic_state_dict(backbone: str, seed: int) -> dict[str, torch.Tensor]:
     for module, momentum in momenta.items():
         module.momentum = momentum
     model.eval()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state_dict, state_dict_sha256(state_dict)
 
 
 @WEIGHT_SOURCES.register("imagenet")

@@ -33,7 +33,8 @@ def outputs(spec, weights):
 @pytest.mark.parametrize("backbone", FAMILY_BACKBONES)
 def test_synthetic_weights_are_deterministic_per_seed(backbone):
     fresh = _synthetic_state_dict.__wrapped__  # bypass the in-process cache
-    a, b, c = fresh(backbone, 0), fresh(backbone, 0), fresh(backbone, 1)
+    (a, digest), (b, _), (c, _) = fresh(backbone, 0), fresh(backbone, 0), fresh(backbone, 1)
+    assert digest == state_dict_sha256(a) == synthetic_weights(backbone, 0).sha256  # remembered: these values'
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert any(not torch.equal(a[k], c[k]) for k in a)
@@ -49,7 +50,7 @@ def test_synthetic_weights_are_the_same_bits_on_any_thread_count(backbone):
         digests = []
         for count in (1, 2):
             torch.set_num_threads(count)
-            digests.append(state_dict_sha256(fresh(backbone, 0)))
+            digests.append(state_dict_sha256(fresh(backbone, 0)[0]))
             assert torch.get_num_threads() == count  # the caller's thread count is restored
     finally:
         torch.set_num_threads(threads)
