@@ -45,9 +45,11 @@ def reference(count: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]
     return {ROWS: rng.normal(size=(count, 7)), DENSE: rng.normal(size=(1, 3, 4, 4))}, grid(count)
 
 
-def noisy(tensors: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+def noisy(tensors: dict[str, np.ndarray], seed: int, full: bool = False) -> dict[str, np.ndarray]:
+    """`tensors` with a relative error up to NOISE in each value; `full`: exactly NOISE, of either sign."""
     rng = np.random.default_rng(seed)
-    return {k: (v * (1 + NOISE * rng.uniform(-1, 1, v.shape))).astype(np.float32) for k, v in tensors.items()}
+    draw = (lambda shape: rng.choice([-1.0, 1.0], shape)) if full else (lambda shape: rng.uniform(-1, 1, shape))
+    return {k: (v * (1 + NOISE * draw(v.shape))).astype(np.float32) for k, v in tensors.items()}
 
 
 def permuted(tensors: dict[str, np.ndarray], boxes: np.ndarray, order: np.ndarray):
@@ -63,8 +65,11 @@ def judged(run, run_boxes, ref, ref_boxes, floors=None):
 
 
 def eager_floors(ref, ref_boxes, seed):
-    """The floors a float32 eager run paired with the reference measures (what the pipeline judges on)."""
-    return judged(noisy(ref, seed), ref_boxes.astype(np.float32), ref, ref_boxes)[3]
+    """The floors a float32 eager run paired with the reference measures (what the pipeline judges on). Its error is
+    the largest the noise model gives (`full`), as a model's own float32 run is what sets the floor for runs of the
+    same computation: from a draw of up to NOISE, two proposals' floor could be a twentieth of another draw's error
+    (hypothesis found count=2, seed=760 at 6.3x), a flaw of the noise model, not of the pairing."""
+    return judged(noisy(ref, seed, full=True), ref_boxes.astype(np.float32), ref, ref_boxes)[3]
 
 
 @settings(max_examples=25, deadline=None)
