@@ -69,6 +69,30 @@ def worker_environment(workers: int, cores: int) -> dict[str, str]:
     return env
 
 
+RAM_TMP = "/dev/shm"
+RAM_TMP_MIN_FREE = 8 * 2**30
+"""Where the suite's temporary files go when TMPDIR is not set and this many bytes are free there (a memory file
+system): the suite writes hundreds of model files, 2.5 GB of them at once at its peak, and on this machine's disk
+their writes and fsyncs cost (measured, the wide_resnet50_2 test: 16.5 s with /tmp, 13.4 s with /dev/shm; the full
+suite 8:53 against 9:05-9:19). Elsewhere the system's temporary folder, as before."""
+
+
+def use_memory_tmp(config) -> None:
+    """TMPDIR set to RAM_TMP for this process and the workers and processes it starts (set before xdist starts
+    its workers, which inherit it, and before the base temporary folder is first made)."""
+    if os.environ.get("TMPDIR") or config.getoption("basetemp", None):
+        return
+    try:
+        free = shutil.disk_usage(RAM_TMP).free
+    except OSError:
+        return
+    if free >= RAM_TMP_MIN_FREE and os.access(RAM_TMP, os.W_OK | os.X_OK):
+        import tempfile
+
+        os.environ["TMPDIR"] = RAM_TMP
+        tempfile.tempdir = None  # tempfile reads TMPDIR again on its next use
+
+
 SUITE_SAMPLES = len(SAMPLE_KINDS)
 """Seeded inputs per verdict in the suite: one of each kind, so pooling and the worst input are exercised
 everywhere at 3/8 of the default's runs (tests/test_evidence.py judges on the default set itself)."""
@@ -76,6 +100,7 @@ everywhere at 3/8 of the default's runs (tests/test_evidence.py judges on the de
 
 def pytest_configure(config):
     check_loadgroup(config)
+    use_memory_tmp(config)
     os.environ[SAMPLES_ENV] = str(SUITE_SAMPLES)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = worker_environment(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0), cores)
