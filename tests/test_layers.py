@@ -81,7 +81,11 @@ def quietly_buggy_onnx_exporter(monkeypatch):
     edit_onnx_exports(monkeypatch, lambda path: scaled_onnx(path, path))
 
 
-def test_export_judges_every_files_layers_and_names_the_one_off(tmp_path, quietly_buggy_onnx_exporter):
+def test_export_judges_every_files_layers_and_names_the_one_off(tmp_path, quietly_buggy_onnx_exporter, monkeypatch):
+    from verify.runtimes import torchscript
+
+    loads, load_file = [], torchscript.load_file
+    monkeypatch.setattr(torchscript, "load_file", lambda *args: loads.append(args[1].path.name) or load_file(*args))
     junit = tmp_path / "junit.xml"
     code, report, _ = report_of(tmp_path, "export", "-b", SMALL, "--shape", SHAPE, "--samples", "1", "--layers",
                                 "--format", "onnx", "--format", "torchscript", "--out", tmp_path / "out",
@@ -91,6 +95,9 @@ def test_export_judges_every_files_layers_and_names_the_one_off(tmp_path, quietl
     assert set(checks) == {"model.onnx", "model.pt"}, "every file by its name in the folder"
     assert checks["model.onnx"]["named"] == [LAYER] and not checks["model.onnx"]["passed"]
     assert checks["model.pt"]["passed"]
+    # the TorchScript file loaded once, by its run: its layers re-run on that module (before: twice more, in float32
+    # and in float64, of which the layer verdict reads only the first)
+    assert loads == ["model.pt"]
     assert report["settings"]["layers"] is True
     assert "isolated" not in report, "the layers are already named: no second isolation"
     text = junit.read_text()

@@ -476,11 +476,12 @@ def _compare_layers(sides: Sequence[Artifact], texts: Sequence[str], x: np.ndarr
                     ) -> tuple[list[Any], list[str]]:
     """The layer verdict of compare (`--layers`): the other side's layers on the torch model's float64 values (B is
     the reference where both are models, as it is for the outputs)."""
-    from verify.explain.rerun import isolation_factor, layer_checks
+    from verify.explain.rerun import Candidate, isolation_factor, layer_checks
 
     reference = 1 if sides[1].built is not None else 0
     candidate = 1 - reference
-    return layer_checks(sides[reference], [(sides[candidate], texts[candidate])], x, isolation_factor(settings))
+    return layer_checks(sides[reference], [Candidate(sides[candidate], texts[candidate])], x,
+                        isolation_factor(settings))
 
 
 def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], runs: Sequence[RunResult],

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from exporter.errors import UsageError
-from verify.explain.sides import load_sides
+from verify.explain.sides import line_up, load_side
 from verify.explain.structure import canonical_modules, fold_partner
 from verify.explain.tracers import (
     FxTracer,
@@ -614,18 +614,28 @@ def isolate_sides(a: Side, b: Side, x: np.ndarray, factor: float = AUTO_FACTOR,
     return result, (pieces if keep_pieces else []), ref
 
 
-def layer_checks(reference: Artifact, candidates: Sequence[tuple[Artifact, str]], x: np.ndarray,
+class Candidate(NamedTuple):
+    """A file the layer verdict checks, with the name the report gives it."""
+
+    artifact: Artifact
+    label: str
+    fp32: Any = None
+    """Its torch module as a run of this process loaded it (CPU, float32, the default options), else None: loaded
+    here (verify/explain/sides.py load_side)."""
+
+
+def layer_checks(reference: Artifact, candidates: Sequence[Candidate], x: np.ndarray,
                  factor: float = AUTO_FACTOR) -> tuple[list[Isolation], list[str]]:
     """The layer verdict (`--layers`): each candidate's layers re-run alone on `reference`'s float64 values for
     their inputs (the first input, `x`), each judged on its own float32 floor (verify.judge.layers.Isolation.passed).
-    Each candidate comes with the name the report gives it. One whose format isolation does not read (AOTInductor)
-    is a note, not a check; one that fails to load or re-run is a check with no layer, which fails (a layer verdict
-    asked for and not reached)."""
+    One whose format isolation does not read (AOTInductor) is a note, not a check; one that fails to load or re-run
+    is a check with no layer, which fails (a layer verdict asked for and not reached)."""
     checks, notes = [], []
     side, ref = None, None  # the reference loaded and recorded once, its layers' floors shared by every file
-    for candidate, label in candidates:
+    for candidate, label, fp32 in candidates:
         try:
-            sides = load_sides(reference, candidate, side)
+            sides = [side or load_side(reference), load_side(candidate, float64=False, fp32=fp32)]
+            line_up(sides)
             side = sides[0]
             result, _, ref = isolate_sides(*sides, x, factor, ref=ref)
         except UsageError as exc:

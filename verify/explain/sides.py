@@ -4,25 +4,36 @@ module names lined up with the other side's (explain, isolate and the layer verd
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from exporter.artifacts import Artifact
 from verify.explain.structure import canonical_modules
 from verify.explain.tracers import Side
 
 
-def load_side(artifact: Artifact) -> Side:
+def load_side(artifact: Artifact, float64: bool = True, fp32: Any = None) -> Side:
     """The side with its torch modules in float32 and float64 where a torch runtime can run it
-    in float64 (an eager model, a saved torch program); a graph runtime's side has none."""
-    from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
+    in float64 (an eager model, a saved torch program); a graph runtime's side has none. A saved program's float64
+    module is left out unless `float64` (a layer verdict's candidate is re-run in float32 only), and its float32
+    module is `fp32` where a run of this process already loaded it (`file_runtime` with default options)."""
+    from verify.runtimes import RuntimeOptions, make_runtime
 
     if artifact.built is not None:
         built = artifact.built
         return Side(artifact, copy.deepcopy(built.model), built.float64(), built.view.prefix)
-    exact = runtimes_for(artifact.format, float64=True)
-    if exact:  # a saved torch program (TorchScript, ExportedProgram): both precisions from the file
-        return Side(artifact, make_runtime(exact[0]).load(artifact).module,
-                    make_runtime(exact[0], RuntimeOptions(dtype="float64")).load(artifact).module)
+    exact = file_runtime(artifact)
+    if exact is not None:  # a saved torch program (TorchScript, ExportedProgram): both precisions from the file
+        return Side(artifact, fp32 if fp32 is not None else make_runtime(exact).load(artifact).module,
+                    make_runtime(exact, RuntimeOptions(dtype="float64")).load(artifact).module if float64 else None)
     return Side(artifact)
+
+
+def file_runtime(artifact: Artifact) -> str | None:
+    """The torch runtime that loads a saved program's modules for a side (None: a graph format, e.g. ONNX)."""
+    from verify.runtimes import runtimes_for
+
+    exact = runtimes_for(artifact.format, float64=True)
+    return exact[0] if exact else None
 
 
 def line_up(sides: list[Side]) -> None:

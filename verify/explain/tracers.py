@@ -52,6 +52,11 @@ class Side:
     def kind(self) -> str:
         return self.artifact.format
 
+    @property
+    def module(self) -> Any:
+        """The side's torch module, float64 where it was loaded (what the tracers read it by), else float32."""
+        return self.fp64 if self.fp64 is not None else self.fp32
+
 
 @dataclass
 class Trace:
@@ -180,7 +185,7 @@ class HookTracer(Tracer):
     def claims(self, side: Side) -> bool:
         from torch import nn
 
-        return isinstance(side.fp64, nn.Module)
+        return isinstance(side.module, nn.Module)
 
     def trace(self, side: Side, x: np.ndarray, floors: bool = False) -> Trace:
         import torch
@@ -224,8 +229,8 @@ class FxTracer(Tracer):
     def claims(self, side: Side) -> bool:
         import torch
 
-        return isinstance(side.fp64, torch.fx.GraphModule) and \
-            any("nn_module_stack" in node.meta for node in side.fp64.graph.nodes)
+        return isinstance(side.module, torch.fx.GraphModule) and \
+            any("nn_module_stack" in node.meta for node in side.module.graph.nodes)
 
     def trace(self, side: Side, x: np.ndarray, floors: bool = False) -> Trace:
         import torch
@@ -282,7 +287,7 @@ class JitTracer(Tracer):
     def claims(self, side: Side) -> bool:
         import torch
 
-        return isinstance(side.fp64, torch.jit.ScriptModule)
+        return isinstance(side.module, torch.jit.ScriptModule)
 
     def trace(self, side: Side, x: np.ndarray, floors: bool = False) -> Trace:
         import torch
@@ -393,7 +398,7 @@ class OnnxTracer(Tracer):
         from exporter.formats import get_format
         from exporter.formats.onnx import OnnxFormat
 
-        return side.fp64 is None and side.artifact.path is not None and \
+        return side.module is None and side.artifact.path is not None and \
             isinstance(get_format(side.kind), OnnxFormat)
 
     def trace(self, side: Side, x: np.ndarray, floors: bool = False) -> Trace:

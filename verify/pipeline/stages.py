@@ -114,6 +114,9 @@ class RunResult:
     seconds: float
     repeat: RepeatCheck | None = None
     """Every input run a second time, and any input the runs changed in place (verify/judge/trust.py)."""
+    module: Any = field(default=None, repr=False, compare=False)
+    """The torch module the runs ran, where `run_stage` was asked to keep it (the layer verdict re-runs its layers
+    rather than load the file again); else None."""
 
     def on(self, index: int) -> dict[str, Any]:
         """This run on input `index`, as the judging functions take it: {"label", "outputs"}."""
@@ -445,10 +448,12 @@ def runtime_label(name: str, options: RuntimeOptions) -> str:
 
 
 def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
-              options: RuntimeOptions, preloaded: tuple[Runtime, float] | None = None) -> RunResult:
+              options: RuntimeOptions, preloaded: tuple[Runtime, float] | None = None, keep: bool = False
+              ) -> RunResult:
     """Load `artifact` in `runtime` once (or take it `preloaded` in the background with its load's seconds,
     verify/pipeline/preload.py) and run it on every feed, each on a private copy of its input; every feed runs
-    twice (the determinism guard, verify/judge/trust.py), and every input is checked unchanged."""
+    twice (the determinism guard, verify/judge/trust.py), and every input is checked unchanged. `keep`: the
+    result holds the loaded torch module (`RunResult.module`)."""
     from verify.judge.trust import RepeatCheck, output_differences, run_guarded
     from verify.runtimes import make_runtime
 
@@ -473,7 +478,8 @@ def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.nda
         for name, value in output_differences(first, again).items():
             differences[name] = max(value, differences.get(name, 0.0))
     repeat = RepeatCheck(loaded.label, differences, sorted(mutated))
-    return RunResult(runtime, loaded.label, artifact.label, outputs, seconds, repeat)
+    return RunResult(runtime, loaded.label, artifact.label, outputs, seconds, repeat,
+                     getattr(loaded, "module", None) if keep else None)
 
 
 def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunResult],
@@ -774,8 +780,9 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
                                         spec.registered, between=start_loads)
             continue
         with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
-            by_name[name] = run_stage(name, artifacts[plan.formats[name]], feeds, settings.runtime,
-                                      preloads.take(name))
+            artifact = artifacts[plan.formats[name]]
+            by_name[name] = run_stage(name, artifact, feeds, settings.runtime, preloads.take(name),
+                                      keeps_module(name, artifact, settings))
     runs = [by_name[name] for name in plan.runtimes]
     report.runs = [RunRecord(run.label, run.artifact, run.seconds) for run in runs]
     if oracles is None:
@@ -789,7 +796,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     layer_notes: list[str] = []
     if settings.layers:
         report.layers, layer_notes = layers_stage(build, [artifacts[fmt] for fmt in export.formats
-                                                          if fmt != eager.format], settings, progress)
+                                                          if fmt != eager.format], settings, progress, runs)
     files, unchecked = file_floor_stage(request, plan, build, runs, artifacts, progress,
                                         [o.oracle.outputs for o in oracles])
     agree = all(pair.passed for pairs in judged for pair in pairs)  # guard 3 guards a pass (a failure stands)
@@ -808,16 +815,30 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     return CellOutcome(report, build, artifacts, feeds[0], first, statuses)
 
 
-def layers_stage(build: BuildResult, files: Sequence[Artifact], settings: RunSettings, progress: Progress
-                 ) -> tuple[list[Isolation], list[str]]:
+def layers_stage(build: BuildResult, files: Sequence[Artifact], settings: RunSettings, progress: Progress,
+                 runs: Sequence[RunResult] = ()) -> tuple[list[Isolation], list[str]]:
     """The layer verdict (`--layers`, verify/explain/rerun.py layer_checks): every layer of each exported file
     re-run alone on the model's float64 values for its inputs (the first input), judged on its own floor. Each file
-    is named as in the folder (not by the staging folder it was run from)."""
-    from verify.explain.rerun import isolation_factor, layer_checks
+    is named as in the folder (not by the staging folder it was run from). A file's torch module is the one its run
+    kept (`runs`, see `keeps_module`) where there is one, else loaded again."""
+    from verify.explain.rerun import Candidate, isolation_factor, layer_checks
 
+    kept = {run.artifact: run.module for run in runs if run.module is not None}
     with progress.step("Re-running every layer of the exported files on the model's float64 inputs"):
-        return layer_checks(build.eager, [(f, f.path.name if f.path is not None else f.label) for f in files],
+        return layer_checks(build.eager, [Candidate(f, f.path.name if f.path is not None else f.label,
+                                                    kept.get(f.label)) for f in files],
                             build.named[0].array, isolation_factor(settings))
+
+
+def keeps_module(runtime: str, artifact: Artifact, settings: RunSettings) -> bool:
+    """Whether a run keeps its loaded module for the layer verdict: `--layers` asked, and the run's module is the one
+    the layer verdict would load (the file's float64-capable torch runtime, on the CPU in float32 with every option
+    at its default); a run on CUDA or in another precision is not what the layers are re-run on."""
+    from verify.explain.sides import file_runtime
+    from verify.runtimes import RuntimeOptions
+
+    return settings.layers and settings.runtime == RuntimeOptions() and artifact.path is not None \
+        and file_runtime(artifact) == runtime
 
 
 def file_floor_stage(request: CellRequest, plan: CellPlan, build: BuildResult, runs: Sequence[RunResult],
