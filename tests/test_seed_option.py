@@ -62,3 +62,21 @@ def test_compare_keeps_a_seed_that_draws_a_side(tmp_path):
     refuse_unused_seed_for(RunSettings(seed=4), [str(file), str(file)])  # no --input: the inputs are drawn
     with pytest.raises(UsageError, match="drop --seed"):
         refuse_unused_seed_for(seeded, [str(file), str(file)])
+
+
+def test_the_matrix_refuses_a_seed_no_cell_draws_from(tmp_path):
+    """Before (left open at stops 29 and 30): `verify matrix -b resnet18 --weights imagenet --input x.npy --seed 3`
+    went on with the seed unused. A fpn view (its FPN drawn from the seed) or a user's model keeps it."""
+    from verify.matrix.request import MatrixRequest
+    from verify.settings import RunSettings
+
+    given = tmp_path / "x.npy"
+    np.save(given, np.zeros((1, 3, 32, 32), np.float32))
+    result = runner.invoke(app, ["matrix", "-b", "resnet18", "--weights", "imagenet", "--input", str(given),
+                                 "--seed", "3", "--json", str(tmp_path / "matrix.json")])
+    assert result.exit_code == 2, result.output
+    assert "--seed 3" in result.output and "drop --seed" in result.output
+    assert not (tmp_path / "matrix.json").exists()
+    seeded = RunSettings(seed=3, weights="imagenet", input_file=given)
+    MatrixRequest.create(["resnet18"], views=["fpn"], settings=seeded)
+    MatrixRequest.create(["resnet18"], settings=RunSettings(seed=3, weights="imagenet"))  # the inputs drawn from it

@@ -58,6 +58,7 @@ class MatrixRequest:
         from exporter.user_model import UserModelSpec
         from verify.api import RunSettings
         from verify.runtimes import RUNTIMES
+        from verify.settings import refuse_unused_seed
 
         users = tuple(str(UserModelSpec.parse(text)) for text in dict.fromkeys(models or ()))
         every = () if users and not backbones else BACKBONES.names()
@@ -73,6 +74,9 @@ class MatrixRequest:
         from verify.pipeline.stages import export_for
 
         settings = settings or RunSettings()
+        # like verify export: a seed no cell draws from (other weights, --input; no fpn view, no user model) is refused
+        refuse_unused_seed(settings.seed, settings.weights, settings.input_file,
+                           not users and "fpn" not in chosen[2])
         if settings.layers:  # a stored cell's layers would be read back, not re-judged: each export judges its own
             raise UsageError("The matrix does not run the layer verdict (--layers): run verify export --layers (or "
                              "verify compare MODEL FILE --layers) on the cells you want judged layer by layer")
