@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 
+from exporter.errors import UsageError
 from tests.conftest import SMALL, SMALL_SHAPE
 from tests.helpers import (
     CULPRIT_CHANNEL,
@@ -18,6 +19,9 @@ from tests.helpers import (
     ONE_CHANNEL_ERROR,
     edit_onnx_exports,
     invoke,
+    linked_copy,
+    rehash,
+    rewrite,
     scaled_onnx_channel,
 )
 from verify.judge.compare import AUTO_FACTOR
@@ -276,3 +280,29 @@ def test_a_torchscript_files_layer_verdict_says_which_ops_it_did_not_rerun(defau
     assert result.exit_code == 0 and check["passed"], "a correct file passes"
     assert "add_" in check["outside"], f"the blocks' residual adds are not listed: {check['outside']}"
     assert "outside every layer" in result.output
+
+
+def test_artifact_rebuild_layers_fails_a_file_whose_outputs_still_agree(default_export, tmp_path):
+    """CI artifact validation with the layer verdict (`verify artifact --rebuild --layers`). The folder's ONNX file
+    has one channel of LAYER off by BELOW_ROUNDING and its hash rewritten to match: its outputs still agree with the
+    rebuilt model's runs (before, the strongest check there was, `--rebuild`, passed it), and now its layer check
+    fails naming LAYER, while the folder's other files pass theirs."""
+    from verify.folder.validate import LAYERS_NEED_REBUILD, validate
+
+    folder = linked_copy(default_export, tmp_path)
+    scaled_onnx_channel(default_export / "model.onnx", tmp_path / "bad.onnx", BELOW_ROUNDING)
+    rewrite(folder / "model.onnx", (tmp_path / "bad.onnx").read_bytes())
+    rehash(folder, "model.onnx")
+    report = validate([folder], rebuild=True, layers=True, trust_unsigned_code=True)
+    checks = {check.name: check for check in report.checks}
+    assert checks["reference: rebuilt"].passed
+    assert all(check.passed for name, check in checks.items() if name.startswith("model.onnx: goldens")), \
+        "the outputs agree: only the layer verdict sees the edit"
+    layers = {name: check for name, check in checks.items() if name.endswith(": layers")}
+    assert set(layers) == {"model.onnx: layers", "model.pt: layers", "model.pt2: layers"}
+    assert not layers["model.onnx: layers"].passed and LAYER in layers["model.onnx: layers"].message
+    assert layers["model.pt: layers"].passed and layers["model.pt2: layers"].passed
+    assert not report.passed
+    with pytest.raises(UsageError, match="--rebuild"):
+        validate([folder], layers=True)
+    assert "--rebuild" in LAYERS_NEED_REBUILD

@@ -148,5 +148,6 @@ def rebuild_backbone(art: CheckedFolder, weights_file: Path | None) -> str:
     art.goldens = {**art.goldens, "input": own, "float32": fp32, "float64": oracle.outputs,
                    "folded": samples[0] if samples else {}}
     art.floors = measure_floors(fp32, oracle.outputs, samples=samples)
+    art.rebuilt = eager
     return (f"{spec} with {model.weights} weights (sha256 as recorded): the float64 goldens are its own; "
             f"each file judged against its float32 and float64 runs on this run's seeded input (seed {seed})")

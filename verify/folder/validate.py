@@ -55,6 +55,7 @@ from verify.folder.integrity import (
     resolve_folder,
     run_check,
 )
+from verify.folder.layers import folder_layer_checks
 from verify.folder.rebuild import REBUILD_ONLY, rebuild_backbone, rebuilt_reference
 from verify.judge.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
@@ -74,6 +75,9 @@ class ArtifactFolder(CheckedFolder):
     the output has channels) per output."""
     tolerances: list[Tolerance] = field(default_factory=list)
     """Every tolerance a verdict must pass: auto (at most the default factor) first."""
+    rebuilt: Artifact | None = None
+    """The model the folder names, rebuilt here (`--rebuild`, verify/folder/rebuild.py), as an eager artifact:
+    the layer verdict's float64 reference (verify/folder/layers.py); None when not rebuilt."""
 
     def artifact(self, name: str) -> Artifact:
         entry, spec = self.manifest.files[name], self.manifest.input
@@ -389,19 +393,29 @@ def read_inputs(verify_key: Path | None, weights_file: Path | None) -> dict[str,
     return {what: path for what, path in (("--verify-key", verify_key), ("--checkpoint", weights_file)) if path}
 
 
+LAYERS_NEED_REBUILD = ("--layers re-runs each file's layers on the float64 values of the model the folder names, "
+                       "which only --rebuild builds: pass --rebuild with it (and --checkpoint FILE where the folder's "
+                       "weights were a file)")
+
+
 def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
              verify_key: Path | None = None, trust_unsigned_code: bool = False, rebuild: bool = False,
-             weights_file: Path | None = None) -> CheckReport:
+             weights_file: Path | None = None, layers: bool = False) -> CheckReport:
     """Check every folder; one folder's failures never stop the others (only an environment problem
     does, as SetupError). A code-executing file is loaded only from a folder whose signature verified with
     `verify_key`, or with `trust_unsigned_code` (module doc). With `rebuild`, each folder's reference is
-    re-derived from the model it names (verify/folder/rebuild.py; `weights_file` for a checkpoint). Paths may be
+    re-derived from the model it names (verify/folder/rebuild.py; `weights_file` for a checkpoint), and with
+    `layers` too, every layer of each file is judged against it (verify/folder/layers.py). Paths may be
     given as text; one folder alone may be given without a list."""
     paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(path) for path in paths]
     verify_key = Path(verify_key) if verify_key is not None else None
     weights_file = Path(weights_file) if weights_file is not None else None
     if weights_file is not None and not rebuild:  # as the CLI refuses --checkpoint without --rebuild
         raise UsageError(REBUILD_ONLY.format(option="weights_file"))
+    if not isinstance(layers, bool):
+        raise TypeError(f"layers must be True or False, not {type(layers).__name__}")
+    if layers and not rebuild:
+        raise UsageError(LAYERS_NEED_REBUILD)
     if verify_key is not None:
         from exporter.signing import check_public_key
 
@@ -409,6 +423,9 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
     report = CheckReport("artifact", inputs=read_inputs(verify_key, weights_file))
     for path in paths:
         resolve_folder(path)  # usage errors (a path that does not exist) before any work
+        if layers and is_detector_folder(path):
+            raise UsageError(f"{path} is a whole detector's folder, which the layer verdict (--layers) does not "
+                             "re-run; drop --layers, or check the other folders on their own")
     flags = option_flags(options.plugins if options else {})
     detector = next((path for path in paths if is_detector_folder(path)), None) if flags else None
     if detector is not None:  # a whole detector's check runs each framework's defaults: they would be dropped
@@ -424,6 +441,8 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
             rebuilt_reference(art, report, lambda art=art: rebuild_backbone(art, weights_file))
         if art is not None:
             golden_checks(art, options or RuntimeOptions(), report)
+            if layers:
+                folder_layer_checks(art, report)
             art.close()
     failed = sum(not c.passed and not c.skipped for c in report.checks)
     report.summary = (f"all {len(report.checks)} checks passed" if report.passed else
