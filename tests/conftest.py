@@ -83,12 +83,19 @@ def use_memory_tmp(config) -> None:
     if os.environ.get("TMPDIR") or config.getoption("basetemp", None):
         return
     try:
-        free = shutil.disk_usage(RAM_TMP).free
+        stats = os.statvfs(RAM_TMP)
     except OSError:
         return
-    if free >= RAM_TMP_MIN_FREE and os.access(RAM_TMP, os.W_OK | os.X_OK):
+    # noexec (Docker mounts /dev/shm so): an AOTInductor package's library cannot be loaded from there, and
+    # os.access(X_OK) on a folder does not say so (review 15)
+    runs_code = not stats.f_flag & os.ST_NOEXEC
+    if stats.f_bavail * stats.f_frsize >= RAM_TMP_MIN_FREE and runs_code and os.access(RAM_TMP, os.W_OK | os.X_OK):
+        import getpass
         import tempfile
 
+        # torch's compile cache (hundreds of MB, kept between runs) stays in the disk's temporary folder
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                              os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"))
         os.environ["TMPDIR"] = RAM_TMP
         tempfile.tempdir = None  # tempfile reads TMPDIR again on its next use
 

@@ -48,11 +48,11 @@ def test_an_opset_outside_the_installed_onnx_is_still_refused_naming_its_range(o
         OnnxOptions(opset=opset)
 
 
-def test_the_child_starts_before_torch_is_imported_and_the_threads_come_back():
+def test_the_child_starts_before_torch_is_imported_and_the_threads_come_back(tmp_path):
     if overlap.usable_cpus() < overlap.MIN_CPUS:
         pytest.skip("one usable core: no child")
     found = run_python(f"""
-        import json, sys, tempfile
+        import json, sys
         from verify.pipeline import overlap
         seen = []
         start = overlap.BackgroundExport.__init__
@@ -64,7 +64,7 @@ def test_the_child_starts_before_torch_is_imported_and_the_threads_come_back():
         from verify.api import verify_export
         from verify.settings import RunSettings
         report = verify_export(ModelSpec("resnet18", "frozen", "body"), RunSettings(shape={SHAPE!r}, samples=1),
-                               out=tempfile.mkdtemp(), cache=None)
+                               out={str(tmp_path)!r}, cache=None)
         import torch
         print(json.dumps({{"torch_at_start": seen, "passed": report.passed, "threads": torch.get_num_threads()}}))
     """)

@@ -210,8 +210,8 @@ def _compare_arguments(a: object, b: object, settings: object, runtime: object) 
 def require_export_folder(folder: Path) -> None:
     """--overwrite replaces an export folder (another export of this tool), never a folder of anything else: found by
     hunt 12a, `--out arts --overwrite` deleted arts/resnet18-frozen-body/thesis.txt, a folder no export had made."""
-    from exporter.errors import ArtifactError
-    from exporter.manifest import MANIFEST_NAME, loads_strict, read_manifest_text
+    from exporter.manifest import MANIFEST_NAME
+    from verify.folder.identity import read_manifest
 
     kind = path_kind(folder)
     if kind == "missing":
@@ -219,11 +219,7 @@ def require_export_folder(folder: Path) -> None:
     how = "--overwrite replaces only a folder holding an export: move it away, or pass --out elsewhere"
     if kind != "a directory":
         raise UsageError(f"{folder} exists and is {kind or 'a file'}, not an export folder; {how}")
-    try:
-        manifest = loads_strict(read_manifest_text(folder / MANIFEST_NAME))
-    except (ArtifactError, ValueError):
-        manifest = None
-    if not isinstance(manifest, dict):
+    if not isinstance(read_manifest(folder), dict):
         raise UsageError(f"{folder} holds no readable {MANIFEST_NAME} (not an export of this tool, or damaged); {how}")
 
 
@@ -302,13 +298,10 @@ WROTE_NONE = "your model's worker wrote none"
 
 def _written_identity(written: Path) -> dict[str, Any]:
     """The identity the worker's manifest records (what the parent checks a folder already there against)."""
-    from exporter.errors import ArtifactError
-    from exporter.manifest import MANIFEST_NAME, loads_strict, read_manifest_text
+    from exporter.manifest import MANIFEST_NAME
+    from verify.folder.identity import read_manifest
 
-    try:
-        manifest = loads_strict(read_manifest_text(written / MANIFEST_NAME))
-    except (ArtifactError, ValueError):
-        manifest = None
+    manifest = read_manifest(written)
     identity = manifest.get("identity") if isinstance(manifest, dict) else None
     if not isinstance(identity, dict) or not {"spec", "seed", "weights_sha256", "export", "input"} <= identity.keys():
         raise _NotJudged(f"the {MANIFEST_NAME} your model's worker wrote records no identity")

@@ -59,6 +59,15 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return found or ["fields this version does not know"]
 
 
+def read_manifest(folder: Path) -> Any:
+    """The folder's manifest as JSON, read as `verify artifact` reads it (a FIFO, device, link or huge file there is
+    not read); None where it cannot be read or parsed."""
+    try:
+        return loads_strict(read_manifest_text(folder / MANIFEST_NAME))
+    except (ArtifactError, ValueError):
+        return None
+
+
 def refuse_other_export(folder: Path, identity: dict[str, Any]) -> None:
     """Raise unless `folder` holds a complete export of this very identity. Called before the work and
     again under the folder lock at rename time (exporter.fsio.staged_folder)."""
@@ -67,11 +76,10 @@ def refuse_other_export(folder: Path, identity: dict[str, Any]) -> None:
         return
     if kind != "a directory":
         raise UsageError(f"{folder} exists and is {kind or 'a file'}, not an export folder; {HOW}")
-    try:  # the reader of `verify artifact`: a FIFO, device, link or huge file there is not read
-        manifest = loads_strict(read_manifest_text(folder / MANIFEST_NAME))
-    except (ArtifactError, ValueError):
+    manifest = read_manifest(folder)
+    if manifest is None:
         raise UsageError(f"{folder} exists but holds no readable {MANIFEST_NAME} (not an export of this tool, "
-                         f"or damaged); {HOW}") from None
+                         f"or damaged); {HOW}")
     old = manifest.get("identity") if isinstance(manifest, dict) else None
     if old == identity:
         return
