@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from exporter.backbones import list_backbones
-from exporter.errors import UsageError
+from exporter.errors import SetupError, UsageError
 from verify.cli import options as opt
 from verify.cli.base import err_console, handle_errors, out_console
 from verify.cli.groups import (
@@ -25,7 +25,7 @@ from verify.cli.groups import (
     with_option_groups,
 )
 from verify.render import clear_stale_reports
-from verify.render.console import progress_for
+from verify.render.console import print_line, progress_for
 
 
 def user_timeout(timeout: float | None) -> float:
@@ -41,9 +41,9 @@ def _finish(report: Any, reports: ReportPaths, verbose: bool) -> None:
     render_pairs(report, out_console, verbose)
     if reports.json:
         write_json_report(report.to_dict(), reports.json)
-        err_console.print(f"[dim]wrote {escape(str(reports.json))}[/]")
+        print_line(err_console, f"[dim]wrote {escape(str(reports.json))}[/]")
     for path in write_report_outputs(report, reports.junit, reports.markdown):
-        err_console.print(f"[dim]wrote {escape(str(path))}[/]")
+        print_line(err_console, f"[dim]wrote {escape(str(path))}[/]")
     raise typer.Exit(report.exit_code)
 
 
@@ -76,7 +76,7 @@ def export(
 ) -> None:
     """Build a backbone, export it (TorchScript, ExportedProgram, ONNX...), run every runtime, judge every pair."""
     from exporter.spec import ModelSpec
-    from exporter.user_model import UserModelSpec
+    from exporter.user_model import FACTORY_WEIGHTS, UserModelSpec
     from verify.api import verify_export
     from verify.cache import open_cache
     from verify.explain.outputs import refuse_overwriting_sources
@@ -85,6 +85,9 @@ def export(
     if model is not None and moved:
         raise UsageError(f"--{moved[0]} applies to a registered backbone, and --model builds your own as its "
                          f"factory defines it, so it would be ignored: drop --{moved[0]} (or --model)")
+    if model is not None and settings.weights != FACTORY_WEIGHTS:  # before a worker starts on the factory
+        raise UsageError(f"--weights {settings.weights} applies to registered backbones; {model} brings its own "
+                         "weights (load a checkpoint inside the factory)")
     if model is None and backbone in detector_names():
         from verify.cli.detector import export_detector, refuse_unsupported
 
@@ -96,6 +99,8 @@ def export(
         export_detector(backbone, norm, settings.weights, settings.seed, shape, settings.input_file,
                         list(formats.formats) or None, out, factor, reports.json, overwrite, junit=reports.junit,
                         markdown=reports.markdown, html=html, dynamic=not formats.static, sign_key=sign_key)
+    if model is None:  # a registered backbone runs in this process: no worker for --timeout to stop
+        refuse_unused_timeout(timeout, [])
     # a whole detector refuses these itself, naming the option (verify/cli/detector.py)
     refuse_overwriting_sources([opt.weights_file(settings.weights), sign_key and str(sign_key)], json=reports.json,
                                junit=reports.junit, markdown=reports.markdown, html=html)
@@ -117,7 +122,7 @@ def export(
                            progress=progress_for(err_console), overwrite=overwrite, sign_key=sign_key,
                            cache=cache, timeout=user_timeout(timeout))
     if "folder" in report.artifacts:
-        err_console.print(f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
+        print_line(err_console, f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
     if not report.passed and not report.problems and not settings.layers:  # a file differs: name its culprits
         from verify.explain.isolate import failing_files, name_culprits  # (--layers has re-run every layer already)
 
@@ -195,6 +200,17 @@ def refuse_unused_seed_for(settings: Any, sources: list[str]) -> None:
                      f"inputs, and here --input gives the inputs and no side draws weights from it")
 
 
+def refuse_unused_timeout(timeout: float | None, sources: list[str]) -> None:
+    """--timeout stops the worker that runs a user's own code (--model, file.py:factory); with no such side it stops
+    nothing (`verify export -b resnet18 --timeout 0.01` ran 12 s and exited 0), so it is refused, not ignored."""
+    from verify.api import source_kind
+
+    if timeout is None or any(getattr(source_kind(s), "runs_user_code", False) for s in sources):
+        return
+    raise UsageError(f"--timeout {timeout:g} stops the worker that runs your own model's code (--model, "
+                     "file.py:factory), and nothing here runs any, so it would be ignored; drop --timeout")
+
+
 def detector_names() -> list[str]:
     from exporter.families.detectors import list_detectors
 
@@ -225,6 +241,7 @@ def compare(
         refuse_inside_export(path, flag)
     refuse_unused_weights(settings.weights, [a, b])
     refuse_unused_seed_for(settings, [a, b])
+    refuse_unused_timeout(timeout, [a, b])
     refuse_overwriting_sources([a, b, opt.weights_file(settings.weights)], json=reports.json, junit=reports.junit,
                                markdown=reports.markdown)
 
@@ -277,12 +294,18 @@ def explain(
         if isolate:
             raise UsageError("--isolate runs on a backbone or your own model against its export; drop it for "
                              "detectors")
+        given = {"--timeout": timeout is not None, "--no-normalize": not settings.normalize}
+        ignored = [flag for flag, set_ in given.items() if set_]
+        if ignored:  # a detector runs no user code, and its own transform normalises its [0, 1] images
+            raise UsageError(f"{ignored[0]} does not apply to whole detectors (they run no code of yours, and their "
+                             f"own transform normalises the images), so it would be ignored; drop {', '.join(ignored)}")
         from verify.cli.detector import explain_detector
 
         shape = "x".join(map(str, settings.shape)) if settings.shape else None
         explain_detector(a, b, settings.weights, settings.seed, shape, factor, json_path, settings.input_file)
     settings = replace(settings, **opt.tolerance_part(factor=factor))
     a, b = a or SEED_QUESTION[0], b or SEED_QUESTION[1]
+    refuse_unused_timeout(timeout, [a, b])
     clear_stale_reports(json_path)
     result = run_explain(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout))
     render_explanation(result, out_console)
@@ -293,10 +316,11 @@ def explain(
 
         isolation = isolate_report(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout))
         render_isolation(isolation, out_console)
-        data, code = {**data, "isolation": isolation.to_dict()}, max(code, isolation.exit_code)
+        # no layer re-run is no isolation: a check asked for and not reached is never a pass (as with --layers)
+        data, code = {**data, "isolation": isolation.to_dict()}, max(code, 0 if isolation.passed else 1)
     if json_path:
         write_json_report(data, json_path)
-        err_console.print(f"[dim]wrote {escape(str(json_path))}[/]")
+        print_line(err_console, f"[dim]wrote {escape(str(json_path))}[/]")
     raise typer.Exit(code)
 
 
@@ -319,7 +343,7 @@ def _finish_checks(report: Any, reports: ReportPaths) -> None:
 
     render_checks(report, out_console)
     for path in write_outputs(report, reports.json, reports.junit, reports.markdown):
-        err_console.print(f"[dim]wrote {escape(str(path))}[/]")
+        print_line(err_console, f"[dim]wrote {escape(str(path))}[/]")
     raise typer.Exit(report.exit_code)
 
 
@@ -362,9 +386,15 @@ def preflight(
     """Deployment check: loads on the provider asked for, matches its goldens, latency; GO or NO-GO."""
     from verify.folder.preflight import PreflightOptions
     from verify.folder.preflight import preflight as run_preflight
+    from verify.runtimes import require_device
 
     opt.outside_folders([path], json=reports.json, junit=reports.junit, markdown=reports.markdown)
     refuse_reports_over_reads(trust, reports)
+    try:  # no GPU at all: exit 2 before any check, not a NO-GO of an unsigned file after the integrity checks
+        require_device(provider.value)
+    except SetupError:
+        raise SetupError("--provider cuda: CUDA is not available here (torch.cuda.is_available() is False and ONNX "
+                         "Runtime has no CUDA provider); run on a machine with a GPU, or use --provider cpu") from None
 
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins, rebuild=trust.rebuild,
@@ -376,17 +406,19 @@ def preflight(
 
 @handle_errors
 def list_command() -> None:
-    """List the registered backbones, norms, views, runtimes and formats."""
+    """List the registered backbones, whole detectors, norms, views, runtimes and formats (a line each, never
+    wrapped: `verify list | grep` finds a name)."""
     from exporter.backbones import VIEWS
     from exporter.norms import NORMS
     from verify.runtimes import list_runtimes
 
-    out_console.print(f"backbones: {', '.join(list_backbones())}")
-    out_console.print("norms:")
+    print_line(out_console, f"backbones: {', '.join(list_backbones())}")
+    print_line(out_console, f"detectors (-b, whole): {', '.join(detector_names())}")
+    print_line(out_console, "norms:")
     for name in NORMS:
-        out_console.print(f"  {name:12s} {escape(NORMS.get(name).description)}")
-    out_console.print(f"views: {', '.join(VIEWS.names())}")
-    out_console.print(f"runtimes: {', '.join(list_runtimes())}")
+        print_line(out_console, f"  {name:12s} {escape(NORMS.get(name).description)}")
+    print_line(out_console, f"views: {', '.join(VIEWS.names())}")
+    print_line(out_console, f"runtimes: {', '.join(list_runtimes())}")
     from exporter.formats import FORMATS, get_format
     from verify.runtimes import runtimes_for
 

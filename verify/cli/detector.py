@@ -131,7 +131,7 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
         print_line(out_console, f"{mark} {markup(row.level)}  {markup(row.pair)}  {markup(row.text)}")
     print_line(out_console, ("[bold green]✓ " if report.passed else "[bold red]✗ ") + markup(report.summary()) + "[/]")
     for path in write_outputs(report, json_path, junit, markdown, html):
-        err_console.print(f"[dim]wrote {escape(str(path))}[/]")
+        print_line(err_console, f"[dim]wrote {escape(str(path))}[/]")
     raise typer.Exit(report.exit_code)
 
 
@@ -183,6 +183,7 @@ def explain_detector(a: str, b: str, weights: str, seed: int, shape: str | None,
     from exporter.spec import parse_shape
     from verify.detect.explain import explain_detectors, is_detector_spec
     from verify.explain.equivalence import render_explanation
+    from verify.render.console import print_line
     from verify.report import write_json_report
 
     other = next((spec for spec in (a, b) if not is_detector_spec(spec)), None)
@@ -199,5 +200,5 @@ def explain_detector(a: str, b: str, weights: str, seed: int, shape: str | None,
     render_explanation(result, out_console)
     if json_path:
         write_json_report(result.to_dict(), json_path)
-        err_console.print(f"[dim]wrote {escape(str(json_path))}[/]")
+        print_line(err_console, f"[dim]wrote {escape(str(json_path))}[/]")
     raise typer.Exit(result.exit_code)

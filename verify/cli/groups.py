@@ -124,12 +124,16 @@ REPORTS = OptionGroup("reports", (Part(report_part),), ReportPaths)
 """--json, --junit and --markdown as every command but the matrix words them."""
 
 
-def flag_of(parameter: inspect.Parameter) -> str:
-    """The option's main flag (`--tf32` of --tf32/--no-tf32; --some-name when none is spelled)."""
+def flag_of(parameter: inspect.Parameter, value: Any = None) -> str:
+    """The option's main flag (`--tf32` of --tf32/--no-tf32; --some-name when none is spelled); with `value` False,
+    the flag that sets it (`--no-normalize`), so a refusal names the flag the user gave."""
     info = next((m for m in getattr(parameter.annotation, "__metadata__", ()) if hasattr(m, "param_decls")), None)
     spelled = [getattr(info, "default", None), *(getattr(info, "param_decls", None) or ())]  # Annotated: a name
     declared = [d for d in spelled if isinstance(d, str) and d.startswith("--")]
-    return declared[0].split("/")[0] if declared else "--" + parameter.name.replace("_", "-")
+    if not declared:
+        return "--" + parameter.name.replace("_", "-")
+    flags = [flag.strip() for flag in declared[0].split("/")]
+    return flags[1] if value is False and len(flags) == 2 else flags[0]
 
 
 class WithOptionGroups:
@@ -167,7 +171,7 @@ class WithOptionGroups:
         for name, group in self.groups().items():
             parameters = group.parameters()
             values = {p.name: kwargs.pop(p.name) for p in parameters}
-            given += [flag_of(p) for p in parameters if values[p.name] != p.default]
+            given += [flag_of(p, values[p.name]) for p in parameters if values[p.name] != p.default]
             packed[name] = group.pack(values)
         if GIVEN_PARAMETER in inspect.signature(self.__wrapped__).parameters:
             packed[GIVEN_PARAMETER] = given

@@ -15,6 +15,8 @@ from verify.cli import options as opt
 from verify.cli.base import OneValueOptions, err_console, handle_errors, out_console
 from verify.cli.groups import EXPORT, RUN, with_option_groups
 from verify.pipeline.isolation import USER_CODE_TIMEOUT
+from verify.render.console import print_line
+from verify.render.text import markup
 
 matrix_app = typer.Typer(
     name="matrix", cls=OneValueOptions, add_completion=False, pretty_exceptions_enable=False,
@@ -40,7 +42,7 @@ def _write(result: Any, json_path: Path | None, junit: Path | None, markdown: Pa
     from verify.render import write_outputs
 
     for path in write_outputs(result, json_path, junit, markdown, html):
-        err_console.print(f"[dim]wrote {path}[/]")
+        print_line(err_console, f"[dim]wrote {markup(path)}[/]")
 
 
 class _CellProgress:
@@ -141,6 +143,13 @@ def matrix(
     refuse_overwriting_sources([*(model or []), opt.weights_file(settings.weights)], json=json_path, junit=junit,
                                markdown=markdown, html=html)
     _refuse_for_detectors(backbone or [], given_options or [], runtime, view, detector_shape, bool(model))
+    if model and not backbone:  # only the models run: a backbone's own options would be silently ignored
+        unused = [flag for flag, value in (("--norm", norm), ("--view", view),
+                                           ("--weights", settings.weights != "synthetic")) if value]
+        if unused:
+            raise UsageError(f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to a registered backbone's "
+                             "cells, and with --model and no -b only your models run (a factory brings its own "
+                             f"weights and structure), so it would be ignored; drop {', '.join(unused)} or add -b")
     export = formats.export_options(settings.runtime.device, runtime)
     request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model,
                                    parse_shape(detector_shape) if detector_shape else None)

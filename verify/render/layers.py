@@ -8,35 +8,38 @@ from verify.judge.layers import LIMIT, Isolation, outside_text
 
 
 def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> None:
-    from rich.markup import escape
+    """One line each, never wrapped (a CI log's line stays greppable), user-controlled names as `markup`."""
+    from verify.render.console import print_line
+    from verify.render.text import markup
 
     named = result.named
     if not result.layers:  # nothing was re-run: no check to mark as passed
-        console.print(f"[yellow]![/] isolated: no layer of {escape(result.candidate)} was re-run")
+        print_line(console, f"[yellow]![/] isolated: no layer of {markup(result.candidate)} was re-run")
     elif not named:
-        console.print(f"[bold green]✓[/] isolated: every one of {len(result.layers)} layers of "
-                      f"{escape(result.candidate)} is within {result.factor:g}x its own float32 floor on "
-                      f"{escape(result.reference)}'s inputs")
+        print_line(console, f"[bold green]✓[/] isolated: every one of {len(result.layers)} layers of "
+                            f"{markup(result.candidate)} is within {result.factor:g}x its own float32 floor on "
+                            f"{markup(result.reference)}'s inputs")
     else:
-        console.print(f"[bold red]✗[/] isolated: {len(named)} of {len(result.layers)} layers differ on their own "
-                      f"(each re-run on {escape(result.reference)}'s float64 inputs, judged on its own floor):")
+        print_line(console, f"[bold red]✗[/] isolated: {len(named)} of {len(result.layers)} layers differ on their "
+                            f"own (each re-run on {markup(result.reference)}'s float64 inputs, judged on its own "
+                            "floor):")
         for layer in named[:limit]:
-            fused = f" (computed with {', '.join(layer.fused_with)})" if layer.fused_with else ""
+            fused = f" (computed with {markup(', '.join(layer.fused_with))})" if layer.fused_with else ""
             channel = f", channel {layer.channel}" if layer.channel is not None else ""
-            console.print(f"  • {escape(layer.module)}{escape(fused)}: {layer.ratio:.0f}x its own floor "
-                          f"(max abs {layer.max_abs:.2e}{channel})")
+            print_line(console, f"  • {markup(layer.module)}{fused}: {layer.ratio:.0f}x its own floor "
+                                f"(max abs {layer.max_abs:.2e}{channel})")
         if len(named) > limit:
-            console.print(f"  … and {len(named) - limit} more (see --json)")
+            print_line(console, f"  … and {len(named) - limit} more (see --json)")
     if result.unrunnable:
-        shown = escape(", ".join(result.unrunnable[:limit]))
-        console.print(f"[yellow]{len(result.unrunnable)} layers could not run on {escape(result.reference)}'s inputs "
-                      f"(of another shape, or refused by their runtime): {shown}[/]")
+        shown = markup(", ".join(result.unrunnable[:limit]))
+        print_line(console, f"[yellow]{len(result.unrunnable)} layers could not run on {markup(result.reference)}'s "
+                            f"inputs (of another shape, or refused by their runtime): {shown}[/]")
     if result.skipped:
         names = list(dict.fromkeys(result.skipped))
-        console.print(f"[yellow]{len(names)} layers were not re-run (their inputs do not map back to "
-                      f"{escape(result.reference)}'s values, or their own ops are in no leaf module): "
-                      f"{escape(', '.join(names[:limit]))}[/]")
+        print_line(console, f"[yellow]{len(names)} layers were not re-run (their inputs do not map back to "
+                            f"{markup(result.reference)}'s values, or their own ops are in no leaf module): "
+                            f"{markup(', '.join(names[:limit]))}[/]")
     if result.outside:
-        console.print(f"[yellow]{escape(outside_text(result).removeprefix('; '))}[/]")
+        print_line(console, f"[yellow]{markup(outside_text(result).removeprefix('; '))}[/]")
     if result.note:
-        console.print(f"[yellow]{escape(result.note)}[/]")
+        print_line(console, f"[yellow]{markup(result.note)}[/]")
