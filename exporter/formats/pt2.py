@@ -66,8 +66,9 @@ class ExportedProgramFormat(Format):
     default: ClassVar[bool] = True
     executes_code_on_load: ClassVar[bool] = True
     rides_along: ClassVar[bool] = True  # traced once in the background child, which needs the trace for ONNX
-    executes: ClassVar[str] = ("pickled objects: torch.export.load unpickles weights and constants "
-                               "(weights_only=False), so a crafted file can run code; trust the file")
+    executes: ClassVar[str] = ("code, by routes in torch's loader (pickled constants, sympy expressions, node "
+                               "targets by name): each is refused by a scan of the archive before torch loads it, "
+                               "but torch itself calls torch.export.load unsafe on untrusted files; trust the file")
 
     def claims(self, path: Path) -> bool:
         return super().claims(path) and not is_aoti_package(path)

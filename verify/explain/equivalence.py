@@ -353,14 +353,17 @@ def explain(a: str = SEED_QUESTION[0], b: str = SEED_QUESTION[1], settings: RunS
 
 
 def render_explanation(result: Explanation, console: Any, limit: int = 15) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
+    from verify.render.console import print_line
+    from verify.render.text import markup as escape  # user-controlled text shown as text, control characters too
+
     mark = "[bold green]✓[/]" if result.equivalent else "[bold red]✗[/]"
-    console.print(f"{mark} {escape(result.headline())}")
-    console.print(f"A = {escape(result.a)}\nB = {escape(result.b)}")
+    print_line(console, f"{mark} {escape(result.headline())}")  # one line each, never wrapped (hunt 15a)
+    print_line(console, f"A = {escape(result.a)}")
+    print_line(console, f"B = {escape(result.b)}")
     if result.divergence_text():
-        console.print(f"[yellow]→[/] {escape(result.divergence_text())}")
+        print_line(console, f"[yellow]→[/] {escape(result.divergence_text())}")
     source = f" from {result.input}" if result.input and not result.input.startswith("seeded") else ""
     table = Table(title=f"evidence (input {'x'.join(map(str, result.input_shape))}{escape(source)})",
                   title_justify="left")
