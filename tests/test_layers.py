@@ -287,22 +287,24 @@ def test_artifact_rebuild_layers_fails_a_file_whose_outputs_still_agree(default_
     has one channel of LAYER off by BELOW_ROUNDING and its hash rewritten to match: its outputs still agree with the
     rebuilt model's runs (before, the strongest check there was, `--rebuild`, passed it), and now its layer check
     fails naming LAYER, while the folder's other files pass theirs."""
-    from verify.folder.validate import LAYERS_NEED_REBUILD, validate
+    from verify.folder.validate import validate
 
     folder = linked_copy(default_export, tmp_path)
     scaled_onnx_channel(default_export / "model.onnx", tmp_path / "bad.onnx", BELOW_ROUNDING)
     rewrite(folder / "model.onnx", (tmp_path / "bad.onnx").read_bytes())
     rehash(folder, "model.onnx")
-    report = validate([folder], rebuild=True, layers=True, trust_unsigned_code=True)
-    checks = {check.name: check for check in report.checks}
-    assert checks["reference: rebuilt"].passed
-    assert all(check.passed for name, check in checks.items() if name.startswith("model.onnx: goldens")), \
+    result = invoke("artifact", folder, "--rebuild", "--layers", "--trust-unsigned-code", "--json",
+                    tmp_path / "checks.json")
+    assert result.exit_code == 1, result.output
+    checks = {check["name"]: check for check in json.loads((tmp_path / "checks.json").read_text())["checks"]}
+    assert checks["reference: rebuilt"]["passed"]
+    assert all(check["passed"] for name, check in checks.items() if name.startswith("model.onnx: goldens")), \
         "the outputs agree: only the layer verdict sees the edit"
     layers = {name: check for name, check in checks.items() if name.endswith(": layers")}
     assert set(layers) == {"model.onnx: layers", "model.pt: layers", "model.pt2: layers"}
-    assert not layers["model.onnx: layers"].passed and LAYER in layers["model.onnx: layers"].message
-    assert layers["model.pt: layers"].passed and layers["model.pt2: layers"].passed
-    assert not report.passed
+    assert not layers["model.onnx: layers"]["passed"] and LAYER in layers["model.onnx: layers"]["message"]
+    assert layers["model.pt: layers"]["passed"] and layers["model.pt2: layers"]["passed"]
+    refused = invoke("artifact", folder, "--layers")  # the reference is the rebuilt model: nothing else is
+    assert refused.exit_code == 2 and "--rebuild" in refused.output
     with pytest.raises(UsageError, match="--rebuild"):
         validate([folder], layers=True)
-    assert "--rebuild" in LAYERS_NEED_REBUILD

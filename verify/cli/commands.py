@@ -353,19 +353,22 @@ def artifact(
     paths: Annotated[list[Path], typer.Argument(callback=opt.check_existing_paths,
                                                 help="Export folders, or their manifest.json")],
     trust: Any = FOLDER_TRUST,
+    layers: opt.FolderLayers = False,
     reports: Any = REPORTS,
     plugins: Any = RUNTIME_PLUGINS,
 ) -> None:
     """Check export folders: integrity, then each artifact against its goldens (CI validation)."""
-    from verify.folder.validate import validate
+    from verify.folder.validate import LAYERS_NEED_REBUILD, validate
     from verify.runtimes import RuntimeOptions
 
+    if layers and not trust.rebuild:  # before anything is read
+        raise UsageError(LAYERS_NEED_REBUILD)
     opt.outside_folders(paths, json=reports.json, junit=reports.junit, markdown=reports.markdown)
     refuse_reports_over_reads(trust, reports)
     clear_stale_reports(reports.json, reports.junit, reports.markdown)
     _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=trust.verify_key,
                             trust_unsigned_code=trust.trust_unsigned_code, rebuild=trust.rebuild,
-                            weights_file=trust.checkpoint), reports)
+                            weights_file=trust.checkpoint, layers=layers), reports)
 
 
 @handle_errors

@@ -381,6 +381,10 @@ Layers = Annotated[bool, typer.Option(
                      "the torch model's float64 inputs, judged on its own float32 floor; a layer that differs on its "
                      "own fails, however small its effect on the outputs (costs about as much as the float64 "
                      "oracle: 6 s on ResNet-50 at 224x224)")]
+FolderLayers = Annotated[bool, typer.Option(
+    "--layers", help="With --rebuild: also judge every layer of each file on its own, each re-run alone on the "
+                     "rebuilt model's float64 inputs and judged on its own float32 floor (the layer verdict of "
+                     "verify export --layers); a layer that differs on its own fails its file's check")]
 OutFolder = Annotated[Path, typer.Option(callback=check_output_folder,
                                          help="Folder for the artifacts (one subfolder backbone-norm-view)")]
 Overwrite = Annotated[bool, typer.Option(
