@@ -379,8 +379,8 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="One table row pe
 Layers = Annotated[bool, typer.Option(
     "--layers", help="Also judge every layer of each file (ONNX, .pt2, TorchScript) on its own: each re-run alone on "
                      "the torch model's float64 inputs, judged on its own float32 floor; a layer that differs on its "
-                     "own fails, however small its effect on the outputs (costs about as much as the float64 "
-                     "oracle: 6 s on ResNet-50 at 224x224)")]
+                     "own fails, however small its effect on the outputs (3.4 s more on a ResNet-50 export at "
+                     "224x224)")]
 FolderLayers = Annotated[bool, typer.Option(
     "--layers", help="With --rebuild: also judge every layer of each file on its own, each re-run alone on the "
                      "rebuilt model's float64 inputs and judged on its own float32 floor (the layer verdict of "
