@@ -283,7 +283,8 @@ def test_a_torchscript_files_layer_verdict_says_which_ops_it_did_not_rerun(defau
 
 
 def test_artifact_rebuild_layers_fails_a_file_whose_outputs_still_agree(default_export, tmp_path):
-    """CI artifact validation with the layer verdict (`verify artifact --rebuild --layers`). The folder's ONNX file
+    """CI artifact validation and the deployment pre-flight check with the layer verdict (`verify artifact` and
+    `verify preflight` with `--rebuild --layers`). The folder's ONNX file
     has one channel of LAYER off by BELOW_ROUNDING and its hash rewritten to match: its outputs still agree with the
     rebuilt model's runs (before, the strongest check there was, `--rebuild`, passed it), and now its layer check
     fails naming LAYER, while the folder's other files pass theirs."""
@@ -306,5 +307,9 @@ def test_artifact_rebuild_layers_fails_a_file_whose_outputs_still_agree(default_
     assert layers["model.pt: layers"]["passed"] and layers["model.pt2: layers"]["passed"]
     refused = invoke("artifact", folder, "--layers")  # the reference is the rebuilt model: nothing else is
     assert refused.exit_code == 2 and "--rebuild" in refused.output
+    # the deployment pre-flight check judges its target's layers the same way: NO-GO, the layer named
+    preflight = invoke("preflight", folder, "--rebuild", "--layers")
+    assert preflight.exit_code == 1 and "NO-GO" in preflight.output and "model.onnx: layers" in preflight.output
+    assert LAYER in preflight.output
     with pytest.raises(UsageError, match="--rebuild"):
         validate([folder], layers=True)

@@ -383,6 +383,7 @@ def preflight(
     max_latency_ms: opt.MaxLatency = None,
     tf32: opt.Tf32 = None,
     trust: Any = FOLDER_TRUST,
+    layers: opt.FolderLayers = False,
     reports: Any = REPORTS,
     plugins: Any = RUNTIME_PLUGINS,
 ) -> None:
@@ -401,7 +402,7 @@ def preflight(
 
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins, rebuild=trust.rebuild,
-                               weights_file=trust.checkpoint)
+                               weights_file=trust.checkpoint, layers=layers)
     clear_stale_reports(reports.json, reports.junit, reports.markdown)
     _finish_checks(run_preflight(path, options, verify_key=trust.verify_key,
                                  trust_unsigned_code=trust.trust_unsigned_code), reports)

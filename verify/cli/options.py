@@ -382,7 +382,7 @@ Layers = Annotated[bool, typer.Option(
                      "own fails, however small its effect on the outputs (3.4 s more on a ResNet-50 export at "
                      "224x224)")]
 FolderLayers = Annotated[bool, typer.Option(
-    "--layers", help="With --rebuild: also judge every layer of each file on its own, each re-run alone on the "
+    "--layers", help="With --rebuild: also judge every layer of each file checked on its own, each re-run alone on the "
                      "rebuilt model's float64 inputs and judged on its own float32 floor (the layer verdict of "
                      "verify export --layers); a layer that differs on its own fails its file's check")]
 OutFolder = Annotated[Path, typer.Option(callback=check_output_folder,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from verify.folder.checks import Check, CheckReport
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from verify.folder.validate import ArtifactFolder
 
 LAYERS_RUNTIME = "layers"
@@ -21,16 +23,16 @@ NOT_REBUILT = ("not checked: the layer verdict needs the rebuilt model as its fl
                "not rebuilt")
 
 
-def folder_layer_checks(art: ArtifactFolder, report: CheckReport) -> None:
-    """One check per model file of `art`: every layer within AUTO_FACTOR x its own floor (a file that cannot be
-    loaded, or has no layer re-run, fails; an AOTInductor package, which isolation does not read, is a skipped
-    check)."""
+def folder_layer_checks(art: ArtifactFolder, report: CheckReport, names: Sequence[str] | None = None) -> None:
+    """One check per model file of `art` (or of `names`, e.g. a preflight's target): every layer within AUTO_FACTOR
+    x its own floor (a file that cannot be loaded, or has no layer re-run, fails; an AOTInductor package, which
+    isolation does not read, is a skipped check)."""
     from verify.explain.rerun import Candidate, layer_checks
     from verify.judge.compare import AUTO_FACTOR
     from verify.judge.layers import verdict_line
 
     candidates = []
-    for name in art.manifest.model_files():
+    for name in names if names is not None else art.manifest.model_files():
         title = f"{name}: layers"
         if not art.sound or art.rebuilt is None or name not in art.verified:
             why = NOT_REBUILT if art.sound and art.rebuilt is None else \

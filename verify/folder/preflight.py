@@ -13,8 +13,16 @@ from exporter.errors import UsageError
 from verify.detect.preflight import detector_preflight
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import is_detector_folder, preflight_target, run_target
+from verify.folder.layers import folder_layer_checks
 from verify.folder.rebuild import REBUILD_ONLY, rebuild_backbone, rebuilt_reference
-from verify.folder.validate import ArtifactFolder, check_integrity, judge, option_flags, read_inputs
+from verify.folder.validate import (
+    LAYERS_NEED_REBUILD,
+    ArtifactFolder,
+    check_integrity,
+    judge,
+    option_flags,
+    read_inputs,
+)
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
 PROVIDERS = ("cpu", "cuda")
@@ -34,6 +42,8 @@ class PreflightOptions:
     """Judge against the model the folder names, rebuilt here (verify/folder/rebuild.py), not its goldens."""
     weights_file: Path | None = None
     """With `rebuild`: the checkpoint the folder was exported with, when it is a file."""
+    layers: bool = False
+    """With `rebuild`: the target file's layers judged too, each on its own (verify/folder/layers.py)."""
 
     def __post_init__(self) -> None:
         """Refused as the CLI refuses them: unknown names, and numbers out of range or not finite."""
@@ -53,6 +63,10 @@ class PreflightOptions:
         refuse_unused_options([self.runtime], RuntimeOptions(plugins=given))  # a default set is not a choice
         if self.max_latency_ms is not None:
             require_number("--max-latency-ms", self.max_latency_ms, 0.0, low_open=True)
+        if not isinstance(self.layers, bool):
+            raise TypeError(f"layers must be True or False, not {type(self.layers).__name__}")
+        if self.layers and not self.rebuild:
+            raise UsageError(LAYERS_NEED_REBUILD)
         if self.weights_file is not None:  # text is fine too
             if not self.rebuild:  # as the CLI refuses --checkpoint without --rebuild
                 raise UsageError(REBUILD_ONLY.format(option="weights_file"))
@@ -98,8 +112,10 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
 
 
 def _given_flags(options: PreflightOptions) -> list[str]:
-    """The TF32 flag and each runtime's own options that were given (not left at their defaults), as flags."""
-    return ([] if options.tf32 is None else ["--tf32" if options.tf32 else "--no-tf32"]) + option_flags(options.plugins)
+    """The TF32 flag, each runtime's own options that were given (not left at their defaults) and --layers (which
+    a whole detector's preflight does not run), as flags."""
+    tf32 = [] if options.tf32 is None else ["--tf32" if options.tf32 else "--no-tf32"]
+    return tf32 + option_flags(options.plugins) + (["--layers"] if options.layers else [])
 
 
 def _preflight_run(art: ArtifactFolder, target: str, options: PreflightOptions, report: CheckReport) -> CheckReport:
@@ -122,6 +138,8 @@ def _preflight_run(art: ArtifactFolder, target: str, options: PreflightOptions, 
         ratio = worst.reason or f"max abs {worst.max_abs or 0.0:.2e}"
     report.add(Check(label, runtime.label, f"{target}: goldens", pair.passed,
                      f"worst {worst.name}: {ratio} ({tolerance.describe()})", details=pair.to_dict()))
+    if options.layers:  # re-run on the CPU whatever the provider (each check names what re-ran it)
+        folder_layer_checks(art, report, [target])
 
     for _ in range(options.warmup):
         runtime.run(inputs)
