@@ -313,3 +313,25 @@ def test_artifact_rebuild_layers_fails_a_file_whose_outputs_still_agree(default_
     assert LAYER in preflight.output
     with pytest.raises(UsageError, match="--rebuild"):
         validate([folder], layers=True)
+
+
+def test_a_folder_whose_files_no_layer_verdict_reads_fails_layers(monkeypatch):
+    """A folder (or a preflight target) holding only an AOTInductor package, which isolation does not read: each
+    file's layer check is a skipped note, and before, `--rebuild --layers` then passed with no layer judged. A layer
+    verdict asked for and not reached fails, as `unreached` makes it fail in export."""
+    from types import SimpleNamespace
+
+    import verify.explain.rerun as rerun
+    from verify.folder.checks import CheckReport
+    from verify.folder.layers import NOT_REACHED, folder_layer_checks
+
+    art = SimpleNamespace(label="folder", sound=True, rebuilt=object(), verified={"model_aoti.pt2": "p"},
+                          manifest=SimpleNamespace(model_files=lambda: {"model_aoti.pt2": None}),
+                          may_load=lambda name: True, artifact=lambda name: name,
+                          goldens={"input": {"input": None}})
+    monkeypatch.setattr(rerun, "layer_checks", lambda *args: ([], ["model_aoti.pt2: its layers were not checked"]))
+    report = CheckReport("artifact")
+    folder_layer_checks(art, report)
+    assert [(c.name, c.passed, c.skipped) for c in report.checks] == [
+        ("model_aoti.pt2: layers", True, True), ("layers", False, False)]
+    assert report.checks[-1].message == NOT_REACHED and not report.passed

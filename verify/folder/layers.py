@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from verify.folder.validate import ArtifactFolder
 
 LAYERS_RUNTIME = "layers"
+NOT_REACHED = ("no file's layers could be re-run (an AOTInductor package is not read by the layer verdict), so no "
+               "layer verdict was reached; drop --layers for this folder, or export a .pt2 or ONNX file beside it")
 NOT_REBUILT = ("not checked: the layer verdict needs the rebuilt model as its float64 reference, and the folder's was "
                "not rebuilt")
 
@@ -53,3 +55,5 @@ def folder_layer_checks(art: ArtifactFolder, report: CheckReport, names: Sequenc
     for note in notes:
         name = note.split(":", 1)[0]
         report.add(Check(art.label, LAYERS_RUNTIME, f"{name}: layers", True, note, skipped=True))
+    if not checks:  # asked for and not reached (every file one isolation does not read): never a pass
+        report.add(Check(art.label, LAYERS_RUNTIME, "layers", False, NOT_REACHED))
