@@ -250,23 +250,59 @@ def measure_floor(run: np.ndarray, fp64: np.ndarray, precision: str = "fp32", fl
     ref = fp64.astype(np.float64)
     err = _error(run, ref)
     ignored = int((~np.isfinite(run.astype(np.float64) - ref)).sum())
-    magnitude = np.abs(np.where(np.isfinite(ref), ref, 0.0))
-    scale = float(magnitude.max(initial=0.0))
-    ulp = EPS[precision] * scale
-    value = max(float(err.max(initial=0.0)), ulp) or EPS[precision]
-    channels = rms = None
-    if ref.ndim == 4 and ref.shape[CHANNEL_AXIS] > 1:
-        axes = tuple(a for a in range(ref.ndim) if a != CHANNEL_AXIS)
-        errors = [err] + [_error(sample, ref) for sample in samples if sample.shape == ref.shape]
-        own = np.max([e.max(axis=axes) for e in errors], axis=0)
-        active = (magnitude != 0).sum(axis=axes)
-        least = max(CHANNEL_FLOOR_SHARE * value, ulp, np.finfo(np.float64).tiny)
-        channels = np.where(active >= MIN_CHANNEL_ELEMENTS, np.clip(own, least, value), value)
-        rms = np.sqrt((err ** 2).mean(axis=axes))
+    scale = _Scale(ref, precision)
+    errors = [err] + ([_error(s, ref) for s in samples if s.shape == ref.shape] if scale.by_channel else [])
+    value, channels = scale.floor(errors)
+    if channels is not None:
+        rms = np.sqrt((err ** 2).mean(axis=scale.axes))
         floor = NoiseFloor(value, channels, precision, float32, rms, ignored)
-        return _with_bulk(floor, magnitude, errors, axes, active) or floor
+        return _with_bulk(floor, scale.magnitude, errors, scale.axes, scale.active) or floor
     floor = NoiseFloor(value, None, precision, float32, None, ignored)
-    return _with_bulk(floor, magnitude, [err], tuple(range(ref.ndim)), None) or floor
+    return _with_bulk(floor, scale.magnitude, [err], tuple(range(ref.ndim)), None) or floor
+
+
+class _Scale:
+    """What a floor's bounds read from the float64 reference alone (its magnitude, one ulp of its scale, each
+    channel's non-zero count): measured once for every evaluation judged against it."""
+
+    def __init__(self, ref: np.ndarray, precision: str) -> None:
+        import numpy as np
+
+        self.precision = precision
+        self.magnitude = np.abs(np.where(np.isfinite(ref), ref, 0.0))
+        self.ulp = EPS[precision] * float(self.magnitude.max(initial=0.0))
+        self.by_channel = ref.ndim == 4 and ref.shape[CHANNEL_AXIS] > 1
+        self.axes = tuple(a for a in range(ref.ndim) if a != CHANNEL_AXIS)
+        self.active = (self.magnitude != 0).sum(axis=self.axes) if self.by_channel else None
+
+    def floor(self, errors: Sequence[np.ndarray]) -> tuple[float, np.ndarray | None]:
+        """(per-output floor, per-channel floors) of the first error, the others (samples) joining the channels:
+        NoiseFloor's `value` and `channels` rules."""
+        import numpy as np
+
+        value = max(float(errors[0].max(initial=0.0)), self.ulp) or EPS[self.precision]
+        if not self.by_channel:
+            return value, None
+        own = np.max([e.max(axis=self.axes) for e in errors], axis=0)
+        least = max(CHANNEL_FLOOR_SHARE * value, self.ulp, np.finfo(np.float64).tiny)
+        return value, np.where(self.active >= MIN_CHANNEL_ELEMENTS, np.clip(own, least, value), value)
+
+
+def worst_floor(runs: Sequence[np.ndarray], fp64: np.ndarray) -> NoiseFloor | None:
+    """The float32 floor of several valid evaluations of one output, each measured as `measure_floor` measures it
+    alone: the largest per-output floor and, per channel, the largest channel floor. Only what a verdict reads
+    (`value`, `channels`): no RMS and no bulk, and the reference's magnitude read once for all (a layer verdict
+    measures this for every layer of a model)."""
+    import numpy as np
+
+    runs = [run for run in runs if run.shape == fp64.shape]
+    if not runs or fp64.size == 0:
+        return None
+    ref = fp64.astype(np.float64)
+    scale = _Scale(ref, "fp32")
+    floors = [scale.floor([_error(run, ref)]) for run in runs]
+    channels = [c for _, c in floors if c is not None]
+    return NoiseFloor(max(v for v, _ in floors), np.maximum.reduce(channels) if channels else None)
 
 
 def _typical(rows: np.ndarray) -> np.ndarray:
