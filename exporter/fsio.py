@@ -162,16 +162,33 @@ def _remove_stale(parent: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def _folder_lock(parent: Path) -> Iterator[None]:
+def _folder_lock(parent: Path, create: bool = False) -> Iterator[None]:
     """An exclusive flock on the parent folder itself: no lock file to leave behind, and the kernel
-    drops the lock when its holder dies."""
-    fd = os.open(parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
+    drops the lock when its holder dies. `create`: make the folder first, and hold the lock on a folder that
+    still exists: a failing export removes the folders it created (under this lock), so one that was removed
+    between this export's mkdir and its lock is made again."""
+    for _ in range(LOCK_ATTEMPTS if create else 1):
+        try:
+            if create:
+                parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            if create:
+                continue
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if create and os.fstat(fd).st_nlink == 0:  # removed while this export waited for its lock
+                continue
+            yield
+            return
+        finally:
+            os.close(fd)  # closing releases the flock
+    raise FileNotFoundError(errno.ENOENT, "removed by another export as it was created; rerun", str(parent))
 
+
+LOCK_ATTEMPTS = 8
+"""How often an export makes its output folder again when another, failing export removed it meanwhile."""
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """A disk or quota that is full: an export that hits it fails with one line saying so."""
@@ -194,8 +211,7 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
     held = -1
     try:
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            with _folder_lock(parent):
+            with _folder_lock(parent, create=True):
                 _remove_stale(parent, final)
                 os.mkdir(staging, 0o777)  # the umask decides, as for any folder meant for sharing
                 # held until the end: what tells another export (maybe in another PID namespace) it is alive
@@ -227,8 +243,8 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         for folder in created:
-            with contextlib.suppress(OSError):  # not empty: another export's, or the user's, since
-                folder.rmdir()
+            with contextlib.suppress(OSError), _folder_lock(folder):  # an export starting in it holds it
+                folder.rmdir()  # not empty: another export's, or the user's, since
         if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:  # a full disk is the user's to fix, not a bug
             raise UsageError(f"{exc.strerror} writing {exc.filename or staging}: free space there (or pass --out "
                              f"elsewhere) and rerun; {final} was left as it was") from None

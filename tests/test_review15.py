@@ -9,6 +9,8 @@ import tempfile
 import types
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,3 +85,32 @@ def test_the_memory_folder_never_takes_torchs_compile_cache(tmp_path, monkeypatc
     assert os.environ.get("TMPDIR") == str(memory), "the memory folder is taken (control)"
     where = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()
     assert not Path(where).resolve().is_relative_to(memory.resolve()), where
+
+
+@pytest.mark.parametrize("when", ["before its open", "before its lock"])
+def test_an_output_folder_another_export_removes_as_this_one_starts_is_made_again(tmp_path, monkeypatch, when):
+    """A failing export removes the `--out` folders it created (exporter/fsio.py staged_folder). Another export that
+    had just made the same folder, and not yet locked it, found it gone. Before: exit 2, "Cannot write into the
+    output folder ... No such file or directory" (review 15, left open at stop 31). Now the removal happens under
+    the folder's lock and an export holds the lock on a folder that still exists, making it again if needed."""
+    import fcntl
+
+    from exporter import fsio
+
+    out = tmp_path / "new" / "deeper"
+    removed = []
+
+    def remove_once() -> None:
+        if not removed and out.is_dir():
+            removed.append(out)
+            out.rmdir()  # what the failing export's cleanup does, between this export's mkdir and its lock
+
+    real_open, real_flock = os.open, fcntl.flock
+    if when == "before its open":
+        monkeypatch.setattr(fsio.os, "open", lambda path, *a: (remove_once() if Path(path) == out else None,
+                                                               real_open(path, *a))[1])
+    else:
+        monkeypatch.setattr(fsio.fcntl, "flock", lambda fd, op: (remove_once(), real_flock(fd, op))[1])
+    with fsio.staged_folder(out / "model") as staging:
+        (staging / "weights.txt").write_text("kept")
+    assert removed and (out / "model" / "weights.txt").read_text() == "kept"
