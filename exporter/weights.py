@@ -162,7 +162,8 @@ def _synthetic_state_dict(backbone: str, seed: int) -> tuple[dict[str, torch.Ten
     for module, momentum in momenta.items():
         module.momentum = momentum
     model.eval()
-    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # the model is dropped here, so its tensors are this cache's alone: no copy (each caller gets one, above)
+    state_dict = {k: v.detach() for k, v in model.state_dict().items()}
     return state_dict, state_dict_sha256(state_dict)
 
 
