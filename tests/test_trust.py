@@ -2,6 +2,7 @@
 or computes another function in float64 never sets its own "noise floor"; a model whose code exits, crashes or
 hangs ends in a one-line error, never in exit 0. Models from tests/data/untrusted.py at 1x3x32x32."""
 
+import json
 import math
 import os
 import signal
@@ -523,9 +524,13 @@ def test_a_folder_appears_only_if_this_process_would_publish_it(tmp_path):
     source = tmp_path / "silencing.py"
     source.write_text(SILENCING_MODEL)
     out = tmp_path / "out"
+    report = tmp_path / "report.json"
     result = invoke("export", "--model", f"{source}:make", "--shape", SHAPE, "--format", "onnx", "--out", out,
-                    "--no-cache")
+                    "--no-cache", "--json", report)
     assert result.exit_code == 1, result.output
     assert any("not deterministic" in line for line in problem_lines(result)), result.output
     assert "No artifact folder written" in result.output
     assert not out.exists(), "the worker's folder (or its staging, or the --out folder made for it) was left"
+    # the report names no file where there is none (before: runs[].artifact was out/<slug>/model.onnx)
+    runs = {run["label"]: run["artifact"] for run in json.loads(report.read_text())["runs"]}
+    assert runs["onnxruntime"] == "model.onnx (run, then removed: no folder written)", runs

@@ -144,6 +144,7 @@ def _export_cell(spec: ModelSpec | UserModelSpec, settings: RunSettings | None, 
                                       outcome.oracle.oracle, outcome.report, identity=identity, sign_key=sign_key)
         except _NotJudged as why:
             outcome.report.notes.append(not_written(named, str(why)))
+            _name_removed(outcome.report, {str(a.path) for a in outcome.artifacts.values() if a.path})
             return outcome.report
     report = outcome.report
     report.artifacts = {fmt: str(named / a.path.name) for fmt, a in outcome.artifacts.items() if a.path}
@@ -289,8 +290,17 @@ def _isolated_export(spec: UserModelSpec, settings: RunSettings | None, out: Pat
         said = any(n.startswith(not_written(folder, "")) for n in report.notes)  # the worker's own reason
         if not (said and str(why) == WROTE_NONE) and not_written(folder, str(why)) not in report.notes:
             report.notes.append(not_written(folder, str(why)))
+        _name_removed(report, {run.artifact for run in report.runs if Path(run.artifact).parent == folder})
         report.artifacts = {}
     return report
+
+
+def _name_removed(report: Report, paths: set[str]) -> None:
+    """Each run of a file that no folder kept names the file and says so, not a path where nothing is (the staging
+    folder's, or the --out folder's that was never written)."""
+    for run in report.runs:
+        if run.artifact in paths:
+            run.artifact = f"{Path(run.artifact).name} (run, then removed: no folder written)"
 
 
 WROTE_NONE = "your model's worker wrote none"
