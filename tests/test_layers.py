@@ -110,6 +110,10 @@ def test_export_judges_every_files_layers_and_names_the_one_off(tmp_path, quietl
     # artifact --trust-unsigned-code` passed all 22 of its checks; a folder whose export disagreed is never written
     assert not (tmp_path / "out" / f"{SMALL}-frozen-body").exists()
     assert any(note.startswith("No artifact folder written") and "--layers" in note for note in report["notes"])
+    # and no run names a file where there is none (before: the staging folder's path, removed with it)
+    files = {run["label"]: run["artifact"] for run in report["runs"] if run["label"] != "eager"}
+    assert files == {"onnxruntime": "model.onnx (run, then removed: no folder written)",
+                     "torchscript": "model.pt (run, then removed: no folder written)"}, files
 
 
 def test_layers_need_a_torch_model_on_one_side(default_export, tmp_path):

@@ -15,7 +15,8 @@ Nothing heavy is imported until a test calls it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,25 @@ PLUGIN_HOW = "pass another out= or name= to keep both, or delete that folder"
 SHAPE_HOW = "pass the input shape it takes with --shape, or return (module, example_input)"
 PLUGIN_SHAPE_HOW = "pass an example of the shape it takes"
 """exporter/user_model.py's advice for a model that fails on the input, in the plugin's words (it has no --shape)."""
+CLI_WORDS = (
+    (r"--rtol/--atol or --decimal", "tolerance=Tolerance.from_options(rtol=..., atol=...)"),
+    (r"another --input\b", "another example"),
+    (r"--device (\w+)", r'device="\1"'),
+    (r"add --format (\w+)", r"add '\1' to formats"),
+    (r"leave out --format (\w+)", r"leave '\1' out of formats"),
+    (r"add that --format", "add that format to formats"),
+    (r"add --runtime (\w+)", r"add '\1' to runtimes"),
+    (r"drop --runtime (\w+)", r"drop '\1' from runtimes"),
+    (r"(a|no) --(runtime|format)\b", r"\1 \2"),
+    (r"--(runtime|format) (\w+)", r"\1 \2"),
+    (r"--opset\b", "opset"),
+    (r"--onnx-exporter\b", "onnx_exporter"),
+    (r"pass --trace\b", "pass trace=True"),
+    (r"--trace\b", "trace"),
+    (r"--layers\b", "layers=True"),
+)
+"""The CLI's options in messages from the shared code, as the plugin's arguments (regex, replacement): a test that
+fails says what to pass to assert_exports_agree, not a flag it does not take."""
 TABLE_WIDTH = 120
 """Columns of the table in the assertion message (wide enough that pair labels do not wrap)."""
 
@@ -58,16 +78,19 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     try:  # a bad option is one line too, never a traceback into this package
         _check_arguments(out=out, formats=formats, runtimes=runtimes, trace=trace, dynamic=dynamic, name=name,
                          layers=layers)
+        _check_module(module)
         out, spec = Path(out), ModuleSpec.of(_copy(module), example, name)
         settings, options = _prepare(spec, example, out, formats, runtimes, tolerance, trace, onnx_exporter, opset,
                                      dynamic, device, layers)
-        report = verify_export(spec, settings, out=out, export=options, runtimes=runtimes)
+        with _tracer_log_quiet():
+            report = verify_export(spec, settings, out=out, export=options, runtimes=runtimes)
     except VerifyError as exc:
         failure = failure_line(spec if spec is not None else ModuleSpec.of(module, example), exc)
     if failure is not None:  # outside the except: no chained traceback into this package
         pytest.fail(failure, pytrace=False)
     if not report.passed and not report.problems and not layers:  # a file differs: name its culprits
-        _name_culprits(report, spec, settings, example)
+        with _tracer_log_quiet():
+            _name_culprits(report, spec, settings, example)
     report_path = out / f"{spec.slug}-report.json"
     write_json_report(report.to_dict(), report_path)
     if not report.passed:
@@ -91,6 +114,7 @@ def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, 
     from exporter.formats.torchscript import TorchScriptOptions
     from exporter.fsio import check_writable_folder
     from verify.api import RunSettings
+    from verify.inputs import require_finite
     from verify.judge.compare import Tolerance
     from verify.runtimes import RuntimeOptions, formats_run_by
 
@@ -100,6 +124,7 @@ def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, 
     if example.layout != torch.strided or example.device.type == "meta":  # no values to save as the input
         raise UsageError(f"example must be a dense tensor holding its values; got a {example.layout} tensor on "
                          f"{example.device.type}: pass example.to_dense(), or a tensor made on the cpu")
+    require_finite("example", example.detach().to("cpu", torch.float32).numpy())  # before its file is written
     if tolerance is not None and not isinstance(tolerance, Tolerance):
         raise UsageError(f"tolerance must be a verify.judge.compare.Tolerance, e.g. Tolerance.from_options(rtol=1e-5, "
                          f"atol=1e-6); got {type(tolerance).__name__} {tolerance!r}")
@@ -114,6 +139,30 @@ def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, 
     out.mkdir(parents=True, exist_ok=True)  # written only once every option is known good
     np.save(input_file, example.detach().to("cpu", torch.float32).numpy())
     return settings, options
+
+
+TRACE_LOGGER = "torch.__trace"
+"""torch's structured-trace logger: always at DEBUG and not propagating, so pytest (9.1 on) attaches its capture
+handlers to it directly, and every torch.export the check runs put dozens of empty DEBUG lines in the test's
+captured log."""
+
+
+@contextlib.contextmanager
+def _tracer_log_quiet() -> Iterator[None]:
+    """While the check's own exports run: the handlers torch's trace logger shares with the root logger (pytest's
+    capture handlers) are taken off it, and put back after. torch's own trace handler (TORCH_TRACE) stays, and no
+    other logger is touched: the user's own logging is captured as before."""
+    import logging
+
+    logger = logging.getLogger(TRACE_LOGGER)
+    shared = [handler for handler in logger.handlers if handler in logging.getLogger().handlers]
+    for handler in shared:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in shared:
+            logger.addHandler(handler)
 
 
 def _copy(module: Any) -> Any:
@@ -131,6 +180,18 @@ def _copy(module: Any) -> Any:
         raise UsageError(f"the module cannot be copied ({library_reason(exc)}), and the check changes what it runs "
                          "(eval mode, float64); make it deep-copyable (keep locks, files or generators outside it)"
                          ) from None
+
+
+def _check_module(module: Any) -> None:
+    """UsageError unless `module` is a torch.nn.Module: a function (or a factory) was taken for a factory's result
+    and failed with "function() returned a tuple of 2 (function, Tensor)"."""
+    import torch
+
+    from exporter.errors import UsageError
+
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"module must be a torch.nn.Module, e.g. MyNet().eval(); got {type(module).__name__} "
+                         f"{repr(module)[:80]}")
 
 
 def _check_arguments(out: Any, formats: Any, runtimes: Any, trace: Any, dynamic: Any, name: Any,
@@ -176,12 +237,16 @@ def _name_culprits(report: Report, spec: Any, settings: Any, example: Any) -> No
 
 def failure_line(spec: Any, exc: BaseException) -> str:
     """What failed before any verdict, in one line, with what to do."""
+    import re
+
     from exporter.errors import ExportError, SetupError, UsageError
     from verify.folder.identity import HOW
 
     message = " ".join(str(exc).split()) or type(exc).__name__
-    for cli, plugin in {HOW: PLUGIN_HOW, "pass --trace": "pass trace=True", SHAPE_HOW: PLUGIN_SHAPE_HOW}.items():
+    for cli, plugin in {HOW: PLUGIN_HOW, SHAPE_HOW: PLUGIN_SHAPE_HOW}.items():
         message = message.replace(cli, plugin)
+    for cli, plugin in CLI_WORDS:
+        message = re.sub(cli, plugin, message)
     if isinstance(exc, ExportError):
         return f"exporting {spec} failed, so nothing was compared: {message} (try formats=[...] without that format)"
     if isinstance(exc, UsageError):

@@ -114,7 +114,8 @@ def export(
         if path and path.resolve().is_relative_to(folder.resolve()):
             raise UsageError(f"{flag} {path} is inside the export folder {folder}, which the export replaces; "
                              "write it elsewhere")
-    cache = open_cache(cache_dir, no_cache)
+    folder_of_cache = opt.cache_folder(cache_dir, no_cache)  # $BACKBONE_VERIFY_NO_CACHE computes everything too
+    cache = open_cache(folder_of_cache, folder_of_cache is None)
     refuse_inside_export(folder, settings, sign_key, cache)
     options = formats.export_options(settings.runtime.device, runtime)
     clear_stale_reports(reports.json, reports.junit, reports.markdown)

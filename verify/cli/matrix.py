@@ -110,8 +110,9 @@ def matrix(
                                            "$JOB_COMPLETION_INDEX (0-based: a Kubernetes indexed job's "
                                            "completions)")] = None,
     timeout: Annotated[float | None, typer.Option(
-        "--timeout", metavar="SECONDS", min=1, show_default=f"{USER_CODE_TIMEOUT:g} for --model cells, none otherwise",
-        help="Stop a cell that runs longer than this (in its worker process) and fail it; a --model cell "
+        "--timeout", metavar="SECONDS", callback=opt.MATRIX_TIMEOUT_CHECK,
+        show_default=f"{USER_CODE_TIMEOUT:g} for --model cells, none otherwise",
+        help="Stop a cell that runs longer than this (at least 1 s; in its worker process) and fail it; a --model cell "
              "always runs in a worker of its own")] = None,
     cache_dir: opt.CacheDir = None,
     no_cache: opt.NoCache = False,
@@ -132,7 +133,6 @@ def matrix(
     if ctx.invoked_subcommand is not None:
         return
     from exporter.spec import parse_shape
-    from verify.cache import cache_disabled_by_env, default_cache_dir
     from verify.matrix import MatrixRequest, resolve_shard, run_matrix
     from verify.render.matrix_table import render_matrix
 
@@ -154,7 +154,7 @@ def matrix(
     request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model,
                                    parse_shape(detector_shape) if detector_shape else None)
     split = resolve_shard(shard, shard_count, os.environ)
-    folder = None if no_cache or cache_disabled_by_env() else (cache_dir or default_cache_dir())
+    folder = opt.cache_folder(cache_dir, no_cache)
     display = _CellProgress(err_console)
     with display.progress:
         result = run_matrix(request, jobs=jobs, shard=split, cache_dir=folder, on_start=display.start,

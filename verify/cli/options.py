@@ -406,6 +406,17 @@ CacheDirToRead = Annotated[Path | None, typer.Option(
     help="Cache folder [default: $BACKBONE_VERIFY_CACHE_DIR, else the platform's user cache folder, e.g. "
          "~/.cache/backbone-verify]")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Compute everything; read and write no cache")]
+
+
+def cache_folder(cache_dir: Path | None, no_cache: bool) -> Path | None:
+    """The cache folder a run uses (export, matrix): None with --no-cache or $BACKBONE_VERIFY_NO_CACHE (which
+    computes everything, --cache-dir or not), else --cache-dir or the default. --cache-dir with --no-cache names a
+    folder nothing reads: refused."""
+    from verify.cache import cache_disabled_by_env, default_cache_dir
+
+    if no_cache and cache_dir is not None:
+        raise UsageError(f"--cache-dir {cache_dir} names the cache that --no-cache turns off; drop one of them")
+    return None if no_cache or cache_disabled_by_env() else (cache_dir or default_cache_dir())
 Runs = Annotated[int, typer.Option(callback=_number(*bounds.RUNS_RANGE, integer=True),
                                    help=f"Timed runs ({bounds.RUNS_RANGE[0]}..{bounds.RUNS_RANGE[1]})")]
 Warmup = Annotated[int, typer.Option(callback=_number(*bounds.WARMUP_RANGE, integer=True),
@@ -579,6 +590,8 @@ def _timeout_help() -> str:
             f"(no verdict, exit 2); finite > 0 [default: {USER_CODE_TIMEOUT:g}]")
 
 
+MATRIX_TIMEOUT_CHECK = _number(1.0)
+"""verify matrix --timeout: finite and at least a second (`inf` reached the workers' wait: an OverflowError)."""
 Timeout = Annotated[float | None, typer.Option("--timeout", callback=_number(0.0, low_open=True), help=_timeout_help())]
 def check_rebuild_weights(value: Path | None) -> Path | None:
     """A checkpoint for `--rebuild`: a weights file (a named source is what the manifest already records)."""

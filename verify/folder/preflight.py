@@ -22,6 +22,7 @@ from verify.folder.validate import (
     judge,
     option_flags,
     read_inputs,
+    require_flags,
 )
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
@@ -55,6 +56,8 @@ class PreflightOptions:
         RUNTIMES.get(self.runtime)
         require_number("--runs", self.runs, *RUNS_RANGE, integer=True)
         require_number("--warmup", self.warmup, *WARMUP_RANGE, integer=True)
+        if self.tf32 is not None and not isinstance(self.tf32, bool):
+            raise TypeError(f"tf32 must be True, False or None, not {type(self.tf32).__name__} {self.tf32!r}")
         if self.tf32 is not None and self.provider != "cuda":  # no TF32 off CUDA: it would be silently ignored
             flag = "--tf32" if self.tf32 else "--no-tf32"
             raise UsageError(f"{flag} sets TF32 on CUDA, and this preflight is on {self.provider}, where there is no "
@@ -63,8 +66,7 @@ class PreflightOptions:
         refuse_unused_options([self.runtime], RuntimeOptions(plugins=given))  # a default set is not a choice
         if self.max_latency_ms is not None:
             require_number("--max-latency-ms", self.max_latency_ms, 0.0, low_open=True)
-        if not isinstance(self.layers, bool):
-            raise TypeError(f"layers must be True or False, not {type(self.layers).__name__}")
+        require_flags(layers=self.layers, rebuild=self.rebuild)
         if self.layers and not self.rebuild:
             raise UsageError(LAYERS_NEED_REBUILD)
         if self.weights_file is not None:  # text is fine too
@@ -84,6 +86,10 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
     """GO only when the folder is sound and its target file loads, runs, matches its goldens and meets the
     budget. A target whose loading can run code (TorchScript, .pt2, AOTInductor) is loaded only from a folder
     whose signature verified with `verify_key`, or with `trust_unsigned_code`; else NO-GO (exit 1)."""
+    if options is not None and not isinstance(options, PreflightOptions):
+        raise TypeError(f"options must be a verify.folder.preflight.PreflightOptions or None, not "
+                        f"{type(options).__name__}")
+    require_flags(trust_unsigned_code=trust_unsigned_code)
     options = options or PreflightOptions()  # checked in PreflightOptions.__post_init__, before any work
     path, verify_key = Path(path), Path(verify_key) if verify_key is not None else None  # text is fine too
     if verify_key is not None:

@@ -58,7 +58,7 @@ from verify.folder.integrity import (
 from verify.folder.layers import folder_layer_checks
 from verify.folder.rebuild import REBUILD_ONLY, rebuild_backbone, rebuilt_reference
 from verify.judge.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
-from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
+from verify.runtimes import RuntimeOptions, make_runtime, refuse_unused_options, runtimes_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -393,6 +393,29 @@ def read_inputs(verify_key: Path | None, weights_file: Path | None) -> dict[str,
     return {what: path for what, path in (("--verify-key", verify_key), ("--checkpoint", weights_file)) if path}
 
 
+def require_flags(**flags: Any) -> None:
+    """TypeError unless each is True or False: `trust_unsigned_code="no"` (or a "false" read from the environment) is
+    truthy, and loaded unsigned files that can run code; `rebuild="no"` rebuilt."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, not {type(value).__name__} {value!r}")
+
+
+def _refuse_unread_options(paths: Sequence[Path], options: Any) -> None:
+    """A runtime's own option (--ort-opt-level) when no folder holds a file that runtime runs would be read by no
+    check (exit 0 with the option dropped): refused from the manifests alone, before any file is hashed. A folder
+    whose manifest cannot be read is left to its own integrity check, which fails it."""
+    names: list[str] = []
+    for path in paths:
+        try:
+            manifest = load_manifest(resolve_folder(path)[1])
+        except (ArtifactError, ValueError):
+            return
+        names += [name for entry in manifest.model_files().values() for name in runtimes_for(entry.format)]
+    if names:
+        refuse_unused_options(names, options)
+
+
 LAYERS_NEED_REBUILD = ("--layers re-runs each file's layers on the float64 values of the model the folder names, "
                        "which only --rebuild builds: pass --rebuild with it (and --checkpoint FILE where the folder's "
                        "weights were a file)")
@@ -412,8 +435,12 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
     weights_file = Path(weights_file) if weights_file is not None else None
     if weights_file is not None and not rebuild:  # as the CLI refuses --checkpoint without --rebuild
         raise UsageError(REBUILD_ONLY.format(option="weights_file"))
-    if not isinstance(layers, bool):
-        raise TypeError(f"layers must be True or False, not {type(layers).__name__}")
+    require_flags(layers=layers, rebuild=rebuild, trust_unsigned_code=trust_unsigned_code)
+    if options is not None and not isinstance(options, RuntimeOptions):
+        raise TypeError(f"options must be a verify.runtimes.RuntimeOptions or None, not {type(options).__name__}")
+    if options is not None and options.tf32 is not None and options.device != "cuda":  # as the CLI refuses --tf32
+        raise UsageError(f"tf32={options.tf32} sets TF32 on CUDA, and these checks run on {options.device}, where "
+                         "there is no TF32; leave tf32 at None, or set device='cuda'")
     if layers and not rebuild:
         raise UsageError(LAYERS_NEED_REBUILD)
     if verify_key is not None:
@@ -431,6 +458,8 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
     if detector is not None:  # a whole detector's check runs each framework's defaults: they would be dropped
         raise UsageError(f"{detector} is a whole detector's folder, whose check runs each framework's defaults and "
                          f"takes no {flags[0]}; drop {', '.join(flags)}, or check the other folders on their own")
+    if flags:
+        _refuse_unread_options(paths, options)
     for path in paths:
         if is_detector_folder(path):
             check_detector_folder(path, report, verify_key, trust_unsigned_code,

@@ -55,7 +55,7 @@ class MatrixRequest:
         sources checked here, nothing imported."""
         from exporter.backbones import BACKBONES, VIEWS, backbone_rows
         from exporter.norms import NORMS
-        from exporter.user_model import UserModelSpec
+        from exporter.user_model import FACTORY_WEIGHTS, UserModelSpec
         from verify.api import RunSettings
         from verify.runtimes import RUNTIMES
         from verify.settings import refuse_unused_seed
@@ -74,6 +74,11 @@ class MatrixRequest:
         from verify.pipeline.stages import export_for
 
         settings = settings or RunSettings()
+        if users and settings.weights != FACTORY_WEIGHTS:  # like verify export: refused before any cell runs, not
+            # failed in the model's cell after every other cell's work; one run's settings describe every row
+            raise UsageError(f"--weights {settings.weights} applies to registered backbones, and {users[0]} brings "
+                             "its own weights (load a checkpoint inside the factory); run your models and the "
+                             "backbones as two matrix runs, --weights only in the backbones' run")
         # like verify export: a seed no cell draws from (other weights, --input; no fpn view, no user model) is refused
         refuse_unused_seed(settings.seed, settings.weights, settings.input_file,
                            not users and "fpn" not in chosen[2])

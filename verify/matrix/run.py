@@ -70,6 +70,10 @@ def run_matrix(request: MatrixRequest, jobs: int = 1, shard: tuple[int, int] | N
     A user model's cell always runs in a worker of its own, stopped after `timeout` seconds
     (USER_MODEL_TIMEOUT_S unless given); `timeout` also bounds every cell run in a worker.
     `on_done(cell, cost)` is called as each cell finishes (for a progress display)."""
+    if timeout is not None:  # before any cell: a timeout that is no number, or never ends, is refused
+        from verify.bounds import require_number
+
+        require_number("timeout", timeout, 0.0, low_open=True)
     start = time.perf_counter()
     plan = plan_matrix(request, shard)
     if on_start is not None:

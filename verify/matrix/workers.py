@@ -29,6 +29,9 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+WAIT_CAP_S = 3600.0
+"""The longest one wait for the workers lasts: a far deadline (a timeout of weeks) is waited for in such steps, since
+the OS's wait takes at most ~24 days (a longer one raised OverflowError after the workers had started)."""
 WORKER_STOP_S = 2.0
 """How long an idle worker gets to exit after the matrix is done before it is killed."""
 
@@ -154,7 +157,7 @@ def run_in_workers(work: list[CellJob], jobs: int, finish: Callable[[CellResult]
                 busy.append(worker)
             deadlines = [w.deadline for w in busy if w.deadline is not None]
             wait([w.conn for w in busy] + [w.process.sentinel for w in busy],
-                 timeout=max(0.0, min(deadlines) - time.monotonic()) + 0.05 if deadlines else None)
+                 timeout=min(WAIT_CAP_S, max(0.0, min(deadlines) - time.monotonic()) + 0.05) if deadlines else None)
             for worker in list(busy):
                 result = _collect(worker)
                 if result is None:
