@@ -196,6 +196,11 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 ReplaceCheck = Callable[[Path], None]
 """Called under the lock with the existing final folder; raises to refuse replacing it."""
 
+PUBLISH_CHECKS: list[Callable[[], None]] = []
+"""Called under the lock before any staging folder takes its final name: one that raises keeps it from appearing.
+The CLI's stops a run that a SIGTERM ended (exit 143) from publishing a folder: a SIGTERM whose exception a library
+swallowed where it landed ("Exception ignored in" a weakref callback) let the export go on and publish it."""
+
 
 @contextlib.contextmanager
 def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Iterator[Path]:
@@ -226,6 +231,8 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
         yield staging
         _fsync_tree(staging)
         with _folder_lock(parent):
+            for check in PUBLISH_CHECKS:
+                check()
             if os.path.lexists(final):
                 if may_replace is not None:
                     may_replace(final)

@@ -15,6 +15,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from exporter.errors import VerifyError, interrupt_in
+from exporter.fsio import PUBLISH_CHECKS
 from exporter.messages import one_line, strip_unsafe_advice
 from verify.render.console import make_console
 from verify.render.text import terminal_text
@@ -113,6 +114,17 @@ _received = {"SIGTERM": False, "reported": False}
 def _on_sigterm(signum: int, frame: Any) -> None:
     _received["SIGTERM"] = True
     raise Terminated
+
+
+def _refuse_publishing_after_sigterm() -> None:
+    """exporter.fsio's PUBLISH_CHECKS: a run a SIGTERM ended publishes no folder, also where the Terminated its handler
+    raised was swallowed where it landed ("Exception ignored in" a weakref callback or `__del__`) and the run went on
+    to exit 143 beside a published folder (review 16)."""
+    if _received["SIGTERM"]:
+        raise Terminated
+
+
+PUBLISH_CHECKS.append(_refuse_publishing_after_sigterm)
 
 
 def interrupt_exit(interrupt: KeyboardInterrupt) -> int:
