@@ -53,8 +53,6 @@ def test_a_sigterm_swallowed_where_it_landed_publishes_no_folder(tmp_path, monke
     assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
 
 
-@pytest.mark.xfail(strict=True, reason="verify/explain/rerun.py run_together keeps a node name that is also an "
-                                       "initializer's unprefixed (owned by hunt16b; the diff is in review16's report)")
 def test_layers_whose_node_names_are_initializer_names_still_run_as_one_graph():
     """run_together prefixes every name but the shared initializers', and node names went through the same rule: two
     units with a node named like an initializer (`W`) gave two nodes of one name, which ONNX Runtime refuses, so

@@ -121,6 +121,9 @@ class Explanation:
             what = "no structural diff (a graph side has no modules to compare)"
         if div.get("fused_with"):
             what += f" (the ONNX graph computes it together with {', '.join(div['fused_with'])})"
+        if div.get("uncompared"):
+            what += (f"; not compared before it: {', '.join(div['uncompared'])} (one side does not tell its calls "
+                     "apart), where the difference may begin")
         ratio = f", {div['ratio']:.0f}x its float32 floor" if div.get("ratio") is not None else ""
         return (f"first divergence: {self.first_divergence} (max abs {div.get('max_abs', 0):.2e}, "
                 f"rel {div.get('max_rel', 0):.1e}{ratio}): {what}")
@@ -229,7 +232,7 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
             result.divergence = {"module": divergence.module, "call": divergence.call,
                                  "max_abs": divergence.max_abs, "max_rel": divergence.max_rel,
                                  "ratio": divergence.ratio, "fused_with": divergence.fused_with,
-                                 "judged": divergence.judged}
+                                 "judged": divergence.judged, "uncompared": divergence.uncompared}
         else:
             result.divergence_note = found.note
     return result

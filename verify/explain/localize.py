@@ -45,6 +45,9 @@ class Divergence:
     """Modules an ONNX graph computes in the same node (e.g. a norm folded into its conv)."""
     judged: str = "float64"
     """`float64` (relative difference of two float64 runs) or `float32-floor`."""
+    uncompared: list[str] = field(default_factory=list)
+    """Modules before it whose calls one side does not tell apart (Trace.ambiguous): not compared, so the
+    divergence may begin there."""
 
 
 @dataclass
@@ -86,6 +89,9 @@ def localise(a: Side, b: Side, x: np.ndarray, factor: float) -> Localisation:
     except _Unreadable as exc:
         return Localisation(None, f"first divergence: not available for {a.kind} vs {b.kind} because {exc}")
     if divergence is not None:
+        order = [n for n, _, _ in traces[0].values]
+        before = order[:order.index(divergence.module)] if divergence.module in order else order
+        divergence.uncompared = list(dict.fromkeys(n for n in before if n in traces[0].ambiguous))
         return Localisation(divergence)
     shared = _shared_count(*traces)
     if not shared:
@@ -129,7 +135,20 @@ def _aligned(a: Trace, b: Trace) -> tuple[Trace, Trace]:
 
     best = max(((pa, pb) for pa in prefixes(names_a) for pb in prefixes(names_b) if not (pa and pb)),
                key=lambda pair: (overlap(*pair), pair == ("", "")))
-    return _renamed(a, best[0]), _renamed(b, best[1])
+    return _calls_told_apart(_renamed(a, best[0]), _renamed(b, best[1]))
+
+
+def _calls_told_apart(a: Trace, b: Trace) -> tuple[Trace, Trace]:
+    """Both sides with `ambiguous` naming the modules one side records fewer calls of than the other: a dynamo ONNX
+    graph records no call identity, so `self.conv(self.conv(x))` is one run whose value is the second call's,
+    recorded as the first. Before, that value was compared with the first call's and named the first divergence
+    (`conv`) where only the layer after it (`head`) differed."""
+    from collections import Counter
+
+    counts = [Counter(n for n, _, _ in trace.values) for trace in (a, b)]
+    ambiguous = {n for n in counts[0].keys() & counts[1].keys() if counts[0][n] != counts[1][n]}
+    a.ambiguous, b.ambiguous = set(ambiguous), set(ambiguous)
+    return a, b
 
 
 def _renamed(trace: Trace, prefix: str) -> Trace:
@@ -178,7 +197,7 @@ def first_exact_divergence(a: Trace, b: Trace) -> Divergence | None:
               if n not in theirs.passthrough and any(k[0] == n for k in theirs.by_key)}
     for name, call, out in a.values:
         other = b.by_key.get((name, call))
-        if other is None or _shape(other) != _shape(out) or name in folded:
+        if other is None or _shape(other) != _shape(out) or name in folded or name in a.ambiguous:
             continue
         max_abs, max_rel = _rel(out, other)
         if max_rel > EQUIVALENCE_RTOL:
@@ -207,7 +226,7 @@ def first_divergence_beyond_floor(ref: Trace, other: Trace, factor: float,
 
     for i, (name, call, _) in enumerate(order):
         key, value = _counterpart(name, call, ref, other, aliases=not neighbours)
-        if value is None:
+        if value is None or name in ref.ambiguous:  # which call the other side's value is, is unknown
             continue
         candidates = [order[i]] + ([order[i + 1]] if neighbours and i + 1 < len(order) else [])
         best: Divergence | None = None
@@ -228,7 +247,7 @@ def first_divergence_beyond_floor(ref: Trace, other: Trace, factor: float,
             group = [name]
             j = i - 1
             while j >= 0 and _counterpart(order[j][0], order[j][1], ref, other, False)[1] is None \
-                    and leaf(order[j][0]):
+                    and leaf(order[j][0]) and order[j][0] not in ref.ambiguous:
                 group.insert(0, order[j][0])
                 j -= 1
             best.module, best.fused_with = group[0], group[1:]

@@ -265,22 +265,43 @@ def rerun(result: Isolation, path: str, layer: Any, *args: Any) -> Any:
 
 # ---------------------------------------------------------------- ONNX candidates: node runs
 
-def _runs(scoped: list[tuple[Any, list[str] | None]]) -> list[tuple[str, list[Any]]]:
+def _runs(scoped: list[tuple[Any, list[str] | None]], calls: Sequence[Any] | None = None
+          ) -> list[tuple[str, list[Any]]]:
     """Contiguous runs of ops under the same innermost module scope: (path, ops). An op outside every module (an
     empty scope list, e.g. a functional `torch.relu` between two calls of one module) ends the run: the calls on
-    either side of it are two layers, not one (None: no scope record, neither inside nor outside)."""
+    either side of it are two layers, not one (None: no scope record, neither inside nor outside). `calls`: each
+    op's innermost call identity, where the graph records one (`conv@1`, the legacy exporter's `conv_1`): a module
+    called twice in a row (`self.conv(self.conv(x))`) is two runs, not one run judged as its first call."""
     runs: list[tuple[str, list[Any]]] = []
-    ended = False
-    for handle, scopes in scoped:
+    ended, last = False, None
+    for k, (handle, scopes) in enumerate(scoped):
         if not scopes:
             ended = ended or scopes is not None
             continue
-        if runs and runs[-1][0] == scopes[-1] and not ended:
+        call = calls[k] if calls is not None else None
+        if runs and runs[-1][0] == scopes[-1] and not ended and call == last:
             runs[-1][1].append(handle)
         else:
             runs.append((scopes[-1], [handle]))
-        ended = False
+        ended, last = False, call
     return runs
+
+
+def recorded_call(key: tuple[str, int], calls: Counter | None) -> bool:
+    """Whether the reference recorded a tensor for this module call: a module whose output is a tuple
+    (`nn.MultiheadAttention`) has none, so the layer after it reads a value computed outside every recorded call
+    (the reference's own input to that layer, OWN_INPUT), not a call's output that is missing (before: not re-run)."""
+    return calls is None or key[1] < calls.get(key[0], 0)
+
+
+def merged_calls(graph_calls: Counter, reference_calls: Counter | None) -> set[str]:
+    """The modules whose calls the graph cannot tell apart: fewer calls in the graph than the reference made (a
+    dynamo ONNX graph records no call identity, so `self.conv(self.conv(x))` is one run of two convs). Which call a
+    run computes is unknown: its layers are not re-run (before, the run was judged as the first call: a correct file
+    failed at millions x its floor)."""
+    if reference_calls is None:
+        return set()
+    return {path for path, count in graph_calls.items() if count < reference_calls.get(path, 0)}
 
 
 def _best_prefix(names: set[str], known: set[str]) -> str:
@@ -301,33 +322,45 @@ def _own_input(inputs: dict[Any, tuple[str, int] | None], outside: set[Any]) -> 
     return True
 
 
-def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, norms: dict[str, str] | None = None
-               ) -> tuple[list[Unit], list[str], list[str]]:
+def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, norms: dict[str, str] | None = None,
+               calls: Counter | None = None) -> tuple[list[Unit], list[str], list[str]]:
     """The ONNX graph's layers: runs of nodes under one module scope whose last node stands for that
     module call, each with the reference values its activation inputs are; the layers skipped; and the op types of
     the nodes in no layer (verify.judge.layers.Isolation.outside). A scope that is none of the reference's `modules`
     (torch's `_empty_nn_module_stack_from_metadata_hook` on the shape ops of its runtime asserts) is no layer: its
     ops are outside every layer, never a layer 'not re-run'. `norms`: each conv the model's own values show a norm
-    read (norms_after), which the legacy exporter folds into it whatever the two are named."""
+    read (norms_after), which the legacy exporter folds into it whatever the two are named. `calls`: the
+    reference's calls of each module (merged_calls)."""
     nodes = list(model.graph.node)
-    scopes = legacy_calls([onnx_scopes(node) for node in nodes])
+    raw = [onnx_scopes(node) for node in nodes]  # the legacy exporter's `conv_1` tells a second call apart
+    scopes = legacy_calls(raw)
     prefix = _best_prefix({s for group in scopes if group for s in group}, known)
     scopes = [[canonical_name(s, prefix) for s in g] if g is not None else None for g in scopes]
-    ends: dict[int, list[tuple[str, int]]] = {}
-    for path, call, i in module_calls((i, [(s, s) for s in g] if g is not None else None)
-                                      for i, g in enumerate(scopes)):
-        ends.setdefault(i, []).append((path, call))
-    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
-    constants = {i for i, node in enumerate(nodes) if node.op_type == "Constant"}
-    graph_inputs = {i.name for i in model.graph.input}
     initializers = {t.name for t in model.graph.initializer}
+    shaped = shape_nodes(nodes, initializers)
+    ident: list[Any] = [g[-1] if g else None for g in raw]  # each op's innermost call identity
+    ends, merged = _ends(scopes, raw, ident, shaped, calls)
+    if merged:  # `self.conv(self.conv(x))` in a graph without call identities: split a run that repeats itself
+        for path, run in _runs(list(enumerate(scopes)), ident):
+            if path in merged and (parts := repeats(nodes, run)) > 1:
+                for k, i in enumerate(run):
+                    ident[i] = (ident[i], k * parts // len(run))
+        ends, merged = _ends(scopes, raw, ident, shaped, calls)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    constants = parameter_nodes(nodes, initializers)
+    graph_inputs = {i.name for i in model.graph.input}
     recorded = {path for group in scopes if group for path in group}
     units, skipped, placed = [], [], set(constants)
-    for path, run in _runs(list(enumerate(scopes))):
-        mine = [(p, c) for p, c in ends.get(run[-1], []) if p == path]
-        if not mine or (modules is not None and path not in modules):
+    for path, run in _runs(list(enumerate(scopes)), ident):
+        last = next((i for i in reversed(run) if any(p == path for p, _ in ends.get(i, []))), None)
+        if last is None or (modules is not None and path not in modules):
             continue
+        run = run[:run.index(last) + 1]  # a dynamic shape's arithmetic after the call's value is no part of it
+        mine = [(p, c) for p, c in ends[last] if p == path]
         placed.update(run)
+        if path in merged:
+            skipped.append(path)
+            continue
         inside = {out for i in run for out in nodes[i].output}
         inputs: dict[Any, tuple[str, int] | None] = {}
         ops = list(run)
@@ -341,22 +374,81 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
                 elif producer.get(name) in constants:
                     if producer[name] not in ops:
                         ops.insert(0, producer[name])
-                elif ends.get(producer.get(name, -1)):
+                elif ends.get(producer.get(name, -1)) and recorded_call(ends[producer[name]][0], calls):
                     inputs[name] = ends[producer[name]][0]
                 else:
                     outside.add(name)
+        # a conv that a norm read is no norm: the family mapping paired shufflenet's conv `branch2.5` with `branch2.4`
+        partner = conv_before(path, norms) or ("" if norms and path in norms else fold_partner(path))
+        fused = [partner] if nodes[run[-1]].op_type == "Conv" and partner and partner not in recorded else []
+        norm = folded_norm(path, known, recorded, norms) if nodes[run[-1]].op_type == "Conv" and not fused else ""
+        if norm:  # the legacy exporter folds a norm into the conv before it: the node is the norm's output; the
+            ends[run[-1]] = [(norm, mine[0][1])]  # layers after it read the norm's value, also where it is skipped
         if not _own_input(inputs, outside):
             skipped.append(path)
             continue
-        partner = fold_partner(path)
-        fused = [partner] if nodes[run[-1]].op_type == "Conv" and partner and partner not in recorded else []
-        norm = folded_norm(path, known, recorded, norms) if nodes[run[-1]].op_type == "Conv" and not fused else ""
-        if norm:  # the legacy exporter folds a norm into the conv before it: the node is the norm's output
-            ends[run[-1]] = [(norm, mine[0][1])]  # the layers after it read the norm's value, not the conv's
+        if norm:
             units.append(Unit(norm, mine[0][1], ops, inputs, nodes[run[-1]].output[0], [path]))
             continue
         units.append(Unit(path, mine[0][1], ops, inputs, nodes[run[-1]].output[0], fused))
     return units, skipped, [node.op_type for i, node in enumerate(nodes) if i not in placed]
+
+
+def _ends(scopes: list[Any], raw: list[Any], ident: list[Any], shaped: set[int], calls: Counter | None
+          ) -> tuple[dict[int, list[tuple[str, int]]], set[str]]:
+    """Each op that stands for a module call's value -> (path, call), with `ident` as each op's innermost call
+    identity; and the modules whose calls the graph still cannot tell apart (merged_calls)."""
+    def scoped(i: int) -> list[tuple[Any, str]] | None:
+        if scopes[i] is None or i in shaped:
+            return None
+        pairs = list(zip(raw[i], scopes[i]))
+        return [*pairs[:-1], (ident[i], pairs[-1][1])] if pairs else pairs
+
+    ends: dict[int, list[tuple[str, int]]] = {}
+    for path, call, i in module_calls((i, scoped(i)) for i in range(len(scopes))):
+        ends.setdefault(i, []).append((path, call))
+    return ends, merged_calls(Counter(path for group in ends.values() for path, _ in group), calls)
+
+
+def repeats(nodes: list[Any], run: list[int]) -> int:
+    """How many calls of one module a run of ops is, where it is the same ops again, each time on the last time's value
+    (a dynamo ONNX graph's `self.conv(self.conv(x))`: [Conv, Conv]); 1 where it is not. A split the reference's count
+    of calls does not confirm is undone (merged_calls)."""
+    for parts in range(len(run), 1, -1):
+        if len(run) % parts:
+            continue
+        size = len(run) // parts
+        chunks = [run[k * size:(k + 1) * size] for k in range(parts)]
+        kinds = [[nodes[i].op_type for i in chunk] for chunk in chunks]
+        if all(kind == kinds[0] for kind in kinds) and all(
+                nodes[chunks[k][-1]].output[0] in nodes[chunks[k + 1][0]].input for k in range(parts - 1)):
+            return parts
+    return 1
+
+
+def parameter_nodes(nodes: list[Any], initializers: set[str]) -> set[int]:
+    """The nodes that hold a parameter: a `Constant`, and an `Identity` of an initializer, with no module scope (the
+    legacy exporter writes one where two parameters are equal, e.g. folded norms' zero biases). A layer that reads
+    one takes it along. Before, such a bias was a value from outside every layer: shufflenet_v2's folded convs were
+    not re-run and the ReLU after each was fed the conv's value without its norm (a correct file at 42x)."""
+    return {i for i, node in enumerate(nodes) if node.op_type == "Constant"
+            or (node.op_type == "Identity" and all(name in initializers for name in node.input))}
+
+
+def shape_nodes(nodes: list[Any], initializers: set[str]) -> set[int]:
+    """The nodes that compute only a shape (a `Shape` and the arithmetic on it: a dynamic batch's flatten size, which
+    dynamo puts under the scope of the conv before it): never what stands for a module call. Before, such a node
+    ended the conv's run, the conv's value was not its layer's output, and the conv was listed as not re-run."""
+    shaped: set[int] = set()
+    values: set[str] = set()
+    fixed = set(initializers) | {out for node in nodes if node.op_type == "Constant" for out in node.output}
+    for i, node in enumerate(nodes):
+        read = [name for name in node.input if name]
+        if node.op_type in ("Shape", "Size") or (any(name in values for name in read)
+                                                 and all(name in values or name in fixed for name in read)):
+            shaped.add(i)
+            values.update(node.output)
+    return shaped
 
 
 def folded_norm(conv: str, known: set[str], recorded: set[str], norms: dict[str, str] | None = None) -> str:
@@ -366,6 +458,13 @@ def folded_norm(conv: str, known: set[str], recorded: set[str], norms: dict[str,
     if norms and conv in norms and norms[conv] not in recorded:
         return norms[conv]
     return next((name for name in sorted(known) if name not in recorded and fold_partner(name) == conv), "")
+
+
+def conv_before(norm: str, norms: dict[str, str] | None) -> str:
+    """The conv whose output `norm` read in the model's own run (norms_after), or '': a dynamo ONNX file puts the
+    folded Conv under the norm's scope, whatever the two are named (a user's `proj` then `bn`: before, the family
+    mapping found no partner and the layer was judged as the norm alone, or not re-run)."""
+    return next((conv for conv, after in (norms or {}).items() if after == norm), "")
 
 
 def norms_after(ref: Reference) -> dict[str, str]:
@@ -445,7 +544,7 @@ def run_together(model: Any, jobs: Sequence[tuple[Unit, dict[str, np.ndarray], t
             used.update(node.input)
             node.input[:] = [own(name) for name in node.input]
             node.output[:] = [own(name) for name in node.output]
-            node.name = own(node.name or f"node{i}")
+            node.name = f"u{k}|{node.name or f'node{i}'}"  # never shared, also where it is an initializer's name
             nodes.append(node)
         for name, array in arrays.items():
             inputs.append(helper.make_tensor_value_info(own(name), TensorProto.FLOAT, list(array.shape)))
@@ -470,7 +569,8 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
     import onnx
 
     model = onnx.load(str(path))
-    units, skipped, outside = onnx_units(model, {n for n, _ in ref.outputs}, set(ref.modules), norms_after(ref))
+    units, skipped, outside = onnx_units(model, {n for n, _ in ref.outputs}, set(ref.modules), norms_after(ref),
+                                         Counter(n for n, _ in ref.outputs))
     result = Isolation("", "", factor, skipped=skipped, outside=outside)
     jobs = []
     for unit in units:
@@ -494,7 +594,7 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
 
 # ---------------------------------------------------------------- ExportedProgram candidates: FX node runs
 
-def fx_units(module: Any, known: set[str], modules: set[str] | None = None
+def fx_units(module: Any, known: set[str], modules: set[str] | None = None, calls: Counter | None = None
              ) -> tuple[list[Unit], list[str], list[str]]:
     """As onnx_units, over the FX nodes of an ExportedProgram's `.module()` (parameters are get_attr)."""
     import operator
@@ -515,7 +615,7 @@ def fx_units(module: Any, known: set[str], modules: set[str] | None = None
     units, skipped, placed = [], [], set()
     stacks = [fx_scopes(n) is not None for n in nodes]  # an empty stack is the root's: an op outside every module
     for path, run in _runs([(n, [p for _, p in s] if s else [] if stack else None)
-                            for n, s, stack in zip(nodes, scoped, stacks)]):
+                            for n, s, stack in zip(nodes, scoped, stacks)], [s[-1][0] if s else None for s in scoped]):
         last = next((n for n in reversed(run) if any(p == path for p, _ in ends.get(n, []))), None)
         if last is None or (modules is not None and path not in modules):
             continue
@@ -529,7 +629,7 @@ def fx_units(module: Any, known: set[str], modules: set[str] | None = None
                     continue
                 if arg.op == "placeholder":
                     inputs[arg] = None
-                elif ends.get(arg):
+                elif ends.get(arg) and recorded_call(ends[arg][0], calls):
                     inputs[arg] = ends[arg][0]
                 else:
                     outside.add(arg)
@@ -561,7 +661,8 @@ def run_fx_unit(module: Any, unit: Unit, feeds: dict[Any, Any]) -> Any:
 
 
 def isolate_fx(ref: Reference, module: Any, factor: float) -> Isolation:
-    units, skipped, outside = fx_units(module, {n for n, _ in ref.outputs}, set(ref.modules))
+    units, skipped, outside = fx_units(module, {n for n, _ in ref.outputs}, set(ref.modules),
+                                       Counter(n for n, _ in ref.outputs))
     result = Isolation("", "", factor, skipped=skipped, outside=outside)
     for unit in units:
         if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:

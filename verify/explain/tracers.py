@@ -71,6 +71,9 @@ class Trace:
     """Modules known to compute nothing (nn.Identity, e.g. a norm folded into its conv)."""
     fused: dict[str, str] = field(default_factory=dict)
     """norm -> conv that one graph node computes together (the value is recorded under the norm)."""
+    ambiguous: set[str] = field(default_factory=set)
+    """Modules whose calls this side and the one it is compared with count differently (verify.explain.localize):
+    which call a value is, is unknown, so they are not compared."""
 
     def __post_init__(self) -> None:
         self.by_key = {(n, c): v for n, c, v in self.values}
@@ -376,9 +379,10 @@ def legacy_calls(scopes: list[list[str] | None]) -> list[list[str] | None]:
 def onnx_module_values(model: Any, prefix: str = "") -> tuple[list[tuple[str, int, str]], dict[str, str]]:
     """((module, call, ONNX value name) for every module call, norm -> conv fused in one node)."""
     nodes = list(model.graph.node)
-    scopes = legacy_calls([onnx_scopes(node) for node in nodes])
-    calls = module_calls((i, [(s, s) for s in group] if group is not None else None)
-                         for i, group in enumerate(scopes))
+    raw = [onnx_scopes(node) for node in nodes]  # the legacy exporter's `conv_1`: the second call, told apart
+    scopes = legacy_calls(raw)
+    calls = module_calls((i, list(zip(names, group)) if group is not None else None)
+                         for i, (names, group) in enumerate(zip(raw, scopes)))
     values = [(canonical_name(path, prefix), call, nodes[i].output[0]) for path, call, i in calls]
     recorded = {path for path, _, _ in calls}
     fused = {}

@@ -110,6 +110,7 @@ def culprit_note(result: Isolation) -> str:
         return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} is within "
                 f"{result.factor:g}x its own float32 floor; the difference builds up across layers")
     shown = "; ".join(f"{layer.module}"  # a folded norm is part of the culprit: its error shows at the conv
+                      + (f" (call {layer.call + 1})" if layer.call else "")  # a module called twice: which call
                       + (f" (computed with {', '.join(layer.fused_with)})" if layer.fused_with else "")
                       + f" {layer.ratio:.0f}x its own floor"
                       + (f" (channel {layer.channel})" if layer.channel is not None else "")
