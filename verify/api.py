@@ -492,6 +492,7 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
     """Guard 3 (verify/judge/file_floor.py) where one side is the user's model and the other a file a runtime runs
     in float64: the user's floor, on the outputs both have, at most FLOOR_AGREEMENT x the file's own."""
     from verify.judge.file_floor import FileFloors, agreement_problems, vouched_floors
+    from verify.judge.oracle import lifted
     from verify.runtimes import runtimes_for
 
     if settings.tolerance.mode != "auto":
@@ -500,8 +501,8 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
     for mine, theirs in ((0, 1), (1, 0)):
         file = sides[theirs]
         if user[mine] and not user[theirs] and file.path is not None and runtimes_for(file.format, float64=True):
-            floors = [vouched_floors(oracle.float32 or oracle.noise, oracle.outputs, model.outputs)
-                      for oracle, model in zip(oracles[theirs], oracles[mine], strict=True)]
+            floors = [lifted(vouched_floors(oracle.float32 or oracle.noise, oracle.outputs, model.outputs),
+                             model.summed) for oracle, model in zip(oracles[theirs], oracles[mine], strict=True)]
             problems += agreement_problems([oracle.float32 or oracle.noise for oracle in oracles[mine]],
                                            [FileFloors(f"{file.path.name} in {runs[theirs].label}", floors)])
     return problems

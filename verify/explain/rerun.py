@@ -29,7 +29,7 @@ from verify.explain.tracers import (
 )
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.layers import Isolation, LayerError
-from verify.judge.oracle import folded_float32, worst_floor
+from verify.judge.oracle import folded_float32, summation_floor, worst_floor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -148,44 +148,6 @@ def _own_floor(ref: Reference, chain: list[str], call: int) -> Any:
         return worst
     return dataclasses.replace(worst, value=max(worst.value, bound),
                                channels=None if worst.channels is None else np.maximum(worst.channels, bound))
-
-
-def summation_floor(module: Any, value: Any) -> float | None:
-    """A floor from what a layer sums, where its own float32 run is one summation order of few values, or of many
-    values that another runtime sums in another order (None for other layers):
-
-    - a Linear, or a conv with fewer than MIN_CHANNEL_ELEMENTS outputs a channel (a squeeze-excitation `fc1` on a
-      1x1 map): half a float32 ulp (rounding to nearest) of its largest sum of |x w| + |b|. ONNX Runtime's Gemm
-      rounded a correct Linear(512, 2)'s cancelling sums to 9.3x that run's error (150 seeds; at most 2.3x this
-      floor; hunt 14a);
-    - an average pool of n values a window: a float32 ulp of the window's mean |x| times sqrt(n), the spread of a
-      sum rounded once per term. ONNX Runtime's GlobalAveragePool on mobilenet_v3_small's first squeeze-excitation
-      (56x56 values a channel) was 73x torch's own error in a channel and 11 ulp of its mean |x|: a correct ONNX
-      file's layer at 8.4x its floor."""
-    import math
-
-    import torch
-
-    from verify.judge.oracle import FLOAT32_EPS, MIN_CHANNEL_ELEMENTS
-
-    pools = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AvgPool1d, torch.nn.AvgPool2d)
-    with torch.no_grad():
-        if isinstance(module, pools):
-            means = module(value.double().abs())
-            window = value[0, 0].numel() / max(means[0, 0].numel(), 1)
-            return FLOAT32_EPS * math.sqrt(window) * float(means.max()) if means.numel() else None
-        if isinstance(module, torch.nn.Linear):
-            bias = module.bias.double().abs() if module.bias is not None else None
-            terms = torch.nn.functional.linear(value.double().abs(), module.weight.double().abs(), bias)
-        elif isinstance(module, torch.nn.Conv2d) and module.padding_mode == "zeros":
-            terms = torch.nn.functional.conv2d(value.double().abs(), module.weight.double().abs(),
-                                               module.bias.double().abs() if module.bias is not None else None,
-                                               module.stride, module.padding, module.dilation, module.groups)
-            if terms[0, 0].numel() >= MIN_CHANNEL_ELEMENTS:  # many outputs a channel: their own spread is the floor
-                return None
-        else:
-            return None
-    return FLOAT32_EPS / 2 * float(terms.max()) if terms.numel() else None
 
 
 def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:

@@ -66,13 +66,15 @@ class FileFloors:
 
 def measure_file_floors(runtime: str, artifact: Artifact, feeds: Sequence[Mapping[str, np.ndarray]],
                         fp32: Sequence[Mapping[str, np.ndarray]] | None, label: str,
-                        model_float64: Sequence[Mapping[str, np.ndarray]] | None = None) -> FileFloors:
+                        model_float64: Sequence[Mapping[str, np.ndarray]] | None = None,
+                        summed: Sequence[Mapping[str, float]] = ()) -> FileFloors:
     """`artifact` run by `runtime` in float64 on the CPU, on private copies of every feed, and its floors against
     `fp32` (the file's float32 runs on the CPU; None: run here), each `vouched_floors` by the model's float64 run on
-    that feed (`model_float64`, the oracle's outputs). A file that cannot run in float64 raises ArtifactError (the
-    caller refuses to judge: its floor cannot be checked)."""
+    that feed (`model_float64`, the oracle's outputs), and lifted to the summation floors the model's were lifted to
+    on that feed (`summed`, Oracle.summed: one function's rounding, so the same bound on both). A file that cannot
+    run in float64 raises ArtifactError (the caller refuses to judge: its floor cannot be checked)."""
     from verify.inputs import copy_feed
-    from verify.judge.oracle import measure_floors
+    from verify.judge.oracle import lifted, measure_floors
     from verify.runtimes import RuntimeOptions, make_runtime
 
     double = make_runtime(runtime, RuntimeOptions(dtype="float64")).load(artifact)
@@ -82,7 +84,8 @@ def measure_file_floors(runtime: str, artifact: Artifact, feeds: Sequence[Mappin
         reference = double.run(copy_feed(feed))
         run = single.run(copy_feed(feed)) if single is not None else dict(fp32[index])
         own = measure_floors(run, reference)
-        floors.append(own if model_float64 is None else vouched_floors(own, reference, model_float64[index]))
+        own = own if model_float64 is None else vouched_floors(own, reference, model_float64[index])
+        floors.append(lifted(own, summed[index]) if index < len(summed) else own)
     return FileFloors(label, floors)
 
 

@@ -11,7 +11,7 @@ with the largest activations, so one floor per output hides an error confined to
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -305,6 +305,95 @@ def worst_floor(runs: Sequence[np.ndarray], fp64: np.ndarray) -> NoiseFloor | No
     return NoiseFloor(max(v for v, _ in floors), np.maximum.reduce(channels) if channels else None)
 
 
+def summation_floor(module: Any, value: Any) -> float | None:
+    """A floor from what a layer sums, where its own float32 run is one summation order of few values, or of many
+    values that another runtime sums in another order (None for other layers):
+
+    - a Linear, or a conv with fewer than MIN_CHANNEL_ELEMENTS outputs a channel (a squeeze-excitation `fc1` on a
+      1x1 map): half a float32 ulp (rounding to nearest) of its largest sum of |x w| + |b|. ONNX Runtime's Gemm
+      rounded a correct Linear(512, 2)'s cancelling sums to 9.3x that run's error (150 seeds; at most 2.3x this
+      floor; hunt 14a);
+    - an average pool of n values a window: a float32 ulp of the window's mean |x| times sqrt(n), the spread of a
+      sum rounded once per term. ONNX Runtime's GlobalAveragePool on mobilenet_v3_small's first squeeze-excitation
+      (56x56 values a channel) was 73x torch's own error in a channel and 11 ulp of its mean |x|: a correct ONNX
+      file's layer at 8.4x its floor."""
+    import math
+
+    import torch
+
+    pools = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AvgPool1d, torch.nn.AvgPool2d)
+    with torch.no_grad():
+        if isinstance(module, pools):
+            means = module(value.double().abs())
+            window = value[0, 0].numel() / max(means[0, 0].numel(), 1)
+            return FLOAT32_EPS * math.sqrt(window) * float(means.max()) if means.numel() else None
+        if isinstance(module, torch.nn.Linear):
+            bias = module.bias.double().abs() if module.bias is not None else None
+            terms = torch.nn.functional.linear(value.double().abs(), module.weight.double().abs(), bias)
+        elif isinstance(module, torch.nn.Conv2d) and module.padding_mode == "zeros":
+            terms = torch.nn.functional.conv2d(value.double().abs(), module.weight.double().abs(),
+                                               module.bias.double().abs() if module.bias is not None else None,
+                                               module.stride, module.padding, module.dilation, module.groups)
+            if terms[0, 0].numel() >= MIN_CHANNEL_ELEMENTS:  # many outputs a channel: their own spread is the floor
+                return None
+        else:
+            return None
+    return FLOAT32_EPS / 2 * float(terms.max()) if terms.numel() else None
+
+
+def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each output of a user's model that a Linear computes directly (its head), with that Linear's summation floor
+    on this input (`summation_floor`): another runtime sums its products in another order, and on the few values
+    of a head the one float32 run measured is no estimate of that (a correct dynamo ONNX export of a model ending in
+    Linear(256, 10) failed at 6.0x its floor on one input: hunt 16b). {} for a file, a registered backbone (no view
+    ends in a Linear) or a model without one. Runs the float32 model once more, on a copy of the feed."""
+    import torch
+
+    from verify.runtimes.torch_common import output_tensors
+
+    built = artifact.built
+    if built is None or getattr(built.spec, "registered", True) or len(feed) != 1:
+        return {}
+    model = built.model
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not heads:
+        return {}
+    made: dict[int, tuple[Any, Any, Any]] = {}
+
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
+            made[id(output)] = (output, module, args[0].detach().double())
+
+    handles = [m.register_forward_hook(hook) for m in heads]
+    try:
+        with torch.no_grad():
+            result = model(torch.from_numpy(next(iter(feed.values())).copy()))
+    finally:
+        for handle in handles:
+            handle.remove()
+    bounds = {}
+    for name, tensor in output_tensors(result, artifact.meta.output_names):
+        found = made.get(id(tensor))
+        if found is not None and found[0] is tensor and (bound := summation_floor(found[1], found[2])):
+            bounds[name] = bound
+    return bounds
+
+
+def lifted(floors: dict[str, NoiseFloor], bounds: Mapping[str, float]) -> dict[str, NoiseFloor]:
+    """`floors` with each bounded output's floor (per output, per channel, its bulk) at least its bound."""
+    import numpy as np
+
+    out = dict(floors)
+    for name, bound in bounds.items():
+        floor = out.get(name)
+        if floor is None:
+            continue
+        out[name] = replace(floor, value=max(floor.value, bound),
+                            channels=None if floor.channels is None else np.maximum(floor.channels, bound),
+                            bulk=None if floor.bulk is None else np.maximum(floor.bulk, bound))
+    return out
+
+
 def _typical(rows: np.ndarray) -> np.ndarray:
     """Each row's typical magnitude: the BULK_QUANTILE of its non-zero elements (numpy's linear quantile), NaN
     with fewer than MIN_CHANNEL_ELEMENTS of them. One sort of all rows (a loop of np.quantile is 10-100x slower)."""
@@ -527,6 +616,9 @@ class Oracle:
     precision: str = "fp32"
     float32: dict[str, NoiseFloor] = field(default_factory=dict)
     """The float32 floors (the same as `noise` at fp32)."""
+    summed: dict[str, float] = field(default_factory=dict)
+    """The summation floors its float32 floors were lifted to (`summed_outputs`): a file's own floors (guard 3) are
+    lifted the same, as both measure one function's rounding."""
     samples: list[dict[str, np.ndarray]] | None = None
     """The float32 rounding samples (`folded_samples`) `float32` was measured with, where this oracle measured it:
     the goldens keep them, so the artifact folder neither folds the model again nor runs it (None: not measured
@@ -576,13 +668,15 @@ def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
             runner = make_runtime(names[0]).load(artifact) if runner is None else runner
             fp32 = runner.run(feed)
         samples = _folded_run(folded, artifact, feed)
-        float32 = measure_floors(fp32, reference, samples=samples)
+        summed = summed_outputs(artifact, feed)
+        float32 = lifted(measure_floors(fp32, reference, samples=samples), summed)
         if reduced is None:
-            oracles.append(Oracle(reference, float32, f"{runtime.label} vs {names[0]}", "fp32", float32, samples))
+            oracles.append(Oracle(reference, float32, f"{runtime.label} vs {names[0]}", "fp32", float32, summed,
+                                  samples))
         else:
             noise = measure_floors(reduced.run(feed), reference, precision, float32)
             oracles.append(Oracle(reference, noise, f"{runtime.label} vs {reduced.label}", precision, float32,
-                                  samples))
+                                  summed, samples))
         between()
     return oracles
 

@@ -798,7 +798,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
         report.layers, layer_notes = layers_stage(build, [artifacts[fmt] for fmt in export.formats
                                                           if fmt != eager.format], settings, progress, runs)
     files, unchecked = file_floor_stage(request, plan, build, runs, artifacts, progress,
-                                        [o.oracle.outputs for o in oracles])
+                                        [o.oracle.outputs for o in oracles], [o.oracle.summed for o in oracles])
     agree = all(pair.passed for pairs in judged for pair in pairs)  # guard 3 guards a pass (a failure stands)
     report.problems, report.trust = trust_problems(runs, oracles, build, settings, files, unchecked, agree)
     from verify.judge.layers import unreached
@@ -843,8 +843,8 @@ def keeps_module(runtime: str, artifact: Artifact, settings: RunSettings) -> boo
 
 def file_floor_stage(request: CellRequest, plan: CellPlan, build: BuildResult, runs: Sequence[RunResult],
                      artifacts: Mapping[str, Artifact], progress: Progress,
-                     model_float64: Sequence[Mapping[str, np.ndarray]] | None = None
-                     ) -> tuple[list[FileFloors], list[str] | None]:
+                     model_float64: Sequence[Mapping[str, np.ndarray]] | None = None,
+                     summed: Sequence[Mapping[str, float]] = ()) -> tuple[list[FileFloors], list[str] | None]:
     """Guard 3 (verify/judge/file_floor.py): where the model is the user's code and the auto tolerance judges on
     its floor, every exported file a runtime runs in float64 measures its own floor on every input. Returns the
     files' floors and the lines refusing files that could not run in float64; ([], []) where the guard does not
@@ -868,7 +868,7 @@ def file_floor_stage(request: CellRequest, plan: CellPlan, build: BuildResult, r
             label = f"{artifact.path.name if artifact.path is not None else artifact.label} in {run.label}"
             try:
                 files.append(measure_file_floors(run.runtime, artifact, build.feeds,
-                                                 run.outputs if same_runs else None, label, model_float64))
+                                                 run.outputs if same_runs else None, label, model_float64, summed))
             except ArtifactError as exc:
                 unrunnable.append(unrunnable_problem(run.label, str(exc)))
     return files, unrunnable

@@ -47,12 +47,18 @@ def to_numpy_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
         # a copy: a model may return a tensor it keeps and overwrites on its next call (hunt 8b)
         return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy().copy()
 
+    return {k: array(t) for k, t in output_tensors(result, names)}
+
+
+def output_tensors(result: Any, names: list[str]) -> list[tuple[str, Any]]:
+    """(name, tensor) of a model's result as `to_numpy_outputs` names them: a dict's keys; a tensor or a tuple's by
+    the recorded output names where they fit, else output0, output1, ..."""
     if isinstance(result, dict):
-        return {k: array(v) for k, v in _tensors(result.values(), list(result))}
+        return _tensors(result.values(), list(result))
     tensors = list(result) if isinstance(result, (tuple, list)) else [result]
     _tensors(tensors, [f"output{i}" for i in range(len(tensors))])
     keys = names if len(names) == len(tensors) else [f"output{i}" for i in range(len(tensors))]
-    return {k: array(t) for k, t in zip(keys, tensors)}
+    return list(zip(keys, tensors))
 
 
 def _tensors(values: Any, names: list[str]) -> list[tuple[str, Any]]:
