@@ -100,13 +100,20 @@ CULPRIT_LAYER, CULPRIT_CHANNEL = "layer2.0.conv2", 5
 
 def scaled_onnx_channel(path, out, error: float = ONE_CHANNEL_ERROR) -> None:
     """The ONNX file at `path` with CULPRIT_CHANNEL of CULPRIT_LAYER's weight scaled by 1 + `error`, saved to `out`."""
+    scaled_onnx_weight(path, out, f"{CULPRIT_LAYER}.weight", CULPRIT_CHANNEL, error)
+
+
+def scaled_onnx_weight(path, out, name: str, channel: int, error: float) -> None:
+    """The ONNX file at `path` with `channel` of the initializer `name` (or the first whose name ends in it) scaled
+    by 1 + `error`, saved to `out`."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
-    init = next(i for i in model.graph.initializer if i.name.endswith(f"{CULPRIT_LAYER}.weight"))
+    inits = list(model.graph.initializer)
+    init = next((i for i in inits if i.name == name), None) or next(i for i in inits if i.name.endswith(name))
     weight = numpy_helper.to_array(init).copy()
-    weight[CULPRIT_CHANNEL] *= 1 + error
+    weight[channel] *= 1 + error
     init.CopyFrom(numpy_helper.from_array(weight, init.name))
     onnx.save(model, str(out))
 

@@ -13,7 +13,7 @@ import pytest
 from onnx import numpy_helper
 from rich.console import Console
 
-from tests.helpers import invoke
+from tests.helpers import invoke, scaled_onnx_weight
 from verify.explain.localize import EQUIVALENCE_RTOL
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.layers import Isolation, LayerError, culprit_note
@@ -277,12 +277,7 @@ def export_onnx(models, tmp_path, factory: str, formats=("onnx",)):
 
 
 def edit_weight(path, out, name: str, channel: int, rel: float) -> None:
-    model = onnx.load(str(path))
-    init = next(i for i in model.graph.initializer if i.name == name)
-    weight = numpy_helper.to_array(init).copy()
-    weight[channel] *= 1 + rel
-    init.CopyFrom(numpy_helper.from_array(weight, init.name))
-    onnx.save(model, str(out))
+    scaled_onnx_weight(path, out, name, channel, rel)
 
 
 QUIET_EDIT = 8e-5

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import ONE_CHANNEL_ERROR, invoke
+from tests.helpers import ONE_CHANNEL_ERROR, invoke, scaled_onnx_weight
 from verify.judge.compare import AUTO_FACTOR
 
 MODELS = '''
@@ -155,15 +155,7 @@ def test_a_run_is_split_into_calls_only_where_it_repeats_itself():
 
 
 def seeded(path, name: str, out, channel: int = 1, error: float = 1e-3) -> None:
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    init = next(i for i in model.graph.initializer if i.name == name)
-    weight = numpy_helper.to_array(init).copy()
-    weight[channel] *= 1 + error
-    init.CopyFrom(numpy_helper.from_array(weight, init.name))
-    onnx.save(model, str(out))
+    scaled_onnx_weight(path, out, name, channel, error)
 
 
 def test_user_named_conv_and_norm_and_a_conv_before_a_dynamic_flatten_are_rerun(models, tmp_path):
