@@ -153,9 +153,12 @@ def test_files_whose_outputs_are_named_apart_are_told_how_to_compare(tmp_path):
     assert "share no output (output0 vs y)" in line and "name them alike" in line
 
 
-def test_a_pt2_marked_as_an_aoti_package_fails_in_one_line_without_torchs_log(tmp_path, caplog):
+def test_a_pt2_marked_as_an_aoti_package_fails_in_one_line_without_torchs_log(tmp_path, caplog, monkeypatch):
     """A .pt2 holding an AOTInductor entry is claimed by the aoti format; its load failed in one line, but torch also
     logged "Loading outdated pt2 file" (a W... line on stderr) beside it."""
+    # the load runs here, not in the worker whose temporary folder is removed with it: torch's loader extracts
+    # into $TMPDIR (a /tmp/aotinductor_* folder per run of this test was left behind)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     import logging
     import zipfile
 
