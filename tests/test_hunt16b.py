@@ -193,6 +193,20 @@ def test_a_layer_after_a_module_returning_a_tuple_is_rerun(models, tmp_path):
         assert check["skipped"] == ["attn"], (name, check)
 
 
+def test_reduce_claims_nothing_of_a_layer_it_did_not_rerun(models, tmp_path):
+    """Before (measured, stop 33): `verify reduce model.onnx user_models.py:attention` on the attention model's
+    dynamo ONNX file (`attn` not re-run, as above) printed "nothing to reduce: no layer differs on its own", exit 0:
+    a claim on a layer never compared. Now it says which layers were not re-run, writes no piece, and exits 2 (as it
+    does for layers that could not run)."""
+    code, _, output = export(models, tmp_path, "attention", "--format", "onnx", "--static")
+    assert code == 0, output
+    folder = next(p.parent for p in (tmp_path / "out").rglob("model.onnx"))
+    result = invoke("reduce", folder / "model.onnx", f"{models}:attention", "--shape", "1x3x32x32",
+                    "--out", tmp_path / "piece")
+    assert result.exit_code == 2 and "not re-run (attn)" in result.output, result.output
+    assert "nothing to reduce" not in result.output and not (tmp_path / "piece" / "piece.onnx").exists()
+
+
 def test_shape_arithmetic_is_no_layers_value():
     """The nodes that compute only a shape are found, and a data node reading a shape is not one of them."""
     from onnx import helper

@@ -237,6 +237,13 @@ def reduce_sides(a: Any, b: Any, x: np.ndarray, folder: Path, factor: float = AU
         raise UsageError(f"{len(isolation.unrunnable)} layers of {isolation.candidate} could not run on "
                          f"{isolation.reference}'s values ({shown}): layers of another shape, so whether they differ "
                          "is unknown; give the torch model the file was exported from")
+    if not isolation.named and isolation.skipped:  # 'no layer differs' would pass over layers never re-run
+        names = list(dict.fromkeys(isolation.skipped))
+        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+        raise UsageError(f"{len(names)} layers of {isolation.candidate} were not re-run ({shown}): their inputs do "
+                         f"not map back to {isolation.reference}'s values, so whether they differ on their own is "
+                         f"unknown and no piece was written (the {len(isolation.layers)} re-run are within their "
+                         "floors); `verify explain A B` names the first divergence instead")
     if not isolation.named:
         return Reduction(isolation)
     if not pieces:
