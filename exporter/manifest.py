@@ -273,6 +273,12 @@ class Manifest(Strict):
     """sha256 of every per-channel floor re-derived from the goldens (float32, float64 and the folded
     sample): an edit of the goldens that moves a channel floor is caught even where the per-output floors
     stay the same. `verify artifact` requires it whenever `noise_floor` is present."""
+    summation_floor: dict[Text, Annotated[list[Positive], Field(min_length=1)]] | None = None
+    """Per output that a user's model computes directly by a layer summing few values (a Linear, a conv or pool on a
+    1x1 map: verify/judge/oracle.py `summed_outputs`), that layer's summation floor on the golden input: one value,
+    or one per channel. The floors re-derived from the goldens are raised to it, as the export's were (the one
+    float32 run the goldens hold is no estimate of another runtime's summation order on a few values). Taken as the
+    goldens are, from the folder (a signature covers both); absent where no output is such a head."""
     goldens: GoldensLayout
     verdicts: list[Verdict]
     passed: bool
@@ -292,6 +298,12 @@ class Manifest(Strict):
             raise ValueError(f"noise_floor has floors for {sorted(self.noise_floor)}, but the outputs are "
                              f"{sorted(self.outputs)}")
         check_file_list(self.files)
+        if self.summation_floor is not None and not set(self.summation_floor) <= set(self.noise_floor):
+            raise ValueError(f"summation_floor names {sorted(set(self.summation_floor) - set(self.noise_floor))}, "
+                             "outputs with no noise_floor")
+        if self.summation_floor and self.model.backbone is not None:  # only a user's model is lifted: never widen
+            raise ValueError("summation_floor is recorded for your own model's heads only (--model); a registered "
+                             "backbone's folder has none")
         for axis in self.input.dynamic_axes:
             if int(axis) >= len(self.input.shape):
                 raise ValueError(f"input.dynamic_axes names axis {axis} of a {len(self.input.shape)}-D input")
@@ -332,7 +344,7 @@ class Manifest(Strict):
 
     def to_json(self) -> str:
         """Strict JSON, the only way a manifest is written."""
-        absent: dict[str, Any] = {k: True for k in ("identity", "signature", "channel_floors_sha256")
+        absent: dict[str, Any] = {k: True for k in ("identity", "signature", "channel_floors_sha256", "summation_floor")
                                   if getattr(self, k) is None}
         unset = {k for k in ("backbone", "norm", "view", "source", "factory") if getattr(self.model, k) is None}
         if unset:
@@ -583,7 +595,8 @@ def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str
                    input_spec: dict[str, Any], outputs: list[str], tolerance: dict[str, Any],
                    floors: dict[str, float], verdicts: list[dict[str, Any]], versions: dict[str, str],
                    identity: dict[str, Any] | None = None, signed: bool = False,
-                   channel_floors_sha256: str | None = None) -> Manifest:
+                   channel_floors_sha256: str | None = None,
+                   summation_floor: dict[str, list[float]] | None = None) -> Manifest:
     """The manifest of a staged folder, validated: an export that would write a lie (a NaN, a format the
     registry does not know) fails here instead."""
     from exporter.formats import get_format
@@ -610,6 +623,7 @@ def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str
         "tolerance": tolerance_record(tolerance),
         "noise_floor": floors,
         "channel_floors_sha256": channel_floors_sha256,
+        **({"summation_floor": summation_floor} if summation_floor else {}),
         "goldens": GOLDENS_LAYOUT,
         "verdicts": verdicts,
         "passed": bool(verdicts) and all(v["passed"] for v in verdicts),

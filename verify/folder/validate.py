@@ -195,7 +195,9 @@ def _goldens(art: ArtifactFolder) -> str:
 
 def _floors(art: ArtifactFolder) -> str:
     """The floors the verdicts use, measured from the goldens; the manifest's must be the same numbers."""
-    from verify.judge.oracle import measure_floors
+    import numpy as np
+
+    from verify.judge.oracle import lifted, measure_floors
 
     if art.goldens is None:
         raise ArtifactError(f"not derived: {GOLDENS_NAME} failed its checks")
@@ -203,7 +205,9 @@ def _floors(art: ArtifactFolder) -> str:
         art.floors = {}
         return "none: the model has no float64 oracle, so its recorded explicit tolerance judges alone"
     folded = art.goldens.get("folded") or {}
-    derived = measure_floors(art.goldens["float32"], art.goldens["float64"], samples=[folded] if folded else [])
+    # raised to the recorded summation floors of a user's few-value head, as the export's were (taken as the goldens)
+    derived = lifted(measure_floors(art.goldens["float32"], art.goldens["float64"], samples=[folded] if folded else []),
+                     {name: np.asarray(bound) for name, bound in (art.manifest.summation_floor or {}).items()})
     for output in art.manifest.outputs:
         recorded = art.manifest.noise_floor[output]
         measured = derived[output].value if output in derived else None

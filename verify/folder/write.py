@@ -22,7 +22,9 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
                           sign_key: Path | None = None) -> None:
     """Goldens first, manifest next, signature last: a folder without its manifest (or, when signed, its
     signature) never validates."""
-    from verify.judge.oracle import channel_floors_sha256, folded_samples, measure_floors
+    import numpy as np
+
+    from verify.judge.oracle import channel_floors_sha256, folded_samples, lifted, measure_floors
 
     (input_name, array), = inputs.items()
     if oracle.samples is not None:  # the oracle's own floors, on its own samples: the same figures, not remade
@@ -30,7 +32,7 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
     else:
         eager = next((a for a in artifacts.values() if a.built is not None), None)
         samples = folded_samples(eager, inputs) if eager is not None else []
-        floors = measure_floors(fp32, oracle.outputs, samples=samples)
+        floors = lifted(measure_floors(fp32, oracle.outputs, samples=samples), oracle.summed)
     write_goldens(folder, input_name, array, fp32, oracle.outputs, samples[0] if samples else None)
     dynamic = next((a.meta.dynamic_axes for a in artifacts.values() if a.path is not None and a.meta.dynamic_axes),
                    {})
@@ -47,6 +49,9 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
         # the float32 floor exactly as `verify artifact` re-derives it from these goldens
         floors={name: floor.value for name, floor in floors.items()},
         channel_floors_sha256=channel_floors_sha256(floors) if floors else None,
+        # the bounds the floors were lifted to (a user's few-value head): the goldens cannot re-derive them
+        summation_floor={name: [float(v) for v in np.atleast_1d(bound)] for name, bound in oracle.summed.items()
+                         if name in floors} or None,
         verdicts=[verdict_record(p) for p in report.pairs],
         versions=report.versions,
         identity=identity,

@@ -317,6 +317,14 @@ def summation_floor(module: Any, value: Any) -> float | None:
       sum rounded once per term. ONNX Runtime's GlobalAveragePool on mobilenet_v3_small's first squeeze-excitation
       (56x56 values a channel) was 73x torch's own error in a channel and 11 ulp of its mean |x|: a correct ONNX
       file's layer at 8.4x its floor."""
+    found = _summation_floors(module, value, pools_with_few_outputs=False)
+    return None if found is None else float(found.max())
+
+
+def _summation_floors(module: Any, value: Any, pools_with_few_outputs: bool) -> np.ndarray | None:
+    """`summation_floor` per output channel (axis 1 of the layer's output; one value for a Linear's output or an
+    output of one channel), None for other layers or none to measure. With `pools_with_few_outputs`, a pool, like a
+    conv, only where it gives fewer than MIN_CHANNEL_ELEMENTS outputs a channel (a global pool)."""
     import math
 
     import torch
@@ -325,28 +333,39 @@ def summation_floor(module: Any, value: Any) -> float | None:
     with torch.no_grad():
         if isinstance(module, pools):
             means = module(value.double().abs())
+            if not means.numel() or pools_with_few_outputs and means[0, 0].numel() >= MIN_CHANNEL_ELEMENTS:
+                return None
             window = value[0, 0].numel() / max(means[0, 0].numel(), 1)
-            return FLOAT32_EPS * math.sqrt(window) * float(means.max()) if means.numel() else None
+            return FLOAT32_EPS * math.sqrt(window) * _per_channel_max(means)
         if isinstance(module, torch.nn.Linear):
             bias = module.bias.double().abs() if module.bias is not None else None
             terms = torch.nn.functional.linear(value.double().abs(), module.weight.double().abs(), bias)
-        elif isinstance(module, torch.nn.Conv2d) and module.padding_mode == "zeros":
+            return FLOAT32_EPS / 2 * terms.max().reshape(1).numpy() if terms.numel() else None
+        if isinstance(module, torch.nn.Conv2d) and module.padding_mode == "zeros":
             terms = torch.nn.functional.conv2d(value.double().abs(), module.weight.double().abs(),
                                                module.bias.double().abs() if module.bias is not None else None,
                                                module.stride, module.padding, module.dilation, module.groups)
             if terms[0, 0].numel() >= MIN_CHANNEL_ELEMENTS:  # many outputs a channel: their own spread is the floor
                 return None
-        else:
-            return None
-    return FLOAT32_EPS / 2 * float(terms.max()) if terms.numel() else None
+            return FLOAT32_EPS / 2 * _per_channel_max(terms) if terms.numel() else None
+    return None
 
 
-def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray]) -> dict[str, float]:
-    """Each output of a user's model that a Linear computes directly (its head), with that Linear's summation floor
-    on this input (`summation_floor`): another runtime sums its products in another order, and on the few values
-    of a head the one float32 run measured is no estimate of that (a correct dynamo ONNX export of a model ending in
-    Linear(256, 10) failed at 6.0x its floor on one input: hunt 16b). {} for a file, a registered backbone (no view
-    ends in a Linear) or a model without one. Runs the float32 model once more, on a copy of the feed."""
+def _per_channel_max(values: torch.Tensor) -> np.ndarray:
+    """The largest value of each channel (axis 1) of a layer's float64 output, over every other axis."""
+    flat = values.transpose(0, 1).reshape(values.shape[1], -1) if values.dim() > 1 else values.reshape(1, -1)
+    return flat.amax(dim=1).numpy()
+
+
+def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray]) -> dict[str, float | np.ndarray]:
+    """Each output of a user's model that a layer summing few values computes directly (its head: a Linear, a conv
+    or an average pool with fewer than MIN_CHANNEL_ELEMENTS outputs a channel, as on a 1x1 map), with that layer's
+    summation floor on this input (`summation_floor`), per output channel where the output has channels (an array;
+    a float otherwise): another runtime sums in another order, and on the few values of a head the one float32 run
+    measured is no estimate of that (a correct dynamo ONNX export of a model ending in Linear(256, 10) failed at
+    6.0x its floor on one input: hunt 16b; one ending in a global pool and a 1x1 Conv2d(512, 10), 5.4x: hunt 17a).
+    {} for a file, a registered backbone or a model without such a layer. Runs the float32 model once more, on a
+    copy of the feed."""
     import torch
 
     from verify.runtimes.torch_common import output_tensors
@@ -355,7 +374,9 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray]) -> dict[str,
     if built is None or getattr(built.spec, "registered", True) or len(feed) != 1:
         return {}
     model = built.model
-    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    summing = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d,
+               torch.nn.AvgPool1d, torch.nn.AvgPool2d)  # what `_summation_floors` bounds
+    heads = [m for m in model.modules() if isinstance(m, summing)]
     if not heads:
         return {}
     made: dict[int, tuple[Any, Any, Any]] = {}
@@ -371,16 +392,23 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray]) -> dict[str,
     finally:
         for handle in handles:
             handle.remove()
-    bounds = {}
+    bounds: dict[str, float | np.ndarray] = {}
     for name, tensor in output_tensors(result, artifact.meta.output_names):
         found = made.get(id(tensor))
-        if found is not None and found[0] is tensor and (bound := summation_floor(found[1], found[2])):
-            bounds[name] = bound
+        if found is None or found[0] is not tensor:
+            continue
+        channels = _summation_floors(found[1], found[2], pools_with_few_outputs=True)
+        if channels is None or not (channels > 0).any():
+            continue
+        by_channel = tensor.dim() == 4 and tensor.shape[CHANNEL_AXIS] > 1 and channels.shape == (tensor.shape[1],)
+        bounds[name] = channels if by_channel else float(channels.max())
     return bounds
 
 
-def lifted(floors: dict[str, NoiseFloor], bounds: Mapping[str, float]) -> dict[str, NoiseFloor]:
-    """`floors` with each bounded output's floor (per output, per channel, its bulk) at least its bound."""
+def lifted(floors: dict[str, NoiseFloor], bounds: Mapping[str, float | np.ndarray]) -> dict[str, NoiseFloor]:
+    """`floors` with each bounded output's floor (per output, per channel, its bulk) at least its bound: one bound
+    for the whole output, or one per channel (`summed_outputs`), each channel's its own and the output's their
+    largest."""
     import numpy as np
 
     out = dict(floors)
@@ -388,9 +416,13 @@ def lifted(floors: dict[str, NoiseFloor], bounds: Mapping[str, float]) -> dict[s
         floor = out.get(name)
         if floor is None:
             continue
-        out[name] = replace(floor, value=max(floor.value, bound),
-                            channels=None if floor.channels is None else np.maximum(floor.channels, bound),
-                            bulk=None if floor.bulk is None else np.maximum(floor.bulk, bound))
+        each = np.asarray(bound, dtype=np.float64).reshape(-1)
+        if each.size != 1 and (floor.channels is None or each.shape != floor.channels.shape):
+            each = np.asarray([each.max()])  # a per-channel bound where the floor has no such channels
+        groups = each if floor.channels is not None else np.asarray([each.max()])
+        out[name] = replace(floor, value=max(floor.value, float(each.max())),
+                            channels=None if floor.channels is None else np.maximum(floor.channels, each),
+                            bulk=None if floor.bulk is None else np.maximum(floor.bulk, groups))
     return out
 
 
@@ -616,9 +648,9 @@ class Oracle:
     precision: str = "fp32"
     float32: dict[str, NoiseFloor] = field(default_factory=dict)
     """The float32 floors (the same as `noise` at fp32)."""
-    summed: dict[str, float] = field(default_factory=dict)
-    """The summation floors its float32 floors were lifted to (`summed_outputs`): a file's own floors (guard 3) are
-    lifted the same, as both measure one function's rounding."""
+    summed: dict[str, float | np.ndarray] = field(default_factory=dict)
+    """The summation floors its float32 floors were lifted to (`summed_outputs`; per channel where an array): a file's
+    own floors (guard 3) are lifted the same, as both measure one function's rounding."""
     samples: list[dict[str, np.ndarray]] | None = None
     """The float32 rounding samples (`folded_samples`) `float32` was measured with, where this oracle measured it:
     the goldens keep them, so the artifact folder neither folds the model again nor runs it (None: not measured

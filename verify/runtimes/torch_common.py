@@ -56,19 +56,26 @@ def output_tensors(result: Any, names: list[str]) -> list[tuple[str, Any]]:
     if isinstance(result, dict):
         return _tensors(result.values(), list(result))
     tensors = list(result) if isinstance(result, (tuple, list)) else [result]
-    _tensors(tensors, [f"output{i}" for i in range(len(tensors))])
+    _tensors(tensors, [f"output{i}" for i in range(len(tensors))], names)
     keys = names if len(names) == len(tensors) else [f"output{i}" for i in range(len(tensors))]
     return list(zip(keys, tensors))
 
 
-def _tensors(values: Any, names: list[str]) -> list[tuple[str, Any]]:
+def _tensors(values: Any, names: list[str], recorded: list[str] | None = None) -> list[tuple[str, Any]]:
     """(name, value) pairs, each value a tensor; anything else (a nested tuple, a number, None) is refused in one
-    line: outputs are compared tensor by tensor."""
+    line: outputs are compared tensor by tensor. Where the model's own run recorded another count of outputs
+    (`recorded`), the line says so: the run computes another function than the model (a scripted branch)."""
     import torch
 
     pairs = list(zip(names, values))
     for name, value in pairs:
         if not isinstance(value, torch.Tensor):
+            if recorded and len(recorded) != len(pairs):
+                raise ArtifactError(
+                    f"Output {name!r} is a {type(value).__name__}, not a tensor: this run returns {len(pairs)} values "
+                    f"where the model returned {len(recorded)} ({', '.join(recorded)}); a scripted model takes its "
+                    "`torch.jit.is_scripting()` branches (torchvision's GoogLeNet returns a tuple with None there): "
+                    "export with --trace, or return the same tensors on both paths")
             raise ArtifactError(f"Output {name!r} is a {type(value).__name__}, not a tensor; the model must return a "
                                 "tensor, a tuple or list of tensors, or a dict of them")
     return pairs
