@@ -346,3 +346,35 @@ def softmax_in_float32():
 """
 """User models whose eager path adds noise seeded by the input, in the dtypes named, when not exporting (guard 3,
 verify/judge/file_floor.py: tests/test_file_floor.py and test_hunt13a.py); format with channels= and noise=."""
+
+
+# A user's model whose output is a Linear's (hunt 16b's head; these weights failed at 6.0x before the fix), shared by
+# tests/test_hunt16b.py and tests/test_hunt17a.py ------------------------------------------------------------------
+HEAD_MODEL = """
+import torch
+from torch import nn
+
+
+class Named(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.act = nn.ReLU()
+        self.proj = nn.Conv2d(16, 16, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.c = nn.Conv2d(16, 4, 1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+        with torch.no_grad():
+            self.bn.weight.uniform_(0.5, 1.5)
+            self.bn.bias.uniform_(-0.2, 0.2)
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.c(self.bn(self.proj(self.act(self.stem(x))))), 1))
+
+
+def make():
+    torch.manual_seed(0)
+    return Named()
+"""

@@ -112,7 +112,7 @@ def test_format_names_appear_only_in_their_own_modules(name):
 
 
 def test_second_shape_stays_inside_the_range_a_file_accepts():
-    from verify.folder.validate import second_shape
+    from verify.inputs import second_shape
 
     axes = {"0": "batch", "2": "height", "3": "width"}
     assert second_shape((1, 3, 64, 64), axes) == (2, 3, 96, 96)

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import ONE_CHANNEL_ERROR, invoke, scaled_onnx_weight
-from tests.test_hunt16b import HEAD_MODEL
+from tests.helpers import HEAD_MODEL, ONE_CHANNEL_ERROR, invoke, scaled_onnx_weight
 from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_arrays
 
 SEEDS = range(40)

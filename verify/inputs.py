@@ -135,6 +135,31 @@ def make_input(shape: Sequence[int], seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
 
 
+SECOND_SHAPE_SEED = 1
+"""The seed of the one input at a second shape (`second_shape`) that `verify export` and `verify artifact` run each
+file on: a dynamic axis is claimed only where a file was judged at another size than the example's."""
+
+
+def second_shape(shape: Sequence[int], dynamic_axes: Mapping[str, str],
+                 ranges: Mapping[str, Sequence[int | None]] | None = None) -> tuple[int, ...] | None:
+    """Another shape inside the recorded dynamic axes: batch + 1, height and width + 32, each at most the
+    greatest size the file accepts where its format bounds it (an axis already at its greatest keeps its
+    size: smaller sizes inside the range may still fail guards that torch.export checks at run time, e.g.
+    a stage that must not shrink to 1x1). None when no axis can take another size."""
+    if not dynamic_axes:
+        return None
+    bump = {0: 1, 2: 32, 3: 32}
+    other = []
+    for axis, size in enumerate(shape):
+        if str(axis) not in dynamic_axes:
+            other.append(size)
+            continue
+        greatest = (ranges or {}).get(str(axis), [None, None])[1]
+        target = size + bump.get(axis, 0)
+        other.append(max(size, min(target, greatest)) if greatest is not None else target)
+    return tuple(other) if tuple(other) != tuple(shape) else None
+
+
 def seeded_input(shape: Sequence[int], seed: int) -> NamedInput:
     return NamedInput(f"seeded normal, seed {seed}", make_input(shape, seed))
 

@@ -119,8 +119,9 @@ class OnnxFormat(Format):
         # exporter only writes files, so its output still goes through the file
         chatter = io.StringIO()
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(chatter), \
+                    contextlib.redirect_stderr(chatter):
+                warnings.simplefilter("ignore" if dynamo else "always")  # the legacy exporter's: recorded, not shown
                 program = torch.onnx.export(
                     model, (ctx.example,), None if dynamo else str(path), dynamo=dynamo, external_data=False,
                     input_names=[meta.input_name], output_names=list(meta.output_names),
@@ -130,6 +131,10 @@ class OnnxFormat(Format):
             raise ExportError(
                 f"ONNX export ({options.exporter}) failed for {ctx.built.spec}: {str(exc).strip().splitlines()[0]}"
             ) from exc
+        if not dynamo:  # the legacy exporter traces: a value it read is the example's for every input
+            from exporter.formats.torchscript import refuse_traced_branch
+
+            refuse_traced_branch(caught, ctx, "the legacy ONNX exporter (a trace)", "pass --onnx-exporter dynamo")
         if dynamo:
             opsets = program.model.opset_imports
             _require_opset(options, opsets.get("", opsets.get("ai.onnx")))

@@ -113,22 +113,28 @@ def read_parameter_names(module: Any) -> set[str] | None:
     return {name for name in names if any(tuple(name.split("."))[:len(path)] == path for path in used)}
 
 
-TRACED_BRANCH = "Converting a tensor to a Python boolean"
-"""torch.jit.trace's TracerWarning for a condition on a tensor's values: the trace keeps the branch the example took."""
+TRACED_VALUES = tuple(f"Converting a tensor to a Python {kind}" for kind in ("boolean", "float", "number", "complex",
+                                                                               "list"))
+"""torch.jit.trace's TracerWarnings for a tensor's values read as Python values (a condition, a scale, `.item()`,
+`.tolist()`): the trace keeps the example's value (the branch it took, the number it read) for every input. A
+Python *integer* is left out: it is most often a size (`int(x.shape[-1])`), right in a static file and, in a dynamic
+one, judged at a second shape inside its axes (verify/pipeline/stages.py second_shape_stage)."""
 
 
-def refuse_traced_branch(caught: list[warnings.WarningMessage], ctx: ExportContext) -> None:
-    """An ExportError when the trace passed a condition on the input's values: the file computes the example's
-    branch for every input, and inputs that take the same branch cannot show it (found by hunt 8b: such a file
-    passed `verify export --trace`, computing y where the model computes -y above a threshold)."""
+def refuse_traced_branch(caught: list[warnings.WarningMessage], ctx: ExportContext, how: str = "torch.jit.trace",
+                         fix: str = "drop --trace (torch.jit.script keeps the condition)") -> None:
+    """An ExportError when the trace read the input's values as a Python value: the file computes with the example's
+    value for every input, and inputs that give the same value cannot show it (hunt 8b: a condition, such a file
+    passed `verify export --trace` computing y where the model computes -y above a threshold; hunt 17b: a scale read
+    with float(), 172 off on a 0..255 input, and the legacy ONNX exporter, which traces too and ignored both)."""
     import torch
 
     said = next((str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)
-                 and TRACED_BRANCH in str(w.message)), None)
+                 and any(kind in str(w.message) for kind in TRACED_VALUES)), None)
     if said is not None:
-        raise ExportError(f"torch.jit.trace of {ctx.built.spec} went through a condition on the input's values "
-                          f"({said.strip().split('. ')[0][:120]}): the file would take the example's branch for "
-                          "every input; drop --trace (torch.jit.script keeps the condition)")
+        raise ExportError(f"{how} of {ctx.built.spec} read the input's values as a Python value "
+                          f"({said.strip().split('. ')[0][:120]}): the file would keep the example's value for "
+                          f"every input; {fix}")
 
 
 def read_zip_meta(path: Path, what: str) -> ArtifactMeta:

@@ -57,6 +57,7 @@ from verify.folder.integrity import (
 )
 from verify.folder.layers import folder_layer_checks
 from verify.folder.rebuild import REBUILD_ONLY, rebuild_backbone, rebuilt_reference
+from verify.inputs import second_shape
 from verify.judge.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
 from verify.runtimes import RuntimeOptions, make_runtime, refuse_unused_options, runtimes_for
 
@@ -256,26 +257,6 @@ def _export_verdict(art: ArtifactFolder) -> str:
     return f"the export's {len(verdicts)} pairs agreed"
 
 
-def second_shape(shape: Sequence[int], dynamic_axes: dict[str, str],
-                 ranges: dict[str, list[int | None]] | None = None) -> tuple[int, ...] | None:
-    """Another shape inside the recorded dynamic axes: batch + 1, height and width + 32, each at most the
-    greatest size the file accepts where its format bounds it (an axis already at its greatest keeps its
-    size: smaller sizes inside the range may still fail guards that torch.export checks at run time, e.g.
-    a stage that must not shrink to 1x1). None when no axis can take another size."""
-    if not dynamic_axes:
-        return None
-    bump = {0: 1, 2: 32, 3: 32}
-    other = []
-    for axis, size in enumerate(shape):
-        if str(axis) not in dynamic_axes:
-            other.append(size)
-            continue
-        greatest = (ranges or {}).get(str(axis), [None, None])[1]
-        target = size + bump.get(axis, 0)
-        other.append(max(size, min(target, greatest)) if greatest is not None else target)
-    return tuple(other) if tuple(other) != tuple(shape) else None
-
-
 def judge(art: ArtifactFolder, a_label: str, outputs: dict, b_label: str, reference: dict,
           floors: dict[str, Any] | None = None) -> tuple[PairResult, Tolerance]:
     """The pair under every tolerance the folder applies: the first that fails decides, else the first."""
@@ -352,24 +333,28 @@ def _pair_message(pair: PairResult, tolerance: Tolerance) -> str:
 
 
 def _second_shape(art: ArtifactFolder, runtime, shape: tuple[int, ...]) -> str:
-    """At a shape with no goldens, judge against a float64 run of a verified artifact that a runtime
-    can run in float64, when the folder has one (floors measured there, auto tolerance); else check
-    that the output shapes follow."""
-    from verify.inputs import make_input
+    """At a shape with no goldens, judge against a float64 run of the rebuilt model (`--rebuild`), else of a verified
+    artifact that a runtime can run in float64, when the folder has one (floors measured there, auto tolerance);
+    else check that the output shapes follow. A folder file as the reference vouches only for the files' agreement:
+    one traced at the example's size may carry that size inside it as every file of the folder does."""
+    from verify.inputs import SECOND_SHAPE_SEED, make_input
     from verify.judge.oracle import noise_floors
 
-    x = {art.manifest.input.name: make_input(shape, 1)}
+    x = {art.manifest.input.name: make_input(shape, SECOND_SHAPE_SEED)}
     outputs = runtime.run(x)
     bad = [k for k, v in outputs.items() if v.ndim == 0 or v.shape[0] != shape[0] or not v.size]
     if bad:
         raise ArtifactError(f"outputs {bad} do not follow the batch of {shape[0]}")
     exact = [(n, names[0]) for n, e in art.manifest.model_files().items()
              if n in art.verified and art.may_load(n) and (names := runtimes_for(e.format, float64=True))]
+    if art.rebuilt is not None:  # the model the folder names, built here: not a file whose own size may be baked in
+        exact = [("the rebuilt model", runtimes_for(art.rebuilt.format, float64=True)[0])]
     if not exact:
         return "runs; output shapes follow the input"
     reference, runner = exact[0]
-    fp64 = make_runtime(runner, RuntimeOptions(dtype="float64")).load(art.artifact(reference)).run(x)
-    fp32 = make_runtime(runner).load(art.artifact(reference)).run(x)
+    source = art.rebuilt if art.rebuilt is not None else art.artifact(reference)
+    fp64 = make_runtime(runner, RuntimeOptions(dtype="float64")).load(source).run(x)
+    fp32 = make_runtime(runner).load(source).run(x)
     auto = art.tolerances[0]  # auto, at most the default factor: the floors here are measured, not recorded
     pair = compare_outputs(runtime.label, outputs, f"{reference} float64", fp64, auto, noise_floors(fp32, fp64),
                            require_all=True)

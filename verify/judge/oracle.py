@@ -387,7 +387,7 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray]) -> dict[str,
 
     handles = [m.register_forward_hook(hook) for m in heads]
     try:
-        with torch.no_grad():
+        with torch.inference_mode():  # as the runtimes run it: a model keeping a tensor it made there updates it here
             result = model(torch.from_numpy(next(iter(feed.values())).copy()))
     finally:
         for handle in handles:

@@ -117,6 +117,9 @@ class RunResult:
     module: Any = field(default=None, repr=False, compare=False)
     """The torch module the runs ran, where `run_stage` was asked to keep it (the layer verdict re-runs its layers
     rather than load the file again); else None."""
+    second: tuple[dict[str, np.ndarray], dict[str, np.ndarray] | str] | None = None
+    """The file run once more at a second shape inside its dynamic axes (`second_feed`): that feed, and the outputs or
+    why the run failed; None where no second shape was asked."""
 
     def on(self, index: int) -> dict[str, Any]:
         """This run on input `index`, as the judging functions take it: {"label", "outputs"}."""
@@ -273,6 +276,30 @@ def require_batch_following(built: Any, example: np.ndarray) -> None:
         shapes = ", ".join(f"{name} {tuple(outputs[name].shape)}" for name in fixed[:3])
         raise UsageError(f"{built.spec}'s outputs do not follow its input's batch (at batch {len(batch)}: {shapes}), "
                          "so its dynamic-batch files would fail at any batch but the one judged: pass --static")
+    require_other_sizes(built, example)
+
+
+def require_other_sizes(built: Any, example: np.ndarray) -> None:
+    """The in-memory model runs at the second shape its dynamic files are judged at (verify/inputs.py second_shape),
+    or a UsageError before any file is written: a model that takes only the example's height and width (a Linear
+    after a flatten) has no dynamic height and width for a file to claim, and --static is the way out."""
+    from exporter.formats.eager import eager_artifact
+    from exporter.formats.program import DYNAMIC_AXES
+    from verify.inputs import SECOND_SHAPE_SEED, make_input, second_shape
+    from verify.runtimes import default_runtime, make_runtime
+
+    shape = second_shape(example.shape, DYNAMIC_AXES)
+    if shape is None:
+        return
+    artifact = eager_artifact(built, shape)
+    try:
+        make_runtime(default_runtime(artifact.format)).load(artifact).run(
+            {artifact.meta.input_name: make_input(shape, SECOND_SHAPE_SEED)})
+    except Exception as exc:  # noqa: BLE001 - the user's model failed at another size: that is the finding
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+        raise UsageError(f"{built.spec} fails at {'x'.join(map(str, shape))} ({said}), "
+                         "so its files cannot claim a dynamic batch, height and width (a dynamic export is judged at "
+                         "a second shape inside them): pass --static") from None
 
 
 def background_child(request: CellRequest, take_core: bool = True) -> BackgroundExport | None:
@@ -448,12 +475,13 @@ def runtime_label(name: str, options: RuntimeOptions) -> str:
 
 
 def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
-              options: RuntimeOptions, preloaded: tuple[Runtime, float] | None = None, keep: bool = False
-              ) -> RunResult:
+              options: RuntimeOptions, preloaded: tuple[Runtime, float] | None = None, keep: bool = False,
+              second: dict[str, np.ndarray] | None = None) -> RunResult:
     """Load `artifact` in `runtime` once (or take it `preloaded` in the background with its load's seconds,
     verify/pipeline/preload.py) and run it on every feed, each on a private copy of its input; every feed runs
     twice (the determinism guard, verify/judge/trust.py), and every input is checked unchanged. `keep`: the
-    result holds the loaded torch module (`RunResult.module`)."""
+    result holds the loaded torch module (`RunResult.module`). `second` (`second_feed`): one more run, at another
+    shape inside the file's dynamic axes, kept in `RunResult.second` (`second_shape_stage` judges it)."""
     from verify.judge.trust import RepeatCheck, output_differences, run_guarded
     from verify.runtimes import make_runtime
 
@@ -478,8 +506,127 @@ def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.nda
         for name, value in output_differences(first, again).items():
             differences[name] = max(value, differences.get(name, 0.0))
     repeat = RepeatCheck(loaded.label, differences, sorted(mutated))
+    at_second = None
+    if second is not None:
+        try:
+            at_second = (second, run_guarded(loaded, second)[0])
+        except Exception as exc:  # noqa: BLE001 - the file failing at a size its axes claim is the finding
+            said = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            at_second = (second, said.split("; ")[0][:200])
     return RunResult(runtime, loaded.label, artifact.label, outputs, seconds, repeat,
-                     getattr(loaded, "module", None) if keep else None)
+                     getattr(loaded, "module", None) if keep else None, at_second)
+
+
+def second_feed(artifact: Artifact, example: np.ndarray, dynamic: bool) -> dict[str, np.ndarray] | None:
+    """The one seeded input at a second shape inside the dynamic axes an exported file claims (batch + 1, height and
+    width + 32, within the range its format records; verify/inputs.py second_shape, as `verify artifact` runs it):
+    a dynamic axis is certified only where the file was judged at another size. None for the in-memory model, a
+    static export, or a file whose axes take no other size."""
+    from exporter.formats.program import DYNAMIC_AXES
+    from verify.inputs import SECOND_SHAPE_SEED, make_input, second_shape
+
+    if not dynamic or artifact.path is None:
+        return None
+    shape = second_shape(example.shape, artifact.meta.dynamic_axes or DYNAMIC_AXES, artifact.meta.dynamic_ranges)
+    return None if shape is None else {artifact.meta.input_name: make_input(shape, SECOND_SHAPE_SEED)}
+
+
+def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: RunSettings,
+                       artifacts: Mapping[str, Artifact], formats: Mapping[str, str]) -> list[str]:
+    """Each file's run at its second shape (`run_stage`'s `second`) judged as `verify artifact` judges it there
+    (verify/folder/validate.py): against the model's float64 run, auto on per-output floors measured on that input
+    (whatever tolerance the verdict used: an explicit one, calibrated by nobody at that size, would fail rounding
+    there); a model with no float64 oracle has only its outputs' shapes checked (`SECOND_SHAPE_UNJUDGED`). One line
+    per file that fails or does not run there, naming the axes that do not hold (each axis tried alone on the file
+    again). A file traced at the example's size may carry that size inside it (a shape read as a Python number:
+    `int(x.shape[-1])`), which no input of the example's shape can show."""
+    import numpy as np
+
+    from exporter.formats.program import DYNAMIC_AXES
+    from verify.judge.compare import Tolerance, compare_outputs
+    from verify.judge.oracle import lifted, measure_floors, summed_outputs
+    from verify.runtimes import RuntimeOptions, default_runtime, make_runtime, runtimes_for
+
+    example = build.named[0].array.shape
+    eager = build.eager
+    exact = runtimes_for(eager.format, float64=True)
+    model = make_runtime(exact[0] if exact else default_runtime(eager.format), settings.runtime).load(eager)
+    model64 = make_runtime(exact[0], RuntimeOptions(dtype="float64")).load(eager) \
+        if exact and build.no_float64 is None else None
+    references: dict[tuple[int, ...], tuple[dict[str, np.ndarray], dict[str, float]]] = {}
+    auto = settings.tolerance if settings.tolerance.mode == "auto" else Tolerance()
+
+    def failure(run: RunResult, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | str) -> str | None:
+        if isinstance(outputs, str):
+            return f"fails to run ({outputs})"
+        batch = [name for name, value in outputs.items() if value.ndim == 0 or value.shape[0] != feed_batch(feed)]
+        if batch:  # compared below too, but this says it plainly
+            return f"returns {batch[0]} of shape {tuple(outputs[batch[0]].shape)}, not following the input's batch"
+        shape = tuple(next(iter(feed.values())).shape)
+        if shape not in references:  # the model as the runs ran it, and in float64: its floors on this input
+            try:
+                low = model.run({k: v.copy() for k, v in feed.items()})
+                fp64 = model64.run({k: v.copy() for k, v in feed.items()}) if model64 is not None else None
+            except Exception as exc:  # noqa: BLE001 - the model itself does not take this size
+                said = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+                return f"cannot be judged: the model itself fails there ({said})"
+            if fp64 is None:
+                references[shape] = (low, {})
+            else:  # a user's few-value head judged on its summation floor there too, as at the example's shape
+                floors = lifted(measure_floors(low, fp64, settings.runtime.precision), summed_outputs(eager, feed))
+                references[shape] = (fp64, {name: floor.value for name, floor in floors.items()})
+        reference, floors = references[shape]
+        if model64 is None:  # no floor to judge values on: the outputs the model gives there, of its shapes
+            other = {name: outputs[name].shape if name in outputs else None for name in reference}
+            wrong = [name for name in reference if other[name] != reference[name].shape] + \
+                [name for name in outputs if name not in reference]
+            return None if not wrong else (f"returns {wrong[0]} of shape {other.get(wrong[0])}, where the model's is "
+                                           f"{reference[wrong[0]].shape if wrong[0] in reference else None}")
+        pair = compare_outputs(run.label, outputs, "the model", reference, auto, floors, kind="oracle",
+                               require_all=True)
+        if pair.passed:
+            return None
+        worst = pair.worst
+        ratio = f", {worst.ratio:.3g}x its floor there" if worst.ratio is not None else ""
+        return f"differs from the model ({worst.name}: {worst.reason}{ratio})"
+
+    problems = []
+    for run in runs:
+        if run.second is None:
+            continue
+        feed, outputs = run.second
+        why = failure(run, feed, outputs)
+        if why is None:
+            continue
+        shape = next(iter(feed.values())).shape
+        file = artifacts[formats[run.runtime]]
+        loaded = make_runtime(run.runtime, settings.runtime).load(file)
+        axes = []
+        for axis in [a for a in range(len(shape)) if shape[a] != example[a]]:
+            alone = tuple(shape[a] if a == axis else example[a] for a in range(len(shape)))
+            one = {name: np.ascontiguousarray(x[tuple(slice(0, n) for n in alone)]) for name, x in feed.items()}
+            try:
+                fails = failure(run, one, loaded.run({k: v.copy() for k, v in one.items()})) is not None
+            except Exception:  # noqa: BLE001 - a failed run at that size fails the axis
+                fails = True
+            if fails:
+                axes.append((file.meta.dynamic_axes or DYNAMIC_AXES).get(str(axis), f"axis {axis}"))
+        names = " and ".join(axes) or "dynamic axes together"
+        problems.append(f"{file.path.name if file.path is not None else run.artifact} in {run.label}: at "
+                        f"{'x'.join(map(str, shape))}, inside the dynamic axes it declares (judged at "
+                        f"{'x'.join(map(str, example))}), it {why}; its {names} {'does' if len(axes) == 1 else 'do'} "
+                        "not hold (a size fixed inside the file, e.g. a shape traced as a number): export with "
+                        "--static, or at the size you deploy")
+    return problems
+
+
+SECOND_SHAPE_UNJUDGED = ("the model has no float64 oracle, so at the second shape inside the dynamic axes only the "
+                         "files' output shapes were checked, not their values: export with --static, or at the size "
+                         "you deploy, for a verdict at that size")
+
+
+def feed_batch(feed: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(feed.values())).shape[0])
 
 
 def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunResult],
@@ -782,7 +929,8 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
         with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
             artifact = artifacts[plan.formats[name]]
             by_name[name] = run_stage(name, artifact, feeds, settings.runtime, preloads.take(name),
-                                      keeps_module(name, artifact, settings))
+                                      keeps_module(name, artifact, settings),
+                                      second_feed(artifact, build.named[0].array, export.dynamic))
     runs = [by_name[name] for name in plan.runtimes]
     report.runs = [RunRecord(run.label, run.artifact, run.seconds) for run in runs]
     if oracles is None:
@@ -804,9 +952,14 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     from verify.judge.layers import unreached
 
     report.problems = unreached(settings.layers, report.layers, report.problems)
+    shape_notes: list[str] = []
+    if agree and not report.problems and any(run.second is not None for run in runs):  # a failure stands as it is
+        with progress.step("Running each file at a second shape inside its dynamic axes"):
+            report.problems = second_shape_stage(runs, build, settings, artifacts, plan.formats)
+        shape_notes = [SECOND_SHAPE_UNJUDGED] if build.no_float64 is not None else []
     report.pairs = worst_over_inputs(judged, build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) \
-        + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + [
+        + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + shape_notes + [
         f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
         f"{'x'.join(map(str, a.meta.input_shape))} input; export at the largest size you deploy"
         for a in artifacts.values() if a.path is not None and (bounds := a.meta.bounded_axes())]
