@@ -206,6 +206,8 @@ def _wrap_stages(timings: dict[str, float]) -> None:
     _patch(timings, "verify.pipeline.stages", "oracles_stage", "oracle: float64 runs + floors")
     _patch(timings, "verify.pipeline.stages", "judge_stage", "judging (pairs and oracle)")
     _patch(timings, "verify.pipeline.stages", "trust_problems", "trust checks (determinism, floor bound)")
+    _patch(timings, "verify.pipeline.stages", "second_shape_stage",
+           "second shape: the model in float32 and float64 there, judging")
     _patch(timings, "verify.folder.write", "write_artifact_folder", "folder write (goldens, manifest, hashes)")
     original_wait = overlap.BackgroundExport.wait
     overlap.BackgroundExport.wait = _timed(timings, lambda self, fmt, *a: f"wait for the background {fmt} export",

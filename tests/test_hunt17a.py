@@ -185,11 +185,14 @@ def test_no_one_channel_weight_error_hides_under_the_per_channel_bound(models):
     bound = summed_outputs(artifact_of(model), {"x": x.numpy()})["output0"]
     one = lifted(unlifted, {"output0": float(np.max(bound))})["output0"]
     shown = hidden = hidden_by_one = 0
-    for channel in range(model.expand.weight.shape[0]):
-        bad = copy.deepcopy(model)
-        with torch.no_grad():
-            bad.expand.weight[channel] *= np.float32(1 + ONE_CHANNEL_ERROR)
+    bad = copy.deepcopy(model)
+    weight = bad.expand.weight
+    for channel in range(weight.shape[0]):
+        with torch.inference_mode():
+            kept = weight[channel].clone()
+            weight[channel] *= np.float32(1 + ONE_CHANNEL_ERROR)
             out = bad(x).numpy()
+            weight[channel] = kept  # one channel off at a time
         if compare_arrays("output0", out, f32, Tolerance(), unlifted["output0"]).ratio <= AUTO_FACTOR:
             continue
         shown += 1
