@@ -532,14 +532,16 @@ def second_feed(artifact: Artifact, example: np.ndarray, dynamic: bool) -> dict[
 
 
 def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: RunSettings,
-                       artifacts: Mapping[str, Artifact], formats: Mapping[str, str]) -> list[str]:
+                       artifacts: Mapping[str, Artifact], formats: Mapping[str, str]
+                       ) -> tuple[list[str], list[str]]:
     """Each file's run at its second shape (`run_stage`'s `second`) judged as `verify artifact` judges it there
     (verify/folder/validate.py): against the model's float64 run, auto on per-output floors measured on that input
     (whatever tolerance the verdict used: an explicit one, calibrated by nobody at that size, would fail rounding
     there); a model with no float64 oracle has only its outputs' shapes checked (`SECOND_SHAPE_UNJUDGED`). One line
     per file that fails or does not run there, naming the axes that do not hold (each axis tried alone on the file
     again). A file traced at the example's size may carry that size inside it (a shape read as a Python number:
-    `int(x.shape[-1])`), which no input of the example's shape can show."""
+    `int(x.shape[-1])`), which no input of the example's shape can show. Returns the problems, and the note that
+    says where the files were judged and how close they came (none where something failed)."""
     import numpy as np
 
     from exporter.formats.program import DYNAMIC_AXES
@@ -555,6 +557,7 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
         if exact and build.no_float64 is None else None
     references: dict[tuple[int, ...], tuple[dict[str, np.ndarray], dict[str, float]]] = {}
     auto = settings.tolerance if settings.tolerance.mode == "auto" else Tolerance()
+    judged: list[tuple[str, float | None]] = []  # (run, worst ratio) of each file that agreed there
 
     def failure(run: RunResult, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | str) -> str | None:
         if isinstance(outputs, str):
@@ -585,16 +588,19 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
         pair = compare_outputs(run.label, outputs, "the model", reference, auto, floors, kind="oracle",
                                require_all=True)
         if pair.passed:
+            judged.append((run.label, pair.worst.ratio if pair.outputs else None))
             return None
         worst = pair.worst
         ratio = f", {worst.ratio:.3g}x its floor there" if worst.ratio is not None else ""
         return f"differs from the model ({worst.name}: {worst.reason}{ratio})"
 
-    problems = []
+    problems, seconds = [], []
     for run in runs:
         if run.second is None:
             continue
         feed, outputs = run.second
+        seconds.append(next(iter(feed.values())).shape)
+        judged_before = len(judged)
         why = failure(run, feed, outputs)
         if why is None:
             continue
@@ -611,13 +617,20 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
                 fails = True
             if fails:
                 axes.append((file.meta.dynamic_axes or DYNAMIC_AXES).get(str(axis), f"axis {axis}"))
+        del judged[judged_before:]  # the runs of each axis alone are no file's verdict
         names = " and ".join(axes) or "dynamic axes together"
         problems.append(f"{file.path.name if file.path is not None else run.artifact} in {run.label}: at "
                         f"{'x'.join(map(str, shape))}, inside the dynamic axes it declares (judged at "
                         f"{'x'.join(map(str, example))}), it {why}; its {names} {'does' if len(axes) == 1 else 'do'} "
                         "not hold (a size fixed inside the file, e.g. a shape traced as a number): export with "
                         "--static, or at the size you deploy")
-    return problems
+    ratios = [(label, ratio) for label, ratio in judged if ratio is not None]
+    if problems or not ratios:
+        return problems, []
+    label, ratio = max(ratios, key=lambda item: item[1])
+    return problems, [f"each dynamic file was judged at a second shape inside its axes too "
+                      f"({', '.join(dict.fromkeys('x'.join(map(str, shape)) for shape in seconds))}, against the model "
+                      f"in float64 there): worst {label} {ratio:.1f}x its floor"]
 
 
 SECOND_SHAPE_UNJUDGED = ("the model has no float64 oracle, so at the second shape inside the dynamic axes only the "
@@ -955,8 +968,8 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     shape_notes: list[str] = []
     if agree and not report.problems and any(run.second is not None for run in runs):  # a failure stands as it is
         with progress.step("Running each file at a second shape inside its dynamic axes"):
-            report.problems = second_shape_stage(runs, build, settings, artifacts, plan.formats)
-        shape_notes = [SECOND_SHAPE_UNJUDGED] if build.no_float64 is not None else []
+            report.problems, shape_notes = second_shape_stage(runs, build, settings, artifacts, plan.formats)
+        shape_notes += [SECOND_SHAPE_UNJUDGED] if build.no_float64 is not None else []
     report.pairs = worst_over_inputs(judged, build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) \
         + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + shape_notes + [
