@@ -307,3 +307,26 @@ def test_a_scripted_run_with_other_outputs_than_the_model_says_so_and_names_trac
         output_tensors((torch.zeros(1), None, None), ["output0"])
     with pytest.raises(ArtifactError, match="the model must return a tensor"):
         output_tensors((torch.zeros(1), None), ["output0", "output1"])
+
+
+def test_the_extra_forward_runs_only_where_an_output_can_be_a_head():
+    """`summed_outputs` runs a user's model once more per input; since conv and pool heads count, that was nearly
+    every user model (all have a conv). Given the float32 outputs, it skips the run where no output can be a head:
+    no Linear, and every output with at least MIN_CHANNEL_ELEMENTS values a channel (a backbone's feature maps)."""
+    from verify.judge.oracle import MIN_CHANNEL_ELEMENTS, summed_outputs
+
+    calls = []
+    side = int(np.ceil(np.sqrt(MIN_CHANNEL_ELEMENTS)))
+    maps = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1))
+    pooled = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1))
+    for model in (maps, pooled):
+        model.register_forward_hook(lambda *_: calls.append(1))
+    x = np.random.default_rng(0).standard_normal((1, 3, side, side)).astype(np.float32)
+    with torch.no_grad():
+        outputs = {"output0": maps(torch.from_numpy(x)).numpy()}
+    calls.clear()
+    assert summed_outputs(artifact_of(maps), {"x": x}, outputs) == {} and not calls
+    with torch.no_grad():
+        outputs = {"output0": pooled(torch.from_numpy(x)).numpy()}
+    calls.clear()
+    assert "output0" in summed_outputs(artifact_of(pooled), {"x": x}, outputs) and calls

@@ -357,7 +357,8 @@ def _per_channel_max(values: torch.Tensor) -> np.ndarray:
     return flat.amax(dim=1).numpy()
 
 
-def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray]) -> dict[str, float | np.ndarray]:
+def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray], outputs: Mapping[str, np.ndarray] | None = None
+                   ) -> dict[str, float | np.ndarray]:
     """Each output of a user's model that a layer summing few values computes directly (its head: a Linear, a conv
     or an average pool with fewer than MIN_CHANNEL_ELEMENTS outputs a channel, as on a 1x1 map), with that layer's
     summation floor on this input (`summation_floor`), per output channel where the output has channels (an array;
@@ -365,7 +366,9 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray]) -> dict[str,
     measured is no estimate of that (a correct dynamo ONNX export of a model ending in Linear(256, 10) failed at
     6.0x its floor on one input: hunt 16b; one ending in a global pool and a 1x1 Conv2d(512, 10), 5.4x: hunt 17a).
     {} for a file, a registered backbone or a model without such a layer. Runs the float32 model once more, on a
-    copy of the feed."""
+    copy of the feed, unless its float32 `outputs` on that feed show no output can be such a head (no Linear in the
+    model, and every output with at least MIN_CHANNEL_ELEMENTS values a channel, as a backbone's feature maps)."""
+    import numpy as np
     import torch
 
     from verify.runtimes.torch_common import output_tensors
@@ -379,6 +382,10 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray]) -> dict[str,
     heads = [m for m in model.modules() if isinstance(m, summing)]
     if not heads:
         return {}
+    many = [np.ndim(value) >= 3 and math.prod(np.shape(value)[2:]) >= MIN_CHANNEL_ELEMENTS
+            for value in (outputs or {}).values()]
+    if outputs is not None and all(many) and not any(isinstance(m, torch.nn.Linear) for m in heads):
+        return {}  # a conv's or pool's few values a channel would show in the outputs' own shapes
     made: dict[int, tuple[Any, Any, Any]] = {}
 
     def hook(module, args, output):
@@ -700,7 +707,7 @@ def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
             runner = make_runtime(names[0]).load(artifact) if runner is None else runner
             fp32 = runner.run(feed)
         samples = _folded_run(folded, artifact, feed)
-        summed = summed_outputs(artifact, feed)
+        summed = summed_outputs(artifact, feed, fp32)
         float32 = lifted(measure_floors(fp32, reference, samples=samples), summed)
         if reduced is None:
             oracles.append(Oracle(reference, float32, f"{runtime.label} vs {names[0]}", "fp32", float32, summed,

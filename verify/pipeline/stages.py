@@ -576,7 +576,7 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
             if fp64 is None:
                 references[shape] = (low, {})
             else:  # a user's few-value head judged on its summation floor there too, as at the example's shape
-                floors = lifted(measure_floors(low, fp64, settings.runtime.precision), summed_outputs(eager, feed))
+                floors = lifted(measure_floors(low, fp64, settings.runtime.precision), summed_outputs(eager, feed, low))
                 references[shape] = (fp64, {name: floor.value for name, floor in floors.items()})
         reference, floors = references[shape]
         if model64 is None:  # no floor to judge values on: the outputs the model gives there, of its shapes
