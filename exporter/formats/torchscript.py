@@ -113,28 +113,60 @@ def read_parameter_names(module: Any) -> set[str] | None:
     return {name for name in names if any(tuple(name.split("."))[:len(path)] == path for path in used)}
 
 
-TRACED_VALUES = tuple(f"Converting a tensor to a Python {kind}" for kind in ("boolean", "float", "number", "complex",
-                                                                               "list"))
-"""torch.jit.trace's TracerWarnings for a tensor's values read as Python values (a condition, a scale, `.item()`,
-`.tolist()`): the trace keeps the example's value (the branch it took, the number it read) for every input. A
-Python *integer* is left out: it is most often a size (`int(x.shape[-1])`), right in a static file and, in a dynamic
-one, judged at a second shape inside its axes (verify/pipeline/stages.py second_shape_stage)."""
+TRACED_READ = "Converting a tensor to a Python"
+"""torch.jit.trace's TracerWarnings for a tensor read as a Python value (boolean, integer, float, number, ...): a value
+of the input (`float(x.std()) > 1000`, `x.max().item()`) or, under a trace, a size (`int(x.shape[-1])`,
+`math.sqrt(q.size(-1))`). Either is kept in the file for every input: a value for inputs that give the same one, a size
+at the example's size only."""
+PYTHON_READS = frozenset({"__bool__", "__float__", "__int__", "__index__", "__complex__", "item", "tolist"})
+"""The Tensor methods that hand a tensor's values to Python; in an eager run a size is already a Python int, so any of
+these is a read of values."""
 
 
 def refuse_traced_branch(caught: list[warnings.WarningMessage], ctx: ExportContext, how: str = "torch.jit.trace",
-                         fix: str = "drop --trace (torch.jit.script keeps the condition)") -> None:
-    """An ExportError when the trace read the input's values as a Python value: the file computes with the example's
-    value for every input, and inputs that give the same value cannot show it (hunt 8b: a condition, such a file
-    passed `verify export --trace` computing y where the model computes -y above a threshold; hunt 17b: a scale read
-    with float(), 172 off on a 0..255 input, and the legacy ONNX exporter, which traces too and ignored both)."""
+                         fix: str = "drop --trace (torch.jit.script keeps what the model reads)") -> None:
+    """An ExportError when the trace kept what it read of the input as a Python value (hunt 8b: a condition, such a
+    file passed `verify export --trace` computing y where the model computes -y above a threshold; hunt 17b: a scale
+    read with float(), 172 off on a 0..255 input, and the legacy ONNX exporter, which traces too and ignored both).
+    Which it read is told by an eager run of the model that watches for tensors handed to Python (`_reads_values`):
+    values are refused whatever the export (no input can show a threshold it does not cross: review 17); sizes only
+    where the export claims dynamic axes (a size frozen in a trace holds at the example's size alone, and a second
+    shape shows no threshold on it that it does not reach), never in a static one, where they are right."""
     import torch
 
     said = next((str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)
-                 and any(kind in str(w.message) for kind in TRACED_VALUES)), None)
-    if said is not None:
-        raise ExportError(f"{how} of {ctx.built.spec} read the input's values as a Python value "
-                          f"({said.strip().split('. ')[0][:120]}): the file would keep the example's value for "
-                          f"every input; {fix}")
+                 and TRACED_READ in str(w.message)), None)
+    if said is None:
+        return
+    first = said.strip().split(". ")[0][:120]
+    if _reads_values(ctx):
+        raise ExportError(f"{how} of {ctx.built.spec} read the input's values as a Python value ({first}): the file "
+                          f"would keep the example's value for every input; {fix}")
+    if ctx.dynamic:
+        raise ExportError(f"{how} of {ctx.built.spec} read the input's size as a Python number ({first}): the file "
+                          "would keep the example's size for every input, so it cannot claim a dynamic batch, height "
+                          f"and width; pass --static, or {fix}")
+
+
+def _reads_values(ctx: ExportContext) -> bool:
+    """Whether the model, run eagerly on a copy of the example, hands a tensor's values to Python (PYTHON_READS): in an
+    eager run sizes are Python ints, so what a trace warned of was then a value. A run that fails counts as one."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class Reads(TorchFunctionMode):
+        seen = False
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+            Reads.seen = Reads.seen or getattr(func, "__name__", "") in PYTHON_READS
+            return func(*args, **(kwargs or {}))
+
+    try:
+        with Reads(), torch.inference_mode():
+            ctx.built.model(ctx.example.clone())
+    except Exception:  # noqa: BLE001 - a model that fails on its own example is judged elsewhere; say values
+        return True
+    return Reads.seen
 
 
 def read_zip_meta(path: Path, what: str) -> ArtifactMeta:
