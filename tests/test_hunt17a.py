@@ -76,13 +76,14 @@ def artifact_of(model):
     return type("Artifact", (), {"built": built, "meta": ArtifactMeta(output_names=["output0"])})()
 
 
-def floors_of(model, x: torch.Tensor):
-    """The float32 floor `measure_oracles` judges a user's model's output on (lifted to its summation floors)."""
+def floors_of(model, x: torch.Tensor, model64=None):
+    """The float32 floor `measure_oracles` judges a user's model's output on (lifted to its summation floors);
+    `model64`: the model in float64, when the caller keeps one."""
     from verify.judge.oracle import lifted, measure_floors, summed_outputs
 
     with torch.no_grad():
         f32 = model(x).numpy()
-        f64 = copy.deepcopy(model).double()(x.double()).numpy()
+        f64 = (model64 or copy.deepcopy(model).double())(x.double()).numpy()
     bounds = summed_outputs(artifact_of(model), {"x": x.numpy()})
     floors = lifted(measure_floors({"output0": f32}, {"output0": f64}), bounds)
     return f32, f64, floors["output0"]
@@ -105,10 +106,10 @@ def sequential_mean(x: torch.Tensor) -> np.ndarray:
 
 def worst_ratio(model, size: int, other) -> float:
     """The worst ratio, over SEEDS, of the head computed in another order against eager and the float64 oracle."""
-    worst = 0.0
+    worst, model64 = 0.0, copy.deepcopy(model).double()
     for seed in SEEDS:
         x = torch.from_numpy(np.random.default_rng(seed).standard_normal((1, 3, size, size)).astype(np.float32))
-        f32, f64, floor = floors_of(model, x)
+        f32, f64, floor = floors_of(model, x, model64)
         with torch.no_grad():
             got = other(model, x)
         worst = max(worst, *(compare_arrays("output0", got, ref, Tolerance(), floor).ratio for ref in (f32, f64)))
