@@ -136,9 +136,9 @@ class OnnxFormat(Format):
                 f"ONNX export ({options.exporter}) failed for {ctx.built.spec}: {str(exc).strip().splitlines()[0]}"
             ) from exc
         if not dynamo:  # the legacy exporter traces: a value it read is the example's for every input
-            from exporter.formats.torchscript import refuse_traced_branch
+            from exporter.formats.torchscript import refuse_traced_reads
 
-            refuse_traced_branch(caught, ctx, "the legacy ONNX exporter (a trace)", "pass --onnx-exporter dynamo")
+            refuse_traced_reads(caught, ctx, "the legacy ONNX exporter (a trace)", "pass --onnx-exporter dynamo")
         if dynamo:
             opsets = program.model.opset_imports
             _require_opset(options, opsets.get("", opsets.get("ai.onnx")))

@@ -51,7 +51,7 @@ class TorchScriptFormat(Format):
                     f"{next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)}"
                     + ("; pass --trace to export it by tracing" if options.method == "script" else "")
                 ) from exc
-            refuse_traced_branch(caught, ctx)
+            refuse_traced_reads(caught, ctx)
             save_through_memory(lambda buffer: torch.jit.save(module, buffer, _extra_files={
                 TORCHSCRIPT_META_FILE: meta.to_json()}), path)
         return Artifact(self.name, meta, path=path)
@@ -123,7 +123,7 @@ PYTHON_READS = frozenset({"__bool__", "__float__", "__int__", "__index__", "__co
 these is a read of values."""
 
 
-def refuse_traced_branch(caught: list[warnings.WarningMessage], ctx: ExportContext, how: str = "torch.jit.trace",
+def refuse_traced_reads(caught: list[warnings.WarningMessage], ctx: ExportContext, how: str = "torch.jit.trace",
                          fix: str = "drop --trace (torch.jit.script keeps what the model reads)") -> None:
     """An ExportError when the trace kept what it read of the input as a Python value (hunt 8b: a condition, such a
     file passed `verify export --trace` computing y where the model computes -y above a threshold; hunt 17b: a scale

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
+from exporter.messages import library_reason
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from verify.judge.precision import computes_in
 from verify.progress import NullProgress, Progress
@@ -296,8 +297,7 @@ def require_other_sizes(built: Any, example: np.ndarray) -> None:
         make_runtime(default_runtime(artifact.format)).load(artifact).run(
             {artifact.meta.input_name: make_input(shape, SECOND_SHAPE_SEED)})
     except Exception as exc:  # noqa: BLE001 - the user's model failed at another size: that is the finding
-        said = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-        raise UsageError(f"{built.spec} fails at {'x'.join(map(str, shape))} ({said}), "
+        raise UsageError(f"{built.spec} fails at {'x'.join(map(str, shape))} ({library_reason(exc)}), "
                          "so its files cannot claim a dynamic batch, height and width (a dynamic export is judged at "
                          "a second shape inside them): pass --static") from None
 
@@ -511,8 +511,7 @@ def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.nda
         try:
             at_second = (second, run_guarded(loaded, second)[0])
         except Exception as exc:  # noqa: BLE001 - the file failing at a size its axes claim is the finding
-            said = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-            at_second = (second, said.split("; ")[0][:200])
+            at_second = (second, library_reason(exc).split("; ")[0])
     return RunResult(runtime, loaded.label, artifact.label, outputs, seconds, repeat,
                      getattr(loaded, "module", None) if keep else None, at_second)
 
@@ -571,8 +570,7 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
                 low = model.run({k: v.copy() for k, v in feed.items()})
                 fp64 = model64.run({k: v.copy() for k, v in feed.items()}) if model64 is not None else None
             except Exception as exc:  # noqa: BLE001 - the model itself does not take this size
-                said = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-                return f"cannot be judged: the model itself fails there ({said})"
+                return f"cannot be judged: the model itself fails there ({library_reason(exc)})"
             if fp64 is None:
                 references[shape] = (low, {})
             else:  # a user's few-value head judged on its summation floor there too, as at the example's shape
@@ -599,12 +597,12 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
         if run.second is None:
             continue
         feed, outputs = run.second
-        seconds.append(next(iter(feed.values())).shape)
+        shape = next(iter(feed.values())).shape
+        seconds.append(shape)
         judged_before = len(judged)
         why = failure(run, feed, outputs)
         if why is None:
             continue
-        shape = next(iter(feed.values())).shape
         file = artifacts[formats[run.runtime]]
         loaded = make_runtime(run.runtime, settings.runtime).load(file)
         axes = []
