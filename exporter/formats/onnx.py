@@ -121,6 +121,10 @@ class OnnxFormat(Format):
         # dynamo's program is finished in memory (axes named, metadata set, one save): reading back and rewriting
         # the file it had saved cost 0.55 s of the background export's critical path for a ResNet-50; the legacy
         # exporter only writes files, so its output still goes through the file
+        if dynamo:
+            from exporter.formats.onnx_tables import keep_torchlib_table
+
+            keep_torchlib_table()
         chatter = io.StringIO()
         try:
             with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(chatter), \

@@ -30,7 +30,15 @@ from verify.progress import NullProgress, Progress
 
 USER_CODE_TIMEOUT = 1800.0
 """Seconds a run of the user's own code (--model) may take before its worker is stopped (--timeout)."""
-PRELOAD = ("torch", "torchvision", "onnx", "onnxruntime", "verify.api", "verify.explain.equivalence")
+EXPORT_PRELOAD = ("torch.onnx._internal.exporter._core", "torch._functorch.partitioners", "onnxscript.optimizer",
+                  "onnxscript.rewriter", "exporter.formats.onnx_warm")
+"""What an export imports and builds on its first torch.export and ONNX translation in a process (torchlib's
+operator table, the partitioner and its networkx, onnxscript's optimiser and the reference operators it folds
+constants with): time every worker exporting a --model paid again (measured on a three-conv model: the first
+export 0.34 s -> 0.04 s, the first ONNX translation 1.03 s -> 0.60 s by the imports alone). Names a torch
+version lacks are skipped by multiprocessing's fork server, which ignores an ImportError in its preload."""
+PRELOAD = ("torch", "torchvision", "onnx", "onnxruntime", "verify.api", "verify.explain.equivalence",
+           *EXPORT_PRELOAD)
 """Imported once by the fork server that workers are forked from (none of them runs a thread before a fork):
 a worker starts in ~0.1 s instead of the ~3 s of importing torch afresh."""
 POLL_SECONDS = 0.1
@@ -112,11 +120,29 @@ class _RelayProgress:
         _send(self.conn, ("end", True))
 
 
+def worker_context() -> Any:
+    """multiprocessing's fork-server context, its server importing PRELOAD once: workers forked from it start in
+    ~0.1 s, with none of the parent's threads or state (a worker takes the caller's place with `adopt`)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    return context
+
+
+def caller_place() -> tuple[dict[str, str], str, list[str]]:
+    """This process's environment, folder and import path, for a worker to `adopt`."""
+    import os
+    import sys
+
+    return dict(os.environ), os.getcwd(), list(sys.path)
+
+
 def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, threads: int | None,
             where: tuple[dict[str, str], str, list[str]]) -> None:
     """The worker's body: take the caller's environment, folder and import path (a fork server started earlier
     has its own), run `fn` with a relaying progress, send its result or its error, then exit."""
-    _adopt(where, threads)
+    adopt(where, threads)
     try:
         message = ("result", fn(*args, progress=_RelayProgress(conn), **kwargs))
     except BaseException as exc:  # noqa: B036 - anything the user's code raised is reported, then we exit
@@ -125,7 +151,7 @@ def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, thread
     conn.close()
 
 
-def _adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None) -> None:
+def adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None) -> None:
     """In a worker: the caller's environment, folder, import path and torch threads (a fork server started
     earlier has its own); SIGINT left to the parent, which stops a worker with SIGTERM; stdout onto stderr."""
     import os
@@ -167,17 +193,12 @@ def _error_message(exc: BaseException, whose: str) -> tuple[str, tuple[str, int,
 
 def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float | None = USER_CODE_TIMEOUT,
                  progress: Progress | None = None, **kwargs: Any) -> Any:
-    """`fn(*args, progress=..., **kwargs)` in a spawned worker; its result, or its error raised again here.
+    """`fn(*args, progress=..., **kwargs)` in a worker process; its result, or its error raised again here.
     `what` names the user code in messages (e.g. the --model text)."""
-    import multiprocessing
-    import os
-    import sys
-
     progress = progress or NullProgress()
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(PRELOAD))
+    context = worker_context()
     receive, send = context.Pipe(duplex=False)
-    where = (dict(os.environ), os.getcwd(), list(sys.path))
+    where = caller_place()
     worker = context.Process(target=_worker, args=(send, fn, args, kwargs, _threads(), where), daemon=True)
     worker.start()
     send.close()
@@ -221,7 +242,7 @@ def _serve(conn: Any, factory: Callable[..., Any], args: tuple, threads: int | N
            where: tuple[dict[str, str], str, list[str]]) -> None:
     """A session worker's body: build one object with `factory(*args)`, then answer (method, args) calls on it
     until the parent closes the pipe."""
-    _adopt(where, threads)
+    adopt(where, threads)
     try:
         target = factory(*args)
         _send(conn, ("result", None))
@@ -247,19 +268,16 @@ class IsolatedSession:
     with the same allow-list as `run_isolated`'s."""
 
     def __init__(self, factory: Callable[..., Any], *args: Any, what: str) -> None:
-        import multiprocessing
-        import os
-        import sys
         import tempfile
 
         self.what = what
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(list(PRELOAD))
+        context = worker_context()
         self.conn, child = context.Pipe(duplex=True)
         # The worker's own temporary folder, removed with it: a stopped worker runs no destructor, and native
         # loaders leave their extracted files behind (measured: one /tmp/aotinductor_* per AOTInductor load).
         self.tmp = tempfile.mkdtemp(prefix="verify-session-")
-        where = (dict(os.environ, TMPDIR=self.tmp), os.getcwd(), list(sys.path))
+        environ, cwd, path = caller_place()
+        where = (dict(environ, TMPDIR=self.tmp), cwd, path)
         self.worker = context.Process(target=_serve, args=(child, factory, args, _threads(), where), daemon=True)
         self.worker.start()
         child.close()
