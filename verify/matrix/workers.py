@@ -1,5 +1,5 @@
-"""Cells in spawned worker processes: the cores shared, a dead or overdue worker failing its cell only, a
-user model's cell in a worker of its own."""
+"""Cells in worker processes forked from the fork server (verify/pipeline/isolation.py): the cores shared, a dead
+or overdue worker failing its cell only, a user model's cell in a worker of its own."""
 
 from __future__ import annotations
 
@@ -14,19 +14,13 @@ from typing import Any
 
 from verify.matrix.cell import CELL_FOLDER_PREFIX, CellJob, execute_cell
 from verify.matrix.result import ERROR, CellResult
-from verify.pipeline.isolation import IsolatedRunError, safe_loads
+from verify.pipeline.isolation import IsolatedRunError, adopt, caller_place, safe_loads, worker_context
 
 
 def worker_threads(jobs: int) -> int:
     """Torch threads per worker so that `jobs` workers share the cores without oversubscribing them."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, jobs))
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 WAIT_CAP_S = 3600.0
@@ -36,13 +30,10 @@ WORKER_STOP_S = 2.0
 """How long an idle worker gets to exit after the matrix is done before it is killed."""
 
 
-def _worker_main(conn: Any, threads: int) -> None:
+def _worker_main(conn: Any, threads: int, where: tuple[dict[str, str], str, list[str]]) -> None:
     """A worker process: run the cells sent to it, one at a time, until told to stop (None) or the
     parent goes away. Ctrl-C is the parent's to handle: it stops the workers itself."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _init_worker(threads)
+    adopt(where, threads)  # the parent's environment, folder and path: the fork server has its own
     while True:
         try:
             job = conn.recv()
@@ -63,7 +54,7 @@ class _Worker:
     @classmethod
     def start(cls, context: Any, threads: int) -> _Worker:
         parent, child = context.Pipe()
-        process = context.Process(target=_worker_main, args=(child, threads), daemon=True,
+        process = context.Process(target=_worker_main, args=(child, threads, caller_place()), daemon=True,
                                   name="verify-matrix-worker")
         process.start()
         child.close()
@@ -136,15 +127,15 @@ def _collect(worker: _Worker) -> CellResult | None:
 
 
 def run_in_workers(work: list[CellJob], jobs: int, finish: Callable[[CellResult], None]) -> None:
-    """Each cell in a spawned worker process (torch and fork do not mix), at most `jobs` at once, the
+    """Each cell in a worker process forked from the fork server (never from this process: torch and fork do
+    not mix; the server imported torch and started no thread), at most `jobs` at once, the
     cores divided between them. A worker that dies or runs past its cell's timeout fails that cell only;
     a user model's cell gets a fresh worker, used once. On any exception (Ctrl-C, SIGTERM) every worker is
     killed at once."""
-    import multiprocessing
     from collections import deque
     from multiprocessing.connection import wait
 
-    context = multiprocessing.get_context("spawn")
+    context = worker_context()
     threads = worker_threads(jobs)
     queue, idle, busy = deque(work), [], []
     try:
