@@ -42,12 +42,13 @@ export 0.34 s -> 0.04 s, the first ONNX translation 1.03 s -> 0.60 s by the impo
 version lacks are skipped by multiprocessing's fork server, which ignores an ImportError in its preload."""
 PROJECT_PRELOAD = ("verify.api", "verify.explain.equivalence", "verify.folder.write", "verify.folder.identity",
                    "verify.judge.file_floor", "exporter.serde_speed", "exporter.torch_state",
-                   "verify.pipeline.preload", "verify.pipeline.overlap", "verify.runtimes.eager",
+                   "verify.pipeline.preload", "verify.runtimes.eager",
                    "verify.runtimes.torchscript", "verify.runtimes.exported", "verify.runtimes.onnxruntime",
                    "exporter.weights")
 """This project's modules a worker's export imports (each imports its heavy packages inside functions, so a
 worker would otherwise import them, and build the manifest's pydantic models, every time: 0.22 s of a worker's
-0.68 s, measured over the suite's 159 workers)."""
+0.68 s, measured over the suite's 159 workers). Not verify.pipeline.overlap: a fork server whose command line
+names it would look like a background export child to whoever lists processes by their command line."""
 PRELOAD = ("torch", "torchvision", "onnx", "onnxruntime", *PROJECT_PRELOAD, *EXPORT_PRELOAD)
 """Imported once by the fork server that workers are forked from (none of them runs a thread before a fork):
 a worker starts in ~0.1 s instead of the ~3 s of importing torch afresh."""
