@@ -118,7 +118,11 @@ TRACED_READ = "Converting a tensor to a Python"
 of the input (`float(x.std()) > 1000`, `x.max().item()`) or, under a trace, a size (`int(x.shape[-1])`,
 `math.sqrt(q.size(-1))`). Either is kept in the file for every input: a value for inputs that give the same one, a size
 at the example's size only."""
-PYTHON_READS = frozenset({"__bool__", "__float__", "__int__", "__index__", "__complex__", "item", "tolist"})
+TRACED_READS = (TRACED_READ, "Converting a tensor to a NumPy array")
+"""Every TracerWarning of a read kept in the file: TRACED_READ's and a NumPy array's (`x.max().numpy() > 50`, hunt
+18a: exported by trace with exit 0, the file 209 off on a 0..255 input for outputs of scale 1)."""
+PYTHON_READS = frozenset({"__bool__", "__float__", "__int__", "__index__", "__complex__", "item", "tolist", "numpy",
+                          "__array__"})
 """The Tensor methods that hand a tensor's values to Python; in an eager run a size is already a Python int, so any of
 these is a read of values."""
 
@@ -135,7 +139,7 @@ def refuse_traced_reads(caught: list[warnings.WarningMessage], ctx: ExportContex
     import torch
 
     said = next((str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)
-                 and TRACED_READ in str(w.message)), None)
+                 and any(read in str(w.message) for read in TRACED_READS)), None)
     if said is None:
         return
     first = said.strip().split(". ")[0][:120]
@@ -149,21 +153,41 @@ def refuse_traced_reads(caught: list[warnings.WarningMessage], ctx: ExportContex
 
 
 def _reads_values(ctx: ExportContext) -> bool:
-    """Whether the model, run eagerly on a copy of the example, hands a tensor's values to Python (PYTHON_READS): in an
-    eager run sizes are Python ints, so what a trace warned of was then a value. A run that fails counts as one."""
+    """Whether the model, run eagerly on a copy of the example, hands values of its input to Python (PYTHON_READS): in
+    an eager run sizes are Python ints, so what a trace warned of was then a value. A tensor made from the model's
+    parameters and buffers alone (and from factories given only Python numbers: sizes) holds no value of the input,
+    and a trace keeps it right for every input: reading it (`float(self.temperature)`, hunt 18a: refused as a read of
+    the input) is none. Any other tensor read counts. A run that fails counts as one."""
     import torch
     from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_leaves
+
+    model = ctx.built.model
+    constant = {id(t): t for t in (*model.parameters(), *model.buffers())}  # kept alive: no id is reused meanwhile
 
     class Reads(TorchFunctionMode):
         seen = False
 
         def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
-            Reads.seen = Reads.seen or getattr(func, "__name__", "") in PYTHON_READS
-            return func(*args, **(kwargs or {}))
+            name = getattr(func, "__name__", "")
+            given = [t for t in tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
+            fixed = all(id(t) in constant for t in given)
+            if name in PYTHON_READS and not fixed:
+                Reads.seen = True
+            out = func(*args, **(kwargs or {}))
+            writes = name in ("__set__", "__setitem__") or name.endswith("_") and not name.endswith("__") \
+                or "out" in (kwargs or {})
+            for t in (given if writes and not fixed else []) + [t for t in tree_leaves(out)
+                                                                 if isinstance(t, torch.Tensor)]:
+                if fixed:
+                    constant[id(t)] = t
+                else:  # made from the input, or a constant's tensor the input's values were written into
+                    constant.pop(id(t), None)
+            return out
 
     try:
         with Reads(), torch.inference_mode():
-            ctx.built.model(ctx.example.clone())
+            model(ctx.example.clone())
     except Exception:  # noqa: BLE001 - a model that fails on its own example is judged elsewhere; say values
         return True
     return Reads.seen

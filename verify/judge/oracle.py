@@ -330,6 +330,8 @@ def _summation_floors(module: Any, value: Any, pools_with_few_outputs: bool) -> 
     import torch
 
     pools = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AvgPool1d, torch.nn.AvgPool2d)
+    if not _own_forward(module):
+        return None  # a subclass computing something else than the sum its weights describe bounds nothing here
     with torch.no_grad():
         if isinstance(module, pools):
             means = module(value.double().abs())
@@ -349,6 +351,17 @@ def _summation_floors(module: Any, value: Any, pools_with_few_outputs: bool) -> 
                 return None
             return FLOAT32_EPS / 2 * _per_channel_max(terms) if terms.numel() else None
     return None
+
+
+def _own_forward(module: Any) -> bool:
+    """Whether `module` computes what its class in torch computes: a subclass that overrides `forward` (a Linear
+    whose forward scales, or ignores, its weights) may hold weights and inputs that bound nothing it returns, so
+    its summation floor would be one the model chose for itself."""
+    import torch
+
+    bounded = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AvgPool1d, torch.nn.AvgPool2d,
+               torch.nn.Linear, torch.nn.Conv2d)
+    return any(isinstance(module, base) and type(module).forward is base.forward for base in bounded)
 
 
 def _per_channel_max(values: torch.Tensor) -> np.ndarray:
@@ -386,13 +399,18 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray], outputs: Map
             for value in (outputs or {}).values()]
     if outputs is not None and all(many) and not any(isinstance(m, torch.nn.Linear) for m in heads):
         return {}  # a conv's or pool's few values a channel would show in the outputs' own shapes
-    made: dict[int, tuple[Any, Any, Any]] = {}
+    if torch.nn.modules.module._global_forward_hooks:
+        return {}  # a model's global hook may replace what a layer returns before this one sees it
+    made: dict[int, tuple[Any, Any, Any, Any]] = {}
 
     def hook(module, args, output):
         if isinstance(output, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
-            made[id(output)] = (output, module, args[0].detach().double())
+            # the layer's own value, kept: a model that changes it in place afterwards (`logits /= 1000`,
+            # `y.sigmoid_()`) returns the same tensor holding other values than the ones this layer's sums bound
+            made[id(output)] = (output, module, args[0].detach().double(), output.detach().clone())
 
-    handles = [m.register_forward_hook(hook) for m in heads]
+    # first of the layer's hooks, so that a model's own hook replacing the output leaves another tensor returned
+    handles = [m.register_forward_hook(hook, prepend=True) for m in heads]
     try:
         with torch.inference_mode():  # as the runtimes run it: a model keeping a tensor it made there updates it here
             result = model(torch.from_numpy(next(iter(feed.values())).copy()))
@@ -402,14 +420,38 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray], outputs: Map
     bounds: dict[str, float | np.ndarray] = {}
     for name, tensor in output_tensors(result, artifact.meta.output_names):
         found = made.get(id(tensor))
-        if found is None or found[0] is not tensor:
+        scale = None if found is None or found[0] is not tensor else _kept(found[3], tensor)
+        if scale is None:
             continue
         channels = _summation_floors(found[1], found[2], pools_with_few_outputs=True)
         if channels is None or not (channels > 0).any():
             continue
+        channels = channels * scale
         by_channel = tensor.dim() == 4 and tensor.shape[CHANNEL_AXIS] > 1 and channels.shape == (tensor.shape[1],)
         bounds[name] = channels if by_channel else float(channels.max())
     return bounds
+
+
+def _kept(made: torch.Tensor, returned: torch.Tensor) -> float | None:
+    """How much of the values a head layer made the tensor the model returns still holds, as the factor its summation
+    floor scales by: 1 where each element is the layer's or zero (an in-place ReLU after the head,
+    `F.relu(y, inplace=True)`, moves no value the bound is for), |c| where the model scaled it in place by one number
+    c (`logits /= temperature`: the bound scales with it), None where it mapped it otherwise (`y.sigmoid_()`): such
+    an output keeps its measured floor."""
+    import torch
+
+    if torch.equal(made, returned) or torch.equal(torch.where(returned == 0, returned, made), returned):
+        return 1.0
+    if not made.is_floating_point() or not made.numel():
+        return None
+    made64, returned64 = made.double(), returned.double()
+    peak = int(made64.abs().argmax())
+    if made64.reshape(-1)[peak] == 0:
+        return None
+    scale = float(returned64.reshape(-1)[peak] / made64.reshape(-1)[peak])
+    eps = torch.finfo(made.dtype).eps
+    close = (returned64 - made64 * scale).abs() <= 2 * eps * (returned64.abs() + abs(scale) * made64.abs())
+    return abs(scale) if bool(close.all()) and scale != 0 else None
 
 
 def lifted(floors: dict[str, NoiseFloor], bounds: Mapping[str, float | np.ndarray]) -> dict[str, NoiseFloor]:
