@@ -3,8 +3,9 @@
 Two levels, both reported:
 - before NMS: the dense head tensors (RPN objectness and deltas, box-head logits and regression, RetinaNet /
   SSDlite per-level heads), captured with forward hooks in eager float32 / float64 and, for ONNX, added as extra
-  graph outputs; judged by verify.judge.compare on the oracle's floors (per channel for NCHW tensors). TorchScript is
-  judged after NMS only (a scripted module runs no Python hooks);
+  graph outputs; judged by verify.judge.compare on the oracle's floors (per channel for NCHW tensors). A scripted
+  module runs no Python hooks: the TorchScript file's own pieces (transform, backbone, heads, RPN), called one by one,
+  give its dense tensors and proposals, judged the same way aside from the before-NMS pairs (each failure a problem);
   Faster R-CNN's box-head tensors (one row per RPN proposal) are judged with their rows paired by proposal
   (verify/detect/proposals.py): runtimes may order tied proposals differently;
 - after NMS: detections matched by IoU (verify/detect/match.py) on the float32 floor of detections.
@@ -73,7 +74,9 @@ DYNAMIC_AXES = {"image": {1: "height", 2: "width"}}
 FILE_NAMES = {"torchscript": "detector.torchscript.pt", "onnx": "detector.onnx", "onnx-dynamo": "detector.dynamo.onnx"}
 RUNTIMES = {"torchscript": "torchscript", "onnx": "onnxruntime", "onnx-dynamo": "onnxruntime (dynamo)"}
 AFTER_NMS_ONLY = (RUNTIMES["torchscript"],)
-"""Runtimes judged after NMS only: a scripted module runs no Python hooks, so it shows no dense tensor."""
+"""Runtimes without before-NMS pairs: a scripted module runs no Python hooks, so its dense tensors come from its own
+pieces (`_run_torchscript`), judged aside (`_script_piece_problems`), each failure a problem; a matrix cell holds the
+ONNX runs' pairs only."""
 EAGER, ORACLE = "eager", "eager fp64"
 GUARD_DEVICE = "cpu"
 """Every detector runtime here runs on the CPU: a repeat must give the same bits."""
@@ -496,7 +499,7 @@ def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, ru
                     **{label: run.detections for label, run in runs.items()}}
     report.references = {EAGER: eager, ORACLE: oracle}
     report.proposal_boxes = {label: run.proposals for label, run in [(EAGER, eager), (ORACLE, oracle), *runs.items()]
-                             if run.proposals}
+                             if run.proposals and label not in AFTER_NMS_ONLY}  # TorchScript's: judged aside
     rows = _Rows(report, judging, oracle, tolerance)
     floors = rows.floors(eager)
     report.floors = floors
@@ -507,18 +510,68 @@ def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, ru
                                f"on (the reference has {sum(len(d) for d in oracle.detections)} detections)")
         return
     rules = judging.rules
+    if RUNTIMES["torchscript"] in runs:
+        report.problems += _script_piece_problems(rows, floors, eager, oracle, runs[RUNTIMES["torchscript"]],
+                                                  tolerance)
     for label, run in runs.items():
         if label != RUNTIMES["torchscript"]:  # every ONNX run must show every dense tensor
             report.dense.append(compare_outputs(*rows.paired(label, run, ORACLE, oracle), tolerance,
                                                 floors, kind="oracle", require_all=True))
             report.dense.append(compare_outputs(*rows.paired(label, run, EAGER, eager), tolerance, floors,
                                                 require_all=True))
+    scales = candidate_scales(report.name, report.images)
     for label, run in [(EAGER, eager), *runs.items()]:
         report.detections.append(compare_detections(label, run.detections, ORACLE, oracle.detections,
-                                                     report.floor, rules, oracle.candidates, tolerance.factor))
+                                                     report.floor, rules, oracle.candidates, tolerance.factor, scales))
         if label != EAGER:
             report.detections.append(compare_detections(label, run.detections, EAGER, eager.detections,
-                                                        report.floor, rules, oracle.candidates, tolerance.factor))
+                                                        report.floor, rules, oracle.candidates, tolerance.factor,
+                                                        scales))
+
+
+def candidate_scales(name: str, images: Sequence[np.ndarray]) -> list[tuple[float, float]] | None:
+    """Per image, (x, y) from the final NMS's frame (the detector's own resized image) to the image's, as
+    torchvision's `resize_boxes` scales detections back; None for a name that is not a registered detector."""
+    return size_scales(name, [tuple(image.shape[-2:]) for image in images])
+
+
+def size_scales(name: str, sizes: Sequence[tuple[int, int]]) -> list[tuple[float, float]] | None:
+    """`candidate_scales` for images of these (height, width)."""
+    from exporter.families.detectors import DETECTORS, resized_size
+
+    if name not in DETECTORS.names():
+        return None
+    scales = []
+    for height, width in sizes:
+        resized = resized_size(DETECTORS.get(name), height, width)
+        scales.append((width / resized[1], height / resized[0]))
+    return scales
+
+
+def _script_piece_problems(rows: _Rows, floors: dict[str, Any], eager: Run, oracle: Run, run: Run,
+                           tolerance: Tolerance) -> list[str]:
+    """The TorchScript file's own pieces (`_run_torchscript`: its dense tensors and RPN proposals) judged as an ONNX
+    run's are, against eager fp64 and eager, each failure one problem. After NMS alone, a box-regression row of a
+    class the images never detect off by 10 % (Faster R-CNN), or one such class's logits 5 % off (SSDlite, RetinaNet),
+    agreed. They are judged on a
+    scratch report so that the before-NMS pairs stay each ONNX run's (what a matrix cell holds)."""
+    import copy
+
+    report = rows.report
+    scratch = DetectorReport("", "", "", report.shape, (), tolerance.factor, images=report.images)
+    rows = copy.copy(rows)  # the floors and proposal bands as measured, its pairings recorded on the scratch report
+    rows.report = scratch
+    label = RUNTIMES["torchscript"]
+    pairs = [compare_outputs(*rows.paired(label, run, ORACLE, oracle), tolerance, floors, kind="oracle",
+                             require_all=True),
+             compare_outputs(*rows.paired(label, run, EAGER, eager), tolerance, floors, require_all=True)]
+    problems = [f"{label}'s own pieces before NMS: {check.verdict()}" for check in scratch.proposals
+                if not check.passed]
+    for pair in pairs:
+        if not pair.passed:
+            what = f"{pair.worst.where} {pair.worst.verdict()}" if pair.outputs else "no dense tensor to compare"
+            problems.append(f"{label}'s own pieces before NMS: {pair.a} vs {pair.b}: {what}")
+    return problems
 
 
 class _Rows:
@@ -704,22 +757,98 @@ def concat_dense(per_image: list[dict[str, np.ndarray]], inputs: Sequence[torch.
 
 
 def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str], device: str = GUARD_DEVICE) -> Run:
+    """The file as written (its forward) for detections; its own pieces, called one by one as its forward calls them,
+    for the dense tensors and (Faster R-CNN) the RPN's proposals, which no hook can show inside a scripted module.
+    On the CPU the pieces must compose to the forward's own detections bit for bit, or the file's forward computes
+    something else (on a GPU a fuser may optimize the forward's graph otherwise than the pieces', not asked)."""
     import warnings
 
     import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns that TorchScript is deprecated on every load
+        _script_image_list()
         model = load_scripted(path, device)
+        modules = list(dict.fromkeys(name.partition("@")[0].partition("#")[0] for name in dense))
         result = Run([])
+        per_image = []
         with torch.inference_mode():
             for image in inputs:
                 try:
                     _, out = model([image.to(device)])
+                    pieces = _script_pieces(model, image.to(device), modules) if modules else None
                 except Exception as exc:  # a scripted module raises torch.jit.Error and others
                     raise ExportError(f"the TorchScript file fails at run time ({_first_line(exc)})") from None
                 result.detections.append(Detections.of({k: v.cpu().numpy() for k, v in out[0].items()}))
+                if pieces is None:
+                    continue
+                tensors, proposals, composed = pieces
+                if composed is not None and device == "cpu" and not all(  # elsewhere a fuser may round otherwise
+                        torch.equal(out[0][key], composed[key]) for key in ("boxes", "scores", "labels")):
+                    raise ExportError("the TorchScript file's forward does not give what its own transform, backbone "
+                                      "and heads give when called one by one: it computes something else than the "
+                                      "detector it holds")
+                per_image.append({name: value.cpu().numpy() for name, value in tensors.items()})
+                if proposals is not None:
+                    result.proposals.append(proposals.cpu().double().numpy())
+    result.per_image = per_image
+    result.dense = concat_dense(per_image, inputs) if per_image else {}
     return result
+
+
+def _script_image_list() -> None:
+    """Compile torchvision's ImageList into this process, so that a loaded file's transform can hand one to Python
+    and take it back (torch.jit.load leaves the class unknown to Python: an INTERNAL ASSERT)."""
+    import torch
+    from torchvision.models.detection.image_list import ImageList
+
+    torch.jit.script(ImageList)
+
+
+def _attribute(model: Any, dotted: str) -> Any:
+    """`model.a.b.0`: a scripted module has no get_submodule."""
+    for part in dotted.split("."):
+        model = getattr(model, part)
+    return model
+
+
+def _script_pieces(model: Any, image: torch.Tensor, modules: list[str]) -> tuple[
+        dict[str, torch.Tensor], torch.Tensor | None, dict[str, Any] | None]:
+    """One image through the scripted detector's pieces as GeneralizedRCNN, RetinaNet and SSD's forward call them:
+    (each dense module's outputs named `module#call` as eager's hooks name them, the RPN's proposals or None, the
+    post-processed detections or None). RetinaNet and SSD's anchors and decoding run in the file's own forward only:
+    their pieces are the dense heads, and their detections come from the forward alone."""
+    images, _ = model.transform([image])
+    features = model.backbone(images.tensors)
+    levels = list(features.values()) if isinstance(features, dict) else [features]
+    tensors: dict[str, torch.Tensor] = {}
+    proposals = None
+    if hasattr(model, "rpn"):
+        logits, deltas = model.rpn.head(levels)
+        tensors.update({f"rpn.head.cls_logits#{i}": t for i, t in enumerate(logits)})
+        tensors.update({f"rpn.head.bbox_pred#{i}": t for i, t in enumerate(deltas)})
+        found, _ = model.rpn(images, features)
+        heads = model.roi_heads
+        rows = heads.box_head(heads.box_roi_pool(features, found, images.image_sizes))
+        scores, boxes = heads.box_predictor(rows)
+        tensors["roi_heads.box_predictor.cls_score#0"], tensors["roi_heads.box_predictor.bbox_pred#0"] = scores, boxes
+        detections, _ = heads(features, found, images.image_sizes)
+        proposals = found[0]
+    else:
+        head = model.head
+        for name in modules:
+            if name.endswith(".1") and ".module_list." in name:  # SSD: module_list.<level>.1 is the level's last conv
+                branch, _, level = name[:-2].rpartition(".")
+                tensors[f"{name}#0"] = _attribute(model, f"{branch}.{level}")(levels[int(level)])
+            elif name == "head.classification_head.cls_logits":
+                tensors.update({f"{name}#{i}": head.classification_head.cls_logits(head.classification_head.conv(f))
+                                for i, f in enumerate(levels)})
+            elif name == "head.regression_head.bbox_reg":
+                tensors.update({f"{name}#{i}": head.regression_head.bbox_reg(head.regression_head.conv(f))
+                                for i, f in enumerate(levels)})
+        return tensors, None, None
+    detections = model.transform.postprocess(detections, images.image_sizes, [tuple(image.shape[-2:])])
+    return tensors, proposals, detections[0]
 
 
 def load_scripted(path: Path, device: str = GUARD_DEVICE) -> Any:

@@ -276,10 +276,14 @@ def _finite(value: float) -> float | None:
 
 def compare_detections(a_label: str, a: Sequence[Detections], b_label: str, b: Sequence[Detections],
                        floor: DetectionFloor, rules: Rules, candidates: Sequence[Detections] | None = None,
-                       factor: float = AUTO_FACTOR) -> DetectionPair:
+                       factor: float = AUTO_FACTOR,
+                       scales: Sequence[tuple[float, float]] | None = None) -> DetectionPair:
     """Judge run `a` against reference `b` (one Detections per image). `candidates` are the oracle's
     float64 inputs to the final NMS per image (to recompute NMS decisions); without them an NMS decision
-    is recomputed on the detections' own boxes."""
+    is recomputed on the detections' own boxes. `scales`: per image, (x, y) from the candidates' frame (the
+    detector's resized image) to the detections' (torchvision's `resize_boxes`); with them, a detection of run `a`
+    alone is a `detections cap` or `NMS` borderline only if a float64 candidate has its class, box and score within
+    rounding (a box the model never proposed is no rounding)."""
     pair = DetectionPair(a_label, b_label, factor, floor)
     if len(a) != len(b):
         pair.reference_per_image = [len(d) for d in b]
@@ -288,14 +292,16 @@ def compare_detections(a_label: str, a: Sequence[Detections], b_label: str, b: S
     worst = -1.0
     for image, (run, ref) in enumerate(zip(a, b, strict=True)):
         cands = candidates[image] if candidates is not None else None
-        ratio = _judge_image(pair, image, run, ref, floor, rules, cands, factor)
+        scale = scales[image] if scales is not None else None
+        ratio = _judge_image(pair, image, run, ref, floor, rules, cands, factor, scale)
         if ratio > worst or (pair.worst_image is None and pair.unexplained):
             worst, pair.worst_image = ratio, image
     return pair
 
 
 def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detections, floor: DetectionFloor,
-                 rules: Rules, candidates: Detections | None, factor: float) -> float:
+                 rules: Rules, candidates: Detections | None, factor: float,
+                 scale: tuple[float, float] | None = None) -> float:
     import numpy as np
 
     pairs = assign(run, ref)
@@ -311,7 +317,7 @@ def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detectio
     lone_run = sorted(set(range(len(run))) - {i for i, _, _ in pairs})
     lone_ref = sorted(set(range(len(ref))) - {j for _, j, _ in pairs})
     pair.label_mismatches += _label_mismatches(run.take(lone_run), ref.take(lone_ref))
-    context = _Context(image, floor, rules, candidates, factor)
+    context = _Context(image, floor, rules, candidates, factor, scale)
     before = len(pair.unexplained)
     for side, mine, other, lone in (("run", run, ref, lone_run), ("reference", ref, run, lone_ref)):
         for k in lone:
@@ -348,6 +354,8 @@ class _Context:
     rules: Rules
     candidates: Detections | None
     factor: float
+    scale: tuple[float, float] | None = None
+    """(x, y) from the candidates' frame to the detections' (None: unknown, no candidate is asked for)."""
 
     @property
     def band_factor(self) -> float:
@@ -363,6 +371,11 @@ class _Context:
         if refused:
             return Unexplained(self.image, side, label, score, [float(v) for v in box], refused)
         found = self._threshold(score) or self._cap(score, other) or self._nms(label, score, box, other)
+        if found and found[0] != "score threshold" and side == "run":
+            refused = self._unproposed(label, score, box)
+            if refused:
+                return Unexplained(self.image, side, label, score, [float(v) for v in box],
+                                   f"{found[0]} would explain it, but {refused}")
         if found:
             return Borderline(self.image, side, label, score, [float(v) for v in box], *found)
         why = f"score {score:.6g} is {(score - self.rules.score_thresh) / self.floor.scores:.3g} floors above the " \
@@ -400,6 +413,28 @@ class _Context:
                         f"{value:.6f}, past the NMS threshold {self.rules.nms_thresh:g}: NMS keeps no such two "
                         "(a duplicate)")
         return None
+
+    def _unproposed(self, label: int, score: float, box: np.ndarray) -> str | None:
+        """Why no float64 candidate of the final NMS (in the detections' frame) is this run detection up to rounding:
+        same class, score within the score band, every coordinate within the box band. A cap or NMS decision that
+        rounding flips only keeps or drops a detection the model proposed; a runtime that moved its lowest kept box
+        40 px (or made one up) at that score passed as two `detections cap` borderlines. A `score threshold` one is
+        not asked: in float64 it fell under the threshold, before the NMS its candidates were recorded at."""
+        import numpy as np
+
+        cands = self.candidates
+        if cands is None or self.scale is None:
+            return None
+        same = np.flatnonzero(cands.labels == label)
+        if len(same):
+            sx, sy = self.scale
+            boxes = cands.boxes[same] * np.array([sx, sy, sx, sy])
+            slack = self.band_factor * self.floor.boxes + FLOAT32_EPS * max(float(np.abs(boxes).max()), 1.0)
+            near = (np.abs(boxes - box).max(axis=1) <= slack) & (np.abs(cands.scores[same] - score) <= self.score_band)
+            if near.any():
+                return None
+        return (f"no float64 candidate of the model's final NMS has its class, box and score within rounding "
+                f"({len(same)} of class {label}): rounding does not make a box up")
 
     def _box_error(self) -> float:
         """How far rounding can move a coordinate the NMS compares (the offset boxes of batched NMS)."""
