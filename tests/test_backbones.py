@@ -1,5 +1,6 @@
 """Views and norm variants, for every family: what torchvision builds, module for module."""
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,48 @@ def test_fold_finds_every_conv_bn_pair(family):
     assert conv_bn_pairs(model) == [(fold_partner(n), n) for n in norms]
     assert fold_batchnorms(model) == len(norms) > 0
     assert fold_batchnorms(model) == 0
+
+
+def test_a_build_draws_no_random_init_it_would_overwrite(monkeypatch):
+    """build_model loads every value of the classifier, so torchvision's random init (most of a build's time) is
+    skipped: no init function draws values (it runs on the meta device's shapes only), and every value is the
+    weights'."""
+    calls = []
+
+    def spy(tensor, *args, _real, _name, **kwargs):
+        if not tensor.is_meta:
+            calls.append(_name)
+        return _real(tensor, *args, **kwargs)
+
+    weights = load_weights("synthetic", "resnet18")
+    for name in ("kaiming_normal_", "kaiming_uniform_", "normal_", "uniform_", "constant_", "ones_", "zeros_"):
+        monkeypatch.setattr(nn.init, name, partial(spy, _real=getattr(nn.init, name), _name=name))
+    built = build_model(ModelSpec("resnet18", "frozen", "body"), weights)
+    assert calls == []
+    body = {k: v for k, v in built.model.state_dict().items()}
+    assert all(torch.equal(value, weights.state_dict[key]) for key, value in body.items())
+
+
+def test_a_norm_with_values_outside_its_state_dict_is_built_with_its_own_init(monkeypatch):
+    """A norm that keeps a tensor no state dict holds (a non-persistent buffer) would keep the uninitialised memory
+    of an uninitialised build: such a model is built with the builder's own init, so the tensor is the norm's."""
+    from dataclasses import replace
+
+    from exporter.backbones import holds_values_outside_state
+    from exporter.norms import NORMS
+
+    class Gained(FrozenBatchNorm2d):
+        def __init__(self, channels, *args, **kwargs):
+            super().__init__(channels, *args, **kwargs)
+            self.register_buffer("gain", torch.full((channels,), 2.0), persistent=False)
+
+        def forward(self, x):
+            return super().forward(x) * self.gain.view(1, -1, 1, 1)
+
+    monkeypatch.setitem(NORMS._items, "frozen", replace(NORMS.get("frozen"), make_layer=lambda: Gained))
+    weights = load_weights("synthetic", "resnet18")
+    built = build_model(ModelSpec("resnet18", "frozen", "body"), weights)
+    gains = [m.gain for m in built.model.modules() if isinstance(m, Gained)]
+    assert gains and all(torch.equal(gain, torch.full_like(gain, 2.0)) for gain in gains)
+    assert holds_values_outside_state(built.model)
+    assert not holds_values_outside_state(build_model(ModelSpec("resnet18", "batch", "body"), weights).model)
