@@ -14,6 +14,7 @@ from torch import nn
 
 from exporter.errors import UsageError
 from exporter.export import ExportOptions
+from exporter.formats.onnx import OnnxOptions
 from tests.helpers import invoke
 from verify.api import RunSettings
 from verify.cache import ENV_OFF
@@ -34,7 +35,8 @@ def clean_env(monkeypatch):
 
 def _request() -> MatrixRequest:
     return MatrixRequest.create(["resnet18"], ["batch", "frozen"], settings=RunSettings(shape=SHAPE),
-                                export=ExportOptions(formats=("onnx",)))
+                                export=ExportOptions(formats=("onnx",),
+                                                     format_options=(OnnxOptions(exporter="torchscript"),)))
 
 
 # The matrix: a shard's seeded-input count is part of its matrix ----------------------------------------------------
