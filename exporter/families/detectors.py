@@ -52,6 +52,10 @@ DENSE_CANDIDATES = 600
 """RetinaNet / SSDlite: anchor x class scores above the threshold on the calibration image."""
 PER_PROPOSAL_MODULES = ["roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"]
 """Faster R-CNN's box-head outputs: one row per RPN proposal, in the RPN's order."""
+ANCHOR_MODULES = {"fasterrcnn": "rpn.anchor_generator", "retinanet": "anchor_generator", "ssd": "anchor_generator"}
+"""Each kind's anchor generator: its anchors (one K x 4 tensor per image, every level) are judged before NMS as a dense
+tensor, so that a level no proposal or detection comes from is judged too (hunt 19a: one RPN level's anchors 5 % off
+exited 0 when that level kept no proposal)."""
 MIN_DETECTIONS = 20
 """What calibration must reach on the calibration image, or the build fails (never a silent dud)."""
 
@@ -160,14 +164,14 @@ def _postprocess_attr(model: nn.Module, name: str) -> Any:
 
 def dense_modules(model: nn.Module, kind: str) -> list[str]:
     if kind == "fasterrcnn":
-        return ["rpn.head.cls_logits", "rpn.head.bbox_pred", *PER_PROPOSAL_MODULES]
+        return ["rpn.head.cls_logits", "rpn.head.bbox_pred", ANCHOR_MODULES[kind], *PER_PROPOSAL_MODULES]
     if kind == "retinanet":
-        return ["head.classification_head.cls_logits", "head.regression_head.bbox_reg"]
+        return ["head.classification_head.cls_logits", "head.regression_head.bbox_reg", ANCHOR_MODULES[kind]]
     names = []
     for head in ("classification_head", "regression_head"):
         count = len(model.head.get_submodule(f"{head}.module_list"))
         names += [f"head.{head}.module_list.{i}.1" for i in range(count)]
-    return names
+    return [*names, ANCHOR_MODULES[kind]]
 
 
 def build_detector(name: str, norm: str | None = None, weights: str = "synthetic", seed: int = 0) -> BuiltDetector:

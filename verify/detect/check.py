@@ -83,6 +83,9 @@ GUARD_DEVICE = "cpu"
 PROPOSAL_PRODUCER, PROPOSAL_CONSUMER = "/rpn/", "/roi_heads/box_roi_pool/"
 """Scopes of the legacy exporter between which the proposals flow (see onnx_proposals)."""
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+BELOW_THRESHOLD = 0.5
+"""The float64 run records its final NMS's inputs a second time with the score threshold at this fraction of its own
+(`Run.below_threshold`): far below any rounding band, and never more than the model's own per-level top-k keeps."""
 REPORT_SCHEMA_VERSION = 1
 """The version of the detector report's JSON (`--json`); it changes when a field changes meaning or goes."""
 REPORT_KIND = "detector"
@@ -227,6 +230,10 @@ class Run:
     """Faster R-CNN: each image's RPN proposals (the box head's rows, in order); empty when not captured."""
     rpn_candidates: list[Detections] = field(default_factory=list)
     """In float64: the inputs of each image's RPN NMS (boxes, scores, level as label)."""
+    below_threshold: list[Detections] = field(default_factory=list)
+    """In float64: the inputs of each image's final NMS with the score threshold at `BELOW_THRESHOLD` of its own (the
+    detections near the threshold that rounding can keep or drop, which `candidates`, recorded after the threshold,
+    lack): a `score threshold` borderline must be one of them."""
     samples: list[dict[str, np.ndarray]] = field(default_factory=list)
     """Eager float32: each image's dense tensors (but the per-proposal ones) from the detector with its norms folded
     into its convolutions (`folded_samples`), a second float32 rounding for the channel floors; empty where nothing
@@ -521,12 +528,14 @@ def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, ru
                                                 require_all=True))
     scales = candidate_scales(report.name, report.images)
     for label, run in [(EAGER, eager), *runs.items()]:
+        below = oracle.below_threshold or None  # an export folder's goldens do not hold them
         report.detections.append(compare_detections(label, run.detections, ORACLE, oracle.detections,
-                                                     report.floor, rules, oracle.candidates, tolerance.factor, scales))
+                                                     report.floor, rules, oracle.candidates, tolerance.factor, scales,
+                                                     below))
         if label != EAGER:
             report.detections.append(compare_detections(label, run.detections, EAGER, eager.detections,
                                                         report.floor, rules, oracle.candidates, tolerance.factor,
-                                                        scales))
+                                                        scales, below))
 
 
 def candidate_scales(name: str, images: Sequence[np.ndarray]) -> list[tuple[float, float]] | None:
@@ -651,7 +660,8 @@ def _guarded(label: str, run: Callable[[Sequence[torch.Tensor]], Run], inputs: S
     checks.append(RepeatCheck(label, differences, mutated))
     first = slice(0, count)
     return Run(both.detections[first], concat_dense(both.per_image[first], inputs) if both.per_image else {},
-               both.candidates[first], both.per_image[first], both.proposals[first], both.rpn_candidates[first])
+               both.candidates[first], both.per_image[first], both.proposals[first], both.rpn_candidates[first],
+               below_threshold=both.below_threshold[first])
 
 
 def _image_outputs(run: Run, image: int) -> dict[str, np.ndarray]:
@@ -684,6 +694,32 @@ def _record_nms(calls: list[Detections]) -> Iterator[None]:
         box_ops.batched_nms = original
 
 
+@contextlib.contextmanager
+def _record_below_threshold(model: torch.nn.Module, calls: list[Detections], below: list[Detections]) -> Iterator[None]:
+    """While `_record_nms` records into `calls`, run the final post-processing once more before each of its own calls,
+    with the score threshold at `BELOW_THRESHOLD` of its own, and move what that one passed to its NMS into `below`;
+    the model's own call then runs as it is (its detections and `calls` unchanged). Only on a private copy."""
+    holder = model.roi_heads if hasattr(model, "roi_heads") else model
+    original, threshold = holder.postprocess_detections, holder.score_thresh
+
+    def twice(*args: Any, **kwargs: Any) -> Any:
+        start = len(calls)
+        holder.score_thresh = threshold * BELOW_THRESHOLD
+        try:
+            original(*args, **kwargs)
+        finally:
+            holder.score_thresh = threshold
+        below.extend(calls[start:])
+        del calls[start:]
+        return original(*args, **kwargs)
+
+    holder.postprocess_detections = twice
+    try:
+        yield
+    finally:
+        del holder.postprocess_detections
+
+
 def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: bool) -> Run:
     """Detections and dense tensors of each image (dense ones named `module#call`, images concatenated);
     for Faster R-CNN the RPN's proposals; in float64 also the final NMS's (and the RPN NMS's) candidates."""
@@ -699,14 +735,16 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
     for image in inputs:
         seen: dict[str, list[torch.Tensor]] = {m: [] for m in modules}
         hooks = [model.get_submodule(m).register_forward_hook(
-            lambda mod, args, out, store=seen[m]: store.append(out.detach().clone())) for m in modules]
+            lambda mod, args, out, store=seen[m]: store.append(_one_tensor(out).detach().clone())) for m in modules]
         proposals: list[torch.Tensor] = []
         if built.per_proposal_modules:  # the box head's rows are these proposals, in this order
             hooks.append(model.roi_heads.register_forward_pre_hook(
                 lambda mod, args, store=proposals: store.append(args[1][0].detach().clone())))
         calls: list[Detections] = []
         try:
-            with torch.inference_mode(), (_record_nms(calls) if float64 else contextlib.nullcontext()):
+            with (torch.inference_mode(), _record_nms(calls) if float64 else contextlib.nullcontext(),
+                  _record_below_threshold(model, calls, result.below_threshold) if float64
+                  else contextlib.nullcontext()):
                 out = model([image.to(dtype)])[0]
         finally:
             for hook in hooks:
@@ -723,6 +761,12 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
     return result
 
 
+def _one_tensor(out: Any) -> torch.Tensor:
+    """A dense module's output for one image: a tensor, or an anchor generator's list of one tensor per image (every
+    call here holds one image)."""
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
 def folded_samples(built: BuiltDetector, inputs: Sequence[torch.Tensor]) -> list[dict[str, np.ndarray]]:
     """Each image's dense tensors from `built` with every norm that follows a convolution folded into it, in float32
     (verify/judge/oracle.py `folded_float32`): ONNX Runtime folds them so, and rounds otherwise than eager. The
@@ -735,7 +779,9 @@ def folded_samples(built: BuiltDetector, inputs: Sequence[torch.Tensor]) -> list
     folded = folded_float32(built.model, None, call=lambda model: model([inputs[0].clone()]))
     if folded is None:
         return []
-    rows = set(Judging.of(built).per_proposal)
+    from exporter.families.detectors import ANCHOR_MODULES
+
+    rows = {*Judging.of(built).per_proposal, *ANCHOR_MODULES.values()}  # anchors: no norm in them, one floor each
     run = run_eager(replace(built, model=folded), inputs, float64=False)
     return [{name: value for name, value in image.items() if name.rpartition("#")[0] not in rows}
             for image in run.per_image]
@@ -816,12 +862,17 @@ def _script_pieces(model: Any, image: torch.Tensor, modules: list[str]) -> tuple
         dict[str, torch.Tensor], torch.Tensor | None, dict[str, Any] | None]:
     """One image through the scripted detector's pieces as GeneralizedRCNN, RetinaNet and SSD's forward call them:
     (each dense module's outputs named `module#call` as eager's hooks name them, the RPN's proposals or None, the
-    post-processed detections or None). RetinaNet and SSD's anchors and decoding run in the file's own forward only:
-    their pieces are the dense heads, and their detections come from the forward alone."""
+    post-processed detections or None). The anchors come from the file's own anchor generator. RetinaNet and SSD's
+    decoding runs in the file's own forward only: their pieces are the dense heads and anchors, and their detections
+    come from the forward alone."""
+    from exporter.families.detectors import ANCHOR_MODULES
+
     images, _ = model.transform([image])
     features = model.backbone(images.tensors)
     levels = list(features.values()) if isinstance(features, dict) else [features]
     tensors: dict[str, torch.Tensor] = {}
+    for name in set(modules) & set(ANCHOR_MODULES.values()):  # every level's anchors, as its forward makes them
+        tensors[f"{name}#0"] = _attribute(model, name)(images, levels)[0]
     proposals = None
     if hasattr(model, "rpn"):
         logits, deltas = model.rpn.head(levels)
@@ -979,15 +1030,53 @@ def onnx_scopes(module: str, call: int) -> list[str]:
 def onnx_dense_outputs(model: Any, dense: list[str]) -> dict[str, str]:
     """Each dense tensor (`module#call`) -> the name of the ONNX value the module's Conv/Gemm produced;
     a tensor not found exactly once is left out (and then fails as missing)."""
+    from exporter.families.detectors import ANCHOR_MODULES
+
     outputs = {}
     for name in dense:
         module, _, call = name.partition("#")
+        if module in ANCHOR_MODULES.values():
+            found = onnx_scope_outputs(model, onnx_scopes(module, int(call)))
+            if len(found) == 1:
+                outputs[name] = found.pop()
+            continue
         hits = {n.output[0] for scope in onnx_scopes(module, int(call)) for n in model.graph.node
                 if n.op_type in ("Conv", "Gemm", "MatMul") and n.output and n.output[0].startswith(scope)
                 and re.fullmatch(r"[A-Za-z]+_output_0", n.output[0][len(scope):])}
         if len(hits) == 1:
             outputs[name] = hits.pop()
     return outputs
+
+
+def onnx_scope_outputs(model: Any, scopes: list[str]) -> set[str]:
+    """The float values that nodes of a module's scope (an anchor generator: no Conv of its own) hand to nodes outside
+    it, the graph's outputs included: what the module returned. The legacy exporter lets later code reuse the scope's
+    shape arithmetic (RetinaNet's anchors per level: integer Gathers of feature-map sizes), so only float values
+    count, typed by ONNX's shape inference."""
+    inside = {out for node in model.graph.node if any(node.name.startswith(s) for s in scopes) for out in node.output}
+    used = {name for node in model.graph.node if not any(node.name.startswith(s) for s in scopes)
+            for name in node.input} | {o.name for o in model.graph.output}
+    found = inside & used
+    if not found:
+        return found
+    types = _value_types(model)
+    return {name for name in found if types.get(name) == 1}  # onnx.TensorProto.FLOAT
+
+
+def _value_types(model: Any) -> dict[str, int]:
+    """Each value's element type, by ONNX's shape inference on the graph without its weights (their types kept)."""
+    import onnx
+
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    del graph.initializer[:]
+    graph.input.extend(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+                       for init in model.graph.initializer)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph, opset_imports=model.opset_import))
+    except Exception:  # onnx raises its own types; nothing typed is then found, which fails as missing
+        return {}
+    return {value.name: value.type.tensor_type.elem_type for value in inferred.graph.value_info}
 
 
 def onnx_proposals(model: Any) -> str | None:

@@ -24,7 +24,7 @@ from exporter.detector_manifest import (
     write_detector_manifest,
 )
 from exporter.errors import ArtifactError, SetupError
-from exporter.families.detectors import DETECTORS, dense_modules, per_proposal_modules, resized_size
+from exporter.families.detectors import ANCHOR_MODULES, DETECTORS, dense_modules, per_proposal_modules, resized_size
 from exporter.formats import get_format
 from exporter.manifest import EXTERNAL_DATA_FORMAT, GOLDENS_NAME, read_goldens
 from verify.detect.check import (
@@ -251,12 +251,14 @@ def _judged(art: DetectorFolder) -> str:
     modules = {name.partition("#")[0] for name in art.manifest.dense_outputs}
     if detector.kind == "ssd":
         heads = {module.rpartition(".module_list.")[0] for module in modules}
-        missing = sorted({"head.classification_head", "head.regression_head"} - heads)
+        missing = sorted({"head.classification_head", "head.regression_head"} - heads
+                         | {ANCHOR_MODULES[detector.kind]} - modules)
     else:
         missing = sorted(set(dense_modules(None, detector.kind)) - modules)
     if missing:
         raise ArtifactError(f"dense_outputs leaves out {missing[0]}, a head of {detector.name}: every dense tensor "
-                            "of the detector is judged")
+                            "of the detector is judged (a folder written before its anchors were judged: export it "
+                            "again)")
     return f"{len(art.manifest.dense_outputs)} dense tensors per image, every head of {detector.name}"
 
 

@@ -277,13 +277,17 @@ def _finite(value: float) -> float | None:
 def compare_detections(a_label: str, a: Sequence[Detections], b_label: str, b: Sequence[Detections],
                        floor: DetectionFloor, rules: Rules, candidates: Sequence[Detections] | None = None,
                        factor: float = AUTO_FACTOR,
-                       scales: Sequence[tuple[float, float]] | None = None) -> DetectionPair:
+                       scales: Sequence[tuple[float, float]] | None = None,
+                       below_threshold: Sequence[Detections] | None = None) -> DetectionPair:
     """Judge run `a` against reference `b` (one Detections per image). `candidates` are the oracle's
     float64 inputs to the final NMS per image (to recompute NMS decisions); without them an NMS decision
     is recomputed on the detections' own boxes. `scales`: per image, (x, y) from the candidates' frame (the
     detector's resized image) to the detections' (torchvision's `resize_boxes`); with them, a detection of run `a`
     alone is a `detections cap` or `NMS` borderline only if a float64 candidate has its class, box and score within
-    rounding (a box the model never proposed is no rounding)."""
+    rounding (a box the model never proposed is no rounding). `below_threshold`: per image, the oracle's final-NMS
+    inputs recorded with a lower score threshold; with them (and `scales`), a `score threshold` borderline of run `a`
+    must be one of them up to rounding too (without them it is not asked: its float64 twin fell under the threshold,
+    before `candidates` were recorded)."""
     pair = DetectionPair(a_label, b_label, factor, floor)
     if len(a) != len(b):
         pair.reference_per_image = [len(d) for d in b]
@@ -293,7 +297,8 @@ def compare_detections(a_label: str, a: Sequence[Detections], b_label: str, b: S
     for image, (run, ref) in enumerate(zip(a, b, strict=True)):
         cands = candidates[image] if candidates is not None else None
         scale = scales[image] if scales is not None else None
-        ratio = _judge_image(pair, image, run, ref, floor, rules, cands, factor, scale)
+        below = below_threshold[image] if below_threshold is not None else None
+        ratio = _judge_image(pair, image, run, ref, floor, rules, cands, factor, scale, below)
         if ratio > worst or (pair.worst_image is None and pair.unexplained):
             worst, pair.worst_image = ratio, image
     return pair
@@ -301,7 +306,7 @@ def compare_detections(a_label: str, a: Sequence[Detections], b_label: str, b: S
 
 def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detections, floor: DetectionFloor,
                  rules: Rules, candidates: Detections | None, factor: float,
-                 scale: tuple[float, float] | None = None) -> float:
+                 scale: tuple[float, float] | None = None, below: Detections | None = None) -> float:
     import numpy as np
 
     pairs = assign(run, ref)
@@ -317,7 +322,7 @@ def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detectio
     lone_run = sorted(set(range(len(run))) - {i for i, _, _ in pairs})
     lone_ref = sorted(set(range(len(ref))) - {j for _, j, _ in pairs})
     pair.label_mismatches += _label_mismatches(run.take(lone_run), ref.take(lone_ref))
-    context = _Context(image, floor, rules, candidates, factor, scale)
+    context = _Context(image, floor, rules, candidates, factor, scale, below)
     before = len(pair.unexplained)
     for side, mine, other, lone in (("run", run, ref, lone_run), ("reference", ref, run, lone_ref)):
         for k in lone:
@@ -356,6 +361,9 @@ class _Context:
     factor: float
     scale: tuple[float, float] | None = None
     """(x, y) from the candidates' frame to the detections' (None: unknown, no candidate is asked for)."""
+    below: Detections | None = None
+    """The oracle's final-NMS inputs recorded with a lower score threshold (None: not recorded, a `score threshold`
+    borderline is not asked for its candidate)."""
 
     @property
     def band_factor(self) -> float:
@@ -371,8 +379,9 @@ class _Context:
         if refused:
             return Unexplained(self.image, side, label, score, [float(v) for v in box], refused)
         found = self._threshold(score) or self._cap(score, other) or self._nms(label, score, box, other)
-        if found and found[0] != "score threshold" and side == "run":
-            refused = self._unproposed(label, score, box)
+        if found and side == "run":
+            refused = self._unproposed(label, score, box, self.below if found[0] == "score threshold"
+                                       else self.candidates)
             if refused:
                 return Unexplained(self.image, side, label, score, [float(v) for v in box],
                                    f"{found[0]} would explain it, but {refused}")
@@ -414,15 +423,15 @@ class _Context:
                         "(a duplicate)")
         return None
 
-    def _unproposed(self, label: int, score: float, box: np.ndarray) -> str | None:
+    def _unproposed(self, label: int, score: float, box: np.ndarray, cands: Detections | None) -> str | None:
         """Why no float64 candidate of the final NMS (in the detections' frame) is this run detection up to rounding:
         same class, score within the score band, every coordinate within the box band. A cap or NMS decision that
         rounding flips only keeps or drops a detection the model proposed; a runtime that moved its lowest kept box
         40 px (or made one up) at that score passed as two `detections cap` borderlines. A `score threshold` one is
-        not asked: in float64 it fell under the threshold, before the NMS its candidates were recorded at."""
+        asked of `below` (in float64 it fell under the threshold, before `candidates` were recorded; hunt 19a: a
+        run-only detection at the threshold passed whatever its box); with no such candidates recorded, not asked."""
         import numpy as np
 
-        cands = self.candidates
         if cands is None or self.scale is None:
             return None
         same = np.flatnonzero(cands.labels == label)
@@ -433,7 +442,8 @@ class _Context:
             near = (np.abs(boxes - box).max(axis=1) <= slack) & (np.abs(cands.scores[same] - score) <= self.score_band)
             if near.any():
                 return None
-        return (f"no float64 candidate of the model's final NMS has its class, box and score within rounding "
+        which = " (recorded with a lower score threshold)" if cands is self.below else ""
+        return (f"no float64 candidate of the model's final NMS{which} has its class, box and score within rounding "
                 f"({len(same)} of class {label}): rounding does not make a box up")
 
     def _box_error(self) -> float:
