@@ -69,8 +69,15 @@ def test_a_head_scaled_in_place_after_the_layer_is_lifted_by_the_scaled_bound():
     assert scaled == pytest.approx(plain / 1000.0, rel=1e-6)
 
 
-def test_a_head_mapped_in_place_after_the_layer_is_not_lifted():
-    assert "output0" not in bounds_of(Head(after="sigmoid_"))
+SIGMOID_MAX_SLOPE = 0.25
+"""d/dy sigmoid(y) at y = 0, its largest."""
+
+
+def test_a_head_mapped_in_place_after_the_layer_carries_its_bound_through_the_map():
+    """Hunt 18a left `y.sigmoid_()` with no lift; since hunt 19b the bound is carried through the map
+    (`_mapped_bound`): never wider than the head's own bound times the map's largest slope."""
+    mapped = bounds_of(Head(after="sigmoid_"))["output0"]
+    assert 0 < mapped <= SIGMOID_MAX_SLOPE * bounds_of(Head())["output0"] * (1 + 1e-6)
 
 
 def test_a_linear_subclass_with_its_own_forward_is_not_lifted():

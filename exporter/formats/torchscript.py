@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,8 @@ class TorchScriptFormat(Format):
                     f"{next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)}"
                     + ("; pass --trace to export it by tracing" if options.method == "script" else "")
                 ) from exc
-            refuse_traced_reads(caught, ctx)
+            if options.method == "trace":  # a script keeps what the model reads
+                refuse_traced_reads(caught, ctx)
             save_through_memory(lambda buffer: torch.jit.save(module, buffer, _extra_files={
                 TORCHSCRIPT_META_FILE: meta.to_json()}), path)
         return Artifact(self.name, meta, path=path)
@@ -135,15 +137,22 @@ def refuse_traced_reads(caught: list[warnings.WarningMessage], ctx: ExportContex
     Which it read is told by an eager run of the model that watches for tensors handed to Python (`_reads_values`):
     values are refused whatever the export (no input can show a threshold it does not cross: review 17); sizes only
     where the export claims dynamic axes (a size frozen in a trace holds at the example's size alone, and a second
-    shape shows no threshold on it that it does not reach), never in a static one, where they are right."""
+    shape shows no threshold on it that it does not reach), never in a static one, where they are right. A user's model
+    traced without such a warning is run so too (as the trace ran it: `_reads_values` with `tracing`): a model can
+    silence the trace's warnings itself (hunt 19b)."""
     import torch
 
     said = next((str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)
                  and any(read in str(w.message) for read in TRACED_READS)), None)
+    values = None
     if said is None:
-        return
+        if getattr(ctx.built.spec, "registered", False) or not _reads_values(ctx, tracing=True):
+            return
+        # a user's model that silenced the trace's warning itself (`warnings.simplefilter("ignore")` in its forward,
+        # hunt 19b: exported with exit 0, the file keeping the example's branch) still read what it read
+        said, values = "no TracerWarning reached this tool: the model silenced it", True
     first = said.strip().split(". ")[0][:120]
-    if _reads_values(ctx):
+    if values or _reads_values(ctx):
         raise ExportError(f"{how} of {ctx.built.spec} read the input's values as a Python value ({first}): the file "
                           f"would keep the example's value for every input; {fix}")
     if ctx.dynamic:
@@ -152,18 +161,75 @@ def refuse_traced_reads(caught: list[warnings.WarningMessage], ctx: ExportContex
                           f"and width; pass --static, or {fix}")
 
 
-def _reads_values(ctx: ExportContext) -> bool:
+def _reads_values(ctx: ExportContext, tracing: bool = False) -> bool:
     """Whether the model, run eagerly on a copy of the example, hands values of its input to Python (PYTHON_READS): in
     an eager run sizes are Python ints, so what a trace warned of was then a value. A tensor made from the model's
-    parameters and buffers alone (and from factories given only Python numbers: sizes) holds no value of the input,
-    and a trace keeps it right for every input: reading it (`float(self.temperature)`, hunt 18a: refused as a read of
-    the input) is none. Any other tensor read counts. A run that fails counts as one."""
+    parameters, buffers and tensors kept as plain attributes of its modules (`self.scale = torch.tensor(2.0)`; and
+    from factories given only Python numbers: sizes) holds no value of the input, and a trace keeps it right for every
+    input: reading it (`float(self.temperature)`, hunt 18a: refused as a read of the input) is none. Any other tensor
+    read counts, and so does one of those the run changes (written in place, or an attribute set to another tensor:
+    `self.last = x`): it holds what an earlier call put there, an earlier input. A run that fails counts as one.
+    With `tracing`, `torch.jit.is_tracing()` says True meanwhile: the run takes the branches the trace took (a check
+    of values the model makes only when not traced is no read the file keeps)."""
+    model = ctx.built.model
+    kept = _kept_tensors(model)
+    before = {key: (t, _stamp(t)) for key, t in kept.items()}
+    seen, changed = _watched_run(ctx, {id(t): t for t in kept.values()}, tracing)
+    after = _kept_tensors(model)
+    state = {id(t) for key, (t, stamp) in before.items()
+             if after.get(key) is not t or not _same_stamp(t, stamp)}
+    if seen or not state or changed is None:
+        return seen if changed is not None else True
+    # a tensor the model keeps and changes is state: read again with it (and what it makes) counted as the input's
+    return _watched_run(ctx, {id(t): t for t in kept.values() if id(t) not in state}, tracing)[0]
+
+
+def _kept_tensors(model: Any) -> dict[tuple[int, str, int], Any]:
+    """Every tensor the model keeps: its parameters, buffers and tensors held by plain attributes of its modules
+    (directly, or in a list, tuple or dict), by (module, attribute, position)."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    found: dict[tuple[int, str, int], Any] = {}
+    for module in model.modules():
+        for attribute, value in vars(module).items():
+            if attribute in ("_modules", "_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                             "_state_dict_hooks"):
+                continue
+            try:
+                leaves = tree_leaves(value)
+            except Exception:  # noqa: BLE001 - a value pytree cannot walk holds no tensor we count
+                continue
+            for position, leaf in enumerate(leaves):
+                if isinstance(leaf, torch.Tensor):
+                    found[(id(module), attribute, position)] = leaf
+    return found
+
+
+def _stamp(tensor: Any) -> Any:
+    """What tells whether `tensor` is written in place: its version counter, or a copy of it (an inference tensor)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return tensor.detach().clone()
+
+
+def _same_stamp(tensor: Any, stamp: Any) -> bool:
+    import torch
+
+    if isinstance(stamp, int):
+        try:
+            return tensor._version == stamp
+        except RuntimeError:
+            return False
+    return tensor.shape == stamp.shape and bool(torch.equal(tensor, stamp)) if tensor.dtype == stamp.dtype else False
+
+
+def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = False) -> tuple[bool, bool | None]:
+    """(whether the run handed a tensor not made of `constant` alone to Python, True: it ran; None where it failed)."""
     import torch
     from torch.overrides import TorchFunctionMode
     from torch.utils._pytree import tree_leaves
-
-    model = ctx.built.model
-    constant = {id(t): t for t in (*model.parameters(), *model.buffers())}  # kept alive: no id is reused meanwhile
 
     class Reads(TorchFunctionMode):
         seen = False
@@ -185,12 +251,15 @@ def _reads_values(ctx: ExportContext) -> bool:
                     constant.pop(id(t), None)
             return out
 
+    from unittest import mock
+
     try:
-        with Reads(), torch.inference_mode():
-            model(ctx.example.clone())
+        with Reads(), torch.inference_mode(), \
+                mock.patch.object(torch.jit, "is_tracing", lambda: True) if tracing else contextlib.nullcontext():
+            ctx.built.model(ctx.example.clone())
     except Exception:  # noqa: BLE001 - a model that fails on its own example is judged elsewhere; say values
-        return True
-    return Reads.seen
+        return True, None
+    return Reads.seen, True
 
 
 def read_zip_meta(path: Path, what: str) -> ArtifactMeta:

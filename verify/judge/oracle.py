@@ -378,6 +378,8 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray], outputs: Map
     a float otherwise): another runtime sums in another order, and on the few values of a head the one float32 run
     measured is no estimate of that (a correct dynamo ONNX export of a model ending in Linear(256, 10) failed at
     6.0x its floor on one input: hunt 16b; one ending in a global pool and a 1x1 Conv2d(512, 10), 5.4x: hunt 17a).
+    A head the model maps in place afterwards keeps the bound scaled by a scale (`_kept`), or carried through any
+    other map by the float64 model run with the head's values moved by it (`_mapped_bound`: four more runs, only there).
     {} for a file, a registered backbone or a model without such a layer. Runs the float32 model once more, on a
     copy of the feed, unless its float32 `outputs` on that feed show no output can be such a head (no Linear in the
     model, and every output with at least MIN_CHANNEL_ELEMENTS values a channel, as a backbone's feature maps)."""
@@ -401,13 +403,15 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray], outputs: Map
         return {}  # a conv's or pool's few values a channel would show in the outputs' own shapes
     if torch.nn.modules.module._global_forward_hooks:
         return {}  # a model's global hook may replace what a layer returns before this one sees it
-    made: dict[int, tuple[Any, Any, Any, Any]] = {}
+    made: dict[int, tuple[Any, Any, Any, Any, int]] = {}
+    calls: dict[int, int] = {}
 
     def hook(module, args, output):
+        calls[id(module)] = call = calls.get(id(module), 0) + 1
         if isinstance(output, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
             # the layer's own value, kept: a model that changes it in place afterwards (`logits /= 1000`,
             # `y.sigmoid_()`) returns the same tensor holding other values than the ones this layer's sums bound
-            made[id(output)] = (output, module, args[0].detach().double(), output.detach().clone())
+            made[id(output)] = (output, module, args[0].detach().double(), output.detach().clone(), call)
 
     # first of the layer's hooks, so that a model's own hook replacing the output leaves another tensor returned
     handles = [m.register_forward_hook(hook, prepend=True) for m in heads]
@@ -420,16 +424,95 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray], outputs: Map
     bounds: dict[str, float | np.ndarray] = {}
     for name, tensor in output_tensors(result, artifact.meta.output_names):
         found = made.get(id(tensor))
-        scale = None if found is None or found[0] is not tensor else _kept(found[3], tensor)
-        if scale is None:
+        if found is None or found[0] is not tensor:
             continue
+        scale = _kept(found[3], tensor)
         channels = _summation_floors(found[1], found[2], pools_with_few_outputs=True)
         if channels is None or not (channels > 0).any():
             continue
-        channels = channels * scale
+        if scale is None:  # mapped in place otherwise (`y.sigmoid_()`, `y.clamp_(-1, 1)`): measure how it moves
+            channels = _mapped_bound(artifact, feed, name, found[1], found[4], channels)
+            if channels is None or not (channels > 0).any():
+                continue
+        else:
+            channels = channels * scale
         by_channel = tensor.dim() == 4 and tensor.shape[CHANNEL_AXIS] > 1 and channels.shape == (tensor.shape[1],)
         bounds[name] = channels if by_channel else float(channels.max())
     return bounds
+
+
+MAPPED_RUNS_SEED = 0
+"""The seed of the signs `_mapped_bound` moves a head's values by (fixed: the same floor on every run)."""
+
+
+def _mapped_bound(artifact: Artifact, feed: dict[str, np.ndarray], name: str, head: Any, call: int,
+                  channels: np.ndarray) -> np.ndarray | None:
+    """The summation bound `channels` (per channel of the head's output, or one value) of a head whose tensor the
+    model then maps in place by something other than a scale (`y.sigmoid_()`, `y.add_(b)`, `y.clamp_(lo, hi)`), as it
+    reaches output `name`: the float64 model run with that call of the head moving each value by +-its bound (random
+    signs), and per element the smaller of the two moves of the output (0 where the map drops the layer's values:
+    `y.mul_(0).add_(z)`; the bound x the slope where it is elementwise and smooth). None where the float64 model
+    cannot be run so, or is not deterministic: the output keeps its measured floor. Per channel of the output where it
+    has channels (as `summed_outputs`), else one value."""
+    import numpy as np
+    import torch
+
+    from verify.runtimes.torch_common import output_tensors
+
+    built = artifact.built
+    model = built.model
+    path = next((n for n, m in model.named_modules() if m is head), None)
+    try:
+        model64 = built.float64() if hasattr(built, "float64") else None
+        if model64 is None:
+            import copy
+
+            model64 = copy.deepcopy(model).double()
+        head64 = model64.get_submodule(path) if path is not None else None
+    except Exception:  # noqa: BLE001 - no float64 model to run: no bound
+        return None
+    if head64 is None:
+        return None
+    x = torch.from_numpy(next(iter(feed.values())).copy()).double()
+    state: dict[str, Any] = {"sign": 0.0, "call": 0}
+
+    def move(module, args, output):
+        state["call"] += 1
+        if state["sign"] == 0.0 or state["call"] != call or not isinstance(output, torch.Tensor) \
+                or not output.is_floating_point():
+            return None
+        bound = torch.as_tensor(channels, dtype=output.dtype)
+        if output.dim() > 1 and bound.numel() == output.shape[1]:
+            bound = bound.reshape(1, -1, *[1] * (output.dim() - 2))
+        else:
+            bound = bound.max()
+        generator = torch.Generator().manual_seed(MAPPED_RUNS_SEED)  # the same signs up and down
+        signs = torch.randint(0, 2, output.shape, generator=generator).to(output.dtype) * 2 - 1
+        return output + state["sign"] * signs * bound
+
+    def run(sign: float) -> np.ndarray | None:
+        state.update(sign=sign, call=0)
+        with torch.inference_mode():
+            result = model64(x.clone())
+        found = dict(output_tensors(result, artifact.meta.output_names)).get(name)
+        return None if not isinstance(found, torch.Tensor) else found.detach().double().numpy().copy()
+
+    handle = head64.register_forward_hook(move, prepend=True)
+    try:
+        base, again, up, down = run(0.0), run(0.0), run(1.0), run(-1.0)
+    except Exception:  # noqa: BLE001 - the model refuses to run so: no bound
+        return None
+    finally:
+        handle.remove()
+    runs = (base, again, up, down)
+    if any(r is None or r.shape != runs[0].shape for r in runs) or not np.array_equal(base, again, equal_nan=True):
+        return None  # not one function of its input (a random op): no move can be read from it
+    with np.errstate(invalid="ignore"):
+        moved = np.minimum(np.abs(up - base), np.abs(down - base))
+    moved = np.where(np.isfinite(moved), moved, 0.0)
+    if moved.ndim == 4 and moved.shape[CHANNEL_AXIS] > 1:
+        return _per_channel_max(torch.from_numpy(moved))
+    return np.asarray([moved.max(initial=0.0)])
 
 
 def _kept(made: torch.Tensor, returned: torch.Tensor) -> float | None:
@@ -437,7 +520,7 @@ def _kept(made: torch.Tensor, returned: torch.Tensor) -> float | None:
     floor scales by: 1 where each element is the layer's or zero (an in-place ReLU after the head,
     `F.relu(y, inplace=True)`, moves no value the bound is for), |c| where the model scaled it in place by one number
     c (`logits /= temperature`: the bound scales with it), None where it mapped it otherwise (`y.sigmoid_()`): such
-    an output keeps its measured floor."""
+    an output's bound is measured through the map (`_mapped_bound`)."""
     import torch
 
     if torch.equal(made, returned) or torch.equal(torch.where(returned == 0, returned, made), returned):

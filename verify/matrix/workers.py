@@ -14,7 +14,15 @@ from typing import Any
 
 from verify.matrix.cell import CELL_FOLDER_PREFIX, CellJob, execute_cell
 from verify.matrix.result import ERROR, CellResult
-from verify.pipeline.isolation import IsolatedRunError, adopt, caller_place, safe_loads, worker_context
+from verify.pipeline.isolation import (
+    IsolatedRunError,
+    adopt,
+    caller_place,
+    safe_loads,
+    start_process,
+    stop_group,
+    worker_context,
+)
 
 
 def worker_threads(jobs: int) -> int:
@@ -54,10 +62,14 @@ class _Worker:
     @classmethod
     def start(cls, context: Any, threads: int) -> _Worker:
         parent, child = context.Pipe()
-        process = context.Process(target=_worker_main, args=(child, threads, caller_place()), daemon=True,
-                                  name="verify-matrix-worker")
-        process.start()
-        child.close()
+        try:
+            process = start_process(context, target=_worker_main, args=(child, threads, caller_place()), daemon=True,
+                                    name="verify-matrix-worker")
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
         return cls(process, parent)
 
     def give(self, job: CellJob) -> None:
@@ -69,6 +81,7 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(WORKER_STOP_S)
+        stop_group(self.process.pid)  # what a user model's code forked in it, left running (it holds our stderr)
         self.conn.close()
         remove_cell_folders(self.process.pid)
 

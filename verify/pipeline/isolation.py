@@ -141,6 +141,29 @@ def worker_context() -> Any:
     return context
 
 
+START_TRIES = 5
+"""How many times a worker's start is tried: the fork server it is forked from may be dying (a user's model killed it,
+`os.kill(os.getppid(), SIGKILL)`: multiprocessing starts another only once the dead one is reaped, and asked
+meanwhile it answers EOF or refuses the connection, which aborted every later cell of a matrix with "unexpected
+EOFError")."""
+START_RETRY_S = 0.2
+
+
+def start_process(context: Any, **kwargs: Any) -> Any:
+    """`context.Process(**kwargs)` started, tried again (a new one each time) while the fork server is dying; an
+    IsolatedRunError (exit 2, one line) when it never starts."""
+    for attempt in range(START_TRIES):
+        process = context.Process(**kwargs)
+        try:
+            process.start()
+            return process
+        except (EOFError, OSError) as exc:
+            failure = exc
+            time.sleep(START_RETRY_S * (attempt + 1))
+    raise IsolatedRunError(f"No worker process could be started ({type(failure).__name__}: {failure}): the fork server "
+                           "that starts them stopped (did a model's code signal its parent process?); rerun")
+
+
 def caller_place() -> tuple[dict[str, str], str, list[str]]:
     """This process's environment, folder and import path, for a worker to `adopt`."""
     import os
@@ -210,9 +233,13 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float |
     context = worker_context()
     receive, send = context.Pipe(duplex=False)
     where = caller_place()
-    worker = context.Process(target=_worker, args=(send, fn, args, kwargs, _threads(), where), daemon=True)
-    worker.start()
-    send.close()
+    try:
+        worker = start_process(context, target=_worker, args=(send, fn, args, kwargs, _threads(), where), daemon=True)
+    except BaseException:
+        receive.close()
+        raise
+    finally:
+        send.close()
     deadline = math.inf if not timeout else time.monotonic() + timeout
     steps: list[contextlib.AbstractContextManager[None]] = []
     try:
@@ -279,6 +306,7 @@ class IsolatedSession:
     with the same allow-list as `run_isolated`'s."""
 
     def __init__(self, factory: Callable[..., Any], *args: Any, what: str) -> None:
+        import shutil
         import tempfile
 
         self.what = what
@@ -289,9 +317,15 @@ class IsolatedSession:
         self.tmp = tempfile.mkdtemp(prefix="verify-session-")
         environ, cwd, path = caller_place()
         where = (dict(environ, TMPDIR=self.tmp), cwd, path)
-        self.worker = context.Process(target=_serve, args=(child, factory, args, _threads(), where), daemon=True)
-        self.worker.start()
-        child.close()
+        try:
+            self.worker = start_process(context, target=_serve, args=(child, factory, args, _threads(), where),
+                                        daemon=True)
+        except BaseException:
+            self.conn.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        finally:
+            child.close()
         # a session dropped without close() stops its worker and removes its folder too
         self._finalizer = weakref.finalize(self, _stop_and_clean, self.worker, self.tmp)
         try:
@@ -389,18 +423,25 @@ def _close_all(steps: list) -> None:
 def _stop(worker: Any) -> None:
     """SIGTERM, then SIGKILL after a grace period: a worker never outlives its parent's call; then every process
     left in its group (what the user's code forked, holding this tool's stdout open and the pipe behind it)."""
-    import os
-    import signal
-
     if worker.is_alive():
         worker.terminate()
         worker.join(STOP_GRACE_SECONDS)
     if worker.is_alive():
         worker.kill()
         worker.join()
-    if worker.pid is not None:
+    stop_group(worker.pid)
+
+
+def stop_group(pid: int | None) -> None:
+    """SIGKILL to every process left in the group of a worker that `adopt` made a group leader, once the worker has
+    ended: what the user's code forked (a helper it left running holds this tool's stdout and stderr open, so a
+    `verify ... | tee` waits for it, and it may still write to the cache or the folders after the verdict)."""
+    import os
+    import signal
+
+    if pid is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):  # no group: the worker forked nothing
-            os.killpg(worker.pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _stop_and_clean(worker: Any, folder: str) -> None:
