@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from verify.inputs import SAMPLE_KINDS, SAMPLES_ENV
+from verify.judge.layers import LAYERS_ENV
 from verify.pipeline.overlap import MIN_CPUS, MODE_ENV
 
 SMALL = "resnet18"
@@ -105,10 +106,16 @@ SUITE_SAMPLES = len(SAMPLE_KINDS)
 everywhere at 3/8 of the default's runs (tests/test_evidence.py judges on the default set itself)."""
 
 
+SUITE_LAYERS = "0"
+"""The layer verdict `verify export` runs by default, off in the suite (LAYERS_ENV): it would re-run every layer of
+every export's files; the tests of the default (tests/test_layers.py) unset it, and `--layers` tests ask for it."""
+
+
 def pytest_configure(config):
     check_loadgroup(config)
     use_memory_tmp(config)
     os.environ[SAMPLES_ENV] = str(SUITE_SAMPLES)
+    os.environ[LAYERS_ENV] = SUITE_LAYERS
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = worker_environment(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0), cores)
     os.environ.update(env)

@@ -375,3 +375,77 @@ def test_layers_holding_a_subgraph_run_piece_by_piece():
     model = helper.make_model(graph)
 
     assert run_together(model, [(Unit("m", 0, [0], {"c": None}, "out"), {"c": np.array(True)}, (1,))]) is None
+
+
+# The layer verdict by default: `verify export` of a registered backbone --------------------------------------------
+
+def test_export_runs_the_layer_verdict_by_default_and_a_file_off_on_its_own_fails(tmp_path, monkeypatch,
+                                                                                    quietly_buggy_onnx_exporter):
+    """Without --layers, `verify export` of a registered backbone re-runs every layer of its files: the ONNX file whose
+    one channel is off within the outputs' rounding fails (before: exit 0, the folder published); --no-layers and
+    $BACKBONE_VERIFY_LAYERS=0 judge the outputs alone, as before."""
+    from verify.judge.layers import LAYERS_ENV
+
+    monkeypatch.delenv(LAYERS_ENV, raising=False)
+    args = ("export", "-b", SMALL, "--shape", SHAPE, "--samples", "1", "--format", "onnx", "--no-cache")
+    code, report, output = report_of(tmp_path, *args, "--out", tmp_path / "default")
+    assert code == 1 and all(pair["passed"] for pair in report["pairs"]), "the outputs agree; the layers fail"
+    (check,) = report["layers"]
+    assert check["candidate"] == "model.onnx" and check["named"] == [LAYER]
+    assert "layers" not in report["settings"], "not asked for: the default"
+    assert not (tmp_path / "default" / f"{SMALL}-frozen-body").exists()
+    assert "layers that differ on their own" in output
+
+    code, report, _ = report_of(tmp_path, *args, "--no-layers", "--out", tmp_path / "off")
+    assert code == 0 and "layers" not in report
+    monkeypatch.setenv(LAYERS_ENV, "0")
+    code, report, _ = report_of(tmp_path, *args, "--out", tmp_path / "env-off")
+    assert code == 0 and "layers" not in report
+
+
+def test_a_file_the_default_layer_verdict_cannot_judge_is_a_note_and_asked_for_a_failure():
+    """By default (not asked for) a file with no layer re-run, or with layers that could not run, is a note: the
+    outputs' verdict stands, as without the layer verdict; a layer beyond its floor fails either way."""
+    from verify.judge.layers import Isolation, LayerError, best_effort, unreached
+
+    ok = LayerError("layer1.0.conv1", 0, 1.0, 1e-6, 1e-6)
+    off = LayerError(LAYER, 0, 10 * AUTO_FACTOR, 1e-4, 1e-6)
+    unrun = Isolation("eager", "model2.pt2", AUTO_FACTOR, note="no layer maps back to a module")
+    partly = Isolation("eager", "model3.onnx", AUTO_FACTOR, layers=[ok], unrunnable=["layer4.0.conv1"])
+    passed = Isolation("eager", "model.pt", AUTO_FACTOR, layers=[ok])
+    failed = Isolation("eager", "model.onnx", AUTO_FACTOR, layers=[off, ok], unrunnable=["layer4.0.conv1"])
+    kept, notes = best_effort([unrun, partly, passed, failed])
+    assert kept == [passed, failed] and not failed.passed
+    assert len(notes) == 2 and "model2.pt2" in notes[0] and "model3.onnx" in notes[1]
+    assert unreached(False, [], []) == [] and unreached(True, [], []) != []
+
+
+@pytest.mark.parametrize("value", ["2", "yes", "on"])
+def test_a_bad_layers_environment_value_is_one_line(monkeypatch, value, tmp_path):
+    from verify.judge.layers import LAYERS_ENV
+
+    monkeypatch.setenv(LAYERS_ENV, value)
+    result = invoke("export", "-b", SMALL, "--shape", SHAPE, "--format", "onnx", "--out", tmp_path, "--no-cache")
+    assert result.exit_code == 2 and LAYERS_ENV in result.output and len(result.output.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir()), "refused before any work"
+
+
+def test_the_default_applies_where_the_layer_verdict_was_calibrated(monkeypatch):
+    """A registered backbone on the CPU in float32 with the auto tolerance; not a user's model, another precision or
+    device, or numpy's tolerance modes (none of them calibrated)."""
+    from exporter.spec import ModelSpec
+    from exporter.user_model import UserModelSpec
+    from verify.judge.compare import Tolerance
+    from verify.judge.layers import LAYERS_ENV
+    from verify.pipeline.stages import wants_layers
+    from verify.runtimes import RuntimeOptions
+    from verify.settings import RunSettings
+
+    monkeypatch.delenv(LAYERS_ENV, raising=False)
+    spec = ModelSpec(SMALL, "frozen", "body")
+    assert wants_layers(spec, RunSettings())
+    assert not wants_layers(UserModelSpec.parse("tests/data/tiny.py:make"), RunSettings())
+    assert not wants_layers(spec, RunSettings(runtime=RuntimeOptions(precision="bf16")))
+    assert not wants_layers(spec, RunSettings(tolerance=Tolerance.from_options(rtol=1e-5, atol=1e-6)))
+    monkeypatch.setenv(LAYERS_ENV, "0")
+    assert not wants_layers(spec, RunSettings())

@@ -39,6 +39,7 @@ from verify.settings import (
     RunSettings,
     default_inputs,
     input_dict,
+    refuse_static_shapes,
     refuse_unused_seed,
     settings_dict,
     settings_inputs,
@@ -109,12 +110,14 @@ def _export_cell(spec: ModelSpec | UserModelSpec, settings: RunSettings | None, 
         export_for,
         finish_cell,
         plan_cell,
+        wants_layers,
     )
 
     settings = settings or RunSettings()
     export = export or export_for(runtimes, settings.runtime.device)
     spec.validate()
     export.validate()
+    refuse_static_shapes(settings, export.dynamic)
     if not export.formats:
         asked = f"--runtime {' --runtime '.join(runtimes)} runs no file format" if runtimes else "no format asked"
         raise UsageError(f"Nothing to export: {asked}, and an artifact folder holds model files; add a --runtime "
@@ -123,7 +126,8 @@ def _export_cell(spec: ModelSpec | UserModelSpec, settings: RunSettings | None, 
         from exporter.signing import check_private_key
 
         check_private_key(Path(sign_key))  # before any work
-    request = CellRequest(spec, settings, export, tuple(runtimes) if runtimes else None)
+    request = CellRequest(spec, settings, export, tuple(runtimes) if runtimes else None,
+                          layers_by_default=settings.layers is None and wants_layers(spec, settings))
     plan = plan_cell(request)  # runtimes, precisions and --input checked before the model is built
     cache = default_cache() if cache == "default" else cache
     with cell_context(request) as child:
@@ -340,7 +344,7 @@ def rejudged_layers(report: Report, settings: RunSettings) -> Report:
 
     for check in report.layers:
         check.factor = isolation_factor(settings)
-    report.problems = unreached(settings.layers, report.layers, report.problems)
+    report.problems = unreached(settings.layers is True, report.layers, report.problems)
     return report
 
 

@@ -247,6 +247,15 @@ def load_inputs(path: Path, shape: Sequence[int] | None = None, normalize: bool 
     return [_load_checked(item, shape, normalize) for item in checked]
 
 
+def input_shapes(path: Path, shape: Sequence[int] | None = None) -> list[tuple[Path, tuple[int, ...]]]:
+    """Each input file in `path` (one file or a folder of them) with the NCHW shape it will load to, from headers
+    only (nothing decoded)."""
+    path = Path(path)
+    entries = folder_entries(path) if path_kind(path) == "a directory" else [path]
+    return [(item.path, tuple(item.shape)) for item in
+            (check_file(entry, shape, in_folder=entry != path) for entry in entries)]
+
+
 def load_input(path: Path, shape: Sequence[int] | None = None, normalize: bool = True) -> np.ndarray:
     """One input array from `path` (a folder must hold exactly one)."""
     inputs = load_inputs(path, shape, normalize)

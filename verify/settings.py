@@ -37,10 +37,12 @@ class RunSettings:
     samples: int | None = None
     """Seeded inputs per verdict without --input (None: $BACKBONE_VERIFY_SAMPLES, else DEFAULT_SAMPLES); refused
     beside --input, whose files are the inputs as given."""
-    layers: bool = False
+    layers: bool | None = None
     """The layer verdict (`--layers`, verify/judge/layers.py): every layer of each exported file (ONNX, .pt2,
     TorchScript) re-run alone on the torch model's float64 values for its inputs, each judged on its own floor; a
-    layer that differs on its own fails the report, though its effect on the outputs is within rounding."""
+    layer that differs on its own fails the report, though its effect on the outputs is within rounding. True: asked
+    for (a file it cannot judge fails); False: not run; None: the command's default (`verify export` of a registered
+    backbone runs it, best effort: verify/pipeline/stages.py `wants_layers`; elsewhere not run)."""
 
     def __post_init__(self) -> None:
         """The library refuses what the CLI refuses, before any work."""
@@ -93,9 +95,11 @@ class RunSettings:
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__}, e.g. {example}, not "
                                 f"{type(getattr(self, name)).__name__}")
-        for name in ("normalize", "layers"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, not {type(getattr(self, name)).__name__}")
+        if not isinstance(self.normalize, bool):
+            raise TypeError(f"normalize must be True or False, not {type(self.normalize).__name__}")
+        if self.layers is not None and not isinstance(self.layers, bool):
+            raise TypeError(f"layers must be True, False or None (the command's default), not "
+                            f"{type(self.layers).__name__}")
 
 
 def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
@@ -107,6 +111,24 @@ def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
         raise UsageError(f"--no-normalize changes how images are scaled, and {settings.input_file} holds none (only "
                          ".npy arrays, used as they are): drop --no-normalize")
     return named
+
+
+def refuse_static_shapes(settings: RunSettings, dynamic: bool) -> None:
+    """--static exports take the one shape they are traced at, so a --input folder whose inputs load to several
+    shapes would fail on all but the first, after the export (hunt 19c: `export --static --input FOLDER` of a
+    1x3x32x32 and a 1x3x40x48 array failed at the second with a hint to pass --static); refused before any work."""
+    if dynamic or settings.input_file is None:
+        return
+    from verify.inputs import input_shapes
+
+    shapes: dict[tuple[int, ...], Path] = {}
+    for path, shape in input_shapes(settings.input_file, settings.shape):
+        shapes.setdefault(shape, path)
+    if len(shapes) > 1:
+        listed = ", ".join(f"{path.name} {'x'.join(map(str, shape))}" for shape, path in list(shapes.items())[:3])
+        raise UsageError(f"--static exports one input shape, and --input {settings.input_file} holds inputs of "
+                         f"{len(shapes)} shapes ({listed}): drop --static, pass inputs of one shape, or give images "
+                         "one size with --shape")
 
 
 def refuse_unused_seed(seed: int, weights: str, input_file: Path | str | None, registered: bool = True) -> None:

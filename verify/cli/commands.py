@@ -124,8 +124,8 @@ def export(
                            cache=cache, timeout=user_timeout(timeout))
     if "folder" in report.artifacts:
         print_line(err_console, f"[dim]artifacts in {escape(report.artifacts['folder'])}[/]")
-    if not report.passed and not report.problems and not settings.layers:  # a file differs: name its culprits
-        from verify.explain.isolate import failing_files, name_culprits  # (--layers has re-run every layer already)
+    if not report.passed and not report.problems and not report.layers:  # a file differs: name its culprits
+        from verify.explain.isolate import failing_files, name_culprits  # (the layer verdict re-ran every layer)
 
         name_culprits(report, [(file, model or str(spec)) for file in failing_files(report)], settings,
                       progress_for(err_console), user_timeout(timeout))

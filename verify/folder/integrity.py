@@ -93,10 +93,24 @@ def resolve_folder(path: Path) -> tuple[Path, Path]:
     if not path.exists():
         raise UsageError(f"{path} does not exist")
     if path.is_dir():
+        if not (path / MANIFEST_NAME).exists() and (exports := export_subfolders(path)):
+            # `verify artifact artifacts`, the --out folder, not the export folder in it (hunt 19c: exit 1, "not an
+            # export folder", where the user only named the folder one level up)
+            named = " ".join(str(sub) for sub in exports[:3]) + (" ..." if len(exports) > 3 else "")
+            raise UsageError(f"{path} is not an export folder but holds {len(exports)} (one per export, as --out "
+                             f"writes them): pass those, e.g. {named}")
         return path, path / MANIFEST_NAME
     if path.name == MANIFEST_NAME:
         return path.parent, path
     raise UsageError(f"{path} is neither an export folder nor its {MANIFEST_NAME}")
+
+
+def export_subfolders(path: Path) -> list[Path]:
+    """The folders directly inside `path` that hold a manifest.json (sorted by name), the entries listed only."""
+    try:
+        return sorted(entry for entry in path.iterdir() if (entry / MANIFEST_NAME).is_file())
+    except OSError:
+        return []
 
 
 def is_detector_folder(path: Path) -> bool:

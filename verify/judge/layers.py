@@ -12,6 +12,37 @@ NO_LAYER_VERDICT = ("--layers was asked for and no file's layers could be checke
                     "verdict was reached; export a format whose layers can be re-run (.onnx, .pt2, TorchScript) or "
                     "drop --layers")
 """The problem of a run that asked for the layer verdict and checked no file."""
+LAYERS_ENV = "BACKBONE_VERIFY_LAYERS"
+"""`0` turns off the layer verdict `verify export` runs by default (`by_default`); `1` (or unset) keeps it. A run's
+own `--layers` / `--no-layers` wins."""
+
+
+def layers_by_default() -> bool:
+    """Whether a `verify export` that neither asks for nor refuses the layer verdict runs it (LAYERS_ENV); a value
+    other than 0 or 1 is a one-line UsageError."""
+    import os
+
+    from exporter.errors import UsageError
+
+    text = os.environ.get(LAYERS_ENV, "").strip()
+    if text not in ("", "0", "1"):
+        raise UsageError(f"{LAYERS_ENV}={text[:40]!r} is neither 0 nor 1: set it to 1 (the layer verdict by default) "
+                         "or 0 (the outputs' verdict alone unless --layers), or unset it")
+    return text != "0"
+
+
+def best_effort(checks: list[Isolation]) -> tuple[list[Isolation], list[str]]:
+    """The layer verdict run by default (not asked for with --layers): a file that differs on its own still fails
+    (a layer beyond its floor), and what could not be judged is a note, not a failure, as it would be without the
+    layer verdict: a file with no layer re-run (AOTInductor, a graph without module scopes), or whose layers could
+    not all run on the model's values. Returns (the checks that judge, the notes)."""
+    kept, notes = [], []
+    for check in checks:
+        if check.named or check.passed:
+            kept.append(check)
+        else:
+            notes.append(f"layer verdict not reached (run by default; --layers requires it): {culprit_note(check)}")
+    return kept, notes
 
 
 def unreached(asked: bool, checks: list[Any], problems: list[str]) -> list[str]:

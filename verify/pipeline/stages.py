@@ -57,6 +57,14 @@ class CellRequest:
     export: ExportOptions
     runtimes: tuple[str, ...] | None = None
     """None: every registered runtime that runs an exported format (or the in-memory model)."""
+    layers_by_default: bool = False
+    """Run the layer verdict where `settings.layers` is None (neither asked for nor refused), best effort
+    (verify/judge/layers.py `best_effort`): `verify export` of a registered backbone (`wants_layers`)."""
+
+    @property
+    def layers(self) -> bool:
+        """Whether this cell runs the layer verdict: asked for (`--layers`), or by default."""
+        return self.settings.layers is True or (self.settings.layers is None and self.layers_by_default)
 
 
 @dataclass
@@ -940,7 +948,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
         with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
             artifact = artifacts[plan.formats[name]]
             by_name[name] = run_stage(name, artifact, feeds, settings.runtime, preloads.take(name),
-                                      keeps_module(name, artifact, settings),
+                                      keeps_module(name, artifact, settings, request.layers),
                                       second_feed(artifact, build.named[0].array, export.dynamic))
     runs = [by_name[name] for name in plan.runtimes]
     report.runs = [RunRecord(run.label, run.artifact, run.seconds) for run in runs]
@@ -953,16 +961,21 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     first = oracles[0]
     report.floors, report.floor_source = floors, pooled_source(first.oracle.source, len(oracles))
     layer_notes: list[str] = []
-    if settings.layers:
+    if request.layers:
         report.layers, layer_notes = layers_stage(build, [artifacts[fmt] for fmt in export.formats
                                                           if fmt != eager.format], settings, progress, runs)
+        if settings.layers is None:  # by default, not asked for: what it cannot judge is a note
+            from verify.judge.layers import best_effort
+
+            report.layers, unjudged = best_effort(report.layers)
+            layer_notes += unjudged
     files, unchecked = file_floor_stage(request, plan, build, runs, artifacts, progress,
                                         [o.oracle.outputs for o in oracles], [o.oracle.summed for o in oracles])
     agree = all(pair.passed for pairs in judged for pair in pairs)  # guard 3 guards a pass (a failure stands)
     report.problems, report.trust = trust_problems(runs, oracles, build, settings, files, unchecked, agree)
     from verify.judge.layers import unreached
 
-    report.problems = unreached(settings.layers, report.layers, report.problems)
+    report.problems = unreached(settings.layers is True, report.layers, report.problems)
     shape_notes: list[str] = []
     if agree and not report.problems and any(run.second is not None for run in runs):  # a failure stands as it is
         with progress.step("Running each file at a second shape inside its dynamic axes"):
@@ -977,6 +990,18 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     for thread in stores:  # the files stay where the stores read them until the outcome is returned
         thread.join()
     return CellOutcome(report, build, artifacts, feeds[0], first, statuses)
+
+
+def wants_layers(spec: Any, settings: RunSettings) -> bool:
+    """Whether `verify export` runs the layer verdict when neither --layers nor --no-layers is given: for a registered
+    backbone judged as the layer verdict was calibrated (on the CPU in float32, every runtime option at its default,
+    the auto tolerance: bench/calibrate_auto.py --layers, separation 10.7 where the outputs reach 2), unless
+    $BACKBONE_VERIFY_LAYERS is 0. A user's model (--model) is not: its layers' floors were never calibrated."""
+    from verify.judge.layers import layers_by_default
+    from verify.runtimes import RuntimeOptions
+
+    return (spec.registered and not spec.runs_user_code and settings.runtime == RuntimeOptions()
+            and settings.tolerance.mode == "auto" and layers_by_default())
 
 
 def layers_stage(build: BuildResult, files: Sequence[Artifact], settings: RunSettings, progress: Progress,
@@ -994,14 +1019,14 @@ def layers_stage(build: BuildResult, files: Sequence[Artifact], settings: RunSet
                             build.named[0].array, isolation_factor(settings))
 
 
-def keeps_module(runtime: str, artifact: Artifact, settings: RunSettings) -> bool:
-    """Whether a run keeps its loaded module for the layer verdict: `--layers` asked, and the run's module is the one
-    the layer verdict would load (the file's float64-capable torch runtime, on the CPU in float32 with every option
-    at its default); a run on CUDA or in another precision is not what the layers are re-run on."""
+def keeps_module(runtime: str, artifact: Artifact, settings: RunSettings, layers: bool) -> bool:
+    """Whether a run keeps its loaded module for the layer verdict: the cell runs it (`layers`), and the run's module
+    is the one the layer verdict would load (the file's float64-capable torch runtime, on the CPU in float32 with
+    every option at its default); a run on CUDA or in another precision is not what the layers are re-run on."""
     from verify.explain.sides import file_runtime
     from verify.runtimes import RuntimeOptions
 
-    return settings.layers and settings.runtime == RuntimeOptions() and artifact.path is not None \
+    return layers and settings.runtime == RuntimeOptions() and artifact.path is not None \
         and file_runtime(artifact) == runtime
 
 
