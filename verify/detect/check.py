@@ -527,8 +527,11 @@ def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, ru
             report.dense.append(compare_outputs(*rows.paired(label, run, EAGER, eager), tolerance, floors,
                                                 require_all=True))
     scales = candidate_scales(report.name, report.images)
+    below = oracle.below_threshold or None
+    if below is None:  # never silently: a `score threshold` borderline would be accepted whatever its box
+        report.problems.append("the float64 reference holds no final-NMS inputs below the score threshold, which a "
+                               "`score threshold` borderline is asked to be one of: export it again")
     for label, run in [(EAGER, eager), *runs.items()]:
-        below = oracle.below_threshold or None  # an export folder's goldens do not hold them
         report.detections.append(compare_detections(label, run.detections, ORACLE, oracle.detections,
                                                      report.floor, rules, oracle.candidates, tolerance.factor, scales,
                                                      below))
@@ -536,6 +539,30 @@ def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, ru
             report.detections.append(compare_detections(label, run.detections, EAGER, eager.detections,
                                                         report.floor, rules, oracle.candidates, tolerance.factor,
                                                         scales, below))
+
+
+def below_threshold_mismatch(below: Detections, candidates: Detections, score_thresh: float) -> str | None:
+    """Why `below` (the float64 final-NMS inputs recorded under `BELOW_THRESHOLD` of the score threshold) is not what
+    the model records there, judged from `candidates` (recorded under its own threshold): every score above the lower
+    threshold, and those above `score_thresh` exactly the candidates (as a set: the per-level top-k may order ties
+    otherwise). A recording read from disk (a folder's goldens, a matrix cell's numbers) is re-checked so; what lies
+    between the two thresholds is re-derived only where the model is rebuilt (`verify artifact --rebuild`)."""
+    import numpy as np
+
+    low = score_thresh * BELOW_THRESHOLD
+    if len(below) and float(below.scores.min()) <= low:
+        return (f"holds a score of {float(below.scores.min()):.6g}, not above {low:g} ({BELOW_THRESHOLD:g} of the "
+                f"score threshold {score_thresh:g}, where they are recorded)")
+
+    def rows(found: Detections) -> np.ndarray:
+        table = np.column_stack([found.boxes.reshape(-1, 4), found.scores, found.labels.astype(np.float64)])
+        return table[np.lexsort(table.T[::-1])] if len(table) else table
+
+    above = below.take(np.flatnonzero(below.scores > score_thresh))
+    if len(above) != len(candidates) or not np.array_equal(rows(above), rows(candidates)):
+        return (f"holds {len(above)} inputs above the score threshold {score_thresh:g}, not exactly the "
+                f"{len(candidates)} the final NMS was given")
+    return None
 
 
 def candidate_scales(name: str, images: Sequence[np.ndarray]) -> list[tuple[float, float]] | None:

@@ -37,6 +37,7 @@ from verify.detect.check import (
     DetectorRow,
     Judging,
     Run,
+    below_threshold_mismatch,
     derive_floors,
     judge_runs,
 )
@@ -286,6 +287,11 @@ def _postprocess(art: DetectorFolder) -> str:
             raise ArtifactError(f"the float64 golden NMS inputs of image {image}, replayed and scaled back to the "
                                 f"image, give {moved} box(es) other than its golden detections: a recorded box was "
                                 "moved")
+    for image, (below, found) in enumerate(zip(oracle.below_threshold, oracle.candidates, strict=True)):
+        wrong = below_threshold_mismatch(below, found, rules.score_thresh)
+        if wrong:  # they decide which `score threshold` borderline the model had
+            raise ArtifactError(f"the float64 golden NMS inputs of image {image} recorded under a lower score "
+                                f"threshold {wrong}: not this model's recording")
     for image, (found, proposals) in enumerate(zip(oracle.rpn_candidates if rpn else [], oracle.proposals,
                                                    strict=False)):
         if len(found) and float(found.scores.min()) < rpn.score_thresh:
@@ -297,7 +303,8 @@ def _postprocess(art: DetectorFolder) -> str:
                                 f"{rpn.post_nms_top_n}) does not give the float64 golden proposals of image {image} "
                                 "from their recorded NMS inputs: not this model's RPN")
     return ("the recorded thresholds and caps give the float64 goldens' detections"
-            + (" and proposals" if rpn else "") + " from their recorded NMS inputs")
+            + (" and proposals" if rpn else "") + " from their recorded NMS inputs, and those under a lower score "
+            "threshold hold exactly them above it")
 
 
 def _tolerance(art: DetectorFolder) -> str:

@@ -1,5 +1,6 @@
 """A detector folder's `goldens.npz`: the images and the eager float32 and float64 runs (each image's detections,
-dense pre-NMS tensors, RPN proposals, and in float64 the inputs of the final and the RPN NMS) as flat arrays,
+dense pre-NMS tensors, RPN proposals, and in float64 the inputs of the final and the RPN NMS, and the final NMS's
+inputs again under a lower score threshold) as flat arrays,
 and back into the runs verify/detect/check.py judges against. Read with exporter.manifest.read_goldens (never
 unpickled); every key, dtype and shape is checked against the manifest before a run is rebuilt."""
 
@@ -26,6 +27,10 @@ DETECTION_KEYS = ("boxes", "scores", "labels")
 DENSE, PROPOSALS_KEY = "dense", "proposals"
 CANDIDATES = ("candidates", "rpn_candidates")
 """float64 only: the recorded inputs of the final batched NMS, and of the RPN's (Faster R-CNN)."""
+BELOW = "below_threshold"
+"""float64 only: the final NMS's inputs recorded again with a lower score threshold (verify/detect/check.py
+`Run.below_threshold`), which a `score threshold` borderline must be one of (hunt 19d: without them in the goldens, a
+folder's borderline detection moved 40 px passed)."""
 CLASSES = 91
 """torchvision's detection builders' num_classes (COCO with background), which every registered detector and
 every --weights checkpoint that fits it keeps: a label is below it."""
@@ -55,7 +60,7 @@ def _run_arrays(run: Run) -> dict[str, np.ndarray]:
             arrays[f"{i}.{DENSE}.{name}"] = value
         if run.proposals:
             arrays[f"{i}.{PROPOSALS_KEY}"] = run.proposals[i]
-        for kind in CANDIDATES:
+        for kind in (*CANDIDATES, BELOW):
             found_kind = getattr(run, kind)
             if found_kind:
                 arrays.update(_detection_arrays(f"{i}.{kind}", found_kind[i]))
@@ -73,7 +78,7 @@ def expected_keys(images: int, dense: list[str], proposals: bool, group: str) ->
         keys |= {f"{i}.{key}" for key in DETECTION_KEYS} | {f"{i}.{DENSE}.{name}" for name in dense}
         keys |= {f"{i}.{PROPOSALS_KEY}"} if proposals else set()
         if group == "float64":
-            kinds = CANDIDATES if proposals else CANDIDATES[:1]
+            kinds = (*CANDIDATES, BELOW) if proposals else (CANDIDATES[0], BELOW)
             keys |= {f"{i}.{kind}.{key}" for kind in kinds for key in DETECTION_KEYS}
     return keys
 
@@ -98,6 +103,10 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
     for group, dtype in (("float32", np.float32), ("float64", np.float64)):
         keys = expected_keys(len(shapes), dense, proposals, group)
         found = set(goldens[group])
+        if group == "float64" and not any(key.split(".")[1:2] == [BELOW] for key in found):
+            raise ArtifactError(f"{GOLDENS_NAME} holds no float64.<i>.{BELOW} (the final NMS's float64 inputs under a "
+                                "lower score threshold, which a `score threshold` borderline is asked to be one of): a "
+                                "folder written before they were recorded; export it again")
         if found != keys:
             odd = sorted(found - keys)
             what = f"holds {group}.{odd[0]}, which" if odd else f"lacks {group}.{sorted(keys - found)[0]}, which"
@@ -174,7 +183,8 @@ def _check_image_runs(goldens: dict[str, dict[str, np.ndarray]], i: int, shape: 
                                 "tensor has one shape in both precisions")
     levels = sum(name.startswith(RPN_LEVEL_HEAD) for name in dense)
     bound = max(shape[1], shape[2], IMAGE_SIZE) + BOX_SLACK
-    groups = [(f"float32.{i}", CLASSES), (f"float64.{i}", CLASSES), (f"float64.{i}.{CANDIDATES[0]}", CLASSES)]
+    groups = [(f"float32.{i}", CLASSES), (f"float64.{i}", CLASSES), (f"float64.{i}.{CANDIDATES[0]}", CLASSES),
+              (f"float64.{i}.{BELOW}", CLASSES)]
     if proposals:
         groups.append((f"float64.{i}.{CANDIDATES[1]}", levels))
     for prefix, labels in groups:
@@ -227,7 +237,7 @@ def golden_run(arrays: dict[str, np.ndarray], images: list[torch.Tensor]) -> Run
     run.dense = concat_dense(run.per_image, images) if any(run.per_image) else {}
     if f"0.{PROPOSALS_KEY}" in arrays:
         run.proposals = [arrays[f"{i}.{PROPOSALS_KEY}"] for i in range(count)]
-    for kind in CANDIDATES:
+    for kind in (*CANDIDATES, BELOW):
         if f"0.{kind}.boxes" in arrays:
             setattr(run, kind, [Detections.of({k: arrays[f"{i}.{kind}.{k}"] for k in DETECTION_KEYS})
                                 for i in range(count)])

@@ -1,5 +1,6 @@
 """One detector cell run: `verify_detector`, the path `verify export -b <detector>` takes (same exports, runs and
-judging), its report kept as the numbers its verdict needs (each run's detections, the oracle's NMS candidates,
+judging), its report kept as the numbers its verdict needs (each run's detections, the oracle's NMS candidates and
+those recorded under a lower score threshold,
 the model's post-processing constants, the judged before-NMS pairs; for Faster R-CNN each run's RPN proposals, the
 oracle's RPN NMS inputs and the RPN's constants), then judged again from them
 (verify/matrix/detector_judging.py). Never cached: run every time, as a user model's cell is."""
@@ -55,6 +56,7 @@ def detector_numbers(report: DetectorReport) -> dict[str, Any]:
             "dynamic": report.dynamic, "rules": asdict(report.judging.rules) if report.judging else None,
             "runs": {label: [_plain(found) for found in per_image] for label, per_image in report.boxes.items()},
             "candidates": [_plain(found) for found in oracle.candidates] if oracle is not None else [],
+            "below_threshold": [_plain(found) for found in oracle.below_threshold] if oracle is not None else [],
             "rpn_rules": asdict(report.judging.rpn) if report.judging and report.judging.rpn else None,
             "proposal_boxes": {label: [boxes.tolist() for boxes in per_image]
                                for label, per_image in report.proposal_boxes.items()},

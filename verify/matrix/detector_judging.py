@@ -1,9 +1,10 @@
 """A detector cell judged again from the numbers it stored, never from its `verdict`: after NMS, every pair is
 recomputed from each run's stored detections with the functions `verify export -b <detector>` judges by
 (verify/detect/match.py: the floor from eager float32 vs float64, `compare_detections` with the model's
-post-processing constants and the oracle's NMS candidates); before NMS, each stored pair is judged again like a
-backbone's (verify/matrix/judging.py `judge_pair`); the proposal pairings are recomputed from the stored proposals
-(verify/matrix/proposal_judging.py); every run the matrix asked for must be there."""
+post-processing constants, the oracle's NMS candidates and those under a lower score threshold); before NMS, each
+stored pair is judged again like a backbone's (verify/matrix/judging.py `judge_pair`); the proposal pairings are
+recomputed from the stored proposals (verify/matrix/proposal_judging.py); every run the matrix asked for must be
+there."""
 
 from __future__ import annotations
 
@@ -106,15 +107,22 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     candidates = detections_of(data.get("candidates"))
     if len(candidates) != images:
         raise Malformed(f"{len(candidates)} images of NMS candidates, {images} judged")
+    if "below_threshold" not in data:
+        raise Malformed("no NMS inputs below the score threshold recorded (a cell stored before they were)")
+    below = detections_of(data.get("below_threshold"))
+    if len(below) != images:
+        raise Malformed(f"{len(below)} images of NMS inputs below the score threshold, {images} judged")
     size = _image_size(data.get("shape"), images)
     reasons += _replayed(candidates, oracle, rules, detector, size)
-    # a detection in one run only is a cap or NMS borderline only if the float64 model proposed it (hunt 18b)
+    reasons += _below_replayed(below, candidates, rules, detector, size)
+    # a detection in one run only is a cap or NMS borderline only if the float64 model proposed it (hunt 18b), and a
+    # score threshold one only if it had it under a lower threshold (hunt 19d)
     scales = size_scales(detector, [size] * images)
-    pairs = [compare_detections(EAGER, eager, ORACLE, oracle, floor, rules, candidates, factor, scales)]
+    pairs = [compare_detections(EAGER, eager, ORACLE, oracle, floor, rules, candidates, factor, scales, below)]
     for label in labels:
         if label in found:
-            pairs += [compare_detections(label, found[label], ref, reference, floor, rules, candidates, factor, scales)
-                      for ref, reference in ((ORACLE, oracle), (EAGER, eager))]
+            pairs += [compare_detections(label, found[label], ref, reference, floor, rules, candidates, factor, scales,
+                                         below) for ref, reference in ((ORACLE, oracle), (EAGER, eager))]
     return pairs, floor, reasons + [pair.verdict() for pair in pairs if not pair.passed]
 
 
@@ -176,6 +184,29 @@ def _replayed(candidates: Sequence[Detections], oracle: Sequence[Detections], ru
         if moved_boxes(found, kept, rules, size, resized):
             return [f"the stored NMS candidates of image {image}, scaled back to the image, are not eager fp64's "
                     "stored detection boxes (edited numbers); rerun the cell"]
+    return []
+
+
+def _below_replayed(below: Sequence[Detections], candidates: Sequence[Detections], rules: Rules, detector: str,
+                   size: tuple[int, int]) -> list[str]:
+    """The oracle's stored final-NMS inputs under a lower score threshold as a detector gives them (else Malformed),
+    all above that threshold and, above the detector's own, exactly its stored candidates (verify/detect/check.py
+    `below_threshold_mismatch`): they decide which `score threshold` borderline the float64 model had."""
+    from exporter.families.detectors import DETECTORS, resized_size
+    from verify.detect.check import below_threshold_mismatch
+    from verify.detect.goldens import BOX_SLACK, CLASSES
+
+    side = float(max(resized_size(DETECTORS.get(detector), *size)))
+    for image, (found, kept) in enumerate(zip(below, candidates, strict=True)):
+        if len(found) and not (found.boxes.min() >= -BOX_SLACK and found.boxes.max() <= side + BOX_SLACK
+                               and found.scores.min() >= 0.0 and found.scores.max() <= 1.0
+                               and found.labels.min() >= 0 and found.labels.max() < CLASSES):
+            raise Malformed(f"NMS inputs below the score threshold of image {image} outside the {side:g}-pixel image, "
+                            f"with scores outside 0 to 1, or of labels outside 0 to {CLASSES - 1}")
+        wrong = below_threshold_mismatch(found, kept, rules.score_thresh)
+        if wrong:
+            return [f"the stored NMS inputs of image {image} under a lower score threshold {wrong} (edited numbers); "
+                    "rerun the cell"]
     return []
 
 
