@@ -166,9 +166,11 @@ class UserModelSpec:
                                  f"(def make(): return {self.factory}(...))")
             torch.manual_seed(seed)
             try:
-                return factory()
+                built = factory()
             except Exception as exc:
                 raise UsageError(f"{self}() raised {_one_line(exc)}") from None
+            _refuse_stopped_parent(f"{self}()")
+            return built
 
     def _search_folder(self) -> str:
         """Where the user's own imports are found: the file's folder, or the working directory."""
@@ -236,6 +238,29 @@ class ModuleSpec(UserModelSpec):
                              "verified on a copy so that your object is left as it was; keep locks, open files and "
                              "the like out of the module (or give a factory that builds it)") from None
         return (copied, result[1]) if isinstance(result, tuple) else copied
+
+
+def _refuse_stopped_parent(what: str) -> None:
+    """In a worker: a factory that stopped the process it was forked from (this tool's fork server:
+    `os.kill(os.getppid(), SIGSTOP)`) is refused, the server resumed. A stopped server answers no start and reports
+    no exit, so the tool waited for ever (hunt 19f); the parent's own checks (verify/pipeline/isolation.py) catch
+    what forward or a helper process stops later."""
+    import multiprocessing
+    import os
+    import signal
+
+    parent = os.getppid()
+    try:  # Linux's /proc (exporter/ never imports verify/, whose isolation.is_stopped reads the same)
+        with open(f"/proc/{parent}/stat", encoding="ascii", errors="replace") as stat:
+            stopped = stat.read().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return
+    if not stopped or not multiprocessing.current_process().daemon:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(parent, signal.SIGCONT)
+    raise UsageError(f"{what} stopped its parent process (pid {parent}, the fork server that starts this tool's "
+                     "worker processes) with a signal: resumed it; no verdict. A model must not signal its parent")
 
 
 def _required_parameters(function: Any) -> list[str]:
@@ -369,6 +394,7 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
         x = torch.randn(run_shape, generator=torch.Generator().manual_seed(seed))
     with precision_kept(f"{spec}'s forward", UsageError):
         result = _call(module, x, spec)
+        _refuse_stopped_parent(f"{spec}'s forward")
         names = output_names(result, spec)
         _refuse_empty(result, names, spec)
         exact, note = _float64_model(module, x, names, spec)
@@ -449,6 +475,11 @@ def output_names(result: Any, spec: UserModelSpec | str = "the model") -> list[s
         if ArtifactMeta.input_name in names:  # every exported graph names its input so: ONNX refuses the reuse
             raise UsageError(f"{spec} returns a dict with the key {ArtifactMeta.input_name!r}, the name every export "
                              "gives the model's input; rename that output")
+    elif isinstance(result, tuple) and hasattr(type(result), "_fields"):
+        # torch.export cannot write a namedtuple's output spec into a .pt2 (it failed at `Exporting pt2` with
+        # torch's "Can't serialize TreeSpec of namedtuple ..."; hunt 19c)
+        raise UsageError(f"{spec} returns a namedtuple ({type(result).__name__}), which the .pt2 format cannot "
+                         "store: return a plain tuple or a dict (tuple(out) or out._asdict())")
     elif isinstance(result, (tuple, list)) and result:
         items = [(f"output{i}", v) for i, v in enumerate(result)]
         names = [k for k, _ in items]

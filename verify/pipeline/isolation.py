@@ -136,9 +136,19 @@ def worker_context() -> Any:
     ~0.1 s, with none of the parent's threads or state (a worker takes the caller's place with `adopt`)."""
     import multiprocessing
 
+    global _EXIT_HOOKED
+
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(PRELOAD))
+    if not _EXIT_HOOKED:  # registered after multiprocessing's own exit hook, so it runs before it
+        import atexit
+
+        atexit.register(_resume_at_exit)
+        _EXIT_HOOKED = True
     return context
+
+
+_EXIT_HOOKED = False
 
 
 START_TRIES = 5
@@ -149,17 +159,97 @@ EOFError")."""
 START_RETRY_S = 0.2
 
 
+SERVER_WATCH_S = 0.2
+"""While a worker starts, how often the fork server is checked for a stop (a start waits on the server's answer)."""
+
+
+def server_pid() -> int | None:
+    """The pid of multiprocessing's fork server in this process, None before it started."""
+    import sys
+
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    return getattr(server, "_forkserver_pid", None)
+
+
+def is_stopped(pid: int | None) -> bool:
+    """Whether process `pid` is stopped by a signal (SIGSTOP, SIGTSTP; Linux's /proc: elsewhere never seen)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
+def resume_stopped_server() -> int | None:
+    """SIGCONT to the fork server if something (a user model's code: `os.kill(os.getppid(), SIGSTOP)`) stopped it:
+    a stopped server neither answers a start (the start waited for ever) nor reports a worker's exit (every
+    `join` waited for ever, `is_alive` stayed True). Its pid if it was stopped, else None."""
+    import os
+    import signal
+
+    pid = server_pid()
+    if not is_stopped(pid):
+        return None
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
+    return pid
+
+
+def stopped_server_error(pid: int, what: str) -> IsolatedRunError:
+    return IsolatedRunError(f"{what} stopped the fork server (pid {pid}) that starts this tool's worker processes "
+                            "(a signal such as SIGSTOP to its parent process): resumed it; no verdict, not a pass. "
+                            "A model must not signal its parent")
+
+
+def _resume_at_exit() -> None:
+    """At exit, before multiprocessing joins its daemonic children (untimed: for ever, the server stopped)."""
+    with contextlib.suppress(Exception):
+        resume_stopped_server()
+
+
+def _start_watched(process: Any) -> int | None:
+    """`process.start()`, the fork server watched meanwhile and resumed if it is (or gets) stopped; its pid then."""
+    import threading
+
+    resumed: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(SERVER_WATCH_S):
+            pid = resume_stopped_server()
+            if pid is not None:
+                resumed.append(pid)
+
+    first = resume_stopped_server()
+    watcher = threading.Thread(target=watch, name="verify-forkserver-watch", daemon=True)
+    watcher.start()
+    try:
+        process.start()
+    finally:
+        done.set()
+        watcher.join()
+    return first if first is not None else (resumed[0] if resumed else None)
+
+
 def start_process(context: Any, **kwargs: Any) -> Any:
     """`context.Process(**kwargs)` started, tried again (a new one each time) while the fork server is dying; an
-    IsolatedRunError (exit 2, one line) when it never starts."""
+    IsolatedRunError (exit 2, one line) when it never starts, or when the fork server was found stopped (resumed,
+    but some code run before, a user model's, stopped it)."""
     for attempt in range(START_TRIES):
         process = context.Process(**kwargs)
         try:
-            process.start()
-            return process
+            stopped = _start_watched(process)
         except (EOFError, OSError) as exc:
             failure = exc
             time.sleep(START_RETRY_S * (attempt + 1))
+            continue
+        if stopped is not None:
+            _stop(process)
+            raise stopped_server_error(stopped, "Code run earlier (a --model's?)")
+        return process
     raise IsolatedRunError(f"No worker process could be started ({type(failure).__name__}: {failure}): the fork server "
                            "that starts them stopped (did a model's code signal its parent process?); rerun")
 
@@ -272,8 +362,10 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float |
         raise IsolatedRunError(f"{what} ended the worker process running it ({how}) before any verdict: does the "
                                "model call sys.exit/os._exit, or crash the interpreter? No verdict, not a pass")
     finally:
-        _stop(worker)
+        resumed = _stop(worker)
         receive.close()
+        if resumed is not None:  # what the model did outranks its result (or its own error)
+            raise stopped_server_error(resumed, what)
 
 
 def _serve(conn: Any, factory: Callable[..., Any], args: tuple, threads: int | None,
@@ -420,16 +512,24 @@ def _close_all(steps: list) -> None:
         _close_step(steps, False)
 
 
-def _stop(worker: Any) -> None:
+def _stop(worker: Any) -> int | None:
     """SIGTERM, then SIGKILL after a grace period: a worker never outlives its parent's call; then every process
-    left in its group (what the user's code forked, holding this tool's stdout open and the pipe behind it)."""
+    left in its group (what the user's code forked, holding this tool's stdout open and the pipe behind it).
+    Every wait is bounded: a worker's exit is reported by the fork server, which a model may have stopped
+    (resumed here; its pid is returned then, else None)."""
+    resumed = resume_stopped_server() if worker.is_alive() else None
     if worker.is_alive():
         worker.terminate()
         worker.join(STOP_GRACE_SECONDS)
     if worker.is_alive():
         worker.kill()
-        worker.join()
+        worker.join(STOP_GRACE_SECONDS)
+    if worker.is_alive():  # stopped again meanwhile, or a worker SIGKILL cannot end
+        again = resume_stopped_server()
+        resumed = resumed if again is None else again
+        worker.join(STOP_GRACE_SECONDS)
     stop_group(worker.pid)
+    return resumed
 
 
 def stop_group(pid: int | None) -> None:

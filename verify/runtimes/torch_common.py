@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from exporter.artifacts import Artifact
+    from exporter.artifacts import Artifact, ArtifactMeta
 
 
 TORCH_LOGGER = "torch"
@@ -25,7 +25,25 @@ GUARD_HINT = ("; the exported program's dynamic axes do not take this shape (tor
               "two, and a model may then only take batches its reshapes divide): export with --static, or run it at "
               "the sizes it was exported for")
 """Added to a run's failure when an ExportedProgram's shape guard refused the input (a TransformerEncoder exported
-with dynamic axes refused its own 1x3x96x96 example: hunt 13a)."""
+with dynamic axes refused its own 1x3x96x96 example: hunt 13a) and the file records no bounds nor a static shape."""
+
+
+def guard_hint(meta: ArtifactMeta | None) -> str:
+    """What to do when a file's shape guard refused an input, from what the file records: its one shape (a static
+    export: pass inputs of it), its bounded dynamic axes (a dynamic export traced at 32 px takes at most 32 px: pass
+    inputs inside them or export at the largest size you deploy), else GUARD_HINT. Before, every case was told to
+    "export with --static", also a run that had (hunt 19c)."""
+    if meta is None or not meta.input_shape:
+        return GUARD_HINT
+    traced = "x".join(map(str, meta.input_shape))
+    if not meta.dynamic_axes:
+        return (f"; this file was exported with static axes at {traced} and takes only that shape: pass inputs of "
+                f"that shape (--shape {traced}), or export again at the shape you run")
+    bounded = meta.bounded_axes()
+    if bounded:
+        return (f"; this file was traced at {traced}, and its dynamic axes take {bounded}: pass inputs inside those "
+                "bounds, or export it traced at the largest size you deploy")
+    return GUARD_HINT + f" (traced at {traced})"
 
 
 def torch_device(device: str) -> torch.device:
@@ -81,13 +99,13 @@ def _tensors(values: Any, names: list[str], recorded: list[str] | None = None) -
     return pairs
 
 
-def call_module(module: Any, x: torch.Tensor, label: str) -> Any:
+def call_module(module: Any, x: torch.Tensor, label: str, meta: ArtifactMeta | None = None) -> Any:
     """Run a torch module without autograd; its failures (wrong channels, too small an input,
     out of memory) become one-line ArtifactErrors. A module that changes torch's float32 precision settings while
     it runs (`torch.set_float32_matmul_precision("medium")` in its forward) is refused, the settings put back: its
     float32 runs, and the floor measured from them, would round at TF32 or BF16 (found by hunt 8b). An exported
     program's guard that refuses the input's shape raises AssertionError ('Guard failed: x.size()[2] <= 32'): the
-    file's failure too, not an "unexpected" one to report (hunt 10c)."""
+    file's failure too, not an "unexpected" one to report (hunt 10c), with what the file's `meta` says it takes."""
     import torch
 
     from exporter.torch_state import precision_kept
@@ -97,7 +115,7 @@ def call_module(module: Any, x: torch.Tensor, label: str) -> Any:
             return module(x)
     except (RuntimeError, AssertionError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        hint = GUARD_HINT if reason.startswith("Guard failed") else ""
+        hint = guard_hint(meta) if reason.startswith("Guard failed") else ""
         raise ArtifactError(f"{label} failed on an input of shape {tuple(x.shape)}: {reason}{hint}") from None
 
 
@@ -169,7 +187,7 @@ class TorchRuntime(Runtime):
         watch = probe.watch() if precision in AUTOCAST_DTYPES and self.precision_observable \
             else contextlib.nullcontext()
         with precision_scope(precision, self.options.device, self.options.tf32), watch:
-            result = call_module(self.module, x, self.label)
+            result = call_module(self.module, x, self.label, self.artifact.meta)
         if precision in AUTOCAST_DTYPES and self.precision_observable:
             probe.check(precision, self.label)
         return to_numpy_outputs(result, self.artifact.meta.output_names)
