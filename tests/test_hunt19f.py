@@ -218,3 +218,32 @@ def test_a_stopped_fork_server_is_resumed_and_the_run_refused_by_the_parent():
         with pytest.raises(IsolatedRunError, match="stopped the fork server"):
             start_process(context, target=_nothing, daemon=True)
         assert not late and not is_stopped(server_pid())
+
+
+LATER_FORWARD_STOPS = '''
+import os, signal
+from torch import nn
+class StopsLater(nn.Conv2d):
+    calls = 0
+    def forward(self, x):
+        StopsLater.calls += 1
+        if StopsLater.calls == 3:  # after the worker's own checks (the factory, the first forward)
+            os.kill(os.getppid(), signal.SIGSTOP)
+        return super().forward(x)
+def make():
+    return StopsLater(3, 4, 3)
+'''
+
+
+def test_a_matrix_cell_whose_model_stops_the_fork_server_in_a_later_forward_fails(tmp_path):
+    """Before: a model stopping the fork server only on a later forward, in the matrix's only cell, ended the matrix
+    normally (its numbers judged, exit 0), the server left stopped. Now the parent finds the server stopped when the
+    cell's result comes back: the cell fails (no pass), the server is resumed."""
+    path = tmp_path / "later.py"
+    path.write_text(LATER_FORWARD_STOPS)
+    with rescued() as late:
+        result = invoke("matrix", "--model", f"{path}:make", "--shape", "1x3x32x32", "--format", "torchscript",
+                        "--runtime", "torchscript", "--no-cache")
+    assert not late, f"the tool waited {RESCUE_S:g} s on the stopped fork server"
+    assert result.exit_code != 0 and "stopped the fork server" in " ".join(result.output.split()), result.output
+    assert not is_stopped(server_pid())

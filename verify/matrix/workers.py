@@ -18,9 +18,11 @@ from verify.pipeline.isolation import (
     IsolatedRunError,
     adopt,
     caller_place,
+    resume_stopped_server,
     safe_loads,
     start_process,
     stop_group,
+    stopped_server_error,
     worker_context,
 )
 
@@ -122,6 +124,9 @@ def _collect(worker: _Worker) -> CellResult | None:
         except IsolatedRunError as exc:
             return _failed(job, str(exc))
         if isinstance(result, CellResult) and result.id == job.id:
+            stopped = resume_stopped_server()  # a model's later forward may have stopped it (hunt 19f): no pass
+            if stopped is not None:
+                return _failed(job, str(stopped_server_error(stopped, "This cell's model (or one run beside it)")))
             return result
         if result is not None:  # another cell's result, or no result at all: the matrix waited for it until the
             worker.kill()        # cell's timeout, or for ever without one
