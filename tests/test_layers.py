@@ -446,3 +446,24 @@ def test_the_default_applies_where_the_layer_verdict_was_calibrated(monkeypatch)
     assert not wants_layers(spec, RunSettings(tolerance=Tolerance.from_options(rtol=1e-5, atol=1e-6)))
     monkeypatch.setenv(LAYERS_ENV, "0")
     assert not wants_layers(spec, RunSettings())
+
+
+def test_a_scripted_file_with_a_module_list_has_its_outside_ops_read():
+    """Sweep 19e: every TorchScript file of the fpn view (its FPN keeps ModuleLists, which have no forward) lost its
+    layer verdict: reading a ModuleList's `.graph` raised "Method 'forward' is not defined", so the file's re-run
+    layers were thrown away (a note by default, exit 1 with --layers on a correct export)."""
+    from torch import nn
+
+    from verify.explain.rerun import jit_outside
+
+    class Blocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)])
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = x + block(x)
+            return x
+
+    assert jit_outside(torch.jit.script(Blocks())) == ["add", "add"]

@@ -669,11 +669,21 @@ def jit_outside(module: Any) -> list[str]:
 
     ops = []
     for _, child in module.named_modules():
-        graph = getattr(child, "graph", None) if any(True for _ in child.children()) else None
+        graph = _own_graph(child) if any(True for _ in child.children()) else None
         ops += [node.kind().removeprefix("aten::") for node in (graph.nodes() if graph is not None else [])
                 if node.kind().startswith("aten::") and any(isinstance(out.type(), torch._C.TensorType)
                                                             for out in node.outputs())]
     return ops
+
+
+def _own_graph(module: Any) -> Any:
+    """A scripted module's forward graph; None for one without a forward (a ModuleList or ModuleDict: the fpn view's
+    `inner_blocks`, whose `.graph` raised "Method 'forward' is not defined" and lost the whole file's re-run layers,
+    sweep 19e)."""
+    try:
+        return getattr(module, "graph", None)
+    except RuntimeError:
+        return None
 
 
 def unrun_weights(ref: Reference, leaves: dict[str, Any]) -> list[str]:
