@@ -184,7 +184,12 @@ def test_a_model_that_stops_the_fork_server_ends_the_tool_with_one_line(tmp_path
         result = invoke(command, "--model", f"{path}:make", "--shape", "1x3x32x32", "--format", "torchscript", *args)
     assert not late, f"the tool waited {RESCUE_S:g} s on the stopped fork server"
     assert result.exit_code == 2, result.output
-    assert said.format(model=f"{path}:make") in result.output and "fork server" in result.output
+    text = " ".join(result.output.split())
+    # the worker's own check names what stopped it; where the stop lands after that check (a signal is delivered
+    # asynchronously), the parent finds the server stopped and names the model as the one that ran
+    assert said.format(model=f"{path}:make") in result.output \
+        or (f"{path}:make" in result.output and "stopped the fork server" in text), result.output
+    assert "fork server" in text
     assert not is_stopped(server_pid()) and time.monotonic() - started < RESCUE_S
 
 
