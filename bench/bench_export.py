@@ -208,6 +208,7 @@ def _wrap_stages(timings: dict[str, float]) -> None:
     _patch(timings, "verify.pipeline.stages", "trust_problems", "trust checks (determinism, floor bound)")
     _patch(timings, "verify.pipeline.stages", "second_shape_stage",
            "second shape: the model in float32 and float64 there, judging")
+    _patch(timings, "verify.pipeline.stages", "layers_stage", "layer verdict: every file's layers re-run, judged")
     _patch(timings, "verify.folder.write", "write_artifact_folder", "folder write (goldens, manifest, hashes)")
     original_wait = overlap.BackgroundExport.wait
     overlap.BackgroundExport.wait = _timed(timings, lambda self, fmt, *a: f"wait for the background {fmt} export",
