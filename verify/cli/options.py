@@ -380,7 +380,7 @@ Layers = Annotated[bool | None, typer.Option(
     "--layers/--no-layers", show_default=False,
     help="Also judge every layer of each file (ONNX, .pt2, TorchScript) on its own: each re-run alone on the torch "
          "model's float64 inputs, judged on its own float32 floor; a layer that differs on its own fails, however "
-         "small its effect on the outputs (about 1.8 s more on a ResNet-50 export at 224x224). [default: verify "
+         "small its effect on the outputs (about 3-5 s more on a ResNet-50 export at 224x224). [default: verify "
          "export of a registered backbone on the CPU in float32 with the auto tolerance runs it, and notes a file it "
          "cannot judge (--layers fails it); $BACKBONE_VERIFY_LAYERS=0 or --no-layers: the outputs' verdict alone]")]
 FolderLayers = Annotated[bool, typer.Option(
