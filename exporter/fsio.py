@@ -119,6 +119,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_stopped(pid: int | None) -> bool:
+    """Whether process `pid` is stopped by a signal (SIGSTOP, SIGTSTP), from Linux's /proc (elsewhere: never seen).
+    A user model may stop the fork server that starts this tool's workers (hunt 19f): exporter/user_model.py checks
+    it in a worker, verify/pipeline/isolation.py in the parent."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
 def _owner_pid(entry: Path) -> int | None:
     """The pid in `.NAME.staging-PID-XXXX` / `.NAME.retired-PID-XXXX`, or None."""
     try:

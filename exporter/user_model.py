@@ -249,13 +249,10 @@ def _refuse_stopped_parent(what: str) -> None:
     import os
     import signal
 
+    from exporter.fsio import process_stopped
+
     parent = os.getppid()
-    try:  # Linux's /proc (exporter/ never imports verify/, whose isolation.is_stopped reads the same)
-        with open(f"/proc/{parent}/stat", encoding="ascii", errors="replace") as stat:
-            stopped = stat.read().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return
-    if not stopped or not multiprocessing.current_process().daemon:
+    if not process_stopped(parent) or not multiprocessing.current_process().daemon:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(parent, signal.SIGCONT)

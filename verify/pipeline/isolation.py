@@ -172,17 +172,6 @@ def server_pid() -> int | None:
     return getattr(server, "_forkserver_pid", None)
 
 
-def is_stopped(pid: int | None) -> bool:
-    """Whether process `pid` is stopped by a signal (SIGSTOP, SIGTSTP; Linux's /proc: elsewhere never seen)."""
-    if pid is None:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
-
-
 def resume_stopped_server() -> int | None:
     """SIGCONT to the fork server if something (a user model's code: `os.kill(os.getppid(), SIGSTOP)`) stopped it:
     a stopped server neither answers a start (the start waited for ever) nor reports a worker's exit (every
@@ -191,7 +180,9 @@ def resume_stopped_server() -> int | None:
     import signal
 
     pid = server_pid()
-    if not is_stopped(pid):
+    from exporter.fsio import process_stopped
+
+    if not process_stopped(pid):
         return None
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
