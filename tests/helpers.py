@@ -59,6 +59,20 @@ def rehash(folder, name: str) -> None:
     edit_manifest(folder, change)
 
 
+def edit_goldens(folder, change, save=np.savez) -> None:
+    """A detector folder's goldens.npz: change(arrays) in place, written back with `save` into a new file (the
+    folder's files may be hard links to another) and rehashed: a consistent folder again."""
+    from exporter.manifest import GOLDENS_NAME
+
+    with np.load(folder / GOLDENS_NAME) as data:
+        arrays = {key: data[key] for key in data.files}
+    change(arrays)
+    (folder / GOLDENS_NAME).unlink()
+    with open(folder / GOLDENS_NAME, "wb") as handle:
+        save(handle, **arrays)
+    rehash(folder, GOLDENS_NAME)
+
+
 def linked_copy(folder: Path, where: Path) -> Path:
     """A copy of `folder` in `where` whose files are hard links: replace a file to change it (see `rewrite`)."""
     return Path(shutil.copytree(folder, where / folder.name, copy_function=os.link))

@@ -15,6 +15,7 @@ from exporter.detector_manifest import load_detector_manifest
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
 from tests.helpers import (
     checks,
+    edit_goldens,
     edit_manifest,
     invoke,
     linked_copy,
@@ -104,20 +105,9 @@ def golden_edited_and_rehashed(folder):
     rehash(folder, GOLDENS_NAME)
 
 
-def replace_goldens(folder, change) -> None:
-    """change(arrays) in place, written back and rehashed: the goldens consistent with the manifest's hashes."""
-    with np.load(folder / GOLDENS_NAME) as data:
-        arrays = {k: data[k] for k in data.files}
-    change(arrays)
-    (folder / GOLDENS_NAME).unlink()
-    with open(folder / GOLDENS_NAME, "wb") as handle:
-        np.savez(handle, **arrays)
-    rehash(folder, GOLDENS_NAME)
-
-
 def folded_dropped(folder):
     """Eager's second float32 rounding taken out: the channel floors re-derived without it are not the recorded."""
-    replace_goldens(folder, lambda arrays: [arrays.pop(k) for k in [k for k in arrays if k.startswith("folded.")]])
+    edit_goldens(folder, lambda arrays: [arrays.pop(k) for k in [k for k in arrays if k.startswith("folded.")]])
 
 
 def folded_scaled(folder):
@@ -125,14 +115,14 @@ def folded_scaled(folder):
     def change(arrays):
         key = next(k for k in arrays if k.startswith("folded.") and "bbox_pred" in k)
         arrays[key] = arrays[key] * np.float32(1.1)
-    replace_goldens(folder, change)
+    edit_goldens(folder, change)
 
 
 def folded_cropped(folder):
     def change(arrays):
         key = next(k for k in arrays if k.startswith("folded."))
         arrays[key] = arrays[key][:, :1]
-    replace_goldens(folder, change)
+    edit_goldens(folder, change)
 
 
 def weight_edited(folder):

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from exporter.families.detectors import IMAGE_SIZE
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
 from tests.conftest import cuda_available
-from tests.helpers import checks, edit_manifest, invoke, linked_copy, rehash, rewrite, strip_signature
+from tests.helpers import checks, edit_goldens, edit_manifest, invoke, linked_copy, rehash, rewrite, strip_signature
 from verify.detect.check import FILE_NAMES
 from verify.detect.folder import detector_integrity
 from verify.detect.goldens import BOX_SLACK, CLASSES, RPN_LEVEL_HEAD, SCORE_RANGE
@@ -51,16 +51,6 @@ def folder(exported, tmp_path):
 def arrays_of(folder) -> dict[str, np.ndarray]:
     with np.load(folder / GOLDENS_NAME) as data:
         return {key: data[key] for key in data.files}
-
-
-def edit_goldens(folder, change, save=np.savez) -> None:
-    """change(arrays) in place, written back with `save` and rehashed: a consistent folder again."""
-    arrays = arrays_of(folder)
-    change(arrays)
-    (folder / GOLDENS_NAME).unlink()
-    with open(folder / GOLDENS_NAME, "wb") as handle:
-        save(handle, **arrays)
-    rehash(folder, GOLDENS_NAME)
 
 
 def bound(arrays) -> float:

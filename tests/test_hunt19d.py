@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from exporter.manifest import GOLDENS_NAME
-from tests.helpers import linked_copy, rehash, strip_signature
+from tests.helpers import edit_goldens, linked_copy, strip_signature
 from verify.detect import check
 from verify.detect.check import EAGER, ORACLE, RUNTIMES, DetectorReport, Run, judge_runs
 from verify.detect.folder import detector_integrity
@@ -43,16 +43,6 @@ def exported(detector_export, tmp_path_factory):
 @pytest.fixture
 def folder(exported, tmp_path):
     return linked_copy(exported, tmp_path)
-
-
-def edit_goldens(folder, change) -> None:
-    with np.load(folder / GOLDENS_NAME) as data:
-        arrays = {key: data[key] for key in data.files}
-    change(arrays)
-    (folder / GOLDENS_NAME).unlink()
-    with open(folder / GOLDENS_NAME, "wb") as handle:
-        np.savez(handle, **arrays)
-    rehash(folder, GOLDENS_NAME)
 
 
 def integrity(folder):
