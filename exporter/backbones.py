@@ -116,12 +116,14 @@ def build_classifier(name: str, norm_layer: Callable[..., Any] | None, *, initia
 
 
 def holds_values_outside_state(model: nn.Module) -> bool:
-    """Whether `model` keeps a tensor its state dict does not hold (a non-persistent buffer, a tensor kept as a
-    plain attribute): loading a state dict would leave it as built, so it cannot be built uninitialised."""
+    """Whether `model` keeps a tensor its state dict does not hold (a non-persistent buffer, a parameter or buffer
+    its module leaves out of its state dict and loading, a tensor kept as a plain attribute): loading a state dict
+    would leave it as built, so it cannot be built uninitialised."""
     import torch
 
     saved = set(model.state_dict())
-    return (any(name not in saved for name, _ in model.named_buffers())
+    held = [*model.named_parameters(), *model.named_buffers()]  # a parameter its module leaves out of the state too
+    return (any(name not in saved for name, _ in held)
             or any(isinstance(value, torch.Tensor) for module in model.modules() for value in vars(module).values()))
 
 

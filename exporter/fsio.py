@@ -120,16 +120,29 @@ def _pid_alive(pid: int) -> bool:
 
 
 def process_stopped(pid: int | None) -> bool:
-    """Whether process `pid` is stopped by a signal (SIGSTOP, SIGTSTP), from Linux's /proc (elsewhere: never seen).
-    A user model may stop the fork server that starts this tool's workers (hunt 19f): exporter/user_model.py checks
-    it in a worker, verify/pipeline/isolation.py in the parent."""
-    if pid is None:
+    """Whether process `pid` is stopped by a signal sent to it alone (SIGSTOP, SIGTSTP), from Linux's /proc
+    (elsewhere: never seen). A user model may stop the fork server that starts this tool's workers (hunt 19f):
+    exporter/user_model.py checks it in a worker, verify/pipeline/isolation.py in the parent. A process stopped with
+    the process that started it is not: the shell's job control (Ctrl-Z, `kill -STOP -PGID`) stops this tool's
+    whole job, the fork server with it but not a worker (a group of its own), and the user's `fg` resumes it (review
+    18: a worker took that for its model's doing, exit 2 after `fg` on a correct export)."""
+    state = _process_state(pid)
+    if state is None or state[0] != "T":
         return False
+    parent = _process_state(state[1])
+    return parent is None or parent[0] != "T"
+
+
+def _process_state(pid: int | None) -> tuple[str, int] | None:
+    """(state letter, parent pid) of process `pid` from /proc/PID/stat, None where it cannot be read."""
+    if pid is None:
+        return None
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
+            fields = stat.read().rsplit(")", 1)[1].split()  # the name, in parentheses, may hold spaces
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _owner_pid(entry: Path) -> int | None:

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.errors import UsageError
-from exporter.families.detectors import MIN_DETECTIONS
+from exporter.families.detectors import ANCHOR_MODULES, MIN_DETECTIONS
 from tests.helpers import NAME
 from verify.cli import app
 from verify.detect.check import EAGER, ORACLE, RUNTIMES
@@ -145,6 +145,13 @@ def _dense(data: dict) -> None:
     worst["ratio"], worst["max_abs"] = 2 * AUTO_FACTOR * worst["ratio"], 2 * AUTO_FACTOR * worst["max_abs"]
 
 
+def _drop_anchors(data: dict) -> None:
+    """The anchors (judged as a dense tensor since hunt 19a) cut out of every before-NMS pair alike (review 18: the
+    pairs still compared the same tensors, and the merge exited 0)."""
+    for pair in _detector_cell(data)["detector"]["before_nms"]:
+        pair["outputs"] = [o for o in pair["outputs"] if not o["name"].startswith(ANCHOR_MODULES["fasterrcnn"])]
+
+
 def _proposal(data: dict) -> None:
     _detector_cell(data)["detector"]["proposals"][0]["unexplained"] = ["a proposal in one run only"]
 
@@ -195,7 +202,8 @@ def _no_images(data: dict) -> None:
 
 
 @pytest.mark.parametrize("forge", [_score, _box, _drop_runtime, _dense, _proposal, _drop_proposal_check, _no_numbers,
-                                   _backbone_pairs, _no_images, _lone_proposal, _moved_proposal, _paired_count])
+                                   _backbone_pairs, _no_images, _lone_proposal, _moved_proposal, _paired_count,
+                                   _drop_anchors])
 def test_a_forged_shard_pass_never_merges_into_exit_0(matrix_run, forge, tmp_path):
     """The shard still says `agree` and `passed`; the merge judges its numbers again and fails it (exit 1)."""
     data = json.loads(matrix_run.paths["json"].read_text())

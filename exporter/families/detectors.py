@@ -15,6 +15,7 @@ tens of detections above the score threshold, spread over classes and anchor siz
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,6 +173,21 @@ def dense_modules(model: nn.Module, kind: str) -> list[str]:
         count = len(model.head.get_submodule(f"{head}.module_list"))
         names += [f"head.{head}.module_list.{i}.1" for i in range(count)]
     return [*names, ANCHOR_MODULES[kind]]
+
+
+SSD_HEADS = ("head.classification_head", "head.regression_head")
+"""SSDlite's two heads, whose levels (module_list.<i>) depend on the model: each must be there at some level."""
+
+
+def missing_dense_modules(names: Iterable[str], kind: str) -> list[str]:
+    """The modules of `dense_modules` (SSDlite: each head at some level, and the anchors) that no dense tensor of
+    `names` (`module#call`, `module#call@HxW`) comes from, sorted: where a folder's manifest or a matrix cell's
+    stored before-NMS pairs leave out a head or the anchors, that part of the detector went unjudged."""
+    modules = {name.partition("#")[0] for name in names}
+    if kind == "ssd":
+        heads = {module.rpartition(".module_list.")[0] for module in modules}
+        return sorted((set(SSD_HEADS) - heads) | ({ANCHOR_MODULES[kind]} - modules))
+    return sorted(set(dense_modules(None, kind)) - modules)
 
 
 def build_detector(name: str, norm: str | None = None, weights: str = "synthetic", seed: int = 0) -> BuiltDetector:

@@ -93,7 +93,9 @@ def export(
 
         own = {"--sign-key": sign_key, "--runtime": runtime, "--cache-dir": cache_dir, "--timeout": timeout,
                "--html": html, "--view": view if "view" in moved else None}
-        refuse_unsupported([flag for flag, value in own.items() if value is not None] + given_options)
+        # --no-layers asks for what a detector does (it never runs the layer verdict): no flag to drop (review 18)
+        refuse_unsupported([flag for flag, value in own.items() if value is not None]
+                           + [flag for flag in given_options if flag != "--no-layers"])
         shape = "x".join(map(str, settings.shape)) if settings.shape else None
         factor = settings.tolerance.factor if "--factor" in given_options else None
         export_detector(backbone, norm, settings.weights, settings.seed, shape, settings.input_file,

@@ -137,7 +137,6 @@ def matrix(
     from verify.render.matrix_table import render_matrix
 
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown, html=html)
-    from exporter.families.detectors import list_detectors as detector_names
     from verify.explain.outputs import refuse_overwriting_sources
 
     # a report over the user's model code or checkpoint replaced it (`--model m.py:make --json m.py`, exit 0: hunt 13d)
@@ -151,10 +150,6 @@ def matrix(
             raise UsageError(f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to a registered backbone's "
                              "cells, and with --model and no -b only your models run (a factory brings its own "
                              f"weights and structure), so it would be ignored; drop {', '.join(unused)} or add -b")
-    if model or not backbone or set(backbone) - set(detector_names()):  # a backbone or model cell exports: one shape
-        from verify.settings import refuse_static_shapes
-
-        refuse_static_shapes(settings, not formats.static)
     export = formats.export_options(settings.runtime.device, runtime)
     request = MatrixRequest.create(backbone, norm, view, settings, export, runtime, model,
                                    parse_shape(detector_shape) if detector_shape else None)

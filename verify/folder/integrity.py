@@ -106,9 +106,12 @@ def resolve_folder(path: Path) -> tuple[Path, Path]:
 
 
 def export_subfolders(path: Path) -> list[Path]:
-    """The folders directly inside `path` that hold a manifest.json (sorted by name), the entries listed only."""
+    """The folders directly inside `path` that hold a manifest.json (sorted by name), the entries listed only; not
+    the hidden ones an export leaves beside its folder (exporter/fsio.py `.NAME.staging-*` while it writes or after
+    a crash, `.NAME.retired-*` for the folder --overwrite replaced: review 18, the hint named one to pass)."""
     try:
-        return sorted(entry for entry in path.iterdir() if (entry / MANIFEST_NAME).is_file())
+        return sorted(entry for entry in path.iterdir()
+                      if not entry.name.startswith(".") and (entry / MANIFEST_NAME).is_file())
     except OSError:
         return []
 

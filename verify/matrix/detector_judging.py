@@ -71,7 +71,8 @@ def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
     reasons += [f"export {fmt}: {why}" for fmt, why in refusals.items()]
     after, floor, why = _after_nms(data, tolerance.factor, labels, images, detector)
     reasons += why
-    dense, why = _before_nms(data.get("before_nms"), tolerance, [lb for lb in labels if lb not in AFTER_NMS_ONLY])
+    dense, why = _before_nms(data.get("before_nms"), tolerance, [lb for lb in labels if lb not in AFTER_NMS_ONLY],
+                             detector)
     reasons += why
     proposals, why = judge_proposals(data, tolerance, labels, images, detector, dense)
     reasons += why
@@ -126,9 +127,12 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     return pairs, floor, reasons + [pair.verdict() for pair in pairs if not pair.passed]
 
 
-def _before_nms(stored: Any, tolerance: Tolerance, labels: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+def _before_nms(stored: Any, tolerance: Tolerance, labels: list[str], detector: str
+                ) -> tuple[list[dict[str, Any]], list[str]]:
     """Each stored dense pair judged again; they must be each ONNX run against the oracle and against eager, each
-    over the same tensors."""
+    over the same tensors, which hold every head of the detector and its anchors (as a folder's manifest must)."""
+    from exporter.families.detectors import DETECTORS, missing_dense_modules
+
     if not isinstance(stored, list) or not all(isinstance(p, Mapping) for p in stored):
         raise Malformed("before-NMS pairs")
     judged, reasons = [], []
@@ -143,6 +147,11 @@ def _before_nms(stored: Any, tolerance: Tolerance, labels: list[str]) -> tuple[l
     names = {tuple(sorted(str(o.get("name")) for o in p["outputs"])) for p in judged}
     if len(names) > 1 or (judged and not next(iter(names))):
         reasons.append("the before-NMS pairs do not all compare the same tensors")
+    missing = missing_dense_modules({name for group in names for name in group}, DETECTORS.get(detector).kind) \
+        if judged else []
+    if missing:  # hunt 19a's anchors, or a head, cut out of every pair alike: that part was never judged (review 18)
+        reasons.append(f"the before-NMS pairs leave out {missing[0]}, a dense tensor of {detector}, which every "
+                       "cell judges (edited numbers); rerun the cell")
     return judged, reasons
 
 

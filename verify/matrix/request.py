@@ -58,7 +58,7 @@ class MatrixRequest:
         from exporter.user_model import FACTORY_WEIGHTS, UserModelSpec
         from verify.api import RunSettings
         from verify.runtimes import RUNTIMES
-        from verify.settings import refuse_unused_seed
+        from verify.settings import refuse_static_shapes, refuse_unused_seed
 
         users = tuple(str(UserModelSpec.parse(text)) for text in dict.fromkeys(models or ()))
         every = () if users and not backbones else BACKBONES.names()
@@ -86,6 +86,8 @@ class MatrixRequest:
             raise UsageError("The matrix does not run the layer verdict (--layers): run verify export --layers (or "
                              "verify compare MODEL FILE --layers) on the cells you want judged layer by layer")
         export = export or export_for(runtimes, settings.runtime.device)
+        if chosen[0] or users:  # a backbone's or a model's cell exports at one shape with --static (hunt 19c): the
+            refuse_static_shapes(settings, export.dynamic)  # library refuses it too, before any cell (review 18)
         shape = tuple(detector_shape or DEFAULT_DETECTOR_SHAPE)
         cells = tuple(detector_cells(detectors, chosen[1], explicit=bool(norms)))
         for name, norm in cells:
