@@ -108,7 +108,8 @@ class DetectorManifest(Strict):
     dense_outputs: list[Text]
     """The dense tensors judged before NMS, as named in the goldens (`module#call`, one per image)."""
     noise_floor: dict[Text, NonNegative]
-    """Per dense tensor as judged (`proposals` included), the oracle's float32 floor measured on the goldens."""
+    """Per dense tensor as judged (`proposals` and `final_nms.*` included), the oracle's float32 floor measured on the
+    goldens."""
     channel_floors_sha256: Sha256
     detection_floor: DetectionFloorInfo
     verdicts: Annotated[list[DetectorVerdict], Field(min_length=1)]

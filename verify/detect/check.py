@@ -7,7 +7,9 @@ Two levels, both reported:
   module runs no Python hooks: the TorchScript file's own pieces (transform, backbone, heads, RPN), called one by one,
   give its dense tensors and proposals, judged the same way aside from the before-NMS pairs (each failure a problem);
   Faster R-CNN's box-head tensors (one row per RPN proposal) are judged with their rows paired by proposal
-  (verify/detect/proposals.py): runtimes may order tied proposals differently;
+  (verify/detect/proposals.py): runtimes may order tied proposals differently; for RetinaNet and SSDlite, each ONNX
+  run's final-NMS inputs (decoded boxes and scores, an extra graph output) paired with eager's and the oracle's by
+  candidate (verify/detect/nms_inputs.py), so the decoding is judged where the NMS may suppress what it moved;
 - after NMS: detections matched by IoU (verify/detect/match.py) on the float32 floor of detections.
 Every run is guarded (verify/judge/trust.py): every image twice, bit for bit, on private input copies
 that must come back unchanged; a breach is a problem (exit 1).
@@ -36,6 +38,7 @@ from verify.detect.match import (
     compare_detections,
     measure_detection_floor,
 )
+from verify.detect.nms_inputs import NMS_INPUTS, NmsBands, derive_nms_bands, onnx_nms_inputs, paired_inputs, unexplained
 from verify.detect.proposals import (
     PROPOSALS,
     Bands,
@@ -224,6 +227,7 @@ class Run:
     detections: list[Detections]
     dense: dict[str, np.ndarray] = field(default_factory=dict)
     candidates: list[Detections] = field(default_factory=list)
+    """Each image's final-NMS inputs (boxes, scores, classes): eager's recorded, an ONNX run's extra graph outputs."""
     per_image: list[dict[str, np.ndarray]] = field(default_factory=list)
     """The dense tensors of each image, before `dense` concatenates them."""
     proposals: list[np.ndarray] = field(default_factory=list)
@@ -619,6 +623,9 @@ class _Rows:
         self.per_proposal = list(judging.per_proposal)
         self.rules = judging.rpn
         self.bands = Bands(0.0, 0.0)
+        self.score_thresh = judging.rules.score_thresh
+        self.nms = judging.rpn is None  # without an RPN the decoding's candidates were judged after NMS only
+        self.nms_bands = NmsBands(0.0, 0.0)
 
     def floors(self, eager: Run) -> dict[str, Any]:
         """The oracle's floors, measured on eager float32 paired with float64 proposal by proposal; they
@@ -627,10 +634,18 @@ class _Rows:
 
         aligned = self._align(EAGER, eager, ORACLE, self.oracle)
         samples = [concat_dense(eager.samples, self.report.images)] if eager.samples else []
+        run, ref = dict(eager.dense), dict(self.oracle.dense)
+        if aligned is not None:
+            run, ref = aligned.run, aligned.ref
+        lone = self._with_candidates(EAGER, eager, self.oracle, run, ref)
+        floors = measure_floors(run, ref, samples=samples)
+        values = {name: floor.value for name, floor in floors.items()}
+        self.nms_bands = derive_nms_bands(values, self.factor)
+        if lone is not None:
+            self._explain_candidates(EAGER, ORACLE, *lone)
         if aligned is None:
-            return measure_floors(eager.dense, self.oracle.dense, samples=samples)
-        floors = measure_floors(aligned.run, aligned.ref, samples=samples)
-        self.bands = derive_bands({name: floor.value for name, floor in floors.items()}, self.factor)
+            return floors
+        self.bands = derive_bands(values, self.factor)
         self._explain(aligned)
         return floors
 
@@ -638,10 +653,44 @@ class _Rows:
                ref: Run) -> tuple[str, dict[str, np.ndarray], str, dict[str, np.ndarray]]:
         """(label, run's tensors, ref_label, ref's tensors) ready for compare_outputs."""
         aligned = self._align(label, run, ref_label, ref)
-        if aligned is None:
-            return label, run.dense, ref_label, ref.dense  # rows by index: only ever stricter
-        self._explain(aligned)
-        return label, aligned.run, ref_label, aligned.ref
+        if aligned is not None:
+            self._explain(aligned)
+        mine, theirs = (run.dense, ref.dense) if aligned is None else (aligned.run, aligned.ref)  # by index: stricter
+        if label not in AFTER_NMS_ONLY:  # TorchScript's decoding runs in its forward only: no inputs to show
+            mine, theirs = dict(mine), dict(theirs)
+            lone = self._with_candidates(label, run, ref, mine, theirs)
+            if lone is not None:
+                self._explain_candidates(label, ref_label, *lone)
+        return label, mine, ref_label, theirs
+
+    def _with_candidates(self, label: str, run: Run, ref: Run, mine: dict[str, np.ndarray],
+                         theirs: dict[str, np.ndarray]) -> tuple[Any, list[Detections], list[Detections]] | None:
+        """Add the final NMS's inputs of both runs, paired (verify/detect/nms_inputs.py), to `mine` and `theirs` (a run
+        that shows none then misses them: a failure); (the unpaired indices, run's, ref's) to explain, or None."""
+        if not self.nms:
+            return None
+        missing = [side for side, held in (("float64", ref.candidates), ("float32", run.candidates or label != EAGER))
+                   if not held]
+        if missing:  # never silently: the decoding would go unjudged again (a runtime's own lack fails as missing)
+            self.report.problems.append(f"the eager {' and '.join(missing)} reference holds no final-NMS inputs, which "
+                                        "each runtime's decoded candidates are judged against: export it again")
+            self.nms = False  # no floor to judge them on: the report fails on this problem
+            return None
+        found = run.candidates or [Detections.of({"boxes": [], "scores": [], "labels": []}) for _ in ref.candidates]
+        paired_run, paired_ref, lone = paired_inputs(found, ref.candidates)
+        theirs.update(concat_dense(paired_ref, self.report.images))
+        if run.candidates:
+            mine.update(concat_dense(paired_run, self.report.images))
+            return lone, run.candidates, ref.candidates
+        return None
+
+    def _explain_candidates(self, label: str, ref_label: str, lone: Any, run: list[Detections],
+                            ref: list[Detections]) -> None:
+        below = self.oracle.below_threshold or None
+        problems = unexplained(lone, run, ref, self.score_thresh, below, self.nms_bands)
+        if problems:
+            self.report.problems.append(f"{label} vs {ref_label}: {len(problems)} final-NMS input(s) in one run only "
+                                        f"that rounding does not explain (first: {problems[0]})")
 
     def _align(self, label: str, run: Run, ref_label: str, ref: Run) -> _Aligned | None:
         if not (self.per_proposal and run.proposals and ref.proposals and self.rules):
@@ -692,13 +741,16 @@ def _guarded(label: str, run: Callable[[Sequence[torch.Tensor]], Run], inputs: S
 
 
 def _image_outputs(run: Run, image: int) -> dict[str, np.ndarray]:
-    """Everything a run gave for one image, by name: detections, dense tensors, proposals."""
+    """Everything a run gave for one image, by name: detections, dense tensors, proposals, final-NMS inputs."""
     found = run.detections[image]
     outputs = {"boxes": found.boxes, "scores": found.scores, "labels": found.labels}
     if run.per_image:
         outputs.update(run.per_image[image])
     if run.proposals:
         outputs[PROPOSALS] = run.proposals[image]
+    if run.candidates:  # a repeat must decode the same candidates
+        inputs = run.candidates[image]
+        outputs.update({f"{NMS_INPUTS}.{key}": getattr(inputs, key) for key in ("boxes", "scores", "labels")})
     return outputs
 
 
@@ -749,7 +801,7 @@ def _record_below_threshold(model: torch.nn.Module, calls: list[Detections], bel
 
 def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: bool) -> Run:
     """Detections and dense tensors of each image (dense ones named `module#call`, images concatenated);
-    for Faster R-CNN the RPN's proposals; in float64 also the final NMS's (and the RPN NMS's) candidates."""
+    for Faster R-CNN the RPN's proposals; the final NMS's candidates (its inputs), and in float64 also the RPN NMS's."""
     import copy
 
     import torch
@@ -769,7 +821,7 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
                 lambda mod, args, store=proposals: store.append(args[1][0].detach().clone())))
         calls: list[Detections] = []
         try:
-            with (torch.inference_mode(), _record_nms(calls) if float64 else contextlib.nullcontext(),
+            with (torch.inference_mode(), _record_nms(calls),
                   _record_below_threshold(model, calls, result.below_threshold) if float64
                   else contextlib.nullcontext()):
                 out = model([image.to(dtype)])[0]
@@ -779,7 +831,7 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
         result.detections.append(Detections.of({k: v.numpy() for k, v in out.items()}))
         if calls:
             result.candidates.append(calls[-1])
-        if calls and proposals:  # Faster R-CNN calls batched NMS twice: the RPN's first, the final one last
+        if calls and proposals and float64:  # Faster R-CNN calls batched NMS twice: the RPN's first, the final last
             result.rpn_candidates.append(calls[0])
         result.proposals += [p.double().numpy() for p in proposals]
         per_image.append({f"{m}#{i}": t.numpy() for m in modules for i, t in enumerate(seen[m])})
@@ -949,16 +1001,21 @@ def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str], devi
     proposals = onnx_proposals(model) if found else None
     if proposals is not None:
         found[PROPOSALS] = proposals
+    candidates = onnx_nms_inputs(model)  # None: the judgement then misses them (a failure) where they are asked
+    wanted = list(dict.fromkeys([*found.values(), *(candidates or ())]))
     result = Run([])
     session = _session(model.SerializeToString(), device)
-    extended = _with_outputs(model, list(found.values()))
-    dense_session = _session(extended.SerializeToString(), device) if found else None
+    extended = _with_outputs(model, wanted, {candidates[2]: onnx.TensorProto.INT64} if candidates else {})
+    dense_session = _session(extended.SerializeToString(), device) if wanted else None
     per_image = []
     for image in inputs:
         out = _ort_run(session, image, list(OUTPUT_NAMES))
         result.detections.append(Detections.of(out))
         if dense_session is not None:
-            values = _ort_run(dense_session, image, list(found.values()))
+            values = _ort_run(dense_session, image, wanted)
+            if candidates is not None:
+                result.candidates.append(Detections.of(dict(zip(("boxes", "scores", "labels"),
+                                                                (values[n] for n in candidates), strict=True))))
             tensors = {name: values[onnx_name] for name, onnx_name in found.items()}
             if PROPOSALS in tensors:
                 result.proposals.append(tensors.pop(PROPOSALS).astype("float64").reshape(-1, 4))
@@ -1115,7 +1172,8 @@ def onnx_proposals(model: Any) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def _with_outputs(model: Any, names: list[str]) -> Any:
+def _with_outputs(model: Any, names: list[str], types: dict[str, int] | None = None) -> Any:
+    """A copy of `model` with `names` as graph outputs too, float unless `types` says otherwise."""
     import copy
 
     import onnx
@@ -1124,5 +1182,6 @@ def _with_outputs(model: Any, names: list[str]) -> Any:
     present = {o.name for o in extended.graph.output}
     for name in names:
         if name not in present:
-            extended.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            extended.graph.output.append(onnx.helper.make_tensor_value_info(
+                name, (types or {}).get(name, onnx.TensorProto.FLOAT), None))
     return extended

@@ -1,6 +1,6 @@
 """A detector folder's `goldens.npz`: the images and the eager float32 and float64 runs (each image's detections,
-dense pre-NMS tensors, RPN proposals, and in float64 the inputs of the final and the RPN NMS, and the final NMS's
-inputs again under a lower score threshold) as flat arrays,
+dense pre-NMS tensors, RPN proposals, the inputs of the final NMS, and in float64 those of the RPN NMS and the final
+NMS's inputs again under a lower score threshold) as flat arrays,
 and back into the runs verify/detect/check.py judges against. Read with exporter.manifest.read_goldens (never
 unpickled); every key, dtype and shape is checked against the manifest before a run is rebuilt."""
 
@@ -26,7 +26,8 @@ eager's second float32 rounding (verify/detect/check.py `folded_samples`; none w
 DETECTION_KEYS = ("boxes", "scores", "labels")
 DENSE, PROPOSALS_KEY = "dense", "proposals"
 CANDIDATES = ("candidates", "rpn_candidates")
-"""float64 only: the recorded inputs of the final batched NMS, and of the RPN's (Faster R-CNN)."""
+"""The recorded inputs of the final batched NMS (float32 and float64: a runtime's decoded candidates are judged on
+their floor, verify/detect/nms_inputs.py), and in float64 only of the RPN's (Faster R-CNN)."""
 BELOW = "below_threshold"
 """float64 only: the final NMS's inputs recorded again with a lower score threshold (verify/detect/check.py
 `Run.below_threshold`), which a `score threshold` borderline must be one of (hunt 19d: without them in the goldens, a
@@ -77,9 +78,9 @@ def expected_keys(images: int, dense: list[str], proposals: bool, group: str) ->
     for i in range(images):
         keys |= {f"{i}.{key}" for key in DETECTION_KEYS} | {f"{i}.{DENSE}.{name}" for name in dense}
         keys |= {f"{i}.{PROPOSALS_KEY}"} if proposals else set()
-        if group == "float64":
-            kinds = (*CANDIDATES, BELOW) if proposals else (CANDIDATES[0], BELOW)
-            keys |= {f"{i}.{kind}.{key}" for kind in kinds for key in DETECTION_KEYS}
+        kinds = ((*CANDIDATES, BELOW) if proposals else (CANDIDATES[0], BELOW)) if group == "float64" \
+            else (CANDIDATES[0],)
+        keys |= {f"{i}.{kind}.{key}" for kind in kinds for key in DETECTION_KEYS}
     return keys
 
 
@@ -107,6 +108,10 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
             raise ArtifactError(f"{GOLDENS_NAME} holds no float64.<i>.{BELOW} (the final NMS's float64 inputs under a "
                                 "lower score threshold, which a `score threshold` borderline is asked to be one of): a "
                                 "folder written before they were recorded; export it again")
+        if group == "float32" and not any(key.split(".")[1:2] == [CANDIDATES[0]] for key in found):
+            raise ArtifactError(f"{GOLDENS_NAME} holds no float32.<i>.{CANDIDATES[0]} (eager float32's final-NMS "
+                                "inputs, on which each runtime's decoded candidates are judged): a folder written "
+                                "before they were recorded; export it again")
         if found != keys:
             odd = sorted(found - keys)
             what = f"holds {group}.{odd[0]}, which" if odd else f"lacks {group}.{sorted(keys - found)[0]}, which"
@@ -183,8 +188,8 @@ def _check_image_runs(goldens: dict[str, dict[str, np.ndarray]], i: int, shape: 
                                 "tensor has one shape in both precisions")
     levels = sum(name.startswith(RPN_LEVEL_HEAD) for name in dense)
     bound = max(shape[1], shape[2], IMAGE_SIZE) + BOX_SLACK
-    groups = [(f"float32.{i}", CLASSES), (f"float64.{i}", CLASSES), (f"float64.{i}.{CANDIDATES[0]}", CLASSES),
-              (f"float64.{i}.{BELOW}", CLASSES)]
+    groups = [(f"float32.{i}", CLASSES), (f"float64.{i}", CLASSES), (f"float32.{i}.{CANDIDATES[0]}", CLASSES),
+              (f"float64.{i}.{CANDIDATES[0]}", CLASSES), (f"float64.{i}.{BELOW}", CLASSES)]
     if proposals:
         groups.append((f"float64.{i}.{CANDIDATES[1]}", levels))
     for prefix, labels in groups:

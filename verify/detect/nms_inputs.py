@@ -1,0 +1,196 @@
+"""The final NMS's inputs (each candidate's decoded box, score and class) of a run judged against a reference's, paired
+as the RPN's proposals are (verify/detect/proposals.py), for the detectors without an RPN (RetinaNet, SSDlite).
+
+Their box decoding (the box coder's weights and clamp, the anchors as the decoding reads them) was judged after NMS
+only: a decoding bug that moved only candidates the NMS then suppresses agreed (hunt 20a: SSDlite's level-2 anchors
+5 % off between the anchor generator and the decoding exited 0). Per image and per class, the candidates of the two
+runs are paired by optimal assignment on their largest coordinate difference (a score difference counts at the
+boxes' scale, so two candidates with one clipped box stay apart), a pair only where IoU >= PAIR_IOU; the paired boxes
+and scores are judged as the tensors BOXES and SCORES on floors measured the same way on eager float32 against float64.
+A candidate in one run only passes only when rounding explains it, each case named:
+- `score threshold`: its score within the band of the score threshold (on the run's side, also one of the float64
+  inputs recorded below the threshold, box and score within rounding, where they were recorded);
+- `top-k cut`: a candidate of the run only and one of the reference only swapped at a per-level (RetinaNet) or
+  per-class (SSDlite) top-k cut: both scores within the band of the lowest score of a sorted block of the reference's
+  candidates (the one the reference's own candidate sits in), and of each other.
+Anything else fails, as one problem of the report naming the first such candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from verify.detect.match import EXPLAIN_FACTOR, Detections, iou_matrix
+from verify.detect.proposals import PAIR_IOU, UNPAIRABLE_COST
+from verify.judge.oracle import FLOAT32_EPS
+
+if TYPE_CHECKING:
+    import numpy as np
+
+NMS_INPUTS = "final_nms"
+BOXES, SCORES = f"{NMS_INPUTS}.boxes", f"{NMS_INPUTS}.scores"
+"""The names under which paired candidates are judged like any dense tensor (`@HxW` added for images of several
+sizes, as concat_dense names them)."""
+
+
+@dataclass(frozen=True)
+class NmsBands:
+    """How far rounding can move a candidate's box coordinates and score."""
+
+    boxes: float
+    scores: float
+
+
+def derive_nms_bands(floors: Mapping[str, float], factor: float) -> NmsBands:
+    """`factor` (at most EXPLAIN_FACTOR) floors of the paired boxes and scores, the scores' plus one float32 rounding
+    of a probability; 0 (nothing explained) without a floor."""
+    factor = min(factor, EXPLAIN_FACTOR)
+    boxes = [v for name, v in floors.items() if name.partition("@")[0] == BOXES]
+    scores = [v for name, v in floors.items() if name.partition("@")[0] == SCORES]
+    return NmsBands(factor * max(boxes) if boxes else 0.0,
+                    factor * (max(scores) + FLOAT32_EPS) if scores else 0.0)
+
+
+def pair_candidates(run: Detections, ref: Detections) -> list[tuple[int, int]]:
+    """Optimal one-to-one pairs (index in run, index in ref) within each class, a pair only where IoU >= PAIR_IOU;
+    sorted by the reference's index."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    pairs: list[tuple[int, int]] = []
+    scale = max(1.0, float(np.abs(ref.boxes).max(initial=0.0)) if len(ref) else 1.0)
+    for label in np.intersect1d(run.labels, ref.labels):
+        i, j = np.flatnonzero(run.labels == label), np.flatnonzero(ref.labels == label)
+        a, b = run.boxes[i], ref.boxes[j]
+        cost = np.maximum(np.abs(a[:, None, :] - b[None, :, :]).max(axis=2),
+                          np.abs(run.scores[i][:, None] - ref.scores[j][None, :]) * scale)
+        rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=UNPAIRABLE_COST, posinf=UNPAIRABLE_COST))
+        iou = iou_matrix(a, b)
+        pairs += [(int(i[r]), int(j[c])) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= PAIR_IOU]
+    return sorted(pairs, key=lambda p: p[1])
+
+
+def paired_inputs(run: Sequence[Detections], ref: Sequence[Detections]) -> tuple[
+        list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], list[tuple[list[int], list[int]]]]:
+    """Per image: both sides' paired boxes and scores (BOXES, SCORES) in the reference's order, and the unpaired
+    indices (run, reference)."""
+    import numpy as np
+
+    mine, theirs, lone = [], [], []
+    for found, reference in zip(run, ref, strict=True):
+        pairs = pair_candidates(found, reference)
+        i = np.array([p[0] for p in pairs], dtype=np.int64)
+        j = np.array([p[1] for p in pairs], dtype=np.int64)
+        mine.append({BOXES: found.boxes[i].reshape(-1, 4), SCORES: found.scores[i]})
+        theirs.append({BOXES: reference.boxes[j].reshape(-1, 4), SCORES: reference.scores[j]})
+        lone.append((sorted(set(range(len(found))) - set(i.tolist())),
+                     sorted(set(range(len(reference))) - set(j.tolist()))))
+    return mine, theirs, lone
+
+
+def block_lows(scores: np.ndarray) -> np.ndarray:
+    """Per candidate, the lowest score of the sorted block it sits in: torchvision concatenates each level's (RetinaNet)
+    or class's (SSD) top-k, highest first, so a block ends where the next score rises."""
+    import numpy as np
+
+    if not len(scores):
+        return scores.copy()
+    starts = np.concatenate([[True], scores[1:] > scores[:-1]])
+    block = np.cumsum(starts) - 1
+    ends = np.concatenate([np.flatnonzero(starts)[1:] - 1, [len(scores) - 1]])
+    return scores[ends][block]
+
+
+def unexplained(lone: Sequence[tuple[list[int], list[int]]], run: Sequence[Detections], ref: Sequence[Detections],
+                score_thresh: float, below: Sequence[Detections] | None, bands: NmsBands) -> list[str]:
+    """Each candidate in one run only that rounding does not explain (see the module's rules), one line each."""
+    import numpy as np
+
+    problems: list[str] = []
+    for image, (run_only, ref_only) in enumerate(lone):
+        found, reference = run[image], ref[image]
+        lows = block_lows(reference.scores)
+        cuts = np.unique(lows)
+        swaps_run, swaps_ref = [], []
+        for k in run_only:
+            score = float(found.scores[k])
+            if abs(score - score_thresh) <= bands.scores and _recorded(found, k, below, image, bands):
+                continue
+            if len(cuts) and float(np.abs(cuts - score).min()) <= bands.scores:
+                swaps_run.append((score, k))
+                continue
+            problems.append(_where(image, "run", found, k) + ": not within rounding of the score threshold or a top-k "
+                            "cut (or not one of the float64 inputs recorded below the threshold)")
+        for k in ref_only:
+            score = float(reference.scores[k])
+            if abs(score - score_thresh) <= bands.scores:
+                continue
+            if abs(score - float(lows[k])) <= bands.scores:
+                swaps_ref.append((score, k))
+                continue
+            problems.append(_where(image, "reference", reference, k) + ": not within rounding of the score threshold "
+                            "or of its top-k cut")
+        problems += _unswapped(image, sorted(swaps_run), sorted(swaps_ref), found, reference, bands)
+    return problems
+
+
+def _recorded(found: Detections, k: int, below: Sequence[Detections] | None, image: int, bands: NmsBands) -> bool:
+    """Whether the run's candidate `k` is one of the float64 inputs recorded below the score threshold (True where
+    none were recorded: the report then fails on their absence)."""
+    import numpy as np
+
+    if below is None:
+        return True
+    if image >= len(below):
+        return False
+    low = below[image]
+    same = low.labels == found.labels[k]
+    near = (np.abs(low.boxes - found.boxes[k]).max(axis=1, initial=0.0) <= bands.boxes) & \
+        (np.abs(low.scores - found.scores[k]) <= bands.scores)
+    return bool((same & near).any())
+
+
+def _unswapped(image: int, run: list[tuple[float, int]], ref: list[tuple[float, int]], found: Detections,
+               reference: Detections, bands: NmsBands) -> list[str]:
+    """A top-k swap trades one candidate for another: the two sides' cut candidates paired in score order, each pair
+    within the score band; any left over is unexplained."""
+    problems = []
+    while run and ref:
+        a, b = run[0][0], ref[0][0]
+        if abs(a - b) <= 2 * bands.scores:
+            run.pop(0)
+            ref.pop(0)
+        elif a < b:
+            problems.append(_where(image, "run", found, run.pop(0)[1]) + ": at a top-k cut, but no candidate of the "
+                            "reference only swapped with it")
+        else:
+            problems.append(_where(image, "reference", reference, ref.pop(0)[1]) + ": at a top-k cut, but no "
+                            "candidate of the run only swapped with it")
+    problems += [_where(image, "run", found, k) + ": at a top-k cut, but no candidate of the reference only swapped "
+                 "with it" for _, k in run]
+    problems += [_where(image, "reference", reference, k) + ": at a top-k cut, but no candidate of the run only "
+                 "swapped with it" for _, k in ref]
+    return problems
+
+
+def _where(image: int, side: str, found: Detections, k: int) -> str:
+    box = ", ".join(f"{v:.6g}" for v in found.boxes[k])
+    return f"image {image}: {side} candidate of class {int(found.labels[k])}, score {found.scores[k]:.9g}, box [{box}]"
+
+
+def onnx_nms_inputs(model: object) -> tuple[str, str, str] | None:
+    """The values the final batched NMS takes (boxes, scores, labels) in a legacy ONNX detector: the graph's `scores`
+    and `labels` outputs are Gathers of the NMS's scores and labels by its kept indices, and its boxes are the one other
+    Gather by those indices (before the transform scales them back); None where the graph is not so."""
+    made = {out: node for node in model.graph.node for out in node.output}  # type: ignore[attr-defined]
+    scores, labels = made.get("scores"), made.get("labels")
+    if scores is None or labels is None or scores.op_type != "Gather" or labels.op_type != "Gather" \
+            or scores.input[1] != labels.input[1]:
+        return None
+    kept = scores.input[1]
+    boxes = {node.input[0] for node in model.graph.node  # type: ignore[attr-defined]
+             if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == kept} \
+        - {scores.input[0], labels.input[0]}
+    return (boxes.pop(), scores.input[0], labels.input[0]) if len(boxes) == 1 else None
