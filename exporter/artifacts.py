@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from exporter.backbones import BuiltModel
 
 META_KEY = "backbone_verify"
+LEAST_DYNAMIC_SIZE = 2
+"""torch.export's least size of a dynamic axis (0 and 1 are specialised): a larger least is a bound of the file's."""
 """ONNX metadata_props key / TorchScript extra file holding the metadata JSON."""
 TORCHSCRIPT_META_FILE = f"{META_KEY}.json"
 
@@ -37,9 +39,21 @@ class ArtifactMeta:
     exporter: str | None = None
 
     def bounded_axes(self) -> str:
-        """`height 2..32, width 2..32`: the dynamic axes this file accepts only up to a size ('' if none)."""
-        return ", ".join(f"{self.dynamic_axes.get(axis, 'axis ' + axis)} {least}..{greatest}"
-                         for axis, (least, greatest) in sorted(self.dynamic_ranges.items()) if greatest is not None)
+        """`height 2..32, width 16..`: the dynamic axes this file accepts only up to a size, or only from a size above
+        torch.export's own least (2) ('' if none). A least size comes from a guard on the traced size (`y if
+        x.shape[-1] >= 16 else -y`): a `.pt2` refuses smaller inputs, an ONNX file runs them with the traced branch
+        (hunt 20b), so either is a bound the report names."""
+        return ", ".join(f"{self.dynamic_axes.get(axis, 'axis ' + axis)} {least}..{greatest or ''}"
+                         for axis, (least, greatest) in sorted(self.dynamic_ranges.items())
+                         if greatest is not None or (least or 0) > LEAST_DYNAMIC_SIZE)
+
+    def least_bounded(self) -> bool:
+        """Whether an axis takes sizes only from one above torch.export's own least (see bounded_axes)."""
+        return any((least or 0) > LEAST_DYNAMIC_SIZE for least, _ in self.dynamic_ranges.values())
+
+    def most_bounded(self) -> bool:
+        """Whether an axis takes sizes only up to one (see bounded_axes)."""
+        return any(greatest is not None for _, greatest in self.dynamic_ranges.values())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

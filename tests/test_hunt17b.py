@@ -70,17 +70,16 @@ def model_file(tmp_path, source: str):
                          ids=["traced-torchscript", "legacy-onnx"])
 def test_a_file_that_fixed_the_examples_width_fails_the_export_naming_the_axis(tmp_path, how):
     """Before: `verify export --model baked.py:make --shape 1x3x16x16 --trace` (or the legacy ONNX exporter, which
-    traces too) of `conv(x) * int(x.shape[-1])` exited 0 with "all pairs agree" and published a folder whose manifest
+    traces too) of `conv(x) * len(x[0, 0, 0])` exited 0 with "all pairs agree" and published a folder whose manifest
     declares dynamic height and width (measured at 1x3x32x32: at 2x3x64x64 the TorchScript and ONNX files were 78 off
     in max abs, the outputs times 32, not 64), and `verify artifact` of a folder without a .pt2 passed it too (the
-    second shape judged against model.pt, which carries the same width). Now the export runs each file once at a
-    second shape inside its axes, judges it against the model's float64 run there, names the axis, and writes no
-    folder (exit 1)."""
+    second shape judged against model.pt, which carries the same width). Hunt 17b ran each file at a second shape
+    (exit 1 there); since hunt 20b the trace is watched for the size it reads (`len()` gives a tensor in a trace, read
+    as a Python int), and the export is refused before any file is written (exit 2), naming what torch warned."""
     out = tmp_path / "out"
     result = invoke("export", "--model", model_file(tmp_path, BAKED_WIDTH), "--shape", SHAPE, *how, "--out", out)
-    assert result.exit_code == 1, result.output
-    assert "inside the dynamic axes it declares" in result.output
-    assert "its width does not hold" in result.output
+    assert result.exit_code == 2, result.output
+    assert "read the input's size as a Python number (Using len to get tensor shape" in result.output
     assert "--static" in result.output
     assert not (out / "baked-make").exists()
 
@@ -116,11 +115,12 @@ def test_a_passing_dynamic_export_says_where_its_files_were_judged_at_the_second
 def test_a_file_that_fixed_the_examples_batch_names_the_batch(tmp_path):
     """Before: a trace of `y + y * arange(int(x.shape[0]))` at batch 1 exited 0 (the in-memory model follows its
     batch, which is all the export checked); at batch 2 the file's second sample is half what the model gives.
-    Now the batch is named."""
+    Hunt 17b named the batch at the second shape (exit 1); since hunt 20b the trace's read of it (`len(x)`) is refused
+    before any file is written (exit 2)."""
     result = invoke("export", "--model", model_file(tmp_path, BAKED_BATCH), "--shape", SHAPE, "--trace",
                     "--format", "torchscript", "--out", tmp_path / "out")
-    assert result.exit_code == 1, result.output
-    assert "its batch does not hold" in result.output
+    assert result.exit_code == 2, result.output
+    assert "read the input's size as a Python number" in result.output and not (tmp_path / "out").exists()
 
 
 LINEAR_HEAD = """

@@ -48,8 +48,10 @@ def accepted_ranges(program: Any) -> dict[str, list[int | None]]:
     ranges: dict[str, list[int | None]] = {}
     for axis in DYNAMIC_AXES:
         size = shape[int(axis)]
-        if not isinstance(size, torch.SymInt):
-            ranges[axis] = [int(size), int(size)]  # specialised to the example's size
+        if not isinstance(size, torch.SymInt) or size.node.expr.is_number:
+            # specialised to the example's size: a plain int, or a SymInt torch fixed while tracing (a 2x2 input whose
+            # stride-2 stages reach 1x1 keeps `1 + (-1 + x.size()[3]) // 2 == 1` as a guard; hunt 20b)
+            ranges[axis] = [int(size), int(size)]
             continue
         bounds = program.range_constraints.get(size.node.expr)
         ranges[axis] = [_finite(bounds.lower) if bounds else None, _finite(bounds.upper) if bounds else None]

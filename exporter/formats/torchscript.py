@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,21 +137,28 @@ def refuse_traced_reads(caught: list[warnings.WarningMessage], ctx: ExportContex
     values are refused whatever the export (no input can show a threshold it does not cross: review 17); sizes only
     where the export claims dynamic axes (a size frozen in a trace holds at the example's size alone, and a second
     shape shows no threshold on it that it does not reach), never in a static one, where they are right. A user's model
-    traced without such a warning is run so too (as the trace ran it: `_reads_values` with `tracing`): a model can
-    silence the trace's warnings itself (hunt 19b)."""
+    traced without such a warning is traced once more watching for reads (`_traced_reads`): a model can silence the
+    trace's warnings itself (hunt 19b: a value; hunt 20b: a size, `y if x.shape[-1] >= 16 else -y`, exported with
+    exit 0, the file computing y at 8 px); that trace tells a size from a value by what the tensor read is made of."""
     import torch
 
     said = next((str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)
                  and any(read in str(w.message) for read in TRACED_READS)), None)
     values = None
     if said is None:
-        if getattr(ctx.built.spec, "registered", False) or not _reads_values(ctx, tracing=True):
+        if getattr(ctx.built.spec, "registered", False):
+            return
+        kinds = _traced_reads(ctx)
+        if not kinds:
             return
         # a user's model that silenced the trace's warning itself (`warnings.simplefilter("ignore")` in its forward,
-        # hunt 19b: exported with exit 0, the file keeping the example's branch) still read what it read
-        said, values = "no TracerWarning reached this tool: the model silenced it", True
+        # hunt 19b: exported with exit 0, the file keeping the example's branch) still read what it read; torch may
+        # also have worded it otherwise (`len(x)`: "Using len to get tensor shape")
+        said = next((str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)),
+                    "no TracerWarning reached this tool: the model silenced it")
+        values = "values" in kinds
     first = said.strip().split(". ")[0][:120]
-    if values or _reads_values(ctx):
+    if values or values is None and _reads_values(ctx):
         raise ExportError(f"{how} of {ctx.built.spec} read the input's values as a Python value ({first}): the file "
                           f"would keep the example's value for every input; {fix}")
     if ctx.dynamic:
@@ -161,16 +167,27 @@ def refuse_traced_reads(caught: list[warnings.WarningMessage], ctx: ExportContex
                           f"and width; pass --static, or {fix}")
 
 
-def _reads_values(ctx: ExportContext, tracing: bool = False) -> bool:
+def _reads_values(ctx: ExportContext) -> bool:
     """Whether the model, run eagerly on a copy of the example, hands values of its input to Python (PYTHON_READS): in
     an eager run sizes are Python ints, so what a trace warned of was then a value. A tensor made from the model's
     parameters, buffers and tensors kept as plain attributes of its modules (`self.scale = torch.tensor(2.0)`; and
     from factories given only Python numbers: sizes) holds no value of the input, and a trace keeps it right for every
     input: reading it (`float(self.temperature)`, hunt 18a: refused as a read of the input) is none. Any other tensor
     read counts, and so does one of those the run changes (written in place, or an attribute set to another tensor:
-    `self.last = x`): it holds what an earlier call put there, an earlier input. A run that fails counts as one.
-    With `tracing`, `torch.jit.is_tracing()` says True meanwhile: the run takes the branches the trace took (a check
-    of values the model makes only when not traced is no read the file keeps)."""
+    `self.last = x`): it holds what an earlier call put there, an earlier input. A run that fails counts as one."""
+    return "values" in _reads(ctx, tracing=False)
+
+
+def _traced_reads(ctx: ExportContext) -> set[str]:
+    """What a `torch.jit.trace` of the model hands to Python, watched as `_reads_values` watches an eager run: "values"
+    (a tensor made of the input's values) and "sizes" (one made of its sizes alone, which a trace makes tensors of:
+    `x.shape[-1] >= 16`). A real trace, not an eager run with `torch.jit.is_tracing` patched: the model takes the
+    branches the trace took however it asks (`from torch.jit import is_tracing` bound at import, `torch._C.
+    _get_tracing_state`), and a check of values it makes only when not traced is no read the file keeps."""
+    return _reads(ctx, tracing=True)
+
+
+def _reads(ctx: ExportContext, tracing: bool) -> set[str]:
     model = ctx.built.model
     kept = _kept_tensors(model)
     before = {key: (t, _stamp(t)) for key, t in kept.items()}
@@ -178,8 +195,10 @@ def _reads_values(ctx: ExportContext, tracing: bool = False) -> bool:
     after = _kept_tensors(model)
     state = {id(t) for key, (t, stamp) in before.items()
              if after.get(key) is not t or not _same_stamp(t, stamp)}
-    if seen or not state or changed is None:
-        return seen if changed is not None else True
+    if changed is None:
+        return {"values"}
+    if seen or not state:
+        return seen
     # a tensor the model keeps and changes is state: read again with it (and what it makes) counted as the input's
     return _watched_run(ctx, {id(t): t for t in kept.values() if id(t) not in state}, tracing)[0]
 
@@ -225,40 +244,58 @@ def _same_stamp(tensor: Any, stamp: Any) -> bool:
     return tensor.shape == stamp.shape and bool(torch.equal(tensor, stamp)) if tensor.dtype == stamp.dtype else False
 
 
-def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = False) -> tuple[bool, bool | None]:
-    """(whether the run handed a tensor not made of `constant` alone to Python, True: it ran; None where it failed)."""
+SIZE_READS = frozenset({"size", "numel", "__len__"})
+"""Tensor methods that, under a trace, give the input's sizes as tensors (`len(x)` too), as `Tensor.shape` does."""
+
+
+def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = False) -> tuple[set[str], bool | None]:
+    """(what the run handed to Python of tensors not made of `constant` alone: "values", or under a trace "sizes" for a
+    tensor made of the input's sizes and constants alone; True: it ran, None where it failed). With `tracing` the run
+    is `torch.jit.trace` itself."""
     import torch
     from torch.overrides import TorchFunctionMode
     from torch.utils._pytree import tree_leaves
 
+    sized: dict[int, Any] = {}  # tensors a trace made of the input's sizes (kept alive: ids are not reused meanwhile)
+    shape = torch.Tensor.shape
+
     class Reads(TorchFunctionMode):
-        seen = False
+        seen: ClassVar[set[str]] = set()  # a class of this call's own
 
         def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
             name = getattr(func, "__name__", "")
             given = [t for t in tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
             fixed = all(id(t) in constant for t in given)
+            of_sizes = not fixed and all(id(t) in constant or id(t) in sized for t in given)
             if name in PYTHON_READS and not fixed:
-                Reads.seen = True
+                Reads.seen.add("sizes" if of_sizes else "values")
             out = func(*args, **(kwargs or {}))
+            made = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            if name in SIZE_READS or getattr(func, "__self__", None) is shape:
+                sized.update((id(t), t) for t in made)
+                return out
             writes = name in ("__set__", "__setitem__") or name.endswith("_") and not name.endswith("__") \
                 or "out" in (kwargs or {})
-            for t in (given if writes and not fixed else []) + [t for t in tree_leaves(out)
-                                                                 if isinstance(t, torch.Tensor)]:
+            for t in (given if writes and not fixed else []) + made:
                 if fixed:
                     constant[id(t)] = t
-                else:  # made from the input, or a constant's tensor the input's values were written into
-                    constant.pop(id(t), None)
+                    continue
+                constant.pop(id(t), None)  # made from the input, or a constant's tensor the input was written into
+                if of_sizes:
+                    sized[id(t)] = t
+                else:
+                    sized.pop(id(t), None)
             return out
 
-    from unittest import mock
-
     try:
-        with Reads(), torch.inference_mode(), \
-                mock.patch.object(torch.jit, "is_tracing", lambda: True) if tracing else contextlib.nullcontext():
-            ctx.built.model(ctx.example.clone())
+        with Reads(), torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # this trace's TracerWarnings and deprecation notices: the export had them
+            if tracing:
+                torch.jit.trace(ctx.built.model, ctx.example.clone(), strict=False, check_trace=False)
+            else:
+                ctx.built.model(ctx.example.clone())
     except Exception:  # noqa: BLE001 - a model that fails on its own example is judged elsewhere; say values
-        return True, None
+        return {"values"}, None
     return Reads.seen, True
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -983,13 +983,27 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
         shape_notes += [SECOND_SHAPE_UNJUDGED] if build.no_float64 is not None else []
     report.pairs = worst_over_inputs(judged, build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) \
-        + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + shape_notes + [
-        f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
-        f"{'x'.join(map(str, a.meta.input_shape))} input; export at the largest size you deploy"
-        for a in artifacts.values() if a.path is not None and (bounds := a.meta.bounded_axes())]
+        + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + shape_notes + bounds_notes(artifacts.values())
     for thread in stores:  # the files stay where the stores read them until the outcome is returned
         thread.join()
     return CellOutcome(report, build, artifacts, feeds[0], first, statuses)
+
+
+def bounds_notes(artifacts: Iterable[Artifact]) -> list[str]:
+    """A note for each file whose dynamic axes torch.export bounded (ArtifactMeta.bounded_axes): up to a size (export
+    at the largest size deployed), or from a size above its own least (hunt 20b: `y if x.shape[-1] >= 16 else -y`
+    exported at 32 px with exit 0, and the ONNX file computed y at 8 px where the model computes -y)."""
+    notes = []
+    for a in artifacts:
+        bounds = a.meta.bounded_axes() if a.path is not None else ""
+        if not bounds:
+            continue
+        advice = (["export at the largest size you deploy"] if a.meta.most_bounded() else []) \
+            + (["inputs below a least size were not verified (a .pt2 refuses them, an ONNX file runs them as it was "
+                "traced): deploy inputs of at least that size"] if a.meta.least_bounded() else [])
+        notes.append(f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
+                     f"{'x'.join(map(str, a.meta.input_shape))} input; {'; '.join(advice)}")
+    return notes
 
 
 def wants_layers(spec: Any, settings: RunSettings) -> bool:
