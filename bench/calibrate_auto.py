@@ -329,7 +329,8 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=None, help="default: every registered backbone")
     parser.add_argument("--norms", nargs="+", default=None, help="default: every norm variant")
     parser.add_argument("--views", nargs="+", default=["body", "fpn", "trunk"],
-                        help="views besides body are run for resnet50 only")
+                        help="views besides body are run for resnet50 only (unless --views-everywhere)")
+    parser.add_argument("--views-everywhere", action="store_true", help="every view for every backbone")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="seeded inputs (verify's --samples)")
     parser.add_argument("--shape", nargs=2, type=int, default=[224, 224], metavar=("H", "W"))
     parser.add_argument("--exporters", nargs="+", default=["torchscript", "dynamo"])
@@ -379,7 +380,7 @@ def main() -> None:
             for backbone in backbones:
                 weights = load_weights("synthetic", backbone)
                 for norm in [n for n in (args.norms or list_norms()) if n in family_of(backbone).norms]:
-                    views = [v for v in args.views if v == "body" or backbone == "resnet50"]
+                    views = [v for v in args.views if v == "body" or backbone == "resnet50" or args.views_everywhere]
                     for view in views:
                         spec = ModelSpec(backbone, norm, view)
                         start = time.perf_counter()

@@ -29,7 +29,7 @@ from verify.explain.tracers import (
 )
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.layers import Isolation, LayerError
-from verify.judge.oracle import folded_float32, summation_floor, worst_floor
+from verify.judge.oracle import chain_summation_floor, folded_float32, summation_floor, worst_floor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -78,24 +78,48 @@ class Reference:
     """own_floor's results by (module chain, call): several files of one model re-run the same layers."""
     called: set[str] = field(default_factory=set)
     """Every module the model called, also those whose output is no tensor (`nn.MultiheadAttention`'s tuple)."""
+    producers: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    """Module call -> the module call whose output tensor it read as its first input, unchanged since (norms_after)."""
+    float32: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    """id of a recorded float64 value -> (that value, its float32 copy): each file's ONNX feeds convert it once."""
+    norms: dict[str, str] | None = None
+    """norms_after's result, found once for every file."""
+
+    def as_float32(self, value: Any) -> Any:
+        """`value` (one of this reference's tensors) in float32, converted once; for reading only (ONNX feeds)."""
+        found = self.float32.get(id(value))
+        if found is None or found[0] is not value:
+            found = self.float32[id(value)] = (value, value.float())
+        return found[1]
 
 
 def record_reference(side: Side, x: np.ndarray) -> Reference:
     """Each module call's first tensor input and its output, in float64. The input is taken before the call runs (a
     pre-hook): an in-place module (`nn.Hardswish(inplace=True)`, `x.add_(b)`) has overwritten it by the time its
-    forward hook runs, and its floor, measured on that, was its own output's distance from itself applied twice."""
+    forward hook runs, and its floor, measured on that, was its own output's distance from itself applied twice.
+    An input that is a module's output tensor, unchanged since (torch's version counter), is that output's record,
+    not a copy of it; the call that produced it is kept (`Reference.producers`)."""
+    import weakref
+
     import torch
 
     names = {id(m): n for n, m in canonical_modules(side.fp64, side.prefix).items()}
-    inputs, outputs, calls, sole, called = {}, {}, Counter(), set(), set()
-    taken: dict[int, list[tuple[Any, bool]]] = {}  # module -> its open calls' inputs (a module may call itself)
+    inputs, outputs, calls, sole, called, producers = {}, {}, Counter(), set(), set(), {}
+    taken: dict[int, list[tuple[Any, bool, Any]]] = {}  # module -> its open calls' inputs (a module may call itself)
+    produced: dict[int, tuple[Any, int, tuple[str, int]]] = {}  # id(output) -> (weak ref, version, call)
 
     def before(module, args):
-        first = args[0].detach().clone() if args and isinstance(args[0], torch.Tensor) else None
-        taken.setdefault(id(module), []).append((first, sum(isinstance(arg, torch.Tensor) for arg in args) == 1))
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        source = produced.get(id(first)) if first is not None else None
+        if source is not None and source[0]() is first and source[1] == first._version:
+            first, origin = outputs[source[2]], source[2]
+        else:
+            first, origin = (first.detach().clone() if first is not None else None), None
+        alone = sum(isinstance(arg, torch.Tensor) for arg in args) == 1
+        taken.setdefault(id(module), []).append((first, alone, origin))
 
     def hook(module, args, output):
-        first, alone = taken[id(module)].pop()
+        first, alone, origin = taken[id(module)].pop()
         name = names.get(id(module))
         if name is not None:
             called.add(name)
@@ -104,10 +128,15 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
         key = (name, calls[name])
         calls[name] += 1
         outputs[key] = output.detach().clone()
+        known = produced.get(id(output))
+        if known is None or known[0]() is not output or known[1] != output._version:  # else an inner call's: kept
+            produced[id(output)] = (weakref.ref(output), output._version, key)
         if first is not None:
             inputs[key] = first
             if alone:
                 sole.add(key)
+            if origin is not None:
+                producers[key] = origin
 
     modules = [m for m in side.fp64.modules() if id(m) in names]
     handles = [m.register_forward_pre_hook(before) for m in modules] + [m.register_forward_hook(hook) for m in modules]
@@ -118,7 +147,7 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
         for handle in handles:
             handle.remove()
     return Reference(side, inputs, outputs, torch.from_numpy(x).double(),
-                     canonical_modules(side.fp32, side.prefix), sole, called=called)
+                     canonical_modules(side.fp32, side.prefix), sole, called=called, producers=producers)
 
 
 def own_floor(ref: Reference, unit: Unit) -> Any:
@@ -140,14 +169,18 @@ def _own_floor(ref: Reference, chain: list[str], call: int) -> Any:
     if value is None or any(name not in ref.modules for name in chain):
         return None
     want = ref.outputs[(chain[-1], call)].numpy()
-    worst = worst_floor(float32_evaluations([ref.modules[n] for n in chain], value.float()), want)
+    modules = [ref.modules[name] for name in chain]
+    worst = worst_floor(float32_evaluations(modules, value.float()), want)
     if worst is None:
         return None
-    bound = summation_floor(ref.modules[chain[0]], value) if len(chain) == 1 else None
+    # a layer summing few values: its summation floor, one for the layer (summation_floor) or, for a conv judged with
+    # its folded norm, one a channel (chain_summation_floor)
+    bound = summation_floor(modules[0], value) if len(chain) == 1 else chain_summation_floor(*modules, value)
     if bound is None:
         return worst
-    return dataclasses.replace(worst, value=max(worst.value, bound),
-                               channels=None if worst.channels is None else np.maximum(worst.channels, bound))
+    channels = None if worst.channels is None or np.size(bound) not in (1, worst.channels.size) \
+        else np.maximum(worst.channels, bound)
+    return dataclasses.replace(worst, value=max(worst.value, float(np.max(bound))), channels=channels)
 
 
 def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
@@ -163,9 +196,13 @@ def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
         runs = [module(start.clone()).numpy()]
         head = chain[0]
         if isinstance(head, torch.nn.Conv2d) and head.groups == 1:
-            flipped = copy.deepcopy(head)
-            flipped.weight.copy_(head.weight.flip(1))
-            runs.append(torch.nn.Sequential(flipped, *chain[1:])(start.flip(1)).numpy())
+            if type(head).forward is torch.nn.Conv2d.forward:  # torch's own conv: its forward, with no module copy
+                summed = head._conv_forward(start.flip(1), head.weight.flip(1), head.bias)
+            else:  # a subclass computes its own forward: on a copy whose weights are flipped
+                flipped = copy.deepcopy(head)
+                flipped.weight.copy_(head.weight.flip(1))
+                summed = flipped(start.flip(1))
+            runs.append(torch.nn.Sequential(*chain[1:])(summed).numpy())
         fold = folded_float32(module, start) if len(chain) > 1 else None
         if fold is not None:
             runs.append(fold(start.clone()).numpy())
@@ -431,18 +468,29 @@ def conv_before(norm: str, norms: dict[str, str] | None) -> str:
 
 def norms_after(ref: Reference) -> dict[str, str]:
     """Each conv whose output a norm read as its only input in the model's own run, by conv: the norm the legacy
-    exporter folds into it, whatever the two are named (a user's `conv_a` then `norm_a`)."""
+    exporter folds into it, whatever the two are named (a user's `conv_a` then `norm_a`). Found once a reference:
+    from the call that produced the norm's input (`Reference.producers`), else by the values (a conv's output that
+    reached the norm through an Identity)."""
     import torch
 
     from verify.explain.structure import NORM_TYPES, type_name
 
-    convs = [(key, value) for key, value in ref.outputs.items() if "Conv" in type_name(ref.modules.get(key[0]))]
-    found = {}
+    if ref.norms is not None:
+        return ref.norms
+
+    def conv(name: str | None) -> bool:
+        return name is not None and "Conv" in type_name(ref.modules.get(name))
+
+    convs = [(key, value) for key, value in ref.outputs.items() if conv(key[0])]
+    found: dict[str, str] = {}
     for key, value in ref.inputs.items():
         if key in ref.sole_inputs and type_name(ref.modules.get(key[0])) in NORM_TYPES:
-            conv = next((c for (c, _), out in convs if out.shape == value.shape and torch.equal(out, value)), None)
-            if conv is not None:
-                found.setdefault(conv, key[0])
+            source = ref.producers.get(key, (None, 0))[0]
+            before = source if conv(source) else \
+                next((c for (c, _), out in convs if out.shape == value.shape and torch.equal(out, value)), None)
+            if before is not None:
+                found.setdefault(before, key[0])
+    ref.norms = found
     return found
 
 
@@ -471,12 +519,13 @@ def run_onnx_piece(piece: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return session.run(None, feeds)[0]
 
 
-def unit_feeds(ref: Reference, unit: Unit) -> dict[Any, Any] | None:
-    """The unit's inputs as the reference computed them, in float32 (None where one is missing)."""
+def unit_feeds(ref: Reference, unit: Unit, shared: bool = False) -> dict[Any, Any] | None:
+    """The unit's inputs as the reference computed them, in float32 (None where one is missing): new tensors, or
+    with `shared` the reference's one float32 copy of each (for a reader that never writes: ONNX Runtime's feeds)."""
     feeds = {name: reference_value(ref, key, unit) for name, key in unit.inputs.items()}
     if any(value is None for value in feeds.values()):
         return None
-    return {name: value.float() for name, value in feeds.items()}
+    return {name: ref.as_float32(value) if shared else value.float() for name, value in feeds.items()}
 
 
 def run_together(model: Any, jobs: Sequence[tuple[Unit, dict[str, np.ndarray], tuple[int, ...]]]
@@ -536,7 +585,7 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
     result = Isolation("", "", factor, skipped=skipped, outside=outside)
     jobs = []
     for unit in units:
-        if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:
+        if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit, shared=True)) is None:
             result.skipped.append(unit.path)
             continue
         jobs.append((unit, {name: value.numpy() for name, value in feeds.items()},
@@ -656,9 +705,12 @@ def isolate_eager(ref: Reference, side: Side, factor: float) -> Isolation:
             if (got := rerun(result, name, leaves[name], value.float())) is None:
                 continue
         keep(result, ref, Unit(name, call, [], {}, None), got.numpy() if isinstance(got, torch.Tensor) else None)
-    result.skipped += unrun_weights(ref, leaves)
-    if side.artifact.path is not None:  # a TorchScript file: its modules' own ops (a residual add) are in no leaf
-        result.outside = jit_outside(side.fp32)
+    try:  # reads the file's structure: failing here must not throw away the layers judged above (review 18)
+        result.skipped += unrun_weights(ref, leaves)
+        if side.artifact.path is not None:  # a TorchScript file: its modules' own ops (a residual add) are in no leaf
+            result.outside = jit_outside(side.fp32)
+    except Exception as exc:  # noqa: BLE001 - not a pass: a named layer still fails, by default too
+        result.unrunnable.append(f"(ops outside its layers: {(str(exc).splitlines() or [type(exc).__name__])[0]})")
     return result
 
 
