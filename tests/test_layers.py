@@ -393,11 +393,13 @@ def test_export_runs_the_layer_verdict_by_default_and_a_file_off_on_its_own_fail
     (check,) = report["layers"]
     assert check["candidate"] == "model.onnx" and check["named"] == [LAYER]
     assert "layers" not in report["settings"], "not asked for: the default"
+    assert report["layer_verdict"] == {"run": "default", "judged": ["model.onnx"], "not_judged": []}
     assert not (tmp_path / "default" / f"{SMALL}-frozen-body").exists()
     assert "layers that differ on their own" in output
 
     code, report, _ = report_of(tmp_path, *args, "--no-layers", "--out", tmp_path / "off")
     assert code == 0 and "layers" not in report  # ($BACKBONE_VERIFY_LAYERS=0: wants_layers, below)
+    assert "layer_verdict" not in report, "not run: a reader tells it from a run whose files were all notes"
 
 
 def test_a_file_the_default_layer_verdict_cannot_judge_is_a_note_and_asked_for_a_failure():

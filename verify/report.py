@@ -63,6 +63,9 @@ class Report:
     layers: list[Isolation] = field(default_factory=list)
     """The layer verdict (`--layers`, verify/judge/layers.py): each file's layers re-run alone on the torch model's
     float64 inputs, judged on their own floors. A file with a layer that differs on its own fails the report."""
+    layer_verdict: dict[str, Any] = field(default_factory=dict)
+    """Where the layer verdict ran: `run` ("asked": --layers; "default": verify export's default, best effort), the
+    files it `judged` and those it could `not_judge` (a note by default); empty where it did not run."""
 
     @property
     def passed(self) -> bool:
@@ -112,6 +115,7 @@ class Report:
             **({"isolated": self.isolated} if self.isolated else {}),
             **({"layers": [{**check.to_dict(), "passed": check.passed} for check in self.layers]}
                if self.layers else {}),
+            **({"layer_verdict": self.layer_verdict} if self.layer_verdict else {}),
         }
 
 

@@ -962,13 +962,16 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     report.floors, report.floor_source = floors, pooled_source(first.oracle.source, len(oracles))
     layer_notes: list[str] = []
     if request.layers:
-        report.layers, layer_notes = layers_stage(build, [artifacts[fmt] for fmt in export.formats
-                                                          if fmt != eager.format], settings, progress, runs)
+        layer_files = [artifacts[fmt] for fmt in export.formats if fmt != eager.format]
+        report.layers, layer_notes = layers_stage(build, layer_files, settings, progress, runs)
         if settings.layers is None:  # by default, not asked for: what it cannot judge is a note
             from verify.judge.layers import best_effort
 
             report.layers, unjudged = best_effort(report.layers)
             layer_notes += unjudged
+        checked = [check.candidate for check in report.layers]
+        report.layer_verdict = {"run": "default" if settings.layers is None else "asked", "judged": checked,
+                                "not_judged": [name for name in map(file_label, layer_files) if name not in checked]}
     files, unchecked = file_floor_stage(request, plan, build, runs, artifacts, progress,
                                         [o.oracle.outputs for o in oracles], [o.oracle.summed for o in oracles])
     agree = all(pair.passed for pairs in judged for pair in pairs)  # guard 3 guards a pass (a failure stands)
@@ -1028,9 +1031,13 @@ def layers_stage(build: BuildResult, files: Sequence[Artifact], settings: RunSet
 
     kept = {run.artifact: run.module for run in runs if run.module is not None}
     with progress.step("Re-running every layer of the exported files on the model's float64 inputs"):
-        return layer_checks(build.eager, [Candidate(f, f.path.name if f.path is not None else f.label,
-                                                    kept.get(f.label)) for f in files],
+        return layer_checks(build.eager, [Candidate(f, file_label(f), kept.get(f.label)) for f in files],
                             build.named[0].array, isolation_factor(settings))
+
+
+def file_label(artifact: Artifact) -> str:
+    """How the layer verdict names a file: as in the folder (not by the staging folder it was run from)."""
+    return artifact.path.name if artifact.path is not None else artifact.label
 
 
 def keeps_module(runtime: str, artifact: Artifact, settings: RunSettings, layers: bool) -> bool:
