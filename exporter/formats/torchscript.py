@@ -175,7 +175,7 @@ def _reads_values(ctx: ExportContext) -> bool:
     input: reading it (`float(self.temperature)`, hunt 18a: refused as a read of the input) is none. Any other tensor
     read counts, and so does one of those the run changes (written in place, or an attribute set to another tensor:
     `self.last = x`): it holds what an earlier call put there, an earlier input. A run that fails counts as one."""
-    return "values" in _reads(ctx, tracing=False)
+    return "values" in _reads(ctx, tracing=False)[0]
 
 
 def _traced_reads(ctx: ExportContext) -> set[str]:
@@ -183,24 +183,38 @@ def _traced_reads(ctx: ExportContext) -> set[str]:
     (a tensor made of the input's values) and "sizes" (one made of its sizes alone, which a trace makes tensors of:
     `x.shape[-1] >= 16`). A real trace, not an eager run with `torch.jit.is_tracing` patched: the model takes the
     branches the trace took however it asks (`from torch.jit import is_tracing` bound at import, `torch._C.
-    _get_tracing_state`), and a check of values it makes only when not traced is no read the file keeps."""
-    return _reads(ctx, tracing=True)
+    _get_tracing_state`), and a check of values it makes only when not traced is no read the file keeps.
+
+    A size also reaches Python as a plain number or a count, never as a tensor (hunt 21b: `x.stride(2)`, `x.nbytes`,
+    `x.untyped_storage().nbytes()`, `len(x.unbind(3))`, each exported by trace with exit 0, the file keeping the
+    example's branch): what a call hands back of the input that is no tensor is counted (`_watched_run`), and so is
+    what differs between this trace and one at twice the example's height and width (a count of tensors, a number)."""
+    kinds, heard = _reads(ctx, tracing=True)
+    if kinds or ctx.example.dim() != 4:
+        return kinds
+    larger = ctx.example.repeat(1, 1, 2, 2)
+    other, heard_larger, ran = _watched_run(ctx, {id(t): t for t in _kept_tensors(ctx.built.model).values()}, True,
+                                            larger)
+    if ran and (other - {"values"} or heard_larger != heard):  # a trace that fails at twice the size proves nothing
+        return {"sizes"}
+    return set()
 
 
-def _reads(ctx: ExportContext, tracing: bool) -> set[str]:
+def _reads(ctx: ExportContext, tracing: bool) -> tuple[set[str], list]:
+    """(what the run read, what it heard: `_watched_run`)."""
     model = ctx.built.model
     kept = _kept_tensors(model)
     before = {key: (t, _stamp(t)) for key, t in kept.items()}
-    seen, changed = _watched_run(ctx, {id(t): t for t in kept.values()}, tracing)
+    seen, heard, changed = _watched_run(ctx, {id(t): t for t in kept.values()}, tracing)
     after = _kept_tensors(model)
     state = {id(t) for key, (t, stamp) in before.items()
              if after.get(key) is not t or not _same_stamp(t, stamp)}
     if changed is None:
-        return {"values"}
+        return {"values"}, heard
     if seen or not state:
-        return seen
+        return seen, heard
     # a tensor the model keeps and changes is state: read again with it (and what it makes) counted as the input's
-    return _watched_run(ctx, {id(t): t for t in kept.values() if id(t) not in state}, tracing)[0]
+    return _watched_run(ctx, {id(t): t for t in kept.values() if id(t) not in state}, tracing)[:2]
 
 
 def _kept_tensors(model: Any) -> dict[tuple[int, str, int], Any]:
@@ -246,24 +260,40 @@ def _same_stamp(tensor: Any, stamp: Any) -> bool:
 
 SIZE_READS = frozenset({"size", "numel", "__len__"})
 """Tensor methods that, under a trace, give the input's sizes as tensors (`len(x)` too), as `Tensor.shape` does."""
+SIZE_NUMBERS = frozenset({"stride", "nbytes", "storage_offset", "untyped_storage", "storage", "_typed_storage",
+                          "nelement", "__iter__"})
+"""Tensor methods and properties that hand the input's sizes to Python as no tensor, even under a trace: a number
+(`x.stride(2)` is the width of a contiguous input, `x.nbytes`), a storage (its `nbytes()`), an iterator (`for row in x`:
+as many as the batch). Hunt 21b: a branch on any of them was exported by trace with exit 0."""
+METADATA = frozenset({"dim", "ndimension", "ndim", "dtype", "device", "layout", "element_size", "itemsize",
+                      "requires_grad", "get_device", "type", "__hash__", "data_ptr", "names", "grad_fn", "_version",
+                      "output_nr", "_cdata"})
+"""What a tensor hands to Python that depends on neither its values nor its sizes (its rank, dtype, device, identity);
+with `is_*` and `has_*` flags. Anything else a call on the input hands back that is no tensor is a read (hunt 21b:
+`int(format(x.shape[-1]))`, `str(...)`, `torch.sym_int(...)`, `pickle.dumps(x)` were none)."""
 
 
-def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = False) -> tuple[set[str], bool | None]:
-    """(what the run handed to Python of tensors not made of `constant` alone: "values", or under a trace "sizes" for a
-    tensor made of the input's sizes and constants alone; True: it ran, None where it failed). With `tracing` the run
-    is `torch.jit.trace` itself."""
+def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = False,
+                 example: Any = None) -> tuple[set[str], list, bool | None]:
+    """(what the run handed to Python of tensors not made of `constant` alone: "values", or "sizes" for a tensor made
+    of the input's sizes and constants alone under a trace, or a size no tensor holds (SIZE_NUMBERS); what those calls
+    handed back, told by `_heard` (a transcript to compare between runs at two sizes); True: it ran, None where it
+    failed). With `tracing` the run is `torch.jit.trace` itself; on `example` (default: the export's)."""
     import torch
     from torch.overrides import TorchFunctionMode
     from torch.utils._pytree import tree_leaves
 
     sized: dict[int, Any] = {}  # tensors a trace made of the input's sizes (kept alive: ids are not reused meanwhile)
     shape = torch.Tensor.shape
+    heard: list = []
 
     class Reads(TorchFunctionMode):
         seen: ClassVar[set[str]] = set()  # a class of this call's own
 
         def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
             name = getattr(func, "__name__", "")
+            attr = getattr(getattr(func, "__self__", None), "__name__", name) if name in ("__get__", "__set__") \
+                else name  # a property's own name
             given = [t for t in tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
             fixed = all(id(t) in constant for t in given)
             of_sizes = not fixed and all(id(t) in constant or id(t) in sized for t in given)
@@ -271,6 +301,11 @@ def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = F
                 Reads.seen.add("sizes" if of_sizes else "values")
             out = func(*args, **(kwargs or {}))
             made = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            if not fixed and attr not in METADATA and not attr.startswith(("is_", "has_", "_is_")):
+                heard.append((attr, _heard(out)))
+                if name not in SIZE_READS and attr != "shape" and any(
+                        not isinstance(leaf, torch.Tensor | type(None)) for leaf in tree_leaves(out)):
+                    Reads.seen.add("sizes" if of_sizes or attr in SIZE_NUMBERS else "values")
             if name in SIZE_READS or getattr(func, "__self__", None) is shape:
                 sized.update((id(t), t) for t in made)
                 return out
@@ -287,16 +322,31 @@ def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = F
                     sized.pop(id(t), None)
             return out
 
+    example = ctx.example if example is None else example
     try:
         with Reads(), torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # this trace's TracerWarnings and deprecation notices: the export had them
             if tracing:
-                torch.jit.trace(ctx.built.model, ctx.example.clone(), strict=False, check_trace=False)
+                torch.jit.trace(ctx.built.model, example.clone(), strict=False, check_trace=False)
             else:
-                ctx.built.model(ctx.example.clone())
+                ctx.built.model(example.clone())
     except Exception:  # noqa: BLE001 - a model that fails on its own example is judged elsewhere; say values
-        return {"values"}, None
-    return Reads.seen, True
+        return {"values"}, heard, None
+    return Reads.seen, heard, True
+
+
+def _heard(out: Any) -> Any:
+    """What Python sees of a call's result, tensors aside: how many a sequence holds, a number, a storage's size."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return "tensor"
+    if isinstance(out, list | tuple):
+        return type(out).__name__, tuple(_heard(item) for item in out)
+    if isinstance(out, bool | int | float | complex | str | bytes | type(None)):
+        return out
+    nbytes = getattr(out, "nbytes", None)
+    return type(out).__name__, nbytes() if callable(nbytes) else None
 
 
 def read_zip_meta(path: Path, what: str) -> ArtifactMeta:

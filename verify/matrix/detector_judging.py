@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 
 
+NMS_JUDGED_KINDS = frozenset({"retinanet", "ssd"})
+"""The detector kinds whose cells judge the final NMS's inputs (`final_nms.boxes`, `final_nms.scores`) before NMS
+(hunt 20a): a cell without them lost that judgement (hunt 21b). Faster R-CNN joins when hunt 21a judges its own."""
 LEVELS = ("before_nms", "proposals", "after_nms")
 """A detector cell's judged levels, as its numbers store them."""
 
@@ -132,6 +135,7 @@ def _before_nms(stored: Any, tolerance: Tolerance, labels: list[str], detector: 
     """Each stored dense pair judged again; they must be each ONNX run against the oracle and against eager, each
     over the same tensors, which hold every head of the detector and its anchors (as a folder's manifest must)."""
     from exporter.families.detectors import DETECTORS, missing_dense_modules
+    from verify.detect.nms_inputs import BOXES, SCORES
 
     if not isinstance(stored, list) or not all(isinstance(p, Mapping) for p in stored):
         raise Malformed("before-NMS pairs")
@@ -151,6 +155,12 @@ def _before_nms(stored: Any, tolerance: Tolerance, labels: list[str], detector: 
         if judged else []
     if missing:  # hunt 19a's anchors, or a head, cut out of every pair alike: that part was never judged (review 18)
         reasons.append(f"the before-NMS pairs leave out {missing[0]}, a dense tensor of {detector}, which every "
+                       "cell judges (edited numbers); rerun the cell")
+    kind = DETECTORS.get(detector).kind
+    lost = [name for name in (BOXES, SCORES) if kind in NMS_JUDGED_KINDS and judged
+            and not any(held.partition("@")[0] == name for group in names for held in group)]
+    if lost:  # hunt 20a's decoded candidates cut out of every pair alike: the decoding judged after NMS only again
+        reasons.append(f"the before-NMS pairs leave out {lost[0]}, the final NMS's inputs of {detector}, which every "
                        "cell judges (edited numbers); rerun the cell")
     return judged, reasons
 
