@@ -149,3 +149,15 @@ def test_the_reference_record_shares_unchanged_outputs_and_copies_changed_ones()
     assert ("bn3", 0) not in ref.producers
     assert torch.equal(ref.inputs[("bn3", 0)], ref.outputs[("conv3", 0)].relu())
     assert norms_after(ref) == {"conv1": "bn1", "conv2": "bn2"}
+
+
+def test_the_reversed_summation_run_of_a_hooked_conv_keeps_its_hook():
+    """A forward hook the model put on its conv (`out * 1e-4`) is part of what the conv computes: the reversed-order
+    evaluation runs it too (a copy of the module, hooks and all). Run without it (the no-copy path skips hooks), that
+    evaluation was 1e4 times the layer's output away from it, a floor the model chose for itself."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 4, 3, padding=1).eval()
+    conv.register_forward_hook(lambda module, args, out: out * 1e-4)
+    x = torch.randn(1, 8, 6, 6)
+    plain, flipped = float32_evaluations([conv], x)[:2]
+    assert np.allclose(flipped, plain, atol=1e-3 * np.abs(plain).max())

@@ -29,7 +29,7 @@ from verify.explain.tracers import (
 )
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.layers import Isolation, LayerError
-from verify.judge.oracle import chain_summation_floor, folded_float32, summation_floor, worst_floor
+from verify.judge.oracle import chain_summation_floor, folded_float32, hooked, summation_floor, worst_floor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -196,9 +196,9 @@ def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
         runs = [module(start.clone()).numpy()]
         head = chain[0]
         if isinstance(head, torch.nn.Conv2d) and head.groups == 1:
-            if type(head).forward is torch.nn.Conv2d.forward:  # torch's own conv: its forward, with no module copy
+            if type(head).forward is torch.nn.Conv2d.forward and not hooked(head):  # torch's forward, no copy
                 summed = head._conv_forward(start.flip(1), head.weight.flip(1), head.bias)
-            else:  # a subclass computes its own forward: on a copy whose weights are flipped
+            else:  # a subclass's forward, or a hook of the model's: on a copy (hooks too), its weights flipped
                 flipped = copy.deepcopy(head)
                 flipped.weight.copy_(head.weight.flip(1))
                 summed = flipped(start.flip(1))

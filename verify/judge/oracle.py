@@ -337,7 +337,8 @@ def chain_summation_floor(conv: Any, norm: Any, value: Any) -> np.ndarray | None
 
     plain_norms = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
     if not isinstance(conv, torch.nn.Conv2d) or not _is_frozen_norm(norm) \
-            or not any(isinstance(norm, base) and type(norm).forward is base.forward for base in plain_norms):
+            or not any(isinstance(norm, base) and type(norm).forward is base.forward for base in plain_norms) \
+            or hooked(norm):
         return None
     plain = _summation_floors(conv, value, pools_with_few_outputs=False)
     if plain is None:
@@ -394,7 +395,21 @@ def _own_forward(module: Any) -> bool:
 
     bounded = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AvgPool1d, torch.nn.AvgPool2d,
                torch.nn.Linear, torch.nn.Conv2d)
+    if hooked(module):
+        return False
+    if isinstance(module, torch.nn.Conv2d) and type(module)._conv_forward is not torch.nn.Conv2d._conv_forward:
+        return False  # Conv2d.forward computes through _conv_forward: overriding it is another forward (hunt 21b)
     return any(isinstance(module, base) and type(module).forward is base.forward for base in bounded)
+
+
+def hooked(module: Any) -> bool:
+    """Whether a forward hook of the model's own (on the module, or global) may make the module return another tensor
+    than its class computes (`register_forward_hook(lambda m, i, o: o * 1e-4)`; hunt 21b): the layer verdict's own
+    hooks are removed before any floor is measured."""
+    from torch.nn.modules import module as torch_module
+
+    return bool(getattr(module, "_forward_hooks", None) or getattr(module, "_forward_pre_hooks", None)
+                or torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
 def _per_channel_max(values: torch.Tensor) -> np.ndarray:
