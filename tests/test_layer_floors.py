@@ -161,3 +161,25 @@ def test_the_reversed_summation_run_of_a_hooked_conv_keeps_its_hook():
     x = torch.randn(1, 8, 6, 6)
     plain, flipped = float32_evaluations([conv], x)[:2]
     assert np.allclose(flipped, plain, atol=1e-3 * np.abs(plain).max())
+
+
+class InferenceForward(torch.nn.Module):
+    """A model whose forward runs in torch.inference_mode: its tensors track no version counter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        with torch.inference_mode():
+            return self.bn(self.conv(x))
+
+
+def test_a_model_whose_forward_runs_in_inference_mode_is_still_recorded():
+    """Inference tensors have no version counter (reading it raises): their record is a copy, as before the record
+    shared unchanged outputs, never an error that loses the layer verdict."""
+    model = InferenceForward().eval()
+    side = Side(None, model, copy.deepcopy(model).double())
+    ref = record_reference(side, torch.randn(1, 3, 8, 8).numpy())
+    assert torch.equal(ref.inputs[("bn", 0)], ref.outputs[("conv", 0)]) and ("bn", 0) not in ref.producers
+    assert norms_after(ref) == {"conv": "bn"}

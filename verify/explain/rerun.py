@@ -108,10 +108,16 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
     taken: dict[int, list[tuple[Any, bool, Any]]] = {}  # module -> its open calls' inputs (a module may call itself)
     produced: dict[int, tuple[Any, int, tuple[str, int]]] = {}  # id(output) -> (weak ref, version, call)
 
+    def version(tensor: Any) -> int | None:
+        try:
+            return tensor._version
+        except RuntimeError:  # an inference tensor (a forward in torch.inference_mode) tracks none: never shared
+            return None
+
     def before(module, args):
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         source = produced.get(id(first)) if first is not None else None
-        if source is not None and source[0]() is first and source[1] == first._version:
+        if source is not None and source[0]() is first and source[1] == version(first):
             first, origin = outputs[source[2]], source[2]
         else:
             first, origin = (first.detach().clone() if first is not None else None), None
@@ -128,9 +134,9 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
         key = (name, calls[name])
         calls[name] += 1
         outputs[key] = output.detach().clone()
-        known = produced.get(id(output))
-        if known is None or known[0]() is not output or known[1] != output._version:  # else an inner call's: kept
-            produced[id(output)] = (weakref.ref(output), output._version, key)
+        known, now = produced.get(id(output)), version(output)
+        if now is not None and (known is None or known[0]() is not output or known[1] != now):  # else an inner call's
+            produced[id(output)] = (weakref.ref(output), now, key)
         if first is not None:
             inputs[key] = first
             if alone:
