@@ -7,9 +7,10 @@ Two levels, both reported:
   module runs no Python hooks: the TorchScript file's own pieces (transform, backbone, heads, RPN), called one by one,
   give its dense tensors and proposals, judged the same way aside from the before-NMS pairs (each failure a problem);
   Faster R-CNN's box-head tensors (one row per RPN proposal) are judged with their rows paired by proposal
-  (verify/detect/proposals.py): runtimes may order tied proposals differently; for RetinaNet and SSDlite, each ONNX
-  run's final-NMS inputs (decoded boxes and scores, an extra graph output) paired with eager's and the oracle's by
-  candidate (verify/detect/nms_inputs.py), so the decoding is judged where the NMS may suppress what it moved;
+  (verify/detect/proposals.py): runtimes may order tied proposals differently; each ONNX run's final-NMS inputs
+  (decoded boxes and scores, an extra graph output) paired with eager's and the oracle's by candidate
+  (verify/detect/nms_inputs.py), so the decoding is judged where the NMS may suppress what it moved; a TorchScript
+  Faster R-CNN's too, from its own box coder (`_script_candidates`);
 - after NMS: detections matched by IoU (verify/detect/match.py) on the float32 floor of detections.
 Every run is guarded (verify/judge/trust.py): every image twice, bit for bit, on private input copies
 that must come back unchanged; a breach is a problem (exit 1).
@@ -38,7 +39,17 @@ from verify.detect.match import (
     compare_detections,
     measure_detection_floor,
 )
-from verify.detect.nms_inputs import NMS_INPUTS, NmsBands, derive_nms_bands, onnx_nms_inputs, paired_inputs, unexplained
+from verify.detect.nms_inputs import (
+    CLASS_LOGITS,
+    NMS_INPUTS,
+    LoneProposals,
+    NmsBands,
+    derive_nms_bands,
+    lone_proposal_probabilities,
+    onnx_nms_inputs,
+    paired_inputs,
+    unexplained,
+)
 from verify.detect.proposals import (
     PROPOSALS,
     Bands,
@@ -77,9 +88,9 @@ DYNAMIC_AXES = {"image": {1: "height", 2: "width"}}
 FILE_NAMES = {"torchscript": "detector.torchscript.pt", "onnx": "detector.onnx", "onnx-dynamo": "detector.dynamo.onnx"}
 RUNTIMES = {"torchscript": "torchscript", "onnx": "onnxruntime", "onnx-dynamo": "onnxruntime (dynamo)"}
 AFTER_NMS_ONLY = (RUNTIMES["torchscript"],)
-"""Runtimes without before-NMS pairs: a scripted module runs no Python hooks, so its dense tensors come from its own
-pieces (`_run_torchscript`), judged aside (`_script_piece_problems`), each failure a problem; a matrix cell holds the
-ONNX runs' pairs only."""
+"""Runtimes without before-NMS pairs: a scripted module runs no Python hooks, so its dense tensors (and a Faster
+R-CNN's final-NMS inputs) come from its own pieces (`_run_torchscript`), judged aside (`_script_piece_problems`), each
+failure a problem; a matrix cell holds the ONNX runs' pairs only."""
 EAGER, ORACLE = "eager", "eager fp64"
 GUARD_DEVICE = "cpu"
 """Every detector runtime here runs on the CPU: a repeat must give the same bits."""
@@ -607,6 +618,7 @@ def _script_piece_problems(rows: _Rows, floors: dict[str, Any], eager: Run, orac
              compare_outputs(*rows.paired(label, run, EAGER, eager), tolerance, floors, require_all=True)]
     problems = [f"{label}'s own pieces before NMS: {check.verdict()}" for check in scratch.proposals
                 if not check.passed]
+    problems += [f"{label}'s own pieces before NMS: {problem}" for problem in scratch.problems]
     for pair in pairs:
         if not pair.passed:
             what = f"{pair.worst.where} {pair.worst.verdict()}" if pair.outputs else "no dense tensor to compare"
@@ -624,7 +636,7 @@ class _Rows:
         self.rules = judging.rpn
         self.bands = Bands(0.0, 0.0)
         self.score_thresh = judging.rules.score_thresh
-        self.nms = judging.rpn is None  # without an RPN the decoding's candidates were judged after NMS only
+        self.nms = True  # the decoding's candidates: judged before NMS too (Faster R-CNN since hunt 21a)
         self.nms_bands = NmsBands(0.0, 0.0)
 
     def floors(self, eager: Run) -> dict[str, Any]:
@@ -641,26 +653,26 @@ class _Rows:
         floors = measure_floors(run, ref, samples=samples)
         values = {name: floor.value for name, floor in floors.items()}
         self.nms_bands = derive_nms_bands(values, self.factor)
+        carried = None
+        if aligned is not None:
+            self.bands = derive_bands(values, self.factor)
+            carried = self._explain(aligned, eager, self.oracle)
         if lone is not None:
-            self._explain_candidates(EAGER, ORACLE, *lone)
-        if aligned is None:
-            return floors
-        self.bands = derive_bands(values, self.factor)
-        self._explain(aligned)
+            self._explain_candidates(EAGER, ORACLE, *lone, carried)
         return floors
 
     def paired(self, label: str, run: Run, ref_label: str,
                ref: Run) -> tuple[str, dict[str, np.ndarray], str, dict[str, np.ndarray]]:
         """(label, run's tensors, ref_label, ref's tensors) ready for compare_outputs."""
         aligned = self._align(label, run, ref_label, ref)
-        if aligned is not None:
-            self._explain(aligned)
+        carried = self._explain(aligned, run, ref) if aligned is not None else None
         mine, theirs = (run.dense, ref.dense) if aligned is None else (aligned.run, aligned.ref)  # by index: stricter
-        if label not in AFTER_NMS_ONLY:  # TorchScript's decoding runs in its forward only: no inputs to show
+        if label not in AFTER_NMS_ONLY or self.per_proposal:  # TorchScript's RetinaNet and SSDlite decode in their
+            # forward only: no inputs to show; its Faster R-CNN's come from its own box coder (`_script_candidates`)
             mine, theirs = dict(mine), dict(theirs)
             lone = self._with_candidates(label, run, ref, mine, theirs)
             if lone is not None:
-                self._explain_candidates(label, ref_label, *lone)
+                self._explain_candidates(label, ref_label, *lone, carried)
         return label, mine, ref_label, theirs
 
     def _with_candidates(self, label: str, run: Run, ref: Run, mine: dict[str, np.ndarray],
@@ -685,9 +697,14 @@ class _Rows:
         return None
 
     def _explain_candidates(self, label: str, ref_label: str, lone: Any, run: list[Detections],
-                            ref: list[Detections]) -> None:
+                            ref: list[Detections], carried: LoneProposals | None) -> None:
+        """Each candidate in one run only, explained by rounding or failed as one problem. Faster R-CNN (`carried`:
+        its explained proposals in one run only; None where its proposals were not paired, which explains nothing)
+        has no top-k cut before its final NMS."""
         below = self.oracle.below_threshold or None
-        problems = unexplained(lone, run, ref, self.score_thresh, below, self.nms_bands)
+        if carried is None and self.per_proposal:
+            carried = LoneProposals([], [])
+        problems = unexplained(lone, run, ref, self.score_thresh, below, self.nms_bands, carried)
         if problems:
             self.report.problems.append(f"{label} vs {ref_label}: {len(problems)} final-NMS input(s) in one run only "
                                         f"that rounding does not explain (first: {problems[0]})")
@@ -702,9 +719,13 @@ class _Rows:
         return _Aligned(check, concat_dense(mine, self.report.images), concat_dense(theirs, self.report.images), lone,
                         run.proposals, ref.proposals)
 
-    def _explain(self, aligned: _Aligned) -> None:
-        explain_unpaired(aligned.check, aligned.lone, aligned.run_boxes, aligned.ref_boxes, self.oracle.rpn_candidates,
-                         self.rules, self.bands)
+    def _explain(self, aligned: _Aligned, run: Run, ref: Run) -> LoneProposals:
+        """The proposals in one run only explained or failed (in the pairing's check); the class probabilities of the
+        explained ones, whose final-NMS inputs are in one run only too."""
+        explained = explain_unpaired(aligned.check, aligned.lone, aligned.run_boxes, aligned.ref_boxes,
+                                     self.oracle.rpn_candidates, self.rules, self.bands)
+        return LoneProposals(lone_proposal_probabilities(run.per_image, [e[0] for e in explained]),
+                             lone_proposal_probabilities(ref.per_image, [e[1] for e in explained]))
 
 
 @dataclass
@@ -897,6 +918,7 @@ def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str
         modules = list(dict.fromkeys(name.partition("@")[0].partition("#")[0] for name in dense))
         result = Run([])
         per_image = []
+        decoder = None
         with torch.inference_mode():
             for image in inputs:
                 try:
@@ -916,9 +938,74 @@ def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str
                 per_image.append({name: value.cpu().numpy() for name, value in tensors.items()})
                 if proposals is not None:
                     result.proposals.append(proposals.cpu().double().numpy())
+                    if SCRIPT_LOGITS in tensors and SCRIPT_REGRESSION in tensors:
+                        decoder = decoder or _script_decoder(model)
+                        found = _script_candidates(model, decoder, image.to(device), tensors, proposals,
+                                                   out[0] if device == "cpu" else None)
+                        result.candidates.append(found)
     result.per_image = per_image
     result.dense = concat_dense(per_image, inputs) if per_image else {}
     return result
+
+
+SCRIPT_LOGITS, SCRIPT_REGRESSION = CLASS_LOGITS, "roi_heads.box_predictor.bbox_pred#0"
+"""Faster R-CNN's box-head outputs (one row per proposal) that the file's own box coder decodes into its final-NMS
+inputs (`_script_candidates`)."""
+SMALL_BOX = 1e-2
+"""torchvision's RoIHeads.postprocess_detections drops candidates with a side under this (remove_small_boxes)."""
+
+
+def _script_decoder(model: Any) -> Any:
+    """The scripted file's own box coder of its box head, callable from Python (torch.jit.load leaves the BoxCoder
+    class unknown to Python, and scripting that class alone fails): a scripted module holding the file's `roi_heads`
+    whose forward is `roi_heads.box_coder.decode`; its weights and clamp are the file's."""
+    import torch
+
+    class Decode(torch.nn.Module):
+        def __init__(self, heads: Any) -> None:
+            super().__init__()
+            self.heads = heads
+
+        def forward(self, codes: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+            return self.heads.box_coder.decode(codes, boxes)
+
+    try:
+        return torch.jit.script(Decode(model.roi_heads))
+    except Exception as exc:  # torch.jit raises RuntimeError and others for a file without torchvision's box coder
+        raise ExportError(f"the TorchScript file's box coder cannot be called ({_first_line(exc)})") from None
+
+
+def _script_candidates(model: Any, decoder: Any, image: torch.Tensor, tensors: dict[str, torch.Tensor],
+                       proposals: torch.Tensor, detections: dict[str, torch.Tensor] | None) -> Detections:
+    """Faster R-CNN's final-NMS inputs of one image as the scripted file makes them (hunt 21a): the file's box-head
+    outputs decoded by the file's own box coder, then torchvision's RoIHeads.postprocess_detections up to its NMS
+    (softmax, clip to the image, background dropped, the file's score threshold, small boxes dropped). Given the
+    forward's own `detections` (on the CPU), the NMS and cap replayed on them must give those bit for bit, or the
+    file's post-processing computes something else (a one-line ExportError)."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    heads = model.roi_heads
+    images, _ = model.transform([image])
+    size = images.image_sizes[0]
+    logits, codes = tensors[SCRIPT_LOGITS], tensors[SCRIPT_REGRESSION]
+    boxes = box_ops.clip_boxes_to_image(decoder(codes, [proposals]), size)[:, 1:].reshape(-1, 4)
+    scores = torch.nn.functional.softmax(logits, -1)[:, 1:].reshape(-1)
+    labels = torch.arange(logits.shape[-1], device=logits.device).view(1, -1).expand_as(logits)[:, 1:].reshape(-1)
+    inds = torch.where(scores > heads.score_thresh)[0]
+    boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
+    keep = box_ops.remove_small_boxes(boxes, min_size=SMALL_BOX)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if detections is not None:
+        kept = box_ops.batched_nms(boxes, scores, labels, heads.nms_thresh)[:heads.detections_per_img]
+        replayed = model.transform.postprocess([{"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]}],
+                                               images.image_sizes, [tuple(image.shape[-2:])])[0]
+        if not all(torch.equal(detections[key], replayed[key]) for key in ("boxes", "scores", "labels")):
+            raise ExportError("the TorchScript file's forward does not keep what its own box coder's candidates give "
+                              "through torchvision's final NMS: its post-processing computes something else than "
+                              "the detector it holds")
+    return Detections.of({"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy(),
+                          "labels": labels.cpu().numpy()})
 
 
 def _script_image_list() -> None:

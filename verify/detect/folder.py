@@ -50,6 +50,7 @@ from verify.detect.goldens import (
     golden_samples,
 )
 from verify.detect.match import Rules
+from verify.detect.nms_inputs import NMS_INPUTS
 from verify.detect.proposals import RpnRules, kept_order, moved_boxes
 from verify.detect.rebuild import rebuild_detector
 from verify.folder.checks import Check, CheckReport
@@ -219,8 +220,11 @@ def _floors(art: DetectorFolder) -> str:
                                       art.manifest.tolerance.factor)
     recorded = art.manifest.noise_floor
     if set(recorded) != set(floors):
+        odd = sorted(set(recorded) ^ set(floors))
+        before = " (a folder written before its final-NMS inputs were judged: export it again)" if all(
+            name.startswith(f"{NMS_INPUTS}.") and name not in recorded for name in odd) else ""
         raise ArtifactError(f"noise_floor lists {len(recorded)} tensors, the goldens give floors for {len(floors)} "
-                            f"(e.g. {sorted(set(recorded) ^ set(floors))[0]})")
+                            f"(e.g. {odd[0]}){before}")
     for name, floor in floors.items():
         if not math.isclose(recorded[name], floor.value, rel_tol=FLOOR_RTOL, abs_tol=0.0):
             raise ArtifactError(f"noise_floor[{name!r}] is {recorded[name]:.4g} in the manifest, but its goldens give "

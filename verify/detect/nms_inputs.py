@@ -1,5 +1,5 @@
 """The final NMS's inputs (each candidate's decoded box, score and class) of a run judged against a reference's, paired
-as the RPN's proposals are (verify/detect/proposals.py), for the detectors without an RPN (RetinaNet, SSDlite).
+as the RPN's proposals are (verify/detect/proposals.py): RetinaNet and SSDlite (hunt 20a), Faster R-CNN (hunt 21a).
 
 Their box decoding (the box coder's weights and clamp, the anchors as the decoding reads them) was judged after NMS
 only: a decoding bug that moved only candidates the NMS then suppresses agreed (hunt 20a: SSDlite's level-2 anchors
@@ -12,7 +12,12 @@ A candidate in one run only passes only when rounding explains it, each case nam
   inputs recorded below the threshold, box and score within rounding, where they were recorded);
 - `top-k cut`: a candidate of the run only and one of the reference only swapped at a per-level (RetinaNet) or
   per-class (SSDlite) top-k cut: both scores within the band of the lowest score of a sorted block of the reference's
-  candidates (the one the reference's own candidate sits in), and of each other.
+  candidates (the one the reference's own candidate sits in), and of each other. Faster R-CNN has no top-k before
+  its final NMS (every proposal's every class above the score threshold is a candidate): never there;
+- `proposal in one run only` (Faster R-CNN, hunt 21a): its score within the band of its class's probability (softmax
+  of the box head's class logits, as the side computed them) of a proposal on its side in one run only that the RPN's
+  rounding explains (verify/detect/proposals.py `explain_unpaired`): that proposal's candidates are in one run only
+  too.
 Anything else fails, as one problem of the report naming the first such candidate.
 """
 
@@ -33,6 +38,8 @@ NMS_INPUTS = "final_nms"
 BOXES, SCORES = f"{NMS_INPUTS}.boxes", f"{NMS_INPUTS}.scores"
 """The names under which paired candidates are judged like any dense tensor (`@HxW` added for images of several
 sizes, as concat_dense names them)."""
+CLASS_LOGITS = "roi_heads.box_predictor.cls_score#0"
+"""Faster R-CNN's box-head class logits, one row per proposal: a candidate's score is its class's softmax."""
 
 
 @dataclass(frozen=True)
@@ -103,37 +110,89 @@ def block_lows(scores: np.ndarray) -> np.ndarray:
     return scores[ends][block]
 
 
+@dataclass(frozen=True)
+class LoneProposals:
+    """Faster R-CNN: per image, the class probabilities (one row per proposal, softmax of the box head's logits) of
+    the proposals in one run only that the RPN's rounding explains, on each side of a pairing."""
+
+    run: list[np.ndarray]
+    ref: list[np.ndarray]
+
+
+def lone_proposal_probabilities(per_image: Sequence[Mapping[str, np.ndarray]],
+                                rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Per image, the float64 softmax of CLASS_LOGITS's `rows` (a side's explained lone proposals, in its own order);
+    an image without them gives none (nothing explained)."""
+    import numpy as np
+
+    found = []
+    for image, indices in enumerate(rows):
+        logits = per_image[image].get(CLASS_LOGITS) if image < len(per_image) else None
+        if logits is None or not len(indices) or logits.ndim != 2 or max(indices) >= len(logits):
+            found.append(np.zeros((0, 0)))
+            continue
+        chosen = np.asarray(logits, dtype=np.float64)[list(indices)]
+        shifted = np.exp(chosen - chosen.max(axis=1, keepdims=True))
+        found.append(shifted / shifted.sum(axis=1, keepdims=True))
+    return found
+
+
 def unexplained(lone: Sequence[tuple[list[int], list[int]]], run: Sequence[Detections], ref: Sequence[Detections],
-                score_thresh: float, below: Sequence[Detections] | None, bands: NmsBands) -> list[str]:
-    """Each candidate in one run only that rounding does not explain (see the module's rules), one line each."""
+                score_thresh: float, below: Sequence[Detections] | None, bands: NmsBands,
+                proposals: LoneProposals | None = None) -> list[str]:
+    """Each candidate in one run only that rounding does not explain (see the module's rules), one line each.
+    `proposals`: Faster R-CNN's explained lone proposals (its candidates then have no top-k cut); None: a detector
+    without an RPN."""
     import numpy as np
 
     problems: list[str] = []
+    cut = "" if proposals is not None else " or a top-k cut"
     for image, (run_only, ref_only) in enumerate(lone):
         found, reference = run[image], ref[image]
         lows = block_lows(reference.scores)
-        cuts = np.unique(lows)
+        cuts = np.unique(lows) if proposals is None else lows[:0]
         swaps_run, swaps_ref = [], []
         for k in run_only:
             score = float(found.scores[k])
             if abs(score - score_thresh) <= bands.scores and _recorded(found, k, below, image, bands):
                 continue
+            if proposals is not None and _from_lone_proposal(found, k, proposals.run, image, bands):
+                continue
             if len(cuts) and float(np.abs(cuts - score).min()) <= bands.scores:
                 swaps_run.append((score, k))
                 continue
-            problems.append(_where(image, "run", found, k) + ": not within rounding of the score threshold or a top-k "
-                            "cut (or not one of the float64 inputs recorded below the threshold)")
+            problems.append(_where(image, "run", found, k) + f": not within rounding of the score threshold{cut} (or "
+                            "not one of the float64 inputs recorded below the threshold)"
+                            + (", nor from a proposal in one run only" if proposals is not None else ""))
         for k in ref_only:
             score = float(reference.scores[k])
             if abs(score - score_thresh) <= bands.scores:
                 continue
-            if abs(score - float(lows[k])) <= bands.scores:
+            if proposals is not None:
+                if _from_lone_proposal(reference, k, proposals.ref, image, bands):
+                    continue
+            elif abs(score - float(lows[k])) <= bands.scores:
                 swaps_ref.append((score, k))
                 continue
-            problems.append(_where(image, "reference", reference, k) + ": not within rounding of the score threshold "
-                            "or of its top-k cut")
+            why = "nor from a proposal in one run only" if proposals is not None else "or of its top-k cut"
+            problems.append(_where(image, "reference", reference, k)
+                            + f": not within rounding of the score threshold {why}")
         problems += _unswapped(image, sorted(swaps_run), sorted(swaps_ref), found, reference, bands)
     return problems
+
+
+def _from_lone_proposal(found: Detections, k: int, probabilities: Sequence[np.ndarray], image: int,
+                        bands: NmsBands) -> bool:
+    """Whether candidate `k`'s score is its class's probability, within rounding, of one of the side's explained
+    proposals in one run only (LoneProposals)."""
+    import numpy as np
+
+    if image >= len(probabilities):
+        return False
+    table, label = probabilities[image], int(found.labels[k])
+    if not table.size or not 0 <= label < table.shape[1]:
+        return False
+    return bool((np.abs(table[:, label] - float(found.scores[k])) <= bands.scores).any())
 
 
 def _recorded(found: Detections, k: int, below: Sequence[Detections] | None, image: int, bands: NmsBands) -> bool:

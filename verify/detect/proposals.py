@@ -136,42 +136,50 @@ def _cut(tensors: Mapping[str, np.ndarray], rows: np.ndarray, per_proposal: Sequ
 
 
 def explain_lone(check: ProposalCheck, image: int, side: str, box: np.ndarray, candidates: Detections | None,
-                 rules: RpnRules, bands: Bands, other_count: int | None = None) -> None:
-    """Record a proposal present on one `side` only as borderline (named) or unexplained. `other_count`: how many
-    proposals the other side kept on this image (a swap across the cap leaves it full; None: not known)."""
+                 rules: RpnRules, bands: Bands, other_count: int | None = None) -> bool:
+    """Record a proposal present on one `side` only as borderline (named) or unexplained; whether it is borderline.
+    `other_count`: how many proposals the other side kept on this image (a swap across the cap leaves it full; None:
+    not known)."""
     where = f"image {image}: {side} proposal [{', '.join(f'{v:.6g}' for v in box)}]"
     if candidates is None or not len(candidates):
         check.unexplained.append(f"{where}: no float64 RPN candidates to recompute its decision from")
-        return
+        return False
     import numpy as np
 
     iou = iou_matrix(box[None], candidates.boxes)[0]
     k = int(np.argmax(iou))
     if iou[k] < PAIR_IOU:
         check.unexplained.append(f"{where}: not among the oracle's RPN candidates (best IoU {iou[k]:.3g})")
-        return
+        return False
     full = other_count is None or other_count >= rules.post_nms_top_n
     found = _threshold(candidates, k, rules, bands) or (full and _cap(candidates, k, rules, bands)) or _nms(
         candidates, k, rules, bands)
     if found:
         check.borderline.append(f"{where}: {found}")
-        return
+        return True
     check.unexplained.append(f"{where}: its float64 score {candidates.scores[k]:.9g} is not within "
                              f"{bands.scores:.2g} of the proposal cap, and no RPN NMS decision within rounding "
                              "explains it")
+    return False
 
 
 def explain_unpaired(check: ProposalCheck, lone: Sequence[tuple[list[int], list[int]]],
                      run_boxes: Sequence[np.ndarray], ref_boxes: Sequence[np.ndarray],
-                     candidates: Sequence[Detections], rules: RpnRules, bands: Bands) -> None:
+                     candidates: Sequence[Detections], rules: RpnRules,
+                     bands: Bands) -> list[tuple[list[int], list[int]]]:
     """Every proposal in one run only (`lone`: per image, unpaired indices in the run and in the reference) recorded
-    by explain_lone on that image's float64 RPN candidates."""
+    by explain_lone on that image's float64 RPN candidates; per image, the indices (run, reference) it found
+    borderline: the final-NMS inputs decoded from them are in one run only too (verify/detect/nms_inputs.py)."""
+    explained = []
     for image, (run_only, ref_only) in enumerate(lone):
         found = candidates[image] if image < len(candidates) else None
+        sides: list[list[int]] = []
         for side, boxes, other, indices in (("run", run_boxes[image], ref_boxes[image], run_only),
                                             ("reference", ref_boxes[image], run_boxes[image], ref_only)):
-            for k in indices:
-                explain_lone(check, image, side, boxes[k], found, rules, bands, len(other))
+            sides.append([k for k in indices
+                          if explain_lone(check, image, side, boxes[k], found, rules, bands, len(other))])
+        explained.append((sides[0], sides[1]))
+    return explained
 
 
 def pair_boxes(check: ProposalCheck, run_boxes: Sequence[np.ndarray], ref_boxes: Sequence[np.ndarray]
