@@ -148,8 +148,9 @@ STORED_OUTPUT = {"shape_a": [1, 15, 10, 10], "shape_b": [1, 15, 10, 10], "passed
 """One before-NMS output as a matrix cell of the 320 detector stores it (its numbers agree with each other)."""
 STORED_DENSE = ["proposals", "roi_heads.box_predictor.bbox_pred#0", "roi_heads.box_predictor.cls_score#0",
                 "rpn.anchor_generator#0", "rpn.head.bbox_pred#0", "rpn.head.bbox_pred#1", "rpn.head.cls_logits#0",
-                "rpn.head.cls_logits#1"]
-"""The dense tensors a cell of the 320 detector compares before NMS (two of its three RPN levels)."""
+                "rpn.head.cls_logits#1", "final_nms.boxes", "final_nms.scores"]
+"""The dense tensors a cell of the 320 detector compares before NMS (two of its three RPN levels; the decoded
+candidates since hunt 21a)."""
 
 
 def _stored_pairs(names: list[str]) -> list[dict]:

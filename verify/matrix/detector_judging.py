@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
 
 
-NMS_JUDGED_KINDS = frozenset({"retinanet", "ssd"})
+NMS_JUDGED_KINDS = frozenset({"fasterrcnn", "retinanet", "ssd"})
 """The detector kinds whose cells judge the final NMS's inputs (`final_nms.boxes`, `final_nms.scores`) before NMS
-(hunt 20a): a cell without them lost that judgement (hunt 21b). Faster R-CNN joins when hunt 21a judges its own."""
+(hunt 20a: RetinaNet and SSDlite; hunt 21a: Faster R-CNN): a cell without them lost that judgement (hunt 21b)."""
 LEVELS = ("before_nms", "proposals", "after_nms")
 """A detector cell's judged levels, as its numbers store them."""
 
