@@ -430,10 +430,8 @@ def test_a_bad_layers_environment_value_is_one_line(monkeypatch, value, tmp_path
 
 
 def test_the_default_applies_where_the_layer_verdict_was_calibrated(monkeypatch):
-    """A registered backbone on the CPU in float32 with the auto tolerance; not a user's model, another precision or
-    device, or numpy's tolerance modes (none of them calibrated)."""
-    from exporter.spec import ModelSpec
-    from exporter.user_model import UserModelSpec
+    """On the CPU in float32 with the auto tolerance (a registered backbone's or a user's model, since sweep 21c);
+    not another precision or device, or numpy's tolerance modes (none of them calibrated)."""
     from verify.judge.compare import Tolerance
     from verify.judge.layers import LAYERS_ENV
     from verify.pipeline.stages import wants_layers
@@ -441,13 +439,11 @@ def test_the_default_applies_where_the_layer_verdict_was_calibrated(monkeypatch)
     from verify.settings import RunSettings
 
     monkeypatch.delenv(LAYERS_ENV, raising=False)
-    spec = ModelSpec(SMALL, "frozen", "body")
-    assert wants_layers(spec, RunSettings())
-    assert not wants_layers(UserModelSpec.parse("tests/data/tiny.py:make"), RunSettings())
-    assert not wants_layers(spec, RunSettings(runtime=RuntimeOptions(precision="bf16")))
-    assert not wants_layers(spec, RunSettings(tolerance=Tolerance.from_options(rtol=1e-5, atol=1e-6)))
+    assert wants_layers(RunSettings())
+    assert not wants_layers(RunSettings(runtime=RuntimeOptions(precision="bf16")))
+    assert not wants_layers(RunSettings(tolerance=Tolerance.from_options(rtol=1e-5, atol=1e-6)))
     monkeypatch.setenv(LAYERS_ENV, "0")
-    assert not wants_layers(spec, RunSettings())
+    assert not wants_layers(RunSettings())
 
 
 def test_a_scripted_file_with_a_module_list_has_its_outside_ops_read():

@@ -127,7 +127,7 @@ def _export_cell(spec: ModelSpec | UserModelSpec, settings: RunSettings | None, 
 
         check_private_key(Path(sign_key))  # before any work
     request = CellRequest(spec, settings, export, tuple(runtimes) if runtimes else None,
-                          layers_by_default=settings.layers is None and wants_layers(spec, settings))
+                          layers_by_default=settings.layers is None and wants_layers(settings))
     plan = plan_cell(request)  # runtimes, precisions and --input checked before the model is built
     cache = default_cache() if cache == "default" else cache
     with cell_context(request) as child:

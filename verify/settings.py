@@ -42,7 +42,7 @@ class RunSettings:
     TorchScript) re-run alone on the torch model's float64 values for its inputs, each judged on its own floor; a
     layer that differs on its own fails the report, though its effect on the outputs is within rounding. True: asked
     for (a file it cannot judge fails); False: not run; None: the command's default (`verify export` of a registered
-    backbone runs it, best effort: verify/pipeline/stages.py `wants_layers`; elsewhere not run)."""
+    backbone or of a user's model runs it, best effort: verify/pipeline/stages.py `wants_layers`; elsewhere not run)."""
 
     def __post_init__(self) -> None:
         """The library refuses what the CLI refuses, before any work."""

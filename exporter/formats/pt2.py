@@ -335,6 +335,10 @@ def _symbolic_names() -> set[str]:
                                                    "sym_max", "sym_min", "sym_float", "sym_int", "sym_sqrt"}
 
 
+MAX_EXPRESSION = 10_000
+"""The longest symbolic expression or guard a .pt2 may hold (each is parsed and checked before torch evaluates it)."""
+
+
 def _check_expression(path: Path, text: Any, allowed: set[str], what: str) -> None:
     """A `what` (a sympy expression or a guard) is arithmetic: numbers, symbols (s0, u3...), known function
     names (constant keyword arguments: `Symbol('s0', positive=True)`), comparisons, `L['x'].size()[i]`;
@@ -345,8 +349,14 @@ def _check_expression(path: Path, text: Any, allowed: set[str], what: str) -> No
     def refuse(why: str) -> ArtifactError:
         return ArtifactError(f"{path.name}: a {what} ({str(text)[:60]!r}) {why}; loading would evaluate it; refused")
 
-    if not isinstance(text, str) or len(text) > 10_000:
-        raise refuse("is not a short string")
+    if not isinstance(text, str):
+        raise refuse("is not a string")
+    if len(text) > MAX_EXPRESSION:  # a file this tool exported too: a model whose sizes torch.export could not
+        # simplify (sweep 21c: swin_t at 64 px, dynamic, refused after a 5-minute export with no hint what to do)
+        raise ArtifactError(f"{path.name}: a {what} ({text[:60]!r}...) is {len(text):,} characters long, over the "
+                            f"{MAX_EXPRESSION:,} this tool reads from a .pt2 (loading would evaluate it); refused: "
+                            "export with --static (no symbolic sizes), or without the pt2 format (--format "
+                            "torchscript --format onnx)")
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError):
