@@ -1002,8 +1002,8 @@ def bounds_notes(artifacts: Iterable[Artifact]) -> list[str]:
         if not bounds:
             continue
         advice = (["export at the largest size you deploy"] if a.meta.most_bounded() else []) \
-            + (["inputs below a least size were not verified (a .pt2 refuses them, an ONNX file runs them as it was "
-                "traced): deploy inputs of at least that size"] if a.meta.least_bounded() else [])
+            + (["inputs below a least size were not verified (a .pt2 refuses them, an ONNX file does not check "
+                "them): deploy inputs of at least that size"] if a.meta.least_bounded() else [])
         notes.append(f"{a.path.name} accepts {bounds} only: torch.export bounded its dynamic axes tracing the "
                      f"{'x'.join(map(str, a.meta.input_shape))} input; {'; '.join(advice)}")
     return notes
