@@ -45,6 +45,8 @@ IMPORTED = ("torch", "torchvision", "numpy", "onnx", "onnxruntime")
 stages that import them; the dynamo exporter's onnxscript is imported only where the ONNX export runs)."""
 IMPORTS_LABEL = f"  of all the lines below: first imports of {', '.join(IMPORTED)}"
 OVERLAP_ENV = "BACKBONE_VERIFY_EXPORT_OVERLAP"
+LAYERS_ENV = "BACKBONE_VERIFY_LAYERS"
+"""0 turns the layer verdict off (verify/judge/layers.py LAYERS_ENV): recorded in the log's header."""
 """auto, on or off (verify/pipeline/overlap.py): set it to bench a mode; auto goes serial on a busy machine."""
 
 
@@ -276,6 +278,7 @@ def bench(repeats: int) -> dict:
         "warm_misses": sum(1 for r in sides["warm"] if r.get("cache_stored")),
         "targets": TARGETS, "python": sys.version.split()[0], "cpus": len(os.sched_getaffinity(0)),
         "overlap": os.environ.get(OVERLAP_ENV, "") or "auto", "model": dict(MODEL),
+        "layers": os.environ.get(LAYERS_ENV, "") or "unset (the layer verdict by default)",
     }
 
 
@@ -287,7 +290,7 @@ def render(result: dict) -> str:
              f"{result['repeats']}, alternated, verify on {result['model']['samples'] or 'its default number of'} "
              f"inputs per verdict; torch "
              f"{torch.__version__}, {result['cpus']} CPUs, python {result['python']}"
-             + f", {OVERLAP_ENV}={result['overlap']}",
+             + f", {OVERLAP_ENV}={result['overlap']}, {LAYERS_ENV}={result.get('layers', '?')}",
              f"{'':6s} {'wall s':>7s} {'cpu s':>7s} {'peak MiB':>9s}   runs (s)   load average (1/5/15 min) per run"]
     for side in SIDES:
         s = result["summary"][side]
