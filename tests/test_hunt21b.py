@@ -238,3 +238,20 @@ def test_a_conv_computing_otherwise_than_its_weights_gets_no_summation_floor(mak
     hooked_norm.register_forward_hook(lambda module, args, out: out * 1e-4)
     assert chain_summation_floor(plain, nn.BatchNorm2d(8).eval(), x) is not None
     assert chain_summation_floor(plain, hooked_norm, x) is None
+
+
+@pytest.mark.parametrize("channel", ["stride", "unbind", "pickle"])
+def test_a_large_example_is_traced_again_at_half_its_size_and_the_read_still_found(channel):
+    """The second trace of `_traced_reads` ran at twice the example's height and width whatever its size (a user
+    tracing a 1024 px input paid a trace at 2048 px: four times the work and memory). From HALVED_FROM on it runs at
+    half of each, and a size read is still found."""
+    from exporter.formats.torchscript import HALVED_FROM, _traced_reads, other_size
+
+    large = torch.randn(1, 3, HALVED_FROM, HALVED_FROM + 8)
+    assert tuple(other_size(large).shape[-2:]) == (HALVED_FROM // 2, (HALVED_FROM + 8) // 2)
+    assert tuple(other_size(large[..., :8, :8]).shape[-2:]) == (16, 16)
+    ctx = context(Branch(WIDTHS[channel]))
+    ctx.example = large
+    assert _traced_reads(ctx) == {"sizes"}
+    ctx.built.model = Correct().eval()
+    assert _traced_reads(ctx) == set()

@@ -188,16 +188,29 @@ def _traced_reads(ctx: ExportContext) -> set[str]:
     A size also reaches Python as a plain number or a count, never as a tensor (hunt 21b: `x.stride(2)`, `x.nbytes`,
     `x.untyped_storage().nbytes()`, `len(x.unbind(3))`, each exported by trace with exit 0, the file keeping the
     example's branch): what a call hands back of the input that is no tensor is counted (`_watched_run`), and so is
-    what differs between this trace and one at twice the example's height and width (a count of tensors, a number)."""
+    what differs between this trace and one at another height and width (`other_size`: a count of tensors, a number)."""
     kinds, heard = _reads(ctx, tracing=True)
     if kinds or ctx.example.dim() != 4:
         return kinds
-    larger = ctx.example.repeat(1, 1, 2, 2)
-    other, heard_larger, ran = _watched_run(ctx, {id(t): t for t in _kept_tensors(ctx.built.model).values()}, True,
-                                            larger)
-    if ran and (other - {"values"} or heard_larger != heard):  # a trace that fails at twice the size proves nothing
+    other, heard_other, ran = _watched_run(ctx, {id(t): t for t in _kept_tensors(ctx.built.model).values()}, True,
+                                           other_size(ctx.example))
+    if ran and (other - {"values"} or heard_other != heard):  # a trace that fails at the other size proves nothing
         return {"sizes"}
     return set()
+
+
+HALVED_FROM = 64
+"""From this height and width on, `_traced_reads`' second trace runs at half of each (a quarter of the work and the
+memory), below it at twice: a user tracing a large input (1024 px) must not pay a trace at 2048 px."""
+
+
+def other_size(example: Any) -> Any:
+    """The example at another height and width for `_traced_reads`' second trace: half of each from HALVED_FROM on,
+    else twice (its values repeated)."""
+    height, width = example.shape[-2:]
+    if min(height, width) >= HALVED_FROM:
+        return example[..., : height // 2, : width // 2].contiguous()
+    return example.repeat(1, 1, 2, 2)
 
 
 def _reads(ctx: ExportContext, tracing: bool) -> tuple[set[str], list]:
