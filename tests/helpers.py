@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from typer.testing import CliRunner
@@ -392,3 +392,41 @@ def make():
     torch.manual_seed(0)
     return Named()
 """
+
+
+def trace_context(model: Any, dynamic: bool = True) -> Any:
+    """What exporter/formats/torchscript.py `refuse_traced_reads` reads of an export: a user's model (eval mode), its
+    32 px example, whether the axes are dynamic (hunts 20b and 21b)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    return SimpleNamespace(built=SimpleNamespace(model=model.eval(), spec=SimpleNamespace(registered=False)),
+                           example=torch.randn(1, 3, 32, 32), dynamic=dynamic)
+
+
+def quiet_branch_source(width: str) -> str:
+    """A user's model file (`make`) that silences the trace's warnings and returns y where `width` (an expression of
+    its input `x`) is at least 16, else -y: a size read the file keeps from its traced example (hunts 20b and 21b)."""
+    return f'''
+import warnings
+
+import torch
+from torch import nn
+
+
+class QuietBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        warnings.simplefilter("ignore")
+        y = self.conv(x)
+        return y if {width} >= 16 else -y
+
+
+def make():
+    torch.manual_seed(0)
+    return QuietBranch()
+'''

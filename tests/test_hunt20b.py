@@ -5,13 +5,12 @@ flags a model binds at import (exporter/formats/torchscript.py `_traced_reads`).
 from __future__ import annotations
 
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from tests.helpers import invoke
+from tests.helpers import invoke, quiet_branch_source, trace_context
 
 TINY = "tests/data/tiny.py:make"
 
@@ -60,28 +59,7 @@ class QuietValueRead(QuietSizeBranch):
         return self.conv(x / 255.0 if peak > 50 else x)
 
 
-QUIET_SIZE = """
-import warnings
-
-import torch
-from torch import nn
-
-
-class QuietSizeBranch(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-
-    def forward(self, x):
-        warnings.simplefilter("ignore")
-        y = self.conv(x)
-        return y if x.shape[-1] >= 16 else -y
-
-
-def make():
-    torch.manual_seed(0)
-    return QuietSizeBranch()
-"""
+QUIET_SIZE = quiet_branch_source("x.shape[-1]")
 
 
 def test_a_size_read_whose_warning_the_model_silenced_is_refused_a_dynamic_trace(tmp_path):
@@ -97,24 +75,18 @@ def test_a_size_read_whose_warning_the_model_silenced_is_refused_a_dynamic_trace
     assert "read the input's size as a Python number" in result.output and not (tmp_path / "out").exists()
 
 
-def context(model: nn.Module, dynamic: bool = True) -> SimpleNamespace:
-    """What `refuse_traced_reads` reads of an export: a user's model, its example, whether the axes are dynamic."""
-    return SimpleNamespace(built=SimpleNamespace(model=model.eval(), spec=SimpleNamespace(registered=False)),
-                           example=torch.randn(1, 3, 32, 32), dynamic=dynamic)
-
-
 @pytest.mark.parametrize("model, reads", [(QuietSizeBranch, {"sizes"}), (QuietValueRead, {"values"})])
 def test_a_watched_trace_tells_a_size_read_from_a_value_read(model, reads):
     from exporter.formats.torchscript import _traced_reads
 
-    assert _traced_reads(context(model())) == reads
+    assert _traced_reads(trace_context(model())) == reads
 
 
 def test_a_silenced_size_read_is_right_in_a_static_trace():
     """The guard of the refusal above: a static file takes only the example's size, where the size it keeps is right."""
     from exporter.formats.torchscript import refuse_traced_reads
 
-    refuse_traced_reads([], context(QuietSizeBranch(), dynamic=False))  # no ExportError
+    refuse_traced_reads([], trace_context(QuietSizeBranch(), dynamic=False))  # no ExportError
 
 
 class BoundAtImport(nn.Module):
@@ -143,7 +115,7 @@ def test_a_check_outside_a_trace_asked_through_a_name_bound_at_import_is_no_read
 
     asks = {"is_tracing": is_tracing, "_get_tracing_state": lambda: _get_tracing_state() is not None}[flag]
     torch.manual_seed(0)
-    refuse_traced_reads([], context(BoundAtImport(asks)))  # no ExportError
+    refuse_traced_reads([], trace_context(BoundAtImport(asks)))  # no ExportError
 
 
 FLAGGED = """

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from tests.helpers import invoke
+from tests.helpers import invoke, quiet_branch_source, trace_context
 
 
 class Branch(nn.Module):
@@ -44,12 +43,6 @@ WIDTHS = {  # each is the width of a contiguous 1x3xHxW input, read without a te
 }
 
 
-def context(model: nn.Module, dynamic: bool = True) -> SimpleNamespace:
-    """What `refuse_traced_reads` reads of an export: a user's model, its example, whether the axes are dynamic."""
-    return SimpleNamespace(built=SimpleNamespace(model=model.eval(), spec=SimpleNamespace(registered=False)),
-                           example=torch.randn(1, 3, 32, 32), dynamic=dynamic)
-
-
 def traced_computes_otherwise(model: nn.Module) -> bool:
     """Whether a trace of the model at 32 px (what the exported file keeps) computes otherwise than it at 8 px."""
     with warnings.catch_warnings():
@@ -70,9 +63,9 @@ def test_a_size_read_that_hands_python_no_tensor_is_refused_a_dynamic_trace(chan
 
     model = Branch(WIDTHS[channel])
     assert traced_computes_otherwise(model)  # the file would be wrong at 8 px
-    assert _traced_reads(context(model)) == {"sizes"}
+    assert _traced_reads(trace_context(model)) == {"sizes"}
     with pytest.raises(ExportError, match="read the input's size as a Python number"):
-        refuse_traced_reads([], context(model))
+        refuse_traced_reads([], trace_context(model))
 
 
 class Correct(nn.Module):
@@ -96,8 +89,8 @@ def test_a_model_reading_sizes_as_a_trace_keeps_them_is_no_read():
     from exporter.formats.torchscript import _traced_reads, refuse_traced_reads
 
     assert not traced_computes_otherwise(Correct())
-    assert _traced_reads(context(Correct())) == set()
-    refuse_traced_reads([], context(Correct()))  # no ExportError
+    assert _traced_reads(trace_context(Correct())) == set()
+    refuse_traced_reads([], trace_context(Correct()))  # no ExportError
 
 
 class FormattedValue(nn.Module):
@@ -122,7 +115,7 @@ def test_a_value_read_through_a_string_is_refused_a_static_trace():
     from exporter.formats.torchscript import _traced_reads, refuse_traced_reads
 
     model = FormattedValue().eval()
-    ctx = context(model, dynamic=False)
+    ctx = trace_context(model, dynamic=False)
     ctx.example = torch.rand(1, 3, 32, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -134,28 +127,7 @@ def test_a_value_read_through_a_string_is_refused_a_static_trace():
         refuse_traced_reads([], ctx)
 
 
-STRIDED = """
-import warnings
-
-import torch
-from torch import nn
-
-
-class Strided(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-
-    def forward(self, x):
-        warnings.simplefilter("ignore")
-        y = self.conv(x)
-        return y if x.stride(2) >= 16 else -y
-
-
-def make():
-    torch.manual_seed(0)
-    return Strided()
-"""
+STRIDED = quiet_branch_source("x.stride(2)")
 
 
 def test_a_branch_on_a_stride_is_refused_by_verify_export(tmp_path):
@@ -250,7 +222,7 @@ def test_a_large_example_is_traced_again_at_half_its_size_and_the_read_still_fou
     large = torch.randn(1, 3, HALVED_FROM, HALVED_FROM + 8)
     assert tuple(other_size(large).shape[-2:]) == (HALVED_FROM // 2, (HALVED_FROM + 8) // 2)
     assert tuple(other_size(large[..., :8, :8]).shape[-2:]) == (16, 16)
-    ctx = context(Branch(WIDTHS[channel]))
+    ctx = trace_context(Branch(WIDTHS[channel]))
     ctx.example = large
     assert _traced_reads(ctx) == {"sizes"}
     ctx.built.model = Correct().eval()
