@@ -326,9 +326,9 @@ def chain_summation_floor(conv: Any, norm: Any, value: Any) -> np.ndarray | None
     folded the norm into the conv): a runtime computes either the folded conv, whose sums are of |x w s| and its
     folded bias, or the conv then the norm, which scales the conv's rounding by |s|: per output channel (a channel's
     rounding is of its own sums) the larger of the two (None where the conv alone has none, or the norm is not a plain
-    norm with fixed statistics). Without it such a
-    unit on a 1x1 map had only its one float32 run: a correct export's conv of mobilenet_v3_small at 32 px reached
-    4.21x its floor (sweep 19e), where the same conv judged alone has its summation floor."""
+    norm with fixed statistics, or is hooked). Without it such a unit on a 1x1 map had only its float32 runs: a
+    correct export's conv of mobilenet_v3_small at 32 px reached 4.21x its floor (sweep 19e), where the same conv
+    judged alone has its summation floor."""
     import copy
 
     import numpy as np
