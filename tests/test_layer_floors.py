@@ -9,6 +9,8 @@ import copy
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from verify.explain.rerun import Reference, Unit, float32_evaluations, judge, norms_after, record_reference
 from verify.explain.tracers import Side
@@ -183,3 +185,53 @@ def test_a_model_whose_forward_runs_in_inference_mode_is_still_recorded():
     ref = record_reference(side, torch.randn(1, 3, 8, 8).numpy())
     assert torch.equal(ref.inputs[("bn", 0)], ref.outputs[("conv", 0)]) and ("bn", 0) not in ref.producers
     assert norms_after(ref) == {"conv": "bn"}
+
+
+# ---------------------------------------------------------------- non-finite values in the layer verdict's arithmetic
+
+def _values_with_holes(draw_seed: int, holes: int, shape: tuple[int, ...] = (1, 4, 3, 3)) -> np.ndarray:
+    """A float64 array with `holes` of its elements NaN, +inf or -inf (seeded)."""
+    rng = np.random.default_rng(draw_seed)
+    values = rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 3)
+    flat = values.reshape(-1)
+    for index in rng.choice(flat.size, size=holes, replace=False):
+        flat[index] = rng.choice([np.nan, np.inf, -np.inf])
+    return values
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**16), st.integers(0, 5), st.integers(0, 5))
+def test_a_floors_errors_count_a_non_finite_element_as_nothing(seed, holes_run, holes_ref):
+    """The floor's error |run - ref| counts an element that is not finite in either as 0 (a NaN in the reference
+    itself is no rounding), and the reference's magnitude and per-channel counts read such an element as 0."""
+    from verify.judge.oracle import _error, _Scale
+
+    ref = _values_with_holes(seed, holes_ref)
+    with np.errstate(invalid="ignore"):
+        run = (_values_with_holes(seed + 1, holes_run) * 1e-7 + ref).astype(np.float32)
+        diff = np.abs(run.astype(np.float64) - ref)
+    assert np.array_equal(_error(run, ref), np.where(np.isfinite(diff), diff, 0.0))
+    scale = _Scale(ref, "fp32")
+    magnitude = np.where(np.isfinite(ref), np.abs(ref), 0.0)
+    assert np.array_equal(scale.magnitude, magnitude)
+    assert np.array_equal(scale.active, (magnitude != 0).sum(axis=(0, 2, 3)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**16), st.integers(0, 4))
+def test_a_layer_output_that_is_not_finite_where_the_reference_is_reads_as_infinitely_wrong(seed, holes):
+    """A re-run layer's channel holding a NaN or an infinity the float64 reference does not hold is infinitely far
+    from it (it fails on any floor); every other channel keeps its own error."""
+    conv = torch.nn.Conv2d(4, 4, 1).eval()
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        want = torch.nn.functional.conv2d(x, conv.weight.double(), conv.bias.double())
+    ref = Reference(None, {("c", 0): x}, {("c", 0): want}, x, {"c": conv}, {("c", 0)})
+    got = (want.numpy() + _values_with_holes(seed, holes) * 1e-6).astype(np.float32)
+    layer = judge(ref, Unit("c", 0, [], {}, None), got)
+    assert layer is not None
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(got.astype(np.float64) - want.numpy())
+    per_channel = np.where(np.isfinite(diff), diff, np.inf).max(axis=(0, 2, 3))
+    assert layer.max_abs == per_channel.max()
+    assert (layer.ratio == np.inf) == (holes > 0)

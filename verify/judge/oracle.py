@@ -269,11 +269,11 @@ class _Scale:
         import numpy as np
 
         self.precision = precision
-        self.magnitude = np.abs(np.where(np.isfinite(ref), ref, 0.0))
+        self.magnitude = _finite_or(np.abs(ref), 0.0)
         self.ulp = EPS[precision] * float(self.magnitude.max(initial=0.0))
         self.by_channel = ref.ndim == 4 and ref.shape[CHANNEL_AXIS] > 1
         self.axes = tuple(a for a in range(ref.ndim) if a != CHANNEL_AXIS)
-        self.active = (self.magnitude != 0).sum(axis=self.axes) if self.by_channel else None
+        self.active = np.count_nonzero(self.magnitude, axis=self.axes) if self.by_channel else None
 
     def floor(self, errors: Sequence[np.ndarray]) -> tuple[float, np.ndarray | None]:
         """(per-output floor, per-channel floors) of the first error, the others (samples) joining the channels:
@@ -298,7 +298,7 @@ def worst_floor(runs: Sequence[np.ndarray], fp64: np.ndarray) -> NoiseFloor | No
     runs = [run for run in runs if run.shape == fp64.shape]
     if not runs or fp64.size == 0:
         return None
-    ref = fp64.astype(np.float64)
+    ref = np.asarray(fp64, dtype=np.float64)  # read only: no copy of a float64 reference
     scale = _Scale(ref, "fp32")
     floors = [scale.floor([_error(run, ref)]) for run in runs]
     channels = [c for _, c in floors if c is not None]
@@ -738,8 +738,20 @@ def _error(run: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """|run - ref|, with non-finite elements (a NaN in the reference itself) counted as 0."""
     import numpy as np
 
-    err = np.abs(run.astype(np.float64) - ref)
-    return np.where(np.isfinite(err), err, 0.0)
+    with np.errstate(invalid="ignore"):  # inf - inf: a NaN, counted as 0 below
+        err = np.subtract(run, ref, dtype=np.float64)
+    return _finite_or(np.abs(err, out=err), 0.0)
+
+
+def _finite_or(values: np.ndarray, fill: float) -> np.ndarray:
+    """`values` (float, changed in place) with every non-finite element set to `fill`. One pass where all are finite
+    (the common case: the maximum of an array holding a NaN or an infinity is not finite), as a layer verdict
+    measures this for every layer of a model."""
+    import numpy as np
+
+    if values.size and not np.isfinite(values.max()):
+        values[~np.isfinite(values)] = fill
+    return values
 
 
 def measure_floors(run: dict[str, np.ndarray], fp64: dict[str, np.ndarray], precision: str = "fp32",
