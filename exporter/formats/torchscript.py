@@ -188,14 +188,21 @@ def _traced_reads(ctx: ExportContext) -> set[str]:
     A size also reaches Python as a plain number or a count, never as a tensor (hunt 21b: `x.stride(2)`, `x.nbytes`,
     `x.untyped_storage().nbytes()`, `len(x.unbind(3))`, each exported by trace with exit 0, the file keeping the
     example's branch): what a call hands back of the input that is no tensor is counted (`_watched_run`), and so is
-    what differs between this trace and one at another height and width (`other_size`: a count of tensors, a number)."""
+    what differs between this trace and one at another height and width (`other_size`: a count of tensors, a number).
+    A model that cannot run at half its example (a kernel or a fixed least size above half of it) is traced at twice
+    instead: before, that failed trace proved nothing and its read escaped (review 19: `len(x.unbind(3)) >= 48` after
+    a 40x40 conv, exported at 64 px with exit 0, the file computing y at 44 px where the model computes -y)."""
     kinds, heard = _reads(ctx, tracing=True)
     if kinds or ctx.example.dim() != 4:
         return kinds
-    other, heard_other, ran = _watched_run(ctx, {id(t): t for t in _kept_tensors(ctx.built.model).values()}, True,
-                                           other_size(ctx.example))
-    if ran and (other - {"values"} or heard_other != heard):  # a trace that fails at the other size proves nothing
-        return {"sizes"}
+    for halve in (True, False):
+        example = other_size(ctx.example, halve)
+        other, heard_other, ran = _watched_run(ctx, {id(t): t for t in _kept_tensors(ctx.built.model).values()}, True,
+                                               example)
+        if ran:
+            return {"sizes"} if other - {"values"} or heard_other != heard else set()
+        if example.shape[-1] > ctx.example.shape[-1]:
+            break  # it failed at twice the example too: a trace that fails at the other size proves nothing
     return set()
 
 
@@ -204,11 +211,11 @@ HALVED_FROM = 64
 memory), below it at twice: a user tracing a large input (1024 px) must not pay a trace at 2048 px."""
 
 
-def other_size(example: Any) -> Any:
-    """The example at another height and width for `_traced_reads`' second trace: half of each from HALVED_FROM on,
-    else twice (its values repeated)."""
+def other_size(example: Any, halve: bool = True) -> Any:
+    """The example at another height and width for `_traced_reads`' second trace: half of each from HALVED_FROM on
+    (with `halve`), else twice (its values repeated)."""
     height, width = example.shape[-2:]
-    if min(height, width) >= HALVED_FROM:
+    if halve and min(height, width) >= HALVED_FROM:
         return example[..., : height // 2, : width // 2].contiguous()
     return example.repeat(1, 1, 2, 2)
 

@@ -117,7 +117,8 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
     def before(module, args):
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         source = produced.get(id(first)) if first is not None else None
-        if source is not None and source[0]() is first and source[1] == version(first):
+        if source is not None and source[0]() is first and source[1] == version(first) \
+                and torch.equal(first, outputs[source[2]]):  # `.data` and numpy views write past the counter
             first, origin = outputs[source[2]], source[2]
         else:
             first, origin = (first.detach().clone() if first is not None else None), None
@@ -174,6 +175,8 @@ def _own_floor(ref: Reference, chain: list[str], call: int) -> Any:
     value = ref.inputs.get((chain[0], call))
     if value is None or any(name not in ref.modules for name in chain):
         return None
+    if len(chain) > 1 and ref.producers.get((chain[-1], call), (chain[0], call)) != (chain[0], call):
+        return None  # the norm's call read another conv's output (a norm shared by two convs): no unit of the two
     want = ref.outputs[(chain[-1], call)].numpy()
     modules = [ref.modules[name] for name in chain]
     worst = worst_floor(float32_evaluations(modules, value.float()), want)
@@ -184,6 +187,7 @@ def _own_floor(ref: Reference, chain: list[str], call: int) -> Any:
     bound = summation_floor(modules[0], value) if len(chain) == 1 else chain_summation_floor(*modules, value)
     if bound is None:
         return worst
+    bound = np.where(np.isfinite(bound), bound, 0.0)  # a dead channel (0 x 1/sqrt(0)) bounds nothing; no NaN floor
     channels = None if worst.channels is None or np.size(bound) not in (1, worst.channels.size) \
         else np.maximum(worst.channels, bound)
     return dataclasses.replace(worst, value=max(worst.value, float(np.max(bound))), channels=channels)
@@ -193,8 +197,6 @@ def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
     """The chain in float32 as torch runs it; with a conv's input channels summed in reverse order (another
     runtime's kernels sum in another order); with a conv's norm folded into it (as exporters and runtimes
     fold them, verify.judge.oracle.folded_float32). A faithful layer computed in any of these ways is no bug."""
-    import copy
-
     import torch
 
     module = torch.nn.Sequential(*chain)
@@ -202,17 +204,36 @@ def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
         runs = [module(start.clone()).numpy()]
         head = chain[0]
         if isinstance(head, torch.nn.Conv2d) and head.groups == 1:
-            if type(head).forward is torch.nn.Conv2d.forward and not hooked(head):  # torch's forward, no copy
-                summed = head._conv_forward(start.flip(1), head.weight.flip(1), head.bias)
-            else:  # a subclass's forward, or a hook of the model's: on a copy (hooks too), its weights flipped
-                flipped = copy.deepcopy(head)
-                flipped.weight.copy_(head.weight.flip(1))
-                summed = flipped(start.flip(1))
-            runs.append(torch.nn.Sequential(*chain[1:])(summed).numpy())
+            summed = _reversed_sum(head, start)
+            if summed is not None:
+                runs.append(torch.nn.Sequential(*chain[1:])(summed).numpy())
         fold = folded_float32(module, start) if len(chain) > 1 else None
         if fold is not None:
             runs.append(fold(start.clone()).numpy())
     return runs
+
+
+def _reversed_sum(head: Any, start: Any) -> Any:
+    """The conv's output with its input channels summed in reverse order: torch's conv on the flipped input and
+    weight, or, for a subclass or a hooked conv, a copy of the module (hooks too) whose weight is flipped. None where
+    the copy did not compute with the flipped weight (a pre-hook recomputing it, `torch.nn.utils.weight_norm`): that
+    run is the conv of a flipped input by the unflipped weight, no summation order of this layer (review 19)."""
+    import copy
+
+    import torch
+
+    torch_conv = type(head).forward is torch.nn.Conv2d.forward \
+        and type(head)._conv_forward is torch.nn.Conv2d._conv_forward  # a `_conv_forward` may read self.weight
+    if torch_conv and not hooked(head):  # torch's forward, no copy
+        return head._conv_forward(start.flip(1), head.weight.flip(1), head.bias)
+    try:
+        flipped = copy.deepcopy(head)
+        want = head.weight.flip(1)
+        flipped.weight.copy_(want)
+        summed = flipped(start.flip(1))
+    except Exception:  # noqa: BLE001 - a module that cannot be copied or written: no reversed run, not a wider floor
+        return None
+    return summed if torch.equal(flipped.weight, want) else None
 
 
 def judge(ref: Reference, unit: Unit, got: np.ndarray) -> LayerError | None:
@@ -223,16 +244,21 @@ def judge(ref: Reference, unit: Unit, got: np.ndarray) -> LayerError | None:
     want = ref.outputs[(unit.path, unit.call)].numpy()
     if floor is None or got.shape != want.shape:
         return None
-    err = np.abs(got.astype(np.float64) - want)
-    err = np.where(np.isfinite(err), err, np.inf)
+    with np.errstate(invalid="ignore"):  # inf - inf: a NaN, read as infinitely wrong below
+        err = np.subtract(got, want, dtype=np.float64)
+    np.abs(err, out=err)
+    if err.size and not np.isfinite(err.max()):  # the same NaN or Inf on both sides is the same value (a dead channel
+        err[(got == want) | (np.isnan(got) & np.isnan(want))] = 0.0  # the model masks later); any other: infinite
     module = unit.fused_with[0] if unit.fused_with else unit.path
     fused = [unit.path] if unit.fused_with else []
-    if floor.channels is not None:
-        per_channel = err.max(axis=(0, 2, 3)) / floor.channels
+    if floor.channels is not None:  # a NaN anywhere in a channel makes its error infinite
+        worst_in = np.nan_to_num(err.max(axis=(0, 2, 3)), nan=np.inf, posinf=np.inf)
+        per_channel = worst_in / floor.channels
         worst = int(per_channel.argmax())
-        return LayerError(module, unit.call, float(per_channel[worst]), float(err.max()),
+        return LayerError(module, unit.call, float(per_channel[worst]), float(worst_in.max()),
                           float(floor.channels[worst]), fused, worst)
-    return LayerError(module, unit.call, float(err.max()) / floor.value, float(err.max()), floor.value, fused)
+    largest = float(np.nan_to_num(err.max(), nan=np.inf, posinf=np.inf))
+    return LayerError(module, unit.call, largest / floor.value, largest, floor.value, fused)
 
 
 def keep(result: Isolation, ref: Reference, unit: Unit, got: np.ndarray | None) -> LayerError | None:

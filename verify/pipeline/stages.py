@@ -969,9 +969,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
 
             report.layers, unjudged = best_effort(report.layers)
             layer_notes += unjudged
-        checked = [check.candidate for check in report.layers]
-        report.layer_verdict = {"run": "default" if settings.layers is None else "asked", "judged": checked,
-                                "not_judged": [name for name in map(file_label, layer_files) if name not in checked]}
+        report.layer_verdict = layer_verdict(settings.layers is not None, report.layers, layer_files)
     files, unchecked = file_floor_stage(request, plan, build, runs, artifacts, progress,
                                         [o.oracle.outputs for o in oracles], [o.oracle.summed for o in oracles])
     agree = all(pair.passed for pairs in judged for pair in pairs)  # guard 3 guards a pass (a failure stands)
@@ -1034,6 +1032,15 @@ def layers_stage(build: BuildResult, files: Sequence[Artifact], settings: RunSet
     with progress.step("Re-running every layer of the exported files on the model's float64 inputs"):
         return layer_checks(build.eager, [Candidate(f, file_label(f), kept.get(f.label)) for f in files],
                             build.named[0].array, isolation_factor(settings))
+
+
+def layer_verdict(asked: bool, checks: Sequence[Any], files: Sequence[Artifact]) -> dict[str, Any]:
+    """The report JSON's `layer_verdict`: run by default or asked for (--layers), the files with a layer judged, and
+    the others. A check with no layer re-run judged nothing (review 19: `--layers` of a model whose ops are all
+    functional, "no layer was re-run ... so its layers were not judged", was listed as judged)."""
+    judged = [check.candidate for check in checks if check.layers]
+    return {"run": "asked" if asked else "default", "judged": judged,
+            "not_judged": [name for name in map(file_label, files) if name not in judged]}
 
 
 def file_label(artifact: Artifact) -> str:
