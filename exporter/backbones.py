@@ -101,9 +101,10 @@ def get_backbone_builder(name: str) -> Callable[..., nn.Module]:
 
 def build_classifier(name: str, norm_layer: Callable[..., Any] | None, *, initialise: bool = True) -> nn.Module:
     """The classifier as torchvision builds it, with `norm_layer` (None: the builder's own default).
-    `initialise=False`: built on the meta device, then given storage that holds no values, for a caller that
-    loads all of them (`build_model`): torchvision's random init is most of a build's time (ResNet-50 0.25 s
-    against 0.10 s) and every value it draws would be overwritten."""
+    `initialise=False`: built on the meta device, then given storage filled with NaN (integers with their least
+    value), for a caller that loads all of them (`build_model`): torchvision's random init is most of a build's time
+    (ResNet-50 0.25 s against 0.10 s) and every value it draws would be overwritten. A value no load sets stays that
+    filler, never memory that happens to equal the weights' (`loaded_as_given`)."""
     kwargs = {} if norm_layer is None else {"norm_layer": norm_layer}
     builder = get_backbone_builder(name)
     if initialise:
@@ -112,7 +113,14 @@ def build_classifier(name: str, norm_layer: Callable[..., Any] | None, *, initia
 
     with torch.device("meta"):
         model = builder(**kwargs)
-    return model.to_empty(device="cpu")
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point() or tensor.is_complex():
+                tensor.fill_(float("nan"))
+            elif tensor.dtype != torch.bool:
+                tensor.fill_(torch.iinfo(tensor.dtype).min)
+    return model
 
 
 def holds_values_outside_state(model: nn.Module) -> bool:
@@ -125,6 +133,30 @@ def holds_values_outside_state(model: nn.Module) -> bool:
     held = [*model.named_parameters(), *model.named_buffers()]  # a parameter its module leaves out of the state too
     return (any(name not in saved for name, _ in held)
             or any(isinstance(value, torch.Tensor) for module in model.modules() for value in vars(module).values()))
+
+
+def loaded_as_given(model: nn.Module, state: dict[str, Any]) -> bool:
+    """Whether every value `model`'s state dict saves is, after `load_state_dict(state)`, the one `state` gave (NaN
+    where it gave NaN). A module whose loading skips a key it saves (its own `_load_from_state_dict`, a load hook)
+    keeps what it was built with: built uninitialised (hunt 22b: a norm skipping its running_var kept `to_empty`'s
+    memory, -6.4e34 in one run, blamed on the weights), it must be built with its own init instead."""
+    import torch
+
+    for key, saved in model.state_dict().items():
+        given = state.get(key)
+        if not isinstance(saved, torch.Tensor) or not isinstance(given, torch.Tensor):
+            continue  # a key the weights lack is refused by key_mismatch; an extra state object holds no tensor
+        given = given.detach().to(saved.dtype)
+        if saved.shape != given.shape:
+            return False
+        if torch.equal(saved, given):
+            continue
+        same = saved == given
+        if saved.is_floating_point() or saved.is_complex():
+            same |= saved.isnan() & given.isnan()
+        if not bool(same.all()):
+            return False
+    return True
 
 
 @dataclass
@@ -194,6 +226,9 @@ def build_model(spec: ModelSpec, weights: Weights, seed: int = 0) -> BuiltModel:
         raise UsageError(f"Weights {weights.source} do not fit {spec.backbone}: {mismatch}; pass weights of "
                          f"{spec.backbone}")
     classifier.load_state_dict(state)
+    if not loaded_as_given(classifier, state):  # a norm that saves a value its loading skips: its own init
+        classifier = build_classifier(spec.backbone, norm_layer)
+        classifier.load_state_dict(state)
     require_defined_norms(classifier, weights.source, spec.norm)
     exact = None
     if norm.fold:

@@ -359,7 +359,8 @@ def _check_expression(path: Path, text: Any, allowed: set[str], what: str) -> No
                             "torchscript --format onnx)")
     try:
         tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # the parser's own depth limits: 3,000 unary
+        # operators raise RecursionError, 9,000 MemoryError (hunt 22b: it escaped the scan of a crafted .pt2)
         raise refuse("is not an expression") from None
     names = {id(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
              and n.func.id in ("Symbol", "Dummy") and n.args}

@@ -280,17 +280,28 @@ def _same_stamp(tensor: Any, stamp: Any) -> bool:
 
 SIZE_READS = frozenset({"size", "numel", "__len__"})
 """Tensor methods that, under a trace, give the input's sizes as tensors (`len(x)` too), as `Tensor.shape` does."""
-SIZE_NUMBERS = frozenset({"stride", "nbytes", "storage_offset", "untyped_storage", "storage", "_typed_storage",
-                          "nelement", "__iter__"})
+LAYOUT_FLAGS = frozenset({"is_contiguous", "is_non_overlapping_and_dense", "is_same_size", "is_set_to",
+                          "is_coalesced"})
+"""Flags that tell a tensor's sizes and strides: `x[..., :64].is_contiguous()` is True up to 64 px only (hunt 22b: a
+branch on it was exported by trace with exit 0, equal at the example's 32 px and both other sizes, the file wrong at
+128 px). Asked of the input itself as it came (contiguous at every size) they are no read."""
+SIZE_NUMBERS = frozenset({"stride", "nbytes", "storage_offset", "nelement", "__iter__"}) | LAYOUT_FLAGS
 """Tensor methods and properties that hand the input's sizes to Python as no tensor, even under a trace: a number
-(`x.stride(2)` is the width of a contiguous input, `x.nbytes`), a storage (its `nbytes()`), an iterator (`for row in x`:
-as many as the batch). Hunt 21b: a branch on any of them was exported by trace with exit 0."""
+(`x.stride(2)` is the width of a contiguous input, `x.nbytes`), an iterator (`for row in x`: as many as the batch), a
+layout flag. Hunt 21b: a branch on any of them was exported by trace with exit 0. A storage (`untyped_storage`) and an
+address (`data_ptr`) are doors to the values (`x.untyped_storage()[3]`, `ctypes.c_float.from_address(x.data_ptr())`,
+hunt 22b: both exported by a static trace with exit 0): they count as values."""
 METADATA = frozenset({"dim", "ndimension", "ndim", "dtype", "device", "layout", "element_size", "itemsize",
-                      "requires_grad", "get_device", "type", "__hash__", "data_ptr", "names", "grad_fn", "_version",
-                      "output_nr", "_cdata"})
-"""What a tensor hands to Python that depends on neither its values nor its sizes (its rank, dtype, device, identity);
-with `is_*` and `has_*` flags. Anything else a call on the input hands back that is no tensor is a read (hunt 21b:
-`int(format(x.shape[-1]))`, `str(...)`, `torch.sym_int(...)`, `pickle.dumps(x)` were none)."""
+                      "requires_grad", "get_device", "type", "__hash__", "names", "grad_fn", "_version",
+                      "output_nr", "_cdata", "is_floating_point", "is_complex", "is_signed", "is_conj", "is_neg",
+                      "is_inference", "is_leaf", "is_nested", "is_quantized", "is_sparse", "is_sparse_csr",
+                      "is_mkldnn", "is_meta", "is_cpu", "is_cuda", "is_mps", "is_xpu", "is_xla", "is_ipu", "is_maia",
+                      "is_mtia", "is_vulkan", "is_pinned", "is_shared", "is_distributed", "has_names", "_is_view",
+                      "_is_zerotensor"})
+"""What a tensor hands to Python that depends on neither its values nor its sizes (its rank, dtype, device, identity,
+kind flags). Anything else a call on the input hands back that is no tensor is a read (hunt 21b:
+`int(format(x.shape[-1]))`, `str(...)`, `torch.sym_int(...)`, `pickle.dumps(x)` were none; hunt 22b: any `is_*` flag
+passed as metadata, `x.mean().gt(0).is_nonzero()` a value and `x[..., :64].is_contiguous()` a size among them)."""
 
 
 def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = False,
@@ -321,7 +332,7 @@ def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = F
                 Reads.seen.add("sizes" if of_sizes else "values")
             out = func(*args, **(kwargs or {}))
             made = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-            if not fixed and attr not in METADATA and not attr.startswith(("is_", "has_", "_is_")):
+            if not fixed and attr not in METADATA and not (attr in LAYOUT_FLAGS and _as_given(given, came)):
                 heard.append((attr, _heard(out)))
                 if name not in SIZE_READS and attr != "shape" and any(
                         not isinstance(leaf, torch.Tensor | type(None)) for leaf in tree_leaves(out)):
@@ -343,16 +354,26 @@ def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = F
             return out
 
     example = ctx.example if example is None else example
+    with torch.inference_mode():
+        fed = example.clone()
+    came = fed, tuple(fed.shape), fed.stride()  # read before the watch: the tool's own reads are none
     try:
         with Reads(), torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # this trace's TracerWarnings and deprecation notices: the export had them
             if tracing:
-                torch.jit.trace(ctx.built.model, example.clone(), strict=False, check_trace=False)
+                torch.jit.trace(ctx.built.model, fed, strict=False, check_trace=False)
             else:
-                ctx.built.model(example.clone())
+                ctx.built.model(fed)
     except Exception:  # noqa: BLE001 - a model that fails on its own example is judged elsewhere; say values
         return {"values"}, heard, None
     return Reads.seen, heard, True
+
+
+def _as_given(given: list, came: tuple) -> bool:
+    """Whether a layout flag was asked of the run's input itself, at the shape and strides it came with: contiguous
+    at every size, so the flag tells nothing of its sizes."""
+    tensor, shape, stride = came
+    return len(given) == 1 and given[0] is tensor and tuple(tensor.shape) == shape and tensor.stride() == stride
 
 
 def _heard(out: Any) -> Any:
