@@ -10,7 +10,8 @@ Two levels, both reported:
   (verify/detect/proposals.py): runtimes may order tied proposals differently; each ONNX run's final-NMS inputs
   (decoded boxes and scores, an extra graph output) paired with eager's and the oracle's by candidate
   (verify/detect/nms_inputs.py), so the decoding is judged where the NMS may suppress what it moved; a TorchScript
-  Faster R-CNN's too, from its own box coder (`_script_candidates`);
+  file's too: Faster R-CNN's from its own box coder (`_script_candidates`), RetinaNet's and SSDlite's from its own
+  compiled post-processing with the NMS made to suppress nothing (`_script_nms_inputs`, hunt 22a);
 - after NMS: detections matched by IoU (verify/detect/match.py) on the float32 floor of detections.
 Every run is guarded (verify/judge/trust.py): every image twice, bit for bit, on private input copies
 that must come back unchanged; a breach is a problem (exit 1).
@@ -42,10 +43,14 @@ from verify.detect.match import (
 from verify.detect.nms_inputs import (
     CLASS_LOGITS,
     NMS_INPUTS,
+    SMALL_BOX,
+    BoxCoding,
     LoneProposals,
     NmsBands,
     derive_nms_bands,
+    lone_proposal_boxes,
     lone_proposal_probabilities,
+    near_small_box,
     onnx_nms_inputs,
     paired_inputs,
     unexplained,
@@ -88,9 +93,10 @@ DYNAMIC_AXES = {"image": {1: "height", 2: "width"}}
 FILE_NAMES = {"torchscript": "detector.torchscript.pt", "onnx": "detector.onnx", "onnx-dynamo": "detector.dynamo.onnx"}
 RUNTIMES = {"torchscript": "torchscript", "onnx": "onnxruntime", "onnx-dynamo": "onnxruntime (dynamo)"}
 AFTER_NMS_ONLY = (RUNTIMES["torchscript"],)
-"""Runtimes without before-NMS pairs: a scripted module runs no Python hooks, so its dense tensors (and a Faster
-R-CNN's final-NMS inputs) come from its own pieces (`_run_torchscript`), judged aside (`_script_piece_problems`), each
-failure a problem; a matrix cell holds the ONNX runs' pairs only."""
+"""Runtimes without before-NMS pairs: a scripted module runs no Python hooks, so its dense tensors and final-NMS inputs
+come from its own pieces (`_run_torchscript`: Faster R-CNN's from its own box coder, RetinaNet's and SSDlite's from its
+own post-processing), judged aside (`_script_piece_problems`), each failure a problem; a matrix cell holds the ONNX
+runs' pairs only."""
 EAGER, ORACLE = "eager", "eager fp64"
 GUARD_DEVICE = "cpu"
 """Every detector runtime here runs on the CPU: a repeat must give the same bits."""
@@ -264,13 +270,19 @@ class Judging:
     rules: Rules
     rpn: RpnRules | None = None
     per_proposal: tuple[str, ...] = ()
+    box_coding: BoxCoding | None = None
+    """Faster R-CNN: its box head's decoding, which a candidate of a proposal in one run only must be (hunt 22a); from
+    the model at export, torchvision's own default for a folder (re-checked on its goldens, verify/detect/folder.py).
+    None elsewhere (or unknown: such a candidate is then never explained)."""
 
     @classmethod
     def of(cls, built: BuiltDetector) -> Judging:
         rpn = getattr(built.model, "rpn", None)
+        heads = getattr(built.model, "roi_heads", None)
         return cls(Rules(built.score_thresh, built.nms_thresh, built.detections_per_img),
                    RpnRules(float(rpn.nms_thresh), int(rpn.post_nms_top_n()), float(rpn.score_thresh))
-                   if rpn is not None else None, tuple(built.per_proposal_modules))
+                   if rpn is not None else None, tuple(built.per_proposal_modules),
+                   BoxCoding.of(heads.box_coder) if heads is not None else None)
 
 
 def verify_detector(name: str, norm: str | None = None, shape: tuple[int, ...] = (1, 3, 320, 320),
@@ -586,6 +598,16 @@ def candidate_scales(name: str, images: Sequence[np.ndarray]) -> list[tuple[floa
     return size_scales(name, [tuple(image.shape[-2:]) for image in images])
 
 
+def resized_sizes(name: str, images: Sequence[np.ndarray]) -> list[tuple[int, int]] | None:
+    """Per image, its (height, width) after the detector's own transform: the frame of the final NMS's inputs; None
+    for a name that is not a registered detector."""
+    from exporter.families.detectors import DETECTORS, resized_size
+
+    if name not in DETECTORS.names():
+        return None
+    return [resized_size(DETECTORS.get(name), *image.shape[-2:]) for image in images]
+
+
 def size_scales(name: str, sizes: Sequence[tuple[int, int]]) -> list[tuple[float, float]] | None:
     """`candidate_scales` for images of these (height, width)."""
     from exporter.families.detectors import DETECTORS, resized_size
@@ -634,6 +656,7 @@ class _Rows:
         self.report, self.oracle, self.factor = report, oracle, tolerance.factor
         self.per_proposal = list(judging.per_proposal)
         self.rules = judging.rpn
+        self.box_coding = judging.box_coding
         self.bands = Bands(0.0, 0.0)
         self.score_thresh = judging.rules.score_thresh
         self.nms = True  # the decoding's candidates: judged before NMS too (Faster R-CNN since hunt 21a)
@@ -667,12 +690,12 @@ class _Rows:
         aligned = self._align(label, run, ref_label, ref)
         carried = self._explain(aligned, run, ref) if aligned is not None else None
         mine, theirs = (run.dense, ref.dense) if aligned is None else (aligned.run, aligned.ref)  # by index: stricter
-        if label not in AFTER_NMS_ONLY or self.per_proposal:  # TorchScript's RetinaNet and SSDlite decode in their
-            # forward only: no inputs to show; its Faster R-CNN's come from its own box coder (`_script_candidates`)
-            mine, theirs = dict(mine), dict(theirs)
-            lone = self._with_candidates(label, run, ref, mine, theirs)
-            if lone is not None:
-                self._explain_candidates(label, ref_label, *lone, carried)
+        # every runtime's final-NMS inputs, TorchScript's too: its Faster R-CNN's from its own box coder
+        # (`_script_candidates`), its RetinaNet's and SSDlite's from its own post-processing (`_script_nms_inputs`)
+        mine, theirs = dict(mine), dict(theirs)
+        lone = self._with_candidates(label, run, ref, mine, theirs)
+        if lone is not None:
+            self._explain_candidates(label, ref_label, *lone, carried)
         return label, mine, ref_label, theirs
 
     def _with_candidates(self, label: str, run: Run, ref: Run, mine: dict[str, np.ndarray],
@@ -724,8 +747,19 @@ class _Rows:
         explained ones, whose final-NMS inputs are in one run only too."""
         explained = explain_unpaired(aligned.check, aligned.lone, aligned.run_boxes, aligned.ref_boxes,
                                      self.oracle.rpn_candidates, self.rules, self.bands)
-        return LoneProposals(lone_proposal_probabilities(run.per_image, [e[0] for e in explained]),
-                             lone_proposal_probabilities(ref.per_image, [e[1] for e in explained]))
+        sizes = resized_sizes(self.report.name, self.report.images)
+        mine, theirs = [e[0] for e in explained], [e[1] for e in explained]
+
+        def small(side: Run, boxes: list[np.ndarray]) -> list[Detections]:
+            return [near_small_box(side.per_image[i] if i < len(side.per_image) else {}, boxes[i], self.box_coding,
+                                   sizes[i] if sizes else None, self.score_thresh, self.nms_bands)
+                    for i in range(len(boxes))]
+
+        return LoneProposals(lone_proposal_probabilities(run.per_image, mine),
+                             lone_proposal_probabilities(ref.per_image, theirs),
+                             lone_proposal_boxes(run.per_image, aligned.run_boxes, mine, self.box_coding, sizes),
+                             lone_proposal_boxes(ref.per_image, aligned.ref_boxes, theirs, self.box_coding, sizes),
+                             small(run, aligned.run_boxes), small(ref, aligned.ref_boxes))
 
 
 @dataclass
@@ -936,6 +970,9 @@ def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str
                                       "and heads give when called one by one: it computes something else than the "
                                       "detector it holds")
                 per_image.append({name: value.cpu().numpy() for name, value in tensors.items()})
+                if proposals is None and _decodes_in_forward(model):
+                    result.candidates.append(_script_nms_inputs(model, image.to(device),
+                                                                out[0] if device == "cpu" else None))
                 if proposals is not None:
                     result.proposals.append(proposals.cpu().double().numpy())
                     if SCRIPT_LOGITS in tensors and SCRIPT_REGRESSION in tensors:
@@ -951,8 +988,6 @@ def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str
 SCRIPT_LOGITS, SCRIPT_REGRESSION = CLASS_LOGITS, "roi_heads.box_predictor.bbox_pred#0"
 """Faster R-CNN's box-head outputs (one row per proposal) that the file's own box coder decodes into its final-NMS
 inputs (`_script_candidates`)."""
-SMALL_BOX = 1e-2
-"""torchvision's RoIHeads.postprocess_detections drops candidates with a side under this (remove_small_boxes)."""
 
 
 def _script_decoder(model: Any) -> Any:
@@ -1008,6 +1043,64 @@ def _script_candidates(model: Any, decoder: Any, image: torch.Tensor, tensors: d
                           "labels": labels.cpu().numpy()})
 
 
+DECODING_IN_FORWARD = ("RetinaNet", "SSD")
+"""The scripted detectors (TorchScript's `original_name`) whose box decoding runs inside their `postprocess_detections`,
+NMS included: their final-NMS inputs come from that method with the NMS made to suppress nothing
+(`_script_nms_inputs`)."""
+NO_SUPPRESSION = 2.0
+"""An NMS IoU threshold no pair of boxes exceeds (an IoU is at most 1; NaN compares false): the NMS keeps every
+candidate."""
+NO_CAP = 2**31 - 1
+"""A detections cap no image reaches: the post-processing keeps every candidate its NMS kept."""
+
+
+def _decodes_in_forward(model: Any) -> bool:
+    return getattr(model, "original_name", None) in DECODING_IN_FORWARD
+
+
+def _script_nms_inputs(model: Any, image: torch.Tensor, detections: dict[str, torch.Tensor] | None) -> Detections:
+    """RetinaNet's or SSDlite's final-NMS inputs of one image as the scripted file makes them (hunt 22a): its own
+    transform, backbone, head and anchor generator called as its forward calls them, then its own compiled
+    `postprocess_detections` (its box coder, weights and clamp, its score threshold and top-k, its clip to the image)
+    with its NMS threshold at NO_SUPPRESSION and no cap, so that what it returns is every candidate its NMS is given,
+    highest score first. Given the forward's own `detections` (on the CPU), torchvision's NMS and cap replayed on them
+    at the file's own threshold and cap must give those bit for bit, or the file's post-processing computes something
+    else (a one-line ExportError). The file's attributes are restored after."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    images, _ = model.transform([image])
+    features = model.backbone(images.tensors)
+    levels = list(features.values()) if isinstance(features, dict) else [features]
+    head = model.head(levels)
+    anchors = model.anchor_generator(images, levels)
+    if model.original_name == "RetinaNet":  # its forward splits the head's outputs and anchors per level
+        sizes = [level.size(2) * level.size(3) for level in levels]
+        per_anchor = head["cls_logits"].size(1) // sum(sizes)
+        sizes = [size * per_anchor for size in sizes]
+        head = {key: list(value.split(sizes, dim=1)) for key, value in head.items()}
+        anchors = [list(found.split(sizes)) for found in anchors]
+    thresh, cap = float(model.nms_thresh), int(model.detections_per_img)
+    try:
+        model.nms_thresh, model.detections_per_img = NO_SUPPRESSION, NO_CAP
+        found = model.postprocess_detections(head, anchors, images.image_sizes)[0]
+    except Exception as exc:  # a scripted module raises torch.jit.Error and others
+        raise ExportError(f"the TorchScript file's post-processing cannot be called ({_first_line(exc)})") from None
+    finally:
+        model.nms_thresh, model.detections_per_img = thresh, cap
+    boxes, scores, labels = found["boxes"], found["scores"], found["labels"]
+    if detections is not None:
+        kept = box_ops.batched_nms(boxes, scores, labels, thresh)[:cap]
+        replayed = model.transform.postprocess([{"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]}],
+                                               images.image_sizes, [tuple(image.shape[-2:])])[0]
+        if not all(torch.equal(detections[key], replayed[key]) for key in ("boxes", "scores", "labels")):
+            raise ExportError("the TorchScript file's forward does not keep what its own post-processing's candidates "
+                              "give through torchvision's final NMS: its post-processing computes something else than "
+                              "the detector it holds")
+    return Detections.of({"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy(),
+                          "labels": labels.cpu().numpy()})
+
+
 def _script_image_list() -> None:
     """Compile torchvision's ImageList into this process, so that a loaded file's transform can hand one to Python
     and take it back (torch.jit.load leaves the class unknown to Python: an INTERNAL ASSERT)."""
@@ -1029,8 +1122,8 @@ def _script_pieces(model: Any, image: torch.Tensor, modules: list[str]) -> tuple
     """One image through the scripted detector's pieces as GeneralizedRCNN, RetinaNet and SSD's forward call them:
     (each dense module's outputs named `module#call` as eager's hooks name them, the RPN's proposals or None, the
     post-processed detections or None). The anchors come from the file's own anchor generator. RetinaNet and SSD's
-    decoding runs in the file's own forward only: their pieces are the dense heads and anchors, and their detections
-    come from the forward alone."""
+    decoding runs in the file's own post-processing: their pieces are the dense heads and anchors, their detections
+    come from the forward alone, and their final-NMS inputs from `_script_nms_inputs`."""
     from exporter.families.detectors import ANCHOR_MODULES
 
     images, _ = model.transform([image])

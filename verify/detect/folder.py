@@ -50,7 +50,7 @@ from verify.detect.goldens import (
     golden_samples,
 )
 from verify.detect.match import Rules
-from verify.detect.nms_inputs import NMS_INPUTS
+from verify.detect.nms_inputs import NMS_INPUTS, SMALL_BOX, BoxCoding, rcnn_candidates
 from verify.detect.proposals import RpnRules, kept_order, moved_boxes
 from verify.detect.rebuild import rebuild_detector
 from verify.folder.checks import Check, CheckReport
@@ -156,7 +156,7 @@ class DetectorFolder(CheckedFolder):
         rpn = None if post.rpn is None else RpnRules(post.rpn.nms_thresh, post.rpn.post_nms_top_n,
                                                      post.rpn.score_thresh)
         return Judging(Rules(post.score_thresh, post.nms_thresh, post.detections_per_img), rpn,
-                       tuple(post.per_proposal))
+                       tuple(post.per_proposal), BoxCoding.rcnn_default() if rpn is not None else None)
 
 
 def detector_integrity(path: Path, report: CheckReport, verify_key: Path | None = None,
@@ -306,9 +306,24 @@ def _postprocess(art: DetectorFolder) -> str:
             raise ArtifactError(f"postprocess.rpn (nms_thresh {rpn.nms_thresh:g}, post_nms_top_n "
                                 f"{rpn.post_nms_top_n}) does not give the float64 golden proposals of image {image} "
                                 "from their recorded NMS inputs: not this model's RPN")
+    coding = art.judging.box_coding
+    sizes = [resized_size(DETECTORS.get(art.manifest.detector.name), *image.shape[-2:]) for image in art.images]
+    for image, (found, proposals) in enumerate(zip(oracle.candidates if coding else [], oracle.proposals,
+                                                   strict=False)):
+        decoded = rcnn_candidates(oracle.per_image[image], proposals, coding, sizes[image], rules.score_thresh,
+                                  SMALL_BOX)
+        slack = 64 * np.finfo(np.float64).eps * max(1.0, float(np.abs(decoded.boxes).max(initial=0.0)))
+        if len(decoded) != len(found) or not np.array_equal(decoded.labels, found.labels) or not (
+                np.allclose(decoded.boxes, found.boxes, rtol=0, atol=slack)
+                and np.allclose(decoded.scores, found.scores, rtol=0, atol=slack)):
+            raise ArtifactError(f"the float64 golden NMS inputs of image {image} are not its golden proposals' "
+                                "box-head rows decoded by torchvision's Faster R-CNN box coder (weights "
+                                f"{coding.weights}, clamp {coding.clip:.6g}): a recorded candidate was moved, or the "
+                                "model decodes otherwise")
     return ("the recorded thresholds and caps give the float64 goldens' detections"
             + (" and proposals" if rpn else "") + " from their recorded NMS inputs, and those under a lower score "
-            "threshold hold exactly them above it")
+            "threshold hold exactly them above it" + (", and the box coder's decoding of the float64 proposals gives "
+                                                      "those inputs" if coding else ""))
 
 
 def _tolerance(art: DetectorFolder) -> str:
@@ -377,6 +392,9 @@ def _row_check(label: str, row: DetectorRow) -> Check:
     if row.level == "export":  # a file that would not load or run
         return Check(label, RUNTIMES[row.a], f"{FILE_NAMES[row.a]}: load and run", False, text)
     if row.level == "check":
+        runtime = next((r for r in RUNTIMES.values() if text.startswith(f"{r}'s own pieces before NMS: ")), None)
+        if runtime is not None:  # a file's own pieces (check.py `_script_piece_problems`): that file's check
+            return Check(label, runtime, "before NMS: its own pieces", False, text)
         return Check(label, "check", "trust guards", False, text)
     runtime = GOLDENS_RUNTIME if row.a == EAGER else row.a
     return Check(label, runtime, f"{row.level}: {pair}", row.passed, text)

@@ -17,7 +17,9 @@ A candidate in one run only passes only when rounding explains it, each case nam
 - `proposal in one run only` (Faster R-CNN, hunt 21a): its score within the band of its class's probability (softmax
   of the box head's class logits, as the side computed them) of a proposal on its side in one run only that the RPN's
   rounding explains (verify/detect/proposals.py `explain_unpaired`): that proposal's candidates are in one run only
-  too.
+  too; and its box within rounding of its class's box decoded from that proposal's own row (hunt 22a);
+- `small box` (Faster R-CNN, hunt 22a): one of the side's own candidates (its rows decoded) whose smaller side is within
+  rounding of SMALL_BOX, under which the other side's rounding can have dropped it.
 Anything else fails, as one problem of the report naming the first such candidate.
 """
 
@@ -40,6 +42,11 @@ BOXES, SCORES = f"{NMS_INPUTS}.boxes", f"{NMS_INPUTS}.scores"
 sizes, as concat_dense names them)."""
 CLASS_LOGITS = "roi_heads.box_predictor.cls_score#0"
 """Faster R-CNN's box-head class logits, one row per proposal: a candidate's score is its class's softmax."""
+SMALL_BOX = 1e-2
+"""torchvision's RoIHeads.postprocess_detections drops candidates with a side under this (remove_small_boxes)."""
+BOX_REGRESSION = "roi_heads.box_predictor.bbox_pred#0"
+"""Faster R-CNN's box-head regression, one row per proposal (4 codes a class): a candidate's box is its class's codes
+decoded on its proposal (BoxCoding)."""
 
 
 @dataclass(frozen=True)
@@ -111,12 +118,60 @@ def block_lows(scores: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class BoxCoding:
+    """Faster R-CNN's box head decoding (torchvision's BoxCoder of its RoIHeads): the weights of (dx, dy, dw, dh) and
+    the clamp of dw and dh before exp."""
+
+    weights: tuple[float, float, float, float]
+    clip: float
+
+    @classmethod
+    def of(cls, coder: object) -> BoxCoding:
+        """From a torchvision BoxCoder."""
+        return cls(tuple(float(w) for w in coder.weights), float(coder.bbox_xform_clip))  # type: ignore[attr-defined]
+
+    @classmethod
+    def rcnn_default(cls) -> BoxCoding:
+        """What torchvision's Faster R-CNN builders give their RoIHeads (no bbox_reg_weights: RoIHeads' own default),
+        taken from torchvision's code, not copied: a folder's goldens are re-checked against it (folder.py)."""
+        from torchvision.models.detection.roi_heads import RoIHeads
+
+        heads = RoIHeads(None, None, None, 0.5, 0.5, 512, 0.25, None, 0.05, 0.5, 100)
+        return cls.of(heads.box_coder)
+
+    def decode(self, codes: np.ndarray, proposals: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Each proposal's box per class (P x C x 4, float64), decoded from its box-regression row (P x 4C) and clipped
+        to the transformed image's `size` (H, W), as RoIHeads.postprocess_detections does."""
+        import numpy as np
+        import torch
+        from torchvision.models.detection._utils import BoxCoder
+        from torchvision.ops import boxes as box_ops
+
+        classes = int(np.asarray(codes).shape[-1]) // 4 if np.asarray(codes).ndim == 2 else 0
+        if not len(proposals):  # an image the RPN kept no proposal for
+            return np.zeros((0, classes, 4))
+        coder = BoxCoder(self.weights, self.clip)
+        rows = torch.as_tensor(np.asarray(codes, dtype=np.float64)).reshape(len(proposals), -1)
+        boxes = coder.decode(rows, [torch.as_tensor(np.asarray(proposals, dtype=np.float64)).reshape(-1, 4)])
+        return box_ops.clip_boxes_to_image(boxes, size).numpy()
+
+
+@dataclass(frozen=True)
 class LoneProposals:
     """Faster R-CNN: per image, the class probabilities (one row per proposal, softmax of the box head's logits) of
-    the proposals in one run only that the RPN's rounding explains, on each side of a pairing."""
+    the proposals in one run only that the RPN's rounding explains, on each side of a pairing; and their boxes per
+    class as the box coder decodes them from the side's own rows (P x C x 4; `lone_proposal_boxes`), which a candidate
+    carried through from one must be, within rounding (hunt 22a: its box was not asked, so a run's candidate of a lone
+    proposal moved 5 px passed). None: boxes not asked (a caller that has no rows to decode them from)."""
 
     run: list[np.ndarray]
     ref: list[np.ndarray]
+    run_boxes: list[np.ndarray] | None = None
+    ref_boxes: list[np.ndarray] | None = None
+    run_small: list[Detections] | None = None
+    ref_small: list[Detections] | None = None
+    """Per image, the side's own candidates (its rows decoded, `near_small_box`) with a side within rounding of
+    SMALL_BOX: a candidate in one run only that is one of them is a `small box` borderline (hunt 22a). None: none."""
 
 
 def lone_proposal_probabilities(per_image: Sequence[Mapping[str, np.ndarray]],
@@ -134,6 +189,63 @@ def lone_proposal_probabilities(per_image: Sequence[Mapping[str, np.ndarray]],
         chosen = np.asarray(logits, dtype=np.float64)[list(indices)]
         shifted = np.exp(chosen - chosen.max(axis=1, keepdims=True))
         found.append(shifted / shifted.sum(axis=1, keepdims=True))
+    return found
+
+
+def rcnn_candidates(rows: Mapping[str, np.ndarray], proposals: np.ndarray, coding: BoxCoding, size: tuple[int, int],
+                    score_thresh: float, small_box: float) -> Detections:
+    """Faster R-CNN's final-NMS inputs of one image as RoIHeads.postprocess_detections makes them from its box head's
+    rows (CLASS_LOGITS, BOX_REGRESSION, one per proposal): each proposal's box per class decoded by `coding` and
+    clipped to the transformed image's `size`, the softmax, the background dropped, the score threshold, the boxes
+    with a side under `small_box` dropped; in the rows' precision."""
+    import numpy as np
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    logits = torch.as_tensor(np.asarray(rows[CLASS_LOGITS]))
+    boxes = torch.as_tensor(coding.decode(rows[BOX_REGRESSION], proposals, size))[:, 1:].reshape(-1, 4)
+    scores = torch.nn.functional.softmax(logits, -1)[:, 1:].reshape(-1)
+    labels = torch.arange(logits.shape[-1]).view(1, -1).expand_as(logits)[:, 1:].reshape(-1)
+    inds = torch.where(scores > score_thresh)[0]
+    boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
+    keep = box_ops.remove_small_boxes(boxes, min_size=small_box)
+    return Detections(boxes[keep].numpy(), scores[keep].numpy(), labels[keep].numpy())
+
+
+def near_small_box(rows: Mapping[str, np.ndarray], proposals: np.ndarray, coding: BoxCoding | None,
+                   size: tuple[int, int] | None, score_thresh: float, bands: NmsBands) -> Detections:
+    """One side's candidates of one image (its box head's rows decoded by `coding`, every proposal, scores within the
+    band of the threshold included) whose smaller side is within rounding of SMALL_BOX (two box bands: a side is the
+    difference of two coordinates): those that rounding can keep in one run and drop in another. None without the
+    coding, the size or the rows."""
+    import numpy as np
+
+    if coding is None or size is None or CLASS_LOGITS not in rows or BOX_REGRESSION not in rows \
+            or rows[CLASS_LOGITS].ndim != 2 or len(rows[CLASS_LOGITS]) != len(proposals) \
+            or len(rows[BOX_REGRESSION]) != len(proposals) or not bands.boxes:
+        return Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+    found = rcnn_candidates(rows, proposals, coding, size, score_thresh - bands.scores, 0.0)
+    sides = np.minimum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
+    return found.take(np.flatnonzero(np.abs(sides - SMALL_BOX) <= 2 * bands.boxes))
+
+
+def lone_proposal_boxes(per_image: Sequence[Mapping[str, np.ndarray]], proposals: Sequence[np.ndarray],
+                        rows: Sequence[Sequence[int]], coding: BoxCoding | None,
+                        sizes: Sequence[tuple[int, int]] | None) -> list[np.ndarray]:
+    """Per image, the boxes per class (P x C x 4) that `coding` decodes from BOX_REGRESSION's `rows` (a side's explained
+    lone proposals, in its own order) and those proposals' boxes, clipped to the image's transformed size; an image
+    without them (or without the coding or sizes) gives none: a candidate's box is then never within rounding."""
+    import numpy as np
+
+    found = []
+    for image, indices in enumerate(rows):
+        codes = per_image[image].get(BOX_REGRESSION) if image < len(per_image) else None
+        if coding is None or sizes is None or image >= len(sizes) or image >= len(proposals) or codes is None \
+                or not len(indices) or codes.ndim != 2 or max(indices) >= min(len(codes), len(proposals[image])):
+            found.append(np.zeros((0, 0, 4)))
+            continue
+        found.append(coding.decode(np.asarray(codes)[list(indices)], np.asarray(proposals[image])[list(indices)],
+                                   sizes[image]))
     return found
 
 
@@ -156,35 +268,40 @@ def unexplained(lone: Sequence[tuple[list[int], list[int]]], run: Sequence[Detec
             score = float(found.scores[k])
             if abs(score - score_thresh) <= bands.scores and _recorded(found, k, below, image, bands):
                 continue
-            if proposals is not None and _from_lone_proposal(found, k, proposals.run, image, bands):
+            if proposals is not None and (_from_lone_proposal(found, k, proposals.run, proposals.run_boxes, image,
+                                                              bands)
+                                          or _at_small_box(found, k, proposals.run_small, image, bands)):
                 continue
             if len(cuts) and float(np.abs(cuts - score).min()) <= bands.scores:
                 swaps_run.append((score, k))
                 continue
             problems.append(_where(image, "run", found, k) + f": not within rounding of the score threshold{cut} (or "
                             "not one of the float64 inputs recorded below the threshold)"
-                            + (", nor from a proposal in one run only" if proposals is not None else ""))
+                            + (", nor from a proposal in one run only, nor at the small-box limit"
+                               if proposals is not None else ""))
         for k in ref_only:
             score = float(reference.scores[k])
             if abs(score - score_thresh) <= bands.scores:
                 continue
             if proposals is not None:
-                if _from_lone_proposal(reference, k, proposals.ref, image, bands):
+                if _from_lone_proposal(reference, k, proposals.ref, proposals.ref_boxes, image, bands) \
+                        or _at_small_box(reference, k, proposals.ref_small, image, bands):
                     continue
             elif abs(score - float(lows[k])) <= bands.scores:
                 swaps_ref.append((score, k))
                 continue
-            why = "nor from a proposal in one run only" if proposals is not None else "or of its top-k cut"
+            why = "nor from a proposal in one run only, nor at the small-box limit" if proposals is not None \
+                else "or of its top-k cut"
             problems.append(_where(image, "reference", reference, k)
                             + f": not within rounding of the score threshold {why}")
         problems += _unswapped(image, sorted(swaps_run), sorted(swaps_ref), found, reference, bands)
     return problems
 
 
-def _from_lone_proposal(found: Detections, k: int, probabilities: Sequence[np.ndarray], image: int,
-                        bands: NmsBands) -> bool:
-    """Whether candidate `k`'s score is its class's probability, within rounding, of one of the side's explained
-    proposals in one run only (LoneProposals)."""
+def _from_lone_proposal(found: Detections, k: int, probabilities: Sequence[np.ndarray],
+                        boxes: Sequence[np.ndarray] | None, image: int, bands: NmsBands) -> bool:
+    """Whether candidate `k` is, within rounding, its class's probability and (where `boxes` are asked) its class's
+    decoded box of one of the side's explained proposals in one run only (LoneProposals)."""
     import numpy as np
 
     if image >= len(probabilities):
@@ -192,7 +309,27 @@ def _from_lone_proposal(found: Detections, k: int, probabilities: Sequence[np.nd
     table, label = probabilities[image], int(found.labels[k])
     if not table.size or not 0 <= label < table.shape[1]:
         return False
-    return bool((np.abs(table[:, label] - float(found.scores[k])) <= bands.scores).any())
+    near = np.abs(table[:, label] - float(found.scores[k])) <= bands.scores
+    if boxes is not None:
+        decoded = boxes[image] if image < len(boxes) else np.zeros((0, 0, 4))
+        if decoded.shape[:2] != table.shape:
+            return False
+        near &= np.abs(decoded[:, label] - found.boxes[k]).max(axis=1) <= bands.boxes
+    return bool(near.any())
+
+
+def _at_small_box(found: Detections, k: int, small: Sequence[Detections] | None, image: int, bands: NmsBands) -> bool:
+    """Whether candidate `k` is, within rounding (class, box, score), one of the side's own decoded candidates whose
+    smaller side is within rounding of SMALL_BOX (`near_small_box`): the other side's rounding can have put it under
+    the limit (a `small box` borderline)."""
+    import numpy as np
+
+    if small is None or image >= len(small) or not len(small[image]):
+        return False
+    near = small[image]
+    return bool(((near.labels == found.labels[k])
+                 & (np.abs(near.boxes - found.boxes[k]).max(axis=1) <= bands.boxes)
+                 & (np.abs(near.scores - found.scores[k]) <= bands.scores)).any())
 
 
 def _recorded(found: Detections, k: int, below: Sequence[Detections] | None, image: int, bands: NmsBands) -> bool:
