@@ -6,6 +6,7 @@ import random
 import re
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -330,6 +331,32 @@ def detector_export(tmp_path_factory, detector_keys):
     assert outside.read_text() == "keep"
     report, = made
     return report, where / "out" / f"{NAME}-frozen", result, where
+
+
+@pytest.fixture(scope="session")
+def two_cell_matrix(tmp_path_factory):
+    """tests/helpers.py `request()`'s two-cell matrix, once per suite (it was run cold by both modules that judge it):
+    shards 1/2 and 2/2 that agree, then the same at FAILING_SHARE of their worst ratio (a real disagreement), into one
+    cache, with no shard or report-key variable set: (the cache folder, the factor, the passing and the failing
+    MatrixResults). tests/test_matrix_property.py and tests/test_matrix_trust.py write the reports themselves and
+    take a copy of the cache where they read or forge its entries (`matrix_cache_copy`)."""
+    from tests.helpers import FAILING_SHARE, request
+    from verify.cache import ENV_OFF
+    from verify.matrix import REPORT_KEY_ENV, SHARD_ENV, run_matrix
+
+    cache = tmp_path_factory.mktemp("two-cell-matrix") / "cache"
+    with pytest.MonkeyPatch.context() as patch:
+        for name in (*SHARD_ENV, REPORT_KEY_ENV, ENV_OFF):
+            patch.delenv(name, raising=False)
+        passing = [run_matrix(request(), shard=(i, 2), cache_dir=cache) for i in (1, 2)]
+        factor = round(max(c.worst_ratio for r in passing for c in r.cells) * FAILING_SHARE, 3)
+        failing = [run_matrix(request(factor), shard=(i, 2), cache_dir=cache) for i in (1, 2)]
+    return cache, factor, passing, failing
+
+
+def matrix_cache_copy(two_cell_matrix, folder):
+    """A copy of two_cell_matrix's cache in `folder` (a test may edit or forge its entries)."""
+    return Path(shutil.copytree(two_cell_matrix[0], folder / "cache"))
 
 
 SHARED_AOTI = "aoti"

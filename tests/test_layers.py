@@ -91,8 +91,11 @@ def test_export_judges_every_files_layers_and_names_the_one_off(tmp_path, quietl
     loads, load_file = [], torchscript.load_file
     monkeypatch.setattr(torchscript, "load_file", lambda *args: loads.append(args[1].path.name) or load_file(*args))
     junit = tmp_path / "junit.xml"
+    # the legacy ONNX exporter here and in the export and plugin tests below: a dynamo file's layers are judged on the
+    # suite's default export (the tests above); dynamo's trace and decompositions were most of these tests' time
     code, report, _ = report_of(tmp_path, "export", "-b", SMALL, "--shape", SHAPE, "--samples", "1", "--layers",
-                                "--format", "onnx", "--format", "torchscript", "--out", tmp_path / "out",
+                                "--format", "onnx", "--format", "torchscript", "--onnx-exporter", "torchscript",
+                                "--out", tmp_path / "out",
                                 "--junit", junit, "--no-cache")  # a .pt2's layers: the compare test above
     assert code == 1 and all(pair["passed"] for pair in report["pairs"])
     checks = {check["candidate"]: check for check in report["layers"]}
@@ -266,7 +269,7 @@ def test_the_plugins_headline_names_the_layer_verdict_that_failed(tmp_path):
     module = build_model(ModelSpec(SMALL, "frozen", "body"), load_weights("synthetic", SMALL)).model
     example = torch.randn(SMALL_SHAPE, generator=torch.Generator().manual_seed(0))
     with pytest.raises(AssertionError) as failed:
-        assert_exports_agree(module, example, out=tmp_path, formats=["onnx"], layers=True)
+        assert_exports_agree(module, example, out=tmp_path, formats=["onnx"], onnx_exporter="torchscript", layers=True)
     headline = str(failed.value).splitlines()[0]
     assert "could not be judged" not in headline and "no pair was judged" not in headline, headline
     assert LAYER in headline and DIFFER in headline, headline
@@ -387,7 +390,8 @@ def test_export_runs_the_layer_verdict_by_default_and_a_file_off_on_its_own_fail
     from verify.judge.layers import LAYERS_ENV
 
     monkeypatch.delenv(LAYERS_ENV, raising=False)
-    args = ("export", "-b", SMALL, "--shape", SHAPE, "--samples", "1", "--format", "onnx", "--no-cache")
+    args = ("export", "-b", SMALL, "--shape", SHAPE, "--samples", "1", "--format", "onnx", "--onnx-exporter",
+            "torchscript", "--no-cache")
     code, report, output = report_of(tmp_path, *args, "--out", tmp_path / "default")
     assert code == 1 and all(pair["passed"] for pair in report["pairs"]), "the outputs agree; the layers fail"
     (check,) = report["layers"]

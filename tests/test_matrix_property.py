@@ -15,14 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.errors import VerifyError
-from tests.helpers import FAILING_SHARE, request
+from tests.conftest import matrix_cache_copy
+from tests.helpers import request
 from verify.matrix import (
     AGREE,
     REPORT_KEY_ENV,
     SHARD_ENV,
     MatrixResult,
     merge_results,
-    run_matrix,
 )
 from verify.matrix.cell import CellJob, lookup_cell
 from verify.matrix.judging import FLOAT_FIELDS
@@ -53,14 +53,12 @@ def environ(**values):
 
 
 @pytest.fixture(scope="module")
-def failing(module_tmp):
-    """The disagreeing matrix as two shard reports (plain and signed with KEY), and its cache."""
-    out = module_tmp("property")
-    cache = out / "cache"
+def failing(module_tmp, two_cell_matrix):
+    """The disagreeing matrix as two shard reports (plain and signed with KEY), and a copy of its cache: the suite's
+    two-cell matrix (tests/conftest.py), at FAILING_SHARE of its worst ratio."""
+    _, factor, _, shards = two_cell_matrix
+    cache = matrix_cache_copy(two_cell_matrix, module_tmp("property"))
     with environ(**dict.fromkeys((*SHARD_ENV, REPORT_KEY_ENV))):
-        worst = max(c.worst_ratio for c in run_matrix(request(), cache_dir=cache).cells)
-        factor = round(worst * FAILING_SHARE, 3)
-        shards = [run_matrix(request(factor), shard=(i, 2), cache_dir=cache) for i in (1, 2)]
         plain = [json.loads(json.dumps(s.to_dict(), default=str)) for s in shards]
     with environ(**{REPORT_KEY_ENV: KEY}):
         signed = [json.loads(json.dumps(s.to_dict(), default=str)) for s in shards]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAILING_SHARE, invoke, request
+from tests.helpers import invoke, request
 from verify.cache import ENV_DIR, ENV_OFF, Cache, canonical_json
 from verify.matrix import (
     JUDGED,
@@ -47,17 +47,14 @@ def write(result, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(module_tmp, session_cache):
+def runs(module_tmp, session_cache, two_cell_matrix):
     """Two-cell matrices, each run as shards 1/2 and 2/2 in this process: one that agrees, and the same at a
-    factor below its worst ratio (a real disagreement, as the numbers say)."""
+    factor below its worst ratio (a real disagreement, as the numbers say): the suite's two-cell matrix
+    (tests/conftest.py), its reports written here."""
     out = module_tmp("trust")
-    cache = out / "cache"
-    passing = [run_matrix(request(), shard=(i, 2), cache_dir=cache) for i in (1, 2)]
-    worst = max(c.worst_ratio for r in passing for c in r.cells)
-    factor = round(worst * FAILING_SHARE, 3)
-    failing = [run_matrix(request(factor), shard=(i, 2), cache_dir=cache) for i in (1, 2)]
+    _, factor, passing, failing = two_cell_matrix
     assert all(r.exit_code == 0 for r in passing) and any(r.exit_code == 1 for r in failing)
-    return {"out": out, "cache": cache, "factor": factor,
+    return {"out": out, "factor": factor,
             "pass": [write(r, out / f"pass{i}.json") for i, r in enumerate(passing, 1)],
             "fail": [write(r, out / f"fail{i}.json") for i, r in enumerate(failing, 1)]}
 
