@@ -684,3 +684,17 @@ def test_compare_judges_every_input_on_floors_pooled_over_inputs_and_sides():
                      isolate=False)
     assert all(single.floors[name].value <= floor.value for name, floor in report.floors.items())
     assert any(single.floors[name].value < floor.value for name, floor in report.floors.items())
+
+
+def test_sides_sharing_no_output_are_refused_before_either_oracle_runs(monkeypatch):
+    """Two models whose outputs share no name are a usage error said once both have run, not after each side's
+    float64 oracle (the CLI took 15 s to print this one line)."""
+    import verify.api as api
+    from verify.settings import RunSettings
+
+    def no_oracle(*args, **kwargs):
+        raise AssertionError("an oracle ran for sides that cannot be compared")
+
+    monkeypatch.setattr(api, "side_oracles", no_oracle)
+    with pytest.raises(UsageError, match="share no output"):
+        api.compare("resnet18:frozen:body", "resnet18:frozen:fpn", RunSettings(shape=(1, 3, 32, 32), samples=1))

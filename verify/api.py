@@ -438,7 +438,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     named = named or default_inputs(settings, input_shape_for(sides, settings))
     report = Report("compare", settings_dict(settings, a=a, b=b), input_dict(named, settings))
     runs: list[RunResult] = []
-    oracles: list[list[Oracle]] = []
+    fed = []
     for short, text, artifact, name in zip(SIDES, (a, b), sides, side_runtimes([s.format for s in sides], runtime)):
         feeds = [{artifact.meta.input_name: item.array} for item in named]
         with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
@@ -448,11 +448,15 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
         if run.repeat is not None:
             run.repeat.label = f"{short} ({report.legend[short]})"
         runs.append(replace(run, label=short))
-        with progress.step(f"Measuring the noise floor of {text}"):
-            oracles.append(side_oracles(artifact, feeds, run, settings))
+        fed.append((text, artifact, feeds, run))
+    # what makes the sides incomparable is said before either oracle runs (it took 15 s to print a usage error)
     require_shared_output(runs)
     for index, item in enumerate(named):
         require_some_finite_run([run.on(index) for run in runs], item.label)
+    oracles: list[list[Oracle]] = []
+    for text, artifact, feeds, run in fed:
+        with progress.step(f"Measuring the noise floor of {text}"):
+            oracles.append(side_oracles(artifact, feeds, run, settings))
     # each side's floors pooled over the inputs, A against B on the larger of the two (as verify export pools)
     own = [pooled_floors([oracle.noise for oracle in side]) for side in oracles]
     report.floors = pooled_floors(own)
