@@ -8,7 +8,9 @@ tensor, a tuple/list of tensors, or a dict of them: outputs are named from the d
 user gave it: the structural diff and the first divergence speak the user's names, and every runtime maps
 a tensor or tuple onto the recorded names. Its float64 oracle is `copy.deepcopy(module).double()` when
 that runs on the input and returns float64 outputs; otherwise `float64_note` says why, and the verdicts
-need an explicit tolerance (verify/api.py).
+need an explicit tolerance (verify/api.py). Every run of that oracle is held to the torch calls a float32 run of the
+same input makes (`watch_float64`, hunt 23a): a forward that computes something else in float64 (`y * 1.0005` where
+x.dtype is float64) would have its floor measure that, not rounding.
 """
 
 from __future__ import annotations
@@ -342,6 +344,8 @@ class UserBuiltModel(BuiltModel):
     """The factory's example input shape; None when it gave no example."""
     float64_note: str | None = None
     """Why no float64 oracle can be made (None when it can)."""
+    float64_calls: CallCheck | None = None
+    """Whether every run of the float64 oracle called what the float32 model calls on its input (`watch_float64`)."""
 
     @property
     def family(self) -> None:
@@ -394,13 +398,13 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
         _refuse_stopped_parent(f"{spec}'s forward")
         names = output_names(result, spec)
         _refuse_empty(result, names, spec)
-        exact, note = _float64_model(module, x, names, spec)
+        exact, note, check = _float64_model(module, x, names, spec)
     view = _view(tuple(names))
     # tensors only: a module's `get_extra_state` may put any object in its state dict (a config dict ended the
     # export with "AttributeError ... raised by your model's code"; hunt 10c); the module itself is what runs
     state = {k: v.detach() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
     return UserBuiltModel(spec, module, Weights(f"factory:{spec}", state), view, exact,  # type: ignore[arg-type]
-                          input_shape=own_shape, float64_note=note)
+                          input_shape=own_shape, float64_note=note, float64_calls=check)
 
 
 def _view(outputs: tuple[str, ...]) -> View:
@@ -508,25 +512,245 @@ def _flat(result: Any, names: list[str]) -> list[torch.Tensor]:
 
 
 def _float64_model(module: nn.Module, x: torch.Tensor, names: list[str],
-                   spec: UserModelSpec) -> tuple[nn.Module | None, str | None]:
-    """(float64 copy, None) when the copy runs in float64 and returns float64 outputs, else (None, why)."""
+                   spec: UserModelSpec) -> tuple[nn.Module | None, str | None, CallCheck | None]:
+    """(float64 copy, None, its runs' CallCheck) when the copy runs in float64 and returns float64 outputs, else (None,
+    why, None)."""
     import torch
 
     unavailable = f"the float64 oracle is unavailable for {spec}"
     try:
         exact = copy.deepcopy(module).double().eval()
+        check = watch_float64(exact, module)
         with torch.no_grad():
             result = exact(x.double())
     except Exception as exc:
-        return None, f"{unavailable}: in float64 it raises {_one_line(exc)}"
+        return None, f"{unavailable}: in float64 it raises {_one_line(exc)}", None
     try:
         got = output_names(result, spec)
     except UsageError as exc:
-        return None, f"{unavailable}: in float64 {exc}"
+        return None, f"{unavailable}: in float64 {exc}", None
     if got != names:
-        return None, f"{unavailable}: in float64 it returns outputs {got}, in float32 {names}"
+        return None, f"{unavailable}: in float64 it returns outputs {got}, in float32 {names}", None
     lower = [n for n, t in zip(names, _flat(result, names)) if t.is_floating_point() and t.dtype != torch.float64]
     if lower:
         return None, (f"{unavailable}: in float64 it returns {', '.join(lower)} in a lower precision (it casts "
-                      "inside)")
-    return exact, None
+                      "inside)"), None
+    return exact, None, check
+
+
+@dataclass
+class CallCheck:
+    """What the watched runs of a user model's float64 oracle found (`watch_float64`): how many were held to a float32
+    run of the same input, and where the first that differed did (None: none did)."""
+
+    runs: int = 0
+    difference: str | None = None
+
+
+WATCHED_INPUTS = 16
+"""How many inputs' float32 call logs the float64 model keeps (the oracle runs it once per input; a head's mapped
+bound four more times on the first)."""
+TOOL_MODULES = ("verify.", "exporter.")
+"""Modules whose torch calls are this tool's, never the model's (a hook the tool adds to read or move a layer)."""
+SHOWN_CALL = 70
+"""Characters of a call the refusal shows (two of them and the model's name stay in one message)."""
+FINFO_FIELDS = ("eps", "max", "min", "tiny", "smallest_normal", "resolution")
+"""`torch.finfo(x.dtype)` fields a model may pass on as numbers: the same field of each run's dtype is one value."""
+
+
+class CallLog:
+    """A torch function mode that logs, for one run of a model, each call that returns a tensor: the function's name
+    and its arguments (a tensor by the parameter, buffer or attribute of the model it is, else only as a tensor; a
+    dtype as a dtype; any number, string or flag as it is), and the numbers calls return (`x.item()`, `x.shape`).
+    Calls made from this tool's own code (a hook it adds) are not the model's and are left out."""
+
+    def __init__(self, model: Any) -> None:
+        from torch.overrides import TorchFunctionMode
+
+        names = _tensor_names(model)
+        calls: list[tuple[str, tuple[Any, ...]]] = []
+        read: set[float] = set()
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                if not _from_tool(sys._getframe(1)):
+                    _log(func, args, kwargs, out, names, calls, read)
+                return out
+
+        self.calls, self.read, self.mode = calls, read, Mode()
+
+    def __enter__(self) -> CallLog:
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.mode.__exit__(*exc)
+
+
+def _tensor_names(model: Any) -> dict[int, str]:
+    """id -> name of every parameter, buffer and tensor attribute of `model`'s modules (`block.scale`)."""
+    import torch
+
+    names: dict[int, str] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        where = f"{prefix}." if prefix else ""
+        for name, value in vars(module).items():
+            if isinstance(value, torch.Tensor):
+                names.setdefault(id(value), where + name)
+        for group in ("_parameters", "_buffers"):
+            for name, value in getattr(module, group, {}).items():
+                if isinstance(value, torch.Tensor):
+                    names.setdefault(id(value), where + name)
+    return names
+
+
+def _from_tool(frame: Any) -> bool:
+    """Whether the nearest caller outside torch is this tool's code (its hooks, its runtimes calling the model)."""
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != "torch" and not module.startswith("torch."):
+            return module.startswith(TOOL_MODULES)
+        frame = frame.f_back
+    return False
+
+
+def _log(func: Any, args: tuple, kwargs: dict, out: Any, names: dict[int, str],
+         calls: list[tuple[str, tuple[Any, ...]]], read: set[float]) -> None:
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    results = tree_leaves(out)
+    if not any(isinstance(leaf, torch.Tensor) for leaf in results):
+        read.update(leaf for leaf in results if isinstance(leaf, (int, float)) and not isinstance(leaf, bool))
+        return
+    leaves = tree_leaves(args) + [item for key in sorted(kwargs) for item in (key, *tree_leaves(kwargs[key]))]
+    calls.append((_function_name(func), tuple(_argument(leaf, names) for leaf in leaves)))
+
+
+def _function_name(func: Any) -> str:
+    """`torch.conv2d`, `Tensor.mul`, `relu` (torch.nn.functional's), as a reader writes them."""
+    name = str(getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__)
+    return name.replace("_VariableFunctionsClass.", "torch.").replace("TensorBase.", "Tensor.")
+
+
+def _argument(leaf: Any, names: dict[int, str]) -> Any:
+    import torch
+
+    if isinstance(leaf, torch.Tensor):
+        name = names.get(id(leaf))
+        return ("tensor", name) if name else ("tensor",)
+    if isinstance(leaf, torch.dtype):
+        return ("dtype",)  # `.to(x.dtype)`, `.float()` on purpose: what a dtype selects runs in both
+    if isinstance(leaf, bool) or leaf is None or isinstance(leaf, (str, torch.device, torch.layout,
+                                                                      torch.memory_format, complex)):
+        return ("value", leaf)
+    if isinstance(leaf, (int, float)):
+        return ("number", leaf)
+    if isinstance(leaf, slice) or leaf is Ellipsis:
+        return ("value", repr(leaf))
+    return ("object", type(leaf).__name__)
+
+
+def _finfo_pairs() -> set[tuple[float, float]]:
+    import torch
+
+    single, double = torch.finfo(torch.float32), torch.finfo(torch.float64)
+    pairs = set()
+    for field in FINFO_FIELDS:
+        a, b = float(getattr(single, field)), float(getattr(double, field))
+        pairs |= {(a, b), (-a, -b)}
+    return pairs
+
+
+def _same_number(a: float, b: float, read32: set[float], read64: set[float]) -> bool:
+    """A number the float32 run passed (`a`) and the float64 run passed (`b`) in the same place: equal, one finfo
+    field of each run's dtype, or each read out of the run's own tensors (`x.amax().item()`: data, which the runs'
+    values are judged on)."""
+    import math
+
+    if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+        return True
+    return (float(a), float(b)) in _finfo_pairs() or (a in read32 and b in read64)
+
+
+def _shown(call: tuple[str, tuple[Any, ...]]) -> str:
+    name, arguments = call
+    parts = []
+    for argument in arguments:
+        kind, *value = argument
+        parts.append(("tensor " + value[0]) if kind == "tensor" and value else kind if not value else repr(value[0]))
+    text = f"{name}({', '.join(parts)})"
+    return text if len(text) <= SHOWN_CALL else text[:SHOWN_CALL - 3] + "..."
+
+
+def first_difference(single: CallLog, double: CallLog) -> str | None:
+    """Where the float64 run's calls (`double`) first differ from the float32 run's (`single`), or None."""
+    for index, (a, b) in enumerate(zip(single.calls, double.calls)):
+        if a[0] != b[0] or len(a[1]) != len(b[1]) or any(
+                x != y and not (x[0] == y[0] == "number" and _same_number(x[1], y[1], single.read, double.read))
+                for x, y in zip(a[1], b[1])):
+            return f"on the same input, call {index + 1} is {_shown(b)} in float64, {_shown(a)} in float32"
+    if len(single.calls) != len(double.calls):
+        index = min(len(single.calls), len(double.calls))
+        extra = double.calls[index] if len(double.calls) > index else single.calls[index]
+        where = "float64" if len(double.calls) > index else "float32"
+        return f"on the same input, call {index + 1} is {_shown(extra)} only in {where}"
+    return None
+
+
+def watch_float64(exact: nn.Module, model: nn.Module) -> CallCheck:
+    """Every call of `exact` (the float64 oracle) logged (`CallLog`) and held to a logged float32 run of `model` on the
+    same input; the first difference is kept in the returned CallCheck (verify/judge/trust.py refuses to judge on such
+    an oracle). The whole call is watched, whatever runs in it: the module's hooks (global ones too) and a `__call__`
+    of its own (`exact` gets a subclass of its class that only adds this). The float32 runs go to a copy of `model`
+    that shares its parameters (a hook the tool puts on the model does not see them), each input's log kept
+    (WATCHED_INPUTS). A call while a hook of the tool's reads or moves a layer of `exact` (a mapped head's bound, the
+    explain tracers) is not the oracle's and is not held to anything."""
+    import hashlib
+    from collections import OrderedDict
+
+    import torch
+
+    parameters = {id(p): p for p in model.parameters()}
+    single = copy.deepcopy(model, memo=dict(parameters))
+    logs: OrderedDict[str, CallLog] = OrderedDict()
+    busy: list[bool] = []
+    check = CallCheck()
+    base = type(exact)
+
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if busy or x is None or _tool_hooked(self):  # the model calling itself: the outer call logs it
+            return base.__call__(self, *args, **kwargs)
+        x32 = x.detach().to(torch.float32).contiguous()  # before the run: a forward may write into its input
+        key = hashlib.sha1(repr(tuple(x32.shape)).encode() + x32.cpu().numpy().tobytes()).hexdigest()
+        busy.append(True)
+        try:
+            with CallLog(self) as log:
+                output = base.__call__(self, *args, **kwargs)
+        finally:
+            busy.clear()
+        if key not in logs:
+            with CallLog(single) as logs[key], torch.no_grad():
+                single(x32)
+            while len(logs) > WATCHED_INPUTS:
+                logs.popitem(last=False)
+        check.runs += 1
+        if check.difference is None:
+            check.difference = first_difference(logs[key], log)
+        return output
+
+    exact.__class__ = type(base.__name__, (base,), {"__call__": __call__, "__slots__": (),
+                                                     "__module__": base.__module__, "__qualname__": base.__qualname__})
+    return check
+
+
+def _tool_hooked(model: Any) -> bool:
+    """Whether a forward hook of this tool's is on a module of `model`."""
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            if any(str(getattr(hook, "__module__", "")).startswith(TOOL_MODULES) for hook in hooks.values()):
+                return True
+    return False

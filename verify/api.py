@@ -472,7 +472,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report.notes += _compare_floor_notes(user_sides, sides, settings)
     agree = bool(report.pairs) and all(pair.passed for pair in report.pairs)  # guard 3 guards a pass, as in export
     report.problems = _compare_problems(sides, runs, oracles, named, settings) or (_compare_floor_agreement(
-        user_sides, sides, runs, oracles, settings) if agree else [])
+        user_sides, sides, runs, oracles, settings) if agree else []) or _compare_calls(sides, settings)
     if settings.layers:
         with progress.step("Re-running every layer on the model's float64 inputs"):
             report.layers, notes = _compare_layers(sides, (a, b), named[0].array, settings)
@@ -514,6 +514,16 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
             problems += agreement_problems([oracle.float32 or oracle.noise for oracle in oracles[mine]],
                                            [FileFloors(f"{file.path.name} in {runs[theirs].label}", floors)])
     return problems
+
+
+def _compare_calls(sides: Sequence[Artifact], settings: RunSettings) -> list[str]:
+    """A user model's float64 oracle held to the calls of its float32 run (verify/judge/trust.py function_problems,
+    hunt 23a), where the auto tolerance judges on its floor."""
+    from verify.judge.trust import function_problems, function_record
+
+    if settings.tolerance.mode != "auto":
+        return []
+    return function_problems(function_record(*[side.built for side in sides if side.built is not None]))
 
 
 def _compare_floor_notes(user: Sequence[bool], sides: Sequence[Artifact], settings: RunSettings) -> list[str]:

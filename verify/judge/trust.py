@@ -16,6 +16,11 @@ its own randomness as a "floor", and every pair then "agrees at float32 precisio
    fan-in of every weight (a conv's C_in/groups·kh·kw, a linear's in_features) plus the elements of one
    input sample (pools, means and norms reduce over at most those). A measured floor above
    ROUNDING_BOUND_MARGIN·K·u·max|output| is not rounding: the verdict refuses to judge on it.
+
+A user's model is also held to computing one function in both precisions (hunt 23a): every run of its float64
+oracle calls the torch functions its float32 run calls on the same input, with the same arguments
+(exporter/user_model.py `watch_float64`); one that differs (`y * 1.0005` only where x.dtype is float64) measures
+that difference as its "floor" (`function_problems`).
 """
 
 from __future__ import annotations
@@ -334,15 +339,46 @@ def floor_bound_ratios(floors: Mapping[str, NoiseFloor], reference: Mapping[str,
             for name, floor in floors.items() if scales[name] > 0}
 
 
+OTHER_FUNCTION = ("a floor measured against it is not rounding. Not judged (an explicit --rtol/--atol or --decimal "
+                  "judges without a floor): compute the same calls in float64 (no branch on x.dtype, no loop until a "
+                  "tolerance)")
+
+
+def function_problem(model: str, difference: str) -> str:
+    """The line refusing a floor measured against a float64 oracle that is another function than `model`'s float32
+    run (`difference`: where their calls first differ, exporter/user_model.py `first_difference`)."""
+    return f"{model}'s float64 oracle computes another function than its float32 run ({difference}): {OTHER_FUNCTION}"
+
+
+def function_record(*built: Any) -> list[dict[str, Any]]:
+    """Each user model's watched float64 runs (`UserBuiltModel.float64_calls`) as plain data for `evidence`."""
+    return [{"model": str(b.spec), "runs": int(b.float64_calls.runs), "differs": b.float64_calls.difference}
+            for b in built if getattr(b, "float64_calls", None) is not None]
+
+
+def function_problems(records: Any) -> list[str]:
+    """One line per model whose float64 oracle called other functions than its float32 run (`function_record`);
+    malformed records are a problem themselves."""
+    try:
+        found = [(str(r["model"]), r["differs"]) for r in records]
+        if any(not isinstance(r["runs"], int) or r["runs"] < 0 for r in records) \
+                or any(differs is not None and not isinstance(differs, str) for _, differs in found):
+            raise ValueError("float64_calls")
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"no usable float64 call evidence recorded ({type(exc).__name__}): nothing to judge on"]
+    return [function_problem(model, differs) for model, differs in found if differs is not None]
+
+
 def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: str,
              per_input: Sequence[tuple[Mapping[str, NoiseFloor], Mapping[str, np.ndarray]]],
              computes_in: str = "fp32", files: Sequence[FileFloors] = (),
              model_float32: Sequence[Mapping[str, NoiseFloor]] | None = None,
-             unrunnable: Sequence[str] = ()) -> dict[str, Any]:
+             unrunnable: Sequence[str] = (), calls: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The numbers the guards decide on, as plain data a stored result keeps: a reader re-derives the problems
     from them (`evidence_problems`) instead of trusting a stored list that an edit can empty. Where guard 3 ran
     (`files` measured, or `unrunnable`: the files that could not run in float64), the model's float32 floors
-    (`model_float32`; else those of `per_input`) are kept whole beside the files' own (verify/judge/file_floor.py)."""
+    (`model_float32`; else those of `per_input`) are kept whole beside the files' own (verify/judge/file_floor.py).
+    `calls`: a user model's watched float64 runs (`function_record`)."""
     from verify.judge.file_floor import FileFloors, floors_record
 
     inputs = [{name: _evidence_of(floor, reference.get(name)) for name, floor in floors.items()}
@@ -350,6 +386,8 @@ def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: st
     record = {"device": device, "computes_in": computes_in, "k": k, "mode": mode, "inputs": inputs,
               "repeats": [{"label": c.label, "differences": dict(c.differences), "mutated": list(c.mutated)}
                           for c in checks]}
+    if calls:
+        record["float64_calls"] = [dict(c) for c in calls]
     if files or unrunnable:
         model = [dict(f) for f in model_float32] if model_float32 is not None else [dict(f) for f, _ in per_input]
         record["files"] = floors_record([FileFloors("the model", model), *files])
@@ -409,7 +447,7 @@ def evidence_problems(data: Any, files: bool = True) -> list[str]:
         return problems
     problems = _file_floor_problems(data.get("files"), data.get("unrunnable", [])) if files else []
     if problems or k is None:
-        return problems
+        return problems or function_problems(data.get("float64_calls", []))
     for outputs in inputs:
         for name, (floor, scale, bulk) in outputs.items():
             if not all(math.isfinite(s) and s >= 0 for s in (scale, 0.0 if bulk is None else bulk)):
@@ -417,7 +455,7 @@ def evidence_problems(data: Any, files: bool = True) -> list[str]:
             line = floor_problem(name, floor, scale, k, bulk_scale=bulk)
             if line:
                 return [line]
-    return []
+    return function_problems(data.get("float64_calls", []))
 
 
 def _file_floor_problems(data: Any, unrunnable: Any = ()) -> list[str]:

@@ -1103,7 +1103,15 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     disagreeing (and its layer named), not refused as unjudged."""
     from verify.judge.file_floor import agreement_problems
     from verify.judge.oracle import pooled_floors
-    from verify.judge.trust import accumulation_length, evidence, floor_problems, likely_cause, repeat_problems
+    from verify.judge.trust import (
+        accumulation_length,
+        evidence,
+        floor_problems,
+        function_problems,
+        function_record,
+        likely_cause,
+        repeat_problems,
+    )
 
     model = getattr(build.built, "model", None)
     floors = pooled_floors([result.oracle.noise for result in oracles])  # every input is repeated: its allowance too
@@ -1113,9 +1121,10 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     runtime = settings.runtime
     rounds_at = computes_in(runtime.precision, runtime.device, runtime.tf32)
     model_float32 = [o.oracle.float32 or o.oracle.noise for o in oracles]  # guard 3 compares float32 floors
+    calls = function_record(build.built)  # a user model's float64 runs held to its float32 calls (hunt 23a)
     record = evidence(checks, runtime.device, k, settings.tolerance.mode,
                       [(o.oracle.noise, o.oracle.outputs) for o in oracles], rounds_at, files, model_float32,
-                      list(unrunnable or []))
+                      list(unrunnable or []), calls)
     cause = likely_cause(model) if model is not None else ""
     problems = repeat_problems(checks, runtime.device, floors, cause, rounds_at)
     if problems or settings.tolerance.mode != "auto":
@@ -1123,12 +1132,13 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     # one file whose float64 run is the model's and whose floor agrees vouches for the floor every pair is judged on
     problems = (([] if files else list(unrunnable or [])) + agreement_problems(model_float32, files)) if agree else []
     if problems or k is None:
-        return problems, record
+        return problems or function_problems(calls), record
     for result in oracles:
         found = floor_problems(result.oracle.noise, result.oracle.outputs, k)
         if found:
             return found, record
-    return [], record
+    # an oracle that is another function than the float32 model (hunt 23a): no floor measured against it is rounding
+    return function_problems(calls), record
 
 
 def request_dict(request: CellRequest) -> dict[str, Any]:
