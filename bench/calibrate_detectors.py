@@ -13,7 +13,15 @@ detectors, measured as bench/calibrate_auto.py measures it for backbones (run by
 
 Separation = least bug ratio / largest correct ratio.
 
+3. The layer verdict (hunt 23b, verify/detect/check.py `detector_layer_checks`), unless `--no-layers`: each file's
+   layers re-run alone on eager float64's values for the image, each judged on its own floor; a correct run's worst
+   layer over both files, a bug's worst layer of its seeded ONNX file (an invisible bug too: its weight is re-run).
+   "Outputs or layers" is what `verify export -b <detector>` judges by default now: a correct run's ratio is the
+   larger of its outputs' and its layers', a bug's the larger of the two (either catches it).
+
     OMP_NUM_THREADS=1 .venv/bin/python bench/calibrate_detectors.py --log bench/results/calibrate-cpu-detectors.log
+
+The log is appended to (each run's lines after the earlier runs').
 """
 
 from __future__ import annotations
@@ -97,12 +105,22 @@ def main() -> None:
     parser.add_argument("--picks", type=int, default=8)
     parser.add_argument("--bug-seeds", type=int, nargs="+", default=[0, 1],
                         help="the images each seeded bug is judged on (among --seeds)")
-    parser.add_argument("--log", type=Path)
+    parser.add_argument("--log", type=Path, help="appended to")
+    parser.add_argument("--no-layers", action="store_true", help="the outputs' verdict alone (before hunt 23b)")
     args = parser.parse_args()
     import torch
 
     from exporter.families.detectors import build_detector, calibration_image
-    from verify.detect.check import EAGER, ORACLE, RUNTIMES, DetectorReport, export_detector, judge_detector, judge_runs
+    from verify.detect.check import (
+        EAGER,
+        ORACLE,
+        RUNTIMES,
+        DetectorReport,
+        detector_layer_checks,
+        export_detector,
+        judge_detector,
+        judge_runs,
+    )
     from verify.judge.compare import AUTO_FACTOR, Tolerance
 
     warnings.simplefilter("ignore")
@@ -120,7 +138,7 @@ def main() -> None:
             folder = Path(tmp)
             files, refusals = export_detector(built, calibration_image(args.seeds[0]), ["torchscript", "onnx"], folder)
             assert not refusals, refusals
-            correct, references = [], {}
+            correct, references, layered, layered_bugs, unseen = [], {}, [], [], []
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 for seed in args.seeds:
@@ -138,9 +156,21 @@ def main() -> None:
                     worst = max(ratios.values())
                     worst_after = max(max(v for v in pair if v is not None) for pair in after.values())
                     correct.append(max(worst, worst_after))
+                    took = time.perf_counter() - start
+                    layers = ""
+                    if not args.no_layers:
+                        start = time.perf_counter()
+                        checks, notes = detector_layer_checks(built, files, image, AUTO_FACTOR)
+                        assert not notes and len(checks) == len(files), notes
+                        worst_layers = max(c.layers[0].ratio for c in checks)
+                        layered.append(max(correct[-1], worst_layers))
+                        each = ", ".join(f"{c.candidate} {len(c.layers)} worst {c.layers[0].ratio:.2f}x at "
+                                         f"{c.layers[0].module}" for c in checks)
+                        layers = (f"; layers: {each}, passed {all(c.passed for c in checks)}, "
+                                  f"{time.perf_counter() - start:.1f} s")
                     say(f"{name} correct seed {seed} threads {threads}: passed {report.passed}, worst before NMS "
                         f"{worst:.2f}x at {where} ({', '.join(f'{k} {v:.2f}' for k, v in ratios.items())}), after NMS "
-                        f"{worst_after:.2f}x, {time.perf_counter() - start:.1f} s")
+                        f"{worst_after:.2f}x, {took:.1f} s{layers}")
             torch.set_num_threads(args.threads[0])
             bugs, invisible = [], 0
             clean = {seed: _outputs(files["onnx"], [torch.as_tensor(i) for i in report.images],
@@ -150,11 +180,20 @@ def main() -> None:
                 seeded = folder / "seeded.onnx"
                 channel = _scaled(files["onnx"], pick, seeded)
                 for seed, report in ((s, r) for s, r in references.items() if s in args.bug_seeds):
+                    layer = None
+                    if not args.no_layers:
+                        checks, _ = detector_layer_checks(built, {"onnx": seeded}, torch.as_tensor(report.images[0]),
+                                                          AUTO_FACTOR)
+                        top = checks[0].layers[0] if checks and checks[0].layers else None
+                        layer = (top.ratio if top else float("nan"), top.module if top else "")
+                    said = f", layers {layer[0]:.1f}x at {layer[1]}" if layer else ""
                     if _outputs(seeded, [torch.as_tensor(i) for i in report.images],
                                 list(report.references[EAGER].dense)) == clean[seed]:
                         invisible += 1
+                        if layer:
+                            unseen.append(layer[0])
                         say(f"{name} bug {pick}[{channel}] x{1 + ERROR:g} seed {seed}: invisible (every output, dense "
-                            "tensor and final-NMS input of the file bit for bit the clean file's)")
+                            f"tensor and final-NMS input of the file bit for bit the clean file's){said}")
                         continue
                     judged = DetectorReport(name, report.norm, report.weights, report.shape, ("onnx",), AUTO_FACTOR,
                                             images=report.images)
@@ -164,16 +203,25 @@ def main() -> None:
                     ratio = min(_worst(p) for p in pairs)
                     where = max(pairs, key=_worst).worst.where if pairs else ""
                     bugs.append(ratio)
+                    if layer:
+                        layered_bugs.append(max(ratio, layer[0]))
                     say(f"{name} bug {pick}[{channel}] x{1 + ERROR:g} seed {seed}: passed {judged.passed}, ratio "
-                        f"{ratio:.1f}x (worst at {where})")
+                        f"{ratio:.1f}x (worst at {where}){said}")
         least, largest = min(bugs), max(correct)
         summary.append(f"{name}: correct at most {largest:.2f}x over {len(correct)} runs, seeded bugs at least "
                        f"{least:.1f}x over {len(bugs)} visible ({invisible} invisible), separation "
                        f"{least / largest:.2f}, missed {sum(b <= AUTO_FACTOR for b in bugs)}")
+        if layered:
+            least, largest = min(layered_bugs), max(layered)
+            summary.append(f"{name}, outputs or layers: correct at most {largest:.2f}x over {len(layered)} runs, "
+                           f"seeded bugs at least {least:.1f}x over {len(layered_bugs)} visible, separation "
+                           f"{least / largest:.2f}, missed {sum(b <= AUTO_FACTOR for b in layered_bugs)}; the "
+                           f"{len(unseen)} invisible at least {min(unseen, default=float('nan')):.1f}x at their layer")
     for line in summary:
         say(line)
     if args.log:
-        args.log.write_text("\n".join(lines) + "\n")
+        with args.log.open("a") as log:
+            log.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

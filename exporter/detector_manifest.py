@@ -83,7 +83,7 @@ class DetectionFloorInfo(Strict):
 class DetectorVerdict(Strict):
     """One row of the export's report: a judged pair at one level, a refusal or a failed check."""
 
-    level: Literal["before NMS", "proposals", "after NMS", "export", "check"]
+    level: Literal["before NMS", "proposals", "after NMS", "export", "check", "layers"]
     a: Annotated[str, Field(max_length=1000)]
     b: Annotated[str, Field(max_length=1000)]
     passed: bool

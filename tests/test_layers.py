@@ -125,14 +125,26 @@ def test_layers_need_a_torch_model_on_one_side(default_export, tmp_path):
     assert "--layers" in result.output and "both files" in result.output
 
 
-def test_the_matrix_and_whole_detectors_refuse_layers(tmp_path):
+def test_the_matrix_refuses_layers_and_a_whole_detector_passes_them_on(tmp_path, monkeypatch):
+    """Since hunt 23b a whole detector runs the layer verdict (verify/detect/check.py `judge_layers`): `--layers` and
+    `--no-layers` reach `verify_detector` (a stand-in here: what the command passes)."""
+    from verify.detect import check
     from verify.matrix.request import MatrixRequest
     from verify.settings import RunSettings
 
     with pytest.raises(Exception, match="--layers"):
         MatrixRequest.create(backbones=[SMALL], settings=RunSettings(layers=True))
-    result = invoke("export", "-b", "fasterrcnn_mobilenet_v3_large_320_fpn", "--layers", "--out", tmp_path)
-    assert result.exit_code == 2 and "--layers" in result.output
+    seen = []
+
+    def stand_in(*args, **kwargs):
+        seen.append(kwargs["layers"])
+        raise SystemExit(3)
+
+    monkeypatch.setattr(check, "verify_detector", stand_in)
+    for flags, layers in (([], None), (["--layers"], True), (["--no-layers"], False)):
+        result = invoke("export", "-b", "fasterrcnn_mobilenet_v3_large_320_fpn", *flags, "--out",
+                        tmp_path / str(layers))
+        assert result.exit_code == 3 and seen[-1] is layers
     with pytest.raises(TypeError, match="layers"):
         RunSettings(layers="yes")
 

@@ -66,13 +66,13 @@ def test_a_job_stopped_as_a_whole_is_not_a_process_stopped_by_a_model():
 def test_no_layers_is_no_refused_option_for_a_whole_detector(tmp_path):
     """Before: `verify export -b <detector> --no-layers` exited 2, "--no-layers is not supported for a whole detector
     yet ...; drop it", though a detector export never runs the layer verdict (BACKBONE_VERIFY_LAYERS=0 was taken):
-    a script exporting its backbones and detectors with --no-layers failed on the detectors. --layers, which a
-    detector cannot do, is still refused."""
+    a script exporting its backbones and detectors with --no-layers failed on the detectors. Since hunt 23b a
+    detector runs the layer verdict, so --layers is taken too."""
     result = invoke("export", "-b", DETECTOR, "--no-layers", "--norm", LACKED_NORM, "--out", tmp_path)
     assert result.exit_code == 2 and "--no-layers" not in result.stderr, result.stderr
     assert f"has no norm {LACKED_NORM!r}" in result.stderr, "the next check's refusal: the options were taken"
-    result = invoke("export", "-b", DETECTOR, "--layers", "--out", tmp_path)
-    assert result.exit_code == 2 and result.stderr.startswith("error: --layers is not supported for a whole detector")
+    result = invoke("export", "-b", DETECTOR, "--layers", "--norm", LACKED_NORM, "--out", tmp_path)
+    assert result.exit_code == 2 and f"has no norm {LACKED_NORM!r}" in result.stderr, result.stderr
     assert not any(tmp_path.iterdir())
 
 

@@ -93,14 +93,13 @@ def export(
 
         own = {"--sign-key": sign_key, "--runtime": runtime, "--cache-dir": cache_dir, "--timeout": timeout,
                "--html": html, "--view": view if "view" in moved else None}
-        # --no-layers asks for what a detector does (it never runs the layer verdict): no flag to drop (review 18)
-        refuse_unsupported([flag for flag, value in own.items() if value is not None]
-                           + [flag for flag in given_options if flag != "--no-layers"])
+        refuse_unsupported([flag for flag, value in own.items() if value is not None] + list(given_options))
         shape = "x".join(map(str, settings.shape)) if settings.shape else None
         factor = settings.tolerance.factor if "--factor" in given_options else None
         export_detector(backbone, norm, settings.weights, settings.seed, shape, settings.input_file,
                         list(formats.formats) or None, out, factor, reports.json, overwrite, junit=reports.junit,
-                        markdown=reports.markdown, html=html, dynamic=not formats.static, sign_key=sign_key)
+                        markdown=reports.markdown, html=html, dynamic=not formats.static, sign_key=sign_key,
+                        layers=settings.layers)
     if model is None:  # a registered backbone runs in this process: no worker for --timeout to stop
         refuse_unused_timeout(timeout, [])
     # a whole detector refuses these itself, naming the option (verify/cli/detector.py)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from verify.detect.check import DetectorReport
 
 SUPPORTED_OPTIONS = ("--norm", "--weights", "--seed", "--shape", "--input", "--format", "--out", "--overwrite",
-                     "--factor", "--json", "--junit", "--markdown", "--html", "--static", "--sign-key")
+                     "--factor", "--json", "--junit", "--markdown", "--html", "--static", "--sign-key", "--layers",
+                     "--no-layers")
 """What a whole detector applies; the export command refuses every other option given (never ignored silently)."""
 DEFAULT_SHAPE = (1, 3, 320, 320)
 
@@ -87,10 +88,12 @@ def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None],
 def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | None, input_path: Path | None,
                     formats: list[str] | None, out: Path, factor: float | None, json_path: Path | None = None,
                     overwrite: bool = False, junit: Path | None = None, markdown: Path | None = None,
-                    html: Path | None = None, dynamic: bool = True, sign_key: Path | None = None) -> None:
+                    html: Path | None = None, dynamic: bool = True, sign_key: Path | None = None,
+                    layers: bool | None = None) -> None:
     """Export, run and judge the detector `name`; print one line per pair, write the reports asked for, and
     exit with the verdict's code (0 all agree, 1 a failure). `dynamic`: ONNX for any image size. The folder
-    proves itself (verify/detect/folder.py: goldens, manifest, and a signature with `sign_key`)."""
+    proves itself (verify/detect/folder.py: goldens, manifest, and a signature with `sign_key`). `layers`: the layer
+    verdict asked for (--layers), refused (--no-layers) or by default (None: best effort, hunt 23b)."""
     import warnings
 
     from exporter.fsio import staged_folder
@@ -120,7 +123,7 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
     with staged_folder(folder) as staging, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation, once per call
         report = verify_detector(name, norm, size, weights, seed, chosen, out=staging, factor=factor, images=images,
-                                 dynamic=dynamic,
+                                 dynamic=dynamic, layers=layers,
                                  progress=lambda what: print_line(err_console, f"[dim]{markup(what)}[/]"))
         identity = {"detector": name, "norm": norm, "weights": weights, "seed": seed, "formats": list(chosen),
                     "dynamic": dynamic, "shape": list(size), "images_sha256": images_sha256(report.images)}
@@ -129,6 +132,8 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
     for row in report.rows():
         mark = "ok  " if row.passed else "FAIL"
         print_line(out_console, f"{mark} {markup(row.level)}  {markup(row.pair)}  {markup(row.text)}")
+    for note in report.notes:
+        print_line(err_console, f"[dim]note: {markup(note)}[/]")
     print_line(out_console, ("[bold green]✓ " if report.passed else "[bold red]✗ ") + markup(report.summary()) + "[/]")
     for path in write_outputs(report, json_path, junit, markdown, html):
         print_line(err_console, f"[dim]wrote {escape(str(path))}[/]")

@@ -207,6 +207,7 @@ def _goldens(art: DetectorFolder) -> str:
     art.references = {EAGER: golden_run(goldens["float32"], art.images),
                       ORACLE: golden_run(goldens["float64"], art.images)}
     art.references[EAGER].samples = golden_samples(goldens, len(art.images))
+    art.references[EAGER].reversed_sums = golden_samples(goldens, len(art.images), "reversed")
     return message
 
 

@@ -20,9 +20,13 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-GROUPS = ("image", "float32", "float64", "folded")
-"""`image.<i>`, then `float32.<i>.<what>` (eager) and `float64.<i>.<what>` (the oracle), and `folded.<i>.dense.<name>`:
-eager's second float32 rounding (verify/detect/check.py `folded_samples`; none where nothing folds)."""
+GROUPS = ("image", "float32", "float64", "folded", "reversed")
+"""`image.<i>`, then `float32.<i>.<what>` (eager) and `float64.<i>.<what>` (the oracle), `folded.<i>.dense.<name>`:
+eager's second float32 rounding (verify/detect/check.py `folded_samples`; none where nothing folds), and
+`reversed.<i>.dense.<name>`: its third, every convolution summing its input channels in reverse order
+(`reversed_samples`, hunt 23b; none in a folder written before)."""
+SAMPLE_GROUPS = {"folded": "samples", "reversed": "reversed_sums"}
+"""Each rounding-sample group of the goldens -> the eager Run's field that holds it."""
 DETECTION_KEYS = ("boxes", "scores", "labels")
 DENSE, PROPOSALS_KEY = "dense", "proposals"
 CANDIDATES = ("candidates", "rpn_candidates")
@@ -48,8 +52,9 @@ def golden_arrays(images: list[np.ndarray], eager: Run, oracle: Run) -> dict[str
     arrays = {f"image.{i}": image for i, image in enumerate(images)}
     for group, run in (("float32", eager), ("float64", oracle)):
         arrays.update({f"{group}.{key}": value for key, value in _run_arrays(run).items()})
-    arrays.update({f"folded.{i}.{DENSE}.{name}": value for i, image in enumerate(eager.samples)
-                   for name, value in image.items()})
+    for group, attribute in SAMPLE_GROUPS.items():
+        arrays.update({f"{group}.{i}.{DENSE}.{name}": value for i, image in enumerate(getattr(eager, attribute))
+                       for name, value in image.items()})
     return arrays
 
 
@@ -129,33 +134,39 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
     from exporter.families.detectors import ANCHOR_MODULES
 
     skipped = {*rows, *ANCHOR_MODULES.values()}  # anchors: no norm in them (check.py `folded_samples`)
-    _check_folded(goldens, len(shapes), [name for name in dense if name.rpartition("#")[0] not in skipped])
+    for group in SAMPLE_GROUPS:
+        _check_folded(goldens, len(shapes), [name for name in dense if name.rpartition("#")[0] not in skipped], group)
     return (f"{len(shapes)} image(s) {', '.join('x'.join(map(str, s)) for s in shapes)}, {len(dense)} dense tensors "
             "per image, detections in float32 and float64, all finite, each within what a detector outputs")
 
 
-def _check_folded(goldens: dict[str, dict[str, np.ndarray]], images: int, dense: list[str]) -> None:
+def _check_folded(goldens: dict[str, dict[str, np.ndarray]], images: int, dense: list[str],
+                  group: str = "folded") -> None:
+    """A rounding-sample group (`SAMPLE_GROUPS`): every dense tensor but the per-proposal rows and the anchors, or
+    none, each float32 of its float32 twin's shape."""
     import numpy as np
 
-    found = set(goldens.get("folded", {}))
+    found = set(goldens.get(group, {}))
     keys = {f"{i}.{DENSE}.{name}" for i in range(images) for name in dense}
     if found and found != keys:
         odd = sorted(found - keys)
-        what = f"holds folded.{odd[0]}, not" if odd else f"lacks folded.{sorted(keys - found)[0]},"
-        raise ArtifactError(f"{GOLDENS_NAME} {what} one of the folded detector's dense tensors (the folded group "
+        what = f"holds {group}.{odd[0]}, not" if odd else f"lacks {group}.{sorted(keys - found)[0]},"
+        raise ArtifactError(f"{GOLDENS_NAME} {what} one of the {group} detector's dense tensors (the {group} group "
                             "holds every one but the per-proposal rows, or none); re-export the folder")
     for key in sorted(found):
-        array, twin = goldens["folded"][key], goldens["float32"][key]
+        array, twin = goldens[group][key], goldens["float32"][key]
         if array.dtype != np.float32 or array.shape != twin.shape:
-            raise ArtifactError(f"{GOLDENS_NAME}: folded.{key} is {array.dtype} {list(array.shape)}; expected "
+            raise ArtifactError(f"{GOLDENS_NAME}: {group}.{key} is {array.dtype} {list(array.shape)}; expected "
                                 f"float32 {list(twin.shape)}, as float32.{key}")
 
 
-def golden_samples(goldens: dict[str, dict[str, np.ndarray]], images: int) -> list[dict[str, np.ndarray]]:
-    """The checked folded group as eager's rounding samples (`Run.samples`): [] where the folder has none."""
-    folded = goldens.get("folded", {})
-    return [{key.removeprefix(f"{i}.{DENSE}."): value for key, value in folded.items()
-             if key.startswith(f"{i}.{DENSE}.")} for i in range(images)] if folded else []
+def golden_samples(goldens: dict[str, dict[str, np.ndarray]], images: int,
+                   group: str = "folded") -> list[dict[str, np.ndarray]]:
+    """A checked rounding-sample group as eager's samples (`Run.samples` for `folded`, `Run.reversed_sums` for
+    `reversed`): [] where the folder has none."""
+    found = goldens.get(group, {})
+    return [{key.removeprefix(f"{i}.{DENSE}."): value for key, value in found.items()
+             if key.startswith(f"{i}.{DENSE}.")} for i in range(images)] if found else []
 
 
 def _check_array(key: str, array: np.ndarray, dense_dtype: Any) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.errors import ArtifactError
-from verify.detect.check import EAGER, ORACLE, Judging, folded_samples, run_eager
+from verify.detect.check import EAGER, ORACLE, Judging, folded_samples, reversed_samples, run_eager
 from verify.detect.goldens import golden_arrays
 from verify.folder.rebuild import check_weights, recorded_seed, same_reference, weights_source
 
@@ -47,6 +47,7 @@ def rebuild_detector(art: DetectorFolder, weights_file: Path | None) -> str:
     art.references = {EAGER: run_eager(built, art.images, float64=False),
                       ORACLE: run_eager(built, art.images, float64=True)}
     art.references[EAGER].samples = folded_samples(built, art.images)  # its floors measured as an export's are
+    art.references[EAGER].reversed_sums = reversed_samples(built, art.images)
     return (f"{info.name}:{info.norm} with {info.weights} weights (sha256 as recorded), its post-processing the "
             f"manifest's: the float64 goldens of {len(images)} image(s) are its own; each file judged against its "
             f"float32 and float64 runs on them and on as many seeded images this run draws (seed {seed})")

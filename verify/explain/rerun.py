@@ -860,3 +860,29 @@ def isolation_factor(settings: RunSettings) -> float:
     1x its own floor is rounding, whatever the verdict's factor; with --factor 1.1 rounding layers were named as
     culprits: found by hunt 8a)."""
     return max(settings.tolerance.factor or AUTO_FACTOR, AUTO_FACTOR)
+
+
+def model_layer_checks(fp32: Any, fp64: Any, files: Sequence[tuple[str, Any, str, Any]], x: np.ndarray,
+                       factor: float = AUTO_FACTOR, reference: str = "eager") -> tuple[list[Isolation], list[str]]:
+    """`layer_checks` with a torch model in memory as the reference instead of an Artifact: a whole detector
+    (verify/detect/check.py `detector_layer_checks`), whose float32 model `fp32` and float64 copy `fp64` take the batch
+    `x` (N x C x H x W) as a list of images. `files`: (format, path, label, its float32 torch module where a run of
+    this process loaded it, else None). Each file's layers are re-run alone on `fp64`'s values on `x` and judged on
+    their own floors; one that cannot be isolated is a note (a UsageError) or a check with no layer (it fails)."""
+    from exporter.artifacts import Artifact, ArtifactMeta
+
+    side = Side(Artifact("eager", ArtifactMeta(spec=reference)), fp32, fp64, "")
+    checks, notes, ref = [], [], None
+    for fmt, path, label, module in files:
+        try:
+            candidate = load_side(Artifact(fmt, ArtifactMeta(), path), float64=False, fp32=module)
+            result, _, ref = isolate_sides(side, candidate, x, factor, ref=ref)
+        except UsageError as exc:
+            notes.append(f"{label}: its layers were not checked ({exc})")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run is a failed check, never a pass
+            said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            result = Isolation(reference, label, factor, note=f"it could not be isolated: {said}")
+        result.candidate = label
+        checks.append(result)
+    return checks, notes
