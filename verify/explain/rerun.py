@@ -863,15 +863,16 @@ def isolation_factor(settings: RunSettings) -> float:
 
 
 def model_layer_checks(fp32: Any, fp64: Any, files: Sequence[tuple[str, Any, str, Any]], x: np.ndarray,
-                       factor: float = AUTO_FACTOR, reference: str = "eager") -> tuple[list[Isolation], list[str]]:
+                       factor: float = AUTO_FACTOR, reference: str = "the model") -> tuple[list[Isolation], list[str]]:
     """`layer_checks` with a torch model in memory as the reference instead of an Artifact: a whole detector
     (verify/detect/check.py `detector_layer_checks`), whose float32 model `fp32` and float64 copy `fp64` take the batch
     `x` (N x C x H x W) as a list of images. `files`: (format, path, label, its float32 torch module where a run of
     this process loaded it, else None). Each file's layers are re-run alone on `fp64`'s values on `x` and judged on
     their own floors; one that cannot be isolated is a note (a UsageError) or a check with no layer (it fails)."""
     from exporter.artifacts import Artifact, ArtifactMeta
+    from exporter.formats.eager import EagerFormat
 
-    side = Side(Artifact("eager", ArtifactMeta(spec=reference)), fp32, fp64, "")
+    side = Side(Artifact(EagerFormat.name, ArtifactMeta(spec=reference)), fp32, fp64, "")
     checks, notes, ref = [], [], None
     for fmt, path, label, module in files:
         try:
