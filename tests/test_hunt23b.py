@@ -115,6 +115,7 @@ def test_by_default_a_file_the_layer_verdict_cannot_judge_is_a_note(detector_exp
     unjudged = isolation(onnx, note="it could not be isolated: boom")
     report = judged_with(detector_export, monkeypatch, [unjudged, isolation(script, 1.0)])
     assert report.passed
+    assert report.summary().endswith("every layer of 1 file within its own floor"), report.summary()
     assert report.layer_verdict == {"run": "default", "judged": [script], "not_judged": [onnx]}
     assert len(report.notes) == 1 and "layer verdict not reached" in report.notes[0] and "boom" in report.notes[0]
     asked = judged_with(detector_export, monkeypatch, [unjudged, isolation(script, 1.0)], asked=True)

@@ -192,8 +192,11 @@ class DetectorReport:
     def summary(self) -> str:
         if self.passed:
             least = min(min(d.matched_per_image) for d in self.detections)
+            judged = [check for check in self.layers if check.layers]
+            layers = f", every layer of {len(judged)} file{'s' if len(judged) != 1 else ''} within its own floor" \
+                if judged else ""
             return (f"{self.name}:{self.norm} agrees: {len(self.dense)} before-NMS and {len(self.detections)} "
-                    f"after-NMS pairs, at least {least} detections matched per image")
+                    f"after-NMS pairs, at least {least} detections matched per image{layers}")
         failed = [r.text for r in self.rows() if not r.passed]
         return f"{self.name}:{self.norm} fails: {failed[0]}" + (f" (+{len(failed) - 1} more)" if len(failed) > 1
                                                                  else "")
