@@ -200,6 +200,8 @@ def test_a_stored_result_is_re_judged_on_its_float64_call_check():
     for bad in ([{"model": "m.py:make", "runs": -1, "differs": None}], [{"runs": 1}], {"differs": 1}, 3):
         assert evidence_problems(trust_record(bad))[0].startswith("no usable float64 call evidence"), bad
     assert evidence_problems({**trust_record([]), "mode": "rtol"}) == []
+    never = evidence_problems(trust_record([{"model": "m.py:make", "runs": 0, "differs": None}]))
+    assert len(never) == 1 and "never held to its float32 run's calls" in never[0], "a check that never ran passes none"
 
 
 def test_export_refuses_hunt_22bs_model_and_an_explicit_tolerance_judges_it(models, tmp_path):

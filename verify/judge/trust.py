@@ -366,7 +366,9 @@ def function_problems(records: Any) -> list[str]:
             raise ValueError("float64_calls")
     except (KeyError, TypeError, ValueError) as exc:
         return [f"no usable float64 call evidence recorded ({type(exc).__name__}): nothing to judge on"]
-    return [function_problem(model, differs) for model, differs in found if differs is not None]
+    unchecked = [f"{model}'s float64 oracle was never held to its float32 run's calls (no watched run): "
+                 f"{OTHER_FUNCTION}" for (model, _), record in zip(found, records) if record["runs"] == 0]
+    return unchecked + [function_problem(model, differs) for model, differs in found if differs is not None]
 
 
 def evidence(checks: Sequence[RepeatCheck], device: str, k: int | None, mode: str,
