@@ -554,6 +554,10 @@ TOOL_MODULES = ("verify.", "exporter.")
 """Modules whose torch calls are this tool's, never the model's (a hook the tool adds to read or move a layer)."""
 SHOWN_CALL = 70
 """Characters of a call the refusal shows (two of them and the model's name stay in one message)."""
+CONVERSIONS = frozenset({"Tensor.to", "Tensor.type_as", "Tensor.type", "Tensor.float", "Tensor.double", "Tensor.half",
+                         "Tensor.bfloat16", "Tensor.contiguous", "Tensor.detach", "Tensor.cpu"})
+"""Calls whose result is their tensor in another dtype, layout or device: a named tensor's result keeps its name, as
+the run whose dtype it already has gets the tensor itself back (a float64 buffer's `.to(x.dtype)`; review 20)."""
 FINFO_FIELDS = ("eps", "max", "min", "tiny", "smallest_normal", "resolution")
 """`torch.finfo(x.dtype)` fields a model may pass on as numbers: the same field of each run's dtype is one value."""
 
@@ -570,13 +574,14 @@ class CallLog:
         names = _tensor_names(model)
         calls: list[tuple[str, tuple[Any, ...]]] = []
         read: set[float] = set()
+        kept: list[Any] = []  # the converted tensors named (`CONVERSIONS`), alive for the run: no id reused
 
         class Mode(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
                 kwargs = kwargs or {}
                 out = func(*args, **kwargs)
                 if not _from_tool(sys._getframe(1)):
-                    _log(func, args, kwargs, out, names, calls, read)
+                    _log(func, args, kwargs, out, names, calls, read, kept)
                 return out
 
         self.calls, self.read, self.mode = calls, read, Mode()
@@ -596,14 +601,32 @@ def _tensor_names(model: Any) -> dict[int, str]:
     names: dict[int, str] = {}
     for prefix, module in model.named_modules(remove_duplicate=False):
         where = f"{prefix}." if prefix else ""
-        for name, value in vars(module).items():
-            if isinstance(value, torch.Tensor):
-                names.setdefault(id(value), where + name)
-        for group in ("_parameters", "_buffers"):
+        for group in ("_parameters", "_buffers"):  # first: their own names, not `_buffers.scale`
             for name, value in getattr(module, group, {}).items():
                 if isinstance(value, torch.Tensor):
                     names.setdefault(id(value), where + name)
+        for name, value in vars(module).items():
+            _name_tensors(value, where + name, names, 0)
     return names
+
+
+def _name_tensors(value: Any, name: str, names: dict[int, str], depth: int) -> None:
+    """`value`'s tensor, or those in the lists, tuples and dicts it holds (`ks.1`; a constant chosen from a list by
+    x.dtype was one unnamed tensor in both runs; review 20), into `names`."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        names.setdefault(id(value), name)
+    elif isinstance(value, (list, tuple)) and depth < CONTAINER_DEPTH:
+        for index, item in enumerate(value):
+            _name_tensors(item, f"{name}.{index}", names, depth + 1)
+    elif isinstance(value, dict) and depth < CONTAINER_DEPTH:
+        for key, item in value.items():
+            _name_tensors(item, f"{name}.{key}", names, depth + 1)
+
+
+CONTAINER_DEPTH = 3
+"""How deep in a module attribute's lists, tuples and dicts a tensor is still named."""
 
 
 def _from_tool(frame: Any) -> bool:
@@ -617,7 +640,7 @@ def _from_tool(frame: Any) -> bool:
 
 
 def _log(func: Any, args: tuple, kwargs: dict, out: Any, names: dict[int, str],
-         calls: list[tuple[str, tuple[Any, ...]]], read: set[float]) -> None:
+         calls: list[tuple[str, tuple[Any, ...]]], read: set[float], kept: list[Any]) -> None:
     import torch
     from torch.utils._pytree import tree_leaves
 
@@ -626,7 +649,12 @@ def _log(func: Any, args: tuple, kwargs: dict, out: Any, names: dict[int, str],
         read.update(leaf for leaf in results if isinstance(leaf, (int, float)) and not isinstance(leaf, bool))
         return
     leaves = tree_leaves(args) + [item for key in sorted(kwargs) for item in (key, *tree_leaves(kwargs[key]))]
-    calls.append((_function_name(func), tuple(_argument(leaf, names) for leaf in leaves)))
+    name = _function_name(func)
+    calls.append((name, tuple(_argument(leaf, names) for leaf in leaves)))
+    source = names.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
+    if source and name in CONVERSIONS and isinstance(out, torch.Tensor) and id(out) not in names:
+        names[id(out)] = source
+        kept.append(out)
 
 
 def _function_name(func: Any) -> str:

@@ -341,7 +341,8 @@ def floor_bound_ratios(floors: Mapping[str, NoiseFloor], reference: Mapping[str,
 
 OTHER_FUNCTION = ("a floor measured against it is not rounding. Not judged (an explicit --rtol/--atol or --decimal "
                   "judges without a floor): compute the same calls in float64 (no branch on x.dtype, no loop until a "
-                  "tolerance)")
+                  "tolerance; a number made from .item() or torch.finfo(x.dtype) by arithmetic kept a tensor: "
+                  "torch.tensor(torch.finfo(x.dtype).eps) * 10)")
 
 
 def function_problem(model: str, difference: str) -> str:
