@@ -133,3 +133,31 @@ def test_a_refused_python_number_is_told_what_to_write_and_that_passes(models, r
         in OTHER_FUNCTION
     built = built_and_run(models, advised)
     assert built.float64_calls.difference is None and function_problems(function_record(built)) == []
+
+
+def test_a_static_detector_export_of_an_array_takes_the_arrays_own_shape(tmp_path, monkeypatch):
+    """Before: `verify export -b <detector> --static --input two.npy` (2x3x64x64) exited 2, "--shape asks
+    1x3x320x320; drop --shape or pass a matching array", with no --shape given. An array is not resized: with no
+    --shape its own shape is the export's, as for a backbone's --input .npy (a stand-in `verify_detector` here: the
+    size the command passes it)."""
+    import numpy as np
+
+    from tests.helpers import invoke
+    from verify.detect import check
+
+    images = tmp_path / "two.npy"
+    np.save(images, np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32))
+    seen = []
+
+    def stand_in(name, norm, size, *args, **kwargs):
+        seen.append((tuple(size), len(kwargs["images"])))
+        raise SystemExit(3)
+
+    monkeypatch.setattr(check, "verify_detector", stand_in)
+    result = invoke("export", "-b", "fasterrcnn_mobilenet_v3_large_320_fpn", "--static", "--input", images,
+                    "--out", tmp_path / "out")
+    assert result.exit_code == 3, result.output
+    assert seen == [((2, 3, 64, 64), 2)]
+    result = invoke("export", "-b", "fasterrcnn_mobilenet_v3_large_320_fpn", "--static", "--input", images,
+                    "--shape", "1x3x320x320", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "--shape asks 1x3x320x320" in result.stderr, "a --shape given still binds"

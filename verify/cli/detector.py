@@ -117,7 +117,12 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
 
         check_private_key(sign_key)  # a usage error, before the detector is built
     images = None
-    if input_path is not None:
+    if input_path is not None and shape is None and not dynamic and input_path.suffix.lower() == ".npy":
+        # an array is not resized: with no --shape its own shape is the export's, as a backbone's --input .npy is
+        # (review 20: `--static --input two.npy` said "--shape asks 1x3x320x320; drop --shape" with no --shape given)
+        images = load_images(input_path, None)
+        size = (len(images), *images[0].shape) if images else size
+    elif input_path is not None:
         images = load_images(input_path, size if shape or not dynamic else None)  # static: one size
     check_inputs(name, size, images)  # before any folder is made
     with staged_folder(folder) as staging, warnings.catch_warnings():
