@@ -1147,15 +1147,27 @@ def _script_candidates(model: Any, decoder: Any, image: torch.Tensor, tensors: d
     inds = torch.where(scores > heads.score_thresh)[0]
     boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
     keep = box_ops.remove_small_boxes(boxes, min_size=SMALL_BOX)
-    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    found = {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    return _replayed(model, images, image, found, float(heads.nms_thresh), int(heads.detections_per_img), detections,
+                     "its own box coder's candidates")
+
+
+def _replayed(model: Any, images: Any, image: torch.Tensor, found: dict[str, torch.Tensor], thresh: float, cap: int,
+              detections: dict[str, torch.Tensor] | None, source: str) -> Detections:
+    """A scripted detector's final-NMS inputs `found` as Detections, once torchvision's NMS at the file's own `thresh`
+    and `cap` replayed on them (with its transform's resize back) gives the forward's own `detections` bit for bit
+    (None: not asked); else a one-line ExportError naming `source`."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    boxes, scores, labels = found["boxes"], found["scores"], found["labels"]
     if detections is not None:
-        kept = box_ops.batched_nms(boxes, scores, labels, heads.nms_thresh)[:heads.detections_per_img]
+        kept = box_ops.batched_nms(boxes, scores, labels, thresh)[:cap]
         replayed = model.transform.postprocess([{"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]}],
                                                images.image_sizes, [tuple(image.shape[-2:])])[0]
         if not all(torch.equal(detections[key], replayed[key]) for key in ("boxes", "scores", "labels")):
-            raise ExportError("the TorchScript file's forward does not keep what its own box coder's candidates give "
-                              "through torchvision's final NMS: its post-processing computes something else than "
-                              "the detector it holds")
+            raise ExportError(f"the TorchScript file's forward does not keep what {source} give through torchvision's "
+                              "final NMS: its post-processing computes something else than the detector it holds")
     return Detections.of({"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy(),
                           "labels": labels.cpu().numpy()})
 
@@ -1183,8 +1195,6 @@ def _script_nms_inputs(model: Any, image: torch.Tensor, detections: dict[str, to
     highest score first. Given the forward's own `detections` (on the CPU), torchvision's NMS and cap replayed on them
     at the file's own threshold and cap must give those bit for bit, or the file's post-processing computes something
     else (a one-line ExportError). The file's attributes are restored after."""
-    import torch
-    from torchvision.ops import boxes as box_ops
 
     images, _ = model.transform([image])
     features = model.backbone(images.tensors)
@@ -1205,17 +1215,7 @@ def _script_nms_inputs(model: Any, image: torch.Tensor, detections: dict[str, to
         raise ExportError(f"the TorchScript file's post-processing cannot be called ({_first_line(exc)})") from None
     finally:
         model.nms_thresh, model.detections_per_img = thresh, cap
-    boxes, scores, labels = found["boxes"], found["scores"], found["labels"]
-    if detections is not None:
-        kept = box_ops.batched_nms(boxes, scores, labels, thresh)[:cap]
-        replayed = model.transform.postprocess([{"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]}],
-                                               images.image_sizes, [tuple(image.shape[-2:])])[0]
-        if not all(torch.equal(detections[key], replayed[key]) for key in ("boxes", "scores", "labels")):
-            raise ExportError("the TorchScript file's forward does not keep what its own post-processing's candidates "
-                              "give through torchvision's final NMS: its post-processing computes something else than "
-                              "the detector it holds")
-    return Detections.of({"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy(),
-                          "labels": labels.cpu().numpy()})
+    return _replayed(model, images, image, found, thresh, cap, detections, "its own post-processing's candidates")
 
 
 def _script_image_list() -> None:
