@@ -430,3 +430,49 @@ def make():
     torch.manual_seed(0)
     return QuietBranch()
 '''
+
+
+def scripted_box_clip(path, bound: float, out, holder: str | None = None):
+    """The TorchScript detector file `path` saved as `out` with its box coder's clamp of dw and dh (`bbox_xform_clip`)
+    set to `bound`: the coder of its `holder` submodule (Faster R-CNN's `roi_heads`), else its own (RetinaNet,
+    SSDlite). A decoding bug that moves only the candidates whose codes the clamp reaches (hunts 21a and 22a)."""
+    import warnings
+
+    import torch
+
+    class Clamp(torch.nn.Module):
+        def __init__(self, owner):
+            super().__init__()
+            self.owner = owner
+
+        def forward(self, bound: float) -> None:
+            self.owner.box_coder.bbox_xform_clip = bound
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated: a warning on every load and save
+        scripted = torch.jit.load(str(path))
+        torch.jit.script(Clamp(getattr(scripted, holder) if holder else scripted))(bound)
+        torch.jit.save(scripted, str(out))
+    return out
+
+
+def quiet_branch(condition):
+    """A conv whose output is y where `condition(x)` holds, else -y, the trace's warnings silenced: a branch on what
+    a model reads of its input, which a trace bakes in (hunts 21b and 22b)."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            warnings.simplefilter("ignore")
+            y = self.conv(x)
+            return y if condition(x) else -y
+
+    return Branch()

@@ -20,7 +20,7 @@ import torch
 from onnx import numpy_helper
 
 from exporter.manifest import MANIFEST_NAME
-from tests.helpers import NAME
+from tests.helpers import NAME, scripted_box_clip
 from verify.detect.check import EAGER, ORACLE, RUNTIMES, DetectorReport, judge_runs
 from verify.detect.match import Detections
 from verify.detect.nms_inputs import (
@@ -215,31 +215,14 @@ def test_a_proposal_in_one_run_only_carries_its_candidates_end_to_end(detector_e
 
 # TorchScript: its Faster R-CNN's final-NMS inputs come from the file's own box coder ----------------------------------
 
-def _script_clamp_set(path, bound, out):
-    """The TorchScript file with its box head's box coder clamp (dw and dh, one attribute) set to `bound`."""
-    class Clamp(torch.nn.Module):
-        def __init__(self, heads):
-            super().__init__()
-            self.heads = heads
-
-        def forward(self, bound: float) -> None:
-            self.heads.box_coder.bbox_xform_clip = bound
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript is deprecated: a warning on every load and save
-        scripted = torch.jit.load(str(path))
-        torch.jit.script(Clamp(scripted.roi_heads))(bound)
-        torch.jit.save(scripted, str(out))
-    return out
-
-
 def test_a_torchscript_clamp_that_moves_only_suppressed_candidates_fails(detector_export, tmp_path):
     report, folder, _, _ = detector_export
     (dw, kept), (dh, _) = _candidate_dw(report, 2), _candidate_dw(report, 3)
     side = np.maximum(dw, dh)  # one clamp bound serves both
     assert side.max() > side[kept].max(), "some suppressed candidate is wider or taller than every kept one"
     bound = float(side[kept].max() + side.max()) / 2
-    seeded = _script_clamp_set(folder / "detector.torchscript.pt", bound, tmp_path / "seeded.torchscript.pt")
+    seeded = scripted_box_clip(folder / "detector.torchscript.pt", bound, tmp_path / "seeded.torchscript.pt",
+                               holder="roi_heads")
     judged = _judged(report, {"torchscript": seeded})
     assert judged.detections and all(p.passed for p in judged.detections), \
         "after NMS cannot see it: every kept detection is decoded as before"

@@ -12,22 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import invoke, quiet_branch_source, trace_context
+from tests.helpers import invoke, quiet_branch, quiet_branch_source, trace_context
 
 
-class Branch(nn.Module):
-    """Negates its output when `width(x)` is below 16, with the trace's warnings silenced."""
-
-    def __init__(self, width):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.width = width
-
-    def forward(self, x):
-        warnings.simplefilter("ignore")
-        y = self.conv(x)
-        return y if self.width(x) >= 16 else -y
+def width_branch(width):
+    """Negates its output when `width(x)` is below 16."""
+    return quiet_branch(lambda x: width(x) >= 16)
 
 
 WIDTHS = {  # each is the width of a contiguous 1x3xHxW input, read without a tensor of sizes reaching Python
@@ -63,7 +53,7 @@ def test_a_size_read_that_hands_python_no_tensor_is_refused_a_dynamic_trace(chan
     from exporter.errors import ExportError
     from exporter.formats.torchscript import _traced_reads, refuse_traced_reads
 
-    model = Branch(WIDTHS[channel])
+    model = width_branch(WIDTHS[channel])
     assert traced_computes_otherwise(model)  # the file would be wrong at 8 px
     kinds = _traced_reads(trace_context(model))
     assert "values" in kinds if channel in VALUE_DOORS else kinds == {"sizes"}
@@ -226,7 +216,7 @@ def test_a_large_example_is_traced_again_at_half_its_size_and_the_read_still_fou
     large = torch.randn(1, 3, HALVED_FROM, HALVED_FROM + 8)
     assert tuple(other_size(large).shape[-2:]) == (HALVED_FROM // 2, (HALVED_FROM + 8) // 2)
     assert tuple(other_size(large[..., :8, :8]).shape[-2:]) == (16, 16)
-    ctx = trace_context(Branch(WIDTHS[channel]))
+    ctx = trace_context(width_branch(WIDTHS[channel]))
     ctx.example = large
     assert _traced_reads(ctx) == {"sizes"}
     ctx.built.model = Correct().eval()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from exporter.families.detectors import ANCHOR_MODULES, build_detector, calibration_image
-from tests.helpers import NAME
+from tests.helpers import NAME, scripted_box_clip
 from verify.detect import check
 from verify.detect.check import EAGER, ORACLE, RUNTIMES, DetectorReport, judge_runs
 from verify.detect.match import Detections
@@ -86,28 +86,10 @@ def _clamp_bound(ssd) -> float:
     return float(side[owner][was_kept].max() + side[owner].max()) / 2
 
 
-def _script_clamp_set(path, bound, out):
-    """The TorchScript file with its box coder's clamp of dw and dh (`bbox_xform_clip`) set to `bound`."""
-    class Clamp(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, bound: float) -> None:
-            self.model.box_coder.bbox_xform_clip = bound
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript is deprecated: a warning on every load and save
-        scripted = torch.jit.load(str(path))
-        torch.jit.script(Clamp(scripted))(bound)
-        torch.jit.save(scripted, str(out))
-    return out
-
-
 # TorchScript RetinaNet and SSDlite: their final-NMS inputs from the file's own post-processing ------------------------
 
 def test_a_torchscript_ssdlite_clamp_that_moves_only_suppressed_candidates_fails(ssd, tmp_path):
-    seeded = _script_clamp_set(ssd[-1], _clamp_bound(ssd), tmp_path / "seeded.torchscript.pt")
+    seeded = scripted_box_clip(ssd[-1], _clamp_bound(ssd), tmp_path / "seeded.torchscript.pt")
     judged = _judged(ssd, seeded)
     assert judged.detections and all(p.passed for p in judged.detections), \
         "after NMS cannot see it: every kept detection is decoded as before"

@@ -13,22 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import trace_context
-
-
-class Branch(nn.Module):
-    """y where `condition(x)` holds, else -y, with the trace's warnings silenced."""
-
-    def __init__(self, condition):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.condition = condition
-
-    def forward(self, x):
-        warnings.simplefilter("ignore")
-        y = self.conv(x)
-        return y if self.condition(x) else -y
+from tests.helpers import quiet_branch, trace_context
 
 
 def traced_differs(model: nn.Module, example: torch.Tensor, other: torch.Tensor) -> bool:
@@ -56,7 +41,7 @@ def test_a_size_read_through_a_layout_flag_is_refused_a_dynamic_trace(flag):
     from exporter.errors import ExportError
     from exporter.formats.torchscript import _traced_reads, other_size, refuse_traced_reads
 
-    model = Branch(SATURATED[flag]).eval()
+    model = quiet_branch(SATURATED[flag]).eval()
     ctx = trace_context(model)
     same = [SATURATED[flag](t) for t in (ctx.example, other_size(ctx.example), torch.randn(2, 3, 64, 64))]
     assert same == [True, True, True]  # no size the tool traces or judges shows it
@@ -82,7 +67,7 @@ def test_a_value_read_through_an_address_a_storage_or_a_flag_is_refused_a_static
     from exporter.errors import ExportError
     from exporter.formats.torchscript import _traced_reads, refuse_traced_reads
 
-    model = Branch(VALUE_DOORS[door]).eval()
+    model = quiet_branch(VALUE_DOORS[door]).eval()
     ctx = trace_context(model, dynamic=False)
     assert traced_differs(model, ctx.example, torch.full((1, 3, 32, 32), 2000.0))
     assert _traced_reads(ctx) == {"values"}
