@@ -334,6 +334,27 @@ def test_artifact_rebuild_layers_fails_a_file_whose_outputs_still_agree(default_
         validate([folder], layers=True)
 
 
+def test_artifact_rebuild_runs_the_layer_verdict_by_default_and_no_layers_skips_it(default_export, tmp_path,
+                                                                                    monkeypatch):
+    """`verify export` runs the layer verdict by default; `verify artifact --rebuild` of the folder it wrote judged
+    the outputs alone unless --layers was given, so the folder of a file with one channel of LAYER off by
+    BELOW_ROUNDING (outputs agreeing) passed its strongest check, exit 0. Now --rebuild runs it by default, best
+    effort, as the export does (hunt 24b built it for detector folders), and --no-layers turns it off."""
+    from verify.judge.layers import LAYERS_ENV
+
+    monkeypatch.delenv(LAYERS_ENV, raising=False)  # the suite turns the default off (tests/conftest.py SUITE_LAYERS)
+    folder = linked_copy(default_export, tmp_path)
+    scaled_onnx_channel(default_export / "model.onnx", tmp_path / "bad.onnx", BELOW_ROUNDING)
+    rewrite(folder / "model.onnx", (tmp_path / "bad.onnx").read_bytes())
+    rehash(folder, "model.onnx")
+    result = invoke("artifact", folder, "--rebuild", "--trust-unsigned-code", "--json", tmp_path / "checks.json")
+    assert result.exit_code == 1, result.output
+    checks = {check["name"]: check for check in json.loads((tmp_path / "checks.json").read_text())["checks"]}
+    assert not checks["model.onnx: layers"]["passed"] and LAYER in checks["model.onnx: layers"]["message"]
+    skipped = invoke("artifact", folder, "--rebuild", "--no-layers", "--trust-unsigned-code")
+    assert skipped.exit_code == 0 and ": layers" not in skipped.output, skipped.output
+
+
 def test_a_folder_whose_files_no_layer_verdict_reads_fails_layers(monkeypatch):
     """A folder (or a preflight target) holding only an AOTInductor package, which isolation does not read: each
     file's layer check is a skipped note, and before, `--rebuild --layers` then passed with no layer judged. A layer

@@ -355,7 +355,7 @@ def artifact(
     paths: Annotated[list[Path], typer.Argument(callback=opt.check_existing_paths,
                                                 help="Export folders, or their manifest.json")],
     trust: Any = FOLDER_TRUST,
-    layers: opt.FolderLayers = False,
+    layers: opt.ArtifactLayers = None,
     reports: Any = REPORTS,
     plugins: Any = RUNTIME_PLUGINS,
 ) -> None:

@@ -388,6 +388,12 @@ FolderLayers = Annotated[bool, typer.Option(
     "--layers", help="With --rebuild: also judge every layer of each file checked on its own, each re-run alone on the "
                      "rebuilt model's float64 inputs and judged on its own float32 floor (the layer verdict of "
                      "verify export --layers); a layer that differs on its own fails its file's check")]
+ArtifactLayers = Annotated[bool | None, typer.Option(
+    "--layers/--no-layers", show_default=False,
+    help="With --rebuild: also judge every layer of each file checked on its own, each re-run alone on the rebuilt "
+         "model's float64 inputs and judged on its own float32 floor (the layer verdict verify export runs); a layer "
+         "that differs on its own fails its file's check. By default with --rebuild, best effort (a file it cannot "
+         "judge is a note); --layers fails such a file, --no-layers skips the layer verdict")]
 OutFolder = Annotated[Path, typer.Option(callback=check_output_folder,
                                          help="Folder for the artifacts (one subfolder backbone-norm-view)")]
 Overwrite = Annotated[bool, typer.Option(

@@ -23,7 +23,7 @@ from exporter.detector_manifest import (
     load_detector_manifest,
     write_detector_manifest,
 )
-from exporter.errors import ArtifactError, SetupError
+from exporter.errors import ArtifactError, SetupError, UsageError
 from exporter.families.detectors import ANCHOR_MODULES, DETECTORS, dense_modules, per_proposal_modules, resized_size
 from exporter.formats import get_format
 from exporter.manifest import EXTERNAL_DATA_FORMAT, GOLDENS_NAME, read_goldens
@@ -66,6 +66,8 @@ from verify.judge.compare import AUTO_FACTOR, Tolerance
 
 if TYPE_CHECKING:
     import torch
+
+    from exporter.families.detectors import BuiltDetector
 
 FORMAT_OF_FILE = {name: fmt for fmt, name in FILE_NAMES.items()}
 GOLDENS_RUNTIME = "goldens"
@@ -149,6 +151,9 @@ class DetectorFolder(CheckedFolder):
     references: dict[str, Run] = field(default_factory=dict)
     """The goldens as the runs judged against: EAGER (float32) and ORACLE (float64)."""
     tolerance: Tolerance | None = None
+    rebuilt: BuiltDetector | None = None
+    """The detector the manifest names, rebuilt here (`--rebuild`, verify/detect/rebuild.py): the layer verdict's
+    float64 reference (`detector_folder_layers`); None when not rebuilt."""
 
     @property
     def judging(self) -> Judging:
@@ -401,13 +406,53 @@ def _row_check(label: str, row: DetectorRow) -> Check:
     return Check(label, runtime, f"{row.level}: {pair}", row.passed, text)
 
 
+def detector_folder_layers(art: DetectorFolder, report: CheckReport, asked: bool = True) -> None:
+    """The layer verdict of `verify export -b <detector>` (verify/detect/check.py `detector_layer_checks`) on each
+    file of a rebuilt folder that may be loaded: every layer re-run alone on the rebuilt detector's float64 values for
+    the first image this run drew (never one the folder chose), each judged on its own float32 floor; one check
+    `<file>: layers` per file, as a backbone folder's (verify/folder/layers.py). Asked for (`--layers`), a file it
+    cannot judge fails; by default (`asked` False, best effort as the export's) it is a skipped check."""
+    from verify.detect.check import detector_layer_checks
+    from verify.folder.layers import add_layer_checks, layer_files
+    from verify.judge.layers import best_effort
+
+    names = layer_files(art, report, list(art.manifest.model_files()), asked)
+    if not names:
+        return
+    assert art.rebuilt is not None
+    files = {art.manifest.files[name].format: art.verified[name] for name in names}
+    drawn = art.images[len(art.manifest.images)]  # verify/detect/rebuild.py: the goldens', then this run's
+    checks, notes = detector_layer_checks(art.rebuilt, files, drawn, AUTO_FACTOR)
+    if not asked:
+        checks, unjudged = best_effort(checks)
+        notes = [*notes, *unjudged]
+    add_layer_checks(art.label, report, checks, notes, asked, LAYERS_NOT_REACHED)
+
+
+LAYERS_NOT_REACHED = ("no file's layers could be re-run on the rebuilt detector (each note says why), so no layer "
+                      "verdict was reached; drop --layers for this folder")
+
+
 def check_detector_folder(path: Path, report: CheckReport, verify_key: Path | None = None,
                           trust_unsigned_code: bool = False, rebuild: bool = False,
-                          weights_file: Path | None = None) -> None:
+                          weights_file: Path | None = None, layers: bool | None = None) -> None:
     """`verify artifact` on a detector folder: integrity, then (with `rebuild`) the reference re-derived from the
-    detector the manifest names (verify/detect/rebuild.py), then every loadable file against the reference."""
+    detector the manifest names (verify/detect/rebuild.py), then every loadable file against the reference, then
+    (rebuilt) every layer of each file against the rebuilt detector (`detector_folder_layers`). `layers`: asked for
+    (True, `--layers`: a file it cannot judge fails; it needs `rebuild`), not run (False), or None: as `verify export
+    -b <detector>` runs it, by default with `rebuild` unless $BACKBONE_VERIFY_LAYERS is 0, best effort (hunt 24b: 2.3 to
+    2.6 s on the 320 Faster R-CNN folder, on a check of 6.4 s warm)."""
+    from verify.judge.layers import layers_by_default
+
+    if layers and not rebuild:
+        raise UsageError("--layers re-runs each file's layers on the float64 values of the detector the folder names, "
+                         "which only --rebuild builds: pass --rebuild with it")
+    asked = bool(layers)
+    run_layers = asked or (layers is None and rebuild and layers_by_default())  # a bad variable: exit 2 before work
     art = detector_integrity(path, report, verify_key, trust_unsigned_code)
     if art is not None and rebuild:
         rebuilt_reference(art, report, lambda: rebuild_detector(art, weights_file))
     if art is not None:
         golden_judgement(art, report)
+        if run_layers and (asked or (art.sound and art.rebuilt is not None)):
+            detector_folder_layers(art, report, asked)

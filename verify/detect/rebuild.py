@@ -2,7 +2,8 @@
 name, norm, weights checked by sha256), its post-processing constants the manifest's, and run in float32 and
 float64 on the golden images. The recorded float64 goldens must be its own (verify/folder/rebuild.py
 same_reference); the folder's files are then run on those images and on as many seeded ones this run draws, of
-the same sizes, and judged against the rebuilt detector's runs on them, not the recorded ones."""
+the same sizes, and judged against the rebuilt detector's runs on them, not the recorded ones. The rebuilt detector
+is kept (`art.rebuilt`): the layer verdict's float64 reference (hunt 24b)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def rebuild_detector(art: DetectorFolder, weights_file: Path | None) -> str:
                       ORACLE: run_eager(built, art.images, float64=True)}
     art.references[EAGER].samples = folded_samples(built, art.images)  # its floors measured as an export's are
     art.references[EAGER].reversed_sums = reversed_samples(built, art.images)
+    art.rebuilt = built  # the layer verdict's float64 reference (verify/detect/folder.py detector_folder_layers)
     return (f"{info.name}:{info.norm} with {info.weights} weights (sha256 as recorded), its post-processing the "
             f"manifest's: the float64 goldens of {len(images)} image(s) are its own; each file judged against its "
             f"float32 and float64 runs on them and on as many seeded images this run draws (seed {seed})")

@@ -16,7 +16,9 @@ from verify.folder.checks import Check, CheckReport
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from verify.folder.integrity import CheckedFolder
     from verify.folder.validate import ArtifactFolder
+    from verify.judge.layers import Isolation
 
 LAYERS_RUNTIME = "layers"
 NOT_REACHED = ("no file's layers could be re-run (an AOTInductor package is not read by the layer verdict), so no "
@@ -25,35 +27,62 @@ NOT_REBUILT = ("not checked: the layer verdict needs the rebuilt model as its fl
                "not rebuilt")
 
 
-def folder_layer_checks(art: ArtifactFolder, report: CheckReport, names: Sequence[str] | None = None) -> None:
+def folder_layer_checks(art: ArtifactFolder, report: CheckReport, names: Sequence[str] | None = None,
+                        asked: bool = True) -> None:
     """One check per model file of `art` (or of `names`, e.g. a preflight's target): every layer within AUTO_FACTOR
     x its own floor (a file that cannot be loaded, or has no layer re-run, fails; an AOTInductor package, which
-    isolation does not read, is a skipped check)."""
+    isolation does not read, is a skipped check). Not `asked` (run by default with --rebuild, as `verify export`
+    runs it): best effort, a file it cannot judge is a skipped check (verify.judge.layers.best_effort)."""
     from verify.explain.rerun import Candidate, layer_checks
     from verify.judge.compare import AUTO_FACTOR
-    from verify.judge.layers import verdict_line
+    from verify.judge.layers import best_effort
 
-    candidates = []
-    for name in names if names is not None else art.manifest.model_files():
-        title = f"{name}: layers"
-        if not art.sound or art.rebuilt is None or name not in art.verified:
-            why = NOT_REBUILT if art.sound and art.rebuilt is None else \
-                f"not loaded: {art.unsound_because if not art.sound else 'it failed its integrity check'}"
-            report.add(Check(art.label, LAYERS_RUNTIME, title, False, why))
-        elif not art.may_load(name):
-            report.add(Check(art.label, LAYERS_RUNTIME, title, False, art.refusal(name)))
-        else:
-            candidates.append(Candidate(art.artifact(name), name))
-    if not candidates:
+    names = layer_files(art, report, names if names is not None else list(art.manifest.model_files()), asked)
+    if not names:
         return
     assert art.goldens is not None
     x = next(iter(art.goldens["input"].values()))  # this run's seeded input, set by the rebuild
-    checks, notes = layer_checks(art.rebuilt, candidates, x, AUTO_FACTOR)
+    checks, notes = layer_checks(art.rebuilt, [Candidate(art.artifact(name), name) for name in names], x, AUTO_FACTOR)
+    if not asked:
+        checks, unjudged = best_effort(checks)
+        notes = [*notes, *unjudged]
+    add_layer_checks(art.label, report, checks, notes, asked)
+
+
+def layer_files(art: CheckedFolder, report: CheckReport, names: Sequence[str], asked: bool = True) -> list[str]:
+    """Of `names`, the files whose layers may be re-run against the folder's rebuilt model (`art.rebuilt`, a
+    backbone's Artifact or a detector's BuiltDetector): the folder passed integrity and its rebuild, and the file its
+    own checks and may be loaded. Each other is a failed check, or (`asked` False: the layer verdict run by default,
+    best effort) a skipped one saying why."""
+    kept, rebuilt = [], getattr(art, "rebuilt", None)  # both folder kinds set it in their rebuild
+    for name in names:
+        if not art.sound or rebuilt is None or name not in art.verified:
+            why = NOT_REBUILT if art.sound and rebuilt is None else \
+                f"not loaded: {art.unsound_because if not art.sound else 'it failed its integrity check'}"
+        elif not art.may_load(name):
+            why = art.refusal(name)
+        else:
+            kept.append(name)
+            continue
+        if asked:
+            report.add(Check(art.label, LAYERS_RUNTIME, f"{name}: layers", False, why))
+        else:  # as verify.judge.layers.best_effort notes a file it could not judge
+            report.add(Check(art.label, LAYERS_RUNTIME, f"{name}: layers", True,
+                             f"layer verdict not reached (run by default; --layers requires it): {why}", skipped=True))
+    return kept
+
+
+def add_layer_checks(label: str, report: CheckReport, checks: Sequence[Isolation], notes: Sequence[str],
+                     asked: bool = True, not_reached: str = NOT_REACHED) -> None:
+    """Each file's layer verdict (verify/explain/rerun.py) as one check `<file>: layers`, each note a skipped check;
+    asked for (`asked`) and not reached on any file is a failed check, never a pass."""
+    from verify.judge.layers import verdict_line
+
     for check in checks:
-        report.add(Check(art.label, check.rerun_on or LAYERS_RUNTIME, f"{check.candidate}: layers", check.passed,
+        report.add(Check(label, check.rerun_on or LAYERS_RUNTIME, f"{check.candidate}: layers", check.passed,
                          verdict_line(check), details={"layers": check.to_dict()}))
     for note in notes:
         name = note.split(":", 1)[0]
-        report.add(Check(art.label, LAYERS_RUNTIME, f"{name}: layers", True, note, skipped=True))
-    if not checks:  # asked for and not reached (every file one isolation does not read): never a pass
-        report.add(Check(art.label, LAYERS_RUNTIME, "layers", False, NOT_REACHED))
+        report.add(Check(label, LAYERS_RUNTIME, f"{name}: layers", True, note, skipped=True))
+    if asked and not checks:  # asked for and not reached (every file one isolation does not read): never a pass
+        report.add(Check(label, LAYERS_RUNTIME, "layers", False, not_reached))

@@ -434,19 +434,21 @@ LAYERS_NEED_REBUILD = ("--layers re-runs each file's layers on the float64 value
 
 def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
              verify_key: Path | None = None, trust_unsigned_code: bool = False, rebuild: bool = False,
-             weights_file: Path | None = None, layers: bool = False) -> CheckReport:
+             weights_file: Path | None = None, layers: bool | None = None) -> CheckReport:
     """Check every folder; one folder's failures never stop the others (only an environment problem
     does, as SetupError). A code-executing file is loaded only from a folder whose signature verified with
     `verify_key`, or with `trust_unsigned_code` (module doc). With `rebuild`, each folder's reference is
     re-derived from the model it names (verify/folder/rebuild.py; `weights_file` for a checkpoint), and with
-    `layers` too, every layer of each file is judged against it (verify/folder/layers.py). Paths may be
-    given as text; one folder alone may be given without a list."""
+    `layers` too, every layer of each file is judged against it (verify/folder/layers.py); `layers` None (the
+    default): with `rebuild`, as `verify export` runs it, best effort unless $BACKBONE_VERIFY_LAYERS is 0; False: not
+    run. Paths may be given as text; one folder alone may be given without a list."""
     paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(path) for path in paths]
     verify_key = Path(verify_key) if verify_key is not None else None
     weights_file = Path(weights_file) if weights_file is not None else None
     if weights_file is not None and not rebuild:  # as the CLI refuses --checkpoint without --rebuild
         raise UsageError(REBUILD_ONLY.format(option="weights_file"))
-    require_flags(layers=layers, rebuild=rebuild, trust_unsigned_code=trust_unsigned_code)
+    require_flags(rebuild=rebuild, trust_unsigned_code=trust_unsigned_code,
+                  **({} if layers is None else {"layers": layers}))
     if options is not None and not isinstance(options, RuntimeOptions):
         raise TypeError(f"options must be a verify.runtimes.RuntimeOptions or None, not {type(options).__name__}")
     if options is not None and options.tf32 is not None and options.device != "cuda":  # as the CLI refuses --tf32
@@ -461,9 +463,9 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
     report = CheckReport("artifact", inputs=read_inputs(verify_key, weights_file))
     for path in paths:
         resolve_folder(path)  # usage errors (a path that does not exist) before any work
-        if layers and is_detector_folder(path):
-            raise UsageError(f"{path} is a whole detector's folder, which the layer verdict (--layers) does not "
-                             "re-run; drop --layers, or check the other folders on their own")
+    from verify.judge.layers import layers_by_default
+
+    by_default = layers is None and rebuild and layers_by_default()  # a bad variable: exit 2 before any work
     flags = option_flags(options.plugins if options else {})
     detector = next((path for path in paths if is_detector_folder(path)), None) if flags else None
     if detector is not None:  # a whole detector's check runs each framework's defaults: they would be dropped
@@ -473,16 +475,16 @@ def validate(paths: Sequence[Path], options: RuntimeOptions | None = None,
         _refuse_unread_options(paths, options)
     for path in paths:
         if is_detector_folder(path):
-            check_detector_folder(path, report, verify_key, trust_unsigned_code,
-                                  rebuild=rebuild, weights_file=weights_file)
+            check_detector_folder(path, report, verify_key, trust_unsigned_code, rebuild=rebuild,
+                                  weights_file=weights_file, layers=layers)  # None: by default, best effort
             continue
         art = check_integrity(path, report, verify_key, trust_unsigned_code)
         if art is not None and rebuild:
             rebuilt_reference(art, report, lambda art=art: rebuild_backbone(art, weights_file))
         if art is not None:
             golden_checks(art, options or RuntimeOptions(), report)
-            if layers:
-                folder_layer_checks(art, report)
+            if layers or by_default:
+                folder_layer_checks(art, report, asked=bool(layers))
             art.close()
     failed = sum(not c.passed and not c.skipped for c in report.checks)
     report.summary = (f"all {len(report.checks)} checks passed" if report.passed else
