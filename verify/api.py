@@ -327,11 +327,12 @@ def rejudged(report: Report, settings: RunSettings) -> Report:
     the verdict; guard 3 guards a pass, as in the worker: verify/pipeline/stages.py trust_problems), and its layer
     checks."""
     from verify.judge.file_floor import unrecorded_problems
-    from verify.judge.trust import evidence_problems
+    from verify.judge.trust import evidence_problems, unrecorded_calls
 
     agree = bool(report.pairs) and all(pair.passed for pair in report.pairs)
     report.problems = list(dict.fromkeys([
         *report.problems, *evidence_problems(report.trust, files=agree),
+        *unrecorded_calls(report.trust, True),  # a worker whose code cut its call check (hunt 24c)
         *(unrecorded_problems(report.trust, True, [r.label for r in report.runs]) if agree else [])]))
     return rejudged_layers(report, settings)
 
@@ -505,7 +506,7 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
 
     if settings.tolerance.mode != "auto":
         return []
-    problems = []
+    problems = _compare_file_floors(sides, runs, oracles)
     for mine, theirs in ((0, 1), (1, 0)):
         file = sides[theirs]
         if user[mine] and not user[theirs] and file.path is not None and runtimes_for(file.format, float64=True):
@@ -513,6 +514,37 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
                              model.summed) for oracle, model in zip(oracles[theirs], oracles[mine], strict=True)]
             problems += agreement_problems([oracle.float32 or oracle.noise for oracle in oracles[mine]],
                                            [FileFloors(f"{file.path.name} in {runs[theirs].label}", floors)])
+    return problems
+
+
+def _compare_file_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
+                         oracles: Sequence[Sequence[Oracle]]) -> list[str]:
+    """Guard 3 the other way (hunt 24c): a saved program run in float64 (TorchScript, .pt2) against a torch model, its
+    own floor on each output at most FLOOR_AGREEMENT x the model's. A file 0.05 % off the model in its float32 run only
+    (a branch on x.dtype) measured that as its floor, which lifted the A-vs-B yardstick: `verify compare` exited 0."""
+    import math
+
+    from verify.judge.file_floor import FLOOR_AGREEMENT
+    from verify.runtimes import runtimes_for
+
+    problems = []
+    for mine, theirs in ((0, 1), (1, 0)):
+        file = sides[theirs]
+        if sides[mine].built is None or file.built is not None or file.path is None \
+                or not runtimes_for(file.format, float64=True):
+            continue
+        for index, (model, own) in enumerate(zip(oracles[mine], oracles[theirs], strict=True)):
+            ours, its = model.float32 or model.noise, own.float32 or own.noise
+            worst = max(((its[n].value / ours[n].value if ours[n].value else math.inf, n)
+                         for n in set(ours) & set(its) if its[n].value), default=None)
+            if worst is not None and worst[0] > FLOOR_AGREEMENT:
+                problems.append(
+                    f"{file.path.name} in {runs[theirs].label} measures a float32 floor of {worst[1]} {worst[0]:.3g}x "
+                    f"the model's (input {index + 1}), over the {FLOOR_AGREEMENT:g}x that rounding differences allow: "
+                    "its float32 run is another function than its float64 one (a branch on x.dtype in a saved "
+                    "program), so its floor is not rounding. Not judged (an explicit --rtol/--atol or --decimal "
+                    "judges without a floor)")
+                break
     return problems
 
 

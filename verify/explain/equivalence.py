@@ -12,7 +12,7 @@ from verify.api import RunSettings, input_shape_for, resolve_source, settings_in
 from verify.explain.localize import EQUIVALENCE_RTOL, localise
 from verify.explain.sides import load_sides
 from verify.explain.structure import StructuralDifference, structural_diff, train_mode_modules
-from verify.explain.tracers import tracer_for
+from verify.explain.tracers import Side, tracer_for
 from verify.inputs import seeded_input
 from verify.judge.compare import Tolerance, compare_arrays
 from verify.judge.trust import RANDOM_CAUSES, output_differences
@@ -20,6 +20,8 @@ from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import numpy as np
 
     from verify.judge.oracle import NoiseFloor
@@ -33,6 +35,35 @@ class NotJudged(VerifyError):
     """A side gives other outputs for the same input: no verdict can stand on its floor (exit 1, as `compare`)."""
 
     exit_code = 1
+
+
+EXPLAIN_OTHER_FUNCTION = ("explain's float64 reference would be another function. Not judged: compute the same calls "
+                          "in float64 (no branch on x.dtype; a number from .item() or torch.finfo kept a tensor)")
+"""What replaces the export's advice (--rtol/--atol, which explain has not) in a call check's refusal."""
+
+
+def require_one_function(sides: Sequence[Side], x: np.ndarray | None = None) -> None:
+    """Each side that is a user's model held to hunt 23a's call check (exporter/user_model.py `watch_float64`,
+    verify/judge/trust.py `function_problems`): its float64 run, the reference explain, `--isolate` and `reduce`
+    judge on, must make the calls its float32 run makes. `x`: run each such side's float64 model once on it here,
+    where the caller's own float64 run is under the tool's hooks, which the watch does not hold to anything. Raises
+    NotJudged (exit 1) with the first difference, as `verify export` refuses the floor."""
+    import torch
+
+    from verify.judge.trust import OTHER_FUNCTION, function_problems, function_record
+
+    built = [side.artifact.built for side in sides
+             if getattr(side.artifact.built, "float64_calls", None) is not None]
+    if not built:
+        return
+    if x is not None:
+        for side in sides:
+            if any(side.artifact.built is model for model in built) and side.fp64 is not None:
+                with torch.no_grad():
+                    side.fp64(torch.from_numpy(x).double())
+    problems = function_problems(function_record(*built))
+    if problems:
+        raise NotJudged(problems[0].removesuffix(OTHER_FUNCTION) + EXPLAIN_OTHER_FUNCTION)
 
 
 @dataclass
@@ -200,6 +231,8 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
         result.noise_floor[side_label] = {k: f.value for k, f in floors.items() if k in shared}
     _require_rounding_floors((a, b), labels, own, [ref if ref is not None else out for ref, out in zip(fp64, fp32)],
                              x.shape)
+    require_one_function(sides)  # each float64 run above, the side's reference, held to its float32 calls (after the
+    # other guards, as `verify export` applies it)
     combined = {n: own[0][n].combine(own[1].get(n)) if n in own[0] else own[1].get(n) for n in shared}
     result.float32_ratio = {n: _float32_ratio(n, fp32[0][n], fp32[1][n], floor)
                             for n, floor in combined.items() if floor is not None}
@@ -210,6 +243,8 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
         # the same function in float64, and no NaN/Inf in one side's float32 run only (an overflow is no rounding)
         result.equivalent = all(d["max_rel"] <= EQUIVALENCE_RTOL for d in result.float64_difference.values()) \
             and all(math.isfinite(result.ratio(n)) for n in shared)
+        if result.equivalent:
+            _require_agreeing_floors((a, b), labels, own, shared)
     else:
         result.how = "float32-floor"
         result.equivalent = all(result.ratio(n) <= factor for n in shared)
@@ -256,6 +291,34 @@ def _require_rounding_floors(artifacts: tuple[Artifact, Artifact], labels: tuple
         if found:
             raise NotJudged(found[0].split(" Not judged")[0] + " Not judged: explain needs each side's float32 run to "
                             "differ from its float64 one by rounding only")
+
+
+def _require_agreeing_floors(artifacts: tuple[Artifact, Artifact], labels: tuple[str, str], floors: list[dict],
+                             shared: list[str]) -> None:
+    """Two sides that compute the same function in float64, one of them a saved program run in float64 (TorchScript,
+    .pt2: no call check holds its float64 run to its float32 one), round alike: each output's floor within
+    FLOOR_AGREEMENT x the other side's (verify/judge/file_floor.py, guard 3's bound). A file 0.05 % off its model in
+    its float32 run only (a branch on x.dtype) measured that as its "floor", and explain called the two `equivalent
+    ... their float32 difference is rounding, 1.0x`, exit 0 (hunt 24c). Whole outputs, not channels: on explain's one
+    input a channel's floor is noisy (resnet18 batch or fused against a frozen file: channels up to 3.8x, outputs at
+    most 1.74x)."""
+    from verify.judge.file_floor import FLOOR_AGREEMENT
+
+    if all(artifact.built is not None or artifact.path is None for artifact in artifacts):
+        return
+    for name in shared:
+        for mine, theirs in ((0, 1), (1, 0)):
+            ours, other = floors[mine].get(name), floors[theirs].get(name)
+            if ours is None or other is None or not ours.value:
+                continue
+            ratio = ours.value / other.value if other.value else math.inf
+            if ratio > FLOOR_AGREEMENT:
+                raise NotJudged(
+                    f"{labels[mine]} ({artifacts[mine].label})'s float32 floor of {name} is {ratio:.3g}x "
+                    f"{labels[theirs]}'s, though both compute the same function in float64: over the "
+                    f"{FLOOR_AGREEMENT:g}x that rounding differences allow, so a float32 run is another function than "
+                    "its float64 one (a branch on x.dtype in a saved program). Not judged: explain needs each side's "
+                    "float32 run to differ from its float64 one by rounding only")
 
 
 def _float32_ratio(name: str, a: np.ndarray, b: np.ndarray, floor: NoiseFloor) -> float:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from exporter.errors import UsageError
 from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
+from verify.explain.equivalence import require_one_function
 from verify.explain.rerun import isolate_sides, isolation_factor
 from verify.explain.sides import load_sides
 from verify.explain.tracers import Side
@@ -37,6 +38,7 @@ def load_pair(a: str, b: str, settings: RunSettings, progress: Progress) -> tupl
         artifacts = [resolve_source(a, settings), resolve_source(b, settings)]
         sides = load_sides(*artifacts)
     named = settings_inputs(settings) or [seeded_input(input_shape_for(artifacts, settings), settings.seed)]
+    require_one_function(sides, named[0].array)  # the reference's own recorded run is under hooks, not watched
     return sides, named[0].array
 
 

@@ -20,7 +20,9 @@ its own randomness as a "floor", and every pair then "agrees at float32 precisio
 A user's model is also held to computing one function in both precisions (hunt 23a): every run of its float64
 oracle calls the torch functions its float32 run calls on the same input, with the same arguments
 (exporter/user_model.py `watch_float64`); one that differs (`y * 1.0005` only where x.dtype is float64) measures
-that difference as its "floor" (`function_problems`).
+that difference as its "floor" (`function_problems`). Hunt 24a: a tensor made outside those calls (NumPy, a buffer
+moved by a module's own `_apply`) is held to its values, and the float32 model run unwatched to its watched run's
+outputs (a model that tests for the watch).
 """
 
 from __future__ import annotations
@@ -340,8 +342,9 @@ def floor_bound_ratios(floors: Mapping[str, NoiseFloor], reference: Mapping[str,
 
 
 OTHER_FUNCTION = ("a floor measured against it is not rounding. Not judged (an explicit --rtol/--atol or --decimal "
-                  "judges without a floor): compute the same calls in float64 (no branch on x.dtype, no loop until a "
-                  "tolerance; a number made from .item() or torch.finfo(x.dtype) by arithmetic kept a tensor: "
+                  "judges without a floor): compute the same calls in float64 (no branch on x.dtype or on whether "
+                  "torch calls are watched, no loop until a tolerance, no NumPy arithmetic on tensors; a number made "
+                  "from .item() or torch.finfo(x.dtype) by arithmetic kept a tensor: "
                   "torch.tensor(torch.finfo(x.dtype).eps) * 10)")
 
 
@@ -477,3 +480,20 @@ def _file_floor_problems(data: Any, unrunnable: Any = ()) -> list[str]:
     except (KeyError, TypeError, ValueError, AttributeError, UsageError) as exc:
         return [f"no usable file floor evidence recorded ({type(exc).__name__}): nothing to judge on"]
     return agreement_problems(model.floors, files) if files else lines
+
+
+UNRECORDED_CALLS = ("No float64 call check is recorded for this user model (float64_calls, verify/judge/trust.py "
+                    "function_problems), though the floor it is judged on was measured against its float64 oracle: "
+                    "the evidence was edited or cut. Not judged; run it again")
+"""The line refusing a stored user model's result whose call check (hunt 23a) is missing."""
+
+
+def unrecorded_calls(trust: Any, user_model: bool) -> list[str]:
+    """A stored result of a user's model judged on the auto tolerance always records its float64 oracle's call check
+    (verify/pipeline/stages.py trust_problems; without a float64 oracle the auto tolerance is refused): a record
+    that is absent or empty was cut, and `evidence_problems` alone reads that as nothing to refuse (a registered
+    backbone's record has none). A record that is there is judged by `evidence_problems` (`function_problems`)."""
+    if not user_model or not isinstance(trust, Mapping) or trust.get("mode") != "auto":
+        return []
+    records = trust.get("float64_calls")
+    return [] if isinstance(records, list) and records else [UNRECORDED_CALLS]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.errors import VerifyError
 from exporter.user_model import is_user_model_text
 from verify.judge.file_floor import unrecorded_problems
-from verify.judge.trust import evidence_problems
+from verify.judge.trust import evidence_problems, unrecorded_calls
 from verify.matrix.floor_binding import floor_binding_problems, output_set_problems
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult, MatrixFailure, pair_name
 
@@ -227,6 +227,7 @@ def judge_cell(cell: CellResult, tolerance: Tolerance, runtimes: int | None = No
     guards += [] if error else unrecorded_problems(  # and guard 3's evidence cut out is itself a problem
         cell.trust, is_user_model_text(str(cell.spec)),
         [run.get("label", "") for run in cell.runs if isinstance(run, Mapping)] if isinstance(cell.runs, list) else [])
+    guards += [] if error else unrecorded_calls(cell.trust, is_user_model_text(str(cell.spec)))
     guards += [] if error else floor_binding_problems(cell, tolerance) + output_set_problems(cell, tolerance)
     found = own + [f"{JUDGED}{text}" for text in ([structure] if structure else []) + reasons + guards
                    if f"{JUDGED}{text}" not in own]
