@@ -7,13 +7,16 @@ call's name and arguments, tensors by the parameter or buffer they are, constant
 their values) beside a float32 run of the same input, which must also match the float32 model run unwatched (a
 model that tests for the watch). The tool's own hooks are told by their code objects (`_tool_code`), not by a name a
 model could give its own code. The first difference is kept in a `CallCheck`; verify/judge/trust.py
-`function_problems` refuses the floor on it.
+`function_problems` refuses the floor on it. Hunt 25a: the check keeps each input's unwatched float32 outputs (digests),
+and every float32 run a floor is measured from must be them bit for bit (`CallCheck.float32_difference`,
+verify/pipeline/stages.py `held_to_calls`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,30 @@ class CallCheck:
 
     runs: int = 0
     difference: str | None = None
+    outputs: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    """Each input's float32 outputs as the model gave them unwatched beside the watched run (`input_key` -> one digest
+    per output, `output_digests`): the float32 run a floor is measured on must be this one (`float32_difference`)."""
+
+    def float32_difference(self, array: Any, outputs: Any, where: str, unheld: bool = True) -> str | None:
+        """Where the float32 outputs a runtime gave on input `array` (name -> array, in the model's output order), those
+        a floor is measured from, are not bit for bit the run this check held to the float64 oracle's calls on that
+        input (None: they are). Hunt 25a: a model that counts its calls or reads the stack gave the eager runtime's
+        run a float32-only term the watched runs never saw, and the floor it lifted passed a file 0.1 % off.
+        `unheld`: whether an input the watch never ran is a difference (else None: a run that only adds a bound)."""
+        said = "a model must compute the same on every float32 run"
+        held = self.outputs.get(input_key(array))
+        if held is None:
+            return f"{where}, its float32 run was never held to its calls (no watched run there): {said}" if unheld \
+                else None
+        mine = output_digests(list(outputs.values()))
+        if len(mine) != len(held):
+            return f"{where}, its float32 run returns {len(mine)} outputs, {len(held)} where its calls were held: " \
+                f"{said}"
+        for name, ours, theirs in zip(outputs, mine, held):
+            if ours != theirs:
+                return (f"{where}, the float32 {name} the floor is measured from is not the one its calls were held "
+                        f"to: {said}")
+        return None
 
 
 WATCHED_INPUTS = 16
@@ -511,7 +538,6 @@ def watch_float64(exact: nn.Module, model: nn.Module) -> CallCheck:
     new input the float32 model run unwatched must give the watched float32 run's outputs (`_unwatched_difference`):
     a model that tests for the watch (`torch._C._is_torch_function_mode_enabled()`) could otherwise make its watched
     float32 run make the float64 calls while the float32 run the floor is measured on does not."""
-    import hashlib
     from collections import OrderedDict
 
     import torch
@@ -530,7 +556,7 @@ def watch_float64(exact: nn.Module, model: nn.Module) -> CallCheck:
             return base.__call__(self, *args, **kwargs)
         x32 = x.detach().to(torch.float32).contiguous()  # before the run: a forward may write into its input
         plain = x32.clone()
-        key = hashlib.sha1(repr(tuple(x32.shape)).encode() + x32.cpu().numpy().tobytes()).hexdigest()
+        key = input_key(x32)
         busy.append(True)
         try:
             with CallLog(self, tuple(args) + tuple(kwargs.values())) as log:
@@ -547,6 +573,7 @@ def watch_float64(exact: nn.Module, model: nn.Module) -> CallCheck:
             with torch.no_grad():  # the model itself, as the runtimes run it (unless a hook of the tool's is on it)
                 again = (single if _tool_hooked(model) else model)(plain)
             unwatched = _unwatched_difference(watched, again, output, fast)
+            check.outputs[key] = output_digests(again)  # what every float32 run of this input must give
             while len(logs) > WATCHED_INPUTS:
                 logs.popitem(last=False)
         check.runs += 1
@@ -563,10 +590,12 @@ def watch_float64(exact: nn.Module, model: nn.Module) -> CallCheck:
 def _tool_hooked(model: Any) -> bool:
     """Whether a forward hook of this tool's is on a module of `model`: one whose code is a function the tool defines
     inside another (`_tool_code`), as its hooks are. A hook that only named a tool module (`__module__ =
-    "verify.x"`) left every call of the oracle unwatched (hunt 24a)."""
+    "verify.x"`) left every call of the oracle unwatched (hunt 24a). The watch's own `__call__` is no hook of the
+    tool's: a model that hung it on a module it never runs left every later float64 run unwatched (hunt 25a)."""
     for module in model.modules():
         for hooks in (module._forward_hooks, module._forward_pre_hooks):
-            if any(_tool_code(_callable_code(hook), inner=True) for hook in hooks.values()):
+            codes = [_callable_code(hook) for hook in hooks.values()]
+            if any(code not in _RUNS_MODEL and _tool_code(code, inner=True) for code in codes):
                 return True
     return False
 
@@ -652,3 +681,36 @@ def _state_difference(exact: Any, model: Any, attributes: bool = False) -> str |
                                                        value.detach().to("cpu", torch.float64)):
             return f"its {name} holds other values than the float32 model's {name}"
     return None
+
+
+def input_key(array: Any) -> str:
+    """The key of one input (a tensor or array, in any float dtype: its float32 values) that the watch keeps its logs
+    and outputs under: a float64 run of a float32 feed and the feed itself are one input."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    if isinstance(array, torch.Tensor):
+        array = array.detach().to("cpu", torch.float32).contiguous().numpy()
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return hashlib.sha1(repr(tuple(array.shape)).encode() + array.tobytes()).hexdigest()
+
+
+def output_digests(outputs: Any) -> tuple[str, ...]:
+    """One digest per output (tensors as the runtimes hand them on: on the CPU, float16 and bfloat16 as float32; or
+    arrays), of its shape, dtype and bits, in the order of `outputs`' leaves."""
+    import hashlib
+
+    import numpy as np
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    digests = []
+    for leaf in tree_leaves(outputs):
+        if isinstance(leaf, torch.Tensor):
+            leaf = leaf.detach().cpu()
+            leaf = (leaf.float() if leaf.dtype in (torch.bfloat16, torch.float16) else leaf).numpy()
+        array = np.ascontiguousarray(leaf)
+        digests.append(hashlib.sha1(repr((array.shape, array.dtype.str)).encode() + array.tobytes()).hexdigest())
+    return tuple(digests)

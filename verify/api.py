@@ -24,11 +24,13 @@ from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.pipeline.stages import (
     OracleCheck,
     RunResult,
+    held_to_calls,
     judge_stage,
     model_shape,
     require_some_finite_run,
     run_stage,
     runtime_label,
+    side_float32,
     side_oracles,
     worst_over_inputs,
 )
@@ -455,9 +457,11 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     for index, item in enumerate(named):
         require_some_finite_run([run.on(index) for run in runs], item.label)
     oracles: list[list[Oracle]] = []
+    float32 = []  # each side's float32 runs its floors are measured from (a user model's: held to its call check)
     for text, artifact, feeds, run in fed:
         with progress.step(f"Measuring the noise floor of {text}"):
-            oracles.append(side_oracles(artifact, feeds, run, settings))
+            float32.append(side_float32(artifact, feeds, run))
+            oracles.append(side_oracles(artifact, feeds, run, settings, float32[-1]))
     # each side's floors pooled over the inputs, A against B on the larger of the two (as verify export pools)
     own = [pooled_floors([oracle.noise for oracle in side]) for side in oracles]
     report.floors = pooled_floors(own)
@@ -473,7 +477,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report.notes += _compare_floor_notes(user_sides, sides, settings)
     agree = bool(report.pairs) and all(pair.passed for pair in report.pairs)  # guard 3 guards a pass, as in export
     report.problems = _compare_problems(sides, runs, oracles, named, settings) or (_compare_floor_agreement(
-        user_sides, sides, runs, oracles, settings) if agree else []) or _compare_calls(sides, settings)
+        user_sides, sides, runs, oracles, settings) if agree else []) or _compare_calls(sides, settings, fed, float32)
     if settings.layers:
         with progress.step("Re-running every layer on the model's float64 inputs"):
             report.layers, notes = _compare_layers(sides, (a, b), named[0].array, settings)
@@ -548,13 +552,18 @@ def _compare_file_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
     return problems
 
 
-def _compare_calls(sides: Sequence[Artifact], settings: RunSettings) -> list[str]:
+def _compare_calls(sides: Sequence[Artifact], settings: RunSettings, fed: Sequence[tuple[Any, ...]] = (),
+                   float32: Sequence[Sequence[Any]] = ()) -> list[str]:
     """A user model's float64 oracle held to the calls of its float32 run (verify/judge/trust.py function_problems,
-    hunt 23a), where the auto tolerance judges on its floor."""
+    hunt 23a), where the auto tolerance judges on its floor; and the float32 runs each side's floor was measured from
+    (`float32`, one list per side, on the feeds in `fed`) to the run its call check held (hunt 25a: stages.py
+    `held_to_calls`)."""
     from verify.judge.trust import function_problems, function_record
 
     if settings.tolerance.mode != "auto":
         return []
+    for (_, artifact, feeds, _), outputs in zip(fed, float32, strict=True):
+        held_to_calls(artifact.built, feeds, outputs)
     return function_problems(function_record(*[side.built for side in sides if side.built is not None]))
 
 

@@ -565,6 +565,8 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
     references: dict[tuple[int, ...], tuple[dict[str, np.ndarray], dict[str, float]]] = {}
     auto = settings.tolerance if settings.tolerance.mode == "auto" else Tolerance()
     judged: list[tuple[str, float | None]] = []  # (run, worst ratio) of each file that agreed there
+    held: list[str | None] = []  # a user model's float32 run there against its call check's (hunt 25a)
+    same_runs = settings.runtime.device == "cpu" and settings.runtime.precision == "fp32"
 
     def failure(run: RunResult, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | str) -> str | None:
         if isinstance(outputs, str):
@@ -579,6 +581,8 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
                 fp64 = model64.run({k: v.copy() for k, v in feed.items()}) if model64 is not None else None
             except Exception as exc:  # noqa: BLE001 - the model itself does not take this size
                 return f"cannot be judged: the model itself fails there ({library_reason(exc)})"
+            if fp64 is not None and same_runs:  # a floor measured there too: from the float32 run the watch held
+                held.append(held_to_calls(build.built, [feed], [low], [f"at {'x'.join(map(str, shape))}"]))
             if fp64 is None:
                 references[shape] = (low, {})
             else:  # a user's few-value head judged on its summation floor there too, as at the example's shape
@@ -630,6 +634,10 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
                         f"{'x'.join(map(str, example))}), it {why}; its {names} {'does' if len(axes) == 1 else 'do'} "
                         "not hold (a size fixed inside the file, e.g. a shape traced as a number): export with "
                         "--static, or at the size you deploy")
+    if any(held):  # the floors at the second shape were lifted by a float32 run the call check never saw
+        from verify.judge.trust import function_problems, function_record
+
+        return function_problems(function_record(build.built)) + problems, []
     ratios = [(label, ratio) for label, ratio in judged if ratio is not None]
     if problems or not ratios:
         return problems, []
@@ -761,18 +769,34 @@ def judge_stage(runs: Sequence[RunResult], floors: Mapping[str, NoiseFloor], tol
     return pairs
 
 
+def side_float32(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]], run: RunResult
+                 ) -> list[dict[str, np.ndarray] | None]:
+    """One side's float32 reference on each feed, as `side_oracles` measures its floor from it: the side's own run
+    where that is its format's own runtime at its default settings; else, for a user's model (whose floor's float32
+    runs are held to its call check: `held_to_calls`), that runtime's run here; else None (the oracle runs it)."""
+    from verify.runtimes import default_runtime, make_runtime
+
+    if run.label == default_runtime(artifact.format):
+        return list(run.outputs)
+    if getattr(artifact.built, "float64_calls", None) is None:
+        return [None] * len(feeds)
+    loaded = make_runtime(default_runtime(artifact.format)).load(artifact)
+    return [loaded.run(feed) for feed in feeds]
+
+
 def side_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]], run: RunResult,
-                 settings: RunSettings) -> list[Oracle]:
+                 settings: RunSettings, float32: Sequence[dict[str, np.ndarray] | None] | None = None
+                 ) -> list[Oracle]:
     """One side of a comparison, on every feed: its float64 oracle where a runtime runs its format in float64, else
     (an ONNX file) the spread of its runtime's settings; the side's own run is its float32 reference only when it
     is the format's own runtime at its default settings (oracle_stage's rule: the label names any other device,
-    precision or option), so a spread counts every level once, the default among them."""
+    precision or option), so a spread counts every level once, the default among them. `float32`: that reference
+    already run (`side_float32`)."""
     from verify.judge.oracle import oracle_or_spread
-    from verify.runtimes import default_runtime
 
-    own = run.label == default_runtime(artifact.format)
+    float32 = side_float32(artifact, feeds, run) if float32 is None else float32
     return [without_float64(artifact.built, settings)
-            or oracle_or_spread(artifact, feed, run.outputs[index] if own else None, settings.runtime)
+            or oracle_or_spread(artifact, feed, float32[index], settings.runtime)
             for index, feed in enumerate(feeds)]
 
 
@@ -1121,6 +1145,7 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     runtime = settings.runtime
     rounds_at = computes_in(runtime.precision, runtime.device, runtime.tf32)
     model_float32 = [o.oracle.float32 or o.oracle.noise for o in oracles]  # guard 3 compares float32 floors
+    held_to_calls(build.built, build.feeds, [o.fp32 for o in oracles])  # the floor's float32 runs are the held ones
     calls = function_record(build.built)  # a user model's float64 runs held to its float32 calls (hunt 23a)
     record = evidence(checks, runtime.device, k, settings.tolerance.mode,
                       [(o.oracle.noise, o.oracle.outputs) for o in oracles], rounds_at, files, model_float32,
@@ -1139,6 +1164,29 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
             return found, record
     # an oracle that is another function than the float32 model (hunt 23a): no floor measured against it is rounding
     return function_problems(calls), record
+
+
+def held_to_calls(built: Any, feeds: Sequence[Mapping[str, np.ndarray]],
+                  float32: Sequence[Mapping[str, np.ndarray] | None], where: Sequence[str] = ()) -> str | None:
+    """A user model's float32 runs that floors are measured from (`float32`, one per feed: the eager runtime's CPU
+    float32 outputs), each held to the run its call check watched on that input (exporter/call_watch.py
+    `CallCheck.float32_difference`: bit for bit the float32 model run unwatched beside its watched run); the first
+    that is not becomes the check's difference, which `function_problems` refuses and the evidence keeps. Hunt 25a: a
+    model that counted its calls or read the stack (`verify.runtimes` on it, the watch not) gave the eager runtime's
+    runs a float32-only term that lifted the floor, and a TorchScript file 0.1 % off exited 0 at 2.0x. `where`: what
+    to call each feed (else "on input N"). Returns the difference found here (None: none, or no call check)."""
+    check = getattr(built, "float64_calls", None)
+    if check is None or check.difference is not None:
+        return None
+    for index, (feed, outputs) in enumerate(zip(feeds, float32, strict=True)):
+        if outputs is None or len(feed) != 1:
+            continue
+        label = where[index] if index < len(where) else f"on input {index + 1}"
+        found = check.float32_difference(next(iter(feed.values())), outputs, label)
+        if found is not None:
+            check.difference = found
+            return found
+    return None
 
 
 def request_dict(request: CellRequest) -> dict[str, Any]:
