@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,13 +84,14 @@ class CallLog:
     (`x.item()`, `x.shape`, `x.numpy()`). Calls made from this tool's own code (a hook it adds) are not the model's and
     are left out. `inputs`: the tensors the run is given."""
 
-    def __init__(self, model: Any, inputs: tuple[Any, ...] = ()) -> None:
+    def __init__(self, model: Any, inputs: tuple[Any, ...] = (), own: Any = None) -> None:
         import torch
         from torch.overrides import TorchFunctionMode
         from torch.utils._pytree import tree_leaves
         from torch.utils.weak import WeakIdKeyDictionary
 
-        names = _tensor_names(model)
+        objects: dict[int, Any] = {}  # the named tensors, alive for the run: a tensor the forward replaces (a grid
+        names = _tensor_names(model, objects, own)  # rebuilt on a new shape) left its id to the next one made
         calls: list[tuple[str, tuple[Any, ...]]] = []
         read: set[Any] = set()
         kept: list[Any] = []  # the converted tensors named (`CONVERSIONS`), alive for the run: no id reused
@@ -111,11 +113,15 @@ class CallLog:
                 arguments = tuple(_argument(leaf, names, made, read, shared) for leaf in leaves)
                 out = func(*args, **kwargs)
                 _log(func, args, arguments, out, names, calls, read, kept, made)
+                if own is not None:
+                    for leaf in tree_leaves(out):
+                        if isinstance(leaf, torch.Tensor):
+                            own[leaf] = True
                 shared.after(func, args)
                 return out
 
         self.calls, self.read, self.mode = calls, read, Mode()
-        self._names, self._made, self._shared = names, made, shared
+        self._names, self._made, self._shared, self._objects = names, made, shared, objects
 
     def returned(self, out: Any) -> None:
         """What the run returned, logged as one more call where an output is one no call of the run made
@@ -183,9 +189,9 @@ def _storage(tensor: Any) -> int | None:
         return None
 
 
-def _tensor_names(model: Any, objects: dict[int, Any] | None = None) -> dict[int, str]:
+def _tensor_names(model: Any, objects: dict[int, Any] | None = None, own: Any = None) -> dict[int, str]:
     """id -> name of every parameter, buffer and tensor attribute of `model`'s modules (`block.scale`); `objects`, when
-    given, gets id -> each of those tensors."""
+    given, gets id -> each of those tensors. `own`: the tensors the watched runs' calls made (`_key_text`)."""
     import torch
 
     names: dict[int, str] = {}
@@ -198,12 +204,12 @@ def _tensor_names(model: Any, objects: dict[int, Any] | None = None) -> dict[int
                     if objects is not None:
                         objects[id(value)] = value
         for name, value in vars(module).items():
-            _name_tensors(value, where + name, names, 0, objects)
+            _name_tensors(value, where + name, names, 0, objects, own)
     return names
 
 
-def _name_tensors(value: Any, name: str, names: dict[int, str], depth: int, objects: dict[int, Any] | None = None
-                  ) -> None:
+def _name_tensors(value: Any, name: str, names: dict[int, str], depth: int, objects: dict[int, Any] | None = None,
+                  own: Any = None) -> None:
     """`value`'s tensor, or those in the lists, tuples and dicts it holds (`ks.1`; a constant chosen from a list by
     x.dtype was one unnamed tensor in both runs; review 20), into `names`."""
     import torch
@@ -214,10 +220,31 @@ def _name_tensors(value: Any, name: str, names: dict[int, str], depth: int, obje
             objects[id(value)] = value
     elif isinstance(value, (list, tuple)) and depth < CONTAINER_DEPTH:
         for index, item in enumerate(value):
-            _name_tensors(item, f"{name}.{index}", names, depth + 1, objects)
+            _name_tensors(item, f"{name}.{index}", names, depth + 1, objects, own)
     elif isinstance(value, dict) and depth < CONTAINER_DEPTH:
         for key, item in value.items():
-            _name_tensors(item, f"{name}.{key}", names, depth + 1, objects)
+            _name_tensors(item, f"{name}.{_key_text(key, item, own)}", names, depth + 1, objects, own)
+
+
+RUN_DTYPES = re.compile(r"\b(torch\.)?(float64|double|float32|float)\b")
+"""Each run's dtype as a dict key names it (`(h, w, torch.float64)`, `str(x.dtype)`)."""
+
+
+def _key_text(key: Any, item: Any, own: Any) -> str:
+    """A dict key as a tensor's name shows it: each run's dtype in it named alike where the item is a tensor (or a
+    list or tuple of them) that a watched run's calls made (`own`). A cache keyed on the dtype, filled in each run
+    by the calls the log held the same, holds each run's own tensor under its own dtype: `_cache.(32, 32,
+    torch.float64)` and `_cache.(32, 32, torch.float32)` were two names, a correct model refused (review 21). One
+    filled otherwise (at init, by a run the watch left out) keeps its dtype in its name."""
+    import torch
+
+    text = str(key)
+    if own is None:
+        return text
+    items = item if isinstance(item, (list, tuple)) else (item,)
+    if items and all(isinstance(t, torch.Tensor) and t in own for t in items):
+        return RUN_DTYPES.sub("dtype", text)
+    return text
 
 
 CONTAINER_DEPTH = 3
@@ -524,7 +551,7 @@ def first_difference(single: CallLog, double: CallLog) -> str | None:
     return None
 
 
-def watch_float64(exact: nn.Module, model: nn.Module) -> CallCheck:
+def watch_float64(exact: nn.Module, model: nn.Module, before: nn.Module | None = None) -> CallCheck:
     """Every call of `exact` (the float64 oracle) logged (`CallLog`) and held to a logged float32 run of `model` on the
     same input; the first difference is kept in the returned CallCheck (verify/judge/trust.py refuses to judge on such
     an oracle). The whole call is watched, whatever runs in it: the module's hooks (global ones too) and a `__call__`
@@ -537,16 +564,21 @@ def watch_float64(exact: nn.Module, model: nn.Module) -> CallCheck:
     write through a NumPy view could), and on each
     new input the float32 model run unwatched must give the watched float32 run's outputs (`_unwatched_difference`):
     a model that tests for the watch (`torch._C._is_torch_function_mode_enabled()`) could otherwise make its watched
-    float32 run make the float64 calls while the float32 run the floor is measured on does not."""
+    float32 run make the float64 calls while the float32 run the floor is measured on does not.
+    Review 21: `before`, `model` as its factory returned it (sharing its parameters), is what the float32 runs start
+    from, as `exact` is made from it: a cache keyed on the dtype, filled in float32 by a run before the watch, made the
+    float64 run's first calls differ (a correct model refused)."""
     from collections import OrderedDict
 
     import torch
+    from torch.utils.weak import WeakIdKeyDictionary
 
     parameters = {id(p): p for p in model.parameters()}
-    single = copy.deepcopy(model, memo=dict(parameters))
+    single = copy.deepcopy(before if before is not None else model, memo=dict(parameters))
+    own = WeakIdKeyDictionary()  # the tensors the watched runs' calls made (`_key_text`)
     logs: OrderedDict[str, CallLog] = OrderedDict()
     busy: list[bool] = []
-    check = CallCheck(difference=_state_difference(exact, model, attributes=True))
+    check = CallCheck(difference=_state_difference(exact, single, attributes=True))
     base = type(exact)
     fast = any(isinstance(m, _fast_path_modules()) for m in model.modules())
 
@@ -559,7 +591,7 @@ def watch_float64(exact: nn.Module, model: nn.Module) -> CallCheck:
         key = input_key(x32)
         busy.append(True)
         try:
-            with CallLog(self, tuple(args) + tuple(kwargs.values())) as log:
+            with CallLog(self, tuple(args) + tuple(kwargs.values()), own) as log:
                 output = base.__call__(self, *args, **kwargs)
             log.returned(output)
         finally:
@@ -567,7 +599,7 @@ def watch_float64(exact: nn.Module, model: nn.Module) -> CallCheck:
         state = _state_difference(self, model)  # after: what the run, or anything before it, left in either
         unwatched = None
         if key not in logs:
-            with CallLog(single, (x32,)) as logs[key], torch.no_grad():
+            with CallLog(single, (x32,), own) as logs[key], torch.no_grad():
                 watched = single(x32)
             logs[key].returned(watched)
             with torch.no_grad():  # the model itself, as the runtimes run it (unless a hook of the tool's is on it)

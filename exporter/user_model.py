@@ -395,11 +395,12 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
     else:
         x = torch.randn(run_shape, generator=torch.Generator().manual_seed(seed))
     with precision_kept(f"{spec}'s forward", UsageError):
+        before = _before_any_run(module)  # the oracle's state and its call log's: no cache filled (review 21)
         result = _call(module, x, spec)
         _refuse_stopped_parent(f"{spec}'s forward")
         names = output_names(result, spec)
         _refuse_empty(result, names, spec)
-        exact, note, check = _float64_model(module, x, names, spec)
+        exact, note, check = _float64_model(module, x, names, spec, before)
     view = _view(tuple(names))
     # tensors only: a module's `get_extra_state` may put any object in its state dict (a config dict ended the
     # export with "AttributeError ... raised by your model's code"; hunt 10c); the module itself is what runs
@@ -512,16 +513,29 @@ def _flat(result: Any, names: list[str]) -> list[torch.Tensor]:
     return [result] if isinstance(result, torch.Tensor) else list(result)
 
 
-def _float64_model(module: nn.Module, x: torch.Tensor, names: list[str],
-                   spec: UserModelSpec) -> tuple[nn.Module | None, str | None, CallCheck | None]:
+def _before_any_run(module: nn.Module) -> nn.Module | None:
+    """A copy of `module` as its factory returned it, before its first run, sharing its parameters (None: it cannot be
+    copied; the float64 copy's own error says so). A forward that caches a tensor keyed on its dtype (a grid for each
+    (h, w, dtype)) had it filled in float32 by the run that names the outputs, and the float64 copy made after it
+    computed its own on its first run: its calls differed from the float32 run's, a correct model refused (review 21).
+    Both the oracle and the float32 run its calls are held to start from this state."""
+    try:
+        return copy.deepcopy(module, memo={id(p): p for p in module.parameters()})
+    except Exception:  # noqa: BLE001 - a module that cannot be copied: _float64_model says why
+        return None
+
+
+def _float64_model(module: nn.Module, x: torch.Tensor, names: list[str], spec: UserModelSpec,
+                   before: nn.Module | None = None) -> tuple[nn.Module | None, str | None, CallCheck | None]:
     """(float64 copy, None, its runs' CallCheck) when the copy runs in float64 and returns float64 outputs, else (None,
-    why, None)."""
+    why, None). `before`: the module before its first run (`_before_any_run`), which the copy and the float32 run its
+    calls are held to start from."""
     import torch
 
     unavailable = f"the float64 oracle is unavailable for {spec}"
     try:
-        exact = copy.deepcopy(module).double().eval()
-        check = watch_float64(exact, module)
+        exact = copy.deepcopy(before if before is not None else module).double().eval()
+        check = watch_float64(exact, module, before)
         with torch.no_grad():
             result = exact(x.double())
     except Exception as exc:

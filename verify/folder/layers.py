@@ -75,14 +75,27 @@ def layer_files(art: CheckedFolder, report: CheckReport, names: Sequence[str], a
 def add_layer_checks(label: str, report: CheckReport, checks: Sequence[Isolation], notes: Sequence[str],
                      asked: bool = True, not_reached: str = NOT_REACHED) -> None:
     """Each file's layer verdict (verify/explain/rerun.py) as one check `<file>: layers`, each note a skipped check;
-    asked for (`asked`) and not reached on any file is a failed check, never a pass."""
+    asked for (`asked`) and not reached on any file is a failed check, never a pass. A path into the folder's private
+    snapshot is shown as the folder's own (`in_folder`)."""
     from verify.judge.layers import verdict_line
 
     for check in checks:
         report.add(Check(label, check.rerun_on or LAYERS_RUNTIME, f"{check.candidate}: layers", check.passed,
-                         verdict_line(check), details={"layers": check.to_dict()}))
+                         in_folder(verdict_line(check)), details={"layers": check.to_dict()}))
     for note in notes:
         name = note.split(":", 1)[0]
-        report.add(Check(label, LAYERS_RUNTIME, f"{name}: layers", True, note, skipped=True))
+        report.add(Check(label, LAYERS_RUNTIME, f"{name}: layers", True, in_folder(note), skipped=True))
     if asked and not checks:  # asked for and not reached (every file one isolation does not read): never a pass
         report.add(Check(label, LAYERS_RUNTIME, "layers", False, not_reached))
+
+
+def in_folder(text: str) -> str:
+    """`text` with each path into a checked folder's private snapshot (verify/folder/integrity.py snapshot_folder) shown
+    as the folder's own, as the other checks' failures show it (`failure_reason`). Review 21: the note of an
+    AOTInductor package, which every `verify artifact --rebuild` now gives by default, named
+    /tmp/backbone-verify-folder-*/model_aoti.pt2, a copy gone once the command ends."""
+    from verify.folder.integrity import SNAPSHOT_ORIGINS
+
+    for copy, origin in list(SNAPSHOT_ORIGINS.items()):
+        text = text.replace(copy, origin)
+    return text
