@@ -29,7 +29,14 @@ from verify.explain.tracers import (
 )
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.layers import Isolation, LayerError
-from verify.judge.oracle import chain_summation_floor, folded_float32, hooked, summation_floor, worst_floor
+from verify.judge.oracle import (
+    chain_summation_floor,
+    folded_float32,
+    hooked,
+    lane_statistics,
+    summation_floor,
+    worst_floor,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -210,6 +217,9 @@ def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
         fold = folded_float32(module, start) if len(chain) > 1 else None
         if fold is not None:
             runs.append(fold(start.clone()).numpy())
+        laned = lane_statistics(head, start) if len(chain) == 1 else None
+        if laned is not None:
+            runs.append(laned.numpy())
     return runs
 
 
