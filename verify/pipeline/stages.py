@@ -549,9 +549,7 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
     again). A file traced at the example's size may carry that size inside it (a shape read as a Python number:
     `int(x.shape[-1])`), which no input of the example's shape can show. Returns the problems, and the note that
     says where the files were judged and how close they came (none where something failed)."""
-    import numpy as np
 
-    from exporter.formats.program import DYNAMIC_AXES
     from verify.judge.compare import Tolerance, compare_outputs
     from verify.judge.oracle import lifted, measure_floors, summed_outputs
     from verify.runtimes import RuntimeOptions, default_runtime, make_runtime, runtimes_for
@@ -605,6 +603,42 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
         ratio = f", {worst.ratio:.3g}x its floor there" if worst.ratio is not None else ""
         return f"differs from the model ({worst.name}: {worst.reason}{ratio})"
 
+    problems, seconds = _second_shapes(runs, failure, artifacts, formats, settings, example, judged)
+    explicit = settings.tolerance.mode != "auto"
+    unheld = any(held) or (check is not None and check.difference is not None and model64 is not None)
+    if unheld and explicit:
+        # the floors there come from a float32 run the call check never saw, and the verdict's own yardstick is the
+        # explicit tolerance, which judges without a floor: the second shape is judged on it too (tests/test_trust.py,
+        # tests/test_hunt13a.py: --rtol/--atol still judge a model whose float64 run is another function)
+        auto = settings.tolerance
+        del judged[:]
+        problems, seconds = _second_shapes(runs, failure, artifacts, formats, settings, example, judged)
+    elif unheld:
+        # the floors at the second shape were lifted by a float32 run the call check never saw: the model's own there,
+        # or the one that bounds its heads' sums there (verify/judge/oracle.py summed_outputs sets the difference
+        # itself). Review 22: each let a file 0.1 % off only at other sizes exit 0 ("judged at a second shape ... 0.3x")
+        from verify.judge.trust import function_problems, function_record
+
+        return function_problems(function_record(build.built)) + problems, []
+    ratios = [(label, ratio) for label, ratio in judged if ratio is not None]
+    if problems or not ratios:
+        return problems, []
+    label, ratio = max(ratios, key=lambda item: item[1])
+    return problems, [f"each dynamic file was judged at a second shape inside its axes too "
+                      f"({', '.join(dict.fromkeys('x'.join(map(str, shape)) for shape in seconds))}, against the model "
+                      f"in float64 there): worst {label} {ratio:.1f}x its floor"]
+
+
+def _second_shapes(runs: Sequence[RunResult], failure: Callable[..., str | None], artifacts: Mapping[str, Artifact],
+                   formats: Mapping[str, str], settings: RunSettings, example: tuple[int, ...],
+                   judged: list[tuple[str, float | None]]) -> tuple[list[str], list[tuple[int, ...]]]:
+    """`second_shape_stage`'s loop: each file's run at its second shape judged by `failure`, and where it fails, each
+    of its dynamic axes tried alone to name the ones that do not hold. Returns (problems, the shapes judged)."""
+    import numpy as np
+
+    from exporter.formats.program import DYNAMIC_AXES
+    from verify.runtimes import make_runtime
+
     problems, seconds = [], []
     for run in runs:
         if run.second is None:
@@ -635,26 +669,7 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
                         f"{'x'.join(map(str, example))}), it {why}; its {names} {'does' if len(axes) == 1 else 'do'} "
                         "not hold (a size fixed inside the file, e.g. a shape traced as a number): export with "
                         "--static, or at the size you deploy")
-    if any(held) or (check is not None and check.difference is not None and model64 is not None):
-        # the floors at the second shape were lifted by a float32 run the call check never saw: the model's own there,
-        # or the one that bounds its heads' sums there (verify/judge/oracle.py summed_outputs sets the difference
-        # itself), or one at the example's shape that an explicit tolerance did not refuse there. Review 22: each let a
-        # file 0.1 % off only at other sizes exit 0 ("judged at a second shape ... 0.3x", with --rtol 1e-5 too)
-        from verify.judge.trust import function_problems, function_record
-
-        found = function_problems(function_record(build.built))
-        if settings.tolerance.mode != "auto":  # its own line says an explicit tolerance judges without a floor
-            found = [f"{line} (at a second shape inside the dynamic axes every file is judged on the model's floors, "
-                     "whatever the tolerance: export with --static to be judged at the example's shape only)"
-                     for line in found]
-        return found + problems, []
-    ratios = [(label, ratio) for label, ratio in judged if ratio is not None]
-    if problems or not ratios:
-        return problems, []
-    label, ratio = max(ratios, key=lambda item: item[1])
-    return problems, [f"each dynamic file was judged at a second shape inside its axes too "
-                      f"({', '.join(dict.fromkeys('x'.join(map(str, shape)) for shape in seconds))}, against the model "
-                      f"in float64 there): worst {label} {ratio:.1f}x its floor"]
+    return problems, seconds
 
 
 SECOND_SHAPE_UNJUDGED = ("the model has no float64 oracle, so at the second shape inside the dynamic axes only the "
