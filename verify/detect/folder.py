@@ -406,17 +406,19 @@ def _row_check(label: str, row: DetectorRow) -> Check:
     return Check(label, runtime, f"{row.level}: {pair}", row.passed, text)
 
 
-def detector_folder_layers(art: DetectorFolder, report: CheckReport, asked: bool = True) -> None:
+def detector_folder_layers(art: DetectorFolder, report: CheckReport, asked: bool = True,
+                           names: list[str] | None = None) -> None:
     """The layer verdict of `verify export -b <detector>` (verify/detect/check.py `detector_layer_checks`) on each
     file of a rebuilt folder that may be loaded: every layer re-run alone on the rebuilt detector's float64 values for
     the first image this run drew (never one the folder chose), each judged on its own float32 floor; one check
     `<file>: layers` per file, as a backbone folder's (verify/folder/layers.py). Asked for (`--layers`), a file it
-    cannot judge fails; by default (`asked` False, best effort as the export's) it is a skipped check."""
+    cannot judge fails; by default (`asked` False, best effort as the export's) it is a skipped check. `names`: only
+    these files (a preflight's target)."""
     from verify.detect.check import detector_layer_checks
     from verify.folder.layers import add_layer_checks, layer_files
     from verify.judge.layers import best_effort
 
-    names = layer_files(art, report, list(art.manifest.model_files()), asked)
+    names = layer_files(art, report, list(art.manifest.model_files()) if names is None else names, asked)
     if not names:
         return
     assert art.rebuilt is not None

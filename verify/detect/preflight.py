@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from verify.detect.check import RUNTIMES, one_image_runner
-from verify.detect.folder import DetectorFolder, detector_integrity, golden_judgement
+from verify.detect.folder import DetectorFolder, detector_folder_layers, detector_integrity, golden_judgement
 from verify.detect.rebuild import rebuild_detector
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import preflight_target, run_target
@@ -24,7 +24,10 @@ FORMAT_OF_RUNTIME = {runtime: fmt for fmt, runtime in RUNTIMES.items() if fmt !=
 def detector_preflight(path: Path, provider: str = "cpu", runtime: str = "onnxruntime", runs: int = 50,
                        warmup: int = 5, max_latency_ms: float | None = None, verify_key: Path | None = None,
                        trust_unsigned_code: bool = False, rebuild: bool = False,
-                       weights_file: Path | None = None) -> CheckReport:
+                       weights_file: Path | None = None, layers: bool = False) -> CheckReport:
+    """`layers` (with `rebuild`): the target file's layers judged too, each re-run alone on the rebuilt detector's
+    float64 values (verify/detect/folder.py `detector_folder_layers`, on the CPU whatever the provider), as a backbone
+    folder's preflight judges its target's."""
     report = CheckReport("preflight")
     art = detector_integrity(path, report, verify_key, trust_unsigned_code)
     if art is not None and rebuild:
@@ -35,11 +38,11 @@ def detector_preflight(path: Path, provider: str = "cpu", runtime: str = "onnxru
     if target is None:
         return report
     return run_target(art, report, runtime, target,
-                      lambda: _run(art, target, provider, runs, warmup, max_latency_ms, report))
+                      lambda: _run(art, target, provider, runs, warmup, max_latency_ms, report, layers))
 
 
 def _run(art: DetectorFolder, target: str, provider: str, runs: int, warmup: int, max_latency_ms: float | None,
-         report: CheckReport) -> CheckReport:
+         report: CheckReport, layers: bool = False) -> CheckReport:
     import numpy as np
 
     fmt = art.manifest.files[target].format
@@ -52,6 +55,8 @@ def _run(art: DetectorFolder, target: str, provider: str, runs: int, warmup: int
                      seconds=time.perf_counter() - start))
     before = len(report.checks)
     golden_judgement(art, report, [fmt], device=provider)
+    if layers:  # asked for: a target it cannot judge fails (hunt 24b's detector layer verdict)
+        detector_folder_layers(art, report, asked=True, names=[target])
     agrees = all(c.passed for c in report.checks[before:])
     for _ in range(warmup):
         for image in art.images:

@@ -103,7 +103,7 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
                              f"and takes no {ignored[0]}; drop {', '.join(ignored)}")
         report = detector_preflight(path, options.provider, options.runtime, options.runs, options.warmup,
                                     options.max_latency_ms, verify_key, trust_unsigned_code, options.rebuild,
-                                    options.weights_file)
+                                    options.weights_file, options.layers)
         report.inputs = read_inputs(verify_key, options.weights_file)
         return report
     report = CheckReport("preflight", inputs=read_inputs(verify_key, options.weights_file))
@@ -118,10 +118,9 @@ def preflight(path: Path, options: PreflightOptions | None = None, verify_key: P
 
 
 def _given_flags(options: PreflightOptions) -> list[str]:
-    """The TF32 flag, each runtime's own options that were given (not left at their defaults) and --layers (which
-    a whole detector's preflight does not run), as flags."""
+    """The TF32 flag and each runtime's own options that were given (not left at their defaults), as flags."""
     tf32 = [] if options.tf32 is None else ["--tf32" if options.tf32 else "--no-tf32"]
-    return tf32 + option_flags(options.plugins) + (["--layers"] if options.layers else [])
+    return tf32 + option_flags(options.plugins)
 
 
 def _preflight_run(art: ArtifactFolder, target: str, options: PreflightOptions, report: CheckReport) -> CheckReport:
