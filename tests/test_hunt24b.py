@@ -121,9 +121,9 @@ def test_without_a_rebuild_or_with_a_bad_setting_the_layer_verdict_is_refused_be
 
 
 def test_preflight_rebuild_layers_judges_a_detector_targets_layers(seeded, tmp_path):
-    """Before: `verify preflight <detector folder> --rebuild --layers` was refused (exit 2, 'takes no --layers'), where a
-    backbone folder's preflight judges its target's layers. Now the target's layers are re-run on the rebuilt detector
-    (`detector_folder_layers`): the seeded ONNX file is NO-GO, its layer named, though its goldens match."""
+    """Before: `verify preflight <detector folder> --rebuild --layers` was refused (exit 2, 'takes no --layers'),
+    where a backbone folder's preflight judges its target's layers. Now the target's layers are re-run on the rebuilt
+    detector (`detector_folder_layers`): the seeded ONNX file is NO-GO, its layer named, though its goldens match."""
     report = tmp_path / "p.json"
     result = invoke("preflight", seeded[0], "--rebuild", "--layers", "--runs", "1", "--warmup", "0", "--json", report)
     assert result.exit_code == 1, result.output
