@@ -22,21 +22,86 @@ def trace_exported_program(ctx: ExportContext) -> Any:
 
 def export_program(model: Any, example: Any, dynamic: bool, what: str) -> Any:
     """`torch.export.export` with dynamic batch, height and width (torch picks their ranges);
-    a batch of one would be specialised to a constant, so the trace sees a batch of two."""
+    a batch of one would be specialised to a constant, so the trace sees a batch of two. A program traced at two
+    that refuses the example's own batch of one (a guard torch derived at two: nn.MultiheadAttention after a conv
+    patch embedding keeps `tokens % (batch * tokens) != 0`, and the file failed on its own example, told to "pass
+    inputs inside those bounds"; hunt 26a) is traced again at the example itself: its batch fixed at one, which the
+    ranges it records say, its height and width still dynamic."""
     import torch
 
     kwargs: dict[str, Any] = {}
+    traced = example
     if dynamic:
         auto = torch.export.Dim.AUTO
         kwargs["dynamic_shapes"] = ({int(axis): auto for axis in DYNAMIC_AXES},)
         if example.shape[0] == 1:
-            example = example.expand(2, *example.shape[1:]).contiguous()
+            traced = example.expand(2, *example.shape[1:]).contiguous()
+    program = _export(model, traced, what, kwargs)
+    if traced is not example and not takes_shape(program, example):
+        program = _export(model, example, what, kwargs)
+    return program
+
+
+def _export(model: Any, example: Any, what: str, kwargs: dict[str, Any]) -> Any:
+    import torch
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.export.export(model, (example,), strict=False, **kwargs)
     except Exception as exc:
         raise ExportError(f"torch.export failed for {what}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def takes_shape(program: Any, example: Any) -> bool:
+    """Whether the program's shape guards (`_guards_code`, the checks `.module()` runs before its graph, from this
+    trace in memory, never from a file) hold for the example's shape: evaluated on the shape alone, no forward run.
+    Where torch keeps no such code, or a guard cannot be evaluated, the program's module is run on the example."""
+    import math
+
+    import torch
+
+    guards = getattr(program, "_guards_code", None)
+    if isinstance(guards, list) and all(isinstance(guard, str) for guard in guards):
+        sizes = _Sizes(tuple(example.shape))
+        scope = {"L": _AnyName(sizes), "math": math, "torch": torch}
+        try:
+            return all(bool(eval(guard, {"__builtins__": {}}, scope)) for guard in guards)  # noqa: S307
+        except Exception:  # noqa: BLE001, S110 - a guard reading more than sizes: run the module below
+            pass
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            program.module()(example)
+    except AssertionError:  # a guard refused the shape ('Guard failed: ...')
+        return False
+    except Exception:  # noqa: BLE001 - not the shape's: the runs report it on their own
+        return True
+    return True
+
+
+class _Sizes:
+    """An input as a guard reads it: its sizes only."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+    def size(self) -> tuple[int, ...]:
+        return self.shape
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+
+class _AnyName(dict):
+    """`L[...]`: every input name reads the one input."""
+
+    def __init__(self, sizes: _Sizes) -> None:
+        super().__init__()
+        self.sizes = sizes
+
+    def __missing__(self, key: str) -> _Sizes:
+        return self.sizes
 
 
 def accepted_ranges(program: Any) -> dict[str, list[int | None]]:

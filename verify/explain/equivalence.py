@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.artifacts import Artifact
 from exporter.errors import UsageError, VerifyError
 from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
-from verify.explain.localize import EQUIVALENCE_RTOL, localise
+from verify.explain.localize import CONSTANT_ROUNDING_RTOL, EQUIVALENCE_RTOL, localise
 from verify.explain.sides import load_sides
 from verify.explain.structure import StructuralDifference, structural_diff, train_mode_modules
 from verify.explain.tracers import Side, tracer_for
@@ -95,6 +95,8 @@ class Explanation:
     input_shape: list[int] = field(default_factory=list)
     input: str = ""
     """The input this explanation rests on (with several, the first that tells A and B apart)."""
+    float64_note: str | None = None
+    """Why a pair that runs in float64 was judged on the float32 floor (a saved program's float32 constants)."""
 
     @property
     def exit_code(self) -> int:
@@ -120,8 +122,9 @@ class Explanation:
                 return (f"equivalent: A and B compute the same function (float64 outputs agree to "
                         f"{self.float64_difference[out]['max_rel']:.0e} relative); their float32 difference "
                         f"is rounding, {self.ratio(out):.1f}x the float32 noise floor")
-            return (f"equivalent within float32 rounding: {self.ratio(out):.1f}x the noise floor (an ONNX side "
-                    "cannot run in float64, so this is judged on the float32 floor)")
+            why = self.float64_note or "an ONNX side cannot run in float64"
+            return (f"equivalent within float32 rounding: {self.ratio(out):.1f}x the noise floor ({why}, so this is "
+                    "judged on the float32 floor)")
         overflow = [n for n in self.outputs if not math.isfinite(self.ratio(n))]
         if self.how == "float64" and overflow and \
                 all(d["max_rel"] <= EQUIVALENCE_RTOL for d in self.float64_difference.values()):
@@ -133,6 +136,8 @@ class Explanation:
                     "float32 noise floor")
         else:
             head = f"not equivalent: {out} differs by {self.ratio(out):.0f}x the float32 noise floor"
+            if self.float64_note:
+                head += f" ({self.float64_note}, so this is judged on the float32 floor)"
         if self.train_mode.get("A") or self.train_mode.get("B"):
             sides = " and ".join(s for s in ("A", "B") if self.train_mode.get(s))
             head += (f". {sides} is in train mode: BatchNorm then normalises with batch statistics, the "
@@ -170,6 +175,7 @@ class Explanation:
             "structural_differences": [d.to_dict() for d in self.structural_differences],
             "structure_compared": self.structure_compared, "input": self.input,
             "train_mode": self.train_mode, "unshared": self.unshared, "equivalence_rtol": EQUIVALENCE_RTOL,
+            "float64_note": self.float64_note,
         }
 
 
@@ -243,6 +249,14 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
         # the same function in float64, and no NaN/Inf in one side's float32 run only (an overflow is no rounding)
         result.equivalent = all(d["max_rel"] <= EQUIVALENCE_RTOL for d in result.float64_difference.values()) \
             and all(math.isfinite(result.ratio(n)) for n in shared)
+        worst = max(d["max_rel"] for d in result.float64_difference.values())
+        if not result.equivalent and EQUIVALENCE_RTOL < worst <= CONSTANT_ROUNDING_RTOL and \
+                any(artifact.built is None and artifact.path is not None for artifact in (a, b)):
+            result.how = "float32-floor"
+            result.float64_note = (f"their float64 runs differ by {worst:.1e} relative, within the float32 rounding of "
+                                   f"constants a saved program fixes in float32 ({CONSTANT_ROUNDING_RTOL:.1e}: a trace "
+                                   "bakes `x.new_tensor(0.1)` in as float32)")
+            result.equivalent = all(result.ratio(n) <= factor for n in shared)
         if result.equivalent:
             _require_agreeing_floors((a, b), labels, own, shared)
     else:

@@ -32,6 +32,12 @@ EQUIVALENCE_RTOL = 1e-10
 float64 rounding in a ResNet-50 stays near 1e-15 relative (float32's measured 2e-6 scaled by
 2^-29); a real change such as eps 1e-5 -> 0 or a 1e-6 weight edit is 1e-7 or more."""
 
+CONSTANT_ROUNDING_RTOL = 2.0 ** -20
+"""A saved torch program's float64 run may differ from its model's by this much relative and still be the same function
+at float32: a trace bakes the constants the model makes in forward from x.dtype (`x.new_tensor(0.1)`) in as float32, so
+its float64 run uses them rounded to float32, 2^-24 relative each (1.5e-8 found by hunt 26b); 16 such roundings. Such a
+pair is judged on the float32 floor instead; a real change of 1e-6 relative or more stays another function."""
+
 
 @dataclass
 class Divergence:

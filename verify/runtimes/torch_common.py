@@ -28,11 +28,19 @@ GUARD_HINT = ("; the exported program's dynamic axes do not take this shape (tor
 with dynamic axes refused its own 1x3x96x96 example: hunt 13a) and the file records no bounds nor a static shape."""
 
 
-def guard_hint(meta: ArtifactMeta | None) -> str:
+FIXED_FLOAT32_HINT = ("; this file fixes float32 inside (its trace made torch.arange(n, dtype=x.dtype) or "
+                      "x.new_zeros float32): no float64 run, so no floor; export it with torch.jit.script or as .pt2")
+"""Added to a float64 run's dtype mismatch (`expected m1 and m2 to have the same dtype, but got: double != float`): a
+traced TorchScript file keeps what its trace created in float32 (hunt 26b); a .pt2's creations run in float64."""
+
+
+def guard_hint(meta: ArtifactMeta | None, shape: tuple[int, ...] | None = None) -> str:
     """What to do when a file's shape guard refused an input, from what the file records: its one shape (a static
-    export: pass inputs of it), its bounded dynamic axes (a dynamic export traced at 32 px takes at most 32 px: pass
-    inputs inside them or export at the largest size you deploy), else GUARD_HINT. Before, every case was told to
-    "export with --static", also a run that had (hunt 19c)."""
+    export: pass inputs of it), an input `shape` inside every range it records (a guard torch derived while tracing:
+    run it at the traced shape, or export again), its bounded dynamic axes (a dynamic export traced at 32 px takes
+    at most 32 px: pass inputs inside them or export at the largest size you deploy), else GUARD_HINT. Before, every
+    case was told to "export with --static", also a run that had (hunt 19c); and an input inside the bounds named
+    was told to "pass inputs inside those bounds" (hunt 26a: a ViT traced at a batch of two, run at one)."""
     if meta is None or not meta.input_shape:
         return GUARD_HINT
     traced = "x".join(map(str, meta.input_shape))
@@ -40,10 +48,37 @@ def guard_hint(meta: ArtifactMeta | None) -> str:
         return (f"; this file was exported with static axes at {traced} and takes only that shape: pass inputs of "
                 f"that shape (--shape {traced}), or export again at the shape you run")
     bounded = meta.bounded_axes()
+    if shape is not None and inside_ranges(meta, shape):
+        small = [f"{meta.dynamic_axes[str(axis)]} {size} where it traced {meta.input_shape[axis]}"
+                 for axis, size in enumerate(shape) if str(axis) in meta.dynamic_axes and size < 2]
+        return (f"; this shape is inside the axes' recorded ranges ({bounded or 'unbounded'}), but the file keeps a "
+                f"guard torch.export derived tracing at {traced}, which refuses it"
+                + (f" ({', '.join(small)}: the trace assumed sizes above 1)" if small else "")
+                + f": run it at {traced}'s sizes (--shape {traced}), or export again traced at the shape you run, "
+                "or with --static")
     if bounded:
         return (f"; this file was traced at {traced}, and its dynamic axes take {bounded}: pass inputs inside those "
                 "bounds, or export it traced at the largest size you deploy")
     return GUARD_HINT + f" (traced at {traced})"
+
+
+def inside_ranges(meta: ArtifactMeta, shape: tuple[int, ...]) -> bool:
+    """Whether `shape` is one the file's record says it takes: its traced size on each static axis, and on each
+    dynamic axis inside its recorded range, torch.export's own least (2) read as none (a batch of one is run)."""
+    from exporter.artifacts import LEAST_DYNAMIC_SIZE
+
+    if len(shape) != len(meta.input_shape):
+        return False
+    for axis, (size, traced) in enumerate(zip(shape, meta.input_shape)):
+        if str(axis) not in meta.dynamic_axes:
+            if size != traced:
+                return False
+            continue
+        least, greatest = (meta.dynamic_ranges.get(str(axis)) or [None, None])
+        if (least is not None and least > LEAST_DYNAMIC_SIZE and size < least) or \
+                (greatest is not None and size > greatest):
+            return False
+    return True
 
 
 def torch_device(device: str) -> torch.device:
@@ -115,8 +150,38 @@ def call_module(module: Any, x: torch.Tensor, label: str, meta: ArtifactMeta | N
             return module(x)
     except (RuntimeError, AssertionError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        hint = guard_hint(meta) if reason.startswith("Guard failed") else ""
+        hint = guard_hint(meta, tuple(x.shape)) if reason.startswith("Guard failed") else ""
+        if x.dtype == torch.float64 and "dtype" in reason.lower() and ("double" in reason.lower()):
+            hint = FIXED_FLOAT32_HINT
         raise ArtifactError(f"{label} failed on an input of shape {tuple(x.shape)}: {reason}{hint}") from None
+
+
+CREATION_OPS = ("arange", "full", "zeros", "ones", "empty", "scalar_tensor", "eye", "linspace", "new_zeros",
+                "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like", "empty_like")
+"""Graph ops that create a tensor of the dtype in their keyword: torch.export records `torch.arange(n, dtype=x.dtype)`
+or `x.new_zeros(...)` with the trace's float32 fixed there, and the file's float64 run failed (`expected m1 and m2 to
+have the same dtype`, hunt 26b). A cast (`_to_copy`, `.float()`) is left alone: it is the model's own rounding."""
+
+
+def created_in_float64(module: Any) -> int:
+    """Each float32 tensor `module`'s graphs create (CREATION_OPS) created in float64 instead, as the model's own
+    float64 run creates it from x.dtype; the number of ops changed. A module without an FX graph (TorchScript) as is."""
+    import torch
+
+    changed = 0
+    for sub in module.modules() if isinstance(module, torch.nn.Module) else []:
+        if not isinstance(sub, torch.fx.GraphModule):
+            continue
+        touched = 0
+        for node in sub.graph.nodes:
+            name = getattr(getattr(node.target, "_overloadpacket", node.target), "__name__", "")
+            if node.op == "call_function" and name in CREATION_OPS and node.kwargs.get("dtype") == torch.float32:
+                node.kwargs = {**node.kwargs, "dtype": torch.float64}
+                touched += 1
+        if touched:
+            sub.recompile()
+            changed += touched
+    return changed
 
 
 def load_file(load: Callable[[str], Any], artifact: Artifact, how: str) -> Any:
@@ -168,6 +233,12 @@ class TorchRuntime(Runtime):
 
     def running_on(self) -> str:
         return f"torch {self.options.device}"
+
+    def load(self, artifact: Artifact) -> Runtime:
+        super().load(artifact)
+        if self.options.dtype == "float64" and artifact.built is None:  # a saved program: in float64 where it can
+            created_in_float64(self.module)
+        return self
 
     def _target(self) -> tuple[torch.device, torch.dtype]:
         import torch
