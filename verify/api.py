@@ -526,9 +526,7 @@ def _compare_file_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
     """Guard 3 the other way (hunt 24c): a saved program run in float64 (TorchScript, .pt2) against a torch model, its
     own floor on each output at most FLOOR_AGREEMENT x the model's. A file 0.05 % off the model in its float32 run only
     (a branch on x.dtype) measured that as its floor, which lifted the A-vs-B yardstick: `verify compare` exited 0."""
-    import math
-
-    from verify.judge.file_floor import FLOOR_AGREEMENT
+    from verify.judge.file_floor import FLOOR_AGREEMENT, output_floor_ratio
     from verify.runtimes import runtimes_for
 
     problems = []
@@ -538,9 +536,7 @@ def _compare_file_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
                 or not runtimes_for(file.format, float64=True):
             continue
         for index, (model, own) in enumerate(zip(oracles[mine], oracles[theirs], strict=True)):
-            ours, its = model.float32 or model.noise, own.float32 or own.noise
-            worst = max(((its[n].value / ours[n].value if ours[n].value else math.inf, n)
-                         for n in set(ours) & set(its) if its[n].value), default=None)
+            worst = output_floor_ratio(own.float32 or own.noise, model.float32 or model.noise)
             if worst is not None and worst[0] > FLOOR_AGREEMENT:
                 problems.append(
                     f"{file.path.name} in {runs[theirs].label} measures a float32 floor of {worst[1]} {worst[0]:.3g}x "

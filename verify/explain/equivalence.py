@@ -316,23 +316,20 @@ def _require_agreeing_floors(artifacts: tuple[Artifact, Artifact], labels: tuple
     ... their float32 difference is rounding, 1.0x`, exit 0 (hunt 24c). Whole outputs, not channels: on explain's one
     input a channel's floor is noisy (resnet18 batch or fused against a frozen file: channels up to 3.8x, outputs at
     most 1.74x)."""
-    from verify.judge.file_floor import FLOOR_AGREEMENT
+    from verify.judge.file_floor import FLOOR_AGREEMENT, output_floor_ratio
 
     if all(artifact.built is not None or artifact.path is None for artifact in artifacts):
         return
-    for name in shared:
-        for mine, theirs in ((0, 1), (1, 0)):
-            ours, other = floors[mine].get(name), floors[theirs].get(name)
-            if ours is None or other is None or not ours.value:
-                continue
-            ratio = ours.value / other.value if other.value else math.inf
-            if ratio > FLOOR_AGREEMENT:
-                raise NotJudged(
-                    f"{labels[mine]} ({artifacts[mine].label})'s float32 floor of {name} is {ratio:.3g}x "
-                    f"{labels[theirs]}'s, though both compute the same function in float64: over the "
-                    f"{FLOOR_AGREEMENT:g}x that rounding differences allow, so a float32 run is another function than "
-                    "its float64 one (a branch on x.dtype in a saved program). Not judged: explain needs each side's "
-                    "float32 run to differ from its float64 one by rounding only")
+    for mine, theirs in ((0, 1), (1, 0)):
+        worst = output_floor_ratio(floors[mine], floors[theirs], shared)
+        if worst is not None and worst[0] > FLOOR_AGREEMENT:
+            ratio, name = worst
+            raise NotJudged(
+                f"{labels[mine]} ({artifacts[mine].label})'s float32 floor of {name} is {ratio:.3g}x "
+                f"{labels[theirs]}'s, though both compute the same function in float64: over the "
+                f"{FLOOR_AGREEMENT:g}x that rounding differences allow, so a float32 run is another function than "
+                "its float64 one (a branch on x.dtype in a saved program). Not judged: explain needs each side's "
+                "float32 run to differ from its float64 one by rounding only")
 
 
 def _float32_ratio(name: str, a: np.ndarray, b: np.ndarray, floor: NoiseFloor) -> float:

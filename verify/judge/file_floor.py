@@ -26,7 +26,7 @@ most operators (Conv is float32 only), so an export made only of ONNX files cann
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -142,6 +142,17 @@ def agreement_ratio(model: NoiseFloor, file: NoiseFloor) -> float:
     if ours.shape != theirs.shape:
         ours, theirs = np.asarray([model.value]), np.asarray([file.value])
     return float((ours / theirs).max())
+
+
+def output_floor_ratio(over: Mapping[str, NoiseFloor], under: Mapping[str, NoiseFloor],
+                       names: Iterable[str] | None = None) -> tuple[float, str] | None:
+    """The largest ratio of `over`'s per-output floor to `under`'s, with its output, over the outputs both have (or
+    `names`); None where they share none. Per output, not per channel: a saved program's floor against its model's
+    (`verify compare`, `verify explain`; hunt 24c), on one input, where a channel's floor is noisy (correct resnet18
+    files with another norm: channels up to 3.8x, outputs at most 1.74x)."""
+    shared = [name for name in (names if names is not None else over)
+              if over.get(name) is not None and under.get(name) is not None]
+    return max(((over[name].value / under[name].value, name) for name in shared), default=None)
 
 
 def agreement_problems(model: Sequence[Mapping[str, NoiseFloor]], files: Sequence[FileFloors]) -> list[str]:
