@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import stat
+import struct
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -365,6 +366,31 @@ def read_archive_member(archive: Any, name: str, path: Path) -> bytes:
         raise ArtifactError(f"{path.name}: {name} would expand to {info.file_size} bytes, more than the whole "
                             f"{size}-byte file; refused unread (torch stores its archives uncompressed)")
     return archive.read(info)
+
+
+ZIP_END = b"PK\x05\x06"
+ZIP64_LOCATOR = b"PK\x06\x07"
+ZIP64_LOCATOR_SIZE = 20
+ZIP64_END_SIZE = 56
+"""The zip64 end record as Python's zipfile reads it: the fixed 56 bytes just before the locator."""
+
+
+def two_zip_directories(path: Path) -> bool:
+    """Whether Python's zipfile and torch's zip reader may read two different central directories of `path`:
+    zipfile takes the zip64 end record just before the zip64 locator, torch's reader (miniz) the one the locator
+    points to (hunt 10c's split archive: a deflated member only torch reads). torch.save writes the record where
+    both look; an archive where they differ is crafted. This holds on every torch, including those whose reader
+    cannot tell a member's size unread (no `get_record_size` before 2.12)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - (1 << 16) - 22))  # the end record and its longest comment
+        tail = handle.read()
+    end = tail.rfind(ZIP_END)
+    at = end - ZIP64_LOCATOR_SIZE
+    if end < 0 or at < 0 or tail[at:at + 4] != ZIP64_LOCATOR:
+        return False  # no zip64 record: both read the end record's directory
+    _, _, record, _ = struct.unpack("<IIQI", tail[at:at + ZIP64_LOCATOR_SIZE])
+    return record != size - len(tail) + at - ZIP64_END_SIZE
 
 
 def require_inside(folder: Path, relative: str, what: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.errors import SetupError, UsageError
-from exporter.fsio import path_kind
+from exporter.fsio import path_kind, two_zip_directories
 from exporter.registry import Registry
 
 if TYPE_CHECKING:
@@ -330,13 +330,19 @@ def require_unexpanded_archive(path: Path) -> None:
         # and as torch's own zip reader sees them: a second central directory that only it follows (a zip64 record)
         # held a deflated member Python's listing did not show (measured: a 0.97 MB file took 0.96 GB; hunt 10c)
         reader = torch._C.PyTorchFileReader(str(path))
-        expanded = max(expanded, sum(reader.get_record_size(name) for name in reader.get_all_records()))
+        record_size = getattr(reader, "get_record_size", None)  # torch 2.11 has none: the directories check below
+        if record_size is not None:
+            expanded = max(expanded, sum(record_size(name) for name in reader.get_all_records()))
     except (zipfile.BadZipFile, OSError, ValueError, RuntimeError):  # RuntimeError: torch's reader (c10::Error)
         raise UsageError(f"Cannot read weights file {path}: it is truncated or corrupt (not a complete torch.save "
                          "archive)") from None
     if expanded > size:
         raise UsageError(f"Cannot read weights file {path}: its members would expand to {expanded:,} bytes, more "
                          f"than the whole {size:,}-byte file (torch.save stores them uncompressed); refused unread")
+    if two_zip_directories(path):
+        raise UsageError(f"Cannot read weights file {path}: it holds two zip central directories, one that torch's "
+                         "reader follows and one that Python's shows (a crafted archive; torch.save writes one); "
+                         "refused unread")
 
 
 def tensor_problem(tensor: torch.Tensor) -> str | None:
