@@ -412,11 +412,11 @@ def detector_folder_layers(art: DetectorFolder, report: CheckReport, asked: bool
     file of a rebuilt folder that may be loaded: every layer re-run alone on the rebuilt detector's float64 values for
     the first image this run drew (never one the folder chose), each judged on its own float32 floor; one check
     `<file>: layers` per file, as a backbone folder's (verify/folder/layers.py). Asked for (`--layers`), a file it
-    cannot judge fails; by default (`asked` False, best effort as the export's) it is a skipped check. `names`: only
+    cannot judge fails; by default (`asked` False, best effort as the export's) it is a skipped check, in an unsigned
+    folder a failed one (verify/folder/layers.py `folder_best_effort`, review 23). `names`: only
     these files (a preflight's target)."""
     from verify.detect.check import detector_layer_checks
-    from verify.folder.layers import add_layer_checks, layer_files
-    from verify.judge.layers import best_effort
+    from verify.folder.layers import add_layer_checks, folder_best_effort, layer_files
 
     names = layer_files(art, report, list(art.manifest.model_files()) if names is None else names, asked)
     if not names:
@@ -425,8 +425,8 @@ def detector_folder_layers(art: DetectorFolder, report: CheckReport, asked: bool
     files = {art.manifest.files[name].format: art.verified[name] for name in names}
     drawn = art.images[len(art.manifest.images)]  # verify/detect/rebuild.py: the goldens', then this run's
     checks, notes = detector_layer_checks(art.rebuilt, files, drawn, AUTO_FACTOR)
-    if not asked:
-        checks, unjudged = best_effort(checks)
+    if not asked:  # a signed folder's file it cannot judge is a note; an unsigned folder's fails (review 23)
+        checks, unjudged = folder_best_effort(art, checks)
         notes = [*notes, *unjudged]
     add_layer_checks(art.label, report, checks, notes, asked, LAYERS_NOT_REACHED)
 

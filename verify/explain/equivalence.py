@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.artifacts import Artifact
 from exporter.errors import UsageError, VerifyError
 from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
-from verify.explain.localize import CONSTANT_ROUNDING_RTOL, EQUIVALENCE_RTOL, localise
+from verify.explain.localize import CONSTANT_ROUNDING_FLOOR, CONSTANT_ROUNDING_RTOL, EQUIVALENCE_RTOL, localise
 from verify.explain.sides import load_sides
 from verify.explain.structure import StructuralDifference, structural_diff, train_mode_modules
 from verify.explain.tracers import Side, tracer_for
@@ -249,13 +249,16 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
         # the same function in float64, and no NaN/Inf in one side's float32 run only (an overflow is no rounding)
         result.equivalent = all(d["max_rel"] <= EQUIVALENCE_RTOL for d in result.float64_difference.values()) \
             and all(math.isfinite(result.ratio(n)) for n in shared)
-        worst = max(d["max_rel"] for d in result.float64_difference.values())
-        if not result.equivalent and EQUIVALENCE_RTOL < worst <= CONSTANT_ROUNDING_RTOL and \
-                any(artifact.built is None and artifact.path is not None for artifact in (a, b)):
+        worst = worst_difference(result.float64_difference)
+        rounding = _constant_rounding(result.float64_difference, fp64, combined, shared) \
+            if not result.equivalent and any(artifact.built is None and artifact.path is not None
+                                             for artifact in (a, b)) else None
+        if rounding is not None:
             result.how = "float32-floor"
-            result.float64_note = (f"their float64 runs differ by {worst:.1e} relative, within the float32 rounding of "
-                                   f"constants a saved program fixes in float32 ({CONSTANT_ROUNDING_RTOL:.1e}: a trace "
-                                   "bakes `x.new_tensor(0.1)` in as float32)")
+            result.float64_note = (f"their float64 runs differ by {worst:.1e} relative and {rounding:.2f}x the float32 "
+                                   f"floor, within the float32 rounding of constants a saved program fixes in float32 "
+                                   f"({CONSTANT_ROUNDING_RTOL:.1e} and {CONSTANT_ROUNDING_FLOOR:g}x: a trace bakes "
+                                   "`x.new_tensor(0.1)` in as float32)")
             result.equivalent = all(result.ratio(n) <= factor for n in shared)
         if result.equivalent:
             _require_agreeing_floors((a, b), labels, own, shared)
@@ -285,6 +288,28 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4
         else:
             result.divergence_note = found.note
     return result
+
+
+def _constant_rounding(differences: dict[str, dict[str, float]], fp64: list[dict[str, np.ndarray]],
+                       floors: dict[str, NoiseFloor | None], shared: list[str]) -> float | None:
+    """Hunt 26b's rule for a pair with a saved program: where the two float64 runs differ by more than EQUIVALENCE_RTOL
+    but no more than CONSTANT_ROUNDING_RTOL relative, and on every output by no more than CONSTANT_ROUNDING_FLOOR x its
+    float32 floor (each channel's), what float32 constants fixed in the file can do; their worst ratio to that floor,
+    else None (another function, judged in float64)."""
+    worst = worst_difference(differences)
+    if not EQUIVALENCE_RTOL < worst <= CONSTANT_ROUNDING_RTOL or any(floors.get(n) is None for n in shared):
+        return None
+    ratio = max(_float32_ratio(n, fp64[0][n], fp64[1][n], floors[n]) for n in shared)
+    return ratio if ratio <= CONSTANT_ROUNDING_FLOOR else None
+
+
+def worst_difference(differences: dict[str, dict[str, float]]) -> float:
+    """The largest `max_rel` of the outputs' float64 differences, infinite where one is NaN (a NaN in one side's
+    float64 run only). Review 23: `max()` keeps its first argument against a NaN, so a file whose float64 output1 was
+    NaN beside an output0 1e-7 apart took hunt 26b's float32 floor path, and explain said "equivalent within float32
+    rounding", exit 0, its table showing `nan`."""
+    values = [d["max_rel"] for d in differences.values()]
+    return math.inf if any(math.isnan(v) for v in values) else max(values, default=0.0)
 
 
 def _require_rounding_floors(artifacts: tuple[Artifact, Artifact], labels: tuple[str, str], floors: list[dict],

@@ -38,6 +38,13 @@ at float32: a trace bakes the constants the model makes in forward from x.dtype 
 its float64 run uses them rounded to float32, 2^-24 relative each (1.5e-8 found by hunt 26b); 16 such roundings. Such a
 pair is judged on the float32 floor instead; a real change of 1e-6 relative or more stays another function."""
 
+CONSTANT_ROUNDING_FLOOR = 1.0
+"""And the two float64 runs may differ by at most this many float32 floors (each channel's, as `compare` judges): a
+constant rounded to float32 moves a float64 run by half a float32 ulp of that constant, no more than one float32
+rounding of the output moves it (hunt 26b's trace: 0.10x the combined floor). Review 23: a TorchScript file whose
+constant was 0.1 x (1 + 2^-21), six float32 ulps from 0.1, is 4.6e-7 relative, inside CONSTANT_ROUNDING_RTOL, and was
+"equivalent within float32 rounding: 3.2x the noise floor", exit 0; its float64 runs differ by 2.9-3.4 floors."""
+
 
 @dataclass
 class Divergence:
