@@ -387,6 +387,7 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
             raise UsageError(f"{spec}() returned an example input that is {_describe(example)}; expected one "
                              "float NCHW tensor, e.g. torch.randn(1, 3, 224, 224)")
         example = example.detach().to("cpu", torch.float32)
+    _refuse_compiled(module, spec)
     module.eval()
     own_shape = tuple(example.shape) if example is not None else None
     run_shape = tuple(shape) if shape else own_shape or DEFAULT_SHAPE
@@ -419,6 +420,24 @@ def _view(outputs: tuple[str, ...]) -> View:
 
 def _as_is(module: nn.Module, weights: Any, seed: int) -> nn.Module:
     return module
+
+
+def _refuse_compiled(module: nn.Module, spec: UserModelSpec) -> None:
+    """A model that is, or holds, a torch.compile'd module is refused before its first run (which compiles it): the
+    exports trace the module, not what torch.compile makes of it, and the wrapper stopped each path in another place
+    (sweep 27b): its float64 oracle "raises RuntimeError: .numpy() is not supported for tensor subclasses" (dynamo
+    compiled under the oracle's call watch), torch.jit.script "Unknown type annotation: 'Callable[..., Any]'", with
+    advice (--rtol, --trace) that led nowhere."""
+    dynamo = sys.modules.get("torch._dynamo")  # not imported: nothing was compiled
+    wrapper = getattr(dynamo, "OptimizedModule", None)
+    for name, sub in module.named_modules() if dynamo is not None else ():
+        wrapped = wrapper is not None and isinstance(sub, wrapper)
+        if wrapped or getattr(sub, "_compiled_call_impl", None) is not None:
+            where = f"its module {name!r}" if name else "the model"
+            how = ("torch.compile(m): return m, or its ._orig_mod" if wrapped else
+                   "m.compile(): return it without that call")
+            raise UsageError(f"{spec}: {where} is compiled by {how}; every export traces the module itself, not what "
+                             "torch.compile makes of it: compile where you run it")
 
 
 def _describe(value: Any) -> str:

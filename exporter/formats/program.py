@@ -50,7 +50,33 @@ def _export(model: Any, example: Any, what: str, kwargs: dict[str, Any]) -> Any:
             warnings.simplefilter("ignore")
             return torch.export.export(model, (example,), strict=False, **kwargs)
     except Exception as exc:
-        raise ExportError(f"torch.export failed for {what}: {str(exc).strip().splitlines()[0]}") from exc
+        raise ExportError(f"torch.export failed for {what}: {export_failure(exc, 'dynamic_shapes' in kwargs)}") from exc
+
+
+EXPORT_REASON = 160
+"""Characters of torch.export's own reason kept: with the place and the hint it fits one line (exporter/messages.py)."""
+STATIC_HINT = "; export with --static (its dynamic height and width are what torch could not trace)"
+VALUE_HINT = ("; the model branches on a tensor's value (torch's FakeQuantize does), which torch.export cannot trace: "
+              "export --format torchscript, or --format onnx --onnx-exporter torchscript")
+
+
+def export_failure(exc: BaseException, dynamic: bool) -> str:
+    """torch.export's failure in one line: its first paragraph whole (torch wraps a sentence over lines: alexnet's
+    reason read "The inequality, Eq(...), cannot be solved using"), where in the user's code it was raised, and what to
+    do: a branch on a tensor's value (data-dependent) cannot be traced by any setting; a shape failure of a dynamic
+    export is what --static avoids (sweep 27b: alexnet at 64 px, whose adaptive pool upsamples a 1x1 map)."""
+    import re
+    from pathlib import Path
+
+    from exporter.messages import one_line
+
+    text = str(exc).strip()
+    reason = one_line(" ".join(text.split("\n\n")[0].split()) or type(exc).__name__, EXPORT_REASON)
+    frame = re.search(r'The following call raised this error:\s*File "([^"]+)", line (\d+)', text)
+    where = f" (raised at {Path(frame[1]).name}:{frame[2]})" if frame else ""
+    if "data-dependent" in reason or type(exc).__name__.startswith("GuardOnDataDependent"):
+        return reason + where + VALUE_HINT
+    return reason + where + (STATIC_HINT if dynamic else "")
 
 
 def takes_shape(program: Any, example: Any) -> bool:

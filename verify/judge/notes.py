@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from verify.judge.compare import AUTO_FACTOR
+from verify.judge.compare import AUTO_FACTOR, DISCRETE_NOTE
 from verify.judge.precision import describe
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ def explain_pair(pair: PairResult, report: Report) -> str:
     if pair.passed:
         return ""
     head = f"{pair.a} vs {pair.b}: {worst.where}"
-    if ratio is None or worst.nonfinite or worst.reason.startswith(("shape", "output missing")):
+    if ratio is None or worst.nonfinite or worst.reason.startswith(("shape", "output missing")) \
+            or worst.reason.endswith(DISCRETE_NOTE):  # judged exactly: its ratio to a float floor tells nothing
         return f"{pair.a} vs {pair.b}: {worst.name}: {worst.reason}"
     precision = describe(worst.precision)
     if ratio <= max(factor, AUTO_FACTOR):  # a tighter --factor than the calibrated one fails rounding too

@@ -249,6 +249,10 @@ def measure_floor(run: np.ndarray, fp64: np.ndarray, precision: str = "fp32", fl
         return None
     ref = fp64.astype(np.float64)
     err = _error(run, ref)
+    if not (np.issubdtype(run.dtype, np.floating) and np.issubdtype(fp64.dtype, np.floating)):
+        # an index or a mask is judged exactly (verify/judge/compare.py DISCRETE_NOTE), its flips in the pairs: as a
+        # floor one flip was a whole index, refused as "not a noise floor; is the model random?" (sweep 27b)
+        err = np.zeros_like(err)
     ignored = int((~np.isfinite(run.astype(np.float64) - ref)).sum())
     scale = _Scale(ref, precision)
     errors = [err] + ([_error(s, ref) for s in samples if s.shape == ref.shape] if scale.by_channel else [])
@@ -745,7 +749,7 @@ def _error(run: np.ndarray, ref: np.ndarray) -> np.ndarray:
     import numpy as np
 
     with np.errstate(invalid="ignore"):  # inf - inf: a NaN, counted as 0 below
-        err = np.subtract(run, ref, dtype=np.float64)
+        err = np.asarray(np.subtract(run, ref, dtype=np.float64))  # a 0-d output's difference is a numpy scalar
     return _finite_or(np.abs(err, out=err), 0.0)
 
 
