@@ -269,3 +269,48 @@ def test_a_pt2_creation_keeps_its_float32_values_in_the_float64_run(tmp_path):
     result = invoke("compare", tmp_path / "sub.pt2", tmp_path / "plain.onnx", "--shape", "1x3x32x32",
                     "--samples", "1")
     assert result.exit_code == 1, result.output
+
+
+BATCH_BRANCH = '''
+import torch
+from torch import nn
+
+
+class Branch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if x.shape[0] == 1 else y
+
+
+def make():
+    torch.manual_seed(0)
+    return Branch().eval()
+'''
+
+
+def test_an_example_of_batch_two_is_judged_at_batch_one_as_its_record_claims():
+    """Review 23: torch.export's least batch (2) is read as 1, and the second shape was batch + 1, so no run saw the
+    batch every deployment starts with."""
+    from exporter.artifacts import LEAST_DYNAMIC_SIZE
+    from verify.inputs import second_shape
+
+    axes = {"0": "batch", "2": "height", "3": "width"}
+    assert second_shape((2, 3, 32, 32), axes, {"0": [LEAST_DYNAMIC_SIZE, None]}) == (1, 3, 64, 64)
+    assert second_shape((1, 3, 32, 32), axes) == (2, 3, 64, 64)  # batch 1 itself: another batch, as before
+    bounded = LEAST_DYNAMIC_SIZE + 1  # a least the file bounds itself is not torch's: batch 1 is not claimed
+    assert second_shape((bounded + 1, 3, 32, 32), axes, {"0": [bounded, None]}) == (bounded + 2, 3, 64, 64)
+
+
+def test_a_model_branching_on_batch_one_exported_at_batch_two_fails_there(tmp_path):
+    """Before: exported at --shape 2x3x32x32, its .pt2 (traced at 2) computed the other branch at batch 1 and the
+    export exited 0, the batch recorded as dynamic; now the file is judged at batch 1 and the batch is named."""
+    (tmp_path / "branch.py").write_text(BATCH_BRANCH)
+    result = invoke("export", "--model", f"{tmp_path / 'branch.py'}:make", "--shape", "2x3x32x32", "--format", "pt2",
+                    "--out", tmp_path / "out", "--no-cache")
+    assert result.exit_code == 1, result.output
+    assert "at 1x3x64x64, inside the dynamic axes it declares" in result.output
+    assert "its batch does not hold" in " ".join(result.output.split())

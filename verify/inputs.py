@@ -145,7 +145,12 @@ def second_shape(shape: Sequence[int], dynamic_axes: Mapping[str, str],
     """Another shape inside the recorded dynamic axes: batch + 1, height and width + 32, each at most the
     greatest size the file accepts where its format bounds it (an axis already at its greatest keeps its
     size: smaller sizes inside the range may still fail guards that torch.export checks at run time, e.g.
-    a stage that must not shrink to 1x1). None when no axis can take another size."""
+    a stage that must not shrink to 1x1). An example of batch 2 or more is judged at batch 1 instead: the record
+    claims it (torch.export's least, 2, is read as 1: exporter/artifacts.py LEAST_DYNAMIC_SIZE) and the trace never
+    saw it (review 23: a model branching on `x.shape[0] == 1`, exported at batch 2, exited 0 with files computing the
+    other branch at batch 1). None when no axis can take another size."""
+    from exporter.artifacts import LEAST_DYNAMIC_SIZE
+
     if not dynamic_axes:
         return None
     bump = {0: 1, 2: 32, 3: 32}
@@ -154,7 +159,10 @@ def second_shape(shape: Sequence[int], dynamic_axes: Mapping[str, str],
         if str(axis) not in dynamic_axes:
             other.append(size)
             continue
-        greatest = (ranges or {}).get(str(axis), [None, None])[1]
+        least, greatest = (ranges or {}).get(str(axis), [None, None])
+        if axis == 0 and size > 1 and (least is None or least <= LEAST_DYNAMIC_SIZE):
+            other.append(1)
+            continue
         target = size + bump.get(axis, 0)
         other.append(max(size, min(target, greatest)) if greatest is not None else target)
     return tuple(other) if tuple(other) != tuple(shape) else None

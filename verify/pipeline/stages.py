@@ -637,6 +637,7 @@ def _second_shapes(runs: Sequence[RunResult], failure: Callable[..., str | None]
     import numpy as np
 
     from exporter.formats.program import DYNAMIC_AXES
+    from verify.inputs import SECOND_SHAPE_SEED, make_input
     from verify.runtimes import make_runtime
 
     problems, seconds = [], []
@@ -655,7 +656,9 @@ def _second_shapes(runs: Sequence[RunResult], failure: Callable[..., str | None]
         axes = []
         for axis in [a for a in range(len(shape)) if shape[a] != example[a]]:
             alone = tuple(shape[a] if a == axis else example[a] for a in range(len(shape)))
-            one = {name: np.ascontiguousarray(x[tuple(slice(0, n) for n in alone)]) for name, x in feed.items()}
+            one = {name: np.ascontiguousarray(x[tuple(slice(0, n) for n in alone)]) if
+                   all(n <= s for n, s in zip(alone, x.shape)) else make_input(alone, SECOND_SHAPE_SEED)
+                   for name, x in feed.items()}  # a batch of 1 judged for an example of 2: the example's batch anew
             try:
                 fails = failure(run, one, loaded.run({k: v.copy() for k, v in one.items()})) is not None
             except Exception:  # noqa: BLE001 - a failed run at that size fails the axis
