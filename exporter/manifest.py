@@ -33,6 +33,7 @@ from pydantic import (
 from exporter.artifacts import Artifact
 from exporter.errors import ArtifactError
 from exporter.fsio import write_text_atomic
+from exporter.messages import MAX_MESSAGE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -428,7 +429,7 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
         reason = "missing (a required field)"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     text = f"{source}: {where + ': ' if where else ''}{reason}{more}"
-    return text if len(text) <= 400 else text[:399] + "…"
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
 
 
 def parse_manifest(text: str, source: str = MANIFEST_NAME) -> Manifest:

@@ -215,6 +215,8 @@ def test_preflight_cpu_go_and_latency_budget(pristine, tmp_path):
     slow = invoke("preflight", pristine, "--runs", "3", "--max-latency-ms", "0.0001")
     assert slow.exit_code == 1
     assert "NO-GO" in slow.stdout
+    verdict = slow.stdout.strip().splitlines()[-1]  # over budget, and for nothing else: the goldens still match
+    assert "goldens match" in verdict and verdict.endswith("; failed: latency"), verdict
 
 
 def test_preflight_torchscript_runtime(pristine):
@@ -236,6 +238,8 @@ def test_preflight_refuses_a_tampered_folder(folder):
     result = invoke("preflight", folder)
     assert result.exit_code == 1
     assert "NO-GO" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "NO-GO: model.onnx fails its integrity checks", result.stdout
+    assert "does not match the manifest's" in result.stdout and "(modified)" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [

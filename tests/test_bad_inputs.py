@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from exporter.messages import MAX_MESSAGE
 from verify.bounds import DECIMAL_RANGE
 from verify.cli import app
 
@@ -323,7 +324,7 @@ def check_failed_closed(case: Case, code: int, stdout: str, stderr: str) -> None
         lines = [line for line in stderr.splitlines() if line.strip()]
         errors = [line for line in lines if not line.startswith(PROGRESS_MARKS)]
         assert len(errors) == 1 and errors[0].startswith("error: "), stderr
-        assert len(errors[0]) <= 600, errors[0]
+        assert len(errors[0]) <= len("error: ") + MAX_MESSAGE, errors[0]  # verify/cli/base.py print_error's bound
         if not case.work:
             assert errors == lines, f"work started before the check: {stderr}"
         for unsafe in ("weights_only=False", "allow_pickle=True", "unsafely", "weights_only` set to `False"):
@@ -469,4 +470,5 @@ def test_json_report_of_a_refusal_is_never_written(files, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, [*COMPARE, "--input", files["nan_npy"], "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 2
+    assert "holds 5 NaN of 3072 values" in result.stderr, result.output  # refused for the input, not the report
     assert not (tmp_path / "r.json").exists()  # a report is only written for a verdict

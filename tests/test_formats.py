@@ -49,8 +49,14 @@ def _mutated_pt2(folder, tmp_path, key, channel, factor=1.001):
 
 def test_one_channel_scaled_in_a_pt2_fails_compare(folder, tmp_path):
     path = _mutated_pt2(folder, tmp_path, "layer2.0.conv1.weight", 3)
-    result = invoke("compare", str(folder / "model.pt"), str(path))
+    result = invoke("compare", str(folder / "model.pt"), str(path), "--json", tmp_path / "c.json")
     assert result.exit_code == 1, result.output
+    report = json.loads((tmp_path / "c.json").read_text())
+    verdicts = {(p["a"], p["b"]): {o["name"]: o["passed"] for o in p["outputs"]} for p in report["pairs"]}
+    # A vs B fails from the scaled layer on (layer1 is before it), each side agrees with its own oracle
+    assert verdicts[("A", "B")] == {"layer1": True, "layer2": False, "layer3": False, "layer4": False}, verdicts
+    assert all(all(v.values()) for pair, v in verdicts.items() if pair != ("A", "B")), verdicts
+    assert report["problems"] == [], report["problems"]
 
 
 def test_aoti_compiles_runs_and_agrees(aoti_export):

@@ -391,6 +391,7 @@ def test_export_refuses_a_second_backbone_instead_of_dropping_one(tmp_path, monk
     monkeypatch.setattr(verify.api, "verify_export", lambda *a, **k: pytest.fail("exported"))
     result = CliRunner().invoke(app, ["export", "-b", order[0], "-b", order[1], "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
+    assert "--backbone/-b was given 2 times" in result.output and "verify matrix -b A -b B" in result.output
 
 
 def test_the_detector_api_takes_its_folder_as_text(tmp_path):

@@ -5,6 +5,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import BOUND_CHANNELS, BOUND_CONV_K, BOUND_OTHER_IN_FLOAT64, BOUND_SHAPE
 from verify.cli.app import app
+from verify.judge.file_floor import FLOOR_AGREEMENT
 from verify.judge.trust import accumulation_length, read_parameters, rounding_bound
 
 runner = CliRunner()
@@ -157,3 +158,8 @@ def test_eager_noise_seeded_by_the_input_is_not_taken_for_the_floor(tmp_path):
     result = runner.invoke(app, ["export", "--model", f"{source}:make", "--shape", SHAPE, "--format", "pt2",
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 1, result.output
+    refusal = ("x the one model.pt2 in exported measures on itself (its float32 run against its float64 run, less "
+               "what that differs from the model's; input ")
+    assert "The model's float32 floor of output0 is " in result.output and refusal in result.output, result.output
+    assert f"over the {FLOOR_AGREEMENT:g}x that rounding differences allow" in result.output, result.output
+    assert "✗ not judged" in result.output and "FAIL" not in result.output, result.output  # refused, not disagreeing

@@ -130,6 +130,7 @@ def test_a_module_called_twice_in_a_row_is_never_judged_as_its_first_call(models
                                   "--onnx-exporter", exporter)
     assert all(pair["passed"] for pair in report["pairs"]), "the outputs agree: the files are correct"
     found = checks(report)
+    assert set(found) == {"model.onnx", "model.pt2"}, found  # every file's layers re-run, not one of them
     assert code == 0 and all(check["passed"] for check in found.values()), output
     for name, check in found.items():
         assert calls(check, "conv") == [0, 1, 2] and not check["skipped"], (name, check)
@@ -188,6 +189,7 @@ def test_a_layer_after_a_module_returning_a_tuple_is_rerun(models, tmp_path):
     module), and it is judged; attention itself is still listed as not re-run."""
     code, report, output = export(models, tmp_path, "attention", "--format", "onnx", "--format", "pt2", "--static")
     assert code == 0, output
+    assert set(checks(report)) == {"model.onnx", "model.pt2"}, report.get("layers")
     for name, check in checks(report).items():
         assert calls(check, "proj") == [0], (name, check)
         assert check["skipped"] == ["attn"], (name, check)

@@ -217,6 +217,10 @@ def test_a_one_channel_weight_error_in_an_exported_head_still_fails(models, tmp_
     scaled_onnx_weight(next((tmp_path / "out").rglob("model.onnx")), bad, weight, channel, ONE_CHANNEL_ERROR)
     result = invoke("compare", bad, spec, *common)
     assert result.exit_code == 1, result.output
+    assert "FAIL A vs B  output0" in result.output and "ok   B vs oracle(B)" in result.output, result.output
+    assert "✗ 1 of 2 pairs disagree" in result.output, result.output
+    assert f"differ on their own: {weight.split('.')[0]} " in result.output, result.output  # the scaled layer named
+    assert f"its own floor (channel {channel})" in result.output, result.output
 
 
 def artifact_of_a_linear_head(tmp_path):

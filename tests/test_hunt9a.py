@@ -131,6 +131,8 @@ def test_an_export_that_shifts_everything_inside_a_masked_border_fails(tmp_path)
         result = runner.invoke(app, ["export", "--model", f"{source}:{factory}", "--shape", "1x3x16x16",
                                      "--format", "onnx", "--samples", "2", "--out", str(tmp_path / factory)])
         assert result.exit_code == code, result.output
+        assert ("FAIL onnxruntime vs eager" in result.output) == bool(code), result.output  # the shift disagrees
+        assert "ok   eager vs oracle" in result.output and "not judged" not in result.output, result.output
 
 
 @settings(max_examples=200, deadline=None)

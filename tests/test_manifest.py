@@ -22,6 +22,7 @@ from exporter.manifest import (
     schema_json,
     tolerance_record,
 )
+from exporter.messages import MAX_MESSAGE
 from verify.judge.compare import AUTO_FACTOR, OutputComparison, PairResult, Tolerance
 
 HASH = "ab" * 32
@@ -201,7 +202,7 @@ def test_schema_refuses_naming_the_field_in_one_line(change, message):
             parse_manifest(json.dumps(data))
         assert str(read.value) == text
     assert message in text
-    assert text.startswith("manifest.json") and "\n" not in text and len(text) <= 400
+    assert text.startswith("manifest.json") and "\n" not in text and len(text) <= MAX_MESSAGE
 
 
 def test_several_problems_are_counted_not_listed():

@@ -154,8 +154,11 @@ def test_a_ratio_edited_below_what_its_own_figures_give_fails(runs, tmp_path, se
                     for output in pair["outputs"]:
                         output["ratio"] = output["ratio"] / 100
 
-    merged = invoke("matrix", "merge", *edited(runs["fail"], tmp_path, shrink))
+    merged = invoke("matrix", "merge", *edited(runs["fail"], tmp_path, shrink), "--json", tmp_path / "m.json")
     assert merged.exit_code == 1, merged.output
+    cells = load_result(tmp_path / "m.json").cells
+    assert all(c.verdict == "disagree" and any("(edited numbers)" in p for p in c.problems) for c in cells), \
+        merged.output  # the cell whose figures pass is refused for its edit, not judged on them
 
 
 def test_an_empty_report_fails(runs, tmp_path, sentinel):
@@ -192,7 +195,10 @@ def test_a_shard_relabelled_1_of_1_fails(runs, tmp_path, sentinel):
         reports[0]["shard"] = {"index": 1, "count": 1}
 
     paths = edited(runs["pass"][:1], tmp_path, relabel, names=("one.json",))
-    assert invoke("matrix", "merge", *paths).exit_code == 1
+    result = invoke("matrix", "merge", *paths)
+    assert result.exit_code == 1, result.output
+    missing = load_result(runs["pass"][1]).cells[0]
+    one_line_error(result, "1 of 2 cells missing", missing.spec, missing.id)
 
 
 def test_a_missing_shard_names_its_cells_exactly(runs, tmp_path, sentinel):

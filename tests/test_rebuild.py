@@ -136,6 +136,9 @@ def test_preflight_says_no_go_to_the_broken_file_only_when_rebuilt(folder):
     assert invoke(*preflight).exit_code == 0  # GO: the widened floors pass the broken file
     rebuilt = invoke(*preflight, "--rebuild")
     assert rebuilt.exit_code == 1 and "NO-GO" in rebuilt.output, rebuilt.output
+    verdict = rebuilt.output.strip().splitlines()[-1]  # the NO-GO is the broken file's, the rebuild itself passed
+    assert verdict.startswith("NO-GO: model.onnx") and verdict.endswith("failed: model.onnx: goldens"), verdict
+    assert "✓ rebuild · reference: rebuilt" in rebuilt.output, rebuilt.output
 
 
 def test_an_input_chosen_to_hide_a_bug_hides_nothing_from_a_rebuild(folder, tmp_path):

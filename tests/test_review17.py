@@ -104,6 +104,8 @@ def test_a_trace_that_branches_on_a_dynamic_size_read_as_an_integer_does_not_pas
                     "--onnx-exporter", "torchscript", "--out", out)
     assert result.exit_code != 0, result.output
     assert not out.exists() or not any(out.iterdir()), result.output
+    assert "read the input's size as a Python number" in result.output, result.output  # refused for the size read
+    assert "cannot claim a dynamic batch, height and width; pass --static" in result.output, result.output
 
 
 STD_THRESHOLD = """

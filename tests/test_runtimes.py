@@ -58,7 +58,9 @@ def test_runtime_refuses_other_formats(name, exported_small):
 def test_float64_runtimes_are_exact_references(fmt, name, exported_small):
     case = exported_small[fmt]
     exact = make_runtime(name, RuntimeOptions(dtype="float64")).load(case.artifact)
-    for key, value in exact.run(case.inputs).items():
+    outputs = exact.run(case.inputs)
+    assert list(outputs) == list(case.oracle.outputs)  # every output, not those it happened to return
+    for key, value in outputs.items():
         assert value.dtype == np.float64
         np.testing.assert_allclose(value, case.oracle.outputs[key], rtol=1e-12, atol=1e-12)
 

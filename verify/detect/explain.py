@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.errors import UsageError
 from verify.detect.check import Run, run_eager
 from verify.detect.proposals import PROPOSALS, ProposalCheck, align_rows, pair_proposals
-from verify.explain.equivalence import Explanation
+from verify.explain.equivalence import EXPLAIN_FACTOR, Explanation
 from verify.explain.localize import EQUIVALENCE_RTOL, localise
 from verify.explain.structure import structural_diff, train_mode_modules
 from verify.explain.tracers import Side
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from exporter.families.detectors import BuiltDetector
 
 DEFAULT_SHAPE = (1, 3, 320, 320)
-DEFAULT_FACTOR = 4.0
-"""explain's own default (verify/explain/equivalence.py explain_artifacts)."""
+DEFAULT_FACTOR = EXPLAIN_FACTOR
+"""explain's own default (verify/explain/equivalence.py explain_artifacts), one number in one place."""
 UNPAIRED_RELATIVE = 1.0
 """A proposal on one side only differs from nothing by its whole value: relative difference 1."""
 

@@ -184,12 +184,15 @@ def _concerns(diff: StructuralDifference, module: str) -> bool:
         (diff.kind == "folded" and module in (diff.a + diff.b))
 
 
+EXPLAIN_FACTOR = 4.0
+"""`explain_artifacts`'s own default factor for a float32-floor verdict and the localiser (`verify explain` passes
+the run's --factor, AUTO_FACTOR unless given; verify/detect/explain.py uses this one)."""
 TENSOR_DIFFERENCES = ("value", "shape")
 """What a structural diff still means where a side's modules lost their classes (an
 ExportedProgram's `.module()` keeps parameters and buffers by name in placeholder modules)."""
 
 
-def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = 4.0,
+def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = EXPLAIN_FACTOR,
                       labels: tuple[str, str] = ("A", "B"), progress: Progress | None = None) -> Explanation:
     import numpy as np
     import torch
