@@ -278,6 +278,7 @@ def keep(result: Isolation, ref: Reference, unit: Unit, got: np.ndarray | None) 
     want = ref.outputs[(unit.path, unit.call)]
     if got is not None and tuple(got.shape) != tuple(want.shape):
         result.unrunnable.append(unit.path)
+        result.reshaped[unit.path] = (tuple(got.shape), tuple(want.shape))
         return None
     layer = judge(ref, unit, got) if got is not None else None
     if layer is None:

@@ -38,6 +38,8 @@ def best_effort(checks: list[Isolation]) -> tuple[list[Isolation], list[str]]:
     not all run on the model's values. Returns (the checks that judge, the notes)."""
     kept, notes = [], []
     for check in checks:
+        # a layer that returned another shape stays a note here, named with both shapes (sweep 27d): by default a
+        # scope that maps to another tensor than its module's output must not fail a correct export; --layers fails it
         if check.named or check.passed:
             kept.append(check)
         else:
@@ -80,7 +82,10 @@ class Isolation:
     """Layers whose inputs do not map back to reference values."""
     unrunnable: list[str] = field(default_factory=list)
     """Layers that could not run on the reference's values for their inputs (another model's shapes, or a piece
-    its runtime refused)."""
+    its runtime refused), and layers that ran on them and returned another shape than the reference's (`reshaped`)."""
+    reshaped: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    """The unrunnable layers that did run on the reference's values: path -> (their output's shape, the reference's).
+    Such a layer computes another function (an exporter's ceil_mode, a reduction's axes), not 'could not run'."""
     outside: list[str] = field(default_factory=list)
     """The op types of the file's ops in no layer (functional ops between modules, nodes with no module scope): not
     re-run, so only the outputs' verdict judges them (ONNX, .pt2, and a TorchScript file's modules' own forward)."""
@@ -105,7 +110,10 @@ class Isolation:
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "candidate": self.candidate, "factor": self.factor,
                 "named": [layer.module for layer in self.named], "layers": [x.to_dict() for x in self.layers],
-                "skipped": self.skipped, "unrunnable": self.unrunnable, "outside": self.outside, "note": self.note,
+                "skipped": self.skipped, "unrunnable": self.unrunnable,
+                "reshaped": {path: {"shape": list(got), "reference": list(want)}
+                             for path, (got, want) in self.reshaped.items()},
+                "outside": self.outside, "note": self.note,
                 "rerun_on": self.rerun_on}
 
 
@@ -128,6 +136,9 @@ def culprit_note(result: Isolation) -> str:
     if not result.layers:  # nothing was re-run: no word on where the difference comes from
         return f"{result.candidate}: its layers were not isolated ({result.note or 'no layer was re-run'})"
     unrun = unrunnable_text(result)
+    if not named and result.reshaped:  # a layer that returned another shape on the model's own values: the culprit
+        return (f"isolated: {len(result.reshaped)} of {len(result.layers) + len(result.reshaped)} layers of "
+                f"{result.candidate} differ on their own{unrun}")
     if not named and unrun:  # the layers that may differ were not judged: no claim on where it comes from
         return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} re-run is within "
                 f"{result.factor:g}x its own float32 floor{unrun}")
@@ -176,7 +187,19 @@ def unrunnable_text(result: Isolation) -> str:
     """The note's clause on layers that could not take the reference's inputs ('' when every layer could)."""
     if not result.unrunnable:
         return ""
-    more = " ..." if len(result.unrunnable) > CULPRITS_NOTED else ""
-    return (f"; {len(result.unrunnable)} could not run on {result.reference}'s inputs "
-            f"({', '.join(result.unrunnable[:CULPRITS_NOTED])}{more}): layers of another shape, or refused by "
-            "their runtime")
+    reshaped = [path for path in dict.fromkeys(result.unrunnable) if path in result.reshaped]
+    refused = [path for path in result.unrunnable if path not in result.reshaped]
+    text = ""
+    if reshaped:  # it ran on the model's own values: its output's shape is the difference, named as such
+        dims = lambda shape: "x".join(str(d) for d in shape)  # noqa: E731
+        shown = ", ".join(f"{path} {dims(result.reshaped[path][0])} where {result.reference}'s is "
+                          f"{dims(result.reshaped[path][1])}" for path in reshaped[:CULPRITS_NOTED])
+        more = " ..." if len(reshaped) > CULPRITS_NOTED else ""
+        text += (f"; {len(reshaped)} ran on {result.reference}'s inputs and returned another shape ({shown}{more}): "
+                 "they compute another function")
+    if refused:
+        more = " ..." if len(refused) > CULPRITS_NOTED else ""
+        text += (f"; {len(refused)} could not run on {result.reference}'s inputs "
+                 f"({', '.join(refused[:CULPRITS_NOTED])}{more}): layers of another shape, or refused by their "
+                 "runtime")
+    return text
