@@ -381,9 +381,9 @@ Layers = Annotated[bool | None, typer.Option(
     help="Also judge every layer of each file (ONNX, .pt2, TorchScript) on its own: each re-run alone on the torch "
          "model's float64 inputs, judged on its own float32 floor; a layer that differs on its own fails, however "
          "small its effect on the outputs (about 3-5 s more on a ResNet-50 export at 224x224). [default: verify "
-         "export of a registered backbone or of your model on the CPU in float32 with the auto tolerance runs it, "
-         "and notes a file it "
-         "cannot judge (--layers fails it); $BACKBONE_VERIFY_LAYERS=0 or --no-layers: the outputs' verdict alone]")]
+         "export of a registered backbone or of your model, and verify compare of a model against a file, on the "
+         "CPU in float32 with the auto tolerance run it, and note a file it cannot judge (--layers fails it); "
+         "$BACKBONE_VERIFY_LAYERS=0 or --no-layers: the outputs' verdict alone]")]
 FolderLayers = Annotated[bool, typer.Option(
     "--layers", help="With --rebuild: also judge every layer of each file checked on its own, each re-run alone on the "
                      "rebuilt model's float64 inputs and judged on its own float32 floor (the layer verdict of "
