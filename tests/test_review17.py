@@ -90,18 +90,18 @@ def make():
 """
 
 
-def test_a_trace_that_branches_on_a_dynamic_size_read_as_an_integer_does_not_pass(tmp_path):
+def test_a_trace_that_branches_on_a_dynamic_size_read_as_an_integer_does_not_pass(tmp_path, monkeypatch):
     """Before (measured at 9e6ecdd): `-y if int(y.shape[-1]) > 100 else y` exported with `--onnx-exporter torchscript`
     at 1x3x16x16 exited 0 ("each dynamic file was judged at a second shape inside its axes too (2x3x48x48 ...)", "all 3
     pairs agree") and published a folder whose manifest declares dynamic batch, height and width, with a model.onnx
     of one Conv node (no Neg): at any width above 100 it returns y where the model returns -y; `verify artifact` of
     the folder passes too. A trace freezes every Python value it reads, a size as well: one second shape cannot
     show a threshold it does not cross."""
-    path = tmp_path / "branch.py"
-    path.write_text(BRANCH_ON_WIDTH)
+    (tmp_path / "branch.py").write_text(BRANCH_ON_WIDTH)
+    monkeypatch.chdir(tmp_path)  # a short model path: the one-line message keeps its advice whole
     out = tmp_path / "out"
-    result = invoke("export", "--model", f"{path}:make", "--shape", "1x3x16x16", "--samples", "1", "--format", "onnx",
-                    "--onnx-exporter", "torchscript", "--out", out)
+    result = invoke("export", "--model", "branch.py:make", "--shape", "1x3x16x16", "--samples", "1", "--format",
+                    "onnx", "--onnx-exporter", "torchscript", "--out", out)
     assert result.exit_code != 0, result.output
     assert not out.exists() or not any(out.iterdir()), result.output
     assert "read the input's size as a Python number" in result.output, result.output  # refused for the size read
@@ -145,3 +145,14 @@ def test_a_static_trace_that_reads_a_value_as_a_float_is_refused_whatever_the_th
                     "--out", out)
     assert result.exit_code == 2, result.output
     assert "Python value" in result.output and not out.exists(), result.output
+
+
+def test_a_cut_message_keeps_what_to_do():
+    """A message over MAX_MESSAGE was cut at its end, and with it the advice this tool's messages end with (a model
+    under a long temporary path lost "pass --static"); the middle is cut now, the start and the end kept."""
+    from exporter.messages import MAX_MESSAGE, one_line
+
+    text = f"the trace of {'/very/long/path' * 40}/branch.py:make read a size; pass --static"
+    cut = one_line(text)
+    assert len(cut) <= MAX_MESSAGE and cut.startswith("the trace of /very/long/path"), cut
+    assert cut.endswith("read a size; pass --static") and "characters cut" in cut, cut
