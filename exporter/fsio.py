@@ -369,28 +369,58 @@ def read_archive_member(archive: Any, name: str, path: Path) -> bytes:
 
 
 ZIP_END = b"PK\x05\x06"
+ZIP_END_SIZE = 22
 ZIP64_LOCATOR = b"PK\x06\x07"
 ZIP64_LOCATOR_SIZE = 20
+ZIP64_END = b"PK\x06\x06"
 ZIP64_END_SIZE = 56
 """The zip64 end record as Python's zipfile reads it: the fixed 56 bytes just before the locator."""
 
 
 def two_zip_directories(path: Path) -> bool:
-    """Whether Python's zipfile and torch's zip reader may read two different central directories of `path`:
-    zipfile takes the zip64 end record just before the zip64 locator, torch's reader (miniz) the one the locator
-    points to (hunt 10c's split archive: a deflated member only torch reads). torch.save writes the record where
-    both look; an archive where they differ is crafted. This holds on every torch, including those whose reader
-    cannot tell a member's size unread (no `get_record_size` before 2.12)."""
+    """Whether Python's zipfile and torch's zip reader (miniz) may read two different central directories of `path`,
+    or one at two places. Each is found as that reader finds it: the end record (Python: a comment-less one filling
+    the last 22 bytes, else the last signature; miniz: the last signature with 22 bytes after it), the zip64 record
+    (Python: the 56 bytes just before the locator; miniz: where the locator points) and the directory (Python: just
+    before its end record, every member shifted by the difference from the offset recorded, its "concat"; miniz: at
+    that offset). torch.save writes them where both look; an archive where they differ is crafted. This holds on
+    every torch, including those whose reader cannot tell a member's size unread (no `get_record_size` before 2.12).
+
+    Hunt 10c's split archive: a zip64 locator pointing elsewhere than the record before it. Review 24: the same split
+    with `PK\x05\x06` in its end record's 32-bit directory size (ignored beside a zip64 record) hid the end record
+    from a search for the last signature; and with no zip64 record at all, a directory recorded at another offset
+    than the one just before the end record (Python reads that one, miniz the other): both passed this check, and on
+    torch 2.11 torch's reader inflated a 50 MB `data.pkl` that Python's listing showed as 162 bytes."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
-        handle.seek(max(0, size - (1 << 16) - 22))  # the end record and its longest comment
+        start = max(0, size - (1 << 16) - ZIP_END_SIZE)  # the end record and its longest comment
+        handle.seek(start)
         tail = handle.read()
-    end = tail.rfind(ZIP_END)
-    at = end - ZIP64_LOCATOR_SIZE
-    if end < 0 or at < 0 or tail[at:at + 4] != ZIP64_LOCATOR:
-        return False  # no zip64 record: both read the end record's directory
-    _, _, record, _ = struct.unpack("<IIQI", tail[at:at + ZIP64_LOCATOR_SIZE])
-    return record != size - len(tail) + at - ZIP64_END_SIZE
+        last = len(tail) - ZIP_END_SIZE
+        ours = tail.rfind(ZIP_END, 0, last + 4)  # miniz: the last with a whole record after it
+        theirs = last if tail[last:last + 4] == ZIP_END and tail[-2:] == b"\0\0" else tail.rfind(ZIP_END)
+        if ours < 0:
+            return False  # no end record: neither reads a directory
+        if ours != theirs:
+            return True
+        end = ours
+        directory_size, directory = struct.unpack("<II", tail[end + 12:end + 20])
+        located = start + end  # where Python's directory ends: its end record, or the zip64 record before it
+        at = start + end - ZIP64_LOCATOR_SIZE  # in the file: a 64 kB comment puts it before the tail read
+        handle.seek(max(0, at))
+        locator = handle.read(ZIP64_LOCATOR_SIZE) if at >= 0 else b""
+        if locator[:4] == ZIP64_LOCATOR and len(locator) == ZIP64_LOCATOR_SIZE:
+            _, _, record, _ = struct.unpack("<IIQI", locator)
+            located = at - ZIP64_END_SIZE
+            if record != located:
+                return True
+            handle.seek(max(0, located))
+            zip64 = handle.read(ZIP64_END_SIZE)
+            if located >= 0 and len(zip64) == ZIP64_END_SIZE and zip64[:4] == ZIP64_END:
+                directory_size, directory = struct.unpack("<QQ", zip64[40:56])
+            else:
+                located = start + end  # both read the end record's own fields
+    return directory != located - directory_size
 
 
 def require_inside(folder: Path, relative: str, what: str) -> Path:

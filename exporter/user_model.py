@@ -397,7 +397,12 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
         x = torch.randn(run_shape, generator=torch.Generator().manual_seed(seed))
     with precision_kept(f"{spec}'s forward", UsageError):
         before = _before_any_run(module)  # the oracle's state and its call log's: no cache filled (review 21)
+        frames = _compiled_frames()
         result = _call(module, x, spec)
+        if _compiled_frames() != frames:
+            raise UsageError(f"{spec}: its forward calls code compiled by torch.compile (a function, not a module, "
+                             "so its first run compiled it); every export traces the module itself, not what "
+                             "torch.compile makes of it: call it uncompiled, and compile where you run it")
         _refuse_stopped_parent(f"{spec}'s forward")
         names = output_names(result, spec)
         _refuse_empty(result, names, spec)
@@ -438,6 +443,18 @@ def _refuse_compiled(module: nn.Module, spec: UserModelSpec) -> None:
                    "m.compile(): return it without that call")
             raise UsageError(f"{spec}: {where} is compiled by {how}; every export traces the module itself, not what "
                              "torch.compile makes of it: compile where you run it")
+
+
+def _compiled_frames() -> int:
+    """How many frames torch.compile (dynamo) has compiled in this process: 0 where it was never imported. Review 24:
+    `_refuse_compiled` finds compiled modules only, and a model whose forward called a `@torch.compile` function
+    ended as "the float64 oracle ... raises RuntimeError: .numpy() is not supported for tensor subclasses ... pass
+    --rtol/--atol", the advice sweep 27b removed for compiled modules."""
+    if "torch._dynamo" not in sys.modules:
+        return 0
+    from torch._dynamo.utils import counters
+
+    return sum(counters["frames"].values())
 
 
 def _describe(value: Any) -> str:

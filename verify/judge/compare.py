@@ -216,8 +216,11 @@ def compare_arrays(name: str, actual: np.ndarray, desired: np.ndarray, tolerance
         raise UsageError(f"Output {name} is complex ({actual.dtype} vs {desired.dtype}); verdicts judge real "
                          "outputs, so return torch.view_as_real(output) from the model to judge both parts")
     discrete = not (np.issubdtype(actual.dtype, np.floating) and np.issubdtype(desired.dtype, np.floating))
+    exact = None
     if discrete:
         kinds = f"{actual.dtype}" if actual.dtype == desired.dtype else f"{actual.dtype} vs {desired.dtype}"
+        if actual.shape == desired.shape and np.result_type(actual, desired).kind in "biu":
+            exact = np.not_equal(actual, desired)  # in their common integer dtype: float64 holds 53 bits (review 24)
         actual, desired = actual.astype(np.float64), desired.astype(np.float64)  # no integer wrap-around
     result = OutputComparison(name, list(actual.shape), list(desired.shape), passed=False,
                               total=int(desired.size), floor=noise.value if noise else None,
@@ -253,6 +256,8 @@ def compare_arrays(name: str, actual: np.ndarray, desired: np.ndarray, tolerance
     mismatch, passed = _judge(actual, desired, diff, tolerance, bound, result)
     if discrete and bound is not None:
         result.allowed = 0.0
+        if exact is not None:  # int64 indices past 2**53 apart by less than a float64 ulp of theirs are not equal
+            mismatch, passed = mismatch | exact, passed and not bool(exact.any())
     result.nonfinite = 0 if finite is None else int((~finite).sum())
     result.mismatched = int(np.count_nonzero(mismatch if finite is None else mismatch | ~finite))
     result.passed = passed and result.nonfinite == 0

@@ -302,12 +302,20 @@ def require_other_sizes(built: Any, example: np.ndarray) -> None:
         return
     artifact = eager_artifact(built, shape)
     try:
-        make_runtime(default_runtime(artifact.format)).load(artifact).run(
+        outputs = make_runtime(default_runtime(artifact.format)).load(artifact).run(
             {artifact.meta.input_name: make_input(shape, SECOND_SHAPE_SEED)})
     except Exception as exc:  # noqa: BLE001 - the user's model failed at another size: that is the finding
         raise UsageError(f"{built.spec} fails at {'x'.join(map(str, shape))} ({library_reason(exc)}), "
                          "so its files cannot claim a dynamic batch, height and width (a dynamic export is judged at "
                          "a second shape inside them): pass --static") from None
+    # review 24: an example of batch 2 is judged at batch 1 there, where a `.squeeze()` drops the model's own batch
+    # axis; each file then failed as "its batch does not hold (a size fixed inside the file)", exit 1
+    fixed = [name for name, value in outputs.items() if value.ndim == 0 or value.shape[0] != shape[0]]
+    if fixed:
+        shapes = ", ".join(f"{name} {tuple(outputs[name].shape)}" for name in fixed[:3])
+        raise UsageError(f"{built.spec}'s outputs do not follow its input's batch (at batch {shape[0]}: {shapes}; "
+                         "a squeeze() drops a batch of 1), so its dynamic-batch files would fail at any batch but the "
+                         "one judged: keep the batch axis, or pass --static")
 
 
 def background_child(request: CellRequest, take_core: bool = True) -> BackgroundExport | None:
