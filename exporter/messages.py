@@ -20,22 +20,12 @@ def strip_unsafe_advice(text: str) -> str:
     return " ".join(kept).strip()
 
 
-KEPT_TAIL = 0.4
-"""The share of a cut message kept from its end: this tool's messages end with what to do ("pass --static", "export
-with --trace"), which a cut at the end dropped where a long path came first (a model under pytest's temporary
-folders: "... so it cannot claim a dynamic batch, height and width; … (46 more characters)")."""
-
-
 def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
-    """Whitespace runs (newlines included) become one space; beyond `limit` the middle is cut, saying so: the start
-    (what failed) and the end (what to do) are kept."""
+    """Whitespace runs (newlines included) become one space; beyond `limit` the text is cut, saying so."""
     flat = " ".join(str(text).split())
     if len(flat) <= limit:
         return flat
-    room = limit - 40
-    tail = int(room * KEPT_TAIL)
-    head = room - tail
-    return f"{flat[:head].rstrip()} … ({len(flat) - head - tail} characters cut) … {flat[len(flat) - tail:].lstrip()}"
+    return f"{flat[:limit - 40].rstrip()} … ({len(flat) - limit + 40} more characters)"
 
 
 def library_reason(exc: BaseException, limit: int = 200) -> str:

@@ -146,13 +146,3 @@ def test_a_static_trace_that_reads_a_value_as_a_float_is_refused_whatever_the_th
     assert result.exit_code == 2, result.output
     assert "Python value" in result.output and not out.exists(), result.output
 
-
-def test_a_cut_message_keeps_what_to_do():
-    """A message over MAX_MESSAGE was cut at its end, and with it the advice this tool's messages end with (a model
-    under a long temporary path lost "pass --static"); the middle is cut now, the start and the end kept."""
-    from exporter.messages import MAX_MESSAGE, one_line
-
-    text = f"the trace of {'/very/long/path' * 40}/branch.py:make read a size; pass --static"
-    cut = one_line(text)
-    assert len(cut) <= MAX_MESSAGE and cut.startswith("the trace of /very/long/path"), cut
-    assert cut.endswith("read a size; pass --static") and "characters cut" in cut, cut
