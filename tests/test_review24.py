@@ -118,7 +118,8 @@ def test_a_weights_file_two_zip_readers_read_apart_is_refused_without_torchs_siz
 
     path = craft(tmp_path / "weights.pt")
     assert path.stat().st_size < EXPANDS_TO // 500
-    assert torch_sizes(path)["data.pkl"] == EXPANDS_TO  # the attack is real: torch's reader would inflate it
+    if hasattr(torch._C.PyTorchFileReader, "get_record_size"):  # torch 2.11's reader cannot tell (the GPU machine)
+        assert torch_sizes(path)["data.pkl"] == EXPANDS_TO  # the attack is real: torch's reader would inflate it
     assert python_sizes(path)["data.pkl"] < 1000  # and Python's listing shows the honest pickle
     assert weights.two_zip_directories(path)
     monkeypatch.setattr(torch._C, "PyTorchFileReader", NoSizes)  # the guard's reader only: torch.load is not run
