@@ -43,9 +43,10 @@ def folder_layer_checks(art: ArtifactFolder, report: CheckReport, names: Sequenc
         return
     assert art.goldens is not None
     x = next(iter(art.goldens["input"].values()))  # this run's seeded input, set by the rebuild
-    checks, notes = layer_checks(art.rebuilt, [Candidate(art.artifact(name), name) for name in names], x, AUTO_FACTOR)
+    candidates = [Candidate(art.artifact(name), name) for name in names]
+    checks, notes = layer_checks(art.rebuilt, candidates, x, AUTO_FACTOR)
     if not getattr(art, "signature_verified", False):  # asked or not: an edit may have unscoped one module (review 24)
-        checks = [_every_module_rerun(art, check) for check in checks]
+        checks = [_every_module_rerun(art, _traced_identities(art, check, candidates)) for check in checks]
     if not asked:
         checks, unjudged = folder_best_effort(art, checks)
         notes = [*notes, *unjudged]
@@ -124,6 +125,59 @@ def _every_module_rerun(art: CheckedFolder, check: Isolation) -> Isolation:
     note = UNSIGNED_UNMAPPED.format(names=shown)
     kept = {f.name: getattr(check, f.name) for f in fields(check)}
     return Unmapped(**{**kept, "note": f"{check.note}; {note}" if check.note else note}, unmapped=missing)
+
+
+TRACED_IDENTITY = ("{names}: a traced TorchScript module whose forward takes no input (torch.jit.trace keeps an "
+                   "nn.Identity, the fused norm's place, as forward(self) -> None), in the rebuilt model a module with "
+                   "no weights and no children: nothing of the input to re-run")
+"""Sweep 28a: `verify export --trace --norm fused` (every backbone) then `verify artifact --rebuild` of the unsigned
+folder failed model.pt: its 20 (resnet18) or 46 (mobilenet_v3_large) folded norms, nn.Identity, 'could not run', and an
+unsigned folder's unreached layers fail (review 23). Such a module cannot read the input, so an edit cannot hide a
+perturbation of it there: only these are excused, every other unrunnable layer still fails."""
+
+
+def _traced_identities(art: CheckedFolder, check: Isolation, candidates: Sequence[Any]) -> Isolation:
+    """`check` without the unrunnable layers of a TorchScript file whose module takes no input in the file (its
+    forward's schema has `self` alone) and is, in the rebuilt backbone, a leaf with no parameters or buffers (a
+    traced nn.Identity): named in its note instead (TRACED_IDENTITY). Any other unrunnable layer is kept."""
+    from verify.explain.structure import canonical_modules
+
+    built = getattr(getattr(art, "rebuilt", None), "built", None)
+    model = getattr(built, "model", None)
+    candidate = next((c for c in candidates if c.label == check.candidate), None)
+    if model is None or candidate is None or not check.unrunnable or candidate.artifact.format != "torchscript":
+        return check
+    import torch
+
+    prefix = getattr(getattr(built, "view", None), "prefix", "")
+    rebuilt = canonical_modules(model, prefix)
+    try:
+        filed = canonical_modules(torch.jit.load(str(candidate.artifact.path), map_location="cpu"), prefix)
+    except Exception:  # noqa: BLE001 - a file that no longer loads keeps every unrunnable layer
+        return check
+    excused = [name for name in dict.fromkeys(check.unrunnable) if name not in check.reshaped
+               and _weightless_leaf(rebuilt.get(name)) and _takes_no_input(filed.get(name))]
+    if not excused:
+        return check
+    check.unrunnable = [name for name in check.unrunnable if name not in excused]
+    check.skipped = [*check.skipped, *excused]
+    shown = ", ".join(excused[:3]) + (f" (+{len(excused) - 3} more)" if len(excused) > 3 else "")
+    note = TRACED_IDENTITY.format(names=shown)
+    check.note = f"{check.note}; {note}" if check.note else note
+    return check
+
+
+def _weightless_leaf(module: Any) -> bool:
+    return module is not None and next(module.children(), None) is None \
+        and next(iter([*module.parameters(), *module.buffers()]), None) is None
+
+
+def _takes_no_input(module: Any) -> bool:
+    """A TorchScript module whose forward's schema names `self` alone."""
+    try:
+        return len(module.forward.schema.arguments) == 1
+    except Exception:  # noqa: BLE001 - no scripted forward: not excused
+        return False
 
 
 def layer_files(art: CheckedFolder, report: CheckReport, names: Sequence[str], asked: bool = True) -> list[str]:
