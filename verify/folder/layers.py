@@ -138,25 +138,25 @@ perturbation of it there: only these are excused, every other unrunnable layer s
 
 def _traced_identities(art: CheckedFolder, check: Isolation, candidates: Sequence[Any]) -> Isolation:
     """`check` without the unrunnable layers of a TorchScript file whose module takes no input in the file (its
-    forward's schema has `self` alone) and is, in the rebuilt backbone, a leaf with no parameters or buffers (a
-    traced nn.Identity): named in its note instead (TRACED_IDENTITY). Any other unrunnable layer is kept."""
+    forward's schema has `self` alone: verify/runtimes/torchscript.py inputless_modules) and is, in the rebuilt
+    backbone, a leaf with no parameters or buffers (a traced nn.Identity): named in its note instead
+    (TRACED_IDENTITY). Any other unrunnable layer is kept."""
     from verify.explain.structure import canonical_modules
+    from verify.runtimes.torchscript import inputless_modules
 
     built = getattr(getattr(art, "rebuilt", None), "built", None)
     model = getattr(built, "model", None)
     candidate = next((c for c in candidates if c.label == check.candidate), None)
-    if model is None or candidate is None or not check.unrunnable or candidate.artifact.format != "torchscript":
+    if model is None or candidate is None or not check.unrunnable:
         return check
-    import torch
-
+    inputless = inputless_modules(candidate.artifact)
+    if not inputless:
+        return check
     prefix = getattr(getattr(built, "view", None), "prefix", "")
     rebuilt = canonical_modules(model, prefix)
-    try:
-        filed = canonical_modules(torch.jit.load(str(candidate.artifact.path), map_location="cpu"), prefix)
-    except Exception:  # noqa: BLE001 - a file that no longer loads keeps every unrunnable layer
-        return check
+    named = {_canonical(name, prefix) for name in inputless}
     excused = [name for name in dict.fromkeys(check.unrunnable) if name not in check.reshaped
-               and _weightless_leaf(rebuilt.get(name)) and _takes_no_input(filed.get(name))]
+               and _weightless_leaf(rebuilt.get(name)) and name in named]
     if not excused:
         return check
     check.unrunnable = [name for name in check.unrunnable if name not in excused]
@@ -167,17 +167,14 @@ def _traced_identities(art: CheckedFolder, check: Isolation, candidates: Sequenc
     return check
 
 
+def _canonical(name: str, prefix: str) -> str:
+    """A file's submodule name as the layer verdict names it (verify/explain/structure.py canonical_modules)."""
+    return name.removeprefix(prefix) if prefix and name.startswith(prefix) else name
+
+
 def _weightless_leaf(module: Any) -> bool:
     return module is not None and next(module.children(), None) is None \
         and next(iter([*module.parameters(), *module.buffers()]), None) is None
-
-
-def _takes_no_input(module: Any) -> bool:
-    """A TorchScript module whose forward's schema names `self` alone."""
-    try:
-        return len(module.forward.schema.arguments) == 1
-    except Exception:  # noqa: BLE001 - no scripted forward: not excused
-        return False
 
 
 def layer_files(art: CheckedFolder, report: CheckReport, names: Sequence[str], asked: bool = True) -> list[str]:

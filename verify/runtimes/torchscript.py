@@ -46,3 +46,26 @@ class TorchScriptRuntime(TorchRuntime):
             scripted = (self.artifact.meta.exporter if self.artifact is not None else None) == "torch.jit.script"
             raise ArtifactError(f"{self.label} failed on an input of shape {tuple(array.shape)}: the TorchScript "
                                 f"program raised {reason}" + (SCRIPTED_RAISE_HINT if scripted else "")) from None
+
+
+def inputless_modules(artifact: Artifact) -> set[str] | None:
+    """The submodules (by their names in the file) of a TorchScript file whose forward takes no input (its schema
+    names `self` alone: torch.jit.trace keeps an nn.Identity so); None for a file of another format, or one that no
+    longer loads. Sweep 28a: such a module cannot read the input, so the layer verdict of an unsigned folder excuses
+    it (verify/folder/layers.py) where it 'could not run'."""
+    import torch
+
+    if artifact.format not in TorchScriptRuntime.formats or artifact.path is None:
+        return None
+    try:
+        module = torch.jit.load(str(artifact.path), map_location="cpu")
+    except Exception:  # noqa: BLE001 - a file that no longer loads excuses nothing
+        return None
+    found = set()
+    for name, sub in module.named_modules():
+        try:
+            if name and len(sub.forward.schema.arguments) == 1:
+                found.add(name)
+        except Exception:  # noqa: BLE001 - no scripted forward: not excused
+            continue
+    return found
