@@ -476,3 +476,28 @@ def quiet_branch(condition):
             return y if condition(x) else -y
 
     return Branch()
+
+
+def central_records(raw: bytes) -> tuple[int, list[tuple[str, bytes]]]:
+    """A plain zip's central directory (no zip64 record): its offset, and each record as (member name, its bytes), for
+    tests that craft archives two zip readers read apart (tests/test_hunt10c.py, tests/test_review24.py)."""
+    import struct
+
+    end = raw.rfind(b"PK\x05\x06")
+    size, offset = struct.unpack("<II", raw[end + 12:end + 20])
+    directory, records, at = raw[offset:offset + size], [], 0
+    while at < len(directory):
+        lengths = struct.unpack("<HHH", directory[at + 28:at + 34])
+        stop = at + 46 + sum(lengths)
+        records.append((directory[at + 46:at + 46 + lengths[0]].decode(), directory[at:stop]))
+        at = stop
+    return offset, records
+
+
+def onnx_only(folder: Path) -> Path:
+    """`folder` (a linked copy of an export) without its TorchScript and .pt2 files, dropped from its manifest too: an
+    ONNX-only folder loads nothing that runs code, and its checks are quicker."""
+    for name in ("model.pt", "model.pt2"):
+        (folder / name).unlink()
+        edit_manifest(folder, lambda data, name=name: data["files"].pop(name))
+    return folder

@@ -20,6 +20,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from exporter.errors import ArtifactError, UsageError
+from tests.helpers import central_records
 from verify.cli import app
 from verify.judge.trust import accumulation_length
 
@@ -136,14 +137,7 @@ def two_directories(path: Path, members: list[tuple[str, bytes]], target: str, h
             archive.writestr(name, data)
         archive.writestr(zipfile.ZipInfo(stand_in), hidden, compress_type=compress)
     raw = base.read_bytes()
-    end = raw.rfind(b"PK\x05\x06")
-    size, offset = struct.unpack("<II", raw[end + 12:end + 20])
-    directory, records, at = raw[offset:offset + size], [], 0
-    while at < len(directory):
-        lengths = struct.unpack("<HHH", directory[at + 28:at + 34])
-        stop = at + 46 + sum(lengths)
-        records.append((directory[at + 46:at + 46 + lengths[0]].decode(), directory[at:stop]))
-        at = stop
+    offset, records = central_records(raw)
     python_view = b"".join(r for name, r in records if name != stand_in)
     torch_view = b"".join(r.replace(stand_in.encode(), target.encode()) if name == stand_in else r
                           for name, r in records if name != target)

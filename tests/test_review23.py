@@ -18,7 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.helpers import ONE_CHANNEL_ERROR, edit_manifest, invoke, linked_copy, rehash, rewrite, scaled_onnx_channel
+from tests.helpers import ONE_CHANNEL_ERROR, invoke, linked_copy, onnx_only, rehash, rewrite, scaled_onnx_channel
 from verify.cli import app
 from verify.explain.localize import CONSTANT_ROUNDING_RTOL, EQUIVALENCE_RTOL
 
@@ -157,10 +157,7 @@ def stripped(default_export, tmp_path, monkeypatch):
     onnx.save(model, str(tmp_path / "bad.onnx"))
     rewrite(folder / "model.onnx", (tmp_path / "bad.onnx").read_bytes())
     rehash(folder, "model.onnx")
-    for name in ("model.pt", "model.pt2"):  # an ONNX-only folder: nothing that runs code is loaded, and it is quicker
-        (folder / name).unlink()
-        edit_manifest(folder, lambda data, name=name: data["files"].pop(name))
-    return folder
+    return onnx_only(folder)
 
 
 def test_unsigned_folder_file_with_no_layer_re_run_fails_by_default(stripped, tmp_path):

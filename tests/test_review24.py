@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from exporter.errors import UsageError
-from tests.helpers import ONE_CHANNEL_ERROR
+from tests.helpers import ONE_CHANNEL_ERROR, central_records
 
 BELOW_ROUNDING = ONE_CHANNEL_ERROR / 100
 """One channel's error the outputs' verdict lets pass and the layer verdict names (tests/test_layers.py's)."""
@@ -58,14 +58,7 @@ def _two_views(path: Path) -> tuple[bytes, int, list[bytes], list[bytes]]:
             archive.writestr(name, data)
         archive.writestr(zipfile.ZipInfo(stand_in), b"\0" * EXPANDS_TO, compress_type=zipfile.ZIP_DEFLATED)
     raw = base.read_bytes()
-    end = raw.rfind(b"PK\x05\x06")
-    size, offset = struct.unpack("<II", raw[end + 12:end + 20])
-    directory, records, at = raw[offset:offset + size], [], 0
-    while at < len(directory):
-        lengths = struct.unpack("<HHH", directory[at + 28:at + 34])
-        stop = at + 46 + sum(lengths)
-        records.append((directory[at + 46:at + 46 + lengths[0]].decode(), directory[at:stop]))
-        at = stop
+    offset, records = central_records(raw)
     torch_view = [r.replace(stand_in.encode(), target.encode()) if n == stand_in else r for n, r in records
                   if n != target]
     return raw[:offset], offset, torch_view, [r for n, r in records if n != stand_in]
@@ -342,7 +335,7 @@ def one_conv_unscoped(default_export, tmp_path, monkeypatch):
     outputs agree, the layer verdict names it) and that conv's node alone stripped of its module scopes, rehashed."""
     import onnx
 
-    from tests.helpers import CULPRIT_LAYER, edit_manifest, linked_copy, rehash, rewrite, scaled_onnx_channel
+    from tests.helpers import CULPRIT_LAYER, linked_copy, onnx_only, rehash, rewrite, scaled_onnx_channel
     from verify.judge.layers import LAYERS_ENV
 
     monkeypatch.delenv(LAYERS_ENV, raising=False)  # the layer verdict on by default, as outside the suite
@@ -358,10 +351,7 @@ def one_conv_unscoped(default_export, tmp_path, monkeypatch):
     onnx.save(model, str(tmp_path / "bad.onnx"))
     rewrite(folder / "model.onnx", (tmp_path / "bad.onnx").read_bytes())
     rehash(folder, "model.onnx")
-    for name in ("model.pt", "model.pt2"):  # an ONNX-only folder: nothing that runs code is loaded, and it is quicker
-        (folder / name).unlink()
-        edit_manifest(folder, lambda data, name=name: data["files"].pop(name))
-    return folder
+    return onnx_only(folder)
 
 
 def test_verify_artifact_fails_an_unsigned_file_whose_edited_conv_alone_lost_its_scopes(one_conv_unscoped, tmp_path):
