@@ -28,10 +28,14 @@ GUARD_HINT = ("; the exported program's dynamic axes do not take this shape (tor
 with dynamic axes refused its own 1x3x96x96 example: hunt 13a) and the file records no bounds nor a static shape."""
 
 
-FIXED_FLOAT32_HINT = ("; this file fixes float32 inside (its trace made torch.arange(n, dtype=x.dtype) or "
-                      "x.new_zeros float32): no float64 run, so no floor; export it with torch.jit.script or as .pt2")
+FIXED_FLOAT32_HINT = ("; this file fixes float32 inside (a tensor its trace made from x.dtype, x.new_tensor(...) "
+                      "among them, is a float32 constant): no float64 run, so no floor; export it with "
+                      "torch.jit.script (--format torchscript without --trace)")
 """Added to a float64 run's dtype mismatch (`expected m1 and m2 to have the same dtype, but got: double != float`): a
-traced TorchScript file keeps what its trace created in float32 (hunt 26b); a .pt2's creations run in float64."""
+saved program keeps a constant its trace made from x.dtype in float32 (hunt 26b). Creations (`torch.arange(n,
+dtype=x.dtype)`) run in float64 on their float32 values, in a .pt2 (`created_in_float64`) and, since sweep 28d, in a
+traced TorchScript file (verify/runtimes/torchscript.py created_in_float64_script); `y @ x.new_tensor(matrix)` traced
+still fails in both."""
 
 
 def guard_hint(meta: ArtifactMeta | None, shape: tuple[int, ...] | None = None) -> str:
