@@ -46,7 +46,9 @@ CLI_WORDS = (
     (r"--onnx-exporter\b", "onnx_exporter"),
     (r"pass --trace\b", "pass trace=True"),
     (r"--trace\b", "trace"),
+    (r"--no-layers\b", "layers=False"),
     (r"--layers\b", "layers=True"),
+    (r"--static\b", "dynamic=False"),
 )
 """The CLI's options in messages from the shared code, as the plugin's arguments (regex, replacement): a test that
 fails says what to pass to assert_exports_agree, not a flag it does not take."""
@@ -119,8 +121,9 @@ def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, 
     from verify.runtimes import RuntimeOptions, formats_run_by
 
     if not (isinstance(example, torch.Tensor) and example.is_floating_point() and example.dim() == 4):
+        dtype = f" {str(example.dtype).removeprefix('torch.')}" if isinstance(example, torch.Tensor) else ""
         raise UsageError(f"example must be one float NCHW tensor, e.g. torch.randn(1, 3, 224, 224); got "
-                         f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}")
+                         f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}{dtype}")
     if example.layout != torch.strided or example.device.type == "meta":  # no values to save as the input
         raise UsageError(f"example must be a dense tensor holding its values; got a {example.layout} tensor on "
                          f"{example.device.type}: pass example.to_dense(), or a tensor made on the cpu")

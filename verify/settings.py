@@ -66,6 +66,7 @@ class RunSettings:
                              ": drop --no-normalize (arrays and seeded inputs are used as they are)")
         if self.runtime.device not in DEVICES:
             raise UsageError(f"Unknown device {self.runtime.device!r}; use one of {', '.join(DEVICES)}")
+        require_readable_weights(self.weights)
 
     def _check_types(self) -> None:
         """Paths given as text or os.PathLike, and the shape as the CLI parses it; anything else of the wrong type is
@@ -100,6 +101,21 @@ class RunSettings:
         if self.layers is not None and not isinstance(self.layers, bool):
             raise TypeError(f"layers must be True, False or None (the command's default), not "
                             f"{type(self.layers).__name__}")
+
+
+def require_readable_weights(weights: str) -> None:
+    """A weights file that exists but cannot be opened (chmod 000, another user's) is refused here, as the CLI's
+    --weights refuses it: the library raised a bare PermissionError after the model was built (review 25)."""
+    import os
+
+    if not os.path.isfile(weights):  # a named source, or a path the loader refuses as what it is
+        return
+    try:
+        with open(weights, "rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"Weights file {weights} cannot be read ({exc.strerror or type(exc).__name__}); make it "
+                         "readable (chmod u+r) or pass another file") from None
 
 
 def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:

@@ -53,9 +53,10 @@ def _refuse_repeated_options(command: Any, ctx: Any, args: list[str], path: str)
     from collections import Counter
 
     try:
-        _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        values, _, order = command.make_parser(ctx).parse_args(args=list(args))
     except ClickException:
         return  # the command's own parse says what is wrong
+    _refuse_empty_values(order, values, path)
     options = [p for p in order if getattr(p, "param_type_name", "") == "option"
                and not getattr(p, "multiple", False) and not getattr(p, "count", False)]
     counts = Counter(id(p) for p in options)
@@ -66,6 +67,32 @@ def _refuse_repeated_options(command: Any, ctx: Any, args: list[str], path: str)
                              "would count: give it once" + ("; several backbones: verify matrix -b A -b B"
                                                             if option.name == "backbone" else "")
                              + f" (see '{path} --help')")
+
+
+def _refuse_empty_values(order: list[Any], values: dict[str, Any], path: str) -> None:
+    """An option given an empty text is refused: `--model ""` (an unset variable in a CI script) verified the default
+    resnet50 and could exit 0; `--out ""` wrote into the working folder and `--input ""` read it (review 25)."""
+    for option in order:
+        kind = getattr(option, "param_type_name", "")
+        # a path argument too (`verify artifact ""` checked the working folder); a spec argument refuses "" itself
+        if getattr(option, "is_flag", False) or not (kind == "option" or kind == "argument" and _takes_paths(option)):
+            continue
+        given = values.get(option.name)
+        if given == "" or isinstance(given, (list, tuple)) and "" in given:
+            names = "/".join(option.opts) if kind == "option" else f"the argument {option.name.upper()}"
+            raise UsageError(f"{names} was given an empty value; give it a value or leave it out (an unset "
+                             f"variable in a script?) (see '{path} --help')")
+
+
+def _takes_paths(parameter: Any) -> bool:
+    """Whether a parameter's annotation is a path or a list of them (typer keeps it as `bare_type()`: the annotation's
+    text where the command's module postpones annotations, `list[Path]`)."""
+    import re
+
+    bare = getattr(parameter, "bare_type", None)
+    annotation = bare() if callable(bare) else None
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return re.search(r"\b(Path|PosixPath|WindowsPath)\b", text) is not None
 
 
 class OneLineErrors(OneValueOptions):
@@ -93,11 +120,15 @@ class OneLineErrors(OneValueOptions):
                 code = 2
         except BaseException as exc:  # noqa: B036 - an interrupt anywhere (parsing included) gets its own code
             interrupt = interrupt_in(exc)
-            if interrupt is None and not isinstance(exc, typer.Abort):
+            if interrupt is None and not isinstance(exc, Exception):
                 raise
-            code = interrupt_exit(interrupt) if interrupt is not None else 1
-            if interrupt is None:
+            if interrupt is not None:
+                code = interrupt_exit(interrupt)
+            elif isinstance(exc, typer.Abort):
                 print_error("aborted")
+                code = 1
+            else:  # a failure while the command line is parsed (a callback's bug): one line and 2, not a traceback
+                code = unexpected_exit(exc)
         if not standalone_mode:
             return code
         sys.exit(code)
@@ -157,17 +188,22 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise typer.Exit(interrupt_exit(interrupt)) from None
             if not isinstance(exc, Exception):
                 raise
-            if debug_enabled():  # the traceback as well; never another exit code
-                import traceback
-
-                traceback.print_exception(exc, file=sys.stderr)
-            if isinstance(exc, VerifyError):
-                print_error(str(exc))
-                raise typer.Exit(exc.exit_code) from None
-            # a bug or an unforeseen failure: still one line, and not "1"
-            first = one_line((str(exc).strip().splitlines() or [""])[-1], 200)
-            print_error(f"unexpected {type(exc).__name__}: {first} (rerun with VERIFY_DEBUG=1 for the traceback, "
-                        "and please report it)")
-            raise typer.Exit(2) from None
+            raise typer.Exit(unexpected_exit(exc)) from None
 
     return wrapper
+
+
+def unexpected_exit(exc: Exception) -> int:
+    """One line for a failure, and its exit code: ours say what to do; a bug or an unforeseen failure is still one
+    line, and 2, not "1" (with VERIFY_DEBUG, the traceback as well; never another exit code)."""
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, VerifyError):
+        print_error(str(exc))
+        return exc.exit_code
+    first = one_line((str(exc).strip().splitlines() or [""])[-1], 200)
+    print_error(f"unexpected {type(exc).__name__}: {first} (rerun with VERIFY_DEBUG=1 for the traceback, "
+                "and please report it)")
+    return 2

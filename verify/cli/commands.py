@@ -320,8 +320,8 @@ def explain(
         render_isolation(isolation, out_console)
         # no layer re-run is no isolation: a check asked for and not reached is never a pass (as with --layers)
         data, code = {**data, "isolation": isolation.to_dict()}, max(code, 0 if isolation.passed else 1)
-    if json_path:
-        write_json_report(data, json_path)
+    if json_path:  # `passed` as every other report has it, the exit code's verdict (with --isolate, not `equivalent`)
+        write_json_report({"command": "explain", "passed": code == 0, **data}, json_path)
         print_line(err_console, f"[dim]wrote {escape(str(json_path))}[/]")
     raise typer.Exit(code)
 

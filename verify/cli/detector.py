@@ -209,6 +209,6 @@ def explain_detector(a: str, b: str, weights: str, seed: int, shape: str | None,
     result = explain_detectors(a, b, weights, seed, size or DEFAULT_SHAPE, factor, image)
     render_explanation(result, out_console)
     if json_path:
-        write_json_report(result.to_dict(), json_path)
+        write_json_report({"command": "explain", "passed": result.exit_code == 0, **result.to_dict()}, json_path)
         print_line(err_console, f"[dim]wrote {escape(str(json_path))}[/]")
     raise typer.Exit(result.exit_code)

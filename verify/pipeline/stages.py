@@ -252,7 +252,10 @@ def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None
         child = background_child(request)  # first: its imports overlap the build
     try:
         with progress.step(f"Building {spec}" + (f" with {settings.weights} weights" if spec.registered else "")):
-            built, status = spec.build(settings.seed, settings.shape, settings.weights), OFF
+            # --input's own shape where --shape names none: a registered backbone refuses its channels, a user's model
+            # is tried on it, here, not as "pass --static" after a failed export (review 25)
+            shape = settings.shape or (tuple(plan.given[0].array.shape) if plan.given else None)
+            built, status = spec.build(settings.seed, shape, settings.weights), OFF
         no_float64 = without_float64(built, settings)  # refused here, before any export, when auto needs it
         named = plan.inputs_for(built)
         if request.export.dynamic and not spec.registered:  # a registered backbone follows its batch by design
