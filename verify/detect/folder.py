@@ -413,10 +413,11 @@ def detector_folder_layers(art: DetectorFolder, report: CheckReport, asked: bool
     the first image this run drew (never one the folder chose), each judged on its own float32 floor; one check
     `<file>: layers` per file, as a backbone folder's (verify/folder/layers.py). Asked for (`--layers`), a file it
     cannot judge fails; by default (`asked` False, best effort as the export's) it is a skipped check, in an unsigned
-    folder a failed one (verify/folder/layers.py `folder_best_effort`, review 23). `names`: only
-    these files (a preflight's target)."""
+    folder a failed one (verify/folder/layers.py `folder_best_effort`, review 23); in an unsigned folder every module
+    of the rebuilt detector holding weights must be re-run, or the file fails (`every_module_rerun`, sweep 28c).
+    `names`: only these files (a preflight's target)."""
     from verify.detect.check import detector_layer_checks
-    from verify.folder.layers import add_layer_checks, folder_best_effort, layer_files
+    from verify.folder.layers import add_layer_checks, every_module_rerun, folder_best_effort, layer_files
 
     names = layer_files(art, report, list(art.manifest.model_files()) if names is None else names, asked)
     if not names:
@@ -425,6 +426,7 @@ def detector_folder_layers(art: DetectorFolder, report: CheckReport, asked: bool
     files = {art.manifest.files[name].format: art.verified[name] for name in names}
     drawn = art.images[len(art.manifest.images)]  # verify/detect/rebuild.py: the goldens', then this run's
     checks, notes = detector_layer_checks(art.rebuilt, files, drawn, AUTO_FACTOR)
+    checks = every_module_rerun(art, checks)  # unsigned: a module unscoped by an edit fails (sweep 28c)
     if not asked:  # a signed folder's file it cannot judge is a note; an unsigned folder's fails (review 23)
         checks, unjudged = folder_best_effort(art, checks)
         notes = [*notes, *unjudged]

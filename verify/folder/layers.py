@@ -87,7 +87,9 @@ UNSIGNED_UNMAPPED = ("in an unsigned folder every module of the rebuilt model ho
                      "removed from its nodes, or their inputs made not to map back)")
 """Review 24: review 23's rule failed a file with no layer re-run, and stripping the scopes of one conv's node only
 (layer2.0.conv2, one channel off by 1e-5: the outputs 1.8x, the layer itself beyond its floor) left 57 of resnet18's 58
-layers re-run and the conv among "9 ops outside every layer (Add, Conv)": `verify artifact --rebuild` exit 0."""
+layers re-run and the conv among "9 ops outside every layer (Add, Conv)": `verify artifact --rebuild` exit 0. Sweep 28c:
+the same on a whole detector's folder (fasterrcnn_mobilenet_v3_large_320_fpn's ONNX file, backbone.body.7.block.0.0
+unscoped: 201 of 202 layers re-run, exit 0), which the rule did not cover: it does now."""
 
 
 @dataclass
@@ -104,18 +106,36 @@ class Unmapped(Isolation):
         return {**super().to_dict(), "unmapped": self.unmapped}
 
 
+def every_module_rerun(art: CheckedFolder, checks: list[Isolation]) -> list[Isolation]:
+    """`checks` (one a file) held to UNSIGNED_UNMAPPED where the folder's signature was not verified: a backbone
+    folder's (`folder_layer_checks`) and a whole detector's (verify/detect/folder.py detector_folder_layers)."""
+    if getattr(art, "signature_verified", False):
+        return checks
+    return [_every_module_rerun(art, check) for check in checks]
+
+
+def rebuilt_model(art: CheckedFolder) -> tuple[Any, str]:
+    """(the rebuilt model, the prefix its layers are named without): a backbone folder's (`art.rebuilt.built`, its
+    view's prefix) or a whole detector's (`art.rebuilt`, a BuiltDetector: its layers carry full module paths);
+    (None, "") when nothing was rebuilt."""
+    rebuilt = getattr(art, "rebuilt", None)
+    built = getattr(rebuilt, "built", None)
+    if built is not None:
+        return getattr(built, "model", None), getattr(getattr(built, "view", None), "prefix", "")
+    return getattr(rebuilt, "model", None), ""
+
+
 def _every_module_rerun(art: CheckedFolder, check: Isolation) -> Isolation:
-    """`check` as it is where every leaf module of the rebuilt backbone that holds parameters or buffers was re-run
-    as a layer (or folded into one: `fused_with`); else the same check failing, naming the modules left out
-    (UNSIGNED_UNMAPPED). Only a backbone folder's (`art.rebuilt.built.model`): a detector's is left as it was."""
+    """`check` as it is where every leaf module of the rebuilt model (a backbone or a whole detector: sweep 28c) that
+    holds parameters or buffers was re-run as a layer (or folded into one: `fused_with`); else the same check failing,
+    naming the modules left out (UNSIGNED_UNMAPPED)."""
     from verify.explain.structure import canonical_modules
 
-    built = getattr(getattr(art, "rebuilt", None), "built", None)
-    model = getattr(built, "model", None)
+    model, prefix = rebuilt_model(art)
     if model is None or not check.passed:
         return check
     rerun = {name for layer in check.layers for name in (layer.module, *layer.fused_with)}
-    modules = canonical_modules(model, getattr(getattr(built, "view", None), "prefix", ""))  # as the layers are named
+    modules = canonical_modules(model, prefix)  # as the layers are named
     missing = [name for name, module in modules.items() if name not in rerun
                and next(module.children(), None) is None
                and next(iter([*module.parameters(recurse=False), *module.buffers(recurse=False)]), None) is not None]

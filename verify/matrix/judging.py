@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import VerifyError
 from exporter.user_model import is_user_model_text
+from verify.judge.compare import DISCRETE_NOTE
 from verify.judge.file_floor import unrecorded_problems
 from verify.judge.trust import evidence_problems, unrecorded_calls
 from verify.matrix.floor_binding import floor_binding_problems, output_set_problems
@@ -70,12 +71,29 @@ def _mismatch_problem(output: Mapping[str, Any]) -> str | None:
     return f"{mismatched} of {total} elements out of tolerance (edited numbers)" if mismatched else None
 
 
+def _discrete_problem(output: Mapping[str, Any], max_abs: float) -> str | None:
+    """An output the comparator judged exactly (an integer or boolean one: auto mode's `allowed` is 0 for it alone,
+    verify/judge/compare.py DISCRETE_NOTE) is judged exactly again: any difference fails, whatever its ratio to a
+    floor that is one float32 ulp of its largest value (an int64 id near 2**24 has a floor of 2: a whole index), and
+    whatever its float64 copies say (int64 values past 2**53 one apart are equal there: its count holds them)."""
+    mismatched = output.get("mismatched")
+    counted = isinstance(mismatched, int) and not isinstance(mismatched, bool) and mismatched > 0
+    if max_abs == 0 and not counted:
+        return None
+    count = f"{mismatched} of {output.get('total')} elements" if counted else f"elements up to {max_abs:g} apart"
+    return f"{count} of this integer or boolean output differ, judged exactly: {DISCRETE_NOTE}"
+
+
 def _auto_problem(output: Mapping[str, Any], factor: float) -> str | None:
     """Auto mode: the worst channel's max |a-b| over its own floor, at most `factor`; the figures one
-    computation links must agree (ratio >= max_abs / floor, and <= max_abs / the worst channel's floor)."""
+    computation links must agree (ratio >= max_abs / floor, and <= max_abs / the worst channel's floor). An output
+    the comparator judged exactly (`allowed` 0) is judged exactly (`_discrete_problem`)."""
     floor, ratio, max_abs = _number(output, "floor", True), _number(output, "ratio"), _number(output, "max_abs")
     if floor is None or ratio is None or max_abs is None:
         return "no floor, ratio or max |a-b| to judge by"
+    if _number(output, "allowed") == 0:
+        return _discrete_problem(output, max_abs) or (None if ratio == 0 else "a ratio over the floor without any "
+                                                      "difference (edited numbers)")
     output_ratio = max_abs / floor
     if ratio < output_ratio * (1 - RELATIVE_SLACK):
         return f"ratio {ratio:.3g} is below max |a-b| / floor = {output_ratio:.3g} (edited numbers)"

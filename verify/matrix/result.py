@@ -67,6 +67,40 @@ SHOWN_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 must be of the type its renderers read."""
 
 
+INT64 = 1 << 63
+"""No integer a report or a cached cell holds reaches this (counts, shapes, indices, seeds, sizes); JSON's do, and one
+past a float (10**400) ended `verify matrix merge` in "unexpected OverflowError ... please report it", and a cached
+cell holding it ended `verify matrix` the same way before any cell ran (sweep 28c)."""
+MAX_DEPTH = 32
+"""A report nests about 8 levels (a detector cell's stored detections the deepest); JSON's reader takes up to ~1000,
+and a cell `input` nested 900 deep passed the merge's judging ("2 of 2 cells agree") and then ended it in "unexpected
+RecursionError ... please report it" where it was written out (sweep 28c)."""
+
+
+def out_of_bounds(data: Any) -> str | None:
+    """Why `data` (parsed JSON: a report, or a cached cell) holds what nothing `verify matrix` writes (an integer past
+    int64, nesting past MAX_DEPTH), naming where as `key.key[index]`; None where it holds neither. Walked with a
+    stack, not recursion."""
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    while stack:
+        where, value, depth = stack.pop()
+        if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+            return f"{where or 'the value'} holds an integer past int64"
+        if isinstance(value, (Mapping, list)) and depth >= MAX_DEPTH:
+            return f"{where if len(where) <= 120 else where[:120] + '...'} nests deeper than {MAX_DEPTH} levels"
+        if isinstance(value, Mapping):
+            stack += [(f"{where}.{key}" if where else str(key), item, depth + 1) for key, item in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value)]
+    return None
+
+
+def _refuse_out_of_bounds(data: Any, what: str) -> None:
+    why = out_of_bounds(data)
+    if why is not None:
+        raise TypeError(f"{what} {why}, which nothing `verify matrix` writes")
+
+
 class MatrixFailure(VerifyError):
     """A check the matrix failed (a merge that cannot show every cell, judged): exit 1, not a usage error."""
 
@@ -169,6 +203,7 @@ class CellResult:
         """TypeError naming the field when one that is shown but never judged (notes, floors, times...) is not
         of its type: every renderer reads them, and a report's or cache entry's content is whatever was written."""
         known = {name for name, f in cls.__dataclass_fields__.items() if f.init}
+        _refuse_out_of_bounds(data, "cell field")  # a cache entry's too (verify/matrix/cell.py _stored_failure)
         for name, (fits, what) in SHOWN_FIELDS.items():
             if name in data and not fits(data[name]):
                 raise TypeError(f"cell field {name!r} is not {what}")
@@ -275,6 +310,10 @@ class MatrixResult:
         if data.get("schema_version") != SCHEMA_VERSION:
             raise UsageError(f"{source} has matrix schema version {data.get('schema_version')}; this verify "
                              f"reads version {SCHEMA_VERSION}: rerun the shards with the same verify")
+        why = out_of_bounds(data)  # before its HMAC is computed over it
+        if why is not None:
+            raise UsageError(f"{source} is a malformed matrix report ({why}, which nothing `verify matrix` writes); "
+                             "merge reports exactly as written")
         key = os.environ.get(REPORT_KEY_ENV, "")
         authentic = None if not key else isinstance(data.get("hmac"), str) and hmac.compare_digest(
             data["hmac"].encode("utf-8", "replace"),  # bytes: compare_digest refuses non-ASCII text
