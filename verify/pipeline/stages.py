@@ -562,7 +562,7 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
     says where the files were judged and how close they came (none where something failed)."""
 
     from verify.judge.compare import Tolerance, compare_outputs
-    from verify.judge.oracle import lifted, measure_floors, summed_outputs
+    from verify.judge.oracle import floor_bounds, lifted, measure_floors
     from verify.runtimes import RuntimeOptions, default_runtime, make_runtime, runtimes_for
 
     example = build.named[0].array.shape
@@ -596,7 +596,9 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
             if fp64 is None:
                 references[shape] = (low, {})
             else:  # a user's few-value head judged on its summation floor there too, as at the example's shape
-                floors = lifted(measure_floors(low, fp64, settings.runtime.precision), summed_outputs(eager, feed, low))
+                # and a large reduction on the laned graph's (verify/judge/oracle.py graph_bounds), as there too
+                floors = lifted(measure_floors(low, fp64, settings.runtime.precision),
+                                floor_bounds(eager, feed, low, fp64))
                 references[shape] = (fp64, {name: floor.value for name, floor in floors.items()})
         reference, floors = references[shape]
         if model64 is None:  # no floor to judge values on: the outputs the model gives there, of its shapes
