@@ -538,7 +538,7 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
 
     if settings.tolerance.mode != "auto":
         return []
-    problems = _compare_file_floors(sides, runs, oracles)
+    problems = _compare_file_floors(sides, runs, oracles) + _compare_pair_floors(sides, runs, oracles)
     for mine, theirs in ((0, 1), (1, 0)):
         file = sides[theirs]
         if user[mine] and not user[theirs] and file.path is not None and runtimes_for(file.format, float64=True):
@@ -574,6 +574,20 @@ def _compare_file_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
                     "judges without a floor)")
                 break
     return problems
+
+
+def _compare_pair_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
+                         oracles: Sequence[Sequence[Oracle]]) -> list[str]:
+    """Each file side's floor held to the other side's float32 run against its float64 run (review 26: a file 1.0005
+    in float32 only, its subnormal term rounded, agreed with a correct file at 1.0x its own lifted floor, exit 0)."""
+    from verify.judge.file_floor import pair_floor_problems
+
+    return pair_floor_problems(
+        [f"{side.path.name} ({run.label})" if side.path is not None else run.label for side, run in zip(sides, runs)],
+        [run.outputs for run in runs], [[oracle.outputs for oracle in side] for side in oracles],
+        [[oracle.float32 or oracle.noise for oracle in side] for side in oracles],
+        [[oracle.summed for oracle in side] for side in oracles],
+        [side.built is None and side.path is not None for side in sides])
 
 
 def _compare_calls(sides: Sequence[Artifact], settings: RunSettings, fed: Sequence[tuple[Any, ...]] = (),

@@ -266,6 +266,7 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = E
         if result.equivalent:
             _require_agreeing_floors((a, b), labels, own, shared)
     else:
+        _require_cross_floors((a, b), labels, own, fp32, fp64)
         result.how = "float32-floor"
         result.equivalent = all(result.ratio(n) <= factor for n in shared)
 
@@ -358,6 +359,24 @@ def _require_agreeing_floors(artifacts: tuple[Artifact, Artifact], labels: tuple
                 f"{FLOOR_AGREEMENT:g}x that rounding differences allow, so a float32 run is another function than "
                 "its float64 one (a branch on x.dtype in a saved program). Not judged: explain needs each side's "
                 "float32 run to differ from its float64 one by rounding only")
+
+
+def _require_cross_floors(artifacts: tuple[Artifact, Artifact], labels: tuple[str, str], floors: list[dict],
+                          fp32: list[dict[str, np.ndarray]], fp64: list[dict[str, np.ndarray] | None]) -> None:
+    """One side without a float64 run (an ONNX file): each saved program's floor held to the other side's float32 run
+    against its float64 run (verify/judge/file_floor.py pair_floor_problems). A .pt 1.0005 in its float32 run only
+    (a subnormal constant float32 rounds) measured that as its floor, and explain judged it against a correct ONNX
+    file at 1.0x, exit 0 (review 26)."""
+    from verify.judge.file_floor import pair_floor_problems
+
+    names = [f"{label} ({artifact.path.name if artifact.path else artifact.label})"
+             for label, artifact in zip(labels, artifacts)]
+    problems = pair_floor_problems(
+        names, [[out] for out in fp32], [[ref or {}] for ref in fp64], [[floor] for floor in floors], [[{}], [{}]],
+        [artifact.built is None and artifact.path is not None for artifact in artifacts],
+        "Not judged: explain needs each side's float32 run to differ from its float64 one by rounding only")
+    if problems:
+        raise NotJudged(problems[0])
 
 
 def _float32_ratio(name: str, a: np.ndarray, b: np.ndarray, floor: NoiseFloor) -> float:

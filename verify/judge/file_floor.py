@@ -186,6 +186,80 @@ def agreement_problems(model: Sequence[Mapping[str, NoiseFloor]], files: Sequenc
     return problems
 
 
+def cross_floors(float32: Mapping[str, np.ndarray], float64: Mapping[str, np.ndarray],
+                 summed: Mapping[str, Any] | None = None) -> dict[str, NoiseFloor]:
+    """The floors of one side's run (`float32`) against the other side's float64 run (`float64`), on the outputs
+    both have in one shape, lifted to `summed` (the float64 side's summation floors, as its own floors are)."""
+    import numpy as np
+
+    from verify.judge.oracle import lifted, measure_floors
+
+    shared = {name: values for name, values in float64.items()
+              if name in float32 and np.shape(float32[name]) == np.shape(values)}
+    return lifted(measure_floors(dict(float32), shared), summed or {})
+
+
+WITHOUT_FLOOR = "Not judged (an explicit --rtol/--atol or --decimal judges without a floor)"
+"""How a refusal of a floor ends where the command can judge without one."""
+
+CHANNEL_AGREEMENT = 3 * FLOOR_AGREEMENT
+"""The most one channel of a file's own floor, pooled over the inputs, may exceed what the other file's float32 run
+measures against its float64 run (`pair_floor_problems`; correct TorchScript or .pt2 vs ONNX files of resnet18 at
+32 px, each norm: up to 5.5x on one input, 3.2x pooled over four; per output at most 2.1x)."""
+
+
+def pair_floor_problems(labels: Sequence[str], float32: Sequence[Sequence[Mapping[str, np.ndarray]]],
+                        float64: Sequence[Sequence[Mapping[str, np.ndarray]]],
+                        own: Sequence[Sequence[Mapping[str, NoiseFloor]]],
+                        summed: Sequence[Sequence[Mapping[str, Any]]], files: Sequence[bool],
+                        remedy: str = WITHOUT_FLOOR) -> list[str]:
+    """Two sides of `verify compare`, each side's floor held to the other's float32 run (the "term only in the file's
+    float32 run": a file that computes `y * ((y * 0 + 1e-42) * 1e21 * 1e21)` is 1.0005 in float32, where the
+    subnormal rounds, and 1.0 in float64; its own floor took the 0.05 % in, lifted the pair's, and `verify compare
+    bad.pt good.onnx` agreed at 1.0x, exit 0). Per side, per input: `labels`, its float32 run judged (`float32`), its
+    float64 run (`float64`, {} where none), its float32 floors (`own`, its float32 run against that float64 run),
+    its summation floors (`summed`); `remedy` ends each line. A side with a float64 run that is a file (`files`; a
+    model is held to its files by guard 3) may measure a floor at most FLOOR_AGREEMENT x the other side's float32 run
+    against that same float64 run on each output and input, and CHANNEL_AGREEMENT x in each channel pooled over the
+    inputs (as the pair is judged): both are float32 realizations of one function's rounding, whatever runtime
+    rounds them (an ONNX file, with no float64 run, is held too)."""
+    problems = []
+    for mine, theirs in ((0, 1), (1, 0)):
+        judged = [(ours, cross_floors(float32[theirs][index], reference, summed[mine][index]))
+                  for index, (ours, reference) in enumerate(zip(own[mine], float64[mine], strict=True))
+                  if files[mine] and ours and reference]
+        found = side_problem([ours for ours, _ in judged], [cross for _, cross in judged])
+        problems += [cross_problem(labels[mine], labels[theirs], *found, remedy)] if found else []
+    return problems
+
+
+def side_problem(own: Sequence[Mapping[str, NoiseFloor]], cross: Sequence[Mapping[str, NoiseFloor]]
+                 ) -> tuple[tuple[float, str], str, float] | None:
+    """`pair_floor_problems` for one side: (its worst ratio and output, where, the bound it exceeds), or None."""
+    from verify.judge.oracle import pooled_floors
+
+    worst = max(((*found, index) for index, (ours, theirs) in enumerate(zip(own, cross, strict=True))
+                 if (found := output_floor_ratio(ours, theirs)) is not None), default=None)
+    if worst is not None and worst[0] > FLOOR_AGREEMENT:
+        return worst[:2], f"input {worst[2] + 1}", FLOOR_AGREEMENT
+    ours, theirs = pooled_floors(list(own)), pooled_floors(list(cross))
+    channel = max(((agreement_ratio(ours[name], theirs[name]), name) for name in sorted(set(ours) & set(theirs))),
+                  default=None)
+    if channel is not None and channel[0] > CHANNEL_AGREEMENT:
+        return channel, "its worst channel, pooled over the inputs", CHANNEL_AGREEMENT
+    return None
+
+
+def cross_problem(label: str, other: str, worst: tuple[float, str], where: str, bound: float,
+                  remedy: str = WITHOUT_FLOOR) -> str:
+    """The line refusing a pair where `label`'s own floor is `worst` x what `other`'s float32 run measures against
+    `label`'s float64 run (`where`: on which input, or channel), over `bound`; `remedy` ends it."""
+    ratio, name = worst
+    return (f"{label}'s float32 run is another function than its float64 one: its float32 floor of {name} is "
+            f"{ratio:.3g}x what {other}'s float32 run measures against {label}'s float64 run ({where}; rounding "
+            f"allows {bound:g}x), a term only float32 rounds (a subnormal constant scaled up), not rounding. {remedy}")
+
+
 def unrunnable_problem(label: str, reason: str) -> str:
     """The line refusing a judgement whose floor could not be checked on a file that should run in float64."""
     return (f"{label} could not run in float64 to check the model's floor against its own ({reason}); a file "
