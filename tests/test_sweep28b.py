@@ -156,7 +156,10 @@ def test_a_registered_backbone_is_not_traced(monkeypatch):
 
 
 class Answers:
-    """A graph stand-in whose run returns `value`."""
+    """A graph stand-in whose run returns `value`; its replaced reductions as large as the flat cap needs (review 27:
+    the lift is also bounded by their size, GRAPH_LIFT_SCALE)."""
+
+    reduced_size = 1 << 40
 
     def __init__(self, value: np.ndarray) -> None:
         self.value = value

@@ -773,11 +773,28 @@ def inputless_leaves(ref: Reference, leaves: dict[str, Any]) -> list[str]:
     """The candidate's leaf modules that a TorchScript file keeps as taking no input and returning nothing
     (verify/runtimes/torchscript.py `takes_no_input`) where the reference's module of that name is a leaf with no
     parameters or buffers: they cannot read the input or give a value back, so there is nothing of them to re-run.
-    Any other layer that cannot run on the reference's values still fails the file."""
+    Any other layer that cannot run on the reference's values still fails the file, and so does one whose model's
+    module gave back other values than it was given (a weightless leaf that computes: review 27, a model whose
+    `torch.jit.is_tracing()` branch skips a 1e-6 one-channel scale passed at 2.3x its outputs' floor)."""
     from verify.runtimes.torchscript import takes_no_input
 
     return [name for name, module in leaves.items() if name in ref.called and takes_no_input(module)
-            and _weightless_leaf(ref.modules.get(name))]
+            and _weightless_leaf(ref.modules.get(name)) and _returns_its_input(ref, name)]
+
+
+def _returns_its_input(ref: Reference, name: str) -> bool:
+    """Every recorded call of the reference's module `name` gave back its input tensor, value for value (and at least
+    one call was recorded: a call whose input is not known proves nothing)."""
+    import torch
+
+    calls = [key for key in ref.inputs if key[0] == name]
+
+    def same(key: Any) -> bool:
+        given, back = ref.inputs[key], ref.outputs.get(key)
+        return isinstance(back, torch.Tensor) and isinstance(given, torch.Tensor) and back.shape == given.shape \
+            and torch.equal(back, given)
+
+    return bool(calls) and all(same(key) for key in calls)
 
 
 def _weightless_leaf(module: Any) -> bool:
