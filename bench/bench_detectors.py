@@ -36,7 +36,8 @@ def reshape_sweep() -> None:
     import torch
 
     from exporter.families.detectors import build_detector, calibration_image
-    from verify.detect.check import export_detector, judge_detector
+    from verify.detect.export import export_detector
+    from verify.detect.verdict import judge_detector
 
     print(f"# {RESHAPE_DETECTOR}: legacy ONNX, dynamic sizes, exported at {EXPORT_AT[0]}x{EXPORT_AT[1]}; "
           "proposals = what the RPN keeps in eager float32")

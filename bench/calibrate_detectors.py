@@ -4,8 +4,8 @@ detectors, measured as bench/calibrate_auto.py measures it for backbones (run by
 1. Correct runs: each detector exported once (TorchScript and legacy ONNX, from seed 0's image), judged by the export's
    own `judge_detector` on each seeded image (`--seeds`) at each torch thread count (`--threads`): every judged pair's
    worst ratio against its floor, before NMS (dense tensors, anchors, paired proposals, the final-NMS inputs), the
-   TorchScript file's own pieces (judged aside, verify/detect/check.py `_script_piece_problems`) and after NMS (box and
-   score of the matched detections).
+   TorchScript file's own pieces (judged aside, verify/detect/verdict.py `_script_piece_problems`) and after NMS (box
+   and score of the matched detections).
 2. Bugs: a 0.1 % error in the output channel of largest weight of one convolution or linear layer, picks spread over
    the ONNX file's weights (`--picks`), judged by `judge_runs` against the correct run's references on the same image;
    a bug's ratio is the smaller of its two pairs' (vs eager fp64, vs eager), each the worst over every judged tensor.
@@ -40,18 +40,18 @@ ERROR = 1e-3
 def _recording():
     """Every PairResult compare_outputs returns while judging, with its pair: the report keeps the TorchScript
     pieces' only as problems."""
-    from verify.detect import check
+    from verify.detect import verdict
 
     seen = []
-    real = check.compare_outputs
+    real = verdict.compare_outputs
 
     def record(*args, **kwargs):
         found = real(*args, **kwargs)
         seen.append(found)
         return found
 
-    check.compare_outputs = record
-    return seen, lambda: setattr(check, "compare_outputs", real)
+    verdict.compare_outputs = record
+    return seen, lambda: setattr(verdict, "compare_outputs", real)
 
 
 def _worst(pair) -> float:
@@ -73,7 +73,7 @@ def _picks(path: Path, count: int) -> list[str]:
 def _outputs(path: Path, images: list, dense: list[str]) -> bytes:
     """Every output the ONNX file gives on `images` (detections, dense tensors, final-NMS inputs), as bytes: two files
     that give the same bytes are indistinguishable here."""
-    from verify.detect.check import _run_onnx
+    from verify.detect.onnx_runs import _run_onnx
 
     run = _run_onnx(path, images, dense)
     parts = [getattr(found, key).tobytes() for found in (*run.detections, *run.candidates)
@@ -111,16 +111,10 @@ def main() -> None:
     import torch
 
     from exporter.families.detectors import build_detector, calibration_image
-    from verify.detect.check import (
-        EAGER,
-        ORACLE,
-        RUNTIMES,
-        DetectorReport,
-        detector_layer_checks,
-        export_detector,
-        judge_detector,
-        judge_runs,
-    )
+    from verify.detect.check import detector_layer_checks
+    from verify.detect.export import export_detector
+    from verify.detect.report import DetectorReport
+    from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_detector, judge_runs
     from verify.judge.compare import AUTO_FACTOR, Tolerance
 
     warnings.simplefilter("ignore")

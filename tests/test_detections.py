@@ -151,7 +151,7 @@ def test_iou_band_bounds_the_change_of_iou_under_coordinate_error(shift):
 @pytest.mark.parametrize("given, wanted, empty", [("{71,363}", "{-1,4}", False), ("{0,364}", "{0,-1}", True)])
 def test_an_onnx_runtime_reshape_failure_is_named_as_the_upstream_issue(given, wanted, empty):
     """vision#4623's own message ({71,363}) and the one this project reproduces (no proposal: {0,364})."""
-    from verify.detect.check import RESHAPE_BLOCKER, runtime_failure
+    from verify.detect.onnx_runs import RESHAPE_BLOCKER, runtime_failure
 
     message = ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Reshape "
                "node. Name:'/roi_heads/Reshape' Status Message: reshape_helper.h:84 size != 0 was false. The input "
@@ -162,7 +162,7 @@ def test_an_onnx_runtime_reshape_failure_is_named_as_the_upstream_issue(given, w
 
 
 def test_another_onnx_runtime_failure_is_quoted_not_blamed_on_the_upstream_issue():
-    from verify.detect.check import RESHAPE_BLOCKER, runtime_failure
+    from verify.detect.onnx_runs import RESHAPE_BLOCKER, runtime_failure
 
     text = runtime_failure("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions\nfor input", (3, 8, 8))
     assert RESHAPE_BLOCKER not in text and "Got invalid dimensions for input" in text and "\n" not in text

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from exporter.families.detectors import PER_PROPOSAL_MODULES, build_detector, calibration_image
-from verify.detect.check import run_eager
+from verify.detect.eager_runs import run_eager
 from verify.detect.explain import explain_built
 from verify.detect.proposals import PROPOSALS
 from verify.explain.localize import EQUIVALENCE_RTOL

@@ -24,7 +24,7 @@ from tests.helpers import (
     rewrite,
     strip_signature,
 )
-from verify.detect.check import FILE_NAMES
+from verify.detect.export import FILE_NAMES
 from verify.folder.integrity import INTEGRITY, UNSIGNED_CODE_OPTION
 from verify.judge.compare import AUTO_FACTOR
 
@@ -232,8 +232,9 @@ def test_the_determinism_guard_repeats_every_image_not_only_the_first():
     caught (the guard once repeated the first image only, so this passed)."""
     import torch
 
-    from verify.detect import check
+    from verify.detect.eager_runs import GUARD_DEVICE, _guarded
     from verify.detect.match import Detections
+    from verify.detect.report import Run
     from verify.judge.trust import repeat_problems
 
     images = [torch.zeros(3, 8, 8), torch.ones(3, 8, 8)]
@@ -247,11 +248,11 @@ def test_the_determinism_guard_repeats_every_image_not_only_the_first():
             if len(seen) == 2 * len(images):  # the repeat of the last image
                 score = np.nextafter(score, np.float32(2))
             found.append(Detections.of({"boxes": np.zeros((1, 4)), "scores": [score], "labels": [1]}))
-        return check.Run(found)
+        return Run(found)
 
     guards = []
-    kept = check._guarded("drifting", drifting, images, guards)
+    kept = _guarded("drifting", drifting, images, guards)
     assert len(seen) == 2 * len(images) and len(kept.detections) == len(images)
     assert guards[0].differences["scores"] > 0
-    problems = repeat_problems(guards, check.GUARD_DEVICE, {})
+    problems = repeat_problems(guards, GUARD_DEVICE, {})
     assert len(problems) == 1 and problems[0].startswith("drifting is not deterministic")

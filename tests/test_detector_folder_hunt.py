@@ -23,7 +23,7 @@ from exporter.families.detectors import IMAGE_SIZE
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
 from tests.conftest import cuda_available
 from tests.helpers import checks, edit_goldens, edit_manifest, invoke, linked_copy, rehash, rewrite, strip_signature
-from verify.detect.check import FILE_NAMES
+from verify.detect.export import FILE_NAMES
 from verify.detect.folder import detector_integrity
 from verify.detect.goldens import BOX_SLACK, CLASSES, RPN_LEVEL_HEAD, SCORE_RANGE
 from verify.folder.checks import CheckReport
@@ -228,7 +228,7 @@ def test_preflight_of_torchscript_on_cuda_without_cuda_is_an_environment_error(f
 def consistent_floors(folder) -> None:
     """Every floor the manifest records re-derived from the (edited) goldens, as `verify artifact` derives them:
     the folder is consistent again, and only a signature or `--rebuild` can tell."""
-    from verify.detect.check import EAGER, ORACLE, derive_floors
+    from verify.detect.verdict import EAGER, ORACLE, derive_floors
     from verify.judge.oracle import channel_floors_sha256
 
     art = detector_integrity(folder, CheckReport("artifact"))

@@ -18,7 +18,8 @@ import typer
 
 from exporter.errors import UsageError
 from verify.cli.detector import SUPPORTED_OPTIONS, export_detector, refuse_unsupported
-from verify.detect.check import EAGER, verify_detector
+from verify.detect.check import verify_detector
+from verify.detect.verdict import EAGER
 from verify.render.detections import (
     TABLE_HEADER,
     detector_html,

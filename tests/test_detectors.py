@@ -15,19 +15,12 @@ from onnx import helper, numpy_helper
 from exporter.errors import UsageError
 from exporter.families.detectors import MIN_DETECTIONS, build_detector, calibration_image
 from tests.helpers import NAME, one_channel_error
-from verify.detect import check
-from verify.detect.check import (
-    EAGER,
-    ORACLE,
-    OUTPUT_NAMES,
-    RESHAPE_BLOCKER,
-    RUNTIMES,
-    export_detector,
-    judge_detector,
-    run_eager,
-    verify_detector,
-)
+from verify.detect.check import verify_detector
+from verify.detect.eager_runs import run_eager
+from verify.detect.export import OUTPUT_NAMES, export_detector
+from verify.detect.onnx_runs import RESHAPE_BLOCKER, _ort_run
 from verify.detect.proposals import PROPOSALS
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_detector
 from verify.judge.compare import AUTO_FACTOR
 
 
@@ -307,7 +300,7 @@ def test_a_runtime_that_gives_other_values_the_second_time_fails(detector_export
     _, out, _, _ = detector_export
     inputs, files = [calibration_image(0)], {"onnx": out / "detector.onnx"}
     calls = []
-    original = check._ort_run
+    original = _ort_run
 
     def drifting(session, image, names):
         result = original(session, image, names)
@@ -318,7 +311,7 @@ def test_a_runtime_that_gives_other_values_the_second_time_fails(detector_export
                 result["scores"][0] = np.nextafter(result["scores"][0], np.float32(2))
         return result
 
-    monkeypatch.setattr(check, "_ort_run", drifting)
+    monkeypatch.setattr("verify.detect.onnx_runs._ort_run", drifting)
     report = judge_detector(built, inputs, files)
     assert report.exit_code == 1
     problems = report.to_dict()["problems"]

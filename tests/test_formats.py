@@ -90,7 +90,8 @@ ALLOWED = {
     "exporter/formats/__init__.py", "verify/cli/options.py",
     # the whole-detector check exports through its own two paths (scripted TorchScript, the legacy ONNX
     # exporter: torch.export cannot trace torchvision's detectors), not through the FORMATS plug-ins
-    "verify/detect/check.py", "verify/detect/folder.py", "verify/detect/preflight.py",
+    "verify/detect/check.py", "verify/detect/export.py", "verify/detect/runners.py", "verify/detect/verdict.py",
+    "verify/detect/folder.py", "verify/detect/preflight.py",
     # runtimes declare the formats they run
     *(str(p.relative_to(ROOT)) for p in (ROOT / "verify" / "runtimes").glob("*.py")),
 }

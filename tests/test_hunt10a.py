@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import NAME
-from verify.detect.check import ORACLE, RUNTIMES
 from verify.detect.goldens import CLASSES
 from verify.detect.match import Detections, iou_matrix
 from verify.detect.proposals import Bands, ProposalCheck, RpnRules, explain_lone, explain_unpaired, kept_order
+from verify.detect.verdict import ORACLE, RUNTIMES
 from verify.judge.compare import Tolerance
 from verify.matrix.result import AGREE, DISAGREE, CellResult
 

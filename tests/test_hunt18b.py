@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from exporter.errors import ExportError
 from exporter.families.detectors import build_detector, calibration_image
 from tests.helpers import NAME
-from verify.detect import check
-from verify.detect.check import EAGER, ORACLE, RUNTIMES, ExportError, judge_detector
 from verify.detect.match import DetectionFloor, Detections, Rules, compare_detections
+from verify.detect.scripted_runs import _run_torchscript, _script_pieces
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, candidate_scales, judge_detector
 from verify.judge.compare import AUTO_FACTOR
 
 SCRIPT = RUNTIMES["torchscript"]
@@ -62,7 +63,7 @@ def test_a_box_regression_row_of_a_class_no_image_detects_fails(detector_export,
 
 def test_a_forward_that_is_not_its_own_pieces_is_refused_in_one_line(detector_export, built, monkeypatch):
     _, out, _, _ = detector_export
-    real = check._script_pieces
+    real = _script_pieces
 
     def other(*args):  # what the pieces compose to, one score one ulp off what the forward returned
         tensors, proposals, composed = real(*args)
@@ -70,16 +71,16 @@ def test_a_forward_that_is_not_its_own_pieces_is_refused_in_one_line(detector_ex
         composed["scores"][0] = torch.nextafter(composed["scores"][0], torch.tensor(2.0))
         return tensors, proposals, composed
 
-    monkeypatch.setattr(check, "_script_pieces", other)
+    monkeypatch.setattr("verify.detect.scripted_runs._script_pieces", other)
     with pytest.raises(ExportError, match="computes something else") as caught:
-        check._run_torchscript(out / "detector.torchscript.pt", [calibration_image(0)], ["rpn.head.cls_logits#0"])
+        _run_torchscript(out / "detector.torchscript.pt", [calibration_image(0)], ["rpn.head.cls_logits#0"])
     assert "\n" not in str(caught.value)
 
 
 def test_the_pieces_show_every_dense_tensor_eager_shows(detector_export):
     report, out, _, _ = detector_export
     eager = report.references[EAGER]
-    run = check._run_torchscript(out / "detector.torchscript.pt", [calibration_image(0)], list(eager.dense))
+    run = _run_torchscript(out / "detector.torchscript.pt", [calibration_image(0)], list(eager.dense))
     assert set(run.dense) == set(eager.dense)
     assert all(run.dense[name].shape == value.shape for name, value in eager.dense.items())
     assert len(run.proposals) == 1 and run.proposals[0].shape == eager.proposals[0].shape
@@ -100,7 +101,7 @@ def test_the_lowest_kept_box_moved_is_no_cap_borderline(detector_export):
     oracle = report.references[ORACLE]
     rules = report.judging.rules
     assert all(len(found) == rules.detections_per_img for found in oracle.detections), "the cap must be reached"
-    scales = check.candidate_scales(NAME, report.images)
+    scales = candidate_scales(NAME, report.images)
     assert scales == [(1.0, 1.0)] * len(report.images)
     moved = [_moved_lowest(found, 40.0) for found in oracle.detections]
     pair = compare_detections(SCRIPT, moved, ORACLE, oracle.detections, report.floor, rules, oracle.candidates,

@@ -19,9 +19,11 @@ from onnx import helper, numpy_helper
 
 from exporter.families.detectors import ANCHOR_MODULES, build_detector, calibration_image
 from tests.helpers import NAME
-from verify.detect import check
-from verify.detect.check import EAGER, ORACLE, RUNTIMES, DetectorReport, Judging, judge_runs, run_eager
+from verify.detect.eager_runs import run_eager
 from verify.detect.match import Detections, compare_detections, measure_detection_floor
+from verify.detect.onnx_graph import onnx_dense_outputs, onnx_scope_outputs
+from verify.detect.report import DetectorReport, Judging
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, candidate_scales, judge_runs
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 
 ANCHORS = f"{ANCHOR_MODULES['fasterrcnn']}#0"
@@ -113,8 +115,8 @@ def test_only_the_float_value_an_anchor_scope_returns_is_its_anchors():
                               [numpy_helper.from_array(np.array(2, dtype=np.int64), "two"),
                                numpy_helper.from_array(np.zeros((9, 4), dtype=np.float32), "cells")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert check.onnx_scope_outputs(model, [scope]) == {f"{scope}Concat_output_0"}
-    assert check.onnx_dense_outputs(model, ["anchor_generator#0"]) == {"anchor_generator#0": f"{scope}Concat_output_0"}
+    assert onnx_scope_outputs(model, [scope]) == {f"{scope}Concat_output_0"}
+    assert onnx_dense_outputs(model, ["anchor_generator#0"]) == {"anchor_generator#0": f"{scope}Concat_output_0"}
 
 
 # A detection in one run only that sits at the score threshold is a borderline only if the float64 model had it: a
@@ -133,7 +135,7 @@ def test_a_score_threshold_borderline_whose_box_moved_fails(detector_export, bui
     assert len(oracle.below_threshold) == 1 and len(oracle.below_threshold[0]) > len(oracle.candidates[0])
     floor = measure_detection_floor(eager.detections, oracle.detections)
     rules = Judging.of(model).rules
-    scales = check.candidate_scales(NAME, [i.numpy() for i in image])
+    scales = candidate_scales(NAME, [i.numpy() for i in image])
 
     def judged(shift, below):
         found = eager.detections[0]

@@ -16,11 +16,13 @@ import pytest
 
 from exporter.manifest import GOLDENS_NAME
 from tests.helpers import edit_goldens, linked_copy, strip_signature
-from verify.detect import check
-from verify.detect.check import EAGER, ORACLE, RUNTIMES, DetectorReport, Run, judge_runs
+from verify.detect.export import FILE_NAMES
 from verify.detect.folder import detector_integrity
 from verify.detect.goldens import BELOW
 from verify.detect.match import Detections
+from verify.detect.report import DetectorReport, Run
+from verify.detect.runners import _RUNNERS
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_runs
 from verify.folder.checks import CheckReport
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 from verify.matrix.detector_cell import detector_numbers
@@ -92,7 +94,7 @@ def _borderline_case(art):
 
 def _judged(art, judging, eager, oracle, detections, files, monkeypatch):
     """judge_runs on the folder's images with an ONNX run that returns `detections` (its dense tensors eager's)."""
-    monkeypatch.setitem(check._RUNNERS, "onnx", lambda path, images, dense, device: Run(
+    monkeypatch.setitem(_RUNNERS, "onnx", lambda path, images, dense, device: Run(
         detections * (len(images) // len(detections)), eager.dense, per_image=eager.per_image * 2,
         proposals=eager.proposals * 2))
     manifest = art.manifest
@@ -109,7 +111,7 @@ def test_a_folders_score_threshold_borderline_moved_40_px_fails(folder, monkeypa
     the goldens held no below-threshold inputs and the moved one passed."""
     art, _ = integrity(folder)
     judging, eager, oracle, threshold = _borderline_case(art)
-    files = {"onnx": folder / check.FILE_NAMES["onnx"]}
+    files = {"onnx": folder / FILE_NAMES["onnx"]}
     found = eager.detections[0]
     lone = int(np.argmin(np.abs(found.scores - threshold)))
 

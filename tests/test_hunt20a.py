@@ -19,11 +19,13 @@ from onnx import helper, numpy_helper
 from exporter.families.detectors import ANCHOR_MODULES, build_detector, calibration_image
 from exporter.manifest import GOLDENS_NAME
 from tests.helpers import edit_goldens, linked_copy, strip_signature
-from verify.detect import check
-from verify.detect.check import EAGER, ORACLE, RUNTIMES, DetectorReport, judge_detector, judge_runs
+from verify.detect.export import export_detector
 from verify.detect.folder import detector_integrity
 from verify.detect.match import Detections
 from verify.detect.nms_inputs import BOXES, SCORES, NmsBands, block_lows, onnx_nms_inputs, unexplained
+from verify.detect.onnx_graph import onnx_scope_outputs, onnx_scopes
+from verify.detect.report import DetectorReport
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, _judge, judge_detector, judge_runs
 from verify.folder.checks import CheckReport
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 
@@ -41,7 +43,7 @@ def ssd(module_tmp):
     built = build_detector(SSD)
     image = calibration_image(0)
     path = module_tmp("ssd20a") / "detector.onnx"
-    check.export_detector(built, image, ["onnx"], path.parent)
+    export_detector(built, image, ["onnx"], path.parent)
     return built, judge_detector(built, [image], {"onnx": path}), path
 
 
@@ -55,7 +57,7 @@ def _anchors_scaled_after_their_generator(path, rows, level, factor, out):
     """The ONNX file with one level's anchors times `factor` between the generator's scope and the decoding: the value
     the scope hands out (what is judged as the anchors) stays as it was."""
     model = onnx.load(str(path))
-    anchors, = check.onnx_scope_outputs(model, check.onnx_scopes(ANCHOR_MODULES["ssd"], 0))
+    anchors, = onnx_scope_outputs(model, onnx_scopes(ANCHOR_MODULES["ssd"], 0))
     scale = np.ones((sum(rows), 1), np.float32)
     scale[sum(rows[:level]):sum(rows[:level + 1])] = factor
     model.graph.initializer.append(numpy_helper.from_array(scale, "seeded_scale"))
@@ -114,7 +116,7 @@ def test_a_runtime_that_shows_no_candidates_fails_as_missing(ssd):
     blind = replace(eager, candidates=[])  # what an ONNX graph whose NMS inputs are not found gives
     judged = DetectorReport(SSD, report.norm, report.weights, report.shape, ("onnx",), AUTO_FACTOR,
                             images=report.images)
-    check._judge(judged, report.judging, eager, oracle, {ONNX: blind}, Tolerance())
+    _judge(judged, report.judging, eager, oracle, {ONNX: blind}, Tolerance())
     assert judged.exit_code == 1
     for pair in judged.dense:
         missing = [o for o in pair.outputs if o.name in (BOXES, SCORES)]
@@ -126,7 +128,7 @@ def test_references_without_float32_candidates_are_never_judged_without_them(ssd
     eager, oracle = report.references[EAGER], report.references[ORACLE]
     judged = DetectorReport(SSD, report.norm, report.weights, report.shape, ("onnx",), AUTO_FACTOR,
                             images=report.images)
-    check._judge(judged, report.judging, replace(eager, candidates=[]), oracle, {ONNX: eager}, Tolerance())
+    _judge(judged, report.judging, replace(eager, candidates=[]), oracle, {ONNX: eager}, Tolerance())
     assert judged.exit_code == 1
     assert any("float32" in p and "final-NMS inputs" in p and "export it again" in p for p in judged.problems)
 

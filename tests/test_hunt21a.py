@@ -21,7 +21,7 @@ from onnx import numpy_helper
 
 from exporter.manifest import MANIFEST_NAME
 from tests.helpers import NAME, scripted_box_clip
-from verify.detect.check import EAGER, ORACLE, RUNTIMES, DetectorReport, judge_runs
+from verify.detect.eager_runs import concat_dense
 from verify.detect.match import Detections
 from verify.detect.nms_inputs import (
     BOXES,
@@ -32,6 +32,8 @@ from verify.detect.nms_inputs import (
     lone_proposal_probabilities,
     unexplained,
 )
+from verify.detect.report import DetectorReport
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_runs
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 
 ONNX = RUNTIMES["onnx"]
@@ -166,7 +168,7 @@ def test_lone_proposal_probabilities_are_the_softmax_of_their_own_rows():
     assert missing.size == 0
 
 
-def _without_proposal(run, k, check):
+def _without_proposal(run, k):
     """`run` (one image) as a runtime that did not keep proposal `k`: its box-head rows and its final-NMS inputs (the
     candidates whose score is one of its class probabilities) gone; the detections as they were."""
     rows = run.per_image[0]
@@ -177,14 +179,14 @@ def _without_proposal(run, k, check):
                   for name, value in rows.items()}]
     keep = np.flatnonzero(~mine)
     candidates = [Detections(found.boxes[keep], found.scores[keep], found.labels[keep])]
-    return replace(run, per_image=per_image, dense=check.concat_dense(per_image, [torch.zeros(3, 320, 320)]),
+    return replace(run, per_image=per_image, dense=concat_dense(per_image, [torch.zeros(3, 320, 320)]),
                    proposals=[np.delete(run.proposals[0], k, axis=0)], candidates=candidates), int(mine.sum())
 
 
 def test_a_proposal_in_one_run_only_carries_its_candidates_end_to_end(detector_export):
     """A run without one proposal, whose float64 RPN score is the RPN's score threshold (a `RPN score threshold`
     borderline): the candidates decoded from it are in the reference only, and explained by it."""
-    from verify.detect import check
+    from verify.detect.verdict import _judge
 
     report, _, _, _ = detector_export
     eager, oracle = report.references[EAGER], report.references[ORACLE]
@@ -197,14 +199,14 @@ def test_a_proposal_in_one_run_only_carries_its_candidates_end_to_end(detector_e
     kept_owners = {int(owner[j]) for j in range(len(found))
                    if ((kept.labels == found.labels[j]) & (np.abs(kept.scores - found.scores[j]) < 1e-5)).any()}
     k = max(used - kept_owners)  # a proposal with candidates, none of them kept by the final NMS
-    run, gone = _without_proposal(eager, k, check)
+    run, gone = _without_proposal(eager, k)
     assert gone >= 1
     rpn = oracle.rpn_candidates[0]
     threshold = float(rpn.scores[np.abs(rpn.boxes - oracle.proposals[0][k]).max(axis=1).argmin()])
     judging = replace(report.judging, rpn=replace(report.judging.rpn, score_thresh=threshold))
     judged = DetectorReport(NAME, report.norm, report.weights, report.shape, ("onnx",), AUTO_FACTOR,
                             images=report.images)
-    check._judge(judged, judging, eager, oracle, {ONNX: run}, Tolerance())
+    _judge(judged, judging, eager, oracle, {ONNX: run}, Tolerance())
     pairs = {(p.a, p.b): p for p in judged.proposals}
     assert len(pairs[(ONNX, ORACLE)].borderline) == 1 and pairs[(ONNX, ORACLE)].passed
     assert not judged.problems, judged.problems
@@ -233,27 +235,35 @@ def test_a_torchscript_clamp_that_moves_only_suppressed_candidates_fails(detecto
 
 
 def test_torchscript_candidates_come_from_its_own_box_coder_and_compose_to_its_forward(detector_export):
+    from exporter.errors import ExportError
     from exporter.families.detectors import calibration_image
-    from verify.detect import check
+    from verify.detect.scripted_runs import (
+        _run_torchscript,
+        _script_candidates,
+        _script_decoder,
+        _script_image_list,
+        _script_pieces,
+        load_scripted,
+    )
 
     report, folder, _, _ = detector_export
     eager = report.references[EAGER]
     path = folder / "detector.torchscript.pt"
-    run = check._run_torchscript(path, [calibration_image(0)], list(eager.dense))
+    run = _run_torchscript(path, [calibration_image(0)], list(eager.dense))
     assert len(run.candidates) == 1 and len(run.candidates[0]) == len(eager.candidates[0])
     np.testing.assert_array_equal(np.sort(run.candidates[0].scores), np.sort(eager.candidates[0].scores))
-    check._script_image_list()
-    model = check.load_scripted(path)
+    _script_image_list()
+    model = load_scripted(path)
     image = calibration_image(0)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a scripted detector warns that it returns (losses, detections)
         _, out = model([image])
-        tensors, proposals, _ = check._script_pieces(model, image, [])
-        decoder = check._script_decoder(model)
+        tensors, proposals, _ = _script_pieces(model, image, [])
+        decoder = _script_decoder(model)
         off = {**out[0], "scores": out[0]["scores"].clone()}
         off["scores"][-1] = torch.nextafter(off["scores"][-1], torch.tensor(2.0))
-        with pytest.raises(check.ExportError, match="post-processing computes something else") as caught:
-            check._script_candidates(model, decoder, image, tensors, proposals, off)
+        with pytest.raises(ExportError, match="post-processing computes something else") as caught:
+            _script_candidates(model, decoder, image, tensors, proposals, off)
     assert "\n" not in str(caught.value)
 
 

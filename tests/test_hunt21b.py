@@ -141,8 +141,8 @@ def _dense_pairs(detector: str, drop: str | None) -> list[dict]:
     import numpy as np
 
     from exporter.families.detectors import DETECTORS, dense_modules
-    from verify.detect.check import EAGER, ORACLE, RUNTIMES
     from verify.detect.nms_inputs import BOXES, SCORES
+    from verify.detect.verdict import EAGER, ORACLE, RUNTIMES
     from verify.judge.compare import Tolerance, compare_outputs
     from verify.judge.oracle import measure_floors
 
@@ -160,7 +160,7 @@ def test_a_matrix_cell_without_the_final_nms_inputs_fails_the_merge(drop):
     """Before: a RetinaNet cell whose shard cut `final_nms.*` (hunt 20a's decoded candidates) out of every before-NMS
     pair alike still compared the same tensors, held every head and the anchors, and its before-NMS level gave no
     reason to fail (a decoding bug judged after NMS only, as before hunt 20a). Now the missing tensor is named."""
-    from verify.detect.check import RUNTIMES
+    from verify.detect.verdict import RUNTIMES
     from verify.judge.compare import Tolerance
     from verify.matrix.detector_judging import _before_nms
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from exporter.errors import ExportError
 from exporter.families.detectors import ANCHOR_MODULES, build_detector, calibration_image
 from tests.helpers import NAME, scripted_box_clip
-from verify.detect import check
-from verify.detect.check import EAGER, ORACLE, RUNTIMES, DetectorReport, judge_runs
+from verify.detect.eager_runs import concat_dense, run_eager
+from verify.detect.export import export_detector
 from verify.detect.match import Detections
 from verify.detect.nms_inputs import (
     BOX_REGRESSION,
@@ -31,6 +32,9 @@ from verify.detect.nms_inputs import (
     near_small_box,
     unexplained,
 )
+from verify.detect.report import DetectorReport, Judging
+from verify.detect.scripted_runs import _script_image_list, _script_nms_inputs, load_scripted
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, _judge, judge_runs
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 
 SSD = "ssdlite320_mobilenet_v3_large"
@@ -47,8 +51,8 @@ def ssd(module_tmp):
     built.model.topk_candidates = TOPK  # fewer candidates to pair, decoded as before
     image = calibration_image(0)
     path = module_tmp("ssd22a") / "detector.torchscript.pt"
-    check.export_detector(built, image, ["torchscript"], path.parent)
-    return (built, image, check.run_eager(built, [image], float64=False), check.run_eager(built, [image], float64=True),
+    export_detector(built, image, ["torchscript"], path.parent)
+    return (built, image, run_eager(built, [image], float64=False), run_eager(built, [image], float64=True),
             path)
 
 
@@ -56,7 +60,7 @@ def _judged(ssd, path) -> DetectorReport:
     built, image, eager, oracle, _ = ssd
     judged = DetectorReport(SSD, built.norm, built.weights, (1, *image.shape), ("torchscript",), AUTO_FACTOR,
                             images=[image.numpy()])
-    judge_runs(judged, check.Judging.of(built), [image], eager, oracle, {"torchscript": path}, Tolerance())
+    judge_runs(judged, Judging.of(built), [image], eager, oracle, {"torchscript": path}, Tolerance())
     return judged
 
 
@@ -112,21 +116,21 @@ def _rows(found):
 
 def test_the_files_own_post_processing_gives_every_candidate_and_must_compose_to_its_forward(ssd):
     _, image, _, _, path = ssd
-    check._script_image_list()
-    model = check.load_scripted(path)
+    _script_image_list()
+    model = load_scripted(path)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a scripted detector warns that it returns (losses, detections)
         _, out = model([image])
         thresh, cap = model.nms_thresh, model.detections_per_img
-        found = check._script_nms_inputs(model, image, out[0])
+        found = _script_nms_inputs(model, image, out[0])
         reference = ssd[2].candidates[0]
         assert len(found) == len(reference) > len(out[0]["scores"]), "every candidate, the suppressed ones too"
         np.testing.assert_array_equal(_rows(found), _rows(reference))  # on the CPU the file computes as eager does
         assert (model.nms_thresh, model.detections_per_img) == (thresh, cap), "the file's own attributes restored"
         off = {**out[0], "scores": out[0]["scores"].clone()}
         off["scores"][-1] = torch.nextafter(off["scores"][-1], torch.tensor(2.0))
-        with pytest.raises(check.ExportError, match="post-processing computes something else") as caught:
-            check._script_nms_inputs(model, image, off)
+        with pytest.raises(ExportError, match="post-processing computes something else") as caught:
+            _script_nms_inputs(model, image, off)
         assert (model.nms_thresh, model.detections_per_img) == (thresh, cap)
     assert "\n" not in str(caught.value)
 
@@ -143,7 +147,7 @@ def _without_proposal(run, k):
     per_image = [{name: np.delete(value, k, axis=0) if name in (CLASS_LOGITS, BOX_REGRESSION) else value
                   for name, value in rows.items()}]
     keep = np.flatnonzero(~mine)
-    without = replace(run, per_image=per_image, dense=check.concat_dense(per_image, [torch.zeros(3, 320, 320)]),
+    without = replace(run, per_image=per_image, dense=concat_dense(per_image, [torch.zeros(3, 320, 320)]),
                       proposals=[np.delete(run.proposals[0], k, axis=0)],
                       candidates=[Detections(found.boxes[keep], found.scores[keep], found.labels[keep])])
     return without, np.flatnonzero(mine)
@@ -174,7 +178,7 @@ def _lone_proposal_run(report, shift: float):
     judging = replace(report.judging, rpn=replace(report.judging.rpn, score_thresh=threshold))
     judged = DetectorReport(NAME, report.norm, report.weights, report.shape, ("onnx",), AUTO_FACTOR,
                             images=report.images)
-    check._judge(judged, judging, references[0], references[1], {RUNTIMES["onnx"]: run}, Tolerance())
+    _judge(judged, judging, references[0], references[1], {RUNTIMES["onnx"]: run}, Tolerance())
     return judged
 
 
@@ -224,8 +228,8 @@ def test_a_folder_whose_suppressed_float64_candidate_was_moved_is_refused_in_one
 
 def test_a_files_own_pieces_failing_is_that_files_check_in_a_folders_report():
     """`verify artifact` listed a TorchScript file's own pieces failing before NMS as `check · trust guards`."""
-    from verify.detect.check import DetectorRow
     from verify.detect.folder import _row_check
+    from verify.detect.report import DetectorRow
 
     text = f"{SCRIPT}'s own pieces before NMS: {SCRIPT} vs {ORACLE}: {BOXES} differs at float32 precision (1245.1x)"
     found = _row_check("ssd", DetectorRow("check", "", "", False, "failed", text))

@@ -15,8 +15,11 @@ import pytest
 
 from exporter.errors import ArtifactError
 from exporter.manifest import GOLDENS_NAME
-from verify.detect.check import EAGER, FILE_NAMES, LAYERS_LEVEL, ORACLE, derive_floors, judge_layers
+from verify.detect.check import judge_layers
+from verify.detect.export import FILE_NAMES
 from verify.detect.goldens import DENSE, GROUPS, SAMPLE_GROUPS, _check_folded, golden_samples
+from verify.detect.report import LAYERS_LEVEL
+from verify.detect.verdict import EAGER, ORACLE, derive_floors
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 from verify.judge.layers import NO_LAYER_VERDICT, Isolation, LayerError
 

@@ -23,7 +23,7 @@ from tests.helpers import (
     scaled_onnx_weight,
     strip_signature,
 )
-from verify.detect.check import FILE_NAMES
+from verify.detect.export import FILE_NAMES
 from verify.folder.checks import CheckReport
 from verify.folder.integrity import INTEGRITY
 from verify.folder.layers import LAYERS_RUNTIME

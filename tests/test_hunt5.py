@@ -19,7 +19,7 @@ from exporter.spec import ModelSpec
 from exporter.weights import save_weights, synthetic_weights
 from tests.helpers import NAME
 from verify.cli import app
-from verify.detect.check import RUNTIMES
+from verify.detect.verdict import RUNTIMES
 from verify.folder.rebuild import REFERENCE_RTOL, rebuild_backbone
 from verify.judge.compare import Tolerance
 from verify.matrix import AGREE, DISAGREE

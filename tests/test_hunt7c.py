@@ -17,8 +17,7 @@ from tests.helpers import DETECTION_FLOOR as FLOOR
 from tests.helpers import DETECTION_RULES as RULES
 from tests.helpers import detection_grid as grid
 from verify.cli.detector import write_outputs
-from verify.detect import check
-from verify.detect.check import EAGER, ORACLE, REPORT_KIND, REPORT_SCHEMA_VERSION, RUNTIMES, DetectorReport, judge_runs
+from verify.detect.export import FILE_NAMES
 from verify.detect.match import (
     EXPLAIN_FACTOR,
     Detections,
@@ -27,6 +26,9 @@ from verify.detect.match import (
     measure_detection_floor,
 )
 from verify.detect.proposals import LOGITS, PROPOSALS, derive_bands
+from verify.detect.report import REPORT_KIND, REPORT_SCHEMA_VERSION, DetectorReport
+from verify.detect.runners import _RUNNERS
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_runs
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 
 TORCHSCRIPT = RUNTIMES["torchscript"]
@@ -162,12 +164,12 @@ def rejudge(detector_export):
     """judge_runs on the suite's detector export (tests/conftest.py), its TorchScript file run for real and its
     detections then changed by `tamper` (per image), as a runtime could return them: the report and its JSON."""
     exported, folder, _, where = detector_export
-    path = folder / check.FILE_NAMES["torchscript"]
+    path = folder / FILE_NAMES["torchscript"]
     inputs = [torch.as_tensor(image) for image in exported.images]
     eager, oracle = exported.references[EAGER], exported.references[ORACLE]
 
     def run(tamper, name: str) -> tuple[DetectorReport, dict]:
-        real = check._RUNNERS["torchscript"]
+        real = _RUNNERS["torchscript"]
 
         def tampered(*args, **kwargs):
             result = real(*args, **kwargs)
@@ -177,7 +179,7 @@ def rejudge(detector_export):
         report = DetectorReport(exported.name, exported.norm, exported.weights, exported.shape, ("torchscript",),
                                 AUTO_FACTOR, images=exported.images)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setitem(check._RUNNERS, "torchscript", tampered)
+            patch.setitem(_RUNNERS, "torchscript", tampered)
             judge_runs(report, exported.judging, inputs, eager, oracle, {"torchscript": path}, Tolerance())
         out = where / f"hunt7c-{name}.json"
         written = write_outputs(report, out, *(where / f"hunt7c-{name}.{ext}" for ext in ("xml", "md", "html")))

@@ -18,7 +18,7 @@ from exporter.errors import UsageError
 from exporter.families.detectors import ANCHOR_MODULES, MIN_DETECTIONS
 from tests.helpers import NAME
 from verify.cli import app
-from verify.detect.check import EAGER, ORACLE, RUNTIMES
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 from verify.matrix import AGREE, DISAGREE, MatrixRequest, MatrixResult, load_result, merge_results
 from verify.matrix.cell import CellJob, lookup_cell

@@ -154,7 +154,7 @@ candidates since hunt 21a)."""
 
 
 def _stored_pairs(names: list[str]) -> list[dict]:
-    from verify.detect.check import EAGER, ORACLE, RUNTIMES
+    from verify.detect.verdict import EAGER, ORACLE, RUNTIMES
 
     return [{"a": RUNTIMES["onnx"], "b": b, "kind": kind, "passed": True,
              "outputs": [dict(STORED_OUTPUT, name=name, where=f"{name}[c=3]") for name in names]}
@@ -166,7 +166,7 @@ def test_a_matrix_cell_whose_pairs_leave_out_the_anchors_is_not_judged_whole():
     `rpn.anchor_generator#0` (hunt 19a's anchors, judged as a dense tensor: one level 5 % off exited 0 when no
     proposal came from it) or a head was re-judged as a pass: the pairs only had to compare the same tensors, where a
     folder's manifest must name every head and the anchors. Now such a cell fails, naming what was left out."""
-    from verify.detect.check import RUNTIMES
+    from verify.detect.verdict import RUNTIMES
     from verify.judge.compare import Tolerance
     from verify.matrix.detector_judging import _before_nms
 

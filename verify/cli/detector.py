@@ -19,7 +19,7 @@ from verify.cli.base import err_console, out_console
 if TYPE_CHECKING:
     import numpy as np
 
-    from verify.detect.check import DetectorReport
+    from verify.detect.report import DetectorReport
 
 SUPPORTED_OPTIONS = ("--norm", "--weights", "--seed", "--shape", "--input", "--format", "--out", "--overwrite",
                      "--factor", "--json", "--junit", "--markdown", "--html", "--static", "--sign-key", "--layers",
@@ -48,7 +48,7 @@ def resolve_norm(name: str, norm: str) -> str:
 
 
 def _formats(formats: list[str] | None) -> tuple[str, ...]:
-    from verify.detect.check import DEFAULT_FORMATS
+    from verify.detect.export import DEFAULT_FORMATS
 
     chosen = tuple(formats) if formats else DEFAULT_FORMATS
     unknown = [f for f in chosen if f not in DEFAULT_FORMATS]

@@ -15,8 +15,9 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
-from verify.detect.check import Run, run_eager
+from verify.detect.eager_runs import run_eager
 from verify.detect.proposals import PROPOSALS, ProposalCheck, align_rows, pair_proposals
+from verify.detect.report import Run
 from verify.explain.equivalence import EXPLAIN_FACTOR, Explanation
 from verify.explain.localize import EQUIVALENCE_RTOL, localise
 from verify.explain.structure import structural_diff, train_mode_modules

@@ -6,7 +6,7 @@ The check: integrity first (the manifest's schema, the signature, every entry li
 and format, the goldens' keys, dtypes and shapes, the floors re-derived from the goldens and equal to the
 manifest's, the tolerance, the export's own verdict); then, only for a folder that passed all of that, each file
 that may be loaded (ONNX always; TorchScript only when the signature verified or the caller trusts the folder)
-is run on the golden images and judged by the export's own functions (verify/detect/check.py judge_runs) against
+is run on the golden images and judged by the export's own functions (verify/detect/verdict.py judge_runs) against
 the goldens: dense pre-NMS tensors on floors re-derived from the float32 and float64 goldens, detections matched
 by IoU with the same borderline rules. No recorded floor or verdict decides anything."""
 
@@ -27,20 +27,7 @@ from exporter.errors import ArtifactError, SetupError, UsageError
 from exporter.families.detectors import ANCHOR_MODULES, DETECTORS, dense_modules, per_proposal_modules, resized_size
 from exporter.formats import get_format
 from exporter.manifest import EXTERNAL_DATA_FORMAT, GOLDENS_NAME, read_goldens
-from verify.detect.check import (
-    EAGER,
-    FILE_NAMES,
-    ONNX_OPSET,
-    ORACLE,
-    RUNTIMES,
-    DetectorReport,
-    DetectorRow,
-    Judging,
-    Run,
-    below_threshold_mismatch,
-    derive_floors,
-    judge_runs,
-)
+from verify.detect.export import FILE_NAMES, ONNX_OPSET
 from verify.detect.goldens import (
     GROUPS,
     check_goldens,
@@ -53,6 +40,8 @@ from verify.detect.match import Rules
 from verify.detect.nms_inputs import NMS_INPUTS, SMALL_BOX, BoxCoding, rcnn_candidates
 from verify.detect.proposals import RpnRules, kept_order, moved_boxes
 from verify.detect.rebuild import rebuild_detector
+from verify.detect.report import DetectorReport, DetectorRow, Judging, Run
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, below_threshold_mismatch, derive_floors, judge_runs
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import (
     FLOOR_RTOL,

@@ -1,7 +1,7 @@
 """A detector folder's `goldens.npz`: the images and the eager float32 and float64 runs (each image's detections,
 dense pre-NMS tensors, RPN proposals, the inputs of the final NMS, and in float64 those of the RPN NMS and the final
 NMS's inputs again under a lower score threshold) as flat arrays,
-and back into the runs verify/detect/check.py judges against. Read with exporter.manifest.read_goldens (never
+and back into the runs verify/detect/verdict.py judges against. Read with exporter.manifest.read_goldens (never
 unpickled); every key, dtype and shape is checked against the manifest before a run is rebuilt."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from exporter.errors import ArtifactError
 from exporter.families.detectors import IMAGE_SIZE
 from exporter.manifest import GOLDENS_NAME
-from verify.detect.check import Run, concat_dense
+from verify.detect.eager_runs import concat_dense
 from verify.detect.match import Detections
+from verify.detect.report import Run
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 GROUPS = ("image", "float32", "float64", "folded", "reversed")
 """`image.<i>`, then `float32.<i>.<what>` (eager) and `float64.<i>.<what>` (the oracle), `folded.<i>.dense.<name>`:
-eager's second float32 rounding (verify/detect/check.py `folded_samples`; none where nothing folds), and
+eager's second float32 rounding (verify/detect/eager_runs.py `folded_samples`; none where nothing folds), and
 `reversed.<i>.dense.<name>`: its third, every convolution summing its input channels in reverse order
 (`reversed_samples`, hunt 23b; none in a folder written before)."""
 SAMPLE_GROUPS = {"folded": "samples", "reversed": "reversed_sums"}
@@ -33,7 +34,7 @@ CANDIDATES = ("candidates", "rpn_candidates")
 """The recorded inputs of the final batched NMS (float32 and float64: a runtime's decoded candidates are judged on
 their floor, verify/detect/nms_inputs.py), and in float64 only of the RPN's (Faster R-CNN)."""
 BELOW = "below_threshold"
-"""float64 only: the final NMS's inputs recorded again with a lower score threshold (verify/detect/check.py
+"""float64 only: the final NMS's inputs recorded again with a lower score threshold (verify/detect/report.py
 `Run.below_threshold`), which a `score threshold` borderline must be one of (hunt 19d: without them in the goldens, a
 folder's borderline detection moved 40 px passed)."""
 CLASSES = 91

@@ -8,9 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from verify.detect.check import RUNTIMES, one_image_runner
 from verify.detect.folder import DetectorFolder, detector_folder_layers, detector_integrity, golden_judgement
 from verify.detect.rebuild import rebuild_detector
+from verify.detect.runners import one_image_runner
+from verify.detect.verdict import RUNTIMES
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import preflight_target, run_target
 from verify.folder.rebuild import rebuilt_reference

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.errors import ArtifactError
-from verify.detect.check import EAGER, ORACLE, Judging, folded_samples, reversed_samples, run_eager
+from verify.detect.eager_runs import folded_samples, reversed_samples, run_eager
 from verify.detect.goldens import golden_arrays
+from verify.detect.report import Judging
+from verify.detect.verdict import EAGER, ORACLE
 from verify.folder.rebuild import check_weights, recorded_seed, same_reference, weights_source
 
 if TYPE_CHECKING:

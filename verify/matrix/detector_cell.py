@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
-from verify.detect.check import ORACLE
+from verify.detect.verdict import ORACLE
 from verify.matrix.detector_judging import judge_detector_cell
 from verify.matrix.detectors import detector_formats
 from verify.matrix.result import AGREE, DISAGREE, CellResult
@@ -20,8 +20,8 @@ from verify.pipeline.stages import OFF
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from verify.detect.check import DetectorReport
     from verify.detect.match import Detections
+    from verify.detect.report import DetectorReport
     from verify.matrix.cell import CellJob
 
 

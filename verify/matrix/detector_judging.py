@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
-from verify.detect.check import AFTER_NMS_ONLY, EAGER, ORACLE, RUNTIMES, size_scales
 from verify.detect.match import Detections, Rules, compare_detections, measure_detection_floor
+from verify.detect.verdict import AFTER_NMS_ONLY, EAGER, ORACLE, RUNTIMES, size_scales
 from verify.matrix.judging import JUDGED, judge_cell, judge_pair
 from verify.matrix.proposal_judging import Malformed, detections_of, judge_proposals, registered_detector
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult
@@ -209,11 +209,11 @@ def _replayed(candidates: Sequence[Detections], oracle: Sequence[Detections], ru
 def _below_replayed(below: Sequence[Detections], candidates: Sequence[Detections], rules: Rules, detector: str,
                    size: tuple[int, int]) -> list[str]:
     """The oracle's stored final-NMS inputs under a lower score threshold as a detector gives them (else Malformed),
-    all above that threshold and, above the detector's own, exactly its stored candidates (verify/detect/check.py
+    all above that threshold and, above the detector's own, exactly its stored candidates (verify/detect/verdict.py
     `below_threshold_mismatch`): they decide which `score threshold` borderline the float64 model had."""
     from exporter.families.detectors import DETECTORS, resized_size
-    from verify.detect.check import below_threshold_mismatch
     from verify.detect.goldens import BOX_SLACK, CLASSES
+    from verify.detect.verdict import below_threshold_mismatch
 
     side = float(max(resized_size(DETECTORS.get(detector), *size)))
     for image, (found, kept) in enumerate(zip(below, candidates, strict=True)):

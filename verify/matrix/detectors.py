@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
 from exporter.families.detectors import DETECTORS, IMAGE_SIZE, MIN_IMAGE_SIDE, check_image_size
-from verify.detect.check import DEFAULT_FORMATS
+from verify.detect.export import DEFAULT_FORMATS
 
 if TYPE_CHECKING:
     from verify.pipeline.stages import CellRequest
@@ -21,7 +21,7 @@ DETECTOR_VIEW = "detector"
 DEFAULT_DETECTOR_SHAPE = (1, 3, 320, 320)
 """`verify export -b <detector>`'s default input: N x 3 x H x W synthetic images."""
 DETECTOR_FORMATS = DEFAULT_FORMATS
-"""What a detector cell exports (verify/detect/check.py: the legacy exporters; dynamo is refused upstream)."""
+"""What a detector cell exports (verify/detect/export.py: the legacy exporters; dynamo is refused upstream)."""
 DETECTOR_OPTIONS = ("--shape", "--seed", "--weights", "--factor", "--format")
 """The shared run and export options a matrix with detector cells takes; every other one given is refused.
 --shape shapes the backbone cells (a detector cell's is --detector-shape); --format picks among DETECTOR_FORMATS

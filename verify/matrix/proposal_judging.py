@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from verify.detect.check import AFTER_NMS_ONLY, EAGER, ORACLE, Judging
 from verify.detect.match import Detections
 from verify.detect.proposals import (
     LOGITS,
@@ -28,6 +27,8 @@ from verify.detect.proposals import (
     explain_unpaired,
     pair_boxes,
 )
+from verify.detect.report import Judging
+from verify.detect.verdict import AFTER_NMS_ONLY, EAGER, ORACLE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,7 +48,7 @@ class Malformed(ValueError):
 
 
 def proposal_pairs(name: str, labels: list[str]) -> list[tuple[str, str]]:
-    """The proposal pairings `verify export -b name` records (verify/detect/check.py `_Rows`): for a detector with
+    """The proposal pairings `verify export -b name` records (verify/detect/verdict.py `_Rows`): for a detector with
     an RPN, eager against the oracle and each run that shows its proposals against both; none otherwise. What a
     stored cell must hold comes from here, never from the cell."""
     from exporter.families.detectors import DETECTORS

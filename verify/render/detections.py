@@ -1,4 +1,4 @@
-"""A whole detector's report (verify/detect/check.py) through the same outputs as a backbone's: JUnit and
+"""A whole detector's report (verify/detect/report.py) through the same outputs as a backbone's: JUnit and
 Markdown through the shared writers (verify/render/junit.py, verify/render/markdown.py), and an HTML page
 with a detection-level table and each image drawn with every run's boxes (inline SVG over a PNG data URI).
 Every string that reaches a page is escaped by the writer of that page."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from verify.detect.check import EAGER
+from verify.detect.verdict import EAGER
 from verify.render.junit import rows_junit
 from verify.render.markdown import Code, MarkdownPage, markdown_page
 from verify.render.rows import CheckRow, Group, format_ratio
@@ -17,8 +17,8 @@ from verify.render.text import html_text as escape
 if TYPE_CHECKING:
     import numpy as np
 
-    from verify.detect.check import DetectorReport
     from verify.detect.match import Detections
+    from verify.detect.report import DetectorReport
 
 TITLE = "verify export (detector)"
 TABLE_HEADER = ["pair", "status", "matched", "borderline", "unexplained", "worst box", "worst score",
