@@ -53,6 +53,17 @@ def require_regular_file(path: Path, what: str, hint: str = "") -> None:
         raise UsageError(f"{what} {path} is {kind}, not a file{hint}")
 
 
+def require_readable(path: Path | str, what: str) -> None:
+    """UsageError unless this process can open the file at `path` (chmod 000, another user's): it ended runs after the
+    model was built, as an "unexpected PermissionError", or read as a damaged file (review 25)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what} {path} cannot be read ({exc.strerror or type(exc).__name__}); make it readable "
+                         "(chmod u+r) or pass another file") from None
+
+
 def _nearest_existing(path: Path) -> Path:
     path = Path(os.path.abspath(path))
     while not os.path.lexists(path) and path != path.parent:

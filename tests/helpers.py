@@ -259,6 +259,34 @@ BOUND_OTHER_IN_FLOAT64 = 10.0
 """How far a probe model's float64 is from its float32, in units of its floor bound: refused on its own."""
 
 
+def traced_file(factory, target: Path, shape: tuple[int, ...] = (1, 3, 32, 32)) -> Path:
+    """`factory()` traced by torch.jit.trace on a random input of `shape` (its warnings silenced), saved to `target`."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(factory(), torch.randn(*shape)).save(str(target))
+    return target
+
+
+def refuse_layer(monkeypatch, name: str) -> None:
+    """The layer verdict's re-run of layer `name` made to fail as one that cannot take the reference's values
+    (verify/explain/rerun.py `rerun`): the file must fail, naming it."""
+    import verify.explain.rerun as rerun_module
+
+    real = rerun_module.rerun
+
+    def refused(result, path, layer, *args):
+        if path == name:
+            result.unrunnable.append(path)
+            return None
+        return real(result, path, layer, *args)
+
+    monkeypatch.setattr(rerun_module, "rerun", refused)
+
+
 def load_source(path: Path, name: str):
     """The Python file `path` imported as module `name` (a model file a test wrote)."""
     import importlib.util

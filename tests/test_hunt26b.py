@@ -5,12 +5,12 @@ float32 (its float64 run failed with a dtype mismatch and `compare` exited 2).""
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.helpers import traced_file
 from verify.cli import app
 from verify.explain.localize import CONSTANT_ROUNDING_RTOL, EQUIVALENCE_RTOL
 
@@ -67,13 +67,6 @@ def models(tmp_path):
     return path, module
 
 
-def _trace(factory, target):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.trace(factory(), torch.randn(1, 3, 32, 32)).save(str(target))
-    return target
-
-
 def _explain(tmp_path, a: str, b: str) -> tuple[int, dict]:
     report = tmp_path / "e.json"
     result = CliRunner().invoke(app, ["explain", a, b, "--shape", "1x3x32x32", "--json", str(report)])
@@ -82,7 +75,7 @@ def _explain(tmp_path, a: str, b: str) -> tuple[int, dict]:
 
 def test_traced_float32_constant_is_the_same_function(models, tmp_path):
     path, module = models
-    traced = _trace(module.const, tmp_path / "const.pt")
+    traced = traced_file(module.const, tmp_path / "const.pt")
     code, report = _explain(tmp_path, f"{path}:const", str(traced))
     rel = report["float64_difference"]["output0"]["max_rel"]
     assert EQUIVALENCE_RTOL < rel <= CONSTANT_ROUNDING_RTOL  # the trace's float32 constant, seen in float64
@@ -93,7 +86,7 @@ def test_traced_float32_constant_is_the_same_function(models, tmp_path):
 
 def test_traced_real_difference_stays_another_function(models, tmp_path):
     path, module = models
-    traced = _trace(module.off, tmp_path / "off.pt")  # the constant 1e-4 off: a real change, not its rounding
+    traced = traced_file(module.off, tmp_path / "off.pt")  # the constant 1e-4 off: a real change, not its rounding
     code, report = _explain(tmp_path, f"{path}:const", str(traced))
     assert code == 1
     assert report["how"] == "float64" and report["float64_note"] is None
@@ -120,7 +113,7 @@ def test_traced_float32_creation_runs_in_float64(models, tmp_path):
     verify/runtimes/torchscript.py created_in_float64_script): the file's float64 run exists and the pair is judged
     (it exited 2, 'this file fixes float32 inside')."""
     path, module = models
-    traced = _trace(module.anchors, tmp_path / "anchors.pt")  # TorchScript keeps the trace's float32 arange
+    traced = traced_file(module.anchors, tmp_path / "anchors.pt")  # TorchScript keeps the trace's float32 arange
     result = CliRunner().invoke(app, ["compare", f"{path}:anchors", str(traced), "--shape", "1x3x32x32"])
     assert result.exit_code == 0, result.output
     assert "dtype" not in result.output and "agree" in result.output

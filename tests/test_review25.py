@@ -17,6 +17,8 @@ from exporter.spec import ModelSpec
 from tests.helpers import invoke
 
 TINY = (1, 3, 16, 16)
+TINY_MODEL = f"{Path(__file__).parent / 'data' / 'tiny.py'}:make"
+"""tests/data/tiny.py's factory, found wherever the suite is run from."""
 
 
 @pytest.fixture
@@ -176,7 +178,7 @@ def test_an_input_the_model_cannot_take_is_refused_at_the_build_not_blamed_on_th
 
     array = tmp_path / "gray.npy"
     np.save(array, np.zeros((1, 1, 32, 32), dtype=np.float32))
-    result = invoke("export", "--model", "tests/data/tiny.py:make", "--input", array, "--out", tmp_path / "out",
+    result = invoke("export", "--model", TINY_MODEL, "--input", array, "--out", tmp_path / "out",
                     "--no-cache")
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())

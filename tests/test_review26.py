@@ -2,8 +2,8 @@
 float32 (a subnormal constant that float32 rounds, `(y * 0 + 1e-42) * 1e21 * 1e21` is 1.0005 there and 1.0 in
 float64). Its own floor took the 0.05 % in and lifted the pair's: `verify compare bad.pt good.onnx` agreed at 1.0x,
 exit 0, and `verify explain bad.pt good.onnx` called them equivalent. Each file's floor is now held to the other
-side's float32 run against its float64 run (verify/judge/file_floor.py pair_floor_problems; the CLI tests need
-/tmp/notes/review26-api.patch and review26-equivalence.patch applied)."""
+side's float32 run against its float64 run (verify/judge/file_floor.py pair_floor_problems, used by `verify compare`
+through verify/api.py and by `verify explain` through verify/explain/equivalence.py)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from tests.helpers import (
     rewrite,
     strip_signature,
 )
-from verify.detect.check import FILE_NAMES
+from verify.detect.export import FILE_NAMES
 from verify.folder.layers import UNSIGNED_UNMAPPED
 from verify.judge.compare import AUTO_FACTOR, DISCRETE_NOTE, Tolerance, compare_arrays
 from verify.judge.layers import LAYERS_ENV
@@ -193,6 +193,7 @@ def test_a_report_holding_what_no_report_holds_is_refused_in_one_line(tmp_path, 
     too large to convert to float ... please report it"; a value nested 900 deep in a cell's `input` or `trust`
     printed "2 of 2 cells agree", then "unexpected RecursionError ... please report it" (exit 2 both). Now each is a
     malformed report, named where, before anything is judged or written."""
+    from exporter.messages import MAX_MESSAGE
     from verify.matrix.result import load_result
 
     path = tmp_path / "shard.json"
@@ -200,7 +201,7 @@ def test_a_report_holding_what_no_report_holds_is_refused_in_one_line(tmp_path, 
     with pytest.raises(UsageError) as caught:
         load_result(path)
     assert "cells[0].pairs[0].outputs[0].max_abs" in str(caught.value) and said in str(caught.value)
-    assert len(str(caught.value)) < 400  # the path to a deep value is cut
+    assert len(str(caught.value)) <= MAX_MESSAGE  # the path to a deep value is cut: one line
     result = invoke("matrix", "merge", path, "--json", tmp_path / "merged.json")
     assert result.exit_code == 2 and said in result.output and "unexpected" not in result.output
     assert "agree" not in result.output and not (tmp_path / "merged.json").exists()

@@ -5,13 +5,11 @@ as forward(self) -> None, failed `verify export --trace --layers` ('could not ru
 from __future__ import annotations
 
 import copy
-import importlib.util
-import warnings
 
 import pytest
 import torch
 
-from tests.helpers import invoke
+from tests.helpers import invoke, load_source, refuse_layer, traced_file
 
 MODEL = '''
 import torch
@@ -73,17 +71,7 @@ SHAPE = (1, 3, 16, 16)
 def models(tmp_path_factory):
     path = tmp_path_factory.mktemp("sweep28d") / "m.py"
     path.write_text(MODEL)
-    spec = importlib.util.spec_from_file_location("sweep28d_models", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return path, module
-
-
-def _trace(factory, target):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.trace(factory(), torch.randn(*SHAPE)).save(str(target))
-    return target
+    return path, load_source(path, "sweep28d_models")
 
 
 def test_a_traced_fused_export_passes_its_layer_verdict(tmp_path):
@@ -102,12 +90,11 @@ def test_only_a_weightless_leaf_of_the_model_is_excused(models, tmp_path, monkey
     """The traced file against its own model passes, `norm` not re-run and the reason in its note; against a model
     whose `norm` holds weights (a BatchNorm2d the file dropped) `norm` is not excused and the file fails; a conv that
     cannot run still fails it."""
-    import verify.explain.rerun as rerun_module
     from verify.explain.rerun import TRACED_IDENTITY, model_layer_checks
     from verify.runtimes.torchscript import TorchScriptRuntime, takes_no_input
 
     _, module = models
-    traced = _trace(module.folded, tmp_path / "folded.pt")
+    traced = traced_file(module.folded, tmp_path / "folded.pt", SHAPE)
     assert takes_no_input(torch.jit.load(str(traced)).norm) and not takes_no_input(torch.nn.Identity())
     x = torch.randn(*SHAPE).numpy()
     files = [(TorchScriptRuntime.formats[0], traced, "folded.pt", None)]
@@ -123,15 +110,7 @@ def test_only_a_weightless_leaf_of_the_model_is_excused(models, tmp_path, monkey
     found = check(module.normed)
     assert not found.passed and found.unrunnable == ["norm"], found.to_dict()
 
-    real = rerun_module.rerun
-
-    def conv_refused(result, name, layer, *rest):
-        if name == "conv2":
-            result.unrunnable.append(name)
-            return None
-        return real(result, name, layer, *rest)
-
-    monkeypatch.setattr(rerun_module, "rerun", conv_refused)
+    refuse_layer(monkeypatch, "conv2")
     found = check(module.folded)
     assert not found.passed and found.unrunnable == ["conv2"] and found.exit_code == 1, found.to_dict()
 
@@ -149,7 +128,8 @@ def test_a_traced_float32_creation_runs_in_float64_on_its_float32_values(models,
 
     _, module = models
     x = torch.randn(*SHAPE)
-    honest, bad = _trace(module.eye, tmp_path / "eye.pt"), _trace(module.subnormal, tmp_path / "sub.pt")
+    honest = traced_file(module.eye, tmp_path / "eye.pt", SHAPE)
+    bad = traced_file(module.subnormal, tmp_path / "sub.pt", SHAPE)
     loaded = torch.jit.load(str(honest)).double()
     assert created_in_float64_script(loaded) == 1 and created_in_float64_script(loaded) == 0  # the eye; once
     torch.testing.assert_close(loaded(x.double()), module.eye().double()(x.double()), rtol=0, atol=0)

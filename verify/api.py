@@ -13,7 +13,7 @@ from exporter.errors import UsageError
 from exporter.export import ExportOptions
 from exporter.formats import open_artifact
 from exporter.formats.eager import eager_artifact
-from exporter.fsio import check_writable_folder, path_kind, staged_folder
+from exporter.fsio import check_writable_folder, path_kind, require_readable, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from exporter.user_model import UserModelSpec
 from verify.inputs import NamedInput
@@ -374,20 +374,9 @@ def source_kind(text: str) -> Path | ModelSpec | UserModelSpec:
         detect_format(path)  # an unknown suffix is named before anything else
         if kind == "missing":
             raise UsageError(f"Artifact {path} does not exist")
-        _require_readable(path)
+        require_readable(path, "Artifact")
         return path
     return ModelSpec.parse(text)
-
-
-def _require_readable(path: Path) -> None:
-    """A model file this process cannot open (chmod 000) was reported as an invalid file ("fails onnx.checker:
-    ... check if it is a valid proto", review 25): its permissions are named instead."""
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"Artifact {path} cannot be read ({exc.strerror or type(exc).__name__}); make it readable "
-                         "(chmod u+r) or pass another file") from None
 
 
 def resolve_source(text: str, settings: RunSettings) -> Artifact:

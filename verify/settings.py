@@ -108,14 +108,10 @@ def require_readable_weights(weights: str) -> None:
     --weights refuses it: the library raised a bare PermissionError after the model was built (review 25)."""
     import os
 
-    if not os.path.isfile(weights):  # a named source, or a path the loader refuses as what it is
-        return
-    try:
-        with open(weights, "rb"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"Weights file {weights} cannot be read ({exc.strerror or type(exc).__name__}); make it "
-                         "readable (chmod u+r) or pass another file") from None
+    from exporter.fsio import require_readable
+
+    if os.path.isfile(weights):  # else a named source, or a path the loader refuses as what it is
+        require_readable(weights, "Weights file")
 
 
 def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:

@@ -137,7 +137,7 @@ check_shape = _refusing(parse_shape)
 
 def check_weights(value: str) -> str:
     """A named source, else a file that must exist and be a regular file (its contents load later)."""
-    from exporter.fsio import require_regular_file
+    from exporter.fsio import require_readable, require_regular_file
     from exporter.weights import WEIGHT_FILE_SUFFIXES, WEIGHT_SOURCES, suffix_hint, weights_in_folder
 
     if value in WEIGHT_SOURCES:
@@ -150,21 +150,13 @@ def check_weights(value: str) -> str:
         if not value.endswith(WEIGHT_FILE_SUFFIXES):
             raise typer.BadParameter(f"weights file {value} must end in {', '.join(WEIGHT_FILE_SUFFIXES)}"
                                      f"{suffix_hint(Path(value))}")
-        _require_readable(Path(value), "weights file")
+        try:
+            require_readable(Path(value), "weights file")
+        except UsageError as exc:
+            raise _bad(exc) from None
         return value
     raise typer.BadParameter(f"unknown weights {value!r}; use one of {', '.join(WEIGHT_SOURCES)} or a "
                              f"{'/'.join(WEIGHT_FILE_SUFFIXES)} file path")
-
-
-def _require_readable(path: Path, what: str) -> None:
-    """A regular file this process can open: one it cannot (chmod 000, another user's) ended the run after the
-    model was built, as an "unexpected PermissionError" (review 25)."""
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise typer.BadParameter(f"{what} {path} cannot be read ({exc.strerror or type(exc).__name__}); make it "
-                                 "readable (chmod u+r) or pass another file") from None
 
 
 def _require_existing(path: Path, wanted: str, folders: bool = True) -> None:

@@ -766,7 +766,8 @@ TRACED_IDENTITY = ("{count} modules of the file take no input and return nothing
                    "nn.Identity, a folded norm's place, as forward(self) -> None), each a module with no weights and "
                    "no children in the model: nothing of the input to re-run")
 """Sweep 28d: `verify export --trace --norm fused --layers` failed its honest TorchScript file, 20 of resnet18's layers
-'could not run' (sweep 28a fixed the same for unsigned folders only). Only such modules are excused."""
+'could not run'. The one excuse for them, here: `verify artifact --rebuild` of an unsigned folder (sweep 28a) reaches it
+through `layer_checks` too. Only such modules are excused."""
 
 
 def inputless_leaves(ref: Reference, leaves: dict[str, Any]) -> list[str]:

@@ -45,8 +45,7 @@ def folder_layer_checks(art: ArtifactFolder, report: CheckReport, names: Sequenc
     x = next(iter(art.goldens["input"].values()))  # this run's seeded input, set by the rebuild
     candidates = [Candidate(art.artifact(name), name) for name in names]
     checks, notes = layer_checks(art.rebuilt, candidates, x, AUTO_FACTOR)
-    if not getattr(art, "signature_verified", False):  # asked or not: an edit may have unscoped one module (review 24)
-        checks = [_every_module_rerun(art, _traced_identities(art, check, candidates)) for check in checks]
+    checks = every_module_rerun(art, checks)  # asked or not: an edit may have unscoped one module (review 24)
     if not asked:
         checks, unjudged = folder_best_effort(art, checks)
         notes = [*notes, *unjudged]
@@ -145,56 +144,6 @@ def _every_module_rerun(art: CheckedFolder, check: Isolation) -> Isolation:
     note = UNSIGNED_UNMAPPED.format(names=shown)
     kept = {f.name: getattr(check, f.name) for f in fields(check)}
     return Unmapped(**{**kept, "note": f"{check.note}; {note}" if check.note else note}, unmapped=missing)
-
-
-TRACED_IDENTITY = ("{names}: a traced TorchScript module whose forward takes no input (torch.jit.trace keeps an "
-                   "nn.Identity, the fused norm's place, as forward(self) -> None), in the rebuilt model a module with "
-                   "no weights and no children: nothing of the input to re-run")
-"""Sweep 28a: `verify export --trace --norm fused` (every backbone) then `verify artifact --rebuild` of the unsigned
-folder failed model.pt: its 20 (resnet18) or 46 (mobilenet_v3_large) folded norms, nn.Identity, 'could not run', and an
-unsigned folder's unreached layers fail (review 23). Such a module cannot read the input, so an edit cannot hide a
-perturbation of it there: only these are excused, every other unrunnable layer still fails."""
-
-
-def _traced_identities(art: CheckedFolder, check: Isolation, candidates: Sequence[Any]) -> Isolation:
-    """`check` without the unrunnable layers of a TorchScript file whose module takes no input in the file (its
-    forward's schema has `self` alone: verify/runtimes/torchscript.py inputless_modules) and is, in the rebuilt
-    backbone, a leaf with no parameters or buffers (a traced nn.Identity): named in its note instead
-    (TRACED_IDENTITY). Any other unrunnable layer is kept."""
-    from verify.explain.structure import canonical_modules
-    from verify.runtimes.torchscript import inputless_modules
-
-    built = getattr(getattr(art, "rebuilt", None), "built", None)
-    model = getattr(built, "model", None)
-    candidate = next((c for c in candidates if c.label == check.candidate), None)
-    if model is None or candidate is None or not check.unrunnable:
-        return check
-    inputless = inputless_modules(candidate.artifact)
-    if not inputless:
-        return check
-    prefix = getattr(getattr(built, "view", None), "prefix", "")
-    rebuilt = canonical_modules(model, prefix)
-    named = {_canonical(name, prefix) for name in inputless}
-    excused = [name for name in dict.fromkeys(check.unrunnable) if name not in check.reshaped
-               and _weightless_leaf(rebuilt.get(name)) and name in named]
-    if not excused:
-        return check
-    check.unrunnable = [name for name in check.unrunnable if name not in excused]
-    check.skipped = [*check.skipped, *excused]
-    shown = ", ".join(excused[:3]) + (f" (+{len(excused) - 3} more)" if len(excused) > 3 else "")
-    note = TRACED_IDENTITY.format(names=shown)
-    check.note = f"{check.note}; {note}" if check.note else note
-    return check
-
-
-def _canonical(name: str, prefix: str) -> str:
-    """A file's submodule name as the layer verdict names it (verify/explain/structure.py canonical_modules)."""
-    return name.removeprefix(prefix) if prefix and name.startswith(prefix) else name
-
-
-def _weightless_leaf(module: Any) -> bool:
-    return module is not None and next(module.children(), None) is None \
-        and next(iter([*module.parameters(), *module.buffers()]), None) is None
 
 
 def layer_files(art: CheckedFolder, report: CheckReport, names: Sequence[str], asked: bool = True) -> list[str]:

@@ -111,22 +111,6 @@ def _cast_after(graph: Any, node: Any) -> int:
     return 1
 
 
-def inputless_modules(artifact: Artifact) -> set[str] | None:
-    """The submodules (by their names in the file) of a TorchScript file that take no input and return nothing
-    (`takes_no_input`); None for a file of another format, or one that no longer loads. Sweep 28a: such a module cannot
-    read the input, so the layer verdict of an unsigned folder excuses it (verify/folder/layers.py) where it 'could not
-    run'."""
-    import torch
-
-    if artifact.format not in TorchScriptRuntime.formats or artifact.path is None:
-        return None
-    try:
-        module = torch.jit.load(str(artifact.path), map_location="cpu")
-    except Exception:  # noqa: BLE001 - a file that no longer loads excuses nothing
-        return None
-    return {name for name, sub in module.named_modules() if name and takes_no_input(sub)}
-
-
 def takes_no_input(module: Any) -> bool:
     """Whether a TorchScript module's forward takes no input and returns nothing: its schema names `self` alone and
     returns None, as torch.jit.trace keeps a module whose output is its input (an nn.Identity, a folded norm's place).
