@@ -52,14 +52,18 @@ def _feed() -> dict[str, np.ndarray]:
     return {"input": np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)}
 
 
-def test_a_sum_that_cancels_its_own_large_terms_does_not_hide_a_small_bug():
+def test_a_sum_that_cancels_its_own_large_terms_does_not_hide_a_small_bug(monkeypatch):
     """Before: the 16-row sum lifted output0's floor 128x (channel 0), and a 0.01 % weight error in channel 0 of the
     head passed at 2.6x. Now that sum lifts at most GRAPH_LIFT_SCALE x 16 / 8 ulps of max|output|: the bug fails
-    far beyond AUTO_FACTOR."""
+    far beyond AUTO_FACTOR. A 16-element sum is not even traced (GRAPH_MIN_REDUCTION, a cost gate); the bound is
+    shown with the gate open, as a model with a large reduction elsewhere would have it."""
+    from verify.judge import oracle as module
     from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_outputs
-    from verify.judge.oracle import FLOAT32_EPS, GRAPH_LIFT_SCALE, STATISTICS_LANES, measure_oracle
+    from verify.judge.oracle import FLOAT32_EPS, GRAPH_LIFT_SCALE, STATISTICS_LANES, laned_graph, measure_oracle
 
     model, feed = Cancelled().eval(), _feed()
+    assert laned_graph(_artifact(model), feed) is None  # 16 < GRAPH_MIN_REDUCTION: no trace
+    monkeypatch.setattr(module, "GRAPH_MIN_REDUCTION", 0)
     oracle = measure_oracle(_artifact(model), feed, None)
     scale = float(np.abs(oracle.outputs["output0"]).max())
     assert oracle.summed, "the laned graph ran no lane sum: the model no longer exercises it"
@@ -74,12 +78,14 @@ def test_a_sum_that_cancels_its_own_large_terms_does_not_hide_a_small_bug():
     assert pair.worst.channel == 0, pair.worst
 
 
-def test_the_lift_bound_reads_the_reductions_sizes_from_the_trace():
+def test_the_lift_bound_reads_the_reductions_sizes_from_the_trace(monkeypatch):
     """The bound's n is the largest replaced reduction's size in the traced graph: 16 for the stacked rows' sum,
-    64 x 32 x 32 for a GroupNorm(1, 64) or a layer_norm over C, H, W, 32 x 32 for an InstanceNorm2d."""
+    64 x 32 x 32 for a GroupNorm(1, 64) or a layer_norm over C, H, W, 32 x 32 for an InstanceNorm2d (the trace's
+    cost gate, GRAPH_MIN_REDUCTION, opened: its own pre-run reads the same sizes, `largest_reduction`)."""
     import torch.nn.functional as F
 
-    from verify.judge.oracle import laned_graph
+    from verify.judge import oracle as module
+    from verify.judge.oracle import laned_graph, largest_reduction
 
     class Normed(nn.Module):
         def __init__(self, norm):
@@ -92,7 +98,11 @@ def test_the_lift_bound_reads_the_reductions_sizes_from_the_trace():
 
     for model, size in ((Cancelled(), 16), (Normed(nn.GroupNorm(1, 64)), 64 * 32 * 32),
                         (Normed(None), 64 * 32 * 32), (Normed(nn.InstanceNorm2d(64)), 32 * 32)):
-        graph = laned_graph(_artifact(model), _feed())
+        assert largest_reduction(model, torch.from_numpy(_feed()["input"])) == size, type(model).__name__
+        assert (laned_graph(_artifact(model), _feed()) is None) == (size < module.GRAPH_MIN_REDUCTION)
+        with monkeypatch.context() as opened:
+            opened.setattr(module, "GRAPH_MIN_REDUCTION", 0)
+            graph = laned_graph(_artifact(model), _feed())
         assert graph is not None and graph[1].reduced_size == size, (type(model).__name__, graph)
 
 
