@@ -999,7 +999,7 @@ reductions from this run only loses the lift."""
 
 def largest_reduction(model: Any, example: Any) -> int:
     """The most elements one output of a group_norm, layer_norm, instance_norm, sum or mean reduces in one float32
-    run of a copy of `model` on `example` (`_reduction_size` of each call, read by a TorchFunctionMode); 0 where the
+    run of a copy of `model` on `example` (`reduction_size` of each call, read by a TorchFunctionMode); 0 where the
     run fails. A run costs far less than a trace, and only decides whether to trace: the lift itself is the graph's."""
     import copy
 
@@ -1010,11 +1010,15 @@ def largest_reduction(model: Any, example: Any) -> int:
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            made = func(*args, **kwargs)
+            given = args[0] if args else kwargs.get("input")
             try:
-                self.largest = max(self.largest, _reduction_size(func, args, kwargs))
+                size = reduction_size(getattr(func, "__name__", ""), given, args[1] if len(args) > 1 else
+                                      next((v for k, v in kwargs.items() if k != "input"), None), made)
+                self.largest = max(self.largest, size)
             except Exception:  # noqa: BLE001 - an argument of another form: not counted
                 pass
-            return func(*args, **kwargs)
+            return made
 
     mode = Reductions()
     try:
@@ -1025,45 +1029,28 @@ def largest_reduction(model: Any, example: Any) -> int:
     return mode.largest
 
 
-def _reduction_size(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
-    """The elements one output of this call reduces, for the calls `laned_graph` replaces (0 for any other)."""
-    import math
-
-    name = getattr(func, "__name__", "")
-    given = args[0] if args else kwargs.get("input")
-    if name not in ("group_norm", "layer_norm", "instance_norm", "sum", "mean") or not hasattr(given, "shape") \
-            or not given.dim():
-        return 0
-    shape = tuple(int(d) for d in given.shape)
-    if name == "group_norm":
-        groups = args[1] if len(args) > 1 else kwargs.get("num_groups", 1)
-        return math.prod(shape[1:]) // max(int(groups), 1)
-    if name == "layer_norm":
-        normalized = args[1] if len(args) > 1 else kwargs.get("normalized_shape", ())
-        return math.prod(int(d) for d in normalized)
-    if name == "instance_norm":
-        return math.prod(shape[2:])
-    dim = args[1] if len(args) > 1 else kwargs.get("dim")
-    if dim is None or isinstance(dim, (list, tuple)) and not dim:
-        return math.prod(shape)
-    dims = [dim] if isinstance(dim, int) else list(dim)
-    return math.prod(shape[d] for d in dims)
-
-
 def _reduced_size(node: Any) -> int:
     """The elements one output of a replaced reduction sums, from the trace's shapes (0 where they are unknown)."""
+    return reduction_size(node.target._overloadpacket.__name__, node.args[0].meta.get("val"),
+                          node.args[1] if len(node.args) > 1 else None, node.meta.get("val"))
+
+
+def reduction_size(name: str, given: Any, second: Any, made: Any) -> int:
+    """The elements one output of a group_norm / layer_norm / instance_norm / sum / mean reduces: from its input
+    `given`, its second argument (groups, normalized shape) and its output `made` (0 for any other op, or where they
+    are not tensors). Read alike from a traced node (`_reduced_size`) and from a call (`largest_reduction`)."""
     import math
 
     import torch
 
-    given, made = node.args[0].meta.get("val"), node.meta.get("val")
-    if not isinstance(given, torch.Tensor) or not isinstance(made, torch.Tensor) or not given.dim():
+    if name not in ("group_norm", "layer_norm", "instance_norm", "sum", "mean") \
+            or not isinstance(given, torch.Tensor) or not isinstance(made, torch.Tensor) or not given.dim():
         return 0
-    shape, name = tuple(int(d) for d in given.shape), node.target._overloadpacket.__name__
+    shape = tuple(int(d) for d in given.shape)
     if name == "group_norm":
-        return math.prod(shape[1:]) // max(int(node.args[1]), 1)
+        return math.prod(shape[1:]) // max(int(second), 1)
     if name == "layer_norm":
-        return math.prod(int(d) for d in node.args[1])
+        return math.prod(int(d) for d in second)
     if name == "instance_norm":
         return math.prod(shape[2:])
     return math.prod(shape) // max(made.numel(), 1)
