@@ -48,7 +48,8 @@ from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.inputs import DEFAULT_SAMPLES, seeded_inputs
 from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_outputs
-from verify.judge.oracle import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor, measure_oracles, pooled_floors
+from verify.judge.noise_floor import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor
+from verify.judge.oracle import measure_oracles, pooled_floors
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 from verify.runtimes.onnxruntime import OnnxRuntime
 

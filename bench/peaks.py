@@ -23,7 +23,8 @@ from exporter.norms import list_norms
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.inputs import DEFAULT_SAMPLES, seeded_inputs
-from verify.judge.oracle import PEAK_FACTOR, measure_floors
+from verify.judge.measure import measure_floors
+from verify.judge.peaks import PEAK_FACTOR
 
 
 def _outputs(value) -> dict[str, np.ndarray]:

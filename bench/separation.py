@@ -47,7 +47,9 @@ from exporter.formats.onnx import OnnxOptions
 from exporter.spec import ModelSpec
 from exporter.weights import load_weights
 from verify.judge.compare import AUTO_FACTOR
-from verify.judge.oracle import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor, folded_float32, measure_floors
+from verify.judge.folding import folded_float32
+from verify.judge.measure import measure_floors
+from verify.judge.noise_floor import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor
 from verify.runtimes import RuntimeOptions, make_runtime
 from verify.runtimes.onnxruntime import OnnxRuntime
 from verify.runtimes.torch_common import to_numpy_outputs

@@ -276,7 +276,7 @@ class Manifest(Strict):
     stay the same. `verify artifact` requires it whenever `noise_floor` is present."""
     summation_floor: dict[Text, Annotated[list[Positive], Field(min_length=1)]] | None = None
     """Per output that a user's model computes directly by a layer summing few values (a Linear, a conv or pool on a
-    1x1 map: verify/judge/oracle.py `summed_outputs`), that layer's summation floor on the golden input: one value,
+    1x1 map: verify/judge/summation.py `summed_outputs`), that layer's summation floor on the golden input: one value,
     or one per channel. The floors re-derived from the goldens are raised to it, as the export's were (the one
     float32 run the goldens hold is no estimate of another runtime's summation order on a few values). Taken as the
     goldens are, from the folder (a signature covers both); absent where no output is such a head."""

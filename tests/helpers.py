@@ -219,7 +219,7 @@ def detection_grid(count: int, seed: int = 0) -> Detections:
 def masked_conv_source(value: str, border: bool = False) -> str:
     """A user model file (`correct` and `shifted` factories): a 3->4 conv whose output holds `value` at a mask, one
     element per channel or (`border`) its whole border, and whose export adds 0.05 everywhere (an export bug: the
-    file computes something else). The peak rule's attack (verify/judge/oracle.py PEAK_FACTOR)."""
+    file computes something else). The peak rule's attack (verify/judge/peaks.py PEAK_FACTOR)."""
     mask = ("mask = torch.ones_like(y, dtype=torch.bool)\n        mask[:, :, 1:-1, 1:-1] = False" if border else
             "mask = torch.zeros_like(y, dtype=torch.bool)\n        mask[:, :, 0, 0] = True")
     return f"""

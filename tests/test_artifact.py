@@ -22,7 +22,7 @@ from tests.conftest import SMALL, SMALL_SHAPE
 from verify.cli import app
 from verify.folder.validate import UNSIGNED_CODE_OPTION as TRUST
 from verify.judge.compare import AUTO_FACTOR
-from verify.judge.oracle import measure_floors
+from verify.judge.measure import measure_floors
 from verify.render.markdown import ROWS_HEADER
 
 runner = CliRunner()

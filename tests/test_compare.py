@@ -22,7 +22,7 @@ from verify.judge.compare import (
     compare_arrays,
     compare_outputs,
 )
-from verify.judge.oracle import NoiseFloor
+from verify.judge.noise_floor import NoiseFloor
 
 F32, F64 = np.float32, np.float64
 MISMATCH = re.compile(r"Mismatched elements: (\d+) / (\d+)")

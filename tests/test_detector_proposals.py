@@ -22,7 +22,8 @@ from verify.detect.proposals import (
     score_band,
 )
 from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_outputs
-from verify.judge.oracle import FLOAT32_EPS, measure_floors
+from verify.judge.measure import measure_floors
+from verify.judge.noise_floor import FLOAT32_EPS
 
 ROWS = "roi_heads.box_predictor.cls_score#0"
 DENSE = "rpn.head.cls_logits#0"

@@ -345,7 +345,7 @@ def test_the_folded_detectors_rounding_joins_the_channel_floors(detector_export)
     threads failed ONNX Runtime against eager at 5.1x a quiet channel's floor (rpn.head.bbox_pred#2), a correct
     export. The detector with its norms folded now gives eager a second rounding (as the backbones' oracle does):
     that run's worst was 3.2x. Here: the suite's export, its floors against those of eager alone."""
-    from verify.judge.oracle import measure_floors
+    from verify.judge.measure import measure_floors
 
     report = detector_export[0]
     eager, oracle = report.references[EAGER], report.references[ORACLE]

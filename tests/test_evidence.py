@@ -32,7 +32,8 @@ from verify.inputs import (
     seeded_inputs,
 )
 from verify.judge.compare import AUTO_FACTOR, Tolerance
-from verify.judge.oracle import FLOAT32_EPS, NoiseFloor, measure_oracle, measure_oracles, pooled_floors
+from verify.judge.noise_floor import FLOAT32_EPS, NoiseFloor
+from verify.judge.oracle import measure_oracle, measure_oracles, pooled_floors
 from verify.pipeline.stages import (
     CellRequest,
     oracles_stage,

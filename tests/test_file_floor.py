@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from tests.helpers import BOUND_CHANNELS, BOUND_CONV_K, BOUND_SHAPE, EAGER_NOISE_MODELS
 from verify.cli.app import app
 from verify.judge.file_floor import FLOOR_AGREEMENT, NO_FILE_FLOOR, FileFloors, agreement_problems, floors_record
-from verify.judge.oracle import NoiseFloor
+from verify.judge.noise_floor import NoiseFloor
 from verify.judge.trust import evidence, evidence_problems, rounding_bound
 
 runner = CliRunner()

@@ -17,15 +17,8 @@ from exporter.formats.onnx import OnnxOptions
 from tests.conftest import SMALL
 from verify.api import RunSettings, compare
 from verify.judge.compare import AUTO_FACTOR, DECIMAL_RANGE, Tolerance, compare_arrays, compare_outputs
-from verify.judge.oracle import (
-    CHANNEL_FLOOR_SHARE,
-    FLOAT32_EPS,
-    MIN_CHANNEL_ELEMENTS,
-    NoiseFloor,
-    measure_floor,
-    measure_floors,
-    noise_floors,
-)
+from verify.judge.measure import measure_floor, measure_floors, noise_floors
+from verify.judge.noise_floor import CHANNEL_FLOOR_SHARE, FLOAT32_EPS, MIN_CHANNEL_ELEMENTS, NoiseFloor
 from verify.report import Report, render_pairs
 
 STAGE_SHAPE = (1, 3, 128, 128)

@@ -23,7 +23,7 @@ from verify.judge.file_floor import (
     unrecorded_problems,
     vouched_floors,
 )
-from verify.judge.oracle import NoiseFloor
+from verify.judge.noise_floor import NoiseFloor
 from verify.judge.precision import EPS
 from verify.judge.trust import evidence_problems, rounding_bound
 
@@ -115,7 +115,7 @@ def test_a_file_whose_float64_run_alone_moves_vouches_for_no_floor(tmp_path, fac
     eager = getattr(load_source(write_model(tmp_path), f"inflated32_{factory}"), factory)()
     with torch.inference_mode():
         eager32 = [{"output0": eager(torch.from_numpy(item.array)).numpy()} for item in inputs]
-    from verify.judge.oracle import measure_floors
+    from verify.judge.measure import measure_floors
 
     ours = [measure_floors(run, ref) for run, ref in zip(eager32, model64)]
     plain = measure_file_floors("exported", artifact, feeds, None, "model.pt2 in exported")

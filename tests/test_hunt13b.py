@@ -61,7 +61,7 @@ def test_the_folded_sample_does_not_hide_a_one_channel_error_on_the_rpn_head():
     from tests.helpers import NAME
     from verify.detect.eager_runs import concat_dense, folded_samples, run_eager
     from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_arrays
-    from verify.judge.oracle import measure_floors
+    from verify.judge.measure import measure_floors
 
     built = build_detector(NAME)
     images = [calibration_image(0)]

@@ -286,7 +286,7 @@ def test_a_user_models_linear_head_is_judged_on_its_summation_floor(tmp_path):
     """A user's model whose output is a Linear's (10 values): on one input, the float32 floor measured on those few
     values was below what another runtime's summation order gives. Before (hunt 16b): a correct dynamo ONNX export,
     `--samples 1 --seed 0`, "onnxruntime vs eager output0 6.0x floor", 4 of 10 pairs disagree, exit 1. Now each output
-    a Linear computes directly is judged on at least that Linear's summation floor (verify/judge/oracle.py
+    a Linear computes directly is judged on at least that Linear's summation floor (verify/judge/summation.py
     summed_outputs, the layer verdict's rule), the exported files' own floors (guard 3) lifted the same; an export
     whose head is off by ONE_CHANNEL_ERROR in one output's weights still fails."""
     import onnx
@@ -319,7 +319,7 @@ def test_summation_floors_lift_only_outputs_a_linear_computes_directly():
     import torch
 
     from exporter.artifacts import ArtifactMeta
-    from verify.judge.oracle import summation_floor, summed_outputs
+    from verify.judge.summation import summation_floor, summed_outputs
 
     class Two(torch.nn.Module):
         def __init__(self):

@@ -1,5 +1,5 @@
 """Hunt 17a: false failures of the default (auto) verdicts on correct exports of users' models whose outputs are few
-values summed by a conv on a 1x1 map or by a global average pool (verify/judge/oracle.py `summed_outputs`)."""
+values summed by a conv on a 1x1 map or by a global average pool (verify/judge/summation.py `summed_outputs`)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ def artifact_of(model):
 def floors_of(model, x: torch.Tensor, model64=None):
     """The float32 floor `measure_oracles` judges a user's model's output on (lifted to its summation floors);
     `model64`: the model in float64, when the caller keeps one."""
-    from verify.judge.oracle import lifted, measure_floors, summed_outputs
+    from verify.judge.measure import measure_floors
+    from verify.judge.summation import lifted, summed_outputs
 
     with torch.no_grad():
         f32 = model(x).numpy()
@@ -143,7 +144,8 @@ def test_summation_floors_of_conv_and_pool_heads_are_per_channel():
     """Each channel is bounded by its own sums, never the loudest channel's: one bound per output let a 0.1 % weight
     error in the quiet channels of a 256-channel pooled output hide (measured below). A conv with many outputs a
     channel, and an output computed after the head, are not bounded."""
-    from verify.judge.oracle import FLOAT32_EPS, MIN_CHANNEL_ELEMENTS, summed_outputs
+    from verify.judge.noise_floor import FLOAT32_EPS, MIN_CHANNEL_ELEMENTS
+    from verify.judge.summation import summed_outputs
 
     class Two(torch.nn.Module):
         def __init__(self):
@@ -175,7 +177,8 @@ def test_no_one_channel_weight_error_hides_under_the_per_channel_bound(models):
     """The proof the bound does not hide a real bug: every 0.1 % one-channel weight error in the 256-channel conv
     before a global pool output that its unlifted floor shows (254 of 256) still shows (before the bound, per channel);
     one bound per output, the loudest channel's, would have hidden 24 of them."""
-    from verify.judge.oracle import lifted, measure_floors, summed_outputs
+    from verify.judge.measure import measure_floors
+    from verify.judge.summation import lifted, summed_outputs
 
     _, namespace = models
     model = namespace["wide_pool_head"]().eval()
@@ -285,7 +288,7 @@ def test_a_group_norm_output_on_one_smooth_input_is_judged_on_its_statistics_rou
     Runtime's error in that channel is -0.98 correlated with the normalised value (a 1.2e-6 relative error in the
     group's std, ~10 ulp), torch's own 7x smaller: one float32 run is no estimate of the statistics' rounding. With
     the default 8 seeded inputs the pooled floor passes it (3.3x). Now a second float32 sample with the norms'
-    statistics summed as a vectorised runtime sums them (verify/judge/oracle.py `laned_float32`, 8 sequential lanes)
+    statistics summed as a vectorised runtime sums them (verify/judge/lanes.py `laned_float32`, 8 sequential lanes)
     joins the channel floors: 2.8x, exit 0, and the layer verdict's `ln` (5.06x) is 1.14x (sweep 24d)."""
     from verify.inputs import sample_array
 
@@ -316,7 +319,8 @@ def test_the_extra_forward_runs_only_where_an_output_can_be_a_head():
     """`summed_outputs` runs a user's model once more per input; since conv and pool heads count, that was nearly
     every user model (all have a conv). Given the float32 outputs, it skips the run where no output can be a head:
     no Linear, and every output with at least MIN_CHANNEL_ELEMENTS values a channel (a backbone's feature maps)."""
-    from verify.judge.oracle import MIN_CHANNEL_ELEMENTS, summed_outputs
+    from verify.judge.noise_floor import MIN_CHANNEL_ELEMENTS
+    from verify.judge.summation import summed_outputs
 
     calls = []
     side = int(np.ceil(np.sqrt(MIN_CHANNEL_ELEMENTS)))
@@ -340,11 +344,11 @@ def test_a_group_norms_own_floor_holds_a_vectorised_runtimes_statistics(tmp_path
     deviations in 8 sequential float32 lanes (Eigen's packet reduction); torch's group_norm sums by cascade. A correct
     GroupNorm(8, 64) on a group of 8192 values far from zero was 23x the layer verdict's own floor (torch's float32 run
     alone) in ONNX Runtime. Its float32 evaluations now include the statistics summed in lanes
-    (verify/judge/oracle.py `lane_statistics`), and the same error is within AUTO_FACTOR of the floor they give."""
+    (verify/judge/lanes.py `lane_statistics`), and the same error is within AUTO_FACTOR of the floor they give."""
     import onnxruntime as ort
 
     from verify.explain.rerun import float32_evaluations
-    from verify.judge.oracle import worst_floor
+    from verify.judge.measure import worst_floor
 
     norm = torch.nn.GroupNorm(8, 64).eval()
     x = torch.randn(1, 64, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 30

@@ -1,4 +1,4 @@
-"""Hunt 18a: the newest verdict paths attacked by users' models: a head's summation floor (verify/judge/oracle.py
+"""Hunt 18a: the newest verdict paths attacked by users' models: a head's summation floor (verify/judge/summation.py
 `summed_outputs`) bounds what the head layer computed, so it must not lift an output holding something else; the
 second shape of `verify artifact` (verify/folder/validate.py) keeps it; the trace read refusal
 (exporter/formats/torchscript.py) reads NumPy reads as reads, and a model's own constants as none."""
@@ -50,7 +50,7 @@ class ScaledLinear(nn.Linear):
 
 
 def bounds_of(model):
-    from verify.judge.oracle import summed_outputs
+    from verify.judge.summation import summed_outputs
 
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     return summed_outputs(artifact_of(model.eval()), {"x": x.numpy()})
@@ -165,7 +165,8 @@ def test_the_second_shape_of_verify_artifact_keeps_a_heads_summation_floor(seed)
     from verify.folder.validate import _second_summation_floors
     from verify.inputs import SECOND_SHAPE_SEED, make_input
     from verify.judge.compare import AUTO_FACTOR
-    from verify.judge.oracle import lifted, measure_floors, summed_outputs
+    from verify.judge.measure import measure_floors
+    from verify.judge.summation import lifted, summed_outputs
 
     model = LinearHead(seed).eval()
     model64 = LinearHead(seed).double().eval()

@@ -1,4 +1,4 @@
-"""Hunt 19b: a head mapped in place by something other than a scale (verify/judge/oracle.py `summed_outputs`), a tensor
+"""Hunt 19b: a head mapped in place by something other than a scale (verify/judge/summation.py summed_outputs), a tensor
 a model keeps as a plain attribute, or a trace warning the model silenced (exporter/formats/torchscript.py), and what
 a user's model leaves running in a matrix worker (verify/matrix/workers.py)."""
 
@@ -66,7 +66,8 @@ def sequential_conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def judged_floor(model, x):
-    from verify.judge.oracle import lifted, measure_floors, summed_outputs
+    from verify.judge.measure import measure_floors
+    from verify.judge.summation import lifted, summed_outputs
 
     with torch.no_grad():
         f32, f64 = model(x).numpy(), copy.deepcopy(model).double()(x.double()).numpy()
@@ -101,13 +102,13 @@ def test_a_head_mapped_in_place_summed_in_another_order_is_within_its_floor(afte
 def test_a_map_leaving_none_of_the_layers_values_is_not_lifted(after):
     """The bound is never carried to values the layer did not make: `y.mul_(0).add_(0.5)` moves with none of the
     head's values, and a map adding random numbers is no function to measure; both keep their measured floor."""
-    from verify.judge.oracle import summed_outputs
+    from verify.judge.summation import summed_outputs
 
     assert summed_outputs(artifact_of(MappedHead(after).eval()), {"x": seeded(10).numpy()}) == {}
 
 
 def test_a_one_channel_weight_error_still_fails_under_the_mapped_bound():
-    from verify.judge.oracle import summed_outputs
+    from verify.judge.summation import summed_outputs
 
     model = MappedHead("tanh_").eval()
     x = seeded(10)

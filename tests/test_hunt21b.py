@@ -144,7 +144,7 @@ def _dense_pairs(detector: str, drop: str | None) -> list[dict]:
     from verify.detect.nms_inputs import BOXES, SCORES
     from verify.detect.verdict import EAGER, ORACLE, RUNTIMES
     from verify.judge.compare import Tolerance, compare_outputs
-    from verify.judge.oracle import measure_floors
+    from verify.judge.measure import measure_floors
 
     rng = np.random.default_rng(0)
     names = [f"{m}#0" for m in dense_modules(None, DETECTORS.get(detector).kind)] + [BOXES, SCORES]
@@ -192,7 +192,7 @@ def test_a_conv_computing_otherwise_than_its_weights_gets_no_summation_floor(mak
     `_conv_forward`, or whose own forward hook returns another tensor, got a summation floor from the weights it
     declares: 1e-3 of its whole output (some 8000 float32 ulps), a floor the model chose for itself under which
     `--layers` passes a layer 0.5 % off. Now neither gets one, alone or with its folded norm."""
-    from verify.judge.oracle import chain_summation_floor, summation_floor
+    from verify.judge.summation import chain_summation_floor, summation_floor
 
     torch.manual_seed(0)
     conv, x = make(8, 8, 1).eval(), torch.randn(1, 8, 1, 1)

@@ -241,7 +241,7 @@ def test_a_float64_run_left_unwatched_leaves_its_floor_unheld(models, tmp_path, 
 
 def test_export_holds_the_run_that_bounds_a_heads_sums(models, tmp_path):
     """Before: exit 0, 'all 3 pairs agree ... 4.5x', for a file 0.1 % off: the float32 run that bounds a Linear head's
-    sums (verify/judge/oracle.py `summed_outputs`, the tool's hook on the head) fed it 3,000x its input, and the floor
+    sums (verify/judge/summation.py summed_outputs, the tool's hook on the head) fed it 3,000x its input, and the floor
     was lifted to that bound."""
     result, data = export(models, "summed", tmp_path, "--static")
     assert result.exit_code == 1, result.output

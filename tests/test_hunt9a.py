@@ -1,4 +1,4 @@
-"""Hunt 9a: the bulk/peak rule (verify/judge/oracle.py PEAK_FACTOR) attacked from both sides: an exit 0 nobody earned,
+"""Hunt 9a: the bulk/peak rule (verify/judge/peaks.py PEAK_FACTOR) attacked from both sides: an exit 0 nobody earned,
 and a correct export that fails. Each defect's test failed before its fix (its docstring says what it measured);
 the others guard what the fixes added (a constant channel, the one-pass quick test)."""
 
@@ -12,16 +12,16 @@ from tests.helpers import masked_conv_source
 from verify.cli.app import app
 from verify.judge import trust
 from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_arrays
-from verify.judge.oracle import (
+from verify.judge.measure import measure_floor
+from verify.judge.noise_floor import MIN_CHANNEL_ELEMENTS
+from verify.judge.peaks import (
     BULK_QUANTILE,
-    MIN_CHANNEL_ELEMENTS,
     PEAK_FACTOR,
     _mask_value,
     _no_peak,
     _no_peak_nor_mask,
     _typical,
     _typical_below_mask,
-    measure_floor,
 )
 
 runner = CliRunner()

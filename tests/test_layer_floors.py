@@ -86,7 +86,7 @@ def test_a_weight_error_in_one_channel_of_a_folded_conv_is_still_named():
 def test_the_chain_floor_needs_a_plain_norm_and_a_map_of_few_values():
     """A norm whose forward is its own (it may compute anything from its statistics) bounds nothing; a conv with many
     outputs a channel has its own spread as its floor."""
-    from verify.judge.oracle import chain_summation_floor
+    from verify.judge.summation import chain_summation_floor
 
     conv, norm, x = conv_then_norm(0, 64, 4)
     assert chain_summation_floor(conv, norm, x).shape == (4,)
@@ -204,7 +204,7 @@ def _values_with_holes(draw_seed: int, holes: int, shape: tuple[int, ...] = (1, 
 def test_a_floors_errors_count_a_non_finite_element_as_nothing(seed, holes_run, holes_ref):
     """The floor's error |run - ref| counts an element that is not finite in either as 0 (a NaN in the reference
     itself is no rounding), and the reference's magnitude and per-channel counts read such an element as 0."""
-    from verify.judge.oracle import _error, _Scale
+    from verify.judge.measure import _error, _Scale
 
     ref = _values_with_holes(seed, holes_ref)
     with np.errstate(invalid="ignore"):

@@ -180,7 +180,7 @@ def _moved_proposal(data: dict) -> None:
     import numpy as np
 
     from verify.detect.proposals import ProposalCheck, pair_boxes
-    from verify.judge.oracle import measure_floor
+    from verify.judge.measure import measure_floor
 
     boxes = _detector_cell(data)["detector"]["proposal_boxes"]
     eager, oracle = ([np.asarray(image) for image in boxes[label]] for label in (EAGER, ORACLE))

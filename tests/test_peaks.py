@@ -17,17 +17,10 @@ from tests.helpers import masked_conv_source
 from verify.cli.app import app
 from verify.judge import trust
 from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_arrays
-from verify.judge.oracle import (
-    BULK_QUANTILE,
-    CHANNEL_FLOOR_SHARE,
-    MIN_CHANNEL_ELEMENTS,
-    PEAK_FACTOR,
-    NoiseFloor,
-    _no_peak,
-    _typical,
-    measure_floor,
-    pooled_floors,
-)
+from verify.judge.measure import measure_floor
+from verify.judge.noise_floor import CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor
+from verify.judge.oracle import pooled_floors
+from verify.judge.peaks import BULK_QUANTILE, PEAK_FACTOR, _no_peak, _typical
 from verify.judge.precision import EPS
 
 runner = CliRunner()

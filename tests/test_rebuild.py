@@ -20,7 +20,8 @@ from exporter.weights import save_weights, synthetic_weights
 from tests.conftest import SMALL
 from tests.helpers import ONE_CHANNEL_ERROR, checks, edit_manifest, invoke, rehash
 from verify.folder.rebuild import REBUILD_CHECK, REFERENCE_RTOL, weights_source
-from verify.judge.oracle import channel_floors_sha256, measure_floors
+from verify.judge.measure import measure_floors
+from verify.judge.oracle import channel_floors_sha256
 
 WIDENED = 1000.0
 """How many times its real rounding the rewritten float32 goldens sit from the float64 ones."""

@@ -62,7 +62,7 @@ def test_a_pair_is_the_same_testcase_in_a_report_and_in_the_matrix():
     import numpy as np
 
     from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_outputs
-    from verify.judge.oracle import NoiseFloor
+    from verify.judge.noise_floor import NoiseFloor
     from verify.matrix import CellResult, MatrixResult
     from verify.render.junit import row_suites
     from verify.report import Report

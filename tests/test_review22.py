@@ -139,7 +139,7 @@ def test_a_difference_at_the_second_shape_is_in_the_stored_evidence(models, tmp_
 def test_the_run_that_bounds_a_heads_sums_at_the_second_shape_is_held(models, tmp_path):
     """Before: `verify_export(..., isolate=False)` passed, 'each dynamic file was judged at a second shape ... worst
     torchscript 0.3x its floor', for a TorchScript file 0.1 % off at every size but the example's: the run that bounds
-    the head's sums there (verify/judge/oracle.py summed_outputs, the tool's hook on the head) fed it 1e5x its input;
+    the head's sums there (verify/judge/summation.py summed_outputs, the tool's hook on the head) fed it 1e5x its input;
     summed_outputs set the call check's difference, but the second shape's verdict only read the model's own run there.
     (`verify export` in a worker is refused by the parent's re-judging of the evidence: the first test.)"""
     report = verify_export(UserModelSpec.parse(f"{models}:summed"), RunSettings(shape=SHAPE, layers=False),

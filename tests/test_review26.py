@@ -89,7 +89,7 @@ def test_pair_floor_problems_names_the_side_whose_float32_run_is_another_functio
     rounded to float32. A is named; B (no float64 run) and a model side (held by guard 3) are not checked."""
     import numpy as np
 
-    from verify.judge.oracle import measure_floors
+    from verify.judge.measure import measure_floors
 
     rng = np.random.default_rng(0)
     float64 = {"output0": rng.standard_normal((1, 4, 8, 8))}
@@ -111,7 +111,8 @@ def test_a_term_in_one_small_channel_is_refused_on_that_channel():
     import numpy as np
 
     from verify.judge.file_floor import CHANNEL_AGREEMENT
-    from verify.judge.oracle import CHANNEL_FLOOR_SHARE, measure_floors
+    from verify.judge.measure import measure_floors
+    from verify.judge.noise_floor import CHANNEL_FLOOR_SHARE
 
     rng = np.random.default_rng(0)
     float64 = {"output0": rng.standard_normal((1, 4, 16, 16))}

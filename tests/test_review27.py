@@ -57,9 +57,12 @@ def test_a_sum_that_cancels_its_own_large_terms_does_not_hide_a_small_bug(monkey
     head passed at 2.6x. Now that sum lifts at most GRAPH_LIFT_SCALE x 16 / 8 ulps of max|output|: the bug fails
     far beyond AUTO_FACTOR. A 16-element sum is not even traced (GRAPH_MIN_REDUCTION, a cost gate); the bound is
     shown with the gate open, as a model with a large reduction elsewhere would have it."""
-    from verify.judge import oracle as module
+    from verify.judge import graph_lift as module
     from verify.judge.compare import AUTO_FACTOR, Tolerance, compare_outputs
-    from verify.judge.oracle import FLOAT32_EPS, GRAPH_LIFT_SCALE, STATISTICS_LANES, laned_graph, measure_oracle
+    from verify.judge.graph_lift import GRAPH_LIFT_SCALE, laned_graph
+    from verify.judge.lanes import STATISTICS_LANES
+    from verify.judge.noise_floor import FLOAT32_EPS
+    from verify.judge.oracle import measure_oracle
 
     model, feed = Cancelled().eval(), _feed()
     assert laned_graph(_artifact(model), feed) is None  # 16 < GRAPH_MIN_REDUCTION: no trace
@@ -84,8 +87,8 @@ def test_the_lift_bound_reads_the_reductions_sizes_from_the_trace(monkeypatch):
     cost gate, GRAPH_MIN_REDUCTION, opened: its own pre-run reads the same sizes, `largest_reduction`)."""
     import torch.nn.functional as F
 
-    from verify.judge import oracle as module
-    from verify.judge.oracle import laned_graph, largest_reduction
+    from verify.judge import graph_lift as module
+    from verify.judge.graph_lift import laned_graph, largest_reduction
 
     class Normed(nn.Module):
         def __init__(self, norm):

@@ -15,7 +15,7 @@ from verify.folder.checks import Check, CheckReport
 from verify.folder.checks import junit_xml as checks_junit
 from verify.folder.checks import markdown as checks_markdown
 from verify.judge.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
-from verify.judge.oracle import NoiseFloor
+from verify.judge.noise_floor import NoiseFloor
 from verify.matrix import CellResult, MatrixResult, load_result
 from verify.matrix.result import REPORT_KEY_ENV
 from verify.render import write_outputs

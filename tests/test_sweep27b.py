@@ -152,7 +152,7 @@ def test_export_failure_keeps_torch_reason_place_and_way_out(monkeypatch, dynami
 def test_floor_of_a_scalar_output():
     """A model returning a 0-d tensor (x.mean()), exported --static, ended in "unexpected TypeError: return arrays must
     be of ArrayType ... please report it": the difference of two 0-d arrays is a numpy scalar, not an array."""
-    from verify.judge.oracle import measure_floors
+    from verify.judge.measure import measure_floors
 
     floors = measure_floors({"output0": np.array(0.25, np.float32)}, {"output0": np.array(0.25 + 1e-9)})
     assert floors["output0"].value > 0
@@ -161,7 +161,7 @@ def test_floor_of_a_scalar_output():
 def test_a_flipped_index_is_no_floor():
     """One argmax element flipped between the float32 and float64 runs made output0's floor 1 (a whole index), refused
     as "not a noise floor; is the model random or in train mode?": the flip is judged in the pairs, exactly."""
-    from verify.judge.oracle import measure_floors
+    from verify.judge.measure import measure_floors
 
     fp64 = np.zeros((1, 8, 8), np.int64)
     run = fp64.copy()

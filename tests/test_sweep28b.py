@@ -123,7 +123,7 @@ def test_a_graph_with_a_comparison_or_cast_is_not_laned():
     a comparison or a cast (a value checked against the one it had): such graphs get no laned sample."""
     from exporter.formats.eager import eager_artifact
     from exporter.user_model import ModuleSpec, build_user_model
-    from verify.judge.oracle import laned_graph
+    from verify.judge.graph_lift import laned_graph
 
     class Compared(Normed):
         def forward(self, x):
@@ -144,7 +144,7 @@ def test_a_registered_backbone_is_not_traced(monkeypatch):
     """A registered backbone (BatchNorm only) pays nothing: no torch.export trace for a laned graph; a user's model
     is traced."""
     from exporter.artifacts import ArtifactMeta
-    from verify.judge.oracle import laned_graph
+    from verify.judge.graph_lift import laned_graph
 
     traced = []
     monkeypatch.setattr(torch.export, "export", lambda *args, **kwargs: traced.append(1))
@@ -173,7 +173,8 @@ def test_a_graph_answering_the_laned_sums_otherwise_lifts_at_most_its_limit():
     and answers the laned run with anything: its lift stops at GRAPH_LIFT_LIMIT x the held floor; a graph whose plain
     run is not the held run's bits lifts nothing."""
     from exporter.artifacts import ArtifactMeta
-    from verify.judge.oracle import GRAPH_LIFT_LIMIT, graph_bounds, measure_floor
+    from verify.judge.graph_lift import GRAPH_LIFT_LIMIT, graph_bounds
+    from verify.judge.measure import measure_floor
 
     model = Normed().eval()
     x = torch.from_numpy(np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32))

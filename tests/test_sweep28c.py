@@ -138,7 +138,7 @@ def test_a_detector_folder_is_held_to_every_weighted_module_unless_signed(monkey
 # Stored integer and boolean outputs: judged exactly again ---------------------------------------------------------
 def _stored(actual: np.ndarray, desired: np.ndarray) -> dict:
     """The comparator's record of one output, as a matrix cell stores it (its floor measured as the oracle does)."""
-    from verify.judge.oracle import measure_floor
+    from verify.judge.measure import measure_floor
 
     floor = measure_floor(desired, desired if desired.dtype.kind in "biu" else desired.astype(np.float64))
     return json.loads(json.dumps(compare_arrays("ids", actual, desired, Tolerance(), floor).to_dict()))

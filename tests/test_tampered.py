@@ -221,7 +221,8 @@ def consistent_goldens_edit(folder: Path) -> None:
     arrays["float64.layer1"] = arrays["float64.layer1"] * (1 + 1e-12)
     write_goldens(folder, arrays, hashed=False)
     data = read_manifest(folder)
-    from verify.judge.oracle import channel_floors_sha256, measure_floors
+    from verify.judge.measure import measure_floors
+    from verify.judge.oracle import channel_floors_sha256
 
     group = {g: {k[len(g) + 1:]: v for k, v in arrays.items() if k.startswith(g + ".")}
              for g in ("float32", "float64", "folded")}

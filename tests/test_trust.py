@@ -29,7 +29,7 @@ from tests.helpers import (
 )
 from verify.cli import app
 from verify.judge import precision, trust
-from verify.judge.oracle import NoiseFloor
+from verify.judge.noise_floor import NoiseFloor
 from verify.judge.precision import EPS
 from verify.pipeline.isolation import IsolatedRunError, run_isolated, safe_loads
 

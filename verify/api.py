@@ -522,7 +522,7 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
     """Guard 3 (verify/judge/file_floor.py) where one side is the user's model and the other a file a runtime runs
     in float64: the user's floor, on the outputs both have, at most FLOOR_AGREEMENT x the file's own."""
     from verify.judge.file_floor import FileFloors, agreement_problems, vouched_floors
-    from verify.judge.oracle import lifted
+    from verify.judge.summation import lifted
     from verify.runtimes import runtimes_for
 
     if settings.tolerance.mode != "auto":

@@ -10,7 +10,7 @@ from typing import Any
 
 from verify.judge.compare import OutputComparison, PairResult
 from verify.judge.layers import Isolation, verdict_line
-from verify.judge.oracle import NoiseFloor
+from verify.judge.noise_floor import NoiseFloor
 from verify.judge.precision import describe as describe_precision
 from verify.render.rows import CheckRow, Group, pair_row
 

@@ -161,11 +161,11 @@ def _one_tensor(out: Any) -> torch.Tensor:
 
 def folded_samples(built: BuiltDetector, inputs: Sequence[torch.Tensor]) -> list[dict[str, np.ndarray]]:
     """Each image's dense tensors from `built` with every norm that follows a convolution folded into it, in float32
-    (verify/judge/oracle.py `folded_float32`): ONNX Runtime folds them so, and rounds otherwise than eager. The
+    (verify/judge/folding.py `folded_float32`): ONNX Runtime folds them so, and rounds otherwise than eager. The
     per-proposal tensors are left out (the folded RPN may keep other proposals); [] where nothing folds."""
     from dataclasses import replace
 
-    from verify.judge.oracle import folded_float32
+    from verify.judge.folding import folded_float32
 
     inputs = [image.clone() for image in inputs]  # private copies: a model that writes into its input spoils these
     folded = folded_float32(built.model, None, call=lambda model: model([inputs[0].clone()]))
@@ -195,7 +195,7 @@ def reversed_samples(built: BuiltDetector, inputs: Sequence[torch.Tensor]) -> li
     import torch
 
     from exporter.families.detectors import ANCHOR_MODULES
-    from verify.judge.oracle import hooked
+    from verify.judge.summation import hooked
 
     model = copy.deepcopy(built.model).float().eval()
 

@@ -22,7 +22,7 @@ from verify.explain.equivalence import EXPLAIN_FACTOR, Explanation
 from verify.explain.localize import EQUIVALENCE_RTOL, localise
 from verify.explain.structure import structural_diff, train_mode_modules
 from verify.explain.tracers import Side
-from verify.judge.oracle import noise_floors
+from verify.judge.measure import noise_floors
 
 if TYPE_CHECKING:
     import numpy as np

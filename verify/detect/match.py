@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from verify.judge.compare import AUTO_FACTOR
-from verify.judge.oracle import FLOAT32_EPS
+from verify.judge.noise_floor import FLOAT32_EPS
 
 if TYPE_CHECKING:
     import numpy as np

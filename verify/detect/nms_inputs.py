@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from verify.detect.match import EXPLAIN_FACTOR, Detections, iou_matrix
 from verify.detect.proposals import PAIR_IOU, UNPAIRABLE_COST
-from verify.judge.oracle import FLOAT32_EPS
+from verify.judge.noise_floor import FLOAT32_EPS
 
 if TYPE_CHECKING:
     import numpy as np

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from verify.detect.match import EXPLAIN_FACTOR, MATCH_IOU, Detections, Rules, iou_band, iou_matrix
-from verify.judge.oracle import FLOAT32_EPS
+from verify.judge.noise_floor import FLOAT32_EPS
 
 if TYPE_CHECKING:
     import numpy as np

@@ -248,7 +248,7 @@ class _Rows:
     def floors(self, eager: Run) -> dict[str, Any]:
         """The oracle's floors, measured on eager float32 paired with float64 proposal by proposal; they
         set the rounding bands that explain a proposal in one run only (eager's own ones included)."""
-        from verify.judge.oracle import measure_floors
+        from verify.judge.measure import measure_floors
 
         aligned = self._align(EAGER, eager, ORACLE, self.oracle)
         samples = [concat_dense(found, self.report.images) for found in (eager.samples, eager.reversed_sums) if found]

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from verify.judge.oracle import NoiseFloor
+    from verify.judge.noise_floor import NoiseFloor
 
 SEED_QUESTION = ("resnet50:batch:trunk", "resnet50:frozen:body")
 REPEATS = 2
@@ -197,7 +197,8 @@ def explain_artifacts(a: Artifact, b: Artifact, x: np.ndarray, factor: float = E
     import numpy as np
     import torch
 
-    from verify.judge.oracle import measure_floors, oracle_or_spread
+    from verify.judge.measure import measure_floors
+    from verify.judge.oracle import oracle_or_spread
     from verify.runtimes import default_runtime, make_runtime
     from verify.runtimes.torch_common import call_module, to_numpy_outputs
 
@@ -390,7 +391,7 @@ def _float32_ratio(name: str, a: np.ndarray, b: np.ndarray, floor: NoiseFloor) -
 
 def float64_difference(a: np.ndarray, b: np.ndarray, floor: NoiseFloor | None) -> tuple[float, float]:
     """max |a - b| and its size relative to B's scale (EQUIVALENCE_RTOL's rule). Where `floor` measured peaks
-    (verify.judge.oracle.PEAK_FACTOR: a mask value, a sentinel), an element of the bulk is relative to the bulk's
+    (verify.judge.peaks.PEAK_FACTOR: a mask value, a sentinel), an element of the bulk is relative to the bulk's
     scale: one -1e9 in B no longer makes a difference of 1e-2 everywhere else 1e-11 relative."""
     import numpy as np
 

@@ -2,7 +2,7 @@
 of a failed report and the layer verdict `--layers`): the reference model's float64 values for every module call,
 each candidate layer (a leaf module of an eager model or TorchScript file, a run of FX nodes of an ExportedProgram,
 a run of ONNX nodes under one module scope) re-run in float32 on them, judged against the reference's float64
-output on that layer's own floor (verify.judge.oracle.worst_floor over the valid float32 evaluations, and what
+output on that layer's own floor (verify.judge.measure.worst_floor over the valid float32 evaluations, and what
 the layer sums). Imports no command layer: the pipeline's layer stage calls `layer_checks` here."""
 
 from __future__ import annotations
@@ -28,15 +28,11 @@ from verify.explain.tracers import (
     tracer_for,
 )
 from verify.judge.compare import AUTO_FACTOR
+from verify.judge.folding import folded_float32
+from verify.judge.lanes import lane_statistics
 from verify.judge.layers import Isolation, LayerError
-from verify.judge.oracle import (
-    chain_summation_floor,
-    folded_float32,
-    hooked,
-    lane_statistics,
-    summation_floor,
-    worst_floor,
-)
+from verify.judge.measure import worst_floor
+from verify.judge.summation import chain_summation_floor, hooked, summation_floor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -203,7 +199,7 @@ def _own_floor(ref: Reference, chain: list[str], call: int) -> Any:
 def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
     """The chain in float32 as torch runs it; with a conv's input channels summed in reverse order (another
     runtime's kernels sum in another order); with a conv's norm folded into it (as exporters and runtimes
-    fold them, verify.judge.oracle.folded_float32). A faithful layer computed in any of these ways is no bug."""
+    fold them, verify.judge.folding.folded_float32). A faithful layer computed in any of these ways is no bug."""
     import torch
 
     module = torch.nn.Sequential(*chain)

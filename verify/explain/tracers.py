@@ -80,7 +80,7 @@ class Trace:
 
     def floor(self, name: str, call: int) -> float | None:
         """This side's float32 noise floor for one module value, where it measured one."""
-        from verify.judge.oracle import noise_floors
+        from verify.judge.measure import noise_floors
 
         if (name, call) in self.float32:
             return noise_floors({"v": to_numpy(self.float32[(name, call)])},

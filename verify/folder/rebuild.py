@@ -122,7 +122,8 @@ def rebuild_backbone(art: CheckedFolder, weights_file: Path | None) -> str:
     from exporter.spec import ModelSpec
     from exporter.weights import load_weights
     from verify.inputs import make_input
-    from verify.judge.oracle import folded_samples, measure_floors, measure_oracle
+    from verify.judge.measure import measure_floors
+    from verify.judge.oracle import folded_samples, measure_oracle
     from verify.runtimes import RuntimeOptions, default_runtime, make_runtime
 
     assert art.goldens is not None

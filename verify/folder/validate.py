@@ -204,7 +204,8 @@ def _floors(art: ArtifactFolder) -> str:
     """The floors the verdicts use, measured from the goldens; the manifest's must be the same numbers."""
     import numpy as np
 
-    from verify.judge.oracle import lifted, measure_floors
+    from verify.judge.measure import measure_floors
+    from verify.judge.summation import lifted
 
     if art.goldens is None:
         raise ArtifactError(f"not derived: {GOLDENS_NAME} failed its checks")
@@ -344,7 +345,8 @@ def _second_shape(art: ArtifactFolder, runtime, shape: tuple[int, ...]) -> str:
     else check that the output shapes follow. A folder file as the reference vouches only for the files' agreement:
     one traced at the example's size may carry that size inside it as every file of the folder does."""
     from verify.inputs import SECOND_SHAPE_SEED, make_input
-    from verify.judge.oracle import lifted, measure_floors
+    from verify.judge.measure import measure_floors
+    from verify.judge.summation import lifted
 
     x = {art.manifest.input.name: make_input(shape, SECOND_SHAPE_SEED)}
     outputs = runtime.run(x)

@@ -24,7 +24,9 @@ def write_artifact_folder(folder: Path, built: BuiltModel, artifacts: dict[str, 
     signature) never validates."""
     import numpy as np
 
-    from verify.judge.oracle import channel_floors_sha256, folded_samples, lifted, measure_floors
+    from verify.judge.measure import measure_floors
+    from verify.judge.oracle import channel_floors_sha256, folded_samples
+    from verify.judge.summation import lifted
 
     (input_name, array), = inputs.items()
     if oracle.samples is not None:  # the oracle's own floors, on its own samples: the same figures, not remade

@@ -3,7 +3,7 @@
 Three tolerance modes:
 - `auto` (default): pass when |a - b| <= AUTO_FACTOR x the noise floor everywhere, the floor being
   |eager - eager fp64| measured on this model and this input, per channel where the output has
-  channels (verify/judge/oracle.py), per output otherwise. The ratio is the worst channel's.
+  channels (verify/judge/measure.py), per output otherwise. The ratio is the worst channel's.
 - `decimal`: exactly `numpy.testing.assert_array_almost_equal(actual, desired, decimal)`.
 - `allclose`: exactly `numpy.testing.assert_allclose(actual, desired, rtol, atol)`.
 In every mode a NaN or Inf fails, even where numpy would accept matching NaNs.
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
 from verify.bounds import DECIMAL_RANGE
-from verify.judge.oracle import NoiseFloor
+from verify.judge.noise_floor import NoiseFloor
 from verify.judge.precision import describe as describe_precision
 
 if TYPE_CHECKING:

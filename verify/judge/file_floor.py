@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from exporter.artifacts import Artifact
-    from verify.judge.oracle import NoiseFloor
+    from verify.judge.noise_floor import NoiseFloor
 
 FLOOR_AGREEMENT = 4.0
 """The most a model's floor may exceed the exported file's own in one channel (README, "The file's own floor":
@@ -74,7 +74,8 @@ def measure_file_floors(runtime: str, artifact: Artifact, feeds: Sequence[Mappin
     on that feed (`summed`, Oracle.summed: one function's rounding, so the same bound on both). A file that cannot
     run in float64 raises ArtifactError (the caller refuses to judge: its floor cannot be checked)."""
     from verify.inputs import copy_feed
-    from verify.judge.oracle import lifted, measure_floors
+    from verify.judge.measure import measure_floors
+    from verify.judge.summation import lifted
     from verify.runtimes import RuntimeOptions, make_runtime
 
     double = make_runtime(runtime, RuntimeOptions(dtype="float64")).load(artifact)
@@ -100,7 +101,7 @@ def vouched_floors(floors: Mapping[str, NoiseFloor], file64: Mapping[str, np.nda
 
     import numpy as np
 
-    from verify.judge.oracle import CHANNEL_AXIS
+    from verify.judge.noise_floor import CHANNEL_AXIS
     from verify.judge.precision import EPS
 
     vouched = dict(floors)
@@ -192,7 +193,8 @@ def cross_floors(float32: Mapping[str, np.ndarray], float64: Mapping[str, np.nda
     both have in one shape, lifted to `summed` (the float64 side's summation floors, as its own floors are)."""
     import numpy as np
 
-    from verify.judge.oracle import lifted, measure_floors
+    from verify.judge.measure import measure_floors
+    from verify.judge.summation import lifted
 
     shared = {name: values for name, values in float64.items()
               if name in float32 and np.shape(float32[name]) == np.shape(values)}
@@ -300,7 +302,7 @@ def unrecorded_problems(trust: Any, user_model: bool, labels: Sequence[str]) -> 
 
 def floors_from_record(data: Any) -> list[FileFloors]:
     """`floors_record` read back; malformed data raises (KeyError, TypeError, ValueError or UsageError)."""
-    from verify.judge.oracle import NoiseFloor
+    from verify.judge.noise_floor import NoiseFloor
 
     if not isinstance(data, list):
         raise TypeError("file floors")

@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from verify.inputs import copy_feed
-from verify.judge.oracle import PEAK_FACTOR
+from verify.judge.peaks import PEAK_FACTOR
 from verify.judge.precision import DISPLAY, EPS
 
 if TYPE_CHECKING:
     import numpy as np
 
     from verify.judge.file_floor import FileFloors
-    from verify.judge.oracle import NoiseFloor
+    from verify.judge.noise_floor import NoiseFloor
 
 ROUNDING_BOUND_MARGIN = 2.0
 """Slack over the worst-case K·u bound (correct float32 runs measure 1e-4..1e-3 of it: README, Floor bound)."""
@@ -414,7 +414,7 @@ def _recorded_floor(output: Mapping[str, Any]) -> tuple[NoiseFloor, float, float
     """A recorded output's floor, scale and bulk scale (the bulk floor as a one-group floor beside the value)."""
     import numpy as np
 
-    from verify.judge.oracle import NoiseFloor
+    from verify.judge.noise_floor import NoiseFloor
 
     value, precision = float(output["floor"]), str(output["precision"])
     if ("bulk_floor" in output) != ("bulk_scale" in output):

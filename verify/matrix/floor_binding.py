@@ -10,11 +10,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from verify.judge.oracle import CHANNEL_AXIS
+from verify.judge.noise_floor import CHANNEL_AXIS
 
 if TYPE_CHECKING:
     from verify.judge.compare import Tolerance
-    from verify.judge.oracle import NoiseFloor
+    from verify.judge.noise_floor import NoiseFloor
     from verify.matrix.result import CellResult
 
 SLACK = 1e-6
@@ -44,7 +44,7 @@ def _parse(name: str, data: Any, inputs: Sequence[Mapping[str, Any]] | None) -> 
     """`name`'s recorded floor, checked against the evidence: its value and its bulk floors at most what the
     evidence's inputs measured (pooled floors are their largest), and a bulk wherever an input measured one."""
     from exporter.errors import UsageError
-    from verify.judge.oracle import NoiseFloor
+    from verify.judge.noise_floor import NoiseFloor
 
     try:
         floor = NoiseFloor.from_dict(data) if isinstance(data, dict) else None

@@ -132,7 +132,7 @@ def _reference_pairing(boxes: Mapping[str, list[np.ndarray]], candidates: list[D
     check, the bands and the boxes' floor (None when no proposal pairs)."""
     import numpy as np
 
-    from verify.judge.oracle import measure_floor
+    from verify.judge.measure import measure_floor
 
     check = ProposalCheck(EAGER, ORACLE)
     mine, theirs, lone = pair_boxes(check, boxes[EAGER], boxes[ORACLE])

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from verify.judge.compare import PairResult, Tolerance
     from verify.judge.file_floor import FileFloors
     from verify.judge.layers import Isolation
-    from verify.judge.oracle import NoiseFloor, Oracle
+    from verify.judge.noise_floor import NoiseFloor
+    from verify.judge.oracle import Oracle
     from verify.judge.trust import RepeatCheck
     from verify.pipeline.overlap import ArtifactsInFlight, BackgroundExport
     from verify.report import Report
@@ -562,7 +563,9 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
     says where the files were judged and how close they came (none where something failed)."""
 
     from verify.judge.compare import Tolerance, compare_outputs
-    from verify.judge.oracle import floor_bounds, lifted, measure_floors
+    from verify.judge.graph_lift import floor_bounds
+    from verify.judge.measure import measure_floors
+    from verify.judge.summation import lifted
     from verify.runtimes import RuntimeOptions, default_runtime, make_runtime, runtimes_for
 
     example = build.named[0].array.shape
@@ -596,7 +599,7 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
             if fp64 is None:
                 references[shape] = (low, {})
             else:  # a user's few-value head judged on its summation floor there too, as at the example's shape
-                # and a large reduction on the laned graph's (verify/judge/oracle.py graph_bounds), as there too
+                # and a large reduction on the laned graph's (verify/judge/graph_lift.py graph_bounds), as there too
                 floors = lifted(measure_floors(low, fp64, settings.runtime.precision),
                                 floor_bounds(eager, feed, low, fp64))
                 references[shape] = (fp64, {name: floor.value for name, floor in floors.items()})
@@ -628,7 +631,7 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
         problems, seconds = _second_shapes(runs, failure, artifacts, formats, settings, example, judged)
     elif unheld:
         # the floors at the second shape were lifted by a float32 run the call check never saw: the model's own there,
-        # or the one that bounds its heads' sums there (verify/judge/oracle.py summed_outputs sets the difference
+        # or the one that bounds its heads' sums there (verify/judge/summation.py summed_outputs sets the difference
         # itself). Review 22: each let a file 0.1 % off only at other sizes exit 0 ("judged at a second shape ... 0.3x")
         from verify.judge.trust import function_problems, function_record
 

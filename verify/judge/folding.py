@@ -1,0 +1,78 @@
+"""The folded float32 copy: each norm with fixed statistics that follows a convolution folded into it, as graph
+optimisers fold it (`folded_float32`, `fold_into`): a second rounding sample for the channel floors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def folded_float32(model: torch.nn.Module, example: torch.Tensor | None,
+                   call: Callable[[torch.nn.Module], Any] | None = None) -> torch.nn.Module | None:
+    """A float32 copy of `model` with each norm that directly follows a convolution folded into it,
+    in float32, as graph optimisers do (ONNX Runtime's basic level, TensorRT, torch.compile's freezing).
+    Folding rounds differently, so a correct folded runtime must not read as a bug; None when the
+    model has nothing to fold. Pairs are found by running it: the norm's input is the conv's output; on
+    `example`'s first sample, or by `call(model)` (a detector takes a list of images)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model).float().eval()
+    names = {id(m): n for n, m in model.named_modules()}
+    produced: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}
+    pairs: list[tuple[torch.nn.Module, torch.nn.Module]] = []
+
+    def after_conv(module, args, output):
+        produced[id(output)] = (module, output)  # the tensor is kept alive, so its id stays unique
+
+    def before_norm(module, args):
+        found = produced.get(id(args[0])) if args else None
+        if found is not None and found[1] is args[0]:
+            pairs.append((found[0], module))
+
+    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks += [m.register_forward_pre_hook(before_norm) for m in model.modules() if _is_frozen_norm(m)]
+    try:
+        with torch.inference_mode():
+            model(example[:1].float()) if call is None else call(model)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        produced.clear()
+    if not pairs:
+        return None
+    for conv, norm in pairs:
+        fold_into(conv, norm)
+        model.set_submodule(names[id(norm)], torch.nn.Identity())
+    return model
+
+
+def norm_scale(norm: torch.nn.Module) -> torch.Tensor:
+    """What a norm with fixed statistics multiplies each channel by: weight / sqrt(running_var + eps)."""
+    import torch
+
+    weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)
+    return weight * (norm.running_var + norm.eps).rsqrt()
+
+
+def fold_into(conv: torch.nn.Module, norm: torch.nn.Module) -> None:
+    """Fold `norm` (fixed statistics) into `conv`, in place, in the conv's dtype, as graph optimisers do."""
+    import torch
+
+    with torch.no_grad():
+        scale = norm_scale(norm)
+        bias = norm.bias if norm.bias is not None else torch.zeros_like(scale)
+        conv.weight.mul_(scale.reshape(-1, *[1] * (conv.weight.dim() - 1)))
+        shift = bias - norm.running_mean * scale
+        conv.bias = torch.nn.Parameter(shift if conv.bias is None else conv.bias * scale + shift)
+
+
+def _is_frozen_norm(module: torch.nn.Module) -> bool:
+    """A norm with fixed statistics: BatchNorm in eval mode, or torchvision's FrozenBatchNorm2d."""
+    return all(hasattr(module, a) for a in ("running_mean", "running_var", "eps", "weight", "bias")) \
+        and not module.training and getattr(module, "running_var", None) is not None
