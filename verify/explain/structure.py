@@ -13,7 +13,10 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-NORM_TYPES = ("BatchNorm2d", "FrozenBatchNorm2d", "GroupNorm", "LayerNorm", "InstanceNorm2d", "SyncBatchNorm")
+NORM_TYPES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "FrozenBatchNorm2d", "GroupNorm", "LayerNorm",
+              "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SyncBatchNorm")
+"""Module types whose maths a norm's statistics or mode decide; every dimension torch has (r2plus1d_18's BatchNorm3d
+was not one, and the layer verdict judged its folded conv as the norm alone: sweep 29)."""
 SKIPPED_TENSORS = ("num_batches_tracked",)
 
 
