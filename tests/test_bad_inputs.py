@@ -10,6 +10,7 @@ start work (a progress line) before it fails.
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import signal
@@ -466,9 +467,10 @@ def test_parse_errors_are_one_line_through_main_too(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
 
 
-def test_json_report_of_a_refusal_is_never_written(files, tmp_path, monkeypatch):
+def test_json_report_of_a_refusal_says_the_run_failed(files, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, [*COMPARE, "--input", files["nan_npy"], "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 2
     assert "holds 5 NaN of 3072 values" in result.stderr, result.output  # refused for the input, not the report
-    assert not (tmp_path / "r.json").exists()  # a report is only written for a verdict
+    report = json.loads((tmp_path / "r.json").read_text())  # a failure report, never a verdict (surface28)
+    assert report["passed"] is False and report["exit_code"] == 2 and "NaN" in report["error"]

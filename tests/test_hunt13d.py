@@ -1,6 +1,7 @@
 """A new user's first paths, continued (hunt 13d): training checkpoints that hold an EMA copy of the weights, and
 weights kept the way the Hugging Face hub keeps them. Each test fails without its fix."""
 
+import json
 import re
 
 import pytest
@@ -202,7 +203,9 @@ def test_the_matrix_never_writes_a_report_over_the_model_or_weights_it_reads(tmp
 def test_a_run_that_ends_in_an_error_leaves_no_earlier_report_standing_in_for_it(tmp_path, state, monkeypatch):
     """Before: a passing `verify export --json r.json --junit r.xml --markdown r.md`, then the same command with a
     checkpoint that cannot be loaded: exit 2, and r.json still said "passed": true (and r.xml 0 failures) for the
-    run that failed. Now the reports asked for are removed when the run starts; $GITHUB_STEP_SUMMARY is kept."""
+    run that failed. Now the reports asked for are removed when the run starts, and a run that ends in an error
+    writes each as a failure (surface28: JSON `passed: false` with the error, JUnit a case in error);
+    $GITHUB_STEP_SUMMARY keeps what it held, the failure appended."""
     checkpoint = tmp_path / "both.pth"
     torch.save({"state_dict": state, "state_dict_ema": shifted(state)}, checkpoint)
     reports = {flag: tmp_path / f"r.{suffix}" for flag, suffix in (("--json", "json"), ("--junit", "xml"),
@@ -215,8 +218,9 @@ def test_a_run_that_ends_in_an_error_leaves_no_earlier_report_standing_in_for_it
     result = runner.invoke(app, ["export", "-b", "resnet18", "--shape", "1x3x32x32", "--format", "torchscript",
                                  "--weights", str(checkpoint), "--out", str(tmp_path / "out"), *extra])
     assert result.exit_code == 2, result.output
-    assert not any(path.exists() for path in reports.values())
+    assert json.loads(reports["--json"].read_text())["passed"] is False
+    assert 'errors="1"' in reports["--junit"].read_text() and "error (exit 2)" in reports["--markdown"].read_text()
     result = runner.invoke(app, ["compare", "resnet18:batch:body", "resnet18:frozen:body", "--weights",
                                  str(checkpoint), "--markdown", str(summary), "--json", str(reports["--json"])])
     assert result.exit_code == 2, result.output
-    assert summary.read_text() == '{"passed": true}'
+    assert summary.read_text().startswith('{"passed": true}\n') and "error (exit 2)" in summary.read_text()

@@ -3,6 +3,8 @@ Each test names what happened before its fix."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -48,7 +50,8 @@ def test_complex_output_through_the_cli_is_refused_not_passed(tmp_path):
                                       "--decimal", "3", "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 2, result.output
     assert "complex" in result.output and "unexpected" not in result.output
-    assert not (tmp_path / "r.json").exists()
+    report = json.loads((tmp_path / "r.json").read_text())  # a failure report, never a verdict (surface28)
+    assert report["passed"] is False and report["exit_code"] == 2 and "complex" in report["error"]
 
 
 @pytest.mark.parametrize("bad", ["²", "٣" * 3, "１"])

@@ -218,7 +218,8 @@ def test_user_code_that_ends_the_process_is_no_verdict(tmp_path, outside, factor
     line = error_line(result)
     assert expected in line and "no verdict" in line.lower()
     assert_no_folder_left(out)
-    assert not (tmp_path / "r.json").exists()
+    report = json.loads((tmp_path / "r.json").read_text())  # a failure report, never a verdict (surface28)
+    assert report["passed"] is False and report["exit_code"] == 2 and expected in report["error"]
 
 
 def test_user_code_that_hangs_is_stopped_by_the_timeout(tmp_path, outside):

@@ -85,6 +85,7 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     built, exported and run in a worker process (verify/pipeline/isolation.py) stopped after `timeout` seconds."""
     _check_argument_types(spec, settings, runtimes, cache)
     _check_export_arguments(out, export, overwrite)
+    _check_call_arguments(progress, timeout)
     if settings is not None:
         # the fpn view draws its FPN, which no classifier checkpoint holds, from the seed (hunt 13d)
         refuse_unused_seed(settings.seed, settings.weights, settings.input_file,
@@ -213,6 +214,20 @@ def _compare_arguments(a: object, b: object, settings: object, runtime: object) 
     if runtime is not None and not isinstance(runtime, str):
         raise TypeError(f"runtime must be one runtime name, e.g. 'onnxruntime', or None, not {type(runtime).__name__}")
     return sides[0], sides[1]
+
+
+def _check_call_arguments(progress: object, timeout: object) -> None:
+    """A TypeError/UsageError naming the argument (found by surface28: `progress="x"` failed with an AttributeError
+    inside the run, and `timeout=float("nan")`, `-1` or `"5"` were taken as given)."""
+    from verify.bounds import require_number
+
+    if progress is not None and not callable(getattr(progress, "step", None)):
+        raise TypeError(f"progress must have a step(description) context manager (verify.progress.Progress), e.g. "
+                        f"verify.progress.NullProgress(), or be None, not {type(progress).__name__}")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be a number of seconds, e.g. 600.0, or None, not {type(timeout).__name__}")
+        require_number("timeout", timeout, 0.0, None, low_open=True)
 
 
 def require_export_folder(folder: Path) -> None:
@@ -424,6 +439,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     reference) on both sides' floors pooled over the inputs, then each side against its own oracle on its own
     pooled floors; each pair reported on its worst input."""
     a, b = _compare_arguments(a, b, settings, runtime)
+    _check_call_arguments(progress, timeout)
     settings, progress = settings or RunSettings(), progress or NullProgress()
     require_device(settings.runtime.device)  # before any model is built or loaded
     kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built

@@ -75,14 +75,29 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def default_cache_dir() -> Path:
     """$BACKBONE_VERIFY_CACHE_DIR, else the platform's user cache folder (honours $XDG_CACHE_HOME)."""
     if os.environ.get(ENV_DIR):
-        return Path(os.environ[ENV_DIR]).expanduser()
+        from exporter.fsio import path_kind
+
+        path = Path(os.environ[ENV_DIR]).expanduser()
+        kind = path_kind(path) if os.path.lexists(path) else "a directory"
+        if kind != "a directory":  # `cache info` reported "entries: none" for a file, exit 0
+            raise UsageError(f"${ENV_DIR}={path} is {kind or 'a file'}; point it at a folder, or unset it for the "
+                             "platform's user cache folder")
+        return path
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir(APP_NAME, appauthor=False))
 
 
 def cache_disabled_by_env() -> bool:
-    return os.environ.get(ENV_OFF, "") not in ("", "0")
+    """$BACKBONE_VERIFY_NO_CACHE: 1/true/yes/on turn the cache off, unset/empty/0/false/no/off leave it on; any other
+    value is a UsageError (`false` turned the cache off, as any text but 0 did)."""
+    text = os.environ.get(ENV_OFF, "").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text not in ("", "0", "false", "no", "off"):
+        raise UsageError(f"${ENV_OFF}={text[:40]!r} is neither on nor off: set it to 1 (compute everything, no cache) "
+                         "or 0, or unset it")
+    return False
 
 
 def default_cache() -> Cache | None:
@@ -654,6 +669,14 @@ class Cache:
                 from None
         shutil.rmtree(retired, ignore_errors=True)  # removes links as links, never what they point to
         return freed + size
+
+    def found(self) -> bool:
+        """Whether the root holds this tool's cache (its layout folder, or what an interrupted clear left of it):
+        `verify cache clear` and `prune` of a folder holding none say so, never "0.0 MiB freed"."""
+        with contextlib.suppress(OSError):
+            if any(RETIRED_NAME.fullmatch(name) for name in os.listdir(self.root)):
+                return True
+        return self._base_mode() is not None
 
     def _remove_retired(self) -> int:
         """Remove the layout folders earlier clears renamed aside and were stopped (Ctrl-C, a kill) before removing:

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 from exporter.errors import VerifyError, interrupt_in
 from exporter.fsio import PUBLISH_CHECKS
 from exporter.messages import one_line, strip_unsafe_advice
+from verify.render import reports_failed, reports_finished, settle_reports
 from verify.render.console import make_console
 from verify.render.text import terminal_text
 
@@ -30,8 +31,15 @@ err_console = make_console(stderr=True)
 def print_error(message: str) -> None:
     """The one line every failure prints: flattened, bounded, without unsafe advice."""
     # a message may quote a file's own text (a checkpoint's key): its control characters are shown, never sent
-    err_console.print(f"[bold red]error:[/] {escape(terminal_text(one_line(strip_unsafe_advice(message))))}",
-                      highlight=False, soft_wrap=True)
+    line = terminal_text(one_line(strip_unsafe_advice(message)))
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    reports_failed(line)  # what a report asked for says, when the run had started
+
+
+def settle_report_files(code: int) -> None:
+    """A run whose reports were asked for and that ends without its verdict's code writes them as failures
+    (verify/render `settle_reports`); nothing more is printed: a failure stays one line on stderr."""
+    settle_reports(code)
 
 
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -44,8 +52,9 @@ class OneValueOptions(TyperGroup):
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         name, command, rest = super().resolve_command(ctx, args)
-        if command is not None:
-            _refuse_repeated_options(command, ctx, rest, f"{ctx.command_path} {name}")
+        if command is not None:  # parsed in the command's own context: the group's stops at the first argument
+            own = type(ctx)(command, parent=ctx, info_name=name)  # (`compare A B --json x --json y` passed)
+            _refuse_repeated_options(command, own, rest, f"{ctx.command_path} {name}")
         return name, command, rest
 
 
@@ -129,6 +138,7 @@ class OneLineErrors(OneValueOptions):
                 code = 1
             else:  # a failure while the command line is parsed (a callback's bug): one line and 2, not a traceback
                 code = unexpected_exit(exc)
+        settle_report_files(code)
         if not standalone_mode:
             return code
         sys.exit(code)
@@ -179,8 +189,11 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
+            result = command(*args, **kwargs)
+        except typer.Exit as exc:
+            reports_finished(exc.exit_code)  # the command's own verdict (its reports written)
+            raise
+        except typer.Abort:
             raise
         except BaseException as exc:
             interrupt = interrupt_in(exc)
@@ -189,6 +202,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if not isinstance(exc, Exception):
                 raise
             raise typer.Exit(unexpected_exit(exc)) from None
+        reports_finished(0)
+        return result
 
     return wrapper
 

@@ -24,7 +24,7 @@ from verify.cli.groups import (
     ReportPaths,
     with_option_groups,
 )
-from verify.render import clear_stale_reports
+from verify.render import start_reports
 from verify.render.console import print_line, progress_for
 
 
@@ -119,7 +119,7 @@ def export(
     cache = open_cache(folder_of_cache, folder_of_cache is None)
     refuse_inside_export(folder, settings, sign_key, cache)
     options = formats.export_options(settings.runtime.device, runtime)
-    clear_stale_reports(reports.json, reports.junit, reports.markdown)
+    start_reports("export", json=reports.json, junit=reports.junit, markdown=reports.markdown)
     report = verify_export(spec, settings, out=out, export=options, runtimes=runtime,
                            progress=progress_for(err_console), overwrite=overwrite, sign_key=sign_key,
                            cache=cache, timeout=user_timeout(timeout))
@@ -247,15 +247,33 @@ def compare(
     refuse_overwriting_sources([a, b, opt.weights_file(settings.weights)], json=reports.json, junit=reports.junit,
                                markdown=reports.markdown)
 
-    clear_stale_reports(reports.json, reports.junit, reports.markdown)
+    start_reports("compare", json=reports.json, junit=reports.junit, markdown=reports.markdown)
     report = run_compare(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout),
                          runtime=runtime)
     if any(not pair.passed and {pair.a, pair.b} == set(SIDES) for pair in report.pairs) and not report.problems \
-            and not settings.layers:
+            and not settings.layers and not note_shape_mismatch(report, set(SIDES)):
         from verify.explain.isolate import name_culprits  # A and B differ: name the layers that differ on their own
 
         name_culprits(report, [(a, b)], settings, progress_for(err_console), user_timeout(timeout))
     _finish(report, reports, verbose)
+
+
+def note_shape_mismatch(report: Any, sides: set[str]) -> bool:
+    """Whether the failing pair between `sides` differs in an output's shape; each such output becomes a
+    note saying what differs and what to do. Re-running layers alone cannot explain two shapes (review: compare of
+    two models with differently shaped outputs noted "the difference builds up across layers")."""
+    found = False
+    for pair in report.pairs:
+        if pair.passed or {pair.a, pair.b} != sides:
+            continue
+        for out in pair.outputs:
+            if list(out.shape_a) != list(out.shape_b):
+                found = True
+                report.notes.append(f"{pair.a} vs {pair.b}: {out.name} is {tuple(out.shape_a)} in {pair.a} and "
+                                    f"{tuple(out.shape_b)} in {pair.b}: they compute differently shaped outputs, so "
+                                    "no layer was isolated; compare the same model (architecture, view) at the "
+                                    "same --shape")
+    return found
 
 
 @handle_errors
@@ -308,7 +326,7 @@ def explain(
     settings = replace(settings, **opt.tolerance_part(factor=factor))
     a, b = a or SEED_QUESTION[0], b or SEED_QUESTION[1]
     refuse_unused_timeout(timeout, [a, b])
-    clear_stale_reports(json_path)
+    start_reports("explain", json=json_path)
     result = run_explain(a, b, settings, progress=progress_for(err_console), timeout=user_timeout(timeout))
     render_explanation(result, out_console)
     data, code = result.to_dict(), result.exit_code
@@ -367,7 +385,7 @@ def artifact(
         raise UsageError(LAYERS_NEED_REBUILD)
     opt.outside_folders(paths, json=reports.json, junit=reports.junit, markdown=reports.markdown)
     refuse_reports_over_reads(trust, reports)
-    clear_stale_reports(reports.json, reports.junit, reports.markdown)
+    start_reports("artifact", json=reports.json, junit=reports.junit, markdown=reports.markdown)
     _finish_checks(validate(paths, RuntimeOptions(plugins=plugins), verify_key=trust.verify_key,
                             trust_unsigned_code=trust.trust_unsigned_code, rebuild=trust.rebuild,
                             weights_file=trust.checkpoint, layers=layers), reports)
@@ -405,7 +423,7 @@ def preflight(
     options = PreflightOptions(provider=provider.value, runtime=runtime, runs=runs, warmup=warmup,
                                max_latency_ms=max_latency_ms, tf32=tf32, plugins=plugins, rebuild=trust.rebuild,
                                weights_file=trust.checkpoint, layers=layers)
-    clear_stale_reports(reports.json, reports.junit, reports.markdown)
+    start_reports("preflight", json=reports.json, junit=reports.junit, markdown=reports.markdown)
     _finish_checks(run_preflight(path, options, verify_key=trust.verify_key,
                                  trust_unsigned_code=trust.trust_unsigned_code), reports)
 

@@ -116,6 +116,9 @@ def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | 
         from exporter.signing import check_private_key
 
         check_private_key(sign_key)  # a usage error, before the detector is built
+    from verify.render import start_reports
+
+    start_reports("export", json=json_path, junit=junit, markdown=markdown, html=html)
     images = None
     if input_path is not None and shape is None and not dynamic and input_path.suffix.lower() == ".npy":
         # an array is not resized: with no --shape its own shape is the export's, as a backbone's --input .npy is
@@ -201,6 +204,9 @@ def explain_detector(a: str, b: str, weights: str, seed: int, shape: str | None,
         raise UsageError(f"explain compares a detector with another detector (name:norm); {other} is not one")
     size = parse_shape(shape) if shape else None
     image = None
+    from verify.render import start_reports
+
+    start_reports("explain", json=json_path)
     if input_path is not None:
         images = load_images(input_path, size)
         if len(images) != 1:

@@ -155,6 +155,9 @@ def matrix(
                                    parse_shape(detector_shape) if detector_shape else None)
     split = resolve_shard(shard, shard_count, os.environ)
     folder = opt.cache_folder(cache_dir, no_cache)
+    from verify.render import start_reports
+
+    start_reports("matrix", json=json_path, junit=junit, markdown=markdown, html=html)
     display = _CellProgress(err_console)
     with display.progress:
         result = run_matrix(request, jobs=jobs, shard=split, cache_dir=folder, on_start=display.start,
@@ -196,10 +199,35 @@ def merge(
 
     opt.distinct_outputs(json=json_path, junit=junit, markdown=markdown, html=html)
     _not_a_report(reports, json=json_path, junit=junit, markdown=markdown, html=html)
-    result = merge_results([load_result(path) for path in reports], reports)
+    for path in reports:
+        _not_a_failure_report(path)
+    loaded = [load_result(path) for path in reports]  # a malformed shard is refused before any output is touched
+    from verify.render import start_reports
+
+    start_reports("matrix merge", json=json_path, junit=junit, markdown=markdown, html=html)
+    result = merge_results(loaded, reports)
     render_matrix(result, out_console)
     _write(result, json_path, junit, markdown, html)
     raise typer.Exit(result.exit_code)
+
+
+def _not_a_failure_report(path: Path) -> None:
+    """A shard whose run failed wrote a failure report (verify/render `settle_reports`): named as such, not as "no
+    schema", so the job knows to rerun that shard."""
+    import json
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return  # a FIFO or a device is never opened here (load_result refuses it unread)
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read(1 << 16))
+    except (OSError, ValueError):
+        return  # not one: load_result says what it is
+    if isinstance(data, dict) and data.get("passed") is False and isinstance(data.get("error"), str) \
+            and set(data) <= {"schema_version", "command", "passed", "exit_code", "error"}:
+        raise UsageError(f"{path} records a run that failed (exit {data.get('exit_code')}: {data['error'][:200]}), "
+                         "not a shard's cells; rerun that shard, then merge")
 
 
 def _not_a_report(reports: list[Path], **outputs: Path | None) -> None:
@@ -233,9 +261,13 @@ def prune(
                                                "recently used entries go first")] = 5 * 2**30,
 ) -> None:
     """Shrink the cache to --max-size by removing its least recently used entries and their files."""
-    from verify.cache import Cache, default_cache_dir
+    from verify.cache import ENV_DIR, Cache, default_cache_dir
 
     cache = Cache(cache_dir or default_cache_dir())
+    if not cache.found():
+        out_console.print(f"no cache of this tool in {cache.root}: nothing was pruned (check --cache-dir or "
+                          f"${ENV_DIR})", highlight=False, soft_wrap=True)
+        return
     removed, freed = cache.prune(max_size)
     out_console.print(f"pruned {cache.root}: {removed} entries removed, {freed / 2**20:.1f} MiB freed, "
                       f"{cache.info()['bytes'] / 2**20:.1f} MiB kept", highlight=False, soft_wrap=True)
@@ -245,8 +277,12 @@ def prune(
 @handle_errors
 def clear(cache_dir: opt.CacheDir = None) -> None:
     """Remove every cached entry and file (only this tool's own folder inside the cache folder)."""
-    from verify.cache import Cache, default_cache_dir
+    from verify.cache import ENV_DIR, Cache, default_cache_dir
 
     cache = Cache(cache_dir or default_cache_dir())
+    if not cache.found():
+        out_console.print(f"no cache of this tool in {cache.root}: nothing was removed (check --cache-dir or "
+                          f"${ENV_DIR})", highlight=False, soft_wrap=True)
+        return
     freed = cache.clear()
     out_console.print(f"cleared {cache.root}: {freed / 2**20:.1f} MiB freed", highlight=False, soft_wrap=True)

@@ -19,8 +19,14 @@ PieceOut = Annotated[Path | None, typer.Option(
     "--out", "-o", callback=lambda v: opt.check_output_folder(v) if v is not None else v,
     help="Folder for piece.onnx and piece.npz (its inputs, the reference output, its floor)")]
 CheckPiece = Annotated[Path | None, typer.Option(
-    "--check", callback=opt.check_existing_paths,
+    "--check", callback=lambda v: v if v is None else _piece_file(v),
     help="Rerun a written piece.onnx alone under ONNX Runtime against its stored reference (piece.npz beside it)")]
+
+
+def _piece_file(path: Path) -> Path:
+    """--check takes a written piece.onnx: there, and a regular file (a folder was told it "needs dir.npz")."""
+    opt._require_existing(path, "a piece.onnx written by `verify reduce A B --out FOLDER`", folders=False)
+    return path
 
 
 @handle_errors

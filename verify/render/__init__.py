@@ -45,3 +45,84 @@ def clear_stale_reports(*paths: Path | None) -> None:
         if path is not None and path_kind(Path(path)) is None and not is_step_summary(Path(path)):
             with contextlib.suppress(FileNotFoundError):
                 Path(path).unlink()
+
+
+_RUN: dict = {"command": "", "paths": {}, "code": None, "error": ""}
+"""The reports the running command was asked for, once its refusals passed (`start_reports`); settled at exit."""
+
+
+def start_reports(command: str, *, json: Path | None = None, junit: Path | None = None, markdown: Path | None = None,
+                  html: Path | None = None) -> None:
+    """The run starts: remove the files of an earlier run at these paths (clear_stale_reports), and remember them so
+    that a run that ends otherwise than with its own verdict (an error, an interrupt) writes a report saying so."""
+    clear_stale_reports(json, junit, markdown, html)
+    paths = {kind: Path(path) for kind, path in (("json", json), ("junit", junit), ("markdown", markdown),
+                                                 ("html", html)) if path is not None}
+    _RUN.update(command=command, paths=paths, code=None, error="")
+
+
+def reports_finished(code: int) -> None:
+    """The command ended with its own verdict's code: it wrote its reports itself."""
+    _RUN["code"] = code
+
+
+def reports_failed(message: str) -> None:
+    """Why the run is failing (the one line printed): what the failure reports will say."""
+    _RUN["error"] = message
+
+
+def settle_reports(exit_code: int) -> list[Path]:
+    """At exit: a run that did not end with its own verdict's code (an error after its work started, an interrupt,
+    a SIGTERM after its reports were written) gets a failure report at each path asked for: JSON `passed: false`
+    with `exit_code` and `error`, JUnit one testcase in error, Markdown and HTML one line; so a CI job reading the
+    file finds the failure, never nothing or a pass. A path that cannot be written is removed. Returns those
+    written."""
+    run, written = dict(_RUN), []
+    _RUN.update(command="", paths={}, code=None, error="")
+    if not run["paths"] or run["code"] == exit_code:
+        return written
+    message = run["error"] or f"the run ended with exit code {exit_code} before its verdict"
+    for kind, path in run["paths"].items():
+        try:
+            _write_failure(kind, path, run["command"], message, exit_code)
+            written.append(path)
+        except Exception:  # noqa: BLE001 - a failure report that cannot be written must not leave a pass behind
+            import contextlib
+
+            from verify.render.markdown import is_step_summary
+
+            with contextlib.suppress(OSError):
+                if not is_step_summary(path):
+                    path.unlink()
+    return written
+
+
+def failure_json(command: str, message: str, exit_code: int) -> dict:
+    """What a JSON report says of a run that ended in an error: the same `passed` and `command` keys as a verdict's."""
+    from verify.report import SCHEMA_VERSION
+
+    return {"schema_version": SCHEMA_VERSION, "command": command, "passed": False, "exit_code": exit_code,
+            "error": message}
+
+
+def _write_failure(kind: str, path: Path, command: str, message: str, exit_code: int) -> None:
+    import html
+
+    from exporter.fsio import write_text_atomic
+    from verify.render.junit import Case, Suite, junit_document
+    from verify.render.markdown import write_markdown
+    from verify.render.text import md_text
+    from verify.report import write_json_report
+
+    title = f"verify {command}".strip()
+    line = f"error (exit {exit_code}): {message}"
+    if kind == "json":
+        write_json_report(failure_json(command, message, exit_code), path)
+    elif kind == "junit":
+        write_text_atomic(path, junit_document(title, [Suite(title, [Case(title, "run", "error", line)])]))
+    elif kind == "markdown":
+        write_markdown(path, f"## ❌ {md_text(title)}\n\n**{md_text(line)}**\n")
+    else:
+        write_text_atomic(path, f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}: "
+                                f"error</title></head><body><h1>{html.escape(title)}</h1><p>✗ {html.escape(line)}"
+                                "</p></body></html>\n")
