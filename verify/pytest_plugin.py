@@ -74,6 +74,7 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     from exporter.errors import VerifyError
     from exporter.user_model import ModuleSpec
     from verify.api import verify_export
+    from verify.render import clear_stale_reports
     from verify.report import write_json_report
 
     spec, failure = None, None
@@ -84,6 +85,8 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
         out, spec = Path(out), ModuleSpec.of(_copy(module), example, name)
         settings, options = _prepare(spec, example, out, formats, runtimes, tolerance, trace, onnx_exporter, opset,
                                      dynamic, device, layers)
+        # an earlier run's report must not stand in for this one, should it fail (review 28: a passing one stayed)
+        clear_stale_reports(out / f"{spec.slug}-report.json")
         with _tracer_log_quiet():
             report = verify_export(spec, settings, out=out, export=options, runtimes=runtimes)
     except VerifyError as exc:

@@ -9,7 +9,7 @@ import typer
 
 from exporter.errors import interrupt_in
 from verify.cli import commands
-from verify.cli.base import OneLineErrors, _on_sigterm, interrupt_exit
+from verify.cli.base import OneLineErrors, _on_sigint, _on_sigterm, interrupt_exit
 from verify.cli.matrix import cache_app, matrix_app
 from verify.cli.reduce import reduce as reduce_command
 
@@ -32,6 +32,8 @@ def main() -> None:
     """The `verify` entry point: SIGTERM ends a run as cleanly as Ctrl-C (staging removed, one line); the exit
     skips the interpreter's teardown (`exit_now`)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored SIGINT (a background job) stays so
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         app()
     except SystemExit as exc:

@@ -116,7 +116,8 @@ class OneLineErrors(OneValueOptions):
             code = result if isinstance(result, int) else 0
             # typer's bare Exit(130), outside commands; or a SIGTERM whose exception was swallowed where it landed
             # (measured: inside importlib's module-lock callback, "Exception ignored", and the run exited 0)
-            if not _received["reported"] and (_received["SIGTERM"] or code == 128 + signal.SIGINT):
+            interrupted = _received["SIGTERM"] or _received["SIGINT"] or code == 128 + signal.SIGINT
+            if not _received["reported"] and interrupted:
                 code = interrupt_exit(Terminated() if _received["SIGTERM"] else KeyboardInterrupt())
         except ClickException as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":  # bare `verify`: the help, as click shows it
@@ -148,13 +149,20 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Python runs next, so staging folders are removed as on Ctrl-C."""
 
 
-_received = {"SIGTERM": False, "reported": False}
+_received = {"SIGTERM": False, "SIGINT": False, "reported": False}
 """Set by the handler: typer reports an interrupt during parsing as a bare exit code 130, whichever it was."""
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     _received["SIGTERM"] = True
     raise Terminated
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """Ctrl-C remembered as SIGTERM is: a KeyboardInterrupt swallowed where it landed (a half-imported numpy, measured
+    by review 28) ended the run as `unexpected AttributeError ...` and exit 2, not 130."""
+    _received["SIGINT"] = True
+    raise KeyboardInterrupt
 
 
 def _refuse_publishing_after_sigterm() -> None:

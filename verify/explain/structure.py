@@ -75,10 +75,22 @@ def _norm_text(module: Any) -> str:
     return f"{kind}(eps={eps:g})" if eps is not None else kind
 
 
+def mode_changes_maths(module: Any) -> bool:
+    """Whether train/eval mode changes what `module` computes: dropout, a BatchNorm (batch statistics), an
+    InstanceNorm that tracks running statistics; never LayerNorm, GroupNorm, FrozenBatchNorm2d or a default
+    InstanceNorm (review 28: a train-mode InstanceNorm3d or LayerNorm was named "the most common false alarm")."""
+    kind = type_name(module)
+    if "Dropout" in kind:
+        return True
+    if kind not in NORM_TYPES:
+        return False
+    return "BatchNorm" in kind and kind != "FrozenBatchNorm2d" or \
+        kind.startswith("InstanceNorm") and bool(getattr(module, "track_running_stats", False))
+
+
 def train_mode_modules(model: nn.Module, prefix: str = "") -> list[str]:
-    """Modules whose train/eval mode changes the maths (norms, dropout), left in train mode."""
-    return [name for name, m in canonical_modules(model, prefix).items()
-            if m.training and (type_name(m) in NORM_TYPES or "Dropout" in type_name(m))]
+    """Modules whose train/eval mode changes the maths (mode_changes_maths), left in train mode."""
+    return [name for name, m in canonical_modules(model, prefix).items() if m.training and mode_changes_maths(m)]
 
 
 def structural_diff(a: nn.Module, a_prefix: str, b: nn.Module, b_prefix: str,
@@ -112,7 +124,8 @@ def structural_diff(a: nn.Module, a_prefix: str, b: nn.Module, b_prefix: str,
             if va is not None and vb is not None and va != vb:
                 diffs.append(StructuralDifference(name, attr, f"{va:g}" if isinstance(va, float) else str(va),
                                                   f"{vb:g}" if isinstance(vb, float) else str(vb)))
-        if ma.training != mb.training and (ta in NORM_TYPES or tb in NORM_TYPES):
+        if ma.training != mb.training and (ta in NORM_TYPES or tb in NORM_TYPES) and \
+                (mode_changes_maths(ma) or mode_changes_maths(mb)):
             diffs.append(StructuralDifference(name, "mode", "train" if ma.training else "eval",
                                               "train" if mb.training else "eval",
                                               "BatchNorm in train mode normalises with batch statistics"))

@@ -86,8 +86,8 @@ def settle_reports(exit_code: int) -> list[Path]:
         try:
             _write_failure(kind, path, run["command"], message, exit_code)
             written.append(path)
-        except Exception:  # noqa: BLE001 - a failure report that cannot be written must not leave a pass behind
-            import contextlib
+        except BaseException:  # noqa: B036 - one that cannot be written, or a second interrupt (Ctrl-C twice, CI's
+            import contextlib  # SIGINT then SIGTERM) landing in its write, must not leave the verdict's pass behind
 
             from verify.render.markdown import is_step_summary
 
