@@ -325,7 +325,9 @@ def test_explain_refuses_a_floor_no_rounding_produces(models, tmp_path):
     exit 1, not judged."""
     code, data, output = explain_json(tmp_path, f"{models}:float32_off", f"{models}:float32_right", "--shape", SHAPE)
     assert code == 1 and "the most that rounding can produce" in output and "Not judged" in output, output
-    assert not data  # no explanation written
+    # no explanation written: the report says the run failed before its verdict (review surface 28), never a pass
+    assert data["passed"] is False and data["exit_code"] == 1 and "equivalent" not in data
+    assert "the most that rounding can produce" in data["error"]
 
 
 def test_a_float32_overflow_on_one_side_is_not_equivalent(models, tmp_path):
