@@ -40,3 +40,30 @@ def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
             return current
         pending += [current.__cause__, current.__context__]
     return None
+
+
+BUG_TYPES = (ImportError, NameError, AttributeError)
+"""The errors only a programming mistake raises in this project's own code. Not RuntimeError, TypeError or ValueError:
+torch's kernels raise those for the model's own inputs, and a kernel called through this tool's wrappers (the call
+watch's TorchFunctionMode) has one of this project's frames innermost on the traceback (a float32-only model's
+"expected scalar type Float but found Double" was blamed on the tool)."""
+
+
+def raised_by_tool(exc: BaseException) -> bool:
+    """An error of this tool's own code (a bug: an ImportError, an AttributeError in verify/ or exporter/), not of
+    the model or library it called: raised in the innermost frame of this project's packages on its traceback, or
+    an AttributeError from the `__getattr__` that frame's attribute lookup called (torch's `Module.__getattr__`).
+    Our VerifyErrors are raised on purpose; what a model or torch computes has their frames deeper (interrupt28)."""
+    import os
+    import traceback
+
+    if isinstance(exc, VerifyError) or not isinstance(exc, BUG_TYPES):
+        return False
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    roots = tuple(os.path.join(here, package) + os.sep for package in ("verify", "exporter"))
+    codes = [frame.f_code for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    ours = [i for i, code in enumerate(codes) if os.path.abspath(code.co_filename).startswith(roots)]
+    if not ours:
+        return False
+    called = codes[ours[-1] + 1:]
+    return not called or (isinstance(exc, AttributeError) and all(code.co_name == "__getattr__" for code in called))

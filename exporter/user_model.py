@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.artifacts import ArtifactMeta
 from exporter.backbones import BuiltModel, View
 from exporter.call_watch import CallCheck, watch_float64
-from exporter.errors import UsageError
+from exporter.errors import UsageError, raised_by_tool
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 
 if TYPE_CHECKING:
@@ -575,6 +575,8 @@ def _float64_model(module: nn.Module, x: torch.Tensor, names: list[str], spec: U
         with torch.no_grad():
             result = exact(x.double())
     except Exception as exc:
+        if raised_by_tool(exc):  # a bug of the watch's own (exporter/call_watch.py), not the model's float64 failure
+            raise
         return None, f"{unavailable}: in float64 it raises {_one_line(exc)}", None
     try:
         got = output_names(result, spec)

@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from exporter.errors import VerifyError
+from exporter.errors import VerifyError, raised_by_tool
 from verify.progress import NullProgress, Progress
 
 USER_CODE_TIMEOUT = 1800.0
@@ -49,9 +49,11 @@ PROJECT_PRELOAD = ("verify.api", "verify.explain.equivalence", "verify.folder.wr
 worker would otherwise import them, and build the manifest's pydantic models, every time: 0.22 s of a worker's
 0.68 s, measured over the suite's 159 workers). Not verify.pipeline.overlap: a fork server whose command line
 names it would look like a background export child to whoever lists processes by their command line."""
-PRELOAD = ("torch", "torchvision", "onnx", "onnxruntime", *PROJECT_PRELOAD, *EXPORT_PRELOAD)
+PRELOAD = ("verify.pipeline.isolation", "torch", "torchvision", "onnx", "onnxruntime", *PROJECT_PRELOAD,
+           *EXPORT_PRELOAD)
 """Imported once by the fork server that workers are forked from (none of them runs a thread before a fork):
-a worker starts in ~0.1 s instead of the ~3 s of importing torch afresh."""
+a worker starts in ~0.1 s instead of the ~3 s of importing torch afresh. This module first: importing it there
+ignores SIGINT (`_quiet_fork_server`) before the seconds of torch."""
 POLL_SECONDS = 0.1
 STOP_GRACE_SECONDS = 2.0
 """After SIGTERM to a worker, how long before SIGKILL."""
@@ -201,6 +203,44 @@ def _resume_at_exit() -> None:
         resume_stopped_server()
 
 
+def _quiet_fork_server() -> None:
+    """In multiprocessing's fork server, importing this module (PRELOAD's first) ignores SIGINT: the server sets
+    that itself only after its preload, so a Ctrl-C to the terminal's process group during the seconds of
+    importing torch printed the server's KeyboardInterrupt traceback under this tool's one line (interrupt28).
+    The parent stops workers itself; anywhere else this does nothing."""
+    import signal
+    import sys
+
+    main = getattr(sys.modules.get("multiprocessing.forkserver"), "main", None)
+    frame = sys._getframe(1)
+    while frame is not None and main is not None:
+        if frame.f_code is main.__code__:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        frame = frame.f_back
+
+
+_quiet_fork_server()
+
+
+def _ensure_server() -> None:
+    """Start the fork server (again, if it died) with SIGINT ignored, from the main thread: an ignored signal stays
+    ignored across exec, so the server's own start, before its preload, is covered too. From another thread
+    `_quiet_fork_server` covers it from its first import on."""
+    import signal
+    import threading
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _start_watched(process: Any) -> int | None:
     """`process.start()`, the fork server watched meanwhile and resumed if it is (or gets) stopped; its pid then."""
     import threading
@@ -215,6 +255,7 @@ def _start_watched(process: Any) -> int | None:
                 resumed.append(pid)
 
     first = resume_stopped_server()
+    _ensure_server()
     watcher = threading.Thread(target=watch, name="verify-forkserver-watch", daemon=True)
     watcher.start()
     try:
@@ -297,11 +338,14 @@ def adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None) -> 
 
 
 def _error_message(exc: BaseException, whose: str) -> tuple[str, tuple[str, int, str]]:
-    """An error raised in a worker, as the message the parent raises again: this tool's errors as they are,
-    anything else one line naming `whose` code raised it."""
+    """An error raised in a worker, as the message the parent raises again: this tool's errors as they are, a bug
+    of its own code as the CLI reports one, anything else one line naming `whose` code raised it."""
     if isinstance(exc, VerifyError):
         return "error", (type(exc).__name__, exc.exit_code, str(exc))
     said = (str(exc).strip().splitlines() or [""])[-1]
+    if raised_by_tool(exc):
+        return "error", ("IsolatedRunError", 2, f"unexpected {type(exc).__name__} in this tool's own code: {said} "
+                                                "(not your model's; please report it)")
     return "error", ("IsolatedRunError", 2, f"{type(exc).__name__} ({said}) raised by {whose} before any "
                                              "verdict: no verdict, not a pass")
 

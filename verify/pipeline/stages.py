@@ -18,6 +18,7 @@ from exporter.errors import UsageError
 from exporter.messages import library_reason
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from verify.judge.precision import computes_in
+from verify.pipeline.isolation import raised_by_tool
 from verify.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
@@ -282,6 +283,8 @@ def require_batch_following(built: Any, example: np.ndarray) -> None:
     try:
         outputs = make_runtime(default_runtime(artifact.format)).load(artifact).run({artifact.meta.input_name: batch})
     except Exception as exc:  # noqa: BLE001 - the user's model failed at another batch: that is the finding
+        if raised_by_tool(exc):  # a bug of this tool's, not the model's or file's finding
+            raise
         raise UsageError(f"{built.spec} fails at batch {len(batch)} ({str(exc).strip().splitlines()[-1]}), so a "
                          "dynamic-batch export of it cannot be judged: pass --static") from None
     fixed = [name for name, value in outputs.items() if value.ndim == 0 or value.shape[0] != len(batch)]
@@ -309,6 +312,8 @@ def require_other_sizes(built: Any, example: np.ndarray) -> None:
         outputs = make_runtime(default_runtime(artifact.format)).load(artifact).run(
             {artifact.meta.input_name: make_input(shape, SECOND_SHAPE_SEED)})
     except Exception as exc:  # noqa: BLE001 - the user's model failed at another size: that is the finding
+        if raised_by_tool(exc):  # a bug of this tool's, not the model's or file's finding
+            raise
         raise UsageError(f"{built.spec} fails at {'x'.join(map(str, shape))} ({library_reason(exc)}), "
                          "so its files cannot claim a dynamic batch, height and width (a dynamic export is judged at "
                          "a second shape inside them): pass --static") from None
@@ -531,6 +536,8 @@ def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.nda
         try:
             at_second = (second, run_guarded(loaded, second)[0])
         except Exception as exc:  # noqa: BLE001 - the file failing at a size its axes claim is the finding
+            if raised_by_tool(exc):  # a bug of this tool's, not the model's or file's finding
+                raise
             at_second = (second, library_reason(exc).split("; ")[0])
     return RunResult(runtime, loaded.label, artifact.label, outputs, seconds, repeat,
                      getattr(loaded, "module", None) if keep else None, at_second)
@@ -593,6 +600,8 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
                 low = model.run({k: v.copy() for k, v in feed.items()})
                 fp64 = model64.run({k: v.copy() for k, v in feed.items()}) if model64 is not None else None
             except Exception as exc:  # noqa: BLE001 - the model itself does not take this size
+                if raised_by_tool(exc):  # a bug of this tool's, not the model's or file's finding
+                    raise
                 return f"cannot be judged: the model itself fails there ({library_reason(exc)})"
             if fp64 is not None and same_runs:  # a floor measured there too: from the float32 run the watch held
                 held.append(held_to_calls(build.built, [feed], [low], [f"at {'x'.join(map(str, shape))}"]))
@@ -677,7 +686,9 @@ def _second_shapes(runs: Sequence[RunResult], failure: Callable[..., str | None]
                    for name, x in feed.items()}  # a batch of 1 judged for an example of 2: the example's batch anew
             try:
                 fails = failure(run, one, loaded.run({k: v.copy() for k, v in one.items()})) is not None
-            except Exception:  # noqa: BLE001 - a failed run at that size fails the axis
+            except Exception as exc:  # noqa: BLE001 - a failed run at that size fails the axis
+                if raised_by_tool(exc):  # a bug of this tool's, not the model's or file's finding
+                    raise
                 fails = True
             if fails:
                 axes.append((file.meta.dynamic_axes or DYNAMIC_AXES).get(str(axis), f"axis {axis}"))
