@@ -390,8 +390,24 @@ def source_kind(text: str) -> Path | ModelSpec | UserModelSpec:
         if kind == "missing":
             raise UsageError(f"Artifact {path} does not exist")
         require_readable(path, "Artifact")
+        refuse_detector_file(path)
         return path
     return ModelSpec.parse(text)
+
+
+def refuse_detector_file(path: Path) -> None:
+    """UsageError for a whole detector's file, told by its folder's manifest (`kind: detector`): it takes one C x H x W
+    image and returns boxes, labels and scores, which `compare` and `explain` do not judge. Sweep 30: `verify compare
+    detector.onnx detector.onnx` ran it on an NCHW batch and ended, after 19 s, in ONNX Runtime's "Invalid rank for
+    input: image Got: 4 Expected: 3" (its TorchScript file: "cannot be loaded by torch.jit.load: Unknown builtin op:
+    torchvision::nms"), exit 2, neither saying what to do."""
+    from exporter.manifest import DETECTOR_KIND, MANIFEST_NAME, manifest_kind
+
+    manifest = path.parent / MANIFEST_NAME
+    if manifest.is_file() and manifest_kind(manifest) == DETECTOR_KIND:
+        raise UsageError(f"{path} is a whole detector's file: check it with its folder, `verify artifact {path.parent} "
+                         "--rebuild` (every layer too with --layers), or compare two detectors with `verify explain "
+                         "<detector>:<norm> <detector>:<norm>`")
 
 
 def resolve_source(text: str, settings: RunSettings) -> Artifact:
