@@ -64,7 +64,9 @@ def test_shards_run_with_other_seeded_input_counts_do_not_merge(monkeypatch, tmp
     assert all(load_result(path).passed for path in written)  # each shard on its own earned its pass
     merged = invoke("matrix", "merge", *written, "--json", tmp_path / "merged.json")
     assert merged.exit_code == 1, merged.output
-    assert "different matrix or settings" in merged.output and not (tmp_path / "merged.json").exists()
+    assert "different matrix or settings" in merged.output
+    report = json.loads((tmp_path / "merged.json").read_text())  # the failure, never a merged pass (surface 28)
+    assert report["passed"] is False and report["exit_code"] == 1 and "different matrix" in report["error"]
 
 
 def test_a_matrix_on_an_input_file_records_no_seeded_count(tmp_path):
