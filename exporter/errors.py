@@ -10,7 +10,11 @@ class VerifyError(Exception):
 
 
 class UsageError(VerifyError):
-    """Bad input from the user: unknown name, malformed option, missing file."""
+    """Bad input from the user: unknown name, malformed option, missing file. Catch it (or VerifyError) by name: it is
+    no ValueError, on purpose (review 29): this code's own `except ... ValueError` sites around calls that raise it
+    would then reword it (verify/matrix/result.py `load_result`), or turn its refusal of a recorded floor into a
+    trust problem (verify/judge/trust.py `evidence_problems`), and pydantic validators would make it a
+    ValidationError."""
 
 
 class SetupError(VerifyError):

@@ -396,11 +396,12 @@ def source_kind(text: str) -> Path | ModelSpec | UserModelSpec:
 
 
 def refuse_detector_file(path: Path) -> None:
-    """UsageError for a whole detector's file, told by its folder's manifest (`kind: detector`): it takes one C x H x W
-    image and returns boxes, labels and scores, which `compare` and `explain` do not judge. Sweep 30: `verify compare
-    detector.onnx detector.onnx` ran it on an NCHW batch and ended, after 19 s, in ONNX Runtime's "Invalid rank for
-    input: image Got: 4 Expected: 3" (its TorchScript file: "cannot be loaded by torch.jit.load: Unknown builtin op:
-    torchvision::nms"), exit 2, neither saying what to do."""
+    """UsageError for a whole detector's file: it takes one C x H x W image and returns boxes, labels and scores, which
+    `compare` and `explain` do not judge. Sweep 30: `verify compare detector.onnx detector.onnx` ran it on an NCHW batch
+    and ended, after 19 s, in ONNX Runtime's "Invalid rank for input: image Got: 4 Expected: 3" (its TorchScript file:
+    "cannot be loaded by torch.jit.load: Unknown builtin op: torchvision::nms"), exit 2, neither saying what to do.
+    Told by its folder's manifest (`kind: detector`), else, for a file copied out of its folder (review 29: it still
+    ran), by the file itself read as data (`detector_sign`)."""
     from exporter.manifest import DETECTOR_KIND, MANIFEST_NAME, manifest_kind
 
     manifest = path.parent / MANIFEST_NAME
@@ -408,6 +409,13 @@ def refuse_detector_file(path: Path) -> None:
         raise UsageError(f"{path} is a whole detector's file: check it with its folder, `verify artifact {path.parent} "
                          "--rebuild` (every layer too with --layers), or compare two detectors with `verify explain "
                          "<detector>:<norm> <detector>:<norm>`")
+    from verify.detect.file_sign import detector_sign
+
+    sign = detector_sign(path)
+    if sign is not None:
+        raise UsageError(f"{path} is a whole detector's file ({sign}): check it in the folder `verify export -b "
+                         "<detector>` wrote it to, with `verify artifact <folder> --rebuild`, or compare two detectors "
+                         "with `verify explain <detector>:<norm> <detector>:<norm>`")
 
 
 def resolve_source(text: str, settings: RunSettings) -> Artifact:
