@@ -5,7 +5,7 @@ pickles, guards and expressions below never run, even trusted.
 
 Every crafted .pt2 carries a payload that writes a sentinel file outside the folder; the manifest is
 rewritten to match (sha256 and size), as anyone who can write the folder can. One signed export of resnet18
-at 1x3x32x32 (default formats, legacy ONNX exporter) serves every case, copied per case."""
+at 1x3x32x32 (default formats, legacy ONNX exporter) serves every case, hard-linked per case."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from exporter.formats import get_format
 from exporter.formats.pt2 import TORCH_FORCE_WEIGHTS_ONLY, scan_archive
 from exporter.manifest import MANIFEST_NAME, SIGNATURE_NAME, file_sha256
-from tests.helpers import make_keys
+from tests.helpers import linked_copy, make_keys, rewrite
 from verify.cli import app
 from verify.folder.validate import SIGN_HOW, UNSIGNED_CODE_OPTION, validate
 
@@ -56,7 +56,9 @@ def signed_export(module_tmp, keys):
     assert result.exit_code == 0, result.output
     folder = out / "resnet18-frozen-body"
     assert {"model.onnx", *CODE_FILES, SIGNATURE_NAME} <= set(os.listdir(folder))
-    return folder
+    yield folder
+    files = read_manifest(folder)["files"]  # the cases' hard-linked copies changed nothing here
+    assert {name: file_sha256(folder / name) for name in files} == {name: f["sha256"] for name, f in files.items()}
 
 
 def read_manifest(folder: Path) -> dict:
@@ -64,18 +66,19 @@ def read_manifest(folder: Path) -> dict:
 
 
 def write_manifest(folder: Path, data: dict) -> None:
-    (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2))
+    rewrite(folder / MANIFEST_NAME, json.dumps(data, indent=2).encode())  # a new file: never through a hard link
 
 
 @pytest.fixture
 def signed(signed_export, tmp_path):
-    return Path(shutil.copytree(signed_export, tmp_path / "signed" / signed_export.name))
+    """A hard-linked copy (tests/helpers.py linked_copy): every change here writes a new file (rewrite_zip, rewrite)."""
+    return linked_copy(signed_export, tmp_path / "signed")
 
 
 @pytest.fixture
 def unsigned(signed_export, tmp_path):
     """The same export as CI would publish it without signing: no model.sig, no signature declared."""
-    folder = Path(shutil.copytree(signed_export, tmp_path / "unsigned" / signed_export.name))
+    folder = linked_copy(signed_export, tmp_path / "unsigned")
     (folder / SIGNATURE_NAME).unlink()
     data = read_manifest(folder)
     data["signature"] = None

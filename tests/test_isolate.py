@@ -3,7 +3,9 @@
 import copy
 import json
 import random
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -147,34 +149,52 @@ def test_eager_candidate_leaf_modules(exported):
     assert same.layers and same.named == []
 
 
-def test_reduce_writes_a_piece_that_fails_alone(exported, tmp_path):
+REDUCED = ("layer2.0.conv2.weight", 5)
+"""The conv weight and output channel `reduced` seeds in MODELS[0]'s ONNX file."""
+
+
+@pytest.fixture(scope="module")
+def reduced(exported, module_tmp):
+    """`reduce_sides` of MODELS[0]'s ONNX file with REDUCED off, run once for the tests below, which edit copies
+    (piece_copy) of the piece and .npz it wrote."""
+    case = exported[MODELS[0]]
+    folder = module_tmp("isolate-reduced")
+    bad = mutated_onnx(case["proto"], *REDUCED, folder / "bad.onnx")
+    return reduce_sides(case["ref"], load_side(replace(case["onnx"], path=bad)), case["x"], folder / "piece")
+
+
+def piece_copy(reduction, tmp_path) -> tuple[Path, Path]:
+    """The reduction's piece and its .npz, copied into tmp_path (free to edit): (piece, data)."""
+    folder = Path(shutil.copytree(reduction.piece.parent, tmp_path / "piece"))
+    assert reduction.data.parent == reduction.piece.parent
+    return folder / reduction.piece.name, folder / reduction.data.name
+
+
+def test_reduce_writes_a_piece_that_fails_alone(exported, reduced, tmp_path):
     """The diverging layer alone, with its recorded inputs, fails under ONNX Runtime; restoring its one
     clean initializer makes the same piece pass: the check measures the bug, not the cut."""
     case = exported[MODELS[0]]
-    weight, channel = "layer2.0.conv2.weight", 5
-    bad = mutated_onnx(case["proto"], weight, channel, tmp_path / "bad.onnx")
-    reduction = reduce_sides(case["ref"], load_side(replace(case["onnx"], path=bad)), case["x"], tmp_path / "piece")
-    assert reduction.layer.module == "layer2.0.conv2"
-    assert reduction.check.reproduces and reduction.check.ratio > AUTO_FACTOR
-    assert reduction.check.channel == channel
-    piece = onnx.load(str(reduction.piece))
+    weight, channel = REDUCED
+    assert reduced.layer.module == weight.removesuffix(".weight")
+    assert reduced.check.reproduces and reduced.check.ratio > AUTO_FACTOR
+    assert reduced.check.channel == channel
+    path, _ = piece_copy(reduced, tmp_path)
+    assert check_piece(path).reproduces, "the copy is the piece reduce wrote"
+    piece = onnx.load(str(path))
     assert len(piece.graph.node) < len(case["proto"].graph.node) // 10
     clean = {t.name: t for t in case["proto"].graph.initializer}
     for tensor in piece.graph.initializer:
         tensor.CopyFrom(clean[tensor.name])
-    onnx.save(piece, str(reduction.piece))
-    fixed = check_piece(reduction.piece)
+    onnx.save(piece, str(path))
+    fixed = check_piece(path)
     assert not fixed.reproduces and fixed.ratio <= AUTO_FACTOR
 
 
 @pytest.mark.parametrize("edit", ["floor_huge", "factor_huge", "floor_negative", "floor_nan", "no_floor", "garbage"])
-def test_an_edited_piece_npz_never_passes(exported, tmp_path, edit):
+def test_an_edited_piece_npz_never_passes(reduced, tmp_path, edit):
     """`verify reduce --check` reads its .npz as evidence: the factor is this run's, and a floor that rounding
     cannot produce, or an unreadable file, is refused (exit 2), never a pass."""
-    case = exported[MODELS[0]]
-    bad = mutated_onnx(case["proto"], "layer2.0.conv2.weight", 5, tmp_path / "bad.onnx")
-    reduction = reduce_sides(case["ref"], load_side(replace(case["onnx"], path=bad)), case["x"], tmp_path / "piece")
-    data = reduction.data
+    piece, data = piece_copy(reduced, tmp_path)
     arrays = dict(np.load(data))
     if edit == "garbage":
         data.write_bytes(b"not an npz")
@@ -187,7 +207,7 @@ def test_an_edited_piece_npz_never_passes(exported, tmp_path, edit):
             arrays["floor"] = {"floor_huge": arrays["floor"] * 1e9, "floor_negative": -arrays["floor"],
                                "floor_nan": arrays["floor"] * np.nan}[edit]
         np.savez(data, **arrays)
-    result = runner.invoke(app, ["reduce", "--check", str(reduction.piece)])
+    result = runner.invoke(app, ["reduce", "--check", str(piece)])
     if edit == "factor_huge":  # the stored factor is ignored: the piece still reproduces at this run's
         assert result.exit_code == 1 and f"beyond {AUTO_FACTOR:g}x" in " ".join(result.output.split())
     else:
