@@ -224,8 +224,9 @@ def _not_a_failure_report(path: Path) -> None:
             data = json.loads(handle.read(1 << 16))
     except (OSError, ValueError):
         return  # not one: load_result says what it is
-    if isinstance(data, dict) and data.get("passed") is False and isinstance(data.get("error"), str) \
-            and set(data) <= {"schema_version", "command", "passed", "exit_code", "error"}:
+    from verify.render import is_failure_report
+
+    if is_failure_report(data):
         raise UsageError(f"{path} records a run that failed (exit {data.get('exit_code')}: {data['error'][:200]}), "
                          "not a shard's cells; rerun that shard, then merge")
 

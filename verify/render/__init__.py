@@ -105,6 +105,13 @@ def failure_json(command: str, message: str, exit_code: int) -> dict:
             "error": message}
 
 
+def is_failure_report(data: object) -> bool:
+    """Whether `data` (a JSON report read back) is what `failure_json` writes: a run that ended before its verdict."""
+    keys = failure_json("", "", 0).keys()
+    return isinstance(data, dict) and set(data) <= keys and data.get("passed") is False \
+        and isinstance(data.get("error"), str)
+
+
 def _write_failure(kind: str, path: Path, command: str, message: str, exit_code: int) -> None:
     import html
 
