@@ -85,7 +85,7 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     built, exported and run in a worker process (verify/pipeline/isolation.py) stopped after `timeout` seconds."""
     _check_argument_types(spec, settings, runtimes, cache)
     _check_export_arguments(out, export, overwrite)
-    _check_call_arguments(progress, timeout)
+    _check_call_arguments(progress, timeout, isolate)
     if settings is not None:
         # the fpn view draws its FPN, which no classifier checkpoint holds, from the seed (hunt 13d)
         refuse_unused_seed(settings.seed, settings.weights, settings.input_file,
@@ -216,11 +216,14 @@ def _compare_arguments(a: object, b: object, settings: object, runtime: object) 
     return sides[0], sides[1]
 
 
-def _check_call_arguments(progress: object, timeout: object) -> None:
+def _check_call_arguments(progress: object, timeout: object, isolate: object = True) -> None:
     """A TypeError/UsageError naming the argument (found by surface28: `progress="x"` failed with an AttributeError
-    inside the run, and `timeout=float("nan")`, `-1` or `"5"` were taken as given)."""
+    inside the run, and `timeout=float("nan")`, `-1` or `"5"` were taken as given; surface 29: `isolate="no"` was
+    read as True)."""
     from verify.bounds import require_number
 
+    if not isinstance(isolate, bool):
+        raise TypeError(f"isolate must be True or False, not {type(isolate).__name__}")
     if progress is not None and not callable(getattr(progress, "step", None)):
         raise TypeError(f"progress must have a step(description) context manager (verify.progress.Progress), e.g. "
                         f"verify.progress.NullProgress(), or be None, not {type(progress).__name__}")
@@ -371,9 +374,16 @@ def source_kind(text: str) -> Path | ModelSpec | UserModelSpec:
     """What `text` names, checked without loading or building anything: a path that exists is an
     artifact file (a folder, device or broken link is refused as what it is); a path-like text that
     does not exist is a missing file; anything else must parse as a model spec."""
+    import os
+
     from exporter.formats import detect_format
     from exporter.user_model import is_user_model_text, parse_model_text
 
+    if isinstance(text, os.PathLike):
+        text = os.fspath(text)
+    if not isinstance(text, str):  # surface 29: explain(3, 4) failed on "'int' object has no attribute 'strip'"
+        raise TypeError(f"a model must be a spec, your model (file.py:factory) or an artifact path, e.g. "
+                        f"'resnet18:frozen:body', not {type(text).__name__}")
     if not text.strip():
         return ModelSpec.parse(text)  # refused as a spec: Path("") would be the current folder
     if is_user_model_text(text):
@@ -463,7 +473,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     reference) on both sides' floors pooled over the inputs, then each side against its own oracle on its own
     pooled floors; each pair reported on its worst input."""
     a, b = _compare_arguments(a, b, settings, runtime)
-    _check_call_arguments(progress, timeout)
+    _check_call_arguments(progress, timeout, isolate)
     settings, progress = settings or RunSettings(), progress or NullProgress()
     require_device(settings.runtime.device)  # before any model is built or loaded
     kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built

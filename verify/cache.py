@@ -78,6 +78,10 @@ def default_cache_dir() -> Path:
         from exporter.fsio import path_kind
 
         path = Path(os.environ[ENV_DIR]).expanduser()
+        bad = control_characters(str(path))
+        if bad:  # printed by `verify cache info`: a newline there forged a CI log line (surface 29)
+            raise UsageError(f"${ENV_DIR} holds control or format characters ({', '.join(bad[:4])}); point it at a "
+                             "folder with a plain name")
         kind = path_kind(path) if os.path.lexists(path) else "a directory"
         if kind != "a directory":  # `cache info` reported "entries: none" for a file, exit 0
             raise UsageError(f"${ENV_DIR}={path} is {kind or 'a file'}; point it at a folder, or unset it for the "
@@ -86,6 +90,14 @@ def default_cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir(APP_NAME, appauthor=False))
+
+
+def control_characters(text: str) -> list[str]:
+    """The control, format and line-separator characters in `text` (U+XXXX), which a printed path must not hold:
+    a newline starts a forged log line (`::error::` on GitHub), a bidirectional override reorders what is shown."""
+    import unicodedata
+
+    return sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")})
 
 
 def cache_disabled_by_env() -> bool:

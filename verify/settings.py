@@ -81,7 +81,13 @@ class RunSettings:
         if not isinstance(self.weights, str):
             raise TypeError(f"weights must be 'synthetic', 'imagenet' or a .pt/.pth/.safetensors path, not "
                             f"{type(self.weights).__name__}")
+        if not self.weights.strip():  # as the CLI's `--weights ""`: no source named (surface 29)
+            raise UsageError(f"weights is empty ({self.weights!r}); pass 'synthetic', 'imagenet' or a "
+                             ".pt/.pth/.safetensors path")
         if isinstance(self.input_file, str):
+            if not self.input_file.strip():  # Path("") is the working folder, which was read as the inputs
+                raise UsageError(f"input_file is empty ({self.input_file!r}); pass a .npy, an image or a folder of "
+                                 "them, or None for seeded inputs")
             object.__setattr__(self, "input_file", Path(self.input_file))
         if self.input_file is not None and not isinstance(self.input_file, os.PathLike):
             raise TypeError(f"input_file must be a path (.npy, image or folder) or None, not "
@@ -96,6 +102,7 @@ class RunSettings:
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__}, e.g. {example}, not "
                                 f"{type(getattr(self, name)).__name__}")
+        self._check_runtime_types()
         if not isinstance(self.normalize, bool):
             raise TypeError(f"normalize must be True or False, not {type(self.normalize).__name__}")
         if self.layers is not None and not isinstance(self.layers, bool):
@@ -103,19 +110,52 @@ class RunSettings:
                             f"{type(self.layers).__name__}")
 
 
+    def _check_runtime_types(self) -> None:
+        """What RuntimeOptions takes unchecked, refused by field here, before any work (surface 29:
+        `RunSettings(runtime=RuntimeOptions(precision=32, tf32="yes", dtype="float16"))` was built without a word)."""
+        from verify.judge.precision import PRECISIONS
+
+        runtime = self.runtime
+        if not isinstance(runtime.device, str):
+            raise TypeError(f"runtime.device must be 'cpu' or 'cuda', not {type(runtime.device).__name__}")
+        if runtime.dtype not in RUNTIME_DTYPES:
+            raise UsageError(f"runtime.dtype must be one of {', '.join(RUNTIME_DTYPES)}, not {runtime.dtype!r}")
+        if runtime.tf32 is not None and not isinstance(runtime.tf32, bool):
+            raise TypeError(f"runtime.tf32 must be True, False or None (the framework's default), not "
+                            f"{type(runtime.tf32).__name__}")
+        if not isinstance(runtime.precision, str):
+            raise TypeError(f"runtime.precision must be one of {', '.join(PRECISIONS)}, not "
+                            f"{type(runtime.precision).__name__}")
+        if runtime.precision not in PRECISIONS:
+            raise UsageError(f"runtime.precision must be one of {', '.join(PRECISIONS)}, not {runtime.precision!r}")
+
+
+RUNTIME_DTYPES = ("float32", "float64")
+"""What RuntimeOptions.dtype can be: float32 runs, or float64 (a torch runtime turned into the oracle)."""
+
+
 def require_readable_weights(weights: str) -> None:
     """A weights file that exists but cannot be opened (chmod 000, another user's) is refused here, as the CLI's
-    --weights refuses it: the library raised a bare PermissionError after the model was built (review 25)."""
+    --weights refuses it: the library raised a bare PermissionError after the model was built (review 25). So is a
+    folder, a FIFO or a broken link named as weights (surface 29: `RunSettings(weights="/tmp")` was taken)."""
     import os
 
-    from exporter.fsio import require_readable
+    from exporter.fsio import path_kind, require_readable, require_regular_file
+    from exporter.weights import WEIGHT_SOURCES, weights_in_folder
 
-    if os.path.isfile(weights):  # else a named source, or a path the loader refuses as what it is
+    if weights in WEIGHT_SOURCES:
+        return
+    if os.path.lexists(weights) and path_kind(Path(weights)) is not None:
+        require_regular_file(Path(weights), "Weights file", weights_in_folder(Path(weights)))
+    if os.path.isfile(weights):  # else a path the loader refuses as what it is
         require_readable(weights, "Weights file")
 
 
 def settings_inputs(settings: RunSettings) -> list[NamedInput] | None:
     """The inputs read from --input (every one checked: kind, dtype, NaN/Inf), or None for a seeded one."""
+    if not isinstance(settings, RunSettings):  # surface 29: explain(..., settings="x") failed on a missing attribute
+        raise TypeError(f"settings must be a RunSettings, e.g. RunSettings(shape=(1, 3, 224, 224)), not "
+                        f"{type(settings).__name__}")
     if settings.input_file is None:
         return None
     named = load_inputs(settings.input_file, settings.shape, settings.normalize)

@@ -44,7 +44,7 @@ def main() -> None:
         interrupt = interrupt_in(exc)
         if interrupt is None:
             raise
-        sys.exit(interrupt_exit(interrupt))
+        exit_now(interrupt_exit(interrupt))  # not sys.exit: see verify/__main__.py `_interrupted`
     exit_now(0)
 
 

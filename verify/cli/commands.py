@@ -116,6 +116,9 @@ def export(
             raise UsageError(f"{flag} {path} is inside the export folder {folder}, which the export replaces; "
                              "write it elsewhere")
     folder_of_cache = opt.cache_folder(cache_dir, no_cache)  # $BACKBONE_VERIFY_NO_CACHE computes everything too
+    opt.reports_apart_from_created_folders(
+        {"--json": reports.json, "--junit": reports.junit, "--markdown": reports.markdown},
+        {"the export folder": folder, "the cache folder": folder_of_cache})
     cache = open_cache(folder_of_cache, folder_of_cache is None)
     refuse_inside_export(folder, settings, sign_key, cache)
     options = formats.export_options(settings.runtime.device, runtime)

@@ -67,6 +67,8 @@ def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None],
     if folder.exists() and not overwrite:
         raise UsageError(f"{folder} already exists; pass --overwrite to replace it, or another --out")
     opt.distinct_outputs(**reports)
+    opt.reports_apart_from_created_folders({f"--{flag}": path for flag, path in reports.items()},
+                                           {"the export folder": folder})
     for flag, path in reports.items():
         if path and path.resolve().is_relative_to(folder.resolve()):
             raise UsageError(f"--{flag} {path} is inside the export folder {folder}, which the export replaces; "

@@ -155,6 +155,8 @@ def matrix(
                                    parse_shape(detector_shape) if detector_shape else None)
     split = resolve_shard(shard, shard_count, os.environ)
     folder = opt.cache_folder(cache_dir, no_cache)
+    opt.reports_apart_from_created_folders({"--json": json_path, "--junit": junit, "--markdown": markdown,
+                                            "--html": html}, {"the cache folder": folder})
     from verify.render import start_reports
 
     start_reports("matrix", json=json_path, junit=junit, markdown=markdown, html=html)
@@ -247,8 +249,9 @@ def info(cache_dir: opt.CacheDirToRead = None) -> None:
     from verify.cache import Cache, default_cache_dir
 
     data = Cache(cache_dir or default_cache_dir()).info()
-    out_console.print(f"cache: {data['root']}", highlight=False, soft_wrap=True)
-    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(data["entries"].items())) or "none"
+    # the folder may come from $BACKBONE_VERIFY_CACHE_DIR: shown as text, never as markup or a line of its own
+    out_console.print(f"cache: {markup(data['root'])}", highlight=False, soft_wrap=True)
+    kinds = ", ".join(f"{markup(kind)} {n}" for kind, n in sorted(data["entries"].items())) or "none"
     out_console.print(f"entries: {kinds}; files: {data['blobs']}; size: {data['bytes'] / 2**20:.1f} MiB",
                       highlight=False)
 
@@ -266,11 +269,11 @@ def prune(
 
     cache = Cache(cache_dir or default_cache_dir())
     if not cache.found():
-        out_console.print(f"no cache of this tool in {cache.root}: nothing was pruned (check --cache-dir or "
+        out_console.print(f"no cache of this tool in {markup(cache.root)}: nothing was pruned (check --cache-dir or "
                           f"${ENV_DIR})", highlight=False, soft_wrap=True)
         return
     removed, freed = cache.prune(max_size)
-    out_console.print(f"pruned {cache.root}: {removed} entries removed, {freed / 2**20:.1f} MiB freed, "
+    out_console.print(f"pruned {markup(cache.root)}: {removed} entries removed, {freed / 2**20:.1f} MiB freed, "
                       f"{cache.info()['bytes'] / 2**20:.1f} MiB kept", highlight=False, soft_wrap=True)
 
 
@@ -282,8 +285,8 @@ def clear(cache_dir: opt.CacheDir = None) -> None:
 
     cache = Cache(cache_dir or default_cache_dir())
     if not cache.found():
-        out_console.print(f"no cache of this tool in {cache.root}: nothing was removed (check --cache-dir or "
+        out_console.print(f"no cache of this tool in {markup(cache.root)}: nothing was removed (check --cache-dir or "
                           f"${ENV_DIR})", highlight=False, soft_wrap=True)
         return
     freed = cache.clear()
-    out_console.print(f"cleared {cache.root}: {freed / 2**20:.1f} MiB freed", highlight=False, soft_wrap=True)
+    out_console.print(f"cleared {markup(cache.root)}: {freed / 2**20:.1f} MiB freed", highlight=False, soft_wrap=True)

@@ -199,19 +199,39 @@ def plain_output_name(path: Path) -> None:
     """An output's path is printed (`wrote PATH`) and can become a CI log line: a control character (a newline
     starts a forged line, `::error::...` on GitHub; ESC moves the cursor), a bidirectional override or a line
     separator in it is refused, never written."""
-    import unicodedata
+    from verify.cache import control_characters
 
-    bad = sorted({f"U+{ord(c):04X}" for c in str(path) if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")})
+    bad = control_characters(str(path))
     if bad:
         raise typer.BadParameter(f"the path holds control or format characters ({', '.join(bad[:4])}); give a "
                                  "plain file name")
 
 
+def fits_file_system(path: Path) -> None:
+    """A name longer than its file system takes (NAME_MAX, 255 bytes on most) or a path longer than PATH_MAX (4096
+    bytes on Linux) is refused while parsing: surface 29, `--json` of a 300-byte name or of a 5000-byte path ran the
+    whole export, then failed to write it ("File name too long", exit 2)."""
+    absolute = Path(os.path.abspath(path))
+    base = next((p for p in (absolute, *absolute.parents) if os.path.isdir(p)), Path("/"))
+    try:
+        name_max, path_max = os.pathconf(base, "PC_NAME_MAX"), os.pathconf(base, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    name, whole = len(os.fsencode(absolute.name)), len(os.fsencode(str(absolute)))
+    if name > name_max:
+        raise typer.BadParameter(f"the name {absolute.name[:24]}… is {name} bytes, more than the {name_max} its file "
+                                 "system allows; give a shorter name")
+    if whole >= path_max:
+        raise typer.BadParameter(f"the path is {whole} bytes as an absolute path, more than the {path_max - 1} this "
+                                 "system allows; give a shorter one")
+
+
 def check_output_file(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
-    """A report file: a plain name, writable, and not the --input (parsed before it; check_input_path checks
-    those after)."""
+    """A report file: a plain name that fits the file system, writable, and not the --input (parsed before it;
+    check_input_path checks those after)."""
     if value is not None:
         plain_output_name(value)
+        fits_file_system(value)
         try:
             check_writable_file(value, "output")
         except UsageError as exc:
@@ -222,9 +242,11 @@ def check_output_file(ctx: typer.Context, param: typer.CallbackParam, value: Pat
 
 
 def check_output_folder(value: Path | None) -> Path | None:
-    """An artifact folder: a plain name (it is printed, `artifacts in PATH`), writable where it exists."""
+    """An artifact folder: a plain name (it is printed, `artifacts in PATH`) that fits the file system, writable where
+    it exists."""
     if value is not None:
         plain_output_name(value)
+        fits_file_system(value)
         try:
             check_writable_folder(value, "output folder")
         except UsageError as exc:
@@ -247,13 +269,20 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * SIZE_UNITS[unit])
 
 
-check_cache_folder = _refusing(lambda path: check_writable_folder(path, "cache folder"))
-"""A cache folder: writable where it exists, creatable where it does not."""
+def _cache_folder(path: Path) -> None:
+    plain_output_name(path)
+    fits_file_system(path)
+    check_writable_folder(path, "cache folder")
+
+
+check_cache_folder = _refusing(_cache_folder)
+"""A cache folder: a plain name (`verify cache` prints it), writable where it exists, creatable where it does not."""
 
 
 def _readable_folder(path: Path) -> None:
     from exporter.fsio import path_kind
 
+    plain_output_name(path)
     kind = path_kind(path) if os.path.lexists(path) else "a directory"
     if kind != "a directory":
         raise UsageError(f"cache folder {path} is {kind or 'a file'}; give a folder")
@@ -296,6 +325,20 @@ def distinct_outputs(**paths: Path | None) -> None:
         if key in seen:
             raise UsageError(f"--{seen[key]} and --{option} both write {path}; give each its own file")
         seen[key] = option
+
+
+def reports_apart_from_created_folders(reports: Mapping[str, Path | None], folders: Mapping[str, Path | None]) -> None:
+    """A report at a folder the run creates (the export folder under --out, the cache folder), or above one, could not
+    be written once that folder exists: refused before any work (surface 29: `verify export --out o --json o` ran
+    the whole export, 20 s, then "Cannot write o: it is a directory", exit 2)."""
+    for flag, report in reports.items():
+        if report is None:
+            continue
+        written = Path(report).resolve()
+        for owner, folder in folders.items():
+            if folder is not None and Path(folder).resolve().is_relative_to(written):
+                raise UsageError(f"{flag} {report} is where this run creates {owner} {folder} (a folder), so the "
+                                 "report could not be written there: write it elsewhere")
 
 
 def outside_folders(folders: list[Path], **paths: Path | None) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from verify.render.claim import STEP_SUMMARY
 from verify.render.rows import format_ratio
 from verify.render.text import md_code, md_text
 from verify.render.tiles import tiles
@@ -28,8 +29,6 @@ RESULT_TEXT = {"passed": "✅ pass", "failure": "❌ fail", "error": "⚠️ err
 ROWS_HEADER = ["subject", "check", "worst output", "x floor", "result", "detail"]
 ROWS_ALIGN = ["---", "---", "---", "---:", "---", "---"]
 EMOJI = {"ok": "✅", "near": "✅", "fail": "❌", "error": "⚠️", "none": "·"}
-STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
-"""GitHub's per-step summary file: appended to, never replaced."""
 
 
 class Code(str):
