@@ -44,10 +44,22 @@ IMPORTED = ("torch", "torchvision", "numpy", "onnx", "onnxruntime")
 """What every `verify export` imports (timed where each is first imported in the instrumented child, inside the
 stages that import them; the dynamo exporter's onnxscript is imported only where the ONNX export runs)."""
 IMPORTS_LABEL = f"  of all the lines below: first imports of {', '.join(IMPORTED)}"
+REST_IMPORTS_LABEL = "  of which their first imports outside every stage (torch)"
+CLI_LABEL = "CLI import (verify.cli.app: typer, the commands)"
+ACTIVE = [0]
+"""How many timed stages are running now (0: the time is the rest's)."""
 OVERLAP_ENV = "BACKBONE_VERIFY_EXPORT_OVERLAP"
 LAYERS_ENV = "BACKBONE_VERIFY_LAYERS"
 """0 turns the layer verdict off (verify/judge/layers.py LAYERS_ENV): recorded in the log's header."""
 """auto, on or off (verify/pipeline/overlap.py): set it to bench a mode; auto goes serial on a busy machine."""
+
+
+CPU: dict[str, float] = {}
+"""The breakdown child's CPU seconds (all of its threads: time.process_time) by the same keys as its wall timings."""
+TIMELINE: dict[str, float] = {}
+"""Seconds since the breakdown child started at which the model went to the background export's child, each of its
+files arrived, and this process first wanted each: which of the two processes was the critical path."""
+STARTED = [time.perf_counter()]
 
 
 MODEL: dict = {"backbone": "resnet50", "shape": [1, 3, 224, 224], "samples": None}
@@ -87,7 +99,9 @@ def run_side(side: str, cache: Path) -> dict:
         result = measure([sys.executable, str(Path(__file__).resolve()), BREAKDOWN_FLAG, str(timings),
                           *verify_args(str(Path(out) / "artifacts"))], env)
         result["cache_stored"] = export_entries(cache) - before
-        result["stages"] = json.loads(timings.read_text())["stages"] if timings.exists() else {}
+        recorded = json.loads(timings.read_text()) if timings.exists() else {}
+        result["stages"], result["stage_cpu"] = recorded.get("stages", {}), recorded.get("cpu", {})
+        result["timeline"] = recorded.get("timeline", {})
         return result
 
 
@@ -123,19 +137,26 @@ def rounds(repeats: int) -> dict[str, list[dict]]:
 def breakdown_child(report: Path, args: list[str]) -> None:
     """Run the CLI in this process with the pipeline's stages wrapped by timers, and the first imports of the heavy
     packages timed where they happen (as in `verify` itself, whose background child starts before them)."""
-    started = time.perf_counter()
+    started = STARTED[0] = time.perf_counter()
     timings: dict[str, float] = {IMPORTS_LABEL: 0.0}
     _time_imports(timings)
     _wrap_stages(timings)
     sys.argv = ["verify", *args]
     import importlib
 
+    begin, cpu = time.perf_counter(), time.process_time()
     cli_app = importlib.import_module("verify.cli.app")  # the module: `verify.cli.app` as an attribute is the Typer
+    timings[CLI_LABEL], CPU[CLI_LABEL] = time.perf_counter() - begin, time.process_time() - cpu
 
     def finish(code: int) -> None:
         timings["(total in this process)"] = time.perf_counter() - started
         timings["(onnxscript imported here)"] = float("onnxscript" in sys.modules)
-        report.write_text(json.dumps({"stages": timings, "rc": code}))
+        CPU["(total in this process)"] = time.process_time()
+        import resource
+
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the background export's child, once reaped
+        CPU["(background child, reaped)"] = children.ru_utime + children.ru_stime
+        report.write_text(json.dumps({"stages": timings, "cpu": CPU, "timeline": TIMELINE, "rc": code}))
 
     exit_now = cli_app.exit_now
 
@@ -159,29 +180,36 @@ def _time_imports(timings: dict[str, float]) -> None:
     def timed_import(name, *args, **kwargs):
         if depth[0] or name.split(".")[0] not in IMPORTED or name.split(".")[0] in sys.modules:
             return original(name, *args, **kwargs)
-        depth[0], begin = 1, time.perf_counter()
+        depth[0], begin, cpu = 1, time.perf_counter(), time.process_time()
         try:
             return original(name, *args, **kwargs)
         finally:
             depth[0] = 0
             timings[IMPORTS_LABEL] += time.perf_counter() - begin
+            CPU[IMPORTS_LABEL] = CPU.get(IMPORTS_LABEL, 0.0) + time.process_time() - cpu
+            if not ACTIVE[0]:  # in no stage: part of the rest
+                timings[REST_IMPORTS_LABEL] = timings.get(REST_IMPORTS_LABEL, 0.0) + time.perf_counter() - begin
+                CPU[REST_IMPORTS_LABEL] = CPU.get(REST_IMPORTS_LABEL, 0.0) + time.process_time() - cpu
 
     builtins.__import__ = timed_import
 
 
 def _timed(timings: dict[str, float], label, fn):
-    """`fn` with its wall time added to timings[label(*args)] on each call."""
+    """`fn` with its wall time added to timings[label(*args)] on each call (its CPU time to CPU[...])."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         key = label(*args, **kwargs)
         timings.setdefault(key, 0.0)  # listed where it starts: a stage before the stages nested in it
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), time.process_time()
+        ACTIVE[0] += 1
         try:
             return fn(*args, **kwargs)
         finally:
+            ACTIVE[0] -= 1
             timings[key] += time.perf_counter() - begin
+            CPU[key] = CPU.get(key, 0.0) + time.process_time() - cpu
     return wrapper
 
 
@@ -197,8 +225,23 @@ def _wrap_stages(timings: dict[str, float]) -> None:
     import verify.pipeline.overlap as overlap
     import verify.runtimes as runtimes
 
-    _patch(timings, "exporter.weights", "load_weights", "build: synthetic weights")
+    def weights_label(*args, **kwargs) -> str:
+        TIMELINE.setdefault("the build began (weights)", time.perf_counter() - STARTED[0])
+        return "build: synthetic weights"
+
+    _patch(timings, "exporter.weights", "load_weights", weights_label)
     _patch(timings, "exporter.backbones", "build_model", "build: model (torchvision builder, weights loaded)")
+    import exporter.backbones as backbones
+
+    built_by = backbones.build_model
+
+    def build_model(*args, **kwargs):
+        try:
+            return built_by(*args, **kwargs)
+        finally:
+            TIMELINE.setdefault("the build ended (model)", time.perf_counter() - STARTED[0])
+
+    backbones.build_model = build_model
     _patch(timings, "verify.pipeline.stages", "export_stage", lambda context, fmt, *a, **k: f"export {fmt}")
     _patch(timings, "verify.pipeline.stages", "_cached_export", lambda c, k, ctx, fmt, *a, **kw:
            f"  of which cache read + checks {fmt}")
@@ -212,9 +255,28 @@ def _wrap_stages(timings: dict[str, float]) -> None:
            "second shape: the model in float32 and float64 there, judging")
     _patch(timings, "verify.pipeline.stages", "layers_stage", "layer verdict: every file's layers re-run, judged")
     _patch(timings, "verify.folder.write", "write_artifact_folder", "folder write (goldens, manifest, hashes)")
-    original_wait = overlap.BackgroundExport.wait
+    original_wait, original_drain, original_send = (overlap.BackgroundExport.wait, overlap.BackgroundExport._drain,
+                                                    overlap.BackgroundExport.send)
+
+    def wait(self, fmt, *args):
+        TIMELINE.setdefault(f"{fmt} wanted by this process", time.perf_counter() - STARTED[0])
+        return original_wait(self, fmt, *args)
+
+    def drain(self, timeout):
+        before = set(self._received)
+        try:
+            return original_drain(self, timeout)
+        finally:
+            for fmt in set(self._received) - before:
+                TIMELINE.setdefault(f"{fmt} arrived from the child", time.perf_counter() - STARTED[0])
+
+    def send(self, *args, **kwargs):
+        TIMELINE.setdefault("model sent to the child", time.perf_counter() - STARTED[0])
+        return original_send(self, *args, **kwargs)
+
     overlap.BackgroundExport.wait = _timed(timings, lambda self, fmt, *a: f"wait for the background {fmt} export",
-                                           original_wait)
+                                           wait)
+    overlap.BackgroundExport._drain, overlap.BackgroundExport.send = drain, send
     import verify.pipeline.preload as preload
 
     original_take = preload.Preloads.take
@@ -244,12 +306,14 @@ def _wrap_stages(timings: dict[str, float]) -> None:
     def run_guarded(loaded, feed):
         key = f"  of which runs {type(loaded).__name__}"
         calls[key] = calls.get(key, 0) + 1
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), time.process_time()
         try:
             return original_guarded(loaded, feed)
         finally:
             timings[key] = timings.get(key, 0.0) + time.perf_counter() - begin
             timings[f"{key} (last = determinism rerun)"] = time.perf_counter() - begin
+            CPU[key] = CPU.get(key, 0.0) + time.process_time() - cpu
+            CPU[f"{key} (last = determinism rerun)"] = time.process_time() - cpu
 
     trust.run_guarded = run_guarded
 
@@ -270,7 +334,8 @@ def bench(repeats: int) -> dict:
     sides = rounds(repeats)
     summary = {side: summarise(runs) for side, runs in sides.items()}
     peer = summary["peer"]["wall_s"]
-    stages = [{"kind": kind, **{k: median_run(sides[kind])[k] for k in ("wall_s", "stages", "load")}}
+    stages = [{"kind": kind, **{k: median_run(sides[kind]).get(k) for k in ("wall_s", "stages", "stage_cpu", "timeline",
+                                                                            "load")}}
               for kind in ("cold", "warm")]
     return {
         "repeats": repeats, "summary": summary, "stages": stages,
@@ -310,20 +375,29 @@ def render(result: dict) -> str:
         lines.append(f"\nwhere the median {stages['kind']} export's time goes (wall "
                      f"{stages['wall_s']:.1f} s, load {stages.get('load', '?')}; nested lines are part of the line "
                      f"above; a background export overlaps the lines after its start):")
-        timed = dict(stages["stages"])
+        timed, cpu = dict(stages["stages"]), dict(stages.get("stage_cpu") or {})
         if not timed:
             lines.append("  no timings: the run failed")
             continue
         total = timed.pop("(total in this process)", 0.0)
         onnxscript = timed.pop("(onnxscript imported here)", 0.0)
+        rest_imports = timed.pop(REST_IMPORTS_LABEL, None)
         counted = 0.0
         for name, seconds in timed.items():
-            lines.append(f"  {name:66s} {seconds:6.2f} s")
+            lines.append(f"  {name:66s} {seconds:6.2f} s" + (f" {cpu[name]:6.2f} cpu s" if name in cpu else ""))
             counted += seconds if not name.startswith(" ") and not name.startswith("wait") else 0.0
         waits = sum(s for n, s in timed.items() if n.startswith("wait"))
         lines.append(f"  {'process start, interpreter exit (wall - in-process)':66s} {stages['wall_s'] - total:6.2f} s")
         lines.append(f"  {'CLI, planning, report, rendering, staging (the rest)':66s} "
                      f"{max(0.0, total - counted - waits):6.2f} s")
+        if rest_imports is not None:
+            lines.append(f"  {REST_IMPORTS_LABEL:66s} {rest_imports:6.2f} s"
+                         + (f" {cpu[REST_IMPORTS_LABEL]:6.2f} cpu s" if REST_IMPORTS_LABEL in cpu else ""))
+        if "(total in this process)" in cpu:
+            lines.append(f"  {'CPU of this process / of the background export child (all threads)':66s} "
+                         f"{cpu['(total in this process)']:6.2f} / {cpu.get('(background child, reaped)', 0.0):.2f} s")
+        for event, at in sorted((stages.get("timeline") or {}).items(), key=lambda item: item[1]):
+            lines.append(f"  at {at:6.2f} s: {event}")
         lines.append(f"  (onnxscript {'was' if onnxscript else 'was not'} imported by the verify process)")
     return "\n".join(lines)
 

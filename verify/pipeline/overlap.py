@@ -204,14 +204,16 @@ class BackgroundExport:
         when the model cannot be written for it."""
         model = _model_bytes(context)  # here, before this process touches the model again
         example = context.example.detach().cpu().contiguous().numpy()
-        job = pickle.dumps((model, example, context.meta, context.dynamic, formats, options))
+        job = pickle.dumps((example, context.meta, context.dynamic, formats, options))
         self.formats, self._waiting = formats, set(formats)
-        # the pipe holds 64 KiB: the job goes from a thread while the child reads it and this process works on
-        threading.Thread(target=self._write, args=(job,), daemon=True).start()
+        # the pipe holds 64 KiB: the job goes from a thread while the child reads it and this process works on; the
+        # model's bytes as a message of their own, not pickled into the job (a copy of ~100 MB on each side)
+        threading.Thread(target=self._write, args=((job, model),), daemon=True).start()
 
-    def _write(self, job: bytes) -> None:
+    def _write(self, job: tuple[bytes | memoryview, ...]) -> None:
         try:
-            self._send.send_bytes(job)
+            for message in job:
+                self._send.send_bytes(message)
         except BaseException as exc:  # noqa: B036 - reported by wait(), in the main thread
             self._write_error = exc
 
@@ -289,8 +291,9 @@ class NotPicklable(Exception):
     """The built model cannot be written for a child (a lambda, a local class...): export it here instead."""
 
 
-def _model_bytes(context: ExportContext) -> bytes:
-    """The built model as torch.save bytes, without the weights' second copy (the model holds them)."""
+def _model_bytes(context: ExportContext) -> bytes | memoryview:
+    """The built model as torch.save bytes (a view of the buffer torch wrote, not a copy of it), without the weights'
+    second copy (the model holds them)."""
     import torch
 
     built = context.built
@@ -300,7 +303,7 @@ def _model_bytes(context: ExportContext) -> bytes:
         torch.save(light, buffer)
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         raise NotPicklable(str(exc)) from exc
-    return buffer.getvalue()
+    return buffer.getbuffer()
 
 
 def _discard(process: subprocess.Popen, tmp: Path, *connections: Any) -> None:
@@ -399,7 +402,8 @@ def child_main(read_fd: int, write_fd: int, tmp: Path) -> None:
         with contextlib.suppress(ImportError):  # a missing exporter dependency is the export's own error, later
             importlib.import_module(name)
     receive, send = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    model, example, meta, dynamic, formats, options = pickle.loads(receive.recv_bytes())  # the parent's own bytes
+    example, meta, dynamic, formats, options = pickle.loads(receive.recv_bytes())  # the parent's own bytes
+    model = receive.recv_bytes()  # the model as torch.save wrote it there
     fmt = formats[0]
     try:
         export = _exporter(model, example, meta, dynamic, options, tmp)
