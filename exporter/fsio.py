@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import io
 import json
 import os
@@ -157,6 +158,24 @@ def _process_state(pid: int | None) -> tuple[str, int] | None:
         return None
 
 
+def _side_stem(final: Path, tag: str) -> str:
+    """`.NAME.TAG-`, the start of a staging or retired folder's name beside `final` (a pid, `-` and up to 12 hex
+    follow); a NAME too long for those to fit in NAME_MAX (review 30) is cut and told apart by its digest, so that a
+    retired folder is never put back under another name that starts the same."""
+    import hashlib
+
+    tail = f".{tag}-{'0' * PID_DIGITS}-{'0' * 12}"
+    stem = temp_name(final, tail)[:-len(tail)]
+    if stem != f".{final.name}":
+        digest = hashlib.sha256(os.fsencode(final.name)).hexdigest()[:8]
+        stem = temp_name(final, f"~{digest}{tail}")[:-len(tail)]
+    return f"{stem}.{tag}-"
+
+
+PID_DIGITS = 10
+"""Room kept for a pid (Linux's pid_max is at most 4194304, 7 digits)."""
+
+
 def _owner_pid(entry: Path) -> int | None:
     """The pid in `.NAME.staging-PID-XXXX` / `.NAME.retired-PID-XXXX`, or None."""
     try:
@@ -189,7 +208,7 @@ def _remove_stale(parent: Path, final: Path) -> None:
         pid = _owner_pid(entry)
         if pid is not None and not _pid_alive(pid) and not _held(entry):
             shutil.rmtree(entry, ignore_errors=True)
-    for entry in parent.glob(f".{final.name}.retired-*"):
+    for entry in parent.glob(f"{glob.escape(_side_stem(final, 'retired'))}*"):
         pid = _owner_pid(entry)
         if pid is None or _pid_alive(pid):
             continue
@@ -249,7 +268,7 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
     both win silently): it raises to keep the existing folder."""
     parent = final.parent
     # named before it exists: a Ctrl-C or SIGTERM landing right after the mkdir still finds it to remove
-    staging = parent / f".{final.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    staging = parent / f"{_side_stem(final, 'staging')}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     created = _missing_ancestors(parent)  # removed again, if still empty, when the folder never appears
     held = -1
     try:
@@ -274,7 +293,7 @@ def staged_folder(final: Path, may_replace: ReplaceCheck | None = None) -> Itera
             if os.path.lexists(final):
                 if may_replace is not None:
                     may_replace(final)
-                retired = parent / f".{final.name}.retired-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                retired = parent / f"{_side_stem(final, 'retired')}{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 os.rename(final, retired)
                 try:
                     os.rename(staging, final)
@@ -331,6 +350,30 @@ def _fsync_tree(folder: Path) -> None:
     _fsync_dir(folder)
 
 
+def temp_name(path: Path, suffix: str) -> str:
+    """`.NAME` + `suffix`, NAME cut (by bytes, never inside a character) so that the whole fits the file system's
+    NAME_MAX: review 30, a 240-byte `--json` name failed "File name too long" after the whole run, on its temporary
+    file's name alone."""
+    existing = next((p for p in Path(os.path.abspath(path)).parents if os.path.isdir(p)), Path("/"))
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = DEFAULT_NAME_MAX
+    budget = name_max - 1 - len(os.fsencode(suffix))
+    kept, used = [], 0
+    for char in path.name:
+        size = len(os.fsencode(char))
+        if used + size > budget:
+            break
+        kept.append(char)
+        used += size
+    return f".{''.join(kept)}{suffix}"
+
+
+DEFAULT_NAME_MAX = 255
+"""NAME_MAX where the file system does not say (Linux's ext4, xfs, btrfs, tmpfs)."""
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a reader never sees half a file; a path that
     cannot be written is the user's to fix (UsageError)."""
@@ -338,7 +381,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     kind = path_kind(path)
     if kind not in (None, "missing"):  # never os.replace over a folder, a device or a pipe
         raise UsageError(f"Cannot write {path}: it is {kind}; give a file name")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(temp_name(path, f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
     created = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -102,36 +102,11 @@ class RunSettings:
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__}, e.g. {example}, not "
                                 f"{type(getattr(self, name)).__name__}")
-        self._check_runtime_types()
         if not isinstance(self.normalize, bool):
             raise TypeError(f"normalize must be True or False, not {type(self.normalize).__name__}")
         if self.layers is not None and not isinstance(self.layers, bool):
             raise TypeError(f"layers must be True, False or None (the command's default), not "
                             f"{type(self.layers).__name__}")
-
-
-    def _check_runtime_types(self) -> None:
-        """What RuntimeOptions takes unchecked, refused by field here, before any work (surface 29:
-        `RunSettings(runtime=RuntimeOptions(precision=32, tf32="yes", dtype="float16"))` was built without a word)."""
-        from verify.judge.precision import PRECISIONS
-
-        runtime = self.runtime
-        if not isinstance(runtime.device, str):
-            raise TypeError(f"runtime.device must be 'cpu' or 'cuda', not {type(runtime.device).__name__}")
-        if runtime.dtype not in RUNTIME_DTYPES:
-            raise UsageError(f"runtime.dtype must be one of {', '.join(RUNTIME_DTYPES)}, not {runtime.dtype!r}")
-        if runtime.tf32 is not None and not isinstance(runtime.tf32, bool):
-            raise TypeError(f"runtime.tf32 must be True, False or None (the framework's default), not "
-                            f"{type(runtime.tf32).__name__}")
-        if not isinstance(runtime.precision, str):
-            raise TypeError(f"runtime.precision must be one of {', '.join(PRECISIONS)}, not "
-                            f"{type(runtime.precision).__name__}")
-        if runtime.precision not in PRECISIONS:
-            raise UsageError(f"runtime.precision must be one of {', '.join(PRECISIONS)}, not {runtime.precision!r}")
-
-
-RUNTIME_DTYPES = ("float32", "float64")
-"""What RuntimeOptions.dtype can be: float32 runs, or float64 (a torch runtime turned into the oracle)."""
 
 
 def require_readable_weights(weights: str) -> None:

@@ -24,32 +24,68 @@ _JUNIT_ROOT = re.compile(r"(<\?xml[^>]*\?>\s*)?<testsuites[\s>/]")
 _MARKDOWN_HEADINGS = ("## ✅", "## ❌")  # verify/render/markdown.py markdown_page, failure reports included
 
 
+VALUE_OPTIONS = frozenset({
+    "--atol", "--backbone", "--cache-dir", "--check", "--checkpoint", "--decimal", "--detector-shape", "--device",
+    "--factor", "--format", "--input", "--jobs", "--max-latency-ms", "--max-size", "--model", "--norm",
+    "--onnx-exporter", "--opset", "--ort-opt-level", "--out", "--precision", "--provider", "--rtol", "--runs",
+    "--runtime", "--samples", "--seed", "--shape", "--shard", "--shard-count", "--sign-key", "--timeout",
+    "--verify-key", "--view", "--warmup", "--weights", "-b", "-j", "-n", "-o", *REPORT_OPTIONS})
+"""Every option of every command that takes a value (the next argument, or `--opt=VALUE`, `-bVALUE`): review 30,
+`verify export --model --json r.json` (typer reads `--json` as --model's value, r.json as an extra argument, a usage
+error) removed r.json. tests/test_review30.py checks this set and FLAG_OPTIONS against the CLI's own options."""
+FLAG_OPTIONS = frozenset({
+    "--isolate", "--layers", "--no-cache", "--no-layers", "--no-normalize", "--no-tf32", "--normalize", "--overwrite",
+    "--rebuild", "--static", "--tf32", "--trace", "--trust-unsigned-code", "--verbose", "-v", HELP})
+"""Every option that takes no value. An option in neither set (a plug-in's) is taken to take one: its next argument
+is never claimed."""
+MANIFEST_SCHEMA = "backbone-verify/manifest"
+"""exporter/manifest.py MANIFEST_SCHEMA (not imported: standard library only): an export folder's manifest.json has a
+top-level `passed` too, and is never an earlier report (review 30: `verify compare F/model.pt ... --json
+F/manifest.json --no-cach`, a usage error, removed the folder's manifest)."""
+
+
 def report_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """The report paths `argv` names (`--json PATH`, `--json=PATH`) and every other argument (an option's value
-    given as `--opt=VALUE` counted as VALUE), up to a `--` (after it, all are arguments); none of either with
-    `--help`, which runs nothing."""
+    counted as one), read as click reads them: an option's value is the next argument whatever it looks like, short
+    options cluster (`-vb NAME`, `-bNAME`), and after a `--` all are arguments; none of either with `--help` where it
+    is an option (it runs nothing)."""
     reports: list[str] = []
     others: list[str] = []
     tokens = list(argv)
     index = 0
     while index < len(tokens):
         token = tokens[index]
+        index += 1
         if token == "--":
-            others += tokens[index + 1:]
+            others += tokens[index:]
             break
         if token == HELP:
             return [], []
-        name, equals, value = token.partition("=")
-        if name in REPORT_OPTIONS:
-            if equals:
-                reports.append(value)
-            elif index + 1 < len(tokens):
-                index += 1
-                reports.append(tokens[index])
-        else:
-            others.append(value if equals and name.startswith("--") else token)
-        index += 1
+        if not token.startswith("-") or token == "-":
+            others.append(token)
+            continue
+        name, value = _option_and_value(token)
+        if name in FLAG_OPTIONS:
+            continue
+        if value is None:
+            if index == len(tokens):
+                break
+            value, index = tokens[index], index + 1
+        (reports if name in REPORT_OPTIONS else others).append(value)
     return reports, others
+
+
+def _option_and_value(token: str) -> tuple[str, str | None]:
+    """The option a token names and its value where the token holds it (`--opt=VALUE`, `-bVALUE`, `-vbVALUE`);
+    a cluster of flags alone (`-vv`) is a flag."""
+    if token.startswith("--"):
+        name, equals, value = token.partition("=")
+        return name, value if equals else None
+    for position in range(1, len(token)):
+        name = "-" + token[position]
+        if name not in FLAG_OPTIONS:
+            return name, token[position + 1:] or None
+    return "-" + token[-1], None
 
 
 def claim_report_paths(argv: Sequence[str]) -> list[Path]:
@@ -90,7 +126,8 @@ def is_earlier_report(path: Path) -> bool:
             data = json.loads(text)
         except ValueError:
             return False
-        return isinstance(data, dict) and isinstance(data.get("passed"), bool)
+        return isinstance(data, dict) and isinstance(data.get("passed"), bool) \
+            and data.get("schema") != MANIFEST_SCHEMA
     if _JUNIT_ROOT.match(head) or head.startswith(_MARKDOWN_HEADINGS):
         return True
     title = re.search(r"<title>([^<]*)</title>", head[:4096])

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from exporter.artifacts import Artifact
 
 DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float64")
+"""What RuntimeOptions.dtype can be: float32 runs, or float64 (a torch runtime turned into the oracle)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,16 @@ class RuntimeOptions:
     pairs without the defaults, so equal settings compare and hash equal however they were spelled."""
 
     def __post_init__(self) -> None:
-        given = dict(self.plugins)
+        self._check_shared_fields()
+        if not isinstance(self.plugins, (Mapping, tuple)):  # review 30: ["onnxruntime"] failed in dict()
+            raise TypeError(f"plugins must be a mapping of runtime name -> that runtime's Options, e.g. "
+                            f"{{'onnxruntime': runtime_class('onnxruntime').Options()}}, not "
+                            f"{type(self.plugins).__name__}")
+        try:
+            given = dict(self.plugins)
+        except (TypeError, ValueError):
+            raise TypeError(f"plugins must be a mapping of runtime name -> that runtime's Options, not "
+                            f"{type(self.plugins).__name__} {self.plugins!r:.80}") from None
         for name, value in given.items():
             expected = runtime_class(name).option_class()  # an unknown runtime: UsageError listing the known ones
             if type(value) is not expected:
@@ -47,6 +58,29 @@ class RuntimeOptions:
                                  f"{type(value).__qualname__}; build them with runtime_class({name!r}).Options(...)")
         kept = tuple(sorted((n, v) for n, v in given.items() if v != runtime_class(n).option_class()()))
         object.__setattr__(self, "plugins", kept)
+
+    def _check_shared_fields(self) -> None:
+        """Each shared field by name, at construction (surface 29 checked them in RunSettings only; review 30: a
+        runtime made from RuntimeOptions(tf32="yes") alone took it)."""
+        from verify.judge.precision import PRECISIONS
+
+        if not isinstance(self.device, str):
+            raise TypeError(f"runtime.device must be 'cpu' or 'cuda', not {type(self.device).__name__}")
+        if self.device not in DEVICES:
+            raise UsageError(f"Unknown device {self.device!r}: runtime.device must be one of {', '.join(DEVICES)}")
+        if not isinstance(self.dtype, str):
+            raise TypeError(f"runtime.dtype must be one of {', '.join(DTYPES)}, not {type(self.dtype).__name__}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"runtime.dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.tf32 is not None and not isinstance(self.tf32, bool):
+            raise TypeError(f"runtime.tf32 must be True, False or None (the framework's default), not "
+                            f"{type(self.tf32).__name__}")
+        if not isinstance(self.precision, str):
+            raise TypeError(f"runtime.precision must be one of {', '.join(PRECISIONS)}, not "
+                            f"{type(self.precision).__name__}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"Unknown precision {self.precision!r}: runtime.precision must be one of "
+                             f"{', '.join(PRECISIONS)}")
 
     def of(self, runtime: type[Runtime] | Runtime) -> Any:
         """The options of `runtime`'s class, or of the nearest parent that declares some (a base class reads its
