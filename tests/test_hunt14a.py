@@ -163,7 +163,8 @@ def test_a_torchscript_leaf_whose_output_is_no_tensor_is_named_not_rerun(tmp_pat
                    str(scripted))
     result, _, _ = isolate_sides(*load_sides(reference, resolve_source(str(scripted), settings)),
                                  seeded_input((1, 3, 16, 16), 0).array)
-    assert [layer.module for layer in result.layers] == ["conv"] and result.skipped == ["attn"]
+    # attn's out_proj, which MultiheadAttention applies through F.linear, is re-run alone since sweep 31
+    assert sorted(layer.module for layer in result.layers) == ["attn.out_proj", "conv"] and result.skipped == ["attn"]
 
 
 def test_a_failed_reports_culprit_note_does_not_blame_rounding_when_an_op_outside_every_layer_differs(

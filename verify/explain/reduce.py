@@ -23,6 +23,7 @@ from verify.explain.outputs import refuse_inside_export, refuse_overwriting_sour
 from verify.explain.rerun import isolate_sides, isolation_factor, own_floor, run_onnx_piece, unit_feeds
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.layers import Isolation, LayerError
+from verify.judge.noise_floor import CHANNEL_AXIS, channelled, other_axes
 from verify.judge.trust import accumulation_length, output_scale, rounding_bound
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
@@ -83,8 +84,8 @@ def piece_ratio(got: np.ndarray, reference: np.ndarray, floor: np.ndarray) -> tu
 
     err = np.abs(got.astype(np.float64) - reference)
     err = np.where(np.isfinite(err), err, np.inf)
-    if floor.ndim == 1 and err.ndim == 4 and err.shape[1] == floor.shape[0]:
-        per_channel = err.max(axis=(0, 2, 3)) / floor
+    if floor.ndim == 1 and channelled(err.shape) and err.shape[CHANNEL_AXIS] == floor.shape[0]:
+        per_channel = err.max(axis=other_axes(err.ndim)) / floor
         worst = int(per_channel.argmax())
         return float(per_channel[worst]), worst
     return float(err.max()) / float(floor.max()), None

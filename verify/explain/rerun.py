@@ -8,6 +8,8 @@ the layer sums). Imports no command layer: the pipeline's layer stage calls `lay
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -32,6 +34,7 @@ from verify.judge.folding import folded_float32
 from verify.judge.lanes import lane_statistics
 from verify.judge.layers import Isolation, LayerError
 from verify.judge.measure import worst_floor
+from verify.judge.noise_floor import other_axes
 from verify.judge.summation import chain_summation_floor, hooked, summation_floor
 
 if TYPE_CHECKING:
@@ -87,6 +90,9 @@ class Reference:
     """id of a recorded float64 value -> (that value, its float32 copy): each file's ONNX feeds convert it once."""
     norms: dict[str, str] | None = None
     """norms_after's result, found once for every file."""
+    functional: set[str] = field(default_factory=set)
+    """The Linears whose weights a parent passed to `F.linear` without calling them (`_functional_linears`): their
+    calls are recorded all the same, and a file's ops reading their weights are theirs (`functional_scopes`)."""
 
     def as_float32(self, value: Any) -> Any:
         """`value` (one of this reference's tensors) in float32, converted once; for reading only (ONNX feeds)."""
@@ -117,7 +123,7 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
         except RuntimeError:  # an inference tensor (a forward in torch.inference_mode) tracks none: never shared
             return None
 
-    def before(module, args):
+    def before(module, args, kwargs):
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         source = produced.get(id(first)) if first is not None else None
         if source is not None and source[0]() is first and source[1] == version(first) \
@@ -125,7 +131,9 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
             first, origin = outputs[source[2]], source[2]
         else:
             first, origin = (first.detach().clone() if first is not None else None), None
-        alone = sum(isinstance(arg, torch.Tensor) for arg in args) == 1
+        # the whole of what the call read: its one argument (maxvit's `WindowPartition()(x, p)` re-run as `(x)` raised
+        # a TypeError that ended the whole file's layer verdict, sweep 31), keywords left at None aside
+        alone = len(args) == 1 and first is not None and all(value is None for value in kwargs.values())
         taken.setdefault(id(module), []).append((first, alone, origin))
 
     def hook(module, args, output):
@@ -149,15 +157,59 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
                 producers[key] = origin
 
     modules = [m for m in side.fp64.modules() if id(m) in names]
-    handles = [m.register_forward_pre_hook(before) for m in modules] + [m.register_forward_hook(hook) for m in modules]
+    handles = [m.register_forward_pre_hook(before, with_kwargs=True) for m in modules] \
+        + [m.register_forward_hook(hook) for m in modules]
+    functional: set[tuple[str, int]] = set()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _functional_linears(modules, taken, before, hook, names, calls, functional):
             side.fp64(torch.from_numpy(x).double())
     finally:
         for handle in handles:
             handle.remove()
+    # a Linear called both ways: which of its calls a file's ops are is unknown, so none is recorded (not re-run)
+    mixed = {name for name, _ in functional if any(key[0] == name and key not in functional for key in outputs)}
+    for key in [key for key in outputs if key[0] in mixed]:
+        for record in (inputs, outputs, producers):
+            record.pop(key, None)
+        sole.discard(key)
     return Reference(side, inputs, outputs, torch.from_numpy(x).double(),
-                     canonical_modules(side.fp32, side.prefix), sole, called=called, producers=producers)
+                     canonical_modules(side.fp32, side.prefix), sole, called=called, producers=producers,
+                     functional={name for name, _ in functional} - mixed)
+
+
+@contextmanager
+def _functional_linears(modules: list[Any], taken: dict[int, list[Any]], before: Any, hook: Any,
+                        names: dict[int, str], calls: Counter, functional: set[tuple[str, int]]) -> Iterator[None]:
+    """Record an `nn.Linear` whose own weight and bias a parent passes to `F.linear` (`nn.MultiheadAttention`'s
+    `out_proj`, which it never calls) as a call of that Linear, each such call in `functional`: a file's ops reading
+    those weights are that layer (`functional_scopes`), so a bug in them is named (sweep 31: a 0.1 % error in
+    `out_proj` of a TransformerEncoderLayer failed the outputs at 810x and no layer was named). torch's fused attention
+    fast path, which calls no `F.linear`, is off meanwhile (the same maths)."""
+    import torch
+
+    linears = {id(m.weight): m for m in modules if isinstance(m, torch.nn.Linear)}
+    plain = torch.nn.functional.linear
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+
+    def linear(input: Any, weight: Any, bias: Any = None) -> Any:
+        module = linears.get(id(weight))
+        if module is None or module.weight is not weight or module.bias is not bias or taken.get(id(module)) \
+                or not isinstance(input, torch.Tensor):
+            return plain(input, weight, bias)  # the Linear's own call (its hooks record it), or no Linear's weights
+        before(module, (input,), {})
+        output = plain(input, weight, bias)
+        hook(module, (input,), output)
+        name = names[id(module)]
+        functional.add((name, calls[name] - 1))  # the call `hook` just recorded
+        return output
+
+    torch.nn.functional.linear = linear
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.nn.functional.linear = plain
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def own_floor(ref: Reference, unit: Unit) -> Any:
@@ -176,8 +228,8 @@ def _own_floor(ref: Reference, chain: list[str], call: int) -> Any:
     import numpy as np
 
     value = ref.inputs.get((chain[0], call))
-    if value is None or any(name not in ref.modules for name in chain):
-        return None
+    if value is None or (chain[0], call) not in ref.sole_inputs or any(name not in ref.modules for name in chain):
+        return None  # a call that read more than its recorded tensor cannot be re-run on it alone
     if len(chain) > 1 and ref.producers.get((chain[-1], call), (chain[0], call)) != (chain[0], call):
         return None  # the norm's call read another conv's output (a norm shared by two convs): no unit of the two
     want = ref.outputs[(chain[-1], call)].numpy()
@@ -206,7 +258,7 @@ def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
     with torch.no_grad():  # each evaluation on a copy: an in-place module writes into what it is given
         runs = [module(start.clone()).numpy()]
         head = chain[0]
-        if isinstance(head, torch.nn.Conv2d) and head.groups == 1:
+        if _conv_class(head) is not None and head.groups == 1:
             summed = _reversed_sum(head, start)
             if summed is not None:
                 runs.append(torch.nn.Sequential(*chain[1:])(summed).numpy())
@@ -219,6 +271,15 @@ def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
     return runs
 
 
+def _conv_class(module: Any) -> Any:
+    """torch's Conv1d, Conv2d or Conv3d that `module` is (a subclass too), else None: every dimension's conv sums its
+    input channels in an order another runtime may change (sweep 31: a Conv3d's reversed sum and folded norm too)."""
+    import torch
+
+    bases = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    return next((base for base in bases if isinstance(module, base)), None)
+
+
 def _reversed_sum(head: Any, start: Any) -> Any:
     """The conv's output with its input channels summed in reverse order: torch's conv on the flipped input and
     weight, or, for a subclass or a hooked conv, a copy of the module (hooks too) whose weight is flipped. None where
@@ -228,8 +289,9 @@ def _reversed_sum(head: Any, start: Any) -> Any:
 
     import torch
 
-    torch_conv = type(head).forward is torch.nn.Conv2d.forward \
-        and type(head)._conv_forward is torch.nn.Conv2d._conv_forward  # a `_conv_forward` may read self.weight
+    base = _conv_class(head)
+    torch_conv = type(head).forward is base.forward \
+        and type(head)._conv_forward is base._conv_forward  # a `_conv_forward` may read self.weight
     if torch_conv and not hooked(head):  # torch's forward, no copy
         return head._conv_forward(start.flip(1), head.weight.flip(1), head.bias)
     try:
@@ -258,7 +320,7 @@ def judge(ref: Reference, unit: Unit, got: np.ndarray) -> LayerError | None:
     module = unit.fused_with[0] if unit.fused_with else unit.path
     fused = [unit.path] if unit.fused_with else []
     if floor.channels is not None:  # a NaN anywhere in a channel makes its error infinite
-        worst_in = np.nan_to_num(err.max(axis=(0, 2, 3)), nan=np.inf, posinf=np.inf)
+        worst_in = np.nan_to_num(err.max(axis=other_axes(err.ndim)), nan=np.inf, posinf=np.inf)
         per_channel = worst_in / floor.channels
         worst = int(per_channel.argmax())
         return LayerError(module, unit.call, float(per_channel[worst]), float(worst_in.max()),
@@ -361,20 +423,24 @@ def _own_input(inputs: dict[Any, tuple[str, int] | None], outside: set[Any]) -> 
 
 
 def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, norms: dict[str, str] | None = None,
-               calls: Counter | None = None) -> tuple[list[Unit], list[str], list[str]]:
+               calls: Counter | None = None, functional: dict[str, FunctionalLinear] | None = None
+               ) -> tuple[list[Unit], list[str], list[str]]:
     """The ONNX graph's layers: runs of nodes under one module scope whose last node stands for that
     module call, each with the reference values its activation inputs are; the layers skipped; and the op types of
     the nodes in no layer (verify.judge.layers.Isolation.outside). A scope that is none of the reference's `modules`
     (torch's `_empty_nn_module_stack_from_metadata_hook` on the shape ops of its runtime asserts) is no layer: its
     ops are outside every layer, never a layer 'not re-run'. `norms`: each conv the model's own values show a norm
     read (norms_after), which the legacy exporter folds into it whatever the two are named. `calls`: the
-    reference's calls of each module (merged_calls)."""
+    reference's calls of each module (merged_calls). `functional`: the Linears the reference's parents call through
+    `F.linear` (functional_linears): their ops are placed by functional_scopes."""
     nodes = list(model.graph.node)
     raw = [onnx_scopes(node) for node in nodes]  # the legacy exporter's `conv_1` tells a second call apart
     scopes = legacy_calls(raw)
     prefix = _best_prefix({s for group in scopes if group for s in group}, known)
     scopes = [[canonical_name(s, prefix) for s in g] if g is not None else None for g in scopes]
     initializers = {t.name for t in model.graph.initializer}
+    if functional:
+        functional_scopes(nodes, raw, scopes, model.graph.initializer, functional, prefix)
     shaped = shape_nodes(nodes, initializers)
     ident: list[Any] = [g[-1] if g else None for g in raw]  # each op's innermost call identity
     ends, merged = _ends(scopes, raw, ident, shaped, calls)
@@ -430,6 +496,85 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
             continue
         units.append(Unit(path, mine[0][1], ops, inputs, nodes[run[-1]].output[0], fused))
     return units, skipped, [node.op_type for i, node in enumerate(nodes) if i not in placed]
+
+
+class FunctionalLinear(NamedTuple):
+    """A Linear the reference's parents call through `F.linear` (Reference.functional), as its file should hold it."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+    """None where it has none or an all-zero one (an exporter drops a zero bias: `nn.MultiheadAttention` starts its
+    `out_proj.bias` at zero)."""
+
+
+FUNCTIONAL_MATCH = 1e-2
+"""An ONNX initializer under another name is a functional Linear's weight (or bias), or its transpose (a MatMul's),
+where it is within this relative distance of it and no other initializer is: a file's weight 0.1 % off is still that
+layer's (the bug to name); another layer's random or trained weights are O(1) away."""
+
+
+def functional_scopes(nodes: list[Any], raw: list[Any], scopes: list[Any], initializers: Sequence[Any],
+                      functional: dict[str, FunctionalLinear], prefix: str) -> None:
+    """Place, in `raw` and `scopes` (changed in place), the ONNX ops of each Linear a parent calls through `F.linear`
+    under that Linear's own scope: the graph puts them in the parent's (`self_attn`, never `self_attn.out_proj`), so no
+    layer stood for them. Only a whole Linear is placed: a Gemm reading the Linear's weight (with a bias input where it
+    has a bias), or a MatMul reading it and the Add after it reading its bias; its weight and bias read by name, or by
+    value (FUNCTIONAL_MATCH: swin's `attn.qkv` as a transposed initializer); an op under the parent's scope, in a graph
+    where the Linear has none of its own."""
+    owner = {}
+    for init in initializers:
+        path, _, leaf = init.name.rpartition(".")
+        if leaf in ("weight", "bias") and canonical_name(path, prefix) in functional:
+            owner[init.name] = (path, leaf)
+    for canonical, linear in functional.items():
+        for leaf, want in (("weight", linear.weight), ("bias", linear.bias)):
+            path = prefix + canonical if prefix else canonical
+            if want is not None and (path, leaf) not in owner.values():
+                found = _near_initializer(initializers, want, set(owner))
+                if found is not None:
+                    owner[found] = (path, leaf)
+    if not owner:
+        return
+    placed = {path for group in scopes if group for path in group}
+    for i, node in enumerate(nodes):
+        reads = {owner[name] for name in node.input if name in owner}
+        if len({path for path, _ in reads}) != 1 or scopes[i] is None or raw[i] is None:
+            continue
+        path = next(iter(reads))[0]
+        canonical = canonical_name(path, prefix)
+        parent = scopes[i][-1] + "." if scopes[i] else ""  # no scope: the model's own forward called it
+        if (path, "weight") not in reads or canonical in placed or not canonical.startswith(parent):
+            continue
+        whole, biased = [i], functional[canonical].bias is not None
+        if node.op_type == "MatMul" and biased:
+            after = nodes[i + 1] if i + 1 < len(nodes) else None
+            if after is None or after.op_type != "Add" or node.output[0] not in after.input \
+                    or (path, "bias") not in {owner.get(name) for name in after.input} or scopes[i + 1] != scopes[i]:
+                continue
+            whole.append(i + 1)
+        elif node.op_type not in ("Gemm", "MatMul") or node.op_type == "Gemm" \
+                and (len([n for n in node.input if n]) == 3) != biased:
+            continue
+        for k in whole:
+            raw[k], scopes[k] = [*raw[k], path], [*scopes[k], canonical]
+
+
+def _near_initializer(initializers: Sequence[Any], want: np.ndarray, taken: set[str]) -> str | None:
+    """The one initializer (not in `taken`) holding `want` or its transpose within FUNCTIONAL_MATCH, else None."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    shapes = {want.shape, want.T.shape}
+    scale = float(np.linalg.norm(want))
+    found = []
+    for init in initializers:
+        if init.name in taken or tuple(init.dims) not in shapes or not scale:
+            continue
+        have = numpy_helper.to_array(init).astype(np.float64)
+        if any(np.linalg.norm(have - side) <= FUNCTIONAL_MATCH * scale for side in (want, want.T)
+               if side.shape == have.shape):
+            found.append(init.name)
+    return found[0] if len(found) == 1 else None
 
 
 def _ends(scopes: list[Any], raw: list[Any], ident: list[Any], shaped: set[int], calls: Counter | None
@@ -549,6 +694,28 @@ def onnx_piece(model: Any, unit: Unit, shapes: dict[Any, tuple[int, ...]], out_s
     return piece
 
 
+def _functional_units(units: list[Unit], functional: dict[str, FunctionalLinear]) -> list[Unit]:
+    """The units of the functional Linears alone, from a second reading of the graph with their ops placed under their
+    own scopes: layers on top of the first reading's, whose parents (swin's `attn`, its attention between `qkv` and
+    `proj`) stay whole units there."""
+    return [unit for unit in units if unit.path in functional]
+
+
+def functional_linears(ref: Reference) -> dict[str, FunctionalLinear]:
+    """Each Linear the reference's parents call through `F.linear` (Reference.functional): its weight and bias."""
+    import numpy as np
+
+    found = {}
+    for name in ref.functional:
+        module = ref.modules.get(name)
+        if module is None:
+            continue
+        bias = None if module.bias is None else module.bias.detach().numpy().astype(np.float64)
+        found[name] = FunctionalLinear(module.weight.detach().numpy().astype(np.float64),
+                                       bias if bias is not None and bias.any() else None)
+    return found
+
+
 def run_onnx_piece(piece: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     import onnxruntime as ort
 
@@ -619,8 +786,10 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
     import onnx
 
     model = onnx.load(str(path))
-    units, skipped, outside = onnx_units(model, {n for n, _ in ref.outputs}, set(ref.modules), norms_after(ref),
-                                         Counter(n for n, _ in ref.outputs))
+    known, calls, norms = {n for n, _ in ref.outputs}, Counter(n for n, _ in ref.outputs), norms_after(ref)
+    units, skipped, outside = onnx_units(model, known, set(ref.modules), norms, calls)
+    if functional := functional_linears(ref):
+        units += _functional_units(onnx_units(model, known, set(ref.modules), norms, calls, functional)[0], functional)
     result = Isolation("", "", factor, skipped=skipped, outside=outside)
     jobs = []
     for unit in units:
@@ -644,8 +813,8 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
 
 # ---------------------------------------------------------------- ExportedProgram candidates: FX node runs
 
-def fx_units(module: Any, known: set[str], modules: set[str] | None = None, calls: Counter | None = None
-             ) -> tuple[list[Unit], list[str], list[str]]:
+def fx_units(module: Any, known: set[str], modules: set[str] | None = None, calls: Counter | None = None,
+             functional: dict[str, FunctionalLinear] | None = None) -> tuple[list[Unit], list[str], list[str]]:
     """As onnx_units, over the FX nodes of an ExportedProgram's `.module()` (parameters are get_attr)."""
     import operator
 
@@ -655,6 +824,14 @@ def fx_units(module: Any, known: set[str], modules: set[str] | None = None, call
     paths = [[p for _, p in s] if (s := fx_scopes(n)) else None for n in nodes]
     prefix = _best_prefix({p for group in paths if group for p in group}, known)
     scoped = [[(k, canonical_name(p, prefix)) for k, p in s] if (s := fx_scopes(n)) else None for n in nodes]
+    if functional:
+        placed = {p for group in scoped if group for _, p in group}
+        for k, node in enumerate(nodes):
+            path = _functional_linear(node, functional, prefix)
+            root = scoped[k] is None and node.meta.get("nn_module_stack") is not None  # the model's own forward
+            if path and (scoped[k] or root) and path not in placed \
+                    and path.startswith(scoped[k][-1][1] + "." if scoped[k] else ""):
+                scoped[k] = [*(scoped[k] or []), (node.name, path)]  # one call a node: its own identity
 
     def tensor_valued(node: Any) -> bool:
         return isinstance(node.meta.get("val"), torch.Tensor)
@@ -692,6 +869,25 @@ def fx_units(module: Any, known: set[str], modules: set[str] | None = None, call
                             if n not in placed and n.target is not operator.getitem]
 
 
+def _functional_linear(node: Any, functional: dict[str, FunctionalLinear], prefix: str) -> str:
+    """The Linear of `functional` a node computes as a whole: `aten.linear` of its weight and its bias read as
+    parameters (a zero bias may be left out); "" for any other node."""
+    import torch
+
+    if node.target is not torch.ops.aten.linear.default or len(node.args) < 2:
+        return ""
+    weight, bias = node.args[1], node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    if getattr(weight, "op", None) != "get_attr" or not str(weight.target).endswith(".weight"):
+        return ""
+    raw = str(weight.target).removesuffix(".weight")
+    path = canonical_name(raw, prefix)
+    if path not in functional:
+        return ""
+    if bias is None:
+        return "" if functional[path].bias is not None else path
+    return path if getattr(bias, "op", None) == "get_attr" and bias.target == f"{raw}.bias" else ""
+
+
 def run_fx_unit(module: Any, unit: Unit, feeds: dict[Any, Any]) -> Any:
     """Evaluate the unit's FX nodes on `feeds`, parameters read from `module` (float32)."""
     import operator
@@ -711,8 +907,10 @@ def run_fx_unit(module: Any, unit: Unit, feeds: dict[Any, Any]) -> Any:
 
 
 def isolate_fx(ref: Reference, module: Any, factor: float) -> Isolation:
-    units, skipped, outside = fx_units(module, {n for n, _ in ref.outputs}, set(ref.modules),
-                                       Counter(n for n, _ in ref.outputs))
+    known, calls = {n for n, _ in ref.outputs}, Counter(n for n, _ in ref.outputs)
+    units, skipped, outside = fx_units(module, known, set(ref.modules), calls)
+    if functional := functional_linears(ref):
+        units += _functional_units(fx_units(module, known, set(ref.modules), calls, functional)[0], functional)
     result = Isolation("", "", factor, skipped=skipped, outside=outside)
     for unit in units:
         if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:
@@ -868,9 +1066,23 @@ def isolate_sides(a: Side, b: Side, x: np.ndarray, factor: float = AUTO_FACTOR,
     result.reference, result.candidate = reference.artifact.label, candidate.artifact.label
     result.rerun_on = RERUN_ON.get(type(tracer).__name__, "")
     result.layers.sort(key=lambda layer: -layer.ratio)
+    _children_first(result, ref.functional)
     if not result.layers:
         result.note = NO_LAYERS
     return result, (pieces if keep_pieces else []), ref
+
+
+def _children_first(result: Isolation, functional: set[str]) -> None:
+    """Each named functional Linear (Reference.functional) moved ahead of a named layer that holds it (swin's `attn`,
+    a unit of its whole attention, `proj` included): the layer whose own weights differ is named first, its parent's
+    larger ratio after it (in place)."""
+    layers = result.layers
+    for layer in [layer for layer in layers if layer.module in functional and layer.ratio > result.factor]:
+        here = layers.index(layer)
+        holders = [k for k, other in enumerate(layers[:here]) if other.ratio > result.factor
+                   and layer.module.startswith(other.module + ".")]
+        if holders:
+            layers.insert(holders[0], layers.pop(here))
 
 
 class Candidate(NamedTuple):

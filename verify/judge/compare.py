@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
 from verify.bounds import DECIMAL_RANGE
-from verify.judge.noise_floor import NoiseFloor
+from verify.judge.noise_floor import CHANNEL_AXIS, NoiseFloor, channel_view, channelled, other_axes
 from verify.judge.precision import describe as describe_precision
 
 if TYPE_CHECKING:
@@ -313,15 +313,16 @@ def _floor_ratios(diff: np.ndarray, noise: NoiseFloor | None, tolerance: Toleran
             result.away_from_peaks = result.channel_floor < group
         return tolerance.factor * elements
     channels = noise.channels
-    if channels is None or diff.ndim != 4 or diff.shape[1] != channels.shape[0] or not diff.size:
+    if channels is None or not channelled(diff.shape) or diff.shape[CHANNEL_AXIS] != channels.shape[0] \
+            or not diff.size:
         result.ratio = result.output_ratio
         return np.asarray(tolerance.factor * noise.value)
-    per_channel = diff.max(axis=(0, 2, 3)) / channels
+    per_channel = diff.max(axis=other_axes(diff.ndim)) / channels
     worst = int(np.argmax(per_channel))
     result.ratio = _finite_or_none(float(per_channel[worst]))
     if per_channel[worst] > 0:  # no channel to name where the two are identical
         result.channel, result.channel_floor = worst, float(channels[worst])
-    return tolerance.factor * channels.reshape(1, -1, 1, 1)
+    return tolerance.factor * channels.reshape(channel_view(diff.ndim))
 
 
 def _judge(actual: np.ndarray, desired: np.ndarray, diff: np.ndarray, tolerance: Tolerance,

@@ -101,7 +101,7 @@ def vouched_floors(floors: Mapping[str, NoiseFloor], file64: Mapping[str, np.nda
 
     import numpy as np
 
-    from verify.judge.noise_floor import CHANNEL_AXIS
+    from verify.judge.noise_floor import CHANNEL_AXIS, channelled, other_axes
     from verify.judge.precision import EPS
 
     vouched = dict(floors)
@@ -112,8 +112,8 @@ def vouched_floors(floors: Mapping[str, NoiseFloor], file64: Mapping[str, np.nda
         ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
         apart = np.abs(ours - theirs)
         apart = np.where(np.isfinite(apart), apart, 0.0)  # a NaN reference element is left out of every floor
-        if floor.channels is not None and apart.ndim == 4 and apart.shape[CHANNEL_AXIS] == floor.groups:
-            apart = apart.max(axis=tuple(a for a in range(apart.ndim) if a != CHANNEL_AXIS))
+        if floor.channels is not None and channelled(apart.shape) and apart.shape[CHANNEL_AXIS] == floor.groups:
+            apart = apart.max(axis=other_axes(apart.ndim))
         else:
             apart = np.asarray([apart.max()])
         if not (apart > 0).any():

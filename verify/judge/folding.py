@@ -35,7 +35,8 @@ def folded_float32(model: torch.nn.Module, example: torch.Tensor | None,
         if found is not None and found[1] is args[0]:
             pairs.append((found[0], module))
 
-    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)  # a transposed conv's weight is (in, out): not folded
+    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, convs)]
     hooks += [m.register_forward_pre_hook(before_norm) for m in model.modules() if _is_frozen_norm(m)]
     try:
         with torch.inference_mode():

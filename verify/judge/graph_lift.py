@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from verify.judge.lanes import STATISTICS_LANES, _affine, _lane_normalised, lane_sum
 from verify.judge.measure import _error, _finite_or, _Scale
-from verify.judge.noise_floor import CHANNEL_AXIS, FLOAT32_EPS
+from verify.judge.noise_floor import CHANNEL_AXIS, FLOAT32_EPS, channelled
 from verify.judge.summation import summed_outputs
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ def graph_bounds(graph: tuple[Any, Any] | None, artifact: Artifact, feed: dict[s
             continue
         ref = ref.astype(np.float64)
         err = np.minimum(_error(run, ref), _lift_limit(graph[1], fp32.get(name), ref))
-        by_channel = err.ndim == 4 and err.shape[CHANNEL_AXIS] > 1
+        by_channel = channelled(err.shape)
         bounds[name] = np.moveaxis(err, CHANNEL_AXIS, 0).reshape(err.shape[1], -1).max(axis=1) if by_channel \
             else float(err.max())
     return bounds

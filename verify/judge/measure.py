@@ -7,7 +7,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from verify.judge.noise_floor import CHANNEL_AXIS, CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor
+from verify.judge.noise_floor import (
+    CHANNEL_DIMS,
+    CHANNEL_FLOOR_SHARE,
+    LAYER_CHANNEL_DIMS,
+    MIN_CHANNEL_ELEMENTS,
+    NoiseFloor,
+    channelled,
+    other_axes,
+)
 from verify.judge.peaks import _with_bulk
 from verify.judge.precision import EPS
 
@@ -46,14 +54,14 @@ class _Scale:
     """What a floor's bounds read from the float64 reference alone (its magnitude, one ulp of its scale, each
     channel's non-zero count): measured once for every evaluation judged against it."""
 
-    def __init__(self, ref: np.ndarray, precision: str) -> None:
+    def __init__(self, ref: np.ndarray, precision: str, dims: Sequence[int] = CHANNEL_DIMS) -> None:
         import numpy as np
 
         self.precision = precision
         self.magnitude = _finite_or(np.abs(ref), 0.0)
         self.ulp = EPS[precision] * float(self.magnitude.max(initial=0.0))
-        self.by_channel = ref.ndim == 4 and ref.shape[CHANNEL_AXIS] > 1
-        self.axes = tuple(a for a in range(ref.ndim) if a != CHANNEL_AXIS)
+        self.by_channel = channelled(ref.shape, dims)
+        self.axes = other_axes(ref.ndim)
         self.active = np.count_nonzero(self.magnitude, axis=self.axes) if self.by_channel else None
 
     def floor(self, errors: Sequence[np.ndarray]) -> tuple[float, np.ndarray | None]:
@@ -69,18 +77,19 @@ class _Scale:
         return value, np.where(self.active >= MIN_CHANNEL_ELEMENTS, np.clip(own, least, value), value)
 
 
-def worst_floor(runs: Sequence[np.ndarray], fp64: np.ndarray) -> NoiseFloor | None:
-    """The float32 floor of several valid evaluations of one output, each measured as `measure_floor` measures it
-    alone: the largest per-output floor and, per channel, the largest channel floor. Only what a verdict reads
-    (`value`, `channels`): no RMS and no bulk, and the reference's magnitude read once for all (a layer verdict
-    measures this for every layer of a model)."""
+def worst_floor(runs: Sequence[np.ndarray], fp64: np.ndarray, dims: Sequence[int] = LAYER_CHANNEL_DIMS
+                ) -> NoiseFloor | None:
+    """The float32 floor of several valid evaluations of one layer's output, each measured as `measure_floor` measures
+    it alone (per channel where it has `dims` dimensions): the largest per-output floor and, per channel, the largest
+    channel floor. Only what a verdict reads (`value`, `channels`): no RMS and no bulk, and the reference's magnitude
+    read once for all (a layer verdict measures this for every layer of a model)."""
     import numpy as np
 
     runs = [run for run in runs if run.shape == fp64.shape]
     if not runs or fp64.size == 0:
         return None
     ref = np.asarray(fp64, dtype=np.float64)  # read only: no copy of a float64 reference
-    scale = _Scale(ref, "fp32")
+    scale = _Scale(ref, "fp32", dims)
     floors = [scale.floor([_error(run, ref)]) for run in runs]
     channels = [c for _, c in floors if c is not None]
     return NoiseFloor(max(v for v, _ in floors), np.maximum.reduce(channels) if channels else None)

@@ -6,6 +6,7 @@ Measured by verify/judge/measure.py; this module holds the record and the consta
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,16 @@ if TYPE_CHECKING:
 
 FLOAT32_EPS = EPS["fp32"]
 CHANNEL_AXIS = 1
-"""Outputs with 4 dimensions are NCHW; their floors are per channel."""
+"""Outputs with channels (CHANNEL_DIMS) have them on this axis; their floors are per channel."""
+CHANNEL_DIMS = (4, 5)
+"""The ranks of outputs with channels: NCHW, and NCDHW (a Conv3d's, a video model's). Before, a 5-D output had one
+floor, and a 0.1 % error in a quiet channel of a Conv3d's output passed at 3.5x that floor, 7.6x its channel's own
+(sweep 31)."""
+LAYER_CHANNEL_DIMS = (4,)
+"""The ranks whose values a layer's own floor (the layer verdict, `explain --isolate`) splits per channel: NCHW only.
+ONNX Runtime rounds a Conv3d more coarsely than torch (r2plus1d_18 at 1x12x32x32: its error a channel 1.48x torch's in
+the median), and a correct file's Conv3d reached 7.0x its channel's own floor over torch's three evaluations (sweep 31):
+a 5-D layer keeps one floor, as before."""
 MIN_CHANNEL_ELEMENTS = 16
 """A channel gets its own floor only with at least this many non-zero reference elements: a channel a
 ReLU has (nearly) zeroed shows its rounding in a handful of elements, too few to measure it from, and
@@ -27,6 +37,21 @@ correlated (deep layers, constant images) its own maximum underestimates its rou
 bench/calibrate_auto.py (bench/results/calibrate-cpu-perchannel.log)."""
 
 
+def channelled(shape: Sequence[int], dims: Sequence[int] = CHANNEL_DIMS) -> bool:
+    """Whether an output of this shape is judged per channel: `dims` dimensions, more than one channel."""
+    return len(shape) in dims and shape[CHANNEL_AXIS] > 1
+
+
+def channel_view(ndim: int) -> tuple[int, ...]:
+    """The shape that makes one value a channel broadcast over an output of `ndim` dimensions."""
+    return (1,) * CHANNEL_AXIS + (-1,) + (1,) * (ndim - CHANNEL_AXIS - 1)
+
+
+def other_axes(ndim: int) -> tuple[int, ...]:
+    """Every axis of an output of `ndim` dimensions but the channels': what a channel's maximum is taken over."""
+    return tuple(a for a in range(ndim) if a != CHANNEL_AXIS)
+
+
 @dataclass(frozen=True, eq=False)
 class NoiseFloor:
     """The noise floor of one output at one precision."""
@@ -34,7 +59,7 @@ class NoiseFloor:
     value: float
     """Per output: max |run - fp64|, at least one ulp (at this precision) of the output's scale."""
     channels: np.ndarray | None = None
-    """Per channel (axis 1 of an NCHW output): max over N, H, W of |run - fp64|, at least
+    """Per channel (axis 1 of an NCHW or NCDHW output): max over every other axis of |run - fp64|, at least
     max(CHANNEL_FLOOR_SHARE x `value`, one ulp of the output's scale); `value` where the channel has
     fewer than MIN_CHANNEL_ELEMENTS non-zero elements. None for outputs without channels."""
     precision: str = "fp32"
@@ -90,9 +115,9 @@ class NoiseFloor:
         if self.bulk is None or not magnitude.size:
             return None
         if self.channels is not None:
-            if magnitude.ndim != 4 or magnitude.shape[CHANNEL_AXIS] != self.groups:
+            if not channelled(magnitude.shape) or magnitude.shape[CHANNEL_AXIS] != self.groups:
                 return None
-            return magnitude <= self.bulk_limits.reshape(1, -1, 1, 1)
+            return magnitude <= self.bulk_limits.reshape(channel_view(magnitude.ndim))
         return magnitude <= self.bulk_limits.reshape((1,) * magnitude.ndim)
 
     def element_floors(self, actual: np.ndarray, desired: np.ndarray) -> np.ndarray | None:
@@ -109,7 +134,7 @@ class NoiseFloor:
             mask = self.in_bulk(magnitude)
         if mask is None:
             return None
-        shape = (1, -1, 1, 1) if self.channels is not None else (1,) * magnitude.ndim
+        shape = channel_view(magnitude.ndim) if self.channels is not None else (1,) * magnitude.ndim
         return np.where(mask, self.bulk.reshape(shape), self.group_floors.reshape(shape))
 
     @classmethod

@@ -4,7 +4,7 @@ Running the eager model in float64 gives outputs whose own rounding error is ~1e
 so |eager fp32 - eager fp64| is the float32 error of this model on this input: its noise floor.
 At a reduced precision (TF32, bf16, fp16) the floor is |eager at that precision - eager fp64|.
 
-Floors are per channel where an output has one (NCHW, axis 1): rounding is largest in the channels
+Floors are per channel where an output has one (NCHW or NCDHW, axis 1): rounding is largest in the channels
 with the largest activations, so one floor per output hides an error confined to a quiet channel.
 """
 

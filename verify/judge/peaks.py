@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from verify.judge.noise_floor import CHANNEL_AXIS, CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor
+from verify.judge.noise_floor import CHANNEL_AXIS, CHANNEL_FLOOR_SHARE, MIN_CHANNEL_ELEMENTS, NoiseFloor, channel_view
 from verify.judge.precision import EPS
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def _with_bulk(floor: NoiseFloor, magnitude: np.ndarray, errors: Sequence[np.nda
     else:
         typical = _typical_below_mask(rows)
         limits = PEAK_FACTOR * np.where(np.isnan(typical), whole, typical)
-        shape = (1, -1, 1, 1)
+        shape = channel_view(magnitude.ndim)
     in_bulk = magnitude <= limits.reshape(shape)
     if in_bulk.all():
         return None

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from verify.judge.folding import _is_frozen_norm, fold_into, norm_scale
-from verify.judge.noise_floor import CHANNEL_AXIS, FLOAT32_EPS, MIN_CHANNEL_ELEMENTS, NoiseFloor
+from verify.judge.noise_floor import CHANNEL_AXIS, FLOAT32_EPS, MIN_CHANNEL_ELEMENTS, NoiseFloor, channelled
 
 if TYPE_CHECKING:
     import numpy as np
@@ -205,7 +205,7 @@ def summed_outputs(artifact: Artifact, feed: dict[str, np.ndarray], outputs: Map
                 continue
         else:
             channels = channels * scale
-        by_channel = tensor.dim() == 4 and tensor.shape[CHANNEL_AXIS] > 1 and channels.shape == (tensor.shape[1],)
+        by_channel = channelled(tensor.shape) and channels.shape == (tensor.shape[CHANNEL_AXIS],)
         bounds[name] = channels if by_channel else float(channels.max())
     return bounds
 
@@ -279,7 +279,7 @@ def _mapped_bound(artifact: Artifact, feed: dict[str, np.ndarray], name: str, he
     with np.errstate(invalid="ignore"):
         moved = np.minimum(np.abs(up - base), np.abs(down - base))
     moved = np.where(np.isfinite(moved), moved, 0.0)
-    if moved.ndim == 4 and moved.shape[CHANNEL_AXIS] > 1:
+    if channelled(moved.shape):
         return _per_channel_max(torch.from_numpy(moved))
     return np.asarray([moved.max(initial=0.0)])
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from verify.judge.noise_floor import CHANNEL_AXIS
+from verify.judge.noise_floor import CHANNEL_AXIS, channelled
 
 if TYPE_CHECKING:
     from verify.judge.compare import Tolerance
@@ -89,9 +89,9 @@ def _output_problem(output: Mapping[str, Any], floor: NoiseFloor) -> str | None:
         return None  # judge_output already refuses it
     if not _close(value, floor.value):
         return f"its floor {value:.3g} is not the recorded {floor.value:.3g} (edited numbers)"
-    grouped = len(shape) == 4 and shape[CHANNEL_AXIS] > 1
+    grouped = channelled(shape)
     if grouped != (floor.channels is not None) or grouped and shape[CHANNEL_AXIS] != floor.groups:
-        return "its recorded floor does not fit its shape (a floor per channel for an NCHW output, else one)"
+        return "its recorded floor does not fit its shape (a floor per channel for an NCHW or NCDHW output, else one)"
     if max_abs == 0:
         return None if ratio == 0 else "a ratio over the floor without any difference (edited numbers)"
     index, a, b = _ints(output.get("worst_index"), len(shape)), _number(output.get("worst_a")), \
