@@ -215,3 +215,27 @@ def test_a_report_path_that_is_a_link_loses_the_link_never_its_target(tmp_path):
     link.symlink_to(kept)
     assert claim_report_paths(["export", "--json", str(link)]) == [link]
     assert not os.path.lexists(link) and json.loads(kept.read_text()) == PASSING
+
+
+def test_a_deferred_signal_is_not_resent_once_the_run_ignores_it(monkeypatch):
+    """A signal held back during an import is resent until its handler ran; one the run has meanwhile set to be
+    ignored (its last reports after a first interrupt) never runs, and was resent every RESEND_SECONDS until exit.
+    The sender now stops at once, and forgets the signal."""
+    import signal
+    import threading
+    import time
+
+    from verify.cli import base
+
+    sent = []
+    monkeypatch.setattr(base.signal, "pthread_kill", lambda thread, signum: sent.append(signum))
+    monkeypatch.setitem(base._DEFERRED, "since", time.monotonic())
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        sender = threading.Thread(target=base._send_after_import, args=(signal.SIGTERM, threading.main_thread().ident),
+                                  daemon=True)
+        sender.start()
+        sender.join(base.IMPORT_GRACE_SECONDS)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not sender.is_alive() and sent == [] and base._DEFERRED["since"] is None

@@ -207,10 +207,13 @@ def _importing(frame: Any) -> bool:
 
 def _send_after_import(signum: int, main: int) -> None:
     """The signal again, to the main thread, once it is out of its import (or the grace is over), until its handler
-    ran there."""
+    ran there; no longer once its handler is not ours (the run ignores it by then: resent, it would never run)."""
     import time
 
     while (since := _DEFERRED["since"]) is not None:
+        if signal.getsignal(signum) not in (_on_sigterm, _on_sigint):  # ignored meanwhile (a run's last reports)
+            _DEFERRED["since"] = None
+            return
         if _importing(sys._current_frames().get(main)) and time.monotonic() - since <= IMPORT_GRACE_SECONDS:
             time.sleep(IMPORT_POLL_SECONDS)
             continue
