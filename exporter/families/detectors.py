@@ -1,4 +1,4 @@
-"""Whole detectors: Faster R-CNN, RetinaNet and SSDlite, built by torchvision's own builders.
+"""Whole detectors: Faster R-CNN, RetinaNet, FCOS and SSDlite, built by torchvision's own builders.
 
 Standalone for now (`build_detector(name, norm, weights, seed)`); not yet in `exporter.backbones`.
 Every detector is built small: 320 px (the transform's min/max size), few proposals and detections,
@@ -50,10 +50,15 @@ resize by about 10-20 % of a proposal, so detections differ from their anchors."
 DENSE_DELTA_STD = 0.1
 """RetinaNet / SSDlite regression outputs (box coder weights 1)."""
 DENSE_CANDIDATES = 600
-"""RetinaNet / SSDlite: anchor x class scores above the threshold on the calibration image."""
+"""RetinaNet / FCOS / SSDlite: anchor x class scores above the threshold on the calibration image."""
+FCOS_DISTANCE_MEAN = 1.5
+"""FCOS's box regression (left, top, right, bottom distances in anchor sizes, after a ReLU): boxes about three anchors
+wide, their sides well clear of the ReLU's zero (FCOS_DISTANCE_STD spread)."""
+FCOS_DISTANCE_STD = 0.3
 PER_PROPOSAL_MODULES = ["roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"]
 """Faster R-CNN's box-head outputs: one row per RPN proposal, in the RPN's order."""
-ANCHOR_MODULES = {"fasterrcnn": "rpn.anchor_generator", "retinanet": "anchor_generator", "ssd": "anchor_generator"}
+ANCHOR_MODULES = {"fasterrcnn": "rpn.anchor_generator", "retinanet": "anchor_generator", "fcos": "anchor_generator",
+                  "ssd": "anchor_generator"}
 """Each kind's anchor generator: its anchors (one K x 4 tensor per image, every level) are judged before NMS as a dense
 tensor, so that a level no proposal or detection comes from is judged too (hunt 19a: one RPN level's anchors 5 % off
 exited 0 when that level kept no proposal)."""
@@ -65,11 +70,14 @@ MIN_DETECTIONS = 20
 class Detector:
     name: str
     kind: str
-    """`fasterrcnn`, `retinanet` or `ssd`: how its heads are calibrated and which tensors are dense."""
+    """`fasterrcnn`, `retinanet`, `fcos` or `ssd`: how its heads are calibrated and which tensors are dense."""
     body_backbone: str | None
     """The project backbone whose synthetic classifier weights the body takes (None: BN calibration only)."""
     norms: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
+    builder: str | None = None
+    """torchvision's builder (`torchvision.models.detection.<builder>`) when it is not `name` (a variant registered
+    under its own name, e.g. at another size)."""
 
     @property
     def default_norm(self) -> str:
@@ -90,13 +98,39 @@ for _detector in (
     Detector("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn", "mobilenet_v3_large", ("batch", "frozen"),
              _RCNN),
     Detector("retinanet_resnet50_fpn", "retinanet", "resnet50", _RESNET_NORMS, {**_SIZE, **_DENSE}),
+    Detector("retinanet_resnet50_fpn_v2", "retinanet", "resnet50", ("batch",), {**_SIZE, **_DENSE}),
+    Detector("fcos_resnet50_fpn", "fcos", "resnet50", ("batch", "frozen"), {**_SIZE, **_DENSE}),
     Detector("ssdlite320_mobilenet_v3_large", "ssd", None, ("batch",), _DENSE),
 ):
     DETECTORS.add(_detector.name, _detector)
 
 
+NOT_JUDGED = {"maskrcnn_resnet50_fpn": "its masks are not judged yet",
+              "maskrcnn_resnet50_fpn_v2": "its masks are not judged yet",
+              "keypointrcnn_resnet50_fpn": "its keypoints are not judged yet",
+              "ssd300_vgg16": "not registered yet (no synthetic VGG-16 body)"}
+"""torchvision's detectors not registered here, and why."""
+DETECTOR_WORDS = ("rcnn", "retinanet", "fcos", "ssd", "detr", "yolo")
+"""A name holding one of these is taken for a detector: its refusal lists every detector in full (both lists in full
+pass the CLI's one-line limit, exporter/messages.py MAX_MESSAGE, and were cut off)."""
+
+
 def list_detectors() -> list[str]:
     return DETECTORS.names()
+
+
+def unknown_model(name: str, backbones: Iterable[str]) -> UsageError:
+    """The one-line refusal of `-b name`, neither one of `backbones` nor a registered detector, naming the detectors
+    too: a torchvision detector not registered says why; a detector-like name gets every detector, any other every
+    backbone and the detectors' families (`verify export --help` lists both in full)."""
+    detectors = ", ".join(DETECTORS.names())
+    if name in NOT_JUDGED:
+        return UsageError(f"{name}: {NOT_JUDGED[name]}; choose one of the whole detectors: {detectors}")
+    if any(word in name.lower() for word in DETECTOR_WORDS):
+        return UsageError(f"Unknown detector {name!r}; choose one of: {detectors}")
+    families = ", ".join(dict.fromkeys(f"{d.partition('_')[0]}_*" for d in DETECTORS.names()))
+    return UsageError(f"Unknown backbone {name!r}; choose one of: {', '.join(backbones)}; or a whole detector "
+                      f"({families})")
 
 
 def resized_size(detector: Detector, height: int, width: int) -> tuple[int, int]:
@@ -168,6 +202,9 @@ def dense_modules(model: nn.Module, kind: str) -> list[str]:
         return ["rpn.head.cls_logits", "rpn.head.bbox_pred", ANCHOR_MODULES[kind], *PER_PROPOSAL_MODULES]
     if kind == "retinanet":
         return ["head.classification_head.cls_logits", "head.regression_head.bbox_reg", ANCHOR_MODULES[kind]]
+    if kind == "fcos":
+        return ["head.classification_head.cls_logits", "head.regression_head.bbox_reg",
+                "head.regression_head.bbox_ctrness", ANCHOR_MODULES[kind]]
     names = []
     for head in ("classification_head", "regression_head"):
         count = len(model.head.get_submodule(f"{head}.module_list"))
@@ -203,7 +240,8 @@ def build_detector(name: str, norm: str | None = None, weights: str = "synthetic
                          f"choose one of: {', '.join(detector.norms)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = getattr(detection, name)(weights=None, weights_backbone=None, **detector.options).eval()
+        model = getattr(detection, detector.builder or name)(weights=None, weights_backbone=None,
+                                                             **detector.options).eval()
         if weights == "synthetic":
             _synthetic(model, detector, seed)
             source = f"synthetic:{seed}"
@@ -446,13 +484,14 @@ def _calibrate_rcnn(model: nn.Module, image: torch.Tensor, gen: torch.Generator)
 
 
 def _calibrate_dense(model: nn.Module, image: torch.Tensor, gen: torch.Generator, kind: str) -> None:
-    """RetinaNet / SSDlite: logits spread, and the classification bias set so that DENSE_CANDIDATES
-    anchor x class scores clear the threshold on the calibration image."""
+    """RetinaNet / FCOS / SSDlite: logits spread, and the classification bias set so that DENSE_CANDIDATES
+    anchor x class scores clear the threshold on the calibration image (FCOS's score: the square root of the class's
+    and the centerness's sigmoids)."""
     import math
 
     import torch
 
-    if kind == "retinanet":
+    if kind in ("retinanet", "fcos"):
         pairs = [(model.head.classification_head.cls_logits, model.head.regression_head.bbox_reg)]
     else:
         pairs = list(zip([m[1] for m in model.head.classification_head.module_list],
@@ -460,12 +499,43 @@ def _calibrate_dense(model: nn.Module, image: torch.Tensor, gen: torch.Generator
     logits = []
     for cls_layer, reg_layer in pairs:
         _rescale(cls_layer, _capture(cls_layer, model, image, True), gen, RPN_LOGIT_STD)
-        _rescale(reg_layer, _capture(reg_layer, model, image, True), gen, DENSE_DELTA_STD)
+        if kind == "fcos":  # distances in anchor sizes, through a ReLU: positive, about FCOS_DISTANCE_MEAN
+            _rescale(reg_layer, _capture(reg_layer, model, image, True), gen, FCOS_DISTANCE_STD)
+            with torch.no_grad():
+                reg_layer.bias.add_(FCOS_DISTANCE_MEAN)
+        else:
+            _rescale(reg_layer, _capture(reg_layer, model, image, True), gen, DENSE_DELTA_STD)
         logits += [x.flatten() for x in _capture(cls_layer, model, image, False)]
-    if kind != "retinanet":
+    if kind == "ssd":
         return  # softmax over classes: the spread alone puts many scores above SSDlite's 0.001 threshold
+    if kind == "fcos":
+        _calibrate_fcos(model, image, gen, pairs[0][0])
+        return
     values = torch.cat(logits).sort(descending=True).values
     threshold = math.log(model.score_thresh / (1 - model.score_thresh))  # sigmoid's inverse
     shift = threshold - float(values[min(DENSE_CANDIDATES, len(values) - 1)])
     with torch.no_grad():
         pairs[0][0].bias.add_(shift)
+
+
+def _calibrate_fcos(model: nn.Module, image: torch.Tensor, gen: torch.Generator, cls_layer: nn.Module) -> None:
+    """FCOS: centerness logits spread as the class logits are, then the class bias shifted (bisection: the score
+    rises with it) until DENSE_CANDIDATES anchor x class scores sqrt(sigmoid(class) * sigmoid(centerness)) clear the
+    score threshold."""
+    import torch
+
+    ctrness = model.head.regression_head.bbox_ctrness
+    _rescale(ctrness, _capture(ctrness, model, image, True), gen, RPN_LOGIT_STD)
+    classes = _capture(cls_layer, model, image, False)
+    centres = _capture(ctrness, model, image, False)
+    # per level (N, A*K, H, W) and (N, A, H, W): one anchor a location, so each class's logit meets its anchor's
+    logits = torch.cat([c.flatten(2) for c in classes], dim=2)
+    centre = torch.cat([c.flatten(2) for c in centres], dim=2).sigmoid()
+    wanted = min(DENSE_CANDIDATES, logits.numel() - 1)
+    low, high = -50.0, 50.0
+    for _ in range(60):
+        shift = (low + high) / 2
+        count = int(((logits + shift).sigmoid() * centre > model.score_thresh ** 2).sum())
+        low, high = (shift, high) if count < wanted else (low, shift)
+    with torch.no_grad():
+        cls_layer.bias.add_(high)

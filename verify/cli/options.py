@@ -354,11 +354,11 @@ def outside_folders(folders: list[Path], **paths: Path | None) -> None:
 
 # Options shared by several commands ---------------------------------------------------------------
 def _backbone_or_detector(value: str | None) -> str | None:
-    from exporter.families.detectors import DETECTORS
+    from exporter.families.detectors import DETECTORS, unknown_model
 
-    if value is not None and value in DETECTORS.names():
+    if value is None or value in DETECTORS or value in BACKBONES:
         return value
-    return _registry_choice(BACKBONES)(value)
+    raise _bad(unknown_model(value, BACKBONES.names()))
 
 
 def _backbone_help() -> str:

@@ -138,10 +138,13 @@ def _replayed(model: Any, images: Any, image: torch.Tensor, found: dict[str, tor
                           "labels": labels.cpu().numpy()})
 
 
-DECODING_IN_FORWARD = ("RetinaNet", "SSD")
+DECODING_IN_FORWARD = ("RetinaNet", "FCOS", "SSD")
 """The scripted detectors (TorchScript's `original_name`) whose box decoding runs inside their `postprocess_detections`,
 NMS included: their final-NMS inputs come from that method with the NMS made to suppress nothing
 (`_script_nms_inputs`)."""
+SPLIT_PER_LEVEL = ("RetinaNet", "FCOS")
+"""The scripted detectors whose forward splits the head's outputs and the anchors per level before its post-processing
+(SSD's takes them whole)."""
 NO_SUPPRESSION = 2.0
 """An NMS IoU threshold no pair of boxes exceeds (an IoU is at most 1; NaN compares false): the NMS keeps every
 candidate."""
@@ -154,8 +157,8 @@ def _decodes_in_forward(model: Any) -> bool:
 
 
 def _script_nms_inputs(model: Any, image: torch.Tensor, detections: dict[str, torch.Tensor] | None) -> Detections:
-    """RetinaNet's or SSDlite's final-NMS inputs of one image as the scripted file makes them (hunt 22a): its own
-    transform, backbone, head and anchor generator called as its forward calls them, then its own compiled
+    """RetinaNet's, FCOS's or SSDlite's final-NMS inputs of one image as the scripted file makes them (hunt 22a):
+    its own transform, backbone, head and anchor generator called as its forward calls them, then its own compiled
     `postprocess_detections` (its box coder, weights and clamp, its score threshold and top-k, its clip to the image)
     with its NMS threshold at NO_SUPPRESSION and no cap, so that what it returns is every candidate its NMS is given,
     highest score first. Given the forward's own `detections` (on the CPU), torchvision's NMS and cap replayed on them
@@ -167,7 +170,7 @@ def _script_nms_inputs(model: Any, image: torch.Tensor, detections: dict[str, to
     levels = list(features.values()) if isinstance(features, dict) else [features]
     head = model.head(levels)
     anchors = model.anchor_generator(images, levels)
-    if model.original_name == "RetinaNet":  # its forward splits the head's outputs and anchors per level
+    if model.original_name in SPLIT_PER_LEVEL:  # its forward splits the head's outputs and anchors per level
         sizes = [level.size(2) * level.size(3) for level in levels]
         per_anchor = head["cls_logits"].size(1) // sum(sizes)
         sizes = [size * per_anchor for size in sizes]
@@ -202,9 +205,9 @@ def _attribute(model: Any, dotted: str) -> Any:
 
 def _script_pieces(model: Any, image: torch.Tensor, modules: list[str]) -> tuple[
         dict[str, torch.Tensor], torch.Tensor | None, dict[str, Any] | None]:
-    """One image through the scripted detector's pieces as GeneralizedRCNN, RetinaNet and SSD's forward call them:
+    """One image through the scripted detector's pieces as GeneralizedRCNN, RetinaNet, FCOS and SSD's forward call them:
     (each dense module's outputs named `module#call` as eager's hooks name them, the RPN's proposals or None, the
-    post-processed detections or None). The anchors come from the file's own anchor generator. RetinaNet and SSD's
+    post-processed detections or None). The anchors come from the file's own anchor generator. RetinaNet, FCOS and SSD's
     decoding runs in the file's own post-processing: their pieces are the dense heads and anchors, their detections
     come from the forward alone, and their final-NMS inputs from `_script_nms_inputs`."""
     from exporter.families.detectors import ANCHOR_MODULES
@@ -236,9 +239,9 @@ def _script_pieces(model: Any, image: torch.Tensor, modules: list[str]) -> tuple
             elif name == "head.classification_head.cls_logits":
                 tensors.update({f"{name}#{i}": head.classification_head.cls_logits(head.classification_head.conv(f))
                                 for i, f in enumerate(levels)})
-            elif name == "head.regression_head.bbox_reg":
-                tensors.update({f"{name}#{i}": head.regression_head.bbox_reg(head.regression_head.conv(f))
-                                for i, f in enumerate(levels)})
+            elif name in ("head.regression_head.bbox_reg", "head.regression_head.bbox_ctrness"):  # FCOS: both
+                last = _attribute(model, name)  # on the regression head's tower, as its forward calls them
+                tensors.update({f"{name}#{i}": last(head.regression_head.conv(f)) for i, f in enumerate(levels)})
         return tensors, None, None
     detections = model.transform.postprocess(detections, images.image_sizes, [tuple(image.shape[-2:])])
     return tensors, proposals, detections[0]

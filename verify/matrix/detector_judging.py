@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 
-NMS_JUDGED_KINDS = frozenset({"fasterrcnn", "retinanet", "ssd"})
+NMS_JUDGED_KINDS = frozenset({"fasterrcnn", "retinanet", "fcos", "ssd"})
 """The detector kinds whose cells judge the final NMS's inputs (`final_nms.boxes`, `final_nms.scores`) before NMS
 (hunt 20a: RetinaNet and SSDlite; hunt 21a: Faster R-CNN): a cell without them lost that judgement (hunt 21b)."""
 LEVELS = ("before_nms", "proposals", "after_nms")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
-from exporter.families.detectors import DETECTORS, IMAGE_SIZE, MIN_IMAGE_SIDE, check_image_size
+from exporter.families.detectors import DETECTORS, IMAGE_SIZE, MIN_IMAGE_SIDE, check_image_size, unknown_model
 from verify.detect.export import DEFAULT_FORMATS
 
 if TYPE_CHECKING:
@@ -28,7 +28,8 @@ DETECTOR_OPTIONS = ("--shape", "--seed", "--weights", "--factor", "--format")
 for the detectors."""
 DETECTOR_PARAMS_M = {"fasterrcnn_resnet50_fpn": 41.8, "fasterrcnn_resnet50_fpn_v2": 43.7,
                      "fasterrcnn_mobilenet_v3_large_fpn": 19.4, "fasterrcnn_mobilenet_v3_large_320_fpn": 19.4,
-                     "retinanet_resnet50_fpn": 34.0, "ssdlite320_mobilenet_v3_large": 3.4}
+                     "retinanet_resnet50_fpn": 34.0, "retinanet_resnet50_fpn_v2": 38.2, "fcos_resnet50_fpn": 32.3,
+                     "ssdlite320_mobilenet_v3_large": 3.4}
 """Parameters (millions) of torchvision's detector builders, a detector cell's size in the cost model."""
 MODE_FLAGS = {"decimal": "--decimal", "allclose": "--rtol/--atol"}
 """The options that set a tolerance mode other than auto (a detector is judged on the oracle's floor only)."""
@@ -88,8 +89,14 @@ def is_detector_cell(request: CellRequest) -> bool:
 
 
 def split_detectors(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(backbones, detectors) of the names given with -b, each in the order given."""
+    """(backbones, detectors) of the names given with -b, each in the order given; a name that is neither is refused
+    in one line naming the detectors too (exporter/families/detectors.py `unknown_model`)."""
+    from exporter.backbones import BACKBONES
+
     detectors = set(DETECTORS.names())
+    unknown = [n for n in names if n not in detectors and n not in BACKBONES]
+    if unknown:
+        raise unknown_model(unknown[0], BACKBONES.names())
     return [n for n in names if n not in detectors], [n for n in names if n in detectors]
 
 
