@@ -396,8 +396,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException as exc:
         if created:  # a Ctrl-C or SIGTERM mid-write left `.NAME.PID.XXXX.tmp` beside the report (hunt 11a)
             tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise UsageError(f"Cannot write {path}: {exc.strerror}") from None
+        if isinstance(exc, OSError):  # a full disk says what to do (surface 30: it said only "No space left")
+            how = "; free space there, or name a file on another disk" if exc.errno in FULL_ERRNOS else ""
+            raise UsageError(f"Cannot write {path}: {exc.strerror}{how}") from None
         raise
 
 

@@ -16,6 +16,7 @@ def main() -> None:
     `error: terminated (SIGTERM)` and 143, as during a run; also when the import swallowed the KeyboardInterrupt where
     it landed and failed otherwise (review 28: a half-imported numpy). An ignored SIGINT (a background job) or SIGTERM
     stays ignored."""
+    _standard_streams_held()
     interrupted: list[int] = []
 
     def remember(signum: int, frame: object) -> None:
@@ -53,6 +54,32 @@ def main() -> None:
         _interrupted(interrupted)
 
 
+def _standard_streams_held() -> None:
+    """File descriptors 0-2 each open, on the null device where the caller closed one (`verify ... >&-`, `<&-`), and
+    sys.stdout/sys.stderr streams on them. Surface 30: with stdout closed a passing `verify compare` ended in a
+    traceback and exit 1 (sys.stdout is None); and a closed descriptor is the next file opened, so a report or model
+    file would have taken fd 1 or 2 and whatever native code prints there."""
+    import os
+
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+            except OSError:
+                continue
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        if getattr(sys, name) is None:
+            try:
+                setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False))
+            except OSError:
+                pass
+
+
 def _interrupted(signals: list[int], claim: bool = False) -> None:
     """The line and exit code of verify/cli/base.py `interrupt_exit` (143 after SIGTERM, else 130), without importing
     it: a second signal is ignored from here on. With `claim`, an interrupt that landed before or inside the claim of
@@ -76,13 +103,13 @@ def _interrupted(signals: list[int], claim: bool = False) -> None:
             pass
     try:
         sys.stderr.write("error: terminated (SIGTERM)\n" if terminated else "error: interrupted\n")
-    except (OSError, ValueError):  # a closed stream: the exit code still says it
+    except (OSError, ValueError, AttributeError):  # a closed stream: the exit code still says it
         pass
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # a closed or missing stream
             pass
     os._exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
 

@@ -85,7 +85,7 @@ def verify_export(spec: ModelSpec | UserModelSpec, settings: RunSettings | None 
     built, exported and run in a worker process (verify/pipeline/isolation.py) stopped after `timeout` seconds."""
     _check_argument_types(spec, settings, runtimes, cache)
     _check_export_arguments(out, export, overwrite)
-    _check_call_arguments(progress, timeout, isolate)
+    check_call_arguments(progress, timeout, isolate)
     if settings is not None:
         # the fpn view draws its FPN, which no classifier checkpoint holds, from the seed (hunt 13d)
         refuse_unused_seed(settings.seed, settings.weights, settings.input_file,
@@ -216,10 +216,10 @@ def _compare_arguments(a: object, b: object, settings: object, runtime: object) 
     return sides[0], sides[1]
 
 
-def _check_call_arguments(progress: object, timeout: object, isolate: object = True) -> None:
+def check_call_arguments(progress: object, timeout: object, isolate: object = True) -> None:
     """A TypeError/UsageError naming the argument (found by surface28: `progress="x"` failed with an AttributeError
     inside the run, and `timeout=float("nan")`, `-1` or `"5"` were taken as given; surface 29: `isolate="no"` was
-    read as True)."""
+    read as True). Every call of the API that takes them checks them here: verify_export, compare, explain."""
     from verify.bounds import require_number
 
     if not isinstance(isolate, bool):
@@ -473,7 +473,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     reference) on both sides' floors pooled over the inputs, then each side against its own oracle on its own
     pooled floors; each pair reported on its worst input."""
     a, b = _compare_arguments(a, b, settings, runtime)
-    _check_call_arguments(progress, timeout, isolate)
+    check_call_arguments(progress, timeout, isolate)
     settings, progress = settings or RunSettings(), progress or NullProgress()
     require_device(settings.runtime.device)  # before any model is built or loaded
     kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built

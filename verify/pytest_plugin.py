@@ -78,6 +78,7 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     from verify.report import write_json_report
 
     spec, failure = None, None
+    _claim_report(out, module, name)  # before any check can fail (surface 30), as the `verify` script claims its own
     try:  # a bad option is one line too, never a traceback into this package
         _check_arguments(out=out, formats=formats, runtimes=runtimes, trace=trace, dynamic=dynamic, name=name,
                          layers=layers)
@@ -101,6 +102,26 @@ def assert_exports_agree(module: Any, example: Any, *, out: Path | str, formats:
     if not report.passed:
         raise AssertionError(f"{headline(spec, report, report_path)}\n" + render_text(report))
     return report
+
+
+def _claim_report(out: Any, module: Any, name: Any) -> None:
+    """Remove an earlier run's report at the path this call writes its own to, before the call's argument checks: a
+    call that fails one of them writes no report, and an earlier passing one left there stood in for it (surface 30).
+    Only a file that reads as a report of this tool (verify/render/claim.py, the CLI's rule); nothing when `out` or
+    `name` are not what the checks take (the path is then unknown)."""
+    import contextlib
+    import os
+
+    from exporter.user_model import ModuleSpec
+    from verify.render.claim import is_earlier_report
+
+    if not isinstance(out, str | os.PathLike) or not str(out) \
+            or name is not None and not (isinstance(name, str) and name.strip()):
+        return
+    path = Path(out) / f"{ModuleSpec.of(module, None, name).slug}-report.json"
+    with contextlib.suppress(OSError, ValueError):
+        if is_earlier_report(path):
+            path.unlink()
 
 
 def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, runtimes: Sequence[str] | None,

@@ -32,6 +32,7 @@ def main() -> None:
     """The `verify` entry point: SIGTERM ends a run as cleanly as Ctrl-C (staging removed, one line); the exit
     skips the interpreter's teardown (`exit_now`)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    encodable_streams()
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored SIGINT (a background job) stays so
         signal.signal(signal.SIGINT, _on_sigint)
     try:
@@ -46,6 +47,24 @@ def main() -> None:
             raise
         exit_now(interrupt_exit(interrupt))  # not sys.exit: see verify/__main__.py `_interrupted`
     exit_now(0)
+
+
+NEVER_FAILS = ("backslashreplace", "namereplace", "replace", "xmlcharrefreplace", "ignore")
+"""The error handlers under which a stream writes any text (Python's own for stderr: backslashreplace)."""
+
+
+def encodable_streams() -> None:
+    """stdout and stderr write what their encoding cannot hold as `\\u2713`, never fail on it (surface 30: under a
+    non-UTF-8 locale, LC_ALL=C with PYTHONCOERCECLOCALE=0 or PYTHONIOENCODING=ascii, a passing `verify compare` printed
+    its table, then died on the summary's check mark: exit 2, "unexpected UnicodeEncodeError"). Python's own stderr
+    does this already; stdout is strict by default, or surrogateescape under the C locale, which fails as well."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # None where the stream is closed (`>&-`) or replaced
+        if reconfigure is not None and getattr(stream, "errors", None) not in NEVER_FAILS:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (OSError, ValueError):
+                pass
 
 
 def exit_now(code: int) -> None:
@@ -64,6 +83,6 @@ def exit_now(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a reader that went away, or a closed stream: nothing left to tell it
+        except (OSError, ValueError, AttributeError):  # a reader gone, a closed or missing stream: nothing to tell
             pass
     os._exit(code)

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import Artifact
 from exporter.errors import UsageError, VerifyError
-from verify.api import RunSettings, input_shape_for, resolve_source, settings_inputs, source_kind
+from verify.api import (
+    RunSettings,
+    check_call_arguments,
+    input_shape_for,
+    resolve_source,
+    settings_inputs,
+    source_kind,
+)
 from verify.explain.localize import CONSTANT_ROUNDING_FLOOR, CONSTANT_ROUNDING_RTOL, EQUIVALENCE_RTOL, localise
 from verify.explain.sides import load_sides
 from verify.explain.structure import StructuralDifference, structural_diff, train_mode_modules
@@ -456,6 +463,7 @@ def explain(a: str = SEED_QUESTION[0], b: str = SEED_QUESTION[1], settings: RunS
     """Explain two model specs or artifacts (default: the seed question, classifier trunk with
     BatchNorm2d vs detection body with FrozenBatchNorm2d, same weights). A side that is the user's own code
     (`file.py:factory`) makes the whole explanation run in a worker process stopped after `timeout` s."""
+    check_call_arguments(progress, timeout, isolate)  # surface 30: progress="x" failed deep inside, timeout="5" ran
     settings, progress = settings or RunSettings(), progress or NullProgress()
     kinds = source_kind(a), source_kind(b)  # both named right before either is loaded or built
     user = [str(kind) for kind in kinds if getattr(kind, "runs_user_code", False)]

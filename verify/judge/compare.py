@@ -56,7 +56,11 @@ class Tolerance:
             raise UsageError(f"Unknown tolerance mode {self.mode!r}; use one of {', '.join(MODES)}")
         for name in ("rtol", "atol", "factor"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                # the library's wrong type, named as its field (surface 30: rtol="1e-3" was a UsageError naming the
+                # CLI's --rtol); the CLI parses its options to numbers, so it never reaches this
+                raise TypeError(f"{name} must be a number, e.g. {FIELD_DEFAULTS[name]!r}, not {type(value).__name__}")
+            if not math.isfinite(value):
                 raise UsageError(f"--{name} must be a finite number, got {value!r}")
         if self.rtol < 0 or self.atol < 0:
             raise UsageError("--rtol and --atol must be >= 0")
@@ -64,6 +68,8 @@ class Tolerance:
             raise UsageError(f"--factor must be > 0, got {self.factor!r}")
         if self.mode == "decimal" or self.decimal is not None:
             low, high = DECIMAL_RANGE
+            if self.decimal is not None and not isinstance(self.decimal, int | float):
+                raise TypeError(f"decimal must be a whole number of digits, e.g. 5, not {type(self.decimal).__name__}")
             if isinstance(self.decimal, bool) or not isinstance(self.decimal, int) \
                     or not low <= self.decimal <= high:
                 raise UsageError(f"--decimal must be an integer from {low} to {high}, got {self.decimal!r}")
