@@ -170,3 +170,23 @@ def test_a_report_on_a_full_disk_says_what_to_do_and_leaves_the_earlier_file_who
         fsio.write_json(path, PASSING)
     assert "\n" not in str(info.value)
     assert path.read_text() == "earlier\n" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_weight_shapes_of_a_scripted_file_prints_no_deprecation(tmp_path):
+    """`verify compare`/`explain` on a TorchScript file printed torch's two-line `torch.jit.load is deprecated`
+    FutureWarning: the floor bound's weight_shapes loaded it unwrapped (the runtime's loader silences it)."""
+    import warnings
+
+    import torch
+
+    from exporter.formats.torchscript import TorchScriptFormat
+
+    path = tmp_path / "m.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shapes = TorchScriptFormat().weight_shapes(path)
+    assert sorted(shapes) == [(2,), (2, 3)]
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []

@@ -62,7 +62,9 @@ class TorchScriptFormat(Format):
         no terms of any accumulation, and counted it would lift the floor bound (hunt 9b; ONNX's twin: hunt 8b)."""
         import torch
 
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch's deprecation of torch.jit.load, two lines on every compare/explain
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
         read = read_parameter_names(module)
         shapes = {}  # a weight shared by two modules is one weight, read under either name
         for name, p in module.named_parameters(remove_duplicate=False):
