@@ -4,6 +4,7 @@ code of any export failure and leaves nothing behind, and an interrupted or kill
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -55,6 +56,24 @@ def export_with(mode: str, out: Path, traces: list[str], cache=None):
                              runtimes=RUNTIMES, cache=cache)
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """One torch thread here and in the processes started (OMP_NUM_THREADS), as in the suite's xdist workers: on n > 1
+    threads the overlapped parent runs on n - 1 while its child lives, and float32 rounds by the thread count (README
+    "Speed"), so run alone (`pytest tests/test_export_overlap.py`, two threads) the serial export's goldens and
+    figures differed from the overlapped one's in their last digits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def serial_and_overlapped(module_tmp):
     """mode -> (report, folder, traces made in this process): the same export made serially (no cache) and with
@@ -63,10 +82,11 @@ def serial_and_overlapped(module_tmp):
     from verify.cache import Cache
 
     found = {"cache": Cache(module_tmp("cache"))}
-    for mode in ("off", "on"):
-        out, traces = module_tmp(mode), []
-        found[mode] = (export_with(mode, out, traces, found["cache"] if mode == "on" else None), out / SPEC.slug,
-                       traces)
+    with one_torch_thread():
+        for mode in ("off", "on"):
+            out, traces = module_tmp(mode), []
+            found[mode] = (export_with(mode, out, traces, found["cache"] if mode == "on" else None), out / SPEC.slug,
+                           traces)
     return found
 
 
@@ -254,7 +274,8 @@ def test_a_background_export_is_stored_in_the_cache_and_a_hit_leaves_the_child_t
 
     monkeypatch.setattr(overlap.BackgroundExport, "send", recorded_send)
     monkeypatch.setattr(overlap.BackgroundExport, "cancel", recorded_cancel)
-    second = export_with("on", tmp_path / "b", [], cache)
+    with one_torch_thread():
+        second = export_with("on", tmp_path / "b", [], cache)
     assert second.passed and figures(second) == figures(first) and jobs == [("pt2",)]
     assert stopped and stopped[0] is not None  # the child was stopped once done, not left to the end of the process
     assert digest(first_folder / "model.onnx") == digest(tmp_path / "b" / SPEC.slug / "model.onnx")
