@@ -123,9 +123,13 @@ def unknown_model(name: str, backbones: Iterable[str]) -> UsageError:
     """The one-line refusal of `-b name`, neither one of `backbones` nor a registered detector, naming the detectors
     too: a torchvision detector not registered says why; a detector-like name gets every detector, any other every
     backbone and the detectors' families (`verify export --help` lists both in full)."""
-    detectors = ", ".join(DETECTORS.names())
-    if name in NOT_JUDGED:
-        return UsageError(f"{name}: {NOT_JUDGED[name]}; choose one of the whole detectors: {detectors}")
+    detectors, backbones = ", ".join(DETECTORS.names()), list(backbones)
+    meant = "".join(name.split()).lower()  # review 31: `FCOS_resnet50_fpn` or ` resnet18` named no near match
+    if meant != name and (meant in DETECTORS or meant in backbones):
+        return UsageError(f"Unknown {'detector' if meant in DETECTORS else 'backbone'} {name!r}; did you mean "
+                          f"{meant!r}? (names are lower case, without spaces)")
+    if meant in NOT_JUDGED:
+        return UsageError(f"{meant}: {NOT_JUDGED[meant]}; choose one of the whole detectors: {detectors}")
     if any(word in name.lower() for word in DETECTOR_WORDS):
         return UsageError(f"Unknown detector {name!r}; choose one of: {detectors}")
     families = ", ".join(dict.fromkeys(f"{d.partition('_')[0]}_*" for d in DETECTORS.names()))

@@ -12,6 +12,7 @@ In every mode a NaN or Inf fails, even where numpy would accept matching NaNs.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -56,10 +57,13 @@ class Tolerance:
             raise UsageError(f"Unknown tolerance mode {self.mode!r}; use one of {', '.join(MODES)}")
         for name in ("rtol", "atol", "factor"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 # the library's wrong type, named as its field (surface 30: rtol="1e-3" was a UsageError naming the
                 # CLI's --rtol); the CLI parses its options to numbers, so it never reaches this
                 raise TypeError(f"{name} must be a number, e.g. {FIELD_DEFAULTS[name]!r}, not {type(value).__name__}")
+            # a numpy scalar (rtol=np.float32(1e-3)) is a number too (review 31: "must be a number ... not float32")
+            if type(value) not in (int, float):
+                object.__setattr__(self, name, value := float(value))
             if not math.isfinite(value):
                 raise UsageError(f"--{name} must be a finite number, got {value!r}")
         if self.rtol < 0 or self.atol < 0:
@@ -68,6 +72,8 @@ class Tolerance:
             raise UsageError(f"--factor must be > 0, got {self.factor!r}")
         if self.mode == "decimal" or self.decimal is not None:
             low, high = DECIMAL_RANGE
+            if isinstance(self.decimal, numbers.Integral) and type(self.decimal) not in (bool, int):
+                object.__setattr__(self, "decimal", int(self.decimal))  # np.int64(5): a whole number (review 31)
             if self.decimal is not None and not isinstance(self.decimal, int | float):
                 raise TypeError(f"decimal must be a whole number of digits, e.g. 5, not {type(self.decimal).__name__}")
             if isinstance(self.decimal, bool) or not isinstance(self.decimal, int) \

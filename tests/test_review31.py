@@ -1,0 +1,75 @@
+"""Review 31 (stop 43's detectors and surface 30, attacked): a `-b` name off by its case or a space names the one it
+meant (a NOT_JUDGED detector says why whatever its case), and `Tolerance` takes numpy's scalars as the numbers they
+are (surface 30's TypeError said "rtol must be a number ... not float32")."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from exporter.backbones import BACKBONES
+from exporter.errors import UsageError
+from exporter.families.detectors import DETECTOR_WORDS, DETECTORS, NOT_JUDGED, unknown_model
+from exporter.messages import MAX_MESSAGE
+from tests.helpers import invoke
+from verify.judge.compare import FIELD_DEFAULTS, Tolerance
+from verify.matrix.detectors import split_detectors
+
+
+def _variants() -> list[tuple[str, str]]:
+    """(what a user typed, the registered name meant): upper case, a stray space, a space inside."""
+    detector, backbone = DETECTORS.names()[-1], BACKBONES.names()[0]
+    return [(detector.upper(), detector), (f" {detector}", detector), (f"{backbone} ", backbone),
+            (f"{backbone[:3]} {backbone[3:]}", backbone), (backbone.title(), backbone)]
+
+
+@pytest.mark.parametrize("typed, meant", _variants())
+def test_a_name_off_by_case_or_space_names_the_one_meant(typed, meant):
+    """Before: `-b FCOS_resnet50_fpn` was "Unknown detector ...; choose one of: <every detector>", no word of the
+    case; ` resnet18` listed every backbone."""
+    said = str(unknown_model(typed, BACKBONES.names()))
+    assert f"did you mean {meant!r}?" in said, said
+    with pytest.raises(UsageError, match=f"did you mean {meant!r}"):  # the matrix's -b says the same
+        split_detectors([typed])
+
+
+def test_the_cli_names_the_detector_meant_in_one_line():
+    detector = DETECTORS.names()[-1]
+    result = invoke("export", "-b", detector.upper())
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and f"did you mean {detector!r}?" in result.output
+
+
+@pytest.mark.parametrize("name", sorted(NOT_JUDGED))
+def test_a_detector_not_judged_says_why_whatever_its_case(name):
+    """Before: `-b Maskrcnn_resnet50_fpn` was "Unknown detector", the reason (masks not judged) left out."""
+    said = str(unknown_model(name.capitalize(), BACKBONES.names()))
+    assert NOT_JUDGED[name] in said and all(detector in said for detector in DETECTORS.names()), said
+
+
+def test_every_refusal_path_fits_the_one_line_limit():
+    """Each path of `unknown_model` with the registries in full fits MAX_MESSAGE, so the CLI never cuts a list."""
+    names = [*NOT_JUDGED, f"{DETECTOR_WORDS[0]}_unknown", "unknown", *(typed for typed, _ in _variants())]
+    for name in names:
+        said = str(unknown_model(name, BACKBONES.names()))
+        assert len(said) <= MAX_MESSAGE and "\n" not in said, (name, len(said))
+
+
+@pytest.mark.parametrize("field, value", [("rtol", np.float32(1e-3)), ("atol", np.float32(1e-6)),
+                                          ("factor", np.float32(4.0)), ("rtol", np.float64(1e-3))])
+def test_tolerance_takes_a_numpy_float(field, value):
+    """Before: `Tolerance.from_options(rtol=np.float32(1e-3))` raised "rtol must be a number ... not float32"."""
+    tolerance = Tolerance.from_options(**{field: value})
+    assert type(getattr(tolerance, field)) is float and getattr(tolerance, field) == float(value)
+    assert json.loads(json.dumps(tolerance.to_dict()))[field] == float(value)
+
+
+def test_tolerance_takes_a_numpy_integer_decimal_and_still_refuses_a_string():
+    """Before: `Tolerance.from_options(decimal=np.int64(5))` raised "decimal must be a whole number ... not int64"."""
+    tolerance = Tolerance.from_options(decimal=np.int64(5))
+    assert type(tolerance.decimal) is int and tolerance.decimal == 5
+    for field in FIELD_DEFAULTS:
+        with pytest.raises(TypeError, match=f"^{field} must be"):
+            Tolerance.from_options(**{field: "5"})
