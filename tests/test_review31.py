@@ -73,3 +73,34 @@ def test_tolerance_takes_a_numpy_integer_decimal_and_still_refuses_a_string():
     for field in FIELD_DEFAULTS:
         with pytest.raises(TypeError, match=f"^{field} must be"):
             Tolerance.from_options(**{field: "5"})
+
+
+def _without_frozen() -> list[str]:
+    return [name for name in DETECTORS.names() if "frozen" not in DETECTORS.get(name).norms]
+
+
+@pytest.mark.parametrize("name", _without_frozen())
+def test_a_typed_norm_a_detector_lacks_is_refused(name, tmp_path):
+    """Before: `-b retinanet_resnet50_fpn_v2 --norm frozen` (a norm it has not) built, exported and judged its
+    BatchNorm2d build and exited 0: a typed `--norm frozen` read as the default, which falls back to the detector's
+    own. Now one line, exit 2, before anything is built."""
+    result = invoke("export", "-b", name, "--norm", "frozen", "--out", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "has no norm 'frozen'" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_no_norm_given_is_the_detectors_own_default(monkeypatch, tmp_path):
+    """Not typed, `--norm` leaves the choice to the detector (resolve_norm(name, None): its default_norm); typed,
+    it reaches the detector export as given."""
+    from verify.cli import detector as cli_detector
+
+    seen = []
+    monkeypatch.setattr(cli_detector, "export_detector", lambda name, norm, *args, **kwargs: seen.append(norm))
+    name = _without_frozen()[0]
+    invoke("export", "-b", name, "--out", tmp_path)
+    invoke("export", "-b", name, "--norm", DETECTORS.get(name).norms[0], "--out", tmp_path)
+    assert seen == [None, DETECTORS.get(name).norms[0]]
+    assert cli_detector.resolve_norm(name, None) == DETECTORS.get(name).default_norm
+    with pytest.raises(UsageError, match="has no norm 'frozen'"):
+        cli_detector.resolve_norm(name, "frozen")

@@ -50,6 +50,7 @@ def _finish(report: Any, reports: ReportPaths, verbose: bool) -> None:
 @handle_errors
 @with_option_groups
 def export(
+    ctx: typer.Context,
     backbone: opt.Backbone = "resnet50",
     norm: opt.Norm = "frozen",
     view: opt.View = "body",
@@ -96,10 +97,10 @@ def export(
         refuse_unsupported([flag for flag, value in own.items() if value is not None] + list(given_options))
         shape = "x".join(map(str, settings.shape)) if settings.shape else None
         factor = settings.tolerance.factor if "--factor" in given_options else None
-        export_detector(backbone, norm, settings.weights, settings.seed, shape, settings.input_file,
-                        list(formats.formats) or None, out, factor, reports.json, overwrite, junit=reports.junit,
-                        markdown=reports.markdown, html=html, dynamic=not formats.static, sign_key=sign_key,
-                        layers=settings.layers)
+        export_detector(backbone, norm if typed(ctx, "norm") else None, settings.weights, settings.seed, shape,
+                        settings.input_file, list(formats.formats) or None, out, factor, reports.json, overwrite,
+                        junit=reports.junit, markdown=reports.markdown, html=html, dynamic=not formats.static,
+                        sign_key=sign_key, layers=settings.layers)
     if model is None:  # a registered backbone runs in this process: no worker for --timeout to stop
         refuse_unused_timeout(timeout, [])
     # a whole detector refuses these itself, naming the option (verify/cli/detector.py)
@@ -454,3 +455,12 @@ def list_command() -> None:
         entry = get_format(name)
         out_console.print(f"  {name:12s} {entry.filename or '(in memory)'}; {', '.join(runtimes_for(name))}"
                           + (f"; {entry.executes}" if entry.executes else ""), highlight=False, soft_wrap=True)
+
+
+def typed(ctx: typer.Context, parameter: str) -> bool:
+    """Whether the command's `parameter` was given on the command line (or by its environment variable), not left to
+    its default: `--norm frozen` typed for a detector without a frozen norm must be refused, never quietly taken as
+    that detector's own default (review 31: `-b retinanet_resnet50_fpn_v2 --norm frozen` exported and judged its
+    BatchNorm2d build, exit 0). Read by name: typer vendors its own click, whose ParameterSource is another class."""
+    source = ctx.get_parameter_source(parameter)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")

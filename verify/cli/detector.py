@@ -36,15 +36,17 @@ def refuse_unsupported(given: list[str]) -> None:
                          f"{', '.join(SUPPORTED_OPTIONS)}); drop it")
 
 
-def resolve_norm(name: str, norm: str) -> str:
+def resolve_norm(name: str, norm: str | None) -> str:
+    """The norm `name` is built with: `norm` as given (refused in one line when the detector has none of that name),
+    or None (not given): the detector's own default (`frozen` where it has one, else what its builder makes)."""
     from exporter.families.detectors import DETECTORS
 
     detector = DETECTORS.get(name)
-    if norm in detector.norms:
-        return norm
-    if norm != "frozen":  # an explicit norm the detector does not have; the default falls back
+    if norm is None:
+        return detector.default_norm
+    if norm not in detector.norms:
         raise UsageError(f"{name} has no norm {norm!r}; choose one of: {', '.join(detector.norms)}")
-    return detector.default_norm
+    return norm
 
 
 def _formats(formats: list[str] | None) -> tuple[str, ...]:
@@ -87,7 +89,7 @@ def _check_paths(folder: Path, overwrite: bool, reports: dict[str, Path | None],
         require_export_folder(folder)
 
 
-def export_detector(name: str, norm: str, weights: str, seed: int, shape: str | None, input_path: Path | None,
+def export_detector(name: str, norm: str | None, weights: str, seed: int, shape: str | None, input_path: Path | None,
                     formats: list[str] | None, out: Path, factor: float | None, json_path: Path | None = None,
                     overwrite: bool = False, junit: Path | None = None, markdown: Path | None = None,
                     html: Path | None = None, dynamic: bool = True, sign_key: Path | None = None,
