@@ -75,11 +75,14 @@ class ModelSpec:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """Parse `1x3x224x224` (or commas) into an NCHW shape."""
+    """Parse `1x3x224x224` (or commas, or spaces inside one quoted value) into an NCHW shape."""
     try:
-        shape = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
+        shape = tuple(int(p) for p in "x".join(text.lower().replace(",", "x").split()).split("x"))
     except ValueError:
         raise UsageError(f"Bad shape {text!r}; expected NxCxHxW, e.g. 1x3x224x224") from None
+    if len(shape) == 1:  # `--shape 1 3 224 224`: the shell gave the option its first word only (surface 30)
+        raise UsageError(f"Bad shape {text!r}: give all four sizes as one value joined by x, e.g. --shape "
+                         "1x3x224x224 (not four words)")
     if len(shape) != 4 or min(shape) < 1:
         raise UsageError(f"Bad shape {text!r}; expected four positive sizes NxCxHxW, e.g. 1x3x224x224")
     check_input_size(shape, f"Shape {text!r}")

@@ -190,3 +190,19 @@ def test_weight_shapes_of_a_scripted_file_prints_no_deprecation(tmp_path):
         shapes = TorchScriptFormat().weight_shapes(path)
     assert sorted(shapes) == [(2,), (2, 3)]
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+
+
+def test_a_shape_given_as_four_words_says_to_join_them():
+    """`verify export --shape 1 3 32 32` (the bench scripts' argparse form) said "Bad shape '1'; expected four
+    positive sizes": the shell gave --shape its first word only. Now the message says to join them; one quoted value
+    with spaces is read as the four sizes."""
+    from exporter.spec import parse_shape
+    from tests.helpers import invoke
+
+    result = invoke("export", "-b", "resnet18", "--shape", "1", "3", "32", "32")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "joined by x" in result.output
+    assert parse_shape("1 3 32 32") == parse_shape("1x3x32x32") == (1, 3, 32, 32)
+    for bad in ("1xx3x3x3", "1 x 3 x 3 x 3"):  # still refused: spaces only separate whole sizes
+        with pytest.raises(UsageError, match="Bad shape"):
+            parse_shape(bad)
