@@ -206,3 +206,22 @@ def test_a_shape_given_as_four_words_says_to_join_them():
     for bad in ("1xx3x3x3", "1 x 3 x 3 x 3"):  # still refused: spaces only separate whole sizes
         with pytest.raises(UsageError, match="Bad shape"):
             parse_shape(bad)
+
+
+def test_an_argument_the_locale_cannot_decode_is_refused_first(tmp_path):
+    """Under LC_ALL=C with PYTHONUTF8=0 (file names are ASCII), `--out 'art ü'` ran the eager runs, then failed in
+    torch.jit.load ("incompatible function arguments"; the ONNX file was "not a readable ONNX model"): torch and onnx
+    take paths as UTF-8 text. Now one line and exit 2 before anything runs, and nothing is created."""
+    import subprocess
+    import sys
+
+    from verify.cli.app import undecodable_argument
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    out = tmp_path.as_posix().encode() + b"/art \xc3\xbc"
+    done = subprocess.run([sys.executable, "-m", "verify", "export", "-b", "resnet18", "--out", out],
+                          env=env, capture_output=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.decode(errors="replace").strip().splitlines()
+    assert len(lines) == 1 and "UTF-8 locale" in lines[0] and list(tmp_path.iterdir()) == []
+    assert undecodable_argument(["a", "b\udcc3"]) is not None and undecodable_argument(["ü", "-b"]) is None

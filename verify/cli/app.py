@@ -33,6 +33,10 @@ def main() -> None:
     skips the interpreter's teardown (`exit_now`)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     encodable_streams()
+    undecodable = undecodable_argument(sys.argv[1:])
+    if undecodable is not None:
+        sys.stderr.write(f"error: {undecodable}\n")
+        exit_now(2)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored SIGINT (a background job) stays so
         signal.signal(signal.SIGINT, _on_sigint)
     try:
@@ -65,6 +69,23 @@ def encodable_streams() -> None:
                 reconfigure(errors="backslashreplace")
             except (OSError, ValueError):
                 pass
+
+
+def undecodable_argument(arguments: list[str]) -> str | None:
+    """The one-line refusal of an argument holding bytes the locale's encoding cannot decode (Python keeps them as lone
+    surrogates), or None. torch, onnx and ONNX Runtime take paths as UTF-8 text and refuse such a string deep in the
+    run (surface 30: `--out 'art ü'` under LC_ALL=C with PYTHONUTF8=0 failed after the eager runs, "torch.jit.load:
+    incompatible function arguments", and the ONNX file was "not a readable ONNX model")."""
+    import os
+
+    for argument in arguments:
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            return (f"the argument {os.fsencode(argument)!r} is not text in this locale's encoding "
+                    f"({sys.getfilesystemencoding()}), and torch and onnx cannot open such a path: run under a "
+                    "UTF-8 locale (e.g. LC_ALL=C.UTF-8) or use an ASCII name")
+    return None
 
 
 def exit_now(code: int) -> None:
