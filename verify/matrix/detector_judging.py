@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from verify.detect.match import Detections, Rules, compare_detections, measure_detection_floor
 from verify.detect.verdict import AFTER_NMS_ONLY, EAGER, ORACLE, RUNTIMES, size_scales
+from verify.matrix.dense_binding import floor_disagreements, level_problems
 from verify.matrix.judging import JUDGED, judge_cell, judge_pair
 from verify.matrix.proposal_judging import Malformed, detections_of, judge_proposals, registered_detector
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult
@@ -134,7 +135,7 @@ def _before_nms(stored: Any, tolerance: Tolerance, labels: list[str], detector: 
                 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Each stored dense pair judged again; they must be each ONNX run against the oracle and against eager, each
     over the same tensors, which hold every head of the detector and its anchors (as a folder's manifest must)."""
-    from exporter.families.detectors import DETECTORS, missing_dense_modules
+    from exporter.families.detectors import ANCHOR_MODULES, DETECTORS, missing_dense_modules, per_proposal_modules
     from verify.detect.nms_inputs import BOXES, SCORES
 
     if not isinstance(stored, list) or not all(isinstance(p, Mapping) for p in stored):
@@ -162,6 +163,10 @@ def _before_nms(stored: Any, tolerance: Tolerance, labels: list[str], detector: 
     if lost:  # hunt 20a's decoded candidates cut out of every pair alike: the decoding judged after NMS only again
         reasons.append(f"the before-NMS pairs leave out {lost[0]}, the final NMS's inputs of {detector}, which every "
                        "cell judges (edited numbers); rerun the cell")
+    if judged and not missing and len(names) == 1:  # FCOS's centerness level cut out, or its floor raised in one pair
+        reasons += floor_disagreements(stored, per_proposal_modules(kind))
+        shapes = {str(o.get("name")): o.get("shape_b") for o in stored[0]["outputs"] if isinstance(o, Mapping)}
+        reasons += level_problems(shapes, kind, ANCHOR_MODULES[kind])
     return judged, reasons
 
 

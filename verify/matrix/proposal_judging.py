@@ -70,7 +70,8 @@ def registered_detector(name: str) -> BuiltDetector:
 
     detector = DETECTORS.get(name)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = getattr(detection, name)(weights=None, weights_backbone=None, **detector.options).eval()
+        model = getattr(detection, detector.builder or name)(weights=None, weights_backbone=None,
+                                                             **detector.options).eval()
     return BuiltDetector(model, detector, detector.default_norm, "")
 
 

@@ -1,0 +1,100 @@
+"""What binds a detector cell's stored before-NMS pairs to each other and to the detector's anchors: both pairs of an
+ONNX run are judged on one floor per dense tensor (verify/detect/verdict.py passes the same `floors` to both), and the
+heads' levels tile the anchors. Without these, a failing level's floor raised in the one pair it failed in, or that
+level cut out of every pair (FCOS's `bbox_ctrness#2`, say), merged to exit 0: the head module was still there."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from verify.matrix.proposal_judging import Malformed
+
+SLACK = 1e-6
+"""How far two stored figures one computation links may drift through JSON (judging.RELATIVE_SLACK)."""
+REGRESSION = {"fasterrcnn": "rpn.head.bbox_pred", "retinanet": "head.regression_head.bbox_reg",
+              "fcos": "head.regression_head.bbox_reg", "ssd": "head.regression_head.module_list."}
+"""Each kind's box regression: N x 4A x H x W a level (A anchors a location), so its levels cover the anchors once."""
+PER_LEVEL = {"fasterrcnn": ("rpn.head.cls_logits",), "retinanet": ("head.classification_head.cls_logits",),
+             "fcos": ("head.classification_head.cls_logits", "head.regression_head.bbox_ctrness"),
+             "ssd": ("head.classification_head.module_list.",)}
+"""The other heads, one tensor a level at the regression's levels and sizes (SSDlite: a module a level)."""
+
+
+def floor_disagreements(pairs: Sequence[Mapping[str, Any]], per_proposal: Sequence[str]) -> list[str]:
+    """Each dense tensor's floor and shape as every stored pair holds them: the pairs of a cell share them (its
+    per-proposal tensors, paired by proposal in each pair, aside; the final NMS's candidates, paired by box in each
+    pair, share their floor only)."""
+    from verify.detect.nms_inputs import BOXES, SCORES
+
+    seen: dict[str, tuple[float, Any, str]] = {}
+    for pair in pairs:
+        for output in pair.get("outputs") or []:
+            if not isinstance(output, Mapping):
+                continue
+            name = str(output.get("name"))
+            if name.partition("#")[0] in per_proposal:
+                continue
+            floor, shape = output.get("floor"), output.get("shape_b")
+            shape = None if name.partition("@")[0] in (BOXES, SCORES) else shape
+            if not isinstance(floor, (int, float)) or isinstance(floor, bool) or not math.isfinite(floor):
+                continue  # judging.judge_output refuses it
+            where = f"{pair.get('a')} vs {pair.get('b')}"
+            if name not in seen:
+                seen[name] = (float(floor), shape, where)
+                continue
+            first, first_shape, first_where = seen[name]
+            if abs(first - floor) > SLACK * max(abs(first), abs(floor)) or shape != first_shape:
+                return [f"the before-NMS pairs judge {name} on two floors or shapes ({first:.3g} {first_shape} in "
+                        f"{first_where}, {floor:.3g} {shape} in {where}; one eager floor judges both: edited numbers); "
+                        "rerun the cell"]
+    return []
+
+
+def level_problems(shapes: Mapping[str, Any], kind: str, anchors: str) -> list[str]:
+    """`shapes` (dense tensor name -> N x C x H x W, `module#call` or `module#call@HxW`): the regression's levels
+    hold exactly the anchors' rows (a level cut out leaves anchors no tensor judged), and every other head has a
+    tensor at each of its levels, of its N, H and W."""
+    if kind not in REGRESSION:
+        return []
+    groups: dict[str, dict[str, Any]] = {}
+    for name, shape in shapes.items():
+        base, _, size = name.partition("@")
+        groups.setdefault(size, {})[base] = shape
+    for size, group in sorted(groups.items()):
+        where = f" at {size}" if size else ""
+        rows = sum(_dims(shape)[0] for name, shape in group.items() if name.partition("#")[0] == anchors)
+        levels = _levels(group, REGRESSION[kind], kind)
+        covered = sum(math.prod(dims) // 4 for dims in levels.values())
+        if covered != rows:
+            return [f"the before-NMS pairs' box regression levels{where} cover {covered} anchors, the anchors "
+                    f"tensor has {rows} (a level left out, or a shape edited); rerun the cell"]
+        own = {level: (dims[0], *dims[2:]) for level, dims in levels.items()}
+        for head in PER_LEVEL[kind]:
+            other = {level: (dims[0], *dims[2:]) for level, dims in _levels(group, head, kind).items()}
+            if other != own:
+                lost = sorted(set(own) - set(other)) or sorted(set(other) ^ set(own)) or sorted(own)
+                return [f"the before-NMS pairs hold {head.rstrip('.')}{where} at other levels than the box "
+                        f"regression (level {lost[0]}: a level left out, or a shape edited); rerun the cell"]
+    return []
+
+
+def _levels(group: Mapping[str, Any], module: str, kind: str) -> dict[str, list[int]]:
+    """The tensors of `module` (SSDlite: of each `module_list.<level>.1`) by level: the call for the others."""
+    found = {}
+    for name, shape in group.items():
+        base, _, call = name.partition("#")
+        if kind == "ssd":
+            if base.startswith(module) and base.endswith(".1"):
+                found[base.removeprefix(module).removesuffix(".1")] = _dims(shape)
+        elif base == module:
+            found[call] = _dims(shape)
+    return found
+
+
+def _dims(shape: Any) -> list[int]:
+    if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                          for n in shape):
+        raise Malformed(f"a dense tensor's shape {shape!r}")
+    return shape
