@@ -388,6 +388,7 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
                              "float NCHW tensor, e.g. torch.randn(1, 3, 224, 224)")
         example = example.detach().to("cpu", torch.float32)
     _refuse_compiled(module, spec)
+    _refuse_detector(module, spec)
     module.eval()
     own_shape = tuple(example.shape) if example is not None else None
     run_shape = tuple(shape) if shape else own_shape or DEFAULT_SHAPE
@@ -443,6 +444,31 @@ def _refuse_compiled(module: nn.Module, spec: UserModelSpec) -> None:
                    "m.compile(): return it without that call")
             raise UsageError(f"{spec}: {where} is compiled by {how}; every export traces the module itself, not what "
                              "torch.compile makes of it: compile where you run it")
+
+
+DETECTOR_CLASSES = {"GeneralizedRCNN": "fasterrcnn", "RetinaNet": "retinanet", "FCOS": "fcos", "SSD": "ssd"}
+"""torchvision's detector classes (torchvision.models.detection) -> the registered kind that verifies them whole."""
+
+
+def _refuse_detector(module: nn.Module, spec: UserModelSpec) -> None:
+    """A torchvision detector is verified whole (`-b <detector> --weights`: both levels, NMS judged by matching), never
+    as a --model, whose outputs must be tensors (it was "output 'output0' is a dict; every output must be a tensor").
+    Read from its classes' names and modules, so nothing is imported to ask (FasterRCNN is a GeneralizedRCNN)."""
+    kind = next((DETECTOR_CLASSES[klass.__name__] for klass in type(module).__mro__ if klass.__name__ in
+                 DETECTOR_CLASSES and klass.__module__.startswith("torchvision.models.detection.")), None)
+    if kind is None:
+        return
+    from exporter.families.detectors import DETECTORS, NOT_JUDGED
+
+    names = [name for name in DETECTORS.names() if DETECTORS.get(name).kind == kind]
+    what = type(module).__name__
+    unjudged = next((why for name, why in NOT_JUDGED.items() if name.startswith(what.lower())), None)
+    if unjudged:  # Mask R-CNN, Keypoint R-CNN: a Faster R-CNN with another head
+        raise UsageError(f"{spec} returns a torchvision {what}, which is not verified yet ({unjudged}); the whole "
+                         f"detectors verified are: {', '.join(DETECTORS.names())}")
+    raise UsageError(f"{spec} returns a torchvision {what} detector; verify it as a whole detector: save its "
+                     "weights (torch.save(model.state_dict(), 'det.pt')) and run verify export -b NAME --weights "
+                     f"det.pt, NAME the registered {what} it was built as, one of: {', '.join(names)}")
 
 
 def _compiled_frames() -> int:

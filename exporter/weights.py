@@ -226,7 +226,7 @@ def load_weights_file(path: Path) -> Weights:
         try:
             with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error says enough
                 warnings.simplefilter("ignore")
-                raw = torch.load(path, map_location="cpu", weights_only=True)
+                raw = load_tensors(path)
         except Exception as exc:  # torch raises many types for a bad or unsafe file
             raise UsageError(f"Cannot read weights file {path}: it {_checkpoint_problem(exc)}") from None
     raw = model_state(raw, path)
@@ -241,6 +241,19 @@ def load_weights_file(path: Path) -> Weights:
         raise UsageError(f"Weights file {path} does not hold a state dict of tensors ({detail})")
     require_plain_numbers(raw, f"Weights file {path}")
     return Weights(f"file:{path.name}", *split_checkpoint(without_wrapper_prefix(raw), f"Weights file {path}"))
+
+
+def load_tensors(path: Path) -> object:
+    """`torch.load(weights_only=True)`, which also takes the training script's `argparse.Namespace` that torchvision's
+    reference scripts save beside the model ({"model", "optimizer", "lr_scheduler", "args", "epoch"}): it was refused
+    as code ("it needs argparse.Namespace"), though unpickling one only sets attributes, themselves held to the same
+    rules."""
+    import argparse
+
+    import torch
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def weights_in_folder(path: Path) -> str:

@@ -169,6 +169,11 @@ class BuiltDetector:
         return self.detector.name
 
     @property
+    def classes(self) -> int:
+        """Its class count (torchvision's num_classes): the builder's 91, or a fine-tuned checkpoint's."""
+        return detector_classes(self.model, self.detector.kind)
+
+    @property
     def score_thresh(self) -> float:
         return float(_postprocess_attr(self.model, "score_thresh"))
 
@@ -233,7 +238,8 @@ def missing_dense_modules(names: Iterable[str], kind: str) -> list[str]:
 
 def build_detector(name: str, norm: str | None = None, weights: str = "synthetic", seed: int = 0) -> BuiltDetector:
     """The detector in eval mode with `norm` (None: `frozen` where torchvision builds it) and `weights`
-    (`synthetic`, seeded and calibrated; or a local COCO checkpoint file of this detector)."""
+    (`synthetic`, seeded and calibrated; or a local checkpoint file of this detector, COCO's or fine-tuned: built with
+    the class count its classification head was trained with, `checkpoint_classes`)."""
     import torch
     import torchvision.models.detection as detection
 
@@ -242,15 +248,20 @@ def build_detector(name: str, norm: str | None = None, weights: str = "synthetic
     if norm not in detector.norms:
         raise UsageError(f"{name} has no norm variant {norm!r} (torchvision never builds it); "
                          f"choose one of: {', '.join(detector.norms)}")
+    state = None if weights == "synthetic" else _checkpoint_state(Path(weights), name)
+    builder = getattr(detection, detector.builder or name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = getattr(detection, detector.builder or name)(weights=None, weights_backbone=None,
-                                                             **detector.options).eval()
-        if weights == "synthetic":
+        model = builder(weights=None, weights_backbone=None, **detector.options).eval()
+        if state is None:
             _synthetic(model, detector, seed)
             source = f"synthetic:{seed}"
         else:
-            source = _load_checkpoint(model, Path(weights), name)
+            classes = checkpoint_classes(model, detector, state, Path(weights))
+            if classes != detector_classes(model, detector.kind):  # a fine-tuned head: built as it was trained
+                torch.manual_seed(seed)
+                model = builder(weights=None, weights_backbone=None, num_classes=classes, **detector.options).eval()
+            source = _load_checkpoint(model, state, Path(weights), name)
     if norm != "batch":
         freeze_body_norms(model, eps=0.0 if norm == "frozen-eps0" else 1e-5)
     return BuiltDetector(model.eval(), detector, norm, source)
@@ -275,15 +286,53 @@ def freeze_body_norms(model: nn.Module, eps: float) -> int:
     return swapped
 
 
-def _load_checkpoint(model: nn.Module, path: Path, name: str) -> str:
-    """A COCO checkpoint of this detector (`torch.save(model.state_dict())`, or .safetensors)."""
+CLASS_KEYS = {"fasterrcnn": "roi_heads.box_predictor.cls_score.weight",
+              "retinanet": "head.classification_head.cls_logits.weight",
+              "fcos": "head.classification_head.cls_logits.weight",
+              "ssd": "head.classification_head.module_list.0.1.weight"}
+"""Each kind's classification layer whose output rows are its anchors per location times its classes (Faster R-CNN's
+box predictor: one row a class): a fine-tuned checkpoint's class count is read from its rows."""
+
+
+def detector_classes(model: nn.Module, kind: str) -> int:
+    """The class count `model` is built with (torchvision's num_classes, background included where it has one)."""
+    if kind == "fasterrcnn":
+        return int(model.roi_heads.box_predictor.cls_score.out_features)
+    head = model.head.classification_head
+    return int(head.num_columns if kind == "ssd" else head.num_classes)
+
+
+def checkpoint_classes(model: nn.Module, detector: Detector, state: dict[str, torch.Tensor], path: Path) -> int:
+    """The class count `state` (a checkpoint of `detector`) was trained with, from its classification layer's rows
+    over `model`'s anchors per location; `model`'s own where they do not divide (the fit check then names the key)."""
+    own = detector_classes(model, detector.kind)
+    key = CLASS_KEYS[detector.kind]
+    if key not in state or state[key].dim() < 1 or key not in model.state_dict():
+        return own
+    anchors, rest = divmod(model.state_dict()[key].shape[0], own)
+    classes, left = divmod(int(state[key].shape[0]), anchors)
+    if rest or left or classes < 1:
+        return own
+    if classes < 2 and detector.kind in ("fasterrcnn", "ssd"):  # softmax over classes with background at 0
+        raise UsageError(f"Weights file {path} is a {detector.name} with 1 class, its background only: it detects "
+                         "nothing; pass a checkpoint trained with num_classes of 2 or more")
+    return classes
+
+
+def _checkpoint_state(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """A checkpoint of this detector (`torch.save(model.state_dict())`, a training checkpoint holding it, or
+    .safetensors), its keys without a wrapper's prefix."""
     from exporter.weights import WEIGHT_FILE_SUFFIXES, without_wrapper_prefix
 
     if not path.is_file():
         raise UsageError(f"Weights file {path} does not exist; pass --weights synthetic or a {name} "
                          f"checkpoint ({'/'.join(WEIGHT_FILE_SUFFIXES)})")
     state = _read_state_dict(path)
-    state = without_wrapper_prefix({k.removeprefix("module."): v for k, v in state.items()})  # Lightning's `model.`
+    return without_wrapper_prefix({k.removeprefix("module."): v for k, v in state.items()})  # Lightning's `model.`
+
+
+def _load_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> str:
+    """`state` into `model`, every key of one shape (the class count is the builder's already)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
@@ -306,7 +355,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
     import torch
 
-    from exporter.weights import model_state, require_unexpanded_archive
+    from exporter.weights import load_tensors, model_state, require_unexpanded_archive
 
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -321,7 +370,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = load_tensors(path)
     except Exception as exc:  # torch raises many types for a bad or unsafe file
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"Cannot read weights file {path} as a state dict of tensors ({first})") from None

@@ -68,6 +68,11 @@ class DetectorReport:
     """As a backbone report's: {"run": "asked" | "default", "judged": [files], "not_judged": [files]}; None: not run."""
     notes: list[str] = field(default_factory=list)
     """What was not judged and is no failure (the layer verdict run by default on a file it could not judge)."""
+    classes: int | None = None
+    """The class count the detector was built with (torchvision's num_classes: 91, or a fine-tuned checkpoint's)."""
+    unjudgeable: str | None = None
+    """Why these images judge nothing (no detection, or eager float32 off its own float64 oracle): also a problem, and
+    what the summary leads with."""
 
     @property
     def passed(self) -> bool:
@@ -98,6 +103,13 @@ class DetectorReport:
         rows += [DetectorRow("check", "", "", False, "failed", p) for p in self.problems]
         return rows
 
+    @property
+    def label(self) -> str:
+        """`name:norm`, with the class count and checkpoint where the weights are a file (a fine-tuned head)."""
+        if self.classes is None or not self.weights.startswith("file:"):
+            return f"{self.name}:{self.norm}"
+        return f"{self.name}:{self.norm} ({self.classes} classes, {self.weights.removeprefix('file:')})"
+
     def image_sizes(self) -> list[str]:
         return ["x".join(map(str, image.shape[-2:])) for image in self.images]
 
@@ -107,15 +119,18 @@ class DetectorReport:
             judged = [check for check in self.layers if check.layers]
             layers = f", every layer of {len(judged)} file{'s' if len(judged) != 1 else ''} within its own floor" \
                 if judged else ""
-            return (f"{self.name}:{self.norm} agrees: {len(self.dense)} before-NMS and {len(self.detections)} "
+            return (f"{self.label} agrees: {len(self.dense)} before-NMS and {len(self.detections)} "
                     f"after-NMS pairs, at least {least} detections matched per image{layers}")
         failed = [r.text for r in self.rows() if not r.passed]
-        return f"{self.name}:{self.norm} fails: {failed[0]}" + (f" (+{len(failed) - 1} more)" if len(failed) > 1
+        if self.unjudgeable in failed:  # the cause of every other failure on these images
+            failed.insert(0, failed.pop(failed.index(self.unjudgeable)))
+        return f"{self.label} fails: {failed[0]}" + (f" (+{len(failed) - 1} more)" if len(failed) > 1
                                                                  else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": REPORT_SCHEMA_VERSION, "kind": REPORT_KIND,
-                "detector": self.name, "norm": self.norm, "weights": self.weights, "shape": list(self.shape),
+                "detector": self.name, "norm": self.norm, "weights": self.weights, "classes": self.classes,
+                "shape": list(self.shape),
                 "formats": list(self.formats), "dynamic": self.dynamic, "image_sizes": self.image_sizes(),
                 "factor": self.factor, "passed": self.passed,
                 "exit_code": self.exit_code, "summary": self.summary(), "refusals": self.refusals,
