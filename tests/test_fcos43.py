@@ -104,3 +104,18 @@ def test_a_detector_registered_under_a_builder_of_another_name_has_its_rules_rea
     rules = registered_rules(name)
     assert rules.detections_per_img == DETECTORS.get(name).options["detections_per_img"]
     assert rules.score_thresh == registered_rules(DETECTORS.get(name).builder).score_thresh
+
+
+def test_a_failed_before_nms_pair_names_its_tensor_in_the_line_and_the_folder_check():
+    """`verify artifact` on an FCOS folder with a 0.1 % error seeded in its centerness conv said only "before NMS:
+    onnxruntime vs eager fp64: differs at float32 precision (574.7x the float32 floor)"; the judge knew the tensor
+    (`head.regression_head.bbox_ctrness#3`) and only the JSON said it. A passing row's line stays as it was."""
+    from verify.detect.folder import _row_check
+    from verify.detect.report import DetectorRow
+
+    tensor, text = "head.regression_head.bbox_ctrness#3", "differs at float32 precision (574.7x the float32 floor)"
+    failed = DetectorRow("before NMS", "onnxruntime", "eager fp64", False, "differs", text, worst=tensor, ratio=574.7)
+    passed = DetectorRow("before NMS", "onnxruntime", "eager fp64", True, "agrees", "agrees", worst=tensor, ratio=1.2)
+    assert failed.named_text == f"{tensor}: {text}" and passed.named_text == passed.text
+    check = _row_check("fcos", failed)
+    assert tensor in str(check) and not check.passed

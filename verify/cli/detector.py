@@ -143,7 +143,7 @@ def export_detector(name: str, norm: str | None, weights: str, seed: int, shape:
             err_console.print("[dim]no manifest written: the export has no file or no floor to prove[/]")
     for row in report.rows():
         mark = "ok  " if row.passed else "FAIL"
-        print_line(out_console, f"{mark} {markup(row.level)}  {markup(row.pair)}  {markup(row.text)}")
+        print_line(out_console, f"{mark} {markup(row.level)}  {markup(row.pair)}  {markup(row.named_text)}")
     for note in report.notes:
         print_line(err_console, f"[dim]note: {markup(note)}[/]")
     print_line(out_console, ("[bold green]✓ " if report.passed else "[bold red]✗ ") + markup(report.summary()) + "[/]")

@@ -384,6 +384,8 @@ def _row_check(label: str, row: DetectorRow) -> Check:
     """A judged report row as a check: the runtime (the goldens for eager vs its oracle), the level and pair."""
     pair = f"{row.a} vs {row.b}"
     text = row.text.removeprefix(f"{pair}: ")
+    if row.named_text != row.text:  # a failed before-NMS pair: the tensor it failed on leads
+        text = f"{row.worst}: {text}"
     if row.level == "export":  # a file that would not load or run
         return Check(label, RUNTIMES[row.a], f"{FILE_NAMES[row.a]}: load and run", False, text)
     if row.level == "check":

@@ -185,6 +185,15 @@ class DetectorRow:
     def pair(self) -> str:
         return f"{self.a} vs {self.b}" if self.b else self.a
 
+    @property
+    def named_text(self) -> str:
+        """`text`, led by the tensor it was judged on where a before-NMS pair failed: the line said only "differs at
+        float32 precision (574.7x ...)", and which head, level and channel was left to the JSON (FCOS sweep, stop 43:
+        `verify artifact` on a folder with a seeded centerness error)."""
+        if self.level == "before NMS" and not self.passed and self.worst:
+            return f"{self.worst}: {self.text}"
+        return self.text
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON row: the fields its level carries, nothing else."""
         return {"level": self.level, "a": self.a, "b": self.b, "passed": self.passed, "status": self.status,
