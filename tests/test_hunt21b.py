@@ -138,9 +138,11 @@ def test_a_branch_on_a_stride_is_refused_by_verify_export(tmp_path):
 def _dense_pairs(detector: str, drop: str | None) -> list[dict]:
     """A detector cell's before-NMS pairs as a shard stores them, every tensor within rounding (eager and ONNX Runtime
     the float32 rounding of the float64 oracle), without the tensors named `drop`."""
+    import math
+
     import numpy as np
 
-    from exporter.families.detectors import DETECTORS, dense_modules
+    from exporter.families.detectors import ANCHOR_MODULES, DETECTORS, dense_modules
     from verify.detect.nms_inputs import BOXES, SCORES
     from verify.detect.verdict import EAGER, ORACLE, RUNTIMES
     from verify.judge.compare import Tolerance, compare_outputs
@@ -148,7 +150,9 @@ def _dense_pairs(detector: str, drop: str | None) -> list[dict]:
 
     rng = np.random.default_rng(0)
     names = [f"{m}#0" for m in dense_modules(None, DETECTORS.get(detector).kind)] + [BOXES, SCORES]
-    oracle = {n: rng.standard_normal((1, 4, 6, 6)) for n in names if n != drop}
+    # the anchors: one row an anchor, as many as the regression's levels cover (verify/matrix/dense_binding.py)
+    anchors, level = f"{ANCHOR_MODULES[DETECTORS.get(detector).kind]}#0", (1, 4, 6, 6)
+    oracle = {n: rng.standard_normal((math.prod(level) // 4, 4) if n == anchors else level) for n in names if n != drop}
     eager = {n: v.astype(np.float32) for n, v in oracle.items()}
     floors, tolerance, ort = measure_floors(eager, oracle), Tolerance(), RUNTIMES["onnx"]
     return [compare_outputs(ort, eager, ref, side, tolerance, floors, kind).to_dict()

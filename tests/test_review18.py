@@ -154,10 +154,18 @@ candidates since hunt 21a)."""
 
 
 def _stored_pairs(names: list[str]) -> list[dict]:
+    """Every tensor stored as STORED_OUTPUT; the anchors with one row an anchor, as many as the two RPN regression
+    levels cover (the merge binds them since stop 43: verify/matrix/dense_binding.py), and their element count."""
+    import math
+
     from verify.detect.verdict import EAGER, ORACLE, RUNTIMES
 
+    level = STORED_OUTPUT["shape_b"]
+    anchors = [2 * math.prod(level) // 4, 4]
+    own = {"rpn.anchor_generator#0": {"shape_a": anchors, "shape_b": anchors, "total": math.prod(anchors),
+                                      "worst_index": [0, 3]}}
     return [{"a": RUNTIMES["onnx"], "b": b, "kind": kind, "passed": True,
-             "outputs": [dict(STORED_OUTPUT, name=name, where=f"{name}[c=3]") for name in names]}
+             "outputs": [dict(STORED_OUTPUT, name=name, where=f"{name}[c=3]", **own.get(name, {})) for name in names]}
             for b, kind in ((ORACLE, "oracle"), (EAGER, "runtime"))]
 
 
