@@ -41,6 +41,13 @@ from exporter.manifest import (
 )
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
+DEFAULT_CLASSES = 91
+"""torchvision's detection builders' num_classes (COCO with background): the bound on the labels of a folder written
+before `classes` was recorded (a fine-tuned head with fewer classes fitted it: a bound, not its count)."""
+MAX_CLASSES = 25_000
+"""The most classes a manifest may record: above ImageNet-21k's 21,841, the largest label space detectors are trained
+on (Detic; Objects365 has 365, LVIS 1203). A label widens every NMS rounding band it offsets: the bound is checked."""
+Classes = Annotated[int, Field(ge=2, le=MAX_CLASSES)]
 
 
 class DetectorInfo(Strict):
@@ -50,6 +57,23 @@ class DetectorInfo(Strict):
     """`synthetic:<seed>` or `file:<name>`."""
     weights_sha256: Sha256 | None
     """sha256 over the state dict (exporter/weights.py state_dict_sha256)."""
+    classes: Classes | None = None
+    """The class count it was built with (torchvision's num_classes, background included where it has one: a
+    fine-tuned checkpoint's, exporter/families/detectors.py `checkpoint_classes`); every golden label is below it.
+    Cross-checked, never trusted: Faster R-CNN's goldens' class-score width, and `--rebuild`'s built detector. Absent
+    (None; written as no key, never null) in a folder written before it: its labels are below DEFAULT_CLASSES."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_classes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "classes" in data and data["classes"] is None:
+            raise ValueError("classes is null; a detector's class count is an int, or absent in an older folder")
+        return data
+
+    @property
+    def label_bound(self) -> int:
+        """Every label is below it: the recorded class count, or an older folder's DEFAULT_CLASSES."""
+        return DEFAULT_CLASSES if self.classes is None else self.classes
 
 
 class ImageInfo(Strict):
@@ -130,7 +154,9 @@ class DetectorManifest(Strict):
         return {n: e for n, e in self.files.items() if e.format not in (GOLDENS_FORMAT, "external-data")}
 
     def to_json(self) -> str:
-        absent = {k: True for k in ("identity", "signature") if getattr(self, k) is None}
+        absent: dict[str, Any] = {k: True for k in ("identity", "signature") if getattr(self, k) is None}
+        if self.detector.classes is None:  # an older folder's manifest, as it was written
+            absent["detector"] = {"classes": True}
         return json.dumps(self.model_dump(mode="json", by_alias=True, exclude=absent), indent=2,
                           allow_nan=False) + "\n"
 

@@ -109,7 +109,8 @@ def _manifest_fields(report: DetectorReport, eager: Run, identity: dict[str, Any
     fields = {
         "versions": versions(),
         "detector": {"name": report.name, "norm": report.norm, "weights": report.weights,
-                     "weights_sha256": report.weights_sha256},
+                     "weights_sha256": report.weights_sha256,
+                     **({} if report.classes is None else {"classes": report.classes})},
         "images": [{"shape": list(image.shape)} for image in report.images],
         "dynamic": report.dynamic,
         "postprocess": {"score_thresh": judging.rules.score_thresh, "nms_thresh": judging.rules.nms_thresh,
@@ -196,7 +197,8 @@ def _goldens(art: DetectorFolder) -> str:
     goldens = read_goldens(art.verified[GOLDENS_NAME], GROUPS)
     manifest = art.manifest
     message = check_goldens(goldens, [image.shape for image in manifest.images], manifest.dense_outputs,
-                            bool(manifest.postprocess.per_proposal), manifest.postprocess.per_proposal)
+                            bool(manifest.postprocess.per_proposal), manifest.postprocess.per_proposal,
+                            manifest.detector.classes)
     art.images = golden_images(goldens)
     art.references = {EAGER: golden_run(goldens["float32"], art.images),
                       ORACLE: golden_run(goldens["float64"], art.images)}
@@ -364,7 +366,7 @@ def golden_judgement(art: DetectorFolder, report: CheckReport, formats: list[str
     judged = DetectorReport(manifest.detector.name, manifest.detector.norm, manifest.detector.weights,
                             (len(art.images), *art.images[0].shape), tuple(files), art.tolerance.factor,
                             files={k: str(v) for k, v in files.items()}, images=[i.numpy() for i in art.images],
-                            dynamic=manifest.dynamic)
+                            dynamic=manifest.dynamic, classes=manifest.detector.classes)
     try:
         judge_runs(judged, art.judging, art.images, art.references[EAGER], art.references[ORACLE], files,
                    art.tolerance, device=device)

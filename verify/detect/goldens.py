@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from exporter.detector_manifest import DEFAULT_CLASSES
 from exporter.errors import ArtifactError
-from exporter.families.detectors import IMAGE_SIZE
+from exporter.families.detectors import IMAGE_SIZE, PER_PROPOSAL_MODULES
 from exporter.manifest import GOLDENS_NAME
 from verify.detect.eager_runs import concat_dense
 from verify.detect.match import Detections
@@ -37,9 +38,12 @@ BELOW = "below_threshold"
 """float64 only: the final NMS's inputs recorded again with a lower score threshold (verify/detect/report.py
 `Run.below_threshold`), which a `score threshold` borderline must be one of (hunt 19d: without them in the goldens, a
 folder's borderline detection moved 40 px passed)."""
-CLASSES = 91
-"""torchvision's detection builders' num_classes (COCO with background), which every registered detector and
-every --weights checkpoint that fits it keeps: a label is below it."""
+CLASSES = DEFAULT_CLASSES
+"""torchvision's detection builders' num_classes (COCO with background): the class count of a folder whose manifest
+records none (written before fine-tuned heads were built as trained); a manifest's `detector.classes` replaces it."""
+CLASS_SCORES = PER_PROPOSAL_MODULES[0]
+"""Faster R-CNN's box-head class logits: one column a class, so their width is the detector's class count (an edited
+manifest's `classes` cannot widen the label bound unnoticed)."""
 RPN_LEVEL_HEAD = "rpn.head.cls_logits#"
 """The RPN head is called once per feature level: its dense tensors count the levels an RPN label indexes."""
 BOX_SLACK = 1.0
@@ -91,9 +95,11 @@ def expected_keys(images: int, dense: list[str], proposals: bool, group: str) ->
 
 
 def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[int]], dense: list[str],
-                  proposals: bool, rows: Sequence[str] = ()) -> str:
+                  proposals: bool, rows: Sequence[str] = (), classes: int | None = None) -> str:
     """Exactly the arrays a complete export writes: the images of the recorded shapes in float32, each group's
-    keys, dtypes (dense tensors in their group's precision) and shapes, all finite; else an ArtifactError. The
+    keys, dtypes (dense tensors in their group's precision) and shapes, all finite, labels below `classes` (the
+    manifest's, Faster R-CNN's class logits exactly that wide; None, an older folder's: CLASSES bounds both); else an
+    ArtifactError. The
     folded group, where there is one, holds every dense tensor but those of the per-proposal modules `rows` and the
     anchors, each of its float32 twin's shape (a folder written before it had none: its floors were measured
     without)."""
@@ -131,7 +137,7 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
             if bad:
                 raise ArtifactError(f"{GOLDENS_NAME}: {kind}.{key} holds {bad} NaN/Inf; goldens must be finite")
     for i, shape in enumerate(shapes):
-        _check_image_runs(goldens, i, shape, dense, proposals)
+        _check_image_runs(goldens, i, shape, dense, proposals, classes)
     from exporter.families.detectors import ANCHOR_MODULES
 
     skipped = {*rows, *ANCHOR_MODULES.values()}  # anchors: no norm in them (check.py `folded_samples`)
@@ -187,7 +193,7 @@ def _check_array(key: str, array: np.ndarray, dense_dtype: Any) -> None:
 
 
 def _check_image_runs(goldens: dict[str, dict[str, np.ndarray]], i: int, shape: list[int], dense: list[str],
-                      proposals: bool) -> None:
+                      proposals: bool, classes: int | None = None) -> None:
     """What a detector can output on image `i`, and nothing else: a dense tensor of one shape in both
     precisions, and detections (final and NMS inputs) of consistent counts, boxes of non-negative size within
     the image (or the transform's size), scores in [0, 1], labels among the classes (the RPN's: its levels).
@@ -198,10 +204,18 @@ def _check_image_runs(goldens: dict[str, dict[str, np.ndarray]], i: int, shape: 
         if low != high:
             raise ArtifactError(f"{GOLDENS_NAME}: float32.{key} is {list(low)}, float64.{key} {list(high)}; one "
                                 "tensor has one shape in both precisions")
+        if name.rpartition("#")[0] == CLASS_SCORES and (len(low) != 2 or not (
+                low[1] == classes if classes is not None else low[1] <= CLASSES)):
+            recorded = f"records {classes} classes: its class count was edited" if classes is not None else \
+                f"records no class count (written before it was: at most {CLASSES})"
+            raise ArtifactError(f"{GOLDENS_NAME}: float32.{key} is {list(low)} (one class-logit column a class), but "
+                                f"the manifest {recorded}; export it again")
+    bound_labels = CLASSES if classes is None else classes
     levels = sum(name.startswith(RPN_LEVEL_HEAD) for name in dense)
     bound = max(shape[1], shape[2], IMAGE_SIZE) + BOX_SLACK
-    groups = [(f"float32.{i}", CLASSES), (f"float64.{i}", CLASSES), (f"float32.{i}.{CANDIDATES[0]}", CLASSES),
-              (f"float64.{i}.{CANDIDATES[0]}", CLASSES), (f"float64.{i}.{BELOW}", CLASSES)]
+    groups = [(f"float32.{i}", bound_labels), (f"float64.{i}", bound_labels),
+              (f"float32.{i}.{CANDIDATES[0]}", bound_labels), (f"float64.{i}.{CANDIDATES[0]}", bound_labels),
+              (f"float64.{i}.{BELOW}", bound_labels)]
     if proposals:
         groups.append((f"float64.{i}.{CANDIDATES[1]}", levels))
     for prefix, labels in groups:

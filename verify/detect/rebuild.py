@@ -34,6 +34,9 @@ def rebuild_detector(art: DetectorFolder, weights_file: Path | None) -> str:
                             f"{info.weights!r}")
     built = build_detector(info.name, info.norm, source, seed)
     check_weights(state_dict_sha256(built.model.state_dict()), info.weights_sha256)
+    if info.classes is not None and built.classes != info.classes:  # every golden label is below the manifest's
+        raise ArtifactError(f"the manifest records {info.classes} classes, the rebuilt {info.name} has "
+                            f"{built.classes}: the folder's class count was edited; export it again")
     if Judging.of(built) != art.judging:
         raise ArtifactError(f"the manifest's post-processing ({art.judging}) is not the rebuilt {info.name}'s "
                             f"({Judging.of(built)}): the folder's thresholds were edited")
@@ -52,6 +55,7 @@ def rebuild_detector(art: DetectorFolder, weights_file: Path | None) -> str:
     art.references[EAGER].samples = folded_samples(built, art.images)  # its floors measured as an export's are
     art.references[EAGER].reversed_sums = reversed_samples(built, art.images)
     art.rebuilt = built  # the layer verdict's float64 reference (verify/detect/folder.py detector_folder_layers)
-    return (f"{info.name}:{info.norm} with {info.weights} weights (sha256 as recorded), its post-processing the "
-            f"manifest's: the float64 goldens of {len(images)} image(s) are its own; each file judged against its "
-            f"float32 and float64 runs on them and on as many seeded images this run draws (seed {seed})")
+    return (f"{info.name}:{info.norm} with {info.weights} weights (sha256 as recorded), {built.classes} classes and "
+            f"its post-processing the manifest's: the float64 goldens of {len(images)} image(s) are its own; each file "
+            f"judged against its float32 and float64 runs on them and on as many seeded images this run draws (seed "
+            f"{seed})")

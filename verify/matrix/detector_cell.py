@@ -52,7 +52,8 @@ def detector_numbers(report: DetectorReport) -> dict[str, Any]:
     """What judging the cell again needs, as plain data: float64 values written as JSON numbers read back exactly."""
     oracle = report.references.get(ORACLE)
     return {"detector": report.name, "norm": report.norm, "weights": report.weights,
-            "weights_sha256": report.weights_sha256, "shape": list(report.shape), "formats": list(report.formats),
+            "weights_sha256": report.weights_sha256, "classes": report.classes, "shape": list(report.shape),
+            "formats": list(report.formats),
             "dynamic": report.dynamic, "rules": asdict(report.judging.rules) if report.judging else None,
             "runs": {label: [_plain(found) for found in per_image] for label, per_image in report.boxes.items()},
             "candidates": [_plain(found) for found in oracle.candidates] if oracle is not None else [],

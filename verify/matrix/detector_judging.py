@@ -73,23 +73,60 @@ def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
     if not isinstance(refusals, Mapping):
         raise Malformed("refusals")
     reasons += [f"export {fmt}: {why}" for fmt, why in refusals.items()]
-    after, floor, why = _after_nms(data, tolerance.factor, labels, images, detector)
+    from verify.detect.goldens import CLASSES
+
+    classes = stored_classes(data)
+    after, floor, why = _after_nms(data, tolerance.factor, labels, images, detector,
+                                   CLASSES if classes is None else classes)
     reasons += why
     dense, why = _before_nms(data.get("before_nms"), tolerance, [lb for lb in labels if lb not in AFTER_NMS_ONLY],
                              detector)
-    reasons += why
+    reasons += why + _class_width(dense, classes, detector)
     proposals, why = judge_proposals(data, tolerance, labels, images, detector, dense)
     reasons += why
     return {**data, "before_nms": dense, "proposals": proposals, "after_nms": [p.to_dict() for p in after],
             "floor": floor.to_dict() if floor else None}, reasons
 
 
+def stored_classes(data: Mapping[str, Any]) -> int | None:
+    """The class count the cell's detector was built with, as the cell stored it beside its name and weights (a
+    fine-tuned checkpoint's, verify/matrix/detector_cell.py `detector_numbers`); None for a cell stored before it was
+    (its labels are below torchvision's default, CLASSES). Not an int within the manifest's bounds: Malformed (it
+    bounds every stored label)."""
+    from exporter.detector_manifest import MAX_CLASSES
+
+    if "classes" not in data:
+        return None
+    classes = data["classes"]
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 2 <= classes <= MAX_CLASSES:
+        raise Malformed(f"the class count {classes!r} (an int from 2 to {MAX_CLASSES})")
+    return classes
+
+
+def _class_width(dense: Sequence[Mapping[str, Any]], classes: int | None, detector: str) -> list[str]:
+    """Faster R-CNN's class logits, judged before NMS, hold one column a class: their width must be the stored class
+    count (a cell stored without one: at most CLASSES), so that an edited count cannot widen the label bound
+    unnoticed."""
+    from verify.detect.goldens import CLASS_SCORES, CLASSES
+
+    for pair in dense:
+        for output in pair.get("outputs") or []:
+            name, shape = str(output.get("name")), output.get("shape_b")
+            width = shape[-1] if isinstance(shape, list) and shape else None
+            if name.partition("#")[0] == CLASS_SCORES and not (
+                    isinstance(width, int) and (width == classes if classes is not None else width <= CLASSES)):
+                recorded = f"records {classes} classes" if classes is not None else f"records none (at most {CLASSES})"
+                return [f"the before-NMS {name} is {shape}, but the cell {recorded} of {detector}, one class-logit "
+                        "column each (edited numbers); rerun the cell"]
+    return []
+
+
 def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images: int,
-               detector: str) -> tuple[list[DetectionPair], Any, list[str]]:
+               detector: str, classes: int) -> tuple[list[DetectionPair], Any, list[str]]:
     """The after-NMS pairs `verify export` judges (eager vs the oracle, each runtime vs the oracle and vs eager),
     recomputed from the stored detections under the detector's own post-processing constants: the stored ones
     must be those, since they decide which unmatched detection rounding explains; so must the stored NMS inputs
-    (`_replayed`), whose largest coordinate and label widen every NMS band."""
+    (`_replayed`, every label below `classes`), whose largest coordinate and label widen every NMS band."""
     rules = registered_rules(detector)
     runs = data.get("runs")
     if not isinstance(runs, Mapping):
@@ -118,8 +155,8 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     if len(below) != images:
         raise Malformed(f"{len(below)} images of NMS inputs below the score threshold, {images} judged")
     size = _image_size(data.get("shape"), images)
-    reasons += _replayed(candidates, oracle, rules, detector, size)
-    reasons += _below_replayed(below, candidates, rules, detector, size)
+    reasons += _replayed(candidates, oracle, rules, detector, size, classes)
+    reasons += _below_replayed(below, candidates, rules, detector, size, classes)
     # a detection in one run only is a cap or NMS borderline only if the float64 model proposed it (hunt 18b), and a
     # score threshold one only if it had it under a lower threshold (hunt 19d)
     scales = size_scales(detector, [size] * images)
@@ -179,7 +216,7 @@ def _image_size(shape: Any, images: int) -> tuple[int, int]:
 
 
 def _replayed(candidates: Sequence[Detections], oracle: Sequence[Detections], rules: Rules, detector: str,
-              size: tuple[int, int]) -> list[str]:
+              size: tuple[int, int], classes: int) -> list[str]:
     """The oracle's stored final-NMS inputs as a detector gives them (boxes inside the transform's image, scores 0 to
     1, labels among the classes; else Malformed), and the model's NMS and cap replayed on them in float64 giving
     exactly its stored detections (boxes scaled back to the `size` image), as a detector folder's `postprocess`
@@ -188,7 +225,7 @@ def _replayed(candidates: Sequence[Detections], oracle: Sequence[Detections], ru
     import numpy as np
 
     from exporter.families.detectors import DETECTORS, resized_size
-    from verify.detect.goldens import BOX_SLACK, CLASSES
+    from verify.detect.goldens import BOX_SLACK
     from verify.detect.proposals import kept_order, moved_boxes
 
     resized = resized_size(DETECTORS.get(detector), *size)
@@ -197,9 +234,9 @@ def _replayed(candidates: Sequence[Detections], oracle: Sequence[Detections], ru
         boxes = found.boxes
         if len(found) and not (boxes.min() >= -BOX_SLACK and boxes.max() <= side + BOX_SLACK
                                and found.scores.min() >= 0.0 and found.scores.max() <= 1.0
-                               and found.labels.min() >= 0 and found.labels.max() < CLASSES):
+                               and found.labels.min() >= 0 and found.labels.max() < classes):
             raise Malformed(f"NMS candidates of image {image} outside the {side:g}-pixel image, with scores outside 0 "
-                            f"to 1, or of labels outside 0 to {CLASSES - 1}")
+                            f"to 1, or of labels outside 0 to {classes - 1}")
         keep = kept_order(found, rules.nms_thresh)[:rules.detections_per_img] if len(found) else np.zeros(0, int)
         if (len(found) and float(found.scores.min()) <= rules.score_thresh) or not (
                 np.array_equal(found.scores[keep], kept.scores) and np.array_equal(found.labels[keep], kept.labels)):
@@ -212,21 +249,21 @@ def _replayed(candidates: Sequence[Detections], oracle: Sequence[Detections], ru
 
 
 def _below_replayed(below: Sequence[Detections], candidates: Sequence[Detections], rules: Rules, detector: str,
-                   size: tuple[int, int]) -> list[str]:
+                   size: tuple[int, int], classes: int) -> list[str]:
     """The oracle's stored final-NMS inputs under a lower score threshold as a detector gives them (else Malformed),
     all above that threshold and, above the detector's own, exactly its stored candidates (verify/detect/verdict.py
     `below_threshold_mismatch`): they decide which `score threshold` borderline the float64 model had."""
     from exporter.families.detectors import DETECTORS, resized_size
-    from verify.detect.goldens import BOX_SLACK, CLASSES
+    from verify.detect.goldens import BOX_SLACK
     from verify.detect.verdict import below_threshold_mismatch
 
     side = float(max(resized_size(DETECTORS.get(detector), *size)))
     for image, (found, kept) in enumerate(zip(below, candidates, strict=True)):
         if len(found) and not (found.boxes.min() >= -BOX_SLACK and found.boxes.max() <= side + BOX_SLACK
                                and found.scores.min() >= 0.0 and found.scores.max() <= 1.0
-                               and found.labels.min() >= 0 and found.labels.max() < CLASSES):
+                               and found.labels.min() >= 0 and found.labels.max() < classes):
             raise Malformed(f"NMS inputs below the score threshold of image {image} outside the {side:g}-pixel image, "
-                            f"with scores outside 0 to 1, or of labels outside 0 to {CLASSES - 1}")
+                            f"with scores outside 0 to 1, or of labels outside 0 to {classes - 1}")
         wrong = below_threshold_mismatch(found, kept, rules.score_thresh)
         if wrong:
             return [f"the stored NMS inputs of image {image} under a lower score threshold {wrong} (edited numbers); "
