@@ -17,7 +17,7 @@ from verify.detect.match import Detections
 from verify.detect.report import Run
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     import numpy as np
     import torch
@@ -44,6 +44,11 @@ records none (written before fine-tuned heads were built as trained); a manifest
 CLASS_SCORES = PER_PROPOSAL_MODULES[0]
 """Faster R-CNN's box-head class logits: one column a class, so their width is the detector's class count (an edited
 manifest's `classes` cannot widen the label bound unnoticed)."""
+CLASS_HEADS = (("head.classification_head.cls_logits", "head.regression_head.bbox_reg"),
+               ("head.classification_head.module_list.", "head.regression_head.module_list."))
+"""RetinaNet's and FCOS's class and box heads (SSDlite's: a `module_list.<level>.1` a level): N x A*classes x H x W
+and N x A*4 x H x W at each level, so their widths give the class count where no tensor holds one column a class
+(review 32: a RetinaNet folder's `classes` raised from 91 to 365 let its goldens hold labels up to 364)."""
 RPN_LEVEL_HEAD = "rpn.head.cls_logits#"
 """The RPN head is called once per feature level: its dense tensors count the levels an RPN label indexes."""
 BOX_SLACK = 1.0
@@ -204,12 +209,13 @@ def _check_image_runs(goldens: dict[str, dict[str, np.ndarray]], i: int, shape: 
         if low != high:
             raise ArtifactError(f"{GOLDENS_NAME}: float32.{key} is {list(low)}, float64.{key} {list(high)}; one "
                                 "tensor has one shape in both precisions")
-        if name.rpartition("#")[0] == CLASS_SCORES and (len(low) != 2 or not (
-                low[1] == classes if classes is not None else low[1] <= CLASSES)):
-            recorded = f"records {classes} classes: its class count was edited" if classes is not None else \
-                f"records no class count (written before it was: at most {CLASSES})"
-            raise ArtifactError(f"{GOLDENS_NAME}: float32.{key} is {list(low)} (one class-logit column a class), but "
-                                f"the manifest {recorded}; export it again")
+    wrong = class_width_problem({name: list(goldens["float32"][f"{i}.{DENSE}.{name}"].shape) for name in dense},
+                                classes)
+    if wrong:
+        recorded = f"records {classes} classes: its class count was edited" if classes is not None else \
+            f"records no class count (written before it was: at most {CLASSES})"
+        raise ArtifactError(f"{GOLDENS_NAME}: float32.{i}.{DENSE}.{wrong}, but the manifest {recorded}; export it "
+                            "again")
     bound_labels = CLASSES if classes is None else classes
     levels = sum(name.startswith(RPN_LEVEL_HEAD) for name in dense)
     bound = max(shape[1], shape[2], IMAGE_SIZE) + BOX_SLACK
@@ -224,6 +230,42 @@ def _check_image_runs(goldens: dict[str, dict[str, np.ndarray]], i: int, shape: 
         _check_detections(prefix, arrays, bound, labels)
     for group in ("float32", "float64") if proposals else ():
         _check_boxes(f"{group}.{i}.{PROPOSALS_KEY}", goldens[group][f"{i}.{PROPOSALS_KEY}"], bound)
+
+
+def class_width_problem(shapes: Mapping[str, Any], classes: int | None) -> str:
+    """The first dense tensor (name -> shape, `module#call` or `module#call@HxW`) not `classes` wide (None: an older
+    folder's or cell's count, at most CLASSES): Faster R-CNN's class logits (one column a class), or a level of
+    RetinaNet's, FCOS's or SSDlite's class head over its box head's anchors (CLASS_HEADS); empty if none."""
+    levels: dict[str, dict[int, tuple[str, Any]]] = {}
+    for name, shape in shapes.items():
+        base, _, size = name.partition("@")
+        module, _, call = base.partition("#")
+        if module == CLASS_SCORES and not (_sized(shape, 2) and _fits(shape[1], classes)):
+            return f"{name} is {shape} (one class-logit column a class)"
+        for pair in CLASS_HEADS:
+            for side, head in enumerate(pair):
+                if head.endswith(".") and module.startswith(head) and module.endswith(".1"):  # SSDlite: a module
+                    levels.setdefault(f"{module.removeprefix(head)}@{size}", {})[side] = (name, shape)
+                elif module == head:  # RetinaNet, FCOS: a call a level
+                    levels.setdefault(f"{call}@{size}", {})[side] = (name, shape)
+    for pair in levels.values():
+        if len(pair) != 2:
+            continue  # a level left out: dense_binding.py and the goldens' keys judge that
+        (name, shape), (_, box) = pair[0], pair[1]
+        anchors, rest = divmod(box[1], 4) if _sized(box, 4) else (0, 1)
+        width, left = divmod(shape[1], anchors) if _sized(shape, 4) and anchors and not rest else (None, 1)
+        if left or not _fits(width, classes):
+            return f"{name} is {shape} (its anchors' classes a location, the box head's {box} four an anchor)"
+    return ""
+
+
+def _sized(shape: Any, dims: int) -> bool:
+    return isinstance(shape, list | tuple) and len(shape) == dims and all(
+        isinstance(n, int) and not isinstance(n, bool) for n in shape)
+
+
+def _fits(width: Any, classes: int | None) -> bool:
+    return isinstance(width, int) and (width == classes if classes is not None else width <= CLASSES)
 
 
 def _check_detections(prefix: str, arrays: dict[str, np.ndarray], bound: float, labels: int) -> None:

@@ -104,20 +104,18 @@ def stored_classes(data: Mapping[str, Any]) -> int | None:
 
 
 def _class_width(dense: Sequence[Mapping[str, Any]], classes: int | None, detector: str) -> list[str]:
-    """Faster R-CNN's class logits, judged before NMS, hold one column a class: their width must be the stored class
-    count (a cell stored without one: at most CLASSES), so that an edited count cannot widen the label bound
-    unnoticed."""
-    from verify.detect.goldens import CLASS_SCORES, CLASSES
+    """The heads judged before NMS are as wide as the stored class count (a cell stored without one: at most CLASSES):
+    Faster R-CNN's class logits, one column a class, and RetinaNet's, FCOS's and SSDlite's class heads, their anchors'
+    classes a location (verify/detect/goldens.py `class_width_problem`), so that an edited count cannot widen the
+    label bound unnoticed."""
+    from verify.detect.goldens import CLASSES, class_width_problem
 
     for pair in dense:
-        for output in pair.get("outputs") or []:
-            name, shape = str(output.get("name")), output.get("shape_b")
-            width = shape[-1] if isinstance(shape, list) and shape else None
-            if name.partition("#")[0] == CLASS_SCORES and not (
-                    isinstance(width, int) and (width == classes if classes is not None else width <= CLASSES)):
-                recorded = f"records {classes} classes" if classes is not None else f"records none (at most {CLASSES})"
-                return [f"the before-NMS {name} is {shape}, but the cell {recorded} of {detector}, one class-logit "
-                        "column each (edited numbers); rerun the cell"]
+        outputs = [o for o in pair.get("outputs") or [] if isinstance(o, Mapping)]
+        wrong = class_width_problem({str(o.get("name")): o.get("shape_b") for o in outputs}, classes)
+        if wrong:
+            recorded = f"records {classes} classes" if classes is not None else f"records none (at most {CLASSES})"
+            return [f"the before-NMS {wrong}, but the cell {recorded} of {detector} (edited numbers); rerun the cell"]
     return []
 
 
