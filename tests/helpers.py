@@ -529,3 +529,20 @@ def onnx_only(folder: Path) -> Path:
         (folder / name).unlink()
         edit_manifest(folder, lambda data, name=name: data["files"].pop(name))
     return folder
+
+
+# Detector goldens: the smallest complete set of one image, for the goldens checks ----------------------------------
+def minimal_goldens(dense: dict[str, tuple[int, ...]], label: int, shape: list[int]) -> dict[str, dict[str, Any]]:
+    """The smallest complete goldens of one `shape` image without an RPN: one detection (and NMS input) of `label`,
+    and each dense tensor (name -> its shape) of zeros."""
+    from verify.detect.goldens import GROUPS, expected_keys
+
+    found: dict[str, dict[str, np.ndarray]] = {group: {} for group in GROUPS}
+    found["image"]["0"] = np.zeros(shape, np.float32)
+    for group, dtype in (("float32", np.float32), ("float64", np.float64)):
+        for key in expected_keys(1, list(dense), False, group):
+            leaf = key.rsplit(".", 1)[-1]
+            found[group][key] = (np.zeros(dense[key.partition(".dense.")[2]], dtype) if ".dense." in key
+                                 else np.array([label]) if leaf == "labels"
+                                 else np.array([0.9]) if leaf == "scores" else np.array([[1.0, 1.0, 5.0, 5.0]]))
+    return found

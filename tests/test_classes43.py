@@ -15,9 +15,9 @@ import pytest
 from exporter.detector_manifest import DEFAULT_CLASSES, MAX_CLASSES, DetectorInfo, load_detector_manifest
 from exporter.errors import ArtifactError
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME, validate_as
-from tests.helpers import NAME, edit_manifest, linked_copy, strip_signature
+from tests.helpers import NAME, edit_manifest, linked_copy, minimal_goldens, strip_signature
 from verify.detect.folder import detector_integrity
-from verify.detect.goldens import CLASS_SCORES, CLASSES, GROUPS, check_goldens, expected_keys
+from verify.detect.goldens import CLASS_SCORES, CLASSES, check_goldens
 from verify.detect.match import Detections, Rules
 from verify.folder.checks import CheckReport
 from verify.judge.compare import Tolerance
@@ -46,17 +46,7 @@ def test_the_manifest_records_a_class_count_in_its_bounds():
 
 
 def goldens(dense: dict[str, tuple[int, ...]], label: int) -> dict[str, dict[str, np.ndarray]]:
-    """The smallest complete goldens of one image without an RPN: one detection (and NMS input) of `label`, and each
-    dense tensor of its shape."""
-    found: dict[str, dict[str, np.ndarray]] = {group: {} for group in GROUPS}
-    found["image"]["0"] = np.zeros(SHAPE, np.float32)
-    for group, dtype in (("float32", np.float32), ("float64", np.float64)):
-        for key in expected_keys(1, list(dense), False, group):
-            leaf = key.rsplit(".", 1)[-1]
-            found[group][key] = (np.zeros(dense[key.partition(".dense.")[2]], dtype) if ".dense." in key
-                                 else np.array([label]) if leaf == "labels"
-                                 else np.array([0.9]) if leaf == "scores" else np.array([[1.0, 1.0, 5.0, 5.0]]))
-    return found
+    return minimal_goldens(dense, label, SHAPE)
 
 
 def check(dense: dict[str, tuple[int, ...]], label: int, classes: int | None) -> str:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from exporter.errors import ArtifactError
-from verify.detect.goldens import CLASS_HEADS, CLASSES, GROUPS, check_goldens, expected_keys
+from tests.helpers import minimal_goldens
+from verify.detect.goldens import CLASS_HEADS, CLASSES, check_goldens
 from verify.matrix.detector_judging import _class_width
 
 RAISED = 365
@@ -30,16 +31,7 @@ def ssd_heads(anchors: int, classes: int) -> dict[str, tuple[int, ...]]:
 
 
 def goldens(dense: dict[str, tuple[int, ...]], label: int) -> dict[str, dict[str, np.ndarray]]:
-    """The smallest complete goldens of one image without an RPN: one detection (and NMS input) of `label`."""
-    found: dict[str, dict[str, np.ndarray]] = {group: {} for group in GROUPS}
-    found["image"]["0"] = np.zeros(SHAPE, np.float32)
-    for group, dtype in (("float32", np.float32), ("float64", np.float64)):
-        for key in expected_keys(1, list(dense), False, group):
-            leaf = key.rsplit(".", 1)[-1]
-            found[group][key] = (np.zeros(dense[key.partition(".dense.")[2]], dtype) if ".dense." in key
-                                 else np.array([label]) if leaf == "labels"
-                                 else np.array([0.9]) if leaf == "scores" else np.array([[1.0, 1.0, 5.0, 5.0]]))
-    return found
+    return minimal_goldens(dense, label, SHAPE)
 
 
 KINDS = {"retinanet": heads(9, CLASSES), "fcos": heads(1, CLASSES), "ssd": ssd_heads(6, CLASSES)}
