@@ -546,3 +546,13 @@ def minimal_goldens(dense: dict[str, tuple[int, ...]], label: int, shape: list[i
                                  else np.array([label]) if leaf == "labels"
                                  else np.array([0.9]) if leaf == "scores" else np.array([[1.0, 1.0, 5.0, 5.0]]))
     return found
+
+
+def tiny_fcos_detector(size: int):
+    """torchvision's FCOS registered as `fcos_tiny` at `size` px (min and max size), no synthetic body: the registry
+    entry the new-detector tests add with DETECTORS.adding (a 320 px build costs seconds)."""
+    from exporter.families.detectors import TOPK_CANDIDATES, Detector
+
+    return Detector("fcos_tiny", "fcos", None, ("batch", "frozen"),
+                    {"min_size": size, "max_size": size, "detections_per_img": 50, "topk_candidates": TOPK_CANDIDATES},
+                    builder="fcos_resnet50_fpn")

@@ -17,13 +17,11 @@ from exporter.families.detectors import (
     DETECTORS,
     MIN_DETECTIONS,
     NOT_JUDGED,
-    TOPK_CANDIDATES,
-    Detector,
     build_detector,
     calibration_image,
     detect,
 )
-from tests.helpers import ONE_CHANNEL_ERROR
+from tests.helpers import ONE_CHANNEL_ERROR, tiny_fcos_detector
 from verify.cli import app
 from verify.detect.eager_runs import run_eager
 from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES, export_detector
@@ -74,9 +72,7 @@ def test_the_new_detectors_are_accepted_by_export_and_the_matrix(name):
 @pytest.fixture(scope="module")
 def tiny_fcos():
     """torchvision's FCOS at TINY px, its norms calibrated on the image (no synthetic body: that costs seconds)."""
-    detector = Detector("fcos_tiny", "fcos", None, ("batch", "frozen"),
-                        {"min_size": TINY, "max_size": TINY, "detections_per_img": 50,
-                         "topk_candidates": TOPK_CANDIDATES}, builder="fcos_resnet50_fpn")
+    detector = tiny_fcos_detector(TINY)
     with DETECTORS.adding(detector.name, detector):
         yield build_detector(detector.name), calibration_image(0, (3, TINY, TINY))
 

@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from exporter.families.detectors import DETECTORS, TOPK_CANDIDATES, Detector, dense_modules
+from exporter.families.detectors import DETECTORS, dense_modules
+from tests.helpers import tiny_fcos_detector
 from verify.detect.export import DEFAULT_FORMATS
 from verify.detect.nms_inputs import BOXES, SCORES
 from verify.detect.verdict import AFTER_NMS_ONLY, EAGER, ORACLE, RUNTIMES
@@ -30,9 +31,7 @@ def fcos():
     """(name, {tensor: shape}) of an FCOS registered at TINY px, its dense tensors' shapes from one forward."""
     import torchvision.models.detection as detection
 
-    detector = Detector("fcos_tiny", "fcos", None, ("batch", "frozen"),
-                        {"min_size": TINY, "max_size": TINY, "detections_per_img": 50,
-                         "topk_candidates": TOPK_CANDIDATES}, builder="fcos_resnet50_fpn")
+    detector = tiny_fcos_detector(TINY)
     with DETECTORS.adding(detector.name, detector):
         torch.manual_seed(0)
         model = detection.fcos_resnet50_fpn(weights=None, weights_backbone=None, **detector.options).eval()
