@@ -24,9 +24,11 @@ PER_LEVEL = {"fasterrcnn": ("rpn.head.cls_logits",), "retinanet": ("head.classif
 
 def floor_disagreements(pairs: Sequence[Mapping[str, Any]], per_proposal: Sequence[str]) -> list[str]:
     """Each dense tensor's floor and shape as every stored pair holds them: the pairs of a cell share them (its
-    per-proposal tensors, paired by proposal in each pair, aside; the final NMS's candidates, paired by box in each
-    pair, share their floor only)."""
+    per-proposal tensors, paired by proposal in each pair, aside; the paired RPN proposals and the final NMS's
+    candidates, paired anew in each pair, share their floor only: a proposal rounding explains in one pair is cut from
+    that pair alone)."""
     from verify.detect.nms_inputs import BOXES, SCORES
+    from verify.detect.proposals import PROPOSALS
 
     seen: dict[str, tuple[float, Any, str]] = {}
     for pair in pairs:
@@ -37,7 +39,7 @@ def floor_disagreements(pairs: Sequence[Mapping[str, Any]], per_proposal: Sequen
             if name.partition("#")[0] in per_proposal:
                 continue
             floor, shape = output.get("floor"), output.get("shape_b")
-            shape = None if name.partition("@")[0] in (BOXES, SCORES) else shape
+            shape = None if name.partition("@")[0] in (BOXES, SCORES, PROPOSALS) else shape
             if not isinstance(floor, (int, float)) or isinstance(floor, bool) or not math.isfinite(floor):
                 continue  # judging.judge_output refuses it
             where = f"{pair.get('a')} vs {pair.get('b')}"
