@@ -62,15 +62,26 @@ class StandIn:
         return replace(artifact, path=folder / artifact.path.name)
 
 
-def test_the_layer_verdict_runs_at_one_thread_count_when_the_onnx_file_is_late(default_export, tmp_path, monkeypatch):
+@pytest.fixture
+def two_threads():
+    """At least MIN_CPUS torch threads for the test (the suite's xdist workers run one, where the child would have no
+    core to take and the test skipped in every CI run), the count restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, overlap.MIN_CPUS))
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_layer_verdict_runs_at_one_thread_count_when_the_onnx_file_is_late(default_export, tmp_path, monkeypatch,
+                                                                                 two_threads):
     import torch
 
     import verify.explain.rerun as rerun
     from exporter.artifacts import Artifact
     from verify.api import verify_export
 
-    if torch.get_num_threads() < overlap.MIN_CPUS:
-        pytest.skip("one torch thread: the child's core changes nothing here")
     kept = {fmt: Artifact(fmt, get_format(fmt).read_meta(default_export / get_format(fmt).filename),
                           path=default_export / get_format(fmt).filename) for fmt in (OVERLAPS, RIDES)}
     child, seen, checks = StandIn(kept), [], rerun.layer_checks
