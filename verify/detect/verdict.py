@@ -71,7 +71,38 @@ def judge_detector(built: BuiltDetector, inputs: Sequence[torch.Tensor], files: 
         eager.reversed_sums = reversed_samples(built, inputs)
     report.problems += repeat_problems(repeats, GUARD_DEVICE, {}, likely_cause(built.model))
     judge_runs(report, Judging.of(built), inputs, eager, oracle, files, tolerance, say, clock)
+    if not report.passed:
+        report.notes += resize_notes(built, inputs)
     return report
+
+
+RESIZE_ISSUE = "pytorch/vision#3654"
+"""torchvision's eager transform and its exported (scripted, traced) transforms scale an image by a non-integer factor
+otherwise (README "A resize that ONNX Runtime computes differently"): measured, a 240x400, 320x400 or 330x330 image
+fails every exported file against eager, a 300x300, 640x640 or 256x320 one agrees."""
+
+
+def resize_notes(built: BuiltDetector, inputs: Sequence[torch.Tensor]) -> list[str]:
+    """A failed judgement's hint for each image the detector's own transform scales by a factor neither whole nor one
+    over a whole number: the failure may be that resize alone (RESIZE_ISSUE), never a pass; [] for the others (SSDlite
+    resizes to its fixed size, every image alike)."""
+    from exporter.families.detectors import resized_size
+
+    notes = []
+    for i, image in enumerate(inputs):
+        height, width = (int(n) for n in image.shape[-2:])
+        options = built.detector.options
+        if "min_size" not in options:
+            continue
+        scale = min(options["min_size"] / min(height, width), options["max_size"] / max(height, width))
+        if scale == 1 or float(scale).is_integer() or float(1 / scale).is_integer():
+            continue
+        size = "x".join(map(str, resized_size(built.detector, height, width)))
+        notes.append(f"image {i} ({height}x{width}) is scaled by {scale:.4g} to {size} inside {built.name}'s own "
+                     f"transform, where its exported files are known to resize otherwise than eager ({RESIZE_ISSUE}): "
+                     f"the failure may be that resize alone; to judge the rest, resize the images first (--shape "
+                     f"1x3x{options['min_size']}x{options['max_size']}, or --static)")
+    return notes
 
 
 def judge_runs(report: DetectorReport, judging: Judging, inputs: Sequence[torch.Tensor], eager: Run, oracle: Run,
