@@ -137,13 +137,21 @@ def unknown_model(name: str, backbones: Iterable[str]) -> UsageError:
                       f"({families})")
 
 
-def resized_size(detector: Detector, height: int, width: int) -> tuple[int, int]:
-    """H x W of an image after the detector's own transform: GeneralizedRCNNTransform scales the short side to
-    min_size unless the long side would pass max_size, and interpolate floors the result; SSDlite resizes to its
-    fixed size."""
+def resize_scale(detector: Detector, height: int, width: int) -> float | None:
+    """The factor the detector's own transform scales an image by: GeneralizedRCNNTransform scales the short side to
+    min_size unless the long side would pass max_size; None for SSDlite, which resizes every image to its fixed
+    size."""
     if "min_size" not in detector.options:
+        return None
+    return min(detector.options["min_size"] / min(height, width), detector.options["max_size"] / max(height, width))
+
+
+def resized_size(detector: Detector, height: int, width: int) -> tuple[int, int]:
+    """H x W of an image after the detector's own transform (`resize_scale`; interpolate floors the result); SSDlite's
+    fixed size."""
+    scale = resize_scale(detector, height, width)
+    if scale is None:
         return IMAGE_SIZE, IMAGE_SIZE
-    scale = min(detector.options["min_size"] / min(height, width), detector.options["max_size"] / max(height, width))
     return int(height * scale), int(width * scale)
 
 

@@ -103,11 +103,10 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
                   proposals: bool, rows: Sequence[str] = (), classes: int | None = None) -> str:
     """Exactly the arrays a complete export writes: the images of the recorded shapes in float32, each group's
     keys, dtypes (dense tensors in their group's precision) and shapes, all finite, labels below `classes` (the
-    manifest's, Faster R-CNN's class logits exactly that wide; None, an older folder's: CLASSES bounds both); else an
-    ArtifactError. The
-    folded group, where there is one, holds every dense tensor but those of the per-proposal modules `rows` and the
-    anchors, each of its float32 twin's shape (a folder written before it had none: its floors were measured
-    without)."""
+    manifest's, its class heads exactly that wide; None, an older folder's: CLASSES bounds both); else an
+    ArtifactError. The folded group, where there is one, holds every dense tensor but those of the per-proposal
+    modules `rows` and the anchors, each of its float32 twin's shape (a folder written before it had none: its floors
+    were measured without)."""
     import numpy as np
 
     wanted = {str(i) for i in range(len(shapes))}

@@ -86,16 +86,14 @@ def resize_notes(built: BuiltDetector, inputs: Sequence[torch.Tensor]) -> list[s
     """A failed judgement's hint for each image the detector's own transform scales by a factor neither whole nor one
     over a whole number: the failure may be that resize alone (RESIZE_ISSUE), never a pass; [] for the others (SSDlite
     resizes to its fixed size, every image alike)."""
-    from exporter.families.detectors import resized_size
+    from exporter.families.detectors import resize_scale, resized_size
 
     notes = []
     for i, image in enumerate(inputs):
         height, width = (int(n) for n in image.shape[-2:])
         options = built.detector.options
-        if "min_size" not in options:
-            continue
-        scale = min(options["min_size"] / min(height, width), options["max_size"] / max(height, width))
-        if scale == 1 or float(scale).is_integer() or float(1 / scale).is_integer():
+        scale = resize_scale(built.detector, height, width)
+        if scale is None or float(scale).is_integer() or float(1 / scale).is_integer():
             continue
         size = "x".join(map(str, resized_size(built.detector, height, width)))
         notes.append(f"image {i} ({height}x{width}) is scaled by {scale:.4g} to {size} inside {built.name}'s own "
