@@ -47,7 +47,10 @@ before `classes` was recorded (a fine-tuned head with fewer classes fitted it: a
 MAX_CLASSES = 25_000
 """The most classes a manifest may record: above ImageNet-21k's 21,841, the largest label space detectors are trained
 on (Detic; Objects365 has 365, LVIS 1203). A label widens every NMS rounding band it offsets: the bound is checked."""
-Classes = Annotated[int, Field(ge=2, le=MAX_CLASSES)]
+MIN_CLASSES = 1
+"""A one-class RetinaNet or FCOS (sigmoid scores, no background: a person-only detector) is a detector; a softmax
+kind's background-only checkpoint is refused where it is built (exporter/families/detectors.py `checkpoint_classes`)."""
+Classes = Annotated[int, Field(ge=MIN_CLASSES, le=MAX_CLASSES)]
 
 
 class DetectorInfo(Strict):

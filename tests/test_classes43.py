@@ -12,7 +12,13 @@ import json
 import numpy as np
 import pytest
 
-from exporter.detector_manifest import DEFAULT_CLASSES, MAX_CLASSES, DetectorInfo, load_detector_manifest
+from exporter.detector_manifest import (
+    DEFAULT_CLASSES,
+    MAX_CLASSES,
+    MIN_CLASSES,
+    DetectorInfo,
+    load_detector_manifest,
+)
 from exporter.errors import ArtifactError
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME, validate_as
 from tests.helpers import NAME, edit_manifest, linked_copy, minimal_goldens, strip_signature
@@ -39,7 +45,10 @@ def test_the_manifest_records_a_class_count_in_its_bounds():
     assert older.classes is None and older.label_bound == DEFAULT_CLASSES
     assert validate_as(DetectorInfo, {**INFO, "classes": FINE_TUNED}, "manifest").classes == FINE_TUNED
     assert validate_as(DetectorInfo, {**INFO, "classes": MAX_CLASSES}, "manifest").classes == MAX_CLASSES
-    for bad in (1, MAX_CLASSES + 1, True, float(FINE_TUNED), str(FINE_TUNED), None):
+    # a one-class RetinaNet or FCOS (sigmoid, no background) is a detector: before, its export ran, then failed
+    # writing its own manifest
+    assert validate_as(DetectorInfo, {**INFO, "classes": MIN_CLASSES}, "manifest").label_bound == MIN_CLASSES == 1
+    for bad in (MIN_CLASSES - 1, MAX_CLASSES + 1, True, float(FINE_TUNED), str(FINE_TUNED), None):
         with pytest.raises(ArtifactError, match="classes"):
             validate_as(DetectorInfo, {**INFO, "classes": bad}, "manifest")
     assert validate_as(DetectorInfo, {**INFO, "classes": FINE_TUNED}, "manifest").label_bound == FINE_TUNED
@@ -78,7 +87,8 @@ def test_goldens_labels_are_bounded_by_the_manifests_classes():
 def test_a_matrix_cell_bounds_its_stored_labels_by_its_stored_classes():
     assert stored_classes({}) is None  # a cell stored before the count was: CLASSES bounds its labels
     assert stored_classes({"classes": FINE_TUNED}) == FINE_TUNED
-    for bad in (1, MAX_CLASSES + 1, True, float(FINE_TUNED), str(FINE_TUNED), None):
+    assert stored_classes({"classes": MIN_CLASSES}) == MIN_CLASSES
+    for bad in (MIN_CLASSES - 1, MAX_CLASSES + 1, True, float(FINE_TUNED), str(FINE_TUNED), None):
         with pytest.raises(Malformed, match="class count"):
             stored_classes({"classes": bad})
     found = Detections.of({"boxes": np.array([[1.0, 1.0, 5.0, 5.0]]), "scores": np.array([0.9]),

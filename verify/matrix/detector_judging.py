@@ -93,13 +93,13 @@ def stored_classes(data: Mapping[str, Any]) -> int | None:
     fine-tuned checkpoint's, verify/matrix/detector_cell.py `detector_numbers`); None for a cell stored before it was
     (its labels are below torchvision's default, CLASSES). Not an int within the manifest's bounds: Malformed (it
     bounds every stored label)."""
-    from exporter.detector_manifest import MAX_CLASSES
+    from exporter.detector_manifest import MAX_CLASSES, MIN_CLASSES
 
     if "classes" not in data:
         return None
     classes = data["classes"]
-    if not isinstance(classes, int) or isinstance(classes, bool) or not 2 <= classes <= MAX_CLASSES:
-        raise Malformed(f"the class count {classes!r} (an int from 2 to {MAX_CLASSES})")
+    if not isinstance(classes, int) or isinstance(classes, bool) or not MIN_CLASSES <= classes <= MAX_CLASSES:
+        raise Malformed(f"the class count {classes!r} (an int from {MIN_CLASSES} to {MAX_CLASSES})")
     return classes
 
 
