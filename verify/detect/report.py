@@ -108,7 +108,8 @@ class DetectorReport:
         """`name:norm`, with the class count and checkpoint where the weights are a file (a fine-tuned head)."""
         if self.classes is None or not self.weights.startswith("file:"):
             return f"{self.name}:{self.norm}"
-        return f"{self.name}:{self.norm} ({self.classes} classes, {self.weights.removeprefix('file:')})"
+        count = f"{self.classes} class{'es' if self.classes != 1 else ''}"
+        return f"{self.name}:{self.norm} ({count}, {self.weights.removeprefix('file:')})"
 
     def image_sizes(self) -> list[str]:
         return ["x".join(map(str, image.shape[-2:])) for image in self.images]
