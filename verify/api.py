@@ -16,7 +16,7 @@ from exporter.formats.eager import eager_artifact
 from exporter.fsio import check_writable_folder, path_kind, require_readable, staged_folder
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from exporter.user_model import UserModelSpec
-from verify.inputs import NamedInput
+from verify.inputs import NamedInput, refuse_blank_inputs
 from verify.judge.notes import explain_pairs
 from verify.judge.oracle import Oracle, pooled_floors, pooled_source
 from verify.judge.precision import computes_in
@@ -487,6 +487,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
                                             timeout=timeout, progress=progress, isolate=False, runtime=runtime),
                                settings)
     named = settings_inputs(settings)
+    refuse_blank_inputs(named)
     with progress.step("Loading both sides"):
         sides = [resolve_source(a, settings), resolve_source(b, settings)]
     check_runtimes(side_runtimes([s.format for s in sides], runtime), settings.runtime)  # before either side runs

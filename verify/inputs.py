@@ -717,6 +717,24 @@ def require_finite(label: str, array: np.ndarray) -> None:
                      "so clean it or pass another --input")
 
 
+BLANK_HOW = ("a first layer multiplies its weights by the input, so on zeros none of them reaches the outputs and "
+             "weights off by any amount would agree")
+"""Why inputs that hold only zeros judge nothing (review 33: a .pt2 and an ONNX file whose first conv was 1 % off
+exited 0 on `--input zeros.npy --static`, and the pytest plugin passed them on `torch.zeros(...)`)."""
+
+
+def refuse_blank_inputs(inputs: Sequence[NamedInput] | None) -> None:
+    """A UsageError when every input holds only zeros (None: seeded inputs, never blank). One input with a value
+    other than zero among them is evidence; the rest still count."""
+    import numpy as np
+
+    if not inputs or any(np.any(item.array) for item in inputs):
+        return
+    what = f"Input {inputs[0].label} holds" if len(inputs) == 1 else f"Each of the {len(inputs)} inputs holds"
+    raise UsageError(f"{what} only zeros: {BLANK_HOW}; pass an image or an array with content, or drop --input "
+                     "for seeded inputs")
+
+
 def inputs_sha256(inputs: Sequence[NamedInput]) -> str:
     """One digest over every input's shape, dtype and bytes, in order."""
     digest = hashlib.sha256()

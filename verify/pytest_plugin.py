@@ -140,7 +140,7 @@ def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, 
     from exporter.formats.torchscript import TorchScriptOptions
     from exporter.fsio import check_writable_folder
     from verify.api import RunSettings
-    from verify.inputs import require_finite
+    from verify.inputs import BLANK_HOW, require_finite
     from verify.judge.compare import Tolerance
     from verify.runtimes import RuntimeOptions, formats_run_by
 
@@ -151,7 +151,11 @@ def _prepare(spec: Any, example: Any, out: Path, formats: Sequence[str] | None, 
     if example.layout != torch.strided or example.device.type == "meta":  # no values to save as the input
         raise UsageError(f"example must be a dense tensor holding its values; got a {example.layout} tensor on "
                          f"{example.device.type}: pass example.to_dense(), or a tensor made on the cpu")
-    require_finite("example", example.detach().to("cpu", torch.float32).numpy())  # before its file is written
+    values = example.detach().to("cpu", torch.float32).numpy()
+    require_finite("example", values)  # before its file is written
+    if not np.any(values):  # review 33: a 1 %-off first conv passed on torch.zeros(...)
+        shape = ", ".join(map(str, values.shape))
+        raise UsageError(f"example holds only zeros: {BLANK_HOW}; pass torch.randn({shape}) or a real image")
     if tolerance is not None and not isinstance(tolerance, Tolerance):
         raise UsageError(f"tolerance must be a verify.judge.compare.Tolerance, e.g. Tolerance.from_options(rtol=1e-5, "
                          f"atol=1e-6); got {type(tolerance).__name__} {tolerance!r}")

@@ -20,7 +20,7 @@ from verify.explain.localize import CONSTANT_ROUNDING_FLOOR, CONSTANT_ROUNDING_R
 from verify.explain.sides import load_sides
 from verify.explain.structure import StructuralDifference, structural_diff, train_mode_modules
 from verify.explain.tracers import Side, tracer_for
-from verify.inputs import seeded_input
+from verify.inputs import refuse_blank_inputs, seeded_input
 from verify.judge.compare import Tolerance, compare_arrays
 from verify.judge.trust import RANDOM_CAUSES, output_differences
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
@@ -471,6 +471,7 @@ def explain(a: str = SEED_QUESTION[0], b: str = SEED_QUESTION[1], settings: RunS
         return run_isolated(explain, a, b, settings, what=f"Your model {' and '.join(user)}", timeout=timeout,
                             progress=progress, isolate=False)
     named = settings_inputs(settings)
+    refuse_blank_inputs(named)
     with progress.step("Loading both sides"):
         artifacts = [resolve_source(a, settings), resolve_source(b, settings)]
     named = named or [seeded_input(input_shape_for(artifacts, settings), settings.seed)]

@@ -13,7 +13,7 @@ from verify.explain.equivalence import require_one_function
 from verify.explain.rerun import isolate_sides, isolation_factor
 from verify.explain.sides import load_sides
 from verify.explain.tracers import Side
-from verify.inputs import seeded_input
+from verify.inputs import refuse_blank_inputs, seeded_input
 from verify.judge.layers import Isolation, culprit_note
 from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.progress import NullProgress, Progress
@@ -38,6 +38,7 @@ def load_pair(a: str, b: str, settings: RunSettings, progress: Progress) -> tupl
         artifacts = [resolve_source(a, settings), resolve_source(b, settings)]
         sides = load_sides(*artifacts)
     named = settings_inputs(settings) or [seeded_input(input_shape_for(artifacts, settings), settings.seed)]
+    refuse_blank_inputs(named[:1])  # the culprit is looked for on the first input alone
     require_one_function(sides, named[0].array)  # the reference's own recorded run is under hooks, not watched
     return sides, named[0].array
 

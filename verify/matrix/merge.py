@@ -18,7 +18,7 @@ from exporter.spec import ModelSpec
 from verify.matrix.detector_judging import judge_result
 from verify.matrix.detectors import DETECTOR_VIEW, DetectorSpec, detector_formats
 from verify.matrix.judging import tolerance_from
-from verify.matrix.request import fingerprint
+from verify.matrix.request import NOTHING_EXPORTED, fingerprint
 from verify.matrix.result import REPORT_KEY_ENV, CellResult, MatrixFailure, MatrixResult, verify_identity
 from verify.matrix.shards import assign_shards, spec_cost
 
@@ -93,6 +93,9 @@ def check_report(report: MatrixResult, name: str) -> list[ExpectedCell]:
     expected = expected_cells(report.settings)
     if not expected:
         raise MatrixFailure(f"{name} describes a matrix without cells: nothing was verified")
+    if not report.settings["export"]["formats"]:  # read by expected_cells; `verify matrix` refuses such settings
+        raise MatrixFailure(f"{name} describes a matrix that exports no file, {NOTHING_EXPORTED}; rerun the matrix "
+                            "with a --runtime that runs a file")
     ids = [cell.id for cell in expected]
     claimed = [entry.get("id") if isinstance(entry, Mapping) else None for entry in report.matrix]
     if claimed != ids or [e.get("spec") for e in report.matrix] != [c.spec for c in expected]:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 
 DEFAULT_VIEW = "body"
+NOTHING_EXPORTED = ("so each cell would judge eager only against its own float64 run, the run its floor is measured "
+                    "from, and pass having judged nothing")
+"""Why a matrix of backbone or model cells that exports no file is refused (`verify export` refuses it too)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class MatrixRequest:
             raise UsageError("The matrix does not run the layer verdict (--layers): run verify export --layers (or "
                              "verify compare MODEL FILE --layers) on the cells you want judged layer by layer")
         export = export or export_for(runtimes, settings.runtime.device)
+        if (chosen[0] or users) and not export.formats:  # review 33: such cells passed, judging nothing
+            raise UsageError(f"Nothing to export: --runtime {' --runtime '.join(runtimes or ())} runs no file format, "
+                             f"{NOTHING_EXPORTED}; add a --runtime that runs a file, or name a --format")
         if chosen[0] or users:  # a backbone's or a model's cell exports at one shape with --static (hunt 19c): the
             refuse_static_shapes(settings, export.dynamic)  # library refuses it too, before any cell (review 18)
         shape = tuple(detector_shape or DEFAULT_DETECTOR_SHAPE)

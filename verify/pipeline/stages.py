@@ -217,6 +217,7 @@ def plan_cell(request: CellRequest) -> CellPlan:
     """Check names, options, precisions and that each runtime has a format to run; read and check the
     inputs --input names. No model work."""
     from exporter.formats import refuse_unused_options as refuse_unused_format_options
+    from verify.inputs import refuse_blank_inputs
     from verify.runtimes import check_runtimes
     from verify.settings import settings_inputs
 
@@ -226,7 +227,9 @@ def plan_cell(request: CellRequest) -> CellPlan:
     runtimes, formats = choose_runtimes(request.export.formats, request.runtimes,
                                         request.settings.runtime.precision)
     check_runtimes(runtimes, request.settings.runtime)  # --device cuda without a GPU, --precision tf32 on the CPU
-    return CellPlan(request, runtimes, formats, settings_inputs(request.settings))
+    named = settings_inputs(request.settings)
+    refuse_blank_inputs(named)  # before the model is built (review 33)
+    return CellPlan(request, runtimes, formats, named)
 
 
 def model_shape(built: Any) -> tuple[int, ...]:
