@@ -203,8 +203,8 @@ def test_the_library_matrix_refuses_static_exports_of_several_input_shapes(tmp_p
     from verify.pipeline.stages import export_for
     from verify.settings import RunSettings
 
-    np.save(tmp_path / "a.npy", np.zeros((1, 3, 32, 32), np.float32))
-    np.save(tmp_path / "b.npy", np.zeros((1, 3, 40, 48), np.float32))
+    np.save(tmp_path / "a.npy", np.full((1, 3, 32, 32), 0.5, np.float32))
+    np.save(tmp_path / "b.npy", np.full((1, 3, 40, 48), 0.5, np.float32))
     settings, static = RunSettings(input_file=tmp_path), replace(export_for(None, "cpu"), dynamic=False)
     with pytest.raises(UsageError, match="^--static exports one input shape"):
         MatrixRequest.create(["resnet18"], ["frozen"], settings=settings, export=static)

@@ -177,7 +177,7 @@ def test_an_input_the_model_cannot_take_is_refused_at_the_build_not_blamed_on_th
     import numpy as np
 
     array = tmp_path / "gray.npy"
-    np.save(array, np.zeros((1, 1, 32, 32), dtype=np.float32))
+    np.save(array, np.full((1, 1, 32, 32), 0.5, dtype=np.float32))
     result = invoke("export", "--model", TINY_MODEL, "--input", array, "--out", tmp_path / "out",
                     "--no-cache")
     assert result.exit_code == 2, result.output

@@ -115,5 +115,5 @@ def test_the_pytest_plugin_leaves_no_earlier_pass_beside_a_run_that_failed(tmp_p
     stale = tmp_path / "tiny-report.json"
     stale.write_text(json.dumps({"command": "export", "passed": True}))
     with pytest.raises(pytest.fail.Exception, match="ONNX Runtime cannot load"):
-        assert_exports_agree(nn.Conv2d(3, 4, 1).eval(), torch.zeros(1, 3, 8, 8), out=tmp_path, name="tiny")
+        assert_exports_agree(nn.Conv2d(3, 4, 1).eval(), torch.ones(1, 3, 8, 8), out=tmp_path, name="tiny")
     assert not stale.exists()

@@ -16,7 +16,7 @@ def test_seed_with_other_weights_and_an_input_is_refused(tmp_path, backbone):
     """Before: `-b resnet18 --weights imagenet --input x.npy --seed 3` went on to the weights (the seed unused);
     now a usage error before any work, naming --seed."""
     given = tmp_path / "x.npy"
-    np.save(given, np.zeros((1, 3, 64, 64), np.float32))
+    np.save(given, np.full((1, 3, 64, 64), 0.5, np.float32))
     result = runner.invoke(app, ["export", "-b", backbone, "--weights", "imagenet", "--input", str(given),
                                  "--seed", "3", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
@@ -38,7 +38,7 @@ def test_compare_refuses_a_seed_that_draws_nothing(tmp_path):
     """Before (review of hunt 13a): `compare a.pt2 b.pt2 --input x.npy --seed 4` agreed, exit 0, the seed recorded:
     two files carry their own weights and --input gives the inputs."""
     given = tmp_path / "x.npy"
-    np.save(given, np.zeros((1, 3, 32, 32), np.float32))
+    np.save(given, np.full((1, 3, 32, 32), 0.5, np.float32))
     files = []
     for name in ("a", "b"):
         files.append(tmp_path / f"{name}.pt2")
@@ -54,7 +54,7 @@ def test_compare_keeps_a_seed_that_draws_a_side(tmp_path):
     from verify.settings import RunSettings
 
     given = tmp_path / "x.npy"
-    np.save(given, np.zeros((1, 3, 32, 32), np.float32))
+    np.save(given, np.full((1, 3, 32, 32), 0.5, np.float32))
     file = tmp_path / "a.pt2"
     file.write_bytes(b"not read")
     seeded = RunSettings(seed=4, input_file=given)
@@ -71,7 +71,7 @@ def test_the_matrix_refuses_a_seed_no_cell_draws_from(tmp_path):
     from verify.settings import RunSettings
 
     given = tmp_path / "x.npy"
-    np.save(given, np.zeros((1, 3, 32, 32), np.float32))
+    np.save(given, np.full((1, 3, 32, 32), 0.5, np.float32))
     result = runner.invoke(app, ["matrix", "-b", "resnet18", "--weights", "imagenet", "--input", str(given),
                                  "--seed", "3", "--json", str(tmp_path / "matrix.json")])
     assert result.exit_code == 2, result.output
