@@ -105,6 +105,18 @@ class Postprocess(Strict):
 class DetectionFloorInfo(Strict):
     boxes: Positive
     scores: Positive
+    masks: Positive | None = None
+    """Mask R-CNN: the floor of the matched pairs' pasted masks (verify/detect/masks.py); absent (no key, never null)
+    for a detector without masks. Re-derived from the goldens' mask-head logits, never trusted."""
+    mask_head: Positive | None = None
+    """Mask R-CNN: the floor of the matched pairs' mask-head logits (their label's); absent without masks."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_masks(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(key in data and data[key] is None for key in ("masks", "mask_head")):
+            raise ValueError("a mask floor is null; it is a positive number, or absent for a detector without masks")
+        return data
 
 
 class DetectorVerdict(Strict):
@@ -160,6 +172,9 @@ class DetectorManifest(Strict):
         absent: dict[str, Any] = {k: True for k in ("identity", "signature") if getattr(self, k) is None}
         if self.detector.classes is None:  # an older folder's manifest, as it was written
             absent["detector"] = {"classes": True}
+        masks = {k: True for k in ("masks", "mask_head") if getattr(self.detection_floor, k) is None}
+        if masks:  # a detector without masks: its floor as before
+            absent["detection_floor"] = masks
         return json.dumps(self.model_dump(mode="json", by_alias=True, exclude=absent), indent=2,
                           allow_nan=False) + "\n"
 

@@ -1,4 +1,4 @@
-"""Whole detectors: Faster R-CNN, RetinaNet, FCOS and SSDlite, built by torchvision's own builders.
+"""Whole detectors: Faster R-CNN, Mask R-CNN, RetinaNet, FCOS and SSDlite, built by torchvision's own builders.
 
 Standalone for now (`build_detector(name, norm, weights, seed)`); not yet in `exporter.backbones`.
 Every detector is built small: 320 px (the transform's min/max size), few proposals and detections,
@@ -55,10 +55,19 @@ FCOS_DISTANCE_MEAN = 1.5
 """FCOS's box regression (left, top, right, bottom distances in anchor sizes, after a ReLU): boxes about three anchors
 wide, their sides well clear of the ReLU's zero (FCOS_DISTANCE_STD spread)."""
 FCOS_DISTANCE_STD = 0.3
+MASK_LOGIT_STD = 2.0
+"""Mask R-CNN's mask logits (before the sigmoid): each detection's 28 x 28 mask probabilities spread on both sides of
+0.5 (about 0.12 to 0.88 within one standard deviation), so an error in the mask path moves them visibly."""
+RCNN_KINDS = ("fasterrcnn", "maskrcnn")
+"""The kinds with an RPN and a box head (Mask R-CNN is a Faster R-CNN with a mask head)."""
+MASK_KINDS = ("maskrcnn",)
+"""The kinds whose detections carry masks (judged per matched pair, verify/detect/masks.py)."""
+MASK_LOGITS = "roi_heads.mask_predictor.mask_fcn_logits"
+"""Mask R-CNN's mask logits: one row per detection (N x classes x 28 x 28), the label's channel pasted as its mask."""
 PER_PROPOSAL_MODULES = ["roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"]
 """Faster R-CNN's box-head outputs: one row per RPN proposal, in the RPN's order."""
-ANCHOR_MODULES = {"fasterrcnn": "rpn.anchor_generator", "retinanet": "anchor_generator", "fcos": "anchor_generator",
-                  "ssd": "anchor_generator"}
+ANCHOR_MODULES = {"fasterrcnn": "rpn.anchor_generator", "maskrcnn": "rpn.anchor_generator",
+                  "retinanet": "anchor_generator", "fcos": "anchor_generator", "ssd": "anchor_generator"}
 """Each kind's anchor generator: its anchors (one K x 4 tensor per image, every level) are judged before NMS as a dense
 tensor, so that a level no proposal or detection comes from is judged too (hunt 19a: one RPN level's anchors 5 % off
 exited 0 when that level kept no proposal)."""
@@ -70,7 +79,8 @@ MIN_DETECTIONS = 20
 class Detector:
     name: str
     kind: str
-    """`fasterrcnn`, `retinanet`, `fcos` or `ssd`: how its heads are calibrated and which tensors are dense."""
+    """`fasterrcnn`, `maskrcnn`, `retinanet`, `fcos` or `ssd`: how its heads are calibrated and which tensors are
+    dense."""
     body_backbone: str | None
     """The project backbone whose synthetic classifier weights the body takes (None: BN calibration only)."""
     norms: tuple[str, ...]
@@ -97,6 +107,8 @@ for _detector in (
     Detector("fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn", "mobilenet_v3_large", ("batch", "frozen"), _RCNN),
     Detector("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn", "mobilenet_v3_large", ("batch", "frozen"),
              _RCNN),
+    Detector("maskrcnn_resnet50_fpn", "maskrcnn", "resnet50", _RESNET_NORMS, _RCNN),
+    Detector("maskrcnn_resnet50_fpn_v2", "maskrcnn", "resnet50", ("batch",), _RCNN),
     Detector("retinanet_resnet50_fpn", "retinanet", "resnet50", _RESNET_NORMS, {**_SIZE, **_DENSE}),
     Detector("retinanet_resnet50_fpn_v2", "retinanet", "resnet50", ("batch",), {**_SIZE, **_DENSE}),
     Detector("fcos_resnet50_fpn", "fcos", "resnet50", ("batch", "frozen"), {**_SIZE, **_DENSE}),
@@ -105,11 +117,10 @@ for _detector in (
     DETECTORS.add(_detector.name, _detector)
 
 
-NOT_JUDGED = {"maskrcnn_resnet50_fpn": "its masks are not judged yet",
-              "maskrcnn_resnet50_fpn_v2": "its masks are not judged yet",
-              "keypointrcnn_resnet50_fpn": "its keypoints are not judged yet",
-              "ssd300_vgg16": "not registered yet (no synthetic VGG-16 body)"}
-"""torchvision's detectors not registered here, and why."""
+NOT_JUDGED = {"keypointrcnn_resnet50_fpn": "Keypoint R-CNN: keypoints not judged yet",
+              "ssd300_vgg16": "SSD300: no synthetic VGG-16 body"}
+"""torchvision's detectors not registered here, and why (each naming its model: the refusal leaves the name out, to
+list every detector in one line)."""
 DETECTOR_WORDS = ("rcnn", "retinanet", "fcos", "ssd", "detr", "yolo")
 """A name holding one of these is taken for a detector: its refusal lists every detector in full (both lists in full
 pass the CLI's one-line limit, exporter/messages.py MAX_MESSAGE, and were cut off)."""
@@ -129,9 +140,9 @@ def unknown_model(name: str, backbones: Iterable[str]) -> UsageError:
         return UsageError(f"Unknown {'detector' if meant in DETECTORS else 'backbone'} {name!r}; did you mean "
                           f"{meant!r}? (names are lower case, without spaces)")
     if meant in NOT_JUDGED:
-        return UsageError(f"{meant}: {NOT_JUDGED[meant]}; choose one of the whole detectors: {detectors}")
-    if any(word in name.lower() for word in DETECTOR_WORDS):
-        return UsageError(f"Unknown detector {name!r}; choose one of: {detectors}")
+        return UsageError(f"{NOT_JUDGED[meant]}; detectors: {detectors}")
+    if any(word in name.lower() for word in DETECTOR_WORDS):  # stop 44: ten detectors and the CLI's prefix, one line
+        return UsageError(f"Unknown detector {name!r}; one of: {detectors}")
     families = ", ".join(dict.fromkeys(f"{d.partition('_')[0]}_*" for d in DETECTORS.names()))
     return UsageError(f"Unknown backbone {name!r}; choose one of: {', '.join(backbones)}; or a whole detector "
                       f"({families})")
@@ -204,9 +215,14 @@ class BuiltDetector:
         """The dense modules whose rows are indexed by RPN proposal (judged paired by proposal)."""
         return per_proposal_modules(self.detector.kind)
 
+    @property
+    def masks(self) -> bool:
+        """Whether its detections carry masks (Mask R-CNN): judged per matched detection with their mask head."""
+        return self.detector.kind in MASK_KINDS
+
 
 def per_proposal_modules(kind: str) -> list[str]:
-    return PER_PROPOSAL_MODULES if kind == "fasterrcnn" else []
+    return PER_PROPOSAL_MODULES if kind in RCNN_KINDS else []
 
 
 def _postprocess_attr(model: nn.Module, name: str) -> Any:
@@ -215,7 +231,7 @@ def _postprocess_attr(model: nn.Module, name: str) -> Any:
 
 
 def dense_modules(model: nn.Module, kind: str) -> list[str]:
-    if kind == "fasterrcnn":
+    if kind in RCNN_KINDS:  # Mask R-CNN's mask logits: one row per detection, judged with its masks (masks.py)
         return ["rpn.head.cls_logits", "rpn.head.bbox_pred", ANCHOR_MODULES[kind], *PER_PROPOSAL_MODULES]
     if kind == "retinanet":
         return ["head.classification_head.cls_logits", "head.regression_head.bbox_reg", ANCHOR_MODULES[kind]]
@@ -295,6 +311,7 @@ def freeze_body_norms(model: nn.Module, eps: float) -> int:
 
 
 CLASS_KEYS = {"fasterrcnn": "roi_heads.box_predictor.cls_score.weight",
+              "maskrcnn": "roi_heads.box_predictor.cls_score.weight",
               "retinanet": "head.classification_head.cls_logits.weight",
               "fcos": "head.classification_head.cls_logits.weight",
               "ssd": "head.classification_head.module_list.0.1.weight"}
@@ -304,7 +321,7 @@ box predictor: one row a class): a fine-tuned checkpoint's class count is read f
 
 def detector_classes(model: nn.Module, kind: str) -> int:
     """The class count `model` is built with (torchvision's num_classes, background included where it has one)."""
-    if kind == "fasterrcnn":
+    if kind in RCNN_KINDS:
         return int(model.roi_heads.box_predictor.cls_score.out_features)
     head = model.head.classification_head
     return int(head.num_columns if kind == "ssd" else head.num_classes)
@@ -321,7 +338,7 @@ def checkpoint_classes(model: nn.Module, detector: Detector, state: dict[str, to
     classes, left = divmod(int(state[key].shape[0]), anchors)
     if rest or left or classes < 1:
         return own
-    if classes < 2 and detector.kind in ("fasterrcnn", "ssd"):  # softmax over classes with background at 0
+    if classes < 2 and detector.kind in (*RCNN_KINDS, "ssd"):  # softmax over classes with background at 0
         raise UsageError(f"Weights file {path} is a {detector.name} with 1 class, its background only: it detects "
                          "nothing; pass a checkpoint trained with num_classes of 2 or more")
     return classes
@@ -432,8 +449,10 @@ def _calibrate(model: nn.Module, detector: Detector, seed: int) -> None:
     if detector.body_backbone is not None:
         _load_synthetic_body(model, detector.body_backbone, seed)
     _calibrate_norms(model, image)
-    if detector.kind == "fasterrcnn":
+    if detector.kind in RCNN_KINDS:
         _calibrate_rcnn(model, image, gen)
+        if detector.kind in MASK_KINDS:
+            _calibrate_masks(model, image, gen)
     else:
         _calibrate_dense(model, image, gen, detector.kind)
     count = len(detect(model, image)["scores"])
@@ -488,6 +507,8 @@ def _calibrate_norms(model: nn.Module, image: torch.Tensor) -> None:
                 if not isinstance(module, nn.BatchNorm2d) or id(module) in loaded:
                     module.eval()
             _roi_features(model, images, features)
+            if getattr(model.roi_heads, "mask_head", None) is not None:  # v2's mask head norms: on the proposals
+                _mask_features(model, images, features)
         else:
             model.head(list(features.values()) if isinstance(features, dict) else features)
     for norm in norms:
@@ -499,6 +520,12 @@ def _roi_features(model: nn.Module, images: Any, features: dict[str, torch.Tenso
     proposals, _ = model.rpn(images, features)
     pooled = model.roi_heads.box_roi_pool(features, proposals, images.image_sizes)
     return model.roi_heads.box_head(pooled)
+
+
+def _mask_features(model: nn.Module, images: Any, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    proposals, _ = model.rpn(images, features)
+    pooled = model.roi_heads.mask_roi_pool(features, proposals, images.image_sizes)
+    return model.roi_heads.mask_head(pooled)
 
 
 def _capture(module: nn.Module, model: nn.Module, image: torch.Tensor, want_input: bool) -> list[torch.Tensor]:
@@ -542,6 +569,13 @@ def _calibrate_rcnn(model: nn.Module, image: torch.Tensor, gen: torch.Generator)
     boxes = _capture(predictor.cls_score, model, image, True)
     _rescale(predictor.cls_score, boxes, gen, CLASS_LOGIT_STD)
     _rescale(predictor.bbox_pred, boxes, gen, BOX_DELTA_STD)
+
+
+def _calibrate_masks(model: nn.Module, image: torch.Tensor, gen: torch.Generator) -> None:
+    """Mask R-CNN's mask logits spread MASK_LOGIT_STD around 0 over the calibration image's detections (every class's
+    channel centred): their masks hold probabilities on both sides of 0.5, never all near 0 or 1."""
+    layer = model.roi_heads.mask_predictor.mask_fcn_logits
+    _rescale(layer, _capture(layer, model, image, True), gen, MASK_LOGIT_STD)
 
 
 def _calibrate_dense(model: nn.Module, image: torch.Tensor, gen: torch.Generator, kind: str) -> None:

@@ -358,7 +358,8 @@ def _backbone_or_detector(value: str | None) -> str | None:
 
     if value is None or value in DETECTORS or value in BACKBONES:
         return value
-    raise _bad(unknown_model(value, BACKBONES.names()))
+    # its short name: the refusal lists every backbone or detector in one line (MAX_MESSAGE), click's prefix included
+    raise typer.BadParameter(str(unknown_model(value, BACKBONES.names())), param_hint="'-b'")
 
 
 def _backbone_help() -> str:

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from verify.detect.match import Detections
+from verify.detect.match import MASK_LOGITS, MASKS, Detections
 from verify.detect.nms_inputs import NMS_INPUTS
 from verify.detect.proposals import PROPOSALS
 from verify.detect.report import Judging, Run
@@ -57,6 +57,8 @@ def _image_outputs(run: Run, image: int) -> dict[str, np.ndarray]:
     """Everything a run gave for one image, by name: detections, dense tensors, proposals, final-NMS inputs."""
     found = run.detections[image]
     outputs = {"boxes": found.boxes, "scores": found.scores, "labels": found.labels}
+    outputs.update({key: value for key, value in ((MASKS, found.masks), (MASK_LOGITS, found.mask_logits))
+                    if value is not None})
     if run.per_image:
         outputs.update(run.per_image[image])
     if run.proposals:
@@ -114,10 +116,14 @@ def _record_below_threshold(model: torch.nn.Module, calls: list[Detections], bel
 
 def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: bool) -> Run:
     """Detections and dense tensors of each image (dense ones named `module#call`, images concatenated);
-    for Faster R-CNN the RPN's proposals; the final NMS's candidates (its inputs), and in float64 also the RPN NMS's."""
+    for Faster R-CNN the RPN's proposals; the final NMS's candidates (its inputs), and in float64 also the RPN NMS's;
+    for Mask R-CNN each detection's mask head logits of its label (verify/detect/masks.py) with its pasted mask."""
     import copy
 
     import torch
+
+    from exporter.families.detectors import MASK_LOGITS as MASK_MODULE
+    from verify.detect.masks import label_logits
 
     model = copy.deepcopy(built.model).double() if float64 else built.model
     dtype = torch.float64 if float64 else torch.float32
@@ -132,6 +138,10 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
         if built.per_proposal_modules:  # the box head's rows are these proposals, in this order
             hooks.append(model.roi_heads.register_forward_pre_hook(
                 lambda mod, args, store=proposals: store.append(args[1][0].detach().clone())))
+        logits: list[torch.Tensor] = []
+        if built.masks:  # one row per detection, in the detections' order
+            hooks.append(model.get_submodule(MASK_MODULE).register_forward_hook(
+                lambda mod, args, out, store=logits: store.append(out.detach().clone())))
         calls: list[Detections] = []
         try:
             with (torch.inference_mode(), _record_nms(calls),
@@ -141,7 +151,10 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
         finally:
             for hook in hooks:
                 hook.remove()
-        result.detections.append(Detections.of({k: v.numpy() for k, v in out.items()}))
+        found = {k: v.numpy() for k, v in out.items()}
+        if logits:
+            found[MASK_LOGITS] = label_logits(logits[-1].numpy(), found["labels"])
+        result.detections.append(Detections.of(found))
         if calls:
             result.candidates.append(calls[-1])
         if calls and proposals and float64:  # Faster R-CNN calls batched NMS twice: the RPN's first, the final last

@@ -24,6 +24,8 @@ DEFAULT_FORMATS = FORMATS[:2]
 """What `verify export -b <detector>` exports unless --format says otherwise (dynamo is refused upstream)."""
 ONNX_OPSET = 17
 OUTPUT_NAMES = ("boxes", "labels", "scores")
+MASKS = "masks"
+"""Mask R-CNN's fourth output: each detection's mask probabilities pasted into the image (N x 1 x H x W)."""
 DYNAMO_BLOCKER = ("torch.export cannot trace torchvision's detectors: NMS and RoIAlign have data-dependent output "
                   "shapes (upstream fixes open: pytorch/vision#9226, pytorch/vision#9395); use the legacy ONNX "
                   "exporter (format onnx)")
@@ -101,12 +103,12 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, dyna
 
 
 def output_names(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
-    """The detection dict's keys in the model's own order (Faster R-CNN: boxes, labels, scores; RetinaNet
-    and SSDlite: boxes, scores, labels): the legacy exporter names outputs by position."""
+    """The detection dict's keys in the model's own order (Faster R-CNN: boxes, labels, scores; Mask R-CNN: and masks;
+    RetinaNet and SSDlite: boxes, scores, labels): the legacy exporter names outputs by position."""
     from exporter.families.detectors import detect
 
     names = list(detect(model, example))
-    if sorted(names) != sorted(OUTPUT_NAMES):
+    if sorted(set(names) - {MASKS}) != sorted(OUTPUT_NAMES) or len(set(names)) != len(names):
         raise ExportError(f"the detector returns {', '.join(names)}, not {', '.join(OUTPUT_NAMES)}")
     return names
 

@@ -24,7 +24,15 @@ from exporter.detector_manifest import (
     write_detector_manifest,
 )
 from exporter.errors import ArtifactError, SetupError, UsageError
-from exporter.families.detectors import ANCHOR_MODULES, DETECTORS, dense_modules, per_proposal_modules, resized_size
+from exporter.families.detectors import (
+    ANCHOR_MODULES,
+    DETECTORS,
+    MASK_KINDS,
+    RCNN_KINDS,
+    dense_modules,
+    per_proposal_modules,
+    resized_size,
+)
 from exporter.formats import get_format
 from exporter.manifest import EXTERNAL_DATA_FORMAT, GOLDENS_NAME, read_goldens
 from verify.detect.export import FILE_NAMES, ONNX_OPSET
@@ -123,7 +131,9 @@ def _manifest_fields(report: DetectorReport, eager: Run, identity: dict[str, Any
         "dense_outputs": list(dict.fromkeys(name for tensors in eager.per_image for name in tensors)),
         "noise_floor": {name: floor.value for name, floor in report.floors.items()},
         "channel_floors_sha256": channel_floors_sha256(report.floors),
-        "detection_floor": {"boxes": report.floor.boxes, "scores": report.floor.scores},
+        "detection_floor": {"boxes": report.floor.boxes, "scores": report.floor.scores,
+                            **({"masks": report.floor.masks, "mask_head": report.floor.mask_head}
+                               if report.floor.masks is not None else {})},
         "verdicts": [{"level": row.level, "a": row.a, "b": row.b, "passed": row.passed} for row in report.rows()],
         "passed": report.passed,
     }
@@ -151,7 +161,15 @@ class DetectorFolder(CheckedFolder):
         rpn = None if post.rpn is None else RpnRules(post.rpn.nms_thresh, post.rpn.post_nms_top_n,
                                                      post.rpn.score_thresh)
         return Judging(Rules(post.score_thresh, post.nms_thresh, post.detections_per_img), rpn,
-                       tuple(post.per_proposal), BoxCoding.rcnn_default() if rpn is not None else None)
+                       tuple(post.per_proposal), BoxCoding.rcnn_default() if rpn is not None else None,
+                       self.masks)
+
+    @property
+    def masks(self) -> bool:
+        """Whether the detector the manifest names is a Mask R-CNN (its registry kind, never a recorded flag): its
+        goldens must hold each detection's mask logits, and every run is judged on its masks."""
+        name = self.manifest.detector.name
+        return name in DETECTORS.names() and DETECTORS.get(name).kind in MASK_KINDS
 
 
 def detector_integrity(path: Path, report: CheckReport, verify_key: Path | None = None,
@@ -198,7 +216,7 @@ def _goldens(art: DetectorFolder) -> str:
     manifest = art.manifest
     message = check_goldens(goldens, [image.shape for image in manifest.images], manifest.dense_outputs,
                             bool(manifest.postprocess.per_proposal), manifest.postprocess.per_proposal,
-                            manifest.detector.classes)
+                            manifest.detector.classes, art.masks)
     art.images = golden_images(goldens)
     art.references = {EAGER: golden_run(goldens["float32"], art.images),
                       ORACLE: golden_run(goldens["float64"], art.images)}
@@ -232,12 +250,21 @@ def _floors(art: DetectorFolder) -> str:
     stored = art.manifest.detection_floor
     if detection is None:
         raise ArtifactError("the float32 and float64 golden detections share no detection: no floor to judge on")
-    for what, value in (("boxes", detection.boxes), ("scores", detection.scores)):
+    if (stored.masks is None) != (detection.masks is None) or (stored.mask_head is None) != (
+            detection.mask_head is None):
+        raise ArtifactError(f"detection_floor {'lacks' if stored.masks is None else 'holds'} the floors of masks, but "
+                            f"its goldens {'give' if detection.masks is not None else 'give none'}: a floor is "
+                            "re-derived, never taken on trust")
+    for what, value in (("boxes", detection.boxes), ("scores", detection.scores), ("masks", detection.masks),
+                        ("mask_head", detection.mask_head)):
+        if value is None:
+            continue
         if not math.isclose(getattr(stored, what), value, rel_tol=FLOOR_RTOL, abs_tol=0.0):
             raise ArtifactError(f"detection_floor.{what} is {getattr(stored, what):.4g} in the manifest, but its "
                                 f"goldens give {value:.4g}; a floor is re-derived, never taken on trust")
+    masks = "" if detection.masks is None else f", masks {detection.masks:.3g}, mask head {detection.mask_head:.3g}"
     return (f"{len(floors)} dense floors and the detection floor (boxes {detection.boxes:.3g}, scores "
-            f"{detection.scores:.3g}) re-derived from the goldens; the manifest records the same")
+            f"{detection.scores:.3g}{masks}) re-derived from the goldens; the manifest records the same")
 
 
 def _judged(art: DetectorFolder) -> str:
@@ -246,7 +273,7 @@ def _judged(art: DetectorFolder) -> str:
     a folder cannot leave a tensor out of its judgement."""
     detector = DETECTORS.get(art.manifest.detector.name)
     post = art.manifest.postprocess
-    rcnn = detector.kind == "fasterrcnn"
+    rcnn = detector.kind in RCNN_KINDS
     if post.per_proposal != per_proposal_modules(detector.kind) or (post.rpn is not None) != rcnn:
         raise ArtifactError(f"postprocess records per-proposal tensors {post.per_proposal} and "
                             f"{'no RPN' if post.rpn is None else 'an RPN'}, not what {detector.name} has")

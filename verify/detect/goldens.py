@@ -30,6 +30,9 @@ eager's second float32 rounding (verify/detect/eager_runs.py `folded_samples`; n
 SAMPLE_GROUPS = {"folded": "samples", "reversed": "reversed_sums"}
 """Each rounding-sample group of the goldens -> the eager Run's field that holds it."""
 DETECTION_KEYS = ("boxes", "scores", "labels")
+MASK_KEY = "mask_logits"
+"""Mask R-CNN: each detection's mask-head logits of its label (N x M x M, in its group's precision); its pasted mask
+is re-derived from them and its box (verify/detect/masks.py `pasted_masks`: 28 x 28 a detection, not H x W)."""
 DENSE, PROPOSALS_KEY = "dense", "proposals"
 CANDIDATES = ("candidates", "rpn_candidates")
 """The recorded inputs of the final batched NMS (float32 and float64: a runtime's decoded candidates are judged on
@@ -72,6 +75,8 @@ def _run_arrays(run: Run) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for i, found in enumerate(run.detections):
         arrays.update(_detection_arrays(f"{i}", found))
+        if found.mask_logits is not None:
+            arrays[f"{i}.{MASK_KEY}"] = found.mask_logits
         for name, value in (run.per_image[i] if run.per_image else {}).items():
             arrays[f"{i}.{DENSE}.{name}"] = value
         if run.proposals:
@@ -87,11 +92,12 @@ def _detection_arrays(prefix: str, found: Detections) -> dict[str, np.ndarray]:
     return {f"{prefix}.{key}": getattr(found, key) for key in DETECTION_KEYS}
 
 
-def expected_keys(images: int, dense: list[str], proposals: bool, group: str) -> set[str]:
-    """The keys of one group of a complete goldens file."""
+def expected_keys(images: int, dense: list[str], proposals: bool, group: str, masks: bool = False) -> set[str]:
+    """The keys of one group of a complete goldens file (`masks`: Mask R-CNN's, with each image's mask logits)."""
     keys = set()
     for i in range(images):
         keys |= {f"{i}.{key}" for key in DETECTION_KEYS} | {f"{i}.{DENSE}.{name}" for name in dense}
+        keys |= {f"{i}.{MASK_KEY}"} if masks else set()
         keys |= {f"{i}.{PROPOSALS_KEY}"} if proposals else set()
         kinds = ((*CANDIDATES, BELOW) if proposals else (CANDIDATES[0], BELOW)) if group == "float64" \
             else (CANDIDATES[0],)
@@ -100,13 +106,13 @@ def expected_keys(images: int, dense: list[str], proposals: bool, group: str) ->
 
 
 def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[int]], dense: list[str],
-                  proposals: bool, rows: Sequence[str] = (), classes: int | None = None) -> str:
+                  proposals: bool, rows: Sequence[str] = (), classes: int | None = None, masks: bool = False) -> str:
     """Exactly the arrays a complete export writes: the images of the recorded shapes in float32, each group's
     keys, dtypes (dense tensors in their group's precision) and shapes, all finite, labels below `classes` (the
     manifest's, its class heads exactly that wide; None, an older folder's: CLASSES bounds both); else an
     ArtifactError. The folded group, where there is one, holds every dense tensor but those of the per-proposal
     modules `rows` and the anchors, each of its float32 twin's shape (a folder written before it had none: its floors
-    were measured without)."""
+    were measured without). `masks` (Mask R-CNN): each image's mask logits, one square M x M row per detection."""
     import numpy as np
 
     wanted = {str(i) for i in range(len(shapes))}
@@ -118,7 +124,7 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
             raise ArtifactError(f"{GOLDENS_NAME}: image.{i} is {image.dtype} {list(image.shape)}, the manifest "
                                 f"records float32 {list(shape)}")
     for group, dtype in (("float32", np.float32), ("float64", np.float64)):
-        keys = expected_keys(len(shapes), dense, proposals, group)
+        keys = expected_keys(len(shapes), dense, proposals, group, masks)
         found = set(goldens[group])
         if group == "float64" and not any(key.split(".")[1:2] == [BELOW] for key in found):
             raise ArtifactError(f"{GOLDENS_NAME} holds no float64.<i>.{BELOW} (the final NMS's float64 inputs under a "
@@ -142,6 +148,8 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
                 raise ArtifactError(f"{GOLDENS_NAME}: {kind}.{key} holds {bad} NaN/Inf; goldens must be finite")
     for i, shape in enumerate(shapes):
         _check_image_runs(goldens, i, shape, dense, proposals, classes)
+        for group in ("float32", "float64") if masks else ():
+            _check_mask_rows(f"{group}.{i}", goldens[group][f"{i}.{MASK_KEY}"], len(goldens[group][f"{i}.labels"]))
     from exporter.families.detectors import ANCHOR_MODULES
 
     skipped = {*rows, *ANCHOR_MODULES.values()}  # anchors: no norm in them (check.py `folded_samples`)
@@ -149,6 +157,12 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
         _check_folded(goldens, len(shapes), [name for name in dense if name.rpartition("#")[0] not in skipped], group)
     return (f"{len(shapes)} image(s) {', '.join('x'.join(map(str, s)) for s in shapes)}, {len(dense)} dense tensors "
             "per image, detections in float32 and float64, all finite, each within what a detector outputs")
+
+
+def _check_mask_rows(prefix: str, logits: np.ndarray, count: int) -> None:
+    if logits.ndim != 3 or len(logits) != count or logits.shape[1] != logits.shape[2] or not logits.shape[1]:
+        raise ArtifactError(f"{GOLDENS_NAME}: {prefix}.{MASK_KEY} is {list(logits.shape)}; a Mask R-CNN's mask logits "
+                            f"are one M x M row per detection ({count} here)")
 
 
 def _check_folded(goldens: dict[str, dict[str, np.ndarray]], images: int, dense: list[str],
@@ -184,7 +198,7 @@ def _check_array(key: str, array: np.ndarray, dense_dtype: Any) -> None:
     import numpy as np
 
     leaf = key.rsplit(".", 1)[-1]
-    if f".{DENSE}." in key:
+    if f".{DENSE}." in key or leaf == MASK_KEY:
         dtype, ndim = dense_dtype, None
     elif leaf == "labels":
         dtype, ndim = np.int64, 1
@@ -304,6 +318,13 @@ def golden_run(arrays: dict[str, np.ndarray], images: list[torch.Tensor]) -> Run
     """One group (float32 or float64) of checked goldens as the Run the export judged against."""
     count = len(images)
     run = Run([Detections.of({k: arrays[f"{i}.{k}"] for k in DETECTION_KEYS}) for i in range(count)])
+    for i, found in enumerate(run.detections):
+        logits = arrays.get(f"{i}.{MASK_KEY}")
+        if logits is not None:  # the pasted masks re-derived, in the group's precision, as the run pasted them
+            from verify.detect.masks import pasted_masks
+
+            found.mask_logits = logits
+            found.masks = pasted_masks(logits, found.boxes, tuple(images[i].shape[-2:]), logits.dtype)
     run.per_image = [{key.removeprefix(f"{i}.{DENSE}."): value for key, value in arrays.items()
                       if key.startswith(f"{i}.{DENSE}.")} for i in range(count)]
     run.dense = concat_dense(run.per_image, images) if any(run.per_image) else {}

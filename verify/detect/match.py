@@ -14,6 +14,8 @@ Anything else unmatched fails, and so does a box whose partner sits in another c
 detection with a NaN or infinite box or score, one of a side holding more than the cap, one that overlaps a
 same-class detection of its own side past the NMS threshold (a duplicate NMS would have removed), and a pair in
 which nothing matched at all.
+Mask R-CNN's masks belong to their detections: each matched pair's pasted mask and its mask head's output are judged
+on their own floors, measured on the same matching of eager float32 against float64 (verify/detect/masks.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from verify.judge.noise_floor import FLOAT32_EPS
 if TYPE_CHECKING:
     import numpy as np
 
+MASKS, MASK_LOGITS = "masks", "mask_logits"
+"""Mask R-CNN's pasted masks (its fourth output) and its mask head's logits of each detection's label."""
 MATCH_IOU = 0.5
 """Below this IoU two boxes are not the same detection (the COCO matching threshold)."""
 FLOOR_IOU = 0.99
@@ -44,25 +48,37 @@ matched values may differ, never which detections may go missing (at 1e6 every l
 
 @dataclass
 class Detections:
-    """One image's detections, float64 boxes (x1, y1, x2, y2), scores and integer labels."""
+    """One image's detections, float64 boxes (x1, y1, x2, y2), scores and integer labels; Mask R-CNN's also their
+    pasted masks (N x H x W probabilities) and their mask head's logits of their label (N x M x M), each in the run's
+    own precision (float32 runs paste in float32)."""
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    masks: np.ndarray | None = None
+    mask_logits: np.ndarray | None = None
 
     @classmethod
     def of(cls, outputs: Mapping[str, Any]) -> Detections:
         import numpy as np
 
         boxes = np.asarray(outputs["boxes"], dtype=np.float64).reshape(-1, 4)
+        masks = outputs.get(MASKS)
+        if masks is not None:
+            masks = np.asarray(masks)
+            masks = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
+        logits = outputs.get(MASK_LOGITS)
         return cls(boxes, np.asarray(outputs["scores"], dtype=np.float64).reshape(-1),
-                   np.asarray(outputs["labels"]).astype(np.int64).reshape(-1))
+                   np.asarray(outputs["labels"]).astype(np.int64).reshape(-1), masks,
+                   None if logits is None else np.asarray(logits))
 
     def __len__(self) -> int:
         return len(self.scores)
 
     def take(self, index: Any) -> Detections:
-        return Detections(self.boxes[index], self.scores[index], self.labels[index])
+        return Detections(self.boxes[index], self.scores[index], self.labels[index],
+                          None if self.masks is None else self.masks[index],
+                          None if self.mask_logits is None else self.mask_logits[index])
 
 
 @dataclass(frozen=True)
@@ -82,9 +98,16 @@ class DetectionFloor:
     """max |float32 - float64| over matched scores, at least one ulp of 1."""
     matched: int = 0
     """How many detections the floor was measured on."""
+    masks: float | None = None
+    """Mask R-CNN: max |float32 - float64| over the pasted masks of the pairs pasted at the same pixels, at least one
+    ulp of 1 (probabilities); None where the detections have no masks."""
+    mask_head: float | None = None
+    """Mask R-CNN: max |float32 - float64| over the mask head's logits of each pair's label, at least one ulp of the
+    largest; None where the detections have no masks."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items()
+                if value is not None or key not in ("masks", "mask_head")}
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -146,18 +169,39 @@ def measure_detection_floor(fp32: Sequence[Detections], fp64: Sequence[Detection
     FLOOR_IOU or closer. None when nothing matched (no floor can be measured from nothing)."""
     import numpy as np
 
+    from verify.detect.masks import max_abs, paste_shift
+
     box_err, score_err, scale, matched = 0.0, 0.0, 0.0, 0
+    masked = bool(fp32) and all(found.masks is not None and found.mask_logits is not None for found in [*fp32, *fp64])
+    mask_err, head_err, logit_scale = 0.0, 0.0, 0.0
     for run, ref in zip(fp32, fp64, strict=True):
         for i, j, _ in (pair for pair in assign(run, ref) if pair[2] >= FLOOR_IOU):
             box_err = max(box_err, float(np.abs(run.boxes[i] - ref.boxes[j]).max()))
             score_err = max(score_err, abs(float(run.scores[i] - ref.scores[j])))
             matched += 1
+            if masked and _masks_held(run, i) and _masks_held(ref, j):
+                head_err = max(head_err, max_abs(run.mask_logits[i], ref.mask_logits[j]))
+                logit_scale = max(logit_scale, float(np.abs(ref.mask_logits[j]).max(initial=0.0)))
+                alike, _ = paste_shift(run.boxes[i], run.masks.dtype, ref.boxes[j], ref.masks.dtype,
+                                       ref.mask_logits.shape[-1], 0.0)
+                if alike:  # a pair pasted at other pixels (rounding) says nothing of the masks' rounding
+                    mask_err = max(mask_err, max_abs(run.masks[i], ref.masks[j]))
         if len(ref):
             scale = max(scale, float(np.abs(ref.boxes).max()))
     if not matched:
         return None
-    return DetectionFloor(max(box_err, FLOAT32_EPS * max(scale, 1.0)), max(score_err, FLOAT32_EPS * SCORE_SCALE),
-                          matched)
+    floor = DetectionFloor(max(box_err, FLOAT32_EPS * max(scale, 1.0)), max(score_err, FLOAT32_EPS * SCORE_SCALE),
+                           matched)
+    if not masked:
+        return floor
+    return DetectionFloor(floor.boxes, floor.scores, matched, max(mask_err, FLOAT32_EPS * SCORE_SCALE),
+                          max(head_err, FLOAT32_EPS * max(logit_scale, 1.0)))
+
+
+def _masks_held(found: Detections, k: int) -> bool:
+    """Whether detection `k` has a mask and a mask-head row (the arrays hold one per detection)."""
+    return (found.masks is not None and found.mask_logits is not None and len(found.masks) == len(found)
+            and len(found.mask_logits) == len(found) and 0 <= k < len(found))
 
 
 @dataclass
@@ -211,15 +255,29 @@ class DetectionPair:
     worst_score_ratio: float = 0.0
     worst_image: int | None = None
     """The image with the largest ratio (or the first with an unexplained detection)."""
+    worst_mask_ratio: float = 0.0
+    """Mask R-CNN: the largest |a - b| of a matched pair's pasted masks, in mask floors."""
+    worst_mask_head_ratio: float = 0.0
+    """Mask R-CNN: the largest |a - b| of a matched pair's mask-head logits (its label's), in mask-head floors."""
+    paste_borderline: list[str] = field(default_factory=list)
+    """Mask R-CNN: matched pairs whose masks rounding pasted at other pixels (judged on their mask head alone)."""
+    mask_problems: list[str] = field(default_factory=list)
+    """Mask R-CNN: a side without a mask per detection (each a failure)."""
 
     @property
     def matched(self) -> int:
         return sum(self.matched_per_image)
 
     @property
+    def masks_judged(self) -> bool:
+        return self.floor.masks is not None
+
+    @property
     def passed(self) -> bool:
         return (self.matched > 0 and not self.unexplained and self.label_mismatches == 0
-                and self.worst_box_ratio <= self.factor and self.worst_score_ratio <= self.factor)
+                and self.worst_box_ratio <= self.factor and self.worst_score_ratio <= self.factor
+                and not self.mask_problems and self.worst_mask_ratio <= self.factor
+                and self.worst_mask_head_ratio <= self.factor)
 
     @property
     def status(self) -> str:
@@ -237,6 +295,11 @@ class DetectionPair:
             out.append(_over("boxes", self.worst_box_ratio, self.floor.boxes, self.factor))
         if self.worst_score_ratio > self.factor:
             out.append(_over("scores", self.worst_score_ratio, self.floor.scores, self.factor))
+        if self.masks_judged and self.worst_mask_ratio > self.factor:
+            out.append(_over("masks", self.worst_mask_ratio, self.floor.masks, self.factor))
+        if self.masks_judged and self.worst_mask_head_ratio > self.factor:
+            out.append(_over("mask head logits", self.worst_mask_head_ratio, self.floor.mask_head, self.factor))
+        out += self.mask_problems[:1]
         if self.label_mismatches:
             out.append(f"{self.label_mismatches} boxes with another label")
         if self.unexplained:
@@ -247,9 +310,13 @@ class DetectionPair:
     def verdict(self) -> str:
         head = f"{self.a} vs {self.b}: {self.matched} of {sum(self.reference_per_image)} detections matched"
         if self.passed:
-            tail = f", worst box {self.worst_box_ratio:.1f}x, score {self.worst_score_ratio:.1f}x the floor"
+            masks = f", mask {self.worst_mask_ratio:.1f}x, mask head {self.worst_mask_head_ratio:.1f}x" \
+                if self.masks_judged else ""
+            tail = f", worst box {self.worst_box_ratio:.1f}x, score {self.worst_score_ratio:.1f}x{masks} the floor"
             if self.borderline:
                 tail += f"; {len(self.borderline)} borderline ({self.borderline[0].reason})"
+            if self.paste_borderline:
+                tail += f"; {len(self.paste_borderline)} mask(s) pasted at other pixels by rounding (mask head judged)"
             return head + tail
         return head + "; " + "; ".join(self.reasons())
 
@@ -261,6 +328,10 @@ class DetectionPair:
                 "worst_image": self.worst_image, "label_mismatches": self.label_mismatches,
                 "borderline": [{**asdict(b), "text": b.describe()} for b in self.borderline],
                 "unexplained": [{**asdict(u), "text": u.describe()} for u in self.unexplained],
+                **({"worst_mask_ratio": _finite(self.worst_mask_ratio),
+                    "worst_mask_head_ratio": _finite(self.worst_mask_head_ratio),
+                    "paste_borderline": self.paste_borderline, "mask_problems": self.mask_problems}
+                   if self.masks_judged else {}),
                 "verdict": self.verdict()}
 
 
@@ -313,12 +384,15 @@ def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detectio
     pair.matched_per_image.append(len(pairs))
     pair.reference_per_image.append(len(ref))
     worst = 0.0
+    masked = floor.masks is not None and _masks_present(pair, image, run, ref)
     for i, j, _ in pairs:
         box = _ratio(float(np.abs(run.boxes[i] - ref.boxes[j]).max()), floor.boxes)
         score = _ratio(abs(float(run.scores[i] - ref.scores[j])), floor.scores)
         pair.worst_box_ratio = max(pair.worst_box_ratio, box)
         pair.worst_score_ratio = max(pair.worst_score_ratio, score)
         worst = max(worst, box, score)
+        if masked:
+            worst = max(worst, _judge_masks(pair, image, run, i, ref, j, floor, min(factor, EXPLAIN_FACTOR)))
     lone_run = sorted(set(range(len(run))) - {i for i, _, _ in pairs})
     lone_ref = sorted(set(range(len(ref))) - {j for _, j, _ in pairs})
     pair.label_mismatches += _label_mismatches(run.take(lone_run), ref.take(lone_ref))
@@ -332,6 +406,45 @@ def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detectio
             else:
                 pair.unexplained.append(found)
     return math.inf if len(pair.unexplained) > before else worst
+
+
+def _masks_present(pair: DetectionPair, image: int, run: Detections, ref: Detections) -> bool:
+    """Whether both sides hold a mask and a mask-head row per detection; else a mask problem of the pair (a failure:
+    a Mask R-CNN run without its masks is never judged on its boxes alone)."""
+    for found, label in ((run, pair.a), (ref, pair.b)):
+        if not len(found):
+            continue
+        if found.masks is None or found.mask_logits is None:
+            pair.mask_problems.append(f"image {image}: {label} gives no "
+                                      f"{'masks' if found.masks is None else 'mask head output'} to judge")
+            return False
+        if len(found.masks) != len(found) or len(found.mask_logits) != len(found) or found.masks.ndim != 3 \
+                or found.mask_logits.ndim != 3:
+            pair.mask_problems.append(f"image {image}: {label} gives masks of {list(found.masks.shape)} and a mask "
+                                      f"head output of {list(found.mask_logits.shape)} for {len(found)} detections")
+            return False
+    return True
+
+
+def _judge_masks(pair: DetectionPair, image: int, run: Detections, i: int, ref: Detections, j: int,
+                 floor: DetectionFloor, band_factor: float) -> float:
+    """One matched pair's masks (verify/detect/masks.py): the mask head's logits always, the pasted masks pixel by
+    pixel unless rounding pasted them at other pixels (named in `paste_borderline`); the larger ratio."""
+    from verify.detect.masks import max_abs, paste_shift
+
+    assert floor.masks is not None and floor.mask_head is not None
+    assert run.masks is not None and run.mask_logits is not None and ref.masks is not None
+    assert ref.mask_logits is not None
+    head = _ratio(max_abs(run.mask_logits[i], ref.mask_logits[j]), floor.mask_head)
+    pair.worst_mask_head_ratio = max(pair.worst_mask_head_ratio, head)
+    alike, why = paste_shift(run.boxes[i], run.masks.dtype, ref.boxes[j], ref.masks.dtype, ref.mask_logits.shape[-1],
+                             band_factor * floor.boxes)
+    if not alike and why.startswith("rounding"):
+        pair.paste_borderline.append(f"image {image}: class {int(ref.labels[j])} detection's mask {why}")
+        return head
+    mask = _ratio(max_abs(run.masks[i], ref.masks[j]), floor.masks)
+    pair.worst_mask_ratio = max(pair.worst_mask_ratio, mask)
+    return max(head, mask)
 
 
 def _ratio(error: float, floor: float) -> float:

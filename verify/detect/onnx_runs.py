@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import ExportError, SetupError
 from verify.detect.eager_runs import GUARD_DEVICE, concat_dense
-from verify.detect.export import OUTPUT_NAMES, _first_line
-from verify.detect.match import Detections
+from verify.detect.export import MASKS, OUTPUT_NAMES, _first_line
+from verify.detect.match import MASK_LOGITS, Detections
 from verify.detect.nms_inputs import onnx_nms_inputs
 from verify.detect.onnx_graph import _with_outputs, onnx_dense_outputs, onnx_proposals
 from verify.detect.proposals import PROPOSALS
@@ -33,8 +33,14 @@ RESHAPE_FAILURE = re.compile(r"running Reshape node\. Name:'(?P<node>[^']*)'.*?I
 
 
 def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str], device: str = GUARD_DEVICE) -> Run:
-    """The file as written for detections; a copy with the dense tensors as extra outputs for those."""
+    """The file as written for detections; a copy with the dense tensors as extra outputs for those. A file with
+    masks (Mask R-CNN) gives them too, and its mask predictor's logits as an extra output, each detection's label's
+    row kept (verify/detect/masks.py); a file whose logits are not found gives none (a failure where they are
+    judged)."""
     import onnx
+
+    from exporter.families.detectors import MASK_LOGITS as MASK_MODULE
+    from verify.detect.masks import label_logits
 
     model = onnx.load(str(path))
     found = onnx_dense_outputs(model, list(dict.fromkeys(name.partition("@")[0] for name in dense)))
@@ -42,17 +48,25 @@ def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str], devi
     if proposals is not None:
         found[PROPOSALS] = proposals
     candidates = onnx_nms_inputs(model)  # None: the judgement then misses them (a failure) where they are asked
-    wanted = list(dict.fromkeys([*found.values(), *(candidates or ())]))
+    names = [*OUTPUT_NAMES, *([MASKS] if MASKS in {o.name for o in model.graph.output} else [])]
+    logits = onnx_dense_outputs(model, [f"{MASK_MODULE}#0"]).get(f"{MASK_MODULE}#0") if MASKS in names else None
+    wanted = list(dict.fromkeys([*found.values(), *(candidates or ()), *([logits] if logits else [])]))
     result = Run([])
     session = _session(model.SerializeToString(), device)
     extended = _with_outputs(model, wanted, {candidates[2]: onnx.TensorProto.INT64} if candidates else {})
     dense_session = _session(extended.SerializeToString(), device) if wanted else None
     per_image = []
     for image in inputs:
-        out = _ort_run(session, image, list(OUTPUT_NAMES))
+        out = _ort_run(session, image, names)
+        values = _ort_run(dense_session, image, [*wanted, *(["labels"] if logits else [])]) \
+            if dense_session is not None else {}
+        if logits:  # the rows of the extended graph's own run, each of its own detection's label
+            try:
+                out[MASK_LOGITS] = label_logits(values[logits], values["labels"])
+            except ValueError as exc:
+                raise ExportError(f"the ONNX file's mask predictor gives no row per detection ({exc})") from None
         result.detections.append(Detections.of(out))
         if dense_session is not None:
-            values = _ort_run(dense_session, image, wanted)
             if candidates is not None:
                 result.candidates.append(Detections.of(dict(zip(("boxes", "scores", "labels"),
                                                                 (values[n] for n in candidates), strict=True))))

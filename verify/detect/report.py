@@ -97,7 +97,10 @@ class DetectorReport:
         rows += [DetectorRow("after NMS", det.a, det.b, det.passed, det.status, det.verdict(), matched=det.matched,
                              borderline=len(det.borderline), unexplained=len(det.unexplained),
                              worst_box_ratio=det.worst_box_ratio, worst_score_ratio=det.worst_score_ratio,
-                             worst_image=det.worst_image) for det in self.detections]
+                             worst_image=det.worst_image,
+                             worst_mask_ratio=det.worst_mask_ratio if det.masks_judged else None,
+                             worst_mask_head_ratio=det.worst_mask_head_ratio if det.masks_judged else None)
+                 for det in self.detections]
         rows += [DetectorRow("export", fmt, "", False, "refused", why) for fmt, why in self.refusals.items()]
         rows += [_layer_row(check) for check in self.layers]
         rows += [DetectorRow("check", "", "", False, "failed", p) for p in self.problems]
@@ -160,6 +163,8 @@ LEVEL_FIELDS = {"before NMS": ("worst", "ratio"), LAYERS_LEVEL: ("worst", "ratio
                 "after NMS": ("matched", "borderline", "unexplained", "worst_box_ratio", "worst_score_ratio",
                               "worst_image")}
 """The fields a row of each level carries besides level, pair, outcome and text (its JSON keys, in order)."""
+MASK_FIELDS = ("worst_mask_ratio", "worst_mask_head_ratio")
+"""A Mask R-CNN's after-NMS row's fields besides LEVEL_FIELDS (absent for a detector without masks)."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,10 @@ class DetectorRow:
     worst_box_ratio: float | None = None
     worst_score_ratio: float | None = None
     worst_image: int | None = None
+    worst_mask_ratio: float | None = None
+    """Mask R-CNN's after-NMS rows: the worst matched pair's pasted masks, in mask floors (None: no masks)."""
+    worst_mask_head_ratio: float | None = None
+    """Mask R-CNN's after-NMS rows: the worst matched pair's mask-head logits, in their floors (None: no masks)."""
 
     @property
     def pair(self) -> str:
@@ -198,7 +207,9 @@ class DetectorRow:
     def to_dict(self) -> dict[str, Any]:
         """The JSON row: the fields its level carries, nothing else."""
         return {"level": self.level, "a": self.a, "b": self.b, "passed": self.passed, "status": self.status,
-                **{name: getattr(self, name) for name in LEVEL_FIELDS.get(self.level, ())}, "text": self.text}
+                **{name: getattr(self, name) for name in LEVEL_FIELDS.get(self.level, ())},
+                **{name: getattr(self, name) for name in MASK_FIELDS if getattr(self, name) is not None},
+                "text": self.text}
 
 
 @dataclass
@@ -240,6 +251,9 @@ class Judging:
     """Faster R-CNN: its box head's decoding, which a candidate of a proposal in one run only must be (hunt 22a); from
     the model at export, torchvision's own default for a folder (re-checked on its goldens, verify/detect/folder.py).
     None elsewhere (or unknown: such a candidate is then never explained)."""
+    masks: bool = False
+    """Mask R-CNN: its detections carry masks, judged per matched pair (verify/detect/masks.py); a run without them
+    fails."""
 
     @classmethod
     def of(cls, built: BuiltDetector) -> Judging:
@@ -248,4 +262,4 @@ class Judging:
         return cls(Rules(built.score_thresh, built.nms_thresh, built.detections_per_img),
                    RpnRules(float(rpn.nms_thresh), int(rpn.post_nms_top_n()), float(rpn.score_thresh))
                    if rpn is not None else None, tuple(built.per_proposal_modules),
-                   BoxCoding.of(heads.box_coder) if heads is not None else None)
+                   BoxCoding.of(heads.box_coder) if heads is not None else None, built.masks)

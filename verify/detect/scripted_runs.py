@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.errors import ExportError
 from verify.detect.eager_runs import GUARD_DEVICE, concat_dense
 from verify.detect.export import _first_line
-from verify.detect.match import Detections
+from verify.detect.match import MASK_LOGITS, MASKS, Detections
 from verify.detect.nms_inputs import CLASS_LOGITS, SMALL_BOX
 from verify.detect.report import Run
 
@@ -43,12 +43,24 @@ def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str
                     pieces = _script_pieces(model, image.to(device), modules) if modules else None
                 except Exception as exc:  # a scripted module raises torch.jit.Error and others
                     raise ExportError(f"the TorchScript file fails at run time ({_first_line(exc)})") from None
-                result.detections.append(Detections.of({k: v.cpu().numpy() for k, v in out[0].items()}))
+                found = {k: v.cpu().numpy() for k, v in out[0].items()}
                 if pieces is None:
+                    result.detections.append(Detections.of(found))
                     continue
                 tensors, proposals, composed = pieces
+                rows = tensors.pop(SCRIPT_MASKS, None)
+                if rows is not None:  # the file's own mask head on its own detections: one row each
+                    from verify.detect.masks import label_logits
+
+                    try:
+                        found[MASK_LOGITS] = label_logits(rows.cpu().numpy(), found["labels"])
+                    except ValueError as exc:
+                        raise ExportError(f"the TorchScript file's mask head gives no row per detection ({exc})") \
+                            from None
+                result.detections.append(Detections.of(found))
+                keys = ("boxes", "scores", "labels", *([MASKS] if MASKS in out[0] else []))
                 if composed is not None and device == "cpu" and not all(  # elsewhere a fuser may round otherwise
-                        torch.equal(out[0][key], composed[key]) for key in ("boxes", "scores", "labels")):
+                        key in composed and torch.equal(out[0][key], composed[key]) for key in keys):
                     raise ExportError("the TorchScript file's forward does not give what its own transform, backbone "
                                       "and heads give when called one by one: it computes something else than the "
                                       "detector it holds")
@@ -68,6 +80,9 @@ def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str
     return result
 
 
+SCRIPT_MASKS = "roi_heads.mask_predictor.mask_fcn_logits#0"
+"""Mask R-CNN's mask logits (one row per detection) as the file's own mask head gives them on its own detections: kept
+with the detections (verify/detect/masks.py), never a dense tensor."""
 SCRIPT_LOGITS, SCRIPT_REGRESSION = CLASS_LOGITS, "roi_heads.box_predictor.bbox_pred#0"
 """Faster R-CNN's box-head outputs (one row per proposal) that the file's own box coder decodes into its final-NMS
 inputs (`_script_candidates`)."""
@@ -229,6 +244,9 @@ def _script_pieces(model: Any, image: torch.Tensor, modules: list[str]) -> tuple
         scores, boxes = heads.box_predictor(rows)
         tensors["roi_heads.box_predictor.cls_score#0"], tensors["roi_heads.box_predictor.bbox_pred#0"] = scores, boxes
         detections, _ = heads(features, found, images.image_sizes)
+        if getattr(heads, "mask_predictor", None) is not None:  # Mask R-CNN: its mask head on its detections
+            pooled = heads.mask_roi_pool(features, [d["boxes"] for d in detections], images.image_sizes)
+            tensors[SCRIPT_MASKS] = heads.mask_predictor(heads.mask_head(pooled))
         proposals = found[0]
     else:
         head = model.head

@@ -157,6 +157,9 @@ def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, ru
                               f"{INPUT_HINT}")
         report.problems.append(report.unjudgeable)
         return
+    if judging.masks and report.floor.masks is None:  # never a Mask R-CNN judged on its boxes alone
+        report.problems.append("eager float32 and its float64 oracle give no mask and mask-head output for every "
+                               "detection: the masks cannot be judged; export it again")
     rules = judging.rules
     if RUNTIMES["torchscript"] in runs:
         report.problems += _script_piece_problems(rows, floors, eager, oracle, runs[RUNTIMES["torchscript"]],

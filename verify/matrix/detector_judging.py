@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 
-NMS_JUDGED_KINDS = frozenset({"fasterrcnn", "retinanet", "fcos", "ssd"})
+NMS_JUDGED_KINDS = frozenset({"fasterrcnn", "maskrcnn", "retinanet", "fcos", "ssd"})
 """The detector kinds whose cells judge the final NMS's inputs (`final_nms.boxes`, `final_nms.scores`) before NMS
 (hunt 20a: RetinaNet and SSDlite; hunt 21a: Faster R-CNN): a cell without them lost that judgement (hunt 21b)."""
 LEVELS = ("before_nms", "proposals", "after_nms")
@@ -69,6 +69,9 @@ def judge_result(cell: CellResult, tolerance: Tolerance, detector: tuple[tuple[s
 def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
            images: int, detector: str) -> tuple[dict[str, Any], list[str]]:
     reasons = [] if tolerance.mode == "auto" else ["a detector is judged on the oracle's floor (auto mode) only"]
+    from verify.matrix.detectors import unjudged_masks
+
+    reasons += [why for why in [unjudged_masks(detector)] if why]  # a forged shard's Mask R-CNN cell: never a pass
     refusals = data.get("refusals") or {}
     if not isinstance(refusals, Mapping):
         raise Malformed("refusals")

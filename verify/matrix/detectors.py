@@ -28,6 +28,7 @@ DETECTOR_OPTIONS = ("--shape", "--seed", "--weights", "--factor", "--format")
 for the detectors."""
 DETECTOR_PARAMS_M = {"fasterrcnn_resnet50_fpn": 41.8, "fasterrcnn_resnet50_fpn_v2": 43.7,
                      "fasterrcnn_mobilenet_v3_large_fpn": 19.4, "fasterrcnn_mobilenet_v3_large_320_fpn": 19.4,
+                     "maskrcnn_resnet50_fpn": 44.4, "maskrcnn_resnet50_fpn_v2": 46.4,
                      "retinanet_resnet50_fpn": 34.0, "retinanet_resnet50_fpn_v2": 38.2, "fcos_resnet50_fpn": 32.3,
                      "ssdlite320_mobilenet_v3_large": 3.4}
 """Parameters (millions) of torchvision's detector builders, a detector cell's size in the cost model."""
@@ -65,6 +66,9 @@ class DetectorSpec:
         return f"{self.name}:{self.norm}:{DETECTOR_VIEW}"
 
     def validate(self) -> None:
+        masks = unjudged_masks(self.name)
+        if masks:
+            raise UsageError(masks)
         detector = DETECTORS.get(self.name)
         if self.norm not in detector.norms:
             raise UsageError(f"{self.name} has no norm {self.norm!r}; choose one of: {', '.join(detector.norms)}")
@@ -81,6 +85,18 @@ class DetectorSpec:
         from exporter.families.detectors import build_detector
 
         return build_detector(self.name, self.norm, weights, seed)
+
+
+def unjudged_masks(name: str) -> str:
+    """Why a matrix cell cannot judge detector `name` (a Mask R-CNN: a cell stores each run's detections as JSON
+    numbers, and its pasted masks, 320 x 320 a detection, are not stored, so a merge could not judge them again); ''
+    for any other detector. One line: the cell is refused, never passed on masks nobody compared."""
+    from exporter.families.detectors import MASK_KINDS
+
+    if name not in DETECTORS.names() or DETECTORS.get(name).kind not in MASK_KINDS:
+        return ""
+    return (f"{name}: a matrix cell does not store its masks, so neither the matrix nor its merge could judge them "
+            f"again; verify it with verify export -b {name} (and its folder with verify artifact)")
 
 
 def is_detector_cell(request: CellRequest) -> bool:
