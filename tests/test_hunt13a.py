@@ -19,7 +19,6 @@ from verify.judge.file_floor import (
     UNRECORDED,
     agreement_problems,
     measure_file_floors,
-    unchecked_note,
     unrecorded_problems,
     vouched_floors,
 )
@@ -220,9 +219,10 @@ def test_a_record_whose_file_floors_share_no_output_with_the_model_is_refused(ma
     assert len(problems) == 1 and "none of the model's outputs (output0)" in problems[0], problems
 
 
-def test_compare_of_a_user_model_with_an_onnx_file_says_its_floor_was_not_checked(tmp_path):
+def test_compare_of_a_noisy_user_model_with_an_onnx_file_is_held_to_a_witness(tmp_path):
     """Before: `verify compare noisy.py:make clean/model.onnx` exited 0 ('all 2 pairs agree') with no word that guard
-    3 could not run, where `verify export --format onnx` notes NO_FILE_FLOOR."""
+    3 could not run; then it noted the floor was not checked; since floor 34 the model is held to a private witness
+    of itself, whose floor its eager-only noise exceeds: not judged."""
     source = tmp_path / "noisy.py"
     source.write_text(NOISY.format(channels=BOUND_CHANNELS, noise=repr(NOISE)))
     result = runner.invoke(app, ["export", "--model", f"{source}:clean", "--shape", BOUND_SHAPE, "--format", "onnx",
@@ -231,7 +231,9 @@ def test_compare_of_a_user_model_with_an_onnx_file_says_its_floor_was_not_checke
     path = next((tmp_path / "clean").rglob("model.onnx"))
     report = tmp_path / "compare.json"
     result = runner.invoke(app, ["compare", f"{source}:make", str(path), "--shape", BOUND_SHAPE, "--json", str(report)])
-    assert unchecked_note(path.name) in json.loads(report.read_text())["notes"]
+    assert result.exit_code == 1, result.output
+    problems = json.loads(report.read_text())["problems"]
+    assert any("witness of the model" in problem for problem in problems), problems
 
 
 def test_a_correct_model_computing_in_float32_inside_passes_where_its_torchscript_file_vouches(tmp_path):

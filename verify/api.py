@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -527,10 +527,13 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report.notes = explain_pairs(report) + [side[0].source for side in oracles
                                             if not (side[0].outputs or side[0].noise)] + unshared_outputs(runs)
     user_sides = [getattr(kind, "runs_user_code", False) for kind in kinds]
-    report.notes += _compare_floor_notes(user_sides, sides, settings)
     agree = bool(report.pairs) and all(pair.passed for pair in report.pairs)  # guard 3 guards a pass, as in export
-    report.problems = _compare_problems(sides, runs, oracles, named, settings) or (_compare_floor_agreement(
-        user_sides, sides, runs, oracles, settings) if agree else []) or _compare_calls(sides, settings, fed, float32)
+    problems = _compare_problems(sides, runs, oracles, named, settings)
+    witnesses = _compare_witnesses(user_sides, sides, fed, oracles, settings, named, progress) \
+        if agree and not problems else {}
+    report.notes += _compare_floor_notes(user_sides, sides, settings, witnesses)
+    report.problems = problems or (_compare_floor_agreement(user_sides, sides, runs, oracles, settings, witnesses)
+                                   if agree else []) or _compare_calls(sides, settings, fed, float32)
     from verify.pipeline.stages import wants_layers
 
     by_default = settings.layers is None and compares_model_with_file(sides) and wants_layers(settings)
@@ -569,9 +572,11 @@ def _compare_layers(sides: Sequence[Artifact], texts: Sequence[str], x: np.ndarr
 
 
 def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], runs: Sequence[RunResult],
-                             oracles: Sequence[Sequence[Oracle]], settings: RunSettings) -> list[str]:
+                             oracles: Sequence[Sequence[Oracle]], settings: RunSettings,
+                             witnesses: Mapping[int, tuple[list[Any], list[str]]] | None = None) -> list[str]:
     """Guard 3 (verify/judge/file_floor.py) where one side is the user's model and the other a file a runtime runs
-    in float64: the user's floor, on the outputs both have, at most FLOOR_AGREEMENT x the file's own."""
+    in float64: the user's floor, on the outputs both have, at most FLOOR_AGREEMENT x the file's own; where no
+    runtime runs the file in float64, at most that x each of the model's witnesses' (`_compare_witnesses`)."""
     from verify.judge.file_floor import FileFloors, agreement_problems, vouched_floors
     from verify.judge.summation import lifted
     from verify.runtimes import runtimes_for
@@ -586,7 +591,45 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
                              model.summed) for oracle, model in zip(oracles[theirs], oracles[mine], strict=True)]
             problems += agreement_problems([oracle.float32 or oracle.noise for oracle in oracles[mine]],
                                            [FileFloors(f"{file.path.name} in {runs[theirs].label}", floors)])
+    for theirs, (files, _) in sorted((witnesses or {}).items()):
+        problems += agreement_problems([oracle.float32 or oracle.noise for oracle in oracles[1 - theirs]], files)
     return problems
+
+
+def _compare_witnesses(user: Sequence[bool], sides: Sequence[Artifact], fed: Sequence[tuple[Any, ...]],
+                       oracles: Sequence[Sequence[Oracle]], settings: RunSettings, named: Sequence[NamedInput],
+                       progress: Progress) -> dict[int, tuple[list[Any], list[str]]]:
+    """Where one side is the user's model and the other a file no runtime runs in float64 (`verify compare
+    model.py:f model.onnx`, which said only that the floor was not checked): the model's witnesses
+    (verify/judge/file_witness.py), traced both as torch.export traces and as torch.onnx.export does (the file's
+    exporter is not known), at the file's dynamic or static axes; each witness's floors, and why a trace has none,
+    by the file side's index."""
+    import torch
+
+    from exporter.formats import ExportContext
+    from verify.judge.file_witness import EVERY_TRACE, witness_floors
+
+    found = {}
+    for mine, theirs in ((0, 1), (1, 0)):
+        if not _unchecked_file(user, sides, settings, mine, theirs):
+            continue
+        model, file = sides[mine], sides[theirs]
+        context = ExportContext(model.built, torch.from_numpy(named[0].array), model.meta,
+                                dynamic=bool(file.meta.dynamic_axes))
+        with progress.step("Checking the model's floor against private witnesses of its export"):
+            found[theirs] = witness_floors(context, EVERY_TRACE, fed[mine][2], [o.outputs for o in oracles[mine]],
+                                           [o.summed for o in oracles[mine]])
+    return found
+
+
+def _unchecked_file(user: Sequence[bool], sides: Sequence[Artifact], settings: RunSettings, mine: int,
+                    theirs: int) -> bool:
+    """Whether side `mine` is the user's model judged on its floor and side `theirs` a file no runtime runs in
+    float64: guard 3 has no file floor there (a witness stands in)."""
+    from verify.runtimes import runtimes_for
+
+    return settings.tolerance.mode == "auto" and user[mine] and not user[theirs] \
+        and sides[theirs].path is not None and not runtimes_for(sides[theirs].format, float64=True)
 
 
 def _compare_file_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
@@ -645,14 +688,25 @@ def _compare_calls(sides: Sequence[Artifact], settings: RunSettings, fed: Sequen
     return function_problems(function_record(*[side.built for side in sides if side.built is not None]))
 
 
-def _compare_floor_notes(user: Sequence[bool], sides: Sequence[Artifact], settings: RunSettings) -> list[str]:
-    """Where one side is the user's model and the other a file no runtime runs in float64: guard 3 could not run."""
+def _compare_floor_notes(user: Sequence[bool], sides: Sequence[Artifact], settings: RunSettings,
+                         witnesses: Mapping[int, tuple[list[Any], list[str]]] | None = None) -> list[str]:
+    """Where one side is the user's model and the other a file no runtime runs in float64, and not every witness of
+    the model measured its floor (`_compare_witnesses`; none where a pair failed first): guard 3 could not run."""
     from verify.judge.file_floor import unchecked_note
-    from verify.runtimes import runtimes_for
+    from verify.judge.file_witness import witness_note
 
-    return [unchecked_note(sides[theirs].path.name) for mine, theirs in ((0, 1), (1, 0))
-            if settings.tolerance.mode == "auto" and user[mine] and not user[theirs]
-            and sides[theirs].path is not None and not runtimes_for(sides[theirs].format, float64=True)]
+    notes = []
+    for mine, theirs in ((0, 1), (1, 0)):
+        if _unchecked_file(user, sides, settings, mine, theirs) and not _witnessed(witnesses, theirs):
+            failures = (witnesses or {}).get(theirs, ([], []))[1]
+            notes += [unchecked_note(sides[theirs].path.name)] + ([witness_note(failures)] if failures else [])
+    return notes
+
+
+def _witnessed(witnesses: Mapping[int, tuple[list[Any], list[str]]] | None, side: int) -> bool:
+    """Whether every witness for the file on `side` measured its floor."""
+    files, failures = (witnesses or {}).get(side, ([], ["none made"]))
+    return bool(files) and not failures
 
 
 def unshared_outputs(runs: Sequence[RunResult]) -> list[str]:

@@ -41,18 +41,21 @@ FLOOR_AGREEMENT = 4.0
 correct exports measured at most ~1.3x, injected noise 10-70x)."""
 
 NO_FILE_FLOOR = ("No exported file here runs in float64 (ONNX Runtime has no float64 convolutions; an AOTInductor "
-                 "package is compiled for float32), so the model's floor was not checked against a file's own "
-                 "(verify/judge/file_floor.py): add --format pt2 to check that the eager model computes nothing its "
-                 "export leaves out")
-"""The note of a user model's export made only of files no runtime runs in float64."""
+                 "package is compiled for float32), nor could a private witness of the model traced as they were "
+                 "(verify/judge/file_witness.py), so the model's floor was not checked against a file's own "
+                 "(verify/judge/file_floor.py): add --format pt2 or --format torchscript to check that the eager model "
+                 "computes nothing its export leaves out")
+"""The note of a user model's export made only of files no runtime runs in float64, where no witness could run in
+float64 either (torch.export and a trace failed, or its graph casts to float32)."""
 
 
 def unchecked_note(file: str) -> str:
-    """The note of `verify compare` holding a user's model against `file`, which no runtime runs in float64 (as
-    NO_FILE_FLOOR notes it for `verify export`; compare said nothing: hunt 13a)."""
-    return (f"No runtime runs {file} in float64, so the model's floor was not checked against the file's own "
-            "(verify/judge/file_floor.py): compare with a .pt2 or TorchScript export of the model to check that it "
-            "computes nothing its export leaves out")
+    """The note of `verify compare` holding a user's model against `file`, which no runtime runs in float64, where
+    its witnesses did not all measure a floor (as NO_FILE_FLOOR notes it for `verify export`; hunt 13a)."""
+    return (f"No runtime runs {file} in float64, nor could every private witness of the model (verify/judge/"
+            "file_witness.py; none is made where a pair already fails), so the model's floor was not checked against "
+            "the file's own (verify/judge/file_floor.py): compare with a .pt2 or TorchScript export of the model to "
+            "check that it computes nothing its export leaves out")
 
 
 @dataclass(frozen=True)

@@ -1053,7 +1053,8 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
             layer_notes += unjudged
         report.layer_verdict = layer_verdict(settings.layers is not None, report.layers, layer_files)
     files, unchecked = file_floor_stage(request, plan, build, runs, artifacts, progress,
-                                        [o.oracle.outputs for o in oracles], [o.oracle.summed for o in oracles])
+                                        [o.oracle.outputs for o in oracles], [o.oracle.summed for o in oracles],
+                                        context)
     agree = all(pair.passed for pairs in judged for pair in pairs)  # guard 3 guards a pass (a failure stands)
     report.problems, report.trust = trust_problems(runs, oracles, build, settings, files, unchecked, agree)
     from verify.judge.layers import unreached
@@ -1145,13 +1146,17 @@ def keeps_module(runtime: str, artifact: Artifact, settings: RunSettings, layers
 def file_floor_stage(request: CellRequest, plan: CellPlan, build: BuildResult, runs: Sequence[RunResult],
                      artifacts: Mapping[str, Artifact], progress: Progress,
                      model_float64: Sequence[Mapping[str, np.ndarray]] | None = None,
-                     summed: Sequence[Mapping[str, float]] = ()) -> tuple[list[FileFloors], list[str] | None]:
+                     summed: Sequence[Mapping[str, float]] = (), context: ExportContext | None = None
+                     ) -> tuple[list[FileFloors], list[str] | None]:
     """Guard 3 (verify/judge/file_floor.py): where the model is the user's code and the auto tolerance judges on
-    its floor, every exported file a runtime runs in float64 measures its own floor on every input. Returns the
-    files' floors and the lines refusing files that could not run in float64; ([], []) where the guard does not
-    apply, ([], None) where it applies and no file can run in float64 (the report notes it)."""
+    its floor, every exported file a runtime runs in float64 measures its own floor on every input; where none does
+    (ONNX, AOTInductor), a witness of the model traced as those files were (`context`'s trace; verify/judge/
+    file_witness.py) measures it instead. Returns the files' floors and the lines refusing files that could not run
+    in float64; ([], []) where the guard does not apply, (witnesses, None) where it applies and no file can run in
+    float64 (the report notes it where no witness could either)."""
     from exporter.errors import ArtifactError
     from verify.judge.file_floor import measure_file_floors, unrunnable_problem
+    from verify.judge.file_witness import witness_floors, witness_traces
     from verify.runtimes import runtime_class
 
     settings = request.settings
@@ -1160,7 +1165,13 @@ def file_floor_stage(request: CellRequest, plan: CellPlan, build: BuildResult, r
     eager = build.eager.format
     chosen = [run for run in runs if plan.formats[run.runtime] != eager and runtime_class(run.runtime).supports_float64]
     if not chosen:
-        return [], None if any(plan.formats[run.runtime] != eager for run in runs) else []
+        if context is None or not any(plan.formats[run.runtime] != eager for run in runs):
+            return [], None if any(plan.formats[run.runtime] != eager for run in runs) else []
+        with progress.step("Checking the model's floor against a private witness of its export's trace"):
+            made = [artifacts[plan.formats[run.runtime]] for run in runs if plan.formats[run.runtime] != eager]
+            witnesses, failures = witness_floors(context, witness_traces(context, made), build.feeds, model_float64,
+                                                 summed)
+        return (witnesses, [] if witnesses and not failures else None)
     same_runs = settings.runtime.device == "cpu" and settings.runtime.precision == "fp32"
     files, unrunnable = [], []
     with progress.step("Checking the model's floor against the exported files' own"):
