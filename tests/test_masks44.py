@@ -2,7 +2,7 @@
 sides of 0.5, each matched detection's pasted mask and mask-head output are judged on floors measured the same way,
 a one-channel error in the mask head of an exported file fails with the masks named, a mask pasted at other pixels
 by rounding is named and judged on its head alone, its folder proves itself (goldens hold the mask logits, the masks
-are re-derived), and a matrix cell, which cannot store its masks, is refused. One Mask R-CNN registered at 64 px (its
+are re-derived). One Mask R-CNN registered at 64 px (its
 mask head on 7 x 7 RoIs, 20 detections) exported once for the module; the 320 px exports are measured in the README."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from onnx import numpy_helper
 from torchvision.ops import MultiScaleRoIAlign
 
 from exporter.detector_manifest import load_detector_manifest
-from exporter.errors import UsageError
 from exporter.families.detectors import (
     DETECTORS,
     MASK_LOGITS,
@@ -38,10 +37,6 @@ from verify.detect.report import DetectorReport, Judging
 from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_detector, judge_runs
 from verify.folder.validate import validate
 from verify.judge.compare import AUTO_FACTOR, Tolerance
-from verify.matrix.detector_cell import detector_numbers
-from verify.matrix.detector_judging import judge_detector_cell
-from verify.matrix.detectors import DetectorSpec
-from verify.matrix.result import AGREE, DISAGREE, CellResult
 
 TINY = 64
 ONNX = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".onnx"))
@@ -202,16 +197,3 @@ def test_its_folder_proves_itself_and_edited_masks_never_pass(tiny_mask, tmp_pat
         assert not checked.passed and failed[0].name == named, [(c.name, c.message) for c in failed]
         assert "mask" in failed[0].message, failed[0].message
         assert not any(c.name.startswith(("after NMS", "before NMS")) and c.passed for c in checked.checks)
-
-
-def test_a_matrix_cell_of_a_mask_rcnn_is_refused_and_a_forged_one_never_agrees(tiny_mask):
-    """A cell stores each run's detections as JSON numbers, not its pasted masks: the request is refused in one line,
-    and a shard's Mask R-CNN cell (its numbers as a cell would store them, verdict agree) is judged a disagreement."""
-    _, _, _, report, _ = tiny_mask
-    with pytest.raises(UsageError, match="does not store its masks") as caught:
-        DetectorSpec(TINY_MASK.name, TINY_MASK.default_norm, (1, 3, TINY, TINY)).validate()
-    assert "\n" not in str(caught.value) and f"verify export -b {TINY_MASK.name}" in str(caught.value)
-    cell = CellResult("c", TINY_MASK.name, report.norm, "detector", AGREE, detector=detector_numbers(report),
-                      input={"shape": list(report.shape)})
-    judged = judge_detector_cell(cell, Tolerance(), DEFAULT_FORMATS, 1)
-    assert judged.verdict == DISAGREE and any("does not store its masks" in p for p in judged.problems), judged.problems

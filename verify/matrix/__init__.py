@@ -7,7 +7,8 @@ request.py (what to run, cell ids) -> shards.py (cost model, splits) -> cell.py 
 -> workers.py (worker processes) -> run.py (run_matrix); result.py (the result models), judging.py (stored numbers
 judged again), merge.py (shard reports joined). Whole detectors (-b <detector>): detectors.py (their cells and
 options), detector_cell.py (run through `verify export -b`'s path, never cached), detector_judging.py (judged again
-from their stored detections), detector_rows.py (their rows). Here: the names the CLI, the renderers and users
+from their stored detections), detector_rows.py (their rows), mask_numbers.py (a Mask R-CNN cell's
+mask logits and runtime masks, stored exactly). Here: the names the CLI, the renderers and users
 import."""
 
 from verify.matrix.cell import RERUN

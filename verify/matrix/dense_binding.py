@@ -1,7 +1,9 @@
 """What binds a detector cell's stored before-NMS pairs to each other and to the detector's anchors: both pairs of an
 ONNX run are judged on one floor per dense tensor (verify/detect/verdict.py passes the same `floors` to both), and the
-heads' levels tile the anchors. Without these, a failing level's floor raised in the one pair it failed in, or that
-level cut out of every pair (FCOS's `bbox_ctrness#2`, say), merged to exit 0: the head module was still there."""
+heads' levels tile the anchors; the stored after-NMS pairs are the ones recomputed (`after_nms_disagreements`: a
+Mask R-CNN's mask floor raised in one pair). Without these, a failing level's floor raised in the one pair it failed
+in, or that level cut out of every pair (FCOS's `bbox_ctrness#2`, say), merged to exit 0: the head module was still
+there."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from verify.judge.noise_floor import FLOAT32_EPS
 from verify.matrix.proposal_judging import Malformed
 
 SLACK = 1e-6
@@ -52,6 +55,54 @@ def floor_disagreements(pairs: Sequence[Mapping[str, Any]], per_proposal: Sequen
                         f"{first_where}, {floor:.3g} {shape} in {where}; one eager floor judges both: edited numbers); "
                         "rerun the cell"]
     return []
+
+
+AFTER_NMS_FIGURES = ("matched", "worst_box_ratio", "worst_score_ratio")
+"""The figures of a stored after-NMS pair that must be the recomputed pair's, besides its floor. Not the mask ratios:
+eager's and the oracle's masks are re-derived from their logits with torchvision's paste outside the model, whose last
+bits differ from the model's own masks at some pixels (measured at 320 px: a TorchScript-vs-eager mask ratio of 0.0 in
+the export, 0.00065 recomputed), so the recomputed ratios stand, as a folder's re-derived masks do."""
+
+
+REDERIVED_SLACK = FLOAT32_EPS
+"""How far the mask floor recomputed from re-derived masks may sit from the run's own: one float32 rounding of a
+probability (a pixel re-derived in other last bits, AFTER_NMS_FIGURES); a floor raised by a forger moves by floors."""
+
+
+def after_nms_disagreements(stored: Any, recomputed: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The after-NMS pairs a shard stored must be those recomputed from its stored detections (and Mask R-CNN's mask
+    logits): the same pairs, each on the one floor the stored eager and oracle numbers give (boxes, scores and the two
+    mask floors), with the same counts and box and score figures. A mask floor raised in one stored pair is an edited
+    cell, and fails; a run's mask logits edited are judged by the recomputed pairs (the stored ones never are)."""
+    if not isinstance(stored, list) or not all(isinstance(p, Mapping) for p in stored):
+        raise Malformed("after-NMS pairs")
+    found = {(str(p.get("a")), str(p.get("b"))): p for p in stored}
+    for pair in recomputed:
+        where = f"{pair['a']} vs {pair['b']}"
+        mine = found.get((pair["a"], pair["b"]))
+        if mine is None:
+            return [f"no after-NMS pair {where} stored; the export judges it, so a cell without it was not judged as "
+                    "it was run (rerun the cell)"]
+        floor = mine.get("floor") if isinstance(mine.get("floor"), Mapping) else {}
+        figures = [(f"floor of {key}", floor.get(key), pair["floor"].get(key))
+                   for key in sorted({*floor, *pair["floor"]})]
+        figures += [(key, mine.get(key), pair.get(key)) for key in AFTER_NMS_FIGURES]
+        wrong = [(key, a, b) for key, a, b in figures
+                 if not _same(a, b, REDERIVED_SLACK if key == "floor of masks" else 0.0)]
+        if wrong:
+            key, a, b = wrong[0]
+            return [f"the stored after-NMS pair {where} holds {key} {a!r}, its stored numbers give {b!r} (edited "
+                    "numbers); rerun the cell"]
+    return []
+
+
+def _same(stored: Any, recomputed: Any, slack: float = 0.0) -> bool:
+    """Two figures equal up to SLACK, plus `slack` (None only with None; a bool is no figure)."""
+    if stored is None or recomputed is None:
+        return stored is None and recomputed is None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (stored, recomputed)):
+        return False
+    return abs(stored - recomputed) <= SLACK * max(abs(stored), abs(recomputed)) + slack
 
 
 def level_problems(shapes: Mapping[str, Any], kind: str, anchors: str) -> list[str]:

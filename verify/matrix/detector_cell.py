@@ -2,7 +2,8 @@
 judging), its report kept as the numbers its verdict needs (each run's detections, the oracle's NMS candidates and
 those recorded under a lower score threshold,
 the model's post-processing constants, the judged before-NMS pairs; for Faster R-CNN each run's RPN proposals, the
-oracle's RPN NMS inputs and the RPN's constants), then judged again from them
+oracle's RPN NMS inputs and the RPN's constants; for Mask R-CNN each run's mask-head logits of each detection's label
+and a runtime's own pasted masks, verify/matrix/mask_numbers.py), then judged again from them
 (verify/matrix/detector_judging.py). Never cached: run every time, as a user model's cell is."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from verify.detect.verdict import ORACLE
 from verify.matrix.detector_judging import judge_detector_cell
 from verify.matrix.detectors import detector_formats
+from verify.matrix.mask_numbers import mask_numbers
 from verify.matrix.result import AGREE, DISAGREE, CellResult
 from verify.pipeline.stages import OFF
 
@@ -51,11 +53,13 @@ def run_detector_cell(job: CellJob, folder: Path | None = None) -> CellResult:
 def detector_numbers(report: DetectorReport) -> dict[str, Any]:
     """What judging the cell again needs, as plain data: float64 values written as JSON numbers read back exactly."""
     oracle = report.references.get(ORACLE)
+    sizes = [tuple(image.shape[-2:]) for image in report.images] if report.images else []
     return {"detector": report.name, "norm": report.norm, "weights": report.weights,
             "weights_sha256": report.weights_sha256, "classes": report.classes, "shape": list(report.shape),
             "formats": list(report.formats),
             "dynamic": report.dynamic, "rules": asdict(report.judging.rules) if report.judging else None,
-            "runs": {label: [_plain(found) for found in per_image] for label, per_image in report.boxes.items()},
+            "runs": {label: [{**_plain(found), **(mask_numbers(label, found, sizes[i]) if i < len(sizes) else {})}
+                             for i, found in enumerate(per_image)] for label, per_image in report.boxes.items()},
             "candidates": [_plain(found) for found in oracle.candidates] if oracle is not None else [],
             "below_threshold": [_plain(found) for found in oracle.below_threshold] if oracle is not None else [],
             "rpn_rules": asdict(report.judging.rpn) if report.judging and report.judging.rpn else None,

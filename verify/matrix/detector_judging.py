@@ -1,7 +1,9 @@
 """A detector cell judged again from the numbers it stored, never from its `verdict`: after NMS, every pair is
 recomputed from each run's stored detections with the functions `verify export -b <detector>` judges by
 (verify/detect/match.py: the floor from eager float32 vs float64, `compare_detections` with the model's
-post-processing constants, the oracle's NMS candidates and those under a lower score threshold); before NMS, each
+post-processing constants, the oracle's NMS candidates and those under a lower score threshold; Mask R-CNN's masks
+from each run's stored mask logits and a runtime's stored masks, verify/matrix/mask_numbers.py), each stored pair
+bound to the recomputed one (dense_binding.py `after_nms_disagreements`); before NMS, each
 stored pair is judged again like a backbone's (verify/matrix/judging.py `judge_pair`); the proposal pairings are
 recomputed from the stored proposals (verify/matrix/proposal_judging.py); every run the matrix asked for must be
 there."""
@@ -15,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from verify.detect.match import Detections, Rules, compare_detections, measure_detection_floor
 from verify.detect.verdict import AFTER_NMS_ONLY, EAGER, ORACLE, RUNTIMES, size_scales
-from verify.matrix.dense_binding import floor_disagreements, level_problems
+from verify.matrix.dense_binding import after_nms_disagreements, floor_disagreements, level_problems
 from verify.matrix.judging import JUDGED, judge_cell, judge_pair
+from verify.matrix.mask_numbers import attach_masks
 from verify.matrix.proposal_judging import Malformed, detections_of, judge_proposals, registered_detector
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult
 
@@ -69,9 +72,11 @@ def judge_result(cell: CellResult, tolerance: Tolerance, detector: tuple[tuple[s
 def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
            images: int, detector: str) -> tuple[dict[str, Any], list[str]]:
     reasons = [] if tolerance.mode == "auto" else ["a detector is judged on the oracle's floor (auto mode) only"]
-    from verify.matrix.detectors import unjudged_masks
+    from verify.matrix.detectors import unstored_outputs
 
-    reasons += [why for why in [unjudged_masks(detector)] if why]  # a forged shard's Mask R-CNN cell: never a pass
+    unstored = unstored_outputs(detector)
+    if unstored:  # outputs a cell does not store: never a pass, nor judged on its boxes alone
+        return _unjudged(data), [*reasons, unstored]
     refusals = data.get("refusals") or {}
     if not isinstance(refusals, Mapping):
         raise Malformed("refusals")
@@ -81,7 +86,7 @@ def _judge(data: Mapping[str, Any], tolerance: Tolerance, labels: list[str],
     classes = stored_classes(data)
     after, floor, why = _after_nms(data, tolerance.factor, labels, images, detector,
                                    CLASSES if classes is None else classes)
-    reasons += why
+    reasons += why + after_nms_disagreements(data.get("after_nms"), [p.to_dict() for p in after])
     dense, why = _before_nms(data.get("before_nms"), tolerance, [lb for lb in labels if lb not in AFTER_NMS_ONLY],
                              detector)
     reasons += why + _class_width(dense, classes, detector)
@@ -133,6 +138,11 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     if not isinstance(runs, Mapping):
         raise Malformed("no detections recorded")
     found = {label: detections_of(runs[label]) for label in (EAGER, ORACLE, *labels) if label in runs}
+    masked = registered_detector(detector).masks  # the registry's kind decides, never what the cell holds
+    if masked:
+        size = _image_size(data.get("shape"), images)
+        for label, per_image in found.items():
+            attach_masks(label, per_image, runs[label], size)
     missing = [label for label in (EAGER, ORACLE, *labels) if label not in found]
     reasons = [f"no {label} detections recorded" for label in missing]
     if EAGER in missing or ORACLE in missing:
@@ -144,6 +154,9 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     floor = measure_detection_floor(eager, oracle)
     if floor is None:
         return [], None, reasons + ["eager float32 and float64 share no detection: no floor to judge on"]
+    if masked and floor.masks is None:  # never a Mask R-CNN judged on its boxes alone
+        reasons.append(f"eager float32 and its float64 oracle store no mask logits for every detection of {detector}: "
+                       "its masks cannot be judged; rerun the cell")
     if _rules(data.get("rules")) != rules:
         reasons.append("the stored post-processing constants are not the detector's ("
                        f"{', '.join(f'{k} {v:g}' for k, v in asdict(rules).items())})")

@@ -17,6 +17,13 @@ BEFORE, PROPOSALS, AFTER, EXPORT = "before NMS", "proposals", "after NMS", "expo
 """The row kinds of a detector cell: its levels, and a refused export."""
 
 
+WORST = (("box", "worst_box_ratio"), ("score", "worst_score_ratio"), ("mask", "worst_mask_ratio"),
+         ("mask head", "worst_mask_head_ratio"))
+"""An after-NMS pair's worst ratios as its row names them; the masks' only in a Mask R-CNN's pairs (their JSON keys are
+absent elsewhere, verify/detect/match.py `DetectionPair.to_dict`)."""
+WORST_ALWAYS = ("worst_box_ratio", "worst_score_ratio")
+
+
 def _count(value: Any) -> int:
     return len(value) if isinstance(value, list) else 0
 
@@ -31,21 +38,24 @@ def _number(value: Any) -> float | None:
 
 def after_nms_text(pair: Mapping[str, Any]) -> str:
     """`50 of 50 detections matched, 0 unmatched explained by rounding, 0 unexplained; worst box 0.8x, score 1.7x the
-    floor`, then the first borderline case named (the row's name says which pair)."""
-    box, score = _number(pair.get("worst_box_ratio")), _number(pair.get("worst_score_ratio"))
-    worst = ", ".join(f"{name} {'-' if value is None else f'{value:.1f}x'}" for name, value in
-                      (("box", box), ("score", score)))
+    floor` (a Mask R-CNN's: `..., score 1.7x, mask 1.3x, mask head 0.8x the floor`, as the export's rows read), then
+    the first borderline case named (the row's name says which pair)."""
+    shown = [(name, _number(pair.get(key))) for name, key in WORST if key in pair or key in WORST_ALWAYS]
+    worst = ", ".join(f"{name} {'-' if value is None else f'{value:.1f}x'}" for name, value in shown)
     text = (f"{_total(pair.get('matched_per_image'))} of "
             f"{_total(pair.get('reference_per_image'))} detections matched, {_count(pair.get('borderline'))} unmatched "
             f"explained by rounding, {_count(pair.get('unexplained'))} unexplained; worst {worst} the floor")
     borderline = pair.get("borderline")
     if isinstance(borderline, list) and borderline and isinstance(borderline[0], Mapping):
         text += f"; borderline: {borderline[0].get('text')}"
+    pasted = pair.get("paste_borderline")
+    if isinstance(pasted, list) and pasted:
+        text += f"; {len(pasted)} mask(s) pasted at other pixels by rounding (mask head judged)"
     return text
 
 
 def after_nms_ratio(pair: Mapping[str, Any]) -> float | None:
-    ratios = [r for key in ("worst_box_ratio", "worst_score_ratio") if (r := _number(pair.get(key))) is not None]
+    ratios = [r for _, key in WORST if (r := _number(pair.get(key))) is not None]
     return max(ratios) if ratios else None
 
 

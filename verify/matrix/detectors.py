@@ -32,6 +32,11 @@ DETECTOR_PARAMS_M = {"fasterrcnn_resnet50_fpn": 41.8, "fasterrcnn_resnet50_fpn_v
                      "retinanet_resnet50_fpn": 34.0, "retinanet_resnet50_fpn_v2": 38.2, "fcos_resnet50_fpn": 32.3,
                      "ssdlite320_mobilenet_v3_large": 3.4}
 """Parameters (millions) of torchvision's detector builders, a detector cell's size in the cost model."""
+CELL_KINDS = frozenset({"fasterrcnn", "retinanet", "fcos", "ssd", "maskrcnn"})
+"""The detector kinds whose every per-detection output a cell stores (verify/matrix/detector_cell.py: boxes, scores
+and labels; Mask R-CNN's masks as each detection's mask-head logits, verify/matrix/mask_numbers.py). A kind registered
+with any other output is refused until its cells store it, never judged on its boxes alone."""
+CELL_KINDS_TEXT = "boxes, scores and labels, and a Mask R-CNN's masks"
 MODE_FLAGS = {"decimal": "--decimal", "allclose": "--rtol/--atol"}
 """The options that set a tolerance mode other than auto (a detector is judged on the oracle's floor only)."""
 UNKNOWN_DETECTOR_PARAMS_M = 40.0
@@ -66,9 +71,9 @@ class DetectorSpec:
         return f"{self.name}:{self.norm}:{DETECTOR_VIEW}"
 
     def validate(self) -> None:
-        masks = unjudged_masks(self.name)
-        if masks:
-            raise UsageError(masks)
+        unstored = unstored_outputs(self.name)
+        if unstored:
+            raise UsageError(unstored)
         detector = DETECTORS.get(self.name)
         if self.norm not in detector.norms:
             raise UsageError(f"{self.name} has no norm {self.norm!r}; choose one of: {', '.join(detector.norms)}")
@@ -87,16 +92,16 @@ class DetectorSpec:
         return build_detector(self.name, self.norm, weights, seed)
 
 
-def unjudged_masks(name: str) -> str:
-    """Why a matrix cell cannot judge detector `name` (a Mask R-CNN: a cell stores each run's detections as JSON
-    numbers, and its pasted masks, 320 x 320 a detection, are not stored, so a merge could not judge them again); ''
-    for any other detector. One line: the cell is refused, never passed on masks nobody compared."""
-    from exporter.families.detectors import MASK_KINDS
-
-    if name not in DETECTORS.names() or DETECTORS.get(name).kind not in MASK_KINDS:
+def unstored_outputs(name: str) -> str:
+    """Why a matrix cell cannot judge detector `name`: its kind returns per-detection outputs a cell does not store
+    (CELL_KINDS), so neither the matrix nor its merge could judge them again; '' for a kind whose every output a cell
+    stores. One line: the cell is refused, never passed on outputs nobody compared."""
+    if name not in DETECTORS.names() or DETECTORS.get(name).kind in CELL_KINDS:
         return ""
-    return (f"{name}: a matrix cell does not store its masks, so neither the matrix nor its merge could judge them "
-            f"again; verify it with verify export -b {name} (and its folder with verify artifact)")
+    kind = DETECTORS.get(name).kind
+    return (f"{name}: a matrix cell does not store the per-detection outputs of a {kind} detector (it stores "
+            f"{CELL_KINDS_TEXT}), so neither the matrix nor its merge could judge them again; verify it with "
+            f"verify export -b {name} (and its folder with verify artifact)")
 
 
 def is_detector_cell(request: CellRequest) -> bool:

@@ -1,7 +1,7 @@
-"""A detector cell's proposal pairings (Faster R-CNN) judged again from the numbers it stored, never from its stored
-pairings: each run's RPN proposals per image, the oracle's float64 RPN candidates (the RPN NMS's inputs) and the RPN's
-constants, which must be the registered detector's. Each pairing `verify export -b` records is recomputed with the
-export's own functions (verify/detect/proposals.py `pair_boxes`, `check_proposals`, `derive_bands`) on bands derived
+"""A detector cell's proposal pairings (Faster R-CNN, Mask R-CNN) judged again from the numbers it stored, never from
+its stored pairings: each run's RPN proposals per image, the oracle's float64 RPN candidates (the RPN NMS's inputs) and
+the RPN's constants, which must be the registered detector's. Each pairing `verify export -b` records is recomputed with
+the export's own functions (verify/detect/proposals.py `pair_boxes`, `check_proposals`, `derive_bands`) on bands derived
 here: the floor of eager's paired proposal boxes against the oracle's, measured again, and the RPN objectness logits'
 floors the before-NMS pairs are judged on. The paired boxes of each ONNX run are judged as a dense tensor on that
 floor, and a stored pairing must be the recomputed one."""
@@ -36,8 +36,13 @@ if TYPE_CHECKING:
     from exporter.families.detectors import BuiltDetector
     from verify.judge.compare import Tolerance
 
-RPN_KIND = "fasterrcnn"
-"""The detector kind (exporter/families/detectors.py) whose RPN proposals the export pairs run by run."""
+def rpn_kind(kind: str) -> bool:
+    """Whether detectors of `kind` have the RPN whose proposals the export pairs run by run (exporter/families/
+    detectors.py RCNN_KINDS: Faster R-CNN and those built on it, Mask R-CNN's included; verify/detect/verdict.py pairs
+    every detector with per-proposal tensors and RPN rules)."""
+    from exporter.families.detectors import RCNN_KINDS
+
+    return kind in RCNN_KINDS
 STORED_SLACK = 1e-9
 """How far a stored before-NMS figure of the proposal boxes may sit from the one recomputed (both float64 from the
 same numbers: equal unless edited)."""
@@ -53,7 +58,7 @@ def proposal_pairs(name: str, labels: list[str]) -> list[tuple[str, str]]:
     stored cell must hold comes from here, never from the cell."""
     from exporter.families.detectors import DETECTORS
 
-    if DETECTORS.get(name).kind != RPN_KIND:
+    if not rpn_kind(DETECTORS.get(name).kind):
         return []
     shown = [label for label in labels if label not in AFTER_NMS_ONLY]
     return [(EAGER, ORACLE), *[(label, ref) for label in shown for ref in (ORACLE, EAGER)]]

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 TITLE = "verify export (detector)"
 TABLE_HEADER = ["pair", "status", "matched", "borderline", "unexplained", "worst box", "worst score",
                 "label mismatches", "worst image"]
+MASK_HEADER = ["worst mask", "worst mask head"]
+"""A Mask R-CNN's table columns: each pair's worst pasted mask and mask-head logits, in their floors."""
 BOX_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 """One colour per run drawn, the reference first."""
 """Eager float32 sits on the float64 reference at this scale: drawn, it would hide it."""
@@ -54,10 +56,23 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{format_ratio(value)}x"
 
 
+def _masked(report: DetectorReport) -> bool:
+    """Whether the report judged masks (Mask R-CNN): its table then shows the worst mask and mask-head ratios."""
+    return any(p.masks_judged for p in report.detections)
+
+
+def table_header(report: DetectorReport) -> list[str]:
+    """TABLE_HEADER, with MASK_HEADER after the worst score for a Mask R-CNN."""
+    return TABLE_HEADER[:7] + MASK_HEADER + TABLE_HEADER[7:] if _masked(report) else TABLE_HEADER
+
+
 def table_rows(report: DetectorReport) -> list[list[str]]:
     """The detection-level table: one row per after-NMS pair."""
+    masked = _masked(report)
     return [[f"{p.a} vs {p.b}", p.status, f"{p.matched} of {sum(p.reference_per_image)}", str(len(p.borderline)),
              str(len(p.unexplained)), _ratio(p.worst_box_ratio), _ratio(p.worst_score_ratio),
+             *([_ratio(p.worst_mask_ratio if p.masks_judged else None),
+                _ratio(p.worst_mask_head_ratio if p.masks_judged else None)] if masked else []),
              str(p.label_mismatches), "-" if p.worst_image is None else str(p.worst_image)]
             for p in report.detections]
 
@@ -66,8 +81,9 @@ def _facts(report: DetectorReport) -> list[str]:
     floor = report.floor
     return [f"images {', '.join(report.image_sizes())}" + (" (dynamic export)" if report.dynamic else ""),
             f"weights {report.weights}", f"formats {', '.join(report.formats)}", f"tolerance {report.factor:g}x "
-            "the float32 noise floor"] + ([f"floor: boxes {floor.boxes:.3g}, scores {floor.scores:.3g}"] if floor
-                                          else [])
+            "the float32 noise floor"] + ([f"floor: boxes {floor.boxes:.3g}, scores {floor.scores:.3g}" + (
+                f", masks {floor.masks:.3g}, mask head {floor.mask_head:.3g}" if floor.masks is not None
+                and floor.mask_head is not None else "")] if floor else [])
 
 
 def detector_page(report: DetectorReport) -> MarkdownPage:
@@ -77,9 +93,10 @@ def detector_page(report: DetectorReport) -> MarkdownPage:
     before = [(r.pair, r.text) for r in report.rows() if r.level == "before NMS"]
     return MarkdownPage(
         f"{TITLE}: {report.name}:{report.norm}", report.passed, report.summary(), _facts(report),
-        "After NMS: detections matched by IoU per image and class; worst box and score as multiples of the "
+        "After NMS: detections matched by IoU per image and class; worst box and score" + (
+            ", pasted mask and mask-head logits" if _masked(report) else "") + " as multiples of the "
         "float32 noise floor of detections.",
-        TABLE_HEADER, ["---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:"],
+        table_header(report), ["---", "---", *["---:"] * (len(table_header(report)) - 2)],
         [[Code(row[0]), *row[1:]] for row in table_rows(report)],
         [("What failed", items), ("Before NMS", before), ("Borderline (rounding)", borderline)])
 
@@ -156,7 +173,7 @@ def detector_html(report: DetectorReport) -> str:
     before = [[r.pair, r.status, _ratio(r.ratio), r.worst] for r in report.rows() if r.level == "before NMS"]
     body = [f"<h1>{escape(page.title)}</h1><p class=\"summary {status}\">{mark} {escape(report.summary())}</p>",
             "".join(f'<p class="meta">{escape(f)}</p>' for f in page.facts),
-            "<h2>After NMS: detections matched by IoU</h2>", _table(TABLE_HEADER, table_rows(report)),
+            "<h2>After NMS: detections matched by IoU</h2>", _table(table_header(report), table_rows(report)),
             *(_listing(title, items) for title, items in page.sections if title != "Before NMS"),
             "<h2>Before NMS: dense head tensors</h2>",
             _table(["pair", "status", "worst ratio", "worst tensor"], before) if before else
