@@ -102,6 +102,9 @@ class Postprocess(Strict):
     """The dense tensors with one row per RPN proposal (judged paired by proposal)."""
 
 
+KEYPOINT_FLOORS = ("keypoints", "keypoint_scores", "keypoint_head")
+
+
 class DetectionFloorInfo(Strict):
     boxes: Positive
     scores: Positive
@@ -110,12 +113,23 @@ class DetectionFloorInfo(Strict):
     for a detector without masks. Re-derived from the goldens' mask-head logits, never trusted."""
     mask_head: Positive | None = None
     """Mask R-CNN: the floor of the matched pairs' mask-head logits (their label's); absent without masks."""
+    keypoints: Positive | None = None
+    """Keypoint R-CNN: the floor of the matched pairs' keypoints (x, y, where both argmaxes chose one cell;
+    verify/detect/keypoints.py); absent (no key, never null) for a detector without keypoints. Re-derived from the
+    goldens, never trusted."""
+    keypoint_scores: Positive | None = None
+    """Keypoint R-CNN: the floor of those keypoints' scores; absent without keypoints."""
+    keypoint_head: Positive | None = None
+    """Keypoint R-CNN: the floor of the matched pairs' heatmap logits (the keypoint head's); absent without them."""
 
     @model_validator(mode="before")
     @classmethod
     def _no_null_masks(cls, data: Any) -> Any:
         if isinstance(data, dict) and any(key in data and data[key] is None for key in ("masks", "mask_head")):
             raise ValueError("a mask floor is null; it is a positive number, or absent for a detector without masks")
+        if isinstance(data, dict) and any(key in data and data[key] is None for key in KEYPOINT_FLOORS):
+            raise ValueError("a keypoint floor is null; it is a positive number, or absent for a detector without "
+                             "keypoints")
         return data
 
 
@@ -172,8 +186,8 @@ class DetectorManifest(Strict):
         absent: dict[str, Any] = {k: True for k in ("identity", "signature") if getattr(self, k) is None}
         if self.detector.classes is None:  # an older folder's manifest, as it was written
             absent["detector"] = {"classes": True}
-        masks = {k: True for k in ("masks", "mask_head") if getattr(self.detection_floor, k) is None}
-        if masks:  # a detector without masks: its floor as before
+        masks = {k: True for k in ("masks", "mask_head", *KEYPOINT_FLOORS) if getattr(self.detection_floor, k) is None}
+        if masks:  # a detector without masks or keypoints: its floor as before
             absent["detection_floor"] = masks
         return json.dumps(self.model_dump(mode="json", by_alias=True, exclude=absent), indent=2,
                           allow_nan=False) + "\n"

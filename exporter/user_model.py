@@ -446,8 +446,8 @@ def _refuse_compiled(module: nn.Module, spec: UserModelSpec) -> None:
                              "torch.compile makes of it: compile where you run it")
 
 
-DETECTOR_CLASSES = {"MaskRCNN": "maskrcnn", "GeneralizedRCNN": "fasterrcnn", "RetinaNet": "retinanet", "FCOS": "fcos",
-                    "SSD": "ssd"}
+DETECTOR_CLASSES = {"MaskRCNN": "maskrcnn", "KeypointRCNN": "keypointrcnn", "GeneralizedRCNN": "fasterrcnn",
+                    "RetinaNet": "retinanet", "FCOS": "fcos", "SSD": "ssd"}
 """torchvision's detector classes (torchvision.models.detection) -> the registered kind that verifies them whole (the
 first of a model's classes, in its MRO, found here: a MaskRCNN is a GeneralizedRCNN too)."""
 

@@ -43,7 +43,7 @@ def _refusal(name: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("name", ["fcos_resnet50", "keypointrcnn_resnet50_fpn",
+@pytest.mark.parametrize("name", ["fcos_resnet50",
                                   "ssd300_vgg16"])
 def test_a_detector_name_not_registered_is_refused_naming_every_detector(name):
     line = _refusal(name)

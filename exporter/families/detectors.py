@@ -1,4 +1,5 @@
-"""Whole detectors: Faster R-CNN, Mask R-CNN, RetinaNet, FCOS and SSDlite, built by torchvision's own builders.
+"""Whole detectors: Faster R-CNN, Mask R-CNN, Keypoint R-CNN, RetinaNet, FCOS and SSDlite, built by torchvision's own
+builders.
 
 Standalone for now (`build_detector(name, norm, weights, seed)`); not yet in `exporter.backbones`.
 Every detector is built small: 320 px (the transform's min/max size), few proposals and detections,
@@ -58,8 +59,17 @@ FCOS_DISTANCE_STD = 0.3
 MASK_LOGIT_STD = 2.0
 """Mask R-CNN's mask logits (before the sigmoid): each detection's 28 x 28 mask probabilities spread on both sides of
 0.5 (about 0.12 to 0.88 within one standard deviation), so an error in the mask path moves them visibly."""
-RCNN_KINDS = ("fasterrcnn", "maskrcnn")
-"""The kinds with an RPN and a box head (Mask R-CNN is a Faster R-CNN with a mask head)."""
+KEYPOINT_LOGIT_STD = 2.0
+"""Keypoint R-CNN's heatmap logits (its predictor's transposed convolution, before the upsampling and the argmax): each
+detection's 17 maxima spread over its box, their scores (the heatmap's value at its maximum) a few units, never
+saturated (verify/detect/keypoints.py)."""
+RCNN_KINDS = ("fasterrcnn", "maskrcnn", "keypointrcnn")
+"""The kinds with an RPN and a box head (Mask R-CNN and Keypoint R-CNN are Faster R-CNNs with a mask or keypoint
+head)."""
+KEYPOINT_KINDS = ("keypointrcnn",)
+"""The kinds whose detections carry keypoints (judged per matched pair, verify/detect/keypoints.py)."""
+KEYPOINT_LOGITS = "roi_heads.keypoint_predictor.kps_score_lowres"
+"""Keypoint R-CNN's heatmap logits: one row per detection (N x K x 28 x 28), upsampled x2 then argmaxed per keypoint."""
 MASK_KINDS = ("maskrcnn",)
 """The kinds whose detections carry masks (judged per matched pair, verify/detect/masks.py)."""
 MASK_LOGITS = "roi_heads.mask_predictor.mask_fcn_logits"
@@ -67,6 +77,7 @@ MASK_LOGITS = "roi_heads.mask_predictor.mask_fcn_logits"
 PER_PROPOSAL_MODULES = ["roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"]
 """Faster R-CNN's box-head outputs: one row per RPN proposal, in the RPN's order."""
 ANCHOR_MODULES = {"fasterrcnn": "rpn.anchor_generator", "maskrcnn": "rpn.anchor_generator",
+                  "keypointrcnn": "rpn.anchor_generator",
                   "retinanet": "anchor_generator", "fcos": "anchor_generator", "ssd": "anchor_generator"}
 """Each kind's anchor generator: its anchors (one K x 4 tensor per image, every level) are judged before NMS as a dense
 tensor, so that a level no proposal or detection comes from is judged too (hunt 19a: one RPN level's anchors 5 % off
@@ -79,8 +90,8 @@ MIN_DETECTIONS = 20
 class Detector:
     name: str
     kind: str
-    """`fasterrcnn`, `maskrcnn`, `retinanet`, `fcos` or `ssd`: how its heads are calibrated and which tensors are
-    dense."""
+    """`fasterrcnn`, `maskrcnn`, `keypointrcnn`, `retinanet`, `fcos` or `ssd`: how its heads are calibrated and which
+    tensors are dense."""
     body_backbone: str | None
     """The project backbone whose synthetic classifier weights the body takes (None: BN calibration only)."""
     norms: tuple[str, ...]
@@ -109,6 +120,7 @@ for _detector in (
              _RCNN),
     Detector("maskrcnn_resnet50_fpn", "maskrcnn", "resnet50", _RESNET_NORMS, _RCNN),
     Detector("maskrcnn_resnet50_fpn_v2", "maskrcnn", "resnet50", ("batch",), _RCNN),
+    Detector("keypointrcnn_resnet50_fpn", "keypointrcnn", "resnet50", _RESNET_NORMS, _RCNN),
     Detector("retinanet_resnet50_fpn", "retinanet", "resnet50", _RESNET_NORMS, {**_SIZE, **_DENSE}),
     Detector("retinanet_resnet50_fpn_v2", "retinanet", "resnet50", ("batch",), {**_SIZE, **_DENSE}),
     Detector("fcos_resnet50_fpn", "fcos", "resnet50", ("batch", "frozen"), {**_SIZE, **_DENSE}),
@@ -117,8 +129,7 @@ for _detector in (
     DETECTORS.add(_detector.name, _detector)
 
 
-NOT_JUDGED = {"keypointrcnn_resnet50_fpn": "Keypoint R-CNN: keypoints not judged yet",
-              "ssd300_vgg16": "SSD300: no synthetic VGG-16 body"}
+NOT_JUDGED = {"ssd300_vgg16": "SSD300: no synthetic VGG-16 body"}
 """torchvision's detectors not registered here, and why (each naming its model: the refusal leaves the name out, to
 list every detector in one line)."""
 DETECTOR_WORDS = ("rcnn", "retinanet", "fcos", "ssd", "detr", "yolo")
@@ -220,6 +231,11 @@ class BuiltDetector:
         """Whether its detections carry masks (Mask R-CNN): judged per matched detection with their mask head."""
         return self.detector.kind in MASK_KINDS
 
+    @property
+    def keypoints(self) -> bool:
+        """Whether its detections carry keypoints (Keypoint R-CNN): judged per matched detection with their heatmaps."""
+        return self.detector.kind in KEYPOINT_KINDS
+
 
 def per_proposal_modules(kind: str) -> list[str]:
     return PER_PROPOSAL_MODULES if kind in RCNN_KINDS else []
@@ -312,6 +328,7 @@ def freeze_body_norms(model: nn.Module, eps: float) -> int:
 
 CLASS_KEYS = {"fasterrcnn": "roi_heads.box_predictor.cls_score.weight",
               "maskrcnn": "roi_heads.box_predictor.cls_score.weight",
+              "keypointrcnn": "roi_heads.box_predictor.cls_score.weight",
               "retinanet": "head.classification_head.cls_logits.weight",
               "fcos": "head.classification_head.cls_logits.weight",
               "ssd": "head.classification_head.module_list.0.1.weight"}
@@ -453,6 +470,8 @@ def _calibrate(model: nn.Module, detector: Detector, seed: int) -> None:
         _calibrate_rcnn(model, image, gen)
         if detector.kind in MASK_KINDS:
             _calibrate_masks(model, image, gen)
+        if detector.kind in KEYPOINT_KINDS:
+            _calibrate_keypoints(model, image, gen)
     else:
         _calibrate_dense(model, image, gen, detector.kind)
     count = len(detect(model, image)["scores"])
@@ -576,6 +595,25 @@ def _calibrate_masks(model: nn.Module, image: torch.Tensor, gen: torch.Generator
     channel centred): their masks hold probabilities on both sides of 0.5, never all near 0 or 1."""
     layer = model.roi_heads.mask_predictor.mask_fcn_logits
     _rescale(layer, _capture(layer, model, image, True), gen, MASK_LOGIT_STD)
+
+
+def _calibrate_keypoints(model: nn.Module, image: torch.Tensor, gen: torch.Generator) -> None:
+    """Keypoint R-CNN's heatmap logits spread KEYPOINT_LOGIT_STD around 0 over the calibration image's detections
+    (each keypoint's channel centred): every detection's maxima land anywhere in its box, their scores unsaturated."""
+    import torch
+    import torch.nn.functional as F
+
+    layer = model.roi_heads.keypoint_predictor.kps_score_lowres
+    inputs = _capture(layer, model, image, True)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen))
+        layer.bias.zero_()
+        outs = [F.conv_transpose2d(x, layer.weight, None, layer.stride, layer.padding, layer.output_padding,
+                                   layer.groups, layer.dilation) for x in inputs]
+        flat = torch.cat([o.transpose(0, 1).reshape(o.shape[1], -1) for o in outs], dim=1)  # (keypoints, samples)
+        scale = KEYPOINT_LOGIT_STD / flat.std().clamp_min(1e-12)
+        layer.weight.mul_(scale)
+        layer.bias.copy_(-flat.mean(dim=1) * scale)
 
 
 def _calibrate_dense(model: nn.Module, image: torch.Tensor, gen: torch.Generator, kind: str) -> None:

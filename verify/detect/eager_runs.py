@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from verify.detect.keypoints import KEYPOINT_LOGITS, KEYPOINT_SCORES, KEYPOINTS
 from verify.detect.match import MASK_LOGITS, MASKS, Detections
 from verify.detect.nms_inputs import NMS_INPUTS
 from verify.detect.proposals import PROPOSALS
@@ -57,8 +58,9 @@ def _image_outputs(run: Run, image: int) -> dict[str, np.ndarray]:
     """Everything a run gave for one image, by name: detections, dense tensors, proposals, final-NMS inputs."""
     found = run.detections[image]
     outputs = {"boxes": found.boxes, "scores": found.scores, "labels": found.labels}
-    outputs.update({key: value for key, value in ((MASKS, found.masks), (MASK_LOGITS, found.mask_logits))
-                    if value is not None})
+    extra = ((MASKS, found.masks), (MASK_LOGITS, found.mask_logits), (KEYPOINTS, found.keypoints),
+             (KEYPOINT_SCORES, found.keypoint_scores), (KEYPOINT_LOGITS, found.keypoint_logits))
+    outputs.update({key: value for key, value in extra if value is not None})
     if run.per_image:
         outputs.update(run.per_image[image])
     if run.proposals:
@@ -117,11 +119,13 @@ def _record_below_threshold(model: torch.nn.Module, calls: list[Detections], bel
 def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: bool) -> Run:
     """Detections and dense tensors of each image (dense ones named `module#call`, images concatenated);
     for Faster R-CNN the RPN's proposals; the final NMS's candidates (its inputs), and in float64 also the RPN NMS's;
-    for Mask R-CNN each detection's mask head logits of its label (verify/detect/masks.py) with its pasted mask."""
+    for Mask R-CNN each detection's mask head logits of its label (verify/detect/masks.py) with its pasted mask; for
+    Keypoint R-CNN each detection's heatmap logits (verify/detect/keypoints.py) with its keypoints."""
     import copy
 
     import torch
 
+    from exporter.families.detectors import KEYPOINT_LOGITS as KEYPOINT_MODULE
     from exporter.families.detectors import MASK_LOGITS as MASK_MODULE
     from verify.detect.masks import label_logits
 
@@ -142,6 +146,10 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
         if built.masks:  # one row per detection, in the detections' order
             hooks.append(model.get_submodule(MASK_MODULE).register_forward_hook(
                 lambda mod, args, out, store=logits: store.append(out.detach().clone())))
+        heat: list[torch.Tensor] = []
+        if built.keypoints:  # one row per detection, in the detections' order
+            hooks.append(model.get_submodule(KEYPOINT_MODULE).register_forward_hook(
+                lambda mod, args, out, store=heat: store.append(out.detach().clone())))
         calls: list[Detections] = []
         try:
             with (torch.inference_mode(), _record_nms(calls),
@@ -154,6 +162,8 @@ def run_eager(built: BuiltDetector, inputs: Sequence[torch.Tensor], float64: boo
         found = {k: v.numpy() for k, v in out.items()}
         if logits:
             found[MASK_LOGITS] = label_logits(logits[-1].numpy(), found["labels"])
+        if heat:
+            found[KEYPOINT_LOGITS] = heat[-1].numpy()
         result.detections.append(Detections.of(found))
         if calls:
             result.candidates.append(calls[-1])

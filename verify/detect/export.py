@@ -26,6 +26,11 @@ ONNX_OPSET = 17
 OUTPUT_NAMES = ("boxes", "labels", "scores")
 MASKS = "masks"
 """Mask R-CNN's fourth output: each detection's mask probabilities pasted into the image (N x 1 x H x W)."""
+KEYPOINTS, KEYPOINT_SCORES = "keypoints", "keypoints_scores"
+"""Keypoint R-CNN's fourth and fifth outputs: each detection's K keypoints (N x K x 3: x, y, visibility 1) and their
+scores (N x K: each heatmap's value at its maximum)."""
+EXTRA_OUTPUTS = (MASKS, KEYPOINTS, KEYPOINT_SCORES)
+"""The outputs a detector may add to OUTPUT_NAMES (judged per matched detection)."""
 DYNAMO_BLOCKER = ("torch.export cannot trace torchvision's detectors: NMS and RoIAlign have data-dependent output "
                   "shapes (upstream fixes open: pytorch/vision#9226, pytorch/vision#9395); use the legacy ONNX "
                   "exporter (format onnx)")
@@ -104,11 +109,12 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, dyna
 
 def output_names(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
     """The detection dict's keys in the model's own order (Faster R-CNN: boxes, labels, scores; Mask R-CNN: and masks;
-    RetinaNet and SSDlite: boxes, scores, labels): the legacy exporter names outputs by position."""
+    Keypoint R-CNN: and keypoints, keypoints_scores; RetinaNet and SSDlite: boxes, scores, labels): the legacy
+    exporter names outputs by position."""
     from exporter.families.detectors import detect
 
     names = list(detect(model, example))
-    if sorted(set(names) - {MASKS}) != sorted(OUTPUT_NAMES) or len(set(names)) != len(names):
+    if sorted(set(names) - set(EXTRA_OUTPUTS)) != sorted(OUTPUT_NAMES) or len(set(names)) != len(names):
         raise ExportError(f"the detector returns {', '.join(names)}, not {', '.join(OUTPUT_NAMES)}")
     return names
 

@@ -27,6 +27,7 @@ from exporter.errors import ArtifactError, SetupError, UsageError
 from exporter.families.detectors import (
     ANCHOR_MODULES,
     DETECTORS,
+    KEYPOINT_KINDS,
     MASK_KINDS,
     RCNN_KINDS,
     dense_modules,
@@ -44,12 +45,20 @@ from verify.detect.goldens import (
     golden_run,
     golden_samples,
 )
-from verify.detect.match import Rules
+from verify.detect.match import OPTIONAL_FLOORS, Rules
 from verify.detect.nms_inputs import NMS_INPUTS, SMALL_BOX, BoxCoding, rcnn_candidates
 from verify.detect.proposals import RpnRules, kept_order, moved_boxes
 from verify.detect.rebuild import rebuild_detector
 from verify.detect.report import DetectorReport, DetectorRow, Judging, Run
-from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, below_threshold_mismatch, derive_floors, judge_runs
+from verify.detect.verdict import (
+    EAGER,
+    ORACLE,
+    RUNTIMES,
+    below_threshold_mismatch,
+    derive_floors,
+    judge_runs,
+    size_scales,
+)
 from verify.folder.checks import Check, CheckReport
 from verify.folder.integrity import (
     FLOOR_RTOL,
@@ -132,8 +141,8 @@ def _manifest_fields(report: DetectorReport, eager: Run, identity: dict[str, Any
         "noise_floor": {name: floor.value for name, floor in report.floors.items()},
         "channel_floors_sha256": channel_floors_sha256(report.floors),
         "detection_floor": {"boxes": report.floor.boxes, "scores": report.floor.scores,
-                            **({"masks": report.floor.masks, "mask_head": report.floor.mask_head}
-                               if report.floor.masks is not None else {})},
+                            **{name: getattr(report.floor, name) for name in OPTIONAL_FLOORS
+                               if getattr(report.floor, name) is not None}},
         "verdicts": [{"level": row.level, "a": row.a, "b": row.b, "passed": row.passed} for row in report.rows()],
         "passed": report.passed,
     }
@@ -162,7 +171,7 @@ class DetectorFolder(CheckedFolder):
                                                      post.rpn.score_thresh)
         return Judging(Rules(post.score_thresh, post.nms_thresh, post.detections_per_img), rpn,
                        tuple(post.per_proposal), BoxCoding.rcnn_default() if rpn is not None else None,
-                       self.masks)
+                       self.masks, self.keypoints)
 
     @property
     def masks(self) -> bool:
@@ -170,6 +179,13 @@ class DetectorFolder(CheckedFolder):
         goldens must hold each detection's mask logits, and every run is judged on its masks."""
         name = self.manifest.detector.name
         return name in DETECTORS.names() and DETECTORS.get(name).kind in MASK_KINDS
+
+    @property
+    def keypoints(self) -> bool:
+        """Whether the detector the manifest names is a Keypoint R-CNN (its registry kind, never a recorded flag): its
+        goldens must hold each detection's keypoints and heatmap logits, and every run is judged on its keypoints."""
+        name = self.manifest.detector.name
+        return name in DETECTORS.names() and DETECTORS.get(name).kind in KEYPOINT_KINDS
 
 
 def detector_integrity(path: Path, report: CheckReport, verify_key: Path | None = None,
@@ -216,7 +232,7 @@ def _goldens(art: DetectorFolder) -> str:
     manifest = art.manifest
     message = check_goldens(goldens, [image.shape for image in manifest.images], manifest.dense_outputs,
                             bool(manifest.postprocess.per_proposal), manifest.postprocess.per_proposal,
-                            manifest.detector.classes, art.masks)
+                            manifest.detector.classes, art.masks, art.keypoints)
     art.images = golden_images(goldens)
     art.references = {EAGER: golden_run(goldens["float32"], art.images),
                       ORACLE: golden_run(goldens["float64"], art.images)}
@@ -232,7 +248,9 @@ def _floors(art: DetectorFolder) -> str:
     if not art.references:
         raise ArtifactError(f"not derived: {GOLDENS_NAME} failed its checks")
     floors, detection = derive_floors(art.judging, art.images, art.references[EAGER], art.references[ORACLE],
-                                      art.manifest.tolerance.factor)
+                                      art.manifest.tolerance.factor,
+                                      size_scales(art.manifest.detector.name,
+                                                  [tuple(image.shape[-2:]) for image in art.images]))
     recorded = art.manifest.noise_floor
     if set(recorded) != set(floors):
         odd = sorted(set(recorded) ^ set(floors))
@@ -250,19 +268,24 @@ def _floors(art: DetectorFolder) -> str:
     stored = art.manifest.detection_floor
     if detection is None:
         raise ArtifactError("the float32 and float64 golden detections share no detection: no floor to judge on")
-    if (stored.masks is None) != (detection.masks is None) or (stored.mask_head is None) != (
-            detection.mask_head is None):
-        raise ArtifactError(f"detection_floor {'lacks' if stored.masks is None else 'holds'} the floors of masks, but "
-                            f"its goldens {'give' if detection.masks is not None else 'give none'}: a floor is "
-                            "re-derived, never taken on trust")
-    for what, value in (("boxes", detection.boxes), ("scores", detection.scores), ("masks", detection.masks),
-                        ("mask_head", detection.mask_head)):
+    for kind, names in (("masks", ("masks", "mask_head")),
+                        ("keypoints", ("keypoints", "keypoint_scores", "keypoint_head"))):
+        if any((getattr(stored, name) is None) != (getattr(detection, name) is None) for name in names):
+            held = getattr(stored, names[0]) is not None
+            raise ArtifactError(f"detection_floor {'holds' if held else 'lacks'} the floors of {kind}, but its goldens "
+                                f"{'give none' if getattr(detection, names[0]) is None else 'give them'}: a floor is "
+                                "re-derived, never taken on trust")
+    for what in ("boxes", "scores", *OPTIONAL_FLOORS):
+        value = getattr(detection, what)
         if value is None:
             continue
         if not math.isclose(getattr(stored, what), value, rel_tol=FLOOR_RTOL, abs_tol=0.0):
             raise ArtifactError(f"detection_floor.{what} is {getattr(stored, what):.4g} in the manifest, but its "
                                 f"goldens give {value:.4g}; a floor is re-derived, never taken on trust")
     masks = "" if detection.masks is None else f", masks {detection.masks:.3g}, mask head {detection.mask_head:.3g}"
+    if detection.keypoints is not None:
+        masks += (f", keypoints {detection.keypoints:.3g}, keypoint scores {detection.keypoint_scores:.3g}, keypoint "
+                  f"head {detection.keypoint_head:.3g}")
     return (f"{len(floors)} dense floors and the detection floor (boxes {detection.boxes:.3g}, scores "
             f"{detection.scores:.3g}{masks}) re-derived from the goldens; the manifest records the same")
 

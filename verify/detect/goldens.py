@@ -33,6 +33,11 @@ DETECTION_KEYS = ("boxes", "scores", "labels")
 MASK_KEY = "mask_logits"
 """Mask R-CNN: each detection's mask-head logits of its label (N x M x M, in its group's precision); its pasted mask
 is re-derived from them and its box (verify/detect/masks.py `pasted_masks`: 28 x 28 a detection, not H x W)."""
+KEYPOINT_KEYS = {"keypoints": "keypoints", "keypoints_scores": "keypoint_scores", "keypoint_logits": "keypoint_logits"}
+"""Keypoint R-CNN: each detection's keypoints (N x K x 3) and scores (N x K), float32 in both groups as torchvision
+returns them, and its head's heatmap logits (N x K x M x M, in its group's precision) -> the Detections field. The
+keypoints are kept, not re-derived: torchvision derives them in the resized frame and scales them back in float32,
+which the final boxes cannot undo bit for bit; `_check_keypoint_rows` checks their shapes and boxes."""
 DENSE, PROPOSALS_KEY = "dense", "proposals"
 CANDIDATES = ("candidates", "rpn_candidates")
 """The recorded inputs of the final batched NMS (float32 and float64: a runtime's decoded candidates are judged on
@@ -77,6 +82,8 @@ def _run_arrays(run: Run) -> dict[str, np.ndarray]:
         arrays.update(_detection_arrays(f"{i}", found))
         if found.mask_logits is not None:
             arrays[f"{i}.{MASK_KEY}"] = found.mask_logits
+        if found.keypoint_logits is not None:
+            arrays.update({f"{i}.{key}": getattr(found, field) for key, field in KEYPOINT_KEYS.items()})
         for name, value in (run.per_image[i] if run.per_image else {}).items():
             arrays[f"{i}.{DENSE}.{name}"] = value
         if run.proposals:
@@ -92,12 +99,15 @@ def _detection_arrays(prefix: str, found: Detections) -> dict[str, np.ndarray]:
     return {f"{prefix}.{key}": getattr(found, key) for key in DETECTION_KEYS}
 
 
-def expected_keys(images: int, dense: list[str], proposals: bool, group: str, masks: bool = False) -> set[str]:
-    """The keys of one group of a complete goldens file (`masks`: Mask R-CNN's, with each image's mask logits)."""
+def expected_keys(images: int, dense: list[str], proposals: bool, group: str, masks: bool = False,
+                  keypoints: bool = False) -> set[str]:
+    """The keys of one group of a complete goldens file (`masks`: Mask R-CNN's, with each image's mask logits;
+    `keypoints`: Keypoint R-CNN's, with each image's keypoints, their scores and heatmap logits)."""
     keys = set()
     for i in range(images):
         keys |= {f"{i}.{key}" for key in DETECTION_KEYS} | {f"{i}.{DENSE}.{name}" for name in dense}
         keys |= {f"{i}.{MASK_KEY}"} if masks else set()
+        keys |= {f"{i}.{key}" for key in KEYPOINT_KEYS} if keypoints else set()
         keys |= {f"{i}.{PROPOSALS_KEY}"} if proposals else set()
         kinds = ((*CANDIDATES, BELOW) if proposals else (CANDIDATES[0], BELOW)) if group == "float64" \
             else (CANDIDATES[0],)
@@ -106,13 +116,15 @@ def expected_keys(images: int, dense: list[str], proposals: bool, group: str, ma
 
 
 def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[int]], dense: list[str],
-                  proposals: bool, rows: Sequence[str] = (), classes: int | None = None, masks: bool = False) -> str:
+                  proposals: bool, rows: Sequence[str] = (), classes: int | None = None, masks: bool = False,
+                  keypoints: bool = False) -> str:
     """Exactly the arrays a complete export writes: the images of the recorded shapes in float32, each group's
     keys, dtypes (dense tensors in their group's precision) and shapes, all finite, labels below `classes` (the
     manifest's, its class heads exactly that wide; None, an older folder's: CLASSES bounds both); else an
     ArtifactError. The folded group, where there is one, holds every dense tensor but those of the per-proposal
     modules `rows` and the anchors, each of its float32 twin's shape (a folder written before it had none: its floors
-    were measured without). `masks` (Mask R-CNN): each image's mask logits, one square M x M row per detection."""
+    were measured without). `masks` (Mask R-CNN): each image's mask logits, one square M x M row per detection;
+    `keypoints` (Keypoint R-CNN): each image's keypoints, scores and heatmap logits, one row per detection."""
     import numpy as np
 
     wanted = {str(i) for i in range(len(shapes))}
@@ -124,7 +136,7 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
             raise ArtifactError(f"{GOLDENS_NAME}: image.{i} is {image.dtype} {list(image.shape)}, the manifest "
                                 f"records float32 {list(shape)}")
     for group, dtype in (("float32", np.float32), ("float64", np.float64)):
-        keys = expected_keys(len(shapes), dense, proposals, group, masks)
+        keys = expected_keys(len(shapes), dense, proposals, group, masks, keypoints)
         found = set(goldens[group])
         if group == "float64" and not any(key.split(".")[1:2] == [BELOW] for key in found):
             raise ArtifactError(f"{GOLDENS_NAME} holds no float64.<i>.{BELOW} (the final NMS's float64 inputs under a "
@@ -150,6 +162,8 @@ def check_goldens(goldens: dict[str, dict[str, np.ndarray]], shapes: list[list[i
         _check_image_runs(goldens, i, shape, dense, proposals, classes)
         for group in ("float32", "float64") if masks else ():
             _check_mask_rows(f"{group}.{i}", goldens[group][f"{i}.{MASK_KEY}"], len(goldens[group][f"{i}.labels"]))
+        for group in ("float32", "float64") if keypoints else ():
+            _check_keypoint_rows(f"{group}.{i}", goldens[group], i)
     from exporter.families.detectors import ANCHOR_MODULES
 
     skipped = {*rows, *ANCHOR_MODULES.values()}  # anchors: no norm in them (check.py `folded_samples`)
@@ -163,6 +177,30 @@ def _check_mask_rows(prefix: str, logits: np.ndarray, count: int) -> None:
     if logits.ndim != 3 or len(logits) != count or logits.shape[1] != logits.shape[2] or not logits.shape[1]:
         raise ArtifactError(f"{GOLDENS_NAME}: {prefix}.{MASK_KEY} is {list(logits.shape)}; a Mask R-CNN's mask logits "
                             f"are one M x M row per detection ({count} here)")
+
+
+def _check_keypoint_rows(prefix: str, arrays: dict[str, np.ndarray], i: int) -> None:
+    """One row per detection of each, K keypoints alike, visibility 1 (torchvision's), each keypoint inside its box
+    (up to float32 rounding of the box)."""
+    import numpy as np
+
+    from verify.detect.keypoints import keypoint_problem
+
+    count = len(arrays[f"{i}.labels"])
+    points, scores, logits = (arrays[f"{i}.{key}"] for key in KEYPOINT_KEYS)
+    why = keypoint_problem(points)
+    if why is None and not (len(points) == len(scores) == len(logits) == count and logits.ndim == 4
+                            and scores.shape == points.shape[:2] and logits.shape[1] == points.shape[1]
+                            and logits.shape[2] == logits.shape[3] and logits.shape[2] > 0):
+        why = (f"keypoints {list(points.shape)}, scores {list(scores.shape)} and heatmap logits {list(logits.shape)}; "
+               f"a Keypoint R-CNN's are one row per detection ({count} here), K alike")
+    if why is None:
+        boxes = arrays[f"{i}.boxes"][:, None, :]
+        slack = 1e-3 * max(float(np.abs(boxes).max(initial=0.0)), 1.0)  # float32 keypoints against float64 boxes
+        if ((points[..., :2] < boxes[..., :2] - slack) | (points[..., :2] > boxes[..., 2:] + slack)).any():
+            why = "keypoints outside their detection's box"
+    if why is not None:
+        raise ArtifactError(f"{GOLDENS_NAME}: {prefix}: {why}")
 
 
 def _check_folded(goldens: dict[str, dict[str, np.ndarray]], images: int, dense: list[str],
@@ -198,14 +236,16 @@ def _check_array(key: str, array: np.ndarray, dense_dtype: Any) -> None:
     import numpy as np
 
     leaf = key.rsplit(".", 1)[-1]
-    if f".{DENSE}." in key or leaf == MASK_KEY:
+    if f".{DENSE}." in key or leaf in (MASK_KEY, "keypoint_logits"):
         dtype, ndim = dense_dtype, None
+    elif leaf in ("keypoints", "keypoints_scores"):  # torchvision returns them in float32 from a float64 model too
+        dtype, ndim = np.float32, (3 if leaf == "keypoints" else 2)
     elif leaf == "labels":
         dtype, ndim = np.int64, 1
     else:
         dtype, ndim = np.float64, (1 if leaf == "scores" else 2)
     if array.dtype != dtype or (ndim is not None and array.ndim != ndim) or array.ndim == 0 \
-            or (ndim == 2 and array.shape[1] != 4):
+            or (ndim == 2 and leaf != "keypoints_scores" and array.shape[1] != 4):
         raise ArtifactError(f"{GOLDENS_NAME}: {key} is {array.dtype} {list(array.shape)}; expected "
                             f"{np.dtype(dtype)}{' boxes (N x 4)' if ndim == 2 else ''}")
 
@@ -325,6 +365,9 @@ def golden_run(arrays: dict[str, np.ndarray], images: list[torch.Tensor]) -> Run
 
             found.mask_logits = logits
             found.masks = pasted_masks(logits, found.boxes, tuple(images[i].shape[-2:]), logits.dtype)
+        if f"{i}.keypoint_logits" in arrays:
+            for key, field in KEYPOINT_KEYS.items():
+                setattr(found, field, arrays[f"{i}.{key}"])
     run.per_image = [{key.removeprefix(f"{i}.{DENSE}."): value for key, value in arrays.items()
                       if key.startswith(f"{i}.{DENSE}.")} for i in range(count)]
     run.dense = concat_dense(run.per_image, images) if any(run.per_image) else {}

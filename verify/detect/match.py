@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from verify.detect.keypoints import KEYPOINT_LOGITS, KEYPOINT_SCORES, KEYPOINTS, KeypointJudgement, floor_errors
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.noise_floor import FLOAT32_EPS
 
@@ -50,13 +51,17 @@ matched values may differ, never which detections may go missing (at 1e6 every l
 class Detections:
     """One image's detections, float64 boxes (x1, y1, x2, y2), scores and integer labels; Mask R-CNN's also their
     pasted masks (N x H x W probabilities) and their mask head's logits of their label (N x M x M), each in the run's
-    own precision (float32 runs paste in float32)."""
+    own precision (float32 runs paste in float32); Keypoint R-CNN's their keypoints (N x K x 3), keypoint scores (N x K)
+    and their head's heatmap logits (N x K x M x M, verify/detect/keypoints.py)."""
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     masks: np.ndarray | None = None
     mask_logits: np.ndarray | None = None
+    keypoints: np.ndarray | None = None
+    keypoint_scores: np.ndarray | None = None
+    keypoint_logits: np.ndarray | None = None
 
     @classmethod
     def of(cls, outputs: Mapping[str, Any]) -> Detections:
@@ -68,9 +73,11 @@ class Detections:
             masks = np.asarray(masks)
             masks = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
         logits = outputs.get(MASK_LOGITS)
+        kept = [None if outputs.get(key) is None else np.asarray(outputs[key])
+                for key in (KEYPOINTS, KEYPOINT_SCORES, KEYPOINT_LOGITS)]
         return cls(boxes, np.asarray(outputs["scores"], dtype=np.float64).reshape(-1),
                    np.asarray(outputs["labels"]).astype(np.int64).reshape(-1), masks,
-                   None if logits is None else np.asarray(logits))
+                   None if logits is None else np.asarray(logits), *kept)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -78,7 +85,9 @@ class Detections:
     def take(self, index: Any) -> Detections:
         return Detections(self.boxes[index], self.scores[index], self.labels[index],
                           None if self.masks is None else self.masks[index],
-                          None if self.mask_logits is None else self.mask_logits[index])
+                          None if self.mask_logits is None else self.mask_logits[index],
+                          *(None if a is None else a[index]
+                            for a in (self.keypoints, self.keypoint_scores, self.keypoint_logits)))
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,10 @@ class Rules:
     score_thresh: float
     nms_thresh: float
     detections_per_img: int
+
+
+OPTIONAL_FLOORS = ("masks", "mask_head", "keypoints", "keypoint_scores", "keypoint_head")
+"""The floors only some detectors have (absent, never null, elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -104,10 +117,16 @@ class DetectionFloor:
     mask_head: float | None = None
     """Mask R-CNN: max |float32 - float64| over the mask head's logits of each pair's label, at least one ulp of the
     largest; None where the detections have no masks."""
+    keypoints: float | None = None
+    """Keypoint R-CNN: max |float32 - float64| over the x, y of the keypoints whose argmax chose the same cell on both
+    sides, at least one ulp of the largest box coordinate; None where the detections have no keypoints."""
+    keypoint_scores: float | None = None
+    """Keypoint R-CNN: max |float32 - float64| over those keypoints' scores (heatmap values), at least one ulp of 1."""
+    keypoint_head: float | None = None
+    """Keypoint R-CNN: max |float32 - float64| over the head's heatmap logits, at least one ulp of the largest."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items()
-                if value is not None or key not in ("masks", "mask_head")}
+        return {key: value for key, value in asdict(self).items() if value is not None or key not in OPTIONAL_FLOORS}
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -164,7 +183,8 @@ def assign(a: Detections, b: Detections) -> list[tuple[int, int, float]]:
     return pairs
 
 
-def measure_detection_floor(fp32: Sequence[Detections], fp64: Sequence[Detections]) -> DetectionFloor | None:
+def measure_detection_floor(fp32: Sequence[Detections], fp64: Sequence[Detections],
+                            scales: Sequence[tuple[float, float]] | None = None) -> DetectionFloor | None:
     """The float32 floor of detections: eager float32 against eager float64, matched by IoU, over the pairs at
     FLOOR_IOU or closer. None when nothing matched (no floor can be measured from nothing)."""
     import numpy as np
@@ -174,7 +194,11 @@ def measure_detection_floor(fp32: Sequence[Detections], fp64: Sequence[Detection
     box_err, score_err, scale, matched = 0.0, 0.0, 0.0, 0
     masked = bool(fp32) and all(found.masks is not None and found.mask_logits is not None for found in [*fp32, *fp64])
     mask_err, head_err, logit_scale = 0.0, 0.0, 0.0
-    for run, ref in zip(fp32, fp64, strict=True):
+    keyed = bool(fp32) and all(found.keypoints is not None and found.keypoint_logits is not None
+                               and found.keypoint_scores is not None for found in [*fp32, *fp64])
+    kp_err = [0.0, 0.0, 0.0, 0.0]  # keypoints, scores, head logits, largest |logit|
+    for image, (run, ref) in enumerate(zip(fp32, fp64, strict=True)):
+        frame = scales[image] if scales is not None else (1.0, 1.0)  # Keypoint R-CNN's keypoints: their argmax cells
         for i, j, _ in (pair for pair in assign(run, ref) if pair[2] >= FLOOR_IOU):
             box_err = max(box_err, float(np.abs(run.boxes[i] - ref.boxes[j]).max()))
             score_err = max(score_err, abs(float(run.scores[i] - ref.scores[j])))
@@ -186,22 +210,34 @@ def measure_detection_floor(fp32: Sequence[Detections], fp64: Sequence[Detection
                                        ref.mask_logits.shape[-1], 0.0)
                 if alike:  # a pair pasted at other pixels (rounding) says nothing of the masks' rounding
                     mask_err = max(mask_err, max_abs(run.masks[i], ref.masks[j]))
+            if keyed and _keypoints_held(run, i) and _keypoints_held(ref, j):
+                kp_err = [max(a, b) for a, b in zip(kp_err, floor_errors(run, i, ref, j, frame), strict=True)]
         if len(ref):
             scale = max(scale, float(np.abs(ref.boxes).max()))
     if not matched:
         return None
     floor = DetectionFloor(max(box_err, FLOAT32_EPS * max(scale, 1.0)), max(score_err, FLOAT32_EPS * SCORE_SCALE),
                            matched)
-    if not masked:
-        return floor
-    return DetectionFloor(floor.boxes, floor.scores, matched, max(mask_err, FLOAT32_EPS * SCORE_SCALE),
-                          max(head_err, FLOAT32_EPS * max(logit_scale, 1.0)))
+    if masked:
+        floor = replace(floor, masks=max(mask_err, FLOAT32_EPS * SCORE_SCALE),
+                        mask_head=max(head_err, FLOAT32_EPS * max(logit_scale, 1.0)))
+    if keyed:
+        floor = replace(floor, keypoints=max(kp_err[0], FLOAT32_EPS * max(scale, 1.0)),
+                        keypoint_scores=max(kp_err[1], FLOAT32_EPS * SCORE_SCALE),
+                        keypoint_head=max(kp_err[2], FLOAT32_EPS * max(kp_err[3], 1.0)))
+    return floor
 
 
 def _masks_held(found: Detections, k: int) -> bool:
     """Whether detection `k` has a mask and a mask-head row (the arrays hold one per detection)."""
     return (found.masks is not None and found.mask_logits is not None and len(found.masks) == len(found)
             and len(found.mask_logits) == len(found) and 0 <= k < len(found))
+
+
+def _keypoints_held(found: Detections, k: int) -> bool:
+    """Whether detection `k` has keypoints, scores and a heatmap-logit row (the arrays hold one per detection)."""
+    arrays = (found.keypoints, found.keypoint_scores, found.keypoint_logits)
+    return all(a is not None and len(a) == len(found) for a in arrays) and 0 <= k < len(found)
 
 
 @dataclass
@@ -263,6 +299,8 @@ class DetectionPair:
     """Mask R-CNN: matched pairs whose masks rounding pasted at other pixels (judged on their mask head alone)."""
     mask_problems: list[str] = field(default_factory=list)
     """Mask R-CNN: a side without a mask per detection (each a failure)."""
+    keypoint_judgement: KeypointJudgement = field(default_factory=KeypointJudgement)
+    """Keypoint R-CNN: its matched detections' keypoints, scores and heatmap logits (verify/detect/keypoints.py)."""
 
     @property
     def matched(self) -> int:
@@ -273,11 +311,15 @@ class DetectionPair:
         return self.floor.masks is not None
 
     @property
+    def keypoints_judged(self) -> bool:
+        return self.floor.keypoints is not None
+
+    @property
     def passed(self) -> bool:
         return (self.matched > 0 and not self.unexplained and self.label_mismatches == 0
                 and self.worst_box_ratio <= self.factor and self.worst_score_ratio <= self.factor
                 and not self.mask_problems and self.worst_mask_ratio <= self.factor
-                and self.worst_mask_head_ratio <= self.factor)
+                and self.worst_mask_head_ratio <= self.factor and self.keypoint_judgement.passed(self.factor))
 
     @property
     def status(self) -> str:
@@ -300,6 +342,8 @@ class DetectionPair:
         if self.masks_judged and self.worst_mask_head_ratio > self.factor:
             out.append(_over("mask head logits", self.worst_mask_head_ratio, self.floor.mask_head, self.factor))
         out += self.mask_problems[:1]
+        if self.keypoints_judged:
+            out += self.keypoint_judgement.reasons(self.factor, self.floor, _over)
         if self.label_mismatches:
             out.append(f"{self.label_mismatches} boxes with another label")
         if self.unexplained:
@@ -312,11 +356,16 @@ class DetectionPair:
         if self.passed:
             masks = f", mask {self.worst_mask_ratio:.1f}x, mask head {self.worst_mask_head_ratio:.1f}x" \
                 if self.masks_judged else ""
+            if self.keypoints_judged:
+                masks += self.keypoint_judgement.summary()
             tail = f", worst box {self.worst_box_ratio:.1f}x, score {self.worst_score_ratio:.1f}x{masks} the floor"
             if self.borderline:
                 tail += f"; {len(self.borderline)} borderline ({self.borderline[0].reason})"
             if self.paste_borderline:
                 tail += f"; {len(self.paste_borderline)} mask(s) pasted at other pixels by rounding (mask head judged)"
+            if self.keypoint_judgement.argmax_borderline:
+                tail += (f"; {len(self.keypoint_judgement.argmax_borderline)} keypoint(s) whose argmax rounding moved "
+                         "to a nearly equal maximum (keypoint head judged)")
             return head + tail
         return head + "; " + "; ".join(self.reasons())
 
@@ -332,6 +381,7 @@ class DetectionPair:
                     "worst_mask_head_ratio": _finite(self.worst_mask_head_ratio),
                     "paste_borderline": self.paste_borderline, "mask_problems": self.mask_problems}
                    if self.masks_judged else {}),
+                **(self.keypoint_judgement.to_dict() if self.keypoints_judged else {}),
                 "verdict": self.verdict()}
 
 
@@ -385,6 +435,7 @@ def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detectio
     pair.reference_per_image.append(len(ref))
     worst = 0.0
     masked = floor.masks is not None and _masks_present(pair, image, run, ref)
+    keyed = floor.keypoints is not None and pair.keypoint_judgement.present(image, (pair.a, pair.b), run, ref)
     for i, j, _ in pairs:
         box = _ratio(float(np.abs(run.boxes[i] - ref.boxes[j]).max()), floor.boxes)
         score = _ratio(abs(float(run.scores[i] - ref.scores[j])), floor.scores)
@@ -393,6 +444,9 @@ def _judge_image(pair: DetectionPair, image: int, run: Detections, ref: Detectio
         worst = max(worst, box, score)
         if masked:
             worst = max(worst, _judge_masks(pair, image, run, i, ref, j, floor, min(factor, EXPLAIN_FACTOR)))
+        if keyed:
+            worst = max(worst, pair.keypoint_judgement.judge(image, run, i, ref, j, floor, min(factor, EXPLAIN_FACTOR),
+                                                             scale))
     lone_run = sorted(set(range(len(run))) - {i for i, _, _ in pairs})
     lone_ref = sorted(set(range(len(ref))) - {j for _, j, _ in pairs})
     pair.label_mismatches += _label_mismatches(run.take(lone_run), ref.take(lone_ref))

@@ -10,6 +10,10 @@ PROPOSAL_PRODUCER, PROPOSAL_CONSUMER = "/rpn/", "/roi_heads/box_roi_pool/"
 """Scopes of the legacy exporter between which the proposals flow (see onnx_proposals)."""
 
 
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""The ops whose output is a dense module's (ConvTranspose: Keypoint R-CNN's heatmap logits)."""
+
+
 def onnx_scopes(module: str, call: int) -> list[str]:
     """The legacy exporter's scope of a module's `call`-th call: `rpn.head.conv.0.0` is
     `/rpn/head/conv/conv.0/conv.0.0`, a later call gets `_<call>` on its last part, and a ModuleList
@@ -41,7 +45,7 @@ def onnx_dense_outputs(model: Any, dense: list[str]) -> dict[str, str]:
                 outputs[name] = found.pop()
             continue
         hits = {n.output[0] for scope in onnx_scopes(module, int(call)) for n in model.graph.node
-                if n.op_type in ("Conv", "Gemm", "MatMul") and n.output and n.output[0].startswith(scope)
+                if n.op_type in LAYER_OPS and n.output and n.output[0].startswith(scope)
                 and re.fullmatch(r"[A-Za-z]+_output_0", n.output[0][len(scope):])}
         if len(hits) == 1:
             outputs[name] = hits.pop()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.errors import ExportError, SetupError
 from verify.detect.eager_runs import GUARD_DEVICE, concat_dense
 from verify.detect.export import MASKS, OUTPUT_NAMES, _first_line
+from verify.detect.keypoints import KEYPOINT_LOGITS, KEYPOINT_SCORES, KEYPOINTS
 from verify.detect.match import MASK_LOGITS, Detections
 from verify.detect.nms_inputs import onnx_nms_inputs
 from verify.detect.onnx_graph import _with_outputs, onnx_dense_outputs, onnx_proposals
@@ -35,10 +36,12 @@ RESHAPE_FAILURE = re.compile(r"running Reshape node\. Name:'(?P<node>[^']*)'.*?I
 def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str], device: str = GUARD_DEVICE) -> Run:
     """The file as written for detections; a copy with the dense tensors as extra outputs for those. A file with
     masks (Mask R-CNN) gives them too, and its mask predictor's logits as an extra output, each detection's label's
-    row kept (verify/detect/masks.py); a file whose logits are not found gives none (a failure where they are
-    judged)."""
+    row kept (verify/detect/masks.py); a file with keypoints (Keypoint R-CNN) gives them, their scores and its keypoint
+    predictor's logits (verify/detect/keypoints.py); a file whose logits are not found gives none (a failure where
+    they are judged)."""
     import onnx
 
+    from exporter.families.detectors import KEYPOINT_LOGITS as KEYPOINT_MODULE
     from exporter.families.detectors import MASK_LOGITS as MASK_MODULE
     from verify.detect.masks import label_logits
 
@@ -48,9 +51,12 @@ def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str], devi
     if proposals is not None:
         found[PROPOSALS] = proposals
     candidates = onnx_nms_inputs(model)  # None: the judgement then misses them (a failure) where they are asked
-    names = [*OUTPUT_NAMES, *([MASKS] if MASKS in {o.name for o in model.graph.output} else [])]
+    present = {o.name for o in model.graph.output}
+    names = [*OUTPUT_NAMES, *(name for name in (MASKS, KEYPOINTS, KEYPOINT_SCORES) if name in present)]
     logits = onnx_dense_outputs(model, [f"{MASK_MODULE}#0"]).get(f"{MASK_MODULE}#0") if MASKS in names else None
-    wanted = list(dict.fromkeys([*found.values(), *(candidates or ()), *([logits] if logits else [])]))
+    heat = onnx_dense_outputs(model, [f"{KEYPOINT_MODULE}#0"]).get(f"{KEYPOINT_MODULE}#0") \
+        if KEYPOINTS in names else None
+    wanted = list(dict.fromkeys([*found.values(), *(candidates or ()), *(v for v in (logits, heat) if v)]))
     result = Run([])
     session = _session(model.SerializeToString(), device)
     extended = _with_outputs(model, wanted, {candidates[2]: onnx.TensorProto.INT64} if candidates else {})
@@ -65,6 +71,8 @@ def _run_onnx(path: Path, inputs: Sequence[torch.Tensor], dense: list[str], devi
                 out[MASK_LOGITS] = label_logits(values[logits], values["labels"])
             except ValueError as exc:
                 raise ExportError(f"the ONNX file's mask predictor gives no row per detection ({exc})") from None
+        if heat:  # the extended graph's own run's rows, one per detection of that run
+            out[KEYPOINT_LOGITS] = values[heat]
         result.detections.append(Detections.of(out))
         if dense_session is not None:
             if candidates is not None:

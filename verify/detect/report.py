@@ -99,7 +99,8 @@ class DetectorReport:
                              worst_box_ratio=det.worst_box_ratio, worst_score_ratio=det.worst_score_ratio,
                              worst_image=det.worst_image,
                              worst_mask_ratio=det.worst_mask_ratio if det.masks_judged else None,
-                             worst_mask_head_ratio=det.worst_mask_head_ratio if det.masks_judged else None)
+                             worst_mask_head_ratio=det.worst_mask_head_ratio if det.masks_judged else None,
+                             **(_keypoint_fields(det) if det.keypoints_judged else {}))
                  for det in self.detections]
         rows += [DetectorRow("export", fmt, "", False, "refused", why) for fmt, why in self.refusals.items()]
         rows += [_layer_row(check) for check in self.layers]
@@ -165,6 +166,13 @@ LEVEL_FIELDS = {"before NMS": ("worst", "ratio"), LAYERS_LEVEL: ("worst", "ratio
 """The fields a row of each level carries besides level, pair, outcome and text (its JSON keys, in order)."""
 MASK_FIELDS = ("worst_mask_ratio", "worst_mask_head_ratio")
 """A Mask R-CNN's after-NMS row's fields besides LEVEL_FIELDS (absent for a detector without masks)."""
+KEYPOINT_FIELDS = ("worst_keypoint_ratio", "worst_keypoint_score_ratio", "worst_keypoint_head_ratio", "worst_keypoint")
+"""A Keypoint R-CNN's after-NMS row's fields besides LEVEL_FIELDS (absent for a detector without keypoints)."""
+
+
+def _keypoint_fields(det: DetectionPair) -> dict[str, Any]:
+    judged = det.keypoint_judgement
+    return {name: getattr(judged, name) for name in KEYPOINT_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,13 @@ class DetectorRow:
     """Mask R-CNN's after-NMS rows: the worst matched pair's pasted masks, in mask floors (None: no masks)."""
     worst_mask_head_ratio: float | None = None
     """Mask R-CNN's after-NMS rows: the worst matched pair's mask-head logits, in their floors (None: no masks)."""
+    worst_keypoint_ratio: float | None = None
+    """Keypoint R-CNN's after-NMS rows: the worst matched keypoints (x, y), in keypoint floors (None: no keypoints)."""
+    worst_keypoint_score_ratio: float | None = None
+    worst_keypoint_head_ratio: float | None = None
+    """Keypoint R-CNN's after-NMS rows: the worst heatmap logits of the keypoint head, in their floors."""
+    worst_keypoint: str | None = None
+    """Keypoint R-CNN's after-NMS rows: the name of the keypoint (e.g. `left_wrist`) with the largest ratio."""
 
     @property
     def pair(self) -> str:
@@ -208,7 +223,8 @@ class DetectorRow:
         """The JSON row: the fields its level carries, nothing else."""
         return {"level": self.level, "a": self.a, "b": self.b, "passed": self.passed, "status": self.status,
                 **{name: getattr(self, name) for name in LEVEL_FIELDS.get(self.level, ())},
-                **{name: getattr(self, name) for name in MASK_FIELDS if getattr(self, name) is not None},
+                **{name: getattr(self, name) for name in (*MASK_FIELDS, *KEYPOINT_FIELDS)
+                   if getattr(self, name) is not None},
                 "text": self.text}
 
 
@@ -254,6 +270,9 @@ class Judging:
     masks: bool = False
     """Mask R-CNN: its detections carry masks, judged per matched pair (verify/detect/masks.py); a run without them
     fails."""
+    keypoints: bool = False
+    """Keypoint R-CNN: its detections carry keypoints, judged per matched pair (verify/detect/keypoints.py); a run
+    without them fails."""
 
     @classmethod
     def of(cls, built: BuiltDetector) -> Judging:
@@ -262,4 +281,4 @@ class Judging:
         return cls(Rules(built.score_thresh, built.nms_thresh, built.detections_per_img),
                    RpnRules(float(rpn.nms_thresh), int(rpn.post_nms_top_n()), float(rpn.score_thresh))
                    if rpn is not None else None, tuple(built.per_proposal_modules),
-                   BoxCoding.of(heads.box_coder) if heads is not None else None, built.masks)
+                   BoxCoding.of(heads.box_coder) if heads is not None else None, built.masks, built.keypoints)

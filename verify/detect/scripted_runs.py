@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.errors import ExportError
 from verify.detect.eager_runs import GUARD_DEVICE, concat_dense
 from verify.detect.export import _first_line
+from verify.detect.keypoints import KEYPOINT_LOGITS, KEYPOINT_SCORES, KEYPOINTS
 from verify.detect.match import MASK_LOGITS, MASKS, Detections
 from verify.detect.nms_inputs import CLASS_LOGITS, SMALL_BOX
 from verify.detect.report import Run
@@ -57,8 +58,11 @@ def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str
                     except ValueError as exc:
                         raise ExportError(f"the TorchScript file's mask head gives no row per detection ({exc})") \
                             from None
+                heat = tensors.pop(SCRIPT_KEYPOINTS, None)
+                if heat is not None:  # the file's own keypoint head on its own detections: one row each
+                    found[KEYPOINT_LOGITS] = heat.cpu().numpy()
                 result.detections.append(Detections.of(found))
-                keys = ("boxes", "scores", "labels", *([MASKS] if MASKS in out[0] else []))
+                keys = ("boxes", "scores", "labels", *(k for k in (MASKS, KEYPOINTS, KEYPOINT_SCORES) if k in out[0]))
                 if composed is not None and device == "cpu" and not all(  # elsewhere a fuser may round otherwise
                         key in composed and torch.equal(out[0][key], composed[key]) for key in keys):
                     raise ExportError("the TorchScript file's forward does not give what its own transform, backbone "
@@ -83,6 +87,9 @@ def _run_torchscript(path: Path, inputs: Sequence[torch.Tensor], dense: list[str
 SCRIPT_MASKS = "roi_heads.mask_predictor.mask_fcn_logits#0"
 """Mask R-CNN's mask logits (one row per detection) as the file's own mask head gives them on its own detections: kept
 with the detections (verify/detect/masks.py), never a dense tensor."""
+SCRIPT_KEYPOINTS = "roi_heads.keypoint_predictor.kps_score_lowres#0"
+"""Keypoint R-CNN's heatmap logits (one row per detection) as the file's own keypoint head gives them on its own
+detections: kept with the detections (verify/detect/keypoints.py), never a dense tensor."""
 SCRIPT_LOGITS, SCRIPT_REGRESSION = CLASS_LOGITS, "roi_heads.box_predictor.bbox_pred#0"
 """Faster R-CNN's box-head outputs (one row per proposal) that the file's own box coder decodes into its final-NMS
 inputs (`_script_candidates`)."""
@@ -247,6 +254,9 @@ def _script_pieces(model: Any, image: torch.Tensor, modules: list[str]) -> tuple
         if getattr(heads, "mask_predictor", None) is not None:  # Mask R-CNN: its mask head on its detections
             pooled = heads.mask_roi_pool(features, [d["boxes"] for d in detections], images.image_sizes)
             tensors[SCRIPT_MASKS] = heads.mask_predictor(heads.mask_head(pooled))
+        if getattr(heads, "keypoint_predictor", None) is not None:  # Keypoint R-CNN: its keypoint head likewise
+            pooled = heads.keypoint_roi_pool(features, [d["boxes"] for d in detections], images.image_sizes)
+            tensors[SCRIPT_KEYPOINTS] = heads.keypoint_predictor.kps_score_lowres(heads.keypoint_head(pooled))
         proposals = found[0]
     else:
         head = model.head

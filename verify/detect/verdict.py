@@ -131,12 +131,14 @@ def _on_images(count: int) -> str:
 
 
 def derive_floors(judging: Judging, inputs: Sequence[torch.Tensor], eager: Run, oracle: Run,
-                  factor: float) -> tuple[dict[str, Any], DetectionFloor | None]:
-    """The floors a judgement of these runs uses (dense tensors, then detections), measured as _judge does."""
+                  factor: float, scales: Sequence[tuple[float, float]] | None = None
+                  ) -> tuple[dict[str, Any], DetectionFloor | None]:
+    """The floors a judgement of these runs uses (dense tensors, then detections), measured as _judge does
+    (`scales`: `candidate_scales` of the detector on these images)."""
     scratch = DetectorReport("", "", "", (len(inputs), *inputs[0].shape), (), factor,
                              images=[image.numpy() for image in inputs])
     floors = _Rows(scratch, judging, oracle, Tolerance(factor=factor)).floors(eager)
-    return floors, measure_detection_floor(eager.detections, oracle.detections)
+    return floors, measure_detection_floor(eager.detections, oracle.detections, scales)
 
 
 def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, runs: dict[str, Run],
@@ -150,7 +152,8 @@ def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, ru
     floors = rows.floors(eager)
     report.floors = floors
     report.dense_outputs = list(eager.dense) + ([PROPOSALS] if PROPOSALS in floors else [])
-    report.floor = measure_detection_floor(eager.detections, oracle.detections)
+    report.floor = measure_detection_floor(eager.detections, oracle.detections,
+                                           candidate_scales(report.name, report.images))
     if report.floor is None:  # real weights on the seeded images: often nothing above the score threshold
         report.unjudgeable = (f"eager float32 and float64 share no detection on these images: no floor to judge on "
                               f"(the reference has {sum(len(d) for d in oracle.detections)} detections); "
@@ -160,6 +163,9 @@ def _judge(report: DetectorReport, judging: Judging, eager: Run, oracle: Run, ru
     if judging.masks and report.floor.masks is None:  # never a Mask R-CNN judged on its boxes alone
         report.problems.append("eager float32 and its float64 oracle give no mask and mask-head output for every "
                                "detection: the masks cannot be judged; export it again")
+    if judging.keypoints and report.floor.keypoints is None:  # never a Keypoint R-CNN judged on its boxes alone
+        report.problems.append("eager float32 and its float64 oracle give no keypoints and keypoint-head output for "
+                               "every detection: the keypoints cannot be judged; export it again")
     rules = judging.rules
     if RUNTIMES["torchscript"] in runs:
         report.problems += _script_piece_problems(rows, floors, eager, oracle, runs[RUNTIMES["torchscript"]],
