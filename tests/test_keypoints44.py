@@ -41,6 +41,7 @@ from verify.detect.report import KEYPOINT_FIELDS, DetectorReport, Judging
 from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_detector, judge_runs
 from verify.folder.validate import validate
 from verify.judge.compare import AUTO_FACTOR, Tolerance
+from verify.render.detections import KEYPOINT_HEADER, MASK_HEADER, table_header, table_rows
 
 TINY = 64
 ONNX = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".onnx"))
@@ -111,6 +112,11 @@ def test_a_correct_export_agrees_with_every_matched_keypoint_judged(tiny_keypoin
             if row["level"] == "after NMS"]
     assert rows and all(set(KEYPOINT_FIELDS) - {"worst_keypoint"} <= set(row) for row in rows)
     assert {row.get("worst_keypoint") for row in rows} - {None} <= set(keypoint_names(17))
+    header, cells = table_header(report), table_rows(report)
+    assert set(KEYPOINT_HEADER) <= set(header) and not set(MASK_HEADER) & set(header)
+    assert cells and all(len(row) == len(header) for row in cells)
+    column = header.index(KEYPOINT_HEADER[-1])  # the table shows each pair's worst keypoint-head ratio
+    assert all(row[column] != "-" for row in cells), cells
 
 
 def test_goldens_keypoints_are_what_their_logits_give(tiny_keypoints):

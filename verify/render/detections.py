@@ -6,7 +6,7 @@ Every string that reaches a page is escaped by the writer of that page."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from verify.detect.verdict import EAGER
 from verify.render.junit import rows_junit
@@ -25,6 +25,9 @@ TABLE_HEADER = ["pair", "status", "matched", "borderline", "unexplained", "worst
                 "label mismatches", "worst image"]
 MASK_HEADER = ["worst mask", "worst mask head"]
 """A Mask R-CNN's table columns: each pair's worst pasted mask and mask-head logits, in their floors."""
+KEYPOINT_HEADER = ["worst keypoint", "worst keypoint score", "worst keypoint head"]
+"""A Keypoint R-CNN's table columns: each pair's worst keypoints (x, y), their scores and the keypoint head's heatmap
+logits, in their floors."""
 BOX_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 """One colour per run drawn, the reference first."""
 """Eager float32 sits on the float64 reference at this scale: drawn, it would hide it."""
@@ -61,18 +64,31 @@ def _masked(report: DetectorReport) -> bool:
     return any(p.masks_judged for p in report.detections)
 
 
+def _keypointed(report: DetectorReport) -> bool:
+    """Whether the report judged keypoints (Keypoint R-CNN): its table then shows their worst ratios."""
+    return any(p.keypoints_judged for p in report.detections)
+
+
 def table_header(report: DetectorReport) -> list[str]:
-    """TABLE_HEADER, with MASK_HEADER after the worst score for a Mask R-CNN."""
-    return TABLE_HEADER[:7] + MASK_HEADER + TABLE_HEADER[7:] if _masked(report) else TABLE_HEADER
+    """TABLE_HEADER, with MASK_HEADER (a Mask R-CNN) or KEYPOINT_HEADER (a Keypoint R-CNN) after the worst score."""
+    extra = (MASK_HEADER if _masked(report) else []) + (KEYPOINT_HEADER if _keypointed(report) else [])
+    return TABLE_HEADER[:7] + extra + TABLE_HEADER[7:]
+
+
+def _keypoint_cells(pair: Any) -> list[str]:
+    judged = pair.keypoint_judgement if pair.keypoints_judged else None
+    return [_ratio(None if judged is None else getattr(judged, name)) for name in
+            ("worst_keypoint_ratio", "worst_keypoint_score_ratio", "worst_keypoint_head_ratio")]
 
 
 def table_rows(report: DetectorReport) -> list[list[str]]:
     """The detection-level table: one row per after-NMS pair."""
-    masked = _masked(report)
+    masked, keypointed = _masked(report), _keypointed(report)
     return [[f"{p.a} vs {p.b}", p.status, f"{p.matched} of {sum(p.reference_per_image)}", str(len(p.borderline)),
              str(len(p.unexplained)), _ratio(p.worst_box_ratio), _ratio(p.worst_score_ratio),
              *([_ratio(p.worst_mask_ratio if p.masks_judged else None),
                 _ratio(p.worst_mask_head_ratio if p.masks_judged else None)] if masked else []),
+             *(_keypoint_cells(p) if keypointed else []),
              str(p.label_mismatches), "-" if p.worst_image is None else str(p.worst_image)]
             for p in report.detections]
 
@@ -83,7 +99,10 @@ def _facts(report: DetectorReport) -> list[str]:
             f"weights {report.weights}", f"formats {', '.join(report.formats)}", f"tolerance {report.factor:g}x "
             "the float32 noise floor"] + ([f"floor: boxes {floor.boxes:.3g}, scores {floor.scores:.3g}" + (
                 f", masks {floor.masks:.3g}, mask head {floor.mask_head:.3g}" if floor.masks is not None
-                and floor.mask_head is not None else "")] if floor else [])
+                and floor.mask_head is not None else "") + (
+                f", keypoints {floor.keypoints:.3g}, keypoint scores {floor.keypoint_scores:.3g}, keypoint head "
+                f"{floor.keypoint_head:.3g}" if None not in (floor.keypoints, floor.keypoint_scores,
+                                                             floor.keypoint_head) else "")] if floor else [])
 
 
 def detector_page(report: DetectorReport) -> MarkdownPage:
@@ -94,8 +113,9 @@ def detector_page(report: DetectorReport) -> MarkdownPage:
     return MarkdownPage(
         f"{TITLE}: {report.name}:{report.norm}", report.passed, report.summary(), _facts(report),
         "After NMS: detections matched by IoU per image and class; worst box and score" + (
-            ", pasted mask and mask-head logits" if _masked(report) else "") + " as multiples of the "
-        "float32 noise floor of detections.",
+            ", pasted mask and mask-head logits" if _masked(report) else "") + (
+            ", keypoints, keypoint scores and keypoint-head logits" if _keypointed(report) else "")
+        + " as multiples of the float32 noise floor of detections.",
         table_header(report), ["---", "---", *["---:"] * (len(table_header(report)) - 2)],
         [[Code(row[0]), *row[1:]] for row in table_rows(report)],
         [("What failed", items), ("Before NMS", before), ("Borderline (rounding)", borderline)])
