@@ -6,10 +6,11 @@ from typer.testing import CliRunner
 from exporter.errors import UsageError
 from exporter.families.detectors import list_detectors
 from verify.cli import app
+from verify.matrix.detectors import unstored_outputs
 from verify.matrix.request import MatrixRequest
 
 
-@pytest.mark.parametrize("detector", list_detectors())
+@pytest.mark.parametrize("detector", [name for name in list_detectors() if not unstored_outputs(name)])
 def test_a_whole_detector_is_a_cell_and_an_option_it_does_not_apply_is_refused_in_one_line(detector):
     """Detector cells (tests/test_matrix_detectors.py runs one) are planned beside the backbones' without any work."""
     request = MatrixRequest.create(backbones=["resnet18", detector])
@@ -19,3 +20,11 @@ def test_a_whole_detector_is_a_cell_and_an_option_it_does_not_apply_is_refused_i
     result = CliRunner().invoke(app, ["matrix", "-b", detector, "--decimal", "3"])
     assert result.exit_code == 2 and "whole detector" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("detector", [name for name in list_detectors() if unstored_outputs(name)])
+def test_a_detector_whose_outputs_a_cell_does_not_store_is_refused_in_one_line(detector):
+    """Review of stop 44: a kind whose per-detection outputs a cell does not store is no cell at all."""
+    with pytest.raises(UsageError, match="does not store") as caught:
+        MatrixRequest.create(backbones=["resnet18", detector])
+    assert "\n" not in str(caught.value) and f"verify export -b {detector}" in str(caught.value)
