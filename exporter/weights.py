@@ -4,13 +4,15 @@ backbone loads exactly the same numbers."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from exporter.errors import SetupError, UsageError
 from exporter.fsio import path_kind, two_zip_directories
@@ -32,6 +34,14 @@ CALIBRATION_PASSES = 2
 GAMMA_RANGE = (0.5, 1.5)
 BRANCH_END_GAMMA_RANGE = (0.05, 0.3)
 """The norm that ends a residual branch gets a small gamma, as training leaves it."""
+SYNTHETIC_DIGESTS = Path(__file__).with_name("synthetic_digests.json")
+"""The committed sha256 (`state_dict_sha256`) of the synthetic weights per backbone and seed, written by
+`python bench/synthetic_digests.py`: a copy read from the cache is used only when its tensors hash to this, so the
+copy is proven, never trusted (README, the cache's threat model)."""
+DIGESTS_SCHEMA = "backbone-verify/synthetic-digests"
+COPY_HEADER_BYTES = 1 << 20
+"""What a copy may hold beyond its tensors' bytes (the safetensors header: ~100 bytes a tensor); a larger file is
+refused unread."""
 
 
 @dataclass
@@ -99,6 +109,68 @@ sums across threads, so one fixed count makes the same seed give the same weight
 missed whenever a run's thread count differed from the one before)."""
 
 
+_Proven = TypeVar("_Proven")
+
+
+class WeightsStore(Protocol):
+    """Where copies of synthetic weights are kept, by their digest (verify/cache.py's Cache, under its rules)."""
+
+    def read_weights(self, sha: str, max_bytes: int, prove: Callable[[bytes], _Proven | None]) -> _Proven | None:
+        """`prove(bytes of the copy)`, or None when there is none or `prove` refuses it."""
+
+    def store_weights(self, sha: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Keep the bytes of `chunks` as the copy of the weights whose digest is `sha` (atomically; never an error)."""
+
+
+_STORE: ContextVar[WeightsStore | None] = ContextVar("weights_store", default=None)
+
+
+@contextlib.contextmanager
+def weights_store(store: WeightsStore | None) -> Iterator[None]:
+    """Synthetic weights built inside are read from `store` when it holds a proven copy, and a copy is kept there
+    when they are computed (None: computed, nothing read or kept)."""
+    token = _STORE.set(store)
+    try:
+        yield
+    finally:
+        _STORE.reset(token)
+
+
+@lru_cache(maxsize=1)
+def committed_digests() -> dict[tuple[str, int], tuple[str, int]]:
+    """(backbone, seed) -> (sha256, bytes of its tensors) from SYNTHETIC_DIGESTS; empty without the file."""
+    import json
+    import re
+
+    try:
+        table = json.loads(SYNTHETIC_DIGESTS.read_text())
+        if table["schema"] != DIGESTS_SCHEMA:
+            raise ValueError(table["schema"])
+        digests = {(backbone, int(seed)): (entry["sha256"], int(entry["bytes"]))
+                   for backbone, seeds in table["weights"].items() for seed, entry in seeds.items()}
+        if not all(re.fullmatch(r"[0-9a-f]{64}", sha) and size > 0 for sha, size in digests.values()):
+            raise ValueError("not a sha256 and a size")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise SetupError(f"Cannot read {SYNTHETIC_DIGESTS}: {exc.strerror}; check the installation") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise SetupError(f"{SYNTHETIC_DIGESTS} is not a {DIGESTS_SCHEMA} table; write it again with "
+                         "`python bench/synthetic_digests.py`") from None
+    return digests
+
+
+def _proven_copy(data: bytes, sha: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of a copy read from the cache when their digest is `sha`, else None (whatever the bytes are)."""
+    from safetensors.torch import load
+
+    try:
+        state = load(data)
+        return state if state_dict_sha256(state) == sha else None
+    except Exception:  # noqa: BLE001 - bytes anyone may have written: what does not parse is not the copy
+        return None
+
+
 _SYNTHETIC_LOCK = threading.Lock()
 """A seeded init and its calibration use torch's global RNG and thread count: two at once (library calls from
 threads) interleave and give neither seed's weights (found by hunt 8c)."""
@@ -116,6 +188,54 @@ def synthetic_weights(backbone: str, seed: int) -> Weights:
 
 @lru_cache(maxsize=4)  # a matrix worker keeps the last four backbones' weights, not more
 def _synthetic_state_dict(backbone: str, seed: int) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights of `_computed_state_dict`, and their digest. With a `weights_store` and a committed digest for
+    (backbone, seed), a copy in the store whose tensors hash to it is used instead (reading and hashing it: 0.2 s
+    for resnet50 against about 1 s computing); weights computed here that hash to it are kept there. A torch whose
+    weights differ from the table (another version) computes them every time and keeps nothing."""
+    store = _STORE.get()
+    committed = committed_digests().get((backbone, seed)) if store is not None else None
+    if store is not None and committed is not None:
+        sha, size = committed
+        copy = store.read_weights(sha, size + COPY_HEADER_BYTES, lambda data: _proven_copy(data, sha))
+        if copy is not None:
+            return copy, sha
+    state_dict = _computed_state_dict(backbone, seed)
+    digest = state_dict_sha256(state_dict)
+    if store is not None and committed is not None and digest == committed[0]:
+        chunks = _safetensors_chunks(state_dict)
+        if chunks is not None:
+            store.store_weights(digest, chunks)
+    return state_dict, digest
+
+
+SAFETENSORS_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def _safetensors_chunks(state_dict: dict[str, torch.Tensor]) -> list[bytes | memoryview] | None:
+    """`state_dict` in the safetensors layout (a JSON header, then every tensor's bytes in its order), as views of
+    the tensors themselves: `safetensors.torch.save` builds the whole file in memory first (0.1 s of a cold run's
+    critical path for resnet50). Read back by safetensors' own parser and proven by the digest; None for a dtype
+    the layout has no name for (no copy kept)."""
+    import json
+
+    import torch
+
+    header, offset = {}, 0
+    for key, tensor in state_dict.items():
+        size, dtype = tensor.numel() * tensor.element_size(), str(tensor.dtype).removeprefix("torch.")
+        if dtype not in SAFETENSORS_DTYPES:
+            return None
+        header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return [len(text).to_bytes(8, "little"), text, *(
+        memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()) for t in state_dict.values())]
+
+
+def _computed_state_dict(backbone: str, seed: int) -> dict[str, torch.Tensor]:
     """Seeded init of the classifier (torchvision's own norms), then BatchNorm statistics calibrated
     by train-mode passes.
 
@@ -163,8 +283,7 @@ def _synthetic_state_dict(backbone: str, seed: int) -> tuple[dict[str, torch.Ten
         module.momentum = momentum
     model.eval()
     # the model is dropped here, so its tensors are this cache's alone: no copy (each caller gets one, above)
-    state_dict = {k: v.detach() for k, v in model.state_dict().items()}
-    return state_dict, state_dict_sha256(state_dict)
+    return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 @WEIGHT_SOURCES.register("imagenet")

@@ -135,7 +135,7 @@ def _export_cell(spec: ModelSpec | UserModelSpec, settings: RunSettings | None, 
     plan = plan_cell(request)  # runtimes, precisions and --input checked before the model is built
     cache = default_cache() if cache == "default" else cache
     with cell_context(request) as child:
-        build = build_stage(request, plan, cache, progress, child)
+        build = build_stage(request, plan, None if sign_key is not None else cache, progress, child)  # signed: no copy
         identity = export_identity(spec, build.built.weights.sha256, settings.seed, export, build.named)
         may_replace = require_export_folder if overwrite else functools.partial(refuse_other_export, identity=identity)
         if may_replace is not None:

@@ -4,6 +4,7 @@ Layout under the root (`user_cache_dir("backbone-verify")`, `$BACKBONE_VERIFY_CA
     v1/blobs/ab/<sha256>              file contents, named by their own hash
     v1/entries/<kind>/ab/<key>.json   what a key maps to: data and {file name: blob hash}
     v1/locks/<key>.lock               so two workers compute one key once
+    v1/weights/<sha256>.safetensors   copies of synthetic weights, named by their tensors' committed digest
 A key is the sha256 of everything that determines the result plus the environment (versions of python,
 torch, torchvision, numpy, onnx, onnxruntime, onnxscript, this project's version and a hash of its source).
 
@@ -15,7 +16,8 @@ outside the root), only regular files are opened (a FIFO or device is never open
 block), every blob is hashed again as it is read and compared with its name, and anything that fails is a
 miss (recomputed), never an error. An entry's own checksum only detects accidents: it proves nothing about
 who wrote it. What callers take from an entry must be re-checked by them (verify/pipeline/stages.py: only data
-files, which are run and judged again; nothing whose loading executes code).
+files, which are run and judged again; nothing whose loading executes code). A copy of synthetic weights is used
+only when its tensors hash to the digest committed with the code (exporter/weights.py): proven, not trusted.
 Every write is a temporary file in the target's own folder, fsynced, then renamed over the target.
 """
 
@@ -34,11 +36,11 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from exporter.errors import UsageError
 
@@ -59,7 +61,10 @@ TMP_NAME = re.compile(r"\.[A-Za-z0-9._-]+\.\d+\.[0-9a-f]{8}\.tmp")
 """The temporary files this module writes (`.<target>.<pid>.<8 hex>.tmp`), which prune may sweep."""
 RETIRED_NAME = re.compile(rf"\.{LAYOUT}\.retired-[0-9a-f]{{8}}")
 """What `clear` renames the layout folder to before removing it: one left by a killed clear is removed by the next."""
-OWN_FOLDERS = frozenset({"blobs", "entries", "locks"})
+WEIGHTS = "weights"
+"""The folder of synthetic weights' copies, and the kind their hits, misses and stores are counted under."""
+WEIGHTS_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
+OWN_FOLDERS = frozenset({"blobs", "entries", "locks", WEIGHTS})
 """What this cache writes directly inside its layout folder: anything else there is not ours to remove."""
 MAX_ENTRY_BYTES = 16 << 20
 """An entry larger than this is not one this tool wrote (a cell result is a few kB): refused unread."""
@@ -254,6 +259,9 @@ class Entry:
         return dest
 
 
+_Proven = TypeVar("_Proven")
+
+
 class CorruptEntry(Exception):
     """A blob or entry that is not what this tool stores (internal: it becomes a miss)."""
 
@@ -263,6 +271,9 @@ class Cache:
         self.root = Path(root).expanduser()
         self.base = self.root / LAYOUT
         self.stats = CacheStats()
+        self.weights_stats = CacheStats()
+        """Copies of synthetic weights, counted apart: whether a run reads or keeps one depends on what its process
+        computed before (exporter/weights.py keeps the last weights in memory), not on the run alone."""
 
     # names and paths -------------------------------------------------------------------------
     @staticmethod
@@ -353,9 +364,10 @@ class Cache:
             os.unlink(name, dir_fd=folder)
         return size
 
-    def _write(self, parts: Iterable[str], name: str, chunks: Iterable[bytes]) -> str:
+    def _write(self, parts: Iterable[str], name: str, chunks: Iterable[bytes | memoryview], hashed: bool = True) -> str:
         """Write `chunks` to base/parts/name atomically (a new temporary file, fsynced, renamed over the
-        target, which a link there cannot redirect); returns the sha256 of what was written."""
+        target, which a link there cannot redirect); returns the sha256 of what was written (empty unless `hashed`:
+        a weights copy is proven by its tensors' digest on every read, and the hash cost 0.06 s for resnet50)."""
         tmp, sha = f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp", hashlib.sha256()
         with self._folder(parts, create=True) as folder:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
@@ -363,7 +375,8 @@ class Cache:
             try:
                 with os.fdopen(fd, "wb") as handle:
                     for chunk in chunks:
-                        sha.update(chunk)
+                        if hashed:
+                            sha.update(chunk)
                         handle.write(chunk)
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -372,7 +385,7 @@ class Cache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=folder)
             os.fsync(folder)
-        return sha.hexdigest()
+        return sha.hexdigest() if hashed else ""
 
     # reading ---------------------------------------------------------------------------------
     def load(self, kind: str, key: str) -> Entry | None:
@@ -494,6 +507,57 @@ class Cache:
                 raise OSError("source changed while copying")
         return {"sha256": sha, "size": size}
 
+    # copies of synthetic weights (exporter/weights.py WeightsStore) ---------------------------------------
+    @staticmethod
+    def _weights_name(sha: str) -> str:
+        if not is_digest(sha):
+            raise ValueError(f"weights digest {sha!r} is not a sha256 digest")
+        return f"{sha}.safetensors"
+
+    def read_weights(self, sha: str, max_bytes: int, prove: Callable[[bytes], _Proven | None]) -> _Proven | None:
+        """What `prove` makes of the copy named `sha` (exporter/weights.py: its tensors, when they hash to the
+        committed `sha`), or None: no copy, or one that is not a regular file of at most `max_bytes` (refused unread)
+        or that `prove` refuses, which is then removed and counted corrupt. Opened as every entry is: from the root
+        down without following links."""
+        name = self._weights_name(sha)
+        try:
+            with self._folder((WEIGHTS,)) as folder, self._open_regular(folder, name) as handle:
+                if os.fstat(handle.fileno()).st_size > max_bytes:
+                    raise CorruptEntry(f"{name} is larger than the weights it names")
+                data = handle.read(max_bytes + 1)
+                with contextlib.suppress(OSError):
+                    os.utime(handle.fileno())  # used now: prune removes the least recently used first
+            proven = prove(data) if len(data) <= max_bytes else None
+            if proven is None:
+                raise CorruptEntry(f"{name} does not hold the weights it names")
+        except FileNotFoundError:
+            self.weights_stats.count("misses", WEIGHTS)
+            return None
+        except CorruptEntry:
+            self.weights_stats.count("corrupt", WEIGHTS)
+            self.weights_stats.count("misses", WEIGHTS)
+            self._unlink((WEIGHTS,), name)
+            return None
+        except OSError:  # a folder that is a link or a file, an unreadable copy: a miss, nothing removed
+            self.weights_stats.count("misses", WEIGHTS)
+            return None
+        self.weights_stats.count("hits", WEIGHTS)
+        return proven
+
+    def store_weights(self, sha: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Keep `chunks` as the copy named `sha` (atomically); a cache that cannot be written is skipped."""
+        try:
+            self._write((WEIGHTS,), self._weights_name(sha), chunks, hashed=False)
+        except OSError:
+            return
+        self.weights_stats.count("stores", WEIGHTS)
+
+    def _own_weights(self) -> Iterator[tuple[str, os.stat_result]]:
+        """(name, lstat) of every file in the weights folder named as a copy, or as this module's temporary file."""
+        for name, info in self._scan(WEIGHTS):
+            if WEIGHTS_NAME.fullmatch(name) or TMP_NAME.fullmatch(name):
+                yield name, info
+
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Held while one process computes `key`, so a parallel worker waits (at most LOCK_WAIT_SECONDS) and then
@@ -608,7 +672,10 @@ class Cache:
             if stat.S_ISREG(info.st_mode):
                 entries[kind] = entries.get(kind, 0) + 1
         blobs = sum(1 for _, name, info in self._own_blobs() if is_digest(name) and stat.S_ISREG(info.st_mode))
-        return {"root": str(self.root), "layout": LAYOUT, "entries": entries, "blobs": blobs, "bytes": self._size()}
+        weights = sum(1 for name, info in self._own_weights() if WEIGHTS_NAME.fullmatch(name)
+                      and stat.S_ISREG(info.st_mode))
+        return {"root": str(self.root), "layout": LAYOUT, "entries": entries, "blobs": blobs, "weights": weights,
+                "bytes": self._size()}
 
     def _size(self) -> int:
         """Bytes in regular files under base (links are not followed, not counted)."""
@@ -627,11 +694,13 @@ class Cache:
         `max_bytes`, each with the files no remaining entry names; files no entry names at all go first
         (but not those younger than `grace_seconds`: a store in progress writes its files before its entry).
         Only files inside the root named as this cache names them are removed: an entry's file list is
-        validated before any name in it is used. Returns (entries removed, bytes freed); an entry that cannot be
+        validated before any name in it is used. A copy of synthetic weights is an entry (by its last read or
+        write). Returns (entries removed, bytes freed); an entry that cannot be
         removed (a read-only cache) is a UsageError (it was counted as removed while the cache kept its size)."""
         if not self._is_own_folder():
             return 0, 0
-        entries, refs = [], {}
+        entries: list[tuple[float, tuple[tuple[str, ...], str], set[str]]] = []
+        refs: dict[str, int] = {}
         for kind, key, info in self._own_entries():
             shas: set[str] = set()
             try:
@@ -639,9 +708,13 @@ class Cache:
                 used = info.st_mtime
             except (OSError, CorruptEntry):
                 used = float("-inf")  # unusable: removed first, it could never be used
-            entries.append((used, kind, key, shas))
+            entries.append((used, self._entry_parts(kind, key), shas))
             for sha in shas:
                 refs[sha] = refs.get(sha, 0) + 1
+        for name, info in self._own_weights():  # a copy of weights is an entry and its file in one
+            if WEIGHTS_NAME.fullmatch(name):
+                entries.append((info.st_mtime if stat.S_ISREG(info.st_mode) else float("-inf"), ((WEIGHTS,), name),
+                                set()))
         total, freed, removed, now = self._size(), 0, 0, time.time()
         for prefix, name, info in self._own_blobs():  # unnamed by any entry, or a killed writer's leftover
             if (name not in refs or not is_digest(name)) and now - info.st_mtime > grace_seconds:
@@ -649,11 +722,14 @@ class Cache:
         for parts, name, info in self._own_entry_temps():
             if now - info.st_mtime > grace_seconds:
                 freed += self._unlink(parts, name)
-        for _, kind, key, shas in sorted(entries, key=lambda item: item[0]):
+        for name, info in self._own_weights():
+            if TMP_NAME.fullmatch(name) and now - info.st_mtime > grace_seconds:
+                freed += self._unlink((WEIGHTS,), name)
+        for _, (parts, name), shas in sorted(entries, key=lambda item: item[0]):
             if total - freed <= max_bytes:
                 break
             try:
-                freed += self._remove(*self._entry_parts(kind, key))
+                freed += self._remove(parts, name)
                 removed += 1
             except FileNotFoundError:
                 pass  # removed by another prune since it was listed: its files are released below all the same

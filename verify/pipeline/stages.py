@@ -46,7 +46,8 @@ HIT, MISS, OFF = "hit", "miss", "off"
 """How a stage's result was obtained: from the cache, computed and stored, or computed with no cache."""
 PURE_WEIGHT_SOURCES = frozenset({"synthetic"})
 """Weight sources that are a function of (backbone, seed) alone (a cell's result key may name them); files
-and the torch hub cache may change under us. Weights themselves are never read from the cache."""
+and the torch hub cache may change under us. Weights are read from the cache only as a copy of synthetic ones whose
+tensors hash to the digest committed with the code (exporter/weights.py)."""
 
 
 @dataclass(frozen=True)
@@ -245,11 +246,13 @@ START_CHILD: Any = object()
 def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None,
                 progress: Progress | None = None, child: Any = START_CHILD) -> BuildResult:
     """spec + weights + seed -> the built model (eval mode), its in-memory artifact and the cell's inputs.
-    Weights are always computed: nothing short of recomputing binds stored tensors to `synthetic:<seed>` (README,
-    the cache's threat model); ~0.9 s (resnet18) to ~2.1 s (resnet50) on one core. A user's model is built by its
+    Weights are computed, or (synthetic ones of a registered backbone, with a cache) read from a copy whose tensors
+    hash to the digest committed with the code (exporter/synthetic_digests.json), which binds them to
+    `synthetic:<seed>` as recomputing would (README, the cache's threat model). A user's model is built by its
     own code. Where the export will run in the background, its child is started first (`BuildResult.child`), unless
     the caller started it earlier (`cell_context`) and passes it as `child`."""
     from exporter.formats.eager import eager_artifact
+    from exporter.weights import weights_store
 
     spec, settings = request.spec, request.settings
     progress = progress or NullProgress()
@@ -260,7 +263,8 @@ def build_stage(request: CellRequest, plan: CellPlan, cache: Cache | None = None
             # --input's own shape where --shape names none: a registered backbone refuses its channels, a user's model
             # is tried on it, here, not as "pass --static" after a failed export (review 25)
             shape = settings.shape or (tuple(plan.given[0].array.shape) if plan.given else None)
-            built, status = spec.build(settings.seed, shape, settings.weights), OFF
+            with weights_store(cache if spec.registered else None):
+                built, status = spec.build(settings.seed, shape, settings.weights), OFF
         no_float64 = without_float64(built, settings)  # refused here, before any export, when auto needs it
         named = plan.inputs_for(built)
         if request.export.dynamic and not spec.registered:  # a registered backbone follows its batch by design
