@@ -241,6 +241,14 @@ def _ssd_cell(shift: float, below: bool = True) -> CellResult:
             "after_nms": [], "refusals": {}}
     if below:
         data[BELOW] = [{k: kept[k] + of(near, dscore=-1e-7)[k] for k in kept}]
+    # a real cell stores the after-NMS pairs its export judged, which are those its numbers give (stop 44's merge
+    # binding holds the stored pairs to them): recomputed here as the export would have stored them
+    from verify.detect.goldens import CLASSES
+    from verify.matrix.detector_judging import _after_nms
+
+    if below:  # a cell stored before the lower threshold's inputs were recorded stores none to recompute from
+        after, _, _ = _after_nms(data, Tolerance().factor, [], 1, SSD, CLASSES)
+        data["after_nms"] = [pair.to_dict() for pair in after]
     return CellResult("c", SSD, "batch", "detector", AGREE, detector=data)
 
 
