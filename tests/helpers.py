@@ -556,3 +556,43 @@ def tiny_fcos_detector(size: int):
     return Detector("fcos_tiny", "fcos", None, ("batch", "frozen"),
                     {"min_size": size, "max_size": size, "detections_per_img": 50, "topk_candidates": TOPK_CANDIDATES},
                     builder="fcos_resnet50_fpn")
+
+
+TINY_DETECTOR = 64
+"""The side the tiny R-CNNs of the mask and keypoint tests are registered at: their heads' cost is per detection."""
+
+
+def tiny_rcnn_options(**heads: Any) -> dict[str, Any]:
+    """A torchvision R-CNN builder's options at TINY_DETECTOR px with few proposals and MIN_DETECTIONS detections,
+    plus `heads` (e.g. a mask or keypoint RoI pool on 7 x 7 RoIs, `small_roi_pool()`)."""
+    from exporter.families.detectors import MIN_DETECTIONS, PROPOSALS
+
+    return {"min_size": TINY_DETECTOR, "max_size": TINY_DETECTOR, "rpn_pre_nms_top_n_test": PROPOSALS,
+            "rpn_post_nms_top_n_test": PROPOSALS // 2, "box_detections_per_img": MIN_DETECTIONS, **heads}
+
+
+def small_roi_pool() -> Any:
+    """A per-detection head's RoI pool on 7 x 7 RoIs over the FPN's four levels (torchvision's default is 14 x 14)."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    return MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+
+
+def judged_detector(detector: Any, folder: Path, image: Any) -> Any:
+    """A generator for a module fixture: `detector` registered, built, exported (every default format) into `folder`,
+    judged on `image` and its folder written; yields (built, images, files, report, folder), then removes `folder`."""
+    from exporter.families.detectors import DETECTORS, build_detector
+    from verify.detect.export import DEFAULT_FORMATS, export_detector
+    from verify.detect.folder import write_detector_folder
+    from verify.detect.verdict import judge_detector
+
+    try:
+        with DETECTORS.adding(detector.name, detector):
+            built = build_detector(detector.name)
+            files, refusals = export_detector(built, image, DEFAULT_FORMATS, folder)
+            assert not refusals, refusals
+            report = judge_detector(built, [image], files)
+            assert write_detector_folder(folder, report)
+            yield built, [image], files, report, folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -10,14 +10,12 @@ exports are measured in the README."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads
-from torchvision.ops import MultiScaleRoIAlign
 
 from exporter.detector_manifest import load_detector_manifest
 from exporter.errors import UsageError
@@ -25,25 +23,33 @@ from exporter.families.detectors import (
     DETECTORS,
     KEYPOINT_LOGIT_STD,
     MIN_DETECTIONS,
-    PROPOSALS,
     Detector,
-    build_detector,
     calibration_image,
     detect,
 )
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
-from tests.helpers import ONE_CHANNEL_ERROR, edit_goldens, edit_manifest, linked_copy, scaled_onnx_weight
-from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES, export_detector
-from verify.detect.folder import GOLDENS_RUNTIME, write_detector_folder
+from tests.helpers import (
+    ONE_CHANNEL_ERROR,
+    TINY_DETECTOR,
+    edit_goldens,
+    edit_manifest,
+    judged_detector,
+    linked_copy,
+    scaled_onnx_weight,
+    small_roi_pool,
+    tiny_rcnn_options,
+)
+from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES
+from verify.detect.folder import GOLDENS_RUNTIME
 from verify.detect.keypoints import derived_keypoints, keypoint_names
 from verify.detect.match import DetectionFloor, Detections, Rules, compare_detections
 from verify.detect.report import KEYPOINT_FIELDS, DetectorReport, Judging
-from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_detector, judge_runs
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_runs
 from verify.folder.validate import validate
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 from verify.render.detections import KEYPOINT_HEADER, MASK_HEADER, table_header, table_rows
 
-TINY = 64
+TINY = TINY_DETECTOR
 ONNX = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".onnx"))
 SCRIPTED = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".pt"))
 HEAD_CONV = "roi_heads.keypoint_head.0.weight"
@@ -54,10 +60,8 @@ def _tiny() -> Detector:
     """torchvision's Keypoint R-CNN at TINY px, no synthetic body, a two-layer keypoint head (64 then the predictor's
     512 channels) on 7 x 7 RoIs and MIN_DETECTIONS detections: the keypoint head's cost is per detection."""
     return Detector("keypointrcnn_tiny", "keypointrcnn", None, ("batch", "frozen"),
-                    {"min_size": TINY, "max_size": TINY, "rpn_pre_nms_top_n_test": PROPOSALS,
-                     "rpn_post_nms_top_n_test": PROPOSALS // 2, "box_detections_per_img": MIN_DETECTIONS,
-                     "keypoint_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
-                     "keypoint_head": KeypointRCNNHeads(256, (64, 512))},
+                    tiny_rcnn_options(keypoint_roi_pool=small_roi_pool(),
+                                      keypoint_head=KeypointRCNNHeads(256, (64, 512))),
                     builder="keypointrcnn_resnet50_fpn")
 
 
@@ -67,18 +71,7 @@ TINY_KEYPOINTS = _tiny()
 @pytest.fixture(scope="module")
 def tiny_keypoints(tmp_path_factory):
     """The tiny Keypoint R-CNN built, exported (TorchScript and legacy ONNX) and judged, its folder written."""
-    folder = tmp_path_factory.mktemp("keypointrcnn")
-    try:
-        with DETECTORS.adding(TINY_KEYPOINTS.name, TINY_KEYPOINTS):
-            built = build_detector(TINY_KEYPOINTS.name)
-            images = [calibration_image(0)]
-            files, refusals = export_detector(built, images[0], DEFAULT_FORMATS, folder)
-            assert not refusals, refusals
-            report = judge_detector(built, images, files)
-            assert write_detector_folder(folder, report)
-            yield built, images, files, report, folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    yield from judged_detector(TINY_KEYPOINTS, tmp_path_factory.mktemp("keypointrcnn"), calibration_image(0))
 
 
 def test_the_keypoint_head_is_calibrated_to_keypoints_spread_inside_each_box(tiny_keypoints):

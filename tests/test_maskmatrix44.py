@@ -14,12 +14,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import MultiScaleRoIAlign
 from typer.testing import CliRunner
 
 from exporter.errors import UsageError
-from exporter.families.detectors import DETECTORS, MASK_LOGITS, MIN_DETECTIONS, PROPOSALS, Detector
-from tests.helpers import ONE_CHANNEL_ERROR, scaled_onnx_weight
+from exporter.families.detectors import DETECTORS, MASK_LOGITS, Detector
+from tests.helpers import (
+    ONE_CHANNEL_ERROR,
+    TINY_DETECTOR,
+    scaled_onnx_weight,
+    small_roi_pool,
+    tiny_rcnn_options,
+)
 from verify.cli import app
 from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES
 from verify.detect.report import DetectorReport, Judging
@@ -34,13 +39,10 @@ from verify.matrix.proposal_judging import detections_of, registered_detector
 from verify.matrix.result import CellResult
 from verify.render.detections import MASK_HEADER, detector_markdown
 
-TINY = 64
+TINY = TINY_DETECTOR
 ONNX = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".onnx"))
 TINY_MASK = Detector("maskrcnn_tiny_matrix", "maskrcnn", None, ("batch", "frozen"),
-                     {"min_size": TINY, "max_size": TINY, "rpn_pre_nms_top_n_test": PROPOSALS,
-                      "rpn_post_nms_top_n_test": PROPOSALS // 2, "box_detections_per_img": MIN_DETECTIONS,
-                      "mask_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)},
-                     builder="maskrcnn_resnet50_fpn")
+                     tiny_rcnn_options(mask_roi_pool=small_roi_pool()), builder="maskrcnn_resnet50_fpn")
 """torchvision's Mask R-CNN at TINY px, its mask head on 7 x 7 RoIs and MIN_DETECTIONS detections."""
 SPEC = f"{TINY_MASK.name}:{TINY_MASK.default_norm}:{DETECTOR_VIEW}"
 

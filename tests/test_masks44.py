@@ -8,44 +8,46 @@ mask head on 7 x 7 RoIs, 20 detections) exported once for the module; the 320 px
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from torchvision.ops import MultiScaleRoIAlign
 
 from exporter.detector_manifest import load_detector_manifest
 from exporter.families.detectors import (
-    DETECTORS,
     MASK_LOGITS,
     MIN_DETECTIONS,
-    PROPOSALS,
     Detector,
-    build_detector,
     calibration_image,
     detect,
 )
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
-from tests.helpers import ONE_CHANNEL_ERROR, edit_goldens, edit_manifest, linked_copy, scaled_onnx_weight
-from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES, export_detector
-from verify.detect.folder import GOLDENS_RUNTIME, write_detector_folder
+from tests.helpers import (
+    ONE_CHANNEL_ERROR,
+    TINY_DETECTOR,
+    edit_goldens,
+    edit_manifest,
+    judged_detector,
+    linked_copy,
+    scaled_onnx_weight,
+    small_roi_pool,
+    tiny_rcnn_options,
+)
+from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES
+from verify.detect.folder import GOLDENS_RUNTIME
 from verify.detect.masks import max_abs, pasted_masks
 from verify.detect.match import DetectionFloor, Detections, Rules, compare_detections
 from verify.detect.report import DetectorReport, Judging
-from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_detector, judge_runs
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_runs
 from verify.folder.validate import validate
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 
-TINY = 64
+TINY = TINY_DETECTOR
 ONNX = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".onnx"))
 SCRIPTED = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".pt"))
 TINY_MASK = Detector("maskrcnn_tiny", "maskrcnn", None, ("batch", "frozen"),
-                     {"min_size": TINY, "max_size": TINY, "rpn_pre_nms_top_n_test": PROPOSALS,
-                      "rpn_post_nms_top_n_test": PROPOSALS // 2, "box_detections_per_img": MIN_DETECTIONS,
-                      "mask_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)},
-                     builder="maskrcnn_resnet50_fpn")
+                     tiny_rcnn_options(mask_roi_pool=small_roi_pool()), builder="maskrcnn_resnet50_fpn")
 """torchvision's Mask R-CNN at TINY px, no synthetic body (its norms calibrated on the image), its mask head on 7 x 7
 RoIs (14 x 14 masks) and MIN_DETECTIONS detections: the mask head's cost is per detection, not per pixel."""
 MASK_CONV = "roi_heads.mask_head.3.0.weight"
@@ -56,18 +58,7 @@ MASK_CONV = "roi_heads.mask_head.3.0.weight"
 def tiny_mask(tmp_path_factory):
     """The tiny Mask R-CNN built, exported (TorchScript and legacy ONNX) and judged, its folder written (removed
     after the module: two files of 170 MB)."""
-    folder = tmp_path_factory.mktemp("maskrcnn")
-    try:
-        with DETECTORS.adding(TINY_MASK.name, TINY_MASK):
-            built = build_detector(TINY_MASK.name)
-            images = [calibration_image(0, (3, TINY, TINY))]
-            files, refusals = export_detector(built, images[0], DEFAULT_FORMATS, folder)
-            assert not refusals, refusals
-            report = judge_detector(built, images, files)
-            assert write_detector_folder(folder, report)
-            yield built, images, files, report, folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    yield from judged_detector(TINY_MASK, tmp_path_factory.mktemp("maskrcnn"), calibration_image(0, (3, TINY, TINY)))
 
 
 def test_the_mask_head_is_calibrated_to_masks_on_both_sides_of_one_half(tiny_mask):
