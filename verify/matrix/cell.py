@@ -14,7 +14,7 @@ from exporter.errors import VerifyError
 from verify.matrix.detector_cell import run_detector_cell
 from verify.matrix.detectors import is_detector_cell
 from verify.matrix.floor_binding import floor_binding_problems
-from verify.matrix.judging import judge_cell
+from verify.matrix.judging import judge_cell, kept_disagreement
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult
 from verify.pipeline.stages import HIT, MISS, OFF, CellRequest
 
@@ -156,8 +156,10 @@ def _run_and_store(job: CellJob, cache: Cache | None, start: float) -> CellResul
         cache={"result": RERUN if job.found else MISS if key else OFF, **outcome.cache},
         problems=[str(p) for p in getattr(report, "problems", [])], trust=dict(report.trust))
     judged = judge_cell(result, job.request.settings.tolerance, len(plan.runtimes))
-    if result.verdict == DISAGREE and judged.verdict == AGREE:  # the arrays' own verdict is the finer one
-        judged = replace(judged, verdict=DISAGREE)
+    if result.verdict == DISAGREE:  # the arrays' own verdict is the finer one, kept with its reason
+        judged = kept_disagreement(judged, [f"{pair.a} vs {pair.b}" for pair in report.pairs if not pair.passed]
+                                   + [f"layers of {check.candidate}" for check in getattr(report, "layers", [])
+                                      if not check.passed])
     if cache is not None and key is not None:
         cache.store("result", key, data=judged.cached_copy())
     return judged

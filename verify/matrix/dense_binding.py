@@ -16,10 +16,13 @@ from verify.matrix.proposal_judging import Malformed
 
 SLACK = 1e-6
 """How far two stored figures one computation links may drift through JSON (judging.RELATIVE_SLACK)."""
-REGRESSION = {"fasterrcnn": "rpn.head.bbox_pred", "retinanet": "head.regression_head.bbox_reg",
+REGRESSION = {"fasterrcnn": "rpn.head.bbox_pred", "maskrcnn": "rpn.head.bbox_pred",
+              "keypointrcnn": "rpn.head.bbox_pred", "retinanet": "head.regression_head.bbox_reg",
               "fcos": "head.regression_head.bbox_reg", "ssd": "head.regression_head.module_list."}
-"""Each kind's box regression: N x 4A x H x W a level (A anchors a location), so its levels cover the anchors once."""
-PER_LEVEL = {"fasterrcnn": ("rpn.head.cls_logits",), "retinanet": ("head.classification_head.cls_logits",),
+"""Each kind's box regression: N x 4A x H x W a level (A anchors a location), so its levels cover the anchors once
+(Mask and Keypoint R-CNN: Faster R-CNN's RPN, whose levels a cell of theirs had not been held to)."""
+PER_LEVEL = {"fasterrcnn": ("rpn.head.cls_logits",), "maskrcnn": ("rpn.head.cls_logits",),
+             "keypointrcnn": ("rpn.head.cls_logits",), "retinanet": ("head.classification_head.cls_logits",),
              "fcos": ("head.classification_head.cls_logits", "head.regression_head.bbox_ctrness"),
              "ssd": ("head.classification_head.module_list.",)}
 """The other heads, one tensor a level at the regression's levels and sizes (SSDlite: a module a level)."""
@@ -57,8 +60,11 @@ def floor_disagreements(pairs: Sequence[Mapping[str, Any]], per_proposal: Sequen
     return []
 
 
-AFTER_NMS_FIGURES = ("matched", "worst_box_ratio", "worst_score_ratio")
-"""The figures of a stored after-NMS pair that must be the recomputed pair's, besides its floor. Not the mask ratios:
+AFTER_NMS_FIGURES = ("matched", "worst_box_ratio", "worst_score_ratio", "worst_keypoint_ratio",
+                     "worst_keypoint_score_ratio", "worst_keypoint_head_ratio")
+"""The figures of a stored after-NMS pair that must be the recomputed pair's, besides its floor (a Keypoint R-CNN's
+keypoint ratios too: its keypoints, scores and logits are stored exactly, so they recompute to the same figures;
+absent in both for other detectors). Not the mask ratios:
 eager's and the oracle's masks are re-derived from their logits with torchvision's paste outside the model, whose last
 bits differ from the model's own masks at some pixels (measured at 320 px: a TorchScript-vs-eager mask ratio of 0.0 in
 the export, 0.00065 recomputed), so the recomputed ratios stand, as a folder's re-derived masks do."""

@@ -3,18 +3,21 @@ judging), its report kept as the numbers its verdict needs (each run's detection
 those recorded under a lower score threshold,
 the model's post-processing constants, the judged before-NMS pairs; for Faster R-CNN each run's RPN proposals, the
 oracle's RPN NMS inputs and the RPN's constants; for Mask R-CNN each run's mask-head logits of each detection's label
-and a runtime's own pasted masks, verify/matrix/mask_numbers.py), then judged again from them
+and a runtime's own pasted masks, verify/matrix/mask_numbers.py; for Keypoint R-CNN each run's keypoints, keypoint
+scores and heatmap logits, verify/matrix/keypoint_numbers.py), then judged again from them
 (verify/matrix/detector_judging.py). Never cached: run every time, as a user model's cell is."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from verify.detect.verdict import ORACLE
+from verify.detect.verdict import EAGER, ORACLE
 from verify.matrix.detector_judging import judge_detector_cell
 from verify.matrix.detectors import detector_formats
+from verify.matrix.judging import kept_disagreement
+from verify.matrix.keypoint_numbers import keypoint_numbers
 from verify.matrix.mask_numbers import mask_numbers
 from verify.matrix.result import AGREE, DISAGREE, CellResult
 from verify.pipeline.stages import OFF
@@ -47,7 +50,16 @@ def run_detector_cell(job: CellJob, folder: Path | None = None) -> CellResult:
                         computed_seconds=round(time.perf_counter() - start, 3), cache={"result": OFF},
                         problems=list(report.problems), detector=detector_numbers(report))
     judged = judge_detector_cell(result, settings.tolerance, formats, spec.shape[0])
-    return replace(judged, verdict=DISAGREE) if result.verdict == DISAGREE and judged.verdict == AGREE else judged
+    return kept_disagreement(judged, _failed(report)) if result.verdict == DISAGREE else judged
+
+
+def _failed(report: DetectorReport) -> list[str]:
+    """What failed in the export's own judgement: each failing pair's verdict, the layers, no detection pair."""
+    failed = [f"before NMS {pair.a} vs {pair.b}" for pair in report.dense if not pair.passed]
+    failed += [f"proposals {check.verdict()}" for check in report.proposals if not check.passed]
+    failed += [f"after NMS {pair.verdict()}" for pair in report.detections if not pair.passed]
+    failed += [f"layers of {check.candidate}" for check in report.layers if not check.passed]
+    return failed + ([] if report.detections else ["no after-NMS pair judged"])
 
 
 def detector_numbers(report: DetectorReport) -> dict[str, Any]:
@@ -58,7 +70,8 @@ def detector_numbers(report: DetectorReport) -> dict[str, Any]:
             "weights_sha256": report.weights_sha256, "classes": report.classes, "shape": list(report.shape),
             "formats": list(report.formats),
             "dynamic": report.dynamic, "rules": asdict(report.judging.rules) if report.judging else None,
-            "runs": {label: [{**_plain(found), **(mask_numbers(label, found, sizes[i]) if i < len(sizes) else {})}
+            "runs": {label: [{**_plain(found), **(mask_numbers(label, found, sizes[i]) if i < len(sizes) else {}),
+                              **keypoint_numbers(label, found, _eager(report, i))}
                              for i, found in enumerate(per_image)] for label, per_image in report.boxes.items()},
             "candidates": [_plain(found) for found in oracle.candidates] if oracle is not None else [],
             "below_threshold": [_plain(found) for found in oracle.below_threshold] if oracle is not None else [],
@@ -71,6 +84,11 @@ def detector_numbers(report: DetectorReport) -> dict[str, Any]:
             "after_nms": [pair.to_dict() for pair in report.detections],
             "floor": report.floor.to_dict() if report.floor else None, "refusals": dict(report.refusals),
             "seconds": {k: round(v, 3) for k, v in report.seconds.items()}}
+
+
+def _eager(report: DetectorReport, image: int) -> Detections | None:
+    eager = report.boxes.get(EAGER) or []
+    return eager[image] if image < len(eager) else None
 
 
 def _plain(found: Detections) -> dict[str, list[Any]]:

@@ -2,7 +2,8 @@
 recomputed from each run's stored detections with the functions `verify export -b <detector>` judges by
 (verify/detect/match.py: the floor from eager float32 vs float64, `compare_detections` with the model's
 post-processing constants, the oracle's NMS candidates and those under a lower score threshold; Mask R-CNN's masks
-from each run's stored mask logits and a runtime's stored masks, verify/matrix/mask_numbers.py), each stored pair
+from each run's stored mask logits and a runtime's stored masks, verify/matrix/mask_numbers.py; Keypoint R-CNN's
+keypoints, keypoint scores and heatmap logits, verify/matrix/keypoint_numbers.py), each stored pair
 bound to the recomputed one (dense_binding.py `after_nms_disagreements`); before NMS, each
 stored pair is judged again like a backbone's (verify/matrix/judging.py `judge_pair`); the proposal pairings are
 recomputed from the stored proposals (verify/matrix/proposal_judging.py); every run the matrix asked for must be
@@ -19,6 +20,7 @@ from verify.detect.match import Detections, Rules, compare_detections, measure_d
 from verify.detect.verdict import AFTER_NMS_ONLY, EAGER, ORACLE, RUNTIMES, size_scales
 from verify.matrix.dense_binding import after_nms_disagreements, floor_disagreements, level_problems
 from verify.matrix.judging import JUDGED, judge_cell, judge_pair
+from verify.matrix.keypoint_numbers import attach_all, head_shape
 from verify.matrix.mask_numbers import attach_masks
 from verify.matrix.proposal_judging import Malformed, detections_of, judge_proposals, registered_detector
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 
 
-NMS_JUDGED_KINDS = frozenset({"fasterrcnn", "maskrcnn", "retinanet", "fcos", "ssd"})
+NMS_JUDGED_KINDS = frozenset({"fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet", "fcos", "ssd"})
 """The detector kinds whose cells judge the final NMS's inputs (`final_nms.boxes`, `final_nms.scores`) before NMS
 (hunt 20a: RetinaNet and SSDlite; hunt 21a: Faster R-CNN): a cell without them lost that judgement (hunt 21b)."""
 LEVELS = ("before_nms", "proposals", "after_nms")
@@ -138,11 +140,14 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     if not isinstance(runs, Mapping):
         raise Malformed("no detections recorded")
     found = {label: detections_of(runs[label]) for label in (EAGER, ORACLE, *labels) if label in runs}
-    masked = registered_detector(detector).masks  # the registry's kind decides, never what the cell holds
+    built = registered_detector(detector)
+    masked, keyed = built.masks, built.keypoints  # the registry's kind decides, never what the cell holds
     if masked:
         size = _image_size(data.get("shape"), images)
         for label, per_image in found.items():
             attach_masks(label, per_image, runs[label], size)
+    if keyed:
+        attach_all(found, runs, head_shape(built))
     missing = [label for label in (EAGER, ORACLE, *labels) if label not in found]
     reasons = [f"no {label} detections recorded" for label in missing]
     if EAGER in missing or ORACLE in missing:
@@ -151,12 +156,17 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     if len(eager) != images or len(oracle) != images:
         return [], None, reasons + [f"{len(eager)} and {len(oracle)} images recorded for eager and eager fp64, "
                                     f"{images} judged"]
-    floor = measure_detection_floor(eager, oracle)
+    size = _image_size(data.get("shape"), images)
+    scales = size_scales(detector, [size] * images)  # the keypoints' argmax cells are in the detector's own frame
+    floor = measure_detection_floor(eager, oracle, scales)
     if floor is None:
         return [], None, reasons + ["eager float32 and float64 share no detection: no floor to judge on"]
     if masked and floor.masks is None:  # never a Mask R-CNN judged on its boxes alone
         reasons.append(f"eager float32 and its float64 oracle store no mask logits for every detection of {detector}: "
                        "its masks cannot be judged; rerun the cell")
+    if keyed and floor.keypoints is None:  # never a Keypoint R-CNN judged on its boxes alone
+        reasons.append(f"eager float32 and its float64 oracle store no keypoints, keypoint scores and heatmap logits "
+                       f"for every detection of {detector}: its keypoints cannot be judged; rerun the cell")
     if _rules(data.get("rules")) != rules:
         reasons.append("the stored post-processing constants are not the detector's ("
                        f"{', '.join(f'{k} {v:g}' for k, v in asdict(rules).items())})")
@@ -168,12 +178,10 @@ def _after_nms(data: Mapping[str, Any], factor: float, labels: list[str], images
     below = detections_of(data.get("below_threshold"))
     if len(below) != images:
         raise Malformed(f"{len(below)} images of NMS inputs below the score threshold, {images} judged")
-    size = _image_size(data.get("shape"), images)
     reasons += _replayed(candidates, oracle, rules, detector, size, classes)
     reasons += _below_replayed(below, candidates, rules, detector, size, classes)
     # a detection in one run only is a cap or NMS borderline only if the float64 model proposed it (hunt 18b), and a
     # score threshold one only if it had it under a lower threshold (hunt 19d)
-    scales = size_scales(detector, [size] * images)
     pairs = [compare_detections(EAGER, eager, ORACLE, oracle, floor, rules, candidates, factor, scales, below)]
     for label in labels:
         if label in found:

@@ -18,9 +18,10 @@ BEFORE, PROPOSALS, AFTER, EXPORT = "before NMS", "proposals", "after NMS", "expo
 
 
 WORST = (("box", "worst_box_ratio"), ("score", "worst_score_ratio"), ("mask", "worst_mask_ratio"),
-         ("mask head", "worst_mask_head_ratio"))
-"""An after-NMS pair's worst ratios as its row names them; the masks' only in a Mask R-CNN's pairs (their JSON keys are
-absent elsewhere, verify/detect/match.py `DetectionPair.to_dict`)."""
+         ("mask head", "worst_mask_head_ratio"), ("keypoints", "worst_keypoint_ratio"),
+         ("keypoint score", "worst_keypoint_score_ratio"), ("keypoint head", "worst_keypoint_head_ratio"))
+"""An after-NMS pair's worst ratios as its row names them; the masks' only in a Mask R-CNN's pairs and the keypoints'
+only in a Keypoint R-CNN's (their JSON keys are absent elsewhere, verify/detect/match.py `DetectionPair.to_dict`)."""
 WORST_ALWAYS = ("worst_box_ratio", "worst_score_ratio")
 
 
@@ -38,10 +39,13 @@ def _number(value: Any) -> float | None:
 
 def after_nms_text(pair: Mapping[str, Any]) -> str:
     """`50 of 50 detections matched, 0 unmatched explained by rounding, 0 unexplained; worst box 0.8x, score 1.7x the
-    floor` (a Mask R-CNN's: `..., score 1.7x, mask 1.3x, mask head 0.8x the floor`, as the export's rows read), then
+    floor` (a Mask R-CNN's: `..., score 1.7x, mask 1.3x, mask head 0.8x the floor`, a Keypoint R-CNN's: `..., keypoints
+    0.8x, keypoint score 1.4x, keypoint head 1.2x (worst: left_elbow) the floor`, as the export's rows read), then
     the first borderline case named (the row's name says which pair)."""
     shown = [(name, _number(pair.get(key))) for name, key in WORST if key in pair or key in WORST_ALWAYS]
     worst = ", ".join(f"{name} {'-' if value is None else f'{value:.1f}x'}" for name, value in shown)
+    if isinstance(pair.get("worst_keypoint"), str):
+        worst += f" (worst: {pair['worst_keypoint']})"
     text = (f"{_total(pair.get('matched_per_image'))} of "
             f"{_total(pair.get('reference_per_image'))} detections matched, {_count(pair.get('borderline'))} unmatched "
             f"explained by rounding, {_count(pair.get('unexplained'))} unexplained; worst {worst} the floor")
@@ -51,6 +55,10 @@ def after_nms_text(pair: Mapping[str, Any]) -> str:
     pasted = pair.get("paste_borderline")
     if isinstance(pasted, list) and pasted:
         text += f"; {len(pasted)} mask(s) pasted at other pixels by rounding (mask head judged)"
+    moved = pair.get("argmax_borderline")
+    if isinstance(moved, list) and moved:
+        text += (f"; {len(moved)} keypoint(s) whose argmax rounding moved to a nearly equal maximum (keypoint head "
+                 "judged)")
     return text
 
 

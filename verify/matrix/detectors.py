@@ -28,15 +28,16 @@ DETECTOR_OPTIONS = ("--shape", "--seed", "--weights", "--factor", "--format")
 for the detectors."""
 DETECTOR_PARAMS_M = {"fasterrcnn_resnet50_fpn": 41.8, "fasterrcnn_resnet50_fpn_v2": 43.7,
                      "fasterrcnn_mobilenet_v3_large_fpn": 19.4, "fasterrcnn_mobilenet_v3_large_320_fpn": 19.4,
-                     "maskrcnn_resnet50_fpn": 44.4, "maskrcnn_resnet50_fpn_v2": 46.4,
+                     "maskrcnn_resnet50_fpn": 44.4, "maskrcnn_resnet50_fpn_v2": 46.4, "keypointrcnn_resnet50_fpn": 59.1,
                      "retinanet_resnet50_fpn": 34.0, "retinanet_resnet50_fpn_v2": 38.2, "fcos_resnet50_fpn": 32.3,
                      "ssdlite320_mobilenet_v3_large": 3.4}
 """Parameters (millions) of torchvision's detector builders, a detector cell's size in the cost model."""
-CELL_KINDS = frozenset({"fasterrcnn", "retinanet", "fcos", "ssd", "maskrcnn"})
+CELL_KINDS = frozenset({"fasterrcnn", "retinanet", "fcos", "ssd", "maskrcnn", "keypointrcnn"})
 """The detector kinds whose every per-detection output a cell stores (verify/matrix/detector_cell.py: boxes, scores
-and labels; Mask R-CNN's masks as each detection's mask-head logits, verify/matrix/mask_numbers.py). A kind registered
-with any other output is refused until its cells store it, never judged on its boxes alone."""
-CELL_KINDS_TEXT = "boxes, scores and labels, and a Mask R-CNN's masks"
+and labels; Mask R-CNN's masks as each detection's mask-head logits, verify/matrix/mask_numbers.py; Keypoint R-CNN's
+keypoints, their scores and heatmap logits, verify/matrix/keypoint_numbers.py). A kind registered with any other output
+is refused until its cells store it, never judged on its boxes alone."""
+CELL_KINDS_TEXT = "boxes, scores and labels, a Mask R-CNN's masks and a Keypoint R-CNN's keypoints"
 MODE_FLAGS = {"decimal": "--decimal", "allclose": "--rtol/--atol"}
 """The options that set a tolerance mode other than auto (a detector is judged on the oracle's floor only)."""
 UNKNOWN_DETECTOR_PARAMS_M = 40.0

@@ -5,7 +5,7 @@ overwritten, so the table, JSON, JUnit, Markdown and HTML all show what was deri
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -255,3 +255,18 @@ def judge_cell(cell: CellResult, tolerance: Tolerance, runtimes: int | None = No
 
 JUDGED = "re-judged: "
 """Marks the problems `judge_cell` found, so judging a judged cell again finds the same, not twice."""
+RUN_FOUND = "its run judged it a disagreement that its stored numbers do not show: "
+"""Leads the problem `kept_disagreement` adds (a cell's own problem, kept when its numbers are judged again)."""
+
+
+def kept_disagreement(judged: CellResult, failed: Sequence[str]) -> CellResult:
+    """A disagreement the run's own judgement found (`failed`: what failed, e.g. a pair's verdict or a layer) that
+    judging the cell's stored numbers again does not find: kept, with why as one of the cell's own problems. Without
+    it the cell read "disagree" with no problem listed, and `verify matrix merge`, which reads no stored verdict,
+    judged the same numbers into an agreement (the shard exit 1, its merge exit 0)."""
+    if judged.verdict != AGREE:
+        return judged
+    why = "; ".join(str(f) for f in failed if str(f)) or "no failing comparison named"
+    problem = f"{RUN_FOUND}{why}"
+    own = list(judged.problems) if isinstance(judged.problems, list) else []
+    return replace(judged, verdict=DISAGREE, problems=own + ([problem] if problem not in own else []))

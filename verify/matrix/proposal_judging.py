@@ -256,8 +256,15 @@ def _candidates(stored: Any, images: int, side: float, levels: int) -> list[Dete
     return found
 
 
+PLAIN = ("boxes", "scores", "labels")
+"""What `detections_of` reads of an image: a stored `masks` or `keypoints` there (any shape) was read as an object
+array by `Detections.of`; a kind's own per-detection numbers are attached by their modules (mask_numbers.py,
+keypoint_numbers.py), checked, for that kind only."""
+
+
 def detections_of(stored: Any) -> list[Detections]:
-    """One Detections per image from their JSON form; anything but finite boxes and scores and whole labels fails."""
+    """One Detections per image from their JSON form (boxes, scores and labels only); anything but finite boxes and
+    scores and whole labels fails."""
     import numpy as np
 
     if not isinstance(stored, list):
@@ -267,7 +274,7 @@ def detections_of(stored: Any) -> list[Detections]:
         if not isinstance(image, Mapping):
             raise Malformed("an image's detections")
         labels = np.asarray(image["labels"], dtype=np.float64).reshape(-1)
-        one = Detections.of(image)
+        one = Detections.of({key: image[key] for key in PLAIN})  # per-detection arrays: attached by their kind only
         if not (len(one.boxes) == len(one.scores) == len(labels)) or not np.isfinite(one.boxes).all() \
                 or not np.isfinite(one.scores).all() or not np.array_equal(labels, one.labels):
             raise Malformed("detections with unequal lengths, non-finite values or fractional labels")

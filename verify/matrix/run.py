@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 from verify.matrix.cell import CellJob, execute_cell, lookup_cell
 from verify.matrix.detector_judging import judge_result
 from verify.matrix.detectors import detector_formats, is_detector_cell
+from verify.matrix.judging import kept_disagreement
 from verify.matrix.merge import runtime_count
 from verify.matrix.request import MatrixRequest, cell_id, fingerprint
-from verify.matrix.result import AGREE, DISAGREE, CellResult, MatrixResult, verify_identity
+from verify.matrix.result import DISAGREE, CellResult, MatrixResult, verify_identity
 from verify.matrix.shards import assign_shards, cell_cost
 from verify.matrix.workers import run_in_workers
 from verify.pipeline.isolation import USER_CODE_TIMEOUT
@@ -142,4 +143,5 @@ def _final(cell: CellResult, tolerance: Tolerance, detector: tuple[tuple[str, ..
     result is data that came over a pipe), held to the `runs` its settings choose (as `verify matrix merge` holds
     it); a disagreement already found is never undone."""
     judged = judge_result(cell, tolerance, detector, runs)
-    return replace(judged, verdict=DISAGREE) if cell.verdict == DISAGREE and judged.verdict == AGREE else judged
+    return kept_disagreement(judged, [str(p) for p in cell.problems] if isinstance(cell.problems, list) else []) \
+        if cell.verdict == DISAGREE else judged
