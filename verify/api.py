@@ -488,8 +488,10 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
                                settings)
     named = settings_inputs(settings)
     refuse_blank_inputs(named)
+    # --input's own shape where --shape names none: a model is built for the inputs it is given, not for 224 px
+    shaped = settings if settings.shape or not named else replace(settings, shape=tuple(named[0].array.shape))
     with progress.step("Loading both sides"):
-        sides = [resolve_source(a, settings), resolve_source(b, settings)]
+        sides = [resolve_source(a, shaped), resolve_source(b, shaped)]
     check_runtimes(side_runtimes([s.format for s in sides], runtime), settings.runtime)  # before either side runs
     named = named or default_inputs(settings, input_shape_for(sides, settings))
     report = Report("compare", settings_dict(settings, a=a, b=b), input_dict(named, settings))
@@ -518,6 +520,12 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     # each side's floors pooled over the inputs, A against B on the larger of the two (as verify export pools)
     own = [pooled_floors([oracle.noise for oracle in side]) for side in oracles]
     report.floors = pooled_floors(own)
+    if settings.input_file is not None:  # inputs that move no output judge nothing (review 34), as in export
+        from verify.judge.reach import refuse_unreached
+
+        for (_, artifact, feeds, _), side, floors in zip(fed, oracles, own, strict=True):
+            refuse_unreached(artifact, feeds, [oracle.outputs for oracle in side], floors, settings.tolerance,
+                             [item.label for item in named])
     report.floor_source = "; ".join(pooled_source(side[0].source, len(side)) for side in oracles)
     judged = [judge_stage(runs, report.floors, settings.tolerance, index,
                           [OracleCheck(f"oracle({run.label})", side[index].outputs, floors)

@@ -8,15 +8,18 @@ as the files were traced, into a private temporary folder, never published and n
 `.pt2` of the trace the files were made from (torch.export's, shared by AOTInductor and the dynamic dynamo ONNX
 export), or one traced as torch.onnx.export traces, its exporting flag raised: torch.export for the static dynamo
 export, torch.jit.trace for the legacy exporter (a trace leaves out what `torch.jit.is_tracing()` branches off, as
-that file does); each falls back to the other where it cannot trace the model. Its floor, run in
+that file does); each falls back to the other where it cannot trace the model. Where the ONNX file of a user's model
+was exported from a trace made for it (exporter/formats/program.py ONNX_TRACES), the witness is that very trace, never
+a second one (review 34: a model counting its traces made the file's clean and the witness's noisy). Its floor, run in
 float32 and float64 by its runtime on every input, is held to the model's as a `.pt2`'s is (`measure_file_floors`,
 `vouched_floors`). Where no witness runs in float64, the report keeps the note that the floor was not checked."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from exporter.formats.program import onnx_exporting
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,6 +39,9 @@ traces, never scripted (a script decides `torch.compiler.is_exporting()` when it
 SHARED, DYNAMO, LEGACY = "shared", "dynamo", "legacy"
 """The traces a witness is made as: the shared torch.export trace (AOTInductor, dynamic dynamo ONNX), torch.export
 under torch.onnx's exporting flag (static dynamo ONNX), torch.jit.trace under that flag (the legacy ONNX exporter)."""
+PRIVATE_TMP = "BACKBONE_VERIFY_WORKER_TMP"
+"""Where a worker process makes the witness's private folder: one its parent made and removes when the worker ends,
+however it ends (verify/pipeline/isolation.py run_isolated); unset, the system's temporary folder."""
 EVERY_TRACE = (SHARED, DYNAMO, LEGACY)
 """`verify compare`'s: how the file it is given was exported is not known."""
 
@@ -69,33 +75,6 @@ def witness_candidates(jit_first: bool = False) -> list[tuple[str, Any]]:
                       if spec.flag == TRACE_FLAG}
             found.append((name, entry.Options(**traced)))
     return sorted(found, key=lambda candidate: get_format(candidate[0]).rides_along == jit_first)
-
-
-@contextlib.contextmanager
-def onnx_exporting(raised: bool) -> Iterator[None]:
-    """torch.onnx.is_in_onnx_export() True inside (`raised`), as inside torch.onnx.export, restored after; an
-    ExportError where this torch keeps the flag elsewhere (the witness would not be traced as the file was)."""
-    if not raised:
-        yield
-        return
-    import torch
-
-    from exporter.errors import ExportError
-
-    try:
-        from torch.onnx._internal.exporter import _flags as flags
-    except ImportError:
-        flags = None
-    if flags is None or not isinstance(getattr(flags, "_is_onnx_exporting", None), bool):
-        raise ExportError("this torch keeps torch.onnx's exporting flag where the witness cannot raise it")
-    before = flags._is_onnx_exporting
-    flags._is_onnx_exporting = True
-    try:
-        if not torch.onnx.is_in_onnx_export():
-            raise ExportError("raising torch.onnx's exporting flag did not make torch.onnx.is_in_onnx_export() true")
-        yield
-    finally:
-        flags._is_onnx_exporting = before
 
 
 def witness_traces(context: ExportContext, files: Iterable[Artifact]) -> list[str]:
@@ -133,17 +112,25 @@ def one_witness(context: ExportContext, trace: str, feeds: Sequence[Mapping[str,
 
     from exporter.errors import ArtifactError, ExportError
     from exporter.formats import get_format
+    from exporter.formats.program import ONNX_TRACES
+    from exporter.formats.torchscript import WITNESS_TRACE
     from verify.judge.file_floor import measure_file_floors
 
     flagged = trace != SHARED
     flag = " under torch.onnx's exporting flag" if flagged else ""
     reasons = []
+    made = context.shared.get(ONNX_TRACES, {}).get(trace) if flagged else None  # the file's own trace (review 34)
     for fmt, options in witness_candidates(jit_first=trace == LEGACY):
         entry = get_format(fmt)
-        ctx = dataclasses.replace(context, shared={} if flagged else context.shared)
-        how = ("torch.export" if entry.rides_along else "a trace") + flag
+        shared = context.shared if not flagged else {} if made is None else \
+            {WITNESS_TRACE if trace == LEGACY else SHARED_TRACE: made}
+        if made is not None and (trace == LEGACY) == entry.rides_along:
+            continue  # the file's own trace is this kind: a second trace of the other kind would witness another
+        ctx = dataclasses.replace(context, shared=shared)
+        how = ("torch.export" if entry.rides_along else "a trace") + flag + ("; the file's own" if made is not None
+                                                                              else "")
         label = f"a private {entry.suffixes[0]} witness of the model ({how}; not published) in {entry.default_runtime}"
-        with tempfile.TemporaryDirectory(prefix="verify-witness-") as folder:
+        with tempfile.TemporaryDirectory(prefix="verify-witness-", dir=private_tmp()) as folder:
             try:
                 with onnx_exporting(flagged):
                     artifact = entry.export(ctx, options, Path(folder) / str(entry.filename))
@@ -158,6 +145,14 @@ def one_witness(context: ExportContext, trace: str, feeds: Sequence[Mapping[str,
                 why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 return None, f"the {entry.suffixes[0]} witness ({how}) cannot run in float64 ({why})"
     return None, "; ".join(reasons)
+
+
+def private_tmp() -> str | None:
+    """The folder PRIVATE_TMP names, where it is one (a worker's); else None (the system's temporary folder)."""
+    import os
+
+    folder = os.environ.get(PRIVATE_TMP)
+    return folder if folder and os.path.isdir(folder) else None
 
 
 def witness_note(failures: Sequence[str]) -> str:

@@ -354,14 +354,24 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float |
                  progress: Progress | None = None, **kwargs: Any) -> Any:
     """`fn(*args, progress=..., **kwargs)` in a worker process; its result, or its error raised again here.
     `what` names the user code in messages (e.g. the --model text)."""
+    import shutil
+    import tempfile
+
+    from verify.judge.file_witness import PRIVATE_TMP
+
     progress = progress or NullProgress()
     context = worker_context()
     receive, send = context.Pipe(duplex=False)
-    where = caller_place()
+    # the worker's private folders (guard 3's witness) go in one this process removes: a worker stopped on Ctrl-C
+    # or SIGKILLed runs no cleanup of its own (review 34: one /tmp/verify-witness-* left per interrupted witness)
+    private = tempfile.mkdtemp(prefix="verify-worker-")
+    environ, cwd, path = caller_place()
+    where = (dict(environ, **{PRIVATE_TMP: private}), cwd, path)
     try:
         worker = start_process(context, target=_worker, args=(send, fn, args, kwargs, _threads(), where), daemon=True)
     except BaseException:
         receive.close()
+        shutil.rmtree(private, ignore_errors=True)
         raise
     finally:
         send.close()
@@ -399,6 +409,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float |
     finally:
         resumed = _stop(worker)
         receive.close()
+        shutil.rmtree(private, ignore_errors=True)
         if resumed is not None:  # what the model did outranks its result (or its own error)
             raise stopped_server_error(resumed, what)
 

@@ -1044,6 +1044,14 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
                 require_some_finite_run([run.on(index) for run in runs], item.label)
             oracles = oracles_stage(eager, feeds, runs, settings.runtime, build.no_float64, spec.registered)
     floors, judged = pooled_judge_stage(runs, oracles, settings.tolerance, memo)
+    if settings.input_file is not None and build.no_float64 is None:  # seeded inputs are normal draws: they reach it
+        from verify.judge.oracle import pooled_floors
+        from verify.judge.reach import refuse_unreached
+
+        with progress.step("Checking that the inputs reach the model's outputs"):
+            refuse_unreached(eager, feeds, [o.oracle.outputs for o in oracles],
+                             pooled_floors([o.oracle.noise for o in oracles]), settings.tolerance,
+                             [item.label for item in build.named])
     first = oracles[0]
     report.floors, report.floor_source = floors, pooled_source(first.oracle.source, len(oracles))
     layer_notes: list[str] = []
