@@ -217,6 +217,19 @@ def refuse_unused_timeout(timeout: float | None, sources: list[str]) -> None:
                      "file.py:factory), and nothing here runs any, so it would be ignored; drop --timeout")
 
 
+def refuse_detector_specs(*sources: str) -> None:
+    """`verify compare` of a whole detector (name:norm, which explain takes): hunt 27, `verify compare
+    keypointrcnn_resnet50_fpn:batch keypointrcnn_resnet50_fpn:frozen` said "Unknown backbone" and listed backbones."""
+    from verify.detect.explain import is_detector_spec
+
+    detector = next((source for source in sources if is_detector_spec(source)), None)
+    if detector is not None:
+        name = detector.partition(":")[0]
+        raise UsageError(f"{detector} is a whole detector, which `verify compare` does not take (backbones and model "
+                         f"files only): compare two detectors with `verify explain A B`, or judge one's exports with "
+                         f"`verify export -b {name}`")
+
+
 def detector_names() -> list[str]:
     from exporter.families.detectors import list_detectors
 
@@ -243,6 +256,7 @@ def compare(
     from verify.api import compare as run_compare
     from verify.explain.outputs import refuse_inside_export, refuse_overwriting_sources
 
+    refuse_detector_specs(a, b)
     for flag, path in (("--json", reports.json), ("--junit", reports.junit), ("--markdown", reports.markdown)):
         refuse_inside_export(path, flag)
     refuse_unused_weights(settings.weights, [a, b])

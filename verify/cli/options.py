@@ -25,6 +25,7 @@ from verify import bounds
 from verify.inputs import DEFAULT_SAMPLES, MAX_SAMPLES, SAMPLES_ENV
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.precision import check_precision, check_tf32_flag
+from verify.render.claim import names_a_stream
 from verify.runtimes import RUNTIMES, RuntimeOptions, runtime_class
 
 
@@ -231,6 +232,10 @@ def check_output_file(ctx: typer.Context, param: typer.CallbackParam, value: Pat
     check_input_path checks those after)."""
     if value is not None:
         plain_output_name(value)
+        if names_a_stream(value):  # hunt 27: `-` wrote a file named `-`; /dev/stdout was replaced by the report
+            what = "'-' (standard output)" if str(value) == "-" else f"{value} (a device or stream)"
+            raise typer.BadParameter(f"{what} is not a file: a report is written whole, then renamed into place; "
+                                     "give a file name")
         fits_file_system(value)
         try:
             check_writable_file(value, "output")

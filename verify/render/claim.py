@@ -22,6 +22,9 @@ CLAIM_READ_LIMIT = 64 * 2**20
 """Bytes read, at most, to tell whether a file is an earlier report; a larger one is left to the run's own checks."""
 _JUNIT_ROOT = re.compile(r"(<\?xml[^>]*\?>\s*)?<testsuites[\s>/]")
 _MARKDOWN_HEADINGS = ("## ✅", "## ❌")  # verify/render/markdown.py markdown_page, failure reports included
+STREAM_FOLDERS = ("/dev", "/dev/fd")
+"""Folders whose entries are devices or standard streams (/dev/stdout, /dev/fd/1), never a report file (a folder below
+them, /dev/shm, holds files); anything under /proc is one too (/proc/self/fd/1)."""
 
 
 VALUE_OPTIONS = frozenset({
@@ -99,13 +102,33 @@ def claim_report_paths(argv: Sequence[str]) -> list[Path]:
     for text in dict.fromkeys(reports):
         path = Path(text)
         try:
-            if not text or _is_step_summary(path) or _named_by(path, others) or not is_earlier_report(path):
+            if not text or names_a_stream(text) or _is_step_summary(path) or _named_by(path, others) \
+                    or not is_earlier_report(path):
                 continue
             path.unlink()
         except (OSError, ValueError):
             continue
         removed.append(path)
     return removed
+
+
+def names_a_stream(text: str | Path) -> bool:
+    """Whether a report path is `-` or names a device or a stream (STREAM_FOLDERS, /proc) by its name, its folder's
+    real place or its link's target: a report is a new file renamed over its path, so `--json /dev/stdout` with
+    stdout redirected to a file replaced the link /dev/stdout itself with the report, as root (hunt 27), and `-`
+    wrote a file named `-`."""
+    text = os.fspath(text)
+    if text == "-":
+        return True
+    absolute = os.path.abspath(text)
+    places = [absolute, os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))]
+    try:
+        if os.path.islink(absolute):
+            places.append(os.path.join(os.path.dirname(absolute), os.readlink(absolute)))
+    except (OSError, ValueError):
+        pass
+    return any(os.path.dirname(place) in STREAM_FOLDERS or place == "/proc" or place.startswith("/proc/")
+               for place in map(os.path.normpath, places))
 
 
 def is_earlier_report(path: Path) -> bool:
