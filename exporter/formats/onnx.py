@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from exporter.artifacts import META_KEY, Artifact, ArtifactMeta
 from exporter.errors import ArtifactError, ExportError, UsageError
 from exporter.formats import ExportContext, Format
-from exporter.formats.program import DYNAMIC_AXES, ONNX_TRACES, accepted_ranges
+from exporter.formats.program import DYNAMIC_AXES, accepted_ranges
 from exporter.plugin_options import PluginOptions, option
 
 OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
@@ -130,24 +130,17 @@ class OnnxFormat(Format):
             with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(chatter), \
                     contextlib.redirect_stderr(chatter):
                 warnings.simplefilter("ignore" if dynamo else "always")  # the legacy exporter's: recorded, not shown
-                traced = traced_once(ctx, model, dynamo) \
-                    if not getattr(ctx.built.spec, "registered", True) and not (dynamo and ctx.dynamic) else None
-
-                def onnx_export(what: Any) -> Any:
-                    return torch.onnx.export(
-                        what, (ctx.example,), None if dynamo else str(path), dynamo=dynamo, external_data=False,
-                        input_names=[meta.input_name], output_names=list(meta.output_names),
-                        opset_version=options.opset, **kwargs,
-                    )
-                try:  # the witness's trace is the file's (review 34)
-                    program = onnx_export(model if traced is None else traced)
-                except Exception:
-                    if traced is None or dynamo:  # dynamo's module path traces the same way: it would fail alike
-                        raise
-                    # a trace the legacy exporter cannot take as a ScriptModule: exported from the model, and the
-                    # witness traces it again, as before (still open: a model can choose to fail the first trace)
-                    ctx.shared.get(ONNX_TRACES, {}).pop("legacy", None)
-                    program = onnx_export(model)
+                # a user's model's static dynamo file and guard 3's witness are one trace (review 34: a model
+                # counting its traces made the file clean and the witness noisy); the legacy exporter's file is
+                # exported from the model (from a torch.jit.trace module its node names lose the module names
+                # the layer verdict maps them by), and its witness is a second trace: still open
+                traced = traced_once(ctx, model) \
+                    if dynamo and not ctx.dynamic and not getattr(ctx.built.spec, "registered", True) else None
+                program = torch.onnx.export(
+                    model if traced is None else traced, (ctx.example,), None if dynamo else str(path), dynamo=dynamo,
+                    external_data=False, input_names=[meta.input_name], output_names=list(meta.output_names),
+                    opset_version=options.opset, **kwargs,
+                )
         except Exception as exc:
             raise ExportError(
                 f"ONNX export ({options.exporter}) failed for {ctx.built.spec}: {str(exc).strip().splitlines()[0]}"
@@ -205,37 +198,13 @@ class OnnxFormat(Format):
             require_inside(folder, location, f"{path.name}: external data")
 
 
-def traced_once(ctx: ExportContext, model: Any, dynamo: bool) -> Any:
-    """A user's model traced once as torch.onnx.export would trace it (its exporting flag raised): torch.export for
-    the static dynamo export, torch.jit.trace for the legacy exporter; exported from that trace and kept for guard 3's
-    witness (exporter/formats/program.py ONNX_TRACES). None where the trace fails: torch.onnx.export then traces the
-    model itself."""
-    import torch
-
+def traced_once(ctx: ExportContext, model: Any) -> Any:
+    """A user's model traced once as torch.onnx.export's static dynamo export traces it (torch.export, its exporting
+    flag raised), exported from that trace and kept for guard 3's witness (exporter/formats/program.py ONNX_TRACES);
+    None where the trace fails: torch.onnx.export then traces the model itself."""
     from exporter.formats.program import export_program, onnx_trace_once
 
-    if dynamo:
-        return onnx_trace_once(ctx, "dynamo", lambda: export_program(model, ctx.example, False, str(ctx.built.spec)))
-    return onnx_trace_once(ctx, "legacy", lambda: torch.jit.trace(flat_outputs(model), ctx.example, strict=False,
-                                                                 check_trace=False))
-
-
-def flat_outputs(model: Any) -> Any:
-    """`model` returning its outputs as one tuple (a dict's values in order, as the legacy exporter flattens them;
-    its prim::DictConstruct cannot be exported): a shallow copy whose own `forward` calls the class's, so the trace
-    keeps the model's module names (no wrapper prefix) and runs the user's forward once."""
-    import copy
-    import types
-
-    flat = copy.copy(model)
-    forward = type(model).forward
-
-    def flattened(self: Any, x: Any) -> Any:
-        out = forward(self, x)
-        return tuple(out.values()) if isinstance(out, dict) else tuple(out) if isinstance(out, list) else out
-
-    flat.forward = types.MethodType(flattened, flat)
-    return flat
+    return onnx_trace_once(ctx, "dynamo", lambda: export_program(model, ctx.example, False, str(ctx.built.spec)))
 
 
 def names_read(graph) -> set[str]:

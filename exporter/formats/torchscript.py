@@ -14,9 +14,6 @@ from exporter.fsio import save_through_memory
 from exporter.plugin_options import PluginOptions, option
 
 METHODS = ("script", "trace")
-WITNESS_TRACE = "witness_trace"
-"""The ExportContext.shared key of a module already traced (the legacy ONNX exporter's trace, ONNX_TRACES in
-exporter/formats/program.py): a `--trace` export saves it instead of tracing again; only guard 3's witness sets it."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +44,7 @@ class TorchScriptFormat(Format):
                 if options.method == "script":
                     module = torch.jit.script(ctx.built.model)
                 else:
-                    module = ctx.shared.get(WITNESS_TRACE)  # the legacy ONNX file's own trace, for its witness
-                    if module is None:
-                        module = torch.jit.trace(ctx.built.model, ctx.example, strict=False, check_trace=False)
+                    module = torch.jit.trace(ctx.built.model, ctx.example, strict=False, check_trace=False)
             except Exception as exc:
                 raise ExportError(
                     f"torch.jit.{options.method} failed for {ctx.built.spec}: "
