@@ -59,3 +59,17 @@ def test_compare_of_a_whole_detector_points_at_explain_and_export(name):
         assert result.exit_code == 2, result.output
         line = _one_line(result.output)
         assert "verify explain" in line and f"verify export -b {name}" in line and "Unknown backbone" not in line
+
+
+
+def test_explain_in_a_pipe_prints_each_output_whole_on_one_line():
+    """`verify explain A B | cat` printed its evidence as a table cut to 80 columns (`rpn.head.cls_logi…`, floors as
+    `2.15…`) and wrapped a structural difference into two lines. In a pipe, each output is one whole line now."""
+    result = invoke("explain", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x3x32x32")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    evidence = [line for line in lines if line.startswith("  layer")]
+    assert [line.split(":")[0].strip() for line in evidence] == ["layer1", "layer2", "layer3", "layer4"], lines
+    assert all("floor A" in line and "x floor" in line and "…" not in line for line in evidence), evidence
+    differences = [line for line in lines if line.startswith("  • ")]
+    assert differences and all(line.rstrip().endswith(")") for line in differences), lines

@@ -489,7 +489,7 @@ def explain(a: str = SEED_QUESTION[0], b: str = SEED_QUESTION[1], settings: RunS
 def render_explanation(result: Explanation, console: Any, limit: int = 15) -> None:
     from rich.table import Table
 
-    from verify.render.console import print_line
+    from verify.render.console import fits, line_layout, print_line
     from verify.render.text import markup as escape  # user-controlled text shown as text, control characters too
 
     mark = "[bold green]✓[/]" if result.equivalent else "[bold red]✗[/]"
@@ -499,29 +499,40 @@ def render_explanation(result: Explanation, console: Any, limit: int = 15) -> No
     if result.divergence_text():
         print_line(console, f"[yellow]→[/] {escape(result.divergence_text())}")
     source = f" from {result.input}" if result.input and not result.input.startswith("seeded") else ""
-    table = Table(title=f"evidence (input {'x'.join(map(str, result.input_shape))}{escape(source)})",
-                  title_justify="left")
-    for column in ("output", "float64 rel diff", "float32 max diff", "floor A", "floor B", "x floor"):
-        table.add_column(column, justify="left" if column == "output" else "right", no_wrap=True)
+    title = f"evidence (input {'x'.join(map(str, result.input_shape))}{escape(source)})"
+    columns = ("output", "float64 rel diff", "float32 max diff", "floor A", "floor B", "x floor")
+    rows = []
     for name in result.outputs:
         f64 = result.float64_difference.get(name)
         floors = [result.noise_floor.get(s, {}).get(name) for s in ("A", "B")]
-        table.add_row(name, f"{f64['max_rel']:.1e}" if f64 else "n/a (ONNX)",
-                      f"{result.float32_difference[name]:.2e}",
-                      *[f"{f:.2e}" if f is not None else "-" for f in floors], f"{result.ratio(name):.1f}")
-    console.print(table)
+        rows.append((name, f"{f64['max_rel']:.1e}" if f64 else "n/a (ONNX)", f"{result.float32_difference[name]:.2e}",
+                     *[f"{f:.2e}" if f is not None else "-" for f in floors], f"{result.ratio(name):.1f}"))
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "output" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    if line_layout(console) or not fits(console, table):
+        # a pipe, a log or a narrow terminal: one line an output, never cut (hunt 27: a table cut to 80 columns
+        # showed `rpn.head.cls_logi…` and floors as `2.15…`)
+        print_line(console, f"{title}:")
+        for row in rows:
+            print_line(console, f"  {escape(row[0])}: " + ", ".join(f"{column} {cell}" for column, cell
+                                                                   in zip(columns[1:], row[1:], strict=True)))
+    else:
+        console.print(table)
     for side, names in result.unshared.items():
-        console.print(f"[yellow]{side} alone has {escape(', '.join(names))}: not compared[/]")
+        print_line(console, f"[yellow]{side} alone has {escape(', '.join(names))}: not compared[/]")
     diffs = result.structural_differences
-    if diffs:
-        console.print(f"structural differences ({len(diffs)}):")
+    if diffs:  # each line whole, never wrapped into two (a log line stays one line)
+        print_line(console, f"structural differences ({len(diffs)}):")
         lines = group_differences(diffs)
         for line in lines[:limit]:
-            console.print(f"  • {escape(line)}")
+            print_line(console, f"  • {escape(line)}")
         if len(lines) > limit:
-            console.print(f"  … and {len(lines) - limit} more (see --json)")
+            print_line(console, f"  … and {len(lines) - limit} more (see --json)")
     elif result.train_mode or result.how == "float64":
-        console.print("structural differences: none")
+        print_line(console, "structural differences: none")
 
 
 def group_differences(diffs: list[StructuralDifference]) -> list[str]:
