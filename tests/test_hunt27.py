@@ -73,3 +73,17 @@ def test_explain_in_a_pipe_prints_each_output_whole_on_one_line():
     assert all("floor A" in line and "x floor" in line and "…" not in line for line in evidence), evidence
     differences = [line for line in lines if line.startswith("  • ")]
     assert differences and all(line.rstrip().endswith(")") for line in differences), lines
+
+
+def test_an_image_too_thin_for_a_detector_is_told_the_detectors_own_size():
+    """A detector registered at TINY_DETECTOR px was told it "resizes each image to fit 320 pixels" (the default size)
+    for a 2x400 image: the message names the detector's own size now."""
+    from exporter.errors import UsageError
+    from exporter.families.detectors import Detector, check_image_size
+    from tests.helpers import TINY_DETECTOR, tiny_rcnn_options
+
+    tiny = Detector("fasterrcnn_tiny_hunt27", "fasterrcnn", None, ("batch",), tiny_rcnn_options(),
+                    builder="fasterrcnn_resnet50_fpn")
+    with DETECTORS.adding(tiny.name, tiny), pytest.raises(UsageError) as caught:
+        check_image_size(tiny.name, 2, 400 * TINY_DETECTOR)
+    assert f"fit {TINY_DETECTOR} pixels" in str(caught.value) and "\n" not in str(caught.value)

@@ -179,11 +179,13 @@ def resized_size(detector: Detector, height: int, width: int) -> tuple[int, int]
 
 def check_image_size(name: str, height: int, width: int) -> None:
     """Refuse an image the detector's transform would resize to nothing (torch then raises deep in the model)."""
-    resized = resized_size(DETECTORS.get(name), height, width)
+    detector = DETECTORS.get(name)
+    resized = resized_size(detector, height, width)
     if min(resized) < 1:
-        raise UsageError(f"{name} resizes each image to fit {IMAGE_SIZE} pixels: a {height}x{width} image becomes "
+        side = detector.options.get("max_size", IMAGE_SIZE)  # its own size (hunt 27: a 64 px one was told 320)
+        raise UsageError(f"{name} resizes each image to fit {side} pixels: a {height}x{width} image becomes "
                          f"{resized[0]}x{resized[1]}, with nothing to detect in; give images at most "
-                         f"{IMAGE_SIZE} times longer than they are wide")
+                         f"{side} times longer than they are wide")
 
 
 @dataclass
