@@ -14,6 +14,8 @@ import json
 import math
 import os
 import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union
 
@@ -63,6 +65,15 @@ DETECTOR_KIND = "detector"
 """The manifest `kind` of a whole detector's folder (exporter/detector_manifest.py); a backbone's has no `kind`."""
 GOLDENS_LAYOUT = {"file": GOLDENS_NAME, "input": "input.<name>", "float32": "float32.<output>",
                   "float64": "float64.<output>"}
+GOLDENS_MORE_KEYS = "<group>@<k>.<name>"
+"""How goldens.npz names the arrays of its stored input k >= 1 (input 0 keeps the plain `<group>.<name>` keys, so a
+folder holding one golden input reads as before)."""
+GOLDENS_BUDGET_BYTES = 80 << 20
+"""The most bytes the goldens of a folder keep (every stored input with its float32, float64 and folded outputs): every
+input the export judged on while they fit, else the first ones that fit, and always the first. The first three inputs
+are one of each seeded kind (normal, uniform, image: verify/inputs.py SAMPLE_PATTERN); a 224 px ResNet-50 body's are
+24.7 MB each, so it keeps those three (74 MB, under one of its 94 MB model files), and a 32 px resnet18's all eight
+(1.1 MB). Measured: README, "Artifact folders that prove themselves"."""
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -225,6 +236,22 @@ class GoldensLayout(Strict):
     input: Literal["input.<name>"]
     float32: Literal["float32.<output>"]
     float64: Literal["float64.<output>"]
+    inputs: Annotated[list[Text], Field(min_length=2)] | None = None
+    """The labels of the stored inputs, in order (`normal0, seed 0`, ...), where the goldens keep more than one: input
+    0 under the keys above, input k under `more`'s. Absent: one input (every folder before they kept more)."""
+    more: Literal["<group>@<k>.<name>"] | None = None
+    """The keys of stored input k >= 1 (`float32@1.layer4`); present exactly when `inputs` is."""
+
+    @model_validator(mode="after")
+    def _together(self) -> GoldensLayout:
+        if (self.inputs is None) != (self.more is None):
+            raise ValueError("inputs and more are given together (where the goldens keep several inputs) or not at all")
+        return self
+
+    @property
+    def count(self) -> int:
+        """How many inputs the goldens keep."""
+        return len(self.inputs) if self.inputs is not None else 1
 
 
 class SignatureInfo(Strict):
@@ -350,6 +377,8 @@ class Manifest(Strict):
         unset = {k for k in ("backbone", "norm", "view", "source", "factory") if getattr(self.model, k) is None}
         if unset:
             absent["model"] = unset  # a backbone has no source/factory, your own model no backbone/norm/view
+        if self.goldens.inputs is None:
+            absent["goldens"] = {"inputs", "more"}  # one golden input: the layout every older folder has
         data = self.model_dump(mode="json", by_alias=True, exclude=absent)
         for verdict in data["verdicts"]:
             if verdict["null_reason"] is None:
@@ -513,19 +542,53 @@ def file_entry(path: Path, **extra: Any) -> dict[str, Any]:
 
 
 def write_goldens(folder: Path, input_name: str, inputs: np.ndarray, fp32: dict[str, np.ndarray],
-                  fp64: dict[str, np.ndarray], folded: dict[str, np.ndarray] | None = None) -> Path:
+                  fp64: dict[str, np.ndarray], folded: dict[str, np.ndarray] | None = None,
+                  more: Sequence[GoldenSet] = ()) -> Path:
     """`folded` (optional): the model with its norms folded into its convolutions in float32, a second
-    rounding sample from which the per-channel floors are re-derived as the export measured them."""
+    rounding sample from which the per-channel floors are re-derived as the export measured them. `more`: the goldens
+    of inputs 1, 2, ... (their arrays under GOLDENS_MORE_KEYS)."""
     import numpy as np
 
-    arrays = {f"input.{input_name}": inputs}
-    arrays.update({f"float32.{k}": v for k, v in fp32.items()})
-    arrays.update({f"float64.{k}": v for k, v in fp64.items()})
-    arrays.update({f"folded.{k}": v for k, v in (folded or {}).items()})
+    sets = [GoldenSet(inputs, fp32, fp64, folded or {}), *more]
+    arrays: dict[str, np.ndarray] = {}
+    for index, golden in enumerate(sets):
+        at = f"@{index}" if index else ""
+        arrays.update({f"input{at}.{input_name}": golden.input})
+        arrays.update({f"float32{at}.{k}": v for k, v in golden.float32.items()})
+        arrays.update({f"float64{at}.{k}": v for k, v in golden.float64.items()})
+        arrays.update({f"folded{at}.{k}": v for k, v in (golden.folded or {}).items()})
     path = folder / GOLDENS_NAME
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
     return path
+
+
+@dataclass
+class GoldenSet:
+    """One stored input's goldens: the input, the eager float32 and float64 outputs, the folded float32 sample."""
+
+    input: np.ndarray
+    float32: dict[str, np.ndarray]
+    float64: dict[str, np.ndarray]
+    folded: dict[str, np.ndarray] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.input.nbytes) + sum(int(a.nbytes) for group in (self.float32, self.float64, self.folded or {})
+                                            for a in group.values())
+
+
+def goldens_that_fit(sets: Sequence[GoldenSet], budget: int | None = None) -> int:
+    """How many of `sets` (in order) the goldens keep: every one while together they fit `budget` bytes
+    (GOLDENS_BUDGET_BYTES), else the first ones that fit, and always the first."""
+    budget = GOLDENS_BUDGET_BYTES if budget is None else budget
+    kept, total = 0, 0
+    for golden in sets:
+        total += golden.nbytes
+        if kept and total > budget:
+            break
+        kept += 1
+    return kept
 
 
 GOLDEN_GROUPS = ("input", "float32", "float64", "folded")
@@ -559,6 +622,19 @@ def read_goldens(path: Path, groups: tuple[str, ...] = GOLDEN_GROUPS) -> dict[st
     """{'input': {...}, 'float32': {...}, 'float64': {...}} (or the `groups` given), never unpickling and never
     expanding a compressed member. Anything but an npz archive of stored plain arrays named `group.name`, each
     once, is an ArtifactError naming the file and the reason."""
+    return _read_archive(path, groups, indexed=False)[0]
+
+
+def read_golden_sets(path: Path, count: int, groups: tuple[str, ...] = GOLDEN_GROUPS) -> list[dict[str, dict[str,
+                                                                                                            np.ndarray]]]:
+    """`read_goldens` of a backbone's goldens that keep `count` inputs: input 0's groups under `group.name`, input k's
+    under `group@k.name` (GOLDENS_MORE_KEYS), one dict of groups per input. A member of an input outside 0..count-1 is
+    refused like any member outside the groups."""
+    return _read_archive(path, groups, indexed=True, count=count)
+
+
+def _read_archive(path: Path, groups: tuple[str, ...], indexed: bool,
+                  count: int = 1) -> list[dict[str, dict[str, np.ndarray]]]:
     import zipfile
 
     import numpy as np
@@ -567,12 +643,17 @@ def read_goldens(path: Path, groups: tuple[str, ...] = GOLDEN_GROUPS) -> dict[st
     if not zipfile.is_zipfile(path):
         raise ArtifactError(f"{name} is not an npz archive (not a zip file)")
     check_stored_archive(path)
-    found: dict[str, dict[str, np.ndarray]] = {group: {} for group in groups}
+    found: list[dict[str, dict[str, np.ndarray]]] = [{group: {} for group in groups} for _ in range(count)]
     try:
         with np.load(path, allow_pickle=False) as data:
             for key in data.files:
                 group, dot, output = key.partition(".")
-                if group not in found or not dot or not output:
+                base, at, index = group.partition("@")
+                k = int(index) if indexed and at and index.isdigit() and index == str(int(index)) else None
+                if at and indexed and base in found[0] and (k is None or not 1 <= k < count):
+                    raise ArtifactError(f"{name} holds {key!r}, outside the {count} input{'s' if count > 1 else ''} "
+                                        "the manifest says its goldens keep")
+                if (at and k is None) or base not in found[0] or not dot or not output:
                     raise ArtifactError(f"{name} holds {key!r}, outside {', '.join(g + '.*' for g in groups)}")
                 try:
                     array = data[key]
@@ -583,7 +664,7 @@ def read_goldens(path: Path, groups: tuple[str, ...] = GOLDEN_GROUPS) -> dict[st
                     raise
                 if not isinstance(array, np.ndarray):
                     raise ArtifactError(f"{name}: {key} is not a numpy array")
-                found[group][output] = array
+                found[k or 0][base][output] = array
     except ArtifactError:
         raise
     except Exception as exc:  # zip and npy parse errors come in many types
@@ -597,9 +678,11 @@ def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str
                    floors: dict[str, float], verdicts: list[dict[str, Any]], versions: dict[str, str],
                    identity: dict[str, Any] | None = None, signed: bool = False,
                    channel_floors_sha256: str | None = None,
-                   summation_floor: dict[str, list[float]] | None = None) -> Manifest:
+                   summation_floor: dict[str, list[float]] | None = None,
+                   golden_labels: Sequence[str] = ()) -> Manifest:
     """The manifest of a staged folder, validated: an export that would write a lie (a NaN, a format the
-    registry does not know) fails here instead."""
+    registry does not know) fails here instead. `golden_labels`: the stored inputs' labels, where the goldens keep
+    more than one."""
     from exporter.formats import get_format
 
     files = {}
@@ -625,7 +708,8 @@ def build_manifest(folder: Path, artifacts: dict[str, Artifact], model: dict[str
         "noise_floor": floors,
         "channel_floors_sha256": channel_floors_sha256,
         **({"summation_floor": summation_floor} if summation_floor else {}),
-        "goldens": GOLDENS_LAYOUT,
+        "goldens": {**GOLDENS_LAYOUT, **({"inputs": list(golden_labels), "more": GOLDENS_MORE_KEYS}
+                                         if len(golden_labels) > 1 else {})},
         "verdicts": verdicts,
         "passed": bool(verdicts) and all(v["passed"] for v in verdicts),
     }

@@ -23,6 +23,7 @@ from verify.cli import app
 from verify.folder.validate import UNSIGNED_CODE_OPTION as TRUST
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.measure import measure_floors
+from verify.judge.oracle import pooled_floors
 from verify.render.markdown import ROWS_HEADER
 
 runner = CliRunner()
@@ -74,12 +75,18 @@ def test_manifest_records_what_was_made(pristine):
     assert manifest["tolerance"] == {"mode": "auto", "factor": AUTO_FACTOR} and manifest["passed"] is True
     runs = {v["a"] for v in manifest["verdicts"]} | {v["b"] for v in manifest["verdicts"]} - {"oracle"}
     assert len(manifest["verdicts"]) == len(runs) * (len(runs) - 1) // 2 + len(runs)  # every pair, each vs oracle
+    # every input the export judged on (they fit the goldens' budget): input 0 as `group.name`, input k `group@k.name`
+    kept = manifest["goldens"]["inputs"]
+    assert len(kept) == manifest["identity"]["input"]["count"]
+    marks = [""] + [f"@{k}" for k in range(1, len(kept))]
     with np.load(pristine / "goldens.npz", allow_pickle=False) as goldens:
-        assert sorted(goldens.files) == sorted(["input.input"] + [f"{group}.{output}" for group in
-                                                                  ("float32", "float64", "folded")
-                                                                  for output in manifest["outputs"]])
-        group = {g: {k: goldens[f"{g}.{k}"] for k in manifest["outputs"]} for g in ("float32", "float64", "folded")}
-    floors = measure_floors(group["float32"], group["float64"], samples=[group["folded"]])
+        assert sorted(goldens.files) == sorted([f"input{at}.input" for at in marks] + [
+            f"{group}{at}.{output}" for at in marks for group in ("float32", "float64", "folded")
+            for output in manifest["outputs"]])
+        sets = [{g: {k: goldens[f"{g}{at}.{k}"] for k in manifest["outputs"]} for g in ("float32", "float64", "folded")}
+                for at in marks]
+    floors = pooled_floors([measure_floors(group["float32"], group["float64"], samples=[group["folded"]])
+                            for group in sets])
     # exactly what `verify artifact` re-derives
     assert manifest["noise_floor"] == {name: floor.value for name, floor in floors.items()}
 

@@ -6,6 +6,7 @@ the suite's shared default export (an edited file is replaced, never written thr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -15,13 +16,13 @@ import pytest
 from onnx import numpy_helper
 
 from exporter.errors import ArtifactError
-from exporter.manifest import GOLDENS_NAME, read_goldens, write_goldens
+from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME, GoldenSet, read_golden_sets, write_goldens
 from exporter.weights import save_weights, synthetic_weights
 from tests.conftest import SMALL
 from tests.helpers import ONE_CHANNEL_ERROR, checks, edit_manifest, invoke, rehash
 from verify.folder.rebuild import REBUILD_CHECK, REFERENCE_RTOL, weights_source
 from verify.judge.measure import measure_floors
-from verify.judge.oracle import channel_floors_sha256
+from verify.judge.oracle import channel_floors_sha256, pooled_floors
 
 WIDENED = 1000.0
 """How many times its real rounding the rewritten float32 goldens sit from the float64 ones."""
@@ -50,15 +51,19 @@ def broken_onnx(folder) -> None:
 
 
 def rewrite_goldens(folder, change) -> None:
-    """`change(goldens)` edits the groups in place; the goldens are rewritten and every record updated to match
-    (the goldens' hash, the floors re-derived as `verify artifact` derives them): a consistent folder."""
-    goldens = read_goldens(folder / GOLDENS_NAME)
-    change(goldens)
+    """`change(goldens)` edits the groups of each stored input in place; the goldens are rewritten and every record
+    updated to match (the goldens' hash, the floors re-derived and pooled as `verify artifact` derives them): a
+    consistent folder."""
+    count = len(json.loads((folder / MANIFEST_NAME).read_text())["goldens"].get("inputs") or [None])
+    sets = read_golden_sets(folder / GOLDENS_NAME, count)
+    for goldens in sets:
+        change(goldens)
     (folder / GOLDENS_NAME).unlink()
-    (name, x), = goldens["input"].items()
-    write_goldens(folder, name, x, goldens["float32"], goldens["float64"], goldens["folded"] or None)
-    folded = goldens["folded"]
-    floors = measure_floors(goldens["float32"], goldens["float64"], samples=[folded] if folded else [])
+    (name, x), = sets[0]["input"].items()
+    write_goldens(folder, name, x, sets[0]["float32"], sets[0]["float64"], sets[0]["folded"] or None,
+                  more=[GoldenSet(g["input"][name], g["float32"], g["float64"], g["folded"]) for g in sets[1:]])
+    floors = pooled_floors([measure_floors(g["float32"], g["float64"], samples=[g["folded"]] if g["folded"] else [])
+                            for g in sets])
     edit_manifest(folder, lambda m: m.update(noise_floor={k: f.value for k, f in floors.items()},
                                              channel_floors_sha256=channel_floors_sha256(floors)))
     rehash(folder, GOLDENS_NAME)
@@ -162,11 +167,15 @@ def test_an_input_chosen_to_hide_a_bug_hides_nothing_from_a_rebuild(folder, tmp_
     onnx.save(model, path)
     rehash(folder, "model.onnx")
 
+    made: dict = {}  # the model, built once for every stored input
+
     def zeros(goldens):
         (name, x), = goldens["input"].items()
         goldens["input"] = {name: np.zeros_like(x)}
-        built = build_model(ModelSpec(SMALL, "frozen", "body"), load_weights("synthetic", SMALL))
-        eager = eager_artifact(built, x.shape)
+        if not made:
+            made["eager"] = eager_artifact(build_model(ModelSpec(SMALL, "frozen", "body"),
+                                                       load_weights("synthetic", SMALL)), x.shape)
+        eager = made["eager"]
         goldens["float32"] = make_runtime("eager").load(eager).run(goldens["input"])
         goldens["float64"] = measure_oracle(eager, goldens["input"], goldens["float32"]).outputs
         goldens["folded"] = (folded_samples(eager, goldens["input"]) or [{}])[0]

@@ -222,11 +222,14 @@ def consistent_goldens_edit(folder: Path) -> None:
     write_goldens(folder, arrays, hashed=False)
     data = read_manifest(folder)
     from verify.judge.measure import measure_floors
-    from verify.judge.oracle import channel_floors_sha256
+    from verify.judge.oracle import channel_floors_sha256, pooled_floors
 
-    group = {g: {k[len(g) + 1:]: v for k, v in arrays.items() if k.startswith(g + ".")}
-             for g in ("float32", "float64", "folded")}
-    floors = measure_floors(group["float32"], group["float64"], samples=[group["folded"]] if group["folded"] else [])
+    # every stored input's groups (input k's keys are `group@k.name`), the floors pooled over them
+    marks = sorted({k.split(".", 1)[0].partition("@")[2] for k in arrays})
+    groups = [{g: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.split(".", 1)[0] == g + (f"@{m}" if m else "")}
+               for g in ("float32", "float64", "folded")} for m in marks]
+    floors = pooled_floors([measure_floors(group["float32"], group["float64"],
+                                           samples=[group["folded"]] if group["folded"] else []) for group in groups])
     data["noise_floor"] = {name: floor.value for name, floor in floors.items()}
     data["channel_floors_sha256"] = channel_floors_sha256(floors)
     data["files"][GOLDENS_NAME].update(sha256=file_sha256(folder / GOLDENS_NAME),
@@ -477,7 +480,7 @@ def compare_arrays(old: dict, folder: Path, floors: dict, ratios: dict) -> tuple
     if old.keys() != new.keys() or any(old[k].dtype != new[k].dtype or old[k].shape != new[k].shape for k in old):
         return False, False
     same = all(old[k].tobytes() == new[k].tobytes() for k in old)
-    within = all(old[k].tobytes() == new[k].tobytes() if k.startswith("input.") else
+    within = all(old[k].tobytes() == new[k].tobytes() if k.split(".", 1)[0].partition("@")[0] == "input" else
                  bool(np.all(np.abs(new[k].astype(np.float64) - old[k]) <= (AUTO_FACTOR + ratios[k.split(".", 1)[1]])
                              * floors[k.split(".", 1)[1]]))
                  for k in old)
@@ -494,6 +497,9 @@ def ratios(signed) -> dict[str, float]:
         if "goldens float" in check.name:
             for output in check.details["outputs"]:
                 found[output["name"]] = max(found.get(output["name"], 0.0), output["ratio"])
+            for each in check.details.get("ratios", []):  # every stored input's, where the goldens keep several
+                for name, ratio in [(n, r) for n, r in each.items() if r is not None]:
+                    found[name] = max(found.get(name, 0.0), ratio)
     return found
 
 

@@ -149,7 +149,8 @@ def _export_cell(spec: ModelSpec | UserModelSpec, settings: RunSettings | None, 
                 if why is not None:
                     raise _NotJudged(why)
                 write_artifact_folder(staging, build.built, outcome.artifacts, outcome.inputs, outcome.oracle.fp32,
-                                      outcome.oracle.oracle, outcome.report, identity=identity, sign_key=sign_key)
+                                      outcome.oracle.oracle, outcome.report, identity=identity, sign_key=sign_key,
+                                      named=outcome.build.named, oracles=outcome.oracles)
         except _NotJudged as why:
             outcome.report.notes.append(not_written(named, str(why)))
             _name_removed(outcome.report, {str(a.path) for a in outcome.artifacts.values() if a.path})

@@ -19,10 +19,11 @@ from verify.folder.validate import (
     LAYERS_NEED_REBUILD,
     ArtifactFolder,
     check_integrity,
-    judge,
+    judge_inputs,
     option_flags,
     read_inputs,
     require_flags,
+    worst_input_note,
 )
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
 
@@ -134,15 +135,16 @@ def _preflight_run(art: ArtifactFolder, target: str, options: PreflightOptions, 
                      seconds=time.perf_counter() - start))
 
     inputs = art.goldens["input"]
-    outputs = runtime.run(inputs)
-    pair, tolerance = judge(art, runtime.label, outputs, "golden float32", art.goldens["float32"])
+    outputs = [runtime.run(goldens["input"]) for goldens in art.golden_sets or [art.goldens]]  # every stored input
+    pair, tolerance, details = judge_inputs(art, runtime.label, outputs, "golden float32", "float32")
     worst = pair.worst
     if worst.ratio is not None:
         ratio = f"{worst.ratio:.1f}x floor"
     else:
         ratio = worst.reason or f"max abs {worst.max_abs or 0.0:.2e}"
     report.add(Check(label, runtime.label, f"{target}: goldens", pair.passed,
-                     f"worst {worst.name}: {ratio} ({tolerance.describe()})", details=pair.to_dict()))
+                     f"worst {worst.name}: {ratio} ({tolerance.describe()}){worst_input_note(details)}",
+                     details=details))
     if options.layers:  # re-run on the CPU whatever the provider (each check names what re-ran it)
         folder_layer_checks(art, report, [target])
 

@@ -124,7 +124,7 @@ def rebuild_backbone(art: CheckedFolder, weights_file: Path | None) -> str:
     from verify.inputs import make_input
     from verify.judge.measure import measure_floors
     from verify.judge.oracle import folded_samples, measure_oracle
-    from verify.runtimes import RuntimeOptions, default_runtime, make_runtime
+    from verify.runtimes import RuntimeOptions, default_runtime, make_runtime, runtimes_for
 
     assert art.goldens is not None
     model = art.manifest.model
@@ -138,17 +138,23 @@ def rebuild_backbone(art: CheckedFolder, weights_file: Path | None) -> str:
     inputs = art.goldens["input"]
     built = build_model(spec, weights, seed)
     eager = eager_artifact(built, tuple(next(iter(inputs.values())).shape))
-    recorded = measure_oracle(eager, inputs, None)
-    if recorded is None:
+    sets = getattr(art, "golden_sets", None) or [art.goldens]
+    names = runtimes_for(eager.format, float64=True)  # measure_oracle's float64 run, without its float32 work
+    if not names:
         raise UsageError("not rebuilt: the model has no float64 oracle")
-    same_reference(art.goldens["float64"], recorded.outputs, "float64")
+    exact = make_runtime(names[0], RuntimeOptions(dtype="float64")).load(eager)
+    for index, goldens in enumerate(sets):  # every stored input's float64 goldens are the rebuilt model's
+        same_reference(goldens["float64"], exact.run(goldens["input"]), "float64" if not index else f"float64@{index}")
     own = {name: make_input(x.shape, seed) for name, x in inputs.items()}  # the folder's input is theirs to choose
     fp32 = make_runtime(default_runtime(eager.format), RuntimeOptions()).load(eager).run(own)
     oracle = measure_oracle(eager, own, fp32)
     samples = folded_samples(eager, own)
     art.goldens = {**art.goldens, "input": own, "float32": fp32, "float64": oracle.outputs,
                    "folded": samples[0] if samples else {}}
+    if hasattr(art, "golden_sets"):  # judged on this run's input alone, never on the folder's
+        art.golden_sets, art.golden_labels = [art.goldens], [f"seeded (seed {seed})"]
     art.floors = measure_floors(fp32, oracle.outputs, samples=samples)
     art.rebuilt = eager
-    return (f"{spec} with {model.weights} weights (sha256 as recorded): the float64 goldens are its own; "
+    kept = f" on all {len(sets)} stored inputs" if len(sets) > 1 else ""
+    return (f"{spec} with {model.weights} weights (sha256 as recorded): the float64 goldens are its own{kept}; "
             f"each file judged against its float32 and float64 runs on this run's seeded input (seed {seed})")

@@ -37,7 +37,7 @@ from exporter.manifest import (
     FileEntry,
     Manifest,
     load_manifest,
-    read_goldens,
+    read_golden_sets,
 )
 from verify.detect.folder import check_detector_folder
 from verify.folder.checks import Check, CheckReport
@@ -70,7 +70,12 @@ class ArtifactFolder(CheckedFolder):
     recorded: dict[str, ArtifactMeta] = field(default_factory=dict)
     """What each verified model file records about itself (read back after its hash matched)."""
     goldens: dict[str, dict[str, np.ndarray]] | None = None
-    """Read and checked: {'input': ..., 'float32': ..., 'float64': ...}."""
+    """Read and checked: {'input': ..., 'float32': ..., 'float64': ...}, of the first stored input."""
+    golden_sets: list[dict[str, dict[str, np.ndarray]]] = field(default_factory=list)
+    """Every stored input's goldens, in order (the first is `goldens`): each file is judged on each (a `--rebuild`
+    replaces them with its own)."""
+    golden_labels: list[str] = field(default_factory=list)
+    """What each of `golden_sets` is (the manifest's `goldens.inputs`; `the golden input` where it keeps one)."""
     floors: dict[str, Any] = field(default_factory=dict)
     """Re-derived from the goldens (float32 vs float64), never the manifest's: a NoiseFloor (per channel where
     the output has channels) per output."""
@@ -152,26 +157,44 @@ def _same_record(manifest: Manifest, name: str, meta: ArtifactMeta) -> None:
 
 
 def _goldens(art: ArtifactFolder) -> str:
-    """Exactly the arrays the manifest describes, of the right dtypes and shapes, all finite."""
-    import numpy as np
-
+    """Exactly the arrays the manifest describes, for every input its goldens keep, of the right dtypes and shapes,
+    all finite."""
     if GOLDENS_NAME not in art.verified:
         raise ArtifactError(f"{GOLDENS_NAME} failed its integrity check; nothing to judge against")
-    goldens = read_goldens(art.verified[GOLDENS_NAME])
+    layout = getattr(art.manifest, "goldens", None)  # a manifest's layout; absent from a bare record: one input
+    count = layout.count if layout is not None else 1
+    sets = read_golden_sets(art.verified[GOLDENS_NAME], count)
+    if any(bool(s["float64"]) != bool(sets[0]["float64"]) for s in sets):
+        raise ArtifactError(f"{GOLDENS_NAME} holds float64 outputs for some of its inputs only")
+    for index, goldens in enumerate(sets):
+        _golden_set(art, goldens, f"@{index}" if index else "")
+    art.goldens, art.golden_sets = sets[0], sets
+    art.golden_labels = list((layout.inputs if layout is not None else None) or ["the golden input"])
+    x = next(iter(sets[0]["input"].values()))
+    what = f"{count} inputs" if count > 1 else "input"
+    return (f"{what} {'x'.join(map(str, x.shape))} float32, {len(art.manifest.outputs)} outputs in float32 and "
+            "float64, all finite")
+
+
+def _golden_set(art: ArtifactFolder, goldens: dict[str, dict[str, np.ndarray]], at: str) -> None:
+    """One stored input's arrays (`at`: how its keys are marked, `@k` for input k >= 1)."""
+    import numpy as np
+
     spec, outputs = art.manifest.input, art.manifest.outputs
     if list(goldens["input"]) != [spec.name]:
-        raise ArtifactError(f"{GOLDENS_NAME} holds inputs {sorted(goldens['input'])}, the manifest one named "
+        raise ArtifactError(f"{GOLDENS_NAME} holds inputs {[f'input{at}.{n}' for n in sorted(goldens['input'])]}, "
+                            f"the manifest one named "
                             f"{spec.name!r}")
     x = goldens["input"][spec.name]
     if str(x.dtype) != spec.dtype or list(x.shape) != list(spec.shape):
-        raise ArtifactError(f"{GOLDENS_NAME}: input.{spec.name} is {x.dtype} {list(x.shape)}, the manifest records "
+        raise ArtifactError(f"{GOLDENS_NAME}: input{at}.{spec.name} is {x.dtype} {list(x.shape)}, the manifest records "
                             f"{spec.dtype} {list(spec.shape)}")
     no_oracle = not art.manifest.noise_floor  # your own model that cannot run in float64 (explicit tolerance)
     for kind, dtype in (("float32", np.float32), ("float64", np.float64)):
         if kind == "float64" and no_oracle and not goldens[kind]:
             continue
         if set(goldens[kind]) != set(outputs):
-            raise ArtifactError(f"{GOLDENS_NAME} holds {kind} outputs {sorted(goldens[kind])}, the manifest "
+            raise ArtifactError(f"{GOLDENS_NAME} holds {kind}{at} outputs {sorted(goldens[kind])}, the manifest "
                                 f"{sorted(outputs)}")
         for output, array in goldens[kind].items():
             # an index or a mask is kept as the runs returned it, the same dtype in both (review 24: a model returning
@@ -180,24 +203,22 @@ def _goldens(art: ArtifactFolder) -> str:
                 not goldens["float64"] or goldens["float64"].get(output, array).dtype == array.dtype)
             if not (array.dtype == dtype or discrete) or array.size == 0 or array.ndim == 0 \
                     or array.shape[0] != x.shape[0]:
-                raise ArtifactError(f"{GOLDENS_NAME}: {kind}.{output} is {array.dtype} {list(array.shape)}; "
+                raise ArtifactError(f"{GOLDENS_NAME}: {kind}{at}.{output} is {array.dtype} {list(array.shape)}; "
                                     f"expected non-empty {np.dtype(dtype)} (or one integer or boolean dtype in both) "
                                     f"with the input's batch of {x.shape[0]}")
     for output in outputs if goldens["float64"] else []:
         if goldens["float32"][output].shape != goldens["float64"][output].shape:
-            raise ArtifactError(f"{GOLDENS_NAME}: float32.{output} and float64.{output} differ in shape")
+            raise ArtifactError(f"{GOLDENS_NAME}: float32{at}.{output} and float64{at}.{output} differ in shape")
     folded = goldens.get("folded") or {}
     if folded and (set(folded) != set(outputs) or any(
             folded[o].dtype != np.float32 or folded[o].shape != goldens["float32"][o].shape for o in outputs)):
-        raise ArtifactError(f"{GOLDENS_NAME}: the folded sample must hold every output as float32 of the goldens' "
+        raise ArtifactError(f"{GOLDENS_NAME}: the folded{at} sample must hold every output as float32 of the goldens' "
                             "shapes, or be absent")
     for kind in ("input", "float32", "float64", "folded"):
         for key, array in goldens.get(kind, {}).items():
             bad = int((~np.isfinite(array)).sum())
             if bad:
-                raise ArtifactError(f"{GOLDENS_NAME}: {kind}.{key} holds {bad} NaN/Inf; goldens must be finite")
-    art.goldens = goldens
-    return f"input {'x'.join(map(str, x.shape))} float32, {len(outputs)} outputs in float32 and float64, all finite"
+                raise ArtifactError(f"{GOLDENS_NAME}: {kind}{at}.{key} holds {bad} NaN/Inf; goldens must be finite")
 
 
 def _floors(art: ArtifactFolder) -> str:
@@ -205,6 +226,7 @@ def _floors(art: ArtifactFolder) -> str:
     import numpy as np
 
     from verify.judge.measure import measure_floors
+    from verify.judge.oracle import pooled_floors
     from verify.judge.summation import lifted
 
     if art.goldens is None:
@@ -212,10 +234,12 @@ def _floors(art: ArtifactFolder) -> str:
     if not art.manifest.noise_floor and not art.goldens["float64"]:
         art.floors = {}
         return "none: the model has no float64 oracle, so its recorded explicit tolerance judges alone"
-    folded = art.goldens.get("folded") or {}
     # raised to the recorded summation floors of a user's few-value head, as the export's were (taken as the goldens)
-    derived = lifted(measure_floors(art.goldens["float32"], art.goldens["float64"], samples=[folded] if folded else []),
-                     {name: np.asarray(bound) for name, bound in (art.manifest.summation_floor or {}).items()})
+    bounds = {name: np.asarray(bound) for name, bound in (art.manifest.summation_floor or {}).items()}
+    # each stored input's floors, pooled as the export pooled them (per channel, the largest over the inputs)
+    derived = pooled_floors([lifted(measure_floors(goldens["float32"], goldens["float64"],
+                                                   samples=[goldens["folded"]] if goldens.get("folded") else []),
+                                    bounds) for goldens in art.golden_sets])
     for output in art.manifest.outputs:
         recorded = art.manifest.noise_floor[output]
         measured = derived[output].value if output in derived else None
@@ -231,7 +255,8 @@ def _floors(art: ArtifactFolder) -> str:
         raise ArtifactError("the per-channel floors re-derived from the goldens are not the ones the export "
                             "recorded (channel_floors_sha256); a floor is re-derived, never taken on trust")
     art.floors = derived
-    return "re-derived from the goldens (float32 vs float64); the manifest records the same"
+    over = f", each channel's largest over its {len(art.golden_sets)} inputs" if len(art.golden_sets) > 1 else ""
+    return f"re-derived from the goldens (float32 vs float64{over}); the manifest records the same"
 
 
 def _tolerance(art: ArtifactFolder) -> str:
@@ -273,6 +298,37 @@ def judge(art: ArtifactFolder, a_label: str, outputs: dict, b_label: str, refere
     return next(((p, t) for p, t in results if not p.passed), results[0])
 
 
+def judge_inputs(art: ArtifactFolder, a_label: str, outputs: Sequence[dict], b_label: str,
+                 kind: str) -> tuple[PairResult, Tolerance, dict[str, Any]]:
+    """A file's outputs on each stored input (`outputs`, in the goldens' order) judged against that input's `kind`
+    goldens on the pooled floors: the pair on its worst input (a failure first, then the largest ratio), its
+    tolerance, and its details, naming that input where the goldens keep several."""
+    sets = art.golden_sets or [art.goldens or {}]
+    judged = [judge(art, a_label, out, b_label, goldens[kind]) for out, goldens in zip(outputs, sets, strict=True)]
+    index = max(range(len(judged)), key=lambda i: _badness(judged[i][0]))
+    pair, tolerance = judged[index]
+    details = pair.to_dict()
+    if len(judged) > 1:
+        labels = art.golden_labels or [f"input {i}" for i in range(len(judged))]
+        details.update(input=labels[index], inputs=len(judged),
+                       failed_inputs=[labels[i] for i, (p, _) in enumerate(judged) if not p.passed],
+                       ratios=[{o.name: o.ratio for o in p.outputs} for p, _ in judged])  # per input, per output
+    return pair, tolerance, details
+
+
+def _badness(pair: PairResult) -> tuple[bool, float, float]:
+    worst = pair.worst if pair.outputs else None
+    return (not pair.passed, (worst.ratio or 0.0) if worst else 0.0, (worst.max_abs or 0.0) if worst else 0.0)
+
+
+def worst_input_note(details: dict[str, Any]) -> str:
+    """`; worst of 8 inputs: normal1, seed 0` (failing on 3) where the goldens keep several."""
+    if "inputs" not in details:
+        return ""
+    failed = len(details["failed_inputs"])
+    return f"; worst of {details['inputs']} inputs: {details['input']}" + (f" (fails on {failed})" if failed else "")
+
+
 def golden_checks(art: ArtifactFolder, options: RuntimeOptions, report: CheckReport,
                   runtimes: Sequence[str] | None = None) -> None:
     """Each verified artifact in each runtime that runs it, against the goldens and at a second shape;
@@ -306,17 +362,19 @@ def _run_goldens(art: ArtifactFolder, name: str, runtime_name: str, options: Run
     label = art.label
     start = time.perf_counter()
     runtime = make_runtime(runtime_name, options).load(art.artifact(name))
-    outputs = runtime.run(art.goldens["input"])
+    sets = art.golden_sets or [art.goldens]
+    outputs = [runtime.run(goldens["input"]) for goldens in sets]
+    on = f" on {len(sets)} inputs" if len(sets) > 1 else ""
     report.add(Check(label, runtime.label, f"{name}: load and run", True,
-                     f"{time.perf_counter() - start:.2f}s", seconds=time.perf_counter() - start))
+                     f"{time.perf_counter() - start:.2f}s{on}", seconds=time.perf_counter() - start))
     for kind in ("float32", "float64"):
         if kind == "float64" and not art.goldens[kind]:  # a model with no float64 oracle (and no floor)
             report.add(Check(label, runtime.label, f"{name}: goldens {kind}", False,
                              "none recorded: the model cannot run in float64", skipped=True))
             continue
-        pair, tolerance = judge(art, runtime.label, outputs, f"golden {kind}", art.goldens[kind])
-        report.add(Check(label, runtime.label, f"{name}: goldens {kind}", pair.passed, _pair_message(pair, tolerance),
-                         details=pair.to_dict()))
+        pair, tolerance, details = judge_inputs(art, runtime.label, outputs, f"golden {kind}", kind)
+        report.add(Check(label, runtime.label, f"{name}: goldens {kind}", pair.passed,
+                         _pair_message(pair, tolerance) + worst_input_note(details), details=details))
     if not art.manifest.input.dynamic_axes:
         return
     ranges = art.recorded[name].dynamic_ranges if name in art.recorded else {}
@@ -384,12 +442,12 @@ def _second_summation_floors(art: ArtifactFolder, fp64: dict[str, np.ndarray]) -
     import numpy as np
 
     bounds: dict[str, float] = {}
-    goldens = (art.goldens or {}).get("float64") or {}
+    sets = [(s.get("float64") or {}) for s in (getattr(art, "golden_sets", None) or [art.goldens or {}])]
     for name, bound in (art.manifest.summation_floor or {}).items():
-        golden, there = goldens.get(name), fp64.get(name)
-        if golden is None or there is None or not np.size(golden) or not np.size(there):
+        golden, there = [g[name] for g in sets if name in g and np.size(g[name])], fp64.get(name)
+        if not golden or there is None or not np.size(there):
             continue
-        peak = float(np.max(np.abs(golden)))
+        peak = max(float(np.max(np.abs(g))) for g in golden)  # the bound is the largest over the stored inputs
         ratio = min(1.0, float(np.max(np.abs(there))) / peak) if peak > 0 else 1.0
         bounds[name] = float(np.max(bound)) * ratio
     return bounds

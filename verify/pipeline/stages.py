@@ -10,7 +10,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +156,8 @@ class CellOutcome:
     """On the first input (the goldens); every input had its own for the verdicts."""
     cache: dict[str, str] = field(default_factory=dict)
     """Stage -> hit/miss/off (`weights`, `export:<format>`)."""
+    oracles: list[OracleResult] = field(default_factory=list)
+    """Every input's eager float32 and oracle, in the inputs' order (the goldens keep as many as fit)."""
 
 
 # Planning -------------------------------------------------------------------------------------
@@ -761,9 +763,7 @@ def oracles_stage(eager: Artifact, feeds: Sequence[dict[str, np.ndarray]], runs:
     oracles = measure_oracles(eager, feeds, fp32, options, batch, between)  # floors at the runs' precision
     if oracles is None:
         raise UsageError(f"No runtime can run {eager.label} in float64 to measure the noise floor")
-    # only the first input's rounding samples go on (the goldens keep them): the others would hold a copy of every
-    # output per input for nothing
-    oracles = oracles[:1] + [replace(oracle, samples=None) for oracle in oracles[1:]]
+    # every input's rounding samples go on: the goldens keep as many inputs as fit (verify/folder/write.py)
     return [OracleResult(outputs, oracle) for outputs, oracle in zip(fp32, oracles)]
 
 
@@ -1083,7 +1083,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
         + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + shape_notes + bounds_notes(artifacts.values())
     for thread in stores:  # the files stay where the stores read them until the outcome is returned
         thread.join()
-    return CellOutcome(report, build, artifacts, feeds[0], first, statuses)
+    return CellOutcome(report, build, artifacts, feeds[0], first, statuses, list(oracles))
 
 
 def bounds_notes(artifacts: Iterable[Artifact]) -> list[str]:
