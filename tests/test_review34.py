@@ -113,10 +113,7 @@ def export(tmp_path, model: str, *extra: str):
 
 @pytest.mark.parametrize("factory, extra", [
     ("counted", ("--static",)),
-    pytest.param("counted", ("--onnx-exporter", LEGACY_EXPORTER, "--static"), marks=pytest.mark.xfail(
-        strict=True, reason="still open: the legacy exporter's file is exported from the model (from a torch.jit.trace "
-                            "module its nodes lose the module names the layer verdict maps), its witness is a second "
-                            "trace")),
+    ("counted", ("--onnx-exporter", LEGACY_EXPORTER, "--static")),
 ], ids=["static-dynamo", "legacy"])
 def test_a_model_counting_its_export_traces_is_held_to_the_files_own_trace(tmp_path, source, factory, extra):
     """Before: exit 0, `all 3 pairs agree` at 2.4x (the witness was a second trace, noisy as eager); the file is the

@@ -4,10 +4,12 @@ recorded are read back from the file, never assumed. Loading runs no code (a pro
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -130,17 +132,18 @@ class OnnxFormat(Format):
             with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(chatter), \
                     contextlib.redirect_stderr(chatter):
                 warnings.simplefilter("ignore" if dynamo else "always")  # the legacy exporter's: recorded, not shown
-                # a user's model's static dynamo file and guard 3's witness are one trace (review 34: a model
-                # counting its traces made the file clean and the witness noisy); the legacy exporter's file is
-                # exported from the model (from a torch.jit.trace module its node names lose the module names
-                # the layer verdict maps them by), and its witness is a second trace: still open
-                traced = traced_once(ctx, model) \
-                    if dynamo and not ctx.dynamic and not getattr(ctx.built.spec, "registered", True) else None
-                program = torch.onnx.export(
-                    model if traced is None else traced, (ctx.example,), None if dynamo else str(path), dynamo=dynamo,
-                    external_data=False, input_names=[meta.input_name], output_names=list(meta.output_names),
-                    opset_version=options.opset, **kwargs,
-                )
+                # a user's model's ONNX file and guard 3's witness are one trace (review 34: a model counting its
+                # traces made the file clean and the witness noisy): the static dynamo file is exported from a
+                # torch.export trace the witness reuses; the legacy exporter's own trace graph is kept as it traces
+                # (floor 35: exported from a torch.jit.trace module, its nodes lost the module names)
+                user = not getattr(ctx.built.spec, "registered", True)
+                traced = traced_once(ctx, model) if dynamo and not ctx.dynamic and user else None
+                with legacy_trace_kept(ctx, not dynamo and user):
+                    program = torch.onnx.export(
+                        model if traced is None else traced, (ctx.example,), None if dynamo else str(path),
+                        dynamo=dynamo, external_data=False, input_names=[meta.input_name],
+                        output_names=list(meta.output_names), opset_version=options.opset, **kwargs,
+                    )
         except Exception as exc:
             raise ExportError(
                 f"ONNX export ({options.exporter}) failed for {ctx.built.spec}: {str(exc).strip().splitlines()[0]}"
@@ -205,6 +208,85 @@ def traced_once(ctx: ExportContext, model: Any) -> Any:
     from exporter.formats.program import export_program, onnx_trace_once
 
     return onnx_trace_once(ctx, "dynamo", lambda: export_program(model, ctx.example, False, str(ctx.built.spec)))
+
+
+LEGACY_TRACE_HOOK = "_trace_and_get_graph_from_model"
+"""The function of torch's legacy ONNX exporter that traces the model (torch.jit._get_trace_graph) and hands its graph
+on to become ONNX, looked up in `_create_jit_graph`'s module (torch 2.14: torch/onnx/_internal/torchscript_exporter/
+utils.py); a torch without it keeps no trace, and the witness traces the model again (`legacy_trace_kept`)."""
+_KEEPING: contextvars.ContextVar[list | None] = contextvars.ContextVar("legacy_trace_keeping", default=None)
+
+
+@contextlib.contextmanager
+def legacy_trace_kept(ctx: ExportContext, keep: bool) -> Iterator[None]:
+    """Inside (`keep`), the graph torch's legacy ONNX exporter traces is copied as it is made (`KeptTrace`: before any
+    pass turns it into ONNX, its parameters' values as traced) and kept in `ctx.shared[ONNX_TRACES]["legacy"]` for
+    guard 3's witness: the file's own trace, never a second one that a model counting its traces makes otherwise
+    (floor 35). Kept only where the exporter traced exactly once with the model's one input; else (a torch without
+    the hook, a quantized model it exports as a ScriptModule) nothing is kept and the witness traces again."""
+    if not keep or not _install_legacy_hook():
+        yield
+        return
+    from exporter.formats.program import ONNX_TRACES
+
+    kept: list = []
+    token = _KEEPING.set(kept)
+    try:
+        yield
+    finally:
+        _KEEPING.reset(token)
+    if len(kept) == 1 and kept[0] is not None:
+        ctx.shared.setdefault(ONNX_TRACES, {})["legacy"] = kept[0]
+
+
+@functools.cache
+def _install_legacy_hook() -> bool:
+    """Wrap LEGACY_TRACE_HOOK where `_create_jit_graph` calls it (once a process; a pass-through wherever no
+    `legacy_trace_kept` is open, in any thread); False where this torch has neither."""
+    import importlib
+
+    for name in ("torch.onnx._internal.torchscript_exporter.utils", "torch.onnx.utils"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        caller = getattr(module, "_create_jit_graph", None)
+        scope = getattr(caller, "__globals__", None)
+        traced = scope.get(LEGACY_TRACE_HOOK) if scope is not None else None
+        if not callable(traced):
+            continue
+        if not getattr(traced, "keeps_trace", False):
+            scope[LEGACY_TRACE_HOOK] = _keeping(traced)
+        return True
+    return False
+
+
+def _keeping(trace: Any) -> Any:
+    @functools.wraps(trace)
+    def keeping(model: Any, args: Any) -> Any:
+        graph, out = trace(model, args)
+        sink = _KEEPING.get()
+        if sink is not None:
+            sink.append(_kept(graph, model))
+        return graph, out
+
+    keeping.keeps_trace = True  # type: ignore[attr-defined]
+    return keeping
+
+
+def _kept(graph: Any, model: Any) -> Any:
+    """The trace's copy (`KeptTrace`), or None where it is not the model's one input then its state."""
+    import torch
+
+    from exporter.formats.torchscript import KeptTrace
+
+    try:
+        state = tuple(t.detach().clone() for t in torch.jit._unique_state_dict(model).values())
+        if len(list(graph.inputs())) != len(state) + 1:
+            return None
+        return KeptTrace(graph.copy(), state)
+    except Exception:  # noqa: BLE001 - a torch whose trace this cannot copy: the witness traces again
+        return None
 
 
 def names_read(graph) -> set[str]:

@@ -17,9 +17,11 @@ DYNAMIC_AXES = {"0": "batch", "2": "height", "3": "width"}
 """The NCHW input axes every format exports as dynamic (unless --static)."""
 ONNX_TRACES = "onnx_traces"
 """The ExportContext.shared key of the traces a user's model's ONNX file was exported from where it did not export the
-shared torch.export trace (`onnx_trace_once`): {"dynamo": an ExportedProgram} (the static dynamo export), made once
-under torch.onnx's exporting flag, so guard 3's witness (verify/judge/file_witness.py) is that very
-trace, never a second one a model counting its traces could make differently (review 34)."""
+shared torch.export trace: {"dynamo": an ExportedProgram (the static dynamo export, made once under torch.onnx's
+exporting flag: `onnx_trace_once`), "legacy": a KeptTrace (exporter/formats/torchscript.py: the legacy exporter's own
+trace graph, copied as torch.onnx.export traced: exporter/formats/onnx.py `legacy_trace_kept`)}, so guard 3's witness
+(verify/judge/file_witness.py) is that very trace, never a second one a model counting its traces could make
+differently (review 34, floor 35)."""
 
 
 @contextlib.contextmanager

@@ -14,6 +14,10 @@ from exporter.fsio import save_through_memory
 from exporter.plugin_options import PluginOptions, option
 
 METHODS = ("script", "trace")
+WITNESS_TRACE = "witness_trace"
+"""The ExportContext.shared key of the legacy ONNX exporter's own trace (`KeptTrace`, ONNX_TRACES in
+exporter/formats/program.py): a `--trace` export saves the module made of it instead of tracing the model again; only
+guard 3's witness sets it (floor 35)."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,13 @@ class TorchScriptFormat(Format):
         meta.exporter = f"torch.jit.{options.method}"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # recorded, never printed: torch.jit's deprecation notices are not news
+            kept = ctx.shared.get(WITNESS_TRACE) if options.method == "trace" else None
+            kept = kept if isinstance(kept, KeptTrace) else None
             try:
                 if options.method == "script":
                     module = torch.jit.script(ctx.built.model)
+                elif kept is not None:
+                    module = kept.module(ctx.example)  # the legacy ONNX file's own trace, for its witness
                 else:
                     module = torch.jit.trace(ctx.built.model, ctx.example, strict=False, check_trace=False)
             except Exception as exc:
@@ -51,8 +59,8 @@ class TorchScriptFormat(Format):
                     f"{next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)}"
                     + ("; pass --trace to export it by tracing" if options.method == "script" else "")
                 ) from exc
-            if options.method == "trace":  # a script keeps what the model reads
-                refuse_traced_reads(caught, ctx)
+            if options.method == "trace" and kept is None:  # a script keeps what the model reads; a kept trace's
+                refuse_traced_reads(caught, ctx)  # reads were refused where the file was exported from it
             save_through_memory(lambda buffer: torch.jit.save(module, buffer, _extra_files={
                 TORCHSCRIPT_META_FILE: meta.to_json()}), path)
         return Artifact(self.name, meta, path=path)
@@ -78,6 +86,42 @@ class TorchScriptFormat(Format):
 
     def manifest_fields(self, artifact: Artifact) -> dict:
         return {"exporter": artifact.meta.exporter}
+
+
+@dataclass(frozen=True)
+class KeptTrace:
+    """A copy of the graph torch's tracer made inside one torch.onnx.export (the legacy exporter's, before it becomes
+    ONNX), taking the model's input then its parameters and buffers (torch.jit._unique_state_dict's order), and copies
+    of their values when it was traced: the very trace the file was made from (exporter/formats/onnx.py
+    `legacy_trace_kept`). The file's node names keep the module scopes; a module made of this graph runs what the file
+    runs without tracing the model again (floor 35)."""
+
+    graph: Any
+    state: tuple
+
+    def module(self, example: Any) -> Any:
+        """A ScriptModule whose forward is the graph, its parameters and buffers held as the module's buffers (so
+        `.to(float64)` casts them as it casts a traced file's): the graph is called once, traced, and inlined (a call
+        of a free function does not load back; inlined, `created_in_float64_script` sees its creation ops)."""
+        import torch
+        from torch import nn
+
+        function = torch._C._create_function_from_graph("kept_trace", self.graph.copy())
+        count = len(self.state)
+
+        class Kept(nn.Module):
+            def __init__(self, state: tuple) -> None:
+                super().__init__()
+                for index, value in enumerate(state):
+                    self.register_buffer(f"s{index}", value.detach())
+
+            def forward(self, x: Any) -> Any:
+                return function(x, *(getattr(self, f"s{index}") for index in range(count)))
+
+        with torch.no_grad():
+            module = torch.jit.trace(Kept(self.state), example, strict=False, check_trace=False)
+        torch._C._jit_pass_inline(module.graph)
+        return module
 
 
 def read_parameter_names(module: Any) -> set[str] | None:

@@ -8,10 +8,11 @@ as the files were traced, into a private temporary folder, never published and n
 `.pt2` of the trace the files were made from (torch.export's, shared by AOTInductor and the dynamic dynamo ONNX
 export), or one traced as torch.onnx.export traces, its exporting flag raised: torch.export for the static dynamo
 export, torch.jit.trace for the legacy exporter (a trace leaves out what `torch.jit.is_tracing()` branches off, as
-that file does); each falls back to the other where it cannot trace the model. Where the static dynamo ONNX file of a
-user's model was exported from a trace made for it (exporter/formats/program.py ONNX_TRACES), the witness is that very
-trace, never a second one (review 34: a model counting its traces made the file's clean and the witness's noisy; the
-legacy exporter's file is still exported from the model, and its witness is a second trace). Its floor, run in
+that file does); each falls back to the other where it cannot trace the model. Where a user's model's ONNX file was
+exported from a trace kept for it (exporter/formats/program.py ONNX_TRACES: the static dynamo export's torch.export
+trace, or the legacy exporter's own trace graph, copied as torch.onnx.export traced it: floor 35), the witness is that
+very trace, never a second one (review 34: a model counting its traces made the file's clean and the witness's noisy);
+where none was kept (a torch without the legacy exporter's hook), it traces the model again. Its floor, run in
 float32 and float64 by its runtime on every input, is held to the model's as a `.pt2`'s is (`measure_file_floors`,
 `vouched_floors`). Where no witness runs in float64, the report keeps the note that the floor was not checked."""
 
@@ -114,6 +115,7 @@ def one_witness(context: ExportContext, trace: str, feeds: Sequence[Mapping[str,
     from exporter.errors import ArtifactError, ExportError
     from exporter.formats import get_format
     from exporter.formats.program import ONNX_TRACES
+    from exporter.formats.torchscript import WITNESS_TRACE
     from verify.judge.file_floor import measure_file_floors
 
     flagged = trace != SHARED
@@ -122,9 +124,10 @@ def one_witness(context: ExportContext, trace: str, feeds: Sequence[Mapping[str,
     made = context.shared.get(ONNX_TRACES, {}).get(trace) if flagged else None  # the file's own trace (review 34)
     for fmt, options in witness_candidates(jit_first=trace == LEGACY):
         entry = get_format(fmt)
-        shared = context.shared if not flagged else {} if made is None else {SHARED_TRACE: made}
-        if made is not None and not entry.rides_along:
-            continue  # the file's own trace is torch.export's: a second trace of the other kind would witness another
+        shared = context.shared if not flagged else {} if made is None else \
+            {WITNESS_TRACE if trace == LEGACY else SHARED_TRACE: made}
+        if made is not None and (trace == LEGACY) == entry.rides_along:
+            continue  # the file's own trace is of the other kind: a second trace of this kind would witness another
         ctx = dataclasses.replace(context, shared=shared)
         how = ("torch.export" if entry.rides_along else "a trace") + flag + ("; the file's own" if made is not None
                                                                               else "")

@@ -298,7 +298,10 @@ def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, thread
             where: tuple[dict[str, str], str, list[str]]) -> None:
     """The worker's body: take the caller's environment, folder and import path (a fork server started earlier
     has its own), run `fn` with a relaying progress, send its result or its error, then exit."""
+    from verify.judge.file_witness import PRIVATE_TMP
+
     adopt(where, threads)
+    hold(where[0].get(PRIVATE_TMP))
     try:
         message = ("result", fn(*args, progress=_RelayProgress(conn), **kwargs))
     except BaseException as exc:  # noqa: B036 - anything the user's code raised is reported, then we exit
@@ -354,9 +357,6 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float |
                  progress: Progress | None = None, **kwargs: Any) -> Any:
     """`fn(*args, progress=..., **kwargs)` in a worker process; its result, or its error raised again here.
     `what` names the user code in messages (e.g. the --model text)."""
-    import shutil
-    import tempfile
-
     from verify.judge.file_witness import PRIVATE_TMP
 
     progress = progress or NullProgress()
@@ -364,14 +364,14 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float |
     receive, send = context.Pipe(duplex=False)
     # the worker's private folders (guard 3's witness) go in one this process removes: a worker stopped on Ctrl-C
     # or SIGKILLed runs no cleanup of its own (review 34: one /tmp/verify-witness-* left per interrupted witness)
-    private = tempfile.mkdtemp(prefix="verify-worker-")
+    private = private_folder(WORKER_PREFIX)
     environ, cwd, path = caller_place()
     where = (dict(environ, **{PRIVATE_TMP: private}), cwd, path)
     try:
         worker = start_process(context, target=_worker, args=(send, fn, args, kwargs, _threads(), where), daemon=True)
     except BaseException:
         receive.close()
-        shutil.rmtree(private, ignore_errors=True)
+        release(private)
         raise
     finally:
         send.close()
@@ -409,7 +409,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float |
     finally:
         resumed = _stop(worker)
         receive.close()
-        shutil.rmtree(private, ignore_errors=True)
+        release(private)
         if resumed is not None:  # what the model did outranks its result (or its own error)
             raise stopped_server_error(resumed, what)
 
@@ -419,6 +419,7 @@ def _serve(conn: Any, factory: Callable[..., Any], args: tuple, threads: int | N
     """A session worker's body: build one object with `factory(*args)`, then answer (method, args) calls on it
     until the parent closes the pipe."""
     adopt(where, threads)
+    hold(where[0].get("TMPDIR"))
     try:
         target = factory(*args)
         _send(conn, ("result", None))
@@ -444,15 +445,12 @@ class IsolatedSession:
     with the same allow-list as `run_isolated`'s."""
 
     def __init__(self, factory: Callable[..., Any], *args: Any, what: str) -> None:
-        import shutil
-        import tempfile
-
         self.what = what
         context = worker_context()
         self.conn, child = context.Pipe(duplex=True)
         # The worker's own temporary folder, removed with it: a stopped worker runs no destructor, and native
         # loaders leave their extracted files behind (measured: one /tmp/aotinductor_* per AOTInductor load).
-        self.tmp = tempfile.mkdtemp(prefix="verify-session-")
+        self.tmp = private_folder(SESSION_PREFIX)
         environ, cwd, path = caller_place()
         where = (dict(environ, TMPDIR=self.tmp), cwd, path)
         try:
@@ -460,7 +458,7 @@ class IsolatedSession:
                                         daemon=True)
         except BaseException:
             self.conn.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            release(self.tmp)
             raise
         finally:
             child.close()
@@ -590,11 +588,113 @@ def stop_group(pid: int | None) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-def _stop_and_clean(worker: Any, folder: str) -> None:
+WORKER_PREFIX, SESSION_PREFIX = "verify-worker-", "verify-session-"
+"""The temporary folders a worker is given (`run_isolated`'s for guard 3's witness, a session's TMPDIR), each named
+PREFIX + the owner's pid + "-" + mkdtemp's suffix, and held (a shared flock) by the owner and its worker while they
+live: a folder whose owner was SIGKILLed (floor 35: `kill -9` of `verify` left an empty /tmp/verify-worker-*) is
+removed by the next run that makes one (`sweep_stale`)."""
+_HELD: dict[str, int] = {}
+"""The folders this process holds (`hold`) and the descriptor holding each, closed when it is removed (`release`)."""
+_SWEPT: set[str] = set()
+"""The temporary folders this process swept already: once each (a scan of /tmp per worker would cost every cell)."""
+
+
+def private_folder(prefix: str) -> str:
+    """A new temporary folder named for this process and held by it (`hold`), after the stale ones are swept."""
+    import os
+    import tempfile
+
+    sweep_stale(tempfile.gettempdir())
+    folder = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+    hold(folder)
+    return folder
+
+
+def hold(folder: str | None) -> None:
+    """A shared flock on `folder` until `release` (or however this process ends: the kernel drops it): a live owner
+    or worker keeps `sweep_stale` away, in any PID namespace (a pid alone is another process's there)."""
+    import fcntl
+    import os
+
+    if not folder or folder in _HELD:
+        return
+    with contextlib.suppress(OSError):  # no folder or no flock here: its owner's pid alone decides
+        fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        _HELD[folder] = fd
+
+
+def release(folder: str) -> None:
+    """Remove `folder` and let go of it (`hold`)."""
+    import os
     import shutil
 
-    _stop(worker)
     shutil.rmtree(folder, ignore_errors=True)
+    fd = _HELD.pop(folder, None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def sweep_stale(tmp: str) -> list[str]:
+    """Remove, once a process for each temporary folder, the worker folders (WORKER_PREFIX, SESSION_PREFIX) of this
+    user whose owner is dead and that nobody holds (`hold`); the removed folders' paths."""
+    import fcntl
+    import os
+    import shutil
+    import stat
+
+    if tmp in _SWEPT:
+        return []
+    _SWEPT.add(tmp)
+    removed = []
+    try:
+        entries = list(os.scandir(tmp))
+    except OSError:
+        return []
+    for entry in entries:
+        prefix = next((p for p in (WORKER_PREFIX, SESSION_PREFIX) if entry.name.startswith(p)), None)
+        pid = entry.name[len(prefix):].split("-", 1)[0] if prefix else ""
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: its owner or its worker lives (in another PID namespace, perhaps)
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _stop_and_clean(worker: Any, folder: str) -> None:
+    _stop(worker)
+    release(folder)
 
 
 def _threads() -> int | None:
