@@ -209,6 +209,11 @@ def merge(
     start_reports("matrix merge", json=json_path, junit=junit, markdown=markdown, html=html)
     result = merge_results(loaded, reports)
     render_matrix(result, out_console)
+    from verify.matrix.merge import UNSIGNED_NOTE
+    from verify.matrix.result import REPORT_KEY_ENV
+
+    if not os.environ.get(REPORT_KEY_ENV):  # review 35: what an unsigned merge's exit 0 rests on, said once
+        print_line(err_console, f"[yellow]![/] {markup(UNSIGNED_NOTE)}")
     _write(result, json_path, junit, markdown, html)
     raise typer.Exit(result.exit_code)
 

@@ -232,9 +232,13 @@ def check_output_file(ctx: typer.Context, param: typer.CallbackParam, value: Pat
     check_input_path checks those after)."""
     if value is not None:
         plain_output_name(value)
-        if names_a_stream(value):  # hunt 27: `-` wrote a file named `-`; /dev/stdout was replaced by the report
-            what = "'-' (standard output)" if str(value) == "-" else f"{value} (a device or stream)"
-            raise typer.BadParameter(f"{what} is not a file: a report is written whole, then renamed into place; "
+        kind = path_kind(value)  # a missing path in a folder nothing can be written to: check_writable_file says so
+        unwritable = kind == "missing" and not os.access(os.path.dirname(os.path.abspath(value)), os.W_OK)
+        if names_a_stream(value) and not unwritable:  # hunt 27: `-` wrote a file named `-`; /dev/stdout was replaced
+            named = kind is not None and kind != "missing" and not kind.startswith("unreadable")
+            what = "'-' (standard output) is" if str(value) == "-" else f"{value} is {kind}," \
+                if named else f"{value} (a device or stream) is"
+            raise typer.BadParameter(f"{what} not a file: a report is written whole, then renamed into place; "
                                      "give a file name")
         fits_file_system(value)
         try:

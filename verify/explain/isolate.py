@@ -4,6 +4,7 @@ re-running itself is verify/explain/rerun.py; the records and their texts verify
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,11 +35,18 @@ def user_code(a: str, b: str) -> list[str]:
 
 def load_pair(a: str, b: str, settings: RunSettings, progress: Progress) -> tuple[list[Side], np.ndarray]:
     """Both sides loaded and lined up, and the input (--input's first, else the seeded one)."""
+    given = settings_inputs(settings)
+    # --input's own shape where --shape names none: a model is built for the inputs it is given (as compare does)
+    shaped = settings if settings.shape or not given else replace(settings, shape=tuple(given[0].array.shape))
     with progress.step("Loading both sides"):
-        artifacts = [resolve_source(a, settings), resolve_source(b, settings)]
+        artifacts = [resolve_source(a, shaped), resolve_source(b, shaped)]
         sides = load_sides(*artifacts)
-    named = settings_inputs(settings) or [seeded_input(input_shape_for(artifacts, settings), settings.seed)]
+    named = given or [seeded_input(input_shape_for(artifacts, settings), settings.seed)]
     refuse_blank_inputs(named[:1])  # the culprit is looked for on the first input alone
+    if given:  # review 35: an input that moves no output finds no culprit, whatever the file's layers hold
+        from verify.judge.reach import refuse_unreached_sources
+
+        refuse_unreached_sources(artifacts, given[:1], settings.tolerance)
     require_one_function(sides, named[0].array)  # the reference's own recorded run is under hooks, not watched
     return sides, named[0].array
 

@@ -17,9 +17,17 @@ from exporter.errors import UsageError, VerifyError
 from exporter.spec import ModelSpec
 from verify.matrix.detector_judging import judge_result
 from verify.matrix.detectors import DETECTOR_VIEW, DetectorSpec, detector_formats
-from verify.matrix.judging import tolerance_from
+from verify.matrix.judging import kept_disagreement, tolerance_from
 from verify.matrix.request import NOTHING_EXPORTED, fingerprint
-from verify.matrix.result import REPORT_KEY_ENV, CellResult, MatrixFailure, MatrixResult, verify_identity
+from verify.matrix.result import (
+    DISAGREE,
+    ERROR,
+    REPORT_KEY_ENV,
+    CellResult,
+    MatrixFailure,
+    MatrixResult,
+    verify_identity,
+)
 from verify.matrix.shards import assign_shards, spec_cost
 
 
@@ -215,9 +223,26 @@ def merge_results(reports: Sequence[MatrixResult], sources: Sequence[object] | N
     ordered = sorted(reports, key=lambda r: r.shard["index"] if r.shard else 1)
     return MatrixResult(
         settings=first.settings, fingerprint=first.fingerprint, matrix=first.matrix,
-        cells=[judge_result(cells[c.id], tolerance, c.detector, runs) for c in expected], shard=None,
+        cells=[_merged_cell(cells[c.id], judge_result(cells[c.id], tolerance, c.detector, runs)) for c in expected],
+        shard=None,
         merged=[{"index": r.shard["index"] if r.shard else 1, "count": count, "seconds": r.seconds, "jobs": r.jobs,
                  "cells": len(r.cells)} for r in ordered],
         versions=first.versions, seconds=max(r.seconds for r in reports), jobs=max(r.jobs for r in reports),
         cache={"dir": None, **stats.to_dict()},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+UNSIGNED_NOTE = ("the shards are unsigned: each cell was judged again from its stored numbers, checked to be "
+                 "consistent, not who wrote them (eager's and the oracle's, which measure the floors, included); "
+                 f"set ${REPORT_KEY_ENV} in every shard job and in the merge to bind them")
+"""Said by `verify matrix merge` without the report key (review 35): a shard edited consistently merges as written."""
+
+
+def _merged_cell(stored: CellResult, judged: CellResult) -> CellResult:
+    """A cell its shard recorded as failed stays failed (review 35): a stored failure can only fail the merge, so it is
+    read back, where a stored pass never is. A shard whose RUN_FOUND problem alone was cut (its verdict left as
+    "disagree") had merged to exit 0; one edited in both places is caught by the report key only (REPORT_KEY_ENV)."""
+    if stored.verdict not in (DISAGREE, ERROR):
+        return judged
+    return kept_disagreement(judged, [str(p) for p in stored.problems] if isinstance(stored.problems, list) else []
+                             or [f"its shard recorded it as {stored.verdict!r}"])
