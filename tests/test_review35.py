@@ -69,6 +69,19 @@ def insensitive():
     return Insensitive()
 
 
+class RaisesOnZeros(FirstConv):
+    \"\"\"Raises where the reach check measures its baseline (zeros), and only there.\"\"\"
+
+    def forward(self, x):
+        if not bool(x.any()):
+            raise ValueError("no zeros here")
+        return super().forward(x)
+
+
+def raises_on_zeros():
+    return RaisesOnZeros(1 + {REACH_ERROR!r})
+
+
 def tiny():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d({SHAPE[1]}, {SHAPE[1]}, 3, padding=1))
@@ -188,3 +201,12 @@ def test_explains_evidence_title_keeps_the_space_before_the_input():
                                    {"A": {"y": 1e-7}, "B": {"y": 1e-7}}, {"y": 0.0}, input_shape=list(SHAPE),
                                    input="x.npy"), console)
     assert f"input {'x'.join(map(str, SHAPE))} from x.npy" in console.export_text(), console.export_text()
+
+
+def test_a_model_that_raises_on_zeros_does_not_skip_the_reach_check(tmp_path, source):
+    """Before: a model raising on the all-zero baseline skipped the reach check, so its 1e-30 `--input` was judged as
+    content. Now it is measured against half its input: the tiny input is refused in one line, a real one reaches."""
+    seen, refused = reach_of(source, "raises_on_zeros", save(tmp_path, "tiny", 1e-30))
+    assert refused is not None and REACH_HOW in refused and "\n" not in refused, refused
+    seen, refused = reach_of(source, "raises_on_zeros", save(tmp_path, "real", 1.0))
+    assert refused is None and max(seen) >= REACH_FACTOR, (seen, refused)

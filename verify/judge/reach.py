@@ -16,7 +16,7 @@ user's inputs may not judge less than the seeded input the run would otherwise h
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,7 +71,6 @@ def refuse_unreached(artifact: Artifact, feeds: Sequence[Mapping[str, np.ndarray
     times its tolerance from the model's float64 outputs on zeros (`artifact` run in float64 once per input shape),
     nor REACH_ERROR of what a seeded normal draw of the first input's shape moves; nothing where one does, or where no
     runtime runs the model in float64."""
-    import numpy as np
 
     from exporter.errors import UsageError
     from verify.inputs import make_input
@@ -82,30 +81,57 @@ def refuse_unreached(artifact: Artifact, feeds: Sequence[Mapping[str, np.ndarray
         return
     factor = tolerance.factor if tolerance.mode == "auto" else 1.0
     runtime = make_runtime(names[0], RuntimeOptions(dtype="float64")).load(artifact)
-    bases: dict[tuple, Mapping[str, np.ndarray]] = {}
+    bases: dict[tuple, Mapping[str, np.ndarray] | None] = {}
     best = 0.0
-    for feed, outputs in zip(feeds, float64, strict=True):
-        key = tuple((name, array.shape) for name, array in feed.items())
-        if key not in bases:
-            try:
-                bases[key] = runtime.run({name: np.zeros_like(array) for name, array in feed.items()})
-            except Exception:  # noqa: BLE001 - a model that refuses zeros (divides by the input's norm): not told
-                return
-        best = max(best, reach(outputs, bases[key], floors, factor))
+    for feed, outputs, label in zip(feeds, float64, labels, strict=True):
+        best = max(best, _reach_from(runtime, feed, outputs, label, bases, floors, factor))
         if best >= REACH_FACTOR:
             return
     first = feeds[0]
     seeded = {name: make_input(array.shape, index).astype(array.dtype) for index, (name, array) in
               enumerate(first.items())}
     try:
-        by_design = reach(runtime.run(seeded), bases[next(iter(bases))], floors, factor)
-    except Exception:  # noqa: BLE001 - a model that refuses a normal draw: the user's inputs are all it can take
-        return
+        drawn = runtime.run(seeded)
+    except Exception as exc:  # noqa: BLE001 - fails closed: a model refusing a normal draw skipped the check
+        raise UsageError(f"{labels[0]}: the model fails on a seeded normal draw of its shape ({type(exc).__name__}), "
+                         f"so whether --input reaches its outputs cannot be told from a model that barely depends on "
+                         f"its input: {REACH_HOW}; pass an image or an array with content") from None
+    by_design = _reach_from(runtime, seeded, drawn, "a seeded draw", bases, floors, factor)
     if best >= REACH_ERROR * by_design:
         return  # the model barely depends on any input: the user's inputs judge it as a seeded draw would
     what = f"Input {labels[0]} moves" if len(labels) == 1 else f"None of the {len(labels)} inputs moves"
     raise UsageError(f"{what} no output {REACH_FACTOR:g}x its tolerance (at most {best:.2g}x; a seeded draw: "
                      f"{by_design:.2g}x): {REACH_HOW}; pass an image or an array with content, or drop --input")
+
+
+def _reach_from(runtime: Any, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], label: str,
+                bases: dict[tuple, Mapping[str, np.ndarray] | None], floors: Mapping[str, NoiseFloor],
+                factor: float) -> float:
+    """`reach` of one input (`outputs`: the model's float64 outputs on `feed`) from the model's float64 outputs on
+    zeros of its shape (run once a shape, kept in `bases`). A model raising on zeros, and only there, skipped the check
+    (review 35: its --input of 1e-30 was judged as content): it is measured against the same input halved instead
+    (twice that move, which is the move from zeros where the model is linear in its input); where that raises too,
+    the check fails closed."""
+    import numpy as np
+
+    from exporter.errors import UsageError
+
+    key = tuple((name, array.shape) for name, array in feed.items())
+    if key not in bases:
+        try:
+            bases[key] = runtime.run({name: np.zeros_like(array) for name, array in feed.items()})
+        except Exception:  # noqa: BLE001 - a model that raises on zeros: measured against half its input
+            bases[key] = None
+    base = bases[key]
+    if base is not None:
+        return reach(outputs, base, floors, factor)
+    try:
+        half = runtime.run({name: array * 0.5 for name, array in feed.items()})
+    except Exception as exc:  # noqa: BLE001
+        raise UsageError(f"{label}: the model fails on zeros and on half this input ({type(exc).__name__}), so whether "
+                         "--input reaches its outputs cannot be measured (a tiny input can hide a "
+                         f"{REACH_ERROR:.0%} first-layer error); drop --input for seeded inputs") from None
+    return 2 * reach(outputs, half, floors, factor)
 
 
 def refuse_unreached_sources(artifacts: Sequence[Artifact], named: Sequence[object], tolerance: Tolerance) -> None:
