@@ -429,6 +429,13 @@ def refuse_detector_file(path: Path) -> None:
                          "with `verify explain <detector>:<norm> <detector>:<norm>`")
 
 
+def sides_source(sources: Sequence[str]) -> str:
+    """How each side's floor was measured, once where both sides' is the same (docs 45: `verify compare` of two specs
+    printed the same description twice, without saying which side it was)."""
+    a, b = sources
+    return f"A and B: {a}" if a == b else f"A: {a}; B: {b}"
+
+
 def resolve_source(text: str, settings: RunSettings) -> Artifact:
     """A model spec (`resnet50:frozen:body`), your own model (`file.py:factory`, `pkg.mod:factory`: imports
     and runs that code) or an artifact file (`.onnx`, `.pt2`, TorchScript `.pt`...)."""
@@ -527,7 +534,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
         for (_, artifact, feeds, _), side, floors in zip(fed, oracles, own, strict=True):
             refuse_unreached(artifact, feeds, [oracle.outputs for oracle in side], floors, settings.tolerance,
                              [item.label for item in named])
-    report.floor_source = "; ".join(pooled_source(side[0].source, len(side)) for side in oracles)
+    report.floor_source = sides_source([pooled_source(side[0].source, len(side)) for side in oracles])
     judged = [judge_stage(runs, report.floors, settings.tolerance, index,
                           [OracleCheck(f"oracle({run.label})", side[index].outputs, floors)
                            for run, side, floors in zip(runs, oracles, own)], reference="later", shared_only=True)
