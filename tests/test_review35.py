@@ -210,3 +210,18 @@ def test_a_model_that_raises_on_zeros_does_not_skip_the_reach_check(tmp_path, so
     assert refused is not None and REACH_HOW in refused and "\n" not in refused, refused
     seen, refused = reach_of(source, "raises_on_zeros", save(tmp_path, "real", 1.0))
     assert refused is None and max(seen) >= REACH_FACTOR, (seen, refused)
+
+
+def test_the_pytest_plugin_says_what_to_pass_for_an_example_that_reaches_nothing(tmp_path):
+    """The plugin's example of 1e-30 values is refused by the reach check, whose message told the test's author to
+    "drop --input", a flag the plugin does not take: it says to pass torch.randn(...) now."""
+    import torch
+    from torch import nn
+
+    from verify.pytest_plugin import assert_exports_agree
+
+    torch.manual_seed(0)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        assert_exports_agree(nn.Conv2d(SHAPE[1], 4, 3), torch.full(SHAPE, 1e-30), out=tmp_path / "out")
+    message = str(failed.value)
+    assert REACH_HOW in message and "torch.randn" in message and "--input" not in message, message

@@ -34,6 +34,9 @@ PLUGIN_SHAPE_HOW = "pass an example of the shape it takes"
 CLI_WORDS = (
     (r"--rtol/--atol or --decimal", "tolerance=Tolerance.from_options(rtol=..., atol=...)"),
     (r"another --input\b", "another example"),
+    (r"(?:, or )?drop --input for seeded inputs", "; pass torch.randn(...) as the example"),
+    (r", or drop --input\b", ", e.g. torch.randn(...)"),
+    (r"whether --input reaches", "whether the example reaches"),
     (r"--device (\w+)", r'device="\1"'),
     (r"add --format (\w+)", r"add '\1' to formats"),
     (r"leave out --format (\w+)", r"leave '\1' out of formats"),
