@@ -246,6 +246,8 @@ class GoldensLayout(Strict):
     def _together(self) -> GoldensLayout:
         if (self.inputs is None) != (self.more is None):
             raise ValueError("inputs and more are given together (where the goldens keep several inputs) or not at all")
+        if self.inputs is not None and len(set(self.inputs)) != len(self.inputs):  # a report names the worst by label
+            raise ValueError("inputs names an input twice; each stored input's label is its own")
         return self
 
     @property

@@ -116,7 +116,9 @@ class KeptTrace:
                     self.register_buffer(f"s{index}", value.detach())
 
             def forward(self, x: Any) -> Any:
-                return function(x, *(getattr(self, f"s{index}") for index in range(count)))
+                # copies: a trace of `self.count += 1` mutates its state input in place, and the file does not (review
+                # 36: the witness drifted 0.25, 0.5, 0.75 of the output over three runs; the file stays)
+                return function(x, *(getattr(self, f"s{index}").clone() for index in range(count)))
 
         with torch.no_grad():
             module = torch.jit.trace(Kept(self.state), example, strict=False, check_trace=False)

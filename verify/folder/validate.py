@@ -164,8 +164,13 @@ def _goldens(art: ArtifactFolder) -> str:
     layout = getattr(art.manifest, "goldens", None)  # a manifest's layout; absent from a bare record: one input
     count = layout.count if layout is not None else 1
     sets = read_golden_sets(art.verified[GOLDENS_NAME], count)
-    if any(bool(s["float64"]) != bool(sets[0]["float64"]) for s in sets):
-        raise ArtifactError(f"{GOLDENS_NAME} holds float64 outputs for some of its inputs only")
+    stored = sum(1 for s in sets if s["input"])
+    if count > 1 and stored != count:  # said first: not a missing float64 output of the inputs past the last
+        raise ArtifactError(f"{GOLDENS_NAME} holds {stored} input{'s' if stored != 1 else ''} (input, input@k), the "
+                            f"manifest's goldens.inputs names {count}")
+    for group in ("float64", "folded"):  # the export keeps each for every input or for none
+        if any(bool(s.get(group)) != bool(sets[0].get(group)) for s in sets):
+            raise ArtifactError(f"{GOLDENS_NAME} holds {group} outputs for some of its inputs only")
     for index, goldens in enumerate(sets):
         _golden_set(art, goldens, f"@{index}" if index else "")
     art.goldens, art.golden_sets = sets[0], sets

@@ -659,7 +659,8 @@ def sweep_stale(tmp: str) -> list[str]:
     for entry in entries:
         prefix = next((p for p in (WORKER_PREFIX, SESSION_PREFIX) if entry.name.startswith(p)), None)
         pid = entry.name[len(prefix):].split("-", 1)[0] if prefix else ""
-        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+        # ASCII digits only: `verify-worker-²-x` or a pid past any C long crashed every run's sweep (review 36)
+        if not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid() or _pid_alive(int(pid)):
             continue
         try:
             info = entry.stat(follow_symlinks=False)
@@ -688,6 +689,8 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except OSError:  # another user's process
+        return True
+    except OverflowError:  # no process has it: not a folder any run of this tool made, so not one to remove
         return True
     return True
 
