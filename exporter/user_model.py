@@ -592,6 +592,27 @@ def _before_any_run(module: nn.Module) -> nn.Module | None:
         return None
 
 
+def double_keeping_aliases(module: nn.Module) -> nn.Module:
+    """`module.double()`, with a tensor its modules hold under several buffer names (`register_buffer("alias", s)` of
+    a tensor already registered) one tensor again after it: `.double()` converts each buffer name on its own, so the
+    float64 copy held two tensors where the model holds one, and the call check, which names a tensor by the first
+    name it has, read `add(x, scale)` in float32 and `add(x, alias)` in float64: "computes another function", a
+    correct model refused (parameters are converted in place and stay tied)."""
+    import torch
+
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for owner in module.modules():
+        for name, value in owner._buffers.items():
+            if isinstance(value, torch.Tensor):
+                holders.setdefault(id(value), []).append((owner, name))
+    module = module.double()
+    for group in holders.values():
+        first_owner, first_name = group[0]
+        for owner, name in group[1:]:
+            owner._buffers[name] = first_owner._buffers[first_name]
+    return module
+
+
 def _float64_model(module: nn.Module, x: torch.Tensor, names: list[str], spec: UserModelSpec,
                    before: nn.Module | None = None) -> tuple[nn.Module | None, str | None, CallCheck | None]:
     """(float64 copy, None, its runs' CallCheck) when the copy runs in float64 and returns float64 outputs, else (None,
@@ -601,7 +622,7 @@ def _float64_model(module: nn.Module, x: torch.Tensor, names: list[str], spec: U
 
     unavailable = f"the float64 oracle is unavailable for {spec}"
     try:
-        exact = copy.deepcopy(before if before is not None else module).double().eval()
+        exact = double_keeping_aliases(copy.deepcopy(before if before is not None else module)).eval()
         check = watch_float64(exact, module, before)
         with torch.no_grad():
             result = exact(x.double())

@@ -178,3 +178,43 @@ def test_the_sweep_skips_names_no_run_makes_and_what_is_not_a_dead_owners_folder
     (stale / "escape").symlink_to(outside)
     assert sweep_stale(str(tmp)) == [str(stale)]
     assert sorted(os.listdir(tmp)) == sorted(kept) and (outside / "keep").exists()
+
+
+ALIASED = """
+import torch
+from torch import nn
+
+
+class Aliased(nn.Module):
+    \"\"\"One tensor registered as two buffers (a scale and its alias).\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        scale = torch.rand(4, 1, 1)
+        self.register_buffer("scale", scale)
+        self.register_buffer("alias", scale)
+
+    def forward(self, x):
+        return self.conv(x) * self.scale + self.alias
+
+
+def make():
+    return Aliased()
+"""
+
+
+def test_a_tensor_held_under_two_buffer_names_is_one_tensor_in_float64(tmp_path):
+    """Before: `.double()` converted each buffer name on its own, so the float64 oracle held two tensors where the
+    model holds one, and the call check read `add(x, scale)` in float32, `add(x, alias)` in float64: "computes another
+    function", a correct model not judged. Now the float64 copy keeps them one tensor, and the model passes."""
+    from exporter.formats import file_formats
+    from tests.helpers import invoke
+
+    source = tmp_path / "aliased.py"
+    source.write_text(ALIASED)
+    data = next(name for name in file_formats() if not get_format(name).executes_code_on_load)  # the ONNX format
+    result = invoke("export", "--model", f"{source}:make", "--shape", "1x3x8x8", "--format", data, "--static",
+                    "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
