@@ -596,3 +596,25 @@ def judged_detector(detector: Any, folder: Path, image: Any) -> Any:
             yield built, [image], files, report, folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def forged_detector_merge_fails(shard: Path, forge: Any, named: str, folder: Path) -> None:
+    """`shard` (a detector cell's shard report) read, edited by `forge(data)` and merged, in the library and by
+    `verify matrix merge`: the merge judges the stored numbers again and must fail the cell (exit 1), with a problem
+    containing `named`."""
+    import copy
+
+    from verify.matrix import merge_results
+    from verify.matrix.detectors import DETECTOR_VIEW
+    from verify.matrix.result import DISAGREE, MatrixResult
+
+    data = json.loads(shard.read_text())
+    forge(data)
+    forged = folder / "forged.json"
+    forged.write_text(json.dumps(data))
+    merged = merge_results([MatrixResult.from_dict(copy.deepcopy(data))], [forged])
+    cell = next(c for c in merged.cells if c.view == DETECTOR_VIEW)
+    assert (merged.exit_code, cell.verdict) == (1, DISAGREE), cell.problems
+    assert any(named in p for p in cell.problems), cell.problems
+    result = runner.invoke(app, ["matrix", "merge", str(forged)])
+    assert result.exit_code == 1, result.output

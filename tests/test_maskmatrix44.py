@@ -7,7 +7,6 @@ tests/test_masks44.py), one in-process matrix run for the module; the 320 px run
 
 from __future__ import annotations
 
-import copy
 import json
 from types import SimpleNamespace
 
@@ -21,6 +20,7 @@ from exporter.families.detectors import DETECTORS, MASK_LOGITS, Detector
 from tests.helpers import (
     ONE_CHANNEL_ERROR,
     TINY_DETECTOR,
+    forged_detector_merge_fails,
     scaled_onnx_weight,
     small_roi_pool,
     tiny_rcnn_options,
@@ -30,7 +30,7 @@ from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES
 from verify.detect.report import DetectorReport, Judging
 from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_runs
 from verify.judge.compare import AUTO_FACTOR, Tolerance
-from verify.matrix import AGREE, DISAGREE, MatrixResult, load_result, merge_results
+from verify.matrix import AGREE, DISAGREE, load_result, merge_results
 from verify.matrix.detector_cell import detector_numbers
 from verify.matrix.detector_judging import judge_detector_cell
 from verify.matrix.detectors import CELL_KINDS, DETECTOR_VIEW, DetectorSpec
@@ -148,16 +148,7 @@ def _residual_garbled(data: dict) -> None:
                                           (_residual_garbled, "residual")])
 def test_edited_mask_numbers_never_merge_into_exit_0(mask_matrix, forge, named, tmp_path):
     """The shard still says agree; the merge judges its numbers again and fails it (exit 1), saying why."""
-    data = json.loads(mask_matrix.path.read_text())
-    forge(data)
-    forged = tmp_path / "forged.json"
-    forged.write_text(json.dumps(data))
-    merged = merge_results([MatrixResult.from_dict(copy.deepcopy(data))], [forged])
-    cell = next(c for c in merged.cells if c.view == DETECTOR_VIEW)
-    assert (merged.exit_code, cell.verdict) == (1, DISAGREE), cell.problems
-    assert any(named in p for p in cell.problems), cell.problems
-    result = CliRunner().invoke(app, ["matrix", "merge", str(forged)])
-    assert result.exit_code == 1, result.output
+    forged_detector_merge_fails(mask_matrix.path, forge, named, tmp_path)
 
 
 def test_a_seeded_mask_head_error_in_the_cells_onnx_file_fails_the_cell(mask_matrix):
