@@ -218,3 +218,21 @@ def test_a_tensor_held_under_two_buffer_names_is_one_tensor_in_float64(tmp_path)
     result = invoke("export", "--model", f"{source}:make", "--shape", "1x3x8x8", "--format", data, "--static",
                     "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
+
+
+def test_a_legacy_export_whose_reads_cannot_be_traced_says_the_trace_failed(tmp_path):
+    """The same aliased model exported by the legacy ONNX exporter is refused (its reads check traces it with
+    torch.jit.trace, which refuses a buffer held under two names, and a failed trace counts as a read): it was told it
+    "read the input's values as a Python value", a read nobody saw. The refusal names the failed trace now."""
+    from exporter.formats import file_formats
+    from exporter.formats.onnx import OPSETS, OnnxOptions
+    from tests.helpers import invoke
+
+    source = tmp_path / "aliased.py"
+    source.write_text(ALIASED)
+    data = next(name for name in file_formats() if not get_format(name).executes_code_on_load)  # the ONNX format
+    legacy = next(name for name in OPSETS if name != OnnxOptions().exporter)
+    result = invoke("export", "--model", f"{source}:make", "--shape", "1x3x8x8", "--format", data, "--static",
+                    "--onnx-exporter", legacy, "--out", tmp_path / "out")
+    assert result.exit_code != 0 and "could not be traced again" in result.output, result.output
+    assert "read the input's values" not in result.output, result.output

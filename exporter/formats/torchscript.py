@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,12 @@ PYTHON_READS = frozenset({"__bool__", "__float__", "__int__", "__index__", "__co
 these is a read of values."""
 
 
+_FAILED_TRACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("failed_reads_trace", default=None)
+"""Why `_watched_run`'s trace of the model raised, where it did: a trace that fails counts as a read (fail closed), and
+the refusal says so instead of naming a read nobody saw (review 36: torch.jit.trace refuses a buffer held under two
+names, which the legacy ONNX exporter takes)."""
+
+
 def refuse_traced_reads(caught: list[warnings.WarningMessage], ctx: ExportContext, how: str = "torch.jit.trace",
                          fix: str = "drop --trace (torch.jit.script keeps what the model reads)") -> None:
     """An ExportError when the trace kept what it read of the input as a Python value (hunt 8b: a condition, such a
@@ -196,9 +203,17 @@ def refuse_traced_reads(caught: list[warnings.WarningMessage], ctx: ExportContex
     if said is None:
         if getattr(ctx.built.spec, "registered", False):
             return
-        kinds = _traced_reads(ctx)
+        token = _FAILED_TRACE.set(None)
+        try:
+            kinds = _traced_reads(ctx)
+            failed = _FAILED_TRACE.get()
+        finally:
+            _FAILED_TRACE.reset(token)
         if not kinds:
             return
+        if failed is not None and "values" in kinds:
+            raise ExportError(f"{how} of {ctx.built.spec}: the model could not be traced again to check what it reads "
+                              f"of its input ({failed}), and a file whose reads are unchecked is refused; {fix}")
         # a user's model that silenced the trace's warning itself (`warnings.simplefilter("ignore")` in its forward,
         # hunt 19b: exported with exit 0, the file keeping the example's branch) still read what it read; torch may
         # also have worded it otherwise (`len(x)`: "Using len to get tensor shape")
@@ -412,7 +427,10 @@ def _watched_run(ctx: ExportContext, constant: dict[int, Any], tracing: bool = F
                 torch.jit.trace(ctx.built.model, fed, strict=False, check_trace=False)
             else:
                 ctx.built.model(fed)
-    except Exception:  # noqa: BLE001 - a model that fails on its own example is judged elsewhere; say values
+    except Exception as exc:  # noqa: BLE001 - a model that fails on its own example is judged elsewhere; say values
+        if tracing:  # fail closed, but say why: the trace, not a read, is what failed (review 36)
+            said = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            _FAILED_TRACE.set(f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
         return {"values"}, heard, None
     return Reads.seen, heard, True
 
