@@ -618,3 +618,13 @@ def forged_detector_merge_fails(shard: Path, forge: Any, named: str, folder: Pat
     assert any(named in p for p in cell.problems), cell.problems
     result = runner.invoke(app, ["matrix", "merge", str(forged)])
     assert result.exit_code == 1, result.output
+
+
+def _detector_format(suffix: str) -> str:
+    from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES
+
+    return next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(suffix))
+
+
+DETECTOR_ONNX, DETECTOR_SCRIPTED = _detector_format(".onnx"), _detector_format(".pt")
+"""A whole detector's ONNX and TorchScript formats, taken from its default formats (no format-name literal)."""

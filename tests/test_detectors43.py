@@ -21,10 +21,11 @@ from exporter.families.detectors import (
     calibration_image,
     detect,
 )
+from tests.helpers import DETECTOR_SCRIPTED as SCRIPTED
 from tests.helpers import ONE_CHANNEL_ERROR, tiny_fcos_detector
 from verify.cli import app
 from verify.detect.eager_runs import run_eager
-from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES, export_detector
+from verify.detect.export import export_detector
 from verify.detect.scripted_runs import _script_image_list, _script_nms_inputs, _script_pieces, load_scripted
 from verify.detect.verdict import judge_detector
 from verify.matrix.detectors import split_detectors
@@ -32,7 +33,6 @@ from verify.matrix.detectors import split_detectors
 TINY = 64
 """FCOS's transform size here: its five levels still give DENSE_CANDIDATES anchor x class scores to calibrate."""
 CTRNESS = "head.regression_head.bbox_ctrness"
-SCRIPTED = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".pt"))
 
 
 def _refusal(name: str) -> str:

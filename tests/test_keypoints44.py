@@ -28,6 +28,8 @@ from exporter.families.detectors import (
     detect,
 )
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
+from tests.helpers import DETECTOR_ONNX as ONNX
+from tests.helpers import DETECTOR_SCRIPTED as SCRIPTED
 from tests.helpers import (
     ONE_CHANNEL_ERROR,
     TINY_DETECTOR,
@@ -50,8 +52,6 @@ from verify.judge.compare import AUTO_FACTOR, Tolerance
 from verify.render.detections import KEYPOINT_HEADER, MASK_HEADER, table_header, table_rows
 
 TINY = TINY_DETECTOR
-ONNX = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".onnx"))
-SCRIPTED = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".pt"))
 HEAD_CONV = "roi_heads.keypoint_head.0.weight"
 """The keypoint head's first 3 x 3 convolution (its output channels on axis 0)."""
 

@@ -20,6 +20,7 @@ from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads
 from typer.testing import CliRunner
 
 from exporter.families.detectors import DETECTORS, KEYPOINT_LOGITS, Detector
+from tests.helpers import DETECTOR_ONNX as ONNX
 from tests.helpers import (
     ONE_CHANNEL_ERROR,
     TINY_DETECTOR,
@@ -29,7 +30,7 @@ from tests.helpers import (
     tiny_rcnn_options,
 )
 from verify.cli import app
-from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES
+from verify.detect.export import FILE_NAMES
 from verify.detect.keypoints import derived_keypoints
 from verify.detect.report import DetectorReport, Judging
 from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_runs, size_scales
@@ -55,7 +56,6 @@ from verify.matrix.proposal_judging import registered_detector
 from verify.matrix.result import CellResult
 
 TINY = TINY_DETECTOR
-ONNX = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".onnx"))
 TINY_KEYPOINTS = Detector("keypointrcnn_tiny_matrix", "keypointrcnn", None, ("batch", "frozen"),
                           tiny_rcnn_options(keypoint_roi_pool=small_roi_pool(),
                                             keypoint_head=KeypointRCNNHeads(256, (64, 512))),

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from exporter.errors import UsageError
 from exporter.families.detectors import DETECTORS, MASK_LOGITS, Detector
+from tests.helpers import DETECTOR_ONNX as ONNX
 from tests.helpers import (
     ONE_CHANNEL_ERROR,
     TINY_DETECTOR,
@@ -40,7 +41,6 @@ from verify.matrix.result import CellResult
 from verify.render.detections import MASK_HEADER, detector_markdown
 
 TINY = TINY_DETECTOR
-ONNX = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".onnx"))
 TINY_MASK = Detector("maskrcnn_tiny_matrix", "maskrcnn", None, ("batch", "frozen"),
                      tiny_rcnn_options(mask_roi_pool=small_roi_pool()), builder="maskrcnn_resnet50_fpn")
 """torchvision's Mask R-CNN at TINY px, its mask head on 7 x 7 RoIs and MIN_DETECTIONS detections."""

@@ -23,6 +23,8 @@ from exporter.families.detectors import (
     detect,
 )
 from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
+from tests.helpers import DETECTOR_ONNX as ONNX
+from tests.helpers import DETECTOR_SCRIPTED as SCRIPTED
 from tests.helpers import (
     ONE_CHANNEL_ERROR,
     TINY_DETECTOR,
@@ -44,8 +46,6 @@ from verify.folder.validate import validate
 from verify.judge.compare import AUTO_FACTOR, Tolerance
 
 TINY = TINY_DETECTOR
-ONNX = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".onnx"))
-SCRIPTED = next(fmt for fmt in DEFAULT_FORMATS if FILE_NAMES[fmt].endswith(".pt"))
 TINY_MASK = Detector("maskrcnn_tiny", "maskrcnn", None, ("batch", "frozen"),
                      tiny_rcnn_options(mask_roi_pool=small_roi_pool()), builder="maskrcnn_resnet50_fpn")
 """torchvision's Mask R-CNN at TINY px, no synthetic body (its norms calibrated on the image), its mask head on 7 x 7
