@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporter.errors import UsageError
 from verify.matrix.cell import CellJob, execute_cell, lookup_cell
 from verify.matrix.detector_judging import judge_result
 from verify.matrix.detectors import detector_formats, is_detector_cell
@@ -57,8 +58,24 @@ def plan_matrix(request: MatrixRequest, shard: tuple[int, int] | None = None) ->
     if shard is not None:
         owner = assign_shards(ids, costs, shard[1])
         selected = [i for i in selected if owner[i] == shard[0]]
+    refuse_key_beside_user_code([cells[i] for i in selected])
     settings = request.settings_dict()
     return MatrixPlan(request, cells, ids, costs, selected, shard, settings, fingerprint(settings, ids))
+
+
+def refuse_key_beside_user_code(cells: list[CellRequest]) -> None:
+    """A run whose cells run a user's code is refused while $BACKBONE_VERIFY_REPORT_KEY is set (review 37): that code
+    runs as this job's user and reads the key (its worker's environment, /proc/<pid>/environ of this process), so it
+    could sign a report of passes nobody earned, as `--sign-key` is refused with `--model` for a folder."""
+    import os
+
+    from verify.matrix.result import REPORT_KEY_ENV
+
+    users = [str(cell.spec) for cell in cells if cell.spec.runs_user_code]
+    if users and os.environ.get(REPORT_KEY_ENV):
+        raise UsageError(f"${REPORT_KEY_ENV} is set and this run runs your code ({users[0]}), which could read the "
+                         "key and sign a report it did not earn; run --model cells in a job without the key (their "
+                         "shards then merge unsigned)")
 
 
 CellDone = Callable[[CellResult, float], None]

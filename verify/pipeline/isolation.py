@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import pickle
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from exporter.errors import VerifyError, raised_by_tool
+from exporter.errors import UsageError, VerifyError, raised_by_tool
 from verify.progress import NullProgress, Progress
 
 USER_CODE_TIMEOUT = 1800.0
@@ -216,6 +217,12 @@ def _quiet_fork_server() -> None:
     while frame is not None and main is not None:
         if frame.f_code is main.__code__:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            import atexit
+            import os
+
+            # registered first, so run last: the server's exit (this tool's process gone) skips the interpreter's
+            # teardown of torch (~1-3 s), after which its workers die with it (`die_with_parent`)
+            atexit.register(os._exit, 0)
             return
         frame = frame.f_back
 
@@ -300,7 +307,7 @@ def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, thread
     has its own), run `fn` with a relaying progress, send its result or its error, then exit."""
     from verify.judge.file_witness import PRIVATE_TMP
 
-    adopt(where, threads)
+    adopt(where, threads, conn)
     hold(where[0].get(PRIVATE_TMP))
     try:
         message = ("result", fn(*args, progress=_RelayProgress(conn), **kwargs))
@@ -310,14 +317,83 @@ def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, thread
     conn.close()
 
 
-def adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None) -> None:
-    """In a worker: the caller's environment, folder, import path and torch threads (a fork server started
-    earlier has its own); SIGINT left to the parent, which stops a worker with SIGTERM; stdout onto stderr."""
+PR_SET_PDEATHSIG = 1
+"""Linux prctl(2) option: the signal a process gets when the thread that forked it ends."""
+
+
+def die_with_parent(conn: Any = None) -> None:
+    """In a worker: SIGKILL once this tool's process is gone, so a `kill -9` of `verify` leaves no worker running the
+    user's code and writing into folders and caches after it (review 37: one kept running ~14 s, its factory to the
+    end). The worker's parent is the fork server, which exits when the last copy of its alive pipe closes: the
+    caller's, and each worker's (multiprocessing hands every worker one; closed here, no worker starts children).
+    So: PR_SET_PDEATHSIG (Linux; elsewhere nothing), then that copy closed, then the caller checked through `conn`
+    (its far end closed: the caller died before the signal was armed)."""
+    import os
+    import select
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    forkserver = getattr(sys.modules.get("multiprocessing.forkserver"), "_forkserver", None)
+    alive = getattr(forkserver, "_forkserver_alive_fd", None)
+    if alive is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        forkserver._forkserver_alive_fd = None
+    if conn is None:
+        return
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLOUT)
+        if any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+            os._exit(1)
+
+
+SETTINGS_PREFIX = "BACKBONE_VERIFY_"
+"""This tool's settings in the environment ($BACKBONE_VERIFY_SAMPLES, _LAYERS, _NO_CACHE, ...): in a worker they are the
+caller's, whatever the user's code sets."""
+
+
+class _PinnedEnviron(os._Environ):  # type: ignore[name-defined,misc]
+    """os.environ in a worker: this tool's settings cannot be changed by the code it runs (review 37: a factory
+    setting BACKBONE_VERIFY_SAMPLES=1 had its model judged on one input, not the caller's 8, and exit 0)."""
+
+    def _refuse(self, key: object) -> None:
+        if isinstance(key, str) and key.startswith(SETTINGS_PREFIX):
+            raise UsageError(f"your model's code changed ${key}, this tool's own setting, while this tool ran it: set "
+                             "it before running verify, not in the model; no verdict, not a pass")
+
+    def __setitem__(self, key: str, value: str) -> None:
+        if self.get(key) != value:
+            self._refuse(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._refuse(key)
+        super().__delitem__(key)
+
+
+def pin_settings() -> None:
+    """In a worker, after it took the caller's environment: this tool's settings fixed (`_PinnedEnviron`)."""
+    if type(os.environ) is os._Environ:  # type: ignore[attr-defined]
+        os.environ.__class__ = _PinnedEnviron
+
+
+def adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None, conn: Any = None) -> None:
+    """In a worker: dead with this tool's process (`die_with_parent`); the caller's environment, folder, import path
+    and torch threads (a fork server started earlier has its own); SIGINT left to the parent, which stops a worker
+    with SIGTERM; stdout onto stderr."""
     import os
     import signal
     import sys
     import tempfile
 
+    die_with_parent(conn)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # what the user's code prints goes to stderr: stdout carries only this tool's lines (verdicts, CI annotations)
@@ -331,6 +407,7 @@ def adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None) -> 
     environ, cwd, path = where
     os.environ.clear()
     os.environ.update(environ)
+    pin_settings()
     tempfile.tempdir = None  # the fork server's cached temporary folder: TMPDIR may name another one now
     os.chdir(cwd)
     sys.path[:] = path
@@ -418,7 +495,7 @@ def _serve(conn: Any, factory: Callable[..., Any], args: tuple, threads: int | N
            where: tuple[dict[str, str], str, list[str]]) -> None:
     """A session worker's body: build one object with `factory(*args)`, then answer (method, args) calls on it
     until the parent closes the pipe."""
-    adopt(where, threads)
+    adopt(where, threads, conn)
     hold(where[0].get("TMPDIR"))
     try:
         target = factory(*args)
