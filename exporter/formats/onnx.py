@@ -8,6 +8,7 @@ import contextvars
 import functools
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,7 +147,8 @@ class OnnxFormat(Format):
                     )
         except Exception as exc:
             raise ExportError(
-                f"ONNX export ({options.exporter}) failed for {ctx.built.spec}: {str(exc).strip().splitlines()[0]}"
+                f"ONNX export ({options.exporter}) failed for {ctx.built.spec}: "
+                f"{export_failure_reason(exc, options.exporter, self.name)}"
             ) from exc
         if not dynamo:  # the legacy exporter traces: a value it read is the example's for every input
             from exporter.formats.torchscript import refuse_traced_reads
@@ -199,6 +201,35 @@ class OnnxFormat(Format):
 
         for location in external_data_locations(path):
             require_inside(folder, location, f"{path.name}: external data")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_SUMMARY = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>: (.+)$", re.MULTILINE)
+_OPERATOR = re.compile(r"op='([\w.]+)'")
+EXPORT_REASON = 240
+"""Characters of torch's own reason kept in the one-line message (the way out follows it)."""
+
+
+def export_failure_reason(exc: BaseException, exporter: str, format_name: str) -> str:
+    """torch's reason an ONNX export failed, in one line with what to do (hunt 28: the dynamo exporter's first line
+    is a colour-coded banner, "Failed to convert ... \\x1b[96mThis is step 3/3\\x1b[0m ... Next steps:", which named
+    neither the operator it could not translate nor a way out; its "Exception summary" names both)."""
+    from exporter.formats import default_formats
+    from exporter.messages import library_reason, one_line
+
+    text = _ANSI.sub("", str(exc)).strip()
+    summary = _SUMMARY.search(text.partition("## Exception summary")[2])
+    if summary:
+        operator = _OPERATOR.search(summary[2])
+        found = operator and "No ONNX function" in summary[2]
+        reason = (f"no ONNX translation of {operator[1]} ({summary[1]})" if found
+                  else f"{summary[1]}: {summary[2]}")
+        reason = one_line(reason, EXPORT_REASON)
+    else:
+        reason = library_reason(Exception(text), EXPORT_REASON)
+    other = "torchscript" if exporter == "dynamo" else "dynamo"
+    rest = " ".join(f"--format {name}" for name in default_formats() if name != format_name)
+    return f"{reason}; try --onnx-exporter {other}, or export the other formats alone ({rest})"
 
 
 def traced_once(ctx: ExportContext, model: Any) -> Any:
