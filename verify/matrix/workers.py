@@ -18,6 +18,8 @@ from verify.pipeline.isolation import (
     IsolatedRunError,
     adopt,
     caller_place,
+    end_descendants,
+    end_orphans,
     resume_stopped_server,
     safe_loads,
     start_process,
@@ -51,7 +53,9 @@ def _worker_main(conn: Any, threads: int, where: tuple[dict[str, str], str, list
             return
         if job is None:
             return
-        conn.send_bytes(pickle.dumps(execute_cell(job, lookup=False)))
+        result = execute_cell(job, lookup=False)
+        end_descendants()  # what a user model's code forked and left running ends before its cell is reported
+        conn.send_bytes(pickle.dumps(result))
 
 
 @dataclass
@@ -81,9 +85,11 @@ class _Worker:
 
     def kill(self) -> None:
         if self.process.is_alive():
+            end_descendants(self.process.pid)  # while the worker, their subreaper, lives (review 38)
             self.process.kill()
         self.process.join(WORKER_STOP_S)
         stop_group(self.process.pid)  # what a user model's code forked in it, left running (it holds our stderr)
+        end_orphans()  # and what the fork server adopted from a worker that ended by itself
         self.conn.close()
         remove_cell_folders(self.process.pid)
 

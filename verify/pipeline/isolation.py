@@ -204,6 +204,10 @@ def _resume_at_exit() -> None:
         resume_stopped_server()
 
 
+PR_SET_CHILD_SUBREAPER = 36
+"""Linux prctl(2) option: orphans among this process's descendants become its children, not init's."""
+
+
 def _quiet_fork_server() -> None:
     """In multiprocessing's fork server, importing this module (PRELOAD's first) ignores SIGINT: the server sets
     that itself only after its preload, so a Ctrl-C to the terminal's process group during the seconds of
@@ -219,6 +223,15 @@ def _quiet_fork_server() -> None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             import atexit
             import os
+            import warnings
+
+            # what a worker that died (`os._exit` in a factory) left running comes here, for `end_orphans`; the
+            # server reaps it and would warn of a pid it never forked
+            with contextlib.suppress(OSError, AttributeError):
+                import ctypes
+
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            warnings.filterwarnings("ignore", message="forkserver: waitpid returned unexpected pid")
 
             # registered first, so run last: the server's exit (this tool's process gone) skips the interpreter's
             # teardown of torch (~1-3 s), after which its workers die with it (`die_with_parent`)
@@ -313,12 +326,68 @@ def _worker(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, thread
         message = ("result", fn(*args, progress=_RelayProgress(conn), **kwargs))
     except BaseException as exc:  # noqa: B036 - anything the user's code raised is reported, then we exit
         message = _error_message(exc, "your model's code")
+    end_descendants()  # before the reply: once it is read, the parent goes on to publish the folder and the reports
     _send(conn, message)
     conn.close()
 
 
 PR_SET_PDEATHSIG = 1
 """Linux prctl(2) option: the signal a process gets when the thread that forked it ends."""
+DESCENDANT_PASSES = 100
+"""How many times `end_descendants` looks again for children forked while it stopped their parents."""
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process this user can see, by its parent's pid (from /proc/<pid>/stat; empty where there is no /proc)."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as stat:
+                    fields = stat.read().rpartition(b")")[2].split()
+                children.setdefault(int(fields[1]), []).append(int(name))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    return children
+
+
+def descendants(root: int) -> set[int]:
+    """The pids below `root` in the process tree (a worker made a subreaper by `adopt` holds every orphan of its own
+    descendants, `setsid` or double fork included)."""
+    children, found, todo = _children_by_parent(), set(), [root]
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            if pid not in found:
+                found.add(pid)
+                todo.append(pid)
+    return found
+
+
+def end_descendants(root: int | None = None) -> set[int]:
+    """SIGKILL every process below `root` (this process by default), each SIGSTOPped first so that none forks
+    another while the tree is read: what a user's code left running (review 38: a `setsid` grandchild outside the
+    worker's process group rewrote `--json`'s report 6 s after `verify` exited). The pids ended."""
+    import os
+    import signal
+
+    root = os.getpid() if root is None else root
+    stopped: set[int] = set()
+    for _ in range(DESCENDANT_PASSES):
+        found = descendants(root) - stopped
+        if not found:
+            break
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped |= found
+    for pid in stopped:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return stopped
 
 
 def die_with_parent(conn: Any = None) -> None:
@@ -339,6 +408,8 @@ def die_with_parent(conn: Any = None) -> None:
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            # what the user's code forks and orphans stays below this worker, where `end_descendants` finds it
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     forkserver = getattr(sys.modules.get("multiprocessing.forkserver"), "_forkserver", None)
     alive = getattr(forkserver, "_forkserver_alive_fd", None)
     if alive is not None:
@@ -639,6 +710,8 @@ def _stop(worker: Any) -> int | None:
     Every wait is bounded: a worker's exit is reported by the fork server, which a model may have stopped
     (resumed here; its pid is returned then, else None)."""
     resumed = resume_stopped_server() if worker.is_alive() else None
+    if worker.is_alive() and worker.pid is not None:
+        end_descendants(worker.pid)  # while the worker, their subreaper, lives: once it is gone they are init's
     if worker.is_alive():
         worker.terminate()
         worker.join(STOP_GRACE_SECONDS)
@@ -650,7 +723,36 @@ def _stop(worker: Any) -> int | None:
         resumed = resumed if again is None else again
         worker.join(STOP_GRACE_SECONDS)
     stop_group(worker.pid)
+    end_orphans()
     return resumed
+
+
+def end_orphans() -> set[int]:
+    """SIGKILL what the fork server adopted (its children that are no worker of this process): the descendants a
+    worker that ended by itself left running (review 38: a `setsid` grandchild of a factory that then called
+    `os._exit` outlived it and wrote into the folders after `verify` exited). The pids ended."""
+    import multiprocessing
+
+    server = server_pid()
+    if server is None:
+        return set()
+    workers = {child.pid for child in multiprocessing.active_children()}
+    orphans = set(_children_by_parent().get(server, ())) - workers
+    ended = set()
+    for pid in orphans:
+        ended |= end_descendants(pid) | _end(pid)
+    return ended
+
+
+def _end(pid: int) -> set[int]:
+    import os
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return set()
+    return {pid}
 
 
 def stop_group(pid: int | None) -> None:
