@@ -168,8 +168,10 @@ def test_a_cell_result_missing_a_run_never_agrees_in_the_run_that_made_it(monkey
     import verify.matrix.run as run
 
     monkeypatch.setenv(SAMPLES_ENV, "1")
+    # the legacy ONNX exporter (this test 9.4 s -> 6.6 s): which exporter wrote the file is not judged here
     request = MatrixRequest.create(["resnet18"], ["batch"], settings=RunSettings(shape=SHAPE),
-                                   export=ExportOptions(formats=("onnx",)))
+                                   export=ExportOptions(formats=("onnx",),
+                                                        format_options=(OnnxOptions(exporter="torchscript"),)))
     cell = run_matrix(request).cells[0]
     assert cell.passed and {r["label"] for r in cell.runs} == {"eager", "onnxruntime"}
     trimmed = replace(cell, runs=[r for r in cell.runs if r["label"] != "onnxruntime"], problems=[],

@@ -275,7 +275,8 @@ def test_a_lock_held_by_a_hung_process_is_waited_for_a_bounded_time(tmp_path, mo
 
 @pytest.fixture(scope="module")
 def signed_folder(tmp_path_factory):
-    """A signed resnet18 folder (ONNX only: no code is loaded) and the public key that verifies it."""
+    """A signed resnet18 folder (ONNX only: no code is loaded) and the public key that verifies it. The legacy ONNX
+    exporter writes it (this fixture 7.8 s -> 4.2 s): the test checks the folder API, not which exporter."""
     import subprocess
 
     from typer.testing import CliRunner
@@ -287,7 +288,8 @@ def signed_folder(tmp_path_factory):
     subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)], check=True)
     subprocess.run(["openssl", "ec", "-in", str(key), "-pubout", "-out", str(pub)], check=True, capture_output=True)
     result = CliRunner().invoke(app, ["export", "-b", "resnet18", "--shape", "1x3x32x32", "--format", "onnx",
-                                      "--out", str(root / "out"), "--sign-key", str(key), "--no-cache"])
+                                      "--onnx-exporter", "torchscript", "--out", str(root / "out"), "--sign-key",
+                                      str(key), "--no-cache"])
     assert result.exit_code == 0, result.output
     return root / "out" / "resnet18-frozen-body", pub
 

@@ -1,6 +1,9 @@
 """Comparisons made while the export waits for a background file (verify/pipeline/stages.py `judge_stage`'s memo)
 are the ones the final judging would have made: the same verdicts and figures, each comparison made once, and a
-memo entry never stands in for other outputs that happen to carry the same labels."""
+memo entry never stands in for other outputs that happen to carry the same labels. That an export judges its finished
+runs while it waits for the ONNX file, and takes them from the memo at the end, is asserted on the background export of
+tests/test_preload.py `test_a_pt2_that_arrives_during_the_oracle_starts_loading_before_the_oracle_ends` (one export
+for both)."""
 
 from __future__ import annotations
 
@@ -74,33 +77,3 @@ def test_a_memo_entry_is_never_reused_for_other_outputs_under_the_same_labels(ce
     _, again = pooled_judge_stage([runs[0], runs[1], broken], oracles, Tolerance(), memo)
     assert all(p.passed for pairs in first for p in pairs)
     assert any(not p.passed for pairs in again for p in pairs if "third" in (p.a, p.b))
-
-
-def test_the_export_judges_the_finished_runs_while_it_waits_for_the_onnx_file(tmp_path, monkeypatch):
-    """The ONNX file is looked for only when its runtime's turn comes (the child's readiness hidden), so the export
-    must wait for it: before that wait it judges the runs it has, and the final judging takes them from the memo."""
-    import verify.pipeline.stages as stages
-    from exporter.export import ExportOptions
-    from verify.api import verify_export
-    from verify.pipeline import overlap
-    from verify.settings import RunSettings
-
-    if overlap.usable_cpus() < overlap.MIN_CPUS:
-        pytest.skip("one usable core: no background export")
-    monkeypatch.setenv(overlap.MODE_ENV, "on")
-    real_ready, real_judge = overlap.BackgroundExport.ready, stages.pooled_judge_stage
-    calls: list[tuple[list[str], int]] = []
-
-    def judge(runs, oracles, tolerance, memo=None):
-        calls.append(([run.runtime for run in runs], len(memo or {})))
-        return real_judge(runs, oracles, tolerance, memo)
-
-    monkeypatch.setattr(overlap.BackgroundExport, "ready", lambda self, fmt: fmt != "onnx" and real_ready(self, fmt))
-    monkeypatch.setattr(stages, "pooled_judge_stage", judge)
-    report = verify_export(ModelSpec("resnet18", "frozen", "body"), RunSettings(shape=SHAPE, samples=SAMPLES),
-                           out=tmp_path, export=ExportOptions(formats=("torchscript", "pt2", "onnx")),
-                           runtimes=("eager", "torchscript", "exported", "onnxruntime"), cache=None)
-    assert report.passed
-    *waiting, final = calls
-    assert waiting and all("onnxruntime" not in runs and len(runs) >= 2 for runs, _ in waiting)
-    assert final[0] == ["eager", "torchscript", "exported", "onnxruntime"] and final[1] > 0

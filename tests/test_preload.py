@@ -155,7 +155,10 @@ def test_a_pt2_that_arrives_during_the_oracle_starts_loading_before_the_oracle_e
     """Before: the loop looked for finished files only between stages, so a .pt2 the child sent a moment after the
     oracle began waited for the whole oracle before its load started (cold resnet50: 3.9 s of load after a 3.3 s
     oracle, none beside it). Here the child's files are hidden until the oracle has begun, and the oracle waits
-    until the .pt2 is really there: its load must start on its thread before the oracle ends."""
+    until the .pt2 is really there: its load must start on its thread before the oracle ends.
+    The same export is tests/test_prejudge.py's (one background export for both, the suite's minutes): the ONNX
+    file is looked for only when its runtime's turn comes (its readiness hidden), so the export must wait for it:
+    before that wait it judges the runs it has, and the final judging takes them from the memo."""
     import exporter.formats.pt2 as pt2
     import verify.pipeline.stages as stages
     from verify.api import verify_export
@@ -167,10 +170,12 @@ def test_a_pt2_that_arrives_during_the_oracle_starts_loading_before_the_oracle_e
     oracle_began = threading.Event()
     children: list[overlap.BackgroundExport] = []
     real_ready, real_oracles, real_load = overlap.BackgroundExport.ready, stages.oracles_stage, pt2.load_program
+    real_judge = stages.pooled_judge_stage
+    calls: list[tuple[list[str], int]] = []
 
     def gated_ready(self, fmt):
         children.append(self)
-        return oracle_began.is_set() and real_ready(self, fmt)
+        return fmt != "onnx" and oracle_began.is_set() and real_ready(self, fmt)
 
     def oracles(*args, **kwargs):
         deadline = time.monotonic() + 300
@@ -186,12 +191,21 @@ def test_a_pt2_that_arrives_during_the_oracle_starts_loading_before_the_oracle_e
         events.append(("load starts", threading.current_thread().name))
         return real_load(path)
 
+    def judge(runs, oracles, tolerance, memo=None):
+        calls.append(([run.runtime for run in runs], len(memo or {})))
+        return real_judge(runs, oracles, tolerance, memo)
+
     monkeypatch.setattr(overlap.BackgroundExport, "ready", gated_ready)
     monkeypatch.setattr(stages, "oracles_stage", oracles)
     monkeypatch.setattr(pt2, "load_program", load)
+    monkeypatch.setattr(stages, "pooled_judge_stage", judge)
     report = verify_export(SPEC, SETTINGS, out=tmp_path, export=ExportOptions(formats=("torchscript", "pt2", "onnx")),
                            runtimes=("eager", "torchscript", "exported", "onnxruntime"), cache=None)
     kinds = [kind for kind, _ in events]
     assert kinds.index("oracle starts") < kinds.index("load starts") < kinds.index("oracle ends"), events
     assert dict(events)["load starts"] == "load exported"
     assert report.passed
+    # tests/test_prejudge.py: the runs judged while the ONNX file was awaited, and the memo the final judging took
+    *waiting, final = calls
+    assert waiting and all("onnxruntime" not in runs and len(runs) >= 2 for runs, _ in waiting)
+    assert final[0] == ["eager", "torchscript", "exported", "onnxruntime"] and final[1] > 0
