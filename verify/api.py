@@ -24,6 +24,7 @@ from verify.pipeline.isolation import USER_CODE_TIMEOUT, run_isolated
 from verify.pipeline.stages import (
     OracleCheck,
     RunResult,
+    compiled_by_inductor,
     held_to_calls,
     judge_stage,
     model_shape,
@@ -521,10 +522,11 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
         require_some_finite_run([run.on(index) for run in runs], item.label)
     oracles: list[list[Oracle]] = []
     float32 = []  # each side's float32 runs its floors are measured from (a user model's: held to its call check)
+    inductor = compiled_by_inductor(side.format for side in sides)  # an AOTI file's order modelled (aoti 46)
     for text, artifact, feeds, run in fed:
         with progress.step(f"Measuring the noise floor of {text}"):
             float32.append(side_float32(artifact, feeds, run))
-            oracles.append(side_oracles(artifact, feeds, run, settings, float32[-1]))
+            oracles.append(side_oracles(artifact, feeds, run, settings, float32[-1], inductor))
     # each side's floors pooled over the inputs, A against B on the larger of the two (as verify export pools)
     own = [pooled_floors([oracle.noise for oracle in side]) for side in oracles]
     report.floors = pooled_floors(own)

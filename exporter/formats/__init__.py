@@ -78,6 +78,9 @@ class Format:
     overlaps: ClassVar[bool] = False
     """Exported in a child process while the other formats are exported and run, where two cores allow it
     (verify/pipeline/overlap.py): worth it for an export that is long and mostly single-threaded Python."""
+    compiled_by_inductor: ClassVar[bool] = False
+    """The file is Inductor's compiled code: its convs run channels-last and its sums in Inductor's order, which the
+    floors then model (verify/judge/graph_lift.py inductor_graph)."""
     rides_along: ClassVar[bool] = False
     """Exported in that child too, first, when one starts: its `torch.export` trace is the dynamo ONNX export's, so
     the model is traced once, not once per process (the `.pt2`)."""

@@ -43,6 +43,7 @@ class AotiFormat(Format):
     suffixes: ClassVar[tuple[str, ...]] = (".pt2",)
     filename: ClassVar[str] = "model_aoti.pt2"
     Options: ClassVar[type[PluginOptions]] = AotiOptions
+    compiled_by_inductor: ClassVar[bool] = True
     default: ClassVar[bool] = False  # compiles C++: a minute or more, so only on request
     takes: ClassVar[str] = "compiles C++: about a minute for resnet18 on 2 cores, 30 s with a warm compile cache"
     executes_code_on_load: ClassVar[bool] = True

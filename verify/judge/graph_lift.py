@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from verify.judge.lanes import STATISTICS_LANES, _affine, _lane_normalised, lane_sum
+from verify.judge.lanes import STATISTICS_LANES, _affine, _lane_normalised, inductor_lanes, inductor_sum, lane_sum
 from verify.judge.measure import _error, _finite_or, _Scale
 from verify.judge.noise_floor import CHANNEL_AXIS, FLOAT32_EPS, channelled
 from verify.judge.summation import summed_outputs
@@ -62,6 +62,26 @@ def laned_graph(artifact: Artifact, feed: dict[str, np.ndarray]) -> tuple[Any, A
     tell the laned run from its own: `graph_bounds` may lift floors beyond the held run. None for a registered
     backbone (no trace: it pays nothing), a file, a model torch.export cannot trace, with no such reduction, or with
     an operator outside GRAPH_OPS."""
+    return _replaced_graph(artifact, feed, _laned_ops(), GRAPH_MIN_REDUCTION, STATISTICS_LANES)
+
+
+def inductor_graph(artifact: Artifact, feed: dict[str, np.ndarray]) -> tuple[Any, Any] | None:
+    """(plain, modelled): as `laned_graph`, the second computing the model's convolutions on channels-last inputs
+    and weights and its sums and means in Inductor's order (`lanes.inductor_sum`), as an AOTInductor package compiled
+    for the CPU computes them: Inductor makes every conv graph channels-last where oneDNN runs (`decide_layout_opt`),
+    so a spatial mean after a conv is one sequential float32 accumulator per channel, ~sqrt(n / 8) times less exact
+    than ATen's cascade and than the 8-laned graph (aoti46: a correct conv + mean(2, 3) + Linear head failed its AOTI
+    file at 6.7x). Traced at any reduction size (the AOTI export pays a trace and a compile anyway). Norms are left
+    to ATen: Inductor's Welford statistics are not modelled. None where `laned_graph` gives none, for every reason
+    but the size."""
+    return _replaced_graph(artifact, feed, _inductor_ops(), 2, 1)
+
+
+def _replaced_graph(artifact: Artifact, feed: dict[str, np.ndarray], ops: dict[Any, Callable[..., Any]],
+                    least: int, lanes: int) -> tuple[Any, Any] | None:
+    """(plain, replaced): the model's `torch.export` graph, and a copy with `ops` replaced, where one of its
+    reductions sums at least `least` elements (`laned_graph`, `inductor_graph`); `lanes` accumulators share each
+    replaced reduction at most (`reduced_size` per lane: GRAPH_LIFT_SCALE)."""
     import copy
     import warnings
 
@@ -71,7 +91,7 @@ def laned_graph(artifact: Artifact, feed: dict[str, np.ndarray]) -> tuple[Any, A
     if built is None or getattr(built.spec, "registered", True) or len(feed) != 1:
         return None
     example = torch.from_numpy(next(iter(feed.values())).copy())
-    if largest_reduction(built.model, example) < GRAPH_MIN_REDUCTION:  # no trace (1.5 s in a fresh process) for it
+    if largest_reduction(built.model, example) < least:  # no trace (1.5 s in a fresh process) for it
         return None
     try:
         with warnings.catch_warnings():
@@ -80,16 +100,18 @@ def laned_graph(artifact: Artifact, feed: dict[str, np.ndarray]) -> tuple[Any, A
         laned = copy.deepcopy(plain)
     except Exception:  # noqa: BLE001 - a model torch.export cannot trace keeps the capped sample
         return None
-    ops = _laned_ops()
     nodes = [n for n in laned.graph.nodes if n.op == "call_function"]
-    if not any(n.target in ops for n in nodes) or not all(_graph_op(n.target) for n in nodes) \
+    reductions = _laned_ops()
+    if not any(n.target in reductions for n in nodes) or not all(_graph_op(n.target) for n in nodes) \
             or not _plain_tensors(plain):
         return None
-    sizes = [_reduced_size(n) for n in nodes if n.target in ops]
+    sizes = [_reduced_size(n) for n in nodes if n.target in ops and n.target in reductions]
+    if max(sizes, default=0) < least:
+        return None
     for node in nodes:
         node.target = ops.get(node.target, node.target)
     laned.recompile()
-    laned.reduced_size = max(sizes)  # read by `graph_bounds`: GRAPH_LIFT_SCALE
+    laned.reduced_size = max(sizes) * STATISTICS_LANES // lanes  # read by `graph_bounds`: GRAPH_LIFT_SCALE
     return plain, laned
 
 
@@ -238,12 +260,14 @@ def _held_floor(run: np.ndarray | None, ref: np.ndarray) -> float:
 
 
 def floor_bounds(artifact: Artifact, feed: dict[str, np.ndarray], fp32: Mapping[str, np.ndarray],
-                 fp64: Mapping[str, np.ndarray]) -> dict[str, float | np.ndarray]:
+                 fp64: Mapping[str, np.ndarray], inductor: bool = False) -> dict[str, float | np.ndarray]:
     """What each output's floor on `feed` is lifted to (`lifted`): its head's summation floor (`summed_outputs`) and
-    the laned graph's error (`graph_bounds`, traced at this feed's shape), the larger of the two. For a floor measured
-    off the oracle's own inputs (a dynamic file's second shape: verify/pipeline/stages.py)."""
+    the laned graph's error (`graph_bounds`, traced at this feed's shape), the larger of the two; with `inductor` (a
+    file compiled by Inductor is judged) the error of the graph in Inductor's order too (`inductor_graph`). For a
+    floor measured off the oracle's own inputs (a dynamic file's second shape: verify/pipeline/stages.py)."""
+    modelled = graph_bounds(inductor_graph(artifact, feed), artifact, feed, fp32, fp64) if inductor else {}
     return merged_bounds(summed_outputs(artifact, feed, fp32),
-                         graph_bounds(laned_graph(artifact, feed), artifact, feed, fp32, fp64))
+                         graph_bounds(laned_graph(artifact, feed), artifact, feed, fp32, fp64), modelled)
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -345,3 +369,60 @@ def _laned_mean(x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = Non
     if x.dtype != torch.float32 or dtype not in (None, torch.float32) or not x.numel():
         return torch.ops.aten.mean.dim(x, axes, keepdim, dtype=dtype) if axes else torch.mean(x, dtype=dtype)
     return _laned_sum(x, axes, keepdim) / math.prod(x.shape[d] for d in axes)
+
+
+def _inductor_ops() -> dict[Any, Callable[..., Any]]:
+    """The ATen operators `inductor_graph` replaces: convolutions by channels-last ones, sums and means by
+    `lanes.inductor_sum` at this machine's vector width."""
+    import torch
+
+    aten, lanes = torch.ops.aten, inductor_lanes()
+
+    def summed(x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Any:
+        return _ordered_sum(x, dim, keepdim, dtype, lanes)
+
+    def mean(x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Any:
+        return _ordered_mean(x, dim, keepdim, dtype, lanes)
+
+    return {aten.sum.default: summed, aten.sum.dim_IntList: summed, aten.mean.default: mean, aten.mean.dim: mean,
+            aten.conv2d.default: _channels_last_conv2d}
+
+
+def _channels_last_conv2d(x: Any, weight: Any, *rest: Any) -> Any:
+    """aten.conv2d on channels-last input and weight (Inductor's layout for oneDNN; other kernels, other rounding)."""
+    import torch
+
+    if x.dim() != 4 or weight.dim() != 4:
+        return torch.ops.aten.conv2d.default(x, weight, *rest)
+    last = torch.channels_last
+    return torch.ops.aten.conv2d.default(x.contiguous(memory_format=last), weight.contiguous(memory_format=last),
+                                         *rest)
+
+
+def _ordered_sum(x: Any, dim: Any, keepdim: bool, dtype: Any, lanes: int) -> Any:
+    """aten.sum with the reduced axes summed by `lanes.inductor_sum` (float32 only; torch's own sum otherwise)."""
+    import torch
+
+    if dim is not None and not isinstance(dim, (list, tuple)):
+        dim, keepdim, dtype = None, False, dim  # aten.sum.default(x, dtype)
+    axes = sorted({d % x.dim() for d in dim}) if dim else list(range(x.dim()))
+    if x.dtype != torch.float32 or dtype not in (None, torch.float32) or not x.numel() or not axes:
+        return torch.sum(x, dim=axes or None, keepdim=keepdim, dtype=dtype) if axes else torch.sum(x, dtype=dtype)
+    total = inductor_sum(x, axes, lanes)
+    if keepdim:
+        total = total.reshape([1 if d in axes else x.shape[d] for d in range(x.dim())])
+    return total
+
+
+def _ordered_mean(x: Any, dim: Any, keepdim: bool, dtype: Any, lanes: int) -> Any:
+    """`_ordered_sum` divided by the count (Inductor divides by n, it does not multiply by 1 / n)."""
+    import math
+
+    import torch
+
+    if dim is not None and not isinstance(dim, (list, tuple)):
+        dim, keepdim, dtype = None, False, dim
+    axes = sorted({d % x.dim() for d in dim}) if dim else list(range(x.dim()))
+    if x.dtype != torch.float32 or dtype not in (None, torch.float32) or not x.numel():
+        return torch.ops.aten.mean.dim(x, axes, keepdim, dtype=dtype) if axes else torch.mean(x, dtype=dtype)
+    return _ordered_sum(x, axes, keepdim, None, lanes) / math.prod(x.shape[d] for d in axes)

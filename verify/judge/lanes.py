@@ -100,3 +100,32 @@ def laned_float32(model: torch.nn.Module) -> torch.nn.Module | None:
 def _laned_forward(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = lane_statistics(norm, x)
     return type(norm).forward(norm, x) if out is None else out
+
+
+def inductor_lanes() -> int:
+    """The float32 lanes of the vector instructions Inductor compiles for on this machine (`pick_vec_isa`: 16 with
+    AVX-512, 8 with AVX2), 1 where it emits scalar code."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        isa = pick_vec_isa()
+        return max(int(isa.nelements()), 1) if isa else 1
+    except Exception:  # noqa: BLE001 - an Inductor without this helper: its scalar order
+        return 1
+
+
+def inductor_sum(values: Any, axes: list[int], lanes: int) -> Any:
+    """float32 sums of `values` over `axes` (dropped), in the order Inductor's CPU code sums them (read from its
+    generated C++, torch 2.14): it vectorises along the dimension innermost in memory, so a reduction that includes it
+    is summed in `lanes` accumulators (each adding every `lanes`-th value in sequence, then added together), and one
+    over outer dimensions only (a spatial mean of a channels-last conv's output) in one accumulator per output, adding
+    the values in sequence in memory order."""
+    order = sorted(range(values.dim()), key=lambda d: (-values.stride(d), d))  # outermost first, as in memory
+    kept = [d for d in order if d not in axes]
+    summed = [d for d in order if d in axes]
+    inner = order[-1] in axes and values.shape[order[-1]] > 1
+    moved = values.permute(*kept, *summed).reshape(*[values.shape[d] for d in kept], -1)
+    total = lane_sum(moved, lanes if inner else 1).squeeze(-1)
+    # back to the kept dimensions' logical order
+    logical = sorted(range(len(kept)), key=lambda i: kept[i])
+    return total.permute(*logical) if len(kept) > 1 else total

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from verify.judge.folding import folded_float32
-from verify.judge.graph_lift import graph_bounds, laned_graph, merged_bounds
+from verify.judge.graph_lift import graph_bounds, inductor_graph, laned_graph, merged_bounds
 from verify.judge.lanes import laned_float32
 from verify.judge.measure import measure_floors
 from verify.judge.noise_floor import NoiseFloor
@@ -65,17 +65,18 @@ class Oracle:
 
 
 def measure_oracle(artifact: Artifact, inputs: dict[str, np.ndarray], fp32_outputs: dict[str, np.ndarray] | None,
-                   options: RuntimeOptions | None = None) -> Oracle | None:
+                   options: RuntimeOptions | None = None, inductor: bool = False) -> Oracle | None:
     """Run `artifact` in float64 on CPU and measure the float32 floor against `fp32_outputs` (float32
     on the CPU; None: run them here); with `options` at a reduced precision, also run the reference at
     that precision (on its device) and measure that precision's floor, which the verdicts then use."""
-    found = measure_oracles(artifact, [inputs], [fp32_outputs], options)
+    found = measure_oracles(artifact, [inputs], [fp32_outputs], options, inductor=inductor)
     return None if found is None else found[0]
 
 
 def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
                     fp32_outputs: Sequence[dict[str, np.ndarray] | None], options: RuntimeOptions | None = None,
-                    batch: bool = False, between: Callable[[], None] | None = None) -> list[Oracle] | None:
+                    batch: bool = False, between: Callable[[], None] | None = None, inductor: bool = False
+                    ) -> list[Oracle] | None:
     """`measure_oracle` on every feed, each floor measured on its own input. With `batch` (a model whose samples
     do not depend on each other: a registered backbone) the float64 reference runs once over all feeds as one
     batch (its rounding is ~1e-9 of float32's: no floor can tell); every float32 evaluation runs feed by feed,
@@ -97,6 +98,7 @@ def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
         if options is not None and precision != "fp32" else None
     runner, folded, laned = None, folded_model(artifact, feeds[0]), laned_model(artifact)
     graph = laned_graph(artifact, feeds[0])
+    compiled = inductor_graph(artifact, feeds[0]) if inductor else None
     oracles = []
     for feed, reference, fp32 in zip(feeds, fp64, fp32_outputs):
         if fp32 is None:
@@ -105,7 +107,8 @@ def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
         laned_bounds = graph_bounds(graph, artifact, feed, fp32, reference)
         # the graph's laned run, where it holds, is the laned copy's sample made without the model's code
         samples = _folded_run(folded, artifact, feed) + ([] if laned_bounds else _laned_run(laned, artifact, feed))
-        summed = merged_bounds(summed_outputs(artifact, feed, fp32), laned_bounds)
+        summed = merged_bounds(summed_outputs(artifact, feed, fp32), laned_bounds,
+                               graph_bounds(compiled, artifact, feed, fp32, reference))
         float32 = lifted(measure_floors(fp32, reference, samples=samples), summed)
         if reduced is None:
             oracles.append(Oracle(reference, float32, f"{runtime.label} vs {names[0]}", "fp32", float32, summed,
@@ -214,13 +217,13 @@ def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, NoiseFloor]:
 
 
 def oracle_or_spread(artifact: Artifact, inputs: dict[str, np.ndarray], fp32: dict[str, np.ndarray] | None,
-                     options: RuntimeOptions | None = None) -> Oracle:
+                     options: RuntimeOptions | None = None, inductor: bool = False) -> Oracle:
     """The float64 oracle where a runtime can run `artifact` in float64; otherwise (an ONNX file)
     no reference outputs, and the float32 floor from the spread of the runtime's alternative settings
     (e.g. ONNX Runtime's graph optimisation levels)."""
     from verify.runtimes import default_runtime, make_runtime
 
-    oracle = measure_oracle(artifact, inputs, fp32, options)
+    oracle = measure_oracle(artifact, inputs, fp32, options, inductor)
     if oracle is not None:
         return oracle
     name = artifact.path.name if artifact.path else artifact.label

@@ -596,6 +596,7 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
     held: list[str | None] = []  # a user model's float32 run there against its call check's (hunt 25a)
     check = getattr(build.built, "float64_calls", None)  # summed_outputs' run there is held to it too (review 22)
     same_runs = settings.runtime.device == "cpu" and settings.runtime.precision == "fp32"
+    inductor = compiled_by_inductor(formats.values())
 
     def failure(run: RunResult, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | str) -> str | None:
         if isinstance(outputs, str):
@@ -619,7 +620,7 @@ def second_shape_stage(runs: Sequence[RunResult], build: BuildResult, settings: 
             else:  # a user's few-value head judged on its summation floor there too, as at the example's shape
                 # and a large reduction on the laned graph's (verify/judge/graph_lift.py graph_bounds), as there too
                 floors = lifted(measure_floors(low, fp64, settings.runtime.precision),
-                                floor_bounds(eager, feed, low, fp64))
+                                floor_bounds(eager, feed, low, fp64, inductor))
                 references[shape] = (fp64, {name: floor.value for name, floor in floors.items()})
         reference, floors = references[shape]
         if model64 is None:  # no floor to judge values on: the outputs the model gives there, of its shapes
@@ -745,7 +746,8 @@ def oracle_stage(eager: Artifact, inputs: dict[str, np.ndarray], runs: list[RunR
 
 def oracles_stage(eager: Artifact, feeds: Sequence[dict[str, np.ndarray]], runs: list[RunResult],
                   options: RuntimeOptions | None = None, no_float64: Oracle | None = None,
-                  batch: bool = False, between: Callable[[], None] | None = None) -> list[OracleResult]:
+                  batch: bool = False, between: Callable[[], None] | None = None, inductor: bool = False
+                  ) -> list[OracleResult]:
     """`oracle_stage` on every input, each floor measured on its own input; with `batch` (a model whose samples
     are independent: a registered backbone, never the user's code) the float64 runs go once as one batch."""
     from verify.inputs import copy_feed
@@ -760,7 +762,7 @@ def oracles_stage(eager: Artifact, feeds: Sequence[dict[str, np.ndarray]], runs:
         fp32 = [loaded.run(feed) if outputs is None else outputs for feed, outputs in zip(feeds, fp32)]
     if no_float64 is not None:
         return [OracleResult(outputs, no_float64) for outputs in fp32]
-    oracles = measure_oracles(eager, feeds, fp32, options, batch, between)  # floors at the runs' precision
+    oracles = measure_oracles(eager, feeds, fp32, options, batch, between, inductor)  # floors at the runs' precision
     if oracles is None:
         raise UsageError(f"No runtime can run {eager.label} in float64 to measure the noise floor")
     # every input's rounding samples go on: the goldens keep as many inputs as fit (verify/folder/write.py)
@@ -847,18 +849,18 @@ def side_float32(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]], run
 
 
 def side_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]], run: RunResult,
-                 settings: RunSettings, float32: Sequence[dict[str, np.ndarray] | None] | None = None
-                 ) -> list[Oracle]:
+                 settings: RunSettings, float32: Sequence[dict[str, np.ndarray] | None] | None = None,
+                 inductor: bool = False) -> list[Oracle]:
     """One side of a comparison, on every feed: its float64 oracle where a runtime runs its format in float64, else
     (an ONNX file) the spread of its runtime's settings; the side's own run is its float32 reference only when it
     is the format's own runtime at its default settings (oracle_stage's rule: the label names any other device,
     precision or option), so a spread counts every level once, the default among them. `float32`: that reference
-    already run (`side_float32`)."""
+    already run (`side_float32`). `inductor`: the other side is Inductor's compiled code (`compiled_by_inductor`)."""
     from verify.judge.oracle import oracle_or_spread
 
     float32 = side_float32(artifact, feeds, run) if float32 is None else float32
     return [without_float64(artifact.built, settings)
-            or oracle_or_spread(artifact, feed, float32[index], settings.runtime)
+            or oracle_or_spread(artifact, feed, float32[index], settings.runtime, inductor)
             for index, feed in enumerate(feeds)]
 
 
@@ -1015,6 +1017,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
         return []
 
     memo: dict[tuple, PairResult] = {}  # comparisons made while waiting, taken by the judging below
+    inductor = compiled_by_inductor(plan.formats.values())  # every pair's floors model Inductor's order then
     judged_runs: set[str] = set()
     while len(by_name) < len(plan.runtimes):  # a runtime whose file is there (and loaded) first, in the plan's order
         held = start_loads()
@@ -1029,7 +1032,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
             # while a background export or load finishes; a file that arrives meanwhile starts loading at once
             with progress.step("Running the float64 oracle"):
                 oracles = oracles_stage(eager, feeds, list(by_name.values()), settings.runtime, build.no_float64,
-                                        spec.registered, between=start_loads)
+                                        spec.registered, between=start_loads, inductor=inductor)
             continue
         with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
             artifact = artifacts[plan.formats[name]]
@@ -1042,7 +1045,8 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
         with progress.step("Running the float64 oracle"):
             for index, item in enumerate(build.named):
                 require_some_finite_run([run.on(index) for run in runs], item.label)
-            oracles = oracles_stage(eager, feeds, runs, settings.runtime, build.no_float64, spec.registered)
+            oracles = oracles_stage(eager, feeds, runs, settings.runtime, build.no_float64, spec.registered,
+                                    inductor=inductor)
     floors, judged = pooled_judge_stage(runs, oracles, settings.tolerance, memo)
     if settings.input_file is not None and build.no_float64 is None:  # seeded inputs are normal draws: they reach it
         from verify.judge.oracle import pooled_floors
@@ -1315,3 +1319,11 @@ def request_content(request: CellRequest, plan: CellPlan) -> dict[str, Any] | No
         settings["weights"] = f"file sha256 {file_sha256(Path(weights))}"
     data["settings"] = settings
     return data
+
+
+def compiled_by_inductor(formats: Iterable[str]) -> bool:
+    """Whether a file of these formats is Inductor's compiled code (an AOTInductor package): the cell's floors then
+    model Inductor's order too (verify/judge/graph_lift.py inductor_graph), for every pair of the cell."""
+    from exporter.formats import get_format
+
+    return any(get_format(fmt).compiled_by_inductor for fmt in formats)
