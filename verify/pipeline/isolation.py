@@ -21,6 +21,7 @@ import io
 import math
 import os
 import pickle
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -279,7 +280,8 @@ def _start_watched(process: Any) -> int | None:
     watcher = threading.Thread(target=watch, name="verify-forkserver-watch", daemon=True)
     watcher.start()
     try:
-        process.start()
+        with _STARTING:  # `end_orphans` never reads the fork server's children between a fork and its registration
+            process.start()
     finally:
         done.set()
         watcher.join()
@@ -736,12 +738,17 @@ def end_orphans() -> set[int]:
     server = server_pid()
     if server is None:
         return set()
-    workers = {child.pid for child in multiprocessing.active_children()}
-    orphans = set(_children_by_parent().get(server, ())) - workers
     ended = set()
-    for pid in orphans:
-        ended |= end_descendants(pid) | _end(pid)
+    with _STARTING:  # a worker another thread is starting is the server's child before it is one of ours
+        workers = {child.pid for child in multiprocessing.active_children()}
+        for pid in set(_children_by_parent().get(server, ())) - workers:
+            ended |= end_descendants(pid) | _end(pid)
     return ended
+
+
+_STARTING = threading.Lock()
+"""Held while a worker starts and while `end_orphans` reads the fork server's children: a worker forked by the server
+but not yet registered in `multiprocessing.active_children()` (another thread's start) would read as an orphan."""
 
 
 def _end(pid: int) -> set[int]:
