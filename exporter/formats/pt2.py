@@ -210,6 +210,7 @@ def scan_archive(path: Path) -> str:
                         raise ArtifactError(f"{path.name}: {config} is missing; a torch.export.save archive has it")
                     _check_payloads(path, kind, json.loads(read_archive_member(archive, config, path)))
                 _check_program(path, json.loads(read_archive_member(archive, model, path)))
+            _refuse_unknown_entries(path, archive, root, names)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path.name} is not a readable torch.export archive: {exc}") from None
     return f"{len(models)} program(s): raw weights, ATen operators, plain guards (nothing pickled)"
@@ -272,6 +273,38 @@ def _refuse_pickled_entries(path: Path, root: str, names: list[str]) -> None:
         if legacy or inner.startswith("serialized_") or AOTI_MARKER.strip("/") in inner:
             raise ArtifactError(f"{path.name} holds {inner}: a pickled or compiled entry that loading would "
                                 "execute; refused")
+
+
+ARCHIVE_ENTRY = (r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
+                 r"models/[\w.-]+\.json|data/(weights|constants)/[\w.-]+_(weights|constants|model_param|model_constants)_config\.json|"
+                 r"data/weights/weight_\d+|data/constants/tensor_\d+|data/sample_inputs/[\w.-]+\.pt|extra/[\w.-]+")
+"""Every entry torch.export.save writes for a program of plain tensors (torch 2.11..2.14, `torch._C._export.
+pt2_archive_constants`: the weights' and constants' configs in either naming), under the archive's root."""
+EXTRA_REFUSED = (".so", ".dll", ".dylib", ".pyd", ".pkl", ".pickle", ".pt", ".pth", ".bin", ".py")
+"""Extra files (`extra/`, strings torch hands back unread) named as a library, a pickle or code: never metadata."""
+
+
+def _refuse_unknown_entries(path: Path, archive: Any, root: str, names: list[str]) -> None:
+    """An entry torch.export.save never writes (a shared library, a pickle, an AOTInductor or ExecuTorch folder, a
+    custom-object payload) is refused: torch 2.14 leaves such an entry unread, but a loader that reads it (a later
+    torch, another tool given the file) would run it; and an `extra/` file is UTF-8 text, as torch reads it back
+    (review 39: a .so and two pickles added to a .pt2 passed its integrity check and loaded, exit 0)."""
+    import re
+
+    from exporter.fsio import read_archive_member
+
+    for name in names:
+        inner = name[len(root) + 1:]
+        if not re.fullmatch(ARCHIVE_ENTRY, inner) or inner.lower().endswith(EXTRA_REFUSED) and \
+                inner.startswith("extra/"):
+            raise ArtifactError(f"{path.name} holds {inner[:80]!r}, an entry torch.export.save does not write; "
+                                "refused (export the program again with torch.export.save)")
+        if inner.startswith("extra/"):
+            try:
+                read_archive_member(archive, name, path).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ArtifactError(f"{path.name} holds {inner[:80]!r}, an extra file that is not text (torch "
+                                    "writes extra files as UTF-8 strings); refused") from None
 
 
 def _check_payloads(path: Path, kind: str, config: Any) -> None:

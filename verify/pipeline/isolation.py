@@ -475,6 +475,7 @@ def adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None, con
         os.dup2(2, 1)
         sys.stdout = open(1, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace",
                           closefd=False)
+    _ADOPTED_STREAMS.update(stdout=sys.stdout, stderr=sys.stderr)
     with contextlib.suppress(OSError):  # a group of its own: what the user's code forks is stopped with it (`_stop`)
         os.setpgid(0, 0)
     environ, cwd, path = where
@@ -490,9 +491,51 @@ def adopt(where: tuple[dict[str, str], str, list[str]], threads: int | None, con
         torch.set_num_threads(threads)
 
 
+_ADOPTED_STREAMS: dict[str, Any] = {}
+"""The worker's sys.stdout and sys.stderr as `adopt` left them: what the user's code may close or replace."""
+STREAM_FAILURES = ((ValueError, "closed file"), (AttributeError, "has no attribute 'write'"),
+                   (AttributeError, "has no attribute 'flush'"))
+"""What writing to a closed, None or replaced standard stream raises (io's and Python's own texts)."""
+
+
+def _stream_trouble(exc: BaseException) -> str | None:
+    """What the user's code did to this worker's sys.stdout or sys.stderr (closed it, set it to None, replaced it),
+    when a write to such a stream is what raised `exc` (anywhere in its chain of causes); else None. torch.export
+    wraps the failed write in its own error, and its advice ('export with --static') was not the cause (review 39)."""
+    import sys
+
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if not any(isinstance(e, kind) and text in str(e) for e in chain for kind, text in STREAM_FAILURES):
+        return None
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name, None)
+        if stream is None:
+            return f"set sys.{name} to None"
+        if getattr(stream, "closed", False) is True:
+            return f"closed sys.{name}"
+        if name in _ADOPTED_STREAMS and stream is not _ADOPTED_STREAMS[name]:
+            return f"replaced sys.{name} (with {type(stream).__name__})"
+    return None
+
+
 def _error_message(exc: BaseException, whose: str) -> tuple[str, tuple[str, int, str]]:
     """An error raised in a worker, as the message the parent raises again: this tool's errors as they are, a bug
-    of its own code as the CLI reports one, anything else one line naming `whose` code raised it."""
+    of its own code as the CLI reports one, anything else one line naming `whose` code raised it. A write to a
+    standard stream that `whose` code closed or replaced is named as that, whoever's code wrote."""
+    did = _stream_trouble(exc)
+    if did is not None:
+        root = exc
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        said = (str(root).strip().splitlines() or [""])[-1]
+        return "error", ("IsolatedRunError", 2, f"{whose} {did} in its worker process, and a write to it then raised "
+                                                f"{type(root).__name__} ({said}) before any verdict: no verdict, not a "
+                                                "pass; leave sys.stdout and sys.stderr as they are (write to a file of "
+                                                "your own)")
     if isinstance(exc, VerifyError):
         return "error", (type(exc).__name__, exc.exit_code, str(exc))
     said = (str(exc).strip().splitlines() or [""])[-1]
