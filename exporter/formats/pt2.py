@@ -277,9 +277,12 @@ def _refuse_pickled_entries(path: Path, root: str, names: list[str]) -> None:
 
 ARCHIVE_ENTRY = (r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
                  r"models/[\w.-]+\.json|data/(weights|constants)/[\w.-]+_(weights|constants|model_param|model_constants)_config\.json|"
-                 r"data/weights/weight_\d+|data/constants/tensor_\d+|data/sample_inputs/[\w.-]+\.pt|extra/[\w.-]+")
+                 r"data/weights/weight_\d+|data/constants/tensor_\d+|data/sample_inputs/[\w.-]+\.pt|"
+                 r"extra/(?!(?:.*/)?\.{1,2}(?:/|$))(?:[\w.\- ]+/)*[\w.\- ]+")
 """Every entry torch.export.save writes for a program of plain tensors (torch 2.11..2.14, `torch._C._export.
-pt2_archive_constants`: the weights' and constants' configs in either naming), under the archive's root."""
+pt2_archive_constants`: the weights' and constants' configs in either naming), under the archive's root. An
+extra file keeps the name its caller gave `extra_files` (review 40: `notes v1.txt` and `meta/a.txt` were refused), but
+no `.` or `..` segment."""
 EXTRA_REFUSED = (".so", ".dll", ".dylib", ".pyd", ".pkl", ".pickle", ".pt", ".pth", ".bin", ".py")
 """Extra files (`extra/`, strings torch hands back unread) named as a library, a pickle or code: never metadata."""
 
@@ -295,7 +298,7 @@ def _refuse_unknown_entries(path: Path, archive: Any, root: str, names: list[str
 
     for name in names:
         inner = name[len(root) + 1:]
-        if not re.fullmatch(ARCHIVE_ENTRY, inner) or inner.lower().endswith(EXTRA_REFUSED) and \
+        if not re.fullmatch(ARCHIVE_ENTRY, inner) or inner.lower().rstrip(" .").endswith(EXTRA_REFUSED) and \
                 inner.startswith("extra/"):
             raise ArtifactError(f"{path.name} holds {inner[:80]!r}, an entry torch.export.save does not write; "
                                 "refused (export the program again with torch.export.save)")

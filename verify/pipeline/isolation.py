@@ -775,18 +775,41 @@ def _stop(worker: Any) -> int | None:
 def end_orphans() -> set[int]:
     """SIGKILL what the fork server adopted (its children that are no worker of this process): the descendants a
     worker that ended by itself left running (review 38: a `setsid` grandchild of a factory that then called
-    `os._exit` outlived it and wrote into the folders after `verify` exited). The pids ended."""
+    `os._exit` outlived it and wrote into the folders after `verify` exited). Each is SIGSTOPped first, pass after
+    pass, as `end_descendants` does: one read of the server's children missed a process that kept cloning itself
+    beside the worker (`clone(CLONE_PARENT)`, then exit; review 40: it outlived every run). The pids ended."""
     import multiprocessing
+    import signal
 
     server = server_pid()
     if server is None:
         return set()
-    ended = set()
+    stopped: set[int] = set()
     with _STARTING:  # a worker another thread is starting is the server's child before it is one of ours
         workers = {child.pid for child in multiprocessing.active_children()}
-        for pid in set(_children_by_parent().get(server, ())) - workers:
+        for _ in range(DESCENDANT_PASSES):
+            found = children_of(server) - workers - stopped
+            if not found:
+                break
+            for pid in found:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= found
+        ended = set()
+        for pid in stopped:
             ended |= end_descendants(pid) | _end(pid)
     return ended
+
+
+def children_of(pid: int) -> set[int]:
+    """The children of `pid` (a single-threaded process: the fork server), read in one file where Linux has it
+    (/proc/PID/task/PID/children: microseconds, so a process that keeps moving is caught), else from every /proc
+    entry."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as listing:
+            return {int(child) for child in listing.read().split()}
+    except (OSError, ValueError):
+        return set(_children_by_parent().get(pid, ()))
 
 
 _STARTING = threading.Lock()
