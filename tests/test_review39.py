@@ -122,3 +122,30 @@ def test_a_write_to_a_stream_the_model_broke_names_the_stream(monkeypatch, strea
     assert did in message and "--static" not in message, message
     intact = _error_message(raised(ValueError("I/O operation on closed file.")), "your model's code")[1][2]
     assert "--static" in intact and "sys." not in intact, intact
+
+
+def test_a_matrix_cell_whose_model_closed_stdout_is_told_so(monkeypatch):
+    """The same line for a `--model` matrix cell (its worker reports errors its own way: verify/matrix/cell.py); a
+    registered backbone's cell keeps the error it raised."""
+    import io
+    import sys
+    from types import SimpleNamespace
+
+    from verify.matrix.cell import _user_stream
+
+    closed = io.StringIO()
+    closed.close()
+    try:
+        try:
+            raise ValueError("I/O operation on closed file.")
+        except ValueError as cause:
+            raise ExportError("torch.export failed for m.py:make: ...; export with --static") from cause
+    except ExportError as exc:
+        failed = exc
+    user, registered = (SimpleNamespace(request=SimpleNamespace(spec=SimpleNamespace(runs_user_code=runs)))
+                        for runs in (True, False))
+    monkeypatch.setattr(sys, "stdout", closed)
+    said, kept = _user_stream(user, failed), _user_stream(registered, failed)
+    monkeypatch.undo()
+    assert said is not None and "closed sys.stdout" in said and "--static" not in said, said
+    assert kept is None

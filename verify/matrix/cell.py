@@ -120,17 +120,28 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
         result = _run_detector(job) if is_detector_cell(job.request) else _run_and_store(job, cache, start)
     except VerifyError as exc:
         _reraise_interrupt(exc)
-        result.error, result.verdict = str(exc), ERROR  # even after a verdict was reached: never a pass
+        result.error, result.verdict = _user_stream(job, exc) or str(exc), ERROR  # even after a verdict: never a pass
     except Exception as exc:  # a bug or an unforeseen failure: this cell fails, the others still run
         _reraise_interrupt(exc)
         lines = str(exc).strip().splitlines() or [""]
-        result.error, result.verdict = f"unexpected {type(exc).__name__}: {lines[-1]}", ERROR
+        result.error = _user_stream(job, exc) or f"unexpected {type(exc).__name__}: {lines[-1]}"
+        result.verdict = ERROR
     gc.collect()
     result.seconds = round(time.perf_counter() - start, 3)
     result.cache_stats = cache.stats.to_dict() if cache is not None else {}
     result.worker = {"pid": os.getpid(), "threads": _torch_threads(), "peak_rss_mib": _peak_rss_mib()}
     result.shard = job.shard
     return result
+
+
+def _user_stream(job: CellJob, exc: BaseException) -> str | None:
+    """A `--model` cell whose code closed or replaced its worker's stdout or stderr, said as that (review 39: torch's
+    own advice, "export with --static", was not the cause)."""
+    if not job.request.spec.runs_user_code:
+        return None
+    from verify.pipeline.isolation import stream_trouble_message
+
+    return stream_trouble_message(exc, "your model's code")
 
 
 def _run_detector(job: CellJob) -> CellResult:

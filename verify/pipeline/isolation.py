@@ -522,20 +522,28 @@ def _stream_trouble(exc: BaseException) -> str | None:
     return None
 
 
+def stream_trouble_message(exc: BaseException, whose: str) -> str | None:
+    """One line saying that `whose` code closed or replaced a standard stream of this worker and a write to it raised
+    `exc` (`_stream_trouble`), else None: in `run_isolated`'s workers and in a matrix worker's `--model` cell."""
+    did = _stream_trouble(exc)
+    if did is None:
+        return None
+    root = exc
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    said = (str(root).strip().splitlines() or [""])[-1]
+    return (f"{whose} {did} in its worker process, and a write to it then raised {type(root).__name__} ({said}) "
+            "before any verdict: no verdict, not a pass; leave sys.stdout and sys.stderr as they are (write to a file "
+            "of your own)")
+
+
 def _error_message(exc: BaseException, whose: str) -> tuple[str, tuple[str, int, str]]:
     """An error raised in a worker, as the message the parent raises again: this tool's errors as they are, a bug
     of its own code as the CLI reports one, anything else one line naming `whose` code raised it. A write to a
     standard stream that `whose` code closed or replaced is named as that, whoever's code wrote."""
-    did = _stream_trouble(exc)
-    if did is not None:
-        root = exc
-        while root.__cause__ is not None or root.__context__ is not None:
-            root = root.__cause__ or root.__context__
-        said = (str(root).strip().splitlines() or [""])[-1]
-        return "error", ("IsolatedRunError", 2, f"{whose} {did} in its worker process, and a write to it then raised "
-                                                f"{type(root).__name__} ({said}) before any verdict: no verdict, not a "
-                                                "pass; leave sys.stdout and sys.stderr as they are (write to a file of "
-                                                "your own)")
+    trouble = stream_trouble_message(exc, whose)
+    if trouble is not None:
+        return "error", ("IsolatedRunError", 2, trouble)
     if isinstance(exc, VerifyError):
         return "error", (type(exc).__name__, exc.exit_code, str(exc))
     said = (str(exc).strip().splitlines() or [""])[-1]
