@@ -5,7 +5,7 @@ GRAPH_LIFT_LIMIT and GRAPH_LIFT_SCALE), merged with the heads' summation floors 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from verify.judge.lanes import STATISTICS_LANES, _affine, _lane_normalised, inductor_lanes, inductor_sum, lane_sum
@@ -31,6 +31,11 @@ GRAPH_OPS = frozenset({
 trace (and their in-place forms: `add_`). A comparison, a cast, a rounding, an index read from data or an operator
 of the model's own would let a graph that equals the model's float32 run bit for bit answer another summation order
 with another function."""
+
+
+REDUCTIONS = ("group_norm", "layer_norm", "instance_norm", "sum", "mean", "adaptive_avg_pool2d")
+"""The reductions a replaced graph may sum otherwise (`reduction_size`): `laned_graph` replaces all but the pool,
+`inductor_graph` the sums, means and the pool to one value (hunt 29: Inductor sums it as a mean)."""
 
 
 GRAPH_LIFT_LIMIT = 128.0
@@ -91,7 +96,8 @@ def _replaced_graph(artifact: Artifact, feed: dict[str, np.ndarray], ops: dict[A
     if built is None or getattr(built.spec, "registered", True) or len(feed) != 1:
         return None
     example = torch.from_numpy(next(iter(feed.values())).copy())
-    if largest_reduction(built.model, example) < least:  # no trace (1.5 s in a fresh process) for it
+    names = {target._overloadpacket.__name__ for target in ops} & set(REDUCTIONS)
+    if largest_reduction(built.model, example, names) < least:  # no trace (1.5 s in a fresh process) for it
         return None
     try:
         with warnings.catch_warnings():
@@ -101,11 +107,10 @@ def _replaced_graph(artifact: Artifact, feed: dict[str, np.ndarray], ops: dict[A
     except Exception:  # noqa: BLE001 - a model torch.export cannot trace keeps the capped sample
         return None
     nodes = [n for n in laned.graph.nodes if n.op == "call_function"]
-    reductions = _laned_ops()
-    if not any(n.target in reductions for n in nodes) or not all(_graph_op(n.target) for n in nodes) \
-            or not _plain_tensors(plain):
+    replaced = [n for n in nodes if n.target in ops and n.target._overloadpacket.__name__ in names]
+    if not replaced or not all(_graph_op(n.target) for n in nodes) or not _plain_tensors(plain):
         return None
-    sizes = [_reduced_size(n) for n in nodes if n.target in ops and n.target in reductions]
+    sizes = [_reduced_size(n) for n in replaced]
     if max(sizes, default=0) < least:
         return None
     for node in nodes:
@@ -125,10 +130,11 @@ suite's user-model exports spent about 100 s on it (fresh-clone CI: 10:25 agains
 reductions from this run only loses the lift."""
 
 
-def largest_reduction(model: Any, example: Any) -> int:
-    """The most elements one output of a group_norm, layer_norm, instance_norm, sum or mean reduces in one float32
-    run of a copy of `model` on `example` (`reduction_size` of each call, read by a TorchFunctionMode); 0 where the
-    run fails. A run costs far less than a trace, and only decides whether to trace: the lift itself is the graph's."""
+def largest_reduction(model: Any, example: Any, names: Collection[str] = REDUCTIONS) -> int:
+    """The most elements one output of a reduction named in `names` (REDUCTIONS: the ones the graph replaces) reduces
+    in one float32 run of a copy of `model` on `example` (`reduction_size` of each call, read by a TorchFunctionMode);
+    0 where the run fails. A run costs far less than a trace, and only decides whether to trace: the lift itself is
+    the graph's."""
     import copy
 
     import torch
@@ -141,8 +147,10 @@ def largest_reduction(model: Any, example: Any) -> int:
             made = func(*args, **kwargs)
             given = args[0] if args else kwargs.get("input")
             try:
-                size = reduction_size(getattr(func, "__name__", ""), given, args[1] if len(args) > 1 else
-                                      next((v for k, v in kwargs.items() if k != "input"), None), made)
+                name = getattr(func, "__name__", "")
+                size = reduction_size(name, given, args[1] if len(args) > 1 else
+                                      next((v for k, v in kwargs.items() if k != "input"), None), made) \
+                    if name in names else 0
                 self.largest = max(self.largest, size)
             except Exception:  # noqa: BLE001 - an argument of another form: not counted
                 pass
@@ -164,14 +172,15 @@ def _reduced_size(node: Any) -> int:
 
 
 def reduction_size(name: str, given: Any, second: Any, made: Any) -> int:
-    """The elements one output of a group_norm / layer_norm / instance_norm / sum / mean reduces: from its input
-    `given`, its second argument (groups, normalized shape) and its output `made` (0 for any other op, or where they
-    are not tensors). Read alike from a traced node (`_reduced_size`) and from a call (`largest_reduction`)."""
+    """The elements one output of a group_norm / layer_norm / instance_norm / sum / mean / adaptive_avg_pool2d reduces:
+    from its input `given`, its second argument (groups, normalized shape) and its output `made` (0 for any other op,
+    or where they are not tensors). Read alike from a traced node (`_reduced_size`) and from a call
+    (`largest_reduction`)."""
     import math
 
     import torch
 
-    if name not in ("group_norm", "layer_norm", "instance_norm", "sum", "mean") \
+    if name not in REDUCTIONS \
             or not isinstance(given, torch.Tensor) or not isinstance(made, torch.Tensor) or not given.dim():
         return 0
     shape = tuple(int(d) for d in given.shape)
@@ -384,8 +393,11 @@ def _inductor_ops() -> dict[Any, Callable[..., Any]]:
     def mean(x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Any:
         return _ordered_mean(x, dim, keepdim, dtype, lanes)
 
+    def pooled(x: Any, size: Sequence[int]) -> Any:
+        return _ordered_pool(x, size, lanes)
+
     return {aten.sum.default: summed, aten.sum.dim_IntList: summed, aten.mean.default: mean, aten.mean.dim: mean,
-            aten.conv2d.default: _channels_last_conv2d}
+            aten.adaptive_avg_pool2d.default: pooled, aten.conv2d.default: _channels_last_conv2d}
 
 
 def _channels_last_conv2d(x: Any, weight: Any, *rest: Any) -> Any:
@@ -426,3 +438,15 @@ def _ordered_mean(x: Any, dim: Any, keepdim: bool, dtype: Any, lanes: int) -> An
     if x.dtype != torch.float32 or dtype not in (None, torch.float32) or not x.numel():
         return torch.ops.aten.mean.dim(x, axes, keepdim, dtype=dtype) if axes else torch.mean(x, dtype=dtype)
     return _ordered_sum(x, axes, keepdim, None, lanes) / math.prod(x.shape[d] for d in axes)
+
+
+def _ordered_pool(x: Any, size: Sequence[int], lanes: int) -> Any:
+    """aten.adaptive_avg_pool2d to one value a channel as Inductor computes it: a mean over H and W (`_ordered_mean`:
+    ATen's kernel means it by cascade, Inductor in one sequential accumulator a channel after a channels-last conv;
+    hunt 29: a conv + adaptive_avg_pool2d(1) failed its AOTI file at 30x). Other sizes are ATen's: both sum each window
+    in sequence."""
+    import torch
+
+    if x.dim() not in (3, 4) or [int(s) for s in size] != [1, 1]:
+        return torch.ops.aten.adaptive_avg_pool2d.default(x, size)
+    return _ordered_mean(x, [-2, -1], True, None, lanes)
