@@ -628,3 +628,22 @@ def _detector_format(suffix: str) -> str:
 
 DETECTOR_ONNX, DETECTOR_SCRIPTED = _detector_format(".onnx"), _detector_format(".pt")
 """A whole detector's ONNX and TorchScript formats, taken from its default formats (no format-name literal)."""
+
+
+def process_gone(pid: int) -> bool:
+    """Gone, or a zombie waiting for whoever adopted it to reap it (it runs nothing more; Linux's /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
+
+
+def still_running(pids: dict[str, int], within: float) -> set[str]:
+    """The names in `pids` whose process still runs after waiting up to `within` seconds for all to be gone."""
+    import time
+
+    deadline = time.monotonic() + within
+    while not all(process_gone(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {name for name, pid in pids.items() if not process_gone(pid)}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import process_gone, still_running
 from verify.inputs import SAMPLES_ENV
 from verify.pipeline.isolation import PR_SET_PDEATHSIG, SETTINGS_PREFIX, die_with_parent
 
@@ -27,15 +28,6 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR
 WORKER_GONE_S = 10.0
 """How long the killed caller's worker may take to die (measured 0.11-0.14 s; without the fix it never does in this
 time: it sleeps 120 s)."""
-
-
-def _dead(pid: int) -> bool:
-    """Gone, or a zombie waiting for whoever adopted it to reap it (it runs nothing more)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
 
 
 @linux_only
@@ -67,14 +59,11 @@ def test_a_worker_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
         worker = int(marker.read_text())
         caller.send_signal(signal.SIGKILL)
         caller.wait()
-        gone = time.monotonic() + WORKER_GONE_S
-        while not _dead(worker) and time.monotonic() < gone:
-            time.sleep(0.05)
-        assert _dead(worker), f"the worker (pid {worker}) outlived the process that started it"
+        assert still_running({"worker": worker}, WORKER_GONE_S) == set(), "it outlived the process that started it"
     finally:
         if caller.poll() is None:
             caller.kill()
-        if marker.exists() and not _dead(int(marker.read_text())):
+        if marker.exists() and not process_gone(int(marker.read_text())):
             os.kill(int(marker.read_text()), signal.SIGKILL)
 
 

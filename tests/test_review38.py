@@ -12,11 +12,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import process_gone, still_running
 from verify.pipeline.isolation import descendants, end_descendants
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreapers and /proc are Linux's")
@@ -24,15 +24,6 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="su
 GONE_S = 5.0
 """How long an escaped grandchild may take to be gone after the call that ran its factory returned (with the fix it is
 dead when the call returns; without it, it sleeps 60 s)."""
-
-
-def _dead(pid: int) -> bool:
-    """Gone, or a zombie waiting for whoever adopted it to reap it (it runs nothing more)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
 
 
 LEAVER = textwrap.dedent("""
@@ -93,13 +84,10 @@ def test_nothing_a_models_code_forks_outlives_its_worker(tmp_path: Path) -> None
         assert result.stdout.split("\n")[:3] == ["returns done", "exits IsolatedRunError 2",
                                                  "hangs IsolatedRunError 2"], result.stdout
         assert set(pids) == set(markers)
-        deadline = time.monotonic() + GONE_S
-        while not all(_dead(pid) for pid in pids.values()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert {name for name, pid in pids.items() if not _dead(pid)} == set()
+        assert still_running(pids, GONE_S) == set()
     finally:
         for marker in markers.values():
-            if marker.exists() and not _dead(int(marker.read_text())):
+            if marker.exists() and not process_gone(int(marker.read_text())):
                 os.kill(int(marker.read_text()), signal.SIGKILL)
 
 
@@ -123,10 +111,7 @@ def test_end_descendants_ends_the_whole_tree_below_a_process_and_nothing_else() 
         below = descendants(child.pid)
         assert len(below) == 2 and os.getpid() not in below
         assert end_descendants(child.pid) == below
-        deadline = time.monotonic() + GONE_S
-        while not all(_dead(pid) for pid in below) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(_dead(pid) for pid in below) and child.poll() is None
+        assert still_running({str(pid): pid for pid in below}, GONE_S) == set() and child.poll() is None
     finally:
         child.kill()
         child.wait()
@@ -179,11 +164,8 @@ def test_nothing_a_matrix_cells_code_forks_outlives_its_worker(tmp_path: Path) -
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.split("\n")[:2] == ["returns done", "exits exit code 0"], result.stdout
         assert set(pids) == set(markers)
-        deadline = time.monotonic() + GONE_S
-        while not all(_dead(pid) for pid in pids.values()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert {name for name, pid in pids.items() if not _dead(pid)} == set()
+        assert still_running(pids, GONE_S) == set()
     finally:
         for marker in markers.values():
-            if marker.exists() and not _dead(int(marker.read_text())):
+            if marker.exists() and not process_gone(int(marker.read_text())):
                 os.kill(int(marker.read_text()), signal.SIGKILL)

@@ -18,6 +18,7 @@ import pytest
 
 from exporter.errors import ArtifactError
 from exporter.formats.pt2 import scan_archive
+from tests.helpers import process_gone
 
 CLONE_SYSCALL = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
 MIGRATE_S = 2.0
@@ -52,11 +53,7 @@ LEAVER = textwrap.dedent("""
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
+    return not process_gone(pid)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or CLONE_SYSCALL is None,

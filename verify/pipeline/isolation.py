@@ -377,15 +377,7 @@ def end_descendants(root: int | None = None) -> set[int]:
     import signal
 
     root = os.getpid() if root is None else root
-    stopped: set[int] = set()
-    for _ in range(DESCENDANT_PASSES):
-        found = descendants(root) - stopped
-        if not found:
-            break
-        for pid in found:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGSTOP)
-        stopped |= found
+    stopped = _stop_all(lambda: descendants(root))
     for pid in stopped:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
@@ -787,26 +779,34 @@ def end_orphans() -> set[int]:
     pass, as `end_descendants` does: one read of the server's children missed a process that kept cloning itself
     beside the worker (`clone(CLONE_PARENT)`, then exit; review 40: it outlived every run). The pids ended."""
     import multiprocessing
-    import signal
 
     server = server_pid()
     if server is None:
         return set()
-    stopped: set[int] = set()
     with _STARTING:  # a worker another thread is starting is the server's child before it is one of ours
         workers = {child.pid for child in multiprocessing.active_children()}
-        for _ in range(DESCENDANT_PASSES):
-            found = children_of(server) - workers - stopped
-            if not found:
-                break
-            for pid in found:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGSTOP)
-            stopped |= found
+        stopped = _stop_all(lambda: children_of(server) - workers)
         ended = set()
         for pid in stopped:
             ended |= end_descendants(pid) | _end(pid)
     return ended
+
+
+def _stop_all(find: Callable[[], set[int]]) -> set[int]:
+    """SIGSTOP every pid `find` gives, pass after pass until it gives no new one (at most DESCENDANT_PASSES): a process
+    stopped forks no other, and one that moved (forked, then exited) is found at its new pid. The pids stopped."""
+    import signal
+
+    stopped: set[int] = set()
+    for _ in range(DESCENDANT_PASSES):
+        found = find() - stopped
+        if not found:
+            break
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped |= found
+    return stopped
 
 
 def children_of(pid: int) -> set[int]:
