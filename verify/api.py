@@ -595,7 +595,7 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
     """Guard 3 (verify/judge/file_floor.py) where one side is the user's model and the other a file a runtime runs
     in float64: the user's floor, on the outputs both have, at most FLOOR_AGREEMENT x the file's own; where no
     runtime runs the file in float64, at most that x each of the model's witnesses' (`_compare_witnesses`)."""
-    from verify.judge.file_floor import FileFloors, agreement_problems, vouched_floors
+    from verify.judge.file_floor import FileFloors, agreement_problems, model_floors, vouched_floors
     from verify.judge.summation import lifted
     from verify.runtimes import runtimes_for
 
@@ -607,10 +607,10 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
         if user[mine] and not user[theirs] and file.path is not None and runtimes_for(file.format, float64=True):
             floors = [lifted(vouched_floors(oracle.float32 or oracle.noise, oracle.outputs, model.outputs),
                              model.summed) for oracle, model in zip(oracles[theirs], oracles[mine], strict=True)]
-            problems += agreement_problems([oracle.float32 or oracle.noise for oracle in oracles[mine]],
+            problems += agreement_problems([model_floors(oracle) for oracle in oracles[mine]],
                                            [FileFloors(f"{file.path.name} in {runs[theirs].label}", floors)])
     for theirs, (files, _) in sorted((witnesses or {}).items()):
-        problems += agreement_problems([oracle.float32 or oracle.noise for oracle in oracles[1 - theirs]], files)
+        problems += agreement_problems([model_floors(oracle) for oracle in oracles[1 - theirs]], files)
     return problems
 
 

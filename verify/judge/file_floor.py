@@ -20,6 +20,13 @@ term zero in float32 and not in float64, with no cast in its graph: `((y * 0 + 1
 floor with it, and eager-only noise got through again (hunt 13a: exit 0 with a 5e-6 relative error in the export,
 60x the conv's real floor); `vouched_floors` takes that difference off each channel's floor.
 
+Like is held to like: the model's side is its held float32 run against its float64 run, lifted to the summation
+bounds the file's is lifted to (`model_floors`, Oracle.held), never the floor the verdicts judge on, whose channels the
+model's rounding samples (a copy with its norms folded into its convolutions, or with laned GroupNorm statistics)
+widen: a file's own floor has no such sample, and a correct mobilenet_v3_small features model at 128 px was refused at
+4.09x its witness's floor (witness 46), the folded copy alone lifting its channels 2.5-4.1x. The samples run the
+model's code, so a witness measured with them would take the model's eager-only terms in too (up to the output's floor).
+
 It runs where the model is the user's code (a registered backbone is this project's: its eager path is the
 function the export traces) and the auto tolerance judges on the floor. ONNX Runtime has no float64 kernels for
 most operators (Conv is float32 only), so an export made only of ONNX files cannot be checked: the report says so."""
@@ -135,6 +142,14 @@ def vouched_floors(floors: Mapping[str, NoiseFloor], file64: Mapping[str, np.nda
         vouched[name] = dataclasses.replace(floor, value=max(float(channels.max()), least), channels=channels,
                                             bulk=bulk)
     return vouched
+
+
+def model_floors(oracle: Any) -> dict[str, NoiseFloor]:
+    """The model's floors guard 3 holds to a file's own, on one input: its held float32 run's against its float64 run,
+    lifted to the summation bounds (`Oracle.held`), without the rounding samples that widen `Oracle.float32`'s
+    channels for the verdicts (a file's own floor has none); an oracle not measured here has its `float32` (or, with
+    none, its `noise`)."""
+    return oracle.held or oracle.float32 or oracle.noise
 
 
 def agreement_ratio(model: NoiseFloor, file: NoiseFloor) -> float:

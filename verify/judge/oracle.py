@@ -57,6 +57,10 @@ class Oracle:
     """The float32 rounding samples (`folded_samples`) `float32` was measured with, where this oracle measured it:
     the goldens keep them, so the artifact folder neither folds the model again nor runs it (None: not measured
     here)."""
+    held: dict[str, NoiseFloor] = field(default_factory=dict)
+    """The float32 floors of the held float32 run alone, lifted to `summed` as `float32` is, without `samples`: what
+    guard 3 holds to a file's own floor (verify/judge/file_floor.py `model_floors`), which no sample lifts ({}: the
+    oracle was not measured here, `float32` stands)."""
 
     @property
     def floors(self) -> dict[str, float]:
@@ -115,13 +119,14 @@ def measure_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
                                graph_bounds(compiled, artifact, feed, fp32, reference),
                                {} if registered else channels_last_bounds(ordered, fp32, reference))
         float32 = lifted(measure_floors(fp32, reference, samples=samples), summed)
+        held = lifted(measure_floors(fp32, reference), summed) if samples else float32
         if reduced is None:
             oracles.append(Oracle(reference, float32, f"{runtime.label} vs {names[0]}", "fp32", float32, summed,
-                                  samples))
+                                  samples, held))
         else:
             noise = measure_floors(reduced.run(feed), reference, precision, float32)
             oracles.append(Oracle(reference, noise, f"{runtime.label} vs {reduced.label}", precision, float32,
-                                  summed, samples))
+                                  summed, samples, held))
         between()
     return oracles
 
@@ -281,8 +286,8 @@ def channels_last_bounds(runs: Sequence[dict[str, np.ndarray]], fp32: dict[str, 
     """Each channelled output's per-channel error of `channels_last_model`'s run (`runs`, one or none) against
     float64, each at most the held run's per-output floor (as a rounding sample joins the channel floors: a model's
     own code, run otherwise, never lifts an output beyond its floor). A user model's bound, not a sample: `summed`
-    lifts the exported files' and witnesses' own floors too (guard 3), which a sample would not (a folded sample
-    already set mobilenet_v3_small's features 4.1x above their witness at 128 px, hunt 29); a registered backbone's
+    lifts the exported files' and witnesses' own floors too and guard 3's model side (`Oracle.held`), as the run an
+    AOTI file computes is a layout, not a rounding sample guard 3 leaves out (witness 46); a registered backbone's
     manifest records no `summed`, and guard 3 is not its."""
     import numpy as np
 

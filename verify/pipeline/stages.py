@@ -1211,7 +1211,7 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     measure theirs), checked on every input; and the evidence the guards decided on, for a stored result to be
     re-judged. Guard 3 guards a pass: where a pair already fails (`agree` False), the export is shown
     disagreeing (and its layer named), not refused as unjudged."""
-    from verify.judge.file_floor import agreement_problems
+    from verify.judge.file_floor import agreement_problems, model_floors
     from verify.judge.oracle import pooled_floors
     from verify.judge.trust import (
         accumulation_length,
@@ -1230,7 +1230,7 @@ def trust_problems(runs: list[RunResult], oracles: list[OracleResult], build: Bu
     k = accumulation_length(model, input_shape=build.named[0].array.shape) if bounded else None
     runtime = settings.runtime
     rounds_at = computes_in(runtime.precision, runtime.device, runtime.tf32)
-    model_float32 = [o.oracle.float32 or o.oracle.noise for o in oracles]  # guard 3 compares float32 floors
+    model_float32 = [model_floors(o.oracle) for o in oracles]  # guard 3 compares the held runs' float32 floors
     held_to_calls(build.built, build.feeds, [o.fp32 for o in oracles])  # the floor's float32 runs are the held ones
     calls = function_record(build.built)  # a user model's float64 runs held to its float32 calls (hunt 23a)
     record = evidence(checks, runtime.device, k, settings.tolerance.mode,
