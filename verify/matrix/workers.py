@@ -45,7 +45,8 @@ WORKER_STOP_S = 2.0
 def _worker_main(conn: Any, threads: int, where: tuple[dict[str, str], str, list[str]]) -> None:
     """A worker process: run the cells sent to it, one at a time, until told to stop (None) or the
     parent goes away. Ctrl-C is the parent's to handle: it stops the workers itself."""
-    adopt(where, threads)  # the parent's environment, folder and path: the fork server has its own
+    adopt(where, threads, conn)  # the parent's environment, folder and path (the fork server has its own); gone if
+    # the parent already is
     while True:
         try:
             job = conn.recv()
