@@ -360,7 +360,12 @@ def _children_by_parent() -> dict[int, list[int]]:
 def descendants(root: int) -> set[int]:
     """The pids below `root` in the process tree (a worker made a subreaper by `adopt` holds every orphan of its own
     descendants, `setsid` or double fork included)."""
-    children, found, todo = _children_by_parent(), set(), [root]
+    return below({root})
+
+
+def below(roots: set[int]) -> set[int]:
+    """The pids below any of `roots` in the process tree, from one read of /proc."""
+    children, found, todo = _children_by_parent(), set(), list(roots)
     while todo:
         for pid in children.get(todo.pop(), ()):
             if pid not in found:
@@ -775,9 +780,11 @@ def _stop(worker: Any) -> int | None:
 def end_orphans() -> set[int]:
     """SIGKILL what the fork server adopted (its children that are no worker of this process): the descendants a
     worker that ended by itself left running (review 38: a `setsid` grandchild of a factory that then called
-    `os._exit` outlived it and wrote into the folders after `verify` exited). Each is SIGSTOPped first, pass after
-    pass, as `end_descendants` does: one read of the server's children missed a process that kept cloning itself
-    beside the worker (`clone(CLONE_PARENT)`, then exit; review 40: it outlived every run). The pids ended."""
+    `os._exit` outlived it and wrote into the folders after `verify` exited); their trees are stopped, pass after pass,
+    before the kill. One read of the server's children: a process that keeps cloning itself beside the worker
+    (`clone(CLONE_PARENT)`, then exit) can be missed (review 40); reading again and again stopped and killed pids its
+    thousands of clones had left as zombies, which the server reaps and the system gives to others (a suite run hung
+    30 s), so it is left open. The pids ended."""
     import multiprocessing
 
     server = server_pid()
@@ -785,11 +792,18 @@ def end_orphans() -> set[int]:
         return set()
     with _STARTING:  # a worker another thread is starting is the server's child before it is one of ours
         workers = {child.pid for child in multiprocessing.active_children()}
-        stopped = _stop_all(lambda: children_of(server) - workers)
-        ended = set()
-        for pid in stopped:
-            ended |= end_descendants(pid) | _end(pid)
-    return ended
+        orphans = {pid for pid in children_of(server) - workers if not _zombie(pid)}
+        stopped = orphans | _stop_all(lambda: below(orphans)) if orphans else set()  # one /proc read a pass
+        return {pid for pid in stopped if _end(pid)}
+
+
+def _zombie(pid: int) -> bool:
+    """Whether `pid` has exited and waits to be reaped (or is gone): nothing to stop; its pid may soon be another's."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def _stop_all(find: Callable[[], set[int]]) -> set[int]:
@@ -825,15 +839,15 @@ _STARTING = threading.Lock()
 but not yet registered in `multiprocessing.active_children()` (another thread's start) would read as an orphan."""
 
 
-def _end(pid: int) -> set[int]:
-    import os
+def _end(pid: int) -> bool:
+    """SIGKILL to `pid`; whether it was sent."""
     import signal
 
     try:
         os.kill(pid, signal.SIGKILL)
     except OSError:
-        return set()
-    return {pid}
+        return False
+    return True
 
 
 def stop_group(pid: int | None) -> None:
