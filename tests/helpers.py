@@ -647,3 +647,19 @@ def still_running(pids: dict[str, int], within: float) -> set[str]:
     while not all(process_gone(pid) for pid in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return {name for name, pid in pids.items() if not process_gone(pid)}
+
+
+def user_model_cell(folder: Path, source: str, factory: str, shape: tuple[int, ...]) -> tuple[Any, list, list]:
+    """A user model as `verify export --model FILE:factory --shape ...` (seed 0) builds it from `source` written in
+    `folder`: its eager artifact, the command's seeded inputs and their float32 runs."""
+    from exporter.formats.eager import eager_artifact
+    from exporter.user_model import FACTORY_WEIGHTS, UserModelSpec
+    from verify.inputs import seeded_inputs
+    from verify.runtimes import default_runtime, make_runtime
+
+    path = folder / f"{factory}.py"
+    path.write_text(source)
+    eager = eager_artifact(UserModelSpec.parse(f"{path}:{factory}").build(0, shape, FACTORY_WEIGHTS), shape)
+    feeds = [{eager.meta.input_name: item.array} for item in seeded_inputs(shape, 0)]
+    loaded = make_runtime(default_runtime(eager.format)).load(eager)
+    return eager, feeds, [loaded.run(feed) for feed in feeds]

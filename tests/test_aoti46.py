@@ -134,18 +134,9 @@ def heads_cell(tmp_path_factory):
     it, its eager artifact and the seeded inputs of that command, its float32 runs, and what an AOTInductor package
     computes on them: `inductor_graph`'s modelled run, which matched the compiled file's outputs within 1e-9 (aoti 47,
     seed 1: sig 1.01e-06 from float64 in both, on the input the CLI failed at 8.5x)."""
-    from exporter.formats.eager import eager_artifact
-    from exporter.user_model import FACTORY_WEIGHTS, UserModelSpec
-    from verify.inputs import seeded_inputs
-    from verify.runtimes import default_runtime, make_runtime
+    from tests.helpers import user_model_cell
 
-    source = tmp_path_factory.mktemp("heads") / "heads.py"
-    source.write_text(HEADS_SOURCE)
-    built = UserModelSpec.parse(f"{source}:heads").build(0, CLI_SHAPE, FACTORY_WEIGHTS)
-    eager = eager_artifact(built, CLI_SHAPE)
-    feeds = [{eager.meta.input_name: item.array} for item in seeded_inputs(CLI_SHAPE, 0)]
-    loaded = make_runtime(default_runtime(eager.format)).load(eager)
-    fp32 = [loaded.run(feed) for feed in feeds]
+    eager, feeds, fp32 = user_model_cell(tmp_path_factory.mktemp("heads"), HEADS_SOURCE, "heads", CLI_SHAPE)
     graph = inductor_graph(eager, feeds[0])
     assert graph is not None
     with torch.inference_mode():

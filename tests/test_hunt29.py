@@ -55,18 +55,9 @@ def _inductor_pool(model, x: np.ndarray, channel_error: float = 0.0) -> np.ndarr
 def pool_cell(tmp_path_factory):
     """The model as `verify export --model FILE:pool --format aoti --shape 1x3x32x32` builds it, its eager artifact,
     the command's seeded inputs and their float32 runs."""
-    from exporter.formats.eager import eager_artifact
-    from exporter.user_model import FACTORY_WEIGHTS, UserModelSpec
-    from verify.inputs import seeded_inputs
-    from verify.runtimes import default_runtime, make_runtime
+    from tests.helpers import user_model_cell
 
-    source = tmp_path_factory.mktemp("pool") / "pool.py"
-    source.write_text(POOL_SOURCE)
-    built = UserModelSpec.parse(f"{source}:pool").build(0, CLI_SHAPE, FACTORY_WEIGHTS)
-    eager = eager_artifact(built, CLI_SHAPE)
-    feeds = [{eager.meta.input_name: item.array} for item in seeded_inputs(CLI_SHAPE, 0)]
-    loaded = make_runtime(default_runtime(eager.format)).load(eager)
-    return eager, feeds, [loaded.run(feed) for feed in feeds]
+    return user_model_cell(tmp_path_factory.mktemp("pool"), POOL_SOURCE, "pool", CLI_SHAPE)
 
 
 def test_inductor_graph_pools_to_one_value_as_inductors_mean(pool_cell):
