@@ -117,9 +117,9 @@ def scaled_onnx_channel(path, out, error: float = ONE_CHANNEL_ERROR) -> None:
     scaled_onnx_weight(path, out, f"{CULPRIT_LAYER}.weight", CULPRIT_CHANNEL, error)
 
 
-def scaled_onnx_weight(path, out, name: str, channel: int, error: float) -> None:
-    """The ONNX file at `path` with `channel` of the initializer `name` (or the first whose name ends in it) scaled
-    by 1 + `error`, saved to `out`."""
+def scaled_onnx_weight(path, out, name: str, channel: int, error: float, axis: int = 0) -> None:
+    """The ONNX file at `path` with `channel` (on `axis`: 1 for a ConvTranspose's output channels) of the initializer
+    `name` (or the first whose name ends in it) scaled by 1 + `error`, saved to `out`."""
     import onnx
     from onnx import numpy_helper
 
@@ -127,7 +127,7 @@ def scaled_onnx_weight(path, out, name: str, channel: int, error: float) -> None
     inits = list(model.graph.initializer)
     init = next((i for i in inits if i.name == name), None) or next(i for i in inits if i.name.endswith(name))
     weight = numpy_helper.to_array(init).copy()
-    weight[channel] *= 1 + error
+    weight[(slice(None),) * axis + (channel,)] *= 1 + error
     init.CopyFrom(numpy_helper.from_array(weight, init.name))
     onnx.save(model, str(out))
 

@@ -10,6 +10,7 @@ exports are measured in the README."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -24,6 +25,7 @@ from exporter.families.detectors import (
     KEYPOINT_LOGIT_STD,
     MIN_DETECTIONS,
     Detector,
+    build_detector,
     calibration_image,
     detect,
 )
@@ -247,3 +249,26 @@ def test_a_keypoint_rcnn_model_is_pointed_at_its_registered_detector():
     names = [name for name in DETECTORS.names() if DETECTORS.get(name).kind == TINY_KEYPOINTS.kind]
     assert names and "--weights det.pt" in str(caught.value) and all(name in str(caught.value) for name in names)
     assert "not verified" not in str(caught.value)
+
+
+def test_a_head_registered_built_is_drawn_from_the_seed_and_never_shared():
+    """A registration whose keypoint head was built when it was made (its weights drawn from torch's global RNG then,
+    which torch seeds anew in every process): two such registrations made under other global states give the same
+    weights for one seed, and a second build neither shares a tensor with the first nor changes it."""
+    import torch
+
+    torch.manual_seed(1)
+    first = _tiny()
+    torch.manual_seed(2)
+    second = replace(_tiny(), name="keypointrcnn_tiny_other")
+    with DETECTORS.adding(first.name, first), DETECTORS.adding(second.name, second):
+        built = build_detector(first.name).model
+        before = {k: v.clone() for k, v in built.state_dict().items()}
+        again, other = build_detector(first.name).model, build_detector(second.name).model
+    head = "roi_heads.keypoint_head"
+    for model in (again, other):
+        state = model.state_dict()
+        assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in before)
+    assert all(torch.equal(v, before[k]) for k, v in built.state_dict().items())
+    assert not {p.data_ptr() for p in built.get_submodule(head).parameters()} & {
+        p.data_ptr() for p in again.get_submodule(head).parameters()}

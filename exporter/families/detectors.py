@@ -294,7 +294,7 @@ def build_detector(name: str, norm: str | None = None, weights: str = "synthetic
     builder = getattr(detection, detector.builder or name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = builder(weights=None, weights_backbone=None, **detector.options).eval()
+        model = builder(weights=None, weights_backbone=None, **own_options(detector.options)).eval()
         if state is None:
             _synthetic(model, detector, seed)
             source = f"synthetic:{seed}"
@@ -302,11 +302,45 @@ def build_detector(name: str, norm: str | None = None, weights: str = "synthetic
             classes = checkpoint_classes(model, detector, state, Path(weights))
             if classes != detector_classes(model, detector.kind):  # a fine-tuned head: built as it was trained
                 torch.manual_seed(seed)
-                model = builder(weights=None, weights_backbone=None, num_classes=classes, **detector.options).eval()
+                model = builder(weights=None, weights_backbone=None, num_classes=classes,
+                                **own_options(detector.options)).eval()
             source = _load_checkpoint(model, state, Path(weights), name)
     if norm != "batch":
         freeze_body_norms(model, eps=0.0 if norm == "frozen-eps0" else 1e-5)
     return BuiltDetector(model.eval(), detector, norm, source)
+
+
+OPTIONS_SEED = 20_000
+"""Added to the build's seed for the draws of the modules a registration passed built: their own stream, so the
+builder draws what it drew before (the same seed, the same box head)."""
+
+
+def own_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A registration's builder options for one build: a module among them (a head or an RoI pool passed built) is
+    copied, so no two builds share it and one's calibration never edits another's model, and every layer of it with
+    `reset_parameters` draws its parameters again from the seed. Its weights were drawn when the registration built
+    it, from whatever torch's global RNG held then, which torch seeds anew in every process: the same seed gave other
+    weights in every run, and a seeded bug in them was seen in some runs only (the landing CI of stop 46). A
+    parameter of a layer without `reset_parameters` keeps the value it was built with.
+    Called after the build's `torch.manual_seed`, whose seed it draws from (OPTIONS_SEED apart); the builder's own
+    draws are left as they were."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    owned = {}
+    with torch.random.fork_rng(devices=[]):  # the builder's own draws stay those of the seed (its box head's)
+        torch.manual_seed(OPTIONS_SEED + torch.initial_seed())
+        for key, value in options.items():
+            if isinstance(value, nn.Module):
+                value = copy.deepcopy(value)
+                for layer in value.modules():
+                    reset = getattr(layer, "reset_parameters", None)
+                    if callable(reset):
+                        reset()
+            owned[key] = value
+    return owned
 
 
 def freeze_body_norms(model: nn.Module, eps: float) -> int:
