@@ -1,5 +1,8 @@
 """`verify preflight`: on the deployment machine, does the artifact load in the target runtime,
-on the provider asked for (not a silent CPU fallback), compute its goldens, within budget?"""
+on the provider asked for (not a silent CPU fallback), compute its goldens, within budget? On the CPU provider a
+dynamic file is judged at a second shape inside its axes too, as `verify artifact` judges it (against the rebuilt
+model with `--rebuild`, else another file of the folder that passed its goldens: hunt 30's TorchScript file with a
+layer4 convolution dilated, invisible at the golden 32 px, was GO)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from verify.folder.validate import (
     option_flags,
     read_inputs,
     require_flags,
+    second_shape_check,
     worst_input_note,
 )
 from verify.runtimes import RuntimeOptions, make_runtime, runtimes_for
@@ -145,6 +149,11 @@ def _preflight_run(art: ArtifactFolder, target: str, options: PreflightOptions, 
     report.add(Check(label, runtime.label, f"{target}: goldens", pair.passed,
                      f"worst {worst.name}: {ratio} ({tolerance.describe()}){worst_input_note(details)}",
                      details=details))
+    if not pair.passed:
+        art.failed.add(target)
+    if options.provider == "cpu":  # the references' floors are a CPU's: a GPU's own rounding is judged by its goldens
+        for judged in second_shape_check(art, runtime, target, report):
+            judged()
     if options.layers:  # re-run on the CPU whatever the provider (each check names what re-ran it)
         folder_layer_checks(art, report, [target])
 

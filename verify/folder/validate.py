@@ -389,17 +389,23 @@ def _run_goldens(art: ArtifactFolder, name: str, runtime_name: str, options: Run
         pair, tolerance, details = judge_inputs(art, runtime.label, outputs, f"golden {kind}", kind)
         report.add(Check(label, runtime.label, f"{name}: goldens {kind}", pair.passed,
                          _pair_message(pair, tolerance) + worst_input_note(details), details=details))
+    return second_shape_check(art, runtime, name, report)
+
+
+def second_shape_check(art: ArtifactFolder, runtime, name: str, report: CheckReport) -> list[Callable[[], None]]:
+    """The loaded file `name`'s check at a second shape inside its dynamic axes, returned to run once every file's
+    goldens are in (none for a static folder; a skipped check where its ranges take only the golden shape)."""
     if not art.manifest.input.dynamic_axes:
         return []
     ranges = art.recorded[name].dynamic_ranges if name in art.recorded else {}
     shape = second_shape(art.manifest.input.shape, art.manifest.input.dynamic_axes, ranges)
     if shape is None:
-        report.add(Check(label, runtime.label, f"{name}: second shape", False,
+        report.add(Check(art.label, runtime.label, f"{name}: second shape", False,
                          f"accepts only the golden shape ({art.recorded[name].bounded_axes()})", skipped=True))
         return []
     title = f"{name}: shape {'x'.join(map(str, shape))}"
     judged = lambda: _second_shape(art, runtime, shape, name)  # noqa: E731
-    return [lambda: report.add(run_check(label, runtime.label, title, judged))]
+    return [lambda: report.add(run_check(art.label, runtime.label, title, judged))]
 
 
 
