@@ -21,6 +21,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import random
 import re
 import sys
 from collections.abc import Iterator
@@ -156,18 +157,22 @@ class UserModelSpec:
         return _slug(f"{stem}-{self.factory}")
 
     def load(self, seed: int = 0) -> Any:
-        """Import the source and call the factory (THIS RUNS THE USER'S CODE), with torch's RNG seeded
-        from `seed` in a forked state, so randomly initialised models are reproducible."""
+        """Import the source and call the factory (THIS RUNS THE USER'S CODE), with torch's, numpy's and Python's
+        global RNGs seeded from `seed` in forked states, before the import and again before the factory, so randomly
+        initialised models are reproducible: each is seeded anew in every process, and a model built at import time
+        (the file's top level) or drawn with numpy was another model in every run (determ 47)."""
         import torch
 
-        with _on_path(self._search_folder()), torch.random.fork_rng(devices=[]), _torch_globals_kept():
+        with _on_path(self._search_folder()), torch.random.fork_rng(devices=[]), _torch_globals_kept(), \
+                _global_rngs_kept():
+            _seed_global_rngs(seed)
             factory = self._factory()  # importing runs the file's top level: what it sets is undone too
             required = _required_parameters(factory)
             if required:  # called with none, it failed as "raised TypeError: ... missing 1 required ..."
                 raise UsageError(f"{self} takes arguments ({', '.join(required)}), and a factory is called with none: "
                                  f"give them defaults, or name a factory without arguments that calls it "
                                  f"(def make(): return {self.factory}(...))")
-            torch.manual_seed(seed)
+            _seed_global_rngs(seed)  # the factory draws the same whatever the import drew
             try:
                 built = factory()
             except Exception as exc:
@@ -301,6 +306,29 @@ def _torch_globals_kept() -> Iterator[None]:
         torch.set_default_dtype(dtype)
         torch.set_num_threads(threads)
         restore_precision(precision)
+
+
+def _seed_global_rngs(seed: int) -> None:
+    """torch's, numpy's and Python's global RNGs seeded from `seed` (0..2**32-1, numpy's range)."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@contextlib.contextmanager
+def _global_rngs_kept() -> Iterator[None]:
+    """numpy's and Python's global RNG states as they were before the user's code ran (torch's is forked apart)."""
+    import numpy as np
+
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 @contextlib.contextmanager
