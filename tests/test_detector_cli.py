@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,8 @@ def test_two_image_sizes_are_judged_at_their_own_sizes(tmp_path, images):
     assert report["image_sizes"] == [_size(hw) for hw in SIZES]
     assert all(min(pair["matched_per_image"]) >= MIN_DETECTIONS for pair in report["after_nms"])
     assert report["before_nms"] and all(p["passed"] for p in report["proposals"])
+    files = [Path(path) for path in report["files"].values()]  # the published folder's, not the staging folder's
+    assert files and all(path.is_file() and path.parent.parent == tmp_path / "out" for path in files), files
 
 
 class _Stop(Exception):

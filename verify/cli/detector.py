@@ -141,6 +141,7 @@ def export_detector(name: str, norm: str | None, weights: str, seed: int, shape:
                     "dynamic": dynamic, "shape": list(size), "images_sha256": images_sha256(report.images)}
         if not write_detector_folder(staging, report, identity, sign_key):
             err_console.print("[dim]no manifest written: the export has no file or no floor to prove[/]")
+    report.files = published(report.files, staging, folder)
     for row in report.rows():
         mark = "ok  " if row.passed else "FAIL"
         print_line(out_console, f"{mark} {markup(row.level)}  {markup(row.pair)}  {markup(row.named_text)}")
@@ -150,6 +151,13 @@ def export_detector(name: str, norm: str | None, weights: str, seed: int, shape:
     for path in write_outputs(report, json_path, junit, markdown, html):
         print_line(err_console, f"[dim]wrote {escape(str(path))}[/]")
     raise typer.Exit(report.exit_code)
+
+
+def published(files: dict[str, str], staging: Path, folder: Path) -> dict[str, str]:
+    """Each file's path in `folder`, where the staging folder it was written and judged in became it: the report
+    named the staging folder, gone once the run ended (determ 47)."""
+    return {fmt: str(folder / Path(path).relative_to(staging)) if Path(path).is_relative_to(staging) else path
+            for fmt, path in files.items()}
 
 
 def images_sha256(images: list[np.ndarray]) -> str:
