@@ -247,6 +247,15 @@ def _computed_state_dict(backbone: str, seed: int) -> dict[str, torch.Tensor]:
     vs float64 7.6e-5 relative instead of 2.2e-6; trained ImageNet weights give ~3e-6).
     """
     import torch
+
+    with torch.random.fork_rng(devices=[]):  # a library caller's global RNG is its own, cache hit or miss (determ 47)
+        return _seeded_state_dict(backbone, seed)
+
+
+def _seeded_state_dict(backbone: str, seed: int) -> dict[str, torch.Tensor]:
+    """`_computed_state_dict`'s work, in torch's global RNG seeded from `seed` (the init, and a classifier's dropout
+    in the calibration's train-mode passes, draw from it)."""
+    import torch
     from torch import nn
 
     from exporter.backbones import build_classifier, family_of

@@ -223,3 +223,14 @@ def test_weights_digest_follows_every_change_to_a_tensor():
     assert weights.sha256 not in (first, edited)
     weights.extra["fpn"] = {"w": torch.ones(2)}
     assert weights.sha256 == state_dict_sha256({**weights.state_dict, "fpn.w": torch.ones(2)})
+
+
+def test_computing_synthetic_weights_leaves_the_callers_global_rng_as_it_was():
+    """Before: the seeded init set torch's global RNG and left it there on a computation, not on a copy read from the
+    weights store, so a library caller's next draw depended on which happened (determ 47)."""
+    from exporter.weights import _computed_state_dict
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    _computed_state_dict("mobilenet_v3_small", 0)
+    assert torch.equal(torch.get_rng_state(), state)
