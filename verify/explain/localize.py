@@ -237,6 +237,13 @@ def first_divergence_beyond_floor(ref: Trace, other: Trace, factor: float,
     def leaf(name: str) -> bool:
         return not any(n.startswith(name + ".") for n in names)
 
+    def valueless(j: int) -> bool:
+        """No value of the other side stands for module call `order[j]`: none, or one of another shape (the shape
+        arithmetic a dynamic export puts under a transposed conv's scope, its conv folded into the norm after it:
+        before, the norm was named where the conv's weights differ; hunt 31)."""
+        value = _counterpart(order[j][0], order[j][1], ref, other, False)[1]
+        return value is None or _shape(value) != _shape(order[j][2])
+
     for i, (name, call, _) in enumerate(order):
         key, value = _counterpart(name, call, ref, other, aliases=not neighbours)
         if value is None or name in ref.ambiguous:  # which call the other side's value is, is unknown
@@ -259,8 +266,7 @@ def first_divergence_beyond_floor(ref: Trace, other: Trace, factor: float,
         if neighbours:
             group = [name]
             j = i - 1
-            while j >= 0 and _counterpart(order[j][0], order[j][1], ref, other, False)[1] is None \
-                    and leaf(order[j][0]) and order[j][0] not in ref.ambiguous:
+            while j >= 0 and valueless(j) and leaf(order[j][0]) and order[j][0] not in ref.ambiguous:
                 group.insert(0, order[j][0])
                 j -= 1
             best.module, best.fused_with = group[0], group[1:]

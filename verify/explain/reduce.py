@@ -20,7 +20,8 @@ from exporter.errors import UsageError, VerifyError
 from verify.api import RunSettings
 from verify.explain.isolate import load_pair, user_code
 from verify.explain.outputs import refuse_inside_export, refuse_overwriting_sources
-from verify.explain.rerun import isolate_sides, isolation_factor, own_floor, run_onnx_piece, unit_feeds
+from verify.explain.rerun import isolate_sides, isolation_factor, own_floor, roles, run_onnx_piece, unit_feeds
+from verify.explain.tracers import OnnxTracer, tracer_for
 from verify.judge.compare import AUTO_FACTOR
 from verify.judge.layers import Isolation, LayerError
 from verify.judge.noise_floor import CHANNEL_AXIS, channelled, other_axes
@@ -36,6 +37,8 @@ DATA_SUFFIX = ".npz"
 INPUT_KEY = "input:"
 """npz keys: `input:<ONNX input name>` for each input, then REFERENCE_KEY, FLOOR_KEY, FACTOR_KEY."""
 REFERENCE_KEY, FLOOR_KEY, FACTOR_KEY = "reference", "floor", "factor"
+ONNX_ONLY = ("reduce writes ONNX pieces: give an .onnx file as one side and the torch model it was exported from as "
+             "the other (for a .pt2 or TorchScript file, export it to ONNX first)")
 
 
 @dataclass
@@ -228,6 +231,8 @@ def reduce_sides(a: Any, b: Any, x: np.ndarray, folder: Path, factor: float = AU
     """Isolate the pair, write the worst named layer's piece into `folder` and check it alone."""
     import numpy as np
 
+    if not isinstance(tracer_for(roles(a, b)[1]), OnnxTracer):  # refused before any layer is re-run, as it is after
+        raise UsageError(ONNX_ONLY)  # one differs: a correct .pt2 was 'nothing to reduce', exit 0 (hunt 31)
     isolation, pieces, ref = isolate_sides(a, b, x, factor, keep_pieces=True)
     if not isolation.layers and not isolation.unrunnable:  # 'nothing to reduce' (exit 0) would rest on no layer
         raise UsageError(f"No layer could be re-run alone, so nothing was checked: {isolation.note or 'none maps back'}"
@@ -248,8 +253,7 @@ def reduce_sides(a: Any, b: Any, x: np.ndarray, folder: Path, factor: float = AU
     if not isolation.named:
         return Reduction(isolation)
     if not pieces:
-        raise UsageError("reduce writes ONNX pieces: give an .onnx file as one side and the torch model it was "
-                         "exported from as the other (for a .pt2 or TorchScript file, export it to ONNX first)")
+        raise UsageError(ONNX_ONLY)
     worst = isolation.named[0]
     unit, piece = next((u, p) for u, p in pieces
                        if (u.fused_with[0] if u.fused_with else u.path) == worst.module and u.call == worst.call)

@@ -93,6 +93,9 @@ class Reference:
     functional: set[str] = field(default_factory=set)
     """The Linears whose weights a parent passed to `F.linear` without calling them (`_functional_linears`): their
     calls are recorded all the same, and a file's ops reading their weights are theirs (`functional_scopes`)."""
+    replays: dict[tuple[str, int], Replay] = field(default_factory=dict)
+    """The calls that read one tensor, given more than once or beside plain constants (`mha(t, t, t,
+    need_weights=False)`, `WindowPartition()(x, p)`): how to call the module again on that tensor alone."""
 
     def as_float32(self, value: Any) -> Any:
         """`value` (one of this reference's tensors) in float32, converted once; for reading only (ONNX feeds)."""
@@ -100,6 +103,54 @@ class Reference:
         if found is None or found[0] is not value:
             found = self.float32[id(value)] = (value, value.float())
         return found[1]
+
+
+class Replay(NamedTuple):
+    """A module call's arguments with the one tensor it read left out (`same`, `same_keywords`: where it was given):
+    every other argument a plain constant, so the call is made again on that tensor's value alone (Reference.replays).
+    Before, such a call was not re-run: a bug in `nn.MultiheadAttention`'s in-projection, called `mha(t, t, t)`, was
+    in no layer checked and `explain --isolate` said every layer was within its floor (hunt 31)."""
+
+    args: tuple[Any, ...]
+    same: frozenset[int]
+    keywords: dict[str, Any]
+    same_keywords: frozenset[str]
+
+    def __call__(self, module: Any, value: Any) -> Any:
+        args = [value if k in self.same else arg for k, arg in enumerate(self.args)]
+        return module(*args, **{key: value if key in self.same_keywords else arg
+                                 for key, arg in self.keywords.items()})
+
+
+PLAIN_CONSTANTS = (bool, int, float, str, type(None))
+"""What a replayed call's other arguments may be (Replay): values the call cannot have changed or be changed by."""
+
+
+def replay_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Replay | None:
+    """The Replay of a call whose tensor arguments are all its first argument, every other one a plain constant; None
+    for any other call (another tensor, a mask, a list of tensors: what they held was not recorded)."""
+    import torch
+
+    first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if first is None:
+        return None
+    values = [*args, *kwargs.values()]
+    if not all(value is first or type(value) in PLAIN_CONSTANTS for value in values):
+        return None
+    return Replay(tuple(None if arg is first else arg for arg in args),
+                  frozenset(k for k, arg in enumerate(args) if arg is first),
+                  {key: None if arg is first else arg for key, arg in kwargs.items()},
+                  frozenset(key for key, arg in kwargs.items() if arg is first))
+
+
+def tensor_output(output: Any) -> Any:
+    """A call's tensor output: the output itself, or the one tensor of a tuple whose other items are None
+    (`nn.MultiheadAttention(..., need_weights=False)` returns `(out, None)`); None otherwise."""
+    import torch
+
+    if isinstance(output, tuple) and output and all(item is None for item in output[1:]):
+        output = output[0]
+    return output if isinstance(output, torch.Tensor) else None
 
 
 def record_reference(side: Side, x: np.ndarray) -> Reference:
@@ -113,8 +164,8 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
     import torch
 
     names = {id(m): n for n, m in canonical_modules(side.fp64, side.prefix).items()}
-    inputs, outputs, calls, sole, called, producers = {}, {}, Counter(), set(), set(), {}
-    taken: dict[int, list[tuple[Any, bool, Any]]] = {}  # module -> its open calls' inputs (a module may call itself)
+    inputs, outputs, calls, sole, called, producers, replays = {}, {}, Counter(), set(), set(), {}, {}
+    taken: dict[int, list[tuple[Any, bool, Any, Any]]] = {}  # module -> its open calls' inputs (it may call itself)
     produced: dict[int, tuple[Any, int, tuple[str, int]]] = {}  # id(output) -> (weak ref, version, call)
 
     def version(tensor: Any) -> int | None:
@@ -134,14 +185,16 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
         # the whole of what the call read: its one argument (maxvit's `WindowPartition()(x, p)` re-run as `(x)` raised
         # a TypeError that ended the whole file's layer verdict, sweep 31), keywords left at None aside
         alone = len(args) == 1 and first is not None and all(value is None for value in kwargs.values())
-        taken.setdefault(id(module), []).append((first, alone, origin))
+        replay = None if alone else replay_of(args, kwargs)
+        taken.setdefault(id(module), []).append((first, alone, origin, replay))
 
     def hook(module, args, output):
-        first, alone, origin = taken[id(module)].pop()
+        first, alone, origin, replay = taken[id(module)].pop()
         name = names.get(id(module))
         if name is not None:
             called.add(name)
-        if name is None or not isinstance(output, torch.Tensor):
+        output = tensor_output(output)
+        if name is None or output is None:
             return
         key = (name, calls[name])
         calls[name] += 1
@@ -153,6 +206,8 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
             inputs[key] = first
             if alone:
                 sole.add(key)
+            elif replay is not None:
+                replays[key] = replay
             if origin is not None:
                 producers[key] = origin
 
@@ -169,12 +224,12 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
     # a Linear called both ways: which of its calls a file's ops are is unknown, so none is recorded (not re-run)
     mixed = {name for name, _ in functional if any(key[0] == name and key not in functional for key in outputs)}
     for key in [key for key in outputs if key[0] in mixed]:
-        for record in (inputs, outputs, producers):
+        for record in (inputs, outputs, producers, replays):
             record.pop(key, None)
         sole.discard(key)
     return Reference(side, inputs, outputs, torch.from_numpy(x).double(),
                      canonical_modules(side.fp32, side.prefix), sole, called=called, producers=producers,
-                     functional={name for name, _ in functional} - mixed)
+                     functional={name for name, _ in functional} - mixed, replays=replays)
 
 
 @contextmanager
@@ -226,20 +281,27 @@ def _own_floor(ref: Reference, chain: list[str], call: int) -> Any:
     import dataclasses
 
     import numpy as np
+    import torch
 
     value = ref.inputs.get((chain[0], call))
-    if value is None or (chain[0], call) not in ref.sole_inputs or any(name not in ref.modules for name in chain):
+    replay = ref.replays.get((chain[0], call)) if len(chain) == 1 else None
+    if value is None or (chain[0], call) not in ref.sole_inputs and replay is None \
+            or any(name not in ref.modules for name in chain):
         return None  # a call that read more than its recorded tensor cannot be re-run on it alone
     if len(chain) > 1 and ref.producers.get((chain[-1], call), (chain[0], call)) != (chain[0], call):
         return None  # the norm's call read another conv's output (a norm shared by two convs): no unit of the two
     want = ref.outputs[(chain[-1], call)].numpy()
     modules = [ref.modules[name] for name in chain]
+    if replay is not None:  # no summation floor: what the call's other arguments make of its sums is unknown here
+        return worst_floor(replayed_evaluations(modules[0], value.float(), replay), want)
     worst = worst_floor(float32_evaluations(modules, value.float()), want)
     if worst is None:
         return None
     # a layer summing few values: its summation floor, one for the layer (summation_floor) or, for a conv judged with
     # its folded norm, one a channel (chain_summation_floor)
-    bound = summation_floor(modules[0], value) if len(chain) == 1 else chain_summation_floor(*modules, value)
+    bound = summation_floor(modules[0], value) if len(chain) == 1 else \
+        chain_summation_floor(*modules, value) if not isinstance(modules[0], torch.nn.Linear) else \
+        _linear_chain_floor(*modules, value)
     if bound is None:
         return worst
     bound = np.where(np.isfinite(bound), bound, 0.0)  # a dead channel (0 x 1/sqrt(0)) bounds nothing; no NaN floor
@@ -262,13 +324,94 @@ def float32_evaluations(chain: list[Any], start: Any) -> list[np.ndarray]:
             summed = _reversed_sum(head, start)
             if summed is not None:
                 runs.append(torch.nn.Sequential(*chain[1:])(summed).numpy())
-        fold = folded_float32(module, start) if len(chain) > 1 else None
+        fold = (folded_float32(module, start) or _folded_head(chain)) if len(chain) > 1 else None
         if fold is not None:
             runs.append(fold(start.clone()).numpy())
         laned = lane_statistics(head, start) if len(chain) == 1 else None
         if laned is not None:
             runs.append(laned.numpy())
     return runs
+
+
+def replayed_evaluations(module: Any, start: Any, replay: Replay) -> list[np.ndarray]:
+    """A replayed call (Reference.replays) in float32, with torch's fused attention fast path off (as the reference
+    was recorded) and on: `nn.MultiheadAttention` computes either way, and a file's attention in its own order."""
+    import torch
+
+    runs = []
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:
+        for enabled in (False, True):
+            torch.backends.mha.set_fastpath_enabled(enabled)
+            with torch.no_grad():
+                got = tensor_output(replay(module, start.clone()))
+            if got is not None:
+                runs.append(got.numpy())
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return runs
+
+
+def _plain_norm(norm: Any) -> bool:
+    """A BatchNorm of torch's own (any dimension) or torchvision's FrozenBatchNorm2d, with fixed statistics and no hook:
+    what an exporter folds into the layer before it."""
+    import torch
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    bases = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, FrozenBatchNorm2d)
+    return any(isinstance(norm, base) and type(norm).forward is base.forward for base in bases) \
+        and not norm.training and getattr(norm, "running_var", None) is not None and not hooked(norm)
+
+
+def _folded_head(chain: list[Any]) -> Any:
+    """A float32 copy of a Linear or a transposed conv with the norm after it folded into it, as dynamo's ONNX export
+    folds them (verify.judge.folding folds convs only): another valid evaluation of that pair; None for any other."""
+    import copy
+
+    import torch
+
+    from verify.judge.folding import norm_scale
+
+    if len(chain) != 2 or not _plain_norm(chain[1]):
+        return None
+    head, norm = chain
+    transposed = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+    if type(head) not in (torch.nn.Linear, *transposed):
+        return None
+    folded = copy.deepcopy(head).float()
+    with torch.no_grad():
+        scale = norm_scale(norm).float()
+        weight = folded.weight
+        if isinstance(head, torch.nn.Linear):  # (out, in)
+            weight.mul_(scale.reshape(-1, 1))
+        else:  # (in, out / groups, *kernel): each group's output channels
+            groups, per = head.groups, weight.shape[1]
+            weight.copy_((weight.reshape(groups, -1, per, *weight.shape[2:])
+                          * scale.reshape(groups, 1, per, *[1] * (weight.dim() - 2))).reshape(weight.shape))
+        bias = norm.bias.float() if norm.bias is not None else torch.zeros_like(scale)
+        shift = bias - norm.running_mean.float() * scale
+        folded.bias = torch.nn.Parameter(shift if head.bias is None else head.bias.float() * scale + shift)
+    return folded
+
+
+def _linear_chain_floor(linear: Any, norm: Any, value: Any) -> Any:
+    """`summation_floor` of a Linear judged with the BatchNorm1d folded into it (verify.judge.summation's
+    chain_summation_floor, which takes convs): the Linear's own sums' floor carried through the norm's largest scale,
+    or the folded Linear's, the larger; None where the norm is not a plain one with fixed statistics."""
+    import copy
+
+    import torch
+
+    from verify.judge.folding import fold_into, norm_scale
+
+    if not _plain_norm(norm) or (plain := summation_floor(linear, value)) is None:
+        return None
+    folded, norm64 = copy.deepcopy(linear).double(), copy.deepcopy(norm).double()
+    fold_into(folded, norm64)
+    with torch.no_grad():
+        carried = plain * float(norm_scale(norm64).abs().max())
+    fused = summation_floor(folded, value)
+    return carried if fused is None else max(carried, fused)
 
 
 def _conv_class(module: Any) -> Any:
@@ -349,6 +492,8 @@ def keep(result: Isolation, ref: Reference, unit: Unit, got: np.ndarray | None) 
 def reference_value(ref: Reference, key: tuple[str, int] | None, unit: Unit | None = None) -> Any:
     if key == OWN_INPUT:  # what this call read, where it read one tensor (its first module, for a folded conv)
         own = (unit.fused_with[0] if unit.fused_with else unit.path, unit.call) if unit is not None else None
+        # never a replayed call's (Replay): the legacy exporter folds a functional transpose before `mha(t, t, t)`
+        # into attention's own first Transpose, whose input is then no longer the one `mha` was given (hunt 31)
         return ref.inputs.get(own) if own in ref.sole_inputs else None
     return ref.x if key is None else ref.outputs.get(key)
 
@@ -453,7 +598,10 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
     producer = {out: i for i, node in enumerate(nodes) for out in node.output}
     constants = parameter_nodes(nodes, initializers)
     graph_inputs = {i.name for i in model.graph.input}
-    recorded = {path for group in scopes if group for path in group}
+    # the modules with a computing node of their own: a dynamic export puts the shape arithmetic of a later reshape
+    # under a transposed conv's scope, and the conv, folded with its norm under the norm's scope, was no partner
+    recorded = {path for i, group in enumerate(scopes) if group and i not in shaped and i not in constants
+                for path in group}
     units, skipped, placed = [], [], set(constants)
     for path, run in _runs(list(enumerate(scopes)), ident):
         last = next((i for i in reversed(run) if any(p == path for p, _ in ends.get(i, []))), None)
@@ -483,8 +631,10 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
                 else:
                     outside.add(name)
         # a conv that a norm read is no norm: the family mapping paired shufflenet's conv `branch2.5` with `branch2.4`
-        partner = conv_before(path, norms) or ("" if norms and path in norms else fold_partner(path))
-        fused = [partner] if nodes[run[-1]].op_type == "Conv" and partner and partner not in recorded else []
+        op = nodes[run[-1]].op_type
+        partner = conv_before(path, norms) if op in FOLDS_INTO else \
+            conv_before(path, norms) or ("" if norms and path in norms else fold_partner(path))
+        fused = [partner] if op in ("Conv", *FOLDS_INTO) and partner and partner not in recorded else []
         norm = folded_norm(path, known, recorded, norms) if nodes[run[-1]].op_type == "Conv" and not fused else ""
         if norm:  # the legacy exporter folds a norm into the conv before it: the node is the norm's output; the
             ends[run[-1]] = [(norm, mine[0][1])]  # layers after it read the norm's value, also where it is skipped
@@ -522,10 +672,15 @@ def functional_scopes(nodes: list[Any], raw: list[Any], scopes: list[Any], initi
     value (FUNCTIONAL_MATCH: swin's `attn.qkv` as a transposed initializer); an op under the parent's scope, in a graph
     where the Linear has none of its own."""
     owner = {}
-    for init in initializers:
-        path, _, leaf = init.name.rpartition(".")
+    stored = {init.name for init in initializers}
+    # and an Identity of another initializer: the legacy exporter writes one for a parameter equal to another (a zero
+    # out_proj bias beside a LayerNorm's zero bias), its output under the parameter's own name (hunt 31)
+    aliases = [node.output[0] for node in nodes if node.op_type == "Identity" and node.input and node.output
+               and node.input[0] in stored]
+    for name in [*stored, *aliases]:
+        path, _, leaf = name.rpartition(".")
         if leaf in ("weight", "bias") and canonical_name(path, prefix) in functional:
-            owner[init.name] = (path, leaf)
+            owner[name] = (path, leaf)
     for canonical, linear in functional.items():
         for leaf, want in (("weight", linear.weight), ("bias", linear.bias)):
             path = prefix + canonical if prefix else canonical
@@ -546,14 +701,17 @@ def functional_scopes(nodes: list[Any], raw: list[Any], scopes: list[Any], initi
         if (path, "weight") not in reads or canonical in placed or not canonical.startswith(parent):
             continue
         whole, biased = [i], functional[canonical].bias is not None
-        if node.op_type == "MatMul" and biased:
+        if node.op_type == "MatMul":
             after = nodes[i + 1] if i + 1 < len(nodes) else None
-            if after is None or after.op_type != "Add" or node.output[0] not in after.input \
-                    or (path, "bias") not in {owner.get(name) for name in after.input} or scopes[i + 1] != scopes[i]:
+            adds = after is not None and after.op_type == "Add" and node.output[0] in after.input \
+                and (path, "bias") in {owner.get(name) for name in after.input} and scopes[i + 1] == scopes[i]
+            if biased and not adds:
                 continue
-            whole.append(i + 1)
-        elif node.op_type not in ("Gemm", "MatMul") or node.op_type == "Gemm" \
-                and (len([n for n in node.input if n]) == 3) != biased:
+            whole += [i + 1] if adds else []  # a zero bias the file still adds: its Add is the Linear's too
+        elif node.op_type != "Gemm":
+            continue
+        elif (third := [n for n in node.input if n][2:]) and not biased and owner.get(third[0]) != (path, "bias") \
+                or biased and not third:  # a zero bias kept by name (the legacy exporter's Gemm) is the Linear's own
             continue
         for k in whole:
             raw[k], scopes[k] = [*raw[k], path], [*scopes[k], canonical]
@@ -634,6 +792,14 @@ def shape_nodes(nodes: list[Any], initializers: set[str]) -> set[int]:
     return shaped
 
 
+FOLDS_INTO = ("ConvTranspose", "Gemm")
+"""ONNX ops other than a Conv that an exporter folds the norm after them into (dynamo: a ConvTranspose2d's or a 2-D
+Linear's BatchNorm): the node stands under the norm's scope, its partner only the module whose output the norm read in
+the model's own run (norms_after), never a family's name mapping. Before, the ConvTranspose was fed the norm's own
+input (the transposed conv's output) and a correct file's layer "could not run" (explain --isolate exit 1, a failed
+--layers), and a Linear's weight error was named at its BatchNorm1d, judged on the norm's floor alone (hunt 31)."""
+
+
 def folded_norm(conv: str, known: set[str], recorded: set[str], norms: dict[str, str] | None = None) -> str:
     """The reference's norm folded into `conv` with no node of its own in the graph (the legacy exporter folds an
     eval-mode BatchNorm into the Conv before it and names the node after the conv), or ''. The norm that read the
@@ -662,8 +828,8 @@ def norms_after(ref: Reference) -> dict[str, str]:
     if ref.norms is not None:
         return ref.norms
 
-    def conv(name: str | None) -> bool:
-        return name is not None and "Conv" in type_name(ref.modules.get(name))
+    def conv(name: str | None) -> bool:  # a conv of any kind, or a Linear (its BatchNorm1d is folded as a conv's)
+        return name is not None and any(kind in type_name(ref.modules.get(name)) for kind in ("Conv", "Linear"))
 
     convs = [(key, value) for key, value in ref.outputs.items() if conv(key[0])]
     found: dict[str, str] = {}
@@ -847,7 +1013,7 @@ def fx_units(module: Any, known: set[str], modules: set[str] | None = None, call
         if last is None or (modules is not None and path not in modules):
             continue
         placed.update(run)
-        inside = set(run[:run.index(last) + 1])
+        inside = _computing(run[:run.index(last) + 1], tensor_valued)
         inputs: dict[Any, tuple[str, int] | None] = {}
         outside: set[Any] = set()
         for node in inside:
@@ -867,6 +1033,18 @@ def fx_units(module: Any, known: set[str], modules: set[str] | None = None, call
         units.append(Unit(path, call, [n for n in run if n in inside], inputs, last))
     return units, skipped, [getattr(n.target, "__name__", str(n.target)) for n in nodes
                             if n not in placed and n.target is not operator.getitem]
+
+
+def _computing(run: list[Any], tensor_valued: Any) -> set[Any]:
+    """The FX nodes of a run that compute its tensors: each tensor-valued node and what they read of the run, never a
+    dynamic shape's arithmetic that only a later op reads (a reshape after a GroupNorm whose size torch.export computes
+    under the GroupNorm's scope from the input's sizes: it read values from outside the layer, which was not re-run;
+    hunt 31)."""
+    kept: set[Any] = set()
+    for node in reversed(run):
+        if tensor_valued(node) or any(user in kept for user in node.users):
+            kept.add(node)
+    return kept
 
 
 def _functional_linear(node: Any, functional: dict[str, FunctionalLinear], prefix: str) -> str:
@@ -942,7 +1120,8 @@ def isolate_eager(ref: Reference, side: Side, factor: float) -> Isolation:
         with torch.no_grad():
             if (got := rerun(result, name, leaves[name], value.float())) is None:
                 continue
-        keep(result, ref, Unit(name, call, [], {}, None), got.numpy() if isinstance(got, torch.Tensor) else None)
+        got = tensor_output(got)  # as recorded: a leaf returning `(out, None)` is judged on `out`
+        keep(result, ref, Unit(name, call, [], {}, None), got.numpy() if got is not None else None)
     if excused:
         result.skipped += excused
         result.note = TRACED_IDENTITY.format(count=len(excused), names=", ".join(excused[:3]) + (
