@@ -306,3 +306,21 @@ def test_the_first_divergence_names_the_transposed_conv_folded_into_its_norm():
                    ("bn", 0, np.full((1, 4, 8, 8), 1.01, np.float32))], exact=False)
     found = first_divergence_beyond_floor(ref, other, AUTO_FACTOR, neighbours=True)
     assert found is not None and (found.module, found.fused_with) == ("up", ["bn"]), found
+
+
+def test_the_isolation_lines_say_which_call_of_a_shared_module_differs():
+    """Before: a conv called twice whose both calls differed printed "• shared: 2964x" and "• shared: 1866x", with no
+    way to tell the calls apart (the JSON had them); the culprit note already said "(call 2)"."""
+    import io
+
+    from rich.console import Console
+
+    from verify.judge.layers import Isolation, LayerError
+    from verify.render.layers import render_isolation
+
+    buffer = io.StringIO()
+    layers = [LayerError("shared", call, ratio, 1e-3, 1e-7) for call, ratio in ((0, 2964.0), (1, 1866.0))]
+    render_isolation(Isolation("m (eager)", "m.onnx", 5.0, layers=layers), Console(file=buffer, width=120,
+                                                                                   color_system=None))
+    lines = [line.strip() for line in buffer.getvalue().splitlines() if line.strip().startswith("•")]
+    assert [line.split(":")[0] for line in lines] == ["• shared", "• shared (call 2)"], lines

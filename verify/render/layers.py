@@ -26,7 +26,8 @@ def render_isolation(result: Isolation, console: Any, limit: int = LIMIT) -> Non
         for layer in named[:limit]:
             fused = f" (computed with {markup(', '.join(layer.fused_with))})" if layer.fused_with else ""
             channel = f", channel {layer.channel}" if layer.channel is not None else ""
-            print_line(console, f"  • {markup(layer.module)}{fused}: {layer.ratio:.0f}x its own floor "
+            call = f" (call {layer.call + 1})" if layer.call else ""  # a module called twice: which call (hunt 31)
+            print_line(console, f"  • {markup(layer.module)}{call}{fused}: {layer.ratio:.0f}x its own floor "
                                 f"(max abs {layer.max_abs:.2e}{channel})")
         if len(named) > limit:
             print_line(console, f"  … and {len(named) - limit} more (see --json)")
