@@ -398,7 +398,21 @@ def test_a_user_model_that_exits_crashes_or_hangs_is_a_failed_cell_with_json(fac
     (cell,) = report.cells
     assert cell.verdict == "error" and words in cell.error and "\n" not in cell.error
     assert "0 of 1 cells agree" in result.stdout and time.monotonic() - start < 120
-    assert not set(dead_workers_folders()) - left_before, "a killed worker's cell folder was left behind"
+    assert not left_after(left_before), "a killed worker's cell folder was left behind"
+
+
+LEFT_WAIT = 5.0
+"""Seconds a new dead worker's folder may take to go: another xdist worker's matrix run removes its killed worker's
+folder a few milliseconds after the worker is gone, and a scan in between counted it as this test's leak (flake 47).
+A folder left behind stays, and still fails the test."""
+
+
+def left_after(before: set[str]) -> set[str]:
+    """The dead workers' folders that are not in `before` and are still there after at most LEFT_WAIT seconds."""
+    deadline = time.monotonic() + LEFT_WAIT
+    while (new := set(dead_workers_folders()) - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return new
 
 
 def dead_workers_folders() -> list[str]:
