@@ -365,12 +365,12 @@ def _plain_norm(norm: Any) -> bool:
 
 def _folded_head(chain: list[Any]) -> Any:
     """A float32 copy of a Linear or a transposed conv with the norm after it folded into it, as dynamo's ONNX export
-    folds them (verify.judge.folding folds convs only): another valid evaluation of that pair; None for any other."""
+    folds them (verify.judge.folding `fold_into`): another valid evaluation of that pair; None for any other."""
     import copy
 
     import torch
 
-    from verify.judge.folding import norm_scale
+    from verify.judge.folding import fold_into
 
     if len(chain) != 2 or not _plain_norm(chain[1]):
         return None
@@ -379,18 +379,7 @@ def _folded_head(chain: list[Any]) -> Any:
     if type(head) not in (torch.nn.Linear, *transposed):
         return None
     folded = copy.deepcopy(head).float()
-    with torch.no_grad():
-        scale = norm_scale(norm).float()
-        weight = folded.weight
-        if isinstance(head, torch.nn.Linear):  # (out, in)
-            weight.mul_(scale.reshape(-1, 1))
-        else:  # (in, out / groups, *kernel): each group's output channels
-            groups, per = head.groups, weight.shape[1]
-            weight.copy_((weight.reshape(groups, -1, per, *weight.shape[2:])
-                          * scale.reshape(groups, 1, per, *[1] * (weight.dim() - 2))).reshape(weight.shape))
-        bias = norm.bias.float() if norm.bias is not None else torch.zeros_like(scale)
-        shift = bias - norm.running_mean.float() * scale
-        folded.bias = torch.nn.Parameter(shift if head.bias is None else head.bias.float() * scale + shift)
+    fold_into(folded, copy.deepcopy(norm).float())
     return folded
 
 

@@ -62,13 +62,21 @@ def norm_scale(norm: torch.nn.Module) -> torch.Tensor:
 
 
 def fold_into(conv: torch.nn.Module, norm: torch.nn.Module) -> None:
-    """Fold `norm` (fixed statistics) into `conv`, in place, in the conv's dtype, as graph optimisers do."""
+    """Fold `norm` (fixed statistics) into `conv`, in place, in the conv's dtype, as graph optimisers do: a conv or a
+    Linear (output channels on the weight's axis 0), or a transposed conv (weight (in, out / groups, *kernel): each
+    group's output channels on axis 1; dynamo folds a ConvTranspose2d's norm into it, hunt 31)."""
     import torch
 
     with torch.no_grad():
         scale = norm_scale(norm)
         bias = norm.bias if norm.bias is not None else torch.zeros_like(scale)
-        conv.weight.mul_(scale.reshape(-1, *[1] * (conv.weight.dim() - 1)))
+        weight = conv.weight
+        if isinstance(conv, torch.nn.modules.conv._ConvTransposeNd):
+            groups, per = conv.groups, weight.shape[1]
+            weight.copy_((weight.reshape(groups, -1, per, *weight.shape[2:])
+                          * scale.reshape(groups, 1, per, *[1] * (weight.dim() - 2))).reshape(weight.shape))
+        else:
+            weight.mul_(scale.reshape(-1, *[1] * (weight.dim() - 1)))
         shift = bias - norm.running_mean * scale
         conv.bias = torch.nn.Parameter(shift if conv.bias is None else conv.bias * scale + shift)
 
