@@ -148,6 +148,24 @@ def to_numpy(value: Any) -> np.ndarray:
 
 # ---------------------------------------------------------------- eager: forward hooks
 
+def tensor_output(output: Any) -> Any:
+    """A call's tensor output: the output itself, or the first item of a tuple of tensors and Nones
+    (`nn.MultiheadAttention` returns `(out, None)`, or `(out, weights)` with `need_weights=True`) when no other item
+    has its shape; None otherwise.
+    Before, a tuple was no value: `explain` named the module after attention for an error in its in-projection, and
+    `need_weights=True` attention was never re-run (hunt 33)."""
+    import torch
+
+    if isinstance(output, tuple) and output and all(item is None or isinstance(item, torch.Tensor)
+                                                    for item in output[1:]):
+        first = output[0]
+        if isinstance(first, torch.Tensor) and any(isinstance(item, torch.Tensor) and item.shape == first.shape
+                                                   for item in output[1:]):
+            return None  # `(y * 2, y + 1)`: which of them a file's value is, no shape tells (keep skips by shape)
+        output = first
+    return output if isinstance(output, torch.Tensor) else None
+
+
 def record_outputs(model: nn.Module, x: torch.Tensor, prefix: str = "") -> list[Record]:
     """(canonical name, call index, output) for every module call, in execution order."""
     import torch
@@ -158,7 +176,8 @@ def record_outputs(model: nn.Module, x: torch.Tensor, prefix: str = "") -> list[
 
     def hook(module, _inputs, output):
         name = names.get(id(module))
-        if name is not None and isinstance(output, torch.Tensor):
+        output = tensor_output(output)
+        if name is not None and output is not None:
             records.append((name, calls[name], output.detach().clone()))
             calls[name] += 1
 
@@ -246,9 +265,10 @@ class FxTracer(Tracer):
     def _record(module: Any, x: torch.Tensor, prefix: str) -> list[Record]:
         import torch
 
-        def tensor_valued(node: Any) -> bool:
+        def tensor_valued(node: Any) -> bool:  # a value nothing reads is no call's output (see rerun.fx_units)
             value = node.meta.get("val")
-            return node.op == "call_function" and (value is None or isinstance(value, torch.Tensor))
+            return node.op == "call_function" and (value is None or isinstance(value, torch.Tensor)) \
+                and bool(node.users)
 
         calls = module_calls((node, fx_scopes(node) if tensor_valued(node) else None)
                              for node in module.graph.nodes)
