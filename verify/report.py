@@ -319,8 +319,8 @@ def _render_footer(report: Report, console: Any) -> None:
     unequal = [check for check in report.layers if check.named]
     unjudged = [check for check in report.layers if not check.passed and not check.named]
     if report.problems:
-        print_line(console, f"[bold red]✗ not judged: {len(report.problems)} problem(s) above; the pairs' figures "
-                            "are shown but no verdict stands on them[/]")
+        shown = "the pairs' figures are shown but no verdict stands on them" if report.pairs else "no pair was judged"
+        print_line(console, f"[bold red]✗ not judged: {len(report.problems)} problem(s) above; {shown}[/]")
     elif failed:
         print_line(console, f"[bold red]✗ {len(failed)} of {len(report.pairs)} pairs disagree[/]")
     elif unequal:

@@ -318,10 +318,12 @@ builder draws what it drew before (the same seed, the same box head)."""
 def own_options(options: dict[str, Any]) -> dict[str, Any]:
     """A registration's builder options for one build: a module among them (a head or an RoI pool passed built) is
     copied, so no two builds share it and one's calibration never edits another's model, and every layer of it with
-    `reset_parameters` draws its parameters again from the seed. Its weights were drawn when the registration built
-    it, from whatever torch's global RNG held then, which torch seeds anew in every process: the same seed gave other
-    weights in every run, and a seeded bug in them was seen in some runs only (the landing CI of stop 46). A
-    parameter of a layer without `reset_parameters` keeps the value it was built with.
+    `reset_parameters` (or torch's `_reset_parameters`: nn.MultiheadAttention) draws its parameters again from the
+    seed. Its weights were drawn when the registration built it, from whatever torch's global RNG held then, which
+    torch seeds anew in every process: the same seed gave other weights in every run, and a seeded bug in them was seen
+    in some runs only (the landing CI of stop 46). A tensor of a layer with neither keeps the value it was built with
+    where all its values are one (ones, zeros: a constant the layer sets); one holding several values is refused
+    (hunt 32: a head's `nn.Parameter(torch.rand(4))` was another model in every process, as before the fix).
     Called after the build's `torch.manual_seed`, whose seed it draws from (OPTIONS_SEED apart); the builder's own
     draws are left as they were."""
     import copy
@@ -335,12 +337,31 @@ def own_options(options: dict[str, Any]) -> dict[str, Any]:
         for key, value in options.items():
             if isinstance(value, nn.Module):
                 value = copy.deepcopy(value)
-                for layer in value.modules():
-                    reset = getattr(layer, "reset_parameters", None)
+                for path, layer in value.named_modules():
+                    reset = getattr(layer, "reset_parameters", None) or getattr(layer, "_reset_parameters", None)
                     if callable(reset):
                         reset()
+                    else:
+                        _refuse_drawn_tensors(key, path, layer)
             owned[key] = value
     return owned
+
+
+def _refuse_drawn_tensors(option: str, path: str, layer: nn.Module) -> None:
+    """UsageError for a floating tensor of `layer` (one with no reset method) holding more than one value: drawn when
+    the registration built it, it is not this build's seed's, so each process would build another model."""
+    import torch
+
+    for name, tensor in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]:
+        if tensor is None or not tensor.is_floating_point() or tensor.numel() < 2:
+            continue
+        flat = tensor.detach().reshape(-1)
+        if not torch.equal(flat, flat[:1].expand_as(flat)):
+            where = ".".join(part for part in (option, path, name) if part)
+            raise UsageError(f"The registration's {where} holds values drawn when the registration built it "
+                             f"({type(layer).__name__} has no reset_parameters to draw them from the build's seed), so "
+                             "each process would build another model; give that layer a reset_parameters() that sets "
+                             "them, or build them as constants")
 
 
 def freeze_body_norms(model: nn.Module, eps: float) -> int:

@@ -16,6 +16,7 @@ from verify.matrix.detectors import is_detector_cell
 from verify.matrix.floor_binding import floor_binding_problems
 from verify.matrix.judging import judge_cell, kept_disagreement
 from verify.matrix.result import AGREE, DISAGREE, ERROR, CellResult
+from verify.pipeline.overlap import RAN_ON
 from verify.pipeline.stages import HIT, MISS, OFF, CellRequest
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
     from verify.cache import Cache, CacheStats
 
     start = time.perf_counter()
+    RAN_ON.clear()
     cache = Cache(Path(job.cache_dir)) if job.cache_dir else None
     if lookup:
         stored, found = lookup_cell(job, CacheStats())
@@ -130,6 +132,8 @@ def execute_cell(job: CellJob, lookup: bool = True) -> CellResult:
     result.seconds = round(time.perf_counter() - start, 3)
     result.cache_stats = cache.stats.to_dict() if cache is not None else {}
     result.worker = {"pid": os.getpid(), "threads": _torch_threads(), "peak_rss_mib": _peak_rss_mib()}
+    if RAN_ON - {result.worker["threads"]}:  # part of the cell ran on fewer threads, beside a background export
+        result.worker["threads_beside_export"] = min(RAN_ON)
     result.shard = job.shard
     return result
 

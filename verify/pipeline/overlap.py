@@ -369,7 +369,14 @@ def _yield_core() -> int:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads - CHILD_THREADS))
+    RAN_ON.add(torch.get_num_threads())
     return threads
+
+
+RAN_ON: set[int] = set()
+"""The torch thread counts this process ran on beside a child (`_yield_core`): a matrix cell's worker record lists
+them with its own count (hunt 32: it said `threads: 2` for a cell whose runs were on one thread beside the child),
+emptied at each cell's start (verify/matrix/cell.py)."""
 
 
 # The child ------------------------------------------------------------------------------------
