@@ -258,7 +258,7 @@ def test_a_head_registered_built_is_drawn_from_the_seed_and_never_shared():
     import torch
 
     torch.manual_seed(1)
-    first = _tiny()
+    first = replace(_tiny(), name="keypointrcnn_tiny_first")  # the module fixture may hold TINY's own name here
     torch.manual_seed(2)
     second = replace(_tiny(), name="keypointrcnn_tiny_other")
     with DETECTORS.adding(first.name, first), DETECTORS.adding(second.name, second):
