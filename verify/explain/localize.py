@@ -227,8 +227,8 @@ def first_divergence_beyond_floor(ref: Trace, other: Trace, factor: float,
     `neighbours` (a graph against the torch program it came from): an exporter may compute the
     next module (a norm) in the same node, so the next module's value is tried too, and a
     divergence is named at the first of the value-less leaf modules just before it (a conv
-    folded into its norm). Between two graphs, a conv and a norm fused into one node match
-    each other through the graphs' own records of the fusion."""
+    folded into its norm) that no earlier value already stands for. Between two graphs, a conv and
+    a norm fused into one node match each other through the graphs' own records of the fusion."""
     import numpy as np
 
     order = ref.values
@@ -244,13 +244,17 @@ def first_divergence_beyond_floor(ref: Trace, other: Trace, factor: float,
         value = _counterpart(order[j][0], order[j][1], ref, other, False)[1]
         return value is None or _shape(value) != _shape(order[j][2])
 
+    # Value-less calls an earlier value stands for within the factor (a norm the legacy exporter folded into the conv
+    # before it, a Dropout it dropped): never named for a later module's error (before: `bn1` for conv2's; hunt 34).
+    covered: set[int] = set()
     for i, (name, call, _) in enumerate(order):
         key, value = _counterpart(name, call, ref, other, aliases=not neighbours)
         if value is None or name in ref.ambiguous:  # which call the other side's value is, is unknown
             continue
-        candidates = [order[i]] + ([order[i + 1]] if neighbours and i + 1 < len(order) else [])
+        nxt = i + 1 if neighbours and i + 1 < len(order) else None
         best: Divergence | None = None
-        for cand_name, cand_call, reference in candidates:
+        for j in [i] + ([nxt] if nxt is not None else []):
+            cand_name, cand_call, reference = order[j]
             if _shape(reference) != _shape(value):
                 continue
             floors = [ref.floor(cand_name, cand_call),
@@ -259,17 +263,21 @@ def first_divergence_beyond_floor(ref: Trace, other: Trace, factor: float,
             floor = max([f for f in floors if f] + [float(np.finfo(np.float32).eps) * scale]) or \
                 float(np.finfo(np.float32).eps)
             max_abs, max_rel = _rel(value, reference)
+            if j == nxt and max_abs / floor <= factor and valueless(j):
+                covered.add(j)
             if best is None or best.ratio is None or max_abs / floor < best.ratio:
-                best = Divergence(name, call, max_abs, max_rel, max_abs / floor, judged="float32-floor")
+                best = Divergence(name, call, max_abs, max_rel, max_abs / floor, judged="float32-floor",
+                                  fused_with=[cand_name] if j == nxt and valueless(j) and leaf(cand_name) else [])
         if best is None or best.ratio is None or best.ratio <= factor:
             continue
         if neighbours:
             group = [name]
             j = i - 1
-            while j >= 0 and valueless(j) and leaf(order[j][0]) and order[j][0] not in ref.ambiguous:
+            while j >= 0 and j not in covered and valueless(j) and leaf(order[j][0]) \
+                    and order[j][0] not in ref.ambiguous:
                 group.insert(0, order[j][0])
                 j -= 1
-            best.module, best.fused_with = group[0], group[1:]
+            best.module, best.fused_with = group[0], group[1:] + best.fused_with
         else:
             conv = ref.fused.get(name) or (key is not None and other.fused.get(key[0])) or None
             if conv and conv not in names:
