@@ -161,11 +161,18 @@ def test_damaged_folders_fail_naming_file_and_reason(folder, damage, file, reaso
 
 
 def test_another_model_fails_on_what_it_records_or_on_its_goldens(folder, tmp_path):
-    """model.onnx swapped for another export's (other weights), its hash updated: integrity names the weights
-    the file records; a forger who also rewrites that record is caught by the goldens."""
-    other = invoke(*EXPORT, "--seed", "1", "--format", "onnx", "--out", tmp_path / "other")
+    """model.onnx swapped for another export's (other weights), its manifest entry (hash, exporter, opset) taken
+    with it: integrity names the weights the file records; a forger who also rewrites that record is caught by the
+    goldens. The other file is the legacy exporter's (seconds, not the dynamo translation's 8): what is checked is
+    the weights it records and the outputs it computes, which either exporter's file carries."""
+    other = invoke(*EXPORT, "--seed", "1", "--format", "onnx", "--onnx-exporter", "torchscript",
+                   "--out", tmp_path / "other")
     assert other.exit_code == 0, other.output
-    shutil.copy(tmp_path / "other" / "resnet18-frozen-body" / "model.onnx", folder / "model.onnx")
+    other_folder = tmp_path / "other" / "resnet18-frozen-body"
+    shutil.copy(other_folder / "model.onnx", folder / "model.onnx")
+    other_entry = json.loads((other_folder / "manifest.json").read_text())["files"]["model.onnx"]
+    rewrite_manifest(folder, lambda manifest: manifest["files"]["model.onnx"].update(
+        {key: other_entry[key] for key in get_format(other_entry["format"]).manifest_field_types}))
     rehash(folder, "model.onnx")
     result = invoke("artifact", folder, "--json", tmp_path / "r.json", TRUST)
     assert result.exit_code == 1

@@ -64,9 +64,12 @@ def test_the_child_starts_before_torch_is_imported_and_the_threads_come_back(tmp
         from exporter.spec import ModelSpec
         from verify.api import verify_export
         from verify.settings import RunSettings
-        # the ONNX file alone: the child's format (its .pt2 and the TorchScript file would only add their time)
+        from exporter.formats.onnx import OnnxOptions
+        # the ONNX file alone: the child's format (its .pt2 and the TorchScript file would only add their time); the
+        # legacy exporter, which goes to the child like the dynamo one (the child starts before either is chosen)
         report = verify_export(ModelSpec("resnet18", "frozen", "body"), RunSettings(shape={SHAPE!r}, samples=1),
-                               out={str(tmp_path)!r}, cache=None, export=ExportOptions(formats=("onnx",)))
+                               out={str(tmp_path)!r}, cache=None, export=ExportOptions(
+                                   formats=("onnx",), format_options=(OnnxOptions(exporter="torchscript"),)))
         import torch
         print(json.dumps({{"torch_at_start": seen, "passed": report.passed, "threads": torch.get_num_threads()}}))
     """)
