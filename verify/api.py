@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -15,6 +16,7 @@ from exporter.export import ExportOptions
 from exporter.formats import open_artifact
 from exporter.formats.eager import eager_artifact
 from exporter.fsio import check_writable_folder, path_kind, require_readable, staged_folder
+from exporter.messages import one_line
 from exporter.spec import DEFAULT_SHAPE, ModelSpec
 from exporter.user_model import UserModelSpec
 from verify.inputs import NamedInput, refuse_blank_inputs
@@ -589,8 +591,11 @@ def failed_on_its_own_shape(artifact: Artifact, feeds: Sequence[Mapping[str, np.
     shape = tuple(next(iter(feeds[0].values())).shape) if feeds else ()
     if artifact.path is None or not artifact.meta.input_shape or not inside_ranges(artifact.meta, shape):
         return None
+    # the runtime's "<label> failed on an input of shape (...): " repeats what this line says; without it the hint
+    # that says what to do fits, where a blind [:400] cut it mid-word (newuser 48: "or export again traced a.")
+    reason = re.sub(r"^.{0,200}? failed on an input of shape \([0-9, ]*\): ", "", str(exc).splitlines()[0], count=1)
     return (f"fails on an input of {'x'.join(map(str, shape))}, a shape its own record says it takes: "
-            f"{str(exc).splitlines()[0][:400]}. A failed file, not bad input. Not judged")
+            f"{one_line(reason)}. A failed file, not bad input. Not judged")
 
 
 def compares_model_with_file(sides: Sequence[Artifact]) -> bool:

@@ -173,6 +173,8 @@ INPUT_PARAMETER = "input_path"
 """The parameter name of --input in every command that takes it."""
 REPORT_FLAGS = {"json_path": "--json", "junit": "--junit", "markdown": "--markdown", "html": "--html"}
 """The parameter names of the report options, and their flags."""
+OUT_PARAMETER = "out"
+"""The parameter name of verify export's --out (the artifact folder), kept out of an --input folder too."""
 
 
 def apart_from_input(input_path: Path | None, flag: str, output: Path | None) -> None:
@@ -187,12 +189,25 @@ def apart_from_input(input_path: Path | None, flag: str, output: Path | None) ->
         raise typer.BadParameter(f"{flag} {output} would {harm} {input_path}; write the report elsewhere")
 
 
+def out_apart_from_input(input_path: Path | None, out: Path | None) -> None:
+    """The artifact folder (--out) inside an --input folder: the export passed, then every later run with that
+    --input refused its own export folder as an input ("is a directory, not a file"; newuser 48); refused before
+    any work."""
+    if input_path is None or out is None or path_kind(Path(input_path)) != "a directory":
+        return
+    if Path(out).resolve().is_relative_to(Path(input_path).resolve()):
+        raise typer.BadParameter(f"--out {out} is inside the --input folder {input_path}, so the export folder would "
+                                 "become an entry that every later run with this --input refuses (an input folder "
+                                 "holds only arrays and images); pass --out outside it")
+
+
 def check_input_path(ctx: typer.Context, value: Path | None) -> Path | None:
     """An input file or folder: what it holds is read (and checked) before any model is built."""
     if value is not None:
         _require_existing(value, "a .npy array, an image or a folder of them")
         for name, flag in REPORT_FLAGS.items():  # the reports parsed before --input
             apart_from_input(value, flag, ctx.params.get(name))
+        out_apart_from_input(value, ctx.params.get(OUT_PARAMETER))  # verify export's --out, parsed before --input
     return value
 
 
@@ -260,6 +275,14 @@ def check_output_folder(value: Path | None) -> Path | None:
             check_writable_folder(value, "output folder")
         except UsageError as exc:
             raise _bad(exc) from None
+    return value
+
+
+def check_export_folder(ctx: typer.Context, value: Path | None) -> Path | None:
+    """verify export's --out: an artifact folder (check_output_folder), not inside the --input folder (parsed before
+    it; check_input_path checks it after)."""
+    check_output_folder(value)
+    out_apart_from_input(ctx.params.get(INPUT_PARAMETER), value)
     return value
 
 
@@ -451,7 +474,7 @@ ArtifactLayers = Annotated[bool | None, typer.Option(
          "model's float64 inputs and judged on its own float32 floor (the layer verdict verify export runs); a layer "
          "that differs on its own fails its file's check. By default with --rebuild, best effort (a file it cannot "
          "judge is a note); --layers fails such a file, --no-layers skips the layer verdict")]
-OutFolder = Annotated[Path, typer.Option(callback=check_output_folder,
+OutFolder = Annotated[Path, typer.Option(callback=check_export_folder,
                                          help="Folder for the artifacts (one subfolder backbone-norm-view)")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Replace an existing export folder even when it holds a different export")]

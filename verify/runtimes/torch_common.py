@@ -54,7 +54,8 @@ def guard_hint(meta: ArtifactMeta | None, shape: tuple[int, ...] | None = None) 
     bounded = meta.bounded_axes()
     if shape is not None and inside_ranges(meta, shape):
         small = [f"{meta.dynamic_axes[str(axis)]} {size} where it traced {meta.input_shape[axis]}"
-                 for axis, size in enumerate(shape) if str(axis) in meta.dynamic_axes and size < 2]
+                 for axis, size in enumerate(shape)
+                 if str(axis) in meta.dynamic_axes and size < 2 and meta.input_shape[axis] > 1]  # traced at 1: no claim
         return (f"; this shape is inside the axes' recorded ranges ({bounded or 'unbounded'}), but the file keeps a "
                 f"guard torch.export derived tracing at {traced}, which refuses it"
                 + (f" ({', '.join(small)}: the trace assumed sizes above 1)" if small else "")
