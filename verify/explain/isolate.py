@@ -38,7 +38,7 @@ def load_pair(a: str, b: str, settings: RunSettings, progress: Progress) -> tupl
     given = settings_inputs(settings)
     # --input's own shape where --shape names none: a model is built for the inputs it is given (as compare does)
     shaped = settings if settings.shape or not given else replace(settings, shape=tuple(given[0].array.shape))
-    with progress.step("Loading both sides"):
+    with progress.step("Loading both sides to re-run their layers"):
         artifacts = [resolve_source(a, shaped), resolve_source(b, shaped)]
         sides = load_sides(*artifacts)
     named = given or [seeded_input(input_shape_for(artifacts, settings), settings.seed)]
