@@ -1084,10 +1084,24 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
         recorded_calls(report.trust, build.built)
     report.pairs = worst_over_inputs(judged, build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) \
-        + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + shape_notes + bounds_notes(artifacts.values())
+        + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + shape_notes \
+        + bounds_notes(artifacts.values()) + cached_file_notes(report, runs, plan.formats, statuses, export_cache)
     for thread in stores:  # the files stay where the stores read them until the outcome is returned
         thread.join()
     return CellOutcome(report, build, artifacts, feeds[0], first, statuses, list(oracles))
+
+
+def cached_file_notes(report: Report, runs: Iterable[RunResult], formats: Mapping[str, str],
+                      statuses: Mapping[str, str], cache: Cache | None) -> list[str]:
+    """A note for each file taken from the cache whose run failed a pair (newuser 48b): the table alone named a
+    reduced precision, never that this run did not export the file, nor how to tell a wrong cached file apart."""
+    failed = {name for pair in report.pairs if not pair.passed for name in (pair.a, pair.b)}
+    failed |= {Path(isolation.candidate).name for isolation in report.layers or [] if isolation.exit_code}
+    return [f"{Path(run.artifact).name} ({run.label}) was taken from the cache ({cache.root}), not exported by this "
+            "run: export it again with --no-cache; if that passes, the cache held a wrong file "
+            "(`verify cache clear`, and find out who can write that folder)"
+            for run in runs if cache is not None and failed & {run.label, Path(run.artifact).name}
+            and statuses.get(f"export:{formats.get(run.runtime)}") == HIT]
 
 
 def bounds_notes(artifacts: Iterable[Artifact]) -> list[str]:
