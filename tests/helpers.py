@@ -663,3 +663,16 @@ def user_model_cell(folder: Path, source: str, factory: str, shape: tuple[int, .
     feeds = [{eager.meta.input_name: item.array} for item in seeded_inputs(shape, 0)]
     loaded = make_runtime(default_runtime(eager.format)).load(eager)
     return eager, feeds, [loaded.run(feed) for feed in feeds]
+
+
+def varied_norm(norm: Any) -> Any:
+    """`norm` (a BatchNorm) with running statistics and an affine part drawn away from their defaults, in place, from
+    torch's global RNG: a folded norm that changes nothing would hide what folding it does."""
+    import torch
+
+    with torch.no_grad():
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    return norm

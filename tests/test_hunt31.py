@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from exporter.errors import UsageError
+from tests.helpers import varied_norm
 from verify.explain.localize import first_divergence_beyond_floor
 from verify.explain.reduce import ONNX_ONLY, reduce_sides
 from verify.explain.rerun import isolate_fx, isolate_onnx, record_reference
@@ -33,13 +34,7 @@ ONE_CHANNEL = 1e-3
 SCOPES = "pkg.torch.onnx.name_scopes"
 
 
-def _norm(norm: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        norm.running_mean.uniform_(-0.5, 0.5)
-        norm.running_var.uniform_(0.5, 2.0)
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.uniform_(-0.2, 0.2)
-    return norm
+_norm = varied_norm
 
 
 class UpFold(nn.Module):

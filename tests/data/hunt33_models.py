@@ -5,15 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tests.helpers import varied_norm
 
-def _stats(norm: nn.Module) -> nn.Module:
-    """Running statistics and an affine part away from their defaults (a folded norm that changes nothing hides)."""
-    with torch.no_grad():
-        norm.running_mean.uniform_(-0.5, 0.5)
-        norm.running_var.uniform_(0.5, 2.0)
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.uniform_(-0.2, 0.2)
-    return norm
+_stats = varied_norm
 
 
 class SqueezeExcite(nn.Module):
