@@ -676,3 +676,21 @@ def varied_norm(norm: Any) -> Any:
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.uniform_(-0.2, 0.2)
     return norm
+
+
+def judged_with_onnx_channel_off(built: Any, images: Any, report: Any, name: str, channel: int, folder: Path) -> Any:
+    """A detector's ONNX file (`report.files`, DETECTOR_ONNX) with `channel` of initializer `name` scaled by
+    ONE_CHANNEL_ERROR, written into `folder` and judged alone against `report`'s own eager and oracle references on
+    `images`: the DetectorReport of that one file."""
+    from verify.detect.export import FILE_NAMES
+    from verify.detect.report import DetectorReport, Judging
+    from verify.detect.verdict import EAGER, ORACLE, judge_runs
+    from verify.judge.compare import AUTO_FACTOR, Tolerance
+
+    seeded = folder / FILE_NAMES[DETECTOR_ONNX]
+    scaled_onnx_weight(report.files[DETECTOR_ONNX], seeded, name, channel, ONE_CHANNEL_ERROR)
+    judged = DetectorReport(built.name, built.norm, built.weights, report.shape, (DETECTOR_ONNX,), AUTO_FACTOR,
+                            images=report.images)
+    judge_runs(judged, Judging.of(built), images, report.references[EAGER], report.references[ORACLE],
+               {DETECTOR_ONNX: seeded}, Tolerance())
+    return judged

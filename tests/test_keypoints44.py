@@ -33,13 +33,12 @@ from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
 from tests.helpers import DETECTOR_ONNX as ONNX
 from tests.helpers import DETECTOR_SCRIPTED as SCRIPTED
 from tests.helpers import (
-    ONE_CHANNEL_ERROR,
     TINY_DETECTOR,
     edit_goldens,
     edit_manifest,
     judged_detector,
+    judged_with_onnx_channel_off,
     linked_copy,
-    scaled_onnx_weight,
     small_roi_pool,
     tiny_rcnn_options,
 )
@@ -47,10 +46,10 @@ from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES
 from verify.detect.folder import GOLDENS_RUNTIME
 from verify.detect.keypoints import derived_keypoints, keypoint_names
 from verify.detect.match import DetectionFloor, Detections, Rules, compare_detections
-from verify.detect.report import KEYPOINT_FIELDS, DetectorReport, Judging
-from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_runs
+from verify.detect.report import KEYPOINT_FIELDS, DetectorReport
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES
 from verify.folder.validate import validate
-from verify.judge.compare import AUTO_FACTOR, Tolerance
+from verify.judge.compare import AUTO_FACTOR
 from verify.render.detections import KEYPOINT_HEADER, MASK_HEADER, table_header, table_rows
 
 TINY = TINY_DETECTOR
@@ -126,13 +125,7 @@ def test_goldens_keypoints_are_what_their_logits_give(tiny_keypoints):
 
 
 def _seeded(report: DetectorReport, built, images, name: str, channel: int, tmp_path):
-    seeded = tmp_path / FILE_NAMES[ONNX]
-    scaled_onnx_weight(report.files[ONNX], seeded, name, channel, ONE_CHANNEL_ERROR)
-    judged = DetectorReport(built.name, built.norm, built.weights, report.shape, (ONNX,), AUTO_FACTOR,
-                            images=report.images)
-    judge_runs(judged, Judging.of(built), images, report.references[EAGER], report.references[ORACLE],
-               {ONNX: seeded}, Tolerance())
-    return judged
+    return judged_with_onnx_channel_off(built, images, report, name, channel, tmp_path)
 
 
 def test_a_one_channel_error_in_the_keypoint_head_of_the_onnx_file_fails_with_the_keypoints_named(

@@ -26,13 +26,12 @@ from exporter.manifest import GOLDENS_NAME, MANIFEST_NAME
 from tests.helpers import DETECTOR_ONNX as ONNX
 from tests.helpers import DETECTOR_SCRIPTED as SCRIPTED
 from tests.helpers import (
-    ONE_CHANNEL_ERROR,
     TINY_DETECTOR,
     edit_goldens,
     edit_manifest,
     judged_detector,
+    judged_with_onnx_channel_off,
     linked_copy,
-    scaled_onnx_weight,
     small_roi_pool,
     tiny_rcnn_options,
 )
@@ -40,10 +39,10 @@ from verify.detect.export import DEFAULT_FORMATS, FILE_NAMES
 from verify.detect.folder import GOLDENS_RUNTIME
 from verify.detect.masks import max_abs, pasted_masks
 from verify.detect.match import DetectionFloor, Detections, Rules, compare_detections
-from verify.detect.report import DetectorReport, Judging
-from verify.detect.verdict import EAGER, ORACLE, RUNTIMES, judge_runs
+from verify.detect.report import DetectorReport
+from verify.detect.verdict import EAGER, ORACLE, RUNTIMES
 from verify.folder.validate import validate
-from verify.judge.compare import AUTO_FACTOR, Tolerance
+from verify.judge.compare import AUTO_FACTOR
 
 TINY = TINY_DETECTOR
 TINY_MASK = Detector("maskrcnn_tiny", "maskrcnn", None, ("batch", "frozen"),
@@ -106,12 +105,7 @@ def _mask_channel(report: DetectorReport, name: str) -> int:
 @pytest.mark.parametrize("name", [MASK_CONV, f"{MASK_LOGITS}.weight"])
 def test_a_one_channel_error_in_the_mask_head_of_the_onnx_file_fails_with_the_masks_named(tiny_mask, tmp_path, name):
     built, images, _, report, _ = tiny_mask
-    seeded = tmp_path / FILE_NAMES[ONNX]
-    scaled_onnx_weight(report.files[ONNX], seeded, name, _mask_channel(report, name), ONE_CHANNEL_ERROR)
-    judged = DetectorReport(built.name, built.norm, built.weights, report.shape, (ONNX,), AUTO_FACTOR,
-                            images=report.images)
-    judge_runs(judged, Judging.of(built), images, report.references[EAGER], report.references[ORACLE],
-               {ONNX: seeded}, Tolerance())
+    judged = judged_with_onnx_channel_off(built, images, report, name, _mask_channel(report, name), tmp_path)
     assert judged.exit_code == 1
     failed = [pair for pair in judged.detections if not pair.passed]
     assert failed and all(pair.a == RUNTIMES[ONNX] for pair in failed)
