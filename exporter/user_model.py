@@ -488,17 +488,11 @@ def _refuse_detector(module: nn.Module, spec: UserModelSpec) -> None:
                  DETECTOR_CLASSES and klass.__module__.startswith("torchvision.models.detection.")), None)
     if kind is None:
         return
-    from exporter.families.detectors import DETECTORS, NOT_JUDGED
+    from exporter.families.detectors import DETECTORS
 
     names = [name for name in DETECTORS.names() if DETECTORS.get(name).kind == kind]
-    # its torchvision class (a user's subclass of MaskRCNN is a MaskRCNN); only a Faster R-CNN with another head is
-    # unjudged by its class (review 32: SSDlite's class SSD matched ssd300_vgg16 and was called not verified)
+    # its torchvision class (a user's subclass of MaskRCNN is a MaskRCNN); every torchvision detector is registered
     what = next(k.__name__ for k in type(module).__mro__ if k.__module__.startswith("torchvision.models.detection."))
-    unjudged = next((why for name, why in NOT_JUDGED.items()
-                     if what not in (*DETECTOR_CLASSES, "FasterRCNN") and name.startswith(what.lower())), None)
-    if unjudged:  # Mask R-CNN, Keypoint R-CNN: a Faster R-CNN with another head
-        raise UsageError(f"{spec} returns a torchvision {what}, which is not verified yet ({unjudged}); the whole "
-                         f"detectors verified are: {', '.join(DETECTORS.names())}")
     raise UsageError(f"{spec} returns a torchvision {what} detector; verify it as a whole detector: save its "
                      "weights (torch.save(model.state_dict(), 'det.pt')) and run verify export -b NAME --weights "
                      f"det.pt, NAME the registered {what} it was built as, one of: {', '.join(names)}")

@@ -1,5 +1,5 @@
 """Review 31 (stop 43's detectors and surface 30, attacked): a `-b` name off by its case or a space names the one it
-meant (a NOT_JUDGED detector says why whatever its case), and `Tolerance` takes numpy's scalars as the numbers they
+meant, and `Tolerance` takes numpy's scalars as the numbers they
 are (surface 30's TypeError said "rtol must be a number ... not float32")."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from exporter.backbones import BACKBONES
 from exporter.errors import UsageError
-from exporter.families.detectors import DETECTOR_WORDS, DETECTORS, NOT_JUDGED, unknown_model
+from exporter.families.detectors import DETECTOR_WORDS, DETECTORS, unknown_model
 from exporter.messages import MAX_MESSAGE
 from tests.helpers import invoke
 from verify.judge.compare import FIELD_DEFAULTS, Tolerance
@@ -42,16 +42,9 @@ def test_the_cli_names_the_detector_meant_in_one_line():
     assert len(result.output.strip().splitlines()) == 1 and f"did you mean {detector!r}?" in result.output
 
 
-@pytest.mark.parametrize("name", sorted(NOT_JUDGED))
-def test_a_detector_not_judged_says_why_whatever_its_case(name):
-    """Before: `-b Maskrcnn_resnet50_fpn` was "Unknown detector", the reason (masks not judged) left out."""
-    said = str(unknown_model(name.capitalize(), BACKBONES.names()))
-    assert NOT_JUDGED[name] in said and all(detector in said for detector in DETECTORS.names()), said
-
-
 def test_every_refusal_path_fits_the_one_line_limit():
     """Each path of `unknown_model` with the registries in full fits MAX_MESSAGE, so the CLI never cuts a list."""
-    names = [*NOT_JUDGED, f"{DETECTOR_WORDS[0]}_unknown", "unknown", *(typed for typed, _ in _variants())]
+    names = [f"{DETECTOR_WORDS[0]}_unknown", "unknown", *(typed for typed, _ in _variants())]
     for name in names:
         said = str(unknown_model(name, BACKBONES.names()))
         assert len(said) <= MAX_MESSAGE and "\n" not in said, (name, len(said))

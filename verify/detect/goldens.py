@@ -54,9 +54,10 @@ CLASS_SCORES = PER_PROPOSAL_MODULES[0]
 manifest's `classes` cannot widen the label bound unnoticed)."""
 CLASS_HEADS = (("head.classification_head.cls_logits", "head.regression_head.bbox_reg"),
                ("head.classification_head.module_list.", "head.regression_head.module_list."))
-"""RetinaNet's and FCOS's class and box heads (SSDlite's: a `module_list.<level>.1` a level): N x A*classes x H x W
-and N x A*4 x H x W at each level, so their widths give the class count where no tensor holds one column a class
-(review 32: a RetinaNet folder's `classes` raised from 91 to 365 let its goldens hold labels up to 364)."""
+"""RetinaNet's and FCOS's class and box heads (an SSD's: a module a level, SSDlite's `module_list.<level>.1`, SSD300's
+`module_list.<level>`): N x A*classes x H x W and N x A*4 x H x W at each level, so their widths give the class count
+where no tensor holds one column a class (review 32: a RetinaNet folder's `classes` raised from 91 to 365 let its
+goldens hold labels up to 364)."""
 RPN_LEVEL_HEAD = "rpn.head.cls_logits#"
 """The RPN head is called once per feature level: its dense tensors count the levels an RPN label indexes."""
 BOX_SLACK = 1.0
@@ -297,8 +298,8 @@ def class_width_problem(shapes: Mapping[str, Any], classes: int | None) -> str:
             return f"{name} is {shape} (one class-logit column a class)"
         for pair in CLASS_HEADS:
             for side, head in enumerate(pair):
-                if head.endswith(".") and module.startswith(head) and module.endswith(".1"):  # SSDlite: a module
-                    levels.setdefault(f"{module.removeprefix(head)}@{size}", {})[side] = (name, shape)
+                if head.endswith(".") and module.startswith(head):  # an SSD: a module a level (SSDlite's `<i>.1`)
+                    levels.setdefault(f"{module.removeprefix(head).partition('.')[0]}@{size}", {})[side] = (name, shape)
                 elif module == head:  # RetinaNet, FCOS: a call a level
                     levels.setdefault(f"{call}@{size}", {})[side] = (name, shape)
     for pair in levels.values():

@@ -261,9 +261,10 @@ def _script_pieces(model: Any, image: torch.Tensor, modules: list[str]) -> tuple
     else:
         head = model.head
         for name in modules:
-            if name.endswith(".1") and ".module_list." in name:  # SSD: module_list.<level>.1 is the level's last conv
-                branch, _, level = name[:-2].rpartition(".")
-                tensors[f"{name}#0"] = _attribute(model, f"{branch}.{level}")(levels[int(level)])
+            if ".module_list." in name:  # SSD: the level's block (SSDlite's ends in its `.1` conv; SSD300's is one)
+                branch, _, rest = name.partition(".module_list.")
+                level = rest.partition(".")[0]
+                tensors[f"{name}#0"] = _attribute(model, f"{branch}.module_list.{level}")(levels[int(level)])
             elif name == "head.classification_head.cls_logits":
                 tensors.update({f"{name}#{i}": head.classification_head.cls_logits(head.classification_head.conv(f))
                                 for i, f in enumerate(levels)})

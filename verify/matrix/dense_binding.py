@@ -140,13 +140,14 @@ def level_problems(shapes: Mapping[str, Any], kind: str, anchors: str) -> list[s
 
 
 def _levels(group: Mapping[str, Any], module: str, kind: str) -> dict[str, list[int]]:
-    """The tensors of `module` (SSDlite: of each `module_list.<level>.1`) by level: the call for the others."""
+    """The tensors of `module` (an SSD: of each level's conv, SSDlite's `module_list.<level>.1`, SSD300's
+    `module_list.<level>`) by level: the call for the others."""
     found = {}
     for name, shape in group.items():
         base, _, call = name.partition("#")
         if kind == "ssd":
-            if base.startswith(module) and base.endswith(".1"):
-                found[base.removeprefix(module).removesuffix(".1")] = _dims(shape)
+            if base.startswith(module):
+                found[base.removeprefix(module).partition(".")[0]] = _dims(shape)
         elif base == module:
             found[call] = _dims(shape)
     return found

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
-from exporter.families.detectors import DETECTORS, IMAGE_SIZE, MIN_IMAGE_SIDE, check_image_size, unknown_model
+from exporter.families.detectors import DETECTORS, MIN_IMAGE_SIDE, check_image_size, unknown_model
 from verify.detect.export import DEFAULT_FORMATS
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ DETECTOR_PARAMS_M = {"fasterrcnn_resnet50_fpn": 41.8, "fasterrcnn_resnet50_fpn_v
                      "fasterrcnn_mobilenet_v3_large_fpn": 19.4, "fasterrcnn_mobilenet_v3_large_320_fpn": 19.4,
                      "maskrcnn_resnet50_fpn": 44.4, "maskrcnn_resnet50_fpn_v2": 46.4, "keypointrcnn_resnet50_fpn": 59.1,
                      "retinanet_resnet50_fpn": 34.0, "retinanet_resnet50_fpn_v2": 38.2, "fcos_resnet50_fpn": 32.3,
-                     "ssdlite320_mobilenet_v3_large": 3.4}
+                     "ssdlite320_mobilenet_v3_large": 3.4, "ssd300_vgg16": 35.6}
 """Parameters (millions) of torchvision's detector builders, a detector cell's size in the cost model."""
 CELL_KINDS = frozenset({"fasterrcnn", "retinanet", "fcos", "ssd", "maskrcnn", "keypointrcnn"})
 """The detector kinds whose every per-detection output a cell stores (verify/matrix/detector_cell.py: boxes, scores
@@ -84,7 +84,8 @@ class DetectorSpec:
         if min(self.shape[2:]) < MIN_IMAGE_SIDE:
             raise UsageError(f"A detector cell's images are at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels "
                              f"(--detector-shape), got {'x'.join(map(str, self.shape[2:]))}: the detector resizes "
-                             f"every image to {IMAGE_SIZE} px anyway, so pass 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}")
+                             f"every image to {detector.image_size} px anyway, so pass "
+                             f"1x3x{detector.image_size}x{detector.image_size}")
         check_image_size(self.name, *self.shape[2:])  # one the transform resizes to nothing, before any cell runs
 
     def build(self, seed: int, shape: tuple[int, ...] | None, weights: str) -> Any:

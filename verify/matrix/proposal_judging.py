@@ -69,14 +69,12 @@ def registered_detector(name: str) -> BuiltDetector:
     """`name` as `verify_detector` builds it, on the meta device and in eval mode (the RPN's test-time cap): its
     constants, no weights allocated (0.06-0.26 s a detector, against seconds for a real build)."""
     import torch
-    import torchvision.models.detection as detection
 
-    from exporter.families.detectors import DETECTORS, BuiltDetector
+    from exporter.families.detectors import DETECTORS, BuiltDetector, detector_builder
 
     detector = DETECTORS.get(name)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = getattr(detection, detector.builder or name)(weights=None, weights_backbone=None,
-                                                             **detector.options).eval()
+        model = detector_builder(detector)(weights=None, weights_backbone=None, **detector.options).eval()
     return BuiltDetector(model, detector, detector.default_norm, "")
 
 
