@@ -25,8 +25,8 @@ HEADLINE = ("mobilenet_v3_small", "frozen")
 twice as much); the large one's body exports every default format in tests/test_every_backbone.py (the family's
 first, the dynamo ONNX exporter on its hard-swish and SE blocks), its fpn TorchScript and the legacy ONNX here, and
 the whole detector built on it in tests/conftest.py `detector_export`. This cell's ONNX file is the legacy exporter's
-too (stop 48: the cell alone went from 24.8 to 20.3 s at a load of 3-4); the dynamo exporter's fpn (its extra blocks, top-down
-upsampling) is judged on resnet18's in tests/test_export.py (fused x fpn)."""
+too (stop 48: the cell alone went from 24.8 to 20.3 s at a load of 3-4); the dynamo exporter's fpn (its extra
+blocks, top-down upsampling) is judged on resnet18's in tests/test_export.py (fused x fpn)."""
 NON_HEADLINE_FORMATS = tuple(fmt for fmt in default_formats() if fmt != "pt2")
 
 
