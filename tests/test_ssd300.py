@@ -196,3 +196,21 @@ def test_a_one_channel_error_in_the_onnx_file_fails(tiny, tmp_path, name):
     built, images, report = tiny
     judged = _seeded(built, images, report, name, tmp_path)
     assert judged.exit_code == 1, judged.summary()
+
+
+def test_a_matrix_cell_holds_every_ssd300_level_and_a_level_left_out_is_named(registered):
+    """A matrix cell's stored dense shapes are held to every level of both heads: SSD300's level convs have no `.1`
+    (SSDlite's do), and only its level 1 was found (a level left out passed unseen)."""
+    from verify.matrix.dense_binding import level_problems
+
+    sizes = (38, 19, 10, 5, 3, 1)  # SSD300's six maps at 300 px
+    shapes = {f"{name}#0": [1, conv.out_channels, side, side] for head in SSD_HEADS
+              for (name, conv), side in zip(ssd_level_convs(registered, head), sizes, strict=True)}
+    anchors = sum(conv.out_channels // 4 * side * side
+                  for (_, conv), side in zip(ssd_level_convs(registered, SSD_HEADS[1]), sizes, strict=True))
+    shapes[f"{ANCHOR_MODULES['ssd']}#0"] = [anchors, 4]
+    assert level_problems(shapes, "ssd", ANCHOR_MODULES["ssd"]) == []
+    cut = {name: shape for name, shape in shapes.items() if not name.startswith(f"{SSD_HEADS[1]}.module_list.4")}
+    assert any("cover" in problem for problem in level_problems(cut, "ssd", ANCHOR_MODULES["ssd"]))
+    cut = {name: shape for name, shape in shapes.items() if not name.startswith(f"{SSD_HEADS[0]}.module_list.4")}
+    assert any("other levels" in problem for problem in level_problems(cut, "ssd", ANCHOR_MODULES["ssd"]))
