@@ -344,9 +344,10 @@ def own_options(options: dict[str, Any]) -> dict[str, Any]:
     `reset_parameters` (or torch's `_reset_parameters`: nn.MultiheadAttention) draws its parameters again from the
     seed. Its weights were drawn when the registration built it, from whatever torch's global RNG held then, which
     torch seeds anew in every process: the same seed gave other weights in every run, and a seeded bug in them was seen
-    in some runs only (the landing CI of stop 46). A tensor of a layer with neither keeps the value it was built with
-    where all its values are one (ones, zeros: a constant the layer sets); one holding several values is refused
-    (hunt 32: a head's `nn.Parameter(torch.rand(4))` was another model in every process, as before the fix).
+    in some runs only (the landing CI of stop 46). A parameter of a layer with neither keeps the value it was built
+    with where all its values are one (ones, zeros: a constant the layer sets); one holding several values is refused
+    (hunt 32: a head's `nn.Parameter(torch.rand(4))` was another model in every process, as before the fix); its
+    buffers are kept (_refuse_drawn_tensors).
     Called after the build's `torch.manual_seed`, whose seed it draws from (OPTIONS_SEED apart); the builder's own
     draws are left as they were."""
     import copy
@@ -371,11 +372,13 @@ def own_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _refuse_drawn_tensors(option: str, path: str, layer: nn.Module) -> None:
-    """UsageError for a floating tensor of `layer` (one with no reset method) holding more than one value: drawn when
-    the registration built it, it is not this build's seed's, so each process would build another model."""
+    """UsageError for a floating parameter of `layer` (one with no reset method) holding more than one value: drawn
+    when the registration built it, it is not this build's seed's, so each process would build another model. A
+    buffer is kept: what a layer sets or loads, never what torch's init draws (review 41: a head's anchor table and a
+    FrozenBatchNorm2d's calibrated statistics, the same in every process, were refused as drawn)."""
     import torch
 
-    for name, tensor in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]:
+    for name, tensor in layer.named_parameters(recurse=False):
         if tensor is None or not tensor.is_floating_point() or tensor.numel() < 2:
             continue
         flat = tensor.detach().reshape(-1)

@@ -244,6 +244,20 @@ def first_divergence_beyond_floor(ref: Trace, other: Trace, factor: float,
         value = _counterpart(order[j][0], order[j][1], ref, other, False)[1]
         return value is None or _shape(value) != _shape(order[j][2])
 
+    def against(j: int, name: str, key: Any, value: Any) -> tuple[float, float, float] | None:
+        """`value` (the other side's for call `name`, `key`) against call `order[j]`'s reference: max abs, max rel,
+        and max abs over its floor; None for another shape."""
+        cand_name, cand_call, reference = order[j]
+        if _shape(reference) != _shape(value):
+            return None
+        floors = [ref.floor(cand_name, cand_call),
+                  other.floor(*key) if key is not None and cand_name == name else None]
+        scale = float(np.abs(to_numpy(reference)).max(initial=0.0))
+        floor = max([f for f in floors if f] + [float(np.finfo(np.float32).eps) * scale]) or \
+            float(np.finfo(np.float32).eps)
+        max_abs, max_rel = _rel(value, reference)
+        return max_abs, max_rel, max_abs / floor
+
     # Value-less calls an earlier value stands for within the factor (a norm the legacy exporter folded into the conv
     # before it, a Dropout it dropped): never named for a later module's error (before: `bn1` for conv2's; hunt 34).
     covered: set[int] = set()
@@ -254,20 +268,21 @@ def first_divergence_beyond_floor(ref: Trace, other: Trace, factor: float,
         nxt = i + 1 if neighbours and i + 1 < len(order) else None
         best: Divergence | None = None
         for j in [i] + ([nxt] if nxt is not None else []):
-            cand_name, cand_call, reference = order[j]
-            if _shape(reference) != _shape(value):
+            if (judged := against(j, name, key, value)) is None:
                 continue
-            floors = [ref.floor(cand_name, cand_call),
-                      other.floor(*key) if key is not None and cand_name == name else None]
-            scale = float(np.abs(to_numpy(reference)).max(initial=0.0))
-            floor = max([f for f in floors if f] + [float(np.finfo(np.float32).eps) * scale]) or \
-                float(np.finfo(np.float32).eps)
-            max_abs, max_rel = _rel(value, reference)
-            if j == nxt and max_abs / floor <= factor and valueless(j):
+            max_abs, max_rel, ratio = judged
+            if j == nxt and ratio <= factor and valueless(j):
                 covered.add(j)
-            if best is None or best.ratio is None or max_abs / floor < best.ratio:
-                best = Divergence(name, call, max_abs, max_rel, max_abs / floor, judged="float32-floor",
-                                  fused_with=[cand_name] if j == nxt and valueless(j) and leaf(cand_name) else [])
+            if best is None or best.ratio is None or ratio < best.ratio:
+                best = Divergence(name, call, max_abs, max_rel, ratio, judged="float32-floor",
+                                  fused_with=[order[j][0]] if j == nxt and valueless(j) and leaf(order[j][0]) else [])
+        # and each value-less leaf call after those the value stands for (review 41: a Dropout the legacy exporter
+        # dropped after a norm it folded into the conv before them was named for the next conv's error)
+        k = nxt + 1 if nxt is not None and nxt in covered else len(order)
+        while k < len(order) and valueless(k) and leaf(order[k][0]) \
+                and (judged := against(k, name, key, value)) is not None and judged[2] <= factor:
+            covered.add(k)
+            k += 1
         if best is None or best.ratio is None or best.ratio <= factor:
             continue
         if neighbours:

@@ -8,7 +8,7 @@ the layer sums). Imports no command layer: the pipeline's layer stage calls `lay
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -522,11 +522,14 @@ def _runs(scoped: list[tuple[Any, list[str] | None]], calls: Sequence[Any] | Non
     return runs
 
 
-def recorded_call(key: tuple[str, int], calls: Counter | None) -> bool:
+def recorded_call(key: tuple[str, int], calls: Counter | None, firsts: Collection[tuple[str, int]] = ()) -> bool:
     """Whether the reference recorded a tensor for this module call: a module whose output is a tuple
     (`nn.MultiheadAttention`) has none, so the layer after it reads a value computed outside every recorded call
-    (the reference's own input to that layer, OWN_INPUT), not a call's output that is missing (before: not re-run)."""
-    return calls is None or key[1] < calls.get(key[0], 0)
+    (the reference's own input to that layer, OWN_INPUT), not a call's output that is missing (before: not re-run).
+    A call recorded by the first of its tensors (`firsts`) is no layer's input either: the file's value at its last
+    op may be another of them (review 41: `(y, y.amax(3))` fed `y` to the pool reading the amax, a correct file named
+    the pool at 2.7e6x its floor)."""
+    return (calls is None or key[1] < calls.get(key[0], 0)) and key not in firsts
 
 
 def merged_calls(graph_calls: Counter, reference_calls: Counter | None) -> set[str]:
@@ -558,8 +561,8 @@ def _own_input(inputs: dict[Any, tuple[str, int] | None], outside: set[Any]) -> 
 
 
 def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, norms: dict[str, str] | None = None,
-               calls: Counter | None = None, functional: dict[str, FunctionalLinear] | None = None
-               ) -> tuple[list[Unit], list[str], list[str]]:
+               calls: Counter | None = None, functional: dict[str, FunctionalLinear] | None = None,
+               firsts: Collection[tuple[str, int]] = ()) -> tuple[list[Unit], list[str], list[str]]:
     """The ONNX graph's layers: runs of nodes under one module scope whose last node stands for that
     module call, each with the reference values its activation inputs are; the layers skipped; and the op types of
     the nodes in no layer (verify.judge.layers.Isolation.outside). A scope that is none of the reference's `modules`
@@ -616,7 +619,7 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
                 elif producer.get(name) in constants:
                     if producer[name] not in ops:
                         ops.insert(0, producer[name])
-                elif ends.get(producer.get(name, -1)) and recorded_call(ends[producer[name]][0], calls):
+                elif ends.get(producer.get(name, -1)) and recorded_call(ends[producer[name]][0], calls, firsts):
                     inputs[name] = ends[producer[name]][0]
                 else:
                     outside.add(name)
@@ -629,7 +632,7 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
         if norm:  # the legacy exporter folds a norm into the conv before it: the node is the norm's output; the
             ends[run[-1]] = [(norm, mine[0][1])]  # layers after it read the norm's value, also where it is skipped
         if outside and (moved := _moved_onnx(outside, nodes, scopes, producer, ends, calls, graph_inputs,
-                                              initializers, shaped | constants)) is not None:
+                                              initializers, shaped | constants, firsts)) is not None:
             ops = sorted(set(ops) | moved[0])
             inputs.update(moved[1])
             placed.update(moved[0])
@@ -652,7 +655,8 @@ values moved, cast; what a layer reads through them is the reference's recorded 
 
 def _moved_onnx(outside: set[str], nodes: list[Any], scopes: list[Any], producer: dict[str, int],
                 ends: dict[int, list[tuple[str, int]]], calls: Counter | None, graph_inputs: set[str],
-                initializers: set[str], fixed: set[int]) -> tuple[set[int], dict[str, tuple[str, int] | None]] | None:
+                initializers: set[str], fixed: set[int], firsts: Collection[tuple[str, int]] = ()
+                ) -> tuple[set[int], dict[str, tuple[str, int] | None]] | None:
     """The ops outside every module that only move values (MOVES_ONNX, and the shape arithmetic and constants they
     read) between recorded module calls (or the model's input) and a layer's inputs computed outside every module,
     and the values they read: None where any of those inputs is computed otherwise. The legacy and dynamo exporters
@@ -669,7 +673,7 @@ def _moved_onnx(outside: set[str], nodes: list[Any], scopes: list[Any], producer
         i = producer.get(name)
         if name in graph_inputs:
             sources[name] = None
-        elif i is not None and ends.get(i) and recorded_call(ends[i][0], calls) and i not in fixed:
+        elif i is not None and ends.get(i) and recorded_call(ends[i][0], calls, firsts) and i not in fixed:
             sources[name] = ends[i][0]
         elif i is None or scopes[i] != [] and i not in fixed or i not in fixed and nodes[i].op_type not in MOVES_ONNX:
             return None
@@ -984,9 +988,10 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
 
     model = onnx.load(str(path))
     known, calls, norms = {n for n, _ in ref.outputs}, Counter(n for n, _ in ref.outputs), norms_after(ref)
-    units, skipped, outside = onnx_units(model, known, set(ref.modules), norms, calls)
+    units, skipped, outside = onnx_units(model, known, set(ref.modules), norms, calls, firsts=ref.firsts)
     if functional := functional_linears(ref):
-        units += _functional_units(onnx_units(model, known, set(ref.modules), norms, calls, functional)[0], functional)
+        units += _functional_units(onnx_units(model, known, set(ref.modules), norms, calls, functional,
+                                              ref.firsts)[0], functional)
     result = Isolation("", "", factor, skipped=skipped, outside=outside)
     jobs = []
     for unit in units:
@@ -1011,7 +1016,8 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
 # ---------------------------------------------------------------- ExportedProgram candidates: FX node runs
 
 def fx_units(module: Any, known: set[str], modules: set[str] | None = None, calls: Counter | None = None,
-             functional: dict[str, FunctionalLinear] | None = None) -> tuple[list[Unit], list[str], list[str]]:
+             functional: dict[str, FunctionalLinear] | None = None, firsts: Collection[tuple[str, int]] = ()
+             ) -> tuple[list[Unit], list[str], list[str]]:
     """As onnx_units, over the FX nodes of an ExportedProgram's `.module()` (parameters are get_attr)."""
     import operator
 
@@ -1056,11 +1062,11 @@ def fx_units(module: Any, known: set[str], modules: set[str] | None = None, call
                     continue
                 if arg.op == "placeholder":
                     inputs[arg] = None
-                elif ends.get(arg) and recorded_call(ends[arg][0], calls):
+                elif ends.get(arg) and recorded_call(ends[arg][0], calls, firsts):
                     inputs[arg] = ends[arg][0]
                 else:
                     outside.add(arg)
-        moved = _moved_fx(outside, ends, calls, stacks_of) if outside else None
+        moved = _moved_fx(outside, ends, calls, stacks_of, firsts) if outside else None
         if moved is not None:
             inside |= moved[0]
             inputs.update(moved[1])
@@ -1082,7 +1088,8 @@ MOVES_FX = frozenset({"view", "reshape", "_unsafe_view", "transpose", "permute",
 
 
 def _moved_fx(outside: set[Any], ends: dict[Any, list[tuple[str, int]]], calls: Counter | None,
-              scoped: dict[Any, bool]) -> tuple[set[Any], dict[Any, tuple[str, int] | None]] | None:
+              scoped: dict[Any, bool], firsts: Collection[tuple[str, int]] = ()
+              ) -> tuple[set[Any], dict[Any, tuple[str, int] | None]] | None:
     """_moved_onnx over FX nodes: the ops outside every module that only move values (MOVES_FX, and the shape
     arithmetic they read) between recorded calls (or the model's input) and a layer's inputs; None where any input is
     computed otherwise (hunt 33: `mha` fed `stem(x).flatten(2).transpose(1, 2)` was not re-run in a .pt2)."""
@@ -1098,7 +1105,7 @@ def _moved_fx(outside: set[Any], ends: dict[Any, list[tuple[str, int]]], calls: 
         if node.op == "placeholder":
             sources[node] = None
             continue
-        if ends.get(node) and recorded_call(ends[node][0], calls):
+        if ends.get(node) and recorded_call(ends[node][0], calls, firsts):
             sources[node] = ends[node][0]
             continue
         name = getattr(getattr(node.target, "_overloadpacket", None), "__name__", "")
@@ -1161,9 +1168,10 @@ def run_fx_unit(module: Any, unit: Unit, feeds: dict[Any, Any]) -> Any:
 
 def isolate_fx(ref: Reference, module: Any, factor: float) -> Isolation:
     known, calls = {n for n, _ in ref.outputs}, Counter(n for n, _ in ref.outputs)
-    units, skipped, outside = fx_units(module, known, set(ref.modules), calls)
+    units, skipped, outside = fx_units(module, known, set(ref.modules), calls, firsts=ref.firsts)
     if functional := functional_linears(ref):
-        units += _functional_units(fx_units(module, known, set(ref.modules), calls, functional)[0], functional)
+        units += _functional_units(fx_units(module, known, set(ref.modules), calls, functional, ref.firsts)[0],
+                                   functional)
     result = Isolation("", "", factor, skipped=skipped, outside=outside)
     for unit in units:
         if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:
