@@ -36,6 +36,9 @@ class ExportContext:
     meta: ArtifactMeta
     dynamic: bool = True
     shared: dict[str, Any] = field(default_factory=dict)
+    shapes: tuple[tuple[int, ...], ...] = ()
+    """Every input shape the files will be run at (a --input folder of several sizes), the example's among them or
+    not: a dynamic trace must take each of them (exporter/formats/program.py `export_program`); () the example's."""
 
     def new_meta(self) -> ArtifactMeta:
         """A copy of the model's metadata for one format to complete."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from exporter.artifacts import LEAST_DYNAMIC_SIZE
 from exporter.errors import ExportError
 
 if TYPE_CHECKING:
@@ -64,16 +65,18 @@ def onnx_trace_once(ctx: ExportContext, exporter: str, trace: Callable[[], Any])
 
 def trace_exported_program(ctx: ExportContext) -> Any:
     """The context's model through `export_program`: what .pt2, AOTInductor and dynamo ONNX share."""
-    return export_program(ctx.built.model, ctx.example, ctx.dynamic, str(ctx.built.spec))
+    return export_program(ctx.built.model, ctx.example, ctx.dynamic, str(ctx.built.spec), ctx.shapes)
 
 
-def export_program(model: Any, example: Any, dynamic: bool, what: str) -> Any:
+def export_program(model: Any, example: Any, dynamic: bool, what: str,
+                   shapes: Sequence[tuple[int, ...]] = ()) -> Any:
     """`torch.export.export` with dynamic batch, height and width (torch picks their ranges);
     a batch of one would be specialised to a constant, so the trace sees a batch of two. A program traced at two
     that refuses the example's own batch of one (a guard torch derived at two: nn.MultiheadAttention after a conv
     patch embedding keeps `tokens % (batch * tokens) != 0`, and the file failed on its own example, told to "pass
     inputs inside those bounds"; hunt 26a) is traced again at the example itself: its batch fixed at one, which the
-    ranges it records say, its height and width still dynamic."""
+    ranges it records say, its height and width still dynamic. Every one of `shapes` (the inputs the files will be
+    run at) must be taken too: see `_taking_every_shape`."""
     import torch
 
     kwargs: dict[str, Any] = {}
@@ -85,8 +88,58 @@ def export_program(model: Any, example: Any, dynamic: bool, what: str) -> Any:
             traced = example.expand(2, *example.shape[1:]).contiguous()
     program = _export(model, traced, what, kwargs)
     if traced is not example and not takes_shape(program, example):
+        traced = example
         program = _export(model, example, what, kwargs)
+    if dynamic and shapes:
+        program = _taking_every_shape(program, model, traced, example, what, kwargs, shapes)
     return program
+
+
+SIZE_ONE_CONFIG = "backed_size_oblivious"
+"""torch.fx.experimental._config's switch that traces a dynamic size without asking whether it is 1."""
+
+
+def _taking_every_shape(program: Any, model: Any, traced: Any, example: Any, what: str, kwargs: dict[str, Any],
+                        shapes: Sequence[tuple[int, ...]]) -> Any:
+    """`program` where it takes every one of `shapes`, else the model traced again with torch's size-1 checks off
+    (SIZE_ONE_CONFIG), which must take them all, else an ExportError. A trace asks of each stage's size whether it is
+    1 and keeps the answer as a guard: resnet18 traced at 32 px, whose last stage is 1x1 there, takes only 2..32 px,
+    and traced at 64 px refuses 32 px (`1 + (-1 + x.size()[3]) // 32 != 1`), so a --input folder of a 32 px and a
+    64 px array could pass in neither order (newuser 48). Traced without those checks it takes both; each file is
+    still run and judged on every input, so nothing here is taken on trust."""
+    import torch
+
+    refused = _refused(program, shapes)
+    if not refused:
+        return program
+    first = refused[0]
+    config = getattr(getattr(torch.fx, "experimental", None), "_config", None)
+    if config is not None and hasattr(config, SIZE_ONE_CONFIG):
+        with config.patch(**{SIZE_ONE_CONFIG: True}):
+            wide = _export(model, traced, what, kwargs)
+        refused = _refused(wide, shapes)
+        if not refused:
+            return wide
+    bounded = ", ".join(f"{DYNAMIC_AXES[axis]} {least}..{greatest or ''}"
+                        for axis, (least, greatest) in accepted_ranges(program).items()
+                        if greatest is not None or (least or 0) > LEAST_DYNAMIC_SIZE)
+    sizes = list(dict.fromkeys(_text(shape) for shape in shapes))
+    listed = ", ".join(sizes[:3]) + (f" and {len(sizes) - 3} more" if len(sizes) > 3 else "")
+    raise ExportError(f"torch.export of {what} traced at {_text(example.shape)} "
+                      f"{f'takes only {bounded}, which refuses' if bounded else 'keeps a shape guard that refuses'} "
+                      f"an input of {_text(first)}, and no trace of it takes every input's shape ({listed}): split the "
+                      "inputs into one folder per shape and run each on its own")
+
+
+def _refused(program: Any, shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """The shapes among `shapes` the program's guards refuse."""
+    import torch
+
+    return [shape for shape in dict.fromkeys(tuple(s) for s in shapes) if not takes_shape(program, torch.zeros(shape))]
+
+
+def _text(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
 
 
 def _export(model: Any, example: Any, what: str, kwargs: dict[str, Any]) -> Any:

@@ -204,7 +204,7 @@ class BackgroundExport:
         when the model cannot be written for it."""
         model = _model_bytes(context)  # here, before this process touches the model again
         example = context.example.detach().cpu().contiguous().numpy()
-        job = pickle.dumps((example, context.meta, context.dynamic, formats, options))
+        job = pickle.dumps((example, context.meta, context.dynamic, formats, options, context.shapes))
         self.formats, self._waiting = formats, set(formats)
         # the pipe holds 64 KiB: the job goes from a thread while the child reads it and this process works on; the
         # model's bytes as a message of their own, not pickled into the job (a copy of ~100 MB on each side)
@@ -409,11 +409,11 @@ def child_main(read_fd: int, write_fd: int, tmp: Path) -> None:
         with contextlib.suppress(ImportError):  # a missing exporter dependency is the export's own error, later
             importlib.import_module(name)
     receive, send = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    example, meta, dynamic, formats, options = pickle.loads(receive.recv_bytes())  # the parent's own bytes
+    example, meta, dynamic, formats, options, shapes = pickle.loads(receive.recv_bytes())  # the parent's own bytes
     model = receive.recv_bytes()  # the model as torch.save wrote it there
     fmt = formats[0]
     try:
-        export = _exporter(model, example, meta, dynamic, options, tmp)
+        export = _exporter(model, example, meta, dynamic, options, tmp, shapes)
         for fmt in formats:
             _send(send, ("result", export(fmt)))  # the parent may run it while the next one exports
         message: tuple[str, Any] | None = None
@@ -434,7 +434,7 @@ def _send(send: Any, message: tuple[str, Any]) -> None:
 
 
 def _exporter(model: bytes, example: Any, meta: Any, dynamic: bool, options: ExportOptions,
-              tmp: Path) -> Callable[[str], Artifact]:
+              tmp: Path, shapes: tuple[tuple[int, ...], ...] = ()) -> Callable[[str], Artifact]:
     """The model loaded, and a function that exports one format of it into `tmp`; one context, so one trace."""
     import torch
 
@@ -444,7 +444,7 @@ def _exporter(model: bytes, example: Any, meta: Any, dynamic: bool, options: Exp
     torch.set_num_threads(CHILD_THREADS)
     # bytes the parent wrote a moment ago from a registered backbone it built: no user's file is unpickled here
     built = torch.load(io.BytesIO(model), weights_only=False)
-    context = ExportContext(built, torch.from_numpy(example), meta, dynamic=dynamic)
+    context = ExportContext(built, torch.from_numpy(example), meta, dynamic=dynamic, shapes=shapes)
 
     def export(fmt: str) -> Artifact:
         return replace(export_model(built, meta, context.example, tmp, options, fmt, context), built=None)

@@ -235,6 +235,11 @@ def plan_cell(request: CellRequest) -> CellPlan:
     return CellPlan(request, runtimes, formats, named)
 
 
+def input_shapes(named: list[NamedInput]) -> tuple[tuple[int, ...], ...]:
+    """The distinct shapes of the cell's inputs, in order: what its dynamic files must each take."""
+    return tuple(dict.fromkeys(tuple(item.array.shape) for item in named))
+
+
 def model_shape(built: Any) -> tuple[int, ...]:
     """The shape a built model is fed by default: a user model's example input, else 1x3x224x224."""
     return tuple(getattr(built, "input_shape", None) or DEFAULT_SHAPE)
@@ -394,6 +399,7 @@ def export_key(cache: Cache, context: ExportContext, fmt: str, options: ExportOp
         "spec": context.built.spec, "weights_sha256": context.meta.weights_sha256, "format": fmt,
         "options": options.options_for(fmt), "dynamic": options.dynamic, "meta": context.meta,
         "example": {"shape": list(example.shape), "dtype": str(example.dtype), "sha256": _bytes_sha(example)},
+        **({"shapes": [list(shape) for shape in context.shapes]} if len(context.shapes) > 1 else {}),
     })
 
 
@@ -985,7 +991,8 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
                                              runtimes=list(plan.runtimes)), input_dict(build.named, settings))
     statuses: dict[str, str] = {"weights": build.cache}
     eager, feeds = build.eager, build.feeds
-    context = ExportContext(build.built, torch.from_numpy(build.named[0].array), eager.meta, dynamic=export.dynamic)
+    context = ExportContext(build.built, torch.from_numpy(build.named[0].array), eager.meta, dynamic=export.dynamic,
+                            shapes=input_shapes(build.named))
     export_cache = cache if spec.registered else None  # the user's code may change under the same name
     artifacts = ArtifactsInFlight({eager.format: eager})  # a background export is waited for when first run
     stores: list[threading.Thread] = []  # cache stores of the background files, joined before the outcome
