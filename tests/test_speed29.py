@@ -62,8 +62,8 @@ def test_the_job_holds_no_model_and_the_model_is_the_one_built(context):
     messages = sent(context)
     assert len(messages) == 2, f"{len(messages)} messages, not the job and then the model"
     job, model = messages
-    example, meta, dynamic, formats, options = pickle.loads(job)
-    assert (meta, dynamic, formats, options) == (context.meta, True, FORMATS, ExportOptions())
+    example, meta, dynamic, formats, options, shapes = pickle.loads(job)
+    assert (meta, dynamic, formats, options, shapes) == (context.meta, True, FORMATS, ExportOptions(), context.shapes)
     assert example.tobytes() == context.example.numpy().tobytes()
     weights = sum(t.numel() * t.element_size() for t in context.built.model.state_dict().values())
     assert len(job) < weights // 10  # the job is its settings, not the model's weights
