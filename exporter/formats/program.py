@@ -90,7 +90,7 @@ def export_program(model: Any, example: Any, dynamic: bool, what: str,
     if traced is not example and not takes_shape(program, example):
         traced = example
         program = _export(model, example, what, kwargs)
-    if dynamic and shapes:
+    if dynamic and any(tuple(shape) != tuple(example.shape) for shape in shapes):  # the example's is taken above
         program = _taking_every_shape(program, model, traced, example, what, kwargs, shapes)
     return program
 
