@@ -413,15 +413,15 @@ CLASS_KEYS = {"fasterrcnn": "roi_heads.box_predictor.cls_score.weight",
               "maskrcnn": "roi_heads.box_predictor.cls_score.weight",
               "keypointrcnn": "roi_heads.box_predictor.cls_score.weight",
               "retinanet": "head.classification_head.cls_logits.weight",
-              "fcos": "head.classification_head.cls_logits.weight",
-              "ssd": "head.classification_head.module_list.0.1.weight"}
+              "fcos": "head.classification_head.cls_logits.weight"}
 """Each kind's classification layer whose output rows are its anchors per location times its classes (Faster R-CNN's
-box predictor: one row a class): a fine-tuned checkpoint's class count is read from its rows (an SSD's: its first
-level's last conv, `class_key`; SSDlite's is this one)."""
+box predictor: one row a class): a fine-tuned checkpoint's class count is read from its rows. An SSD's depends on its
+layout: `class_key`."""
 
 
 def class_key(model: nn.Module, kind: str) -> str:
-    """`CLASS_KEYS[kind]`, an SSD's read from `model` (SSD300's first class conv is `module_list.0`)."""
+    """`CLASS_KEYS[kind]`; an SSD's first level's class conv read from `model` (SSDlite's `module_list.0.1`, SSD300's
+    `module_list.0`: ssd_level_convs)."""
     if kind == "ssd":
         return f"{ssd_level_convs(model, SSD_HEADS[0])[0][0]}.weight"
     return CLASS_KEYS[kind]
