@@ -245,7 +245,69 @@ class ModuleSpec(UserModelSpec):
             raise UsageError(f"{self.factory} cannot be copied ({type(exc).__name__}: {str(exc)[:120]}), and it is "
                              "verified on a copy so that your object is left as it was; keep locks, open files and "
                              "the like out of the module (or give a factory that builds it)") from None
+        require_faithful_copy(module, copied, str(self.factory), COPY_WHY)
         return (copied, result[1]) if isinstance(result, tuple) else copied
+
+
+COPY_WHY = "the check runs on that copy, leaving your object as it was"
+"""What the in-memory module's copy is for (ModuleSpec.load, the pytest plugin)."""
+COPY_HOW = "make its __deepcopy__ return a copy of the module itself, or drop that override"
+"""What to do when a module's own copy is not a copy of it (require_faithful_copy)."""
+
+
+def require_faithful_copy(module: Any, copied: Any, what: str, why: str, shared: bool = False) -> None:
+    """UsageError unless `copied` (copy.deepcopy(module)) is another object of the module's own class, with the same
+    submodules (names and classes) and the same tensors (names, dtypes, shapes, values), none of them the module's own.
+    A `__deepcopy__` returning another module had that module verified in the caller's place, a pass the caller's own
+    forward never earned; one returning the module itself (or sharing its tensors) had the caller's object put in eval
+    mode and converted to float64 (hunt 35). `why`: what the copy is for; `shared`: the copy was asked to share the
+    module's parameters."""
+    import torch
+
+    def refuse(how: str) -> None:
+        raise UsageError(f"{what}'s copy.deepcopy {how}, and {why}: {COPY_HOW}")
+
+    if copied is module:
+        refuse("returns the module itself")
+    if type(copied) is not type(module):
+        refuse(f"returns a {type(copied).__qualname__}, not a {type(module).__qualname__}")
+    ours = [(name, type(sub)) for name, sub in module.named_modules(remove_duplicate=False)]
+    theirs = [(name, type(sub)) for name, sub in copied.named_modules(remove_duplicate=False)]
+    if ours != theirs:
+        refuse("holds other submodules")
+    mine = module.state_dict(keep_vars=True)
+    copy_state = copied.state_dict(keep_vars=True)
+    if list(mine) != list(copy_state):
+        refuse("holds other tensors")
+    for name, value in mine.items():
+        other = copy_state[name]
+        if not isinstance(value, torch.Tensor) or not isinstance(other, torch.Tensor) \
+                or torch.nn.parameter.is_lazy(value) or torch.nn.parameter.is_lazy(other):
+            continue  # a lazy module's tensors have no shape or values before its first run
+        if other is value:
+            if shared:
+                continue
+            refuse(f"shares the tensor {name} with it")
+        if value.layout != torch.strided or other.layout != torch.strided:
+            continue  # values compared for dense tensors only
+        if not shared and value.numel() and not value.is_meta and other.device == value.device \
+                and other.data_ptr() == value.data_ptr():
+            refuse(f"shares the tensor {name} with it")
+        if other.dtype != value.dtype or other.shape != value.shape or value.is_meta != other.is_meta:
+            refuse(f"holds another {name} ({other.dtype} {tuple(other.shape)})")
+        if not value.is_meta and not _same_values(value, other):
+            refuse(f"holds other values in {name}")
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    """Equal tensors, NaN where the other has NaN counting as equal (a buffer may hold NaN on purpose)."""
+    import torch
+
+    a, b = a.detach().cpu(), b.detach().cpu()
+    if torch.equal(a, b):
+        return True
+    return (a.is_floating_point() or a.is_complex()) and bool(a.isnan().any()) \
+        and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
 
 
 def _refuse_stopped_parent(what: str) -> None:
@@ -425,7 +487,7 @@ def build_user_model(spec: UserModelSpec, seed: int = 0, shape: tuple[int, ...] 
     else:
         x = torch.randn(run_shape, generator=torch.Generator().manual_seed(seed))
     with precision_kept(f"{spec}'s forward", UsageError):
-        before = _before_any_run(module)  # the oracle's state and its call log's: no cache filled (review 21)
+        before = _before_any_run(module, spec)  # the oracle's state and its call log's: no cache filled (review 21)
         frames = _compiled_frames()
         result = _call(module, x, spec)
         if _compiled_frames() != frames:
@@ -602,16 +664,18 @@ def _flat(result: Any, names: list[str]) -> list[torch.Tensor]:
     return [result] if isinstance(result, torch.Tensor) else list(result)
 
 
-def _before_any_run(module: nn.Module) -> nn.Module | None:
+def _before_any_run(module: nn.Module, spec: UserModelSpec) -> nn.Module | None:
     """A copy of `module` as its factory returned it, before its first run, sharing its parameters (None: it cannot be
     copied; the float64 copy's own error says so). A forward that caches a tensor keyed on its dtype (a grid for each
     (h, w, dtype)) had it filled in float32 by the run that names the outputs, and the float64 copy made after it
     computed its own on its first run: its calls differed from the float32 run's, a correct model refused (review 21).
     Both the oracle and the float32 run its calls are held to start from this state."""
     try:
-        return copy.deepcopy(module, memo={id(p): p for p in module.parameters()})
+        before = copy.deepcopy(module, memo={id(p): p for p in module.parameters()})
     except Exception:  # noqa: BLE001 - a module that cannot be copied: _float64_model says why
         return None
+    require_faithful_copy(module, before, str(spec), "its float64 oracle is such a copy", shared=True)
+    return before
 
 
 def double_keeping_aliases(module: nn.Module) -> nn.Module:

@@ -205,15 +205,18 @@ def _copy(module: Any) -> Any:
     import copy
 
     from exporter.errors import UsageError
+    from exporter.user_model import COPY_WHY, require_faithful_copy
 
     try:
-        return copy.deepcopy(module)
+        copied = copy.deepcopy(module)
     except Exception as exc:
         from exporter.messages import library_reason
 
         raise UsageError(f"the module cannot be copied ({library_reason(exc)}), and the check changes what it runs "
                          "(eval mode, float64); make it deep-copyable (keep locks, files or generators outside it)"
                          ) from None
+    require_faithful_copy(module, copied, "the module", COPY_WHY)
+    return copied
 
 
 def _check_module(module: Any) -> None:
