@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
+from exporter.messages import MAX_MESSAGE
 from exporter.registry import Registry
 
 if TYPE_CHECKING:
@@ -139,29 +140,66 @@ for _detector in (
 
 
 DETECTOR_WORDS = ("rcnn", "retinanet", "fcos", "ssd", "detr", "yolo")
-"""A name holding one of these is taken for a detector: its refusal lists every detector in full (both lists in full
-pass the CLI's one-line limit, exporter/messages.py MAX_MESSAGE, and were cut off)."""
+"""A name holding one of these is taken for a detector: its refusal lists the detectors (unknown_model)."""
+CLI_AROUND = 53
+"""Characters the CLI's one-line limit counts around a `-b` refusal: "Invalid value for '-b': " and " (see 'verify
+export --help')" (its "error: " is outside the limit)."""
+REFUSAL_BUDGET = MAX_MESSAGE - CLI_AROUND
+"""Characters `unknown_model`'s text may take: the CLI cuts a line past exporter/messages.py MAX_MESSAGE. Every
+detector's name in full took 399 of the 400 for a 7-character name (stop 49): a longer name typed, or one more
+detector registered, cut the list mid-name."""
+ECHOED = 40
+"""Characters of the name typed that a refusal repeats: a longer one (a path pasted by mistake) is shown cut."""
 
 
 def list_detectors() -> list[str]:
     return DETECTORS.names()
 
 
+def _families(names: Iterable[str]) -> str:
+    """`fasterrcnn_* (4), maskrcnn_* (2), ...`: each family prefix of `names` and how many it has, in registry
+    order."""
+    from collections import Counter
+
+    counts = Counter(name.partition("_")[0] for name in names)
+    return ", ".join(f"{family}_* ({count})" if count > 1 else f"{family}_*" for family, count in counts.items())
+
+
+def _first_fitting(*texts: str) -> str:
+    """The first of `texts` within REFUSAL_BUDGET (the fullest first), else the last."""
+    return next((text for text in texts if len(text) <= REFUSAL_BUDGET), texts[-1])
+
+
 def unknown_model(name: str, backbones: Iterable[str]) -> UsageError:
     """The one-line refusal of `-b name`, neither one of `backbones` nor a registered detector, naming the detectors
     too: a detector-like name gets every detector, any other every backbone and the detectors' families (`verify
-    export --help` lists both in full). Every detector torchvision builds is registered (stop 48: SSD300-VGG16, the
-    last one said why it was not)."""
-    detectors, backbones = ", ".join(DETECTORS.names()), list(backbones)
+    export --help` lists both in full). Each list is shown whole while the line fits REFUSAL_BUDGET; past it, the
+    closest names and each family's count, with where every name is listed (stop 49: the thirteenth detector would have
+    cut the full list for any name)."""
+    import difflib
+
+    names, backbones = DETECTORS.names(), list(backbones)
+    shown = name if len(name) <= ECHOED else f"{name[:ECHOED]}…"
     meant = "".join(name.split()).lower()  # review 31: `FCOS_resnet50_fpn` or ` resnet18` named no near match
     if meant != name and (meant in DETECTORS or meant in backbones):
-        return UsageError(f"Unknown {'detector' if meant in DETECTORS else 'backbone'} {name!r}; did you mean "
+        return UsageError(f"Unknown {'detector' if meant in DETECTORS else 'backbone'} {shown!r}; did you mean "
                           f"{meant!r}? (names are lower case, without spaces)")
-    if any(word in name.lower() for word in DETECTOR_WORDS):  # twelve detectors and the CLI's prefix and suffix, one
-        return UsageError(f"No detector {name!r}: {detectors}")  # line (the longer wording was cut at ssd300_vgg16)
-    families = ", ".join(dict.fromkeys(f"{d.partition('_')[0]}_*" for d in DETECTORS.names()))
-    return UsageError(f"Unknown backbone {name!r}; choose one of: {', '.join(backbones)}; or a whole detector "
-                      f"({families})")
+    every = "every name: verify export --help"
+    if any(word in name.lower() for word in DETECTOR_WORDS):
+        close = difflib.get_close_matches(meant, names, n=3, cutoff=0.4)
+        nearest = f"closest: {', '.join(close)}; " if close else ""
+        return UsageError(_first_fitting(f"No detector {shown!r}: {', '.join(names)}",
+                                         f"No detector {shown!r}; {nearest}{len(names)} detectors "
+                                         f"({_families(names)}); {every}",
+                                         f"No detector {shown!r}; {nearest}{len(names)} detectors; {every}"))
+    close = difflib.get_close_matches(meant, backbones, n=3, cutoff=0.4)
+    nearest = f"closest: {', '.join(close)}; " if close else ""
+    return UsageError(_first_fitting(f"Unknown backbone {shown!r}; choose one of: {', '.join(backbones)}; or a whole "
+                                     f"detector ({_families(names)})",
+                                     f"Unknown backbone {shown!r}; {nearest}{len(backbones)} backbones and "
+                                     f"{len(names)} detectors ({_families(names)}); {every}",
+                                     f"Unknown backbone {shown!r}; {nearest}{len(backbones)} backbones and "
+                                     f"{len(names)} detectors; {every}"))
 
 
 def resize_scale(detector: Detector, height: int, width: int) -> float | None:
@@ -615,7 +653,9 @@ def _calibrate_norms(model: nn.Module, image: torch.Tensor) -> None:
             model.train()
             for module in model.modules():  # only the norms train: RoI heads need eval-mode proposals
                 if not isinstance(module, nn.BatchNorm2d) or id(module) in loaded:
-                    module.eval()
+                    # this module's flag alone: eval() also set every norm inside it, so the v2 box and mask heads'
+                    # norms (in a Sequential) kept their reset statistics (0 and 1), never calibrated (stop 49)
+                    module.training = False
             _roi_features(model, images, features)
             if getattr(model.roi_heads, "mask_head", None) is not None:  # v2's mask head norms: on the proposals
                 _mask_features(model, images, features)

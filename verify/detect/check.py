@@ -126,7 +126,7 @@ def check_inputs(name: str, shape: tuple[int, ...], images: Sequence[np.ndarray]
     synthetic images of `shape`; the CLI asks before it creates any folder."""
     import numpy as np
 
-    from exporter.families.detectors import IMAGE_SIZE, MIN_IMAGE_SIDE, check_image_size
+    from exporter.families.detectors import DETECTORS, MIN_IMAGE_SIDE, check_image_size
 
     if images is not None:
         if not len(images):  # else the detector was built, then the export took images[0]: an IndexError
@@ -141,11 +141,14 @@ def check_inputs(name: str, shape: tuple[int, ...], images: Sequence[np.ndarray]
                 raise UsageError(f"A detector image of {'x'.join(map(str, image.shape))} holds NaN or infinite "
                                  "values; pass finite pixels (images in [0, 1])")
         return
+    detector = DETECTORS.get(name)
+    side = detector.options.get("max_size", detector.image_size)  # its own size (SSD300: 300, not IMAGE_SIZE)
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
-        raise UsageError(f"A detector input shape is N x 3 x H x W, got {'x'.join(map(str, shape))}")
+        raise UsageError(f"A detector input shape is N x 3 x H x W (RGB images), got {'x'.join(map(str, shape))}; "
+                         f"pass --shape 1x3x{side}x{side}")
     if min(shape[2:]) < MIN_IMAGE_SIDE:
         raise UsageError(f"A detector's synthetic images are at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels, got "
-                         f"{'x'.join(map(str, shape[2:]))}; pass --shape 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}")
+                         f"{'x'.join(map(str, shape[2:]))}; pass --shape 1x3x{side}x{side}")
     check_image_size(name, *shape[2:])
 
 

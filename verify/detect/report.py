@@ -125,12 +125,23 @@ class DetectorReport:
             layers = f", every layer of {len(judged)} file{'s' if len(judged) != 1 else ''} within its own floor" \
                 if judged else ""
             return (f"{self.label} agrees: {len(self.dense)} before-NMS and {len(self.detections)} "
-                    f"after-NMS pairs, at least {least} detections matched per image{layers}")
+                    f"after-NMS pairs, at least {least} detections matched per image{self._empty_images()}{layers}")
         failed = [r.text for r in self.rows() if not r.passed]
         if self.unjudgeable in failed:  # the cause of every other failure on these images
             failed.insert(0, failed.pop(failed.index(self.unjudgeable)))
         return f"{self.label} fails: {failed[0]}" + (f" (+{len(failed) - 1} more)" if len(failed) > 1
                                                                  else "")
+
+    def _empty_images(self) -> str:
+        """` (image 1 has no detection in any run: judged before NMS only)` where images gave none, else "": a pass
+        that matched nothing on an image says so (stop 49: "at least 0 detections matched per image" said no more)."""
+        images = max((len(p.reference_per_image) for p in self.detections), default=0)
+        empty = [str(i) for i in range(images) if all(i < len(p.reference_per_image) and not p.reference_per_image[i]
+                                                      and not p.matched_per_image[i] for p in self.detections)]
+        if not empty:
+            return ""
+        return (f" (image{'s' if len(empty) > 1 else ''} {', '.join(empty)} ha{'ve' if len(empty) > 1 else 's'} no "
+                "detection in any run: judged before NMS only)")
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": REPORT_SCHEMA_VERSION, "kind": REPORT_KIND,
