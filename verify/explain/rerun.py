@@ -1121,12 +1121,18 @@ def _computing(run: list[Any], tensor_valued: Any) -> set[Any]:
     """The FX nodes of a run that compute its tensors: each tensor-valued node and what they read of the run, never a
     dynamic shape's arithmetic that only a later op reads (a reshape after a GroupNorm whose size torch.export computes
     under the GroupNorm's scope from the input's sizes: it read values from outside the layer, which was not re-run;
-    hunt 31)."""
+    hunt 31), and each in-place write, which nothing reads but what it wrote into (swin's shifted-window mask, filled
+    by `mask[h, w] = count` into `new_zeros`, was re-run all zeros: a correct .pt2's `attn` at 7.3e6x, sweep 49)."""
     kept: set[Any] = set()
     for node in reversed(run):
-        if tensor_valued(node) or any(user in kept for user in node.users):
+        if tensor_valued(node) or _writes(node) or any(user in kept for user in node.users):
             kept.add(node)
     return kept
+
+
+def _writes(node: Any) -> bool:
+    """Whether an FX node writes into a tensor it reads (`fill_`, `copy_`: a mutable schema), beside what it returns."""
+    return bool(getattr(getattr(node.target, "_schema", None), "is_mutable", False))
 
 
 def _functional_linear(node: Any, functional: dict[str, FunctionalLinear], prefix: str) -> str:
@@ -1156,9 +1162,15 @@ def run_fx_unit(module: Any, unit: Unit, feeds: dict[Any, Any]) -> Any:
     from torch.fx.node import map_arg
 
     env = dict(feeds)
+    writes = any(_writes(node) for node in unit.ops)  # a write may reach a parameter: the file's own stays as it was
 
     def value(node: Any) -> Any:
-        return operator.attrgetter(node.target)(module) if node.op == "get_attr" else env[node]
+        if node.op != "get_attr" or node in env:
+            return env[node]
+        found = operator.attrgetter(node.target)(module)
+        if writes and isinstance(found, torch.Tensor):  # one copy a node, so that what is written into it is read back
+            env[node] = found = found.clone()
+        return found
 
     with torch.no_grad():
         for node in unit.ops:
