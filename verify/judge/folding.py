@@ -12,16 +12,20 @@ if TYPE_CHECKING:
 
 
 def folded_float32(model: torch.nn.Module, example: torch.Tensor | None,
-                   call: Callable[[torch.nn.Module], Any] | None = None) -> torch.nn.Module | None:
+                   call: Callable[[torch.nn.Module], Any] | None = None,
+                   checked: bool = False) -> torch.nn.Module | None:
     """A float32 copy of `model` with each norm that directly follows a convolution folded into it,
     in float32, as graph optimisers do (ONNX Runtime's basic level, TensorRT, torch.compile's freezing).
     Folding rounds differently, so a correct folded runtime must not read as a bug; None when the
     model has nothing to fold. Pairs are found by running it: the norm's input is the conv's output; on
-    `example`'s first sample, or by `call(model)` (a detector takes a list of images)."""
+    `example`'s first sample, or by `call(model)` (a detector takes a list of images). `checked` (a user's
+    model, whose code the pairs cannot see through): None unless the same folds in float64 compute what the
+    model computes (`_folds_faithfully`)."""
     import copy
 
     import torch
 
+    original = model
     model = copy.deepcopy(model).float().eval()
     names = {id(m): n for n, m in model.named_modules()}
     produced: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}
@@ -47,10 +51,57 @@ def folded_float32(model: torch.nn.Module, example: torch.Tensor | None,
         produced.clear()
     if not pairs:
         return None
-    for conv, norm in pairs:
-        fold_into(conv, norm)
-        model.set_submodule(names[id(norm)], torch.nn.Identity())
+    named = [(names[id(conv)], names[id(norm)]) for conv, norm in pairs]
+    if checked and (example is None or not _folds_faithfully(original, named, example)):
+        return None
+    _fold_named(model, named)
     return model
+
+
+def _fold_named(model: torch.nn.Module, pairs: list[tuple[str, str]]) -> None:
+    """Each (conv, norm) of `pairs`, named in `model`, folded: the norm into the conv, the norm then an Identity."""
+    import torch
+
+    for conv, norm in pairs:
+        fold_into(model.get_submodule(conv), model.get_submodule(norm))
+        model.set_submodule(norm, torch.nn.Identity())
+
+
+FAITHFUL_FOLD = 1e-9
+"""How far, relative to the output's largest magnitude, the model with its norms folded may compute from the model,
+both in float64, for the folds to stand for it: folding is exact algebra, off by float64 rounding (~1e-15) alone."""
+
+
+def _folds_faithfully(model: torch.nn.Module, pairs: list[tuple[str, str]], example: torch.Tensor) -> bool:
+    """Whether folding `pairs` leaves what `model` computes on `example`'s first sample unchanged, in float64. A
+    conv's output read by more than its norm (`bn(y) + y`), one norm module called after a conv and elsewhere, or a
+    forward reading a norm's statistics itself: each computed something else folded (stop 49: off by the output's
+    own magnitude, or an AttributeError on the Identity), and its run was taken for a rounding sample of the floors."""
+    import copy
+
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    try:
+        reference = copy.deepcopy(model).double().eval()
+        folded = copy.deepcopy(reference)
+        _fold_named(folded, pairs)
+        x = example[:1].double()
+        with torch.inference_mode():
+            want = [t for t in tree_leaves(reference(x)) if isinstance(t, torch.Tensor)]
+            got = [t for t in tree_leaves(folded(x)) if isinstance(t, torch.Tensor)]
+    except Exception:  # noqa: BLE001 - a model that cannot run folded gives no sample
+        return False
+    if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got)):
+        return False
+    for a, b in zip(want, got):
+        if a.is_floating_point() and a.numel():
+            scale = float(a.abs().max())
+            if not (b - a).abs().max() <= FAITHFUL_FOLD * scale:
+                return False
+        elif not torch.equal(a, b):
+            return False
+    return True
 
 
 def norm_scale(norm: torch.nn.Module) -> torch.Tensor:

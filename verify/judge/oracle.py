@@ -198,7 +198,8 @@ def folded_model(artifact: Artifact, inputs: dict[str, np.ndarray]) -> torch.nn.
 
     if artifact.built is None:
         return None
-    return folded_float32(artifact.built.model, torch.from_numpy(next(iter(inputs.values()))))
+    registered = getattr(artifact.built.spec, "registered", True)  # a user's model: its folds checked first
+    return folded_float32(artifact.built.model, torch.from_numpy(next(iter(inputs.values()))), checked=not registered)
 
 
 def _folded_run(folded: torch.nn.Module | None, artifact: Artifact,
