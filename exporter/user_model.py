@@ -257,7 +257,8 @@ COPY_HOW = "make its __deepcopy__ return a copy of the module itself, or drop th
 
 def require_faithful_copy(module: Any, copied: Any, what: str, why: str, shared: bool = False) -> None:
     """UsageError unless `copied` (copy.deepcopy(module)) is another object of the module's own class, with the same
-    submodules (names and classes) and the same tensors (names, dtypes, shapes, values), none of them the module's own.
+    submodules (names and classes) and the same tensors (names, dtypes, shapes, values), none of them the module's own,
+    and each submodule's plain attributes the same (floats, plain tensors, hooks: `_same_plain`).
     A `__deepcopy__` returning another module had that module verified in the caller's place, a pass the caller's own
     forward never earned; one returning the module itself (or sharing its tensors) had the caller's object put in eval
     mode and converted to float64 (hunt 35). `why`: what the copy is for; `shared`: the copy was asked to share the
@@ -269,34 +270,122 @@ def require_faithful_copy(module: Any, copied: Any, what: str, why: str, shared:
 
     if copied is module:
         refuse("returns the module itself")
-    if type(copied) is not type(module):
+    if _kind(copied) != _kind(module):
         refuse(f"returns a {type(copied).__qualname__}, not a {type(module).__qualname__}")
-    ours = [(name, type(sub)) for name, sub in module.named_modules(remove_duplicate=False)]
-    theirs = [(name, type(sub)) for name, sub in copied.named_modules(remove_duplicate=False)]
-    if ours != theirs:
+    ours = list(module.named_modules(remove_duplicate=False))
+    theirs = list(copied.named_modules(remove_duplicate=False))
+    if [(name, _kind(sub)) for name, sub in ours] != [(name, _kind(sub)) for name, sub in theirs]:
         refuse("holds other submodules")
+    for (name, sub), (_, other) in zip(ours, theirs):
+        if not _rebuilt_by_torch(sub):
+            attribute = next((key for key in {**vars(sub), **vars(other)} if key not in MODULE_SLOTS and not
+                              _same_plain(vars(sub).get(key, _MISSING), vars(other).get(key, _MISSING))), None)
+            if attribute is not None:  # review 42: a float, a plain tensor or a hook its forward reads, changed
+                refuse(f"holds another {'.'.join(filter(None, (name, attribute)))}")
     mine = module.state_dict(keep_vars=True)
     copy_state = copied.state_dict(keep_vars=True)
     if list(mine) != list(copy_state):
         refuse("holds other tensors")
+    # what eval() and .double() change: a state dict's computed tensor (a quantized conv's bias, which torch's own
+    # copy shares) is left as it is (review 42: a quantized model, verified before, was refused as a bad copy)
+    owned = {name for name, _ in module.named_parameters(remove_duplicate=False)} | \
+        {name for name, _ in module.named_buffers(remove_duplicate=False)}
     for name, value in mine.items():
         other = copy_state[name]
         if not isinstance(value, torch.Tensor) or not isinstance(other, torch.Tensor) \
                 or torch.nn.parameter.is_lazy(value) or torch.nn.parameter.is_lazy(other):
             continue  # a lazy module's tensors have no shape or values before its first run
         if other is value:
-            if shared:
+            if shared or name not in owned:
                 continue
             refuse(f"shares the tensor {name} with it")
         if value.layout != torch.strided or other.layout != torch.strided:
             continue  # values compared for dense tensors only
-        if not shared and value.numel() and not value.is_meta and other.device == value.device \
+        if not shared and name in owned and value.numel() and not value.is_meta and other.device == value.device \
                 and other.data_ptr() == value.data_ptr():
             refuse(f"shares the tensor {name} with it")
         if other.dtype != value.dtype or other.shape != value.shape or value.is_meta != other.is_meta:
             refuse(f"holds another {name} ({other.dtype} {tuple(other.shape)})")
         if not value.is_meta and not _same_values(value, other):
             refuse(f"holds other values in {name}")
+
+
+MODULE_SLOTS = frozenset({"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "_compiled_call_impl"})
+"""A module's own attributes that require_faithful_copy does not compare as plain values: its tensors and submodules
+(compared as such), and what m.compile() sets (refused by _refuse_compiled, which says why)."""
+_MISSING = object()
+
+
+def _kind(module: Any) -> Any:
+    """What a faithful copy of `module` is: its class; a GraphModule (its class made anew for each instance) or a
+    ScriptModule (a traced one copies as a RecursiveScriptModule) torch's class and its code. Review 42: a
+    torch.fx.symbolic_trace or torch.export(...).module() model was refused as "returns a GraphModuleImpl, not a
+    GraphModuleImpl", a torch.jit.trace one as "returns a RecursiveScriptModule, not a TopLevelTracedModule"."""
+    import torch
+
+    owner = next((klass for klass in type(module).__mro__ if "__deepcopy__" in vars(klass)), None)
+    for generated in (torch.fx.GraphModule, torch.jit.ScriptModule):
+        if isinstance(module, generated) and (owner is None or owner.__module__.startswith("torch.")):
+            try:
+                code = module.code
+            except Exception:  # noqa: BLE001 - a ScriptModule without a forward has no code
+                code = None
+            return generated, code
+    return type(module)
+
+
+def _rebuilt_by_torch(module: Any) -> bool:
+    """Whether torch's own copy of `module` rebuilds it, its plain attributes not copied: a ScriptModule or a
+    GraphModule (their code compared by _kind; a GraphModule's copy drops the hooks torch.export(...).module() put on
+    it), a torch.compile wrapper (refused by _refuse_compiled, which says why)."""
+    import torch
+
+    dynamo = sys.modules.get("torch._dynamo")  # not imported: nothing was compiled
+    compiled = getattr(dynamo, "OptimizedModule", None)
+    return isinstance(module, (torch.jit.ScriptModule, torch.fx.GraphModule)) or \
+        (compiled is not None and isinstance(module, compiled))
+
+
+def _same_plain(a: Any, b: Any, depth: int = 0) -> bool:
+    """Whether two of a module's plain attributes hold the same: tensors their values, numbers, strings and the like
+    equal (NaN as NaN), containers item by item, functions (hooks) the same one; any other object its class alone."""
+    import types
+
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dtype != b.dtype \
+                or a.shape != b.shape or a.is_meta != b.is_meta or a.layout != b.layout:
+            return False
+        return a.is_meta or a.layout != torch.strided or _same_values(a, b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a == b or (a != a and b != b)
+    if a is None or isinstance(a, (bool, int, complex, str, bytes, torch.dtype, torch.device)):
+        return bool(a == b)
+    if isinstance(a, types.FunctionType):  # a hook: copy.deepcopy keeps a function itself, torch.compile makes anew
+        return a.__code__ is b.__code__ and (a is b or depth < 3 and _same_plain(_cells(a), _cells(b), depth + 1))
+    if isinstance(a, types.MethodType):
+        return _same_plain(a.__func__, b.__func__, depth + 1)
+    if isinstance(a, types.BuiltinFunctionType):
+        return a is b
+    if depth < 3 and isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_plain(x, y, depth + 1) for x, y in zip(a, b))
+    if depth < 3 and isinstance(a, dict):
+        return list(a) == list(b) and all(_same_plain(a[k], b[k], depth + 1) for k in a)
+    return True
+
+
+def _cells(function: Any) -> list[Any]:
+    """What a function's closure holds (an empty cell as _MISSING)."""
+    held = []
+    for cell in function.__closure__ or ():
+        try:
+            held.append(cell.cell_contents)
+        except ValueError:
+            held.append(_MISSING)
+    return held
 
 
 def _same_values(a: Any, b: Any) -> bool:

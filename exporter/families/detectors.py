@@ -165,6 +165,16 @@ def _families(names: Iterable[str]) -> str:
     return ", ".join(f"{family}_* ({count})" if count > 1 else f"{family}_*" for family, count in counts.items())
 
 
+def _echoed(name: str) -> str:
+    """`name` quoted as a refusal repeats it: at most ECHOED characters, and its quoted form (an unprintable character
+    escaped, up to 10 characters each) at most as long as ECHOED printable ones (review 42: forty tag characters took
+    402, and the CLI cut the line before what to do)."""
+    cut = name if len(name) <= ECHOED else f"{name[:ECHOED]}…"
+    while len(repr(cut)) > ECHOED + 3:
+        cut = f"{cut.removesuffix('…')[:-1]}…"
+    return repr(cut)
+
+
 def _first_fitting(*texts: str) -> str:
     """The first of `texts` within REFUSAL_BUDGET (the fullest first), else the last."""
     return next((text for text in texts if len(text) <= REFUSAL_BUDGET), texts[-1])
@@ -179,26 +189,26 @@ def unknown_model(name: str, backbones: Iterable[str]) -> UsageError:
     import difflib
 
     names, backbones = DETECTORS.names(), list(backbones)
-    shown = name if len(name) <= ECHOED else f"{name[:ECHOED]}…"
+    shown = _echoed(name)
     meant = "".join(name.split()).lower()  # review 31: `FCOS_resnet50_fpn` or ` resnet18` named no near match
     if meant != name and (meant in DETECTORS or meant in backbones):
-        return UsageError(f"Unknown {'detector' if meant in DETECTORS else 'backbone'} {shown!r}; did you mean "
+        return UsageError(f"Unknown {'detector' if meant in DETECTORS else 'backbone'} {shown}; did you mean "
                           f"{meant!r}? (names are lower case, without spaces)")
     every = "every name: verify export --help"
     if any(word in name.lower() for word in DETECTOR_WORDS):
         close = difflib.get_close_matches(meant, names, n=3, cutoff=0.4)
         nearest = f"closest: {', '.join(close)}; " if close else ""
-        return UsageError(_first_fitting(f"No detector {shown!r}: {', '.join(names)}",
-                                         f"No detector {shown!r}; {nearest}{len(names)} detectors "
+        return UsageError(_first_fitting(f"No detector {shown}: {', '.join(names)}",
+                                         f"No detector {shown}; {nearest}{len(names)} detectors "
                                          f"({_families(names)}); {every}",
-                                         f"No detector {shown!r}; {nearest}{len(names)} detectors; {every}"))
+                                         f"No detector {shown}; {nearest}{len(names)} detectors; {every}"))
     close = difflib.get_close_matches(meant, backbones, n=3, cutoff=0.4)
     nearest = f"closest: {', '.join(close)}; " if close else ""
-    return UsageError(_first_fitting(f"Unknown backbone {shown!r}; choose one of: {', '.join(backbones)}; or a whole "
+    return UsageError(_first_fitting(f"Unknown backbone {shown}; choose one of: {', '.join(backbones)}; or a whole "
                                      f"detector ({_families(names)})",
-                                     f"Unknown backbone {shown!r}; {nearest}{len(backbones)} backbones and "
+                                     f"Unknown backbone {shown}; {nearest}{len(backbones)} backbones and "
                                      f"{len(names)} detectors ({_families(names)}); {every}",
-                                     f"Unknown backbone {shown!r}; {nearest}{len(backbones)} backbones and "
+                                     f"Unknown backbone {shown}; {nearest}{len(backbones)} backbones and "
                                      f"{len(names)} detectors; {every}"))
 
 

@@ -928,11 +928,17 @@ def run_onnx_piece(piece: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
 def unit_feeds(ref: Reference, unit: Unit, shared: bool = False) -> dict[Any, Any] | None:
     """The unit's inputs as the reference computed them, in float32 (None where one is missing): new tensors, or
-    with `shared` the reference's one float32 copy of each (for a reader that never writes: ONNX Runtime's feeds)."""
+    with `shared` the reference's one float32 copy of each (for a reader that never writes: ONNX Runtime's feeds).
+    New even where the reference holds float32 (a module that returns float32 in the float64 run): `.float()` was the
+    reference's own tensor, which a unit's in-place write (`x.add_`) changed for every later file judged on the same
+    reference, a correct second file's layer named at 5e6x (review 42)."""
+    import torch
+
     feeds = {name: reference_value(ref, key, unit) for name, key in unit.inputs.items()}
     if any(value is None for value in feeds.values()):
         return None
-    return {name: ref.as_float32(value) if shared else value.float() for name, value in feeds.items()}
+    return {name: ref.as_float32(value) if shared else value.to(torch.float32, copy=True)
+            for name, value in feeds.items()}
 
 
 def run_together(model: Any, jobs: Sequence[tuple[Unit, dict[str, np.ndarray], tuple[int, ...]]]
@@ -1213,7 +1219,8 @@ def isolate_eager(ref: Reference, side: Side, factor: float) -> Isolation:
             result.skipped.append(name)
             continue
         with torch.no_grad():
-            if (got := rerun(result, name, leaves[name], value.float())) is None:
+            # a new tensor (a float32 recorded value's .float() was the reference's own, written by `x.add_`)
+            if (got := rerun(result, name, leaves[name], value.to(torch.float32, copy=True))) is None:
                 continue
         got = tensor_output(got)  # as recorded: a leaf returning `(out, None)` is judged on `out`
         keep(result, ref, Unit(name, call, [], {}, None), got.numpy() if got is not None else None)
