@@ -373,6 +373,8 @@ def _symbolic_names() -> set[str]:
 
 MAX_EXPRESSION = 10_000
 """The longest symbolic expression or guard a .pt2 may hold (each is parsed and checked before torch evaluates it)."""
+FLOAT_TEXT = r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?"
+"""The string a sympy Float may hold in a .pt2's expression (`Float('2.0', precision=53)`): one decimal numeral."""
 
 
 def _check_expression(path: Path, text: Any, allowed: set[str], what: str) -> None:
@@ -401,6 +403,11 @@ def _check_expression(path: Path, text: Any, allowed: set[str], what: str) -> No
     names = {id(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
              and n.func.id in ("Symbol", "Dummy") and n.args}
     names |= {id(n.slice) for n in ast.walk(tree) if isinstance(n, ast.Subscript)}
+    # sympy writes a float as Float('2.0', precision=53): its string a numeral (sweep 49b: a dynamic bicubic
+    # upsample's sizes hold one, and its correct .pt2 was refused)
+    names |= {id(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+              and n.func.id == "Float" and n.args and isinstance(n.args[0], ast.Constant)
+              and isinstance(n.args[0].value, str) and re.fullmatch(FLOAT_TEXT, n.args[0].value)}
     plain = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Constant, ast.Load, ast.operator,
              ast.unaryop, ast.boolop, ast.cmpop, ast.Subscript, ast.Call, ast.Attribute, ast.Name, ast.Tuple,
              ast.keyword)

@@ -1,0 +1,263 @@
+"""Sweep 49b: dense-prediction and upsampling models as users' models (tests/data/sweep49b_models.py), each exported at
+the default settings by both ONNX exporters (`verify export --model ...`, a fresh process each), then one-layer bugs
+seeded in its ONNX and .pt2 files (a weight channel x1.001 at 30 % and 70 % depth, and edits of the upsampling itself:
+a Resize's coordinate_transformation_mode, nearest_mode, mode or cubic coefficient, a ConvTranspose's pads shifted),
+judged by `verify compare MODEL FILE` (and `verify explain MODEL FILE --isolate` with --explain).
+
+    python bench/sweep49b_models.py export [--models unet_nearest fpn_odd ...] [--log bench/results/sweep49b-cpu.log]
+    python bench/sweep49b_models.py bugs [--models ...] [--explain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "tests" / "data" / "sweep49b_models.py"
+MODELS = ["unet_nearest", "unet_bilinear", "unet_bilinear_ac", "unet_bicubic", "unet_convtranspose",
+          "unet_convtranspose3", "unet_pixelshuffle", "unet_odd_nearest", "unet_odd_bilinear", "unet_odd_bilinear_ac",
+          "unet_odd_convtranspose", "fpn", "fpn_odd", "fpn_odd_bilinear", "lraspp", "lraspp_out", "deeplabv3",
+          "deeplabv3_out", "fcn"]
+WORK = Path(os.environ.get("SWEEP49B_WORK", "/tmp/s49b"))
+SCALE = 1.001
+"""The seeded weight error: one output channel of one layer's weight 0.1 % off."""
+
+
+def shape(name: str) -> str:
+    return "1x3x63x65" if "odd" in name else "1x3x64x64"
+
+
+def verify(*args: str) -> tuple[int, float, str]:
+    start = time.perf_counter()
+    done = subprocess.run([str(Path(sys.executable).with_name("verify")), *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return done.returncode, time.perf_counter() - start, done.stdout + done.stderr
+
+
+def summary(report: Path) -> dict:
+    data = json.loads(report.read_text())
+    ratios = [(o.get("ratio") or 0.0, f"{pair.get('a')} vs {pair.get('b')} {o.get('name')}")
+              for pair in data.get("pairs", []) for o in pair.get("outputs", [])]
+    layers = [(layer["ratio"], f"{check.get('candidate')}:{layer['module']}")
+              for check in data.get("layers", []) for layer in check.get("layers", [])]
+    return {"passed": data.get("passed"), "outputs": max(ratios, default=(0.0, "")),
+            "layers": max(layers, default=(0.0, "")), "problems": data.get("problems", [])}
+
+
+def export(names: list[str], log, exporters: list[str]) -> None:
+    from verify.judge.compare import AUTO_FACTOR
+
+    for name in names:
+        for exporter in exporters:
+            out = WORK / f"{name}-{exporter}"
+            report = WORK / f"{name}-{exporter}.json"
+            args = ["export", "--model", f"{SOURCE}:{name}", "--shape", shape(name), "--no-cache", "--overwrite",
+                    "--out", str(out), "--json", str(report), "--onnx-exporter", exporter]
+            if exporter == "torchscript":
+                args += ["--format", "onnx"]
+            code, seconds, text = verify(*args)
+            line = f"{name} {exporter}: exit {code}, {seconds:.0f} s"
+            if report.exists():
+                s = summary(report)
+                line += (f", worst output {s['outputs'][0]:.2f}x ({s['outputs'][1]}), worst layer "
+                         f"{s['layers'][0]:.2f}x ({s['layers'][1]}), factor {AUTO_FACTOR}")
+            if code != 0:
+                line += " | " + " / ".join(text.strip().splitlines()[-8:])[:1200]
+            print(line, file=log, flush=True)
+
+
+def _attr(node, name: str):
+    return next((a for a in node.attribute if a.name == name), None)
+
+
+def onnx_bugs(path: Path, dest: Path) -> list[tuple[str, Path]]:
+    """Seeded copies of an ONNX file: a weight channel x SCALE at 30 % and 70 % depth, then upsampling edits."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    cases = []
+    model = onnx.load(str(path))
+    inits = {init.name for init in model.graph.initializer}
+    found = [(n.name, n.op_type, n.input[1]) for n in model.graph.node
+             if n.op_type in ("Conv", "ConvTranspose", "Gemm") and len(n.input) > 1 and n.input[1] in inits]
+    rng = np.random.default_rng(0)
+    for depth in (0.3, 0.7):
+        node, op, weight = found[int(depth * (len(found) - 1))]
+        m = onnx.load(str(path))
+        init = next(i for i in m.graph.initializer if i.name == weight)
+        array = numpy_helper.to_array(init).copy()
+        axis = 1 if op == "ConvTranspose" else 0  # a transposed conv's weight is (in, out, kh, kw)
+        channel = int(rng.integers(array.shape[axis]))
+        index = (slice(None), channel) if axis else (channel,)
+        array[index] *= SCALE
+        init.CopyFrom(numpy_helper.from_array(array, init.name))
+        cases.append((f"w{int(depth * 100)} {node}[{channel}]", m))
+
+    def edit_all(label, pick, change):
+        """A copy with the first node `pick` takes edited by `change` (skipped where `change` says it does nothing)."""
+        nodes = [n.name for n in onnx.load(str(path)).graph.node if pick(n)]
+        for name in nodes[:1]:
+            m = onnx.load(str(path))
+            n = next(n for n in m.graph.node if n.name == name)
+            what = change(n)
+            if what:
+                cases.append((f"{label}{what} {n.name}", m))
+
+    def resize_mode(n):
+        a = _attr(n, "coordinate_transformation_mode")
+        old = a.s.decode() if a else "half_pixel"
+        new = {"half_pixel": "asymmetric", "pytorch_half_pixel": "asymmetric", "asymmetric": "half_pixel",
+               "align_corners": "half_pixel"}[old]
+        if a:
+            n.attribute.remove(a)
+        n.attribute.append(helper.make_attribute("coordinate_transformation_mode", new))
+        return f" {old}->{new}"
+
+    def nearest(n):
+        mode = _attr(n, "mode")
+        if mode is None or mode.s != b"nearest":
+            return ""
+        a = _attr(n, "nearest_mode")
+        old = a.s.decode() if a else "round_prefer_floor"
+        new = "round_prefer_ceil" if old == "floor" else "floor"
+        if a:
+            n.attribute.remove(a)
+        n.attribute.append(helper.make_attribute("nearest_mode", new))
+        return f" {old}->{new}"
+
+    def mode(n):
+        a = _attr(n, "mode")
+        old = a.s.decode() if a else "nearest"
+        new = {"nearest": "linear", "linear": "nearest", "cubic": "linear"}[old]
+        if a:
+            n.attribute.remove(a)
+        n.attribute.append(helper.make_attribute("mode", new))
+        return f" {old}->{new}"
+
+    def cubic(n):
+        mode = _attr(n, "mode")
+        if mode is None or mode.s != b"cubic":
+            return ""
+        a = _attr(n, "cubic_coeff_a")
+        old = a.f if a else -0.75
+        if a:
+            n.attribute.remove(a)
+        n.attribute.append(helper.make_attribute("cubic_coeff_a", -0.5))
+        return f" {old}->-0.5"
+
+    def pads(n):
+        a = _attr(n, "pads")
+        if a is None or not any(a.ints):
+            return ""
+        p = list(a.ints)
+        half = len(p) // 2
+        if p[0] < 1:
+            return ""
+        p[0] -= 1
+        p[half] += 1
+        a.ints[:] = p
+        return f" {list(a.ints)}"
+
+    def is_resize(n):
+        return n.op_type in ("Resize", "Upsample")
+
+    edit_all("resize-coord", is_resize, resize_mode)
+    edit_all("nearest_mode", is_resize, nearest)
+    edit_all("resize-mode", is_resize, mode)
+    edit_all("cubic_coeff_a", is_resize, cubic)
+    edit_all("convT-pads", lambda n: n.op_type == "ConvTranspose", pads)
+    out = []
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for i, (label, m) in enumerate(cases):
+        file = dest.with_name(f"{dest.stem}-{i}.onnx")
+        onnx.save(m, str(file))
+        out.append((label, file))
+    return out
+
+
+def pt2_bugs(path: Path, dest: Path) -> list[tuple[str, Path]]:
+    """Seeded copies of a .pt2: a weight channel x SCALE of a conv at 30 % and 70 % depth (its state_dict)."""
+    import numpy as np
+    import torch
+
+    out = []
+    state = torch.export.load(str(path)).state_dict
+    names = [k for k, v in state.items() if k.endswith("weight") and v.dim() == 4]
+    rng = np.random.default_rng(0)
+    for i, depth in enumerate((0.3, 0.7)):
+        ep = torch.export.load(str(path))
+        name = names[int(depth * (len(names) - 1))]
+        channel = int(rng.integers(ep.state_dict[name].shape[0]))
+        with torch.no_grad():
+            ep.state_dict[name][channel] *= SCALE
+        file = dest.with_name(f"{dest.stem}-{i}.pt2")
+        torch.export.save(ep, str(file))
+        out.append((f"w{int(depth * 100)} {name}[{channel}]", file))
+    return out
+
+
+def isolated(report: Path) -> str:
+    data = json.loads(report.read_text())
+    for check in data.get("isolated", []) or []:
+        named = check.get("named") or []
+        if named:
+            first = named[0]
+            ratio = next((layer["ratio"] for layer in check.get("layers", []) if layer["module"] == first), 0.0)
+            return f"{first} {ratio:.0f}x"
+    return "nothing named"
+
+
+def bugs(names: list[str], log, explain: bool, exporters: list[str], pt2: bool) -> None:
+    for name in names:
+        spec = f"{SOURCE}:{name}"
+        for exporter in exporters:
+            folder = WORK / f"{name}-{exporter}"
+            files = {p.suffix: p for p in folder.rglob("model.*")}
+            cases = onnx_bugs(files[".onnx"], WORK / "bugs" / f"{name}-{exporter}")
+            if pt2 and exporter == "dynamo" and ".pt2" in files:
+                cases += pt2_bugs(files[".pt2"], WORK / "bugs" / f"{name}-pt2")
+            for label, file in cases:
+                out = WORK / "bugs" / f"{file.name}.json"
+                code, seconds, text = verify("compare", spec, str(file), "--shape", shape(name), "--json", str(out))
+                line = f"{name} {exporter} {file.suffix} {label}: compare exit {code} {seconds:.0f} s"
+                if out.exists():
+                    s = summary(out)
+                    line += f", outputs {s['outputs'][0]:.1f}x, layers {s['layers'][0]:.1f}x ({s['layers'][1]})"
+                    line += f", isolated first: {isolated(out)}"
+                if code not in (0, 1):
+                    line += " | " + " / ".join(text.strip().splitlines()[-4:])[:600]
+                if explain:
+                    eout = WORK / "bugs" / f"{file.name}.explain.json"
+                    code, seconds, text = verify("explain", spec, str(file), "--shape", shape(name), "--isolate",
+                                                 "--json", str(eout))
+                    first = next((ln for ln in text.splitlines() if ln.strip().startswith("•")), "")
+                    line += f"; explain --isolate exit {code} {seconds:.0f} s: {first.strip()[:160]}"
+                print(line, file=log, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["export", "bugs"])
+    parser.add_argument("--explain", action="store_true")
+    parser.add_argument("--no-pt2", action="store_true")
+    parser.add_argument("--exporters", nargs="+", default=["dynamo", "torchscript"])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--log", type=Path, default=None)
+    args = parser.parse_args()
+    (WORK / "bugs").mkdir(parents=True, exist_ok=True)
+    log = open(args.log, "a", encoding="utf-8") if args.log else sys.stdout
+    if args.what == "export":
+        export(args.models, log, args.exporters)
+    else:
+        bugs(args.models, log, args.explain, args.exporters, not args.no_pt2)
+
+
+if __name__ == "__main__":
+    main()
