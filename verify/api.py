@@ -631,7 +631,8 @@ def _compare_floor_agreement(user: Sequence[bool], sides: Sequence[Artifact], ru
 
     if settings.tolerance.mode != "auto":
         return []
-    problems = _compare_file_floors(sides, runs, oracles) + _compare_pair_floors(sides, runs, oracles)
+    problems = _compare_file_floors(sides, runs, oracles) + _compare_pair_floors(sides, runs, oracles) \
+        + _compare_spread_floors(sides, runs, oracles)
     for mine, theirs in ((0, 1), (1, 0)):
         file = sides[theirs]
         if user[mine] and not user[theirs] and file.path is not None and runtimes_for(file.format, float64=True):
@@ -704,6 +705,33 @@ def _compare_file_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
                     "program), so its floor is not rounding. Not judged (an explicit --rtol/--atol or --decimal "
                     "judges without a floor)")
                 break
+    return problems
+
+
+def _compare_spread_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
+                           oracles: Sequence[Sequence[Oracle]]) -> list[str]:
+    """A file no runtime runs in float64 (an ONNX file: its floor the spread of its runtime's settings, measured on the
+    file itself) against a side with a float64 run: its floor, pooled over the inputs, at most FLOOR_AGREEMENT x the
+    other side's own float32-against-float64 floor. A file that rounds its outputs below float32 (three ops: t = x *
+    (2^8 + 1); t - (t - x)) turns each setting's rounding difference into a jump of its coarse step and lifted its own
+    floor 16-211x, and a weight error failing alone at 37.5x agreed at 3.8x, exit 0 (hunt 36). Pooled, not per
+    input: correct files measured 0.86-1.40x pooled, up to 3.01x on one input."""
+    from verify.judge.file_floor import FLOOR_AGREEMENT, output_floor_ratio
+
+    problems = []
+    for mine, theirs in ((0, 1), (1, 0)):
+        if any(oracle.outputs for oracle in oracles[mine]) or not all(oracle.outputs for oracle in oracles[theirs]):
+            continue
+        worst = output_floor_ratio(pooled_floors([oracle.noise for oracle in oracles[mine]]),
+                                   pooled_floors([oracle.float32 or oracle.noise for oracle in oracles[theirs]]))
+        if worst is not None and worst[0] > FLOOR_AGREEMENT:
+            name = sides[mine].path.name if sides[mine].path is not None else runs[mine].label
+            problems.append(
+                f"{name} ({runs[mine].label}) measures a float32 floor of {worst[1]} {worst[0]:.3g}x "
+                f"{runs[theirs].label}'s own (float32 against its float64 run, over the inputs), over the "
+                f"{FLOOR_AGREEMENT:g}x that rounding differences allow: the spread of its runtime's settings is the "
+                "file's own doing (it rounds below float32), not rounding. Not judged (an explicit --rtol/--atol or "
+                "--decimal judges without a floor)")
     return problems
 
 
