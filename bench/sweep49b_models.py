@@ -11,11 +11,8 @@ judged by `verify compare MODEL FILE` (and `verify explain MODEL FILE --isolate`
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +22,9 @@ MODELS = ["unet_nearest", "unet_bilinear", "unet_bilinear_ac", "unet_bicubic", "
           "unet_odd_convtranspose", "fpn", "fpn_odd", "fpn_odd_bilinear", "lraspp", "lraspp_out", "deeplabv3",
           "deeplabv3_out", "fcn"]
 WORK = Path(os.environ.get("SWEEP49B_WORK", "/tmp/s49b"))
+sys.path.insert(0, str(Path(__file__).parent))  # sweep 49's runner, beside this script
+from sweep49_models import isolated, summary, verify  # noqa: E402
+
 SCALE = 1.001
 """The seeded weight error: one output channel of one layer's weight 0.1 % off."""
 
@@ -32,22 +32,6 @@ SCALE = 1.001
 def shape(name: str) -> str:
     return "1x3x63x65" if "odd" in name else "1x3x64x64"
 
-
-def verify(*args: str) -> tuple[int, float, str]:
-    start = time.perf_counter()
-    done = subprocess.run([str(Path(sys.executable).with_name("verify")), *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return done.returncode, time.perf_counter() - start, done.stdout + done.stderr
-
-
-def summary(report: Path) -> dict:
-    data = json.loads(report.read_text())
-    ratios = [(o.get("ratio") or 0.0, f"{pair.get('a')} vs {pair.get('b')} {o.get('name')}")
-              for pair in data.get("pairs", []) for o in pair.get("outputs", [])]
-    layers = [(layer["ratio"], f"{check.get('candidate')}:{layer['module']}")
-              for check in data.get("layers", []) for layer in check.get("layers", [])]
-    return {"passed": data.get("passed"), "outputs": max(ratios, default=(0.0, "")),
-            "layers": max(layers, default=(0.0, "")), "problems": data.get("problems", [])}
 
 
 def export(names: list[str], log, exporters: list[str]) -> None:
@@ -202,16 +186,6 @@ def pt2_bugs(path: Path, dest: Path) -> list[tuple[str, Path]]:
         out.append((f"w{int(depth * 100)} {name}[{channel}]", file))
     return out
 
-
-def isolated(report: Path) -> str:
-    data = json.loads(report.read_text())
-    for check in data.get("isolated", []) or []:
-        named = check.get("named") or []
-        if named:
-            first = named[0]
-            ratio = next((layer["ratio"] for layer in check.get("layers", []) if layer["module"] == first), 0.0)
-            return f"{first} {ratio:.0f}x"
-    return "nothing named"
 
 
 def bugs(names: list[str], log, explain: bool, exporters: list[str], pt2: bool) -> None:
