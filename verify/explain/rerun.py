@@ -562,7 +562,8 @@ def _own_input(inputs: dict[Any, tuple[str, int] | None], outside: set[Any]) -> 
 
 def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, norms: dict[str, str] | None = None,
                calls: Counter | None = None, functional: dict[str, FunctionalLinear] | None = None,
-               firsts: Collection[tuple[str, int]] = ()) -> tuple[list[Unit], list[str], list[str]]:
+               firsts: Collection[tuple[str, int]] = (), where: list[str] | None = None
+               ) -> tuple[list[Unit], list[str], list[str]]:
     """The ONNX graph's layers: runs of nodes under one module scope whose last node stands for that
     module call, each with the reference values its activation inputs are; the layers skipped; and the op types of
     the nodes in no layer (verify.judge.layers.Isolation.outside). A scope that is none of the reference's `modules`
@@ -570,7 +571,8 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
     ops are outside every layer, never a layer 'not re-run'. `norms`: each conv the model's own values show a norm
     read (norms_after), which the legacy exporter folds into it whatever the two are named. `calls`: the
     reference's calls of each module (merged_calls). `functional`: the Linears the reference's parents call through
-    `F.linear` (functional_linears): their ops are placed by functional_scopes."""
+    `F.linear` (functional_linears): their ops are placed by functional_scopes. `where`: filled with the module whose
+    own forward holds each op in no layer (`innermost_scope`)."""
     nodes = list(model.graph.node)
     raw = [onnx_scopes(node) for node in nodes]  # the legacy exporter's `conv_1` tells a second call apart
     scopes = legacy_calls(raw)
@@ -644,7 +646,19 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
             units.append(Unit(norm, mine[0][1], ops, inputs, nodes[run[-1]].output[0], [path]))
             continue
         units.append(Unit(path, mine[0][1], ops, inputs, nodes[run[-1]].output[0], fused))
-    return units, skipped, [node.op_type for i, node in enumerate(nodes) if i not in placed]
+    unplaced = [i for i in range(len(nodes)) if i not in placed]
+    if where is not None:
+        where.extend(innermost_scope(scopes[i]) for i in unplaced)
+    return units, skipped, [nodes[i].op_type for i in unplaced]
+
+
+def innermost_scope(scope: list[Any] | None) -> str:
+    """The module whose own forward holds an op of that scope (its innermost path; "" for the model's own forward, or
+    where the file records no scope): where an op in no layer is, for the report to say."""
+    if not scope:
+        return ""
+    last = scope[-1]
+    return last[1] if isinstance(last, tuple) else last
 
 
 MOVES_ONNX = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Concat", "Slice",
@@ -994,11 +1008,12 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
 
     model = onnx.load(str(path))
     known, calls, norms = {n for n, _ in ref.outputs}, Counter(n for n, _ in ref.outputs), norms_after(ref)
-    units, skipped, outside = onnx_units(model, known, set(ref.modules), norms, calls, firsts=ref.firsts)
+    where: list[str] = []
+    units, skipped, outside = onnx_units(model, known, set(ref.modules), norms, calls, firsts=ref.firsts, where=where)
     if functional := functional_linears(ref):
         units += _functional_units(onnx_units(model, known, set(ref.modules), norms, calls, functional,
                                               ref.firsts)[0], functional)
-    result = Isolation("", "", factor, skipped=skipped, outside=outside)
+    result = Isolation("", "", factor, skipped=skipped, outside=outside, outside_in=where)
     jobs = []
     for unit in units:
         if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit, shared=True)) is None:
@@ -1022,8 +1037,8 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
 # ---------------------------------------------------------------- ExportedProgram candidates: FX node runs
 
 def fx_units(module: Any, known: set[str], modules: set[str] | None = None, calls: Counter | None = None,
-             functional: dict[str, FunctionalLinear] | None = None, firsts: Collection[tuple[str, int]] = ()
-             ) -> tuple[list[Unit], list[str], list[str]]:
+             functional: dict[str, FunctionalLinear] | None = None, firsts: Collection[tuple[str, int]] = (),
+             where: list[str] | None = None) -> tuple[list[Unit], list[str], list[str]]:
     """As onnx_units, over the FX nodes of an ExportedProgram's `.module()` (parameters are get_attr)."""
     import operator
 
@@ -1083,8 +1098,10 @@ def fx_units(module: Any, known: set[str], modules: set[str] | None = None, call
             continue
         call = next(c for p, c in ends[last] if p == path)
         units.append(Unit(path, call, [n for n in nodes if n in inside], inputs, last))
-    return units, skipped, [getattr(n.target, "__name__", str(n.target)) for n in nodes
-                            if n not in placed and n.target is not operator.getitem]
+    unplaced = [k for k, n in enumerate(nodes) if n not in placed and n.target is not operator.getitem]
+    if where is not None:
+        where.extend(innermost_scope(scoped[k]) for k in unplaced)
+    return units, skipped, [getattr(nodes[k].target, "__name__", str(nodes[k].target)) for k in unplaced]
 
 
 MOVES_FX = frozenset({"view", "reshape", "_unsafe_view", "transpose", "permute", "flatten", "squeeze", "unsqueeze",
@@ -1186,11 +1203,12 @@ def run_fx_unit(module: Any, unit: Unit, feeds: dict[Any, Any]) -> Any:
 
 def isolate_fx(ref: Reference, module: Any, factor: float) -> Isolation:
     known, calls = {n for n, _ in ref.outputs}, Counter(n for n, _ in ref.outputs)
-    units, skipped, outside = fx_units(module, known, set(ref.modules), calls, firsts=ref.firsts)
+    where: list[str] = []
+    units, skipped, outside = fx_units(module, known, set(ref.modules), calls, firsts=ref.firsts, where=where)
     if functional := functional_linears(ref):
         units += _functional_units(fx_units(module, known, set(ref.modules), calls, functional, ref.firsts)[0],
                                    functional)
-    result = Isolation("", "", factor, skipped=skipped, outside=outside)
+    result = Isolation("", "", factor, skipped=skipped, outside=outside, outside_in=where)
     for unit in units:
         if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:
             result.skipped.append(unit.path)
@@ -1231,7 +1249,7 @@ def isolate_eager(ref: Reference, side: Side, factor: float) -> Isolation:
     try:  # reads the file's structure: failing here must not throw away the layers judged above (review 18)
         result.skipped += unrun_weights(ref, leaves)
         if side.artifact.path is not None:  # a TorchScript file: its modules' own ops (a residual add) are in no leaf
-            result.outside = jit_outside(side.fp32)
+            result.outside = jit_outside(side.fp32, result.outside_in)
     except Exception as exc:  # noqa: BLE001 - not a pass: a named layer still fails, by default too
         result.unrunnable.append(f"(ops outside its layers: {(str(exc).splitlines() or [type(exc).__name__])[0]})")
     return result
@@ -1278,18 +1296,31 @@ def _weightless_leaf(module: Any) -> bool:
         and next(iter([*module.parameters(), *module.buffers()]), None) is None
 
 
-def jit_outside(module: Any) -> list[str]:
+def jit_outside(module: Any, where: list[str] | None = None) -> list[str]:
     """The tensor ops of a TorchScript file's modules that have children, in their own forward (a block's residual
-    `add_`): no leaf re-run covers them (verify.judge.layers.Isolation.outside)."""
+    `add_`): no leaf re-run covers them (verify.judge.layers.Isolation.outside); `where` filled with each one's
+    module."""
     import torch
 
     ops = []
-    for _, child in module.named_modules():
+    for name, child in module.named_modules():
         graph = _own_graph(child) if any(True for _ in child.children()) else None
-        ops += [node.kind().removeprefix("aten::") for node in (graph.nodes() if graph is not None else [])
-                if node.kind().startswith("aten::") and any(isinstance(out.type(), torch._C.TensorType)
-                                                            for out in node.outputs())]
+        own = [_jit_op(node) for node in (graph.nodes() if graph is not None else [])
+               if node.kind().startswith("aten::") or node.kind() == "prim::CallFunction"
+               if any(isinstance(out.type(), torch._C.TensorType) for out in node.outputs())]
+        ops += own
+        if where is not None:
+            where.extend([name] * len(own))
     return ops
+
+
+def _jit_op(node: Any) -> str:
+    """A TorchScript node's op: `add` for aten::add, the function's own name for a call of a scripted function
+    (`F.interpolate` in a block's forward is `prim::CallFunction`, not inlined: it was missing from the ops in no
+    layer, stop 49)."""
+    if node.kind() != "prim::CallFunction":
+        return node.kind().removeprefix("aten::")
+    return str(next(node.inputs()).type()).rpartition(".")[2] or "call"
 
 
 def _own_graph(module: Any) -> Any:

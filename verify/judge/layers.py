@@ -89,6 +89,10 @@ class Isolation:
     outside: list[str] = field(default_factory=list)
     """The op types of the file's ops in no layer (functional ops between modules, nodes with no module scope): not
     re-run, so only the outputs' verdict judges them (ONNX, .pt2, and a TorchScript file's modules' own forward)."""
+    outside_in: list[str] = field(default_factory=list)
+    """Where each of `outside` is: the module whose own forward holds it ("" the model's own forward, or no scope
+    recorded), so that a report can say where to look (sweep 49b: a Resize edited in a U-Net block's own forward failed
+    the outputs and named no layer)."""
     note: str = ""
     rerun_on: str = ""
     """What re-ran the candidate's layers (on the CPU whatever the runs' device: ONNX pieces on ONNX Runtime, torch
@@ -113,7 +117,7 @@ class Isolation:
                 "skipped": self.skipped, "unrunnable": self.unrunnable,
                 "reshaped": {path: {"shape": list(got), "reference": list(want)}
                              for path, (got, want) in self.reshaped.items()},
-                "outside": self.outside, "note": self.note,
+                "outside": self.outside, "outside_in": self.outside_in, "note": self.note,
                 "rerun_on": self.rerun_on}
 
 
@@ -180,7 +184,20 @@ def outside_text(result: Isolation) -> str:
     kinds = sorted(set(result.outside))
     more = " ..." if len(kinds) > CULPRITS_NOTED else ""
     return (f"; {len(result.outside)} ops outside every layer ({', '.join(kinds[:CULPRITS_NOTED])}{more}) were not "
-            "re-run: only the outputs' verdict judges them")
+            f"re-run{_outside_where(result)}: only the outputs' verdict judges them")
+
+
+def _outside_where(result: Isolation) -> str:
+    """` (in the forward of up2, up1 ...)`: the modules whose own forward holds the ops in no layer, most ops first
+    ("" where no op's module is known)."""
+    from collections import Counter
+
+    counts = Counter(name for name in result.outside_in if name)
+    if not counts:
+        return ""
+    names = [name for name, _ in counts.most_common()]
+    more = " ..." if len(names) > CULPRITS_NOTED else ""
+    return f" (in the forward of {', '.join(names[:CULPRITS_NOTED])}{more})"
 
 
 def unrunnable_text(result: Isolation) -> str:
