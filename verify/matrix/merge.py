@@ -180,6 +180,25 @@ def _gather(reports: Sequence[MatrixResult], names: Sequence[str], expected: lis
     return cells
 
 
+def _first_difference(a: Any, b: Any, at: str) -> str | None:
+    """The first setting (a dotted path) where `a` and `b` differ, with both values, or None when they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted({*a, *b}, key=str):
+            found = _first_difference(a.get(key), b.get(key), f"{at}.{key}" if at else str(key))
+            if found:
+                return found
+        return None
+    return None if a == b else f"{at or 'settings'} {a!r} vs {b!r}"
+
+
+def _difference(report: MatrixResult, first: MatrixResult) -> str:
+    """What differs between two reports that must describe one run: the fingerprint, else the first setting, else
+    the cells (a fingerprint is edited along with its settings as easily as not)."""
+    if report.fingerprint != first.fingerprint:
+        return f"fingerprint {report.fingerprint} vs {first.fingerprint}"
+    return _first_difference(report.settings, first.settings, "settings") or "the same settings, other cells"
+
+
 def merge_results(reports: Sequence[MatrixResult], sources: Sequence[object] | None = None) -> MatrixResult:
     """Join shard reports of one matrix into its whole report, every cell judged again from its numbers under
     the matrix's tolerance; anything that keeps it from showing every cell judged exactly once fails."""
@@ -203,8 +222,8 @@ def merge_results(reports: Sequence[MatrixResult], sources: Sequence[object] | N
     expected = check_report(first, names[0])
     for name, report in zip(names[1:], reports[1:]):
         if (report.fingerprint, report.settings, report.matrix) != (first.fingerprint, first.settings, first.matrix):
-            raise MatrixFailure(f"{name} is from a different matrix or settings than {names[0]} (fingerprint "
-                                f"{report.fingerprint} vs {first.fingerprint}); merge only shards of one run")
+            raise MatrixFailure(f"{name} is from a different matrix or settings than {names[0]} "
+                                f"({_difference(report, first)}); merge only shards of one run")
         if report.versions != first.versions:
             changed = sorted(k for k in {*report.versions, *first.versions}
                              if report.versions.get(k) != first.versions.get(k))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exporter.errors import ArtifactError, SetupError, UsageError
+from exporter.messages import one_line
 from exporter.plugin_options import PluginOptions, option
 from verify.runtimes import Runtime, RuntimeOptions
 
@@ -20,8 +22,20 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 DEFAULT_OPT_LEVEL = "all"
 FATAL_ONLY = 4
 """ONNX Runtime's log severity FATAL: at ERROR (3) a failed load also prints a coloured log line of its own."""
-ORT_PREFIX = r"^.*\[ONNXRuntimeError\] : \d+ : \w+ : |^\S+\.(?:cc|cpp|h):\d+ (?:\S+ )?"
-"""What precedes ONNX Runtime's reason: its error code and the source file, line and function it was raised in."""
+ORT_PREFIX = r"^.*\[ONNXRuntimeError\] : \d+ : \w+ : |^Load model from .*? failed:\s*"
+"""What precedes ONNX Runtime's reason: its error code, and on a load the path (the tool's line names it already)."""
+CPP_PLACE = re.compile(r"(?:(?<=\s)|(?<=:)|^)\S*\.(?:cc|cpp|cxx|h|hpp):\d+\s+")
+"""A C++ source file and line ONNX Runtime puts before a reason, at its start or after "failed:" / "Message:"."""
+CPP_SIGNATURE = re.compile(r"(?:[\w:<>*&,~]+ )*?~?[\w<>]+(?:::~?[\w<>]+)+\(")
+"""The C++ function (with its return type and namespaces) that follows the file and line, up to its opening
+parenthesis: the arguments, parentheses nested, are skipped by counting (`_without_cpp_places`)."""
+ORT_BOILERPLATE = re.compile(r"only \*guarantees\* support|may change before next ONNX release")
+"""Sentences of ONNX Runtime's that disclaim rather than say what it refused: dropped, so the line keeps its reason."""
+REASON_LIMIT = 200
+"""Characters of ONNX Runtime's reason in a load failure's line, so that what to do still fits on it."""
+LOAD_ADVICE = ("export the model again in this environment (verify export), or run the file with the onnxruntime "
+               "it was made for")
+"""What to do about a file ONNX Runtime refuses: the reason says what it refused."""
 SPREAD_LEVELS = ("disable", "basic")
 """The other levels whose spread estimates the float32 floor of an ONNX file alone."""
 
@@ -37,15 +51,35 @@ def torch_threads() -> int | None:
     return torch.get_num_threads() if torch is not None else None
 
 
-def ort_reason(exc: Exception) -> str:
-    """ONNX Runtime's reason for a failure, without the error codes and source locations it nests in front."""
-    import re
+def _without_cpp_places(line: str) -> str:
+    """`line` with each C++ source place ONNX Runtime nests in it (`/onnxruntime_src/...h:46 void ns::f(...) `) cut."""
+    out, at = [], 0
+    for place in CPP_PLACE.finditer(line):
+        if place.start() < at:
+            continue
+        out.append(line[at:place.start()])
+        at = place.end()
+        signature = CPP_SIGNATURE.match(line, at)
+        if signature:
+            depth, end = 1, signature.end()
+            while end < len(line) and depth:
+                depth += {"(": 1, ")": -1}.get(line[end], 0)
+                end += 1
+            if not depth:
+                at = end + (len(" const") if line.startswith(" const", end) else 0)
+                at += len(line[at:]) - len(line[at:].lstrip())
+    return "".join(out) + line[at:]
 
+
+def ort_reason(exc: Exception) -> str:
+    """ONNX Runtime's reason for a failure in one line, without the error codes, the path and the C++ source places
+    (file, line and function signature) it nests in front of it."""
     line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
     previous = None
     while previous != line:
         previous, line = line, re.sub(ORT_PREFIX, "", line, count=1)
-    return line or previous
+    line = _without_cpp_places(line).strip() or previous
+    return " ".join(s for s in re.split(r"(?<=\.)\s+", line) if not ORT_BOILERPLATE.search(s)) or line
 
 
 class OnnxRuntime(Runtime):
@@ -112,7 +146,9 @@ class OnnxRuntime(Runtime):
         try:
             self.session = ort.InferenceSession(str(artifact.path), session_options, providers=providers)
         except Exception as exc:
-            raise ArtifactError(f"ONNX Runtime cannot load {artifact.path}: {ort_reason(exc)}") from None
+            raise ArtifactError(f"ONNX Runtime {ort.__version__} cannot load {artifact.path}: "
+                                f"{one_line(ort_reason(exc), REASON_LIMIT).rstrip('.')}; "
+                                f"{LOAD_ADVICE}") from None
         active = self.session.get_providers()
         if active[0] != wanted:  # ORT falls back to CPU with nothing but a log line
             raise SetupError(f"ONNX Runtime was asked for {wanted} but runs on {active[0]}; "
