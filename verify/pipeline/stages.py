@@ -1092,7 +1092,8 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     report.pairs = worst_over_inputs(judged, build.named, report)
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) \
         + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + shape_notes \
-        + bounds_notes(artifacts.values()) + cached_file_notes(report, runs, plan.formats, statuses, export_cache)
+        + bounds_notes(artifacts.values()) + cached_file_notes(report, runs, plan.formats, statuses, export_cache) \
+        + constant_output_notes([o.oracle.outputs for o in oracles])
     for thread in stores:  # the files stay where the stores read them until the outcome is returned
         thread.join()
     return CellOutcome(report, build, artifacts, feeds[0], first, statuses, list(oracles))
@@ -1109,6 +1110,23 @@ def cached_file_notes(report: Report, runs: Iterable[RunResult], formats: Mappin
             "(`verify cache clear`, and find out who can write that folder)"
             for run in runs if cache is not None and failed & {run.label, Path(run.artifact).name}
             and statuses.get(f"export:{formats.get(run.runtime)}") == HIT]
+
+
+def constant_output_notes(float64: Sequence[Mapping[str, np.ndarray]]) -> list[str]:
+    """A note where several inputs gave the model the same float64 outputs, bit for bit: the outputs do not depend on
+    the input, so the verdict says only that the files compute that same constant (hunt 38: a model returning a
+    buffer plus 0 x its input passed with no word of it, 0.0x its floor). [] with one input or outputs that move."""
+    import numpy as np
+
+    if len(float64) < 2 or not float64[0]:
+        return []
+    first = float64[0]
+    if all(set(other) == set(first) and all(np.array_equal(other[name], first[name], equal_nan=True)
+                                            for name in first) for other in float64[1:]):
+        return [f"every one of the {len(float64)} inputs gave the model the same outputs ({', '.join(first)}), bit for "
+                "bit: they do not depend on the input, and the verdict says only that every file computes that same "
+                "constant; if the model should read its input, check its forward"]
+    return []
 
 
 def bounds_notes(artifacts: Iterable[Artifact]) -> list[str]:
