@@ -42,7 +42,8 @@ def test_a_dynamic_bicubic_upsample_loads(tmp_path: Path):
         assert torch.equal(program(x), model(x))
 
 
-@pytest.mark.parametrize("text", ["Float('2.0; 1')", "Float('os')", "Float(Symbol('s0'), 'x')", "Float('2.0' + 'e1')"])
+@pytest.mark.parametrize("text", ["Float('2.0; 1')", "Float('os')", "Float(Symbol('s0'), 'x')", "Float('2.0' + 'e1')",
+                                  "Float('\uff12')", f"Float('{'1' * 4301}')"])
 def test_a_float_holds_only_a_numeral(text: str):
     """The other side of the same fix: a string in a Float that is not one numeral, or one outside its first argument,
     is still refused."""

@@ -373,8 +373,9 @@ def _symbolic_names() -> set[str]:
 
 MAX_EXPRESSION = 10_000
 """The longest symbolic expression or guard a .pt2 may hold (each is parsed and checked before torch evaluates it)."""
-FLOAT_TEXT = r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?"
-"""The string a sympy Float may hold in a .pt2's expression (`Float('2.0', precision=53)`): one decimal numeral."""
+FLOAT_TEXT = r"[-+]?([0-9]{1,400}(\.[0-9]{0,400})?|\.[0-9]{1,400})([eE][-+]?[0-9]{1,6})?"
+"""The string a sympy Float may hold in a .pt2's expression (`Float('2.0', precision=53)`): one decimal numeral of
+ASCII digits and bounded length (review 43: `\\d` took '２', and 4,301 digits passed to fail in sympy)."""
 
 
 def _check_expression(path: Path, text: Any, allowed: set[str], what: str) -> None:

@@ -1302,15 +1302,16 @@ def jit_outside(module: Any, where: list[str] | None = None) -> list[str]:
     module."""
     import torch
 
-    ops = []
+    ops, names = [], []
     for name, child in module.named_modules():
         graph = _own_graph(child) if any(True for _ in child.children()) else None
         own = [_jit_op(node) for node in (graph.nodes() if graph is not None else [])
                if node.kind().startswith("aten::") or node.kind() == "prim::CallFunction"
                if any(isinstance(out.type(), torch._C.TensorType) for out in node.outputs())]
         ops += own
-        if where is not None:
-            where.extend([name] * len(own))
+        names += [name] * len(own)
+    if where is not None:  # only once every module was read (review 43: a failure half-way left `outside` empty and
+        where.extend(names)  # `outside_in` half filled, the JSON's two lists no longer parallel)
     return ops
 
 
