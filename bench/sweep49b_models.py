@@ -23,7 +23,7 @@ MODELS = ["unet_nearest", "unet_bilinear", "unet_bilinear_ac", "unet_bicubic", "
           "deeplabv3_out", "fcn"]
 WORK = Path(os.environ.get("SWEEP49B_WORK", "/tmp/s49b"))
 sys.path.insert(0, str(Path(__file__).parent))  # sweep 49's runner, beside this script
-from sweep49_models import isolated, summary, verify  # noqa: E402
+from sweep49_models import isolated, pt2_bugs, summary, verify  # noqa: E402
 
 SCALE = 1.001
 """The seeded weight error: one output channel of one layer's weight 0.1 % off."""
@@ -163,27 +163,6 @@ def onnx_bugs(path: Path, dest: Path) -> list[tuple[str, Path]]:
         file = dest.with_name(f"{dest.stem}-{i}.onnx")
         onnx.save(m, str(file))
         out.append((label, file))
-    return out
-
-
-def pt2_bugs(path: Path, dest: Path) -> list[tuple[str, Path]]:
-    """Seeded copies of a .pt2: a weight channel x SCALE of a conv at 30 % and 70 % depth (its state_dict)."""
-    import numpy as np
-    import torch
-
-    out = []
-    state = torch.export.load(str(path)).state_dict
-    names = [k for k, v in state.items() if k.endswith("weight") and v.dim() == 4]
-    rng = np.random.default_rng(0)
-    for i, depth in enumerate((0.3, 0.7)):
-        ep = torch.export.load(str(path))
-        name = names[int(depth * (len(names) - 1))]
-        channel = int(rng.integers(ep.state_dict[name].shape[0]))
-        with torch.no_grad():
-            ep.state_dict[name][channel] *= SCALE
-        file = dest.with_name(f"{dest.stem}-{i}.pt2")
-        torch.export.save(ep, str(file))
-        out.append((f"w{int(depth * 100)} {name}[{channel}]", file))
     return out
 
 
