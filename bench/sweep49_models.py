@@ -190,22 +190,28 @@ def bugs(names: list[str], log, explain: bool, exporters: list[str]) -> None:
             if exporter == "dynamo" and ".pt2" in files:
                 cases += pt2_bugs(files[".pt2"], WORK / "bugs" / f"{name}-pt2")
             for label, file in cases:
-                out = WORK / "bugs" / f"{file.name}.json"
-                code, seconds, text = verify("compare", spec, str(file), "--shape", SHAPE, "--json", str(out))
-                line = f"{name} {exporter} {file.suffix} {label}: compare exit {code} {seconds:.0f} s"
-                if out.exists():
-                    s = summary(out)
-                    line += f", outputs {s['outputs'][0]:.1f}x, layers {s['layers'][0]:.1f}x ({s['layers'][1]})"
-                    line += f", isolated first: {isolated(out)}"
-                if code not in (0, 1):
-                    line += " | " + " / ".join(text.strip().splitlines()[-4:])[:600]
-                if explain:
-                    eout = WORK / "bugs" / f"{file.name}.explain.json"
-                    code, seconds, text = verify("explain", spec, str(file), "--shape", SHAPE, "--isolate",
-                                                 "--json", str(eout))
-                    first = next((ln for ln in text.splitlines() if ln.strip().startswith("•")), "")
-                    line += f"; explain --isolate exit {code} {seconds:.0f} s: {first.strip()[:160]}"
-                print(line, file=log, flush=True)
+                print(f"{name} {exporter} {file.suffix} {label}: {judge_case(spec, file, SHAPE, explain, WORK)}",
+                      file=log, flush=True)
+
+
+def judge_case(spec: str, file: Path, shape: str, explain: bool, work: Path) -> str:
+    """`verify compare spec file` (and `verify explain --isolate` with `explain`) on one seeded file: its exit, the
+    outputs' and layers' worst ratios and the layer named first, as one log line's text."""
+    out = work / "bugs" / f"{file.name}.json"
+    code, seconds, text = verify("compare", spec, str(file), "--shape", shape, "--json", str(out))
+    line = f"compare exit {code} {seconds:.0f} s"
+    if out.exists():
+        s = summary(out)
+        line += f", outputs {s['outputs'][0]:.1f}x, layers {s['layers'][0]:.1f}x ({s['layers'][1]})"
+        line += f", isolated first: {isolated(out)}"
+    if code not in (0, 1):
+        line += " | " + " / ".join(text.strip().splitlines()[-4:])[:600]
+    if explain:
+        eout = work / "bugs" / f"{file.name}.explain.json"
+        code, seconds, text = verify("explain", spec, str(file), "--shape", shape, "--isolate", "--json", str(eout))
+        first = next((ln for ln in text.splitlines() if ln.strip().startswith("•")), "")
+        line += f"; explain --isolate exit {code} {seconds:.0f} s: {first.strip()[:160]}"
+    return line
 
 
 def main() -> None:

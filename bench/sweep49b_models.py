@@ -23,7 +23,7 @@ MODELS = ["unet_nearest", "unet_bilinear", "unet_bilinear_ac", "unet_bicubic", "
           "deeplabv3_out", "fcn"]
 WORK = Path(os.environ.get("SWEEP49B_WORK", "/tmp/s49b"))
 sys.path.insert(0, str(Path(__file__).parent))  # sweep 49's runner, beside this script
-from sweep49_models import isolated, pt2_bugs, summary, verify  # noqa: E402
+from sweep49_models import judge_case, pt2_bugs, summary, verify  # noqa: E402
 
 SCALE = 1.001
 """The seeded weight error: one output channel of one layer's weight 0.1 % off."""
@@ -177,22 +177,8 @@ def bugs(names: list[str], log, explain: bool, exporters: list[str], pt2: bool) 
             if pt2 and exporter == "dynamo" and ".pt2" in files:
                 cases += pt2_bugs(files[".pt2"], WORK / "bugs" / f"{name}-pt2")
             for label, file in cases:
-                out = WORK / "bugs" / f"{file.name}.json"
-                code, seconds, text = verify("compare", spec, str(file), "--shape", shape(name), "--json", str(out))
-                line = f"{name} {exporter} {file.suffix} {label}: compare exit {code} {seconds:.0f} s"
-                if out.exists():
-                    s = summary(out)
-                    line += f", outputs {s['outputs'][0]:.1f}x, layers {s['layers'][0]:.1f}x ({s['layers'][1]})"
-                    line += f", isolated first: {isolated(out)}"
-                if code not in (0, 1):
-                    line += " | " + " / ".join(text.strip().splitlines()[-4:])[:600]
-                if explain:
-                    eout = WORK / "bugs" / f"{file.name}.explain.json"
-                    code, seconds, text = verify("explain", spec, str(file), "--shape", shape(name), "--isolate",
-                                                 "--json", str(eout))
-                    first = next((ln for ln in text.splitlines() if ln.strip().startswith("•")), "")
-                    line += f"; explain --isolate exit {code} {seconds:.0f} s: {first.strip()[:160]}"
-                print(line, file=log, flush=True)
+                print(f"{name} {exporter} {file.suffix} {label}: "
+                      f"{judge_case(spec, file, shape(name), explain, WORK)}", file=log, flush=True)
 
 
 def main() -> None:
