@@ -41,14 +41,17 @@ def summary(report: Path) -> dict:
             "layers": max(layers, default=(0.0, "")), "problems": data.get("problems", [])}
 
 
-def export(names: list[str], log, exporters: list[str]) -> None:
+def export(names: list[str], log, exporters: list[str], source: Path = SOURCE, shape_of=lambda name: SHAPE,
+           work: Path = WORK) -> None:
+    """`verify export --model source:name` of each model by each exporter (again with --static where the tool says a
+    size is fixed in the file), one log line each: exit, worst output and layer ratios."""
     from verify.judge.compare import AUTO_FACTOR
 
     for name in names:
         for exporter in exporters:
-            out = WORK / f"{name}-{exporter}"
-            report = WORK / f"{name}-{exporter}.json"
-            args = ["export", "--model", f"{SOURCE}:{name}", "--shape", SHAPE, "--no-cache", "--overwrite",
+            out = work / f"{name}-{exporter}"
+            report = work / f"{name}-{exporter}.json"
+            args = ["export", "--model", f"{source}:{name}", "--shape", shape_of(name), "--no-cache", "--overwrite",
                     "--out", str(out), "--json", str(report), "--onnx-exporter", exporter]
             if exporter == "torchscript":
                 args += ["--format", "onnx"]

@@ -23,7 +23,7 @@ MODELS = ["unet_nearest", "unet_bilinear", "unet_bilinear_ac", "unet_bicubic", "
           "deeplabv3_out", "fcn"]
 WORK = Path(os.environ.get("SWEEP49B_WORK", "/tmp/s49b"))
 sys.path.insert(0, str(Path(__file__).parent))  # sweep 49's runner, beside this script
-from sweep49_models import judge_case, pt2_bugs, summary, verify  # noqa: E402
+from sweep49_models import export, judge_case, pt2_bugs  # noqa: E402
 
 SCALE = 1.001
 """The seeded weight error: one output channel of one layer's weight 0.1 % off."""
@@ -34,26 +34,6 @@ def shape(name: str) -> str:
 
 
 
-def export(names: list[str], log, exporters: list[str]) -> None:
-    from verify.judge.compare import AUTO_FACTOR
-
-    for name in names:
-        for exporter in exporters:
-            out = WORK / f"{name}-{exporter}"
-            report = WORK / f"{name}-{exporter}.json"
-            args = ["export", "--model", f"{SOURCE}:{name}", "--shape", shape(name), "--no-cache", "--overwrite",
-                    "--out", str(out), "--json", str(report), "--onnx-exporter", exporter]
-            if exporter == "torchscript":
-                args += ["--format", "onnx"]
-            code, seconds, text = verify(*args)
-            line = f"{name} {exporter}: exit {code}, {seconds:.0f} s"
-            if report.exists():
-                s = summary(report)
-                line += (f", worst output {s['outputs'][0]:.2f}x ({s['outputs'][1]}), worst layer "
-                         f"{s['layers'][0]:.2f}x ({s['layers'][1]}), factor {AUTO_FACTOR}")
-            if code != 0:
-                line += " | " + " / ".join(text.strip().splitlines()[-8:])[:1200]
-            print(line, file=log, flush=True)
 
 
 def _attr(node, name: str):
@@ -193,7 +173,7 @@ def main() -> None:
     (WORK / "bugs").mkdir(parents=True, exist_ok=True)
     log = open(args.log, "a", encoding="utf-8") if args.log else sys.stdout
     if args.what == "export":
-        export(args.models, log, args.exporters)
+        export(args.models, log, args.exporters, SOURCE, shape, WORK)
     else:
         bugs(args.models, log, args.explain, args.exporters, not args.no_pt2)
 
