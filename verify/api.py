@@ -736,21 +736,19 @@ def _compare_spread_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
     input: correct files measured 0.86-1.40x pooled, up to 3.01x on one input."""
     from verify.judge.file_floor import FLOOR_AGREEMENT, output_floor_ratio
 
-    problems = []
-    for mine, theirs in ((0, 1), (1, 0)):
-        if any(oracle.outputs for oracle in oracles[mine]) or not all(oracle.outputs for oracle in oracles[theirs]):
-            continue
-        worst = output_floor_ratio(pooled_floors([oracle.noise for oracle in oracles[mine]]),
-                                   pooled_floors([oracle.float32 or oracle.noise for oracle in oracles[theirs]]))
-        if worst is not None and worst[0] > FLOOR_AGREEMENT:
-            name = sides[mine].path.name if sides[mine].path is not None else runs[mine].label
-            problems.append(
-                f"{name} ({runs[mine].label}) measures a float32 floor of {worst[1]} {worst[0]:.3g}x "
-                f"{runs[theirs].label}'s own (float32 against its float64 run, over the inputs), over the "
-                f"{FLOOR_AGREEMENT:g}x that rounding differences allow: the spread of its runtime's settings is the "
-                "file's own doing (it rounds below float32), not rounding. Not judged (an explicit --rtol/--atol or "
-                "--decimal judges without a floor)")
-    return problems
+    if (mine := _spread_only(oracles)) is None:
+        return []
+    theirs = 1 - mine
+    worst = output_floor_ratio(pooled_floors([oracle.noise for oracle in oracles[mine]]),
+                               pooled_floors([oracle.float32 or oracle.noise for oracle in oracles[theirs]]))
+    if worst is None or worst[0] <= FLOOR_AGREEMENT:
+        return []
+    name = sides[mine].path.name if sides[mine].path is not None else runs[mine].label
+    return [f"{name} ({runs[mine].label}) measures a float32 floor of {worst[1]} {worst[0]:.3g}x "
+            f"{runs[theirs].label}'s own (float32 against its float64 run, over the inputs), over the "
+            f"{FLOOR_AGREEMENT:g}x that rounding differences allow: the spread of its runtime's settings is the "
+            "file's own doing (it rounds below float32), not rounding. Not judged (an explicit --rtol/--atol or "
+            "--decimal judges without a floor)"]
 
 
 def _compare_pair_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
