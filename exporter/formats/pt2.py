@@ -197,6 +197,7 @@ def scan_archive(path: Path) -> str:
             models = [n for n in names if n.startswith(f"{root}/models/")]
             if not models:
                 raise ArtifactError(f"{path.name} holds no torch.export program (no {root}/models/*.json)")
+            _require_loaded_program(path, root, models)
             _refuse_pickled_entries(path, root, names)
             for model in models:
                 if not model.endswith(".json"):
@@ -214,6 +215,19 @@ def scan_archive(path: Path) -> str:
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path.name} is not a readable torch.export archive: {exc}") from None
     return f"{len(models)} program(s): raw weights, ATen operators, plain guards (nothing pickled)"
+
+
+LOADED_PROGRAM = "model"
+"""The program torch.export.load returns from an archive of several (`package_pt2`'s names): the one judged."""
+
+
+def _require_loaded_program(path: Path, root: str, models: list[str]) -> None:
+    """An archive whose programs are all named otherwise failed in torch.export.load with "'model'" for its reason
+    (hunt 39): refused here with what it holds and what to do."""
+    if f"{root}/models/{LOADED_PROGRAM}.json" not in models:
+        held = ", ".join(repr(m[len(f"{root}/models/"):].removesuffix(".json")[:40]) for m in models[:3])
+        raise ArtifactError(f"{path.name} holds the program(s) {held} and none named {LOADED_PROGRAM!r}, the one "
+                            "torch.export.load returns; save the program to check with torch.export.save")
 
 
 def _refuse_ambiguous_names(path: Path, names: list[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import ArtifactError
+from exporter.formats.torchscript import refuse_training_file
 from exporter.messages import one_line
 from verify.runtimes.torch_common import CREATION_OPS, TorchRuntime, load_file
 
@@ -31,6 +32,7 @@ class TorchScriptRuntime(TorchRuntime):
 
         device, dtype = self._target()
         module = load_file(lambda path: torch.jit.load(path, map_location=device), artifact, "torch.jit.load")
+        refuse_training_file(module, artifact.path)  # .eval() below must not change what the file computes as loaded
         self.module = module.to(dtype=dtype).eval()
         if dtype == torch.float64:
             created_in_float64_script(self.module)
