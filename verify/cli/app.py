@@ -20,12 +20,24 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: `[default: ...]` in help texts survives, and it stays fast
 )
 
+SHORT_HELP = {  # `verify --help` lists each command on one line: click cuts a longer text at ~60 characters with "..."
+    "export": "Export a backbone, detector or your model; judge every runtime",
+    "compare": "Run two models or files on one input and judge the pair",
+    "explain": "Say whether two models compute the same function, and why",
+    "artifact": "Check export folders: integrity, then each file vs goldens",
+    "preflight": "Deployment check of one folder: provider, goldens, latency",
+    "reduce": "Write the layer that differs most as a standalone ONNX piece",
+    "list": "List backbones, detectors, norms, views, runtimes, formats",
+    "matrix": "Every backbone x norm x view: one table, cached, parallel",
+    "cache": "Where the cache is, its size; prune or clear it",
+}
+
 for _name, _command in (("export", commands.export), ("compare", commands.compare), ("explain", commands.explain),
                         ("artifact", commands.artifact), ("preflight", commands.preflight),
                         ("reduce", reduce_command), ("list", commands.list_command)):
-    app.command(name=_name)(_command)
-app.add_typer(matrix_app)
-app.add_typer(cache_app)
+    app.command(name=_name, short_help=SHORT_HELP[_name])(_command)
+app.add_typer(matrix_app, short_help=SHORT_HELP["matrix"])
+app.add_typer(cache_app, short_help=SHORT_HELP["cache"])
 
 
 def main() -> None:

@@ -298,11 +298,11 @@ def note_shape_mismatch(report: Any, sides: set[str]) -> bool:
 @with_option_groups
 def explain(
     a: Annotated[str | None, typer.Argument(
-        callback=opt.check_source, metavar="[A]",
+        callback=opt.check_source, metavar="A",
         help="Model spec, artifact or your own file.py:factory (imports and runs it) [default: "
              "resnet50:batch:trunk, the classifier's ResNet-50]")] = None,
     b: Annotated[str | None, typer.Argument(
-        callback=opt.check_source, metavar="[B]",
+        callback=opt.check_source, metavar="B",
         help="Model spec or artifact [default: resnet50:frozen:body, Faster R-CNN's backbone]")] = None,
     factor: opt.Factor = None,
     json_path: opt.JsonOut = None,

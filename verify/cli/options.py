@@ -422,9 +422,9 @@ Normalize = Annotated[bool, typer.Option(
     help="Images: ImageNet mean/std after ToTensor's [0, 1] scaling; --no-normalize gives ToTensor() exactly")]
 Samples = Annotated[int | None, typer.Option(
     callback=_number(1, MAX_SAMPLES, integer=True), show_default=False,
-    help=f"Seeded inputs per verdict without --input: normal, uniform and image-like, each channel's floor the "
-         f"largest over them, every pair judged on each [default: ${SAMPLES_ENV} or {DEFAULT_SAMPLES}; 1: one "
-         f"normal input]")]
+    help=f"Seeded inputs per verdict without --input (1..{MAX_SAMPLES}): normal, uniform and image-like, each "
+         f"channel's floor the largest over them, every pair judged on each [default: ${SAMPLES_ENV} or "
+         f"{DEFAULT_SAMPLES}; 1: one normal input]")]
 DeviceOption = Annotated[Device, typer.Option(help="For every runtime (the oracle stays on the CPU)")]
 SignKey = Annotated[Path | None, typer.Option(
     "--sign-key", callback=check_key_file,
@@ -675,8 +675,8 @@ def format_part(fmt: Formats = None, static: Static = False, **values: Any) -> d
 def _timeout_help() -> str:
     from verify.pipeline.isolation import USER_CODE_TIMEOUT
 
-    return (f"Seconds your own model's code (--model, file.py:factory) may run before its worker process is stopped "
-            f"(no verdict, exit 2); finite > 0 [default: {USER_CODE_TIMEOUT:g}]")
+    return (f"Seconds your own model's code (--model, or file.py:factory as A or B) may run before its worker "
+            f"process is stopped (no verdict, exit 2); finite > 0 [default: {USER_CODE_TIMEOUT:g}]")
 
 
 MATRIX_TIMEOUT_CHECK = _number(1.0)
