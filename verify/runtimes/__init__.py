@@ -118,6 +118,9 @@ class Runtime:
     """The precisions this runtime can honour (verify/judge/precision.py): asking another is refused."""
     supports_float64: ClassVar[bool] = False
     """Can run the artifact in float64 (and so serve as the oracle)."""
+    float64_reference: ClassVar[tuple[str, str] | None] = None
+    """(module, class) of a reference evaluator that runs this runtime's files in float64 where the runtime cannot
+    (`verify compare` of two such files measures their floors on it: `float64_reference_for`)."""
     loads_in_background: ClassVar[bool] = False
     """Its load is long Python work (a .pt2's deserialisation) that a thread may do while this process runs other
     runtimes or the oracle (verify/pipeline/preload.py): `_load` then touches no process-wide torch setting."""
@@ -222,6 +225,15 @@ def runtimes_for(fmt: str, float64: bool = False) -> list[str]:
     """The registered runtimes that run artifacts of format `fmt` (in float64 when asked)."""
     return [name for name in RUNTIMES if fmt in runtime_class(name).formats
             and (not float64 or runtime_class(name).supports_float64)]
+
+
+def float64_reference_for(fmt: str) -> type | None:
+    """The reference evaluator class that runs files of `fmt` in float64 (its default runtime's `float64_reference`),
+    or None where it has none."""
+    from importlib import import_module
+
+    where = runtime_class(default_runtime(fmt)).float64_reference
+    return None if where is None else getattr(import_module(where[0]), where[1])
 
 
 def default_runtime(fmt: str) -> str:

@@ -87,6 +87,7 @@ class OnnxRuntime(Runtime):
     formats = ("onnx",)
     precisions = ("fp32", "tf32")  # the exported float32 graph as it is; use_tf32 on CUDA
     runs_natively = True
+    float64_reference = ("verify.runtimes.onnx_reference", "OnnxReference")  # no float64 Conv in its CPU provider
 
     @dataclass(frozen=True)
     class Options(PluginOptions):
