@@ -76,7 +76,8 @@ def test_compare_a_factory_with_its_exported_file(exported):
 
 
 def test_example_input_fixes_the_shape_unless_one_is_given(tmp_path):
-    result = invoke("export", "--model", model("make_with_example"), "--format", "onnx", "--out", tmp_path,
+    result = invoke("export", "--model", model("make_with_example"), "--format", "onnx", "--onnx-exporter",
+                    "torchscript", "--out", tmp_path,  # the shape the example fixes, whichever exporter
                     "--json", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r.json").read_text())["input"]["shape"] == list(tiny.EXAMPLE_SHAPE)
@@ -102,8 +103,8 @@ def test_without_float64_auto_refuses_and_an_explicit_tolerance_runs(tmp_path):
     assert not (tmp_path / "tiny-make_float32_only").exists()  # refused before any export
     # one input: the explicit tolerance was chosen for the seeded normal input (image-like ones reach 2.9e-6 here)
     result = invoke("export", "--model", model("make_float32_only"), "--shape", SHAPE, "--format", "onnx",
-                    "--rtol", "1e-5", "--atol", "1e-6", "--samples", "1", "--out", tmp_path,
-                    "--json", tmp_path / "r.json")
+                    "--onnx-exporter", "torchscript", "--rtol", "1e-5", "--atol", "1e-6", "--samples", "1",
+                    "--out", tmp_path, "--json", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert [p["kind"] for p in report["pairs"]] == ["runtime"]  # no oracle pairs
