@@ -20,15 +20,23 @@ from verify.judge.compare import AUTO_FACTOR
 from verify.judge.layers import outside_text
 
 
+class Join(torch.nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a, b], 1)
+
+
 class Up(torch.nn.Module):
-    """A decoder block: its own forward upsamples, then its conv reads the result."""
+    """A decoder block: its own forward upsamples, then a child reading two tensors (whose inputs the reference does
+    not record, so the upsample is in no layer: a parent's own ops are a layer only between recorded values, stop 50)
+    joins it with `up + 1`, and its conv reads that."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.join, self.conv = Join(), torch.nn.Conv2d(8, 4, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        up = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(self.join(up, up + 1.0))
 
 
 class Decoder(torch.nn.Module):
@@ -72,4 +80,4 @@ def test_a_scripted_blocks_own_ops_are_placed_in_it(decoder):
     model, _, _ = decoder
     where: list[str] = []
     ops = jit_outside(torch.jit.script(model), where)
-    assert len(where) == len(ops) and dict(zip(ops, where)) == {"interpolate": "up"}, (ops, where)
+    assert len(where) == len(ops) and dict(zip(ops, where)) == {"interpolate": "up", "add": "up"}, (ops, where)

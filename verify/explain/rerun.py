@@ -67,6 +67,17 @@ class Unit:
     the reference's recorded input to this very call)."""
     output: Any
     fused_with: list[str] = field(default_factory=list)
+    target: Any = None
+    """A parent's own ops (ParentTarget): the recorded value its output is, a child call's input or the parent call's
+    output; None for a module's own layer, judged on the module call's output."""
+
+
+class ParentTarget(NamedTuple):
+    """What a unit of a parent module's own ops (`F.interpolate` and `+` in an FPN's forward, between its children's
+    calls) computes: the recorded input of the module call `key` (`is_input`), or the recorded output of `key`."""
+
+    key: tuple[str, int]
+    is_input: bool
 
 
 # ---------------------------------------------------------------- the reference's own values
@@ -100,6 +111,14 @@ class Reference:
     firsts: set[tuple[str, int]] = field(default_factory=set)
     """The calls that returned several tensors (`mha(t, t, t)`: its output and its weights), recorded by the first
     (tensor_output): which of a file's values a layer's last op gives is then unknown (keep)."""
+    nested: dict[tuple[str, int], list[tuple[str, int]]] = field(default_factory=dict)
+    """Each call of a module with children (numbered over all its calls, a dict-returning FPN's too) -> the recorded
+    calls made inside it, in the order they ended: its own ops re-run with its children's values (parent_floor)."""
+    arguments: dict[tuple[str, int], tuple[Any, Any]] = field(default_factory=dict)
+    """A module with children called with more than its one tensor (an FPN's dict of features): its float64 (args,
+    kwargs), to call it again (parent_floor)."""
+    replayed: dict[tuple[str, int], dict[ParentTarget, Any] | None] = field(default_factory=dict)
+    """parent_floor's float32 values of a parent's own ops, by parent call (None: it could not be called again)."""
 
     def as_float32(self, value: Any) -> Any:
         """`value` (one of this reference's tensors) in float32, converted once; for reading only (ONNX feeds)."""
@@ -161,6 +180,11 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
     inputs, outputs, calls, sole, called, producers, replays = {}, {}, Counter(), set(), set(), {}, {}
     firsts: set[tuple[str, int]] = set()
     taken: dict[int, list[tuple[Any, bool, Any, Any]]] = {}  # module -> its open calls' inputs (it may call itself)
+    frames: list[list[tuple[str, int]]] = []  # each open call's recorded inner calls
+    nested: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    arguments: dict[tuple[str, int], tuple[Any, Any]] = {}
+    every: Counter = Counter()  # each module's calls, whatever they returned
+    parents = {id(m) for m in side.fp64.modules() if id(m) in names and next(m.children(), None) is not None}
     produced: dict[int, tuple[Any, int, tuple[str, int]]] = {}  # id(output) -> (weak ref, version, call)
 
     def version(tensor: Any) -> int | None:
@@ -182,10 +206,17 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
         alone = len(args) == 1 and first is not None and all(value is None for value in kwargs.values())
         replay = None if alone else replay_of(args, kwargs)
         taken.setdefault(id(module), []).append((first, alone, origin, replay))
+        frames.append([])  # the recorded calls made inside this one
+        if id(module) in parents and not alone and replay is None:
+            arguments[(names.get(id(module)), every[id(module)])] = _float64_copy((args, kwargs))
 
     def hook(module, args, output):
         first, alone, origin, replay = taken[id(module)].pop()
         name = names.get(id(module))
+        inner = frames.pop()
+        if id(module) in parents:
+            nested[(name, every[id(module)])] = inner
+        every[id(module)] += 1
         if name is not None:
             called.add(name)
         several = isinstance(output, tuple) and sum(isinstance(item, torch.Tensor) for item in output) > 1
@@ -194,6 +225,8 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
             return
         key = (name, calls[name])
         calls[name] += 1
+        for frame in frames:
+            frame.append(key)
         if several:
             firsts.add(key)
         outputs[key] = output.detach().clone()
@@ -227,7 +260,16 @@ def record_reference(side: Side, x: np.ndarray) -> Reference:
         sole.discard(key)
     return Reference(side, inputs, outputs, torch.from_numpy(x).double(),
                      canonical_modules(side.fp32, side.prefix), sole, called=called, producers=producers,
-                     functional={name for name, _ in functional} - mixed, replays=replays, firsts=firsts)
+                     functional={name for name, _ in functional} - mixed, replays=replays, firsts=firsts,
+                     nested=nested, arguments=arguments)
+
+
+def _float64_copy(tree: Any) -> Any:
+    """A parent call's arguments with each tensor copied (what it read, before it ran)."""
+    import torch
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda value: value.detach().clone() if isinstance(value, torch.Tensor) else value, tree)
 
 
 @contextmanager
@@ -267,12 +309,101 @@ def _functional_linears(modules: list[Any], taken: dict[int, list[Any]], before:
 
 def own_floor(ref: Reference, unit: Unit) -> Any:
     """The reference layer (with a folded conv, conv then norm) in float32 on its own float64 inputs: the
-    worst, per channel, of the valid float32 evaluations (see float32_evaluations)."""
+    worst, per channel, of the valid float32 evaluations (see float32_evaluations). A parent's own ops: parent_floor."""
+    if unit.target is not None:
+        return parent_floor(ref, unit)
     chain = [*unit.fused_with[:1], unit.path] if unit.fused_with else [unit.path]
     key = (tuple(chain), unit.call)
     if key not in ref.floors:
         ref.floors[key] = _own_floor(ref, chain, unit.call)
     return ref.floors[key]
+
+
+def parent_floor(ref: Reference, unit: Unit) -> Any:
+    """A parent's own ops' floor: the parent's own forward in float32, on its recorded arguments with each child's
+    call giving back its recorded value (replay_parent), measured at the unit's target against the recorded float64
+    value (worst_floor): the float32 rounding of those ops on the recorded values. None where it cannot be called."""
+    key = ((unit.path,), unit.call, unit.target)
+    if key not in ref.floors:
+        if (unit.path, unit.call) not in ref.replayed:
+            ref.replayed[(unit.path, unit.call)] = replay_parent(ref, unit.path, unit.call)
+        got = (ref.replayed[(unit.path, unit.call)] or {}).get(unit.target)
+        want = target_value(ref, unit)
+        ref.floors[key] = worst_floor([got], want.numpy()) if got is not None and want is not None else None
+    return ref.floors[key]
+
+
+def replay_parent(ref: Reference, path: str, call: int) -> dict[ParentTarget, Any] | None:
+    """The float32 values the parent's call `call` gives its children and returns, its children's calls giving back
+    their recorded float64 values (in float32): each recorded input of a call inside it and its own output, by
+    ParentTarget. None where the call cannot be made again (its arguments were not recorded, it raised)."""
+    import torch
+
+    module, inner = ref.modules.get(path), ref.nested.get((path, call))
+    args = ((ref.inputs[(path, call)],), {}) if (path, call) in ref.sole_inputs else ref.arguments.get((path, call))
+    if module is None or inner is None or args is None:
+        return None
+    names = {id(m): name for name, m in ref.modules.items() if name.startswith(path + ".")}
+    keys: dict[str, list[tuple[str, int]]] = {}  # each inner module's recorded calls, in order
+    for key in inner:
+        keys.setdefault(key[0], []).append(key)
+    seen: Counter = Counter()
+    open_calls: list[tuple[str, Any]] = []
+    got: dict[ParentTarget, Any] = {}
+
+    def before(child, child_args, _kwargs):
+        first = child_args[0] if child_args and isinstance(child_args[0], torch.Tensor) else None
+        open_calls.append((names[id(child)], first.detach().clone() if first is not None else None))
+
+    def after(child, _args, output):
+        name, first = open_calls.pop()
+        if tensor_output(output) is None:
+            return None
+        mine = keys.get(name, [])
+        key = mine[seen[name]] if seen[name] < len(mine) else None
+        seen[name] += 1
+        if key is None:
+            return None
+        if first is not None and key in ref.sole_inputs:  # a call that read more is no target
+            got[ParentTarget(key, True)] = first.numpy()
+        recorded = ref.outputs.get(key)
+        if open_calls or not isinstance(output, torch.Tensor) or recorded is None or recorded.shape != output.shape:
+            return None  # only a direct child's tensor is given back: what the parent's own ops read
+        return recorded.to(torch.float32, copy=True)
+
+    handles = [m.register_forward_pre_hook(before, with_kwargs=True) for m in ref.modules.values() if id(m) in names] \
+        + [m.register_forward_hook(after) for m in ref.modules.values() if id(m) in names]
+    try:
+        with torch.no_grad():
+            out = module(*_float32_copy(args[0]), **_float32_copy(args[1]))
+    except Exception:  # noqa: BLE001 - a forward that cannot be called again: no floor, the unit is not re-run
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = tensor_output(out)
+    if out is not None:
+        got[ParentTarget((path, call), False)] = out.numpy()
+    return got
+
+
+def _float32_copy(tree: Any) -> Any:
+    """Recorded arguments in float32, each floating tensor a new one (a forward may write into what it is given)."""
+    import torch
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda value: value.to(torch.float32, copy=True)
+                    if isinstance(value, torch.Tensor) and value.is_floating_point() else value, tree)
+
+
+def target_value(ref: Reference, unit: Unit) -> Any:
+    """The recorded float64 value a unit computes: its module call's output, or a parent unit's target."""
+    if unit.target is None:
+        return ref.outputs.get((unit.path, unit.call))
+    key, is_input = unit.target
+    if is_input:
+        return ref.inputs.get(key) if key in ref.sole_inputs else None
+    return ref.outputs.get(key)
 
 
 def _own_floor(ref: Reference, chain: list[str], call: int) -> Any:
@@ -439,7 +570,7 @@ def judge(ref: Reference, unit: Unit, got: np.ndarray) -> LayerError | None:
     import numpy as np
 
     floor = own_floor(ref, unit)
-    want = ref.outputs[(unit.path, unit.call)].numpy()
+    want = target_value(ref, unit).numpy()
     if floor is None or got.shape != want.shape:
         return None
     with np.errstate(invalid="ignore"):  # inf - inf: a NaN, read as infinitely wrong below
@@ -449,21 +580,22 @@ def judge(ref: Reference, unit: Unit, got: np.ndarray) -> LayerError | None:
         err[(got == want) | (np.isnan(got) & np.isnan(want))] = 0.0  # the model masks later); any other: infinite
     module = unit.fused_with[0] if unit.fused_with else unit.path
     fused = [unit.path] if unit.fused_with else []
+    own = unit.target is not None
     if floor.channels is not None:  # a NaN anywhere in a channel makes its error infinite
         worst_in = np.nan_to_num(err.max(axis=other_axes(err.ndim)), nan=np.inf, posinf=np.inf)
         per_channel = worst_in / floor.channels
         worst = int(per_channel.argmax())
         return LayerError(module, unit.call, float(per_channel[worst]), float(worst_in.max()),
-                          float(floor.channels[worst]), fused, worst)
+                          float(floor.channels[worst]), fused, worst, own_ops=own)
     largest = float(np.nan_to_num(err.max(), nan=np.inf, posinf=np.inf))
-    return LayerError(module, unit.call, largest / floor.value, largest, floor.value, fused)
+    return LayerError(module, unit.call, largest / floor.value, largest, floor.value, fused, own_ops=own)
 
 
 def keep(result: Isolation, ref: Reference, unit: Unit, got: np.ndarray | None) -> LayerError | None:
     """Judge a re-run layer into `result`: a layer whose output has another shape than the reference's could not be
     compared with it (unrunnable: another model's layer, never 'not re-run'); one with no floor or no tensor is
     skipped."""
-    want = ref.outputs[(unit.path, unit.call)]
+    want = target_value(ref, unit)
     if got is not None and tuple(got.shape) != tuple(want.shape) and (unit.path, unit.call) in ref.firsts:
         result.skipped.append(unit.path)  # the layer's last op gives another of the call's tensors: not compared
         return None
@@ -479,7 +611,9 @@ def keep(result: Isolation, ref: Reference, unit: Unit, got: np.ndarray | None) 
     return layer
 
 
-def reference_value(ref: Reference, key: tuple[str, int] | None, unit: Unit | None = None) -> Any:
+def reference_value(ref: Reference, key: Any, unit: Unit | None = None) -> Any:
+    if isinstance(key, ParentTarget):  # a value a parent's own ops gave a child, as that child's call recorded it
+        return target_value(ref, Unit(key.key[0], key.key[1], [], {}, None, target=key))
     if key == OWN_INPUT:  # what this call read, where it read one tensor (its first module, for a folded conv)
         own = (unit.fused_with[0] if unit.fused_with else unit.path, unit.call) if unit is not None else None
         # never a replayed call's (Replay): the legacy exporter folds a functional transpose before `mha(t, t, t)`
@@ -562,8 +696,8 @@ def _own_input(inputs: dict[Any, tuple[str, int] | None], outside: set[Any]) -> 
 
 def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, norms: dict[str, str] | None = None,
                calls: Counter | None = None, functional: dict[str, FunctionalLinear] | None = None,
-               firsts: Collection[tuple[str, int]] = (), where: list[str] | None = None
-               ) -> tuple[list[Unit], list[str], list[str]]:
+               firsts: Collection[tuple[str, int]] = (), where: list[str] | None = None,
+               sole: Collection[tuple[str, int]] | None = None) -> tuple[list[Unit], list[str], list[str]]:
     """The ONNX graph's layers: runs of nodes under one module scope whose last node stands for that
     module call, each with the reference values its activation inputs are; the layers skipped; and the op types of
     the nodes in no layer (verify.judge.layers.Isolation.outside). A scope that is none of the reference's `modules`
@@ -572,7 +706,8 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
     read (norms_after), which the legacy exporter folds into it whatever the two are named. `calls`: the
     reference's calls of each module (merged_calls). `functional`: the Linears the reference's parents call through
     `F.linear` (functional_linears): their ops are placed by functional_scopes. `where`: filled with the module whose
-    own forward holds each op in no layer (`innermost_scope`)."""
+    own forward holds each op in no layer (`innermost_scope`). `sole`: the reference's calls that took one tensor
+    (Reference.sole_inputs): with it, a parent's own ops are layers too (onnx_parent_units)."""
     nodes = list(model.graph.node)
     raw = [onnx_scopes(node) for node in nodes]  # the legacy exporter's `conv_1` tells a second call apart
     scopes = legacy_calls(raw)
@@ -646,6 +781,9 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
             units.append(Unit(norm, mine[0][1], ops, inputs, nodes[run[-1]].output[0], [path]))
             continue
         units.append(Unit(path, mine[0][1], ops, inputs, nodes[run[-1]].output[0], fused))
+    if sole is not None:
+        graph = OnnxGraph(nodes, scopes, producer, ends, calls, graph_inputs, initializers, shaped | constants, firsts)
+        units += onnx_parent_units(graph, units, placed, merged, modules, sole)
     unplaced = [i for i in range(len(nodes)) if i not in placed]
     if where is not None:
         where.extend(innermost_scope(scopes[i]) for i in unplaced)
@@ -659,6 +797,144 @@ def innermost_scope(scope: list[Any] | None) -> str:
         return ""
     last = scope[-1]
     return last[1] if isinstance(last, tuple) else last
+
+
+class OnnxGraph(NamedTuple):
+    """What onnx_units read of a graph, for the units of parents' own ops (onnx_parent_units)."""
+
+    nodes: list[Any]
+    scopes: list[Any]
+    producer: dict[str, int]
+    ends: dict[int, list[tuple[str, int]]]
+    calls: Counter | None
+    graph_inputs: set[str]
+    initializers: set[str]
+    fixed: set[int]
+    """Shape arithmetic and constants."""
+    firsts: Collection[tuple[str, int]]
+
+
+def own_ops(unplaced: list[Any], innermost: dict[Any, str], ends: dict[Any, list[tuple[str, int]]],
+            order: dict[Any, int], merged: set[str], modules: set[str] | None) -> dict[tuple[str, int], set[Any]]:
+    """The ops in no layer under a module's own scope, by that module's call: the call whose last op is the first at or
+    after the op (a graph's calls of one module do not overlap). A module whose calls the graph merges has none."""
+    ends_of: dict[str, list[tuple[int, int]]] = {}
+    for op, pairs in ends.items():
+        for path, call in pairs:
+            ends_of.setdefault(path, []).append((order[op], call))
+    groups: dict[tuple[str, int], set[Any]] = {}
+    for op in unplaced:
+        path = innermost.get(op)
+        if not path or path in merged or modules is not None and path not in modules:
+            continue
+        call = min(((at, call) for at, call in ends_of.get(path, []) if at >= order[op]), default=None)
+        if call is not None:
+            groups.setdefault((path, call[1]), set()).add(op)
+    return groups
+
+
+def walk_back(value: Any, own: set[Any], targets: dict[Any, ParentTarget], reads: Any, made_by: Any
+              ) -> tuple[set[Any], set[Any]]:
+    """The parent's own ops that compute `value` from recorded values (a target is one: the walk stops there), and
+    the values they read from elsewhere."""
+    ops, outside, todo = set(), set(), [made_by(value)]
+    while todo:
+        op = todo.pop()
+        if op in ops:
+            continue
+        ops.add(op)
+        for read in reads(op):
+            if read in targets or made_by(read) not in own:
+                outside.add(read)
+            else:
+                todo.append(made_by(read))
+    return ops, outside
+
+
+def onnx_parent_units(graph: OnnxGraph, units: list[Unit], placed: set[int], merged: set[str],
+                      modules: set[str] | None, sole: Collection[tuple[str, int]]) -> list[Unit]:
+    """The layers of parents' own ops (an FPN's `F.interpolate` and `+` between its children's calls, a block's
+    residual add): for each value such ops give a child call that took it alone (its layer reads it as OWN_INPUT),
+    or give as the parent call's own value, the parent's own ops computing it from recorded values (children's
+    outputs, values given to other children, the parent's own input where it took one tensor, the model's input).
+    A value read from anywhere else (what no call recorded) leaves those ops in no layer: never guessed. Before, a
+    Resize edited in the FPN's top-down path failed the outputs and no layer was named (stop 49)."""
+    nodes, producer = graph.nodes, graph.producer
+    free = [i for i in range(len(nodes)) if i not in placed and i not in graph.fixed and graph.scopes[i]]
+    groups = own_ops(free, {i: graph.scopes[i][-1] for i in free}, graph.ends, {i: i for i in range(len(nodes))},
+                     merged, modules)
+    return _parent_units(groups, units, graph.ends, sole, graph.calls, graph.firsts, producer.get,
+                         lambda i: nodes[i].output[0], placed,
+                         lambda *args: _onnx_parent_unit(graph, *args))
+
+
+def _parent_units(groups: dict[tuple[str, int], set[Any]], units: list[Unit], ends: dict[Any, list[tuple[str, int]]],
+                  sole: Collection[tuple[str, int]], calls: Counter | None, firsts: Collection[tuple[str, int]],
+                  made_by: Any, value_of: Any, placed: set[Any], build: Any) -> list[Unit]:
+    """onnx_parent_units' and fx_parent_units' shared part: the targets (values a child's layer reads as OWN_INPUT,
+    values standing for the parent's call), and a unit for each (`build`), its ops then placed."""
+    mine = {op for ops in groups.values() for op in ops}
+    targets: dict[Any, ParentTarget] = {}
+    for unit in units:
+        first = (unit.fused_with[0] if unit.fused_with else unit.path, unit.call)
+        for value, key in unit.inputs.items():
+            if key == OWN_INPUT and made_by(value) in mine and first in sole:
+                targets[value] = ParentTarget(first, True)
+    for (path, call), ops in groups.items():
+        for op in ops:
+            if (path, call) in ends.get(op, []) and recorded_call((path, call), calls, firsts):
+                targets[value_of(op)] = ParentTarget((path, call), False)
+    found = []
+    for (path, call), ops in groups.items():
+        for value in [value for value in targets if made_by(value) in ops]:
+            unit = build(path, call, value, ops, targets, sole)
+            if unit is not None:
+                placed.update(unit.ops)
+                found.append(unit)
+    return found
+
+
+def _onnx_parent_unit(graph: OnnxGraph, path: str, call: int, value: str, own: set[int],
+                      targets: dict[str, ParentTarget], sole: Collection[tuple[str, int]]) -> Unit | None:
+    nodes, producer = graph.nodes, graph.producer
+    # with the shape arithmetic and constants it reads (an interpolate's size from a child's value's shape)
+    ops, outside = walk_back(value, own | graph.fixed, targets,
+                             lambda i: [n for n in nodes[i].input if n and n not in graph.initializers],
+                             producer.get)
+    inputs: dict[Any, Any] = {}
+    rest = set()
+    for name in outside:
+        i = producer.get(name)
+        if name in targets:
+            inputs[name] = targets[name]
+        elif name in graph.graph_inputs:
+            inputs[name] = None
+        elif graph.ends.get(i) and recorded_call(graph.ends[i][0], graph.calls, graph.firsts):
+            inputs[name] = graph.ends[i][0]
+        else:
+            rest.add(name)
+    if rest:
+        moved = _moved_onnx(rest, nodes, graph.scopes, producer, graph.ends, graph.calls, graph.graph_inputs,
+                            graph.initializers, graph.fixed, graph.firsts)
+        if moved is not None:
+            ops |= moved[0]
+            inputs.update(moved[1])
+        elif not _parent_input(rest, [graph.scopes[producer[n]] if n in producer else None for n in rest], path,
+                               call, sole, inputs):
+            return None
+    return Unit(path, call, sorted(ops), inputs, value, target=targets[value])
+
+
+def _parent_input(rest: set[Any], scopes: list[Any], path: str, call: int, sole: Collection[tuple[str, int]],
+                  inputs: dict[Any, Any]) -> bool:
+    """Map the one value a parent's own ops read from outside the parent (computed by no recorded call) to the
+    parent's recorded input (OWN_INPUT), where its call took exactly one tensor; False for anything else."""
+    if len(rest) != 1 or (path, call) not in sole or scopes[0] is None:
+        return False
+    if any((s[1] if isinstance(s, tuple) else s) == path for s in scopes[0]):
+        return False  # computed inside the parent: a value of its own ops that no call recorded
+    inputs[next(iter(rest))] = OWN_INPUT
+    return True
 
 
 MOVES_ONNX = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Concat", "Slice",
@@ -1009,18 +1285,19 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
     model = onnx.load(str(path))
     known, calls, norms = {n for n, _ in ref.outputs}, Counter(n for n, _ in ref.outputs), norms_after(ref)
     where: list[str] = []
-    units, skipped, outside = onnx_units(model, known, set(ref.modules), norms, calls, firsts=ref.firsts, where=where)
+    # a parent's own ops are no piece `verify reduce` writes (it checks a piece against its module call's output)
+    units, skipped, outside = onnx_units(model, known, set(ref.modules), norms, calls, firsts=ref.firsts, where=where,
+                                         sole=None if keep_pieces else ref.sole_inputs)
     if functional := functional_linears(ref):
         units += _functional_units(onnx_units(model, known, set(ref.modules), norms, calls, functional,
                                               ref.firsts)[0], functional)
     result = Isolation("", "", factor, skipped=skipped, outside=outside, outside_in=where)
     jobs = []
     for unit in units:
-        if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit, shared=True)) is None:
+        if (want := target_value(ref, unit)) is None or (feeds := unit_feeds(ref, unit, shared=True)) is None:
             result.skipped.append(unit.path)
             continue
-        jobs.append((unit, {name: value.numpy() for name, value in feeds.items()},
-                     tuple(ref.outputs[(unit.path, unit.call)].shape)))
+        jobs.append((unit, {name: value.numpy() for name, value in feeds.items()}, tuple(want.shape)))
     together = run_together(model, jobs)
     pieces = []
     for k, (unit, arrays, out_shape) in enumerate(jobs):
@@ -1038,7 +1315,8 @@ def isolate_onnx(ref: Reference, path: Any, factor: float, keep_pieces: bool = F
 
 def fx_units(module: Any, known: set[str], modules: set[str] | None = None, calls: Counter | None = None,
              functional: dict[str, FunctionalLinear] | None = None, firsts: Collection[tuple[str, int]] = (),
-             where: list[str] | None = None) -> tuple[list[Unit], list[str], list[str]]:
+             where: list[str] | None = None, sole: Collection[tuple[str, int]] | None = None
+             ) -> tuple[list[Unit], list[str], list[str]]:
     """As onnx_units, over the FX nodes of an ExportedProgram's `.module()` (parameters are get_attr)."""
     import operator
 
@@ -1098,10 +1376,53 @@ def fx_units(module: Any, known: set[str], modules: set[str] | None = None, call
             continue
         call = next(c for p, c in ends[last] if p == path)
         units.append(Unit(path, call, [n for n in nodes if n in inside], inputs, last))
+    if sole is not None:
+        units += fx_parent_units(nodes, scoped, ends, units, placed, calls, firsts, stacks_of, sole)
     unplaced = [k for k, n in enumerate(nodes) if n not in placed and n.target is not operator.getitem]
     if where is not None:
         where.extend(innermost_scope(scoped[k]) for k in unplaced)
     return units, skipped, [getattr(nodes[k].target, "__name__", str(nodes[k].target)) for k in unplaced]
+
+
+def fx_parent_units(nodes: list[Any], scoped: list[Any], ends: dict[Any, list[tuple[str, int]]], units: list[Unit],
+                    placed: set[Any], calls: Counter | None, firsts: Collection[tuple[str, int]],
+                    stacks_of: dict[Any, bool], sole: Collection[tuple[str, int]]) -> list[Unit]:
+    """onnx_parent_units over FX nodes: a parent's own aten ops (`upsample_nearest2d`, `add_` in a block's forward)
+    as layers, each computing a recorded value from recorded values."""
+    import torch
+
+    free = [n for n, s in zip(nodes, scoped) if n not in placed and s]
+    innermost = {n: s[-1][1] for n, s in zip(nodes, scoped) if s}
+    groups = own_ops(free, innermost, ends, {n: k for k, n in enumerate(nodes)}, set(), None)
+    shapes = {n for n in nodes if not isinstance(n.meta.get("val"), torch.Tensor)}  # a size, wherever computed
+
+    def build(path: str, call: int, value: Any, own: set[Any], targets: dict[Any, ParentTarget],
+              sole: Collection[tuple[str, int]]) -> Unit | None:
+        ops, outside = walk_back(value, own | shapes, targets,
+                                 lambda n: [a for a in n.all_input_nodes if a.op != "get_attr"],
+                                 lambda n: n)
+        inputs: dict[Any, Any] = {}
+        rest = set()
+        for node in outside:
+            if node in targets:
+                inputs[node] = targets[node]
+            elif node.op == "placeholder":
+                inputs[node] = None
+            elif ends.get(node) and recorded_call(ends[node][0], calls, firsts):
+                inputs[node] = ends[node][0]
+            else:
+                rest.add(node)
+        if rest:
+            moved = _moved_fx(rest, ends, calls, stacks_of, firsts)
+            if moved is not None:
+                ops |= moved[0]
+                inputs.update(moved[1])
+            elif not _parent_input(rest, [scoped[nodes.index(n)] if n in stacks_of else None for n in rest], path,
+                                   call, sole, inputs):
+                return None
+        return Unit(path, call, [n for n in nodes if n in ops], inputs, value, target=targets[value])
+
+    return _parent_units(groups, units, ends, sole, calls, firsts, lambda n: n, lambda n: n, placed, build)
 
 
 MOVES_FX = frozenset({"view", "reshape", "_unsafe_view", "transpose", "permute", "flatten", "squeeze", "unsqueeze",
@@ -1204,13 +1525,14 @@ def run_fx_unit(module: Any, unit: Unit, feeds: dict[Any, Any]) -> Any:
 def isolate_fx(ref: Reference, module: Any, factor: float) -> Isolation:
     known, calls = {n for n, _ in ref.outputs}, Counter(n for n, _ in ref.outputs)
     where: list[str] = []
-    units, skipped, outside = fx_units(module, known, set(ref.modules), calls, firsts=ref.firsts, where=where)
+    units, skipped, outside = fx_units(module, known, set(ref.modules), calls, firsts=ref.firsts, where=where,
+                                       sole=ref.sole_inputs)
     if functional := functional_linears(ref):
         units += _functional_units(fx_units(module, known, set(ref.modules), calls, functional, ref.firsts)[0],
                                    functional)
     result = Isolation("", "", factor, skipped=skipped, outside=outside, outside_in=where)
     for unit in units:
-        if (unit.path, unit.call) not in ref.outputs or (feeds := unit_feeds(ref, unit)) is None:
+        if target_value(ref, unit) is None or (feeds := unit_feeds(ref, unit)) is None:
             result.skipped.append(unit.path)
             continue
         if (got := rerun(result, unit.path, run_fx_unit, module, unit, feeds)) is None:
@@ -1388,12 +1710,13 @@ def isolate_sides(a: Side, b: Side, x: np.ndarray, factor: float = AUTO_FACTOR,
 def _children_first(result: Isolation, functional: set[str]) -> None:
     """Each named functional Linear (Reference.functional) moved ahead of a named layer that holds it (swin's `attn`,
     a unit of its whole attention, `proj` included): the layer whose own weights differ is named first, its parent's
-    larger ratio after it (in place)."""
+    larger ratio after it (in place). So is every named layer ahead of a named parent's own ops (LayerError.own_ops)
+    that hold it: the child whose own computation differs is named first."""
     layers = result.layers
-    for layer in [layer for layer in layers if layer.module in functional and layer.ratio > result.factor]:
+    for layer in [layer for layer in layers if layer.ratio > result.factor]:
         here = layers.index(layer)
         holders = [k for k, other in enumerate(layers[:here]) if other.ratio > result.factor
-                   and layer.module.startswith(other.module + ".")]
+                   and layer.module.startswith(other.module + ".") and (layer.module in functional or other.own_ops)]
         if holders:
             layers.insert(holders[0], layers.pop(here))
 

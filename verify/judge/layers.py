@@ -52,6 +52,8 @@ def unreached(asked: bool, checks: list[Any], problems: list[str]) -> list[str]:
     return [*problems, NO_LAYER_VERDICT] if asked and not checks and NO_LAYER_VERDICT not in problems else problems
 
 
+OWN_OPS = " (own ops)"
+"""After a parent's name where only its own ops were re-run (LayerError.own_ops): not its children's layers."""
 CULPRITS_NOTED = 3
 """Layers a failed report's note names per file (all are in its JSON `isolated`)."""
 
@@ -66,6 +68,9 @@ class LayerError:
     floor: float
     fused_with: list[str] = field(default_factory=list)
     channel: int | None = None
+    own_ops: bool = False
+    """Only the module's own ops, between its children's calls (an FPN's upsample and add), each child's value the
+    reference's: named by the module's path, as a leaf is, the report adds "(own ops)"."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -155,7 +160,7 @@ def culprit_note(result: Isolation) -> str:
     if not named:
         return (f"isolated: every one of {len(result.layers)} layers of {result.candidate} is within "
                 f"{result.factor:g}x its own float32 floor; the difference builds up across layers")
-    shown = "; ".join(f"{layer.module}"  # a folded norm is part of the culprit: its error shows at the conv
+    shown = "; ".join(f"{layer.module}{OWN_OPS if layer.own_ops else ''}"  # a folded norm: its error shows at the conv
                       + (f" (call {layer.call + 1})" if layer.call else "")  # a module called twice: which call
                       + (f" (computed with {', '.join(layer.fused_with)})" if layer.fused_with else "")
                       + f" {layer.ratio:.0f}x its own floor"
