@@ -727,12 +727,12 @@ def _compare_file_floors(sides: Sequence[Artifact], runs: Sequence[RunResult],
 def _side_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]], run: RunResult, settings: RunSettings,
                   float32: Sequence[dict[str, np.ndarray] | None], inductor: bool, by_reference: bool) -> list[Oracle]:
     """`side_oracles`, where a file no runtime runs in float64 (an ONNX file) has a reference that does
-    (verify/judge/oracle.py `float64_file_oracles`) and no side has a float64 run of its own (`by_reference`): its
+    (verify/judge/file_floor.py `float64_file_oracles`) and no side has a float64 run of its own (`by_reference`): its
     floor its float32 run against that float64 run, as a TorchScript file's, not the spread of its runtime's settings
     measured on the file itself (hunt 36: a file rounding its outputs below float32 lifted that spread 16-211x, and
     `verify compare rounded.onnx good.onnx` passed a weight error 37.5x its floor at 1.5x, exit 0). Where the reference
     cannot run it, the spread, its source saying why."""
-    from verify.judge.oracle import float64_file_oracles
+    from verify.judge.file_floor import float64_file_oracles
 
     found, why = float64_file_oracles(artifact, feeds, float32, settings.runtime) \
         if by_reference and settings.tolerance.mode == "auto" else (None, "")

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
     from exporter.artifacts import Artifact
     from verify.judge.noise_floor import NoiseFloor
+    from verify.judge.oracle import Oracle
+    from verify.runtimes import RuntimeOptions
 
 FLOOR_AGREEMENT = 4.0
 """The most a model's floor may exceed the exported file's own in one channel (README, "The file's own floor":
@@ -326,3 +328,101 @@ def floors_from_record(data: Any) -> list[FileFloors]:
         raise TypeError("file floors")
     return [FileFloors(str(item["label"]), [{str(name): NoiseFloor.from_dict(floor) for name, floor in inputs.items()}
                                             for inputs in item["inputs"]]) for item in data]
+
+
+REFERENCE_AGREEMENT = 1e-3
+"""The most a file's float64 run by a reference (its runtime's `float64_reference`) may differ from its runtime's
+float32 run, relative to the output's largest magnitude, for its floor to be measured on it: float32 rounding is ~1e-6
+of that (the guard on floors, verify/judge/trust.py `floor_problems`, refuses over ~2.4e-4 at K = 1000 already), a
+conversion or operator bug O(1); over it the file is judged on its spread, and the floor source says why. Below it, an
+operator the reference implements otherwise (its LRN: 1.2e-4 of the largest value at alpha 1e-5) lifts each floor ~600x
+unseen, and a pair of files with it passed a weight error ~1000x its float32 floor, exit 0 (review 44): the runtime's
+float32 run is also held to the reference's own float32 run of the file as saved (`reference_disagreement`'s `own`)."""
+
+
+def float64_file_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
+                         fp32: Sequence[dict[str, np.ndarray] | None], options: RuntimeOptions | None = None
+                         ) -> tuple[list[Oracle] | None, str]:
+    """A file's oracle on each feed from its reference's float64 run (its runtime's `float64_reference`; for `verify
+    compare` only: `verify export` judges its files on the model's own float64 oracle) and its format's own runtime's
+    float32 run (`fp32`, None: run here), as a TorchScript file's; (None, why) where it has none: no reference for its
+    format, a reduced precision (its floor is not float32's), a graph the reference cannot convert or run, or a run that
+    disagrees with the runtime's (`REFERENCE_AGREEMENT`). Never raises for the file: the caller falls back."""
+    from verify.judge.measure import measure_floors
+    from verify.judge.oracle import Oracle  # noqa: F811 - the class, at run time
+    from verify.runtimes import default_runtime, float64_reference_for, make_runtime
+
+    kind = float64_reference_for(artifact.format)
+    if kind is None or artifact.path is None:
+        return None, ""
+    if options is not None and options.precision != "fp32":
+        return None, f"no float64 run at {options.precision}"
+    try:
+        reference = kind(str(artifact.path))
+        float64 = [reference.run(feed) for feed in feeds]
+        own = reference.run_float32(feeds[0])  # on one input: a second run on each costs 2.6 s on resnet50 at 224
+    except Exception as exc:  # noqa: BLE001 - an operator or graph the reference lacks: the spread stands
+        from exporter.messages import one_line
+
+        return None, f"{kind.name} cannot run it in float64: {one_line(f'{type(exc).__name__}: {exc}', 160)}"
+    label = f"{kind.name}(float64) vs {default_runtime(artifact.format)}"
+    runner = None
+    oracles = []
+    for index, (feed, ours, single) in enumerate(zip(feeds, float64, fp32, strict=True)):
+        if single is None:
+            runner = make_runtime(default_runtime(artifact.format)).load(artifact) if runner is None else runner
+            single = runner.run(feed)
+        apart = reference_disagreement(ours, single, own if index == 0 else None)
+        if apart is not None:
+            return None, f"its float64 run by {kind.name} differs from its float32 run {apart}"
+        floors = measure_floors(single, ours)
+        oracles.append(Oracle(ours, floors, label, "fp32", floors, {}, [], floors))
+    return oracles, ""
+
+
+def reference_disagreement(float64: dict[str, np.ndarray], float32: dict[str, np.ndarray],
+                           own: dict[str, np.ndarray] | None = None) -> str | None:
+    """How a reference's float64 run differs from the runtime's float32 run beyond REFERENCE_AGREEMENT (another
+    output set, shape, non-finite values, or a relative difference), or None where it agrees. With `own` (the
+    reference's float32 run of the file as saved), also where the runtime's floor against the float64 run exceeds
+    FLOOR_AGREEMENT x that run's: two float32 runs of one function measure 0.5-1.4x (resnet18/50, mobilenet_v3_small,
+    a transformer block, Resize), an operator the two implement otherwise or a graph computing otherwise in float64
+    hundreds (review 44)."""
+    import numpy as np
+
+    from verify.judge.measure import measure_floors
+
+    if set(float64) != set(float32) or (own is not None and set(own) != set(float64)):
+        return f"in its outputs ({', '.join(sorted(float64))} vs {', '.join(sorted(float32))})"
+    for name, ours in float64.items():
+        theirs = np.asarray(float32[name], dtype=np.float64)
+        if ours.shape != theirs.shape or not np.array_equal(np.isfinite(ours), np.isfinite(theirs)) or (
+                own is not None and np.shape(own[name]) != ours.shape):
+            return f"in the shape or finite values of {name}"
+        finite = np.isfinite(ours)
+        scale = float(np.abs(ours[finite]).max(initial=0.0))
+        relative = float(np.abs(ours[finite] - theirs[finite]).max(initial=0.0)) / scale if scale else 0.0
+        if relative > REFERENCE_AGREEMENT:
+            return f"by {relative:.2g} of {name}'s largest value (over the {REFERENCE_AGREEMENT:g} rounding allows)"
+    if own is None:
+        return None
+    # the runtime's floor against the float64 run, against the reference's own float32 run's and against the
+    # distance between the two float32 runs: an operator implemented otherwise lifts the first ratio, a graph
+    # computing otherwise in float64 (both float32 runs alike, both far from it) the second
+    runtime, reference, between = (measure_floors(float32, float64), measure_floors(own, float64),
+                                   measure_floors(float32, own))
+    for name in sorted(set(runtime) & set(reference) & set(between)):
+        # a float32 ulp of the output's scale the least denominator: two runs of elementwise ops agree bit for bit
+        ulp = float(np.finfo(np.float32).eps) * float(np.abs(float64[name][np.isfinite(float64[name])]).max(initial=0))
+        for ratio, what in ((_ratio(runtime[name].value, max(reference[name].value, ulp)),
+                             "than from the reference's own float32 run"),
+                            (_ratio(runtime[name].value, max(between[name].value, ulp)),
+                             "than from the reference's own float32 run (the graph computes otherwise in float64)")):
+            if ratio > FLOOR_AGREEMENT:
+                return f"by {ratio:.3g}x more on {name} {what} (over the {FLOOR_AGREEMENT:g}x rounding allows)"
+    return None
+
+
+def _ratio(ours: float, theirs: float) -> float:
+    """ours / theirs, where a floor of 0 (outputs exact in float32) is exceeded by any other."""
+    return ours / theirs if theirs > 0 else (float("inf") if ours > 0 else 0.0)

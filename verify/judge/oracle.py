@@ -245,69 +245,6 @@ def spread_floor(outputs: list[dict[str, np.ndarray]]) -> dict[str, NoiseFloor]:
     return floors
 
 
-REFERENCE_AGREEMENT = 1e-3
-"""The most a file's float64 run by a reference (its runtime's `float64_reference`) may differ from its runtime's
-float32 run, relative to the output's largest magnitude, for its floor to be measured on it: float32 rounding is ~1e-6
-of that (the guard on floors, verify/judge/trust.py `floor_problems`, refuses over ~2.4e-4 at K = 1000 already), a
-conversion or operator bug O(1); over it the file is judged on its spread, and the floor source says why."""
-
-
-def float64_file_oracles(artifact: Artifact, feeds: Sequence[dict[str, np.ndarray]],
-                         fp32: Sequence[dict[str, np.ndarray] | None], options: RuntimeOptions | None = None
-                         ) -> tuple[list[Oracle] | None, str]:
-    """A file's oracle on each feed from its reference's float64 run (its runtime's `float64_reference`; for `verify
-    compare` only: `verify export` judges its files on the model's own float64 oracle) and its format's own runtime's
-    float32 run (`fp32`, None: run here), as a TorchScript file's; (None, why) where it has none: no reference for its
-    format, a reduced precision (its floor is not float32's), a graph the reference cannot convert or run, or a run that
-    disagrees with the runtime's (`REFERENCE_AGREEMENT`). Never raises for the file: the caller falls back."""
-    from verify.runtimes import default_runtime, float64_reference_for, make_runtime
-
-    kind = float64_reference_for(artifact.format)
-    if kind is None or artifact.path is None:
-        return None, ""
-    if options is not None and options.precision != "fp32":
-        return None, f"no float64 run at {options.precision}"
-    try:
-        reference = kind(str(artifact.path))
-        float64 = [reference.run(feed) for feed in feeds]
-    except Exception as exc:  # noqa: BLE001 - an operator or graph the reference lacks: the spread stands
-        from exporter.messages import one_line
-
-        return None, f"{kind.name} cannot run it in float64: {one_line(f'{type(exc).__name__}: {exc}', 160)}"
-    label = f"{kind.name}(float64) vs {default_runtime(artifact.format)}"
-    runner = None
-    oracles = []
-    for feed, ours, single in zip(feeds, float64, fp32, strict=True):
-        if single is None:
-            runner = make_runtime(default_runtime(artifact.format)).load(artifact) if runner is None else runner
-            single = runner.run(feed)
-        apart = reference_disagreement(ours, single)
-        if apart is not None:
-            return None, f"its float64 run by {kind.name} differs from its float32 run {apart}"
-        floors = measure_floors(single, ours)
-        oracles.append(Oracle(ours, floors, label, "fp32", floors, {}, [], floors))
-    return oracles, ""
-
-
-def reference_disagreement(float64: dict[str, np.ndarray], float32: dict[str, np.ndarray]) -> str | None:
-    """How a reference's float64 run differs from the runtime's float32 run beyond REFERENCE_AGREEMENT (another
-    output set, shape, non-finite values, or a relative difference), or None where it agrees."""
-    import numpy as np
-
-    if set(float64) != set(float32):
-        return f"in its outputs ({', '.join(sorted(float64))} vs {', '.join(sorted(float32))})"
-    for name, ours in float64.items():
-        theirs = np.asarray(float32[name], dtype=np.float64)
-        if ours.shape != theirs.shape or not np.array_equal(np.isfinite(ours), np.isfinite(theirs)):
-            return f"in the shape or finite values of {name}"
-        finite = np.isfinite(ours)
-        scale = float(np.abs(ours[finite]).max(initial=0.0))
-        relative = float(np.abs(ours[finite] - theirs[finite]).max(initial=0.0)) / scale if scale else 0.0
-        if relative > REFERENCE_AGREEMENT:
-            return f"by {relative:.2g} of {name}'s largest value (over the {REFERENCE_AGREEMENT:g} rounding allows)"
-    return None
-
-
 def oracle_or_spread(artifact: Artifact, inputs: dict[str, np.ndarray], fp32: dict[str, np.ndarray] | None,
                      options: RuntimeOptions | None = None, inductor: bool = False) -> Oracle:
     """The float64 oracle where a runtime can run `artifact` in float64; otherwise (an ONNX file)
