@@ -509,11 +509,14 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report = Report("compare", settings_dict(settings, a=a, b=b), input_dict(named, settings))
     runs: list[RunResult] = []
     fed = []
+    said: list[str] = []  # what a side's file holds beyond what is judged: other methods, other sizes (hunt 40)
     for short, text, artifact, name in zip(SIDES, (a, b), sides, side_runtimes([s.format for s in sides], runtime)):
         feeds = [{artifact.meta.input_name: item.array} for item in named]
         with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
             started = time.perf_counter()
             loaded = make_runtime(name, settings.runtime).load(artifact)  # a file that cannot load: exit 2 below
+            said += _other_methods_note(artifact.path.name if artifact.path else text, loaded) \
+                + _one_shape_note(short, artifact, loaded, named[0].array.shape)
             try:
                 run = run_stage(name, artifact, feeds, settings.runtime,
                                 preloaded=(loaded, time.perf_counter() - started))
@@ -573,6 +576,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report.pairs = worst_over_inputs(judged, named, report)
     report.notes = explain_pairs(report) + [side[0].source for side in oracles
                                             if not (side[0].outputs or side[0].noise)] + unshared_outputs(runs)
+    report.notes += said + _shifted_outputs(runs)
     user_sides = [getattr(kind, "runs_user_code", False) for kind in kinds]
     agree = bool(report.pairs) and all(pair.passed for pair in report.pairs)  # guard 3 guards a pass, as in export
     problems = _compare_problems(sides, runs, oracles, named, settings)
@@ -907,3 +911,44 @@ def _compare_problems(sides: list[Artifact], runs: list[RunResult], oracles: lis
             if found:
                 return found
     return []
+
+
+def _other_methods_note(name: str, loaded: Any) -> list[str]:
+    """The note naming a loaded TorchScript side's methods besides forward, which the verdict does not cover (hunt 40:
+    `@torch.jit.export def infer` differing from forward passed unsaid); [] for any other side."""
+    from verify.runtimes.torch_common import unjudged_methods_note
+
+    return unjudged_methods_note(name, getattr(loaded, "module", None))
+
+
+def _shifted_outputs(runs: Sequence[RunResult]) -> list[str]:
+    """A note where an output both sides have is not at the same position in each (an output one side alone has
+    listed before it, or the shared ones in another order): outputs are compared by name, and a consumer that reads
+    them by position (`session.run(None, feed)[0]`) gets another tensor from each side (hunt 40). A note, not a
+    failure: a file may add outputs wherever its consumers read them by name."""
+    first, second = (list(run.outputs[0]) for run in runs)
+    shared = set(first) & set(second)
+    for index, (mine, theirs) in enumerate(zip(first, second)):
+        if mine != theirs and (mine in shared or theirs in shared):
+            return [f"{runs[0].label}'s output {index} is {mine}, {runs[1].label}'s is {theirs} ({runs[0].label}: "
+                    f"{', '.join(first)}; {runs[1].label}: {', '.join(second)}): compared by name, so a consumer "
+                    "that reads outputs by position gets another tensor from each"]
+    return []
+
+
+def _one_shape_note(short: str, artifact: Artifact, loaded: Any, shape: Sequence[int]) -> list[str]:
+    """A note where a saved file takes other sizes (the dynamic axes its record names, or a .pt2 program's symbolic
+    ones) and compare judged it at `shape` alone: hunt 40, a .pt2 traced at a batch of two kept one branch of `if
+    x.shape[0] == 1` and was 1 % off its model at a batch of one, and `verify compare` at 2x3x16x16 said exit 0
+    without a word; `verify export` and `verify artifact` judge a second shape, compare judges the inputs given."""
+    from verify.runtimes.exported import dynamic_input_axes
+
+    if artifact.path is None or artifact.built is not None:
+        return []
+    axes = sorted(artifact.meta.dynamic_axes.items()) or [
+        (str(axis), f"axis {axis}") for axis in dynamic_input_axes(getattr(loaded, "module", None))]
+    if not axes:
+        return []
+    named = ", ".join(name for _, name in axes)
+    return [f"{short} ({artifact.path.name}) takes other sizes on its dynamic axes ({named}) and was judged at "
+            f"{'x'.join(map(str, shape))} only: compare again at each shape you deploy (--shape)"]

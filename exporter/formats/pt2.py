@@ -15,6 +15,8 @@ still documents torch.export.load as unsafe on untrusted files, so the format st
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -132,12 +134,46 @@ def load_program(path: Path) -> Any:
         before = os.environ.get(TORCH_FORCE_WEIGHTS_ONLY)
         os.environ[TORCH_FORCE_WEIGHTS_ONLY] = "1"
         try:
-            return torch.export.load(str(copy)).module()
+            with _deserializing_reason() as reason:
+                try:
+                    return torch.export.load(str(copy)).module()
+                except RuntimeError as exc:  # torch logs the cause and raises "check the warnings above"
+                    if reason:
+                        raise RuntimeError(f"{reason[-1]} (torch.export.load could not deserialize it)") from exc
+                    raise
         finally:
             if before is None:
                 os.environ.pop(TORCH_FORCE_WEIGHTS_ONLY, None)
             else:
                 os.environ[TORCH_FORCE_WEIGHTS_ONLY] = before
+
+
+@contextlib.contextmanager
+def _deserializing_reason() -> Iterator[list[str]]:
+    """The last line of each error torch.export.load logs and replaces by "We ran into an error when deserializing the
+    saved file. Please check the warnings above" (hunt 40: a constant's bytes cut short said only that, and the
+    warnings were silenced): collected from torch.export's logger while the load runs, its settings put back."""
+    import logging
+
+    reasons: list[str] = []
+
+    class Caught(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.exc_info and record.exc_info[1] is not None:
+                lines = str(record.exc_info[1]).strip().splitlines()
+                reasons.append(lines[-1] if lines else type(record.exc_info[1]).__name__)
+
+    logger, handler = logging.getLogger("torch.export"), Caught(logging.WARNING)
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False  # said once, in the error, not also as a traceback on stderr
+    logger.addHandler(handler)
+    try:
+        yield reasons
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def program_weight_shapes(path: Path) -> list[tuple[int, ...]] | None:
@@ -205,11 +241,13 @@ def scan_archive(path: Path) -> str:
                                         "would load as a program (it loads everything under models/), and it is not "
                                         "a program's .json; refused")
                 stem = model[len(f"{root}/models/"):-len(".json")]
+                stored = []
                 for kind in ("weights", "constants"):
                     config = f"{root}/data/{kind}/{stem}_{kind}_config.json"
                     if config not in names:
                         raise ArtifactError(f"{path.name}: {config} is missing; a torch.export.save archive has it")
-                    _check_payloads(path, kind, json.loads(read_archive_member(archive, config, path)))
+                    stored.append(_check_payloads(path, kind, json.loads(read_archive_member(archive, config, path))))
+                _refuse_stored_twice(path, *stored)
                 _check_program(path, json.loads(read_archive_member(archive, model, path)))
             _refuse_unknown_entries(path, archive, root, names)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
@@ -324,8 +362,8 @@ def _refuse_unknown_entries(path: Path, archive: Any, root: str, names: list[str
                                     "writes extra files as UTF-8 strings); refused") from None
 
 
-def _check_payloads(path: Path, kind: str, config: Any) -> None:
-    """Every weight and constant is raw tensor bytes (never a pickle, a custom or an opaque object)."""
+def _check_payloads(path: Path, kind: str, config: Any) -> set[str]:
+    """Every weight and constant is raw tensor bytes (never a pickle, a custom or an opaque object); their names."""
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):
         raise ArtifactError(f"{path.name}: the {kind} config is not a torch.export payload config")
@@ -334,6 +372,18 @@ def _check_payloads(path: Path, kind: str, config: Any) -> None:
                 or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
             raise ArtifactError(f"{path.name}: {kind} {str(fqn)[:80]!r} is stored as a pickled or opaque object, "
                                 "which loading would unpickle; refused (a torch.export of plain tensors has none)")
+    return set(entries)
+
+
+def _refuse_stored_twice(path: Path, weights: set[str], constants: set[str]) -> None:
+    """A name stored both as a weight (the state dict) and as a constant, which torch.export.save never writes: the
+    loaded program's module() reads one and a lowering (`run_decompositions()`, `torch.export.unflatten`) the other
+    (hunt 40: a buffer of 0.5 in the weights, 9.0 in the constants; module() was judged, the lowered one 17.0 off)."""
+    both = sorted(weights & constants)
+    if both:
+        raise ArtifactError(f"{path.name} stores {both[0][:80]!r} both as a weight and as a constant, with two values "
+                            "that loaders read apart (torch.export.save writes each once); refused: save the program "
+                            "again with torch.export.save")
 
 
 def _check_program(path: Path, program: Any) -> None:

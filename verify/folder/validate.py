@@ -60,6 +60,7 @@ from verify.folder.rebuild import REBUILD_ONLY, rebuild_backbone, rebuilt_refere
 from verify.inputs import second_shape
 from verify.judge.compare import AUTO_FACTOR, PairResult, Tolerance, compare_outputs
 from verify.runtimes import RuntimeOptions, make_runtime, refuse_unused_options, runtimes_for
+from verify.runtimes.torch_common import unjudged_methods_note
 
 if TYPE_CHECKING:
     import numpy as np
@@ -381,6 +382,8 @@ def _run_goldens(art: ArtifactFolder, name: str, runtime_name: str, options: Run
     on = f" on {len(sets)} inputs" if len(sets) > 1 else ""
     report.add(Check(label, runtime.label, f"{name}: load and run", True,
                      f"{time.perf_counter() - start:.2f}s{on}", seconds=time.perf_counter() - start))
+    for note in unjudged_methods_note(name, getattr(runtime, "module", None)):  # a note, as a layer note is
+        report.add(Check(label, runtime.label, f"{name}: other methods", True, note, skipped=True))
     for kind in ("float32", "float64"):
         if kind == "float64" and not art.goldens[kind]:  # a model with no float64 oracle (and no floor)
             report.add(Check(label, runtime.label, f"{name}: goldens {kind}", False,

@@ -39,3 +39,15 @@ class ExportedProgramRuntime(TorchRuntime):
         from verify.judge.trust import owned
 
         return owned(super()._run(array))  # a module may return a buffer that its next call overwrites
+
+
+def dynamic_input_axes(module: object) -> list[int]:
+    """The axes of a loaded ExportedProgram's input whose size is symbolic (its program takes other sizes there): []
+    for a static program, or anything without an FX graph."""
+    import torch
+
+    graph = getattr(module, "graph", None)  # a TorchScript module's `graph` is another kind: none of its sizes known
+    nodes = graph.nodes if isinstance(graph, torch.fx.Graph) else []
+    placeholders = [node for node in nodes if node.op == "placeholder" and "val" in node.meta]
+    shape = getattr(placeholders[0].meta["val"], "shape", ()) if placeholders else ()
+    return [axis for axis, size in enumerate(shape) if not isinstance(size, int)]

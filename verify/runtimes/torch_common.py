@@ -275,3 +275,31 @@ class TorchRuntime(Runtime):
         if precision in AUTOCAST_DTYPES and self.precision_observable:
             probe.check(precision, self.label)
         return to_numpy_outputs(result, self.artifact.meta.output_names)
+
+
+def unjudged_methods(module: Any) -> list[str]:
+    """A TorchScript module's own methods that its forward neither is nor calls (`@torch.jit.export def infer`, a
+    `deploy()` that changes what forward reads): a consumer may call them, and only forward is run and judged (hunt
+    40). Torch's own names (`__setstate__`, run by torch.jit.load) are left out; [] for anything not scripted."""
+    try:
+        names = list(module._c._method_names())
+    except Exception:  # noqa: BLE001 - not a scripted module (an eager model, an exported program): forward alone
+        return []
+    called, todo = {"forward"}, ["forward"]
+    while todo:  # the methods forward reaches on the module itself, through any branch
+        graph = module._c._get_method(todo.pop()).graph
+        own = next(iter(graph.inputs()))
+        for node in graph.findAllNodes("prim::CallMethod", True):
+            name = node.s("name")
+            if next(iter(node.inputs())) is own and name not in called and name in names:
+                called.add(name)
+                todo.append(name)
+    return sorted(name for name in names if name not in called and not name.startswith("__"))
+
+
+def unjudged_methods_note(file: str, module: Any) -> list[str]:
+    """The report's one note naming `unjudged_methods` of the file `file` ([] where it has none)."""
+    others = unjudged_methods(module)
+    if not others:
+        return []
+    return [f"{file} also has method{'s' * (len(others) > 1)} {', '.join(others)} (not run: only forward is judged)"]
