@@ -205,3 +205,12 @@ def test_compare_says_a_dynamic_pt2_was_judged_at_one_shape(tmp_path):
     said = " ".join(result.output.split())
     assert "A (dynamic.pt2) takes other sizes on its dynamic axes (axis 0) and was judged at 2x3x16x16 only" in said
     assert "B (traced.pt)" not in said  # a traced TorchScript file records no dynamic axes
+
+
+def test_export_of_a_model_with_other_methods_says_they_were_not_run(tmp_path):
+    """`verify export --model` scripts the model, so its file keeps `@torch.jit.export` methods: the export's report
+    names them too, as compare's and artifact's do (run_stage's `notes`)."""
+    result = invoke("export", "--model", f"{hunt40_models.__file__}:with_methods", "--shape", "1x3x8x8", "--format",
+                    "torchscript", "--out", tmp_path / "out", "--no-cache", "--samples", "1")
+    assert result.exit_code == 0, result.output
+    assert f"model.pt {OTHER_METHODS}" in " ".join(result.output.split())

@@ -132,6 +132,8 @@ class RunResult:
     second: tuple[dict[str, np.ndarray], dict[str, np.ndarray] | str] | None = None
     """The file run once more at a second shape inside its dynamic axes (`second_feed`): that feed, and the outputs or
     why the run failed; None where no second shape was asked."""
+    notes: list[str] = field(default_factory=list)
+    """What the loaded file holds that its runs do not judge (a TorchScript file's other methods, hunt 40)."""
 
     def on(self, index: int) -> dict[str, Any]:
         """This run on input `index`, as the judging functions take it: {"label", "outputs"}."""
@@ -555,7 +557,15 @@ def run_stage(runtime: str, artifact: Artifact, feeds: Sequence[dict[str, np.nda
                 raise
             at_second = (second, library_reason(exc).split("; ")[0])
     return RunResult(runtime, loaded.label, artifact.label, outputs, seconds, repeat,
-                     getattr(loaded, "module", None) if keep else None, at_second)
+                     getattr(loaded, "module", None) if keep else None, at_second, _unjudged_notes(artifact, loaded))
+
+
+def _unjudged_notes(artifact: Artifact, loaded: Runtime) -> list[str]:
+    """A loaded file's methods besides forward, which no run judges (hunt 40: `verify export --model` of a model with
+    an `@torch.jit.export` method wrote a file that has it, and said nothing)."""
+    from verify.runtimes.torch_common import unjudged_methods_note
+
+    return [] if artifact.path is None else unjudged_methods_note(artifact.path.name, getattr(loaded, "module", None))
 
 
 def second_feed(artifact: Artifact, example: np.ndarray, dynamic: bool) -> dict[str, np.ndarray] | None:
@@ -1093,7 +1103,7 @@ def finish_cell(request: CellRequest, plan: CellPlan, build: BuildResult, folder
     report.notes = explain_pairs(report) + ([build.no_float64.source] if build.no_float64 else []) \
         + ([NO_FILE_FLOOR] if unchecked is None else []) + layer_notes + shape_notes \
         + bounds_notes(artifacts.values()) + cached_file_notes(report, runs, plan.formats, statuses, export_cache) \
-        + constant_output_notes([o.oracle.outputs for o in oracles])
+        + constant_output_notes([o.oracle.outputs for o in oracles]) + [note for run in runs for note in run.notes]
     for thread in stores:  # the files stay where the stores read them until the outcome is returned
         thread.join()
     return CellOutcome(report, build, artifacts, feeds[0], first, statuses, list(oracles))
