@@ -676,6 +676,14 @@ def merged_calls(graph_calls: Counter, reference_calls: Counter | None) -> set[s
     return {path for path, count in graph_calls.items() if count < reference_calls.get(path, 0)}
 
 
+def _merged_unread(firsts: Collection[tuple[str, int]], merged: set[str], calls: Counter | None
+                   ) -> set[tuple[str, int]]:
+    """`firsts` with every call of a merged module (merged_calls): which call a merged run's last op gives is unknown,
+    so no layer reads it as a recorded call's value (sweep 50: a block called twice in a row, `blk(blk(x))`, fed the
+    head its first call's output, a correct dynamo file named `head` at 4e6x its floor)."""
+    return {*firsts, *((path, call) for path in merged for call in range((calls or {}).get(path, 0)))}
+
+
 def _best_prefix(names: set[str], known: set[str]) -> str:
     """The view prefix (`body.`) that lines a file's module paths up with the reference's names."""
     prefixes = sorted({""} | {n.split(".", 1)[0] + "." for n in names if "." in n})
@@ -725,6 +733,7 @@ def onnx_units(model: Any, known: set[str], modules: set[str] | None = None, nor
                 for k, i in enumerate(run):
                     ident[i] = (ident[i], k * parts // len(run))
         ends, merged = _ends(scopes, raw, ident, shaped, calls)
+    firsts = _merged_unread(firsts, merged, calls)
     producer = {out: i for i, node in enumerate(nodes) for out in node.output}
     constants = parameter_nodes(nodes, initializers)
     graph_inputs = {i.name for i in model.graph.input}
