@@ -694,3 +694,40 @@ def judged_with_onnx_channel_off(built: Any, images: Any, report: Any, name: str
     judge_runs(judged, Judging.of(built), images, report.references[EAGER], report.references[ORACLE],
                {DETECTOR_ONNX: seeded}, Tolerance())
     return judged
+
+
+# ONNX files that round their outputs below float32 (hunt 36, onnx 64) ---------------------------------------------
+def tiny_make():
+    """tests/data/tiny.py's `make`, loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tests_data_tiny", Path(__file__).parent / "data" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make
+
+
+def rounding_onnx(src: Path, dst: Path, error: float, bits: int) -> Path:
+    """`src` (the tiny model's ONNX file) with output channel 5 of its 32-channel conv scaled by 1 + `error` and its
+    output rounded to 24 - `bits` mantissa bits by three ops (Veltkamp's split: t = x * (2^bits + 1); t - (t - x))."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    if error:
+        init = next(i for i in graph.initializer if numpy_helper.to_array(i).ndim == 4
+                    and numpy_helper.to_array(i).shape[0] == 32)
+        weight = numpy_helper.to_array(init).copy()
+        weight[5] *= 1 + error
+        init.CopyFrom(numpy_helper.from_array(weight, init.name))
+    if bits:
+        graph.initializer.append(numpy_helper.from_array(np.array(2.0 ** bits + 1, np.float32), "split"))
+        name = graph.output[0].name
+        producer = next(n for n in graph.node if name in n.output)
+        producer.output[list(producer.output).index(name)] = "exact"
+        graph.node.extend([helper.make_node("Mul", ["exact", "split"], ["scaled"]),
+                           helper.make_node("Sub", ["scaled", "exact"], ["excess"]),
+                           helper.make_node("Sub", ["scaled", "excess"], [name])])
+    onnx.save(model, str(dst))
+    return dst

@@ -6,13 +6,12 @@ of ONNX Runtime's optimisation levels measured on each file itself, and a file r
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import invoke
+from tests.helpers import invoke, rounding_onnx, tiny_make
 
 SHAPE = "1x3x16x16"
 WEIGHT_ERROR = 3e-5
@@ -20,38 +19,6 @@ WEIGHT_ERROR = 3e-5
 ROUNDING_BITS = 8
 """The output rounded to 24 - 8 mantissa bits: alone, 30x the good file's floor; with the weight error it passed at 1.5x
 on the spread floors (measured)."""
-
-
-def _tiny_make():
-    spec = importlib.util.spec_from_file_location("onnx64_tiny", Path(__file__).parent / "data" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make
-
-
-def _edited(src: Path, dst: Path, error: float, bits: int) -> Path:
-    """`src` with one channel's weights scaled by 1 + `error` and its output rounded to 24 - `bits` bits (hunt 36)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(src))
-    graph = model.graph
-    if error:
-        init = next(i for i in graph.initializer if numpy_helper.to_array(i).ndim == 4
-                    and numpy_helper.to_array(i).shape[0] == 32)
-        weight = numpy_helper.to_array(init).copy()
-        weight[5] *= 1 + error
-        init.CopyFrom(numpy_helper.from_array(weight, init.name))
-    if bits:
-        graph.initializer.append(numpy_helper.from_array(np.array(2.0 ** bits + 1, np.float32), "split"))
-        name = graph.output[0].name
-        producer = next(n for n in graph.node if name in n.output)
-        producer.output[list(producer.output).index(name)] = "exact"
-        graph.node.extend([helper.make_node("Mul", ["exact", "split"], ["scaled"]),
-                           helper.make_node("Sub", ["scaled", "exact"], ["excess"]),
-                           helper.make_node("Sub", ["scaled", "excess"], [name])])
-    onnx.save(model, str(dst))
-    return dst
 
 
 def _split(src: Path, dst: Path) -> Path:
@@ -106,14 +73,14 @@ def files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("onnx64")
     torch.manual_seed(0)
-    model = _tiny_make()().eval()
+    model = tiny_make()().eval()
     exported = folder / "tiny.onnx"
     torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(exported), dynamo=False, input_names=["input"],
                       output_names=["output0"])
     return {"good": exported,
             "split": _split(exported, folder / "split.onnx"),
-            "rounded": _edited(exported, folder / "rounded.onnx", WEIGHT_ERROR, ROUNDING_BITS),
-            "rounded_only": _edited(exported, folder / "rounded_only.onnx", 0.0, ROUNDING_BITS),
+            "rounded": rounding_onnx(exported, folder / "rounded.onnx", WEIGHT_ERROR, ROUNDING_BITS),
+            "rounded_only": rounding_onnx(exported, folder / "rounded_only.onnx", 0.0, ROUNDING_BITS),
             "custom": _custom(exported, folder / "custom.onnx")}
 
 
