@@ -509,14 +509,13 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report = Report("compare", settings_dict(settings, a=a, b=b), input_dict(named, settings))
     runs: list[RunResult] = []
     fed = []
-    said: list[str] = []  # what a side's file holds beyond what is judged: other methods, other sizes (hunt 40)
+    said: list[str] = []  # what a side's file holds beyond what is judged: other sizes (hunt 40)
     for short, text, artifact, name in zip(SIDES, (a, b), sides, side_runtimes([s.format for s in sides], runtime)):
         feeds = [{artifact.meta.input_name: item.array} for item in named]
         with progress.step(f"Running {runtime_label(name, settings.runtime)}"):
             started = time.perf_counter()
             loaded = make_runtime(name, settings.runtime).load(artifact)  # a file that cannot load: exit 2 below
-            said += _other_methods_note(artifact.path.name if artifact.path else text, loaded) \
-                + _one_shape_note(short, artifact, loaded, named[0].array.shape)
+            said += _one_shape_note(short, artifact, loaded, named[0].array.shape)
             try:
                 run = run_stage(name, artifact, feeds, settings.runtime,
                                 preloaded=(loaded, time.perf_counter() - started))
@@ -576,7 +575,7 @@ def compare(a: str, b: str, settings: RunSettings | None = None, progress: Progr
     report.pairs = worst_over_inputs(judged, named, report)
     report.notes = explain_pairs(report) + [side[0].source for side in oracles
                                             if not (side[0].outputs or side[0].noise)] + unshared_outputs(runs)
-    report.notes += said + _shifted_outputs(runs)
+    report.notes += said + [note for run in runs for note in run.notes] + _shifted_outputs(runs)  # run_stage's notes
     user_sides = [getattr(kind, "runs_user_code", False) for kind in kinds]
     agree = bool(report.pairs) and all(pair.passed for pair in report.pairs)  # guard 3 guards a pass, as in export
     problems = _compare_problems(sides, runs, oracles, named, settings)
@@ -911,14 +910,6 @@ def _compare_problems(sides: list[Artifact], runs: list[RunResult], oracles: lis
             if found:
                 return found
     return []
-
-
-def _other_methods_note(name: str, loaded: Any) -> list[str]:
-    """The note naming a loaded TorchScript side's methods besides forward, which the verdict does not cover (hunt 40:
-    `@torch.jit.export def infer` differing from forward passed unsaid); [] for any other side."""
-    from verify.runtimes.torch_common import unjudged_methods_note
-
-    return unjudged_methods_note(name, getattr(loaded, "module", None))
 
 
 def _shifted_outputs(runs: Sequence[RunResult]) -> list[str]:
