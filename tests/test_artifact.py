@@ -91,9 +91,22 @@ def test_manifest_records_what_was_made(pristine):
     assert manifest["noise_floor"] == {name: floor.value for name, floor in floors.items()}
 
 
-def test_good_folders_pass_every_check_named_by_manifest_or_folder(pristine, folder, tmp_path):
+def test_good_folders_pass_every_check_named_by_manifest_or_folder(pristine, folder, tmp_path, monkeypatch):
     """One `verify artifact` of the good folder, named by its manifest.json, and of a copy, named by its folder:
-    every check of both passes, each format's goldens run in each folder."""
+    every check of both passes, each format's goldens run in each folder. A file a second shape's checks take as
+    their reference is loaded once in each precision, whichever files it judges there (`_reference_runs`)."""
+    from collections import Counter
+
+    from verify.runtimes import Runtime
+
+    loads: Counter = Counter()
+    real = Runtime.load
+
+    def counted(self, artifact):
+        loads[(str(artifact.path), self.options.dtype)] += 1
+        return real(self, artifact)
+
+    monkeypatch.setattr(Runtime, "load", counted)
     result = invoke("artifact", pristine / "manifest.json", folder, "--json", tmp_path / "r.json",
                     TRUST)  # unsigned: TorchScript is code
     assert result.exit_code == 0, result.output
@@ -106,6 +119,7 @@ def test_good_folders_pass_every_check_named_by_manifest_or_folder(pristine, fol
         assert ("torchscript", "model.pt: goldens float64") in names
         assert "model.pt2: goldens float64" in {name for _, name in names}  # the .pt2 checked like the others
         assert ("onnxruntime", "model.onnx: shape 2x3x96x96") in names  # inside the dynamic axes
+    assert loads and all(count == 1 for (path, dtype), count in loads.items() if dtype == "float64"), loads
 
 
 def flip_byte(folder):

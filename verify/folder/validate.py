@@ -87,6 +87,10 @@ class ArtifactFolder(CheckedFolder):
     rebuilt: Artifact | None = None
     """The model the folder names, rebuilt here (`--rebuild`, verify/folder/rebuild.py), as an eager artifact:
     the layer verdict's float64 reference (verify/folder/layers.py); None when not rebuilt."""
+    shape_references: dict[tuple[str, str, tuple[int, ...]], Any] = field(default_factory=dict)
+    """(reference, runner, shape) -> the reference's float64 and float32 outputs at that second shape, or what its
+    run raised: each reference is loaded and run once per check of the folder, whichever files it judges there (it
+    was loaded twice for each: 6 of the 8 loads of a trusted check of a default folder)."""
 
     def artifact(self, name: str) -> Artifact:
         entry, spec = self.manifest.files[name], self.manifest.input
@@ -444,10 +448,8 @@ def _second_shape(art: ArtifactFolder, runtime, shape: tuple[int, ...], name: st
     if art.rebuilt is not None:  # the model the folder names, built here: not a file whose own size may be baked in
         exact = [("the rebuilt model", runtimes_for(art.rebuilt.format, float64=True)[0])]
     for reference, runner in exact:
-        source = art.rebuilt if art.rebuilt is not None else art.artifact(reference)
         try:
-            fp64 = make_runtime(runner, RuntimeOptions(dtype="float64")).load(source).run(x)
-            fp32 = make_runtime(runner).load(source).run(x)
+            fp64, fp32 = _reference_runs(art, reference, runner, shape, x)
             break
         except SetupError:
             raise
@@ -466,6 +468,24 @@ def _second_shape(art: ArtifactFolder, runtime, shape: tuple[int, ...], name: st
     if not pair.passed:
         raise ArtifactError(f"{message} ({auto.describe()})")
     return message
+
+
+def _reference_runs(art: ArtifactFolder, reference: str, runner: str, shape: tuple[int, ...],
+                    x: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`reference` (a folder file, or the rebuilt model) run by `runner` on `x` in float64 and in float32, once per
+    check of the folder (`ArtifactFolder.shape_references`): what its run raised is raised again for the next file."""
+    key = (reference, runner, shape)
+    if key not in art.shape_references:
+        source = art.rebuilt if art.rebuilt is not None else art.artifact(reference)
+        try:
+            art.shape_references[key] = (make_runtime(runner, RuntimeOptions(dtype="float64")).load(source).run(x),
+                                         make_runtime(runner).load(source).run(x))
+        except Exception as exc:  # noqa: BLE001 - kept, and raised to each file this reference would judge
+            art.shape_references[key] = exc
+    found = art.shape_references[key]
+    if isinstance(found, BaseException):
+        raise found
+    return found
 
 
 def _takes(meta: ArtifactMeta | None, shape: tuple[int, ...]) -> bool:
