@@ -205,19 +205,38 @@ def test_no_one_channel_weight_error_hides_under_the_per_channel_bound(models):
     assert shown > 200 and hidden == 0 and hidden_by_one > 0
 
 
+HEAD_COMMON = ["--shape", "1x3x64x64", "--samples", "1", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def exported_heads(models, module_tmp):
+    """factory -> (its `verify export --format onnx --static` result, its folder), each factory exported once for the
+    module (conv_head's two cases scale two weights of the same file; the file is read, never changed)."""
+    path, _ = models
+    made = {}
+
+    def export(factory: str):
+        if factory not in made:
+            out = module_tmp(f"hunt17a-{factory}")
+            made[factory] = (invoke("export", "--model", f"{path}:{factory}", *HEAD_COMMON, "--format", "onnx",
+                                    "--static", "--out", out, "--no-cache"), out)
+        return made[factory]
+    return export
+
+
 @pytest.mark.parametrize("factory, weight, channel", [("conv_head", "head.weight", 3), ("conv_head", "stem.weight", 5),
                                                       ("pool_head", "expand.weight", 3)])
-def test_a_one_channel_weight_error_in_an_exported_head_still_fails(models, tmp_path, factory, weight, channel):
+def test_a_one_channel_weight_error_in_an_exported_head_still_fails(models, exported_heads, tmp_path, factory, weight,
+                                                                    channel):
     """The correct ONNX export passes; the same file with one weight channel scaled by 1 + ONE_CHANNEL_ERROR fails
     `verify compare` against the model (measured 250-1000x, 140x and 51x on one-input unit checks)."""
     path, _ = models
     spec = f"{path}:{factory}"
-    common = ["--shape", "1x3x64x64", "--samples", "1", "--seed", "0"]
-    result = invoke("export", "--model", spec, *common, "--format", "onnx", "--static", "--out", tmp_path / "out",
-                    "--no-cache")
+    common = HEAD_COMMON
+    result, out = exported_heads(factory)
     assert result.exit_code == 0, result.output
     bad = tmp_path / "bad.onnx"
-    scaled_onnx_weight(next((tmp_path / "out").rglob("model.onnx")), bad, weight, channel, ONE_CHANNEL_ERROR)
+    scaled_onnx_weight(next(out.rglob("model.onnx")), bad, weight, channel, ONE_CHANNEL_ERROR)
     result = invoke("compare", bad, spec, *common)
     assert result.exit_code == 1, result.output
     assert "FAIL A vs B  output0" in result.output and "ok   B vs oracle(B)" in result.output, result.output

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import matrix_cache_copy
 from tests.helpers import invoke, request
 from verify.cache import ENV_DIR, ENV_OFF, Cache, canonical_json
 from verify.matrix import (
@@ -26,7 +27,6 @@ from verify.matrix import (
     RERUN,
     SHARD_ENV,
     load_result,
-    run_matrix,
 )
 from verify.matrix.request import fingerprint
 
@@ -285,33 +285,36 @@ def forge_passes(cache_dir: Path) -> int:
     return count
 
 
-def test_a_forged_cached_pass_is_run_again_and_disagrees(runs, tmp_path, sentinel):
-    cache = tmp_path / "cache"
+def test_a_forged_cached_pass_is_run_again_and_disagrees(runs, two_cell_matrix, tmp_path, sentinel):
+    """The suite's two-cell matrix (tests/conftest.py: these cells, run and stored without and at this factor) is the
+    first run: a copy of its cache is forged, and the same matrix from the command runs every forged cell again."""
+    cache = matrix_cache_copy(two_cell_matrix, tmp_path)
+    _, _, passing, failing = two_cell_matrix
     args = ["matrix", "-b", "resnet18", "-n", "batch", "-n", "frozen", "--view", "body", "--shape", "1x3x32x32",
             "--format", "torchscript", "--format", "onnx", "--onnx-exporter", "torchscript", "--factor",
             runs["factor"], "--cache-dir", cache]
-    assert invoke(*args, "--json", tmp_path / "first.json").exit_code == 1
-    assert forge_passes(cache) == 2
+    first = {c.id: c.verdict for shard in failing for c in shard.cells}
+    assert forge_passes(cache) == sum(len(shard.cells) for shard in (*passing, *failing))  # every cell, each run
     result = invoke(*args, "--json", tmp_path / "r.json")
     assert result.exit_code == 1, result.output
-    first, report = load_result(tmp_path / "first.json"), load_result(tmp_path / "r.json")
+    report = load_result(tmp_path / "r.json")
     assert all(c.cache["result"] == RERUN for c in report.cells), [c.cache for c in report.cells]
-    assert [c.verdict for c in report.cells] == [c.verdict for c in first.cells]
+    assert {c.id: c.verdict for c in report.cells} == first
 
 
-def test_a_cached_failure_is_judged_again_under_this_runs_factor(runs, tmp_path):
+def test_a_cached_failure_is_judged_again_under_this_runs_factor(runs, two_cell_matrix, tmp_path):
     """A stored disagreement stands only while its numbers fail under this run's tolerance."""
     from verify.cache import CacheStats
     from verify.matrix.cell import CellJob, lookup_cell
     from verify.matrix.request import cell_id
 
-    cache = tmp_path / "cache"
-    run_matrix(request(runs["factor"]), cache_dir=cache)
+    # the suite's two-cell matrix stored each cell at this factor (and without it: a result's key holds the tolerance)
+    cache = matrix_cache_copy(two_cell_matrix, tmp_path)
     strict = request(runs["factor"]).cells()
     found = [lookup_cell(CellJob(c, cell_id(c), str(cache)), CacheStats()) for c in strict]
     assert any(stored is not None and stored.verdict == "disagree" for stored, _ in found)
     assert all(hit for _, hit in found)
-    assert Cache(cache).info()["entries"]["result"] == 2
+    assert Cache(cache).info()["entries"]["result"] == 2 * len(strict)
 
 
 # --shard from the CI's own variables ---------------------------------------------------------------------
