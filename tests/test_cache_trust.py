@@ -333,11 +333,22 @@ def manifest(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def onnx_exports(module_tmp):
-    """resnet18 at 1x3x32x32 exported to ONNX with seed 0 and seed 1, uncached: the honest files."""
+    """resnet18 at 1x3x32x32 exported to ONNX with seed 0 and seed 1: the honest files (seed 1's uncached; seed 0's
+    into an empty cache of its own, which `filled_cache` hands out copies of)."""
     out = module_tmp("honest")
-    for seed in (0, 1):
-        run_export(out / str(seed), None, seed)
-    return {seed: folder_of(out / str(seed)) / "model.onnx" for seed in (0, 1)}
+    cache = Cache(module_tmp("filled") / "c")
+    first = run_export(out / "0", cache, 0)
+    run_export(out / "1", None, 1)
+    return {0: folder_of(out / "0") / "model.onnx", 1: folder_of(out / "1") / "model.onnx", "cache": cache,
+            "first": first}
+
+
+def filled_cache(onnx_exports, root: Path) -> Cache:
+    """A copy at `root` of the cache seed 0's honest export filled (a test changes its files)."""
+    import shutil
+
+    shutil.copytree(onnx_exports["cache"].root, root, symlinks=True)
+    return Cache(root)
 
 
 def forge_export(cache: Cache, seed: int, fmt: str, name: str, content: bytes, formats=("onnx",)) -> str:
@@ -408,9 +419,9 @@ def test_planted_code_executing_files_are_never_copied_loaded_or_signed(tmp_path
 
 
 def test_a_truncated_onnx_blob_is_a_miss_and_the_export_is_rebuilt(tmp_path, onnx_exports):
-    cache = Cache(tmp_path / "c")
-    first = run_export(tmp_path / "a", cache)
-    assert first.passed and cache.stats.stores == {"export": 1}
+    first = onnx_exports["first"]  # this run's export into an empty cache, shared with the FIFO case below
+    assert first.passed and onnx_exports["cache"].stats.stores == {"export": 1}
+    cache = filled_cache(onnx_exports, tmp_path / "c")
     (blob,) = [p for p in (cache.base / "blobs").rglob("*") if p.is_file()]
     blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
     again = Cache(tmp_path / "c")
@@ -468,12 +479,11 @@ def test_an_onnx_entry_with_extra_files_is_rejected(tmp_path, outside, onnx_expo
     assert outside.unchanged()
 
 
-def test_a_fifo_blob_and_lock_do_not_hang_an_export(tmp_path):
+def test_a_fifo_blob_and_lock_do_not_hang_an_export(tmp_path, onnx_exports):
     """After a first export fills the cache, its ONNX blob and its lock become FIFOs: the next export
     finishes, exporting again."""
     root = tmp_path / "c"
-    cache = Cache(root)
-    run_export(tmp_path / "a", cache)
+    cache = filled_cache(onnx_exports, root)
     (blob,) = [p for p in (cache.base / "blobs").rglob("*") if p.is_file()]
     blob.unlink()
     os.mkfifo(blob)

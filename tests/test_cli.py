@@ -79,7 +79,7 @@ def test_seed_question_spec_pair_agrees_on_layer4(tmp_path):
     (["export", *SMALL_ARGS, "--device", "tpu"], "'tpu' is not one of 'cpu', 'cuda'"),
     (["compare", "missing.onnx", "resnet18"], "missing.onnx does not exist"),
     (["compare", "model.tflite", "resnet18"], "Cannot tell the format"),
-    (["compare", "resnet18:frozen:body", "resnet18:frozen:fpn"], "share no output"),
+    (["compare", "resnet18:frozen:body", "resnet18:frozen:fpn", "--shape", "1x3x32x32"], "share no output"),
     (["compare", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"],
      "input channels (RGB), the shape 1x1x32x32 gives it 1"),
     (["explain", "resnet18:batch:body", "resnet18:frozen:body", "--shape", "1x1x32x32"], "input channels (RGB)"),
